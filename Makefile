@@ -1,0 +1,45 @@
+# Two commands set up everything on a fresh machine: `make run` and `make test`.
+# Both depend on `install`, which builds .venv once and is a no-op afterwards.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+SEED    ?=
+export PYTHONHASHSEED := 0
+
+.PHONY: install run test test-fast sim synth bench report notebooks train eval clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# Stream tokens from the shipped default model.
+run: install
+	$(VPY) -m host $(ARGS)
+
+# Everything a change can break: golden, RTL (cocotb on Verilator), host, notebooks.
+test: install
+	$(VPY) -m pytest -q $(if $(SEED),--seed=$(SEED))
+
+# The RTL regression alone, with a per-block summary.
+sim: install
+	$(VPY) -m sim.regress
+
+synth: install
+	$(VPY) -m hw.synth
+
+bench: install
+	$(VPY) -m golden.bench
+
+# Error bounds of every golden block: stated vs measured.
+report: install
+	$(VPY) -m golden.report
+
+notebooks: install
+	$(VPY) -m notebooks.run
+
+clean:
+	rm -rf build sim_build .pytest_cache
