@@ -21,11 +21,30 @@ def _check(cond: bool, name: str, msg: str) -> None:
 # --------------------------------------------------------------------------- quant
 @dataclass(frozen=True)
 class QuantConfig:
-    """Ternary weights and INT8 per-token activations (DESIGN §3)."""
+    """Ternary weights and INT8 per-token activations (DESIGN §3).
+
+    The hardware activation quantizer (``golden.quant.hw_act_quant``) takes signed
+    ``hw_in_bits`` integers and multiplies by a per-row reciprocal
+    ``recip = round(act_max * 2^(n+F) / amax)``, ``n = bit_length(amax)``,
+    ``F = recip_frac_bits``; ``recip`` is unsigned ``recip_bits`` wide.
+    """
 
     act_bits: int = 8            # signed activations: [-2^(b-1), 2^(b-1)-1]
     weight_eps: float = 1e-5     # clamp on mean|W| (as transformers)
     act_eps: float = 1e-5        # clamp on max|x| (as transformers)
+    hw_in_bits: int = 32         # hardware quantizer input: signed int32 per element
+    # F = 9 makes recip 17 bits unsigned: it fits the 18-bit signed B port of one DSP48E2.
+    recip_frac_bits: int = 9
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.act_bits <= 16, "act_bits", f"must be in [2, 16], got {self.act_bits}")
+        _check(2 <= self.hw_in_bits <= 32, "hw_in_bits",
+               f"must be in [2, 32], got {self.hw_in_bits}")
+        _check(0 <= self.recip_frac_bits, "recip_frac_bits",
+               f"must be >= 0, got {self.recip_frac_bits}")
+        # the golden model evaluates x*recip + 2^(R-1) in int64
+        _check(self.hw_product_bits <= 63, "recip_frac_bits",
+               f"hw_in_bits + recip_bits + 1 = {self.hw_product_bits} exceeds 63")
 
     @property
     def act_min(self) -> int:
@@ -34,6 +53,16 @@ class QuantConfig:
     @property
     def act_max(self) -> int:
         return (1 << (self.act_bits - 1)) - 1
+
+    @property
+    def recip_bits(self) -> int:
+        """Unsigned width of the reciprocal: recip <= 2*act_max*2^F < 2^(act_bits+F)."""
+        return self.act_bits + self.recip_frac_bits
+
+    @property
+    def hw_product_bits(self) -> int:
+        """Signed width of x*recip + 2^(R-1) (|.| < 2^(hw_in_bits+recip_bits))."""
+        return self.hw_in_bits + self.recip_bits + 1
 
 
 # --------------------------------------------------------------------------- tlmm
@@ -81,11 +110,20 @@ class TLMMConfig:
 
     @property
     def entry_bits(self) -> int:
-        """Signed width of a table entry: |sum| <= G * 2^(act_bits-1)."""
-        return self.act_bits + math.ceil(math.log2(self.group))
+        """Signed width of a table entry.
+
+        Entries lie in [-G*2^(a-1), +G*2^(a-1)]; the top is reached (all x = -2^(a-1),
+        all w = -1), so the width is bit_length(G*2^(a-1)) + 1: 10 bits for G=2 and 3,
+        11 for G=4 (a = act_bits = 8).
+        """
+        return (self.group << (self.act_bits - 1)).bit_length() + 1
 
     def max_k(self) -> int:
-        """Longest K whose worst-case sum fits the signed accumulator."""
+        """Longest K whose worst-case sum fits the signed accumulator.
+
+        |y| <= K * 2^(act_bits-1) (reached at +K*2^(a-1) by all x = -2^(a-1), w = -1),
+        and every partial sum obeys the same bound, so K <= max_k() means no overflow.
+        """
         return ((1 << (self.acc_bits - 1)) - 1) // (1 << (self.act_bits - 1))
 
 
@@ -94,64 +132,346 @@ class TLMMConfig:
 class RequantConfig:
     """INT32 -> INTn by a fixed-point multiplier and right shift (round half up)."""
 
+    in_bits: int = 32            # signed accumulator input
     mult_bits: int = 16          # unsigned multiplier width
     shift_max: int = 63
     out_bits: int = 8
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.out_bits <= 32, "out_bits", f"must be in [2, 32], got {self.out_bits}")
+        _check(2 <= self.in_bits <= 32, "in_bits", f"must be in [2, 32], got {self.in_bits}")
+        _check(self.mult_bits >= 1, "mult_bits", f"must be >= 1, got {self.mult_bits}")
+        _check(0 <= self.shift_max <= 63, "shift_max", f"must be in [0, 63], got {self.shift_max}")
+        # the golden model evaluates acc*mult + 2^(shift-1) in int64
+        _check(self.in_bits - 1 + self.mult_bits <= 61, "mult_bits",
+               f"in_bits - 1 + mult_bits = {self.in_bits - 1 + self.mult_bits} exceeds 61")
+
+    @property
+    def out_min(self) -> int:
+        return -(1 << (self.out_bits - 1))
+
+    @property
+    def out_max(self) -> int:
+        return (1 << (self.out_bits - 1)) - 1
+
+    @property
+    def mult_max(self) -> int:
+        return (1 << self.mult_bits) - 1
+
+    @property
+    def product_bits(self) -> int:
+        """Signed width of acc*mult (acc signed in_bits, mult unsigned mult_bits)."""
+        return self.in_bits + self.mult_bits
 
 
 # --------------------------------------------------------------------------- norm
 @dataclass(frozen=True)
 class NormConfig:
-    """Fixed-point RMSNorm fused with INT8 output quantization."""
+    """Fixed-point RMSNorm fused with INT8 output quantization (golden/rmsnorm.py).
 
-    in_frac_bits: int = 16       # residual stream: signed int32, Q15.16
-    gamma_frac_bits: int = 12    # norm weight: signed int16, Q3.12
-    rsqrt_lut_bits: int = 6      # LUT address bits (mantissa) for the rsqrt seed
-    rsqrt_frac_bits: int = 16    # rsqrt mantissa precision
+    Residual rows are signed ``in_bits`` (Q(in_bits-1-in_frac_bits).in_frac_bits), gamma
+    signed ``gamma_bits``. rsqrt: LUT seed addressed by (exponent parity, top
+    ``rsqrt_lut_bits - 1`` mantissa bits), ``newton_steps`` Newton steps in UQ.
+    ``rsqrt_frac_bits``. The output scale is ``scale_mant * 2^-scale_shift`` with an
+    unsigned ``scale_mant_bits``-bit normalized mantissa. ``eps`` is the model's
+    ``rms_norm_eps`` (build a config with ``dataclasses.replace`` for another model).
+    """
+
+    in_bits: int = 32            # residual stream: signed int32
+    in_frac_bits: int = 16       # ... Q15.16
+    gamma_bits: int = 16         # norm weight: signed int16
+    gamma_frac_bits: int = 12    # ... Q3.12
+    rsqrt_lut_bits: int = 6      # LUT address bits: 1 parity bit + 5 mantissa bits
+    rsqrt_frac_bits: int = 16    # rsqrt seed / Newton precision: UQ1.16
     newton_steps: int = 1
+    scale_mant_bits: int = 16    # output scale mantissa (also amax and sqrt(d)/127 mantissas)
     eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.in_bits <= 32, "in_bits", f"must be in [2, 32], got {self.in_bits}")
+        _check(0 <= self.in_frac_bits < self.in_bits, "in_frac_bits",
+               f"must be in [0, in_bits), got {self.in_frac_bits}")
+        _check(2 <= self.gamma_bits <= 16, "gamma_bits",
+               f"must be in [2, 16], got {self.gamma_bits}")
+        _check(0 <= self.gamma_frac_bits < self.gamma_bits, "gamma_frac_bits",
+               f"must be in [0, gamma_bits), got {self.gamma_frac_bits}")
+        _check(2 <= self.rsqrt_lut_bits <= 12, "rsqrt_lut_bits",
+               f"must be in [2, 12], got {self.rsqrt_lut_bits}")
+        # y0*y0 and M*t stay below 2^63 in the golden model
+        _check(self.rsqrt_lut_bits <= self.rsqrt_frac_bits <= 28, "rsqrt_frac_bits",
+               f"must be in [rsqrt_lut_bits, 28], got {self.rsqrt_frac_bits}")
+        _check(0 <= self.newton_steps <= 3, "newton_steps",
+               f"must be in [0, 3], got {self.newton_steps}")
+        _check(8 <= self.scale_mant_bits <= 20, "scale_mant_bits",
+               f"must be in [8, 20], got {self.scale_mant_bits}")
+        _check(math.isfinite(self.eps) and self.eps >= 0, "eps",
+               f"must be finite and >= 0, got {self.eps}")
+
+    @property
+    def product_bits(self) -> int:
+        """Signed width of x*gamma (|x| <= 2^(in_bits-1), |gamma| <= 2^(gamma_bits-1))."""
+        return self.in_bits + self.gamma_bits - 1
+
+    def sumsq_bits(self, dim: int) -> int:
+        """Unsigned width of the exact sum of squares of a row of ``dim`` elements."""
+        return (dim << (2 * (self.in_bits - 1))).bit_length()
 
 
 # --------------------------------------------------------------------------- rope
 @dataclass(frozen=True)
 class RopeConfig:
+    """Rotate-half RoPE from cos/sin tables (golden/rope.py).
+
+    Tables: signed int16 Q1.``table_frac_bits``, positions 0..max_pos-1, frequencies
+    theta^(-2i/head_dim). Output of a ``b``-bit input is ``min(b + 1, out_bits_max)`` bits
+    signed (saturating; only reachable when b + 1 > out_bits_max).
+    """
+
     table_frac_bits: int = 14    # cos/sin tables: signed int16, Q1.14
     theta: float = 10000.0
+    max_pos: int = 2048          # table rows (positions 0..max_pos-1)
+    out_bits_max: int = 32
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.table_frac_bits <= 14, "table_frac_bits",
+               f"must be in [1, 14] (int16 Q1.f), got {self.table_frac_bits}")
+        _check(math.isfinite(self.theta) and self.theta > 1, "theta",
+               f"must be finite and > 1, got {self.theta}")
+        _check(self.max_pos >= 1, "max_pos", f"must be >= 1, got {self.max_pos}")
+        _check(9 <= self.out_bits_max <= 32, "out_bits_max",
+               f"must be in [9, 32], got {self.out_bits_max}")
+
+    def out_bits(self, in_bits: int) -> int:
+        return min(in_bits + 1, self.out_bits_max)
 
 
 # --------------------------------------------------------------------------- softmax
 @dataclass(frozen=True)
 class SoftmaxConfig:
-    """Online softmax with a base-2 exponent: integer part by shift, fraction by LUT."""
+    """Online softmax with a base-2 exponent: integer part by shift, fraction by LUT.
 
-    in_frac_bits: int = 8        # logits (scaled scores) as signed fixed point
-    exp_lut_bits: int = 6        # LUT address bits of the fraction of 2^f
-    exp_frac_bits: int = 15      # precision of 2^f values
-    sum_bits: int = 32
-    recip_frac_bits: int = 16
-    out_bits: int = 8            # probabilities as unsigned UQ0.8
+    Logits: signed ``in_bits`` Q.``in_frac_bits``. t = x * log2(e) with log2(e) as
+    UQ1.``log2e_frac_bits``. 2^-f from a (2^exp_lut_bits + 1)-entry table of UQ1.
+    ``exp_frac_bits`` values, linear interpolation on the next ``exp_interp_bits`` bits
+    of f. Running sum: unsigned ``sum_bits`` UQ.``sum_frac_bits``. Reciprocal: divider,
+    UQ1.``recip_frac_bits`` normalized. Probabilities: unsigned UQ0.``out_bits``.
+    """
+
+    in_bits: int = 16            # logits (scaled scores): signed int16
+    in_frac_bits: int = 8        # ... Q7.8
+    log2e_frac_bits: int = 20    # log2(e) constant: UQ1.20 (21 bits: one DSP48 port)
+    exp_lut_bits: int = 6        # LUT address bits of the fraction of 2^-f
+    exp_interp_bits: int = 10    # fraction bits fed to the interpolation multiplier
+    exp_frac_bits: int = 15      # 2^-f values: UQ1.15
+    sum_bits: int = 40           # running sum: UQ16.24
+    sum_frac_bits: int = 24
+    recip_frac_bits: int = 16    # reciprocal mantissa: UQ1.16
+    out_bits: int = 16           # probabilities: UQ0.16 (see golden/softmax.py for why)
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.in_bits <= 24, "in_bits", f"must be in [2, 24], got {self.in_bits}")
+        _check(0 <= self.in_frac_bits < self.in_bits, "in_frac_bits",
+               f"must be in [0, in_bits), got {self.in_frac_bits}")
+        _check(1 <= self.log2e_frac_bits <= 30, "log2e_frac_bits",
+               f"must be in [1, 30], got {self.log2e_frac_bits}")
+        _check(1 <= self.exp_lut_bits <= 12, "exp_lut_bits",
+               f"must be in [1, 12], got {self.exp_lut_bits}")
+        _check(0 <= self.exp_interp_bits
+               and self.exp_lut_bits + self.exp_interp_bits <= self.t_frac_bits,
+               "exp_interp_bits", "must be >= 0 with exp_lut_bits + exp_interp_bits <= "
+               f"in_frac_bits + log2e_frac_bits, got {self.exp_interp_bits}")
+        _check(4 <= self.exp_frac_bits <= 24, "exp_frac_bits",
+               f"must be in [4, 24], got {self.exp_frac_bits}")
+        _check(self.exp_frac_bits <= self.sum_frac_bits < self.sum_bits <= 62, "sum_frac_bits",
+               "must satisfy exp_frac_bits <= sum_frac_bits < sum_bits <= 62, got "
+               f"{self.sum_frac_bits} (sum_bits {self.sum_bits})")
+        _check(1 <= self.out_bits <= 24, "out_bits", f"must be in [1, 24], got {self.out_bits}")
+        # the output shift E + RF - 1 - P must stay positive (see golden/softmax.py)
+        _check(self.out_bits < self.exp_frac_bits + self.recip_frac_bits - 1
+               and self.recip_frac_bits <= 30, "recip_frac_bits",
+               f"must be <= 30 and > out_bits + 1 - exp_frac_bits, got {self.recip_frac_bits}")
+
+    @property
+    def t_frac_bits(self) -> int:
+        """Fraction bits of t = x * log2(e)."""
+        return self.in_frac_bits + self.log2e_frac_bits
+
+    @property
+    def max_len(self) -> int:
+        """Longest row: every term is <= 1.0, so N terms need log2(N+1) integer bits."""
+        return (1 << (self.sum_bits - self.sum_frac_bits)) - 1
 
 
 # --------------------------------------------------------------------------- activations
 @dataclass(frozen=True)
 class ActivationConfig:
-    """ReLU^2 exact; SiLU/GELU as ReLU(x) - delta(|x|) with a linearly interpolated LUT."""
+    """ReLU^2 exact; SiLU/GELU as ReLU(x) - delta(|x|) with a linearly interpolated LUT.
 
-    in_frac_bits: int = 8        # input signed fixed point
+    Inputs/outputs of GELU/SiLU: signed ``in_bits`` Q.``in_frac_bits`` / signed
+    ``out_bits`` Q.``out_frac_bits``. delta tables: 2^lut_bits + 1 entries over
+    |x| in [0, 2^range_log2] (per function), unsigned UQ0.``lut_frac_bits``; delta = 0
+    for |x| >= 2^range_log2.
+    """
+
+    in_bits: int = 16            # GELU/SiLU input: signed int16, Q7.8
+    in_frac_bits: int = 8
+    out_bits: int = 16           # GELU/SiLU output: signed int16, Q7.8
     out_frac_bits: int = 8
-    lut_bits: int = 6            # LUT address bits over |x| in [0, x_max)
-    lut_frac_bits: int = 12
-    x_max: float = 8.0           # beyond it delta(|x|) is taken as 0 (GELU) / exact tail (SiLU)
+    lut_frac_bits: int = 12      # delta table entries: UQ0.12
+    gelu_lut_bits: int = 6       # 64 segments over [0, 4): step 1/16
+    gelu_range_log2: int = 2     # GELU delta(4) = 1.3e-4 < half an output LSB
+    silu_lut_bits: int = 8       # 256 segments over [0, 16): step 1/16
+    silu_range_log2: int = 4     # SiLU delta(16) = 1.8e-6; delta(8) = 2.7e-3 is not negligible
+
+    def __post_init__(self) -> None:
+        for name in ("in_bits", "out_bits"):
+            v = getattr(self, name)
+            _check(2 <= v <= 32, name, f"must be in [2, 32], got {v}")
+        _check(0 <= self.in_frac_bits < self.in_bits, "in_frac_bits",
+               f"must be in [0, in_bits), got {self.in_frac_bits}")
+        _check(0 <= self.out_frac_bits < self.out_bits, "out_frac_bits",
+               f"must be in [0, out_bits), got {self.out_frac_bits}")
+        _check(max(self.in_frac_bits, self.out_frac_bits) <= self.lut_frac_bits <= 24,
+               "lut_frac_bits",
+               f"must be in [max(in_frac_bits, out_frac_bits), 24], got {self.lut_frac_bits}")
+        for kind in ("gelu", "silu"):
+            lb, rl = getattr(self, f"{kind}_lut_bits"), getattr(self, f"{kind}_range_log2")
+            _check(1 <= lb <= 12, f"{kind}_lut_bits", f"must be in [1, 12], got {lb}")
+            # segments must be whole input LSBs so the address is a plain shift of |x|
+            _check(0 <= rl and lb <= self.in_frac_bits + rl, f"{kind}_range_log2",
+                   f"need 0 <= range_log2 and lut_bits <= in_frac_bits + range_log2, got {rl}")
+
+    def lut_bits(self, kind: str) -> int:
+        return getattr(self, f"{kind}_lut_bits")
+
+    def range_log2(self, kind: str) -> int:
+        return getattr(self, f"{kind}_range_log2")
+
+    def seg_shift(self, kind: str) -> int:
+        """Input LSBs per LUT segment, log2: address = |x| >> seg_shift."""
+        return self.in_frac_bits + self.range_log2(kind) - self.lut_bits(kind)
 
 
 # --------------------------------------------------------------------------- NL-ADC
+_ADC_NOISE_MODELS = ("NormalProportional", "NormalIndependent")
+
+
+@dataclass(frozen=True)
+class ADCDeviceConfig:
+    """Non-idealities of the analog NL-ADC ramp column (golden/nl_adc.py), one seed.
+
+    Named noise models as Sandia CrossSim names its device errors:
+    ``"NormalProportional"``: G -> G * (1 + sigma * n);  ``"NormalIndependent"``:
+    G -> G + sigma * n, sigma in units of G_max (n ~ N(0, 1)). Conductances are in units
+    of G_max (the largest ramp step is programmed to 1.0); programmed values clip at 0.
+
+    - ``sigma_prog`` / ``prog_model``: programming error, drawn once per cell when a
+      device is sampled (ramp step cells and calibration bias cells alike).
+    - ``stuck_off_prob``: probability that a cell is stuck at OFF (conducts 0).
+    - ``sigma_read`` / ``read_model``: read noise, drawn per conversion per cell; the ramp
+      is shared by all ``columns`` comparators of one conversion.
+    - ``sigma_offset``: comparator offset per column, Gaussian, in *input units at
+      nominal read voltage* (an offset voltage divided by the volts per input unit at
+      ``v_read = 1``); it is a voltage, so it does not scale with ``v_read``.
+    - ``v_read``: read voltage relative to nominal; scales ramp and input alike.
+    - ``bias_cells``: extra cells in the ramp column used by bias calibration (the paper
+      uses 5); ``bias_placement`` ``"segmented"`` pulses cell b at the start of ramp
+      segment b (equal-count segments), ``"start"`` pulses all at the ramp start (a pure
+      offset correction). ``cal_reads`` ramp read-backs are averaged per calibration
+      iteration; ``cal_iterations`` measure/re-program rounds.
+
+    The default is the ideal device (all errors zero).
+    """
+
+    seed: int = 0
+    prog_model: str = "NormalProportional"
+    sigma_prog: float = 0.0
+    stuck_off_prob: float = 0.0
+    read_model: str = "NormalProportional"
+    sigma_read: float = 0.0
+    sigma_offset: float = 0.0
+    v_read: float = 1.0
+    columns: int = 64
+    bias_cells: int = 5
+    bias_placement: str = "segmented"
+    cal_reads: int = 4
+    cal_iterations: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("prog_model", "read_model"):
+            _check(getattr(self, name) in _ADC_NOISE_MODELS, name,
+                   f"must be one of {_ADC_NOISE_MODELS}, got {getattr(self, name)!r}")
+        for name in ("sigma_prog", "sigma_read", "sigma_offset"):
+            v = getattr(self, name)
+            _check(math.isfinite(v) and v >= 0, name, f"must be finite and >= 0, got {v}")
+        _check(0.0 <= self.stuck_off_prob <= 1.0, "stuck_off_prob",
+               f"must be in [0, 1], got {self.stuck_off_prob}")
+        _check(math.isfinite(self.v_read) and self.v_read > 0, "v_read",
+               f"must be finite and > 0, got {self.v_read}")
+        _check(self.columns >= 1, "columns", f"must be >= 1, got {self.columns}")
+        _check(self.bias_cells >= 0, "bias_cells", f"must be >= 0, got {self.bias_cells}")
+        _check(self.bias_placement in ("segmented", "start"), "bias_placement",
+               f"must be 'segmented' or 'start', got {self.bias_placement!r}")
+        _check(self.cal_reads >= 1, "cal_reads", f"must be >= 1, got {self.cal_reads}")
+        _check(self.cal_iterations >= 1, "cal_iterations",
+               f"must be >= 1, got {self.cal_iterations}")
+
+    @property
+    def is_ideal(self) -> bool:
+        return (self.sigma_prog == 0 and self.stuck_off_prob == 0 and self.sigma_read == 0
+                and self.sigma_offset == 0)
+
+    @classmethod
+    def rram_typical(cls, seed: int = 0) -> "ADCDeviceConfig":
+        """An illustrative RRAM operating point (write-verified cells), not a measured one."""
+        return cls(seed=seed, sigma_prog=0.05, stuck_off_prob=0.01, sigma_read=0.005,
+                   sigma_offset=0.002)
+
+
 @dataclass(frozen=True)
 class ADCConfig:
-    """Ramp ADC that computes a monotonic f (DESIGN §4, arXiv 2411.18271)."""
+    """Ramp ADC that computes a monotonic f (DESIGN §4, arXiv 2411.18271).
+
+    Digital twin (RTL): a ramp counter steps through ``n_thresholds`` = 2^bits - 1
+    thresholds; every lane compares its input with the current threshold in parallel;
+    the code is the count of thresholds <= input. Thresholds and inputs are signed
+    ``threshold_bits``-bit fixed point with ``threshold_frac_bits`` fraction bits.
+    ``lanes`` is the number of comparators sharing one counter in the RTL.
+    ``device`` holds the analog non-idealities used when the host programs thresholds
+    from a sampled device.
+    """
 
     bits: int = 6
     threshold_bits: int = 16     # threshold table entries (digital twin, signed)
     threshold_frac_bits: int = 8
+    lanes: int = 16
+    device: ADCDeviceConfig = field(default_factory=ADCDeviceConfig)
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.bits <= 12, "bits", f"must be in [1, 12], got {self.bits}")
+        _check(2 <= self.threshold_bits <= 32, "threshold_bits",
+               f"must be in [2, 32], got {self.threshold_bits}")
+        _check(0 <= self.threshold_frac_bits < self.threshold_bits, "threshold_frac_bits",
+               f"must be in [0, threshold_bits), got {self.threshold_frac_bits}")
+        _check(self.lanes >= 1, "lanes", f"must be >= 1, got {self.lanes}")
+
+    @property
+    def levels(self) -> int:
+        """Number of output codes, 2^bits."""
+        return 1 << self.bits
+
+    @property
+    def n_thresholds(self) -> int:
+        """Thresholds in the table (ramp steps compared per conversion), 2^bits - 1."""
+        return (1 << self.bits) - 1
+
+    @property
+    def threshold_min(self) -> int:
+        return -(1 << (self.threshold_bits - 1))
+
+    @property
+    def threshold_max(self) -> int:
+        return (1 << (self.threshold_bits - 1)) - 1
 
 
 # --------------------------------------------------------------------------- all
