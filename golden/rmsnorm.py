@@ -80,6 +80,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .fixed import bit_length as _bit_length
 from .config import DEFAULT, NormConfig, QuantConfig
 from .quant import hw_act_quant
 
@@ -100,18 +101,6 @@ def _int_array(a, name: str, bits: int) -> np.ndarray:
     if a.size and (int(a.min()) < lo or int(a.max()) > hi):
         raise ValueError(f"{name}: values outside signed {bits}-bit range [{lo}, {hi}]")
     return a.astype(np.int64)
-
-
-def _bit_length(a: np.ndarray) -> np.ndarray:
-    """bit_length of non-negative int64 values, exactly (no float conversion)."""
-    a = np.asarray(a, dtype=np.int64)
-    n = np.zeros(a.shape, dtype=np.int64)
-    v = a.copy()
-    for s in (32, 16, 8, 4, 2, 1):
-        big = v >= (np.int64(1) << s)
-        n += np.where(big, s, 0)
-        v = np.where(big, v >> s, v)
-    return n + (v > 0)
 
 
 def _shift(v: np.ndarray, s: np.ndarray) -> np.ndarray:

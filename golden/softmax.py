@@ -94,6 +94,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from .fixed import bit_length as _bit_length
 from .config import DEFAULT, SoftmaxConfig
 
 # Max relative error of exp_fx (mant * 2^-(E+n)) vs exp(z) at every representable z <= 0.
@@ -116,17 +117,6 @@ def _rhu(v: np.ndarray, s) -> np.ndarray:
     s = np.minimum(np.asarray(s, dtype=np.int64), 63)
     half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
     return np.right_shift(v + half, s)
-
-
-def _bit_length(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.int64)
-    n = np.zeros(a.shape, dtype=np.int64)
-    v = a.copy()
-    for s in (32, 16, 8, 4, 2, 1):
-        big = v >= (np.int64(1) << s)
-        n += np.where(big, s, 0)
-        v = np.where(big, v >> s, v)
-    return n + (v > 0)
 
 
 def _out_dtype(cfg: SoftmaxConfig):
