@@ -1,8 +1,168 @@
-"""Token-streaming CLI. Replaced by the real one once a model ships."""
+"""Token-streaming CLI: ``python -m host [options]`` (``make run ARGS="..."``).
+
+Flags follow llama.cpp / llama2.c::
+
+    -m, --model PATH     checkpoint directory (config.json + safetensors + tokenizer.json);
+                         default: models/default in the repository
+    -p, --prompt TEXT    prompt (default "ROMEO:"); echoed, then the generated text
+    -n, --n-predict N    tokens to generate (default 200; 0 = only run the prompt)
+    --temp T             sampling temperature (default 0.8; 0 = greedy)
+    --top-k K            keep the K most likely tokens (default 40; 0 = off)
+    --top-p P            nucleus sampling, P in (0, 1] (default 0.95; 1 = off)
+    -s, --seed S         RNG seed (default: random, printed in the summary); same seed,
+                         same model and flags => same text
+    --mode MODE          golden forward: integer (default, the accelerator datapath) or
+                         reference (float, as transformers)
+    --backend NAME       device backend; only "golden" exists so far
+
+Generated tokens are written to stdout as they are produced (flushed one by one); the
+summary goes to stderr: prompt tokens, generated tokens, time to first token, prefill and
+decode tokens/s. When generation fills the context window the window slides (see
+``host.generate``): the last context/2 tokens are re-prefilled and decoding continues.
+
+Bad values (unknown backend/mode, negative -n, temp < 0, top-p outside (0, 1], an empty
+prompt or one longer than the context, characters outside the vocabulary, a missing or
+malformed model directory) print one line ``error: ...`` to stderr and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
 import sys
+import time
+
+# Small matmuls: single-threaded BLAS is faster than worker threads (see host/eval.py).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                             "models", "default")
+DEFAULT_PROMPT = "ROMEO:"
+BACKENDS = ("golden",)
+MODES = ("integer", "reference")
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad value as one 'error: ...' line (no usage dump)."""
+
+    def error(self, message):
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m host", description="Stream tokens from a ternary BitNet model.")
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="checkpoint directory")
+    p.add_argument("-p", "--prompt", default=DEFAULT_PROMPT, help="prompt text")
+    p.add_argument("-n", "--n-predict", type=int, default=200, help="tokens to generate")
+    p.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy)")
+    p.add_argument("--top-k", type=int, default=40, help="top-k (0 = off)")
+    p.add_argument("--top-p", type=float, default=0.95, help="top-p in (0, 1] (1 = off)")
+    p.add_argument("-s", "--seed", type=int, default=None, help="RNG seed (default: random)")
+    p.add_argument("--mode", choices=MODES, default="integer", help="golden forward mode")
+    p.add_argument("--backend", choices=BACKENDS, default="golden", help="device backend")
+    return p
+
+
+def _check_args(a) -> None:
+    if a.n_predict < 0:
+        raise _UsageError(f"-n/--n-predict: expected >= 0, got {a.n_predict}")
+    if not (math.isfinite(a.temp) and a.temp >= 0):
+        raise _UsageError(f"--temp: expected a finite value >= 0, got {a.temp}")
+    if a.top_k < 0:
+        raise _UsageError(f"--top-k: expected >= 0, got {a.top_k}")
+    if not (0 < a.top_p <= 1):
+        raise _UsageError(f"--top-p: expected a value in (0, 1], got {a.top_p}")
+    if a.seed is not None and a.seed < 0:
+        raise _UsageError(f"--seed: expected >= 0, got {a.seed}")
+    if not a.prompt:
+        raise _UsageError("-p/--prompt: empty (the model has no BOS token; give at least "
+                          "one character)")
+
+
+def _one_line(msg: str) -> str:
+    return " ".join(str(msg).split())
+
+
+def run(argv=None) -> int:
+    a = build_parser().parse_args(argv)
+    _check_args(a)
+    import json
+
+    from host.checkpoint import CONFIG_FILE, parse_config
+    from host.tokenizer import CharTokenizer
+
+    # config and tokenizer first: bad prompts are reported before the weights load
+    if not os.path.isdir(a.model):
+        raise _UsageError(f"-m/--model: {a.model}: no such model directory")
+    cfg_path = os.path.join(a.model, CONFIG_FILE)
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            config, _ = parse_config(json.load(f), cfg_path)
+        tok = CharTokenizer.load(a.model)
+    except (ValueError, OSError) as e:       # JSONDecodeError is a ValueError
+        raise _UsageError(f"-m/--model: {e}") from None
+    if tok.vocab_size != config.vocab_size:
+        raise _UsageError(f"-m/--model: tokenizer has {tok.vocab_size} characters, the model "
+                          f"{config.vocab_size} tokens")
+    try:
+        prompt_ids = tok.encode(a.prompt)
+    except ValueError as e:
+        raise _UsageError(f"-p/--prompt: {str(e).removeprefix('text: ')}") from None
+    ctx = config.max_position_embeddings
+    if len(prompt_ids) > ctx:
+        raise _UsageError(f"-p/--prompt: {len(prompt_ids)} tokens exceed the context window "
+                          f"({ctx})")
+
+    from golden.model import GoldenModel
+    from host.checkpoint import load
+    from host.generate import Sampler, generate
+
+    try:
+        model = load(a.model)
+    except (ValueError, OSError) as e:
+        raise _UsageError(f"-m/--model: {e}") from None
+    seed = a.seed if a.seed is not None else int(time.time_ns() % (2 ** 31))
+    sampler = Sampler(temp=a.temp, top_k=a.top_k, top_p=a.top_p, seed=seed)
+    gm = GoldenModel(model, mode=a.mode)
+
+    out = sys.stdout
+    out.write(a.prompt)
+    out.flush()
+
+    def emit(t: int) -> None:
+        out.write(tok.vocab[t])
+        out.flush()
+
+    _, st = generate(gm, prompt_ids, a.n_predict, sampler, on_token=emit)
+    out.write("\n")
+    out.flush()
+    ttft = f"{st.ttft_s * 1e3:.1f} ms" if st.generated_tokens else "n/a"
+    print(f"prompt tokens: {st.prompt_tokens}, generated tokens: {st.generated_tokens}, "
+          f"time to first token: {ttft}, prefill: {st.prefill_tokens_per_s:.1f} tokens/s, "
+          f"decode: {st.decode_tokens_per_s:.1f} tokens/s "
+          f"(backend {a.backend}, mode {a.mode}, seed {seed}"
+          f"{f', window slides {st.window_slides}' if st.window_slides else ''})",
+          file=sys.stderr)
+    return 0
 
 
 def main(argv=None) -> int:
-    print("no model yet: the shipped ternary model arrives with the model issue; "
-          "run `make test` to check the golden datapath", file=sys.stderr)
-    return 0
+    try:
+        return run(argv)
+    except _UsageError as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nerror: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # stdout closed early (e.g. piped into head): not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0

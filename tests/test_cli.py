@@ -1,0 +1,161 @@
+"""host/cli.py (`python -m host`): streaming happy path as a subprocess, determinism, the
+sliding context window, and one-line `error: ...` exits (status 2) for every bad value."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from golden.model import random_model
+from golden.modelspec import ModelConfig
+from host import cli
+from host.generate import Sampler
+from host.tokenizer import CharTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CTX = 32
+VOCAB_TEXT = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    """A small random model with a character tokenizer, in the shipped checkpoint layout."""
+    from host import checkpoint
+
+    tok = CharTokenizer.from_text(VOCAB_TEXT)
+    mc = ModelConfig(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=CTX)
+    d = tmp_path_factory.mktemp("tiny") / "model"
+    checkpoint.save(random_model(mc, seed=5), d, fmt="offline", tokenizer=tok)
+    return d
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    return subprocess.run([sys.executable, "-m", "host", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_happy_path_streams_and_summarizes(tiny_model):
+    r = run_cli("-m", str(tiny_model), "-p", "ROMEO:", "-n", "12", "-s", "3", "--temp", "0.9")
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stdout.startswith("ROMEO:")
+    assert len(r.stdout) == len("ROMEO:") + 12 + 1          # one character per token + "\n"
+    assert all(ch in VOCAB_TEXT for ch in r.stdout)
+    summary = r.stderr.strip().splitlines()[-1]
+    for key in ("prompt tokens: 6", "generated tokens: 12", "time to first token",
+                "tokens/s", "mode integer", "seed 3"):
+        assert key in summary, summary
+
+
+def test_same_seed_same_text_and_modes(tiny_model, capsys):
+    def once(*extra):
+        assert cli.main(["-m", str(tiny_model), "-p", "To be", "-n", "20", *extra]) == 0
+        return capsys.readouterr().out
+
+    a = once("-s", "11")
+    b = once("-s", "11")
+    assert a == b
+    others = {once("-s", str(s)) for s in (12, 13, 14)}
+    assert len(others | {a}) > 1                    # the seed matters when sampling
+    assert once("--temp", "0", "-s", "1") == once("--temp", "0", "-s", "2")   # greedy
+    ref = once("--mode", "reference", "--temp", "0")
+    assert ref.startswith("To be") and len(ref.rstrip("\n")) >= len("To be") + 1
+
+
+def test_generation_slides_past_the_context(tiny_model, capsys):
+    n = 2 * CTX + 5
+    assert cli.main(["-m", str(tiny_model), "-p", "ab", "-n", str(n), "-s", "2"]) == 0
+    cap = capsys.readouterr()
+    assert len(cap.out) == len("ab") + n + 1        # every token one character, then "\n"
+    assert f"generated tokens: {n}" in cap.err
+    assert "window slides" in cap.err
+
+
+def test_sampler_top_k_top_p_restrict_support():
+    logits = np.array([3.0, 2.5, 1.0, 0.0, -1.0])
+    p = Sampler(temp=1.0, top_k=2).probs(logits)
+    assert np.count_nonzero(p) == 2 and p[0] > p[1] > 0
+    full = Sampler(temp=1.0).probs(logits)
+    p = Sampler(temp=1.0, top_p=0.5).probs(logits)
+    assert np.count_nonzero(p) == 1 and full[0] >= 0.5      # the top token alone covers 0.5
+    p = Sampler(temp=1.0, top_p=full[0] + 1e-9).probs(logits)
+    assert np.count_nonzero(p) == 2
+    assert Sampler(temp=0.0)(logits) == 0
+    draws = [Sampler(temp=1.0, seed=s)(logits) for s in range(200)]
+    assert set(draws) == set(range(5))                      # no restriction: all reachable
+    for bad in (dict(temp=-1.0), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.01)):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            Sampler(**bad)
+
+
+def malformed_models(tmp: Path, good: Path) -> dict:
+    cases = {}
+    d = tmp / "bad_json"
+    d.mkdir()
+    (d / "config.json").write_text("{not json")
+    (d / "tokenizer.json").write_text((good / "tokenizer.json").read_text())
+    cases["bad_json"] = d
+    d = tmp / "no_tokenizer"
+    d.mkdir()
+    (d / "config.json").write_text((good / "config.json").read_text())
+    cases["no_tokenizer"] = d
+    d = tmp / "truncated"
+    d.mkdir()
+    for f in ("config.json", "tokenizer.json"):
+        (d / f).write_text((good / f).read_text())
+    (d / "model.safetensors").write_bytes((good / "model.safetensors").read_bytes()[:200])
+    cases["truncated"] = d
+    d = tmp / "wrong_type"
+    d.mkdir()
+    conf = json.loads((good / "config.json").read_text())
+    conf["model_type"] = "llama"
+    (d / "config.json").write_text(json.dumps(conf))
+    (d / "tokenizer.json").write_text((good / "tokenizer.json").read_text())
+    cases["wrong_type"] = d
+    return cases
+
+
+BAD_ARGS = {
+    "unknown backend": ["--backend", "board"],
+    "unknown mode": ["--mode", "float"],
+    "negative n": ["-n", "-3"],
+    "non-integer n": ["-n", "many"],
+    "negative temp": ["--temp", "-0.5"],
+    "nan temp": ["--temp", "nan"],
+    "top-p zero": ["--top-p", "0"],
+    "top-p above one": ["--top-p", "1.5"],
+    "negative top-k": ["--top-k", "-1"],
+    "empty prompt": ["-p", ""],
+    "prompt too long": ["-p", "a" * (CTX + 1)],
+    "char outside vocabulary": ["-p", "caf\u00e9"],
+    "missing model": ["-m", "/nonexistent/model/dir"],
+    "unknown flag": ["--frobnicate"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ARGS))
+def test_bad_values_exit_2_with_one_line(tiny_model, case):
+    args = BAD_ARGS[case]
+    if "-m" not in args:
+        args = ["-m", str(tiny_model), *args]
+    r = run_cli(*args)
+    assert r.returncode == 2, (case, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("case", ["bad_json", "no_tokenizer", "truncated", "wrong_type"])
+def test_malformed_model_exit_2_with_one_line(tiny_model, tmp_path, case):
+    d = malformed_models(tmp_path, tiny_model)[case]
+    r = run_cli("-m", str(d), "-n", "2")
+    assert r.returncode == 2, (case, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: -m/--model"), r.stderr
+    assert "Traceback" not in r.stderr

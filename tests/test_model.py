@@ -1,0 +1,453 @@
+"""golden/model.py: the BitNet forward in reference mode against transformers, integer mode
+against reference, KV-cache decode against the full forward, input checks, the op-level
+helpers, and the shipped model's held-out greedy agreement."""
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from golden import model as gmod
+from golden import requant as rq
+from golden.config import DEFAULT
+from golden.model import (DECODE_VS_FULL_INT, GREEDY_AGREEMENT_MIN, INT_COSINE_GAP,
+                          REF_VS_HF_REL_ERR, GoldenModel, Scale, cosine_rows, random_model)
+from golden.modelspec import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models" / "default"
+CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+# HF model shapes: GQA ratios 4:1, 1:1 (odd head count), 2:1, 7:1 (MQA, odd); hidden and
+# intermediate sizes that are not multiples of 3 (but one), relu2 and silu
+SHAPES = {
+    "gqa4_relu2": dict(hidden_size=64, intermediate_size=100, num_hidden_layers=2,
+                       num_attention_heads=8, num_key_value_heads=2, hidden_act="relu2"),
+    "mha5_silu": dict(hidden_size=40, intermediate_size=70, num_hidden_layers=2,
+                      num_attention_heads=5, num_key_value_heads=5, hidden_act="silu"),
+    "gqa2_relu2_3layers": dict(hidden_size=48, intermediate_size=128, num_hidden_layers=3,
+                               num_attention_heads=6, num_key_value_heads=3, hidden_act="relu2"),
+    "mqa7_silu": dict(hidden_size=56, intermediate_size=94, num_hidden_layers=2,
+                      num_attention_heads=7, num_key_value_heads=1, hidden_act="silu"),
+}
+VOCAB, CTX = 67, 64
+
+
+# --------------------------------------------------------------------------- HF models
+@pytest.fixture(scope="module")
+def torch_mod():
+    torch = pytest.importorskip("torch")
+    # transformers' BitNet quantizers are torch.compile'd; eager is what they compute
+    torch._dynamo.config.disable = True
+    return torch
+
+
+def build_hf(torch_mod, tmp_path, shape: dict, seed: int):
+    """A random transformers BitNetForCausalLM (AutoBitLinear online), saved and loaded
+    back both by transformers and by host.checkpoint: (hf_model, golden Model)."""
+    from transformers import BitNetConfig, BitNetForCausalLM
+    from host import checkpoint
+
+    torch = torch_mod
+    cfg = BitNetConfig(vocab_size=VOCAB, max_position_embeddings=CTX, bos_token_id=None,
+                       eos_token_id=None, rope_parameters={"rope_type": "default",
+                                                           "rope_theta": 10000.0}, **shape)
+    torch.manual_seed(seed)
+    m = BitNetForCausalLM(cfg)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(0.5 + torch.rand(p.shape, generator=g))
+            elif "embed" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+    d = tmp_path / f"hf_{seed}"
+    m.save_pretrained(d)
+    conf = json.loads((d / "config.json").read_text())
+    conf["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                   "quantization_mode": "online"}
+    (d / "config.json").write_text(json.dumps(conf))
+    hf = BitNetForCausalLM.from_pretrained(d).eval()
+    assert type(hf.model.layers[0].self_attn.q_proj).__name__ == "AutoBitLinear"
+    return hf, checkpoint.load(d)
+
+
+def hf_float64(torch_mod, monkeypatch, hf, model):
+    """Run transformers' BitNet in float64 end to end. transformers forces float32 in the
+    quantizers, RMSNorm and RoPE tables; these are replaced by the same formulas in the
+    input dtype, and the latent weights are set so that absmean ternarization gives the
+    golden model's codes and scales to float64 precision."""
+    import transformers.integrations.bitnet as hfb
+    import transformers.models.bitnet.modeling_bitnet as hfm
+
+    torch = torch_mod
+
+    class ActQuant64(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            s = 127 / x.abs().max(dim=-1, keepdim=True).values.clamp(min=1e-5)
+            return (x * s).round().clamp(-128, 127) / s
+
+    class WeightQuant64(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, w):
+            s = 1.0 / w.abs().mean().clamp(min=1e-5)
+            return (w * s).round().clamp(-1, 1) / s
+
+    def rms_forward(self, x):
+        var = x.pow(2).mean(-1, keepdim=True)
+        return self.weight * (x * torch.rsqrt(var + self.variance_epsilon))
+
+    def rope_forward(self, x, position_ids):
+        dim = 2 * self.inv_freq.numel()
+        theta = self.config.rope_parameters["rope_theta"]
+        inv_freq = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+        freqs = position_ids[..., None].to(torch.float64) * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+    monkeypatch.setattr(hfb, "ActQuant", ActQuant64)
+    monkeypatch.setattr(hfb, "WeightQuant", WeightQuant64)
+    monkeypatch.setattr(hfm.BitNetRMSNorm, "forward", rms_forward)
+    monkeypatch.setattr(hfm.BitNetRotaryEmbedding, "forward", rope_forward)
+    hf = hf.double()
+    with torch.no_grad():
+        for i, lw in enumerate(model.weights.layers):
+            layer = hf.model.layers[i]
+            for name, tw in lw.proj.items():
+                mod = getattr(layer.self_attn if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj"))
+                              else layer.mlp, name)
+                density = np.count_nonzero(tw.codes) / tw.codes.size
+                mod.weight.copy_(torch.from_numpy(tw.codes.astype(np.float64) * (tw.scale / density)))
+    return hf
+
+
+def hf_logits(torch_mod, hf, ids: np.ndarray) -> np.ndarray:
+    with torch_mod.no_grad():
+        return hf(torch_mod.from_numpy(ids)).logits.numpy()
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_reference_matches_transformers_float64(torch_mod, tmp_path, monkeypatch, rng, shape):
+    hf, model = build_hf(torch_mod, tmp_path, SHAPES[shape], int(rng.integers(1 << 30)))
+    hf = hf_float64(torch_mod, monkeypatch, hf, model)
+    ids = rng.integers(0, VOCAB, size=(2, 40))
+    want = hf_logits(torch_mod, hf, ids)
+    got = GoldenModel(model, "reference", dtype=np.float64).forward(ids)
+    rel = np.max(np.abs(got - want)) / np.max(np.abs(want))
+    assert rel <= REF_VS_HF_REL_ERR, rel
+
+
+# float32 on both sides: the golden reference computes every op as transformers does, but
+# float32 sums are ordered differently (BLAS, reductions). A last-bit difference can flip
+# one INT8 code at a rounding tie (x*127/max|x| within ~1e-5 of k + 1/2, seen in ~1 of 5
+# random cases here), which moves the logits of that and later positions by ~0.5 %
+# relative; without a flip they agree to ~3e-7. Stated: every position within
+# F32_FLIP_REL_ERR whole-model, and op by op (same inputs, so no flips) within F32_OP_REL_ERR.
+F32_FLIP_REL_ERR = 0.05
+F32_OP_REL_ERR = 1e-5
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_reference_matches_transformers_float32(torch_mod, tmp_path, rng, shape):
+    hf, model = build_hf(torch_mod, tmp_path, SHAPES[shape], int(rng.integers(1 << 30)))
+    captured = {}
+
+    def hook(name):
+        def f(mod, inp, out):
+            captured[name] = (inp[0].detach().numpy()[0], out.detach().numpy()[0])
+        return f
+
+    for name, mod in hf.named_modules():
+        if name.endswith(("_proj", "norm")) and name != "lm_head":
+            mod.register_forward_hook(hook(name))
+    ids = rng.integers(0, VOCAB, size=(2, 40))
+    want = hf_logits(torch_mod, hf, ids)
+    gm = GoldenModel(model, "reference")
+    got = gm.forward(ids)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    rel = np.max(np.abs(got - want), axis=-1) / np.max(np.abs(want))
+    assert np.max(rel) <= F32_FLIP_REL_ERR, rel
+
+    # op by op on transformers' own inputs: every BitLinear and RMSNorm
+    norms = {"input_layernorm": "input_layernorm", "post_attention_layernorm":
+             "post_attention_layernorm", "attn_sub_norm": "attn_sub_norm",
+             "ffn_sub_norm": "ffn_sub_norm"}
+    checked = 0
+    for name, (x, y) in captured.items():
+        parts = name.split(".")
+        if parts[1] == "norm":
+            ours = gm._rms_ref(x, model.weights.norm)
+        else:
+            li, leaf = int(parts[2]), parts[-1]
+            if leaf in norms:
+                ours = gm._rms_ref(x, getattr(model.weights.layers[li], norms[leaf]))
+            else:
+                ours = gm._bitlinear_ref(x, gm._ref_w[li][leaf])
+        assert np.max(np.abs(ours - y)) <= F32_OP_REL_ERR * np.max(np.abs(y)), name
+        checked += 1
+    assert checked == 11 * model.config.num_hidden_layers + 1
+
+
+@pytest.mark.parametrize("linear_class", ["bitlinear", "autobitlinear"])
+def test_reference_matches_transformers_offline_packed(torch_mod, tmp_path, rng, linear_class):
+    """A golden Model saved by host.checkpoint in the packed offline layout runs in
+    transformers (BitLinear: weight_scale divides; AutoBitLinear: it multiplies) to the
+    same logits as the golden reference."""
+    from transformers import BitNetForCausalLM
+    from host import checkpoint
+
+    mc = ModelConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CTX)
+    model = random_model(mc, seed=int(rng.integers(1 << 30)))
+    checkpoint.save(model, tmp_path / "m", fmt="offline", linear_class=linear_class)
+    hf = BitNetForCausalLM.from_pretrained(tmp_path / "m").eval()
+    ids = rng.integers(0, VOCAB, size=(2, 30))
+    want = hf_logits(torch_mod, hf, ids)
+    got = GoldenModel(checkpoint.load(tmp_path / "m"), "reference").forward(ids)
+    rel = np.max(np.abs(got - want), axis=-1) / np.max(np.abs(want))
+    assert np.max(rel) <= F32_FLIP_REL_ERR, rel
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_integer_cosine_vs_reference(torch_mod, tmp_path, rng, shape):
+    _, model = build_hf(torch_mod, tmp_path, SHAPES[shape], int(rng.integers(1 << 30)))
+    ids = rng.integers(0, VOCAB, size=(2, CTX))
+    ref = GoldenModel(model, "reference").forward(ids)
+    got = GoldenModel(model, "integer").forward(ids)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    cos = cosine_rows(got, ref)
+    assert np.min(cos) >= 1.0 - INT_COSINE_GAP, np.min(cos)
+
+
+# --------------------------------------------------------------------------- random models
+def small_config(**kw) -> ModelConfig:
+    base = dict(vocab_size=VOCAB, hidden_size=40, intermediate_size=70, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def small_models():
+    return {act: random_model(small_config(hidden_act=act), seed=3) for act in ("relu2", "silu")}
+
+
+@pytest.mark.parametrize("act", ["relu2", "silu"])
+def test_decode_equals_full_forward(small_models, rng, act):
+    model = small_models[act]
+    toks = rng.integers(0, VOCAB, size=32)
+    for mode, dtype in (("integer", np.float32), ("reference", np.float64),
+                        ("reference", np.float32)):
+        gm = GoldenModel(model, mode, dtype=dtype)
+        full = gm.forward(toks)
+        # one prefill then single tokens, and uneven chunks
+        for cuts in ([7] + list(range(8, 32)), [1, 3, 10, 11, 31]):
+            cache = gm.new_cache()
+            parts, prev = [], 0
+            for c in cuts + [32]:
+                parts.append(gm.forward(toks[prev:c], cache))
+                prev = c
+            assert cache.length == 32
+            got = np.concatenate(parts)
+            err = np.max(np.abs(got - full))
+            if mode == "integer":
+                assert err <= DECODE_VS_FULL_INT
+            elif dtype == np.float64:   # BLAS sums over different shapes: last bits only
+                assert err <= 1e-9 * np.abs(full).max()
+            else:   # float32: a last-bit difference may flip an INT8 code at a tie
+                assert err <= F32_FLIP_REL_ERR * np.abs(full).max()
+
+
+def test_batch_equals_single_sequences(small_models, rng):
+    gm = GoldenModel(small_models["relu2"], "integer")
+    toks = rng.integers(0, VOCAB, size=(3, 20))
+    batch = gm.forward(toks)
+    assert batch.shape == (3, 20, VOCAB)
+    for i in range(3):
+        np.testing.assert_array_equal(batch[i], gm.forward(toks[i]))
+
+
+def test_exact_tlmm_path_equals_blas_path(small_models, rng):
+    """The BLAS form of the ternary matmul is bit-equal to golden.tlmm (table lookups),
+    op by op through the whole trace."""
+    model = small_models["silu"]
+    toks = rng.integers(0, VOCAB, size=12)
+    fast, exact = [], []
+    a = GoldenModel(model, "integer").forward(toks, trace=fast)
+    b = GoldenModel(model, "integer", exact_tlmm=True).forward(toks, trace=exact)
+    np.testing.assert_array_equal(a, b)
+    assert [(layer, op) for layer, op, _ in fast] == [(layer, op) for layer, op, _ in exact]
+    for (_, op, x), (_, _, y) in zip(fast, exact):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=f"{op}.{k}")
+
+
+def test_attention_block_size_does_not_change_the_bits(small_models, rng, monkeypatch):
+    model = small_models["relu2"]
+    toks = rng.integers(0, VOCAB, size=(2, 30))
+    a, b = [], []
+    want = GoldenModel(model, "integer").forward(toks, trace=a)
+    monkeypatch.setattr(gmod, "ATTN_QUERY_BLOCK", 7)
+    got = GoldenModel(model, "integer").forward(toks, trace=b)
+    np.testing.assert_array_equal(got, want)
+    for (_, op, x), (_, _, y) in zip(a, b):
+        for k in x:
+            np.testing.assert_array_equal(x[k], y[k], err_msg=f"{op}.{k}")
+
+
+def test_trace_is_the_documented_op_sequence(small_models, rng):
+    mc = small_models["relu2"].config
+    trace = []
+    GoldenModel(small_models["relu2"], "integer").forward(rng.integers(0, VOCAB, size=5), trace=trace)
+    per_layer = ["norm_quant.input_layernorm", "tlmm.qkv", "rope_quant", "qk", "softmax", "pv",
+                 "norm_quant.attn_sub_norm", "tlmm_residual.o_proj",
+                 "norm_quant.post_attention_layernorm", "tlmm.gate_up", "act",
+                 "norm_quant.ffn_sub_norm", "tlmm_residual.down_proj"]
+    want = [(-1, "embed")] + [(i, op) for i in range(mc.num_hidden_layers) for op in per_layer] \
+        + [(-1, "norm_quant.norm"), (-1, "lm_head")]
+    assert [(layer, op) for layer, op, _ in trace] == want
+    # formats: int8 activations, int16 logits, uint16 probabilities, int32 residual
+    ops = {(layer, op): arrays for layer, op, arrays in trace}
+    assert ops[(0, "norm_quant.input_layernorm")]["x_q"].dtype == np.int8
+    assert ops[(0, "rope_quant")]["q"].dtype == np.int8
+    assert ops[(0, "qk")]["logits"].dtype == np.int16
+    assert ops[(0, "softmax")]["p"].dtype == np.uint16
+    for key in ("pv", "act"):
+        assert next(iter(ops[(0, key)].values())).dtype == np.int32
+    assert ops[(0, "tlmm_residual.down_proj")]["h"].dtype == np.int32
+
+
+def test_integer_intermediates_track_reference(small_models, rng):
+    """Residual stream, attention output and FFN product of the integer datapath stay
+    close to the float reference (relative to each tensor's max)."""
+    model = small_models["relu2"]
+    toks = rng.integers(0, VOCAB, size=24)
+    tr_i, tr_r = [], []
+    GoldenModel(model, "integer").forward(toks, trace=tr_i)
+    GoldenModel(model, "reference", dtype=np.float64).forward(toks, trace=tr_r)
+    ref = {(layer, op): a for layer, op, a in tr_r}
+    frac = DEFAULT.norm.in_frac_bits
+    for layer, op, arrays in tr_i:
+        for key in ("h", "o", "m"):
+            if key in arrays and (layer, op) in ref:
+                want = ref[(layer, op)][key][0]
+                got = arrays[key][0].astype(np.float64) * 2.0 ** -frac
+                assert np.max(np.abs(got - want)) <= 0.05 * np.max(np.abs(want)), (layer, op, key)
+
+
+# --------------------------------------------------------------------------- helpers
+def test_requant_equals_golden_requant_in_range(rng):
+    acc = rng.integers(-(1 << 31), 1 << 31, 5000)
+    mant = rng.integers(1 << 15, 1 << 16, 5000)
+    shift = rng.integers(0, 64, 5000)
+    for out_bits in (8, 16, 32):
+        cfg = replace(DEFAULT.requant, out_bits=out_bits)
+        np.testing.assert_array_equal(gmod.requant(acc, Scale(mant, shift), 0, out_bits),
+                                      rq.requantize(acc, mant, shift, cfg))
+
+
+def test_requant_out_of_range_shifts_are_exact(rng):
+    acc = np.concatenate([rng.integers(-(1 << 31), 1 << 31, 500), rng.integers(-50, 50, 500)])
+    mant = rng.integers(1, 1 << 16, 1000)
+    shift = rng.integers(-45, 100, 1000)
+    got = gmod.requant(acc, Scale(mant, shift), 3, 16).astype(np.int64)
+    for a, m, s, g in zip(acc.tolist(), mant.tolist(), shift.tolist(), got.tolist()):
+        s -= 3
+        v = a * m << -s if s <= 0 else (a * m + (1 << (s - 1))) >> s
+        assert g == min(max(v, -(1 << 15)), (1 << 15) - 1), (a, m, s)
+
+
+def test_scale_mul_and_scale_of_int(rng):
+    bits = DEFAULT.requant.mult_bits
+    a = rng.integers(1 << (bits - 1), 1 << bits, 3000)
+    b = rng.integers(1 << (bits - 1), 1 << bits, 3000)
+    sa, sb = rng.integers(-20, 40, 3000), rng.integers(-20, 40, 3000)
+    p = gmod.scale_mul(Scale(a, sa), Scale(b, sb), bits)
+    assert np.all((p.mant >= 1 << (bits - 1)) & (p.mant < 1 << bits))
+    exact = np.ldexp(a * b.astype(np.float64), -(sa + sb))
+    assert np.max(np.abs(p.to_float() / exact - 1)) <= gmod.scale_rel_bound(bits)
+    # the fast path (normalized inputs) equals the general normalization
+    slow = gmod._normalize(a * b, sa + sb, bits)
+    np.testing.assert_array_equal(p.mant, slow.mant)
+    np.testing.assert_array_equal(p.shift, slow.shift)
+    v = np.concatenate([[0, 1, 2, 65535, 65536, 131071], rng.integers(1, 1 << 50, 2000)])
+    s = gmod.scale_of_int(v, bits)
+    nz = v > 0
+    assert np.all(s.mant[~nz] == 0)
+    assert np.max(np.abs(s.to_float()[nz] / v[nz] - 1)) <= gmod.scale_rel_bound(bits)
+    np.testing.assert_array_equal(s.to_float()[v < 1 << bits], v[v < 1 << bits])  # exact
+
+
+def test_norm_weights_keep_full_int16_precision():
+    cfg = gmod.model_datapath_config(random_model(small_config()), DEFAULT)
+    for gamma in (np.array([0.01, -0.003, 0.02]), np.array([12.0, -40.0, 3.0]),
+                  np.array([0.999999, 0.5])):
+        nc = gmod._compile_norm(gamma, cfg, "gamma")
+        assert nc.gamma_q.dtype == np.int16
+        assert (1 << 14) <= np.max(np.abs(nc.gamma_q.astype(np.int64))) < (1 << 15)
+        back = nc.gamma_q * 2.0 ** (nc.g_exp - cfg.norm.gamma_frac_bits)
+        assert np.max(np.abs(back - gamma)) <= 2.0 ** (nc.g_exp - cfg.norm.gamma_frac_bits - 1)
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_tokens_and_arguments(small_models):
+    model = small_models["relu2"]
+    gm = GoldenModel(model, "integer")
+    cases = [([1.0, 2.0], "tokens"), (np.zeros((2, 2, 2), int), "tokens"), ([], "tokens"),
+             ([[]], "tokens"), ([1, -1], "tokens"), ([1, VOCAB], "tokens"), ("ab", "tokens"),
+             (np.zeros(33, int), "tokens")]            # 33 > max_position_embeddings
+    for toks, name in cases:
+        with pytest.raises(ValueError, match=name):
+            gm.forward(toks)
+    cache = gm.new_cache()
+    gm.forward(np.zeros(30, int), cache)
+    with pytest.raises(ValueError, match="tokens"):
+        gm.forward(np.zeros(3, int), cache)              # 30 + 3 > 32
+    with pytest.raises(ValueError, match="cache"):
+        gm.forward([1], GoldenModel(model, "reference").new_cache())
+    with pytest.raises(ValueError, match="cache"):
+        gm.forward(np.zeros((2, 1), int), gm.new_cache(batch=1))
+    with pytest.raises(ValueError, match="mode"):
+        GoldenModel(model, "float")
+    with pytest.raises(ValueError, match="model"):
+        GoldenModel("not a model", "integer")
+    with pytest.raises(ValueError, match="dtype"):
+        GoldenModel(model, "reference", dtype=np.float16)
+
+
+# --------------------------------------------------------------------------- shipped model
+def test_report_rows_within_bounds():
+    rows = gmod.error_report()
+    assert [r["bound"] for r in rows] == [gmod.scale_rel_bound(DEFAULT.requant.mult_bits), 0.0,
+                                          INT_COSINE_GAP, float(DECODE_VS_FULL_INT)]
+    for r in rows:
+        assert r["measured"] <= r["bound"], r
+
+
+@pytest.mark.skipif(not (SHIPPED / "config.json").exists(),
+                    reason="models/default not trained yet (it ships with the model task)")
+def test_shipped_model_greedy_agreement():
+    """Integer vs reference greedy next token over 2048 held-out positions (8 windows of
+    the model's context from the last 10 % of tinyshakespeare)."""
+    from host import checkpoint
+    from host.tokenizer import CharTokenizer
+
+    model = checkpoint.load(SHIPPED)
+    tok = CharTokenizer.load(SHIPPED)
+    text = CORPUS.read_text(encoding="utf-8")
+    held = text[int(len(text) * 0.9):]
+    ctx = model.config.max_position_embeddings
+    n_win = max(1, 2048 // ctx)
+    ids = np.asarray(tok.encode(held[:n_win * ctx]), dtype=np.int64).reshape(n_win, ctx)
+    agree = []
+    for i in range(0, n_win, 4):
+        ref = GoldenModel(model, "reference").forward(ids[i:i + 4])
+        got = GoldenModel(model, "integer").forward(ids[i:i + 4])
+        agree.append(ref.argmax(-1) == got.argmax(-1))
+    rate = float(np.mean(np.concatenate(agree)))
+    assert rate >= GREEDY_AGREEMENT_MIN, rate
