@@ -1,0 +1,288 @@
+"""FFN activations in RTL (golden: ``golden/activations.py``).
+
+Two components, ``lanes`` elements per beat, one beat per cycle:
+
+``LutActivation(cfg, kinds)`` -- GELU and/or SiLU exactly as ``golden.activations.act_fx``:
+    ``y = sat(rhu(ReLU(x) * 2^(LF-IF) - delta(|x|), LF - OF))`` with delta linearly
+    interpolated in a ROM generated from ``golden.activations.delta_lut(kind, cfg)``. The
+    ROM word i of a kind's table holds ``T[i]`` and the slope ``T[i+1] - T[i]`` (2^Lb
+    words; both kinds' tables back to back); each lane has its own ROM copy and reads one
+    word per element.
+    Formats: ``ActivationConfig``.
+``Relu2(in_bits, up_bits=None)`` -- ``golden.activations.relu2`` (max(x, 0)^2, Q.F ->
+    Q.2F) or, with ``up_bits``, ``relu2_gated`` (relu2(gate) * up, the BitNet gated FFN
+    product). Exact.
+
+Streams (``amaranth.lib.stream``; a beat transfers when valid & ready)
+----------------------------------------------------------------------
+LutActivation: ``x`` (in) ``{data: lanes x signed(in_bits), kind, last}`` (``kind``, one
+    bit, only when the instance has two kinds: index into ``kinds``, per beat),
+    ``y`` (out) ``{data: lanes x signed(out_bits), last}``.
+Relu2: ``x`` (in) ``{data: lanes x signed(in_bits), last}`` (gated:
+    ``{gate: lanes x signed(in_bits), up: lanes x signed(up_bits), last}``),
+    ``y`` (out) ``{data: lanes x signed(out_bits), last}``, ``out_bits`` =
+    ``relu2_out_bits(in_bits, up_bits)``: 2*in_bits (the golden dtype: int8 -> int16 ...)
+    or, gated, 2*in_bits + up_bits - 2 (|relu2(g) * u| < 2^(2*in_bits - 2 + up_bits - 1)).
+``last`` is passed through (it marks the end of a vector for the command sequencer).
+
+Pipelines freeze as a whole when ``y`` holds an unaccepted beat (``x.ready = ~stall``).
+Latency (accepting edge of an input to its output being valid) ``LATENCY``: 3 for
+LutActivation (|x| and the ROM address; ROM read and interpolation; subtraction,
+rounding and saturation), 2 for Relu2 (input register; square), 3 gated (square; times
+up). No stalls: n beats take ``expected_cycles(n, latency) = n + latency`` cycles from
+the first input beat to the last output beat, both included.
+
+Reset empties the pipelines; the ROM is constant.
+"""
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from golden.activations import KINDS, delta_lut
+from golden.config import DEFAULT, ActivationConfig
+
+# Elements per beat when the instantiating code does not say (ActivationConfig has no
+# lane count: the number of lanes is a throughput choice of the instance, not a format).
+DEFAULT_LANES = 16
+
+
+def expected_cycles(n: int, latency: int) -> int:
+    """n beats, no stalls: first input beat to last output beat, both included."""
+    return n + latency
+
+
+def relu2_out_bits(in_bits: int, up_bits: int | None = None) -> int:
+    return 2 * in_bits if up_bits is None else 2 * in_bits + up_bits - 2
+
+
+def _check_lanes(lanes) -> int:
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+        raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
+    return lanes
+
+
+def _rhu(v, s: int):
+    """(v + 2^(s-1)) >> s, arithmetic (round half up); v itself for s = 0."""
+    return v if s == 0 else (v + (1 << (s - 1))) >> s
+
+
+def _vec(shape, lanes: int) -> data.StructLayout:
+    return data.StructLayout({"data": data.ArrayLayout(shape, lanes), "last": 1})
+
+
+class _Pipeline:
+    """Registers that all freeze on one stall (the output holds an unaccepted beat)."""
+
+    def __init__(self, m: Module, stall):
+        self.m = m
+        self.stall = stall
+
+    def reg(self, value, name: str, shape=None) -> Signal:
+        r = Signal(value.shape() if shape is None else shape, name=name)
+        with self.m.If(~self.stall):
+            self.m.d.sync += r.eq(value)
+        return r
+
+
+def _drive_output(m: Module, port, stall, valid, last, values):
+    """Output register: loaded from the last stage when not stalled."""
+    m.d.comb += stall.eq(port.valid & ~port.ready)
+    with m.If(~stall):
+        m.d.sync += [port.valid.eq(valid), port.payload.last.eq(last)]
+        m.d.sync += [port.payload.data[i].eq(v) for i, v in enumerate(values)]
+
+
+# --------------------------------------------------------------------------- GELU / SiLU
+class LutActivation(wiring.Component):
+    """GELU / SiLU as ReLU(x) - interpolated delta(|x|) (see module docstring).
+
+    ``kinds``: the functions this instance computes, a subset of ("gelu", "silu"); with
+    two, the ``x`` payload has a ``kind`` field (index into ``kinds``) chosen per beat, and
+    the tables sit back to back in one ROM.
+    """
+
+    LATENCY = 3
+
+    def __init__(self, cfg: ActivationConfig = DEFAULT.activation, kinds=KINDS, *,
+                 lanes: int = DEFAULT_LANES):
+        if not isinstance(cfg, ActivationConfig):
+            raise ValueError(f"cfg: expected ActivationConfig, got {type(cfg).__name__}")
+        kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
+        if not kinds or len(set(kinds)) != len(kinds) or any(k not in KINDS for k in kinds):
+            raise ValueError(f"kinds: expected distinct names from {KINDS}, got {kinds!r}")
+        self.cfg = cfg
+        self.kinds = kinds
+        self.lanes = _check_lanes(lanes)
+        self.latency = self.LATENCY
+        fields = {"data": data.ArrayLayout(signed(cfg.in_bits), lanes)}
+        if len(kinds) > 1:
+            fields["kind"] = unsigned(1)
+        fields["last"] = 1
+        super().__init__({
+            "x": In(stream.Signature(data.StructLayout(fields))),
+            "y": Out(stream.Signature(_vec(signed(cfg.out_bits), lanes))),
+        })
+
+    def rom_offsets(self) -> list[int]:
+        """First ROM word of each kind's table."""
+        offs, pos = [], 0
+        for kind in self.kinds:
+            offs.append(pos)
+            pos += 1 << self.cfg.lut_bits(kind)
+        return offs
+
+    def rom_words(self) -> list[dict]:
+        """ROM contents from the golden tables: per kind, word i = {T[i], T[i+1] - T[i]}."""
+        words = []
+        for kind in self.kinds:
+            t = [int(v) for v in delta_lut(kind, self.cfg)]
+            words += [{"base": t[i], "slope": t[i + 1] - t[i]} for i in range(len(t) - 1)]
+        return words
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        lf = cfg.lut_frac_bits
+        words = self.rom_words()
+        offsets = self.rom_offsets()
+        base_shape = unsigned(max(1, max(w["base"] for w in words).bit_length()))
+        slope_shape = signed(max(1, max(abs(w["slope"]) for w in words).bit_length()) + 1)
+        word_layout = data.StructLayout({"base": base_shape, "slope": slope_shape})
+        shifts = [cfg.seg_shift(k) for k in self.kinds]
+        w_bits = max(1, max(shifts))
+        m = Module()
+        stall = Signal()
+        pipe = _Pipeline(m, stall)
+        m.d.comb += self.x.ready.eq(~stall)
+        fire = self.x.valid & self.x.ready
+
+        sel = self.x.payload.kind if len(self.kinds) > 1 else 0
+        # stage 1: |x|, ROM address of its segment, position in the segment
+        v1 = pipe.reg(fire, "s1_valid")
+        last1 = pipe.reg(self.x.payload.last, "s1_last")
+        sel1 = pipe.reg(sel, "s1_kind", unsigned(1))
+        outs = []
+        for lane in range(self.lanes):
+            x = self.x.payload.data[lane]
+            a = Signal(unsigned(cfg.in_bits), name=f"abs{lane}")   # |-2^(b-1)| fits b bits
+            m.d.comb += a.eq(Mux(x < 0, -x, x))
+            addr, inside, pos = [], [], []
+            for kind, off, sg in zip(self.kinds, offsets, shifts):
+                seg = a >> sg
+                inside.append(seg < (1 << cfg.lut_bits(kind)))
+                addr.append(off + seg[:cfg.lut_bits(kind)])
+                pos.append(a[:sg] if sg else 0)
+            pick = (lambda vals: Mux(sel, vals[1], vals[0])) if len(self.kinds) > 1 else \
+                (lambda vals: vals[0])
+            # one ROM copy per lane (one read port each: what the FPGA builds anyway)
+            rom = Memory(shape=word_layout, depth=len(words), init=words)
+            m.submodules[f"rom{lane}"] = rom
+            port = rom.read_port()
+            m.d.comb += [port.addr.eq(pick(addr)), port.en.eq(~stall)]
+            x1 = pipe.reg(x, f"s1_x{lane}")
+            w1 = pipe.reg(pick(pos), f"s1_w{lane}", unsigned(w_bits))
+            in1 = pipe.reg(pick(inside), f"s1_inside{lane}")
+            # stage 2: interpolated delta (the ROM word arrives now), ReLU scaled to Q.LF
+            word = port.data
+            deltas = [word.base + (_rhu(word.slope * w1[:sg], sg) if sg else 0) for sg in shifts]
+            delta = Mux(sel1, deltas[1], deltas[0]) if len(self.kinds) > 1 else deltas[0]
+            relu = Mux(x1 < 0, 0, x1) << (lf - cfg.in_frac_bits)
+            acc = pipe.reg(relu - Mux(in1, delta, 0), f"s2_acc{lane}")
+            # stage 3: round to Q.OF and saturate
+            y = _rhu(acc, lf - cfg.out_frac_bits)
+            lo, hi = -(1 << (cfg.out_bits - 1)), (1 << (cfg.out_bits - 1)) - 1
+            outs.append(Mux(y > hi, hi, Mux(y < lo, lo, y)))
+        v2 = pipe.reg(v1, "s2_valid")
+        last2 = pipe.reg(last1, "s2_last")
+        _drive_output(m, self.y, stall, v2, last2, outs)
+        return m
+
+
+# --------------------------------------------------------------------------- ReLU^2
+class Relu2(wiring.Component):
+    """max(x, 0)^2, or relu2(gate) * up with ``up_bits`` (see module docstring)."""
+
+    def __init__(self, in_bits: int = DEFAULT.quant.act_bits, up_bits: int | None = None, *,
+                 lanes: int = DEFAULT_LANES):
+        if isinstance(in_bits, bool) or not isinstance(in_bits, int) or not 2 <= in_bits <= 32:
+            raise ValueError(f"in_bits: expected an int in [2, 32], got {in_bits!r}")
+        if up_bits is not None and (isinstance(up_bits, bool) or not isinstance(up_bits, int)
+                                    or not 2 <= up_bits <= 32):
+            raise ValueError(f"up_bits: expected None or an int in [2, 32], got {up_bits!r}")
+        self.in_bits = in_bits
+        self.up_bits = up_bits
+        self.gated = up_bits is not None
+        self.lanes = _check_lanes(lanes)
+        self.out_bits = relu2_out_bits(in_bits, up_bits)
+        self.latency = 3 if self.gated else 2
+        if self.gated:
+            x_layout = data.StructLayout({
+                "gate": data.ArrayLayout(signed(in_bits), lanes),
+                "up": data.ArrayLayout(signed(up_bits), lanes),
+                "last": 1,
+            })
+        else:
+            x_layout = _vec(signed(in_bits), lanes)
+        super().__init__({
+            "x": In(stream.Signature(x_layout)),
+            "y": Out(stream.Signature(_vec(signed(self.out_bits), lanes))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        stall = Signal()
+        pipe = _Pipeline(m, stall)
+        m.d.comb += self.x.ready.eq(~stall)
+        fire = self.x.valid & self.x.ready
+        p = self.x.payload
+        valid, last = pipe.reg(fire, "s1_valid"), pipe.reg(p.last, "s1_last")
+        outs = []
+        for lane in range(self.lanes):
+            g = p.gate[lane] if self.gated else p.data[lane]
+            # stage 1: ReLU (a negative input squares to 0)
+            r = pipe.reg(Mux(g < 0, 0, g), f"s1_relu{lane}", unsigned(self.in_bits - 1))
+            sq = r * r
+            if self.gated:
+                up1 = pipe.reg(p.up[lane], f"s1_up{lane}")
+                sq2 = pipe.reg(sq, f"s2_sq{lane}")
+                up2 = pipe.reg(up1, f"s2_up{lane}")
+                outs.append(sq2 * up2)
+            else:
+                outs.append(sq)
+        if self.gated:
+            valid, last = pipe.reg(valid, "s2_valid"), pipe.reg(last, "s2_last")
+        _drive_output(m, self.y, stall, valid, last, outs)
+        return m
+
+
+# --------------------------------------------------------------------------- stream packing
+def vector_beats(x, lanes: int, field: str = "data") -> list[dict]:
+    """Payloads for a vector, zero-padded to a multiple of ``lanes``; ``last`` on the final
+    beat. ``x`` may be a dict of equally long vectors (the gated ``gate`` / ``up``)."""
+    import numpy as np
+
+    fields = x if isinstance(x, dict) else {field: x}
+    arrs = {k: np.asarray(v).reshape(-1).astype(np.int64) for k, v in fields.items()}
+    n = next(iter(arrs.values())).size
+    nb = max(1, -(-n // lanes))
+    out = []
+    for b in range(nb):
+        beat = {}
+        for k, a in arrs.items():
+            chunk = np.zeros(lanes, dtype=np.int64)
+            part = a[b * lanes:(b + 1) * lanes]
+            chunk[:part.size] = part
+            beat[k] = chunk.tolist()
+        beat["last"] = int(b == nb - 1)
+        out.append(beat)
+    return out
+
+
+def synth_tops() -> dict:
+    """Factories for ``hw.synth``: the GELU+SiLU unit and the BitNet gated ReLU^2
+    (int8 gate x int8 up), both at the default lane count."""
+    act = DEFAULT.quant.act_bits
+    return {"activations_gelu_silu": LutActivation,
+            "activations_relu2_gated": lambda: Relu2(act, act)}
