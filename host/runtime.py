@@ -1,0 +1,440 @@
+"""Runtime: compiles a BitNet model for the accelerator and runs it through a ``Device``.
+
+    rt = make_runtime(model, "golden")             # or Runtime(model, GoldenDevice())
+    logits = rt.forward(prompt_ids)                # prefill: [T, vocab] float32
+    logits = rt.forward([next_id])                 # decode at the next position
+    print(rt.address_map)                          # where everything lives
+
+Compilation (``golden.model.compile_integer`` for the device's datapath ``device.cfg``)
+gives the integer constants; the runtime lays them out in device memory in the formats
+of ``hw/isa.py`` and writes them once:
+
+- ``embed``: int32 [vocab, hidden] Q15.16; ``lm_head``: int8 [vocab, hidden] (its float
+  row scales stay on the host);
+- ``rope``: RoPE table int16 [context, head_dim] (``hw.isa.rope_table`` of
+  ``golden.rope.rope_tables`` for the model's rope_theta);
+- per layer ``L{i}.<norm>``: gamma_q int16 [dim] (its g_exp and the norm constants go
+  into the commands); ``L{i}.<proj>``: ternary codes in the TLMM tile format;
+- ``kv{i}.k`` / ``kv{i}.v``: int8 [kv_heads, context, head_dim]; ``kv{i}.k_scale`` /
+  ``kv{i}.v_scale``: scale records [kv_heads, context] (the KV cache of one sequence);
+- scratch activations sized for ``max_chunk`` tokens (``tokens``, ``h``, ``x``/
+  ``x_scale``, TLMM accumulators, ``q``/``q_scale``, ``logits``/``probs`` [heads,
+  max_chunk, context], ``attn``, ``ffn``, ``lm_acc``) and the command ``stream``.
+
+Each step (a chunk of at most ``max_chunk`` tokens at positions pos..pos+T-1) is one
+command stream that mirrors ``GoldenModel._forward_integer`` op for op: EMBED, then per
+layer NORM_QUANT, TLMM q/k/v, ROPE_QUANT q (into ``q``), k and v (appended to the KV
+cache at pos), QK, SOFTMAX, PV, NORM_QUANT, TLMM o_proj, RESIDUAL, NORM_QUANT, TLMM
+gate/up, ACT, NORM_QUANT, TLMM down_proj, RESIDUAL; the final NORM_QUANT and LM_HEAD;
+END. The host reads the int32 head accumulators and the final norm's scale records and
+computes ``logits = acc * sx * lm_row_scale`` exactly as ``golden.model.op_lm_head``
+(float64, then float32) -- bit for bit the golden integer forward, for any chunking.
+
+Positions: the runtime keeps one KV cache on the device. ``forward(tokens)`` continues
+at ``self.cache.length`` (``reset()`` starts over); ``new_cache()`` / ``forward(tokens,
+cache)`` give the ``GoldenModel`` calling convention (``host.generate.generate`` runs
+unchanged on a Runtime), the newest cache owning the device's KV memory. Positions
+beyond ``max_position_embeddings`` raise ValueError, as in golden/model.py. One
+sequence at a time (tokens [T]; a batch [B, T] raises ValueError).
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from golden.model import IntegerModel, Scale, compile_integer
+from golden.modelspec import ATTN_PROJ, MLP_PROJ, Model
+from golden.rmsnorm import norm_constants
+from golden.rope import rope_tables
+from host.device import Device
+from hw import isa
+from hw.isa import ActKind, Opcode, command
+
+DEFAULT_MAX_CHUNK = 64        # tokens per stream (golden.model.ATTN_QUERY_BLOCK)
+DEFAULT_TIMEOUT_S = 120.0
+_NORMS = ("input_layernorm", "post_attention_layernorm", "attn_sub_norm", "ffn_sub_norm")
+
+
+@dataclass(frozen=True)
+class Region:
+    name: str
+    addr: int
+    nbytes: int
+    fmt: str              # memory format, in the words of hw/isa.py
+    kind: str             # "const" (written once), "kv" or "scratch"
+
+
+@dataclass
+class AddressMap:
+    """Where every tensor of the compiled model lives in device memory."""
+
+    regions: dict = field(default_factory=dict)
+
+    def add(self, r: Region) -> None:
+        self.regions[r.name] = r
+
+    def __getitem__(self, name: str) -> Region:
+        return self.regions[name]
+
+    def addr(self, name: str) -> int:
+        return self.regions[name].addr
+
+    def total(self, kind: str | None = None) -> int:
+        return sum(r.nbytes for r in self.regions.values() if kind is None or r.kind == kind)
+
+    @property
+    def span(self) -> tuple[int, int]:
+        lo = min(r.addr for r in self.regions.values())
+        hi = max(r.addr + r.nbytes for r in self.regions.values())
+        return lo, hi
+
+    def __str__(self) -> str:
+        lines = [f"{'region':<28} {'address':>10} {'bytes':>10}  {'kind':<7} format"]
+        for r in self.regions.values():
+            lines.append(f"{r.name:<28} 0x{r.addr:08x} {r.nbytes:>10}  {r.kind:<7} {r.fmt}")
+        lo, hi = self.span
+        lines.append(f"total: const {self.total('const')} B, kv {self.total('kv')} B, scratch "
+                     f"{self.total('scratch')} B; image span 0x{lo:x}..0x{hi:x} ({hi - lo} B)")
+        return "\n".join(lines)
+
+
+class DeviceKVCache:
+    """Handle on the runtime's device KV cache (``length`` valid positions)."""
+
+    _ids = itertools.count()
+
+    def __init__(self, runtime: "Runtime"):
+        self.runtime, self.length, self.id = runtime, 0, next(self._ids)
+        self.capacity = runtime.config.max_position_embeddings
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+class Runtime:
+    """A model compiled for ``device`` (see module docstring)."""
+
+    mode = "integer"
+
+    def __init__(self, model: Model, device: Device, max_chunk: int = DEFAULT_MAX_CHUNK,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
+        if not isinstance(model, Model):
+            raise ValueError(f"model: expected golden.modelspec.Model, got {type(model).__name__}")
+        if not isinstance(device, Device):
+            raise ValueError(f"device: expected a host.device.Device, got {type(device).__name__}")
+        if not isinstance(max_chunk, (int, np.integer)) or max_chunk < 1:
+            raise ValueError(f"max_chunk: expected a positive integer, got {max_chunk!r}")
+        if not (isinstance(timeout_s, (int, float)) and timeout_s > 0):
+            raise ValueError(f"timeout_s: expected a number > 0, got {timeout_s!r}")
+        isa.check_datapath(device.cfg)
+        self.model, self.device, self.config = model, device, model.config
+        self.timeout_s = float(timeout_s)
+        mc = self.config
+        self.max_chunk = int(min(max_chunk, mc.max_position_embeddings))
+        self.im: IntegerModel = compile_integer(model, device.cfg)
+        self.cfg = self.im.cfg
+        self._check_dims()
+        self.address_map = AddressMap()
+        self._layout_and_write()
+        self._owner = None
+        self.cache = self.new_cache()
+        self.last_stream: list = []
+        self.stats = {"streams": 0, "tokens": 0, "device_s": 0.0}
+
+    # ------------------------------------------------------------------ layout
+    def _check_dims(self) -> None:
+        mc = self.config
+        limits = {"hidden_size": (mc.hidden_size, isa.DIM_BITS),
+                  "intermediate_size": (mc.intermediate_size, isa.DIM_BITS),
+                  "head_dim": (mc.head_dim, isa.DIM_BITS),
+                  "num_attention_heads": (mc.num_attention_heads, isa.HEADS_BITS),
+                  "max_position_embeddings": (mc.max_position_embeddings, isa.ROWS_BITS),
+                  "vocab_size": (mc.vocab_size, isa.VOCAB_BITS),
+                  "num_attention_heads * head_dim": (mc.num_attention_heads * mc.head_dim,
+                                                     isa.DIM_BITS)}
+        for name, (v, bits) in limits.items():
+            if v >= 1 << bits:
+                raise ValueError(f"model: {name} = {v} exceeds the command field ({bits} bits)")
+        if mc.max_position_embeddings > self.cfg.softmax.max_len:
+            raise ValueError(f"model: context {mc.max_position_embeddings} exceeds the softmax "
+                             f"row limit {self.cfg.softmax.max_len}")
+
+    def _region(self, name: str, nbytes: int, fmt: str, kind: str, align: int = 64) -> int:
+        addr = self.device.alloc(int(nbytes), align)
+        self.address_map.add(Region(name, addr, int(nbytes), fmt, kind))
+        return addr
+
+    def _const(self, name: str, data: np.ndarray, fmt: str) -> int:
+        data = np.ascontiguousarray(data)
+        addr = self._region(name, data.nbytes, fmt, "const")
+        self.device.write(addr, data)
+        return addr
+
+    def _layout_and_write(self) -> None:
+        mc, im, tc = self.config, self.im, self.cfg.tlmm
+        h_, i_, v_ = mc.hidden_size, mc.intermediate_size, mc.vocab_size
+        nh, nkv, hd, ctx = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, \
+            mc.max_position_embeddings
+        qd = nh * hd
+        self._const("embed", im.embed_fx.astype(np.int32), f"int32 [{v_}, {h_}] Q15.16")
+        cos_q, sin_q = rope_tables(hd, self.cfg.rope)
+        self._const("rope", isa.rope_table(cos_q[:ctx], sin_q[:ctx]),
+                    f"int16 [{ctx}, {hd}] cos|sin Q1.{self.cfg.rope.table_frac_bits}")
+        for li, lc in enumerate(im.layers):
+            for nm in _NORMS:
+                g = getattr(lc, nm).gamma_q
+                self._const(f"L{li}.{nm}", g.astype(np.int16), f"int16 [{g.size}] gamma_q")
+            for nm in ATTN_PROJ + MLP_PROJ:
+                codes = lc.proj[nm].codes
+                n, k = codes.shape
+                self._const(f"L{li}.{nm}", isa.pack_tlmm_weights(codes, tc),
+                            f"TLMM tiles n={n} k={k} ({isa.tlmm_blocks(n, tc)}x"
+                            f"{isa.tlmm_chunks(k, tc)} beats of {isa.tlmm_beat_bytes(tc)} B)")
+        self._const("norm", im.norm.gamma_q.astype(np.int16), f"int16 [{h_}] gamma_q")
+        self._const("lm_head", im.lm_q.astype(np.int8), f"int8 [{v_}, {h_}]")
+        rec = isa.SCALE_RECORD_BYTES
+        for li in range(mc.num_hidden_layers):
+            for kv in ("k", "v"):
+                self._region(f"kv{li}.{kv}", nkv * ctx * hd, f"int8 [{nkv}, {ctx}, {hd}]", "kv")
+                self._region(f"kv{li}.{kv}_scale", nkv * ctx * rec, f"scale [{nkv}, {ctx}]", "kv")
+        t = self.max_chunk
+        xd = max(h_, i_, qd)
+        scratch = [
+            ("tokens", t * 4, f"uint32 [{t}]"),
+            ("h", t * h_ * 4, f"int32 [{t}, {h_}] Q15.16 residual"),
+            ("x", t * xd, f"int8 [{t}, {xd}] x_q"),
+            ("x_scale", t * rec, f"scale [{t}]"),
+            ("acc_q", t * qd * 4, f"int32 [{t}, {qd}]"),
+            ("acc_k", t * nkv * hd * 4, f"int32 [{t}, {nkv * hd}]"),
+            ("acc_v", t * nkv * hd * 4, f"int32 [{t}, {nkv * hd}]"),
+            ("q", nh * t * hd, f"int8 [{nh}, T<={t}, {hd}]"),
+            ("q_scale", nh * t * rec, f"scale [{nh}, T<={t}]"),
+            ("logits", nh * t * ctx * 2, f"int16 [{nh}, T, S] Q7.8 (<= {t}x{ctx})"),
+            ("probs", nh * t * ctx * 2, f"uint16 [{nh}, T, S] UQ0.16"),
+            ("attn", t * qd * 4, f"int32 [{t}, {qd}] Q15.16"),
+            ("acc_h", t * h_ * 4, f"int32 [{t}, {h_}]"),
+            ("acc_g", t * i_ * 4, f"int32 [{t}, {i_}]"),
+            ("acc_u", t * i_ * 4, f"int32 [{t}, {i_}]"),
+            ("ffn", t * i_ * 4, f"int32 [{t}, {i_}] Q15.16"),
+            ("lm_acc", t * v_ * 4, f"int32 [{t}, {v_}]"),
+        ]
+        for name, nbytes, fmt in scratch:
+            self._region(name, nbytes, fmt, "scratch")
+        self.max_cmds = len(self.step_commands(0, 1, 1))
+        self._region("stream", self.max_cmds * isa.COMMAND_BYTES,
+                     f"{self.max_cmds} commands x {isa.COMMAND_BYTES} B", "scratch",
+                     align=isa.STREAM_ALIGN)
+
+    @property
+    def image_bytes(self) -> int:
+        """Bytes of device memory the model occupies (constants + KV cache + scratch)."""
+        lo, hi = self.address_map.span
+        return hi - lo
+
+    # ------------------------------------------------------------------ commands
+    def _norm_cmd(self, src: int, nc, dim: int, rows: int) -> isa.Command:
+        a = self.address_map
+        eps_term, c_mant, c_exp = norm_constants(dim, self.cfg.norm, self.cfg.quant)
+        return command(Opcode.NORM_QUANT, src=src, gamma=nc[0], dst=a.addr("x"),
+                       dst_scale=a.addr("x_scale"), rows=rows, dim=dim, eps_term=eps_term,
+                       c_mant=c_mant, c_exp=c_exp, g_exp=nc[1])
+
+    def _tlmm_cmd(self, li: int, proj: str, dst: str, rows: int) -> isa.Command:
+        n, k = self.im.layers[li].proj[proj].codes.shape
+        return command(Opcode.TLMM, src=self.address_map.addr("x"),
+                       weights=self.address_map.addr(f"L{li}.{proj}"),
+                       dst=self.address_map.addr(dst), rows=rows, k=k, n=n)
+
+    def step_commands(self, pos: int, rows: int, lm_rows: int) -> list:
+        """The command stream of tokens pos..pos+rows-1 (already in ``tokens``); the head
+        runs on the last ``lm_rows`` of them."""
+        mc, im, a = self.config, self.im, self.address_map
+        h_, i_, v_ = mc.hidden_size, mc.intermediate_size, mc.vocab_size
+        nh, nkv, hd, ctx = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, \
+            mc.max_position_embeddings
+        keys = pos + rows
+        rec = isa.SCALE_RECORD_BYTES
+        cmds = [command(Opcode.EMBED, tokens=a.addr("tokens"), table=a.addr("embed"),
+                        dst=a.addr("h"), rows=rows, dim=h_, vocab=v_)]
+
+        def const(sc: Scale) -> tuple[int, int]:
+            return int(sc.mant), int(sc.shift)
+
+        def norm(li, nm):
+            nc = getattr(im.layers[li], nm)
+            return a.addr(f"L{li}.{nm}"), nc.g_exp
+
+        kind = ActKind.RELU2 if mc.hidden_act == "relu2" else ActKind.SILU
+        for li, lc in enumerate(im.layers):
+            pr = lc.proj
+            cmds.append(self._norm_cmd(a.addr("h"), norm(li, "input_layernorm"), h_, rows))
+            for p, dst in (("q_proj", "acc_q"), ("k_proj", "acc_k"), ("v_proj", "acc_v")):
+                cmds.append(self._tlmm_cmd(li, p, dst, rows))
+            for p, src, heads, dst, dst_scale, ld, rope in (
+                    ("q_proj", "acc_q", nh, a.addr("q"), a.addr("q_scale"), rows, 1),
+                    ("k_proj", "acc_k", nkv, a.addr(f"kv{li}.k") + pos * hd,
+                     a.addr(f"kv{li}.k_scale") + pos * rec, ctx, 1),
+                    ("v_proj", "acc_v", nkv, a.addr(f"kv{li}.v") + pos * hd,
+                     a.addr(f"kv{li}.v_scale") + pos * rec, ctx, 0)):
+                cm, cs = const(pr[p].const)
+                cmds.append(command(Opcode.ROPE_QUANT, src=a.addr(src), src_scale=a.addr("x_scale"),
+                                    table=a.addr("rope"), dst=dst, dst_scale=dst_scale, rows=rows,
+                                    heads=heads, head_dim=hd, ld=ld, pos=pos, table_rows=ctx,
+                                    c_mant=cm, c_shift=cs, rope=rope))
+            cmds.append(command(Opcode.QK, q=a.addr("q"), q_scale=a.addr("q_scale"),
+                                k=a.addr(f"kv{li}.k"), k_scale=a.addr(f"kv{li}.k_scale"),
+                                dst=a.addr("logits"), rows=rows, keys=keys, heads=nh,
+                                kv_heads=nkv, head_dim=hd, q_ld=rows, kv_ld=ctx))
+            cmds.append(command(Opcode.SOFTMAX, src=a.addr("logits"), dst=a.addr("probs"),
+                                rows=rows, keys=keys, heads=nh))
+            cmds.append(command(Opcode.PV, p=a.addr("probs"), v=a.addr(f"kv{li}.v"),
+                                v_scale=a.addr(f"kv{li}.v_scale"), dst=a.addr("attn"), rows=rows,
+                                keys=keys, heads=nh, kv_heads=nkv, head_dim=hd, kv_ld=ctx))
+            cmds.append(self._norm_cmd(a.addr("attn"), norm(li, "attn_sub_norm"), nh * hd, rows))
+            cmds.append(self._tlmm_cmd(li, "o_proj", "acc_h", rows))
+            cm, cs = const(pr["o_proj"].const)
+            cmds.append(command(Opcode.RESIDUAL, h=a.addr("h"), acc=a.addr("acc_h"),
+                                src_scale=a.addr("x_scale"), dst=a.addr("h"), rows=rows, dim=h_,
+                                c_mant=cm, c_shift=cs))
+            cmds.append(self._norm_cmd(a.addr("h"), norm(li, "post_attention_layernorm"), h_, rows))
+            cmds.append(self._tlmm_cmd(li, "gate_proj", "acc_g", rows))
+            cmds.append(self._tlmm_cmd(li, "up_proj", "acc_u", rows))
+            gm_, gs = const(pr["gate_proj"].const)
+            um, us = const(pr["up_proj"].const)
+            cmds.append(command(Opcode.ACT, gate=a.addr("acc_g"), up=a.addr("acc_u"),
+                                src_scale=a.addr("x_scale"), dst=a.addr("ffn"), rows=rows, dim=i_,
+                                g_mant=gm_, g_shift=gs, u_mant=um, u_shift=us, kind=kind))
+            cmds.append(self._norm_cmd(a.addr("ffn"), norm(li, "ffn_sub_norm"), i_, rows))
+            cmds.append(self._tlmm_cmd(li, "down_proj", "acc_h", rows))
+            cm, cs = const(pr["down_proj"].const)
+            cmds.append(command(Opcode.RESIDUAL, h=a.addr("h"), acc=a.addr("acc_h"),
+                                src_scale=a.addr("x_scale"), dst=a.addr("h"), rows=rows, dim=h_,
+                                c_mant=cm, c_shift=cs))
+        first = rows - lm_rows
+        cmds.append(self._norm_cmd(a.addr("h") + first * h_ * 4, (a.addr("norm"), im.norm.g_exp),
+                                   h_, lm_rows))
+        cmds.append(command(Opcode.LM_HEAD, src=a.addr("x"), weights=a.addr("lm_head"),
+                            dst=a.addr("lm_acc"), rows=lm_rows, k=h_, n=v_))
+        cmds.append(command(Opcode.END))
+        return cmds
+
+    # ------------------------------------------------------------------ running
+    def new_cache(self) -> DeviceKVCache:
+        """A fresh sequence; it owns the device KV cache from now on."""
+        c = DeviceKVCache(self)
+        self._owner = c.id
+        return c
+
+    def reset(self) -> None:
+        """Start the runtime's own sequence over (position 0)."""
+        self.cache = self.new_cache()
+
+    def _check_tokens(self, tokens) -> np.ndarray:
+        try:
+            t = np.asarray(tokens)
+        except Exception:
+            raise ValueError(f"tokens: expected integer token ids, got {type(tokens).__name__}") from None
+        if t.dtype.kind not in "iu":
+            raise ValueError(f"tokens: expected integer token ids, got dtype {t.dtype}")
+        if t.ndim != 1 or t.shape[0] < 1:
+            raise ValueError(f"tokens: expected shape [T] with T >= 1 (one sequence), got {t.shape}")
+        v = self.config.vocab_size
+        if int(t.min()) < 0 or int(t.max()) >= v:
+            bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
+            raise ValueError(f"tokens: id {bad} outside the vocabulary [0, {v})")
+        return t.astype(np.int64)
+
+    def run_stream(self, cmds) -> None:
+        """Write ``cmds`` to the stream region, run them, wait (DeviceError/DeviceTimeout)."""
+        if len(cmds) > self.max_cmds:
+            raise ValueError(f"cmds: {len(cmds)} commands exceed the stream region ({self.max_cmds})")
+        addr = self.address_map.addr("stream")
+        self.device.write(addr, isa.encode_stream(cmds))
+        self.last_stream = list(cmds)
+        t0 = time.perf_counter()
+        self.device.run(addr, len(cmds))
+        self.device.wait(self.timeout_s)
+        self.stats["device_s"] += time.perf_counter() - t0
+        self.stats["streams"] += 1
+
+    def forward(self, tokens, cache: DeviceKVCache | None = None, last_only: bool = False) -> np.ndarray:
+        """Logits [T, vocab] float32 of ``tokens`` at positions cache.length.. ([1, vocab]
+        for the last token only with ``last_only``); appends their K/V to the cache."""
+        t = self._check_tokens(tokens)
+        cache = self.cache if cache is None else cache
+        if not isinstance(cache, DeviceKVCache) or cache.runtime is not self:
+            raise ValueError("cache: not a cache of this runtime (use new_cache())")
+        if cache.id != self._owner:
+            raise ValueError("cache: stale: a newer cache owns the device KV memory")
+        mc, a = self.config, self.address_map
+        n, start = t.shape[0], cache.length
+        if start + n > mc.max_position_embeddings:
+            raise ValueError(f"tokens: positions {start}..{start + n - 1} exceed the context window "
+                             f"(max_position_embeddings = {mc.max_position_embeddings})")
+        out = []
+        for c0 in range(0, n, self.max_chunk):
+            chunk = t[c0:c0 + self.max_chunk]
+            rows = chunk.shape[0]
+            lm_rows = 1 if last_only else rows
+            if last_only and c0 + rows < n:
+                lm_rows = 1                     # the head of a non-final chunk is not needed
+            self.device.write(a.addr("tokens"), chunk.astype(np.uint32))
+            self.run_stream(self.step_commands(start + c0, rows, lm_rows))
+            cache.length = start + c0 + rows
+            if last_only and c0 + rows < n:
+                continue
+            out.append(self._read_logits(lm_rows))
+        self.stats["tokens"] += n
+        return np.concatenate(out, axis=0)
+
+    def _read_logits(self, rows: int) -> np.ndarray:
+        """acc * sx * lm_row_scale, as golden.model.op_lm_head computes it."""
+        a, v = self.address_map, self.config.vocab_size
+        acc = self.device.read_array(a.addr("lm_acc"), np.int32, (rows, v)).astype(np.int64)
+        mant, shift = isa.unpack_scales(self.device.read(a.addr("x_scale"),
+                                                         rows * isa.SCALE_RECORD_BYTES))
+        sx = Scale(mant, shift)
+        return (acc * sx.to_float()[..., None] * self.im.lm_row_scale).astype(np.float32)
+
+    __call__ = forward
+
+    # ------------------------------------------------------------------ inspection
+    def kv_cache(self, layer: int) -> dict:
+        """The device KV cache of ``layer``: k, v int8 [kv_heads, context, head_dim] and
+        their scales (mant, shift) int64 [kv_heads, context]."""
+        mc, a = self.config, self.address_map
+        nkv, ctx, hd = mc.num_key_value_heads, mc.max_position_embeddings, mc.head_dim
+        out = {}
+        for kv in ("k", "v"):
+            out[kv] = self.device.read_array(a.addr(f"kv{layer}.{kv}"), np.int8, (nkv, ctx, hd))
+            m, s = isa.unpack_scales(self.device.read(a.addr(f"kv{layer}.{kv}_scale"),
+                                                      nkv * ctx * isa.SCALE_RECORD_BYTES))
+            out[f"{kv}_scale"] = Scale(m.reshape(nkv, ctx), s.reshape(nkv, ctx))
+        return out
+
+    def counters(self) -> dict:
+        return self.device.counters()
+
+    def close(self) -> None:
+        self.device.close()
+
+
+# runtime keyword arguments (the rest go to the device backend)
+_RUNTIME_KW = ("max_chunk", "timeout_s")
+
+
+def make_runtime(model: Model, backend: str = "golden", **kw) -> Runtime:
+    """Runtime of ``model`` on a new device of ``backend`` ("golden", "sim", ...).
+
+    ``max_chunk`` and ``timeout_s`` configure the Runtime; every other keyword goes to the
+    backend's constructor (e.g. ``cfg``, ``mem_size`` for golden). For the golden
+    backend ``cfg`` defaults to ``golden.config.DEFAULT``.
+    """
+    from host.backends import make_device
+
+    rt_kw = {k: kw.pop(k) for k in _RUNTIME_KW if k in kw}
+    device = make_device(backend, **kw)
+    return Runtime(model, device, **rt_kw)

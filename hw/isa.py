@@ -1,0 +1,575 @@
+"""Accelerator command set: the ONE definition of the command encoding, the status/error
+codes, the control/status registers and the memory format of every tensor.
+
+The RTL decoder (``hw/accel.py``) views a 512-bit command register as ``COMMAND``
+(``amaranth.lib.data.View``); the host encoder (``encode``) builds the same bits from the
+same layout, walking its field offsets (``encode_const``, via ``COMMAND.const``, is the
+slow reference it is tested against) -- there is no second bit map. The golden backend
+(``host/backends/golden.py``) decodes with ``decode`` and executes each command with the
+op functions of ``golden/model.py``; the command stream of one step mirrors the integer
+forward of ``golden/model.py`` op for op (see its module docstring for the arithmetic).
+
+Command word
+============
+
+``COMMAND_BITS`` = 512 bits = 64 bytes, stored little-endian: bit i of the word is bit
+(i mod 8) of byte (i div 8) (``encode``/``decode``). Bits [7:0] hold the ``Opcode``;
+bits [511:8] hold ``args``, a union with one struct per opcode (fields packed LSB first
+in the order listed below; unused high bits are 0). A stream is ``n_cmds`` consecutive
+commands at a 64-byte aligned ``stream_addr``; it must end with ``END`` (else
+MISSING_END after n_cmds commands, err_op = n_cmds - 1).
+
+Widths: every address is an unsigned ``ADDR_BITS`` (32) *byte* address in accelerator
+memory; ``rows`` (tokens T), ``keys`` (S), ``pos``, ``ld``, ``table_rows``, ``dim``,
+``k``, ``n``, ``head_dim`` are unsigned 16 bits; ``vocab``/``lm_head n`` 32 bits;
+``heads``/``kv_heads`` 8 bits. Constant scales are (``*_mant`` unsigned
+``SCALE_MANT_BITS``, ``*_shift`` signed ``SCALE_SHIFT_BITS``), value mant * 2^-shift.
+
+========== ===================================================================================
+opcode     semantics (golden/model.py function; shapes per command)
+========== ===================================================================================
+NOP (1)    nothing.
+END (2)    stop; status DONE. (Opcode 0 is reserved: zeroed memory is an unknown opcode.)
+EMBED (3)  ``dst[t] = table[tokens[t]]`` (``op_embed``): tokens u32 [rows], table int32
+           [vocab, dim] Q15.16, dst int32 [rows, dim]. A token >= vocab: BAD_OPERAND.
+NORM_QUANT ``op_norm_quant``: src int32 [rows, dim] Q15.16, gamma int16 [dim] (``gamma_q``),
+(4)        dst int8 [rows, dim], dst_scale [rows] scale records. Constants of
+           ``golden.rmsnorm.norm_constants(dim)``: eps_term (48 bits), c_mant, c_exp; the
+           norm's gamma exponent g_exp (the record's shift is rmsnorm's shift - g_exp).
+TLMM (5)   ``op_tlmm``: src int8 [rows, k] (x_q), weights in the TLMM tile format below
+           (n rows, k inputs), dst int32 [rows, n].
+ROPE_QUANT ``op_rope_quant`` (rope=1) / ``op_v_quant`` (rope=0): src int32 [rows,
+(6)        heads*head_dim] (TLMM accumulators), src_scale [rows] (the token scale sx of the
+           TLMM input); RoPE rotate-half with the table rows pos..pos+rows-1 (RoPE table
+           format below; needs pos + rows <= table_rows), then INT8 absmax per (token,
+           head). Output codes of head h, token t at ``dst + (h*ld + t)*head_dim``
+           (int8 [head_dim]); its scale record at ``dst_scale + (h*ld + t)*4``, scale =
+           scale_mul(scale_mul(sx, c), scale_of_int(amax)), c = (c_mant, c_shift). With
+           ld = capacity and dst = cache + pos*head_dim this appends to the KV cache.
+           rope=0 (v): no rotation; table, pos, table_rows are not used.
+QK (7)     ``op_qk``: q codes/scales of head h, token t at ``q + (h*q_ld + t)*head_dim`` /
+           ``q_scale + (h*q_ld + t)*4``; k codes/scales of KV head g, key j at
+           ``k + (g*kv_ld + j)*head_dim`` / ``k_scale + (g*kv_ld + j)*4``; query head h
+           reads KV head h // (heads/kv_heads). dst int16 Q7.8 [heads, rows, keys]; the
+           rows queries are the last rows of keys (causal: query t sees keys j <=
+           keys - rows + t); masked entries are written as 0.
+SOFTMAX    ``op_softmax``: src int16 [heads, rows, keys] -> dst uint16 UQ0.16 [heads, rows,
+(8)        keys], causal as QK (masked entries are 0).
+PV (9)     ``op_pv``: p uint16 [heads, rows, keys], v codes/scales as k in QK (v, v_scale,
+           kv_ld); dst int32 Q15.16 [rows, heads*head_dim] (heads concatenated per token).
+RESIDUAL   ``op_residual``: ``dst = sat32(h + requant(acc, sx * c, 16, 32))``: h, acc, dst
+(10)       int32 [rows, dim] (dst may equal h), src_scale [rows] = sx, c = (c_mant, c_shift).
+ACT (11)   ``op_act``: gate, up int32 [rows, dim] (TLMM accumulators), src_scale [rows] = sx,
+           constants (g_mant, g_shift), (u_mant, u_shift), kind ``ActKind`` (RELU2/SILU);
+           dst int32 Q15.16 [rows, dim].
+LM_HEAD    INT8 x INT8 matmul: src int8 [rows, k], weights int8 [n, k] (``lm_q``), dst
+(12)       int32 [rows, n]. The host dequantizes: logits = acc * sx * lm_row_scale.
+========== ===================================================================================
+
+Memory formats (all little-endian, row-major, rows contiguous: row stride = row length x
+element size)
+====================================================================================
+
+- int8 / int16 / uint16 / int32 / uint32 tensors: as numpy ``<i1``/``<i2``/``<u2``/``<i4``/
+  ``<u4`` in C order.
+- Scale record (``SCALE_RECORD``, 4 bytes): mant unsigned 16 bits (bytes 0-1), shift
+  signed 16 bits (bytes 2-3); value mant * 2^-shift; (0, 0) is the zero scale. One per
+  token for x_q (dst_scale of NORM_QUANT), one per (head, token) for q/k/v. A computed
+  shift outside int16 stops the stream with SCALE_RANGE.
+- RoPE table (``rope_table``): int16 [table_rows, head_dim]; row p is
+  ``cos_q[p, 0:head_dim/2]`` followed by ``sin_q[p, 0:head_dim/2]``
+  (``golden.rope.rope_tables``, Q1.14): one row per position, read in one burst.
+- TLMM weights (``pack_tlmm_weights``): the ``wgt`` beats of ``hw.tlmm.TLMM`` in stream
+  order, so a DMA feeds the engine directly. With G, T, Q, code_bits of the device's
+  ``TLMMConfig``: Kc = ceil(ceil(k/G)/T) chunks, Nb = ceil(n/Q) row blocks; for b in
+  0..Nb-1, for c in 0..Kc-1 one beat of T*Q codes, ``code[q*T + t]`` = code
+  (``golden.tlmm.join_codes``) of weight row b*Q + q, group c*T + t, packed LSB first
+  (code i in beat bits [i*code_bits, (i+1)*code_bits)), zero-filled to
+  ``beat_bytes`` = ceil(T*Q*code_bits/8) bytes (70 for G=3, T=28, Q=4, 5-bit codes).
+  Groups beyond ceil(k/G) and rows beyond n hold the all-zero weight group's code.
+  Size ``tlmm_weight_bytes(n, k, cfg)`` = Nb * Kc * beat_bytes.
+
+Dimensions: every count (rows, dim, k, n, heads, ...) must be >= 1, head_dim even for
+RoPE, heads a multiple of kv_heads, rows <= keys <= SoftmaxConfig.max_len, ld/q_ld >=
+rows, kv_ld >= keys, k <= TLMMConfig.max_k() -- else BAD_DIM. Addresses must be aligned
+to the element size of the tensor they point at (scale records:
+4; command streams: 64) -- else ALIGN. Any byte outside the device's memory window (the
+golden backend: outside its allocated memory) -- ADDR_RANGE.
+
+Status / errors
+===============
+
+The accelerator reports ``ErrorCode`` + the index of the failing command (``err_op``) in
+its status register; ``TIMEOUT`` is never reported by hardware, only by the driver when
+``wait`` gives up. Control/status registers (``CSR``, 32-bit, byte offsets): CTRL (bit 0
+START, bit 1 soft RESET: clears status and counters), STATUS (``STATUS`` layout: busy,
+done, error), STREAM_ADDR, N_CMDS, ERR_OP, OPS_DONE, CYCLES/BYTES_RD/BYTES_WR (64-bit,
+LO/HI words).
+"""
+from __future__ import annotations
+
+import enum as _pyenum
+from dataclasses import dataclass, field
+
+import numpy as np
+from amaranth import Shape, signed, unsigned
+from amaranth.lib import data, enum
+
+from golden import tlmm as _gtlmm
+from golden.config import DEFAULT, DatapathConfig, TLMMConfig
+
+# ---------------------------------------------------------------------- widths (ISA)
+COMMAND_BITS = 512                  # one command = 64 bytes = one 512-bit DMA beat
+COMMAND_BYTES = COMMAND_BITS // 8
+OPCODE_BITS = 8
+ADDR_BITS = 32                      # byte addresses: a 4 GiB window
+ROWS_BITS = 16                      # tokens per command, keys, positions, leading dims
+DIM_BITS = 16                       # k, n, dim, head_dim
+VOCAB_BITS = 32                     # vocabulary-sized dims (embedding rows, lm_head n)
+HEADS_BITS = 8
+SCALE_MANT_BITS = 16                # scale mantissa in memory and in commands
+SCALE_SHIFT_BITS = 16               # scale shift (signed) in memory and in commands
+EPS_TERM_BITS = 48                  # rmsnorm eps_term = round(dim * eps * 2^(2*IF))
+C_EXP_BITS = 16                     # rmsnorm c_exp, signed
+G_EXP_BITS = 16                     # gamma exponent, signed
+STREAM_ALIGN = COMMAND_BYTES
+
+
+class Opcode(enum.Enum, shape=OPCODE_BITS):
+    NOP = 1
+    END = 2
+    EMBED = 3
+    NORM_QUANT = 4
+    TLMM = 5
+    ROPE_QUANT = 6
+    QK = 7
+    SOFTMAX = 8
+    PV = 9
+    RESIDUAL = 10
+    ACT = 11
+    LM_HEAD = 12
+
+
+class ActKind(enum.Enum, shape=2):
+    RELU2 = 0
+    SILU = 1
+
+
+class ErrorCode(enum.Enum, shape=8):
+    NONE = 0
+    UNKNOWN_OPCODE = 1      # opcode not in Opcode (incl. 0: zeroed memory)
+    ADDR_RANGE = 2          # a tensor of the command reaches outside device memory
+    BAD_DIM = 3             # a dimension is 0, inconsistent or beyond the datapath limits
+    MISSING_END = 4         # n_cmds commands ran without END (err_op = n_cmds - 1)
+    BAD_OPERAND = 5         # a data value/constant the op cannot take (token >= vocab, ...)
+    SCALE_RANGE = 6         # a computed scale shift does not fit the scale record
+    ALIGN = 7               # an address not aligned to its element size
+    TIMEOUT = 8             # driver only: wait() gave up (the device was still busy)
+
+
+ERROR_TEXT = {
+    ErrorCode.NONE: "no error",
+    ErrorCode.UNKNOWN_OPCODE: "unknown opcode",
+    ErrorCode.ADDR_RANGE: "address out of range",
+    ErrorCode.BAD_DIM: "bad dimension",
+    ErrorCode.MISSING_END: "stream ended without END",
+    ErrorCode.BAD_OPERAND: "bad operand",
+    ErrorCode.SCALE_RANGE: "scale shift out of range",
+    ErrorCode.ALIGN: "misaligned address",
+    ErrorCode.TIMEOUT: "timeout",
+}
+
+
+class CSR(_pyenum.IntEnum):
+    """Control/status registers: 32-bit, byte offsets from the register block base."""
+
+    CTRL = 0x00            # bit 0: START (self-clearing), bit 1: RESET (soft)
+    STATUS = 0x04          # STATUS layout
+    STREAM_ADDR = 0x08
+    N_CMDS = 0x0C
+    ERR_OP = 0x10          # index of the command that failed
+    OPS_DONE = 0x14        # commands executed (END included)
+    CYCLES_LO = 0x18
+    CYCLES_HI = 0x1C
+    BYTES_RD_LO = 0x20
+    BYTES_RD_HI = 0x24
+    BYTES_WR_LO = 0x28
+    BYTES_WR_HI = 0x2C
+
+
+CTRL_START = 1 << 0
+CTRL_RESET = 1 << 1
+
+STATUS = data.StructLayout({
+    "busy": 1,
+    "done": 1,
+    "_reserved": 6,
+    "error": ErrorCode,
+})
+
+# ---------------------------------------------------------------------- layouts
+_A = unsigned(ADDR_BITS)
+_R = unsigned(ROWS_BITS)
+_D = unsigned(DIM_BITS)
+_V = unsigned(VOCAB_BITS)
+_H = unsigned(HEADS_BITS)
+_M = unsigned(SCALE_MANT_BITS)
+_S = signed(SCALE_SHIFT_BITS)
+
+SCALE_RECORD = data.StructLayout({"mant": _M, "shift": _S})
+SCALE_RECORD_BYTES = SCALE_RECORD.size // 8
+
+ARGS = {
+    Opcode.NOP: data.StructLayout({}),
+    Opcode.END: data.StructLayout({}),
+    Opcode.EMBED: data.StructLayout({
+        "tokens": _A, "table": _A, "dst": _A,
+        "rows": _R, "dim": _D, "vocab": _V}),
+    Opcode.NORM_QUANT: data.StructLayout({
+        "src": _A, "gamma": _A, "dst": _A, "dst_scale": _A,
+        "rows": _R, "dim": _D,
+        "eps_term": unsigned(EPS_TERM_BITS), "c_mant": _M, "c_exp": signed(C_EXP_BITS),
+        "g_exp": signed(G_EXP_BITS)}),
+    Opcode.TLMM: data.StructLayout({
+        "src": _A, "weights": _A, "dst": _A,
+        "rows": _R, "k": _D, "n": _D}),
+    Opcode.ROPE_QUANT: data.StructLayout({
+        "src": _A, "src_scale": _A, "table": _A, "dst": _A, "dst_scale": _A,
+        "rows": _R, "heads": _H, "head_dim": _D, "ld": _R, "pos": _R, "table_rows": _R,
+        "c_mant": _M, "c_shift": _S, "rope": 1}),
+    Opcode.QK: data.StructLayout({
+        "q": _A, "q_scale": _A, "k": _A, "k_scale": _A, "dst": _A,
+        "rows": _R, "keys": _R, "heads": _H, "kv_heads": _H, "head_dim": _D,
+        "q_ld": _R, "kv_ld": _R}),
+    Opcode.SOFTMAX: data.StructLayout({
+        "src": _A, "dst": _A,
+        "rows": _R, "keys": _R, "heads": _H}),
+    Opcode.PV: data.StructLayout({
+        "p": _A, "v": _A, "v_scale": _A, "dst": _A,
+        "rows": _R, "keys": _R, "heads": _H, "kv_heads": _H, "head_dim": _D, "kv_ld": _R}),
+    Opcode.RESIDUAL: data.StructLayout({
+        "h": _A, "acc": _A, "src_scale": _A, "dst": _A,
+        "rows": _R, "dim": _D, "c_mant": _M, "c_shift": _S}),
+    Opcode.ACT: data.StructLayout({
+        "gate": _A, "up": _A, "src_scale": _A, "dst": _A,
+        "rows": _R, "dim": _D, "g_mant": _M, "g_shift": _S, "u_mant": _M, "u_shift": _S,
+        "kind": ActKind}),
+    Opcode.LM_HEAD: data.StructLayout({
+        "src": _A, "weights": _A, "dst": _A,
+        "rows": _R, "k": _D, "n": _V}),
+}
+
+
+def op_name(op: Opcode) -> str:
+    """Union member name of an opcode's arguments: the lower-case opcode name."""
+    return op.name.lower()
+
+
+ARGS_BITS = COMMAND_BITS - OPCODE_BITS
+for _op, _lay in ARGS.items():
+    assert _lay.size <= ARGS_BITS, f"{_op.name} arguments ({_lay.size} bits) overflow the command"
+
+# 'raw' fixes the union (and so the command) at exactly COMMAND_BITS
+ARGS_UNION = data.UnionLayout({**{op_name(op): lay for op, lay in ARGS.items()},
+                               "raw": unsigned(ARGS_BITS)})
+COMMAND = data.StructLayout({"opcode": Opcode, "args": ARGS_UNION})
+assert COMMAND.size == COMMAND_BITS
+_OPCODE_FIELD = COMMAND["opcode"]
+
+# the fields that hold memory addresses (the range checker / debug dump use them)
+ADDR_FIELDS = {op: tuple(n for n, f in lay if f.shape == _A) for op, lay in ARGS.items()}
+
+
+class UnknownOpcode(ValueError):
+    """decode() of a word whose opcode is not an Opcode member (``.value`` holds it)."""
+
+    def __init__(self, value: int):
+        super().__init__(f"opcode: {value} is not a known Opcode")
+        self.value = value
+
+
+# ---------------------------------------------------------------------- commands
+@dataclass(frozen=True)
+class Command:
+    """One decoded command: ``op`` and its fields (ints; ActKind for ``kind``)."""
+
+    op: Opcode
+    args: dict = field(default_factory=dict)
+
+    def __getattr__(self, name):
+        args = self.__dict__.get("args", {})
+        if name in args:
+            return args[name]
+        raise AttributeError(f"{self.__dict__.get('op')}: no field {name!r}")
+
+    def __str__(self) -> str:
+        parts = []
+        for k, v in self.args.items():
+            if k in ADDR_FIELDS[self.op]:
+                parts.append(f"{k}=0x{v:x}")
+            else:
+                parts.append(f"{k}={v.name if isinstance(v, _pyenum.Enum) else v}")
+        return f"{self.op.name}(" + ", ".join(parts) + ")"
+
+
+def _shape_range(shape) -> tuple[int, int]:
+    s = Shape.cast(shape)
+    if s.signed:
+        return -(1 << (s.width - 1)), (1 << (s.width - 1)) - 1
+    return 0, (1 << s.width) - 1
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    shape: object           # the layout's shape (Shape or enum class)
+    offset: int             # bit offset in the command word
+    width: int
+    lo: int
+    hi: int
+    enum: type | None
+
+
+_ARGS_OFFSET = COMMAND["args"].offset
+# Field positions read off the layouts once (encode/decode walk these; COMMAND.const gives
+# the same bits -- tests/test_isa.py checks -- but costs ~1 ms per command).
+_FIELDS = {
+    op: tuple(_Field(n, f.shape, _ARGS_OFFSET + f.offset, f.width, *_shape_range(f.shape),
+                     f.shape if isinstance(f.shape, type) and issubclass(f.shape, _pyenum.Enum)
+                     else None)
+              for n, f in lay)
+    for op, lay in ARGS.items()}
+
+
+def _check_value(op: Opcode, fd: _Field, value):
+    where = f"{op_name(op)}.{fd.name}"
+    if fd.enum is not None:
+        try:
+            return fd.enum(value)
+        except ValueError:
+            raise ValueError(f"{where}: {value!r} is not a {fd.enum.__name__}") from None
+    if isinstance(value, (bool, np.bool_)):
+        value = int(value)
+    if not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{where}: expected an integer, got {type(value).__name__}")
+    if not fd.lo <= int(value) <= fd.hi:
+        s = Shape.cast(fd.shape)
+        raise ValueError(f"{where}: {int(value)} does not fit "
+                         f"{'signed' if s.signed else 'unsigned'}({s.width}) [{fd.lo}, {fd.hi}]")
+    return int(value)
+
+
+def command(op: Opcode, **fields) -> Command:
+    """A checked command: every field of ``op`` must be given and fit its width."""
+    try:
+        op = Opcode(op)
+    except ValueError:
+        raise ValueError(f"op: {op!r} is not an Opcode") from None
+    fds = _FIELDS[op]
+    names = [fd.name for fd in fds]
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        raise ValueError(f"{op_name(op)}: unknown field(s) {unknown}; fields are {names}")
+    missing = [n for n in names if n not in fields]
+    if missing:
+        raise ValueError(f"{op_name(op)}: missing field(s) {missing}")
+    return Command(op, {fd.name: _check_value(op, fd, fields[fd.name]) for fd in fds})
+
+
+def encode_bits(cmd: Command) -> int:
+    """The command word as an integer (bit i = word bit i); fields re-checked."""
+    if not isinstance(cmd, Command):
+        raise ValueError(f"cmd: expected a Command, got {type(cmd).__name__}")
+    cmd = command(cmd.op, **cmd.args)
+    bits = (cmd.op.value & ((1 << _OPCODE_FIELD.width) - 1)) << _OPCODE_FIELD.offset
+    for fd in _FIELDS[cmd.op]:
+        v = cmd.args[fd.name]
+        v = v.value if fd.enum is not None else v
+        bits |= (v & ((1 << fd.width) - 1)) << fd.offset
+    return bits
+
+
+def encode_const(cmd: Command) -> int:
+    """The same word built by ``COMMAND.const`` (amaranth's own packing; slow)."""
+    cmd = command(cmd.op, **cmd.args)
+    c = COMMAND.const({"opcode": cmd.op, "args": {op_name(cmd.op): dict(cmd.args)}})
+    return c.as_value().value
+
+
+def encode(cmd: Command) -> bytes:
+    """The 64 little-endian bytes of one command."""
+    return encode_bits(cmd).to_bytes(COMMAND_BYTES, "little")
+
+
+def encode_stream(cmds) -> bytes:
+    return b"".join(encode(c) for c in cmds)
+
+
+def decode(word) -> Command:
+    """Command from 64 bytes; UnknownOpcode (a ValueError) for an opcode not in Opcode."""
+    if isinstance(word, np.ndarray):
+        word = word.tobytes()
+    word = bytes(word)
+    if len(word) != COMMAND_BYTES:
+        raise ValueError(f"word: expected {COMMAND_BYTES} bytes, got {len(word)}")
+    bits = int.from_bytes(word, "little")
+    opv = (bits >> _OPCODE_FIELD.offset) & ((1 << _OPCODE_FIELD.width) - 1)
+    try:
+        op = Opcode(opv)
+    except ValueError:
+        raise UnknownOpcode(opv) from None
+    args = {}
+    for fd in _FIELDS[op]:
+        v = (bits >> fd.offset) & ((1 << fd.width) - 1)
+        if fd.enum is not None:
+            try:
+                v = fd.enum(v)
+            except ValueError:
+                raise ValueError(f"{op_name(op)}.{fd.name}: {v} is not a "
+                                 f"{fd.enum.__name__}") from None
+        elif fd.lo < 0 and v > fd.hi:
+            v -= 1 << fd.width
+        args[fd.name] = v
+    return Command(op, args)
+
+
+def decode_const(word) -> Command:
+    """decode() through amaranth's ``data.Const`` view (slow; the reference for tests)."""
+    bits = int.from_bytes(bytes(word), "little")
+    op = Opcode(bits & ((1 << _OPCODE_FIELD.width) - 1))
+    view = data.Const(COMMAND, bits).args[op_name(op)]
+    return Command(op, {n: view[n] for n, _ in ARGS[op]})
+
+
+def decode_stream(buf) -> list[Command]:
+    buf = bytes(buf)
+    if len(buf) % COMMAND_BYTES:
+        raise ValueError(f"buf: length {len(buf)} is not a multiple of {COMMAND_BYTES}")
+    return [decode(buf[i:i + COMMAND_BYTES]) for i in range(0, len(buf), COMMAND_BYTES)]
+
+
+# ---------------------------------------------------------------------- memory formats
+def _record_dtype(layout: data.StructLayout) -> np.dtype:
+    """numpy structured dtype of a byte-aligned struct layout (little-endian)."""
+    names, formats, offsets = [], [], []
+    for name, f in layout:
+        s = Shape.cast(f.shape)
+        if f.offset % 8 or s.width not in (8, 16, 32, 64):
+            raise ValueError(f"{name}: field not byte-aligned")
+        names.append(name)
+        formats.append(f"<{'i' if s.signed else 'u'}{s.width // 8}")
+        offsets.append(f.offset // 8)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets,
+                     "itemsize": layout.size // 8})
+
+
+SCALE_DTYPE = _record_dtype(SCALE_RECORD)
+
+
+def pack_scales(mant, shift) -> np.ndarray:
+    """Scale records (uint8 [..., 4]) from mant/shift arrays; ValueError if a value does
+    not fit the record (the hardware's SCALE_RANGE)."""
+    mant = np.asarray(mant, dtype=np.int64)
+    shift = np.asarray(shift, dtype=np.int64)
+    for name, v, shape in (("mant", mant, _M), ("shift", shift, _S)):
+        lo, hi = _shape_range(shape)
+        if v.size and (int(v.min()) < lo or int(v.max()) > hi):
+            raise ValueError(f"{name}: values outside the scale record's [{lo}, {hi}]")
+    rec = np.empty(mant.shape, dtype=SCALE_DTYPE)
+    rec["mant"], rec["shift"] = mant, shift
+    return rec.view(np.uint8).reshape(*mant.shape, SCALE_RECORD_BYTES) if mant.ndim else \
+        rec.reshape(1).view(np.uint8)
+
+
+def unpack_scales(buf, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mant, shift) int64 [count] from scale-record bytes."""
+    a = np.frombuffer(bytes(buf) if not isinstance(buf, np.ndarray) else buf.tobytes(),
+                      dtype=SCALE_DTYPE)
+    if count is not None:
+        a = a[:count]
+    return a["mant"].astype(np.int64), a["shift"].astype(np.int64)
+
+
+def rope_table(cos_q: np.ndarray, sin_q: np.ndarray) -> np.ndarray:
+    """RoPE table int16 [rows, head_dim]: row p = cos_q[p] then sin_q[p]."""
+    cos_q, sin_q = np.asarray(cos_q), np.asarray(sin_q)
+    if cos_q.dtype != np.int16 or sin_q.dtype != np.int16 or cos_q.shape != sin_q.shape \
+            or cos_q.ndim != 2:
+        raise ValueError(f"cos_q/sin_q: expected two int16 [rows, head_dim/2] arrays, got "
+                         f"{cos_q.dtype}{cos_q.shape} and {sin_q.dtype}{sin_q.shape}")
+    return np.ascontiguousarray(np.concatenate([cos_q, sin_q], axis=1))
+
+
+def tlmm_chunks(k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> int:
+    """Kc = ceil(ceil(k/G)/T): chunks (beats) per row block."""
+    return -(-_gtlmm.num_groups(k, cfg) // cfg.tables)
+
+
+def tlmm_blocks(n: int, cfg: TLMMConfig = DEFAULT.tlmm) -> int:
+    """Nb = ceil(n/Q): row blocks."""
+    return -(-n // cfg.replicas)
+
+
+def tlmm_beat_bytes(cfg: TLMMConfig = DEFAULT.tlmm) -> int:
+    return -(-(cfg.tables * cfg.replicas * cfg.code_bits) // 8)
+
+
+def tlmm_weight_bytes(n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> int:
+    return tlmm_blocks(n, cfg) * tlmm_chunks(k, cfg) * tlmm_beat_bytes(cfg)
+
+
+def _zero_code(cfg: TLMMConfig) -> int:
+    """Code of the all-zero weight group (full: the centre index; mirrored: 0, sign 0)."""
+    idx, sign = _gtlmm.encode_weights(np.zeros((1, cfg.group), np.int8), cfg)
+    return int(_gtlmm.join_codes(idx, sign, cfg)[0, 0])
+
+
+def pack_tlmm_weights(codes: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
+    """Ternary codes int8 [n, k] -> uint8 [tlmm_weight_bytes(n, k)] in TLMM tile format."""
+    codes = np.asarray(codes)
+    if codes.dtype != np.int8 or codes.ndim != 2:
+        raise ValueError(f"codes: expected a 2-D int8 array, got {codes.dtype} {codes.shape}")
+    n, k = codes.shape
+    g, t, q, cb = cfg.group, cfg.tables, cfg.replicas, cfg.code_bits
+    nb, kc = tlmm_blocks(n, cfg), tlmm_chunks(k, cfg)
+    grp = _gtlmm.join_codes(*_gtlmm.encode_weights(codes, cfg), cfg).astype(np.int64)  # [n, ceil(k/G)]
+    full = np.full((nb * q, kc * t), _zero_code(cfg), dtype=np.int64)
+    full[:n, :grp.shape[1]] = grp
+    beats = full.reshape(nb, q, kc, t).transpose(0, 2, 1, 3).reshape(nb * kc, q * t)
+    bits = ((beats[..., None] >> np.arange(cb)) & 1).astype(np.uint8).reshape(nb * kc, -1)
+    bb = tlmm_beat_bytes(cfg)
+    bits = np.pad(bits, ((0, 0), (0, bb * 8 - bits.shape[1])))
+    return np.packbits(bits, axis=1, bitorder="little").reshape(-1)
+
+
+def unpack_tlmm_codes(buf, n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
+    """TLMM tile bytes -> group codes int64 [n, ceil(k/G)] (``golden.tlmm`` codes)."""
+    nb, kc = tlmm_blocks(n, cfg), tlmm_chunks(k, cfg)
+    t, q, cb = cfg.tables, cfg.replicas, cfg.code_bits
+    raw = np.frombuffer(bytes(buf) if not isinstance(buf, np.ndarray) else buf.tobytes(),
+                        dtype=np.uint8)
+    need = tlmm_weight_bytes(n, k, cfg)
+    if raw.size != need:
+        raise ValueError(f"buf: expected {need} bytes for n={n}, k={k}, got {raw.size}")
+    bits = np.unpackbits(raw.reshape(nb * kc, -1), axis=1, bitorder="little")
+    bits = bits[:, :t * q * cb].reshape(nb * kc, t * q, cb).astype(np.int64)
+    beats = np.sum(bits << np.arange(cb), axis=-1)
+    full = beats.reshape(nb, kc, q, t).transpose(0, 2, 1, 3).reshape(nb * q, kc * t)
+    return full[:n, :_gtlmm.num_groups(k, cfg)]
+
+
+def unpack_tlmm_weights(buf, n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
+    """TLMM tile bytes -> ternary int8 [n, k] (ValueError on invalid codes/padding)."""
+    code = unpack_tlmm_codes(buf, n, k, cfg)
+    idx, sign = _gtlmm.split_codes(code, cfg)
+    return _gtlmm.decode_weights(idx, sign, k, cfg)
+
+
+def check_datapath(cfg: DatapathConfig) -> None:
+    """The memory formats above hold this datapath's scales (ValueError otherwise)."""
+    if cfg.requant.mult_bits > SCALE_MANT_BITS:
+        raise ValueError(f"cfg.requant.mult_bits: {cfg.requant.mult_bits} exceeds the scale "
+                         f"record's {SCALE_MANT_BITS}-bit mantissa")
+    if cfg.norm.scale_mant_bits > SCALE_MANT_BITS:
+        raise ValueError(f"cfg.norm.scale_mant_bits: {cfg.norm.scale_mant_bits} exceeds the "
+                         f"scale record's {SCALE_MANT_BITS}-bit mantissa")
