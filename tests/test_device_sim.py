@@ -1,0 +1,213 @@
+"""host/backends/sim.py: the Verilator RTL of hw/accel.py through the C++ harness gives
+bit-identical memory and logits to the golden backend for the same command stream; its
+errors name the same code and op index; a stream that never finishes times out and
+reset() recovers. (The first run builds the harness: ~2 min; later runs reuse it.)"""
+import numpy as np
+import pytest
+
+from golden.model import GoldenModel, random_model
+from golden.modelspec import ModelConfig
+from host.backends import make_device
+from host.backends.golden import GoldenDevice
+from host.backends.sim import SimDevice
+from host.device import DeviceError, DeviceTimeout
+from host.runtime import Runtime
+from hw import isa
+from hw.accel import HOST_OPS, RTL_OPS
+from hw.isa import ErrorCode, Opcode, command
+
+MEM = 4 << 20
+SHAPE = dict(vocab_size=67, hidden_size=64, intermediate_size=100, num_hidden_layers=2,
+             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=48)
+
+
+@pytest.fixture(scope="module")
+def sim():
+    dev = SimDevice(mem_size=MEM)
+    yield dev
+    dev.close()
+
+
+@pytest.fixture
+def pair(sim):
+    sim.reset()
+    sim.free_all()
+    sim.set_memory_timing(128.0, 20)
+    return GoldenDevice(mem_size=MEM), sim
+
+
+def _both(devs, fn):
+    return [fn(d) for d in devs]
+
+
+def _tlmm_setup(dev, x, codes, n_cmd_pad=0):
+    rows, k = x.shape
+    n = codes.shape[0]
+    xs = dev.alloc(x.nbytes)
+    dev.write(xs, x)
+    wb = isa.pack_tlmm_weights(codes, dev.cfg.tlmm)
+    wa = dev.alloc(wb.size)
+    dev.write(wa, wb)
+    dst = dev.alloc(rows * n * 4)
+    return xs, wa, dst
+
+
+def _run(dev, cmds, timeout=10.0):
+    words = isa.encode_stream(cmds) if not isinstance(cmds, bytes) else cmds
+    st = dev.alloc(len(words))
+    dev.write(st, words)
+    dev.run(st, len(words) // isa.COMMAND_BYTES)
+    return dev.wait(timeout)
+
+
+def test_op_split_is_complete():
+    assert set(RTL_OPS) | set(HOST_OPS) == set(Opcode)
+    assert Opcode.TLMM in RTL_OPS and Opcode.END in RTL_OPS
+    assert not set(RTL_OPS) & set(HOST_OPS)
+
+
+@pytest.mark.parametrize("rows,k,n,bw,lat", [(3, 256, 30, 128.0, 20), (2, 100, 7, 8.0, 50),
+                                             (1, 768, 64, 1.0, 3)])
+def test_tlmm_op_equals_golden(pair, rng, rows, k, n, bw, lat):
+    gold, sim = pair
+    sim.set_memory_timing(bw, lat)
+    x = rng.integers(-128, 128, (rows, k), dtype=np.int8)
+    w = rng.integers(-1, 2, (n, k)).astype(np.int8)
+    outs = []
+    for dev in (gold, sim):
+        xs, wa, dst = _tlmm_setup(dev, x, w)
+        st = _run(dev, [command(Opcode.NOP),
+                        command(Opcode.TLMM, src=xs, weights=wa, dst=dst, rows=rows, k=k, n=n),
+                        command(Opcode.END)])
+        assert st.done and st.ok and st.ops_done == 3
+        # every tensor of the op, byte for byte (inputs untouched, outputs equal)
+        outs.append([dev.read(xs, x.nbytes), dev.read(wa, isa.tlmm_weight_bytes(n, k)),
+                     dev.read(dst, rows * n * 4)])
+    assert outs[0] == outs[1]
+    y = sim.read_array(dst, np.int32, (rows, n))
+    assert np.array_equal(y, x.astype(np.int64) @ w.T.astype(np.int64))
+    c = sim.counters()
+    assert c["ops"] == 3 and c["bytes_written"] == rows * n * 4
+    # at least one weight beat per cycle cannot be beaten; bandwidth bounds from below too
+    beats = rows * isa.tlmm_blocks(n) * isa.tlmm_chunks(k)
+    wbytes = beats * isa.tlmm_beat_bytes()
+    assert c["cycles"] >= max(beats, wbytes / bw)
+
+
+def test_model_prefill_decode_bit_identical(rng, seed):
+    sim = SimDevice(mem_size=MEM, bandwidth=32.0, latency=40)   # fresh memory, slow DRAM
+    m = random_model(ModelConfig(**SHAPE), seed=seed)
+    gm = GoldenModel(m, "integer")
+    rt_g = Runtime(m, GoldenDevice(mem_size=MEM), max_chunk=5)
+    rt_s = Runtime(m, sim, max_chunk=5)
+    toks = rng.integers(0, SHAPE["vocab_size"], size=11)
+    cache = gm.new_cache()
+    outs = [(rt_g.forward(toks[:8]), rt_s.forward(toks[:8]), gm.forward(toks[:8], cache))]
+    for i in range(8, 11):
+        outs.append((rt_g.forward(toks[i:i + 1]), rt_s.forward(toks[i:i + 1]),
+                     gm.forward(toks[i:i + 1], cache)))
+    for g, s, ref in outs:
+        assert s.dtype == np.float32 and np.array_equal(s, g) and np.array_equal(s, ref)
+    lo, hi = rt_g.device.alloc_base, rt_g.device.brk
+    assert hi == sim.brk
+    assert rt_g.device.read(lo, hi - lo) == sim.read(lo, hi - lo)
+    c = sim.counters()
+    assert c["cycles"] > 0 and c["ops"] == rt_g.device.counters()["ops"]
+    assert sum(sim.stats["host_ops"].values()) > 0
+    assert set(sim.stats["host_ops"]) <= {op.name for op in HOST_OPS}
+
+
+def _bad_tlmm(dev, rng, **change):
+    x = rng.integers(-128, 128, (2, 50), dtype=np.int8)
+    w = rng.integers(-1, 2, (9, 50)).astype(np.int8)
+    xs, wa, dst = _tlmm_setup(dev, x, w)
+    f = dict(src=xs, weights=wa, dst=dst, rows=2, k=50, n=9)
+    f.update({k: (v(f) if callable(v) else v) for k, v in change.items()})
+    return [command(Opcode.NOP), command(Opcode.NOP), command(Opcode.TLMM, **f),
+            command(Opcode.END)]
+
+
+@pytest.mark.parametrize("change,code", [
+    (dict(dst=lambda f: f["dst"] + 4096), ErrorCode.ADDR_RANGE),       # beyond brk
+    (dict(src=lambda f: 8), ErrorCode.ADDR_RANGE),                     # below alloc_base
+    (dict(weights=lambda f: f["weights"] + 4096), ErrorCode.ADDR_RANGE),
+    (dict(dst=lambda f: f["dst"] + 2), ErrorCode.ALIGN),
+    (dict(k=0), ErrorCode.BAD_DIM),
+    (dict(rows=0), ErrorCode.BAD_DIM),
+])
+def test_tlmm_errors_name_the_op_index(pair, rng, change, code):
+    errs = []
+    for dev in pair:
+        with pytest.raises(DeviceError) as ei:
+            _run(dev, _bad_tlmm(dev, rng, **change))
+        errs.append(ei.value)
+    for e in errs:
+        assert e.code == code and e.op_index == 2 and e.opcode == Opcode.TLMM.value
+    assert "command 2 (opcode TLMM)" in str(errs[1])
+
+
+def test_host_op_error_is_reported_like_golden(pair):
+    # a RESIDUAL (host-executed) reading outside memory, after a TLMM-free prefix
+    errs = []
+    for dev in pair:
+        h = dev.alloc(64)
+        cmd = command(Opcode.RESIDUAL, h=h, acc=h, src_scale=h + (1 << 20), dst=h, rows=1,
+                      dim=16, c_mant=1, c_shift=0)
+        with pytest.raises(DeviceError) as ei:
+            _run(dev, [command(Opcode.NOP), cmd, command(Opcode.END)])
+        errs.append(ei.value)
+    assert errs[0].code == errs[1].code == ErrorCode.ADDR_RANGE
+    assert errs[0].op_index == errs[1].op_index == 1
+    assert errs[1].opcode == Opcode.RESIDUAL.value
+
+
+def test_unknown_opcode_and_missing_end(pair):
+    for dev in pair:
+        bad = bytearray(isa.encode(command(Opcode.NOP)))
+        bad[0] = 0x7F
+        words = isa.encode(command(Opcode.NOP)) + bytes(bad) + isa.encode(command(Opcode.END))
+        with pytest.raises(DeviceError, match=r"command 1 \(opcode 0x7f\): unknown opcode") as ei:
+            _run(dev, words)
+        assert ei.value.code == ErrorCode.UNKNOWN_OPCODE
+        dev.reset()
+        with pytest.raises(DeviceError) as ei:
+            _run(dev, [command(Opcode.NOP)] * 3)
+        assert ei.value.code == ErrorCode.MISSING_END and ei.value.op_index == 2
+        dev.reset()
+
+
+def test_never_finishing_stream_times_out_then_reset_recovers(pair, rng):
+    _, sim = pair
+    sim.set_memory_timing(latency=10 ** 15)          # the DRAM never answers
+    sim.cycles_per_poll = 1000
+    cmds = [command(Opcode.NOP), command(Opcode.END)]
+    with pytest.raises(DeviceTimeout) as ei:
+        _run(sim, cmds, timeout=0.2)
+    assert ei.value.code == ErrorCode.TIMEOUT and ei.value.op_index == -1
+    assert sim.status().busy
+    with pytest.raises(RuntimeError, match="still running"):
+        sim.run(sim.alloc_base, 1)
+    sim.reset()
+    sim.cycles_per_poll = 100_000
+    sim.set_memory_timing(latency=20)
+    assert not sim.status().busy and sim.counters()["cycles"] == 0
+    # a clean run afterwards: TLMM gives the integer matmul
+    x = rng.integers(-128, 128, (2, 90), dtype=np.int8)
+    w = rng.integers(-1, 2, (5, 90)).astype(np.int8)
+    xs, wa, dst = _tlmm_setup(sim, x, w)
+    st = _run(sim, [command(Opcode.TLMM, src=xs, weights=wa, dst=dst, rows=2, k=90, n=5),
+                    command(Opcode.END)])
+    assert st.ok and st.ops_done == 2
+    assert np.array_equal(sim.read_array(dst, np.int32, (2, 5)),
+                          x.astype(np.int64) @ w.T.astype(np.int64))
+
+
+def test_registry_and_bad_args():
+    dev = make_device("sim", mem_size=1 << 16)
+    assert isinstance(dev, SimDevice) and dev.dma_bytes >= isa.COMMAND_BYTES
+    with pytest.raises(ValueError, match="bandwidth"):
+        SimDevice(mem_size=1 << 16, bandwidth=0)
+    with pytest.raises(ValueError, match="latency"):
+        dev.set_memory_timing(latency=0)
+    with pytest.raises(ValueError, match="cfg"):
+        SimDevice(cfg="default")
