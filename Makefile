@@ -41,5 +41,13 @@ report: install
 notebooks: install
 	$(VPY) -m notebooks.run
 
+# Retrain the shipped model (about an hour on 2 idle cores; resumable with ARGS=--resume).
+train: install
+	$(VPY) -m host.train --out models/default --state-dir runs/default_train --steps 1400 $(ARGS)
+
+# Held-out loss / bits per char / perplexity of a checkpoint in both modes.
+eval: install
+	$(VPY) -m host.eval $(ARGS)
+
 clean:
 	rm -rf build sim_build .pytest_cache
