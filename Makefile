@@ -6,6 +6,8 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SEED    ?=
 export PYTHONHASHSEED := 0
+# Multi-threaded BLAS on tiny matrices is slower here, and 8x slower on a loaded 2-core box.
+export OPENBLAS_NUM_THREADS ?= 1
 
 .PHONY: install run test test-fast sim synth bench report notebooks train eval clean
 

@@ -474,6 +474,24 @@ class ADCConfig:
         return (1 << (self.threshold_bits - 1)) - 1
 
 
+# --------------------------------------------------------------------------- forward
+@dataclass(frozen=True)
+class ForwardConfig:
+    """Whole-layer datapath parameters not owned by a single block.
+
+    Read by golden/model.py's integer forward and the accelerator runtime.
+    """
+
+    ffn_bits: int = 16        # per-token absmax width of gate (relu2) and up before the product
+    pv_extra_bits: int = 7    # extra bits of the key-scaled probabilities in P.V (see op 6)
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.ffn_bits <= 16:
+            raise ValueError(f"ffn_bits: must be in [2, 16], got {self.ffn_bits}")
+        if not 0 <= self.pv_extra_bits <= 7:
+            raise ValueError(f"pv_extra_bits: must be in [0, 7], got {self.pv_extra_bits}")
+
+
 # --------------------------------------------------------------------------- all
 @dataclass(frozen=True)
 class DatapathConfig:
@@ -485,6 +503,7 @@ class DatapathConfig:
     softmax: SoftmaxConfig = field(default_factory=SoftmaxConfig)
     activation: ActivationConfig = field(default_factory=ActivationConfig)
     adc: ADCConfig = field(default_factory=ADCConfig)
+    forward: ForwardConfig = field(default_factory=ForwardConfig)
 
     def with_(self, **sections) -> "DatapathConfig":
         return replace(self, **sections)

@@ -116,8 +116,7 @@ Residual adds saturate to signed ``NormConfig.in_bits`` (int32). Positions must 
 uses the model's ``rope_theta``; RMSNorm uses the model's ``rms_norm_eps``.
 
 Parameters of the whole-layer ops (``ffn_bits``, ``pv_extra_bits``) are in
-``ForwardConfig`` (``forward_config(cfg)``: ``cfg.forward`` when DatapathConfig has that
-section, the defaults otherwise); every other width comes from the block sections of
+``golden.config.ForwardConfig`` (``cfg.forward``); every other width comes from the block sections of
 golden/config.py.
 
 Simulation details that do not change any bit: the integer matmuls (TLMM, Q.K, P.V,
@@ -139,7 +138,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .config import DEFAULT, DatapathConfig, RequantConfig
+from .config import DEFAULT, DatapathConfig, ForwardConfig, RequantConfig
 from .modelspec import ATTN_PROJ, MLP_PROJ, Model
 from . import activations as _act
 from . import quant as _quant
@@ -166,26 +165,8 @@ DECODE_VS_FULL_INT = 0
 
 
 # --------------------------------------------------------------------------- config
-@dataclass(frozen=True)
-class ForwardConfig:
-    """Whole-layer datapath parameters not owned by a single block.
-
-    (Meant to live in golden/config.py as ``DatapathConfig.forward``; read through
-    ``forward_config(cfg)`` so it is picked up from there once it exists.)
-    """
-
-    ffn_bits: int = 16        # per-token absmax width of gate (relu2) and up before the product
-    pv_extra_bits: int = 7    # extra bits of the key-scaled probabilities in P.V (see op 6)
-
-    def __post_init__(self) -> None:
-        if not 2 <= self.ffn_bits <= 16:
-            raise ValueError(f"ffn_bits: must be in [2, 16], got {self.ffn_bits}")
-        if not 0 <= self.pv_extra_bits <= 7:
-            raise ValueError(f"pv_extra_bits: must be in [0, 7], got {self.pv_extra_bits}")
-
-
 def forward_config(cfg: DatapathConfig) -> ForwardConfig:
-    return getattr(cfg, "forward", None) or ForwardConfig()
+    return cfg.forward
 
 
 # --------------------------------------------------------------------------- integer helpers

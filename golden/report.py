@@ -24,7 +24,7 @@ from typing import IO, Iterable
 
 from .config import DEFAULT, DatapathConfig
 
-MODULES = ("quant", "tlmm", "requant", "rmsnorm", "rope", "softmax", "activations", "nl_adc")
+MODULES = ("quant", "tlmm", "requant", "rmsnorm", "rope", "softmax", "activations", "nl_adc", "model")
 COLUMNS = ("block", "quantity", "domain", "bound", "measured", "status")
 _KEYS = ("block", "quantity", "domain", "bound", "measured")
 

@@ -11,13 +11,16 @@ Flags follow llama.cpp / llama2.c::
     --top-p P            nucleus sampling, P in (0, 1] (default 0.95; 1 = off)
     -s, --seed S         RNG seed (default: random, printed in the summary); same seed,
                          same model and flags => same text
-    --mode MODE          golden forward: integer (default, the accelerator datapath) or
-                         reference (float, as transformers)
-    --backend NAME       device backend; only "golden" exists so far
+    --mode MODE          integer (default: the accelerator datapath, run as a command
+                         stream on the chosen backend) or reference (float, as
+                         transformers; golden models only, no device)
+    --backend NAME       device that executes the command stream: golden (the golden
+                         models, default) or sim (the Verilator-compiled accelerator RTL;
+                         built on first use, about 2 minutes)
 
 Generated tokens are written to stdout as they are produced (flushed one by one); the
 summary goes to stderr: prompt tokens, generated tokens, time to first token, prefill and
-decode tokens/s. When generation fills the context window the window slides (see
+decode tokens/s, and for the sim backend the accelerator cycles it counted. When generation fills the context window the window slides (see
 ``host.generate``): the last context/2 tokens are re-prefilled and decoding continues.
 
 Bad values (unknown backend/mode, negative -n, temp < 0, top-p outside (0, 1], an empty
@@ -38,7 +41,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "models", "default")
 DEFAULT_PROMPT = "ROMEO:"
-BACKENDS = ("golden",)
+BACKENDS = ("golden", "sim")
 MODES = ("integer", "reference")
 
 
@@ -78,6 +81,9 @@ def _check_args(a) -> None:
         raise _UsageError(f"--top-p: expected a value in (0, 1], got {a.top_p}")
     if a.seed is not None and a.seed < 0:
         raise _UsageError(f"--seed: expected >= 0, got {a.seed}")
+    if a.mode == "reference" and a.backend != "golden":
+        raise _UsageError(f"--backend {a.backend}: the accelerator runs the integer datapath "
+                          "only; use --mode integer")
     if not a.prompt:
         raise _UsageError("-p/--prompt: empty (the model has no BOS token; give at least "
                           "one character)")
@@ -119,6 +125,8 @@ def run(argv=None) -> int:
 
     from golden.model import GoldenModel
     from host.checkpoint import load
+    from host.device import DeviceError
+    from host.runtime import make_runtime
     from host.generate import Sampler, generate
 
     try:
@@ -127,7 +135,13 @@ def run(argv=None) -> int:
         raise _UsageError(f"-m/--model: {e}") from None
     seed = a.seed if a.seed is not None else int(time.time_ns() % (2 ** 31))
     sampler = Sampler(temp=a.temp, top_k=a.top_k, top_p=a.top_p, seed=seed)
-    gm = GoldenModel(model, mode=a.mode)
+    if a.mode == "reference":
+        gm = GoldenModel(model, mode="reference")
+    else:
+        try:
+            gm = make_runtime(model, a.backend)
+        except (DeviceError, OSError, RuntimeError) as e:
+            raise _UsageError(f"--backend {a.backend}: {e}") from None
 
     out = sys.stdout
     out.write(a.prompt)
@@ -137,7 +151,11 @@ def run(argv=None) -> int:
         out.write(tok.vocab[t])
         out.flush()
 
-    _, st = generate(gm, prompt_ids, a.n_predict, sampler, on_token=emit)
+    try:
+        _, st = generate(gm, prompt_ids, a.n_predict, sampler, on_token=emit)
+    except DeviceError as e:
+        raise _UsageError(f"--backend {a.backend}: {e}") from None
+    cycles = gm.counters().get("cycles") if a.mode == "integer" else None
     out.write("\n")
     out.flush()
     ttft = f"{st.ttft_s * 1e3:.1f} ms" if st.generated_tokens else "n/a"
@@ -147,6 +165,11 @@ def run(argv=None) -> int:
           f"(backend {a.backend}, mode {a.mode}, seed {seed}"
           f"{f', window slides {st.window_slides}' if st.window_slides else ''})",
           file=sys.stderr)
+    if cycles:
+        per_tok = cycles / max(1, st.prompt_tokens + st.generated_tokens)
+        print(f"accelerator: {cycles} RTL cycles, {per_tok:.0f} cycles per token processed "
+              f"(RTL ops only; ops not yet on RTL run on the host and are not counted)",
+              file=sys.stderr)
     return 0
 
 

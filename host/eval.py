@@ -1,6 +1,6 @@
 """Held-out evaluation of a model in both golden modes: ``python -m host.eval``.
 
-    python -m host.eval [-m models/default] [--chars N] [--corpus PATH] [--batch B]
+    python -m host.eval [-m models/default] [--chars N] [--corpus PATH] [--batch B (1)]
                         [--modes reference,integer]
 
 Data: the characters of the corpus (default ``../shared/data/tinyshakespeare.txt``
@@ -68,7 +68,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def evaluate(gm, wins, batch: int = 8, progress=None) -> tuple[float, int]:
+def evaluate(gm, wins, batch: int = 1, progress=None) -> tuple[float, int]:
     """(mean nats per predicted character, number of predictions) over the windows;
     windows of equal length are run as one batch of up to ``batch``."""
     total, count = 0.0, 0
@@ -104,7 +104,8 @@ def run(argv=None) -> int:
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="corpus text file")
     p.add_argument("--chars", type=int, default=None,
                    help="evaluate the first N held-out characters (default: all)")
-    p.add_argument("--batch", type=int, default=8, help="windows per forward")
+    # one window per forward is fastest here: larger int64 attention tensors fall out of cache
+    p.add_argument("--batch", type=int, default=1, help="windows per forward")
     p.add_argument("--modes", default="reference,integer",
                    help="comma-separated subset of reference,integer")
     a = p.parse_args(argv)

@@ -4,7 +4,7 @@ Sampling (``Sampler``), on float logits of one position:
 
 - ``temp == 0``: greedy (argmax; ties go to the lowest token id).
 - otherwise ``softmax(logits / temp)`` in float64, restricted by ``top_k`` (keep the k
-  largest logits; 0 = off) and then ``top_p`` (keep the smallest set of most probable
+  largest logits, ties at the k-th value kept; 0 = off) and then ``top_p`` (keep the smallest set of most probable
   tokens whose probability sums to >= top_p; 1.0 = off), renormalized, and sampled by
   inverse CDF with one uniform draw from ``numpy.random.default_rng(seed)`` per token.
   Same seed, same logits => same tokens.

@@ -61,7 +61,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_MODEL = "models/default"          # repo-relative: the shipped model
 
 APPROXIMATIONS = ("rmsnorm", "rope", "attn_int8", "softmax", "act", "lm_head")
-FFN_BITS = 16   # the integer model's per-token width of gate/up (golden.model.ForwardConfig)
 
 
 def resolve(path: str) -> str:
@@ -159,7 +158,7 @@ class AblationForward:
         self.lm_head = np.asarray(w.lm_head, np.float32)
         self.lm_q, lm_scale = gquant.act_quant(self.lm_head, self.cfg.quant)
         self.lm_row = (1.0 / lm_scale[:, 0]).astype(np.float32)
-        self.wide = replace(self.cfg.quant, act_bits=FFN_BITS)
+        self.wide = replace(self.cfg.quant, act_bits=self.cfg.forward.ffn_bits)
 
     # ------------------------------------------------------------------ pieces
     def _rms(self, x, weight):

@@ -68,6 +68,19 @@ def test_same_seed_same_text_and_modes(tiny_model, capsys):
     assert ref.startswith("To be") and len(ref.rstrip("\n")) >= len("To be") + 1
 
 
+def test_sim_backend_streams_the_same_tokens_as_golden(tiny_model, capsys):
+    """The command stream on the Verilator-compiled accelerator gives the same text as on
+    the golden device (and hence as the golden integer forward, tests/test_device_sim.py)."""
+    def once(backend):
+        assert cli.main(["-m", str(tiny_model), "-p", "To be", "-n", "16", "-s", "7",
+                         "--backend", backend]) == 0
+        return capsys.readouterr()
+
+    gold, sim = once("golden"), once("sim")
+    assert sim.out == gold.out
+    assert "RTL cycles" in sim.err and "backend sim" in sim.err
+
+
 def test_generation_slides_past_the_context(tiny_model, capsys):
     n = 2 * CTX + 5
     assert cli.main(["-m", str(tiny_model), "-p", "ab", "-n", str(n), "-s", "2"]) == 0
@@ -124,6 +137,7 @@ def malformed_models(tmp: Path, good: Path) -> dict:
 BAD_ARGS = {
     "unknown backend": ["--backend", "board"],
     "unknown mode": ["--mode", "float"],
+    "reference on the accelerator": ["--mode", "reference", "--backend", "sim"],
     "negative n": ["-n", "-3"],
     "non-integer n": ["-n", "many"],
     "negative temp": ["--temp", "-0.5"],
