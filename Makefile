@@ -33,8 +33,11 @@ sim: install
 synth: install
 	$(VPY) -m hw.synth
 
+# Golden TLMM vs numpy, TLMM RTL cycles vs ideal, model tokens/s and cycles per backend.
 bench: install
 	$(VPY) -m golden.bench
+	$(VPY) -m sim.perf
+	$(VPY) -m host.bench
 
 # Error bounds of every golden block: stated vs measured.
 report: install
