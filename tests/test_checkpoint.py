@@ -21,11 +21,15 @@ from transformers import BitNetConfig, BitNetForCausalLM  # noqa: E402
 from transformers.integrations import bitnet as hf_bitnet  # noqa: E402
 
 PROJ = ATTN_PROJ + MLP_PROJ
-# Scales go through one float32 rounding (and a reciprocal for bitlinear) on disk.
-SCALE_RTOL = 2.0 ** -22
+# Scales go through float32 on disk, and for bitlinear a reciprocal there plus a division in
+# transformers: up to 4 float32 roundings of 2^-24 each.
+SCALE_RTOL = 2.0 ** -21
 # Same-input output of one projection, transformers BitLinear vs AutoBitLinear (offline):
 # both compute (x_q @ W_t) * s_w / s_x in float32, in different orders.
 PROJ_OUT_RTOL = 1e-5
+# "online" files hold latent weights that transformers re-ternarizes with its own float32
+# mean|W| (its summation order, not ours): the scale agrees to golden.quant's stated bound.
+from golden.quant import WEIGHT_SCALE_REL_TOL  # noqa: E402
 
 SHAPES = [  # (hidden, intermediate, layers, heads, kv heads, vocab, tie)
     (32, 64, 1, 4, 4, 40, False),
@@ -95,7 +99,7 @@ def hf_effective(module) -> torch.Tensor:
     raise AssertionError(f"not a BitNet linear: {type(module).__name__}")
 
 
-def assert_matches_hf(model: Model, hf) -> None:
+def assert_matches_hf(model: Model, hf, scale_rtol: float = SCALE_RTOL) -> None:
     """Our (codes * scale) equal transformers' effective weights; float tensors equal."""
     w = model.weights
     sd = hf.state_dict()
@@ -219,7 +223,7 @@ def test_saved_checkpoint_loads_in_transformers(tmp_path, rng, shape, fmt, linea
     assert isinstance(q, hf_bitnet.BitLinear if linear_class == "bitlinear"
                       else hf_bitnet.AutoBitLinear)
     assert not isinstance(hf.lm_head, (hf_bitnet.BitLinear, hf_bitnet.AutoBitLinear))
-    assert_matches_hf(model, hf)
+    assert_matches_hf(model, hf, SCALE_RTOL if fmt == "offline" else WEIGHT_SCALE_REL_TOL)
 
 
 def test_bitlinear_and_autobitlinear_compute_the_same(tmp_path, rng):
