@@ -122,14 +122,18 @@ def _tool(name: str) -> str:
     return str(exe) if exe.exists() else name
 
 
-def _cells(stat_json: Path, module: str | None = None) -> dict[str, int]:
+def _cells(stat_json: Path, minus_module: str | None = None) -> dict[str, int]:
+    """Cell counts of the whole design (hierarchy included), less ``minus_module``'s own."""
     stat = json.loads(stat_json.read_text())
-    if module is None:
-        return dict(stat["design"]["num_cells_by_type"])
+    cells = dict(stat["design"]["num_cells_by_type"])
+    if minus_module is None:
+        return cells
     for name, mod in stat["modules"].items():
-        if name.lstrip("\\") == module:
-            return dict(mod["num_cells_by_type"])
-    raise KeyError(f"module {module!r} not in {stat_json}")
+        if name.lstrip("\\") == minus_module:
+            for cell, n in mod["num_cells_by_type"].items():
+                cells[cell] = cells.get(cell, 0) - n
+            return cells
+    raise KeyError(f"module {minus_module!r} not in {stat_json}")
 
 
 def _sum(cells: dict[str, int], prefixes) -> int:
@@ -220,8 +224,8 @@ def run_ecp5(name: str, block, work: Path, freq: float) -> dict:
     note = _yosys(work, f"read_verilog {src.name}", f"synth_ecp5 -noflatten -top {top}",
                   f"tee -q -o {stat.name} stat -json; tee -q -o ecp5_stat.txt stat; "
                   f"flatten; write_json {top}.json", "ecp5_yosys.log")
-    block_mod = f"{top}.block"
-    out = ecp5_figures(_cells(stat, block_mod))
+    # the block with all its submodules: the design total less the shell's own cells
+    out = ecp5_figures(_cells(stat, minus_module=top))
     if note:
         out["note"] = note
     report = work / "nextpnr_report.json"

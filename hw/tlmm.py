@@ -43,6 +43,13 @@ Micro-architecture
   sums of a row block and emits them on the block's last chunk.
 * Backpressure: one global stall (``out`` holds an unaccepted beat) freezes the lookup
   pipeline; the table build side is independent.
+* Memory: T memories of 2 banks x 2^ceil(log2 Kc_max) words x ``entries*entry_bits``
+  bits.  At the default (max_k 4096: 49 chunks -> 64 per bank, 270-bit words) that is
+  28 x 128 x 270 bits, which maps to 112 RAMB36 on UltraScale+ and 224 DP16KD on ECP5
+  (the ECP5-85F has 208): the tables are wide and shallow, so block RAMs are mostly
+  width-bound.  Storing all Kc tables of a token is the price of the row-block-major
+  (output-stationary) order; the alternative order (chunk-major, tables of one chunk in
+  registers, partial sums in an N-deep accumulator RAM) trades it for Q accumulator RAMs.
 
 Cycle count (streams never stall, M tokens of K, N outputs)::
 

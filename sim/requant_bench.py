@@ -132,7 +132,8 @@ async def test_scales(dut):
     await h.reset()
     batches = []
     for _ in range(8):
-        scale = float(np.exp2(rng.uniform(-30, -2)))
+        # representable scales start at 2^(mult_bits-1-shift_max) (quantize_multiplier)
+        scale = float(np.exp2(rng.uniform(max(-30, CFG.mult_bits - CFG.shift_max), -2)))
         mult, shift = golden.quantize_multiplier(scale, CFG)
         reach = int(min(AHI, 2 ** CFG.out_bits / scale))
         acc = rng.integers(-reach, reach + 1, size=16 * LANES)
