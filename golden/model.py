@@ -139,6 +139,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .config import DEFAULT, DatapathConfig, ForwardConfig, RequantConfig
+from .fixed import bit_length as _bit_length, rhu as _rhu
 from .modelspec import ATTN_PROJ, MLP_PROJ, Model
 from . import activations as _act
 from . import quant as _quant
@@ -170,31 +171,6 @@ def forward_config(cfg: DatapathConfig) -> ForwardConfig:
 
 
 # --------------------------------------------------------------------------- integer helpers
-def _bit_length(a) -> np.ndarray:
-    """Exact bit_length of non-negative int64 values."""
-    v = np.asarray(a, dtype=np.int64)
-    if v.size == 0 or int(v.max()) < (1 << 53):       # float64 holds v exactly: frexp is exact
-        return np.frexp(v.astype(np.float64))[1].astype(np.int64)
-    v = v.copy()
-    n = np.zeros(v.shape, dtype=np.int64)
-    for s in (32, 16, 8, 4, 2, 1):
-        big = v >= (np.int64(1) << s)
-        n += np.where(big, s, 0)
-        v = np.where(big, v >> s, v)
-    return n + (v > 0)
-
-
-def _rhu(v, s) -> np.ndarray:
-    """Round half up v / 2^s; s <= 0 is an exact left shift (caller keeps it in range)."""
-    v = np.asarray(v, dtype=np.int64)
-    s = np.asarray(s, dtype=np.int64)
-    if s.size and int(s.min()) > 0:                   # the common case: right shifts only
-        return (v + np.left_shift(np.int64(1), s - 1)) >> s
-    pos = np.maximum(s, 0)
-    half = np.where(pos > 0, np.left_shift(np.int64(1), np.maximum(pos - 1, 0)), 0)
-    return np.where(s > 0, (v + half) >> pos, v << np.maximum(-s, 0))
-
-
 class Scale(NamedTuple):
     """mant * 2^-shift, mant normalized to [2^(B-1), 2^B) or 0 (int64 arrays)."""
 
