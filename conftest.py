@@ -37,3 +37,9 @@ def seed(request) -> int:
 def rng(request, seed) -> np.random.Generator:
     """A generator for this test: reproducible from the printed session seed."""
     return np.random.default_rng([seed, zlib.crc32(request.node.nodeid.encode())])
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    # printed even with -q, where the report header is not
+    terminalreporter.write_line(f"random seed: {config._session_seed} "
+                                f"(reproduce with SEED={config._session_seed})")
