@@ -309,6 +309,11 @@ class RMSNormQuant(wiring.Component):
         free = ~pv | aq.inp.ready
         issue = (state == P2) & free
         m.d.comb += [br.addr.eq(rptr), br.en.eq(free)]
+        # pass 2 shifts by its own copy of sh_p, taken at the row's first read: the next
+        # row's SEED may update sh_p while this row's last word still waits for the quantizer
+        sh_p2 = Signal.like(sh_p)
+        with m.If(issue & (rptr == 0)):
+            m.d.sync += sh_p2.eq(sh_p)
         with m.If(issue):
             m.d.sync += [pv.eq(1), p_last.eq(rptr == count - 1)]
             with m.If(rptr == count - 1):
@@ -320,7 +325,7 @@ class RMSNormQuant(wiring.Component):
         m.d.comb += [aq.inp.valid.eq(pv), aq.inp.payload.last.eq(p_last)]
         for i in range(L):
             # |p >> sh_p| <= 2^(hw_in_bits - 1): the value fits the quantizer input
-            m.d.comb += aq.inp.payload.data[i].eq(br.data[i] >> sh_p)
+            m.d.comb += aq.inp.payload.data[i].eq(br.data[i] >> sh_p2)
 
         # ------------------------------------------------------------ output
         head = scales.r_data
