@@ -1,0 +1,125 @@
+"""EMBED engine: ``dst[t] = table[tokens[t]]`` (golden: ``GoldenDevice._op_embed``).
+
+Checks, in the golden backend's order: rows/dim/vocab >= 1 (BAD_DIM); tokens aligned and
+in range (ALIGN, ADDR_RANGE); a scan over the token ids, any id >= vocab (BAD_OPERAND);
+table, then dst, aligned and in range. Then per row: read the token id (4 bytes), copy
+the table row in ``dma_bytes`` chunks, each response forwarded as a write.
+"""
+from __future__ import annotations
+
+from amaranth import Module, Mux, Signal, unsigned
+from amaranth.lib import wiring
+
+from hw import isa
+from hw.isa import ErrorCode
+
+from .base import EngineSignature, misaligned, out_of_range
+
+
+class EmbedEngine(wiring.Component):
+    def __init__(self, cfg, dma_bytes: int):
+        self.cfg = cfg
+        super().__init__(EngineSignature(dma_bytes))
+
+    def elaborate(self, platform):
+        m = Module()
+        W = self.signature.dma_bytes
+        TPB = W // 4                            # token ids per scan beat
+        a = self.args.embed
+        row_bytes = Signal(unsigned(isa.DIM_BITS + 2))
+        m.d.comb += row_bytes.eq(a.dim * 4)
+
+        t = Signal(isa.ROWS_BITS + 1)           # row (token) index
+        scan_rq = Signal(isa.ROWS_BITS + 1)     # tokens requested by the scan
+        scan_rs = Signal(isa.ROWS_BITS + 1)     # tokens checked by the scan
+        bad = Signal()
+        tok = Signal(32)
+        src = Signal(64)                        # table row read pointer
+        dst = Signal(isa.ADDR_BITS + 1)
+        rq_left = Signal(unsigned(isa.DIM_BITS + 2))   # row bytes not yet requested
+        rs_left = Signal(unsigned(isa.DIM_BITS + 2))   # row bytes not yet written
+
+        def finish(code):
+            m.d.comb += [self.done.eq(1), self.error.eq(code)]
+            m.next = "IDLE"
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                with m.If((a.rows == 0) | (a.dim == 0) | (a.vocab == 0)):
+                    finish(ErrorCode.BAD_DIM)
+                with m.Elif(misaligned(a.tokens, 4)):
+                    finish(ErrorCode.ALIGN)
+                with m.Elif(out_of_range(a.tokens, a.rows * 4, self.mem_lo, self.mem_hi)):
+                    finish(ErrorCode.ADDR_RANGE)
+                with m.Else():
+                    m.d.sync += [scan_rq.eq(0), scan_rs.eq(0), bad.eq(0)]
+                    m.next = "SCAN"
+            with m.State("SCAN"):
+                # requests: TPB ids per beat; responses: check the valid lanes
+                left_rq = a.rows - scan_rq
+                n_rq = Mux(left_rq > TPB, TPB, left_rq)
+                m.d.comb += [self.rd.valid.eq(scan_rq < a.rows),
+                             self.rd.payload.addr.eq(a.tokens + scan_rq * 4),
+                             self.rd.payload.len.eq(n_rq * 4)]
+                with m.If(self.rd.valid & self.rd.ready):
+                    m.d.sync += scan_rq.eq(scan_rq + n_rq)
+                left_rs = a.rows - scan_rs
+                m.d.comb += self.rdata.ready.eq(1)
+                with m.If(self.rdata.valid):
+                    over = Signal(TPB)
+                    for i in range(TPB):
+                        m.d.comb += over[i].eq((i < left_rs)
+                                               & (self.rdata.payload[32 * i:32 * i + 32] >= a.vocab))
+                    with m.If(over.any()):
+                        m.d.sync += bad.eq(1)
+                    m.d.sync += scan_rs.eq(scan_rs + Mux(left_rs > TPB, TPB, left_rs))
+                with m.If(scan_rs == a.rows):
+                    with m.If(bad):
+                        finish(ErrorCode.BAD_OPERAND)
+                    with m.Else():
+                        m.next = "CHECK2"
+            with m.State("CHECK2"):
+                with m.If(misaligned(a.table, 4)):
+                    finish(ErrorCode.ALIGN)
+                with m.Elif(out_of_range(a.table, a.vocab * row_bytes, self.mem_lo, self.mem_hi)):
+                    finish(ErrorCode.ADDR_RANGE)
+                with m.Elif(misaligned(a.dst, 4)):
+                    finish(ErrorCode.ALIGN)
+                with m.Elif(out_of_range(a.dst, a.rows * row_bytes, self.mem_lo, self.mem_hi)):
+                    finish(ErrorCode.ADDR_RANGE)
+                with m.Else():
+                    m.d.sync += [t.eq(0), dst.eq(a.dst)]
+                    m.next = "TOKEN"
+            with m.State("TOKEN"):
+                m.d.comb += [self.rd.valid.eq(1), self.rd.payload.addr.eq(a.tokens + t * 4),
+                             self.rd.payload.len.eq(4)]
+                with m.If(self.rd.ready):
+                    m.next = "TOKEN_WAIT"
+            with m.State("TOKEN_WAIT"):
+                m.d.comb += self.rdata.ready.eq(1)
+                with m.If(self.rdata.valid):
+                    m.d.sync += [src.eq(a.table + self.rdata.payload[:32] * row_bytes),
+                                 rq_left.eq(row_bytes), rs_left.eq(row_bytes)]
+                    m.next = "COPY"
+            with m.State("COPY"):
+                n_rq = Mux(rq_left > W, W, rq_left)
+                m.d.comb += [self.rd.valid.eq(rq_left != 0), self.rd.payload.addr.eq(src),
+                             self.rd.payload.len.eq(n_rq)]
+                with m.If(self.rd.valid & self.rd.ready):
+                    m.d.sync += [src.eq(src + n_rq), rq_left.eq(rq_left - n_rq)]
+                n_rs = Mux(rs_left > W, W, rs_left)
+                m.d.comb += [self.wr.valid.eq(self.rdata.valid), self.rdata.ready.eq(self.wr.ready),
+                             self.wr.payload.addr.eq(dst), self.wr.payload.len.eq(n_rs),
+                             self.wr.payload.data.eq(self.rdata.payload)]
+                with m.If(self.wr.valid & self.wr.ready):
+                    m.d.sync += [dst.eq(dst + n_rs), rs_left.eq(rs_left - n_rs)]
+                    with m.If(rs_left == n_rs):
+                        with m.If(t == a.rows - 1):
+                            finish(ErrorCode.NONE)
+                        with m.Else():
+                            m.d.sync += t.eq(t + 1)
+                            m.next = "TOKEN"
+        return m
