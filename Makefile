@@ -33,11 +33,13 @@ sim: install
 synth: install
 	$(VPY) -m hw.synth
 
-# Golden TLMM vs numpy, TLMM RTL cycles vs ideal, model tokens/s and cycles per backend.
+# Golden TLMM vs numpy, TLMM RTL cycles vs ideal, model tokens/s and cycles per backend,
+# modeled BitNet-0.73B decode from one simulated full-size layer.
 bench: install
 	$(VPY) -m golden.bench
 	$(VPY) -m sim.perf
 	$(VPY) -m host.bench
+	$(VPY) -m host.perf_model
 
 # Error bounds of every golden block: stated vs measured.
 report: install

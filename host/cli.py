@@ -14,14 +14,20 @@ Flags follow llama.cpp / llama2.c::
     --mode MODE          integer (default: the accelerator datapath, run as a command
                          stream on the chosen backend) or reference (float, as
                          transformers; golden models only, no device)
-    --backend NAME       device that executes the command stream: golden (the golden
-                         models, default) or sim (the Verilator-compiled accelerator RTL;
-                         built on first use, about 2 minutes)
+    --backend NAME       device that executes the command stream: sim (the Verilator-
+                         compiled accelerator RTL, default; built on first use, a few
+                         minutes) or golden (the golden models; the default with
+                         --mode reference)
+    --clock-mhz F        modeled accelerator clock (default 250)
+    --bandwidth-gbs F    modeled memory bandwidth (default 17.1, KV260-class DDR4); the sim
+                         backend's DRAM model serves bandwidth / clock bytes per cycle
 
 Generated tokens are written to stdout as they are produced (flushed one by one); the
 summary goes to stderr: prompt tokens, generated tokens, time to first token, prefill and
-decode tokens/s, and for the sim backend the accelerator cycles it counted. When generation fills the context window the window slides (see
-``host.generate``): the last context/2 tokens are re-prefilled and decoding continues.
+decode tokens/s (wall clock), and for the sim backend the accelerator cycles it counted:
+cycles per decoded token and the modeled tokens/s at the stated clock and bandwidth. When
+generation fills the context window the window slides (see ``host.generate``): the last
+context/2 tokens are re-prefilled and decoding continues.
 
 Bad values (unknown backend/mode, negative -n, temp < 0, top-p outside (0, 1], an empty
 prompt or one longer than the context, characters outside the vocabulary, a missing or
@@ -41,7 +47,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              "models", "default")
 DEFAULT_PROMPT = "ROMEO:"
-BACKENDS = ("golden", "sim")
+BACKENDS = ("sim", "golden")
+DEFAULT_CLOCK_MHZ = 250.0
+DEFAULT_BANDWIDTH_GBS = 17.1
 MODES = ("integer", "reference")
 
 
@@ -66,7 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.95, help="top-p in (0, 1] (1 = off)")
     p.add_argument("-s", "--seed", type=int, default=None, help="RNG seed (default: random)")
     p.add_argument("--mode", choices=MODES, default="integer", help="golden forward mode")
-    p.add_argument("--backend", choices=BACKENDS, default="golden", help="device backend")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="device backend (default: sim; golden with --mode reference)")
+    p.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_MHZ,
+                   help="modeled accelerator clock in MHz")
+    p.add_argument("--bandwidth-gbs", type=float, default=DEFAULT_BANDWIDTH_GBS,
+                   help="modeled memory bandwidth in GB/s")
     return p
 
 
@@ -81,6 +94,11 @@ def _check_args(a) -> None:
         raise _UsageError(f"--top-p: expected a value in (0, 1], got {a.top_p}")
     if a.seed is not None and a.seed < 0:
         raise _UsageError(f"--seed: expected >= 0, got {a.seed}")
+    for name, v in (("--clock-mhz", a.clock_mhz), ("--bandwidth-gbs", a.bandwidth_gbs)):
+        if not (math.isfinite(v) and v > 0):
+            raise _UsageError(f"{name}: expected a finite value > 0, got {v}")
+    if a.backend is None:
+        a.backend = "golden" if a.mode == "reference" else "sim"
     if a.mode == "reference" and a.backend != "golden":
         raise _UsageError(f"--backend {a.backend}: the accelerator runs the integer datapath "
                           "only; use --mode integer")
@@ -139,7 +157,10 @@ def run(argv=None) -> int:
         gm = GoldenModel(model, mode="reference")
     else:
         try:
-            gm = make_runtime(model, a.backend)
+            kw = {}
+            if a.backend == "sim":      # DRAM model: bytes per accelerator cycle
+                kw["bandwidth"] = a.bandwidth_gbs * 1e3 / a.clock_mhz
+            gm = make_runtime(model, a.backend, **kw)
         except (DeviceError, OSError, RuntimeError) as e:
             raise _UsageError(f"--backend {a.backend}: {e}") from None
 
@@ -147,7 +168,12 @@ def run(argv=None) -> int:
     out.write(a.prompt)
     out.flush()
 
+    counted = a.mode == "integer"
+    first_cycles = []                   # accelerator cycles when the first token came out
+
     def emit(t: int) -> None:
+        if counted and not first_cycles:
+            first_cycles.append(gm.counters().get("cycles"))
         out.write(tok.vocab[t])
         out.flush()
 
@@ -155,7 +181,7 @@ def run(argv=None) -> int:
         _, st = generate(gm, prompt_ids, a.n_predict, sampler, on_token=emit)
     except DeviceError as e:
         raise _UsageError(f"--backend {a.backend}: {e}") from None
-    cycles = gm.counters().get("cycles") if a.mode == "integer" else None
+    cycles = gm.counters().get("cycles") if counted else None
     out.write("\n")
     out.flush()
     ttft = f"{st.ttft_s * 1e3:.1f} ms" if st.generated_tokens else "n/a"
@@ -166,10 +192,15 @@ def run(argv=None) -> int:
           f"{f', window slides {st.window_slides}' if st.window_slides else ''})",
           file=sys.stderr)
     if cycles:
-        per_tok = cycles / max(1, st.prompt_tokens + st.generated_tokens)
-        print(f"accelerator: {cycles} RTL cycles, {per_tok:.0f} cycles per token processed "
-              f"(RTL ops only; ops not yet on RTL run on the host and are not counted)",
-              file=sys.stderr)
+        msg = f"accelerator: {cycles} cycles"
+        if first_cycles and first_cycles[0] is not None:
+            msg += f" (prefill {first_cycles[0]})"
+            if st.generated_tokens > 1:
+                per_tok = (cycles - first_cycles[0]) / (st.generated_tokens - 1)
+                msg += (f", {per_tok:.0f} cycles per decoded token -> modeled "
+                        f"{a.clock_mhz * 1e6 / per_tok:.1f} tokens/s at {a.clock_mhz:g} MHz, "
+                        f"{a.bandwidth_gbs:g} GB/s")
+        print(msg, file=sys.stderr)
     return 0
 
 

@@ -64,7 +64,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -260,13 +260,18 @@ class TLMM(wiring.Component):
         look_shape = signed(cfg.entry_bits)
         looks = [[Signal(look_shape, name=f"look_q{q}_t{t}") for t in range(T)] for q in range(Q)]
         s2 = Signal(ctrl)
+        # the entries of each table word, padded to 2^index_bits (an index beyond the
+        # table reads 0); a per-entry multiplexer (not a wide variable shift) simulates fast
+        eb = cfg.entry_bits
+        entries = [[rports[t].data[i * eb:(i + 1) * eb] for i in range(cfg.entries)]
+                   + [Const(0, eb)] * ((1 << cfg.index_bits) - cfg.entries) for t in range(T)]
         with m.If(~stall):
             m.d.sync += s2.eq(s1)
             for q in range(Q):
                 for t in range(T):
                     code = s1_code[q * T + t]
                     index = code[:cfg.index_bits]
-                    entry = rports[t].data.word_select(index, cfg.entry_bits).as_signed()
+                    entry = Array(entries[t])[index].as_signed()
                     if cfg.table == "mirrored":
                         sign = code[cfg.index_bits]
                         entry = Mux(sign, -entry, entry)

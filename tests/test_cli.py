@@ -41,7 +41,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_happy_path_streams_and_summarizes(tiny_model):
-    r = run_cli("-m", str(tiny_model), "-p", "ROMEO:", "-n", "12", "-s", "3", "--temp", "0.9")
+    r = run_cli("-m", str(tiny_model), "-p", "ROMEO:", "-n", "12", "-s", "3", "--temp", "0.9",
+                "--backend", "golden")
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stdout.startswith("ROMEO:")
@@ -55,7 +56,8 @@ def test_happy_path_streams_and_summarizes(tiny_model):
 
 def test_same_seed_same_text_and_modes(tiny_model, capsys):
     def once(*extra):
-        assert cli.main(["-m", str(tiny_model), "-p", "To be", "-n", "20", *extra]) == 0
+        assert cli.main(["-m", str(tiny_model), "-p", "To be", "-n", "20", "--backend", "golden",
+                         *extra]) == 0
         return capsys.readouterr().out
 
     a = once("-s", "11")
@@ -64,26 +66,31 @@ def test_same_seed_same_text_and_modes(tiny_model, capsys):
     others = {once("-s", str(s)) for s in (12, 13, 14)}
     assert len(others | {a}) > 1                    # the seed matters when sampling
     assert once("--temp", "0", "-s", "1") == once("--temp", "0", "-s", "2")   # greedy
-    ref = once("--mode", "reference", "--temp", "0")
+    ref = once("--mode", "reference", "--temp", "0")   # reference: golden models, no device
     assert ref.startswith("To be") and len(ref.rstrip("\n")) >= len("To be") + 1
 
 
 def test_sim_backend_streams_the_same_tokens_as_golden(tiny_model, capsys):
     """The command stream on the Verilator-compiled accelerator gives the same text as on
     the golden device (and hence as the golden integer forward, tests/test_device_sim.py)."""
-    def once(backend):
+    def once(*backend):
         assert cli.main(["-m", str(tiny_model), "-p", "To be", "-n", "16", "-s", "7",
-                         "--backend", backend]) == 0
+                         *backend]) == 0
         return capsys.readouterr()
 
-    gold, sim = once("golden"), once("sim")
+    gold, sim = once("--backend", "golden"), once()          # sim is the default
     assert sim.out == gold.out
-    assert "RTL cycles" in sim.err and "backend sim" in sim.err
+    assert "backend sim" in sim.err
+    cyc = [ln for ln in sim.err.splitlines() if ln.startswith("accelerator:")]
+    assert cyc and "cycles per decoded token" in cyc[0] and "tokens/s at 250 MHz, 17.1 GB/s" \
+        in cyc[0], sim.err
+    assert not any(ln.startswith("accelerator:") for ln in gold.err.splitlines())
 
 
 def test_generation_slides_past_the_context(tiny_model, capsys):
     n = 2 * CTX + 5
-    assert cli.main(["-m", str(tiny_model), "-p", "ab", "-n", str(n), "-s", "2"]) == 0
+    assert cli.main(["-m", str(tiny_model), "-p", "ab", "-n", str(n), "-s", "2",
+                     "--backend", "golden"]) == 0
     cap = capsys.readouterr()
     assert len(cap.out) == len("ab") + n + 1        # every token one character, then "\n"
     assert f"generated tokens: {n}" in cap.err
@@ -150,6 +157,8 @@ BAD_ARGS = {
     "char outside vocabulary": ["-p", "caf\u00e9"],
     "missing model": ["-m", "/nonexistent/model/dir"],
     "unknown flag": ["--frobnicate"],
+    "zero clock": ["--clock-mhz", "0"],
+    "negative bandwidth": ["--bandwidth-gbs", "-1"],
 }
 
 

@@ -82,15 +82,15 @@ def build(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K, *, jobs: in
 
 
 # the sources the exported Verilog and the harness depend on
-_SOURCES = ("hw/accel.py", "hw/csr.py", "hw/tlmm.py", "hw/isa.py", "golden/config.py",
-            "golden/tlmm.py", "sim/harness/harness.cpp")
+_SOURCES = ("hw/**/*.py", "golden/*.py", "sim/harness/harness.cpp")
 
 
 def _source_key(cfg: DatapathConfig, max_k: int) -> str:
     import amaranth
 
     root = HERE.parents[1]
-    texts = [(root / s).read_text() for s in _SOURCES]
+    files = sorted({p for pat in _SOURCES for p in root.glob(pat)})
+    texts = [(str(p.relative_to(root)), p.read_text()) for p in files]
     blob = json.dumps([asdict(cfg), max_k, texts, amaranth.__version__, VERILATOR_FLAGS,
                        MAKE_FLAGS], default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
