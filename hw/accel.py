@@ -53,6 +53,8 @@ from hw.tlmm import DEFAULT_MAX_K
 ENGINES = {
     Opcode.EMBED: "hw.ops.embed:EmbedEngine",
     Opcode.TLMM: "hw.ops.tlmm:TLMMEngine",
+    Opcode.RESIDUAL: "hw.ops.residual:ResidualEngine",
+    Opcode.LM_HEAD: "hw.ops.lm_head:LMHeadEngine",
 }
 RTL_OPS = (Opcode.NOP, Opcode.END, *ENGINES)
 HOST_OPS = tuple(op for op in Opcode if op not in RTL_OPS)

@@ -37,10 +37,11 @@ BASE = 64                       # first usable byte (the window checked by the R
 
 
 class Bench:
-    def __init__(self, dut, rng, stall: float = STALL, max_lat: int = MAX_LAT):
+    def __init__(self, dut, rng, stall: float = STALL, max_lat: int = MAX_LAT,
+                 mem_size: int = MEM_SIZE):
         self.dut, self.rng = dut, rng
         self.stall, self.max_lat = stall, max_lat
-        self.mem = bytearray(MEM_SIZE)
+        self.mem = bytearray(mem_size)
         self.queue: deque = deque()     # [ready_cycle, addr, len]
         self.offered = False
         self.cycle = 0
@@ -50,7 +51,7 @@ class Bench:
     def alloc(self, nbytes: int, align: int = 64) -> int:
         a = -(-self.brk // align) * align
         self.brk = a + nbytes
-        assert self.brk <= MEM_SIZE
+        assert self.brk <= len(self.mem)
         return a
 
     def put(self, data) -> int:
@@ -104,13 +105,13 @@ class Bench:
             self.offered = False
         if int(d.mem_rd_valid.value) and int(d.mem_rd_ready.value):
             a, n = int(d.mem_rd_addr.value), int(d.mem_rd_len.value)
-            assert 1 <= n <= W and a + n <= MEM_SIZE, f"read request [{a:#x}, +{n}) out of bounds"
+            assert 1 <= n <= W and a + n <= len(self.mem), f"read request [{a:#x}, +{n}) out of bounds"
             lat = 1 + int(self.rng.integers(0, self.max_lat + 1))
             self.queue.append([self.cycle + lat, a, n])
             self.max_queue = max(self.max_queue, len(self.queue))
         if int(d.mem_wr_valid.value) and int(d.mem_wr_ready.value):
             a, n = int(d.mem_wr_addr.value), int(d.mem_wr_len.value)
-            assert 1 <= n <= W and a + n <= MEM_SIZE, f"write [{a:#x}, +{n}) out of bounds"
+            assert 1 <= n <= W and a + n <= len(self.mem), f"write [{a:#x}, +{n}) out of bounds"
             data = int(d.mem_wr_data.value).to_bytes(W, "little")
             self.mem[a:a + n] = data[:n]
         self.cycle += 1
@@ -122,13 +123,20 @@ class Bench:
     async def csr_read(self, reg) -> int:
         return await self.step(csr_read=reg)
 
-    async def run_stream(self, cmds, max_cycles=200_000, host=None) -> dict:
-        """Write the stream, start it, step until idle; ``host(pc)`` answers HOST_OP
-        (returns a CTRL value), default RESUME. Returns the status registers."""
+    async def run_stream(self, cmds, max_cycles=200_000, host=None, at=None,
+                         window=None) -> dict:
+        """Write the stream (at ``at``, else a new allocation), start it, step until idle;
+        ``host(pc)`` answers HOST_OP (returns a CTRL value), default RESUME. ``window``:
+        (MEM_LO, MEM_HI), default (BASE, brk). Returns the status registers."""
         words = isa.encode_stream(cmds) if not isinstance(cmds, (bytes, bytearray)) else bytes(cmds)
-        addr = self.put(words)
-        await self.csr_write(CSRX.MEM_LO, BASE)
-        await self.csr_write(CSRX.MEM_HI, self.brk)
+        if at is None:
+            addr = self.put(words)
+        else:
+            addr = at
+            self.mem[at:at + len(words)] = words
+        lo, hi = window if window is not None else (BASE, self.brk)
+        await self.csr_write(CSRX.MEM_LO, lo)
+        await self.csr_write(CSRX.MEM_HI, hi)
         await self.csr_write(CSR.STREAM_ADDR, addr)
         await self.csr_write(CSR.N_CMDS, len(words) // isa.COMMAND_BYTES)
         await self.csr_write(CSR.CTRL, isa.CTRL_START)

@@ -1,0 +1,146 @@
+"""LM_HEAD engine (hw/ops/lm_head.py) == the golden backend's LM_HEAD, bit for bit, in
+Amaranth's simulator (sim/op_bench.check_op: random memory stalls and latencies, the
+same ErrorCode, identical memory, no write before an argument error).
+
+Shapes cover k around the beat width (1, W-1, W, W+1, ...), n around the write width
+(1, L-1, L, L+1, ...), odd src/weights addresses, int8 extremes (the largest positive
+and negative dot products at k = max_k), the write-register freeze (n = 1 mod L under
+heavy stalls, where two flushes come back to back), the exact no-stall cycle count, the
+x-buffer limit (max_k) and every argument error.
+"""
+import numpy as np
+import pytest
+
+from golden.config import DEFAULT
+from host.backends.golden import GoldenDevice
+from hw import isa
+from hw.accel import dma_bytes_for
+from hw.isa import ErrorCode, Opcode
+from hw.ops.lm_head import DEFAULT_MAX_K, LMHeadEngine
+from sim.op_bench import check_op, put
+
+W = dma_bytes_for(DEFAULT)
+L = W // 4
+
+
+def _int8(rng, shape):
+    """Random int8 with a share of -128, 127, 0, +-1."""
+    v = rng.integers(-128, 128, size=shape)
+    corner = rng.choice([-128, 127, 0, 1, -1], size=shape)
+    return np.where(rng.random(shape) < 0.2, corner, v).astype(np.int8)
+
+
+def _cmd(gd, x, w):
+    rows, n = x.shape[0], w.shape[0]
+    # byte-aligned int8 tensors (the engine reads at any alignment); dst int32-aligned
+    src = put(gd, x, 1)
+    weights = put(gd, w, 1)
+    dst = put(gd, np.zeros((rows, n), np.int32), 4)
+    return isa.command(Opcode.LM_HEAD, src=src, weights=weights, dst=dst,
+                       rows=rows, k=x.shape[1], n=n)
+
+
+def _engine(**limits):
+    return LMHeadEngine(DEFAULT, W, **limits)
+
+
+def _cycles(rows, k, n, latency=1):
+    """Documented no-stall cycle count."""
+    return rows * -(-k // W) * (n + 1) + latency + 4
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.3, 0.6])
+def test_random(rng, stall):
+    for _ in range(2):
+        rows = int(rng.integers(1, 4))
+        k = int(rng.choice([1, W - 1, W, W + 1, int(rng.integers(2, 3 * W))]))
+        n = int(rng.choice([1, L - 1, L, L + 1, int(rng.integers(2, 2 * L + 8))]))
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        cmd = _cmd(gd, _int8(rng, (rows, k)), _int8(rng, (n, k)))
+        res = check_op(_engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=stall)
+        assert res["error"] == ErrorCode.NONE
+        assert res["bytes_written"] == rows * n * 4
+
+
+def test_extremes_at_max_k(rng):
+    """k = max_k (default): dot products of +-max_k * 2^14 and zero rows."""
+    k, n = DEFAULT_MAX_K, 4
+    x = np.full((1, k), -128, np.int8)
+    w = np.stack([np.full(k, -128), np.full(k, 127), np.zeros(k), _int8(rng, k)]).astype(np.int8)
+    want = x.astype(np.int64) @ w.astype(np.int64).T
+    assert want[0, 0] == k << 14 and want[0, 1] == -k * 128 * 127 and want[0, 2] == 0
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+    res = check_op(_engine(), gd, _cmd(gd, x, w), seed=int(rng.integers(1 << 30)), stall=0.3)
+    assert res["error"] == ErrorCode.NONE
+
+
+def test_write_backpressure(rng):
+    """n = 1 mod L with one beat per weight row: the row's last (1-result) flush comes one
+    cycle after a full one, so the write register is often still busy (freeze)."""
+    for seed in range(3):
+        rows, k, n = 2, int(rng.integers(1, W + 1)), 2 * L + 1
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        cmd = _cmd(gd, _int8(rng, (rows, k)), _int8(rng, (n, k)))
+        res = check_op(_engine(), gd, cmd, seed=seed, stall=0.6, max_latency=3)
+        assert res["error"] == ErrorCode.NONE
+
+
+def test_cycles(rng):
+    """No stalls, 1-cycle memory: rows * Kb * (n + 1) + latency + 4 cycles."""
+    for rows, k, n in ((1, 1, 1), (2, W + 3, L + 1), (1, 1536, 64)):
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        cmd = _cmd(gd, _int8(rng, (rows, k)), _int8(rng, (n, k)))
+        res = check_op(_engine(), gd, cmd, stall=0.0, max_latency=1)
+        assert res["cycles"] == _cycles(rows, k, n), (rows, k, n, res)
+
+
+def test_max_k_limit(rng):
+    """A smaller x buffer (max_k = 2W - 56, not a beat multiple): k = max_k runs, k =
+    max_k + 1 is BAD_DIM where the golden backend succeeds (a documented difference)."""
+    max_k = 2 * W - 56
+    for k, ok in ((max_k, True), (max_k + 1, False)):
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        cmd = _cmd(gd, _int8(rng, (2, k)), _int8(rng, (L + 2, k)))
+        if ok:
+            res = check_op(_engine(max_k=max_k), gd, cmd, seed=k, stall=0.3)
+            assert res["error"] == ErrorCode.NONE
+        else:
+            with pytest.raises(AssertionError, match="RTL error BAD_DIM, golden NONE"):
+                check_op(_engine(max_k=max_k), gd, cmd, seed=k, stall=0.3)
+
+
+FAR = 0xFFFF_FF00                       # aligned, far beyond the allocation
+
+# (change to a valid 2 x 40 x 20 command's arguments, expected error)
+ERROR_CASES = [
+    (lambda c: dict(rows=0), ErrorCode.BAD_DIM),
+    (lambda c: dict(k=0), ErrorCode.BAD_DIM),
+    (lambda c: dict(n=0), ErrorCode.BAD_DIM),
+    (lambda c: dict(n=0, src=FAR, weights=FAR, dst=FAR + 2), ErrorCode.BAD_DIM),
+    (lambda c: dict(src=FAR), ErrorCode.ADDR_RANGE),
+    (lambda c: dict(src=0), ErrorCode.ADDR_RANGE),                 # below the window
+    (lambda c: dict(rows=0xFFFF), ErrorCode.ADDR_RANGE),           # src span
+    (lambda c: dict(weights=FAR + 1), ErrorCode.ADDR_RANGE),       # int8: no ALIGN
+    (lambda c: dict(weights=0), ErrorCode.ADDR_RANGE),
+    (lambda c: dict(n=0xFFFF_FFFF), ErrorCode.ADDR_RANGE),         # weights span ~2^37
+    (lambda c: dict(n=1 << 31, k=2), ErrorCode.ADDR_RANGE),        # n*k = 2^32 (0 if wrapped)
+    (lambda c: dict(dst=c["dst"] + 2), ErrorCode.ALIGN),
+    (lambda c: dict(dst=FAR), ErrorCode.ADDR_RANGE),
+    (lambda c: dict(dst=0), ErrorCode.ADDR_RANGE),
+    # order: src, then weights, then dst (ALIGN before its range)
+    (lambda c: dict(src=FAR, weights=FAR), ErrorCode.ADDR_RANGE),
+    (lambda c: dict(src=FAR, dst=c["dst"] + 1), ErrorCode.ADDR_RANGE),
+    (lambda c: dict(weights=FAR, dst=c["dst"] + 2), ErrorCode.ADDR_RANGE),
+    (lambda c: dict(dst=FAR + 2), ErrorCode.ALIGN),
+]
+
+
+@pytest.mark.parametrize("case", range(len(ERROR_CASES)))
+def test_errors(rng, case):
+    change, want = ERROR_CASES[case]
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+    cmd = _cmd(gd, _int8(rng, (2, 40)), _int8(rng, (20, 40)))
+    cmd = isa.command(Opcode.LM_HEAD, **{**cmd.args, **change(cmd.args)})
+    res = check_op(_engine(), gd, cmd, seed=case, stall=0.3)
+    assert res["error"] == want, (case, cmd, res)
+    assert res["bytes_written"] == 0
