@@ -55,6 +55,7 @@ ENGINES = {
     Opcode.TLMM: "hw.ops.tlmm:TLMMEngine",
     Opcode.RESIDUAL: "hw.ops.residual:ResidualEngine",
     Opcode.LM_HEAD: "hw.ops.lm_head:LMHeadEngine",
+    Opcode.PV: "hw.ops.pv:PVEngine",
 }
 RTL_OPS = (Opcode.NOP, Opcode.END, *ENGINES)
 HOST_OPS = tuple(op for op in Opcode if op not in RTL_OPS)

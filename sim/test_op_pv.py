@@ -1,0 +1,294 @@
+"""PV engine (hw/ops/pv.py) against the golden backend, in Amaranth's simulator.
+
+Every case goes through ``sim.op_bench.check_op`` (same ErrorCode, bit-identical memory,
+no write before an argument error). Most engines here are built with fewer MAC lanes
+(``max_head_dim``) and a smaller scale buffer than the default, which only changes
+the elaboration size; one test runs the default engine.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from golden.config import DEFAULT
+from host.backends.golden import GoldenDevice
+from hw import isa
+from hw.accel import dma_bytes_for
+from hw.isa import ErrorCode, Opcode
+from hw.ops.pv import PVEngine
+from sim.op_bench import check_op, put
+
+CFG = DEFAULT
+W = dma_bytes_for(CFG)
+STALLS = (0.0, 0.3, 0.6)
+I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def engine(lanes: int = 48, max_keys: int = 96) -> PVEngine:
+    return PVEngine(CFG, W, max_keys=max_keys, max_head_dim=lanes)
+
+
+def causal(rows: int, keys: int) -> np.ndarray:
+    return np.arange(keys)[None, :] <= keys - rows + np.arange(rows)[:, None]
+
+
+def probs(rng, heads: int, rows: int, keys: int) -> np.ndarray:
+    """Softmax-like p: each row's visible entries sum to <= 2^16 - 1 (so no acc can leave
+    int32); the masked entries hold garbage the engine must ignore."""
+    w = rng.random((heads, rows, keys)) ** 3
+    w[rng.random(w.shape) < 0.2] = 0
+    vis = causal(rows, keys)[None]
+    w = np.where(vis, w, 0)
+    w /= np.maximum(w.sum(-1, keepdims=True), 1e-30)
+    p = np.floor(w * 65535).astype(np.int64)
+    # a row with one dominant key reaches the extreme 65535
+    if rng.random() < 0.5:
+        h, t = rng.integers(heads), rng.integers(rows)
+        p[h, t] = 0
+        p[h, t, rng.integers(keys - rows + t + 1)] = 65535
+    p = np.where(vis, p, rng.integers(0, 1 << 16, p.shape))
+    return p.astype(np.uint16)
+
+
+def scales(rng, kv_heads: int, kv_ld: int, lo: int = -4, hi: int = 24):
+    """Per-key V scales: normalized mantissas, some zero scales (with garbage shifts
+    that must not count for s_min), unnormalized and extreme mantissas."""
+    mant = rng.integers(1 << 15, 1 << 16, (kv_heads, kv_ld))
+    shift = rng.integers(lo, hi, (kv_heads, kv_ld))
+    u = rng.random(mant.shape)
+    mant = np.where(u < 0.15, 0, mant)
+    shift = np.where((u < 0.15) & (rng.random(mant.shape) < 0.5),
+                     rng.choice([-(1 << 15), -1000, (1 << 15) - 1], mant.shape), shift)
+    mant = np.where((u >= 0.15) & (u < 0.25), rng.choice([1, 255, 65535, 1 << 15], mant.shape),
+                    mant)
+    return mant, shift
+
+
+def codes(rng, kv_heads: int, kv_ld: int, hd: int) -> np.ndarray:
+    v = rng.integers(-128, 128, (kv_heads, kv_ld, hd))
+    v[rng.random(v.shape) < 0.05] = -128
+    v[rng.random(v.shape) < 0.05] = 127
+    return v.astype(np.int8)
+
+
+def setup(rng, *, heads, kv_heads, rows, keys, hd, kv_ld=None, p=None, v=None, mant=None,
+          shift=None, **addr):
+    """A golden device holding the operands, and the PV command (``addr`` overrides)."""
+    kv_ld = keys if kv_ld is None else kv_ld
+    gd = GoldenDevice(CFG, mem_size=1 << 20)
+    p = probs(rng, heads, rows, keys) if p is None else p
+    v = codes(rng, kv_heads, kv_ld, hd) if v is None else v
+    if mant is None:
+        mant, shift = scales(rng, kv_heads, kv_ld)
+    a = dict(p=put(gd, p), v=put(gd, v), v_scale=put(gd, isa.pack_scales(mant, shift)),
+             dst=put(gd, rng.integers(0, 256, max(rows * heads * hd * 4, 1)).astype(np.uint8)))
+    a.update(addr)
+    cmd = isa.command(Opcode.PV, **a, rows=rows, keys=keys, heads=heads, kv_heads=kv_heads,
+                      head_dim=hd, kv_ld=kv_ld)
+    return gd, cmd
+
+
+def beyond(gd) -> int:
+    """An aligned address past everything allocated (also past check_op's stream)."""
+    return (gd.brk + 4096) & ~63
+
+
+def n_requests(heads, kv_heads, rows, keys) -> int:
+    """Reads of one command: scale beats per KV head, per query a p beat per 64 keys and
+    a V row per key (the module docstring's N)."""
+    n = kv_heads * math.ceil(keys / (W // 4))
+    for t in range(rows):
+        k = keys - rows + t + 1
+        n += heads * (k + math.ceil(k / (W // 2)))
+    return n
+
+
+# ------------------------------------------------------------------ results
+@pytest.mark.parametrize("stall", STALLS)
+def test_random_shapes(rng, stall):
+    eng = engine()
+    for _ in range(2):
+        kv_heads = int(rng.integers(1, 3))
+        heads = kv_heads * int(rng.integers(1, 3))
+        rows = int(rng.integers(1, 5))
+        keys = rows + int(rng.integers(0, 9))
+        hd = int(rng.integers(1, 49))
+        kv_ld = keys + int(rng.integers(0, 3))
+        gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd,
+                        kv_ld=kv_ld)
+        res = check_op(eng, gd, cmd, seed=int(rng.integers(1 << 30)), stall=stall)
+        assert res["error"] == ErrorCode.NONE
+        assert res["bytes_written"] == rows * heads * hd * 4
+
+
+def test_long_rows(rng):
+    """Keys beyond one p beat (64) and several scale beats (32), GQA, kv_ld > keys,
+    head_dim over one write (> 32 lanes), the dominant-key extreme in every row."""
+    heads, kv_heads, rows, keys, hd = 2, 1, 2, 70, 40
+    p = probs(rng, heads, rows, keys)
+    for h in range(heads):
+        for t in range(rows):
+            p[h, t, :keys - rows + t + 1] = 0
+            p[h, t, 66 + t] = 65535            # a key past the first p beat
+    p[0, 0, 66] = 60000
+    p[0, 0, 3] = 5535
+    gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd,
+                    kv_ld=keys + 5, p=p)
+    res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
+    assert res["error"] == ErrorCode.NONE
+
+
+def test_prefix_min_and_corners(rng):
+    """s_min moves per query (smaller shifts in the tail keys), zero-mant records with
+    extreme shifts are ignored, and the output requant meets its corners: a right shift
+    that flushes to 0 (s_min = 32767) and a left shift that saturates (s_min = -32768)."""
+    heads, kv_heads, rows, keys, hd = 2, 2, 4, 6, 9
+    mant = rng.integers(1 << 15, 1 << 16, (kv_heads, keys))
+    shift = np.zeros((kv_heads, keys), np.int64)
+    shift[0] = [20, 21, 19, 18, 30, 12]            # s_min per query: 19, 18, 18, 12
+    mant[0, 4], shift[0, 4] = 0, -(1 << 15)        # zero scale: its shift must not count
+    top, bottom = (1 << 15) - 1, -(1 << 15)
+    shift[1] = [top, top, top, bottom, 5, 4]       # s_min per query: top, then bottom
+    mant[1, 2] = 1                                  # unnormalized
+    mant[1, 5] = 65535
+    p = probs(rng, heads, rows, keys)
+    p[1, 1:, 3] = 1000
+    v = codes(rng, kv_heads, keys, hd)
+    v[1, 3, 0] = 5
+    gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd, p=p,
+                    v=v, mant=mant, shift=shift)
+    res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
+    assert res["error"] == ErrorCode.NONE
+    o = gd.read_array(cmd.dst, np.int32, (rows, heads, hd))
+    assert np.all(o[0, 1] == 0)
+    assert np.all(np.isin(o[1:, 1, 0], (I32_MIN, I32_MAX)))
+    assert np.any(o[:, 0] != 0)
+
+
+def test_zero_scales_everywhere(rng):
+    """No nonzero scale in a prefix: golden's s_min = 0 and pt = 0 (output 0)."""
+    heads, rows, keys, hd = 1, 3, 5, 7
+    mant = np.zeros((1, keys), np.int64)
+    mant[0, 4] = 40000                              # only the last query sees a scale
+    shift = rng.integers(-(1 << 15), 1 << 15, (1, keys))
+    gd, cmd = setup(rng, heads=heads, kv_heads=1, rows=rows, keys=keys, hd=hd, mant=mant,
+                    shift=shift)
+    res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.6)
+    assert res["error"] == ErrorCode.NONE
+    o = gd.read_array(cmd.dst, np.int32, (rows, hd))
+    assert np.all(o[:2] == 0)
+
+
+def test_default_engine(rng):
+    """The default engine (128 lanes, 2048-key buffer) at BitNet-0.73B's head_dim 96."""
+    heads, kv_heads, rows, keys, hd = 2, 1, 2, 12, 96
+    gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd)
+    res = check_op(PVEngine(CFG, W), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
+    assert res["error"] == ErrorCode.NONE
+    assert res["bytes_written"] == rows * heads * hd * 4
+
+
+def test_cycles(rng):
+    """The module docstring's cycle count, exactly, with a memory that never stalls."""
+    eng = engine()
+    for heads, kv_heads, rows, keys, hd in ((2, 1, 2, 70, 40), (2, 2, 1, 9, 33)):
+        gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd)
+        res = check_op(eng, gd, cmd, seed=1, stall=0.0, max_latency=1)
+        assert res["error"] == ErrorCode.NONE
+        want = n_requests(heads, kv_heads, rows, keys) + 1 + 5 + math.ceil(hd * 4 / W)
+        assert res["cycles"] == want, (heads, kv_heads, rows, keys, hd)
+
+
+# ------------------------------------------------------------------ data-dependent errors
+def _overflow_case(rng, rows=1, keys=4, hd=5, **addr):
+    """Every p and mant at 65535, equal shifts: pt = 8388352 per key, acc = keys * pt * v
+    leaves int32 for keys >= 3 (v = 127 or -128 per lane, the same for every key)."""
+    p = np.full((1, rows, keys), 65535, np.uint16)
+    v = np.broadcast_to(np.where(rng.random(hd) < 0.5, 127, -128), (1, keys, hd)).astype(np.int8)
+    mant = np.full((1, keys), 65535)
+    shift = np.full((1, keys), 7)
+    return setup(rng, heads=1, kv_heads=1, rows=rows, keys=keys, hd=hd, p=p, v=v, mant=mant,
+                 shift=shift, **addr)
+
+
+def test_overflow_bad_operand(rng):
+    gd, cmd = _overflow_case(rng, rows=2, keys=4)
+    res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.6)
+    assert res["error"] == ErrorCode.BAD_OPERAND
+
+
+@pytest.mark.parametrize("pt3, want", ((512, ErrorCode.NONE), (513, ErrorCode.BAD_OPERAND)))
+def test_overflow_boundary(rng, pt3, want):
+    """acc = -128 * (2 * 8388352 + pt3): exactly -2^31 (fits) or 128 below (does not)."""
+    keys, hd = 3, 3
+    p = np.array([[[65535, 65535, 8]]], np.uint16)
+    mant = np.array([[65535, 65535, pt3 * 64]])     # shifts equal: pt = rhu(p*mant, 9)
+    shift = np.full((1, keys), 3)
+    v = np.full((1, keys, hd), -128, np.int8)
+    v[0, :, 1] = 127                                # another lane well inside
+    gd, cmd = setup(rng, heads=1, kv_heads=1, rows=1, keys=keys, hd=hd, p=p, v=v, mant=mant,
+                    shift=shift)
+    res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
+    assert res["error"] == want
+    if want == ErrorCode.NONE:
+        assert gd.read_array(cmd.dst, np.int32, (hd,))[0] == I32_MIN  # s_min - 9 < 0: saturates
+
+
+# ------------------------------------------------------------------ argument errors
+def test_dst_errors_come_after_the_computation(rng):
+    """Golden computes before it stores: a bad dst is reported only if no acc
+    overflowed (the engine then runs dry and writes nothing)."""
+    eng = engine(lanes=8)
+    gd, cmd = _overflow_case(rng, dst=2)
+    assert check_op(eng, gd, cmd, seed=1)["error"] == ErrorCode.BAD_OPERAND
+    gd, cmd = _overflow_case(rng)
+    cmd = isa.command(Opcode.PV, **{**cmd.args, "dst": beyond(gd)})
+    assert check_op(eng, gd, cmd, seed=2)["error"] == ErrorCode.BAD_OPERAND
+    gd, cmd = setup(rng, heads=2, kv_heads=1, rows=2, keys=3, hd=5)
+    cmd = isa.command(Opcode.PV, **{**cmd.args, "dst": cmd.dst + 2})
+    assert check_op(eng, gd, cmd, seed=3, stall=0.6)["error"] == ErrorCode.ALIGN
+    gd, cmd = setup(rng, heads=2, kv_heads=1, rows=2, keys=3, hd=5)
+    cmd = isa.command(Opcode.PV, **{**cmd.args, "dst": beyond(gd)})
+    assert check_op(eng, gd, cmd, seed=4)["error"] == ErrorCode.ADDR_RANGE
+
+
+@pytest.mark.parametrize("change, want", (
+    (dict(rows=0), ErrorCode.BAD_DIM),
+    (dict(heads=0), ErrorCode.BAD_DIM),
+    (dict(kv_heads=0), ErrorCode.BAD_DIM),
+    (dict(head_dim=0), ErrorCode.BAD_DIM),
+    (dict(heads=3, kv_heads=2), ErrorCode.BAD_DIM),
+    (dict(rows=4, keys=3), ErrorCode.BAD_DIM),
+    (dict(kv_ld=2), ErrorCode.BAD_DIM),
+    (dict(kv_ld=2, p=1), ErrorCode.BAD_DIM),          # dims before addresses
+    (dict(p=1), ErrorCode.ALIGN),
+    (dict(p=0), ErrorCode.ADDR_RANGE),
+    (dict(p=1, v="beyond"), ErrorCode.ALIGN),           # p before v
+    (dict(kv_heads=2, kv_ld=100000 // 5), ErrorCode.ADDR_RANGE),  # only head 1 is out
+    (dict(v="beyond", v_scale=2), ErrorCode.ADDR_RANGE),  # v before v_scale
+    (dict(v_scale=2), ErrorCode.ALIGN),
+    (dict(v_scale="beyond"), ErrorCode.ADDR_RANGE),
+    (dict(v_scale=0, dst=2), ErrorCode.ADDR_RANGE),     # v_scale before dst
+))
+def test_argument_errors(rng, change, want):
+    gd, cmd = setup(rng, heads=2, kv_heads=1, rows=2, keys=3, hd=5)
+    args = {**cmd.args, **{k: beyond(gd) if x == "beyond" else x for k, x in change.items()}}
+    cmd = isa.command(Opcode.PV, **args)
+    res = check_op(engine(lanes=8), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
+    assert res["error"] == want
+
+
+@pytest.mark.parametrize("change", (dict(keys=41), dict(head_dim=9)))
+def test_engine_limits(rng, change):
+    """keys > max_keys or head_dim > max_head_dim: BAD_DIM where golden computes (the
+    stated difference), before any memory access."""
+    hd = change.get("head_dim", 5)
+    keys = change.get("keys", 3)
+    gd, cmd = setup(rng, heads=1, kv_heads=1, rows=1, keys=keys, hd=hd)
+    with pytest.raises(AssertionError, match="RTL error BAD_DIM, golden NONE"):
+        check_op(engine(lanes=8, max_keys=40), gd, cmd, seed=1)
+    # just inside the limits the same command runs
+    eng = engine(lanes=hd, max_keys=keys)
+    assert check_op(eng, gd, cmd, seed=2)["error"] == ErrorCode.NONE
