@@ -55,6 +55,8 @@ ENGINES = {
     Opcode.TLMM: "hw.ops.tlmm:TLMMEngine",
     Opcode.RESIDUAL: "hw.ops.residual:ResidualEngine",
     Opcode.LM_HEAD: "hw.ops.lm_head:LMHeadEngine",
+    Opcode.QK: "hw.ops.qk:QKEngine",
+    Opcode.SOFTMAX: "hw.ops.softmax:SoftmaxEngine",
     Opcode.PV: "hw.ops.pv:PVEngine",
 }
 RTL_OPS = (Opcode.NOP, Opcode.END, *ENGINES)
