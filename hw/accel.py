@@ -55,6 +55,7 @@ ENGINES = {
     Opcode.TLMM: "hw.ops.tlmm:TLMMEngine",
     Opcode.RESIDUAL: "hw.ops.residual:ResidualEngine",
     Opcode.LM_HEAD: "hw.ops.lm_head:LMHeadEngine",
+    Opcode.ROPE_QUANT: "hw.ops.rope_quant:RopeQuantEngine",
     Opcode.QK: "hw.ops.qk:QKEngine",
     Opcode.SOFTMAX: "hw.ops.softmax:SoftmaxEngine",
     Opcode.PV: "hw.ops.pv:PVEngine",
