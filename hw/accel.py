@@ -59,6 +59,7 @@ ENGINES = {
     Opcode.QK: "hw.ops.qk:QKEngine",
     Opcode.SOFTMAX: "hw.ops.softmax:SoftmaxEngine",
     Opcode.PV: "hw.ops.pv:PVEngine",
+    Opcode.ACT: "hw.ops.act:ActEngine",
 }
 RTL_OPS = (Opcode.NOP, Opcode.END, *ENGINES)
 HOST_OPS = tuple(op for op in Opcode if op not in RTL_OPS)
