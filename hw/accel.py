@@ -52,6 +52,7 @@ from hw.tlmm import DEFAULT_MAX_K
 # opcode -> "module:class" of its engine (hw/ops/); END and NOP are the processor's own
 ENGINES = {
     Opcode.EMBED: "hw.ops.embed:EmbedEngine",
+    Opcode.NORM_QUANT: "hw.ops.norm_quant:NormQuantEngine",
     Opcode.TLMM: "hw.ops.tlmm:TLMMEngine",
     Opcode.RESIDUAL: "hw.ops.residual:ResidualEngine",
     Opcode.LM_HEAD: "hw.ops.lm_head:LMHeadEngine",

@@ -182,10 +182,13 @@ class RMSNormQuant(wiring.Component):
         pmin = Signal(signed(PB))
         first = Signal(init=1)                      # next stage-C beat starts a row
         beat_sum = sum(sqb[1:], sqb[0])
+        # a named signal per step: a chain of bare Mux expressions, each using the
+        # previous one twice, would grow exponentially with the lanes when exported
         bmax, bmin = pb[0], pb[0]
-        for v in pb[1:]:
-            bmax = Mux(v > bmax, v, bmax)
-            bmin = Mux(v < bmin, v, bmin)
+        for i, v in enumerate(pb[1:]):
+            nmax, nmin = Signal(signed(PB), name=f"bmax{i}"), Signal(signed(PB), name=f"bmin{i}")
+            m.d.comb += [nmax.eq(Mux(v > bmax, v, bmax)), nmin.eq(Mux(v < bmin, v, bmin))]
+            bmax, bmin = nmax, nmin
         m.d.comb += [bw.addr.eq(wptr), bw.en.eq(b_valid)]
         m.d.comb += [bw.data[i].eq(pb[i]) for i in range(L)]
         with m.If(b_valid):
