@@ -1,0 +1,106 @@
+"""cocotb bench of the whole ``hw.accel.Accel`` top running a transformer layer.
+
+A one-layer BitNet model (``golden.model.random_model``, small shapes from the bench
+params) is compiled by ``host.runtime.Runtime`` onto a golden device, whose memory image
+(weights, norms, RoPE table, KV cache, scratch) is copied into the bench's memory model.
+Each step's command stream (``Runtime.step_commands``: EMBED, NORM_QUANT, TLMM q/k/v,
+ROPE_QUANT x3, QK, SOFTMAX, PV, NORM_QUANT, TLMM o, RESIDUAL, NORM_QUANT, TLMM gate/up,
+ACT, NORM_QUANT, TLMM down, RESIDUAL, final NORM_QUANT, LM_HEAD, END) runs on the RTL with
+random stalls on every memory handshake and random read latency, and on the golden
+device; the whole memory window must then be identical, byte for byte: a prefill of
+several tokens followed by decode steps that read the KV cache the RTL itself wrote.
+Every command of the stream must run on the RTL (no host ops).
+
+Parameters (``sim.streams.bench_params``): ``stall``, ``max_latency``, ``hidden``,
+``ffn``, ``heads``, ``kv_heads``, ``prefill``, ``decode``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+import cocotb
+
+from golden.config import DEFAULT
+from golden.model import random_model
+from golden.modelspec import ModelConfig
+from host.backends.golden import GoldenDevice
+from host.runtime import Runtime
+from hw import isa
+from hw.isa import CSR, ErrorCode, Opcode, command
+from sim.accel_bench import Bench
+from sim.streams import bench_params, bench_rng, record
+
+P = bench_params()
+STALL = float(P.get("stall", 0.3))
+MAX_LAT = int(P.get("max_latency", 8))
+MEM = 1 << 20
+
+
+def _model(rng):
+    mc = ModelConfig(vocab_size=24, hidden_size=int(P.get("hidden", 64)),
+                     intermediate_size=int(P.get("ffn", 96)), num_hidden_layers=1,
+                     num_attention_heads=int(P.get("heads", 4)),
+                     num_key_value_heads=int(P.get("kv_heads", 2)), max_position_embeddings=16)
+    return random_model(mc, seed=int(rng.integers(1 << 30)))
+
+
+@cocotb.test()
+async def test_layer(dut):
+    """Prefill then decode steps of one whole layer: RTL memory == golden memory."""
+    rng = bench_rng("layer")
+    gd = GoldenDevice(DEFAULT, mem_size=MEM)
+    rt = Runtime(_model(rng), gd, max_chunk=8)
+    b = Bench(dut, rng, stall=STALL, max_lat=MAX_LAT, mem_size=MEM)
+    await b.start()
+    a = rt.address_map
+    window = (gd.alloc_base, gd.brk)
+    b.mem[:] = gd._mem.tobytes()
+    pos = 0
+    steps = [int(P.get("prefill", 5))] + [1] * int(P.get("decode", 2))
+    for rows in steps:
+        toks = rng.integers(0, rt.config.vocab_size, rows).astype(np.uint32)
+        gd.write(a.addr("tokens"), toks)
+        b.mem[a.addr("tokens"):a.addr("tokens") + toks.nbytes] = toks.tobytes()
+        cmds = rt.step_commands(pos, rows, rows)
+        rt.run_stream(cmds)                                   # golden
+        await b.csr_write(CSR.CTRL, isa.CTRL_RESET)           # counters per step
+        st = await b.run_stream(cmds, at=a.addr("stream"), window=window,
+                                max_cycles=2_000_000)
+        assert st["host_ops"] == [], f"ops left to the host: {st['host_ops']}"
+        assert (st["done"], st["error"], st["ops"]) == (1, 0, len(cmds)), st
+        got = np.frombuffer(bytes(b.mem), np.uint8)
+        diff = np.flatnonzero(got[:gd.brk] != gd._mem[:gd.brk])
+        if diff.size:
+            where = [r.name for r in a.regions.values() if r.addr <= diff[0] < r.addr + r.nbytes]
+            raise AssertionError(f"step pos={pos} rows={rows}: {diff.size} bytes differ, first at "
+                                 f"0x{diff[0]:x} in {where}")
+        record("test_layer", pos=pos, rows=rows, cmds=len(cmds), cycles=st["cycles"])
+        pos += rows
+
+
+@cocotb.test()
+async def test_op_errors_and_reuse(dut):
+    """An engine's error stops the stream with its code at the command's index; after a
+    soft reset the same top runs a good stream."""
+    rng = bench_rng("layer_errors")
+    b = Bench(dut, rng, stall=STALL, max_lat=MAX_LAT, mem_size=MEM)
+    await b.start()
+    src = b.put(np.zeros((2, 8), np.int32))
+    dst = b.alloc(2 * 8 * 4)
+    sc = b.put(isa.pack_scales(np.full(2, 1 << 15), np.zeros(2)))
+    nop, end = command(Opcode.NOP), command(Opcode.END)
+    good = command(Opcode.RESIDUAL, h=src, acc=src, src_scale=sc, dst=dst, rows=2, dim=8,
+                   c_mant=1 << 15, c_shift=15)
+    cases = [
+        (command(Opcode.RESIDUAL, h=src, acc=src, src_scale=sc, dst=len(b.mem) - 16, rows=2,
+                 dim=8, c_mant=1 << 15, c_shift=15), ErrorCode.ADDR_RANGE),
+        (command(Opcode.RESIDUAL, h=src + 2, acc=src, src_scale=sc, dst=dst, rows=2, dim=8,
+                 c_mant=1 << 15, c_shift=15), ErrorCode.ALIGN),
+        (command(Opcode.SOFTMAX, src=src, dst=dst, rows=0, keys=4, heads=1), ErrorCode.BAD_DIM),
+    ]
+    for bad, code in cases:
+        st = await b.run_stream([nop, nop, bad, good, end])
+        assert (st["error"], st["err_op"], st["done"]) == (code.value, 2, 0), (bad.op, st)
+        await b.csr_write(CSR.CTRL, isa.CTRL_RESET)
+        st = await b.run_stream([good, end])
+        assert (st["error"], st["done"], st["host_ops"]) == (0, 1, []), st
