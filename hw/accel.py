@@ -24,6 +24,8 @@ DMA port (external memory; one request = one response beat)
   ``addr`` (posted).
 A transfer happens on a clock edge where valid & ready. Requests may run ahead of
 responses by any number (the memory buffers them and applies backpressure with ready).
+Responses pass one pipeline register before the engines (one cycle of latency, full
+throughput).
 
 Command processor
 =================
@@ -150,6 +152,20 @@ class Accel(wiring.Component):
                 with m.Case(op.value):
                     m.d.comb += known.eq(1)
 
+        # ------------------------------------------------ read-response register
+        # The response beat is registered before it fans out to the engines (a pipeline
+        # register with a pass-through ready: one beat per cycle, one cycle of latency):
+        # the wide data path to every engine then starts at a flop, which is also what
+        # lets Verilator evaluate it once per cycle instead of on every input change.
+        rs_valid = Signal()
+        rs_data = Signal(8 * self.dma_bytes)
+        rs_ready = Signal()                              # the consumer takes rs this cycle
+        m.d.comb += self.mem_rdata_ready.eq(~rs_valid | rs_ready)
+        with m.If(self.mem_rdata_ready):
+            m.d.sync += rs_valid.eq(self.mem_rdata_valid)
+            with m.If(self.mem_rdata_valid):
+                m.d.sync += rs_data.eq(self.mem_rdata)
+
         # ------------------------------------------------ engines and the DMA switch
         engines = {}
         for op in self.ops:
@@ -167,9 +183,8 @@ class Accel(wiring.Component):
                         self.mem_rd_valid.eq(e.rd.valid), e.rd.ready.eq(self.mem_rd_ready),
                         self.mem_rd_addr.eq(e.rd.payload.addr),
                         self.mem_rd_len.eq(e.rd.payload.len),
-                        e.rdata.valid.eq(self.mem_rdata_valid),
-                        self.mem_rdata_ready.eq(e.rdata.ready),
-                        e.rdata.payload.eq(self.mem_rdata),
+                        e.rdata.valid.eq(rs_valid), rs_ready.eq(e.rdata.ready),
+                        e.rdata.payload.eq(rs_data),
                         self.mem_wr_valid.eq(e.wr.valid), e.wr.ready.eq(self.mem_wr_ready),
                         self.mem_wr_addr.eq(e.wr.payload.addr),
                         self.mem_wr_len.eq(e.wr.payload.len),
@@ -202,9 +217,9 @@ class Accel(wiring.Component):
                 with m.If(self.mem_rd_ready):
                     m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
-                m.d.comb += self.mem_rdata_ready.eq(1)
-                with m.If(self.mem_rdata_valid):
-                    m.d.sync += cmd.eq(self.mem_rdata[:isa.COMMAND_BITS])
+                m.d.comb += rs_ready.eq(1)
+                with m.If(rs_valid):
+                    m.d.sync += cmd.eq(rs_data[:isa.COMMAND_BITS])
                     m.next = "DECODE"
             with m.State("DECODE"):
                 with m.If(~known):

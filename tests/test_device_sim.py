@@ -114,6 +114,20 @@ def test_model_prefill_decode_bit_identical(rng, seed):
     assert not sim.stats["host_ops"]              # the whole model ran on the RTL
 
 
+def test_host_fallback_of_a_partial_top(rng, seed):
+    """A top built with the TLMM engine only hands every other op to the host (the golden
+    executor on the same memory): the logits stay bit-identical."""
+    sim = SimDevice(mem_size=MEM, ops=(Opcode.TLMM,))
+    m = random_model(ModelConfig(**SHAPE), seed=seed + 1)
+    toks = rng.integers(0, SHAPE["vocab_size"], size=6)
+    want = GoldenModel(m, "integer").forward(toks)
+    got = Runtime(m, sim, max_chunk=4).forward(toks)
+    assert np.array_equal(got, want)
+    assert set(sim.stats["host_ops"]) == {op.name for op in RTL_OPS
+                                          if op not in (Opcode.TLMM, Opcode.NOP, Opcode.END)}
+    sim.close()
+
+
 def _bad_tlmm(dev, rng, **change):
     x = rng.integers(-128, 128, (2, 50), dtype=np.int8)
     w = rng.integers(-1, 2, (9, 50)).astype(np.int8)

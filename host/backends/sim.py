@@ -13,12 +13,14 @@ flight (see ``sim/harness/harness.cpp``); ``set_memory_timing`` changes them.
 Command processor: ``run`` programs the CSRs (MEM_LO/MEM_HI = the allocated window
 [alloc_base, brk), the range the golden backend checks; STREAM_ADDR; N_CMDS) and sets
 START. Each ``_poll`` (``Device.wait``'s loop) steps the RTL at most ``cycles_per_poll``
-cycles. END, NOP and TLMM run on the RTL; when the RTL stops at a command it does not
-execute (``HOST_OP``; see ``hw/accel.py``: EMBED, NORM_QUANT, ROPE_QUANT, QK, SOFTMAX,
-PV, RESIDUAL, ACT, LM_HEAD) the host executes it with the golden backend's own op
-executor (``GoldenDevice._execute`` on the same memory) and writes CTRL.RESUME, or
-CTRL.HOST_ERROR with the error code, so errors of host ops are reported by the RTL's
-status like its own (same code, same op index as the golden backend).
+cycles. Every opcode runs on the RTL (``hw.accel.RTL_OPS``). The host-op handshake of
+the top remains for tops built with a subset of the engines (``SimDevice(ops=...)``, e.g.
+while a new engine is brought up; ``hw.accel.Accel(ops=...)``):
+when the RTL stops at a command it does not execute (``HOST_OP``) the host executes it
+with the golden backend's own op executor (``GoldenDevice._execute`` on the same memory)
+and writes CTRL.RESUME, or CTRL.HOST_ERROR with the error code, so errors of host ops are
+reported by the RTL's status like its own (same code, same op index as the golden
+backend).
 
 Counters: ``cycles`` = the RTL cycle counter (cycles while busy, host ops excluded);
 ``ops`` from the RTL; ``bytes_read``/``bytes_written`` = RTL DMA traffic + the golden
@@ -69,7 +71,8 @@ class SimDevice(Device):
     def __init__(self, cfg: DatapathConfig = DEFAULT, mem_size: int = DEFAULT_MEM_SIZE,
                  bandwidth: float = DEFAULT_BANDWIDTH, latency: int = DEFAULT_LATENCY,
                  max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
-                 cycles_per_poll: int = DEFAULT_CYCLES_PER_POLL, max_k: int = DEFAULT_MAX_K):
+                 cycles_per_poll: int = DEFAULT_CYCLES_PER_POLL, max_k: int = DEFAULT_MAX_K,
+                 ops=None):
         if not isinstance(cfg, DatapathConfig):
             raise ValueError(f"cfg: expected a DatapathConfig, got {type(cfg).__name__}")
         if not isinstance(cycles_per_poll, (int, np.integer)) or cycles_per_poll < 1:
@@ -82,7 +85,7 @@ class SimDevice(Device):
         self._host = GoldenDevice(cfg, self.mem_size)
         self._mem = self._host._mem
         from sim.harness.build import _declare, build
-        lib_path = build(cfg, max_k)
+        lib_path = build(cfg, max_k, ops=ops)
         copy = _private_copy(lib_path)
         try:
             self._lib = _declare(ctypes.CDLL(str(copy)))

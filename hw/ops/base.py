@@ -86,8 +86,9 @@ def bit_length(m: Module, v, name: str) -> Signal:
 def normalize(m: Module, p, shift, bits: int, name: str):
     """``golden.model._normalize`` in combinational logic: the unsigned value p as a
     ``bits``-bit mantissa (round half up; carry renormalizes) and the shift
-    ``shift - r``; p = 0 gives (0, 0). Returns (mant, shift) Signals; shift is signed
-    ``isa.SCALE_SHIFT_BITS + 2`` bits wide (the caller checks the record range)."""
+    ``shift - r``; p = 0 gives (0, 0). Returns (mant, shift) Signals; shift is signed, two
+    bits wider than the wider of ``shift`` and ``isa.SCALE_SHIFT_BITS`` (the caller checks
+    the record range)."""
     pw = len(p)
     bl = bit_length(m, p, f"{name}_bl")
     r = Signal(signed(max(pw, bits).bit_length() + 2), name=f"{name}_r")
@@ -100,7 +101,8 @@ def normalize(m: Module, p, shift, bits: int, name: str):
     m.d.comb += wide.eq(Mux(r > 0, (p + ((Const(1, pw + 2) << rs) >> 1)) >> rs, p << ls))
     carry = wide[bits]
     mant = Signal(unsigned(bits), name=f"{name}_mant")
-    sh = Signal(signed(isa.SCALE_SHIFT_BITS + 2), name=f"{name}_shift")
+    shift = shift if hasattr(shift, "shape") else Const(shift)
+    sh = Signal(signed(max(len(shift), isa.SCALE_SHIFT_BITS) + 2), name=f"{name}_shift")
     with m.If(p == 0):
         m.d.comb += [mant.eq(0), sh.eq(0)]
     with m.Else():

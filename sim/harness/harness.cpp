@@ -37,6 +37,7 @@ struct Harness {
     uint64_t cycle = 0;
     uint64_t wr_lo = UINT64_MAX, wr_hi = 0;    // bytes written by the RTL since last query
     uint64_t rd_stall = 0;                     // cycles the RTL waited for read data
+    bool in_have = false, in_rd_ready = false; // inputs the RTL sees this cycle
 };
 
 Harness h;
@@ -53,21 +54,29 @@ void fill_beat(const Req& r) {
     std::memcpy(h.top->mem_rdata.data(), beat, sizeof(beat));
 }
 
-// One clock cycle with two evaluations: clock low + this cycle's inputs (the outputs that
-// the handshakes sample settle), then the rising edge.
+// The memory-side inputs pass one flop in the exported top (RegisteredInputs in
+// build.py): the values set before a rising edge are those the accelerator sees in the
+// next cycle. set_inputs() computes the next cycle's from the DRAM model's state.
+void set_inputs() {
+    Vaccel* t = h.top;
+    h.in_have = !h.queue.empty() && h.queue.front().ready_at <= h.cycle + 1;
+    if (h.in_have) fill_beat(h.queue.front());
+    h.in_rd_ready = h.queue.size() < h.max_outstanding;
+    t->mem_rdata_valid = h.in_have;
+    t->mem_rd_ready = h.in_rd_ready;
+    t->mem_wr_ready = 1;
+}
+
+// One clock cycle: clock low (the outputs settle), this cycle's handshakes, the next
+// cycle's inputs, then the rising edge.
 void tick() {
     Vaccel* t = h.top;
     t->clk = 0;
-    bool have = !h.queue.empty() && h.queue.front().ready_at <= h.cycle;
-    t->mem_rdata_valid = have;
-    if (have) fill_beat(h.queue.front());
-    t->mem_rd_ready = h.queue.size() < h.max_outstanding;
-    t->mem_wr_ready = 1;
     t->eval();
-    bool rd = t->mem_rd_valid && t->mem_rd_ready;
-    bool rs = have && t->mem_rdata_ready;
-    bool wr = t->mem_wr_valid && t->mem_wr_ready;
-    if (!h.queue.empty() && !have) h.rd_stall++;
+    bool rd = t->mem_rd_valid && h.in_rd_ready;
+    bool rs = h.in_have && t->mem_rdata_ready;
+    bool wr = t->mem_wr_valid;
+    if (!h.queue.empty() && !h.in_have) h.rd_stall++;
     uint32_t rd_addr = t->mem_rd_addr, rd_len = t->mem_rd_len;
     uint32_t wr_addr = t->mem_wr_addr, wr_len = t->mem_wr_len;
     if (wr && wr_len && (uint64_t)wr_addr + wr_len <= h.mem_size) {
@@ -75,14 +84,15 @@ void tick() {
         if (wr_addr < h.wr_lo) h.wr_lo = wr_addr;
         if ((uint64_t)wr_addr + wr_len > h.wr_hi) h.wr_hi = (uint64_t)wr_addr + wr_len;
     }
-    t->clk = 1;
-    t->eval();
     if (rs) h.queue.pop_front();
     if (rd) {
         double start = std::fmax((double)(h.cycle + h.latency), h.bw_free);
         h.bw_free = start + rd_len / h.bandwidth;
         h.queue.push_back({(uint64_t)std::ceil(h.bw_free), rd_addr, rd_len});
     }
+    set_inputs();
+    t->clk = 1;
+    t->eval();
     h.cycle++;
 }
 
@@ -111,16 +121,18 @@ void acc_set_timing(double bandwidth, uint64_t latency) {
     h.latency = latency ? latency : 1;
 }
 
-// Hard reset: the RTL (rst for 2 cycles) and the DRAM model's queue; memory is kept.
+// Hard reset: the RTL (rst for 3 cycles) and the DRAM model's queue; memory is kept.
 void acc_reset() {
     Vaccel* t = h.top;
     t->csr_w_en = 0;
     t->rst = 1;
     h.queue.clear();
-    for (int i = 0; i < 2; i++) tick();
+    for (int i = 0; i < 3; i++) tick();   // rst passes one flop (build.py)
     t->rst = 0;
-    h.queue.clear();
+    h.queue.clear();                       // reads issued before the reset took effect
     h.bw_free = (double)h.cycle;
+    set_inputs();
+    tick();                                // the empty queue's inputs reach the RTL
     t->eval();
 }
 
