@@ -36,12 +36,19 @@ its ``done``) -> next (MISSING_END after ``n_cmds`` commands without END).
 
 Busy/host lines ``busy`` and ``host_req`` are also top-level outputs (an interrupt line
 for the harness).
+
+``gate_idle_engines=True`` (the sim backend's build) gives each engine its own clock,
+running only while it is started, running or in reset (the enable sampled on the
+falling edge, so the gated clock cannot glitch). Functionally identical -- an idle engine
+sits in IDLE -- it lets Verilator skip the next-state logic of idle engines (~2x the
+simulated cycles per second); it is also how an ASIC would save their power. FPGA
+builds keep the default (one clock; a clock enable is the FPGA way).
 """
 from __future__ import annotations
 
 import importlib
 
-from amaranth import Module, Signal
+from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -87,9 +94,10 @@ class Accel(wiring.Component):
     (default all of ``RTL_OPS``; END and NOP always); the others go to the host."""
 
     def __init__(self, cfg: DatapathConfig = DEFAULT, *, max_k: int = DEFAULT_MAX_K,
-                 ops=None):
+                 ops=None, gate_idle_engines: bool = False):
         self.cfg = cfg
         self.max_k = max_k
+        self.gate_idle_engines = bool(gate_idle_engines)
         ops = RTL_OPS if ops is None else tuple(ops)
         unknown = [op for op in ops if op not in RTL_OPS]
         if unknown:
@@ -168,11 +176,25 @@ class Accel(wiring.Component):
 
         # ------------------------------------------------ engines and the DMA switch
         engines = {}
-        for op in self.ops:
-            e = engines[op] = self._engine(op)
-            m.submodules[f"op_{isa.op_name(op)}"] = e
-            m.d.comb += [e.args.eq(cmd.args), e.mem_lo.eq(csr.mem_lo), e.mem_hi.eq(csr.mem_hi)]
         active = Signal(range(len(self.ops) + 1))      # 1 + index of the running engine
+        if self.gate_idle_engines:
+            m.domains.gate = ClockDomain("gate", clk_edge="neg", local=True)
+            m.d.comb += [ClockSignal("gate").eq(ClockSignal()), ResetSignal("gate").eq(ResetSignal())]
+        for i, op in enumerate(self.ops):
+            name = f"op_{isa.op_name(op)}"
+            e = engines[op] = self._engine(op)
+            m.d.comb += [e.args.eq(cmd.args), e.mem_lo.eq(csr.mem_lo), e.mem_hi.eq(csr.mem_hi)]
+            if not self.gate_idle_engines:
+                m.submodules[name] = e
+                continue
+            # the engine's clock runs while it is started, running or in reset; the enable
+            # is sampled on the falling edge so the gated clock cannot glitch
+            en = Signal(name=f"{name}_en", init=1, reset_less=True)
+            m.d.gate += en.eq((active == i + 1) | e.start | ResetSignal())
+            m.domains += ClockDomain(name, local=True)
+            m.d.comb += [ClockSignal(name).eq(ClockSignal() & en),
+                         ResetSignal(name).eq(ResetSignal())]
+            m.submodules[name] = DomainRenamer(name)(e)
         eng_done = Signal()
         eng_error = Signal(8)
         with m.Switch(active):

@@ -98,7 +98,7 @@ def build(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K, *, ops=None
         lib = Path(index.read_text().strip())
         if lib.exists():
             return lib
-    text = export_verilog(RegisteredInputs(Accel(cfg, max_k=max_k, ops=ops)), "accel")
+    text = export_verilog(RegisteredInputs(Accel(cfg, max_k=max_k, ops=ops, gate_idle_engines=True)), "accel")
     cpp = (HERE / "harness.cpp").read_text()
     key = hashlib.sha1(json.dumps([text, cpp, VERILATOR_FLAGS, MAKE_FLAGS, CXX_FLAGS]).encode()).hexdigest()[:12]
     bdir = BUILD_ROOT / key
