@@ -44,7 +44,7 @@ CLOCK_HZ = 250e6
 BANDWIDTH_BPS = 17.1e9
 LATENCY_CYCLES = 32              # DRAM read latency (128 ns at 250 MHz)
 TELLME_V2_TOK_S = 25.0           # TeLLMe v2 (FPGA'26), KV260, BitNet 0.73B decode
-DEFAULT_CONTEXT = 128
+DEFAULT_CONTEXTS = (128, 2048)        # decode positions modeled by default (keys)
 
 
 def roofline_bytes(mc: ModelConfig, context: int, cfg=None) -> dict:
@@ -85,7 +85,7 @@ def _fill_kv(rt, upto: int, rng) -> None:
             rt.device.write(a.addr(f"kv{li}.{kv}_scale"), isa.pack_scales(mant, shift))
 
 
-def measure(mc: ModelConfig = BITNET_073B, context: int = DEFAULT_CONTEXT,
+def measure(mc: ModelConfig = BITNET_073B, context: int = DEFAULT_CONTEXTS[0],
             clock_hz: float = CLOCK_HZ, bandwidth_bps: float = BANDWIDTH_BPS,
             latency: int = LATENCY_CYCLES, seed: int = 0, progress=print) -> dict:
     """Simulate one full-size layer's decode step; cycles per op and the modeled token."""
@@ -174,7 +174,7 @@ def report(r: dict, out=print) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m host.perf_model",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--context", type=int, nargs="+", default=[DEFAULT_CONTEXT],
+    ap.add_argument("--context", type=int, nargs="+", default=list(DEFAULT_CONTEXTS),
                     help="decode positions + 1 (keys) to model")
     ap.add_argument("--clock-mhz", type=float, default=CLOCK_HZ / 1e6)
     ap.add_argument("--bandwidth-gbs", type=float, default=BANDWIDTH_BPS / 1e9)
