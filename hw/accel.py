@@ -33,6 +33,10 @@ FETCH (one 64-byte read at ``stream_addr + 64*pc``) -> DECODE (``data.View`` of
 ``hw.isa.COMMAND`` over the fetched bits; the command register stays stable while the
 engine runs) -> EXEC (the engine's ``start`` pulse; the DMA port is switched to it until
 its ``done``) -> next (MISSING_END after ``n_cmds`` commands without END).
+During EXEC the next command (pc + 1 < n_cmds) is prefetched in a read slot the engine
+leaves free, so the next DECODE follows ``done`` directly instead of waiting a memory
+latency (PF_WAIT if it is still in flight; after an engine error its response is drained
+before the stream stops).
 
 Busy/host lines ``busy`` and ``host_req`` are also top-level outputs (an interrupt line
 for the harness).
@@ -48,7 +52,7 @@ from __future__ import annotations
 
 import importlib
 
-from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
+from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, Mux, ResetSignal, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -72,6 +76,7 @@ ENGINES = {
     Opcode.ACT: "hw.ops.act:ActEngine",
 }
 RTL_OPS = (Opcode.NOP, Opcode.END, *ENGINES)
+PF_COUNT_BITS = 10          # engine reads outstanding while a prefetch waits (1023 max)
 HOST_OPS = tuple(op for op in Opcode if op not in RTL_OPS)
 
 
@@ -197,15 +202,18 @@ class Accel(wiring.Component):
             m.submodules[name] = DomainRenamer(name)(e)
         eng_done = Signal()
         eng_error = Signal(8)
+        # the running engine's read port, before the prefetcher shares it (below)
+        e_rd_valid, e_rd_ready = Signal(), Signal()
+        e_rd_addr, e_rd_len = Signal(isa.ADDR_BITS), Signal(range(self.dma_bytes + 1))
+        e_rs_valid, e_rs_ready = Signal(), Signal()
         with m.Switch(active):
             for i, op in enumerate(self.ops):
                 e = engines[op]
                 with m.Case(i + 1):
                     m.d.comb += [
-                        self.mem_rd_valid.eq(e.rd.valid), e.rd.ready.eq(self.mem_rd_ready),
-                        self.mem_rd_addr.eq(e.rd.payload.addr),
-                        self.mem_rd_len.eq(e.rd.payload.len),
-                        e.rdata.valid.eq(rs_valid), rs_ready.eq(e.rdata.ready),
+                        e_rd_valid.eq(e.rd.valid), e.rd.ready.eq(e_rd_ready),
+                        e_rd_addr.eq(e.rd.payload.addr), e_rd_len.eq(e.rd.payload.len),
+                        e.rdata.valid.eq(e_rs_valid), e_rs_ready.eq(e.rdata.ready),
                         e.rdata.payload.eq(rs_data),
                         self.mem_wr_valid.eq(e.wr.valid), e.wr.ready.eq(self.mem_wr_ready),
                         self.mem_wr_addr.eq(e.wr.payload.addr),
@@ -214,7 +222,30 @@ class Accel(wiring.Component):
                         eng_done.eq(e.done), eng_error.eq(e.error.as_value()),
                     ]
 
+        # ------------------------------------------------ command prefetch
+        # While an engine runs, the next command is read in a request slot the engine
+        # leaves free; responses come back in request order, so the prefetch's is the
+        # one after the engine reads that were outstanding when it was issued.
+        pf_req = Signal()                       # the prefetch read is in flight
+        pf_have = Signal()                      # pf_buf holds command pc + 1
+        pf_buf = Signal(isa.COMMAND_BITS)
+        eng_out = Signal(PF_COUNT_BITS)         # engine reads outstanding
+        pf_ahead = Signal(PF_COUNT_BITS)        # engine responses due before the prefetch's
+        pf_head = Signal()
+        m.d.comb += pf_head.eq(pf_req & (pf_ahead == 0))
+        eng_rd_fire = Signal()
+        eng_rs_fire = Signal()
+        pf_fire = Signal()
+        m.d.comb += [eng_rd_fire.eq(e_rd_valid & e_rd_ready), eng_rs_fire.eq(e_rs_valid & e_rs_ready)]
+        m.d.sync += eng_out.eq(eng_out + eng_rd_fire - eng_rs_fire)
+        with m.If(pf_fire):
+            m.d.sync += [pf_req.eq(1), pf_ahead.eq(eng_out - eng_rs_fire)]
+        with m.Elif(pf_req & eng_rs_fire):
+            m.d.sync += pf_ahead.eq(pf_ahead - 1)
+
         # ------------------------------------------------ control FSM
+        pend_error = Signal(8)
+
         def fail(code):
             m.d.sync += [busy.eq(0), done.eq(0), error.eq(code), err_op.eq(pc)]
             m.next = "IDLE"
@@ -262,12 +293,56 @@ class Accel(wiring.Component):
                             m.d.sync += host_op.eq(1)
                             m.next = "HOST"
             with m.State("EXEC"):
+                # reads: the engine first, the prefetch in a free slot (not in the cycle
+                # the engine finishes: the next state decides on pf_req/pf_have)
+                eng_full = eng_out == (1 << PF_COUNT_BITS) - 1
+                want_pf = ~pf_req & ~pf_have & ~eng_done & (pc + 1 < csr.n_cmds)
+                m.d.comb += [
+                    e_rd_ready.eq(self.mem_rd_ready & ~eng_full),
+                    self.mem_rd_valid.eq((e_rd_valid & ~eng_full) | want_pf),
+                    self.mem_rd_addr.eq(Mux(e_rd_valid, e_rd_addr,
+                                            csr.stream_addr + ((pc + 1) << 6))),
+                    self.mem_rd_len.eq(Mux(e_rd_valid, e_rd_len, isa.COMMAND_BYTES)),
+                    pf_fire.eq(want_pf & ~e_rd_valid & self.mem_rd_ready),
+                ]
+                with m.If(pf_head):
+                    m.d.comb += rs_ready.eq(1)
+                    with m.If(rs_valid):
+                        m.d.sync += [pf_buf.eq(rs_data[:isa.COMMAND_BITS]), pf_req.eq(0),
+                                     pf_have.eq(1)]
+                with m.Else():
+                    m.d.comb += [e_rs_valid.eq(rs_valid), rs_ready.eq(e_rs_ready)]
                 with m.If(eng_done):
                     m.d.sync += active.eq(0)
                     with m.If(eng_error != 0):
-                        fail(eng_error)
+                        with m.If(pf_req):          # its response must not outlive the stream
+                            m.d.sync += pend_error.eq(eng_error)
+                            m.next = "PF_DRAIN"
+                        with m.Else():
+                            m.d.sync += pf_have.eq(0)
+                            fail(eng_error)
+                    with m.Elif(pc == csr.n_cmds - 1):
+                        m.d.sync += ops_done.eq(ops_done + 1)
+                        fail(ErrorCode.MISSING_END.value)
                     with m.Else():
-                        next_cmd()
+                        m.d.sync += [ops_done.eq(ops_done + 1), pc.eq(pc + 1)]
+                        with m.If(pf_have):
+                            m.d.sync += [cmd.eq(pf_buf), pf_have.eq(0)]
+                            m.next = "DECODE"
+                        with m.Elif(pf_req):
+                            m.next = "PF_WAIT"
+                        with m.Else():
+                            m.next = "FETCH"
+            with m.State("PF_WAIT"):
+                m.d.comb += rs_ready.eq(1)
+                with m.If(rs_valid):
+                    m.d.sync += [cmd.eq(rs_data[:isa.COMMAND_BITS]), pf_req.eq(0)]
+                    m.next = "DECODE"
+            with m.State("PF_DRAIN"):
+                m.d.comb += rs_ready.eq(1)
+                with m.If(rs_valid):
+                    m.d.sync += pf_req.eq(0)
+                    fail(pend_error)
             with m.State("HOST"):
                 with m.If(csr.host_error):
                     m.d.sync += host_op.eq(0)

@@ -80,14 +80,16 @@ async def test_layer(dut):
 
 @cocotb.test()
 async def test_op_errors_and_reuse(dut):
-    """An engine's error stops the stream with its code at the command's index; after a
-    soft reset the same top runs a good stream."""
+    """An engine's error stops the stream with its code at the command's index (also when
+    found after reads, with the next command's prefetch in flight); after a soft reset the
+    same top runs a good stream."""
     rng = bench_rng("layer_errors")
     b = Bench(dut, rng, stall=STALL, max_lat=MAX_LAT, mem_size=MEM)
     await b.start()
     src = b.put(np.zeros((2, 8), np.int32))
     dst = b.alloc(2 * 8 * 4)
     sc = b.put(isa.pack_scales(np.full(2, 1 << 15), np.zeros(2)))
+    tok = b.put(np.arange(40, dtype=np.uint32) % 5)          # id 4 >= vocab 4
     nop, end = command(Opcode.NOP), command(Opcode.END)
     good = command(Opcode.RESIDUAL, h=src, acc=src, src_scale=sc, dst=dst, rows=2, dim=8,
                    c_mant=1 << 15, c_shift=15)
@@ -97,6 +99,9 @@ async def test_op_errors_and_reuse(dut):
         (command(Opcode.RESIDUAL, h=src + 2, acc=src, src_scale=sc, dst=dst, rows=2, dim=8,
                  c_mant=1 << 15, c_shift=15), ErrorCode.ALIGN),
         (command(Opcode.SOFTMAX, src=src, dst=dst, rows=0, keys=4, heads=1), ErrorCode.BAD_DIM),
+        # found after reads (the prefetch of the next command is in flight by then)
+        (command(Opcode.EMBED, tokens=tok, table=src, dst=dst, rows=40, dim=4, vocab=4),
+         ErrorCode.BAD_OPERAND),
     ]
     for bad, code in cases:
         st = await b.run_stream([nop, nop, bad, good, end])
