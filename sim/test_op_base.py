@@ -1,7 +1,7 @@
 """hw/ops/base.py: the shared scale and requant RTL helpers equal golden/model.py's
 scale_mul, scale_of_int and requant (Amaranth simulator, random and corner operands)."""
 import numpy as np
-from amaranth import Elaboratable, Module, Signal, signed
+from amaranth import Module, Signal, signed
 from amaranth.sim import Simulator
 
 from golden.config import DEFAULT
@@ -12,7 +12,9 @@ from hw.ops.base import requant, scale_mul, scale_of_int
 B = DEFAULT.requant.mult_bits
 
 
-class _Helpers(Elaboratable):
+class _Helpers:
+    """A module with the helpers instantiated on its own inputs (simulated directly)."""
+
     def __init__(self):
         self.acc, self.mant, self.s = Signal(signed(32)), Signal(B), Signal(signed(18))
         self.am, self.ash = Signal(B), Signal(signed(16))
@@ -24,9 +26,6 @@ class _Helpers(Elaboratable):
         self.y16 = requant(m, self.acc, self.mant, self.s, 16, DEFAULT.requant.shift_max, "r16")
         self.sm = scale_mul(m, self.am, self.ash, self.bm, self.bsh, B, "sm")
         self.si = scale_of_int(m, self.v, B, "si")
-
-    def elaborate(self, platform):
-        return self.m
 
 
 def test_helpers_match_golden(rng):
