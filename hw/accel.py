@@ -305,29 +305,33 @@ class Accel(wiring.Component):
                     self.mem_rd_len.eq(Mux(e_rd_valid, e_rd_len, isa.COMMAND_BYTES)),
                     pf_fire.eq(want_pf & ~e_rd_valid & self.mem_rd_ready),
                 ]
+                pf_arrives = Signal()               # the prefetched word is taken now
+                m.d.comb += pf_arrives.eq(pf_head & rs_valid)
                 with m.If(pf_head):
                     m.d.comb += rs_ready.eq(1)
-                    with m.If(rs_valid):
-                        m.d.sync += [pf_buf.eq(rs_data[:isa.COMMAND_BITS]), pf_req.eq(0),
-                                     pf_have.eq(1)]
                 with m.Else():
                     m.d.comb += [e_rs_valid.eq(rs_valid), rs_ready.eq(e_rs_ready)]
+                with m.If(pf_arrives):
+                    m.d.sync += [pf_buf.eq(rs_data[:isa.COMMAND_BITS]), pf_req.eq(0),
+                                 pf_have.eq(1)]
                 with m.If(eng_done):
                     m.d.sync += active.eq(0)
                     with m.If(eng_error != 0):
-                        with m.If(pf_req):          # its response must not outlive the stream
+                        m.d.sync += pf_have.eq(0)
+                        # the prefetch's response must not outlive the stream
+                        with m.If(pf_req & ~pf_arrives):
                             m.d.sync += pend_error.eq(eng_error)
                             m.next = "PF_DRAIN"
                         with m.Else():
-                            m.d.sync += pf_have.eq(0)
                             fail(eng_error)
                     with m.Elif(pc == csr.n_cmds - 1):
                         m.d.sync += ops_done.eq(ops_done + 1)
                         fail(ErrorCode.MISSING_END.value)
                     with m.Else():
                         m.d.sync += [ops_done.eq(ops_done + 1), pc.eq(pc + 1)]
-                        with m.If(pf_have):
-                            m.d.sync += [cmd.eq(pf_buf), pf_have.eq(0)]
+                        with m.If(pf_have | pf_arrives):
+                            m.d.sync += [cmd.eq(Mux(pf_have, pf_buf, rs_data[:isa.COMMAND_BITS])),
+                                         pf_have.eq(0)]
                             m.next = "DECODE"
                         with m.Elif(pf_req):
                             m.next = "PF_WAIT"
