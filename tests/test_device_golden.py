@@ -287,3 +287,18 @@ def test_reset_abandons_running_stream(dev):
 def test_device_is_abstract():
     with pytest.raises(TypeError):
         Device(1024, DEFAULT)
+
+
+def test_lm_head_bad_dst_fails_before_the_matmul():
+    """A huge LM_HEAD whose dst cannot fit is refused before computing rows x n sums (the
+    product here would be ~64 G int32)."""
+    dev = GoldenDevice(mem_size=4 << 20)
+    rows, k, n = 65535, 1, 1 << 20
+    x = dev.alloc(rows * k)
+    w = dev.alloc(n * k)
+    cmd = command(Opcode.LM_HEAD, src=x, weights=w, dst=dev.alloc(64), rows=rows, k=k, n=n)
+    addr, count = _stream(dev, [cmd, command(Opcode.END)])
+    dev.run(addr, count)
+    with pytest.raises(DeviceError) as ei:
+        dev.wait(5.0)
+    assert ei.value.code == ErrorCode.ADDR_RANGE and ei.value.op_index == 0

@@ -372,6 +372,10 @@ class GoldenDevice(Device):
         self._need(c.rows >= 1 and c.k >= 1 and c.n >= 1, "rows, k, n must be >= 1")
         x = self._load("src", c.src, np.int8, (c.rows, c.k))
         nbytes = c.n * c.k
+        self._span("weights", c.weights, nbytes, 1)
+        # dst before the matmul (the op has no data-dependent error): a bad dst must not
+        # cost a rows x n product first
+        self._span("dst", c.dst, c.rows * c.n * 4, 4)
         # |acc| <= k * 2^14: exact in float32 below 2^24, else float64 (k < 2^16 here)
         ft = np.float32 if c.k * (1 << 14) < (1 << 24) else np.float64
         w_t = self._cached("lm_head", c.weights, nbytes, (c.n, c.k), lambda: np.ascontiguousarray(
