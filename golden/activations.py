@@ -51,6 +51,7 @@ from functools import lru_cache
 import numpy as np
 
 from .config import DEFAULT, ActivationConfig
+from .fixed import rhu
 
 # Max |y - f(x)| over every representable input, output rounding included (default config).
 GELU_ABS_ERR = 2.8e-3
@@ -138,10 +139,6 @@ def delta_lut(kind: str, cfg: ActivationConfig = DEFAULT.activation) -> np.ndarr
     return lut
 
 
-def _rhu(v: np.ndarray, s: int) -> np.ndarray:
-    return v if s == 0 else (v + (1 << (s - 1))) >> s
-
-
 def delta_fx(kind: str, a, cfg: ActivationConfig = DEFAULT.activation) -> np.ndarray:
     """Interpolated delta(|x|) in Q.LF (int64) for a = |x| >= 0 in Q.IF."""
     a = np.asarray(a, dtype=np.int64)
@@ -151,7 +148,7 @@ def delta_fx(kind: str, a, cfg: ActivationConfig = DEFAULT.activation) -> np.nda
     inside = i < (1 << lb)
     ic = np.where(inside, i, 0)
     w = a & ((1 << sg) - 1)
-    d = lut[ic] + _rhu((lut[ic + 1] - lut[ic]) * w, sg)
+    d = lut[ic] + rhu((lut[ic + 1] - lut[ic]) * w, sg)
     return np.where(inside, d, 0)
 
 
@@ -167,7 +164,7 @@ def act_fx(x, kind: str, cfg: ActivationConfig = DEFAULT.activation) -> np.ndarr
     x = x.astype(np.int64)
     lf = cfg.lut_frac_bits
     acc = (np.maximum(x, 0) << (lf - cfg.in_frac_bits)) - delta_fx(kind, np.abs(x), cfg)
-    y = _rhu(acc, lf - cfg.out_frac_bits)
+    y = rhu(acc, lf - cfg.out_frac_bits)
     y = np.clip(y, -(1 << (cfg.out_bits - 1)), (1 << (cfg.out_bits - 1)) - 1)
     return y.astype(np.int16 if cfg.out_bits <= 16 else np.int32 if cfg.out_bits <= 32 else np.int64)
 

@@ -24,11 +24,13 @@ def bit_length(a) -> np.ndarray:
 
 def rhu(v, s) -> np.ndarray:
     """Round half up ``v / 2^s``: ``(v + 2^(s-1)) >> s``; ``s <= 0`` is an exact left shift
-    (the caller keeps the result in range)."""
+    (the caller keeps the result in range). Right shifts beyond 63 act as 63 (which gives
+    0 for |v| < 2^62, as the exact shift does)."""
     v = np.asarray(v, dtype=np.int64)
     s = np.asarray(s, dtype=np.int64)
     if s.size and int(s.min()) > 0:                   # the common case: right shifts only
+        s = np.minimum(s, 63)
         return (v + np.left_shift(np.int64(1), s - 1)) >> s
-    pos = np.maximum(s, 0)
+    pos = np.minimum(np.maximum(s, 0), 63)
     half = np.where(pos > 0, np.left_shift(np.int64(1), np.maximum(pos - 1, 0)), 0)
     return np.where(s > 0, (v + half) >> pos, v << np.maximum(-s, 0))

@@ -93,12 +93,20 @@ def rope_fx(x, positions, cfg: RopeConfig = DEFAULT.rope) -> np.ndarray:
         raise ValueError("x: expected at least one axis (head_dim)")
     hd = x.shape[-1]
     _check_head_dim(hd)
-    bits = 8 * x.dtype.itemsize
     pos = _positions(positions, x.shape[:-1], cfg)
     cos_q, sin_q = rope_tables(hd, cfg)
-    c = cos_q[pos].astype(np.int64)
-    s = sin_q[pos].astype(np.int64)
-    h = hd // 2
+    return rope_from_table(x, cos_q[pos], sin_q[pos], cfg)
+
+
+def rope_from_table(x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray,
+                    cfg: RopeConfig = DEFAULT.rope) -> np.ndarray:
+    """The datapath of ``rope_fx`` with the table rows of each vector's position given:
+    cos_q, sin_q int16 [..., head_dim/2] (Q1.table_frac_bits) broadcast against x
+    [..., head_dim] (the accelerator reads them from the RoPE table in memory)."""
+    x = np.asarray(x)
+    bits = 8 * x.dtype.itemsize
+    h = x.shape[-1] // 2
+    c, s = np.asarray(cos_q).astype(np.int64), np.asarray(sin_q).astype(np.int64)
     x = x.astype(np.int64)
     x1, x2 = x[..., :h], x[..., h:]
     acc = np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)

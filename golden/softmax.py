@@ -95,6 +95,7 @@ from functools import lru_cache
 import numpy as np
 
 from .fixed import bit_length as _bit_length
+from .fixed import rhu
 from .config import DEFAULT, SoftmaxConfig
 
 # Max relative error of exp_fx (mant * 2^-(E+n)) vs exp(z) at every representable z <= 0.
@@ -111,14 +112,6 @@ VEC_VS_SEQ_LSB = 0.0
 
 
 # --------------------------------------------------------------------------- helpers
-def _rhu(v: np.ndarray, s) -> np.ndarray:
-    """Round half up v / 2^s for s >= 0 (elementwise s allowed); s >= 63 gives 0 for
-    0 <= v < 2^62."""
-    s = np.minimum(np.asarray(s, dtype=np.int64), 63)
-    half = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
-    return np.right_shift(v + half, s)
-
-
 def _out_dtype(cfg: SoftmaxConfig):
     return np.uint8 if cfg.out_bits <= 8 else np.uint16 if cfg.out_bits <= 16 else np.uint32
 
@@ -156,7 +149,7 @@ def exp2_neg_fx(d, cfg: SoftmaxConfig = DEFAULT.softmax) -> tuple[np.ndarray, np
     mant = lut[addr]
     if ib:
         w = (f >> (tf - lb - ib)) & ((1 << ib) - 1)
-        mant = mant - _rhu((mant - lut[addr + 1]) * w, ib)
+        mant = mant - rhu((mant - lut[addr + 1]) * w, ib)
     return mant, n
 
 
@@ -228,7 +221,7 @@ def _reciprocal(s: np.ndarray, cfg: SoftmaxConfig) -> tuple[np.ndarray, np.ndarr
 
 def _output(mant, n, recip, b, cfg: SoftmaxConfig) -> np.ndarray:
     sh = (cfg.exp_frac_bits + cfg.recip_frac_bits - cfg.sum_frac_bits - cfg.out_bits - 1) + n + b
-    return np.minimum(_rhu(mant * recip, sh), (1 << cfg.out_bits) - 1)
+    return np.minimum(rhu(mant * recip, sh), (1 << cfg.out_bits) - 1)
 
 
 def softmax_fx(x, cfg: SoftmaxConfig = DEFAULT.softmax, mask=None, causal: bool = False) -> np.ndarray:
@@ -256,7 +249,7 @@ def softmax_fx(x, cfg: SoftmaxConfig = DEFAULT.softmax, mask=None, causal: bool 
 
     # terms as added online, relative to the running max of their time
     mant, n = exp2_neg_fx(np.where(valid, (run << tf) - t, 0), cfg)
-    term = np.where(valid, _rhu(mant << (sf - e), n), 0)
+    term = np.where(valid, rhu(mant << (sf - e), n), 0)
 
     # level sums A[r, l] and level max values; Horner over levels with floor shifts
     new_level = np.ones_like(valid)

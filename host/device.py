@@ -2,7 +2,7 @@
 
 A backend (``host/backends/<name>.py``: golden, sim, board, ...) is an accelerator with
 a byte-addressed memory window and a command processor that executes the streams of
-``hw/isa.py``::
+``golden/isa.py``::
 
     dev = GoldenDevice()
     a = dev.alloc(1024)                 # bump allocator, 64-byte aligned by default
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hw.isa import ERROR_TEXT, ErrorCode, Opcode
+from golden.isa import ERROR_TEXT, ErrorCode, Opcode
 
 DEFAULT_ALIGN = 64
 RESERVED_BYTES = 64          # the first bytes of the window are never allocated (0 = null)
@@ -222,7 +222,7 @@ class Device(abc.ABC):
 
     # helpers for subclasses
     def _check_run_args(self, stream_addr, n_cmds) -> tuple[int, int]:
-        from hw.isa import COMMAND_BYTES, STREAM_ALIGN
+        from golden.isa import COMMAND_BYTES, STREAM_ALIGN
         if not isinstance(n_cmds, (int, np.integer)) or n_cmds < 1:
             raise ValueError(f"n_cmds: expected a positive integer, got {n_cmds!r}")
         addr = self._check_range("stream_addr", stream_addr, int(n_cmds) * COMMAND_BYTES)

@@ -51,7 +51,7 @@ DEFAULT_CONTEXTS = (128, 2048)        # decode positions modeled by default (key
 def roofline_bytes(mc: ModelConfig, context: int, cfg=None) -> dict:
     """Bytes per decoded token at ``context`` keys that must cross the memory bus."""
     from golden.config import DEFAULT
-    from hw import isa
+    from golden import isa
 
     tc = (cfg or DEFAULT).tlmm
     h, i, hd = mc.hidden_size, mc.intermediate_size, mc.head_dim
@@ -70,7 +70,7 @@ def roofline_bytes(mc: ModelConfig, context: int, cfg=None) -> dict:
 
 def _fill_kv(rt, upto: int, rng) -> None:
     """Random K/V codes and scale records at positions [0, upto) of every layer."""
-    from hw import isa
+    from golden import isa
 
     mc, a = rt.config, rt.address_map
     nkv, ctx, hd = mc.num_key_value_heads, mc.max_position_embeddings, mc.head_dim
@@ -91,8 +91,8 @@ def measure(mc: ModelConfig = BITNET_073B, context: int = DEFAULT_CONTEXTS[0],
             latency: int = LATENCY_CYCLES, seed: int = 0, progress=print) -> dict:
     """Simulate one full-size layer's decode step; cycles per op and the modeled token."""
     from golden.model import random_model
-    from hw import isa
-    from hw.isa import Opcode
+    from golden import isa
+    from golden.isa import Opcode
     from host.runtime import make_runtime
 
     if not 1 <= context <= mc.max_position_embeddings:

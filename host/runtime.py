@@ -7,11 +7,11 @@
 
 Compilation (``golden.model.compile_integer`` for the device's datapath ``device.cfg``)
 gives the integer constants; the runtime lays them out in device memory in the formats
-of ``hw/isa.py`` and writes them once:
+of ``golden/isa.py`` and writes them once:
 
 - ``embed``: int32 [vocab, hidden] Q15.16; ``lm_head``: int8 [vocab, hidden] (its float
   row scales stay on the host);
-- ``rope``: RoPE table int16 [context, head_dim] (``hw.isa.rope_table`` of
+- ``rope``: RoPE table int16 [context, head_dim] (``golden.isa.rope_table`` of
   ``golden.rope.rope_tables`` for the model's rope_theta);
 - per layer ``L{i}.<norm>``: gamma_q int16 [dim] (its g_exp and the norm constants go
   into the commands); ``L{i}.<proj>``: ternary codes in the TLMM tile format;
@@ -50,8 +50,8 @@ from golden.modelspec import ATTN_PROJ, MLP_PROJ, Model
 from golden.rmsnorm import norm_constants
 from golden.rope import rope_tables
 from host.device import Device
-from hw import isa
-from hw.isa import ActKind, Opcode, command
+from golden import isa
+from golden.isa import ActKind, Opcode, command
 
 DEFAULT_MAX_CHUNK = 64        # tokens per stream (golden.model.ATTN_QUERY_BLOCK)
 DEFAULT_TIMEOUT_S = 120.0
@@ -63,7 +63,7 @@ class Region:
     name: str
     addr: int
     nbytes: int
-    fmt: str              # memory format, in the words of hw/isa.py
+    fmt: str              # memory format, in the words of golden/isa.py
     kind: str             # "const" (written once), "kv" or "scratch"
 
 

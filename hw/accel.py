@@ -30,7 +30,7 @@ throughput).
 Command processor
 =================
 FETCH (one 64-byte read at ``stream_addr + 64*pc``) -> DECODE (``data.View`` of
-``hw.isa.COMMAND`` over the fetched bits; the command register stays stable while the
+``golden.isa.COMMAND`` over the fetched bits; the command register stays stable while the
 engine runs) -> EXEC (the engine's ``start`` pulse; the DMA port is switched to it until
 its ``done``) -> next (MISSING_END after ``n_cmds`` commands without END).
 During EXEC the next command (pc + 1 < n_cmds) is prefetched in a read slot the engine
@@ -57,9 +57,9 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, DatapathConfig
-from hw import isa
+from golden import isa
 from hw.csr import CSR_ADDR_BITS, CSRBlock
-from hw.isa import ErrorCode, Opcode
+from golden.isa import ErrorCode, Opcode
 from hw.tlmm import DEFAULT_MAX_K
 
 # opcode -> "module:class" of its engine (hw/ops/); END and NOP are the processor's own
@@ -77,7 +77,6 @@ ENGINES = {
 }
 RTL_OPS = (Opcode.NOP, Opcode.END, *ENGINES)
 PF_COUNT_BITS = 10          # engine reads outstanding while a prefetch waits (1023 max)
-HOST_OPS = tuple(op for op in Opcode if op not in RTL_OPS)
 
 
 def engine_class(op: Opcode):
@@ -363,9 +362,3 @@ class Accel(wiring.Component):
                          cycles.eq(0), bytes_rd.eq(0), bytes_wr.eq(0)]
         return m
 
-
-def export(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K, ops=None) -> str:
-    """Verilog text of the top (module ``accel``)."""
-    from sim.runner import export_verilog
-
-    return export_verilog(Accel(cfg, max_k=max_k, ops=ops), "accel")

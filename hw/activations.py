@@ -43,6 +43,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.activations import KINDS, delta_lut
 from golden.config import DEFAULT, ActivationConfig
+from hw.fixed import rhu
 
 # Elements per beat when the instantiating code does not say (ActivationConfig has no
 # lane count: the number of lanes is a throughput choice of the instance, not a format).
@@ -62,11 +63,6 @@ def _check_lanes(lanes) -> int:
     if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
         raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
     return lanes
-
-
-def _rhu(v, s: int):
-    """(v + 2^(s-1)) >> s, arithmetic (round half up); v itself for s = 0."""
-    return v if s == 0 else (v + (1 << (s - 1))) >> s
 
 
 def _vec(shape, lanes: int) -> data.StructLayout:
@@ -186,12 +182,12 @@ class LutActivation(wiring.Component):
             in1 = pipe.reg(pick(inside), f"s1_inside{lane}")
             # stage 2: interpolated delta (the ROM word arrives now), ReLU scaled to Q.LF
             word = port.data
-            deltas = [word.base + (_rhu(word.slope * w1[:sg], sg) if sg else 0) for sg in shifts]
+            deltas = [word.base + (rhu(word.slope * w1[:sg], sg) if sg else 0) for sg in shifts]
             delta = Mux(sel1, deltas[1], deltas[0]) if len(self.kinds) > 1 else deltas[0]
             relu = Mux(x1 < 0, 0, x1) << (lf - cfg.in_frac_bits)
             acc = pipe.reg(relu - Mux(in1, delta, 0), f"s2_acc{lane}")
             # stage 3: round to Q.OF and saturate
-            y = _rhu(acc, lf - cfg.out_frac_bits)
+            y = rhu(acc, lf - cfg.out_frac_bits)
             lo, hi = -(1 << (cfg.out_bits - 1)), (1 << (cfg.out_bits - 1)) - 1
             outs.append(Mux(y > hi, hi, Mux(y < lo, lo, y)))
         v2 = pipe.reg(v1, "s2_valid")

@@ -52,13 +52,15 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, NormConfig, QuantConfig
 from golden.rmsnorm import rsqrt_lut
+from hw.fixed import bit_length, rhu
 
 # Elements per beat by default: the quantizer's (the TLMM engine's Q), rows up to its K.
 from .quant import DEFAULT_LANES, ActQuant
 from .quant import row_cycles as quant_row_cycles
 from .tlmm import DEFAULT_MAX_K
 
-SCALE_SHIFT_BITS = 32      # golden.rmsnorm: scale_shift is a signed int32
+NORM_SHIFT_BITS = 32       # golden.rmsnorm: the norm block's scale_shift is a signed int32 (the
+                          # engine narrows it to the scale record's isa.SCALE_SHIFT_BITS)
 C_EXP_BITS = 16            # c_exp port: sqrt(d)/act_max * 2^-B exponents, far inside
 
 
@@ -85,12 +87,12 @@ def y_layout(cfg: NormConfig, qcfg: QuantConfig, lanes: int) -> data.StructLayou
     return data.StructLayout({
         "data": data.ArrayLayout(signed(qcfg.act_bits), lanes),
         "scale_mant": unsigned(cfg.scale_mant_bits),
-        "scale_shift": signed(SCALE_SHIFT_BITS),
+        "scale_shift": signed(NORM_SHIFT_BITS),
         "last": 1,
     })
 
 
-def _bit_length(m: Module, v, name: str) -> Signal:
+def bit_length(m: Module, v, name: str) -> Signal:
     """bit_length of an unsigned value (a priority encoder: the highest set bit wins)."""
     n = Signal(range(len(v) + 1), name=name)
     for i in range(len(v)):
@@ -102,10 +104,6 @@ def _bit_length(m: Module, v, name: str) -> Signal:
 def _signed(v):
     """An unsigned value as a non-negative signed one (so that differences can go below 0)."""
     return Cat(v, Const(0, 1)).as_signed()
-
-
-def _rhu(v, s: int):
-    return v if s == 0 else (v + (1 << (s - 1))) >> s
 
 
 class RMSNormQuant(wiring.Component):
@@ -204,7 +202,7 @@ class RMSNormQuant(wiring.Component):
 
         # ------------------------------------------------------------ sequencer
         Sp = Signal(unsigned(self.sum_bits + 1))    # S + eps_term
-        e_len = _bit_length(m, Sp, "sp_len")
+        e_len = bit_length(m, Sp, "sp_len")
         e = Signal(range(self.sum_bits + 1))        # bit_length(S') - 1 (S' = 0 as 1)
         m.d.comb += e.eq(Mux(e_len == 0, 0, e_len - 1))
         k = Signal(range(self.sum_bits // 2 + 1))
@@ -217,20 +215,20 @@ class RMSNormQuant(wiring.Component):
         lut = Array(Const(int(v), unsigned(F + 1)) for v in rsqrt_lut(cfg))
 
         amax_p = Signal(unsigned(PB))
-        amax_len = _bit_length(m, amax_p, "amax_p_len")
+        amax_len = bit_length(m, amax_p, "amax_p_len")
         sh_p = Signal(range(PB + 1))
         amax_q = Signal(unsigned(qcfg.hw_in_bits))   # amax' of p' = p >> sh_p
-        aq_len = _bit_length(m, amax_q, "amax_q_len")
+        aq_len = bit_length(m, amax_q, "amax_q_len")
         a_e = Signal(range(qcfg.hw_in_bits + 1))
         a_m = Signal(unsigned(B))
         prod = Signal(unsigned(2 * B + F + 2))       # a_m * c_mant * y
-        prod_len = _bit_length(m, prod, "prod_len")
+        prod_len = bit_length(m, prod, "prod_len")
         r = Signal(range(2 * B + F + 4))
         mant0 = Signal(unsigned(B + 1))
         scale_mant = Signal(unsigned(B))
-        scale_shift = Signal(signed(SCALE_SHIFT_BITS))
+        scale_shift = Signal(signed(NORM_SHIFT_BITS))
 
-        scales = fifo.SyncFIFO(width=B + SCALE_SHIFT_BITS, depth=2)
+        scales = fifo.SyncFIFO(width=B + NORM_SHIFT_BITS, depth=2)
         m.submodules.scales = scales
 
         with m.Switch(state):
@@ -257,12 +255,12 @@ class RMSNormQuant(wiring.Component):
                                                      amax_len - (qcfg.hw_in_bits - 1), 0))]
                 m.d.sync += state.eq(NT if cfg.newton_steps else AMAX)
             with m.Case(NT):
-                m.d.sync += [t.eq(_rhu(y * y, F)), state.eq(NU)]
+                m.d.sync += [t.eq(rhu(y * y, F)), state.eq(NU)]
             with m.Case(NU):
-                m.d.sync += [u.eq(_rhu(mfx * t, F)), state.eq(NY)]
+                m.d.sync += [u.eq(rhu(mfx * t, F)), state.eq(NY)]
             with m.Case(NY):
                 diff = Const(3 << F, signed(F + 4)) - u.as_signed()
-                m.d.sync += [y.eq(_rhu(y * diff, F + 1)), step.eq(step + 1)]
+                m.d.sync += [y.eq(rhu(y * diff, F + 1)), step.eq(step + 1)]
                 m.d.sync += state.eq(Mux(step + 1 == cfg.newton_steps, AMAX, NT))
             with m.Case(AMAX):
                 hi = pmax >> sh_p

@@ -36,6 +36,9 @@ from pathlib import Path
 from amaranth import Cat, Elaboratable, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 
+
+from hw.verilog import export_verilog
+
 ROOT = Path(__file__).resolve().parents[1]
 SYNTH_ROOT = ROOT / "build" / "synth"
 ECP5_DEVICE = ["--85k", "--package", "CABGA381"]
@@ -197,10 +200,8 @@ def _yosys(work: Path, read: str, synth: str, post: str, log_name: str) -> str |
 
 
 def run_xilinx(name: str, block, work: Path) -> dict:
-    from amaranth.back import verilog
-
     src = work / f"{name}.v"
-    src.write_text(verilog.convert(block, name=name, emit_src=False))
+    src.write_text(export_verilog(block, name))
     stat = work / "xcup_stat.json"
     note = _yosys(work, f"read_verilog {src.name}",
                   f"synth_xilinx -family xcup -flatten -noiopad -noclkbuf -top {name}",
@@ -213,13 +214,10 @@ def run_xilinx(name: str, block, work: Path) -> dict:
 
 
 def run_ecp5(name: str, block, work: Path, freq: float) -> dict:
-    from amaranth.back import verilog
-
     shell = SerialShell(block)
     top = f"{name}_shell"
     src = work / f"{top}.v"
-    src.write_text(verilog.convert(shell, name=top, emit_src=False,
-                                   ports=[shell.sin, shell.load, shell.sout]))
+    src.write_text(export_verilog(shell, top, ports=[shell.sin, shell.load, shell.sout]))
     stat = work / "ecp5_stat.json"
     note = _yosys(work, f"read_verilog {src.name}", f"synth_ecp5 -noflatten -top {top}",
                   f"tee -q -o {stat.name} stat -json; tee -q -o ecp5_stat.txt stat; "

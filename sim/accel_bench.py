@@ -4,7 +4,7 @@ A Python memory model serves the DMA port with random stalls on every handshake
 (``rd_ready``, response ``valid``, ``wr_ready``) and random latency; a command stream is
 written into it, START is written through the CSR bus, and the results are checked
 against the golden models only: TLMM accumulators against ``golden.tlmm.tlmm``, error
-codes/op indices against what ``hw/isa.py`` specifies.
+codes/op indices against what ``golden/isa.py`` specifies.
 
 Parameters (``sim.streams.bench_params``): ``stall`` (probability that each of
 rd_ready / rdata_valid / wr_ready is low in a cycle), ``max_latency``, ``ops`` (random
@@ -20,10 +20,10 @@ import cocotb
 
 from golden import tlmm as golden
 from golden.config import DEFAULT
-from hw import isa
+from golden import isa
 from hw.accel import dma_bytes_for
-from hw.csr import CSRX, CTRL_CODE_SHIFT, CTRL_HOST_ERROR, CTRL_RESUME
-from hw.isa import CSR, ErrorCode, Opcode, command
+from hw.csr import CSR, CTRL_CODE_SHIFT, CTRL_HOST_ERROR, CTRL_RESET, CTRL_RESUME, CTRL_START, STATUS
+from golden.isa import ErrorCode, Opcode, command
 from sim.streams import CLOCK_NS, bench_params, bench_rng, record
 
 P = bench_params()
@@ -135,18 +135,18 @@ class Bench:
             addr = at
             self.mem[at:at + len(words)] = words
         lo, hi = window if window is not None else (BASE, self.brk)
-        await self.csr_write(CSRX.MEM_LO, lo)
-        await self.csr_write(CSRX.MEM_HI, hi)
+        await self.csr_write(CSR.MEM_LO, lo)
+        await self.csr_write(CSR.MEM_HI, hi)
         await self.csr_write(CSR.STREAM_ADDR, addr)
         await self.csr_write(CSR.N_CMDS, len(words) // isa.COMMAND_BYTES)
-        await self.csr_write(CSR.CTRL, isa.CTRL_START)
+        await self.csr_write(CSR.CTRL, CTRL_START)
         start = self.cycle
         await self.step()               # values sampled in ReadOnly precede the edge
         host_ops = []
         while True:
             assert self.cycle - start < max_cycles, "stream did not finish"
             if int(self.dut.host_req.value):
-                pc = await self.csr_read(CSRX.PC)
+                pc = await self.csr_read(CSR.PC)
                 host_ops.append(pc)
                 await self.csr_write(CSR.CTRL, host(pc) if host else CTRL_RESUME)
                 await self.step()
@@ -156,7 +156,7 @@ class Bench:
             await self.step()
         st = await self.csr_read(CSR.STATUS)
         regs = {"busy": st & 1, "done": (st >> 1) & 1,
-                "error": (st >> isa.STATUS["error"].offset) & 0xFF,
+                "error": (st >> STATUS["error"].offset) & 0xFF,
                 "err_op": await self.csr_read(CSR.ERR_OP),
                 "ops": await self.csr_read(CSR.OPS_DONE),
                 "cycles": await self.csr_read(CSR.CYCLES_LO),
@@ -219,13 +219,13 @@ async def test_errors(dut):
         (dict(dst=None), ErrorCode.ALIGN),
     ]
     for change, code in cases:
-        await b.csr_write(CSR.CTRL, isa.CTRL_RESET)
+        await b.csr_write(CSR.CTRL, CTRL_RESET)
         c, dst, _ = _tlmm_op(b, rng, 2, 40, 5)
         f = dict(c.args)
         f.update({k: (dst + 2 if v is None else v) for k, v in change.items()})
         st = await b.run_stream([nop, command(Opcode.TLMM, **f), end])
         assert (st["error"], st["err_op"]) == (code.value, 1), (change, st)
-    await b.csr_write(CSR.CTRL, isa.CTRL_RESET)
+    await b.csr_write(CSR.CTRL, CTRL_RESET)
     st = await b.run_stream([nop, nop, nop])
     assert (st["error"], st["err_op"], st["ops"]) == (ErrorCode.MISSING_END.value, 2, 3), st
 
@@ -243,7 +243,7 @@ async def test_host_ops(dut):
     assert st["host_ops"] == [0, 2] and st["done"] == 1 and st["error"] == 0, st
     got = np.frombuffer(bytes(b.mem[dst:dst + want.size * 4]), dtype="<i4").reshape(want.shape)
     assert np.array_equal(got, want)
-    await b.csr_write(CSR.CTRL, isa.CTRL_RESET)
+    await b.csr_write(CSR.CTRL, CTRL_RESET)
     code = ErrorCode.BAD_OPERAND.value
     st = await b.run_stream([command(Opcode.NOP), emb, command(Opcode.END)],
                             host=lambda pc: CTRL_HOST_ERROR | (code << CTRL_CODE_SHIFT))

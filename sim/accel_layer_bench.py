@@ -25,8 +25,9 @@ from golden.model import random_model
 from golden.modelspec import ModelConfig
 from host.backends.golden import GoldenDevice
 from host.runtime import Runtime
-from hw import isa
-from hw.isa import CSR, ErrorCode, Opcode, command
+from golden import isa
+from golden.isa import ErrorCode, Opcode, command
+from hw.csr import CSR, CTRL_RESET
 from sim.accel_bench import Bench
 from sim.streams import bench_params, bench_rng, record
 
@@ -54,7 +55,7 @@ async def test_layer(dut):
     await b.start()
     a = rt.address_map
     window = (gd.alloc_base, gd.brk)
-    b.mem[:] = gd._mem.tobytes()
+    b.mem[:] = gd.memory.tobytes()
     pos = 0
     steps = [int(P.get("prefill", 5))] + [1] * int(P.get("decode", 2))
     for rows in steps:
@@ -63,13 +64,13 @@ async def test_layer(dut):
         b.mem[a.addr("tokens"):a.addr("tokens") + toks.nbytes] = toks.tobytes()
         cmds = rt.step_commands(pos, rows, rows)
         rt.run_stream(cmds)                                   # golden
-        await b.csr_write(CSR.CTRL, isa.CTRL_RESET)           # counters per step
+        await b.csr_write(CSR.CTRL, CTRL_RESET)           # counters per step
         st = await b.run_stream(cmds, at=a.addr("stream"), window=window,
                                 max_cycles=2_000_000)
         assert st["host_ops"] == [], f"ops left to the host: {st['host_ops']}"
         assert (st["done"], st["error"], st["ops"]) == (1, 0, len(cmds)), st
         got = np.frombuffer(bytes(b.mem), np.uint8)
-        diff = np.flatnonzero(got[:gd.brk] != gd._mem[:gd.brk])
+        diff = np.flatnonzero(got[:gd.brk] != gd.memory[:gd.brk])
         if diff.size:
             where = [r.name for r in a.regions.values() if r.addr <= diff[0] < r.addr + r.nbytes]
             raise AssertionError(f"step pos={pos} rows={rows}: {diff.size} bytes differ, first at "
@@ -106,6 +107,6 @@ async def test_op_errors_and_reuse(dut):
     for bad, code in cases:
         st = await b.run_stream([nop, nop, bad, good, end])
         assert (st["error"], st["err_op"], st["done"]) == (code.value, 2, 0), (bad.op, st)
-        await b.csr_write(CSR.CTRL, isa.CTRL_RESET)
+        await b.csr_write(CSR.CTRL, CTRL_RESET)
         st = await b.run_stream([good, end])
         assert (st["error"], st["done"], st["host_ops"]) == (0, 1, []), st

@@ -24,8 +24,8 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from host.backends.golden import GoldenDevice
-from hw import isa
-from hw.isa import ErrorCode, Opcode
+from golden import isa
+from golden.isa import ErrorCode, Opcode
 
 
 def put(dev, data, align: int = 64) -> int:
@@ -40,12 +40,12 @@ def golden_run(gd: GoldenDevice, cmd: isa.Command):
     """Run [cmd, END] on the golden device; (memory before, memory after, ErrorCode)."""
     stream = gd.alloc(2 * isa.COMMAND_BYTES, isa.STREAM_ALIGN)
     gd.write(stream, isa.encode_stream([cmd, isa.command(Opcode.END)]))
-    before = gd._mem[:gd.brk].copy()
+    before = gd.memory[:gd.brk].copy()
     gd.run(stream, 2)
     st = gd._poll()
     while st.busy:
         st = gd._poll()
-    return before, gd._mem[:gd.brk].copy(), ErrorCode(st.error)
+    return before, gd.memory[:gd.brk].copy(), ErrorCode(st.error)
 
 
 def check_op(engine, gd: GoldenDevice, cmd: isa.Command, *, seed: int = 0,

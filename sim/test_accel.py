@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from golden.config import DEFAULT
 from hw.accel import Accel
-from hw.isa import Opcode
+from golden.isa import Opcode
 from hw.tlmm import DEFAULT_MAX_K
 from sim.runner import run_bench
 

@@ -17,9 +17,9 @@ from amaranth.sim import Simulator
 from golden.config import DEFAULT
 from host.backends.golden import GoldenDevice
 from host.device import DeviceError
-from hw import isa
+from golden import isa
 from hw.accel import dma_bytes_for
-from hw.isa import ActKind, ErrorCode, Opcode
+from golden.isa import ActKind, ErrorCode, Opcode
 from hw.ops.act import ActEngine, command_cycles
 from sim.op_bench import check_op, put
 

@@ -5,9 +5,9 @@ import pytest
 
 from golden.config import DEFAULT
 from host.backends.golden import GoldenDevice
-from hw import isa
+from golden import isa
 from hw.accel import dma_bytes_for
-from hw.isa import ErrorCode, Opcode
+from golden.isa import ErrorCode, Opcode
 from hw.ops.embed import EmbedEngine
 from sim.op_bench import check_op, put
 

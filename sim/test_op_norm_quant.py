@@ -23,9 +23,9 @@ from amaranth.sim import Simulator
 from golden.config import DEFAULT
 from golden.rmsnorm import norm_constants, random_rows, rmsnorm_quant
 from host.backends.golden import GoldenDevice
-from hw import isa
+from golden import isa
 from hw.accel import dma_bytes_for
-from hw.isa import ErrorCode, Opcode
+from golden.isa import ErrorCode, Opcode
 from hw.ops.norm_quant import DEFAULT_LANES, NormQuantEngine, expected_cycles
 from sim.op_bench import check_op, golden_run, put
 
@@ -216,7 +216,7 @@ def test_dim_limit(rng):
     _, _, gold = golden_run(gd, cmd)
     assert gold == ErrorCode.NONE
     eng = engine(max_len=max_len)
-    res = run_commands(eng, gd._mem.copy(), gd.alloc_base, gd.brk, [cmd], rng, stall=0.0)
+    res = run_commands(eng, gd.memory.copy(), gd.alloc_base, gd.brk, [cmd], rng, stall=0.0)
     assert res == [(ErrorCode.BAD_DIM, 0, 0)]
 
 
@@ -320,7 +320,7 @@ def test_abort_then_next(rng):
     good = norm_cmd(gd, rng, x2, g2, g_exp=int(rng.integers(-50, 50)))
     stream = gd.alloc(3 * isa.COMMAND_BYTES, isa.STREAM_ALIGN)
     gd.write(stream, isa.encode_stream([bad, good, isa.command(Opcode.END)]))
-    mem = gd._mem[:gd.brk].copy()
+    mem = gd.memory[:gd.brk].copy()
     eng = engine(fifo_groups=4)
     res = run_commands(eng, mem, gd.alloc_base, gd.brk, [bad, good, good], rng)
     assert [r[0] for r in res] == [ErrorCode.SCALE_RANGE, ErrorCode.NONE, ErrorCode.NONE]
@@ -330,7 +330,7 @@ def test_abort_then_next(rng):
     st = gd.wait(60.0)
     assert st.error == ErrorCode.NONE
     for lo, n in ((good.dst, good.rows * good.dim), (good.dst_scale, 4 * good.rows)):
-        assert np.array_equal(mem[lo:lo + n], gd._mem[lo:lo + n])
+        assert np.array_equal(mem[lo:lo + n], gd.memory[lo:lo + n])
     assert np.array_equal(mem[good.dst:good.dst + x2.size].view(np.int8), want_q.reshape(-1))
     mant, _ = isa.unpack_scales(mem[good.dst_scale:good.dst_scale + 4 * good.rows])
     assert np.array_equal(mant, want_m)

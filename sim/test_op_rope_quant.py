@@ -20,9 +20,9 @@ from amaranth.sim import Simulator
 from golden.config import DEFAULT
 from golden.rope import rope_tables
 from host.backends.golden import GoldenDevice
-from hw import isa
+from golden import isa
 from hw.accel import dma_bytes_for
-from hw.isa import ErrorCode, Opcode
+from golden.isa import ErrorCode, Opcode
 from hw.ops.rope_quant import RopeQuantEngine, expected_cycles
 from sim.op_bench import check_op, golden_run, put
 

@@ -17,9 +17,9 @@ import pytest
 from golden.config import DEFAULT
 from golden.softmax import random_logits
 from host.backends.golden import GoldenDevice
-from hw import isa
+from golden import isa
 from hw.accel import dma_bytes_for
-from hw.isa import ErrorCode, Opcode
+from golden.isa import ErrorCode, Opcode
 from hw.ops.softmax import DEFAULT_LANES, SoftmaxEngine
 from sim.op_bench import check_op, put
 

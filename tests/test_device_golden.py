@@ -7,10 +7,11 @@ from golden.config import DEFAULT
 from golden.rmsnorm import norm_constants, rmsnorm_quant
 from golden.rope import rope_fx, rope_tables
 from host.backends import make_device
-from host.backends.golden import GoldenDevice, rope_from_table
+from golden.rope import rope_from_table
+from host.backends.golden import GoldenDevice
 from host.device import Device, DeviceError, DeviceTimeout, Status
-from hw import isa
-from hw.isa import ErrorCode, Opcode, command
+from golden import isa
+from golden.isa import ErrorCode, Opcode, command
 
 MEM = 1 << 20
 

@@ -1,4 +1,4 @@
-"""hw/isa.py: command encoding round trips (host packing == amaranth's layout packing),
+"""golden/isa.py: command encoding round trips (host packing == amaranth's layout packing),
 field-width errors, memory formats (TLMM tiles, scale records, RoPE table)."""
 from dataclasses import replace
 
@@ -8,8 +8,9 @@ from amaranth import Shape
 
 from golden import tlmm as gtlmm
 from golden.config import DEFAULT, TLMMConfig
-from hw import isa
-from hw.isa import ARGS, COMMAND, ActKind, Opcode, command, decode, encode
+from golden import isa
+from hw import csr
+from golden.isa import ARGS, COMMAND, ActKind, Opcode, command, decode, encode
 
 
 def _random_args(op, rng, extreme=None):
@@ -132,11 +133,11 @@ def test_unknown_opcode_decode():
 
 
 def test_status_layout_and_error_codes():
-    assert isa.STATUS.size == 16
-    assert isa.STATUS["error"].offset == 8
+    assert csr.STATUS.size == 16
+    assert csr.STATUS["error"].offset == 8
     assert isa.ErrorCode.NONE.value == 0
     assert set(isa.ERROR_TEXT) == set(isa.ErrorCode)
-    assert len({r.value for r in isa.CSR}) == len(isa.CSR)
+    assert len({r.value for r in csr.CSR}) == len(csr.CSR)
 
 
 # --------------------------------------------------------------------------- memory formats

@@ -4,8 +4,8 @@ it claims."""
 import pytest
 
 from golden.modelspec import ModelConfig
-from hw import isa
-from hw.isa import Opcode
+from golden import isa
+from golden.isa import Opcode
 from host import perf_model
 
 SMALL = ModelConfig(vocab_size=40, hidden_size=64, intermediate_size=96, num_hidden_layers=3,

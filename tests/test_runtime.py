@@ -10,8 +10,8 @@ from host.backends.golden import GoldenDevice
 from host.device import DeviceError, DeviceTimeout, Status
 from host.generate import Sampler, generate
 from host.runtime import Runtime, make_runtime
-from hw import isa
-from hw.isa import ErrorCode, Opcode
+from golden import isa
+from golden.isa import ErrorCode, Opcode
 
 SHAPES = {
     # relu2, GQA 4:1, two layers

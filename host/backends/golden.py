@@ -2,12 +2,10 @@
 
 Memory: a numpy uint8 buffer of ``mem_size`` bytes (default ``DEFAULT_MEM_SIZE``, 256
 MiB, allocated lazily by the OS), device addresses [0, mem_size); the first 64 bytes are
-never allocated. Command processor: fetches each 64-byte command of the stream,
-decodes it with ``hw.isa.decode`` and executes it by calling the op functions of
-``golden/model.py`` on tensors read from memory in the formats of ``hw/isa.py``, writing
-the results back. Every tensor a command touches must lie inside allocated memory
-([alloc_base, brk)) and be aligned to its element size, else the stream stops with
-ADDR_RANGE / ALIGN and the index of that command.
+never allocated. Command processor: fetches each 64-byte command of the stream and
+executes it with the command-level golden model (``golden.executor.Executor``), whose
+memory window is the allocated memory [alloc_base, brk) as of ``run`` -- the window the
+sim backend programs into MEM_LO/MEM_HI.
 
 Execution happens inside ``wait``: ``run`` only latches the stream; each ``_poll`` (the
 polling loop of ``Device.wait``) executes one command, until END, an error, or the
@@ -15,56 +13,21 @@ deadline (DeviceTimeout; the next ``wait`` resumes where it stopped) -- so timeo
 behave as on hardware. A stream that runs ``n_cmds`` commands without END stops with
 MISSING_END, err_op = n_cmds - 1.
 
-Two details the golden op functions do not take as arguments:
-
-- NORM_QUANT's eps comes from the command's ``eps_term``: eps = eps_term / (dim *
-  2^(2*in_frac_bits)) reproduces ``golden.rmsnorm.norm_constants`` exactly (checked
-  against the command's c_mant / c_exp, else BAD_OPERAND).
-- ROPE_QUANT reads its cos/sin rows from the RoPE table in memory; ``rope_from_table``
-  applies them with the datapath of ``golden.rope.rope_fx`` (tests check it equal to
-  rope_fx on that function's own tables), then ``golden.model.op_v_quant`` quantizes per
-  head exactly as ``op_rope_quant`` does after its RoPE.
-
 Counters: ``ops`` (commands executed, END included), ``bytes_read`` / ``bytes_written``
 (tensor traffic of the commands plus 64 bytes per command fetched); ``cycles`` is None
 (cycle counts come from the sim backend).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import replace
-
 import numpy as np
 
-from golden import model as _gm
+from golden import isa
 from golden.config import DEFAULT, DatapathConfig
-from golden.rmsnorm import norm_constants
-from golden.softmax import causal_mask
+from golden.executor import Executor
+from golden.isa import ErrorCode
 from host.device import Device, Status
-from hw import isa
-from hw.isa import ActKind, ErrorCode, Opcode
 
 DEFAULT_MEM_SIZE = 256 << 20
-
-
-class _OpError(Exception):
-    def __init__(self, code: ErrorCode, detail: str):
-        super().__init__(detail)
-        self.code, self.detail = code, detail
-
-
-def rope_from_table(x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray, rcfg) -> np.ndarray:
-    """golden.rope.rope_fx's datapath for int32 x [..., rows, hd] with the table rows
-    cos_q, sin_q int16 [rows, hd/2] of each row's position (Q1.table_frac_bits)."""
-    h = x.shape[-1] // 2
-    c, s = cos_q.astype(np.int64), sin_q.astype(np.int64)
-    x = x.astype(np.int64)
-    x1, x2 = x[..., :h], x[..., h:]
-    acc = np.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
-    t = rcfg.table_frac_bits
-    out = (acc + (1 << (t - 1))) >> t
-    ob = rcfg.out_bits(32)
-    return np.clip(out, -(1 << (ob - 1)), (1 << (ob - 1)) - 1).astype(np.int32)
 
 
 class GoldenDevice(Device):
@@ -74,27 +37,23 @@ class GoldenDevice(Device):
                  exact_tlmm: bool = False):
         if not isinstance(cfg, DatapathConfig):
             raise ValueError(f"cfg: expected a DatapathConfig, got {type(cfg).__name__}")
-        isa.check_datapath(cfg)
         super().__init__(mem_size, cfg)
-        self.exact_tlmm = bool(exact_tlmm)
-        self._mem = np.zeros(self.mem_size, dtype=np.uint8)
-        self._cache: dict = {}          # (kind, addr, shape) -> decoded constant tensor
-        self._cache_ranges: dict = {}   # same key -> (lo, hi) bytes it was read from
+        self.executor = Executor(np.zeros(self.mem_size, dtype=np.uint8), cfg, exact_tlmm)
         self.reset()
 
-    # ------------------------------------------------------------------ memory window
-    def _invalidate(self, lo: int, hi: int) -> None:
-        if self._cache_ranges:
-            for key, (a, b) in list(self._cache_ranges.items()):
-                if a < hi and lo < b:
-                    del self._cache_ranges[key], self._cache[key]
+    @property
+    def memory(self) -> np.ndarray:
+        """The device memory itself (device address = index): for testbenches that compare
+        or copy whole images."""
+        return self.executor.mem
 
+    # ------------------------------------------------------------------ memory window
     def _mem_write(self, addr: int, buf: bytes) -> None:
-        self._mem[addr:addr + len(buf)] = np.frombuffer(buf, dtype=np.uint8)
-        self._invalidate(addr, addr + len(buf))
+        self.executor.mem[addr:addr + len(buf)] = np.frombuffer(buf, dtype=np.uint8)
+        self.executor.invalidate(addr, addr + len(buf))
 
     def _mem_read(self, addr: int, nbytes: int) -> bytes:
-        return self._mem[addr:addr + nbytes].tobytes()
+        return self.executor.mem[addr:addr + nbytes].tobytes()
 
     # ------------------------------------------------------------------ control
     def reset(self) -> None:
@@ -102,19 +61,22 @@ class GoldenDevice(Device):
         self._pc = 0
         self._last_opcode = None
         self._status = Status(busy=False, done=False)
-        self._ops = self._rd = self._wr = 0
+        self._ops = self._fetched = 0
+        self.executor.bytes_read = self.executor.bytes_written = 0
 
     def run(self, stream_addr: int, n_cmds: int) -> None:
         if self._stream is not None:
             raise RuntimeError("run: a stream is still running (wait() for it or reset())")
         self._stream = self._check_run_args(stream_addr, n_cmds)
+        self.executor.set_window(self.alloc_base, self.brk)
         self._pc = 0
         self._last_opcode = None
         self._status = Status(busy=True, done=False, n_cmds=self._stream[1])
 
     def counters(self) -> dict:
-        return {"cycles": None, "ops": self._ops, "bytes_read": self._rd,
-                "bytes_written": self._wr}
+        return {"cycles": None, "ops": self._ops,
+                "bytes_read": self._fetched + self.executor.bytes_read,
+                "bytes_written": self.executor.bytes_written}
 
     def status(self) -> Status:
         """The state after the last executed command (does not execute anything)."""
@@ -141,244 +103,17 @@ class GoldenDevice(Device):
     def _step(self) -> None:
         base, n_cmds = self._stream
         addr = base + self._pc * isa.COMMAND_BYTES
-        word = self._mem[addr:addr + isa.COMMAND_BYTES].tobytes()
-        self._rd += isa.COMMAND_BYTES
-        opv = word[0]
-        try:
-            cmd = isa.decode(word)
-        except isa.UnknownOpcode:
-            self._finish(ErrorCode.UNKNOWN_OPCODE, opv, f"opcode value {opv}")
-            return
-        except ValueError as e:         # a field value outside its enum
-            self._finish(ErrorCode.BAD_OPERAND, opv, str(e))
-            return
-        if cmd.op == Opcode.END:
-            self._ops += 1
-            self._finish(opcode=opv)
-            return
-        try:
-            self._execute(cmd)
-        except _OpError as e:
-            self._finish(e.code, opv, e.detail)
-            return
-        except ValueError as e:         # a golden block refused the data it was given
-            self._finish(ErrorCode.BAD_OPERAND, opv, str(e))
+        self._fetched += isa.COMMAND_BYTES
+        out = self.executor.step(self.executor.mem[addr:addr + isa.COMMAND_BYTES])
+        if out.error != ErrorCode.NONE:
+            self._finish(out.error, out.opcode, out.detail)
             return
         self._ops += 1
-        self._last_opcode = opv
+        if out.end:
+            self._finish(opcode=out.opcode)
+            return
+        self._last_opcode = out.opcode
         if self._pc == n_cmds - 1:
-            self._finish(ErrorCode.MISSING_END, opv, f"{n_cmds} commands without END")
+            self._finish(ErrorCode.MISSING_END, out.opcode, f"{n_cmds} commands without END")
             return
         self._pc += 1
-
-    # ------------------------------------------------------------------ tensor access
-    def _span(self, what: str, addr: int, nbytes: int, itemsize: int) -> tuple[int, int]:
-        if addr % itemsize:
-            raise _OpError(ErrorCode.ALIGN, f"{what}: 0x{addr:x} is not {itemsize}-byte aligned")
-        if addr < self.alloc_base or addr + nbytes > self.brk:
-            raise _OpError(ErrorCode.ADDR_RANGE,
-                           f"{what}: [0x{addr:x}, 0x{addr + nbytes:x}) outside allocated memory "
-                           f"[0x{self.alloc_base:x}, 0x{self.brk:x})")
-        return addr, addr + nbytes
-
-    def _load(self, what: str, addr: int, dtype, shape) -> np.ndarray:
-        dt = np.dtype(dtype).newbyteorder("<")
-        n = math.prod(shape) * dt.itemsize
-        lo, hi = self._span(what, addr, n, dt.itemsize)
-        self._rd += n
-        return self._mem[lo:hi].view(dt).reshape(shape).copy()
-
-    def _store(self, what: str, addr: int, a: np.ndarray) -> None:
-        a = np.ascontiguousarray(a)
-        buf = a.view(np.uint8).reshape(-1)
-        lo, hi = self._span(what, addr, buf.size, a.dtype.itemsize)
-        self._mem[lo:hi] = buf
-        self._wr += buf.size
-        self._invalidate(lo, hi)
-
-    def _load_heads(self, what: str, addr: int, dtype, heads: int, ld: int, rows: int,
-                    width: int) -> np.ndarray:
-        """[heads, rows, width] where row t of head h is at addr + (h*ld + t)*width*size."""
-        size = np.dtype(dtype).itemsize
-        return np.stack([self._load(f"{what} (head {h})", addr + h * ld * width * size, dtype,
-                                    (rows, width)) for h in range(heads)])
-
-    def _store_heads(self, what: str, addr: int, a: np.ndarray, ld: int) -> None:
-        heads, _, width = a.shape
-        for h in range(heads):
-            self._store(f"{what} (head {h})", addr + h * ld * width * a.dtype.itemsize, a[h])
-
-    def _load_scales(self, what: str, addr: int, shape) -> _gm.Scale:
-        raw = self._load(what, addr, isa.SCALE_DTYPE, shape)
-        return _gm.Scale(raw["mant"].astype(np.int64), raw["shift"].astype(np.int64))
-
-    def _load_scales_heads(self, what, addr, heads, ld, rows) -> _gm.Scale:
-        raw = self._load_heads(what, addr, isa.SCALE_DTYPE, heads, ld, rows, 1)[..., 0]
-        return _gm.Scale(raw["mant"].astype(np.int64), raw["shift"].astype(np.int64))
-
-    def _records(self, what: str, sc: _gm.Scale) -> np.ndarray:
-        try:
-            rec = isa.pack_scales(sc.mant, sc.shift)
-        except ValueError as e:
-            raise _OpError(ErrorCode.SCALE_RANGE, f"{what}: {e}") from None
-        return rec.view(isa.SCALE_DTYPE)[..., 0]
-
-    def _cached(self, kind: str, addr: int, nbytes: int, shape: tuple, make):
-        key = (kind, addr, nbytes, shape)
-        if key not in self._cache:
-            lo, hi = self._span(kind, addr, nbytes, 1)
-            self._cache[key] = make()
-            self._cache_ranges[key] = (lo, hi)
-        self._rd += nbytes          # the hardware streams constants in on every use
-        return self._cache[key]
-
-    # ------------------------------------------------------------------ ops
-    @staticmethod
-    def _need(cond: bool, detail: str) -> None:
-        if not cond:
-            raise _OpError(ErrorCode.BAD_DIM, detail)
-
-    def _execute(self, c: isa.Command) -> None:
-        getattr(self, f"_op_{isa.op_name(c.op)}")(c)
-
-    def _op_nop(self, c) -> None:
-        pass
-
-    def _op_embed(self, c) -> None:
-        self._need(c.rows >= 1 and c.dim >= 1 and c.vocab >= 1, "rows, dim, vocab must be >= 1")
-        tok = self._load("tokens", c.tokens, np.uint32, (c.rows,)).astype(np.int64)
-        if int(tok.max()) >= c.vocab:
-            raise _OpError(ErrorCode.BAD_OPERAND, f"tokens: id {int(tok.max())} >= vocab {c.vocab}")
-        self._span("table", c.table, c.vocab * c.dim * 4, 4)
-        h = np.stack([self._load("table", c.table + int(t) * c.dim * 4, np.int32, (c.dim,))
-                      for t in tok])
-        self._store("dst", c.dst, h)
-
-    def _op_norm_quant(self, c) -> None:
-        self._need(c.rows >= 1 and c.dim >= 1, "rows, dim must be >= 1")
-        cfg = self.cfg
-        eps = c.eps_term / (c.dim * 2.0 ** (2 * cfg.norm.in_frac_bits))
-        ncfg = cfg.with_(norm=replace(cfg.norm, eps=eps))
-        want = norm_constants(c.dim, ncfg.norm, cfg.quant)
-        if want != (c.eps_term, c.c_mant, c.c_exp):
-            raise _OpError(ErrorCode.BAD_OPERAND,
-                           f"(eps_term, c_mant, c_exp) = {(c.eps_term, c.c_mant, c.c_exp)} are not "
-                           f"norm_constants(dim={c.dim}) = {want}")
-        h = self._load("src", c.src, np.int32, (c.rows, c.dim))
-        gamma = self._load("gamma", c.gamma, np.int16, (c.dim,))
-        x_q, sx = _gm.op_norm_quant(h, _gm.NormConst(gamma, c.g_exp), ncfg)
-        self._store("dst", c.dst, x_q)
-        self._store("dst_scale", c.dst_scale, self._records("dst_scale", sx))
-
-    def _proj(self, addr: int, n: int, k: int) -> _gm.ProjConst:
-        tcfg = self.cfg.tlmm
-        nbytes = isa.tlmm_weight_bytes(n, k, tcfg)
-
-        def make():
-            raw = self._mem[addr:addr + nbytes]
-            try:
-                codes = isa.unpack_tlmm_weights(raw, n, k, tcfg)
-            except ValueError as e:
-                raise _OpError(ErrorCode.BAD_OPERAND, f"weights: {e}") from None
-            return _gm.ProjConst(codes=codes, weight_scale=1.0, const=_gm.Scale(1, 0))
-        return self._cached("weights", addr, nbytes, (n, k), make)
-
-    def _op_tlmm(self, c) -> None:
-        self._need(c.rows >= 1 and c.k >= 1 and c.n >= 1, "rows, k, n must be >= 1")
-        self._need(c.k <= self.cfg.tlmm.max_k(), f"k {c.k} > TLMM max_k {self.cfg.tlmm.max_k()}")
-        x = self._load("src", c.src, np.int8, (c.rows, c.k))
-        proj = self._proj(c.weights, c.n, c.k)
-        self._store("dst", c.dst, _gm.op_tlmm(x, proj, self.cfg, self.exact_tlmm))
-
-    def _op_rope_quant(self, c) -> None:
-        hd = c.head_dim
-        self._need(c.rows >= 1 and c.heads >= 1 and hd >= 2 and hd % 2 == 0,
-                   "rows, heads >= 1 and an even head_dim >= 2 required")
-        self._need(c.ld >= c.rows, f"ld {c.ld} < rows {c.rows}")
-        acc = self._load("src", c.src, np.int32, (c.rows, c.heads * hd))
-        sx = self._load_scales("src_scale", c.src_scale, (c.rows,))
-        if c.rope:
-            self._need(c.pos + c.rows <= c.table_rows,
-                       f"positions {c.pos}..{c.pos + c.rows - 1} beyond table_rows {c.table_rows}")
-            tab = self._load("table", c.table + c.pos * hd * 2, np.int16, (c.rows, hd))
-            heads = acc.reshape(c.rows, c.heads, hd).transpose(1, 0, 2)
-            r = rope_from_table(heads, tab[:, :hd // 2], tab[:, hd // 2:], self.cfg.rope)
-            acc = r.transpose(1, 0, 2).reshape(c.rows, c.heads * hd)
-        x_q, s = _gm.op_v_quant(acc[None], c.heads, _gm.Scale(sx.mant[None], sx.shift[None]),
-                                _gm.Scale(np.int64(c.c_mant), np.int64(c.c_shift)), self.cfg)
-        self._store_heads("dst", c.dst, x_q[0], c.ld)
-        self._store_heads("dst_scale", c.dst_scale, self._records("dst_scale", s)[0][..., None],
-                          c.ld)
-
-    def _attn_dims(self, c) -> int:
-        self._need(c.rows >= 1 and c.heads >= 1 and c.kv_heads >= 1 and c.head_dim >= 1,
-                   "rows, heads, kv_heads, head_dim must be >= 1")
-        self._need(c.heads % c.kv_heads == 0, f"kv_heads {c.kv_heads} does not divide heads {c.heads}")
-        self._need(c.rows <= c.keys <= self.cfg.softmax.max_len,
-                   f"keys {c.keys} must be in [rows {c.rows}, softmax max_len {self.cfg.softmax.max_len}]")
-        self._need(c.kv_ld >= c.keys, f"kv_ld {c.kv_ld} < keys {c.keys}")
-        return c.heads // c.kv_heads
-
-    def _op_qk(self, c) -> None:
-        n_rep = self._attn_dims(c)
-        self._need(c.q_ld >= c.rows, f"q_ld {c.q_ld} < rows {c.rows}")
-        hd = c.head_dim
-        q = self._load_heads("q", c.q, np.int8, c.heads, c.q_ld, c.rows, hd)
-        sq = self._load_scales_heads("q_scale", c.q_scale, c.heads, c.q_ld, c.rows)
-        k = self._load_heads("k", c.k, np.int8, c.kv_heads, c.kv_ld, c.keys, hd)
-        sk = self._load_scales_heads("k_scale", c.k_scale, c.kv_heads, c.kv_ld, c.keys)
-        lg = _gm.op_qk(q[None], _gm.Scale(sq.mant[None], sq.shift[None]), k[None],
-                       _gm.Scale(sk.mant[None], sk.shift[None]), n_rep, self.cfg)[0]
-        self._store("dst", c.dst, np.where(causal_mask(c.rows, c.keys), lg, 0).astype(lg.dtype))
-
-    def _op_softmax(self, c) -> None:
-        self._need(c.rows >= 1 and c.heads >= 1, "rows, heads must be >= 1")
-        self._need(c.rows <= c.keys <= self.cfg.softmax.max_len,
-                   f"keys {c.keys} must be in [rows {c.rows}, softmax max_len {self.cfg.softmax.max_len}]")
-        lg = self._load("src", c.src, np.int16, (c.heads, c.rows, c.keys))
-        p = _gm.op_softmax(lg, self.cfg)
-        self._store("dst", c.dst, np.where(causal_mask(c.rows, c.keys), p, 0).astype(np.uint16))
-
-    def _op_pv(self, c) -> None:
-        n_rep = self._attn_dims(c)
-        p = self._load("p", c.p, np.uint16, (c.heads, c.rows, c.keys))
-        p = np.where(causal_mask(c.rows, c.keys), p, 0).astype(np.uint16)
-        v = self._load_heads("v", c.v, np.int8, c.kv_heads, c.kv_ld, c.keys, c.head_dim)
-        sv = self._load_scales_heads("v_scale", c.v_scale, c.kv_heads, c.kv_ld, c.keys)
-        o = _gm.op_pv(p[None], v[None], _gm.Scale(sv.mant[None], sv.shift[None]), n_rep,
-                      self.cfg)[0]
-        self._store("dst", c.dst, o.transpose(1, 0, 2).reshape(c.rows, c.heads * c.head_dim))
-
-    def _op_residual(self, c) -> None:
-        self._need(c.rows >= 1 and c.dim >= 1, "rows, dim must be >= 1")
-        h = self._load("h", c.h, np.int32, (c.rows, c.dim))
-        acc = self._load("acc", c.acc, np.int32, (c.rows, c.dim))
-        sx = self._load_scales("src_scale", c.src_scale, (c.rows,))
-        out = _gm.op_residual(h, acc, sx, _gm.Scale(np.int64(c.c_mant), np.int64(c.c_shift)),
-                              self.cfg)
-        self._store("dst", c.dst, out)
-
-    def _op_act(self, c) -> None:
-        self._need(c.rows >= 1 and c.dim >= 1, "rows, dim must be >= 1")
-        g = self._load("gate", c.gate, np.int32, (c.rows, c.dim))
-        u = self._load("up", c.up, np.int32, (c.rows, c.dim))
-        sx = self._load_scales("src_scale", c.src_scale, (c.rows,))
-        kind = "relu2" if c.kind == ActKind.RELU2 else "silu"
-        m = _gm.op_act(g, u, sx, _gm.Scale(np.int64(c.g_mant), np.int64(c.g_shift)),
-                       _gm.Scale(np.int64(c.u_mant), np.int64(c.u_shift)), kind, self.cfg)
-        self._store("dst", c.dst, m)
-
-    def _op_lm_head(self, c) -> None:
-        self._need(c.rows >= 1 and c.k >= 1 and c.n >= 1, "rows, k, n must be >= 1")
-        x = self._load("src", c.src, np.int8, (c.rows, c.k))
-        nbytes = c.n * c.k
-        self._span("weights", c.weights, nbytes, 1)
-        # dst before the matmul (the op has no data-dependent error): a bad dst must not
-        # cost a rows x n product first
-        self._span("dst", c.dst, c.rows * c.n * 4, 4)
-        # |acc| <= k * 2^14: exact in float32 below 2^24, else float64 (k < 2^16 here)
-        ft = np.float32 if c.k * (1 << 14) < (1 << 24) else np.float64
-        w_t = self._cached("lm_head", c.weights, nbytes, (c.n, c.k), lambda: np.ascontiguousarray(
-            self._mem[c.weights:c.weights + nbytes].view(np.int8).reshape(c.n, c.k).T.astype(ft)))
-        acc = np.matmul(x.astype(ft), w_t).astype(np.int64)
-        self._store("dst", c.dst, acc.astype(np.int32))

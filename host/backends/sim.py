@@ -1,5 +1,6 @@
 """``SimDevice``: the accelerator RTL (``hw/accel.py``) compiled by Verilator and driven
-in-process through the C++ harness of ``sim/harness/`` (the VTA 'tsim' of DESIGN §5).
+in-process through the C++ harness of ``host/backends/sim_harness/`` (the VTA 'tsim' of
+DESIGN §5).
 
     dev = SimDevice()                        # builds/loads build/accel_sim/<hash>/libaccel_sim.so
     rt = host.runtime.make_runtime(model, "sim", bandwidth=128.0, latency=20)
@@ -8,7 +9,7 @@ Memory: one numpy uint8 buffer of ``mem_size`` bytes (device addresses [0, mem_s
 shared by the harness's DRAM model (it reads/writes the buffer directly through a
 pointer) and the host fallback; ``write``/``read`` are plain numpy copies.
 DRAM timing: ``bandwidth`` bytes/cycle, ``latency`` cycles, ``max_outstanding`` reads in
-flight (see ``sim/harness/harness.cpp``); ``set_memory_timing`` changes them.
+flight (see ``sim_harness/harness.cpp``); ``set_memory_timing`` changes them.
 
 Command processor: ``run`` programs the CSRs (MEM_LO/MEM_HI = the allocated window
 [alloc_base, brk), the range the golden backend checks; STREAM_ADDR; N_CMDS) and sets
@@ -17,7 +18,7 @@ cycles. Every opcode runs on the RTL (``hw.accel.RTL_OPS``). The host-op handsha
 the top remains for tops built with a subset of the engines (``SimDevice(ops=...)``, e.g.
 while a new engine is brought up; ``hw.accel.Accel(ops=...)``):
 when the RTL stops at a command it does not execute (``HOST_OP``) the host executes it
-with the golden backend's own op executor (``GoldenDevice._execute`` on the same memory)
+with the command-level golden model (``golden.executor.Executor`` on the same memory)
 and writes CTRL.RESUME, or CTRL.HOST_ERROR with the error code, so errors of host ops are
 reported by the RTL's status like its own (same code, same op index as the golden
 backend).
@@ -28,26 +29,24 @@ executor's count for host ops. ``stats`` adds wall time on RTL vs host and host 
 opcode. ``reset()`` is a hard reset of the RTL and the DRAM model's queues (memory and
 allocations kept).
 
-Each SimDevice loads its own copy of the harness library (the harness keeps one
+Each SimDevice opens its own copy of the harness library (the harness keeps one
 simulated accelerator per loaded library), so several devices can coexist.
 """
 from __future__ import annotations
 
 import collections
 import ctypes
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
+from golden import isa
 from golden.config import DEFAULT, DatapathConfig
-from host.backends.golden import GoldenDevice, _OpError
+from golden.executor import Executor
+from golden.isa import ErrorCode
+from host.backends.sim_harness.build import build, open_library
 from host.device import Device, Status
-from hw import isa
-from hw.csr import CSRX, CTRL_CODE_SHIFT, CTRL_HOST_ERROR, CTRL_RESUME
-from hw.isa import CSR, ErrorCode
+from hw.csr import CSR, CTRL_CODE_SHIFT, CTRL_HOST_ERROR, CTRL_RESUME, CTRL_START, STATUS
 from hw.tlmm import DEFAULT_MAX_K
 
 DEFAULT_MEM_SIZE = 64 << 20
@@ -55,14 +54,6 @@ DEFAULT_BANDWIDTH = 128.0      # bytes / cycle (e.g. 64-bit DDR4-2400 at 150 MHz
 DEFAULT_LATENCY = 20           # cycles
 DEFAULT_MAX_OUTSTANDING = 64
 DEFAULT_CYCLES_PER_POLL = 100_000
-
-
-def _private_copy(path: Path) -> Path:
-    """A copy of the library so that this device gets its own harness state."""
-    d = Path(tempfile.mkdtemp(prefix="accel_sim_"))
-    dst = d / path.name
-    shutil.copy2(path, dst)
-    return dst
 
 
 class SimDevice(Device):
@@ -82,15 +73,9 @@ class SimDevice(Device):
         self._check_timing(bandwidth, latency)
         super().__init__(mem_size, cfg)
         # the host fallback executes on the very buffer the DRAM model serves
-        self._host = GoldenDevice(cfg, self.mem_size)
-        self._mem = self._host._mem
-        from sim.harness.build import _declare, build
-        lib_path = build(cfg, max_k, ops=ops)
-        copy = _private_copy(lib_path)
-        try:
-            self._lib = _declare(ctypes.CDLL(str(copy)))
-        finally:                         # the loaded mapping outlives the file
-            shutil.rmtree(copy.parent, ignore_errors=True)
+        self._mem = np.zeros(self.mem_size, dtype=np.uint8)
+        self._host = Executor(self._mem, cfg)
+        self._lib = open_library(build(cfg, max_k, ops=ops))
         self.dma_bytes = int(self._lib.acc_dma_bytes())
         self.bandwidth, self.latency = float(bandwidth), int(latency)
         self.cycles_per_poll = int(cycles_per_poll)
@@ -116,19 +101,11 @@ class SimDevice(Device):
 
     # ------------------------------------------------------------------ memory window
     def _mem_write(self, addr: int, buf: bytes) -> None:
-        self._host._mem_write(addr, buf)
+        self._mem[addr:addr + len(buf)] = np.frombuffer(buf, dtype=np.uint8)
+        self._host.invalidate(addr, addr + len(buf))
 
     def _mem_read(self, addr: int, nbytes: int) -> bytes:
         return self._mem[addr:addr + nbytes].tobytes()
-
-    def alloc(self, nbytes: int, align: int = 64) -> int:
-        a = super().alloc(nbytes, align)
-        self._host._brk = self._brk
-        return a
-
-    def free_all(self) -> None:
-        super().free_all()
-        self._host._brk = self._brk
 
     # ------------------------------------------------------------------ CSRs
     def csr_read(self, reg: int) -> int:
@@ -143,7 +120,7 @@ class SimDevice(Device):
     # ------------------------------------------------------------------ control
     def reset(self) -> None:
         self._lib.acc_reset()
-        self._host.reset()
+        self._host.bytes_read = self._host.bytes_written = 0
         self._stream = None
         self._ops0 = 0
         self._detail = ""
@@ -155,20 +132,20 @@ class SimDevice(Device):
         if self._stream is not None:
             raise RuntimeError("run: a stream is still running (wait() for it or reset())")
         addr, n = self._check_run_args(stream_addr, n_cmds)
-        self._host._brk = self._brk
-        self.csr_write(CSRX.MEM_LO, self.alloc_base)
-        self.csr_write(CSRX.MEM_HI, self._brk)
+        self._host.set_window(self.alloc_base, self.brk)
+        self.csr_write(CSR.MEM_LO, self.alloc_base)
+        self.csr_write(CSR.MEM_HI, self.brk)
         self.csr_write(CSR.STREAM_ADDR, addr)
         self.csr_write(CSR.N_CMDS, n)
         self._ops0 = self.csr_read(CSR.OPS_DONE)
         self._detail = ""
         self._stream = (addr, n)
-        self.csr_write(CSR.CTRL, isa.CTRL_START)
+        self.csr_write(CSR.CTRL, CTRL_START)
 
     def counters(self) -> dict:
         return {"cycles": self._csr64(CSR.CYCLES_LO), "ops": self.csr_read(CSR.OPS_DONE),
-                "bytes_read": self._csr64(CSR.BYTES_RD_LO) + self._host._rd,
-                "bytes_written": self._csr64(CSR.BYTES_WR_LO) + self._host._wr}
+                "bytes_read": self._csr64(CSR.BYTES_RD_LO) + self._host.bytes_read,
+                "bytes_written": self._csr64(CSR.BYTES_WR_LO) + self._host.bytes_written}
 
     def _opcode_at(self, index: int) -> int | None:
         if self._stream is None or index < 0:
@@ -177,23 +154,17 @@ class SimDevice(Device):
 
     def _host_op(self) -> None:
         """Execute the command the RTL handed over, then resume (or report its error)."""
-        pc = self.csr_read(CSRX.PC)
+        pc = self.csr_read(CSR.PC)
         base = self._stream[0] + pc * isa.COMMAND_BYTES
         word = self._mem[base:base + isa.COMMAND_BYTES].tobytes()
         lo, hi = ctypes.c_uint64(), ctypes.c_uint64()
         self._lib.acc_take_written(ctypes.byref(lo), ctypes.byref(hi))
         if lo.value < hi.value:          # the RTL's writes may overlap cached constants
-            self._host._invalidate(lo.value, hi.value)
+            self._host.invalidate(lo.value, hi.value)
         t0 = time.perf_counter()
-        code = ErrorCode.NONE
-        try:
-            cmd = isa.decode(word)
-            self.stats["host_ops"][cmd.op.name] += 1
-            self._host._execute(cmd)
-        except _OpError as e:
-            code, self._detail = e.code, e.detail
-        except ValueError as e:          # a field value outside its enum
-            code, self._detail = ErrorCode.BAD_OPERAND, str(e)
+        self.stats["host_ops"][isa.Opcode(word[0]).name] += 1   # HOST_OP: a known opcode
+        out = self._host.step(word)
+        code, self._detail = out.error, out.detail
         self.stats["host_s"] += time.perf_counter() - t0
         if code == ErrorCode.NONE:
             self.csr_write(CSR.CTRL, CTRL_RESUME)
@@ -208,7 +179,7 @@ class SimDevice(Device):
         self.stats["rtl_s"] += time.perf_counter() - t0
         if self._lib.acc_host_req():
             self._host_op()
-        st = isa.STATUS
+        st = STATUS
         raw = self.csr_read(CSR.STATUS)
         busy = bool(raw & 1)
         done = bool((raw >> 1) & 1)

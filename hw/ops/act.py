@@ -90,12 +90,13 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import enum, wiring
 
 from golden.config import DatapathConfig
-from hw import isa
+from golden import isa
+from hw.fixed import rhu
 from hw.activations import LutActivation
-from hw.isa import ActKind, ErrorCode
+from golden.isa import ActKind, ErrorCode
 from hw.quant import ActQuant
 
-from .base import (EngineSignature, misaligned, out_of_range, requant, rhu_shift,
+from .base import (EngineSignature, misaligned, out_of_range, requant,
                    scale_mul, scale_of_int)
 
 DEFAULT_MAX_DIM = 4096          # BitNet-0.73B intermediate (FFN) size
@@ -414,7 +415,7 @@ class ActEngine(wiring.Component):
         p2_a, p2_u = [], []
         for i in range(L):
             pos = Mux(p1_x[i] < 0, 0, p1_x[i])[:self.a_bits - 1]
-            sq = rhu_shift(pos * pos, FB - 1)              # < 2^(F-1): g16 <= act_max
+            sq = rhu(pos * pos, FB - 1)              # < 2^(F-1): g16 <= act_max
             p2_a.append(stage(Mux(relu2, sq, p1_x[i]), f"p2_a{i}", signed(self.a_bits)))
             p2_u.append(stage(p1_u[i], f"p2_u{i}"))
         p3 = carry(p2, 3)

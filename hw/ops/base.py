@@ -4,7 +4,7 @@ Engine ports (``EngineSignature(dma_bytes)``; the top drives the ``In`` ports)
 =============================================================================
 ``start`` (in)   one-cycle pulse: a command for this engine; ``args`` is valid from this
                  cycle until ``done`` (the top holds the command register).
-``args`` (in)    ``hw.isa.ARGS_UNION``: the engine reads its own member
+``args`` (in)    ``golden.isa.ARGS_UNION``: the engine reads its own member
                  (``args.norm_quant`` ...).
 ``mem_lo``, ``mem_hi`` (in)  the memory window: a tensor [a, a+n) must satisfy
                  ``mem_lo <= a`` and ``a + n <= mem_hi`` (else ADDR_RANGE).
@@ -32,8 +32,9 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hw import isa
-from hw.isa import ErrorCode
+from golden import isa
+from golden.isa import ErrorCode
+from hw.fixed import bit_length, saturate
 
 
 def rd_layout(dma_bytes: int) -> data.StructLayout:
@@ -74,15 +75,6 @@ def misaligned(addr, size: int):
 
 
 # ------------------------------------------------------------------ integer helpers
-def bit_length(m: Module, v, name: str) -> Signal:
-    """bit_length of an unsigned value (priority encoder; combinational)."""
-    n = Signal(range(len(v) + 1), name=name)
-    for i in range(len(v)):
-        with m.If(v[i]):
-            m.d.comb += n.eq(i + 1)
-    return n
-
-
 def normalize(m: Module, p, shift, bits: int, name: str):
     """``golden.model._normalize`` in combinational logic: the unsigned value p as a
     ``bits``-bit mantissa (round half up; carry renormalizes) and the shift
@@ -126,19 +118,6 @@ def shift_fits_record(shift):
     """The shift fits the scale record's signed ``SCALE_SHIFT_BITS`` (else SCALE_RANGE)."""
     lo, hi = -(1 << (isa.SCALE_SHIFT_BITS - 1)), (1 << (isa.SCALE_SHIFT_BITS - 1)) - 1
     return (shift >= lo) & (shift <= hi)
-
-
-def rhu_shift(v, s: int):
-    """Round-half-up right shift by a constant: (v + 2^(s-1)) >> s."""
-    return v if s == 0 else (v + (1 << (s - 1))) >> s
-
-
-def saturate(m: Module, v, bits: int, name: str) -> Signal:
-    """v clamped to signed ``bits`` (combinational)."""
-    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    y = Signal(signed(bits), name=name)
-    m.d.comb += y.eq(Mux(v > hi, hi, Mux(v < lo, lo, v)))
-    return y
 
 
 def requant(m: Module, acc, mant, s, out_bits: int, shift_max: int, name: str) -> Signal:

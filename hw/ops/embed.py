@@ -10,8 +10,8 @@ from __future__ import annotations
 from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import wiring
 
-from hw import isa
-from hw.isa import ErrorCode
+from golden import isa
+from golden.isa import ErrorCode
 
 from .base import EngineSignature, misaligned, out_of_range
 

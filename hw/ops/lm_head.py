@@ -55,8 +55,8 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
 from golden.config import DatapathConfig
-from hw import isa
-from hw.isa import ErrorCode
+from golden import isa
+from golden.isa import ErrorCode
 
 from .base import EngineSignature, misaligned, out_of_range
 

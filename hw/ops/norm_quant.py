@@ -90,8 +90,8 @@ from amaranth.hdl import ResetInserter
 from amaranth.lib import fifo, wiring
 
 from golden.config import DEFAULT, DatapathConfig
-from hw import isa
-from hw.isa import ErrorCode
+from golden import isa
+from golden.isa import ErrorCode
 from hw.rmsnorm import RMSNormQuant
 
 from .base import EngineSignature, misaligned, out_of_range, shift_fits_record

@@ -112,8 +112,9 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
 from golden.config import DatapathConfig
-from hw import isa
-from hw.isa import ErrorCode
+from golden import isa
+from golden.fixed import rhu as golden_rhu
+from golden.isa import ErrorCode
 
 from .base import EngineSignature, misaligned, out_of_range, requant
 
@@ -123,10 +124,6 @@ SH_HI = 2 * 16 + 1                      # p*mant < 2^32: rhu by >= 33 gives 0
 
 # request/response walk of the two sides
 _SCALE, _STREAM, _END = 0, 1, 2
-
-
-def _rhu(v: int, s: int) -> int:
-    return v if s <= 0 else (v + (1 << (s - 1))) >> s
 
 
 class PVEngine(wiring.Component):
@@ -149,8 +146,8 @@ class PVEngine(wiring.Component):
         self.max_head_dim = max_head_dim
         b, x = cfg.requant.mult_bits, cfg.forward.pv_extra_bits
         # smallest shift of a contributing key (its shift >= s_min), so the largest pt
-        self.pt_max = _rhu(((1 << P_MEM_BITS) - 1) * ((1 << isa.SCALE_MANT_BITS) - 1),
-                           max(b - x, 0))
+        self.pt_max = int(golden_rhu(((1 << P_MEM_BITS) - 1) * ((1 << isa.SCALE_MANT_BITS) - 1),
+                                     max(b - x, 0)))
         self.pt_bits = self.pt_max.bit_length()
         self.acc_bits = (max_keys * (1 << (V_BITS - 1)) * self.pt_max).bit_length() + 1
         super().__init__(EngineSignature(dma_bytes))

@@ -3,7 +3,7 @@ scale_mul(sq[h, t], sk[g, j]), SoftmaxConfig.in_frac_bits, in_bits)`` with g = h
 (heads / kv_heads), causal (query t sees keys j <= keys - rows + t; masked entries are
 written 0). Golden: ``GoldenDevice._op_qk`` -> ``golden.model.op_qk``.
 
-Operands (``hw/isa.py``, QK): q codes int8 of head h, token t at ``q + (h*q_ld +
+Operands (``golden/isa.py``, QK): q codes int8 of head h, token t at ``q + (h*q_ld +
 t)*head_dim``, its scale record at ``q_scale + (h*q_ld + t)*4``; k codes / records of KV
 head g, key j at ``k + (g*kv_ld + j)*head_dim`` / ``k_scale + (g*kv_ld + j)*4``; dst
 int16 Q7.8 [heads, rows, keys], contiguous. No data value can fail (the dot product and
@@ -76,8 +76,8 @@ from amaranth import Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 
 from golden.config import DatapathConfig
-from hw import isa
-from hw.isa import ErrorCode
+from golden import isa
+from golden.isa import ErrorCode
 
 from .base import EngineSignature, misaligned, out_of_range, requant, scale_mul
 

@@ -61,10 +61,11 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 
 from golden.config import DatapathConfig
-from hw import isa
-from hw.isa import ErrorCode
+from golden import isa
+from hw.fixed import saturate
+from golden.isa import ErrorCode
 
-from .base import EngineSignature, misaligned, out_of_range, requant, saturate, scale_mul
+from .base import EngineSignature, misaligned, out_of_range, requant, scale_mul
 
 # request / response kinds, in stream order per row: SCALE, then (H, ACC) per chunk
 _SCALE, _H, _ACC = 0, 1, 2

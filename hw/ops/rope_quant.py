@@ -102,11 +102,12 @@ from amaranth.lib import data, enum, fifo, wiring
 from amaranth.lib.memory import Memory
 
 from golden.config import DatapathConfig
-from hw import isa
-from hw.isa import ErrorCode
+from golden import isa
+from hw.fixed import saturate
+from golden.isa import ErrorCode
 from hw.quant import ActQuant
 
-from .base import (EngineSignature, misaligned, out_of_range, saturate, scale_mul,
+from .base import (EngineSignature, misaligned, out_of_range, scale_mul,
                    scale_of_int, shift_fits_record)
 
 DEFAULT_MAX_HEAD_DIM = 128

@@ -76,8 +76,8 @@ from amaranth.lib import wiring
 
 from golden.config import DatapathConfig
 from golden.softmax import PROB_BOUND_MAX_LEN
-from hw import isa
-from hw.isa import ErrorCode
+from golden import isa
+from golden.isa import ErrorCode
 from hw.softmax import Softmax
 
 from .base import EngineSignature, misaligned, out_of_range

@@ -6,7 +6,7 @@ in range (int8: no alignment); weights in range; dst aligned to 4 (ALIGN) and in
 
 For each token row m: read the Kc activation chunks (G*T bytes from ``src + m*k``; the
 last one short, zero-filled by the memory) then the Nb*Kc weight beats
-(``hw.isa.tlmm_beat_bytes``) in tile order; the responses go, in order, to the engine's
+(``golden.isa.tlmm_beat_bytes``) in tile order; the responses go, in order, to the engine's
 ``act``/``wgt`` streams; each ``out`` beat (Q accumulators) is written to
 ``dst + (m*n + b*Q)*4`` (the last block of a row short). Reads of row m+1 are issued as
 soon as those of row m are, so the engine's next table build overlaps the lookups.
@@ -23,8 +23,8 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 
 from golden.config import DatapathConfig
-from hw import isa
-from hw.isa import ErrorCode
+from golden import isa
+from golden.isa import ErrorCode
 from hw.tlmm import DEFAULT_MAX_K, TLMM, chunk_count
 
 from .base import EngineSignature, misaligned, out_of_range

@@ -1,5 +1,5 @@
 // In-process Verilator harness of hw/accel.py: the top, a DRAM model serving its DMA
-// port, and a C ABI for ctypes (sim/harness/build.py builds it, host/backends/sim.py uses it).
+// port, and a C ABI for ctypes (build.py beside it builds it, host/backends/sim.py uses it).
 //
 // DRAM model: a byte array owned by the caller (Python's numpy buffer, shared with the host
 // fallback); every read request is answered by one response beat of its len bytes (zero

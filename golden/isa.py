@@ -1,13 +1,15 @@
-"""Accelerator command set: the ONE definition of the command encoding, the status/error
-codes, the control/status registers and the memory format of every tensor.
+"""Accelerator command set: the ONE definition of the command encoding, the error codes
+and the memory format of every tensor. (The register map is hardware: ``hw/csr.py``.)
 
-The RTL decoder (``hw/accel.py``) views a 512-bit command register as ``COMMAND``
-(``amaranth.lib.data.View``); the host encoder (``encode``) builds the same bits from the
-same layout, walking its field offsets (``encode_const``, via ``COMMAND.const``, is the
-slow reference it is tested against) -- there is no second bit map. The golden backend
-(``host/backends/golden.py``) decodes with ``decode`` and executes each command with the
-op functions of ``golden/model.py``; the command stream of one step mirrors the integer
-forward of ``golden/model.py`` op for op (see its module docstring for the arithmetic).
+It lives in ``golden/`` because it is part of the specification: the command-level
+golden executor (``golden/executor.py``) decodes with ``decode`` and executes each
+command with the op functions of ``golden/model.py``; the RTL decoder (``hw/accel.py``)
+views a 512-bit command register as ``COMMAND`` (``amaranth.lib.data.View``); the host
+encoder (``encode``) builds the same bits from the same layout, walking its field
+offsets (``encode_const``, via ``COMMAND.const``, is the slow reference it is tested
+against) -- there is no second bit map. The command stream of one step mirrors the
+integer forward of ``golden/model.py`` op for op (see its module docstring for the
+arithmetic).
 
 Command word
 ============
@@ -101,10 +103,7 @@ Status / errors
 
 The accelerator reports ``ErrorCode`` + the index of the failing command (``err_op``) in
 its status register; ``TIMEOUT`` is never reported by hardware, only by the driver when
-``wait`` gives up. Control/status registers (``CSR``, 32-bit, byte offsets): CTRL (bit 0
-START, bit 1 soft RESET: clears status and counters), STATUS (``STATUS`` layout: busy,
-done, error), STREAM_ADDR, N_CMDS, ERR_OP, OPS_DONE, CYCLES/BYTES_RD/BYTES_WR (64-bit,
-LO/HI words).
+``wait`` gives up. The registers that carry them: ``hw/csr.py``.
 """
 from __future__ import annotations
 
@@ -179,33 +178,6 @@ ERROR_TEXT = {
     ErrorCode.TIMEOUT: "timeout",
 }
 
-
-class CSR(_pyenum.IntEnum):
-    """Control/status registers: 32-bit, byte offsets from the register block base."""
-
-    CTRL = 0x00            # bit 0: START (self-clearing), bit 1: RESET (soft)
-    STATUS = 0x04          # STATUS layout
-    STREAM_ADDR = 0x08
-    N_CMDS = 0x0C
-    ERR_OP = 0x10          # index of the command that failed
-    OPS_DONE = 0x14        # commands executed (END included)
-    CYCLES_LO = 0x18
-    CYCLES_HI = 0x1C
-    BYTES_RD_LO = 0x20
-    BYTES_RD_HI = 0x24
-    BYTES_WR_LO = 0x28
-    BYTES_WR_HI = 0x2C
-
-
-CTRL_START = 1 << 0
-CTRL_RESET = 1 << 1
-
-STATUS = data.StructLayout({
-    "busy": 1,
-    "done": 1,
-    "_reserved": 6,
-    "error": ErrorCode,
-})
 
 # ---------------------------------------------------------------------- layouts
 _A = unsigned(ADDR_BITS)

