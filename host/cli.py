@@ -21,6 +21,11 @@ Flags follow llama.cpp / llama2.c::
     --clock-mhz F        modeled accelerator clock (default 250)
     --bandwidth-gbs F    modeled memory bandwidth (default 17.1, KV260-class DDR4); the sim
                          backend's DRAM model serves bandwidth / clock bytes per cycle
+    --remote URL         stream from a token server (``python -m host serve``, see
+                         ``host.remote``) instead of a local device: same sampling flags,
+                         same text for the same seed; the server chooses model and backend
+
+``python -m host serve ...`` starts the token server (``host.server``).
 
 Generated tokens are written to stdout as they are produced (flushed one by one); the
 summary goes to stderr: prompt tokens, generated tokens, time to first token, prefill and
@@ -80,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="modeled accelerator clock in MHz")
     p.add_argument("--bandwidth-gbs", type=float, default=DEFAULT_BANDWIDTH_GBS,
                    help="modeled memory bandwidth in GB/s")
+    p.add_argument("--remote", metavar="URL", default=None,
+                   help="stream from a token server (python -m host serve) at URL")
     return p
 
 
@@ -112,7 +119,11 @@ def _one_line(msg: str) -> str:
 
 
 def run(argv=None) -> int:
-    a = build_parser().parse_args(argv)
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.remote is not None:
+        from host.remote import run_remote
+        return run_remote(a, parser)
     _check_args(a)
     import json
 
@@ -205,8 +216,12 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == ["serve"]:
+        from host.server import main as serve_main
+        return serve_main(args[1:])
     try:
-        return run(argv)
+        return run(args)
     except _UsageError as e:
         print(f"error: {_one_line(e)}", file=sys.stderr)
         return 2

@@ -1,0 +1,446 @@
+"""Token server (host/server.py), remote CLI (host/remote.py) and load test (host/loadtest.py)
+on loopback: a real uvicorn server on an ephemeral port, the golden backend, a small
+random model; the official ``openai`` client, raw HTTP for bad requests, a client that
+disconnects mid-stream, a real device timeout (503, reset, recovery), concurrent clients,
+the remote CLI against the local CLI, and start-up errors of ``python -m host serve``."""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from golden.model import random_model
+from golden.modelspec import ModelConfig
+from host import cli
+from host.generate import Sampler, generate
+from host.runtime import make_runtime
+from host.server import (Engine, ServerThread, bind_socket, create_app, load_model_dir,
+                         DEFAULT_TEMP, DEFAULT_TOP_K, DEFAULT_TOP_P)
+from host.tokenizer import CharTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+CTX = 256
+VOCAB_TEXT = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from host import checkpoint
+
+    tok = CharTokenizer.from_text(VOCAB_TEXT)
+    mc = ModelConfig(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=CTX)
+    d = tmp_path_factory.mktemp("srv") / "tiny"
+    checkpoint.save(random_model(mc, seed=7), d, fmt="offline", tokenizer=tok)
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    model, tok, model_id = load_model_dir(str(tiny_model))
+    engine = Engine(make_runtime(model, "golden"), tok, model_id=model_id, backend="golden")
+    with ServerThread(create_app(engine), bind_socket("127.0.0.1", 0)) as s:
+        s.engine, s.model_id = engine, model_id
+        yield s
+    engine.close()
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model):
+    """The text a request gives alone: host.generate on a separate golden device."""
+    model, tok, _ = load_model_dir(str(tiny_model))
+    rt = make_runtime(model, "golden")
+    memo = {}
+
+    def ref(prompt, n, seed, temp=DEFAULT_TEMP, top_k=DEFAULT_TOP_K, top_p=DEFAULT_TOP_P):
+        key = (prompt, n, seed, temp, top_k, top_p)
+        if key not in memo:
+            ids, _ = generate(rt, tok.encode(prompt), n, Sampler(temp, top_k, top_p, seed))
+            memo[key] = tok.decode(ids)
+        return memo[key]
+    return ref
+
+
+def metrics(url) -> dict:
+    out = {}
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+OK = 'ternary_requests_total{outcome="ok"}'
+CANCELLED = 'ternary_requests_total{outcome="cancelled"}'
+TIMEOUTS = 'ternary_requests_total{outcome="device_timeout"}'
+BAD = 'ternary_requests_total{outcome="bad_request"}'
+
+
+def sse_events(lines):
+    """(chunks, done) of a server-sent event stream."""
+    chunks = []
+    for line in lines:
+        if line.startswith("data: "):
+            if line == "data: [DONE]":
+                return chunks, True
+            chunks.append(json.loads(line[6:]))
+    return chunks, False
+
+
+def stream_text(client, url, body):
+    with client.stream("POST", url + "/v1/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        chunks, done = sse_events(r.iter_lines())
+    assert done
+    return "".join(c["choices"][0]["text"] for c in chunks if c["choices"]), chunks
+
+
+# ---------------------------------------------------------------------------- happy paths
+def test_openai_client_streaming_and_not(server, reference):
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    assert [m.id for m in client.models.list().data] == [server.model_id]
+    want = reference("To be", 24, 3, 0.9, 20, 0.9)
+    r = client.completions.create(model=server.model_id, prompt="To be", max_tokens=24, seed=3,
+                                  temperature=0.9, top_p=0.9, extra_body={"top_k": 20})
+    assert r.choices[0].text == want
+    assert r.choices[0].finish_reason == "length"
+    assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (5, 24)
+    stream = client.completions.create(model=server.model_id, prompt="To be", max_tokens=24,
+                                       seed=3, temperature=0.9, top_p=0.9,
+                                       extra_body={"top_k": 20}, stream=True,
+                                       stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == want
+    assert len([c for c in chunks if c.choices and c.choices[0].text]) == 24   # token by token
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 24 and not chunks[-1].choices
+    assert len({c.id for c in chunks}) == 1
+    # greedy: the seed does not matter; another seed samples another text
+    g = [client.completions.create(model=server.model_id, prompt="ab", max_tokens=12,
+                                   temperature=0, seed=s).choices[0].text for s in (1, 2)]
+    assert g[0] == g[1] == reference("ab", 12, 1, 0.0)
+    assert reference("To be", 24, 4, 0.9, 20, 0.9) != want
+    with pytest.raises(openai.BadRequestError, match="not in the vocabulary"):
+        client.completions.create(model=server.model_id, prompt="caf\u00e9", max_tokens=3)
+
+
+def test_health_models_metrics(server):
+    h = httpx.get(server.url + "/health").json()
+    assert h["status"] == "ok" and h["backend"] == "golden" and h["model"] == server.model_id
+    m = httpx.get(server.url + "/v1/models").json()
+    assert m["data"][0]["max_model_len"] == CTX
+    before = metrics(server.url)
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "ab", "max_tokens": 7,
+                                                         "seed": 1}, timeout=60)
+    assert r.status_code == 200
+    t = r.json()["timings"]
+    assert t["generated_tokens"] == 7 and t["prompt_tokens"] == 2 and t["seed"] == 1
+    assert t["accelerator"] is None                  # golden counts no cycles
+    after = metrics(server.url)
+    assert after[OK] == before[OK] + 1
+    assert after["ternary_generated_tokens_total"] == before["ternary_generated_tokens_total"] + 7
+    assert after["ternary_prompt_tokens_total"] == before["ternary_prompt_tokens_total"] + 2
+    assert after["ternary_queue_depth"] == 0
+    assert after["ternary_time_to_first_token_seconds_count"] == \
+        before["ternary_time_to_first_token_seconds_count"] + 1
+    assert after["ternary_decode_tokens_per_second"] > 0
+    assert after['ternary_time_to_first_token_seconds{quantile="0.5"}'] > 0
+
+
+# ---------------------------------------------------------------------------- bad input
+BAD_BODIES = {
+    "malformed JSON": b'{"prompt": "ab", "max_tokens": ',
+    "not an object": b'["ab"]',
+    "not UTF-8": b'{"prompt": "\xff"}',
+    "unknown field": b'{"prompt": "ab", "stop": ["\\n"]}',
+    "missing prompt": b'{"max_tokens": 3}',
+    "empty prompt": b'{"prompt": ""}',
+    "prompt not a string": b'{"prompt": [1, 2, 3]}',
+    "char outside vocabulary": '{"prompt": "caf\u00e9"}'.encode(),
+    "prompt longer than the context": json.dumps({"prompt": "a" * (CTX + 1)}).encode(),
+    "negative max_tokens": b'{"prompt": "ab", "max_tokens": -1}',
+    "max_tokens above the context": json.dumps({"prompt": "ab", "max_tokens": CTX + 1}).encode(),
+    "max_tokens a string": b'{"prompt": "ab", "max_tokens": "5"}',
+    "max_tokens a float": b'{"prompt": "ab", "max_tokens": 5.0}',
+    "temperature NaN": b'{"prompt": "ab", "temperature": NaN}',
+    "temperature Infinity": b'{"prompt": "ab", "temperature": Infinity}',
+    "negative temperature": b'{"prompt": "ab", "temperature": -0.1}',
+    "top_p zero": b'{"prompt": "ab", "top_p": 0}',
+    "top_p above one": b'{"prompt": "ab", "top_p": 1.5}',
+    "negative top_k": b'{"prompt": "ab", "top_k": -1}',
+    "fractional top_k": b'{"prompt": "ab", "top_k": 1.5}',
+    "negative seed": b'{"prompt": "ab", "seed": -1}',
+    "stream not a bool": b'{"prompt": "ab", "stream": "yes"}',
+    "stream_options without stream": b'{"prompt": "ab", "stream_options": {"include_usage": true}}',
+    "n of 2": b'{"prompt": "ab", "n": 2}',
+    "another model": b'{"prompt": "ab", "model": "gpt-4"}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BODIES))
+def test_bad_requests_are_400_with_one_line(server, case):
+    r = httpx.post(server.url + "/v1/completions", content=BAD_BODIES[case],
+                   headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400, (case, r.text)
+    err = r.json()["error"]
+    msg = err["message"]
+    assert msg and "\n" not in msg and "Traceback" not in msg, msg
+    assert err["type"] == "invalid_request_error"
+
+
+def test_server_keeps_serving_after_bad_requests(server, reference):
+    before = metrics(server.url)
+    for body in (b"{", b'{"prompt": "ab", "temperature": NaN}', b'{"prompt": "ab", "x": 1}'):
+        assert httpx.post(server.url + "/v1/completions", content=body).status_code == 400
+    r = httpx.post(server.url + "/v1/completions",
+                   json={"prompt": "ab", "max_tokens": 5, "seed": 2}, timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == reference("ab", 5, 2)
+    after = metrics(server.url)
+    assert after[BAD] == before[BAD] + 3 and after[OK] == before[OK] + 1
+    assert httpx.get(server.url + "/v1/nothing").status_code == 404
+
+
+# ---------------------------------------------------------------------------- faults
+def test_disconnect_mid_stream_frees_the_accelerator(server, reference):
+    before = metrics(server.url)
+    with httpx.Client(timeout=60) as c:
+        with c.stream("POST", server.url + "/v1/completions",
+                      json={"prompt": "To be", "max_tokens": CTX, "seed": 5,
+                            "stream": True}) as r:
+            assert r.status_code == 200
+            got = 0
+            for line in r.iter_lines():
+                got += line.startswith("data: {")
+                if got == 3:
+                    break
+    # leaving the block closed the connection; the server stops at the next token
+    deadline = time.monotonic() + 30
+    while True:
+        m = metrics(server.url)
+        if m[CANCELLED] > before[CANCELLED] and m["ternary_busy"] == 0:
+            break
+        assert time.monotonic() < deadline, "the server kept generating for a closed stream"
+        time.sleep(0.02)
+    generated = m["ternary_generated_tokens_total"] - before["ternary_generated_tokens_total"]
+    assert 3 <= generated < CTX // 2, generated      # a full run would be CTX tokens
+    assert m[OK] == before[OK]
+    r = httpx.post(server.url + "/v1/completions",
+                   json={"prompt": "ab", "max_tokens": 6, "seed": 8}, timeout=60)
+    assert r.json()["choices"][0]["text"] == reference("ab", 6, 8)
+
+
+def test_device_timeout_is_503_then_the_next_request_succeeds(server, reference):
+    engine = server.engine
+    saved = engine.device_timeout
+    before = metrics(server.url)
+    body = {"prompt": "To be", "max_tokens": 8, "seed": 4}
+    engine.device_timeout = 1e-9          # real golden device, real Device.wait timeout
+    try:
+        r = httpx.post(server.url + "/v1/completions", json=body, timeout=60)
+        assert r.status_code == 503, r.text
+        msg = r.json()["error"]["message"]
+        assert "device timeout" in msg and "reset" in msg and "\n" not in msg
+        r = httpx.post(server.url + "/v1/completions", json={**body, "stream": True}, timeout=60)
+        assert r.status_code == 503 and "device timeout" in r.json()["error"]["message"]
+    finally:
+        engine.device_timeout = saved
+    assert metrics(server.url)[TIMEOUTS] == before[TIMEOUTS] + 2
+    with httpx.Client(timeout=60) as c:
+        text, _ = stream_text(c, server.url, body)
+    assert text == reference("To be", 8, 4)
+    assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+def test_concurrent_clients_each_get_their_own_text(server, reference):
+    cases = [("ROMEO:", 20, 11), ("To be", 12, 12), ("ab", 25, 13), ("KING:", 16, 14),
+             ("ROMEO:", 20, 15), ("O, ", 22, 16)]
+    server.engine.queue_depth_max = 0
+    barrier = threading.Barrier(len(cases))
+    results, ids = {}, {}
+
+    def client(i, prompt, n, seed):
+        body = {"prompt": prompt, "max_tokens": n, "seed": seed}
+        with httpx.Client(timeout=120) as c:
+            barrier.wait()
+            if i % 2:
+                r = c.post(server.url + "/v1/completions", json=body)
+                results[i], ids[i] = r.json()["choices"][0]["text"], {r.json()["id"]}
+            else:
+                results[i], chunks = stream_text(c, server.url, body)
+                ids[i] = {ch["id"] for ch in chunks}
+
+    threads = [threading.Thread(target=client, args=(i, *c)) for i, c in enumerate(cases)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for i, (prompt, n, seed) in enumerate(cases):
+        assert results.get(i) == reference(prompt, n, seed), (i, results.get(i))
+        assert len(ids[i]) == 1
+    assert len(set().union(*ids.values())) == len(cases)
+    assert server.engine.queue_depth_max >= 2        # requests really waited side by side
+    assert results[0] != results[4]                   # same prompt, other seed
+
+
+# ---------------------------------------------------------------------------- remote CLI
+SAMPLING = ["-p", "To be", "-n", "40", "-s", "9", "--temp", "0.9", "--top-k", "20",
+            "--top-p", "0.9"]
+
+
+def _shape(line: str) -> str:
+    return re.sub(r"\d+(\.\d+)?|nan", "N", line)
+
+
+def test_remote_cli_equals_local_cli(server, tiny_model, capsys):
+    assert cli.main(["-m", str(tiny_model), "--backend", "golden", *SAMPLING]) == 0
+    local = capsys.readouterr()
+    assert cli.main(["--remote", server.url + "/v1", *SAMPLING]) == 0
+    remote = capsys.readouterr()
+    assert remote.out == local.out and remote.out.startswith("To be")
+    lerr, rerr = local.err.strip().splitlines(), remote.err.strip().splitlines()
+    assert len(rerr) == len(lerr) + 1                       # + the remote line
+    assert _shape(rerr[0]) == _shape(lerr[-1])               # the same summary line
+    assert "generated tokens: 40" in rerr[0] and "seed 9" in rerr[0]
+    assert rerr[-1].startswith(f"remote: {server.url}, waited for the accelerator ")
+
+
+def _closed_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+REMOTE_BAD = {
+    "unreachable server": (["--remote", "http://127.0.0.1:{closed}"], "cannot reach the server"),
+    "not a URL": (["--remote", "ftp://example"], "expected http://HOST:PORT"),
+    "server-side flag": (["--remote", "{url}", "--backend", "golden"], "--backend: not used"),
+    "model flag": (["--remote", "{url}", "-m", "/some/model"], "-m/--model: not used"),
+    "refused by the server": (["--remote", "{url}", "-p", "caf\u00e9"], "HTTP 400"),
+    "n above the context": (["--remote", "{url}", "-n", str(CTX + 1)], "max_tokens"),
+    "local check": (["--remote", "{url}", "--temp", "-1"], "--temp"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REMOTE_BAD))
+def test_remote_cli_errors_are_one_line(server, capsys, case):
+    args, want = REMOTE_BAD[case]
+    args = [x.format(url=server.url, closed=_closed_port()) for x in args]
+    assert cli.main(args) == 2
+    cap = capsys.readouterr()
+    lines = cap.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and want in lines[0], cap.err
+    assert cap.out == ""
+
+
+# ---------------------------------------------------------------------------- serve as a process
+def _env():
+    return dict(os.environ, PYTHONIOENCODING="utf-8")
+
+
+def _start_serve(tiny_model):
+    proc = subprocess.Popen([sys.executable, "-m", "host", "serve", "--backend", "golden",
+                             "-m", str(tiny_model), "--port", "0"], cwd=ROOT, env=_env(),
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    for line in proc.stderr:
+        if "listening on " in line:
+            return proc, line.rsplit("listening on ", 1)[1].strip()
+    proc.kill()
+    pytest.fail(f"the server did not start: {proc.communicate()[1]}")
+
+
+def _stop(proc, sig) -> str:
+    proc.send_signal(sig)
+    rest = proc.communicate(timeout=30)[1]
+    assert proc.returncode == 0, rest
+    assert "server: stopped" in rest and "Traceback" not in rest
+    return rest
+
+
+def test_serve_process_and_remote_cli_process(tiny_model, server, capsys):
+    """``python -m host serve`` and ``python -m host --remote`` as the user runs them;
+    Ctrl-C (SIGINT) stops the server cleanly."""
+    proc, url = _start_serve(tiny_model)
+    try:
+        r = subprocess.run([sys.executable, "-m", "host", "--remote", url, *SAMPLING], cwd=ROOT,
+                           env=_env(), capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert cli.main(["--remote", server.url, *SAMPLING]) == 0     # in-process server
+        assert r.stdout == capsys.readouterr().out
+        assert "Traceback" not in r.stderr and "generated tokens: 40" in r.stderr
+    finally:
+        _stop(proc, signal.SIGINT)
+
+
+def test_serve_process_stops_on_sigterm(tiny_model):
+    proc, url = _start_serve(tiny_model)
+    try:
+        assert httpx.get(url + "/health").json()["status"] == "ok"
+    finally:
+        _stop(proc, signal.SIGTERM)
+
+
+def test_serve_startup_errors_are_one_line(tiny_model, capsys):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    cases = {
+        # not built yet: the registry names it, its module does not exist; the server
+        # reports a construction error of any backend the same way
+        "board": (["--backend", "board"], "--backend board: "),
+        "bad device option": (["--device-opt", "frobnicate=1"], "--backend golden: "),
+        "missing model": (["-m", "/nonexistent/model"], "-m/--model: "),
+        "port in use": (["--port", str(busy.getsockname()[1])], "cannot listen"),
+        "unknown backend": (["--backend", "fpga"], "--backend"),
+        "bad timeout": (["--device-timeout", "nan"], "--device-timeout"),
+    }
+    try:
+        for case, (args, want) in cases.items():
+            # the last of a repeated flag wins
+            code = cli.main(["serve", "-m", str(tiny_model), "--backend", "golden", "--port", "0",
+                             *args])
+            cap = capsys.readouterr()
+            errs = [ln for ln in cap.err.strip().splitlines() if not ln.startswith("server: ")]
+            assert code == 2, (case, cap.err)
+            assert len(errs) == 1 and errs[0].startswith("error: ") and want in errs[0], \
+                (case, cap.err)
+            assert "Traceback" not in cap.err
+    finally:
+        busy.close()
+
+
+# ---------------------------------------------------------------------------- sim backend
+def test_sim_backend_serves_golden_text_and_cycles(tiny_model, reference, capsys):
+    """The server on the Verilator RTL: the golden text, and the CLI's accelerator line
+    with the same cycle counts as a local ``python -m host`` on sim."""
+    model, tok, model_id = load_model_dir(str(tiny_model))
+    args = ["-p", "To be", "-n", "12", "-s", "6"]
+    from host.server import backend_kwargs
+    engine = Engine(make_runtime(model, "sim", **backend_kwargs("sim", 250.0, 17.1)), tok,
+                    model_id=model_id, backend="sim")
+    try:
+        with ServerThread(create_app(engine), bind_socket("127.0.0.1", 0)) as s:
+            assert cli.main(["--remote", s.url, *args]) == 0
+            remote = capsys.readouterr()
+            m = metrics(s.url)
+    finally:
+        engine.close()
+    assert cli.main(["-m", str(tiny_model), *args]) == 0            # local, sim (default)
+    local = capsys.readouterr()
+    assert remote.out == local.out == "To be" + reference("To be", 12, 6) + "\n"
+    lerr, rerr = local.err.strip().splitlines(), remote.err.strip().splitlines()
+    assert "backend sim" in rerr[0] and _shape(rerr[0]) == _shape(lerr[0])
+    assert rerr[1].startswith("accelerator: ") and rerr[1] == lerr[1]   # same cycles
+    assert 0 < m["ternary_accelerator_cycles_per_token"] < m["ternary_accelerator_cycles_total"]
