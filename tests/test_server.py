@@ -421,6 +421,18 @@ def test_serve_startup_errors_are_one_line(tiny_model, capsys):
         busy.close()
 
 
+# ---------------------------------------------------------------------------- load test
+def test_load_test_short(server):
+    from host.loadtest import run_load
+
+    res = run_load(server.url, clients=8, duration_s=2.0, cases=4, min_tokens=4, max_tokens=12)
+    report = res.report()
+    assert res.passed, report
+    assert res.sent >= 8 and res.completed == res.sent == res.server_ok
+    assert res.tokens > 0 and res.tokens_per_s > 0 and res.ttft_ms(0.99) >= res.ttft_ms(0.5) > 0
+    assert "result: PASS" in report and f"requests: {res.sent} sent" in report
+
+
 # ---------------------------------------------------------------------------- sim backend
 def test_sim_backend_serves_golden_text_and_cycles(tiny_model, reference, capsys):
     """The server on the Verilator RTL: the golden text, and the CLI's accelerator line
