@@ -5,11 +5,12 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SEED    ?=
+PORT    ?= 8080
 export PYTHONHASHSEED := 0
 # Multi-threaded BLAS on tiny matrices is slower here, and 8x slower on a loaded 2-core box.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install run test test-fast sim synth bench report notebooks train eval clean
+.PHONY: install run serve loadtest test test-fast sim synth bench report notebooks train eval clean
 
 install: $(STAMP)
 
@@ -21,6 +22,15 @@ $(STAMP): pyproject.toml
 # Stream tokens from the shipped default model.
 run: install
 	$(VPY) -m host $(ARGS)
+
+# The token server on the simulated accelerator: OpenAI-style API on http://127.0.0.1:$(PORT)
+# (stream from it with: python -m host --remote http://127.0.0.1:$(PORT) -p "ROMEO:").
+serve: install
+	$(VPY) -m host serve --backend sim --port $(PORT) $(ARGS)
+
+# 8 concurrent streaming clients for 60 s against a loopback server on the golden backend.
+loadtest: install
+	$(VPY) -m host.loadtest $(ARGS)
 
 # Everything a change can break: golden, RTL (cocotb on Verilator), host, notebooks.
 test: install
