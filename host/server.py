@@ -918,8 +918,6 @@ def serve(argv=None) -> int:
 
     from host.runtime import make_runtime
 
-    print(f"server: loading {model_id} onto the {a.backend} backend ...", file=sys.stderr,
-          flush=True)
     try:
         rt = make_runtime(model, a.backend,
                           **backend_kwargs(a.backend, a.clock_mhz, a.bandwidth_gbs, opts))

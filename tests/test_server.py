@@ -240,6 +240,40 @@ def test_disconnect_mid_stream_frees_the_accelerator(server, reference):
     assert r.json()["choices"][0]["text"] == reference("ab", 6, 8)
 
 
+def _wait_metrics(url, ok, what, timeout=30.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        m = metrics(url)
+        if ok(m):
+            return m
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_disconnect_while_queued_leaves_the_queue(server):
+    """A request whose client gives up while another runs never reaches the device."""
+    before = metrics(server.url)
+    with httpx.Client(timeout=60) as c:
+        with c.stream("POST", server.url + "/v1/completions",
+                      json={"prompt": "To be", "max_tokens": CTX, "seed": 5,
+                            "stream": True}) as running:
+            lines = running.iter_lines()        # kept open: closing it closes the stream
+            while not next(lines).startswith("data: {"):
+                pass
+            with pytest.raises(httpx.ReadTimeout):       # headers come with the first token
+                httpx.post(server.url + "/v1/completions",
+                           json={"prompt": "abc", "max_tokens": 5, "seed": 1},
+                           timeout=httpx.Timeout(60, read=0.5))
+            m = _wait_metrics(server.url, lambda m: m[CANCELLED] == before[CANCELLED] + 1,
+                              "the queued request was not cancelled")
+            assert m["ternary_queue_depth"] == 0 and m["ternary_busy"] == 1   # the first runs on
+    m = _wait_metrics(server.url, lambda m: m[CANCELLED] == before[CANCELLED] + 2
+                      and m["ternary_busy"] == 0, "the running request was not cancelled")
+    # only the running request's prompt reached the device
+    assert m["ternary_prompt_tokens_total"] == before["ternary_prompt_tokens_total"] + 5
+    assert m[OK] == before[OK]
+
+
 def test_device_timeout_is_503_then_the_next_request_succeeds(server, reference):
     engine = server.engine
     saved = engine.device_timeout
@@ -412,7 +446,7 @@ def test_serve_startup_errors_are_one_line(tiny_model, capsys):
             code = cli.main(["serve", "-m", str(tiny_model), "--backend", "golden", "--port", "0",
                              *args])
             cap = capsys.readouterr()
-            errs = [ln for ln in cap.err.strip().splitlines() if not ln.startswith("server: ")]
+            errs = cap.err.strip().splitlines()
             assert code == 2, (case, cap.err)
             assert len(errs) == 1 and errs[0].startswith("error: ") and want in errs[0], \
                 (case, cap.err)
