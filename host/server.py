@@ -185,6 +185,8 @@ def parse_request(body: bytes, tok, context: int, model_id: str) -> CompletionRe
     except json.JSONDecodeError as e:
         raise BadRequest(f"body: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") \
             from None
+    except RecursionError:
+        raise BadRequest("body: JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise BadRequest(f"body: expected a JSON object, got {type(obj).__name__}")
     unknown = [k for k in obj if k not in ACCEPTED_FIELDS]
@@ -586,8 +588,8 @@ class Engine:
             lines.append(f"# HELP ternary_{name} {help_}")
             lines.append(f"# TYPE ternary_{name} {kind}")
             for labels, v in samples:
-                lab = "{" + ",".join(f'{k}="{val}"' for k, val in labels.items()) + "}" \
-                    if labels else ""
+                lab = "{" + ",".join(f'{k}="{_label(val)}"' for k, val in labels.items()) \
+                    + "}" if labels else ""
                 lines.append(f"ternary_{name}{lab} {num(v)}")
 
         metric("info", "gauge", "The served model and backend.",
@@ -624,6 +626,11 @@ class Engine:
             lines.append(f"ternary_{name}_sum {num(float(s))}")
             lines.append(f"ternary_{name}_count {c}")
         return "\n".join(lines) + "\n"
+
+
+def _label(v) -> str:
+    """A Prometheus label value, escaped."""
+    return str(v).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 # ---------------------------------------------------------------------------- the app

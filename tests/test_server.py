@@ -162,6 +162,7 @@ def test_health_models_metrics(server):
 BAD_BODIES = {
     "malformed JSON": b'{"prompt": "ab", "max_tokens": ',
     "not an object": b'["ab"]',
+    "nested too deeply": b"[" * 100_000 + b"]" * 100_000,
     "not UTF-8": b'{"prompt": "\xff"}',
     "unknown field": b'{"prompt": "ab", "stop": ["\\n"]}',
     "missing prompt": b'{"max_tokens": 3}',
