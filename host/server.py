@@ -442,6 +442,10 @@ class Engine:
                 self._running = job
             try:
                 self._run(job)
+            except Exception as e:         # outside generate (e.g. reading the counters)
+                self._reset_device()
+                self._fail(job, "device_error", 500, "server_error",
+                           f"{type(e).__name__}: {e}", time.perf_counter() - job.t_arrival)
             finally:
                 job.finished = True
                 with self._cond:
