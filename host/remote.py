@@ -65,9 +65,7 @@ def base_url(url: str) -> str:
     u = urllib.parse.urlsplit(url.strip())
     if u.scheme not in ("http", "https") or not u.netloc:
         raise ValueError(f"expected http://HOST:PORT, got {url!r}")
-    path = u.path.rstrip("/")
-    if path.endswith("/v1"):
-        path = path[:-3]
+    path = u.path.rstrip("/").removesuffix("/v1")
     return f"{u.scheme}://{u.netloc}{path}"
 
 

@@ -82,7 +82,7 @@ import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
-from starlette.requests import Request     # module level: FastAPI resolves the annotation
+from starlette.requests import Request  # module level: FastAPI resolves the annotation
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080

@@ -23,8 +23,16 @@ from golden.modelspec import ModelConfig
 from host import cli
 from host.generate import Sampler, generate
 from host.runtime import make_runtime
-from host.server import (Engine, ServerThread, bind_socket, create_app, load_model_dir,
-                         DEFAULT_TEMP, DEFAULT_TOP_K, DEFAULT_TOP_P)
+from host.server import (
+    DEFAULT_TEMP,
+    DEFAULT_TOP_K,
+    DEFAULT_TOP_P,
+    Engine,
+    ServerThread,
+    bind_socket,
+    create_app,
+    load_model_dir,
+)
 from host.tokenizer import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
