@@ -140,6 +140,7 @@ class LoadResult:
     wall_s: float = 0.0
     ttft_s: list = field(default_factory=list)
     server_ok: int | None = None          # server's ok-count growth during the load
+    load_avg: float | None = None         # this machine's 1-minute load average at the end
     errors: list = field(default_factory=list)
     reference_errors: list = field(default_factory=list)
 
@@ -168,6 +169,9 @@ class LoadResult:
             f"{self.ttft_ms(0.5):.1f} ms, p99 {self.ttft_ms(0.99):.1f} ms",
             f"result: {'PASS' if self.passed else 'FAIL'}",
         ]
+        if self.load_avg is not None:
+            lines.insert(-1, f"machine: {os.cpu_count()} CPUs, load average "
+                             f"{self.load_avg:.1f} at the end (other jobs included)")
         for e in (self.reference_errors + self.errors)[:10]:
             lines.append(f"  {e}")
         return "\n".join(lines)
@@ -221,6 +225,8 @@ def run_load(url: str, clients: int = 8, duration_s: float = 60.0, cases: int = 
         t.join()
     res.wall_s = time.perf_counter() - t0
     res.server_ok = server_ok_count(url) - ok0
+    if hasattr(os, "getloadavg"):
+        res.load_avg = os.getloadavg()[0]
     return res
 
 
