@@ -48,11 +48,16 @@ so that the round trip is exact -- or as ``i2_s`` (a multiple of 128 weights), w
 float32 tail is its only scale (exact for float32 scales, as the package's own models
 have). Norms and embeddings are float32. The tokenizer goes in twice: its whole
 ``tokenizer.json`` as ``tokenizer.huggingface.json`` (read back first, so the round trip is
-exact) and llama.cpp's ``tokenizer.ggml.*`` keys (``tokens``, ``token_type``, ``merges`` for
-byte-level BPE as model ``gpt2``, ``bos/eos_token_id``). Without the HF JSON a ``gpt2``
-vocabulary is rebuilt as a byte-level BPE (GPT-2 pre-tokenizer regex, or LLaMA-3's for
-``tokenizer.ggml.pre`` = ``llama-bpe``); other ``tokenizer.ggml.model`` values need the
-HF JSON.
+exact) and llama.cpp's ``tokenizer.ggml.*`` keys (``tokens``, ``token_type``, ``merges``,
+``bos/eos_token_id``; model ``gpt2`` for byte-level BPE, ``llama`` with merge-order
+``scores`` for sentencepiece BPE with byte fallback, ``bert``, ``t5``, else ``none``).
+
+**Tokenizer without the HF JSON** (what llama.cpp's converters write): rebuilt from
+``tokenizer.ggml.*`` by transformers' GGUF tokenizer builder (``llama`` sentencepiece,
+``gpt2`` byte-level with the pre-tokenizer regex ``tokenizer.ggml.pre`` names, ``t5``);
+with a transformers that lacks it, the package rebuilds ``gpt2`` itself (GPT-2 regex, or
+LLaMA-3's for ``llama-bpe``) and refuses the rest. BOS is added as
+``tokenizer.ggml.add_bos_token`` says (default: for ``llama``, as llama.cpp).
 
 Errors (not a GGUF file, truncated tensors, unknown architecture, an unsupported tensor
 type, metadata that disagrees with the tensor shapes, missing tensors) raise ValueError
@@ -271,7 +276,7 @@ class GGUFFile:
                 raise ValueError(f"{self.path}: tensor {name!r} is truncated: it needs bytes "
                                  f"{off}..{off + nbytes} but the file has {size}")
         self.arch = self.fields.get("general.architecture")
-        if self.arch not in ARCHITECTURES:
+        if not isinstance(self.arch, str) or self.arch not in ARCHITECTURES:
             raise ValueError(f"{self.path}: unknown architecture {self.arch!r} (this package "
                              f"reads {', '.join(ARCHITECTURES)})")
         self.config = self._config()
@@ -392,26 +397,6 @@ class GGUFFile:
         Q = g.GGMLQuantizationType
         ti = self.tensors[name]
         rows, cols = ti.shape
-        quantized = False
-        if ti.type_id == I2_S:
-            try:
-                codes, s = unpack_i2s(self._raw(ti), rows * cols)
-            except ValueError as e:
-                raise ValueError(f"{self.path}: tensor {name!r}: {e}") from None
-            w = codes.reshape(rows, cols).astype(np.float32) * np.float32(s)
-            quantized = True
-        elif ti.type_id in (Q.TQ1_0, Q.TQ2_0):
-            w = g.quants.dequantize(self._raw(ti).reshape(rows, -1), Q(ti.type_id))
-            quantized = True
-        elif ti.type_id in (Q.F32, Q.F16, Q.BF16):
-            w = self._float(name)
-        else:
-            raise ValueError(f"{self.path}: tensor {name!r}: unsupported tensor type "
-                             f"{_type_name(ti.type_id)} for a ternary "
-                             f"projection (TQ1_0, TQ2_0, I2_S, F32, F16, BF16)")
-        w = np.asarray(w, dtype=np.float32).reshape(rows, cols)
-        if not np.all(np.isfinite(w)):
-            raise ValueError(f"{self.path}: tensor {name!r}: non-finite values")
         mult = 1.0
         sname = name[:-len(".weight")] + ".scale"
         if sname in self.tensors:
@@ -420,22 +405,47 @@ class GGUFFile:
                 raise ValueError(f"{self.path}: tensor {sname!r}: expected one positive "
                                  f"finite float, got {sv.tolist()}")
             mult = float(sv[0])
-        mags = np.unique(np.abs(w[w != 0]))
-        if mags.size <= 1:
-            codes = np.sign(w).astype(np.int8)
-            scale = (float(mags[0]) if mags.size else 1.0) * mult
-        elif quantized:
-            raise ValueError(f"{self.path}: tensor {name!r}: its blocks carry {mags.size} "
-                             f"different scales; the accelerator needs one scale per tensor")
-        else:                            # latent float weights: absmean, as transformers
-            from golden.quant import weight_quant
 
-            codes, inv = weight_quant(w)
-            scale = mult / float(inv)
-        try:
-            return TernaryWeight(codes=np.ascontiguousarray(codes), scale=scale)
-        except ValueError as e:
-            raise ValueError(f"{self.path}: tensor {name!r}: {e}") from None
+        def weight(codes, scale):
+            try:
+                return TernaryWeight(codes=np.ascontiguousarray(codes, dtype=np.int8),
+                                     scale=scale)
+            except ValueError as e:
+                raise ValueError(f"{self.path}: tensor {name!r}: {e}") from None
+
+        if ti.type_id == I2_S:
+            try:
+                codes, s = unpack_i2s(self._raw(ti), rows * cols)
+            except ValueError as e:
+                raise ValueError(f"{self.path}: tensor {name!r}: {e}") from None
+            return weight(codes.reshape(rows, cols), float(np.float32(s)) * mult)
+        if ti.type_id in (Q.TQ1_0, Q.TQ2_0):
+            w = g.quants.dequantize(self._raw(ti).reshape(rows, -1), Q(ti.type_id))
+            quantized = True
+        elif ti.type_id in (Q.F32, Q.F16, Q.BF16):
+            w = self._float(name)
+            quantized = False
+        else:
+            raise ValueError(f"{self.path}: tensor {name!r}: unsupported tensor type "
+                             f"{_type_name(ti.type_id)} for a ternary projection (TQ1_0, "
+                             f"TQ2_0, I2_S, F32, F16, BF16)")
+        w = np.asarray(w, dtype=np.float32).reshape(rows, cols)
+        if not np.all(np.isfinite(w)):
+            raise ValueError(f"{self.path}: tensor {name!r}: non-finite values")
+        codes = np.sign(w).astype(np.int8)
+        mags = np.abs(w[codes != 0])
+        if mags.size == 0:
+            return weight(codes, mult)
+        if np.all(mags == mags[0]):          # ternary values: one magnitude
+            return weight(codes, float(mags[0]) * mult)
+        if quantized:
+            raise ValueError(f"{self.path}: tensor {name!r}: its blocks carry different "
+                             f"scales ({float(mags.min()):g} .. {float(mags.max()):g}); the "
+                             f"accelerator needs one scale per tensor")
+        from golden.quant import weight_quant   # latent float weights: absmean, as transformers
+
+        codes, inv = weight_quant(w)
+        return weight(codes, mult / float(inv))
 
     def load(self) -> Model:
         cfg = self.config
@@ -479,18 +489,40 @@ class GGUFFile:
             return Tokenizer.from_json(hf, path=f"{self.path}: {K.HF_JSON}", eos_ids=eos,
                                        bos_id=bos, add_bos=add_bos)
         model = self.fields.get(K.MODEL)
-        if model is None:
-            raise ValueError(f"{where}: the file carries no tokenizer ({K.MODEL} and "
-                             f"{K.HF_JSON} are missing)")
-        if model != "gpt2":
-            raise ValueError(f"{where}: {K.MODEL} {model!r} without {K.HF_JSON} is not "
-                             f"supported (only 'gpt2', byte-level BPE)")
-        tokens, merges = self.fields.get(K.LIST), self.fields.get(K.MERGES)
-        types = self.fields.get(K.TOKEN_TYPE) or []
-        if not isinstance(tokens, list) or not isinstance(merges, list):
-            raise ValueError(f"{where}: {K.LIST} and {K.MERGES} must be string arrays")
-        return Tokenizer(_byte_level_bpe(tokens, merges, types, self.fields.get(K.PRE), where),
-                         eos_ids=eos, bos_id=bos, add_bos=bool(add_bos), path=where)
+        if model is None or model in ("none", "no_vocab"):
+            raise ValueError(f"{where}: the file carries no tokenizer ({K.HF_JSON} is missing "
+                             f"and {K.MODEL} is {model!r})")
+        if add_bos is None:                 # llama.cpp: sentencepiece vocabularies add BOS
+            add_bos = model == "llama"
+        return Tokenizer(self._ggml_tokenizer(model, where), eos_ids=eos, bos_id=bos,
+                         add_bos=add_bos, path=where)
+
+    def _ggml_tokenizer(self, model: str, where: str):
+        """A tokenizers.Tokenizer rebuilt from tokenizer.ggml.* by transformers' GGUF
+        tokenizer builder (sentencepiece 'llama', byte-level 'gpt2' with its pre-tokenizer
+        regex, unigram 't5'); where transformers has no such builder, 'gpt2' only."""
+        K = _g().Keys.Tokenizer
+        try:
+            from transformers.integrations.gguf.gguf_tokenizer_mapping import (
+                convert_gguf_tokenizer, get_gguf_tokenizer)
+        except ImportError:
+            if model != "gpt2":
+                raise ValueError(f"{where}: {K.MODEL} {model!r} without {K.HF_JSON} needs "
+                                 f"transformers' GGUF tokenizer builder (transformers."
+                                 f"integrations.gguf), which this transformers lacks") from None
+            tokens, merges = self.fields.get(K.LIST), self.fields.get(K.MERGES)
+            if not isinstance(tokens, list) or not isinstance(merges, list):
+                raise ValueError(f"{where}: {K.LIST} and {K.MERGES} must be string arrays") \
+                    from None
+            return _byte_level_bpe(tokens, merges, self.fields.get(K.TOKEN_TYPE) or [],
+                                   self.fields.get(K.PRE), where)
+        try:
+            arch, tdict, _ = get_gguf_tokenizer(self.path)
+            return convert_gguf_tokenizer(arch, tdict)[0]
+        except Exception as e:
+            msg = " ".join(str(e).split()) or type(e).__name__
+            raise ValueError(f"{where}: cannot rebuild the tokenizer of {K.MODEL} {model!r} "
+                             f"({msg})") from None
 
 
 def _byte_level_bpe(tokens: list[str], merges: list[str], types: list[int], pre, where: str):
@@ -545,11 +577,18 @@ def _tokenizer_metadata(w, tok, hf_json: bool) -> None:
     pre = data.get("pre_tokenizer") or {}
     byte_level = pre.get("type") == "ByteLevel" or any(
         p.get("type") == "ByteLevel" for p in pre.get("pretokenizers", []) or [])
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges") or []]
     if mtype == "BPE" and byte_level:
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("default")
-        merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
         w.add_token_merges(merges)
+    elif mtype == "BPE" and model.get("byte_fallback"):      # sentencepiece BPE (LLaMA-2)
+        w.add_tokenizer_model("llama")
+        rank = {m.replace(" ", ""): r for r, m in reversed(list(enumerate(merges)))}
+        w.add_token_scores([-float(rank.get(t, 0)) for t in tokens])   # merge priority
+        w.add_token_merges(merges)
+        types = [g.TokenType.BYTE if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
+                 and ty == g.TokenType.NORMAL else ty for t, ty in zip(tokens, types)]
     elif mtype == "WordPiece":
         w.add_tokenizer_model("bert")
     elif mtype == "Unigram":

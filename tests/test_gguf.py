@@ -21,7 +21,7 @@ from golden.modelspec import ATTN_PROJ, MLP_PROJ
 from host import checkpoint, cli
 from host import gguf as hg
 from host.modelfile import open_model
-from host.tokenizer import CharTokenizer, load_tokenizer, train_bpe
+from host.tokenizer import CharTokenizer, train_bpe
 
 Q = gguf.GGMLQuantizationType
 ROOT = Path(__file__).resolve().parents[1]
@@ -203,26 +203,77 @@ def test_random_transformers_models_round_trip_identical(tmp_path, shape, fmt):
         assert_same_logits(model, other, ids)
 
 
-def test_byte_level_bpe_tokenizer_without_hf_json(tmp_path, shipped):
-    """A GGUF carrying only llama.cpp's tokenizer.ggml.* keys (model gpt2) encodes and
-    decodes as the original byte-level BPE."""
-    from golden.model import random_model
-
+def _corpus(n: int) -> str:
     with open(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt", encoding="utf-8") as f:
-        tok = train_bpe(f.read()[:50000], 300)
-    cfg = shipped[0].config
+        return f.read()[:n]
+
+
+def _sentencepiece_bpe():
+    """A LLaMA-2-style tokenizer: BPE over Metaspace words with byte fallback (<0xNN>)."""
+    import tokenizers as t
+    from tokenizers import decoders, pre_tokenizers, trainers
+
+    specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tr = t.Tokenizer(t.models.BPE())
+    tr.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first")
+    tr.train_from_iterator([_corpus(30000)], trainers.BpeTrainer(
+        vocab_size=600, special_tokens=specials, show_progress=False))
+    d = json.loads(tr.to_str())
+    tk = t.Tokenizer(t.models.BPE(d["model"]["vocab"], [tuple(m) for m in d["model"]["merges"]],
+                                  byte_fallback=True, fuse_unk=True))
+    tk.add_special_tokens([t.AddedToken(x, special=True, normalized=False)
+                           for x in specials[:3]])
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(prepend_scheme="first", split=False)
+    tk.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                    decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    from host.tokenizer import Tokenizer
+
+    return Tokenizer(tk, eos_ids=[2], bos_id=1, add_bos=True)
+
+
+@pytest.mark.parametrize("kind, builder", [("gpt2", "transformers"), ("gpt2", "own"),
+                                           ("llama", "transformers")])
+def test_tokenizer_without_hf_json(tmp_path, shipped, monkeypatch, kind, builder):
+    """A GGUF carrying only llama.cpp's tokenizer.ggml.* keys (as llama.cpp's converters
+    write them) encodes and decodes as the original tokenizer: byte-level BPE (gpt2) and
+    sentencepiece BPE with byte fallback (llama), through transformers' GGUF tokenizer
+    builder, or the package's own byte-level rebuild where transformers has none."""
     from dataclasses import replace
 
-    model = random_model(replace(cfg, vocab_size=tok.vocab_size, num_hidden_layers=1), seed=1)
-    hg.write(model, tok, tmp_path / "bpe.gguf", hf_json=False)
-    f = hg.GGUFFile(tmp_path / "bpe.gguf")
+    from golden.model import random_model
+
+    tok = train_bpe(_corpus(50000), 300) if kind == "gpt2" else _sentencepiece_bpe()
+    model = random_model(replace(shipped[0].config, vocab_size=tok.vocab_size,
+                                 num_hidden_layers=1), seed=1)
+    hg.write(model, tok, tmp_path / "t.gguf", hf_json=False)
+    f = hg.GGUFFile(tmp_path / "t.gguf")
     assert gguf.Keys.Tokenizer.HF_JSON not in f.fields
-    assert f.fields[gguf.Keys.Tokenizer.MODEL] == "gpt2"
+    assert f.fields[gguf.Keys.Tokenizer.MODEL] == kind
+    if builder == "own":
+        monkeypatch.setitem(sys.modules, "transformers.integrations.gguf.gguf_tokenizer_mapping",
+                            None)
     back = f.tokenizer()
-    text = PROMPT + " -- 'tis naïve, 100 times!\n\n  spaced"
+    text = PROMPT + " -- 'tis naïve, 100 times!\n\n  spaced, Ωμέγα"
     assert back.encode(text) == tok.encode(text)
-    assert back.decode(back.encode(text)) == text
+    assert back.decode(back.encode(text, add_bos=False)) == text
     assert back.eos_ids == tok.eos_ids and back.vocab_size == tok.vocab_size
+    assert back.bos_id == tok.bos_id and back.add_bos == tok.add_bos
+
+
+def test_no_transformers_builder_is_a_clear_error(tmp_path, shipped, monkeypatch):
+    from dataclasses import replace
+
+    from golden.model import random_model
+
+    tok = _sentencepiece_bpe()
+    model = random_model(replace(shipped[0].config, vocab_size=tok.vocab_size,
+                                 num_hidden_layers=1), seed=1)
+    hg.write(model, tok, tmp_path / "t.gguf", hf_json=False)
+    monkeypatch.setitem(sys.modules, "transformers.integrations.gguf.gguf_tokenizer_mapping",
+                        None)
+    with pytest.raises(ValueError, match=r"t.gguf: tokenizer: tokenizer.ggml.model 'llama' "
+                                         r"without tokenizer.huggingface.json needs"):
+        open_model(tmp_path / "t.gguf")
 
 
 # ----------------------------------------------------------------------------- bad files
@@ -334,6 +385,26 @@ def test_bad_gguf_is_one_line_error_naming_the_file(small_gguf, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: -m/--model: {path}"), err
     assert what in err[0]
+
+
+def test_float_projections(small_gguf, tmp_path, rng):
+    """llama.cpp's converter writes ternary * scale as F16: codes and that scale come back;
+    latent (non-ternary) float weights are ternarized with absmean, as transformers does."""
+    from golden.quant import weight_quant
+
+    q, k = "blk.0.attn_q.weight", "blk.0.attn_k.weight"
+    codes = rng.integers(-1, 2, size=(256, 256)).astype(np.int8)
+    latent = rng.standard_normal((128, 256)).astype(np.float32) * 0.02
+    path = rewrite(small_gguf, tmp_path / "f.gguf", drop=("blk.0.attn_q.scale",
+                                                          "blk.0.attn_k.scale"),
+                   tensors={q: ((codes * 0.375).astype(np.float16), None, None),
+                            k: (latent, None, None)})
+    layer = open_model(path).load().weights.layers[0]
+    np.testing.assert_array_equal(layer.proj["q_proj"].codes, codes)
+    assert layer.proj["q_proj"].scale == 0.375
+    want, inv = weight_quant(latent)
+    np.testing.assert_array_equal(layer.proj["k_proj"].codes, want)
+    assert layer.proj["k_proj"].scale == 1.0 / float(inv)
 
 
 def test_good_file_loads_and_a_rewrite_of_it_too(small_gguf, tmp_path):
