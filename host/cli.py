@@ -28,9 +28,10 @@ Flags follow llama.cpp / llama2.c::
 Generated tokens are written to stdout as they are produced (flushed one by one; a
 character split over several tokens, as byte-level BPE does, is written once it is whole).
 Generation stops early at an end-of-sequence token of the tokenizer (``host.tokenizer``);
-the summary says so. The summary goes to stderr: prompt tokens, generated tokens, time to first token, prefill and
-decode tokens/s (wall clock), and for the sim backend the accelerator cycles it counted:
-cycles per decoded token and the modeled tokens/s at the stated clock and bandwidth. When
+the summary says so. The summary goes to stderr: prompt tokens, generated tokens, time to
+first token, prefill and decode tokens/s (wall clock), and for the sim backend the
+accelerator cycles it counted: cycles per decoded token and the modeled tokens/s at the
+stated clock and bandwidth. When
 generation fills the context window the window slides (see ``host.generate``): the last
 context/2 tokens are re-prefilled and decoding continues.
 
@@ -71,7 +72,9 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m host", description="Stream tokens from a ternary BitNet model.")
+    p = _Parser(prog="python -m host", description="Stream tokens from a ternary BitNet model.",
+                epilog="python -m host convert SRC DST: checkpoint directory <-> GGUF file "
+                       "(python -m host convert --help)")
     p.add_argument("-m", "--model", default=DEFAULT_MODEL,
                    help="checkpoint directory or GGUF file")
     p.add_argument("-p", "--prompt", default=DEFAULT_PROMPT, help="prompt text")

@@ -9,9 +9,10 @@ tokenizer. SRC a GGUF file: DST is written as a checkpoint directory (``host.che
 packed "offline" weights) with ``tokenizer.json`` and the special tokens' config files;
 ``--linear-class`` auto (default) stores ``weight_scale`` for transformers'
 ``autobitlinear`` (the scale itself) when every scale is a float32, else for
-``bitlinear`` (its reciprocal, as such checkpoints hold it), so that no scale is rounded. Either way the model reads back
-to the same ternary codes, scales and float tensors, so the two give the same logits
-(``python -m host -m DST`` streams the text of ``-m SRC`` for the same seed).
+``bitlinear`` (its reciprocal, as such checkpoints hold it), so that no scale is rounded.
+Either way the model reads back to the same ternary codes, scales and float tensors, so
+the two give the same logits (``python -m host -m DST`` streams the text of ``-m SRC`` for
+the same seed).
 
 Bad input prints one ``error: ...`` line and exits with status 2.
 """

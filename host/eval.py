@@ -24,8 +24,8 @@ is the mean loss per token.
 
 Printed: loss in nats/char, bits/char (nats / ln 2), perplexity per character
 (exp(nats/char)) and nats per token, per mode; the integer - reference difference, and
-the wall time per mode; a progress bar goes to stderr. Exit status 2 with one ``error: ...`` line on bad arguments or an unreadable
-model/corpus.
+the wall time per mode; a progress bar goes to stderr. Exit status 2 with one
+``error: ...`` line on bad arguments or an unreadable model/corpus.
 """
 from __future__ import annotations
 

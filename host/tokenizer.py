@@ -210,11 +210,11 @@ class Tokenizer:
                   bos_id: int | None = None, add_bos: bool | None = None) -> "Tokenizer":
         """From the text of a tokenizer.json (either format)."""
         tk = _parse_tokenizer_json(text, path)
+        if isinstance(tk, CharTokenizer):            # the legacy format
+            tk = tk.tk
         if add_bos is None:
             add_bos = _post_processor_adds(tk, bos_id)
-        if isinstance(tk, CharTokenizer):
-            return CharTokenizer(tk.vocab, path=path)
-        return cls(tk, eos_ids=eos_ids, bos_id=bos_id, add_bos=add_bos, path=path)
+        return Tokenizer(tk, eos_ids=eos_ids, bos_id=bos_id, add_bos=add_bos, path=path)
 
 
 class CharTokenizer(Tokenizer):
@@ -387,10 +387,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     except (OSError, UnicodeDecodeError) as e:
         raise ValueError(f"{file}: unreadable tokenizer file ({_first_line(e)})") from None
     tk = _parse_tokenizer_json(text, file)
-    if isinstance(tk, CharTokenizer):
-        base = tk.tk
-    else:
-        base = tk
+    base = tk.tk if isinstance(tk, CharTokenizer) else tk
 
     eos: list[int] = []
     bos_id = None

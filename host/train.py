@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from golden.modelspec import (ATTN_PROJ, MLP_PROJ, LayerWeights, Model, ModelConfig,
                               ModelWeights, TernaryWeight)
-from host.eval import HELDOUT_FRACTION, split_corpus  # noqa: F401 (the one split definition)
+from host.eval import split_corpus  # the one definition of the 90/10 split
 from host.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
