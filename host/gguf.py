@@ -669,6 +669,8 @@ def write(model: Model, tokenizer, path: str | os.PathLike, qtype: str = "tq2_0"
 
     ftype = {"tq2_0": g.LlamaFileType.MOSTLY_TQ2_0, "tq1_0": g.LlamaFileType.MOSTLY_TQ1_0,
              "i2_s": I2_S_FTYPE, "f32": g.LlamaFileType.ALL_F32}[qtype]
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
     w = g.GGUFWriter(path, WRITE_ARCH)
     try:
         w.add_name(name or os.path.splitext(os.path.basename(path))[0])
