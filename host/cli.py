@@ -2,8 +2,8 @@
 
 Flags follow llama.cpp / llama2.c::
 
-    -m, --model PATH     checkpoint directory (config.json + safetensors + tokenizer.json);
-                         default: models/default in the repository
+    -m, --model PATH     checkpoint directory (config.json + safetensors + tokenizer.json)
+                         or GGUF file (host.gguf); default: models/default in the repository
     -p, --prompt TEXT    prompt (default "ROMEO:"); echoed, then the generated text
     -n, --n-predict N    tokens to generate (default 200; 0 = only run the prompt)
     --temp T             sampling temperature (default 0.8; 0 = greedy)
@@ -21,22 +21,30 @@ Flags follow llama.cpp / llama2.c::
     --clock-mhz F        modeled accelerator clock (default 250)
     --bandwidth-gbs F    modeled memory bandwidth (default 17.1, KV260-class DDR4); the sim
                          backend's DRAM model serves bandwidth / clock bytes per cycle
+    --ignore-eos         do not stop at the end-of-sequence token: it is never sampled
+                         (llama.cpp's flag)
     --remote URL         stream from a token server (``python -m host serve``, see
                          ``host.remote``) instead of a local device: same sampling flags,
                          same text for the same seed; the server chooses model and backend
 
-``python -m host serve ...`` starts the token server (``host.server``).
+``python -m host serve ...`` starts the token server (``host.server``);
+``python -m host convert SRC DST`` converts an HF checkpoint directory <-> a GGUF file
+(``host.convert``).
 
-Generated tokens are written to stdout as they are produced (flushed one by one); the
-summary goes to stderr: prompt tokens, generated tokens, time to first token, prefill and
-decode tokens/s (wall clock), and for the sim backend the accelerator cycles it counted:
-cycles per decoded token and the modeled tokens/s at the stated clock and bandwidth. When
+Generated tokens are written to stdout as they are produced (flushed one by one; a
+character split over several tokens, as byte-level BPE does, is written once it is whole).
+Generation stops early at an end-of-sequence token of the tokenizer (``host.tokenizer``);
+the summary says so. The summary goes to stderr: prompt tokens, generated tokens, time to
+first token, prefill and decode tokens/s (wall clock), and for the sim backend the
+accelerator cycles it counted: cycles per decoded token and the modeled tokens/s at the
+stated clock and bandwidth. When
 generation fills the context window the window slides (see ``host.generate``): the last
 context/2 tokens are re-prefilled and decoding continues.
 
 Bad values (unknown backend/mode, negative -n, temp < 0, top-p outside (0, 1], an empty
 prompt or one longer than the context, characters outside the vocabulary, a missing or
-malformed model directory) print one line ``error: ...`` to stderr and exit with status 2.
+malformed model directory or GGUF file, a tokenizer whose vocabulary is not the model's)
+print one line ``error: ...`` to stderr and exit with status 2.
 """
 from __future__ import annotations
 
@@ -70,8 +78,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m host", description="Stream tokens from a ternary BitNet model.")
-    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="checkpoint directory")
+    p = _Parser(prog="python -m host", description="Stream tokens from a ternary BitNet model.",
+                epilog="python -m host convert SRC DST: checkpoint directory <-> GGUF file "
+                       "(python -m host convert --help)")
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                   help="checkpoint directory or GGUF file")
     p.add_argument("-p", "--prompt", default=DEFAULT_PROMPT, help="prompt text")
     p.add_argument("-n", "--n-predict", type=int, default=200, help="tokens to generate")
     p.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy)")
@@ -85,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="modeled accelerator clock in MHz")
     p.add_argument("--bandwidth-gbs", type=float, default=DEFAULT_BANDWIDTH_GBS,
                    help="modeled memory bandwidth in GB/s")
+    p.add_argument("--ignore-eos", action="store_true",
+                   help="never sample the end-of-sequence token (do not stop at it)")
     p.add_argument("--remote", metavar="URL", default=None,
                    help="stream from a token server (python -m host serve) at URL")
     return p
@@ -109,9 +122,6 @@ def _check_args(a) -> None:
     if a.mode == "reference" and a.backend != "golden":
         raise _UsageError(f"--backend {a.backend}: the accelerator runs the integer datapath "
                           "only; use --mode integer")
-    if not a.prompt:
-        raise _UsageError("-p/--prompt: empty (the model has no BOS token; give at least "
-                          "one character)")
 
 
 def _one_line(msg: str) -> str:
@@ -125,41 +135,33 @@ def run(argv=None) -> int:
         from host.remote import run_remote
         return run_remote(a, parser)
     _check_args(a)
-    import json
-
-    from host.checkpoint import CONFIG_FILE, parse_config
-    from host.tokenizer import CharTokenizer
+    from host.modelfile import open_model
 
     # config and tokenizer first: bad prompts are reported before the weights load
-    if not os.path.isdir(a.model):
-        raise _UsageError(f"-m/--model: {a.model}: no such model directory")
-    cfg_path = os.path.join(a.model, CONFIG_FILE)
     try:
-        with open(cfg_path, encoding="utf-8") as f:
-            config, _ = parse_config(json.load(f), cfg_path)
-        tok = CharTokenizer.load(a.model)
-    except (ValueError, OSError) as e:       # JSONDecodeError is a ValueError
+        source = open_model(a.model)
+    except (ValueError, OSError) as e:
         raise _UsageError(f"-m/--model: {e}") from None
-    if tok.vocab_size != config.vocab_size:
-        raise _UsageError(f"-m/--model: tokenizer has {tok.vocab_size} characters, the model "
-                          f"{config.vocab_size} tokens")
+    config, tok = source.config, source.tokenizer
     try:
         prompt_ids = tok.encode(a.prompt)
     except ValueError as e:
         raise _UsageError(f"-p/--prompt: {str(e).removeprefix('text: ')}") from None
+    if not prompt_ids:
+        raise _UsageError("-p/--prompt: empty (the model has no BOS token; give at least "
+                          "one character)")
     ctx = config.max_position_embeddings
     if len(prompt_ids) > ctx:
         raise _UsageError(f"-p/--prompt: {len(prompt_ids)} tokens exceed the context window "
                           f"({ctx})")
 
     from golden.model import GoldenModel
-    from host.checkpoint import load
     from host.device import DeviceError
     from host.runtime import make_runtime
     from host.generate import Sampler, generate
 
     try:
-        model = load(a.model)
+        model = source.load()
     except (ValueError, OSError) as e:
         raise _UsageError(f"-m/--model: {e}") from None
     seed = a.seed if a.seed is not None else int(time.time_ns() % (2 ** 31))
@@ -181,27 +183,37 @@ def run(argv=None) -> int:
 
     counted = a.mode == "integer"
     first_cycles = []                   # accelerator cycles when the first token came out
+    text = tok.stream()
 
     def emit(t: int) -> None:
         if counted and not first_cycles:
             first_cycles.append(gm.counters().get("cycles"))
-        out.write(tok.vocab[t])
-        out.flush()
+        piece = text.step(t)
+        if piece:
+            out.write(piece)
+            out.flush()
 
+    eos = tok.eos_ids
     try:
-        _, st = generate(gm, prompt_ids, a.n_predict, sampler, on_token=emit)
+        _, st = generate(gm, prompt_ids, a.n_predict, sampler, on_token=emit,
+                         eos_ids=() if a.ignore_eos else eos,
+                         ban_ids=eos if a.ignore_eos else ())
     except DeviceError as e:
         raise _UsageError(f"--backend {a.backend}: {e}") from None
+    if counted and not first_cycles and st.generated_tokens:     # EOS came first
+        first_cycles.append(gm.counters().get("cycles"))
     cycles = gm.counters().get("cycles") if counted else None
-    out.write("\n")
+    out.write(text.flush() + "\n")
     out.flush()
     ttft = f"{st.ttft_s * 1e3:.1f} ms" if st.generated_tokens else "n/a"
+    stop = "" if st.eos_token is None else (f", stopped at end of sequence (token {st.eos_token}"
+                                            f" {tok.tk.id_to_token(st.eos_token)!r})")
     print(f"prompt tokens: {st.prompt_tokens}, generated tokens: {st.generated_tokens}, "
           f"time to first token: {ttft}, prefill: {st.prefill_tokens_per_s:.1f} tokens/s, "
           f"decode: {st.decode_tokens_per_s:.1f} tokens/s "
           f"(backend {a.backend}, mode {a.mode}, seed {seed}"
-          f"{f', window slides {st.window_slides}' if st.window_slides else ''})",
-          file=sys.stderr)
+          f"{f', window slides {st.window_slides}' if st.window_slides else ''})"
+          f"{stop}", file=sys.stderr)
     if cycles:
         msg = f"accelerator: {cycles} cycles"
         if first_cycles and first_cycles[0] is not None:

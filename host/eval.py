@@ -1,24 +1,31 @@
 """Held-out evaluation of a model in both golden modes: ``python -m host.eval``.
 
-    python -m host.eval [-m models/default] [--chars N] [--corpus PATH] [--batch B (1)]
-                        [--modes reference,integer]
+    python -m host.eval [-m models/default | -m model.gguf] [--chars N] [--corpus PATH]
+                        [--batch B (1)] [--modes reference,integer]
 
 Data: the characters of the corpus (default ``../shared/data/tinyshakespeare.txt``
-relative to the repository); the held-out split is the last 10 % (the first
-``int(0.9 * len)`` characters are the training split, as ``host.train``); ``--chars N``
-keeps the first N characters of the held-out split (default: all of it).
+relative to the repository); the held-out split is the last 10 % (``split_corpus``: the
+first ``int(0.9 * len)`` characters are the training split, as ``host.train``);
+``--chars N`` keeps the first N characters of the held-out split (default: all of it).
+The held-out text is tokenized by the model's own tokenizer (``host.tokenizer``: the
+character tokenizer, BPE, ...; no BOS).
 
-Windowing: non-overlapping windows of the model's context C (``max_position_embeddings``):
-window w feeds characters [wC, wC + C) of the held-out text, each starting from an empty
-KV cache, and is scored on every position, predicting characters [wC + 1, wC + C + 1).
-The last window is shorter when the split does not divide evenly, so every held-out
-character but the first is predicted exactly once. Positions early in a window see
-little context (as in training, which used the same windows).
+Windowing: non-overlapping windows of the model's context C (``max_position_embeddings``)
+over the held-out tokens: window w feeds tokens [wC, wC + C), each starting from an empty
+KV cache, and is scored on every position, predicting tokens [wC + 1, wC + C + 1). The
+last window is shorter when the split does not divide evenly, so every held-out token but
+the first is predicted exactly once. Positions early in a window see little context (as
+in training, which used the same windows).
 
-Printed: loss in nats/char, bits/char (nats / ln 2) and perplexity (exp(nats)) per mode,
-the integer - reference difference, and the wall time per mode; a progress bar goes to
-stderr. Exit status 2 with one ``error: ...`` line on bad arguments or an unreadable
-model/corpus.
+Per character, so that models with different vocabularies compare: the total loss in
+nats over the predicted tokens divided by the number of characters those tokens cover
+(the held-out text less the first token's characters). For the character tokenizer that
+is the mean loss per token.
+
+Printed: loss in nats/char, bits/char (nats / ln 2), perplexity per character
+(exp(nats/char)) and nats per token, per mode; the integer - reference difference, and
+the wall time per mode; a progress bar goes to stderr. Exit status 2 with one
+``error: ...`` line on bad arguments or an unreadable model/corpus.
 """
 from __future__ import annotations
 
@@ -42,13 +49,20 @@ HELDOUT_FRACTION = 0.1
 MODES = ("reference", "integer")
 
 
+def split_corpus(text: str) -> tuple[str, str]:
+    """(training split, held-out split): the first ``int(0.9 * len)`` characters and the
+    rest (the last ``HELDOUT_FRACTION``)."""
+    n = int(len(text) * (1.0 - HELDOUT_FRACTION))
+    return text[:n], text[n:]
+
+
 def heldout_text(corpus: str, chars: int | None = None) -> str:
     """The last 10 % of the corpus (first ``chars`` characters of it when given)."""
     with open(corpus, encoding="utf-8") as f:
         text = f.read()
     if len(text) < 2:
         raise ValueError(f"{corpus}: corpus too short")
-    held = text[int(len(text) * (1.0 - HELDOUT_FRACTION)):]
+    held = split_corpus(text)[1]
     return held[:chars] if chars else held
 
 
@@ -69,7 +83,7 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def evaluate(gm, wins, batch: int = 1, progress=None) -> tuple[float, int]:
-    """(mean nats per predicted character, number of predictions) over the windows;
+    """(mean nats per predicted token, number of predictions) over the windows;
     windows of equal length are run as one batch of up to ``batch``."""
     total, count = 0.0, 0
     i = 0
@@ -100,7 +114,8 @@ class _Parser(argparse.ArgumentParser):
 
 def run(argv=None) -> int:
     p = _Parser(prog="python -m host.eval", description="Held-out loss of both golden modes.")
-    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="checkpoint directory")
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL,
+                   help="checkpoint directory or GGUF file")
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="corpus text file")
     p.add_argument("--chars", type=int, default=None,
                    help="evaluate the first N held-out characters (default: all)")
@@ -119,50 +134,50 @@ def run(argv=None) -> int:
         raise _UsageError(f"--modes: expected a subset of {','.join(MODES)}, got {a.modes!r}")
 
     from golden.model import GoldenModel
-    from host.checkpoint import load
-    from host.tokenizer import CharTokenizer
+    from host.modelfile import open_model
 
-    if not os.path.isdir(a.model):
-        raise _UsageError(f"-m/--model: {a.model}: no such model directory")
-    try:
-        tok = CharTokenizer.load(a.model)
+    try:                          # config and tokenizer (vocabulary checked) first
+        source = open_model(a.model)
     except (ValueError, OSError) as e:
         raise _UsageError(f"-m/--model: {e}") from None
+    tok = source.tokenizer
     try:                          # the corpus before the weights: bad paths fail fast
         text = heldout_text(a.corpus, a.chars)
-        ids = np.asarray(tok.encode(text), dtype=np.int64)
+        ids, offsets = tok.encode_with_offsets(text)
+        ids = np.asarray(ids, dtype=np.int64)
     except (ValueError, OSError) as e:
         raise _UsageError(f"--corpus: {e}") from None
     if len(ids) < 2:
-        raise _UsageError("--chars: the held-out text has fewer than 2 characters")
+        raise _UsageError("--chars: the held-out text has fewer than 2 tokens")
+    chars = len(text) - offsets[0][1]          # characters covered by the predicted tokens
     try:
-        model = load(a.model)
+        model = source.load()
     except (ValueError, OSError) as e:
         raise _UsageError(f"-m/--model: {e}") from None
-    if tok.vocab_size != model.config.vocab_size:
-        raise _UsageError(f"-m/--model: tokenizer has {tok.vocab_size} characters, the model "
-                          f"{model.config.vocab_size} tokens")
     ctx = model.config.max_position_embeddings
     wins = windows(ids, ctx)
 
     from tqdm import tqdm
 
     print(f"model: {a.model}")
-    print(f"held-out: {len(ids)} chars (last {HELDOUT_FRACTION:.0%} of {a.corpus}"
-          f"{f', first {a.chars}' if a.chars else ''}), {len(wins)} non-overlapping windows "
-          f"of <= {ctx}, loss on every position ({sum(len(w[1]) for w in wins)} predictions)")
+    npred = sum(len(w[1]) for w in wins)
+    print(f"held-out: {len(text)} chars, {len(ids)} tokens (last {HELDOUT_FRACTION:.0%} of "
+          f"{a.corpus}{f', first {a.chars}' if a.chars else ''}), {len(wins)} "
+          f"non-overlapping windows of <= {ctx} tokens, loss on every position ({npred} "
+          f"predictions of {chars} characters, {chars / npred:.3f} chars/token)")
     results = {}
     for mode in modes:
         gm = GoldenModel(model, mode=mode)
         t0 = time.perf_counter()
         with tqdm(total=len(wins), desc=f"{mode:>9}", unit="win", file=sys.stderr,
                   leave=False, disable=None) as bar:
-            nats, _ = evaluate(gm, wins, a.batch, bar)
-        results[mode] = (nats, time.perf_counter() - t0)
-    print(f"{'mode':<11} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} {'time s':>8}")
-    for mode, (nats, secs) in results.items():
+            per_token, count = evaluate(gm, wins, a.batch, bar)
+        results[mode] = (per_token * count / chars, per_token, time.perf_counter() - t0)
+    print(f"{'mode':<11} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} "
+          f"{'nats/token':>11} {'time s':>8}")
+    for mode, (nats, per_token, secs) in results.items():
         print(f"{mode:<11} {nats:>10.4f} {nats / math.log(2):>10.4f} {math.exp(nats):>11.4f} "
-              f"{secs:>8.1f}")
+              f"{per_token:>11.4f} {secs:>8.1f}")
     if len(results) == 2:
         dn = results["integer"][0] - results["reference"][0]
         dp = math.exp(results["integer"][0]) - math.exp(results["reference"][0])

@@ -9,6 +9,10 @@ Sampling (``Sampler``), on float logits of one position:
   inverse CDF with one uniform draw from ``numpy.random.default_rng(seed)`` per token.
   Same seed, same logits => same tokens.
 
+End of sequence (``generate``): when it samples one of ``eos_ids`` it stops (the EOS token
+is counted as generated but not passed to ``on_token``); ``ban_ids`` get logit -inf before
+sampling, so they are never drawn (``--ignore-eos`` bans the EOS ids, as llama.cpp).
+
 Context policy (``generate``): the KV cache holds ``max_position_embeddings`` positions.
 A prompt longer than that is an error. When generation fills the window, the window
 *slides*: the most recent ``context // 2`` tokens (prompt and generated alike) are
@@ -77,6 +81,7 @@ class GenerationStats:
     prefill_s: float = 0.0
     decode_s: float = 0.0        # after the first token: the remaining tokens
     window_slides: int = 0
+    eos_token: int | None = None     # the EOS id that ended generation, if one did
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -89,9 +94,11 @@ class GenerationStats:
 
 
 def generate(gm, prompt_ids: Sequence[int], n_predict: int, sampler: Sampler,
-             on_token: Callable[[int], None] | None = None) -> tuple[list[int], GenerationStats]:
-    """Prefill ``prompt_ids``, then sample ``n_predict`` tokens one by one (decode with the
-    KV cache), calling ``on_token(id)`` as each is produced. Returns (ids, stats)."""
+             on_token: Callable[[int], None] | None = None, eos_ids: Sequence[int] = (),
+             ban_ids: Sequence[int] = ()) -> tuple[list[int], GenerationStats]:
+    """Prefill ``prompt_ids``, then sample up to ``n_predict`` tokens one by one (decode with
+    the KV cache), calling ``on_token(id)`` as each is produced; stop at one of ``eos_ids``,
+    never sample ``ban_ids`` (see the module doc). Returns (ids, stats)."""
     ctx = gm.config.max_position_embeddings
     prompt = [int(t) for t in prompt_ids]
     if not prompt:
@@ -101,6 +108,8 @@ def generate(gm, prompt_ids: Sequence[int], n_predict: int, sampler: Sampler,
     if not isinstance(n_predict, (int, np.integer)) or n_predict < 0:
         raise ValueError(f"n_predict: expected an integer >= 0, got {n_predict!r}")
     stats = GenerationStats(prompt_tokens=len(prompt))
+    eos = {int(t) for t in eos_ids}
+    ban = np.array(sorted({int(t) for t in ban_ids}), dtype=np.int64)
     history = list(prompt)
     out: list[int] = []
     cache = gm.new_cache()
@@ -109,12 +118,18 @@ def generate(gm, prompt_ids: Sequence[int], n_predict: int, sampler: Sampler,
     stats.prefill_s = time.perf_counter() - t0
     t_first = None
     for i in range(n_predict):
+        if ban.size:
+            logits = np.array(logits, dtype=np.float64)
+            logits[ban] = -np.inf
         tok = sampler(logits)
         out.append(tok)
         history.append(tok)
         if t_first is None:
             t_first = time.perf_counter()
             stats.ttft_s = t_first - t0
+        if tok in eos:
+            stats.eos_token = tok
+            break
         if on_token is not None:
             on_token(tok)
         if i == n_predict - 1:

@@ -14,7 +14,10 @@ attn_sub_norm -> o_proj -> residual; post_attention_layernorm -> gate/up -> relu
 -> ffn_sub_norm -> down_proj -> residual. Final norm, full-precision lm_head.
 
 Data: the characters of ``tinyshakespeare.txt``; the first 90 % train, the last 10 % is
-held out (never trained on). Loss is in nats per character.
+held out (never trained on; ``host.eval.split_corpus``). Tokens: the character tokenizer of
+the corpus (the shipped model; loss in nats per character), or any tokenizer given by
+``--tokenizer PATH`` (a tokenizer.json or a directory holding one, e.g. a BPE trained by
+``python -m host.tokenizer``; loss in nats per token), each split encoded on its own.
 
 Training state (model, optimizer, step, RNG states, log) is written every few minutes to
 ``<state-dir>/train_state.pt`` (default ``runs/<basename of out>_train``); ``--resume``
@@ -42,11 +45,11 @@ import torch.nn.functional as F
 
 from golden.modelspec import (ATTN_PROJ, MLP_PROJ, LayerWeights, Model, ModelConfig,
                               ModelWeights, TernaryWeight)
-from host.tokenizer import CharTokenizer
+from host.eval import split_corpus  # the one definition of the 90/10 split
+from host.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 
 DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                               "tinyshakespeare.txt")
-HELDOUT_FRACTION = 0.1
 STATE_FILE = "train_state.pt"
 LOG_FILE = "training_log.json"
 
@@ -299,6 +302,7 @@ class TrainConfig:
     ckpt_minutes: float = 5.0
     threads: int = 2
     corpus_limit: int = 0   # >0: use only the first N characters (tests)
+    tokenizer: str = ""     # tokenizer.json (or its directory); "" = characters of the corpus
 
     def model_config(self, vocab_size: int) -> ModelConfig:
         return ModelConfig(vocab_size=vocab_size, hidden_size=self.hidden_size,
@@ -318,16 +322,17 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
-def load_corpus(path: str, limit: int = 0) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
-    """Tokenizer over the whole corpus; ids of the train split (first 90 %) and held-out."""
+def load_corpus(path: str, limit: int = 0, tokenizer: str = ""
+                ) -> tuple[Tokenizer, torch.Tensor, torch.Tensor]:
+    """The tokenizer (``tokenizer``'s file, or the characters of the whole corpus) and the
+    ids of the train split (first 90 % of the characters) and of the held-out split."""
     with open(path, encoding="utf-8") as f:
         text = f.read()
     if limit:
         text = text[:limit]
-    tok = CharTokenizer.from_text(text)
-    ids = torch.tensor(tok.encode(text), dtype=torch.long)
-    n_train = int(len(ids) * (1.0 - HELDOUT_FRACTION))
-    return tok, ids[:n_train], ids[n_train:]
+    tok = load_tokenizer(tokenizer) if tokenizer else CharTokenizer.from_text(text)
+    return tok, *(torch.tensor(tok.encode(part, add_bos=False), dtype=torch.long)
+                  for part in split_corpus(text))
 
 
 def heldout_windows(val: torch.Tensor, context: int, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,7 +377,7 @@ def _atomic_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
-def export(model: BitNetLM, tok: CharTokenizer, out: str, log: dict) -> None:
+def export(model: BitNetLM, tok: Tokenizer, out: str, log: dict) -> None:
     from host import checkpoint  # imported late: export is the last step of a long run
     # autobitlinear: transformers then computes exactly the fake-quant forward trained here
     checkpoint.save(model.to_modelspec(), out, fmt="offline", linear_class="autobitlinear",
@@ -408,7 +413,7 @@ def train(tc: TrainConfig, out: str, state_dir: str, corpus: str = DEFAULT_CORPU
         tc = saved
 
     torch.manual_seed(tc.seed)
-    tok, train_ids, val_ids = load_corpus(corpus, tc.corpus_limit)
+    tok, train_ids, val_ids = load_corpus(corpus, tc.corpus_limit, tc.tokenizer)
     if len(train_ids) <= tc.context + 1 or len(val_ids) <= tc.context + 1:
         raise ValueError(f"corpus: too short for context {tc.context}")
     cfg = tc.model_config(tok.vocab_size)
@@ -500,7 +505,7 @@ def train(tc: TrainConfig, out: str, state_dir: str, corpus: str = DEFAULT_CORPU
 def _export_only(out: str, state_dir: str, corpus: str) -> None:
     state = torch.load(os.path.join(state_dir, STATE_FILE), weights_only=False)
     tc = TrainConfig(**state["train_config"])
-    tok, _, _ = load_corpus(corpus, tc.corpus_limit)
+    tok, _, _ = load_corpus(corpus, tc.corpus_limit, tc.tokenizer)
     model = BitNetLM(tc.model_config(tok.vocab_size))
     model.load_state_dict(state["model"])
     model.eval()
