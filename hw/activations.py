@@ -43,6 +43,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.activations import KINDS, delta_lut
 from golden.config import DEFAULT, ActivationConfig
+from hw.beats import check_lanes, lanes_layout
 from hw.fixed import rhu
 
 # Elements per beat when the instantiating code does not say (ActivationConfig has no
@@ -57,16 +58,6 @@ def expected_cycles(n: int, latency: int) -> int:
 
 def relu2_out_bits(in_bits: int, up_bits: int | None = None) -> int:
     return 2 * in_bits if up_bits is None else 2 * in_bits + up_bits - 2
-
-
-def _check_lanes(lanes) -> int:
-    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-        raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
-    return lanes
-
-
-def _vec(shape, lanes: int) -> data.StructLayout:
-    return data.StructLayout({"data": data.ArrayLayout(shape, lanes), "last": 1})
 
 
 class _Pipeline:
@@ -111,15 +102,12 @@ class LutActivation(wiring.Component):
             raise ValueError(f"kinds: expected distinct names from {KINDS}, got {kinds!r}")
         self.cfg = cfg
         self.kinds = kinds
-        self.lanes = _check_lanes(lanes)
+        self.lanes = check_lanes(lanes)
         self.latency = self.LATENCY
-        fields = {"data": data.ArrayLayout(signed(cfg.in_bits), lanes)}
-        if len(kinds) > 1:
-            fields["kind"] = unsigned(1)
-        fields["last"] = 1
+        kind = {"kind": unsigned(1)} if len(kinds) > 1 else {}
         super().__init__({
-            "x": In(stream.Signature(data.StructLayout(fields))),
-            "y": Out(stream.Signature(_vec(signed(cfg.out_bits), lanes))),
+            "x": In(stream.Signature(lanes_layout(signed(cfg.in_bits), lanes, **kind))),
+            "y": Out(stream.Signature(lanes_layout(signed(cfg.out_bits), lanes))),
         })
 
     def rom_offsets(self) -> list[int]:
@@ -210,20 +198,17 @@ class Relu2(wiring.Component):
         self.in_bits = in_bits
         self.up_bits = up_bits
         self.gated = up_bits is not None
-        self.lanes = _check_lanes(lanes)
+        self.lanes = check_lanes(lanes)
         self.out_bits = relu2_out_bits(in_bits, up_bits)
         self.latency = 3 if self.gated else 2
         if self.gated:
-            x_layout = data.StructLayout({
-                "gate": data.ArrayLayout(signed(in_bits), lanes),
-                "up": data.ArrayLayout(signed(up_bits), lanes),
-                "last": 1,
-            })
+            x_layout = lanes_layout(signed(in_bits), lanes, name="gate",
+                                    up=data.ArrayLayout(signed(up_bits), lanes))
         else:
-            x_layout = _vec(signed(in_bits), lanes)
+            x_layout = lanes_layout(signed(in_bits), lanes)
         super().__init__({
             "x": In(stream.Signature(x_layout)),
-            "y": Out(stream.Signature(_vec(signed(self.out_bits), lanes))),
+            "y": Out(stream.Signature(lanes_layout(signed(self.out_bits), lanes))),
         })
 
     def elaborate(self, platform):

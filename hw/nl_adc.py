@@ -47,6 +47,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, ADCConfig
+from hw.beats import lanes_layout
 
 
 def cycles_per_conversion(cfg: ADCConfig) -> int:
@@ -64,17 +65,11 @@ def wr_layout(cfg: ADCConfig, addr_bits: int) -> data.StructLayout:
 
 
 def x_layout(cfg: ADCConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.threshold_bits), cfg.lanes),
-        "last": 1,
-    })
+    return lanes_layout(signed(cfg.threshold_bits), cfg.lanes)
 
 
 def out_layout(cfg: ADCConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(unsigned(cfg.bits), cfg.lanes),
-        "last": 1,
-    })
+    return lanes_layout(unsigned(cfg.bits), cfg.lanes)
 
 
 class NLADC(wiring.Component):

@@ -36,12 +36,13 @@ Cycles from a row's first input beat to its last output beat (B beats, no stalls
 """
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, QuantConfig
+from hw.beats import check_lanes, lanes_layout
 
 from .tlmm import DEFAULT_MAX_K
 
@@ -50,15 +51,11 @@ DEFAULT_LANES = DEFAULT.tlmm.replicas
 
 
 def inp_layout(cfg: QuantConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({"data": data.ArrayLayout(signed(cfg.hw_in_bits), lanes), "last": 1})
+    return lanes_layout(signed(cfg.hw_in_bits), lanes)
 
 
 def out_layout(cfg: QuantConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.act_bits), lanes),
-        "amax": unsigned(cfg.hw_in_bits),
-        "last": 1,
-    })
+    return lanes_layout(signed(cfg.act_bits), lanes, amax=unsigned(cfg.hw_in_bits))
 
 
 def row_cycles(beats: int, cfg: QuantConfig, *, zero_row: bool = False) -> int:
@@ -81,8 +78,7 @@ class ActQuant(wiring.Component):
 
     def __init__(self, cfg: QuantConfig = DEFAULT.quant, *, lanes: int = DEFAULT_LANES,
                  max_len: int = DEFAULT_MAX_K):
-        if lanes < 1:
-            raise ValueError(f"lanes: must be >= 1, got {lanes}")
+        check_lanes(lanes)
         if max_len < lanes:
             raise ValueError(f"max_len: must be >= lanes ({lanes}), got {max_len}")
         self.cfg = cfg

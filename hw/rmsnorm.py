@@ -52,6 +52,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, NormConfig, QuantConfig
 from golden.rmsnorm import rsqrt_lut
+from hw.beats import check_lanes, lanes_layout
 from hw.fixed import bit_length, rhu
 
 # Elements per beat by default: the quantizer's (the TLMM engine's Q), rows up to its K.
@@ -76,29 +77,13 @@ def expected_cycles(beats: int, cfg: NormConfig = DEFAULT.norm,
 
 
 def x_layout(cfg: NormConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "x": data.ArrayLayout(signed(cfg.in_bits), lanes),
-        "gamma": data.ArrayLayout(signed(cfg.gamma_bits), lanes),
-        "last": 1,
-    })
+    return lanes_layout(signed(cfg.in_bits), lanes, name="x",
+                        gamma=data.ArrayLayout(signed(cfg.gamma_bits), lanes))
 
 
 def y_layout(cfg: NormConfig, qcfg: QuantConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(qcfg.act_bits), lanes),
-        "scale_mant": unsigned(cfg.scale_mant_bits),
-        "scale_shift": signed(NORM_SHIFT_BITS),
-        "last": 1,
-    })
-
-
-def bit_length(m: Module, v, name: str) -> Signal:
-    """bit_length of an unsigned value (a priority encoder: the highest set bit wins)."""
-    n = Signal(range(len(v) + 1), name=name)
-    for i in range(len(v)):
-        with m.If(v[i]):
-            m.d.comb += n.eq(i + 1)
-    return n
+    return lanes_layout(signed(qcfg.act_bits), lanes, scale_mant=unsigned(cfg.scale_mant_bits),
+                        scale_shift=signed(NORM_SHIFT_BITS))
 
 
 def _signed(v):
@@ -115,8 +100,7 @@ class RMSNormQuant(wiring.Component):
             raise ValueError(f"cfg: expected NormConfig, got {type(cfg).__name__}")
         if not isinstance(qcfg, QuantConfig):
             raise ValueError(f"qcfg: expected QuantConfig, got {type(qcfg).__name__}")
-        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-            raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
+        check_lanes(lanes)
         if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < lanes:
             raise ValueError(f"max_len: expected an int >= lanes ({lanes}), got {max_len!r}")
         self.cfg, self.qcfg = cfg, qcfg

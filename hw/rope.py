@@ -38,6 +38,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, RopeConfig
 from golden.rope import rope_tables
+from hw.beats import lanes_layout
 
 LATENCY = 3
 # Pairs per beat when the instantiating code does not say (RopeConfig has no lane count).
@@ -52,21 +53,14 @@ def expected_cycles(n: int) -> int:
 
 
 def x_layout(cfg: RopeConfig, in_bits: int, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "x1": data.ArrayLayout(signed(in_bits), lanes),
-        "x2": data.ArrayLayout(signed(in_bits), lanes),
-        "pos": unsigned(max(1, (cfg.max_pos - 1).bit_length())),
-        "last": 1,
-    })
+    return lanes_layout(signed(in_bits), lanes, name="x1",
+                        x2=data.ArrayLayout(signed(in_bits), lanes),
+                        pos=unsigned(max(1, (cfg.max_pos - 1).bit_length())))
 
 
 def y_layout(cfg: RopeConfig, in_bits: int, lanes: int) -> data.StructLayout:
     ob = cfg.out_bits(in_bits)
-    return data.StructLayout({
-        "y1": data.ArrayLayout(signed(ob), lanes),
-        "y2": data.ArrayLayout(signed(ob), lanes),
-        "last": 1,
-    })
+    return lanes_layout(signed(ob), lanes, name="y1", y2=data.ArrayLayout(signed(ob), lanes))
 
 
 class RoPE(wiring.Component):

@@ -47,6 +47,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, SoftmaxConfig
 from golden.softmax import PROB_BOUND_MAX_LEN, exp_lut, log2e_fx
+from hw.beats import check_lanes, lanes_layout
 
 # Rows processed side by side when the instantiating code does not say (SoftmaxConfig
 # has no lane count: it is a throughput choice of the instance).
@@ -69,18 +70,11 @@ def expected_cycles(n: int, cfg: SoftmaxConfig = DEFAULT.softmax) -> int:
 
 
 def x_layout(cfg: SoftmaxConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.in_bits), lanes),
-        "mask": data.ArrayLayout(unsigned(1), lanes),
-        "last": 1,
-    })
+    return lanes_layout(signed(cfg.in_bits), lanes, mask=data.ArrayLayout(unsigned(1), lanes))
 
 
 def p_layout(cfg: SoftmaxConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(unsigned(cfg.out_bits), lanes),
-        "last": 1,
-    })
+    return lanes_layout(unsigned(cfg.out_bits), lanes)
 
 
 def _rhu_var(m: Module, v, sh, max_sh: int, name: str):
@@ -102,8 +96,7 @@ class Softmax(wiring.Component):
                  max_len: int = DEFAULT_MAX_LEN):
         if not isinstance(cfg, SoftmaxConfig):
             raise ValueError(f"cfg: expected SoftmaxConfig, got {type(cfg).__name__}")
-        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-            raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
+        check_lanes(lanes)
         if isinstance(max_len, bool) or not isinstance(max_len, int) \
                 or not 1 <= max_len <= cfg.max_len:
             raise ValueError(f"max_len: expected an int in [1, cfg.max_len = {cfg.max_len}], "

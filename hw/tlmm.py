@@ -70,6 +70,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, TLMMConfig
+from hw.beats import lanes_layout
 
 # Longest K the table memory holds by default: BitNet b1.58 0.73B's largest
 # projection input (intermediate_size 4096).
@@ -103,24 +104,15 @@ def _latency(cfg: TLMMConfig, tree_levels_per_stage: int) -> int:
 
 
 def act_layout(cfg: TLMMConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.act_bits), cfg.group * cfg.tables),
-        "last": 1,
-    })
+    return lanes_layout(signed(cfg.act_bits), cfg.group * cfg.tables)
 
 
 def wgt_layout(cfg: TLMMConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "code": data.ArrayLayout(unsigned(cfg.code_bits), cfg.tables * cfg.replicas),
-        "last": 1,
-    })
+    return lanes_layout(unsigned(cfg.code_bits), cfg.tables * cfg.replicas, name="code")
 
 
 def out_layout(cfg: TLMMConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.acc_bits), cfg.replicas),
-        "last": 1,
-    })
+    return lanes_layout(signed(cfg.acc_bits), cfg.replicas)
 
 
 class TLMM(wiring.Component):

@@ -16,7 +16,8 @@ import cocotb
 from golden import activations as golden
 from golden.config import ActivationConfig
 from hw.activations import LutActivation, Relu2, expected_cycles, vector_beats
-from sim.streams import Harness, bench_params, bench_rng, bench_seed, pack, record, unpack
+from sim import streams
+from sim.streams import bench_params, pack, record, unpack
 
 P = bench_params()
 UNIT = P.get("unit", "lut")
@@ -152,32 +153,23 @@ def check(vectors: list[dict], beats: list[int], where: str) -> int:
     return done
 
 
-class Bench:
-    def __init__(self, dut, name: str, stall: bool = True):
-        self.rng = bench_rng(name)
-        dut._log.info(f"SEED={bench_seed()} {DESC} lanes={LANES}")
-        self.h = Harness(dut, self.rng)
-        s = STALL if stall else {"x": 1.0, "y": 1.0}
-        self.x = self.h.source("x", s["x"])
-        self.y = self.h.sink("y", s["y"])
+class Bench(streams.Bench):
+    SOURCES, SINKS, STALL, SETTLE = ("x",), ("y",), STALL, LATENCY + 2
+    DESC = f"{DESC} lanes={LANES}"
+    check = staticmethod(check)
 
-    async def run(self, vectors: list[dict], where: str) -> int:
-        beats = [b for vec in vectors for b in beats_of(vec)]
-        self.x.extend(beats)
-        await self.h.run_until(lambda: len(self.y.beats) >= len(beats), 200 + 10 * len(beats),
-                               where)
-        await self.h.run_cycles(LATENCY + 2)      # nothing extra may appear
-        n = check(vectors, self.y.beats, where)
-        self.y.flush()
-        return n
+    def feed(self, vec: dict) -> dict[str, list[int]]:
+        return {"x": beats_of(vec)}
+
+    def out_beats(self, vec: dict) -> int:
+        return -(-vec[next(iter(FIELDS))].size // LANES)
 
 
 @cocotb.test()
 async def test_sweep(dut):
     """Every input (or corners x corners plus random values when the input space exceeds
     2^16), shuffled, cut into vectors of random length, random stalls on x and y."""
-    b = Bench(dut, "test_sweep")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_sweep")
     vecs = []
     for kind in range(len(KINDS)):
         inp = sweep(b.rng)
@@ -194,38 +186,15 @@ async def test_sweep(dut):
 @cocotb.test()
 async def test_reset_mid_operation(dut):
     """Reset with beats in flight (pipeline full, output stalled), then clean vectors."""
-    b = Bench(dut, "test_reset_mid_operation")
-    await b.h.reset()
-    vectors = 0
-    for attempt in range(3):
-        inp = random_inputs(b.rng, 16 * LANES)
-        b.x.extend(beats_of(inp))
-        await b.h.run_cycles(int(b.rng.integers(1, 24)))
-        await b.h.reset(cycles=int(b.rng.integers(1, 4)))
-        assert int(dut.y__valid.value) == 0, "y valid right after reset"
-        inp = random_inputs(b.rng, int(b.rng.integers(1, 6 * LANES)))
-        vectors += await b.run([inp], f"test_reset_mid_operation[{attempt}]")
-    record("test_reset_mid_operation", vectors=vectors)
+    b = await Bench.start(dut, "test_reset_mid_operation")
+    await b.reset_mid_operation(3, lambda: ([random_inputs(b.rng, 16 * LANES)], 24), lambda _: [
+        random_inputs(b.rng, int(b.rng.integers(1, 6 * LANES)))])
 
 
 @cocotb.test()
 async def test_throughput(dut):
     """No stalls: n beats take n + latency cycles (one beat per cycle)."""
-    b = Bench(dut, "test_throughput", stall=False)
-    await b.h.reset()
+    b = await Bench.start(dut, "test_throughput", stall=False)
     n = 32
-    inp = random_inputs(b.rng, n * LANES)
-    b.x.extend(beats_of(inp))
-    start, first_in = b.h.cycle, None
-    while len(b.y.beats) < n:
-        if first_in is None and b.x.sent:
-            first_in = b.h.cycle - 1
-        if b.h.cycle - start > 100 + 4 * n:
-            raise AssertionError("test_throughput: timeout")
-        await b.h.step()
-    cycles = b.y.beat_cycles[-1] - first_in + 1
-    vectors = check([inp], b.y.beats, "test_throughput")
-    formula = expected_cycles(n, LATENCY)
-    dut._log.info(f"{n} beats: {cycles} cycles, formula {formula}")
-    record("test_throughput", vectors=vectors, op_cycles=cycles, formula_cycles=formula)
-    assert cycles == formula, f"measured {cycles} cycles, documented formula gives {formula}"
+    await b.throughput([random_inputs(b.rng, n * LANES)], expected_cycles(n, LATENCY),
+                       100 + 4 * n, f"{n} beats")

@@ -12,13 +12,13 @@ from __future__ import annotations
 import numpy as np
 
 import cocotb
-from cocotb.triggers import FallingEdge
 
 from golden import nl_adc as golden
 from golden.config import ADCConfig, ADCDeviceConfig
 from hw.nl_adc import (cycles_per_conversion, expected_cycles, out_layout, wr_beats, wr_layout,
                        x_beats, x_layout)
-from sim.streams import Harness, bench_params, bench_rng, bench_seed, pack, record, unpack
+from sim import streams
+from sim.streams import bench_params, bench_seed, pack, record, unpack
 
 P = bench_params()
 _cfg = dict(P.get("cfg", {}))
@@ -92,26 +92,21 @@ def check(table, xq: np.ndarray, beats: list[int], where: str) -> int:
     return int(xq.size)
 
 
-class Bench:
-    def __init__(self, dut, name: str, stall: bool = True):
-        self.dut = dut
-        self.name = name
-        self.rng = bench_rng(name)
-        dut._log.info(f"SEED={bench_seed()} cfg={CFG} addr_bits={ADDR_BITS}")
-        self.h = Harness(dut, self.rng)
-        s = STALL if stall else {"wr": 1.0, "x": 1.0, "out": 1.0}
-        self.wr = self.h.source("wr", s["wr"])
-        self.x = self.h.source("x", s["x"])
-        self.out = self.h.sink("out", s["out"])
-        self.clear = 0                        # wr_error_clear, applied at each falling edge
-        dut.wr_error_clear.value = 0
-        self.vectors = 0
-        cocotb.start_soon(self._drive_clear())
+class Bench(streams.Bench):
+    """Also drives wr_error_clear from ``clear`` at every falling edge, and counts the
+    vectors checked."""
 
-    async def _drive_clear(self):
-        while True:
-            await FallingEdge(self.h.clk)
-            self.dut.wr_error_clear.value = self.clear
+    SOURCES, SINKS, STALL = ("wr", "x"), ("out",), STALL
+    DESC = f"cfg={CFG} addr_bits={ADDR_BITS}"
+
+    def __init__(self, dut, test: str, stall: bool = True):
+        super().__init__(dut, test, stall)
+        self.clear = 0                        # wr_error_clear, applied at each falling edge
+        self.vectors = 0
+        self.h.every_falling_edge(self._apply_clear)
+
+    def _apply_clear(self):
+        self.dut.wr_error_clear.value = self.clear
 
     async def program(self, table: Table, where: str):
         self.wr.extend(pack(WR_L, b) for b in wr_beats(table.values))
@@ -121,10 +116,7 @@ class Bench:
         beats = [pack(X_L, b) for b in x_beats(xq, CFG)]
         self.x.extend(beats)
         budget = 100 + 6 * len(beats) * cycles_per_conversion(CFG)
-        await self.h.run_until(lambda: len(self.out.beats) >= len(beats), budget, where)
-        await self.h.run_cycles(3)            # nothing extra may appear
-        self.vectors += check(table, xq, self.out.beats, where)
-        self.out.flush()
+        self.vectors += check(table, xq, await self.collect(len(beats), budget, where), where)
 
     def flag(self) -> int:
         return int(self.dut.wr_error.value)
@@ -134,8 +126,7 @@ class Bench:
 async def test_ideal_tables(dut):
     """Ideal tables of sigmoid / tanh / relu2 programmed one after the other (each
     overwrites the last), inputs through f^-1 plus every-threshold corners, random stalls."""
-    b = Bench(dut, "test_ideal_tables")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_ideal_tables")
     for fn in FUNCTIONS:
         table = ideal_table(fn)
         await b.program(table, f"test_ideal_tables[{fn}]")
@@ -150,8 +141,7 @@ async def test_device_tables(dut):
     """Tables from sampled devices (typical RRAM, uncalibrated and calibrated, one
     comparator's offset folded in; a high-error device with stuck cells), an unsorted
     random table with the range ends, and a partial reprogram of a few entries."""
-    b = Bench(dut, "test_device_tables")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_device_tables")
     seed = bench_seed()
     heavy = ADCDeviceConfig(seed=seed, sigma_prog=0.3, stuck_off_prob=0.05, sigma_offset=0.01)
     tables = []
@@ -194,8 +184,7 @@ async def test_device_tables(dut):
 async def test_write_errors(dut):
     """Out-of-range addresses are consumed, not written, and set the sticky wr_error;
     wr_error_clear clears it; an error in the same cycle as a clear wins."""
-    b = Bench(dut, "test_write_errors")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_write_errors")
     assert b.flag() == 0, "wr_error set after reset"
     table = ideal_table("tanh")
     await b.program(table, "test_write_errors: program")
@@ -241,8 +230,7 @@ async def test_reset_mid_operation(dut):
     """Reset during conversions and during table writes, then clean conversions. The
     table is RAM: it keeps what was written before the reset (the accepted write beats
     are counted), which the following conversion checks."""
-    b = Bench(dut, "test_reset_mid_operation")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_reset_mid_operation")
     table = ideal_table("sigmoid")
     await b.program(table, "test_reset_mid_operation: program")
     for attempt in range(2):
@@ -276,30 +264,17 @@ async def test_reset_mid_operation(dut):
 @cocotb.test()
 async def test_throughput(dut):
     """No stalls: n back-to-back conversions take n * 2^N + 2 cycles (hw.nl_adc doc)."""
-    b = Bench(dut, "test_throughput", stall=False)
-    await b.h.reset()
+    b = await Bench.start(dut, "test_throughput", stall=False)
     table = ideal_table("relu2")
     await b.program(table, "test_throughput: program")
     await b.h.run_cycles(2)
     n = 4
     xq = inputs_for(table, b.rng, n * CFG.lanes, "relu2")
     b.x.extend(pack(X_L, x) for x in x_beats(xq, CFG))
-    start = b.h.cycle
-    first_in = None
-    while len(b.out.beats) < n:
-        if first_in is None and b.x.sent:
-            first_in = b.h.cycle - 1          # the cycle whose edge took the first beat
-        if b.h.cycle - start > 100 + 4 * n * CFG.levels:
-            raise AssertionError("test_throughput: timeout")
-        await b.h.step()
-    cycles = b.out.beat_cycles[-1] - first_in + 1
+    cycles = await b.measure(n, 100 + 4 * n * CFG.levels)
     b.vectors += check(table, xq, b.out.beats, "test_throughput")
-    formula = expected_cycles(n, CFG)
-    dut._log.info(f"{n} conversions of {CFG.lanes} lanes, N={CFG.bits}: {cycles} cycles, "
-                  f"formula {formula}")
-    record("test_throughput", vectors=b.vectors, op_cycles=cycles, formula_cycles=formula,
-           conversions=n)
-    assert cycles == formula, f"measured {cycles} cycles, documented formula gives {formula}"
+    b.check_cycles(f"{n} conversions of {CFG.lanes} lanes, N={CFG.bits}", cycles,
+                   expected_cycles(n, CFG), b.vectors, conversions=n)
 
 
 @cocotb.test()
@@ -307,8 +282,7 @@ async def test_backpressure(dut):
     """out blocked for several conversion times: exactly two conversions complete (one
     waiting in the output register, one held in its last step, its RAM read kept), the
     rest wait; then a slow sink (ready 5 %) drains every result exactly."""
-    b = Bench(dut, "test_backpressure")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_backpressure")
     table = ideal_table("tanh")
     await b.program(table, "test_backpressure: program")
     xq = inputs_for(table, b.rng, 6 * CFG.lanes, "tanh")
@@ -332,8 +306,7 @@ async def test_writes_between_conversions(dut):
     """Table writes queued while conversions stream (random stalls): each conversion uses
     the table as written before its input was accepted (writes wait for the running
     conversion), and a pending write is never passed by a new conversion."""
-    b = Bench(dut, "test_writes_between_conversions")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_writes_between_conversions")
     first, second = ideal_table("sigmoid"), ideal_table("relu2")
     await b.program(first, "test_writes_between_conversions: program")
     state = first.values.copy()

@@ -11,7 +11,8 @@ import cocotb
 from golden import quant as golden
 from golden.config import QuantConfig
 from hw.quant import inp_layout, out_layout, row_cycles
-from sim.streams import Harness, bench_params, bench_rng, bench_seed, pack, record, unpack
+from sim import streams
+from sim.streams import bench_params, pack, record, unpack
 
 P = bench_params()
 CFG = QuantConfig(**P.get("cfg", {}))
@@ -80,41 +81,30 @@ def check(rows: list[Row], beats: list[int], where: str) -> int:
     return sum(r.x.size for r in rows)
 
 
-async def run_rows(h, inp, out, rows, where):
-    for r in rows:
-        inp.extend(r.beats)
-    total = sum(len(r.beats) for r in rows)
-    budget = 200 + sum(20 * len(r.beats) + 4 * CFG.recip_bits for r in rows)
-    await h.run_until(lambda: len(out.beats) >= total, budget, where)
-    await h.run_cycles(3)
-    n = check(rows, out.beats, where)
-    out.flush()
-    return n
+class Bench(streams.Bench):
+    SOURCES, SINKS, STALL = ("inp",), ("out",), STALL
+    DESC = f"cfg={CFG} lanes={LANES} max_len={MAX_LEN}"
+    check = staticmethod(check)
 
-
-def make_harness(dut, name, stall=True):
-    rng = bench_rng(name)
-    dut._log.info(f"SEED={bench_seed()} cfg={CFG} lanes={LANES} max_len={MAX_LEN}")
-    h = Harness(dut, rng)
-    s = STALL if stall else {"inp": 1.0, "out": 1.0}
-    return rng, h, h.source("inp", s["inp"]), h.sink("out", s["out"])
+    def budget(self, rows: list[Row]) -> int:
+        return 200 + sum(20 * len(r.beats) + 4 * CFG.recip_bits for r in rows)
 
 
 @cocotb.test()
 async def test_random(dut):
     """Random rows (magnitude classes, full range, tiny amax, outliers), random stalls."""
-    rng, h, inp, out = make_harness(dut, "test_random")
-    await h.reset()
-    rows = [random_row(rng) for _ in range(int(P.get("random_rows", 12)))]
-    rows += [random_row(rng, n=1, tag="length 1"), random_row(rng, n=MAX_LEN, tag="max length")]
-    record("test_random", vectors=await run_rows(h, inp, out, rows, "test_random"))
+    b = await Bench.start(dut, "test_random")
+    rows = [random_row(b.rng) for _ in range(int(P.get("random_rows", 12)))]
+    rows += [random_row(b.rng, n=1, tag="length 1"),
+             random_row(b.rng, n=MAX_LEN, tag="max length")]
+    record("test_random", vectors=await b.run(rows, "test_random"))
 
 
 @cocotb.test()
 async def test_extremes(dut):
     """Rows at the maximum length: all -2^31, all 2^31-1, zeros, +-amax alternating, amax 1."""
-    rng, h, inp, out = make_harness(dut, "test_extremes")
-    await h.reset()
+    b = await Bench.start(dut, "test_extremes")
+    rng = b.rng
     n = MAX_LEN
     alt = np.where(np.arange(n) % 2 == 0, XHI, -XHI)
     rows = [Row(np.full(n, XLO, np.int64), "all -2^31"), Row(np.full(n, XHI, np.int64), "all 2^31-1"),
@@ -128,42 +118,27 @@ async def test_extremes(dut):
                 x = rng.integers(-(v - 1) if v > 1 else 0, v, size=LANES).astype(np.int64)
                 x[0] = -v if v == -XLO else v
                 rows.append(Row(x, f"amax {v}"))
-    record("test_extremes", vectors=await run_rows(h, inp, out, rows, "test_extremes"))
+    record("test_extremes", vectors=await b.run(rows, "test_extremes"))
 
 
 @cocotb.test()
 async def test_reset_mid_operation(dut):
     """Reset during fill / divide / drain, then clean rows must be exact."""
-    rng, h, inp, out = make_harness(dut, "test_reset_mid_operation")
-    await h.reset()
-    vectors = 0
-    for attempt in range(4):
-        r = random_row(rng, n=int(rng.integers(LANES, MAX_LEN + 1)))
-        inp.extend(r.beats)
-        await h.run_cycles(int(rng.integers(1, 3 * len(r.beats) + CFG.recip_bits + 4)))
-        await h.reset(cycles=int(rng.integers(1, 4)))
-        rows = [random_row(rng, tag=f"after reset {attempt}") for _ in range(2)]
-        vectors += await run_rows(h, inp, out, rows, f"test_reset_mid_operation[{attempt}]")
-    record("test_reset_mid_operation", vectors=vectors)
+    b = await Bench.start(dut, "test_reset_mid_operation")
+
+    def in_flight():
+        r = random_row(b.rng, n=int(b.rng.integers(LANES, MAX_LEN + 1)))
+        return [r], 3 * len(r.beats) + CFG.recip_bits + 4
+
+    await b.reset_mid_operation(4, in_flight, lambda attempt: [
+        random_row(b.rng, tag=f"after reset {attempt}") for _ in range(2)])
 
 
 @cocotb.test()
 async def test_throughput(dut):
     """No stalls, one row of max length: measured cycles vs hw.quant.row_cycles."""
-    rng, h, inp, out = make_harness(dut, "test_throughput", stall=False)
-    await h.reset()
-    r = random_row(rng, n=MAX_LEN, tag="throughput")
-    inp.extend(r.beats)
-    first = None
-    while len(out.beats) < len(r.beats):
-        if first is None and inp.sent:
-            first = h.cycle - 1
-        if h.cycle > 100 + 4 * len(r.beats) + 2 * CFG.recip_bits:
-            raise AssertionError("test_throughput: timeout")
-        await h.step()
-    cycles = out.beat_cycles[-1] - first + 1
-    vectors = check([r], out.beats, "test_throughput")
-    formula = row_cycles(len(r.beats), CFG)
-    dut._log.info(f"row of {MAX_LEN} ({len(r.beats)} beats): {cycles} cycles, formula {formula}")
-    record("test_throughput", vectors=vectors, op_cycles=cycles, formula_cycles=formula)
-    assert cycles == formula, f"measured {cycles} cycles, documented formula gives {formula}"
+    b = await Bench.start(dut, "test_throughput", stall=False)
+    r = random_row(b.rng, n=MAX_LEN, tag="throughput")
+    await b.throughput([r], row_cycles(len(r.beats), CFG),
+                       100 + 4 * len(r.beats) + 2 * CFG.recip_bits,
+                       f"row of {MAX_LEN} ({len(r.beats)} beats)")

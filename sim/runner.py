@@ -22,7 +22,10 @@ What it does:
   toggling it does not rebuild) and writes ``dump.vcd`` there, path printed (VCD: the
   wheel's FST writer needs lz4 headers, which a bare machine lacks);
 * parses cocotb's results XML and raises ``AssertionError`` naming every failing cocotb
-  test (with its message), so a pytest wrapper fails when any bench test fails;
+  test (with its message), so a pytest wrapper fails when any bench test fails; it also
+  fails when the simulator process did not end normally (a crash, an abort, a non-zero
+  exit), whatever results it wrote before, when no cocotb test ran, and (with
+  ``expect``) unless exactly the expected cocotb tests ran;
 * writes one JSON record per cocotb test to ``build/sim/records/`` (block, parameter set,
   pass/fail, simulated time and cycles, wall time, plus whatever the bench added with
   :func:`sim.streams.record`): ``python -m sim.regress`` aggregates them.
@@ -47,7 +50,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -237,8 +239,10 @@ def _parse_results(xml_path: Path) -> list[dict]:
 
 def run_bench(component, *, bench: str, name: str, params: dict | None = None,
               build_key: dict | None = None, block: str | None = None,
-              testcase: str | None = None, quiet: bool = False) -> list[dict]:
-    """Build ``component`` and run cocotb module ``bench`` on it; fail if any test fails.
+              testcase: str | None = None, quiet: bool = False,
+              expect: tuple[str, ...] | list[str] | None = None) -> list[dict]:
+    """Build ``component`` and run cocotb module ``bench`` on it; fail if any test fails
+    or the simulator dies.
 
     ``params`` (JSON-serialisable) reach the bench through :func:`sim.streams.bench_params`.
     ``build_key`` selects the build directory (default: ``params``); pass the hardware
@@ -247,6 +251,7 @@ def run_bench(component, *, bench: str, name: str, params: dict | None = None,
     ``block`` names the block in the records (default: from the calling ``sim/test_X.py``).
     ``quiet`` sends the simulator's log to ``<build dir>/sim.log`` instead of stdout (its
     tail is then part of the failure message).
+    ``expect`` (names of cocotb tests): exactly these must have run, none skipped.
     Returns the per-test records (see module docstring).
     """
     from cocotb_tools.runner import get_runner
@@ -276,7 +281,8 @@ def run_bench(component, *, bench: str, name: str, params: dict | None = None,
     waves = _waves_enabled()
     runner = get_runner("verilator")
     t0 = time.time()
-    sim_error = None
+    died = None         # why the simulator process did not end normally
+    runner_exit = None  # cocotb's verdict under pytest: it exits when a test failed
     try:
         runner.test(test_module=bench, hdl_toplevel=name, hdl_toplevel_lang="verilog",
                     build_dir=build_dir,
@@ -284,10 +290,10 @@ def run_bench(component, *, bench: str, name: str, params: dict | None = None,
                     extra_env=env, waves=waves, testcase=testcase,
                     test_args=(["--trace-file", str(build_dir / "dump.vcd")] if waves else []),
                     log_file=(build_dir / "sim.log") if quiet else None)
-    except SystemExit as e:   # cocotb's runner exits on simulator failure under pytest
-        sim_error = f"simulator exited with {e.code}"
-    except RuntimeError as e:
-        sim_error = str(e)
+    except RuntimeError as e:   # the simulator exited non-zero or by a signal
+        died = str(e)
+    except SystemExit as e:     # a failed test, or no results file (the simulator exited 0)
+        runner_exit = e.code
     wall = time.time() - t0
     results = _parse_results(xml)
     xml.unlink(missing_ok=True)
@@ -311,19 +317,33 @@ def run_bench(component, *, bench: str, name: str, params: dict | None = None,
         print(f"waveform: {build_dir / 'dump.vcd'}")
 
     failed = [r for r in results if not r["passed"] and not r["skipped"]]
-    if sim_error and not results:
-        where = f"log {build_dir / 'sim.log'}" if quiet else "output above"
-        raise AssertionError(f"{name}: simulation did not complete ({sim_error}); "
-                             f"see {where}, SEED={seed}")
-    if failed or not results:
-        lines = [f"{name}: {len(failed)} of {len(results)} cocotb tests failed "
-                 f"(SEED={seed}, build {build_dir}):"]
+    problems = []
+    if died:
+        problems.append(f"the simulator died ({died})"
+                        + (f" after {len(results)} cocotb tests wrote results" if results else ""))
+    if not results:
+        problems.append("no cocotb test ran (no results written)")
+    elif runner_exit is not None and not failed:
+        problems.append(f"cocotb's runner exited with {runner_exit}")
+    if expect is not None:
+        ran = {r["test"] for r in results if not r["skipped"]}
+        want = set(expect)
+        if ran != want:
+            problems.append(f"expected the cocotb tests {sorted(want)}; missing "
+                            f"{sorted(want - ran)}, unexpected {sorted(ran - want)}, skipped "
+                            f"{sorted(r['test'] for r in results if r['skipped'])}")
+    if failed or problems:
+        what = (f"{len(failed)} of {len(results)} cocotb tests failed" if failed
+                else "the bench run failed")
+        lines = [f"{name}: {what} (SEED={seed}, build {build_dir}):"]
         lines += [f"  {r['test']}: {r['message'].strip()[:2000]}" for r in failed]
-        if not results:
-            lines.append("  no cocotb test ran")
+        lines += [f"  {p}" for p in problems]
         if quiet and (build_dir / "sim.log").exists():
             tail = (build_dir / "sim.log").read_text(errors="replace").splitlines()[-40:]
-            lines += ["  simulator log tail:"] + ["    " + t for t in tail]
+            lines += [f"  simulator log tail ({build_dir / 'sim.log'}):"]
+            lines += ["    " + t for t in tail]
+        elif died or not results:
+            lines.append("  (simulator output above)")
         raise AssertionError("\n".join(lines))
     if not quiet:
         print(f"{name}: {len(results)} cocotb tests passed in {wall:.1f} s "

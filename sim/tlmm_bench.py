@@ -16,7 +16,8 @@ from golden import tlmm as golden
 from golden.config import TLMMConfig
 from hw.tlmm import (act_beats, act_layout, chunk_count, expected_cycles, ideal_cycles,
                      out_layout, wgt_beats, wgt_layout)
-from sim.streams import Harness, bench_params, bench_rng, bench_seed, pack, record, unpack
+from sim import streams
+from sim.streams import bench_params, pack, record, unpack
 
 P = bench_params()
 CFG = TLMMConfig(**P.get("cfg", {}))
@@ -91,54 +92,41 @@ def check(op: Op, beats: list[int], where: str) -> int:
     return m * n
 
 
-async def run_ops(h: Harness, act, wgt, out, ops: list[Op], where: str, max_cycles=None) -> int:
-    for op in ops:
-        act.extend(op.act)
-        wgt.extend(op.wgt)
-    total = sum(op.out_beats for op in ops)
-    budget = max_cycles or 200 + 20 * sum(len(op.wgt) + len(op.act) for op in ops)
-    await h.run_until(lambda: len(out.beats) >= total, budget, where)
-    await h.run_cycles(3)     # nothing extra may appear
-    assert len(out.beats) == total, f"{where}: {len(out.beats)} beats, expected {total}"
-    vectors = 0
-    pos = 0
-    for op in ops:
-        vectors += check(op, out.beats[pos:pos + op.out_beats], where)
-        pos += op.out_beats
-    out.flush()
-    return vectors
+class Bench(streams.Bench):
+    SOURCES, SINKS, STALL = ("act", "wgt"), ("out",), STALL
+    DESC = f"cfg={CFG} max_k={MAX_K}"
 
+    def feed(self, op: Op) -> dict[str, list[int]]:
+        return {"act": op.act, "wgt": op.wgt}
 
-def make_harness(dut, name: str, stall: bool = True):
-    rng = bench_rng(name)
-    dut._log.info(f"SEED={bench_seed()} cfg={CFG} max_k={MAX_K}")
-    h = Harness(dut, rng)
-    s = STALL if stall else {"act": 1.0, "wgt": 1.0, "out": 1.0}
-    act = h.source("act", s["act"])
-    wgt = h.source("wgt", s["wgt"])
-    out = h.sink("out", s["out"])
-    return rng, h, act, wgt, out
+    def out_beats(self, op: Op) -> int:
+        return op.out_beats
+
+    def budget(self, ops: list[Op]) -> int:
+        return 200 + 20 * sum(len(op.wgt) + len(op.act) for op in ops)
+
+    check_item = staticmethod(check)
 
 
 @cocotb.test()
 async def test_random(dut):
     """Random matmuls back to back (varied K, N, M, value styles), random stalls everywhere."""
-    rng, h, act, wgt, out = make_harness(dut, "test_random")
-    await h.reset()
+    b = await Bench.start(dut, "test_random")
+    rng = b.rng
     ops = [random_op(rng) for _ in range(int(P.get("random_ops", 6)))]
     # K hitting the chunk boundaries exactly
     width = CFG.group * CFG.tables
     ops.append(random_op(rng, k=min(MAX_K, width), tag="k=G*T"))
     ops.append(random_op(rng, k=1, tag="k=1"))
-    vectors = await run_ops(h, act, wgt, out, ops, "test_random")
+    vectors = await b.run(ops, "test_random")
     record("test_random", vectors=vectors)
 
 
 @cocotb.test()
 async def test_extremes(dut):
     """Numeric corners at the longest K the table memory holds: +127*+1, -128*-1, -128*+1, zeros."""
-    rng, h, act, wgt, out = make_harness(dut, "test_extremes")
-    await h.reset()
+    b = await Bench.start(dut, "test_extremes")
+    rng = b.rng
     k = MAX_K
     n = CFG.replicas + 1
     cases = [(HI, 1, "all +127 x all +1"), (LO, -1, "all -128 x all -1"),
@@ -149,54 +137,32 @@ async def test_extremes(dut):
     for op in ops[:4]:
         # the golden value is the closed form K*x*w: the corner really is at the extreme
         assert int(op.expected[0, 0]) == k * int(op.x[0, 0]) * int(op.w[0, 0])
-    vectors = await run_ops(h, act, wgt, out, ops, "test_extremes")
+    vectors = await b.run(ops, "test_extremes")
     record("test_extremes", vectors=vectors)
 
 
 @cocotb.test()
 async def test_reset_mid_operation(dut):
     """Reset during table build / during lookups, then a clean operation must be exact."""
-    rng, h, act, wgt, out = make_harness(dut, "test_reset_mid_operation")
-    vectors = 0
-    await h.reset()
-    for attempt in range(3):
-        op = random_op(rng, m=2, k=int(rng.integers(CFG.group * CFG.tables, MAX_K + 1)))
-        act.extend(op.act)
-        wgt.extend(op.wgt)
-        # stop somewhere inside the operation (build or lookup phase)
-        await h.run_cycles(int(rng.integers(1, max(2, len(op.wgt) + len(op.act)))))
-        await h.reset(cycles=int(rng.integers(1, 4)))
-        clean = [random_op(rng, tag=f"after reset {attempt}") for _ in range(2)]
-        vectors += await run_ops(h, act, wgt, out, clean, f"test_reset_mid_operation[{attempt}]")
-    record("test_reset_mid_operation", vectors=vectors)
+    b = await Bench.start(dut, "test_reset_mid_operation")
+
+    def in_flight():   # stopped somewhere inside the operation (build or lookup phase)
+        op = random_op(b.rng, m=2, k=int(b.rng.integers(CFG.group * CFG.tables, MAX_K + 1)))
+        return [op], max(2, len(op.wgt) + len(op.act))
+
+    await b.reset_mid_operation(3, in_flight, lambda attempt: [
+        random_op(b.rng, tag=f"after reset {attempt}") for _ in range(2)])
 
 
 @cocotb.test()
 async def test_throughput(dut):
     """No stalls: measured cycles vs the documented formula and the ideal M*K*N/(G*T*Q)."""
-    rng, h, act, wgt, out = make_harness(dut, "test_throughput", stall=False)
-    await h.reset()
+    b = await Bench.start(dut, "test_throughput", stall=False)
     perf = P.get("perf", {})
     m = int(perf.get("m", 2))
     k = int(perf.get("k", min(MAX_K, 4 * CFG.group * CFG.tables)))
     n = int(perf.get("n", 4 * CFG.replicas))
-    op = random_op(rng, m=m, k=k, n=n, tag="throughput")
-    act.extend(op.act)
-    wgt.extend(op.wgt)
-    start = h.cycle
-    first_in = None
-    while len(out.beats) < op.out_beats:
-        if first_in is None and (act.sent or wgt.sent):
-            first_in = h.cycle - 1      # the cycle whose edge took the first beat
-        if h.cycle - start > 100 + 4 * (len(op.wgt) + len(op.act)):
-            raise AssertionError("test_throughput: timeout")
-        await h.step()
-    cycles = out.beat_cycles[-1] - first_in + 1
-    vectors = check(op, out.beats, "test_throughput")
-    formula = expected_cycles(m, k, n, CFG, TREE)
-    ideal = ideal_cycles(m, k, n, CFG)
-    dut._log.info(f"M={m} K={k} N={n}: {cycles} cycles, formula {formula}, ideal {ideal:.1f} "
-                  f"({ideal / cycles:.1%} of ideal)")
-    record("test_throughput", vectors=vectors, op_cycles=cycles, formula_cycles=formula,
-           ideal_cycles=ideal, m=m, k=k, n=n, chunks=chunk_count(k, CFG))
-    assert cycles == formula, f"measured {cycles} cycles, documented formula gives {formula}"
+    op = random_op(b.rng, m=m, k=k, n=n, tag="throughput")
+    await b.throughput([op], expected_cycles(m, k, n, CFG, TREE),
+                       100 + 4 * (len(op.wgt) + len(op.act)), f"M={m} K={k} N={n}",
+                       ideal=ideal_cycles(m, k, n, CFG), m=m, k=k, n=n, chunks=chunk_count(k, CFG))

@@ -117,13 +117,21 @@ def assert_matches_hf(model: Model, hf, scale_rtol: float = SCALE_RTOL) -> None:
 
 
 # ----------------------------------------------------------------------------- round trips
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("fmt,linear_class", [("offline", "bitlinear"),
-                                              ("offline", "autobitlinear"),
-                                              ("online", "autobitlinear")])
-def test_round_trip(tmp_path, rng, shape, fmt, linear_class):
+# the (quantization mode, linear class) pairs checkpoint.save writes
+SAVE_FORMATS = [("offline", "bitlinear"), ("offline", "autobitlinear"), ("online", "autobitlinear")]
+
+
+def _save_random(path, rng, shape, fmt="offline", linear_class="bitlinear") -> Model:
+    """A random model of this shape, saved to ``path``; returns the model."""
     model = random_model(rng, _config(shape))
-    checkpoint.save(model, tmp_path, fmt=fmt, linear_class=linear_class)
+    checkpoint.save(model, path, fmt=fmt, linear_class=linear_class)
+    return model
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("fmt,linear_class", SAVE_FORMATS)
+def test_round_trip(tmp_path, rng, shape, fmt, linear_class):
+    model = _save_random(tmp_path, rng, shape, fmt, linear_class)
     back = checkpoint.load(tmp_path)
     # online re-derives the scale as mean|latent| in float32: a few ulp
     assert_models_equal(model, back, scale_rtol=SCALE_RTOL if fmt == "offline" else 1e-6)
@@ -141,8 +149,7 @@ def test_round_trip_with_tokenizer(tmp_path, rng):
 
 def test_packed_bytes_match_transformers_packer(tmp_path, rng):
     from safetensors.numpy import load_file
-    model = random_model(rng, _config(SHAPES[1]))
-    checkpoint.save(model, tmp_path, fmt="offline", linear_class="bitlinear")
+    model = _save_random(tmp_path, rng, SHAPES[1])
     tensors = load_file(str(tmp_path / "model.safetensors"))
     for i, lw in enumerate(model.weights.layers):
         for n in PROJ:
@@ -211,13 +218,10 @@ def test_load_sharded(tmp_path):
 
 
 @pytest.mark.parametrize("shape", SHAPES[1:])
-@pytest.mark.parametrize("fmt,linear_class", [("offline", "bitlinear"),
-                                              ("offline", "autobitlinear"),
-                                              ("online", "autobitlinear")])
+@pytest.mark.parametrize("fmt,linear_class", SAVE_FORMATS)
 def test_saved_checkpoint_loads_in_transformers(tmp_path, rng, shape, fmt, linear_class):
     """transformers' effective weights of our saved file are codes * scale (scale direction)."""
-    model = random_model(rng, _config(shape))
-    checkpoint.save(model, tmp_path, fmt=fmt, linear_class=linear_class)
+    model = _save_random(tmp_path, rng, shape, fmt, linear_class)
     hf = BitNetForCausalLM.from_pretrained(tmp_path).eval()
     q = hf.model.layers[0].self_attn.q_proj
     assert isinstance(q, hf_bitnet.BitLinear if linear_class == "bitlinear"
@@ -243,8 +247,7 @@ def test_bitlinear_and_autobitlinear_compute_the_same(tmp_path, rng):
 # ----------------------------------------------------------------------------- bad input
 @pytest.fixture
 def saved(tmp_path, rng):
-    model = random_model(rng, _config(SHAPES[1]))
-    checkpoint.save(model, tmp_path, fmt="offline", linear_class="bitlinear")
+    _save_random(tmp_path, rng, SHAPES[1])
     return tmp_path
 
 

@@ -13,6 +13,8 @@ from host.device import Device, DeviceError, DeviceTimeout, Status
 from golden import isa
 from golden.isa import ErrorCode, Opcode, command
 
+from device_util import put_stream, put_tlmm
+
 MEM = 1 << 20
 
 
@@ -21,22 +23,10 @@ def dev():
     return GoldenDevice(mem_size=MEM)
 
 
-def _stream(dev, cmds, raw=None):
-    buf = raw if raw is not None else isa.encode_stream(cmds)
-    addr = dev.alloc(len(buf), isa.STREAM_ALIGN)
-    dev.write(addr, buf)
-    return addr, len(buf) // isa.COMMAND_BYTES
-
-
 def _tlmm_setup(dev, rng, rows=3, k=50, n=9):
     x = rng.integers(-128, 128, size=(rows, k)).astype(np.int8)
     w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
-    xa = dev.alloc(x.nbytes)
-    dev.write(xa, x)
-    packed = isa.pack_tlmm_weights(w, dev.cfg.tlmm)
-    wa = dev.alloc(packed.nbytes)
-    dev.write(wa, packed)
-    ya = dev.alloc(rows * n * 4)
+    xa, wa, ya = put_tlmm(dev, x, w)
     cmd = command(Opcode.TLMM, src=xa, weights=wa, dst=ya, rows=rows, k=k, n=n)
     return x, w, ya, cmd
 
@@ -89,7 +79,7 @@ def test_rope_from_table_equals_rope_fx(rng):
 
 def test_tlmm_command_is_the_integer_matmul(dev, rng):
     x, w, ya, cmd = _tlmm_setup(dev, rng)
-    dev.run(*_stream(dev, [cmd, command(Opcode.END)]))
+    dev.run(*put_stream(dev, [cmd, command(Opcode.END)]))
     st = dev.wait(5.0)
     assert st.done and st.ok and st.ops_done == 2
     want = x.astype(np.int64) @ w.astype(np.int64).T
@@ -103,18 +93,18 @@ def test_tlmm_command_is_the_integer_matmul(dev, rng):
 def test_tlmm_exact_path_matches(rng):
     d = GoldenDevice(mem_size=MEM, exact_tlmm=True)
     x, w, ya, cmd = _tlmm_setup(d, rng, rows=2, k=31, n=5)
-    d.run(*_stream(d, [cmd, command(Opcode.END)]))
+    d.run(*put_stream(d, [cmd, command(Opcode.END)]))
     d.wait(5.0)
     assert np.array_equal(d.read_array(ya, np.int32, (2, 5)), x.astype(np.int64) @ w.T.astype(np.int64))
 
 
 def test_weight_cache_sees_rewrites(dev, rng):
     x, w, ya, cmd = _tlmm_setup(dev, rng, rows=1, k=9, n=4)
-    dev.run(*_stream(dev, [cmd, command(Opcode.END)]))
+    dev.run(*put_stream(dev, [cmd, command(Opcode.END)]))
     dev.wait(5.0)
     w2 = -w
     dev.write(cmd.weights, isa.pack_tlmm_weights(w2, dev.cfg.tlmm))
-    dev.run(*_stream(dev, [cmd, command(Opcode.END)]))
+    dev.run(*put_stream(dev, [cmd, command(Opcode.END)]))
     dev.wait(5.0)
     assert np.array_equal(dev.read_array(ya, np.int32, (1, 4)), x.astype(np.int64) @ w2.T.astype(np.int64))
 
@@ -132,7 +122,7 @@ def test_norm_quant_command_matches_rmsnorm_quant(dev, rng):
     dev.write(ga, gamma)
     cmd = command(Opcode.NORM_QUANT, src=ha, gamma=ga, dst=xa, dst_scale=sa, rows=rows, dim=dim,
                   eps_term=eps_term, c_mant=c_mant, c_exp=c_exp, g_exp=g_exp)
-    dev.run(*_stream(dev, [cmd, command(Opcode.END)]))
+    dev.run(*put_stream(dev, [cmd, command(Opcode.END)]))
     dev.wait(5.0)
     x_q, mant, shift = rmsnorm_quant(h, gamma, ncfg)
     assert np.array_equal(dev.read_array(xa, np.int8, (rows, dim)), x_q)
@@ -148,7 +138,7 @@ def test_embed_command(dev, rng):
     dev.write(ta, table)
     dev.write(ka, tok)
     cmd = command(Opcode.EMBED, tokens=ka, table=ta, dst=da, rows=4, dim=6, vocab=11)
-    dev.run(*_stream(dev, [command(Opcode.NOP), cmd, command(Opcode.END)]))
+    dev.run(*put_stream(dev, [command(Opcode.NOP), cmd, command(Opcode.END)]))
     dev.wait(5.0)
     assert np.array_equal(dev.read_array(da, np.int32, (4, 6)), table[tok])
 
@@ -157,7 +147,7 @@ def test_embed_command(dev, rng):
 def test_out_of_range_address_names_op_index(dev, rng):
     x, w, ya, cmd = _tlmm_setup(dev, rng)
     bad = command(Opcode.TLMM, **{**cmd.args, "dst": dev.brk + 4096})
-    dev.run(*_stream(dev, [command(Opcode.NOP), cmd, bad, command(Opcode.END)]))
+    dev.run(*put_stream(dev, [command(Opcode.NOP), cmd, bad, command(Opcode.END)]))
     with pytest.raises(DeviceError, match=r"command 2 \(opcode TLMM\): address out of range: dst") as ei:
         dev.wait(5.0)
     assert ei.value.code == ErrorCode.ADDR_RANGE and ei.value.op_index == 2
@@ -168,14 +158,14 @@ def test_out_of_range_address_names_op_index(dev, rng):
 def test_unknown_opcode(dev):
     raw = bytearray(isa.encode_stream([command(Opcode.NOP), command(Opcode.END)]))
     raw[isa.COMMAND_BYTES] = 0xEE                    # second command: opcode 0xEE
-    dev.run(*_stream(dev, None, raw=bytes(raw)))
+    dev.run(*put_stream(dev, bytes(raw)))
     with pytest.raises(DeviceError, match=r"command 1 \(opcode 0xee\): unknown opcode") as ei:
         dev.wait(5.0)
     assert ei.value.code == ErrorCode.UNKNOWN_OPCODE and ei.value.opcode == 0xEE
 
 
 def test_missing_end(dev):
-    dev.run(*_stream(dev, [command(Opcode.NOP)] * 3))
+    dev.run(*put_stream(dev, [command(Opcode.NOP)] * 3))
     with pytest.raises(DeviceError, match=r"command 2 \(opcode NOP\): stream ended without END") as ei:
         dev.wait(5.0)
     assert ei.value.code == ErrorCode.MISSING_END
@@ -191,7 +181,7 @@ def test_bad_dims_and_alignment(dev, rng, change, code):
     args = dict(cmd.args)
     for k, v in change.items():
         args[k] = args[k] + 1 if v == "misalign" else v
-    dev.run(*_stream(dev, [command(Opcode.TLMM, **args), command(Opcode.END)]))
+    dev.run(*put_stream(dev, [command(Opcode.TLMM, **args), command(Opcode.END)]))
     if code is None:
         dev.wait(5.0)
         return
@@ -204,21 +194,21 @@ def test_bad_operands(dev):
     tab, tok, dst = dev.alloc(4 * 4 * 2), dev.alloc(4), dev.alloc(4 * 4)
     dev.write(tok, np.array([2], np.uint32))
     emb = command(Opcode.EMBED, tokens=tok, table=tab, dst=dst, rows=1, dim=4, vocab=2)
-    dev.run(*_stream(dev, [emb, command(Opcode.END)]))
+    dev.run(*put_stream(dev, [emb, command(Opcode.END)]))
     with pytest.raises(DeviceError, match="bad operand: tokens: id 2 >= vocab 2"):
         dev.wait(5.0)
     h, g, x, s = dev.alloc(16), dev.alloc(8), dev.alloc(4), dev.alloc(4)
     e, cm, ce = norm_constants(4)
     nq = command(Opcode.NORM_QUANT, src=h, gamma=g, dst=x, dst_scale=s, rows=1, dim=4,
                  eps_term=e, c_mant=cm + 1, c_exp=ce, g_exp=0)
-    dev.run(*_stream(dev, [nq, command(Opcode.END)]))
+    dev.run(*put_stream(dev, [nq, command(Opcode.END)]))
     with pytest.raises(DeviceError, match="norm_constants") as ei:
         dev.wait(5.0)
     assert ei.value.code == ErrorCode.BAD_OPERAND
 
 
 def test_run_while_busy_and_bad_run_args(dev):
-    addr, n = _stream(dev, [command(Opcode.NOP), command(Opcode.END)])
+    addr, n = put_stream(dev, [command(Opcode.NOP), command(Opcode.END)])
     dev.run(addr, n)
     with pytest.raises(RuntimeError, match="still running"):
         dev.run(addr, n)
@@ -244,7 +234,7 @@ class HangingDevice(GoldenDevice):
 
 def test_wait_timeout_on_a_device_that_never_finishes():
     dev = HangingDevice(mem_size=MEM)
-    dev.run(*_stream(dev, [command(Opcode.NOP)] * 5 + [command(Opcode.END)]))
+    dev.run(*put_stream(dev, [command(Opcode.NOP)] * 5 + [command(Opcode.END)]))
     with pytest.raises(DeviceTimeout, match=r"timeout after 0.05 s: last completed command 2 "
                                             r"\(opcode TLMM\) of 6") as ei:
         dev.wait(0.05)
@@ -256,7 +246,7 @@ def test_wait_timeout_on_a_device_that_never_finishes():
 
 def test_golden_timeout_resumes_then_reset_clean_run(dev, rng):
     x, w, ya, cmd = _tlmm_setup(dev, rng)
-    addr, n = _stream(dev, [cmd] * 4 + [command(Opcode.END)])
+    addr, n = put_stream(dev, [cmd] * 4 + [command(Opcode.END)])
     dev.run(addr, n)
     with pytest.raises(DeviceTimeout):
         dev.wait(0)                                 # deadline before the stream can end
@@ -265,7 +255,7 @@ def test_golden_timeout_resumes_then_reset_clean_run(dev, rng):
     assert st.done and st.ops_done == 5
     # error, then reset, then a clean run on the same device
     bad = command(Opcode.TLMM, **{**cmd.args, "weights": 0})
-    dev.run(*_stream(dev, [bad, command(Opcode.END)]))
+    dev.run(*put_stream(dev, [bad, command(Opcode.END)]))
     with pytest.raises(DeviceError):
         dev.wait(5.0)
     assert dev.status().error == ErrorCode.ADDR_RANGE
@@ -278,7 +268,7 @@ def test_golden_timeout_resumes_then_reset_clean_run(dev, rng):
 
 
 def test_reset_abandons_running_stream(dev):
-    addr, n = _stream(dev, [command(Opcode.NOP)] * 3 + [command(Opcode.END)])
+    addr, n = put_stream(dev, [command(Opcode.NOP)] * 3 + [command(Opcode.END)])
     dev.run(addr, n)
     dev.reset()
     dev.run(addr, n)                                # accepted: nothing is running any more
@@ -298,7 +288,7 @@ def test_lm_head_bad_dst_fails_before_the_matmul():
     x = dev.alloc(rows * k)
     w = dev.alloc(n * k)
     cmd = command(Opcode.LM_HEAD, src=x, weights=w, dst=dev.alloc(64), rows=rows, k=k, n=n)
-    addr, count = _stream(dev, [cmd, command(Opcode.END)])
+    addr, count = put_stream(dev, [cmd, command(Opcode.END)])
     dev.run(addr, count)
     with pytest.raises(DeviceError) as ei:
         dev.wait(5.0)

@@ -16,6 +16,8 @@ from golden import isa
 from hw.accel import RTL_OPS
 from golden.isa import ErrorCode, Opcode, command
 
+from device_util import put_stream, put_tlmm
+
 MEM = 4 << 20
 SHAPE = dict(vocab_size=67, hidden_size=64, intermediate_size=100, num_hidden_layers=2,
              num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=48)
@@ -40,23 +42,8 @@ def _both(devs, fn):
     return [fn(d) for d in devs]
 
 
-def _tlmm_setup(dev, x, codes, n_cmd_pad=0):
-    rows, k = x.shape
-    n = codes.shape[0]
-    xs = dev.alloc(x.nbytes)
-    dev.write(xs, x)
-    wb = isa.pack_tlmm_weights(codes, dev.cfg.tlmm)
-    wa = dev.alloc(wb.size)
-    dev.write(wa, wb)
-    dst = dev.alloc(rows * n * 4)
-    return xs, wa, dst
-
-
 def _run(dev, cmds, timeout=10.0):
-    words = isa.encode_stream(cmds) if not isinstance(cmds, bytes) else cmds
-    st = dev.alloc(len(words))
-    dev.write(st, words)
-    dev.run(st, len(words) // isa.COMMAND_BYTES)
+    dev.run(*put_stream(dev, cmds))
     return dev.wait(timeout)
 
 
@@ -73,7 +60,7 @@ def test_tlmm_op_equals_golden(pair, rng, rows, k, n, bw, lat):
     w = rng.integers(-1, 2, (n, k)).astype(np.int8)
     outs = []
     for dev in (gold, sim):
-        xs, wa, dst = _tlmm_setup(dev, x, w)
+        xs, wa, dst = put_tlmm(dev, x, w)
         st = _run(dev, [command(Opcode.NOP),
                         command(Opcode.TLMM, src=xs, weights=wa, dst=dst, rows=rows, k=k, n=n),
                         command(Opcode.END)])
@@ -131,7 +118,7 @@ def test_host_fallback_of_a_partial_top(rng, seed):
 def _bad_tlmm(dev, rng, **change):
     x = rng.integers(-128, 128, (2, 50), dtype=np.int8)
     w = rng.integers(-1, 2, (9, 50)).astype(np.int8)
-    xs, wa, dst = _tlmm_setup(dev, x, w)
+    xs, wa, dst = put_tlmm(dev, x, w)
     f = dict(src=xs, weights=wa, dst=dst, rows=2, k=50, n=9)
     f.update({k: (v(f) if callable(v) else v) for k, v in change.items()})
     return [command(Opcode.NOP), command(Opcode.NOP), command(Opcode.TLMM, **f),
@@ -205,7 +192,7 @@ def test_never_finishing_stream_times_out_then_reset_recovers(pair, rng):
     # a clean run afterwards: TLMM gives the integer matmul
     x = rng.integers(-128, 128, (2, 90), dtype=np.int8)
     w = rng.integers(-1, 2, (5, 90)).astype(np.int8)
-    xs, wa, dst = _tlmm_setup(sim, x, w)
+    xs, wa, dst = put_tlmm(sim, x, w)
     st = _run(sim, [command(Opcode.TLMM, src=xs, weights=wa, dst=dst, rows=2, k=90, n=5),
                     command(Opcode.END)])
     assert st.ok and st.ops_done == 2
