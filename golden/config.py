@@ -510,3 +510,109 @@ class DatapathConfig:
 
 
 DEFAULT = DatapathConfig()
+
+
+# --------------------------------------------------------------------------- design points
+@dataclass(frozen=True)
+class AccelConfig:
+    """A design point of the accelerator: the datapath it implements and the hardware
+    choices around it. The RTL (``hw.accel.Accel`` and every engine), the sim backend, the
+    performance model, synthesis and the CLI read it; none repeats its values.
+
+    Limits (``max_*``) size buffers: a command beyond them is BAD_DIM on the RTL. Widths
+    (``*_lanes``) change throughput only. ``clock_mhz`` is the design target;
+    ``evidence_mhz`` the clock the timing evidence supports (``evidence`` says which
+    evidence: the UltraScale+ logic-depth rule of ``hw.timing`` or a routed nextpnr
+    Fmax), set from ``make synth``'s report, which says when the two disagree. The DRAM
+    figures are the board's: bandwidth in GB/s and read latency in cycles of the clock.
+    """
+
+    name: str = "kv260"
+    datapath: DatapathConfig = field(default_factory=DatapathConfig)
+    # limits
+    max_k: int = 4096            # TLMM and LM_HEAD inner dimension (table / row buffers)
+    max_dim: int = 4096          # NORM_QUANT and ACT row length (quantizer row buffers)
+    max_keys: int = 2048         # QK / SOFTMAX / PV keys per row
+    max_head_dim: int = 128      # ROPE_QUANT / QK / PV head_dim
+    # widths
+    norm_lanes: int = 8          # NORM_QUANT elements per cycle and pass
+    act_lanes: int = 16          # ACT elements per cycle and pass
+    softmax_lanes: int = 8       # SOFTMAX rows side by side
+    rope_pairs: int = 4          # ROPE_QUANT pairs rotated per cycle
+    # memory system
+    axi_ports: int = 5           # 128-bit AXI4 master ports (HP0-HP3 + HPC0 on a Zynq US+)
+    axi_data_bits: int = 128
+    axi_addr_bits: int = 49      # Zynq UltraScale+ HP port addresses
+    dram_gbs: float = 17.1       # board DRAM bandwidth the design can use
+    dram_latency: int = 32       # DRAM read latency, cycles of the clock (128 ns at 250 MHz)
+    # clock and device
+    device: str = "xck26"        # xck26 (KV260) or ecp5-85f
+    clock_mhz: float = 250.0     # target
+    evidence_mhz: float | None = None   # what the timing evidence supports (None: none yet)
+    evidence: str = "no timing evidence yet"
+
+    def __post_init__(self) -> None:
+        for f in ("max_k", "max_dim", "max_keys", "max_head_dim", "norm_lanes", "act_lanes",
+                  "softmax_lanes", "rope_pairs", "axi_ports", "dram_latency"):
+            v = getattr(self, f)
+            _check(isinstance(v, int) and v >= 1, f, f"must be an integer >= 1, got {v!r}")
+        _check(self.axi_data_bits in (32, 64, 128), "axi_data_bits",
+               f"must be 32, 64 or 128, got {self.axi_data_bits}")
+        for f in ("dram_gbs", "clock_mhz", "evidence_mhz"):
+            v = getattr(self, f)
+            _check((v is None and f == "evidence_mhz")
+                   or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0), f,
+                   f"must be a finite number > 0, got {v!r}")
+        _check(self.device in DEVICES, "device", f"must be one of {sorted(DEVICES)}, got "
+               f"{self.device!r}")
+        _check(self.max_k <= self.datapath.tlmm.max_k(), "max_k",
+               f"{self.max_k} exceeds what the TLMM accumulator holds "
+               f"({self.datapath.tlmm.max_k()})")
+        _check(self.max_keys <= self.datapath.softmax.max_len, "max_keys",
+               f"{self.max_keys} exceeds the softmax sum's {self.datapath.softmax.max_len}")
+
+    @property
+    def bytes_per_cycle(self) -> float:
+        """DRAM bandwidth in bytes per cycle of the target clock."""
+        return self.dram_gbs * 1e3 / self.clock_mhz
+
+    def with_(self, **fields) -> "AccelConfig":
+        return replace(self, **fields)
+
+    def digest(self) -> int:
+        """32-bit hash of every field (the ID register's design-point hash)."""
+        import hashlib
+        import json
+        from dataclasses import asdict
+
+        text = json.dumps(asdict(self), sort_keys=True, default=str)
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+# The devices a design point may target: resources the fit checks against.
+DEVICES = {
+    "xck26": {"lut": 117_120, "ff": 234_240, "bram36": 144, "uram": 64, "dsp": 1248},
+    "ecp5-85f": {"lut4": 83_640, "ff": 83_640, "dp16kd": 208, "mult18": 156},
+}
+
+# Named design points (``--design-point NAME``). kv260: the XCK26 of the Kria KV260 at
+# 250 MHz with its DDR4 (17.1 GB/s usable of 19.2 peak). ecp5: an ECP5-85F, where an open
+# flow routes the whole design: fewer tables and lanes, a 64-byte DMA, 100 MHz target.
+DESIGN_POINTS = {
+    "kv260": AccelConfig(),
+    "ecp5": AccelConfig(
+        name="ecp5",
+        datapath=DatapathConfig(tlmm=TLMMConfig(tables=8, replicas=2)),
+        max_k=2048, max_dim=2048, max_keys=512, max_head_dim=64,
+        norm_lanes=4, act_lanes=4, softmax_lanes=2, rope_pairs=1,
+        axi_ports=1, axi_data_bits=64, axi_addr_bits=32,
+        dram_gbs=0.8, dram_latency=16, device="ecp5-85f", clock_mhz=100.0),
+}
+DEFAULT_DESIGN_POINT = "kv260"
+
+
+def design_point(name: str) -> AccelConfig:
+    """The named design point (ValueError naming the known ones)."""
+    if name not in DESIGN_POINTS:
+        raise ValueError(f"design point: {name!r} is not one of {sorted(DESIGN_POINTS)}")
+    return DESIGN_POINTS[name]

@@ -81,3 +81,31 @@ def test_quant_requant_layouts_follow_config():
     r = replace(RequantConfig(), out_bits=16)
     assert hr.out_layout(r, 2).size == 2 * 16 + 1
     assert hr.shift_shape(r).width == r.shift_max.bit_length()
+
+
+# --------------------------------------------------------------------------- design points
+def test_design_points_are_valid_and_distinct():
+    from golden.config import DESIGN_POINTS, DEFAULT_DESIGN_POINT, design_point
+
+    assert DEFAULT_DESIGN_POINT in DESIGN_POINTS
+    digests = {name: dp.digest() for name, dp in DESIGN_POINTS.items()}
+    assert len(set(digests.values())) == len(digests)
+    for name, dp in DESIGN_POINTS.items():
+        assert dp.name == name and design_point(name) is dp
+        assert 0 <= dp.digest() < 2 ** 32
+    kv = design_point("kv260")
+    assert kv.bytes_per_cycle == pytest.approx(17.1e9 / 250e6)
+    assert kv.with_(dram_latency=20).digest() != kv.digest()
+
+
+def test_design_point_errors_name_the_field():
+    from golden.config import AccelConfig, design_point
+
+    with pytest.raises(ValueError, match="design point: 'zynq' is not one of"):
+        design_point("zynq")
+    with pytest.raises(ValueError, match="max_keys: 70000 exceeds the softmax sum"):
+        AccelConfig(max_keys=70000)
+    with pytest.raises(ValueError, match="act_lanes: must be an integer >= 1"):
+        AccelConfig(act_lanes=0)
+    with pytest.raises(ValueError, match="device: must be one of"):
+        AccelConfig(device="xc7a35t")
