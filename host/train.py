@@ -13,8 +13,9 @@ Layer: input_layernorm -> q/k/v -> RoPE (rotate-half) -> causal GQA attention ->
 attn_sub_norm -> o_proj -> residual; post_attention_layernorm -> gate/up -> relu2(gate)*up
 -> ffn_sub_norm -> down_proj -> residual. Final norm, full-precision lm_head.
 
-Data: the characters of ``tinyshakespeare.txt``; the first 90 % train, the last 10 % is
-held out (never trained on). Loss is in nats per character.
+Data: the characters of ``tinyshakespeare.txt`` (``host.data.DEFAULT_CORPUS``); the first
+90 % train, the last 10 % is held out (never trained on; ``host.data.split``, the split
+``host.eval`` scores). Loss is in nats per character.
 
 Training state (model, optimizer, step, RNG states, log) is written every few minutes to
 ``<state-dir>/train_state.pt`` (default ``runs/<basename of out>_train``); ``--resume``
@@ -42,11 +43,9 @@ import torch.nn.functional as F
 
 from golden.modelspec import (ATTN_PROJ, MLP_PROJ, LayerWeights, Model, ModelConfig,
                               ModelWeights, TernaryWeight)
+from host.data import DEFAULT_CORPUS, read_corpus, split
 from host.tokenizer import CharTokenizer
 
-DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                              "tinyshakespeare.txt")
-HELDOUT_FRACTION = 0.1
 STATE_FILE = "train_state.pt"
 LOG_FILE = "training_log.json"
 
@@ -56,11 +55,17 @@ ACT_MIN, ACT_MAX = -128, 127
 
 
 # ----------------------------------------------------------------------------- quantizers
+def _absmean_ternary(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes clamp(round(W / mean|W|), -1, 1) in w's dtype, mean|W| clamped to WEIGHT_EPS)."""
+    mean = w.abs().mean().clamp(min=WEIGHT_EPS)
+    return (w * (1.0 / mean)).round().clamp(-1, 1), mean
+
+
 class _TernarizeSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w):
-        inv = 1.0 / w.abs().mean().clamp(min=WEIGHT_EPS)
-        return (w * inv).round().clamp(-1, 1) / inv
+        codes, mean = _absmean_ternary(w)
+        return codes / (1.0 / mean)
 
     @staticmethod
     def backward(ctx, grad):
@@ -98,17 +103,14 @@ def ternary_linear_eval(xq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     then spreads to later positions (measured on the shipped model: max logit
     difference 1.1e-2 of max|logit| with the training form, 0 with this one).
     """
-    mean = w.abs().mean().clamp(min=WEIGHT_EPS)
-    codes = (w * (1.0 / mean)).round().clamp(-1, 1)
+    codes, mean = _absmean_ternary(w)
     return F.linear(xq, codes) * mean
 
 
 def ternary_codes(w: torch.Tensor) -> tuple[np.ndarray, float]:
     """Export: int8 codes and the multiplicative scale mean|W| (same rounding as training)."""
-    w = w.detach().float()
-    mean = w.abs().mean().clamp(min=WEIGHT_EPS)
-    codes = (w * (1.0 / mean)).round().clamp(-1, 1).to(torch.int8).numpy()
-    return codes, float(mean)
+    codes, mean = _absmean_ternary(w.detach().float())
+    return codes.to(torch.int8).numpy(), float(mean)
 
 
 class RMSNorm(nn.Module):
@@ -320,14 +322,12 @@ def lr_at(step: int, tc: TrainConfig) -> float:
 
 def load_corpus(path: str, limit: int = 0) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
     """Tokenizer over the whole corpus; ids of the train split (first 90 %) and held-out."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_corpus(path)
     if limit:
         text = text[:limit]
     tok = CharTokenizer.from_text(text)
-    ids = torch.tensor(tok.encode(text), dtype=torch.long)
-    n_train = int(len(ids) * (1.0 - HELDOUT_FRACTION))
-    return tok, ids[:n_train], ids[n_train:]
+    train_ids, heldout_ids = split(torch.tensor(tok.encode(text), dtype=torch.long))
+    return tok, train_ids, heldout_ids
 
 
 def heldout_windows(val: torch.Tensor, context: int, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -512,7 +512,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="export directory (HF layout)")
     p.add_argument("--state-dir", default=None,
                    help="training-state directory (default runs/<basename of out>_train)")
-    p.add_argument("--corpus", default=os.path.normpath(DEFAULT_CORPUS))
+    p.add_argument("--corpus", default=DEFAULT_CORPUS)
     p.add_argument("--resume", action="store_true", help="continue from the saved state")
     p.add_argument("--export-only", action="store_true",
                    help="export the saved state to --out without training")

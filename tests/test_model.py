@@ -15,10 +15,9 @@ from golden.config import DEFAULT
 from golden.model import (DECODE_VS_FULL_INT, GREEDY_AGREEMENT_MIN, INT_COSINE_GAP,
                           REF_VS_HF_REL_ERR, GoldenModel, Scale, cosine_rows, random_model)
 from golden.modelspec import ModelConfig
+from host.data import DEFAULT_MODEL
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models" / "default"
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+SHIPPED = Path(DEFAULT_MODEL)
 
 # HF model shapes: GQA ratios 4:1, 1:1 (odd head count), 2:1, 7:1 (MQA, odd); hidden and
 # intermediate sizes that are not multiples of 3 (but one), relu2 and silu
@@ -435,12 +434,12 @@ def test_shipped_model_greedy_agreement():
     """Integer vs reference greedy next token over 2048 held-out positions (8 windows of
     the model's context from the last 10 % of tinyshakespeare)."""
     from host import checkpoint
+    from host.data import heldout_text
     from host.tokenizer import CharTokenizer
 
     model = checkpoint.load(SHIPPED)
     tok = CharTokenizer.load(SHIPPED)
-    text = CORPUS.read_text(encoding="utf-8")
-    held = text[int(len(text) * 0.9):]
+    held = heldout_text()
     ctx = model.config.max_position_embeddings
     n_win = max(1, 2048 // ctx)
     ids = np.asarray(tok.encode(held[:n_win * ctx]), dtype=np.int64).reshape(n_win, ctx)
