@@ -32,6 +32,48 @@ an explicit sequence of block-level ops over integer tensors (below). The accele
 command stream mirrors it op for op and must match it bit for bit; ``trace=[]`` collects
 every op's outputs (``forward(..., trace=lst)`` appends ``(layer, op, {name: array})``).
 
+Ablations (reference mode only; the study notebooks use them)
+=============================================================
+
+``GoldenModel(model, "reference", approx={...}, proj_hook=..., act_hook=...)`` is the
+reference forward with single hardware approximations put back into the float path
+(``approx``: names from ``APPROXIMATIONS``); with none and no hooks it is the reference
+forward itself. The switches act per token (or, for attention, on keys <= the query),
+so a KV-cache decode stays equal to a full forward as in plain reference mode.
+
+``rmsnorm``
+    Every RMSNorm that feeds a BitLinear (input, attn_sub, post_attention, ffn_sub) is
+    the fixed-point block (``op_norm_quant``: integer sum of squares, LUT+Newton rsqrt,
+    hardware INT8 quantizer) on the residual in Q15.16, with gamma in int16 as
+    ``compile_integer`` makes it; its dequantized INT8 output feeds the BitLinear (whose
+    own fake quantizer then gives back the same codes).
+``rope``
+    RoPE of q and k by ``golden.rope.rope_fx`` (Q1.14 cos/sin tables, rounding) on the
+    exact int32 accumulators ``x_q @ codes.T``, as the integer datapath does.
+``attn_int8``
+    q (after RoPE), k (after RoPE) and v quantized to INT8 absmax per (token, head)
+    (``golden.quant.act_fake_quant``; the hardware quantizer rounds half up instead of
+    half to even, within 1 LSB).
+``softmax``
+    Attention logits rounded to the softmax input format (signed int16 Q7.8,
+    saturating) and the integer online softmax ``golden.softmax.softmax_fx``,
+    probabilities UQ0.16.
+``act``
+    The FFN activation unit: ``relu2`` -- gate and up quantized per token to
+    ``ffn_bits`` (16) bit absmax, square exact (``golden.activations.relu2``);
+    ``silu`` -- gate rounded to Q7.8 int16 and ``golden.activations.silu_fx``, up
+    quantized to 16 bits.
+``lm_head``
+    Final-norm output and lm_head rows INT8 absmax (``golden.quant.act_quant``), as the
+    integer model's head.
+
+Hooks: ``proj_hook(layer, name, x)`` is called with the float input of every projection
+(before its activation quantizer). ``act_hook(layer, g, tok_scale)`` replaces the FFN
+activation act(g) (before the product with up): ``g = acc * tok_scale`` with ``acc`` the
+exact integer accumulator of the gate projection and ``tok_scale`` [B, T, 1] = s_w / s_x
+(weight scale over the token's activation scale); it returns act(g) as floats (e.g. an
+analog NL-ADC's ReLU^2, notebooks/nl_adc.py).
+
 Integer datapath formats
 ========================
 
@@ -138,9 +180,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .config import DEFAULT, DatapathConfig, ForwardConfig, RequantConfig
+from .config import DEFAULT, DatapathConfig, RequantConfig
 from .fixed import bit_length as _bit_length, rhu as _rhu
-from .modelspec import ATTN_PROJ, MLP_PROJ, Model
+from .modelspec import ATTN_PROJ, LAYER_NORMS, MLP_PROJ, Model
 from . import activations as _act
 from . import quant as _quant
 from . import requant as _requant
@@ -150,6 +192,8 @@ from . import softmax as _softmax
 from . import tlmm as _tlmm
 
 MODES = ("reference", "integer")
+# hardware approximations that reference mode can switch on one by one (module doc)
+APPROXIMATIONS = ("rmsnorm", "rope", "attn_int8", "softmax", "act", "lm_head")
 # queries per attention block in the simulation (any value gives the same bits)
 ATTN_QUERY_BLOCK = 64
 
@@ -163,11 +207,6 @@ INT_COSINE_GAP = 0.01
 GREEDY_AGREEMENT_MIN = 0.95
 # KV-cache decode (any chunking) vs one full-sequence forward, integer mode: bit-equal
 DECODE_VS_FULL_INT = 0
-
-
-# --------------------------------------------------------------------------- config
-def forward_config(cfg: DatapathConfig) -> ForwardConfig:
-    return cfg.forward
 
 
 # --------------------------------------------------------------------------- integer helpers
@@ -352,7 +391,7 @@ def compile_integer(model: Model, cfg: DatapathConfig = DEFAULT) -> IntegerModel
     """Host compilation: quantize every tensor and constant of the integer datapath."""
     mc, w = model.config, model.weights
     cfg = model_datapath_config(model, cfg)
-    fc = forward_config(cfg)
+    fc = cfg.forward
     rc = cfg.requant
     act_max = cfg.quant.act_max
     wide_max = (1 << (fc.ffn_bits - 1)) - 1
@@ -378,13 +417,8 @@ def compile_integer(model: Model, cfg: DatapathConfig = DEFAULT) -> IntegerModel
             except ValueError as e:
                 raise ValueError(f"model: layer {i} {name} weight scale {tw.scale!r}: {e}") from None
             proj[name] = ProjConst(codes=tw.codes, weight_scale=float(tw.scale), const=c)
-        layers.append(LayerConst(
-            input_layernorm=_compile_norm(lw.input_layernorm, cfg, f"layers.{i}.input_layernorm"),
-            post_attention_layernorm=_compile_norm(lw.post_attention_layernorm, cfg,
-                                                   f"layers.{i}.post_attention_layernorm"),
-            attn_sub_norm=_compile_norm(lw.attn_sub_norm, cfg, f"layers.{i}.attn_sub_norm"),
-            ffn_sub_norm=_compile_norm(lw.ffn_sub_norm, cfg, f"layers.{i}.ffn_sub_norm"),
-            proj=proj))
+        layers.append(LayerConst(proj=proj, **{
+            k: _compile_norm(getattr(lw, k), cfg, f"layers.{i}.{k}") for k in LAYER_NORMS}))
     lm_q, lm_scale = _quant.act_quant(np.asarray(w.lm_head, dtype=np.float32), cfg.quant)
     return IntegerModel(config=mc, cfg=cfg, embed_fx=embed_fx, layers=layers,
                         norm=_compile_norm(w.norm, cfg, "norm"), lm_q=lm_q,
@@ -467,7 +501,7 @@ def op_softmax(logits: np.ndarray, cfg: DatapathConfig) -> np.ndarray:
 def op_pv(p: np.ndarray, v_q: np.ndarray, sv: Scale, n_rep: int,
           cfg: DatapathConfig) -> np.ndarray:
     """Attention output int32 Q15.16 [B, nh, T, hd] from p UQ0.P and per-key-scaled V."""
-    fc = forward_config(cfg)
+    fc = cfg.forward
     bits, x_bits, p_bits = cfg.requant.mult_bits, fc.pv_extra_bits, cfg.softmax.out_bits
     t, s_len = p.shape[-2], p.shape[-1]
     vm = np.repeat(sv.mant, n_rep, axis=1)                   # [B, nh, S]
@@ -506,7 +540,7 @@ def op_residual(h: np.ndarray, acc: np.ndarray, sx: Scale, c: Scale,
 def op_act(acc_g: np.ndarray, acc_u: np.ndarray, sx: Scale, c_g: Scale, c_u: Scale,
            hidden_act: str, cfg: DatapathConfig) -> np.ndarray:
     """Gated FFN product act(gate) * up as int32 Q15.16 (relu2 exact square; silu LUT)."""
-    fc = forward_config(cfg)
+    fc = cfg.forward
     bits = cfg.requant.mult_bits
     wide = replace(cfg.quant, act_bits=fc.ffn_bits)
     tok = Scale(sx.mant[..., None], sx.shift[..., None])
@@ -569,43 +603,61 @@ class KVCache:
 
 
 # --------------------------------------------------------------------------- the model
-def _check_tokens(tokens, vocab: int) -> tuple[np.ndarray, bool]:
+def check_tokens(tokens, vocab: int, batch: bool = True) -> np.ndarray:
+    """Token ids as int64 [T] or [B, T] (only [T] with ``batch=False``), each in [0, vocab);
+    ValueError naming ``tokens`` otherwise."""
     try:
         t = np.asarray(tokens)
     except Exception:
         raise ValueError(f"tokens: expected integer token ids, got {type(tokens).__name__}") from None
     if t.dtype.kind not in "iu":
         raise ValueError(f"tokens: expected integer token ids, got dtype {t.dtype}")
-    if t.ndim not in (1, 2) or t.shape[-1] < 1 or (t.ndim == 2 and t.shape[0] < 1):
+    if batch and (t.ndim not in (1, 2) or t.shape[-1] < 1 or (t.ndim == 2 and t.shape[0] < 1)):
         raise ValueError(f"tokens: expected shape [T] or [B, T] with T >= 1, got {t.shape}")
+    if not batch and (t.ndim != 1 or t.shape[0] < 1):
+        raise ValueError(f"tokens: expected shape [T] with T >= 1 (one sequence), got {t.shape}")
     if int(t.min()) < 0 or int(t.max()) >= vocab:
         bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
         raise ValueError(f"tokens: id {bad} outside the vocabulary [0, {vocab})")
-    return (t[None, :] if t.ndim == 1 else t).astype(np.int64), t.ndim == 1
+    return t.astype(np.int64)
 
 
 class GoldenModel:
-    """The BitNet forward in ``mode`` "reference" or "integer" (see module doc)."""
+    """The BitNet forward in ``mode`` "reference" or "integer" (see module doc).
+
+    Reference mode only: ``approx`` (names from ``APPROXIMATIONS``) puts single hardware
+    approximations back into the float forward, ``proj_hook`` / ``act_hook`` observe the
+    projection inputs / replace the FFN activation (module doc, "Ablations").
+    """
 
     def __init__(self, model: Model, mode: str = "integer", cfg: DatapathConfig = DEFAULT,
-                 exact_tlmm: bool = False, dtype=np.float32):
+                 exact_tlmm: bool = False, dtype=np.float32, approx=(), proj_hook=None,
+                 act_hook=None):
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise ValueError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
+        bad = sorted(set(approx) - set(APPROXIMATIONS))
+        if bad:
+            raise ValueError(f"approx: unknown {bad}; choose from {APPROXIMATIONS}")
+        if mode != "reference" and (approx or proj_hook is not None or act_hook is not None):
+            raise ValueError("approx, proj_hook, act_hook: reference mode only (the integer "
+                             "mode has every approximation on)")
         # reference compute dtype: float32 is what transformers computes; float64 serves
         # to compare semantics without float-order noise (tests)
         self.dtype = np.dtype(dtype).type
         if not isinstance(model, Model):
             raise ValueError(f"model: expected golden.modelspec.Model, got {type(model).__name__}")
         self.model, self.mode, self.exact_tlmm = model, mode, exact_tlmm
+        self.approx = frozenset(approx)
+        self.proj_hook, self.act_hook = proj_hook, act_hook
         self.config = model.config
         if mode == "integer":
             self.compiled = compile_integer(model, cfg)
             self.cfg = self.compiled.cfg
         else:
             self.compiled = None
-            self.cfg = cfg
+            self.cfg = model_datapath_config(model, cfg)
             self._prepare_reference()
 
     # ------------------------------------------------------------------ common
@@ -617,7 +669,10 @@ class GoldenModel:
         (0.. without a cache); appends their K/V to the cache. float32 (float64 in the
         float64 reference mode)."""
         mc = self.config
-        t, squeeze = _check_tokens(tokens, mc.vocab_size)
+        t = check_tokens(tokens, mc.vocab_size)
+        squeeze = t.ndim == 1
+        if squeeze:
+            t = t[None, :]
         b, n = t.shape
         start = 0
         if cache is not None:
@@ -641,7 +696,7 @@ class GoldenModel:
 
     # ------------------------------------------------------------------ reference
     def _prepare_reference(self) -> None:
-        mc, w, ft = self.config, self.model.weights, self.dtype
+        mc, w, ft, cfg, ap = self.config, self.model.weights, self.dtype, self.cfg, self.approx
         self._ref_w = [{k: lw.proj[k].dequant(ft).T.copy() for k in ATTN_PROJ + MLP_PROJ}
                        for lw in w.layers]
         hd = mc.head_dim
@@ -649,6 +704,19 @@ class GoldenModel:
         # the same formula in float64)
         expo = np.arange(0, hd, 2, dtype=ft) / ft(hd)
         self._inv_freq = (ft(1.0) / np.power(ft(mc.rope_theta), expo)).astype(ft)
+        if "rmsnorm" in ap:
+            self._norm_fx = [{k: _compile_norm(getattr(lw, k), cfg, f"layers.{i}.{k}")
+                              for k in LAYER_NORMS} for i, lw in enumerate(w.layers)]
+        if "rope" in ap or self.act_hook is not None:
+            # codes as float32 (exact integer products) and s_w, for the exact accumulators
+            self._codes_t = [{k: lw.proj[k].codes.T.astype(np.float32)
+                              for k in ATTN_PROJ + MLP_PROJ} for lw in w.layers]
+            self._s_w = [{k: float(lw.proj[k].scale) for k in ATTN_PROJ + MLP_PROJ}
+                         for lw in w.layers]
+        if "lm_head" in ap:
+            self._lm_q, lm_scale = _quant.act_quant(np.asarray(w.lm_head, np.float32), cfg.quant)
+            self._lm_row = (1.0 / lm_scale[:, 0]).astype(np.float32)
+        self._wide = replace(cfg.quant, act_bits=cfg.forward.ffn_bits)
 
     def _rms_ref(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         ft = self.dtype
@@ -656,8 +724,101 @@ class GoldenModel:
         inv = ft(1.0) / np.sqrt(var + ft(self.config.rms_norm_eps))     # torch.rsqrt
         return np.asarray(weight, ft) * (x * inv)
 
+    def _norm_ref(self, h: np.ndarray, li: int, name: str) -> np.ndarray:
+        """A layer's RMSNorm before a BitLinear: float, or (``rmsnorm``) the fixed-point
+        block on h in Q15.16 with the compiled int16 gamma, dequantized INT8 out."""
+        if "rmsnorm" not in self.approx:
+            return self._rms_ref(h, getattr(self.model.weights.layers[li], name))
+        nc = self.cfg.norm
+        lim = (1 << (nc.in_bits - 1)) - 1
+        h_fx = np.clip(np.floor(h.astype(np.float64) * 2.0 ** nc.in_frac_bits + 0.5),
+                       -lim - 1, lim).astype(np.int32)
+        x_q, sx = op_norm_quant(h_fx, self._norm_fx[li][name], self.cfg)
+        return (x_q * sx.to_float()[..., None]).astype(self.dtype)
+
     def _bitlinear_ref(self, x: np.ndarray, w_t: np.ndarray) -> np.ndarray:
+        """BitLinear: fake-quantized x @ dequantized ternary weight (transposed)."""
         return np.matmul(_quant.act_fake_quant(x, self.cfg.quant), w_t)
+
+    def _linear_ref(self, x: np.ndarray, li: int, name: str) -> np.ndarray:
+        """Projection ``name`` of layer ``li`` (``proj_hook`` sees its input)."""
+        if self.proj_hook is not None:
+            self.proj_hook(li, name, x)
+        return self._bitlinear_ref(x, self._ref_w[li][name])
+
+    def _linear_acc_ref(self, x: np.ndarray, li: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(exact integer accumulator x_q @ codes.T, s_w / s_x [..., 1]) in the model's dtype."""
+        ft = self.dtype
+        if self.proj_hook is not None:
+            self.proj_hook(li, name, x)
+        x_q, sx = _quant.act_quant(x, self.cfg.quant)
+        acc = np.matmul(x_q.astype(np.float32), self._codes_t[li][name])   # |acc| < 2^24: exact
+        return acc.astype(ft, copy=False), (ft(self._s_w[li][name]) / sx).astype(ft)
+
+    def _qk_ref(self, x, li, name, heads, pos, rope) -> np.ndarray:
+        """q or k after RoPE [B, heads, T, hd]: float, or (``rope``) ``golden.rope.rope_fx``
+        on the exact int32 accumulators, times the token's scale."""
+        if "rope" not in self.approx:
+            return rope(_heads(self._linear_ref(x, li, name), heads))
+        acc, s = self._linear_acc_ref(x, li, name)
+        r = _rope.rope_fx(np.ascontiguousarray(_heads(acc, heads)).astype(np.int32), pos,
+                          self.cfg.rope)
+        return r.astype(self.dtype) * _heads(np.broadcast_to(s, acc.shape), heads)[..., :1]
+
+    def _softmax_ref(self, s: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        """Causal softmax of the scaled scores: float, or (``softmax``) logits rounded to
+        Q7.8 and ``golden.softmax.softmax_fx`` (UQ0.16 probabilities)."""
+        ft = self.dtype
+        if "softmax" in self.approx:
+            sc = self.cfg.softmax
+            lim = 1 << (sc.in_bits - 1)
+            lg = np.clip(np.floor(s.astype(np.float64) * 2.0 ** sc.in_frac_bits + 0.5),
+                         -lim, lim - 1).astype(np.int16)
+            return (_softmax.softmax_fx(lg, sc, causal=True).astype(ft)
+                    * ft(2.0 ** -sc.out_bits))
+        s = np.where(allowed, s, ft(-np.inf))
+        s = np.exp(s - np.max(s, axis=-1, keepdims=True))
+        return s / np.sum(s, axis=-1, keepdims=True)
+
+    def _ffn_ref(self, x: np.ndarray, li: int) -> tuple[np.ndarray, np.ndarray]:
+        """(act(gate), up) of the gated FFN; ``act_hook`` replaces act(gate), ``act``
+        quantizes up to ffn_bits."""
+        ft = self.dtype
+        if self.act_hook is not None:
+            acc, s_g = self._linear_acc_ref(x, li, "gate_proj")
+            a = self.act_hook(li, acc * s_g, s_g).astype(ft)
+        else:
+            a = self._act_ref(self._linear_ref(x, li, "gate_proj"))
+        u = self._linear_ref(x, li, "up_proj")
+        if "act" in self.approx:
+            u = _quant.act_fake_quant(u, self._wide)
+        return a, u
+
+    def _act_ref(self, g: np.ndarray) -> np.ndarray:
+        """relu2 or silu of the gate: float, or (``act``) the activation unit's input
+        format and function (relu2: 16-bit gate, exact square; silu: Q7.8 and silu_fx)."""
+        ft, on = self.dtype, "act" in self.approx
+        if self.config.hidden_act == "relu2":
+            if on:
+                g16, sg = _quant.act_quant(g, self._wide)
+                return (_act.relu2(g16).astype(np.float64) / sg.astype(np.float64) ** 2).astype(ft)
+            return np.square(np.maximum(g, ft(0)))
+        if on:
+            ac = self.cfg.activation
+            lim = 1 << (ac.in_bits - 1)
+            gq = np.clip(np.floor(g.astype(np.float64) * 2.0 ** ac.in_frac_bits + 0.5),
+                         -lim, lim - 1).astype(np.int16)
+            return _act.silu_fx(gq, ac).astype(ft) * ft(2.0 ** -ac.out_frac_bits)
+        return g / (ft(1) + np.exp(-g))
+
+    def _lm_head_ref(self, h: np.ndarray) -> np.ndarray:
+        """Float head, or (``lm_head``) INT8 final-norm output x INT8 rows."""
+        ft = self.dtype
+        if "lm_head" in self.approx:
+            x_q, sx = _quant.act_quant(h, self.cfg.quant)
+            acc = np.matmul(x_q.astype(np.float32), self._lm_q.T.astype(np.float32))
+            return (acc / sx * self._lm_row).astype(ft)
+        return np.matmul(h, np.asarray(self.model.weights.lm_head, ft).T).astype(ft)
 
     def _forward_reference(self, tok, start, cache, trace) -> np.ndarray:
         mc, w, ft = self.config, self.model.weights, self.dtype
@@ -665,8 +826,9 @@ class GoldenModel:
         nh, nkv, hd = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
         n_rep = nh // nkv
         end = start + n
+        pos = np.arange(start, end)
         h = np.asarray(w.embed_tokens, ft)[tok]
-        freqs = np.arange(start, end, dtype=ft)[:, None] * self._inv_freq[None, :]
+        freqs = pos.astype(ft)[:, None] * self._inv_freq[None, :]
         emb = np.concatenate([freqs, freqs], axis=-1)
         cos, sin = np.cos(emb), np.sin(emb)
 
@@ -679,42 +841,31 @@ class GoldenModel:
             if trace is not None:
                 trace.append((layer, op, arrays))
 
-        allowed = np.arange(end)[None, :] <= np.arange(start, end)[:, None]   # [T, S]
+        allowed = np.arange(end)[None, :] <= pos[:, None]   # [T, S]
         scaling = ft(hd ** -0.5)
         rec(-1, "embed", h=h)
-        for li, lw in enumerate(w.layers):
-            ww = self._ref_w[li]
-            x = self._rms_ref(h, lw.input_layernorm)
-            q = rope(_heads(self._bitlinear_ref(x, ww["q_proj"]), nh))
-            k = rope(_heads(self._bitlinear_ref(x, ww["k_proj"]), nkv))
-            v = _heads(self._bitlinear_ref(x, ww["v_proj"]), nkv)
+        for li in range(len(w.layers)):
+            x = self._norm_ref(h, li, "input_layernorm")
+            q = self._qk_ref(x, li, "q_proj", nh, pos, rope)
+            k = self._qk_ref(x, li, "k_proj", nkv, pos, rope)
+            v = _heads(self._linear_ref(x, li, "v_proj"), nkv)
+            if "attn_int8" in self.approx:
+                q, k, v = (_quant.act_fake_quant(t, self.cfg.quant) for t in (q, k, v))
             cache.k[li][:, :, start:end] = k
             cache.v[li][:, :, start:end] = v
             kk = np.repeat(cache.k[li][:, :, :end], n_rep, axis=1)
             vv = np.repeat(cache.v[li][:, :, :end], n_rep, axis=1)
-            s = np.matmul(q, kk.transpose(0, 1, 3, 2)) * scaling
-            s = np.where(allowed, s, ft(-np.inf))
-            s = np.exp(s - np.max(s, axis=-1, keepdims=True))
-            p = s / np.sum(s, axis=-1, keepdims=True)
+            p = self._softmax_ref(np.matmul(q, kk.transpose(0, 1, 3, 2)) * scaling, allowed)
             rec(li, "softmax", p=p)
             o = _merge_heads(np.matmul(p, vv))
             rec(li, "pv", o=o)
-            o = self._rms_ref(o, lw.attn_sub_norm)
-            h = h + self._bitlinear_ref(o, ww["o_proj"])
+            h = h + self._linear_ref(self._norm_ref(o, li, "attn_sub_norm"), li, "o_proj")
             rec(li, "tlmm_residual.o_proj", h=h)
-            x = self._rms_ref(h, lw.post_attention_layernorm)
-            g = self._bitlinear_ref(x, ww["gate_proj"])
-            u = self._bitlinear_ref(x, ww["up_proj"])
-            if mc.hidden_act == "relu2":
-                a = np.square(np.maximum(g, ft(0)))
-            else:
-                a = g / (ft(1) + np.exp(-g))
+            a, u = self._ffn_ref(self._norm_ref(h, li, "post_attention_layernorm"), li)
             rec(li, "act", m=a * u)
-            m = self._rms_ref(a * u, lw.ffn_sub_norm)
-            h = h + self._bitlinear_ref(m, ww["down_proj"])
+            h = h + self._linear_ref(self._norm_ref(a * u, li, "ffn_sub_norm"), li, "down_proj")
             rec(li, "tlmm_residual.down_proj", h=h)
-        h = self._rms_ref(h, w.norm)
-        return np.matmul(h, np.asarray(w.lm_head, ft).T).astype(ft)
+        return self._lm_head_ref(self._rms_ref(h, w.norm))
 
     # ------------------------------------------------------------------ integer
     def _attention(self, q_q, sq, k, ks, v, vs, start, end, n_rep, keep):
@@ -755,12 +906,25 @@ class GoldenModel:
             if trace is not None:
                 trace.append((layer, op, arrays))
 
+        def norm_quant(x, nc, li, name):
+            x_q, sx = op_norm_quant(x, nc, cfg)
+            rec(li, f"norm_quant.{name}", x_q=x_q, mant=sx.mant, shift=sx.shift)
+            return x_q, sx
+
+        def sub_norm_residual(h, x, li, norm, proj):
+            """norm_quant(x) -> tlmm -> residual into h (o_proj and down_proj)."""
+            lc = im.layers[li]
+            x_q, sx = norm_quant(x, getattr(lc, norm), li, norm)
+            acc = op_tlmm(x_q, lc.proj[proj], cfg, exact)
+            h = op_residual(h, acc, sx, lc.proj[proj].const, cfg)
+            rec(li, f"tlmm_residual.{proj}", acc=acc, h=h)
+            return h
+
         h = op_embed(tok, im)
         rec(-1, "embed", h=h)
         for li, lc in enumerate(im.layers):
             pr = lc.proj
-            x_q, sx = op_norm_quant(h, lc.input_layernorm, cfg)
-            rec(li, "norm_quant.input_layernorm", x_q=x_q, mant=sx.mant, shift=sx.shift)
+            x_q, sx = norm_quant(h, lc.input_layernorm, li, "input_layernorm")
             acc = {k: op_tlmm(x_q, pr[k], cfg, exact) for k in ("q_proj", "k_proj", "v_proj")}
             rec(li, "tlmm.qkv", **acc)
             q_q, sq = op_rope_quant(acc["q_proj"], pos, nh, sx, pr["q_proj"].const, cfg)
@@ -780,34 +944,19 @@ class GoldenModel:
             rec(li, "softmax", p=p)
             o = _merge_heads(o)
             rec(li, "pv", o=o)
-            x_q, sx = op_norm_quant(o, lc.attn_sub_norm, cfg)
-            rec(li, "norm_quant.attn_sub_norm", x_q=x_q, mant=sx.mant, shift=sx.shift)
-            acc_o = op_tlmm(x_q, pr["o_proj"], cfg, exact)
-            h = op_residual(h, acc_o, sx, pr["o_proj"].const, cfg)
-            rec(li, "tlmm_residual.o_proj", acc=acc_o, h=h)
-            x_q, sx = op_norm_quant(h, lc.post_attention_layernorm, cfg)
-            rec(li, "norm_quant.post_attention_layernorm", x_q=x_q, mant=sx.mant, shift=sx.shift)
+            h = sub_norm_residual(h, o, li, "attn_sub_norm", "o_proj")
+            x_q, sx = norm_quant(h, lc.post_attention_layernorm, li, "post_attention_layernorm")
             acc_g = op_tlmm(x_q, pr["gate_proj"], cfg, exact)
             acc_u = op_tlmm(x_q, pr["up_proj"], cfg, exact)
             rec(li, "tlmm.gate_up", gate=acc_g, up=acc_u)
             m = op_act(acc_g, acc_u, sx, pr["gate_proj"].const, pr["up_proj"].const,
                        mc.hidden_act, cfg)
             rec(li, "act", m=m)
-            x_q, sx = op_norm_quant(m, lc.ffn_sub_norm, cfg)
-            rec(li, "norm_quant.ffn_sub_norm", x_q=x_q, mant=sx.mant, shift=sx.shift)
-            acc_d = op_tlmm(x_q, pr["down_proj"], cfg, exact)
-            h = op_residual(h, acc_d, sx, pr["down_proj"].const, cfg)
-            rec(li, "tlmm_residual.down_proj", acc=acc_d, h=h)
-        x_q, sx = op_norm_quant(h, im.norm, cfg)
-        rec(-1, "norm_quant.norm", x_q=x_q, mant=sx.mant, shift=sx.shift)
+            h = sub_norm_residual(h, m, li, "ffn_sub_norm", "down_proj")
+        x_q, sx = norm_quant(h, im.norm, -1, "norm")
         logits = op_lm_head(x_q, sx, im)
         rec(-1, "lm_head", logits=logits)
         return logits
-
-
-def forward(model: Model, tokens, mode: str = "reference", cfg: DatapathConfig = DEFAULT) -> np.ndarray:
-    """One-shot full-sequence forward (compiles the model each call)."""
-    return GoldenModel(model, mode, cfg).forward(tokens)
 
 
 # --------------------------------------------------------------------------- synthetic models

@@ -16,6 +16,8 @@ import numpy as np
 # Names of the seven ternary projections of one decoder layer, in HF order.
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
+# Names of the four RMSNorm weights of one decoder layer (``LayerWeights`` fields).
+LAYER_NORMS = ("input_layernorm", "post_attention_layernorm", "attn_sub_norm", "ffn_sub_norm")
 
 
 @dataclass(frozen=True)

@@ -48,24 +48,24 @@ assert 3 ** BASE3_PER_BYTE <= 256 < 3 ** (BASE3_PER_BYTE + 1)
 TL2 = replace(DEFAULT.tlmm, group=3, table="mirrored")
 
 
+def _check_2d(a, name: str, dtype, shape: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise ValueError(f"{name}: expected {np.dtype(dtype)}, got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected {shape}, got shape {a.shape}")
+    return a
+
+
 def _check_ternary(w_t, name: str = "w_t") -> np.ndarray:
-    w_t = np.asarray(w_t)
-    if w_t.dtype != np.int8:
-        raise ValueError(f"{name}: expected int8, got {w_t.dtype}")
-    if w_t.ndim != 2:
-        raise ValueError(f"{name}: expected [N, K], got shape {w_t.shape}")
+    w_t = _check_2d(w_t, name, np.int8, "[N, K]")
     if w_t.size and (int(w_t.min()) < -1 or int(w_t.max()) > 1):
         raise ValueError(f"{name}: values must be ternary (-1, 0, +1)")
     return w_t
 
 
 def _check_packed(packed, name: str = "packed") -> np.ndarray:
-    packed = np.asarray(packed)
-    if packed.dtype != np.uint8:
-        raise ValueError(f"{name}: expected uint8, got {packed.dtype}")
-    if packed.ndim != 2:
-        raise ValueError(f"{name}: expected 2 dimensions, got shape {packed.shape}")
-    return packed
+    return _check_2d(packed, name, np.uint8, "2 dimensions")
 
 
 def _check_k(k, name: str = "k") -> int:

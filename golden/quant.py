@@ -72,6 +72,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import DEFAULT, QuantConfig
+from .requant import check_int
 
 # Relative agreement of the abs-mean weight scale with torch's float32 reduction, for
 # tensors of up to 2^17 elements (16 ulp of float32; measured <= 4 ulp).
@@ -94,15 +95,6 @@ def _float_input(a, name: str) -> np.ndarray:
         raise ValueError(f"{name}: contains non-finite values")
     # float16 computes in float32, as transformers' .float()
     return a.astype(np.float32) if a.dtype == np.float16 else a
-
-
-def _int_input(a, name: str, lo: int, hi: int) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype.kind not in "iu":
-        raise ValueError(f"{name}: expected a signed integer dtype, got {a.dtype}")
-    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
-        raise ValueError(f"{name}: values outside [{lo}, {hi}]")
-    return a
 
 
 # --------------------------------------------------------------------------- reference
@@ -166,7 +158,7 @@ def act_fake_quant(x: np.ndarray, cfg: QuantConfig = DEFAULT.quant) -> np.ndarra
 # --------------------------------------------------------------------------- integer
 def hw_reciprocal(amax: np.ndarray, cfg: QuantConfig = DEFAULT.quant) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (recip, R) of the hardware quantizer from integer amax (see module doc)."""
-    amax = _int_input(amax, "amax", 0, 1 << (cfg.hw_in_bits - 1)).astype(np.int64)
+    amax = check_int(amax, "amax", 0, 1 << (cfg.hw_in_bits - 1))
     # n = bit_length(amax), counted exactly (amax <= 2^(hw_in_bits-1))
     n = np.zeros(amax.shape, dtype=np.int64)
     for i in range(cfg.hw_in_bits):
@@ -185,8 +177,8 @@ def hw_quant_apply(x: np.ndarray, amax: np.ndarray, cfg: QuantConfig = DEFAULT.q
     amax = max|x| per row. |x| <= amax is required (ValueError on x otherwise).
     """
     lo = -(1 << (cfg.hw_in_bits - 1))
-    x = _int_input(x, "x", lo, -lo - 1).astype(np.int64)
-    amax = _int_input(amax, "amax", 0, -lo).astype(np.int64)
+    x = check_int(x, "x", lo, -lo - 1)
+    amax = check_int(amax, "amax", 0, -lo)
     if np.any(np.abs(x) > amax):
         raise ValueError("x: |x| exceeds amax")
     recip, shift = hw_reciprocal(amax, cfg)
@@ -202,15 +194,15 @@ def hw_act_quant(x: np.ndarray, cfg: QuantConfig = DEFAULT.quant) -> tuple[np.nd
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"x: expected a non-empty last axis, got shape {x.shape}")
     lo = -(1 << (cfg.hw_in_bits - 1))
-    x = _int_input(x, "x", lo, -lo - 1).astype(np.int64)
+    x = check_int(x, "x", lo, -lo - 1)
     amax = np.max(np.abs(x), axis=-1, keepdims=True)
     return hw_quant_apply(x, amax, cfg), amax
 
 
 def hw_act_dequant(x_q: np.ndarray, amax: np.ndarray, cfg: QuantConfig = DEFAULT.quant) -> np.ndarray:
     """x ~= x_q * amax / act_max in float64 (input units of hw_act_quant)."""
-    x_q = _int_input(x_q, "x_q", cfg.act_min, cfg.act_max)
-    amax = _int_input(amax, "amax", 0, 1 << (cfg.hw_in_bits - 1))
+    x_q = check_int(x_q, "x_q", cfg.act_min, cfg.act_max)
+    amax = check_int(amax, "amax", 0, 1 << (cfg.hw_in_bits - 1))
     return x_q.astype(np.float64) * amax.astype(np.float64) / cfg.act_max
 
 

@@ -58,7 +58,8 @@ def _out_dtype(cfg: RequantConfig):
     return np.int8 if cfg.out_bits <= 8 else np.int16 if cfg.out_bits <= 16 else np.int32
 
 
-def _check_int(a, name: str, lo: int, hi: int) -> np.ndarray:
+def check_int(a, name: str, lo: int, hi: int) -> np.ndarray:
+    """An integer array with values in [lo, hi], as int64 (ValueError naming ``name``)."""
     a = np.asarray(a)
     if a.dtype.kind not in "iu":
         raise ValueError(f"{name}: expected an integer dtype, got {a.dtype}")
@@ -90,9 +91,9 @@ def quantize_multiplier(scale: float, cfg: RequantConfig = DEFAULT.requant) -> t
 
 def requantize(acc: np.ndarray, mult, shift, cfg: RequantConfig = DEFAULT.requant) -> np.ndarray:
     """y = saturate((acc*mult + 2^(shift-1)) >> shift) (see module doc)."""
-    acc = _check_int(acc, "acc", -(1 << (cfg.in_bits - 1)), (1 << (cfg.in_bits - 1)) - 1)
-    mult = _check_int(mult, "mult", 0, cfg.mult_max)
-    shift = _check_int(shift, "shift", 0, cfg.shift_max)
+    acc = check_int(acc, "acc", -(1 << (cfg.in_bits - 1)), (1 << (cfg.in_bits - 1)) - 1)
+    mult = check_int(mult, "mult", 0, cfg.mult_max)
+    shift = check_int(shift, "shift", 0, cfg.shift_max)
     try:
         np.broadcast_shapes(acc.shape, mult.shape, shift.shape)
     except ValueError:
@@ -159,17 +160,16 @@ def error_report(cfg=DEFAULT) -> list[dict]:
         small = (num >= q * rc.out_min) & (num <= q * rc.out_max)
         if small.any():
             absd = max(absd, float(np.max(np.abs(y[small].astype(object) * q - num[small]))) / q)
-    return [
-        {"block": "requant", "quantity": "y vs saturate(round_half_up(acc*mult/2^shift)), exact (LSB)",
-         "domain": f"int{rc.in_bits} acc, random mult, shift 0..{rc.shift_max}",
-         "bound": float(REQUANT_EXACT_BOUND), "measured": float(exact_err)},
-        {"block": "requant", "quantity": "quantize_multiplier relative error",
-         "domain": "scale in 2^-30..2^-2 (log-uniform)",
-         "bound": multiplier_rel_bound(rc), "measured": rel},
-        {"block": "requant", "quantity": "|y - saturate(round(acc*scale))| (LSB)",
-         "domain": f"int{rc.in_bits} acc, scale in 2^-30..2^-2",
-         "bound": float(REQUANT_LSB_BOUND), "measured": float(lsb)},
-        {"block": "requant", "quantity": "|y - acc*scale| for out_min <= acc*scale <= out_max (LSB)",
-         "domain": "non-saturating outputs, scale in 2^-30..2^-2",
-         "bound": requant_abs_bound(rc), "measured": absd},
-    ]
+    rows = (  # (quantity, domain, bound, measured)
+        ("y vs saturate(round_half_up(acc*mult/2^shift)), exact (LSB)",
+         f"int{rc.in_bits} acc, random mult, shift 0..{rc.shift_max}",
+         float(REQUANT_EXACT_BOUND), float(exact_err)),
+        ("quantize_multiplier relative error", "scale in 2^-30..2^-2 (log-uniform)",
+         multiplier_rel_bound(rc), rel),
+        ("|y - saturate(round(acc*scale))| (LSB)", f"int{rc.in_bits} acc, scale in 2^-30..2^-2",
+         float(REQUANT_LSB_BOUND), float(lsb)),
+        ("|y - acc*scale| for out_min <= acc*scale <= out_max (LSB)",
+         "non-saturating outputs, scale in 2^-30..2^-2", requant_abs_bound(rc), absd),
+    )
+    return [{"block": "requant", "quantity": q, "domain": d, "bound": b, "measured": m}
+            for q, d, b, m in rows]

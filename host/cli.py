@@ -57,24 +57,14 @@ import time
 # Small matmuls: single-threaded BLAS is faster than worker threads (see host/eval.py).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "models", "default")
+from golden.model import MODES  # noqa: E402
+from host.backends import BACKENDS  # noqa: E402
+from host.data import DEFAULT_MODEL  # noqa: E402
+from host.usage import Parser as _Parser, UsageError as _UsageError, run_main  # noqa: E402
+
 DEFAULT_PROMPT = "ROMEO:"
-BACKENDS = ("sim", "golden")
 DEFAULT_CLOCK_MHZ = 250.0
 DEFAULT_BANDWIDTH_GBS = 17.1
-MODES = ("integer", "reference")
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad value as one 'error: ...' line (no usage dump)."""
-
-    def error(self, message):
-        raise _UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,10 +114,6 @@ def _check_args(a) -> None:
                           "only; use --mode integer")
 
 
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
-
-
 def run(argv=None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
@@ -174,7 +160,7 @@ def run(argv=None) -> int:
             if a.backend == "sim":      # DRAM model: bytes per accelerator cycle
                 kw["bandwidth"] = a.bandwidth_gbs * 1e3 / a.clock_mhz
             gm = make_runtime(model, a.backend, **kw)
-        except (DeviceError, OSError, RuntimeError) as e:
+        except (DeviceError, OSError, RuntimeError, ValueError) as e:
             raise _UsageError(f"--backend {a.backend}: {e}") from None
 
     out = sys.stdout
@@ -232,18 +218,4 @@ def main(argv=None) -> int:
     if args[:1] == ["serve"]:
         from host.server import main as serve_main
         return serve_main(args[1:])
-    try:
-        return run(args)
-    except _UsageError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nerror: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # stdout closed early (e.g. piped into head): not an error of ours
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        return 0
+    return run_main(run, args)

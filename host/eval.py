@@ -3,12 +3,12 @@
     python -m host.eval [-m models/default | -m model.gguf] [--chars N] [--corpus PATH]
                         [--batch B (1)] [--modes reference,integer]
 
-Data: the characters of the corpus (default ``../shared/data/tinyshakespeare.txt``
-relative to the repository); the held-out split is the last 10 % (``split_corpus``: the
-first ``int(0.9 * len)`` characters are the training split, as ``host.train``);
-``--chars N`` keeps the first N characters of the held-out split (default: all of it).
-The held-out text is tokenized by the model's own tokenizer (``host.tokenizer``: the
-character tokenizer, BPE, ...; no BOS).
+Data: the characters of the corpus (default ``host.data.DEFAULT_CORPUS``,
+``../shared/data/tinyshakespeare.txt`` relative to the repository); the held-out split is
+the last 10 % (``host.data.split``, the one split ``host.train`` uses too); ``--chars N``
+keeps the first N characters of the held-out split (default: all of it). The held-out
+text is tokenized by the model's own tokenizer (``host.tokenizer``: the character
+tokenizer, BPE, ...; no BOS).
 
 Windowing: non-overlapping windows of the model's context C (``max_position_embeddings``)
 over the held-out tokens: window w feeds tokens [wC, wC + C), each starting from an empty
@@ -29,7 +29,6 @@ the wall time per mode; a progress bar goes to stderr. Exit status 2 with one
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -42,28 +41,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL = os.path.join(REPO, "models", "default")
-DEFAULT_CORPUS = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tinyshakespeare.txt"))
-HELDOUT_FRACTION = 0.1
-MODES = ("reference", "integer")
-
-
-def split_corpus(text: str) -> tuple[str, str]:
-    """(training split, held-out split): the first ``int(0.9 * len)`` characters and the
-    rest (the last ``HELDOUT_FRACTION``)."""
-    n = int(len(text) * (1.0 - HELDOUT_FRACTION))
-    return text[:n], text[n:]
-
-
-def heldout_text(corpus: str, chars: int | None = None) -> str:
-    """The last 10 % of the corpus (first ``chars`` characters of it when given)."""
-    with open(corpus, encoding="utf-8") as f:
-        text = f.read()
-    if len(text) < 2:
-        raise ValueError(f"{corpus}: corpus too short")
-    held = split_corpus(text)[1]
-    return held[:chars] if chars else held
+from golden.model import MODES, GoldenModel  # noqa: E402
+from host.data import DEFAULT_CORPUS, DEFAULT_MODEL, HELDOUT_FRACTION, heldout_text  # noqa: E402
+from host.usage import Parser, UsageError, run_main  # noqa: E402
 
 
 def windows(ids: np.ndarray, context: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -76,16 +56,16 @@ def windows(ids: np.ndarray, context: int) -> list[tuple[np.ndarray, np.ndarray]
     return out
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, in float64."""
     z = logits.astype(np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def evaluate(gm, wins, batch: int = 1, progress=None) -> tuple[float, int]:
-    """(mean nats per predicted token, number of predictions) over the windows;
-    windows of equal length are run as one batch of up to ``batch``."""
-    total, count = 0.0, 0
+def target_log_probs(gm, wins, batch: int = 1, progress=None):
+    """Per batch of up to ``batch`` consecutive windows of equal length, run as one
+    forward: yields (logits [b, T, vocab], log p of each target [b, T] in float64)."""
     i = 0
     while i < len(wins):
         n = len(wins[i][0])
@@ -94,26 +74,25 @@ def evaluate(gm, wins, batch: int = 1, progress=None) -> tuple[float, int]:
             j += 1
         x = np.stack([w[0] for w in wins[i:j]])
         y = np.stack([w[1] for w in wins[i:j]])
-        lp = _log_softmax(gm.forward(x))
-        total -= float(np.take_along_axis(lp, y[..., None], axis=-1).sum())
-        count += y.size
+        logits = gm.forward(x)
+        yield logits, np.take_along_axis(log_softmax(logits), y[..., None], axis=-1)[..., 0]
         if progress is not None:
             progress.update(j - i)
         i = j
+
+
+def evaluate(gm, wins, batch: int = 1, progress=None) -> tuple[float, int]:
+    """(mean nats per predicted token, number of predictions) over the windows;
+    windows of equal length are run as one batch of up to ``batch``."""
+    total, count = 0.0, 0
+    for _, lp in target_log_probs(gm, wins, batch, progress):
+        total -= float(lp.sum())
+        count += lp.size
     return total / count, count
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(message)
-
-
 def run(argv=None) -> int:
-    p = _Parser(prog="python -m host.eval", description="Held-out loss of both golden modes.")
+    p = Parser(prog="python -m host.eval", description="Held-out loss of both golden modes.")
     p.add_argument("-m", "--model", default=DEFAULT_MODEL,
                    help="checkpoint directory or GGUF file")
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="corpus text file")
@@ -121,39 +100,38 @@ def run(argv=None) -> int:
                    help="evaluate the first N held-out characters (default: all)")
     # one window per forward is fastest here: larger int64 attention tensors fall out of cache
     p.add_argument("--batch", type=int, default=1, help="windows per forward")
-    p.add_argument("--modes", default="reference,integer",
-                   help="comma-separated subset of reference,integer")
+    p.add_argument("--modes", default=",".join(MODES),
+                   help=f"comma-separated subset of {','.join(MODES)}")
     a = p.parse_args(argv)
     if a.chars is not None and a.chars < 2:
-        raise _UsageError(f"--chars: expected >= 2, got {a.chars}")
+        raise UsageError(f"--chars: expected >= 2, got {a.chars}")
     if a.batch < 1:
-        raise _UsageError(f"--batch: expected >= 1, got {a.batch}")
+        raise UsageError(f"--batch: expected >= 1, got {a.batch}")
     modes = [m for m in a.modes.split(",") if m]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise _UsageError(f"--modes: expected a subset of {','.join(MODES)}, got {a.modes!r}")
+        raise UsageError(f"--modes: expected a subset of {','.join(MODES)}, got {a.modes!r}")
 
-    from golden.model import GoldenModel
     from host.modelfile import open_model
 
     try:                          # config and tokenizer (vocabulary checked) first
         source = open_model(a.model)
     except (ValueError, OSError) as e:
-        raise _UsageError(f"-m/--model: {e}") from None
+        raise UsageError(f"-m/--model: {e}") from None
     tok = source.tokenizer
     try:                          # the corpus before the weights: bad paths fail fast
         text = heldout_text(a.corpus, a.chars)
         ids, offsets = tok.encode_with_offsets(text)
         ids = np.asarray(ids, dtype=np.int64)
     except (ValueError, OSError) as e:
-        raise _UsageError(f"--corpus: {e}") from None
+        raise UsageError(f"--corpus: {e}") from None
     if len(ids) < 2:
-        raise _UsageError("--chars: the held-out text has fewer than 2 tokens")
+        raise UsageError("--chars: the held-out text has fewer than 2 tokens")
     chars = len(text) - offsets[0][1]          # characters covered by the predicted tokens
     try:
         model = source.load()
     except (ValueError, OSError) as e:
-        raise _UsageError(f"-m/--model: {e}") from None
+        raise UsageError(f"-m/--model: {e}") from None
     ctx = model.config.max_position_embeddings
     wins = windows(ids, ctx)
 
@@ -187,11 +165,7 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        return run(argv)
-    except _UsageError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

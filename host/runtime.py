@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from golden.model import IntegerModel, Scale, compile_integer
-from golden.modelspec import ATTN_PROJ, MLP_PROJ, Model
+from golden.model import IntegerModel, Scale, check_tokens, compile_integer
+from golden.modelspec import ATTN_PROJ, LAYER_NORMS, MLP_PROJ, Model
 from golden.rmsnorm import norm_constants
 from golden.rope import rope_tables
 from host.device import Device
@@ -55,7 +55,6 @@ from golden.isa import ActKind, Opcode, command
 
 DEFAULT_MAX_CHUNK = 64        # tokens per stream (golden.model.ATTN_QUERY_BLOCK)
 DEFAULT_TIMEOUT_S = 120.0
-_NORMS = ("input_layernorm", "post_attention_layernorm", "attn_sub_norm", "ffn_sub_norm")
 
 
 @dataclass(frozen=True)
@@ -184,7 +183,7 @@ class Runtime:
         self._const("rope", isa.rope_table(cos_q[:ctx], sin_q[:ctx]),
                     f"int16 [{ctx}, {hd}] cos|sin Q1.{self.cfg.rope.table_frac_bits}")
         for li, lc in enumerate(im.layers):
-            for nm in _NORMS:
+            for nm in LAYER_NORMS:
                 g = getattr(lc, nm).gamma_q
                 self._const(f"L{li}.{nm}", g.astype(np.int16), f"int16 [{g.size}] gamma_q")
             for nm in ATTN_PROJ + MLP_PROJ:
@@ -332,21 +331,6 @@ class Runtime:
         """Start the runtime's own sequence over (position 0)."""
         self.cache = self.new_cache()
 
-    def _check_tokens(self, tokens) -> np.ndarray:
-        try:
-            t = np.asarray(tokens)
-        except Exception:
-            raise ValueError(f"tokens: expected integer token ids, got {type(tokens).__name__}") from None
-        if t.dtype.kind not in "iu":
-            raise ValueError(f"tokens: expected integer token ids, got dtype {t.dtype}")
-        if t.ndim != 1 or t.shape[0] < 1:
-            raise ValueError(f"tokens: expected shape [T] with T >= 1 (one sequence), got {t.shape}")
-        v = self.config.vocab_size
-        if int(t.min()) < 0 or int(t.max()) >= v:
-            bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
-            raise ValueError(f"tokens: id {bad} outside the vocabulary [0, {v})")
-        return t.astype(np.int64)
-
     def run_stream(self, cmds) -> None:
         """Write ``cmds`` to the stream region, run them, wait (DeviceError/DeviceTimeout)."""
         if len(cmds) > self.max_cmds:
@@ -363,7 +347,7 @@ class Runtime:
     def forward(self, tokens, cache: DeviceKVCache | None = None, last_only: bool = False) -> np.ndarray:
         """Logits [T, vocab] float32 of ``tokens`` at positions cache.length.. ([1, vocab]
         for the last token only with ``last_only``); appends their K/V to the cache."""
-        t = self._check_tokens(tokens)
+        t = check_tokens(tokens, self.config.vocab_size, batch=False)
         cache = self.cache if cache is None else cache
         if not isinstance(cache, DeviceKVCache) or cache.runtime is not self:
             raise ValueError("cache: not a cache of this runtime (use new_cache())")

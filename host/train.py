@@ -13,8 +13,9 @@ Layer: input_layernorm -> q/k/v -> RoPE (rotate-half) -> causal GQA attention ->
 attn_sub_norm -> o_proj -> residual; post_attention_layernorm -> gate/up -> relu2(gate)*up
 -> ffn_sub_norm -> down_proj -> residual. Final norm, full-precision lm_head.
 
-Data: the characters of ``tinyshakespeare.txt``; the first 90 % train, the last 10 % is
-held out (never trained on; ``host.eval.split_corpus``). Tokens: the character tokenizer of
+Data: the characters of ``tinyshakespeare.txt`` (``host.data.DEFAULT_CORPUS``); the first
+90 % train, the last 10 % is held out (never trained on; ``host.data.split``, the split
+``host.eval`` scores). Tokens: the character tokenizer of
 the corpus (the shipped model; loss in nats per character), or any tokenizer given by
 ``--tokenizer PATH`` (a tokenizer.json or a directory holding one, e.g. a BPE trained by
 ``python -m host.tokenizer``; loss in nats per token), each split encoded on its own.
@@ -45,11 +46,9 @@ import torch.nn.functional as F
 
 from golden.modelspec import (ATTN_PROJ, MLP_PROJ, LayerWeights, Model, ModelConfig,
                               ModelWeights, TernaryWeight)
-from host.eval import split_corpus  # the one definition of the 90/10 split
+from host.data import DEFAULT_CORPUS, read_corpus, split
 from host.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 
-DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                              "tinyshakespeare.txt")
 STATE_FILE = "train_state.pt"
 LOG_FILE = "training_log.json"
 
@@ -59,11 +58,17 @@ ACT_MIN, ACT_MAX = -128, 127
 
 
 # ----------------------------------------------------------------------------- quantizers
+def _absmean_ternary(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes clamp(round(W / mean|W|), -1, 1) in w's dtype, mean|W| clamped to WEIGHT_EPS)."""
+    mean = w.abs().mean().clamp(min=WEIGHT_EPS)
+    return (w * (1.0 / mean)).round().clamp(-1, 1), mean
+
+
 class _TernarizeSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w):
-        inv = 1.0 / w.abs().mean().clamp(min=WEIGHT_EPS)
-        return (w * inv).round().clamp(-1, 1) / inv
+        codes, mean = _absmean_ternary(w)
+        return codes / (1.0 / mean)
 
     @staticmethod
     def backward(ctx, grad):
@@ -101,17 +106,14 @@ def ternary_linear_eval(xq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     then spreads to later positions (measured on the shipped model: max logit
     difference 1.1e-2 of max|logit| with the training form, 0 with this one).
     """
-    mean = w.abs().mean().clamp(min=WEIGHT_EPS)
-    codes = (w * (1.0 / mean)).round().clamp(-1, 1)
+    codes, mean = _absmean_ternary(w)
     return F.linear(xq, codes) * mean
 
 
 def ternary_codes(w: torch.Tensor) -> tuple[np.ndarray, float]:
     """Export: int8 codes and the multiplicative scale mean|W| (same rounding as training)."""
-    w = w.detach().float()
-    mean = w.abs().mean().clamp(min=WEIGHT_EPS)
-    codes = (w * (1.0 / mean)).round().clamp(-1, 1).to(torch.int8).numpy()
-    return codes, float(mean)
+    codes, mean = _absmean_ternary(w.detach().float())
+    return codes.to(torch.int8).numpy(), float(mean)
 
 
 class RMSNorm(nn.Module):
@@ -326,13 +328,12 @@ def load_corpus(path: str, limit: int = 0, tokenizer: str = ""
                 ) -> tuple[Tokenizer, torch.Tensor, torch.Tensor]:
     """The tokenizer (``tokenizer``'s file, or the characters of the whole corpus) and the
     ids of the train split (first 90 % of the characters) and of the held-out split."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    text = read_corpus(path)
     if limit:
         text = text[:limit]
     tok = load_tokenizer(tokenizer) if tokenizer else CharTokenizer.from_text(text)
     return tok, *(torch.tensor(tok.encode(part, add_bos=False), dtype=torch.long)
-                  for part in split_corpus(text))
+                  for part in split(text))
 
 
 def heldout_windows(val: torch.Tensor, context: int, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -517,7 +518,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="export directory (HF layout)")
     p.add_argument("--state-dir", default=None,
                    help="training-state directory (default runs/<basename of out>_train)")
-    p.add_argument("--corpus", default=os.path.normpath(DEFAULT_CORPUS))
+    p.add_argument("--corpus", default=DEFAULT_CORPUS)
     p.add_argument("--resume", action="store_true", help="continue from the saved state")
     p.add_argument("--export-only", action="store_true",
                    help="export the saved state to --out without training")

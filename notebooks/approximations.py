@@ -29,19 +29,15 @@
 #    SiLU LUT is measured on a random SiLU model instead, and GELU is not applicable.
 
 # %% tags=["parameters"]
-MODEL_DIR = "models/default"     # repo-relative or absolute checkpoint directory
+MODEL_DIR = None                 # checkpoint directory, repo-relative or absolute (None: shipped)
 OUT_DIR = "build/notebooks"      # where the PNG figures go
 HELDOUT_WINDOWS = 8              # held-out windows (of the model's context) per ablation run
 SOFTMAX_ROWS = 400               # random logit rows per row length for the softmax sweep
 SEED = 0
 
 # %%
-import os
-import sys
 import time
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -51,25 +47,12 @@ from golden import rmsnorm as grms
 from golden import softmax as gsm
 from golden.config import DEFAULT
 from golden.modelspec import ModelConfig
-try:
-    from notebooks import lib
-except ImportError:        # opened from inside notebooks/: the package is one level up
-    sys.path.insert(0, os.path.dirname(os.getcwd()))
-    from notebooks import lib
+from notebooks import lib
 
 T0 = time.time()
-print("kernel python:", sys.executable)
-OUT = lib.resolve(OUT_DIR)
-os.makedirs(OUT, exist_ok=True)
+savefig = lib.figure_saver("approximations", OUT_DIR)
 rng = np.random.default_rng(SEED)
 SC, AC = DEFAULT.softmax, DEFAULT.activation
-
-
-def savefig(fig, name):
-    path = os.path.join(OUT, f"approximations_{name}.png")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    print("saved", os.path.relpath(path, lib.REPO))
 
 
 measured = {}   # block -> (max error, stated bound)
@@ -197,9 +180,10 @@ savefig(fig, "bound_ratio")
 
 # %% [markdown]
 # ## 2. End-to-end: one approximation at a time
-# The float reference forward of the shipped model (`notebooks/lib.AblationForward`,
-# asserted equal to `GoldenModel(mode="reference")`) with one hardware approximation
-# switched on in the float path (module docstring of `notebooks/lib.py`):
+# The float reference forward of the shipped model (`GoldenModel(mode="reference")`)
+# with one hardware approximation switched on in the float path (its `approx` option,
+# names `golden.model.APPROXIMATIONS`; module docstring of `golden/model.py`, "Ablations";
+# with no switch it is the reference forward, asserted below):
 #
 # | switch | what it puts into the float forward |
 # |---|---|
@@ -220,14 +204,21 @@ model, tok = lib.load(MODEL_DIR)
 mc = model.config
 wins = lib.heldout_windows(tok, HELDOUT_WINDOWS, mc.max_position_embeddings)
 xb = np.stack([w[0] for w in wins])
-assert np.array_equal(lib.AblationForward(model)(xb[:2]),
+APPROX = gmodel.APPROXIMATIONS
+
+
+def ablation(m, approx=()):
+    return gmodel.GoldenModel(m, "reference", approx=approx)
+
+
+assert np.array_equal(ablation(model).forward(xb[:2]),
                       gmodel.GoldenModel(model, "reference").forward(xb[:2]))
-bpc_ref, pw_ref = lib.score(lib.AblationForward(model), wins)
+bpc_ref, pw_ref = lib.score(ablation(model), wins)
 runs = {}
-for name in lib.APPROXIMATIONS + ("all",):
-    ap = set(lib.APPROXIMATIONS) if name == "all" else {name}
+for name in APPROX + ("all",):
+    ap = set(APPROX) if name == "all" else {name}
     t = time.time()
-    runs[name] = lib.score(lib.AblationForward(model, ap), wins)
+    runs[name] = lib.score(ablation(model, ap), wins)
     print(f"{name:10s} {runs[name][0]:.5f} bpc  ({time.time() - t:.1f} s)")
 runs["integer model"] = lib.score(gmodel.GoldenModel(model, "integer"), wins)
 print(f"reference  {bpc_ref:.5f} bpc; integer model {runs['integer model'][0]:.5f} bpc "
@@ -238,7 +229,7 @@ delta = np.array([runs[n][0] - bpc_ref for n in names])
 se = np.array([(runs[n][1] - pw_ref).std(ddof=1) / np.sqrt(len(pw_ref)) for n in names])
 fig, ax = plt.subplots(figsize=(9, 3.8))
 ax.bar(names, delta, yerr=se, capsize=5,
-       color=["tab:blue"] * len(lib.APPROXIMATIONS) + ["tab:orange", "tab:red"])
+       color=["tab:blue"] * len(APPROX) + ["tab:orange", "tab:red"])
 ax.axhline(0, color="k", lw=0.5)
 ax.set_ylabel("bpc - float reference bpc")
 ax.set_title(f"held-out loss change per approximation (reference {bpc_ref:.4f} bpc)")
@@ -274,8 +265,8 @@ toks = rng.integers(0, mc.vocab_size, size=(2, mc.max_position_embeddings))
 cmp = {}
 for label, m, tk in (("random SiLU model: silu_fx", silu_model, toks),
                      ("shipped ReLU^2 model: act switch", model, xb[:2])):
-    lo_exact = lib.AblationForward(m)(tk)
-    lo_apx = lib.AblationForward(m, {"act"})(tk)
+    lo_exact = ablation(m).forward(tk)
+    lo_apx = ablation(m, {"act"}).forward(tk)
     cmp[label] = (kl_rows(lo_exact, lo_apx),
                   float(np.mean(lo_exact.argmax(-1) == lo_apx.argmax(-1))))
     print(f"{label}: mean KL {cmp[label][0].mean():.2e} nats, max {cmp[label][0].max():.2e}, "

@@ -30,7 +30,7 @@
 #    figure-5 study, on our model).
 
 # %% tags=["parameters"]
-MODEL_DIR = "models/default"     # repo-relative or absolute checkpoint directory
+MODEL_DIR = None                 # checkpoint directory, repo-relative or absolute (None: shipped)
 OUT_DIR = "build/notebooks"      # where the PNG figures go
 HELDOUT_WINDOWS = 4              # held-out windows (of the model's context) per model run
 RANGE_WINDOWS = 2                # other held-out windows that set each layer's ADC full scale
@@ -39,37 +39,21 @@ STUDY_DEVICES = 100              # devices per point of the noise sweep
 SEED = 0
 
 # %%
-import os
-import sys
 import time
 from dataclasses import replace
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from golden import model as gmodel
 from golden import nl_adc as na
 from golden.config import ADCDeviceConfig
-try:
-    from notebooks import lib
-except ImportError:        # opened from inside notebooks/: the package is one level up
-    sys.path.insert(0, os.path.dirname(os.getcwd()))
-    from notebooks import lib
+from notebooks import lib
 
 T0 = time.time()
-print("kernel python:", sys.executable)
-OUT = lib.resolve(OUT_DIR)
-os.makedirs(OUT, exist_ok=True)
+savefig = lib.figure_saver("nl_adc", OUT_DIR)
 DEVICE = ADCDeviceConfig.rram_typical(seed=SEED)
 print("device model:", DEVICE)
-
-
-def savefig(fig, name):
-    path = os.path.join(OUT, f"nl_adc_{name}.png")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    print("saved", os.path.relpath(path, lib.REPO))
 
 
 # %% [markdown]
@@ -203,10 +187,11 @@ def record_range(layer, g, s):
     return np.square(np.maximum(g, 0))
 
 
-lib.AblationForward(model, act_hook=record_range)(np.stack([w[0] for w in range_wins]))
+gmodel.GoldenModel(model, "reference", act_hook=record_range).forward(
+    np.stack([w[0] for w in range_wins]))
 print("per-layer ADC full scale |acc|:", np.round(full_scale, 1).tolist())
 
-bpc_ref, pw_ref = lib.score(lib.AblationForward(model), wins)
+bpc_ref, pw_ref = lib.score(gmodel.GoldenModel(model, "reference"), wins)
 print(f"float reference: {bpc_ref:.4f} bpc on {len(wins) * ctx} held-out chars")
 
 
@@ -251,7 +236,8 @@ for bits in BITS:
         adc_hook([linear] * n_l))))
     t = time.time()
     for name, hook in hooks.items():
-        results[name].append(lib.score(lib.AblationForward(model, act_hook=hook), wins))
+        results[name].append(lib.score(gmodel.GoldenModel(model, "reference", act_hook=hook),
+                                       wins))
     print(f"{bits} bit ({time.time() - t:.1f} s): "
           + ", ".join(f"{k}: {v[-1][0]:.4f}" for k, v in results.items()))
 

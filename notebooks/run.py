@@ -8,7 +8,8 @@ written with its outputs to ``build/notebooks/<name>.ipynb``; the notebooks save
 figures next to it as ``build/notebooks/<name>_<figure>.png``.
 
 Parameters: the cell tagged ``parameters`` holds each notebook's defaults (e.g.
-``MODEL_DIR = "models/default"``, ``OUT_DIR``, the held-out slice size). Overrides are
+``MODEL_DIR = None``, the shipped model ``host.data.DEFAULT_MODEL``; ``OUT_DIR``; the
+held-out slice size). Overrides are
 injected as a cell right after it (as papermill does): ``--model DIR`` sets
 ``MODEL_DIR``, ``--out DIR`` sets ``OUT_DIR``, ``--set NAME=VALUE`` any other
 (VALUE is a Python literal). A failing cell stops the run with exit status 1 and the
@@ -103,7 +104,7 @@ def _literal(text: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m notebooks.run", description=__doc__.split("\n")[0])
     ap.add_argument("names", nargs="*", help=f"notebooks to run (default: all of {NOTEBOOKS})")
-    ap.add_argument("--model", help="model directory (MODEL_DIR), default models/default")
+    ap.add_argument("--model", help="model directory (MODEL_DIR), default the shipped model")
     ap.add_argument("--out", default=OUT_DIR, help="output directory (default build/notebooks)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a parameter (Python literal)")

@@ -31,47 +31,28 @@
 # greedy next-character agreement >= `golden.model.GREEDY_AGREEMENT_MIN`.
 
 # %% tags=["parameters"]
-MODEL_DIR = "models/default"     # repo-relative or absolute checkpoint directory
+MODEL_DIR = None                 # checkpoint directory, repo-relative or absolute (None: shipped)
 OUT_DIR = "build/notebooks"      # where the PNG figures go
 HELDOUT_WINDOWS = 24             # held-out windows of the model's context (256 chars each)
 STAT_WINDOWS = 2                 # windows used for activation statistics and the op trace
 
 # %%
-import os
-import sys
 import time
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
 from golden import model as gmodel
 from golden import quant as gquant
 from golden.modelspec import ATTN_PROJ, MLP_PROJ
-try:
-    from notebooks import lib
-except ImportError:        # opened from inside notebooks/: the package is one level up
-    sys.path.insert(0, os.path.dirname(os.getcwd()))
-    from notebooks import lib
+from notebooks import lib
 
 T0 = time.time()
-print("kernel python:", sys.executable)
-OUT = lib.resolve(OUT_DIR)
-os.makedirs(OUT, exist_ok=True)
-
-
-def savefig(fig, name):
-    path = os.path.join(OUT, f"weights_activations_{name}.png")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    print("saved", os.path.relpath(path, lib.REPO))
-
-
+savefig = lib.figure_saver("weights_activations", OUT_DIR)
 model, tok = lib.load(MODEL_DIR)
 mc = model.config
 PROJ = ATTN_PROJ + MLP_PROJ
-print(f"{MODEL_DIR}: {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, "
+print(f"{MODEL_DIR or 'shipped model'}: {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, "
       f"FFN {mc.intermediate_size} ({mc.hidden_act}), heads {mc.num_attention_heads}/"
       f"{mc.num_key_value_heads}, context {mc.max_position_embeddings}, vocab {mc.vocab_size}")
 
@@ -114,9 +95,9 @@ print(f"zero fraction: min {frac[:, :, 1].min():.3f}, max {frac[:, :, 1].max():.
 
 # %% [markdown]
 # ## 2. Activations entering the projections
-# The float reference forward (`lib.AblationForward`, equal to the golden reference
-# mode -- asserted below) on held-out text, with a hook that records the input of
-# every projection before its INT8 quantizer. Left: per-token absmax (the quantizer's
+# The float reference forward (`GoldenModel(mode="reference")`) on held-out text, with
+# a hook (`proj_hook`) that records the input of every projection before its INT8
+# quantizer (asserted below not to change the logits). Left: per-token absmax (the quantizer's
 # scale is 127 / absmax) per projection input; right: value distribution of layer 0's
 # inputs (log count): the FFN-down input (ReLU^2(gate) * up) is heavy-tailed, so its
 # per-token INT8 grid is the coarsest relative to typical values.
@@ -132,11 +113,11 @@ def record(layer, name, x):
     inputs[(layer, name)] = x.copy()
 
 
-fwd_rec = lib.AblationForward(model, proj_hook=record)
-logits_lib = fwd_rec(x_stat)
+fwd_rec = gmodel.GoldenModel(model, "reference", proj_hook=record)
+logits_hooked = fwd_rec.forward(x_stat)
 logits_golden = gmodel.GoldenModel(model, "reference").forward(x_stat)
-assert np.array_equal(logits_lib, logits_golden), "ablation forward differs from golden reference"
-print("AblationForward == GoldenModel(reference): bit-equal logits")
+assert np.array_equal(logits_hooked, logits_golden), "the hooked forward differs from the reference"
+print("GoldenModel(reference, proj_hook) == GoldenModel(reference): bit-equal logits")
 
 # q/k/v and gate/up share their input: keep one name per distinct input
 TAPS = {"q_proj": "attn in (q/k/v)", "o_proj": "o_proj in", "gate_proj": "FFN in (gate/up)",

@@ -5,7 +5,6 @@ from_pretrained and the effective (dequantized) weights its BitLinear / AutoBitL
 modules compute with.
 """
 import json
-import os
 
 import numpy as np
 import pytest
@@ -36,6 +35,8 @@ SHAPES = [  # (hidden, intermediate, layers, heads, kv heads, vocab, tie)
     (48, 96, 2, 6, 2, 65, True),     # GQA 3:1, tied head
     (64, 128, 2, 8, 4, 33, False),   # GQA 2:1
 ]
+# the (fmt, linear_class) pairs checkpoint.save writes
+FORMATS = [("offline", "bitlinear"), ("offline", "autobitlinear"), ("online", "autobitlinear")]
 
 
 @pytest.fixture(autouse=True)
@@ -117,8 +118,6 @@ def assert_matches_hf(model: Model, hf, scale_rtol: float = SCALE_RTOL) -> None:
 
 
 # ----------------------------------------------------------------------------- round trips
-# the (quantization mode, linear class) pairs checkpoint.save writes
-SAVE_FORMATS = [("offline", "bitlinear"), ("offline", "autobitlinear"), ("online", "autobitlinear")]
 
 
 def _save_random(path, rng, shape, fmt="offline", linear_class="bitlinear") -> Model:
@@ -129,7 +128,7 @@ def _save_random(path, rng, shape, fmt="offline", linear_class="bitlinear") -> M
 
 
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("fmt,linear_class", SAVE_FORMATS)
+@pytest.mark.parametrize("fmt,linear_class", FORMATS)
 def test_round_trip(tmp_path, rng, shape, fmt, linear_class):
     model = _save_random(tmp_path, rng, shape, fmt, linear_class)
     back = checkpoint.load(tmp_path)
@@ -218,7 +217,7 @@ def test_load_sharded(tmp_path):
 
 
 @pytest.mark.parametrize("shape", SHAPES[1:])
-@pytest.mark.parametrize("fmt,linear_class", SAVE_FORMATS)
+@pytest.mark.parametrize("fmt,linear_class", FORMATS)
 def test_saved_checkpoint_loads_in_transformers(tmp_path, rng, shape, fmt, linear_class):
     """transformers' effective weights of our saved file are codes * scale (scale direction)."""
     model = _save_random(tmp_path, rng, shape, fmt, linear_class)

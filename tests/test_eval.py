@@ -10,6 +10,7 @@ import pytest
 
 from golden.model import GoldenModel, random_model
 from golden.modelspec import ModelConfig
+from host import data as hdata
 from host import eval as hev
 from host.tokenizer import CharTokenizer
 
@@ -37,9 +38,9 @@ def setup(tmp_path_factory):
 
 def test_heldout_split_and_windows(setup):
     d, corpus, _, _ = setup
-    held = hev.heldout_text(str(d / "corpus.txt"))
-    assert held == corpus[int(len(corpus) * 0.9):]
-    assert hev.heldout_text(str(d / "corpus.txt"), 50) == held[:50]
+    held = hdata.heldout_text(str(d / "corpus.txt"))
+    assert held == corpus[hdata.split_index(len(corpus)):]
+    assert hdata.heldout_text(str(d / "corpus.txt"), 50) == held[:50]
     ids = np.arange(len(held))
     wins = hev.windows(ids, CTX)
     assert all(len(x) == len(y) <= CTX for x, y in wins)
@@ -53,7 +54,7 @@ def test_heldout_split_and_windows(setup):
 @pytest.mark.parametrize("mode", ["reference", "integer"])
 def test_loss_matches_a_direct_computation(setup, mode):
     d, corpus, tok, model = setup
-    held = corpus[int(len(corpus) * 0.9):]
+    held = hdata.split(corpus)[1]
     ids = np.array(tok.encode(held))
     gm = GoldenModel(model, mode)
     want, n = 0.0, 0

@@ -12,13 +12,13 @@ import pytest
 from golden import model as gmod
 from golden import requant as rq
 from golden.config import DEFAULT
-from golden.model import (DECODE_VS_FULL_INT, GREEDY_AGREEMENT_MIN, INT_COSINE_GAP,
-                          REF_VS_HF_REL_ERR, GoldenModel, Scale, cosine_rows, random_model)
-from golden.modelspec import ModelConfig
+from golden.model import (APPROXIMATIONS, DECODE_VS_FULL_INT, GREEDY_AGREEMENT_MIN,
+                          INT_COSINE_GAP, REF_VS_HF_REL_ERR, GoldenModel, Scale, cosine_rows,
+                          random_model)
+from golden.modelspec import ATTN_PROJ, MLP_PROJ, ModelConfig
+from host.data import DEFAULT_MODEL
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models" / "default"
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+SHIPPED = Path(DEFAULT_MODEL)
 
 # HF model shapes: GQA ratios 4:1, 1:1 (odd head count), 2:1, 7:1 (MQA, odd); hidden and
 # intermediate sizes that are not multiples of 3 (but one), relu2 and silu
@@ -263,6 +263,69 @@ def test_decode_equals_full_forward(small_models, rng, act):
                 assert err <= F32_FLIP_REL_ERR * np.abs(full).max()
 
 
+# --------------------------------------------------------------------------- ablations
+@pytest.mark.parametrize("act", ["relu2", "silu"])
+def test_ablation_switches_decode_equals_full_forward(small_models, rng, act):
+    """Each reference-mode switch acts per token (attention: on keys <= the query), so a
+    KV-cache decode equals the full forward. float64: the switches whose roundings see
+    continuous values agree to the last bits; attn_int8 and act quantize values that can
+    sit exactly on an INT8/16 rounding tie (rational multiples of the row's absmax), where
+    a last-bit difference flips a code (as for float32 in test_decode_equals_full_forward)."""
+    model = small_models[act]
+    toks = rng.integers(0, VOCAB, size=32)
+    for name in APPROXIMATIONS:
+        gm = GoldenModel(model, "reference", dtype=np.float64, approx={name})
+        full = gm.forward(toks)
+        assert not np.allclose(full, GoldenModel(model, "reference", dtype=np.float64)
+                               .forward(toks), rtol=0, atol=1e-9), name     # it switches
+        cache = gm.new_cache()
+        got = np.concatenate([gm.forward(toks[:7], cache)]
+                             + [gm.forward(toks[i:i + 1], cache) for i in range(7, 32)])
+        tol = F32_FLIP_REL_ERR if name in ("attn_int8", "act") else 1e-9
+        assert np.max(np.abs(got - full)) <= tol * np.abs(full).max(), name
+
+
+def test_ablation_hooks(small_models, rng):
+    model = small_models["relu2"]
+    mc = model.config
+    toks = rng.integers(0, VOCAB, size=(2, 12))
+    seen = {}
+
+    def record(layer, name, x):
+        seen[(layer, name)] = x.shape
+
+    ref = GoldenModel(model, "reference").forward(toks)
+    assert np.array_equal(GoldenModel(model, "reference", proj_hook=record).forward(toks), ref)
+    assert set(seen) == {(li, n) for li in range(mc.num_hidden_layers)
+                         for n in ATTN_PROJ + MLP_PROJ}
+    ins = {"q_proj": mc.hidden_size, "o_proj": mc.num_attention_heads * mc.head_dim,
+           "gate_proj": mc.hidden_size, "down_proj": mc.intermediate_size}
+    for name, k in ins.items():
+        assert seen[(0, name)] == (2, 12, k), name
+    # act_hook gets g = acc * s_w / s_x (the gate's value, formed from the exact integer
+    # accumulator) and s_w / s_x; returning relu2(g) gives the reference up to rounding
+    calls = []
+
+    def relu2(layer, g, s):
+        calls.append(layer)
+        assert g.shape == (2, 12, mc.intermediate_size) and s.shape == (2, 12, 1)
+        return np.square(np.maximum(g, 0))
+
+    ref64 = GoldenModel(model, "reference", dtype=np.float64).forward(toks)
+    got = GoldenModel(model, "reference", dtype=np.float64, act_hook=relu2).forward(toks)
+    assert calls == list(range(mc.num_hidden_layers))
+    assert np.max(np.abs(got - ref64)) <= 1e-9 * np.abs(ref64).max()
+
+
+def test_ablation_options_are_checked(small_models):
+    model = small_models["relu2"]
+    with pytest.raises(ValueError, match="approx: unknown"):
+        GoldenModel(model, "reference", approx={"rsqrt"})
+    for kw in (dict(approx={"rope"}), dict(proj_hook=print), dict(act_hook=print)):
+        with pytest.raises(ValueError, match="reference mode only"):
+            GoldenModel(model, "integer", **kw)
+
+
 def test_batch_equals_single_sequences(small_models, rng):
     gm = GoldenModel(small_models["relu2"], "integer")
     toks = rng.integers(0, VOCAB, size=(3, 20))
@@ -435,12 +498,12 @@ def test_shipped_model_greedy_agreement():
     """Integer vs reference greedy next token over 2048 held-out positions (8 windows of
     the model's context from the last 10 % of tinyshakespeare)."""
     from host import checkpoint
+    from host.data import heldout_text
     from host.tokenizer import CharTokenizer
 
     model = checkpoint.load(SHIPPED)
     tok = CharTokenizer.load(SHIPPED)
-    text = CORPUS.read_text(encoding="utf-8")
-    held = text[int(len(text) * 0.9):]
+    held = heldout_text()
     ctx = model.config.max_position_embeddings
     n_win = max(1, 2048 // ctx)
     ids = np.asarray(tok.encode(held[:n_win * ctx]), dtype=np.int64).reshape(n_win, ctx)

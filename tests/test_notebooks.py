@@ -12,6 +12,7 @@ import sys
 import nbformat
 import pytest
 
+from host.data import DEFAULT_MODEL
 from notebooks import lib, run
 
 # smaller slices than the notebooks' defaults (runtime); every code path still runs
@@ -26,7 +27,7 @@ FIGURES = {
     "approximations": ("block_errors", "bound_ratio", "ablation", "activation_in_model"),
     "nl_adc": ("transfer_curves", "calibration", "model_bits"),
 }
-MODEL_DIR = os.environ.get("NOTEBOOK_MODEL", lib.DEFAULT_MODEL)
+MODEL_DIR = os.environ.get("NOTEBOOK_MODEL", DEFAULT_MODEL)
 
 
 def test_every_notebook_is_tested():

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from host import checkpoint
+from host.data import DEFAULT_CORPUS, heldout_text, split_index
 from host.tokenizer import CharTokenizer
 from host.train import (STATE_FILE, BitNetLM, TrainConfig, act_quant_ste, load_corpus,
                         lr_at, ternarize_ste, train)
@@ -82,9 +83,7 @@ def test_transformers_logits_match_training_module(run):
     transformers = pytest.importorskip("transformers")
     tc, _, base = run
     module = _trained_module(base, tc)
-    _, _, val = load_corpus(os.path.normpath(os.path.join(
-        os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")),
-        tc.corpus_limit)
+    _, _, val = load_corpus(DEFAULT_CORPUS, tc.corpus_limit)
     ids = val[: 2 * tc.context].view(2, tc.context)
     with torch._dynamo.config.patch(disable=True):   # run transformers' kernels eagerly
         hf = transformers.BitNetForCausalLM.from_pretrained(base / "out").eval()
@@ -164,11 +163,11 @@ def test_tokenizer_round_trip_and_errors(tmp_path):
 
 
 def test_corpus_split_holds_out_the_tail():
-    tok, train_ids, val_ids = load_corpus(os.path.normpath(os.path.join(
-        os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")))
+    tok, train_ids, val_ids = load_corpus(DEFAULT_CORPUS)
     n = len(train_ids) + len(val_ids)
-    assert len(val_ids) == n - int(n * 0.9)
-    with open(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                           "tinyshakespeare.txt"), encoding="utf-8") as f:
+    assert len(val_ids) == n - split_index(n)
+    with open(DEFAULT_CORPUS, encoding="utf-8") as f:
         text = f.read()
-    assert tok.decode(val_ids[:200].tolist()) == text[int(n * 0.9):int(n * 0.9) + 200]
+    assert tok.decode(val_ids[:200].tolist()) == text[split_index(n):split_index(n) + 200]
+    # the held-out split host.eval scores
+    assert tok.decode(val_ids.tolist()) == heldout_text(DEFAULT_CORPUS)
