@@ -22,7 +22,8 @@ from golden.model import random_model
 from golden.modelspec import ModelConfig
 from host import cli
 from host.generate import Sampler, generate
-from host.runtime import make_runtime
+from host.modelfile import open_model
+from host.runtime import backend_kwargs, make_runtime
 from host.server import (
     DEFAULT_TEMP,
     DEFAULT_TOP_K,
@@ -31,7 +32,6 @@ from host.server import (
     ServerThread,
     bind_socket,
     create_app,
-    load_model_dir,
 )
 from host.tokenizer import CharTokenizer
 
@@ -53,10 +53,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return d
 
 
+def serve_engine(model_dir, backend="golden"):
+    """An Engine on ``model_dir`` opened as ``python -m host serve -m`` opens it."""
+    src = open_model(model_dir)
+    rt = make_runtime(src.load(), backend, **backend_kwargs(backend, 250.0, 17.1))
+    return Engine(rt, src.tokenizer, model_id=src.name, backend=backend)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    model, tok, model_id = load_model_dir(str(tiny_model))
-    engine = Engine(make_runtime(model, "golden"), tok, model_id=model_id, backend="golden")
+    engine = serve_engine(tiny_model)
+    model_id = engine.model_id
     with ServerThread(create_app(engine), bind_socket("127.0.0.1", 0)) as s:
         s.engine, s.model_id = engine, model_id
         yield s
@@ -66,8 +73,8 @@ def server(tiny_model):
 @pytest.fixture(scope="module")
 def reference(tiny_model):
     """The text a request gives alone: host.generate on a separate golden device."""
-    model, tok, _ = load_model_dir(str(tiny_model))
-    rt = make_runtime(model, "golden")
+    src = open_model(tiny_model)
+    tok, rt = src.tokenizer, make_runtime(src.load(), "golden")
     memo = {}
 
     def ref(prompt, n, seed, temp=DEFAULT_TEMP, top_k=DEFAULT_TOP_K, top_p=DEFAULT_TOP_P):
@@ -480,11 +487,8 @@ def test_load_test_short(server):
 def test_sim_backend_serves_golden_text_and_cycles(tiny_model, reference, capsys):
     """The server on the Verilator RTL: the golden text, and the CLI's accelerator line
     with the same cycle counts as a local ``python -m host`` on sim."""
-    model, tok, model_id = load_model_dir(str(tiny_model))
     args = ["-p", "To be", "-n", "12", "-s", "6"]
-    from host.server import backend_kwargs
-    engine = Engine(make_runtime(model, "sim", **backend_kwargs("sim", 250.0, 17.1)), tok,
-                    model_id=model_id, backend="sim")
+    engine = serve_engine(tiny_model, "sim")
     try:
         with ServerThread(create_app(engine), bind_socket("127.0.0.1", 0)) as s:
             assert cli.main(["--remote", s.url, *args]) == 0
