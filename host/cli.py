@@ -128,23 +128,19 @@ def run(argv=None) -> int:
         source = open_model(a.model)
     except (ValueError, OSError) as e:
         raise _UsageError(f"-m/--model: {e}") from None
-    config, tok = source.config, source.tokenizer
+    from host.generate import encode_prompt
+
     try:
-        prompt_ids = tok.encode(a.prompt)
+        prompt_ids = encode_prompt(source.tokenizer, a.prompt,
+                                   source.config.max_position_embeddings)
     except ValueError as e:
-        raise _UsageError(f"-p/--prompt: {str(e).removeprefix('text: ')}") from None
-    if not prompt_ids:
-        raise _UsageError("-p/--prompt: empty (the model has no BOS token; give at least "
-                          "one character)")
-    ctx = config.max_position_embeddings
-    if len(prompt_ids) > ctx:
-        raise _UsageError(f"-p/--prompt: {len(prompt_ids)} tokens exceed the context window "
-                          f"({ctx})")
+        raise _UsageError(f"-p/--prompt: {e}") from None
 
     from golden.model import GoldenModel
+    from host.completion import complete, summary_lines
     from host.device import DeviceError
-    from host.runtime import make_runtime
-    from host.generate import Sampler, generate
+    from host.generate import Sampler
+    from host.runtime import backend_kwargs, make_runtime
 
     try:
         model = source.load()
@@ -156,10 +152,8 @@ def run(argv=None) -> int:
         gm = GoldenModel(model, mode="reference")
     else:
         try:
-            kw = {}
-            if a.backend == "sim":      # DRAM model: bytes per accelerator cycle
-                kw["bandwidth"] = a.bandwidth_gbs * 1e3 / a.clock_mhz
-            gm = make_runtime(model, a.backend, **kw)
+            gm = make_runtime(model, a.backend,
+                              **backend_kwargs(a.backend, a.clock_mhz, a.bandwidth_gbs))
         except (DeviceError, OSError, RuntimeError, ValueError) as e:
             raise _UsageError(f"--backend {a.backend}: {e}") from None
 
@@ -167,49 +161,21 @@ def run(argv=None) -> int:
     out.write(a.prompt)
     out.flush()
 
-    counted = a.mode == "integer"
-    first_cycles = []                   # accelerator cycles when the first token came out
-    text = tok.stream()
+    def emit(piece: str) -> None:
+        out.write(piece)
+        out.flush()
 
-    def emit(t: int) -> None:
-        if counted and not first_cycles:
-            first_cycles.append(gm.counters().get("cycles"))
-        piece = text.step(t)
-        if piece:
-            out.write(piece)
-            out.flush()
-
-    eos = tok.eos_ids
     try:
-        _, st = generate(gm, prompt_ids, a.n_predict, sampler, on_token=emit,
-                         eos_ids=() if a.ignore_eos else eos,
-                         ban_ids=eos if a.ignore_eos else ())
+        c = complete(gm, source.tokenizer, prompt_ids, a.n_predict, sampler,
+                     ignore_eos=a.ignore_eos, on_text=emit)
     except DeviceError as e:
         raise _UsageError(f"--backend {a.backend}: {e}") from None
-    if counted and not first_cycles and st.generated_tokens:     # EOS came first
-        first_cycles.append(gm.counters().get("cycles"))
-    cycles = gm.counters().get("cycles") if counted else None
-    out.write(text.flush() + "\n")
+    out.write("\n")
     out.flush()
-    ttft = f"{st.ttft_s * 1e3:.1f} ms" if st.generated_tokens else "n/a"
-    stop = "" if st.eos_token is None else (f", stopped at end of sequence (token {st.eos_token}"
-                                            f" {tok.tk.id_to_token(st.eos_token)!r})")
-    print(f"prompt tokens: {st.prompt_tokens}, generated tokens: {st.generated_tokens}, "
-          f"time to first token: {ttft}, prefill: {st.prefill_tokens_per_s:.1f} tokens/s, "
-          f"decode: {st.decode_tokens_per_s:.1f} tokens/s "
-          f"(backend {a.backend}, mode {a.mode}, seed {seed}"
-          f"{f', window slides {st.window_slides}' if st.window_slides else ''})"
-          f"{stop}", file=sys.stderr)
-    if cycles:
-        msg = f"accelerator: {cycles} cycles"
-        if first_cycles and first_cycles[0] is not None:
-            msg += f" (prefill {first_cycles[0]})"
-            if st.generated_tokens > 1:
-                per_tok = (cycles - first_cycles[0]) / (st.generated_tokens - 1)
-                msg += (f", {per_tok:.0f} cycles per decoded token -> modeled "
-                        f"{a.clock_mhz * 1e6 / per_tok:.1f} tokens/s at {a.clock_mhz:g} MHz, "
-                        f"{a.bandwidth_gbs:g} GB/s")
-        print(msg, file=sys.stderr)
+    t = c.timings(backend=a.backend, mode=a.mode, seed=seed, clock_mhz=a.clock_mhz,
+                  bandwidth_gbs=a.bandwidth_gbs)
+    for line in summary_lines(t):       # the same lines as python -m host --remote
+        print(line, file=sys.stderr)
     return 0
 
 

@@ -73,6 +73,23 @@ class Sampler:
         return int(min(np.searchsorted(cdf, u, side="right"), logits.size - 1))
 
 
+def encode_prompt(tok, text: str, context: int) -> list[int]:
+    """Token ids of a prompt for ``generate`` (``tok``: a ``host.tokenizer.Tokenizer``; BOS
+    prepended when it says so). ValueError with a one-line reason, without a prefix (the
+    CLI puts ``-p/--prompt:`` before it, the token server ``prompt:``): a character outside
+    the vocabulary, no token at all (an empty prompt and no BOS), more tokens than
+    ``context``."""
+    try:
+        ids = tok.encode(text)
+    except ValueError as e:
+        raise ValueError(str(e).removeprefix("text: ")) from None
+    if not ids:
+        raise ValueError("empty (the model has no BOS token; give at least one character)")
+    if len(ids) > context:
+        raise ValueError(f"{len(ids)} tokens exceed the context window ({context})")
+    return ids
+
+
 @dataclass
 class GenerationStats:
     prompt_tokens: int = 0

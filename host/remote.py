@@ -1,4 +1,5 @@
-"""Remote CLI: ``python -m host --remote http://HOST:PORT -p ... [-n --temp --top-k --top-p -s]``.
+"""Remote CLI: ``python -m host --remote http://HOST:PORT -p ... [-n --temp --top-k --top-p -s
+--ignore-eos]``.
 
 Streams from a token server (``python -m host serve``, ``host.server``) instead of a
 local device: the sampling flags become the fields of one streaming ``POST
@@ -14,6 +15,12 @@ The server chooses model and backend: ``-m``, ``--backend``, ``--mode``,
 ``/v1`` (the OpenAI client's base URL). Connections use the standard library
 (``urllib``; proxy environment variables apply as usual).
 
+The server stops at its tokenizer's end-of-sequence token as the local CLI does
+(``--ignore-eos`` becomes the request's ``ignore_eos``), streams text with the same
+``StreamDecoder``, and its ``timings`` carry the EOS that stopped it; the summary lines
+are printed by ``host.completion.summary_lines``, the local CLI's own function, so they
+are the local CLI's lines (the EOS suffix included) with the server's figures.
+
 Errors -- a bad flag, an unreachable server, a request the server refuses (HTTP 4xx/5xx,
 its one-line reason quoted), a stream that fails or ends early -- print one line
 ``error: ...`` to stderr and exit with status 2, as the local CLI does.
@@ -28,36 +35,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from host.completion import summary_lines
+
 # seconds one socket operation may block (connect; a wait between two events: the
 # request may queue behind others on the one accelerator)
 TIMEOUT_S = 600.0
 SERVER_SIDE_FLAGS = (("model", "-m/--model"), ("backend", "--backend"), ("mode", "--mode"),
                      ("clock_mhz", "--clock-mhz"), ("bandwidth_gbs", "--bandwidth-gbs"))
-
-
-def _f(x) -> float:
-    return float("nan") if x is None else float(x)
-
-
-def summary_lines(t: dict) -> list[str]:
-    """The local CLI's summary lines (host/cli.py) from a server's ``timings``."""
-    gen = t["generated_tokens"]
-    ttft = f"{_f(t['ttft_s']) * 1e3:.1f} ms" if gen else "n/a"
-    slides = t.get("window_slides") or 0
-    lines = [f"prompt tokens: {t['prompt_tokens']}, generated tokens: {gen}, "
-             f"time to first token: {ttft}, prefill: {_f(t['prefill_tokens_per_s']):.1f} "
-             f"tokens/s, decode: {_f(t['decode_tokens_per_s']):.1f} tokens/s "
-             f"(backend {t['backend']}, mode {t['mode']}, seed {t['seed']}"
-             f"{f', window slides {slides}' if slides else ''})"]
-    acc = t.get("accelerator")
-    if acc and acc.get("cycles"):
-        msg = f"accelerator: {acc['cycles']} cycles (prefill {acc['prefill_cycles']})"
-        if gen > 1 and acc.get("cycles_per_token"):
-            msg += (f", {acc['cycles_per_token']:.0f} cycles per decoded token -> modeled "
-                    f"{acc['modeled_tokens_per_s']:.1f} tokens/s at {acc['clock_mhz']:g} MHz, "
-                    f"{acc['bandwidth_gbs']:g} GB/s")
-        lines.append(msg)
-    return lines
 
 
 def base_url(url: str) -> str:
@@ -122,6 +106,8 @@ def run_remote(a, parser) -> int:
     seed = a.seed if a.seed is not None else int(time.time_ns() % (2 ** 31))
     body = {"prompt": a.prompt, "max_tokens": a.n_predict, "temperature": a.temp,
             "top_k": a.top_k, "top_p": a.top_p, "seed": seed, "stream": True}
+    if a.ignore_eos:
+        body["ignore_eos"] = True
 
     def fail(msg: str) -> cli._UsageError:
         return cli._UsageError(f"--remote {url}: {msg}")

@@ -410,6 +410,20 @@ class Runtime:
 _RUNTIME_KW = ("max_chunk", "timeout_s")
 
 
+def backend_kwargs(backend: str, clock_mhz: float, bandwidth_gbs: float,
+                   device_opts: dict | None = None) -> dict:
+    """Keyword arguments of ``make_runtime`` for ``backend`` at a modeled design point --
+    the one place ``python -m host`` and ``python -m host serve`` get them from: the sim
+    backend's DRAM model serves bandwidth / clock bytes per accelerator cycle
+    (``bandwidth_gbs * 1e3 / clock_mhz``); ``device_opts`` (``serve --device-opt``) are
+    passed through to the backend's constructor and win over the computed values."""
+    kw = {}
+    if backend == "sim":
+        kw["bandwidth"] = bandwidth_gbs * 1e3 / clock_mhz
+    kw.update(device_opts or {})
+    return kw
+
+
 def make_runtime(model: Model, backend: str = "golden", **kw) -> Runtime:
     """Runtime of ``model`` on a new device of ``backend`` ("golden", "sim", ...).
 

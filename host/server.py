@@ -5,12 +5,16 @@ in front of the one accelerator (DESIGN §5, the board path).
                          [-m MODEL] [--clock-mhz F] [--bandwidth-gbs F]
                          [--device-timeout S] [--max-queue N] [--device-opt KEY=VALUE ...]
 
-The device is created through the backend registry (``host.backends``, the one list of
-backend names; ``host.runtime.make_runtime``), so a new backend is served without a
-change here; ``--device-opt KEY=VALUE`` (repeatable) passes extra keyword arguments to
-its constructor (a value is read as JSON when it parses, else as a string). Any error
-while loading the model or constructing the device prints one line ``error: ...`` and
-exits with status 2. ``--port 0`` picks a free port; the line ``listening on
+``-m`` takes what ``python -m host -m`` takes -- a Hugging Face checkpoint directory or a
+GGUF file -- opened by the same function (``host.modelfile.open_model``: configuration,
+tokenizer, their vocabulary sizes), so a bad model is the CLI's one-line error. The
+device is created through the backend registry (``host.backends``, the one list of
+backend names; ``host.runtime.make_runtime``) with the CLI's construction arguments
+(``host.runtime.backend_kwargs``), so a new backend is served without a change here;
+``--device-opt KEY=VALUE`` (repeatable) passes extra keyword arguments to its
+constructor (a value is read as JSON when it parses, else as a string). Any error while
+loading the model or constructing the device prints one line ``error: ...`` and exits
+with status 2. ``--port 0`` picks a free port; the line ``listening on
 http://HOST:PORT`` on stderr says which.
 
 Endpoints (FastAPI on uvicorn):
@@ -24,19 +28,29 @@ Endpoints (FastAPI on uvicorn):
     the last chunk carrying ``finish_reason`` and ``timings``, then ``data: [DONE]``),
     ``stream_options`` (``{"include_usage": true}``: a final chunk with ``usage`` and no
     choices, as OpenAI sends it), ``model`` (optional; when given it must be the served
-    model's id, see ``/v1/models``), ``n`` (1 only) and ``user`` (ignored). Any other
-    field is an error. Sampling is ``host.generate``'s (``Sampler`` and ``generate``, the
-    CLI's code): the same seed and flags give the same text as ``python -m host`` on the
-    same backend. ``timings`` (an extension, like llama.cpp's) holds the CLI's summary
-    figures: ``prompt_tokens``, ``generated_tokens``, ``ttft_s`` (start of prefill ->
-    first token), ``prefill_tokens_per_s``, ``decode_tokens_per_s``, ``window_slides``,
-    ``queue_s`` (time waiting for the accelerator), ``backend``, ``mode``, ``seed``, and
+    model's id, see ``/v1/models``), ``n`` (1 only), ``user`` (ignored) and
+    ``ignore_eos`` (llama.cpp's server field, default false: never sample the tokenizer's
+    end-of-sequence tokens). Any other field is an error. A completion runs as the CLI's
+    (``host.completion.complete``: ``host.generate``'s ``Sampler`` and ``generate``, the
+    tokenizer's ``StreamDecoder``): the same seed and flags give the same text as
+    ``python -m host`` on the same backend; a character split over several byte-level
+    BPE tokens is sent once whole, in the chunk of the token that completes it (a token
+    that completes nothing sends no chunk). Generation stops at the tokenizer's EOS
+    (not sent) with ``finish_reason`` ``"stop"``, else after ``max_tokens`` with
+    ``"length"``. ``timings`` (an extension, like llama.cpp's) holds the CLI's summary
+    figures (``host.completion``, from which the remote CLI prints the CLI's lines):
+    ``prompt_tokens``, ``generated_tokens`` (an EOS that stopped generation counted, as
+    the CLI counts it), ``ttft_s`` (start of prefill -> first token),
+    ``prefill_tokens_per_s``, ``decode_tokens_per_s``, ``window_slides``, ``queue_s``
+    (time waiting for the accelerator), ``backend``, ``mode``, ``seed``, ``eos_token`` and
+    ``eos_token_text`` (the EOS id and string that stopped generation, or null), and
     ``accelerator`` (null when the backend counts no cycles, else ``cycles``,
     ``prefill_cycles``, ``cycles_per_token`` of decoding, ``clock_mhz``, ``bandwidth_gbs``,
     ``modeled_tokens_per_s``). Non-finite numbers are sent as null.
 ``GET /v1/models``
     The one served model: ``{"object": "list", "data": [{"id", "object": "model",
-    "created", "owned_by", "max_model_len", "backend"}]}``.
+    "created", "owned_by", "max_model_len", "backend"}]}``; its id is the model
+    directory's name, or the GGUF file's without ``.gguf``.
 ``GET /health``
     ``{"status": "ok", ...}`` (HTTP 200) while the accelerator worker runs, else 503.
 ``GET /metrics``
@@ -72,7 +86,6 @@ import asyncio
 import collections
 import json
 import math
-import os
 import signal
 import socket
 import sys
@@ -83,6 +96,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from starlette.requests import Request  # module level: FastAPI resolves the annotation
+
+from host.generate import encode_prompt
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -95,57 +110,11 @@ QUANTILE_WINDOW = 1000
 OWNER = "ternary-accel"
 
 ACCEPTED_FIELDS = ("model", "prompt", "max_tokens", "temperature", "top_k", "top_p", "seed",
-                   "stream", "stream_options", "n", "user")
+                   "stream", "stream_options", "n", "user", "ignore_eos")
 
 
 def _one_line(msg) -> str:
     return " ".join(str(msg).split())
-
-
-def _finite_or_none(x):
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-# ---------------------------------------------------------------------------- model loading
-def load_model_dir(path: str):
-    """(model, tokenizer, model_id) of a checkpoint directory; ValueError with a one-line
-    reason (the checks of ``python -m host``: config, tokenizer, their vocabulary sizes)."""
-    from host.checkpoint import CONFIG_FILE, load, parse_config
-    from host.tokenizer import CharTokenizer
-
-    if not os.path.isdir(path):
-        raise ValueError(f"{path}: no such model directory")
-    cfg_path = os.path.join(path, CONFIG_FILE)
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            config, _ = parse_config(json.load(f), cfg_path)
-        tok = CharTokenizer.load(path)
-    except OSError as e:
-        raise ValueError(str(e)) from None
-    if tok.vocab_size != config.vocab_size:
-        raise ValueError(f"tokenizer has {tok.vocab_size} tokens, the model "
-                         f"{config.vocab_size}")
-    try:
-        model = load(path)
-    except OSError as e:
-        raise ValueError(str(e)) from None
-    model_id = os.path.basename(os.path.normpath(os.path.abspath(path)))
-    return model, tok, model_id
-
-
-def backend_kwargs(backend: str, clock_mhz: float, bandwidth_gbs: float,
-                   device_opts: dict | None = None) -> dict:
-    """Keyword arguments of ``make_runtime`` for ``backend``: the sim backend's DRAM model
-    serves bandwidth / clock bytes per cycle (as ``python -m host`` sets it); ``device_opts``
-    are passed through to the backend's constructor."""
-    kw = {}
-    if backend == "sim":
-        kw["bandwidth"] = bandwidth_gbs * 1e3 / clock_mhz
-    kw.update(device_opts or {})
-    return kw
 
 
 # ---------------------------------------------------------------------------- requests
@@ -166,6 +135,7 @@ class CompletionRequest:
     seed: int
     stream: bool
     include_usage: bool
+    ignore_eos: bool = False
 
 
 def _is_int(v) -> bool:
@@ -215,16 +185,10 @@ def parse_request(body: bytes, tok, context: int, model_id: str) -> CompletionRe
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise BadRequest("prompt: expected a string (or a list of one string)", "prompt")
-    if not prompt:
-        raise BadRequest("prompt: empty (the model has no BOS token; give at least one "
-                         "character)", "prompt")
-    try:
-        ids = tok.encode(prompt)
+    try:                                 # the CLI's checks and messages
+        ids = encode_prompt(tok, prompt, context)
     except ValueError as e:
-        raise BadRequest(f"prompt: {str(e).removeprefix('text: ')}", "prompt") from None
-    if len(ids) > context:
-        raise BadRequest(f"prompt: {len(ids)} tokens exceed the context window ({context})",
-                         "prompt")
+        raise BadRequest(f"prompt: {e}", "prompt") from None
 
     max_tokens = get("max_tokens", DEFAULT_MAX_TOKENS)
     if not _is_int(max_tokens):
@@ -262,9 +226,13 @@ def parse_request(body: bytes, tok, context: int, model_id: str) -> CompletionRe
         if not isinstance(include_usage, bool):
             raise BadRequest("stream_options.include_usage: expected true or false",
                              "stream_options")
+    ignore_eos = get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise BadRequest(f"ignore_eos: expected true or false, got {ignore_eos!r}", "ignore_eos")
     return CompletionRequest(prompt=prompt, prompt_ids=ids, max_tokens=max_tokens,
                              temperature=float(temp), top_k=top_k, top_p=float(top_p),
-                             seed=seed, stream=stream, include_usage=include_usage)
+                             seed=seed, stream=stream, include_usage=include_usage,
+                             ignore_eos=ignore_eos)
 
 
 # ---------------------------------------------------------------------------- the engine
@@ -285,26 +253,6 @@ class Event:
     status: int = 0              # HTTP status of an error
     message: str = ""
     etype: str = ""
-
-
-class _TextStream:
-    """Text of each new token: the decoded text of all tokens so far minus what was sent
-    (a tokenizer whose tokens are parts of a character gives '' until it is whole)."""
-
-    def __init__(self, tok):
-        self.tok, self.ids, self.sent = tok, [], ""
-
-    def push(self, t: int) -> str:
-        self.ids.append(int(t))
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        if not text.startswith(self.sent):      # a decoder that rewrites earlier text
-            delta = self.tok.decode([t])
-        else:
-            delta = text[len(self.sent):]
-        self.sent += delta
-        return delta
 
 
 @dataclass(eq=False)
@@ -451,10 +399,6 @@ class Engine:
                 with self._cond:
                     self._running = None
 
-    def _cycles(self):
-        c = self.rt.counters().get("cycles")
-        return None if c is None else int(c)
-
     def _reset_device(self) -> None:
         try:
             self.rt.device.reset()
@@ -462,35 +406,33 @@ class Engine:
             print(f"server: device reset failed: {_one_line(e)}", file=sys.stderr)
 
     def _run(self, job: Job) -> None:
+        from host.completion import complete
         from host.device import DeviceError, DeviceTimeout
-        from host.generate import Sampler, generate
+        from host.generate import Sampler
 
         req = job.req
         t_start = time.perf_counter()
         queue_s = t_start - job.t_arrival
-        c0 = self._cycles()
         first = {}
-        text = _TextStream(self.tok)
         n = [0]
 
         def on_token(t: int) -> None:
             if not first:
                 first["t"] = time.perf_counter()
-                first["cycles"] = self._cycles()
             n[0] += 1
-            delta = text.push(t)
-            if delta:
-                job.emit(Event("token", text=delta))
             if job.cancelled.is_set():
                 raise _Cancelled
+
+        def on_text(piece: str) -> None:
+            job.emit(Event("token", text=piece))
 
         try:
             sampler = Sampler(temp=req.temperature, top_k=req.top_k, top_p=req.top_p,
                               seed=req.seed)
             if job.cancelled.is_set():
                 raise _Cancelled
-            _, st = generate(self.rt, req.prompt_ids, req.max_tokens, sampler,
-                             on_token=on_token)
+            c = complete(self.rt, self.tok, req.prompt_ids, req.max_tokens, sampler,
+                         ignore_eos=req.ignore_eos, on_text=on_text, on_token=on_token)
         except _Cancelled:
             self._finish(job, "cancelled", len(req.prompt_ids), n[0], queue_s, first)
             return
@@ -509,30 +451,16 @@ class Engine:
             self._fail(job, "device_error", 500, "server_error",
                        f"{type(e).__name__}: {e}", queue_s)
             return
-        c1 = self._cycles()
-        acc = None
-        if c0 is not None and c1 is not None:
-            total = c1 - c0
-            pre = first["cycles"] - c0 if first else total
-            acc = {"cycles": total, "prefill_cycles": pre, "cycles_per_token": None,
-                   "clock_mhz": self.clock_mhz, "bandwidth_gbs": self.bandwidth_gbs,
-                   "modeled_tokens_per_s": None}
-            if st.generated_tokens > 1 and total > pre:
-                per_tok = (total - pre) / (st.generated_tokens - 1)
-                acc["cycles_per_token"] = per_tok
-                acc["modeled_tokens_per_s"] = self.clock_mhz * 1e6 / per_tok
-        timings = {
-            "prompt_tokens": st.prompt_tokens, "generated_tokens": st.generated_tokens,
-            "ttft_s": _finite_or_none(st.ttft_s) if st.generated_tokens else None,
-            "prefill_tokens_per_s": _finite_or_none(st.prefill_tokens_per_s),
-            "decode_tokens_per_s": _finite_or_none(st.decode_tokens_per_s),
-            "window_slides": st.window_slides, "queue_s": queue_s, "backend": self.backend,
-            "mode": getattr(self.rt, "mode", "integer"), "seed": req.seed,
-            "accelerator": acc,
-        }
+        st = c.stats
+        if st.generated_tokens and not first:      # the first token was EOS
+            first["t"] = t_start + st.ttft_s
+        timings = c.timings(backend=self.backend, mode=getattr(self.rt, "mode", "integer"),
+                            seed=req.seed, clock_mhz=self.clock_mhz,
+                            bandwidth_gbs=self.bandwidth_gbs)
+        timings["queue_s"] = queue_s
         self._finish(job, "ok", st.prompt_tokens, st.generated_tokens, queue_s, first,
-                     decode=(st.generated_tokens - 1, st.decode_s, acc))
-        finish = "length" if st.generated_tokens == req.max_tokens else "stop"
+                     decode=(st.generated_tokens - 1, st.decode_s, timings["accelerator"]))
+        finish = "stop" if st.eos_token is not None else "length"
         job.emit(Event("done", timings=timings, finish_reason=finish))
 
     def _finish(self, job, outcome, prompt_n, gen_n, queue_s, first, decode=None) -> None:
@@ -872,7 +800,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"port (default {DEFAULT_PORT}; 0 = a free port)")
     p.add_argument("-m", "--model", default=defaults.get_default("model"),
-                   help="checkpoint directory (default: the shipped model)")
+                   help="checkpoint directory or GGUF file (default: the shipped model)")
     p.add_argument("--clock-mhz", type=float, default=defaults.get_default("clock_mhz"),
                    help="modeled accelerator clock in MHz")
     p.add_argument("--bandwidth-gbs", type=float, default=defaults.get_default("bandwidth_gbs"),
@@ -916,10 +844,14 @@ def serve(argv=None) -> int:
     if a.max_queue < 1:
         raise _UsageError(f"--max-queue: expected >= 1, got {a.max_queue}")
     opts = _device_opts(a.device_opt)
-    try:
-        model, tok, model_id = load_model_dir(a.model)
-    except ValueError as e:
+    from host.modelfile import open_model
+
+    try:                       # python -m host's function, checks and messages
+        source = open_model(a.model)
+        model = source.load()
+    except (ValueError, OSError) as e:
         raise _UsageError(f"-m/--model: {e}") from None
+    tok, model_id = source.tokenizer, source.name
 
     try:                       # before the device: a busy port fails before a long build
         sock = bind_socket(a.host, a.port)
@@ -927,7 +859,7 @@ def serve(argv=None) -> int:
         raise _UsageError(f"--host/--port: cannot listen on {a.host}:{a.port}: "
                           f"{e.strerror or e}") from None
 
-    from host.runtime import make_runtime
+    from host.runtime import backend_kwargs, make_runtime
 
     try:
         rt = make_runtime(model, a.backend,

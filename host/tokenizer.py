@@ -36,7 +36,7 @@ once, whole; special tokens are not printed.
 
 ``train_bpe`` trains a byte-level BPE tokenizer with ``tokenizers``' own trainer (EOS
 ``<|endoftext|>``); ``python -m host.tokenizer --vocab-size N --out DIR`` trains one on the
-training split of the corpus (``host.eval.split_corpus``).
+training split of the corpus (``host.data.split``).
 
 Errors (missing or malformed files, a file in neither format, special tokens outside the
 vocabulary) raise ValueError naming the file.
@@ -457,7 +457,7 @@ def main(argv=None) -> int:
     import argparse
     import sys
 
-    from host.eval import DEFAULT_CORPUS, split_corpus
+    from host.data import DEFAULT_CORPUS, read_corpus, split
 
     p = argparse.ArgumentParser(
         prog="python -m host.tokenizer",
@@ -467,8 +467,7 @@ def main(argv=None) -> int:
     p.add_argument("--corpus", default=DEFAULT_CORPUS)
     a = p.parse_args(argv)
     try:
-        with open(a.corpus, encoding="utf-8") as f:
-            train_text, _ = split_corpus(f.read())
+        train_text, _ = split(read_corpus(a.corpus))
         tok = train_bpe(train_text, a.vocab_size)
     except (OSError, ValueError) as e:
         print(f"error: {_first_line(e)}", file=sys.stderr)

@@ -11,6 +11,7 @@ import pytest
 
 from golden.model import GoldenModel
 from host import cli
+from host import data as hdata
 from host import eval as hev
 from host.generate import Sampler, generate
 from host.modelfile import open_model
@@ -28,8 +29,8 @@ TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_atten
 @pytest.fixture(scope="module")
 def bpe_model(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("bpe")
-    with open(hev.DEFAULT_CORPUS, encoding="utf-8") as f:
-        train_text, held = hev.split_corpus(f.read())
+    with open(hdata.DEFAULT_CORPUS, encoding="utf-8") as f:
+        train_text, held = hdata.split(f.read())
     tok = train_bpe(train_text, VOCAB)
     assert tok.vocab_size == VOCAB
     tok.save(d / "tokenizer")
@@ -41,11 +42,11 @@ def bpe_model(tmp_path_factory) -> Path:
 def test_training_uses_the_bpe_on_each_split(bpe_model):
     tok = load_tokenizer(bpe_model)
     assert tok.vocab_size == VOCAB and tok.eos_tokens == ["<|endoftext|>"]
-    with open(hev.DEFAULT_CORPUS, encoding="utf-8") as f:
+    with open(hdata.DEFAULT_CORPUS, encoding="utf-8") as f:
         text = f.read()[:TINY["corpus_limit"]]
-    _, train_ids, val_ids = load_corpus(hev.DEFAULT_CORPUS, TINY["corpus_limit"],
+    _, train_ids, val_ids = load_corpus(hdata.DEFAULT_CORPUS, TINY["corpus_limit"],
                                         str(bpe_model))
-    a, b = hev.split_corpus(text)
+    a, b = hdata.split(text)
     assert tok.decode(train_ids.tolist()) == a and tok.decode(val_ids.tolist()) == b
     assert len(train_ids) < 0.7 * len(a)             # BPE: fewer tokens than characters
 
@@ -84,7 +85,7 @@ def test_eval_reports_bits_per_character_for_any_tokenizer(bpe_model, capsys):
                             "--modes", "reference"], capsys)
     nats, bits, ppl, per_token = rows["reference"][:4]
     # independently: total nats over the predicted tokens / characters those tokens cover
-    text = hev.heldout_text(hev.DEFAULT_CORPUS, chars)
+    text = hdata.heldout_text(hdata.DEFAULT_CORPUS, chars)
     tok = load_tokenizer(bpe_model)
     enc = tok.tk.encode(text, add_special_tokens=False)
     ids = np.array(enc.ids)

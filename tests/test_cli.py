@@ -87,6 +87,22 @@ def test_sim_backend_streams_the_same_tokens_as_golden(tiny_model, capsys):
     assert not any(ln.startswith("accelerator:") for ln in gold.err.splitlines())
 
 
+def test_design_point_sets_the_sim_dram_model(tiny_model, capsys):
+    """--clock-mhz / --bandwidth-gbs reach the sim backend's DRAM model as bandwidth / clock
+    bytes per cycle (host.runtime.backend_kwargs, which ``python -m host serve`` uses too):
+    the same bytes per cycle, the same cycles; fewer, more cycles."""
+    def cycles(clock, bandwidth):
+        assert cli.main(["-m", str(tiny_model), "-p", "To be", "-n", "4", "-s", "1",
+                         "--clock-mhz", clock, "--bandwidth-gbs", bandwidth]) == 0
+        acc = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("accelerator:")]
+        assert len(acc) == 1 and f"at {clock} MHz, {bandwidth} GB/s" in acc[0], acc
+        return int(acc[0].split()[1])
+
+    c = cycles("200", "16")                       # 80 bytes per cycle
+    assert cycles("100", "8") == c                # 80 bytes per cycle
+    assert cycles("100", "1") > c                 # 10 bytes per cycle
+
+
 def test_generation_slides_past_the_context(tiny_model, capsys):
     n = 2 * CTX + 5
     assert cli.main(["-m", str(tiny_model), "-p", "ab", "-n", str(n), "-s", "2",

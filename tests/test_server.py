@@ -2,7 +2,9 @@
 on loopback: a real uvicorn server on an ephemeral port, the golden backend, a small
 random model; the official ``openai`` client, raw HTTP for bad requests, a client that
 disconnects mid-stream, a real device timeout (503, reset, recovery), concurrent clients,
-the remote CLI against the local CLI, and start-up errors of ``python -m host serve``."""
+the remote CLI against the local CLI, and start-up errors of ``python -m host serve``.
+A byte-level BPE model served: the CLI's text (a two-token character included), the
+end-of-sequence stop and ``ignore_eos``; a GGUF file served by ``serve -m``."""
 import json
 import os
 import re
@@ -13,16 +15,20 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
-from golden.model import random_model
+from golden.model import GoldenModel, random_model
 from golden.modelspec import ModelConfig
 from host import cli
+from host import gguf as hg
+from host.data import DEFAULT_CORPUS
 from host.generate import Sampler, generate
-from host.runtime import make_runtime
+from host.modelfile import open_model
+from host.runtime import backend_kwargs, make_runtime
 from host.server import (
     DEFAULT_TEMP,
     DEFAULT_TOP_K,
@@ -31,9 +37,8 @@ from host.server import (
     ServerThread,
     bind_socket,
     create_app,
-    load_model_dir,
 )
-from host.tokenizer import CharTokenizer
+from host.tokenizer import CharTokenizer, Tokenizer, train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 CTX = 256
@@ -53,10 +58,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return d
 
 
+def serve_engine(model_dir, backend="golden"):
+    """An Engine on ``model_dir`` opened as ``python -m host serve -m`` opens it."""
+    src = open_model(model_dir)
+    rt = make_runtime(src.load(), backend, **backend_kwargs(backend, 250.0, 17.1))
+    return Engine(rt, src.tokenizer, model_id=src.name, backend=backend)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    model, tok, model_id = load_model_dir(str(tiny_model))
-    engine = Engine(make_runtime(model, "golden"), tok, model_id=model_id, backend="golden")
+    engine = serve_engine(tiny_model)
+    model_id = engine.model_id
     with ServerThread(create_app(engine), bind_socket("127.0.0.1", 0)) as s:
         s.engine, s.model_id = engine, model_id
         yield s
@@ -66,8 +78,8 @@ def server(tiny_model):
 @pytest.fixture(scope="module")
 def reference(tiny_model):
     """The text a request gives alone: host.generate on a separate golden device."""
-    model, tok, _ = load_model_dir(str(tiny_model))
-    rt = make_runtime(model, "golden")
+    src = open_model(tiny_model)
+    tok, rt = src.tokenizer, make_runtime(src.load(), "golden")
     memo = {}
 
     def ref(prompt, n, seed, temp=DEFAULT_TEMP, top_k=DEFAULT_TOP_K, top_p=DEFAULT_TOP_P):
@@ -194,6 +206,7 @@ BAD_BODIES = {
     "stream_options without stream": b'{"prompt": "ab", "stream_options": {"include_usage": true}}',
     "n of 2": b'{"prompt": "ab", "n": 2}',
     "another model": b'{"prompt": "ab", "model": "gpt-4"}',
+    "ignore_eos not a bool": b'{"prompt": "ab", "ignore_eos": 1}',
 }
 
 
@@ -393,9 +406,18 @@ def _env():
     return dict(os.environ, PYTHONIOENCODING="utf-8")
 
 
-def _start_serve(tiny_model):
+@pytest.fixture(scope="module")
+def tiny_gguf(tiny_model, tmp_path_factory) -> Path:
+    """tiny_model as a GGUF file (f32: its rows are not multiples of TQ2_0's 256)."""
+    src = open_model(tiny_model)
+    path = tmp_path_factory.mktemp("gguf") / f"{tiny_model.name}.gguf"
+    hg.write(src.load(), src.tokenizer, path, qtype="f32")
+    return path
+
+
+def _start_serve(model):
     proc = subprocess.Popen([sys.executable, "-m", "host", "serve", "--backend", "golden",
-                             "-m", str(tiny_model), "--port", "0"], cwd=ROOT, env=_env(),
+                             "-m", str(model), "--port", "0"], cwd=ROOT, env=_env(),
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     for line in proc.stderr:
         if "listening on " in line:
@@ -412,11 +434,14 @@ def _stop(proc, sig) -> str:
     return rest
 
 
-def test_serve_process_and_remote_cli_process(tiny_model, server, capsys):
-    """``python -m host serve`` and ``python -m host --remote`` as the user runs them;
-    Ctrl-C (SIGINT) stops the server cleanly."""
-    proc, url = _start_serve(tiny_model)
+def test_serve_process_and_remote_cli_process(tiny_gguf, server, capsys):
+    """``python -m host serve -m FILE.gguf`` and ``python -m host --remote`` as the user
+    runs them: the GGUF file of the in-process server's checkpoint directory serves the
+    same model id and the same text; Ctrl-C (SIGINT) stops the server cleanly."""
+    proc, url = _start_serve(tiny_gguf)
     try:
+        assert [m["id"] for m in httpx.get(url + "/v1/models").json()["data"]] == \
+            [server.model_id]                      # tiny.gguf serves as "tiny"
         r = subprocess.run([sys.executable, "-m", "host", "--remote", url, *SAMPLING], cwd=ROOT,
                            env=_env(), capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
@@ -464,6 +489,176 @@ def test_serve_startup_errors_are_one_line(tiny_model, capsys):
         busy.close()
 
 
+def _bad_models(tmp: Path, tiny_model: Path, tiny_gguf: Path) -> dict:
+    """Models that ``python -m host`` refuses with one ``-m/--model`` line."""
+    cases = {"missing": tmp / "nonexistent"}
+    cases["not a model"] = tmp / "notes.txt"
+    cases["not a model"].write_text("not a model\n")
+    cases["truncated GGUF"] = tmp / "cut.gguf"
+    cases["truncated GGUF"].write_bytes(tiny_gguf.read_bytes()[:-1000])   # in the tensors
+    d = tmp / "other_vocab"
+    d.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (d / f).write_bytes((tiny_model / f).read_bytes())
+    CharTokenizer.from_text(VOCAB_TEXT + "0").save(d)             # one token too many
+    cases["tokenizer vocabulary"] = d
+    return cases
+
+
+def test_serve_model_errors_are_the_clis(tiny_model, tiny_gguf, tmp_path, capsys):
+    """``serve -m`` opens a model with the CLI's function: the same one line, exit 2."""
+    for case, path in _bad_models(tmp_path, tiny_model, tiny_gguf).items():
+        assert cli.main(["-m", str(path), "-n", "1", "--backend", "golden"]) == 2, case
+        local = capsys.readouterr().err.strip().splitlines()
+        assert cli.main(["serve", "-m", str(path), "--backend", "golden", "--port", "0"]) == 2
+        served = capsys.readouterr().err.strip().splitlines()
+        assert len(local) == 1 and local[0].startswith("error: -m/--model: "), (case, local)
+        assert served == local, case
+        assert str(path) in local[0] or str(path / "tokenizer.json") in local[0], local
+
+
+# ---------------------------------------------------------------------------- a BPE model
+BPE_PROMPT, BPE_N = "ROMEO:", 40
+E_ACUTE = "\u00e9"                              # UTF-8 C3 A9: two byte-level BPE tokens
+
+
+def _printable(token: str) -> bool:
+    """A byte-level BPE token of printable ASCII, space (U+0120) and newline (U+010A)."""
+    return all("!" <= c <= "~" or c in "\u0120\u010a" for c in token)
+
+
+def _arranged(base: Tokenizer, prompt_ids, gen, k: int, j: int) -> Tokenizer:
+    """``base`` with its ids permuted (its BPE, merges and prompt ids unchanged) so that
+    ``gen[k]``, ``gen[k + 1]`` are the bytes C3, A9 of 'é', ``gen[j]`` is the EOS and every
+    other token of ``gen[:j]`` is printable ASCII."""
+    v = base.vocab_size
+    tokens = [base.tk.id_to_token(i) for i in range(v)]
+
+    def swap(a, b):
+        tokens[a], tokens[b] = tokens[b], tokens[a]
+
+    eos = base.eos_tokens[0]
+    targets = {gen[k]: "\u00c3", gen[k + 1]: "\u00a9", gen[j]: eos}   # byte-level C3, A9
+    for pos, tok in targets.items():
+        swap(pos, tokens.index(tok))
+    fixed = set(prompt_ids)
+    others = set(gen[:j]) - set(targets) - fixed
+    pool = [i for i in range(v) if _printable(tokens[i]) and i not in fixed | set(targets)
+            | others]
+    for i in sorted(others):
+        if not _printable(tokens[i]):
+            swap(i, pool.pop())
+    data = json.loads(base.to_json())
+    data["model"]["vocab"] = {t: i for i, t in enumerate(tokens)}
+    for added in data["added_tokens"]:
+        added["id"] = tokens.index(added["content"])
+    return Tokenizer.from_json(json.dumps(data), eos_ids=[tokens.index(eos)])
+
+
+@pytest.fixture(scope="module")
+def bpe_model(tmp_path_factory):
+    """A random model with a byte-level BPE vocabulary (tests/test_bpe_model.py trains one
+    the same way), its token ids arranged so that the CLI's default sampling of BPE_PROMPT
+    with ``seed`` gives printable ASCII, 'é' split over two tokens, then the EOS (token
+    ``j``; ``text``: the decode of what comes before it)."""
+    from host import checkpoint
+
+    with open(DEFAULT_CORPUS, encoding="utf-8") as f:
+        base = train_bpe(f.read()[:20000], 320)
+    mc = ModelConfig(vocab_size=base.vocab_size, hidden_size=48, intermediate_size=96,
+                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                     max_position_embeddings=CTX)
+    model = random_model(mc, seed=7)
+    gm = GoldenModel(model, "integer")
+    prompt_ids = base.encode(BPE_PROMPT)
+    for seed in range(1, 50):        # the first seed whose tokens allow the arrangement
+        gen, _ = generate(gm, prompt_ids, BPE_N, Sampler(DEFAULT_TEMP, DEFAULT_TOP_K,
+                                                          DEFAULT_TOP_P, seed))
+        once = [i for i in range(len(gen)) if gen.count(gen[i]) == 1
+                and gen[i] not in prompt_ids]
+        k = next((i for i in once if i >= 3 and i + 1 in once), None)   # text, then 'é'
+        j = None if k is None else next(                                  # more text, EOS
+            (i for i in range(k + 6, len(gen) - 1)
+             if gen[i] not in gen[:i] and gen[i] not in prompt_ids), None)
+        if j is not None:
+            break
+    assert j is not None, "no seed gives two single tokens and a later new one"
+    tok = _arranged(base, prompt_ids, gen, k, j)
+    assert tok.encode(BPE_PROMPT) == prompt_ids and tok.eos_ids == (gen[j],)
+    text = tok.decode(gen[:j])
+    assert E_ACUTE in text and text.replace(E_ACUTE, "").isascii()
+    assert tok.decode(gen[k:k + 1]) == "\ufffd"          # half a character alone
+    d = tmp_path_factory.mktemp("bpe") / "bpe"
+    checkpoint.save(model, d, tokenizer=tok)
+    return SimpleNamespace(path=d, seed=seed, j=j, eos=gen[j], text=text,
+                           eos_text=tok.eos_tokens[0])
+
+
+@pytest.fixture(scope="module")
+def bpe_server(bpe_model):
+    engine = serve_engine(bpe_model.path)
+    with ServerThread(create_app(engine), bind_socket("127.0.0.1", 0)) as s:
+        s.engine = engine
+        yield s
+    engine.close()
+
+
+def test_bpe_model_streams_the_clis_text_and_stops_at_eos(bpe_model, bpe_server, capsys):
+    """The served BPE model streams the local CLI's text for the same seed, 'é' whole in
+    the chunk of its second token; it stops at the EOS ("stop"), and the remote CLI prints
+    the local CLI's summary with its end-of-sequence suffix."""
+    m = bpe_model
+    args = ["-p", BPE_PROMPT, "-n", str(BPE_N), "-s", str(m.seed)]
+    assert cli.main(["-m", str(m.path), "--backend", "golden", *args]) == 0
+    local = capsys.readouterr()
+    assert local.out == BPE_PROMPT + m.text + "\n"
+    with httpx.Client(timeout=60) as c:
+        text, chunks = stream_text(c, bpe_server.url, {"prompt": BPE_PROMPT,
+                                                       "max_tokens": BPE_N, "seed": m.seed})
+    assert BPE_PROMPT + text + "\n" == local.out
+    pieces = [ch["choices"][0]["text"] for ch in chunks if ch["choices"]
+              and ch["choices"][0]["text"]]
+    assert len(pieces) == m.j - 1           # j tokens before the EOS; byte C3 completes nothing
+    assert [p for p in pieces if not p.isascii()] == [E_ACUTE]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+    t = chunks[-1]["timings"]
+    assert (t["generated_tokens"], t["eos_token"], t["eos_token_text"]) == \
+        (m.j + 1, m.eos, m.eos_text)
+
+    assert cli.main(["--remote", bpe_server.url, *args]) == 0
+    remote = capsys.readouterr()
+    assert remote.out == local.out
+    lerr, rerr = local.err.strip().splitlines(), remote.err.strip().splitlines()
+    suffix = f", stopped at end of sequence (token {m.eos} {m.eos_text!r})"
+    assert lerr[0].endswith(suffix) and rerr[0].endswith(suffix), (lerr, rerr)
+    assert len(rerr) == len(lerr) + 1 and _shape(rerr[0]) == _shape(lerr[0])
+    assert f"generated tokens: {m.j + 1}," in rerr[0]
+
+
+def test_bpe_model_ignore_eos(bpe_model, bpe_server, capsys):
+    """``ignore_eos`` (the request field; ``--ignore-eos`` of the CLI and the remote CLI)
+    never samples the EOS: ``max_tokens`` tokens, "length", the local CLI's text."""
+    m = bpe_model
+    client = openai.OpenAI(base_url=bpe_server.url + "/v1", api_key="unused", max_retries=0)
+    r = client.completions.create(model="bpe", prompt=BPE_PROMPT, max_tokens=BPE_N,
+                                  seed=m.seed)
+    assert (r.choices[0].text, r.choices[0].finish_reason) == (m.text, "stop")
+    assert r.usage.completion_tokens == m.j + 1
+    r = client.completions.create(model="bpe", prompt=BPE_PROMPT, max_tokens=BPE_N,
+                                  seed=m.seed, extra_body={"ignore_eos": True})
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == BPE_N
+    assert r.model_extra["timings"]["eos_token"] is None
+    args = ["-p", BPE_PROMPT, "-n", str(BPE_N), "-s", str(m.seed), "--ignore-eos"]
+    assert cli.main(["-m", str(m.path), "--backend", "golden", *args]) == 0
+    local = capsys.readouterr()
+    assert local.out == BPE_PROMPT + r.choices[0].text + "\n"
+    assert f"generated tokens: {BPE_N}," in local.err and "stopped at" not in local.err
+    assert cli.main(["--remote", bpe_server.url, *args]) == 0
+    remote = capsys.readouterr()
+    assert remote.out == local.out
+    assert f"generated tokens: {BPE_N}," in remote.err and "stopped at" not in remote.err
+
+
 # ---------------------------------------------------------------------------- load test
 def test_load_test_short(server):
     from host.loadtest import run_load
@@ -480,11 +675,8 @@ def test_load_test_short(server):
 def test_sim_backend_serves_golden_text_and_cycles(tiny_model, reference, capsys):
     """The server on the Verilator RTL: the golden text, and the CLI's accelerator line
     with the same cycle counts as a local ``python -m host`` on sim."""
-    model, tok, model_id = load_model_dir(str(tiny_model))
     args = ["-p", "To be", "-n", "12", "-s", "6"]
-    from host.server import backend_kwargs
-    engine = Engine(make_runtime(model, "sim", **backend_kwargs("sim", 250.0, 17.1)), tok,
-                    model_id=model_id, backend="sim")
+    engine = serve_engine(tiny_model, "sim")
     try:
         with ServerThread(create_app(engine), bind_socket("127.0.0.1", 0)) as s:
             assert cli.main(["--remote", s.url, *args]) == 0

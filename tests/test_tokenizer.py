@@ -13,7 +13,7 @@ from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 from golden.model import random_model
 from golden.modelspec import ModelConfig
 from host import checkpoint, cli
-from host.eval import DEFAULT_CORPUS, split_corpus
+from host.data import DEFAULT_CORPUS, split
 from host.generate import Sampler, generate
 from host.modelfile import open_model
 from host.tokenizer import (CharTokenizer, StreamDecoder, Tokenizer, load_tokenizer,
@@ -38,7 +38,7 @@ def test_shipped_tokenizer_is_hf_format_with_the_char_table_ids():
 
     text = corpus_text()
     table = {c: i for i, c in enumerate(sorted(set(text)))}
-    excerpt = text[:5000] + split_corpus(text)[1][:5000]
+    excerpt = text[:5000] + split(text)[1][:5000]
     want = [table[c] for c in excerpt]
     hf = tokenizers.Tokenizer.from_file(str(SHIPPED / "tokenizer.json"))
     assert hf.encode(excerpt).ids == want
