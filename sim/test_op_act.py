@@ -20,7 +20,7 @@ from host.device import DeviceError
 from golden import isa
 from hw.accel import dma_bytes_for
 from golden.isa import ActKind, ErrorCode, Opcode
-from hw.ops.act import ActEngine, command_cycles
+from hw.ops.act import ActEngine, expected_cycles as command_cycles
 from sim.op_bench import check_op, put
 
 W = dma_bytes_for(DEFAULT)

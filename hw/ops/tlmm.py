@@ -1,8 +1,11 @@
 """TLMM engine: the ternary projection (golden: ``GoldenDevice._op_tlmm`` ->
 ``golden.model.op_tlmm``; the datapath is ``hw.tlmm.TLMM``).
 
-Checks, in the golden backend's order: rows/k/n >= 1 and k <= ``max_k`` (BAD_DIM); src
-in range (int8: no alignment); weights in range; dst aligned to 4 (ALIGN) and in range.
+Checks: the TLMM contract (``golden.isa.CONTRACTS``), in one cycle: rows/k/n >= 1, k <=
+``TLMMConfig.max_k()`` and the engine limit k <= ``max_k`` (``LIMITS``; BAD_DIM); src in
+range (int8: no alignment); weights in range; dst aligned to 4 (ALIGN) and in range. The
+contract's data check "weight codes" (a code ``pack_tlmm_weights`` never writes:
+BAD_OPERAND) is golden's only (``GOLDEN_ONLY``): the engine decodes any 5-bit code.
 
 For each token row m: read the Kc activation chunks (G*T bytes from ``src + m*k``; the
 last one short, zero-filled by the memory) then the Nb*Kc weight beats
@@ -15,29 +18,33 @@ Cycles (no memory stalls; ``sim.perf.tlmm_cycles``): one weight beat per cycle, 
 about rows * (Kc + Nb*Kc) plus the pipeline latency.
 
 Differences from the golden backend: k above the engine's table depth ``max_k``
-(``hw.tlmm.DEFAULT_MAX_K``) is BAD_DIM (golden allows up to ``TLMMConfig.max_k()``).
+(``hw.tlmm.DEFAULT_MAX_K``) is BAD_DIM (golden allows up to ``TLMMConfig.max_k()``);
+invalid weight codes are not detected.
 """
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal
-from amaranth.lib import wiring
 
 from golden.config import DatapathConfig
 from golden import isa
-from golden.isa import ErrorCode
+from golden.isa import ErrorCode, Opcode
 from hw.tlmm import DEFAULT_MAX_K, TLMM, chunk_count
 
-from .base import EngineSignature, misaligned, out_of_range
+from .base import Engine
 
 
-class TLMMEngine(wiring.Component):
+class TLMMEngine(Engine):
+    OPCODE = Opcode.TLMM
+    LIMITS = ("k <= max_k",)                    # the engine's table depth
+    GOLDEN_ONLY = ("weight codes",)
+
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int = DEFAULT_MAX_K):
         tc = cfg.tlmm
         need = max(tc.group * tc.tables, isa.tlmm_beat_bytes(tc), tc.replicas * tc.acc_bits // 8)
         if dma_bytes < need:
             raise ValueError(f"dma_bytes: {dma_bytes} is below the {need} bytes of a TLMM beat")
-        self.cfg, self.max_k = cfg, max_k
-        super().__init__(EngineSignature(dma_bytes))
+        self.max_k = max_k
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         tc = self.cfg.tlmm
@@ -47,7 +54,8 @@ class TLMMEngine(wiring.Component):
         ACC_BYTES = tc.acc_bits // 8
         m = Module()
         m.submodules.tlmm = tl = TLMM(tc, max_k=self.max_k)
-        a = self.args.tlmm
+        a = self.op_args
+        err = self.checks(m).error()
 
         kc = Signal(range(chunk_count(self.max_k, tc) + 1))
         nbkc = Signal(32)                      # weight beats per row: Nb*Kc
@@ -55,11 +63,6 @@ class TLMMEngine(wiring.Component):
         nb_c = Signal(17)
         m.d.comb += [kc_c.eq(((a.k + (G - 1)) // G + (T - 1)) // T),
                      nb_c.eq((a.n + (Q - 1)) // Q)]
-        src_bytes = Signal(33)
-        wgt_bytes = Signal(40)
-        dst_bytes = Signal(40)
-        m.d.comb += [src_bytes.eq(a.rows * a.k), wgt_bytes.eq(nb_c * kc_c * BB),
-                     dst_bytes.eq(a.rows * a.n * ACC_BYTES)]
 
         # request side
         rq_active = Signal()
@@ -139,27 +142,11 @@ class TLMMEngine(wiring.Component):
             with m.Else():
                 m.d.sync += [wr_ptr.eq(wr_ptr + Q * ACC_BYTES), wr_nrem.eq(wr_nrem - Q)]
 
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
+            self.idle(m, "CHECK")
             with m.State("CHECK"):
                 m.d.sync += [kc.eq(kc_c), nbkc.eq(nb_c * kc_c)]
-                lo, hi = self.mem_lo, self.mem_hi
-                with m.If((a.rows == 0) | (a.k == 0) | (a.n == 0) | (a.k > self.max_k)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(out_of_range(a.src, src_bytes, lo, hi)
-                            | out_of_range(a.weights, wgt_bytes, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.dst, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.dst, dst_bytes, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
+                with self.passing(m, err):
                     m.d.sync += [rq_active.eq(1), rq_act.eq(1), rq_cnt.eq(0), rq_row.eq(0),
                                  rq_aptr.eq(a.src), rq_rowbase.eq(a.src), rq_arem.eq(a.k),
                                  rs_act.eq(1), rs_cnt.eq(0), running.eq(1),
@@ -169,5 +156,5 @@ class TLMMEngine(wiring.Component):
             with m.State("RUN"):
                 with m.If(last_out):
                     m.d.sync += running.eq(0)
-                    finish(ErrorCode.NONE)
+                    self.finish(m, ErrorCode.NONE)
         return m
