@@ -460,16 +460,12 @@ class ActEngine(Engine):
             m.d.sync += [w_ptr.eq(a.dst), w_left.eq(row_bytes), pk_idx.eq(0), rows_out.eq(0)]
 
         # ---------------------------------------------------------------- control
-        err = self.checks(m).error()
         with m.FSM():
-            self.idle(m, "CHECK")
-            with m.State("CHECK"):
-                with self.passing(m, err):
-                    m.d.comb += begin.eq(1)
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHECK", self.checks(m).error()))
             with m.State("RUN"):
                 m.d.comb += running.eq(1)
                 # every row written and accepted (all reads were consumed to get there)
                 with m.If((rows_out == a.rows) & ~self.wr.valid):
                     self.finish(m, ErrorCode.NONE)
+        m.d.comb += begin.eq(passed["CHECK"])
         return m

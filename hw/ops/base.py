@@ -32,9 +32,10 @@ Rules every engine keeps (the top relies on them; ``sim/op_bench.py`` checks the
 The engine base (``Engine``)
 ============================
 Every engine derives from ``Engine`` and sets ``OPCODE``. The base owns ``finish`` (done
-+ error, back to IDLE), the IDLE state and the argument checks: ``checks(m)`` builds them
-(``ArgChecks``) from the opcode's contract -- the ``Dims`` rules (BAD_DIM), each tensor's
-ALIGN and ADDR_RANGE over the span its layout gives -- plus what the engine states once:
++ error, back to IDLE), the IDLE and check states (``check_states``) and the argument
+checks: ``checks(m)`` builds them (``ArgChecks``) from the opcode's contract -- the
+``Dims`` rules (BAD_DIM), each tensor's ALIGN and ADDR_RANGE over the span its layout
+gives -- plus what the engine states once:
 
 * ``LIMITS``: its own BAD_DIM rules (the hardware's sizes, e.g. ``"k <= max_k"``: names
   are command fields or engine attributes), checked with the contract's first ``Dims``;
@@ -43,8 +44,9 @@ ALIGN and ADDR_RANGE over the span its layout gives -- plus what the engine stat
 
 ``ArgChecks.error(start, stop)`` is the ``ErrorCode`` of the first failing check among the
 contract's items from ``start`` up to ``stop`` (item names: a tensor field or a ``Data``
-check's name); an engine spreads its check states over these ranges (the ranges split at
-the ``Data`` checks it makes itself), which fixes the cycles its checks take. With
+check's name); an engine spreads these ranges over its check states (``check_states``;
+the ranges split at the ``Data`` checks it makes itself), which fixes the cycles its
+checks take: a failing command ends in the check state that finds the error. With
 ``registered=True`` the tensor spans come from registers loaded every cycle (valid from
 the cycle after ``start``), for engines whose tensor checks come a cycle or more later.
 
@@ -196,7 +198,7 @@ class ArgChecks:
 
 class Engine(wiring.Component):
     """Base of the op engines (see the module docstring): ``OPCODE``, ``LIMITS``,
-    ``GOLDEN_ONLY``; ``op_args``, ``finish``, ``idle``, ``passing``, ``checks``."""
+    ``GOLDEN_ONLY``; ``op_args``, ``checks``, ``check_states``, ``finish``."""
 
     OPCODE: Opcode
     LIMITS: tuple[str, ...] = ()
@@ -220,16 +222,32 @@ class Engine(wiring.Component):
         m.d.comb += [self.done.eq(1), self.error.eq(code)]
         m.next = "IDLE"
 
-    def idle(self, m: Module, first: str, *, sync=()) -> None:
-        """The IDLE state: ``start`` goes to state ``first``; ``sync`` statements run in it."""
-        with m.State("IDLE"):
-            m.d.sync += list(sync)
-            with m.If(self.start):
-                m.next = first
+    def check_states(self, m: Module, *steps, then: str = "RUN", idle: bool = True) -> dict:
+        """In the engine's FSM: IDLE (``start`` goes to the first step; ``idle=False``: no
+        IDLE) and one state per step ``(name, err)``, in order. A step finishes the command
+        with ``err`` unless it is NONE (``err`` None: a state without a check), else goes to
+        the next step, the last one to ``then``. Returns {name: a signal that is 1 in the
+        cycle the step passes} (where the engine loads what it runs with)."""
+        if idle:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.next = steps[0][0]
+        passed = {}
+        for (name, err), nxt in zip(steps, [s[0] for s in steps[1:]] + [then]):
+            ok = passed[name] = Signal(name=f"{name.lower()}_passed")
+            with m.State(name):
+                with self.passing(m, err):
+                    m.d.comb += ok.eq(1)
+                    m.next = nxt
+        return passed
 
     @contextmanager
     def passing(self, m: Module, err):
-        """In a check state: finish with ``err`` unless it is NONE; the body runs if it is."""
+        """In a check state: finish with ``err`` unless it is NONE; the body runs if it is
+        (``err`` None: always)."""
+        if err is None:
+            yield
+            return
         with m.If(err != ErrorCode.NONE):
             self.finish(m, err)
         with m.Else():

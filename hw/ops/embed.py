@@ -43,11 +43,7 @@ class EmbedEngine(Engine):
         rs_left = Signal(unsigned(isa.DIM_BITS + 2))   # row bytes not yet written
 
         with m.FSM():
-            self.idle(m, "CHECK")
-            with m.State("CHECK"):
-                with self.passing(m, err_tokens):
-                    m.d.sync += [scan_rq.eq(0), scan_rs.eq(0), bad.eq(0)]
-                    m.next = "SCAN"
+            passed = self.check_states(m, ("CHECK", err_tokens), then="SCAN")
             with m.State("SCAN"):
                 # requests: TPB ids per beat; responses: check the valid lanes
                 left_rq = a.rows - scan_rq
@@ -72,10 +68,7 @@ class EmbedEngine(Engine):
                         self.finish(m, ErrorCode.BAD_OPERAND)
                     with m.Else():
                         m.next = "CHECK2"
-            with m.State("CHECK2"):
-                with self.passing(m, err_rest):
-                    m.d.sync += [t.eq(0), dst.eq(a.dst)]
-                    m.next = "TOKEN"
+            passed |= self.check_states(m, ("CHECK2", err_rest), then="TOKEN", idle=False)
             with m.State("TOKEN"):
                 m.d.comb += [self.rd.valid.eq(1), self.rd.payload.addr.eq(a.tokens + t * 4),
                              self.rd.payload.len.eq(4)]
@@ -105,4 +98,8 @@ class EmbedEngine(Engine):
                         with m.Else():
                             m.d.sync += t.eq(t + 1)
                             m.next = "TOKEN"
+        with m.If(passed["CHECK"]):
+            m.d.sync += [scan_rq.eq(0), scan_rs.eq(0), bad.eq(0)]
+        with m.If(passed["CHECK2"]):
+            m.d.sync += [t.eq(0), dst.eq(a.dst)]
         return m

@@ -132,15 +132,7 @@ class LMHeadEngine(Engine):
             return Mux(c == kb - 1, k_last, W)
 
         with m.FSM():
-            self.idle(m, "CHECK")
-            with m.State("CHECK"):
-                with self.passing(m, err):
-                    m.d.sync += [rq_ph.eq(X), rq_c.eq(0), rq_j.eq(0), rq_t.eq(0),
-                                 rq_x.eq(a.src), rq_w.eq(a.weights),
-                                 rs_ph.eq(X), rs_c.eq(0), rs_j.eq(0), rs_t.eq(0),
-                                 v1.eq(0), acc.eq(0), lane.eq(0), out_j.eq(0),
-                                 dst_ptr.eq(a.dst), wr_valid.eq(0)]
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHECK", err))
             with m.State("RUN"):
                 # -------------------------------------------------- requests
                 rq_len = beat_len(rq_c)
@@ -222,4 +214,10 @@ class LMHeadEngine(Engine):
 
                 with m.If(~rs_more & ~v1 & ~wr_valid):
                     self.finish(m, ErrorCode.NONE)
+        with m.If(passed["CHECK"]):
+            m.d.sync += [rq_ph.eq(X), rq_c.eq(0), rq_j.eq(0), rq_t.eq(0),
+                         rq_x.eq(a.src), rq_w.eq(a.weights),
+                         rs_ph.eq(X), rs_c.eq(0), rs_j.eq(0), rs_t.eq(0),
+                         v1.eq(0), acc.eq(0), lane.eq(0), out_j.eq(0),
+                         dst_ptr.eq(a.dst), wr_valid.eq(0)]
         return m

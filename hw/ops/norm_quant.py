@@ -320,20 +320,8 @@ class NormQuantEngine(Engine):
         # ------------------------------------------------ control
         chk = self.checks(m)
         err, err_scale = chk.error(stop="records"), chk.error(start="records")
-        with m.FSM():
-            self.idle(m, "CHECK")
-            with m.State("CHECK"):
-                m.d.comb += dp_rst.eq(1)
-                with self.passing(m, err):
-                    m.d.sync += [
-                        dry.eq(err_scale != ErrorCode.NONE), dry_err.eq(err_scale),
-                        abort.eq(0), rq_row.eq(0), rq_pos.eq(0), rq_gam.eq(0),
-                        src_ptr.eq(a.src), held.eq(0), rd_out.eq(0), rs_gam.eq(0),
-                        em_pos.eq(0), em_j.eq(0), out_row.eq(0), out_ptr.eq(a.dst),
-                        out_left.eq(a.dim), rec_ptr.eq(a.dst_scale), acc_n.eq(0),
-                        wo_valid.eq(0), rec_v.eq(0),
-                    ]
-                    m.next = "RUN"
+        with m.FSM() as fsm:
+            passed = self.check_states(m, ("CHECK", err))
             with m.State("RUN"):
                 m.d.comb += run.eq(1)
                 with m.If(abort):
@@ -341,4 +329,14 @@ class NormQuantEngine(Engine):
                         self.finish(m, ErrorCode.SCALE_RANGE)
                 with m.Elif((out_row == a.rows) & ~rec_v & ~wo_valid):
                     self.finish(m, dry_err)
+        m.d.comb += dp_rst.eq(fsm.ongoing("CHECK"))
+        with m.If(passed["CHECK"]):
+            m.d.sync += [
+                dry.eq(err_scale != ErrorCode.NONE), dry_err.eq(err_scale),
+                abort.eq(0), rq_row.eq(0), rq_pos.eq(0), rq_gam.eq(0),
+                src_ptr.eq(a.src), held.eq(0), rd_out.eq(0), rs_gam.eq(0),
+                em_pos.eq(0), em_j.eq(0), out_row.eq(0), out_ptr.eq(a.dst),
+                out_left.eq(a.dim), rec_ptr.eq(a.dst_scale), acc_n.eq(0),
+                wo_valid.eq(0), rec_v.eq(0),
+            ]
         return m

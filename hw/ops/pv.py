@@ -325,30 +325,7 @@ class PVEngine(Engine):
                 m.d.sync += hold_full.eq(0)
 
         with m.FSM():
-            self.idle(m, "CHECK")
-
-            with m.State("CHECK"):
-                with self.passing(m, err_dims):
-                    m.d.sync += [n_rep.eq(a.heads // a.kv_heads), lim0.eq(a.keys - a.rows),
-                                 n_sbeats.eq((a.keys + RPB - 1) >> rpb_log),
-                                 vstride.eq(a.kv_ld * a.head_dim), sstride.eq(a.kv_ld * 4),
-                                 pstride.eq(a.keys * 2), dstride.eq(a.heads * a.head_dim * 4),
-                                 hd4.eq(a.head_dim * 4)]
-                    m.next = "CHECK_ADDR"
-
-            with m.State("CHECK_ADDR"):
-                with self.passing(m, err_inputs):
-                    m.d.sync += [
-                        dst_err.eq(err_dst), dry.eq(err_dst != ErrorCode.NONE),
-                        ovf.eq(0),
-                        r_state.eq(_SCALE), r_g.eq(0), r_r.eq(0), r_t.eq(0), r_j.eq(0),
-                        r_L.eq(lim0), r_phave.eq(0), r_sleft.eq(a.keys),
-                        r_sbase.eq(a.v_scale), r_sptr.eq(a.v_scale),
-                        r_vbase.eq(a.v), r_vptr.eq(a.v), r_prow.eq(a.p), r_pptr.eq(a.p),
-                        c_state.eq(_SCALE), c_g.eq(0), c_r.eq(0), c_t.eq(0), c_j.eq(0),
-                        c_L.eq(lim0), c_phave.eq(0), c_srow.eq(0), base_min.eq(SENT),
-                        c_dst_head.eq(a.dst), c_dst.eq(a.dst)]
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHECK", err_dims), ("CHECK_ADDR", err_inputs))
 
             with m.State("RUN"):
                 # ---------------------------------------------------- requests
@@ -471,4 +448,21 @@ class PVEngine(Engine):
                             self.finish(m, ErrorCode.BAD_OPERAND)
                         with m.Else():
                             self.finish(m, dst_err)
+        with m.If(passed["CHECK"]):
+            m.d.sync += [n_rep.eq(a.heads // a.kv_heads), lim0.eq(a.keys - a.rows),
+                         n_sbeats.eq((a.keys + RPB - 1) >> rpb_log),
+                         vstride.eq(a.kv_ld * a.head_dim), sstride.eq(a.kv_ld * 4),
+                         pstride.eq(a.keys * 2), dstride.eq(a.heads * a.head_dim * 4),
+                         hd4.eq(a.head_dim * 4)]
+        with m.If(passed["CHECK_ADDR"]):
+            m.d.sync += [
+                dst_err.eq(err_dst), dry.eq(err_dst != ErrorCode.NONE),
+                ovf.eq(0),
+                r_state.eq(_SCALE), r_g.eq(0), r_r.eq(0), r_t.eq(0), r_j.eq(0),
+                r_L.eq(lim0), r_phave.eq(0), r_sleft.eq(a.keys),
+                r_sbase.eq(a.v_scale), r_sptr.eq(a.v_scale),
+                r_vbase.eq(a.v), r_vptr.eq(a.v), r_prow.eq(a.p), r_pptr.eq(a.p),
+                c_state.eq(_SCALE), c_g.eq(0), c_r.eq(0), c_t.eq(0), c_j.eq(0),
+                c_L.eq(lim0), c_phave.eq(0), c_srow.eq(0), base_min.eq(SENT),
+                c_dst_head.eq(a.dst), c_dst.eq(a.dst)]
         return m

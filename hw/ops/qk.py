@@ -142,21 +142,15 @@ class QKEngine(Engine):
                              vis0, start_run)
 
         with m.FSM():
-            self.idle(m, "CHK_DIM")
-            with m.State("CHK_DIM"):
-                with self.passing(m, err_dims):
-                    m.next = "CHK_SPAN"
-            with m.State("CHK_SPAN"):
-                m.d.sync += [n_rep.eq(a.heads // a.kv_heads), q_stride.eq(a.q_ld * hd),
-                             kv_stride.eq(a.kv_ld * hd)]
-                m.next = "CHK_ADDR"
-            with m.State("CHK_ADDR"):
-                with self.passing(m, err_tensors):
-                    m.d.comb += start_run.eq(1)
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHK_DIM", err_dims), ("CHK_SPAN", None),
+                                       ("CHK_ADDR", err_tensors))
             with m.State("RUN"):
                 with m.If(all_done):
                     self.finish(m, ErrorCode.NONE)
+        with m.If(passed["CHK_SPAN"]):
+            m.d.sync += [n_rep.eq(a.heads // a.kv_heads), q_stride.eq(a.q_ld * hd),
+                         kv_stride.eq(a.kv_ld * hd)]
+        m.d.comb += start_run.eq(passed["CHK_ADDR"])
         return m
 
     def _run(self, m, W, RPB, EPB, GRP, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0,

@@ -141,14 +141,7 @@ class ResidualEngine(Engine):
             s2.append(lane)
 
         with m.FSM():
-            self.idle(m, "CHECK")
-            with m.State("CHECK"):
-                with self.passing(m, err):
-                    m.d.sync += [rq_kind.eq(_SCALE), rq_row.eq(0), rq_col.eq(0),
-                                 rq_h.eq(a.h), rq_acc.eq(a.acc), rq_sc.eq(a.src_scale),
-                                 rs_kind.eq(_SCALE), rs_row.eq(0), rs_col.eq(0),
-                                 rs_dst.eq(a.dst), s1_valid.eq(0), o_valid.eq(0)]
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHECK", err))
             with m.State("RUN"):
                 # -------------------------------------------------- requests
                 rq_left = Signal(isa.DIM_BITS + 1)
@@ -229,4 +222,9 @@ class ResidualEngine(Engine):
 
                 with m.If(~rs_more & ~s1_valid & ~o_valid):
                     self.finish(m, ErrorCode.NONE)
+        with m.If(passed["CHECK"]):
+            m.d.sync += [rq_kind.eq(_SCALE), rq_row.eq(0), rq_col.eq(0),
+                         rq_h.eq(a.h), rq_acc.eq(a.acc), rq_sc.eq(a.src_scale),
+                         rs_kind.eq(_SCALE), rs_row.eq(0), rs_col.eq(0),
+                         rs_dst.eq(a.dst), s1_valid.eq(0), o_valid.eq(0)]
         return m

@@ -511,42 +511,35 @@ class RopeQuantEngine(Engine):
         err_dims = chk.error(stop="src")
         err_args = chk.error(start="src", stop="records")
         err_scale = chk.error(start="records")
-        with m.FSM():
-            # nothing in flight survives a command (an aborted one leaves beats here)
-            self.idle(m, "DIMS", sync=[r1_valid.eq(0), r2_valid.eq(0), col_full.eq(0),
-                                       ws.eq(_W.IDLE)])
-            with m.State("DIMS"):
-                m.d.comb += busy.eq(1)
-                with self.passing(m, err_dims):
-                    m.next = "SIZES"
-            with m.State("SIZES"):
-                m.d.comb += busy.eq(1)
-                m.d.sync += [ldhd.eq(a.ld * hd), tab_off.eq(a.pos * hd * 2)]
-                m.next = "ARGS"
-            with m.State("ARGS"):
-                m.d.comb += busy.eq(1)
-                with self.passing(m, err_args):
-                    m.d.sync += [
-                        dry.eq(err_scale != ErrorCode.NONE), pend_err.eq(err_scale),
-                        abort.eq(0),
-                        ph.eq(_Phase.SX), rq_t.eq(0), rq_h.eq(0), rq_i.eq(0), rq_b.eq(0),
-                        sx_ptr.eq(a.src_scale), tab_ptr.eq(a.table + tab_off),
-                        src_ptr.eq(a.src),
-                        grp.eq(0), hq.eq(0), k_out.eq(0), col_g.eq(0), col_full.eq(0),
-                        ws.eq(_W.IDLE), w_t.eq(0), w_h.eq(0),
-                        code_tok.eq(a.dst), code_ptr.eq(a.dst),
-                        rec_tok.eq(a.dst_scale), rec_ptr.eq(a.dst_scale),
-                    ]
-                    m.next = "RUN"
+        with m.FSM() as fsm:
+            passed = self.check_states(m, ("DIMS", err_dims), ("SIZES", None),
+                                       ("ARGS", err_args))
             with m.State("RUN"):
-                m.d.comb += [busy.eq(1), running.eq(1)]
+                m.d.comb += running.eq(1)
                 with m.If(w_err):
                     m.d.sync += abort.eq(1)
                     m.next = "ABORT"
                 with m.Elif(w_done):
                     self.finish(m, pend_err)
             with m.State("ABORT"):
-                m.d.comb += busy.eq(1)
                 with m.If(~tag_q.r_rdy):
                     self.finish(m, ErrorCode.SCALE_RANGE)
+        m.d.comb += busy.eq(~fsm.ongoing("IDLE"))
+        with m.If(fsm.ongoing("IDLE")):
+            # nothing in flight survives a command (an aborted one leaves beats here)
+            m.d.sync += [r1_valid.eq(0), r2_valid.eq(0), col_full.eq(0), ws.eq(_W.IDLE)]
+        with m.If(passed["SIZES"]):
+            m.d.sync += [ldhd.eq(a.ld * hd), tab_off.eq(a.pos * hd * 2)]
+        with m.If(passed["ARGS"]):
+            m.d.sync += [
+                dry.eq(err_scale != ErrorCode.NONE), pend_err.eq(err_scale),
+                abort.eq(0),
+                ph.eq(_Phase.SX), rq_t.eq(0), rq_h.eq(0), rq_i.eq(0), rq_b.eq(0),
+                sx_ptr.eq(a.src_scale), tab_ptr.eq(a.table + tab_off),
+                src_ptr.eq(a.src),
+                grp.eq(0), hq.eq(0), k_out.eq(0), col_g.eq(0), col_full.eq(0),
+                ws.eq(_W.IDLE), w_t.eq(0), w_h.eq(0),
+                code_tok.eq(a.dst), code_ptr.eq(a.dst),
+                rec_tok.eq(a.dst_scale), rec_ptr.eq(a.dst_scale),
+            ]
         return m

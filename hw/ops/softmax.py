@@ -173,22 +173,16 @@ class SoftmaxEngine(Engine):
         row_bytes = Signal(isa.ROWS_BITS + 1)   # 2 * keys
         vis0 = Signal(isa.ROWS_BITS + 1)        # visible keys of query 0
         m.d.comb += [vis0.eq(a.keys - a.rows + 1), row_bytes.eq(a.keys * 2)]
-        start_run = Signal()
         all_done = Signal()
 
         with m.FSM():
-            self.idle(m, "CHK_DIM")
-            with m.State("CHK_DIM"):
-                with self.passing(m, err_dims):
-                    m.d.sync += R.eq(a.heads * a.rows)
-                    m.next = "CHK_ADDR"
-            with m.State("CHK_ADDR"):
-                with self.passing(m, err_tensors):
-                    m.d.comb += start_run.eq(1)
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHK_DIM", err_dims), ("CHK_ADDR", err_tensors))
             with m.State("RUN"):
                 with m.If(all_done):
                     self.finish(m, ErrorCode.NONE)
+        with m.If(passed["CHK_DIM"]):
+            m.d.sync += R.eq(a.heads * a.rows)
+        start_run = passed["CHK_ADDR"]
 
         # ------------------------------------------------------------ chunk buffers
         ib = [[Signal(8 * W, name=f"ib{b}_{lane}") for lane in range(L)] for b in range(2)]

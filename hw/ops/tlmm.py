@@ -143,18 +143,16 @@ class TLMMEngine(Engine):
                 m.d.sync += [wr_ptr.eq(wr_ptr + Q * ACC_BYTES), wr_nrem.eq(wr_nrem - Q)]
 
         with m.FSM():
-            self.idle(m, "CHECK")
-            with m.State("CHECK"):
-                m.d.sync += [kc.eq(kc_c), nbkc.eq(nb_c * kc_c)]
-                with self.passing(m, err):
-                    m.d.sync += [rq_active.eq(1), rq_act.eq(1), rq_cnt.eq(0), rq_row.eq(0),
-                                 rq_aptr.eq(a.src), rq_rowbase.eq(a.src), rq_arem.eq(a.k),
-                                 rs_act.eq(1), rs_cnt.eq(0), running.eq(1),
-                                 wr_ptr.eq(a.dst), wr_rowbase.eq(a.dst), wr_nrem.eq(a.n),
-                                 wr_row.eq(0)]
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHECK", err))
             with m.State("RUN"):
                 with m.If(last_out):
                     m.d.sync += running.eq(0)
                     self.finish(m, ErrorCode.NONE)
+        with m.If(passed["CHECK"]):
+            m.d.sync += [kc.eq(kc_c), nbkc.eq(nb_c * kc_c),
+                         rq_active.eq(1), rq_act.eq(1), rq_cnt.eq(0), rq_row.eq(0),
+                         rq_aptr.eq(a.src), rq_rowbase.eq(a.src), rq_arem.eq(a.k),
+                         rs_act.eq(1), rs_cnt.eq(0), running.eq(1),
+                         wr_ptr.eq(a.dst), wr_rowbase.eq(a.dst), wr_nrem.eq(a.n),
+                         wr_row.eq(0)]
         return m
