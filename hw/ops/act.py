@@ -1,4 +1,4 @@
-"""ACT engine: the gated FFN product ``act(gate) * up`` (golden: ``GoldenDevice._op_act``
+"""ACT engine: the gated FFN product ``act(gate) * up`` (golden: ``Executor._op_act``
 -> ``golden.model.op_act``, item 10 of the golden/model.py docstring).
 
 What it computes, per row t (B = ``RequantConfig.mult_bits``, F = ``ForwardConfig.ffn_bits``,

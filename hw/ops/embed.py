@@ -6,8 +6,13 @@ ids": a scan over the token ids, any id >= vocab (BAD_OPERAND); CHECK2 table, th
 aligned and in range. Then per row: read the token id (4 bytes), copy the table row in
 ``dma_bytes`` chunks, each response forwarded as a write.
 
-Cycles without memory stalls (``expected_cycles``): the scan's ceil(rows / (dma_bytes/4))
-beats, then per row a token read and its response, and one cycle per table-row chunk.
+Cycles without memory stalls, read latency ``lat`` (``expected_cycles``)::
+
+    rows * (2*lat + 1 + ceil(4*dim / dma_bytes)) + ceil(rows / (dma_bytes/4)) + lat + 3
+
+(the scan's beats and its first response; per row the token read and its response, the
+first chunk's latency and one cycle per chunk; CHECK, CHECK2, the done cycle), measured
+exactly so by ``sim/test_op_embed.py``.
 """
 from __future__ import annotations
 
@@ -17,6 +22,12 @@ from golden import isa
 from golden.isa import ErrorCode, Opcode
 
 from .base import Engine
+
+
+def expected_cycles(rows: int, dim: int, dma_bytes: int, latency: int = 1) -> int:
+    """Cycles of one command without memory stalls (module docstring)."""
+    return (rows * (2 * latency + 1 + -(-4 * dim // dma_bytes)) + -(-rows // (dma_bytes // 4))
+            + latency + 3)
 
 
 class EmbedEngine(Engine):

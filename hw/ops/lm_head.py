@@ -1,5 +1,5 @@
 """LM_HEAD engine: the INT8 x INT8 output head ``dst[t, j] = sum_i src[t, i] * w[j, i]``
-(golden: ``GoldenDevice._op_lm_head``): src int8 [rows, k] (the final norm's x_q),
+(golden: ``Executor._op_lm_head``): src int8 [rows, k] (the final norm's x_q),
 weights int8 [n, k] row-major (``lm_q``), dst int32 [rows, n]. Exact: |dst| <= k * 2^14
 < 2^31. The host multiplies by the token and row scales.
 

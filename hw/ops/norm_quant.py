@@ -1,5 +1,5 @@
 """NORM_QUANT engine: RMSNorm + INT8 quantization of token rows (golden:
-``GoldenDevice._op_norm_quant`` -> ``golden.model.op_norm_quant`` ->
+``Executor._op_norm_quant`` -> ``golden.model.op_norm_quant`` ->
 ``golden.rmsnorm.rmsnorm_quant``).
 
 Per row t of src (int32 [rows, dim], Q15.16) and gamma (int16 [dim]): the codes

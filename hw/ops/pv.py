@@ -1,5 +1,5 @@
 """PV engine: attention output ``o = P . V`` with per-key V scales (golden:
-``GoldenDevice._op_pv`` -> ``golden.model.op_pv``, item 6 "pv" of its module docstring).
+``Executor._op_pv`` -> ``golden.model.op_pv``, item 6 "pv" of its module docstring).
 
 p is uint16 [heads, rows, keys] (masked entries are forced to 0: query t sees keys j <=
 L_t = keys - rows + t); the codes and scale record of KV head g, key j are at

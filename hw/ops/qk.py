@@ -1,7 +1,7 @@
 """QK engine: attention logits ``dst[h, t, j] = requant(q_q[h, t] . k_q[g, j],
 scale_mul(sq[h, t], sk[g, j]), SoftmaxConfig.in_frac_bits, in_bits)`` with g = h //
 (heads / kv_heads), causal (query t sees keys j <= keys - rows + t; masked entries are
-written 0). Golden: ``GoldenDevice._op_qk`` -> ``golden.model.op_qk``.
+written 0). Golden: ``Executor._op_qk`` -> ``golden.model.op_qk``.
 
 Operands (``golden/isa.py``, QK): q codes int8 of head h, token t at ``q + (h*q_ld +
 t)*head_dim``, its scale record at ``q_scale + (h*q_ld + t)*4``; k codes / records of KV

@@ -1,5 +1,5 @@
 """RESIDUAL engine: ``dst = sat32(h + requant(acc, scale_mul(sx, c), 16, 32))`` per row
-(golden: ``GoldenDevice._op_residual`` -> ``golden.model.op_residual``).
+(golden: ``golden.executor.Executor._op_residual`` -> ``golden.model.op_residual``).
 
 h, acc, dst are int32 [rows, dim] (Q15.16 for h and dst, TLMM accumulators for acc); sx
 is the row's scale record at ``src_scale + 4*row``; c = (c_mant, c_shift) comes from the

@@ -1,6 +1,6 @@
 """ROPE_QUANT engine: RoPE (rotate-half, table rows from memory) + INT8 absmax per
-(token, head) (golden: ``GoldenDevice._op_rope_quant`` -> ``host.backends.golden.
-rope_from_table`` + ``golden.model.op_v_quant``; rope=0 is ``op_v_quant`` alone).
+(token, head) (golden: ``Executor._op_rope_quant`` -> ``golden.rope.rope_from_table`` +
+``golden.model.op_v_quant``; rope=0 is ``op_v_quant`` alone).
 
 For token t (row of src, int32 [rows, heads*head_dim]) and head h, with hd = head_dim,
 half = hd/2, table row p = pos + t (cos_q[p, 0:half] then sin_q[p, 0:half], int16 Q1.T)::

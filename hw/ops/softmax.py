@@ -1,5 +1,5 @@
 """SOFTMAX engine: causal integer softmax of attention logits (golden:
-``GoldenDevice._op_softmax`` -> ``golden.model.op_softmax`` -> ``golden.softmax.softmax_fx``
+``Executor._op_softmax`` -> ``golden.model.op_softmax`` -> ``golden.softmax.softmax_fx``
 with ``causal=True``).
 
 src int16 Q7.8 [heads, rows, keys] -> dst uint16 UQ0.16 [heads, rows, keys], both

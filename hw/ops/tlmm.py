@@ -1,4 +1,4 @@
-"""TLMM engine: the ternary projection (golden: ``GoldenDevice._op_tlmm`` ->
+"""TLMM engine: the ternary projection (golden: ``Executor._op_tlmm`` ->
 ``golden.model.op_tlmm``; the datapath is ``hw.tlmm.TLMM``).
 
 Checks: the TLMM contract (``golden.isa.CONTRACTS``), in one cycle: rows/k/n >= 1, k <=
@@ -14,8 +14,11 @@ last one short, zero-filled by the memory) then the Nb*Kc weight beats
 ``dst + (m*n + b*Q)*4`` (the last block of a row short). Reads of row m+1 are issued as
 soon as those of row m are, so the engine's next table build overlaps the lookups.
 
-Cycles (no memory stalls; ``sim.perf.tlmm_cycles``): one weight beat per cycle, i.e.
-about rows * (Kc + Nb*Kc) plus the pipeline latency.
+Cycles (no memory stalls; ``expected_cycles``): one beat per cycle, rows * Kc * (1 + Nb)
+(each row's activation chunks, then its weight beats: the block's table build of row m+1
+comes after row m's lookups through the one port) plus the first response's latency, the
+check cycle and the block's pipeline latency -- ``hw.tlmm.expected_cycles(rows, k, n) +
+(rows - 1) * Kc + latency + 1``, measured exactly so by ``sim/test_op_tlmm.py``.
 
 Differences from the golden backend: k above the engine's table depth ``max_k``
 (``hw.tlmm.DEFAULT_MAX_K``) is BAD_DIM (golden allows up to ``TLMMConfig.max_k()``);
@@ -29,8 +32,15 @@ from golden.config import DatapathConfig
 from golden import isa
 from golden.isa import ErrorCode, Opcode
 from hw.tlmm import DEFAULT_MAX_K, TLMM, chunk_count
+from hw.tlmm import expected_cycles as tlmm_block_cycles
 
 from .base import Engine
+
+
+def expected_cycles(rows: int, k: int, n: int, cfg: DatapathConfig, latency: int = 1) -> int:
+    """Cycles of one command without memory stalls (module docstring)."""
+    return tlmm_block_cycles(rows, k, n, cfg.tlmm) + (rows - 1) * chunk_count(k, cfg.tlmm) \
+        + latency + 1
 
 
 class TLMMEngine(Engine):
