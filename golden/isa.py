@@ -91,12 +91,35 @@ element size)
   Groups beyond ceil(k/G) and rows beyond n hold the all-zero weight group's code.
   Size ``tlmm_weight_bytes(n, k, cfg)`` = Nb * Kc * beat_bytes.
 
-Dimensions: every count (rows, dim, k, n, heads, ...) must be >= 1, head_dim even for
-RoPE, heads a multiple of kv_heads, rows <= keys <= SoftmaxConfig.max_len, ld/q_ld >=
-rows, kv_ld >= keys, k <= TLMMConfig.max_k() -- else BAD_DIM. Addresses must be aligned
-to the element size of the tensor they point at (scale records:
-4; command streams: 64) -- else ALIGN. Any byte outside the device's memory window (the
-golden backend: outside its allocated memory) -- ADDR_RANGE.
+Op contracts (``CONTRACTS``)
+============================
+
+An opcode's argument checks, in the order they are made, are one row of ``CONTRACTS``: a
+tuple of items, each one of
+
+- ``Dims(*rules, when=None)``: BAD_DIM unless every rule holds. Rules are Python
+  expressions over the command's fields and ``contract_names`` (``softmax_max_len``,
+  ``tlmm_max_k``, ``tlmm_weight_bytes(n, k)``), e.g. ``"rows <= keys"``;
+- ``Tensor(field, dtype, shape, ld=None, offset=None, when=None, out=False)``: the tensor
+  at the address in ``field`` -- elements of ``dtype`` (``I8``, ``U8``, ``I16``, ``U16``,
+  ``I32``, ``U32``, ``RECORD``) in the C-order ``shape`` (expressions); head-strided with
+  ``ld`` (head h, row t at ``(h*ld + t) * row``); ``offset`` elements in. Its address must
+  be a multiple of the element size (else ALIGN), and every byte of its extent must lie
+  inside the memory window (the golden backend: its allocated memory; else ADDR_RANGE);
+- ``Data(name, code, text)``: a data-dependent check the op makes at that point (a token
+  id >= vocab, a record shift outside int16, ...); the items after it are checked once it
+  has passed.
+
+``when``: the item applies only if that expression is true (ROPE_QUANT's table with
+rope=1). Before any item, a field that holds no member of its enum (ACT's ``kind``) is
+BAD_OPERAND (``decode``). Command streams must be 64-byte aligned. The golden executor
+(``golden/executor.py``) checks commands and reads / writes their tensors from this table,
+the engines build their check states from it (``hw.ops.base.ArgChecks``, adding their own
+documented hardware limits), and the engine tests generate their ALIGN / ADDR_RANGE cases
+from it (``sim/op_bench.arg_error_cases``). Adding an opcode: its ``Opcode`` member,
+``ARGS`` layout and ``CONTRACTS`` row here, its golden function
+(``Executor._op_<name>``), its engine (``hw/ops/``, listed in ``hw.accel.ENGINES``) and
+its test file (``sim/test_op_<name>.py``).
 
 Status / errors
 ===============

@@ -58,7 +58,6 @@ Differences from the golden backend
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import wiring
 
 from golden.config import DatapathConfig
 from golden import isa
