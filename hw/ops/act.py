@@ -460,8 +460,9 @@ class ActEngine(Engine):
             m.d.sync += [w_ptr.eq(a.dst), w_left.eq(row_bytes), pk_idx.eq(0), rows_out.eq(0)]
 
         # ---------------------------------------------------------------- control
+        err = self.checks(m).error()
         with m.FSM():
-            passed = self.check_states(m, ("CHECK", self.checks(m).error()))
+            passed = self.check_states(m, ("CHECK", err))
             with m.State("RUN"):
                 m.d.comb += running.eq(1)
                 # every row written and accepted (all reads were consumed to get there)

@@ -55,8 +55,6 @@ stalls (the formula of its docstring), which ``sim/test_op_<name>.py`` measures.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -101,7 +99,7 @@ def misaligned(addr, size: int):
 class ArgChecks:
     """An engine's argument checks: its opcode's contract (``golden.isa.CONTRACTS``) with
     the engine's ``LIMITS``, on its ``op_args``, ``mem_lo`` and ``mem_hi`` (see the module
-    docstring). Build it outside the FSM (``Engine.checks``)."""
+    docstring). Build it, and its ``error`` signals, outside the FSM (``Engine.checks``)."""
 
     def __init__(self, engine: "Engine", m: Module, *, registered: bool = False):
         op = engine.OPCODE
@@ -134,7 +132,7 @@ class ArgChecks:
                 self.decode.append((~member, ErrorCode.BAD_OPERAND))
         # per item: [(condition, code)] in check order
         limits = bad(engine.LIMITS, engine)
-        self.checks = []
+        self.conds = []
         lo, hi = engine.mem_lo, engine.mem_hi
         for item in self.items:
             conds = []
@@ -160,7 +158,7 @@ class ArgChecks:
                 conds.append(((start < lo) | (end > hi), ErrorCode.ADDR_RANGE))
             if when is not None:
                 conds = [(when & c, code) for c, code in conds]
-            self.checks.append(conds)
+            self.conds.append(conds)
         assert not limits, f"{op.name}: LIMITS but no Dims in the contract"
 
     def _index(self, name: str | None, start: bool) -> int:
@@ -182,7 +180,7 @@ class ArgChecks:
         inside the range must be one of the engine's ``GOLDEN_ONLY``."""
         i, j = self._index(start, True), self._index(stop, False)
         conds = list(self.decode) if i == 0 else []
-        for item, c in zip(self.items[i:j], self.checks[i:j]):
+        for item, c in zip(self.items[i:j], self.conds[i:j]):
             if isinstance(item, isa.Data):
                 assert item.name in self.golden_only, \
                     f"{self.op.name}: the engine must make data check {item.name!r} itself"
@@ -236,22 +234,16 @@ class Engine(wiring.Component):
         for (name, err), nxt in zip(steps, [s[0] for s in steps[1:]] + [then]):
             ok = passed[name] = Signal(name=f"{name.lower()}_passed")
             with m.State(name):
-                with self.passing(m, err):
+                if err is None:
+                    m.d.comb += ok.eq(1)
+                    m.next = nxt
+                    continue
+                with m.If(err != ErrorCode.NONE):
+                    self.finish(m, err)
+                with m.Else():
                     m.d.comb += ok.eq(1)
                     m.next = nxt
         return passed
-
-    @contextmanager
-    def passing(self, m: Module, err):
-        """In a check state: finish with ``err`` unless it is NONE; the body runs if it is
-        (``err`` None: always)."""
-        if err is None:
-            yield
-            return
-        with m.If(err != ErrorCode.NONE):
-            self.finish(m, err)
-        with m.Else():
-            yield
 
 
 # ------------------------------------------------------------------ integer helpers
