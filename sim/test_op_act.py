@@ -1,18 +1,18 @@
-"""ACT engine (hw/ops/act.py) == golden backend (GoldenDevice._op_act), bit for bit, in
+"""ACT engine (hw/ops/act.py) == the golden executor's ACT, bit for bit, in
 Amaranth's simulator (sim/op_bench.check_op: random memory stalls and read latency).
 
 Random shapes (dims across partial DMA beats and partial datapath beats), both kinds,
 stall levels 0 / 0.3 / 0.6, several lane counts; numeric corners (int32 extremes, zero
 rows, zero / unnormalized / extreme-shift scales that drive the final requant far beyond
-both of its ends); every argument error in the golden check order; the engine's own
+both of its ends); every argument error in the contract's check order; the engine's own
 limits (dim > max_dim, an invalid kind) against a direct testbench; the no-stall cycle
-count against ``hw.ops.act.command_cycles``.
+count against ``hw.ops.act.expected_cycles``. The ALIGN / ADDR_RANGE cases come from the
+contract (``sim/op_bench.arg_error_cases``).
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from golden.config import DEFAULT
 from host.backends.golden import GoldenDevice
@@ -20,8 +20,8 @@ from host.device import DeviceError
 from golden import isa
 from hw.accel import dma_bytes_for
 from golden.isa import ActKind, ErrorCode, Opcode
-from hw.ops.act import ActEngine, command_cycles
-from sim.op_bench import check_op, put
+from hw.ops.act import ActEngine, expected_cycles
+from sim.op_bench import Job, check_arg_errors, check_op, put, run_engine
 
 W = dma_bytes_for(DEFAULT)
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -129,7 +129,7 @@ def test_random(rng, kind, stall, lanes, latency):
     if stall == 0.0:
         # all-zero quantizer rows skip the divider
         zero = ~up.any(axis=1) & (~gate.any(axis=1) | (kind == ActKind.SILU))
-        want = command_cycles(rows, dim, DEFAULT, lanes, int(zero.sum()))
+        want = expected_cycles(rows, dim, DEFAULT, lanes, int(zero.sum()))
         # exact for relu2 with >= 2 beats a row; silu, 1-beat and zero rows up to 3 cycles
         # a row shorter, silu at most 2 longer (module docstring)
         assert want - 3 * rows <= res["cycles"] <= want + 2, (res["cycles"], want)
@@ -174,41 +174,16 @@ def test_corners(rng, kind, corner):
 
 
 def _error_case(rng, gd, case: str, dim: int = 5, rows: int = 2):
-    """A command with exactly the error ``case`` first in the golden order, and (where
-    there is one) a later tensor broken too, so the order is checked."""
+    """A valid command (case "valid"), or one with the dimension error ``case``."""
     gate, up = accumulators(rng, rows, dim), accumulators(rng, rows, dim)
     sx_rec = isa.pack_scales(rng.integers(MANT_LO, MANT_HI, rows), np.full(rows, 40))
     kind = KINDS[int(rng.integers(2))]
-    if case == "rows0":
-        return act_command(gd, gate, up, sx_rec, (MANT_LO, 8), (MANT_LO, 8), kind, rows=0,
-                           dst=1)            # dst misaligned too: BAD_DIM comes first
-    if case == "dim0":
-        return act_command(gd, gate, up, sx_rec, (MANT_LO, 8), (MANT_LO, 8), kind, dim=0)
-    what, tensor = case.split("_", 1)
-    order = ["gate", "up", "src_scale", "dst"]
-    cmd = act_command(gd, gate, up, sx_rec, (MANT_LO, 8), (MANT_LO, 8), kind)
-    fields = dict(cmd.args)
-    lo, hi = gd.alloc_base, gd.brk
-
-    def out_of_range():
-        # aligned, and starting below the window, beyond its end (check_op allocates the
-        # command stream after hi), or wrapping 32 bits
-        return int(rng.choice([lo - 4, hi + 4096, (1 << isa.ADDR_BITS) - 4]))
-
-    if what == "align":
-        fields[tensor] += int(rng.choice([1, 2, 3]))
-    else:
-        fields[tensor] = out_of_range()
-    later = order[order.index(tensor) + 1:]
-    if later:                                          # a later error must not win
-        other = later[int(rng.integers(len(later)))]
-        fields[other] = fields[other] + 2 if what == "range" else out_of_range()
-    return isa.command(Opcode.ACT, **fields)
+    over = {"valid": {}, "rows0": dict(rows=0, dst=1),   # dst misaligned too: BAD_DIM first
+            "dim0": dict(dim=0)}[case]
+    return act_command(gd, gate, up, sx_rec, (MANT_LO, 8), (MANT_LO, 8), kind, **over)
 
 
-ERRORS = {"rows0": ErrorCode.BAD_DIM, "dim0": ErrorCode.BAD_DIM,
-          **{f"align_{t}": ErrorCode.ALIGN for t in ("gate", "up", "src_scale", "dst")},
-          **{f"range_{t}": ErrorCode.ADDR_RANGE for t in ("gate", "up", "src_scale", "dst")}}
+ERRORS = {"rows0": ErrorCode.BAD_DIM, "dim0": ErrorCode.BAD_DIM}
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
@@ -220,34 +195,22 @@ def test_argument_errors(rng, case):
     assert res["error"] == ERRORS[case] and res["bytes_written"] == 0
 
 
+def test_contract_errors(rng):
+    """Every ALIGN / ADDR_RANGE case of the ACT contract, in its order
+    (sim/op_bench.arg_error_cases)."""
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 16)
+    check_arg_errors(ActEngine(DEFAULT, W, lanes=4, max_dim=64), gd,
+                     _error_case(rng, gd, "valid"), seed=int(rng.integers(1 << 30)))
+
+
 def run_raw(engine, args_bits: int, lo: int, hi: int, max_cycles: int = 20) -> ErrorCode:
-    """Start the engine on raw argument bits (fields check_op cannot encode); its error.
-    It must answer without touching memory."""
-    out = {}
-
-    async def tb(ctx):
-        e = engine
-        ctx.set(e.mem_lo, lo)
-        ctx.set(e.mem_hi, hi)
-        ctx.set(e.args.as_value(), args_bits)
-        ctx.set(e.rd.ready, 1)
-        ctx.set(e.wr.ready, 1)
-        ctx.set(e.start, 1)
-        await ctx.tick()
-        ctx.set(e.start, 0)
-        for _ in range(max_cycles):
-            assert not ctx.get(e.rd.valid) and not ctx.get(e.wr.valid)
-            if ctx.get(e.done):
-                out["error"] = ErrorCode(ctx.get(e.error))
-                return
-            await ctx.tick()
-
-    sim = Simulator(engine)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    assert "error" in out, f"no done within {max_cycles} cycles"
-    return out["error"]
+    """Start the engine on raw argument bits (fields check_op cannot encode) with a memory
+    that never stalls (sim/op_bench.run_engine); its error. It must answer within
+    ``max_cycles`` without touching memory."""
+    res, = run_engine(engine, [Job(args_bits, np.zeros(hi, np.uint8), lo, hi, stall=0.0,
+                                   max_cycles=max_cycles + 1)])
+    assert res["reads"] == 0 and res["writes"] == 0
+    return res["error"]
 
 
 def _args_bits(cmd) -> int:

@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""NORM_QUANT engine (``hw/ops/norm_quant.py``) == the golden backend, bit for bit, in
+"""NORM_QUANT engine (``hw/ops/norm_quant.py``) == the golden executor, bit for bit, in
 Amaranth's simulator (``sim/op_bench.check_op``: random stalls and read latencies).
 
 Random shapes (dim below, at and across lane/group/chunk boundaries, several lane
@@ -13,12 +13,10 @@ docstring on 16 lanes).
 """
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from golden.config import DEFAULT
 from golden.rmsnorm import norm_constants, random_rows, rmsnorm_quant
@@ -27,13 +25,12 @@ from golden import isa
 from hw.accel import dma_bytes_for
 from golden.isa import ErrorCode, Opcode
 from hw.ops.norm_quant import DEFAULT_LANES, NormQuantEngine, expected_cycles
-from sim.op_bench import check_op, golden_run, put
+from sim.op_bench import (STALLS, Job, arg_error_cases, check_errors, check_op, golden_run,
+                          put, run_engine)
 
 W = dma_bytes_for(DEFAULT)
 I32, I16 = np.iinfo(np.int32), np.iinfo(np.int16)
-STALLS = (0.0, 0.3, 0.6)
 MEM = 1 << 20
-FAR = 1 << 24                       # beyond any allocated memory
 
 
 def engine(lanes: int = DEFAULT_LANES, **kw) -> NormQuantEngine:
@@ -62,11 +59,6 @@ def norm_cmd(gd, rng, x, gamma, *, eps=DEFAULT.norm.eps, g_exp=0, **fields):
                 g_exp=g_exp)
     args.update(fields)
     return isa.command(Opcode.NORM_QUANT, **args)
-
-
-def final_brk(gd) -> int:
-    """gd.brk once check_op has placed its 2-command stream (the engine's mem_hi)."""
-    return -(-gd.brk // isa.STREAM_ALIGN) * isa.STREAM_ALIGN + 2 * isa.COMMAND_BYTES
 
 
 def corner_rows(rng, rows: int, dim: int) -> np.ndarray:
@@ -172,39 +164,16 @@ def _cmd_with(gd, rng, rows, dim, **fields):
 
 
 def test_argument_errors(rng):
-    """Each argument error alone, pairs that fix the golden order, and the dry run behind a
+    """Dimension errors, dims before addresses; and every ALIGN / ADDR_RANGE case of the
+    contract in its order (sim/op_bench.arg_error_cases), including the dry run behind a
     bad dst_scale (golden writes dst first; the engine writes nothing)."""
     rows, dim = int(rng.integers(1, 4)), int(rng.integers(3, 40))
-    cases = {                 # name -> (overrides from the valid command, expected code)
-        "rows0": (lambda c, hi: dict(rows=0), ErrorCode.BAD_DIM),
-        "dim0": (lambda c, hi: dict(dim=0), ErrorCode.BAD_DIM),
-        "dim0+src_align": (lambda c, hi: dict(dim=0, src=c.src + 2), ErrorCode.BAD_DIM),
-        "src_align": (lambda c, hi: dict(src=c.src + 2), ErrorCode.ALIGN),
-        "src_low": (lambda c, hi: dict(src=60), ErrorCode.ADDR_RANGE),
-        "src_high": (lambda c, hi: dict(src=hi - 4 * rows * dim + 4), ErrorCode.ADDR_RANGE),
-        "src_range+gamma_align": (lambda c, hi: dict(src=FAR, gamma=c.gamma + 1),
-                                  ErrorCode.ADDR_RANGE),
-        "gamma_align": (lambda c, hi: dict(gamma=c.gamma + 1), ErrorCode.ALIGN),
-        "gamma_high": (lambda c, hi: dict(gamma=hi - 2 * dim + 2), ErrorCode.ADDR_RANGE),
-        "gamma_align+dst_range": (lambda c, hi: dict(gamma=c.gamma + 1, dst=FAR),
-                                  ErrorCode.ALIGN),
-        "dst_low": (lambda c, hi: dict(dst=63), ErrorCode.ADDR_RANGE),
-        "dst_high": (lambda c, hi: dict(dst=hi - rows * dim + 1), ErrorCode.ADDR_RANGE),
-        "dst_range+scale_align": (lambda c, hi: dict(dst=FAR, dst_scale=c.dst_scale + 2),
-                                  ErrorCode.ADDR_RANGE),
-        "scale_align": (lambda c, hi: dict(dst_scale=c.dst_scale + 2), ErrorCode.ALIGN),
-        "scale_high": (lambda c, hi: dict(dst_scale=hi - 4 * rows + 4), ErrorCode.ADDR_RANGE),
-        "scale_low": (lambda c, hi: dict(dst_scale=60), ErrorCode.ADDR_RANGE),
-    }
-    for i, (name, (over, code)) in enumerate(cases.items()):
-        gd = GoldenDevice(DEFAULT, mem_size=MEM)
-        cmd = _cmd_with(gd, rng, rows, dim)
-        hi = final_brk(gd)
-        bad = isa.command(Opcode.NORM_QUANT, **{**cmd.args, **over(cmd, hi)})
-        res = check_op(engine(), gd, bad, seed=i, stall=STALLS[i % 3])
-        assert res["error"] == code, name
-        assert res["bytes_written"] == 0, name
-        assert gd.brk == hi
+    gd = GoldenDevice(DEFAULT, mem_size=MEM)
+    cmd = _cmd_with(gd, rng, rows, dim)
+    cases = [(dict(rows=0), ErrorCode.BAD_DIM), (dict(dim=0), ErrorCode.BAD_DIM),
+             (dict(dim=0, src=cmd.src + 2), ErrorCode.BAD_DIM)]
+    check_errors(engine(), gd, cmd, cases + arg_error_cases(cmd, gd.alloc_base, gd.brk),
+                 seed=int(rng.integers(1 << 30)), stall=STALLS)
 
 
 def test_dim_limit(rng):
@@ -251,61 +220,14 @@ def test_scale_range(rng):
 
 # ------------------------------------------------------------------ sequences, cycles
 def run_commands(eng, mem, lo, hi, cmds, rng, *, stall=0.3, latency=3):
-    """Run commands one after another on ONE engine instance (state carried over) with a
-    fixed-latency memory that stalls every handshake with probability ``stall``; returns
-    [(error, reads, writes)] per command and updates ``mem``."""
-    out = []
-
-    async def tb(ctx):
-        for cmd in cmds:
-            ctx.set(eng.mem_lo, lo)
-            ctx.set(eng.mem_hi, hi)
-            ctx.set(eng.args.as_value(), isa.encode_bits(cmd) >> isa.COMMAND["args"].offset)
-            ctx.set(eng.start, 1)
-            await ctx.tick()
-            ctx.set(eng.start, 0)
-            queue, cyc, nrd, nwr = deque(), 0, 0, 0
-            while True:
-                cyc += 1
-                assert cyc < 100_000
-                rd_ready, wr_ready = rng.random() >= stall, rng.random() >= stall
-                have = bool(queue) and queue[0][0] <= cyc and rng.random() >= stall
-                ctx.set(eng.rd.ready, rd_ready)
-                ctx.set(eng.wr.ready, wr_ready)
-                ctx.set(eng.rdata.valid, have)
-                if have:
-                    _, a, n = queue[0]
-                    ctx.set(eng.rdata.payload, int.from_bytes(mem[a:a + n].tobytes(), "little"))
-                rd = (ctx.get(eng.rd.payload.addr), ctx.get(eng.rd.payload.len)) \
-                    if rd_ready and ctx.get(eng.rd.valid) else None
-                took = have and ctx.get(eng.rdata.ready)
-                wr = (ctx.get(eng.wr.payload.addr), ctx.get(eng.wr.payload.len),
-                      ctx.get(eng.wr.payload.data)) if wr_ready and ctx.get(eng.wr.valid) else None
-                done, err = ctx.get(eng.done), ctx.get(eng.error)
-                await ctx.tick()
-                if rd:
-                    assert lo <= rd[0] and rd[0] + rd[1] <= hi and 1 <= rd[1] <= W
-                    queue.append((cyc + latency, *rd))
-                    nrd += 1
-                if took:
-                    queue.popleft()
-                if wr:
-                    a, n, d = wr
-                    assert lo <= a and a + n <= hi and 1 <= n <= W
-                    mem[a:a + n] = np.frombuffer(int(d).to_bytes(W, "little")[:n], np.uint8)
-                    nwr += 1
-                if done:
-                    break
-            assert not queue
-            out.append((ErrorCode(err), nrd, nwr))
-            for _ in range(int(rng.integers(0, 3))):    # idle gap between commands
-                await ctx.tick()
-
-    sim = Simulator(eng)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    return out
+    """Run commands one after another on ONE engine instance (state carried over) and ONE
+    memory image (sim/op_bench.run_engine), with a fixed-latency memory that stalls every
+    handshake with probability ``stall``, any number of reads outstanding and random idle
+    gaps; returns [(error, reads, writes)] per command and updates ``mem``."""
+    jobs = [Job(cmd, mem, lo, hi, stall, (latency, latency), max_outstanding=1 << 30,
+                max_cycles=100_000, gap=int(rng.integers(0, 3))) for cmd in cmds]
+    res = run_engine(eng, jobs, seed=int(rng.integers(1 << 30)))
+    return [(r["error"], r["reads"], r["writes"]) for r in res]
 
 
 def test_abort_then_next(rng):

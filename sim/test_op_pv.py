@@ -1,4 +1,4 @@
-"""PV engine (hw/ops/pv.py) against the golden backend, in Amaranth's simulator.
+"""PV engine (hw/ops/pv.py) against the golden executor, in Amaranth's simulator.
 
 Every case goes through ``sim.op_bench.check_op`` (same ErrorCode, bit-identical memory,
 no write before an argument error). Most engines here are built with fewer MAC lanes
@@ -6,8 +6,6 @@ no write before an argument error). Most engines here are built with fewer MAC l
 the elaboration size; one test runs the default engine.
 """
 from __future__ import annotations
-
-import math
 
 import numpy as np
 import pytest
@@ -17,12 +15,11 @@ from host.backends.golden import GoldenDevice
 from golden import isa
 from hw.accel import dma_bytes_for
 from golden.isa import ErrorCode, Opcode
-from hw.ops.pv import PVEngine
-from sim.op_bench import check_op, put
+from hw.ops.pv import PVEngine, expected_cycles
+from sim.op_bench import STALLS, arg_error_cases, check_errors, check_op, put
 
 CFG = DEFAULT
 W = dma_bytes_for(CFG)
-STALLS = (0.0, 0.3, 0.6)
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -91,18 +88,8 @@ def setup(rng, *, heads, kv_heads, rows, keys, hd, kv_ld=None, p=None, v=None, m
 
 
 def beyond(gd) -> int:
-    """An aligned address past everything allocated (also past check_op's stream)."""
+    """An aligned address past everything allocated."""
     return (gd.brk + 4096) & ~63
-
-
-def n_requests(heads, kv_heads, rows, keys) -> int:
-    """Reads of one command: scale beats per KV head, per query a p beat per 64 keys and
-    a V row per key (the module docstring's N)."""
-    n = kv_heads * math.ceil(keys / (W // 4))
-    for t in range(rows):
-        k = keys - rows + t + 1
-        n += heads * (k + math.ceil(k / (W // 2)))
-    return n
 
 
 # ------------------------------------------------------------------ results
@@ -191,13 +178,14 @@ def test_default_engine(rng):
 
 
 def test_cycles(rng):
-    """The module docstring's cycle count, exactly, with a memory that never stalls."""
+    """The module docstring's cycle count (``hw.ops.pv.expected_cycles``), exactly, with
+    a memory that never stalls."""
     eng = engine()
     for heads, kv_heads, rows, keys, hd in ((2, 1, 2, 70, 40), (2, 2, 1, 9, 33)):
         gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd)
         res = check_op(eng, gd, cmd, seed=1, stall=0.0, max_latency=1)
         assert res["error"] == ErrorCode.NONE
-        want = n_requests(heads, kv_heads, rows, keys) + 1 + 5 + math.ceil(hd * 4 / W)
+        want = expected_cycles(heads, kv_heads, rows, keys, hd, W)
         assert res["cycles"] == want, (heads, kv_heads, rows, keys, hd)
 
 
@@ -254,30 +242,24 @@ def test_dst_errors_come_after_the_computation(rng):
     assert check_op(eng, gd, cmd, seed=4)["error"] == ErrorCode.ADDR_RANGE
 
 
-@pytest.mark.parametrize("change, want", (
-    (dict(rows=0), ErrorCode.BAD_DIM),
-    (dict(heads=0), ErrorCode.BAD_DIM),
-    (dict(kv_heads=0), ErrorCode.BAD_DIM),
-    (dict(head_dim=0), ErrorCode.BAD_DIM),
-    (dict(heads=3, kv_heads=2), ErrorCode.BAD_DIM),
-    (dict(rows=4, keys=3), ErrorCode.BAD_DIM),
-    (dict(kv_ld=2), ErrorCode.BAD_DIM),
-    (dict(kv_ld=2, p=1), ErrorCode.BAD_DIM),          # dims before addresses
-    (dict(p=1), ErrorCode.ALIGN),
-    (dict(p=0), ErrorCode.ADDR_RANGE),
-    (dict(p=1, v="beyond"), ErrorCode.ALIGN),           # p before v
-    (dict(kv_heads=2, kv_ld=100000 // 5), ErrorCode.ADDR_RANGE),  # only head 1 is out
-    (dict(v="beyond", v_scale=2), ErrorCode.ADDR_RANGE),  # v before v_scale
-    (dict(v_scale=2), ErrorCode.ALIGN),
-    (dict(v_scale="beyond"), ErrorCode.ADDR_RANGE),
-    (dict(v_scale=0, dst=2), ErrorCode.ADDR_RANGE),     # v_scale before dst
-))
-def test_argument_errors(rng, change, want):
-    gd, cmd = setup(rng, heads=2, kv_heads=1, rows=2, keys=3, hd=5)
-    args = {**cmd.args, **{k: beyond(gd) if x == "beyond" else x for k, x in change.items()}}
-    cmd = isa.command(Opcode.PV, **args)
-    res = check_op(engine(lanes=8), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
-    assert res["error"] == want
+def test_argument_errors(rng):
+    """Dimension errors in the contract's order, one KV head beyond the window, and every
+    ALIGN / ADDR_RANGE case of the contract (sim/op_bench.arg_error_cases; a bad dst runs
+    the command dry), over two KV heads."""
+    gd, cmd = setup(rng, heads=2, kv_heads=2, rows=2, keys=3, hd=5, kv_ld=4)
+    cases = [
+        (dict(rows=0), ErrorCode.BAD_DIM),
+        (dict(heads=0), ErrorCode.BAD_DIM),
+        (dict(kv_heads=0), ErrorCode.BAD_DIM),
+        (dict(head_dim=0), ErrorCode.BAD_DIM),
+        (dict(heads=3, kv_heads=2), ErrorCode.BAD_DIM),
+        (dict(rows=4, keys=3), ErrorCode.BAD_DIM),
+        (dict(kv_ld=2), ErrorCode.BAD_DIM),
+        (dict(kv_ld=2, p=1), ErrorCode.BAD_DIM),          # dims before addresses
+        (dict(kv_ld=100000 // 5), ErrorCode.ADDR_RANGE),  # only head 1 is out
+    ]
+    check_errors(engine(lanes=8), gd, cmd, cases + arg_error_cases(cmd, gd.alloc_base, gd.brk),
+                 seed=int(rng.integers(1 << 30)))
 
 
 @pytest.mark.parametrize("change", (dict(keys=41), dict(head_dim=9)))

@@ -1,5 +1,6 @@
-"""TLMM engine (hw/ops/tlmm.py) against the golden backend under random memory stalls
-(sim/op_bench.py), including its error codes and the RTL's k limit."""
+"""TLMM engine (hw/ops/tlmm.py) against the golden executor under random memory stalls
+(sim/op_bench.py), including its error codes, the RTL's k limit and the no-stall cycle
+count."""
 import numpy as np
 import pytest
 
@@ -8,8 +9,8 @@ from host.backends.golden import GoldenDevice
 from golden import isa
 from hw.accel import dma_bytes_for
 from golden.isa import ErrorCode, Opcode
-from hw.ops.tlmm import TLMMEngine
-from sim.op_bench import check_op, put
+from hw.ops.tlmm import TLMMEngine, expected_cycles
+from sim.op_bench import check_arg_errors, check_op, check_ops, put
 
 W = dma_bytes_for(DEFAULT)
 MAX_K = 512
@@ -38,14 +39,11 @@ def test_tlmm(rng, stall):
         assert r["error"] == ErrorCode.NONE
 
 
-@pytest.mark.parametrize("case,code", [
-    ("k_over", ErrorCode.BAD_DIM), ("n0", ErrorCode.BAD_DIM), ("src_range", ErrorCode.ADDR_RANGE),
-    ("dst_align", ErrorCode.ALIGN), ("dst_range", ErrorCode.ADDR_RANGE)])
+@pytest.mark.parametrize("case,code", [("k_over", ErrorCode.BAD_DIM), ("n0", ErrorCode.BAD_DIM)])
 def test_tlmm_errors(rng, case, code):
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     f = _tlmm(gd, rng, 1, 40, 4)
-    f.update({"k_over": dict(k=MAX_K + 1), "n0": dict(n=0), "src_range": dict(src=gd.brk + 1024),
-              "dst_align": dict(dst=f["dst"] + 2), "dst_range": dict(dst=gd.brk + 1024)}[case])
+    f.update({"k_over": dict(k=MAX_K + 1), "n0": dict(n=0)}[case])
     if case == "k_over":        # golden allows it: the RTL's table depth is the limit
         gd2 = GoldenDevice(DEFAULT, mem_size=1 << 20)
         f = _tlmm(gd2, rng, 1, MAX_K + 1, 4)
@@ -55,3 +53,23 @@ def test_tlmm_errors(rng, case, code):
         return
     r = check_op(TLMMEngine(DEFAULT, W, max_k=MAX_K), gd, isa.command(Opcode.TLMM, **f), seed=1)
     assert r["error"] == code
+
+
+def test_contract_errors(rng):
+    """Every ALIGN / ADDR_RANGE case of the TLMM contract, in its order
+    (sim/op_bench.arg_error_cases)."""
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+    cmd = isa.command(Opcode.TLMM, **_tlmm(gd, rng, 1, 40, 4))
+    check_arg_errors(TLMMEngine(DEFAULT, W, max_k=MAX_K), gd, cmd,
+                     seed=int(rng.integers(1 << 30)))
+
+
+def test_tlmm_cycles(rng):
+    """No stalls, 1-cycle memory: ``hw.ops.tlmm.expected_cycles`` exactly."""
+    eng = TLMMEngine(DEFAULT, W, max_k=MAX_K)
+    cases, shapes = [], ((1, 85, 4), (2, 200, 13), (4, 50, 30))
+    for rows, k, n in shapes:
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        cases.append((gd, isa.command(Opcode.TLMM, **_tlmm(gd, rng, rows, k, n)), None))
+    for (rows, k, n), r in zip(shapes, check_ops(eng, cases, stall=0.0, max_latency=1)):
+        assert r["cycles"] == expected_cycles(rows, k, n, DEFAULT), (rows, k, n, r["cycles"])

@@ -293,3 +293,47 @@ def test_lm_head_bad_dst_fails_before_the_matmul():
     with pytest.raises(DeviceError) as ei:
         dev.wait(5.0)
     assert ei.value.code == ErrorCode.ADDR_RANGE and ei.value.op_index == 0
+
+
+# --------------------------------------------------------------------------- the contract
+def test_strided_output_is_checked_whole_before_any_head_is_written(dev, rng):
+    """ROPE_QUANT's dst and dst_scale are head-strided: one head beyond the window is
+    ADDR_RANGE before any head is written (golden.isa.CONTRACTS: a tensor is checked over
+    its whole extent)."""
+    rows, heads, hd, ld = 1, 2, 4, 1000
+    src, sx = dev.alloc(rows * heads * hd * 4), dev.alloc(4)
+    dev.write(src, rng.integers(1, 1 << 20, size=rows * heads * hd).astype(np.int32))
+    dev.write(sx, isa.pack_scales([1 << 15], [10]))
+    dst, dsc = dev.alloc(rows * hd), dev.alloc(4)       # head 1 at dst + ld*hd: outside
+    cmd = command(Opcode.ROPE_QUANT, src=src, src_scale=sx, table=src, dst=dst, dst_scale=dsc,
+                  rows=rows, heads=heads, head_dim=hd, ld=ld, pos=0, table_rows=1,
+                  c_mant=1 << 15, c_shift=0, rope=0)
+    addr, n = _stream(dev, [cmd, command(Opcode.END)])
+    before = dev.memory[:dev.brk].copy()
+    dev.run(addr, n)
+    with pytest.raises(DeviceError, match="address out of range: dst") as ei:
+        dev.wait(5.0)
+    assert ei.value.code == ErrorCode.ADDR_RANGE
+    assert np.array_equal(dev.memory[:dev.brk], before)
+
+
+def test_cached_weights_are_range_checked_on_every_use(dev, rng):
+    """A TLMM whose weights the executor has cached, run again after the memory window
+    shrank below them: ADDR_RANGE (the cache does not skip the contract's checks)."""
+    x = rng.integers(-128, 128, size=(1, 12)).astype(np.int8)
+    xa = dev.alloc(x.nbytes)
+    dev.write(xa, x)
+    dev.alloc(1 << 16)                                  # keep the weights far up
+    packed = isa.pack_tlmm_weights(rng.integers(-1, 2, size=(3, 12)).astype(np.int8))
+    wa = dev.alloc(packed.nbytes)
+    dev.write(wa, packed)
+    cmd = command(Opcode.TLMM, src=xa, weights=wa, dst=dev.alloc(12), rows=1, k=12, n=3)
+    dev.run(*_stream(dev, [cmd, command(Opcode.END)]))
+    assert dev.wait(5.0).ok
+    dev.free_all()
+    assert dev.alloc(x.nbytes) == xa
+    again = command(Opcode.TLMM, **{**cmd.args, "dst": dev.alloc(12)})
+    dev.run(*_stream(dev, [again, command(Opcode.END)]))
+    with pytest.raises(DeviceError, match="address out of range: weights") as ei:
+        dev.wait(5.0)
+    assert ei.value.code == ErrorCode.ADDR_RANGE and dev.brk < wa

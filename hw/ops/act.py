@@ -1,4 +1,4 @@
-"""ACT engine: the gated FFN product ``act(gate) * up`` (golden: ``GoldenDevice._op_act``
+"""ACT engine: the gated FFN product ``act(gate) * up`` (golden: ``Executor._op_act``
 -> ``golden.model.op_act``, item 10 of the golden/model.py docstring).
 
 What it computes, per row t (B = ``RequantConfig.mult_bits``, F = ``ForwardConfig.ffn_bits``,
@@ -20,13 +20,14 @@ scale_of_int / requant is the bit-exact helper of ``hw.ops.base``. Scale shifts 
 ``SHIFT_BITS`` (20) wide: record shifts are int16, one product of two of them needs 18 bits,
 and sa = sg^2 and sa * su reach |shift| < 3 * 2^16 + 256 < 2^18.
 
-Checks, in the golden backend's order (all before any memory access)
---------------------------------------------------------------------
+Checks: the ACT contract (``golden.isa.CONTRACTS``), all in one cycle before any memory
+access
+--------------------------------------------------------------------------------------
 kind not an ``ActKind`` (2, 3: golden's decoder says BAD_OPERAND); rows, dim >= 1 and
-dim <= ``max_dim`` (BAD_DIM); gate, up: 4-byte aligned (ALIGN) and [addr, addr +
-rows*dim*4) inside [mem_lo, mem_hi) (ADDR_RANGE); src_scale: aligned to its 4-byte record,
-rows*4 bytes in range; dst as gate. No data-dependent error exists (every int32 input is a
-valid quantizer input and no scale is stored).
+the engine limit dim <= ``max_dim`` (``LIMITS``; BAD_DIM); gate, up: 4-byte aligned
+(ALIGN) and [addr, addr + rows*dim*4) inside [mem_lo, mem_hi) (ADDR_RANGE); src_scale:
+aligned to its 4-byte record, rows*4 bytes in range; dst as gate. No data-dependent
+error exists (every int32 input is a valid quantizer input and no scale is stored).
 
 Micro-architecture (E = dma_bytes/4 int32 per DMA beat, L = ``lanes`` per datapath beat)
 ----------------------------------------------------------------------------------------
@@ -57,7 +58,7 @@ Micro-architecture (E = dma_bytes/4 int32 per DMA beat, L = ``lanes`` per datapa
 - Packer: E/L pipeline beats -> one write of dma_bytes (a row's last write: the row's
   remaining bytes), rows written back to back from dst.
 
-Cycles (no memory stalls, read latency 1; ``command_cycles``)
+Cycles (no memory stalls, read latency 1; ``expected_cycles``)
 -------------------------------------------------------------
 With b = ceil(dim/L) datapath beats per row and D = ``recip_bits`` of the 16-bit
 quantizer (ffn_bits + recip_frac_bits = 25, its divider)::
@@ -87,25 +88,24 @@ from dataclasses import replace
 from types import SimpleNamespace
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import enum, wiring
+from amaranth.lib import enum
 
 from golden.config import DatapathConfig
 from golden import isa
 from hw.fixed import rhu
 from hw.activations import LutActivation
-from golden.isa import ActKind, ErrorCode
+from golden.isa import ActKind, ErrorCode, Opcode
 from hw.quant import ActQuant
 
-from .base import (EngineSignature, misaligned, out_of_range, requant,
-                   scale_mul, scale_of_int)
+from .base import Engine, requant, scale_mul, scale_of_int
 
 DEFAULT_MAX_DIM = 4096          # BitNet-0.73B intermediate (FFN) size
 DEFAULT_LANES = 16
 SHIFT_BITS = 20                 # scale shifts inside the engine (see module docstring)
 
 
-def command_cycles(rows: int, dim: int, cfg: DatapathConfig, lanes: int = DEFAULT_LANES,
-                   zero_rows: int = 0) -> int:
+def expected_cycles(rows: int, dim: int, cfg: DatapathConfig, lanes: int = DEFAULT_LANES,
+                    zero_rows: int = 0) -> int:
     """The module docstring's cycle formula (no stalls, read latency 1); ``zero_rows``:
     rows whose quantized operands are all zero (they skip the divider)."""
     b = -(-dim // lanes)
@@ -119,8 +119,11 @@ class _Item(enum.Enum, shape=2):
     UP = 2
 
 
-class ActEngine(wiring.Component):
+class ActEngine(Engine):
     """ACT op engine (see module docstring)."""
+
+    OPCODE = Opcode.ACT
+    LIMITS = ("dim <= max_dim",)                # each ActQuant buffers one row
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_dim: int = DEFAULT_MAX_DIM,
                  lanes: int = DEFAULT_LANES):
@@ -142,12 +145,11 @@ class ActEngine(wiring.Component):
         if self.prod_bits > cfg.requant.in_bits:
             raise ValueError(f"cfg: a * u16 needs {self.prod_bits} bits, more than "
                              f"RequantConfig.in_bits = {cfg.requant.in_bits}")
-        self.cfg = cfg
         self.max_dim = max_dim
         self.lanes = lanes
         # golden's hw_act_quant16: the INT8 quantizer widened to ffn_bits
         self.quant16 = replace(cfg.quant, act_bits=cfg.forward.ffn_bits)
-        super().__init__(EngineSignature(dma_bytes))
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
@@ -160,7 +162,7 @@ class ActEngine(wiring.Component):
         FB = cfg.forward.ffn_bits
         ac = cfg.activation
         nc = cfg.norm
-        a = self.args.act
+        a = self.op_args
 
         m.submodules.gq = gq = ActQuant(self.quant16, lanes=L, max_len=self.max_dim)
         m.submodules.uq = uq = ActQuant(self.quant16, lanes=L, max_len=self.max_dim)
@@ -458,43 +460,13 @@ class ActEngine(wiring.Component):
             m.d.sync += [w_ptr.eq(a.dst), w_left.eq(row_bytes), pk_idx.eq(0), rows_out.eq(0)]
 
         # ---------------------------------------------------------------- control
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
-        tensor = a.rows * row_bytes
+        err = self.checks(m).error()
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.If(a.kind.as_value() > ActKind.SILU.value):
-                    finish(ErrorCode.BAD_OPERAND)
-                with m.Elif((a.rows == 0) | (a.dim == 0) | (a.dim > self.max_dim)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(misaligned(a.gate, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.gate, tensor, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.up, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.up, tensor, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.src_scale, isa.SCALE_RECORD_BYTES)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.src_scale, a.rows * isa.SCALE_RECORD_BYTES,
-                                         self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.dst, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.dst, tensor, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    m.d.comb += begin.eq(1)
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHECK", err))
             with m.State("RUN"):
                 m.d.comb += running.eq(1)
                 # every row written and accepted (all reads were consumed to get there)
                 with m.If((rows_out == a.rows) & ~self.wr.valid):
-                    finish(ErrorCode.NONE)
+                    self.finish(m, ErrorCode.NONE)
+        m.d.comb += begin.eq(passed["CHECK"])
         return m

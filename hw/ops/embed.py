@@ -1,31 +1,45 @@
-"""EMBED engine: ``dst[t] = table[tokens[t]]`` (golden: ``GoldenDevice._op_embed``).
+"""EMBED engine: ``dst[t] = table[tokens[t]]`` (golden: ``golden.executor``'s EMBED).
 
-Checks, in the golden backend's order: rows/dim/vocab >= 1 (BAD_DIM); tokens aligned and
-in range (ALIGN, ADDR_RANGE); a scan over the token ids, any id >= vocab (BAD_OPERAND);
-table, then dst, aligned and in range. Then per row: read the token id (4 bytes), copy
-the table row in ``dma_bytes`` chunks, each response forwarded as a write.
+Checks: the EMBED contract (``golden.isa.CONTRACTS``): CHECK rows/dim/vocab >= 1
+(BAD_DIM), tokens aligned and in range (ALIGN, ADDR_RANGE); SCAN its data check "token
+ids": a scan over the token ids, any id >= vocab (BAD_OPERAND); CHECK2 table, then dst,
+aligned and in range. Then per row: read the token id (4 bytes), copy the table row in
+``dma_bytes`` chunks, each response forwarded as a write.
+
+Cycles without memory stalls, read latency ``lat`` (``expected_cycles``)::
+
+    rows * (2*lat + 1 + ceil(4*dim / dma_bytes)) + ceil(rows / (dma_bytes/4)) + lat + 3
+
+(the scan's beats and its first response; per row the token read and its response, the
+first chunk's latency and one cycle per chunk; CHECK, CHECK2, the done cycle), measured
+exactly so by ``sim/test_op_embed.py``.
 """
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, unsigned
-from amaranth.lib import wiring
 
 from golden import isa
-from golden.isa import ErrorCode
+from golden.isa import ErrorCode, Opcode
 
-from .base import EngineSignature, misaligned, out_of_range
+from .base import Engine
 
 
-class EmbedEngine(wiring.Component):
-    def __init__(self, cfg, dma_bytes: int):
-        self.cfg = cfg
-        super().__init__(EngineSignature(dma_bytes))
+def expected_cycles(rows: int, dim: int, dma_bytes: int, latency: int = 1) -> int:
+    """Cycles of one command without memory stalls (module docstring)."""
+    return (rows * (2 * latency + 1 + -(-4 * dim // dma_bytes)) + -(-rows // (dma_bytes // 4))
+            + latency + 3)
+
+
+class EmbedEngine(Engine):
+    OPCODE = Opcode.EMBED
 
     def elaborate(self, platform):
         m = Module()
         W = self.signature.dma_bytes
         TPB = W // 4                            # token ids per scan beat
-        a = self.args.embed
+        a = self.op_args
+        chk = self.checks(m)
+        err_tokens, err_rest = chk.error(stop="token ids"), chk.error(start="token ids")
         row_bytes = Signal(unsigned(isa.DIM_BITS + 2))
         m.d.comb += row_bytes.eq(a.dim * 4)
 
@@ -39,24 +53,8 @@ class EmbedEngine(wiring.Component):
         rq_left = Signal(unsigned(isa.DIM_BITS + 2))   # row bytes not yet requested
         rs_left = Signal(unsigned(isa.DIM_BITS + 2))   # row bytes not yet written
 
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                with m.If((a.rows == 0) | (a.dim == 0) | (a.vocab == 0)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(misaligned(a.tokens, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.tokens, a.rows * 4, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    m.d.sync += [scan_rq.eq(0), scan_rs.eq(0), bad.eq(0)]
-                    m.next = "SCAN"
+            passed = self.check_states(m, ("CHECK", err_tokens), then="SCAN")
             with m.State("SCAN"):
                 # requests: TPB ids per beat; responses: check the valid lanes
                 left_rq = a.rows - scan_rq
@@ -78,21 +76,10 @@ class EmbedEngine(wiring.Component):
                     m.d.sync += scan_rs.eq(scan_rs + Mux(left_rs > TPB, TPB, left_rs))
                 with m.If(scan_rs == a.rows):
                     with m.If(bad):
-                        finish(ErrorCode.BAD_OPERAND)
+                        self.finish(m, ErrorCode.BAD_OPERAND)
                     with m.Else():
                         m.next = "CHECK2"
-            with m.State("CHECK2"):
-                with m.If(misaligned(a.table, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.table, a.vocab * row_bytes, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.dst, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.dst, a.rows * row_bytes, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    m.d.sync += [t.eq(0), dst.eq(a.dst)]
-                    m.next = "TOKEN"
+            passed |= self.check_states(m, ("CHECK2", err_rest), then="TOKEN", idle=False)
             with m.State("TOKEN"):
                 m.d.comb += [self.rd.valid.eq(1), self.rd.payload.addr.eq(a.tokens + t * 4),
                              self.rd.payload.len.eq(4)]
@@ -118,8 +105,12 @@ class EmbedEngine(wiring.Component):
                     m.d.sync += [dst.eq(dst + n_rs), rs_left.eq(rs_left - n_rs)]
                     with m.If(rs_left == n_rs):
                         with m.If(t == a.rows - 1):
-                            finish(ErrorCode.NONE)
+                            self.finish(m, ErrorCode.NONE)
                         with m.Else():
                             m.d.sync += t.eq(t + 1)
                             m.next = "TOKEN"
+        with m.If(passed["CHECK"]):
+            m.d.sync += [scan_rq.eq(0), scan_rs.eq(0), bad.eq(0)]
+        with m.If(passed["CHECK2"]):
+            m.d.sync += [t.eq(0), dst.eq(a.dst)]
         return m

@@ -1,12 +1,12 @@
 """LM_HEAD engine: the INT8 x INT8 output head ``dst[t, j] = sum_i src[t, i] * w[j, i]``
-(golden: ``GoldenDevice._op_lm_head``): src int8 [rows, k] (the final norm's x_q),
+(golden: ``Executor._op_lm_head``): src int8 [rows, k] (the final norm's x_q),
 weights int8 [n, k] row-major (``lm_q``), dst int32 [rows, n]. Exact: |dst| <= k * 2^14
 < 2^31. The host multiplies by the token and row scales.
 
-Checks, in the golden backend's order (one cycle, before any memory access): rows, k, n
->= 1 and k <= ``max_k`` (BAD_DIM); src in range (int8: no alignment); weights in range
-(``n * k`` bytes; the golden backend spans them with alignment 1); dst aligned to 4
-(ALIGN) and in range (ADDR_RANGE). No data value can fail.
+Checks: the LM_HEAD contract (``golden.isa.CONTRACTS``), in one cycle before any memory
+access: rows, k, n >= 1 and the engine limit k <= ``max_k`` (``LIMITS``; BAD_DIM); src in
+range (int8: no alignment); weights in range (``n * k`` bytes); dst aligned to 4 (ALIGN)
+and in range (ADDR_RANGE). No data value can fail.
 
 Micro-architecture
 ==================
@@ -34,7 +34,7 @@ pipeline freezes (no response accepted, stage 1 held) until it drains.
 Cycles
 ======
 One weight beat per cycle: a command takes ``rows * Kb * (n + 1) + latency + 4`` cycles
-with no memory stalls (the x row and n weight rows per token row; the first response's
+with no memory stalls (``expected_cycles``) (the x row and n weight rows per token row; the first response's
 latency; the check cycle, stage 1, the write register, done), measured exactly so by
 ``sim/test_op_lm_head.py`` with a 1-cycle memory. Each cycle is W = 128 MACs when k is a
 multiple of W (BitNet-0.73B: k = 1536, Kb = 12; vocab n = 32002 -> 384,036 beats per
@@ -51,27 +51,34 @@ ranges.
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
 from golden.config import DatapathConfig
 from golden import isa
-from golden.isa import ErrorCode
+from golden.isa import ErrorCode, Opcode
 
-from .base import EngineSignature, misaligned, out_of_range
+from .base import Engine
 
 DEFAULT_MAX_K = 4096
 _GROUP = 8          # products per stage-1 partial sum
 
 
-class LMHeadEngine(wiring.Component):
+def expected_cycles(rows: int, k: int, n: int, dma_bytes: int, latency: int = 1) -> int:
+    """Cycles of one command without memory stalls (module docstring)."""
+    return rows * -(-k // dma_bytes) * (n + 1) + latency + 4
+
+
+class LMHeadEngine(Engine):
+    OPCODE = Opcode.LM_HEAD
+    LIMITS = ("k <= max_k",)                    # the x buffer
+
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int = DEFAULT_MAX_K):
         if dma_bytes % (4 * _GROUP):
             raise ValueError(f"dma_bytes: {dma_bytes} is not a multiple of {4 * _GROUP}")
         if max_k < 1:
             raise ValueError(f"max_k: must be >= 1, got {max_k}")
-        self.cfg, self.max_k = cfg, max_k
-        super().__init__(EngineSignature(dma_bytes))
+        self.max_k = max_k
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
@@ -79,7 +86,8 @@ class LMHeadEngine(wiring.Component):
         L = W // 4                                   # int32 results per write
         G = W // _GROUP
         depth = -(-self.max_k // W)
-        a = self.args.lm_head
+        a = self.op_args
+        err = self.checks(m).error()
 
         m.submodules.xbuf = xbuf = Memory(shape=unsigned(8 * W), depth=depth, init=[])
         xw = xbuf.write_port()
@@ -120,36 +128,11 @@ class LMHeadEngine(wiring.Component):
         wr_len = Signal(range(W + 1))
         wr_data = Signal(8 * W)
 
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
         def beat_len(c):
             return Mux(c == kb - 1, k_last, W)
 
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                lo, hi = self.mem_lo, self.mem_hi
-                with m.If((a.rows == 0) | (a.k == 0) | (a.n == 0) | (a.k > self.max_k)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(out_of_range(a.src, a.rows * a.k, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(out_of_range(a.weights, a.n * a.k, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.dst, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.dst, a.rows * a.n * 4, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    m.d.sync += [rq_ph.eq(X), rq_c.eq(0), rq_j.eq(0), rq_t.eq(0),
-                                 rq_x.eq(a.src), rq_w.eq(a.weights),
-                                 rs_ph.eq(X), rs_c.eq(0), rs_j.eq(0), rs_t.eq(0),
-                                 v1.eq(0), acc.eq(0), lane.eq(0), out_j.eq(0),
-                                 dst_ptr.eq(a.dst), wr_valid.eq(0)]
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHECK", err))
             with m.State("RUN"):
                 # -------------------------------------------------- requests
                 rq_len = beat_len(rq_c)
@@ -230,5 +213,11 @@ class LMHeadEngine(wiring.Component):
                         m.d.sync += p1[g].eq(sum(prods))
 
                 with m.If(~rs_more & ~v1 & ~wr_valid):
-                    finish(ErrorCode.NONE)
+                    self.finish(m, ErrorCode.NONE)
+        with m.If(passed["CHECK"]):
+            m.d.sync += [rq_ph.eq(X), rq_c.eq(0), rq_j.eq(0), rq_t.eq(0),
+                         rq_x.eq(a.src), rq_w.eq(a.weights),
+                         rs_ph.eq(X), rs_c.eq(0), rs_j.eq(0), rs_t.eq(0),
+                         v1.eq(0), acc.eq(0), lane.eq(0), out_j.eq(0),
+                         dst_ptr.eq(a.dst), wr_valid.eq(0)]
         return m

@@ -1,5 +1,5 @@
 """NORM_QUANT engine: RMSNorm + INT8 quantization of token rows (golden:
-``GoldenDevice._op_norm_quant`` -> ``golden.model.op_norm_quant`` ->
+``Executor._op_norm_quant`` -> ``golden.model.op_norm_quant`` ->
 ``golden.rmsnorm.rmsnorm_quant``).
 
 Per row t of src (int32 [rows, dim], Q15.16) and gamma (int16 [dim]): the codes
@@ -8,13 +8,15 @@ at ``dst_scale + 4*t`` (a zero scale stays (0, 0); a shift outside int16 is SCAL
 The arithmetic is ``hw.rmsnorm.RMSNormQuant`` (reused unchanged, bit-exact with
 ``rmsnorm_quant``), fed the command's constants eps_term, c_mant, c_exp.
 
-Checks, in the golden backend's order
--------------------------------------
-1. rows >= 1, dim >= 1, dim <= ``max_len``: BAD_DIM;
-2. src: ALIGN (4), ADDR_RANGE (rows*dim*4 bytes); gamma: ALIGN (2), ADDR_RANGE (dim*2);
-3. dst: ADDR_RANGE (rows*dim bytes; int8 is never misaligned);
-4. SCALE_RANGE: found per row, when the row's scale leaves the block;
-5. dst_scale: ALIGN (4), ADDR_RANGE (rows*4).
+Checks: the NORM_QUANT contract (``golden.isa.CONTRACTS``)
+---------------------------------------------------------
+1. rows >= 1, dim >= 1, and the engine limit dim <= ``max_len`` (``LIMITS``): BAD_DIM;
+2. (golden only, ``GOLDEN_ONLY``: its data check "norm constants", below);
+3. src: ALIGN (4), ADDR_RANGE (rows*dim*4 bytes); gamma: ALIGN (2), ADDR_RANGE (dim*2);
+4. dst: ADDR_RANGE (rows*dim bytes; int8 is never misaligned);
+5. its data check "records", SCALE_RANGE: found per row, when the row's scale leaves the
+   block;
+6. dst_scale: ALIGN (4), ADDR_RANGE (rows*4).
 Golden writes all of dst before it packs the records (SCALE_RANGE) and only then checks
 dst_scale. The engine checks dst_scale up front with the others, so that nothing is
 written before an argument error: when dst_scale is bad it runs the whole command *dry*
@@ -87,14 +89,14 @@ from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.hdl import ResetInserter
-from amaranth.lib import fifo, wiring
+from amaranth.lib import fifo
 
 from golden.config import DEFAULT, DatapathConfig
 from golden import isa
-from golden.isa import ErrorCode
+from golden.isa import ErrorCode, Opcode
 from hw.rmsnorm import RMSNormQuant
 
-from .base import EngineSignature, misaligned, out_of_range, shift_fits_record
+from .base import Engine, shift_fits_record
 
 DEFAULT_LANES = 8           # see "Lanes" in the module docstring
 DEFAULT_MAX_LEN = 4096      # BitNet-0.73B: FFN 4096 (ffn_sub_norm), hidden 1536
@@ -117,8 +119,12 @@ def expected_cycles(rows: int, dim: int, lanes: int = DEFAULT_LANES,
     return rows * (2 * b + row_overhead(cfg)) + b + FIXED_CYCLES + lat
 
 
-class NormQuantEngine(wiring.Component):
+class NormQuantEngine(Engine):
     """NORM_QUANT op engine (see module docstring)."""
+
+    OPCODE = Opcode.NORM_QUANT
+    LIMITS = ("dim <= max_len",)                # the block buffers a whole row
+    GOLDEN_ONLY = ("norm constants",)           # host constants, taken as given
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, lanes: int = DEFAULT_LANES,
                  max_len: int = DEFAULT_MAX_LEN, fifo_groups: int = DEFAULT_FIFO_GROUPS):
@@ -138,12 +144,11 @@ class NormQuantEngine(wiring.Component):
         if max_len < lanes or max_len >= 1 << isa.DIM_BITS:
             raise ValueError(f"max_len: expected lanes ({lanes}) .. {(1 << isa.DIM_BITS) - 1}, "
                              f"got {max_len}")
-        self.cfg = cfg
         self.lanes = lanes
         self.max_len = max_len
         self.fifo_groups = fifo_groups
         self.group = lanes * (dma_bytes // (4 * lanes))     # Gs elements per read pair
-        super().__init__(EngineSignature(dma_bytes))
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
@@ -151,7 +156,7 @@ class NormQuantEngine(wiring.Component):
         L, Gs, D = self.lanes, self.group, self.fifo_groups
         NBG = Gs // L                       # beats per group
         CH = W // L                         # output beats per write chunk
-        a = self.args.norm_quant
+        a = self.op_args
         nc, qc = self.cfg.norm, self.cfg.quant
         XB, GB = nc.in_bits, nc.gamma_bits  # element widths in memory (int32 src, int16 gamma)
         REC = isa.SCALE_RECORD_BYTES
@@ -313,51 +318,25 @@ class NormQuantEngine(wiring.Component):
             m.d.sync += wo_valid.eq(0)
 
         # ------------------------------------------------ control
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
-        rows_bytes = a.rows * a.dim
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.comb += dp_rst.eq(1)
-                with m.If((a.rows == 0) | (a.dim == 0) | (a.dim > self.max_len)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(misaligned(a.src, XB // 8)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.src, rows_bytes * (XB // 8), self.mem_lo,
-                                         self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.gamma, GB // 8)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.gamma, a.dim * (GB // 8), self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(out_of_range(a.dst, rows_bytes, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    with m.If(misaligned(a.dst_scale, REC)):
-                        m.d.sync += [dry.eq(1), dry_err.eq(ErrorCode.ALIGN)]
-                    with m.Elif(out_of_range(a.dst_scale, a.rows * REC, self.mem_lo,
-                                             self.mem_hi)):
-                        m.d.sync += [dry.eq(1), dry_err.eq(ErrorCode.ADDR_RANGE)]
-                    with m.Else():
-                        m.d.sync += [dry.eq(0), dry_err.eq(ErrorCode.NONE)]
-                    m.d.sync += [
-                        abort.eq(0), rq_row.eq(0), rq_pos.eq(0), rq_gam.eq(0),
-                        src_ptr.eq(a.src), held.eq(0), rd_out.eq(0), rs_gam.eq(0),
-                        em_pos.eq(0), em_j.eq(0), out_row.eq(0), out_ptr.eq(a.dst),
-                        out_left.eq(a.dim), rec_ptr.eq(a.dst_scale), acc_n.eq(0),
-                        wo_valid.eq(0), rec_v.eq(0),
-                    ]
-                    m.next = "RUN"
+        chk = self.checks(m)
+        err, err_scale = chk.error(stop="records"), chk.error(start="records")
+        with m.FSM() as fsm:
+            passed = self.check_states(m, ("CHECK", err))
             with m.State("RUN"):
                 m.d.comb += run.eq(1)
                 with m.If(abort):
                     with m.If((rd_out == 0) & ~wo_valid):
-                        finish(ErrorCode.SCALE_RANGE)
+                        self.finish(m, ErrorCode.SCALE_RANGE)
                 with m.Elif((out_row == a.rows) & ~rec_v & ~wo_valid):
-                    finish(dry_err)
+                    self.finish(m, dry_err)
+        m.d.comb += dp_rst.eq(fsm.ongoing("CHECK"))
+        with m.If(passed["CHECK"]):
+            m.d.sync += [
+                dry.eq(err_scale != ErrorCode.NONE), dry_err.eq(err_scale),
+                abort.eq(0), rq_row.eq(0), rq_pos.eq(0), rq_gam.eq(0),
+                src_ptr.eq(a.src), held.eq(0), rd_out.eq(0), rs_gam.eq(0),
+                em_pos.eq(0), em_j.eq(0), out_row.eq(0), out_ptr.eq(a.dst),
+                out_left.eq(a.dim), rec_ptr.eq(a.dst_scale), acc_n.eq(0),
+                wo_valid.eq(0), rec_v.eq(0),
+            ]
         return m

@@ -1,5 +1,5 @@
 """PV engine: attention output ``o = P . V`` with per-key V scales (golden:
-``GoldenDevice._op_pv`` -> ``golden.model.op_pv``, item 6 "pv" of its module docstring).
+``Executor._op_pv`` -> ``golden.model.op_pv``, item 6 "pv" of its module docstring).
 
 p is uint16 [heads, rows, keys] (masked entries are forced to 0: query t sees keys j <=
 L_t = keys - rows + t); the codes and scale record of KV head g, key j are at
@@ -18,18 +18,18 @@ The golden backend hands acc to ``golden.requant.requantize``, which refuses an 
 outside signed ``cfg.requant.in_bits`` (int32): that is a data-dependent BAD_OPERAND
 (possible only for p rows that are not probabilities, sum p > 2^P).
 
-Checks, in the golden backend's order
-=====================================
+Checks: the PV contract (``golden.isa.CONTRACTS``)
+=================================================
 1. (BAD_DIM) rows, heads, kv_heads, head_dim >= 1; heads % kv_heads == 0; rows <= keys <=
    ``cfg.softmax.max_len``; kv_ld >= keys; and the engine limits keys <= ``max_keys``,
-   head_dim <= ``max_head_dim`` (see Differences).
+   head_dim <= ``max_head_dim`` (``LIMITS``, see Differences);
 2. p aligned to 2 (ALIGN), [p, p + heads*rows*keys*2) in range (ADDR_RANGE);
 3. v: every KV head's [v + g*kv_ld*hd, + keys*hd) in range (ADDR_RANGE; int8, no
    alignment); the heads are at increasing addresses, so the first start and last end
    decide;
 4. v_scale aligned to 4 (ALIGN), every KV head's records in range (ADDR_RANGE);
-5. the whole computation (golden runs op_pv before storing): any acc outside int32 ->
-   BAD_OPERAND;
+5. the contract's data check "acc range" (golden runs op_pv before storing): any acc
+   outside int32 -> BAD_OPERAND;
 6. dst aligned to 4 (ALIGN), [dst, dst + rows*heads*head_dim*4) in range (ADDR_RANGE).
 Steps 1-4 take two cycles before any memory access. The dst check is evaluated with them
 but can only be reported after step 5, so with a bad dst the engine runs the command
@@ -74,7 +74,7 @@ responses; the response side walks the same sequence:
 Cycles
 ======
 The request side issues one read per cycle; with a memory that never stalls the
-response side keeps up, so a command takes
+response side keeps up, so a command takes (``expected_cycles``)
 
     N = kv_heads * ceil(keys/32) + heads * sum_{t<rows} ((L_t + 1) + ceil((L_t + 1)/64))
     cycles = N + latency + 5 + ceil(head_dim*4/dma_bytes)
@@ -96,9 +96,9 @@ Differences from the golden backend
 * ``max_head_dim`` (default ``dma_bytes``, 128; BitNet-0.73B has 96) is the MAC lane
   count; a V row is one read, so it cannot exceed dma_bytes; head_dim > max_head_dim ->
   BAD_DIM.
-  Both limits are checked with the golden dimension checks (step 1), so a command that
-  breaks a limit and also has a bad address reports BAD_DIM where golden reports the
-  address error.
+  Both limits (``LIMITS``) are checked with the contract's dimension checks (step 1), so
+  a command that breaks a limit and also has a bad address reports BAD_DIM where golden
+  reports the address error.
 * dst must not overlap p, v or v_scale: golden reads everything before writing, the
   engine writes each query's output while it still reads. The command stream never does
   this.
@@ -108,15 +108,14 @@ Differences from the golden backend
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
 from golden.config import DatapathConfig
 from golden import isa
 from golden.fixed import rhu as golden_rhu
-from golden.isa import ErrorCode
+from golden.isa import ErrorCode, Opcode
 
-from .base import EngineSignature, misaligned, out_of_range, requant
+from .base import Engine, requant
 
 P_MEM_BITS = 16                         # p is uint16 in memory (any 16-bit value)
 V_BITS = 8                              # V codes: int8
@@ -126,7 +125,28 @@ SH_HI = 2 * 16 + 1                      # p*mant < 2^32: rhu by >= 33 gives 0
 _SCALE, _STREAM, _END = 0, 1, 2
 
 
-class PVEngine(wiring.Component):
+def n_requests(heads: int, kv_heads: int, rows: int, keys: int, dma_bytes: int) -> int:
+    """N of the module docstring: the reads of one command (scale beats per KV head; per
+    query a p beat per dma_bytes/2 keys and a V row per visible key)."""
+    n = kv_heads * -(-keys // (dma_bytes // 4))
+    for t in range(rows):
+        k = keys - rows + t + 1
+        n += heads * (k + -(-k // (dma_bytes // 2)))
+    return n
+
+
+def expected_cycles(heads: int, kv_heads: int, rows: int, keys: int, head_dim: int,
+                    dma_bytes: int, latency: int = 1) -> int:
+    """Cycles of one command without memory stalls (module docstring; exact when every
+    query has L_t >= nw + 1)."""
+    return (n_requests(heads, kv_heads, rows, keys, dma_bytes) + latency + 5
+            + -(-head_dim * 4 // dma_bytes))
+
+
+class PVEngine(Engine):
+    OPCODE = Opcode.PV
+    LIMITS = ("keys <= max_keys", "head_dim <= max_head_dim")
+
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_keys: int = 2048,
                  max_head_dim: int | None = None):
         if dma_bytes < 8 or dma_bytes & (dma_bytes - 1):
@@ -141,7 +161,6 @@ class PVEngine(wiring.Component):
         if not 16 < cfg.norm.in_bits <= 32 or cfg.requant.in_bits > 32:
             raise ValueError(f"cfg.norm.in_bits: {cfg.norm.in_bits} must be in (16, 32] "
                              f"(dst is int32)")
-        self.cfg = cfg
         self.max_keys = max_keys
         self.max_head_dim = max_head_dim
         b, x = cfg.requant.mult_bits, cfg.forward.pv_extra_bits
@@ -150,7 +169,7 @@ class PVEngine(wiring.Component):
                                      max(b - x, 0)))
         self.pt_bits = self.pt_max.bit_length()
         self.acc_bits = (max_keys * (1 << (V_BITS - 1)) * self.pt_max).bit_length() + 1
-        super().__init__(EngineSignature(dma_bytes))
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
@@ -166,7 +185,11 @@ class PVEngine(wiring.Component):
         IF, OUT_BITS = cfg.norm.in_frac_bits, cfg.norm.in_bits
         ACC_LIM = cfg.requant.in_bits           # golden's requantize takes int32 acc only
         SENT = 1 << (isa.SCALE_SHIFT_BITS - 1)  # "no nonzero scale yet": above every shift
-        a = self.args.pv
+        a = self.op_args
+        chk = self.checks(m, registered=True)
+        err_dims = chk.error(stop="p")
+        err_inputs = chk.error(start="p", stop="acc range")
+        err_dst = chk.error(start="acc range")
 
         # ------------------------------------------------------------ command constants
         n_rep = Signal(isa.HEADS_BITS)
@@ -301,61 +324,8 @@ class PVEngine(wiring.Component):
             with m.If(hold_left <= W):
                 m.d.sync += hold_full.eq(0)
 
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-
-            with m.State("CHECK"):
-                with m.If((a.rows == 0) | (a.heads == 0) | (a.kv_heads == 0)
-                          | (a.head_dim == 0) | (a.heads % a.kv_heads != 0)
-                          | (a.rows > a.keys) | (a.keys > cfg.softmax.max_len)
-                          | (a.kv_ld < a.keys)
-                          | (a.keys > self.max_keys) | (a.head_dim > LANES)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Else():
-                    m.d.sync += [n_rep.eq(a.heads // a.kv_heads), lim0.eq(a.keys - a.rows),
-                                 n_sbeats.eq((a.keys + RPB - 1) >> rpb_log),
-                                 vstride.eq(a.kv_ld * a.head_dim), sstride.eq(a.kv_ld * 4),
-                                 pstride.eq(a.keys * 2), dstride.eq(a.heads * a.head_dim * 4),
-                                 hd4.eq(a.head_dim * 4)]
-                    m.next = "CHECK_ADDR"
-
-            with m.State("CHECK_ADDR"):
-                kv_span = (a.kv_heads - 1) * a.kv_ld + a.keys      # rows up to the last head's end
-                with m.If(misaligned(a.p, 2)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.p, a.heads * a.rows * a.keys * 2,
-                                         self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(out_of_range(a.v, kv_span * a.head_dim, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.v_scale, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.v_scale, kv_span * 4, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    with m.If(misaligned(a.dst, 4)):
-                        m.d.sync += [dst_err.eq(ErrorCode.ALIGN), dry.eq(1)]
-                    with m.Elif(out_of_range(a.dst, a.rows * dstride, self.mem_lo,
-                                             self.mem_hi)):
-                        m.d.sync += [dst_err.eq(ErrorCode.ADDR_RANGE), dry.eq(1)]
-                    with m.Else():
-                        m.d.sync += [dst_err.eq(ErrorCode.NONE), dry.eq(0)]
-                    m.d.sync += [
-                        ovf.eq(0),
-                        r_state.eq(_SCALE), r_g.eq(0), r_r.eq(0), r_t.eq(0), r_j.eq(0),
-                        r_L.eq(lim0), r_phave.eq(0), r_sleft.eq(a.keys),
-                        r_sbase.eq(a.v_scale), r_sptr.eq(a.v_scale),
-                        r_vbase.eq(a.v), r_vptr.eq(a.v), r_prow.eq(a.p), r_pptr.eq(a.p),
-                        c_state.eq(_SCALE), c_g.eq(0), c_r.eq(0), c_t.eq(0), c_j.eq(0),
-                        c_L.eq(lim0), c_phave.eq(0), c_srow.eq(0), base_min.eq(SENT),
-                        c_dst_head.eq(a.dst), c_dst.eq(a.dst)]
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHECK", err_dims), ("CHECK_ADDR", err_inputs))
 
             with m.State("RUN"):
                 # ---------------------------------------------------- requests
@@ -475,7 +445,24 @@ class PVEngine(wiring.Component):
                     # every response consumed; wait for the pipeline and the last writes
                     with m.If(~s1_valid & ~s2_valid & ~hold_full):
                         with m.If(ovf):
-                            finish(ErrorCode.BAD_OPERAND)
+                            self.finish(m, ErrorCode.BAD_OPERAND)
                         with m.Else():
-                            finish(dst_err)
+                            self.finish(m, dst_err)
+        with m.If(passed["CHECK"]):
+            m.d.sync += [n_rep.eq(a.heads // a.kv_heads), lim0.eq(a.keys - a.rows),
+                         n_sbeats.eq((a.keys + RPB - 1) >> rpb_log),
+                         vstride.eq(a.kv_ld * a.head_dim), sstride.eq(a.kv_ld * 4),
+                         pstride.eq(a.keys * 2), dstride.eq(a.heads * a.head_dim * 4),
+                         hd4.eq(a.head_dim * 4)]
+        with m.If(passed["CHECK_ADDR"]):
+            m.d.sync += [
+                dst_err.eq(err_dst), dry.eq(err_dst != ErrorCode.NONE),
+                ovf.eq(0),
+                r_state.eq(_SCALE), r_g.eq(0), r_r.eq(0), r_t.eq(0), r_j.eq(0),
+                r_L.eq(lim0), r_phave.eq(0), r_sleft.eq(a.keys),
+                r_sbase.eq(a.v_scale), r_sptr.eq(a.v_scale),
+                r_vbase.eq(a.v), r_vptr.eq(a.v), r_prow.eq(a.p), r_pptr.eq(a.p),
+                c_state.eq(_SCALE), c_g.eq(0), c_r.eq(0), c_t.eq(0), c_j.eq(0),
+                c_L.eq(lim0), c_phave.eq(0), c_srow.eq(0), base_min.eq(SENT),
+                c_dst_head.eq(a.dst), c_dst.eq(a.dst)]
         return m

@@ -1,7 +1,7 @@
 """QK engine: attention logits ``dst[h, t, j] = requant(q_q[h, t] . k_q[g, j],
 scale_mul(sq[h, t], sk[g, j]), SoftmaxConfig.in_frac_bits, in_bits)`` with g = h //
 (heads / kv_heads), causal (query t sees keys j <= keys - rows + t; masked entries are
-written 0). Golden: ``GoldenDevice._op_qk`` -> ``golden.model.op_qk``.
+written 0). Golden: ``Executor._op_qk`` -> ``golden.model.op_qk``.
 
 Operands (``golden/isa.py``, QK): q codes int8 of head h, token t at ``q + (h*q_ld +
 t)*head_dim``, its scale record at ``q_scale + (h*q_ld + t)*4``; k codes / records of KV
@@ -9,16 +9,13 @@ head g, key j at ``k + (g*kv_ld + j)*head_dim`` / ``k_scale + (g*kv_ld + j)*4``;
 int16 Q7.8 [heads, rows, keys], contiguous. No data value can fail (the dot product and
 ``scale_mul`` always fit, ``requant`` saturates): the only errors are argument errors.
 
-Checks, in the golden backend's order (``_attn_dims``, then the loads of ``_op_qk``), over
-three cycles before any memory access:
-
-1. BAD_DIM: rows, heads, kv_heads, head_dim >= 1; kv_heads divides heads; rows <= keys
-   <= ``SoftmaxConfig.max_len``; kv_ld >= keys; q_ld >= rows; and the RTL limit
-   head_dim <= dma_bytes (below).
-2. q in range (int8: never misaligned); q_scale aligned to 4, then in range; k in range;
-   k_scale aligned, in range; dst aligned to 2, in range. A head-strided tensor is in
-   range iff its first head's first byte and its last head's last byte are (heads are
-   at increasing addresses), which is what the golden backend's per-head checks amount to.
+Checks: the QK contract (``golden.isa.CONTRACTS``), over three cycles before any memory
+access: CHK_DIM its ``Dims`` (rows, heads, kv_heads, head_dim >= 1; kv_heads divides
+heads; rows <= keys <= ``SoftmaxConfig.max_len``; kv_ld >= keys; q_ld >= rows) and the RTL
+limit head_dim <= dma_bytes (``LIMITS``; below); CHK_SPAN (the head strides of the run,
+the tensor spans registered meanwhile); CHK_ADDR q, q_scale, k, k_scale, dst, each aligned
+then in range over all its heads (heads are at increasing addresses, so the first head's
+first byte and the last head's last byte decide).
 
 Micro-architecture
 ==================
@@ -49,7 +46,7 @@ written.
 
 Cycles
 ======
-With no memory stalls (the response side takes one beat per cycle)::
+With no memory stalls (the response side takes one beat per cycle; ``expected_cycles``)::
 
     cycles = 8 + latency + sum over (h, t) of
              [2 + v_t + ceil(v_t / 32) + z_t]          v_t = keys - rows + t + 1
@@ -72,17 +69,32 @@ Differences from the golden backend
 """
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed
-from amaranth.lib import wiring
+from amaranth import Module, Mux, Signal, signed
 
 from golden.config import DatapathConfig
 from golden import isa
-from golden.isa import ErrorCode
+from golden.isa import ErrorCode, Opcode
 
-from .base import EngineSignature, misaligned, out_of_range, requant, scale_mul
+from .base import Engine, requant, scale_mul
 
 _ABITS = isa.ADDR_BITS + 1          # addresses inside the window (mem_hi <= 2^32)
-_SPAN = 48                          # byte spans of whole tensors (< 2^42)
+
+
+def expected_cycles(heads: int, rows: int, keys: int, dma_bytes: int, latency: int = 1) -> int:
+    """Cycles of one command without memory stalls (module docstring), walking the output
+    slots of the zero runs."""
+    epb, rpb = dma_bytes // 2, dma_bytes // isa.SCALE_RECORD_BYTES
+    slot, total = 0, 0
+    for _ in range(heads):
+        for t in range(rows):
+            v = keys - rows + t + 1
+            total += 2 + v + -(-v // rpb)
+            slot = (slot + v) % epb
+            z = keys - v
+            while z:
+                n = min(z, epb - slot)
+                z, slot, total = z - n, (slot + n) % epb, total + 1
+    return 3 + latency + 3 + total + 2
 
 
 def _tree_sum(vals):
@@ -96,13 +108,15 @@ def _tree_sum(vals):
     return vals[0]
 
 
-class QKEngine(wiring.Component):
+class QKEngine(Engine):
+    OPCODE = Opcode.QK
+    LIMITS = ("head_dim <= max_head_dim",)      # one key row per beat
+
     def __init__(self, cfg: DatapathConfig, dma_bytes: int):
         if dma_bytes < 16 or dma_bytes & (dma_bytes - 1):
             raise ValueError(f"dma_bytes: expected a power of two >= 16, got {dma_bytes}")
-        self.cfg = cfg
         self.max_head_dim = dma_bytes
-        super().__init__(EngineSignature(dma_bytes))
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
@@ -113,20 +127,13 @@ class QKEngine(wiring.Component):
         sc = self.cfg.softmax
         rq = self.cfg.requant
         MB = rq.mult_bits
-        a = self.args.qk
+        a = self.op_args
 
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
-        # ------------------------------------------------------------ checks
+        chk = self.checks(m, registered=True)
+        err_dims, err_tensors = chk.error(stop="q"), chk.error(start="q")
         n_rep = Signal(isa.HEADS_BITS)
         q_stride = Signal(32)                   # q_ld * head_dim
         kv_stride = Signal(32)                  # kv_ld * head_dim
-        q_span, qs_span, k_span, ks_span, d_span = (Signal(_SPAN, name=n) for n in
-                                                    ("q_span", "qs_span", "k_span",
-                                                     "ks_span", "d_span"))
-        keys_ok = a.keys <= sc.max_len if sc.max_len < (1 << isa.ROWS_BITS) else Const(1)
         vis0 = Signal(isa.ROWS_BITS + 1)        # visible keys of query 0
         m.d.comb += vis0.eq(a.keys - a.rows + 1)
         hd = a.head_dim
@@ -135,57 +142,15 @@ class QKEngine(wiring.Component):
                              vis0, start_run)
 
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHK_DIM"
-            with m.State("CHK_DIM"):
-                with m.If((a.rows == 0) | (a.heads == 0) | (a.kv_heads == 0) | (hd == 0)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(a.heads % a.kv_heads != 0):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif((a.rows > a.keys) | ~keys_ok):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif((a.kv_ld < a.keys) | (a.q_ld < a.rows)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(hd > W):                        # RTL: one key row per beat
-                    finish(ErrorCode.BAD_DIM)
-                with m.Else():
-                    m.d.sync += [n_rep.eq(a.heads // a.kv_heads), q_stride.eq(a.q_ld * hd),
-                                 kv_stride.eq(a.kv_ld * hd)]
-                    m.next = "CHK_SPAN"
-            with m.State("CHK_SPAN"):
-                m.d.sync += [
-                    q_span.eq((a.heads - 1) * q_stride + a.rows * hd),
-                    qs_span.eq(((a.heads - 1) * a.q_ld + a.rows) * 4),
-                    k_span.eq((a.kv_heads - 1) * kv_stride + a.keys * hd),
-                    ks_span.eq(((a.kv_heads - 1) * a.kv_ld + a.keys) * 4),
-                    d_span.eq(a.heads * (a.rows * a.keys) * 2),
-                ]
-                m.next = "CHK_ADDR"
-            with m.State("CHK_ADDR"):
-                lo, hi = self.mem_lo, self.mem_hi
-                with m.If(out_of_range(a.q, q_span, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.q_scale, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.q_scale, qs_span, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(out_of_range(a.k, k_span, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.k_scale, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.k_scale, ks_span, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.dst, 2)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.dst, d_span, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    m.d.comb += start_run.eq(1)
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHK_DIM", err_dims), ("CHK_SPAN", None),
+                                       ("CHK_ADDR", err_tensors))
             with m.State("RUN"):
                 with m.If(all_done):
-                    finish(ErrorCode.NONE)
+                    self.finish(m, ErrorCode.NONE)
+        with m.If(passed["CHK_SPAN"]):
+            m.d.sync += [n_rep.eq(a.heads // a.kv_heads), q_stride.eq(a.q_ld * hd),
+                         kv_stride.eq(a.kv_ld * hd)]
+        m.d.comb += start_run.eq(passed["CHK_ADDR"])
         return m
 
     def _run(self, m, W, RPB, EPB, GRP, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0,

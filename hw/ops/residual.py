@@ -1,5 +1,5 @@
 """RESIDUAL engine: ``dst = sat32(h + requant(acc, scale_mul(sx, c), 16, 32))`` per row
-(golden: ``GoldenDevice._op_residual`` -> ``golden.model.op_residual``).
+(golden: ``golden.executor.Executor._op_residual`` -> ``golden.model.op_residual``).
 
 h, acc, dst are int32 [rows, dim] (Q15.16 for h and dst, TLMM accumulators for acc); sx
 is the row's scale record at ``src_scale + 4*row``; c = (c_mant, c_shift) comes from the
@@ -7,9 +7,8 @@ command. The fraction and saturation widths are ``cfg.norm.in_frac_bits`` /
 ``cfg.norm.in_bits``; the scale product is ``cfg.requant.mult_bits`` wide. No data value
 can fail: the only errors are argument errors.
 
-Checks, in the golden backend's order (one cycle, before any memory access): rows, dim
->= 1 (BAD_DIM); h aligned to 4 (ALIGN) and in range (ADDR_RANGE); acc likewise;
-src_scale likewise (rows records of 4 bytes); dst likewise.
+Checks: the RESIDUAL contract (``golden.isa.CONTRACTS``: rows, dim >= 1; h, acc,
+src_scale, dst each aligned, then in range), in one cycle before any memory access.
 
 Micro-architecture
 ==================
@@ -41,9 +40,10 @@ later chunks touch other addresses. Correct for any read-ahead.
 Cycles
 ======
 With no memory stalls the response side takes one beat per cycle, so a command takes
-``rows * (1 + 2 * ceil(dim / L)) + latency + 4`` cycles (scale + h + acc beats; the
-first response's memory latency; the check cycle, stage 1, the output register and the
-done cycle), measured exactly so by ``sim/test_op_residual.py`` with a 1-cycle memory:
+``rows * (1 + 2 * ceil(dim / L)) + latency + 4`` cycles (``expected_cycles``: scale + h +
+acc beats; the first response's memory latency; the check cycle, stage 1, the output
+register and the done cycle), measured exactly so by ``sim/test_op_residual.py`` with a
+1-cycle memory:
 16 elements per cycle on a 128-byte port (two operand beats per output beat). One
 BitNet-0.73B residual row (dim 1536, L = 32): 97 beats, 102 cycles at latency 1.
 
@@ -57,28 +57,33 @@ Differences from the golden backend
 """
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import wiring
+from amaranth import Cat, Const, Module, Mux, Signal, signed
 
 from golden.config import DatapathConfig
 from golden import isa
 from hw.fixed import saturate
-from golden.isa import ErrorCode
+from golden.isa import ErrorCode, Opcode
 
-from .base import EngineSignature, misaligned, out_of_range, requant, scale_mul
+from .base import Engine, requant, scale_mul
 
 # request / response kinds, in stream order per row: SCALE, then (H, ACC) per chunk
 _SCALE, _H, _ACC = 0, 1, 2
 
 
-class ResidualEngine(wiring.Component):
+def expected_cycles(rows: int, dim: int, dma_bytes: int, latency: int = 1) -> int:
+    """Cycles of one command without memory stalls (module docstring)."""
+    return rows * (1 + 2 * -(-dim // (dma_bytes // 4))) + latency + 4
+
+
+class ResidualEngine(Engine):
+    OPCODE = Opcode.RESIDUAL
+
     def __init__(self, cfg: DatapathConfig, dma_bytes: int):
         if dma_bytes % 4 or dma_bytes < isa.SCALE_RECORD_BYTES:
             raise ValueError(f"dma_bytes: {dma_bytes} is not a multiple of 4")
         if cfg.norm.in_bits > 32:
             raise ValueError(f"cfg.norm.in_bits: {cfg.norm.in_bits} exceeds the int32 tensors")
-        self.cfg = cfg
-        super().__init__(EngineSignature(dma_bytes))
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
@@ -86,11 +91,8 @@ class ResidualEngine(wiring.Component):
         L = W // 4                                   # int32 lanes per beat
         nc, rc = self.cfg.norm, self.cfg.requant
         B = rc.mult_bits
-        a = self.args.residual
-
-        # ------------------------------------------------------------ argument checks
-        tensor_bytes = Signal(unsigned(isa.ROWS_BITS + isa.DIM_BITS + 2))
-        m.d.comb += tensor_bytes.eq(a.rows * a.dim * 4)
+        a = self.op_args
+        err = self.checks(m).error()
 
         # ------------------------------------------------------------ state
         ptr_w = isa.ADDR_BITS + 1
@@ -137,36 +139,8 @@ class ResidualEngine(wiring.Component):
             m.d.comb += lane.eq(saturate(m, hv + d, nc.in_bits, f"sum{i}"))
             s2.append(lane)
 
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
-        def span_error(addr, nbytes):
-            """(ALIGN, ADDR_RANGE) conditions of an int32/record tensor."""
-            return misaligned(addr, 4), out_of_range(addr, nbytes, self.mem_lo, self.mem_hi)
-
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                h_al, h_rg = span_error(a.h, tensor_bytes)
-                a_al, a_rg = span_error(a.acc, tensor_bytes)
-                s_al, s_rg = span_error(a.src_scale, a.rows * isa.SCALE_RECORD_BYTES)
-                d_al, d_rg = span_error(a.dst, tensor_bytes)
-                with m.If((a.rows == 0) | (a.dim == 0)):
-                    finish(ErrorCode.BAD_DIM)
-                for al, rg in ((h_al, h_rg), (a_al, a_rg), (s_al, s_rg), (d_al, d_rg)):
-                    with m.Elif(al):
-                        finish(ErrorCode.ALIGN)
-                    with m.Elif(rg):
-                        finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    m.d.sync += [rq_kind.eq(_SCALE), rq_row.eq(0), rq_col.eq(0),
-                                 rq_h.eq(a.h), rq_acc.eq(a.acc), rq_sc.eq(a.src_scale),
-                                 rs_kind.eq(_SCALE), rs_row.eq(0), rs_col.eq(0),
-                                 rs_dst.eq(a.dst), s1_valid.eq(0), o_valid.eq(0)]
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHECK", err))
             with m.State("RUN"):
                 # -------------------------------------------------- requests
                 rq_left = Signal(isa.DIM_BITS + 1)
@@ -246,5 +220,10 @@ class ResidualEngine(wiring.Component):
                     m.d.sync += s1_valid.eq(0)
 
                 with m.If(~rs_more & ~s1_valid & ~o_valid):
-                    finish(ErrorCode.NONE)
+                    self.finish(m, ErrorCode.NONE)
+        with m.If(passed["CHECK"]):
+            m.d.sync += [rq_kind.eq(_SCALE), rq_row.eq(0), rq_col.eq(0),
+                         rq_h.eq(a.h), rq_acc.eq(a.acc), rq_sc.eq(a.src_scale),
+                         rs_kind.eq(_SCALE), rs_row.eq(0), rs_col.eq(0),
+                         rs_dst.eq(a.dst), s1_valid.eq(0), o_valid.eq(0)]
         return m

@@ -1,6 +1,6 @@
 """ROPE_QUANT engine: RoPE (rotate-half, table rows from memory) + INT8 absmax per
-(token, head) (golden: ``GoldenDevice._op_rope_quant`` -> ``host.backends.golden.
-rope_from_table`` + ``golden.model.op_v_quant``; rope=0 is ``op_v_quant`` alone).
+(token, head) (golden: ``Executor._op_rope_quant`` -> ``golden.rope.rope_from_table`` +
+``golden.model.op_v_quant``; rope=0 is ``op_v_quant`` alone).
 
 For token t (row of src, int32 [rows, heads*head_dim]) and head h, with hd = head_dim,
 half = hd/2, table row p = pos + t (cos_q[p, 0:half] then sin_q[p, 0:half], int16 Q1.T)::
@@ -13,19 +13,22 @@ half = hd/2, table row p = pos + t (cos_q[p, 0:half] then sin_q[p, 0:half], int1
 codes (int8 [hd]) go to ``dst + (h*ld + t)*hd``, the record to ``dst_scale + (h*ld +
 t)*4``. T = ``RopeConfig.table_frac_bits``; sat to ``RopeConfig.out_bits(32)`` bits.
 
-Checks, in the golden backend's order
--------------------------------------
-1. rows, heads >= 1, head_dim even and >= 2, head_dim <= ``max_head_dim``: BAD_DIM;
-   ld >= rows: BAD_DIM;
-2. src: ALIGN (4), ADDR_RANGE (rows*heads*hd*4 bytes); src_scale: ALIGN (4),
+Checks: the ROPE_QUANT contract (``golden.isa.CONTRACTS``)
+---------------------------------------------------------
+1. DIMS: rows, heads >= 1, head_dim even and >= 2, ld >= rows, and the engine limit
+   head_dim <= ``max_head_dim`` (``LIMITS``): BAD_DIM;
+2. SIZES: the run's head stride and table offset (the tensor spans are registered
+   meanwhile); ARGS:
+3. src: ALIGN (4), ADDR_RANGE (rows*heads*hd*4 bytes); src_scale: ALIGN (4),
    ADDR_RANGE (rows*4);
-3. rope=1 only: pos + rows <= table_rows (BAD_DIM); table: ALIGN (2), ADDR_RANGE
+4. rope=1 only: pos + rows <= table_rows (BAD_DIM); table: ALIGN (2), ADDR_RANGE
    ([table + pos*hd*2, + rows*hd*2));
-4. dst: ADDR_RANGE of every head's span (int8: never misaligned): the spans grow with
+5. dst: ADDR_RANGE of every head's span (int8: never misaligned): the spans grow with
    h, so "any head out" is ``dst < mem_lo`` or ``dst + ((heads-1)*ld + rows)*hd >
    mem_hi``;
-5. SCALE_RANGE: a record's shift outside int16, found per head as it is computed;
-6. dst_scale: ALIGN (4), ADDR_RANGE (likewise over all heads, 4-byte records).
+6. the data check "records", SCALE_RANGE: a record's shift outside int16, found per head
+   as it is computed;
+7. dst_scale: ALIGN (4), ADDR_RANGE (likewise over all heads, 4-byte records).
 Golden stores all of dst before it packs the records (SCALE_RANGE) and only then checks
 dst_scale. The engine checks dst_scale up front with the others so that nothing is
 written before an argument error: when dst_scale is bad it runs the command *dry*
@@ -98,17 +101,16 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.hdl import ResetInserter
-from amaranth.lib import data, enum, fifo, wiring
+from amaranth.lib import data, enum, fifo
 from amaranth.lib.memory import Memory
 
 from golden.config import DatapathConfig
 from golden import isa
 from hw.fixed import saturate
-from golden.isa import ErrorCode
+from golden.isa import ErrorCode, Opcode
 from hw.quant import ActQuant
 
-from .base import (EngineSignature, misaligned, out_of_range, scale_mul,
-                   scale_of_int, shift_fits_record)
+from .base import Engine, scale_mul, scale_of_int, shift_fits_record
 
 DEFAULT_MAX_HEAD_DIM = 128
 DEFAULT_PAIRS = 4               # P: pairs rotated per cycle (2P elements per cycle)
@@ -166,7 +168,10 @@ def expected_cycles(rows: int, heads: int, head_dim: int, rope: bool, cfg: Datap
     return round(FIXED_CYCLES + rows * (1 + int(rope) * inp + heads * period) + G + R)
 
 
-class RopeQuantEngine(wiring.Component):
+class RopeQuantEngine(Engine):
+    OPCODE = Opcode.ROPE_QUANT
+    LIMITS = ("head_dim <= max_head_dim",)      # sizes the buffers (see Differences)
+
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *,
                  max_head_dim: int = DEFAULT_MAX_HEAD_DIM, pairs: int = DEFAULT_PAIRS,
                  quantizers: int = DEFAULT_QUANTIZERS,
@@ -189,12 +194,11 @@ class RopeQuantEngine(wiring.Component):
             raise ValueError(f"quantizers: expected >= 1, got {quantizers}")
         if max_outstanding < 2:
             raise ValueError(f"max_outstanding: expected >= 2, got {max_outstanding}")
-        self.cfg = cfg
         self.max_head_dim = max_head_dim
         self.pairs = pairs
         self.quantizers = quantizers
         self.max_outstanding = max_outstanding
-        super().__init__(EngineSignature(dma_bytes))
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
@@ -210,7 +214,7 @@ class RopeQuantEngine(wiring.Component):
         OB = cfg.rope.out_bits(ELEM_BITS)
         B = cfg.requant.mult_bits
         SHB = isa.SCALE_SHIFT_BITS + 2          # shift width of base.normalize
-        a = self.args.rope_quant
+        a = self.op_args
 
         # ---------------------------------------------------------------- datapath parts
         busy = Signal()                         # a command is running (else: reset)
@@ -234,14 +238,8 @@ class RopeQuantEngine(wiring.Component):
         hd = a.head_dim
         half = Signal(range(HMAX + 1))
         m.d.comb += half.eq(hd >> 1)
-        rh = Signal(isa.ROWS_BITS + isa.HEADS_BITS)             # rows*heads
         ldhd = Signal(isa.ROWS_BITS + isa.DIM_BITS)             # head stride in dst
-        span_n = Signal(isa.ROWS_BITS + isa.HEADS_BITS + 1)     # (heads-1)*ld + rows
-        src_bytes = Signal(isa.ROWS_BITS + isa.HEADS_BITS + isa.DIM_BITS + 2)
         tab_off = Signal(isa.ROWS_BITS + isa.DIM_BITS + 1)      # pos*hd*2
-        tab_bytes = Signal(isa.ROWS_BITS + isa.DIM_BITS + 1)    # rows*hd*2
-        dst_bytes = Signal(len(span_n) + isa.DIM_BITS)
-        dsc_bytes = Signal(len(span_n) + 2)
         dry = Signal()                          # dst_scale is bad: compute, write nothing
         pend_err = Signal(ErrorCode)            # the dst_scale error a dry run reports
         abort = Signal()
@@ -509,77 +507,39 @@ class RopeQuantEngine(wiring.Component):
                     m.d.comb += next_head.eq(1)
 
         # ---------------------------------------------------------------- control
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
-        lo, hi = self.mem_lo, self.mem_hi
-        with m.FSM():
-            with m.State("IDLE"):
-                # nothing in flight survives a command (an aborted one leaves beats here)
-                m.d.sync += [r1_valid.eq(0), r2_valid.eq(0), col_full.eq(0), ws.eq(_W.IDLE)]
-                with m.If(self.start):
-                    m.next = "DIMS"
-            with m.State("DIMS"):
-                m.d.comb += busy.eq(1)
-                with m.If((a.rows == 0) | (a.heads == 0) | (hd < 2) | hd[0]
-                          | (hd > self.max_head_dim)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(a.ld < a.rows):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Else():
-                    m.d.sync += [rh.eq(a.rows * a.heads), ldhd.eq(a.ld * hd),
-                                 span_n.eq((a.heads - 1) * a.ld + a.rows),
-                                 tab_off.eq(a.pos * hd * 2), tab_bytes.eq(a.rows * hd * 2)]
-                    m.next = "SIZES"
-            with m.State("SIZES"):
-                m.d.comb += busy.eq(1)
-                m.d.sync += [src_bytes.eq(rh * hd * 4), dst_bytes.eq(span_n * hd),
-                             dsc_bytes.eq(span_n * 4)]
-                m.next = "ARGS"
-            with m.State("ARGS"):
-                m.d.comb += busy.eq(1)
-                with m.If(misaligned(a.src, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.src, src_bytes, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.src_scale, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.src_scale, a.rows * 4, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(a.rope & (a.pos + a.rows > a.table_rows)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(a.rope & misaligned(a.table, 2)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(a.rope & out_of_range(a.table + tab_off, tab_bytes, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(out_of_range(a.dst, dst_bytes, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    bad_align = misaligned(a.dst_scale, 4)
-                    bad_range = out_of_range(a.dst_scale, dsc_bytes, lo, hi)
-                    m.d.sync += [
-                        dry.eq(bad_align | bad_range),
-                        pend_err.eq(Mux(bad_align, ErrorCode.ALIGN, ErrorCode.ADDR_RANGE)),
-                        abort.eq(0),
-                        ph.eq(_Phase.SX), rq_t.eq(0), rq_h.eq(0), rq_i.eq(0), rq_b.eq(0),
-                        sx_ptr.eq(a.src_scale), tab_ptr.eq(a.table + tab_off),
-                        src_ptr.eq(a.src),
-                        grp.eq(0), hq.eq(0), k_out.eq(0), col_g.eq(0), col_full.eq(0),
-                        ws.eq(_W.IDLE), w_t.eq(0), w_h.eq(0),
-                        code_tok.eq(a.dst), code_ptr.eq(a.dst),
-                        rec_tok.eq(a.dst_scale), rec_ptr.eq(a.dst_scale),
-                    ]
-                    m.next = "RUN"
+        chk = self.checks(m, registered=True)
+        err_dims = chk.error(stop="src")
+        err_args = chk.error(start="src", stop="records")
+        err_scale = chk.error(start="records")
+        with m.FSM() as fsm:
+            passed = self.check_states(m, ("DIMS", err_dims), ("SIZES", None),
+                                       ("ARGS", err_args))
             with m.State("RUN"):
-                m.d.comb += [busy.eq(1), running.eq(1)]
+                m.d.comb += running.eq(1)
                 with m.If(w_err):
                     m.d.sync += abort.eq(1)
                     m.next = "ABORT"
                 with m.Elif(w_done):
-                    finish(Mux(dry, pend_err, ErrorCode.NONE))
+                    self.finish(m, pend_err)
             with m.State("ABORT"):
-                m.d.comb += busy.eq(1)
                 with m.If(~tag_q.r_rdy):
-                    finish(ErrorCode.SCALE_RANGE)
+                    self.finish(m, ErrorCode.SCALE_RANGE)
+        m.d.comb += busy.eq(~fsm.ongoing("IDLE"))
+        with m.If(fsm.ongoing("IDLE")):
+            # nothing in flight survives a command (an aborted one leaves beats here)
+            m.d.sync += [r1_valid.eq(0), r2_valid.eq(0), col_full.eq(0), ws.eq(_W.IDLE)]
+        with m.If(passed["SIZES"]):
+            m.d.sync += [ldhd.eq(a.ld * hd), tab_off.eq(a.pos * hd * 2)]
+        with m.If(passed["ARGS"]):
+            m.d.sync += [
+                dry.eq(err_scale != ErrorCode.NONE), pend_err.eq(err_scale),
+                abort.eq(0),
+                ph.eq(_Phase.SX), rq_t.eq(0), rq_h.eq(0), rq_i.eq(0), rq_b.eq(0),
+                sx_ptr.eq(a.src_scale), tab_ptr.eq(a.table + tab_off),
+                src_ptr.eq(a.src),
+                grp.eq(0), hq.eq(0), k_out.eq(0), col_g.eq(0), col_full.eq(0),
+                ws.eq(_W.IDLE), w_t.eq(0), w_h.eq(0),
+                code_tok.eq(a.dst), code_ptr.eq(a.dst),
+                rec_tok.eq(a.dst_scale), rec_ptr.eq(a.dst_scale),
+            ]
         return m

@@ -1,5 +1,5 @@
 """SOFTMAX engine: causal integer softmax of attention logits (golden:
-``GoldenDevice._op_softmax`` -> ``golden.model.op_softmax`` -> ``golden.softmax.softmax_fx``
+``Executor._op_softmax`` -> ``golden.model.op_softmax`` -> ``golden.softmax.softmax_fx``
 with ``causal=True``).
 
 src int16 Q7.8 [heads, rows, keys] -> dst uint16 UQ0.16 [heads, rows, keys], both
@@ -7,10 +7,10 @@ contiguous: flattened row r = h*rows + t at ``src + 2*r*keys``. Query t sees key
 keys - rows + t (``golden.softmax.causal_mask``); masked entries are written 0. No data
 value can fail (every int16 is a valid logit): the only errors are argument errors.
 
-Checks, in the golden backend's order (two cycles, before any memory access): rows,
-heads >= 1 (BAD_DIM); rows <= keys <= ``SoftmaxConfig.max_len`` (BAD_DIM); the RTL limit
-keys <= ``max_len`` (BAD_DIM, below); src aligned to 2 (ALIGN), in range (ADDR_RANGE);
-dst aligned, in range.
+Checks: the SOFTMAX contract (``golden.isa.CONTRACTS``), in two cycles before any memory
+access: CHK_DIM its ``Dims`` (rows, heads >= 1; rows <= keys <= ``SoftmaxConfig.max_len``)
+and the RTL limit keys <= ``max_len`` (``LIMITS``; below); CHK_ADDR src, then dst,
+each aligned to 2, then in range.
 
 Micro-architecture
 ==================
@@ -48,7 +48,7 @@ Cycles
 ======
 The block takes ``row_cycles(n) = 2n + RF + 8`` cycles per group (``hw.softmax``; RF =
 recip_frac_bits = 16), the next group's reads overlapping the current group's
-reciprocal and output pass. With no memory stalls::
+reciprocal and output pass. With no memory stalls (``expected_cycles``)::
 
     cycles = 9 + latency + nl_first + nl_last + sum over groups of (2 n_g + RF + 8)
 
@@ -72,21 +72,34 @@ Differences from the golden backend
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal
-from amaranth.lib import wiring
 
-from golden.config import DatapathConfig
+from golden.config import DEFAULT, DatapathConfig
 from golden.softmax import PROB_BOUND_MAX_LEN
 from golden import isa
-from golden.isa import ErrorCode
+from golden.isa import ErrorCode, Opcode
 from hw.softmax import Softmax
 
-from .base import EngineSignature, misaligned, out_of_range
+from .base import Engine
 
 DEFAULT_LANES = 8
 DEFAULT_MAX_LEN = PROB_BOUND_MAX_LEN
 
 _ABITS = isa.ADDR_BITS + 1
 _RBITS = isa.HEADS_BITS + isa.ROWS_BITS      # flattened rows heads * rows
+
+
+def expected_cycles(heads: int, rows: int, keys: int, cfg: DatapathConfig = DEFAULT,
+                    lanes: int = DEFAULT_LANES, latency: int = 1) -> int:
+    """Cycles of one command without memory stalls (module docstring): per group of
+    ``lanes`` rows 2 n_g + RF + 8, plus the first group's reads and the last one's writes."""
+    rf = cfg.softmax.recip_frac_bits
+    n_rows = heads * rows
+    groups = []
+    for r0 in range(0, n_rows, lanes):
+        ts = [r % rows for r in range(r0, min(r0 + lanes, n_rows))]
+        groups.append((max(keys - rows + t + 1 for t in ts), len(ts)))
+    return (9 + latency + groups[0][1] + groups[-1][1]
+            + sum(2 * n + rf + 8 for n, _ in groups))
 
 
 class _Walker:
@@ -124,7 +137,10 @@ class _Walker:
         m.d.sync += [self.r0.eq(self.r0 + L), self.t0.eq(self.t_next)]
 
 
-class SoftmaxEngine(wiring.Component):
+class SoftmaxEngine(Engine):
+    OPCODE = Opcode.SOFTMAX
+    LIMITS = ("keys <= max_len",)               # the block's row buffer
+
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, lanes: int = DEFAULT_LANES,
                  max_len: int = DEFAULT_MAX_LEN):
         if dma_bytes < 4 or dma_bytes & (dma_bytes - 1):
@@ -137,10 +153,9 @@ class SoftmaxEngine(wiring.Component):
                 or not 1 <= max_len <= min(cfg.softmax.max_len, (1 << isa.ROWS_BITS) - 1):
             raise ValueError(f"max_len: expected an int in [1, {cfg.softmax.max_len}], "
                              f"got {max_len!r}")
-        self.cfg = cfg
         self.lanes = lanes
         self.max_len = max_len
-        super().__init__(EngineSignature(dma_bytes))
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
@@ -148,53 +163,26 @@ class SoftmaxEngine(wiring.Component):
         L = self.lanes
         EPC = W // 2                            # elements per chunk (one beat)
         sc = self.cfg.softmax
-        a = self.args.softmax
+        a = self.op_args
         m.submodules.block = blk = Softmax(sc, lanes=L, max_len=self.max_len)
 
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
         # ------------------------------------------------------------ checks
+        chk = self.checks(m, registered=True)
+        err_dims, err_tensors = chk.error(stop="src"), chk.error(start="src")
         R = Signal(_RBITS)                      # heads * rows
         row_bytes = Signal(isa.ROWS_BITS + 1)   # 2 * keys
-        span = Signal(_RBITS + isa.ROWS_BITS + 1)
         vis0 = Signal(isa.ROWS_BITS + 1)        # visible keys of query 0
         m.d.comb += [vis0.eq(a.keys - a.rows + 1), row_bytes.eq(a.keys * 2)]
-        keys_ok = a.keys <= sc.max_len if sc.max_len < (1 << isa.ROWS_BITS) else Const(1)
-        start_run = Signal()
         all_done = Signal()
 
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHK_DIM"
-            with m.State("CHK_DIM"):
-                with m.If((a.rows == 0) | (a.heads == 0)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif((a.rows > a.keys) | ~keys_ok):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(a.keys > self.max_len):             # RTL: the row buffer
-                    finish(ErrorCode.BAD_DIM)
-                with m.Else():
-                    m.d.sync += [R.eq(a.heads * a.rows), span.eq(a.heads * a.rows * row_bytes)]
-                    m.next = "CHK_ADDR"
-            with m.State("CHK_ADDR"):
-                lo, hi = self.mem_lo, self.mem_hi
-                with m.If(misaligned(a.src, 2)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.src, span, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.dst, 2)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.dst, span, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    m.d.comb += start_run.eq(1)
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHK_DIM", err_dims), ("CHK_ADDR", err_tensors))
             with m.State("RUN"):
                 with m.If(all_done):
-                    finish(ErrorCode.NONE)
+                    self.finish(m, ErrorCode.NONE)
+        with m.If(passed["CHK_DIM"]):
+            m.d.sync += R.eq(a.heads * a.rows)
+        start_run = passed["CHK_ADDR"]
 
         # ------------------------------------------------------------ chunk buffers
         ib = [[Signal(8 * W, name=f"ib{b}_{lane}") for lane in range(L)] for b in range(2)]
