@@ -46,7 +46,7 @@ bring both below 1e-3.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -128,7 +128,7 @@ def _kind(kind: str) -> str:
     return kind
 
 
-@lru_cache(maxsize=None)
+@cache
 def delta_lut(kind: str, cfg: ActivationConfig = DEFAULT.activation) -> np.ndarray:
     """T[i] = round_half_up(delta(i h) * 2^LF), i = 0..2^Lb (int64, read-only)."""
     n = 1 << cfg.lut_bits(_kind(kind))
@@ -203,9 +203,9 @@ def error_report(cfg=DEFAULT) -> list[dict]:
     u = rng.integers(-128, 128, size=4096, dtype=np.int64)
     g32 = rng.integers(-(1 << 31), 1 << 31, size=4096, dtype=np.int64)
     r2_err = max(
-        max(abs(int(v) - max(int(a), 0) ** 2) for a, v in zip(g32, relu2(g32.astype(np.int32)))),
+        max(abs(int(v) - max(int(a), 0) ** 2) for a, v in zip(g32, relu2(g32.astype(np.int32)), strict=False)),
         max(abs(int(v) - max(int(a), 0) ** 2 * int(b))
-            for a, b, v in zip(g, u, relu2_gated(g.astype(np.int8), u.astype(np.int8)))))
+            for a, b, v in zip(g, u, relu2_gated(g.astype(np.int8), u.astype(np.int8)), strict=False)))
     return [
         {"block": "activations", "quantity": "GELU abs error (I-BERT i-GELU: 1.8e-2)",
          "domain": rng_in, "bound": GELU_ABS_ERR, "measured": max_abs_error("gelu", x, ac)},

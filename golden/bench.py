@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Callable
 
 import numpy as np
 
@@ -52,13 +52,13 @@ def bench_tlmm():
         # [N, K] row-major: numpy's integer (non-BLAS) matmul is fastest with K contiguous
         x32, w32 = x.astype(np.int32), w.astype(np.int32)
         ref = x32 @ w32.T
-        t_np = best_time(lambda: x32 @ w32.T)
+        t_np = best_time(lambda x32=x32, w32=w32: x32 @ w32.T)
         macs = m * k * n
         for table in ("full", "mirrored"):
             cfg = replace(DEFAULT.tlmm, group=3, table=table)
             index, sign = _tlmm.encode_weights(w, cfg)
 
-            def run():
+            def run(x=x, cfg=cfg, index=index, sign=sign):
                 return _tlmm.lookup_accumulate(_tlmm.build_tables(x, cfg), index, sign, cfg)
 
             if not np.array_equal(run(), ref):
@@ -75,8 +75,8 @@ SECTIONS: list[Callable[[], tuple[str, tuple, list]]] = [bench_tlmm]
 
 # --------------------------------------------------------------------------- driver
 def format_table(title: str, header: tuple, rows: list) -> str:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths, strict=False))  # noqa: E731
     return "\n".join([f"== {title}", line(header), line(["-" * w for w in widths])]
                      + [line(r) for r in rows])
 

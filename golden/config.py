@@ -422,7 +422,7 @@ class ADCDeviceConfig:
                 and self.sigma_offset == 0)
 
     @classmethod
-    def rram_typical(cls, seed: int = 0) -> "ADCDeviceConfig":
+    def rram_typical(cls, seed: int = 0) -> ADCDeviceConfig:
         """An illustrative RRAM operating point (write-verified cells), not a measured one."""
         return cls(seed=seed, sigma_prog=0.05, stuck_off_prob=0.01, sigma_read=0.005,
                    sigma_offset=0.002)
@@ -505,7 +505,7 @@ class DatapathConfig:
     adc: ADCConfig = field(default_factory=ADCConfig)
     forward: ForwardConfig = field(default_factory=ForwardConfig)
 
-    def with_(self, **sections) -> "DatapathConfig":
+    def with_(self, **sections) -> DatapathConfig:
         return replace(self, **sections)
 
 
@@ -576,7 +576,7 @@ class AccelConfig:
         """DRAM bandwidth in bytes per cycle of the target clock."""
         return self.dram_gbs * 1e3 / self.clock_mhz
 
-    def with_(self, **fields) -> "AccelConfig":
+    def with_(self, **fields) -> AccelConfig:
         return replace(self, **fields)
 
     def digest(self) -> int:

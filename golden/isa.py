@@ -455,7 +455,7 @@ for _op, _items in CONTRACTS.items():
         assert ARGS[_op][_f].shape == _A, f"{_op.name}.{_f}: not an address field"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _code(expr: str):
     return compile(expr, f"<contract: {expr}>", "eval")
 
@@ -740,7 +740,7 @@ def pack_tlmm_weights(codes: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> np.n
     if codes.dtype != np.int8 or codes.ndim != 2:
         raise ValueError(f"codes: expected a 2-D int8 array, got {codes.dtype} {codes.shape}")
     n, k = codes.shape
-    g, t, q, cb = cfg.group, cfg.tables, cfg.replicas, cfg.code_bits
+    t, q, cb = cfg.tables, cfg.replicas, cfg.code_bits
     nb, kc = tlmm_blocks(n, cfg), tlmm_chunks(k, cfg)
     grp = _gtlmm.join_codes(*_gtlmm.encode_weights(codes, cfg), cfg).astype(np.int64)  # [n, ceil(k/G)]
     full = np.full((nb * q, kc * t), _zero_code(cfg), dtype=np.int64)

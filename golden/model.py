@@ -175,14 +175,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
 
-from .config import DEFAULT, DatapathConfig, RequantConfig
-from .fixed import bit_length as _bit_length, rhu as _rhu
-from .modelspec import ATTN_PROJ, LAYER_NORMS, MLP_PROJ, Model
 from . import activations as _act
 from . import quant as _quant
 from . import requant as _requant
@@ -190,6 +187,10 @@ from . import rmsnorm as _rmsnorm
 from . import rope as _rope
 from . import softmax as _softmax
 from . import tlmm as _tlmm
+from .config import DEFAULT, DatapathConfig, RequantConfig
+from .fixed import bit_length as _bit_length
+from .fixed import rhu as _rhu
+from .modelspec import ATTN_PROJ, LAYER_NORMS, MLP_PROJ, Model
 
 MODES = ("reference", "integer")
 # hardware approximations that reference mode can switch on one by one (module doc)
@@ -275,7 +276,7 @@ def _shift_scale(sc: Scale, d) -> Scale:
     return Scale(sc.mant, np.where(np.asarray(sc.mant) == 0, 0, np.asarray(sc.shift) + d))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rq_cfg(base: RequantConfig, out_bits: int) -> RequantConfig:
     return replace(base, out_bits=out_bits)
 
@@ -1034,7 +1035,7 @@ def error_report(cfg=DEFAULT) -> list[dict]:
     shift = rng.integers(-40, 80, 4000)
     got = requant(acc, Scale(mant, shift), 0, 32, cfg.requant).astype(np.int64)
     req_err = 0
-    for a_, m_, s_, g_ in zip(acc.tolist(), mant.tolist(), shift.tolist(), got.tolist()):
+    for a_, m_, s_, g_ in zip(acc.tolist(), mant.tolist(), shift.tolist(), got.tolist(), strict=False):
         v_ = a_ * m_
         want = v_ << -s_ if s_ <= 0 else (v_ + (1 << (s_ - 1))) >> s_
         want = min(max(want, -(1 << 31)), (1 << 31) - 1)

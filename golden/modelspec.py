@@ -56,7 +56,7 @@ class ModelConfig:
             raise ValueError(f"head_dim: RoPE needs an even head_dim, got {self.head_dim}")
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> "ModelConfig":
+    def from_hf(cls, cfg: dict) -> ModelConfig:
         """From a parsed config.json; unknown keys are ignored, missing required ones named."""
         names = {f.name for f in fields(cls)}
         kw = {k: cfg[k] for k in names if k in cfg and cfg[k] is not None}

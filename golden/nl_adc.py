@@ -122,12 +122,12 @@ Inputs and thresholds are signed ``threshold_bits``-bit fixed point with
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import ADCConfig, ADCDeviceConfig, DatapathConfig, DEFAULT
+from .config import DEFAULT, ADCConfig, ADCDeviceConfig, DatapathConfig
 
 # ----------------------------------------------------------------------------- bounds
 HALF_LSB = 0.5                  # ideal quantization error bound, in LSB
@@ -687,7 +687,7 @@ def _segment_shifts(err: np.ndarray, weight: np.ndarray, starts: np.ndarray) -> 
     """Per segment, the shift D minimizing Σ w (e + D)^2 over its thresholds."""
     bounds = np.append(starts, err.size)
     return np.array([-np.sum(weight[s:e] * err[s:e]) / np.sum(weight[s:e])
-                     for s, e in zip(bounds[:-1], bounds[1:])])
+                     for s, e in zip(bounds[:-1], bounds[1:], strict=False)])
 
 
 def calibrate(device: NLADCDevice) -> NLADCDevice:

@@ -20,7 +20,8 @@ import math
 import numbers
 import sys
 import traceback
-from typing import IO, Iterable
+from collections.abc import Iterable
+from typing import IO
 
 from .config import DEFAULT, DatapathConfig
 
@@ -93,7 +94,10 @@ def _cell(value) -> str:
 def render(rows: list[dict], notes: list[str], out: IO[str]) -> None:
     table = [[_cell(r[k]) for k in _KEYS] + ["OK" if passes(r) else "FAIL"] for r in rows]
     widths = [max([len(c)] + [len(t[i]) for t in table]) for i, c in enumerate(COLUMNS)]
-    line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    def line(cells):
+        return " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
     print(line(COLUMNS), file=out)
     print("-+-".join("-" * w for w in widths), file=out)
     for t in table:

@@ -140,7 +140,7 @@ def error_report(cfg=DEFAULT) -> list[dict]:
         shift = int(rng.integers(0, rc.shift_max + 1))
         acc = np.concatenate([rng.integers(lo, hi + 1, size=6), [lo, hi, 0, -1, 1]])
         y = requantize(acc, mult, shift, rc)
-        for a, v in zip(acc, y):
+        for a, v in zip(acc, y, strict=False):
             exact_err = max(exact_err, abs(int(v) - requantize_exact(int(a), mult, shift, rc)))
 
     # multiplier relative error and requant vs real scale (exact integer arithmetic)

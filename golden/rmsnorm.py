@@ -76,12 +76,12 @@ scale_shift = 0. S' = 0 (x = 0 and eps_term = 0) is only possible in that case.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
-from .fixed import bit_length as _bit_length
 from .config import DEFAULT, NormConfig, QuantConfig
+from .fixed import bit_length as _bit_length
 from .quant import hw_act_quant
 
 # Max relative error of rsqrt_fx vs 1/sqrt(S') over every S' in [1, 2^62] (default config).
@@ -115,7 +115,7 @@ def _round_shift(v: np.ndarray, s: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- constants
-@lru_cache(maxsize=None)
+@cache
 def rsqrt_lut(cfg: NormConfig = DEFAULT.norm) -> np.ndarray:
     """The 2^L-entry rsqrt seed table (UQ1.F, int64); entry addr = parity << (L-1) | j."""
     half = 1 << (cfg.rsqrt_lut_bits - 1)

@@ -30,7 +30,7 @@ inputs this is <= ``INT8_ERR_LSB`` = 0.5 + 2^8 * 2^-(T+1) = 0.5078 LSB.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -58,7 +58,7 @@ def inv_freq(head_dim: int, cfg: RopeConfig = DEFAULT.rope) -> np.ndarray:
     return cfg.theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
 
 
-@lru_cache(maxsize=None)
+@cache
 def rope_tables(head_dim: int, cfg: RopeConfig = DEFAULT.rope) -> tuple[np.ndarray, np.ndarray]:
     """(cos_q, sin_q): int16 Q1.T, shape (max_pos, head_dim/2), read-only."""
     ang = np.arange(cfg.max_pos, dtype=np.float64)[:, None] * inv_freq(head_dim, cfg)[None, :]

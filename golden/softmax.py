@@ -90,13 +90,13 @@ bit-equal to ``softmax_online_seq``.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
+from .config import DEFAULT, SoftmaxConfig
 from .fixed import bit_length as _bit_length
 from .fixed import rhu
-from .config import DEFAULT, SoftmaxConfig
 
 # Max relative error of exp_fx (mant * 2^-(E+n)) vs exp(z) at every representable z <= 0.
 EXP_REL_ERR = 2.0e-4
@@ -121,7 +121,7 @@ def log2e_fx(cfg: SoftmaxConfig = DEFAULT.softmax) -> int:
     return math.floor(math.log2(math.e) * 2 ** cfg.log2e_frac_bits + 0.5)
 
 
-@lru_cache(maxsize=None)
+@cache
 def exp_lut(cfg: SoftmaxConfig = DEFAULT.softmax) -> np.ndarray:
     """T[i] = round_half_up(2^E * 2^(-i/2^Lb)), i = 0..2^Lb (UQ1.E, int64, read-only)."""
     n = 1 << cfg.exp_lut_bits

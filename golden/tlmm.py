@@ -44,7 +44,7 @@ speed choice only: integer sums are exact, so the result is the same either way.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -73,7 +73,7 @@ def center(cfg: TLMMConfig = DEFAULT.tlmm) -> int:
     return (cfg.full_entries - 1) // 2
 
 
-@lru_cache(maxsize=None)
+@cache
 def _patterns(group: int, table: str) -> np.ndarray:
     full = 3 ** group
     j = np.arange(full)

@@ -16,7 +16,6 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from host.data import DEFAULT_MODEL  # noqa: E402
-
 from host.perf_model import BANDWIDTH_BPS, CLOCK_HZ  # noqa: E402  (TeLLMe v2's KV260 point)
 
 

@@ -55,8 +55,15 @@ import os
 
 import numpy as np
 
-from golden.modelspec import (ATTN_PROJ, MLP_PROJ, LayerWeights, Model, ModelConfig,
-                              ModelWeights, TernaryWeight)
+from golden.modelspec import (
+    ATTN_PROJ,
+    MLP_PROJ,
+    LayerWeights,
+    Model,
+    ModelConfig,
+    ModelWeights,
+    TernaryWeight,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -232,6 +239,7 @@ def _online_ternary(w: np.ndarray) -> TernaryWeight:
 def _offline_ternary(src: _TensorSource, prefix: str, shape: tuple[int, int],
                      linear_class: str) -> TernaryWeight:
     import torch
+
     from golden.packing import unpack_hf
 
     wname, sname = prefix + ".weight", prefix + ".weight_scale"

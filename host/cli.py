@@ -60,7 +60,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from golden.model import MODES  # noqa: E402
 from host.backends import BACKENDS  # noqa: E402
 from host.data import DEFAULT_MODEL  # noqa: E402
-from host.usage import Parser as _Parser, UsageError as _UsageError, run_main  # noqa: E402
+from host.usage import Parser as _Parser  # noqa: E402
+from host.usage import UsageError as _UsageError
+from host.usage import run_main
 
 DEFAULT_PROMPT = "ROMEO:"
 DEFAULT_CLOCK_MHZ = 250.0

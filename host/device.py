@@ -84,7 +84,7 @@ class DeviceError(RuntimeError):
         super().__init__(msg + (f": {detail}" if detail else ""))
 
     @classmethod
-    def from_status(cls, st: Status) -> "DeviceError":
+    def from_status(cls, st: Status) -> DeviceError:
         return cls(st.error, st.err_op, st.err_opcode, st.detail)
 
 
@@ -217,7 +217,7 @@ class Device(abc.ABC):
     @abc.abstractmethod
     def reset(self) -> None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract: most have nothing
         """Release backend resources (processes, handles); the default has none."""
 
     # helpers for subclasses

@@ -70,8 +70,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from golden.modelspec import (ATTN_PROJ, MLP_PROJ, LayerWeights, Model, ModelConfig,
-                              ModelWeights, TernaryWeight)
+from golden.modelspec import (
+    ATTN_PROJ,
+    MLP_PROJ,
+    LayerWeights,
+    Model,
+    ModelConfig,
+    ModelWeights,
+    TernaryWeight,
+)
 
 GGUF_MAGIC = b"GGUF"
 ARCHITECTURES = {"bitnet": "silu", "bitnet-b1.58": "relu2", "bitnet-25": "relu2"}
@@ -442,7 +449,7 @@ class GGUFFile:
             raise ValueError(f"{self.path}: tensor {name!r}: its blocks carry different "
                              f"scales ({float(mags.min()):g} .. {float(mags.max()):g}); the "
                              f"accelerator needs one scale per tensor")
-        from golden.quant import weight_quant   # latent float weights: absmean, as transformers
+        from golden.quant import weight_quant  # latent float weights: absmean, as transformers
 
         codes, inv = weight_quant(w)
         return weight(codes, mult / float(inv))
@@ -504,7 +511,9 @@ class GGUFFile:
         K = _g().Keys.Tokenizer
         try:
             from transformers.integrations.gguf.gguf_tokenizer_mapping import (
-                convert_gguf_tokenizer, get_gguf_tokenizer)
+                convert_gguf_tokenizer,
+                get_gguf_tokenizer,
+            )
         except ImportError:
             if model != "gpt2":
                 raise ValueError(f"{where}: {K.MODEL} {model!r} without {K.HF_JSON} needs "
@@ -588,7 +597,7 @@ def _tokenizer_metadata(w, tok, hf_json: bool) -> None:
         w.add_token_scores([-float(rank.get(t, 0)) for t in tokens])   # merge priority
         w.add_token_merges(merges)
         types = [g.TokenType.BYTE if len(t) == 6 and t.startswith("<0x") and t.endswith(">")
-                 and ty == g.TokenType.NORMAL else ty for t, ty in zip(tokens, types)]
+                 and ty == g.TokenType.NORMAL else ty for t, ty in zip(tokens, types, strict=False)]
     elif mtype == "WordPiece":
         w.add_tokenizer_model("bert")
     elif mtype == "Unigram":

@@ -50,8 +50,8 @@ DEFAULT_CONTEXTS = (128, 2048)        # decode positions modeled by default (key
 
 def roofline_bytes(mc: ModelConfig, context: int, cfg=None) -> dict:
     """Bytes per decoded token at ``context`` keys that must cross the memory bus."""
-    from golden.config import DEFAULT
     from golden import isa
+    from golden.config import DEFAULT
 
     tc = (cfg or DEFAULT).tlmm
     h, i, hd = mc.hidden_size, mc.intermediate_size, mc.head_dim
@@ -90,9 +90,9 @@ def measure(mc: ModelConfig = BITNET_073B, context: int = DEFAULT_CONTEXTS[0],
             clock_hz: float = CLOCK_HZ, bandwidth_bps: float = BANDWIDTH_BPS,
             latency: int = LATENCY_CYCLES, seed: int = 0, progress=print) -> dict:
     """Simulate one full-size layer's decode step; cycles per op and the modeled token."""
-    from golden.model import random_model
     from golden import isa
     from golden.isa import Opcode
+    from golden.model import random_model
     from host.runtime import make_runtime
 
     if not 1 <= context <= mc.max_position_embeddings:

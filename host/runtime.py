@@ -45,13 +45,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from golden import isa
+from golden.isa import ActKind, Opcode, command
 from golden.model import IntegerModel, Scale, check_tokens, compile_integer
 from golden.modelspec import ATTN_PROJ, LAYER_NORMS, MLP_PROJ, Model
 from golden.rmsnorm import norm_constants
 from golden.rope import rope_tables
 from host.device import Device
-from golden import isa
-from golden.isa import ActKind, Opcode, command
 
 DEFAULT_MAX_CHUNK = 64        # tokens per stream (golden.model.ATTN_QUERY_BLOCK)
 DEFAULT_TIMEOUT_S = 120.0
@@ -105,7 +105,7 @@ class DeviceKVCache:
 
     _ids = itertools.count()
 
-    def __init__(self, runtime: "Runtime"):
+    def __init__(self, runtime: Runtime):
         self.runtime, self.length, self.id = runtime, 0, next(self._ids)
         self.capacity = runtime.config.max_position_embeddings
 

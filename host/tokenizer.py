@@ -165,7 +165,7 @@ class Tokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         return self.tk.decode(self._check_ids(ids), skip_special_tokens=skip_special_tokens)
 
-    def stream(self) -> "StreamDecoder":
+    def stream(self) -> StreamDecoder:
         return StreamDecoder(self)
 
     # ------------------------------------------------------------------ files
@@ -202,12 +202,12 @@ class Tokenizer:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+    def load(cls, path: str | os.PathLike) -> Tokenizer:
         return load_tokenizer(path)
 
     @classmethod
     def from_json(cls, text: str, path: str = "<tokenizer>", eos_ids: Iterable[int] = (),
-                  bos_id: int | None = None, add_bos: bool | None = None) -> "Tokenizer":
+                  bos_id: int | None = None, add_bos: bool | None = None) -> Tokenizer:
         """From the text of a tokenizer.json (either format)."""
         tk = _parse_tokenizer_json(text, path)
         if isinstance(tk, CharTokenizer):            # the legacy format
@@ -240,7 +240,7 @@ class CharTokenizer(Tokenizer):
         self._vocab = vocab
 
     @classmethod
-    def from_text(cls, text: str) -> "CharTokenizer":
+    def from_text(cls, text: str) -> CharTokenizer:
         """The vocabulary of a corpus: its sorted set of characters."""
         if not isinstance(text, str) or not text:
             raise ValueError("text: expected a non-empty str")

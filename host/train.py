@@ -44,8 +44,15 @@ import torch  # noqa: E402
 import torch.nn as nn
 import torch.nn.functional as F
 
-from golden.modelspec import (ATTN_PROJ, MLP_PROJ, LayerWeights, Model, ModelConfig,
-                              ModelWeights, TernaryWeight)
+from golden.modelspec import (
+    ATTN_PROJ,
+    MLP_PROJ,
+    LayerWeights,
+    Model,
+    ModelConfig,
+    ModelWeights,
+    TernaryWeight,
+)
 from host.data import DEFAULT_CORPUS, read_corpus, split
 from host.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 
@@ -231,7 +238,7 @@ class BitNetLM(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("rope_cos", emb.cos(), persistent=False)
         self.register_buffer("rope_sin", emb.sin(), persistent=False)
-        for name, p in self.named_parameters():
+        for p in self.parameters():
             if p.ndim == 2:
                 nn.init.normal_(p, mean=0.0, std=init_std)
 

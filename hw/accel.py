@@ -56,10 +56,10 @@ from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, Mux, Reset
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.config import DEFAULT, DatapathConfig
 from golden import isa
-from hw.csr import CSR_ADDR_BITS, CSRBlock
+from golden.config import DEFAULT, DatapathConfig
 from golden.isa import ErrorCode, Opcode
+from hw.csr import CSR_ADDR_BITS, CSRBlock
 from hw.tlmm import DEFAULT_MAX_K
 
 # opcode -> "module:class" of its engine (hw/ops/); END and NOP are the processor's own

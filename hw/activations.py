@@ -153,7 +153,7 @@ class LutActivation(wiring.Component):
             a = Signal(unsigned(cfg.in_bits), name=f"abs{lane}")   # |-2^(b-1)| fits b bits
             m.d.comb += a.eq(Mux(x < 0, -x, x))
             addr, inside, pos = [], [], []
-            for kind, off, sg in zip(self.kinds, offsets, shifts):
+            for kind, off, sg in zip(self.kinds, offsets, shifts, strict=False):
                 seg = a >> sg
                 inside.append(seg < (1 << cfg.lut_bits(kind)))
                 addr.append(off + seg[:cfg.lut_bits(kind)])

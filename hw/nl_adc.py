@@ -159,7 +159,7 @@ class NLADC(wiring.Component):
             with m.If(phase == 0):
                 m.d.sync += [c.eq(0) for c in codes]
             with m.Else():
-                m.d.sync += [c.eq(s) for c, s in zip(codes, step)]
+                m.d.sync += [c.eq(s) for c, s in zip(codes, step, strict=False)]
 
         with m.If(self.out.valid & self.out.ready):
             m.d.sync += self.out.valid.eq(0)

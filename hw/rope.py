@@ -101,7 +101,7 @@ class RoPE(wiring.Component):
         cos_u = (cos_q.astype(np.int64) & mask).reshape(self.cfg.max_pos * C, L)
         sin_u = (sin_q.astype(np.int64) & mask).reshape(self.cfg.max_pos * C, L)
         words = []
-        for cs, sn in zip(cos_u.tolist(), sin_u.tolist()):
+        for cs, sn in zip(cos_u.tolist(), sin_u.tolist(), strict=False):
             w = 0
             for lane in range(L - 1, -1, -1):
                 w = (w << (2 * TABLE_BITS)) | (sn[lane] << TABLE_BITS) | cs[lane]

@@ -199,7 +199,7 @@ class Softmax(wiring.Component):
         s4 = stage(s3, "s4")
         s5 = stage(s4, "s5")
 
-        sums, recips, shift_bases, s_ms, rems, quots, bls = [], [], [], [], [], [], []
+        sums, recips, shift_bases = [], [], []
         p_values = []
         for lane in range(L):
             x0 = Mux(rd_valid, br.data[lane].x, self.x.payload.data[lane])

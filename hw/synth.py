@@ -36,7 +36,6 @@ from pathlib import Path
 from amaranth import Cat, Elaboratable, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 
-
 from hw.verilog import export_verilog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -270,11 +269,11 @@ def print_table(results: dict[str, dict]) -> None:
                      f"{fmax:.1f}" if fmax else ("P&R failed" if e.get("pnr_error") else "-"),
                      f"{r.get('time_s', 0):.0f}"])
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=False)))
     print(line)
     print("-" * len(line))
     for row in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=False))))
     for name, r in results.items():
         for key in ("xcup_error", "ecp5_error"):
             if r.get(key):

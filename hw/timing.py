@@ -232,8 +232,8 @@ def logic_depth(netlist: str | Path | dict, top: str | None = None,
     # a combinational DSP must be registered around: inputs straight from registers,
     # outputs into registers only
     loads: dict[int, list[str]] = {}
-    for name, c in cells.items():
-        for port, b in cell_inputs(name):
+    for name in cells:
+        for _, b in cell_inputs(name):
             loads.setdefault(b, []).append(name)
     for name, c in cells.items():
         if kind[name] != "dsp_comb":

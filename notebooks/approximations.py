@@ -97,7 +97,7 @@ for n in lengths:
     if n == 256:
         p_all, e_all = ref.ravel(), err.ravel()
 measured["softmax (abs)"] = (max(sm_max), gsm.PROB_ABS_ERR)
-print("softmax max abs err per length:", dict(zip(lengths, [f"{v:.2e}" for v in sm_max])))
+print("softmax max abs err per length:", dict(zip(lengths, [f"{v:.2e}" for v in sm_max], strict=False)))
 print(f"bound PROB_ABS_ERR {gsm.PROB_ABS_ERR} (one UQ0.16 LSB = {2.0 ** -SC.out_bits:.2e})")
 assert max(sm_max) <= gsm.PROB_ABS_ERR
 
@@ -235,7 +235,7 @@ ax.set_ylabel("bpc - float reference bpc")
 ax.set_title(f"held-out loss change per approximation (reference {bpc_ref:.4f} bpc)")
 plt.setp(ax.get_xticklabels(), rotation=20)
 savefig(fig, "ablation")
-for n, d_, e_ in zip(names, delta, se):
+for n, d_, e_ in zip(names, delta, se, strict=False):
     print(f"  {n:14s} {d_:+.5f} +- {e_:.5f} bpc")
 
 # %% [markdown]

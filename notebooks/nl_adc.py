@@ -125,8 +125,7 @@ for sg in sigmas:
           f"p90 {r['p90'][0]:.3f} -> {r['p90'][1]:.3f} LSB")
 
 fig, ax = plt.subplots(figsize=(7, 4))
-for idx, (key, label) in enumerate((("uncalibrated", "uncalibrated"),
-                                    ("calibrated", "bias-cell calibrated"))):
+for key, label in (("uncalibrated", "uncalibrated"), ("calibrated", "bias-cell calibrated")):
     m = [sweep[s][key].mean() for s in sigmas]
     lo = [np.percentile(sweep[s][key], 10) for s in sigmas]
     hi = [np.percentile(sweep[s][key], 90) for s in sigmas]
@@ -226,14 +225,17 @@ for bits in BITS:
     devs = [na.sample_device(dsg, DEVICE, seed=(SEED, bits, li)) for li in range(mc.num_hidden_layers)]
     cals = [na.calibrate(d) for d in devs]
     levels = (1 << bits) - 1
-    linear = lambda u: np.square(np.maximum(np.round(np.clip(u, -1, 1) * levels / 2) * 2 / levels, 0))
+
+    def linear(u, levels=levels):
+        return np.square(np.maximum(np.round(np.clip(u, -1, 1) * levels / 2) * 2 / levels, 0))
+
     n_l = mc.num_hidden_layers
     hooks = dict(zip(VARIANTS, (
         adc_hook([dsg.convert] * n_l, check),
         adc_hook([zero_decode(dsg)] * n_l),
         adc_hook([zero_decode(d) for d in devs]),
         adc_hook([zero_decode(d) for d in cals]),
-        adc_hook([linear] * n_l))))
+        adc_hook([linear] * n_l)), strict=False))
     t = time.time()
     for name, hook in hooks.items():
         results[name].append(lib.score(gmodel.GoldenModel(model, "reference", act_hook=hook),

@@ -77,7 +77,7 @@ fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4))
 labels = [f"L{li}.{n.replace('_proj', '')}" for li in range(L) for n in PROJ]
 x = np.arange(len(labels))
 bottom = np.zeros(len(labels))
-for v, color in zip(range(3), ("tab:blue", "lightgray", "tab:red")):
+for v, color in zip(range(3), ("tab:blue", "lightgray", "tab:red"), strict=False):
     vals = frac[:, :, v].ravel()
     ax.bar(x, vals, bottom=bottom, color=color, label=("-1", "0", "+1")[v])
     bottom += vals

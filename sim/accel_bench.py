@@ -14,16 +14,23 @@ from __future__ import annotations
 
 from collections import deque
 
+import cocotb
 import numpy as np
 
-import cocotb
-
+from golden import isa
 from golden import tlmm as golden
 from golden.config import DEFAULT
-from golden import isa
-from hw.accel import dma_bytes_for
-from hw.csr import CSR, CTRL_CODE_SHIFT, CTRL_HOST_ERROR, CTRL_RESET, CTRL_RESUME, CTRL_START, STATUS
 from golden.isa import ErrorCode, Opcode, command
+from hw.accel import dma_bytes_for
+from hw.csr import (
+    CSR,
+    CTRL_CODE_SHIFT,
+    CTRL_HOST_ERROR,
+    CTRL_RESET,
+    CTRL_RESUME,
+    CTRL_START,
+    STATUS,
+)
 from sim.streams import CLOCK_NS, bench_params, bench_rng, record
 
 P = bench_params()
@@ -182,7 +189,7 @@ async def test_tlmm_ops(dut):
     await b.start()
     GT = CFG.tlmm.group * CFG.tlmm.tables
     ops = []
-    for i in range(N_OPS):
+    for _ in range(N_OPS):
         rows = int(rng.integers(1, 4))
         k = int(rng.integers(1, 3 * GT))
         n = int(rng.integers(1, 4 * CFG.tlmm.replicas + 3))

@@ -16,17 +16,16 @@ Parameters (``sim.streams.bench_params``): ``stall``, ``max_latency``, ``hidden`
 """
 from __future__ import annotations
 
+import cocotb
 import numpy as np
 
-import cocotb
-
+from golden import isa
 from golden.config import DEFAULT
+from golden.isa import ErrorCode, Opcode, command
 from golden.model import random_model
 from golden.modelspec import ModelConfig
 from host.backends.golden import GoldenDevice
 from host.runtime import Runtime
-from golden import isa
-from golden.isa import ErrorCode, Opcode, command
 from hw.csr import CSR, CTRL_RESET
 from sim.accel_bench import Bench
 from sim.streams import bench_params, bench_rng, record

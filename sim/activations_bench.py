@@ -9,9 +9,8 @@ kinds gets vectors of both, the kind chosen per vector.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import activations as golden
 from golden.config import ActivationConfig
@@ -95,9 +94,9 @@ def sweep(rng) -> dict:
         grids = np.meshgrid(*cs, indexing="ij")
         cols = [np.concatenate([g.reshape(-1), rng.integers(*_rng_range(b), size=N_RANDOM,
                                                              endpoint=True)])
-                for g, b in zip(grids, FIELDS.values())]
+                for g, b in zip(grids, FIELDS.values(), strict=False)]
     order = rng.permutation(cols[0].size)
-    return {k: c[order].astype(np.int64) for k, c in zip(names, cols)}
+    return {k: c[order].astype(np.int64) for k, c in zip(names, cols, strict=False)}
 
 
 def random_inputs(rng, n: int) -> dict:

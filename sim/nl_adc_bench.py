@@ -9,14 +9,20 @@ its neighbours, the ends of the input range, zero).
 """
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import nl_adc as golden
 from golden.config import ADCConfig, ADCDeviceConfig
-from hw.nl_adc import (cycles_per_conversion, expected_cycles, out_layout, wr_beats, wr_layout,
-                       x_beats, x_layout)
+from hw.nl_adc import (
+    cycles_per_conversion,
+    expected_cycles,
+    out_layout,
+    wr_beats,
+    wr_layout,
+    x_beats,
+    x_layout,
+)
 from sim import streams
 from sim.streams import bench_params, bench_seed, pack, record, unpack
 
@@ -172,7 +178,7 @@ async def test_device_tables(dut):
     vals = b.rng.integers(LO, HI + 1, size=addrs.size)
     new = last.values.copy()
     new[addrs] = vals
-    b.wr.extend(pack(WR_L, {"addr": int(a), "data": int(v)}) for a, v in zip(addrs, vals))
+    b.wr.extend(pack(WR_L, {"addr": int(a), "data": int(v)}) for a, v in zip(addrs, vals, strict=False))
     await b.h.run_until(lambda: b.wr.idle, 1000, "partial reprogram")
     table = Table(new, f"random with entries {addrs.tolist()} rewritten")
     await b.convert(table, inputs_for(table, b.rng, beats * CFG.lanes), "test_device_tables[partial]")

@@ -208,7 +208,7 @@ def check_ops(engine, cases, *, seed: int = 0, stall=STALLS, max_latency: int = 
                         max_outstanding, gap=gap))
         wants.append((want, err if expect is None else expect, expect is not None))
     results = run_engine(engine, jobs, seed=int(rng.integers(1 << 30)))
-    for job, (want, want_err, limit), res in zip(jobs, wants, results):
+    for job, (want, want_err, limit), res in zip(jobs, wants, results, strict=False):
         _compare(job.args, res, job.mem, want, want_err)
         if limit:
             assert res["reads"] == 0 and res["writes"] == 0, \
@@ -224,7 +224,7 @@ def check_errors(engine, gd: GoldenDevice, cmd: isa.Command, cases, *, seed: int
     expected code, and nothing is written before an argument error."""
     variants = [(gd, isa.command(cmd.op, **{**cmd.args, **change}), None) for change, _ in cases]
     results = check_ops(engine, variants, seed=seed, stall=stall, **kw)
-    for (change, code), res in zip(cases, results):
+    for (change, code), res in zip(cases, results, strict=False):
         assert res["error"] == code, f"{cmd.op.name} {change}: {res['error'].name}, expected {code.name}"
         if code in ARG_ERRORS:
             assert res["bytes_written"] == 0, f"{cmd.op.name} {change}: wrote before failing"

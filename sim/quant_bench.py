@@ -4,9 +4,8 @@ Parameters: ``cfg`` (QuantConfig fields), ``lanes``, ``max_len``, ``stall``.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import quant as golden
 from golden.config import QuantConfig

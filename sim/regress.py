@@ -95,11 +95,11 @@ def print_table(rows: list[dict]) -> None:
                      f"{sum(r['wall_s'] for r in rows):.1f}",
                      f"{sum(r['build_s'] for r in rows):.1f}"))
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))
+    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths, strict=False)))
     print(line)
     print("-" * len(line))
     for b in body:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))))
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths, strict=False))))
 
 
 def main(argv: list[str] | None = None) -> int:

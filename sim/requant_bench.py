@@ -4,9 +4,8 @@ Parameters: ``cfg`` (RequantConfig fields), ``lanes``, ``stall``.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import requant as golden
 from golden.config import RequantConfig

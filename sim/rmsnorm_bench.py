@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import rmsnorm as golden
 from golden.config import NormConfig, QuantConfig

@@ -8,9 +8,8 @@ magnitudes plus extremes that saturate where ``out_bits`` allows.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import rope as golden
 from golden.config import RopeConfig

@@ -8,9 +8,8 @@ causal (``golden.softmax.causal_mask``) or whole lanes off.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import softmax as golden
 from golden.config import SoftmaxConfig

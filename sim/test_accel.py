@@ -5,8 +5,8 @@ of the failing command, the host-op handshake, and the one-beat-per-cycle throug
 from dataclasses import asdict
 
 from golden.config import DEFAULT
-from hw.accel import Accel
 from golden.isa import Opcode
+from hw.accel import Accel
 from hw.tlmm import DEFAULT_MAX_K
 from sim.runner import run_bench
 

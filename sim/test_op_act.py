@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from golden import isa
 from golden.config import DEFAULT
+from golden.isa import ActKind, ErrorCode, Opcode
 from host.backends.golden import GoldenDevice
 from host.device import DeviceError
-from golden import isa
 from hw.accel import dma_bytes_for
-from golden.isa import ActKind, ErrorCode, Opcode
 from hw.ops.act import ActEngine, expected_cycles
 from sim.op_bench import Job, check_arg_errors, check_op, put, run_engine
 

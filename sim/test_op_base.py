@@ -5,8 +5,10 @@ from amaranth import Module, Signal, signed
 from amaranth.sim import Simulator
 
 from golden.config import DEFAULT
-from golden.model import Scale, requant as g_requant, scale_mul as g_scale_mul, \
-    scale_of_int as g_scale_of_int
+from golden.model import Scale
+from golden.model import requant as g_requant
+from golden.model import scale_mul as g_scale_mul
+from golden.model import scale_of_int as g_scale_of_int
 from hw.ops.base import requant, scale_mul, scale_of_int
 
 B = DEFAULT.requant.mult_bits

@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from golden.config import DEFAULT
-from host.backends.golden import GoldenDevice
 from golden import isa
-from hw.accel import dma_bytes_for
+from golden.config import DEFAULT
 from golden.isa import ErrorCode, Opcode
+from host.backends.golden import GoldenDevice
+from hw.accel import dma_bytes_for
 from hw.ops.embed import EmbedEngine, expected_cycles
 from sim.op_bench import check_arg_errors, check_op, put
 

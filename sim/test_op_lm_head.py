@@ -11,11 +11,11 @@ x-buffer limit (max_k) and every argument error.
 import numpy as np
 import pytest
 
-from golden.config import DEFAULT
-from host.backends.golden import GoldenDevice
 from golden import isa
-from hw.accel import dma_bytes_for
+from golden.config import DEFAULT
 from golden.isa import ErrorCode, Opcode
+from host.backends.golden import GoldenDevice
+from hw.accel import dma_bytes_for
 from hw.ops.lm_head import DEFAULT_MAX_K, LMHeadEngine, expected_cycles
 from sim.op_bench import arg_error_cases, check_errors, check_op, put
 
@@ -59,7 +59,7 @@ def test_random(rng, stall):
 
 def test_extremes_at_max_k(rng):
     """k = max_k (default): dot products of +-max_k * 2^14 and zero rows."""
-    k, n = DEFAULT_MAX_K, 4
+    k = DEFAULT_MAX_K
     x = np.full((1, k), -128, np.int8)
     w = np.stack([np.full(k, -128), np.full(k, 127), np.zeros(k), _int8(rng, k)]).astype(np.int8)
     want = x.astype(np.int64) @ w.astype(np.int64).T

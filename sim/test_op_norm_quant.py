@@ -18,15 +18,23 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from golden import isa
 from golden.config import DEFAULT
+from golden.isa import ErrorCode, Opcode
 from golden.rmsnorm import norm_constants, random_rows, rmsnorm_quant
 from host.backends.golden import GoldenDevice
-from golden import isa
 from hw.accel import dma_bytes_for
-from golden.isa import ErrorCode, Opcode
 from hw.ops.norm_quant import DEFAULT_LANES, NormQuantEngine, expected_cycles
-from sim.op_bench import (STALLS, Job, arg_error_cases, check_errors, check_op, golden_run,
-                          put, run_engine)
+from sim.op_bench import (
+    STALLS,
+    Job,
+    arg_error_cases,
+    check_errors,
+    check_op,
+    golden_run,
+    put,
+    run_engine,
+)
 
 W = dma_bytes_for(DEFAULT)
 I32, I16 = np.iinfo(np.int32), np.iinfo(np.int16)

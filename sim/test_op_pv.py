@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from golden.config import DEFAULT
-from host.backends.golden import GoldenDevice
 from golden import isa
-from hw.accel import dma_bytes_for
+from golden.config import DEFAULT
 from golden.isa import ErrorCode, Opcode
+from host.backends.golden import GoldenDevice
+from hw.accel import dma_bytes_for
 from hw.ops.pv import PVEngine, expected_cycles
 from sim.op_bench import STALLS, arg_error_cases, check_errors, check_op, put
 

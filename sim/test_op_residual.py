@@ -10,12 +10,12 @@ in-place operation (dst == h, dst == acc) under heavy stalls.
 import numpy as np
 import pytest
 
+from golden import isa
 from golden.config import DEFAULT
+from golden.isa import ErrorCode, Opcode
 from golden.model import Scale, op_residual
 from host.backends.golden import GoldenDevice
-from golden import isa
 from hw.accel import dma_bytes_for
-from golden.isa import ErrorCode, Opcode
 from hw.ops.residual import ResidualEngine, expected_cycles
 from sim.op_bench import arg_error_cases, check_errors, check_op, put
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from golden import isa
 from golden.config import DEFAULT
+from golden.isa import ErrorCode, Opcode
 from golden.rope import rope_tables
 from host.backends.golden import GoldenDevice
-from golden import isa
 from hw.accel import dma_bytes_for
-from golden.isa import ErrorCode, Opcode
 from hw.ops.rope_quant import RopeQuantEngine, expected_cycles
 from sim.op_bench import ARG_ERRORS, STALLS, check_arg_errors, check_op, check_ops, put
 
@@ -140,7 +140,7 @@ def test_random_shapes(rng):
         gd, cmd = _case(rng, rows=rows, heads=heads, hd=hd, rope=int(rng.integers(2)),
                         corners=bool(rng.integers(2)))
         cases.append((gd, cmd, None))
-    for (gd, cmd, _), res in zip(cases, _batch(rng, _engine(), cases)):
+    for (_, cmd, _), res in zip(cases, _batch(rng, _engine(), cases), strict=True):
         assert res["error"] == ErrorCode.NONE
         assert res["bytes_written"] == cmd.rows * cmd.heads * (cmd.head_dim + 4)
     gd, cmd = _case(rng, rows=2, heads=2, hd=2 * int(rng.integers(1, 65)),

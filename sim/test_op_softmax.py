@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import pytest
 
+from golden import isa
 from golden.config import DEFAULT
+from golden.isa import ErrorCode, Opcode
 from golden.softmax import random_logits
 from host.backends.golden import GoldenDevice
-from golden import isa
 from hw.accel import dma_bytes_for
-from golden.isa import ErrorCode, Opcode
 from hw.ops.softmax import DEFAULT_LANES, SoftmaxEngine, expected_cycles
 from sim.op_bench import arg_error_cases, check_errors, check_op, put
 

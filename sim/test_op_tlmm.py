@@ -4,11 +4,11 @@ count."""
 import numpy as np
 import pytest
 
-from golden.config import DEFAULT
-from host.backends.golden import GoldenDevice
 from golden import isa
-from hw.accel import dma_bytes_for
+from golden.config import DEFAULT
 from golden.isa import ErrorCode, Opcode
+from host.backends.golden import GoldenDevice
+from hw.accel import dma_bytes_for
 from hw.ops.tlmm import TLMMEngine, expected_cycles
 from sim.op_bench import check_arg_errors, check_op, check_ops, put
 
@@ -31,7 +31,7 @@ def _tlmm(gd, rng, rows, k, n, extreme=False):
 def test_tlmm(rng, stall):
     shapes = [(1, int(rng.integers(1, 200)), int(rng.integers(1, 20))),
               (2, int(rng.integers(80, 300)), int(rng.integers(1, 12)))]
-    for i, (rows, k, n) in enumerate(shapes + [(1, MAX_K, 5)]):
+    for rows, k, n in shapes + [(1, MAX_K, 5)]:
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         f = _tlmm(gd, rng, rows, k, n, extreme=(k == MAX_K))
         r = check_op(TLMMEngine(DEFAULT, W, max_k=MAX_K), gd, isa.command(Opcode.TLMM, **f),
@@ -71,5 +71,5 @@ def test_tlmm_cycles(rng):
     for rows, k, n in shapes:
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         cases.append((gd, isa.command(Opcode.TLMM, **_tlmm(gd, rng, rows, k, n)), None))
-    for (rows, k, n), r in zip(shapes, check_ops(eng, cases, stall=0.0, max_latency=1)):
+    for (rows, k, n), r in zip(shapes, check_ops(eng, cases, stall=0.0, max_latency=1), strict=False):
         assert r["cycles"] == expected_cycles(rows, k, n, DEFAULT), (rows, k, n, r["cycles"])

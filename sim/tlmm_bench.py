@@ -8,14 +8,21 @@ for the weight codes the engine reads.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import tlmm as golden
 from golden.config import TLMMConfig
-from hw.tlmm import (act_beats, act_layout, chunk_count, expected_cycles, ideal_cycles,
-                     out_layout, wgt_beats, wgt_layout)
+from hw.tlmm import (
+    act_beats,
+    act_layout,
+    chunk_count,
+    expected_cycles,
+    ideal_cycles,
+    out_layout,
+    wgt_beats,
+    wgt_layout,
+)
 from sim import streams
 from sim.streams import bench_params, pack, record, unpack
 

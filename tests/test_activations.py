@@ -59,7 +59,7 @@ def test_relu2_gated_exact(rng):
     u16 = rng.integers(-(1 << 15), 1 << 15, size=300)
     y16 = act.relu2_gated(g16.astype(np.int16), u16.astype(np.int16))
     assert y16.dtype == np.int64
-    assert [int(v) for v in y16] == [max(int(a), 0) ** 2 * int(b) for a, b in zip(g16, u16)]
+    assert [int(v) for v in y16] == [max(int(a), 0) ** 2 * int(b) for a, b in zip(g16, u16, strict=False)]
 
 
 # --------------------------------------------------------------------------- GELU / SiLU

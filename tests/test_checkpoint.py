@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from golden.modelspec import (ATTN_PROJ, MLP_PROJ, LayerWeights, Model, ModelConfig,
-                              ModelWeights, TernaryWeight)
+from golden.modelspec import (
+    ATTN_PROJ,
+    MLP_PROJ,
+    LayerWeights,
+    Model,
+    ModelConfig,
+    ModelWeights,
+    TernaryWeight,
+)
 from host import checkpoint
 from host.tokenizer import CharTokenizer
 
@@ -171,7 +178,7 @@ def _hf_random(shape, seed: int) -> BitNetForCausalLM:
     torch.manual_seed(seed)
     hf = BitNetForCausalLM(cfg)
     with torch.no_grad():   # norms away from 1 so that a swapped tensor would show
-        for name, p in hf.named_parameters():
+        for p in hf.parameters():
             if p.ndim == 1:
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
     return hf.eval()

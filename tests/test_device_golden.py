@@ -2,18 +2,16 @@
 block functions, error reporting (op index, opcode, reason), timeouts, reset."""
 import numpy as np
 import pytest
+from device_util import put_stream, put_tlmm
 
+from golden import isa
 from golden.config import DEFAULT
+from golden.isa import ErrorCode, Opcode, command
 from golden.rmsnorm import norm_constants, rmsnorm_quant
-from golden.rope import rope_fx, rope_tables
+from golden.rope import rope_from_table, rope_fx, rope_tables
 from host.backends import make_device
-from golden.rope import rope_from_table
 from host.backends.golden import GoldenDevice
 from host.device import Device, DeviceError, DeviceTimeout, Status
-from golden import isa
-from golden.isa import ErrorCode, Opcode, command
-
-from device_util import put_stream, put_tlmm
 
 MEM = 1 << 20
 
@@ -46,8 +44,8 @@ def test_alloc_write_read(dev, rng):
 
 def test_out_of_range_write_read(dev):
     a = dev.alloc(16)
-    with pytest.raises(ValueError, match=r"write: \[0x%x, 0x%x\) is outside allocated memory "
-                                         r"\[0x40, 0x%x\)" % (a + 8, a + 24, a + 16)):
+    with pytest.raises(ValueError, match=rf"write: \[0x{a + 8:x}, 0x{a + 24:x}\) is outside "
+                                         rf"allocated memory \[0x40, 0x{a + 16:x}\)"):
         dev.write(a + 8, b"\x00" * 16)
     with pytest.raises(ValueError, match=r"read: \[0x0, 0x4\) is outside allocated memory"):
         dev.read(0, 4)
@@ -308,7 +306,7 @@ def test_strided_output_is_checked_whole_before_any_head_is_written(dev, rng):
     cmd = command(Opcode.ROPE_QUANT, src=src, src_scale=sx, table=src, dst=dst, dst_scale=dsc,
                   rows=rows, heads=heads, head_dim=hd, ld=ld, pos=0, table_rows=1,
                   c_mant=1 << 15, c_shift=0, rope=0)
-    addr, n = _stream(dev, [cmd, command(Opcode.END)])
+    addr, n = put_stream(dev, [cmd, command(Opcode.END)])
     before = dev.memory[:dev.brk].copy()
     dev.run(addr, n)
     with pytest.raises(DeviceError, match="address out of range: dst") as ei:
@@ -328,12 +326,12 @@ def test_cached_weights_are_range_checked_on_every_use(dev, rng):
     wa = dev.alloc(packed.nbytes)
     dev.write(wa, packed)
     cmd = command(Opcode.TLMM, src=xa, weights=wa, dst=dev.alloc(12), rows=1, k=12, n=3)
-    dev.run(*_stream(dev, [cmd, command(Opcode.END)]))
+    dev.run(*put_stream(dev, [cmd, command(Opcode.END)]))
     assert dev.wait(5.0).ok
     dev.free_all()
     assert dev.alloc(x.nbytes) == xa
     again = command(Opcode.TLMM, **{**cmd.args, "dst": dev.alloc(12)})
-    dev.run(*_stream(dev, [again, command(Opcode.END)]))
+    dev.run(*put_stream(dev, [again, command(Opcode.END)]))
     with pytest.raises(DeviceError, match="address out of range: weights") as ei:
         dev.wait(5.0)
     assert ei.value.code == ErrorCode.ADDR_RANGE and dev.brk < wa

@@ -4,7 +4,10 @@ errors name the same code and op index; a stream that never finishes times out a
 reset() recovers. (The first run builds the harness: ~2 min; later runs reuse it.)"""
 import numpy as np
 import pytest
+from device_util import put_stream, put_tlmm
 
+from golden import isa
+from golden.isa import ErrorCode, Opcode, command
 from golden.model import GoldenModel, random_model
 from golden.modelspec import ModelConfig
 from host.backends import make_device
@@ -12,11 +15,7 @@ from host.backends.golden import GoldenDevice
 from host.backends.sim import SimDevice
 from host.device import DeviceError, DeviceTimeout
 from host.runtime import Runtime
-from golden import isa
 from hw.accel import RTL_OPS
-from golden.isa import ErrorCode, Opcode, command
-
-from device_util import put_stream, put_tlmm
 
 MEM = 4 << 20
 SHAPE = dict(vocab_size=67, hidden_size=64, intermediate_size=100, num_hidden_layers=2,

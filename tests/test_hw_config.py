@@ -85,7 +85,7 @@ def test_quant_requant_layouts_follow_config():
 
 # --------------------------------------------------------------------------- design points
 def test_design_points_are_valid_and_distinct():
-    from golden.config import DESIGN_POINTS, DEFAULT_DESIGN_POINT, design_point
+    from golden.config import DEFAULT_DESIGN_POINT, DESIGN_POINTS, design_point
 
     assert DEFAULT_DESIGN_POINT in DESIGN_POINTS
     digests = {name: dp.digest() for name, dp in DESIGN_POINTS.items()}

@@ -12,9 +12,17 @@ import pytest
 from golden import model as gmod
 from golden import requant as rq
 from golden.config import DEFAULT
-from golden.model import (APPROXIMATIONS, DECODE_VS_FULL_INT, GREEDY_AGREEMENT_MIN,
-                          INT_COSINE_GAP, REF_VS_HF_REL_ERR, GoldenModel, Scale, cosine_rows,
-                          random_model)
+from golden.model import (
+    APPROXIMATIONS,
+    DECODE_VS_FULL_INT,
+    GREEDY_AGREEMENT_MIN,
+    INT_COSINE_GAP,
+    REF_VS_HF_REL_ERR,
+    GoldenModel,
+    Scale,
+    cosine_rows,
+    random_model,
+)
 from golden.modelspec import ATTN_PROJ, MLP_PROJ, ModelConfig
 from host.data import DEFAULT_MODEL
 
@@ -48,6 +56,7 @@ def build_hf(torch_mod, tmp_path, shape: dict, seed: int):
     """A random transformers BitNetForCausalLM (AutoBitLinear online), saved and loaded
     back both by transformers and by host.checkpoint: (hf_model, golden Model)."""
     from transformers import BitNetConfig, BitNetForCausalLM
+
     from host import checkpoint
 
     torch = torch_mod
@@ -199,6 +208,7 @@ def test_reference_matches_transformers_offline_packed(torch_mod, tmp_path, rng,
     transformers (BitLinear: weight_scale divides; AutoBitLinear: it multiplies) to the
     same logits as the golden reference."""
     from transformers import BitNetForCausalLM
+
     from host import checkpoint
 
     mc = ModelConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -345,7 +355,7 @@ def test_exact_tlmm_path_equals_blas_path(small_models, rng):
     b = GoldenModel(model, "integer", exact_tlmm=True).forward(toks, trace=exact)
     np.testing.assert_array_equal(a, b)
     assert [(layer, op) for layer, op, _ in fast] == [(layer, op) for layer, op, _ in exact]
-    for (_, op, x), (_, _, y) in zip(fast, exact):
+    for (_, op, x), (_, _, y) in zip(fast, exact, strict=False):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=f"{op}.{k}")
 
@@ -358,7 +368,7 @@ def test_attention_block_size_does_not_change_the_bits(small_models, rng, monkey
     monkeypatch.setattr(gmod, "ATTN_QUERY_BLOCK", 7)
     got = GoldenModel(model, "integer").forward(toks, trace=b)
     np.testing.assert_array_equal(got, want)
-    for (_, op, x), (_, _, y) in zip(a, b):
+    for (_, op, x), (_, _, y) in zip(a, b, strict=False):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=f"{op}.{k}")
 
@@ -419,7 +429,7 @@ def test_requant_out_of_range_shifts_are_exact(rng):
     mant = rng.integers(1, 1 << 16, 1000)
     shift = rng.integers(-45, 100, 1000)
     got = gmod.requant(acc, Scale(mant, shift), 3, 16).astype(np.int64)
-    for a, m, s, g in zip(acc.tolist(), mant.tolist(), shift.tolist(), got.tolist()):
+    for a, m, s, g in zip(acc.tolist(), mant.tolist(), shift.tolist(), got.tolist(), strict=False):
         s -= 3
         v = a * m << -s if s <= 0 else (a * m + (1 << (s - 1))) >> s
         assert g == min(max(v, -(1 << 15)), (1 << 15) - 1), (a, m, s)

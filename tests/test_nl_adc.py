@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from golden import nl_adc as N
-from golden.config import ADCConfig, ADCDeviceConfig, DEFAULT
+from golden.config import DEFAULT, ADCConfig, ADCDeviceConfig
 
 BITS = range(4, 9)
 

@@ -3,9 +3,9 @@ every command of one layer (nothing left to the host), and the roofline counts t
 it claims."""
 import pytest
 
-from golden.modelspec import ModelConfig
 from golden import isa
 from golden.isa import Opcode
+from golden.modelspec import ModelConfig
 from host import perf_model
 
 SMALL = ModelConfig(vocab_size=40, hidden_size=64, intermediate_size=96, num_hidden_layers=3,

@@ -228,7 +228,7 @@ def test_error_report():
     rows = Q.error_report()
     assert len(rows) == 5
     bounds = [0.0, Q.WEIGHT_SCALE_REL_TOL, 0.0, Q.hw_pre_round_bound(), float(Q.HW_QUANT_BOUND_LSB)]
-    for row, bound in zip(rows, bounds):
+    for row, bound in zip(rows, bounds, strict=False):
         assert set(row) == {"block", "quantity", "domain", "bound", "measured"}
         assert row["bound"] == bound
         assert 0 <= row["measured"] <= row["bound"]

@@ -118,7 +118,7 @@ def test_requant_vs_real_scale(rng):
                               [ACC_LO, ACC_HI, 0]])
         y = R.requantize(acc, mult, shift)
         s = Fraction(scale)
-        for a, v in zip(acc.tolist(), y.tolist()):
+        for a, v in zip(acc.tolist(), y.tolist(), strict=False):
             exact = a * s
             rounded = min(max(math.floor(exact + Fraction(1, 2)), CFG.out_min), CFG.out_max)
             assert abs(v - rounded) <= R.REQUANT_LSB_BOUND

@@ -36,7 +36,7 @@ def rmsnorm_spec_row(x: list[int], gamma: list[int], cfg: NormConfig = CFG):
     d = len(x)
     b = cfg.scale_mant_bits
     s = sum(v * v for v in x) + math.floor(d * cfg.eps * 2.0 ** (2 * cfg.in_frac_bits) + 0.5)
-    p = [a * g for a, g in zip(x, gamma)]
+    p = [a * g for a, g in zip(x, gamma, strict=False)]
     amax_p = max(abs(v) for v in p)
     sh_p = max(0, amax_p.bit_length() - (QCFG.hw_in_bits - 1))
     p_fit = np.array([v >> sh_p for v in p], dtype=np.int64)
@@ -162,7 +162,7 @@ def test_scale_invariance_without_eps(rng):
     x = np.clip(x, -(1 << 29), (1 << 29) - 1).astype(np.int32)
     a = rn.rmsnorm_quant(x, gamma, cfg, QCFG)
     b = rn.rmsnorm_quant((x * 2).astype(np.int32), gamma, cfg, QCFG)
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=False):
         np.testing.assert_array_equal(u, v)
 
 

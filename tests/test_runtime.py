@@ -4,14 +4,14 @@ map; bad inputs; errors and timeouts surfacing through the runtime."""
 import numpy as np
 import pytest
 
+from golden import isa
+from golden.isa import ErrorCode, Opcode
 from golden.model import GoldenModel, random_model
 from golden.modelspec import ModelConfig
 from host.backends.golden import GoldenDevice
 from host.device import DeviceError, DeviceTimeout, Status
 from host.generate import Sampler, generate
 from host.runtime import Runtime, make_runtime
-from golden import isa
-from golden.isa import ErrorCode, Opcode
 
 SHAPES = {
     # relu2, GQA 4:1, two layers
@@ -48,7 +48,7 @@ def test_prefill_decode_bit_exact(name, chunk, rng, seed):
     for i in range(n_prompt, n_total):
         want.append(gm.forward(toks[i:i + 1], cache))
         got.append(rt.forward(toks[i:i + 1]))
-    for w, g in zip(want, got):
+    for w, g in zip(want, got, strict=False):
         assert g.dtype == np.float32 and g.shape == w.shape
         assert np.array_equal(g, w)
     assert rt.cache.length == cache.length == n_total
@@ -91,7 +91,7 @@ def test_address_map_and_image(seed):
     dev = GoldenDevice(mem_size=MEM)
     rt = Runtime(m, dev)
     regs = sorted(rt.address_map.regions.values(), key=lambda r: r.addr)
-    for a, b in zip(regs, regs[1:]):
+    for a, b in zip(regs, regs[1:], strict=False):
         assert a.addr + a.nbytes <= b.addr, (a.name, b.name)
     assert regs[0].addr >= dev.alloc_base and regs[-1].addr + regs[-1].nbytes <= dev.brk
     mc = m.config

@@ -16,8 +16,7 @@ from host import checkpoint, cli
 from host.data import DEFAULT_CORPUS, split
 from host.generate import Sampler, generate
 from host.modelfile import open_model
-from host.tokenizer import (CharTokenizer, StreamDecoder, Tokenizer, load_tokenizer,
-                            train_bpe)
+from host.tokenizer import CharTokenizer, StreamDecoder, Tokenizer, load_tokenizer, train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "default"

@@ -14,8 +14,16 @@ import torch
 from host import checkpoint
 from host.data import DEFAULT_CORPUS, heldout_text, split_index
 from host.tokenizer import CharTokenizer
-from host.train import (STATE_FILE, BitNetLM, TrainConfig, act_quant_ste, load_corpus,
-                        lr_at, ternarize_ste, train)
+from host.train import (
+    STATE_FILE,
+    BitNetLM,
+    TrainConfig,
+    act_quant_ste,
+    load_corpus,
+    lr_at,
+    ternarize_ste,
+    train,
+)
 
 # transformers vs the training module's eval forward, relative to the largest logit
 # magnitude. The eval forward uses transformers' offline op order, so the logits agree to
@@ -134,7 +142,7 @@ def test_lr_schedule():
     assert lr_at(10, tc) == pytest.approx(1e-3)
     assert lr_at(100, tc) == pytest.approx(1e-4)
     lrs = [lr_at(s, tc) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
 # ----------------------------------------------------------------------------- tokenizer

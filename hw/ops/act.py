@@ -90,11 +90,11 @@ from types import SimpleNamespace
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import enum
 
-from golden.config import DatapathConfig
 from golden import isa
-from hw.fixed import rhu
-from hw.activations import LutActivation
+from golden.config import DatapathConfig
 from golden.isa import ActKind, ErrorCode, Opcode
+from hw.activations import LutActivation
+from hw.fixed import rhu
 from hw.quant import ActQuant
 
 from .base import Engine, requant, scale_mul, scale_of_int
@@ -343,7 +343,7 @@ class ActEngine(Engine):
                 m.d.sync += [buf.eq(self.rdata.payload),
                              n_sub.eq((rs.nbytes + 4 * L - 1) >> (4 * L).bit_length() - 1),
                              idx.eq(0), end.eq(rs.row_end), valid.eq(1)]
-                m.d.sync += [s.eq(v) for s, v in zip(latched, extra)]
+                m.d.sync += [s.eq(v) for s, v in zip(latched, extra, strict=False)]
             with m.If(begin):
                 m.d.sync += valid.eq(0)
             return SimpleNamespace(valid=valid, ready=ready, data=buf.word_select(idx, 32 * L),
@@ -406,7 +406,7 @@ class ActEngine(Engine):
 
         def carry(prev, n):
             """valid, last, scale mant and shift of the previous stage, one stage on."""
-            return [stage(v, f"p{n}_{k}") for k, v in zip(("valid", "last", "m", "s"), prev)]
+            return [stage(v, f"p{n}_{k}") for k, v in zip(("valid", "last", "m", "s"), prev, strict=False)]
 
         gin = [Mux(relu2, g_out.payload.data[i], lut_out.payload.data[i]) for i in range(L)]
         p1 = [fire, up_out.payload.last, cur_m, cur_s]

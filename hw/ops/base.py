@@ -101,7 +101,7 @@ class ArgChecks:
     the engine's ``LIMITS``, on its ``op_args``, ``mem_lo`` and ``mem_hi`` (see the module
     docstring). Build it, and its ``error`` signals, outside the FSM (``Engine.checks``)."""
 
-    def __init__(self, engine: "Engine", m: Module, *, registered: bool = False):
+    def __init__(self, engine: Engine, m: Module, *, registered: bool = False):
         op = engine.OPCODE
         view = engine.op_args
         fields = {n: view[n] for n, _ in isa.ARGS[op]}
@@ -180,7 +180,7 @@ class ArgChecks:
         inside the range must be one of the engine's ``GOLDEN_ONLY``."""
         i, j = self._index(start, True), self._index(stop, False)
         conds = list(self.decode) if i == 0 else []
-        for item, c in zip(self.items[i:j], self.conds[i:j]):
+        for item, c in zip(self.items[i:j], self.conds[i:j], strict=False):
             if isinstance(item, isa.Data):
                 assert item.name in self.golden_only, \
                     f"{self.op.name}: the engine must make data check {item.name!r} itself"
@@ -231,7 +231,7 @@ class Engine(wiring.Component):
                 with m.If(self.start):
                     m.next = steps[0][0]
         passed = {}
-        for (name, err), nxt in zip(steps, [s[0] for s in steps[1:]] + [then]):
+        for (name, err), nxt in zip(steps, [s[0] for s in steps[1:]] + [then], strict=False):
             ok = passed[name] = Signal(name=f"{name.lower()}_passed")
             with m.State(name):
                 if err is None:

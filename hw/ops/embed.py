@@ -47,7 +47,6 @@ class EmbedEngine(Engine):
         scan_rq = Signal(isa.ROWS_BITS + 1)     # tokens requested by the scan
         scan_rs = Signal(isa.ROWS_BITS + 1)     # tokens checked by the scan
         bad = Signal()
-        tok = Signal(32)
         src = Signal(64)                        # table row read pointer
         dst = Signal(isa.ADDR_BITS + 1)
         rq_left = Signal(unsigned(isa.DIM_BITS + 2))   # row bytes not yet requested

@@ -53,8 +53,8 @@ from __future__ import annotations
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib.memory import Memory
 
-from golden.config import DatapathConfig
 from golden import isa
+from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
 
 from .base import Engine

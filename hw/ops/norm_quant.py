@@ -91,8 +91,8 @@ from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.hdl import ResetInserter
 from amaranth.lib import fifo
 
-from golden.config import DEFAULT, DatapathConfig
 from golden import isa
+from golden.config import DEFAULT, DatapathConfig
 from golden.isa import ErrorCode, Opcode
 from hw.rmsnorm import RMSNormQuant
 

@@ -110,8 +110,8 @@ from __future__ import annotations
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib.memory import Memory
 
-from golden.config import DatapathConfig
 from golden import isa
+from golden.config import DatapathConfig
 from golden.fixed import rhu as golden_rhu
 from golden.isa import ErrorCode, Opcode
 

@@ -71,8 +71,8 @@ from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed
 
-from golden.config import DatapathConfig
 from golden import isa
+from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
 
 from .base import Engine, requant, scale_mul

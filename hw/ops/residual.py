@@ -59,10 +59,10 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
 
-from golden.config import DatapathConfig
 from golden import isa
-from hw.fixed import saturate
+from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
+from hw.fixed import saturate
 
 from .base import Engine, requant, scale_mul
 

@@ -104,10 +104,10 @@ from amaranth.hdl import ResetInserter
 from amaranth.lib import data, enum, fifo
 from amaranth.lib.memory import Memory
 
-from golden.config import DatapathConfig
 from golden import isa
-from hw.fixed import saturate
+from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
+from hw.fixed import saturate
 from hw.quant import ActQuant
 
 from .base import Engine, scale_mul, scale_of_int, shift_fits_record

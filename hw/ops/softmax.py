@@ -73,10 +73,10 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal
 
-from golden.config import DEFAULT, DatapathConfig
-from golden.softmax import PROB_BOUND_MAX_LEN
 from golden import isa
+from golden.config import DEFAULT, DatapathConfig
 from golden.isa import ErrorCode, Opcode
+from golden.softmax import PROB_BOUND_MAX_LEN
 from hw.softmax import Softmax
 
 from .base import Engine

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal
 
-from golden.config import DatapathConfig
 from golden import isa
+from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
 from hw.tlmm import DEFAULT_MAX_K, TLMM, chunk_count
 from hw.tlmm import expected_cycles as tlmm_block_cycles
