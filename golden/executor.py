@@ -32,6 +32,7 @@ Two details the golden op functions do not take as arguments:
 Counters ``bytes_read`` / ``bytes_written``: tensor traffic of the executed commands
 (constants such as weights count on every use, as the hardware streams them each time).
 """
+
 from __future__ import annotations
 
 import math
@@ -79,13 +80,15 @@ class Executor:
         self.mem, self.cfg, self.exact_tlmm = mem, cfg, bool(exact_tlmm)
         self.lo, self.hi = 0, mem.size
         self.bytes_read = self.bytes_written = 0
-        self._cache: dict = {}          # (kind, addr, nbytes, shape) -> decoded constant
-        self._cache_ranges: dict = {}   # same key -> (lo, hi) bytes it was read from
+        self._cache: dict = {}  # (kind, addr, nbytes, shape) -> decoded constant
+        self._cache_ranges: dict = {}  # same key -> (lo, hi) bytes it was read from
 
     def set_window(self, lo: int, hi: int) -> None:
         """Commands may touch bytes [lo, hi) only."""
         if not 0 <= lo <= hi <= self.mem.size:
-            raise ValueError(f"window: [0x{lo:x}, 0x{hi:x}) is not inside memory [0, 0x{self.mem.size:x})")
+            raise ValueError(
+                f"window: [0x{lo:x}, 0x{hi:x}) is not inside memory [0, 0x{self.mem.size:x})"
+            )
         self.lo, self.hi = int(lo), int(hi)
 
     def invalidate(self, lo: int, hi: int) -> None:
@@ -104,7 +107,7 @@ class Executor:
             cmd = isa.decode(word)
         except isa.UnknownOpcode:
             return Outcome(opv, ErrorCode.UNKNOWN_OPCODE, f"opcode value {opv}")
-        except ValueError as e:         # a field value outside its enum
+        except ValueError as e:  # a field value outside its enum
             return Outcome(opv, ErrorCode.BAD_OPERAND, str(e))
         if cmd.op == Opcode.END:
             return Outcome(opv, end=True)
@@ -123,18 +126,18 @@ class Executor:
             getattr(self, f"_op_{isa.op_name(cmd.op)}")(cmd, t)
         except OpError:
             raise
-        except ValueError as e:         # a golden block refused the data it was given
+        except ValueError as e:  # a golden block refused the data it was given
             raise OpError(ErrorCode.BAD_OPERAND, str(e)) from None
         t.finished()
 
     # ------------------------------------------------------------------ memory
     def _read(self, lo: int, nbytes: int, dtype, shape) -> np.ndarray:
         self.bytes_read += nbytes
-        return self.mem[lo:lo + nbytes].view(dtype).reshape(shape).copy()
+        return self.mem[lo : lo + nbytes].view(dtype).reshape(shape).copy()
 
     def _write(self, lo: int, a: np.ndarray) -> None:
         buf = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
-        self.mem[lo:lo + buf.size] = buf
+        self.mem[lo : lo + buf.size] = buf
         self.bytes_written += buf.size
         self.invalidate(lo, lo + buf.size)
 
@@ -150,9 +153,9 @@ class Executor:
         until those bytes change."""
         key = (kind, addr, nbytes, shape)
         if key not in self._cache:
-            self._cache[key] = make(self.mem[addr:addr + nbytes])
+            self._cache[key] = make(self.mem[addr : addr + nbytes])
             self._cache_ranges[key] = (addr, addr + nbytes)
-        self.bytes_read += nbytes       # the hardware streams constants in on every use
+        self.bytes_read += nbytes  # the hardware streams constants in on every use
         return self._cache[key]
 
     # ------------------------------------------------------------------ ops
@@ -175,9 +178,11 @@ class Executor:
         ncfg = cfg.with_(norm=replace(cfg.norm, eps=eps))
         want = norm_constants(c.dim, ncfg.norm, cfg.quant)
         if want != (c.eps_term, c.c_mant, c.c_exp):
-            raise OpError(ErrorCode.BAD_OPERAND,
-                          f"(eps_term, c_mant, c_exp) = {(c.eps_term, c.c_mant, c.c_exp)} are not "
-                          f"norm_constants(dim={c.dim}) = {want}")
+            raise OpError(
+                ErrorCode.BAD_OPERAND,
+                f"(eps_term, c_mant, c_exp) = {(c.eps_term, c.c_mant, c.c_exp)} are not "
+                f"norm_constants(dim={c.dim}) = {want}",
+            )
         t.passed("norm constants")
         x_q, sx = _gm.op_norm_quant(t.load("src"), _gm.NormConst(t.load("gamma"), c.g_exp), ncfg)
         t.store("dst", x_q)
@@ -195,6 +200,7 @@ class Executor:
             except ValueError as e:
                 raise OpError(ErrorCode.BAD_OPERAND, f"weights: {e}") from None
             return _gm.ProjConst(codes=codes, weight_scale=1.0, const=_gm.Scale(1, 0))
+
         addr, nbytes = t.extent("weights")
         proj = self._cached("weights", addr, nbytes, (c.n, c.k), make)
         t.passed("weight codes")
@@ -206,10 +212,15 @@ class Executor:
         if c.rope:
             tab = t.load("table")
             heads = acc.reshape(c.rows, c.heads, hd).transpose(1, 0, 2)
-            r = rope_from_table(heads, tab[:, :hd // 2], tab[:, hd // 2:], self.cfg.rope)
+            r = rope_from_table(heads, tab[:, : hd // 2], tab[:, hd // 2 :], self.cfg.rope)
             acc = r.transpose(1, 0, 2).reshape(c.rows, c.heads * hd)
-        x_q, s = _gm.op_v_quant(acc[None], c.heads, _gm.Scale(sx.mant[None], sx.shift[None]),
-                                _gm.Scale(np.int64(c.c_mant), np.int64(c.c_shift)), self.cfg)
+        x_q, s = _gm.op_v_quant(
+            acc[None],
+            c.heads,
+            _gm.Scale(sx.mant[None], sx.shift[None]),
+            _gm.Scale(np.int64(c.c_mant), np.int64(c.c_shift)),
+            self.cfg,
+        )
         t.store("dst", x_q[0])
         rec = self._records("dst_scale", s)[0]
         t.passed("records")
@@ -217,9 +228,14 @@ class Executor:
 
     def _op_qk(self, c, t) -> None:
         sq, sk = t.scales("q_scale"), t.scales("k_scale")
-        lg = _gm.op_qk(t.load("q")[None], _gm.Scale(sq.mant[None], sq.shift[None]),
-                       t.load("k")[None], _gm.Scale(sk.mant[None], sk.shift[None]),
-                       c.heads // c.kv_heads, self.cfg)[0]
+        lg = _gm.op_qk(
+            t.load("q")[None],
+            _gm.Scale(sq.mant[None], sq.shift[None]),
+            t.load("k")[None],
+            _gm.Scale(sk.mant[None], sk.shift[None]),
+            c.heads // c.kv_heads,
+            self.cfg,
+        )[0]
         t.store("dst", np.where(causal_mask(c.rows, c.keys), lg, 0).astype(lg.dtype))
 
     def _op_softmax(self, c, t) -> None:
@@ -229,21 +245,37 @@ class Executor:
     def _op_pv(self, c, t) -> None:
         p = np.where(causal_mask(c.rows, c.keys), t.load("p"), 0).astype(np.uint16)
         sv = t.scales("v_scale")
-        o = _gm.op_pv(p[None], t.load("v")[None], _gm.Scale(sv.mant[None], sv.shift[None]),
-                      c.heads // c.kv_heads, self.cfg)[0]
+        o = _gm.op_pv(
+            p[None],
+            t.load("v")[None],
+            _gm.Scale(sv.mant[None], sv.shift[None]),
+            c.heads // c.kv_heads,
+            self.cfg,
+        )[0]
         t.passed("acc range")
         t.store("dst", o.transpose(1, 0, 2).reshape(c.rows, c.heads * c.head_dim))
 
     def _op_residual(self, c, t) -> None:
-        out = _gm.op_residual(t.load("h"), t.load("acc"), t.scales("src_scale"),
-                              _gm.Scale(np.int64(c.c_mant), np.int64(c.c_shift)), self.cfg)
+        out = _gm.op_residual(
+            t.load("h"),
+            t.load("acc"),
+            t.scales("src_scale"),
+            _gm.Scale(np.int64(c.c_mant), np.int64(c.c_shift)),
+            self.cfg,
+        )
         t.store("dst", out)
 
     def _op_act(self, c, t) -> None:
         kind = "relu2" if c.kind == ActKind.RELU2 else "silu"
-        m = _gm.op_act(t.load("gate"), t.load("up"), t.scales("src_scale"),
-                       _gm.Scale(np.int64(c.g_mant), np.int64(c.g_shift)),
-                       _gm.Scale(np.int64(c.u_mant), np.int64(c.u_shift)), kind, self.cfg)
+        m = _gm.op_act(
+            t.load("gate"),
+            t.load("up"),
+            t.scales("src_scale"),
+            _gm.Scale(np.int64(c.g_mant), np.int64(c.g_shift)),
+            _gm.Scale(np.int64(c.u_mant), np.int64(c.u_shift)),
+            kind,
+            self.cfg,
+        )
         t.store("dst", m)
 
     def _op_lm_head(self, c, t) -> None:
@@ -251,8 +283,13 @@ class Executor:
         # |acc| <= k * 2^14: exact in float32 below 2^24, else float64 (k < 2^16 here)
         ft = np.float32 if c.k * (1 << 14) < (1 << 24) else np.float64
         addr, nbytes = t.extent("weights")
-        w_t = self._cached("lm_head", addr, nbytes, (c.n, c.k), lambda raw: np.ascontiguousarray(
-            raw.view(np.int8).reshape(c.n, c.k).T.astype(ft)))
+        w_t = self._cached(
+            "lm_head",
+            addr,
+            nbytes,
+            (c.n, c.k),
+            lambda raw: np.ascontiguousarray(raw.view(np.int8).reshape(c.n, c.k).T.astype(ft)),
+        )
         acc = np.matmul(x.astype(ft), w_t).astype(np.int64)
         t.store("dst", acc.astype(np.int32))
 
@@ -267,7 +304,7 @@ class _Operands:
         self.items = isa.CONTRACTS[cmd.op]
         self.names = isa.contract_names(cmd.args, ex.cfg)
         self.tensors = {t.field: t for t in self.items if isinstance(t, isa.Tensor)}
-        self.pos = 0                    # the next item to check
+        self.pos = 0  # the next item to check
         self.checked: set = set()
 
     def check(self) -> None:
@@ -278,21 +315,24 @@ class _Operands:
             err = isa.check_item(item, self.names, self.ex.lo, self.ex.hi)
             if err is not None:
                 raise OpError(*err)
-            if isinstance(item, isa.Tensor) and (item.when is None
-                                                 or isa.evaluate(item.when, self.names)):
+            if isinstance(item, isa.Tensor) and (
+                item.when is None or isa.evaluate(item.when, self.names)
+            ):
                 self.checked.add(item.field)
 
     def passed(self, name: str) -> None:
         """The op's data check ``name`` passed: check the items up to the next one."""
         item = self.items[self.pos] if self.pos < len(self.items) else None
-        assert isinstance(item, isa.Data) and item.name == name, \
+        assert isinstance(item, isa.Data) and item.name == name, (
             f"{self.cmd.op.name}: data check {name!r} out of the contract's order (next: {item})"
+        )
         self.pos += 1
         self.check()
 
     def finished(self) -> None:
-        assert self.pos == len(self.items), \
+        assert self.pos == len(self.items), (
             f"{self.cmd.op.name}: the op skipped data check {self.items[self.pos]}"
+        )
 
     def _tensor(self, name: str) -> isa.Tensor:
         assert name in self.checked, f"{self.cmd.op.name}: {name} used before its check"
@@ -310,12 +350,12 @@ class _Operands:
         if t.ld is not None:
             stride = isa.evaluate(t.ld, self.names) * math.prod(dims[2:]) * t.size
             n = math.prod(dims[1:]) * t.size
-            return np.stack([self.ex._read(start + h * stride, n, t.dtype, dims[1:])
-                             for h in range(dims[0])])
+            return np.stack(
+                [self.ex._read(start + h * stride, n, t.dtype, dims[1:]) for h in range(dims[0])]
+            )
         if rows is not None:
             n = math.prod(dims[1:]) * t.size
-            return np.stack([self.ex._read(start + int(r) * n, n, t.dtype, dims[1:])
-                             for r in rows])
+            return np.stack([self.ex._read(start + int(r) * n, n, t.dtype, dims[1:]) for r in rows])
         return self.ex._read(start, nbytes, t.dtype, dims)
 
     def scales(self, name: str) -> _gm.Scale:
@@ -327,8 +367,9 @@ class _Operands:
         assert t.out, f"{self.cmd.op.name}: {name} is an input"
         dims = tuple(t.dims(self.names))
         a = np.asarray(a)
-        assert a.shape == dims and np.can_cast(a.dtype, t.dtype, "same_kind"), \
+        assert a.shape == dims and np.can_cast(a.dtype, t.dtype, "same_kind"), (
             f"{self.cmd.op.name}: {name} {a.dtype}{a.shape}, the contract says {t.dtype}{dims}"
+        )
         a = np.ascontiguousarray(a, dtype=t.dtype)
         start, _ = t.extent(self.names)
         if t.ld is None:

@@ -46,6 +46,7 @@ prompt or one longer than the context, characters outside the vocabulary, a miss
 malformed model directory or GGUF file, a tokenizer whose vocabulary is not the model's)
 print one line ``error: ...`` to stderr and exit with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,11 +71,13 @@ DEFAULT_BANDWIDTH_GBS = 17.1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m host", description="Stream tokens from a ternary BitNet model.",
-                epilog="python -m host convert SRC DST: checkpoint directory <-> GGUF file "
-                       "(python -m host convert --help)")
-    p.add_argument("-m", "--model", default=DEFAULT_MODEL,
-                   help="checkpoint directory or GGUF file")
+    p = _Parser(
+        prog="python -m host",
+        description="Stream tokens from a ternary BitNet model.",
+        epilog="python -m host convert SRC DST: checkpoint directory <-> GGUF file "
+        "(python -m host convert --help)",
+    )
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="checkpoint directory or GGUF file")
     p.add_argument("-p", "--prompt", default=DEFAULT_PROMPT, help="prompt text")
     p.add_argument("-n", "--n-predict", type=int, default=200, help="tokens to generate")
     p.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy)")
@@ -82,16 +85,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.95, help="top-p in (0, 1] (1 = off)")
     p.add_argument("-s", "--seed", type=int, default=None, help="RNG seed (default: random)")
     p.add_argument("--mode", choices=MODES, default="integer", help="golden forward mode")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="device backend (default: sim; golden with --mode reference)")
-    p.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_MHZ,
-                   help="modeled accelerator clock in MHz")
-    p.add_argument("--bandwidth-gbs", type=float, default=DEFAULT_BANDWIDTH_GBS,
-                   help="modeled memory bandwidth in GB/s")
-    p.add_argument("--ignore-eos", action="store_true",
-                   help="never sample the end-of-sequence token (do not stop at it)")
-    p.add_argument("--remote", metavar="URL", default=None,
-                   help="stream from a token server (python -m host serve) at URL")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="device backend (default: sim; golden with --mode reference)",
+    )
+    p.add_argument(
+        "--clock-mhz",
+        type=float,
+        default=DEFAULT_CLOCK_MHZ,
+        help="modeled accelerator clock in MHz",
+    )
+    p.add_argument(
+        "--bandwidth-gbs",
+        type=float,
+        default=DEFAULT_BANDWIDTH_GBS,
+        help="modeled memory bandwidth in GB/s",
+    )
+    p.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="never sample the end-of-sequence token (do not stop at it)",
+    )
+    p.add_argument(
+        "--remote",
+        metavar="URL",
+        default=None,
+        help="stream from a token server (python -m host serve) at URL",
+    )
     return p
 
 
@@ -112,8 +134,10 @@ def _check_args(a) -> None:
     if a.backend is None:
         a.backend = "golden" if a.mode == "reference" else "sim"
     if a.mode == "reference" and a.backend != "golden":
-        raise _UsageError(f"--backend {a.backend}: the accelerator runs the integer datapath "
-                          "only; use --mode integer")
+        raise _UsageError(
+            f"--backend {a.backend}: the accelerator runs the integer datapath "
+            "only; use --mode integer"
+        )
 
 
 def run(argv=None) -> int:
@@ -121,6 +145,7 @@ def run(argv=None) -> int:
     a = parser.parse_args(argv)
     if a.remote is not None:
         from host.remote import run_remote
+
         return run_remote(a, parser)
     _check_args(a)
     from host.modelfile import open_model
@@ -133,8 +158,9 @@ def run(argv=None) -> int:
     from host.generate import encode_prompt
 
     try:
-        prompt_ids = encode_prompt(source.tokenizer, a.prompt,
-                                   source.config.max_position_embeddings)
+        prompt_ids = encode_prompt(
+            source.tokenizer, a.prompt, source.config.max_position_embeddings
+        )
     except ValueError as e:
         raise _UsageError(f"-p/--prompt: {e}") from None
 
@@ -148,14 +174,15 @@ def run(argv=None) -> int:
         model = source.load()
     except (ValueError, OSError) as e:
         raise _UsageError(f"-m/--model: {e}") from None
-    seed = a.seed if a.seed is not None else int(time.time_ns() % (2 ** 31))
+    seed = a.seed if a.seed is not None else int(time.time_ns() % (2**31))
     sampler = Sampler(temp=a.temp, top_k=a.top_k, top_p=a.top_p, seed=seed)
     if a.mode == "reference":
         gm = GoldenModel(model, mode="reference")
     else:
         try:
-            gm = make_runtime(model, a.backend,
-                              **backend_kwargs(a.backend, a.clock_mhz, a.bandwidth_gbs))
+            gm = make_runtime(
+                model, a.backend, **backend_kwargs(a.backend, a.clock_mhz, a.bandwidth_gbs)
+            )
         except (DeviceError, OSError, RuntimeError, ValueError) as e:
             raise _UsageError(f"--backend {a.backend}: {e}") from None
 
@@ -168,15 +195,27 @@ def run(argv=None) -> int:
         out.flush()
 
     try:
-        c = complete(gm, source.tokenizer, prompt_ids, a.n_predict, sampler,
-                     ignore_eos=a.ignore_eos, on_text=emit)
+        c = complete(
+            gm,
+            source.tokenizer,
+            prompt_ids,
+            a.n_predict,
+            sampler,
+            ignore_eos=a.ignore_eos,
+            on_text=emit,
+        )
     except DeviceError as e:
         raise _UsageError(f"--backend {a.backend}: {e}") from None
     out.write("\n")
     out.flush()
-    t = c.timings(backend=a.backend, mode=a.mode, seed=seed, clock_mhz=a.clock_mhz,
-                  bandwidth_gbs=a.bandwidth_gbs)
-    for line in summary_lines(t):       # the same lines as python -m host --remote
+    t = c.timings(
+        backend=a.backend,
+        mode=a.mode,
+        seed=seed,
+        clock_mhz=a.clock_mhz,
+        bandwidth_gbs=a.bandwidth_gbs,
+    )
+    for line in summary_lines(t):  # the same lines as python -m host --remote
         print(line, file=sys.stderr)
     return 0
 
@@ -185,5 +224,6 @@ def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["serve"]:
         from host.server import main as serve_main
+
         return serve_main(args[1:])
     return run_main(run, args)

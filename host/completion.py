@@ -15,6 +15,7 @@ prints on stderr from such a dict. The local CLI (from its own completion) and t
 CLI (from the server's ``timings``) both print through ``summary_lines``, so they print
 the same lines for the same seed.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,11 +27,11 @@ from host.generate import GenerationStats, Sampler, generate
 
 @dataclass
 class Completion:
-    ids: list[int]                   # sampled ids (the EOS that ended it included)
+    ids: list[int]  # sampled ids (the EOS that ended it included)
     stats: GenerationStats
-    eos_text: str | None             # the EOS token's string when one ended generation
-    cycles: int | None               # accelerator cycles of the run (None: not counted)
-    prefill_cycles: int | None       # ... up to the first sampled token (None: none sampled)
+    eos_text: str | None  # the EOS token's string when one ended generation
+    cycles: int | None  # accelerator cycles of the run (None: not counted)
+    prefill_cycles: int | None  # ... up to the first sampled token (None: none sampled)
 
     def accelerator(self, clock_mhz: float, bandwidth_gbs: float) -> dict | None:
         """The accelerator's figures at the modeled design point, or None (no cycles)."""
@@ -40,22 +41,32 @@ class Completion:
         n = self.stats.generated_tokens
         if n > 1 and self.prefill_cycles is not None and self.cycles > self.prefill_cycles:
             per_tok = (self.cycles - self.prefill_cycles) / (n - 1)
-        return {"cycles": self.cycles, "prefill_cycles": self.prefill_cycles,
-                "cycles_per_token": per_tok, "clock_mhz": float(clock_mhz),
-                "bandwidth_gbs": float(bandwidth_gbs),
-                "modeled_tokens_per_s": clock_mhz * 1e6 / per_tok if per_tok else None}
+        return {
+            "cycles": self.cycles,
+            "prefill_cycles": self.prefill_cycles,
+            "cycles_per_token": per_tok,
+            "clock_mhz": float(clock_mhz),
+            "bandwidth_gbs": float(bandwidth_gbs),
+            "modeled_tokens_per_s": clock_mhz * 1e6 / per_tok if per_tok else None,
+        }
 
-    def timings(self, *, backend: str, mode: str, seed: int, clock_mhz: float,
-                bandwidth_gbs: float) -> dict:
+    def timings(
+        self, *, backend: str, mode: str, seed: int, clock_mhz: float, bandwidth_gbs: float
+    ) -> dict:
         """The summary figures (non-finite numbers as None, so the dict is valid JSON)."""
         st = self.stats
         return {
-            "prompt_tokens": st.prompt_tokens, "generated_tokens": st.generated_tokens,
+            "prompt_tokens": st.prompt_tokens,
+            "generated_tokens": st.generated_tokens,
             "ttft_s": finite_or_none(st.ttft_s) if st.generated_tokens else None,
             "prefill_tokens_per_s": finite_or_none(st.prefill_tokens_per_s),
             "decode_tokens_per_s": finite_or_none(st.decode_tokens_per_s),
-            "window_slides": st.window_slides, "backend": backend, "mode": mode, "seed": seed,
-            "eos_token": st.eos_token, "eos_token_text": self.eos_text,
+            "window_slides": st.window_slides,
+            "backend": backend,
+            "mode": mode,
+            "seed": seed,
+            "eos_token": st.eos_token,
+            "eos_token_text": self.eos_text,
             "accelerator": self.accelerator(clock_mhz, bandwidth_gbs),
         }
 
@@ -68,20 +79,28 @@ def finite_or_none(x):
 
 
 def _cycles(gm) -> int | None:
-    counters = getattr(gm, "counters", None)     # a GoldenModel (reference mode) has none
+    counters = getattr(gm, "counters", None)  # a GoldenModel (reference mode) has none
     if counters is None:
         return None
     c = counters().get("cycles")
     return None if c is None else int(c)
 
 
-def complete(gm, tok, prompt_ids: Sequence[int], n_predict: int, sampler: Sampler, *,
-             ignore_eos: bool = False, on_text: Callable[[str], None] | None = None,
-             on_token: Callable[[int], None] | None = None) -> Completion:
+def complete(
+    gm,
+    tok,
+    prompt_ids: Sequence[int],
+    n_predict: int,
+    sampler: Sampler,
+    *,
+    ignore_eos: bool = False,
+    on_text: Callable[[str], None] | None = None,
+    on_token: Callable[[int], None] | None = None,
+) -> Completion:
     """Generate (see the module doc). ``on_token(id)`` is called for each token before its
     text (an exception it raises stops the generation and propagates)."""
     c0 = _cycles(gm)
-    first: list = []                  # accelerator cycles when the first token came out
+    first: list = []  # accelerator cycles when the first token came out
     text = tok.stream()
 
     def step(t: int) -> None:
@@ -94,10 +113,17 @@ def complete(gm, tok, prompt_ids: Sequence[int], n_predict: int, sampler: Sample
             on_text(piece)
 
     eos = tuple(tok.eos_ids)
-    ids, st = generate(gm, prompt_ids, n_predict, sampler, on_token=step,
-                       eos_ids=() if ignore_eos else eos, ban_ids=eos if ignore_eos else ())
+    ids, st = generate(
+        gm,
+        prompt_ids,
+        n_predict,
+        sampler,
+        on_token=step,
+        eos_ids=() if ignore_eos else eos,
+        ban_ids=eos if ignore_eos else (),
+    )
     c1 = _cycles(gm)
-    if not first and st.generated_tokens:       # the first token was EOS: all was prefill
+    if not first and st.generated_tokens:  # the first token was EOS: all was prefill
         first.append(c1)
     rest = text.flush()
     if rest and on_text is not None:
@@ -108,8 +134,7 @@ def complete(gm, tok, prompt_ids: Sequence[int], n_predict: int, sampler: Sample
         if first and first[0] is not None:
             prefill = first[0] - c0
     eos_text = None if st.eos_token is None else tok.tk.id_to_token(st.eos_token)
-    return Completion(ids=ids, stats=st, eos_text=eos_text, cycles=cycles,
-                      prefill_cycles=prefill)
+    return Completion(ids=ids, stats=st, eos_text=eos_text, cycles=cycles, prefill_cycles=prefill)
 
 
 def _f(x) -> float:
@@ -122,14 +147,15 @@ def summary_lines(t: dict) -> list[str]:
     gen = t["generated_tokens"]
     ttft = f"{_f(t['ttft_s']) * 1e3:.1f} ms" if gen else "n/a"
     slides = t.get("window_slides") or 0
-    line = (f"prompt tokens: {t['prompt_tokens']}, generated tokens: {gen}, "
-            f"time to first token: {ttft}, prefill: {_f(t['prefill_tokens_per_s']):.1f} "
-            f"tokens/s, decode: {_f(t['decode_tokens_per_s']):.1f} tokens/s "
-            f"(backend {t['backend']}, mode {t['mode']}, seed {t['seed']}"
-            f"{f', window slides {slides}' if slides else ''})")
+    line = (
+        f"prompt tokens: {t['prompt_tokens']}, generated tokens: {gen}, "
+        f"time to first token: {ttft}, prefill: {_f(t['prefill_tokens_per_s']):.1f} "
+        f"tokens/s, decode: {_f(t['decode_tokens_per_s']):.1f} tokens/s "
+        f"(backend {t['backend']}, mode {t['mode']}, seed {t['seed']}"
+        f"{f', window slides {slides}' if slides else ''})"
+    )
     if t.get("eos_token") is not None:
-        line += (f", stopped at end of sequence (token {t['eos_token']} "
-                 f"{t.get('eos_token_text')!r})")
+        line += f", stopped at end of sequence (token {t['eos_token']} {t.get('eos_token_text')!r})"
     lines = [line]
     acc = t.get("accelerator")
     if acc and acc.get("cycles"):
@@ -137,8 +163,10 @@ def summary_lines(t: dict) -> list[str]:
         if acc.get("prefill_cycles") is not None:
             msg += f" (prefill {acc['prefill_cycles']})"
             if acc.get("cycles_per_token"):
-                msg += (f", {acc['cycles_per_token']:.0f} cycles per decoded token -> modeled "
-                        f"{acc['modeled_tokens_per_s']:.1f} tokens/s at {acc['clock_mhz']:g} "
-                        f"MHz, {acc['bandwidth_gbs']:g} GB/s")
+                msg += (
+                    f", {acc['cycles_per_token']:.0f} cycles per decoded token -> modeled "
+                    f"{acc['modeled_tokens_per_s']:.1f} tokens/s at {acc['clock_mhz']:g} "
+                    f"MHz, {acc['bandwidth_gbs']:g} GB/s"
+                )
         lines.append(msg)
     return lines

@@ -16,6 +16,7 @@ the same seed).
 
 Bad input prints one ``error: ...`` line and exits with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,22 +39,31 @@ def _linear_class(model) -> str:
     import numpy as np
 
     scales = [tw.scale for lw in model.weights.layers for tw in lw.proj.values()]
-    return ("autobitlinear" if all(float(np.float32(s)) == s for s in scales)
-            else "bitlinear")
+    return "autobitlinear" if all(float(np.float32(s)) == s for s in scales) else "bitlinear"
 
 
 def run(argv=None) -> int:
     from host.gguf import WRITE_TYPES
 
-    p = _Parser(prog="python -m host convert",
-                description="Convert a BitNet checkpoint directory to GGUF, or GGUF to a "
-                            "checkpoint directory.")
+    p = _Parser(
+        prog="python -m host convert",
+        description="Convert a BitNet checkpoint directory to GGUF, or GGUF to a "
+        "checkpoint directory.",
+    )
     p.add_argument("src", help="checkpoint directory or GGUF file")
     p.add_argument("dst", help="GGUF file (from a directory) or directory (from a GGUF file)")
-    p.add_argument("--type", choices=WRITE_TYPES, default="tq2_0",
-                   help="GGUF type of the ternary projections (default tq2_0)")
-    p.add_argument("--linear-class", choices=("auto", "autobitlinear", "bitlinear"),
-                   default="auto", help="transformers linear class of the directory")
+    p.add_argument(
+        "--type",
+        choices=WRITE_TYPES,
+        default="tq2_0",
+        help="GGUF type of the ternary projections (default tq2_0)",
+    )
+    p.add_argument(
+        "--linear-class",
+        choices=("auto", "autobitlinear", "bitlinear"),
+        default="auto",
+        help="transformers linear class of the directory",
+    )
     a = p.parse_args(argv)
 
     from host import checkpoint, gguf
@@ -67,22 +77,24 @@ def run(argv=None) -> int:
     try:
         if src.kind == "hf":
             if os.path.isdir(a.dst):
-                raise _UsageError(f"{a.dst}: is a directory; converting a checkpoint directory "
-                                  f"writes a GGUF file")
+                raise _UsageError(
+                    f"{a.dst}: is a directory; converting a checkpoint directory writes a GGUF file"
+                )
             gguf.write(model, src.tokenizer, a.dst, qtype=a.type)
             what = f"GGUF ({gguf.WRITE_ARCH}, projections {a.type.upper()})"
         else:
             if os.path.exists(a.dst) and not os.path.isdir(a.dst):
                 raise _UsageError(f"{a.dst}: exists and is not a directory")
             lc = a.linear_class if a.linear_class != "auto" else _linear_class(model)
-            checkpoint.save(model, a.dst, fmt="offline", linear_class=lc,
-                            tokenizer=src.tokenizer)
+            checkpoint.save(model, a.dst, fmt="offline", linear_class=lc, tokenizer=src.tokenizer)
             what = f"checkpoint directory (offline, {lc})"
     except (ValueError, OSError) as e:
         raise _UsageError(f"{a.dst}: {e}") from None
     cfg = model.config
-    print(f"{a.dst}: {what}; {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
-          f"vocabulary {cfg.vocab_size}, from {a.src}")
+    print(
+        f"{a.dst}: {what}; {cfg.num_hidden_layers} layers, hidden {cfg.hidden_size}, "
+        f"vocabulary {cfg.vocab_size}, from {a.src}"
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ each, for training, evaluation, the CLI, the benchmarks and the notebooks).
 - The split: the first ``split_index(n) = int(n * (1 - HELDOUT_FRACTION))`` characters
   (or character ids) train, the last 10 % are held out (never trained on).
 """
+
 from __future__ import annotations
 
 import os

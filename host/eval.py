@@ -27,6 +27,7 @@ Printed: loss in nats/char, bits/char (nats / ln 2), perplexity per character
 the wall time per mode; a progress bar goes to stderr. Exit status 2 with one
 ``error: ...`` line on bad arguments or an unreadable model/corpus.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,9 +51,9 @@ def windows(ids: np.ndarray, context: int) -> list[tuple[np.ndarray, np.ndarray]
     """Non-overlapping (inputs, targets) windows of length <= context (see module doc)."""
     out = []
     for s in range(0, len(ids) - 1, context):
-        x = ids[s:s + context]
-        y = ids[s + 1:s + context + 1]
-        out.append((x[:len(y)], y))
+        x = ids[s : s + context]
+        y = ids[s + 1 : s + context + 1]
+        out.append((x[: len(y)], y))
     return out
 
 
@@ -93,15 +94,19 @@ def evaluate(gm, wins, batch: int = 1, progress=None) -> tuple[float, int]:
 
 def run(argv=None) -> int:
     p = Parser(prog="python -m host.eval", description="Held-out loss of both golden modes.")
-    p.add_argument("-m", "--model", default=DEFAULT_MODEL,
-                   help="checkpoint directory or GGUF file")
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="checkpoint directory or GGUF file")
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="corpus text file")
-    p.add_argument("--chars", type=int, default=None,
-                   help="evaluate the first N held-out characters (default: all)")
+    p.add_argument(
+        "--chars",
+        type=int,
+        default=None,
+        help="evaluate the first N held-out characters (default: all)",
+    )
     # one window per forward is fastest here: larger int64 attention tensors fall out of cache
     p.add_argument("--batch", type=int, default=1, help="windows per forward")
-    p.add_argument("--modes", default=",".join(MODES),
-                   help=f"comma-separated subset of {','.join(MODES)}")
+    p.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}"
+    )
     a = p.parse_args(argv)
     if a.chars is not None and a.chars < 2:
         raise UsageError(f"--chars: expected >= 2, got {a.chars}")
@@ -114,12 +119,12 @@ def run(argv=None) -> int:
 
     from host.modelfile import open_model
 
-    try:                          # config and tokenizer (vocabulary checked) first
+    try:  # config and tokenizer (vocabulary checked) first
         source = open_model(a.model)
     except (ValueError, OSError) as e:
         raise UsageError(f"-m/--model: {e}") from None
     tok = source.tokenizer
-    try:                          # the corpus before the weights: bad paths fail fast
+    try:  # the corpus before the weights: bad paths fail fast
         text = heldout_text(a.corpus, a.chars)
         ids, offsets = tok.encode_with_offsets(text)
         ids = np.asarray(ids, dtype=np.int64)
@@ -127,7 +132,7 @@ def run(argv=None) -> int:
         raise UsageError(f"--corpus: {e}") from None
     if len(ids) < 2:
         raise UsageError("--chars: the held-out text has fewer than 2 tokens")
-    chars = len(text) - offsets[0][1]          # characters covered by the predicted tokens
+    chars = len(text) - offsets[0][1]  # characters covered by the predicted tokens
     try:
         model = source.load()
     except (ValueError, OSError) as e:
@@ -139,28 +144,42 @@ def run(argv=None) -> int:
 
     print(f"model: {a.model}")
     npred = sum(len(w[1]) for w in wins)
-    print(f"held-out: {len(text)} chars, {len(ids)} tokens (last {HELDOUT_FRACTION:.0%} of "
-          f"{a.corpus}{f', first {a.chars}' if a.chars else ''}), {len(wins)} "
-          f"non-overlapping windows of <= {ctx} tokens, loss on every position ({npred} "
-          f"predictions of {chars} characters, {chars / npred:.3f} chars/token)")
+    print(
+        f"held-out: {len(text)} chars, {len(ids)} tokens (last {HELDOUT_FRACTION:.0%} of "
+        f"{a.corpus}{f', first {a.chars}' if a.chars else ''}), {len(wins)} "
+        f"non-overlapping windows of <= {ctx} tokens, loss on every position ({npred} "
+        f"predictions of {chars} characters, {chars / npred:.3f} chars/token)"
+    )
     results = {}
     for mode in modes:
         gm = GoldenModel(model, mode=mode)
         t0 = time.perf_counter()
-        with tqdm(total=len(wins), desc=f"{mode:>9}", unit="win", file=sys.stderr,
-                  leave=False, disable=None) as bar:
+        with tqdm(
+            total=len(wins),
+            desc=f"{mode:>9}",
+            unit="win",
+            file=sys.stderr,
+            leave=False,
+            disable=None,
+        ) as bar:
             per_token, count = evaluate(gm, wins, a.batch, bar)
         results[mode] = (per_token * count / chars, per_token, time.perf_counter() - t0)
-    print(f"{'mode':<11} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} "
-          f"{'nats/token':>11} {'time s':>8}")
+    print(
+        f"{'mode':<11} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} "
+        f"{'nats/token':>11} {'time s':>8}"
+    )
     for mode, (nats, per_token, secs) in results.items():
-        print(f"{mode:<11} {nats:>10.4f} {nats / math.log(2):>10.4f} {math.exp(nats):>11.4f} "
-              f"{per_token:>11.4f} {secs:>8.1f}")
+        print(
+            f"{mode:<11} {nats:>10.4f} {nats / math.log(2):>10.4f} {math.exp(nats):>11.4f} "
+            f"{per_token:>11.4f} {secs:>8.1f}"
+        )
     if len(results) == 2:
         dn = results["integer"][0] - results["reference"][0]
         dp = math.exp(results["integer"][0]) - math.exp(results["reference"][0])
-        print(f"{'difference':<11} {dn:>+10.4f} {dn / math.log(2):>+10.4f} {dp:>+11.4f}   "
-              f"(integer - reference)")
+        print(
+            f"{'difference':<11} {dn:>+10.4f} {dn / math.log(2):>+10.4f} {dp:>+11.4f}   "
+            f"(integer - reference)"
+        )
     return 0
 
 

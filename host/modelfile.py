@@ -17,6 +17,7 @@ directory's name, or the GGUF file's name without ``.gguf``.
 Every problem -- unreadable files included -- is a ValueError naming the file and what is
 wrong.
 """
+
 from __future__ import annotations
 
 import os
@@ -29,24 +30,25 @@ from golden.modelspec import Model, ModelConfig
 @dataclass
 class ModelSource:
     path: str
-    kind: str                     # "hf" (checkpoint directory) or "gguf"
+    kind: str  # "hf" (checkpoint directory) or "gguf"
     config: ModelConfig
-    tokenizer: object             # host.tokenizer.Tokenizer
+    tokenizer: object  # host.tokenizer.Tokenizer
     _load: Callable[[], Model] = field(repr=False)
 
     @property
     def name(self) -> str:
         base = os.path.basename(os.path.normpath(os.path.abspath(self.path)))
         if self.kind == "gguf" and base.lower().endswith(".gguf"):
-            base = base[:-len(".gguf")] or base
+            base = base[: -len(".gguf")] or base
         return base
 
     def load(self) -> Model:
         try:
             return self._load()
         except OSError as e:
-            raise ValueError(f"{getattr(e, 'filename', None) or self.path}: cannot read "
-                             f"({e.strerror or e})") from None
+            raise ValueError(
+                f"{getattr(e, 'filename', None) or self.path}: cannot read ({e.strerror or e})"
+            ) from None
 
 
 def open_model(path: str | os.PathLike) -> ModelSource:
@@ -54,9 +56,10 @@ def open_model(path: str | os.PathLike) -> ModelSource:
     path = os.fspath(path)
     try:
         return _open(path)
-    except OSError as e:          # e.g. a directory or file without read permission
-        raise ValueError(f"{getattr(e, 'filename', None) or path}: cannot read "
-                         f"({e.strerror or e})") from None
+    except OSError as e:  # e.g. a directory or file without read permission
+        raise ValueError(
+            f"{getattr(e, 'filename', None) or path}: cannot read ({e.strerror or e})"
+        ) from None
 
 
 def _open(path: str) -> ModelSource:
@@ -82,6 +85,8 @@ def _open(path: str) -> ModelSource:
     else:
         raise ValueError(f"{path}: no such model directory or GGUF file")
     if tok.vocab_size != cfg.vocab_size:
-        raise ValueError(f"{tok.path}: the tokenizer has {tok.vocab_size} tokens, but the "
-                         f"model has {cfg.vocab_size} ({where})")
+        raise ValueError(
+            f"{tok.path}: the tokenizer has {tok.vocab_size} tokens, but the "
+            f"model has {cfg.vocab_size} ({where})"
+        )
     return ModelSource(path=path, kind=kind, config=cfg, tokenizer=tok, _load=load)

@@ -25,6 +25,7 @@ Errors -- a bad flag, an unreachable server, a request the server refuses (HTTP 
 its one-line reason quoted), a stream that fails or ends early -- print one line
 ``error: ...`` to stderr and exit with status 2, as the local CLI does.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,13 @@ from host.completion import summary_lines
 # seconds one socket operation may block (connect; a wait between two events: the
 # request may queue behind others on the one accelerator)
 TIMEOUT_S = 600.0
-SERVER_SIDE_FLAGS = (("model", "-m/--model"), ("backend", "--backend"), ("mode", "--mode"),
-                     ("clock_mhz", "--clock-mhz"), ("bandwidth_gbs", "--bandwidth-gbs"))
+SERVER_SIDE_FLAGS = (
+    ("model", "-m/--model"),
+    ("backend", "--backend"),
+    ("mode", "--mode"),
+    ("clock_mhz", "--clock-mhz"),
+    ("bandwidth_gbs", "--bandwidth-gbs"),
+)
 
 
 def base_url(url: str) -> str:
@@ -85,8 +91,11 @@ def open_stream(url: str, body: dict, timeout: float = TIMEOUT_S):
     """POST a streaming completion; the open response (HTTPError / URLError / OSError as
     urllib raises them)."""
     req = urllib.request.Request(
-        url + "/v1/completions", data=json.dumps(body).encode("utf-8"), method="POST",
-        headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
+        url + "/v1/completions",
+        data=json.dumps(body).encode("utf-8"),
+        method="POST",
+        headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+    )
     return urllib.request.urlopen(req, timeout=timeout)
 
 
@@ -96,16 +105,25 @@ def run_remote(a, parser) -> int:
 
     for dest, flag in SERVER_SIDE_FLAGS:
         if getattr(a, dest) != parser.get_default(dest):
-            raise cli._UsageError(f"{flag}: not used with --remote (the server chooses it: "
-                                  f"python -m host serve {flag.split('/')[-1]} ...)")
+            raise cli._UsageError(
+                f"{flag}: not used with --remote (the server chooses it: "
+                f"python -m host serve {flag.split('/')[-1]} ...)"
+            )
     cli._check_args(a)
     try:
         url = base_url(a.remote)
     except ValueError as e:
         raise cli._UsageError(f"--remote: {e}") from None
-    seed = a.seed if a.seed is not None else int(time.time_ns() % (2 ** 31))
-    body = {"prompt": a.prompt, "max_tokens": a.n_predict, "temperature": a.temp,
-            "top_k": a.top_k, "top_p": a.top_p, "seed": seed, "stream": True}
+    seed = a.seed if a.seed is not None else int(time.time_ns() % (2**31))
+    body = {
+        "prompt": a.prompt,
+        "max_tokens": a.n_predict,
+        "temperature": a.temp,
+        "top_k": a.top_k,
+        "top_p": a.top_p,
+        "seed": seed,
+        "stream": True,
+    }
     if a.ignore_eos:
         body["ignore_eos"] = True
 
@@ -119,7 +137,7 @@ def run_remote(a, parser) -> int:
         raise fail(f"HTTP {e.code}: {_server_message(e)}") from None
     except urllib.error.URLError as e:
         raise fail(f"cannot reach the server ({e.reason})") from None
-    except OSError as e:               # e.g. a timeout, a reset connection
+    except OSError as e:  # e.g. a timeout, a reset connection
         raise fail(f"cannot reach the server ({e})") from None
 
     out = sys.stdout
@@ -143,7 +161,7 @@ def run_remote(a, parser) -> int:
                         out.flush()
                     if ch.get("finish_reason") is not None:
                         timings = d.get("timings")
-    except (OSError, ValueError) as e:   # dropped connection, bad JSON from the server
+    except (OSError, ValueError) as e:  # dropped connection, bad JSON from the server
         raise fail(f"stream failed: {e}") from None
     if not done or timings is None:
         raise fail("the stream ended before the server finished the completion")
@@ -153,8 +171,14 @@ def run_remote(a, parser) -> int:
         print(line, file=sys.stderr)
     client_ttft = f"{(t_first - t0) * 1e3:.1f} ms" if t_first is not None else "n/a"
     queue = timings.get("queue_s")
-    queue = f"{queue * 1e3:.1f} ms" if isinstance(queue, (int, float)) and \
-        math.isfinite(queue) else "n/a"
-    print(f"remote: {url}, waited for the accelerator {queue}, time to first token at this "
-          f"client {client_ttft}", file=sys.stderr)
+    queue = (
+        f"{queue * 1e3:.1f} ms"
+        if isinstance(queue, (int, float)) and math.isfinite(queue)
+        else "n/a"
+    )
+    print(
+        f"remote: {url}, waited for the accelerator {queue}, time to first token at this "
+        f"client {client_ttft}",
+        file=sys.stderr,
+    )
     return 0

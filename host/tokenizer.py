@@ -41,6 +41,7 @@ training split of the corpus (``host.data.split``).
 Errors (missing or malformed files, a file in neither format, special tokens outside the
 vocabulary) raise ValueError naming the file.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,14 @@ class Tokenizer:
     ``add_bos``: prepend it to prompts; ``path``: the file it came from (for messages).
     """
 
-    def __init__(self, tk, eos_ids: Iterable[int] = (), bos_id: int | None = None,
-                 add_bos: bool = False, path: str | None = None):
+    def __init__(
+        self,
+        tk,
+        eos_ids: Iterable[int] = (),
+        bos_id: int | None = None,
+        add_bos: bool = False,
+        path: str | None = None,
+    ):
         self.tk = tk
         self.path = path or "<tokenizer>"
         vocab = tk.get_vocab(with_added_tokens=True)
@@ -86,14 +93,17 @@ class Tokenizer:
         for name, ids in (("eos", self.eos_ids), ("bos", () if bos_id is None else (bos_id,))):
             bad = [i for i in ids if not 0 <= i < self._size]
             if bad:
-                raise ValueError(f"{self.path}: {name} token id {bad[0]} outside the vocabulary "
-                                 f"[0, {self._size})")
+                raise ValueError(
+                    f"{self.path}: {name} token id {bad[0]} outside the vocabulary "
+                    f"[0, {self._size})"
+                )
         self._vocab: list[str] | None = None
         model = tk.model
         bpe = _tk().models.BPE
         # a BPE model without an unknown token or byte fallback drops what it cannot encode
-        self._may_drop = isinstance(model, bpe) and model.unk_token is None and \
-            not model.byte_fallback
+        self._may_drop = (
+            isinstance(model, bpe) and model.unk_token is None and not model.byte_fallback
+        )
 
     # ------------------------------------------------------------------ properties
     @property
@@ -123,17 +133,19 @@ class Tokenizer:
             raise ValueError(f"text: expected str, got {type(text).__name__}")
         try:
             enc = self.tk.encode(text, add_special_tokens=False)
-        except Exception as e:     # WordLevel without an unknown token refuses the text
+        except Exception as e:  # WordLevel without an unknown token refuses the text
             pos = self._first_unencodable(text)
             if pos is None:
                 raise ValueError(f"text: cannot be encoded ({_first_line(e)})") from None
-            raise ValueError(f"text: character {text[pos]!r} at position {pos} is not in the "
-                             f"vocabulary") from None
+            raise ValueError(
+                f"text: character {text[pos]!r} at position {pos} is not in the vocabulary"
+            ) from None
         if self._may_drop:
             pos = _first_dropped(text, enc.offsets)
             if pos is not None:
-                raise ValueError(f"text: character {text[pos]!r} at position {pos} is not in "
-                                 f"the vocabulary")
+                raise ValueError(
+                    f"text: character {text[pos]!r} at position {pos} is not in the vocabulary"
+                )
         ids = list(enc.ids)
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids.insert(0, self.bos_id)
@@ -187,14 +199,14 @@ class Tokenizer:
         if self.eos_ids:
             tc["eos_token"] = self.tk.id_to_token(self.eos_ids[0])
         if tc:
-            tc.update(tokenizer_class="PreTrainedTokenizerFast",
-                      clean_up_tokenization_spaces=False)
+            tc.update(tokenizer_class="PreTrainedTokenizerFast", clean_up_tokenization_spaces=False)
             with open(os.path.join(directory, TOKENIZER_CONFIG_FILE), "w", encoding="utf-8") as f:
                 json.dump(tc, f, indent=2, ensure_ascii=False)
             gc = {}
             if self.eos_ids:
-                gc["eos_token_id"] = (self.eos_ids[0] if len(self.eos_ids) == 1
-                                      else list(self.eos_ids))
+                gc["eos_token_id"] = (
+                    self.eos_ids[0] if len(self.eos_ids) == 1 else list(self.eos_ids)
+                )
             if self.bos_id is not None:
                 gc["bos_token_id"] = self.bos_id
             with open(os.path.join(directory, GENERATION_CONFIG_FILE), "w") as f:
@@ -206,11 +218,17 @@ class Tokenizer:
         return load_tokenizer(path)
 
     @classmethod
-    def from_json(cls, text: str, path: str = "<tokenizer>", eos_ids: Iterable[int] = (),
-                  bos_id: int | None = None, add_bos: bool | None = None) -> Tokenizer:
+    def from_json(
+        cls,
+        text: str,
+        path: str = "<tokenizer>",
+        eos_ids: Iterable[int] = (),
+        bos_id: int | None = None,
+        add_bos: bool | None = None,
+    ) -> Tokenizer:
         """From the text of a tokenizer.json (either format)."""
         tk = _parse_tokenizer_json(text, path)
-        if isinstance(tk, CharTokenizer):            # the legacy format
+        if isinstance(tk, CharTokenizer):  # the legacy format
             tk = tk.tk
         if add_bos is None:
             add_bos = _post_processor_adds(tk, bos_id)
@@ -232,8 +250,9 @@ class CharTokenizer(Tokenizer):
             dup = sorted({c for c in vocab if vocab.count(c) > 1})
             raise ValueError(f"vocab: duplicate characters {dup!r}")
         t = _tk()
-        tk = t.Tokenizer(t.models.WordLevel({ch: i for i, ch in enumerate(vocab)},
-                                            unk_token="<unk>"))
+        tk = t.Tokenizer(
+            t.models.WordLevel({ch: i for i, ch in enumerate(vocab)}, unk_token="<unk>")
+        )
         tk.pre_tokenizer = t.pre_tokenizers.Split(t.Regex(_ANY_CHAR), behavior="isolated")
         tk.decoder = t.decoders.Fuse()
         super().__init__(tk, path=path)
@@ -259,8 +278,8 @@ class StreamDecoder:
         self.tok = tok
         self.skip = skip_special_tokens
         self.ids: list[int] = []
-        self._prefix = 0       # first id of the decode window (context for the next piece)
-        self._read = 0         # ids before this one have been printed
+        self._prefix = 0  # first id of the decode window (context for the next piece)
+        self._read = 0  # ids before this one have been printed
 
     def _decode(self, ids) -> str:
         return self.tok.tk.decode(ids, skip_special_tokens=self.skip) if ids else ""
@@ -268,19 +287,19 @@ class StreamDecoder:
     def step(self, token_id: int) -> str:
         """The text that ``token_id`` completes ("" while a character is incomplete)."""
         self.ids.append(int(token_id))
-        prev = self._decode(self.ids[self._prefix:self._read])
-        cur = self._decode(self.ids[self._prefix:])
+        prev = self._decode(self.ids[self._prefix : self._read])
+        cur = self._decode(self.ids[self._prefix :])
         if len(cur) > len(prev) and not cur.endswith(_REPLACEMENT):
             self._prefix, self._read = self._read, len(self.ids)
-            return cur[len(prev):]
+            return cur[len(prev) :]
         return ""
 
     def flush(self) -> str:
         """Whatever is still held back (an incomplete sequence prints as U+FFFD)."""
-        prev = self._decode(self.ids[self._prefix:self._read])
-        cur = self._decode(self.ids[self._prefix:])
+        prev = self._decode(self.ids[self._prefix : self._read])
+        cur = self._decode(self.ids[self._prefix :])
         self._prefix = self._read = len(self.ids)
-        return cur[len(prev):] if len(cur) > len(prev) else ""
+        return cur[len(prev) :] if len(cur) > len(prev) else ""
 
 
 # ----------------------------------------------------------------------------- loading
@@ -309,20 +328,23 @@ def _parse_tokenizer_json(text: str, path: str):
     if isinstance(data, dict) and data.get("type") == "char" and "model" not in data:
         vocab = data.get("vocab")
         if not isinstance(vocab, list):
-            raise ValueError(f"{path}: \"vocab\" must be a list of characters")
+            raise ValueError(f'{path}: "vocab" must be a list of characters')
         try:
             return CharTokenizer(vocab, path=path)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-        raise ValueError(f"{path}: neither a Hugging Face tokenizer.json (an object with a "
-                         f"\"model\") nor the package's {{\"type\": \"char\", \"vocab\": [...]}} "
-                         f"format")
+        raise ValueError(
+            f"{path}: neither a Hugging Face tokenizer.json (an object with a "
+            f'"model") nor the package\'s {{"type": "char", "vocab": [...]}} '
+            f"format"
+        )
     try:
         return _tk().Tokenizer.from_str(text)
     except Exception as e:
-        raise ValueError(f"{path}: not a valid Hugging Face tokenizer.json "
-                         f"({_first_line(e)})") from None
+        raise ValueError(
+            f"{path}: not a valid Hugging Face tokenizer.json ({_first_line(e)})"
+        ) from None
 
 
 def _read_optional_json(path: str) -> dict:
@@ -353,7 +375,7 @@ def _token_name(value, path: str, key: str) -> str | None:
     if isinstance(value, dict):
         value = value.get("content")
     if not isinstance(value, str):
-        raise ValueError(f"{path}: {key} must be a string or {{\"content\": ...}}, got {value!r}")
+        raise ValueError(f'{path}: {key} must be a string or {{"content": ...}}, got {value!r}')
     return value
 
 
@@ -426,28 +448,35 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
 
 # ----------------------------------------------------------------------------- BPE
-def train_bpe(texts: Iterable[str] | str, vocab_size: int, min_frequency: int = 2,
-              eos: str = BPE_EOS) -> Tokenizer:
+def train_bpe(
+    texts: Iterable[str] | str, vocab_size: int, min_frequency: int = 2, eos: str = BPE_EOS
+) -> Tokenizer:
     """A byte-level BPE tokenizer (GPT-2 / LLaMA-3 style) trained by ``tokenizers`` on
     ``texts``; ``eos`` is its one special token and its EOS."""
     t = _tk()
     if isinstance(texts, str):
         texts = [texts]
     if not isinstance(vocab_size, int) or vocab_size < 258:
-        raise ValueError(f"vocab_size: expected an integer >= 258 (256 bytes, EOS and a "
-                         f"merge), got {vocab_size!r}")
+        raise ValueError(
+            f"vocab_size: expected an integer >= 258 (256 bytes, EOS and a "
+            f"merge), got {vocab_size!r}"
+        )
     tk = t.Tokenizer(t.models.BPE())
     tk.pre_tokenizer = t.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = t.decoders.ByteLevel()
-    trainer = t.trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                    special_tokens=[eos], show_progress=False,
-                                    initial_alphabet=t.pre_tokenizers.ByteLevel.alphabet())
+    trainer = t.trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[eos],
+        show_progress=False,
+        initial_alphabet=t.pre_tokenizers.ByteLevel.alphabet(),
+    )
 
     def chunks():
         for text in texts:
             lines = text.splitlines(keepends=True)
             for i in range(0, len(lines), 1000):
-                yield "".join(lines[i:i + 1000])
+                yield "".join(lines[i : i + 1000])
 
     tk.train_from_iterator(chunks(), trainer)
     return Tokenizer(tk, eos_ids=[tk.token_to_id(eos)])
@@ -461,7 +490,8 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(
         prog="python -m host.tokenizer",
-        description="Train a byte-level BPE tokenizer on the training split of the corpus.")
+        description="Train a byte-level BPE tokenizer on the training split of the corpus.",
+    )
     p.add_argument("--vocab-size", type=int, required=True, help="tokens, EOS included")
     p.add_argument("--out", required=True, help="directory for tokenizer.json")
     p.add_argument("--corpus", default=DEFAULT_CORPUS)
@@ -473,8 +503,10 @@ def main(argv=None) -> int:
         print(f"error: {_first_line(e)}", file=sys.stderr)
         return 2
     path = tok.save(a.out)
-    print(f"{path}: byte-level BPE, {tok.vocab_size} tokens (EOS {tok.eos_tokens[0]!r}), "
-          f"trained on the first {len(train_text)} characters of {a.corpus}")
+    print(
+        f"{path}: byte-level BPE, {tok.vocab_size} tokens (EOS {tok.eos_tokens[0]!r}), "
+        f"trained on the first {len(train_text)} characters of {a.corpus}"
+    )
     return 0
 
 

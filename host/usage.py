@@ -3,6 +3,7 @@ value prints one line ``error: ...`` to stderr and exits with status 2 (no usage
 traceback); an interrupt exits 130; a closed stdout (e.g. piped into ``head``) is not an
 error.
 """
+
 from __future__ import annotations
 
 import argparse

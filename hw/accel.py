@@ -48,6 +48,7 @@ sits in IDLE -- it lets Verilator skip the next-state logic of idle engines (~2x
 simulated cycles per second); it is also how an ASIC would save their power. FPGA
 builds keep the default (one clock; a clock enable is the FPGA way).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -76,7 +77,7 @@ ENGINES = {
     Opcode.ACT: "hw.ops.act:ActEngine",
 }
 RTL_OPS = (Opcode.NOP, Opcode.END, *ENGINES)
-PF_COUNT_BITS = 10          # engine reads outstanding while a prefetch waits (1023 max)
+PF_COUNT_BITS = 10  # engine reads outstanding while a prefetch waits (1023 max)
 
 
 def engine_class(op: Opcode):
@@ -88,8 +89,9 @@ def dma_bytes_for(cfg: DatapathConfig) -> int:
     """DMA beat width: the smallest power of two holding a command, an activation chunk
     (G*T bytes), a weight beat and an output beat (Q int32)."""
     t = cfg.tlmm
-    need = max(isa.COMMAND_BYTES, t.group * t.tables, isa.tlmm_beat_bytes(t),
-               t.replicas * t.acc_bits // 8)
+    need = max(
+        isa.COMMAND_BYTES, t.group * t.tables, isa.tlmm_beat_bytes(t), t.replicas * t.acc_bits // 8
+    )
     return 1 << (need - 1).bit_length()
 
 
@@ -97,8 +99,14 @@ class Accel(wiring.Component):
     """The accelerator top (see module docstring). ``ops``: the opcodes executed on RTL
     (default all of ``RTL_OPS``; END and NOP always); the others go to the host."""
 
-    def __init__(self, cfg: DatapathConfig = DEFAULT, *, max_k: int = DEFAULT_MAX_K,
-                 ops=None, gate_idle_engines: bool = False):
+    def __init__(
+        self,
+        cfg: DatapathConfig = DEFAULT,
+        *,
+        max_k: int = DEFAULT_MAX_K,
+        ops=None,
+        gate_idle_engines: bool = False,
+    ):
         self.cfg = cfg
         self.max_k = max_k
         self.gate_idle_engines = bool(gate_idle_engines)
@@ -109,16 +117,28 @@ class Accel(wiring.Component):
         self.ops = tuple(op for op in ENGINES if op in ops)
         self.dma_bytes = dma_bytes_for(cfg)
         W = self.dma_bytes
-        super().__init__({
-            "csr_addr": In(CSR_ADDR_BITS), "csr_w_en": In(1), "csr_w_data": In(32),
-            "csr_r_data": Out(32),
-            "mem_rd_valid": Out(1), "mem_rd_ready": In(1), "mem_rd_addr": Out(isa.ADDR_BITS),
-            "mem_rd_len": Out(range(W + 1)),
-            "mem_rdata_valid": In(1), "mem_rdata_ready": Out(1), "mem_rdata": In(8 * W),
-            "mem_wr_valid": Out(1), "mem_wr_ready": In(1), "mem_wr_addr": Out(isa.ADDR_BITS),
-            "mem_wr_len": Out(range(W + 1)), "mem_wr_data": Out(8 * W),
-            "busy": Out(1), "host_req": Out(1),
-        })
+        super().__init__(
+            {
+                "csr_addr": In(CSR_ADDR_BITS),
+                "csr_w_en": In(1),
+                "csr_w_data": In(32),
+                "csr_r_data": Out(32),
+                "mem_rd_valid": Out(1),
+                "mem_rd_ready": In(1),
+                "mem_rd_addr": Out(isa.ADDR_BITS),
+                "mem_rd_len": Out(range(W + 1)),
+                "mem_rdata_valid": In(1),
+                "mem_rdata_ready": Out(1),
+                "mem_rdata": In(8 * W),
+                "mem_wr_valid": Out(1),
+                "mem_wr_ready": In(1),
+                "mem_wr_addr": Out(isa.ADDR_BITS),
+                "mem_wr_len": Out(range(W + 1)),
+                "mem_wr_data": Out(8 * W),
+                "busy": Out(1),
+                "host_req": Out(1),
+            }
+        )
 
     def _engine(self, op: Opcode):
         cls = engine_class(op)
@@ -129,8 +149,12 @@ class Accel(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.csr = csr = CSRBlock()
-        m.d.comb += [csr.addr.eq(self.csr_addr), csr.w_en.eq(self.csr_w_en),
-                     csr.w_data.eq(self.csr_w_data), self.csr_r_data.eq(csr.r_data)]
+        m.d.comb += [
+            csr.addr.eq(self.csr_addr),
+            csr.w_en.eq(self.csr_w_en),
+            csr.w_data.eq(self.csr_w_data),
+            self.csr_r_data.eq(csr.r_data),
+        ]
 
         # ------------------------------------------------ status
         busy = Signal()
@@ -143,11 +167,20 @@ class Accel(wiring.Component):
         bytes_wr = Signal(64)
         host_op = Signal()
         pc = Signal(32)
-        m.d.comb += [csr.busy.eq(busy), csr.done.eq(done), csr.error.eq(error),
-                     csr.err_op.eq(err_op), csr.ops_done.eq(ops_done), csr.cycles.eq(cycles),
-                     csr.bytes_rd.eq(bytes_rd), csr.bytes_wr.eq(bytes_wr),
-                     csr.host_op.eq(host_op), csr.pc.eq(pc),
-                     self.busy.eq(busy), self.host_req.eq(host_op)]
+        m.d.comb += [
+            csr.busy.eq(busy),
+            csr.done.eq(done),
+            csr.error.eq(error),
+            csr.err_op.eq(err_op),
+            csr.ops_done.eq(ops_done),
+            csr.cycles.eq(cycles),
+            csr.bytes_rd.eq(bytes_rd),
+            csr.bytes_wr.eq(bytes_wr),
+            csr.host_op.eq(host_op),
+            csr.pc.eq(pc),
+            self.busy.eq(busy),
+            self.host_req.eq(host_op),
+        ]
         with m.If(busy & ~host_op):
             m.d.sync += cycles.eq(cycles + 1)
         with m.If(self.mem_rd_valid & self.mem_rd_ready):
@@ -171,7 +204,7 @@ class Accel(wiring.Component):
         # lets Verilator evaluate it once per cycle instead of on every input change.
         rs_valid = Signal()
         rs_data = Signal(8 * self.dma_bytes)
-        rs_ready = Signal()                              # the consumer takes rs this cycle
+        rs_ready = Signal()  # the consumer takes rs this cycle
         m.d.comb += self.mem_rdata_ready.eq(~rs_valid | rs_ready)
         with m.If(self.mem_rdata_ready):
             m.d.sync += rs_valid.eq(self.mem_rdata_valid)
@@ -180,10 +213,13 @@ class Accel(wiring.Component):
 
         # ------------------------------------------------ engines and the DMA switch
         engines = {}
-        active = Signal(range(len(self.ops) + 1))      # 1 + index of the running engine
+        active = Signal(range(len(self.ops) + 1))  # 1 + index of the running engine
         if self.gate_idle_engines:
             m.domains.gate = ClockDomain("gate", clk_edge="neg", local=True)
-            m.d.comb += [ClockSignal("gate").eq(ClockSignal()), ResetSignal("gate").eq(ResetSignal())]
+            m.d.comb += [
+                ClockSignal("gate").eq(ClockSignal()),
+                ResetSignal("gate").eq(ResetSignal()),
+            ]
         for i, op in enumerate(self.ops):
             name = f"op_{isa.op_name(op)}"
             e = engines[op] = self._engine(op)
@@ -196,8 +232,10 @@ class Accel(wiring.Component):
             en = Signal(name=f"{name}_en", init=1, reset_less=True)
             m.d.gate += en.eq((active == i + 1) | e.start | ResetSignal())
             m.domains += ClockDomain(name, local=True)
-            m.d.comb += [ClockSignal(name).eq(ClockSignal() & en),
-                         ResetSignal(name).eq(ResetSignal())]
+            m.d.comb += [
+                ClockSignal(name).eq(ClockSignal() & en),
+                ResetSignal(name).eq(ResetSignal()),
+            ]
             m.submodules[name] = DomainRenamer(name)(e)
         eng_done = Signal()
         eng_error = Signal(8)
@@ -210,32 +248,40 @@ class Accel(wiring.Component):
                 e = engines[op]
                 with m.Case(i + 1):
                     m.d.comb += [
-                        e_rd_valid.eq(e.rd.valid), e.rd.ready.eq(e_rd_ready),
-                        e_rd_addr.eq(e.rd.payload.addr), e_rd_len.eq(e.rd.payload.len),
-                        e.rdata.valid.eq(e_rs_valid), e_rs_ready.eq(e.rdata.ready),
+                        e_rd_valid.eq(e.rd.valid),
+                        e.rd.ready.eq(e_rd_ready),
+                        e_rd_addr.eq(e.rd.payload.addr),
+                        e_rd_len.eq(e.rd.payload.len),
+                        e.rdata.valid.eq(e_rs_valid),
+                        e_rs_ready.eq(e.rdata.ready),
                         e.rdata.payload.eq(rs_data),
-                        self.mem_wr_valid.eq(e.wr.valid), e.wr.ready.eq(self.mem_wr_ready),
+                        self.mem_wr_valid.eq(e.wr.valid),
+                        e.wr.ready.eq(self.mem_wr_ready),
                         self.mem_wr_addr.eq(e.wr.payload.addr),
                         self.mem_wr_len.eq(e.wr.payload.len),
                         self.mem_wr_data.eq(e.wr.payload.data),
-                        eng_done.eq(e.done), eng_error.eq(e.error.as_value()),
+                        eng_done.eq(e.done),
+                        eng_error.eq(e.error.as_value()),
                     ]
 
         # ------------------------------------------------ command prefetch
         # While an engine runs, the next command is read in a request slot the engine
         # leaves free; responses come back in request order, so the prefetch's is the
         # one after the engine reads that were outstanding when it was issued.
-        pf_req = Signal()                       # the prefetch read is in flight
-        pf_have = Signal()                      # pf_buf holds command pc + 1
+        pf_req = Signal()  # the prefetch read is in flight
+        pf_have = Signal()  # pf_buf holds command pc + 1
         pf_buf = Signal(isa.COMMAND_BITS)
-        eng_out = Signal(PF_COUNT_BITS)         # engine reads outstanding
-        pf_ahead = Signal(PF_COUNT_BITS)        # engine responses due before the prefetch's
+        eng_out = Signal(PF_COUNT_BITS)  # engine reads outstanding
+        pf_ahead = Signal(PF_COUNT_BITS)  # engine responses due before the prefetch's
         pf_head = Signal()
         m.d.comb += pf_head.eq(pf_req & (pf_ahead == 0))
         eng_rd_fire = Signal()
         eng_rs_fire = Signal()
         pf_fire = Signal()
-        m.d.comb += [eng_rd_fire.eq(e_rd_valid & e_rd_ready), eng_rs_fire.eq(e_rs_valid & e_rs_ready)]
+        m.d.comb += [
+            eng_rd_fire.eq(e_rd_valid & e_rd_ready),
+            eng_rs_fire.eq(e_rs_valid & e_rs_ready),
+        ]
         m.d.sync += eng_out.eq(eng_out + eng_rd_fire - eng_rs_fire)
         with m.If(pf_fire):
             m.d.sync += [pf_req.eq(1), pf_ahead.eq(eng_out - eng_rs_fire)]
@@ -263,15 +309,17 @@ class Accel(wiring.Component):
                     m.d.sync += [busy.eq(1), done.eq(0), error.eq(0), err_op.eq(0), pc.eq(0)]
                     m.next = "FETCH"
             with m.State("FETCH"):
-                m.d.comb += [self.mem_rd_valid.eq(1),
-                             self.mem_rd_addr.eq(csr.stream_addr + (pc << 6)),
-                             self.mem_rd_len.eq(isa.COMMAND_BYTES)]
+                m.d.comb += [
+                    self.mem_rd_valid.eq(1),
+                    self.mem_rd_addr.eq(csr.stream_addr + (pc << 6)),
+                    self.mem_rd_len.eq(isa.COMMAND_BYTES),
+                ]
                 with m.If(self.mem_rd_ready):
                     m.next = "FETCH_WAIT"
             with m.State("FETCH_WAIT"):
                 m.d.comb += rs_ready.eq(1)
                 with m.If(rs_valid):
-                    m.d.sync += cmd.eq(rs_data[:isa.COMMAND_BITS])
+                    m.d.sync += cmd.eq(rs_data[: isa.COMMAND_BITS])
                     m.next = "DECODE"
             with m.State("DECODE"):
                 with m.If(~known):
@@ -299,20 +347,24 @@ class Accel(wiring.Component):
                 m.d.comb += [
                     e_rd_ready.eq(self.mem_rd_ready & ~eng_full),
                     self.mem_rd_valid.eq((e_rd_valid & ~eng_full) | want_pf),
-                    self.mem_rd_addr.eq(Mux(e_rd_valid, e_rd_addr,
-                                            csr.stream_addr + ((pc + 1) << 6))),
+                    self.mem_rd_addr.eq(
+                        Mux(e_rd_valid, e_rd_addr, csr.stream_addr + ((pc + 1) << 6))
+                    ),
                     self.mem_rd_len.eq(Mux(e_rd_valid, e_rd_len, isa.COMMAND_BYTES)),
                     pf_fire.eq(want_pf & ~e_rd_valid & self.mem_rd_ready),
                 ]
-                pf_arrives = Signal()               # the prefetched word is taken now
+                pf_arrives = Signal()  # the prefetched word is taken now
                 m.d.comb += pf_arrives.eq(pf_head & rs_valid)
                 with m.If(pf_head):
                     m.d.comb += rs_ready.eq(1)
                 with m.Else():
                     m.d.comb += [e_rs_valid.eq(rs_valid), rs_ready.eq(e_rs_ready)]
                 with m.If(pf_arrives):
-                    m.d.sync += [pf_buf.eq(rs_data[:isa.COMMAND_BITS]), pf_req.eq(0),
-                                 pf_have.eq(1)]
+                    m.d.sync += [
+                        pf_buf.eq(rs_data[: isa.COMMAND_BITS]),
+                        pf_req.eq(0),
+                        pf_have.eq(1),
+                    ]
                 with m.If(eng_done):
                     m.d.sync += active.eq(0)
                     with m.If(eng_error != 0):
@@ -329,8 +381,10 @@ class Accel(wiring.Component):
                     with m.Else():
                         m.d.sync += [ops_done.eq(ops_done + 1), pc.eq(pc + 1)]
                         with m.If(pf_have | pf_arrives):
-                            m.d.sync += [cmd.eq(Mux(pf_have, pf_buf, rs_data[:isa.COMMAND_BITS])),
-                                         pf_have.eq(0)]
+                            m.d.sync += [
+                                cmd.eq(Mux(pf_have, pf_buf, rs_data[: isa.COMMAND_BITS])),
+                                pf_have.eq(0),
+                            ]
                             m.next = "DECODE"
                         with m.Elif(pf_req):
                             m.next = "PF_WAIT"
@@ -339,7 +393,7 @@ class Accel(wiring.Component):
             with m.State("PF_WAIT"):
                 m.d.comb += rs_ready.eq(1)
                 with m.If(rs_valid):
-                    m.d.sync += [cmd.eq(rs_data[:isa.COMMAND_BITS]), pf_req.eq(0)]
+                    m.d.sync += [cmd.eq(rs_data[: isa.COMMAND_BITS]), pf_req.eq(0)]
                     m.next = "DECODE"
             with m.State("PF_DRAIN"):
                 m.d.comb += rs_ready.eq(1)
@@ -358,7 +412,13 @@ class Accel(wiring.Component):
         # soft reset (CTRL.RESET): status and counters; abandons a stream only when idle
         # or waiting for the host (a hard reset abandons anything)
         with m.If(csr.soft_reset):
-            m.d.sync += [done.eq(0), error.eq(0), err_op.eq(0), ops_done.eq(0),
-                         cycles.eq(0), bytes_rd.eq(0), bytes_wr.eq(0)]
+            m.d.sync += [
+                done.eq(0),
+                error.eq(0),
+                err_op.eq(0),
+                ops_done.eq(0),
+                cycles.eq(0),
+                bytes_rd.eq(0),
+                bytes_wr.eq(0),
+            ]
         return m
-

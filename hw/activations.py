@@ -34,6 +34,7 @@ the first input beat to the last output beat, both included.
 
 Reset empties the pipelines; the ROM is constant.
 """
+
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed, unsigned
@@ -93,8 +94,9 @@ class LutActivation(wiring.Component):
 
     LATENCY = 3
 
-    def __init__(self, cfg: ActivationConfig = DEFAULT.activation, kinds=KINDS, *,
-                 lanes: int = DEFAULT_LANES):
+    def __init__(
+        self, cfg: ActivationConfig = DEFAULT.activation, kinds=KINDS, *, lanes: int = DEFAULT_LANES
+    ):
         if not isinstance(cfg, ActivationConfig):
             raise ValueError(f"cfg: expected ActivationConfig, got {type(cfg).__name__}")
         kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
@@ -105,10 +107,12 @@ class LutActivation(wiring.Component):
         self.lanes = check_lanes(lanes)
         self.latency = self.LATENCY
         kind = {"kind": unsigned(1)} if len(kinds) > 1 else {}
-        super().__init__({
-            "x": In(stream.Signature(lanes_layout(signed(cfg.in_bits), lanes, **kind))),
-            "y": Out(stream.Signature(lanes_layout(signed(cfg.out_bits), lanes))),
-        })
+        super().__init__(
+            {
+                "x": In(stream.Signature(lanes_layout(signed(cfg.in_bits), lanes, **kind))),
+                "y": Out(stream.Signature(lanes_layout(signed(cfg.out_bits), lanes))),
+            }
+        )
 
     def rom_offsets(self) -> list[int]:
         """First ROM word of each kind's table."""
@@ -150,16 +154,19 @@ class LutActivation(wiring.Component):
         outs = []
         for lane in range(self.lanes):
             x = self.x.payload.data[lane]
-            a = Signal(unsigned(cfg.in_bits), name=f"abs{lane}")   # |-2^(b-1)| fits b bits
+            a = Signal(unsigned(cfg.in_bits), name=f"abs{lane}")  # |-2^(b-1)| fits b bits
             m.d.comb += a.eq(Mux(x < 0, -x, x))
             addr, inside, pos = [], [], []
             for kind, off, sg in zip(self.kinds, offsets, shifts, strict=False):
                 seg = a >> sg
                 inside.append(seg < (1 << cfg.lut_bits(kind)))
-                addr.append(off + seg[:cfg.lut_bits(kind)])
+                addr.append(off + seg[: cfg.lut_bits(kind)])
                 pos.append(a[:sg] if sg else 0)
-            pick = (lambda vals: Mux(sel, vals[1], vals[0])) if len(self.kinds) > 1 else \
-                (lambda vals: vals[0])
+            pick = (
+                (lambda vals: Mux(sel, vals[1], vals[0]))
+                if len(self.kinds) > 1
+                else (lambda vals: vals[0])
+            )
             # one ROM copy per lane (one read port each: what the FPGA builds anyway)
             rom = Memory(shape=word_layout, depth=len(words), init=words)
             m.submodules[f"rom{lane}"] = rom
@@ -188,12 +195,18 @@ class LutActivation(wiring.Component):
 class Relu2(wiring.Component):
     """max(x, 0)^2, or relu2(gate) * up with ``up_bits`` (see module docstring)."""
 
-    def __init__(self, in_bits: int = DEFAULT.quant.act_bits, up_bits: int | None = None, *,
-                 lanes: int = DEFAULT_LANES):
+    def __init__(
+        self,
+        in_bits: int = DEFAULT.quant.act_bits,
+        up_bits: int | None = None,
+        *,
+        lanes: int = DEFAULT_LANES,
+    ):
         if isinstance(in_bits, bool) or not isinstance(in_bits, int) or not 2 <= in_bits <= 32:
             raise ValueError(f"in_bits: expected an int in [2, 32], got {in_bits!r}")
-        if up_bits is not None and (isinstance(up_bits, bool) or not isinstance(up_bits, int)
-                                    or not 2 <= up_bits <= 32):
+        if up_bits is not None and (
+            isinstance(up_bits, bool) or not isinstance(up_bits, int) or not 2 <= up_bits <= 32
+        ):
             raise ValueError(f"up_bits: expected None or an int in [2, 32], got {up_bits!r}")
         self.in_bits = in_bits
         self.up_bits = up_bits
@@ -202,14 +215,17 @@ class Relu2(wiring.Component):
         self.out_bits = relu2_out_bits(in_bits, up_bits)
         self.latency = 3 if self.gated else 2
         if self.gated:
-            x_layout = lanes_layout(signed(in_bits), lanes, name="gate",
-                                    up=data.ArrayLayout(signed(up_bits), lanes))
+            x_layout = lanes_layout(
+                signed(in_bits), lanes, name="gate", up=data.ArrayLayout(signed(up_bits), lanes)
+            )
         else:
             x_layout = lanes_layout(signed(in_bits), lanes)
-        super().__init__({
-            "x": In(stream.Signature(x_layout)),
-            "y": Out(stream.Signature(lanes_layout(signed(self.out_bits), lanes))),
-        })
+        super().__init__(
+            {
+                "x": In(stream.Signature(x_layout)),
+                "y": Out(stream.Signature(lanes_layout(signed(self.out_bits), lanes))),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -253,8 +269,8 @@ def vector_beats(x, lanes: int, field: str = "data") -> list[dict]:
         beat = {}
         for k, a in arrs.items():
             chunk = np.zeros(lanes, dtype=np.int64)
-            part = a[b * lanes:(b + 1) * lanes]
-            chunk[:part.size] = part
+            part = a[b * lanes : (b + 1) * lanes]
+            chunk[: part.size] = part
             beat[k] = chunk.tolist()
         beat["last"] = int(b == nb - 1)
         out.append(beat)
@@ -265,5 +281,7 @@ def synth_tops() -> dict:
     """Factories for ``hw.synth``: the GELU+SiLU unit and the BitNet gated ReLU^2
     (int8 gate x int8 up), both at the default lane count."""
     act = DEFAULT.quant.act_bits
-    return {"activations_gelu_silu": LutActivation,
-            "activations_relu2_gated": lambda: Relu2(act, act)}
+    return {
+        "activations_gelu_silu": LutActivation,
+        "activations_relu2_gated": lambda: Relu2(act, act),
+    }

@@ -4,6 +4,7 @@ per-beat fields, then the ``last`` flag (set on the last beat of a row / vector)
 Every block's payload layouts are built with :func:`lanes_layout`; :func:`check_lanes` is
 the one check of a ``lanes`` argument.
 """
+
 from __future__ import annotations
 
 from amaranth.lib import data

@@ -28,6 +28,7 @@ PC           0x3C   index of the current command of the stream
 Bus (``csr_*`` ports of the top): ``addr`` (byte offset), ``w_en`` + ``w_data`` (written at
 the clock edge), ``r_data`` = the register at ``addr`` (combinational).
 """
+
 from __future__ import annotations
 
 import enum as _pyenum
@@ -69,12 +70,14 @@ CTRL_RESUME = 1 << 2
 CTRL_HOST_ERROR = 1 << 3
 CTRL_CODE_SHIFT = 8
 
-STATUS = data.StructLayout({
-    "busy": 1,
-    "done": 1,
-    "_reserved": 6,
-    "error": ErrorCode,
-})
+STATUS = data.StructLayout(
+    {
+        "busy": 1,
+        "done": 1,
+        "_reserved": 6,
+        "error": ErrorCode,
+    }
+)
 
 
 class CSRBlock(wiring.Component):
@@ -87,16 +90,33 @@ class CSRBlock(wiring.Component):
     """
 
     def __init__(self):
-        super().__init__({
-            "addr": In(CSR_ADDR_BITS), "w_en": In(1), "w_data": In(32), "r_data": Out(32),
-            "start": Out(1), "soft_reset": Out(1), "resume": Out(1), "host_error": Out(1),
-            "host_code": Out(8),
-            "stream_addr": Out(isa.ADDR_BITS), "n_cmds": Out(32),
-            "mem_lo": Out(isa.ADDR_BITS), "mem_hi": Out(isa.ADDR_BITS + 1),
-            "busy": In(1), "done": In(1), "error": In(8), "err_op": In(32),
-            "ops_done": In(32), "cycles": In(64), "bytes_rd": In(64), "bytes_wr": In(64),
-            "host_op": In(1), "pc": In(32),
-        })
+        super().__init__(
+            {
+                "addr": In(CSR_ADDR_BITS),
+                "w_en": In(1),
+                "w_data": In(32),
+                "r_data": Out(32),
+                "start": Out(1),
+                "soft_reset": Out(1),
+                "resume": Out(1),
+                "host_error": Out(1),
+                "host_code": Out(8),
+                "stream_addr": Out(isa.ADDR_BITS),
+                "n_cmds": Out(32),
+                "mem_lo": Out(isa.ADDR_BITS),
+                "mem_hi": Out(isa.ADDR_BITS + 1),
+                "busy": In(1),
+                "done": In(1),
+                "error": In(8),
+                "err_op": In(32),
+                "ops_done": In(32),
+                "cycles": In(64),
+                "bytes_rd": In(64),
+                "bytes_wr": In(64),
+                "host_op": In(1),
+                "pc": In(32),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -107,7 +127,7 @@ class CSRBlock(wiring.Component):
             self.soft_reset.eq(ctrl_write & self.w_data[1]),
             self.resume.eq(ctrl_write & self.w_data[2]),
             self.host_error.eq(ctrl_write & self.w_data[3]),
-            self.host_code.eq(self.w_data[CTRL_CODE_SHIFT:CTRL_CODE_SHIFT + 8]),
+            self.host_code.eq(self.w_data[CTRL_CODE_SHIFT : CTRL_CODE_SHIFT + 8]),
         ]
         with m.If(self.w_en):
             with m.Switch(self.addr):
@@ -119,20 +139,30 @@ class CSRBlock(wiring.Component):
                     m.d.sync += self.mem_lo.eq(self.w_data)
                 with m.Case(C.MEM_HI):
                     # 0 means the full 4 GiB window (MEM_HI is one bit wider internally)
-                    m.d.sync += self.mem_hi.eq(
-                        self.w_data | ((self.w_data == 0) << isa.ADDR_BITS))
+                    m.d.sync += self.mem_hi.eq(self.w_data | ((self.w_data == 0) << isa.ADDR_BITS))
 
         status = Signal(STATUS)
-        m.d.comb += [status.busy.eq(self.busy), status.done.eq(self.done),
-                     status.error.eq(self.error)]
+        m.d.comb += [
+            status.busy.eq(self.busy),
+            status.done.eq(self.done),
+            status.error.eq(self.error),
+        ]
         regs = {
-            C.STATUS: status.as_value(), C.STREAM_ADDR: self.stream_addr, C.N_CMDS: self.n_cmds,
-            C.ERR_OP: self.err_op, C.OPS_DONE: self.ops_done,
-            C.CYCLES_LO: self.cycles[:32], C.CYCLES_HI: self.cycles[32:],
-            C.BYTES_RD_LO: self.bytes_rd[:32], C.BYTES_RD_HI: self.bytes_rd[32:],
-            C.BYTES_WR_LO: self.bytes_wr[:32], C.BYTES_WR_HI: self.bytes_wr[32:],
-            C.MEM_LO: self.mem_lo, C.MEM_HI: self.mem_hi[:32],
-            C.HOST_OP: self.host_op, C.PC: self.pc,
+            C.STATUS: status.as_value(),
+            C.STREAM_ADDR: self.stream_addr,
+            C.N_CMDS: self.n_cmds,
+            C.ERR_OP: self.err_op,
+            C.OPS_DONE: self.ops_done,
+            C.CYCLES_LO: self.cycles[:32],
+            C.CYCLES_HI: self.cycles[32:],
+            C.BYTES_RD_LO: self.bytes_rd[:32],
+            C.BYTES_RD_HI: self.bytes_rd[32:],
+            C.BYTES_WR_LO: self.bytes_wr[:32],
+            C.BYTES_WR_HI: self.bytes_wr[32:],
+            C.MEM_LO: self.mem_lo,
+            C.MEM_HI: self.mem_hi[:32],
+            C.HOST_OP: self.host_op,
+            C.PC: self.pc,
         }
         with m.Switch(self.addr):
             for off, val in regs.items():

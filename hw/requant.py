@@ -25,6 +25,7 @@ Why the clamp is exact: |acc*mult| < 2^(P-1) with P = ``product_bits``, so for a
 shift >= P, acc*mult + 2^(shift-1) lies in (0, 2^shift) and the result is 0 -- the same as
 with shift = P.  The adder and shifter are therefore P+1 bits wide, not 64.
 """
+
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed, unsigned
@@ -43,16 +44,19 @@ def shift_shape(cfg: RequantConfig):
 
 
 def inp_layout(cfg: RequantConfig, lanes: int) -> data.StructLayout:
-    return lanes_layout(signed(cfg.in_bits), lanes,
-                        mult=data.ArrayLayout(unsigned(cfg.mult_bits), lanes),
-                        shift=data.ArrayLayout(shift_shape(cfg), lanes))
+    return lanes_layout(
+        signed(cfg.in_bits),
+        lanes,
+        mult=data.ArrayLayout(unsigned(cfg.mult_bits), lanes),
+        shift=data.ArrayLayout(shift_shape(cfg), lanes),
+    )
 
 
 def out_layout(cfg: RequantConfig, lanes: int) -> data.StructLayout:
     return lanes_layout(signed(cfg.out_bits), lanes)
 
 
-LATENCY = 4   # cycles from a beat's acceptance to its output beat being valid
+LATENCY = 4  # cycles from a beat's acceptance to its output beat being valid
 
 
 class Requant(wiring.Component):
@@ -61,10 +65,12 @@ class Requant(wiring.Component):
     def __init__(self, cfg: RequantConfig = DEFAULT.requant, *, lanes: int = DEFAULT_LANES):
         self.cfg = cfg
         self.lanes = check_lanes(lanes)
-        super().__init__({
-            "inp": In(stream.Signature(inp_layout(cfg, lanes))),
-            "out": Out(stream.Signature(out_layout(cfg, lanes))),
-        })
+        super().__init__(
+            {
+                "inp": In(stream.Signature(inp_layout(cfg, lanes))),
+                "out": Out(stream.Signature(out_layout(cfg, lanes))),
+            }
+        )
 
     def elaborate(self, platform):
         cfg, L = self.cfg, self.lanes

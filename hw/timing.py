@@ -29,6 +29,7 @@ seven do not reliably. It is a rule of thumb for a netlist that has not been pla
 a timing sign-off: Vivado's report is the real figure and the board flow
 (``make bitstream``) writes it.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,7 @@ CARRY_BITS_PER_LEVEL = 32
 DSP_COMB_LEVELS = 4.0
 DSP_MULT_LEVELS = 2.0
 
-_SEQ_PREFIXES = ("FD", "RAMB", "URAM", "SRL")           # outputs start, inputs end paths
+_SEQ_PREFIXES = ("FD", "RAMB", "URAM", "SRL")  # outputs start, inputs end paths
 _LUTRAM_PREFIXES = ("RAM16", "RAM32", "RAM64", "RAM128", "RAM256")
 _MUXF = ("MUXF7", "MUXF8", "MUXF9")
 _CARRY = {"CARRY4": 4, "CARRY8": 8}
@@ -50,14 +51,14 @@ _CARRY = {"CARRY4": 4, "CARRY8": 8}
 @dataclass
 class DepthReport:
     max_levels: float = 0.0
-    worst_path: list = field(default_factory=list)   # cell names, source to sink
-    endpoints: int = 0                               # register inputs analyzed
-    over_limit: int = 0                              # endpoints deeper than the limit
-    histogram: dict = field(default_factory=dict)    # levels (rounded up) -> endpoints
-    max_lut_levels: int = 0                          # LUT/MUXF levels alone on one path
-    longest_carry_bits: int = 0                      # the longest carry chain in the netlist
+    worst_path: list = field(default_factory=list)  # cell names, source to sink
+    endpoints: int = 0  # register inputs analyzed
+    over_limit: int = 0  # endpoints deeper than the limit
+    histogram: dict = field(default_factory=dict)  # levels (rounded up) -> endpoints
+    max_lut_levels: int = 0  # LUT/MUXF levels alone on one path
+    longest_carry_bits: int = 0  # the longest carry chain in the netlist
     dsp: int = 0
-    dsp_unregistered: int = 0                        # not registered inside or around
+    dsp_unregistered: int = 0  # not registered inside or around
     limit: float = MAX_LEVELS_250MHZ
 
     @property
@@ -65,12 +66,19 @@ class DepthReport:
         return self.over_limit == 0 and self.dsp_unregistered == 0
 
     def as_dict(self) -> dict:
-        return {"max_levels": self.max_levels, "max_lut_levels": self.max_lut_levels,
-                "longest_carry_bits": self.longest_carry_bits, "endpoints": self.endpoints,
-                "over_limit": self.over_limit, "dsp": self.dsp,
-                "dsp_unregistered": self.dsp_unregistered, "limit": self.limit,
-                "meets": self.meets, "histogram": self.histogram,
-                "worst_path": self.worst_path[:40]}
+        return {
+            "max_levels": self.max_levels,
+            "max_lut_levels": self.max_lut_levels,
+            "longest_carry_bits": self.longest_carry_bits,
+            "endpoints": self.endpoints,
+            "over_limit": self.over_limit,
+            "dsp": self.dsp,
+            "dsp_unregistered": self.dsp_unregistered,
+            "limit": self.limit,
+            "meets": self.meets,
+            "histogram": self.histogram,
+            "worst_path": self.worst_path[:40],
+        }
 
 
 def _param_int(v) -> int:
@@ -97,8 +105,9 @@ def _dsp_input_levels(cell, port: str) -> float:
     return DSP_MULT_LEVELS if _param_int(p.get("MREG", 0)) > 0 else DSP_COMB_LEVELS
 
 
-def logic_depth(netlist: str | Path | dict, top: str | None = None,
-                limit: float = MAX_LEVELS_250MHZ) -> DepthReport:
+def logic_depth(
+    netlist: str | Path | dict, top: str | None = None, limit: float = MAX_LEVELS_250MHZ
+) -> DepthReport:
     """The depth report of module ``top`` of a flattened Yosys JSON netlist."""
     data = json.loads(Path(netlist).read_text()) if not isinstance(netlist, dict) else netlist
     mods = data["modules"]
@@ -134,7 +143,7 @@ def logic_depth(netlist: str | Path | dict, top: str | None = None,
         elif t.startswith(_SEQ_PREFIXES):
             kind[name] = "seq"
         else:
-            kind[name] = "comb_other"            # e.g. INV, BUFG: zero levels
+            kind[name] = "comb_other"  # e.g. INV, BUFG: zero levels
 
     # arrival (levels, lut levels, predecessor cell) at each net bit, memoized
     arrival: dict[int, tuple[float, int, str | None]] = {}
@@ -151,7 +160,7 @@ def logic_depth(netlist: str | Path | dict, top: str | None = None,
     def source_bit(b) -> bool:
         d = driver.get(b)
         if d is None:
-            return True                          # top-level input or constant
+            return True  # top-level input or constant
         k = kind[d[0]]
         return k in ("seq", "dsp_reg", "dsp_comb")
 
@@ -238,14 +247,16 @@ def logic_depth(netlist: str | Path | dict, top: str | None = None,
     for name, c in cells.items():
         if kind[name] != "dsp_comb":
             continue
-        ins_ok = all(arrival[b][0] == 0 for port, b in cell_inputs(name)
-                     if port in ("A", "B", "C", "D"))
+        ins_ok = all(
+            arrival[b][0] == 0 for port, b in cell_inputs(name) if port in ("A", "B", "C", "D")
+        )
         outs = [b for b in c["connections"].get("P", []) if isinstance(b, int)]
-        outs_ok = all(kind[ld] in ("seq", "dsp_reg", "dsp_comb")
-                      for b in outs for ld in loads.get(b, []))
+        outs_ok = all(
+            kind[ld] in ("seq", "dsp_reg", "dsp_comb") for b in outs for ld in loads.get(b, [])
+        )
         if not (ins_ok and outs_ok):
             rep.dsp_unregistered += 1
-    for p in mod.get("ports", {}).values():      # top-level outputs end paths too
+    for p in mod.get("ports", {}).values():  # top-level outputs end paths too
         if p.get("direction") == "output":
             for b in p["bits"]:
                 if isinstance(b, int):
@@ -282,13 +293,16 @@ def _longest_carry(cells, kind, driver) -> int:
 
 def summarize(reports: dict[str, DepthReport]) -> list[str]:
     """Table lines: one per design, its depth figures against the rule."""
-    head = (f"{'design':22s} {'max levels':>10s} {'LUT lvls':>8s} {'carry bits':>10s} "
-            f"{'endpoints':>9s} {'> limit':>7s} {'DSP':>5s} {'DSP unreg':>9s}  verdict")
+    head = (
+        f"{'design':22s} {'max levels':>10s} {'LUT lvls':>8s} {'carry bits':>10s} "
+        f"{'endpoints':>9s} {'> limit':>7s} {'DSP':>5s} {'DSP unreg':>9s}  verdict"
+    )
     lines = [head, "-" * len(head)]
     for name, r in reports.items():
-        lines.append(f"{name:22s} {r.max_levels:10.2f} {r.max_lut_levels:8d} "
-                     f"{r.longest_carry_bits:10d} {r.endpoints:9d} {r.over_limit:7d} "
-                     f"{r.dsp:5d} {r.dsp_unregistered:9d}  "
-                     f"{'meets' if r.meets else 'too deep'} (limit {r.limit:g})")
+        lines.append(
+            f"{name:22s} {r.max_levels:10.2f} {r.max_lut_levels:8d} "
+            f"{r.longest_carry_bits:10d} {r.endpoints:9d} {r.over_limit:7d} "
+            f"{r.dsp:5d} {r.dsp_unregistered:9d}  "
+            f"{'meets' if r.meets else 'too deep'} (limit {r.limit:g})"
+        )
     return lines
-

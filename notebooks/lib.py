@@ -14,6 +14,7 @@ The forward the studies run is ``golden.model.GoldenModel``; its reference mode 
 ablation switches (``approx``, names from ``golden.model.APPROXIMATIONS``) and the hooks
 (``proj_hook``, ``act_hook``) the notebooks use (golden/model.py, "Ablations").
 """
+
 from __future__ import annotations
 
 import os

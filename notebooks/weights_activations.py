@@ -31,10 +31,10 @@
 # greedy next-character agreement >= `golden.model.GREEDY_AGREEMENT_MIN`.
 
 # %% tags=["parameters"]
-MODEL_DIR = None                 # checkpoint directory, repo-relative or absolute (None: shipped)
-OUT_DIR = "build/notebooks"      # where the PNG figures go
-HELDOUT_WINDOWS = 24             # held-out windows of the model's context (256 chars each)
-STAT_WINDOWS = 2                 # windows used for activation statistics and the op trace
+MODEL_DIR = None  # checkpoint directory, repo-relative or absolute (None: shipped)
+OUT_DIR = "build/notebooks"  # where the PNG figures go
+HELDOUT_WINDOWS = 24  # held-out windows of the model's context (256 chars each)
+STAT_WINDOWS = 2  # windows used for activation statistics and the op trace
 
 # %%
 import time
@@ -52,9 +52,11 @@ savefig = lib.figure_saver("weights_activations", OUT_DIR)
 model, tok = lib.load(MODEL_DIR)
 mc = model.config
 PROJ = ATTN_PROJ + MLP_PROJ
-print(f"{MODEL_DIR or 'shipped model'}: {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, "
-      f"FFN {mc.intermediate_size} ({mc.hidden_act}), heads {mc.num_attention_heads}/"
-      f"{mc.num_key_value_heads}, context {mc.max_position_embeddings}, vocab {mc.vocab_size}")
+print(
+    f"{MODEL_DIR or 'shipped model'}: {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, "
+    f"FFN {mc.intermediate_size} ({mc.hidden_act}), heads {mc.num_attention_heads}/"
+    f"{mc.num_key_value_heads}, context {mc.max_position_embeddings}, vocab {mc.vocab_size}"
+)
 
 # %% [markdown]
 # ## 1. Ternary weight codes
@@ -90,8 +92,10 @@ ax2.set_xticks(x, labels, rotation=90, fontsize=7)
 ax2.set_ylabel("s_w (dequant = code * s_w)")
 ax2.set_title("per-tensor weight scale")
 savefig(fig, "weight_codes")
-print(f"zero fraction: min {frac[:, :, 1].min():.3f}, max {frac[:, :, 1].max():.3f}, "
-      f"mean {frac[:, :, 1].mean():.3f}")
+print(
+    f"zero fraction: min {frac[:, :, 1].min():.3f}, max {frac[:, :, 1].max():.3f}, "
+    f"mean {frac[:, :, 1].mean():.3f}"
+)
 
 # %% [markdown]
 # ## 2. Activations entering the projections
@@ -120,8 +124,12 @@ assert np.array_equal(logits_hooked, logits_golden), "the hooked forward differs
 print("GoldenModel(reference, proj_hook) == GoldenModel(reference): bit-equal logits")
 
 # q/k/v and gate/up share their input: keep one name per distinct input
-TAPS = {"q_proj": "attn in (q/k/v)", "o_proj": "o_proj in", "gate_proj": "FFN in (gate/up)",
-        "down_proj": "down_proj in"}
+TAPS = {
+    "q_proj": "attn in (q/k/v)",
+    "o_proj": "o_proj in",
+    "gate_proj": "FFN in (gate/up)",
+    "down_proj": "down_proj in",
+}
 fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4))
 pos = 0
 ticks, names = [], []
@@ -168,7 +176,7 @@ for li in range(L):
         w = model.weights.layers[li].proj[name].dequant(np.float64)
         yf = xin.astype(np.float64) @ w.T
         yq = xf.astype(np.float64) @ w.T
-        snr[li, pi] = 10 * np.log10(np.sum(yf ** 2) / np.sum((yf - yq) ** 2))
+        snr[li, pi] = 10 * np.log10(np.sum(yf**2) / np.sum((yf - yq) ** 2))
 print(f"max activation fake-quant error: {worst_lsb:.4f} LSB (bound 0.5 + float32 rounding)")
 assert worst_lsb <= 0.5 + 1e-4
 
@@ -200,18 +208,28 @@ g_ref = gmodel.GoldenModel(model, "reference")
 g_int = gmodel.GoldenModel(model, "integer")
 lg_ref = g_ref.forward(x_stat, trace=tr_ref)
 lg_int = g_int.forward(x_stat, trace=tr_int)
-FMT = {"embed": ("h", 16), "softmax": ("p", 16), "pv": ("o", 16),
-       "tlmm_residual.o_proj": ("h", 16), "act": ("m", 16), "tlmm_residual.down_proj": ("h", 16)}
+FMT = {
+    "embed": ("h", 16),
+    "softmax": ("p", 16),
+    "pv": ("o", 16),
+    "tlmm_residual.o_proj": ("h", 16),
+    "act": ("m", 16),
+    "tlmm_residual.down_proj": ("h", 16),
+}
 ref_by = {(layer, op): arr for layer, op, arr in tr_ref}
 rows = []
 for layer, op, arr in tr_int:
     if op not in FMT or (layer, op) not in ref_by:
         continue
     key, frac_bits = FMT[op]
-    vi = arr[key].astype(np.float64) * 2.0 ** -frac_bits
+    vi = arr[key].astype(np.float64) * 2.0**-frac_bits
     vr = ref_by[(layer, op)][key].astype(np.float64)
-    rows.append((f"L{layer} {op}" if layer >= 0 else op,
-                 float(np.linalg.norm(vi - vr) / np.linalg.norm(vr))))
+    rows.append(
+        (
+            f"L{layer} {op}" if layer >= 0 else op,
+            float(np.linalg.norm(vi - vr) / np.linalg.norm(vr)),
+        )
+    )
 rows.append(("logits", float(np.linalg.norm(lg_int - lg_ref) / np.linalg.norm(lg_ref))))
 cos = gmodel.cosine_rows(lg_int.reshape(-1, mc.vocab_size), lg_ref.reshape(-1, mc.vocab_size))
 
@@ -251,15 +269,23 @@ agreement = float(np.mean(np.concatenate(am_ref) == np.concatenate(am_int)))
 d = pw_int - pw_ref
 print(f"held-out: {len(wins)} windows x {ctx} chars = {len(wins) * ctx} predictions")
 print(f"reference {bpc_ref:.4f} bpc ({t_ref:.1f} s), integer {bpc_int:.4f} bpc ({t_int:.1f} s)")
-print(f"integer - reference: {bpc_int - bpc_ref:+.5f} bpc "
-      f"(paired s.e. {d.std(ddof=1) / np.sqrt(len(d)):.5f})")
-print(f"greedy agreement {agreement:.4f} (bound GREEDY_AGREEMENT_MIN = {gmodel.GREEDY_AGREEMENT_MIN})")
+print(
+    f"integer - reference: {bpc_int - bpc_ref:+.5f} bpc "
+    f"(paired s.e. {d.std(ddof=1) / np.sqrt(len(d)):.5f})"
+)
+print(
+    f"greedy agreement {agreement:.4f} (bound GREEDY_AGREEMENT_MIN = {gmodel.GREEDY_AGREEMENT_MIN})"
+)
 assert agreement >= gmodel.GREEDY_AGREEMENT_MIN
 
 fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
-ax.bar(["reference", "integer"], [bpc_ref, bpc_int],
-       yerr=[pw_ref.std(ddof=1) / np.sqrt(len(pw_ref)), pw_int.std(ddof=1) / np.sqrt(len(pw_int))],
-       color=["tab:blue", "tab:orange"], capsize=6)
+ax.bar(
+    ["reference", "integer"],
+    [bpc_ref, bpc_int],
+    yerr=[pw_ref.std(ddof=1) / np.sqrt(len(pw_ref)), pw_int.std(ddof=1) / np.sqrt(len(pw_int))],
+    color=["tab:blue", "tab:orange"],
+    capsize=6,
+)
 ax.set_ylim(min(bpc_ref, bpc_int) * 0.9, max(bpc_ref, bpc_int) * 1.05)
 ax.set_ylabel("bits per character")
 ax.set_title(f"held-out loss ({len(wins) * ctx} chars)")

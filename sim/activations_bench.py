@@ -7,6 +7,7 @@ ActivationConfig fields, ``kinds``) or "relu2" (``Relu2``: ``in_bits``, ``up_bit
 ``relu2`` / ``relu2_gated``, called on the same integer inputs. A LUT instance with two
 kinds gets vectors of both, the kind chosen per vector.
 """
+
 from __future__ import annotations
 
 import cocotb
@@ -47,8 +48,9 @@ def golden_out(inp: dict) -> np.ndarray:
     if UNIT == "lut":
         return golden.act_fx(inp["data"], KINDS[inp["_kind"]], CFG).astype(np.int64)
     if "up" in FIELDS:
-        return golden.relu2_gated(inp["gate"].astype(_NP[IN_BITS]),
-                                  inp["up"].astype(_NP[int(UP_BITS)])).astype(np.int64)
+        return golden.relu2_gated(
+            inp["gate"].astype(_NP[IN_BITS]), inp["up"].astype(_NP[int(UP_BITS)])
+        ).astype(np.int64)
     return golden.relu2(inp["data"].astype(_NP[IN_BITS])).astype(np.int64)
 
 
@@ -92,9 +94,12 @@ def sweep(rng) -> dict:
     else:
         cs = [corners(b) for b in FIELDS.values()]
         grids = np.meshgrid(*cs, indexing="ij")
-        cols = [np.concatenate([g.reshape(-1), rng.integers(*_rng_range(b), size=N_RANDOM,
-                                                             endpoint=True)])
-                for g, b in zip(grids, FIELDS.values(), strict=False)]
+        cols = [
+            np.concatenate(
+                [g.reshape(-1), rng.integers(*_rng_range(b), size=N_RANDOM, endpoint=True)]
+            )
+            for g, b in zip(grids, FIELDS.values(), strict=False)
+        ]
     order = rng.permutation(cols[0].size)
     return {k: c[order].astype(np.int64) for k, c in zip(names, cols, strict=False)}
 
@@ -109,7 +114,7 @@ def split(inp: dict, lengths, kind: int) -> list[dict]:
     """Cut the inputs into vectors of these lengths (each ends with ``last``)."""
     out, pos = [], 0
     for n in lengths:
-        vec = {k: v[pos:pos + n] for k, v in inp.items()}
+        vec = {k: v[pos : pos + n] for k, v in inp.items()}
         vec["_kind"] = kind
         out.append(vec)
         pos += n
@@ -137,8 +142,9 @@ def check(vectors: list[dict], beats: list[int], where: str) -> int:
             assert pos < len(beats), f"{where}: {len(beats)} output beats, expected more"
             beat = unpack(Y_L, beats[pos])
             pos += 1
-            assert beat["last"] == int(b == nb - 1), \
+            assert beat["last"] == int(b == nb - 1), (
                 f"{where}: vector {v} beat {b} last={beat['last']}, expected {int(b == nb - 1)}"
+            )
             for lane in range(min(LANES, n - b * LANES)):
                 i = b * LANES + lane
                 got = beat["data"][lane]
@@ -146,7 +152,8 @@ def check(vectors: list[dict], beats: list[int], where: str) -> int:
                     raise AssertionError(
                         f"{where} ({DESC}, lanes={LANES}): first mismatch at vector {v} "
                         f"element {i} (beat {b}, lane {lane}): got {got}, expected "
-                        f"{int(want[i])}\n  inputs: {detail(vec, i)}")
+                        f"{int(want[i])}\n  inputs: {detail(vec, i)}"
+                    )
         done += n
     assert pos == len(beats), f"{where}: {len(beats)} output beats, expected {pos}"
     return done
@@ -177,7 +184,7 @@ async def test_sweep(dut):
         while sum(lengths) < n:
             lengths.append(min(int(b.rng.integers(1, 8 * LANES)), n - sum(lengths)))
         vecs += split(inp, lengths, kind)
-    order = b.rng.permutation(len(vecs))       # the kinds interleave vector by vector
+    order = b.rng.permutation(len(vecs))  # the kinds interleave vector by vector
     vectors = await b.run([vecs[i] for i in order], "test_sweep")
     record("test_sweep", vectors=vectors)
 
@@ -186,8 +193,11 @@ async def test_sweep(dut):
 async def test_reset_mid_operation(dut):
     """Reset with beats in flight (pipeline full, output stalled), then clean vectors."""
     b = await Bench.start(dut, "test_reset_mid_operation")
-    await b.reset_mid_operation(3, lambda: ([random_inputs(b.rng, 16 * LANES)], 24), lambda _: [
-        random_inputs(b.rng, int(b.rng.integers(1, 6 * LANES)))])
+    await b.reset_mid_operation(
+        3,
+        lambda: ([random_inputs(b.rng, 16 * LANES)], 24),
+        lambda _: [random_inputs(b.rng, int(b.rng.integers(1, 6 * LANES)))],
+    )
 
 
 @cocotb.test()
@@ -195,5 +205,6 @@ async def test_throughput(dut):
     """No stalls: n beats take n + latency cycles (one beat per cycle)."""
     b = await Bench.start(dut, "test_throughput", stall=False)
     n = 32
-    await b.throughput([random_inputs(b.rng, n * LANES)], expected_cycles(n, LATENCY),
-                       100 + 4 * n, f"{n} beats")
+    await b.throughput(
+        [random_inputs(b.rng, n * LANES)], expected_cycles(n, LATENCY), 100 + 4 * n, f"{n} beats"
+    )

@@ -29,6 +29,7 @@ for variants of one command with their expected codes. ``arg_error_cases`` gener
 ALIGN / ADDR_RANGE cases of a valid command from its opcode's contract
 (``golden.isa.CONTRACTS``); ``check_arg_errors`` runs them.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -57,10 +58,10 @@ def put(dev, data, align: int = 64) -> int:
 def golden_run(gd: GoldenDevice, cmd: isa.Command):
     """Execute ``cmd`` on the golden device's memory, window [alloc_base, brk) (the
     window the engine gets); (memory before, memory after, ErrorCode)."""
-    before = gd.memory[:gd.brk].copy()
+    before = gd.memory[: gd.brk].copy()
     gd.executor.set_window(gd.alloc_base, gd.brk)
     out = gd.executor.step(isa.encode(cmd))
-    return before, gd.memory[:gd.brk].copy(), out.error
+    return before, gd.memory[: gd.brk].copy(), out.error
 
 
 # ------------------------------------------------------------------ the memory model
@@ -120,32 +121,33 @@ def run_engine(engine, jobs, *, seed: int = 0) -> list[dict]:
                 ctx.set(e.rdata.valid, have)
                 if have:
                     _, a, n = queue[0]
-                    ctx.set(e.rdata.payload, int.from_bytes(mem[a:a + n].tobytes(), "little"))
+                    ctx.set(e.rdata.payload, int.from_bytes(mem[a : a + n].tobytes(), "little"))
                 rd = None
                 if rd_ready and ctx.get(e.rd.valid):
                     a, n = rd = ctx.get(e.rd.payload.addr), ctx.get(e.rd.payload.len)
                     assert 1 <= n <= W, f"{what}: read len {n} outside 1..{W}"
-                    assert lo <= a and a + n <= hi, \
+                    assert lo <= a and a + n <= hi, (
                         f"{what}: read [0x{a:x}, 0x{a + n:x}) outside [0x{lo:x}, 0x{hi:x})"
+                    )
                 took = have and ctx.get(e.rdata.ready)
                 wr = None
                 if wr_ready and ctx.get(e.wr.valid):
                     a, n = ctx.get(e.wr.payload.addr), ctx.get(e.wr.payload.len)
                     assert 1 <= n <= W, f"{what}: write len {n} outside 1..{W}"
-                    assert lo <= a and a + n <= hi, \
+                    assert lo <= a and a + n <= hi, (
                         f"{what}: write [0x{a:x}, 0x{a + n:x}) outside [0x{lo:x}, 0x{hi:x})"
+                    )
                     wr = (a, n, ctx.get(e.wr.payload.data))
                 done, err = ctx.get(e.done), ctx.get(e.error)
                 await ctx.tick()
                 if wr is not None:
                     a, n, d = wr
-                    mem[a:a + n] = np.frombuffer(int(d).to_bytes(W, "little")[:n], np.uint8)
+                    mem[a : a + n] = np.frombuffer(int(d).to_bytes(W, "little")[:n], np.uint8)
                     n_wr, b_wr = n_wr + 1, b_wr + n
                 if took:
                     queue.popleft()
                 if rd is not None:
-                    queue.append((cyc + int(rng.integers(job.latency[0], job.latency[1] + 1)),
-                                  *rd))
+                    queue.append((cyc + int(rng.integers(job.latency[0], job.latency[1] + 1)), *rd))
                     n_rd, b_rd = n_rd + 1, b_rd + rd[1]
                 if done:
                     break
@@ -154,11 +156,20 @@ def run_engine(engine, jobs, *, seed: int = 0) -> list[dict]:
                 ctx.set(e.rd.ready, 1)
                 ctx.set(e.wr.ready, 1)
                 ctx.set(e.rdata.valid, 0)
-                assert not ctx.get(e.rd.valid) and not ctx.get(e.wr.valid), \
+                assert not ctx.get(e.rd.valid) and not ctx.get(e.wr.valid), (
                     f"{what}: memory access after done"
+                )
                 await ctx.tick()
-            results.append(dict(cycles=cyc, error=ErrorCode(err), bytes_read=b_rd,
-                                bytes_written=b_wr, reads=n_rd, writes=n_wr))
+            results.append(
+                dict(
+                    cycles=cyc,
+                    error=ErrorCode(err),
+                    bytes_read=b_rd,
+                    bytes_written=b_wr,
+                    reads=n_rd,
+                    writes=n_wr,
+                )
+            )
 
     sim = Simulator(engine)
     sim.add_clock(1e-8)
@@ -168,33 +179,53 @@ def run_engine(engine, jobs, *, seed: int = 0) -> list[dict]:
 
 
 # ------------------------------------------------------------------ against golden
-def _compare(cmd: isa.Command, res: dict, mem: np.ndarray, want: np.ndarray,
-             want_err: ErrorCode) -> None:
+def _compare(
+    cmd: isa.Command, res: dict, mem: np.ndarray, want: np.ndarray, want_err: ErrorCode
+) -> None:
     err = res["error"]
     assert err == want_err, f"{cmd.op.name}: RTL error {err.name}, golden {want_err.name}"
     if err == ErrorCode.NONE:
         diff = np.flatnonzero(mem != want)
-        assert diff.size == 0, (f"{cmd.op.name}: {diff.size} bytes differ from golden, first "
-                                f"at 0x{int(diff[0]):x} (rtl {mem[diff[0]]}, golden {want[diff[0]]})")
+        assert diff.size == 0, (
+            f"{cmd.op.name}: {diff.size} bytes differ from golden, first "
+            f"at 0x{int(diff[0]):x} (rtl {mem[diff[0]]}, golden {want[diff[0]]})"
+        )
     elif err in ARG_ERRORS:
         assert res["writes"] == 0, f"{cmd.op.name}: wrote memory before failing with {err.name}"
 
 
-def check_op(engine, gd: GoldenDevice, cmd: isa.Command, *, seed: int = 0,
-             stall: float = 0.3, max_latency: int = 6, max_cycles: int = 200_000,
-             max_outstanding: int = 16) -> dict:
+def check_op(
+    engine,
+    gd: GoldenDevice,
+    cmd: isa.Command,
+    *,
+    seed: int = 0,
+    stall: float = 0.3,
+    max_latency: int = 6,
+    max_cycles: int = 200_000,
+    max_outstanding: int = 16,
+) -> dict:
     """``cmd`` on the engine == on the golden executor (module docstring); returns
     ``{"cycles", "error", "bytes_read", "bytes_written"}`` of the engine's run."""
     before, want, want_err = golden_run(gd, cmd)
-    job = Job(cmd, before, gd.alloc_base, gd.brk, stall, (1, max_latency), max_outstanding,
-              max_cycles)
-    res, = run_engine(engine, [job], seed=seed)
+    job = Job(
+        cmd, before, gd.alloc_base, gd.brk, stall, (1, max_latency), max_outstanding, max_cycles
+    )
+    (res,) = run_engine(engine, [job], seed=seed)
     _compare(cmd, res, job.mem, want, want_err)
     return {k: res[k] for k in ("cycles", "error", "bytes_read", "bytes_written")}
 
 
-def check_ops(engine, cases, *, seed: int = 0, stall=STALLS, max_latency: int = 6,
-              max_outstanding: int = 16, gap: int = 2) -> list[dict]:
+def check_ops(
+    engine,
+    cases,
+    *,
+    seed: int = 0,
+    stall=STALLS,
+    max_latency: int = 6,
+    max_outstanding: int = 16,
+    gap: int = 2,
+) -> list[dict]:
     """``cases`` [(gd, cmd, expect)] back to back through one engine, each against its
     golden run (``expect`` None) or, for the engine's own limits (its ``LIMITS``), against
     ``expect`` with nothing read or written. ``stall``: a level, or levels to draw one
@@ -204,28 +235,33 @@ def check_ops(engine, cases, *, seed: int = 0, stall=STALLS, max_latency: int = 
     for gd, cmd, expect in cases:
         before, want, err = golden_run(gd, cmd)
         s = float(rng.choice(stall)) if np.ndim(stall) else float(stall)
-        jobs.append(Job(cmd, before, gd.alloc_base, gd.brk, s, (1, max_latency),
-                        max_outstanding, gap=gap))
+        jobs.append(
+            Job(cmd, before, gd.alloc_base, gd.brk, s, (1, max_latency), max_outstanding, gap=gap)
+        )
         wants.append((want, err if expect is None else expect, expect is not None))
     results = run_engine(engine, jobs, seed=int(rng.integers(1 << 30)))
     for job, (want, want_err, limit), res in zip(jobs, wants, results, strict=False):
         _compare(job.args, res, job.mem, want, want_err)
         if limit:
-            assert res["reads"] == 0 and res["writes"] == 0, \
+            assert res["reads"] == 0 and res["writes"] == 0, (
                 f"{job.name}: memory access before failing on the engine's limit"
+            )
     return results
 
 
 # ------------------------------------------------------------------ contract cases
-def check_errors(engine, gd: GoldenDevice, cmd: isa.Command, cases, *, seed: int = 0,
-                 stall=0.3, **kw) -> list[dict]:
+def check_errors(
+    engine, gd: GoldenDevice, cmd: isa.Command, cases, *, seed: int = 0, stall=0.3, **kw
+) -> list[dict]:
     """Variants of ``cmd``, ``cases`` [(field changes, expected ErrorCode)], back to back
     through one engine (``check_ops``): the engine and the golden executor give the
     expected code, and nothing is written before an argument error."""
     variants = [(gd, isa.command(cmd.op, **{**cmd.args, **change}), None) for change, _ in cases]
     results = check_ops(engine, variants, seed=seed, stall=stall, **kw)
     for (change, code), res in zip(cases, results, strict=False):
-        assert res["error"] == code, f"{cmd.op.name} {change}: {res['error'].name}, expected {code.name}"
+        assert res["error"] == code, (
+            f"{cmd.op.name} {change}: {res['error'].name}, expected {code.name}"
+        )
         if code in ARG_ERRORS:
             assert res["bytes_written"] == 0, f"{cmd.op.name} {change}: wrote before failing"
     return results
@@ -254,27 +290,31 @@ def arg_error_cases(cmd: isa.Command, lo: int, hi: int, cfg=DEFAULT) -> list:
         off = start - a
         cases += [({f: a + k}, ErrorCode.ALIGN) for k in range(1, size)]
         if size > 1:
-            cases.append(({f: top - size + 1}, ErrorCode.ALIGN))     # and out of range
+            cases.append(({f: top - size + 1}, ErrorCode.ALIGN))  # and out of range
         for addr in (lo - size - off, hi - nbytes + size - off, top - size):
-            if 0 <= addr < top:             # below, one element past, wrapping 32 bits
+            if 0 <= addr < top:  # below, one element past, wrapping 32 bits
                 cases.append(({f: addr}, ErrorCode.ADDR_RANGE))
     for i, t in enumerate(used):
-        for u in used[i + 1:]:
+        for u in used[i + 1 :]:
             if t.size > 1:
-                cases.append(({t.field: names[t.field] + 1, u.field: top - u.size},
-                               ErrorCode.ALIGN))
+                cases.append(
+                    ({t.field: names[t.field] + 1, u.field: top - u.size}, ErrorCode.ALIGN)
+                )
             if u.size > 1:
-                cases.append(({t.field: top - t.size, u.field: names[u.field] + 1},
-                               ErrorCode.ADDR_RANGE))
+                cases.append(
+                    ({t.field: top - t.size, u.field: names[u.field] + 1}, ErrorCode.ADDR_RANGE)
+                )
     dims = next(d for d in items if isinstance(d, isa.Dims))
     field = next(r.split()[0] for r in dims.rules if r.endswith(">= 1"))
     cases.append(({field: 0, **{t.field: top - 1 for t in tensors}}, ErrorCode.BAD_DIM))
     return cases
 
 
-def check_arg_errors(engine, gd: GoldenDevice, cmd: isa.Command, *, seed: int = 0,
-                     **kw) -> list[dict]:
+def check_arg_errors(
+    engine, gd: GoldenDevice, cmd: isa.Command, *, seed: int = 0, **kw
+) -> list[dict]:
     """Every case of ``arg_error_cases`` (window [alloc_base, brk)) through one engine
     (``check_errors``)."""
-    return check_errors(engine, gd, cmd, arg_error_cases(cmd, gd.alloc_base, gd.brk, gd.cfg),
-                        seed=seed, **kw)
+    return check_errors(
+        engine, gd, cmd, arg_error_cases(cmd, gd.alloc_base, gd.brk, gd.cfg), seed=seed, **kw
+    )

@@ -2,6 +2,7 @@
 
 Parameters: ``cfg`` (QuantConfig fields), ``lanes``, ``max_len``, ``stall``.
 """
+
 from __future__ import annotations
 
 import cocotb
@@ -31,27 +32,32 @@ class Row:
         self.n = x.size
         beats = -(-x.size // LANES)
         xp = np.zeros(beats * LANES, dtype=np.int64)
-        xp[:x.size] = x
+        xp[: x.size] = x
         self.x = xp
         x_q, amax = golden.hw_act_quant(xp[None, :], CFG)
         self.x_q = x_q[0].astype(np.int64)
         self.amax = int(amax[0, 0])
-        self.beats = [pack(IN_L, {"data": xp[i * LANES:(i + 1) * LANES].tolist(),
-                                  "last": int(i == beats - 1)}) for i in range(beats)]
+        self.beats = [
+            pack(
+                IN_L,
+                {"data": xp[i * LANES : (i + 1) * LANES].tolist(), "last": int(i == beats - 1)},
+            )
+            for i in range(beats)
+        ]
 
 
 def random_row(rng, n=None, tag="random") -> Row:
     n = n or int(rng.integers(1, MAX_LEN + 1))
     style = int(rng.integers(0, 4))
-    if style == 0:      # random magnitude class, as golden's stress sample
+    if style == 0:  # random magnitude class, as golden's stress sample
         bits = int(rng.integers(1, CFG.hw_in_bits))
         lim = (1 << bits) - 1
         x = rng.integers(-lim, lim + 1, size=n)
-    elif style == 1:    # full int32 range
+    elif style == 1:  # full int32 range
         x = rng.integers(XLO, XHI + 1, size=n, dtype=np.int64)
-    elif style == 2:    # tiny amax: 1..3
+    elif style == 2:  # tiny amax: 1..3
         x = rng.integers(-3, 4, size=n)
-    else:               # one outlier among small values
+    else:  # one outlier among small values
         x = rng.integers(-100, 101, size=n)
         x[int(rng.integers(0, n))] = int(rng.choice([XLO, XHI, XHI >> 11, XLO >> 4]))
     return Row(np.asarray(x, dtype=np.int64), tag)
@@ -65,18 +71,22 @@ def check(rows: list[Row], beats: list[int], where: str) -> int:
         for b in range(len(r.beats)):
             got = unpack(OUT_L, beats[pos])
             pos += 1
-            assert got["last"] == int(b == len(r.beats) - 1), \
+            assert got["last"] == int(b == len(r.beats) - 1), (
                 f"{where}: row {ri} beat {b} last={got['last']}"
-            assert got["amax"] == r.amax, \
+            )
+            assert got["amax"] == r.amax, (
                 f"{where} ({r.tag}): row {ri} beat {b}: amax {got['amax']}, expected {r.amax}"
+            )
             for i in range(LANES):
                 e = b * LANES + i
                 if got["data"][i] != r.x_q[e]:
                     recip, shift = golden.hw_reciprocal(np.array([r.amax]), CFG)
                     raise AssertionError(
-                        f"{where} ({r.tag}, row {ri}, length {r.n}): first mismatch at element {e}: "
+                        f"{where} ({r.tag}, row {ri}, length {r.n}): "
+                        f"first mismatch at element {e}: "
                         f"x={int(r.x[e])} -> got {got['data'][i]}, expected {int(r.x_q[e])} "
-                        f"(amax {r.amax}, recip {int(recip[0])}, R {int(shift[0])})")
+                        f"(amax {r.amax}, recip {int(recip[0])}, R {int(shift[0])})"
+                    )
     return sum(r.x.size for r in rows)
 
 
@@ -94,8 +104,7 @@ async def test_random(dut):
     """Random rows (magnitude classes, full range, tiny amax, outliers), random stalls."""
     b = await Bench.start(dut, "test_random")
     rows = [random_row(b.rng) for _ in range(int(P.get("random_rows", 12)))]
-    rows += [random_row(b.rng, n=1, tag="length 1"),
-             random_row(b.rng, n=MAX_LEN, tag="max length")]
+    rows += [random_row(b.rng, n=1, tag="length 1"), random_row(b.rng, n=MAX_LEN, tag="max length")]
     record("test_random", vectors=await b.run(rows, "test_random"))
 
 
@@ -106,10 +115,14 @@ async def test_extremes(dut):
     rng = b.rng
     n = MAX_LEN
     alt = np.where(np.arange(n) % 2 == 0, XHI, -XHI)
-    rows = [Row(np.full(n, XLO, np.int64), "all -2^31"), Row(np.full(n, XHI, np.int64), "all 2^31-1"),
-            Row(np.zeros(n, np.int64), "zeros"), Row(alt.astype(np.int64), "+-(2^31-1)"),
-            Row(rng.integers(-1, 2, n).astype(np.int64), "amax 1"),
-            Row(np.arange(n, dtype=np.int64) - n // 2, "ramp")]
+    rows = [
+        Row(np.full(n, XLO, np.int64), "all -2^31"),
+        Row(np.full(n, XHI, np.int64), "all 2^31-1"),
+        Row(np.zeros(n, np.int64), "zeros"),
+        Row(alt.astype(np.int64), "+-(2^31-1)"),
+        Row(rng.integers(-1, 2, n).astype(np.int64), "amax 1"),
+        Row(np.arange(n, dtype=np.int64) - n // 2, "ramp"),
+    ]
     # every power-of-two amax boundary (n = bit_length changes), one row each
     for bits in range(1, CFG.hw_in_bits):
         for v in ((1 << bits) - 1, 1 << bits):
@@ -129,8 +142,11 @@ async def test_reset_mid_operation(dut):
         r = random_row(b.rng, n=int(b.rng.integers(LANES, MAX_LEN + 1)))
         return [r], 3 * len(r.beats) + CFG.recip_bits + 4
 
-    await b.reset_mid_operation(4, in_flight, lambda attempt: [
-        random_row(b.rng, tag=f"after reset {attempt}") for _ in range(2)])
+    await b.reset_mid_operation(
+        4,
+        in_flight,
+        lambda attempt: [random_row(b.rng, tag=f"after reset {attempt}") for _ in range(2)],
+    )
 
 
 @cocotb.test()
@@ -138,6 +154,9 @@ async def test_throughput(dut):
     """No stalls, one row of max length: measured cycles vs hw.quant.row_cycles."""
     b = await Bench.start(dut, "test_throughput", stall=False)
     r = random_row(b.rng, n=MAX_LEN, tag="throughput")
-    await b.throughput([r], row_cycles(len(r.beats), CFG),
-                       100 + 4 * len(r.beats) + 2 * CFG.recip_bits,
-                       f"row of {MAX_LEN} ({len(r.beats)} beats)")
+    await b.throughput(
+        [r],
+        row_cycles(len(r.beats), CFG),
+        100 + 4 * len(r.beats) + 2 * CFG.recip_bits,
+        f"row of {MAX_LEN} ({len(r.beats)} beats)",
+    )

@@ -2,6 +2,7 @@
 
 Parameters: ``cfg`` (RequantConfig fields), ``lanes``, ``stall``.
 """
+
 from __future__ import annotations
 
 import cocotb
@@ -31,24 +32,43 @@ class Batch:
         self.tag = tag
         self.y = golden.requantize(self.acc, self.mult, self.shift, CFG).astype(np.int64)
         n = self.acc.shape[0]
-        self.last = (np.arange(n) % 5 == 4) | (np.arange(n) == n - 1)   # some framing
-        self.beats = [pack(IN_L, {"data": self.acc[i].tolist(), "mult": self.mult[i].tolist(),
-                                  "shift": self.shift[i].tolist(), "last": int(self.last[i])})
-                      for i in range(n)]
+        self.last = (np.arange(n) % 5 == 4) | (np.arange(n) == n - 1)  # some framing
+        self.beats = [
+            pack(
+                IN_L,
+                {
+                    "data": self.acc[i].tolist(),
+                    "mult": self.mult[i].tolist(),
+                    "shift": self.shift[i].tolist(),
+                    "last": int(self.last[i]),
+                },
+            )
+            for i in range(n)
+        ]
 
 
 def random_batch(rng, beats: int, tag="random") -> Batch:
     shape = (beats, LANES)
-    acc = np.where(rng.random(shape) < 0.5, rng.integers(ALO, AHI + 1, shape, dtype=np.int64),
-                   rng.integers(-5000, 5001, shape))
-    mult = np.where(rng.random(shape) < 0.8, rng.integers(0, CFG.mult_max + 1, shape),
-                    rng.choice([0, 1, CFG.mult_max, 1 << (CFG.mult_bits - 1)], shape))
+    acc = np.where(
+        rng.random(shape) < 0.5,
+        rng.integers(ALO, AHI + 1, shape, dtype=np.int64),
+        rng.integers(-5000, 5001, shape),
+    )
+    mult = np.where(
+        rng.random(shape) < 0.8,
+        rng.integers(0, CFG.mult_max + 1, shape),
+        rng.choice([0, 1, CFG.mult_max, 1 << (CFG.mult_bits - 1)], shape),
+    )
     # shifts: the whole range, with weight on 0/1, around the product width and the max
-    special = np.array([0, 1, 2, CFG.product_bits - 1, CFG.product_bits, CFG.product_bits + 1,
-                        CFG.shift_max])
+    special = np.array(
+        [0, 1, 2, CFG.product_bits - 1, CFG.product_bits, CFG.product_bits + 1, CFG.shift_max]
+    )
     special = special[special <= CFG.shift_max]
-    shift = np.where(rng.random(shape) < 0.7, rng.integers(0, CFG.shift_max + 1, shape),
-                     rng.choice(special, shape))
+    shift = np.where(
+        rng.random(shape) < 0.7,
+        rng.integers(0, CFG.shift_max + 1, shape),
+        rng.choice(special, shape),
+    )
     return Batch(acc, mult, shift, tag)
 
 
@@ -65,8 +85,10 @@ def check(batches: list[Batch], beats: list[int], where: str) -> int:
                 if got["data"][j] != b.y[i, j]:
                     raise AssertionError(
                         f"{where} ({b.tag}): first mismatch at beat {i} lane {j}: "
-                        f"acc={int(b.acc[i, j])} mult={int(b.mult[i, j])} shift={int(b.shift[i, j])} "
-                        f"-> got {got['data'][j]}, expected {int(b.y[i, j])}")
+                        f"acc={int(b.acc[i, j])} mult={int(b.mult[i, j])} "
+                        f"shift={int(b.shift[i, j])} "
+                        f"-> got {got['data'][j]}, expected {int(b.y[i, j])}"
+                    )
     return total * LANES
 
 
@@ -91,8 +113,18 @@ async def test_extremes(dut):
     b = await Bench.start(dut, "test_extremes")
     accs = [ALO, AHI, ALO + 1, 0, 1, -1]
     mults = [0, 1, CFG.mult_max, 1 << (CFG.mult_bits - 1)]
-    shifts = sorted({0, 1, 2, CFG.out_bits, CFG.product_bits - 1, CFG.product_bits,
-                     min(CFG.product_bits + 1, CFG.shift_max), CFG.shift_max})
+    shifts = sorted(
+        {
+            0,
+            1,
+            2,
+            CFG.out_bits,
+            CFG.product_bits - 1,
+            CFG.product_bits,
+            min(CFG.product_bits + 1, CFG.shift_max),
+            CFG.shift_max,
+        }
+    )
     grid = np.array([(a, mu, s) for a in accs for mu in mults for s in shifts], dtype=np.int64)
     pad = (-len(grid)) % LANES
     grid = np.concatenate([grid, np.zeros((pad, 3), np.int64)])
@@ -106,7 +138,7 @@ async def test_extremes(dut):
     ties = np.array(ties + [(0, 0, 0)] * pad, dtype=np.int64)
     t = Batch(ties[:, 0], ties[:, 1].reshape(-1, LANES), ties[:, 2].reshape(-1, LANES), "ties")
     # saturation both ways, with a per-tensor scale from quantize_multiplier
-    mult, shift = golden.quantize_multiplier(2.0 ** -10, CFG)
+    mult, shift = golden.quantize_multiplier(2.0**-10, CFG)
     sat = Batch(np.array([AHI, ALO, 1 << 20, -(1 << 20)] * LANES), mult, shift, "saturation")
     record("test_extremes", vectors=await b.run([g, t, sat], "test_extremes"))
 
@@ -121,7 +153,7 @@ async def test_scales(dut):
         # representable scales start at 2^(mult_bits-1-shift_max) (quantize_multiplier)
         scale = float(np.exp2(rng.uniform(max(-30, CFG.mult_bits - CFG.shift_max), -2)))
         mult, shift = golden.quantize_multiplier(scale, CFG)
-        reach = int(min(AHI, 2 ** CFG.out_bits / scale))
+        reach = int(min(AHI, 2**CFG.out_bits / scale))
         acc = rng.integers(-reach, reach + 1, size=16 * LANES)
         batches.append(Batch(acc, mult, shift, f"scale {scale:.3e}"))
     record("test_scales", vectors=await b.run(batches, "test_scales"))
@@ -131,8 +163,11 @@ async def test_scales(dut):
 async def test_reset_mid_operation(dut):
     """Reset with beats in flight, then a clean batch must be exact."""
     b = await Bench.start(dut, "test_reset_mid_operation")
-    await b.reset_mid_operation(3, lambda: ([random_batch(b.rng, 30)], 40), lambda attempt: [
-        random_batch(b.rng, 40, f"after reset {attempt}")])
+    await b.reset_mid_operation(
+        3,
+        lambda: ([random_batch(b.rng, 30)], 40),
+        lambda attempt: [random_batch(b.rng, 40, f"after reset {attempt}")],
+    )
 
 
 @cocotb.test()

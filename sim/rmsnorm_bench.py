@@ -7,6 +7,7 @@ Parameters (``sim.streams.bench_params``): ``cfg`` (NormConfig), ``qcfg`` (Quant
 directed corners; the row constants from ``golden.rmsnorm.norm_constants``. Rows of one
 length form a batch; the constant ports change only between batches (DUT idle).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -62,8 +63,10 @@ def check(row: Row, beats: list[int], where: str) -> int:
         xs, gs = row.x.tolist(), row.gamma.tolist()
         if row.d > 24:
             xs, gs = xs[:24] + ["..."], gs[:24] + ["..."]
-        return (f"({row.tag}, d={row.d}, cfg={CFG}, qcfg={QCFG})\n  x = {xs}\n  gamma = {gs}\n"
-                f"  constants (eps_term, c_mant, c_exp) = {constants(row.d, row.cfg)}")
+        return (
+            f"({row.tag}, d={row.d}, cfg={CFG}, qcfg={QCFG})\n  x = {xs}\n  gamma = {gs}\n"
+            f"  constants (eps_term, c_mant, c_exp) = {constants(row.d, row.cfg)}"
+        )
 
     for b, bits in enumerate(beats):
         beat = unpack(Y_L, bits)
@@ -71,16 +74,19 @@ def check(row: Row, beats: list[int], where: str) -> int:
         if (beat["scale_mant"], beat["scale_shift"]) != (row.mant, row.shift):
             raise AssertionError(
                 f"{where}: beat {b}: scale (mant, shift) = ({beat['scale_mant']}, "
-                f"{beat['scale_shift']}), expected ({row.mant}, {row.shift}) {ctx()}")
+                f"{beat['scale_shift']}), expected ({row.mant}, {row.shift}) {ctx()}"
+            )
         for lane in range(LANES):
             i = b * LANES + lane
             want = int(row.xq[i]) if i < row.d else 0
             if beat["data"][lane] != want:
-                extra = f"x[{i}] = {row.x[i]}, gamma[{i}] = {row.gamma[i]}" if i < row.d \
-                    else "padding"
+                extra = (
+                    f"x[{i}] = {row.x[i]}, gamma[{i}] = {row.gamma[i]}" if i < row.d else "padding"
+                )
                 raise AssertionError(
                     f"{where}: first mismatch at x_q[{i}] (beat {b}, lane {lane}): got "
-                    f"{beat['data'][lane]}, expected {want} ({extra}) {ctx()}")
+                    f"{beat['data'][lane]}, expected {want} ({extra}) {ctx()}"
+                )
     return row.d
 
 
@@ -132,8 +138,9 @@ async def test_random_rows(dut):
     b = await Bench.start(dut, "test_random_rows")
     vectors = 0
     for i in range(BATCHES):
-        vectors += await b.run(random_batch(b.rng, int(b.rng.integers(1, 4))),
-                               f"test_random_rows[{i}]")
+        vectors += await b.run(
+            random_batch(b.rng, int(b.rng.integers(1, 4))), f"test_random_rows[{i}]"
+        )
     record("test_random_rows", vectors=vectors)
 
 
@@ -145,21 +152,24 @@ async def test_corners(dut):
     b = await Bench.start(dut, "test_corners")
     rng = b.rng
     d = MAX_D
-    full = lambda v: np.full(d, v)          # noqa: E731
+    full = lambda v: np.full(d, v)  # noqa: E731
     one = np.zeros(d, dtype=np.int64)
     one[rng.integers(0, d)] = XHI
-    batches = [[
-        Row(full(XLO), full(GLO), "x min, gamma min"),
-        Row(full(XLO), full(GHI), "x min, gamma max"),
-        Row(full(XHI), full(GHI), "x max, gamma max"),
-        Row(np.where(np.arange(d) % 2, XLO, XHI), rng.integers(GLO, GHI + 1, d), "alternating"),
-        Row(one, rng.integers(GLO, GHI + 1, d), "one non-zero"),
-        Row(rng.choice([-1, 0, 1], d), rng.integers(GLO, GHI + 1, d), "1-LSB values"),
-        Row(rng.integers(XLO, XHI + 1, d), np.zeros(d, np.int64), "gamma = 0"),
-    ]]
+    batches = [
+        [
+            Row(full(XLO), full(GLO), "x min, gamma min"),
+            Row(full(XLO), full(GHI), "x min, gamma max"),
+            Row(full(XHI), full(GHI), "x max, gamma max"),
+            Row(np.where(np.arange(d) % 2, XLO, XHI), rng.integers(GLO, GHI + 1, d), "alternating"),
+            Row(one, rng.integers(GLO, GHI + 1, d), "one non-zero"),
+            Row(rng.choice([-1, 0, 1], d), rng.integers(GLO, GHI + 1, d), "1-LSB values"),
+            Row(rng.integers(XLO, XHI + 1, d), np.zeros(d, np.int64), "gamma = 0"),
+        ]
+    ]
     no_eps = replace(CFG, eps=0.0)
-    batches.append([Row(np.zeros(d, np.int64), rng.integers(GLO, GHI + 1, d), "x = 0, eps = 0",
-                        no_eps)])
+    batches.append(
+        [Row(np.zeros(d, np.int64), rng.integers(GLO, GHI + 1, d), "x = 0, eps = 0", no_eps)]
+    )
     batches.append([Row(rng.integers(XLO, XHI + 1, 1), rng.integers(GLO, GHI + 1, 1), "d = 1")])
     batches.append(random_batch(rng, 1, d=MAX_LEN, tag="longest row"))
     vectors = 0
@@ -178,8 +188,9 @@ async def test_reset_mid_operation(dut):
         b.set_constants(rows[0].d)
         return rows, 2 * expected_cycles(len(rows[0].beats), CFG, QCFG)
 
-    await b.reset_mid_operation(3, in_flight, lambda attempt: random_batch(
-        b.rng, 2, tag=f"after reset {attempt}"))
+    await b.reset_mid_operation(
+        3, in_flight, lambda attempt: random_batch(b.rng, 2, tag=f"after reset {attempt}")
+    )
 
 
 @cocotb.test()
@@ -189,5 +200,9 @@ async def test_throughput(dut):
     rows = random_batch(b.rng, 1, d=MAX_D, tag="throughput")
     b.set_constants(rows[0].d)
     nb = len(rows[0].beats)
-    await b.throughput(rows, expected_cycles(nb, CFG, QCFG),
-                       400 + 4 * expected_cycles(nb, CFG, QCFG), f"row of {nb} beats")
+    await b.throughput(
+        rows,
+        expected_cycles(nb, CFG, QCFG),
+        400 + 4 * expected_cycles(nb, CFG, QCFG),
+        f"row of {nb} beats",
+    )

@@ -6,6 +6,7 @@ swept), ``stall``. int8 heads come from ``golden.rope.int8_sweep`` (extremes, ze
 grid of pairs, every pair meeting every frequency); wider inputs are random at random
 magnitudes plus extremes that saturate where ``out_bits`` allows.
 """
+
 from __future__ import annotations
 
 import cocotb
@@ -36,7 +37,9 @@ class Head:
     def __init__(self, x, pos: int, tag: str = ""):
         self.x = np.asarray(x).astype(DT)
         self.pos, self.tag = int(pos), tag
-        self.expected = golden.rope_fx(self.x[None, :], np.array([self.pos]), CFG)[0].astype(np.int64)
+        self.expected = golden.rope_fx(self.x[None, :], np.array([self.pos]), CFG)[0].astype(
+            np.int64
+        )
         self.beats = [pack(X_L, b) for b in x_beats(self.x, self.pos, LANES)]
 
 
@@ -58,19 +61,20 @@ def check(head: Head, beats: list[int], where: str) -> int:
                         f"cfg={CFG}): first mismatch at y[{j}] (beat {c}, {key} lane {lane}): "
                         f"got {got}, expected {want}\n  pair x[{i}] = {int(head.x[i])}, "
                         f"x[{i + H}] = {int(head.x[i + H])}; cos_q = {int(cos_q[head.pos, i])}, "
-                        f"sin_q = {int(sin_q[head.pos, i])}")
+                        f"sin_q = {int(sin_q[head.pos, i])}"
+                    )
     return HD
 
 
 def positions(rng, n: int) -> np.ndarray:
     fixed = [0, 1, CFG.max_pos - 1]
-    return np.concatenate([fixed, rng.integers(0, CFG.max_pos, size=max(0, n - 3))])[:max(n, 3)]
+    return np.concatenate([fixed, rng.integers(0, CFG.max_pos, size=max(0, n - 3))])[: max(n, 3)]
 
 
 def sweep_heads(rng) -> list[Head]:
     heads = []
     if IN_BITS == 8:
-        x, _ = golden.int8_sweep(HD, CFG)            # (max_pos, rows, HD)
+        x, _ = golden.int8_sweep(HD, CFG)  # (max_pos, rows, HD)
         for p in positions(rng, N_POS):
             heads += [Head(row, p, "int8 sweep") for row in x[p]]
     else:
@@ -80,9 +84,16 @@ def sweep_heads(rng) -> list[Head]:
         for p in positions(rng, 3):
             heads.append(Head(np.full(HD, HI), p, "all max"))
             heads.append(Head(np.full(HD, LO), p, "all min"))
-            heads.append(Head(np.concatenate([np.full(H, HI), np.full(H, LO)]), p,
-                              "x1 max, x2 min (largest rotation sums)"))
-            heads.append(Head(np.concatenate([np.full(H, LO), np.full(H, HI)]), p, "x1 min, x2 max"))
+            heads.append(
+                Head(
+                    np.concatenate([np.full(H, HI), np.full(H, LO)]),
+                    p,
+                    "x1 max, x2 min (largest rotation sums)",
+                )
+            )
+            heads.append(
+                Head(np.concatenate([np.full(H, LO), np.full(H, HI)]), p, "x1 min, x2 max")
+            )
     order = rng.permutation(len(heads))
     return [heads[i] for i in order]
 
@@ -118,8 +129,9 @@ async def test_pos_error(dut):
         assert int(dut.pos_error.value) == 1, f"pos_error not set by pos = {bad['pos']}"
         await b.h.reset()
         assert int(dut.pos_error.value) == 0, "pos_error not cleared by reset"
-    heads = [Head(b.rng.integers(LO, HI + 1, HD), p, "after pos_error")
-             for p in positions(b.rng, 4)]
+    heads = [
+        Head(b.rng.integers(LO, HI + 1, HD), p, "after pos_error") for p in positions(b.rng, 4)
+    ]
     record("test_pos_error", vectors=await b.run(heads, "test_pos_error"))
 
 
@@ -133,9 +145,14 @@ async def test_reset_mid_operation(dut):
         heads = [Head(b.rng.integers(LO, HI + 1, HD), p) for p in positions(b.rng, 4)]
         return heads, 4 * len(heads[0].beats) + 2
 
-    await b.reset_mid_operation(3, in_flight, lambda attempt: [
-        Head(b.rng.integers(LO, HI + 1, HD), p, f"after reset {attempt}")
-        for p in positions(b.rng, 3)])
+    await b.reset_mid_operation(
+        3,
+        in_flight,
+        lambda attempt: [
+            Head(b.rng.integers(LO, HI + 1, HD), p, f"after reset {attempt}")
+            for p in positions(b.rng, 3)
+        ],
+    )
 
 
 @cocotb.test()

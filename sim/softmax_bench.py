@@ -6,6 +6,7 @@ Logits come from ``golden.softmax.random_logits`` (spreads from uniform to one-h
 equal at either end of the range, full range) plus directed corners; masks are random,
 causal (``golden.softmax.causal_mask``) or whole lanes off.
 """
+
 from __future__ import annotations
 
 import cocotb
@@ -54,7 +55,7 @@ def random_rows(rng, n=None, tag="random") -> Rows:
         mask = None
     elif style == 1:
         mask = rng.random((LANES, n)) < 0.8
-    elif style == 2 and n >= LANES:          # lanes as the last LANES queries of a KV cache
+    elif style == 2 and n >= LANES:  # lanes as the last LANES queries of a KV cache
         mask = golden.causal_mask(LANES, n)
     else:
         mask = np.ones((LANES, n), bool)
@@ -78,7 +79,8 @@ def check(rows: Rows, beats: list[int], where: str) -> int:
                 raise AssertionError(
                     f"{where} ({rows.tag}, n={rows.n}, cfg={CFG}): first mismatch at lane "
                     f"{lane} element {j}: got {got}, expected {want}\n  x[{lane}] = {row}\n"
-                    f"  mask[{lane}] = {msk}")
+                    f"  mask[{lane}] = {msk}"
+                )
     return rows.n * LANES
 
 
@@ -114,19 +116,29 @@ async def test_corners(dut):
     groups = [
         Rows(np.full((LANES, n), HI), tag="all +max"),
         # right after a larger max: leading masked elements must not see the old row's max
-        Rows(b.rng.integers(LO, 0, size=(LANES, n)), np.arange(n)[None, :] >= np.arange(
-            1, LANES + 1)[:, None] % n, tag="leading masked after a larger max"),
+        Rows(
+            b.rng.integers(LO, 0, size=(LANES, n)),
+            np.arange(n)[None, :] >= np.arange(1, LANES + 1)[:, None] % n,
+            tag="leading masked after a larger max",
+        ),
         Rows(np.full((LANES, n), LO), tag="all -max"),
-        Rows(np.where(np.arange(n)[None, :] == (np.arange(LANES)[:, None] % n), HI, LO),
-             tag="one-hot"),
+        Rows(
+            np.where(np.arange(n)[None, :] == (np.arange(LANES)[:, None] % n), HI, LO),
+            tag="one-hot",
+        ),
         Rows(b.rng.integers(LO, HI + 1, size=(LANES, 1)), tag="n = 1"),
         Rows(np.tile(np.where(np.arange(n) % 2, HI, LO), (LANES, 1)), tag="alternating"),
         Rows(np.tile(ramp, (LANES, 1)), tag="rising"),
         Rows(np.tile(ramp[::-1], (LANES, 1)), tag="falling"),
-        Rows(np.tile(np.arange(n) * (1 << CFG.in_frac_bits), (LANES, 1)).clip(LO, HI),
-             tag="rising by 1.0"),
-        Rows(b.rng.integers(LO, HI + 1, size=(LANES, n)), np.zeros((LANES, n), bool),
-             tag="fully masked"),
+        Rows(
+            np.tile(np.arange(n) * (1 << CFG.in_frac_bits), (LANES, 1)).clip(LO, HI),
+            tag="rising by 1.0",
+        ),
+        Rows(
+            b.rng.integers(LO, HI + 1, size=(LANES, n)),
+            np.zeros((LANES, n), bool),
+            tag="fully masked",
+        ),
         Rows(golden.random_logits(b.rng, LANES, MAX_LEN, CFG), tag="longest row (max_len)"),
     ]
     record("test_corners", vectors=await b.run(groups, "test_corners"))
@@ -149,12 +161,15 @@ async def test_reset_mid_operation(dut):
     """Reset in pass 1, in the reciprocal, in pass 2, then clean row groups."""
     b = await Bench.start(dut, "test_reset_mid_operation")
 
-    def in_flight():   # stopped somewhere in pass 1, the divider or pass 2 (stalls stretch it)
+    def in_flight():  # stopped somewhere in pass 1, the divider or pass 2 (stalls stretch it)
         g = random_rows(b.rng, n=int(b.rng.integers(LANES, MAX_N + 1)))
         return [g], 2 * row_cycles(g.n, CFG)
 
-    await b.reset_mid_operation(3, in_flight, lambda attempt: [
-        random_rows(b.rng, tag=f"after reset {attempt}") for _ in range(2)])
+    await b.reset_mid_operation(
+        3,
+        in_flight,
+        lambda attempt: [random_rows(b.rng, tag=f"after reset {attempt}") for _ in range(2)],
+    )
 
 
 @cocotb.test()
@@ -164,5 +179,9 @@ async def test_throughput(dut):
     b = await Bench.start(dut, "test_throughput", stall=False)
     n = min(MAX_N, 32)
     groups = [random_rows(b.rng, n=n, tag="throughput") for _ in range(3)]
-    await b.throughput(groups, 2 * row_cycles(n, CFG) + expected_cycles(n, CFG),
-                       200 + 4 * row_cycles(n, CFG) * 3, f"3 groups of {LANES} rows x {n}")
+    await b.throughput(
+        groups,
+        2 * row_cycles(n, CFG) + expected_cycles(n, CFG),
+        200 + 4 * row_cycles(n, CFG) * 3,
+        f"3 groups of {LANES} rows x {n}",
+    )

@@ -22,6 +22,7 @@ Bench plumbing: :func:`bench_params` (what the pytest side passed to
 harness with its stream ports, and the loops the benches share (run items against
 golden, reset with work in flight, no-stall cycle counts against the documented formula).
 """
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-CLOCK_NS = 10   # clock period of every bench (simulated cycles = sim time / CLOCK_NS)
+CLOCK_NS = 10  # clock period of every bench (simulated cycles = sim time / CLOCK_NS)
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -64,7 +65,11 @@ def record(test: str, **fields) -> None:
     path = Path(d) / f"{test}.json"
     cur = json.loads(path.read_text()) if path.exists() else {}
     for k, v in fields.items():
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and isinstance(cur.get(k), (int, float)):
+        if (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and isinstance(cur.get(k), (int, float))
+        ):
             cur[k] = cur[k] + v
         else:
             cur[k] = v
@@ -74,11 +79,13 @@ def record(test: str, **fields) -> None:
 # --------------------------------------------------------------------------- layouts
 def _is_layout(shape) -> bool:
     from amaranth.lib import data
+
     return isinstance(shape, data.Layout)
 
 
 def shape_width(shape) -> int:
     from amaranth import Shape
+
     if _is_layout(shape):
         return shape.size
     return Shape.cast(shape).width
@@ -109,7 +116,9 @@ def pack(shape, value) -> int:
         return out
     s = Shape.cast(shape)
     v = int(value)
-    lo, hi = (-(1 << (s.width - 1)), (1 << (s.width - 1)) - 1) if s.signed else (0, (1 << s.width) - 1)
+    lo, hi = (
+        (-(1 << (s.width - 1)), (1 << (s.width - 1)) - 1) if s.signed else (0, (1 << s.width) - 1)
+    )
     if not lo <= v <= hi:
         raise ValueError(f"value {v} does not fit {s!r}")
     return v & ((1 << s.width) - 1)
@@ -173,7 +182,7 @@ class StreamSource(_StreamPort):
         super().__init__(dut, prefix, rng)
         self.p_valid = p_valid
         self.queue: deque[int] = deque()
-        self.offered = False      # valid is high now with queue[0]
+        self.offered = False  # valid is high now with queue[0]
         self.sent = 0
 
     def put(self, beat: int) -> None:
@@ -193,7 +202,7 @@ class StreamSource(_StreamPort):
 
     def drive(self) -> None:
         if self.offered:
-            return   # hold valid and payload until taken
+            return  # hold valid and payload until taken
         if self.queue and (self.p_valid >= 1.0 or self.rng.random() < self.p_valid):
             self.payload.value = self.queue[0]
             self.valid.value = 1
@@ -219,7 +228,7 @@ class StreamSink(_StreamPort):
         self.p_ready = p_ready
         self.beats: list[int] = []
         self.beat_cycles: list[int] = []
-        self._pending: int | None = None   # payload offered but not taken last cycle
+        self._pending: int | None = None  # payload offered but not taken last cycle
         self.errors: list[str] = []
 
     def flush(self) -> None:
@@ -234,9 +243,13 @@ class StreamSink(_StreamPort):
         valid = int(self.valid.value)
         if self._pending is not None:
             if not valid:
-                self.errors.append(f"{self.name}: valid dropped before the beat was taken (cycle {cycle})")
+                self.errors.append(
+                    f"{self.name}: valid dropped before the beat was taken (cycle {cycle})"
+                )
             elif int(self.payload.value) != self._pending:
-                self.errors.append(f"{self.name}: payload changed while valid and not ready (cycle {cycle})")
+                self.errors.append(
+                    f"{self.name}: payload changed while valid and not ready (cycle {cycle})"
+                )
         if valid:
             bits = int(self.payload.value)
             if int(self.ready.value):
@@ -291,6 +304,7 @@ class Harness:
 
     def start_clock(self) -> None:
         from cocotb.clock import Clock
+
         if self._clock is None:
             self._clock = Clock(self.clk, CLOCK_NS, unit="ns")
             self._clock.start(start_high=False)
@@ -333,8 +347,10 @@ class Harness:
         start = self.cycle
         while not done():
             if self.cycle - start >= max_cycles:
-                state = ", ".join([f"{s.name}: {len(s.queue)} beats queued" for s in self.sources] +
-                                  [f"{s.name}: {len(s.beats)} beats received" for s in self.sinks])
+                state = ", ".join(
+                    [f"{s.name}: {len(s.queue)} beats queued" for s in self.sources]
+                    + [f"{s.name}: {len(s.beats)} beats received" for s in self.sinks]
+                )
                 raise AssertionError(f"{what}: timeout after {max_cycles} cycles ({state})")
             await self.step()
         self.check_protocol()
@@ -416,7 +432,7 @@ class Bench:
         vectors, pos = 0, 0
         for item in items:
             n = self.out_beats(item)
-            vectors += self.check_item(item, beats[pos:pos + n], where)
+            vectors += self.check_item(item, beats[pos : pos + n], where)
             pos += n
         return vectors
 
@@ -485,15 +501,22 @@ class Bench:
         start, first_in = self.h.cycle, None
         while len(out.beats) < n:
             if first_in is None and [s.sent for s in self.sources] != sent:
-                first_in = self.h.cycle - 1      # the cycle whose edge took the first beat
+                first_in = self.h.cycle - 1  # the cycle whose edge took the first beat
             if self.h.cycle - start > max_cycles:
                 raise AssertionError(f"{self.test}: timeout")
             await self.h.step()
         self.h.check_protocol()
         return out.beat_cycles[-1] - first_in + 1
 
-    def check_cycles(self, what: str, cycles: int, formula: int, vectors: int,
-                     ideal: float | None = None, **fields) -> None:
+    def check_cycles(
+        self,
+        what: str,
+        cycles: int,
+        formula: int,
+        vectors: int,
+        ideal: float | None = None,
+        **fields,
+    ) -> None:
         """Log and record a measured cycle count (and the ``ideal`` one, if given); it must
         equal the documented formula."""
         note = "" if ideal is None else f", ideal {ideal:.1f} ({ideal / cycles:.1%} of ideal)"

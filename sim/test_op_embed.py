@@ -1,5 +1,6 @@
 """EMBED engine (hw/ops/embed.py) against the golden executor under random memory stalls
 (sim/op_bench.py), including its error codes and the no-stall cycle count."""
+
 import numpy as np
 import pytest
 
@@ -15,12 +16,18 @@ W = dma_bytes_for(DEFAULT)
 
 
 def _embed(gd, rng, rows, dim, vocab, bad_token=False):
-    tab = rng.integers(-2**31, 2**31, (vocab, dim)).astype(np.int32)
+    tab = rng.integers(-(2**31), 2**31, (vocab, dim)).astype(np.int32)
     tok = rng.integers(0, vocab, rows).astype(np.uint32)
     if bad_token:
         tok[rng.integers(rows)] = vocab
-    return dict(tokens=put(gd, tok), table=put(gd, tab), dst=gd.alloc(rows * dim * 4, 64),
-                rows=rows, dim=dim, vocab=vocab)
+    return dict(
+        tokens=put(gd, tok),
+        table=put(gd, tab),
+        dst=gd.alloc(rows * dim * 4, 64),
+        rows=rows,
+        dim=dim,
+        vocab=vocab,
+    )
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3, 0.6])
@@ -28,14 +35,24 @@ def test_embed(rng, stall):
     for _ in range(3):
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         f = _embed(gd, rng, int(rng.integers(1, 6)), int(rng.integers(1, 80)), 40)
-        r = check_op(EmbedEngine(DEFAULT, W), gd, isa.command(Opcode.EMBED, **f),
-                     seed=int(rng.integers(1 << 30)), stall=stall)
+        r = check_op(
+            EmbedEngine(DEFAULT, W),
+            gd,
+            isa.command(Opcode.EMBED, **f),
+            seed=int(rng.integers(1 << 30)),
+            stall=stall,
+        )
         assert r["error"] == ErrorCode.NONE and r["bytes_written"] == f["rows"] * f["dim"] * 4
 
 
-@pytest.mark.parametrize("case,code", [
-    ("rows0", ErrorCode.BAD_DIM), ("bad_token", ErrorCode.BAD_OPERAND),
-    ("table_range", ErrorCode.ADDR_RANGE)])
+@pytest.mark.parametrize(
+    "case,code",
+    [
+        ("rows0", ErrorCode.BAD_DIM),
+        ("bad_token", ErrorCode.BAD_OPERAND),
+        ("table_range", ErrorCode.ADDR_RANGE),
+    ],
+)
 def test_embed_errors(rng, case, code):
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     f = _embed(gd, rng, 3, 10, 12, bad_token=case == "bad_token")
@@ -57,6 +74,7 @@ def test_embed_cycles(rng):
     for rows, dim in ((1, 1), (3, 40), (40, 70)):
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         f = _embed(gd, rng, rows, dim, 50)
-        r = check_op(EmbedEngine(DEFAULT, W), gd, isa.command(Opcode.EMBED, **f), stall=0.0,
-                     max_latency=1)
+        r = check_op(
+            EmbedEngine(DEFAULT, W), gd, isa.command(Opcode.EMBED, **f), stall=0.0, max_latency=1
+        )
         assert r["cycles"] == expected_cycles(rows, dim, W), (rows, dim, r["cycles"])

@@ -8,6 +8,7 @@ and negative dot products at k = max_k), the write-register freeze (n = 1 mod L 
 heavy stalls, where two flushes come back to back), the exact no-stall cycle count, the
 x-buffer limit (max_k) and every argument error.
 """
+
 import numpy as np
 import pytest
 
@@ -36,8 +37,9 @@ def _cmd(gd, x, w):
     src = put(gd, x, 1)
     weights = put(gd, w, 1)
     dst = put(gd, np.zeros((rows, n), np.int32), 4)
-    return isa.command(Opcode.LM_HEAD, src=src, weights=weights, dst=dst,
-                       rows=rows, k=x.shape[1], n=n)
+    return isa.command(
+        Opcode.LM_HEAD, src=src, weights=weights, dst=dst, rows=rows, k=x.shape[1], n=n
+    )
 
 
 def _engine(**limits):
@@ -111,9 +113,9 @@ ERROR_CASES = [
     (dict(rows=0), ErrorCode.BAD_DIM),
     (dict(k=0), ErrorCode.BAD_DIM),
     (dict(n=0), ErrorCode.BAD_DIM),
-    (dict(rows=0xFFFF), ErrorCode.ADDR_RANGE),           # src span
-    (dict(n=0xFFFF_FFFF), ErrorCode.ADDR_RANGE),         # weights span ~2^37
-    (dict(n=1 << 31, k=2), ErrorCode.ADDR_RANGE),        # n*k = 2^32 (0 if wrapped)
+    (dict(rows=0xFFFF), ErrorCode.ADDR_RANGE),  # src span
+    (dict(n=0xFFFF_FFFF), ErrorCode.ADDR_RANGE),  # weights span ~2^37
+    (dict(n=1 << 31, k=2), ErrorCode.ADDR_RANGE),  # n*k = 2^32 (0 if wrapped)
 ]
 
 
@@ -123,5 +125,10 @@ def test_errors(rng):
     command."""
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     cmd = _cmd(gd, _int8(rng, (2, 40)), _int8(rng, (20, 40)))
-    check_errors(_engine(), gd, cmd, ERROR_CASES + arg_error_cases(cmd, gd.alloc_base, gd.brk),
-                 seed=int(rng.integers(1 << 30)))
+    check_errors(
+        _engine(),
+        gd,
+        cmd,
+        ERROR_CASES + arg_error_cases(cmd, gd.alloc_base, gd.brk),
+        seed=int(rng.integers(1 << 30)),
+    )

@@ -5,6 +5,7 @@ no write before an argument error). Most engines here are built with fewer MAC l
 (``max_head_dim``) and a smaller scale buffer than the default, which only changes
 the elaboration size; one test runs the default engine.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -56,10 +57,14 @@ def scales(rng, kv_heads: int, kv_ld: int, lo: int = -4, hi: int = 24):
     shift = rng.integers(lo, hi, (kv_heads, kv_ld))
     u = rng.random(mant.shape)
     mant = np.where(u < 0.15, 0, mant)
-    shift = np.where((u < 0.15) & (rng.random(mant.shape) < 0.5),
-                     rng.choice([-(1 << 15), -1000, (1 << 15) - 1], mant.shape), shift)
-    mant = np.where((u >= 0.15) & (u < 0.25), rng.choice([1, 255, 65535, 1 << 15], mant.shape),
-                    mant)
+    shift = np.where(
+        (u < 0.15) & (rng.random(mant.shape) < 0.5),
+        rng.choice([-(1 << 15), -1000, (1 << 15) - 1], mant.shape),
+        shift,
+    )
+    mant = np.where(
+        (u >= 0.15) & (u < 0.25), rng.choice([1, 255, 65535, 1 << 15], mant.shape), mant
+    )
     return mant, shift
 
 
@@ -70,8 +75,21 @@ def codes(rng, kv_heads: int, kv_ld: int, hd: int) -> np.ndarray:
     return v.astype(np.int8)
 
 
-def setup(rng, *, heads, kv_heads, rows, keys, hd, kv_ld=None, p=None, v=None, mant=None,
-          shift=None, **addr):
+def setup(
+    rng,
+    *,
+    heads,
+    kv_heads,
+    rows,
+    keys,
+    hd,
+    kv_ld=None,
+    p=None,
+    v=None,
+    mant=None,
+    shift=None,
+    **addr,
+):
     """A golden device holding the operands, and the PV command (``addr`` overrides)."""
     kv_ld = keys if kv_ld is None else kv_ld
     gd = GoldenDevice(CFG, mem_size=1 << 20)
@@ -79,11 +97,23 @@ def setup(rng, *, heads, kv_heads, rows, keys, hd, kv_ld=None, p=None, v=None, m
     v = codes(rng, kv_heads, kv_ld, hd) if v is None else v
     if mant is None:
         mant, shift = scales(rng, kv_heads, kv_ld)
-    a = dict(p=put(gd, p), v=put(gd, v), v_scale=put(gd, isa.pack_scales(mant, shift)),
-             dst=put(gd, rng.integers(0, 256, max(rows * heads * hd * 4, 1)).astype(np.uint8)))
+    a = dict(
+        p=put(gd, p),
+        v=put(gd, v),
+        v_scale=put(gd, isa.pack_scales(mant, shift)),
+        dst=put(gd, rng.integers(0, 256, max(rows * heads * hd * 4, 1)).astype(np.uint8)),
+    )
     a.update(addr)
-    cmd = isa.command(Opcode.PV, **a, rows=rows, keys=keys, heads=heads, kv_heads=kv_heads,
-                      head_dim=hd, kv_ld=kv_ld)
+    cmd = isa.command(
+        Opcode.PV,
+        **a,
+        rows=rows,
+        keys=keys,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=hd,
+        kv_ld=kv_ld,
+    )
     return gd, cmd
 
 
@@ -103,8 +133,9 @@ def test_random_shapes(rng, stall):
         keys = rows + int(rng.integers(0, 9))
         hd = int(rng.integers(1, 49))
         kv_ld = keys + int(rng.integers(0, 3))
-        gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd,
-                        kv_ld=kv_ld)
+        gd, cmd = setup(
+            rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd, kv_ld=kv_ld
+        )
         res = check_op(eng, gd, cmd, seed=int(rng.integers(1 << 30)), stall=stall)
         assert res["error"] == ErrorCode.NONE
         assert res["bytes_written"] == rows * heads * hd * 4
@@ -117,12 +148,13 @@ def test_long_rows(rng):
     p = probs(rng, heads, rows, keys)
     for h in range(heads):
         for t in range(rows):
-            p[h, t, :keys - rows + t + 1] = 0
-            p[h, t, 66 + t] = 65535            # a key past the first p beat
+            p[h, t, : keys - rows + t + 1] = 0
+            p[h, t, 66 + t] = 65535  # a key past the first p beat
     p[0, 0, 66] = 60000
     p[0, 0, 3] = 5535
-    gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd,
-                    kv_ld=keys + 5, p=p)
+    gd, cmd = setup(
+        rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd, kv_ld=keys + 5, p=p
+    )
     res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
     assert res["error"] == ErrorCode.NONE
 
@@ -134,18 +166,28 @@ def test_prefix_min_and_corners(rng):
     heads, kv_heads, rows, keys, hd = 2, 2, 4, 6, 9
     mant = rng.integers(1 << 15, 1 << 16, (kv_heads, keys))
     shift = np.zeros((kv_heads, keys), np.int64)
-    shift[0] = [20, 21, 19, 18, 30, 12]            # s_min per query: 19, 18, 18, 12
-    mant[0, 4], shift[0, 4] = 0, -(1 << 15)        # zero scale: its shift must not count
+    shift[0] = [20, 21, 19, 18, 30, 12]  # s_min per query: 19, 18, 18, 12
+    mant[0, 4], shift[0, 4] = 0, -(1 << 15)  # zero scale: its shift must not count
     top, bottom = (1 << 15) - 1, -(1 << 15)
-    shift[1] = [top, top, top, bottom, 5, 4]       # s_min per query: top, then bottom
-    mant[1, 2] = 1                                  # unnormalized
+    shift[1] = [top, top, top, bottom, 5, 4]  # s_min per query: top, then bottom
+    mant[1, 2] = 1  # unnormalized
     mant[1, 5] = 65535
     p = probs(rng, heads, rows, keys)
     p[1, 1:, 3] = 1000
     v = codes(rng, kv_heads, keys, hd)
     v[1, 3, 0] = 5
-    gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd, p=p,
-                    v=v, mant=mant, shift=shift)
+    gd, cmd = setup(
+        rng,
+        heads=heads,
+        kv_heads=kv_heads,
+        rows=rows,
+        keys=keys,
+        hd=hd,
+        p=p,
+        v=v,
+        mant=mant,
+        shift=shift,
+    )
     res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
     assert res["error"] == ErrorCode.NONE
     o = gd.read_array(cmd.dst, np.int32, (rows, heads, hd))
@@ -158,10 +200,11 @@ def test_zero_scales_everywhere(rng):
     """No nonzero scale in a prefix: golden's s_min = 0 and pt = 0 (output 0)."""
     heads, rows, keys, hd = 1, 3, 5, 7
     mant = np.zeros((1, keys), np.int64)
-    mant[0, 4] = 40000                              # only the last query sees a scale
+    mant[0, 4] = 40000  # only the last query sees a scale
     shift = rng.integers(-(1 << 15), 1 << 15, (1, keys))
-    gd, cmd = setup(rng, heads=heads, kv_heads=1, rows=rows, keys=keys, hd=hd, mant=mant,
-                    shift=shift)
+    gd, cmd = setup(
+        rng, heads=heads, kv_heads=1, rows=rows, keys=keys, hd=hd, mant=mant, shift=shift
+    )
     res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.6)
     assert res["error"] == ErrorCode.NONE
     o = gd.read_array(cmd.dst, np.int32, (rows, hd))
@@ -197,8 +240,19 @@ def _overflow_case(rng, rows=1, keys=4, hd=5, **addr):
     v = np.broadcast_to(np.where(rng.random(hd) < 0.5, 127, -128), (1, keys, hd)).astype(np.int8)
     mant = np.full((1, keys), 65535)
     shift = np.full((1, keys), 7)
-    return setup(rng, heads=1, kv_heads=1, rows=rows, keys=keys, hd=hd, p=p, v=v, mant=mant,
-                 shift=shift, **addr)
+    return setup(
+        rng,
+        heads=1,
+        kv_heads=1,
+        rows=rows,
+        keys=keys,
+        hd=hd,
+        p=p,
+        v=v,
+        mant=mant,
+        shift=shift,
+        **addr,
+    )
 
 
 def test_overflow_bad_operand(rng):
@@ -212,12 +266,13 @@ def test_overflow_boundary(rng, pt3, want):
     """acc = -128 * (2 * 8388352 + pt3): exactly -2^31 (fits) or 128 below (does not)."""
     keys, hd = 3, 3
     p = np.array([[[65535, 65535, 8]]], np.uint16)
-    mant = np.array([[65535, 65535, pt3 * 64]])     # shifts equal: pt = rhu(p*mant, 9)
+    mant = np.array([[65535, 65535, pt3 * 64]])  # shifts equal: pt = rhu(p*mant, 9)
     shift = np.full((1, keys), 3)
     v = np.full((1, keys, hd), -128, np.int8)
-    v[0, :, 1] = 127                                # another lane well inside
-    gd, cmd = setup(rng, heads=1, kv_heads=1, rows=1, keys=keys, hd=hd, p=p, v=v, mant=mant,
-                    shift=shift)
+    v[0, :, 1] = 127  # another lane well inside
+    gd, cmd = setup(
+        rng, heads=1, kv_heads=1, rows=1, keys=keys, hd=hd, p=p, v=v, mant=mant, shift=shift
+    )
     res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
     assert res["error"] == want
     if want == ErrorCode.NONE:
@@ -255,11 +310,16 @@ def test_argument_errors(rng):
         (dict(heads=3, kv_heads=2), ErrorCode.BAD_DIM),
         (dict(rows=4, keys=3), ErrorCode.BAD_DIM),
         (dict(kv_ld=2), ErrorCode.BAD_DIM),
-        (dict(kv_ld=2, p=1), ErrorCode.BAD_DIM),          # dims before addresses
+        (dict(kv_ld=2, p=1), ErrorCode.BAD_DIM),  # dims before addresses
         (dict(kv_ld=100000 // 5), ErrorCode.ADDR_RANGE),  # only head 1 is out
     ]
-    check_errors(engine(lanes=8), gd, cmd, cases + arg_error_cases(cmd, gd.alloc_base, gd.brk),
-                 seed=int(rng.integers(1 << 30)))
+    check_errors(
+        engine(lanes=8),
+        gd,
+        cmd,
+        cases + arg_error_cases(cmd, gd.alloc_base, gd.brk),
+        seed=int(rng.integers(1 << 30)),
+    )
 
 
 @pytest.mark.parametrize("change", (dict(keys=41), dict(head_dim=9)))

@@ -7,6 +7,7 @@ corners (extreme codes, zero / unnormalized / extreme-shift scales that saturate
 vanish); every argument error in the contract's check order; the RTL's head_dim
 limit; the no-stall cycle count against ``hw.ops.qk.expected_cycles``.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,12 +32,12 @@ def _scales(rng, n, corners: bool) -> np.ndarray:
     shift = rng.integers(12, 28, size=n)
     if corners:
         kind = rng.integers(0, 8, size=n)
-        mant = np.where(kind == 0, 0, mant)                                  # zero scale
+        mant = np.where(kind == 0, 0, mant)  # zero scale
         shift = np.where(kind == 0, rng.integers(-5, 5, size=n), shift)
-        mant = np.where(kind == 1, rng.integers(1, 300, size=n), mant)       # unnormalized
-        shift = np.where(kind == 2, -(1 << 15), shift)                       # huge: saturate
-        shift = np.where(kind == 3, (1 << 15) - 1, shift)                    # tiny: 0
-        shift = np.where(kind == 4, rng.integers(-20, 8, size=n), shift)     # left shifts
+        mant = np.where(kind == 1, rng.integers(1, 300, size=n), mant)  # unnormalized
+        shift = np.where(kind == 2, -(1 << 15), shift)  # huge: saturate
+        shift = np.where(kind == 3, (1 << 15) - 1, shift)  # tiny: 0
+        shift = np.where(kind == 4, rng.integers(-20, 8, size=n), shift)  # left shifts
         mant = np.where(kind == 5, (1 << 16) - 1, mant)
     return isa.pack_scales(mant, shift)
 
@@ -51,8 +52,9 @@ def _codes(rng, n, corners: bool) -> np.ndarray:
     return c
 
 
-def qk_command(gd, rng, *, heads, kv_heads, rows, keys, head_dim, q_ld=None, kv_ld=None,
-               corners=False) -> isa.Command:
+def qk_command(
+    gd, rng, *, heads, kv_heads, rows, keys, head_dim, q_ld=None, kv_ld=None, corners=False
+) -> isa.Command:
     """Random q/k codes and records in the QK memory layout; dst allocated."""
     q_ld = rows if q_ld is None else q_ld
     kv_ld = keys if kv_ld is None else kv_ld
@@ -61,14 +63,25 @@ def qk_command(gd, rng, *, heads, kv_heads, rows, keys, head_dim, q_ld=None, kv_
     k = put(gd, _codes(rng, kv_heads * kv_ld * head_dim, corners), align=int(rng.choice([1, 64])))
     ks = put(gd, _scales(rng, kv_heads * kv_ld, corners), align=4)
     dst = gd.alloc(heads * rows * keys * 2, int(rng.choice([2, 64])))
-    return isa.command(Opcode.QK, q=q, q_scale=qs, k=k, k_scale=ks, dst=dst, rows=rows,
-                       keys=keys, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
-                       q_ld=q_ld, kv_ld=kv_ld)
+    return isa.command(
+        Opcode.QK,
+        q=q,
+        q_scale=qs,
+        k=k,
+        k_scale=ks,
+        dst=dst,
+        rows=rows,
+        keys=keys,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        q_ld=q_ld,
+        kv_ld=kv_ld,
+    )
 
 
 def _run(gd, cmd, rng, stall=0.3, **kw):
-    return check_op(QKEngine(CFG, W), gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall,
-                    **kw)
+    return check_op(QKEngine(CFG, W), gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall, **kw)
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3, 0.6])
@@ -78,10 +91,18 @@ def test_qk_random(rng, stall):
         kv_heads = int(rng.integers(1, 3))
         rows = int(rng.integers(1, 5))
         keys = rows + int(rng.integers(0, 70))
-        cmd = qk_command(gd, rng, heads=kv_heads * int(rng.integers(1, 3)), kv_heads=kv_heads,
-                         rows=rows, keys=keys, head_dim=int(rng.integers(1, W + 1)),
-                         q_ld=rows + int(rng.integers(0, 3)),
-                         kv_ld=keys + int(rng.integers(0, 4)), corners=bool(rng.random() < 0.5))
+        cmd = qk_command(
+            gd,
+            rng,
+            heads=kv_heads * int(rng.integers(1, 3)),
+            kv_heads=kv_heads,
+            rows=rows,
+            keys=keys,
+            head_dim=int(rng.integers(1, W + 1)),
+            q_ld=rows + int(rng.integers(0, 3)),
+            kv_ld=keys + int(rng.integers(0, 4)),
+            corners=bool(rng.random() < 0.5),
+        )
         res = _run(gd, cmd, rng, stall=stall)
         assert res["error"] == ErrorCode.NONE
         assert res["bytes_written"] == cmd.heads * rows * keys * 2
@@ -90,17 +111,20 @@ def test_qk_random(rng, stall):
 def test_qk_corners(rng):
     """Full-width head_dim with extreme codes and scales; BitNet's head_dim 96 decode;
     prefill (rows == keys) with zero runs longer than an output beat."""
-    for shape in (dict(heads=2, kv_heads=1, rows=2, keys=5, head_dim=W),
-                  dict(heads=3, kv_heads=3, rows=1, keys=37, head_dim=96),
-                  dict(heads=1, kv_heads=1, rows=70, keys=70, head_dim=3)):
+    for shape in (
+        dict(heads=2, kv_heads=1, rows=2, keys=5, head_dim=W),
+        dict(heads=3, kv_heads=3, rows=1, keys=37, head_dim=96),
+        dict(heads=1, kv_heads=1, rows=70, keys=70, head_dim=3),
+    ):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
         cmd = qk_command(gd, rng, corners=True, **shape)
         assert _run(gd, cmd, rng, stall=0.3)["error"] == ErrorCode.NONE
         # the corners do reach saturation and exact zeros
         got = np.frombuffer(gd.read(cmd.dst, cmd.heads * cmd.rows * cmd.keys * 2), np.int16)
         if shape["head_dim"] == W:
-            assert (np.abs(got.astype(np.int64)) == (1 << 15) - 1).any() or \
-                (got == -(1 << 15)).any()
+            assert (np.abs(got.astype(np.int64)) == (1 << 15) - 1).any() or (
+                got == -(1 << 15)
+            ).any()
             assert (got == 0).any()
 
 
@@ -109,23 +133,27 @@ def test_qk_errors(rng):
     and every ALIGN / ADDR_RANGE case of the contract over all heads
     (sim/op_bench.arg_error_cases)."""
     gd = GoldenDevice(CFG, mem_size=1 << 20)
-    base = qk_command(gd, rng, heads=4, kv_heads=2, rows=2, keys=3, head_dim=8, q_ld=3,
-                      kv_ld=4)
+    base = qk_command(gd, rng, heads=4, kv_heads=2, rows=2, keys=3, head_dim=8, q_ld=3, kv_ld=4)
     cases = [
         (dict(rows=0), ErrorCode.BAD_DIM),
         (dict(heads=0), ErrorCode.BAD_DIM),
         (dict(kv_heads=0), ErrorCode.BAD_DIM),
         (dict(head_dim=0), ErrorCode.BAD_DIM),
-        (dict(heads=3), ErrorCode.BAD_DIM),                     # kv_heads does not divide
-        (dict(rows=4), ErrorCode.BAD_DIM),                      # rows > keys
-        (dict(kv_ld=2), ErrorCode.BAD_DIM),                     # kv_ld < keys
-        (dict(q_ld=1), ErrorCode.BAD_DIM),                      # q_ld < rows
-        (dict(q_ld=1, dst=base.dst + 1), ErrorCode.BAD_DIM),    # dims before addresses
-        (dict(q_ld=60000), ErrorCode.ADDR_RANGE),               # last head beyond it
+        (dict(heads=3), ErrorCode.BAD_DIM),  # kv_heads does not divide
+        (dict(rows=4), ErrorCode.BAD_DIM),  # rows > keys
+        (dict(kv_ld=2), ErrorCode.BAD_DIM),  # kv_ld < keys
+        (dict(q_ld=1), ErrorCode.BAD_DIM),  # q_ld < rows
+        (dict(q_ld=1, dst=base.dst + 1), ErrorCode.BAD_DIM),  # dims before addresses
+        (dict(q_ld=60000), ErrorCode.ADDR_RANGE),  # last head beyond it
         (dict(kv_ld=65535), ErrorCode.ADDR_RANGE),
     ]
-    check_errors(QKEngine(CFG, W), gd, base, cases + arg_error_cases(base, gd.alloc_base, gd.brk),
-                 seed=int(rng.integers(1 << 30)))
+    check_errors(
+        QKEngine(CFG, W),
+        gd,
+        base,
+        cases + arg_error_cases(base, gd.alloc_base, gd.brk),
+        seed=int(rng.integers(1 << 30)),
+    )
 
 
 def test_qk_head_dim_limit(rng):
@@ -141,7 +169,6 @@ def test_qk_cycles(rng):
     """No stalls, 1-cycle memory: the cycle count is the docstring's formula exactly."""
     for heads, kv_heads, rows, keys in ((4, 2, 3, 40), (2, 1, 1, 100), (1, 1, 66, 66)):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
-        cmd = qk_command(gd, rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys,
-                         head_dim=64)
+        cmd = qk_command(gd, rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, head_dim=64)
         res = _run(gd, cmd, rng, stall=0.0, max_latency=1)
         assert res["cycles"] == expected_cycles(heads, rows, keys, W), (heads, rows, keys)

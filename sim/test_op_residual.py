@@ -7,6 +7,7 @@ saturate both ways, zero and unnormalized scale records, scale shifts at the rec
 extremes (requant right shifts beyond shift_max and left shifts that saturate), and
 in-place operation (dst == h, dst == acc) under heavy stalls.
 """
+
 import numpy as np
 import pytest
 
@@ -38,10 +39,16 @@ def _int32(rng, shape):
 def _row_scales(rng, rows):
     """Scale records of several kinds: typical, zero, unnormalized, extreme shifts."""
     kind = rng.integers(0, 5, size=rows)
-    mant = np.where(kind == 1, 0, np.where(kind == 2, rng.integers(1, 1 << 10, rows),
-                                           rng.integers(1 << 15, MANT_MAX + 1, rows)))
-    shift = np.where(kind == 3, rng.choice([SH_MIN, SH_MAX, -40, 90], rows),
-                     rng.integers(0, 40, rows))
+    mant = np.where(
+        kind == 1,
+        0,
+        np.where(
+            kind == 2, rng.integers(1, 1 << 10, rows), rng.integers(1 << 15, MANT_MAX + 1, rows)
+        ),
+    )
+    shift = np.where(
+        kind == 3, rng.choice([SH_MIN, SH_MAX, -40, 90], rows), rng.integers(0, 40, rows)
+    )
     shift = np.where(kind == 1, 0, shift)
     return mant, shift
 
@@ -49,14 +56,21 @@ def _row_scales(rng, rows):
 def _cmd(gd, h, acc, mant, shift, c_mant, c_shift, dst=None):
     rows, dim = h.shape
     h_addr = put(gd, h)
-    args = dict(h=h_addr, acc=put(gd, acc), src_scale=put(gd, isa.pack_scales(mant, shift)),
-                rows=rows, dim=dim, c_mant=c_mant, c_shift=c_shift)
+    args = dict(
+        h=h_addr,
+        acc=put(gd, acc),
+        src_scale=put(gd, isa.pack_scales(mant, shift)),
+        rows=rows,
+        dim=dim,
+        c_mant=c_mant,
+        c_shift=c_shift,
+    )
     if dst == "h":
         args["dst"] = h_addr
     elif dst == "acc":
         args["dst"] = args["acc"]
     else:
-        args["dst"] = put(gd, np.zeros_like(h), 4)     # often not beat-aligned
+        args["dst"] = put(gd, np.zeros_like(h), 4)  # often not beat-aligned
     return isa.command(Opcode.RESIDUAL, **args)
 
 
@@ -97,8 +111,9 @@ def test_saturation_and_shift_corners(rng):
     shift = np.array([0, 0, 200, -100, 0])
     c_mant, c_shift = MANT_MAX, 0
     cmd = _cmd(gd, h, acc, mant, shift, c_mant, c_shift)
-    want = op_residual(h, acc, Scale(mant, shift), Scale(np.int64(c_mant), np.int64(c_shift)),
-                       DEFAULT)
+    want = op_residual(
+        h, acc, Scale(mant, shift), Scale(np.int64(c_mant), np.int64(c_shift)), DEFAULT
+    )
     # the data really reach the corners
     assert (want[0] == I32_MAX).all() and (want[1] == I32_MIN).all()
     assert (want[2] == h[2]).all() and (want[4] == h[4]).all()
@@ -115,10 +130,25 @@ def test_in_place(rng, alias):
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         h, acc = _int32(rng, (rows, dim)), _int32(rng, (rows, dim))
         mant, shift = _row_scales(rng, rows)
-        cmd = _cmd(gd, h, acc, mant, shift, int(rng.integers(1 << 15, MANT_MAX + 1)),
-                   int(rng.integers(0, 30)), dst=alias)
-        res = check_op(_engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=stall,
-                       max_latency=12, max_outstanding=32)
+        cmd = _cmd(
+            gd,
+            h,
+            acc,
+            mant,
+            shift,
+            int(rng.integers(1 << 15, MANT_MAX + 1)),
+            int(rng.integers(0, 30)),
+            dst=alias,
+        )
+        res = check_op(
+            _engine(),
+            gd,
+            cmd,
+            seed=int(rng.integers(1 << 30)),
+            stall=stall,
+            max_latency=12,
+            max_outstanding=32,
+        )
         assert res["error"] == ErrorCode.NONE
 
 
@@ -152,5 +182,10 @@ def test_errors(rng):
     rows, dim = 2, 20
     mant, shift = _row_scales(rng, rows)
     cmd = _cmd(gd, _int32(rng, (rows, dim)), _int32(rng, (rows, dim)), mant, shift, 40000, 20)
-    check_errors(_engine(), gd, cmd, ERROR_CASES + arg_error_cases(cmd, gd.alloc_base, gd.brk),
-                 seed=int(rng.integers(1 << 30)))
+    check_errors(
+        _engine(),
+        gd,
+        cmd,
+        ERROR_CASES + arg_error_cases(cmd, gd.alloc_base, gd.brk),
+        seed=int(rng.integers(1 << 30)),
+    )

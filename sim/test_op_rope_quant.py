@@ -10,6 +10,7 @@ random read latency, the same ErrorCode, identical memory without error, no writ
 an argument error, nothing outside the window, nothing outstanding at done. Every error
 code is also checked once through check_op.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,7 +28,7 @@ from sim.op_bench import ARG_ERRORS, STALLS, check_arg_errors, check_op, check_o
 CFG = DEFAULT
 DMA = dma_bytes_for(CFG)
 I32 = np.iinfo(np.int32)
-FAR = 1 << 30                       # an address beyond every test memory
+FAR = 1 << 30  # an address beyond every test memory
 
 
 def _engine(**kw) -> RopeQuantEngine:
@@ -70,11 +71,24 @@ def _table(rng, hd, table_rows, corners: bool) -> np.ndarray:
         return t
     cos_q, sin_q = rope_tables(hd, CFG.rope)
     start = int(rng.integers(0, CFG.rope.max_pos - table_rows + 1))
-    return isa.rope_table(cos_q[start:start + table_rows], sin_q[start:start + table_rows])
+    return isa.rope_table(cos_q[start : start + table_rows], sin_q[start : start + table_rows])
 
 
-def _case(rng, *, rows, heads, hd, rope, corners=False, ld=None, pos=None, table_rows=None,
-          c=None, sx=None, over=None):
+def _case(
+    rng,
+    *,
+    rows,
+    heads,
+    hd,
+    rope,
+    corners=False,
+    ld=None,
+    pos=None,
+    table_rows=None,
+    c=None,
+    sx=None,
+    over=None,
+):
     """A golden device with the operands placed (dst/dst_scale inside a KV cache of
     capacity ld, at a random append offset) and the ROPE_QUANT command; ``over``
     replaces command fields (bad dims/addresses)."""
@@ -90,9 +104,22 @@ def _case(rng, *, rows, heads, hd, rope, corners=False, ld=None, pos=None, table
     dsc = put(gd, rng.integers(0, 256, size=heads * ld * 4).astype(np.uint8))
     if c is None:
         c = (int(rng.integers(1 << 15, 1 << 16)), int(rng.integers(0, 30)))
-    fields = dict(src=src, src_scale=sxa, table=table, dst=dst + off * hd,
-                  dst_scale=dsc + off * 4, rows=rows, heads=heads, head_dim=hd, ld=ld,
-                  pos=pos, table_rows=table_rows, c_mant=c[0], c_shift=c[1], rope=int(rope))
+    fields = dict(
+        src=src,
+        src_scale=sxa,
+        table=table,
+        dst=dst + off * hd,
+        dst_scale=dsc + off * 4,
+        rows=rows,
+        heads=heads,
+        head_dim=hd,
+        ld=ld,
+        pos=pos,
+        table_rows=table_rows,
+        c_mant=c[0],
+        c_shift=c[1],
+        rope=int(rope),
+    )
     fields.update(over or {})
     return gd, isa.command(Opcode.ROPE_QUANT, **fields)
 
@@ -125,8 +152,14 @@ def _batch(rng, engine, cases, max_latency=6, max_outstanding=16):
     engine's own limits that golden does not have, against ``expect`` with nothing read
     or written. Each command gets a random stall level. Returns [{error, cycles,
     bytes_written, ...}]."""
-    return check_ops(engine, cases, seed=int(rng.integers(1 << 30)), stall=STALLS,
-                     max_latency=max_latency, max_outstanding=max_outstanding)
+    return check_ops(
+        engine,
+        cases,
+        seed=int(rng.integers(1 << 30)),
+        stall=STALLS,
+        max_latency=max_latency,
+        max_outstanding=max_outstanding,
+    )
 
 
 # ------------------------------------------------------------------ functional
@@ -137,14 +170,26 @@ def test_random_shapes(rng):
     for _ in range(6):
         rows, heads = int(rng.integers(1, 4)), int(rng.integers(1, 4))
         hd = 2 * int(rng.integers(1, 65))
-        gd, cmd = _case(rng, rows=rows, heads=heads, hd=hd, rope=int(rng.integers(2)),
-                        corners=bool(rng.integers(2)))
+        gd, cmd = _case(
+            rng,
+            rows=rows,
+            heads=heads,
+            hd=hd,
+            rope=int(rng.integers(2)),
+            corners=bool(rng.integers(2)),
+        )
         cases.append((gd, cmd, None))
     for (_, cmd, _), res in zip(cases, _batch(rng, _engine(), cases), strict=True):
         assert res["error"] == ErrorCode.NONE
         assert res["bytes_written"] == cmd.rows * cmd.heads * (cmd.head_dim + 4)
-    gd, cmd = _case(rng, rows=2, heads=2, hd=2 * int(rng.integers(1, 65)),
-                    rope=int(rng.integers(2)), corners=True)
+    gd, cmd = _case(
+        rng,
+        rows=2,
+        heads=2,
+        hd=2 * int(rng.integers(1, 65)),
+        rope=int(rng.integers(2)),
+        corners=True,
+    )
     _check(rng, _engine(), gd, cmd, want=ErrorCode.NONE)
 
 
@@ -161,16 +206,28 @@ def _saturating_case(rope_sign: int):
     2^47, far beyond int32: the rotation's saturation decides the codes."""
     hd, rows = 8, 2
     gd = GoldenDevice(CFG, mem_size=1 << 20)
-    x = np.tile(np.array([I32.max, I32.max, I32.min, 7, -I32.max, I32.max, 5, I32.min],
-                         np.int32), (rows, 1))
+    x = np.tile(
+        np.array([I32.max, I32.max, I32.min, 7, -I32.max, I32.max, 5, I32.min], np.int32), (rows, 1)
+    )
     tab = np.full((rows, hd), -(1 << 15), np.int16)
-    tab[:, hd // 2:] = rope_sign * ((1 << 15) - 1)
-    cmd = isa.command(Opcode.ROPE_QUANT, src=put(gd, x),
-                      src_scale=put(gd, isa.pack_scales([1 << 15] * rows, [3] * rows)),
-                      table=put(gd, tab), dst=put(gd, np.zeros(rows * hd, np.int8)),
-                      dst_scale=put(gd, np.zeros(rows * 4, np.uint8)), rows=rows, heads=1,
-                      head_dim=hd, ld=rows, pos=0, table_rows=rows, c_mant=1 << 15,
-                      c_shift=0, rope=1)
+    tab[:, hd // 2 :] = rope_sign * ((1 << 15) - 1)
+    cmd = isa.command(
+        Opcode.ROPE_QUANT,
+        src=put(gd, x),
+        src_scale=put(gd, isa.pack_scales([1 << 15] * rows, [3] * rows)),
+        table=put(gd, tab),
+        dst=put(gd, np.zeros(rows * hd, np.int8)),
+        dst_scale=put(gd, np.zeros(rows * 4, np.uint8)),
+        rows=rows,
+        heads=1,
+        head_dim=hd,
+        ld=rows,
+        pos=0,
+        table_rows=rows,
+        c_mant=1 << 15,
+        c_shift=0,
+        rope=1,
+    )
     return gd, cmd
 
 
@@ -183,8 +240,10 @@ def test_saturation_and_small_engines(rng):
     cases.append((*_case(rng, rows=1, heads=1, hd=130, rope=1), ErrorCode.BAD_DIM))
     for res in _batch(rng, _engine(), cases)[:3]:
         assert res["error"] == ErrorCode.NONE
-    small = [(*_case(rng, rows=2, heads=2, hd=hd, rope=int(rng.integers(2)), corners=True),
-              None) for hd in (2, 6, 8)]
+    small = [
+        (*_case(rng, rows=2, heads=2, hd=hd, rope=int(rng.integers(2)), corners=True), None)
+        for hd in (2, 6, 8)
+    ]
     small.append((*_case(rng, rows=1, heads=1, hd=10, rope=1), ErrorCode.BAD_DIM))
     _batch(rng, _engine(pairs=1, quantizers=1, max_head_dim=8, max_outstanding=2), small)
     mid = [(*_case(rng, rows=2, heads=3, hd=hd, rope=1, corners=True), None) for hd in (4, 30)]
@@ -199,14 +258,17 @@ def test_argument_errors_in_order(rng):
     unused) from sim/op_bench.arg_error_cases."""
     base = dict(rows=2, heads=3, hd=8)
     cases = [
-        (dict(rows=0, src=FAR), 1), (dict(heads=0), 0), (dict(head_dim=0), 1),
-        (dict(head_dim=7, src=2), 0), (dict(ld=1, src=2), 1),
-        (dict(pos=3, table_rows=4), 1),                     # positions beyond the table
-        (dict(pos=3, table_rows=4), 0),                     # ... rope=0: not used
+        (dict(rows=0, src=FAR), 1),
+        (dict(heads=0), 0),
+        (dict(head_dim=0), 1),
+        (dict(head_dim=7, src=2), 0),
+        (dict(ld=1, src=2), 1),
+        (dict(pos=3, table_rows=4), 1),  # positions beyond the table
+        (dict(pos=3, table_rows=4), 0),  # ... rope=0: not used
         (dict(src=4 * 17 + 2), 1),
-        (dict(src_scale=FAR, pos=5, table_rows=5), 1),      # src_scale before the table
-        (dict(pos=5, table_rows=5, table=1), 1),            # table dims before its address
-        (dict(table=1, dst=FAR), 0),                        # rope=0: table unused
+        (dict(src_scale=FAR, pos=5, table_rows=5), 1),  # src_scale before the table
+        (dict(pos=5, table_rows=5, table=1), 1),  # table dims before its address
+        (dict(table=1, dst=FAR), 0),  # rope=0: table unused
         (dict(dst=FAR, dst_scale=2), 1),
     ]
     batch = [(*_case(rng, rope=rope, over=over, **base), None) for over, rope in cases]
@@ -217,8 +279,11 @@ def test_argument_errors_in_order(rng):
         gd, cmd = _case(rng, rope=rope, **base)
         check_arg_errors(_engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=STALLS)
     # the same through check_op, one per code
-    for over, want in ((dict(head_dim=5), ErrorCode.BAD_DIM), (dict(src_scale=2), ErrorCode.ALIGN),
-                       (dict(table=FAR), ErrorCode.ADDR_RANGE)):
+    for over, want in (
+        (dict(head_dim=5), ErrorCode.BAD_DIM),
+        (dict(src_scale=2), ErrorCode.ALIGN),
+        (dict(table=FAR), ErrorCode.ADDR_RANGE),
+    ):
         gd, cmd = _case(rng, rope=1, over=over, **base)
         _check(rng, _engine(), gd, cmd, want=want)
 
@@ -246,16 +311,37 @@ def test_scale_range(rng, shift):
     c = _scale_range_c(shift)
     cases = []
     for over in ({}, dict(dst_scale=2), dict(dst_scale=FAR), {}):
-        cases.append((*_case(rng, rows=3, heads=2, hd=16, rope=int(rng.integers(2)), c=c,
-                             sx=_scale_range_sx(rng, 3, shift), over=over), None))
-        cases.append((*_case(rng, rows=2, heads=4, hd=32, rope=1, corners=True, over=over),
-                      None))
-    want = [ErrorCode.SCALE_RANGE, ErrorCode.NONE, ErrorCode.SCALE_RANGE, ErrorCode.ALIGN,
-            ErrorCode.SCALE_RANGE, ErrorCode.ADDR_RANGE, ErrorCode.SCALE_RANGE, ErrorCode.NONE]
+        cases.append(
+            (
+                *_case(
+                    rng,
+                    rows=3,
+                    heads=2,
+                    hd=16,
+                    rope=int(rng.integers(2)),
+                    c=c,
+                    sx=_scale_range_sx(rng, 3, shift),
+                    over=over,
+                ),
+                None,
+            )
+        )
+        cases.append((*_case(rng, rows=2, heads=4, hd=32, rope=1, corners=True, over=over), None))
+    want = [
+        ErrorCode.SCALE_RANGE,
+        ErrorCode.NONE,
+        ErrorCode.SCALE_RANGE,
+        ErrorCode.ALIGN,
+        ErrorCode.SCALE_RANGE,
+        ErrorCode.ADDR_RANGE,
+        ErrorCode.SCALE_RANGE,
+        ErrorCode.NONE,
+    ]
     assert [r["error"] for r in _batch(rng, _engine(), cases)] == want
     over = {} if shift > 0 else dict(dst_scale=2)
-    gd, cmd = _case(rng, rows=3, heads=2, hd=16, rope=1, c=c,
-                    sx=_scale_range_sx(rng, 3, shift), over=over)
+    gd, cmd = _case(
+        rng, rows=3, heads=2, hd=16, rope=1, c=c, sx=_scale_range_sx(rng, 3, shift), over=over
+    )
     _check(rng, _engine(), gd, cmd, want=ErrorCode.SCALE_RANGE)
     if shift > 0:
         gd, cmd = _case(rng, rows=2, heads=2, hd=8, rope=1, over=dict(dst_scale=FAR))
@@ -271,7 +357,9 @@ def test_cycles_bitnet_shape(rng):
     res = _check(rng, _engine(), gd, cmd, want=ErrorCode.NONE, stall=0.0)
     want = expected_cycles(rows, heads, hd, True, CFG, DMA)
     rate = rows * heads * hd / res["cycles"]
-    print(f"ROPE_QUANT rows={rows} heads={heads} hd={hd}: {res['cycles']} cycles "
-          f"(formula {want}), {rate:.2f} elements/cycle")
+    print(
+        f"ROPE_QUANT rows={rows} heads={heads} hd={hd}: {res['cycles']} cycles "
+        f"(formula {want}), {rate:.2f} elements/cycle"
+    )
     assert abs(res["cycles"] - want) <= 0.1 * want
     assert rate >= 4.0

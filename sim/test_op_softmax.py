@@ -10,6 +10,7 @@ that straddle heads, short last groups, the max_len limit as BAD_DIM); every arg
 error in the golden executor's order; the no-stall cycle count against
 ``hw.ops.softmax.expected_cycles``.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -29,7 +30,7 @@ W = dma_bytes_for(CFG)
 
 def sm_command(gd, rng, *, heads, rows, keys, in_place=False) -> isa.Command:
     x = random_logits(rng, heads * rows, keys, CFG.softmax)
-    x = x[rng.permutation(heads * rows)]            # corner rows anywhere, not only first
+    x = x[rng.permutation(heads * rows)]  # corner rows anywhere, not only first
     src = put(gd, x, align=int(rng.choice([2, 64])))
     dst = src if in_place else gd.alloc(x.size * 2, int(rng.choice([2, 64])))
     return isa.command(Opcode.SOFTMAX, src=src, dst=dst, rows=rows, keys=keys, heads=heads)
@@ -52,9 +53,14 @@ def test_softmax_random(rng, stall):
     for engine, max_keys in ((SoftmaxEngine(CFG, W), 140), (small_engine(), 40)):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
         rows = int(rng.integers(1, 7))
-        cmd = sm_command(gd, rng, heads=int(rng.integers(1, 4)), rows=rows,
-                         keys=int(rng.integers(rows, max_keys + 1)),
-                         in_place=bool(rng.random() < 0.3))
+        cmd = sm_command(
+            gd,
+            rng,
+            heads=int(rng.integers(1, 4)),
+            rows=rows,
+            keys=int(rng.integers(rows, max_keys + 1)),
+            in_place=bool(rng.random() < 0.3),
+        )
         res = _run(gd, cmd, rng, stall=stall, engine=engine)
         assert res["error"] == ErrorCode.NONE
         assert res["bytes_written"] >= cmd.heads * cmd.rows * cmd.keys * 2
@@ -63,8 +69,10 @@ def test_softmax_random(rng, stall):
 def test_softmax_shapes(rng):
     """Default engine: prefill (rows == keys: zero tails of more than one beat, rows of two
     chunks), decode over 16 heads (two full groups, rows of three chunks, in place)."""
-    for shape, in_place in ((dict(heads=1, rows=73, keys=73), False),
-                            (dict(heads=16, rows=1, keys=130), True)):
+    for shape, in_place in (
+        (dict(heads=1, rows=73, keys=73), False),
+        (dict(heads=16, rows=1, keys=130), True),
+    ):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
         cmd = sm_command(gd, rng, in_place=in_place, **shape)
         res = _run(gd, cmd, rng, stall=0.3)
@@ -92,12 +100,16 @@ def test_softmax_errors(rng):
     cases = [
         (dict(rows=0), ErrorCode.BAD_DIM),
         (dict(heads=0), ErrorCode.BAD_DIM),
-        (dict(rows=4), ErrorCode.BAD_DIM),                      # rows > keys
-        (dict(rows=0, src=base.src + 1), ErrorCode.BAD_DIM),    # dims before addresses
+        (dict(rows=4), ErrorCode.BAD_DIM),  # rows > keys
+        (dict(rows=0, src=base.src + 1), ErrorCode.BAD_DIM),  # dims before addresses
     ]
-    check_errors(SoftmaxEngine(CFG, W, lanes=1, max_len=8), gd, base,
-                 cases + arg_error_cases(base, gd.alloc_base, gd.brk),
-                 seed=int(rng.integers(1 << 30)))
+    check_errors(
+        SoftmaxEngine(CFG, W, lanes=1, max_len=8),
+        gd,
+        base,
+        cases + arg_error_cases(base, gd.alloc_base, gd.brk),
+        seed=int(rng.integers(1 << 30)),
+    )
 
 
 def test_softmax_cycles(rng):
@@ -108,5 +120,10 @@ def test_softmax_cycles(rng):
         cmd = sm_command(gd, rng, heads=heads, rows=rows, keys=keys)
         engine = SoftmaxEngine(CFG, W) if lanes == DEFAULT_LANES else small_engine()
         res = _run(gd, cmd, rng, stall=0.0, max_latency=1, engine=engine)
-        assert res["cycles"] == expected_cycles(heads, rows, keys, CFG, lanes), \
-            (heads, rows, keys, lanes, res["cycles"])
+        assert res["cycles"] == expected_cycles(heads, rows, keys, CFG, lanes), (
+            heads,
+            rows,
+            keys,
+            lanes,
+            res["cycles"],
+        )

@@ -1,9 +1,11 @@
-"""Hardware absmax quantizer RTL == golden.quant.hw_act_quant, bit for bit (bench: sim/quant_bench.py).
+"""Hardware absmax quantizer RTL == golden.quant.hw_act_quant, bit for bit
+(bench: sim/quant_bench.py).
 
 Random rows, every amax bit-length boundary, int32 extremes at the maximum row length,
 random stalls on both streams, reset in the middle of fill / divide / drain, and a
 no-stall cycle count checked against ``hw.quant.row_cycles``.
 """
+
 from dataclasses import asdict
 
 import pytest
@@ -28,5 +30,10 @@ COCOTB_TESTS = ("test_random", "test_extremes", "test_reset_mid_operation", "tes
 def test_quant(key):
     cfg, lanes, max_len = PARAM_SETS[key]
     hw_params = {"cfg": asdict(cfg), "lanes": lanes, "max_len": max_len}
-    run_bench(ActQuant(cfg, lanes=lanes, max_len=max_len), bench="sim.quant_bench",
-              name="quant", params=hw_params, expect=COCOTB_TESTS)
+    run_bench(
+        ActQuant(cfg, lanes=lanes, max_len=max_len),
+        bench="sim.quant_bench",
+        name="quant",
+        params=hw_params,
+        expect=COCOTB_TESTS,
+    )

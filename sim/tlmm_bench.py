@@ -6,6 +6,7 @@ matmuls), ``perf`` (sizes for the throughput test).  Expected values come from t
 golden model only: ``golden.tlmm.tlmm`` for results, ``encode_weights`` / ``join_codes``
 for the weight codes the engine reads.
 """
+
 from __future__ import annotations
 
 import cocotb
@@ -33,7 +34,9 @@ TREE = int(P.get("tree_levels_per_stage", 2))
 STALL = P.get("stall", {"act": 0.6, "wgt": 0.7, "out": 0.5})
 ACT_L, WGT_L, OUT_L = act_layout(CFG), wgt_layout(CFG), out_layout(CFG)
 LO, HI = -(1 << (CFG.act_bits - 1)), (1 << (CFG.act_bits - 1)) - 1
-ZERO_CODE = int(golden.join_codes(*golden.encode_weights(np.zeros((1, CFG.group), np.int8), CFG), CFG)[0, 0])
+ZERO_CODE = int(
+    golden.join_codes(*golden.encode_weights(np.zeros((1, CFG.group), np.int8), CFG), CFG)[0, 0]
+)
 
 
 class Op:
@@ -63,11 +66,11 @@ def random_op(rng, k=None, m=None, n=None, tag="random") -> Op:
     k = k or int(rng.integers(1, MAX_K + 1))
     n = n or int(rng.integers(1, 3 * CFG.replicas + 1))
     style = rng.integers(0, 3)
-    if style == 0:      # uniform int8
+    if style == 0:  # uniform int8
         x = rng.integers(LO, HI + 1, size=(m, k))
-    elif style == 1:    # small values, many zeros
+    elif style == 1:  # small values, many zeros
         x = rng.integers(-3, 4, size=(m, k))
-    else:               # mostly extremes
+    else:  # mostly extremes
         x = rng.choice(np.array([LO, HI, 0, -1, 1]), size=(m, k))
     w = rng.choice(np.array([-1, 0, 1]), size=(n, k), p=rng.dirichlet([1, 1, 1]))
     return Op(x.astype(np.int8), w.astype(np.int8), tag)
@@ -77,25 +80,33 @@ def check(op: Op, beats: list[int], where: str) -> int:
     """Compare output beats of one op with golden; report the first mismatch with inputs."""
     m, k, n = op.shape
     Q = CFG.replicas
-    assert len(beats) == op.out_beats, f"{where}: {len(beats)} output beats, expected {op.out_beats}"
+    assert len(beats) == op.out_beats, (
+        f"{where}: {len(beats)} output beats, expected {op.out_beats}"
+    )
     for i, bits in enumerate(beats):
         tok, blk = divmod(i, op.nb)
         beat = unpack(OUT_L, bits)
         want_last = int(blk == op.nb - 1)
-        assert beat["last"] == want_last, f"{where}: beat {i} last={beat['last']}, expected {want_last}"
+        assert beat["last"] == want_last, (
+            f"{where}: beat {i} last={beat['last']}, expected {want_last}"
+        )
         for q in range(Q):
             row = blk * Q + q
             got = beat["data"][q]
             want = int(op.expected[tok, row]) if row < n else 0
             if got != want:
                 xs = op.x[tok].tolist() if k <= 48 else op.x[tok, :48].tolist() + ["..."]
-                ws = op.w[row].tolist() if row < n and k <= 48 else (
-                    op.w[row, :48].tolist() + ["..."] if row < n else "padding row")
+                ws = (
+                    op.w[row].tolist()
+                    if row < n and k <= 48
+                    else (op.w[row, :48].tolist() + ["..."] if row < n else "padding row")
+                )
                 cs = op.codes[row].tolist()[:24] if row < n else "padding row"
                 raise AssertionError(
                     f"{where} ({op.tag}, M={m} K={k} N={n}, cfg={CFG}): first mismatch at "
                     f"y[{tok}, {row}] (beat {i}, replica {q}): got {got}, expected {want}\n"
-                    f"  x_q[{tok}] = {xs}\n  w_t[{row}] = {ws}\n  codes[{row}][:24] = {cs}")
+                    f"  x_q[{tok}] = {xs}\n  w_t[{row}] = {ws}\n  codes[{row}][:24] = {cs}"
+                )
     return m * n
 
 
@@ -136,11 +147,19 @@ async def test_extremes(dut):
     rng = b.rng
     k = MAX_K
     n = CFG.replicas + 1
-    cases = [(HI, 1, "all +127 x all +1"), (LO, -1, "all -128 x all -1"),
-             (LO, 1, "all -128 x all +1"), (HI, -1, "all +127 x all -1")]
-    ops = [Op(np.full((1, k), xv, np.int8), np.full((n, k), wv, np.int8), tag) for xv, wv, tag in cases]
+    cases = [
+        (HI, 1, "all +127 x all +1"),
+        (LO, -1, "all -128 x all -1"),
+        (LO, 1, "all -128 x all +1"),
+        (HI, -1, "all +127 x all -1"),
+    ]
+    ops = [
+        Op(np.full((1, k), xv, np.int8), np.full((n, k), wv, np.int8), tag) for xv, wv, tag in cases
+    ]
     ops.append(Op(np.zeros((1, k), np.int8), rng.integers(-1, 2, (n, k)).astype(np.int8), "x = 0"))
-    ops.append(Op(rng.integers(LO, HI + 1, (1, k)).astype(np.int8), np.zeros((n, k), np.int8), "w = 0"))
+    ops.append(
+        Op(rng.integers(LO, HI + 1, (1, k)).astype(np.int8), np.zeros((n, k), np.int8), "w = 0")
+    )
     for op in ops[:4]:
         # the golden value is the closed form K*x*w: the corner really is at the extreme
         assert int(op.expected[0, 0]) == k * int(op.x[0, 0]) * int(op.w[0, 0])
@@ -153,12 +172,15 @@ async def test_reset_mid_operation(dut):
     """Reset during table build / during lookups, then a clean operation must be exact."""
     b = await Bench.start(dut, "test_reset_mid_operation")
 
-    def in_flight():   # stopped somewhere inside the operation (build or lookup phase)
+    def in_flight():  # stopped somewhere inside the operation (build or lookup phase)
         op = random_op(b.rng, m=2, k=int(b.rng.integers(CFG.group * CFG.tables, MAX_K + 1)))
         return [op], max(2, len(op.wgt) + len(op.act))
 
-    await b.reset_mid_operation(3, in_flight, lambda attempt: [
-        random_op(b.rng, tag=f"after reset {attempt}") for _ in range(2)])
+    await b.reset_mid_operation(
+        3,
+        in_flight,
+        lambda attempt: [random_op(b.rng, tag=f"after reset {attempt}") for _ in range(2)],
+    )
 
 
 @cocotb.test()
@@ -170,6 +192,14 @@ async def test_throughput(dut):
     k = int(perf.get("k", min(MAX_K, 4 * CFG.group * CFG.tables)))
     n = int(perf.get("n", 4 * CFG.replicas))
     op = random_op(b.rng, m=m, k=k, n=n, tag="throughput")
-    await b.throughput([op], expected_cycles(m, k, n, CFG, TREE),
-                       100 + 4 * (len(op.wgt) + len(op.act)), f"M={m} K={k} N={n}",
-                       ideal=ideal_cycles(m, k, n, CFG), m=m, k=k, n=n, chunks=chunk_count(k, CFG))
+    await b.throughput(
+        [op],
+        expected_cycles(m, k, n, CFG, TREE),
+        100 + 4 * (len(op.wgt) + len(op.act)),
+        f"M={m} K={k} N={n}",
+        ideal=ideal_cycles(m, k, n, CFG),
+        m=m,
+        k=k,
+        n=n,
+        chunks=chunk_count(k, CFG),
+    )

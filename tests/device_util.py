@@ -1,5 +1,6 @@
 """What the device tests (tests/test_device_*.py) share: putting operands and command
 streams into a device's memory."""
+
 from golden import isa
 
 

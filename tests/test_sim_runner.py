@@ -5,6 +5,7 @@ The DUT is an 8-bit counter; this file is also the cocotb bench (``bench=__name_
 simulator imports it from the same ``sys.path``), its cocotb tests picked per case with
 ``testcase``. The first run builds the counter with Verilator (~20 s); later runs reuse it.
 """
+
 import atexit
 import os
 
@@ -28,8 +29,14 @@ class Counter(wiring.Component):
 
 
 def _run(testcase: str, **kw):
-    return run_bench(Counter(), bench=__name__, name="runner_selftest", testcase=testcase,
-                     block="runner_selftest", **kw)
+    return run_bench(
+        Counter(),
+        bench=__name__,
+        name="runner_selftest",
+        testcase=testcase,
+        block="runner_selftest",
+        **kw,
+    )
 
 
 # ------------------------------------------------------------------ the cocotb side
@@ -66,12 +73,15 @@ async def dies_mid_run(dut):
 # ------------------------------------------------------------------ the pytest side
 def test_a_clean_run_passes():
     (rec,) = _run("counts", expect=["counts"])
-    assert rec["vectors"] == 5          # what the bench recorded reaches the results
+    assert rec["vectors"] == 5  # what the bench recorded reaches the results
 
 
 def test_a_simulator_that_exits_non_zero_after_writing_results_fails():
-    with pytest.raises(AssertionError, match=r"the simulator died .* after 2 cocotb tests "
-                                             r"wrote results"):
+    with pytest.raises(
+        AssertionError,
+        match=r"the simulator died .* after 2 cocotb tests "
+        r"wrote results",
+    ):
         _run("counts,exits_after_its_results")
 
 

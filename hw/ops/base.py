@@ -53,6 +53,7 @@ the cycle after ``start``), for engines whose tensor checks come a cycle or more
 Each engine module exports ``expected_cycles(...)``: its cycle count without memory
 stalls (the formula of its docstring), which ``sim/test_op_<name>.py`` measures.
 """
+
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
@@ -69,31 +70,38 @@ def rd_layout(dma_bytes: int) -> data.StructLayout:
 
 
 def wr_layout(dma_bytes: int) -> data.StructLayout:
-    return data.StructLayout({"addr": unsigned(isa.ADDR_BITS), "len": range(dma_bytes + 1),
-                              "data": unsigned(8 * dma_bytes)})
+    return data.StructLayout(
+        {
+            "addr": unsigned(isa.ADDR_BITS),
+            "len": range(dma_bytes + 1),
+            "data": unsigned(8 * dma_bytes),
+        }
+    )
 
 
 class EngineSignature(wiring.Signature):
     def __init__(self, dma_bytes: int):
         self.dma_bytes = dma_bytes
-        super().__init__({
-            "start": In(1),
-            "args": In(isa.ARGS_UNION),
-            "mem_lo": In(isa.ADDR_BITS),
-            "mem_hi": In(isa.ADDR_BITS + 1),
-            "done": Out(1),
-            "error": Out(ErrorCode),
-            "rd": Out(stream.Signature(rd_layout(dma_bytes))),
-            "rdata": In(stream.Signature(unsigned(8 * dma_bytes))),
-            "wr": Out(stream.Signature(wr_layout(dma_bytes))),
-        })
+        super().__init__(
+            {
+                "start": In(1),
+                "args": In(isa.ARGS_UNION),
+                "mem_lo": In(isa.ADDR_BITS),
+                "mem_hi": In(isa.ADDR_BITS + 1),
+                "done": Out(1),
+                "error": Out(ErrorCode),
+                "rd": Out(stream.Signature(rd_layout(dma_bytes))),
+                "rdata": In(stream.Signature(unsigned(8 * dma_bytes))),
+                "wr": Out(stream.Signature(wr_layout(dma_bytes))),
+            }
+        )
 
 
 # ------------------------------------------------------------------ argument checks
 def misaligned(addr, size: int):
     """addr not a multiple of ``size`` (a power of two)."""
     assert size & (size - 1) == 0
-    return addr[:size.bit_length() - 1] != 0 if size > 1 else Const(0)
+    return addr[: size.bit_length() - 1] != 0 if size > 1 else Const(0)
 
 
 class ArgChecks:
@@ -116,8 +124,10 @@ class ArgChecks:
             for rule in rules:
                 env = names
                 if extra is not None:
-                    env = {**names, **{n: getattr(extra, n) for n in isa.expr_names(rule)
-                                       if n not in names}}
+                    env = {
+                        **names,
+                        **{n: getattr(extra, n) for n in isa.expr_names(rule) if n not in names},
+                    }
                 conds.append(~Value.cast(isa.evaluate(rule, env)))
             return conds
 
@@ -136,11 +146,14 @@ class ArgChecks:
         lo, hi = engine.mem_lo, engine.mem_hi
         for item in self.items:
             conds = []
-            when = None if getattr(item, "when", None) is None else \
-                Value.cast(isa.evaluate(item.when, names))
+            when = (
+                None
+                if getattr(item, "when", None) is None
+                else Value.cast(isa.evaluate(item.when, names))
+            )
             if isinstance(item, isa.Dims):
                 conds = [(c, ErrorCode.BAD_DIM) for c in bad(item.rules) + limits]
-                limits = []                             # with the first Dims only
+                limits = []  # with the first Dims only
             elif isinstance(item, isa.Tensor):
                 addr = names[item.field]
                 start, nbytes = item.extent(names)
@@ -168,11 +181,10 @@ class ArgChecks:
             if getattr(item, "field", None) == name:
                 return i
             if isinstance(item, isa.Data) and item.name == name:
-                return i + 1 if start else i           # start after a Data check
+                return i + 1 if start else i  # start after a Data check
         raise ValueError(f"{self.op.name}: no contract item {name!r}")
 
-    def error(self, start: str | None = None, stop: str | None = None,
-              name: str | None = None):
+    def error(self, start: str | None = None, stop: str | None = None, name: str | None = None):
         """``ErrorCode`` (a combinational signal) of the first failing check among the
         contract's items from ``start`` (a tensor field: from it; a ``Data`` check: the
         items after it; None: from the first, the decoder's enum check included) up to
@@ -182,11 +194,13 @@ class ArgChecks:
         conds = list(self.decode) if i == 0 else []
         for item, c in zip(self.items[i:j], self.conds[i:j], strict=False):
             if isinstance(item, isa.Data):
-                assert item.name in self.golden_only, \
+                assert item.name in self.golden_only, (
                     f"{self.op.name}: the engine must make data check {item.name!r} itself"
+                )
             conds += c
-        err = Signal(ErrorCode, name=name or f"err_{start or 'first'}_{stop or 'last'}"
-                     .replace(" ", "_"))
+        err = Signal(
+            ErrorCode, name=name or f"err_{start or 'first'}_{stop or 'last'}".replace(" ", "_")
+        )
         v = Const(ErrorCode.NONE.value, 8)
         for cond, code in reversed(conds):
             v = Mux(cond, code, v)

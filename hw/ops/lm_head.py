@@ -31,15 +31,13 @@ was consumed. Per weight beat c (one per cycle):
 If the write register is still waiting for ``wr.ready`` when stage 2 must flush, the
 pipeline freezes (no response accepted, stage 1 held) until it drains.
 
-Cycles
-======
-One weight beat per cycle: a command takes ``rows * Kb * (n + 1) + latency + 4`` cycles
-with no memory stalls (``expected_cycles``) (the x row and n weight rows per token row; the first response's
-latency; the check cycle, stage 1, the write register, done), measured exactly so by
-``sim/test_op_lm_head.py`` with a 1-cycle memory. Each cycle is W = 128 MACs when k is a
-multiple of W (BitNet-0.73B: k = 1536, Kb = 12; vocab n = 32002 -> 384,036 beats per
-token). Weight rows are not packed across beats, so a k with ``k mod W != 0`` wastes
-the tail of each row's last beat.
+Cycles ====== One weight beat per cycle: a command takes ``rows * Kb * (n + 1) + latency + 4``
+cycles with no memory stalls (``expected_cycles``) (the x row and n weight rows per token row;
+the first response's latency; the check cycle, stage 1, the write register, done), measured
+exactly so by ``sim/test_op_lm_head.py`` with a 1-cycle memory. Each cycle is W = 128 MACs when
+k is a multiple of W (BitNet-0.73B: k = 1536, Kb = 12; vocab n = 32002 -> 384,036 beats per
+token). Weight rows are not packed across beats, so a k with ``k mod W != 0`` wastes the tail of
+each row's last beat.
 
 Differences from the golden backend
 ===================================
@@ -48,6 +46,7 @@ Differences from the golden backend
 backend accepts any 16-bit k. ``rows`` (16 bits) and ``n`` (32 bits) take their full
 ranges.
 """
+
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed, unsigned
@@ -60,7 +59,7 @@ from golden.isa import ErrorCode, Opcode
 from .base import Engine
 
 DEFAULT_MAX_K = 4096
-_GROUP = 8          # products per stage-1 partial sum
+_GROUP = 8  # products per stage-1 partial sum
 
 
 def expected_cycles(rows: int, k: int, n: int, dma_bytes: int, latency: int = 1) -> int:
@@ -70,7 +69,7 @@ def expected_cycles(rows: int, k: int, n: int, dma_bytes: int, latency: int = 1)
 
 class LMHeadEngine(Engine):
     OPCODE = Opcode.LM_HEAD
-    LIMITS = ("k <= max_k",)                    # the x buffer
+    LIMITS = ("k <= max_k",)  # the x buffer
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int = DEFAULT_MAX_K):
         if dma_bytes % (4 * _GROUP):
@@ -83,7 +82,7 @@ class LMHeadEngine(Engine):
     def elaborate(self, platform):
         m = Module()
         W = self.signature.dma_bytes
-        L = W // 4                                   # int32 results per write
+        L = W // 4  # int32 results per write
         G = W // _GROUP
         depth = -(-self.max_k // W)
         a = self.op_args
@@ -120,7 +119,7 @@ class LMHeadEngine(Engine):
         # stage 2 / result buffer
         acc = Signal(signed(32))
         lane = Signal(range(L))
-        out_j = Signal(n_w)                          # results of this token row so far
+        out_j = Signal(n_w)  # results of this token row so far
         res_buf = [Signal(signed(32), name=f"res{i}") for i in range(L)]
         dst_ptr = Signal(ptr_w)
         wr_valid = Signal()
@@ -137,9 +136,11 @@ class LMHeadEngine(Engine):
                 # -------------------------------------------------- requests
                 rq_len = beat_len(rq_c)
                 rq_last = rq_c == kb - 1
-                m.d.comb += [self.rd.valid.eq(rq_t < a.rows),
-                             self.rd.payload.addr.eq(Mux(rq_ph == X, rq_x, rq_w)),
-                             self.rd.payload.len.eq(rq_len)]
+                m.d.comb += [
+                    self.rd.valid.eq(rq_t < a.rows),
+                    self.rd.payload.addr.eq(Mux(rq_ph == X, rq_x, rq_w)),
+                    self.rd.payload.len.eq(rq_len),
+                ]
                 with m.If(self.rd.valid & self.rd.ready):
                     m.d.sync += rq_c.eq(Mux(rq_last, 0, rq_c + 1))
                     with m.If(rq_ph == X):
@@ -158,8 +159,12 @@ class LMHeadEngine(Engine):
                 flush = (lane == L - 1) | (out_j == a.n - 1)
                 # a flush with the write register still full must wait for it
                 freeze = v1 & last1 & flush & wr_valid
-                m.d.comb += [self.wr.valid.eq(wr_valid), self.wr.payload.addr.eq(wr_addr),
-                             self.wr.payload.len.eq(wr_len), self.wr.payload.data.eq(wr_data)]
+                m.d.comb += [
+                    self.wr.valid.eq(wr_valid),
+                    self.wr.payload.addr.eq(wr_addr),
+                    self.wr.payload.len.eq(wr_len),
+                    self.wr.payload.data.eq(wr_data),
+                ]
                 with m.If(wr_valid & self.wr.ready):
                     m.d.sync += wr_valid.eq(0)
                 total = Signal(signed(2 * 8 + 3 + (G - 1).bit_length()))
@@ -176,9 +181,14 @@ class LMHeadEngine(Engine):
                                 m.d.sync += res_buf[i].eq(res)
                         with m.If(flush):
                             merged = Cat(*(Mux(lane == i, res, res_buf[i]) for i in range(L)))
-                            m.d.sync += [wr_valid.eq(1), wr_addr.eq(dst_ptr),
-                                         wr_len.eq((lane + 1) * 4), wr_data.eq(merged),
-                                         dst_ptr.eq(dst_ptr + (lane + 1) * 4), lane.eq(0)]
+                            m.d.sync += [
+                                wr_valid.eq(1),
+                                wr_addr.eq(dst_ptr),
+                                wr_len.eq((lane + 1) * 4),
+                                wr_data.eq(merged),
+                                dst_ptr.eq(dst_ptr + (lane + 1) * 4),
+                                lane.eq(0),
+                            ]
                         with m.Else():
                             m.d.sync += lane.eq(lane + 1)
                         m.d.sync += out_j.eq(Mux(out_j == a.n - 1, 0, out_j + 1))
@@ -200,24 +210,40 @@ class LMHeadEngine(Engine):
                             m.d.sync += [rs_ph.eq(X), rs_t.eq(rs_t + 1)]
                         with m.Else():
                             m.d.sync += rs_j.eq(rs_j + 1)
-                m.d.comb += [xw.addr.eq(rs_c), xw.data.eq(self.rdata.payload),
-                             xw.en.eq(fire & (rs_ph == X))]
+                m.d.comb += [
+                    xw.addr.eq(rs_c),
+                    xw.data.eq(self.rdata.payload),
+                    xw.en.eq(fire & (rs_ph == X)),
+                ]
                 with m.If(~freeze):
                     m.d.sync += [v1.eq(fire & (rs_ph == WT)), last1.eq(rs_last)]
                     for g in range(G):
                         prods = []
                         for i in range(g * _GROUP, (g + 1) * _GROUP):
-                            xv = xr.data[8 * i:8 * i + 8].as_signed()
-                            wv = self.rdata.payload[8 * i:8 * i + 8].as_signed()
+                            xv = xr.data[8 * i : 8 * i + 8].as_signed()
+                            wv = self.rdata.payload[8 * i : 8 * i + 8].as_signed()
                             prods.append(xv * wv)
                         m.d.sync += p1[g].eq(sum(prods))
 
                 with m.If(~rs_more & ~v1 & ~wr_valid):
                     self.finish(m, ErrorCode.NONE)
         with m.If(passed["CHECK"]):
-            m.d.sync += [rq_ph.eq(X), rq_c.eq(0), rq_j.eq(0), rq_t.eq(0),
-                         rq_x.eq(a.src), rq_w.eq(a.weights),
-                         rs_ph.eq(X), rs_c.eq(0), rs_j.eq(0), rs_t.eq(0),
-                         v1.eq(0), acc.eq(0), lane.eq(0), out_j.eq(0),
-                         dst_ptr.eq(a.dst), wr_valid.eq(0)]
+            m.d.sync += [
+                rq_ph.eq(X),
+                rq_c.eq(0),
+                rq_j.eq(0),
+                rq_t.eq(0),
+                rq_x.eq(a.src),
+                rq_w.eq(a.weights),
+                rs_ph.eq(X),
+                rs_c.eq(0),
+                rs_j.eq(0),
+                rs_t.eq(0),
+                v1.eq(0),
+                acc.eq(0),
+                lane.eq(0),
+                out_j.eq(0),
+                dst_ptr.eq(a.dst),
+                wr_valid.eq(0),
+            ]
         return m

@@ -85,6 +85,7 @@ Differences from the golden backend
   and record are written while later rows are read), so a dst or dst_scale overlapping
   src or gamma (no runtime command does that) may give different results.
 """
+
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed
@@ -98,12 +99,12 @@ from hw.rmsnorm import RMSNormQuant
 
 from .base import Engine, shift_fits_record
 
-DEFAULT_LANES = 8           # see "Lanes" in the module docstring
-DEFAULT_MAX_LEN = 4096      # BitNet-0.73B: FFN 4096 (ffn_sub_norm), hidden 1536
+DEFAULT_LANES = 8  # see "Lanes" in the module docstring
+DEFAULT_MAX_LEN = 4096  # BitNet-0.73B: FFN 4096 (ffn_sub_norm), hidden 1536
 # read run-ahead in groups: 8 groups of 4 beats (8 lanes) hide ~30 cycles of read latency
 DEFAULT_FIFO_GROUPS = 8
 
-FIXED_CYCLES = 27           # see the module docstring's cycle formula
+FIXED_CYCLES = 27  # see the module docstring's cycle formula
 
 
 def row_overhead(cfg: DatapathConfig = DEFAULT) -> int:
@@ -111,8 +112,9 @@ def row_overhead(cfg: DatapathConfig = DEFAULT) -> int:
     return 4 + cfg.quant.recip_bits
 
 
-def expected_cycles(rows: int, dim: int, lanes: int = DEFAULT_LANES,
-                    cfg: DatapathConfig = DEFAULT, lat: int = 1) -> int:
+def expected_cycles(
+    rows: int, dim: int, lanes: int = DEFAULT_LANES, cfg: DatapathConfig = DEFAULT, lat: int = 1
+) -> int:
     """Stall-free cycles of one NORM_QUANT command whose rows all have a nonzero product
     (module docstring formula); ``lat`` is the latency of the first read."""
     b = -(-dim // lanes)
@@ -123,39 +125,54 @@ class NormQuantEngine(Engine):
     """NORM_QUANT op engine (see module docstring)."""
 
     OPCODE = Opcode.NORM_QUANT
-    LIMITS = ("dim <= max_len",)                # the block buffers a whole row
-    GOLDEN_ONLY = ("norm constants",)           # host constants, taken as given
+    LIMITS = ("dim <= max_len",)  # the block buffers a whole row
+    GOLDEN_ONLY = ("norm constants",)  # host constants, taken as given
 
-    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, lanes: int = DEFAULT_LANES,
-                 max_len: int = DEFAULT_MAX_LEN, fifo_groups: int = DEFAULT_FIFO_GROUPS):
+    def __init__(
+        self,
+        cfg: DatapathConfig,
+        dma_bytes: int,
+        *,
+        lanes: int = DEFAULT_LANES,
+        max_len: int = DEFAULT_MAX_LEN,
+        fifo_groups: int = DEFAULT_FIFO_GROUPS,
+    ):
         if not isinstance(cfg, DatapathConfig):
             raise ValueError(f"cfg: expected a DatapathConfig, got {type(cfg).__name__}")
         if cfg.norm.in_bits != 32 or cfg.norm.gamma_bits != 16 or cfg.quant.act_bits != 8:
-            raise ValueError("cfg: NORM_QUANT's memory formats are int32 src, int16 gamma, "
-                             "int8 dst (norm.in_bits 32, norm.gamma_bits 16, quant.act_bits 8)")
+            raise ValueError(
+                "cfg: NORM_QUANT's memory formats are int32 src, int16 gamma, "
+                "int8 dst (norm.in_bits 32, norm.gamma_bits 16, quant.act_bits 8)"
+            )
         isa.check_datapath(cfg)
-        for name, v, lo in (("lanes", lanes, 1), ("max_len", max_len, 1),
-                            ("fifo_groups", fifo_groups, 1)):
+        for name, v, lo in (
+            ("lanes", lanes, 1),
+            ("max_len", max_len, 1),
+            ("fifo_groups", fifo_groups, 1),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
         if dma_bytes < 4 * lanes:
-            raise ValueError(f"dma_bytes: {dma_bytes} cannot carry one beat of {lanes} int32 "
-                             f"elements (needs >= {4 * lanes})")
+            raise ValueError(
+                f"dma_bytes: {dma_bytes} cannot carry one beat of {lanes} int32 "
+                f"elements (needs >= {4 * lanes})"
+            )
         if max_len < lanes or max_len >= 1 << isa.DIM_BITS:
-            raise ValueError(f"max_len: expected lanes ({lanes}) .. {(1 << isa.DIM_BITS) - 1}, "
-                             f"got {max_len}")
+            raise ValueError(
+                f"max_len: expected lanes ({lanes}) .. {(1 << isa.DIM_BITS) - 1}, got {max_len}"
+            )
         self.lanes = lanes
         self.max_len = max_len
         self.fifo_groups = fifo_groups
-        self.group = lanes * (dma_bytes // (4 * lanes))     # Gs elements per read pair
+        self.group = lanes * (dma_bytes // (4 * lanes))  # Gs elements per read pair
         super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
         W = self.signature.dma_bytes
         L, Gs, D = self.lanes, self.group, self.fifo_groups
-        NBG = Gs // L                       # beats per group
-        CH = W // L                         # output beats per write chunk
+        NBG = Gs // L  # beats per group
+        CH = W // L  # output beats per write chunk
         a = self.op_args
         nc, qc = self.cfg.norm, self.cfg.quant
         XB, GB = nc.in_bits, nc.gamma_bits  # element widths in memory (int32 src, int16 gamma)
@@ -169,21 +186,20 @@ class NormQuantEngine(Engine):
         m.submodules.nq = ResetInserter(dp_rst)(nq)
         m.submodules.src_q = ResetInserter(dp_rst)(src_q)
         m.submodules.gam_q = ResetInserter(dp_rst)(gam_q)
-        m.d.comb += [nq.eps_term.eq(a.eps_term), nq.c_mant.eq(a.c_mant),
-                     nq.c_exp.eq(a.c_exp)]
+        m.d.comb += [nq.eps_term.eq(a.eps_term), nq.c_mant.eq(a.c_mant), nq.c_exp.eq(a.c_exp)]
 
-        run = Signal()                      # RUN state
-        dry = Signal()                      # dst_scale bad: compute, write nothing
+        run = Signal()  # RUN state
+        dry = Signal()  # dst_scale bad: compute, write nothing
         dry_err = Signal(ErrorCode)
-        abort = Signal()                    # SCALE_RANGE found
+        abort = Signal()  # SCALE_RANGE found
 
         # ------------------------------------------------ reads (src, gamma per group)
         rq_row = Signal(isa.ROWS_BITS + 1)
         rq_pos = Signal(range(self.max_len + 1))
-        rq_gam = Signal()                   # the group's gamma read is next
+        rq_gam = Signal()  # the group's gamma read is next
         src_ptr = Signal(isa.ADDR_BITS + 1)
-        held = Signal(range(D + 1))         # groups requested and not yet consumed
-        rd_out = Signal(range(2 * D + 1))   # reads not yet answered
+        held = Signal(range(D + 1))  # groups requested and not yet consumed
+        rd_out = Signal(range(2 * D + 1))  # reads not yet answered
         rq_left = Signal(range(self.max_len + 1))
         m.d.comb += rq_left.eq(a.dim - rq_pos)
         rq_n = Mux(rq_left > Gs, Gs, rq_left)
@@ -209,8 +225,8 @@ class NormQuantEngine(Engine):
         m.d.comb += [
             self.rdata.ready.eq(run),
             rs_fire.eq(self.rdata.valid & self.rdata.ready),
-            src_q.w_data.eq(self.rdata.payload[:Gs * XB]),
-            gam_q.w_data.eq(self.rdata.payload[:Gs * GB]),
+            src_q.w_data.eq(self.rdata.payload[: Gs * XB]),
+            gam_q.w_data.eq(self.rdata.payload[: Gs * GB]),
             src_q.w_en.eq(rs_fire & ~rs_gam),
             gam_q.w_en.eq(rs_fire & rs_gam),
         ]
@@ -219,8 +235,8 @@ class NormQuantEngine(Engine):
         m.d.sync += rd_out.eq(rd_out + rd_fire - rs_fire)
 
         # ------------------------------------------------ beats into the block
-        em_pos = Signal(range(self.max_len + 1))   # row offset of the group at the head
-        em_j = Signal(range(max(NBG, 2)))          # beat within the group
+        em_pos = Signal(range(self.max_len + 1))  # row offset of the group at the head
+        em_j = Signal(range(max(NBG, 2)))  # beat within the group
         e0 = Signal(range(self.max_len + Gs + 1))
         m.d.comb += e0.eq(em_pos + em_j * L)
         em_left = Signal(signed(isa.DIM_BITS + 2))  # elements of the row from this beat on
@@ -229,7 +245,7 @@ class NormQuantEngine(Engine):
         src_beat = src_q.r_data.word_select(em_j, L * XB) if NBG > 1 else src_q.r_data
         gam_beat = gam_q.r_data.word_select(em_j, L * GB) if NBG > 1 else gam_q.r_data
         for i in range(L):
-            keep = em_left > i              # lanes past the row end are zero padding
+            keep = em_left > i  # lanes past the row end are zero padding
             m.d.comb += [
                 nq.x.payload.x[i].eq(Mux(keep, src_beat.word_select(i, XB).as_signed(), 0)),
                 nq.x.payload.gamma[i].eq(Mux(keep, gam_beat.word_select(i, GB).as_signed(), 0)),
@@ -252,8 +268,8 @@ class NormQuantEngine(Engine):
         m.d.sync += held.eq(held + (rd_fire & ~rq_gam) - pop)
 
         # ------------------------------------------------ codes and records out
-        out_row = Signal(isa.ROWS_BITS + 1)     # rows whose codes have left the block
-        out_ptr = Signal(isa.ADDR_BITS + 1)     # dst byte address of the next chunk
+        out_row = Signal(isa.ROWS_BITS + 1)  # rows whose codes have left the block
+        out_ptr = Signal(isa.ADDR_BITS + 1)  # dst byte address of the next chunk
         out_left = Signal(range(self.max_len + 1))  # bytes of the row not yet chunked
         rec_ptr = Signal(isa.ADDR_BITS + 1)
         acc = Signal(8 * W)
@@ -281,14 +297,15 @@ class NormQuantEngine(Engine):
         # the row's record: (mant, shift - g_exp); a zero scale stays (0, 0)
         rec_v = Signal()
         rec_data = Signal(isa.SCALE_RECORD.size)
-        rec_mant = Signal(isa.SCALE_MANT_BITS)      # the record's field (zero-extended)
+        rec_mant = Signal(isa.SCALE_MANT_BITS)  # the record's field (zero-extended)
         rec_shift = Signal(signed(36))
         m.d.comb += rec_mant.eq(y.scale_mant)
         m.d.comb += rec_shift.eq(Mux(y.scale_mant == 0, 0, y.scale_shift - a.g_exp))
         rec_ok = shift_fits_record(rec_shift)
 
-        m.d.comb += nq.y.ready.eq(run & ~abort & (dry | ((~complete | wo_free)
-                                                         & (~y.last | ~rec_v))))
+        m.d.comb += nq.y.ready.eq(
+            run & ~abort & (dry | ((~complete | wo_free) & (~y.last | ~rec_v)))
+        )
         y_fire = nq.y.valid & nq.y.ready
         code_load = Signal()
         m.d.comb += code_load.eq(y_fire & complete & ~dry)
@@ -301,19 +318,26 @@ class NormQuantEngine(Engine):
                     with m.If(~rec_ok):
                         m.d.sync += abort.eq(1)
                     with m.Elif(~dry):
-                        m.d.sync += [rec_v.eq(1),
-                                     rec_data.eq(Cat(rec_mant, rec_shift[:isa.SCALE_SHIFT_BITS]))]
+                        m.d.sync += [
+                            rec_v.eq(1),
+                            rec_data.eq(Cat(rec_mant, rec_shift[: isa.SCALE_SHIFT_BITS])),
+                        ]
                 with m.Else():
                     m.d.sync += out_left.eq(out_left - CH * L)
             with m.Else():
                 m.d.sync += [acc.eq(acc_next), acc_n.eq(acc_n + 1)]
 
         with m.If(code_load):
-            m.d.sync += [wo_valid.eq(1), wo_addr.eq(out_ptr), wo_len.eq(clen),
-                         wo_data.eq(acc_next)]
+            m.d.sync += [wo_valid.eq(1), wo_addr.eq(out_ptr), wo_len.eq(clen), wo_data.eq(acc_next)]
         with m.Elif(rec_v & wo_free):
-            m.d.sync += [wo_valid.eq(1), wo_addr.eq(rec_ptr), wo_len.eq(REC),
-                         wo_data.eq(rec_data), rec_v.eq(0), rec_ptr.eq(rec_ptr + REC)]
+            m.d.sync += [
+                wo_valid.eq(1),
+                wo_addr.eq(rec_ptr),
+                wo_len.eq(REC),
+                wo_data.eq(rec_data),
+                rec_v.eq(0),
+                rec_ptr.eq(rec_ptr + REC),
+            ]
         with m.Elif(self.wr.valid & self.wr.ready):
             m.d.sync += wo_valid.eq(0)
 
@@ -332,11 +356,24 @@ class NormQuantEngine(Engine):
         m.d.comb += dp_rst.eq(fsm.ongoing("CHECK"))
         with m.If(passed["CHECK"]):
             m.d.sync += [
-                dry.eq(err_scale != ErrorCode.NONE), dry_err.eq(err_scale),
-                abort.eq(0), rq_row.eq(0), rq_pos.eq(0), rq_gam.eq(0),
-                src_ptr.eq(a.src), held.eq(0), rd_out.eq(0), rs_gam.eq(0),
-                em_pos.eq(0), em_j.eq(0), out_row.eq(0), out_ptr.eq(a.dst),
-                out_left.eq(a.dim), rec_ptr.eq(a.dst_scale), acc_n.eq(0),
-                wo_valid.eq(0), rec_v.eq(0),
+                dry.eq(err_scale != ErrorCode.NONE),
+                dry_err.eq(err_scale),
+                abort.eq(0),
+                rq_row.eq(0),
+                rq_pos.eq(0),
+                rq_gam.eq(0),
+                src_ptr.eq(a.src),
+                held.eq(0),
+                rd_out.eq(0),
+                rs_gam.eq(0),
+                em_pos.eq(0),
+                em_j.eq(0),
+                out_row.eq(0),
+                out_ptr.eq(a.dst),
+                out_left.eq(a.dim),
+                rec_ptr.eq(a.dst_scale),
+                acc_n.eq(0),
+                wo_valid.eq(0),
+                rec_v.eq(0),
             ]
         return m

@@ -67,6 +67,7 @@ Differences from the golden backend
 * dst overlapping q, q_scale, k or k_scale is not supported (the golden backend reads
   every operand before writing; the engine streams). The command stream never does this.
 """
+
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed
@@ -77,7 +78,7 @@ from golden.isa import ErrorCode, Opcode
 
 from .base import Engine, requant, scale_mul
 
-_ABITS = isa.ADDR_BITS + 1          # addresses inside the window (mem_hi <= 2^32)
+_ABITS = isa.ADDR_BITS + 1  # addresses inside the window (mem_hi <= 2^32)
 
 
 def expected_cycles(heads: int, rows: int, keys: int, dma_bytes: int, latency: int = 1) -> int:
@@ -110,7 +111,7 @@ def _tree_sum(vals):
 
 class QKEngine(Engine):
     OPCODE = Opcode.QK
-    LIMITS = ("head_dim <= max_head_dim",)      # one key row per beat
+    LIMITS = ("head_dim <= max_head_dim",)  # one key row per beat
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int):
         if dma_bytes < 16 or dma_bytes & (dma_bytes - 1):
@@ -121,9 +122,9 @@ class QKEngine(Engine):
     def elaborate(self, platform):
         m = Module()
         W = self.signature.dma_bytes
-        RPB = W // isa.SCALE_RECORD_BYTES       # scale records per beat
-        EPB = W // 2                            # int16 logits per output beat
-        GRP = 16                                # products per partial sum
+        RPB = W // isa.SCALE_RECORD_BYTES  # scale records per beat
+        EPB = W // 2  # int16 logits per output beat
+        GRP = 16  # products per partial sum
         sc = self.cfg.softmax
         rq = self.cfg.requant
         MB = rq.mult_bits
@@ -132,29 +133,33 @@ class QKEngine(Engine):
         chk = self.checks(m, registered=True)
         err_dims, err_tensors = chk.error(stop="q"), chk.error(start="q")
         n_rep = Signal(isa.HEADS_BITS)
-        q_stride = Signal(32)                   # q_ld * head_dim
-        kv_stride = Signal(32)                  # kv_ld * head_dim
-        vis0 = Signal(isa.ROWS_BITS + 1)        # visible keys of query 0
+        q_stride = Signal(32)  # q_ld * head_dim
+        kv_stride = Signal(32)  # kv_ld * head_dim
+        vis0 = Signal(isa.ROWS_BITS + 1)  # visible keys of query 0
         m.d.comb += vis0.eq(a.keys - a.rows + 1)
         hd = a.head_dim
         start_run = Signal()
-        all_done = self._run(m, W, RPB, EPB, GRP, MB, sc, rq, a, n_rep, q_stride, kv_stride,
-                             vis0, start_run)
+        all_done = self._run(
+            m, W, RPB, EPB, GRP, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0, start_run
+        )
 
         with m.FSM():
-            passed = self.check_states(m, ("CHK_DIM", err_dims), ("CHK_SPAN", None),
-                                       ("CHK_ADDR", err_tensors))
+            passed = self.check_states(
+                m, ("CHK_DIM", err_dims), ("CHK_SPAN", None), ("CHK_ADDR", err_tensors)
+            )
             with m.State("RUN"):
                 with m.If(all_done):
                     self.finish(m, ErrorCode.NONE)
         with m.If(passed["CHK_SPAN"]):
-            m.d.sync += [n_rep.eq(a.heads // a.kv_heads), q_stride.eq(a.q_ld * hd),
-                         kv_stride.eq(a.kv_ld * hd)]
+            m.d.sync += [
+                n_rep.eq(a.heads // a.kv_heads),
+                q_stride.eq(a.q_ld * hd),
+                kv_stride.eq(a.kv_ld * hd),
+            ]
         m.d.comb += start_run.eq(passed["CHK_ADDR"])
         return m
 
-    def _run(self, m, W, RPB, EPB, GRP, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0,
-             start_run):
+    def _run(self, m, W, RPB, EPB, GRP, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0, start_run):
         """The request side, response side, pipeline and packer; returns 'all written'."""
         hd = a.head_dim
         rbits = isa.ROWS_BITS + 1
@@ -167,11 +172,11 @@ class QKEngine(Engine):
         ij = Signal(rbits)
         ivis = Signal(rbits)
         irep = Signal(isa.HEADS_BITS)
-        q_head = Signal(_ABITS)                 # q row 0 of head ih
+        q_head = Signal(_ABITS)  # q row 0 of head ih
         q_row = Signal(_ABITS)
         qs_head = Signal(_ABITS)
         qs_row = Signal(_ABITS)
-        k_head = Signal(_ABITS)                 # key 0 of KV head ih // n_rep
+        k_head = Signal(_ABITS)  # key 0 of KV head ih // n_rep
         k_ptr = Signal(_ABITS)
         ks_head = Signal(_ABITS)
         ks_ptr = Signal(_ABITS)
@@ -179,10 +184,22 @@ class QKEngine(Engine):
         m.d.comb += left.eq(ivis - ij)
 
         with m.If(start_run):
-            m.d.sync += [ist.eq(I_Q), ih.eq(0), it.eq(0), ij.eq(0), ivis.eq(vis0), irep.eq(0),
-                         q_head.eq(a.q), q_row.eq(a.q), qs_head.eq(a.q_scale),
-                         qs_row.eq(a.q_scale), k_head.eq(a.k), k_ptr.eq(a.k),
-                         ks_head.eq(a.k_scale), ks_ptr.eq(a.k_scale)]
+            m.d.sync += [
+                ist.eq(I_Q),
+                ih.eq(0),
+                it.eq(0),
+                ij.eq(0),
+                ivis.eq(vis0),
+                irep.eq(0),
+                q_head.eq(a.q),
+                q_row.eq(a.q),
+                qs_head.eq(a.q_scale),
+                qs_row.eq(a.q_scale),
+                k_head.eq(a.k),
+                k_ptr.eq(a.k),
+                ks_head.eq(a.k_scale),
+                ks_ptr.eq(a.k_scale),
+            ]
 
         rd = self.rd
         with m.Switch(ist):
@@ -191,13 +208,19 @@ class QKEngine(Engine):
                 with m.If(rd.ready):
                     m.d.sync += ist.eq(I_QS)
             with m.Case(I_QS):
-                m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(qs_row),
-                             rd.payload.len.eq(isa.SCALE_RECORD_BYTES)]
+                m.d.comb += [
+                    rd.valid.eq(1),
+                    rd.payload.addr.eq(qs_row),
+                    rd.payload.len.eq(isa.SCALE_RECORD_BYTES),
+                ]
                 with m.If(rd.ready):
                     m.d.sync += ist.eq(I_KS)
             with m.Case(I_KS):
-                m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(ks_ptr),
-                             rd.payload.len.eq(Mux(left > RPB, RPB, left) * 4)]
+                m.d.comb += [
+                    rd.valid.eq(1),
+                    rd.payload.addr.eq(ks_ptr),
+                    rd.payload.len.eq(Mux(left > RPB, RPB, left) * 4),
+                ]
                 with m.If(rd.ready):
                     m.d.sync += [ist.eq(I_K), ks_ptr.eq(ks_ptr + W)]
             with m.Case(I_K):
@@ -208,26 +231,41 @@ class QKEngine(Engine):
                         # next query row
                         m.d.sync += [ij.eq(0), ist.eq(I_Q)]
                         with m.If(it + 1 == a.rows):
-                            m.d.sync += [it.eq(0), ivis.eq(vis0), ih.eq(ih + 1),
-                                         q_head.eq(q_head + q_stride),
-                                         q_row.eq(q_head + q_stride),
-                                         qs_head.eq(qs_head + a.q_ld * 4),
-                                         qs_row.eq(qs_head + a.q_ld * 4)]
+                            m.d.sync += [
+                                it.eq(0),
+                                ivis.eq(vis0),
+                                ih.eq(ih + 1),
+                                q_head.eq(q_head + q_stride),
+                                q_row.eq(q_head + q_stride),
+                                qs_head.eq(qs_head + a.q_ld * 4),
+                                qs_row.eq(qs_head + a.q_ld * 4),
+                            ]
                             with m.If(ih + 1 == a.heads):
                                 m.d.sync += ist.eq(I_DONE)
                             with m.If(irep + 1 == n_rep):
-                                m.d.sync += [irep.eq(0), k_head.eq(k_head + kv_stride),
-                                             k_ptr.eq(k_head + kv_stride),
-                                             ks_head.eq(ks_head + a.kv_ld * 4),
-                                             ks_ptr.eq(ks_head + a.kv_ld * 4)]
+                                m.d.sync += [
+                                    irep.eq(0),
+                                    k_head.eq(k_head + kv_stride),
+                                    k_ptr.eq(k_head + kv_stride),
+                                    ks_head.eq(ks_head + a.kv_ld * 4),
+                                    ks_ptr.eq(ks_head + a.kv_ld * 4),
+                                ]
                             with m.Else():
-                                m.d.sync += [irep.eq(irep + 1), k_ptr.eq(k_head),
-                                             ks_ptr.eq(ks_head)]
+                                m.d.sync += [
+                                    irep.eq(irep + 1),
+                                    k_ptr.eq(k_head),
+                                    ks_ptr.eq(ks_head),
+                                ]
                         with m.Else():
-                            m.d.sync += [it.eq(it + 1), ivis.eq(ivis + 1), q_row.eq(q_row + hd),
-                                         qs_row.eq(qs_row + 4), k_ptr.eq(k_head),
-                                         ks_ptr.eq(ks_head)]
-                    with m.Elif((ij + 1)[:(RPB - 1).bit_length()] == 0):
+                            m.d.sync += [
+                                it.eq(it + 1),
+                                ivis.eq(ivis + 1),
+                                q_row.eq(q_row + hd),
+                                qs_row.eq(qs_row + 4),
+                                k_ptr.eq(k_head),
+                                ks_ptr.eq(ks_head),
+                            ]
+                    with m.Elif((ij + 1)[: (RPB - 1).bit_length()] == 0):
                         m.d.sync += ist.eq(I_KS)
 
         # ------------------------------------------------------------ response side
@@ -237,8 +275,8 @@ class QKEngine(Engine):
         ct = Signal(rbits)
         cj = Signal(rbits)
         cvis = Signal(rbits)
-        zl = Signal(rbits)                      # masked keys left in the row
-        slot = Signal(range(EPB))               # output position inside the gather beat
+        zl = Signal(rbits)  # masked keys left in the row
+        slot = Signal(range(EPB))  # output position inside the gather beat
         q_vec = Signal(8 * W)
         sq_mant = Signal(isa.SCALE_MANT_BITS)
         sq_shift = Signal(signed(isa.SCALE_SHIFT_BITS))
@@ -270,7 +308,7 @@ class QKEngine(Engine):
                 m.d.sync += [ct.eq(ct + 1), cvis.eq(cvis + 1)]
 
         rdata = self.rdata
-        zn = Signal(range(EPB + 1))             # this cycle's zero run
+        zn = Signal(range(EPB + 1))  # this cycle's zero run
         m.d.comb += zn.eq(Mux(zl > EPB - slot, EPB - slot, zl))
         with m.Switch(cst):
             with m.Case(C_Q):
@@ -280,8 +318,11 @@ class QKEngine(Engine):
             with m.Case(C_QS):
                 m.d.comb += rdata.ready.eq(go)
                 with m.If(go & rdata.valid):
-                    m.d.sync += [sq_mant.eq(rdata.payload[:16]),
-                                 sq_shift.eq(rdata.payload[16:32]), cst.eq(C_KS)]
+                    m.d.sync += [
+                        sq_mant.eq(rdata.payload[:16]),
+                        sq_shift.eq(rdata.payload[16:32]),
+                        cst.eq(C_KS),
+                    ]
             with m.Case(C_KS):
                 m.d.comb += rdata.ready.eq(go)
                 with m.If(go & rdata.valid):
@@ -289,9 +330,12 @@ class QKEngine(Engine):
             with m.Case(C_K):
                 m.d.comb += rdata.ready.eq(go)
                 row_end = cj + 1 == cvis
-                m.d.comb += [tok_valid.eq(go & rdata.valid), tok_val.eq(1),
-                             tok_flush.eq((slot == EPB - 1) | (row_end & last_row)),
-                             tok_end.eq(slot + 1)]
+                m.d.comb += [
+                    tok_valid.eq(go & rdata.valid),
+                    tok_val.eq(1),
+                    tok_flush.eq((slot == EPB - 1) | (row_end & last_row)),
+                    tok_end.eq(slot + 1),
+                ]
                 with m.If(go & rdata.valid):
                     m.d.sync += [cj.eq(cj + 1), slot.eq(slot + 1)]
                     with m.If(row_end):
@@ -299,12 +343,16 @@ class QKEngine(Engine):
                             next_row()
                         with m.Else():
                             m.d.sync += [zl.eq(a.keys - cvis), cst.eq(C_Z)]
-                    with m.Elif((cj + 1)[:(RPB - 1).bit_length()] == 0):
+                    with m.Elif((cj + 1)[: (RPB - 1).bit_length()] == 0):
                         m.d.sync += cst.eq(C_KS)
             with m.Case(C_Z):
                 # the last row has no masked key: a zero run never ends the command
-                m.d.comb += [tok_valid.eq(go), tok_val.eq(0),
-                             tok_flush.eq(slot + zn == EPB), tok_end.eq(slot + zn)]
+                m.d.comb += [
+                    tok_valid.eq(go),
+                    tok_val.eq(0),
+                    tok_flush.eq(slot + zn == EPB),
+                    tok_end.eq(slot + zn),
+                ]
                 with m.If(go):
                     m.d.sync += [zl.eq(zl - zn), slot.eq(slot + zn)]
                     with m.If(zl == zn):
@@ -313,12 +361,14 @@ class QKEngine(Engine):
         # ------------------------------------------------------------ pipeline
         # stage 1: partial sums and the pair scale (q_vec/sq are this row's: a new row's
         # q responses come after every key of this row was accepted)
-        prods = [q_vec[8 * i:8 * i + 8].as_signed() * rdata.payload[8 * i:8 * i + 8].as_signed()
-                 for i in range(W)]
+        prods = [
+            q_vec[8 * i : 8 * i + 8].as_signed() * rdata.payload[8 * i : 8 * i + 8].as_signed()
+            for i in range(W)
+        ]
         n_part = W // GRP
         part_bits = 8 + 8 + (GRP - 1).bit_length()
-        recs = [ks_buf[32 * i:32 * i + 32] for i in range(RPB)]
-        rsel = cj[:(RPB - 1).bit_length()]
+        recs = [ks_buf[32 * i : 32 * i + 32] for i in range(RPB)]
+        rsel = cj[: (RPB - 1).bit_length()]
         sk_mant = Signal(16)
         sk_shift = Signal(signed(isa.SCALE_SHIFT_BITS))
         with m.Switch(rsel):
@@ -346,16 +396,38 @@ class QKEngine(Engine):
         y3 = Signal(signed(sc.in_bits))
 
         with m.If(go):
-            m.d.sync += [v1.eq(tok_valid), val1.eq(tok_val), fl1.eq(tok_flush), end1.eq(tok_end),
-                         slot1.eq(slot), pm1.eq(pm), ps1.eq(ps)]
-            m.d.sync += [parts1[i].eq(_tree_sum(prods[GRP * i:GRP * (i + 1)]))
-                         for i in range(n_part)]
-            m.d.sync += [v2.eq(v1), val2.eq(val1), fl2.eq(fl1), end2.eq(end1), slot2.eq(slot1),
-                         dot2.eq(_tree_sum(parts1)), pm2.eq(pm1), ps2.eq(ps1)]
+            m.d.sync += [
+                v1.eq(tok_valid),
+                val1.eq(tok_val),
+                fl1.eq(tok_flush),
+                end1.eq(tok_end),
+                slot1.eq(slot),
+                pm1.eq(pm),
+                ps1.eq(ps),
+            ]
+            m.d.sync += [
+                parts1[i].eq(_tree_sum(prods[GRP * i : GRP * (i + 1)])) for i in range(n_part)
+            ]
+            m.d.sync += [
+                v2.eq(v1),
+                val2.eq(val1),
+                fl2.eq(fl1),
+                end2.eq(end1),
+                slot2.eq(slot1),
+                dot2.eq(_tree_sum(parts1)),
+                pm2.eq(pm1),
+                ps2.eq(ps1),
+            ]
         y = requant(m, dot2, pm2, ps2 - sc.in_frac_bits, sc.in_bits, rq.shift_max, "lg")
         with m.If(go):
-            m.d.sync += [v3.eq(v2), val3.eq(val2), fl3.eq(fl2), end3.eq(end2), slot3.eq(slot2),
-                         y3.eq(y)]
+            m.d.sync += [
+                v3.eq(v2),
+                val3.eq(val2),
+                fl3.eq(fl2),
+                end3.eq(end2),
+                slot3.eq(slot2),
+                y3.eq(y),
+            ]
 
         # ------------------------------------------------------------ packer
         gather = Signal(16 * EPB)
@@ -368,22 +440,32 @@ class QKEngine(Engine):
             m.d.sync += [gather.eq(0), waddr.eq(a.dst)]
 
         wr = self.wr
-        m.d.comb += [wr.valid.eq(pend_valid), wr.payload.addr.eq(pend_addr),
-                     wr.payload.len.eq(pend_len), wr.payload.data.eq(pend_data),
-                     stall.eq(v3 & fl3 & pend_valid & ~wr.ready)]
+        m.d.comb += [
+            wr.valid.eq(pend_valid),
+            wr.payload.addr.eq(pend_addr),
+            wr.payload.len.eq(pend_len),
+            wr.payload.data.eq(pend_data),
+            stall.eq(v3 & fl3 & pend_valid & ~wr.ready),
+        ]
         merged = Signal(16 * EPB)
         m.d.comb += merged.eq(gather)
         with m.If(val3):
             with m.Switch(slot3):
                 for i in range(EPB):
                     with m.Case(i):
-                        m.d.comb += merged[16 * i:16 * i + 16].eq(y3)
+                        m.d.comb += merged[16 * i : 16 * i + 16].eq(y3)
         with m.If(wr.valid & wr.ready):
             m.d.sync += pend_valid.eq(0)
         with m.If(go & v3):
             with m.If(fl3):
-                m.d.sync += [pend_valid.eq(1), pend_data.eq(merged), pend_len.eq(end3 * 2),
-                             pend_addr.eq(waddr), waddr.eq(waddr + W), gather.eq(0)]
+                m.d.sync += [
+                    pend_valid.eq(1),
+                    pend_data.eq(merged),
+                    pend_len.eq(end3 * 2),
+                    pend_addr.eq(waddr),
+                    waddr.eq(waddr + W),
+                    gather.eq(0),
+                ]
             with m.Else():
                 m.d.sync += gather.eq(merged)
 

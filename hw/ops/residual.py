@@ -55,6 +55,7 @@ Differences from the golden backend
   different results. ``host/runtime.py`` uses dst == h.
 * No hardware limit: rows and dim take their full 16-bit ranges.
 """
+
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed
@@ -88,7 +89,7 @@ class ResidualEngine(Engine):
     def elaborate(self, platform):
         m = Module()
         W = self.signature.dma_bytes
-        L = W // 4                                   # int32 lanes per beat
+        L = W // 4  # int32 lanes per beat
         nc, rc = self.cfg.norm, self.cfg.requant
         B = rc.mult_bits
         a = self.op_args
@@ -99,7 +100,7 @@ class ResidualEngine(Engine):
         # request side
         rq_kind = Signal(2)
         rq_row = Signal(isa.ROWS_BITS + 1)
-        rq_col = Signal(isa.DIM_BITS + 1)            # element index of the chunk in its row
+        rq_col = Signal(isa.DIM_BITS + 1)  # element index of the chunk in its row
         rq_h = Signal(ptr_w)
         rq_acc = Signal(ptr_w)
         rq_sc = Signal(ptr_w)
@@ -134,8 +135,8 @@ class ResidualEngine(Engine):
         s2 = []
         for i in range(L):
             d = requant(m, s1_p[i], Const(1, 1), s1_s, nc.in_bits, rc.shift_max, f"rq{i}")
-            hv = s1_h[32 * i:32 * i + 32].as_signed()
-            lane = Signal(signed(32), name=f"out{i}")      # int32 in memory
+            hv = s1_h[32 * i : 32 * i + 32].as_signed()
+            lane = Signal(signed(32), name=f"out{i}")  # int32 in memory
             m.d.comb += lane.eq(saturate(m, hv + d, nc.in_bits, f"sum{i}"))
             s2.append(lane)
 
@@ -144,43 +145,59 @@ class ResidualEngine(Engine):
             with m.State("RUN"):
                 # -------------------------------------------------- requests
                 rq_left = Signal(isa.DIM_BITS + 1)
-                rq_n = Signal(range(L + 1))          # elements in the requested chunk
+                rq_n = Signal(range(L + 1))  # elements in the requested chunk
                 m.d.comb += [rq_left.eq(a.dim - rq_col), rq_n.eq(Mux(rq_left > L, L, rq_left))]
                 m.d.comb += self.rd.valid.eq(rq_row < a.rows)
                 with m.Switch(rq_kind):
                     with m.Case(_SCALE):
-                        m.d.comb += [self.rd.payload.addr.eq(rq_sc),
-                                     self.rd.payload.len.eq(isa.SCALE_RECORD_BYTES)]
+                        m.d.comb += [
+                            self.rd.payload.addr.eq(rq_sc),
+                            self.rd.payload.len.eq(isa.SCALE_RECORD_BYTES),
+                        ]
                     with m.Case(_H):
-                        m.d.comb += [self.rd.payload.addr.eq(rq_h),
-                                     self.rd.payload.len.eq(rq_n * 4)]
+                        m.d.comb += [
+                            self.rd.payload.addr.eq(rq_h),
+                            self.rd.payload.len.eq(rq_n * 4),
+                        ]
                     with m.Default():
-                        m.d.comb += [self.rd.payload.addr.eq(rq_acc),
-                                     self.rd.payload.len.eq(rq_n * 4)]
+                        m.d.comb += [
+                            self.rd.payload.addr.eq(rq_acc),
+                            self.rd.payload.len.eq(rq_n * 4),
+                        ]
                 with m.If(self.rd.valid & self.rd.ready):
                     with m.Switch(rq_kind):
                         with m.Case(_SCALE):
-                            m.d.sync += [rq_sc.eq(rq_sc + isa.SCALE_RECORD_BYTES),
-                                         rq_kind.eq(_H)]
+                            m.d.sync += [rq_sc.eq(rq_sc + isa.SCALE_RECORD_BYTES), rq_kind.eq(_H)]
                         with m.Case(_H):
                             m.d.sync += [rq_h.eq(rq_h + rq_n * 4), rq_kind.eq(_ACC)]
                         with m.Default():
                             m.d.sync += rq_acc.eq(rq_acc + rq_n * 4)
-                            with m.If(rq_left == rq_n):          # last chunk of the row
-                                m.d.sync += [rq_col.eq(0), rq_row.eq(rq_row + 1),
-                                             rq_kind.eq(_SCALE)]
+                            with m.If(rq_left == rq_n):  # last chunk of the row
+                                m.d.sync += [
+                                    rq_col.eq(0),
+                                    rq_row.eq(rq_row + 1),
+                                    rq_kind.eq(_SCALE),
+                                ]
                             with m.Else():
                                 m.d.sync += [rq_col.eq(rq_col + L), rq_kind.eq(_H)]
 
                 # -------------------------------------------------- output register
                 o_free = ~o_valid | self.wr.ready
-                m.d.comb += [self.wr.valid.eq(o_valid), self.wr.payload.addr.eq(o_addr),
-                             self.wr.payload.len.eq(o_len), self.wr.payload.data.eq(o_data)]
+                m.d.comb += [
+                    self.wr.valid.eq(o_valid),
+                    self.wr.payload.addr.eq(o_addr),
+                    self.wr.payload.len.eq(o_len),
+                    self.wr.payload.data.eq(o_data),
+                ]
                 with m.If(o_valid & self.wr.ready):
                     m.d.sync += o_valid.eq(0)
                 with m.If(s1_valid & o_free):
-                    m.d.sync += [o_valid.eq(1), o_data.eq(Cat(*s2)), o_addr.eq(s1_addr),
-                                 o_len.eq(s1_len)]
+                    m.d.sync += [
+                        o_valid.eq(1),
+                        o_data.eq(Cat(*s2)),
+                        o_addr.eq(s1_addr),
+                        o_len.eq(s1_len),
+                    ]
                 s1_free = ~s1_valid | o_free
 
                 # -------------------------------------------------- responses
@@ -192,9 +209,11 @@ class ResidualEngine(Engine):
                     with m.Case(_SCALE):
                         m.d.comb += self.rdata.ready.eq(rs_more)
                         with m.If(self.rdata.valid & rs_more):
-                            m.d.sync += [sx_mant.eq(self.rdata.payload[:16]),
-                                         sx_shift.eq(self.rdata.payload[16:32]),
-                                         rs_kind.eq(_H)]
+                            m.d.sync += [
+                                sx_mant.eq(self.rdata.payload[:16]),
+                                sx_shift.eq(self.rdata.payload[16:32]),
+                                rs_kind.eq(_H),
+                            ]
                     with m.Case(_H):
                         m.d.comb += self.rdata.ready.eq(1)
                         with m.If(self.rdata.valid):
@@ -203,13 +222,21 @@ class ResidualEngine(Engine):
                         m.d.comb += self.rdata.ready.eq(s1_free)
                         with m.If(self.rdata.valid & s1_free):
                             for i in range(L):
-                                av = self.rdata.payload[32 * i:32 * i + 32].as_signed()
+                                av = self.rdata.payload[32 * i : 32 * i + 32].as_signed()
                                 m.d.sync += s1_p[i].eq(av * sc_mant)
-                            m.d.sync += [s1_h.eq(h_beat), s1_s.eq(sc_s), s1_addr.eq(rs_dst),
-                                         s1_len.eq(rs_n * 4), rs_dst.eq(rs_dst + rs_n * 4)]
+                            m.d.sync += [
+                                s1_h.eq(h_beat),
+                                s1_s.eq(sc_s),
+                                s1_addr.eq(rs_dst),
+                                s1_len.eq(rs_n * 4),
+                                rs_dst.eq(rs_dst + rs_n * 4),
+                            ]
                             with m.If(rs_left == rs_n):
-                                m.d.sync += [rs_col.eq(0), rs_row.eq(rs_row + 1),
-                                             rs_kind.eq(_SCALE)]
+                                m.d.sync += [
+                                    rs_col.eq(0),
+                                    rs_row.eq(rs_row + 1),
+                                    rs_kind.eq(_SCALE),
+                                ]
                             with m.Else():
                                 m.d.sync += [rs_col.eq(rs_col + L), rs_kind.eq(_H)]
                 # stage 1 holds its chunk until the output register takes it
@@ -222,8 +249,18 @@ class ResidualEngine(Engine):
                 with m.If(~rs_more & ~s1_valid & ~o_valid):
                     self.finish(m, ErrorCode.NONE)
         with m.If(passed["CHECK"]):
-            m.d.sync += [rq_kind.eq(_SCALE), rq_row.eq(0), rq_col.eq(0),
-                         rq_h.eq(a.h), rq_acc.eq(a.acc), rq_sc.eq(a.src_scale),
-                         rs_kind.eq(_SCALE), rs_row.eq(0), rs_col.eq(0),
-                         rs_dst.eq(a.dst), s1_valid.eq(0), o_valid.eq(0)]
+            m.d.sync += [
+                rq_kind.eq(_SCALE),
+                rq_row.eq(0),
+                rq_col.eq(0),
+                rq_h.eq(a.h),
+                rq_acc.eq(a.acc),
+                rq_sc.eq(a.src_scale),
+                rs_kind.eq(_SCALE),
+                rs_row.eq(0),
+                rs_col.eq(0),
+                rs_dst.eq(a.dst),
+                s1_valid.eq(0),
+                o_valid.eq(0),
+            ]
         return m

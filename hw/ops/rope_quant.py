@@ -97,6 +97,7 @@ Differences from the golden backend
 * The datapath must be ``QuantConfig.hw_in_bits == 32`` and ``act_bits == 8`` (int32
   inputs, int8 codes, as the ISA formats say); the constructor refuses anything else.
 """
+
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -113,12 +114,12 @@ from hw.quant import ActQuant
 from .base import Engine, scale_mul, scale_of_int, shift_fits_record
 
 DEFAULT_MAX_HEAD_DIM = 128
-DEFAULT_PAIRS = 4               # P: pairs rotated per cycle (2P elements per cycle)
+DEFAULT_PAIRS = 4  # P: pairs rotated per cycle (2P elements per cycle)
 DEFAULT_QUANTIZERS = 4
 DEFAULT_MAX_OUTSTANDING = 16
 
-ELEM_BITS = 32                  # src elements: int32 accumulators
-TABLE_BITS = 16                 # table elements: int16 Q1.T
+ELEM_BITS = 32  # src elements: int32 accumulators
+TABLE_BITS = 16  # table elements: int16 Q1.T
 # Cycles a quantizer row costs beyond its fill and drain beats: flush 2, setup 1, norm 1
 # and the divide (recip_bits), less the overlap of the next row's first beats (measured).
 ROW_OVERHEAD_EXTRA = 2
@@ -128,11 +129,11 @@ FIXED_CYCLES = 23
 
 
 class _Kind(enum.Enum, shape=3):
-    SX = 0      # one scale record
-    COS = 1     # table chunk, cos part (A)
-    SIN = 2     # table chunk, sin part (B)
-    X1 = 3      # src chunk, first half (A)
-    X2 = 4      # src chunk, second half (B)
+    SX = 0  # one scale record
+    COS = 1  # table chunk, cos part (A)
+    SIN = 2  # table chunk, sin part (B)
+    X1 = 3  # src chunk, first half (A)
+    X2 = 4  # src chunk, second half (B)
 
 
 class _Phase(enum.Enum, shape=2):
@@ -144,20 +145,27 @@ class _Phase(enum.Enum, shape=2):
 
 class _W(enum.Enum, shape=3):
     IDLE = 0
-    SOI = 1     # scale_of_int(amax)
-    MUL = 2     # record scale and its range check
-    C1 = 3      # codes, first half
-    C2 = 4      # codes, second half
-    REC = 5     # scale record
+    SOI = 1  # scale_of_int(amax)
+    MUL = 2  # record scale and its range check
+    C1 = 3  # codes, first half
+    C2 = 4  # codes, second half
+    REC = 5  # scale record
 
 
 def row_overhead(cfg: DatapathConfig) -> int:
     return cfg.quant.recip_bits + ROW_OVERHEAD_EXTRA
 
 
-def expected_cycles(rows: int, heads: int, head_dim: int, rope: bool, cfg: DatapathConfig,
-                    dma_bytes: int, pairs: int = DEFAULT_PAIRS,
-                    quantizers: int = DEFAULT_QUANTIZERS) -> int:
+def expected_cycles(
+    rows: int,
+    heads: int,
+    head_dim: int,
+    rope: bool,
+    cfg: DatapathConfig,
+    dma_bytes: int,
+    pairs: int = DEFAULT_PAIRS,
+    quantizers: int = DEFAULT_QUANTIZERS,
+) -> int:
     """The module docstring's cycle formula (no stalls, short read latency)."""
     half = head_dim // 2
     G = -(-half // pairs)
@@ -170,26 +178,38 @@ def expected_cycles(rows: int, heads: int, head_dim: int, rope: bool, cfg: Datap
 
 class RopeQuantEngine(Engine):
     OPCODE = Opcode.ROPE_QUANT
-    LIMITS = ("head_dim <= max_head_dim",)      # sizes the buffers (see Differences)
+    LIMITS = ("head_dim <= max_head_dim",)  # sizes the buffers (see Differences)
 
-    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *,
-                 max_head_dim: int = DEFAULT_MAX_HEAD_DIM, pairs: int = DEFAULT_PAIRS,
-                 quantizers: int = DEFAULT_QUANTIZERS,
-                 max_outstanding: int = DEFAULT_MAX_OUTSTANDING):
+    def __init__(
+        self,
+        cfg: DatapathConfig,
+        dma_bytes: int,
+        *,
+        max_head_dim: int = DEFAULT_MAX_HEAD_DIM,
+        pairs: int = DEFAULT_PAIRS,
+        quantizers: int = DEFAULT_QUANTIZERS,
+        max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
+    ):
         if cfg.quant.hw_in_bits != ELEM_BITS or cfg.quant.act_bits != 8:
-            raise ValueError(f"cfg.quant: the engine needs hw_in_bits 32 and act_bits 8, got "
-                             f"{cfg.quant.hw_in_bits} and {cfg.quant.act_bits}")
+            raise ValueError(
+                f"cfg.quant: the engine needs hw_in_bits 32 and act_bits 8, got "
+                f"{cfg.quant.hw_in_bits} and {cfg.quant.act_bits}"
+            )
         if cfg.requant.mult_bits > isa.SCALE_MANT_BITS:
-            raise ValueError(f"cfg.requant.mult_bits: {cfg.requant.mult_bits} exceeds the "
-                             f"scale record's {isa.SCALE_MANT_BITS} bits")
+            raise ValueError(
+                f"cfg.requant.mult_bits: {cfg.requant.mult_bits} exceeds the "
+                f"scale record's {isa.SCALE_MANT_BITS} bits"
+            )
         if dma_bytes < 8 or dma_bytes & (dma_bytes - 1):
             raise ValueError(f"dma_bytes: expected a power of two >= 8, got {dma_bytes}")
         C = dma_bytes // 4
         if pairs < 1 or pairs & (pairs - 1) or pairs > C:
             raise ValueError(f"pairs: expected a power of two in [1, {C}], got {pairs}")
         if max_head_dim < 2 or max_head_dim % (2 * pairs) or max_head_dim > 2 * dma_bytes:
-            raise ValueError(f"max_head_dim: expected a multiple of {2 * pairs} in "
-                             f"[2, {2 * dma_bytes}], got {max_head_dim}")
+            raise ValueError(
+                f"max_head_dim: expected a multiple of {2 * pairs} in "
+                f"[2, {2 * dma_bytes}], got {max_head_dim}"
+            )
         if quantizers < 1:
             raise ValueError(f"quantizers: expected >= 1, got {quantizers}")
         if max_outstanding < 2:
@@ -204,33 +224,33 @@ class RopeQuantEngine(Engine):
         m = Module()
         cfg = self.cfg
         W = self.signature.dma_bytes
-        C = W // 4                              # elements per pair chunk (A or B)
+        C = W // 4  # elements per pair chunk (A or B)
         P = self.pairs
         LP = P.bit_length() - 1
         NQ = self.quantizers
         HMAX = self.max_head_dim // 2
-        GMAX = HMAX // P                        # groups (quantizer beats) per head, max
+        GMAX = HMAX // P  # groups (quantizer beats) per head, max
         T = cfg.rope.table_frac_bits
         OB = cfg.rope.out_bits(ELEM_BITS)
         B = cfg.requant.mult_bits
-        SHB = isa.SCALE_SHIFT_BITS + 2          # shift width of base.normalize
+        SHB = isa.SCALE_SHIFT_BITS + 2  # shift width of base.normalize
         a = self.op_args
 
         # ---------------------------------------------------------------- datapath parts
-        busy = Signal()                         # a command is running (else: reset)
+        busy = Signal()  # a command is running (else: reset)
         dp_rst = Signal()
         m.d.comb += dp_rst.eq(~busy)
         quants = [ActQuant(cfg.quant, lanes=2 * P, max_len=GMAX * 2 * P) for _ in range(NQ)]
         for k, q in enumerate(quants):
             m.submodules[f"quant{k}"] = ResetInserter(dp_rst)(q)
-        tag_layout = data.StructLayout({"kind": _Kind, "n": range(C + 1),
-                                        "word": range(GMAX), "last": 1})
+        tag_layout = data.StructLayout(
+            {"kind": _Kind, "n": range(C + 1), "word": range(GMAX), "last": 1}
+        )
         tag_q = fifo.SyncFIFO(width=tag_layout.size, depth=self.max_outstanding)
         m.submodules.tag_q = ResetInserter(dp_rst)(tag_q)
-        side_q = fifo.SyncFIFO(width=B + SHB, depth=2 * NQ + 4)   # per head: sx*c
+        side_q = fifo.SyncFIFO(width=B + SHB, depth=2 * NQ + 4)  # per head: sx*c
         m.submodules.side_q = ResetInserter(dp_rst)(side_q)
-        m.submodules.tbuf = tbuf = Memory(shape=unsigned(2 * P * TABLE_BITS), depth=GMAX,
-                                          init=[])
+        m.submodules.tbuf = tbuf = Memory(shape=unsigned(2 * P * TABLE_BITS), depth=GMAX, init=[])
         tb_w = tbuf.write_port()
         tb_r = tbuf.read_port(domain="comb")
 
@@ -238,51 +258,65 @@ class RopeQuantEngine(Engine):
         hd = a.head_dim
         half = Signal(range(HMAX + 1))
         m.d.comb += half.eq(hd >> 1)
-        ldhd = Signal(isa.ROWS_BITS + isa.DIM_BITS)             # head stride in dst
-        tab_off = Signal(isa.ROWS_BITS + isa.DIM_BITS + 1)      # pos*hd*2
-        dry = Signal()                          # dst_scale is bad: compute, write nothing
-        pend_err = Signal(ErrorCode)            # the dst_scale error a dry run reports
+        ldhd = Signal(isa.ROWS_BITS + isa.DIM_BITS)  # head stride in dst
+        tab_off = Signal(isa.ROWS_BITS + isa.DIM_BITS + 1)  # pos*hd*2
+        dry = Signal()  # dst_scale is bad: compute, write nothing
+        pend_err = Signal(ErrorCode)  # the dst_scale error a dry run reports
         abort = Signal()
 
         # ---------------------------------------------------------------- read sequencer
         ph = Signal(_Phase)
         rq_t = Signal(isa.ROWS_BITS)
         rq_h = Signal(isa.HEADS_BITS)
-        rq_i = Signal(range(HMAX + 1))          # chunk start within the half
-        rq_b = Signal()                         # 0: A part, 1: B part
+        rq_i = Signal(range(HMAX + 1))  # chunk start within the half
+        rq_b = Signal()  # 0: A part, 1: B part
         sx_ptr = Signal(isa.ADDR_BITS + 1)
-        tab_ptr = Signal(isa.ADDR_BITS + 1)     # current token's table row
-        src_ptr = Signal(isa.ADDR_BITS + 1)     # current head's src vector
+        tab_ptr = Signal(isa.ADDR_BITS + 1)  # current token's table row
+        src_ptr = Signal(isa.ADDR_BITS + 1)  # current head's src vector
         rq_left = Signal(range(HMAX + 1))
         rq_n = Signal(range(C + 1))
-        rq_last = Signal()                      # the half's last chunk
-        m.d.comb += [rq_left.eq(half - rq_i),
-                     rq_n.eq(Mux(rq_left > C, C, rq_left)),
-                     rq_last.eq(rq_left <= C)]
-        off = Signal(range(HMAX * 2 + 1))       # element offset of the request in the row
+        rq_last = Signal()  # the half's last chunk
+        m.d.comb += [
+            rq_left.eq(half - rq_i),
+            rq_n.eq(Mux(rq_left > C, C, rq_left)),
+            rq_last.eq(rq_left <= C),
+        ]
+        off = Signal(range(HMAX * 2 + 1))  # element offset of the request in the row
         m.d.comb += off.eq(rq_i + Mux(rq_b, half, 0))
         rq_tag = Signal(tag_layout)
-        m.d.comb += [rq_tag.n.eq(rq_n), rq_tag.word.eq(rq_i >> LP), rq_tag.last.eq(rq_last),
-                     tag_q.w_data.eq(rq_tag.as_value())]
+        m.d.comb += [
+            rq_tag.n.eq(rq_n),
+            rq_tag.word.eq(rq_i >> LP),
+            rq_tag.last.eq(rq_last),
+            tag_q.w_data.eq(rq_tag.as_value()),
+        ]
         with m.Switch(ph):
             with m.Case(_Phase.SX):
-                m.d.comb += [self.rd.payload.addr.eq(sx_ptr), self.rd.payload.len.eq(4),
-                             rq_tag.kind.eq(_Kind.SX)]
+                m.d.comb += [
+                    self.rd.payload.addr.eq(sx_ptr),
+                    self.rd.payload.len.eq(4),
+                    rq_tag.kind.eq(_Kind.SX),
+                ]
             with m.Case(_Phase.TAB):
-                m.d.comb += [self.rd.payload.addr.eq(tab_ptr + off * 2),
-                             self.rd.payload.len.eq(rq_n * 2),
-                             rq_tag.kind.eq(Mux(rq_b, _Kind.SIN, _Kind.COS))]
+                m.d.comb += [
+                    self.rd.payload.addr.eq(tab_ptr + off * 2),
+                    self.rd.payload.len.eq(rq_n * 2),
+                    rq_tag.kind.eq(Mux(rq_b, _Kind.SIN, _Kind.COS)),
+                ]
             with m.Case(_Phase.SRC):
-                m.d.comb += [self.rd.payload.addr.eq(src_ptr + off * 4),
-                             self.rd.payload.len.eq(rq_n * 4),
-                             rq_tag.kind.eq(Mux(rq_b, _Kind.X2, _Kind.X1))]
-        running = Signal()                      # in RUN and not aborting
-        m.d.comb += [self.rd.valid.eq(running & (ph != _Phase.DONE) & tag_q.w_rdy),
-                     tag_q.w_en.eq(self.rd.valid & self.rd.ready)]
+                m.d.comb += [
+                    self.rd.payload.addr.eq(src_ptr + off * 4),
+                    self.rd.payload.len.eq(rq_n * 4),
+                    rq_tag.kind.eq(Mux(rq_b, _Kind.X2, _Kind.X1)),
+                ]
+        running = Signal()  # in RUN and not aborting
+        m.d.comb += [
+            self.rd.valid.eq(running & (ph != _Phase.DONE) & tag_q.w_rdy),
+            tag_q.w_en.eq(self.rd.valid & self.rd.ready),
+        ]
         with m.If(self.rd.valid & self.rd.ready):
             with m.If(ph == _Phase.SX):
-                m.d.sync += [ph.eq(Mux(a.rope, _Phase.TAB, _Phase.SRC)),
-                             rq_i.eq(0), rq_b.eq(0)]
+                m.d.sync += [ph.eq(Mux(a.rope, _Phase.TAB, _Phase.SRC)), rq_i.eq(0), rq_b.eq(0)]
             with m.Elif(~rq_b):
                 m.d.sync += rq_b.eq(1)
             with m.Elif(~rq_last):
@@ -296,8 +330,11 @@ class RopeQuantEngine(Engine):
                     with m.If(rq_h != a.heads - 1):
                         m.d.sync += rq_h.eq(rq_h + 1)
                     with m.Else():
-                        m.d.sync += [rq_h.eq(0), tab_ptr.eq(tab_ptr + hd * 2),
-                                     sx_ptr.eq(sx_ptr + 4)]
+                        m.d.sync += [
+                            rq_h.eq(0),
+                            tab_ptr.eq(tab_ptr + hd * 2),
+                            sx_ptr.eq(sx_ptr + 4),
+                        ]
                         with m.If(rq_t == a.rows - 1):
                             m.d.sync += ph.eq(_Phase.DONE)
                         with m.Else():
@@ -307,7 +344,7 @@ class RopeQuantEngine(Engine):
         tag = Signal(tag_layout)
         m.d.comb += tag.eq(tag_q.r_data)
         pay = self.rdata.payload
-        a_reg = Signal(C * ELEM_BITS)           # the latched A chunk (cos: sign-extended)
+        a_reg = Signal(C * ELEM_BITS)  # the latched A chunk (cos: sign-extended)
         grp = Signal(range(C // P + 1))
         ngrp = Signal(range(C // P + 1))
         m.d.comb += ngrp.eq((tag.n + (P - 1)) >> LP)
@@ -316,20 +353,23 @@ class RopeQuantEngine(Engine):
         sx_mant = Signal(isa.SCALE_MANT_BITS)
         sx_shift = Signal(signed(isa.SCALE_SHIFT_BITS))
         tc_mant, tc_shift = scale_mul(m, sx_mant, sx_shift, a.c_mant, a.c_shift, B, "tc")
-        hq = Signal(range(NQ))                  # quantizer of the head being fed
-        en = Signal()                           # the rotation pipeline advances
-        ext = Signal()                          # a src group enters the pipeline
+        hq = Signal(range(NQ))  # quantizer of the head being fed
+        en = Signal()  # the rotation pipeline advances
+        ext = Signal()  # a src group enters the pipeline
         head_end = Signal()
         m.d.comb += head_end.eq(tag.last & grp_last)
         a_grp = a_reg.word_select(grp, P * ELEM_BITS)
-        x1 = [a_grp[ELEM_BITS * j:ELEM_BITS * (j + 1)].as_signed() for j in range(P)]
+        x1 = [a_grp[ELEM_BITS * j : ELEM_BITS * (j + 1)].as_signed() for j in range(P)]
         x2_grp = pay.word_select(grp, P * ELEM_BITS)
-        x2 = [x2_grp[ELEM_BITS * j:ELEM_BITS * (j + 1)].as_signed() for j in range(P)]
+        x2 = [x2_grp[ELEM_BITS * j : ELEM_BITS * (j + 1)].as_signed() for j in range(P)]
         sin_grp = pay.word_select(grp, P * TABLE_BITS)
-        m.d.comb += [tb_r.addr.eq(tag.word + grp),
-                     tb_w.addr.eq(tag.word + grp),
-                     tb_w.data.eq(Cat(*[a_grp[ELEM_BITS * j:ELEM_BITS * j + TABLE_BITS]
-                                        for j in range(P)], sin_grp))]
+        m.d.comb += [
+            tb_r.addr.eq(tag.word + grp),
+            tb_w.addr.eq(tag.word + grp),
+            tb_w.data.eq(
+                Cat(*[a_grp[ELEM_BITS * j : ELEM_BITS * j + TABLE_BITS] for j in range(P)], sin_grp)
+            ),
+        ]
         pop = Signal()
         m.d.comb += tag_q.r_en.eq(pop)
         with m.If(abort):
@@ -345,24 +385,29 @@ class RopeQuantEngine(Engine):
                     m.d.comb += [self.rdata.ready.eq(1), pop.eq(self.rdata.valid)]
                     with m.If(self.rdata.valid):
                         # int16 lanes sign-extended into the int32 lane layout
-                        lanes = [pay[TABLE_BITS * j:TABLE_BITS * (j + 1)] for j in range(C)]
-                        m.d.sync += a_reg.eq(Cat(*[Cat(v, v[-1].replicate(ELEM_BITS - TABLE_BITS))
-                                                   for v in lanes]))
+                        lanes = [pay[TABLE_BITS * j : TABLE_BITS * (j + 1)] for j in range(C)]
+                        m.d.sync += a_reg.eq(
+                            Cat(*[Cat(v, v[-1].replicate(ELEM_BITS - TABLE_BITS)) for v in lanes])
+                        )
                 with m.Case(_Kind.X1):
                     m.d.comb += [self.rdata.ready.eq(1), pop.eq(self.rdata.valid)]
                     with m.If(self.rdata.valid):
-                        m.d.sync += a_reg.eq(pay[:C * ELEM_BITS])
+                        m.d.sync += a_reg.eq(pay[: C * ELEM_BITS])
                 with m.Case(_Kind.SIN):
-                    m.d.comb += [self.rdata.ready.eq(grp_last),
-                                 pop.eq(self.rdata.valid & grp_last),
-                                 tb_w.en.eq(self.rdata.valid)]
+                    m.d.comb += [
+                        self.rdata.ready.eq(grp_last),
+                        pop.eq(self.rdata.valid & grp_last),
+                        tb_w.en.eq(self.rdata.valid),
+                    ]
                     with m.If(self.rdata.valid):
                         m.d.sync += grp.eq(Mux(grp_last, 0, grp + 1))
                 with m.Case(_Kind.X2):
                     can = en & (~head_end | side_q.w_rdy)
-                    m.d.comb += [self.rdata.ready.eq(grp_last & can),
-                                 pop.eq(self.rdata.valid & grp_last & can),
-                                 ext.eq(self.rdata.valid & can)]
+                    m.d.comb += [
+                        self.rdata.ready.eq(grp_last & can),
+                        pop.eq(self.rdata.valid & grp_last & can),
+                        ext.eq(self.rdata.valid & can),
+                    ]
                     with m.If(ext):
                         m.d.sync += grp.eq(Mux(grp_last, 0, grp + 1))
                         with m.If(head_end):
@@ -371,11 +416,15 @@ class RopeQuantEngine(Engine):
         m.d.comb += side_q.w_data.eq(Cat(tc_mant, tc_shift))
 
         # ---------------------------------------------------------------- rotation
-        one = 1 << T                            # rope=0: cos = 1.0, sin = 0 gives y = x
-        cs = [Mux(a.rope, tb_r.data[TABLE_BITS * j:TABLE_BITS * (j + 1)].as_signed(), one)
-              for j in range(P)]
-        sn = [Mux(a.rope, tb_r.data[TABLE_BITS * (P + j):TABLE_BITS * (P + j + 1)].as_signed(), 0)
-              for j in range(P)]
+        one = 1 << T  # rope=0: cos = 1.0, sin = 0 gives y = x
+        cs = [
+            Mux(a.rope, tb_r.data[TABLE_BITS * j : TABLE_BITS * (j + 1)].as_signed(), one)
+            for j in range(P)
+        ]
+        sn = [
+            Mux(a.rope, tb_r.data[TABLE_BITS * (P + j) : TABLE_BITS * (P + j + 1)].as_signed(), 0)
+            for j in range(P)
+        ]
         pw = ELEM_BITS + TABLE_BITS
         r1_valid, r1_last = Signal(), Signal()
         r1_inst = Signal(range(NQ))
@@ -387,11 +436,21 @@ class RopeQuantEngine(Engine):
         r2_inst = Signal(range(NQ))
         r2_y = [Signal(signed(ELEM_BITS), name=f"r2_y{j}") for j in range(2 * P)]
         with m.If(en):
-            m.d.sync += [r1_valid.eq(ext), r1_last.eq(head_end), r1_inst.eq(hq),
-                         r2_valid.eq(r1_valid), r2_last.eq(r1_last), r2_inst.eq(r1_inst)]
+            m.d.sync += [
+                r1_valid.eq(ext),
+                r1_last.eq(head_end),
+                r1_inst.eq(hq),
+                r2_valid.eq(r1_valid),
+                r2_last.eq(r1_last),
+                r2_inst.eq(r1_inst),
+            ]
             for j in range(P):
-                m.d.sync += [p_x1c[j].eq(x1[j] * cs[j]), p_x2s[j].eq(x2[j] * sn[j]),
-                             p_x2c[j].eq(x2[j] * cs[j]), p_x1s[j].eq(x1[j] * sn[j])]
+                m.d.sync += [
+                    p_x1c[j].eq(x1[j] * cs[j]),
+                    p_x2s[j].eq(x2[j] * sn[j]),
+                    p_x2c[j].eq(x2[j] * cs[j]),
+                    p_x1s[j].eq(x1[j] * sn[j]),
+                ]
         rnd = 1 << (T - 1)
         for j in range(P):
             y1 = saturate(m, (p_x1c[j] - p_x2s[j] + rnd) >> T, OB, f"y1_{j}")
@@ -400,8 +459,7 @@ class RopeQuantEngine(Engine):
                 m.d.sync += [r2_y[j].eq(y1), r2_y[P + j].eq(y2)]
         r2_ready = Signal()
         for k, q in enumerate(quants):
-            m.d.comb += [q.inp.valid.eq(r2_valid & (r2_inst == k)),
-                         q.inp.payload.last.eq(r2_last)]
+            m.d.comb += [q.inp.valid.eq(r2_valid & (r2_inst == k)), q.inp.payload.last.eq(r2_last)]
             for j in range(2 * P):
                 m.d.comb += q.inp.payload.data[j].eq(r2_y[j])
             with m.If(r2_inst == k):
@@ -420,19 +478,28 @@ class RopeQuantEngine(Engine):
         o_codes = Signal(2 * P * 8)
         for k, q in enumerate(quants):
             with m.If(k_out == k):
-                m.d.comb += [o_valid.eq(q.out.valid), o_last.eq(q.out.payload.last),
-                             o_amax.eq(q.out.payload.amax),
-                             o_codes.eq(q.out.payload.data.as_value()),
-                             q.out.ready.eq(~col_full)]
+                m.d.comb += [
+                    o_valid.eq(q.out.valid),
+                    o_last.eq(q.out.payload.last),
+                    o_amax.eq(q.out.payload.amax),
+                    o_codes.eq(q.out.payload.data.as_value()),
+                    q.out.ready.eq(~col_full),
+                ]
         with m.If(o_valid & ~col_full):
             with m.Switch(col_g):
                 for g in range(GMAX):
                     with m.Case(g):
-                        m.d.sync += [col_h1[g * P * 8:(g + 1) * P * 8].eq(o_codes[:P * 8]),
-                                     col_h2[g * P * 8:(g + 1) * P * 8].eq(o_codes[P * 8:])]
+                        m.d.sync += [
+                            col_h1[g * P * 8 : (g + 1) * P * 8].eq(o_codes[: P * 8]),
+                            col_h2[g * P * 8 : (g + 1) * P * 8].eq(o_codes[P * 8 :]),
+                        ]
             with m.If(o_last):
-                m.d.sync += [col_full.eq(1), col_amax.eq(o_amax), col_g.eq(0),
-                             k_out.eq(Mux(k_out == NQ - 1, 0, k_out + 1))]
+                m.d.sync += [
+                    col_full.eq(1),
+                    col_amax.eq(o_amax),
+                    col_g.eq(0),
+                    k_out.eq(Mux(k_out == NQ - 1, 0, k_out + 1)),
+                ]
             with m.Else():
                 m.d.sync += col_g.eq(col_g + 1)
 
@@ -449,24 +516,32 @@ class RopeQuantEngine(Engine):
         rec_s = Signal(signed(SHB))
         w_t = Signal(isa.ROWS_BITS)
         w_h = Signal(isa.HEADS_BITS)
-        code_tok = Signal(isa.ADDR_BITS + 1)    # dst + t*hd
-        code_ptr = Signal(isa.ADDR_BITS + 1)    # dst + (h*ld + t)*hd
+        code_tok = Signal(isa.ADDR_BITS + 1)  # dst + t*hd
+        code_ptr = Signal(isa.ADDR_BITS + 1)  # dst + (h*ld + t)*hd
         rec_tok = Signal(isa.ADDR_BITS + 1)
         rec_ptr = Signal(isa.ADDR_BITS + 1)
-        w_done = Signal()                       # the command's last head is finished
-        w_err = Signal()                        # a record shift left int16
+        w_done = Signal()  # the command's last head is finished
+        w_err = Signal()  # a record shift left int16
         om, osh = scale_of_int(m, w_amax, B, "soi")
         pm, psh = scale_mul(m, w_sm, w_ss, soi_m, soi_s, B, "rec")
         m.d.comb += side_q.r_en.eq(0)
         next_head = Signal()
         with m.If(next_head):
             with m.If(w_h != a.heads - 1):
-                m.d.sync += [w_h.eq(w_h + 1), code_ptr.eq(code_ptr + ldhd),
-                             rec_ptr.eq(rec_ptr + a.ld * 4)]
+                m.d.sync += [
+                    w_h.eq(w_h + 1),
+                    code_ptr.eq(code_ptr + ldhd),
+                    rec_ptr.eq(rec_ptr + a.ld * 4),
+                ]
             with m.Else():
-                m.d.sync += [w_h.eq(0), w_t.eq(w_t + 1),
-                             code_tok.eq(code_tok + hd), code_ptr.eq(code_tok + hd),
-                             rec_tok.eq(rec_tok + 4), rec_ptr.eq(rec_tok + 4)]
+                m.d.sync += [
+                    w_h.eq(0),
+                    w_t.eq(w_t + 1),
+                    code_tok.eq(code_tok + hd),
+                    code_ptr.eq(code_tok + hd),
+                    rec_tok.eq(rec_tok + 4),
+                    rec_ptr.eq(rec_tok + 4),
+                ]
                 with m.If(w_t == a.rows - 1):
                     m.d.comb += w_done.eq(1)
             m.d.sync += ws.eq(_W.IDLE)
@@ -474,9 +549,15 @@ class RopeQuantEngine(Engine):
             with m.Case(_W.IDLE):
                 with m.If(running & col_full & side_q.r_rdy):
                     m.d.comb += side_q.r_en.eq(1)
-                    m.d.sync += [w_h1.eq(col_h1), w_h2.eq(col_h2), w_amax.eq(col_amax),
-                                 w_sm.eq(side_q.r_data[:B]), w_ss.eq(side_q.r_data[B:]),
-                                 col_full.eq(0), ws.eq(_W.SOI)]
+                    m.d.sync += [
+                        w_h1.eq(col_h1),
+                        w_h2.eq(col_h2),
+                        w_amax.eq(col_amax),
+                        w_sm.eq(side_q.r_data[:B]),
+                        w_ss.eq(side_q.r_data[B:]),
+                        col_full.eq(0),
+                        ws.eq(_W.SOI),
+                    ]
             with m.Case(_W.SOI):
                 m.d.sync += [soi_m.eq(om), soi_s.eq(osh), ws.eq(_W.MUL)]
             with m.Case(_W.MUL):
@@ -489,20 +570,32 @@ class RopeQuantEngine(Engine):
                 with m.Else():
                     m.d.sync += ws.eq(_W.C1)
             with m.Case(_W.C1):
-                m.d.comb += [self.wr.valid.eq(1), self.wr.payload.addr.eq(code_ptr),
-                             self.wr.payload.len.eq(half), self.wr.payload.data.eq(w_h1)]
+                m.d.comb += [
+                    self.wr.valid.eq(1),
+                    self.wr.payload.addr.eq(code_ptr),
+                    self.wr.payload.len.eq(half),
+                    self.wr.payload.data.eq(w_h1),
+                ]
                 with m.If(self.wr.ready):
                     m.d.sync += ws.eq(_W.C2)
             with m.Case(_W.C2):
-                m.d.comb += [self.wr.valid.eq(1), self.wr.payload.addr.eq(code_ptr + half),
-                             self.wr.payload.len.eq(half), self.wr.payload.data.eq(w_h2)]
+                m.d.comb += [
+                    self.wr.valid.eq(1),
+                    self.wr.payload.addr.eq(code_ptr + half),
+                    self.wr.payload.len.eq(half),
+                    self.wr.payload.data.eq(w_h2),
+                ]
                 with m.If(self.wr.ready):
                     m.d.sync += ws.eq(_W.REC)
             with m.Case(_W.REC):
-                m.d.comb += [self.wr.valid.eq(1), self.wr.payload.addr.eq(rec_ptr),
-                             self.wr.payload.len.eq(isa.SCALE_RECORD_BYTES),
-                             self.wr.payload.data.eq(Cat(rec_m, Const(0, isa.SCALE_MANT_BITS - B),
-                                                         rec_s[:isa.SCALE_SHIFT_BITS]))]
+                m.d.comb += [
+                    self.wr.valid.eq(1),
+                    self.wr.payload.addr.eq(rec_ptr),
+                    self.wr.payload.len.eq(isa.SCALE_RECORD_BYTES),
+                    self.wr.payload.data.eq(
+                        Cat(rec_m, Const(0, isa.SCALE_MANT_BITS - B), rec_s[: isa.SCALE_SHIFT_BITS])
+                    ),
+                ]
                 with m.If(self.wr.ready):
                     m.d.comb += next_head.eq(1)
 
@@ -512,8 +605,7 @@ class RopeQuantEngine(Engine):
         err_args = chk.error(start="src", stop="records")
         err_scale = chk.error(start="records")
         with m.FSM() as fsm:
-            passed = self.check_states(m, ("DIMS", err_dims), ("SIZES", None),
-                                       ("ARGS", err_args))
+            passed = self.check_states(m, ("DIMS", err_dims), ("SIZES", None), ("ARGS", err_args))
             with m.State("RUN"):
                 m.d.comb += running.eq(1)
                 with m.If(w_err):
@@ -532,14 +624,28 @@ class RopeQuantEngine(Engine):
             m.d.sync += [ldhd.eq(a.ld * hd), tab_off.eq(a.pos * hd * 2)]
         with m.If(passed["ARGS"]):
             m.d.sync += [
-                dry.eq(err_scale != ErrorCode.NONE), pend_err.eq(err_scale),
+                dry.eq(err_scale != ErrorCode.NONE),
+                pend_err.eq(err_scale),
                 abort.eq(0),
-                ph.eq(_Phase.SX), rq_t.eq(0), rq_h.eq(0), rq_i.eq(0), rq_b.eq(0),
-                sx_ptr.eq(a.src_scale), tab_ptr.eq(a.table + tab_off),
+                ph.eq(_Phase.SX),
+                rq_t.eq(0),
+                rq_h.eq(0),
+                rq_i.eq(0),
+                rq_b.eq(0),
+                sx_ptr.eq(a.src_scale),
+                tab_ptr.eq(a.table + tab_off),
                 src_ptr.eq(a.src),
-                grp.eq(0), hq.eq(0), k_out.eq(0), col_g.eq(0), col_full.eq(0),
-                ws.eq(_W.IDLE), w_t.eq(0), w_h.eq(0),
-                code_tok.eq(a.dst), code_ptr.eq(a.dst),
-                rec_tok.eq(a.dst_scale), rec_ptr.eq(a.dst_scale),
+                grp.eq(0),
+                hq.eq(0),
+                k_out.eq(0),
+                col_g.eq(0),
+                col_full.eq(0),
+                ws.eq(_W.IDLE),
+                w_t.eq(0),
+                w_h.eq(0),
+                code_tok.eq(a.dst),
+                code_ptr.eq(a.dst),
+                rec_tok.eq(a.dst_scale),
+                rec_ptr.eq(a.dst_scale),
             ]
         return m

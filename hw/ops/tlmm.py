@@ -24,6 +24,7 @@ Differences from the golden backend: k above the engine's table depth ``max_k``
 (``hw.tlmm.DEFAULT_MAX_K``) is BAD_DIM (golden allows up to ``TLMMConfig.max_k()``);
 invalid weight codes are not detected.
 """
+
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal
@@ -39,13 +40,17 @@ from .base import Engine
 
 def expected_cycles(rows: int, k: int, n: int, cfg: DatapathConfig, latency: int = 1) -> int:
     """Cycles of one command without memory stalls (module docstring)."""
-    return tlmm_block_cycles(rows, k, n, cfg.tlmm) + (rows - 1) * chunk_count(k, cfg.tlmm) \
-        + latency + 1
+    return (
+        tlmm_block_cycles(rows, k, n, cfg.tlmm)
+        + (rows - 1) * chunk_count(k, cfg.tlmm)
+        + latency
+        + 1
+    )
 
 
 class TLMMEngine(Engine):
     OPCODE = Opcode.TLMM
-    LIMITS = ("k <= max_k",)                    # the engine's table depth
+    LIMITS = ("k <= max_k",)  # the engine's table depth
     GOLDEN_ONLY = ("weight codes",)
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int = DEFAULT_MAX_K):
@@ -68,19 +73,18 @@ class TLMMEngine(Engine):
         err = self.checks(m).error()
 
         kc = Signal(range(chunk_count(self.max_k, tc) + 1))
-        nbkc = Signal(32)                      # weight beats per row: Nb*Kc
+        nbkc = Signal(32)  # weight beats per row: Nb*Kc
         kc_c = Signal.like(kc)
         nb_c = Signal(17)
-        m.d.comb += [kc_c.eq(((a.k + (G - 1)) // G + (T - 1)) // T),
-                     nb_c.eq((a.n + (Q - 1)) // Q)]
+        m.d.comb += [kc_c.eq(((a.k + (G - 1)) // G + (T - 1)) // T), nb_c.eq((a.n + (Q - 1)) // Q)]
 
         # request side
         rq_active = Signal()
-        rq_act = Signal()                      # phase: 1 = activation chunks, 0 = weights
-        rq_cnt = Signal(32)                    # chunk / beat index within the phase
+        rq_act = Signal()  # phase: 1 = activation chunks, 0 = weights
+        rq_cnt = Signal(32)  # chunk / beat index within the phase
         rq_row = Signal(16)
-        rq_aptr = Signal(isa.ADDR_BITS + 1)   # next activation chunk address
-        rq_arem = Signal(17)                   # activation bytes left in the row
+        rq_aptr = Signal(isa.ADDR_BITS + 1)  # next activation chunk address
+        rq_arem = Signal(17)  # activation bytes left in the row
         rq_wptr = Signal(isa.ADDR_BITS + 8)
         rq_rowbase = Signal(isa.ADDR_BITS + 1)
         # response side
@@ -94,9 +98,11 @@ class TLMMEngine(Engine):
         running = Signal()
 
         act_len = Mux(rq_arem > GT, GT, rq_arem)
-        m.d.comb += [self.rd.valid.eq(rq_active),
-                     self.rd.payload.addr.eq(Mux(rq_act, rq_aptr, rq_wptr)),
-                     self.rd.payload.len.eq(Mux(rq_act, act_len, BB))]
+        m.d.comb += [
+            self.rd.valid.eq(rq_active),
+            self.rd.payload.addr.eq(Mux(rq_act, rq_aptr, rq_wptr)),
+            self.rd.payload.len.eq(Mux(rq_act, act_len, BB)),
+        ]
         with m.If(self.rd.valid & self.rd.ready):
             with m.If(rq_act):
                 m.d.sync += [rq_aptr.eq(rq_aptr + GT), rq_arem.eq(rq_arem - act_len)]
@@ -107,9 +113,14 @@ class TLMMEngine(Engine):
             with m.Else():
                 m.d.sync += rq_wptr.eq(rq_wptr + BB)
                 with m.If(rq_cnt == nbkc - 1):
-                    m.d.sync += [rq_act.eq(1), rq_cnt.eq(0), rq_row.eq(rq_row + 1),
-                                 rq_rowbase.eq(rq_rowbase + a.k),
-                                 rq_aptr.eq(rq_rowbase + a.k), rq_arem.eq(a.k)]
+                    m.d.sync += [
+                        rq_act.eq(1),
+                        rq_cnt.eq(0),
+                        rq_row.eq(rq_row + 1),
+                        rq_rowbase.eq(rq_rowbase + a.k),
+                        rq_aptr.eq(rq_rowbase + a.k),
+                        rq_arem.eq(a.k),
+                    ]
                     with m.If(rq_row == a.rows - 1):
                         m.d.sync += rq_active.eq(0)
                 with m.Else():
@@ -117,8 +128,8 @@ class TLMMEngine(Engine):
 
         # responses, in request order, to the engine's act / wgt streams
         m.d.comb += [
-            tl.act.payload.eq(Cat(self.rdata.payload[:GT * 8], rs_cnt == kc - 1)),
-            tl.wgt.payload.eq(Cat(self.rdata.payload[:T * Q * tc.code_bits], rs_cnt == nbkc - 1)),
+            tl.act.payload.eq(Cat(self.rdata.payload[: GT * 8], rs_cnt == kc - 1)),
+            tl.wgt.payload.eq(Cat(self.rdata.payload[: T * Q * tc.code_bits], rs_cnt == nbkc - 1)),
         ]
         with m.If(running & rs_act):
             m.d.comb += [tl.act.valid.eq(self.rdata.valid), self.rdata.ready.eq(tl.act.ready)]
@@ -138,16 +149,22 @@ class TLMMEngine(Engine):
 
         # accumulator write-back
         wr_q = Mux(wr_nrem > Q, Q, wr_nrem)
-        m.d.comb += [self.wr.valid.eq(tl.out.valid), tl.out.ready.eq(self.wr.ready),
-                     self.wr.payload.addr.eq(wr_ptr),
-                     self.wr.payload.len.eq(wr_q * ACC_BYTES),
-                     self.wr.payload.data.eq(tl.out.payload.data.as_value())]
+        m.d.comb += [
+            self.wr.valid.eq(tl.out.valid),
+            tl.out.ready.eq(self.wr.ready),
+            self.wr.payload.addr.eq(wr_ptr),
+            self.wr.payload.len.eq(wr_q * ACC_BYTES),
+            self.wr.payload.data.eq(tl.out.payload.data.as_value()),
+        ]
         last_out = Signal()
         with m.If(tl.out.valid & tl.out.ready):
             with m.If(tl.out.payload.last):
-                m.d.sync += [wr_row.eq(wr_row + 1), wr_nrem.eq(a.n),
-                             wr_rowbase.eq(wr_rowbase + a.n * ACC_BYTES),
-                             wr_ptr.eq(wr_rowbase + a.n * ACC_BYTES)]
+                m.d.sync += [
+                    wr_row.eq(wr_row + 1),
+                    wr_nrem.eq(a.n),
+                    wr_rowbase.eq(wr_rowbase + a.n * ACC_BYTES),
+                    wr_ptr.eq(wr_rowbase + a.n * ACC_BYTES),
+                ]
                 m.d.comb += last_out.eq(wr_row == a.rows - 1)
             with m.Else():
                 m.d.sync += [wr_ptr.eq(wr_ptr + Q * ACC_BYTES), wr_nrem.eq(wr_nrem - Q)]
@@ -159,10 +176,22 @@ class TLMMEngine(Engine):
                     m.d.sync += running.eq(0)
                     self.finish(m, ErrorCode.NONE)
         with m.If(passed["CHECK"]):
-            m.d.sync += [kc.eq(kc_c), nbkc.eq(nb_c * kc_c),
-                         rq_active.eq(1), rq_act.eq(1), rq_cnt.eq(0), rq_row.eq(0),
-                         rq_aptr.eq(a.src), rq_rowbase.eq(a.src), rq_arem.eq(a.k),
-                         rs_act.eq(1), rs_cnt.eq(0), running.eq(1),
-                         wr_ptr.eq(a.dst), wr_rowbase.eq(a.dst), wr_nrem.eq(a.n),
-                         wr_row.eq(0)]
+            m.d.sync += [
+                kc.eq(kc_c),
+                nbkc.eq(nb_c * kc_c),
+                rq_active.eq(1),
+                rq_act.eq(1),
+                rq_cnt.eq(0),
+                rq_row.eq(0),
+                rq_aptr.eq(a.src),
+                rq_rowbase.eq(a.src),
+                rq_arem.eq(a.k),
+                rs_act.eq(1),
+                rs_cnt.eq(0),
+                running.eq(1),
+                wr_ptr.eq(a.dst),
+                wr_rowbase.eq(a.dst),
+                wr_nrem.eq(a.n),
+                wr_row.eq(0),
+            ]
         return m
