@@ -537,6 +537,47 @@ CONTRACTS = {
 }
 assert set(CONTRACTS) == set(Opcode)
 
+
+_DTYPE_NAMES = {
+    I8: "int8",
+    U8: "uint8",
+    I16: "int16",
+    U16: "uint16",
+    I32: "int32",
+    U32: "uint32",
+    RECORD: "record",
+}
+
+
+def contract_markdown() -> str:
+    """The README's opcode table, from ``CONTRACTS`` (``tests/test_isa.py`` checks the
+    README holds exactly this): each opcode's checks in order."""
+
+    def item(t) -> str:
+        if isinstance(t, Dims):
+            return (
+                "dims: "
+                + ", ".join(f"`{r}`" for r in t.rules)
+                + (f" (if `{t.when}`)" if t.when else "")
+            )
+        if isinstance(t, Tensor):
+            shape = ", ".join(t.shape)
+            extra = "".join(
+                f", {k} `{v}`" for k, v in (("ld", t.ld), ("offset", t.offset), ("if", t.when)) if v
+            )
+            return (
+                f"{'**out** ' if t.out else ''}`{t.field}` {_DTYPE_NAMES[t.dtype]} [{shape}]{extra}"
+            )
+        return f"data: {t.name} ({t.code.name})"
+
+    rows = ["| opcode | checks and operands, in order |", "|---|---|"]
+    for op, items in CONTRACTS.items():
+        rows.append(
+            f"| {op.name} ({op.value}) | " + ("; ".join(item(t) for t in items) or "none") + " |"
+        )
+    return "\n".join(rows)
+
+
 # the fields that hold memory addresses: the contract's tensors (the debug dump uses them)
 ADDR_FIELDS = {
     op: tuple(t.field for t in items if isinstance(t, Tensor)) for op, items in CONTRACTS.items()

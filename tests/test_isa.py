@@ -363,3 +363,14 @@ def test_contract_agrees_on_ints_and_amaranth_values(op, rng):
     sim = Simulator(Module())
     sim.add_testbench(bench)
     sim.run()
+
+
+def test_readme_contract_table_is_the_table():
+    """The README's opcode table is generated from CONTRACTS (golden.isa.contract_markdown)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- contract table:")
+    start = readme.index("\n", start) + 1
+    end = readme.index("<!-- end contract table -->")
+    assert readme[start:end].strip() == isa.contract_markdown()
