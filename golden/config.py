@@ -640,6 +640,7 @@ class AccelConfig:
     act_lanes: int = 16  # ACT elements per cycle and pass
     softmax_lanes: int = 8  # SOFTMAX rows side by side
     rope_pairs: int = 4  # ROPE_QUANT pairs rotated per cycle
+    rope_quantizers: int = 4  # ROPE_QUANT quantizers (heads in flight)
     # memory system
     axi_ports: int = 5  # 128-bit AXI4 master ports (HP0-HP3 + HPC0 on a Zynq US+)
     axi_data_bits: int = 128
@@ -662,6 +663,7 @@ class AccelConfig:
             "act_lanes",
             "softmax_lanes",
             "rope_pairs",
+            "rope_quantizers",
             "axi_ports",
             "dram_latency",
         ):
@@ -697,12 +699,28 @@ class AccelConfig:
         )
 
     @property
+    def dma_bytes(self) -> int:
+        """The engines' DMA beat width (``golden.isa.dma_bytes`` of the datapath)."""
+        from golden.isa import dma_bytes
+
+        return dma_bytes(self.datapath)
+
+    @property
     def bytes_per_cycle(self) -> float:
         """DRAM bandwidth in bytes per cycle of the target clock."""
         return self.dram_gbs * 1e3 / self.clock_mhz
 
     def with_(self, **fields) -> AccelConfig:
         return replace(self, **fields)
+
+    def clock_note(self) -> str:
+        """How every modeled figure names its clock: the MHz it assumes, whether that is the
+        design point's target, and what the timing evidence supports."""
+        if self.evidence_mhz is None:
+            ev = "no timing evidence yet"
+        else:
+            ev = f"timing evidence supports {self.evidence_mhz:g} MHz ({self.evidence})"
+        return f"{self.clock_mhz:g} MHz ({self.name} target; {ev})"
 
     def digest(self) -> int:
         """32-bit hash of every field (the ID register's design-point hash)."""
@@ -736,6 +754,7 @@ DESIGN_POINTS = {
         act_lanes=4,
         softmax_lanes=2,
         rope_pairs=1,
+        rope_quantizers=1,
         axi_ports=1,
         axi_data_bits=64,
         axi_addr_bits=32,
@@ -753,3 +772,21 @@ def design_point(name: str) -> AccelConfig:
     if name not in DESIGN_POINTS:
         raise ValueError(f"design point: {name!r} is not one of {sorted(DESIGN_POINTS)}")
     return DESIGN_POINTS[name]
+
+
+def design_point_with(name: str, clock_mhz=None, dram_gbs=None, dram_latency=None) -> AccelConfig:
+    """The named design point with the command lines' overrides of its clock and DRAM (a
+    changed clock is a new target that no timing evidence backs yet)."""
+    dp = design_point(name)
+    over = {
+        k: v
+        for k, v in (
+            ("clock_mhz", clock_mhz),
+            ("dram_gbs", dram_gbs),
+            ("dram_latency", dram_latency),
+        )
+        if v is not None
+    }
+    if "clock_mhz" in over and over["clock_mhz"] != dp.clock_mhz:
+        over.update(evidence_mhz=None, evidence="no timing evidence yet")
+    return dp.with_(**over) if over else dp

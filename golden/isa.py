@@ -890,6 +890,15 @@ def tlmm_weight_bytes(n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> int:
     return tlmm_blocks(n, cfg) * tlmm_chunks(k, cfg) * tlmm_beat_bytes(cfg)
 
 
+def dma_bytes(cfg: DatapathConfig = DEFAULT) -> int:
+    """DMA beat width of an accelerator for this datapath: the smallest power of two holding
+    a command, an activation chunk (G*T bytes), a TLMM weight beat and an output beat (Q
+    int32)."""
+    t = cfg.tlmm
+    need = max(COMMAND_BYTES, t.group * t.tables, tlmm_beat_bytes(t), t.replicas * t.acc_bits // 8)
+    return 1 << (need - 1).bit_length()
+
+
 def _zero_code(cfg: TLMMConfig) -> int:
     """Code of the all-zero weight group (full: the centre index; mirrored: 0, sign 0)."""
     idx, sign = _gtlmm.encode_weights(np.zeros((1, cfg.group), np.int8), cfg)

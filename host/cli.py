@@ -66,8 +66,6 @@ from host.usage import UsageError as _UsageError
 from host.usage import run_main
 
 DEFAULT_PROMPT = "ROMEO:"
-DEFAULT_CLOCK_MHZ = 250.0
-DEFAULT_BANDWIDTH_GBS = 17.1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -91,18 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="device backend (default: sim; golden with --mode reference)",
     )
-    p.add_argument(
-        "--clock-mhz",
-        type=float,
-        default=DEFAULT_CLOCK_MHZ,
-        help="modeled accelerator clock in MHz",
-    )
-    p.add_argument(
-        "--bandwidth-gbs",
-        type=float,
-        default=DEFAULT_BANDWIDTH_GBS,
-        help="modeled memory bandwidth in GB/s",
-    )
+    from host.runtime import add_design_point_args
+
+    add_design_point_args(p)
     p.add_argument(
         "--ignore-eos",
         action="store_true",
@@ -128,9 +117,12 @@ def _check_args(a) -> None:
         raise _UsageError(f"--top-p: expected a value in (0, 1], got {a.top_p}")
     if a.seed is not None and a.seed < 0:
         raise _UsageError(f"--seed: expected >= 0, got {a.seed}")
-    for name, v in (("--clock-mhz", a.clock_mhz), ("--bandwidth-gbs", a.bandwidth_gbs)):
-        if not (math.isfinite(v) and v > 0):
-            raise _UsageError(f"{name}: expected a finite value > 0, got {v}")
+    from host.runtime import design_point_from_args
+
+    try:
+        a.dp = design_point_from_args(a)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
     if a.backend is None:
         a.backend = "golden" if a.mode == "reference" else "sim"
     if a.mode == "reference" and a.backend != "golden":
@@ -180,9 +172,7 @@ def run(argv=None) -> int:
         gm = GoldenModel(model, mode="reference")
     else:
         try:
-            gm = make_runtime(
-                model, a.backend, **backend_kwargs(a.backend, a.clock_mhz, a.bandwidth_gbs)
-            )
+            gm = make_runtime(model, a.backend, **backend_kwargs(a.backend, a.dp))
         except (DeviceError, OSError, RuntimeError, ValueError) as e:
             raise _UsageError(f"--backend {a.backend}: {e}") from None
 
@@ -212,8 +202,7 @@ def run(argv=None) -> int:
         backend=a.backend,
         mode=a.mode,
         seed=seed,
-        clock_mhz=a.clock_mhz,
-        bandwidth_gbs=a.bandwidth_gbs,
+        dp=a.dp,
     )
     for line in summary_lines(t):  # the same lines as python -m host --remote
         print(line, file=sys.stderr)

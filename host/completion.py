@@ -33,8 +33,9 @@ class Completion:
     cycles: int | None  # accelerator cycles of the run (None: not counted)
     prefill_cycles: int | None  # ... up to the first sampled token (None: none sampled)
 
-    def accelerator(self, clock_mhz: float, bandwidth_gbs: float) -> dict | None:
-        """The accelerator's figures at the modeled design point, or None (no cycles)."""
+    def accelerator(self, dp) -> dict | None:
+        """The accelerator's figures at design point ``dp`` (its clock and DRAM), or None
+        (no cycles counted)."""
         if self.cycles is None:
             return None
         per_tok = None
@@ -45,14 +46,15 @@ class Completion:
             "cycles": self.cycles,
             "prefill_cycles": self.prefill_cycles,
             "cycles_per_token": per_tok,
-            "clock_mhz": float(clock_mhz),
-            "bandwidth_gbs": float(bandwidth_gbs),
-            "modeled_tokens_per_s": clock_mhz * 1e6 / per_tok if per_tok else None,
+            "design_point": dp.name,
+            "clock_mhz": float(dp.clock_mhz),
+            "clock_note": dp.clock_note(),
+            "bandwidth_gbs": float(dp.dram_gbs),
+            "dram_latency": dp.dram_latency,
+            "modeled_tokens_per_s": dp.clock_mhz * 1e6 / per_tok if per_tok else None,
         }
 
-    def timings(
-        self, *, backend: str, mode: str, seed: int, clock_mhz: float, bandwidth_gbs: float
-    ) -> dict:
+    def timings(self, *, backend: str, mode: str, seed: int, dp) -> dict:
         """The summary figures (non-finite numbers as None, so the dict is valid JSON)."""
         st = self.stats
         return {
@@ -67,7 +69,7 @@ class Completion:
             "seed": seed,
             "eos_token": st.eos_token,
             "eos_token_text": self.eos_text,
-            "accelerator": self.accelerator(clock_mhz, bandwidth_gbs),
+            "accelerator": self.accelerator(dp),
         }
 
 
@@ -165,8 +167,8 @@ def summary_lines(t: dict) -> list[str]:
             if acc.get("cycles_per_token"):
                 msg += (
                     f", {acc['cycles_per_token']:.0f} cycles per decoded token -> modeled "
-                    f"{acc['modeled_tokens_per_s']:.1f} tokens/s at {acc['clock_mhz']:g} "
-                    f"MHz, {acc['bandwidth_gbs']:g} GB/s"
+                    f"{acc['modeled_tokens_per_s']:.1f} tokens/s at {acc['clock_note']}, "
+                    f"{acc['bandwidth_gbs']:g} GB/s, DRAM latency {acc['dram_latency']} cycles"
                 )
         lines.append(msg)
     return lines

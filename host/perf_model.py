@@ -2,8 +2,9 @@
 ``python -m host.perf_model`` (part of ``make bench``).
 
 BitNet-0.73B shapes (``BITNET_073B``: hidden 1536, FFN 4096, 24 layers, 16 heads of 96,
-vocab 32002; ReLU² FFN) at a stated clock and memory bandwidth (default 250 MHz and
-17.1 GB/s, TeLLMe v2's KV260 design point):
+vocab 32002; ReLU² FFN) on a design point (``golden.config.AccelConfig``, default kv260:
+its clock, DRAM bandwidth and latency -- 250 MHz, 17.1 GB/s and 32 cycles, TeLLMe v2's
+KV260 figures; the report says whether the clock is a target or backed by evidence):
 
 1. A one-layer model with those shapes (random weights: cycle counts do not depend on
    the values, except that all-zero rows skip the quantizer's divider) is compiled onto
@@ -37,6 +38,12 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from golden.config import (  # noqa: E402
+    DEFAULT_DESIGN_POINT,
+    AccelConfig,
+    design_point,
+    design_point_with,
+)
 from golden.modelspec import ModelConfig  # noqa: E402
 
 BITNET_073B = ModelConfig(
@@ -49,9 +56,6 @@ BITNET_073B = ModelConfig(
     max_position_embeddings=2048,
     hidden_act="relu2",
 )
-CLOCK_HZ = 250e6
-BANDWIDTH_BPS = 17.1e9
-LATENCY_CYCLES = 32  # DRAM read latency (128 ns at 250 MHz)
 TELLME_V2_TOK_S = 25.0  # TeLLMe v2 (FPGA'26), KV260, BitNet 0.73B decode
 DEFAULT_CONTEXTS = (128, 2048)  # decode positions modeled by default (keys)
 
@@ -100,13 +104,12 @@ def _fill_kv(rt, upto: int, rng) -> None:
 def measure(
     mc: ModelConfig = BITNET_073B,
     context: int = DEFAULT_CONTEXTS[0],
-    clock_hz: float = CLOCK_HZ,
-    bandwidth_bps: float = BANDWIDTH_BPS,
-    latency: int = LATENCY_CYCLES,
+    dp: AccelConfig | str = DEFAULT_DESIGN_POINT,
     seed: int = 0,
     progress=print,
 ) -> dict:
-    """Simulate one full-size layer's decode step; cycles per op and the modeled token."""
+    """Simulate one full-size layer's decode step on design point ``dp`` (its top, at its
+    DRAM bandwidth and latency); cycles per op and the modeled token at its clock."""
     from golden import isa
     from golden.isa import Opcode
     from golden.model import random_model
@@ -121,10 +124,12 @@ def measure(
         f"{mc.num_attention_heads}x{mc.head_dim}/vocab {mc.vocab_size} ..."
     )
     model = random_model(one, seed)
-    bpc = bandwidth_bps / clock_hz
+    dp = design_point(dp) if isinstance(dp, str) else dp
+    clock_hz, bandwidth_bps = dp.clock_mhz * 1e6, dp.dram_gbs * 1e9
+    bpc, latency = dp.bytes_per_cycle, dp.dram_latency
     mem = 64 << 20
     mem += mc.vocab_size * mc.hidden_size * 5 + 16 * mc.intermediate_size * mc.hidden_size
-    rt = make_runtime(model, "sim", max_chunk=1, mem_size=mem, bandwidth=bpc, latency=latency)
+    rt = make_runtime(model, "sim", max_chunk=1, mem_size=mem, dp=dp)
     rng = np.random.default_rng(seed)
     pos = context - 1
     _fill_kv(rt, pos, rng)
@@ -191,13 +196,16 @@ def measure(
         "bandwidth_bps": bandwidth_bps,
         "latency": latency,
         "layers": L,
+        "design_point": dp.name,
+        "clock_note": dp.clock_note(),
     }
 
 
 def report(r: dict, out=print) -> None:
     L, clk = r["layers"], r["clock_hz"]
     out(
-        f"\nBitNet-0.73B shapes, decode at context {r['context']}, {clk / 1e6:.0f} MHz, "
+        f"\nBitNet-0.73B shapes, decode at context {r['context']}, design point "
+        f"{r['design_point']} at {r['clock_note']}, "
         f"{r['bandwidth_bps'] / 1e9:.1f} GB/s, DRAM latency {r['latency']} cycles "
         f"(one layer simulated: {r['sim_cycles']} cycles in {r['sim_wall_s']:.1f} s wall)"
     )
@@ -243,18 +251,15 @@ def main(argv=None) -> int:
         default=list(DEFAULT_CONTEXTS),
         help="decode positions + 1 (keys) to model",
     )
-    ap.add_argument("--clock-mhz", type=float, default=CLOCK_HZ / 1e6)
-    ap.add_argument("--bandwidth-gbs", type=float, default=BANDWIDTH_BPS / 1e9)
-    ap.add_argument("--latency", type=int, default=LATENCY_CYCLES)
+    ap.add_argument("--design-point", default=DEFAULT_DESIGN_POINT, help="named design point")
+    ap.add_argument("--clock-mhz", type=float, default=None, help="override its clock")
+    ap.add_argument("--bandwidth-gbs", type=float, default=None, help="override its DRAM GB/s")
+    ap.add_argument("--latency", type=int, default=None, help="override its DRAM latency")
     a = ap.parse_args(argv)
     for ctx in a.context:
         try:
-            r = measure(
-                context=ctx,
-                clock_hz=a.clock_mhz * 1e6,
-                bandwidth_bps=a.bandwidth_gbs * 1e9,
-                latency=a.latency,
-            )
+            dp = design_point_with(a.design_point, a.clock_mhz, a.bandwidth_gbs, a.latency)
+            r = measure(context=ctx, dp=dp)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -45,6 +45,7 @@ SERVER_SIDE_FLAGS = (
     ("model", "-m/--model"),
     ("backend", "--backend"),
     ("mode", "--mode"),
+    ("design_point", "--design-point"),
     ("clock_mhz", "--clock-mhz"),
     ("bandwidth_gbs", "--bandwidth-gbs"),
 )

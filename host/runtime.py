@@ -582,17 +582,44 @@ class Runtime:
 _RUNTIME_KW = ("max_chunk", "timeout_s")
 
 
-def backend_kwargs(
-    backend: str, clock_mhz: float, bandwidth_gbs: float, device_opts: dict | None = None
-) -> dict:
-    """Keyword arguments of ``make_runtime`` for ``backend`` at a modeled design point --
-    the one place ``python -m host`` and ``python -m host serve`` get them from: the sim
-    backend's DRAM model serves bandwidth / clock bytes per accelerator cycle
-    (``bandwidth_gbs * 1e3 / clock_mhz``); ``device_opts`` (``serve --device-opt``) are
-    passed through to the backend's constructor and win over the computed values."""
-    kw = {}
-    if backend == "sim":
-        kw["bandwidth"] = bandwidth_gbs * 1e3 / clock_mhz
+def add_design_point_args(p) -> None:
+    """The command lines' design-point flags (``python -m host``, ``serve``)."""
+    from golden.config import DEFAULT_DESIGN_POINT, DESIGN_POINTS
+
+    p.add_argument(
+        "--design-point",
+        choices=sorted(DESIGN_POINTS),
+        default=DEFAULT_DESIGN_POINT,
+        help="the accelerator design point (golden.config.DESIGN_POINTS): the top the sim "
+        "backend builds, its clock and DRAM",
+    )
+    p.add_argument("--clock-mhz", type=float, default=None, help="override its clock (MHz)")
+    p.add_argument(
+        "--bandwidth-gbs", type=float, default=None, help="override its DRAM bandwidth (GB/s)"
+    )
+
+
+def design_point_from_args(a):
+    """The ``AccelConfig`` the flags of ``add_design_point_args`` name (ValueError naming a
+    bad flag)."""
+    import math
+
+    from golden.config import design_point_with
+
+    for name, v in (("--clock-mhz", a.clock_mhz), ("--bandwidth-gbs", a.bandwidth_gbs)):
+        if v is not None and not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name}: expected a finite value > 0, got {v}")
+    return design_point_with(a.design_point, clock_mhz=a.clock_mhz, dram_gbs=a.bandwidth_gbs)
+
+
+def backend_kwargs(backend: str, dp, device_opts: dict | None = None) -> dict:
+    """Keyword arguments of ``make_runtime`` for ``backend`` at design point ``dp`` (a
+    ``golden.config.AccelConfig``) -- the one place ``python -m host`` and ``python -m host
+    serve`` get them from: the golden backend implements the design point's datapath; the
+    sim backend builds its top, and its DRAM model serves the design point's bandwidth per
+    accelerator cycle with its latency; ``device_opts`` (``serve --device-opt``) are passed
+    through to the backend's constructor and win over the computed values."""
+    kw = {"cfg": dp.datapath} if backend == "golden" else {"dp": dp}
     kw.update(device_opts or {})
     return kw
 

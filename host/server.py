@@ -310,14 +310,15 @@ class Engine:
         *,
         model_id: str,
         backend: str,
-        clock_mhz: float = 250.0,
-        bandwidth_gbs: float = 17.1,
+        dp=None,
         max_queue: int = DEFAULT_MAX_QUEUE,
         device_timeout: float | None = None,
     ):
         self.rt, self.tok = runtime, tokenizer
         self.model_id, self.backend = model_id, backend
-        self.clock_mhz, self.bandwidth_gbs = float(clock_mhz), float(bandwidth_gbs)
+        from golden.config import DEFAULT_DESIGN_POINT, design_point
+
+        self.dp = design_point(DEFAULT_DESIGN_POINT) if dp is None else dp
         self.context = runtime.config.max_position_embeddings
         self.max_queue = int(max_queue)
         if device_timeout is not None:
@@ -518,8 +519,7 @@ class Engine:
             backend=self.backend,
             mode=getattr(self.rt, "mode", "integer"),
             seed=req.seed,
-            clock_mhz=self.clock_mhz,
-            bandwidth_gbs=self.bandwidth_gbs,
+            dp=self.dp,
         )
         timings["queue_s"] = queue_s
         self._finish(
@@ -981,18 +981,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.get_default("model"),
         help="checkpoint directory or GGUF file (default: the shipped model)",
     )
-    p.add_argument(
-        "--clock-mhz",
-        type=float,
-        default=defaults.get_default("clock_mhz"),
-        help="modeled accelerator clock in MHz",
-    )
-    p.add_argument(
-        "--bandwidth-gbs",
-        type=float,
-        default=defaults.get_default("bandwidth_gbs"),
-        help="modeled memory bandwidth in GB/s",
-    )
+    from host.runtime import add_design_point_args
+
+    add_design_point_args(p)
     p.add_argument(
         "--device-timeout",
         type=float,
@@ -1039,9 +1030,12 @@ def serve(argv=None) -> int:
     a = build_parser().parse_args(argv)
     if not 0 <= a.port <= 65535:
         raise _UsageError(f"--port: expected 0..65535, got {a.port}")
-    for name, v in (("--clock-mhz", a.clock_mhz), ("--bandwidth-gbs", a.bandwidth_gbs)):
-        if not (math.isfinite(v) and v > 0):
-            raise _UsageError(f"{name}: expected a finite value > 0, got {v}")
+    from host.runtime import design_point_from_args
+
+    try:
+        dp = design_point_from_args(a)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
     if a.device_timeout is not None and not (
         math.isfinite(a.device_timeout) and a.device_timeout > 0
     ):
@@ -1068,9 +1062,7 @@ def serve(argv=None) -> int:
     from host.runtime import backend_kwargs, make_runtime
 
     try:
-        rt = make_runtime(
-            model, a.backend, **backend_kwargs(a.backend, a.clock_mhz, a.bandwidth_gbs, opts)
-        )
+        rt = make_runtime(model, a.backend, **backend_kwargs(a.backend, dp, opts))
     except Exception as e:  # any construction error: one line (a bad bitstream included)
         sock.close()
         raise _UsageError(f"--backend {a.backend}: {_one_line(e)}") from None
@@ -1079,8 +1071,7 @@ def serve(argv=None) -> int:
         tok,
         model_id=model_id,
         backend=a.backend,
-        clock_mhz=a.clock_mhz,
-        bandwidth_gbs=a.bandwidth_gbs,
+        dp=dp,
         max_queue=a.max_queue,
         device_timeout=a.device_timeout,
     )

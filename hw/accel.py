@@ -58,10 +58,9 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from golden import isa
-from golden.config import DEFAULT, DatapathConfig
+from golden.config import DEFAULT_DESIGN_POINT, AccelConfig, design_point
 from golden.isa import ErrorCode, Opcode
 from hw.csr import CSR_ADDR_BITS, CSRBlock
-from hw.tlmm import DEFAULT_MAX_K
 
 # opcode -> "module:class" of its engine (hw/ops/); END and NOP are the processor's own
 ENGINES = {
@@ -85,37 +84,29 @@ def engine_class(op: Opcode):
     return getattr(importlib.import_module(mod), cls)
 
 
-def dma_bytes_for(cfg: DatapathConfig) -> int:
-    """DMA beat width: the smallest power of two holding a command, an activation chunk
-    (G*T bytes), a weight beat and an output beat (Q int32)."""
-    t = cfg.tlmm
-    need = max(
-        isa.COMMAND_BYTES, t.group * t.tables, isa.tlmm_beat_bytes(t), t.replicas * t.acc_bits // 8
-    )
-    return 1 << (need - 1).bit_length()
-
-
 class Accel(wiring.Component):
-    """The accelerator top (see module docstring). ``ops``: the opcodes executed on RTL
-    (default all of ``RTL_OPS``; END and NOP always); the others go to the host."""
+    """The accelerator top (see module docstring) of design point ``dp`` (an
+    ``AccelConfig`` or its name). ``ops``: the opcodes executed on RTL (default all of
+    ``RTL_OPS``; END and NOP always); the others go to the host."""
 
     def __init__(
         self,
-        cfg: DatapathConfig = DEFAULT,
+        dp: AccelConfig | str = DEFAULT_DESIGN_POINT,
         *,
-        max_k: int = DEFAULT_MAX_K,
         ops=None,
         gate_idle_engines: bool = False,
     ):
-        self.cfg = cfg
-        self.max_k = max_k
+        dp = design_point(dp) if isinstance(dp, str) else dp
+        if not isinstance(dp, AccelConfig):
+            raise ValueError(f"dp: expected an AccelConfig or a design point name, got {dp!r}")
+        self.dp, self.cfg = dp, dp.datapath
         self.gate_idle_engines = bool(gate_idle_engines)
         ops = RTL_OPS if ops is None else tuple(ops)
         unknown = [op for op in ops if op not in RTL_OPS]
         if unknown:
             raise ValueError(f"ops: no RTL engine for {[op.name for op in unknown]}")
         self.ops = tuple(op for op in ENGINES if op in ops)
-        self.dma_bytes = dma_bytes_for(cfg)
+        self.dma_bytes = dp.dma_bytes
         W = self.dma_bytes
         super().__init__(
             {
@@ -141,10 +132,7 @@ class Accel(wiring.Component):
         )
 
     def _engine(self, op: Opcode):
-        cls = engine_class(op)
-        if op == Opcode.TLMM:
-            return cls(self.cfg, self.dma_bytes, max_k=self.max_k)
-        return cls(self.cfg, self.dma_bytes)
+        return engine_class(op).for_design(self.dp)
 
     def elaborate(self, platform):
         m = Module()

@@ -214,17 +214,30 @@ def _yosys(work: Path, read: str, synth: str, post: str, log_name: str) -> str |
 
 
 def run_xilinx(name: str, block, work: Path) -> dict:
+    """UltraScale+ figures of ``block``: totals, per submodule (``modules``: the hierarchy
+    is kept through synthesis, so each engine of a top is its own module) and the
+    register-to-register logic depth of the flattened netlist (``depth``,
+    ``hw.timing.logic_depth``)."""
+    from hw.timing import logic_depth
+
     src = work / f"{name}.v"
     src.write_text(export_verilog(block, name))
-    stat = work / "xcup_stat.json"
+    hier, stat, net = work / "xcup_hier.json", work / "xcup_stat.json", work / "xcup_net.json"
     note = _yosys(
         work,
         f"read_verilog {src.name}",
-        f"synth_xilinx -family xcup -flatten -noiopad -noclkbuf -top {name}",
-        f"tee -q -o {stat.name} stat -json; tee -q -o xcup_stat.txt stat",
+        f"synth_xilinx -family xcup -noiopad -noclkbuf -top {name}",
+        f"tee -q -o {hier.name} stat -json; flatten; tee -q -o {stat.name} stat -json; "
+        f"tee -q -o xcup_stat.txt stat; write_json {net.name}",
         "xcup_yosys.log",
     )
     out = xilinx_figures(_cells(stat))
+    out["modules"] = {
+        mname.lstrip("\\"): xilinx_figures(dict(m["num_cells_by_type"]))
+        for mname, m in json.loads(hier.read_text())["modules"].items()
+    }
+    out["depth"] = logic_depth(net, name).as_dict()
+    net.unlink()  # large; the depth report keeps what matters
     if note:
         out["note"] = note
     return out
@@ -359,6 +372,45 @@ def print_table(results: dict[str, dict]) -> None:
         for fam in ("xcup", "ecp5"):
             if r.get(fam, {}).get("note"):
                 print(f"{name}: {fam}: {r[fam]['note']}")
+    print_depth(results)
+    for name, r in results.items():
+        mods = r.get("xcup", {}).get("modules", {})
+        if len(mods) > 1:
+            print_modules(name, mods)
+
+
+def print_depth(results: dict[str, dict]) -> None:
+    """UltraScale+ register-to-register logic depth per block (``hw.timing``'s rule)."""
+    from hw.timing import MAX_LEVELS_250MHZ
+
+    rows = [(n, r["xcup"]["depth"]) for n, r in results.items() if "depth" in r.get("xcup", {})]
+    if not rows:
+        return
+    print(
+        f"\nLogic depth after Yosys mapping (UltraScale+; the rule for 250 MHz: at most "
+        f"{MAX_LEVELS_250MHZ:g} levels, every DSP registered; hw/timing.py)"
+    )
+    print(
+        f"{'block':28s} {'levels':>7s} {'LUT lvls':>8s} {'carry bits':>10s} {'> rule':>7s} "
+        f"{'DSP':>5s} {'unreg':>5s}  verdict"
+    )
+    for n, d in rows:
+        print(
+            f"{n:28s} {d['max_levels']:7.2f} {d['max_lut_levels']:8d} "
+            f"{d['longest_carry_bits']:10d} {d['over_limit']:7d} {d['dsp']:5d} "
+            f"{d['dsp_unregistered']:5d}  {'meets' if d['meets'] else 'too deep'}"
+        )
+
+
+def print_modules(name: str, mods: dict[str, dict]) -> None:
+    """The area of each module of one block (hierarchy kept through synthesis)."""
+    print(f"\n{name}: by module (UltraScale+)")
+    print(f"{'module':40s} {'LUT':>8s} {'FF':>8s} {'BRAM36':>7s} {'URAM':>5s} {'DSP':>5s}")
+    for mname, f in sorted(mods.items(), key=lambda kv: -kv[1]["lut"]):
+        print(
+            f"{mname:40s} {f['lut']:8,d} {f['ff']:8,d} {f['bram36']:7g} {f['uram']:5d} "
+            f"{f['dsp']:5d}"
+        )
 
 
 def main(argv=None) -> int:

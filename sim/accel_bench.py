@@ -21,8 +21,7 @@ import numpy as np
 from golden import isa
 from golden import tlmm as golden
 from golden.config import DEFAULT
-from golden.isa import ErrorCode, Opcode, command
-from hw.accel import dma_bytes_for
+from golden.isa import ErrorCode, Opcode, command, dma_bytes
 from hw.csr import (
     CSR,
     CTRL_CODE_SHIFT,
@@ -39,7 +38,7 @@ STALL = float(P.get("stall", 0.4))
 MAX_LAT = int(P.get("max_latency", 12))
 N_OPS = int(P.get("ops", 4))
 CFG = DEFAULT
-W = dma_bytes_for(CFG)
+W = dma_bytes(CFG)
 MEM_SIZE = 1 << 16
 BASE = 64  # first usable byte (the window checked by the RTL)
 

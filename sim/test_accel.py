@@ -5,22 +5,23 @@ of the failing command, the host-op handshake, and the one-beat-per-cycle throug
 
 from dataclasses import asdict
 
-from golden.config import DEFAULT
+from golden.config import design_point
 from golden.isa import Opcode
 from hw.accel import Accel
-from hw.tlmm import DEFAULT_MAX_K
 from sim.runner import run_bench
+
+DP = design_point("kv260")
 
 
 def test_accel():
     params = {"stall": 0.4, "max_latency": 12, "ops": 4}
     # a top with the TLMM engine only: the other ops exercise the host-op handshake
     results = run_bench(
-        Accel(DEFAULT, max_k=DEFAULT_MAX_K, ops=(Opcode.TLMM,)),
+        Accel(DP, ops=(Opcode.TLMM,)),
         bench="sim.accel_bench",
         name="accel_tlmm",
         params=params,
-        build_key={"cfg": asdict(DEFAULT), "max_k": DEFAULT_MAX_K, "ops": ["TLMM"]},
+        build_key={"dp": asdict(DP), "ops": ["TLMM"]},
     )
     assert {r["test"] for r in results} >= {
         "test_tlmm_ops",

@@ -4,10 +4,11 @@ stalls, bit-identical to the golden backend; engine errors and reuse after a res
 
 from dataclasses import asdict
 
-from golden.config import DEFAULT
+from golden.config import design_point
 from hw.accel import RTL_OPS, Accel
-from hw.tlmm import DEFAULT_MAX_K
 from sim.runner import run_bench
+
+DP = design_point("kv260")
 
 
 def test_accel_layer():
@@ -22,15 +23,11 @@ def test_accel_layer():
         "decode": 2,
     }
     results = run_bench(
-        Accel(DEFAULT, max_k=DEFAULT_MAX_K),
+        Accel(DP),
         bench="sim.accel_layer_bench",
         name="accel",
         params=params,
-        build_key={
-            "cfg": asdict(DEFAULT),
-            "max_k": DEFAULT_MAX_K,
-            "ops": [op.name for op in RTL_OPS],
-        },
+        build_key={"dp": asdict(DP), "ops": [op.name for op in RTL_OPS]},
     )
     assert {r["test"] for r in results} >= {"test_layer", "test_op_errors_and_reuse"}
     assert all(r["passed"] for r in results), results

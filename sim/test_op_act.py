@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 
 from golden import isa
-from golden.config import DEFAULT
+from golden.config import DEFAULT, design_point
 from golden.isa import ActKind, ErrorCode, Opcode
 from host.backends.golden import GoldenDevice
 from host.device import DeviceError
-from hw.accel import dma_bytes_for
 from hw.ops.act import ActEngine, expected_cycles
 from sim.op_bench import Job, check_arg_errors, check_op, put, run_engine
 
-W = dma_bytes_for(DEFAULT)
+DP = design_point("kv260")
+W = DP.dma_bytes
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 MANT_LO, MANT_HI = 1 << (DEFAULT.requant.mult_bits - 1), 1 << DEFAULT.requant.mult_bits
 SH_MIN, SH_MAX = -(1 << (isa.SCALE_SHIFT_BITS - 1)), (1 << (isa.SCALE_SHIFT_BITS - 1)) - 1
@@ -134,7 +134,7 @@ def test_random(rng, kind, stall, lanes, latency):
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     cmd = act_command(gd, gate, up, *scales_for(rng, gate, up, kind), kind)
     res = check_op(
-        ActEngine(DEFAULT, W, lanes=lanes),
+        ActEngine(DEFAULT, W, lanes=lanes, max_dim=DP.max_dim),
         gd,
         cmd,
         seed=int(rng.integers(1 << 30)),
@@ -194,7 +194,11 @@ def test_corners(rng, kind, corner):
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     cmd = act_command(gd, gate, up, isa.pack_scales(mant, shift), c_g, c_u, kind)
     res = check_op(
-        ActEngine(DEFAULT, W, lanes=8), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3
+        ActEngine(DEFAULT, W, lanes=8, max_dim=DP.max_dim),
+        gd,
+        cmd,
+        seed=int(rng.integers(1 << 30)),
+        stall=0.3,
     )
     assert res["error"] == ErrorCode.NONE
     out = golden_out(gd, cmd).reshape(rows, dim)

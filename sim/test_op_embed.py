@@ -6,13 +6,12 @@ import pytest
 
 from golden import isa
 from golden.config import DEFAULT
-from golden.isa import ErrorCode, Opcode
+from golden.isa import ErrorCode, Opcode, dma_bytes
 from host.backends.golden import GoldenDevice
-from hw.accel import dma_bytes_for
 from hw.ops.embed import EmbedEngine, expected_cycles
 from sim.op_bench import check_arg_errors, check_op, put
 
-W = dma_bytes_for(DEFAULT)
+W = dma_bytes(DEFAULT)
 
 
 def _embed(gd, rng, rows, dim, vocab, bad_token=False):

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 
 from golden import isa
-from golden.config import DEFAULT
+from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode
 from host.backends.golden import GoldenDevice
-from hw.accel import dma_bytes_for
-from hw.ops.lm_head import DEFAULT_MAX_K, LMHeadEngine, expected_cycles
+from hw.ops.lm_head import LMHeadEngine, expected_cycles
 from sim.op_bench import arg_error_cases, check_errors, check_op, put
 
-W = dma_bytes_for(DEFAULT)
+DP = design_point("kv260")
+W = DP.dma_bytes
 L = W // 4
 
 
@@ -43,7 +43,7 @@ def _cmd(gd, x, w):
 
 
 def _engine(**limits):
-    return LMHeadEngine(DEFAULT, W, **limits)
+    return LMHeadEngine(DEFAULT, W, **{"max_k": DP.max_k, **limits})
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3, 0.6])
@@ -61,7 +61,7 @@ def test_random(rng, stall):
 
 def test_extremes_at_max_k(rng):
     """k = max_k (default): dot products of +-max_k * 2^14 and zero rows."""
-    k = DEFAULT_MAX_K
+    k = DP.max_k
     x = np.full((1, k), -128, np.int8)
     w = np.stack([np.full(k, -128), np.full(k, 127), np.zeros(k), _int8(rng, k)]).astype(np.int8)
     want = x.astype(np.int64) @ w.astype(np.int64).T

@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 
 from golden import isa
-from golden.config import DEFAULT
+from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode
 from golden.rmsnorm import norm_constants, random_rows, rmsnorm_quant
 from host.backends.golden import GoldenDevice
-from hw.accel import dma_bytes_for
-from hw.ops.norm_quant import DEFAULT_LANES, NormQuantEngine, expected_cycles
+from hw.ops.norm_quant import NormQuantEngine, expected_cycles
 from sim.op_bench import (
     STALLS,
     Job,
@@ -37,13 +36,14 @@ from sim.op_bench import (
     run_engine,
 )
 
-W = dma_bytes_for(DEFAULT)
+DP = design_point("kv260")
+W = DP.dma_bytes
 I32, I16 = np.iinfo(np.int32), np.iinfo(np.int16)
 MEM = 1 << 20
 
 
-def engine(lanes: int = DEFAULT_LANES, **kw) -> NormQuantEngine:
-    return NormQuantEngine(DEFAULT, W, lanes=lanes, **kw)
+def engine(lanes: int = DP.norm_lanes, **kw) -> NormQuantEngine:
+    return NormQuantEngine(DEFAULT, W, lanes=lanes, **{"max_len": DP.max_dim, **kw})
 
 
 def constants(dim: int, eps: float) -> tuple[int, int, int]:
@@ -331,10 +331,10 @@ def test_cycles(rng, lanes):
 
 def test_constructor_errors():
     with pytest.raises(ValueError, match="lanes"):
-        NormQuantEngine(DEFAULT, W, lanes=0)
+        NormQuantEngine(DEFAULT, W, lanes=0, max_len=DP.max_dim)
     with pytest.raises(ValueError, match="dma_bytes"):
-        NormQuantEngine(DEFAULT, 16, lanes=8)
+        NormQuantEngine(DEFAULT, 16, lanes=8, max_len=DP.max_dim)
     with pytest.raises(ValueError, match="max_len"):
         NormQuantEngine(DEFAULT, W, lanes=8, max_len=4)
     with pytest.raises(ValueError, match="cfg"):
-        NormQuantEngine(DEFAULT.norm, W)
+        NormQuantEngine(DEFAULT.norm, W, lanes=8, max_len=DP.max_dim)

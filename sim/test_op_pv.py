@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 
 from golden import isa
-from golden.config import DEFAULT
+from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode
 from host.backends.golden import GoldenDevice
-from hw.accel import dma_bytes_for
 from hw.ops.pv import PVEngine, expected_cycles
 from sim.op_bench import STALLS, arg_error_cases, check_errors, check_op, put
 
 CFG = DEFAULT
-W = dma_bytes_for(CFG)
+DP = design_point("kv260")
+W = DP.dma_bytes
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -215,7 +215,7 @@ def test_default_engine(rng):
     """The default engine (128 lanes, 2048-key buffer) at BitNet-0.73B's head_dim 96."""
     heads, kv_heads, rows, keys, hd = 2, 1, 2, 12, 96
     gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd)
-    res = check_op(PVEngine(CFG, W), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
+    res = check_op(PVEngine.for_design(DP), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
     assert res["error"] == ErrorCode.NONE
     assert res["bytes_written"] == rows * heads * hd * 4
 

@@ -15,14 +15,13 @@ import pytest
 
 from golden import isa
 from golden.config import DEFAULT
-from golden.isa import ErrorCode, Opcode
+from golden.isa import ErrorCode, Opcode, dma_bytes
 from host.backends.golden import GoldenDevice
-from hw.accel import dma_bytes_for
 from hw.ops.qk import QKEngine, expected_cycles
 from sim.op_bench import arg_error_cases, check_errors, check_op, put
 
 CFG = DEFAULT
-W = dma_bytes_for(CFG)
+W = dma_bytes(CFG)
 
 
 def _scales(rng, n, corners: bool) -> np.ndarray:

@@ -13,14 +13,13 @@ import pytest
 
 from golden import isa
 from golden.config import DEFAULT
-from golden.isa import ErrorCode, Opcode
+from golden.isa import ErrorCode, Opcode, dma_bytes
 from golden.model import Scale, op_residual
 from host.backends.golden import GoldenDevice
-from hw.accel import dma_bytes_for
 from hw.ops.residual import ResidualEngine, expected_cycles
 from sim.op_bench import arg_error_cases, check_errors, check_op, put
 
-W = dma_bytes_for(DEFAULT)
+W = dma_bytes(DEFAULT)
 L = W // 4
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 SH_MIN, SH_MAX = -(1 << (isa.SCALE_SHIFT_BITS - 1)), (1 << (isa.SCALE_SHIFT_BITS - 1)) - 1

@@ -17,22 +17,22 @@ import numpy as np
 import pytest
 
 from golden import isa
-from golden.config import DEFAULT
+from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode
 from golden.rope import rope_tables
 from host.backends.golden import GoldenDevice
-from hw.accel import dma_bytes_for
 from hw.ops.rope_quant import RopeQuantEngine, expected_cycles
 from sim.op_bench import ARG_ERRORS, STALLS, check_arg_errors, check_op, check_ops, put
 
 CFG = DEFAULT
-DMA = dma_bytes_for(CFG)
+DP = design_point("kv260")
+DMA = DP.dma_bytes
 I32 = np.iinfo(np.int32)
 FAR = 1 << 30  # an address beyond every test memory
 
 
 def _engine(**kw) -> RopeQuantEngine:
-    return RopeQuantEngine(CFG, DMA, **kw)
+    return RopeQuantEngine(CFG, DMA, **{**RopeQuantEngine.design_params(DP), **kw})
 
 
 # ------------------------------------------------------------------ operands
@@ -355,7 +355,7 @@ def test_cycles_bitnet_shape(rng):
     rows, heads, hd = 2, 16, 96
     gd, cmd = _case(rng, rows=rows, heads=heads, hd=hd, rope=1)
     res = _check(rng, _engine(), gd, cmd, want=ErrorCode.NONE, stall=0.0)
-    want = expected_cycles(rows, heads, hd, True, CFG, DMA)
+    want = expected_cycles(rows, heads, hd, True, CFG, DMA, DP.rope_pairs, DP.rope_quantizers)
     rate = rows * heads * hd / res["cycles"]
     print(
         f"ROPE_QUANT rows={rows} heads={heads} hd={hd}: {res['cycles']} cycles "

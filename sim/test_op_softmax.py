@@ -16,16 +16,16 @@ from __future__ import annotations
 import pytest
 
 from golden import isa
-from golden.config import DEFAULT
+from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode
 from golden.softmax import random_logits
 from host.backends.golden import GoldenDevice
-from hw.accel import dma_bytes_for
-from hw.ops.softmax import DEFAULT_LANES, SoftmaxEngine, expected_cycles
+from hw.ops.softmax import SoftmaxEngine, expected_cycles
 from sim.op_bench import arg_error_cases, check_errors, check_op, put
 
 CFG = DEFAULT
-W = dma_bytes_for(CFG)
+DP = design_point("kv260")
+W = DP.dma_bytes
 
 
 def sm_command(gd, rng, *, heads, rows, keys, in_place=False) -> isa.Command:
@@ -37,7 +37,7 @@ def sm_command(gd, rng, *, heads, rows, keys, in_place=False) -> isa.Command:
 
 
 def _run(gd, cmd, rng, stall=0.3, engine=None, **kw):
-    engine = engine or SoftmaxEngine(CFG, W)
+    engine = engine or SoftmaxEngine.for_design(DP)
     return check_op(engine, gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall, **kw)
 
 
@@ -50,7 +50,7 @@ def small_engine():
 @pytest.mark.parametrize("stall", [0.0, 0.3, 0.6])
 def test_softmax_random(rng, stall):
     """Default engine (8 lanes) and the small one, random shapes, ~30 % in place."""
-    for engine, max_keys in ((SoftmaxEngine(CFG, W), 140), (small_engine(), 40)):
+    for engine, max_keys in ((SoftmaxEngine.for_design(DP), 140), (small_engine(), 40)):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
         rows = int(rng.integers(1, 7))
         cmd = sm_command(
@@ -115,10 +115,10 @@ def test_softmax_errors(rng):
 def test_softmax_cycles(rng):
     """No stalls, 1-cycle memory: the cycle count is the docstring's formula exactly
     (default engine: 3 groups, the last one short; small engine: groups across heads)."""
-    for heads, rows, keys, lanes in ((1, 20, 20, DEFAULT_LANES), (4, 3, 40, 3)):
+    for heads, rows, keys, lanes in ((1, 20, 20, DP.softmax_lanes), (4, 3, 40, 3)):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
         cmd = sm_command(gd, rng, heads=heads, rows=rows, keys=keys)
-        engine = SoftmaxEngine(CFG, W) if lanes == DEFAULT_LANES else small_engine()
+        engine = SoftmaxEngine.for_design(DP) if lanes == DP.softmax_lanes else small_engine()
         res = _run(gd, cmd, rng, stall=0.0, max_latency=1, engine=engine)
         assert res["cycles"] == expected_cycles(heads, rows, keys, CFG, lanes), (
             heads,

@@ -7,13 +7,12 @@ import pytest
 
 from golden import isa
 from golden.config import DEFAULT
-from golden.isa import ErrorCode, Opcode
+from golden.isa import ErrorCode, Opcode, dma_bytes
 from host.backends.golden import GoldenDevice
-from hw.accel import dma_bytes_for
 from hw.ops.tlmm import TLMMEngine, expected_cycles
 from sim.op_bench import check_arg_errors, check_op, check_ops, put
 
-W = dma_bytes_for(DEFAULT)
+W = dma_bytes(DEFAULT)
 MAX_K = 512
 
 

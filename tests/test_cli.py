@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from golden.config import design_point
 from golden.model import random_model
 from golden.modelspec import ModelConfig
 from host import cli
@@ -119,8 +120,13 @@ def test_sim_backend_streams_the_same_tokens_as_golden(tiny_model, capsys):
     assert sim.out == gold.out
     assert "backend sim" in sim.err
     cyc = [ln for ln in sim.err.splitlines() if ln.startswith("accelerator:")]
+    dp = design_point("kv260")
     assert (
-        cyc and "cycles per decoded token" in cyc[0] and "tokens/s at 250 MHz, 17.1 GB/s" in cyc[0]
+        cyc
+        and "cycles per decoded token" in cyc[0]
+        and f"tokens/s at {dp.clock_note()}, {dp.dram_gbs:g} GB/s, DRAM latency "
+        f"{dp.dram_latency} cycles"
+        in cyc[0]
     ), sim.err
     assert not any(ln.startswith("accelerator:") for ln in gold.err.splitlines())
 
@@ -151,7 +157,8 @@ def test_design_point_sets_the_sim_dram_model(tiny_model, capsys):
             == 0
         )
         acc = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("accelerator:")]
-        assert len(acc) == 1 and f"at {clock} MHz, {bandwidth} GB/s" in acc[0], acc
+        assert len(acc) == 1 and f"at {clock} MHz (kv260 target" in acc[0], acc
+        assert f", {bandwidth} GB/s, DRAM latency" in acc[0], acc
         return int(acc[0].split()[1])
 
     c = cycles("200", "16")  # 80 bytes per cycle
@@ -258,3 +265,28 @@ def test_malformed_model_exit_2_with_one_line(tiny_model, tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: -m/--model"), r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_one_design_point_drives_cli_sim_and_perf_model(tiny_model, capsys, monkeypatch):
+    """A value changed in the design point changes the CLI's modeled figures, the sim
+    backend's DRAM model and the perf model alike: they all read golden.config's point."""
+    import golden.config as gc
+    from host import perf_model
+
+    dp = gc.design_point("kv260").with_(dram_latency=7, dram_gbs=8.0)
+    monkeypatch.setitem(gc.DESIGN_POINTS, "kv260", dp)
+    assert cli.main(["-m", str(tiny_model), "-p", "To be", "-n", "3", "-s", "1"]) == 0
+    acc = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("accelerator:")]
+    assert len(acc) == 1 and "8 GB/s, DRAM latency 7 cycles" in acc[0], acc
+    small = perf_model.BITNET_073B.__class__(
+        vocab_size=40,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8,
+        hidden_act="relu2",
+    )
+    r = perf_model.measure(small, context=4, progress=lambda *_: None)
+    assert r["latency"] == 7 and r["bandwidth_bps"] == 8e9 and r["design_point"] == "kv260"

@@ -250,5 +250,5 @@ def test_registry_and_bad_args():
         SimDevice(mem_size=1 << 16, bandwidth=0)
     with pytest.raises(ValueError, match="latency"):
         dev.set_memory_timing(latency=0)
-    with pytest.raises(ValueError, match="cfg"):
-        SimDevice(cfg="default")
+    with pytest.raises(ValueError, match="dp: expected an AccelConfig"):
+        SimDevice(dp=3)

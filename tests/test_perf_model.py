@@ -5,6 +5,7 @@ it claims."""
 import pytest
 
 from golden import isa
+from golden.config import design_point
 from golden.isa import Opcode
 from golden.modelspec import ModelConfig
 from host import perf_model
@@ -39,7 +40,8 @@ def test_roofline_counts_weights_head_and_kv():
 
 def test_measure_small_model_on_sim():
     lines = []
-    r = perf_model.measure(SMALL, context=12, latency=8, progress=lines.append)
+    dp = design_point("kv260").with_(dram_latency=8)
+    r = perf_model.measure(SMALL, context=12, dp=dp, progress=lines.append)
     ops = [row["op"] for row in r["rows"]]
     assert ops[0] == "EMBED" and ops[-2:] == ["NORM_QUANT", "LM_HEAD"]
     assert set(ops) == {op.name for op in Opcode} - {"NOP", "END"}
@@ -54,11 +56,13 @@ def test_measure_small_model_on_sim():
         + SMALL.num_hidden_layers * r["cycles"]["layer"]
         + r["cycles"]["final norm + LM head"]
     )
-    assert r["tok_s"] == pytest.approx(perf_model.CLOCK_HZ / r["token_cycles"])
+    assert r["tok_s"] == pytest.approx(dp.clock_mhz * 1e6 / r["token_cycles"])
+    assert r["latency"] == 8 and r["bandwidth_bps"] == dp.dram_gbs * 1e9
     out = []
     perf_model.report(r, out=out.append)
     text = "\n".join(out)
     assert "modeled decode" in text and "roofline" in text and "TeLLMe" in text
+    assert f"design point kv260 at {dp.clock_note()}" in text
 
 
 def test_bad_context():

@@ -22,6 +22,7 @@ import httpx
 import openai
 import pytest
 
+from golden.config import design_point
 from golden.model import GoldenModel, random_model
 from golden.modelspec import ModelConfig
 from host import cli
@@ -68,7 +69,7 @@ def tiny_model(tmp_path_factory) -> Path:
 def serve_engine(model_dir, backend="golden"):
     """An Engine on ``model_dir`` opened as ``python -m host serve -m`` opens it."""
     src = open_model(model_dir)
-    rt = make_runtime(src.load(), backend, **backend_kwargs(backend, 250.0, 17.1))
+    rt = make_runtime(src.load(), backend, **backend_kwargs(backend, design_point("kv260")))
     return Engine(rt, src.tokenizer, model_id=src.name, backend=backend)
 
 

@@ -3,12 +3,13 @@ in-process through the C++ harness of ``host/backends/sim_harness/`` (the VTA 't
 DESIGN §5).
 
     dev = SimDevice()                        # builds/loads build/accel_sim/<hash>/libaccel_sim.so
-    rt = host.runtime.make_runtime(model, "sim", bandwidth=128.0, latency=20)
+    rt = host.runtime.make_runtime(model, "sim", dp="kv260")   # its DRAM bandwidth/latency
 
 Memory: one numpy uint8 buffer of ``mem_size`` bytes (device addresses [0, mem_size))
 shared by the harness's DRAM model (it reads/writes the buffer directly through a
 pointer) and the host fallback; ``write``/``read`` are plain numpy copies.
-DRAM timing: ``bandwidth`` bytes/cycle, ``latency`` cycles, ``max_outstanding`` reads in
+DRAM timing: ``bandwidth`` bytes/cycle and ``latency`` cycles (default: the design point's
+``bytes_per_cycle`` and ``dram_latency``), ``max_outstanding`` reads in
 flight (see ``sim_harness/harness.cpp``); ``set_memory_timing`` changes them.
 
 Command processor: ``run`` programs the CSRs (MEM_LO/MEM_HI = the allocated window
@@ -42,17 +43,14 @@ import time
 import numpy as np
 
 from golden import isa
-from golden.config import DEFAULT, DatapathConfig
+from golden.config import DEFAULT_DESIGN_POINT, AccelConfig, design_point
 from golden.executor import Executor
 from golden.isa import ErrorCode
 from host.backends.sim_harness.build import build, open_library
 from host.device import Device, Status
 from hw.csr import CSR, CTRL_CODE_SHIFT, CTRL_HOST_ERROR, CTRL_RESUME, CTRL_START, STATUS
-from hw.tlmm import DEFAULT_MAX_K
 
 DEFAULT_MEM_SIZE = 64 << 20
-DEFAULT_BANDWIDTH = 128.0  # bytes / cycle (e.g. 64-bit DDR4-2400 at 150 MHz ~ 128 B/cycle)
-DEFAULT_LATENCY = 20  # cycles
 DEFAULT_MAX_OUTSTANDING = 64
 DEFAULT_CYCLES_PER_POLL = 100_000
 
@@ -62,17 +60,23 @@ class SimDevice(Device):
 
     def __init__(
         self,
-        cfg: DatapathConfig = DEFAULT,
+        dp: AccelConfig | str = DEFAULT_DESIGN_POINT,
         mem_size: int = DEFAULT_MEM_SIZE,
-        bandwidth: float = DEFAULT_BANDWIDTH,
-        latency: int = DEFAULT_LATENCY,
+        bandwidth: float | None = None,
+        latency: int | None = None,
         max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
         cycles_per_poll: int = DEFAULT_CYCLES_PER_POLL,
-        max_k: int = DEFAULT_MAX_K,
         ops=None,
     ):
-        if not isinstance(cfg, DatapathConfig):
-            raise ValueError(f"cfg: expected a DatapathConfig, got {type(cfg).__name__}")
+        if isinstance(dp, str):
+            dp = design_point(dp)
+        if not isinstance(dp, AccelConfig):
+            raise ValueError(f"dp: expected an AccelConfig or a design point name, got {dp!r}")
+        # the design point's DRAM: its bandwidth in bytes per cycle and its latency
+        bandwidth = dp.bytes_per_cycle if bandwidth is None else bandwidth
+        latency = dp.dram_latency if latency is None else latency
+        self.dp = dp
+        cfg = dp.datapath
         if not isinstance(cycles_per_poll, (int, np.integer)) or cycles_per_poll < 1:
             raise ValueError(
                 f"cycles_per_poll: expected a positive integer, got {cycles_per_poll!r}"
@@ -86,7 +90,7 @@ class SimDevice(Device):
         # the host fallback executes on the very buffer the DRAM model serves
         self._mem = np.zeros(self.mem_size, dtype=np.uint8)
         self._host = Executor(self._mem, cfg)
-        self._lib = open_library(build(cfg, max_k, ops=ops))
+        self._lib = open_library(build(dp, ops=ops))
         self.dma_bytes = int(self._lib.acc_dma_bytes())
         self.bandwidth, self.latency = float(bandwidth), int(latency)
         self.cycles_per_poll = int(cycles_per_poll)

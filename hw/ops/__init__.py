@@ -15,3 +15,15 @@ stalls. Adding an opcode: its row in ``golden.isa.CONTRACTS`` (and its ``ARGS`` 
 its golden function (``golden.executor.Executor._op_<name>``), its engine here (listed in
 ``hw.accel.ENGINES``) and its test file ``sim/test_op_<name>.py``.
 """
+
+
+def synth_tops() -> dict:
+    """``make synth``'s blocks: every engine of the default design point, alone."""
+    from golden.config import DEFAULT_DESIGN_POINT, design_point
+    from hw.accel import ENGINES, engine_class
+
+    dp = design_point(DEFAULT_DESIGN_POINT)
+    return {
+        f"engine_{op.name.lower()}": (lambda op=op: engine_class(op).for_design(dp))
+        for op in ENGINES
+    }

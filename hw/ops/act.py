@@ -100,13 +100,11 @@ from hw.quant import ActQuant
 
 from .base import Engine, requant, scale_mul, scale_of_int
 
-DEFAULT_MAX_DIM = 4096  # BitNet-0.73B intermediate (FFN) size
-DEFAULT_LANES = 16
 SHIFT_BITS = 20  # scale shifts inside the engine (see module docstring)
 
 
 def expected_cycles(
-    rows: int, dim: int, cfg: DatapathConfig, lanes: int = DEFAULT_LANES, zero_rows: int = 0
+    rows: int, dim: int, cfg: DatapathConfig, lanes: int, zero_rows: int = 0
 ) -> int:
     """The module docstring's cycle formula (no stalls, read latency 1); ``zero_rows``:
     rows whose quantized operands are all zero (they skip the divider)."""
@@ -132,8 +130,8 @@ class ActEngine(Engine):
         cfg: DatapathConfig,
         dma_bytes: int,
         *,
-        max_dim: int = DEFAULT_MAX_DIM,
-        lanes: int = DEFAULT_LANES,
+        max_dim: int,
+        lanes: int,
     ):
         if not isinstance(cfg, DatapathConfig):
             raise ValueError(f"cfg: expected a DatapathConfig, got {type(cfg).__name__}")
@@ -162,6 +160,10 @@ class ActEngine(Engine):
         # golden's hw_act_quant16: the INT8 quantizer widened to ffn_bits
         self.quant16 = replace(cfg.quant, act_bits=cfg.forward.ffn_bits)
         super().__init__(cfg, dma_bytes)
+
+    @staticmethod
+    def design_params(dp) -> dict:
+        return {"max_dim": dp.max_dim, "lanes": dp.act_lanes}
 
     def elaborate(self, platform):
         m = Module()

@@ -220,6 +220,17 @@ class Engine(wiring.Component):
         self.cfg = cfg
         super().__init__(EngineSignature(dma_bytes))
 
+    @classmethod
+    def for_design(cls, dp):
+        """The engine of design point ``dp`` (``golden.config.AccelConfig``): its datapath,
+        DMA width, and the limits and widths it names for this engine."""
+        return cls(dp.datapath, dp.dma_bytes, **cls.design_params(dp))
+
+    @staticmethod
+    def design_params(dp) -> dict:
+        """The constructor's keyword arguments that come from the design point."""
+        return {}
+
     @property
     def op_args(self):
         """The engine's member of ``args``: a View of ``golden.isa.ARGS[OPCODE]``."""

@@ -58,7 +58,6 @@ from golden.isa import ErrorCode, Opcode
 
 from .base import Engine
 
-DEFAULT_MAX_K = 4096
 _GROUP = 8  # products per stage-1 partial sum
 
 
@@ -71,7 +70,11 @@ class LMHeadEngine(Engine):
     OPCODE = Opcode.LM_HEAD
     LIMITS = ("k <= max_k",)  # the x buffer
 
-    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int = DEFAULT_MAX_K):
+    @staticmethod
+    def design_params(dp) -> dict:
+        return {"max_k": dp.max_k}
+
+    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int):
         if dma_bytes % (4 * _GROUP):
             raise ValueError(f"dma_bytes: {dma_bytes} is not a multiple of {4 * _GROUP}")
         if max_k < 1:

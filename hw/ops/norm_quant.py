@@ -99,8 +99,6 @@ from hw.rmsnorm import RMSNormQuant
 
 from .base import Engine, shift_fits_record
 
-DEFAULT_LANES = 8  # see "Lanes" in the module docstring
-DEFAULT_MAX_LEN = 4096  # BitNet-0.73B: FFN 4096 (ffn_sub_norm), hidden 1536
 # read run-ahead in groups: 8 groups of 4 beats (8 lanes) hide ~30 cycles of read latency
 DEFAULT_FIFO_GROUPS = 8
 
@@ -113,7 +111,7 @@ def row_overhead(cfg: DatapathConfig = DEFAULT) -> int:
 
 
 def expected_cycles(
-    rows: int, dim: int, lanes: int = DEFAULT_LANES, cfg: DatapathConfig = DEFAULT, lat: int = 1
+    rows: int, dim: int, lanes: int, cfg: DatapathConfig = DEFAULT, lat: int = 1
 ) -> int:
     """Stall-free cycles of one NORM_QUANT command whose rows all have a nonzero product
     (module docstring formula); ``lat`` is the latency of the first read."""
@@ -133,8 +131,8 @@ class NormQuantEngine(Engine):
         cfg: DatapathConfig,
         dma_bytes: int,
         *,
-        lanes: int = DEFAULT_LANES,
-        max_len: int = DEFAULT_MAX_LEN,
+        lanes: int,
+        max_len: int,
         fifo_groups: int = DEFAULT_FIFO_GROUPS,
     ):
         if not isinstance(cfg, DatapathConfig):
@@ -166,6 +164,10 @@ class NormQuantEngine(Engine):
         self.fifo_groups = fifo_groups
         self.group = lanes * (dma_bytes // (4 * lanes))  # Gs elements per read pair
         super().__init__(cfg, dma_bytes)
+
+    @staticmethod
+    def design_params(dp) -> dict:
+        return {"lanes": dp.norm_lanes, "max_len": dp.max_dim}
 
     def elaborate(self, platform):
         m = Module()

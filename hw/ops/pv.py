@@ -158,7 +158,7 @@ class PVEngine(Engine):
         cfg: DatapathConfig,
         dma_bytes: int,
         *,
-        max_keys: int = 2048,
+        max_keys: int,
         max_head_dim: int | None = None,
     ):
         if dma_bytes < 8 or dma_bytes & (dma_bytes - 1):
@@ -187,6 +187,10 @@ class PVEngine(Engine):
         self.pt_bits = self.pt_max.bit_length()
         self.acc_bits = (max_keys * (1 << (V_BITS - 1)) * self.pt_max).bit_length() + 1
         super().__init__(cfg, dma_bytes)
+
+    @staticmethod
+    def design_params(dp) -> dict:
+        return {"max_keys": dp.max_keys, "max_head_dim": min(dp.max_head_dim, dp.dma_bytes)}
 
     def elaborate(self, platform):
         m = Module()

@@ -113,9 +113,6 @@ from hw.quant import ActQuant
 
 from .base import Engine, scale_mul, scale_of_int, shift_fits_record
 
-DEFAULT_MAX_HEAD_DIM = 128
-DEFAULT_PAIRS = 4  # P: pairs rotated per cycle (2P elements per cycle)
-DEFAULT_QUANTIZERS = 4
 DEFAULT_MAX_OUTSTANDING = 16
 
 ELEM_BITS = 32  # src elements: int32 accumulators
@@ -163,8 +160,8 @@ def expected_cycles(
     rope: bool,
     cfg: DatapathConfig,
     dma_bytes: int,
-    pairs: int = DEFAULT_PAIRS,
-    quantizers: int = DEFAULT_QUANTIZERS,
+    pairs: int,
+    quantizers: int,
 ) -> int:
     """The module docstring's cycle formula (no stalls, short read latency)."""
     half = head_dim // 2
@@ -185,9 +182,9 @@ class RopeQuantEngine(Engine):
         cfg: DatapathConfig,
         dma_bytes: int,
         *,
-        max_head_dim: int = DEFAULT_MAX_HEAD_DIM,
-        pairs: int = DEFAULT_PAIRS,
-        quantizers: int = DEFAULT_QUANTIZERS,
+        max_head_dim: int,
+        pairs: int,
+        quantizers: int,
         max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
     ):
         if cfg.quant.hw_in_bits != ELEM_BITS or cfg.quant.act_bits != 8:
@@ -219,6 +216,14 @@ class RopeQuantEngine(Engine):
         self.quantizers = quantizers
         self.max_outstanding = max_outstanding
         super().__init__(cfg, dma_bytes)
+
+    @staticmethod
+    def design_params(dp) -> dict:
+        return {
+            "max_head_dim": dp.max_head_dim,
+            "pairs": dp.rope_pairs,
+            "quantizers": dp.rope_quantizers,
+        }
 
     def elaborate(self, platform):
         m = Module()

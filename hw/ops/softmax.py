@@ -75,15 +75,11 @@ from __future__ import annotations
 from amaranth import Cat, Const, Module, Mux, Signal
 
 from golden import isa
-from golden.config import DEFAULT, DatapathConfig
+from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
-from golden.softmax import PROB_BOUND_MAX_LEN
 from hw.softmax import Softmax
 
 from .base import Engine
-
-DEFAULT_LANES = 8
-DEFAULT_MAX_LEN = PROB_BOUND_MAX_LEN
 
 _ABITS = isa.ADDR_BITS + 1
 _RBITS = isa.HEADS_BITS + isa.ROWS_BITS  # flattened rows heads * rows
@@ -93,8 +89,8 @@ def expected_cycles(
     heads: int,
     rows: int,
     keys: int,
-    cfg: DatapathConfig = DEFAULT,
-    lanes: int = DEFAULT_LANES,
+    cfg: DatapathConfig,
+    lanes: int,
     latency: int = 1,
 ) -> int:
     """Cycles of one command without memory stalls (module docstring): per group of
@@ -155,8 +151,8 @@ class SoftmaxEngine(Engine):
         cfg: DatapathConfig,
         dma_bytes: int,
         *,
-        lanes: int = DEFAULT_LANES,
-        max_len: int = DEFAULT_MAX_LEN,
+        lanes: int,
+        max_len: int,
     ):
         if dma_bytes < 4 or dma_bytes & (dma_bytes - 1):
             raise ValueError(f"dma_bytes: expected a power of two >= 4, got {dma_bytes}")
@@ -175,6 +171,10 @@ class SoftmaxEngine(Engine):
         self.lanes = lanes
         self.max_len = max_len
         super().__init__(cfg, dma_bytes)
+
+    @staticmethod
+    def design_params(dp) -> dict:
+        return {"lanes": dp.softmax_lanes, "max_len": dp.max_keys}
 
     def elaborate(self, platform):
         m = Module()

@@ -32,7 +32,7 @@ from amaranth import Cat, Module, Mux, Signal
 from golden import isa
 from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
-from hw.tlmm import DEFAULT_MAX_K, TLMM, chunk_count
+from hw.tlmm import TLMM, chunk_count
 from hw.tlmm import expected_cycles as tlmm_block_cycles
 
 from .base import Engine
@@ -53,7 +53,11 @@ class TLMMEngine(Engine):
     LIMITS = ("k <= max_k",)  # the engine's table depth
     GOLDEN_ONLY = ("weight codes",)
 
-    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int = DEFAULT_MAX_K):
+    @staticmethod
+    def design_params(dp) -> dict:
+        return {"max_k": dp.max_k}
+
+    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int):
         tc = cfg.tlmm
         need = max(tc.group * tc.tables, isa.tlmm_beat_bytes(tc), tc.replicas * tc.acc_bits // 8)
         if dma_bytes < need:

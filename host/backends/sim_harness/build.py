@@ -1,6 +1,6 @@
 """Build and open the in-process Verilator harness of ``hw.accel.Accel`` (the sim backend's).
 
-    path = build(cfg)          # build/accel_sim/<hash>/libaccel_sim.so (compiled once)
+    path = build(dp)           # build/accel_sim/<hash>/libaccel_sim.so (compiled once)
     lib = open_library(path)   # a private ctypes.CDLL of it, with its C ABI declared
 
 The top is exported to Verilog with ``hw.verilog.export_verilog`` and compiled together
@@ -29,8 +29,7 @@ from pathlib import Path
 from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSignal, Signal
 from amaranth.lib import wiring
 
-from golden.config import DEFAULT, DatapathConfig
-from hw.tlmm import DEFAULT_MAX_K
+from golden.config import DEFAULT_DESIGN_POINT, AccelConfig, design_point
 from hw.verilog import MAKE_PCH_FIX, VERILATOR_FLAGS, export_verilog, setup_verilator
 
 HERE = Path(__file__).resolve().parent
@@ -86,29 +85,28 @@ class RegisteredInputs(wiring.Component):
 
 
 def build(
-    cfg: DatapathConfig = DEFAULT,
-    max_k: int = DEFAULT_MAX_K,
+    dp: AccelConfig | str = DEFAULT_DESIGN_POINT,
     *,
     ops=None,
     jobs: int = 2,
     verbose: bool = False,
 ) -> Path:
-    """Compile (if anything changed) and return the path of the shared library.
-    ``ops``: the opcodes with an RTL engine (``hw.accel.Accel``; default all)."""
+    """Compile (if anything changed) and return the path of the shared library of the top
+    of design point ``dp``. ``ops``: the opcodes with an RTL engine (``hw.accel.Accel``;
+    default all)."""
+    dp = design_point(dp) if isinstance(dp, str) else dp
     from hw.accel import Accel
 
     # exporting the Verilog takes ~10 s: a hash of everything it is made from finds an
     # earlier build without it
     ops_names = None if ops is None else sorted(op.name for op in ops)
-    src_key = _source_key(cfg, max_k, ops_names)
+    src_key = _source_key(dp, ops_names)
     index = BUILD_ROOT / "index" / src_key
     if index.exists():
         lib = Path(index.read_text().strip())
         if lib.exists():
             return lib
-    text = export_verilog(
-        RegisteredInputs(Accel(cfg, max_k=max_k, ops=ops, gate_idle_engines=True)), "accel"
-    )
+    text = export_verilog(RegisteredInputs(Accel(dp, ops=ops, gate_idle_engines=True)), "accel")
     cpp = (HERE / "harness.cpp").read_text()
     key = hashlib.sha1(
         json.dumps([text, cpp, HARNESS_VERILATOR_FLAGS, MAKE_FLAGS, CXX_FLAGS]).encode()
@@ -121,7 +119,7 @@ def build(
     bdir.mkdir(parents=True, exist_ok=True)
     (bdir / "accel.v").write_text(text)
     (bdir / "params.json").write_text(
-        json.dumps({"cfg": asdict(cfg), "max_k": max_k, "ops": ops_names}, indent=1, default=str)
+        json.dumps({"dp": asdict(dp), "ops": ops_names}, indent=1, default=str)
     )
     root = setup_verilator()
     cmd = [
@@ -164,15 +162,14 @@ def build(
 _SOURCES = ("hw/**/*.py", "golden/*.py", "host/backends/sim_harness/harness.cpp")
 
 
-def _source_key(cfg: DatapathConfig, max_k: int, ops_names=None) -> str:
+def _source_key(dp: AccelConfig, ops_names=None) -> str:
     import amaranth
 
     files = sorted({p for pat in _SOURCES for p in ROOT.glob(pat)})
     texts = [(str(p.relative_to(ROOT)), p.read_text()) for p in files]
     blob = json.dumps(
         [
-            asdict(cfg),
-            max_k,
+            asdict(dp),
             ops_names,
             texts,
             amaranth.__version__,
