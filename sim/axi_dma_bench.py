@@ -156,6 +156,7 @@ async def _setup(dut, rng, pause=PAUSE, max_lat=MAX_LAT, stall=STALL):
     chk = AxiChecker(dut, N_PORTS, dut.clk)
     chk.segment = SEGMENT
     chk.regions = [(0, MEM)]
+    chk.max_burst = W // 16 + 1             # a 128-byte request at any alignment
     await core.start()
     return core, ports, chk
 

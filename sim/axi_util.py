@@ -90,6 +90,7 @@ class AxiChecker:
         self.dut, self.n, self.clk = dut, n_ports, clk
         self.db, self.max_bytes = data_bytes, max_bytes
         self.regions: list[tuple[int, int]] | None = None     # device-address ranges
+        self.max_burst = 256                # the design's own bound may be set lower
         self.segment = 0
         self.errors: list[str] = []
         self.bursts = {"ar": 0, "aw": 0, "w_beats": 0, "max_beats": 0}
@@ -129,8 +130,8 @@ class AxiChecker:
         n = alen + 1
         self.bursts[kind] += 1
         self.bursts["max_beats"] = max(self.bursts["max_beats"], n)
-        if n > 256:
-            self.fail(f"{kind}{i}: {n} beats")
+        if n > self.max_burst:
+            self.fail(f"{kind}{i}: {n} beats at 0x{addr:x} (more than {self.max_burst})")
         if 1 << size != self.db:
             self.fail(f"{kind}{i}: size {size} is not the bus width")
         if burst != 1:
