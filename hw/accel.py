@@ -25,7 +25,14 @@ DMA port (external memory; one request = one response beat)
 A transfer happens on a clock edge where valid & ready. Requests may run ahead of
 responses by any number (the memory buffers them and applies backpressure with ready).
 Responses pass one pipeline register before the engines (one cycle of latency, full
-throughput).
+throughput). A read sees every write accepted before it was requested.
+
+Bus errors and write completion (driven by the AXI shell ``hw/shell.py``; a memory that
+applies writes at once and never fails, like the sim backend's harness, leaves them 0):
+``mem_rdata_err`` marks a response beat as an error (SLVERR/DECERR); ``mem_wr_err`` pulses
+when a write failed, with ``mem_wr_err_op`` = the ``cmd_index`` (PC) the core showed when
+that write was accepted; ``mem_wr_busy``: writes accepted and not yet completed.
+``stream_addr_hi`` (STREAM_ADDR_HI) and ``irq`` (``hw/csr.py``) are outputs for the shell.
 
 Command processor
 =================
@@ -35,8 +42,18 @@ engine runs) -> EXEC (the engine's ``start`` pulse; the DMA port is switched to 
 its ``done``) -> next (MISSING_END after ``n_cmds`` commands without END).
 During EXEC the next command (pc + 1 < n_cmds) is prefetched in a read slot the engine
 leaves free, so the next DECODE follows ``done`` directly instead of waiting a memory
-latency (PF_WAIT if it is still in flight; after an engine error its response is drained
-before the stream stops).
+latency (PF_WAIT if it is still in flight).
+
+Every stream ends in DRAIN: the reads still outstanding (a prefetch, an aborted engine's)
+are taken and dropped and the posted writes complete (``mem_wr_busy`` low) before
+STATUS shows the end and IRQ_STATUS.END is set, so the host never reads memory a write
+has not reached, and the next stream starts clean. A host-executed command waits for the
+writes before it the same way (HOST_FENCE).
+
+Bus errors: the first error in stream order is kept (a read's command: the one running, or
+pc + 1 for the prefetch; a write's: ``mem_wr_err_op``); a running engine at or past it is
+reset (``ResetInserter``) and the stream ends in DRAIN with BUS_ERROR at that index. CTRL.RESET
+while a stream runs aborts it the same way and ends with STATUS clear.
 
 Busy/host lines ``busy`` and ``host_req`` are also top-level outputs (an interrupt line
 for the harness).

@@ -601,3 +601,13 @@ class AxiDma(wiring.Component):
                                              for b in range(W)])),
                              o_err.eq(s2_err)]
         return m
+
+
+def synth_tops() -> dict:
+    """For ``make synth``: the two bridges at the default design point (the shell's 5
+    ports, the core's DMA width)."""
+    from golden.config import DEFAULT
+    from hw.accel import dma_bytes_for
+    from hw.shell import DEFAULT_PORTS
+    return {"axi_lite_csr": AxiLiteCSR,
+            "axi_dma": lambda: AxiDma(dma_bytes_for(DEFAULT), n_ports=DEFAULT_PORTS)}

@@ -93,7 +93,8 @@ class AxiChecker:
         self.max_burst = 256                # the design's own bound may be set lower
         self.segment = 0
         self.errors: list[str] = []
-        self.bursts = {"ar": 0, "aw": 0, "w_beats": 0, "max_beats": 0}
+        self.bursts = {"ar": 0, "aw": 0, "w_beats": 0, "max_beats": 0, "max_rd_outstanding": 0}
+        self._rd_out = [0] * n_ports        # read bursts issued and not yet at RLAST
         self._aw = [deque() for _ in range(n_ports)]
         self._w = [None] * n_ports           # [beats, strobes so far, burst address]
         self._wq = [deque() for _ in range(n_ports)]     # W beats ahead of their AW
@@ -150,6 +151,12 @@ class AxiChecker:
                 if int(self._sig(i, "arvalid").value) and int(self._sig(i, "arready").value):
                     addr, n = self._burst("ar", i)
                     self._addr_ok("ar", i, addr, n)
+                    self._rd_out[i] += 1
+                    self.bursts["max_rd_outstanding"] = max(self.bursts["max_rd_outstanding"],
+                                                            self._rd_out[i])
+                if (int(self._sig(i, "rvalid").value) and int(self._sig(i, "rready").value)
+                        and int(self._sig(i, "rlast").value)):
+                    self._rd_out[i] -= 1
                 if int(self._sig(i, "awvalid").value) and int(self._sig(i, "awready").value):
                     self._aw[i].append(self._burst("aw", i))
                 if int(self._sig(i, "wvalid").value) and int(self._sig(i, "wready").value):
