@@ -42,10 +42,13 @@ are outstanding on every port at once. A per-port *assembler* (9 x 128-bit regis
 collects the beats of its next request from the R FIFO at one beat per cycle. One shared
 *realigner* takes the assembled requests in round-robin order (one per cycle) and
 shifts them down by the request's byte offset in two registered 4:1 stages (byte offset
-[1:0], then [3:2]), zeroing the bytes beyond ``len``: three pipeline registers, one
-response per cycle (128 bytes/cycle), response order = request order. Per port:
-9 beats + 1 cycle per 128-byte request = 14.2 bytes/cycle, so 5 ports carry 71 bytes/cycle
-(the KV260 point needs 68.4). An error response (RRESP SLVERR/DECERR) on any beat marks
+[1:0], then [3:2]), zeroing the bytes beyond ``len``, into a 4-entry output FIFO: one
+response per cycle (128 bytes/cycle), response order = request order. The stages advance
+every cycle and a request is taken only while the FIFO has room for it and those in
+flight (a count of flops), so the core's ``mem_rdata_ready`` only moves the FIFO's read
+pointer: no ready path runs back through the wide stages. Per port: 8 beats per aligned
+128-byte request, 9 misaligned, so 5 ports carry 71..80 bytes/cycle (the KV260 point
+needs 68.4). An error response (RRESP SLVERR/DECERR) on any beat marks
 the request's response (``mem_rdata_err``).
 
 Writes. A write request (1..dma_bytes bytes at any byte address; ``mem_wr_ready`` is
@@ -554,52 +557,50 @@ class AxiDma(wiring.Component):
                 with m.Else():
                     m.d.sync += j.eq(j + 1)
 
-        # the shared realigner: select (round robin) -> shift by off[1:0] -> by off[3:2]
-        o_valid, o_data, o_err = Signal(), Signal(8 * W), Signal()
-        m.d.comb += [self.mem_rdata_valid.eq(o_valid), self.mem_rdata.eq(o_data),
-                     self.mem_rdata_err.eq(o_err)]
-        o_ready = Signal()
-        m.d.comb += o_ready.eq(~o_valid | self.mem_rdata_ready)
+        # the shared realigner: select (round robin) -> shift by off[1:0] -> shift by
+        # off[3:2] and mask -> a 4-entry output FIFO. The stages advance every cycle; a
+        # request is taken only while the FIFO has room for it and for those in flight,
+        # so no ready travels back from the core through the wide stages.
+        OUT_DEPTH = 4
+        ofifo = fifo.SyncFIFO(width=8 * W + 1, depth=OUT_DEPTH)
+        m.submodules.rd_out = ofifo
+        m.d.comb += [self.mem_rdata_valid.eq(ofifo.r_rdy),
+                     self.mem_rdata.eq(ofifo.r_data[:8 * W]),
+                     self.mem_rdata_err.eq(ofifo.r_data[8 * W]),
+                     ofifo.r_en.eq(self.mem_rdata_ready)]
         s1v, s1_d, s1_off, s1_len, s1_err = (Signal(), Signal(8 * DB * MB), Signal(ob),
                                              Signal(range(W + 1)), Signal())
         s2v, s2_d, s2_offhi, s2_mask, s2_err = (Signal(), Signal(8 * DB * MB),
                                                 Signal(max(1, ob - 2)), Signal(W), Signal())
-        s2_ready = Signal()
-        s1_ready = Signal()
-        m.d.comb += [s2_ready.eq(~s2v | o_ready), s1_ready.eq(~s1v | s2_ready)]
+        room = Signal()
+        m.d.comb += room.eq(ofifo.level + s1v + s2v < OUT_DEPTH)
         srr = Signal(rr_bits)
+        m.d.sync += s1v.eq(0)
         with m.Switch(srr):
             for i in range(N):
                 with m.Case(i):
                     slots, full, a_err, a_off, a_len = asm[i]
-                    m.d.comb += take[i].eq(full & s1_ready)
-                    with m.If(s1_ready):
-                        m.d.sync += s1v.eq(full)
-                        with m.If(full):
-                            m.d.sync += [s1_d.eq(Cat(*slots)), s1_off.eq(a_off),
-                                         s1_len.eq(a_len), s1_err.eq(a_err),
-                                         srr.eq(rr_next(srr))]
-        with m.If(s2_ready):
-            m.d.sync += s2v.eq(s1v)
-            with m.If(s1v):
-                with m.Switch(s1_off[:2]):
-                    for o in range(4):
-                        with m.Case(o):
-                            m.d.sync += s2_d.eq(s1_d >> (8 * o))
-                m.d.sync += [s2_offhi.eq(s1_off[2:]) if ob > 2 else s2_offhi.eq(0),
-                             s2_mask.eq(Cat(*[s1_len > b for b in range(W)])),
-                             s2_err.eq(s1_err)]
-        with m.If(o_ready):
-            m.d.sync += o_valid.eq(s2v)
-            with m.If(s2v):
-                shifted = Signal(8 * W)
-                with m.Switch(s2_offhi):
-                    for o in range(1 << len(s2_offhi)):
-                        with m.Case(o):
-                            m.d.comb += shifted.eq(s2_d >> (32 * o))
-                m.d.sync += [o_data.eq(Cat(*[shifted[8 * b:8 * b + 8] & s2_mask[b].replicate(8)
-                                             for b in range(W)])),
-                             o_err.eq(s2_err)]
+                    m.d.comb += take[i].eq(full & room)
+                    with m.If(take[i]):
+                        m.d.sync += [s1v.eq(1), s1_d.eq(Cat(*slots)), s1_off.eq(a_off),
+                                     s1_len.eq(a_len), s1_err.eq(a_err), srr.eq(rr_next(srr))]
+        m.d.sync += s2v.eq(s1v)
+        with m.If(s1v):
+            with m.Switch(s1_off[:2]):
+                for o in range(4):
+                    with m.Case(o):
+                        m.d.sync += s2_d.eq(s1_d >> (8 * o))
+            m.d.sync += [s2_offhi.eq(s1_off[2:]) if ob > 2 else s2_offhi.eq(0),
+                         s2_mask.eq(Cat(*[s1_len > b for b in range(W)])),
+                         s2_err.eq(s1_err)]
+        shifted = Signal(8 * W)
+        with m.Switch(s2_offhi):
+            for o in range(1 << len(s2_offhi)):
+                with m.Case(o):
+                    m.d.comb += shifted.eq(s2_d >> (32 * o))
+        m.d.comb += [ofifo.w_en.eq(s2v),
+                     ofifo.w_data.eq(Cat(*[shifted[8 * b:8 * b + 8] & s2_mask[b].replicate(8)
+                                           for b in range(W)], s2_err))]
         return m
 
 
