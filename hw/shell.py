@@ -47,8 +47,11 @@ class AccelShell(wiring.Component):
 
     def __init__(self, cfg: DatapathConfig = DEFAULT, *, max_k: int = DEFAULT_MAX_K, ops=None,
                  n_ports: int = DEFAULT_PORTS, data_bytes: int = 16, addr_bits: int = 49,
-                 csr_addr_bits: int = 12, rd_fifo_beats: int = 64, wr_outstanding: int = 2):
-        core = Accel(cfg, max_k=max_k, ops=ops)
+                 csr_addr_bits: int = 12, rd_fifo_beats: int = 64, wr_outstanding: int = 2,
+                 gate_idle_engines: bool = False):
+        # gate_idle_engines: see hw.accel (a faster Verilator model, same function; not
+        # part of the ID)
+        core = Accel(cfg, max_k=max_k, ops=ops, gate_idle_engines=gate_idle_engines)
         self._dma_kw = dict(n_ports=n_ports, data_bytes=data_bytes, addr_bits=addr_bits,
                             rd_fifo_beats=rd_fifo_beats, wr_outstanding=wr_outstanding)
         dma = AxiDma(core.dma_bytes, **self._dma_kw)           # validates the parameters
