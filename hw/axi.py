@@ -285,7 +285,7 @@ class AxiDma(wiring.Component):
         valid = Signal(name=f"{name}_valid")
         addr = Signal(self.addr_bits, name=f"{name}_addr")
         alen = Signal(8, name=f"{name}_len")
-        g = lambda s: getattr(port, ch + s)  # noqa: E731
+        g = lambda s: getattr(port, ch + s)
         m.d.comb += [g("valid").eq(valid), g("addr").eq(addr), g("len").eq(alen),
                      g("size").eq(_log2(DB)), g("burst").eq(AXI_BURST_INCR),
                      g("cache").eq(AXI_CACHE), g("prot").eq(0), g("lock").eq(0),

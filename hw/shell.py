@@ -52,9 +52,9 @@ class AccelShell(wiring.Component):
         # gate_idle_engines: see hw.accel (a faster Verilator model, same function; not
         # part of the ID)
         core = Accel(cfg, max_k=max_k, ops=ops, gate_idle_engines=gate_idle_engines)
-        self._dma_kw = dict(n_ports=n_ports, data_bytes=data_bytes, addr_bits=addr_bits,
-                            rd_fifo_beats=rd_fifo_beats, wr_outstanding=wr_outstanding)
-        dma = AxiDma(core.dma_bytes, **self._dma_kw)           # validates the parameters
+        dma = AxiDma(core.dma_bytes, n_ports=n_ports, data_bytes=data_bytes,
+                     addr_bits=addr_bits, rd_fifo_beats=rd_fifo_beats,
+                     wr_outstanding=wr_outstanding)           # validates the parameters
         self.n_ports, self.data_bytes, self.addr_bits = n_ports, data_bytes, addr_bits
         self.csr_addr_bits = csr_addr_bits
         self._id_params = {"core": core.id_params(),

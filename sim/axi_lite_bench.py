@@ -17,7 +17,15 @@ import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge
 
-from hw.csr import (CSR, CTRL_RESET, CTRL_START, IRQ_END, MAPPED_OFFSETS, REG, VERSION_VALUE)
+from hw.csr import (
+    CSR,
+    CTRL_RESET,
+    CTRL_START,
+    IRQ_END,
+    MAPPED_OFFSETS,
+    REG,
+    VERSION_VALUE,
+)
 from sim.axi_util import pauses
 from sim.streams import CLOCK_NS, bench_params, bench_rng, record
 

@@ -26,9 +26,8 @@ Parameters (``sim.streams.bench_params``): ``ports``, ``pause``, ``max_latency``
 """
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
 

@@ -14,3 +14,15 @@ def test_axi_dma():
     assert {r["test"] for r in results} >= {"test_random_traffic", "test_raw_across_ports",
                                             "test_slverr", "test_read_throughput"}
     assert all(r["passed"] for r in results), results
+
+
+def test_axi_dma_kv260_read_throughput():
+    """The KV260 point's 5 ports, no stalls: the read bandwidth the design point needs."""
+    params = {"ports": 5, "stall": 0.0, "pause": 0.0, "max_latency": 0, "ops": 0,
+              "min_bytes_per_cycle": 68.4}
+    dma = AxiDma(128, n_ports=5)
+    results = run_bench(dma, bench="sim.axi_dma_bench", name="axi_dma5", params=params,
+                        build_key={"dma_bytes": 128, **dma.params()},
+                        testcase="test_read_throughput")
+    assert [r["test"] for r in results] == ["test_read_throughput"]
+    assert all(r["passed"] for r in results), results

@@ -15,7 +15,6 @@ from hw import csr
 from hw.csr import CSR, REGISTERS, Field, Register
 
 
-
 def _unused(*comps):
     """Components built for their parameters and ports only, never elaborated (also
     the shell's parts): no UnusedElaboratable warning."""
@@ -99,9 +98,9 @@ def test_shell_port_names():
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(n_ports=0), "n_ports"), (dict(data_bytes=12), "data_bytes"),
-    (dict(addr_bits=32), "addr_bits"), (dict(rd_fifo_beats=4), "rd_fifo_beats"),
-    (dict(wr_outstanding=0), "wr_outstanding"),
+    ({"n_ports": 0}, "n_ports"), ({"data_bytes": 12}, "data_bytes"),
+    ({"addr_bits": 32}, "addr_bits"), ({"rd_fifo_beats": 4}, "rd_fifo_beats"),
+    ({"wr_outstanding": 0}, "wr_outstanding"),
 ])
 def test_bad_dma_parameters_are_refused(kw, match):
     from hw.axi import AxiDma
