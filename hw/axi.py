@@ -325,11 +325,16 @@ class AxiDma(wiring.Component):
         s_data = Signal(8 * W)
         s_tag = Signal(32)
         m.d.comb += self.mem_wr_ready.eq(~sv)
+        # the beats are computed on the way in, so that booking (overlap compares) starts
+        # from flops instead of behind an adder
+        i_end, i_nb, i_b1, i_cross = self._range_info(m, self.mem_wr_addr, self.mem_wr_len, "wr")
+        s_end, s_nb, s_b1, s_cross = (Signal.like(i_end), Signal.like(i_nb), Signal.like(i_b1),
+                                      Signal())
         with m.If(self.mem_wr_valid & ~sv):
             m.d.sync += [sv.eq(1), s_send.eq(0), s_addr.eq(self.mem_wr_addr),
                          s_len.eq(self.mem_wr_len), s_data.eq(self.mem_wr_data),
-                         s_tag.eq(self.cmd_index)]
-        s_end, s_nb, s_b1, s_cross = self._range_info(m, s_addr, s_len, "wr")
+                         s_tag.eq(self.cmd_index), s_end.eq(i_end), s_nb.eq(i_nb),
+                         s_b1.eq(i_b1), s_cross.eq(i_cross)]
 
         # per-port write tables: entries {lo, hi, tag, two bursts}, in issue order
         WD = self.wr_outstanding
