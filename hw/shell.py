@@ -23,6 +23,18 @@ The ID register reads ``hw.csr.design_id(shell.id_params())``: the core's build
 parameters and the shell's (ports, widths, FIFO depths), so a driver can tell a bitstream
 of another design point.
 
+Driver sequence (``sim/shell_bench.py`` does exactly this through ``AxiLiteMaster``)
+-------------------------------------------------------------------------------------
+1. Read ID and VERSION; ID must equal ``AccelShell(<the host's design point>).ident``.
+2. Put the memory image, KV cache, scratch and stream in one buffer that does not cross a
+   4 GiB boundary; device address = bus address & 0xFFFF_FFFF.
+3. Write MEM_LO / MEM_HI (the buffer's device range), STREAM_ADDR_LO / STREAM_ADDR_HI,
+   N_CMDS, IRQ_STATUS = all ones (clear), IRQ_ENABLE = END, then CTRL = START.
+4. Wait for ``irq`` (or poll STATUS.BUSY); read STATUS (DONE, ERROR), ERR_OP and the
+   counters; write IRQ_STATUS = END. Every write of the stream has reached memory then.
+5. Watchdog: CTRL = RESET, then poll STATUS.BUSY until 0 (the abort drains what is
+   outstanding, so it needs a memory that answers; ``aresetn`` recovers from anything).
+
 Default ``n_ports=5``: the KV260 point's 17.1 GB/s at 250 MHz is 68.4 bytes/cycle, and one
 128-bit port carries 16 (4 GB/s); the read path sustains 14.2 bytes/cycle per port
 (9 cycles per 128-byte request at any alignment), so 5 ports give 71.
