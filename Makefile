@@ -32,9 +32,16 @@ serve: install
 loadtest: install
 	$(VPY) -m host.loadtest $(ARGS)
 
-# Everything a change can break: golden, RTL (cocotb on Verilator), host, notebooks.
-test: install
+# Everything a change can break: lint and import layers, golden, RTL (cocotb on
+# Verilator), host, notebooks.
+test: install lint
 	$(VPY) -m pytest -q $(if $(SEED),--seed=$(SEED))
+
+# ruff (lint + format check) and the import-linter layers (golden <- hw <- host <- sim).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 # The RTL regression alone, with a per-block summary.
 sim: install

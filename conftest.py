@@ -4,6 +4,7 @@
 header. Each test gets its own generator derived from (seed, test id), so one test's
 vectors do not depend on which other tests ran.
 """
+
 import os
 import time
 import zlib
@@ -13,7 +14,9 @@ import pytest
 
 
 def pytest_addoption(parser):
-    parser.addoption("--seed", type=int, default=None, help="seed for random tests (default: time-based)")
+    parser.addoption(
+        "--seed", type=int, default=None, help="seed for random tests (default: time-based)"
+    )
 
 
 def pytest_configure(config):
@@ -41,5 +44,6 @@ def rng(request, seed) -> np.random.Generator:
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     # printed even with -q, where the report header is not
-    terminalreporter.write_line(f"random seed: {config._session_seed} "
-                                f"(reproduce with SEED={config._session_seed})")
+    terminalreporter.write_line(
+        f"random seed: {config._session_seed} (reproduce with SEED={config._session_seed})"
+    )

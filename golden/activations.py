@@ -43,10 +43,11 @@ range (every one of the 2^16 inputs): ``GELU_ABS_ERR``, ``SILU_ABS_ERR`` (I-BERT
 1.8e-2 on [-4, 4]). The output LSB dominates; Q.12 outputs (out_frac_bits = 12, int32)
 bring both below 1e-3.
 """
+
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -63,7 +64,11 @@ RELU2_ABS_ERR = 0.0
 
 KINDS = ("gelu", "silu")
 
-_RELU2_OUT = {np.dtype(np.int8): np.int16, np.dtype(np.int16): np.int32, np.dtype(np.int32): np.int64}
+_RELU2_OUT = {
+    np.dtype(np.int8): np.int16,
+    np.dtype(np.int16): np.int32,
+    np.dtype(np.int32): np.int64,
+}
 
 
 # --------------------------------------------------------------------------- float
@@ -115,7 +120,9 @@ def relu2_gated(gate, up) -> np.ndarray:
     try:
         np.broadcast_shapes(gate.shape, up.shape)
     except ValueError:
-        raise ValueError(f"up: shape {up.shape} does not broadcast with gate {gate.shape}") from None
+        raise ValueError(
+            f"up: shape {up.shape} does not broadcast with gate {gate.shape}"
+        ) from None
     out = relu2(gate).astype(np.int64) * up.astype(np.int64)
     small = gate.dtype == np.int8 and up.dtype == np.int8
     return out.astype(np.int32 if small else np.int64)
@@ -128,12 +135,12 @@ def _kind(kind: str) -> str:
     return kind
 
 
-@lru_cache(maxsize=None)
+@cache
 def delta_lut(kind: str, cfg: ActivationConfig = DEFAULT.activation) -> np.ndarray:
     """T[i] = round_half_up(delta(i h) * 2^LF), i = 0..2^Lb (int64, read-only)."""
     n = 1 << cfg.lut_bits(_kind(kind))
     h = 2.0 ** (cfg.range_log2(kind) - cfg.lut_bits(kind))
-    vals = delta_ref(kind, np.arange(n + 1) * h) * 2.0 ** cfg.lut_frac_bits
+    vals = delta_ref(kind, np.arange(n + 1) * h) * 2.0**cfg.lut_frac_bits
     lut = np.floor(vals + 0.5).astype(np.int64)
     lut.flags.writeable = False
     return lut
@@ -166,7 +173,9 @@ def act_fx(x, kind: str, cfg: ActivationConfig = DEFAULT.activation) -> np.ndarr
     acc = (np.maximum(x, 0) << (lf - cfg.in_frac_bits)) - delta_fx(kind, np.abs(x), cfg)
     y = rhu(acc, lf - cfg.out_frac_bits)
     y = np.clip(y, -(1 << (cfg.out_bits - 1)), (1 << (cfg.out_bits - 1)) - 1)
-    return y.astype(np.int16 if cfg.out_bits <= 16 else np.int32 if cfg.out_bits <= 32 else np.int64)
+    return y.astype(
+        np.int16 if cfg.out_bits <= 16 else np.int32 if cfg.out_bits <= 32 else np.int64
+    )
 
 
 def gelu_fx(x, cfg: ActivationConfig = DEFAULT.activation) -> np.ndarray:
@@ -185,8 +194,8 @@ def all_inputs(cfg: ActivationConfig = DEFAULT.activation) -> np.ndarray:
 
 def max_abs_error(kind: str, x, cfg: ActivationConfig = DEFAULT.activation) -> float:
     x = np.asarray(x)
-    y = act_fx(x, kind, cfg).astype(np.float64) * 2.0 ** -cfg.out_frac_bits
-    xf = x.astype(np.float64) * 2.0 ** -cfg.in_frac_bits
+    y = act_fx(x, kind, cfg).astype(np.float64) * 2.0**-cfg.out_frac_bits
+    xf = x.astype(np.float64) * 2.0**-cfg.in_frac_bits
     ref = gelu_ref(xf) if kind == "gelu" else silu_ref(xf)
     return float(np.max(np.abs(y - ref)))
 
@@ -196,22 +205,46 @@ def error_report(cfg=DEFAULT) -> list[dict]:
     rng = np.random.default_rng(0)
     x = all_inputs(ac)
     lo, hi = -(1 << (ac.in_bits - 1)), 1 << (ac.in_bits - 1)
-    rng_in = f"every Q.{ac.in_frac_bits} input in [{lo * 2.0 ** -ac.in_frac_bits:g}, " \
-             f"{hi * 2.0 ** -ac.in_frac_bits:g})"
+    rng_in = (
+        f"every Q.{ac.in_frac_bits} input in [{lo * 2.0**-ac.in_frac_bits:g}, "
+        f"{hi * 2.0**-ac.in_frac_bits:g})"
+    )
     # ReLU^2 / gated product against exact Python integers
     g = rng.integers(-128, 128, size=4096, dtype=np.int64)
     u = rng.integers(-128, 128, size=4096, dtype=np.int64)
     g32 = rng.integers(-(1 << 31), 1 << 31, size=4096, dtype=np.int64)
     r2_err = max(
-        max(abs(int(v) - max(int(a), 0) ** 2) for a, v in zip(g32, relu2(g32.astype(np.int32)))),
-        max(abs(int(v) - max(int(a), 0) ** 2 * int(b))
-            for a, b, v in zip(g, u, relu2_gated(g.astype(np.int8), u.astype(np.int8)))))
+        max(
+            abs(int(v) - max(int(a), 0) ** 2)
+            for a, v in zip(g32, relu2(g32.astype(np.int32)), strict=False)
+        ),
+        max(
+            abs(int(v) - max(int(a), 0) ** 2 * int(b))
+            for a, b, v in zip(
+                g, u, relu2_gated(g.astype(np.int8), u.astype(np.int8)), strict=False
+            )
+        ),
+    )
     return [
-        {"block": "activations", "quantity": "GELU abs error (I-BERT i-GELU: 1.8e-2)",
-         "domain": rng_in, "bound": GELU_ABS_ERR, "measured": max_abs_error("gelu", x, ac)},
-        {"block": "activations", "quantity": "SiLU abs error", "domain": rng_in,
-         "bound": SILU_ABS_ERR, "measured": max_abs_error("silu", x, ac)},
-        {"block": "activations", "quantity": "ReLU^2 and relu2(gate)*up vs exact integers",
-         "domain": "random int32 x; random int8 gate, up", "bound": RELU2_ABS_ERR,
-         "measured": float(r2_err)},
+        {
+            "block": "activations",
+            "quantity": "GELU abs error (I-BERT i-GELU: 1.8e-2)",
+            "domain": rng_in,
+            "bound": GELU_ABS_ERR,
+            "measured": max_abs_error("gelu", x, ac),
+        },
+        {
+            "block": "activations",
+            "quantity": "SiLU abs error",
+            "domain": rng_in,
+            "bound": SILU_ABS_ERR,
+            "measured": max_abs_error("silu", x, ac),
+        },
+        {
+            "block": "activations",
+            "quantity": "ReLU^2 and relu2(gate)*up vs exact integers",
+            "domain": "random int32 x; random int8 gate, up",
+            "bound": RELU2_ABS_ERR,
+            "measured": float(r2_err),
+        },
     ]

@@ -7,6 +7,7 @@ properties so they cannot drift from the parameters they come from.
 
 ``DatapathConfig`` bundles the sections; ``DEFAULT`` is the shipped design point.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,22 +30,29 @@ class QuantConfig:
     ``F = recip_frac_bits``; ``recip`` is unsigned ``recip_bits`` wide.
     """
 
-    act_bits: int = 8            # signed activations: [-2^(b-1), 2^(b-1)-1]
-    weight_eps: float = 1e-5     # clamp on mean|W| (as transformers)
-    act_eps: float = 1e-5        # clamp on max|x| (as transformers)
-    hw_in_bits: int = 32         # hardware quantizer input: signed int32 per element
+    act_bits: int = 8  # signed activations: [-2^(b-1), 2^(b-1)-1]
+    weight_eps: float = 1e-5  # clamp on mean|W| (as transformers)
+    act_eps: float = 1e-5  # clamp on max|x| (as transformers)
+    hw_in_bits: int = 32  # hardware quantizer input: signed int32 per element
     # F = 9 makes recip 17 bits unsigned: it fits the 18-bit signed B port of one DSP48E2.
     recip_frac_bits: int = 9
 
     def __post_init__(self) -> None:
         _check(2 <= self.act_bits <= 16, "act_bits", f"must be in [2, 16], got {self.act_bits}")
-        _check(2 <= self.hw_in_bits <= 32, "hw_in_bits",
-               f"must be in [2, 32], got {self.hw_in_bits}")
-        _check(0 <= self.recip_frac_bits, "recip_frac_bits",
-               f"must be >= 0, got {self.recip_frac_bits}")
+        _check(
+            2 <= self.hw_in_bits <= 32, "hw_in_bits", f"must be in [2, 32], got {self.hw_in_bits}"
+        )
+        _check(
+            0 <= self.recip_frac_bits,
+            "recip_frac_bits",
+            f"must be >= 0, got {self.recip_frac_bits}",
+        )
         # the golden model evaluates x*recip + 2^(R-1) in int64
-        _check(self.hw_product_bits <= 63, "recip_frac_bits",
-               f"hw_in_bits + recip_bits + 1 = {self.hw_product_bits} exceeds 63")
+        _check(
+            self.hw_product_bits <= 63,
+            "recip_frac_bits",
+            f"hw_in_bits + recip_bits + 1 = {self.hw_product_bits} exceeds 63",
+        )
 
     @property
     def act_min(self) -> int:
@@ -85,14 +93,17 @@ class TLMMConfig:
 
     def __post_init__(self) -> None:
         _check(self.group in (2, 3, 4), "group", f"must be 2, 3 or 4, got {self.group}")
-        _check(self.table in ("full", "mirrored"), "table",
-               f"must be 'full' or 'mirrored', got {self.table!r}")
+        _check(
+            self.table in ("full", "mirrored"),
+            "table",
+            f"must be 'full' or 'mirrored', got {self.table!r}",
+        )
         _check(self.tables >= 1, "tables", f"must be >= 1, got {self.tables}")
         _check(self.replicas >= 1, "replicas", f"must be >= 1, got {self.replicas}")
 
     @property
     def full_entries(self) -> int:
-        return 3 ** self.group
+        return 3**self.group
 
     @property
     def entries(self) -> int:
@@ -132,8 +143,8 @@ class TLMMConfig:
 class RequantConfig:
     """INT32 -> INTn by a fixed-point multiplier and right shift (round half up)."""
 
-    in_bits: int = 32            # signed accumulator input
-    mult_bits: int = 16          # unsigned multiplier width
+    in_bits: int = 32  # signed accumulator input
+    mult_bits: int = 16  # unsigned multiplier width
     shift_max: int = 63
     out_bits: int = 8
 
@@ -143,8 +154,11 @@ class RequantConfig:
         _check(self.mult_bits >= 1, "mult_bits", f"must be >= 1, got {self.mult_bits}")
         _check(0 <= self.shift_max <= 63, "shift_max", f"must be in [0, 63], got {self.shift_max}")
         # the golden model evaluates acc*mult + 2^(shift-1) in int64
-        _check(self.in_bits - 1 + self.mult_bits <= 61, "mult_bits",
-               f"in_bits - 1 + mult_bits = {self.in_bits - 1 + self.mult_bits} exceeds 61")
+        _check(
+            self.in_bits - 1 + self.mult_bits <= 61,
+            "mult_bits",
+            f"in_bits - 1 + mult_bits = {self.in_bits - 1 + self.mult_bits} exceeds 61",
+        )
 
     @property
     def out_min(self) -> int:
@@ -177,35 +191,57 @@ class NormConfig:
     ``rms_norm_eps`` (build a config with ``dataclasses.replace`` for another model).
     """
 
-    in_bits: int = 32            # residual stream: signed int32
-    in_frac_bits: int = 16       # ... Q15.16
-    gamma_bits: int = 16         # norm weight: signed int16
-    gamma_frac_bits: int = 12    # ... Q3.12
-    rsqrt_lut_bits: int = 6      # LUT address bits: 1 parity bit + 5 mantissa bits
-    rsqrt_frac_bits: int = 16    # rsqrt seed / Newton precision: UQ1.16
+    in_bits: int = 32  # residual stream: signed int32
+    in_frac_bits: int = 16  # ... Q15.16
+    gamma_bits: int = 16  # norm weight: signed int16
+    gamma_frac_bits: int = 12  # ... Q3.12
+    rsqrt_lut_bits: int = 6  # LUT address bits: 1 parity bit + 5 mantissa bits
+    rsqrt_frac_bits: int = 16  # rsqrt seed / Newton precision: UQ1.16
     newton_steps: int = 1
-    scale_mant_bits: int = 16    # output scale mantissa (also amax and sqrt(d)/127 mantissas)
+    scale_mant_bits: int = 16  # output scale mantissa (also amax and sqrt(d)/127 mantissas)
     eps: float = 1e-6
 
     def __post_init__(self) -> None:
         _check(2 <= self.in_bits <= 32, "in_bits", f"must be in [2, 32], got {self.in_bits}")
-        _check(0 <= self.in_frac_bits < self.in_bits, "in_frac_bits",
-               f"must be in [0, in_bits), got {self.in_frac_bits}")
-        _check(2 <= self.gamma_bits <= 16, "gamma_bits",
-               f"must be in [2, 16], got {self.gamma_bits}")
-        _check(0 <= self.gamma_frac_bits < self.gamma_bits, "gamma_frac_bits",
-               f"must be in [0, gamma_bits), got {self.gamma_frac_bits}")
-        _check(2 <= self.rsqrt_lut_bits <= 12, "rsqrt_lut_bits",
-               f"must be in [2, 12], got {self.rsqrt_lut_bits}")
+        _check(
+            0 <= self.in_frac_bits < self.in_bits,
+            "in_frac_bits",
+            f"must be in [0, in_bits), got {self.in_frac_bits}",
+        )
+        _check(
+            2 <= self.gamma_bits <= 16, "gamma_bits", f"must be in [2, 16], got {self.gamma_bits}"
+        )
+        _check(
+            0 <= self.gamma_frac_bits < self.gamma_bits,
+            "gamma_frac_bits",
+            f"must be in [0, gamma_bits), got {self.gamma_frac_bits}",
+        )
+        _check(
+            2 <= self.rsqrt_lut_bits <= 12,
+            "rsqrt_lut_bits",
+            f"must be in [2, 12], got {self.rsqrt_lut_bits}",
+        )
         # y0*y0 and M*t stay below 2^63 in the golden model
-        _check(self.rsqrt_lut_bits <= self.rsqrt_frac_bits <= 28, "rsqrt_frac_bits",
-               f"must be in [rsqrt_lut_bits, 28], got {self.rsqrt_frac_bits}")
-        _check(0 <= self.newton_steps <= 3, "newton_steps",
-               f"must be in [0, 3], got {self.newton_steps}")
-        _check(8 <= self.scale_mant_bits <= 20, "scale_mant_bits",
-               f"must be in [8, 20], got {self.scale_mant_bits}")
-        _check(math.isfinite(self.eps) and self.eps >= 0, "eps",
-               f"must be finite and >= 0, got {self.eps}")
+        _check(
+            self.rsqrt_lut_bits <= self.rsqrt_frac_bits <= 28,
+            "rsqrt_frac_bits",
+            f"must be in [rsqrt_lut_bits, 28], got {self.rsqrt_frac_bits}",
+        )
+        _check(
+            0 <= self.newton_steps <= 3,
+            "newton_steps",
+            f"must be in [0, 3], got {self.newton_steps}",
+        )
+        _check(
+            8 <= self.scale_mant_bits <= 20,
+            "scale_mant_bits",
+            f"must be in [8, 20], got {self.scale_mant_bits}",
+        )
+        _check(
+            math.isfinite(self.eps) and self.eps >= 0,
+            "eps",
+            f"must be finite and >= 0, got {self.eps}",
+        )
 
     @property
     def product_bits(self) -> int:
@@ -227,19 +263,28 @@ class RopeConfig:
     signed (saturating; only reachable when b + 1 > out_bits_max).
     """
 
-    table_frac_bits: int = 14    # cos/sin tables: signed int16, Q1.14
+    table_frac_bits: int = 14  # cos/sin tables: signed int16, Q1.14
     theta: float = 10000.0
-    max_pos: int = 2048          # table rows (positions 0..max_pos-1)
+    max_pos: int = 2048  # table rows (positions 0..max_pos-1)
     out_bits_max: int = 32
 
     def __post_init__(self) -> None:
-        _check(1 <= self.table_frac_bits <= 14, "table_frac_bits",
-               f"must be in [1, 14] (int16 Q1.f), got {self.table_frac_bits}")
-        _check(math.isfinite(self.theta) and self.theta > 1, "theta",
-               f"must be finite and > 1, got {self.theta}")
+        _check(
+            1 <= self.table_frac_bits <= 14,
+            "table_frac_bits",
+            f"must be in [1, 14] (int16 Q1.f), got {self.table_frac_bits}",
+        )
+        _check(
+            math.isfinite(self.theta) and self.theta > 1,
+            "theta",
+            f"must be finite and > 1, got {self.theta}",
+        )
         _check(self.max_pos >= 1, "max_pos", f"must be >= 1, got {self.max_pos}")
-        _check(9 <= self.out_bits_max <= 32, "out_bits_max",
-               f"must be in [9, 32], got {self.out_bits_max}")
+        _check(
+            9 <= self.out_bits_max <= 32,
+            "out_bits_max",
+            f"must be in [9, 32], got {self.out_bits_max}",
+        )
 
     def out_bits(self, in_bits: int) -> int:
         return min(in_bits + 1, self.out_bits_max)
@@ -257,39 +302,60 @@ class SoftmaxConfig:
     UQ1.``recip_frac_bits`` normalized. Probabilities: unsigned UQ0.``out_bits``.
     """
 
-    in_bits: int = 16            # logits (scaled scores): signed int16
-    in_frac_bits: int = 8        # ... Q7.8
-    log2e_frac_bits: int = 20    # log2(e) constant: UQ1.20 (21 bits: one DSP48 port)
-    exp_lut_bits: int = 6        # LUT address bits of the fraction of 2^-f
-    exp_interp_bits: int = 10    # fraction bits fed to the interpolation multiplier
-    exp_frac_bits: int = 15      # 2^-f values: UQ1.15
-    sum_bits: int = 40           # running sum: UQ16.24
+    in_bits: int = 16  # logits (scaled scores): signed int16
+    in_frac_bits: int = 8  # ... Q7.8
+    log2e_frac_bits: int = 20  # log2(e) constant: UQ1.20 (21 bits: one DSP48 port)
+    exp_lut_bits: int = 6  # LUT address bits of the fraction of 2^-f
+    exp_interp_bits: int = 10  # fraction bits fed to the interpolation multiplier
+    exp_frac_bits: int = 15  # 2^-f values: UQ1.15
+    sum_bits: int = 40  # running sum: UQ16.24
     sum_frac_bits: int = 24
-    recip_frac_bits: int = 16    # reciprocal mantissa: UQ1.16
-    out_bits: int = 16           # probabilities: UQ0.16 (see golden/softmax.py for why)
+    recip_frac_bits: int = 16  # reciprocal mantissa: UQ1.16
+    out_bits: int = 16  # probabilities: UQ0.16 (see golden/softmax.py for why)
 
     def __post_init__(self) -> None:
         _check(2 <= self.in_bits <= 24, "in_bits", f"must be in [2, 24], got {self.in_bits}")
-        _check(0 <= self.in_frac_bits < self.in_bits, "in_frac_bits",
-               f"must be in [0, in_bits), got {self.in_frac_bits}")
-        _check(1 <= self.log2e_frac_bits <= 30, "log2e_frac_bits",
-               f"must be in [1, 30], got {self.log2e_frac_bits}")
-        _check(1 <= self.exp_lut_bits <= 12, "exp_lut_bits",
-               f"must be in [1, 12], got {self.exp_lut_bits}")
-        _check(0 <= self.exp_interp_bits
-               and self.exp_lut_bits + self.exp_interp_bits <= self.t_frac_bits,
-               "exp_interp_bits", "must be >= 0 with exp_lut_bits + exp_interp_bits <= "
-               f"in_frac_bits + log2e_frac_bits, got {self.exp_interp_bits}")
-        _check(4 <= self.exp_frac_bits <= 24, "exp_frac_bits",
-               f"must be in [4, 24], got {self.exp_frac_bits}")
-        _check(self.exp_frac_bits <= self.sum_frac_bits < self.sum_bits <= 62, "sum_frac_bits",
-               "must satisfy exp_frac_bits <= sum_frac_bits < sum_bits <= 62, got "
-               f"{self.sum_frac_bits} (sum_bits {self.sum_bits})")
+        _check(
+            0 <= self.in_frac_bits < self.in_bits,
+            "in_frac_bits",
+            f"must be in [0, in_bits), got {self.in_frac_bits}",
+        )
+        _check(
+            1 <= self.log2e_frac_bits <= 30,
+            "log2e_frac_bits",
+            f"must be in [1, 30], got {self.log2e_frac_bits}",
+        )
+        _check(
+            1 <= self.exp_lut_bits <= 12,
+            "exp_lut_bits",
+            f"must be in [1, 12], got {self.exp_lut_bits}",
+        )
+        _check(
+            0 <= self.exp_interp_bits
+            and self.exp_lut_bits + self.exp_interp_bits <= self.t_frac_bits,
+            "exp_interp_bits",
+            "must be >= 0 with exp_lut_bits + exp_interp_bits <= "
+            f"in_frac_bits + log2e_frac_bits, got {self.exp_interp_bits}",
+        )
+        _check(
+            4 <= self.exp_frac_bits <= 24,
+            "exp_frac_bits",
+            f"must be in [4, 24], got {self.exp_frac_bits}",
+        )
+        _check(
+            self.exp_frac_bits <= self.sum_frac_bits < self.sum_bits <= 62,
+            "sum_frac_bits",
+            "must satisfy exp_frac_bits <= sum_frac_bits < sum_bits <= 62, got "
+            f"{self.sum_frac_bits} (sum_bits {self.sum_bits})",
+        )
         _check(1 <= self.out_bits <= 24, "out_bits", f"must be in [1, 24], got {self.out_bits}")
         # the output shift E + RF - 1 - P must stay positive (see golden/softmax.py)
-        _check(self.out_bits < self.exp_frac_bits + self.recip_frac_bits - 1
-               and self.recip_frac_bits <= 30, "recip_frac_bits",
-               f"must be <= 30 and > out_bits + 1 - exp_frac_bits, got {self.recip_frac_bits}")
+        _check(
+            self.out_bits < self.exp_frac_bits + self.recip_frac_bits - 1
+            and self.recip_frac_bits <= 30,
+            "recip_frac_bits",
+            f"must be <= 30 and > out_bits + 1 - exp_frac_bits, got {self.recip_frac_bits}",
+        )
 
     @property
     def t_frac_bits(self) -> int:
@@ -313,33 +379,44 @@ class ActivationConfig:
     for |x| >= 2^range_log2.
     """
 
-    in_bits: int = 16            # GELU/SiLU input: signed int16, Q7.8
+    in_bits: int = 16  # GELU/SiLU input: signed int16, Q7.8
     in_frac_bits: int = 8
-    out_bits: int = 16           # GELU/SiLU output: signed int16, Q7.8
+    out_bits: int = 16  # GELU/SiLU output: signed int16, Q7.8
     out_frac_bits: int = 8
-    lut_frac_bits: int = 12      # delta table entries: UQ0.12
-    gelu_lut_bits: int = 6       # 64 segments over [0, 4): step 1/16
-    gelu_range_log2: int = 2     # GELU delta(4) = 1.3e-4 < half an output LSB
-    silu_lut_bits: int = 8       # 256 segments over [0, 16): step 1/16
-    silu_range_log2: int = 4     # SiLU delta(16) = 1.8e-6; delta(8) = 2.7e-3 is not negligible
+    lut_frac_bits: int = 12  # delta table entries: UQ0.12
+    gelu_lut_bits: int = 6  # 64 segments over [0, 4): step 1/16
+    gelu_range_log2: int = 2  # GELU delta(4) = 1.3e-4 < half an output LSB
+    silu_lut_bits: int = 8  # 256 segments over [0, 16): step 1/16
+    silu_range_log2: int = 4  # SiLU delta(16) = 1.8e-6; delta(8) = 2.7e-3 is not negligible
 
     def __post_init__(self) -> None:
         for name in ("in_bits", "out_bits"):
             v = getattr(self, name)
             _check(2 <= v <= 32, name, f"must be in [2, 32], got {v}")
-        _check(0 <= self.in_frac_bits < self.in_bits, "in_frac_bits",
-               f"must be in [0, in_bits), got {self.in_frac_bits}")
-        _check(0 <= self.out_frac_bits < self.out_bits, "out_frac_bits",
-               f"must be in [0, out_bits), got {self.out_frac_bits}")
-        _check(max(self.in_frac_bits, self.out_frac_bits) <= self.lut_frac_bits <= 24,
-               "lut_frac_bits",
-               f"must be in [max(in_frac_bits, out_frac_bits), 24], got {self.lut_frac_bits}")
+        _check(
+            0 <= self.in_frac_bits < self.in_bits,
+            "in_frac_bits",
+            f"must be in [0, in_bits), got {self.in_frac_bits}",
+        )
+        _check(
+            0 <= self.out_frac_bits < self.out_bits,
+            "out_frac_bits",
+            f"must be in [0, out_bits), got {self.out_frac_bits}",
+        )
+        _check(
+            max(self.in_frac_bits, self.out_frac_bits) <= self.lut_frac_bits <= 24,
+            "lut_frac_bits",
+            f"must be in [max(in_frac_bits, out_frac_bits), 24], got {self.lut_frac_bits}",
+        )
         for kind in ("gelu", "silu"):
             lb, rl = getattr(self, f"{kind}_lut_bits"), getattr(self, f"{kind}_range_log2")
             _check(1 <= lb <= 12, f"{kind}_lut_bits", f"must be in [1, 12], got {lb}")
             # segments must be whole input LSBs so the address is a plain shift of |x|
-            _check(0 <= rl and lb <= self.in_frac_bits + rl, f"{kind}_range_log2",
-                   f"need 0 <= range_log2 and lut_bits <= in_frac_bits + range_log2, got {rl}")
+            _check(
+                0 <= rl and lb <= self.in_frac_bits + rl,
+                f"{kind}_range_log2",
+                f"need 0 <= range_log2 and lut_bits <= in_frac_bits + range_log2, got {rl}",
+            )
 
     def lut_bits(self, kind: str) -> int:
         return getattr(self, f"{kind}_lut_bits")
@@ -399,33 +476,51 @@ class ADCDeviceConfig:
 
     def __post_init__(self) -> None:
         for name in ("prog_model", "read_model"):
-            _check(getattr(self, name) in _ADC_NOISE_MODELS, name,
-                   f"must be one of {_ADC_NOISE_MODELS}, got {getattr(self, name)!r}")
+            _check(
+                getattr(self, name) in _ADC_NOISE_MODELS,
+                name,
+                f"must be one of {_ADC_NOISE_MODELS}, got {getattr(self, name)!r}",
+            )
         for name in ("sigma_prog", "sigma_read", "sigma_offset"):
             v = getattr(self, name)
             _check(math.isfinite(v) and v >= 0, name, f"must be finite and >= 0, got {v}")
-        _check(0.0 <= self.stuck_off_prob <= 1.0, "stuck_off_prob",
-               f"must be in [0, 1], got {self.stuck_off_prob}")
-        _check(math.isfinite(self.v_read) and self.v_read > 0, "v_read",
-               f"must be finite and > 0, got {self.v_read}")
+        _check(
+            0.0 <= self.stuck_off_prob <= 1.0,
+            "stuck_off_prob",
+            f"must be in [0, 1], got {self.stuck_off_prob}",
+        )
+        _check(
+            math.isfinite(self.v_read) and self.v_read > 0,
+            "v_read",
+            f"must be finite and > 0, got {self.v_read}",
+        )
         _check(self.columns >= 1, "columns", f"must be >= 1, got {self.columns}")
         _check(self.bias_cells >= 0, "bias_cells", f"must be >= 0, got {self.bias_cells}")
-        _check(self.bias_placement in ("segmented", "start"), "bias_placement",
-               f"must be 'segmented' or 'start', got {self.bias_placement!r}")
+        _check(
+            self.bias_placement in ("segmented", "start"),
+            "bias_placement",
+            f"must be 'segmented' or 'start', got {self.bias_placement!r}",
+        )
         _check(self.cal_reads >= 1, "cal_reads", f"must be >= 1, got {self.cal_reads}")
-        _check(self.cal_iterations >= 1, "cal_iterations",
-               f"must be >= 1, got {self.cal_iterations}")
+        _check(
+            self.cal_iterations >= 1, "cal_iterations", f"must be >= 1, got {self.cal_iterations}"
+        )
 
     @property
     def is_ideal(self) -> bool:
-        return (self.sigma_prog == 0 and self.stuck_off_prob == 0 and self.sigma_read == 0
-                and self.sigma_offset == 0)
+        return (
+            self.sigma_prog == 0
+            and self.stuck_off_prob == 0
+            and self.sigma_read == 0
+            and self.sigma_offset == 0
+        )
 
     @classmethod
-    def rram_typical(cls, seed: int = 0) -> "ADCDeviceConfig":
+    def rram_typical(cls, seed: int = 0) -> ADCDeviceConfig:
         """An illustrative RRAM operating point (write-verified cells), not a measured one."""
-        return cls(seed=seed, sigma_prog=0.05, stuck_off_prob=0.01, sigma_read=0.005,
-                   sigma_offset=0.002)
+        return cls(
+            seed=seed, sigma_prog=0.05, stuck_off_prob=0.01, sigma_read=0.005, sigma_offset=0.002
+        )
 
 
 @dataclass(frozen=True)
@@ -442,17 +537,23 @@ class ADCConfig:
     """
 
     bits: int = 6
-    threshold_bits: int = 16     # threshold table entries (digital twin, signed)
+    threshold_bits: int = 16  # threshold table entries (digital twin, signed)
     threshold_frac_bits: int = 8
     lanes: int = 16
     device: ADCDeviceConfig = field(default_factory=ADCDeviceConfig)
 
     def __post_init__(self) -> None:
         _check(1 <= self.bits <= 12, "bits", f"must be in [1, 12], got {self.bits}")
-        _check(2 <= self.threshold_bits <= 32, "threshold_bits",
-               f"must be in [2, 32], got {self.threshold_bits}")
-        _check(0 <= self.threshold_frac_bits < self.threshold_bits, "threshold_frac_bits",
-               f"must be in [0, threshold_bits), got {self.threshold_frac_bits}")
+        _check(
+            2 <= self.threshold_bits <= 32,
+            "threshold_bits",
+            f"must be in [2, 32], got {self.threshold_bits}",
+        )
+        _check(
+            0 <= self.threshold_frac_bits < self.threshold_bits,
+            "threshold_frac_bits",
+            f"must be in [0, threshold_bits), got {self.threshold_frac_bits}",
+        )
         _check(self.lanes >= 1, "lanes", f"must be >= 1, got {self.lanes}")
 
     @property
@@ -482,8 +583,8 @@ class ForwardConfig:
     Read by golden/model.py's integer forward and the accelerator runtime.
     """
 
-    ffn_bits: int = 16        # per-token absmax width of gate (relu2) and up before the product
-    pv_extra_bits: int = 7    # extra bits of the key-scaled probabilities in P.V (see op 6)
+    ffn_bits: int = 16  # per-token absmax width of gate (relu2) and up before the product
+    pv_extra_bits: int = 7  # extra bits of the key-scaled probabilities in P.V (see op 6)
 
     def __post_init__(self) -> None:
         if not 2 <= self.ffn_bits <= 16:
@@ -505,8 +606,150 @@ class DatapathConfig:
     adc: ADCConfig = field(default_factory=ADCConfig)
     forward: ForwardConfig = field(default_factory=ForwardConfig)
 
-    def with_(self, **sections) -> "DatapathConfig":
+    def with_(self, **sections) -> DatapathConfig:
         return replace(self, **sections)
 
 
 DEFAULT = DatapathConfig()
+
+
+# --------------------------------------------------------------------------- design points
+@dataclass(frozen=True)
+class AccelConfig:
+    """A design point of the accelerator: the datapath it implements and the hardware
+    choices around it. The RTL (``hw.accel.Accel`` and every engine), the sim backend, the
+    performance model, synthesis and the CLI read it; none repeats its values.
+
+    Limits (``max_*``) size buffers: a command beyond them is BAD_DIM on the RTL. Widths
+    (``*_lanes``) change throughput only. ``clock_mhz`` is the design target;
+    ``evidence_mhz`` the clock the timing evidence supports (``evidence`` says which
+    evidence: the UltraScale+ logic-depth rule of ``hw.timing`` or a routed nextpnr
+    Fmax), set from ``make synth``'s report, which says when the two disagree. The DRAM
+    figures are the board's: bandwidth in GB/s and read latency in cycles of the clock.
+    """
+
+    name: str = "kv260"
+    datapath: DatapathConfig = field(default_factory=DatapathConfig)
+    # limits
+    max_k: int = 4096  # TLMM and LM_HEAD inner dimension (table / row buffers)
+    max_dim: int = 4096  # NORM_QUANT and ACT row length (quantizer row buffers)
+    max_keys: int = 2048  # QK / SOFTMAX / PV keys per row
+    max_head_dim: int = 128  # ROPE_QUANT / QK / PV head_dim
+    # widths
+    norm_lanes: int = 8  # NORM_QUANT elements per cycle and pass
+    act_lanes: int = 16  # ACT elements per cycle and pass
+    softmax_lanes: int = 8  # SOFTMAX rows side by side
+    rope_pairs: int = 4  # ROPE_QUANT pairs rotated per cycle
+    # memory system
+    axi_ports: int = 5  # 128-bit AXI4 master ports (HP0-HP3 + HPC0 on a Zynq US+)
+    axi_data_bits: int = 128
+    axi_addr_bits: int = 49  # Zynq UltraScale+ HP port addresses
+    dram_gbs: float = 17.1  # board DRAM bandwidth the design can use
+    dram_latency: int = 32  # DRAM read latency, cycles of the clock (128 ns at 250 MHz)
+    # clock and device
+    device: str = "xck26"  # xck26 (KV260) or ecp5-85f
+    clock_mhz: float = 250.0  # target
+    evidence_mhz: float | None = None  # what the timing evidence supports (None: none yet)
+    evidence: str = "no timing evidence yet"
+
+    def __post_init__(self) -> None:
+        for f in (
+            "max_k",
+            "max_dim",
+            "max_keys",
+            "max_head_dim",
+            "norm_lanes",
+            "act_lanes",
+            "softmax_lanes",
+            "rope_pairs",
+            "axi_ports",
+            "dram_latency",
+        ):
+            v = getattr(self, f)
+            _check(isinstance(v, int) and v >= 1, f, f"must be an integer >= 1, got {v!r}")
+        _check(
+            self.axi_data_bits in (32, 64, 128),
+            "axi_data_bits",
+            f"must be 32, 64 or 128, got {self.axi_data_bits}",
+        )
+        for f in ("dram_gbs", "clock_mhz", "evidence_mhz"):
+            v = getattr(self, f)
+            _check(
+                (v is None and f == "evidence_mhz")
+                or (isinstance(v, (int, float)) and math.isfinite(v) and v > 0),
+                f,
+                f"must be a finite number > 0, got {v!r}",
+            )
+        _check(
+            self.device in DEVICES,
+            "device",
+            f"must be one of {sorted(DEVICES)}, got {self.device!r}",
+        )
+        _check(
+            self.max_k <= self.datapath.tlmm.max_k(),
+            "max_k",
+            f"{self.max_k} exceeds what the TLMM accumulator holds ({self.datapath.tlmm.max_k()})",
+        )
+        _check(
+            self.max_keys <= self.datapath.softmax.max_len,
+            "max_keys",
+            f"{self.max_keys} exceeds the softmax sum's {self.datapath.softmax.max_len}",
+        )
+
+    @property
+    def bytes_per_cycle(self) -> float:
+        """DRAM bandwidth in bytes per cycle of the target clock."""
+        return self.dram_gbs * 1e3 / self.clock_mhz
+
+    def with_(self, **fields) -> AccelConfig:
+        return replace(self, **fields)
+
+    def digest(self) -> int:
+        """32-bit hash of every field (the ID register's design-point hash)."""
+        import hashlib
+        import json
+        from dataclasses import asdict
+
+        text = json.dumps(asdict(self), sort_keys=True, default=str)
+        return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
+# The devices a design point may target: resources the fit checks against.
+DEVICES = {
+    "xck26": {"lut": 117_120, "ff": 234_240, "bram36": 144, "uram": 64, "dsp": 1248},
+    "ecp5-85f": {"lut4": 83_640, "ff": 83_640, "dp16kd": 208, "mult18": 156},
+}
+
+# Named design points (``--design-point NAME``). kv260: the XCK26 of the Kria KV260 at
+# 250 MHz with its DDR4 (17.1 GB/s usable of 19.2 peak). ecp5: an ECP5-85F, where an open
+# flow routes the whole design: fewer tables and lanes, a 64-byte DMA, 100 MHz target.
+DESIGN_POINTS = {
+    "kv260": AccelConfig(),
+    "ecp5": AccelConfig(
+        name="ecp5",
+        datapath=DatapathConfig(tlmm=TLMMConfig(tables=8, replicas=2)),
+        max_k=2048,
+        max_dim=2048,
+        max_keys=512,
+        max_head_dim=64,
+        norm_lanes=4,
+        act_lanes=4,
+        softmax_lanes=2,
+        rope_pairs=1,
+        axi_ports=1,
+        axi_data_bits=64,
+        axi_addr_bits=32,
+        dram_gbs=0.8,
+        dram_latency=16,
+        device="ecp5-85f",
+        clock_mhz=100.0,
+    ),
+}
+DEFAULT_DESIGN_POINT = "kv260"
+
+
+def design_point(name: str) -> AccelConfig:
+    """The named design point (ValueError naming the known ones)."""
+    if name not in DESIGN_POINTS:
+        raise ValueError(f"design point: {name!r} is not one of {sorted(DESIGN_POINTS)}")
+    return DESIGN_POINTS[name]

@@ -4,14 +4,17 @@
     ex.set_window(lo, hi)                # the bytes commands may touch (else ADDR_RANGE)
     out = ex.step(word)                  # one 64-byte command word -> Outcome
 
-``step`` decodes one command word and executes it by calling the op functions of
-``golden/model.py`` on tensors read from memory in the formats of ``golden/isa.py``,
-writing the results back; ``execute(cmd)`` does the same for a decoded ``Command`` and
-raises ``OpError``. Every tensor a command touches must lie inside the window
-[lo, hi) and be aligned to its element size, else ADDR_RANGE / ALIGN. A golden block
-that refuses the data it was given (a ValueError) is BAD_OPERAND. Arguments are checked
-before anything is written; data-dependent errors (BAD_OPERAND of a value, SCALE_RANGE)
-may come after part of the output was written, as on the RTL.
+``step`` decodes one command word and executes it; ``execute(cmd)`` does the same for a
+decoded ``Command`` and raises ``OpError``. The arguments are checked as the opcode's
+contract (``golden.isa.CONTRACTS``) says, in its order: its ``Dims`` rules (BAD_DIM) and
+its tensors (ALIGN, then ADDR_RANGE against the window [lo, hi)) are checked here, from
+the table; its ``Data`` checks are the op's own (``_op_<name>`` below), which calls
+``passed(name)`` once one has passed, and only then are the items after it checked. The
+op reads and writes its tensors through the contract's layouts (``_Operands``), each
+only once it is checked, and computes with the op functions of ``golden/model.py``. A
+golden block that refuses the data it was given (a ValueError) is BAD_OPERAND. Nothing is
+written before an argument error; after a data-dependent error (BAD_OPERAND of a value,
+SCALE_RANGE) part of the output may be written, as on the RTL.
 
 The stream semantics around ``step`` (START, the program counter, END, MISSING_END after
 ``n_cmds`` commands) are the device's: ``host/backends/golden.py`` runs streams with
@@ -29,6 +32,7 @@ Two details the golden op functions do not take as arguments:
 Counters ``bytes_read`` / ``bytes_written``: tensor traffic of the executed commands
 (constants such as weights count on every use, as the hardware streams them each time).
 """
+
 from __future__ import annotations
 
 import math
@@ -76,13 +80,15 @@ class Executor:
         self.mem, self.cfg, self.exact_tlmm = mem, cfg, bool(exact_tlmm)
         self.lo, self.hi = 0, mem.size
         self.bytes_read = self.bytes_written = 0
-        self._cache: dict = {}          # (kind, addr, nbytes, shape) -> decoded constant
-        self._cache_ranges: dict = {}   # same key -> (lo, hi) bytes it was read from
+        self._cache: dict = {}  # (kind, addr, nbytes, shape) -> decoded constant
+        self._cache_ranges: dict = {}  # same key -> (lo, hi) bytes it was read from
 
     def set_window(self, lo: int, hi: int) -> None:
         """Commands may touch bytes [lo, hi) only."""
         if not 0 <= lo <= hi <= self.mem.size:
-            raise ValueError(f"window: [0x{lo:x}, 0x{hi:x}) is not inside memory [0, 0x{self.mem.size:x})")
+            raise ValueError(
+                f"window: [0x{lo:x}, 0x{hi:x}) is not inside memory [0, 0x{self.mem.size:x})"
+            )
         self.lo, self.hi = int(lo), int(hi)
 
     def invalidate(self, lo: int, hi: int) -> None:
@@ -101,7 +107,7 @@ class Executor:
             cmd = isa.decode(word)
         except isa.UnknownOpcode:
             return Outcome(opv, ErrorCode.UNKNOWN_OPCODE, f"opcode value {opv}")
-        except ValueError as e:         # a field value outside its enum
+        except ValueError as e:  # a field value outside its enum
             return Outcome(opv, ErrorCode.BAD_OPERAND, str(e))
         if cmd.op == Opcode.END:
             return Outcome(opv, end=True)
@@ -112,58 +118,28 @@ class Executor:
         return Outcome(opv)
 
     def execute(self, cmd: isa.Command) -> None:
-        """Execute one decoded command; OpError when it fails."""
+        """Execute one decoded command; OpError when it fails. The arguments are checked
+        as the opcode's contract (``golden.isa.CONTRACTS``) says, in its order."""
+        t = _Operands(self, cmd)
         try:
-            getattr(self, f"_op_{isa.op_name(cmd.op)}")(cmd)
+            t.check()
+            getattr(self, f"_op_{isa.op_name(cmd.op)}")(cmd, t)
         except OpError:
             raise
-        except ValueError as e:         # a golden block refused the data it was given
+        except ValueError as e:  # a golden block refused the data it was given
             raise OpError(ErrorCode.BAD_OPERAND, str(e)) from None
+        t.finished()
 
-    # ------------------------------------------------------------------ tensor access
-    def _span(self, what: str, addr: int, nbytes: int, itemsize: int) -> tuple[int, int]:
-        if addr % itemsize:
-            raise OpError(ErrorCode.ALIGN, f"{what}: 0x{addr:x} is not {itemsize}-byte aligned")
-        if addr < self.lo or addr + nbytes > self.hi:
-            raise OpError(ErrorCode.ADDR_RANGE,
-                          f"{what}: [0x{addr:x}, 0x{addr + nbytes:x}) outside the memory window "
-                          f"[0x{self.lo:x}, 0x{self.hi:x})")
-        return addr, addr + nbytes
+    # ------------------------------------------------------------------ memory
+    def _read(self, lo: int, nbytes: int, dtype, shape) -> np.ndarray:
+        self.bytes_read += nbytes
+        return self.mem[lo : lo + nbytes].view(dtype).reshape(shape).copy()
 
-    def _load(self, what: str, addr: int, dtype, shape) -> np.ndarray:
-        dt = np.dtype(dtype).newbyteorder("<")
-        n = math.prod(shape) * dt.itemsize
-        lo, hi = self._span(what, addr, n, dt.itemsize)
-        self.bytes_read += n
-        return self.mem[lo:hi].view(dt).reshape(shape).copy()
-
-    def _store(self, what: str, addr: int, a: np.ndarray) -> None:
-        a = np.ascontiguousarray(a)
-        buf = a.view(np.uint8).reshape(-1)
-        lo, hi = self._span(what, addr, buf.size, a.dtype.itemsize)
-        self.mem[lo:hi] = buf
+    def _write(self, lo: int, a: np.ndarray) -> None:
+        buf = np.ascontiguousarray(a).view(np.uint8).reshape(-1)
+        self.mem[lo : lo + buf.size] = buf
         self.bytes_written += buf.size
-        self.invalidate(lo, hi)
-
-    def _load_heads(self, what: str, addr: int, dtype, heads: int, ld: int, rows: int,
-                    width: int) -> np.ndarray:
-        """[heads, rows, width] where row t of head h is at addr + (h*ld + t)*width*size."""
-        size = np.dtype(dtype).itemsize
-        return np.stack([self._load(f"{what} (head {h})", addr + h * ld * width * size, dtype,
-                                    (rows, width)) for h in range(heads)])
-
-    def _store_heads(self, what: str, addr: int, a: np.ndarray, ld: int) -> None:
-        heads, _, width = a.shape
-        for h in range(heads):
-            self._store(f"{what} (head {h})", addr + h * ld * width * a.dtype.itemsize, a[h])
-
-    def _load_scales(self, what: str, addr: int, shape) -> _gm.Scale:
-        raw = self._load(what, addr, isa.SCALE_DTYPE, shape)
-        return _gm.Scale(raw["mant"].astype(np.int64), raw["shift"].astype(np.int64))
-
-    def _load_scales_heads(self, what, addr, heads, ld, rows) -> _gm.Scale:
-        raw = self._load_heads(what, addr, isa.SCALE_DTYPE, heads, ld, rows, 1)[..., 0]
-        return _gm.Scale(raw["mant"].astype(np.int64), raw["shift"].astype(np.int64))
+        self.invalidate(lo, lo + buf.size)
 
     def _records(self, what: str, sc: _gm.Scale) -> np.ndarray:
         try:
@@ -173,158 +149,232 @@ class Executor:
         return rec.view(isa.SCALE_DTYPE)[..., 0]
 
     def _cached(self, kind: str, addr: int, nbytes: int, shape: tuple, make):
+        """A constant decoded from [addr, addr + nbytes) (checked by the contract), kept
+        until those bytes change."""
         key = (kind, addr, nbytes, shape)
         if key not in self._cache:
-            lo, hi = self._span(kind, addr, nbytes, 1)
-            self._cache[key] = make()
-            self._cache_ranges[key] = (lo, hi)
-        self.bytes_read += nbytes       # the hardware streams constants in on every use
+            self._cache[key] = make(self.mem[addr : addr + nbytes])
+            self._cache_ranges[key] = (addr, addr + nbytes)
+        self.bytes_read += nbytes  # the hardware streams constants in on every use
         return self._cache[key]
 
     # ------------------------------------------------------------------ ops
-    @staticmethod
-    def _need(cond: bool, detail: str) -> None:
-        if not cond:
-            raise OpError(ErrorCode.BAD_DIM, detail)
-
-    def _op_nop(self, c) -> None:
+    # Each ``_op_<name>(c, t)`` runs once the contract's items before its first ``Data``
+    # check have passed; it calls ``t.passed(name)`` when its data check ``name`` has
+    # passed, which checks the items up to the next one.
+    def _op_nop(self, c, t) -> None:
         pass
 
-    def _op_embed(self, c) -> None:
-        self._need(c.rows >= 1 and c.dim >= 1 and c.vocab >= 1, "rows, dim, vocab must be >= 1")
-        tok = self._load("tokens", c.tokens, np.uint32, (c.rows,)).astype(np.int64)
+    def _op_embed(self, c, t) -> None:
+        tok = t.load("tokens").astype(np.int64)
         if int(tok.max()) >= c.vocab:
             raise OpError(ErrorCode.BAD_OPERAND, f"tokens: id {int(tok.max())} >= vocab {c.vocab}")
-        self._span("table", c.table, c.vocab * c.dim * 4, 4)
-        h = np.stack([self._load("table", c.table + int(t) * c.dim * 4, np.int32, (c.dim,))
-                      for t in tok])
-        self._store("dst", c.dst, h)
+        t.passed("token ids")
+        t.store("dst", t.load("table", rows=tok))
 
-    def _op_norm_quant(self, c) -> None:
-        self._need(c.rows >= 1 and c.dim >= 1, "rows, dim must be >= 1")
+    def _op_norm_quant(self, c, t) -> None:
         cfg = self.cfg
         eps = c.eps_term / (c.dim * 2.0 ** (2 * cfg.norm.in_frac_bits))
         ncfg = cfg.with_(norm=replace(cfg.norm, eps=eps))
         want = norm_constants(c.dim, ncfg.norm, cfg.quant)
         if want != (c.eps_term, c.c_mant, c.c_exp):
-            raise OpError(ErrorCode.BAD_OPERAND,
-                          f"(eps_term, c_mant, c_exp) = {(c.eps_term, c.c_mant, c.c_exp)} are not "
-                          f"norm_constants(dim={c.dim}) = {want}")
-        h = self._load("src", c.src, np.int32, (c.rows, c.dim))
-        gamma = self._load("gamma", c.gamma, np.int16, (c.dim,))
-        x_q, sx = _gm.op_norm_quant(h, _gm.NormConst(gamma, c.g_exp), ncfg)
-        self._store("dst", c.dst, x_q)
-        self._store("dst_scale", c.dst_scale, self._records("dst_scale", sx))
+            raise OpError(
+                ErrorCode.BAD_OPERAND,
+                f"(eps_term, c_mant, c_exp) = {(c.eps_term, c.c_mant, c.c_exp)} are not "
+                f"norm_constants(dim={c.dim}) = {want}",
+            )
+        t.passed("norm constants")
+        x_q, sx = _gm.op_norm_quant(t.load("src"), _gm.NormConst(t.load("gamma"), c.g_exp), ncfg)
+        t.store("dst", x_q)
+        rec = self._records("dst_scale", sx)
+        t.passed("records")
+        t.store("dst_scale", rec)
 
-    def _proj(self, addr: int, n: int, k: int) -> _gm.ProjConst:
+    def _op_tlmm(self, c, t) -> None:
+        x = t.load("src")
         tcfg = self.cfg.tlmm
-        nbytes = isa.tlmm_weight_bytes(n, k, tcfg)
 
-        def make():
-            raw = self.mem[addr:addr + nbytes]
+        def make(raw):
             try:
-                codes = isa.unpack_tlmm_weights(raw, n, k, tcfg)
+                codes = isa.unpack_tlmm_weights(raw, c.n, c.k, tcfg)
             except ValueError as e:
                 raise OpError(ErrorCode.BAD_OPERAND, f"weights: {e}") from None
             return _gm.ProjConst(codes=codes, weight_scale=1.0, const=_gm.Scale(1, 0))
-        return self._cached("weights", addr, nbytes, (n, k), make)
 
-    def _op_tlmm(self, c) -> None:
-        self._need(c.rows >= 1 and c.k >= 1 and c.n >= 1, "rows, k, n must be >= 1")
-        self._need(c.k <= self.cfg.tlmm.max_k(), f"k {c.k} > TLMM max_k {self.cfg.tlmm.max_k()}")
-        x = self._load("src", c.src, np.int8, (c.rows, c.k))
-        proj = self._proj(c.weights, c.n, c.k)
-        self._store("dst", c.dst, _gm.op_tlmm(x, proj, self.cfg, self.exact_tlmm))
+        addr, nbytes = t.extent("weights")
+        proj = self._cached("weights", addr, nbytes, (c.n, c.k), make)
+        t.passed("weight codes")
+        t.store("dst", _gm.op_tlmm(x, proj, self.cfg, self.exact_tlmm))
 
-    def _op_rope_quant(self, c) -> None:
+    def _op_rope_quant(self, c, t) -> None:
         hd = c.head_dim
-        self._need(c.rows >= 1 and c.heads >= 1 and hd >= 2 and hd % 2 == 0,
-                   "rows, heads >= 1 and an even head_dim >= 2 required")
-        self._need(c.ld >= c.rows, f"ld {c.ld} < rows {c.rows}")
-        acc = self._load("src", c.src, np.int32, (c.rows, c.heads * hd))
-        sx = self._load_scales("src_scale", c.src_scale, (c.rows,))
+        acc, sx = t.load("src"), t.scales("src_scale")
         if c.rope:
-            self._need(c.pos + c.rows <= c.table_rows,
-                       f"positions {c.pos}..{c.pos + c.rows - 1} beyond table_rows {c.table_rows}")
-            tab = self._load("table", c.table + c.pos * hd * 2, np.int16, (c.rows, hd))
+            tab = t.load("table")
             heads = acc.reshape(c.rows, c.heads, hd).transpose(1, 0, 2)
-            r = rope_from_table(heads, tab[:, :hd // 2], tab[:, hd // 2:], self.cfg.rope)
+            r = rope_from_table(heads, tab[:, : hd // 2], tab[:, hd // 2 :], self.cfg.rope)
             acc = r.transpose(1, 0, 2).reshape(c.rows, c.heads * hd)
-        x_q, s = _gm.op_v_quant(acc[None], c.heads, _gm.Scale(sx.mant[None], sx.shift[None]),
-                                _gm.Scale(np.int64(c.c_mant), np.int64(c.c_shift)), self.cfg)
-        self._store_heads("dst", c.dst, x_q[0], c.ld)
-        self._store_heads("dst_scale", c.dst_scale, self._records("dst_scale", s)[0][..., None],
-                          c.ld)
+        x_q, s = _gm.op_v_quant(
+            acc[None],
+            c.heads,
+            _gm.Scale(sx.mant[None], sx.shift[None]),
+            _gm.Scale(np.int64(c.c_mant), np.int64(c.c_shift)),
+            self.cfg,
+        )
+        t.store("dst", x_q[0])
+        rec = self._records("dst_scale", s)[0]
+        t.passed("records")
+        t.store("dst_scale", rec)
 
-    def _attn_dims(self, c) -> int:
-        self._need(c.rows >= 1 and c.heads >= 1 and c.kv_heads >= 1 and c.head_dim >= 1,
-                   "rows, heads, kv_heads, head_dim must be >= 1")
-        self._need(c.heads % c.kv_heads == 0, f"kv_heads {c.kv_heads} does not divide heads {c.heads}")
-        self._need(c.rows <= c.keys <= self.cfg.softmax.max_len,
-                   f"keys {c.keys} must be in [rows {c.rows}, softmax max_len {self.cfg.softmax.max_len}]")
-        self._need(c.kv_ld >= c.keys, f"kv_ld {c.kv_ld} < keys {c.keys}")
-        return c.heads // c.kv_heads
+    def _op_qk(self, c, t) -> None:
+        sq, sk = t.scales("q_scale"), t.scales("k_scale")
+        lg = _gm.op_qk(
+            t.load("q")[None],
+            _gm.Scale(sq.mant[None], sq.shift[None]),
+            t.load("k")[None],
+            _gm.Scale(sk.mant[None], sk.shift[None]),
+            c.heads // c.kv_heads,
+            self.cfg,
+        )[0]
+        t.store("dst", np.where(causal_mask(c.rows, c.keys), lg, 0).astype(lg.dtype))
 
-    def _op_qk(self, c) -> None:
-        n_rep = self._attn_dims(c)
-        self._need(c.q_ld >= c.rows, f"q_ld {c.q_ld} < rows {c.rows}")
-        hd = c.head_dim
-        q = self._load_heads("q", c.q, np.int8, c.heads, c.q_ld, c.rows, hd)
-        sq = self._load_scales_heads("q_scale", c.q_scale, c.heads, c.q_ld, c.rows)
-        k = self._load_heads("k", c.k, np.int8, c.kv_heads, c.kv_ld, c.keys, hd)
-        sk = self._load_scales_heads("k_scale", c.k_scale, c.kv_heads, c.kv_ld, c.keys)
-        lg = _gm.op_qk(q[None], _gm.Scale(sq.mant[None], sq.shift[None]), k[None],
-                       _gm.Scale(sk.mant[None], sk.shift[None]), n_rep, self.cfg)[0]
-        self._store("dst", c.dst, np.where(causal_mask(c.rows, c.keys), lg, 0).astype(lg.dtype))
+    def _op_softmax(self, c, t) -> None:
+        p = _gm.op_softmax(t.load("src"), self.cfg)
+        t.store("dst", np.where(causal_mask(c.rows, c.keys), p, 0).astype(np.uint16))
 
-    def _op_softmax(self, c) -> None:
-        self._need(c.rows >= 1 and c.heads >= 1, "rows, heads must be >= 1")
-        self._need(c.rows <= c.keys <= self.cfg.softmax.max_len,
-                   f"keys {c.keys} must be in [rows {c.rows}, softmax max_len {self.cfg.softmax.max_len}]")
-        lg = self._load("src", c.src, np.int16, (c.heads, c.rows, c.keys))
-        p = _gm.op_softmax(lg, self.cfg)
-        self._store("dst", c.dst, np.where(causal_mask(c.rows, c.keys), p, 0).astype(np.uint16))
+    def _op_pv(self, c, t) -> None:
+        p = np.where(causal_mask(c.rows, c.keys), t.load("p"), 0).astype(np.uint16)
+        sv = t.scales("v_scale")
+        o = _gm.op_pv(
+            p[None],
+            t.load("v")[None],
+            _gm.Scale(sv.mant[None], sv.shift[None]),
+            c.heads // c.kv_heads,
+            self.cfg,
+        )[0]
+        t.passed("acc range")
+        t.store("dst", o.transpose(1, 0, 2).reshape(c.rows, c.heads * c.head_dim))
 
-    def _op_pv(self, c) -> None:
-        n_rep = self._attn_dims(c)
-        p = self._load("p", c.p, np.uint16, (c.heads, c.rows, c.keys))
-        p = np.where(causal_mask(c.rows, c.keys), p, 0).astype(np.uint16)
-        v = self._load_heads("v", c.v, np.int8, c.kv_heads, c.kv_ld, c.keys, c.head_dim)
-        sv = self._load_scales_heads("v_scale", c.v_scale, c.kv_heads, c.kv_ld, c.keys)
-        o = _gm.op_pv(p[None], v[None], _gm.Scale(sv.mant[None], sv.shift[None]), n_rep,
-                      self.cfg)[0]
-        self._store("dst", c.dst, o.transpose(1, 0, 2).reshape(c.rows, c.heads * c.head_dim))
+    def _op_residual(self, c, t) -> None:
+        out = _gm.op_residual(
+            t.load("h"),
+            t.load("acc"),
+            t.scales("src_scale"),
+            _gm.Scale(np.int64(c.c_mant), np.int64(c.c_shift)),
+            self.cfg,
+        )
+        t.store("dst", out)
 
-    def _op_residual(self, c) -> None:
-        self._need(c.rows >= 1 and c.dim >= 1, "rows, dim must be >= 1")
-        h = self._load("h", c.h, np.int32, (c.rows, c.dim))
-        acc = self._load("acc", c.acc, np.int32, (c.rows, c.dim))
-        sx = self._load_scales("src_scale", c.src_scale, (c.rows,))
-        out = _gm.op_residual(h, acc, sx, _gm.Scale(np.int64(c.c_mant), np.int64(c.c_shift)),
-                              self.cfg)
-        self._store("dst", c.dst, out)
-
-    def _op_act(self, c) -> None:
-        self._need(c.rows >= 1 and c.dim >= 1, "rows, dim must be >= 1")
-        g = self._load("gate", c.gate, np.int32, (c.rows, c.dim))
-        u = self._load("up", c.up, np.int32, (c.rows, c.dim))
-        sx = self._load_scales("src_scale", c.src_scale, (c.rows,))
+    def _op_act(self, c, t) -> None:
         kind = "relu2" if c.kind == ActKind.RELU2 else "silu"
-        m = _gm.op_act(g, u, sx, _gm.Scale(np.int64(c.g_mant), np.int64(c.g_shift)),
-                       _gm.Scale(np.int64(c.u_mant), np.int64(c.u_shift)), kind, self.cfg)
-        self._store("dst", c.dst, m)
+        m = _gm.op_act(
+            t.load("gate"),
+            t.load("up"),
+            t.scales("src_scale"),
+            _gm.Scale(np.int64(c.g_mant), np.int64(c.g_shift)),
+            _gm.Scale(np.int64(c.u_mant), np.int64(c.u_shift)),
+            kind,
+            self.cfg,
+        )
+        t.store("dst", m)
 
-    def _op_lm_head(self, c) -> None:
-        self._need(c.rows >= 1 and c.k >= 1 and c.n >= 1, "rows, k, n must be >= 1")
-        x = self._load("src", c.src, np.int8, (c.rows, c.k))
-        nbytes = c.n * c.k
-        self._span("weights", c.weights, nbytes, 1)
-        # dst before the matmul (the op has no data-dependent error): a bad dst must not
-        # cost a rows x n product first
-        self._span("dst", c.dst, c.rows * c.n * 4, 4)
+    def _op_lm_head(self, c, t) -> None:
+        x = t.load("src")
         # |acc| <= k * 2^14: exact in float32 below 2^24, else float64 (k < 2^16 here)
         ft = np.float32 if c.k * (1 << 14) < (1 << 24) else np.float64
-        w_t = self._cached("lm_head", c.weights, nbytes, (c.n, c.k), lambda: np.ascontiguousarray(
-            self.mem[c.weights:c.weights + nbytes].view(np.int8).reshape(c.n, c.k).T.astype(ft)))
+        addr, nbytes = t.extent("weights")
+        w_t = self._cached(
+            "lm_head",
+            addr,
+            nbytes,
+            (c.n, c.k),
+            lambda raw: np.ascontiguousarray(raw.view(np.int8).reshape(c.n, c.k).T.astype(ft)),
+        )
         acc = np.matmul(x.astype(ft), w_t).astype(np.int64)
-        self._store("dst", c.dst, acc.astype(np.int32))
+        t.store("dst", acc.astype(np.int32))
+
+
+class _Operands:
+    """One command's tensors as its contract (``golden.isa.CONTRACTS``) lays them out: its
+    items checked in order (``check``, ``passed``), each tensor loaded or stored only once
+    it is checked."""
+
+    def __init__(self, ex: Executor, cmd: isa.Command):
+        self.ex, self.cmd = ex, cmd
+        self.items = isa.CONTRACTS[cmd.op]
+        self.names = isa.contract_names(cmd.args, ex.cfg)
+        self.tensors = {t.field: t for t in self.items if isinstance(t, isa.Tensor)}
+        self.pos = 0  # the next item to check
+        self.checked: set = set()
+
+    def check(self) -> None:
+        """Check the items from the current one up to the next ``Data`` check (or the end)."""
+        while self.pos < len(self.items) and not isinstance(self.items[self.pos], isa.Data):
+            item = self.items[self.pos]
+            self.pos += 1
+            err = isa.check_item(item, self.names, self.ex.lo, self.ex.hi)
+            if err is not None:
+                raise OpError(*err)
+            if isinstance(item, isa.Tensor) and (
+                item.when is None or isa.evaluate(item.when, self.names)
+            ):
+                self.checked.add(item.field)
+
+    def passed(self, name: str) -> None:
+        """The op's data check ``name`` passed: check the items up to the next one."""
+        item = self.items[self.pos] if self.pos < len(self.items) else None
+        assert isinstance(item, isa.Data) and item.name == name, (
+            f"{self.cmd.op.name}: data check {name!r} out of the contract's order (next: {item})"
+        )
+        self.pos += 1
+        self.check()
+
+    def finished(self) -> None:
+        assert self.pos == len(self.items), (
+            f"{self.cmd.op.name}: the op skipped data check {self.items[self.pos]}"
+        )
+
+    def _tensor(self, name: str) -> isa.Tensor:
+        assert name in self.checked, f"{self.cmd.op.name}: {name} used before its check"
+        return self.tensors[name]
+
+    def extent(self, name: str) -> tuple[int, int]:
+        return self._tensor(name).extent(self.names)
+
+    def load(self, name: str, rows=None) -> np.ndarray:
+        """The tensor (its contract shape); ``rows``: only these rows (index 0) of a
+        contiguous one, in that order."""
+        t = self._tensor(name)
+        dims = t.dims(self.names)
+        start, nbytes = t.extent(self.names)
+        if t.ld is not None:
+            stride = isa.evaluate(t.ld, self.names) * math.prod(dims[2:]) * t.size
+            n = math.prod(dims[1:]) * t.size
+            return np.stack(
+                [self.ex._read(start + h * stride, n, t.dtype, dims[1:]) for h in range(dims[0])]
+            )
+        if rows is not None:
+            n = math.prod(dims[1:]) * t.size
+            return np.stack([self.ex._read(start + int(r) * n, n, t.dtype, dims[1:]) for r in rows])
+        return self.ex._read(start, nbytes, t.dtype, dims)
+
+    def scales(self, name: str) -> _gm.Scale:
+        raw = self.load(name)
+        return _gm.Scale(raw["mant"].astype(np.int64), raw["shift"].astype(np.int64))
+
+    def store(self, name: str, a: np.ndarray) -> None:
+        t = self._tensor(name)
+        assert t.out, f"{self.cmd.op.name}: {name} is an input"
+        dims = tuple(t.dims(self.names))
+        a = np.asarray(a)
+        assert a.shape == dims and np.can_cast(a.dtype, t.dtype, "same_kind"), (
+            f"{self.cmd.op.name}: {name} {a.dtype}{a.shape}, the contract says {t.dtype}{dims}"
+        )
+        a = np.ascontiguousarray(a, dtype=t.dtype)
+        start, _ = t.extent(self.names)
+        if t.ld is None:
+            self.ex._write(start, a)
+            return
+        stride = isa.evaluate(t.ld, self.names) * math.prod(dims[2:]) * t.size
+        for h in range(dims[0]):
+            self.ex._write(start + h * stride, a[h])

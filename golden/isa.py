@@ -91,12 +91,35 @@ element size)
   Groups beyond ceil(k/G) and rows beyond n hold the all-zero weight group's code.
   Size ``tlmm_weight_bytes(n, k, cfg)`` = Nb * Kc * beat_bytes.
 
-Dimensions: every count (rows, dim, k, n, heads, ...) must be >= 1, head_dim even for
-RoPE, heads a multiple of kv_heads, rows <= keys <= SoftmaxConfig.max_len, ld/q_ld >=
-rows, kv_ld >= keys, k <= TLMMConfig.max_k() -- else BAD_DIM. Addresses must be aligned
-to the element size of the tensor they point at (scale records:
-4; command streams: 64) -- else ALIGN. Any byte outside the device's memory window (the
-golden backend: outside its allocated memory) -- ADDR_RANGE.
+Op contracts (``CONTRACTS``)
+============================
+
+An opcode's argument checks, in the order they are made, are one row of ``CONTRACTS``: a
+tuple of items, each one of
+
+- ``Dims(*rules, when=None)``: BAD_DIM unless every rule holds. Rules are Python
+  expressions over the command's fields and ``contract_names`` (``softmax_max_len``,
+  ``tlmm_max_k``, ``tlmm_weight_bytes(n, k)``), e.g. ``"rows <= keys"``;
+- ``Tensor(field, dtype, shape, ld=None, offset=None, when=None, out=False)``: the tensor
+  at the address in ``field`` -- elements of ``dtype`` (``I8``, ``U8``, ``I16``, ``U16``,
+  ``I32``, ``U32``, ``RECORD``) in the C-order ``shape`` (expressions); head-strided with
+  ``ld`` (head h, row t at ``(h*ld + t) * row``); ``offset`` elements in. Its address must
+  be a multiple of the element size (else ALIGN), and every byte of its extent must lie
+  inside the memory window (the golden backend: its allocated memory; else ADDR_RANGE);
+- ``Data(name, code, text)``: a data-dependent check the op makes at that point (a token
+  id >= vocab, a record shift outside int16, ...); the items after it are checked once it
+  has passed.
+
+``when``: the item applies only if that expression is true (ROPE_QUANT's table with
+rope=1). Before any item, a field that holds no member of its enum (ACT's ``kind``) is
+BAD_OPERAND (``decode``). Command streams must be 64-byte aligned. The golden executor
+(``golden/executor.py``) checks commands and reads / writes their tensors from this table,
+the engines build their check states from it (``hw.ops.base.ArgChecks``, adding their own
+documented hardware limits), and the engine tests generate their ALIGN / ADDR_RANGE cases
+from it (``sim/op_bench.arg_error_cases``). Adding an opcode: its ``Opcode`` member,
+``ARGS`` layout and ``CONTRACTS`` row here, its golden function
+(``Executor._op_<name>``), its engine (``hw/ops/``, listed in ``hw.accel.ENGINES``) and
+its test file (``sim/test_op_<name>.py``).
 
 Status / errors
 ===============
@@ -105,9 +128,12 @@ The accelerator reports ``ErrorCode`` + the index of the failing command (``err_
 its status register; ``TIMEOUT`` is never reported by hardware, only by the driver when
 ``wait`` gives up. The registers that carry them: ``hw/csr.py``.
 """
+
 from __future__ import annotations
 
 import enum as _pyenum
+import functools
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -118,19 +144,19 @@ from golden import tlmm as _gtlmm
 from golden.config import DEFAULT, DatapathConfig, TLMMConfig
 
 # ---------------------------------------------------------------------- widths (ISA)
-COMMAND_BITS = 512                  # one command = 64 bytes = one 512-bit DMA beat
+COMMAND_BITS = 512  # one command = 64 bytes = one 512-bit DMA beat
 COMMAND_BYTES = COMMAND_BITS // 8
 OPCODE_BITS = 8
-ADDR_BITS = 32                      # byte addresses: a 4 GiB window
-ROWS_BITS = 16                      # tokens per command, keys, positions, leading dims
-DIM_BITS = 16                       # k, n, dim, head_dim
-VOCAB_BITS = 32                     # vocabulary-sized dims (embedding rows, lm_head n)
+ADDR_BITS = 32  # byte addresses: a 4 GiB window
+ROWS_BITS = 16  # tokens per command, keys, positions, leading dims
+DIM_BITS = 16  # k, n, dim, head_dim
+VOCAB_BITS = 32  # vocabulary-sized dims (embedding rows, lm_head n)
 HEADS_BITS = 8
-SCALE_MANT_BITS = 16                # scale mantissa in memory and in commands
-SCALE_SHIFT_BITS = 16               # scale shift (signed) in memory and in commands
-EPS_TERM_BITS = 48                  # rmsnorm eps_term = round(dim * eps * 2^(2*IF))
-C_EXP_BITS = 16                     # rmsnorm c_exp, signed
-G_EXP_BITS = 16                     # gamma exponent, signed
+SCALE_MANT_BITS = 16  # scale mantissa in memory and in commands
+SCALE_SHIFT_BITS = 16  # scale shift (signed) in memory and in commands
+EPS_TERM_BITS = 48  # rmsnorm eps_term = round(dim * eps * 2^(2*IF))
+C_EXP_BITS = 16  # rmsnorm c_exp, signed
+G_EXP_BITS = 16  # gamma exponent, signed
 STREAM_ALIGN = COMMAND_BYTES
 
 
@@ -156,15 +182,15 @@ class ActKind(enum.Enum, shape=2):
 
 class ErrorCode(enum.Enum, shape=8):
     NONE = 0
-    UNKNOWN_OPCODE = 1      # opcode not in Opcode (incl. 0: zeroed memory)
-    ADDR_RANGE = 2          # a tensor of the command reaches outside device memory
-    BAD_DIM = 3             # a dimension is 0, inconsistent or beyond the datapath limits
-    MISSING_END = 4         # n_cmds commands ran without END (err_op = n_cmds - 1)
-    BAD_OPERAND = 5         # a data value/constant the op cannot take (token >= vocab, ...)
-    SCALE_RANGE = 6         # a computed scale shift does not fit the scale record
-    ALIGN = 7               # an address not aligned to its element size
-    TIMEOUT = 8             # driver only: wait() gave up (the device was still busy)
-    BUS_ERROR = 9           # the memory answered a read or write with SLVERR/DECERR (AXI shell)
+    UNKNOWN_OPCODE = 1  # opcode not in Opcode (incl. 0: zeroed memory)
+    ADDR_RANGE = 2  # a tensor of the command reaches outside device memory
+    BAD_DIM = 3  # a dimension is 0, inconsistent or beyond the datapath limits
+    MISSING_END = 4  # n_cmds commands ran without END (err_op = n_cmds - 1)
+    BAD_OPERAND = 5  # a data value/constant the op cannot take (token >= vocab, ...)
+    SCALE_RANGE = 6  # a computed scale shift does not fit the scale record
+    ALIGN = 7  # an address not aligned to its element size
+    TIMEOUT = 8  # driver only: wait() gave up (the device was still busy)
+    BUS_ERROR = 9  # the memory answered a read or write with SLVERR/DECERR (AXI shell)
 
 
 ERROR_TEXT = {
@@ -193,44 +219,126 @@ _S = signed(SCALE_SHIFT_BITS)
 SCALE_RECORD = data.StructLayout({"mant": _M, "shift": _S})
 SCALE_RECORD_BYTES = SCALE_RECORD.size // 8
 
+
+def _record_dtype(layout: data.StructLayout) -> np.dtype:
+    """numpy structured dtype of a byte-aligned struct layout (little-endian)."""
+    names, formats, offsets = [], [], []
+    for name, f in layout:
+        s = Shape.cast(f.shape)
+        if f.offset % 8 or s.width not in (8, 16, 32, 64):
+            raise ValueError(f"{name}: field not byte-aligned")
+        names.append(name)
+        formats.append(f"<{'i' if s.signed else 'u'}{s.width // 8}")
+        offsets.append(f.offset // 8)
+    return np.dtype(
+        {"names": names, "formats": formats, "offsets": offsets, "itemsize": layout.size // 8}
+    )
+
+
+SCALE_DTYPE = _record_dtype(SCALE_RECORD)
+
 ARGS = {
     Opcode.NOP: data.StructLayout({}),
     Opcode.END: data.StructLayout({}),
-    Opcode.EMBED: data.StructLayout({
-        "tokens": _A, "table": _A, "dst": _A,
-        "rows": _R, "dim": _D, "vocab": _V}),
-    Opcode.NORM_QUANT: data.StructLayout({
-        "src": _A, "gamma": _A, "dst": _A, "dst_scale": _A,
-        "rows": _R, "dim": _D,
-        "eps_term": unsigned(EPS_TERM_BITS), "c_mant": _M, "c_exp": signed(C_EXP_BITS),
-        "g_exp": signed(G_EXP_BITS)}),
-    Opcode.TLMM: data.StructLayout({
-        "src": _A, "weights": _A, "dst": _A,
-        "rows": _R, "k": _D, "n": _D}),
-    Opcode.ROPE_QUANT: data.StructLayout({
-        "src": _A, "src_scale": _A, "table": _A, "dst": _A, "dst_scale": _A,
-        "rows": _R, "heads": _H, "head_dim": _D, "ld": _R, "pos": _R, "table_rows": _R,
-        "c_mant": _M, "c_shift": _S, "rope": 1}),
-    Opcode.QK: data.StructLayout({
-        "q": _A, "q_scale": _A, "k": _A, "k_scale": _A, "dst": _A,
-        "rows": _R, "keys": _R, "heads": _H, "kv_heads": _H, "head_dim": _D,
-        "q_ld": _R, "kv_ld": _R}),
-    Opcode.SOFTMAX: data.StructLayout({
-        "src": _A, "dst": _A,
-        "rows": _R, "keys": _R, "heads": _H}),
-    Opcode.PV: data.StructLayout({
-        "p": _A, "v": _A, "v_scale": _A, "dst": _A,
-        "rows": _R, "keys": _R, "heads": _H, "kv_heads": _H, "head_dim": _D, "kv_ld": _R}),
-    Opcode.RESIDUAL: data.StructLayout({
-        "h": _A, "acc": _A, "src_scale": _A, "dst": _A,
-        "rows": _R, "dim": _D, "c_mant": _M, "c_shift": _S}),
-    Opcode.ACT: data.StructLayout({
-        "gate": _A, "up": _A, "src_scale": _A, "dst": _A,
-        "rows": _R, "dim": _D, "g_mant": _M, "g_shift": _S, "u_mant": _M, "u_shift": _S,
-        "kind": ActKind}),
-    Opcode.LM_HEAD: data.StructLayout({
-        "src": _A, "weights": _A, "dst": _A,
-        "rows": _R, "k": _D, "n": _V}),
+    Opcode.EMBED: data.StructLayout(
+        {"tokens": _A, "table": _A, "dst": _A, "rows": _R, "dim": _D, "vocab": _V}
+    ),
+    Opcode.NORM_QUANT: data.StructLayout(
+        {
+            "src": _A,
+            "gamma": _A,
+            "dst": _A,
+            "dst_scale": _A,
+            "rows": _R,
+            "dim": _D,
+            "eps_term": unsigned(EPS_TERM_BITS),
+            "c_mant": _M,
+            "c_exp": signed(C_EXP_BITS),
+            "g_exp": signed(G_EXP_BITS),
+        }
+    ),
+    Opcode.TLMM: data.StructLayout(
+        {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _D}
+    ),
+    Opcode.ROPE_QUANT: data.StructLayout(
+        {
+            "src": _A,
+            "src_scale": _A,
+            "table": _A,
+            "dst": _A,
+            "dst_scale": _A,
+            "rows": _R,
+            "heads": _H,
+            "head_dim": _D,
+            "ld": _R,
+            "pos": _R,
+            "table_rows": _R,
+            "c_mant": _M,
+            "c_shift": _S,
+            "rope": 1,
+        }
+    ),
+    Opcode.QK: data.StructLayout(
+        {
+            "q": _A,
+            "q_scale": _A,
+            "k": _A,
+            "k_scale": _A,
+            "dst": _A,
+            "rows": _R,
+            "keys": _R,
+            "heads": _H,
+            "kv_heads": _H,
+            "head_dim": _D,
+            "q_ld": _R,
+            "kv_ld": _R,
+        }
+    ),
+    Opcode.SOFTMAX: data.StructLayout({"src": _A, "dst": _A, "rows": _R, "keys": _R, "heads": _H}),
+    Opcode.PV: data.StructLayout(
+        {
+            "p": _A,
+            "v": _A,
+            "v_scale": _A,
+            "dst": _A,
+            "rows": _R,
+            "keys": _R,
+            "heads": _H,
+            "kv_heads": _H,
+            "head_dim": _D,
+            "kv_ld": _R,
+        }
+    ),
+    Opcode.RESIDUAL: data.StructLayout(
+        {
+            "h": _A,
+            "acc": _A,
+            "src_scale": _A,
+            "dst": _A,
+            "rows": _R,
+            "dim": _D,
+            "c_mant": _M,
+            "c_shift": _S,
+        }
+    ),
+    Opcode.ACT: data.StructLayout(
+        {
+            "gate": _A,
+            "up": _A,
+            "src_scale": _A,
+            "dst": _A,
+            "rows": _R,
+            "dim": _D,
+            "g_mant": _M,
+            "g_shift": _S,
+            "u_mant": _M,
+            "u_shift": _S,
+            "kind": ActKind,
+        }
+    ),
+    Opcode.LM_HEAD: data.StructLayout(
+        {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _V}
+    ),
 }
 
 
@@ -244,14 +352,256 @@ for _op, _lay in ARGS.items():
     assert _lay.size <= ARGS_BITS, f"{_op.name} arguments ({_lay.size} bits) overflow the command"
 
 # 'raw' fixes the union (and so the command) at exactly COMMAND_BITS
-ARGS_UNION = data.UnionLayout({**{op_name(op): lay for op, lay in ARGS.items()},
-                               "raw": unsigned(ARGS_BITS)})
+ARGS_UNION = data.UnionLayout(
+    {**{op_name(op): lay for op, lay in ARGS.items()}, "raw": unsigned(ARGS_BITS)}
+)
 COMMAND = data.StructLayout({"opcode": Opcode, "args": ARGS_UNION})
 assert COMMAND.size == COMMAND_BITS
 _OPCODE_FIELD = COMMAND["opcode"]
 
-# the fields that hold memory addresses (the range checker / debug dump use them)
-ADDR_FIELDS = {op: tuple(n for n, f in lay if f.shape == _A) for op, lay in ARGS.items()}
+
+# ---------------------------------------------------------------------- op contracts
+# Element types of the tensors (little-endian); an element's size is the alignment its
+# address needs.
+I8, U8, I16, U16, I32, U32 = (np.dtype(f"<{c}") for c in ("i1", "u1", "i2", "u2", "i4", "u4"))
+RECORD = SCALE_DTYPE
+
+
+@dataclass(frozen=True, init=False)
+class Dims:
+    """BAD_DIM unless every rule holds. A rule is a Python expression over the command's
+    fields and ``contract_names`` (the datapath's limits), read on ints by the golden
+    executor and on Amaranth values by the engines. ``when``: only if that expression is
+    true."""
+
+    rules: tuple[str, ...]
+    when: str | None
+
+    def __init__(self, *rules: str, when: str | None = None):
+        object.__setattr__(self, "rules", tuple(rules))
+        object.__setattr__(self, "when", when)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """The tensor at the address in command field ``field``: elements of ``dtype`` in the
+    C-order ``shape`` (expressions). Head-strided with ``ld``: index 0 of the shape steps by
+    ``ld`` rows of index 1 (element (h, t, i) at ``(h*ld + t)*row + i``, row = the product
+    of the shape after index 1). ``offset``: elements from the field's address to the first
+    one. ``when``: checked and used only if that expression is true. ``out``: the command
+    writes it (else it reads it).
+
+    Checks: the field's address is a multiple of the element size (else ALIGN), then every
+    byte of ``extent`` lies inside the memory window (else ADDR_RANGE)."""
+
+    field: str
+    dtype: np.dtype
+    shape: tuple[str, ...]
+    ld: str | None = None
+    offset: str | None = None
+    when: str | None = None
+    out: bool = False
+
+    @property
+    def size(self) -> int:
+        """Element size in bytes (the address alignment)."""
+        return self.dtype.itemsize
+
+    def dims(self, names) -> list:
+        return [evaluate(d, names) for d in self.shape]
+
+    def extent(self, names) -> tuple:
+        """(address of the first byte, bytes from it to the end of the last element)."""
+        dims = self.dims(names)
+        if self.ld is None:
+            count = math.prod(dims)
+        else:
+            count = ((dims[0] - 1) * evaluate(self.ld, names) + dims[1]) * math.prod(dims[2:])
+        start = names[self.field]
+        if self.offset is not None:
+            start = start + evaluate(self.offset, names) * self.size
+        return start, count * self.size
+
+
+@dataclass(frozen=True)
+class Data:
+    """A data-dependent check, made at this point of the order by the op itself (the golden
+    op function; the engine's datapath): ``code`` when ``text``. The golden executor checks
+    the items after it only once it has passed; an engine that checks them earlier reports
+    their errors after it (a dry run: computing, writing nothing)."""
+
+    name: str
+    code: ErrorCode
+    text: str
+
+
+_ATTN_DIMS = (
+    "rows >= 1",
+    "heads >= 1",
+    "kv_heads >= 1",
+    "head_dim >= 1",
+    "heads % kv_heads == 0",
+    "rows <= keys",
+    "keys <= softmax_max_len",
+    "kv_ld >= keys",
+)
+
+# opcode -> its checks in order; the tensors in the memory formats of the module docstring
+CONTRACTS = {
+    Opcode.NOP: (),
+    Opcode.END: (),
+    Opcode.EMBED: (
+        Dims("rows >= 1", "dim >= 1", "vocab >= 1"),
+        Tensor("tokens", U32, ("rows",)),
+        Data("token ids", ErrorCode.BAD_OPERAND, "a token id >= vocab"),
+        Tensor("table", I32, ("vocab", "dim")),
+        Tensor("dst", I32, ("rows", "dim"), out=True),
+    ),
+    Opcode.NORM_QUANT: (
+        Dims("rows >= 1", "dim >= 1"),
+        Data(
+            "norm constants",
+            ErrorCode.BAD_OPERAND,
+            "(eps_term, c_mant, c_exp) are not norm_constants(dim) of the eps they imply",
+        ),
+        Tensor("src", I32, ("rows", "dim")),
+        Tensor("gamma", I16, ("dim",)),
+        Tensor("dst", I8, ("rows", "dim"), out=True),
+        Data("records", ErrorCode.SCALE_RANGE, "a row's record shift leaves int16"),
+        Tensor("dst_scale", RECORD, ("rows",), out=True),
+    ),
+    Opcode.TLMM: (
+        Dims("rows >= 1", "k >= 1", "n >= 1", "k <= tlmm_max_k"),
+        Tensor("src", I8, ("rows", "k")),
+        Tensor("weights", U8, ("tlmm_weight_bytes(n, k)",)),
+        Data(
+            "weight codes",
+            ErrorCode.BAD_OPERAND,
+            "a weight code or padding that pack_tlmm_weights never writes",
+        ),
+        Tensor("dst", I32, ("rows", "n"), out=True),
+    ),
+    Opcode.ROPE_QUANT: (
+        Dims("rows >= 1", "heads >= 1", "head_dim >= 2", "head_dim % 2 == 0", "ld >= rows"),
+        Tensor("src", I32, ("rows", "heads * head_dim")),
+        Tensor("src_scale", RECORD, ("rows",)),
+        Dims("pos + rows <= table_rows", when="rope"),
+        Tensor("table", I16, ("rows", "head_dim"), offset="pos * head_dim", when="rope"),
+        Tensor("dst", I8, ("heads", "rows", "head_dim"), ld="ld", out=True),
+        Data("records", ErrorCode.SCALE_RANGE, "a (token, head) record shift leaves int16"),
+        Tensor("dst_scale", RECORD, ("heads", "rows"), ld="ld", out=True),
+    ),
+    Opcode.QK: (
+        Dims(*_ATTN_DIMS, "q_ld >= rows"),
+        Tensor("q", I8, ("heads", "rows", "head_dim"), ld="q_ld"),
+        Tensor("q_scale", RECORD, ("heads", "rows"), ld="q_ld"),
+        Tensor("k", I8, ("kv_heads", "keys", "head_dim"), ld="kv_ld"),
+        Tensor("k_scale", RECORD, ("kv_heads", "keys"), ld="kv_ld"),
+        Tensor("dst", I16, ("heads", "rows", "keys"), out=True),
+    ),
+    Opcode.SOFTMAX: (
+        Dims("rows >= 1", "heads >= 1", "rows <= keys", "keys <= softmax_max_len"),
+        Tensor("src", I16, ("heads", "rows", "keys")),
+        Tensor("dst", U16, ("heads", "rows", "keys"), out=True),
+    ),
+    Opcode.PV: (
+        Dims(*_ATTN_DIMS),
+        Tensor("p", U16, ("heads", "rows", "keys")),
+        Tensor("v", I8, ("kv_heads", "keys", "head_dim"), ld="kv_ld"),
+        Tensor("v_scale", RECORD, ("kv_heads", "keys"), ld="kv_ld"),
+        Data(
+            "acc range",
+            ErrorCode.BAD_OPERAND,
+            "an output accumulator outside int32 (p rows that sum above 2^16)",
+        ),
+        Tensor("dst", I32, ("rows", "heads * head_dim"), out=True),
+    ),
+    Opcode.RESIDUAL: (
+        Dims("rows >= 1", "dim >= 1"),
+        Tensor("h", I32, ("rows", "dim")),
+        Tensor("acc", I32, ("rows", "dim")),
+        Tensor("src_scale", RECORD, ("rows",)),
+        Tensor("dst", I32, ("rows", "dim"), out=True),
+    ),
+    Opcode.ACT: (
+        Dims("rows >= 1", "dim >= 1"),
+        Tensor("gate", I32, ("rows", "dim")),
+        Tensor("up", I32, ("rows", "dim")),
+        Tensor("src_scale", RECORD, ("rows",)),
+        Tensor("dst", I32, ("rows", "dim"), out=True),
+    ),
+    Opcode.LM_HEAD: (
+        Dims("rows >= 1", "k >= 1", "n >= 1"),
+        Tensor("src", I8, ("rows", "k")),
+        Tensor("weights", I8, ("n", "k")),
+        Tensor("dst", I32, ("rows", "n"), out=True),
+    ),
+}
+assert set(CONTRACTS) == set(Opcode)
+
+# the fields that hold memory addresses: the contract's tensors (the debug dump uses them)
+ADDR_FIELDS = {
+    op: tuple(t.field for t in items if isinstance(t, Tensor)) for op, items in CONTRACTS.items()
+}
+for _op, _items in CONTRACTS.items():
+    _data = [d.name for d in _items if isinstance(d, Data)]
+    assert len(set(_data)) == len(_data) and not set(_data) & set(ADDR_FIELDS[_op]), _op.name
+    for _f in ADDR_FIELDS[_op]:
+        assert ARGS[_op][_f].shape == _A, f"{_op.name}.{_f}: not an address field"
+
+
+@functools.cache
+def _code(expr: str):
+    return compile(expr, f"<contract: {expr}>", "eval")
+
+
+def evaluate(expr: str, names):
+    """A contract expression over ``names`` (``contract_names``): ints in, an int (or bool)
+    out; Amaranth values in, an Amaranth value out."""
+    return eval(_code(expr), {"__builtins__": {}}, names)
+
+
+def expr_names(expr: str) -> tuple[str, ...]:
+    """The names an expression uses."""
+    return _code(expr).co_names
+
+
+def contract_names(args, cfg: DatapathConfig = DEFAULT) -> dict:
+    """What the contract's expressions may name: the command's fields (``args``: ints, or
+    Amaranth values in the engines) and the datapath's limits."""
+    t = cfg.tlmm
+    return {
+        **args,
+        "softmax_max_len": cfg.softmax.max_len,
+        "tlmm_max_k": t.max_k(),
+        "tlmm_weight_bytes": lambda n, k: tlmm_weight_bytes(n, k, t),
+    }
+
+
+def check_item(item, names, lo: int, hi: int) -> tuple[ErrorCode, str] | None:
+    """The check of one ``Dims`` / ``Tensor`` item on int fields, memory window [lo, hi):
+    (code, detail) of its first failure, or None (it passes, does not apply, or is
+    ``Data``: the op's own)."""
+    if isinstance(item, Data) or (item.when is not None and not evaluate(item.when, names)):
+        return None
+    if isinstance(item, Dims):
+        for rule in item.rules:
+            if not evaluate(rule, names):
+                vals = ", ".join(
+                    f"{n}={names[n]}" for n in expr_names(rule) if isinstance(names.get(n), int)
+                )
+                return ErrorCode.BAD_DIM, f"{rule} does not hold ({vals})"
+        return None
+    addr = names[item.field]
+    if addr % item.size:
+        return ErrorCode.ALIGN, f"{item.field}: 0x{addr:x} is not {item.size}-byte aligned"
+    start, n = item.extent(names)
+    if start < lo or start + n > hi:
+        return ErrorCode.ADDR_RANGE, (
+            f"{item.field}: [0x{start:x}, 0x{start + n:x}) outside "
+            f"the memory window [0x{lo:x}, 0x{hi:x})"
+        )
+    return None
 
 
 class UnknownOpcode(ValueError):
@@ -296,8 +646,8 @@ def _shape_range(shape) -> tuple[int, int]:
 @dataclass(frozen=True)
 class _Field:
     name: str
-    shape: object           # the layout's shape (Shape or enum class)
-    offset: int             # bit offset in the command word
+    shape: object  # the layout's shape (Shape or enum class)
+    offset: int  # bit offset in the command word
     width: int
     lo: int
     hi: int
@@ -308,11 +658,19 @@ _ARGS_OFFSET = COMMAND["args"].offset
 # Field positions read off the layouts once (encode/decode walk these; COMMAND.const gives
 # the same bits -- tests/test_isa.py checks -- but costs ~1 ms per command).
 _FIELDS = {
-    op: tuple(_Field(n, f.shape, _ARGS_OFFSET + f.offset, f.width, *_shape_range(f.shape),
-                     f.shape if isinstance(f.shape, type) and issubclass(f.shape, _pyenum.Enum)
-                     else None)
-              for n, f in lay)
-    for op, lay in ARGS.items()}
+    op: tuple(
+        _Field(
+            n,
+            f.shape,
+            _ARGS_OFFSET + f.offset,
+            f.width,
+            *_shape_range(f.shape),
+            f.shape if isinstance(f.shape, type) and issubclass(f.shape, _pyenum.Enum) else None,
+        )
+        for n, f in lay
+    )
+    for op, lay in ARGS.items()
+}
 
 
 def _check_value(op: Opcode, fd: _Field, value):
@@ -328,8 +686,10 @@ def _check_value(op: Opcode, fd: _Field, value):
         raise ValueError(f"{where}: expected an integer, got {type(value).__name__}")
     if not fd.lo <= int(value) <= fd.hi:
         s = Shape.cast(fd.shape)
-        raise ValueError(f"{where}: {int(value)} does not fit "
-                         f"{'signed' if s.signed else 'unsigned'}({s.width}) [{fd.lo}, {fd.hi}]")
+        raise ValueError(
+            f"{where}: {int(value)} does not fit "
+            f"{'signed' if s.signed else 'unsigned'}({s.width}) [{fd.lo}, {fd.hi}]"
+        )
     return int(value)
 
 
@@ -399,8 +759,9 @@ def decode(word) -> Command:
             try:
                 v = fd.enum(v)
             except ValueError:
-                raise ValueError(f"{op_name(op)}.{fd.name}: {v} is not a "
-                                 f"{fd.enum.__name__}") from None
+                raise ValueError(
+                    f"{op_name(op)}.{fd.name}: {v} is not a {fd.enum.__name__}"
+                ) from None
         elif fd.lo < 0 and v > fd.hi:
             v -= 1 << fd.width
         args[fd.name] = v
@@ -419,27 +780,10 @@ def decode_stream(buf) -> list[Command]:
     buf = bytes(buf)
     if len(buf) % COMMAND_BYTES:
         raise ValueError(f"buf: length {len(buf)} is not a multiple of {COMMAND_BYTES}")
-    return [decode(buf[i:i + COMMAND_BYTES]) for i in range(0, len(buf), COMMAND_BYTES)]
+    return [decode(buf[i : i + COMMAND_BYTES]) for i in range(0, len(buf), COMMAND_BYTES)]
 
 
 # ---------------------------------------------------------------------- memory formats
-def _record_dtype(layout: data.StructLayout) -> np.dtype:
-    """numpy structured dtype of a byte-aligned struct layout (little-endian)."""
-    names, formats, offsets = [], [], []
-    for name, f in layout:
-        s = Shape.cast(f.shape)
-        if f.offset % 8 or s.width not in (8, 16, 32, 64):
-            raise ValueError(f"{name}: field not byte-aligned")
-        names.append(name)
-        formats.append(f"<{'i' if s.signed else 'u'}{s.width // 8}")
-        offsets.append(f.offset // 8)
-    return np.dtype({"names": names, "formats": formats, "offsets": offsets,
-                     "itemsize": layout.size // 8})
-
-
-SCALE_DTYPE = _record_dtype(SCALE_RECORD)
-
-
 def pack_scales(mant, shift) -> np.ndarray:
     """Scale records (uint8 [..., 4]) from mant/shift arrays; ValueError if a value does
     not fit the record (the hardware's SCALE_RANGE)."""
@@ -451,14 +795,18 @@ def pack_scales(mant, shift) -> np.ndarray:
             raise ValueError(f"{name}: values outside the scale record's [{lo}, {hi}]")
     rec = np.empty(mant.shape, dtype=SCALE_DTYPE)
     rec["mant"], rec["shift"] = mant, shift
-    return rec.view(np.uint8).reshape(*mant.shape, SCALE_RECORD_BYTES) if mant.ndim else \
-        rec.reshape(1).view(np.uint8)
+    return (
+        rec.view(np.uint8).reshape(*mant.shape, SCALE_RECORD_BYTES)
+        if mant.ndim
+        else rec.reshape(1).view(np.uint8)
+    )
 
 
 def unpack_scales(buf, count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mant, shift) int64 [count] from scale-record bytes."""
-    a = np.frombuffer(bytes(buf) if not isinstance(buf, np.ndarray) else buf.tobytes(),
-                      dtype=SCALE_DTYPE)
+    a = np.frombuffer(
+        bytes(buf) if not isinstance(buf, np.ndarray) else buf.tobytes(), dtype=SCALE_DTYPE
+    )
     if count is not None:
         a = a[:count]
     return a["mant"].astype(np.int64), a["shift"].astype(np.int64)
@@ -467,21 +815,32 @@ def unpack_scales(buf, count: int | None = None) -> tuple[np.ndarray, np.ndarray
 def rope_table(cos_q: np.ndarray, sin_q: np.ndarray) -> np.ndarray:
     """RoPE table int16 [rows, head_dim]: row p = cos_q[p] then sin_q[p]."""
     cos_q, sin_q = np.asarray(cos_q), np.asarray(sin_q)
-    if cos_q.dtype != np.int16 or sin_q.dtype != np.int16 or cos_q.shape != sin_q.shape \
-            or cos_q.ndim != 2:
-        raise ValueError(f"cos_q/sin_q: expected two int16 [rows, head_dim/2] arrays, got "
-                         f"{cos_q.dtype}{cos_q.shape} and {sin_q.dtype}{sin_q.shape}")
+    if (
+        cos_q.dtype != np.int16
+        or sin_q.dtype != np.int16
+        or cos_q.shape != sin_q.shape
+        or cos_q.ndim != 2
+    ):
+        raise ValueError(
+            f"cos_q/sin_q: expected two int16 [rows, head_dim/2] arrays, got "
+            f"{cos_q.dtype}{cos_q.shape} and {sin_q.dtype}{sin_q.shape}"
+        )
     return np.ascontiguousarray(np.concatenate([cos_q, sin_q], axis=1))
+
+
+def _cdiv(a, b: int):
+    """ceil(a / b) for a >= 0 (an int or an Amaranth value)."""
+    return (a + (b - 1)) // b
 
 
 def tlmm_chunks(k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> int:
     """Kc = ceil(ceil(k/G)/T): chunks (beats) per row block."""
-    return -(-_gtlmm.num_groups(k, cfg) // cfg.tables)
+    return _cdiv(_cdiv(k, cfg.group), cfg.tables)
 
 
 def tlmm_blocks(n: int, cfg: TLMMConfig = DEFAULT.tlmm) -> int:
     """Nb = ceil(n/Q): row blocks."""
-    return -(-n // cfg.replicas)
+    return _cdiv(n, cfg.replicas)
 
 
 def tlmm_beat_bytes(cfg: TLMMConfig = DEFAULT.tlmm) -> int:
@@ -504,11 +863,13 @@ def pack_tlmm_weights(codes: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> np.n
     if codes.dtype != np.int8 or codes.ndim != 2:
         raise ValueError(f"codes: expected a 2-D int8 array, got {codes.dtype} {codes.shape}")
     n, k = codes.shape
-    g, t, q, cb = cfg.group, cfg.tables, cfg.replicas, cfg.code_bits
+    t, q, cb = cfg.tables, cfg.replicas, cfg.code_bits
     nb, kc = tlmm_blocks(n, cfg), tlmm_chunks(k, cfg)
-    grp = _gtlmm.join_codes(*_gtlmm.encode_weights(codes, cfg), cfg).astype(np.int64)  # [n, ceil(k/G)]
+    grp = _gtlmm.join_codes(*_gtlmm.encode_weights(codes, cfg), cfg).astype(
+        np.int64
+    )  # [n, ceil(k/G)]
     full = np.full((nb * q, kc * t), _zero_code(cfg), dtype=np.int64)
-    full[:n, :grp.shape[1]] = grp
+    full[:n, : grp.shape[1]] = grp
     beats = full.reshape(nb, q, kc, t).transpose(0, 2, 1, 3).reshape(nb * kc, q * t)
     bits = ((beats[..., None] >> np.arange(cb)) & 1).astype(np.uint8).reshape(nb * kc, -1)
     bb = tlmm_beat_bytes(cfg)
@@ -520,16 +881,17 @@ def unpack_tlmm_codes(buf, n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> np
     """TLMM tile bytes -> group codes int64 [n, ceil(k/G)] (``golden.tlmm`` codes)."""
     nb, kc = tlmm_blocks(n, cfg), tlmm_chunks(k, cfg)
     t, q, cb = cfg.tables, cfg.replicas, cfg.code_bits
-    raw = np.frombuffer(bytes(buf) if not isinstance(buf, np.ndarray) else buf.tobytes(),
-                        dtype=np.uint8)
+    raw = np.frombuffer(
+        bytes(buf) if not isinstance(buf, np.ndarray) else buf.tobytes(), dtype=np.uint8
+    )
     need = tlmm_weight_bytes(n, k, cfg)
     if raw.size != need:
         raise ValueError(f"buf: expected {need} bytes for n={n}, k={k}, got {raw.size}")
     bits = np.unpackbits(raw.reshape(nb * kc, -1), axis=1, bitorder="little")
-    bits = bits[:, :t * q * cb].reshape(nb * kc, t * q, cb).astype(np.int64)
+    bits = bits[:, : t * q * cb].reshape(nb * kc, t * q, cb).astype(np.int64)
     beats = np.sum(bits << np.arange(cb), axis=-1)
     full = beats.reshape(nb, kc, q, t).transpose(0, 2, 1, 3).reshape(nb * q, kc * t)
-    return full[:n, :_gtlmm.num_groups(k, cfg)]
+    return full[:n, : _gtlmm.num_groups(k, cfg)]
 
 
 def unpack_tlmm_weights(buf, n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
@@ -542,8 +904,12 @@ def unpack_tlmm_weights(buf, n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> 
 def check_datapath(cfg: DatapathConfig) -> None:
     """The memory formats above hold this datapath's scales (ValueError otherwise)."""
     if cfg.requant.mult_bits > SCALE_MANT_BITS:
-        raise ValueError(f"cfg.requant.mult_bits: {cfg.requant.mult_bits} exceeds the scale "
-                         f"record's {SCALE_MANT_BITS}-bit mantissa")
+        raise ValueError(
+            f"cfg.requant.mult_bits: {cfg.requant.mult_bits} exceeds the scale "
+            f"record's {SCALE_MANT_BITS}-bit mantissa"
+        )
     if cfg.norm.scale_mant_bits > SCALE_MANT_BITS:
-        raise ValueError(f"cfg.norm.scale_mant_bits: {cfg.norm.scale_mant_bits} exceeds the "
-                         f"scale record's {SCALE_MANT_BITS}-bit mantissa")
+        raise ValueError(
+            f"cfg.norm.scale_mant_bits: {cfg.norm.scale_mant_bits} exceeds the "
+            f"scale record's {SCALE_MANT_BITS}-bit mantissa"
+        )

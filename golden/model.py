@@ -32,6 +32,48 @@ an explicit sequence of block-level ops over integer tensors (below). The accele
 command stream mirrors it op for op and must match it bit for bit; ``trace=[]`` collects
 every op's outputs (``forward(..., trace=lst)`` appends ``(layer, op, {name: array})``).
 
+Ablations (reference mode only; the study notebooks use them)
+=============================================================
+
+``GoldenModel(model, "reference", approx={...}, proj_hook=..., act_hook=...)`` is the
+reference forward with single hardware approximations put back into the float path
+(``approx``: names from ``APPROXIMATIONS``); with none and no hooks it is the reference
+forward itself. The switches act per token (or, for attention, on keys <= the query),
+so a KV-cache decode stays equal to a full forward as in plain reference mode.
+
+``rmsnorm``
+    Every RMSNorm that feeds a BitLinear (input, attn_sub, post_attention, ffn_sub) is
+    the fixed-point block (``op_norm_quant``: integer sum of squares, LUT+Newton rsqrt,
+    hardware INT8 quantizer) on the residual in Q15.16, with gamma in int16 as
+    ``compile_integer`` makes it; its dequantized INT8 output feeds the BitLinear (whose
+    own fake quantizer then gives back the same codes).
+``rope``
+    RoPE of q and k by ``golden.rope.rope_fx`` (Q1.14 cos/sin tables, rounding) on the
+    exact int32 accumulators ``x_q @ codes.T``, as the integer datapath does.
+``attn_int8``
+    q (after RoPE), k (after RoPE) and v quantized to INT8 absmax per (token, head)
+    (``golden.quant.act_fake_quant``; the hardware quantizer rounds half up instead of
+    half to even, within 1 LSB).
+``softmax``
+    Attention logits rounded to the softmax input format (signed int16 Q7.8,
+    saturating) and the integer online softmax ``golden.softmax.softmax_fx``,
+    probabilities UQ0.16.
+``act``
+    The FFN activation unit: ``relu2`` -- gate and up quantized per token to
+    ``ffn_bits`` (16) bit absmax, square exact (``golden.activations.relu2``);
+    ``silu`` -- gate rounded to Q7.8 int16 and ``golden.activations.silu_fx``, up
+    quantized to 16 bits.
+``lm_head``
+    Final-norm output and lm_head rows INT8 absmax (``golden.quant.act_quant``), as the
+    integer model's head.
+
+Hooks: ``proj_hook(layer, name, x)`` is called with the float input of every projection
+(before its activation quantizer). ``act_hook(layer, g, tok_scale)`` replaces the FFN
+activation act(g) (before the product with up): ``g = acc * tok_scale`` with ``acc`` the
+exact integer accumulator of the gate projection and ``tok_scale`` [B, T, 1] = s_w / s_x
+(weight scale over the token's activation scale); it returns act(g) as floats (e.g. an
+analog NL-ADC's ReLU^2, notebooks/nl_adc.py).
+
 Integer datapath formats
 ========================
 
@@ -116,8 +158,8 @@ Residual adds saturate to signed ``NormConfig.in_bits`` (int32). Positions must 
 uses the model's ``rope_theta``; RMSNorm uses the model's ``rms_norm_eps``.
 
 Parameters of the whole-layer ops (``ffn_bits``, ``pv_extra_bits``) are in
-``golden.config.ForwardConfig`` (``cfg.forward``); every other width comes from the block sections of
-golden/config.py.
+``golden.config.ForwardConfig`` (``cfg.forward``); every other width comes from the block
+sections of golden/config.py.
 
 Simulation details that do not change any bit: the integer matmuls (TLMM, Q.K, P.V,
 lm_head) run as float BLAS matmuls on integer-valued operands, exact because every
@@ -129,18 +171,16 @@ tests/test_model.py checks the whole op trace equal. Attention runs over blocks 
 keys take no part in the softmax, so any block size gives the same bits; tested). In the
 trace, logits and probabilities at masked positions are 0.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
 
-from .config import DEFAULT, DatapathConfig, ForwardConfig, RequantConfig
-from .fixed import bit_length as _bit_length, rhu as _rhu
-from .modelspec import ATTN_PROJ, MLP_PROJ, Model
 from . import activations as _act
 from . import quant as _quant
 from . import requant as _requant
@@ -148,8 +188,14 @@ from . import rmsnorm as _rmsnorm
 from . import rope as _rope
 from . import softmax as _softmax
 from . import tlmm as _tlmm
+from .config import DEFAULT, DatapathConfig, RequantConfig
+from .fixed import bit_length as _bit_length
+from .fixed import rhu as _rhu
+from .modelspec import ATTN_PROJ, LAYER_NORMS, MLP_PROJ, Model
 
 MODES = ("reference", "integer")
+# hardware approximations that reference mode can switch on one by one (module doc)
+APPROXIMATIONS = ("rmsnorm", "rope", "attn_int8", "softmax", "act", "lm_head")
 # queries per attention block in the simulation (any value gives the same bits)
 ATTN_QUERY_BLOCK = 64
 
@@ -165,11 +211,6 @@ GREEDY_AGREEMENT_MIN = 0.95
 DECODE_VS_FULL_INT = 0
 
 
-# --------------------------------------------------------------------------- config
-def forward_config(cfg: DatapathConfig) -> ForwardConfig:
-    return cfg.forward
-
-
 # --------------------------------------------------------------------------- integer helpers
 class Scale(NamedTuple):
     """mant * 2^-shift, mant normalized to [2^(B-1), 2^B) or 0 (int64 arrays)."""
@@ -178,8 +219,10 @@ class Scale(NamedTuple):
     shift: np.ndarray
 
     def to_float(self) -> np.ndarray:
-        return np.ldexp(np.asarray(self.mant, dtype=np.float64),
-                        (-np.asarray(self.shift, dtype=np.int64)).astype(np.int32))
+        return np.ldexp(
+            np.asarray(self.mant, dtype=np.float64),
+            (-np.asarray(self.shift, dtype=np.int64)).astype(np.int32),
+        )
 
 
 def _normalize(p, shift, bits: int) -> Scale:
@@ -217,7 +260,7 @@ def scale_mul(a: Scale, b: Scale, bits: int) -> Scale:
 def scale_rel_bound(bits: int) -> float:
     """|scale_mul / scale_of_int result - exact| / exact <= 2^-bits: the rounding drops at
     most half of 2^r from a value >= 2^(bits-1+r)."""
-    return 2.0 ** -bits
+    return 2.0**-bits
 
 
 def scale_of_int(v, bits: int) -> Scale:
@@ -236,13 +279,14 @@ def _shift_scale(sc: Scale, d) -> Scale:
     return Scale(sc.mant, np.where(np.asarray(sc.mant) == 0, 0, np.asarray(sc.shift) + d))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rq_cfg(base: RequantConfig, out_bits: int) -> RequantConfig:
     return replace(base, out_bits=out_bits)
 
 
-def requant(acc, sc: Scale, frac_bits: int, out_bits: int,
-            rcfg: RequantConfig = DEFAULT.requant) -> np.ndarray:
+def requant(
+    acc, sc: Scale, frac_bits: int, out_bits: int, rcfg: RequantConfig = DEFAULT.requant
+) -> np.ndarray:
     """acc * sc in signed fixed point Q.frac_bits, saturated to ``out_bits`` (see module doc).
 
     ``golden.requant.requantize(acc, mant, shift - frac_bits)`` for shifts in
@@ -268,9 +312,9 @@ def requant(acc, sc: Scale, frac_bits: int, out_bits: int,
 def _int_matmul(a: np.ndarray, b_t: np.ndarray, bound: float) -> np.ndarray:
     """a @ b_t for integer-valued arrays via float BLAS; exact because every partial sum is
     an integer of magnitude <= ``bound`` (< 2^24 -> float32, < 2^53 -> float64)."""
-    if bound < 2.0 ** 24:
+    if bound < 2.0**24:
         dt = np.float32
-    elif bound < 2.0 ** 53:
+    elif bound < 2.0**53:
         dt = np.float64
     else:
         raise ValueError(f"bound: {bound} too large for an exact float matmul")
@@ -294,7 +338,7 @@ class ProjConst:
     codes: np.ndarray
     weight_scale: float
     const: Scale
-    codes_t: np.ndarray = field(repr=False, default=None)   # float32 [in, out] for BLAS
+    codes_t: np.ndarray = field(repr=False, default=None)  # float32 [in, out] for BLAS
 
     def __post_init__(self) -> None:
         if self.codes_t is None:
@@ -315,13 +359,13 @@ class IntegerModel:
     """Everything the host compiles for the accelerator (integers only, except the lm_head
     row scales that stay on the host)."""
 
-    config: object                 # golden.modelspec.ModelConfig
-    cfg: DatapathConfig            # with the model's rms_norm_eps / rope_theta / context
-    embed_fx: np.ndarray           # int32 [vocab, hidden], Q.in_frac_bits
+    config: object  # golden.modelspec.ModelConfig
+    cfg: DatapathConfig  # with the model's rms_norm_eps / rope_theta / context
+    embed_fx: np.ndarray  # int32 [vocab, hidden], Q.in_frac_bits
     layers: list
     norm: NormConst
-    lm_q: np.ndarray               # int8 [vocab, hidden]
-    lm_row_scale: np.ndarray       # float64 [vocab]: dequant step max|W_row| / act_max
+    lm_q: np.ndarray  # int8 [vocab, hidden]
+    lm_row_scale: np.ndarray  # float64 [vocab]: dequant step max|W_row| / act_max
 
 
 def model_datapath_config(model: Model, cfg: DatapathConfig = DEFAULT) -> DatapathConfig:
@@ -329,8 +373,12 @@ def model_datapath_config(model: Model, cfg: DatapathConfig = DEFAULT) -> Datapa
     mc = model.config
     return cfg.with_(
         norm=replace(cfg.norm, eps=float(mc.rms_norm_eps)),
-        rope=replace(cfg.rope, theta=float(mc.rope_theta),
-                     max_pos=max(cfg.rope.max_pos, mc.max_position_embeddings)))
+        rope=replace(
+            cfg.rope,
+            theta=float(mc.rope_theta),
+            max_pos=max(cfg.rope.max_pos, mc.max_position_embeddings),
+        ),
+    )
 
 
 def _compile_norm(gamma: np.ndarray, cfg: DatapathConfig, name: str) -> NormConst:
@@ -342,7 +390,7 @@ def _compile_norm(gamma: np.ndarray, cfg: DatapathConfig, name: str) -> NormCons
     m = float(np.max(np.abs(g))) if g.size else 0.0
     g_exp = 0 if m == 0 else math.frexp(m)[1] + nc.gamma_frac_bits - top
     q = np.floor(g * 2.0 ** (nc.gamma_frac_bits - g_exp) + 0.5)
-    if np.max(np.abs(q), initial=0) > (1 << top) - 1:     # rounded up to 2^top
+    if np.max(np.abs(q), initial=0) > (1 << top) - 1:  # rounded up to 2^top
         g_exp += 1
         q = np.floor(g * 2.0 ** (nc.gamma_frac_bits - g_exp) + 0.5)
     return NormConst(q.astype(np.int16), int(g_exp))
@@ -352,22 +400,29 @@ def compile_integer(model: Model, cfg: DatapathConfig = DEFAULT) -> IntegerModel
     """Host compilation: quantize every tensor and constant of the integer datapath."""
     mc, w = model.config, model.weights
     cfg = model_datapath_config(model, cfg)
-    fc = forward_config(cfg)
+    fc = cfg.forward
     rc = cfg.requant
     act_max = cfg.quant.act_max
     wide_max = (1 << (fc.ffn_bits - 1)) - 1
     nc = cfg.norm
     lim = (1 << (nc.in_bits - 1)) - 1
-    emb = np.floor(np.asarray(w.embed_tokens, dtype=np.float64) * 2.0 ** nc.in_frac_bits + 0.5)
+    emb = np.floor(np.asarray(w.embed_tokens, dtype=np.float64) * 2.0**nc.in_frac_bits + 0.5)
     embed_fx = np.clip(emb, -lim - 1, lim).astype(np.int32)
     hd = mc.head_dim
-    folds = {"q_proj": 1.0 / (act_max * math.sqrt(hd)), "k_proj": 1.0 / act_max,
-             "v_proj": 1.0 / act_max, "o_proj": 1.0, "down_proj": 1.0,
-             "gate_proj": 1.0 / wide_max if mc.hidden_act == "relu2" else 1.0,
-             "up_proj": 1.0 / wide_max}
+    folds = {
+        "q_proj": 1.0 / (act_max * math.sqrt(hd)),
+        "k_proj": 1.0 / act_max,
+        "v_proj": 1.0 / act_max,
+        "o_proj": 1.0,
+        "down_proj": 1.0,
+        "gate_proj": 1.0 / wide_max if mc.hidden_act == "relu2" else 1.0,
+        "up_proj": 1.0 / wide_max,
+    }
     for k_in in (mc.hidden_size, mc.intermediate_size, mc.num_attention_heads * hd):
         if k_in > cfg.tlmm.max_k():
-            raise ValueError(f"model: K={k_in} exceeds the TLMM accumulator (max_k {cfg.tlmm.max_k()})")
+            raise ValueError(
+                f"model: K={k_in} exceeds the TLMM accumulator (max_k {cfg.tlmm.max_k()})"
+            )
     layers = []
     for i, lw in enumerate(w.layers):
         proj = {}
@@ -376,19 +431,26 @@ def compile_integer(model: Model, cfg: DatapathConfig = DEFAULT) -> IntegerModel
             try:
                 c = const_scale(float(tw.scale) * folds[name], rc)
             except ValueError as e:
-                raise ValueError(f"model: layer {i} {name} weight scale {tw.scale!r}: {e}") from None
+                raise ValueError(
+                    f"model: layer {i} {name} weight scale {tw.scale!r}: {e}"
+                ) from None
             proj[name] = ProjConst(codes=tw.codes, weight_scale=float(tw.scale), const=c)
-        layers.append(LayerConst(
-            input_layernorm=_compile_norm(lw.input_layernorm, cfg, f"layers.{i}.input_layernorm"),
-            post_attention_layernorm=_compile_norm(lw.post_attention_layernorm, cfg,
-                                                   f"layers.{i}.post_attention_layernorm"),
-            attn_sub_norm=_compile_norm(lw.attn_sub_norm, cfg, f"layers.{i}.attn_sub_norm"),
-            ffn_sub_norm=_compile_norm(lw.ffn_sub_norm, cfg, f"layers.{i}.ffn_sub_norm"),
-            proj=proj))
+        layers.append(
+            LayerConst(
+                proj=proj,
+                **{k: _compile_norm(getattr(lw, k), cfg, f"layers.{i}.{k}") for k in LAYER_NORMS},
+            )
+        )
     lm_q, lm_scale = _quant.act_quant(np.asarray(w.lm_head, dtype=np.float32), cfg.quant)
-    return IntegerModel(config=mc, cfg=cfg, embed_fx=embed_fx, layers=layers,
-                        norm=_compile_norm(w.norm, cfg, "norm"), lm_q=lm_q,
-                        lm_row_scale=1.0 / lm_scale[:, 0].astype(np.float64))
+    return IntegerModel(
+        config=mc,
+        cfg=cfg,
+        embed_fx=embed_fx,
+        layers=layers,
+        norm=_compile_norm(w.norm, cfg, "norm"),
+        lm_q=lm_q,
+        lm_row_scale=1.0 / lm_scale[:, 0].astype(np.float64),
+    )
 
 
 # --------------------------------------------------------------------------- integer ops
@@ -403,7 +465,9 @@ def op_norm_quant(h: np.ndarray, norm: NormConst, cfg: DatapathConfig) -> tuple[
     return x_q, _shift_scale(Scale(mant, shift), -norm.g_exp)
 
 
-def op_tlmm(x_q: np.ndarray, proj: ProjConst, cfg: DatapathConfig, exact: bool = False) -> np.ndarray:
+def op_tlmm(
+    x_q: np.ndarray, proj: ProjConst, cfg: DatapathConfig, exact: bool = False
+) -> np.ndarray:
     """acc = x_q @ codes.T, int32 (golden.tlmm when exact, else the equal BLAS form)."""
     lead, k = x_q.shape[:-1], x_q.shape[-1]
     x2 = x_q.reshape(-1, k)
@@ -426,36 +490,46 @@ def _per_head_scale(sx_c: Scale, amax: np.ndarray, bits: int) -> Scale:
     return scale_mul(tok, scale_of_int(amax, bits), bits)
 
 
-def op_rope_quant(acc: np.ndarray, positions: np.ndarray, n_heads: int, sx: Scale,
-                  c: Scale, cfg: DatapathConfig) -> tuple[np.ndarray, Scale]:
+def op_rope_quant(
+    acc: np.ndarray, positions: np.ndarray, n_heads: int, sx: Scale, c: Scale, cfg: DatapathConfig
+) -> tuple[np.ndarray, Scale]:
     """q or k: RoPE on int32 accumulators per head, then INT8 absmax per (token, head).
 
     acc int32 [B, T, n*hd] -> (codes int8 [B, n, T, hd], scale [B, n, T])."""
     bits = cfg.requant.mult_bits
-    r = _rope.rope_fx(np.ascontiguousarray(_heads(acc, n_heads)).astype(np.int32), positions, cfg.rope)
+    r = _rope.rope_fx(
+        np.ascontiguousarray(_heads(acc, n_heads)).astype(np.int32), positions, cfg.rope
+    )
     x_q, amax = _quant.hw_act_quant(r, cfg.quant)
     return x_q, _per_head_scale(scale_mul(sx, c, bits), amax[..., 0], bits)
 
 
-def op_v_quant(acc: np.ndarray, n_heads: int, sx: Scale, c: Scale,
-               cfg: DatapathConfig) -> tuple[np.ndarray, Scale]:
+def op_v_quant(
+    acc: np.ndarray, n_heads: int, sx: Scale, c: Scale, cfg: DatapathConfig
+) -> tuple[np.ndarray, Scale]:
     """v: INT8 absmax per (token, KV head) -> (codes int8 [B, n, T, hd], scale [B, n, T])."""
     bits = cfg.requant.mult_bits
     x_q, amax = _quant.hw_act_quant(np.ascontiguousarray(_heads(acc, n_heads)), cfg.quant)
     return x_q, _per_head_scale(scale_mul(sx, c, bits), amax[..., 0], bits)
 
 
-def op_qk(q_q: np.ndarray, sq: Scale, k_q: np.ndarray, sk: Scale, n_rep: int,
-          cfg: DatapathConfig) -> np.ndarray:
+def op_qk(
+    q_q: np.ndarray, sq: Scale, k_q: np.ndarray, sk: Scale, n_rep: int, cfg: DatapathConfig
+) -> np.ndarray:
     """Logits int16 Q7.8 [B, nh, T, S] = requant(q_q . k_q, sq * sk)."""
     sc = cfg.softmax
     bits = cfg.requant.mult_bits
     k_rep = np.repeat(k_q, n_rep, axis=1)
     hd = q_q.shape[-1]
     s = _int_matmul(q_q, k_rep.transpose(0, 1, 3, 2), float(hd) * (1 << 14))
-    pair = scale_mul(Scale(sq.mant[..., :, None], sq.shift[..., :, None]),
-                     Scale(np.repeat(sk.mant, n_rep, axis=1)[..., None, :],
-                           np.repeat(sk.shift, n_rep, axis=1)[..., None, :]), bits)
+    pair = scale_mul(
+        Scale(sq.mant[..., :, None], sq.shift[..., :, None]),
+        Scale(
+            np.repeat(sk.mant, n_rep, axis=1)[..., None, :],
+            np.repeat(sk.shift, n_rep, axis=1)[..., None, :],
+        ),
+        bits,
+    )
     return requant(s, pair, sc.in_frac_bits, sc.in_bits, cfg.requant)
 
 
@@ -464,27 +538,31 @@ def op_softmax(logits: np.ndarray, cfg: DatapathConfig) -> np.ndarray:
     return _softmax.softmax_fx(logits, cfg.softmax, causal=True)
 
 
-def op_pv(p: np.ndarray, v_q: np.ndarray, sv: Scale, n_rep: int,
-          cfg: DatapathConfig) -> np.ndarray:
+def op_pv(p: np.ndarray, v_q: np.ndarray, sv: Scale, n_rep: int, cfg: DatapathConfig) -> np.ndarray:
     """Attention output int32 Q15.16 [B, nh, T, hd] from p UQ0.P and per-key-scaled V."""
-    fc = forward_config(cfg)
+    fc = cfg.forward
     bits, x_bits, p_bits = cfg.requant.mult_bits, fc.pv_extra_bits, cfg.softmax.out_bits
     t, s_len = p.shape[-2], p.shape[-1]
-    vm = np.repeat(sv.mant, n_rep, axis=1)                   # [B, nh, S]
+    vm = np.repeat(sv.mant, n_rep, axis=1)  # [B, nh, S]
     vs = np.repeat(sv.shift, n_rep, axis=1)
     never = np.iinfo(np.int64).max
     prefix = np.minimum.accumulate(np.where(vm > 0, vs, never), axis=-1)
-    s_min = prefix[..., s_len - t:]                            # query t sees keys <= its position
-    s_min = np.where(s_min == never, 0, s_min)                 # [B, nh, T]
+    s_min = prefix[..., s_len - t :]  # query t sees keys <= its position
+    s_min = np.where(s_min == never, 0, s_min)  # [B, nh, T]
     sh = bits - x_bits + vs[..., None, :] - s_min[..., :, None]
     # keys with p = 0 (masked) or a zero scale give 0 whatever the shift; keep it in range
     sh = np.clip(sh, 0, 62)
-    pt = _rhu(p.astype(np.int64) * vm[..., None, :], sh)      # < 2^(P+X)
+    pt = _rhu(p.astype(np.int64) * vm[..., None, :], sh)  # < 2^(P+X)
     v_rep = np.repeat(v_q, n_rep, axis=1)
     acc = _int_matmul(pt, v_rep, float(s_len) * (1 << (p_bits + x_bits)) * (1 << 7))
     nc = cfg.norm
-    return requant(acc, Scale(np.int64(1), s_min[..., None] + p_bits + x_bits - bits),
-                   nc.in_frac_bits, nc.in_bits, cfg.requant)
+    return requant(
+        acc,
+        Scale(np.int64(1), s_min[..., None] + p_bits + x_bits - bits),
+        nc.in_frac_bits,
+        nc.in_bits,
+        cfg.requant,
+    )
 
 
 def _merge_heads(o: np.ndarray) -> np.ndarray:
@@ -492,8 +570,9 @@ def _merge_heads(o: np.ndarray) -> np.ndarray:
     return o.transpose(0, 2, 1, 3).reshape(b, t, n * d)
 
 
-def op_residual(h: np.ndarray, acc: np.ndarray, sx: Scale, c: Scale,
-                cfg: DatapathConfig) -> np.ndarray:
+def op_residual(
+    h: np.ndarray, acc: np.ndarray, sx: Scale, c: Scale, cfg: DatapathConfig
+) -> np.ndarray:
     """h + requant(acc, sx * c) in Q15.16, saturating to signed NormConfig.in_bits."""
     nc = cfg.norm
     bits = cfg.requant.mult_bits
@@ -503,10 +582,17 @@ def op_residual(h: np.ndarray, acc: np.ndarray, sx: Scale, c: Scale,
     return np.clip(h.astype(np.int64) + delta, -lim, lim - 1).astype(np.int32)
 
 
-def op_act(acc_g: np.ndarray, acc_u: np.ndarray, sx: Scale, c_g: Scale, c_u: Scale,
-           hidden_act: str, cfg: DatapathConfig) -> np.ndarray:
+def op_act(
+    acc_g: np.ndarray,
+    acc_u: np.ndarray,
+    sx: Scale,
+    c_g: Scale,
+    c_u: Scale,
+    hidden_act: str,
+    cfg: DatapathConfig,
+) -> np.ndarray:
     """Gated FFN product act(gate) * up as int32 Q15.16 (relu2 exact square; silu LUT)."""
-    fc = forward_config(cfg)
+    fc = cfg.forward
     bits = cfg.requant.mult_bits
     wide = replace(cfg.quant, act_bits=fc.ffn_bits)
     tok = Scale(sx.mant[..., None], sx.shift[..., None])
@@ -559,77 +645,122 @@ class KVCache:
         else:
             self.k = [np.zeros(shape, np.int8) for _ in range(n)]
             self.v = [np.zeros(shape, np.int8) for _ in range(n)]
-            self.k_scale = [Scale(np.zeros(shape[:3], np.int64), np.zeros(shape[:3], np.int64))
-                            for _ in range(n)]
-            self.v_scale = [Scale(np.zeros(shape[:3], np.int64), np.zeros(shape[:3], np.int64))
-                            for _ in range(n)]
+            self.k_scale = [
+                Scale(np.zeros(shape[:3], np.int64), np.zeros(shape[:3], np.int64))
+                for _ in range(n)
+            ]
+            self.v_scale = [
+                Scale(np.zeros(shape[:3], np.int64), np.zeros(shape[:3], np.int64))
+                for _ in range(n)
+            ]
 
     def reset(self) -> None:
         self.length = 0
 
 
 # --------------------------------------------------------------------------- the model
-def _check_tokens(tokens, vocab: int) -> tuple[np.ndarray, bool]:
+def check_tokens(tokens, vocab: int, batch: bool = True) -> np.ndarray:
+    """Token ids as int64 [T] or [B, T] (only [T] with ``batch=False``), each in [0, vocab);
+    ValueError naming ``tokens`` otherwise."""
     try:
         t = np.asarray(tokens)
     except Exception:
-        raise ValueError(f"tokens: expected integer token ids, got {type(tokens).__name__}") from None
+        raise ValueError(
+            f"tokens: expected integer token ids, got {type(tokens).__name__}"
+        ) from None
     if t.dtype.kind not in "iu":
         raise ValueError(f"tokens: expected integer token ids, got dtype {t.dtype}")
-    if t.ndim not in (1, 2) or t.shape[-1] < 1 or (t.ndim == 2 and t.shape[0] < 1):
+    if batch and (t.ndim not in (1, 2) or t.shape[-1] < 1 or (t.ndim == 2 and t.shape[0] < 1)):
         raise ValueError(f"tokens: expected shape [T] or [B, T] with T >= 1, got {t.shape}")
+    if not batch and (t.ndim != 1 or t.shape[0] < 1):
+        raise ValueError(f"tokens: expected shape [T] with T >= 1 (one sequence), got {t.shape}")
     if int(t.min()) < 0 or int(t.max()) >= vocab:
         bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
         raise ValueError(f"tokens: id {bad} outside the vocabulary [0, {vocab})")
-    return (t[None, :] if t.ndim == 1 else t).astype(np.int64), t.ndim == 1
+    return t.astype(np.int64)
 
 
 class GoldenModel:
-    """The BitNet forward in ``mode`` "reference" or "integer" (see module doc)."""
+    """The BitNet forward in ``mode`` "reference" or "integer" (see module doc).
 
-    def __init__(self, model: Model, mode: str = "integer", cfg: DatapathConfig = DEFAULT,
-                 exact_tlmm: bool = False, dtype=np.float32):
+    Reference mode only: ``approx`` (names from ``APPROXIMATIONS``) puts single hardware
+    approximations back into the float forward, ``proj_hook`` / ``act_hook`` observe the
+    projection inputs / replace the FFN activation (module doc, "Ablations").
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        mode: str = "integer",
+        cfg: DatapathConfig = DEFAULT,
+        exact_tlmm: bool = False,
+        dtype=np.float32,
+        approx=(),
+        proj_hook=None,
+        act_hook=None,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if np.dtype(dtype) not in (np.float32, np.float64):
             raise ValueError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
+        bad = sorted(set(approx) - set(APPROXIMATIONS))
+        if bad:
+            raise ValueError(f"approx: unknown {bad}; choose from {APPROXIMATIONS}")
+        if mode != "reference" and (approx or proj_hook is not None or act_hook is not None):
+            raise ValueError(
+                "approx, proj_hook, act_hook: reference mode only (the integer "
+                "mode has every approximation on)"
+            )
         # reference compute dtype: float32 is what transformers computes; float64 serves
         # to compare semantics without float-order noise (tests)
         self.dtype = np.dtype(dtype).type
         if not isinstance(model, Model):
             raise ValueError(f"model: expected golden.modelspec.Model, got {type(model).__name__}")
         self.model, self.mode, self.exact_tlmm = model, mode, exact_tlmm
+        self.approx = frozenset(approx)
+        self.proj_hook, self.act_hook = proj_hook, act_hook
         self.config = model.config
         if mode == "integer":
             self.compiled = compile_integer(model, cfg)
             self.cfg = self.compiled.cfg
         else:
             self.compiled = None
-            self.cfg = cfg
+            self.cfg = model_datapath_config(model, cfg)
             self._prepare_reference()
 
     # ------------------------------------------------------------------ common
     def new_cache(self, batch: int = 1) -> KVCache:
         return KVCache(self.config, self.mode, batch, self.dtype)
 
-    def forward(self, tokens, cache: KVCache | None = None, trace: list | None = None) -> np.ndarray:
+    def forward(
+        self, tokens, cache: KVCache | None = None, trace: list | None = None
+    ) -> np.ndarray:
         """Logits [T, vocab] (or [B, T, vocab]) of the tokens at positions cache.length..
         (0.. without a cache); appends their K/V to the cache. float32 (float64 in the
         float64 reference mode)."""
         mc = self.config
-        t, squeeze = _check_tokens(tokens, mc.vocab_size)
+        t = check_tokens(tokens, mc.vocab_size)
+        squeeze = t.ndim == 1
+        if squeeze:
+            t = t[None, :]
         b, n = t.shape
         start = 0
         if cache is not None:
-            if (not isinstance(cache, KVCache) or cache.mode != self.mode or cache.config != mc
-                    or (self.mode == "reference" and cache.k[0].dtype != self.dtype)):
+            if (
+                not isinstance(cache, KVCache)
+                or cache.mode != self.mode
+                or cache.config != mc
+                or (self.mode == "reference" and cache.k[0].dtype != self.dtype)
+            ):
                 raise ValueError("cache: not a KV cache of this model and mode (use new_cache())")
             if cache.batch != b:
                 raise ValueError(f"cache: batch {cache.batch} does not match tokens batch {b}")
             start = cache.length
         if start + n > mc.max_position_embeddings:
-            raise ValueError(f"tokens: positions {start}..{start + n - 1} exceed the context window "
-                             f"(max_position_embeddings = {mc.max_position_embeddings})")
+            raise ValueError(
+                f"tokens: positions {start}..{start + n - 1} exceed the context window "
+                f"(max_position_embeddings = {mc.max_position_embeddings})"
+            )
         if cache is None:
             cache = KVCache(mc, self.mode, b, self.dtype)
         run = self._forward_reference if self.mode == "reference" else self._forward_integer
@@ -641,23 +772,138 @@ class GoldenModel:
 
     # ------------------------------------------------------------------ reference
     def _prepare_reference(self) -> None:
-        mc, w, ft = self.config, self.model.weights, self.dtype
-        self._ref_w = [{k: lw.proj[k].dequant(ft).T.copy() for k in ATTN_PROJ + MLP_PROJ}
-                       for lw in w.layers]
+        mc, w, ft, cfg, ap = self.config, self.model.weights, self.dtype, self.cfg, self.approx
+        self._ref_w = [
+            {k: lw.proj[k].dequant(ft).T.copy() for k in ATTN_PROJ + MLP_PROJ} for lw in w.layers
+        ]
         hd = mc.head_dim
         # transformers: inv_freq = 1 / theta^(arange(0, d, 2)/d), in float32 (float64 mode:
         # the same formula in float64)
         expo = np.arange(0, hd, 2, dtype=ft) / ft(hd)
         self._inv_freq = (ft(1.0) / np.power(ft(mc.rope_theta), expo)).astype(ft)
+        if "rmsnorm" in ap:
+            self._norm_fx = [
+                {k: _compile_norm(getattr(lw, k), cfg, f"layers.{i}.{k}") for k in LAYER_NORMS}
+                for i, lw in enumerate(w.layers)
+            ]
+        if "rope" in ap or self.act_hook is not None:
+            # codes as float32 (exact integer products) and s_w, for the exact accumulators
+            self._codes_t = [
+                {k: lw.proj[k].codes.T.astype(np.float32) for k in ATTN_PROJ + MLP_PROJ}
+                for lw in w.layers
+            ]
+            self._s_w = [
+                {k: float(lw.proj[k].scale) for k in ATTN_PROJ + MLP_PROJ} for lw in w.layers
+            ]
+        if "lm_head" in ap:
+            self._lm_q, lm_scale = _quant.act_quant(np.asarray(w.lm_head, np.float32), cfg.quant)
+            self._lm_row = (1.0 / lm_scale[:, 0]).astype(np.float32)
+        self._wide = replace(cfg.quant, act_bits=cfg.forward.ffn_bits)
 
     def _rms_ref(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         ft = self.dtype
         var = np.mean(np.square(x), axis=-1, keepdims=True, dtype=ft)
-        inv = ft(1.0) / np.sqrt(var + ft(self.config.rms_norm_eps))     # torch.rsqrt
+        inv = ft(1.0) / np.sqrt(var + ft(self.config.rms_norm_eps))  # torch.rsqrt
         return np.asarray(weight, ft) * (x * inv)
 
+    def _norm_ref(self, h: np.ndarray, li: int, name: str) -> np.ndarray:
+        """A layer's RMSNorm before a BitLinear: float, or (``rmsnorm``) the fixed-point
+        block on h in Q15.16 with the compiled int16 gamma, dequantized INT8 out."""
+        if "rmsnorm" not in self.approx:
+            return self._rms_ref(h, getattr(self.model.weights.layers[li], name))
+        nc = self.cfg.norm
+        lim = (1 << (nc.in_bits - 1)) - 1
+        h_fx = np.clip(
+            np.floor(h.astype(np.float64) * 2.0**nc.in_frac_bits + 0.5), -lim - 1, lim
+        ).astype(np.int32)
+        x_q, sx = op_norm_quant(h_fx, self._norm_fx[li][name], self.cfg)
+        return (x_q * sx.to_float()[..., None]).astype(self.dtype)
+
     def _bitlinear_ref(self, x: np.ndarray, w_t: np.ndarray) -> np.ndarray:
+        """BitLinear: fake-quantized x @ dequantized ternary weight (transposed)."""
         return np.matmul(_quant.act_fake_quant(x, self.cfg.quant), w_t)
+
+    def _linear_ref(self, x: np.ndarray, li: int, name: str) -> np.ndarray:
+        """Projection ``name`` of layer ``li`` (``proj_hook`` sees its input)."""
+        if self.proj_hook is not None:
+            self.proj_hook(li, name, x)
+        return self._bitlinear_ref(x, self._ref_w[li][name])
+
+    def _linear_acc_ref(self, x: np.ndarray, li: int, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(exact integer accumulator x_q @ codes.T, s_w / s_x [..., 1]) in the model's dtype."""
+        ft = self.dtype
+        if self.proj_hook is not None:
+            self.proj_hook(li, name, x)
+        x_q, sx = _quant.act_quant(x, self.cfg.quant)
+        acc = np.matmul(x_q.astype(np.float32), self._codes_t[li][name])  # |acc| < 2^24: exact
+        return acc.astype(ft, copy=False), (ft(self._s_w[li][name]) / sx).astype(ft)
+
+    def _qk_ref(self, x, li, name, heads, pos, rope) -> np.ndarray:
+        """q or k after RoPE [B, heads, T, hd]: float, or (``rope``) ``golden.rope.rope_fx``
+        on the exact int32 accumulators, times the token's scale."""
+        if "rope" not in self.approx:
+            return rope(_heads(self._linear_ref(x, li, name), heads))
+        acc, s = self._linear_acc_ref(x, li, name)
+        r = _rope.rope_fx(
+            np.ascontiguousarray(_heads(acc, heads)).astype(np.int32), pos, self.cfg.rope
+        )
+        return r.astype(self.dtype) * _heads(np.broadcast_to(s, acc.shape), heads)[..., :1]
+
+    def _softmax_ref(self, s: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+        """Causal softmax of the scaled scores: float, or (``softmax``) logits rounded to
+        Q7.8 and ``golden.softmax.softmax_fx`` (UQ0.16 probabilities)."""
+        ft = self.dtype
+        if "softmax" in self.approx:
+            sc = self.cfg.softmax
+            lim = 1 << (sc.in_bits - 1)
+            lg = np.clip(
+                np.floor(s.astype(np.float64) * 2.0**sc.in_frac_bits + 0.5), -lim, lim - 1
+            ).astype(np.int16)
+            return _softmax.softmax_fx(lg, sc, causal=True).astype(ft) * ft(2.0**-sc.out_bits)
+        s = np.where(allowed, s, ft(-np.inf))
+        s = np.exp(s - np.max(s, axis=-1, keepdims=True))
+        return s / np.sum(s, axis=-1, keepdims=True)
+
+    def _ffn_ref(self, x: np.ndarray, li: int) -> tuple[np.ndarray, np.ndarray]:
+        """(act(gate), up) of the gated FFN; ``act_hook`` replaces act(gate), ``act``
+        quantizes up to ffn_bits."""
+        ft = self.dtype
+        if self.act_hook is not None:
+            acc, s_g = self._linear_acc_ref(x, li, "gate_proj")
+            a = self.act_hook(li, acc * s_g, s_g).astype(ft)
+        else:
+            a = self._act_ref(self._linear_ref(x, li, "gate_proj"))
+        u = self._linear_ref(x, li, "up_proj")
+        if "act" in self.approx:
+            u = _quant.act_fake_quant(u, self._wide)
+        return a, u
+
+    def _act_ref(self, g: np.ndarray) -> np.ndarray:
+        """relu2 or silu of the gate: float, or (``act``) the activation unit's input
+        format and function (relu2: 16-bit gate, exact square; silu: Q7.8 and silu_fx)."""
+        ft, on = self.dtype, "act" in self.approx
+        if self.config.hidden_act == "relu2":
+            if on:
+                g16, sg = _quant.act_quant(g, self._wide)
+                return (_act.relu2(g16).astype(np.float64) / sg.astype(np.float64) ** 2).astype(ft)
+            return np.square(np.maximum(g, ft(0)))
+        if on:
+            ac = self.cfg.activation
+            lim = 1 << (ac.in_bits - 1)
+            gq = np.clip(
+                np.floor(g.astype(np.float64) * 2.0**ac.in_frac_bits + 0.5), -lim, lim - 1
+            ).astype(np.int16)
+            return _act.silu_fx(gq, ac).astype(ft) * ft(2.0**-ac.out_frac_bits)
+        return g / (ft(1) + np.exp(-g))
+
+    def _lm_head_ref(self, h: np.ndarray) -> np.ndarray:
+        """Float head, or (``lm_head``) INT8 final-norm output x INT8 rows."""
+        ft = self.dtype
+        if "lm_head" in self.approx:
+            x_q, sx = _quant.act_quant(h, self.cfg.quant)
+            acc = np.matmul(x_q.astype(np.float32), self._lm_q.T.astype(np.float32))
+            return (acc / sx * self._lm_row).astype(ft)
+        return np.matmul(h, np.asarray(self.model.weights.lm_head, ft).T).astype(ft)
 
     def _forward_reference(self, tok, start, cache, trace) -> np.ndarray:
         mc, w, ft = self.config, self.model.weights, self.dtype
@@ -665,12 +911,13 @@ class GoldenModel:
         nh, nkv, hd = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim
         n_rep = nh // nkv
         end = start + n
+        pos = np.arange(start, end)
         h = np.asarray(w.embed_tokens, ft)[tok]
-        freqs = np.arange(start, end, dtype=ft)[:, None] * self._inv_freq[None, :]
+        freqs = pos.astype(ft)[:, None] * self._inv_freq[None, :]
         emb = np.concatenate([freqs, freqs], axis=-1)
         cos, sin = np.cos(emb), np.sin(emb)
 
-        def rope(x):                                   # x [B, heads, T, hd]
+        def rope(x):  # x [B, heads, T, hd]
             half = hd // 2
             rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
             return x * cos + rot * sin
@@ -679,42 +926,31 @@ class GoldenModel:
             if trace is not None:
                 trace.append((layer, op, arrays))
 
-        allowed = np.arange(end)[None, :] <= np.arange(start, end)[:, None]   # [T, S]
-        scaling = ft(hd ** -0.5)
+        allowed = np.arange(end)[None, :] <= pos[:, None]  # [T, S]
+        scaling = ft(hd**-0.5)
         rec(-1, "embed", h=h)
-        for li, lw in enumerate(w.layers):
-            ww = self._ref_w[li]
-            x = self._rms_ref(h, lw.input_layernorm)
-            q = rope(_heads(self._bitlinear_ref(x, ww["q_proj"]), nh))
-            k = rope(_heads(self._bitlinear_ref(x, ww["k_proj"]), nkv))
-            v = _heads(self._bitlinear_ref(x, ww["v_proj"]), nkv)
+        for li in range(len(w.layers)):
+            x = self._norm_ref(h, li, "input_layernorm")
+            q = self._qk_ref(x, li, "q_proj", nh, pos, rope)
+            k = self._qk_ref(x, li, "k_proj", nkv, pos, rope)
+            v = _heads(self._linear_ref(x, li, "v_proj"), nkv)
+            if "attn_int8" in self.approx:
+                q, k, v = (_quant.act_fake_quant(t, self.cfg.quant) for t in (q, k, v))
             cache.k[li][:, :, start:end] = k
             cache.v[li][:, :, start:end] = v
             kk = np.repeat(cache.k[li][:, :, :end], n_rep, axis=1)
             vv = np.repeat(cache.v[li][:, :, :end], n_rep, axis=1)
-            s = np.matmul(q, kk.transpose(0, 1, 3, 2)) * scaling
-            s = np.where(allowed, s, ft(-np.inf))
-            s = np.exp(s - np.max(s, axis=-1, keepdims=True))
-            p = s / np.sum(s, axis=-1, keepdims=True)
+            p = self._softmax_ref(np.matmul(q, kk.transpose(0, 1, 3, 2)) * scaling, allowed)
             rec(li, "softmax", p=p)
             o = _merge_heads(np.matmul(p, vv))
             rec(li, "pv", o=o)
-            o = self._rms_ref(o, lw.attn_sub_norm)
-            h = h + self._bitlinear_ref(o, ww["o_proj"])
+            h = h + self._linear_ref(self._norm_ref(o, li, "attn_sub_norm"), li, "o_proj")
             rec(li, "tlmm_residual.o_proj", h=h)
-            x = self._rms_ref(h, lw.post_attention_layernorm)
-            g = self._bitlinear_ref(x, ww["gate_proj"])
-            u = self._bitlinear_ref(x, ww["up_proj"])
-            if mc.hidden_act == "relu2":
-                a = np.square(np.maximum(g, ft(0)))
-            else:
-                a = g / (ft(1) + np.exp(-g))
+            a, u = self._ffn_ref(self._norm_ref(h, li, "post_attention_layernorm"), li)
             rec(li, "act", m=a * u)
-            m = self._rms_ref(a * u, lw.ffn_sub_norm)
-            h = h + self._bitlinear_ref(m, ww["down_proj"])
+            h = h + self._linear_ref(self._norm_ref(a * u, li, "ffn_sub_norm"), li, "down_proj")
             rec(li, "tlmm_residual.down_proj", h=h)
-        h = self._rms_ref(h, w.norm)
-        return np.matmul(h, np.asarray(w.lm_head, ft).T).astype(ft)
+        return self._lm_head_ref(self._rms_ref(h, w.norm))
 
     # ------------------------------------------------------------------ integer
     def _attention(self, q_q, sq, k, ks, v, vs, start, end, n_rep, keep):
@@ -730,12 +966,18 @@ class GoldenModel:
         for q0 in range(0, n, ATTN_QUERY_BLOCK):
             q1 = min(n, q0 + ATTN_QUERY_BLOCK)
             s_end = start + q1
-            lg = op_qk(q_q[:, :, q0:q1], Scale(sq.mant[..., q0:q1], sq.shift[..., q0:q1]),
-                       k[:, :, :s_end], Scale(ks.mant[:, :, :s_end], ks.shift[:, :, :s_end]),
-                       n_rep, cfg)
+            lg = op_qk(
+                q_q[:, :, q0:q1],
+                Scale(sq.mant[..., q0:q1], sq.shift[..., q0:q1]),
+                k[:, :, :s_end],
+                Scale(ks.mant[:, :, :s_end], ks.shift[:, :, :s_end]),
+                n_rep,
+                cfg,
+            )
             p = op_softmax(lg, cfg)
-            o[:, :, q0:q1] = op_pv(p, v[:, :, :s_end],
-                                   Scale(vs.mant[:, :, :s_end], vs.shift[:, :, :s_end]), n_rep, cfg)
+            o[:, :, q0:q1] = op_pv(
+                p, v[:, :, :s_end], Scale(vs.mant[:, :, :s_end], vs.shift[:, :, :s_end]), n_rep, cfg
+            )
             if keep:
                 seen = _softmax.causal_mask(q1 - q0, s_end)
                 logits[:, :, q0:q1, :s_end] = np.where(seen, lg, 0)
@@ -755,59 +997,70 @@ class GoldenModel:
             if trace is not None:
                 trace.append((layer, op, arrays))
 
+        def norm_quant(x, nc, li, name):
+            x_q, sx = op_norm_quant(x, nc, cfg)
+            rec(li, f"norm_quant.{name}", x_q=x_q, mant=sx.mant, shift=sx.shift)
+            return x_q, sx
+
+        def sub_norm_residual(h, x, li, norm, proj):
+            """norm_quant(x) -> tlmm -> residual into h (o_proj and down_proj)."""
+            lc = im.layers[li]
+            x_q, sx = norm_quant(x, getattr(lc, norm), li, norm)
+            acc = op_tlmm(x_q, lc.proj[proj], cfg, exact)
+            h = op_residual(h, acc, sx, lc.proj[proj].const, cfg)
+            rec(li, f"tlmm_residual.{proj}", acc=acc, h=h)
+            return h
+
         h = op_embed(tok, im)
         rec(-1, "embed", h=h)
         for li, lc in enumerate(im.layers):
             pr = lc.proj
-            x_q, sx = op_norm_quant(h, lc.input_layernorm, cfg)
-            rec(li, "norm_quant.input_layernorm", x_q=x_q, mant=sx.mant, shift=sx.shift)
+            x_q, sx = norm_quant(h, lc.input_layernorm, li, "input_layernorm")
             acc = {k: op_tlmm(x_q, pr[k], cfg, exact) for k in ("q_proj", "k_proj", "v_proj")}
             rec(li, "tlmm.qkv", **acc)
             q_q, sq = op_rope_quant(acc["q_proj"], pos, nh, sx, pr["q_proj"].const, cfg)
             k_q, sk = op_rope_quant(acc["k_proj"], pos, nkv, sx, pr["k_proj"].const, cfg)
             v_q, sv = op_v_quant(acc["v_proj"], nkv, sx, pr["v_proj"].const, cfg)
-            rec(li, "rope_quant", q=q_q, q_mant=sq.mant, q_shift=sq.shift, k=k_q,
-                k_mant=sk.mant, k_shift=sk.shift, v=v_q, v_mant=sv.mant, v_shift=sv.shift)
+            rec(
+                li,
+                "rope_quant",
+                q=q_q,
+                q_mant=sq.mant,
+                q_shift=sq.shift,
+                k=k_q,
+                k_mant=sk.mant,
+                k_shift=sk.shift,
+                v=v_q,
+                v_mant=sv.mant,
+                v_shift=sv.shift,
+            )
             cache.k[li][:, :, start:end] = k_q
             cache.v[li][:, :, start:end] = v_q
             for store, new in ((cache.k_scale[li], sk), (cache.v_scale[li], sv)):
                 store.mant[:, :, start:end] = new.mant
                 store.shift[:, :, start:end] = new.shift
             ks, vs = cache.k_scale[li], cache.v_scale[li]
-            o, logits, p = self._attention(q_q, sq, cache.k[li], ks, cache.v[li], vs, start, end,
-                                           n_rep, trace is not None)
+            o, logits, p = self._attention(
+                q_q, sq, cache.k[li], ks, cache.v[li], vs, start, end, n_rep, trace is not None
+            )
             rec(li, "qk", logits=logits)
             rec(li, "softmax", p=p)
             o = _merge_heads(o)
             rec(li, "pv", o=o)
-            x_q, sx = op_norm_quant(o, lc.attn_sub_norm, cfg)
-            rec(li, "norm_quant.attn_sub_norm", x_q=x_q, mant=sx.mant, shift=sx.shift)
-            acc_o = op_tlmm(x_q, pr["o_proj"], cfg, exact)
-            h = op_residual(h, acc_o, sx, pr["o_proj"].const, cfg)
-            rec(li, "tlmm_residual.o_proj", acc=acc_o, h=h)
-            x_q, sx = op_norm_quant(h, lc.post_attention_layernorm, cfg)
-            rec(li, "norm_quant.post_attention_layernorm", x_q=x_q, mant=sx.mant, shift=sx.shift)
+            h = sub_norm_residual(h, o, li, "attn_sub_norm", "o_proj")
+            x_q, sx = norm_quant(h, lc.post_attention_layernorm, li, "post_attention_layernorm")
             acc_g = op_tlmm(x_q, pr["gate_proj"], cfg, exact)
             acc_u = op_tlmm(x_q, pr["up_proj"], cfg, exact)
             rec(li, "tlmm.gate_up", gate=acc_g, up=acc_u)
-            m = op_act(acc_g, acc_u, sx, pr["gate_proj"].const, pr["up_proj"].const,
-                       mc.hidden_act, cfg)
+            m = op_act(
+                acc_g, acc_u, sx, pr["gate_proj"].const, pr["up_proj"].const, mc.hidden_act, cfg
+            )
             rec(li, "act", m=m)
-            x_q, sx = op_norm_quant(m, lc.ffn_sub_norm, cfg)
-            rec(li, "norm_quant.ffn_sub_norm", x_q=x_q, mant=sx.mant, shift=sx.shift)
-            acc_d = op_tlmm(x_q, pr["down_proj"], cfg, exact)
-            h = op_residual(h, acc_d, sx, pr["down_proj"].const, cfg)
-            rec(li, "tlmm_residual.down_proj", acc=acc_d, h=h)
-        x_q, sx = op_norm_quant(h, im.norm, cfg)
-        rec(-1, "norm_quant.norm", x_q=x_q, mant=sx.mant, shift=sx.shift)
+            h = sub_norm_residual(h, m, li, "ffn_sub_norm", "down_proj")
+        x_q, sx = norm_quant(h, im.norm, -1, "norm")
         logits = op_lm_head(x_q, sx, im)
         rec(-1, "lm_head", logits=logits)
         return logits
-
-
-def forward(model: Model, tokens, mode: str = "reference", cfg: DatapathConfig = DEFAULT) -> np.ndarray:
-    """One-shot full-sequence forward (compiles the model each call)."""
-    return GoldenModel(model, mode, cfg).forward(tokens)
 
 
 # --------------------------------------------------------------------------- synthetic models
@@ -820,28 +1073,45 @@ def random_model(config, seed: int = 0) -> Model:
     rng = np.random.default_rng(seed)
     mc = config
     hd = mc.head_dim
-    shapes = {"q_proj": (mc.num_attention_heads * hd, mc.hidden_size),
-              "k_proj": (mc.num_key_value_heads * hd, mc.hidden_size),
-              "v_proj": (mc.num_key_value_heads * hd, mc.hidden_size),
-              "o_proj": (mc.hidden_size, mc.num_attention_heads * hd),
-              "gate_proj": (mc.intermediate_size, mc.hidden_size),
-              "up_proj": (mc.intermediate_size, mc.hidden_size),
-              "down_proj": (mc.hidden_size, mc.intermediate_size)}
+    shapes = {
+        "q_proj": (mc.num_attention_heads * hd, mc.hidden_size),
+        "k_proj": (mc.num_key_value_heads * hd, mc.hidden_size),
+        "v_proj": (mc.num_key_value_heads * hd, mc.hidden_size),
+        "o_proj": (mc.hidden_size, mc.num_attention_heads * hd),
+        "gate_proj": (mc.intermediate_size, mc.hidden_size),
+        "up_proj": (mc.intermediate_size, mc.hidden_size),
+        "down_proj": (mc.hidden_size, mc.intermediate_size),
+    }
 
     def norm(n):
         return rng.uniform(0.5, 1.5, n).astype(np.float32)
 
     layers = []
     for _ in range(mc.num_hidden_layers):
-        proj = {k: TernaryWeight(rng.integers(-1, 2, size=s).astype(np.int8),
-                                 float(1.0 / math.sqrt(s[1]) * rng.uniform(0.8, 1.2)))
-                for k, s in shapes.items()}
-        layers.append(LayerWeights(norm(mc.hidden_size), norm(mc.hidden_size),
-                                   norm(mc.num_attention_heads * hd), norm(mc.intermediate_size),
-                                   proj))
+        proj = {
+            k: TernaryWeight(
+                rng.integers(-1, 2, size=s).astype(np.int8),
+                float(1.0 / math.sqrt(s[1]) * rng.uniform(0.8, 1.2)),
+            )
+            for k, s in shapes.items()
+        }
+        layers.append(
+            LayerWeights(
+                norm(mc.hidden_size),
+                norm(mc.hidden_size),
+                norm(mc.num_attention_heads * hd),
+                norm(mc.intermediate_size),
+                proj,
+            )
+        )
     emb = rng.standard_normal((mc.vocab_size, mc.hidden_size)).astype(np.float32)
-    lm = emb if mc.tie_word_embeddings else (
-        rng.standard_normal((mc.vocab_size, mc.hidden_size)) / math.sqrt(mc.hidden_size)).astype(np.float32)
+    lm = (
+        emb
+        if mc.tie_word_embeddings
+        else (
+            rng.standard_normal((mc.vocab_size, mc.hidden_size)) / math.sqrt(mc.hidden_size)
+        ).astype(np.float32)
+    )
     return Model(mc, ModelWeights(emb, layers, norm(mc.hidden_size), lm))
 
 
@@ -855,11 +1125,31 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 REPORT_CONFIGS = (
     # (ModelConfig kwargs, description); small random models, both activations, GQA/MHA
-    (dict(vocab_size=67, hidden_size=64, intermediate_size=100, num_hidden_layers=2,
-          num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=48), "relu2 GQA 4:1"),
-    (dict(vocab_size=67, hidden_size=40, intermediate_size=70, num_hidden_layers=2,
-          num_attention_heads=5, num_key_value_heads=5, max_position_embeddings=48,
-          hidden_act="silu"), "silu MHA 5 heads"),
+    (
+        dict(
+            vocab_size=67,
+            hidden_size=64,
+            intermediate_size=100,
+            num_hidden_layers=2,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+            max_position_embeddings=48,
+        ),
+        "relu2 GQA 4:1",
+    ),
+    (
+        dict(
+            vocab_size=67,
+            hidden_size=40,
+            intermediate_size=70,
+            num_hidden_layers=2,
+            num_attention_heads=5,
+            num_key_value_heads=5,
+            max_position_embeddings=48,
+            hidden_act="silu",
+        ),
+        "silu MHA 5 heads",
+    ),
 )
 
 
@@ -885,7 +1175,9 @@ def error_report(cfg=DEFAULT) -> list[dict]:
     shift = rng.integers(-40, 80, 4000)
     got = requant(acc, Scale(mant, shift), 0, 32, cfg.requant).astype(np.int64)
     req_err = 0
-    for a_, m_, s_, g_ in zip(acc.tolist(), mant.tolist(), shift.tolist(), got.tolist()):
+    for a_, m_, s_, g_ in zip(
+        acc.tolist(), mant.tolist(), shift.tolist(), got.tolist(), strict=False
+    ):
         v_ = a_ * m_
         want = v_ << -s_ if s_ <= 0 else (v_ + (1 << (s_ - 1))) >> s_
         want = min(max(want, -(1 << 31)), (1 << 31) - 1)
@@ -900,18 +1192,37 @@ def error_report(cfg=DEFAULT) -> list[dict]:
         full = gi.forward(toks)
         gap = max(gap, float(np.max(1.0 - cosine_rows(full, ref))))
         cache = gi.new_cache()
-        parts = [gi.forward(toks[:5], cache)] + [gi.forward(toks[i:i + 1], cache)
-                                                 for i in range(5, len(toks))]
+        parts = [gi.forward(toks[:5], cache)] + [
+            gi.forward(toks[i : i + 1], cache) for i in range(5, len(toks))
+        ]
         dec = max(dec, float(np.max(np.abs(np.concatenate(parts) - full))))
     return [
-        {"block": "model", "quantity": "scale_mul / scale_of_int relative error",
-         "domain": f"random {bits}-bit mantissas, integers 1..2^40", "bound": scale_rel_bound(bits),
-         "measured": rel},
-        {"block": "model", "quantity": "requant (negative/large shifts) vs exact rounding (LSB)",
-         "domain": "int32 acc, shift -40..79, 32-bit out", "bound": 0.0, "measured": float(req_err)},
-        {"block": "model", "quantity": "1 - cosine(integer logits, reference logits), per position",
-         "domain": "random models: " + ", ".join(d for _, d in REPORT_CONFIGS) + ", 48 tokens",
-         "bound": INT_COSINE_GAP, "measured": gap},
-        {"block": "model", "quantity": "integer decode (prefill 5 + 1 by 1) vs full forward (abs)",
-         "domain": "same models", "bound": float(DECODE_VS_FULL_INT), "measured": dec},
+        {
+            "block": "model",
+            "quantity": "scale_mul / scale_of_int relative error",
+            "domain": f"random {bits}-bit mantissas, integers 1..2^40",
+            "bound": scale_rel_bound(bits),
+            "measured": rel,
+        },
+        {
+            "block": "model",
+            "quantity": "requant (negative/large shifts) vs exact rounding (LSB)",
+            "domain": "int32 acc, shift -40..79, 32-bit out",
+            "bound": 0.0,
+            "measured": float(req_err),
+        },
+        {
+            "block": "model",
+            "quantity": "1 - cosine(integer logits, reference logits), per position",
+            "domain": "random models: " + ", ".join(d for _, d in REPORT_CONFIGS) + ", 48 tokens",
+            "bound": INT_COSINE_GAP,
+            "measured": gap,
+        },
+        {
+            "block": "model",
+            "quantity": "integer decode (prefill 5 + 1 by 1) vs full forward (abs)",
+            "domain": "same models",
+            "bound": float(DECODE_VS_FULL_INT),
+            "measured": dec,
+        },
     ]

@@ -119,21 +119,22 @@ Inputs and thresholds are signed ``threshold_bits``-bit fixed point with
 - For a real input rounded to the grid, the twin adds at most
   ``max|f'| * 2^-(F+1) / Δ`` LSB (``twin_rounding_bound_lsb``).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
 
 import numpy as np
 
-from .config import ADCConfig, ADCDeviceConfig, DatapathConfig, DEFAULT
+from .config import DEFAULT, ADCConfig, ADCDeviceConfig, DatapathConfig
 
 # ----------------------------------------------------------------------------- bounds
-HALF_LSB = 0.5                  # ideal quantization error bound, in LSB
-FLOAT_SLACK_LSB = 1e-9          # float64 rounding of f and f⁻¹, in LSB
+HALF_LSB = 0.5  # ideal quantization error bound, in LSB
+FLOAT_SLACK_LSB = 1e-9  # float64 rounding of f and f⁻¹, in LSB
 IDEAL_BOUND_LSB = HALF_LSB + FLOAT_SLACK_LSB
-TWIN_SLOPE_MARGIN = 1.001       # max|f'| found on a dense grid, times this margin
+TWIN_SLOPE_MARGIN = 1.001  # max|f'| found on a dense grid, times this margin
 
 # Calibration study operating point (error_report and tests): 6-bit sigmoid, 10 %
 # programming error, 1 % stuck-at-OFF, small read noise, no comparator offset (which the
@@ -142,20 +143,22 @@ CAL_STUDY_FUNCTION = "sigmoid"
 CAL_STUDY_BITS = 6
 CAL_STUDY_DEVICES = 200
 CAL_STUDY_INPUTS = 1024
-CAL_STUDY_DEVICE = ADCDeviceConfig(seed=2411, sigma_prog=0.10, stuck_off_prob=0.01,
-                                   sigma_read=0.002, cal_reads=4)
+CAL_STUDY_DEVICE = ADCDeviceConfig(
+    seed=2411, sigma_prog=0.10, stuck_off_prob=0.01, sigma_read=0.002, cal_reads=4
+)
 # Calibration must beat no calibration by these factors (uncalibrated / calibrated RMS).
 CAL_MIN_FACTOR_MEAN = 3.0
 CAL_MIN_FACTOR_P90 = 4.0
 
 
-
 # ----------------------------------------------------------------------------- checks
 def _as_float_array(x, name: str) -> np.ndarray:
     a = np.asarray(x)
-    if a.dtype == object or not (np.issubdtype(a.dtype, np.floating)
-                                 or np.issubdtype(a.dtype, np.integer)
-                                 or a.dtype == np.bool_):
+    if a.dtype == object or not (
+        np.issubdtype(a.dtype, np.floating)
+        or np.issubdtype(a.dtype, np.integer)
+        or a.dtype == np.bool_
+    ):
         raise ValueError(f"{name}: expected a real numeric array, got {a.dtype}")
     a = a.astype(np.float64)
     if np.isnan(a).any():
@@ -273,17 +276,48 @@ class NLFunction:
 
 
 FUNCTIONS: dict[str, NLFunction] = {
-    "sigmoid": NLFunction("sigmoid", _sigmoid, (-50.0, 50.0), (0.0, 1.0), finv=_logit,
-                          df=lambda x: _sigmoid(x) * (1.0 - _sigmoid(x))),
-    "tanh": NLFunction("tanh", np.tanh, (-25.0, 25.0), (-1.0, 1.0), finv=np.arctanh,
-                       df=lambda x: 1.0 - np.tanh(x) ** 2),
-    "relu2": NLFunction("relu2", _relu2, (0.0, 1e3), (0.0, 16.0), finv=np.sqrt,
-                        df=lambda x: 2.0 * np.maximum(x, 0.0), branch_min=0.0),
+    "sigmoid": NLFunction(
+        "sigmoid",
+        _sigmoid,
+        (-50.0, 50.0),
+        (0.0, 1.0),
+        finv=_logit,
+        df=lambda x: _sigmoid(x) * (1.0 - _sigmoid(x)),
+    ),
+    "tanh": NLFunction(
+        "tanh",
+        np.tanh,
+        (-25.0, 25.0),
+        (-1.0, 1.0),
+        finv=np.arctanh,
+        df=lambda x: 1.0 - np.tanh(x) ** 2,
+    ),
+    "relu2": NLFunction(
+        "relu2",
+        _relu2,
+        (0.0, 1e3),
+        (0.0, 16.0),
+        finv=np.sqrt,
+        df=lambda x: 2.0 * np.maximum(x, 0.0),
+        branch_min=0.0,
+    ),
     "exp": NLFunction("exp", np.exp, (-60.0, 10.0), (0.0, 1.0), finv=np.log, df=np.exp),
-    "gelu": NLFunction("gelu", _gelu, (GELU_X_MIN, 50.0), (float(_gelu(GELU_X_MIN)), 4.0),
-                       df=_dgelu, branch_min=GELU_X_MIN),
-    "silu": NLFunction("silu", _silu, (SILU_X_MIN, 50.0), (float(_silu(SILU_X_MIN)), 4.0),
-                       df=_dsilu, branch_min=SILU_X_MIN),
+    "gelu": NLFunction(
+        "gelu",
+        _gelu,
+        (GELU_X_MIN, 50.0),
+        (float(_gelu(GELU_X_MIN)), 4.0),
+        df=_dgelu,
+        branch_min=GELU_X_MIN,
+    ),
+    "silu": NLFunction(
+        "silu",
+        _silu,
+        (SILU_X_MIN, 50.0),
+        (float(_silu(SILU_X_MIN)), 4.0),
+        df=_dsilu,
+        branch_min=SILU_X_MIN,
+    ),
 }
 
 
@@ -306,12 +340,16 @@ def check_monotonic(fn: NLFunction, points: int = 4097) -> None:
     d = np.diff(y)
     tol = 1e-12 * max(1.0, float(np.max(np.abs(y))))
     if np.all(d <= tol) and np.any(d < -tol):
-        raise ValueError(f"fn: {fn.name} is decreasing on {fn.domain}; mirror it: pass "
-                         "g(u) = f(-u) on the mirrored domain and feed u = -x (swap the "
-                         "comparator inputs)")
+        raise ValueError(
+            f"fn: {fn.name} is decreasing on {fn.domain}; mirror it: pass "
+            "g(u) = f(-u) on the mirrored domain and feed u = -x (swap the "
+            "comparator inputs)"
+        )
     if np.any(d < -tol):
-        raise ValueError(f"fn: {fn.name} is not monotonic on {fn.domain}; restrict the "
-                         "domain to an increasing branch and set branch_min (as gelu/silu)")
+        raise ValueError(
+            f"fn: {fn.name} is not monotonic on {fn.domain}; restrict the "
+            "domain to an increasing branch and set branch_min (as gelu/silu)"
+        )
 
 
 _SIGN_BIT = np.int64(-(1 << 63))
@@ -336,7 +374,7 @@ def _crossing(fn: NLFunction, y: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> 
         active = hi > lo + 1
         if not active.any():
             break
-        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)        # overflow-free floor average
+        mid = (lo >> 1) + (hi >> 1) + (lo & hi & 1)  # overflow-free floor average
         up = fn.f(_from_ordered(mid)) >= y
         hi = np.where(active & up, mid, hi)
         lo = np.where(active & ~up, mid, lo)
@@ -400,7 +438,7 @@ class NLADCDesign:
     bits: int
     y_lo: float
     y_hi: float
-    thresholds: np.ndarray          # T_k, k = 1 .. 2^N - 1, float64, non-decreasing
+    thresholds: np.ndarray  # T_k, k = 1 .. 2^N - 1, float64, non-decreasing
 
     @property
     def levels(self) -> int:
@@ -455,8 +493,12 @@ class NLADCDesign:
         return self.decode(self.codes(x))
 
 
-def design(fn: str | NLFunction = "sigmoid", bits: int = 6,
-           y_lo: float | None = None, y_hi: float | None = None) -> NLADCDesign:
+def design(
+    fn: str | NLFunction = "sigmoid",
+    bits: int = 6,
+    y_lo: float | None = None,
+    y_hi: float | None = None,
+) -> NLADCDesign:
     """Ideal thresholds T_k = f⁻¹(y_lo + kΔ) for an increasing f (see module docstring).
 
     The targets y_lo + kΔ, k = 1 .. 2^N - 1, must lie in f(domain); otherwise ValueError.
@@ -488,8 +530,11 @@ def design(fn: str | NLFunction = "sigmoid", bits: int = 6,
 def _seed_tuple(seed) -> tuple[int, ...]:
     if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
         seeds = (int(seed),)
-    elif isinstance(seed, Sequence) and seed and all(
-            isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seed):
+    elif (
+        isinstance(seed, Sequence)
+        and seed
+        and all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) for s in seed)
+    ):
         seeds = tuple(int(s) for s in seed)
     else:
         raise ValueError(f"seed: expected a non-negative int or a sequence of them, got {seed!r}")
@@ -501,11 +546,12 @@ def _seed_tuple(seed) -> tuple[int, ...]:
 def _apply_noise(g: np.ndarray, model: str, sigma: float, n: np.ndarray) -> np.ndarray:
     if model == "NormalProportional":
         return g * (1.0 + sigma * n)
-    return g + sigma * n            # NormalIndependent, sigma in G_max units
+    return g + sigma * n  # NormalIndependent, sigma in G_max units
 
 
-def _program(target: np.ndarray, cfg: ADCDeviceConfig, n: np.ndarray,
-             stuck: np.ndarray) -> np.ndarray:
+def _program(
+    target: np.ndarray, cfg: ADCDeviceConfig, n: np.ndarray, stuck: np.ndarray
+) -> np.ndarray:
     g = np.maximum(_apply_noise(target, cfg.prog_model, cfg.sigma_prog, n), 0.0)
     return np.where(stuck, 0.0, g)
 
@@ -591,14 +637,18 @@ class NLADCDevice:
         """Ramp levels without read noise or comparator offset (input units)."""
         return self.design.thresholds + self._error(self.g_steps, self.g_bias)
 
-    def effective_thresholds(self, column: int | None = None,
-                             v_read: float | None = None) -> np.ndarray:
+    def effective_thresholds(
+        self, column: int | None = None, v_read: float | None = None
+    ) -> np.ndarray:
         """Static thresholds as seen by comparator ``column`` (offset folded, o_c / v)."""
         t = self.static_thresholds()
         if column is None:
             return t
-        if isinstance(column, bool) or not isinstance(column, (int, np.integer)) \
-                or not 0 <= column < self.cfg.columns:
+        if (
+            isinstance(column, bool)
+            or not isinstance(column, (int, np.integer))
+            or not 0 <= column < self.cfg.columns
+        ):
             raise ValueError(f"column: expected an int in [0, {self.cfg.columns}), got {column!r}")
         v = self.cfg.v_read if v_read is None else _check_v_read(v_read)
         return t - self.offsets[column] / v
@@ -623,8 +673,9 @@ class NLADCDevice:
         return self.noisy_ramps(reads, gen).mean(axis=0)
 
     # -- conversion
-    def codes(self, x, rng: np.random.Generator | None = None,
-              v_read: float | None = None) -> np.ndarray:
+    def codes(
+        self, x, rng: np.random.Generator | None = None, v_read: float | None = None
+    ) -> np.ndarray:
         """Output codes (int64, same shape as x). See the module docstring for the layout."""
         x = _as_float_array(x, "x")
         v = self.cfg.v_read if v_read is None else _check_v_read(v_read)
@@ -639,23 +690,25 @@ class NLADCDevice:
         tiles = -(-length // cols)
         xp = np.pad(x2, ((0, 0), (0, tiles * cols - length))).reshape(rows * tiles, cols)
         if self.cfg.sigma_read == 0:
-            ramps = self.static_thresholds()[None, :]          # one ramp for every conversion
+            ramps = self.static_thresholds()[None, :]  # one ramp for every conversion
         else:
             ramps = self.noisy_ramps(xp.shape[0], self.read_rng if rng is None else rng)
         out = _count_fired(xp, np.sort(ramps, axis=-1), v, np.asarray(self.offsets))
         out = out.reshape(rows, tiles * cols)[:, :length]
         return out.reshape(shape)
 
-    def convert(self, x, rng: np.random.Generator | None = None,
-                v_read: float | None = None) -> np.ndarray:
+    def convert(
+        self, x, rng: np.random.Generator | None = None, v_read: float | None = None
+    ) -> np.ndarray:
         return self.design.decode(self.codes(x, rng=rng, v_read=v_read))
 
     def target(self, x) -> np.ndarray:
         return self.design.target(x)
 
 
-def sample_device(dsg: NLADCDesign, cfg: ADCDeviceConfig | None = None,
-                  seed: int | Sequence[int] | None = None) -> NLADCDevice:
+def sample_device(
+    dsg: NLADCDesign, cfg: ADCDeviceConfig | None = None, seed: int | Sequence[int] | None = None
+) -> NLADCDevice:
     """Program the design's ramp onto a device drawn from (cfg, seed).
 
     ``cfg`` defaults to ``DEFAULT.adc.device`` (ideal); ``seed`` to ``cfg.seed``.
@@ -675,19 +728,28 @@ def sample_device(dsg: NLADCDesign, cfg: ADCDeviceConfig | None = None,
     for arr in (stuck_steps, stuck_bias, offsets):
         arr.setflags(write=False)
     return NLADCDevice(
-        design=dsg, cfg=cfg, seed=seeds,
+        design=dsg,
+        cfg=cfg,
+        seed=seeds,
         g_steps=_program(dsg.conductances, cfg, n_steps, stuck_steps),
         stuck_steps=stuck_steps,
         bias_pos=_bias_positions(dsg.n_thresholds, cfg),
-        g_bias=np.zeros(cfg.bias_cells), bias_sign=np.ones(cfg.bias_cells),
-        stuck_bias=stuck_bias, offsets=offsets)
+        g_bias=np.zeros(cfg.bias_cells),
+        bias_sign=np.ones(cfg.bias_cells),
+        stuck_bias=stuck_bias,
+        offsets=offsets,
+    )
 
 
 def _segment_shifts(err: np.ndarray, weight: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Per segment, the shift D minimizing Σ w (e + D)^2 over its thresholds."""
     bounds = np.append(starts, err.size)
-    return np.array([-np.sum(weight[s:e] * err[s:e]) / np.sum(weight[s:e])
-                     for s, e in zip(bounds[:-1], bounds[1:])])
+    return np.array(
+        [
+            -np.sum(weight[s:e] * err[s:e]) / np.sum(weight[s:e])
+            for s, e in zip(bounds[:-1], bounds[1:], strict=False)
+        ]
+    )
 
 
 def calibrate(device: NLADCDevice) -> NLADCDevice:
@@ -701,14 +763,19 @@ def calibrate(device: NLADCDevice) -> NLADCDevice:
     cfg, d = device.cfg, device.design
     gen = np.random.default_rng([*device.seed, 2])
     live = (device.bias_pos >= 0) & ~device.stuck_bias
-    dev = replace(device, calibrated=True, g_bias=np.zeros(cfg.bias_cells),
-                  bias_sign=np.ones(cfg.bias_cells), read_rng=None)
+    dev = replace(
+        device,
+        calibrated=True,
+        g_bias=np.zeros(cfg.bias_cells),
+        bias_sign=np.ones(cfg.bias_cells),
+        read_rng=None,
+    )
     if not live.any():
         return dev
     h = np.gradient(d.thresholds) if d.n_thresholds > 1 else np.ones(1)
     weight = 1.0 / np.maximum(h, np.finfo(float).tiny) ** 2
-    target = np.zeros(cfg.bias_cells)          # signed, input units (host's intent)
-    cap = d.g_scale                             # a bias cell delivers at most G_max
+    target = np.zeros(cfg.bias_cells)  # signed, input units (host's intent)
+    cap = d.g_scale  # a bias cell delivers at most G_max
     for _ in range(cfg.cal_iterations):
         err = dev.measure_ramp(cfg.cal_reads, gen) - d.thresholds
         if cfg.bias_placement == "start":
@@ -719,8 +786,9 @@ def calibrate(device: NLADCDevice) -> NLADCDevice:
         else:
             used = device.bias_pos >= 0
             starts = device.bias_pos[used]
-            want = np.cumsum(np.where(live, target, 0.0)[used]) + \
-                _segment_shifts(err, weight, starts)
+            want = np.cumsum(np.where(live, target, 0.0)[used]) + _segment_shifts(
+                err, weight, starts
+            )
             running = 0.0
             new = np.zeros(cfg.bias_cells)
             for i, b in enumerate(np.flatnonzero(used)):
@@ -743,8 +811,12 @@ def evaluation_inputs(dsg: NLADCDesign, n_inputs: int = CAL_STUDY_INPUTS) -> np.
     return inverse(dsg.function, y)
 
 
-def rms_error_lsb(adc: NLADCDesign | NLADCDevice, x=None, rng: np.random.Generator | None = None,
-                  v_read: float | None = None) -> float:
+def rms_error_lsb(
+    adc: NLADCDesign | NLADCDevice,
+    x=None,
+    rng: np.random.Generator | None = None,
+    v_read: float | None = None,
+) -> float:
     """RMS of (ŷ - target(x)) / Δ; x defaults to ``evaluation_inputs`` (1024 points).
 
     The ideal value is about 1/sqrt(12) = 0.289 LSB.
@@ -758,9 +830,12 @@ def rms_error_lsb(adc: NLADCDesign | NLADCDevice, x=None, rng: np.random.Generat
     return float(np.sqrt(np.mean(e * e)))
 
 
-def calibration_study(dsg: NLADCDesign, cfg: ADCDeviceConfig = CAL_STUDY_DEVICE,
-                      n_devices: int = CAL_STUDY_DEVICES,
-                      n_inputs: int = CAL_STUDY_INPUTS) -> dict:
+def calibration_study(
+    dsg: NLADCDesign,
+    cfg: ADCDeviceConfig = CAL_STUDY_DEVICE,
+    n_devices: int = CAL_STUDY_DEVICES,
+    n_inputs: int = CAL_STUDY_INPUTS,
+) -> dict:
     """Per-device RMS error (LSB) of devices (cfg.seed, i), i < n_devices, before and after
     ``calibrate``. Returns {"uncalibrated", "calibrated"} arrays and their "mean" / "p90"
     as (uncalibrated, calibrated) pairs."""
@@ -773,9 +848,12 @@ def calibration_study(dsg: NLADCDesign, cfg: ADCDeviceConfig = CAL_STUDY_DEVICE,
         dev = sample_device(dsg, cfg, seed=(cfg.seed, i))
         unc[i] = rms_error_lsb(dev, x)
         cal[i] = rms_error_lsb(calibrate(dev), x)
-    return {"uncalibrated": unc, "calibrated": cal,
-            "mean": (float(unc.mean()), float(cal.mean())),
-            "p90": (float(np.percentile(unc, 90)), float(np.percentile(cal, 90)))}
+    return {
+        "uncalibrated": unc,
+        "calibrated": cal,
+        "mean": (float(unc.mean()), float(cal.mean())),
+        "p90": (float(np.percentile(unc, 90)), float(np.percentile(cal, 90))),
+    }
 
 
 # ----------------------------------------------------------------------------- RTL twin
@@ -787,8 +865,12 @@ def quantize_inputs(x, cfg: DatapathConfig | ADCConfig = DEFAULT) -> np.ndarray:
     return np.clip(q, a.threshold_min, a.threshold_max).astype(np.int64)
 
 
-def threshold_table(source, cfg: DatapathConfig | ADCConfig = DEFAULT,
-                    column: int | None = None, saturate: bool = False) -> np.ndarray:
+def threshold_table(
+    source,
+    cfg: DatapathConfig | ADCConfig = DEFAULT,
+    column: int | None = None,
+    saturate: bool = False,
+) -> np.ndarray:
     """Integer threshold table Q_k = ceil(T_k * 2^F) (int64, ramp order).
 
     ``source``: an NLADCDesign (ideal), an NLADCDevice (static device error folded in,
@@ -805,15 +887,18 @@ def threshold_table(source, cfg: DatapathConfig | ADCConfig = DEFAULT,
     else:
         t = _as_float_array(source, "source")
     if t.ndim != 1 or t.size != a.n_thresholds:
-        raise ValueError(f"source: expected {a.n_thresholds} thresholds for {a.bits} bits, "
-                         f"got shape {t.shape}")
+        raise ValueError(
+            f"source: expected {a.n_thresholds} thresholds for {a.bits} bits, got shape {t.shape}"
+        )
     if np.isinf(t).any():
         raise ValueError("source: thresholds must be finite")
     q = np.ceil(t * float(1 << a.threshold_frac_bits))
     if not saturate and np.any(q > a.threshold_max):
-        raise ValueError(f"source: threshold above the largest input "
-                         f"{a.threshold_max / (1 << a.threshold_frac_bits)}; rescale the "
-                         "input or pass saturate=True")
+        raise ValueError(
+            f"source: threshold above the largest input "
+            f"{a.threshold_max / (1 << a.threshold_frac_bits)}; rescale the "
+            "input or pass saturate=True"
+        )
     return np.clip(q, a.threshold_min, a.threshold_max).astype(np.int64)
 
 
@@ -837,7 +922,7 @@ def ramp_counter_codes(x_q, table, cfg: DatapathConfig | ADCConfig = DEFAULT) ->
     if t.shape != (a.n_thresholds,):
         raise ValueError(f"table: expected shape ({a.n_thresholds},), got {t.shape}")
     code = np.zeros(x.shape, dtype=np.int64)
-    for q in t:                     # one ramp step per cycle
+    for q in t:  # one ramp step per cycle
         code += x >= q
     return code
 
@@ -872,8 +957,9 @@ def ideal_max_error_lsb(dsg: NLADCDesign, points: int = 20001) -> float:
     """Max |ŷ - f(x)| / Δ over a dense grid of x with f(x) in [y_lo, y_hi], plus every
     threshold and its float neighbours (the worst points)."""
     t = np.asarray(dsg.thresholds)
-    xs = np.concatenate([evaluation_inputs(dsg, points), t, np.nextafter(t, -np.inf),
-                         np.nextafter(t, np.inf)])
+    xs = np.concatenate(
+        [evaluation_inputs(dsg, points), t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf)]
+    )
     fx = dsg.function.implemented(xs)
     keep = (fx >= dsg.y_lo) & (fx <= dsg.y_hi)
     return float(np.max(np.abs(dsg.convert(xs[keep]) - fx[keep])) / dsg.lsb)
@@ -900,45 +986,78 @@ def error_report(cfg: DatapathConfig = DEFAULT) -> list[dict]:
     for name in ("sigmoid", "tanh", "relu2"):
         for bits in range(4, 9):
             dsg = design(name, bits)
-            rows.append({"block": "nl_adc",
-                         "quantity": f"ideal max |y_hat - f(x)| [LSB], {name}, N={bits}",
-                         "domain": f"20001 x = f^-1(y), y evenly spaced in "
-                                   f"{list(FUNCTIONS[name].y_range)}; every T_k and its "
-                                   "float neighbours",
-                         "bound": IDEAL_BOUND_LSB, "measured": ideal_max_error_lsb(dsg)})
+            rows.append(
+                {
+                    "block": "nl_adc",
+                    "quantity": f"ideal max |y_hat - f(x)| [LSB], {name}, N={bits}",
+                    "domain": f"20001 x = f^-1(y), y evenly spaced in "
+                    f"{list(FUNCTIONS[name].y_range)}; every T_k and its "
+                    "float neighbours",
+                    "bound": IDEAL_BOUND_LSB,
+                    "measured": ideal_max_error_lsb(dsg),
+                }
+            )
     frac = a.threshold_frac_bits
     for name in ("sigmoid", "tanh", "relu2"):
         dsg = design(name, a.bits)
-        rows.append({"block": "nl_adc",
-                     "quantity": f"twin max |y_hat - f(X/2^{frac})| [LSB], {name}, N={a.bits} "
-                                 "(ceil-quantized thresholds add 0)",
-                     "domain": f"every int{a.threshold_bits} X with f in range",
-                     "bound": IDEAL_BOUND_LSB, "measured": twin_grid_max_error_lsb(dsg, a)})
+        rows.append(
+            {
+                "block": "nl_adc",
+                "quantity": f"twin max |y_hat - f(X/2^{frac})| [LSB], {name}, N={a.bits} "
+                "(ceil-quantized thresholds add 0)",
+                "domain": f"every int{a.threshold_bits} X with f in range",
+                "bound": IDEAL_BOUND_LSB,
+                "measured": twin_grid_max_error_lsb(dsg, a),
+            }
+        )
         x = twin_test_inputs(dsg, 100000, np.random.default_rng([a.bits, 7]))
         y = dsg.decode(ramp_counter_codes(quantize_inputs(x, a), threshold_table(dsg, a), a))
-        rows.append({"block": "nl_adc",
-                     "quantity": f"twin max |y_hat(round(x)) - f(x)| [LSB], {name}, N={a.bits}",
-                     "domain": "1e5 real x = f^-1(y), y uniform in [y_lo, y_hi]",
-                     "bound": twin_rounding_bound_lsb(dsg, a),
-                     "measured": float(np.max(np.abs(y - dsg.function.implemented(x))) / dsg.lsb)})
+        rows.append(
+            {
+                "block": "nl_adc",
+                "quantity": f"twin max |y_hat(round(x)) - f(x)| [LSB], {name}, N={a.bits}",
+                "domain": "1e5 real x = f^-1(y), y uniform in [y_lo, y_hi]",
+                "bound": twin_rounding_bound_lsb(dsg, a),
+                "measured": float(np.max(np.abs(y - dsg.function.implemented(x))) / dsg.lsb),
+            }
+        )
     dsg = design(CAL_STUDY_FUNCTION, CAL_STUDY_BITS)
     dev = sample_device(dsg, replace(CAL_STUDY_DEVICE, sigma_read=0.0))
     x = evaluation_inputs(dsg, 4096)
     base = dev.codes(x)
     change = max(int(np.max(np.abs(dev.codes(x, v_read=v) - base))) for v in (0.5, 0.75, 1.25, 1.5))
-    rows.append({"block": "nl_adc",
-                 "quantity": "max code change for v_read in [0.5, 1.5] (ratiometric)",
-                 "domain": "device with programming error and stuck cells, no offset/read noise",
-                 "bound": 0.0, "measured": float(change)})
+    rows.append(
+        {
+            "block": "nl_adc",
+            "quantity": "max code change for v_read in [0.5, 1.5] (ratiometric)",
+            "domain": "device with programming error and stuck cells, no offset/read noise",
+            "bound": 0.0,
+            "measured": float(change),
+        }
+    )
     st = calibration_study(dsg)
-    where = (f"{CAL_STUDY_DEVICES} devices, {CAL_STUDY_FUNCTION} N={CAL_STUDY_BITS}, "
-             f"sigma_prog={CAL_STUDY_DEVICE.sigma_prog}, stuck={CAL_STUDY_DEVICE.stuck_off_prob}, "
-             f"sigma_read={CAL_STUDY_DEVICE.sigma_read}; uncal mean {st['mean'][0]:.3f} p90 "
-             f"{st['p90'][0]:.3f}, cal mean {st['mean'][1]:.3f} p90 {st['p90'][1]:.3f} LSB")
-    rows.append({"block": "nl_adc", "quantity": "calibrated / uncalibrated mean RMS error",
-                 "domain": where, "bound": 1.0 / CAL_MIN_FACTOR_MEAN,
-                 "measured": st["mean"][1] / st["mean"][0]})
-    rows.append({"block": "nl_adc", "quantity": "calibrated / uncalibrated p90 RMS error",
-                 "domain": where, "bound": 1.0 / CAL_MIN_FACTOR_P90,
-                 "measured": st["p90"][1] / st["p90"][0]})
+    where = (
+        f"{CAL_STUDY_DEVICES} devices, {CAL_STUDY_FUNCTION} N={CAL_STUDY_BITS}, "
+        f"sigma_prog={CAL_STUDY_DEVICE.sigma_prog}, stuck={CAL_STUDY_DEVICE.stuck_off_prob}, "
+        f"sigma_read={CAL_STUDY_DEVICE.sigma_read}; uncal mean {st['mean'][0]:.3f} p90 "
+        f"{st['p90'][0]:.3f}, cal mean {st['mean'][1]:.3f} p90 {st['p90'][1]:.3f} LSB"
+    )
+    rows.append(
+        {
+            "block": "nl_adc",
+            "quantity": "calibrated / uncalibrated mean RMS error",
+            "domain": where,
+            "bound": 1.0 / CAL_MIN_FACTOR_MEAN,
+            "measured": st["mean"][1] / st["mean"][0],
+        }
+    )
+    rows.append(
+        {
+            "block": "nl_adc",
+            "quantity": "calibrated / uncalibrated p90 RMS error",
+            "domain": where,
+            "bound": 1.0 / CAL_MIN_FACTOR_P90,
+            "measured": st["p90"][1] / st["p90"][0],
+        }
+    )
     return rows

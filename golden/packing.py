@@ -30,6 +30,7 @@ padding) raises ValueError naming the argument.
 Unpack functions that cannot infer K from the packed shape take ``k``; padding must
 decode to zero weights.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -39,33 +40,33 @@ import numpy as np
 from . import tlmm as _tlmm
 from .config import DEFAULT, TLMMConfig
 
-HF_CODE_BITS = 2                                  # code = w + 1 in {0, 1, 2}
-HF_PER_BYTE = 8 // HF_CODE_BITS                   # 4 output rows per byte
-BASE3_PER_BYTE = 5                                # largest n with 3^n <= 256
-assert 3 ** BASE3_PER_BYTE <= 256 < 3 ** (BASE3_PER_BYTE + 1)
+HF_CODE_BITS = 2  # code = w + 1 in {0, 1, 2}
+HF_PER_BYTE = 8 // HF_CODE_BITS  # 4 output rows per byte
+BASE3_PER_BYTE = 5  # largest n with 3^n <= 256
+assert 3**BASE3_PER_BYTE <= 256 < 3 ** (BASE3_PER_BYTE + 1)
 
 # The TL2 format: G=3 mirrored table codes (4-bit index + sign), on the default datapath.
 TL2 = replace(DEFAULT.tlmm, group=3, table="mirrored")
 
 
+def _check_2d(a, name: str, dtype, shape: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise ValueError(f"{name}: expected {np.dtype(dtype)}, got {a.dtype}")
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected {shape}, got shape {a.shape}")
+    return a
+
+
 def _check_ternary(w_t, name: str = "w_t") -> np.ndarray:
-    w_t = np.asarray(w_t)
-    if w_t.dtype != np.int8:
-        raise ValueError(f"{name}: expected int8, got {w_t.dtype}")
-    if w_t.ndim != 2:
-        raise ValueError(f"{name}: expected [N, K], got shape {w_t.shape}")
+    w_t = _check_2d(w_t, name, np.int8, "[N, K]")
     if w_t.size and (int(w_t.min()) < -1 or int(w_t.max()) > 1):
         raise ValueError(f"{name}: values must be ternary (-1, 0, +1)")
     return w_t
 
 
 def _check_packed(packed, name: str = "packed") -> np.ndarray:
-    packed = np.asarray(packed)
-    if packed.dtype != np.uint8:
-        raise ValueError(f"{name}: expected uint8, got {packed.dtype}")
-    if packed.ndim != 2:
-        raise ValueError(f"{name}: expected 2 dimensions, got shape {packed.shape}")
-    return packed
+    return _check_2d(packed, name, np.uint8, "2 dimensions")
 
 
 def _check_k(k, name: str = "k") -> int:
@@ -106,7 +107,7 @@ def _stream_bytes(groups: int, cfg: TLMMConfig) -> int:
 def pack_codes(w_t: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
     """Ternary [N, K] -> uint8 [N, ceil(ceil(K/G)*code_bits/8)] dense TLMM group codes."""
     w_t = _check_ternary(w_t)
-    codes = _tlmm.join_codes(*_tlmm.encode_weights(w_t, cfg), cfg)      # [N, groups]
+    codes = _tlmm.join_codes(*_tlmm.encode_weights(w_t, cfg), cfg)  # [N, groups]
     bits = (codes[:, :, None] >> np.arange(cfg.code_bits, dtype=np.uint8)) & np.uint8(1)
     bits = bits.reshape(codes.shape[0], -1)
     return np.packbits(bits, axis=1, bitorder="little")
@@ -118,8 +119,10 @@ def unpack_codes(packed: np.ndarray, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> 
     k = _check_k(k)
     groups = _tlmm.num_groups(k, cfg)
     if packed.shape[1] != _stream_bytes(groups, cfg):
-        raise ValueError(f"packed: expected {_stream_bytes(groups, cfg)} bytes per row for "
-                         f"k={k}, got {packed.shape[1]}")
+        raise ValueError(
+            f"packed: expected {_stream_bytes(groups, cfg)} bytes per row for "
+            f"k={k}, got {packed.shape[1]}"
+        )
     bits = np.unpackbits(packed, axis=1, bitorder="little")
     used = groups * cfg.code_bits
     if np.any(bits[:, used:]):
@@ -160,10 +163,12 @@ def unpack_base3(packed: np.ndarray, k: int) -> np.ndarray:
     packed = _check_packed(packed)
     k = _check_k(k)
     if packed.shape[1] != -(-k // BASE3_PER_BYTE):
-        raise ValueError(f"packed: expected {-(-k // BASE3_PER_BYTE)} bytes per row for k={k}, "
-                         f"got {packed.shape[1]}")
-    if packed.size and int(packed.max()) >= 3 ** BASE3_PER_BYTE:
-        raise ValueError(f"packed: byte >= {3 ** BASE3_PER_BYTE} is not a base-3 code")
+        raise ValueError(
+            f"packed: expected {-(-k // BASE3_PER_BYTE)} bytes per row for k={k}, "
+            f"got {packed.shape[1]}"
+        )
+    if packed.size and int(packed.max()) >= 3**BASE3_PER_BYTE:
+        raise ValueError(f"packed: byte >= {3**BASE3_PER_BYTE} is not a base-3 code")
     powers = 3 ** np.arange(BASE3_PER_BYTE, dtype=np.int16)
     w = ((packed[:, :, None].astype(np.int16) // powers) % 3 - 1).astype(np.int8)
     w = w.reshape(packed.shape[0], -1)

@@ -67,15 +67,17 @@ Error (proved): let v = act_max*x/amax. Then |x*recip/2^R - v| = |x|*|err|/2^R
 - The clamp never acts (|x_q| <= act_max, x = -amax gives -act_max); it is kept as a
   guard, and act_min is never produced.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from .config import DEFAULT, QuantConfig
+from .requant import check_int
 
 # Relative agreement of the abs-mean weight scale with torch's float32 reduction, for
 # tensors of up to 2^17 elements (16 ulp of float32; measured <= 4 ulp).
-WEIGHT_SCALE_REL_TOL = 2.0 ** -20
+WEIGHT_SCALE_REL_TOL = 2.0**-20
 # Max |x_q - round_half_even(act_max*x/amax)| of the hardware quantizer, in LSB.
 HW_QUANT_BOUND_LSB = 1
 
@@ -94,15 +96,6 @@ def _float_input(a, name: str) -> np.ndarray:
         raise ValueError(f"{name}: contains non-finite values")
     # float16 computes in float32, as transformers' .float()
     return a.astype(np.float32) if a.dtype == np.float16 else a
-
-
-def _int_input(a, name: str, lo: int, hi: int) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype.kind not in "iu":
-        raise ValueError(f"{name}: expected a signed integer dtype, got {a.dtype}")
-    if a.size and (int(a.min()) < lo or int(a.max()) > hi):
-        raise ValueError(f"{name}: values outside [{lo}, {hi}]")
-    return a
 
 
 # --------------------------------------------------------------------------- reference
@@ -164,9 +157,11 @@ def act_fake_quant(x: np.ndarray, cfg: QuantConfig = DEFAULT.quant) -> np.ndarra
 
 
 # --------------------------------------------------------------------------- integer
-def hw_reciprocal(amax: np.ndarray, cfg: QuantConfig = DEFAULT.quant) -> tuple[np.ndarray, np.ndarray]:
+def hw_reciprocal(
+    amax: np.ndarray, cfg: QuantConfig = DEFAULT.quant
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-row (recip, R) of the hardware quantizer from integer amax (see module doc)."""
-    amax = _int_input(amax, "amax", 0, 1 << (cfg.hw_in_bits - 1)).astype(np.int64)
+    amax = check_int(amax, "amax", 0, 1 << (cfg.hw_in_bits - 1))
     # n = bit_length(amax), counted exactly (amax <= 2^(hw_in_bits-1))
     n = np.zeros(amax.shape, dtype=np.int64)
     for i in range(cfg.hw_in_bits):
@@ -185,8 +180,8 @@ def hw_quant_apply(x: np.ndarray, amax: np.ndarray, cfg: QuantConfig = DEFAULT.q
     amax = max|x| per row. |x| <= amax is required (ValueError on x otherwise).
     """
     lo = -(1 << (cfg.hw_in_bits - 1))
-    x = _int_input(x, "x", lo, -lo - 1).astype(np.int64)
-    amax = _int_input(amax, "amax", 0, -lo).astype(np.int64)
+    x = check_int(x, "x", lo, -lo - 1)
+    amax = check_int(amax, "amax", 0, -lo)
     if np.any(np.abs(x) > amax):
         raise ValueError("x: |x| exceeds amax")
     recip, shift = hw_reciprocal(amax, cfg)
@@ -202,15 +197,17 @@ def hw_act_quant(x: np.ndarray, cfg: QuantConfig = DEFAULT.quant) -> tuple[np.nd
     if x.ndim < 1 or x.shape[-1] == 0:
         raise ValueError(f"x: expected a non-empty last axis, got shape {x.shape}")
     lo = -(1 << (cfg.hw_in_bits - 1))
-    x = _int_input(x, "x", lo, -lo - 1).astype(np.int64)
+    x = check_int(x, "x", lo, -lo - 1)
     amax = np.max(np.abs(x), axis=-1, keepdims=True)
     return hw_quant_apply(x, amax, cfg), amax
 
 
-def hw_act_dequant(x_q: np.ndarray, amax: np.ndarray, cfg: QuantConfig = DEFAULT.quant) -> np.ndarray:
+def hw_act_dequant(
+    x_q: np.ndarray, amax: np.ndarray, cfg: QuantConfig = DEFAULT.quant
+) -> np.ndarray:
     """x ~= x_q * amax / act_max in float64 (input units of hw_act_quant)."""
-    x_q = _int_input(x_q, "x_q", cfg.act_min, cfg.act_max)
-    amax = _int_input(amax, "amax", 0, 1 << (cfg.hw_in_bits - 1))
+    x_q = check_int(x_q, "x_q", cfg.act_min, cfg.act_max)
+    amax = check_int(amax, "amax", 0, 1 << (cfg.hw_in_bits - 1))
     return x_q.astype(np.float64) * amax.astype(np.float64) / cfg.act_max
 
 
@@ -218,7 +215,7 @@ def exact_round_half_even(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """round_half_even(num/den) for int64 num, den > 0, in exact integer arithmetic."""
     num = np.asarray(num, dtype=np.int64)
     den = np.asarray(den, dtype=np.int64)
-    q, r = np.divmod(num, den)            # floor division, 0 <= r < den
+    q, r = np.divmod(num, den)  # floor division, 0 <= r < den
     up = (2 * r > den) | ((2 * r == den) & (q % 2 == 1))
     return q + up
 
@@ -239,7 +236,9 @@ def _hw_sample(rng: np.random.Generator, cfg: QuantConfig) -> np.ndarray:
     return np.concatenate(rows).astype(np.int64)
 
 
-def hw_quant_errors(x: np.ndarray, amax: np.ndarray, cfg: QuantConfig = DEFAULT.quant) -> tuple[float, int]:
+def hw_quant_errors(
+    x: np.ndarray, amax: np.ndarray, cfg: QuantConfig = DEFAULT.quant
+) -> tuple[float, int]:
     """(max pre-rounding error, max |x_q - round_half_even(v)|) of hw_quant_apply, amax > 0."""
     x, amax = np.broadcast_arrays(np.asarray(x, dtype=np.int64), np.asarray(amax, dtype=np.int64))
     x_q = hw_quant_apply(x, amax, cfg)
@@ -258,7 +257,7 @@ def error_report(cfg=DEFAULT) -> list[dict]:
 
     q = cfg.quant
     rng = np.random.default_rng(0)
-    weight_fwd = hf.WeightQuant.forward._torchdynamo_orig_callable   # eager, not inductor
+    weight_fwd = hf.WeightQuant.forward._torchdynamo_orig_callable  # eager, not inductor
     act_fwd = hf.ActQuant.forward._torchdynamo_orig_callable
     rows = []
 
@@ -274,20 +273,58 @@ def error_report(cfg=DEFAULT) -> list[dict]:
         w_diff = max(w_diff, float(np.max(np.abs(ours - t_fake))))
         s_rel = max(s_rel, abs(float(weight_quant(w, q)[1]) / float(t_scale) - 1.0))
         x = (rng.standard_normal((32, 512)) * sigma).astype(np.float32)
-        x_diff = max(x_diff, float(np.max(np.abs(act_fake_quant(x, q) - act_fwd(None, torch.from_numpy(x)).numpy()))))
-    rows.append({"block": "quant", "quantity": "ternary fake-quant vs transformers WeightQuant, same scale (abs)",
-                 "domain": "float32 N(0, s^2), s in 1e-3..30, 7x999..512x257", "bound": 0.0, "measured": w_diff})
-    rows.append({"block": "quant", "quantity": "abs-mean weight scale vs torch float32 mean (relative)",
-                 "domain": "float32 N(0, s^2), 7x999..512x257", "bound": WEIGHT_SCALE_REL_TOL, "measured": s_rel})
-    rows.append({"block": "quant", "quantity": "int8 act fake-quant vs transformers ActQuant (abs)",
-                 "domain": "float32 N(0, s^2), 32x512 rows", "bound": 0.0, "measured": x_diff})
+        x_diff = max(
+            x_diff,
+            float(
+                np.max(np.abs(act_fake_quant(x, q) - act_fwd(None, torch.from_numpy(x)).numpy()))
+            ),
+        )
+    rows.append(
+        {
+            "block": "quant",
+            "quantity": "ternary fake-quant vs transformers WeightQuant, same scale (abs)",
+            "domain": "float32 N(0, s^2), s in 1e-3..30, 7x999..512x257",
+            "bound": 0.0,
+            "measured": w_diff,
+        }
+    )
+    rows.append(
+        {
+            "block": "quant",
+            "quantity": "abs-mean weight scale vs torch float32 mean (relative)",
+            "domain": "float32 N(0, s^2), 7x999..512x257",
+            "bound": WEIGHT_SCALE_REL_TOL,
+            "measured": s_rel,
+        }
+    )
+    rows.append(
+        {
+            "block": "quant",
+            "quantity": "int8 act fake-quant vs transformers ActQuant (abs)",
+            "domain": "float32 N(0, s^2), 32x512 rows",
+            "bound": 0.0,
+            "measured": x_diff,
+        }
+    )
 
     x = _hw_sample(rng, q)
     pre, lsb = hw_quant_errors(x, np.max(np.abs(x), axis=-1, keepdims=True), q)
-    rows.append({"block": "quant", "quantity": "hw quantizer |x*recip/2^R - act_max*x/amax| (LSB)",
-                 "domain": f"int{q.hw_in_bits} rows, amax 1..2^{q.hw_in_bits - 1}",
-                 "bound": hw_pre_round_bound(q), "measured": pre})
-    rows.append({"block": "quant", "quantity": "hw quantizer vs round_half_even(act_max*x/amax) (LSB)",
-                 "domain": f"int{q.hw_in_bits} rows, amax 1..2^{q.hw_in_bits - 1}",
-                 "bound": float(HW_QUANT_BOUND_LSB), "measured": float(lsb)})
+    rows.append(
+        {
+            "block": "quant",
+            "quantity": "hw quantizer |x*recip/2^R - act_max*x/amax| (LSB)",
+            "domain": f"int{q.hw_in_bits} rows, amax 1..2^{q.hw_in_bits - 1}",
+            "bound": hw_pre_round_bound(q),
+            "measured": pre,
+        }
+    )
+    rows.append(
+        {
+            "block": "quant",
+            "quantity": "hw quantizer vs round_half_even(act_max*x/amax) (LSB)",
+            "domain": f"int{q.hw_in_bits} rows, amax 1..2^{q.hw_in_bits - 1}",
+            "bound": float(HW_QUANT_BOUND_LSB),
+            "measured": float(lsb),
+        }
+    )
     return rows

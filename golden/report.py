@@ -10,6 +10,7 @@ or to report; 0 otherwise. Modules that do not exist yet, or that define no
 ``repr`` so they read back as the exact floats (tests compare them with the modules'
 constants). ``--json`` prints the rows as JSON instead; ``--only a,b`` limits the modules.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,22 @@ import math
 import numbers
 import sys
 import traceback
-from typing import IO, Iterable
+from collections.abc import Iterable
+from typing import IO
 
 from .config import DEFAULT, DatapathConfig
 
-MODULES = ("quant", "tlmm", "requant", "rmsnorm", "rope", "softmax", "activations", "nl_adc", "model")
+MODULES = (
+    "quant",
+    "tlmm",
+    "requant",
+    "rmsnorm",
+    "rope",
+    "softmax",
+    "activations",
+    "nl_adc",
+    "model",
+)
 COLUMNS = ("block", "quantity", "domain", "bound", "measured", "status")
 _KEYS = ("block", "quantity", "domain", "bound", "measured")
 
@@ -37,11 +49,12 @@ def _module_spec(name: str):
 
 
 def _error_row(name: str, what: str) -> dict:
-    return {"block": name, "quantity": what, "domain": "-", "bound": math.nan,
-            "measured": math.nan}
+    return {"block": name, "quantity": what, "domain": "-", "bound": math.nan, "measured": math.nan}
 
 
-def collect(cfg: DatapathConfig = DEFAULT, modules: Iterable[str] = MODULES) -> tuple[list[dict], list[str]]:
+def collect(
+    cfg: DatapathConfig = DEFAULT, modules: Iterable[str] = MODULES
+) -> tuple[list[dict], list[str]]:
     """(rows, notes): every module's error_report rows, plus notes for skipped modules.
 
     A module that raises on import or in error_report, or returns malformed rows,
@@ -54,7 +67,7 @@ def collect(cfg: DatapathConfig = DEFAULT, modules: Iterable[str] = MODULES) -> 
             continue
         try:
             mod = importlib.import_module(f"golden.{name}")
-        except Exception as exc:                                  # reported, not hidden
+        except Exception as exc:  # reported, not hidden
             rows.append(_error_row(name, f"import failed: {type(exc).__name__}: {exc}"))
             continue
         report = getattr(mod, "error_report", None)
@@ -93,7 +106,10 @@ def _cell(value) -> str:
 def render(rows: list[dict], notes: list[str], out: IO[str]) -> None:
     table = [[_cell(r[k]) for k in _KEYS] + ["OK" if passes(r) else "FAIL"] for r in rows]
     widths = [max([len(c)] + [len(t[i]) for t in table]) for i, c in enumerate(COLUMNS)]
-    line = lambda cells: " | ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+
+    def line(cells):
+        return " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
     print(line(COLUMNS), file=out)
     print("-+-".join("-" * w for w in widths), file=out)
     for t in table:
@@ -104,14 +120,22 @@ def render(rows: list[dict], notes: list[str], out: IO[str]) -> None:
         print(f"note: {note}", file=out)
 
 
-def run(cfg: DatapathConfig = DEFAULT, modules: Iterable[str] = MODULES, as_json: bool = False,
-        out: IO[str] | None = None) -> int:
+def run(
+    cfg: DatapathConfig = DEFAULT,
+    modules: Iterable[str] = MODULES,
+    as_json: bool = False,
+    out: IO[str] | None = None,
+) -> int:
     """Print the report; return the exit status (1 if any row fails)."""
     out = out or sys.stdout
     rows, notes = collect(cfg, modules)
     if as_json:
-        json.dump({"rows": [dict(r, status="OK" if passes(r) else "FAIL") for r in rows],
-                   "notes": notes}, out, indent=1, default=float)
+        json.dump(
+            {"rows": [dict(r, status="OK" if passes(r) else "FAIL") for r in rows], "notes": notes},
+            out,
+            indent=1,
+            default=float,
+        )
         print(file=out)
     else:
         render(rows, notes, out)
@@ -119,7 +143,9 @@ def run(cfg: DatapathConfig = DEFAULT, modules: Iterable[str] = MODULES, as_json
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m golden.report", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m golden.report", description=__doc__.splitlines()[0]
+    )
     ap.add_argument("--json", action="store_true", help="print the rows as JSON")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(MODULES)}")
     args = ap.parse_args(argv)

@@ -31,6 +31,7 @@ Error (proved, LSB of the output; a = acc * scale, a' = acc * mult * 2^-shift):
   |a' - a| <= 1 and rounding and saturation are monotone; beyond, both saturate to the
   same end as long as mult_bits >= out_bits).
 """
+
 from __future__ import annotations
 
 import math
@@ -40,17 +41,18 @@ import numpy as np
 
 from .config import DEFAULT, RequantConfig
 
-REQUANT_EXACT_BOUND = 0      # y vs saturate(round_half_up(acc*mult/2^shift)) in exact arithmetic
-REQUANT_LSB_BOUND = 1        # |y - saturate(round(acc*scale))| with (mult, shift) from the scale
+REQUANT_EXACT_BOUND = 0  # y vs saturate(round_half_up(acc*mult/2^shift)) in exact arithmetic
+REQUANT_LSB_BOUND = 1  # |y - saturate(round(acc*scale))| with (mult, shift) from the scale
 
 
 def multiplier_rel_bound(cfg: RequantConfig = DEFAULT.requant) -> float:
     """Relative error bound of quantize_multiplier: 2^-mult_bits."""
-    return 2.0 ** -cfg.mult_bits
+    return 2.0**-cfg.mult_bits
 
 
 def requant_abs_bound(cfg: RequantConfig = DEFAULT.requant) -> float:
-    """|y - acc*scale| bound (LSB) for out_min <= acc*scale <= out_max: 1/2 + 2^(out_bits-1-mult_bits)."""
+    """|y - acc*scale| bound (LSB) for out_min <= acc*scale <= out_max:
+    1/2 + 2^(out_bits-1-mult_bits)."""
     return 0.5 + 2.0 ** (cfg.out_bits - 1 - cfg.mult_bits)
 
 
@@ -58,7 +60,8 @@ def _out_dtype(cfg: RequantConfig):
     return np.int8 if cfg.out_bits <= 8 else np.int16 if cfg.out_bits <= 16 else np.int32
 
 
-def _check_int(a, name: str, lo: int, hi: int) -> np.ndarray:
+def check_int(a, name: str, lo: int, hi: int) -> np.ndarray:
+    """An integer array with values in [lo, hi], as int64 (ValueError naming ``name``)."""
     a = np.asarray(a)
     if a.dtype.kind not in "iu":
         raise ValueError(f"{name}: expected an integer dtype, got {a.dtype}")
@@ -75,14 +78,14 @@ def quantize_multiplier(scale: float, cfg: RequantConfig = DEFAULT.requant) -> t
         raise ValueError(f"scale: expected a real number, got {scale!r}") from None
     if not math.isfinite(scale_f) or scale_f <= 0:
         raise ValueError(f"scale: must be positive and finite, got {scale!r}")
-    frac, exp = math.frexp(scale_f)           # scale = frac * 2^exp, 0.5 <= frac < 1, exact
+    frac, exp = math.frexp(scale_f)  # scale = frac * 2^exp, 0.5 <= frac < 1, exact
     shift = cfg.mult_bits - exp
-    mult = round(math.ldexp(frac, cfg.mult_bits))   # exact float, round half to even
-    if mult == 1 << cfg.mult_bits:           # rounded up out of range: renormalize
+    mult = round(math.ldexp(frac, cfg.mult_bits))  # exact float, round half to even
+    if mult == 1 << cfg.mult_bits:  # rounded up out of range: renormalize
         mult >>= 1
         shift -= 1
     if shift < 0:
-        raise ValueError(f"scale: {scale_f!r} too large (max < {2 ** cfg.mult_bits - 0.5})")
+        raise ValueError(f"scale: {scale_f!r} too large (max < {2**cfg.mult_bits - 0.5})")
     if shift > cfg.shift_max:
         raise ValueError(f"scale: {scale_f!r} too small for shift_max={cfg.shift_max}")
     return mult, shift
@@ -90,14 +93,16 @@ def quantize_multiplier(scale: float, cfg: RequantConfig = DEFAULT.requant) -> t
 
 def requantize(acc: np.ndarray, mult, shift, cfg: RequantConfig = DEFAULT.requant) -> np.ndarray:
     """y = saturate((acc*mult + 2^(shift-1)) >> shift) (see module doc)."""
-    acc = _check_int(acc, "acc", -(1 << (cfg.in_bits - 1)), (1 << (cfg.in_bits - 1)) - 1)
-    mult = _check_int(mult, "mult", 0, cfg.mult_max)
-    shift = _check_int(shift, "shift", 0, cfg.shift_max)
+    acc = check_int(acc, "acc", -(1 << (cfg.in_bits - 1)), (1 << (cfg.in_bits - 1)) - 1)
+    mult = check_int(mult, "mult", 0, cfg.mult_max)
+    shift = check_int(shift, "shift", 0, cfg.shift_max)
     try:
         np.broadcast_shapes(acc.shape, mult.shape, shift.shape)
     except ValueError:
-        raise ValueError(f"mult/shift: shapes {mult.shape}, {shift.shape} do not broadcast "
-                         f"against acc {acc.shape}") from None
+        raise ValueError(
+            f"mult/shift: shapes {mult.shape}, {shift.shape} do not broadcast "
+            f"against acc {acc.shape}"
+        ) from None
     half = np.where(shift > 0, np.left_shift(np.int64(1), np.maximum(shift - 1, 0)), 0)
     y = np.right_shift(acc * mult + half, shift)
     return np.clip(y, cfg.out_min, cfg.out_max).astype(_out_dtype(cfg))
@@ -114,11 +119,13 @@ def requantize_exact(acc: int, mult: int, shift: int, cfg: RequantConfig = DEFAU
 
 def scaled_exact(acc: np.ndarray, scale: float) -> tuple[np.ndarray, int]:
     """acc * scale exactly, as (numerator object array, power-of-2 denominator q)."""
-    p, q = float(scale).as_integer_ratio()          # q is a power of 2
+    p, q = float(scale).as_integer_ratio()  # q is a power of 2
     return np.asarray(acc).astype(object) * p, q
 
 
-def round_half_up_exact(acc: np.ndarray, scale: float, cfg: RequantConfig = DEFAULT.requant) -> np.ndarray:
+def round_half_up_exact(
+    acc: np.ndarray, scale: float, cfg: RequantConfig = DEFAULT.requant
+) -> np.ndarray:
     """saturate(floor(acc*scale + 1/2)) in exact integer arithmetic (int64 array)."""
     num, q = scaled_exact(acc, scale)
     r = (2 * num + q) // (2 * q)
@@ -139,7 +146,7 @@ def error_report(cfg=DEFAULT) -> list[dict]:
         shift = int(rng.integers(0, rc.shift_max + 1))
         acc = np.concatenate([rng.integers(lo, hi + 1, size=6), [lo, hi, 0, -1, 1]])
         y = requantize(acc, mult, shift, rc)
-        for a, v in zip(acc, y):
+        for a, v in zip(acc, y, strict=False):
             exact_err = max(exact_err, abs(int(v) - requantize_exact(int(a), mult, shift, rc)))
 
     # multiplier relative error and requant vs real scale (exact integer arithmetic)
@@ -149,27 +156,48 @@ def error_report(cfg=DEFAULT) -> list[dict]:
     for _ in range(200):
         scale = float(np.exp2(rng.uniform(-30, -2)))
         mult, shift = quantize_multiplier(scale, rc)
-        rel = max(rel, abs(mult * 2.0 ** -shift - scale) / scale)
-        reach = int(2 ** rc.out_bits / scale)       # acc range that hits the output range
-        acc = np.concatenate([rng.integers(lo, hi + 1, size=32),
-                              rng.integers(max(lo, -reach), min(hi, reach) + 1, size=64), [lo, hi]])
+        rel = max(rel, abs(mult * 2.0**-shift - scale) / scale)
+        reach = int(2**rc.out_bits / scale)  # acc range that hits the output range
+        acc = np.concatenate(
+            [
+                rng.integers(lo, hi + 1, size=32),
+                rng.integers(max(lo, -reach), min(hi, reach) + 1, size=64),
+                [lo, hi],
+            ]
+        )
         y = requantize(acc, mult, shift, rc).astype(np.int64)
         lsb = max(lsb, int(np.max(np.abs(y - round_half_up_exact(acc, scale, rc)))))
         num, q = scaled_exact(acc, scale)
         small = (num >= q * rc.out_min) & (num <= q * rc.out_max)
         if small.any():
             absd = max(absd, float(np.max(np.abs(y[small].astype(object) * q - num[small]))) / q)
+    rows = (  # (quantity, domain, bound, measured)
+        (
+            "y vs saturate(round_half_up(acc*mult/2^shift)), exact (LSB)",
+            f"int{rc.in_bits} acc, random mult, shift 0..{rc.shift_max}",
+            float(REQUANT_EXACT_BOUND),
+            float(exact_err),
+        ),
+        (
+            "quantize_multiplier relative error",
+            "scale in 2^-30..2^-2 (log-uniform)",
+            multiplier_rel_bound(rc),
+            rel,
+        ),
+        (
+            "|y - saturate(round(acc*scale))| (LSB)",
+            f"int{rc.in_bits} acc, scale in 2^-30..2^-2",
+            float(REQUANT_LSB_BOUND),
+            float(lsb),
+        ),
+        (
+            "|y - acc*scale| for out_min <= acc*scale <= out_max (LSB)",
+            "non-saturating outputs, scale in 2^-30..2^-2",
+            requant_abs_bound(rc),
+            absd,
+        ),
+    )
     return [
-        {"block": "requant", "quantity": "y vs saturate(round_half_up(acc*mult/2^shift)), exact (LSB)",
-         "domain": f"int{rc.in_bits} acc, random mult, shift 0..{rc.shift_max}",
-         "bound": float(REQUANT_EXACT_BOUND), "measured": float(exact_err)},
-        {"block": "requant", "quantity": "quantize_multiplier relative error",
-         "domain": "scale in 2^-30..2^-2 (log-uniform)",
-         "bound": multiplier_rel_bound(rc), "measured": rel},
-        {"block": "requant", "quantity": "|y - saturate(round(acc*scale))| (LSB)",
-         "domain": f"int{rc.in_bits} acc, scale in 2^-30..2^-2",
-         "bound": float(REQUANT_LSB_BOUND), "measured": float(lsb)},
-        {"block": "requant", "quantity": "|y - acc*scale| for out_min <= acc*scale <= out_max (LSB)",
-         "domain": "non-saturating outputs, scale in 2^-30..2^-2",
-         "bound": requant_abs_bound(rc), "measured": absd},
+        {"block": "requant", "quantity": q, "domain": d, "bound": b, "measured": m}
+        for q, d, b, m in rows
     ]

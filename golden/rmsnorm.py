@@ -73,15 +73,16 @@ relative, < 2 act_max 2^-(hw_in_bits-2) = 2.4e-7 LSB, inside the scale margin): 
 Rows whose product is all zero (x = 0 or gamma = 0) give x_q = 0, scale_mant = 0,
 scale_shift = 0. S' = 0 (x = 0 and eps_term = 0) is only possible in that case.
 """
+
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
-from .fixed import bit_length as _bit_length
 from .config import DEFAULT, NormConfig, QuantConfig
+from .fixed import bit_length as _bit_length
 from .quant import hw_act_quant
 
 # Max relative error of rsqrt_fx vs 1/sqrt(S') over every S' in [1, 2^62] (default config).
@@ -89,7 +90,9 @@ RSQRT_REL_ERR = 1.2e-4
 # Max relative error of the output scale vs max|y|/act_max (float RMSNorm).
 SCALE_REL_ERR = 1.6e-4
 # Max |x_q*scale - y| in units of max|y|/act_max (float RMSNorm, exact x and gamma).
-OUT_ERR_LSB = 0.5 + 2.0 ** -(DEFAULT.quant.recip_frac_bits + 1) + DEFAULT.quant.act_max * SCALE_REL_ERR
+OUT_ERR_LSB = (
+    0.5 + 2.0 ** -(DEFAULT.quant.recip_frac_bits + 1) + DEFAULT.quant.act_max * SCALE_REL_ERR
+)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -115,23 +118,24 @@ def _round_shift(v: np.ndarray, s: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- constants
-@lru_cache(maxsize=None)
+@cache
 def rsqrt_lut(cfg: NormConfig = DEFAULT.norm) -> np.ndarray:
     """The 2^L-entry rsqrt seed table (UQ1.F, int64); entry addr = parity << (L-1) | j."""
     half = 1 << (cfg.rsqrt_lut_bits - 1)
     lut = np.empty(2 * half, dtype=np.int64)
     for parity in (0, 1):
         for j in range(half):
-            m0 = (1 + j / half) * 2 ** parity
-            m1 = (1 + (j + 1) / half) * 2 ** parity
+            m0 = (1 + j / half) * 2**parity
+            m1 = (1 + (j + 1) / half) * 2**parity
             y = 2.0 / (math.sqrt(m0) + math.sqrt(m1))
-            lut[parity * half + j] = math.floor(y * 2 ** cfg.rsqrt_frac_bits + 0.5)
+            lut[parity * half + j] = math.floor(y * 2**cfg.rsqrt_frac_bits + 0.5)
     lut.flags.writeable = False
     return lut
 
 
-def norm_constants(dim: int, cfg: NormConfig = DEFAULT.norm,
-                   qcfg: QuantConfig = DEFAULT.quant) -> tuple[int, int, int]:
+def norm_constants(
+    dim: int, cfg: NormConfig = DEFAULT.norm, qcfg: QuantConfig = DEFAULT.quant
+) -> tuple[int, int, int]:
     """Host constants for rows of length ``dim``: (eps_term, c_mant, c_exp).
 
     ``eps_term = round_half_up(dim * eps * 2^(2*in_frac_bits))`` is added to the sum of
@@ -143,8 +147,8 @@ def norm_constants(dim: int, cfg: NormConfig = DEFAULT.norm,
     dim = int(dim)
     b = cfg.scale_mant_bits
     eps_term = math.floor(dim * cfg.eps * 2.0 ** (2 * cfg.in_frac_bits) + 0.5)
-    frac, exp = math.frexp(math.sqrt(dim) / qcfg.act_max)     # frac in [0.5, 1)
-    c_mant = math.floor(frac * 2 ** b + 0.5)
+    frac, exp = math.frexp(math.sqrt(dim) / qcfg.act_max)  # frac in [0.5, 1)
+    c_mant = math.floor(frac * 2**b + 0.5)
     if c_mant == 1 << b:
         c_mant, exp = c_mant >> 1, exp + 1
     return eps_term, c_mant, exp - b
@@ -165,7 +169,7 @@ def rsqrt_fx(s, cfg: NormConfig = DEFAULT.norm) -> tuple[np.ndarray, np.ndarray]
     f, lb = cfg.rsqrt_frac_bits, cfg.rsqrt_lut_bits
     e = _bit_length(s) - 1
     k = e >> 1
-    m = _shift(s, 2 * k - f)                           # UQ2.F in [2^F, 2^(F+2))
+    m = _shift(s, 2 * k - f)  # UQ2.F in [2^F, 2^(F+2))
     parity = e & 1
     # fraction of s/2^e (the mantissa in [1,2)) lies in the F+parity bits below the lead
     frac = m - (np.int64(1) << (f + parity))
@@ -191,8 +195,9 @@ def sum_of_squares(x: np.ndarray, cfg: NormConfig = DEFAULT.norm) -> np.ndarray:
     return (a << 32) + (b << 17) + c
 
 
-def rmsnorm_quant(x, gamma, cfg: NormConfig = DEFAULT.norm,
-                  qcfg: QuantConfig = DEFAULT.quant) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def rmsnorm_quant(
+    x, gamma, cfg: NormConfig = DEFAULT.norm, qcfg: QuantConfig = DEFAULT.quant
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fixed-point RMSNorm + INT8 quantization per row (last axis); see the module doc.
 
     x: signed int (in_bits) Q.IF, shape (..., d); gamma: signed int (gamma_bits) Q.GF,
@@ -212,7 +217,7 @@ def rmsnorm_quant(x, gamma, cfg: NormConfig = DEFAULT.norm,
 
     # pass 1: exact sum of squares and the product's absmax
     s_wide = sum_of_squares(x, cfg).reshape(-1) + eps_term
-    p = x * gamma                                               # < 2^47: int64 exact
+    p = x * gamma  # < 2^47: int64 exact
     amax_p = np.max(np.abs(p), axis=-1)
 
     # S' may exceed int64: drop an even number of low bits (rsqrt_fx floors to F+2 bits
@@ -247,8 +252,10 @@ def rmsnorm_quant(x, gamma, cfg: NormConfig = DEFAULT.norm,
 
 def scale_to_float(scale_mant, scale_shift) -> np.ndarray:
     """scale_mant * 2^-scale_shift as float64 (exact for |shift| < 1000)."""
-    return np.ldexp(np.asarray(scale_mant, dtype=np.float64),
-                    -np.asarray(scale_shift, dtype=np.int64).astype(np.int32))
+    return np.ldexp(
+        np.asarray(scale_mant, dtype=np.float64),
+        -np.asarray(scale_shift, dtype=np.int64).astype(np.int32),
+    )
 
 
 def rmsnorm_dequant(x_q, scale_mant, scale_shift) -> np.ndarray:
@@ -265,16 +272,16 @@ def rmsnorm_ref(x: np.ndarray, gamma: np.ndarray, eps: float) -> np.ndarray:
 
 
 def fx_to_float(x, frac_bits: int) -> np.ndarray:
-    return np.asarray(x, dtype=np.float64) * 2.0 ** -frac_bits
+    return np.asarray(x, dtype=np.float64) * 2.0**-frac_bits
 
 
 # --------------------------------------------------------------------------- measurement
 def rsqrt_sweep(cfg: NormConfig = DEFAULT.norm) -> np.ndarray:
     """Dense rsqrt test inputs: every mantissa at 2^-16 spacing in [1, 4) at several
     exponents, small integers 1..4096, and the largest int64 values used."""
-    mant = np.arange(1 << 16, 1 << 18, dtype=np.int64)          # [1, 4) in UQ2.16
+    mant = np.arange(1 << 16, 1 << 18, dtype=np.int64)  # [1, 4) in UQ2.16
     parts = [np.arange(1, 4097, dtype=np.int64)]
-    for k in (8, 15, 23, 30):                                 # S' up to 2^62
+    for k in (8, 15, 23, 30):  # S' up to 2^62
         parts.append(mant << (2 * k - 16))
     parts.append(np.array([(1 << 62) - 1, (1 << 62), (1 << 63) - 1], dtype=np.int64))
     return np.concatenate(parts)
@@ -287,27 +294,30 @@ def rsqrt_rel_error(s: np.ndarray, cfg: NormConfig = DEFAULT.norm) -> float:
     return float(np.max(np.abs(approx / exact - 1.0)))
 
 
-def random_rows(rng: np.random.Generator, n_rows: int, dim: int,
-                cfg: NormConfig = DEFAULT.norm) -> tuple[np.ndarray, np.ndarray]:
+def random_rows(
+    rng: np.random.Generator, n_rows: int, dim: int, cfg: NormConfig = DEFAULT.norm
+) -> tuple[np.ndarray, np.ndarray]:
     """Residual rows over many magnitudes (log-uniform rms, outlier channels) and gamma."""
     lim = (1 << (cfg.in_bits - 1)) - 1
     mag = np.exp2(rng.uniform(-12, cfg.in_bits - 1 - cfg.in_frac_bits - 5, size=(n_rows, 1)))
     xf = rng.standard_normal((n_rows, dim)) * mag
     outl = rng.random((n_rows, dim)) < 0.01
     xf = np.where(outl, xf * 30, xf)
-    x = np.clip(np.rint(xf * 2.0 ** cfg.in_frac_bits), -lim - 1, lim).astype(np.int32)
+    x = np.clip(np.rint(xf * 2.0**cfg.in_frac_bits), -lim - 1, lim).astype(np.int32)
     glim = (1 << (cfg.gamma_bits - 1)) - 1
     g = rng.uniform(0.02, 3.0, size=dim) * rng.choice([-1, 1], size=dim)
-    gamma = np.clip(np.rint(g * 2.0 ** cfg.gamma_frac_bits), -glim - 1, glim).astype(np.int16)
+    gamma = np.clip(np.rint(g * 2.0**cfg.gamma_frac_bits), -glim - 1, glim).astype(np.int16)
     return x, gamma
 
 
-def output_errors(x, gamma, cfg: NormConfig = DEFAULT.norm,
-                  qcfg: QuantConfig = DEFAULT.quant) -> tuple[float, float]:
+def output_errors(
+    x, gamma, cfg: NormConfig = DEFAULT.norm, qcfg: QuantConfig = DEFAULT.quant
+) -> tuple[float, float]:
     """(max scale relative error, max |x_q*scale - y| in LSB) vs float RMSNorm."""
     x_q, mant, shift = rmsnorm_quant(x, gamma, cfg, qcfg)
-    y = rmsnorm_ref(fx_to_float(x, cfg.in_frac_bits), fx_to_float(gamma, cfg.gamma_frac_bits),
-                    cfg.eps)
+    y = rmsnorm_ref(
+        fx_to_float(x, cfg.in_frac_bits), fx_to_float(gamma, cfg.gamma_frac_bits), cfg.eps
+    )
     lsb = np.max(np.abs(y), axis=-1) / qcfg.act_max
     ok = lsb > 0
     scale = scale_to_float(mant, shift)
@@ -323,12 +333,25 @@ def error_report(cfg=DEFAULT) -> list[dict]:
     x, gamma = random_rows(rng, 256, 256, cfg.norm)
     scale_err, out_err = output_errors(x, gamma, cfg.norm, cfg.quant)
     return [
-        {"block": "rmsnorm", "quantity": "rsqrt relative error",
-         "domain": "S' in [1, 2^63): 2^-16-spaced mantissas x 4 exponents, 1..4096",
-         "bound": RSQRT_REL_ERR, "measured": rel},
-        {"block": "rmsnorm", "quantity": "output scale relative error vs max|y|/127",
-         "domain": "256 random rows d=256, rms 2^-12..2^10, 1% outliers",
-         "bound": SCALE_REL_ERR, "measured": scale_err},
-        {"block": "rmsnorm", "quantity": "|x_q*scale - RMSNorm(x)*gamma| (output LSB)",
-         "domain": "same rows", "bound": OUT_ERR_LSB, "measured": out_err},
+        {
+            "block": "rmsnorm",
+            "quantity": "rsqrt relative error",
+            "domain": "S' in [1, 2^63): 2^-16-spaced mantissas x 4 exponents, 1..4096",
+            "bound": RSQRT_REL_ERR,
+            "measured": rel,
+        },
+        {
+            "block": "rmsnorm",
+            "quantity": "output scale relative error vs max|y|/127",
+            "domain": "256 random rows d=256, rms 2^-12..2^10, 1% outliers",
+            "bound": SCALE_REL_ERR,
+            "measured": scale_err,
+        },
+        {
+            "block": "rmsnorm",
+            "quantity": "|x_q*scale - RMSNorm(x)*gamma| (output LSB)",
+            "domain": "same rows",
+            "bound": OUT_ERR_LSB,
+            "measured": out_err,
+        },
     ]

@@ -28,9 +28,10 @@ Error vs float RoPE of the same integer input (no saturation): each table value 
 ``|out - exact| <= 1/2 + (|x[i]| + |x[i+h]|) * 2^-(T+1)`` (``error_bound``); for int8
 inputs this is <= ``INT8_ERR_LSB`` = 0.5 + 2^8 * 2^-(T+1) = 0.5078 LSB.
 """
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -58,7 +59,7 @@ def inv_freq(head_dim: int, cfg: RopeConfig = DEFAULT.rope) -> np.ndarray:
     return cfg.theta ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)
 
 
-@lru_cache(maxsize=None)
+@cache
 def rope_tables(head_dim: int, cfg: RopeConfig = DEFAULT.rope) -> tuple[np.ndarray, np.ndarray]:
     """(cos_q, sin_q): int16 Q1.T, shape (max_pos, head_dim/2), read-only."""
     ang = np.arange(cfg.max_pos, dtype=np.float64)[:, None] * inv_freq(head_dim, cfg)[None, :]
@@ -98,8 +99,9 @@ def rope_fx(x, positions, cfg: RopeConfig = DEFAULT.rope) -> np.ndarray:
     return rope_from_table(x, cos_q[pos], sin_q[pos], cfg)
 
 
-def rope_from_table(x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray,
-                    cfg: RopeConfig = DEFAULT.rope) -> np.ndarray:
+def rope_from_table(
+    x: np.ndarray, cos_q: np.ndarray, sin_q: np.ndarray, cfg: RopeConfig = DEFAULT.rope
+) -> np.ndarray:
     """The datapath of ``rope_fx`` with the table rows of each vector's position given:
     cos_q, sin_q int16 [..., head_dim/2] (Q1.table_frac_bits) broadcast against x
     [..., head_dim] (the accelerator reads them from the RoPE table in memory)."""
@@ -142,9 +144,12 @@ def error_bound(x, cfg: RopeConfig = DEFAULT.rope) -> np.ndarray:
 def table_error(head_dim: int, cfg: RopeConfig = DEFAULT.rope) -> float:
     cos_q, sin_q = rope_tables(head_dim, cfg)
     ang = np.arange(cfg.max_pos, dtype=np.float64)[:, None] * inv_freq(head_dim, cfg)[None, :]
-    scale = 2.0 ** -cfg.table_frac_bits
-    return float(max(np.max(np.abs(cos_q * scale - np.cos(ang))),
-                     np.max(np.abs(sin_q * scale - np.sin(ang)))))
+    scale = 2.0**-cfg.table_frac_bits
+    return float(
+        max(
+            np.max(np.abs(cos_q * scale - np.cos(ang))), np.max(np.abs(sin_q * scale - np.sin(ang)))
+        )
+    )
 
 
 def int8_sweep(head_dim: int, cfg: RopeConfig = DEFAULT.rope) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +160,7 @@ def int8_sweep(head_dim: int, cfg: RopeConfig = DEFAULT.rope) -> tuple[np.ndarra
     h = _check_head_dim(head_dim) // 2
     vals = np.unique(np.concatenate([np.arange(-128, 128, 17), [-128, -127, -1, 0, 1, 127]]))
     a, b = np.meshgrid(vals, vals, indexing="ij")
-    pairs = np.stack([a.ravel(), b.ravel()], axis=-1)               # (n, 2)
+    pairs = np.stack([a.ravel(), b.ravel()], axis=-1)  # (n, 2)
     rows = -(-len(pairs) // h)
     lane = np.arange(rows * h)[None, :] + np.arange(cfg.max_pos)[:, None]
     sel = pairs[lane % len(pairs)].reshape(cfg.max_pos, rows, h, 2)
@@ -181,12 +186,25 @@ def error_report(cfg=DEFAULT) -> list[dict]:
     pos32 = rng.integers(0, rc.max_pos, size=256)
     _, ratio32 = max_errors(x32, pos32, rc)
     return [
-        {"block": "rope", "quantity": "cos/sin table abs error",
-         "domain": f"head_dim {hd}, positions 0..{rc.max_pos - 1}", "bound": TABLE_ERR, "measured": tab},
-        {"block": "rope", "quantity": "abs error vs float RoPE, int8 input (LSB)",
-         "domain": f"int8 pair grid incl. extremes, all {rc.max_pos} positions",
-         "bound": INT8_ERR_LSB, "measured": err8},
-        {"block": "rope", "quantity": "abs error / per-element bound, int32 input",
-         "domain": "random int32 |x| < 2^30 at random magnitudes and positions",
-         "bound": ERR_RATIO, "measured": max(ratio8, ratio32)},
+        {
+            "block": "rope",
+            "quantity": "cos/sin table abs error",
+            "domain": f"head_dim {hd}, positions 0..{rc.max_pos - 1}",
+            "bound": TABLE_ERR,
+            "measured": tab,
+        },
+        {
+            "block": "rope",
+            "quantity": "abs error vs float RoPE, int8 input (LSB)",
+            "domain": f"int8 pair grid incl. extremes, all {rc.max_pos} positions",
+            "bound": INT8_ERR_LSB,
+            "measured": err8,
+        },
+        {
+            "block": "rope",
+            "quantity": "abs error / per-element bound, int32 input",
+            "domain": "random int32 |x| < 2^30 at random magnitudes and positions",
+            "bound": ERR_RATIO,
+            "measured": max(ratio8, ratio32),
+        },
     ]

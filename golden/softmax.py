@@ -87,16 +87,17 @@ of the running max when they were added (A_l = sum of their terms), then
 level sums vectorized, and loops only over levels (few; at most N); tests prove it
 bit-equal to ``softmax_online_seq``.
 """
+
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
+from .config import DEFAULT, SoftmaxConfig
 from .fixed import bit_length as _bit_length
 from .fixed import rhu
-from .config import DEFAULT, SoftmaxConfig
 
 # Max relative error of exp_fx (mant * 2^-(E+n)) vs exp(z) at every representable z <= 0.
 EXP_REL_ERR = 2.0e-4
@@ -110,7 +111,6 @@ PROB_BOUND_MAX_LEN = 2048
 VEC_VS_SEQ_LSB = 0.0
 
 
-
 # --------------------------------------------------------------------------- helpers
 def _out_dtype(cfg: SoftmaxConfig):
     return np.uint8 if cfg.out_bits <= 8 else np.uint16 if cfg.out_bits <= 16 else np.uint32
@@ -118,15 +118,16 @@ def _out_dtype(cfg: SoftmaxConfig):
 
 def log2e_fx(cfg: SoftmaxConfig = DEFAULT.softmax) -> int:
     """log2(e) as UQ1.LF, rounded half up."""
-    return math.floor(math.log2(math.e) * 2 ** cfg.log2e_frac_bits + 0.5)
+    return math.floor(math.log2(math.e) * 2**cfg.log2e_frac_bits + 0.5)
 
 
-@lru_cache(maxsize=None)
+@cache
 def exp_lut(cfg: SoftmaxConfig = DEFAULT.softmax) -> np.ndarray:
     """T[i] = round_half_up(2^E * 2^(-i/2^Lb)), i = 0..2^Lb (UQ1.E, int64, read-only)."""
     n = 1 << cfg.exp_lut_bits
-    lut = np.array([math.floor(2.0 ** (cfg.exp_frac_bits - i / n) + 0.5) for i in range(n + 1)],
-                   dtype=np.int64)
+    lut = np.array(
+        [math.floor(2.0 ** (cfg.exp_frac_bits - i / n) + 0.5) for i in range(n + 1)], dtype=np.int64
+    )
     lut.flags.writeable = False
     return lut
 
@@ -215,7 +216,7 @@ def _reciprocal(s: np.ndarray, cfg: SoftmaxConfig) -> tuple[np.ndarray, np.ndarr
     b = _bit_length(s)
     sh = b - 1 - rf
     s_m = np.where(sh >= 0, s >> np.maximum(sh, 0), s << np.maximum(-sh, 0))
-    s_m = np.maximum(s_m, 1)                          # s = 0 only for fully masked rows
+    s_m = np.maximum(s_m, 1)  # s = 0 only for fully masked rows
     return ((np.int64(1) << (2 * rf + 1)) + s_m) // (2 * s_m), b
 
 
@@ -224,7 +225,9 @@ def _output(mant, n, recip, b, cfg: SoftmaxConfig) -> np.ndarray:
     return np.minimum(rhu(mant * recip, sh), (1 << cfg.out_bits) - 1)
 
 
-def softmax_fx(x, cfg: SoftmaxConfig = DEFAULT.softmax, mask=None, causal: bool = False) -> np.ndarray:
+def softmax_fx(
+    x, cfg: SoftmaxConfig = DEFAULT.softmax, mask=None, causal: bool = False
+) -> np.ndarray:
     """Integer softmax over the last axis (vectorized closed form of the online pass).
 
     x: signed int logits Q.IF (..., N); mask: bool broadcastable to x (True = keep);
@@ -244,7 +247,7 @@ def softmax_fx(x, cfg: SoftmaxConfig = DEFAULT.softmax, mask=None, causal: bool 
     # running-max sentinel below every ceil(t) (|ceil(t)| <= 2^(in_bits - IF)); << TF fits
     neg = -(1 << (cfg.in_bits - cfg.in_frac_bits + 1))
     c = np.where(valid, -((-t) >> tf), neg)
-    run = np.maximum.accumulate(c, axis=1)             # M when element j is added
+    run = np.maximum.accumulate(c, axis=1)  # M when element j is added
     m_final = run[:, -1]
 
     # terms as added online, relative to the running max of their time
@@ -278,8 +281,9 @@ def softmax_fx(x, cfg: SoftmaxConfig = DEFAULT.softmax, mask=None, causal: bool 
     return p.reshape(shape).astype(_out_dtype(cfg))
 
 
-def softmax_online_seq(x, cfg: SoftmaxConfig = DEFAULT.softmax, mask=None,
-                       causal: bool = False) -> np.ndarray:
+def softmax_online_seq(
+    x, cfg: SoftmaxConfig = DEFAULT.softmax, mask=None, causal: bool = False
+) -> np.ndarray:
     """The same block, element by element in the hardware's order (Python ints)."""
     x = _logits(x, cfg)
     valid = _valid(x, mask, causal)
@@ -342,32 +346,35 @@ def exp_rel_error(cfg: SoftmaxConfig = DEFAULT.softmax) -> float:
     """Max relative error of exp_fx over every representable z in (-2^in_bits, 0]."""
     z = -np.arange(0, 1 << cfg.in_bits, dtype=np.int64)
     approx = exp_fx_float(z, cfg)
-    exact = np.exp(z * 2.0 ** -cfg.in_frac_bits)
-    ok = exact > 0                                      # float64 underflows below ~-745
+    exact = np.exp(z * 2.0**-cfg.in_frac_bits)
+    ok = exact > 0  # float64 underflows below ~-745
     return float(np.max(np.abs(approx[ok] / exact[ok] - 1.0)))
 
 
-def random_logits(rng: np.random.Generator, rows: int, n: int,
-                  cfg: SoftmaxConfig = DEFAULT.softmax) -> np.ndarray:
+def random_logits(
+    rng: np.random.Generator, rows: int, n: int, cfg: SoftmaxConfig = DEFAULT.softmax
+) -> np.ndarray:
     """Rows with spreads from near-uniform to one-hot, plus extreme and tied rows."""
     lo, hi = -(1 << (cfg.in_bits - 1)), (1 << (cfg.in_bits - 1)) - 1
-    spread = np.exp2(rng.uniform(-4, 6, size=(rows, 1)))          # std in logit units
+    spread = np.exp2(rng.uniform(-4, 6, size=(rows, 1)))  # std in logit units
     centre = rng.uniform(-60, 60, size=(rows, 1))
     xf = centre + spread * rng.standard_normal((rows, n))
-    x = np.clip(np.rint(xf * 2.0 ** cfg.in_frac_bits), lo, hi).astype(np.int64)
+    x = np.clip(np.rint(xf * 2.0**cfg.in_frac_bits), lo, hi).astype(np.int64)
     if rows >= 4:
-        x[0] = hi                                                   # all equal, max
-        x[1] = lo                                                   # all equal, min
-        x[2] = rng.integers(lo, hi + 1, size=n)                     # full range
+        x[0] = hi  # all equal, max
+        x[1] = lo  # all equal, min
+        x[2] = rng.integers(lo, hi + 1, size=n)  # full range
         x[3] = lo
-        x[3, rng.integers(0, n)] = hi                               # one-hot
+        x[3, rng.integers(0, n)] = hi  # one-hot
     return x.astype(np.int16 if cfg.in_bits <= 16 else np.int32)
 
 
-def prob_abs_error(x, cfg: SoftmaxConfig = DEFAULT.softmax, mask=None, causal: bool = False) -> float:
-    p = softmax_fx(x, cfg, mask=mask, causal=causal).astype(np.float64) * 2.0 ** -cfg.out_bits
+def prob_abs_error(
+    x, cfg: SoftmaxConfig = DEFAULT.softmax, mask=None, causal: bool = False
+) -> float:
+    p = softmax_fx(x, cfg, mask=mask, causal=causal).astype(np.float64) * 2.0**-cfg.out_bits
     valid = _valid(np.asarray(x), mask, causal)
-    ref = softmax_ref(np.asarray(x, dtype=np.float64) * 2.0 ** -cfg.in_frac_bits, valid)
+    ref = softmax_ref(np.asarray(x, dtype=np.float64) * 2.0**-cfg.in_frac_bits, valid)
     return float(np.max(np.abs(p - ref)))
 
 
@@ -387,13 +394,25 @@ def error_report(cfg=DEFAULT) -> list[dict]:
         b = softmax_online_seq(x, sc, **kw).astype(np.int64)
         diff = max(diff, float(np.max(np.abs(a - b))))
     return [
-        {"block": "softmax", "quantity": "exp relative error (I-BERT i-exp: 3.3e-3)",
-         "domain": f"every z in (-2^{sc.in_bits}, 0], Q.{sc.in_frac_bits}",
-         "bound": EXP_REL_ERR, "measured": rel},
-        {"block": "softmax", "quantity": f"probability abs error (UQ0.{sc.out_bits})",
-         "domain": f"random rows N=1..{PROB_BOUND_MAX_LEN}, one-hot..uniform, causal",
-         "bound": PROB_ABS_ERR, "measured": err},
-        {"block": "softmax", "quantity": "vectorized vs sequential online (LSB)",
-         "domain": "24x48 rows: unmasked, random mask, causal",
-         "bound": VEC_VS_SEQ_LSB, "measured": diff},
+        {
+            "block": "softmax",
+            "quantity": "exp relative error (I-BERT i-exp: 3.3e-3)",
+            "domain": f"every z in (-2^{sc.in_bits}, 0], Q.{sc.in_frac_bits}",
+            "bound": EXP_REL_ERR,
+            "measured": rel,
+        },
+        {
+            "block": "softmax",
+            "quantity": f"probability abs error (UQ0.{sc.out_bits})",
+            "domain": f"random rows N=1..{PROB_BOUND_MAX_LEN}, one-hot..uniform, causal",
+            "bound": PROB_ABS_ERR,
+            "measured": err,
+        },
+        {
+            "block": "softmax",
+            "quantity": "vectorized vs sequential online (LSB)",
+            "domain": "24x48 rows: unmasked, random mask, causal",
+            "bound": VEC_VS_SEQ_LSB,
+            "measured": diff,
+        },
     ]

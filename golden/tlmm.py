@@ -42,9 +42,10 @@ The result equals the plain integer matmul for every input (tests and ``error_re
 How the numpy code orders the lookups (per row for M < 8, per group otherwise) is a
 speed choice only: integer sums are exact, so the result is the same either way.
 """
+
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -73,13 +74,13 @@ def center(cfg: TLMMConfig = DEFAULT.tlmm) -> int:
     return (cfg.full_entries - 1) // 2
 
 
-@lru_cache(maxsize=None)
+@cache
 def _patterns(group: int, table: str) -> np.ndarray:
-    full = 3 ** group
+    full = 3**group
     j = np.arange(full)
-    digits = np.stack([(j // 3 ** i) % 3 - 1 for i in range(group)], axis=1).astype(np.int8)
+    digits = np.stack([(j // 3**i) % 3 - 1 for i in range(group)], axis=1).astype(np.int8)
     if table == "mirrored":
-        digits = digits[(full - 1) // 2:]
+        digits = digits[(full - 1) // 2 :]
     digits.setflags(write=False)
     return digits
 
@@ -104,8 +105,10 @@ def _check_k(k: int, cfg: TLMMConfig) -> None:
     if k < 1:
         raise ValueError(f"K: must be >= 1, got {k}")
     if k > cfg.max_k():
-        raise ValueError(f"K: {k} exceeds max_k() = {cfg.max_k()} for acc_bits={cfg.acc_bits}, "
-                         f"act_bits={cfg.act_bits} (the accumulator could overflow)")
+        raise ValueError(
+            f"K: {k} exceeds max_k() = {cfg.max_k()} for acc_bits={cfg.acc_bits}, "
+            f"act_bits={cfg.act_bits} (the accumulator could overflow)"
+        )
 
 
 def _check_x(x_q, cfg: TLMMConfig) -> np.ndarray:
@@ -130,16 +133,18 @@ def build_tables(x_q: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
     xg = x.reshape(m, kp // cfg.group, cfg.group)
     table = np.zeros((m, kp // cfg.group, 1), dtype=x.dtype)
     for i in range(cfg.group):
-        xi = xg[:, :, i:i + 1]
+        xi = xg[:, :, i : i + 1]
         # digit i becomes the most significant: T'[d*3^i + j] = T[j] + (d-1)*x_i
         table = np.concatenate([table - xi, table, table + xi], axis=2)
     if cfg.table == "mirrored":
-        table = table[:, :, center(cfg):]
+        table = table[:, :, center(cfg) :]
     return np.ascontiguousarray(table)
 
 
 # --------------------------------------------------------------------------- weights
-def encode_weights(w_t: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> tuple[np.ndarray, np.ndarray | None]:
+def encode_weights(
+    w_t: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Ternary w_t [N, K] -> (index uint8 [N, ceil(K/G)], sign uint8 same shape or None).
 
     Full: index = sum (w_i+1)*3^i, sign None. Mirrored: v = sum w_i*3^i,
@@ -153,7 +158,7 @@ def encode_weights(w_t: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> tuple[np.
     n, kp = w.shape
     wg = w.reshape(n, kp // cfg.group, cfg.group)
     powers = 3 ** np.arange(cfg.group, dtype=np.int16)
-    v = (wg * powers).sum(axis=2, dtype=np.int16)      # balanced-ternary value
+    v = (wg * powers).sum(axis=2, dtype=np.int16)  # balanced-ternary value
     if cfg.table == "full":
         return (v + center(cfg)).astype(np.uint8), None
     return np.abs(v).astype(np.uint8), (v < 0).astype(np.uint8)
@@ -173,14 +178,15 @@ def _check_codes(index, sign, cfg: TLMMConfig) -> tuple[np.ndarray, np.ndarray |
     return index, sign
 
 
-def decode_weights(index: np.ndarray, sign: np.ndarray | None, k: int,
-                   cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
+def decode_weights(
+    index: np.ndarray, sign: np.ndarray | None, k: int, cfg: TLMMConfig = DEFAULT.tlmm
+) -> np.ndarray:
     """Inverse of encode_weights: int8 [N, k]. Padding weights must decode to 0, and a
     mirrored zero group must have sign 0 (the canonical form the encoder writes)."""
     index, sign = _check_codes(index, sign, cfg)
     if index.shape[1] != num_groups(k, cfg):
         raise ValueError(f"k: {k} needs {num_groups(k, cfg)} groups, index has {index.shape[1]}")
-    w = group_patterns(cfg)[index.astype(np.intp)]          # [N, Gn, G]
+    w = group_patterns(cfg)[index.astype(np.intp)]  # [N, Gn, G]
     if sign is not None:
         if np.any((sign == 1) & (index == 0)):
             raise ValueError("sign: set on the all-zero group (non-canonical code)")
@@ -191,7 +197,9 @@ def decode_weights(index: np.ndarray, sign: np.ndarray | None, k: int,
     return np.ascontiguousarray(w[:, :k]).astype(np.int8)
 
 
-def join_codes(index: np.ndarray, sign: np.ndarray | None, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
+def join_codes(
+    index: np.ndarray, sign: np.ndarray | None, cfg: TLMMConfig = DEFAULT.tlmm
+) -> np.ndarray:
     """Memory code of each group: index | sign << index_bits, uint8, code_bits wide."""
     index, sign = _check_codes(index, sign, cfg)
     code = index.astype(np.uint8)
@@ -200,7 +208,9 @@ def join_codes(index: np.ndarray, sign: np.ndarray | None, cfg: TLMMConfig = DEF
     return code
 
 
-def split_codes(code: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> tuple[np.ndarray, np.ndarray | None]:
+def split_codes(
+    code: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Inverse of join_codes (ValueError on an index >= entries)."""
     code = _check_int(code, "code", 0, (1 << cfg.code_bits) - 1, 2).astype(np.uint8)
     index = code & np.uint8((1 << cfg.index_bits) - 1)
@@ -212,8 +222,9 @@ def split_codes(code: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> tuple[np.nd
 
 
 # --------------------------------------------------------------------------- lookup
-def lookup_accumulate(tables: np.ndarray, index: np.ndarray, sign: np.ndarray | None,
-                      cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
+def lookup_accumulate(
+    tables: np.ndarray, index: np.ndarray, sign: np.ndarray | None, cfg: TLMMConfig = DEFAULT.tlmm
+) -> np.ndarray:
     """y[m, n] = sum_g (-1)^sign[n,g] * tables[m, g, index[n, g]]: int32 [M, N]."""
     tables = np.asarray(tables)
     if tables.ndim != 3 or tables.shape[2] != cfg.entries:
@@ -229,7 +240,9 @@ def lookup_accumulate(tables: np.ndarray, index: np.ndarray, sign: np.ndarray | 
     # (abs is safe in the table dtype: entries were range-checked to entry_bits above)
     worst = np.abs(tables).max(axis=2, initial=0).sum(axis=1, dtype=np.int64)
     if worst.size and int(worst.max()) > (1 << (cfg.acc_bits - 1)) - 1:
-        raise ValueError(f"tables: worst-case sum {int(worst.max())} overflows acc_bits={cfg.acc_bits}")
+        raise ValueError(
+            f"tables: worst-case sum {int(worst.max())} overflows acc_bits={cfg.acc_bits}"
+        )
 
     # +-1 per lookup (mirrored): multiplying is the cheapest vectorized conditional negate
     flip = None if sign is None else (1 - 2 * sign.astype(np.int16)).astype(tables.dtype)
@@ -244,10 +257,10 @@ _ROW_LOOP_MAX_M = 8
 
 def _lookup_by_row(tables, index, flip, acc_dtype) -> np.ndarray:
     m, groups, entries = tables.shape
-    flat_index = np.arange(groups, dtype=np.intp) * entries + index    # [N, groups]
+    flat_index = np.arange(groups, dtype=np.intp) * entries + index  # [N, groups]
     out = np.empty((m, index.shape[0]), dtype=acc_dtype)
     for row in range(m):
-        hit = tables[row].ravel()[flat_index]                            # [N, groups]
+        hit = tables[row].ravel()[flat_index]  # [N, groups]
         if flip is not None:
             hit *= flip
         out[row] = hit.sum(axis=1, dtype=acc_dtype)
@@ -256,12 +269,12 @@ def _lookup_by_row(tables, index, flip, acc_dtype) -> np.ndarray:
 
 def _lookup_by_group(tables, index, flip, acc_dtype) -> np.ndarray:
     m = tables.shape[0]
-    table_t = np.ascontiguousarray(tables.transpose(1, 2, 0))   # [groups, entries, M]
-    index_t = np.ascontiguousarray(index.T.astype(np.intp))      # [groups, N]
+    table_t = np.ascontiguousarray(tables.transpose(1, 2, 0))  # [groups, entries, M]
+    index_t = np.ascontiguousarray(index.T.astype(np.intp))  # [groups, N]
     flip_t = None if flip is None else np.ascontiguousarray(flip.T)[:, :, None]
     acc = np.zeros((index.shape[0], m), dtype=acc_dtype)
     for g in range(index_t.shape[0]):
-        hit = table_t[g][index_t[g]]                              # [N, M] lookups
+        hit = table_t[g][index_t[g]]  # [N, M] lookups
         if flip_t is not None:
             hit *= flip_t[g]
         acc += hit
@@ -301,6 +314,13 @@ def error_report(cfg=DEFAULT) -> list[dict]:
                 x = np.full((1, k), xv, dtype=np.int8)
                 w = np.full((2, k), wv, dtype=np.int8)
                 worst = max(worst, abs(int(tlmm(x, w, c)[0, 0]) - k * xv * wv))
-    return [{"block": "tlmm", "quantity": "|tlmm - int64 matmul| (exact)",
-             "domain": "G in {2,3,4}, full+mirrored, random int8 x ternary, K<=1001; extremes K=4096",
-             "bound": float(TLMM_ERROR_BOUND), "measured": float(worst)}]
+    return [
+        {
+            "block": "tlmm",
+            "quantity": "|tlmm - int64 matmul| (exact)",
+            "domain": "G in {2,3,4}, full+mirrored, random int8 x ternary, K<=1001; "
+            "extremes K=4096",
+            "bound": float(TLMM_ERROR_BOUND),
+            "measured": float(worst),
+        }
+    ]

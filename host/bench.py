@@ -6,6 +6,7 @@ golden forward, the golden command-stream device and the Verilator-compiled acce
 stated clock; Verilator simulated cycles per wall second; and where the sim backend's wall
 time goes (RTL vs ops still run on the host).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,8 +16,7 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from host.cli import DEFAULT_MODEL  # noqa: E402
-
+from host.data import DEFAULT_MODEL  # noqa: E402
 from host.perf_model import BANDWIDTH_BPS, CLOCK_HZ  # noqa: E402  (TeLLMe v2's KV260 point)
 
 
@@ -35,8 +35,11 @@ def _decode_run(gm, prompt, n_decode: int) -> dict:
         tok = int(np.argmax(logits[-1]))
     t2 = time.perf_counter()
     c2 = _cycles(gm)
-    r = {"prefill_tok_s": len(prompt) / (t1 - t0), "decode_tok_s": n_decode / (t2 - t1),
-         "decode_wall_s": t2 - t1}
+    r = {
+        "prefill_tok_s": len(prompt) / (t1 - t0),
+        "decode_tok_s": n_decode / (t2 - t1),
+        "decode_wall_s": t2 - t1,
+    }
     if c1 is not None:
         r["decode_cycles_per_tok"] = (c2 - c1) / n_decode
         r["sim_cycles_per_wall_s"] = (c2 - c1) / (t2 - t1)
@@ -61,31 +64,45 @@ def main(argv=None) -> int:
 
     model = load(a.model)
     prompt = [i % model.config.vocab_size for i in range(a.prompt_tokens)]
-    runs = [("golden forward (integer)", lambda: GoldenModel(model, mode="integer")),
-            ("golden device (command stream)", lambda: make_runtime(model, "golden")),
-            ("sim device (Verilator RTL)",
-             lambda: make_runtime(model, "sim", bandwidth=BANDWIDTH_BPS / CLOCK_HZ))]
-    print(f"model {a.model}: {a.prompt_tokens}-token prefill, {a.decode_tokens} greedy decode "
-          f"steps (measured, this machine)")
-    print(f"{'backend':<32} {'prefill tok/s':>14} {'decode tok/s':>13} {'cycles/tok':>11} "
-          f"{'modeled tok/s @250MHz':>22} {'sim cycles/s':>13}")
+    runs = [
+        ("golden forward (integer)", lambda: GoldenModel(model, mode="integer")),
+        ("golden device (command stream)", lambda: make_runtime(model, "golden")),
+        (
+            "sim device (Verilator RTL)",
+            lambda: make_runtime(model, "sim", bandwidth=BANDWIDTH_BPS / CLOCK_HZ),
+        ),
+    ]
+    print(
+        f"model {a.model}: {a.prompt_tokens}-token prefill, {a.decode_tokens} greedy decode "
+        f"steps (measured, this machine)"
+    )
+    print(
+        f"{'backend':<32} {'prefill tok/s':>14} {'decode tok/s':>13} {'cycles/tok':>11} "
+        f"{'modeled tok/s @250MHz':>22} {'sim cycles/s':>13}"
+    )
     for name, make in runs:
         print(f"{name:<32} ", end="", flush=True)
         gm = make()
         r = _decode_run(gm, prompt, a.decode_tokens)
         cyc = r.get("decode_cycles_per_tok")
         cps = r.get("sim_cycles_per_wall_s")
-        print(f"{r['prefill_tok_s']:>14.1f} {r['decode_tok_s']:>13.1f} "
-              f"{(f'{cyc:.0f}' if cyc else '-'):>11} "
-              f"{(f'{CLOCK_HZ / cyc:.0f}' if cyc else '-'):>22} "
-              f"{(f'{cps:.0f}' if cyc else '-'):>13}")
+        print(
+            f"{r['prefill_tok_s']:>14.1f} {r['decode_tok_s']:>13.1f} "
+            f"{(f'{cyc:.0f}' if cyc else '-'):>11} "
+            f"{(f'{CLOCK_HZ / cyc:.0f}' if cyc else '-'):>22} "
+            f"{(f'{cps:.0f}' if cyc else '-'):>13}"
+        )
         stats = getattr(getattr(gm, "device", None), "stats", None)
         if stats:
             tot = stats["rtl_s"] + stats["host_s"]
-            print(f"{'':<32}   sim wall time: RTL {stats['rtl_s']:.2f} s, host-run ops "
-                  f"{stats['host_s']:.2f} s ({stats['rtl_s'] / max(tot, 1e-9):.0%} in Verilator)")
-    print(f"modeled tok/s = {CLOCK_HZ / 1e6:.0f} MHz / (RTL cycles per decoded token), the "
-          f"DRAM model at {BANDWIDTH_BPS / 1e9:.1f} GB/s ({BANDWIDTH_BPS / CLOCK_HZ:.1f} B/cycle)")
+            print(
+                f"{'':<32}   sim wall time: RTL {stats['rtl_s']:.2f} s, host-run ops "
+                f"{stats['host_s']:.2f} s ({stats['rtl_s'] / max(tot, 1e-9):.0%} in Verilator)"
+            )
+    print(
+        f"modeled tok/s = {CLOCK_HZ / 1e6:.0f} MHz / (RTL cycles per decoded token), the "
+        f"DRAM model at {BANDWIDTH_BPS / 1e9:.1f} GB/s ({BANDWIDTH_BPS / CLOCK_HZ:.1f} B/cycle)"
+    )
     return 0
 
 

@@ -47,6 +47,7 @@ the codes and, to float32 rounding, the scale.
 Errors (missing/unreadable/truncated files, bad JSON, missing tensors, wrong shapes or
 dtypes, invalid codes, unsupported config) raise ValueError naming the file and tensor.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,19 +56,30 @@ import os
 
 import numpy as np
 
-from golden.modelspec import (ATTN_PROJ, MLP_PROJ, LayerWeights, Model, ModelConfig,
-                              ModelWeights, TernaryWeight)
+from golden.modelspec import (
+    ATTN_PROJ,
+    MLP_PROJ,
+    LayerWeights,
+    Model,
+    ModelConfig,
+    ModelWeights,
+    TernaryWeight,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 # transformers' BitNetConfig defaults, used where config.json leaves a key out
-HF_DEFAULTS = {"max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "hidden_act": "relu2",
-               "tie_word_embeddings": False}
-HF_DEFAULT_ROPE_THETA = 500000.0    # BitNetConfig.default_theta
+HF_DEFAULTS = {
+    "max_position_embeddings": 2048,
+    "rms_norm_eps": 1e-5,
+    "hidden_act": "relu2",
+    "tie_word_embeddings": False,
+}
+HF_DEFAULT_ROPE_THETA = 500000.0  # BitNetConfig.default_theta
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
-PACK_ROWS = 4                        # ternary output rows per packed byte (2 bits each)
+PACK_ROWS = 4  # ternary output rows per packed byte (2 bits each)
 
 
 def _proj_prefix(i: int, name: str) -> str:
@@ -76,13 +88,15 @@ def _proj_prefix(i: int, name: str) -> str:
 
 def _proj_shape(cfg: ModelConfig, name: str) -> tuple[int, int]:
     h, hd = cfg.hidden_size, cfg.head_dim
-    return {"q_proj": (cfg.num_attention_heads * hd, h),
-            "k_proj": (cfg.num_key_value_heads * hd, h),
-            "v_proj": (cfg.num_key_value_heads * hd, h),
-            "o_proj": (h, cfg.num_attention_heads * hd),
-            "gate_proj": (cfg.intermediate_size, h),
-            "up_proj": (cfg.intermediate_size, h),
-            "down_proj": (h, cfg.intermediate_size)}[name]
+    return {
+        "q_proj": (cfg.num_attention_heads * hd, h),
+        "k_proj": (cfg.num_key_value_heads * hd, h),
+        "v_proj": (cfg.num_key_value_heads * hd, h),
+        "o_proj": (h, cfg.num_attention_heads * hd),
+        "gate_proj": (cfg.intermediate_size, h),
+        "up_proj": (cfg.intermediate_size, h),
+        "down_proj": (h, cfg.intermediate_size),
+    }[name]
 
 
 # ----------------------------------------------------------------------------- config
@@ -106,9 +120,19 @@ def parse_config(cfg: dict, path: str = CONFIG_FILE) -> tuple[ModelConfig, dict 
     if cfg.get("attention_bias"):
         raise ValueError(f"{path}: attention_bias is not supported (BitNet has no biases)")
     kw = dict(HF_DEFAULTS)
-    for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-              "num_attention_heads", "num_key_value_heads", "max_position_embeddings",
-              "rms_norm_eps", "hidden_act", "tie_word_embeddings", "head_dim"):
+    for k in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "max_position_embeddings",
+        "rms_norm_eps",
+        "hidden_act",
+        "tie_word_embeddings",
+        "head_dim",
+    ):
         if cfg.get(k) is not None:
             kw[k] = cfg[k]
     if "num_key_value_heads" not in kw and "num_attention_heads" in kw:
@@ -117,8 +141,9 @@ def parse_config(cfg: dict, path: str = CONFIG_FILE) -> tuple[ModelConfig, dict 
     if not isinstance(rope, dict):
         raise ValueError(f"{path}: rope_parameters must be an object")
     if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"{path}: rope_type {rope.get('rope_type')!r} is not supported "
-                         f"(only 'default')")
+        raise ValueError(
+            f"{path}: rope_type {rope.get('rope_type')!r} is not supported (only 'default')"
+        )
     if cfg.get("rope_scaling"):
         raise ValueError(f"{path}: rope_scaling is not supported")
     theta = rope.get("rope_theta", cfg.get("rope_theta", HF_DEFAULT_ROPE_THETA))
@@ -134,16 +159,24 @@ def parse_config(cfg: dict, path: str = CONFIG_FILE) -> tuple[ModelConfig, dict 
     if q is None:
         return mc, None
     if not isinstance(q, dict) or q.get("quant_method") != "bitnet":
-        raise ValueError(f"{path}: quantization_config.quant_method must be 'bitnet', got "
-                         f"{(q or {}).get('quant_method') if isinstance(q, dict) else q!r}")
-    qn = {"linear_class": q.get("linear_class") or "bitlinear",
-          "quantization_mode": q.get("quantization_mode") or "offline"}
+        raise ValueError(
+            f"{path}: quantization_config.quant_method must be 'bitnet', got "
+            f"{(q or {}).get('quant_method') if isinstance(q, dict) else q!r}"
+        )
+    qn = {
+        "linear_class": q.get("linear_class") or "bitlinear",
+        "quantization_mode": q.get("quantization_mode") or "offline",
+    }
     if qn["linear_class"] not in LINEAR_CLASSES:
-        raise ValueError(f"{path}: quantization_config.linear_class must be one of "
-                         f"{LINEAR_CLASSES}, got {qn['linear_class']!r}")
+        raise ValueError(
+            f"{path}: quantization_config.linear_class must be one of "
+            f"{LINEAR_CLASSES}, got {qn['linear_class']!r}"
+        )
     if qn["quantization_mode"] not in ("online", "offline"):
-        raise ValueError(f"{path}: quantization_config.quantization_mode must be 'online' or "
-                         f"'offline', got {qn['quantization_mode']!r}")
+        raise ValueError(
+            f"{path}: quantization_config.quantization_mode must be 'online' or "
+            f"'offline', got {qn['quantization_mode']!r}"
+        )
     if qn["linear_class"] == "bitlinear" and qn["quantization_mode"] == "online":
         raise ValueError(f"{path}: linear_class 'bitlinear' has no online mode in transformers")
     if q.get("use_rms_norm"):
@@ -211,11 +244,14 @@ class _TensorSource:
 
         t = self.get(name)
         if not t.is_floating_point():
-            raise ValueError(f"{self.where(name)}: tensor {name!r}: expected a float dtype, "
-                             f"got {t.dtype}")
+            raise ValueError(
+                f"{self.where(name)}: tensor {name!r}: expected a float dtype, got {t.dtype}"
+            )
         if tuple(t.shape) != tuple(shape):
-            raise ValueError(f"{self.where(name)}: tensor {name!r}: expected shape "
-                             f"{tuple(shape)}, got {tuple(t.shape)}")
+            raise ValueError(
+                f"{self.where(name)}: tensor {name!r}: expected shape "
+                f"{tuple(shape)}, got {tuple(t.shape)}"
+            )
         a = t.to(torch.float32).numpy()
         if not np.all(np.isfinite(a)):
             raise ValueError(f"{self.where(name)}: tensor {name!r}: non-finite values")
@@ -225,13 +261,15 @@ class _TensorSource:
 def _online_ternary(w: np.ndarray) -> TernaryWeight:
     from golden.quant import weight_quant
 
-    codes, inv = weight_quant(w)              # transformers WeightQuant: codes / inv
+    codes, inv = weight_quant(w)  # transformers WeightQuant: codes / inv
     return TernaryWeight(codes=codes, scale=1.0 / float(inv))
 
 
-def _offline_ternary(src: _TensorSource, prefix: str, shape: tuple[int, int],
-                     linear_class: str) -> TernaryWeight:
+def _offline_ternary(
+    src: _TensorSource, prefix: str, shape: tuple[int, int], linear_class: str
+) -> TernaryWeight:
     import torch
+
     from golden.packing import unpack_hf
 
     wname, sname = prefix + ".weight", prefix + ".weight_scale"
@@ -240,33 +278,42 @@ def _offline_ternary(src: _TensorSource, prefix: str, shape: tuple[int, int],
     if w.dtype == torch.uint8:
         packed_shape = (-(-out_f // PACK_ROWS), in_f)
         if out_f % PACK_ROWS or tuple(w.shape) != packed_shape:
-            raise ValueError(f"{where}: tensor {wname!r}: expected packed uint8 shape "
-                             f"{packed_shape} for a [{out_f}, {in_f}] projection, got "
-                             f"{tuple(w.shape)}")
+            raise ValueError(
+                f"{where}: tensor {wname!r}: expected packed uint8 shape "
+                f"{packed_shape} for a [{out_f}, {in_f}] projection, got "
+                f"{tuple(w.shape)}"
+            )
         try:
             codes = unpack_hf(w.numpy())
         except ValueError as e:
             raise ValueError(f"{where}: tensor {wname!r}: {e}") from None
     elif w.is_floating_point() and linear_class == "autobitlinear":
         if tuple(w.shape) != shape:
-            raise ValueError(f"{where}: tensor {wname!r}: expected shape {shape}, got "
-                             f"{tuple(w.shape)}")
+            raise ValueError(
+                f"{where}: tensor {wname!r}: expected shape {shape}, got {tuple(w.shape)}"
+            )
         a = w.to(torch.float32).numpy()
         if not np.all(np.isin(a, (-1.0, 0.0, 1.0))):
-            raise ValueError(f"{where}: tensor {wname!r}: offline float weights must be in "
-                             f"{{-1, 0, 1}}")
+            raise ValueError(
+                f"{where}: tensor {wname!r}: offline float weights must be in {{-1, 0, 1}}"
+            )
         codes = a.astype(np.int8)
     else:
-        raise ValueError(f"{where}: tensor {wname!r}: expected packed uint8 weights for "
-                         f"linear_class {linear_class!r}, got {w.dtype}")
+        raise ValueError(
+            f"{where}: tensor {wname!r}: expected packed uint8 weights for "
+            f"linear_class {linear_class!r}, got {w.dtype}"
+        )
     s = src.get(sname)
     if not s.is_floating_point() or s.numel() != 1:
-        raise ValueError(f"{src.where(sname)}: tensor {sname!r}: expected one float, got "
-                         f"{s.dtype} with shape {tuple(s.shape)}")
+        raise ValueError(
+            f"{src.where(sname)}: tensor {sname!r}: expected one float, got "
+            f"{s.dtype} with shape {tuple(s.shape)}"
+        )
     sv = float(s.to(torch.float32).reshape(()))
     if not (math.isfinite(sv) and sv > 0):
-        raise ValueError(f"{src.where(sname)}: tensor {sname!r}: expected a positive finite "
-                         f"scale, got {sv}")
+        raise ValueError(
+            f"{src.where(sname)}: tensor {sname!r}: expected a positive finite scale, got {sv}"
+        )
     scale = 1.0 / sv if linear_class == "bitlinear" else sv
     return TernaryWeight(codes=np.ascontiguousarray(codes, dtype=np.int8), scale=scale)
 
@@ -291,20 +338,28 @@ def load(path: str | os.PathLike) -> Model:
                 proj[name] = _offline_ternary(src, prefix, shape, qcfg["linear_class"])
             else:
                 proj[name] = _online_ternary(src.get_float(prefix + ".weight", shape))
-        layers.append(LayerWeights(
-            input_layernorm=src.get_float(p + "input_layernorm.weight", (h,)),
-            post_attention_layernorm=src.get_float(p + "post_attention_layernorm.weight", (h,)),
-            attn_sub_norm=src.get_float(p + "self_attn.attn_sub_norm.weight",
-                                        (cfg.num_attention_heads * cfg.head_dim,)),
-            ffn_sub_norm=src.get_float(p + "mlp.ffn_sub_norm.weight", (cfg.intermediate_size,)),
-            proj=proj))
+        layers.append(
+            LayerWeights(
+                input_layernorm=src.get_float(p + "input_layernorm.weight", (h,)),
+                post_attention_layernorm=src.get_float(p + "post_attention_layernorm.weight", (h,)),
+                attn_sub_norm=src.get_float(
+                    p + "self_attn.attn_sub_norm.weight", (cfg.num_attention_heads * cfg.head_dim,)
+                ),
+                ffn_sub_norm=src.get_float(p + "mlp.ffn_sub_norm.weight", (cfg.intermediate_size,)),
+                proj=proj,
+            )
+        )
     embed = src.get_float("model.embed_tokens.weight", (v, h))
     if cfg.tie_word_embeddings and not src.has("lm_head.weight"):
         lm_head = embed
     else:
         lm_head = src.get_float("lm_head.weight", (v, h))
-    weights = ModelWeights(embed_tokens=embed, layers=layers,
-                           norm=src.get_float("model.norm.weight", (h,)), lm_head=lm_head)
+    weights = ModelWeights(
+        embed_tokens=embed,
+        layers=layers,
+        norm=src.get_float("model.norm.weight", (h,)),
+        lm_head=lm_head,
+    )
     return Model(config=cfg, weights=weights)
 
 
@@ -313,15 +368,27 @@ def hf_config(cfg: ModelConfig, fmt: str = "offline", linear_class: str = "autob
     """config.json contents for transformers' BitNetForCausalLM."""
     d = cfg.to_hf()
     d.pop("rope_theta")
-    d.update(rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
-             attention_bias=False, attention_dropout=0.0, bos_token_id=None,
-             eos_token_id=None, pad_token_id=None, dtype="float32")
+    d.update(
+        rope_parameters={"rope_type": "default", "rope_theta": cfg.rope_theta},
+        attention_bias=False,
+        attention_dropout=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+        dtype="float32",
+    )
     if fmt == "offline":
-        d["quantization_config"] = {"quant_method": "bitnet", "linear_class": linear_class,
-                                    "quantization_mode": "offline"}
+        d["quantization_config"] = {
+            "quant_method": "bitnet",
+            "linear_class": linear_class,
+            "quantization_mode": "offline",
+        }
     else:  # AutoBitLinear online: transformers ternarizes the latent weights each forward
-        d["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear",
-                                    "quantization_mode": "online"}
+        d["quantization_config"] = {
+            "quant_method": "bitnet",
+            "linear_class": "autobitlinear",
+            "quantization_mode": "online",
+        }
     return d
 
 
@@ -333,8 +400,13 @@ def _latent_for(tw: TernaryWeight) -> np.ndarray:
     return tw.codes.astype(np.float32) * np.float32(tw.scale * tw.codes.size / nz)
 
 
-def save(model: Model, path: str | os.PathLike, fmt: str = "offline",
-         linear_class: str = "autobitlinear", tokenizer=None) -> None:
+def save(
+    model: Model,
+    path: str | os.PathLike,
+    fmt: str = "offline",
+    linear_class: str = "autobitlinear",
+    tokenizer=None,
+) -> None:
     """Write config.json + model.safetensors (+ tokenizer.json) in the HF BitNet layout.
 
     fmt: "offline" (packed uint8 + weight_scale, ``linear_class`` "bitlinear" stores
@@ -370,21 +442,28 @@ def save(model: Model, path: str | os.PathLike, fmt: str = "offline",
         p = f"model.layers.{i}."
         f32(p + "input_layernorm.weight", lw.input_layernorm, (h,))
         f32(p + "post_attention_layernorm.weight", lw.post_attention_layernorm, (h,))
-        f32(p + "self_attn.attn_sub_norm.weight", lw.attn_sub_norm,
-            (cfg.num_attention_heads * cfg.head_dim,))
+        f32(
+            p + "self_attn.attn_sub_norm.weight",
+            lw.attn_sub_norm,
+            (cfg.num_attention_heads * cfg.head_dim,),
+        )
         f32(p + "mlp.ffn_sub_norm.weight", lw.ffn_sub_norm, (cfg.intermediate_size,))
         for name in ATTN_PROJ + MLP_PROJ:
             prefix, shape = _proj_prefix(i, name), _proj_shape(cfg, name)
             tw = lw.proj.get(name)
             if not isinstance(tw, TernaryWeight) or tw.shape != shape:
-                raise ValueError(f"model: {prefix}.weight: expected a TernaryWeight of shape "
-                                 f"{shape}, got {getattr(tw, 'shape', tw)!r}")
+                raise ValueError(
+                    f"model: {prefix}.weight: expected a TernaryWeight of shape "
+                    f"{shape}, got {getattr(tw, 'shape', tw)!r}"
+                )
             if fmt == "online":
                 f32(prefix + ".weight", _latent_for(tw), shape)
                 continue
             if shape[0] % PACK_ROWS:
-                raise ValueError(f"model: {prefix}.weight: out dimension {shape[0]} must be a "
-                                 f"multiple of {PACK_ROWS} to pack")
+                raise ValueError(
+                    f"model: {prefix}.weight: out dimension {shape[0]} must be a "
+                    f"multiple of {PACK_ROWS} to pack"
+                )
             tensors[prefix + ".weight"] = torch.from_numpy(pack_hf(tw.codes))
             ws = 1.0 / tw.scale if linear_class == "bitlinear" else tw.scale
             tensors[prefix + ".weight_scale"] = torch.tensor([ws], dtype=torch.float32)

@@ -2,8 +2,8 @@
 
 Flags follow llama.cpp / llama2.c::
 
-    -m, --model PATH     checkpoint directory (config.json + safetensors + tokenizer.json);
-                         default: models/default in the repository
+    -m, --model PATH     checkpoint directory (config.json + safetensors + tokenizer.json)
+                         or GGUF file (host.gguf); default: models/default in the repository
     -p, --prompt TEXT    prompt (default "ROMEO:"); echoed, then the generated text
     -n, --n-predict N    tokens to generate (default 200; 0 = only run the prompt)
     --temp T             sampling temperature (default 0.8; 0 = greedy)
@@ -21,23 +21,32 @@ Flags follow llama.cpp / llama2.c::
     --clock-mhz F        modeled accelerator clock (default 250)
     --bandwidth-gbs F    modeled memory bandwidth (default 17.1, KV260-class DDR4); the sim
                          backend's DRAM model serves bandwidth / clock bytes per cycle
+    --ignore-eos         do not stop at the end-of-sequence token: it is never sampled
+                         (llama.cpp's flag)
     --remote URL         stream from a token server (``python -m host serve``, see
                          ``host.remote``) instead of a local device: same sampling flags,
                          same text for the same seed; the server chooses model and backend
 
-``python -m host serve ...`` starts the token server (``host.server``).
+``python -m host serve ...`` starts the token server (``host.server``);
+``python -m host convert SRC DST`` converts an HF checkpoint directory <-> a GGUF file
+(``host.convert``).
 
-Generated tokens are written to stdout as they are produced (flushed one by one); the
-summary goes to stderr: prompt tokens, generated tokens, time to first token, prefill and
-decode tokens/s (wall clock), and for the sim backend the accelerator cycles it counted:
-cycles per decoded token and the modeled tokens/s at the stated clock and bandwidth. When
+Generated tokens are written to stdout as they are produced (flushed one by one; a
+character split over several tokens, as byte-level BPE does, is written once it is whole).
+Generation stops early at an end-of-sequence token of the tokenizer (``host.tokenizer``);
+the summary says so. The summary goes to stderr: prompt tokens, generated tokens, time to
+first token, prefill and decode tokens/s (wall clock), and for the sim backend the
+accelerator cycles it counted: cycles per decoded token and the modeled tokens/s at the
+stated clock and bandwidth. When
 generation fills the context window the window slides (see ``host.generate``): the last
 context/2 tokens are re-prefilled and decoding continues.
 
 Bad values (unknown backend/mode, negative -n, temp < 0, top-p outside (0, 1], an empty
 prompt or one longer than the context, characters outside the vocabulary, a missing or
-malformed model directory) print one line ``error: ...`` to stderr and exit with status 2.
+malformed model directory or GGUF file, a tokenizer whose vocabulary is not the model's)
+print one line ``error: ...`` to stderr and exit with status 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,29 +58,26 @@ import time
 # Small matmuls: single-threaded BLAS is faster than worker threads (see host/eval.py).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                             "models", "default")
+from golden.model import MODES  # noqa: E402
+from host.backends import BACKENDS  # noqa: E402
+from host.data import DEFAULT_MODEL  # noqa: E402
+from host.usage import Parser as _Parser  # noqa: E402
+from host.usage import UsageError as _UsageError
+from host.usage import run_main
+
 DEFAULT_PROMPT = "ROMEO:"
-BACKENDS = ("sim", "golden")
 DEFAULT_CLOCK_MHZ = 250.0
 DEFAULT_BANDWIDTH_GBS = 17.1
-MODES = ("integer", "reference")
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad value as one 'error: ...' line (no usage dump)."""
-
-    def error(self, message):
-        raise _UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m host", description="Stream tokens from a ternary BitNet model.")
-    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="checkpoint directory")
+    p = _Parser(
+        prog="python -m host",
+        description="Stream tokens from a ternary BitNet model.",
+        epilog="python -m host convert SRC DST: checkpoint directory <-> GGUF file "
+        "(python -m host convert --help)",
+    )
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="checkpoint directory or GGUF file")
     p.add_argument("-p", "--prompt", default=DEFAULT_PROMPT, help="prompt text")
     p.add_argument("-n", "--n-predict", type=int, default=200, help="tokens to generate")
     p.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy)")
@@ -79,14 +85,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.95, help="top-p in (0, 1] (1 = off)")
     p.add_argument("-s", "--seed", type=int, default=None, help="RNG seed (default: random)")
     p.add_argument("--mode", choices=MODES, default="integer", help="golden forward mode")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="device backend (default: sim; golden with --mode reference)")
-    p.add_argument("--clock-mhz", type=float, default=DEFAULT_CLOCK_MHZ,
-                   help="modeled accelerator clock in MHz")
-    p.add_argument("--bandwidth-gbs", type=float, default=DEFAULT_BANDWIDTH_GBS,
-                   help="modeled memory bandwidth in GB/s")
-    p.add_argument("--remote", metavar="URL", default=None,
-                   help="stream from a token server (python -m host serve) at URL")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="device backend (default: sim; golden with --mode reference)",
+    )
+    p.add_argument(
+        "--clock-mhz",
+        type=float,
+        default=DEFAULT_CLOCK_MHZ,
+        help="modeled accelerator clock in MHz",
+    )
+    p.add_argument(
+        "--bandwidth-gbs",
+        type=float,
+        default=DEFAULT_BANDWIDTH_GBS,
+        help="modeled memory bandwidth in GB/s",
+    )
+    p.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="never sample the end-of-sequence token (do not stop at it)",
+    )
+    p.add_argument(
+        "--remote",
+        metavar="URL",
+        default=None,
+        help="stream from a token server (python -m host serve) at URL",
+    )
     return p
 
 
@@ -107,15 +134,10 @@ def _check_args(a) -> None:
     if a.backend is None:
         a.backend = "golden" if a.mode == "reference" else "sim"
     if a.mode == "reference" and a.backend != "golden":
-        raise _UsageError(f"--backend {a.backend}: the accelerator runs the integer datapath "
-                          "only; use --mode integer")
-    if not a.prompt:
-        raise _UsageError("-p/--prompt: empty (the model has no BOS token; give at least "
-                          "one character)")
-
-
-def _one_line(msg: str) -> str:
-    return " ".join(str(msg).split())
+        raise _UsageError(
+            f"--backend {a.backend}: the accelerator runs the integer datapath "
+            "only; use --mode integer"
+        )
 
 
 def run(argv=None) -> int:
@@ -123,95 +145,78 @@ def run(argv=None) -> int:
     a = parser.parse_args(argv)
     if a.remote is not None:
         from host.remote import run_remote
+
         return run_remote(a, parser)
     _check_args(a)
-    import json
-
-    from host.checkpoint import CONFIG_FILE, parse_config
-    from host.tokenizer import CharTokenizer
+    from host.modelfile import open_model
 
     # config and tokenizer first: bad prompts are reported before the weights load
-    if not os.path.isdir(a.model):
-        raise _UsageError(f"-m/--model: {a.model}: no such model directory")
-    cfg_path = os.path.join(a.model, CONFIG_FILE)
     try:
-        with open(cfg_path, encoding="utf-8") as f:
-            config, _ = parse_config(json.load(f), cfg_path)
-        tok = CharTokenizer.load(a.model)
-    except (ValueError, OSError) as e:       # JSONDecodeError is a ValueError
-        raise _UsageError(f"-m/--model: {e}") from None
-    if tok.vocab_size != config.vocab_size:
-        raise _UsageError(f"-m/--model: tokenizer has {tok.vocab_size} characters, the model "
-                          f"{config.vocab_size} tokens")
-    try:
-        prompt_ids = tok.encode(a.prompt)
-    except ValueError as e:
-        raise _UsageError(f"-p/--prompt: {str(e).removeprefix('text: ')}") from None
-    ctx = config.max_position_embeddings
-    if len(prompt_ids) > ctx:
-        raise _UsageError(f"-p/--prompt: {len(prompt_ids)} tokens exceed the context window "
-                          f"({ctx})")
-
-    from golden.model import GoldenModel
-    from host.checkpoint import load
-    from host.device import DeviceError
-    from host.runtime import make_runtime
-    from host.generate import Sampler, generate
-
-    try:
-        model = load(a.model)
+        source = open_model(a.model)
     except (ValueError, OSError) as e:
         raise _UsageError(f"-m/--model: {e}") from None
-    seed = a.seed if a.seed is not None else int(time.time_ns() % (2 ** 31))
+    from host.generate import encode_prompt
+
+    try:
+        prompt_ids = encode_prompt(
+            source.tokenizer, a.prompt, source.config.max_position_embeddings
+        )
+    except ValueError as e:
+        raise _UsageError(f"-p/--prompt: {e}") from None
+
+    from golden.model import GoldenModel
+    from host.completion import complete, summary_lines
+    from host.device import DeviceError
+    from host.generate import Sampler
+    from host.runtime import backend_kwargs, make_runtime
+
+    try:
+        model = source.load()
+    except (ValueError, OSError) as e:
+        raise _UsageError(f"-m/--model: {e}") from None
+    seed = a.seed if a.seed is not None else int(time.time_ns() % (2**31))
     sampler = Sampler(temp=a.temp, top_k=a.top_k, top_p=a.top_p, seed=seed)
     if a.mode == "reference":
         gm = GoldenModel(model, mode="reference")
     else:
         try:
-            kw = {}
-            if a.backend == "sim":      # DRAM model: bytes per accelerator cycle
-                kw["bandwidth"] = a.bandwidth_gbs * 1e3 / a.clock_mhz
-            gm = make_runtime(model, a.backend, **kw)
-        except (DeviceError, OSError, RuntimeError) as e:
+            gm = make_runtime(
+                model, a.backend, **backend_kwargs(a.backend, a.clock_mhz, a.bandwidth_gbs)
+            )
+        except (DeviceError, OSError, RuntimeError, ValueError) as e:
             raise _UsageError(f"--backend {a.backend}: {e}") from None
 
     out = sys.stdout
     out.write(a.prompt)
     out.flush()
 
-    counted = a.mode == "integer"
-    first_cycles = []                   # accelerator cycles when the first token came out
-
-    def emit(t: int) -> None:
-        if counted and not first_cycles:
-            first_cycles.append(gm.counters().get("cycles"))
-        out.write(tok.vocab[t])
+    def emit(piece: str) -> None:
+        out.write(piece)
         out.flush()
 
     try:
-        _, st = generate(gm, prompt_ids, a.n_predict, sampler, on_token=emit)
+        c = complete(
+            gm,
+            source.tokenizer,
+            prompt_ids,
+            a.n_predict,
+            sampler,
+            ignore_eos=a.ignore_eos,
+            on_text=emit,
+        )
     except DeviceError as e:
         raise _UsageError(f"--backend {a.backend}: {e}") from None
-    cycles = gm.counters().get("cycles") if counted else None
     out.write("\n")
     out.flush()
-    ttft = f"{st.ttft_s * 1e3:.1f} ms" if st.generated_tokens else "n/a"
-    print(f"prompt tokens: {st.prompt_tokens}, generated tokens: {st.generated_tokens}, "
-          f"time to first token: {ttft}, prefill: {st.prefill_tokens_per_s:.1f} tokens/s, "
-          f"decode: {st.decode_tokens_per_s:.1f} tokens/s "
-          f"(backend {a.backend}, mode {a.mode}, seed {seed}"
-          f"{f', window slides {st.window_slides}' if st.window_slides else ''})",
-          file=sys.stderr)
-    if cycles:
-        msg = f"accelerator: {cycles} cycles"
-        if first_cycles and first_cycles[0] is not None:
-            msg += f" (prefill {first_cycles[0]})"
-            if st.generated_tokens > 1:
-                per_tok = (cycles - first_cycles[0]) / (st.generated_tokens - 1)
-                msg += (f", {per_tok:.0f} cycles per decoded token -> modeled "
-                        f"{a.clock_mhz * 1e6 / per_tok:.1f} tokens/s at {a.clock_mhz:g} MHz, "
-                        f"{a.bandwidth_gbs:g} GB/s")
-        print(msg, file=sys.stderr)
+    t = c.timings(
+        backend=a.backend,
+        mode=a.mode,
+        seed=seed,
+        clock_mhz=a.clock_mhz,
+        bandwidth_gbs=a.bandwidth_gbs,
+    )
+    for line in summary_lines(t):  # the same lines as python -m host --remote
+        print(line, file=sys.stderr)
     return 0
 
 
@@ -219,19 +224,6 @@ def main(argv=None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     if args[:1] == ["serve"]:
         from host.server import main as serve_main
+
         return serve_main(args[1:])
-    try:
-        return run(args)
-    except _UsageError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nerror: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # stdout closed early (e.g. piped into head): not an error of ours
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
-        return 0
+    return run_main(run, args)

@@ -32,6 +32,7 @@ Contract of every backend
 - ``reset()``: soft reset of the accelerator: clears status, error and counters, abandons
   a running stream; memory contents and allocations are kept.
 """
+
 from __future__ import annotations
 
 import abc
@@ -43,7 +44,7 @@ import numpy as np
 from golden.isa import ERROR_TEXT, ErrorCode, Opcode
 
 DEFAULT_ALIGN = 64
-RESERVED_BYTES = 64          # the first bytes of the window are never allocated (0 = null)
+RESERVED_BYTES = 64  # the first bytes of the window are never allocated (0 = null)
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,12 @@ class Status:
     busy: bool
     done: bool
     error: ErrorCode = ErrorCode.NONE
-    err_op: int = -1              # index of the failing command (-1: none)
+    err_op: int = -1  # index of the failing command (-1: none)
     err_opcode: int | None = None  # its raw opcode value, when known
-    ops_done: int = 0             # commands executed in this stream (END included)
+    ops_done: int = 0  # commands executed in this stream (END included)
     last_opcode: int | None = None  # raw opcode of the last command executed
-    n_cmds: int | None = None     # length of the stream
-    detail: str = ""              # backend's extra words on the error
+    n_cmds: int | None = None  # length of the stream
+    detail: str = ""  # backend's extra words on the error
 
     @property
     def ok(self) -> bool:
@@ -79,12 +80,14 @@ class DeviceError(RuntimeError):
 
     def __init__(self, code: ErrorCode, op_index: int, opcode=None, detail: str = ""):
         self.code, self.op_index, self.opcode, self.detail = code, op_index, opcode, detail
-        msg = (f"device error at command {op_index} (opcode {_opcode_text(opcode)}): "
-               f"{ERROR_TEXT.get(code, code)}")
+        msg = (
+            f"device error at command {op_index} (opcode {_opcode_text(opcode)}): "
+            f"{ERROR_TEXT.get(code, code)}"
+        )
         super().__init__(msg + (f": {detail}" if detail else ""))
 
     @classmethod
-    def from_status(cls, st: Status) -> "DeviceError":
+    def from_status(cls, st: Status) -> DeviceError:
         return cls(st.error, st.err_op, st.err_opcode, st.detail)
 
 
@@ -94,11 +97,13 @@ class DeviceTimeout(DeviceError, TimeoutError):
     def __init__(self, timeout_s: float, last_op: int, opcode=None, n_cmds: int | None = None):
         self.timeout_s, self.last_op = timeout_s, last_op
         RuntimeError.__init__(
-            self, f"device timeout after {timeout_s:g} s: last completed command "
-                  f"{last_op if last_op >= 0 else 'none'}"
-                  f"{f' (opcode {_opcode_text(opcode)})' if opcode is not None else ''}"
-                  f"{f' of {n_cmds}' if n_cmds is not None else ''}; the stream is still "
-                  f"running (reset() abandons it)")
+            self,
+            f"device timeout after {timeout_s:g} s: last completed command "
+            f"{last_op if last_op >= 0 else 'none'}"
+            f"{f' (opcode {_opcode_text(opcode)})' if opcode is not None else ''}"
+            f"{f' of {n_cmds}' if n_cmds is not None else ''}; the stream is still "
+            f"running (reset() abandons it)",
+        )
         self.code, self.op_index, self.opcode, self.detail = ErrorCode.TIMEOUT, last_op, opcode, ""
 
 
@@ -134,8 +139,10 @@ class Device(abc.ABC):
         addr = -(-self._brk // align) * align
         end = self.mem_base + self.mem_size
         if addr + nbytes > end:
-            raise ValueError(f"nbytes: {nbytes} bytes (align {align}) do not fit device memory: "
-                             f"0x{self._brk - self.alloc_base:x} of 0x{self.mem_size:x} bytes used")
+            raise ValueError(
+                f"nbytes: {nbytes} bytes (align {align}) do not fit device memory: "
+                f"0x{self._brk - self.alloc_base:x} of 0x{self.mem_size:x} bytes used"
+            )
         self._brk = addr + int(nbytes)
         return addr
 
@@ -147,8 +154,10 @@ class Device(abc.ABC):
             raise ValueError(f"{what}: address must be an integer, got {type(addr).__name__}")
         addr = int(addr)
         if addr < self.alloc_base or addr + nbytes > self._brk:
-            raise ValueError(f"{what}: [0x{addr:x}, 0x{addr + nbytes:x}) is outside allocated "
-                             f"memory [0x{self.alloc_base:x}, 0x{self._brk:x})")
+            raise ValueError(
+                f"{what}: [0x{addr:x}, 0x{addr + nbytes:x}) is outside allocated "
+                f"memory [0x{self.alloc_base:x}, 0x{self._brk:x})"
+            )
         return addr
 
     def write(self, addr: int, data) -> None:
@@ -217,12 +226,13 @@ class Device(abc.ABC):
     @abc.abstractmethod
     def reset(self) -> None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook, not abstract: most have nothing
         """Release backend resources (processes, handles); the default has none."""
 
     # helpers for subclasses
     def _check_run_args(self, stream_addr, n_cmds) -> tuple[int, int]:
         from golden.isa import COMMAND_BYTES, STREAM_ALIGN
+
         if not isinstance(n_cmds, (int, np.integer)) or n_cmds < 1:
             raise ValueError(f"n_cmds: expected a positive integer, got {n_cmds!r}")
         addr = self._check_range("stream_addr", stream_addr, int(n_cmds) * COMMAND_BYTES)

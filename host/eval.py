@@ -1,28 +1,35 @@
 """Held-out evaluation of a model in both golden modes: ``python -m host.eval``.
 
-    python -m host.eval [-m models/default] [--chars N] [--corpus PATH] [--batch B (1)]
-                        [--modes reference,integer]
+    python -m host.eval [-m models/default | -m model.gguf] [--chars N] [--corpus PATH]
+                        [--batch B (1)] [--modes reference,integer]
 
-Data: the characters of the corpus (default ``../shared/data/tinyshakespeare.txt``
-relative to the repository); the held-out split is the last 10 % (the first
-``int(0.9 * len)`` characters are the training split, as ``host.train``); ``--chars N``
-keeps the first N characters of the held-out split (default: all of it).
+Data: the characters of the corpus (default ``host.data.DEFAULT_CORPUS``,
+``../shared/data/tinyshakespeare.txt`` relative to the repository); the held-out split is
+the last 10 % (``host.data.split``, the one split ``host.train`` uses too); ``--chars N``
+keeps the first N characters of the held-out split (default: all of it). The held-out
+text is tokenized by the model's own tokenizer (``host.tokenizer``: the character
+tokenizer, BPE, ...; no BOS).
 
-Windowing: non-overlapping windows of the model's context C (``max_position_embeddings``):
-window w feeds characters [wC, wC + C) of the held-out text, each starting from an empty
-KV cache, and is scored on every position, predicting characters [wC + 1, wC + C + 1).
-The last window is shorter when the split does not divide evenly, so every held-out
-character but the first is predicted exactly once. Positions early in a window see
-little context (as in training, which used the same windows).
+Windowing: non-overlapping windows of the model's context C (``max_position_embeddings``)
+over the held-out tokens: window w feeds tokens [wC, wC + C), each starting from an empty
+KV cache, and is scored on every position, predicting tokens [wC + 1, wC + C + 1). The
+last window is shorter when the split does not divide evenly, so every held-out token but
+the first is predicted exactly once. Positions early in a window see little context (as
+in training, which used the same windows).
 
-Printed: loss in nats/char, bits/char (nats / ln 2) and perplexity (exp(nats)) per mode,
-the integer - reference difference, and the wall time per mode; a progress bar goes to
-stderr. Exit status 2 with one ``error: ...`` line on bad arguments or an unreadable
-model/corpus.
+Per character, so that models with different vocabularies compare: the total loss in
+nats over the predicted tokens divided by the number of characters those tokens cover
+(the held-out text less the first token's characters). For the character tokenizer that
+is the mean loss per token.
+
+Printed: loss in nats/char, bits/char (nats / ln 2), perplexity per character
+(exp(nats/char)) and nats per token, per mode; the integer - reference difference, and
+the wall time per mode; a progress bar goes to stderr. Exit status 2 with one
+``error: ...`` line on bad arguments or an unreadable model/corpus.
 """
+
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -35,43 +42,31 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEFAULT_MODEL = os.path.join(REPO, "models", "default")
-DEFAULT_CORPUS = os.path.normpath(os.path.join(REPO, "..", "shared", "data", "tinyshakespeare.txt"))
-HELDOUT_FRACTION = 0.1
-MODES = ("reference", "integer")
-
-
-def heldout_text(corpus: str, chars: int | None = None) -> str:
-    """The last 10 % of the corpus (first ``chars`` characters of it when given)."""
-    with open(corpus, encoding="utf-8") as f:
-        text = f.read()
-    if len(text) < 2:
-        raise ValueError(f"{corpus}: corpus too short")
-    held = text[int(len(text) * (1.0 - HELDOUT_FRACTION)):]
-    return held[:chars] if chars else held
+from golden.model import MODES, GoldenModel  # noqa: E402
+from host.data import DEFAULT_CORPUS, DEFAULT_MODEL, HELDOUT_FRACTION, heldout_text  # noqa: E402
+from host.usage import Parser, UsageError, run_main  # noqa: E402
 
 
 def windows(ids: np.ndarray, context: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Non-overlapping (inputs, targets) windows of length <= context (see module doc)."""
     out = []
     for s in range(0, len(ids) - 1, context):
-        x = ids[s:s + context]
-        y = ids[s + 1:s + context + 1]
-        out.append((x[:len(y)], y))
+        x = ids[s : s + context]
+        y = ids[s + 1 : s + context + 1]
+        out.append((x[: len(y)], y))
     return out
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, in float64."""
     z = logits.astype(np.float64)
     z = z - z.max(axis=-1, keepdims=True)
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
-def evaluate(gm, wins, batch: int = 1, progress=None) -> tuple[float, int]:
-    """(mean nats per predicted character, number of predictions) over the windows;
-    windows of equal length are run as one batch of up to ``batch``."""
-    total, count = 0.0, 0
+def target_log_probs(gm, wins, batch: int = 1, progress=None):
+    """Per batch of up to ``batch`` consecutive windows of equal length, run as one
+    forward: yields (logits [b, T, vocab], log p of each target [b, T] in float64)."""
     i = 0
     while i < len(wins):
         n = len(wins[i][0])
@@ -80,103 +75,116 @@ def evaluate(gm, wins, batch: int = 1, progress=None) -> tuple[float, int]:
             j += 1
         x = np.stack([w[0] for w in wins[i:j]])
         y = np.stack([w[1] for w in wins[i:j]])
-        lp = _log_softmax(gm.forward(x))
-        total -= float(np.take_along_axis(lp, y[..., None], axis=-1).sum())
-        count += y.size
+        logits = gm.forward(x)
+        yield logits, np.take_along_axis(log_softmax(logits), y[..., None], axis=-1)[..., 0]
         if progress is not None:
             progress.update(j - i)
         i = j
+
+
+def evaluate(gm, wins, batch: int = 1, progress=None) -> tuple[float, int]:
+    """(mean nats per predicted token, number of predictions) over the windows;
+    windows of equal length are run as one batch of up to ``batch``."""
+    total, count = 0.0, 0
+    for _, lp in target_log_probs(gm, wins, batch, progress):
+        total -= float(lp.sum())
+        count += lp.size
     return total / count, count
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(message)
-
-
 def run(argv=None) -> int:
-    p = _Parser(prog="python -m host.eval", description="Held-out loss of both golden modes.")
-    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="checkpoint directory")
+    p = Parser(prog="python -m host.eval", description="Held-out loss of both golden modes.")
+    p.add_argument("-m", "--model", default=DEFAULT_MODEL, help="checkpoint directory or GGUF file")
     p.add_argument("--corpus", default=DEFAULT_CORPUS, help="corpus text file")
-    p.add_argument("--chars", type=int, default=None,
-                   help="evaluate the first N held-out characters (default: all)")
+    p.add_argument(
+        "--chars",
+        type=int,
+        default=None,
+        help="evaluate the first N held-out characters (default: all)",
+    )
     # one window per forward is fastest here: larger int64 attention tensors fall out of cache
     p.add_argument("--batch", type=int, default=1, help="windows per forward")
-    p.add_argument("--modes", default="reference,integer",
-                   help="comma-separated subset of reference,integer")
+    p.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}"
+    )
     a = p.parse_args(argv)
     if a.chars is not None and a.chars < 2:
-        raise _UsageError(f"--chars: expected >= 2, got {a.chars}")
+        raise UsageError(f"--chars: expected >= 2, got {a.chars}")
     if a.batch < 1:
-        raise _UsageError(f"--batch: expected >= 1, got {a.batch}")
+        raise UsageError(f"--batch: expected >= 1, got {a.batch}")
     modes = [m for m in a.modes.split(",") if m]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise _UsageError(f"--modes: expected a subset of {','.join(MODES)}, got {a.modes!r}")
+        raise UsageError(f"--modes: expected a subset of {','.join(MODES)}, got {a.modes!r}")
 
-    from golden.model import GoldenModel
-    from host.checkpoint import load
-    from host.tokenizer import CharTokenizer
+    from host.modelfile import open_model
 
-    if not os.path.isdir(a.model):
-        raise _UsageError(f"-m/--model: {a.model}: no such model directory")
-    try:
-        tok = CharTokenizer.load(a.model)
+    try:  # config and tokenizer (vocabulary checked) first
+        source = open_model(a.model)
     except (ValueError, OSError) as e:
-        raise _UsageError(f"-m/--model: {e}") from None
-    try:                          # the corpus before the weights: bad paths fail fast
+        raise UsageError(f"-m/--model: {e}") from None
+    tok = source.tokenizer
+    try:  # the corpus before the weights: bad paths fail fast
         text = heldout_text(a.corpus, a.chars)
-        ids = np.asarray(tok.encode(text), dtype=np.int64)
+        ids, offsets = tok.encode_with_offsets(text)
+        ids = np.asarray(ids, dtype=np.int64)
     except (ValueError, OSError) as e:
-        raise _UsageError(f"--corpus: {e}") from None
+        raise UsageError(f"--corpus: {e}") from None
     if len(ids) < 2:
-        raise _UsageError("--chars: the held-out text has fewer than 2 characters")
+        raise UsageError("--chars: the held-out text has fewer than 2 tokens")
+    chars = len(text) - offsets[0][1]  # characters covered by the predicted tokens
     try:
-        model = load(a.model)
+        model = source.load()
     except (ValueError, OSError) as e:
-        raise _UsageError(f"-m/--model: {e}") from None
-    if tok.vocab_size != model.config.vocab_size:
-        raise _UsageError(f"-m/--model: tokenizer has {tok.vocab_size} characters, the model "
-                          f"{model.config.vocab_size} tokens")
+        raise UsageError(f"-m/--model: {e}") from None
     ctx = model.config.max_position_embeddings
     wins = windows(ids, ctx)
 
     from tqdm import tqdm
 
     print(f"model: {a.model}")
-    print(f"held-out: {len(ids)} chars (last {HELDOUT_FRACTION:.0%} of {a.corpus}"
-          f"{f', first {a.chars}' if a.chars else ''}), {len(wins)} non-overlapping windows "
-          f"of <= {ctx}, loss on every position ({sum(len(w[1]) for w in wins)} predictions)")
+    npred = sum(len(w[1]) for w in wins)
+    print(
+        f"held-out: {len(text)} chars, {len(ids)} tokens (last {HELDOUT_FRACTION:.0%} of "
+        f"{a.corpus}{f', first {a.chars}' if a.chars else ''}), {len(wins)} "
+        f"non-overlapping windows of <= {ctx} tokens, loss on every position ({npred} "
+        f"predictions of {chars} characters, {chars / npred:.3f} chars/token)"
+    )
     results = {}
     for mode in modes:
         gm = GoldenModel(model, mode=mode)
         t0 = time.perf_counter()
-        with tqdm(total=len(wins), desc=f"{mode:>9}", unit="win", file=sys.stderr,
-                  leave=False, disable=None) as bar:
-            nats, _ = evaluate(gm, wins, a.batch, bar)
-        results[mode] = (nats, time.perf_counter() - t0)
-    print(f"{'mode':<11} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} {'time s':>8}")
-    for mode, (nats, secs) in results.items():
-        print(f"{mode:<11} {nats:>10.4f} {nats / math.log(2):>10.4f} {math.exp(nats):>11.4f} "
-              f"{secs:>8.1f}")
+        with tqdm(
+            total=len(wins),
+            desc=f"{mode:>9}",
+            unit="win",
+            file=sys.stderr,
+            leave=False,
+            disable=None,
+        ) as bar:
+            per_token, count = evaluate(gm, wins, a.batch, bar)
+        results[mode] = (per_token * count / chars, per_token, time.perf_counter() - t0)
+    print(
+        f"{'mode':<11} {'nats/char':>10} {'bits/char':>10} {'perplexity':>11} "
+        f"{'nats/token':>11} {'time s':>8}"
+    )
+    for mode, (nats, per_token, secs) in results.items():
+        print(
+            f"{mode:<11} {nats:>10.4f} {nats / math.log(2):>10.4f} {math.exp(nats):>11.4f} "
+            f"{per_token:>11.4f} {secs:>8.1f}"
+        )
     if len(results) == 2:
         dn = results["integer"][0] - results["reference"][0]
         dp = math.exp(results["integer"][0]) - math.exp(results["reference"][0])
-        print(f"{'difference':<11} {dn:>+10.4f} {dn / math.log(2):>+10.4f} {dp:>+11.4f}   "
-              f"(integer - reference)")
+        print(
+            f"{'difference':<11} {dn:>+10.4f} {dn / math.log(2):>+10.4f} {dp:>+11.4f}   "
+            f"(integer - reference)"
+        )
     return 0
 
 
 def main(argv=None) -> int:
-    try:
-        return run(argv)
-    except _UsageError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ tokens over the load phase's wall time), p50/p99 time to first token as the clie
 saw it (queueing for the one accelerator included). Exit status 0 when every check
 passed, 1 otherwise, 2 for a bad flag or a server that does not start.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-PROMPTS = ("ROMEO:", "JULIET:", "First Citizen:", "To be, or not", "KING HENRY:", "O, ",
-           "MENENIUS:", "What say you", "Good morrow, ", "LADY CAPULET:")
+PROMPTS = (
+    "ROMEO:",
+    "JULIET:",
+    "First Citizen:",
+    "To be, or not",
+    "KING HENRY:",
+    "O, ",
+    "MENENIUS:",
+    "What say you",
+    "Good morrow, ",
+    "LADY CAPULET:",
+)
 
 
 @dataclass(frozen=True)
@@ -49,14 +60,19 @@ class Case:
     max_tokens: int
 
     def body(self) -> dict:
-        return {"prompt": self.prompt, "seed": self.seed, "max_tokens": self.max_tokens,
-                "stream": True}
+        return {
+            "prompt": self.prompt,
+            "seed": self.seed,
+            "max_tokens": self.max_tokens,
+            "stream": True,
+        }
 
 
 def make_cases(n: int, min_tokens: int, max_tokens: int) -> list[Case]:
     span = max_tokens - min_tokens + 1
-    return [Case(PROMPTS[i % len(PROMPTS)], 1000 + i, min_tokens + (i * 7) % span)
-            for i in range(n)]
+    return [
+        Case(PROMPTS[i % len(PROMPTS)], 1000 + i, min_tokens + (i * 7) % span) for i in range(n)
+    ]
 
 
 @dataclass
@@ -75,8 +91,12 @@ def stream_once(url: str, case: Case, timeout: float = 600.0) -> Response:
     conn = conn_cls(u.hostname, u.port, timeout=timeout)
     t0 = time.perf_counter()
     try:
-        conn.request("POST", "/v1/completions", body=json.dumps(case.body()),
-                     headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/completions",
+            body=json.dumps(case.body()),
+            headers={"Content-Type": "application/json"},
+        )
         resp = conn.getresponse()
         if resp.status != 200:
             return Response(False, error=f"HTTP {resp.status}: {resp.read()[:200]!r}")
@@ -124,7 +144,7 @@ def server_ok_count(url: str) -> int:
     for line in text.splitlines():
         if line.startswith('ternary_requests_total{outcome="ok"}'):
             return int(float(line.split()[-1]))
-    raise ValueError("/metrics has no ternary_requests_total{outcome=\"ok\"}")
+    raise ValueError('/metrics has no ternary_requests_total{outcome="ok"}')
 
 
 @dataclass
@@ -139,8 +159,8 @@ class LoadResult:
     tokens: int = 0
     wall_s: float = 0.0
     ttft_s: list = field(default_factory=list)
-    server_ok: int | None = None          # server's ok-count growth during the load
-    load_avg: float | None = None         # this machine's 1-minute load average at the end
+    server_ok: int | None = None  # server's ok-count growth during the load
+    load_avg: float | None = None  # this machine's 1-minute load average at the end
     errors: list = field(default_factory=list)
     reference_errors: list = field(default_factory=list)
 
@@ -153,8 +173,14 @@ class LoadResult:
 
     @property
     def passed(self) -> bool:
-        return (not self.reference_errors and self.sent > 0 and self.completed == self.sent
-                and not self.mismatched and not self.lost and self.server_ok == self.sent)
+        return (
+            not self.reference_errors
+            and self.sent > 0
+            and self.completed == self.sent
+            and not self.mismatched
+            and not self.lost
+            and self.server_ok == self.sent
+        )
 
     def report(self) -> str:
         lines = [
@@ -170,15 +196,25 @@ class LoadResult:
             f"result: {'PASS' if self.passed else 'FAIL'}",
         ]
         if self.load_avg is not None:
-            lines.insert(-1, f"machine: {os.cpu_count()} CPUs, load average "
-                             f"{self.load_avg:.1f} at the end (other jobs included)")
+            lines.insert(
+                -1,
+                f"machine: {os.cpu_count()} CPUs, load average "
+                f"{self.load_avg:.1f} at the end (other jobs included)",
+            )
         for e in (self.reference_errors + self.errors)[:10]:
             lines.append(f"  {e}")
         return "\n".join(lines)
 
 
-def run_load(url: str, clients: int = 8, duration_s: float = 60.0, cases: int = 16,
-             min_tokens: int = 16, max_tokens: int = 48, log=None) -> LoadResult:
+def run_load(
+    url: str,
+    clients: int = 8,
+    duration_s: float = 60.0,
+    cases: int = 16,
+    min_tokens: int = 16,
+    max_tokens: int = 48,
+    log=None,
+) -> LoadResult:
     log = log or (lambda msg: None)
     pool = make_cases(cases, min_tokens, max_tokens)
     res = LoadResult(clients, duration_s, cases)
@@ -186,7 +222,7 @@ def run_load(url: str, clients: int = 8, duration_s: float = 60.0, cases: int = 
     log(f"references: {len(pool)} requests, one at a time")
     for c in pool:
         r = stream_once(url, c)
-        if not r.ok or not 0 < r.tokens <= c.max_tokens:   # fewer: stopped at an EOS
+        if not r.ok or not 0 < r.tokens <= c.max_tokens:  # fewer: stopped at an EOS
             res.reference_errors.append(f"reference {c}: {r.error or f'{r.tokens} tokens'}")
         refs[c] = (r.text, r.tokens)
     if res.reference_errors:
@@ -211,8 +247,10 @@ def run_load(url: str, clients: int = 8, duration_s: float = 60.0, cases: int = 
                     res.errors.append(f"{case}: {r.error}")
                 elif (r.text, r.tokens) != refs[case]:
                     res.mismatched += 1
-                    res.errors.append(f"{case}: got {r.text!r} ({r.tokens} tokens), alone "
-                                      f"{refs[case][0]!r} ({refs[case][1]} tokens)")
+                    res.errors.append(
+                        f"{case}: got {r.text!r} ({r.tokens} tokens), alone "
+                        f"{refs[case][0]!r} ({refs[case][1]} tokens)"
+                    )
                 else:
                     res.completed += 1
                     res.tokens += r.tokens
@@ -241,11 +279,22 @@ class _Parser(argparse.ArgumentParser):
 
 def start_server(model: str | None, backend: str, timeout_s: float = 600.0):
     """``python -m host serve`` on a free loopback port: (process, url)."""
-    cmd = [sys.executable, "-m", "host", "serve", "--backend", backend, "--host", "127.0.0.1",
-           "--port", "0"] + (["-m", model] if model else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "host",
+        "serve",
+        "--backend",
+        backend,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+    ] + (["-m", model] if model else [])
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.Popen(cmd, cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=root, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    )
     found: list = []
     ready = threading.Event()
     tail: list = []
@@ -268,6 +317,7 @@ def start_server(model: str | None, backend: str, timeout_s: float = 600.0):
 
 def stop_server(proc) -> None:
     import signal
+
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         try:
@@ -296,13 +346,23 @@ def main(argv=None) -> int:
         proc = None
         url = a.url
         if url is None:
-            print(f"starting python -m host serve --backend {a.backend} on loopback ...",
-                  file=sys.stderr, flush=True)
+            print(
+                f"starting python -m host serve --backend {a.backend} on loopback ...",
+                file=sys.stderr,
+                flush=True,
+            )
             proc, url = start_server(a.model, a.backend)
         try:
             print(f"server: {url}", file=sys.stderr, flush=True)
-            res = run_load(url, a.clients, a.duration, a.cases, a.min_tokens, a.max_tokens,
-                           log=lambda m: print(m, file=sys.stderr, flush=True))
+            res = run_load(
+                url,
+                a.clients,
+                a.duration,
+                a.cases,
+                a.min_tokens,
+                a.max_tokens,
+                log=lambda m: print(m, file=sys.stderr, flush=True),
+            )
         finally:
             if proc is not None:
                 stop_server(proc)

@@ -1,4 +1,5 @@
-"""Remote CLI: ``python -m host --remote http://HOST:PORT -p ... [-n --temp --top-k --top-p -s]``.
+"""Remote CLI: ``python -m host --remote http://HOST:PORT -p ... [-n --temp --top-k --top-p -s
+--ignore-eos]``.
 
 Streams from a token server (``python -m host serve``, ``host.server``) instead of a
 local device: the sampling flags become the fields of one streaming ``POST
@@ -14,10 +15,17 @@ The server chooses model and backend: ``-m``, ``--backend``, ``--mode``,
 ``/v1`` (the OpenAI client's base URL). Connections use the standard library
 (``urllib``; proxy environment variables apply as usual).
 
+The server stops at its tokenizer's end-of-sequence token as the local CLI does
+(``--ignore-eos`` becomes the request's ``ignore_eos``), streams text with the same
+``StreamDecoder``, and its ``timings`` carry the EOS that stopped it; the summary lines
+are printed by ``host.completion.summary_lines``, the local CLI's own function, so they
+are the local CLI's lines (the EOS suffix included) with the server's figures.
+
 Errors -- a bad flag, an unreachable server, a request the server refuses (HTTP 4xx/5xx,
 its one-line reason quoted), a stream that fails or ends early -- print one line
 ``error: ...`` to stderr and exit with status 2, as the local CLI does.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,36 +36,18 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+from host.completion import summary_lines
+
 # seconds one socket operation may block (connect; a wait between two events: the
 # request may queue behind others on the one accelerator)
 TIMEOUT_S = 600.0
-SERVER_SIDE_FLAGS = (("model", "-m/--model"), ("backend", "--backend"), ("mode", "--mode"),
-                     ("clock_mhz", "--clock-mhz"), ("bandwidth_gbs", "--bandwidth-gbs"))
-
-
-def _f(x) -> float:
-    return float("nan") if x is None else float(x)
-
-
-def summary_lines(t: dict) -> list[str]:
-    """The local CLI's summary lines (host/cli.py) from a server's ``timings``."""
-    gen = t["generated_tokens"]
-    ttft = f"{_f(t['ttft_s']) * 1e3:.1f} ms" if gen else "n/a"
-    slides = t.get("window_slides") or 0
-    lines = [f"prompt tokens: {t['prompt_tokens']}, generated tokens: {gen}, "
-             f"time to first token: {ttft}, prefill: {_f(t['prefill_tokens_per_s']):.1f} "
-             f"tokens/s, decode: {_f(t['decode_tokens_per_s']):.1f} tokens/s "
-             f"(backend {t['backend']}, mode {t['mode']}, seed {t['seed']}"
-             f"{f', window slides {slides}' if slides else ''})"]
-    acc = t.get("accelerator")
-    if acc and acc.get("cycles"):
-        msg = f"accelerator: {acc['cycles']} cycles (prefill {acc['prefill_cycles']})"
-        if gen > 1 and acc.get("cycles_per_token"):
-            msg += (f", {acc['cycles_per_token']:.0f} cycles per decoded token -> modeled "
-                    f"{acc['modeled_tokens_per_s']:.1f} tokens/s at {acc['clock_mhz']:g} MHz, "
-                    f"{acc['bandwidth_gbs']:g} GB/s")
-        lines.append(msg)
-    return lines
+SERVER_SIDE_FLAGS = (
+    ("model", "-m/--model"),
+    ("backend", "--backend"),
+    ("mode", "--mode"),
+    ("clock_mhz", "--clock-mhz"),
+    ("bandwidth_gbs", "--bandwidth-gbs"),
+)
 
 
 def base_url(url: str) -> str:
@@ -101,8 +91,11 @@ def open_stream(url: str, body: dict, timeout: float = TIMEOUT_S):
     """POST a streaming completion; the open response (HTTPError / URLError / OSError as
     urllib raises them)."""
     req = urllib.request.Request(
-        url + "/v1/completions", data=json.dumps(body).encode("utf-8"), method="POST",
-        headers={"Content-Type": "application/json", "Accept": "text/event-stream"})
+        url + "/v1/completions",
+        data=json.dumps(body).encode("utf-8"),
+        method="POST",
+        headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
+    )
     return urllib.request.urlopen(req, timeout=timeout)
 
 
@@ -112,16 +105,27 @@ def run_remote(a, parser) -> int:
 
     for dest, flag in SERVER_SIDE_FLAGS:
         if getattr(a, dest) != parser.get_default(dest):
-            raise cli._UsageError(f"{flag}: not used with --remote (the server chooses it: "
-                                  f"python -m host serve {flag.split('/')[-1]} ...)")
+            raise cli._UsageError(
+                f"{flag}: not used with --remote (the server chooses it: "
+                f"python -m host serve {flag.split('/')[-1]} ...)"
+            )
     cli._check_args(a)
     try:
         url = base_url(a.remote)
     except ValueError as e:
         raise cli._UsageError(f"--remote: {e}") from None
-    seed = a.seed if a.seed is not None else int(time.time_ns() % (2 ** 31))
-    body = {"prompt": a.prompt, "max_tokens": a.n_predict, "temperature": a.temp,
-            "top_k": a.top_k, "top_p": a.top_p, "seed": seed, "stream": True}
+    seed = a.seed if a.seed is not None else int(time.time_ns() % (2**31))
+    body = {
+        "prompt": a.prompt,
+        "max_tokens": a.n_predict,
+        "temperature": a.temp,
+        "top_k": a.top_k,
+        "top_p": a.top_p,
+        "seed": seed,
+        "stream": True,
+    }
+    if a.ignore_eos:
+        body["ignore_eos"] = True
 
     def fail(msg: str) -> cli._UsageError:
         return cli._UsageError(f"--remote {url}: {msg}")
@@ -133,7 +137,7 @@ def run_remote(a, parser) -> int:
         raise fail(f"HTTP {e.code}: {_server_message(e)}") from None
     except urllib.error.URLError as e:
         raise fail(f"cannot reach the server ({e.reason})") from None
-    except OSError as e:               # e.g. a timeout, a reset connection
+    except OSError as e:  # e.g. a timeout, a reset connection
         raise fail(f"cannot reach the server ({e})") from None
 
     out = sys.stdout
@@ -157,7 +161,7 @@ def run_remote(a, parser) -> int:
                         out.flush()
                     if ch.get("finish_reason") is not None:
                         timings = d.get("timings")
-    except (OSError, ValueError) as e:   # dropped connection, bad JSON from the server
+    except (OSError, ValueError) as e:  # dropped connection, bad JSON from the server
         raise fail(f"stream failed: {e}") from None
     if not done or timings is None:
         raise fail("the stream ended before the server finished the completion")
@@ -167,8 +171,14 @@ def run_remote(a, parser) -> int:
         print(line, file=sys.stderr)
     client_ttft = f"{(t_first - t0) * 1e3:.1f} ms" if t_first is not None else "n/a"
     queue = timings.get("queue_s")
-    queue = f"{queue * 1e3:.1f} ms" if isinstance(queue, (int, float)) and \
-        math.isfinite(queue) else "n/a"
-    print(f"remote: {url}, waited for the accelerator {queue}, time to first token at this "
-          f"client {client_ttft}", file=sys.stderr)
+    queue = (
+        f"{queue * 1e3:.1f} ms"
+        if isinstance(queue, (int, float)) and math.isfinite(queue)
+        else "n/a"
+    )
+    print(
+        f"remote: {url}, waited for the accelerator {queue}, time to first token at this "
+        f"client {client_ttft}",
+        file=sys.stderr,
+    )
     return 0

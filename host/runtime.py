@@ -37,6 +37,7 @@ unchanged on a Runtime), the newest cache owning the device's KV memory. Positio
 beyond ``max_position_embeddings`` raise ValueError, as in golden/model.py. One
 sequence at a time (tokens [T]; a batch [B, T] raises ValueError).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -45,17 +46,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from golden.model import IntegerModel, Scale, compile_integer
-from golden.modelspec import ATTN_PROJ, MLP_PROJ, Model
+from golden import isa
+from golden.isa import ActKind, Opcode, command
+from golden.model import IntegerModel, Scale, check_tokens, compile_integer
+from golden.modelspec import ATTN_PROJ, LAYER_NORMS, MLP_PROJ, Model
 from golden.rmsnorm import norm_constants
 from golden.rope import rope_tables
 from host.device import Device
-from golden import isa
-from golden.isa import ActKind, Opcode, command
 
-DEFAULT_MAX_CHUNK = 64        # tokens per stream (golden.model.ATTN_QUERY_BLOCK)
+DEFAULT_MAX_CHUNK = 64  # tokens per stream (golden.model.ATTN_QUERY_BLOCK)
 DEFAULT_TIMEOUT_S = 120.0
-_NORMS = ("input_layernorm", "post_attention_layernorm", "attn_sub_norm", "ffn_sub_norm")
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,8 @@ class Region:
     name: str
     addr: int
     nbytes: int
-    fmt: str              # memory format, in the words of golden/isa.py
-    kind: str             # "const" (written once), "kv" or "scratch"
+    fmt: str  # memory format, in the words of golden/isa.py
+    kind: str  # "const" (written once), "kv" or "scratch"
 
 
 @dataclass
@@ -96,8 +96,10 @@ class AddressMap:
         for r in self.regions.values():
             lines.append(f"{r.name:<28} 0x{r.addr:08x} {r.nbytes:>10}  {r.kind:<7} {r.fmt}")
         lo, hi = self.span
-        lines.append(f"total: const {self.total('const')} B, kv {self.total('kv')} B, scratch "
-                     f"{self.total('scratch')} B; image span 0x{lo:x}..0x{hi:x} ({hi - lo} B)")
+        lines.append(
+            f"total: const {self.total('const')} B, kv {self.total('kv')} B, scratch "
+            f"{self.total('scratch')} B; image span 0x{lo:x}..0x{hi:x} ({hi - lo} B)"
+        )
         return "\n".join(lines)
 
 
@@ -106,7 +108,7 @@ class DeviceKVCache:
 
     _ids = itertools.count()
 
-    def __init__(self, runtime: "Runtime"):
+    def __init__(self, runtime: Runtime):
         self.runtime, self.length, self.id = runtime, 0, next(self._ids)
         self.capacity = runtime.config.max_position_embeddings
 
@@ -119,8 +121,13 @@ class Runtime:
 
     mode = "integer"
 
-    def __init__(self, model: Model, device: Device, max_chunk: int = DEFAULT_MAX_CHUNK,
-                 timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(
+        self,
+        model: Model,
+        device: Device,
+        max_chunk: int = DEFAULT_MAX_CHUNK,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ):
         if not isinstance(model, Model):
             raise ValueError(f"model: expected golden.modelspec.Model, got {type(model).__name__}")
         if not isinstance(device, Device):
@@ -147,20 +154,23 @@ class Runtime:
     # ------------------------------------------------------------------ layout
     def _check_dims(self) -> None:
         mc = self.config
-        limits = {"hidden_size": (mc.hidden_size, isa.DIM_BITS),
-                  "intermediate_size": (mc.intermediate_size, isa.DIM_BITS),
-                  "head_dim": (mc.head_dim, isa.DIM_BITS),
-                  "num_attention_heads": (mc.num_attention_heads, isa.HEADS_BITS),
-                  "max_position_embeddings": (mc.max_position_embeddings, isa.ROWS_BITS),
-                  "vocab_size": (mc.vocab_size, isa.VOCAB_BITS),
-                  "num_attention_heads * head_dim": (mc.num_attention_heads * mc.head_dim,
-                                                     isa.DIM_BITS)}
+        limits = {
+            "hidden_size": (mc.hidden_size, isa.DIM_BITS),
+            "intermediate_size": (mc.intermediate_size, isa.DIM_BITS),
+            "head_dim": (mc.head_dim, isa.DIM_BITS),
+            "num_attention_heads": (mc.num_attention_heads, isa.HEADS_BITS),
+            "max_position_embeddings": (mc.max_position_embeddings, isa.ROWS_BITS),
+            "vocab_size": (mc.vocab_size, isa.VOCAB_BITS),
+            "num_attention_heads * head_dim": (mc.num_attention_heads * mc.head_dim, isa.DIM_BITS),
+        }
         for name, (v, bits) in limits.items():
             if v >= 1 << bits:
                 raise ValueError(f"model: {name} = {v} exceeds the command field ({bits} bits)")
         if mc.max_position_embeddings > self.cfg.softmax.max_len:
-            raise ValueError(f"model: context {mc.max_position_embeddings} exceeds the softmax "
-                             f"row limit {self.cfg.softmax.max_len}")
+            raise ValueError(
+                f"model: context {mc.max_position_embeddings} exceeds the softmax "
+                f"row limit {self.cfg.softmax.max_len}"
+            )
 
     def _region(self, name: str, nbytes: int, fmt: str, kind: str, align: int = 64) -> int:
         addr = self.device.alloc(int(nbytes), align)
@@ -176,23 +186,33 @@ class Runtime:
     def _layout_and_write(self) -> None:
         mc, im, tc = self.config, self.im, self.cfg.tlmm
         h_, i_, v_ = mc.hidden_size, mc.intermediate_size, mc.vocab_size
-        nh, nkv, hd, ctx = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, \
-            mc.max_position_embeddings
+        nh, nkv, hd, ctx = (
+            mc.num_attention_heads,
+            mc.num_key_value_heads,
+            mc.head_dim,
+            mc.max_position_embeddings,
+        )
         qd = nh * hd
         self._const("embed", im.embed_fx.astype(np.int32), f"int32 [{v_}, {h_}] Q15.16")
         cos_q, sin_q = rope_tables(hd, self.cfg.rope)
-        self._const("rope", isa.rope_table(cos_q[:ctx], sin_q[:ctx]),
-                    f"int16 [{ctx}, {hd}] cos|sin Q1.{self.cfg.rope.table_frac_bits}")
+        self._const(
+            "rope",
+            isa.rope_table(cos_q[:ctx], sin_q[:ctx]),
+            f"int16 [{ctx}, {hd}] cos|sin Q1.{self.cfg.rope.table_frac_bits}",
+        )
         for li, lc in enumerate(im.layers):
-            for nm in _NORMS:
+            for nm in LAYER_NORMS:
                 g = getattr(lc, nm).gamma_q
                 self._const(f"L{li}.{nm}", g.astype(np.int16), f"int16 [{g.size}] gamma_q")
             for nm in ATTN_PROJ + MLP_PROJ:
                 codes = lc.proj[nm].codes
                 n, k = codes.shape
-                self._const(f"L{li}.{nm}", isa.pack_tlmm_weights(codes, tc),
-                            f"TLMM tiles n={n} k={k} ({isa.tlmm_blocks(n, tc)}x"
-                            f"{isa.tlmm_chunks(k, tc)} beats of {isa.tlmm_beat_bytes(tc)} B)")
+                self._const(
+                    f"L{li}.{nm}",
+                    isa.pack_tlmm_weights(codes, tc),
+                    f"TLMM tiles n={n} k={k} ({isa.tlmm_blocks(n, tc)}x"
+                    f"{isa.tlmm_chunks(k, tc)} beats of {isa.tlmm_beat_bytes(tc)} B)",
+                )
         self._const("norm", im.norm.gamma_q.astype(np.int16), f"int16 [{h_}] gamma_q")
         self._const("lm_head", im.lm_q.astype(np.int8), f"int8 [{v_}, {h_}]")
         rec = isa.SCALE_RECORD_BYTES
@@ -224,9 +244,13 @@ class Runtime:
         for name, nbytes, fmt in scratch:
             self._region(name, nbytes, fmt, "scratch")
         self.max_cmds = len(self.step_commands(0, 1, 1))
-        self._region("stream", self.max_cmds * isa.COMMAND_BYTES,
-                     f"{self.max_cmds} commands x {isa.COMMAND_BYTES} B", "scratch",
-                     align=isa.STREAM_ALIGN)
+        self._region(
+            "stream",
+            self.max_cmds * isa.COMMAND_BYTES,
+            f"{self.max_cmds} commands x {isa.COMMAND_BYTES} B",
+            "scratch",
+            align=isa.STREAM_ALIGN,
+        )
 
     @property
     def image_bytes(self) -> int:
@@ -238,27 +262,56 @@ class Runtime:
     def _norm_cmd(self, src: int, nc, dim: int, rows: int) -> isa.Command:
         a = self.address_map
         eps_term, c_mant, c_exp = norm_constants(dim, self.cfg.norm, self.cfg.quant)
-        return command(Opcode.NORM_QUANT, src=src, gamma=nc[0], dst=a.addr("x"),
-                       dst_scale=a.addr("x_scale"), rows=rows, dim=dim, eps_term=eps_term,
-                       c_mant=c_mant, c_exp=c_exp, g_exp=nc[1])
+        return command(
+            Opcode.NORM_QUANT,
+            src=src,
+            gamma=nc[0],
+            dst=a.addr("x"),
+            dst_scale=a.addr("x_scale"),
+            rows=rows,
+            dim=dim,
+            eps_term=eps_term,
+            c_mant=c_mant,
+            c_exp=c_exp,
+            g_exp=nc[1],
+        )
 
     def _tlmm_cmd(self, li: int, proj: str, dst: str, rows: int) -> isa.Command:
         n, k = self.im.layers[li].proj[proj].codes.shape
-        return command(Opcode.TLMM, src=self.address_map.addr("x"),
-                       weights=self.address_map.addr(f"L{li}.{proj}"),
-                       dst=self.address_map.addr(dst), rows=rows, k=k, n=n)
+        return command(
+            Opcode.TLMM,
+            src=self.address_map.addr("x"),
+            weights=self.address_map.addr(f"L{li}.{proj}"),
+            dst=self.address_map.addr(dst),
+            rows=rows,
+            k=k,
+            n=n,
+        )
 
     def step_commands(self, pos: int, rows: int, lm_rows: int) -> list:
         """The command stream of tokens pos..pos+rows-1 (already in ``tokens``); the head
         runs on the last ``lm_rows`` of them."""
         mc, im, a = self.config, self.im, self.address_map
         h_, i_, v_ = mc.hidden_size, mc.intermediate_size, mc.vocab_size
-        nh, nkv, hd, ctx = mc.num_attention_heads, mc.num_key_value_heads, mc.head_dim, \
-            mc.max_position_embeddings
+        nh, nkv, hd, ctx = (
+            mc.num_attention_heads,
+            mc.num_key_value_heads,
+            mc.head_dim,
+            mc.max_position_embeddings,
+        )
         keys = pos + rows
         rec = isa.SCALE_RECORD_BYTES
-        cmds = [command(Opcode.EMBED, tokens=a.addr("tokens"), table=a.addr("embed"),
-                        dst=a.addr("h"), rows=rows, dim=h_, vocab=v_)]
+        cmds = [
+            command(
+                Opcode.EMBED,
+                tokens=a.addr("tokens"),
+                table=a.addr("embed"),
+                dst=a.addr("h"),
+                rows=rows,
+                dim=h_,
+                vocab=v_,
+            )
+        ]
 
         def const(sc: Scale) -> tuple[int, int]:
             return int(sc.mant), int(sc.shift)
@@ -274,50 +327,158 @@ class Runtime:
             for p, dst in (("q_proj", "acc_q"), ("k_proj", "acc_k"), ("v_proj", "acc_v")):
                 cmds.append(self._tlmm_cmd(li, p, dst, rows))
             for p, src, heads, dst, dst_scale, ld, rope in (
-                    ("q_proj", "acc_q", nh, a.addr("q"), a.addr("q_scale"), rows, 1),
-                    ("k_proj", "acc_k", nkv, a.addr(f"kv{li}.k") + pos * hd,
-                     a.addr(f"kv{li}.k_scale") + pos * rec, ctx, 1),
-                    ("v_proj", "acc_v", nkv, a.addr(f"kv{li}.v") + pos * hd,
-                     a.addr(f"kv{li}.v_scale") + pos * rec, ctx, 0)):
+                ("q_proj", "acc_q", nh, a.addr("q"), a.addr("q_scale"), rows, 1),
+                (
+                    "k_proj",
+                    "acc_k",
+                    nkv,
+                    a.addr(f"kv{li}.k") + pos * hd,
+                    a.addr(f"kv{li}.k_scale") + pos * rec,
+                    ctx,
+                    1,
+                ),
+                (
+                    "v_proj",
+                    "acc_v",
+                    nkv,
+                    a.addr(f"kv{li}.v") + pos * hd,
+                    a.addr(f"kv{li}.v_scale") + pos * rec,
+                    ctx,
+                    0,
+                ),
+            ):
                 cm, cs = const(pr[p].const)
-                cmds.append(command(Opcode.ROPE_QUANT, src=a.addr(src), src_scale=a.addr("x_scale"),
-                                    table=a.addr("rope"), dst=dst, dst_scale=dst_scale, rows=rows,
-                                    heads=heads, head_dim=hd, ld=ld, pos=pos, table_rows=ctx,
-                                    c_mant=cm, c_shift=cs, rope=rope))
-            cmds.append(command(Opcode.QK, q=a.addr("q"), q_scale=a.addr("q_scale"),
-                                k=a.addr(f"kv{li}.k"), k_scale=a.addr(f"kv{li}.k_scale"),
-                                dst=a.addr("logits"), rows=rows, keys=keys, heads=nh,
-                                kv_heads=nkv, head_dim=hd, q_ld=rows, kv_ld=ctx))
-            cmds.append(command(Opcode.SOFTMAX, src=a.addr("logits"), dst=a.addr("probs"),
-                                rows=rows, keys=keys, heads=nh))
-            cmds.append(command(Opcode.PV, p=a.addr("probs"), v=a.addr(f"kv{li}.v"),
-                                v_scale=a.addr(f"kv{li}.v_scale"), dst=a.addr("attn"), rows=rows,
-                                keys=keys, heads=nh, kv_heads=nkv, head_dim=hd, kv_ld=ctx))
+                cmds.append(
+                    command(
+                        Opcode.ROPE_QUANT,
+                        src=a.addr(src),
+                        src_scale=a.addr("x_scale"),
+                        table=a.addr("rope"),
+                        dst=dst,
+                        dst_scale=dst_scale,
+                        rows=rows,
+                        heads=heads,
+                        head_dim=hd,
+                        ld=ld,
+                        pos=pos,
+                        table_rows=ctx,
+                        c_mant=cm,
+                        c_shift=cs,
+                        rope=rope,
+                    )
+                )
+            cmds.append(
+                command(
+                    Opcode.QK,
+                    q=a.addr("q"),
+                    q_scale=a.addr("q_scale"),
+                    k=a.addr(f"kv{li}.k"),
+                    k_scale=a.addr(f"kv{li}.k_scale"),
+                    dst=a.addr("logits"),
+                    rows=rows,
+                    keys=keys,
+                    heads=nh,
+                    kv_heads=nkv,
+                    head_dim=hd,
+                    q_ld=rows,
+                    kv_ld=ctx,
+                )
+            )
+            cmds.append(
+                command(
+                    Opcode.SOFTMAX,
+                    src=a.addr("logits"),
+                    dst=a.addr("probs"),
+                    rows=rows,
+                    keys=keys,
+                    heads=nh,
+                )
+            )
+            cmds.append(
+                command(
+                    Opcode.PV,
+                    p=a.addr("probs"),
+                    v=a.addr(f"kv{li}.v"),
+                    v_scale=a.addr(f"kv{li}.v_scale"),
+                    dst=a.addr("attn"),
+                    rows=rows,
+                    keys=keys,
+                    heads=nh,
+                    kv_heads=nkv,
+                    head_dim=hd,
+                    kv_ld=ctx,
+                )
+            )
             cmds.append(self._norm_cmd(a.addr("attn"), norm(li, "attn_sub_norm"), nh * hd, rows))
             cmds.append(self._tlmm_cmd(li, "o_proj", "acc_h", rows))
             cm, cs = const(pr["o_proj"].const)
-            cmds.append(command(Opcode.RESIDUAL, h=a.addr("h"), acc=a.addr("acc_h"),
-                                src_scale=a.addr("x_scale"), dst=a.addr("h"), rows=rows, dim=h_,
-                                c_mant=cm, c_shift=cs))
+            cmds.append(
+                command(
+                    Opcode.RESIDUAL,
+                    h=a.addr("h"),
+                    acc=a.addr("acc_h"),
+                    src_scale=a.addr("x_scale"),
+                    dst=a.addr("h"),
+                    rows=rows,
+                    dim=h_,
+                    c_mant=cm,
+                    c_shift=cs,
+                )
+            )
             cmds.append(self._norm_cmd(a.addr("h"), norm(li, "post_attention_layernorm"), h_, rows))
             cmds.append(self._tlmm_cmd(li, "gate_proj", "acc_g", rows))
             cmds.append(self._tlmm_cmd(li, "up_proj", "acc_u", rows))
             gm_, gs = const(pr["gate_proj"].const)
             um, us = const(pr["up_proj"].const)
-            cmds.append(command(Opcode.ACT, gate=a.addr("acc_g"), up=a.addr("acc_u"),
-                                src_scale=a.addr("x_scale"), dst=a.addr("ffn"), rows=rows, dim=i_,
-                                g_mant=gm_, g_shift=gs, u_mant=um, u_shift=us, kind=kind))
+            cmds.append(
+                command(
+                    Opcode.ACT,
+                    gate=a.addr("acc_g"),
+                    up=a.addr("acc_u"),
+                    src_scale=a.addr("x_scale"),
+                    dst=a.addr("ffn"),
+                    rows=rows,
+                    dim=i_,
+                    g_mant=gm_,
+                    g_shift=gs,
+                    u_mant=um,
+                    u_shift=us,
+                    kind=kind,
+                )
+            )
             cmds.append(self._norm_cmd(a.addr("ffn"), norm(li, "ffn_sub_norm"), i_, rows))
             cmds.append(self._tlmm_cmd(li, "down_proj", "acc_h", rows))
             cm, cs = const(pr["down_proj"].const)
-            cmds.append(command(Opcode.RESIDUAL, h=a.addr("h"), acc=a.addr("acc_h"),
-                                src_scale=a.addr("x_scale"), dst=a.addr("h"), rows=rows, dim=h_,
-                                c_mant=cm, c_shift=cs))
+            cmds.append(
+                command(
+                    Opcode.RESIDUAL,
+                    h=a.addr("h"),
+                    acc=a.addr("acc_h"),
+                    src_scale=a.addr("x_scale"),
+                    dst=a.addr("h"),
+                    rows=rows,
+                    dim=h_,
+                    c_mant=cm,
+                    c_shift=cs,
+                )
+            )
         first = rows - lm_rows
-        cmds.append(self._norm_cmd(a.addr("h") + first * h_ * 4, (a.addr("norm"), im.norm.g_exp),
-                                   h_, lm_rows))
-        cmds.append(command(Opcode.LM_HEAD, src=a.addr("x"), weights=a.addr("lm_head"),
-                            dst=a.addr("lm_acc"), rows=lm_rows, k=h_, n=v_))
+        cmds.append(
+            self._norm_cmd(
+                a.addr("h") + first * h_ * 4, (a.addr("norm"), im.norm.g_exp), h_, lm_rows
+            )
+        )
+        cmds.append(
+            command(
+                Opcode.LM_HEAD,
+                src=a.addr("x"),
+                weights=a.addr("lm_head"),
+                dst=a.addr("lm_acc"),
+                rows=lm_rows,
+                k=h_,
+                n=v_,
+            )
+        )
         cmds.append(command(Opcode.END))
         return cmds
 
@@ -332,25 +493,12 @@ class Runtime:
         """Start the runtime's own sequence over (position 0)."""
         self.cache = self.new_cache()
 
-    def _check_tokens(self, tokens) -> np.ndarray:
-        try:
-            t = np.asarray(tokens)
-        except Exception:
-            raise ValueError(f"tokens: expected integer token ids, got {type(tokens).__name__}") from None
-        if t.dtype.kind not in "iu":
-            raise ValueError(f"tokens: expected integer token ids, got dtype {t.dtype}")
-        if t.ndim != 1 or t.shape[0] < 1:
-            raise ValueError(f"tokens: expected shape [T] with T >= 1 (one sequence), got {t.shape}")
-        v = self.config.vocab_size
-        if int(t.min()) < 0 or int(t.max()) >= v:
-            bad = int(t.min()) if int(t.min()) < 0 else int(t.max())
-            raise ValueError(f"tokens: id {bad} outside the vocabulary [0, {v})")
-        return t.astype(np.int64)
-
     def run_stream(self, cmds) -> None:
         """Write ``cmds`` to the stream region, run them, wait (DeviceError/DeviceTimeout)."""
         if len(cmds) > self.max_cmds:
-            raise ValueError(f"cmds: {len(cmds)} commands exceed the stream region ({self.max_cmds})")
+            raise ValueError(
+                f"cmds: {len(cmds)} commands exceed the stream region ({self.max_cmds})"
+            )
         addr = self.address_map.addr("stream")
         self.device.write(addr, isa.encode_stream(cmds))
         self.last_stream = list(cmds)
@@ -360,10 +508,12 @@ class Runtime:
         self.stats["device_s"] += time.perf_counter() - t0
         self.stats["streams"] += 1
 
-    def forward(self, tokens, cache: DeviceKVCache | None = None, last_only: bool = False) -> np.ndarray:
+    def forward(
+        self, tokens, cache: DeviceKVCache | None = None, last_only: bool = False
+    ) -> np.ndarray:
         """Logits [T, vocab] float32 of ``tokens`` at positions cache.length.. ([1, vocab]
         for the last token only with ``last_only``); appends their K/V to the cache."""
-        t = self._check_tokens(tokens)
+        t = check_tokens(tokens, self.config.vocab_size, batch=False)
         cache = self.cache if cache is None else cache
         if not isinstance(cache, DeviceKVCache) or cache.runtime is not self:
             raise ValueError("cache: not a cache of this runtime (use new_cache())")
@@ -372,15 +522,17 @@ class Runtime:
         mc, a = self.config, self.address_map
         n, start = t.shape[0], cache.length
         if start + n > mc.max_position_embeddings:
-            raise ValueError(f"tokens: positions {start}..{start + n - 1} exceed the context window "
-                             f"(max_position_embeddings = {mc.max_position_embeddings})")
+            raise ValueError(
+                f"tokens: positions {start}..{start + n - 1} exceed the context window "
+                f"(max_position_embeddings = {mc.max_position_embeddings})"
+            )
         out = []
         for c0 in range(0, n, self.max_chunk):
-            chunk = t[c0:c0 + self.max_chunk]
+            chunk = t[c0 : c0 + self.max_chunk]
             rows = chunk.shape[0]
             lm_rows = 1 if last_only else rows
             if last_only and c0 + rows < n:
-                lm_rows = 1                     # the head of a non-final chunk is not needed
+                lm_rows = 1  # the head of a non-final chunk is not needed
             self.device.write(a.addr("tokens"), chunk.astype(np.uint32))
             self.run_stream(self.step_commands(start + c0, rows, lm_rows))
             cache.length = start + c0 + rows
@@ -394,8 +546,9 @@ class Runtime:
         """acc * sx * lm_row_scale, as golden.model.op_lm_head computes it."""
         a, v = self.address_map, self.config.vocab_size
         acc = self.device.read_array(a.addr("lm_acc"), np.int32, (rows, v)).astype(np.int64)
-        mant, shift = isa.unpack_scales(self.device.read(a.addr("x_scale"),
-                                                         rows * isa.SCALE_RECORD_BYTES))
+        mant, shift = isa.unpack_scales(
+            self.device.read(a.addr("x_scale"), rows * isa.SCALE_RECORD_BYTES)
+        )
         sx = Scale(mant, shift)
         return (acc * sx.to_float()[..., None] * self.im.lm_row_scale).astype(np.float32)
 
@@ -410,8 +563,11 @@ class Runtime:
         out = {}
         for kv in ("k", "v"):
             out[kv] = self.device.read_array(a.addr(f"kv{layer}.{kv}"), np.int8, (nkv, ctx, hd))
-            m, s = isa.unpack_scales(self.device.read(a.addr(f"kv{layer}.{kv}_scale"),
-                                                      nkv * ctx * isa.SCALE_RECORD_BYTES))
+            m, s = isa.unpack_scales(
+                self.device.read(
+                    a.addr(f"kv{layer}.{kv}_scale"), nkv * ctx * isa.SCALE_RECORD_BYTES
+                )
+            )
             out[f"{kv}_scale"] = Scale(m.reshape(nkv, ctx), s.reshape(nkv, ctx))
         return out
 
@@ -424,6 +580,21 @@ class Runtime:
 
 # runtime keyword arguments (the rest go to the device backend)
 _RUNTIME_KW = ("max_chunk", "timeout_s")
+
+
+def backend_kwargs(
+    backend: str, clock_mhz: float, bandwidth_gbs: float, device_opts: dict | None = None
+) -> dict:
+    """Keyword arguments of ``make_runtime`` for ``backend`` at a modeled design point --
+    the one place ``python -m host`` and ``python -m host serve`` get them from: the sim
+    backend's DRAM model serves bandwidth / clock bytes per accelerator cycle
+    (``bandwidth_gbs * 1e3 / clock_mhz``); ``device_opts`` (``serve --device-opt``) are
+    passed through to the backend's constructor and win over the computed values."""
+    kw = {}
+    if backend == "sim":
+        kw["bandwidth"] = bandwidth_gbs * 1e3 / clock_mhz
+    kw.update(device_opts or {})
+    return kw
 
 
 def make_runtime(model: Model, backend: str = "golden", **kw) -> Runtime:

@@ -5,12 +5,16 @@ in front of the one accelerator (DESIGN §5, the board path).
                          [-m MODEL] [--clock-mhz F] [--bandwidth-gbs F]
                          [--device-timeout S] [--max-queue N] [--device-opt KEY=VALUE ...]
 
-The device is created through the backend registry (``host.backends``, the one list of
-backend names; ``host.runtime.make_runtime``), so a new backend is served without a
-change here; ``--device-opt KEY=VALUE`` (repeatable) passes extra keyword arguments to
-its constructor (a value is read as JSON when it parses, else as a string). Any error
-while loading the model or constructing the device prints one line ``error: ...`` and
-exits with status 2. ``--port 0`` picks a free port; the line ``listening on
+``-m`` takes what ``python -m host -m`` takes -- a Hugging Face checkpoint directory or a
+GGUF file -- opened by the same function (``host.modelfile.open_model``: configuration,
+tokenizer, their vocabulary sizes), so a bad model is the CLI's one-line error. The
+device is created through the backend registry (``host.backends``, the one list of
+backend names; ``host.runtime.make_runtime``) with the CLI's construction arguments
+(``host.runtime.backend_kwargs``), so a new backend is served without a change here;
+``--device-opt KEY=VALUE`` (repeatable) passes extra keyword arguments to its
+constructor (a value is read as JSON when it parses, else as a string). Any error while
+loading the model or constructing the device prints one line ``error: ...`` and exits
+with status 2. ``--port 0`` picks a free port; the line ``listening on
 http://HOST:PORT`` on stderr says which.
 
 Endpoints (FastAPI on uvicorn):
@@ -24,19 +28,29 @@ Endpoints (FastAPI on uvicorn):
     the last chunk carrying ``finish_reason`` and ``timings``, then ``data: [DONE]``),
     ``stream_options`` (``{"include_usage": true}``: a final chunk with ``usage`` and no
     choices, as OpenAI sends it), ``model`` (optional; when given it must be the served
-    model's id, see ``/v1/models``), ``n`` (1 only) and ``user`` (ignored). Any other
-    field is an error. Sampling is ``host.generate``'s (``Sampler`` and ``generate``, the
-    CLI's code): the same seed and flags give the same text as ``python -m host`` on the
-    same backend. ``timings`` (an extension, like llama.cpp's) holds the CLI's summary
-    figures: ``prompt_tokens``, ``generated_tokens``, ``ttft_s`` (start of prefill ->
-    first token), ``prefill_tokens_per_s``, ``decode_tokens_per_s``, ``window_slides``,
-    ``queue_s`` (time waiting for the accelerator), ``backend``, ``mode``, ``seed``, and
+    model's id, see ``/v1/models``), ``n`` (1 only), ``user`` (ignored) and
+    ``ignore_eos`` (llama.cpp's server field, default false: never sample the tokenizer's
+    end-of-sequence tokens). Any other field is an error. A completion runs as the CLI's
+    (``host.completion.complete``: ``host.generate``'s ``Sampler`` and ``generate``, the
+    tokenizer's ``StreamDecoder``): the same seed and flags give the same text as
+    ``python -m host`` on the same backend; a character split over several byte-level
+    BPE tokens is sent once whole, in the chunk of the token that completes it (a token
+    that completes nothing sends no chunk). Generation stops at the tokenizer's EOS
+    (not sent) with ``finish_reason`` ``"stop"``, else after ``max_tokens`` with
+    ``"length"``. ``timings`` (an extension, like llama.cpp's) holds the CLI's summary
+    figures (``host.completion``, from which the remote CLI prints the CLI's lines):
+    ``prompt_tokens``, ``generated_tokens`` (an EOS that stopped generation counted, as
+    the CLI counts it), ``ttft_s`` (start of prefill -> first token),
+    ``prefill_tokens_per_s``, ``decode_tokens_per_s``, ``window_slides``, ``queue_s``
+    (time waiting for the accelerator), ``backend``, ``mode``, ``seed``, ``eos_token`` and
+    ``eos_token_text`` (the EOS id and string that stopped generation, or null), and
     ``accelerator`` (null when the backend counts no cycles, else ``cycles``,
     ``prefill_cycles``, ``cycles_per_token`` of decoding, ``clock_mhz``, ``bandwidth_gbs``,
     ``modeled_tokens_per_s``). Non-finite numbers are sent as null.
 ``GET /v1/models``
     The one served model: ``{"object": "list", "data": [{"id", "object": "model",
-    "created", "owned_by", "max_model_len", "backend"}]}``.
+    "created", "owned_by", "max_model_len", "backend"}]}``; its id is the model
+    directory's name, or the GGUF file's without ``.gguf``.
 ``GET /health``
     ``{"status": "ok", ...}`` (HTTP 200) while the accelerator worker runs, else 503.
 ``GET /metrics``
@@ -65,6 +79,7 @@ device is reset and the next request runs normally; any other device error: HTTP
 device reset. An error after a stream has started (headers sent) ends the stream with
 one ``data: {"error": {...}}`` event and ``data: [DONE]`` (the OpenAI client raises it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,7 +87,6 @@ import asyncio
 import collections
 import json
 import math
-import os
 import signal
 import socket
 import sys
@@ -84,68 +98,36 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.requests import Request  # module level: FastAPI resolves the annotation
 
+from host.generate import encode_prompt
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-DEFAULT_MAX_TOKENS = 16                  # OpenAI's default for /v1/completions
-DEFAULT_TEMP, DEFAULT_TOP_K, DEFAULT_TOP_P = 0.8, 40, 0.95   # the CLI's defaults
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+DEFAULT_TEMP, DEFAULT_TOP_K, DEFAULT_TOP_P = 0.8, 40, 0.95  # the CLI's defaults
 DEFAULT_MAX_QUEUE = 64
 MAX_BODY_BYTES = 1 << 20
-WINDOW = 100                             # completed requests the rate gauges average over
+WINDOW = 100  # completed requests the rate gauges average over
 QUANTILE_WINDOW = 1000
 OWNER = "ternary-accel"
 
-ACCEPTED_FIELDS = ("model", "prompt", "max_tokens", "temperature", "top_k", "top_p", "seed",
-                   "stream", "stream_options", "n", "user")
+ACCEPTED_FIELDS = (
+    "model",
+    "prompt",
+    "max_tokens",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+    "stream",
+    "stream_options",
+    "n",
+    "user",
+    "ignore_eos",
+)
 
 
 def _one_line(msg) -> str:
     return " ".join(str(msg).split())
-
-
-def _finite_or_none(x):
-    if x is None:
-        return None
-    x = float(x)
-    return x if math.isfinite(x) else None
-
-
-# ---------------------------------------------------------------------------- model loading
-def load_model_dir(path: str):
-    """(model, tokenizer, model_id) of a checkpoint directory; ValueError with a one-line
-    reason (the checks of ``python -m host``: config, tokenizer, their vocabulary sizes)."""
-    from host.checkpoint import CONFIG_FILE, load, parse_config
-    from host.tokenizer import CharTokenizer
-
-    if not os.path.isdir(path):
-        raise ValueError(f"{path}: no such model directory")
-    cfg_path = os.path.join(path, CONFIG_FILE)
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            config, _ = parse_config(json.load(f), cfg_path)
-        tok = CharTokenizer.load(path)
-    except OSError as e:
-        raise ValueError(str(e)) from None
-    if tok.vocab_size != config.vocab_size:
-        raise ValueError(f"tokenizer has {tok.vocab_size} tokens, the model "
-                         f"{config.vocab_size}")
-    try:
-        model = load(path)
-    except OSError as e:
-        raise ValueError(str(e)) from None
-    model_id = os.path.basename(os.path.normpath(os.path.abspath(path)))
-    return model, tok, model_id
-
-
-def backend_kwargs(backend: str, clock_mhz: float, bandwidth_gbs: float,
-                   device_opts: dict | None = None) -> dict:
-    """Keyword arguments of ``make_runtime`` for ``backend``: the sim backend's DRAM model
-    serves bandwidth / clock bytes per cycle (as ``python -m host`` sets it); ``device_opts``
-    are passed through to the backend's constructor."""
-    kw = {}
-    if backend == "sim":
-        kw["bandwidth"] = bandwidth_gbs * 1e3 / clock_mhz
-    kw.update(device_opts or {})
-    return kw
 
 
 # ---------------------------------------------------------------------------- requests
@@ -166,6 +148,7 @@ class CompletionRequest:
     seed: int
     stream: bool
     include_usage: bool
+    ignore_eos: bool = False
 
 
 def _is_int(v) -> bool:
@@ -183,16 +166,18 @@ def parse_request(body: bytes, tok, context: int, model_id: str) -> CompletionRe
     except UnicodeDecodeError as e:
         raise BadRequest(f"body: not UTF-8 ({e.reason} at byte {e.start})") from None
     except json.JSONDecodeError as e:
-        raise BadRequest(f"body: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})") \
-            from None
+        raise BadRequest(
+            f"body: malformed JSON ({e.msg} at line {e.lineno} column {e.colno})"
+        ) from None
     except RecursionError:
         raise BadRequest("body: JSON nested too deeply") from None
     if not isinstance(obj, dict):
         raise BadRequest(f"body: expected a JSON object, got {type(obj).__name__}")
     unknown = [k for k in obj if k not in ACCEPTED_FIELDS]
     if unknown:
-        raise BadRequest(f"unknown field {unknown[0]!r} (accepted: {', '.join(ACCEPTED_FIELDS)})",
-                         unknown[0])
+        raise BadRequest(
+            f"unknown field {unknown[0]!r} (accepted: {', '.join(ACCEPTED_FIELDS)})", unknown[0]
+        )
 
     def get(name, default):
         v = obj.get(name)
@@ -200,8 +185,9 @@ def parse_request(body: bytes, tok, context: int, model_id: str) -> CompletionRe
 
     model = obj.get("model")
     if model is not None and model != model_id:
-        raise BadRequest(f"model: {model!r} is not served here (this server serves "
-                         f"{model_id!r})", "model")
+        raise BadRequest(
+            f"model: {model!r} is not served here (this server serves {model_id!r})", "model"
+        )
     n = get("n", 1)
     if not _is_int(n) or n != 1:
         raise BadRequest(f"n: only 1 completion per request is supported, got {n!r}", "n")
@@ -215,27 +201,22 @@ def parse_request(body: bytes, tok, context: int, model_id: str) -> CompletionRe
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise BadRequest("prompt: expected a string (or a list of one string)", "prompt")
-    if not prompt:
-        raise BadRequest("prompt: empty (the model has no BOS token; give at least one "
-                         "character)", "prompt")
-    try:
-        ids = tok.encode(prompt)
+    try:  # the CLI's checks and messages
+        ids = encode_prompt(tok, prompt, context)
     except ValueError as e:
-        raise BadRequest(f"prompt: {str(e).removeprefix('text: ')}", "prompt") from None
-    if len(ids) > context:
-        raise BadRequest(f"prompt: {len(ids)} tokens exceed the context window ({context})",
-                         "prompt")
+        raise BadRequest(f"prompt: {e}", "prompt") from None
 
     max_tokens = get("max_tokens", DEFAULT_MAX_TOKENS)
     if not _is_int(max_tokens):
         raise BadRequest(f"max_tokens: expected an integer, got {max_tokens!r}", "max_tokens")
     if not 0 <= max_tokens <= context:
-        raise BadRequest(f"max_tokens: expected 0..{context} (the context window), got "
-                         f"{max_tokens}", "max_tokens")
+        raise BadRequest(
+            f"max_tokens: expected 0..{context} (the context window), got {max_tokens}",
+            "max_tokens",
+        )
     temp = get("temperature", DEFAULT_TEMP)
     if not (_is_number(temp) and math.isfinite(temp) and temp >= 0):
-        raise BadRequest(f"temperature: expected a finite number >= 0, got {temp!r}",
-                         "temperature")
+        raise BadRequest(f"temperature: expected a finite number >= 0, got {temp!r}", "temperature")
     top_k = get("top_k", DEFAULT_TOP_K)
     if not (_is_int(top_k) and top_k >= 0):
         raise BadRequest(f"top_k: expected an integer >= 0, got {top_k!r}", "top_k")
@@ -244,8 +225,8 @@ def parse_request(body: bytes, tok, context: int, model_id: str) -> CompletionRe
         raise BadRequest(f"top_p: expected a number in (0, 1], got {top_p!r}", "top_p")
     seed = obj.get("seed")
     if seed is None:
-        seed = int(time.time_ns() % (2 ** 31))
-    elif not (_is_int(seed) and 0 <= seed < 2 ** 63):
+        seed = int(time.time_ns() % (2**31))
+    elif not (_is_int(seed) and 0 <= seed < 2**63):
         raise BadRequest(f"seed: expected an integer in [0, 2^63), got {seed!r}", "seed")
     stream = get("stream", False)
     if not isinstance(stream, bool):
@@ -256,15 +237,29 @@ def parse_request(body: bytes, tok, context: int, model_id: str) -> CompletionRe
         if not stream:
             raise BadRequest("stream_options: only allowed with stream: true", "stream_options")
         if not isinstance(so, dict) or set(so) - {"include_usage"}:
-            raise BadRequest("stream_options: expected {\"include_usage\": true|false}",
-                             "stream_options")
+            raise BadRequest(
+                'stream_options: expected {"include_usage": true|false}', "stream_options"
+            )
         include_usage = so.get("include_usage", False)
         if not isinstance(include_usage, bool):
-            raise BadRequest("stream_options.include_usage: expected true or false",
-                             "stream_options")
-    return CompletionRequest(prompt=prompt, prompt_ids=ids, max_tokens=max_tokens,
-                             temperature=float(temp), top_k=top_k, top_p=float(top_p),
-                             seed=seed, stream=stream, include_usage=include_usage)
+            raise BadRequest(
+                "stream_options.include_usage: expected true or false", "stream_options"
+            )
+    ignore_eos = get("ignore_eos", False)
+    if not isinstance(ignore_eos, bool):
+        raise BadRequest(f"ignore_eos: expected true or false, got {ignore_eos!r}", "ignore_eos")
+    return CompletionRequest(
+        prompt=prompt,
+        prompt_ids=ids,
+        max_tokens=max_tokens,
+        temperature=float(temp),
+        top_k=top_k,
+        top_p=float(top_p),
+        seed=seed,
+        stream=stream,
+        include_usage=include_usage,
+        ignore_eos=ignore_eos,
+    )
 
 
 # ---------------------------------------------------------------------------- the engine
@@ -278,33 +273,13 @@ class QueueFull(RuntimeError):
 
 @dataclass
 class Event:
-    kind: str                    # "token" | "done" | "error"
+    kind: str  # "token" | "done" | "error"
     text: str = ""
     timings: dict | None = None
     finish_reason: str | None = None
-    status: int = 0              # HTTP status of an error
+    status: int = 0  # HTTP status of an error
     message: str = ""
     etype: str = ""
-
-
-class _TextStream:
-    """Text of each new token: the decoded text of all tokens so far minus what was sent
-    (a tokenizer whose tokens are parts of a character gives '' until it is whole)."""
-
-    def __init__(self, tok):
-        self.tok, self.ids, self.sent = tok, [], ""
-
-    def push(self, t: int) -> str:
-        self.ids.append(int(t))
-        text = self.tok.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        if not text.startswith(self.sent):      # a decoder that rewrites earlier text
-            delta = self.tok.decode([t])
-        else:
-            delta = text[len(self.sent):]
-        self.sent += delta
-        return delta
 
 
 @dataclass(eq=False)
@@ -321,16 +296,25 @@ class Job:
     def emit(self, ev: Event) -> None:
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, ev)
-        except RuntimeError:            # the event loop has closed (server shutting down)
+        except RuntimeError:  # the event loop has closed (server shutting down)
             self.cancelled.set()
 
 
 class Engine:
     """Owns the runtime; one worker thread runs the queued jobs one at a time."""
 
-    def __init__(self, runtime, tokenizer, *, model_id: str, backend: str,
-                 clock_mhz: float = 250.0, bandwidth_gbs: float = 17.1,
-                 max_queue: int = DEFAULT_MAX_QUEUE, device_timeout: float | None = None):
+    def __init__(
+        self,
+        runtime,
+        tokenizer,
+        *,
+        model_id: str,
+        backend: str,
+        clock_mhz: float = 250.0,
+        bandwidth_gbs: float = 17.1,
+        max_queue: int = DEFAULT_MAX_QUEUE,
+        device_timeout: float | None = None,
+    ):
         self.rt, self.tok = runtime, tokenizer
         self.model_id, self.backend = model_id, backend
         self.clock_mhz, self.bandwidth_gbs = float(clock_mhz), float(bandwidth_gbs)
@@ -343,13 +327,13 @@ class Engine:
         self._waiting: collections.deque[Job] = collections.deque()
         self._running: Job | None = None
         self._stop = False
-        self._lock = threading.Lock()              # metrics
+        self._lock = threading.Lock()  # metrics
         self.outcomes = collections.Counter()
         self.prompt_tokens_total = 0
         self.generated_tokens_total = 0
         self.cycles_total = 0
         self.queue_depth_max = 0
-        self._recent = collections.deque(maxlen=WINDOW)            # (decoded, decode_s, cycles)
+        self._recent = collections.deque(maxlen=WINDOW)  # (decoded, decode_s, cycles)
         self._ttft = collections.deque(maxlen=QUANTILE_WINDOW)
         self._queue_wait = collections.deque(maxlen=QUANTILE_WINDOW)
         self._ttft_sum = self._queue_wait_sum = 0.0
@@ -390,8 +374,10 @@ class Engine:
                 raise QueueFull("server shutting down")
             if len(self._waiting) >= self.max_queue:
                 self._count("busy")
-                raise QueueFull(f"server busy: {len(self._waiting)} requests waiting for the "
-                                f"accelerator (--max-queue {self.max_queue})")
+                raise QueueFull(
+                    f"server busy: {len(self._waiting)} requests waiting for the "
+                    f"accelerator (--max-queue {self.max_queue})"
+                )
             self._waiting.append(job)
             self.queue_depth_max = max(self.queue_depth_max, len(self._waiting))
             self._cond.notify()
@@ -414,8 +400,9 @@ class Engine:
             self._stop = True
             for job in self._waiting:
                 job.cancelled.set()
-                job.emit(Event("error", status=503, etype="server_busy",
-                               message="server shutting down"))
+                job.emit(
+                    Event("error", status=503, etype="server_busy", message="server shutting down")
+                )
             self._waiting.clear()
             if self._running is not None:
                 self._running.cancelled.set()
@@ -442,97 +429,109 @@ class Engine:
                 self._running = job
             try:
                 self._run(job)
-            except Exception as e:         # outside generate (e.g. reading the counters)
+            except Exception as e:  # outside generate (e.g. reading the counters)
                 self._reset_device()
-                self._fail(job, "device_error", 500, "server_error",
-                           f"{type(e).__name__}: {e}", time.perf_counter() - job.t_arrival)
+                self._fail(
+                    job,
+                    "device_error",
+                    500,
+                    "server_error",
+                    f"{type(e).__name__}: {e}",
+                    time.perf_counter() - job.t_arrival,
+                )
             finally:
                 job.finished = True
                 with self._cond:
                     self._running = None
 
-    def _cycles(self):
-        c = self.rt.counters().get("cycles")
-        return None if c is None else int(c)
-
     def _reset_device(self) -> None:
         try:
             self.rt.device.reset()
-        except Exception as e:             # a device that cannot even reset: keep serving
+        except Exception as e:  # a device that cannot even reset: keep serving
             print(f"server: device reset failed: {_one_line(e)}", file=sys.stderr)
 
     def _run(self, job: Job) -> None:
+        from host.completion import complete
         from host.device import DeviceError, DeviceTimeout
-        from host.generate import Sampler, generate
+        from host.generate import Sampler
 
         req = job.req
         t_start = time.perf_counter()
         queue_s = t_start - job.t_arrival
-        c0 = self._cycles()
         first = {}
-        text = _TextStream(self.tok)
         n = [0]
 
         def on_token(t: int) -> None:
             if not first:
                 first["t"] = time.perf_counter()
-                first["cycles"] = self._cycles()
             n[0] += 1
-            delta = text.push(t)
-            if delta:
-                job.emit(Event("token", text=delta))
             if job.cancelled.is_set():
                 raise _Cancelled
 
+        def on_text(piece: str) -> None:
+            job.emit(Event("token", text=piece))
+
         try:
-            sampler = Sampler(temp=req.temperature, top_k=req.top_k, top_p=req.top_p,
-                              seed=req.seed)
+            sampler = Sampler(temp=req.temperature, top_k=req.top_k, top_p=req.top_p, seed=req.seed)
             if job.cancelled.is_set():
                 raise _Cancelled
-            _, st = generate(self.rt, req.prompt_ids, req.max_tokens, sampler,
-                             on_token=on_token)
+            c = complete(
+                self.rt,
+                self.tok,
+                req.prompt_ids,
+                req.max_tokens,
+                sampler,
+                ignore_eos=req.ignore_eos,
+                on_text=on_text,
+                on_token=on_token,
+            )
         except _Cancelled:
             self._finish(job, "cancelled", len(req.prompt_ids), n[0], queue_s, first)
             return
         except DeviceTimeout as e:
             self._reset_device()
-            self._fail(job, "device_timeout", 503, "device_timeout",
-                       f"{e} (the device was reset; retry the request)", queue_s)
+            self._fail(
+                job,
+                "device_timeout",
+                503,
+                "device_timeout",
+                f"{e} (the device was reset; retry the request)",
+                queue_s,
+            )
             return
         except DeviceError as e:
             self._reset_device()
-            self._fail(job, "device_error", 500, "device_error",
-                       f"{e} (the device was reset)", queue_s)
+            self._fail(
+                job, "device_error", 500, "device_error", f"{e} (the device was reset)", queue_s
+            )
             return
-        except Exception as e:             # keep serving whatever happened
+        except Exception as e:  # keep serving whatever happened
             self._reset_device()
-            self._fail(job, "device_error", 500, "server_error",
-                       f"{type(e).__name__}: {e}", queue_s)
+            self._fail(
+                job, "device_error", 500, "server_error", f"{type(e).__name__}: {e}", queue_s
+            )
             return
-        c1 = self._cycles()
-        acc = None
-        if c0 is not None and c1 is not None:
-            total = c1 - c0
-            pre = first["cycles"] - c0 if first else total
-            acc = {"cycles": total, "prefill_cycles": pre, "cycles_per_token": None,
-                   "clock_mhz": self.clock_mhz, "bandwidth_gbs": self.bandwidth_gbs,
-                   "modeled_tokens_per_s": None}
-            if st.generated_tokens > 1 and total > pre:
-                per_tok = (total - pre) / (st.generated_tokens - 1)
-                acc["cycles_per_token"] = per_tok
-                acc["modeled_tokens_per_s"] = self.clock_mhz * 1e6 / per_tok
-        timings = {
-            "prompt_tokens": st.prompt_tokens, "generated_tokens": st.generated_tokens,
-            "ttft_s": _finite_or_none(st.ttft_s) if st.generated_tokens else None,
-            "prefill_tokens_per_s": _finite_or_none(st.prefill_tokens_per_s),
-            "decode_tokens_per_s": _finite_or_none(st.decode_tokens_per_s),
-            "window_slides": st.window_slides, "queue_s": queue_s, "backend": self.backend,
-            "mode": getattr(self.rt, "mode", "integer"), "seed": req.seed,
-            "accelerator": acc,
-        }
-        self._finish(job, "ok", st.prompt_tokens, st.generated_tokens, queue_s, first,
-                     decode=(st.generated_tokens - 1, st.decode_s, acc))
-        finish = "length" if st.generated_tokens == req.max_tokens else "stop"
+        st = c.stats
+        if st.generated_tokens and not first:  # the first token was EOS
+            first["t"] = t_start + st.ttft_s
+        timings = c.timings(
+            backend=self.backend,
+            mode=getattr(self.rt, "mode", "integer"),
+            seed=req.seed,
+            clock_mhz=self.clock_mhz,
+            bandwidth_gbs=self.bandwidth_gbs,
+        )
+        timings["queue_s"] = queue_s
+        self._finish(
+            job,
+            "ok",
+            st.prompt_tokens,
+            st.generated_tokens,
+            queue_s,
+            first,
+            decode=(st.generated_tokens - 1, st.decode_s, timings["accelerator"]),
+        )
+        finish = "stop" if st.eos_token is not None else "length"
         job.emit(Event("done", timings=timings, finish_reason=finish))
 
     def _finish(self, job, outcome, prompt_n, gen_n, queue_s, first, decode=None) -> None:
@@ -579,10 +578,12 @@ class Engine:
             outcomes = dict(self.outcomes)
             recent = list(self._recent)
             ttft, qw = list(self._ttft), list(self._queue_wait)
-            sums = (self._ttft_sum, self._ttft_count, self._queue_wait_sum,
-                    self._queue_wait_count)
-            ptok, gtok, cyc_total = (self.prompt_tokens_total, self.generated_tokens_total,
-                                     self.cycles_total)
+            sums = (self._ttft_sum, self._ttft_count, self._queue_wait_sum, self._queue_wait_count)
+            ptok, gtok, cyc_total = (
+                self.prompt_tokens_total,
+                self.generated_tokens_total,
+                self.cycles_total,
+            )
         dec_n = sum(r[0] for r in recent)
         dec_s = sum(r[1] for r in recent)
         cyc = [r for r in recent if r[2] is not None and r[0] > 0]
@@ -592,41 +593,96 @@ class Engine:
             lines.append(f"# HELP ternary_{name} {help_}")
             lines.append(f"# TYPE ternary_{name} {kind}")
             for labels, v in samples:
-                lab = "{" + ",".join(f'{k}="{_label(val)}"' for k, val in labels.items()) \
-                    + "}" if labels else ""
+                lab = (
+                    "{" + ",".join(f'{k}="{_label(val)}"' for k, val in labels.items()) + "}"
+                    if labels
+                    else ""
+                )
                 lines.append(f"ternary_{name}{lab} {num(v)}")
 
-        metric("info", "gauge", "The served model and backend.",
-               [({"model": self.model_id, "backend": self.backend,
-                  "context": str(self.context)}, 1)])
-        metric("requests_total", "counter", "Completion requests by outcome.",
-               [({"outcome": o}, outcomes.get(o, 0)) for o in
-                ("ok", "cancelled", "bad_request", "busy", "device_timeout", "device_error")])
+        metric(
+            "info",
+            "gauge",
+            "The served model and backend.",
+            [({"model": self.model_id, "backend": self.backend, "context": str(self.context)}, 1)],
+        )
+        metric(
+            "requests_total",
+            "counter",
+            "Completion requests by outcome.",
+            [
+                ({"outcome": o}, outcomes.get(o, 0))
+                for o in (
+                    "ok",
+                    "cancelled",
+                    "bad_request",
+                    "busy",
+                    "device_timeout",
+                    "device_error",
+                )
+            ],
+        )
         metric("prompt_tokens_total", "counter", "Prompt tokens prefilled.", [({}, ptok)])
-        metric("generated_tokens_total", "counter", "Tokens generated (cancelled requests "
-               "included).", [({}, gtok)])
-        metric("queue_depth", "gauge", "Requests waiting for the accelerator.",
-               [({}, self.queue_depth)])
-        metric("queue_depth_max", "gauge", "Most requests ever waiting at once.",
-               [({}, self.queue_depth_max)])
+        metric(
+            "generated_tokens_total",
+            "counter",
+            "Tokens generated (cancelled requests included).",
+            [({}, gtok)],
+        )
+        metric(
+            "queue_depth",
+            "gauge",
+            "Requests waiting for the accelerator.",
+            [({}, self.queue_depth)],
+        )
+        metric(
+            "queue_depth_max",
+            "gauge",
+            "Most requests ever waiting at once.",
+            [({}, self.queue_depth_max)],
+        )
         metric("busy", "gauge", "1 while the accelerator generates.", [({}, int(self.busy))])
-        metric("decode_tokens_per_second", "gauge",
-               f"Decoded tokens per second of generation, last {WINDOW} completed requests.",
-               [({}, dec_n / dec_s if dec_n and dec_s > 0 else float("nan"))])
-        metric("accelerator_cycles_per_token", "gauge",
-               f"Accelerator cycles per decoded token, last {WINDOW} completed requests "
-               "(NaN: the backend counts no cycles).",
-               [({}, sum(r[2] for r in cyc) / sum(r[0] for r in cyc) if cyc
-                 else float("nan"))])
-        metric("accelerator_cycles_total", "counter", "Accelerator cycles of completed "
-               "requests.", [({}, cyc_total)])
+        metric(
+            "decode_tokens_per_second",
+            "gauge",
+            f"Decoded tokens per second of generation, last {WINDOW} completed requests.",
+            [({}, dec_n / dec_s if dec_n and dec_s > 0 else float("nan"))],
+        )
+        metric(
+            "accelerator_cycles_per_token",
+            "gauge",
+            f"Accelerator cycles per decoded token, last {WINDOW} completed requests "
+            "(NaN: the backend counts no cycles).",
+            [({}, sum(r[2] for r in cyc) / sum(r[0] for r in cyc) if cyc else float("nan"))],
+        )
+        metric(
+            "accelerator_cycles_total",
+            "counter",
+            "Accelerator cycles of completed requests.",
+            [({}, cyc_total)],
+        )
         for name, vals, s, c, help_ in (
-                ("time_to_first_token_seconds", ttft, sums[0], sums[1],
-                 "Request arrival to its first token (queueing included)."),
-                ("queue_wait_seconds", qw, sums[2], sums[3],
-                 "Request arrival to the start of its generation.")):
-            metric(name, "summary", help_ + f" Quantiles of the last {QUANTILE_WINDOW}.",
-                   [({"quantile": str(p)}, q(vals, p)) for p in (0.5, 0.9, 0.99)])
+            (
+                "time_to_first_token_seconds",
+                ttft,
+                sums[0],
+                sums[1],
+                "Request arrival to its first token (queueing included).",
+            ),
+            (
+                "queue_wait_seconds",
+                qw,
+                sums[2],
+                sums[3],
+                "Request arrival to the start of its generation.",
+            ),
+        ):
+            metric(
+                name,
+                "summary",
+                help_ + f" Quantiles of the last {QUANTILE_WINDOW}.",
+                [({"quantile": str(p)}, q(vals, p)) for p in (0.5, 0.9, 0.99)],
+            )
             lines.append(f"ternary_{name}_sum {num(float(s))}")
             lines.append(f"ternary_{name}_count {c}")
         return "\n".join(lines) + "\n"
@@ -638,10 +694,10 @@ def _label(v) -> str:
 
 
 # ---------------------------------------------------------------------------- the app
-def _error_body(status: int, message: str, etype: str = "invalid_request_error",
-                param: str | None = None) -> dict:
-    return {"error": {"message": _one_line(message), "type": etype, "param": param,
-                      "code": status}}
+def _error_body(
+    status: int, message: str, etype: str = "invalid_request_error", param: str | None = None
+) -> dict:
+    return {"error": {"message": _one_line(message), "type": etype, "param": param, "code": status}}
 
 
 def create_app(engine: Engine):
@@ -650,8 +706,9 @@ def create_app(engine: Engine):
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    app = FastAPI(title="ternary-accel token server", docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="ternary-accel token server", docs_url=None, redoc_url=None, openapi_url=None
+    )
     app.state.engine = engine
 
     def error(status, message, etype="invalid_request_error", param=None):
@@ -667,21 +724,36 @@ def create_app(engine: Engine):
 
     @app.get("/health")
     async def health():
-        body = {"status": "ok" if engine.alive else "error", "model": engine.model_id,
-                "backend": engine.backend, "queue_depth": engine.queue_depth,
-                "busy": engine.busy}
+        body = {
+            "status": "ok" if engine.alive else "error",
+            "model": engine.model_id,
+            "backend": engine.backend,
+            "queue_depth": engine.queue_depth,
+            "busy": engine.busy,
+        }
         return JSONResponse(body, status_code=200 if engine.alive else 503)
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{
-            "id": engine.model_id, "object": "model", "created": engine.created,
-            "owned_by": OWNER, "max_model_len": engine.context, "backend": engine.backend}]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": engine.model_id,
+                    "object": "model",
+                    "created": engine.created,
+                    "owned_by": OWNER,
+                    "max_model_len": engine.context,
+                    "backend": engine.backend,
+                }
+            ],
+        }
 
     @app.get("/metrics")
     async def metrics():
-        return PlainTextResponse(engine.metrics_text(),
-                                 media_type="text/plain; version=0.0.4; charset=utf-8")
+        return PlainTextResponse(
+            engine.metrics_text(), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     async def next_event(job: Job, request: Request) -> Event | None:
         """The job's next event, or None when the client disconnects first (the job is
@@ -700,16 +772,22 @@ def create_app(engine: Engine):
         return None
 
     def chunk(job: Job, text: str, finish=None, **extra) -> str:
-        d = {"id": job.id, "object": "text_completion", "created": job.created,
-             "model": engine.model_id,
-             "choices": [{"text": text, "index": 0, "logprobs": None,
-                          "finish_reason": finish}]}
+        d = {
+            "id": job.id,
+            "object": "text_completion",
+            "created": job.created,
+            "model": engine.model_id,
+            "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}],
+        }
         d.update(extra)
         return f"data: {json.dumps(d)}\n\n"
 
     def usage(t: dict) -> dict:
-        return {"prompt_tokens": t["prompt_tokens"], "completion_tokens": t["generated_tokens"],
-                "total_tokens": t["prompt_tokens"] + t["generated_tokens"]}
+        return {
+            "prompt_tokens": t["prompt_tokens"],
+            "completion_tokens": t["generated_tokens"],
+            "total_tokens": t["prompt_tokens"] + t["generated_tokens"],
+        }
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -735,7 +813,7 @@ def create_app(engine: Engine):
         except BaseException:
             engine.cancel(job)
             raise
-        if first is None:                    # the client left while waiting
+        if first is None:  # the client left while waiting
             return error(499, "client closed the request")
         if first.kind == "error":
             return error(first.status, first.message, first.etype)
@@ -754,11 +832,22 @@ def create_app(engine: Engine):
             if ev.kind == "error":
                 return error(ev.status, ev.message, ev.etype)
             t = ev.timings
-            return {"id": job.id, "object": "text_completion", "created": job.created,
-                    "model": engine.model_id,
-                    "choices": [{"text": "".join(parts), "index": 0, "logprobs": None,
-                                 "finish_reason": ev.finish_reason}],
-                    "usage": usage(t), "timings": t}
+            return {
+                "id": job.id,
+                "object": "text_completion",
+                "created": job.created,
+                "model": engine.model_id,
+                "choices": [
+                    {
+                        "text": "".join(parts),
+                        "index": 0,
+                        "logprobs": None,
+                        "finish_reason": ev.finish_reason,
+                    }
+                ],
+                "usage": usage(t),
+                "timings": t,
+            }
 
         async def sse():
             ev = first
@@ -769,22 +858,29 @@ def create_app(engine: Engine):
                     elif ev.kind == "done":
                         yield chunk(job, "", ev.finish_reason, timings=ev.timings)
                         if req.include_usage:
-                            d = {"id": job.id, "object": "text_completion",
-                                 "created": job.created, "model": engine.model_id,
-                                 "choices": [], "usage": usage(ev.timings)}
+                            d = {
+                                "id": job.id,
+                                "object": "text_completion",
+                                "created": job.created,
+                                "model": engine.model_id,
+                                "choices": [],
+                                "usage": usage(ev.timings),
+                            }
                             yield f"data: {json.dumps(d)}\n\n"
                         yield "data: [DONE]\n\n"
                         return
                     else:
-                        yield f"data: {json.dumps(_error_body(ev.status, ev.message, ev.etype))}\n\n"
+                        body = _error_body(ev.status, ev.message, ev.etype)
+                        yield f"data: {json.dumps(body)}\n\n"
                         yield "data: [DONE]\n\n"
                         return
                     ev = await job.events.get()
-            finally:                          # disconnected (cancelled) or finished
+            finally:  # disconnected (cancelled) or finished
                 engine.cancel(job)
 
-        return StreamingResponse(sse(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            sse(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
 
     return app
 
@@ -816,15 +912,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def make_uvicorn(app, log_level: str = "warning"):
     import uvicorn
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5,
-                            lifespan="off")
+
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5, lifespan="off")
     return uvicorn.Server(config)
 
 
 class ServerThread:
     """A uvicorn server for ``app`` on ``sock`` in a background thread (tests, load test).
 
-        with ServerThread(app, bind_socket("127.0.0.1", 0)) as s: ... s.url ...
+    with ServerThread(app, bind_socket("127.0.0.1", 0)) as s: ... s.url ...
     """
 
     def __init__(self, app, sock: socket.socket, log_level: str = "warning"):
@@ -832,8 +928,9 @@ class ServerThread:
         host, port = sock.getsockname()[:2]
         self.url = f"http://{host}:{port}"
         self.server = make_uvicorn(app, log_level)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]},
-                                       name="uvicorn", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True
+        )
 
     def __enter__(self):
         self.thread.start()
@@ -864,29 +961,64 @@ def build_parser() -> argparse.ArgumentParser:
     from host.cli import build_parser as cli_parser
 
     defaults = cli_parser()
-    p = _Parser(prog="python -m host serve",
-                description="Serve the accelerator over an OpenAI-compatible HTTP API.")
-    p.add_argument("--backend", choices=sorted(BACKENDS), default="sim",
-                   help="device backend (default: sim)")
+    p = _Parser(
+        prog="python -m host serve",
+        description="Serve the accelerator over an OpenAI-compatible HTTP API.",
+    )
+    p.add_argument(
+        "--backend", choices=sorted(BACKENDS), default="sim", help="device backend (default: sim)"
+    )
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"port (default {DEFAULT_PORT}; 0 = a free port)")
-    p.add_argument("-m", "--model", default=defaults.get_default("model"),
-                   help="checkpoint directory (default: the shipped model)")
-    p.add_argument("--clock-mhz", type=float, default=defaults.get_default("clock_mhz"),
-                   help="modeled accelerator clock in MHz")
-    p.add_argument("--bandwidth-gbs", type=float, default=defaults.get_default("bandwidth_gbs"),
-                   help="modeled memory bandwidth in GB/s")
-    p.add_argument("--device-timeout", type=float, default=None,
-                   help="seconds to wait for one command stream before the request fails "
-                        "with 503 and the device is reset (default: the runtime's)")
-    p.add_argument("--max-queue", type=int, default=DEFAULT_MAX_QUEUE,
-                   help=f"requests that may wait for the accelerator (default {DEFAULT_MAX_QUEUE})")
-    p.add_argument("--device-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra keyword argument of the backend's constructor (repeatable)")
-    p.add_argument("--log-level", default="warning",
-                   choices=("critical", "error", "warning", "info", "debug"),
-                   help="uvicorn's log level (info: one line per request)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port (default {DEFAULT_PORT}; 0 = a free port)",
+    )
+    p.add_argument(
+        "-m",
+        "--model",
+        default=defaults.get_default("model"),
+        help="checkpoint directory or GGUF file (default: the shipped model)",
+    )
+    p.add_argument(
+        "--clock-mhz",
+        type=float,
+        default=defaults.get_default("clock_mhz"),
+        help="modeled accelerator clock in MHz",
+    )
+    p.add_argument(
+        "--bandwidth-gbs",
+        type=float,
+        default=defaults.get_default("bandwidth_gbs"),
+        help="modeled memory bandwidth in GB/s",
+    )
+    p.add_argument(
+        "--device-timeout",
+        type=float,
+        default=None,
+        help="seconds to wait for one command stream before the request fails "
+        "with 503 and the device is reset (default: the runtime's)",
+    )
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        default=DEFAULT_MAX_QUEUE,
+        help=f"requests that may wait for the accelerator (default {DEFAULT_MAX_QUEUE})",
+    )
+    p.add_argument(
+        "--device-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra keyword argument of the backend's constructor (repeatable)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="warning",
+        choices=("critical", "error", "warning", "info", "debug"),
+        help="uvicorn's log level (info: one line per request)",
+    )
     return p
 
 
@@ -910,39 +1042,56 @@ def serve(argv=None) -> int:
     for name, v in (("--clock-mhz", a.clock_mhz), ("--bandwidth-gbs", a.bandwidth_gbs)):
         if not (math.isfinite(v) and v > 0):
             raise _UsageError(f"{name}: expected a finite value > 0, got {v}")
-    if a.device_timeout is not None and not (math.isfinite(a.device_timeout)
-                                             and a.device_timeout > 0):
+    if a.device_timeout is not None and not (
+        math.isfinite(a.device_timeout) and a.device_timeout > 0
+    ):
         raise _UsageError(f"--device-timeout: expected a finite value > 0, got {a.device_timeout}")
     if a.max_queue < 1:
         raise _UsageError(f"--max-queue: expected >= 1, got {a.max_queue}")
     opts = _device_opts(a.device_opt)
-    try:
-        model, tok, model_id = load_model_dir(a.model)
-    except ValueError as e:
-        raise _UsageError(f"-m/--model: {e}") from None
+    from host.modelfile import open_model
 
-    try:                       # before the device: a busy port fails before a long build
+    try:  # python -m host's function, checks and messages
+        source = open_model(a.model)
+        model = source.load()
+    except (ValueError, OSError) as e:
+        raise _UsageError(f"-m/--model: {e}") from None
+    tok, model_id = source.tokenizer, source.name
+
+    try:  # before the device: a busy port fails before a long build
         sock = bind_socket(a.host, a.port)
     except OSError as e:
-        raise _UsageError(f"--host/--port: cannot listen on {a.host}:{a.port}: "
-                          f"{e.strerror or e}") from None
+        raise _UsageError(
+            f"--host/--port: cannot listen on {a.host}:{a.port}: {e.strerror or e}"
+        ) from None
 
-    from host.runtime import make_runtime
+    from host.runtime import backend_kwargs, make_runtime
 
     try:
-        rt = make_runtime(model, a.backend,
-                          **backend_kwargs(a.backend, a.clock_mhz, a.bandwidth_gbs, opts))
-    except Exception as e:     # any construction error: one line (a bad bitstream included)
+        rt = make_runtime(
+            model, a.backend, **backend_kwargs(a.backend, a.clock_mhz, a.bandwidth_gbs, opts)
+        )
+    except Exception as e:  # any construction error: one line (a bad bitstream included)
         sock.close()
         raise _UsageError(f"--backend {a.backend}: {_one_line(e)}") from None
-    engine = Engine(rt, tok, model_id=model_id, backend=a.backend, clock_mhz=a.clock_mhz,
-                    bandwidth_gbs=a.bandwidth_gbs, max_queue=a.max_queue,
-                    device_timeout=a.device_timeout)
+    engine = Engine(
+        rt,
+        tok,
+        model_id=model_id,
+        backend=a.backend,
+        clock_mhz=a.clock_mhz,
+        bandwidth_gbs=a.bandwidth_gbs,
+        max_queue=a.max_queue,
+        device_timeout=a.device_timeout,
+    )
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"server: {model_id} on the {a.backend} backend (context {engine.context}, device "
-          f"timeout {engine.device_timeout:g} s); listening on http://{shown}:{port}",
-          file=sys.stderr, flush=True)
+    print(
+        f"server: {model_id} on the {a.backend} backend (context {engine.context}, device "
+        f"timeout {engine.device_timeout:g} s); listening on http://{shown}:{port}",
+        file=sys.stderr,
+        flush=True,
+    )
     server = make_uvicorn(create_app(engine), a.log_level)
     # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal to the
     # handler installed before it: both end here as a normal stop

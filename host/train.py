@@ -6,21 +6,27 @@ The torch module here computes exactly what ``transformers``' ``BitNetForCausalL
 with ``AutoBitLinear`` in online mode (fake quantization, straight-through estimator):
 
 * weights: ``inv = 1 / max(mean|W|, 1e-5)``, ``W_q = clamp(round(W * inv), -1, 1) / inv``
-* activations, per token: ``s = 127 / max(max|x|, 1e-5)``, ``x_q = clamp(round(x*s), -128, 127) / s``
+* activations, per token: ``s = 127 / max(max|x|, 1e-5)``,
+  ``x_q = clamp(round(x*s), -128, 127) / s``
 * gradients pass both roundings unchanged (STE).
 
 Layer: input_layernorm -> q/k/v -> RoPE (rotate-half) -> causal GQA attention ->
 attn_sub_norm -> o_proj -> residual; post_attention_layernorm -> gate/up -> relu2(gate)*up
 -> ffn_sub_norm -> down_proj -> residual. Final norm, full-precision lm_head.
 
-Data: the characters of ``tinyshakespeare.txt``; the first 90 % train, the last 10 % is
-held out (never trained on). Loss is in nats per character.
+Data: the characters of ``tinyshakespeare.txt`` (``host.data.DEFAULT_CORPUS``); the first
+90 % train, the last 10 % is held out (never trained on; ``host.data.split``, the split
+``host.eval`` scores). Tokens: the character tokenizer of
+the corpus (the shipped model; loss in nats per character), or any tokenizer given by
+``--tokenizer PATH`` (a tokenizer.json or a directory holding one, e.g. a BPE trained by
+``python -m host.tokenizer``; loss in nats per token), each split encoded on its own.
 
 Training state (model, optimizer, step, RNG states, log) is written every few minutes to
 ``<state-dir>/train_state.pt`` (default ``runs/<basename of out>_train``); ``--resume``
 continues from it. At the end the model is exported to ``--out`` in the packed "offline"
 Hugging Face layout with ``tokenizer.json`` and ``training_log.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,27 +46,38 @@ import torch  # noqa: E402
 import torch.nn as nn
 import torch.nn.functional as F
 
-from golden.modelspec import (ATTN_PROJ, MLP_PROJ, LayerWeights, Model, ModelConfig,
-                              ModelWeights, TernaryWeight)
-from host.tokenizer import CharTokenizer
+from golden.modelspec import (
+    ATTN_PROJ,
+    MLP_PROJ,
+    LayerWeights,
+    Model,
+    ModelConfig,
+    ModelWeights,
+    TernaryWeight,
+)
+from host.data import DEFAULT_CORPUS, read_corpus, split
+from host.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 
-DEFAULT_CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                              "tinyshakespeare.txt")
-HELDOUT_FRACTION = 0.1
 STATE_FILE = "train_state.pt"
 LOG_FILE = "training_log.json"
 
-WEIGHT_EPS = 1e-5   # clamp on mean|W|, as transformers' WeightQuant
-ACT_EPS = 1e-5      # clamp on max|x|, as transformers' ActQuant
+WEIGHT_EPS = 1e-5  # clamp on mean|W|, as transformers' WeightQuant
+ACT_EPS = 1e-5  # clamp on max|x|, as transformers' ActQuant
 ACT_MIN, ACT_MAX = -128, 127
 
 
 # ----------------------------------------------------------------------------- quantizers
+def _absmean_ternary(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(codes clamp(round(W / mean|W|), -1, 1) in w's dtype, mean|W| clamped to WEIGHT_EPS)."""
+    mean = w.abs().mean().clamp(min=WEIGHT_EPS)
+    return (w * (1.0 / mean)).round().clamp(-1, 1), mean
+
+
 class _TernarizeSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w):
-        inv = 1.0 / w.abs().mean().clamp(min=WEIGHT_EPS)
-        return (w * inv).round().clamp(-1, 1) / inv
+        codes, mean = _absmean_ternary(w)
+        return codes / (1.0 / mean)
 
     @staticmethod
     def backward(ctx, grad):
@@ -98,17 +115,14 @@ def ternary_linear_eval(xq: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     then spreads to later positions (measured on the shipped model: max logit
     difference 1.1e-2 of max|logit| with the training form, 0 with this one).
     """
-    mean = w.abs().mean().clamp(min=WEIGHT_EPS)
-    codes = (w * (1.0 / mean)).round().clamp(-1, 1)
+    codes, mean = _absmean_ternary(w)
     return F.linear(xq, codes) * mean
 
 
 def ternary_codes(w: torch.Tensor) -> tuple[np.ndarray, float]:
     """Export: int8 codes and the multiplicative scale mean|W| (same rounding as training)."""
-    w = w.detach().float()
-    mean = w.abs().mean().clamp(min=WEIGHT_EPS)
-    codes = (w * (1.0 / mean)).round().clamp(-1, 1).to(torch.int8).numpy()
-    return codes, float(mean)
+    codes, mean = _absmean_ternary(w.detach().float())
+    return codes.to(torch.int8).numpy(), float(mean)
 
 
 class RMSNorm(nn.Module):
@@ -129,8 +143,11 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         hd = cfg.head_dim
-        self.n_head, self.n_kv, self.head_dim = (cfg.num_attention_heads,
-                                                 cfg.num_key_value_heads, hd)
+        self.n_head, self.n_kv, self.head_dim = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            hd,
+        )
         self.q_proj = _bitlinear_weight(cfg.num_attention_heads * hd, cfg.hidden_size)
         self.k_proj = _bitlinear_weight(cfg.num_key_value_heads * hd, cfg.hidden_size)
         self.v_proj = _bitlinear_weight(cfg.num_key_value_heads * hd, cfg.hidden_size)
@@ -142,21 +159,28 @@ class Attention(nn.Module):
         # q, k, v quantize the same input: one activation quantization, one fused matmul
         xq = act_quant_ste(x)
         if self.training:
-            w = torch.cat([ternarize_ste(self.q_proj), ternarize_ste(self.k_proj),
-                           ternarize_ste(self.v_proj)])
+            w = torch.cat(
+                [ternarize_ste(self.q_proj), ternarize_ste(self.k_proj), ternarize_ste(self.v_proj)]
+            )
             qkv = F.linear(xq, w)
         else:
-            qkv = torch.cat([ternary_linear_eval(xq, self.q_proj),
-                             ternary_linear_eval(xq, self.k_proj),
-                             ternary_linear_eval(xq, self.v_proj)], dim=-1)
+            qkv = torch.cat(
+                [
+                    ternary_linear_eval(xq, self.q_proj),
+                    ternary_linear_eval(xq, self.k_proj),
+                    ternary_linear_eval(xq, self.v_proj),
+                ],
+                dim=-1,
+            )
         nq, nk = self.q_proj.shape[0], self.k_proj.shape[0]
         q = qkv[..., :nq].view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = qkv[..., nq:nq + nk].view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
-        v = qkv[..., nq + nk:].view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        k = qkv[..., nq : nq + nk].view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
+        v = qkv[..., nq + nk :].view(B, T, self.n_kv, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           enable_gqa=self.n_kv != self.n_head)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=True, enable_gqa=self.n_kv != self.n_head
+        )
         y = y.transpose(1, 2).reshape(B, T, -1)
         y = act_quant_ste(self.attn_sub_norm(y))
         if not self.training:
@@ -180,9 +204,10 @@ class MLP(nn.Module):
 
     def forward(self, x):
         xq = act_quant_ste(x)
-        if self.training:   # one fused matmul for gate and up
-            g, u = F.linear(xq, torch.cat([ternarize_ste(self.gate_proj),
-                                           ternarize_ste(self.up_proj)])).chunk(2, dim=-1)
+        if self.training:  # one fused matmul for gate and up
+            g, u = F.linear(
+                xq, torch.cat([ternarize_ste(self.gate_proj), ternarize_ste(self.up_proj)])
+            ).chunk(2, dim=-1)
         else:
             g, u = ternary_linear_eval(xq, self.gate_proj), ternary_linear_eval(xq, self.up_proj)
         g = torch.relu(g).square() if self.act == "relu2" else F.silu(g)
@@ -226,15 +251,17 @@ class BitNetLM(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.register_buffer("rope_cos", emb.cos(), persistent=False)
         self.register_buffer("rope_sin", emb.sin(), persistent=False)
-        for name, p in self.named_parameters():
+        for p in self.parameters():
             if p.ndim == 2:
                 nn.init.normal_(p, mean=0.0, std=init_std)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         T = idx.shape[1]
         if T > self.config.max_position_embeddings:
-            raise ValueError(f"idx: sequence length {T} exceeds max_position_embeddings "
-                             f"{self.config.max_position_embeddings}")
+            raise ValueError(
+                f"idx: sequence length {T} exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings}"
+            )
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = self.embed_tokens(idx)
         for blk in self.layers:
@@ -250,8 +277,10 @@ class BitNetLM(nn.Module):
 
     def to_modelspec(self) -> Model:
         """Ternarize and pack into the shared in-memory description (codes * mean|W|)."""
+
         def f32(t):
             return t.detach().float().numpy().copy()
+
         layers = []
         for blk in self.layers:
             proj = {}
@@ -259,14 +288,21 @@ class BitNetLM(nn.Module):
                 proj[n] = TernaryWeight(*ternary_codes(getattr(blk.self_attn, n)))
             for n in MLP_PROJ:
                 proj[n] = TernaryWeight(*ternary_codes(getattr(blk.mlp, n)))
-            layers.append(LayerWeights(
-                input_layernorm=f32(blk.input_layernorm.weight),
-                post_attention_layernorm=f32(blk.post_attention_layernorm.weight),
-                attn_sub_norm=f32(blk.self_attn.attn_sub_norm.weight),
-                ffn_sub_norm=f32(blk.mlp.ffn_sub_norm.weight),
-                proj=proj))
-        w = ModelWeights(embed_tokens=f32(self.embed_tokens.weight), layers=layers,
-                         norm=f32(self.norm.weight), lm_head=f32(self.lm_head.weight))
+            layers.append(
+                LayerWeights(
+                    input_layernorm=f32(blk.input_layernorm.weight),
+                    post_attention_layernorm=f32(blk.post_attention_layernorm.weight),
+                    attn_sub_norm=f32(blk.self_attn.attn_sub_norm.weight),
+                    ffn_sub_norm=f32(blk.mlp.ffn_sub_norm.weight),
+                    proj=proj,
+                )
+            )
+        w = ModelWeights(
+            embed_tokens=f32(self.embed_tokens.weight),
+            layers=layers,
+            norm=f32(self.norm.weight),
+            lm_head=f32(self.lm_head.weight),
+        )
         return Model(config=self.config, weights=w)
 
 
@@ -298,16 +334,20 @@ class TrainConfig:
     eval_windows: int = 64
     ckpt_minutes: float = 5.0
     threads: int = 2
-    corpus_limit: int = 0   # >0: use only the first N characters (tests)
+    corpus_limit: int = 0  # >0: use only the first N characters (tests)
+    tokenizer: str = ""  # tokenizer.json (or its directory); "" = characters of the corpus
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(vocab_size=vocab_size, hidden_size=self.hidden_size,
-                           intermediate_size=self.intermediate_size,
-                           num_hidden_layers=self.num_hidden_layers,
-                           num_attention_heads=self.num_attention_heads,
-                           num_key_value_heads=self.num_key_value_heads,
-                           max_position_embeddings=self.context,
-                           tie_word_embeddings=self.tie_word_embeddings)
+        return ModelConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            max_position_embeddings=self.context,
+            tie_word_embeddings=self.tie_word_embeddings,
+        )
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -318,26 +358,30 @@ def lr_at(step: int, tc: TrainConfig) -> float:
     return tc.min_lr + 0.5 * (tc.lr - tc.min_lr) * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
-def load_corpus(path: str, limit: int = 0) -> tuple[CharTokenizer, torch.Tensor, torch.Tensor]:
-    """Tokenizer over the whole corpus; ids of the train split (first 90 %) and held-out."""
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+def load_corpus(
+    path: str, limit: int = 0, tokenizer: str = ""
+) -> tuple[Tokenizer, torch.Tensor, torch.Tensor]:
+    """The tokenizer (``tokenizer``'s file, or the characters of the whole corpus) and the
+    ids of the train split (first 90 % of the characters) and of the held-out split."""
+    text = read_corpus(path)
     if limit:
         text = text[:limit]
-    tok = CharTokenizer.from_text(text)
-    ids = torch.tensor(tok.encode(text), dtype=torch.long)
-    n_train = int(len(ids) * (1.0 - HELDOUT_FRACTION))
-    return tok, ids[:n_train], ids[n_train:]
+    tok = load_tokenizer(tokenizer) if tokenizer else CharTokenizer.from_text(text)
+    return tok, *(
+        torch.tensor(tok.encode(part, add_bos=False), dtype=torch.long) for part in split(text)
+    )
 
 
-def heldout_windows(val: torch.Tensor, context: int, limit: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def heldout_windows(
+    val: torch.Tensor, context: int, limit: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-overlapping windows of the held-out split (inputs, targets), evenly spaced."""
     n = (len(val) - 1) // context
     starts = torch.arange(n) * context
     if limit and limit < n:
         starts = starts[torch.linspace(0, n - 1, limit).long()]
-    x = torch.stack([val[s:s + context] for s in starts])
-    y = torch.stack([val[s + 1:s + 1 + context] for s in starts])
+    x = torch.stack([val[s : s + context] for s in starts])
+    y = torch.stack([val[s + 1 : s + 1 + context] for s in starts])
     return x, y
 
 
@@ -348,10 +392,11 @@ def evaluate(model: BitNetLM, x: torch.Tensor, y: torch.Tensor, batch: int = 32)
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(x), batch):
-        logits = model(x[i:i + batch])
-        total += F.cross_entropy(logits.flatten(0, 1), y[i:i + batch].flatten(),
-                                 reduction="sum").item()
-        count += y[i:i + batch].numel()
+        logits = model(x[i : i + batch])
+        total += F.cross_entropy(
+            logits.flatten(0, 1), y[i : i + batch].flatten(), reduction="sum"
+        ).item()
+        count += y[i : i + batch].numel()
     model.train(was_training)
     return total / count
 
@@ -361,9 +406,14 @@ def make_optimizer(model: BitNetLM, tc: TrainConfig) -> torch.optim.AdamW:
     ternary = {id(p) for _, _, p in model.ternary_parameters()}
     decay = [p for p in model.parameters() if id(p) in ternary]
     other = [p for p in model.parameters() if id(p) not in ternary]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                              {"params": other, "weight_decay": 0.0}],
-                             lr=tc.lr, betas=(tc.beta1, tc.beta2))
+    return torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": tc.weight_decay},
+            {"params": other, "weight_decay": 0.0},
+        ],
+        lr=tc.lr,
+        betas=(tc.beta1, tc.beta2),
+    )
 
 
 def _atomic_save(obj, path: str) -> None:
@@ -372,18 +422,28 @@ def _atomic_save(obj, path: str) -> None:
     os.replace(tmp, path)
 
 
-def export(model: BitNetLM, tok: CharTokenizer, out: str, log: dict) -> None:
+def export(model: BitNetLM, tok: Tokenizer, out: str, log: dict) -> None:
     from host import checkpoint  # imported late: export is the last step of a long run
+
     # autobitlinear: transformers then computes exactly the fake-quant forward trained here
-    checkpoint.save(model.to_modelspec(), out, fmt="offline", linear_class="autobitlinear",
-                    tokenizer=tok)
+    checkpoint.save(
+        model.to_modelspec(), out, fmt="offline", linear_class="autobitlinear", tokenizer=tok
+    )
     with open(os.path.join(out, LOG_FILE), "w") as f:
         json.dump(log, f, indent=1)
 
 
-def train(tc: TrainConfig, out: str, state_dir: str, corpus: str = DEFAULT_CORPUS,
-          resume: bool = False, progress: bool = True, export_model: bool = True,
-          resume_steps: int | None = None, stop_at: int | None = None) -> dict:
+def train(
+    tc: TrainConfig,
+    out: str,
+    state_dir: str,
+    corpus: str = DEFAULT_CORPUS,
+    resume: bool = False,
+    progress: bool = True,
+    export_model: bool = True,
+    resume_steps: int | None = None,
+    stop_at: int | None = None,
+) -> dict:
     """Run (or resume) training; returns the training log (also exported as JSON).
 
     On resume the saved recipe is used; ``resume_steps`` (``--resume --steps N``) changes
@@ -408,7 +468,7 @@ def train(tc: TrainConfig, out: str, state_dir: str, corpus: str = DEFAULT_CORPU
         tc = saved
 
     torch.manual_seed(tc.seed)
-    tok, train_ids, val_ids = load_corpus(corpus, tc.corpus_limit)
+    tok, train_ids, val_ids = load_corpus(corpus, tc.corpus_limit, tc.tokenizer)
     if len(train_ids) <= tc.context + 1 or len(val_ids) <= tc.context + 1:
         raise ValueError(f"corpus: too short for context {tc.context}")
     cfg = tc.model_config(tok.vocab_size)
@@ -417,8 +477,14 @@ def train(tc: TrainConfig, out: str, state_dir: str, corpus: str = DEFAULT_CORPU
     batch_gen = torch.Generator().manual_seed(tc.seed + 1)
     ex, ey = heldout_windows(val_ids, tc.context, tc.eval_windows)
     n_params = sum(p.numel() for p in model.parameters())
-    log = {"recipe": asdict(tc), "model_config": cfg.to_hf(), "parameters": n_params,
-           "tokens_per_step": tc.batch_size * tc.context, "curve": [], "elapsed_s": 0.0}
+    log = {
+        "recipe": asdict(tc),
+        "model_config": cfg.to_hf(),
+        "parameters": n_params,
+        "tokens_per_step": tc.batch_size * tc.context,
+        "curve": [],
+        "elapsed_s": 0.0,
+    }
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
@@ -431,14 +497,24 @@ def train(tc: TrainConfig, out: str, state_dir: str, corpus: str = DEFAULT_CORPU
             log["recipe"]["steps"] = tc.steps
 
     def save_state():
-        _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "step": step, "batch_rng": batch_gen.get_state(),
-                      "torch_rng": torch.get_rng_state(), "train_config": asdict(tc),
-                      "log": log}, state_path)
+        _atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "step": step,
+                "batch_rng": batch_gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "train_config": asdict(tc),
+                "log": log,
+            },
+            state_path,
+        )
 
     from tqdm import tqdm
-    bar = tqdm(total=tc.steps, initial=step, disable=not progress, dynamic_ncols=True,
-               mininterval=2.0)
+
+    bar = tqdm(
+        total=tc.steps, initial=step, disable=not progress, dynamic_ncols=True, mininterval=2.0
+    )
     model.train()
     t_start = time.time() - log["elapsed_s"]
     t_ckpt = time.time()
@@ -466,30 +542,42 @@ def train(tc: TrainConfig, out: str, state_dir: str, corpus: str = DEFAULT_CORPU
             tps_t, tps_step = now, step
         rec = None
         if step % tc.eval_interval == 0 or step == tc.steps:
-            rec = {"step": step, "train_loss": round(loss.item(), 5),
-                   "heldout_loss": round(evaluate(model, ex, ey), 5), "lr": lr,
-                   "elapsed_s": round(now - t_start, 1)}
+            rec = {
+                "step": step,
+                "train_loss": round(loss.item(), 5),
+                "heldout_loss": round(evaluate(model, ex, ey), 5),
+                "lr": lr,
+                "elapsed_s": round(now - t_start, 1),
+            }
             log["curve"].append(rec)
             bar.write(json.dumps(rec))
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:.0f}",
-                        gn=f"{gnorm.item():.2f}", refresh=False)
+        bar.set_postfix(
+            loss=f"{loss.item():.3f}",
+            lr=f"{lr:.2e}",
+            tok_s=f"{tps:.0f}",
+            gn=f"{gnorm.item():.2f}",
+            refresh=False,
+        )
         log["elapsed_s"] = time.time() - t_start
         if now - t_ckpt > tc.ckpt_minutes * 60 or step == tc.steps:
             save_state()
             t_ckpt = time.time()
     bar.close()
-    if step < tc.steps:   # interrupted on purpose (stop_at)
+    if step < tc.steps:  # interrupted on purpose (stop_at)
         save_state()
         return log
 
     # final: the whole held-out split, non-overlapping windows of `context` characters
     fx, fy = heldout_windows(val_ids, tc.context)
     final = evaluate(model, fx, fy)
-    log["final"] = {"heldout_loss_nats_per_char": final,
-                    "heldout_bits_per_char": final / math.log(2),
-                    "heldout_chars": int(fy.numel()), "steps": step,
-                    "train_tokens": step * tokens_per_step,
-                    "wall_s": round(log["elapsed_s"], 1)}
+    log["final"] = {
+        "heldout_loss_nats_per_char": final,
+        "heldout_bits_per_char": final / math.log(2),
+        "heldout_chars": int(fy.numel()),
+        "steps": step,
+        "train_tokens": step * tokens_per_step,
+        "wall_s": round(log["elapsed_s"], 1),
+    }
     print(json.dumps(log["final"]), file=sys.stderr)
     save_state()
     if export_model:
@@ -500,7 +588,7 @@ def train(tc: TrainConfig, out: str, state_dir: str, corpus: str = DEFAULT_CORPU
 def _export_only(out: str, state_dir: str, corpus: str) -> None:
     state = torch.load(os.path.join(state_dir, STATE_FILE), weights_only=False)
     tc = TrainConfig(**state["train_config"])
-    tok, _, _ = load_corpus(corpus, tc.corpus_limit)
+    tok, _, _ = load_corpus(corpus, tc.corpus_limit, tc.tokenizer)
     model = BitNetLM(tc.model_config(tok.vocab_size))
     model.load_state_dict(state["model"])
     model.eval()
@@ -510,29 +598,52 @@ def _export_only(out: str, state_dir: str, corpus: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m host.train", description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="export directory (HF layout)")
-    p.add_argument("--state-dir", default=None,
-                   help="training-state directory (default runs/<basename of out>_train)")
-    p.add_argument("--corpus", default=os.path.normpath(DEFAULT_CORPUS))
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        help="training-state directory (default runs/<basename of out>_train)",
+    )
+    p.add_argument("--corpus", default=DEFAULT_CORPUS)
     p.add_argument("--resume", action="store_true", help="continue from the saved state")
-    p.add_argument("--export-only", action="store_true",
-                   help="export the saved state to --out without training")
+    p.add_argument(
+        "--export-only",
+        action="store_true",
+        help="export the saved state to --out without training",
+    )
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--stop-at", type=int, default=None,
-                   help="save the state and stop after this step (continue with --resume)")
+    p.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="save the state and stop after this step (continue with --resume)",
+    )
     for f in fields(TrainConfig):
-        p.add_argument("--" + f.name.replace("_", "-"), type=type(f.default) if not isinstance(
-            f.default, bool) else (lambda s: s.lower() in ("1", "true", "yes")), default=None)
+        p.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=type(f.default)
+            if not isinstance(f.default, bool)
+            else (lambda s: s.lower() in ("1", "true", "yes")),
+            default=None,
+        )
     a = p.parse_args(argv)
-    state_dir = a.state_dir or os.path.join("runs", os.path.basename(os.path.normpath(a.out))
-                                            + "_train")
+    state_dir = a.state_dir or os.path.join(
+        "runs", os.path.basename(os.path.normpath(a.out)) + "_train"
+    )
     if a.export_only:
         _export_only(a.out, state_dir, a.corpus)
         return 0
-    kw = {f.name: getattr(a, f.name) for f in fields(TrainConfig)
-          if getattr(a, f.name) is not None}
+    kw = {f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name) is not None}
     tc = TrainConfig(**kw)
-    train(tc, a.out, state_dir, corpus=a.corpus, resume=a.resume, progress=not a.no_progress,
-          resume_steps=a.steps if a.resume else None, stop_at=a.stop_at)
+    train(
+        tc,
+        a.out,
+        state_dir,
+        corpus=a.corpus,
+        resume=a.resume,
+        progress=not a.no_progress,
+        resume_steps=a.steps if a.resume else None,
+        stop_at=a.stop_at,
+    )
     return 0
 
 

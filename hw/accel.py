@@ -65,19 +65,28 @@ sits in IDLE -- it lets Verilator skip the next-state logic of idle engines (~2x
 simulated cycles per second); it is also how an ASIC would save their power. FPGA
 builds keep the default (one clock; a clock enable is the FPGA way).
 """
+
 from __future__ import annotations
 
 import importlib
 
-from amaranth import (ClockDomain, ClockSignal, DomainRenamer, Module, Mux, ResetInserter,
-                      ResetSignal, Signal)
+from amaranth import (
+    ClockDomain,
+    ClockSignal,
+    DomainRenamer,
+    Module,
+    Mux,
+    ResetInserter,
+    ResetSignal,
+    Signal,
+)
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from golden.config import DEFAULT, DatapathConfig
 from golden import isa
-from hw.csr import CSR_ADDR_BITS, CSRBlock, design_id
+from golden.config import DEFAULT, DatapathConfig
 from golden.isa import ErrorCode, Opcode
+from hw.csr import CSR_ADDR_BITS, CSRBlock, design_id
 from hw.tlmm import DEFAULT_MAX_K
 
 # opcode -> "module:class" of its engine (hw/ops/); END and NOP are the processor's own
@@ -94,7 +103,7 @@ ENGINES = {
     Opcode.ACT: "hw.ops.act:ActEngine",
 }
 RTL_OPS = (Opcode.NOP, Opcode.END, *ENGINES)
-PF_COUNT_BITS = 10          # engine reads outstanding while a prefetch waits (1023 max)
+PF_COUNT_BITS = 10  # engine reads outstanding while a prefetch waits (1023 max)
 
 
 def engine_class(op: Opcode):
@@ -106,8 +115,9 @@ def dma_bytes_for(cfg: DatapathConfig) -> int:
     """DMA beat width: the smallest power of two holding a command, an activation chunk
     (G*T bytes), a weight beat and an output beat (Q int32)."""
     t = cfg.tlmm
-    need = max(isa.COMMAND_BYTES, t.group * t.tables, isa.tlmm_beat_bytes(t),
-               t.replicas * t.acc_bits // 8)
+    need = max(
+        isa.COMMAND_BYTES, t.group * t.tables, isa.tlmm_beat_bytes(t), t.replicas * t.acc_bits // 8
+    )
     return 1 << (need - 1).bit_length()
 
 
@@ -115,8 +125,15 @@ class Accel(wiring.Component):
     """The accelerator top (see module docstring). ``ops``: the opcodes executed on RTL
     (default all of ``RTL_OPS``; END and NOP always); the others go to the host."""
 
-    def __init__(self, cfg: DatapathConfig = DEFAULT, *, max_k: int = DEFAULT_MAX_K,
-                 ops=None, gate_idle_engines: bool = False, ident: int | None = None):
+    def __init__(
+        self,
+        cfg: DatapathConfig = DEFAULT,
+        *,
+        max_k: int = DEFAULT_MAX_K,
+        ops=None,
+        gate_idle_engines: bool = False,
+        ident: int | None = None,
+    ):
         self.cfg = cfg
         self.max_k = max_k
         self.gate_idle_engines = bool(gate_idle_engines)
@@ -130,27 +147,48 @@ class Accel(wiring.Component):
         # the ID register: the design point's hash (the shell passes its own, which
         # covers these parameters and the shell's)
         self.ident = design_id(self.id_params()) if ident is None else int(ident)
-        super().__init__({
-            "csr_addr": In(CSR_ADDR_BITS), "csr_w_en": In(1), "csr_w_data": In(32),
-            "csr_r_data": Out(32),
-            "mem_rd_valid": Out(1), "mem_rd_ready": In(1), "mem_rd_addr": Out(isa.ADDR_BITS),
-            "mem_rd_len": Out(range(W + 1)),
-            "mem_rdata_valid": In(1), "mem_rdata_ready": Out(1), "mem_rdata": In(8 * W),
-            "mem_wr_valid": Out(1), "mem_wr_ready": In(1), "mem_wr_addr": Out(isa.ADDR_BITS),
-            "mem_wr_len": Out(range(W + 1)), "mem_wr_data": Out(8 * W),
-            "busy": Out(1), "host_req": Out(1),
-            # bus errors and write completion (the AXI shell; tied to 0 by a memory that
-            # applies writes at once and never fails, like the sim backend's harness)
-            "mem_rdata_err": In(1), "mem_wr_err": In(1), "mem_wr_err_op": In(32),
-            "mem_wr_busy": In(1),
-            "cmd_index": Out(32), "stream_addr_hi": Out(32), "irq": Out(1),
-        })
+        super().__init__(
+            {
+                "csr_addr": In(CSR_ADDR_BITS),
+                "csr_w_en": In(1),
+                "csr_w_data": In(32),
+                "csr_r_data": Out(32),
+                "mem_rd_valid": Out(1),
+                "mem_rd_ready": In(1),
+                "mem_rd_addr": Out(isa.ADDR_BITS),
+                "mem_rd_len": Out(range(W + 1)),
+                "mem_rdata_valid": In(1),
+                "mem_rdata_ready": Out(1),
+                "mem_rdata": In(8 * W),
+                "mem_wr_valid": Out(1),
+                "mem_wr_ready": In(1),
+                "mem_wr_addr": Out(isa.ADDR_BITS),
+                "mem_wr_len": Out(range(W + 1)),
+                "mem_wr_data": Out(8 * W),
+                "busy": Out(1),
+                "host_req": Out(1),
+                # bus errors and write completion (the AXI shell; tied to 0 by a memory that
+                # applies writes at once and never fails, like the sim backend's harness)
+                "mem_rdata_err": In(1),
+                "mem_wr_err": In(1),
+                "mem_wr_err_op": In(32),
+                "mem_wr_busy": In(1),
+                "cmd_index": Out(32),
+                "stream_addr_hi": Out(32),
+                "irq": Out(1),
+            }
+        )
 
     def id_params(self) -> dict:
         """The build parameters the ID register hashes (``hw.csr.design_id``)."""
         from dataclasses import asdict
-        return {"cfg": asdict(self.cfg), "max_k": self.max_k, "dma_bytes": self.dma_bytes,
-                "ops": [op.name for op in self.ops]}
+
+        return {
+            "cfg": asdict(self.cfg),
+            "max_k": self.max_k,
+            "dma_bytes": self.dma_bytes,
+            "ops": [op.name for op in self.ops],
+        }
 
     def _engine(self, op: Opcode):
         cls = engine_class(op)
@@ -161,8 +199,12 @@ class Accel(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.csr = csr = CSRBlock(self.ident)
-        m.d.comb += [csr.addr.eq(self.csr_addr), csr.w_en.eq(self.csr_w_en),
-                     csr.w_data.eq(self.csr_w_data), self.csr_r_data.eq(csr.r_data)]
+        m.d.comb += [
+            csr.addr.eq(self.csr_addr),
+            csr.w_en.eq(self.csr_w_en),
+            csr.w_data.eq(self.csr_w_data),
+            self.csr_r_data.eq(csr.r_data),
+        ]
 
         # ------------------------------------------------ status
         busy = Signal()
@@ -177,13 +219,25 @@ class Accel(wiring.Component):
         pc = Signal(32)
         ev_end = Signal()
         ev_host = Signal()
-        m.d.comb += [csr.busy.eq(busy), csr.done.eq(done), csr.error.eq(error),
-                     csr.err_op.eq(err_op), csr.ops_done.eq(ops_done), csr.cycles.eq(cycles),
-                     csr.bytes_rd.eq(bytes_rd), csr.bytes_wr.eq(bytes_wr),
-                     csr.host_op.eq(host_op), csr.pc.eq(pc),
-                     csr.ev_end.eq(ev_end), csr.ev_host.eq(ev_host),
-                     self.busy.eq(busy), self.host_req.eq(host_op), self.irq.eq(csr.irq),
-                     self.cmd_index.eq(pc), self.stream_addr_hi.eq(csr.stream_addr_hi)]
+        m.d.comb += [
+            csr.busy.eq(busy),
+            csr.done.eq(done),
+            csr.error.eq(error),
+            csr.err_op.eq(err_op),
+            csr.ops_done.eq(ops_done),
+            csr.cycles.eq(cycles),
+            csr.bytes_rd.eq(bytes_rd),
+            csr.bytes_wr.eq(bytes_wr),
+            csr.host_op.eq(host_op),
+            csr.pc.eq(pc),
+            csr.ev_end.eq(ev_end),
+            csr.ev_host.eq(ev_host),
+            self.busy.eq(busy),
+            self.host_req.eq(host_op),
+            self.irq.eq(csr.irq),
+            self.cmd_index.eq(pc),
+            self.stream_addr_hi.eq(csr.stream_addr_hi),
+        ]
         with m.If(busy & ~host_op):
             m.d.sync += cycles.eq(cycles + 1)
         with m.If(self.mem_rd_valid & self.mem_rd_ready):
@@ -207,8 +261,8 @@ class Accel(wiring.Component):
         # lets Verilator evaluate it once per cycle instead of on every input change.
         rs_valid = Signal()
         rs_data = Signal(8 * self.dma_bytes)
-        rs_err = Signal()                                # the beat is a bus error
-        rs_ready = Signal()                              # the consumer takes rs this cycle
+        rs_err = Signal()  # the beat is a bus error
+        rs_ready = Signal()  # the consumer takes rs this cycle
         m.d.comb += self.mem_rdata_ready.eq(~rs_valid | rs_ready)
         with m.If(self.mem_rdata_ready):
             m.d.sync += rs_valid.eq(self.mem_rdata_valid)
@@ -216,16 +270,20 @@ class Accel(wiring.Component):
                 m.d.sync += [rs_data.eq(self.mem_rdata), rs_err.eq(self.mem_rdata_err)]
         # reads requested and not yet taken from rs (every kind: fetch, prefetch, engine)
         rd_out = Signal(PF_COUNT_BITS + 1)
-        m.d.sync += rd_out.eq(rd_out + (self.mem_rd_valid & self.mem_rd_ready)
-                              - (rs_valid & rs_ready))
+        m.d.sync += rd_out.eq(
+            rd_out + (self.mem_rd_valid & self.mem_rd_ready) - (rs_valid & rs_ready)
+        )
 
         # ------------------------------------------------ engines and the DMA switch
         engines = {}
-        active = Signal(range(len(self.ops) + 1))      # 1 + index of the running engine
-        eng_rst = Signal()              # abort: the engines return to idle (a bus error, RESET)
+        active = Signal(range(len(self.ops) + 1))  # 1 + index of the running engine
+        eng_rst = Signal()  # abort: the engines return to idle (a bus error, RESET)
         if self.gate_idle_engines:
             m.domains.gate = ClockDomain("gate", clk_edge="neg", local=True)
-            m.d.comb += [ClockSignal("gate").eq(ClockSignal()), ResetSignal("gate").eq(ResetSignal())]
+            m.d.comb += [
+                ClockSignal("gate").eq(ClockSignal()),
+                ResetSignal("gate").eq(ResetSignal()),
+            ]
         for i, op in enumerate(self.ops):
             name = f"op_{isa.op_name(op)}"
             e = engines[op] = self._engine(op)
@@ -238,8 +296,10 @@ class Accel(wiring.Component):
             en = Signal(name=f"{name}_en", init=1, reset_less=True)
             m.d.gate += en.eq((active == i + 1) | e.start | ResetSignal() | eng_rst)
             m.domains += ClockDomain(name, local=True)
-            m.d.comb += [ClockSignal(name).eq(ClockSignal() & en),
-                         ResetSignal(name).eq(ResetSignal())]
+            m.d.comb += [
+                ClockSignal(name).eq(ClockSignal() & en),
+                ResetSignal(name).eq(ResetSignal()),
+            ]
             m.submodules[name] = ResetInserter({name: eng_rst})(DomainRenamer(name)(e))
         eng_done = Signal()
         eng_error = Signal(8)
@@ -252,32 +312,40 @@ class Accel(wiring.Component):
                 e = engines[op]
                 with m.Case(i + 1):
                     m.d.comb += [
-                        e_rd_valid.eq(e.rd.valid), e.rd.ready.eq(e_rd_ready),
-                        e_rd_addr.eq(e.rd.payload.addr), e_rd_len.eq(e.rd.payload.len),
-                        e.rdata.valid.eq(e_rs_valid), e_rs_ready.eq(e.rdata.ready),
+                        e_rd_valid.eq(e.rd.valid),
+                        e.rd.ready.eq(e_rd_ready),
+                        e_rd_addr.eq(e.rd.payload.addr),
+                        e_rd_len.eq(e.rd.payload.len),
+                        e.rdata.valid.eq(e_rs_valid),
+                        e_rs_ready.eq(e.rdata.ready),
                         e.rdata.payload.eq(rs_data),
-                        self.mem_wr_valid.eq(e.wr.valid), e.wr.ready.eq(self.mem_wr_ready),
+                        self.mem_wr_valid.eq(e.wr.valid),
+                        e.wr.ready.eq(self.mem_wr_ready),
                         self.mem_wr_addr.eq(e.wr.payload.addr),
                         self.mem_wr_len.eq(e.wr.payload.len),
                         self.mem_wr_data.eq(e.wr.payload.data),
-                        eng_done.eq(e.done), eng_error.eq(e.error.as_value()),
+                        eng_done.eq(e.done),
+                        eng_error.eq(e.error.as_value()),
                     ]
 
         # ------------------------------------------------ command prefetch
         # While an engine runs, the next command is read in a request slot the engine
         # leaves free; responses come back in request order, so the prefetch's is the
         # one after the engine reads that were outstanding when it was issued.
-        pf_req = Signal()                       # the prefetch read is in flight
-        pf_have = Signal()                      # pf_buf holds command pc + 1
+        pf_req = Signal()  # the prefetch read is in flight
+        pf_have = Signal()  # pf_buf holds command pc + 1
         pf_buf = Signal(isa.COMMAND_BITS)
-        eng_out = Signal(PF_COUNT_BITS)         # engine reads outstanding
-        pf_ahead = Signal(PF_COUNT_BITS)        # engine responses due before the prefetch's
+        eng_out = Signal(PF_COUNT_BITS)  # engine reads outstanding
+        pf_ahead = Signal(PF_COUNT_BITS)  # engine responses due before the prefetch's
         pf_head = Signal()
         m.d.comb += pf_head.eq(pf_req & (pf_ahead == 0))
         eng_rd_fire = Signal()
         eng_rs_fire = Signal()
         pf_fire = Signal()
-        m.d.comb += [eng_rd_fire.eq(e_rd_valid & e_rd_ready), eng_rs_fire.eq(e_rs_valid & e_rs_ready)]
+        m.d.comb += [
+            eng_rd_fire.eq(e_rd_valid & e_rd_ready),
+            eng_rs_fire.eq(e_rs_valid & e_rs_ready),
+        ]
         m.d.sync += eng_out.eq(eng_out + eng_rd_fire - eng_rs_fire)
         with m.If(pf_fire):
             m.d.sync += [pf_req.eq(1), pf_ahead.eq(eng_out - eng_rs_fire)]
@@ -291,16 +359,18 @@ class Accel(wiring.Component):
         # outstanding (an engine at or past it is reset first).
         berr = Signal()
         berr_op = Signal(32)
-        cap_rd = Signal()                       # a read response with an error is taken now
+        cap_rd = Signal()  # a read response with an error is taken now
         cap_rd_op = Signal(32)
-        berr_n = Signal()                       # berr / berr_op as of the next cycle
+        berr_n = Signal()  # berr / berr_op as of the next cycle
         berr_op_n = Signal(32)
         m.d.comb += [berr_n.eq(berr), berr_op_n.eq(berr_op)]
         for cap, op_ in ((cap_rd, cap_rd_op), (self.mem_wr_err, self.mem_wr_err_op)):
             prev_v, prev_op = berr_n, berr_op_n
             nv, nop = Signal(), Signal(32)
-            m.d.comb += [nv.eq(prev_v | cap),
-                         nop.eq(Mux(cap & (~prev_v | (op_ < prev_op)), op_, prev_op))]
+            m.d.comb += [
+                nv.eq(prev_v | cap),
+                nop.eq(Mux(cap & (~prev_v | (op_ < prev_op)), op_, prev_op)),
+            ]
             berr_n, berr_op_n = nv, nop
         m.d.sync += [berr.eq(berr_n), berr_op.eq(berr_op_n)]
 
@@ -311,8 +381,8 @@ class Accel(wiring.Component):
         # stream clean.
         pend_code = Signal(8)
         pend_op = Signal(32)
-        pend_done = Signal()                    # END was reached
-        pend_reset = Signal()                   # aborted by CTRL.RESET: status cleared
+        pend_done = Signal()  # END was reached
+        pend_reset = Signal()  # aborted by CTRL.RESET: status cleared
 
         def drain(code=0, end=False):
             m.d.sync += [pend_code.eq(code), pend_op.eq(pc), pend_done.eq(int(end))]
@@ -340,14 +410,25 @@ class Accel(wiring.Component):
         with m.FSM(init="IDLE"):
             with m.State("IDLE"):
                 with m.If(csr.start):
-                    m.d.sync += [busy.eq(1), done.eq(0), error.eq(0), err_op.eq(0), pc.eq(0),
-                                 berr.eq(0), pend_reset.eq(0), pf_have.eq(0),
-                                 pend_code.eq(0), pend_done.eq(0)]
+                    m.d.sync += [
+                        busy.eq(1),
+                        done.eq(0),
+                        error.eq(0),
+                        err_op.eq(0),
+                        pc.eq(0),
+                        berr.eq(0),
+                        pend_reset.eq(0),
+                        pf_have.eq(0),
+                        pend_code.eq(0),
+                        pend_done.eq(0),
+                    ]
                     m.next = "FETCH"
             with m.State("FETCH"):
-                m.d.comb += [self.mem_rd_valid.eq(1),
-                             self.mem_rd_addr.eq(csr.stream_addr + (pc << 6)),
-                             self.mem_rd_len.eq(isa.COMMAND_BYTES)]
+                m.d.comb += [
+                    self.mem_rd_valid.eq(1),
+                    self.mem_rd_addr.eq(csr.stream_addr + (pc << 6)),
+                    self.mem_rd_len.eq(isa.COMMAND_BYTES),
+                ]
                 with m.If(self.mem_rd_ready):
                     m.next = "FETCH_WAIT"
                 aborted()
@@ -357,7 +438,7 @@ class Accel(wiring.Component):
                     m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc)]
                     m.next = "DRAIN"
                 with m.Elif(rs_valid):
-                    m.d.sync += cmd.eq(rs_data[:isa.COMMAND_BITS])
+                    m.d.sync += cmd.eq(rs_data[: isa.COMMAND_BITS])
                     m.next = "DECODE"
                 aborted()
             with m.State("DECODE"):
@@ -388,44 +469,51 @@ class Accel(wiring.Component):
                 m.d.comb += [
                     e_rd_ready.eq(self.mem_rd_ready & ~eng_full),
                     self.mem_rd_valid.eq((e_rd_valid & ~eng_full) | want_pf),
-                    self.mem_rd_addr.eq(Mux(e_rd_valid, e_rd_addr,
-                                            csr.stream_addr + ((pc + 1) << 6))),
+                    self.mem_rd_addr.eq(
+                        Mux(e_rd_valid, e_rd_addr, csr.stream_addr + ((pc + 1) << 6))
+                    ),
                     self.mem_rd_len.eq(Mux(e_rd_valid, e_rd_len, isa.COMMAND_BYTES)),
                     pf_fire.eq(want_pf & ~e_rd_valid & self.mem_rd_ready),
                 ]
-                pf_arrives = Signal()               # the prefetched word is taken now
+                pf_arrives = Signal()  # the prefetched word is taken now
                 m.d.comb += pf_arrives.eq(pf_head & rs_valid & ~rs_err)
                 with m.If(pf_head):
                     m.d.comb += rs_ready.eq(1)
-                    with m.If(rs_valid & rs_err):   # command pc + 1 cannot be fetched
+                    with m.If(rs_valid & rs_err):  # command pc + 1 cannot be fetched
                         m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc + 1)]
                         m.d.sync += pf_req.eq(0)
                 with m.Else():
                     # an errored beat is not given to the engine (it is reset next cycle)
-                    m.d.comb += [e_rs_valid.eq(rs_valid & ~rs_err),
-                                 rs_ready.eq(e_rs_ready | rs_err)]
+                    m.d.comb += [
+                        e_rs_valid.eq(rs_valid & ~rs_err),
+                        rs_ready.eq(e_rs_ready | rs_err),
+                    ]
                     with m.If(rs_valid & rs_err):
                         m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc)]
                 with m.If(pf_arrives):
-                    m.d.sync += [pf_buf.eq(rs_data[:isa.COMMAND_BITS]), pf_req.eq(0),
-                                 pf_have.eq(1)]
+                    m.d.sync += [
+                        pf_buf.eq(rs_data[: isa.COMMAND_BITS]),
+                        pf_req.eq(0),
+                        pf_have.eq(1),
+                    ]
                 with m.If(eng_done):
                     m.d.sync += active.eq(0)
                     with m.If(eng_error != 0):
                         m.d.sync += pf_have.eq(0)
                         drain(eng_error)
-                    with m.Elif(berr_n):            # the next command's fetch failed
-                        m.d.sync += [ops_done.eq(ops_done + 1), pend_code.eq(0),
-                                     pend_done.eq(0)]
-                        m.next = "DRAIN"            # BUS_ERROR at berr_op (= pc + 1)
+                    with m.Elif(berr_n):  # the next command's fetch failed
+                        m.d.sync += [ops_done.eq(ops_done + 1), pend_code.eq(0), pend_done.eq(0)]
+                        m.next = "DRAIN"  # BUS_ERROR at berr_op (= pc + 1)
                     with m.Elif(pc == csr.n_cmds - 1):
                         m.d.sync += ops_done.eq(ops_done + 1)
                         drain(ErrorCode.MISSING_END.value)
                     with m.Else():
                         m.d.sync += [ops_done.eq(ops_done + 1), pc.eq(pc + 1)]
                         with m.If(pf_have | pf_arrives):
-                            m.d.sync += [cmd.eq(Mux(pf_have, pf_buf, rs_data[:isa.COMMAND_BITS])),
-                                         pf_have.eq(0)]
+                            m.d.sync += [
+                                cmd.eq(Mux(pf_have, pf_buf, rs_data[: isa.COMMAND_BITS])),
+                                pf_have.eq(0),
+                            ]
                             m.next = "DECODE"
                         with m.Elif(pf_req):
                             m.next = "PF_WAIT"
@@ -439,7 +527,7 @@ class Accel(wiring.Component):
                     m.d.sync += pf_req.eq(0)
                     m.next = "DRAIN"
                 with m.Elif(rs_valid):
-                    m.d.sync += [cmd.eq(rs_data[:isa.COMMAND_BITS]), pf_req.eq(0)]
+                    m.d.sync += [cmd.eq(rs_data[: isa.COMMAND_BITS]), pf_req.eq(0)]
                     m.next = "DECODE"
                 aborted()
             with m.State("HOST_FENCE"):
@@ -461,27 +549,40 @@ class Accel(wiring.Component):
                     next_cmd()
             with m.State("DRAIN"):
                 m.d.comb += rs_ready.eq(1)
-                m.d.sync += [active.eq(0), eng_out.eq(0), pf_req.eq(0), pf_ahead.eq(0),
-                             pf_have.eq(0)]
+                m.d.sync += [
+                    active.eq(0),
+                    eng_out.eq(0),
+                    pf_req.eq(0),
+                    pf_ahead.eq(0),
+                    pf_have.eq(0),
+                ]
                 with m.If((rd_out == 0) & ~self.mem_wr_busy):
                     m.d.sync += busy.eq(0)
                     m.d.comb += ev_end.eq(1)
                     with m.If(pend_reset | csr.soft_reset):
                         m.d.sync += [done.eq(0), error.eq(0), err_op.eq(0)]
-                    with m.Elif(berr_n & (pend_done | (pend_code == 0)
-                                          | (berr_op_n <= pend_op))):
-                        m.d.sync += [done.eq(0), error.eq(ErrorCode.BUS_ERROR.value),
-                                     err_op.eq(berr_op_n)]
+                    with m.Elif(berr_n & (pend_done | (pend_code == 0) | (berr_op_n <= pend_op))):
+                        m.d.sync += [
+                            done.eq(0),
+                            error.eq(ErrorCode.BUS_ERROR.value),
+                            err_op.eq(berr_op_n),
+                        ]
                     with m.Else():
-                        m.d.sync += [done.eq(pend_done), error.eq(pend_code),
-                                     err_op.eq(pend_op)]
+                        m.d.sync += [done.eq(pend_done), error.eq(pend_code), err_op.eq(pend_op)]
                     m.next = "IDLE"
 
         # soft reset (CTRL.RESET): status and counters; a running stream is aborted (the
         # engine reset, what is outstanding drained in DRAIN, then idle)
         with m.If(csr.soft_reset):
-            m.d.sync += [done.eq(0), error.eq(0), err_op.eq(0), ops_done.eq(0),
-                         cycles.eq(0), bytes_rd.eq(0), bytes_wr.eq(0)]
+            m.d.sync += [
+                done.eq(0),
+                error.eq(0),
+                err_op.eq(0),
+                ops_done.eq(0),
+                cycles.eq(0),
+                bytes_rd.eq(0),
+                bytes_wr.eq(0),
+            ]
             with m.If(busy):
                 m.d.sync += pend_reset.eq(1)
         return m

@@ -34,6 +34,7 @@ the first input beat to the last output beat, both included.
 
 Reset empties the pipelines; the ROM is constant.
 """
+
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed, unsigned
@@ -43,6 +44,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.activations import KINDS, delta_lut
 from golden.config import DEFAULT, ActivationConfig
+from hw.beats import check_lanes, lanes_layout
 from hw.fixed import rhu
 
 # Elements per beat when the instantiating code does not say (ActivationConfig has no
@@ -57,16 +59,6 @@ def expected_cycles(n: int, latency: int) -> int:
 
 def relu2_out_bits(in_bits: int, up_bits: int | None = None) -> int:
     return 2 * in_bits if up_bits is None else 2 * in_bits + up_bits - 2
-
-
-def _check_lanes(lanes) -> int:
-    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-        raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
-    return lanes
-
-
-def _vec(shape, lanes: int) -> data.StructLayout:
-    return data.StructLayout({"data": data.ArrayLayout(shape, lanes), "last": 1})
 
 
 class _Pipeline:
@@ -102,8 +94,9 @@ class LutActivation(wiring.Component):
 
     LATENCY = 3
 
-    def __init__(self, cfg: ActivationConfig = DEFAULT.activation, kinds=KINDS, *,
-                 lanes: int = DEFAULT_LANES):
+    def __init__(
+        self, cfg: ActivationConfig = DEFAULT.activation, kinds=KINDS, *, lanes: int = DEFAULT_LANES
+    ):
         if not isinstance(cfg, ActivationConfig):
             raise ValueError(f"cfg: expected ActivationConfig, got {type(cfg).__name__}")
         kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)
@@ -111,16 +104,15 @@ class LutActivation(wiring.Component):
             raise ValueError(f"kinds: expected distinct names from {KINDS}, got {kinds!r}")
         self.cfg = cfg
         self.kinds = kinds
-        self.lanes = _check_lanes(lanes)
+        self.lanes = check_lanes(lanes)
         self.latency = self.LATENCY
-        fields = {"data": data.ArrayLayout(signed(cfg.in_bits), lanes)}
-        if len(kinds) > 1:
-            fields["kind"] = unsigned(1)
-        fields["last"] = 1
-        super().__init__({
-            "x": In(stream.Signature(data.StructLayout(fields))),
-            "y": Out(stream.Signature(_vec(signed(cfg.out_bits), lanes))),
-        })
+        kind = {"kind": unsigned(1)} if len(kinds) > 1 else {}
+        super().__init__(
+            {
+                "x": In(stream.Signature(lanes_layout(signed(cfg.in_bits), lanes, **kind))),
+                "y": Out(stream.Signature(lanes_layout(signed(cfg.out_bits), lanes))),
+            }
+        )
 
     def rom_offsets(self) -> list[int]:
         """First ROM word of each kind's table."""
@@ -162,16 +154,19 @@ class LutActivation(wiring.Component):
         outs = []
         for lane in range(self.lanes):
             x = self.x.payload.data[lane]
-            a = Signal(unsigned(cfg.in_bits), name=f"abs{lane}")   # |-2^(b-1)| fits b bits
+            a = Signal(unsigned(cfg.in_bits), name=f"abs{lane}")  # |-2^(b-1)| fits b bits
             m.d.comb += a.eq(Mux(x < 0, -x, x))
             addr, inside, pos = [], [], []
-            for kind, off, sg in zip(self.kinds, offsets, shifts):
+            for kind, off, sg in zip(self.kinds, offsets, shifts, strict=False):
                 seg = a >> sg
                 inside.append(seg < (1 << cfg.lut_bits(kind)))
-                addr.append(off + seg[:cfg.lut_bits(kind)])
+                addr.append(off + seg[: cfg.lut_bits(kind)])
                 pos.append(a[:sg] if sg else 0)
-            pick = (lambda vals: Mux(sel, vals[1], vals[0])) if len(self.kinds) > 1 else \
-                (lambda vals: vals[0])
+            pick = (
+                (lambda vals: Mux(sel, vals[1], vals[0]))
+                if len(self.kinds) > 1
+                else (lambda vals: vals[0])
+            )
             # one ROM copy per lane (one read port each: what the FPGA builds anyway)
             rom = Memory(shape=word_layout, depth=len(words), init=words)
             m.submodules[f"rom{lane}"] = rom
@@ -200,31 +195,37 @@ class LutActivation(wiring.Component):
 class Relu2(wiring.Component):
     """max(x, 0)^2, or relu2(gate) * up with ``up_bits`` (see module docstring)."""
 
-    def __init__(self, in_bits: int = DEFAULT.quant.act_bits, up_bits: int | None = None, *,
-                 lanes: int = DEFAULT_LANES):
+    def __init__(
+        self,
+        in_bits: int = DEFAULT.quant.act_bits,
+        up_bits: int | None = None,
+        *,
+        lanes: int = DEFAULT_LANES,
+    ):
         if isinstance(in_bits, bool) or not isinstance(in_bits, int) or not 2 <= in_bits <= 32:
             raise ValueError(f"in_bits: expected an int in [2, 32], got {in_bits!r}")
-        if up_bits is not None and (isinstance(up_bits, bool) or not isinstance(up_bits, int)
-                                    or not 2 <= up_bits <= 32):
+        if up_bits is not None and (
+            isinstance(up_bits, bool) or not isinstance(up_bits, int) or not 2 <= up_bits <= 32
+        ):
             raise ValueError(f"up_bits: expected None or an int in [2, 32], got {up_bits!r}")
         self.in_bits = in_bits
         self.up_bits = up_bits
         self.gated = up_bits is not None
-        self.lanes = _check_lanes(lanes)
+        self.lanes = check_lanes(lanes)
         self.out_bits = relu2_out_bits(in_bits, up_bits)
         self.latency = 3 if self.gated else 2
         if self.gated:
-            x_layout = data.StructLayout({
-                "gate": data.ArrayLayout(signed(in_bits), lanes),
-                "up": data.ArrayLayout(signed(up_bits), lanes),
-                "last": 1,
-            })
+            x_layout = lanes_layout(
+                signed(in_bits), lanes, name="gate", up=data.ArrayLayout(signed(up_bits), lanes)
+            )
         else:
-            x_layout = _vec(signed(in_bits), lanes)
-        super().__init__({
-            "x": In(stream.Signature(x_layout)),
-            "y": Out(stream.Signature(_vec(signed(self.out_bits), lanes))),
-        })
+            x_layout = lanes_layout(signed(in_bits), lanes)
+        super().__init__(
+            {
+                "x": In(stream.Signature(x_layout)),
+                "y": Out(stream.Signature(lanes_layout(signed(self.out_bits), lanes))),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -268,8 +269,8 @@ def vector_beats(x, lanes: int, field: str = "data") -> list[dict]:
         beat = {}
         for k, a in arrs.items():
             chunk = np.zeros(lanes, dtype=np.int64)
-            part = a[b * lanes:(b + 1) * lanes]
-            chunk[:part.size] = part
+            part = a[b * lanes : (b + 1) * lanes]
+            chunk[: part.size] = part
             beat[k] = chunk.tolist()
         beat["last"] = int(b == nb - 1)
         out.append(beat)
@@ -280,5 +281,7 @@ def synth_tops() -> dict:
     """Factories for ``hw.synth``: the GELU+SiLU unit and the BitNet gated ReLU^2
     (int8 gate x int8 up), both at the default lane count."""
     act = DEFAULT.quant.act_bits
-    return {"activations_gelu_silu": LutActivation,
-            "activations_relu2_gated": lambda: Relu2(act, act)}
+    return {
+        "activations_gelu_silu": LutActivation,
+        "activations_relu2_gated": lambda: Relu2(act, act),
+    }

@@ -26,6 +26,7 @@ Design-point ID: ``ID`` reads ``design_id(params)``, the low 32 bits of the SHA-
 build parameters (``Accel.id_params``, plus the shell's in ``AccelShell``) as canonical
 JSON, so a driver can refuse a bitstream built for another design point.
 """
+
 from __future__ import annotations
 
 import enum as _pyenum
@@ -42,8 +43,8 @@ from golden import isa
 from golden.isa import ErrorCode
 
 CSR_ADDR_BITS = 8
-MAP_VERSION = (1, 0)          # (major, minor) of this register map: VERSION[15:8], [7:0]
-VERSION_MAGIC = 0xA7          # VERSION[31:24]: identifies this accelerator family
+MAP_VERSION = (1, 0)  # (major, minor) of this register map: VERSION[15:8], [7:0]
+VERSION_MAGIC = 0xA7  # VERSION[31:24]: identifies this accelerator family
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Field:
 class Register:
     name: str
     offset: int
-    access: str                       # RW | RO | WO | W1C
+    access: str  # RW | RO | WO | W1C
     doc: str
     fields: tuple[Field, ...] = field(default_factory=tuple)
 
@@ -68,22 +69,44 @@ def _f(name, lsb, width, doc):
 
 
 REGISTERS: tuple[Register, ...] = (
-    Register("CTRL", 0x00, "WO", "control pulses (one write = one action)", (
-        _f("START", 0, 1, "start the stream at STREAM_ADDR (N_CMDS commands)"),
-        _f("RESET", 1, 1, "soft reset: clears status, counters and IRQ_STATUS; a running "
-                          "stream is aborted (its engine reset, outstanding memory "
-                          "transfers drained) and the top is idle again"),
-        _f("RESUME", 2, 1, "continue after a host-executed command (HOST_OP = 1)"),
-        _f("HOST_ERROR", 3, 1, "end the stream with error CODE at PC (HOST_OP = 1)"),
-        _f("CODE", 8, 8, "the ErrorCode of HOST_ERROR"),
-    )),
-    Register("STATUS", 0x04, "RO", "state of the last stream", (
-        _f("BUSY", 0, 1, "a stream is running"),
-        _f("DONE", 1, 1, "the last stream ended with END"),
-        _f("ERROR", 8, 8, "ErrorCode of the last stream (0: none); ERR_OP names its command"),
-    )),
-    Register("STREAM_ADDR_LO", 0x08, "RW", "device address of the command stream "
-             "(64-byte aligned); bits [31:0] of its 64-bit bus address"),
+    Register(
+        "CTRL",
+        0x00,
+        "WO",
+        "control pulses (one write = one action)",
+        (
+            _f("START", 0, 1, "start the stream at STREAM_ADDR (N_CMDS commands)"),
+            _f(
+                "RESET",
+                1,
+                1,
+                "soft reset: clears status, counters and IRQ_STATUS; a running "
+                "stream is aborted (its engine reset, outstanding memory "
+                "transfers drained) and the top is idle again",
+            ),
+            _f("RESUME", 2, 1, "continue after a host-executed command (HOST_OP = 1)"),
+            _f("HOST_ERROR", 3, 1, "end the stream with error CODE at PC (HOST_OP = 1)"),
+            _f("CODE", 8, 8, "the ErrorCode of HOST_ERROR"),
+        ),
+    ),
+    Register(
+        "STATUS",
+        0x04,
+        "RO",
+        "state of the last stream",
+        (
+            _f("BUSY", 0, 1, "a stream is running"),
+            _f("DONE", 1, 1, "the last stream ended with END"),
+            _f("ERROR", 8, 8, "ErrorCode of the last stream (0: none); ERR_OP names its command"),
+        ),
+    ),
+    Register(
+        "STREAM_ADDR_LO",
+        0x08,
+        "RW",
+        "device address of the command stream "
+        "(64-byte aligned); bits [31:0] of its 64-bit bus address",
+    ),
     Register("N_CMDS", 0x0C, "RW", "commands in the stream (it must end with END)"),
     Register("ERR_OP", 0x10, "RO", "index of the command that failed"),
     Register("OPS_DONE", 0x14, "RO", "commands executed (END included)"),
@@ -94,32 +117,75 @@ REGISTERS: tuple[Register, ...] = (
     Register("BYTES_WR_LO", 0x28, "RO", "DMA bytes written, bits [31:0]"),
     Register("BYTES_WR_HI", 0x2C, "RO", "DMA bytes written, bits [63:32]"),
     Register("MEM_LO", 0x30, "RW", "first device address commands may touch"),
-    Register("MEM_HI", 0x34, "RW", "one past the last: a tensor [a, a+n) must satisfy "
-             "MEM_LO <= a and a + n <= MEM_HI, else ADDR_RANGE (0 = the whole 4 GiB)"),
-    Register("HOST_OP", 0x38, "RO", "the processor waits for the host", (
-        _f("WAIT", 0, 1, "stopped at command PC, a known opcode without an engine in "
-                         "this build: the host executes it and writes RESUME or HOST_ERROR"),
-    )),
+    Register(
+        "MEM_HI",
+        0x34,
+        "RW",
+        "one past the last: a tensor [a, a+n) must satisfy "
+        "MEM_LO <= a and a + n <= MEM_HI, else ADDR_RANGE (0 = the whole 4 GiB)",
+    ),
+    Register(
+        "HOST_OP",
+        0x38,
+        "RO",
+        "the processor waits for the host",
+        (
+            _f(
+                "WAIT",
+                0,
+                1,
+                "stopped at command PC, a known opcode without an engine in "
+                "this build: the host executes it and writes RESUME or HOST_ERROR",
+            ),
+        ),
+    ),
     Register("PC", 0x3C, "RO", "index of the current command of the stream"),
-    Register("ID", 0x40, "RO", "design-point hash: low 32 bits of SHA-256 of the build "
-             "parameters as canonical JSON (hw.csr.design_id)"),
-    Register("VERSION", 0x44, "RO", "register-map version", (
-        _f("MINOR", 0, 8, "minor version of this map"),
-        _f("MAJOR", 8, 8, "major version of this map"),
-        _f("MAGIC", 24, 8, f"0x{VERSION_MAGIC:02X}: this accelerator family"),
-    )),
-    Register("STREAM_ADDR_HI", 0x48, "RW", "bits [63:32] of the stream's bus address: the "
-             "4 GiB segment of every device address of the stream (AXI shell; bits above "
-             "the master ports' address width must be 0)"),
-    Register("IRQ_ENABLE", 0x4C, "RW", "interrupt enables (the irq line is "
-             "OR(IRQ_STATUS & IRQ_ENABLE))", (
-        _f("END", 0, 1, "enable IRQ_STATUS.END"),
-        _f("HOST", 1, 1, "enable IRQ_STATUS.HOST"),
-    )),
-    Register("IRQ_STATUS", 0x50, "W1C", "interrupt events (sticky; write 1 to clear)", (
-        _f("END", 0, 1, "a stream ended (END, an error, or an abort by RESET)"),
-        _f("HOST", 1, 1, "the processor stopped for a host-executed command"),
-    )),
+    Register(
+        "ID",
+        0x40,
+        "RO",
+        "design-point hash: low 32 bits of SHA-256 of the build "
+        "parameters as canonical JSON (hw.csr.design_id)",
+    ),
+    Register(
+        "VERSION",
+        0x44,
+        "RO",
+        "register-map version",
+        (
+            _f("MINOR", 0, 8, "minor version of this map"),
+            _f("MAJOR", 8, 8, "major version of this map"),
+            _f("MAGIC", 24, 8, f"0x{VERSION_MAGIC:02X}: this accelerator family"),
+        ),
+    ),
+    Register(
+        "STREAM_ADDR_HI",
+        0x48,
+        "RW",
+        "bits [63:32] of the stream's bus address: the "
+        "4 GiB segment of every device address of the stream (AXI shell; bits above "
+        "the master ports' address width must be 0)",
+    ),
+    Register(
+        "IRQ_ENABLE",
+        0x4C,
+        "RW",
+        "interrupt enables (the irq line is OR(IRQ_STATUS & IRQ_ENABLE))",
+        (
+            _f("END", 0, 1, "enable IRQ_STATUS.END"),
+            _f("HOST", 1, 1, "enable IRQ_STATUS.HOST"),
+        ),
+    ),
+    Register(
+        "IRQ_STATUS",
+        0x50,
+        "W1C",
+        "interrupt events (sticky; write 1 to clear)",
+        (
+            _f("END", 0, 1, "a stream ended (END, an error, or an abort by RESET)"),
+            _f("HOST", 1, 1, "the processor stopped for a host-executed command"),
+        ),
+    ),
 )
 
 _ACCESS = {"RW", "RO", "WO", "W1C"}
@@ -147,8 +213,9 @@ _check_map(REGISTERS)
 REG = {r.name: r for r in REGISTERS}
 
 # the offsets enum; STREAM_ADDR is an alias of STREAM_ADDR_LO (the 32-bit device address)
-CSR = _pyenum.IntEnum("CSR", [(r.name, r.offset) for r in REGISTERS]
-                      + [("STREAM_ADDR", REG["STREAM_ADDR_LO"].offset)])
+CSR = _pyenum.IntEnum(
+    "CSR", [(r.name, r.offset) for r in REGISTERS] + [("STREAM_ADDR", REG["STREAM_ADDR_LO"].offset)]
+)
 CSR.__doc__ = "Register offsets (``REGISTERS``)."
 MAPPED_OFFSETS = frozenset(r.offset for r in REGISTERS)
 
@@ -167,12 +234,14 @@ IRQ_END = 1 << _fbit("IRQ_STATUS", "END")
 IRQ_HOST = 1 << _fbit("IRQ_STATUS", "HOST")
 VERSION_VALUE = (VERSION_MAGIC << 24) | (MAP_VERSION[0] << 8) | MAP_VERSION[1]
 
-STATUS = data.StructLayout({
-    "busy": 1,
-    "done": 1,
-    "_reserved": 6,
-    "error": ErrorCode,
-})
+STATUS = data.StructLayout(
+    {
+        "busy": 1,
+        "done": 1,
+        "_reserved": 6,
+        "error": ErrorCode,
+    }
+)
 assert STATUS["error"].offset == _fbit("STATUS", "ERROR")
 
 
@@ -195,17 +264,37 @@ class CSRBlock(wiring.Component):
 
     def __init__(self, ident: int = 0):
         self.ident = int(ident) & 0xFFFF_FFFF
-        super().__init__({
-            "addr": In(CSR_ADDR_BITS), "w_en": In(1), "w_data": In(32), "r_data": Out(32),
-            "start": Out(1), "soft_reset": Out(1), "resume": Out(1), "host_error": Out(1),
-            "host_code": Out(8),
-            "stream_addr": Out(isa.ADDR_BITS), "stream_addr_hi": Out(32), "n_cmds": Out(32),
-            "mem_lo": Out(isa.ADDR_BITS), "mem_hi": Out(isa.ADDR_BITS + 1),
-            "busy": In(1), "done": In(1), "error": In(8), "err_op": In(32),
-            "ops_done": In(32), "cycles": In(64), "bytes_rd": In(64), "bytes_wr": In(64),
-            "host_op": In(1), "pc": In(32), "ev_end": In(1), "ev_host": In(1),
-            "irq": Out(1),
-        })
+        super().__init__(
+            {
+                "addr": In(CSR_ADDR_BITS),
+                "w_en": In(1),
+                "w_data": In(32),
+                "r_data": Out(32),
+                "start": Out(1),
+                "soft_reset": Out(1),
+                "resume": Out(1),
+                "host_error": Out(1),
+                "host_code": Out(8),
+                "stream_addr": Out(isa.ADDR_BITS),
+                "stream_addr_hi": Out(32),
+                "n_cmds": Out(32),
+                "mem_lo": Out(isa.ADDR_BITS),
+                "mem_hi": Out(isa.ADDR_BITS + 1),
+                "busy": In(1),
+                "done": In(1),
+                "error": In(8),
+                "err_op": In(32),
+                "ops_done": In(32),
+                "cycles": In(64),
+                "bytes_rd": In(64),
+                "bytes_wr": In(64),
+                "host_op": In(1),
+                "pc": In(32),
+                "ev_end": In(1),
+                "ev_host": In(1),
+                "irq": Out(1),
+            }
+        )
 
     def elaborate(self, platform):
         m = Module()
@@ -216,7 +305,7 @@ class CSRBlock(wiring.Component):
             self.soft_reset.eq(ctrl_write & self.w_data[1]),
             self.resume.eq(ctrl_write & self.w_data[2]),
             self.host_error.eq(ctrl_write & self.w_data[3]),
-            self.host_code.eq(self.w_data[CTRL_CODE_SHIFT:CTRL_CODE_SHIFT + 8]),
+            self.host_code.eq(self.w_data[CTRL_CODE_SHIFT : CTRL_CODE_SHIFT + 8]),
         ]
         irq_en = Signal(2)
         irq_st = Signal(2)
@@ -233,8 +322,7 @@ class CSRBlock(wiring.Component):
                     m.d.sync += self.mem_lo.eq(self.w_data)
                 with m.Case(C.MEM_HI):
                     # 0 means the full 4 GiB window (MEM_HI is one bit wider internally)
-                    m.d.sync += self.mem_hi.eq(
-                        self.w_data | ((self.w_data == 0) << isa.ADDR_BITS))
+                    m.d.sync += self.mem_hi.eq(self.w_data | ((self.w_data == 0) << isa.ADDR_BITS))
                 with m.Case(C.IRQ_ENABLE):
                     m.d.sync += irq_en.eq(self.w_data[:2])
                 with m.Case(C.IRQ_STATUS):
@@ -246,25 +334,37 @@ class CSRBlock(wiring.Component):
             m.d.sync += irq_st.eq(0)
         with m.Else():
             m.d.sync += irq_st.eq((irq_st & ~w1c) | events)
-        irq_q = Signal()                    # a registered output (one cycle after the event)
+        irq_q = Signal()  # a registered output (one cycle after the event)
         m.d.sync += irq_q.eq((irq_st & irq_en).any())
         m.d.comb += self.irq.eq(irq_q)
 
         status = Signal(STATUS)
-        m.d.comb += [status.busy.eq(self.busy), status.done.eq(self.done),
-                     status.error.eq(self.error)]
+        m.d.comb += [
+            status.busy.eq(self.busy),
+            status.done.eq(self.done),
+            status.error.eq(self.error),
+        ]
         regs = {
-            C.STATUS: status.as_value(), C.STREAM_ADDR_LO: self.stream_addr,
+            C.STATUS: status.as_value(),
+            C.STREAM_ADDR_LO: self.stream_addr,
             C.N_CMDS: self.n_cmds,
-            C.ERR_OP: self.err_op, C.OPS_DONE: self.ops_done,
-            C.CYCLES_LO: self.cycles[:32], C.CYCLES_HI: self.cycles[32:],
-            C.BYTES_RD_LO: self.bytes_rd[:32], C.BYTES_RD_HI: self.bytes_rd[32:],
-            C.BYTES_WR_LO: self.bytes_wr[:32], C.BYTES_WR_HI: self.bytes_wr[32:],
-            C.MEM_LO: self.mem_lo, C.MEM_HI: self.mem_hi[:32],
-            C.HOST_OP: self.host_op, C.PC: self.pc,
-            C.ID: self.ident, C.VERSION: VERSION_VALUE,
+            C.ERR_OP: self.err_op,
+            C.OPS_DONE: self.ops_done,
+            C.CYCLES_LO: self.cycles[:32],
+            C.CYCLES_HI: self.cycles[32:],
+            C.BYTES_RD_LO: self.bytes_rd[:32],
+            C.BYTES_RD_HI: self.bytes_rd[32:],
+            C.BYTES_WR_LO: self.bytes_wr[:32],
+            C.BYTES_WR_HI: self.bytes_wr[32:],
+            C.MEM_LO: self.mem_lo,
+            C.MEM_HI: self.mem_hi[:32],
+            C.HOST_OP: self.host_op,
+            C.PC: self.pc,
+            C.ID: self.ident,
+            C.VERSION: VERSION_VALUE,
             C.STREAM_ADDR_HI: self.stream_addr_hi,
-            C.IRQ_ENABLE: irq_en, C.IRQ_STATUS: irq_st,
+            C.IRQ_ENABLE: irq_en,
+            C.IRQ_STATUS: irq_st,
         }
         assert set(regs) | {C.CTRL} == set(CSR), "every register of the map has a value"
         with m.Switch(self.addr):
@@ -289,15 +389,26 @@ def as_json() -> str:
     doc = {
         "name": "ternary-accel",
         "generated_by": "python -m hw.csr (from hw/csr.py)",
-        "version": {"major": MAP_VERSION[0], "minor": MAP_VERSION[1],
-                    "magic": VERSION_MAGIC, "value": VERSION_VALUE},
+        "version": {
+            "major": MAP_VERSION[0],
+            "minor": MAP_VERSION[1],
+            "magic": VERSION_MAGIC,
+            "value": VERSION_VALUE,
+        },
         "word_bits": 32,
         "addr_bits": CSR_ADDR_BITS,
         "registers": [
-            {"name": r.name, "offset": r.offset, "access": r.access, "doc": r.doc,
-             "fields": [{"name": f.name, "lsb": f.lsb, "width": f.width, "doc": f.doc}
-                        for f in r.fields]}
-            for r in REGISTERS],
+            {
+                "name": r.name,
+                "offset": r.offset,
+                "access": r.access,
+                "doc": r.doc,
+                "fields": [
+                    {"name": f.name, "lsb": f.lsb, "width": f.width, "doc": f.doc} for f in r.fields
+                ],
+            }
+            for r in REGISTERS
+        ],
         "error_codes": {e.name: e.value for e in ErrorCode},
         "error_text": {e.name: isa.ERROR_TEXT[e] for e in ErrorCode},
     }
@@ -306,14 +417,19 @@ def as_json() -> str:
 
 def as_c_header() -> str:
     P = _PREFIX
-    out = ["/* Register map of the ternary-accel accelerator (hw/csr.py).",
-           " * Generated by `python -m hw.csr`; do not edit. */",
-           f"#ifndef {P}_CSR_H", f"#define {P}_CSR_H", "",
-           f"#define {P}_MAP_VERSION_MAJOR {MAP_VERSION[0]}u",
-           f"#define {P}_MAP_VERSION_MINOR {MAP_VERSION[1]}u",
-           f"#define {P}_VERSION_MAGIC 0x{VERSION_MAGIC:02X}u",
-           f"#define {P}_VERSION_VALUE 0x{VERSION_VALUE:08X}u", "",
-           "/* register byte offsets */"]
+    out = [
+        "/* Register map of the ternary-accel accelerator (hw/csr.py).",
+        " * Generated by `python -m hw.csr`; do not edit. */",
+        f"#ifndef {P}_CSR_H",
+        f"#define {P}_CSR_H",
+        "",
+        f"#define {P}_MAP_VERSION_MAJOR {MAP_VERSION[0]}u",
+        f"#define {P}_MAP_VERSION_MINOR {MAP_VERSION[1]}u",
+        f"#define {P}_VERSION_MAGIC 0x{VERSION_MAGIC:02X}u",
+        f"#define {P}_VERSION_VALUE 0x{VERSION_VALUE:08X}u",
+        "",
+        "/* register byte offsets */",
+    ]
     for r in REGISTERS:
         out.append(f"#define {P}_{r.name} 0x{r.offset:02X}u  /* {r.access}: {r.doc} */")
     out += ["", "/* fields: <REG>_<FIELD>_SHIFT, _WIDTH, _MASK (in place) */"]
@@ -321,8 +437,11 @@ def as_c_header() -> str:
         for f in r.fields:
             n = f"{P}_{r.name}_{f.name}"
             mask = ((1 << f.width) - 1) << f.lsb
-            out += [f"#define {n}_SHIFT {f.lsb}u", f"#define {n}_WIDTH {f.width}u",
-                    f"#define {n}_MASK 0x{mask:08X}u"]
+            out += [
+                f"#define {n}_SHIFT {f.lsb}u",
+                f"#define {n}_WIDTH {f.width}u",
+                f"#define {n}_MASK 0x{mask:08X}u",
+            ]
     out += ["", "/* STATUS.ERROR / CTRL.CODE values (golden.isa.ErrorCode) */"]
     for e in ErrorCode:
         out.append(f"#define {P}_ERR_{e.name} {e.value}u  /* {isa.ERROR_TEXT[e]} */")
@@ -333,13 +452,17 @@ def as_c_header() -> str:
 def as_markdown_table() -> str:
     def esc(s):
         return s.replace("|", "\\|")
+
     lines = ["| offset | register | access | meaning |", "|---|---|---|---|"]
     for r in REGISTERS:
         text = esc(r.doc)
         if r.fields:
             text += "<br>" + "<br>".join(
-                f"`[{f.lsb + f.width - 1}:{f.lsb}]` {f.name}: {esc(f.doc)}" if f.width > 1
-                else f"`[{f.lsb}]` {f.name}: {esc(f.doc)}" for f in r.fields)
+                f"`[{f.lsb + f.width - 1}:{f.lsb}]` {f.name}: {esc(f.doc)}"
+                if f.width > 1
+                else f"`[{f.lsb}]` {f.name}: {esc(f.doc)}"
+                for f in r.fields
+            )
         lines.append(f"| 0x{r.offset:02X} | `{r.name}` | {r.access} | {text} |")
     return "\n".join(lines) + "\n"
 
@@ -355,17 +478,26 @@ def readme_with_table(text: str) -> str:
 
 def exports() -> dict[Path, str]:
     """Every generated file and its text (the README with its table)."""
-    return {HEADER: as_c_header(), JSON_FILE: as_json(),
-            README: readme_with_table(README.read_text())}
+    return {
+        HEADER: as_c_header(),
+        JSON_FILE: as_json(),
+        README: readme_with_table(README.read_text()),
+    }
 
 
 def main(argv=None) -> int:
     import argparse
-    ap = argparse.ArgumentParser(prog="python -m hw.csr",
-                                 description="write the C header, the JSON file and the "
-                                             "README register table from hw/csr.py")
-    ap.add_argument("--check", action="store_true",
-                    help="write nothing; exit 1 if a file differs from the definition")
+
+    ap = argparse.ArgumentParser(
+        prog="python -m hw.csr",
+        description="write the C header, the JSON file and the "
+        "README register table from hw/csr.py",
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if a file differs from the definition",
+    )
     args = ap.parse_args(argv)
     stale = []
     for path, text in exports().items():

@@ -1,5 +1,6 @@
 """Fixed-point helpers of the RTL: the Amaranth twins of ``golden/fixed.py`` (one
 definition each; every block and engine uses these)."""
+
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed

@@ -39,6 +39,7 @@ accepting edge. With streams that never stall, n conversions take
 ``expected_cycles(n) = n * 2^N + 2`` cycles from the first input beat to the last output
 beat, both included. An output not yet taken stalls the next conversion's last step.
 """
+
 from __future__ import annotations
 
 from amaranth import Module, Signal, signed, unsigned
@@ -47,6 +48,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, ADCConfig
+from hw.beats import lanes_layout
 
 
 def cycles_per_conversion(cfg: ADCConfig) -> int:
@@ -64,17 +66,11 @@ def wr_layout(cfg: ADCConfig, addr_bits: int) -> data.StructLayout:
 
 
 def x_layout(cfg: ADCConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.threshold_bits), cfg.lanes),
-        "last": 1,
-    })
+    return lanes_layout(signed(cfg.threshold_bits), cfg.lanes)
 
 
 def out_layout(cfg: ADCConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(unsigned(cfg.bits), cfg.lanes),
-        "last": 1,
-    })
+    return lanes_layout(unsigned(cfg.bits), cfg.lanes)
 
 
 class NLADC(wiring.Component):
@@ -88,13 +84,15 @@ class NLADC(wiring.Component):
             raise ValueError(f"addr_bits: expected an int >= bits = {cfg.bits}, got {addr_bits!r}")
         self.cfg = cfg
         self.addr_bits = addr_bits
-        super().__init__({
-            "wr": In(stream.Signature(wr_layout(cfg, addr_bits))),
-            "x": In(stream.Signature(x_layout(cfg))),
-            "out": Out(stream.Signature(out_layout(cfg))),
-            "wr_error": Out(1),
-            "wr_error_clear": In(1),
-        })
+        super().__init__(
+            {
+                "wr": In(stream.Signature(wr_layout(cfg, addr_bits))),
+                "x": In(stream.Signature(x_layout(cfg))),
+                "out": Out(stream.Signature(out_layout(cfg))),
+                "wr_error": Out(1),
+                "wr_error_clear": In(1),
+            }
+        )
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -110,12 +108,12 @@ class NLADC(wiring.Component):
         rport = table.read_port()
 
         busy = Signal()
-        phase = Signal(range(cfg.levels))      # 0: ramp reset, k + 1: compare table[k]
+        phase = Signal(range(cfg.levels))  # 0: ramp reset, k + 1: compare table[k]
         xr = Signal(x_layout(cfg))
         codes = [Signal(unsigned(cfg.bits), name=f"code{lane}") for lane in range(cfg.lanes)]
 
         at_last = Signal()
-        stall = Signal()                       # result ready but the previous one not taken
+        stall = Signal()  # result ready but the previous one not taken
         advance = Signal()
         m.d.comb += [
             at_last.eq(busy & (phase == last_phase)),
@@ -164,7 +162,7 @@ class NLADC(wiring.Component):
             with m.If(phase == 0):
                 m.d.sync += [c.eq(0) for c in codes]
             with m.Else():
-                m.d.sync += [c.eq(s) for c, s in zip(codes, step)]
+                m.d.sync += [c.eq(s) for c, s in zip(codes, step, strict=False)]
 
         with m.If(self.out.valid & self.out.ready):
             m.d.sync += self.out.valid.eq(0)
@@ -188,6 +186,8 @@ def x_beats(x_q, cfg: ADCConfig) -> list[dict]:
     x = np.asarray(x_q).reshape(-1)
     nb = -(-x.size // cfg.lanes)
     xp = np.zeros(nb * cfg.lanes, dtype=np.int64)
-    xp[:x.size] = x
-    return [{"data": xp[b * cfg.lanes:(b + 1) * cfg.lanes].tolist(), "last": int(b == nb - 1)}
-            for b in range(nb)]
+    xp[: x.size] = x
+    return [
+        {"data": xp[b * cfg.lanes : (b + 1) * cfg.lanes].tolist(), "last": int(b == nb - 1)}
+        for b in range(nb)
+    ]

@@ -34,14 +34,16 @@ Cycles from a row's first input beat to its last output beat (B beats, no stalls
 
     B (fill) + 2 (flush) + 1 (setup) + 1 + recip_bits (norm, divide) + B (drain) + 6
 """
+
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, QuantConfig
+from hw.beats import check_lanes, lanes_layout
 
 from .tlmm import DEFAULT_MAX_K
 
@@ -50,15 +52,11 @@ DEFAULT_LANES = DEFAULT.tlmm.replicas
 
 
 def inp_layout(cfg: QuantConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({"data": data.ArrayLayout(signed(cfg.hw_in_bits), lanes), "last": 1})
+    return lanes_layout(signed(cfg.hw_in_bits), lanes)
 
 
 def out_layout(cfg: QuantConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.act_bits), lanes),
-        "amax": unsigned(cfg.hw_in_bits),
-        "last": 1,
-    })
+    return lanes_layout(signed(cfg.act_bits), lanes, amax=unsigned(cfg.hw_in_bits))
 
 
 def row_cycles(beats: int, cfg: QuantConfig, *, zero_row: bool = False) -> int:
@@ -68,37 +66,43 @@ def row_cycles(beats: int, cfg: QuantConfig, *, zero_row: bool = False) -> int:
 
 
 class _State(enum.Enum, shape=3):
-    FILL = 0      # accepting the row
-    FLUSH = 1     # last beat taken; the max|x| pipeline drains
-    SETUP = 2     # wait for the drain stages to empty; n = bit_length(amax), R = n + F
-    NORM = 3      # numerator act_max*2^R + amax//2, divisor aligned
-    DIV = 4       # restoring division, one quotient bit per cycle
-    DRAIN = 5     # read the row back through the multiply/shift pipeline
+    FILL = 0  # accepting the row
+    FLUSH = 1  # last beat taken; the max|x| pipeline drains
+    SETUP = 2  # wait for the drain stages to empty; n = bit_length(amax), R = n + F
+    NORM = 3  # numerator act_max*2^R + amax//2, divisor aligned
+    DIV = 4  # restoring division, one quotient bit per cycle
+    DRAIN = 5  # read the row back through the multiply/shift pipeline
 
 
 class ActQuant(wiring.Component):
     """Streaming absmax INT8 quantizer (see module docstring)."""
 
-    def __init__(self, cfg: QuantConfig = DEFAULT.quant, *, lanes: int = DEFAULT_LANES,
-                 max_len: int = DEFAULT_MAX_K):
-        if lanes < 1:
-            raise ValueError(f"lanes: must be >= 1, got {lanes}")
+    def __init__(
+        self,
+        cfg: QuantConfig = DEFAULT.quant,
+        *,
+        lanes: int = DEFAULT_LANES,
+        max_len: int = DEFAULT_MAX_K,
+    ):
+        check_lanes(lanes)
         if max_len < lanes:
             raise ValueError(f"max_len: must be >= lanes ({lanes}), got {max_len}")
         self.cfg = cfg
         self.lanes = lanes
         self.max_len = max_len
         self.depth = -(-max_len // lanes)
-        super().__init__({
-            "inp": In(stream.Signature(inp_layout(cfg, lanes))),
-            "out": Out(stream.Signature(out_layout(cfg, lanes))),
-        })
+        super().__init__(
+            {
+                "inp": In(stream.Signature(inp_layout(cfg, lanes))),
+                "out": Out(stream.Signature(out_layout(cfg, lanes))),
+            }
+        )
 
     def elaborate(self, platform):
         cfg, L = self.cfg, self.lanes
         IN = cfg.hw_in_bits
         F = cfg.recip_frac_bits
-        QB = cfg.recip_bits                      # quotient (recip) bits
+        QB = cfg.recip_bits  # quotient (recip) bits
         m = Module()
 
         m.submodules.buf = buf = Memory(shape=unsigned(IN * L), depth=self.depth, init=[])
@@ -107,11 +111,11 @@ class ActQuant(wiring.Component):
 
         state = Signal(_State)
         wptr = Signal(range(self.depth))
-        count = Signal(range(self.depth + 1))   # beats of the buffered row
-        amax_run = Signal(unsigned(IN))          # running max|x| of the row being filled
-        amax_fill = Signal(unsigned(IN))         # amax of the row just filled
-        amax_row = Signal(unsigned(IN))          # amax of the row being divided / drained
-        shift = Signal(range(IN + F + 1))        # R
+        count = Signal(range(self.depth + 1))  # beats of the buffered row
+        amax_run = Signal(unsigned(IN))  # running max|x| of the row being filled
+        amax_fill = Signal(unsigned(IN))  # amax of the row just filled
+        amax_row = Signal(unsigned(IN))  # amax of the row being divided / drained
+        shift = Signal(range(IN + F + 1))  # R
         recip = Signal(unsigned(QB))
 
         stall = Signal()
@@ -136,8 +140,10 @@ class ActQuant(wiring.Component):
             m.d.sync += f1_abs[i].eq(abs(self.inp.payload.data[i]))
         level = f1_abs
         while len(level) > 1:
-            nxt = [Mux(level[i] > level[i + 1], level[i], level[i + 1])
-                   for i in range(0, len(level) - 1, 2)]
+            nxt = [
+                Mux(level[i] > level[i + 1], level[i], level[i + 1])
+                for i in range(0, len(level) - 1, 2)
+            ]
             level = nxt + ([level[-1]] if len(level) % 2 else [])
         f2_valid, f2_end = Signal(), Signal()
         f2_max = Signal(unsigned(IN))
@@ -152,14 +158,14 @@ class ActQuant(wiring.Component):
         d_last = [Signal(name=f"d{i}_last") for i in range(1, 6)]
 
         # ---------------------------------------------------------------- divider
-        W = cfg.act_bits + IN + F                # numerator act_max*2^R + amax//2 < 2^W
+        W = cfg.act_bits + IN + F  # numerator act_max*2^R + amax//2 < 2^W
         rem = Signal(unsigned(W))
-        dsh = Signal(unsigned(W))                # amax << i, i = QB-1 .. 0
+        dsh = Signal(unsigned(W))  # amax << i, i = QB-1 .. 0
         diff = Signal(signed(W + 1))
         m.d.comb += diff.eq(rem - dsh)
         step = Signal(range(QB + 1))
-        nbits = Signal(range(IN + 1))            # bit_length(amax_fill)
-        for i in range(IN):                      # later (higher) bits take priority
+        nbits = Signal(range(IN + 1))  # bit_length(amax_fill)
+        for i in range(IN):  # later (higher) bits take priority
             with m.If(amax_fill[i]):
                 m.d.comb += nbits.eq(i + 1)
 
@@ -185,7 +191,7 @@ class ActQuant(wiring.Component):
             with m.Case(_State.SETUP):
                 with m.If(~Cat(*d_valid).any()):
                     m.d.sync += [amax_row.eq(amax_fill), recip.eq(0), rptr.eq(0)]
-                    with m.If(amax_fill == 0):           # all-zero row: recip = R = 0
+                    with m.If(amax_fill == 0):  # all-zero row: recip = R = 0
                         m.d.sync += [shift.eq(0), state.eq(_State.DRAIN)]
                     with m.Else():
                         m.d.sync += [shift.eq(nbits + F), state.eq(_State.NORM)]
@@ -224,7 +230,7 @@ class ActQuant(wiring.Component):
                 m.d.sync += [d_valid[k].eq(d_valid[k - 1]), d_last[k].eq(d_last[k - 1])]
             for i in range(L):
                 m.d.sync += [
-                    xs[i].eq(rp.data[i * IN:(i + 1) * IN].as_signed()),
+                    xs[i].eq(rp.data[i * IN : (i + 1) * IN].as_signed()),
                     prods[i].eq(xs[i] * recip),
                     rounded[i].eq(prods[i] + half),
                     shifted[i].eq(rounded[i] >> shift),

@@ -25,6 +25,7 @@ Why the clamp is exact: |acc*mult| < 2^(P-1) with P = ``product_bits``, so for a
 shift >= P, acc*mult + 2^(shift-1) lies in (0, 2^shift) and the result is 0 -- the same as
 with shift = P.  The adder and shifter are therefore P+1 bits wide, not 64.
 """
+
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed, unsigned
@@ -32,6 +33,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, RequantConfig
+from hw.beats import check_lanes, lanes_layout
 
 # Beats carry as many elements as the TLMM engine emits per output beat (Q).
 DEFAULT_LANES = DEFAULT.tlmm.replicas
@@ -42,33 +44,33 @@ def shift_shape(cfg: RequantConfig):
 
 
 def inp_layout(cfg: RequantConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.in_bits), lanes),
-        "mult": data.ArrayLayout(unsigned(cfg.mult_bits), lanes),
-        "shift": data.ArrayLayout(shift_shape(cfg), lanes),
-        "last": 1,
-    })
+    return lanes_layout(
+        signed(cfg.in_bits),
+        lanes,
+        mult=data.ArrayLayout(unsigned(cfg.mult_bits), lanes),
+        shift=data.ArrayLayout(shift_shape(cfg), lanes),
+    )
 
 
 def out_layout(cfg: RequantConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({"data": data.ArrayLayout(signed(cfg.out_bits), lanes), "last": 1})
+    return lanes_layout(signed(cfg.out_bits), lanes)
 
 
-LATENCY = 4   # cycles from a beat's acceptance to its output beat being valid
+LATENCY = 4  # cycles from a beat's acceptance to its output beat being valid
 
 
 class Requant(wiring.Component):
     """Streaming multiplier+shift requantizer with saturation (see module docstring)."""
 
     def __init__(self, cfg: RequantConfig = DEFAULT.requant, *, lanes: int = DEFAULT_LANES):
-        if lanes < 1:
-            raise ValueError(f"lanes: must be >= 1, got {lanes}")
         self.cfg = cfg
-        self.lanes = lanes
-        super().__init__({
-            "inp": In(stream.Signature(inp_layout(cfg, lanes))),
-            "out": Out(stream.Signature(out_layout(cfg, lanes))),
-        })
+        self.lanes = check_lanes(lanes)
+        super().__init__(
+            {
+                "inp": In(stream.Signature(inp_layout(cfg, lanes))),
+                "out": Out(stream.Signature(out_layout(cfg, lanes))),
+            }
+        )
 
     def elaborate(self, platform):
         cfg, L = self.cfg, self.lanes

@@ -43,6 +43,7 @@ drain): one row from its first input beat to its last output beat, both included
 the row (vs. quantizing straight from this block's buffer) is the price of reusing
 ``ActQuant`` unchanged.
 """
+
 from __future__ import annotations
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -52,6 +53,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, NormConfig, QuantConfig
 from golden.rmsnorm import rsqrt_lut
+from hw.beats import check_lanes, lanes_layout
 from hw.fixed import bit_length, rhu
 
 # Elements per beat by default: the quantizer's (the TLMM engine's Q), rows up to its K.
@@ -59,9 +61,9 @@ from .quant import DEFAULT_LANES, ActQuant
 from .quant import row_cycles as quant_row_cycles
 from .tlmm import DEFAULT_MAX_K
 
-NORM_SHIFT_BITS = 32       # golden.rmsnorm: the norm block's scale_shift is a signed int32 (the
-                          # engine narrows it to the scale record's isa.SCALE_SHIFT_BITS)
-C_EXP_BITS = 16            # c_exp port: sqrt(d)/act_max * 2^-B exponents, far inside
+NORM_SHIFT_BITS = 32  # golden.rmsnorm: the norm block's scale_shift is a signed int32 (the
+# engine narrows it to the scale record's isa.SCALE_SHIFT_BITS)
+C_EXP_BITS = 16  # c_exp port: sqrt(d)/act_max * 2^-B exponents, far inside
 
 
 def seq_cycles(cfg: NormConfig) -> int:
@@ -69,36 +71,26 @@ def seq_cycles(cfg: NormConfig) -> int:
     return 3 * cfg.newton_steps + 9
 
 
-def expected_cycles(beats: int, cfg: NormConfig = DEFAULT.norm,
-                    qcfg: QuantConfig = DEFAULT.quant) -> int:
+def expected_cycles(
+    beats: int, cfg: NormConfig = DEFAULT.norm, qcfg: QuantConfig = DEFAULT.quant
+) -> int:
     """One row of ``beats`` beats, no stalls: first input beat to last output beat."""
     return beats + 3 + seq_cycles(cfg) + quant_row_cycles(beats, qcfg)
 
 
 def x_layout(cfg: NormConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "x": data.ArrayLayout(signed(cfg.in_bits), lanes),
-        "gamma": data.ArrayLayout(signed(cfg.gamma_bits), lanes),
-        "last": 1,
-    })
+    return lanes_layout(
+        signed(cfg.in_bits), lanes, name="x", gamma=data.ArrayLayout(signed(cfg.gamma_bits), lanes)
+    )
 
 
 def y_layout(cfg: NormConfig, qcfg: QuantConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(qcfg.act_bits), lanes),
-        "scale_mant": unsigned(cfg.scale_mant_bits),
-        "scale_shift": signed(NORM_SHIFT_BITS),
-        "last": 1,
-    })
-
-
-def bit_length(m: Module, v, name: str) -> Signal:
-    """bit_length of an unsigned value (a priority encoder: the highest set bit wins)."""
-    n = Signal(range(len(v) + 1), name=name)
-    for i in range(len(v)):
-        with m.If(v[i]):
-            m.d.comb += n.eq(i + 1)
-    return n
+    return lanes_layout(
+        signed(qcfg.act_bits),
+        lanes,
+        scale_mant=unsigned(cfg.scale_mant_bits),
+        scale_shift=signed(NORM_SHIFT_BITS),
+    )
 
 
 def _signed(v):
@@ -109,14 +101,19 @@ def _signed(v):
 class RMSNormQuant(wiring.Component):
     """Fixed-point RMSNorm + INT8 quantization (see module docstring)."""
 
-    def __init__(self, cfg: NormConfig = DEFAULT.norm, qcfg: QuantConfig = DEFAULT.quant, *,
-                 lanes: int = DEFAULT_LANES, max_len: int = DEFAULT_MAX_K):
+    def __init__(
+        self,
+        cfg: NormConfig = DEFAULT.norm,
+        qcfg: QuantConfig = DEFAULT.quant,
+        *,
+        lanes: int = DEFAULT_LANES,
+        max_len: int = DEFAULT_MAX_K,
+    ):
         if not isinstance(cfg, NormConfig):
             raise ValueError(f"cfg: expected NormConfig, got {type(cfg).__name__}")
         if not isinstance(qcfg, QuantConfig):
             raise ValueError(f"qcfg: expected QuantConfig, got {type(qcfg).__name__}")
-        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-            raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
+        check_lanes(lanes)
         if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < lanes:
             raise ValueError(f"max_len: expected an int >= lanes ({lanes}), got {max_len!r}")
         self.cfg, self.qcfg = cfg, qcfg
@@ -124,13 +121,15 @@ class RMSNormQuant(wiring.Component):
         self.max_len = max_len
         self.depth = -(-max_len // lanes)
         self.sum_bits = cfg.sumsq_bits(self.depth * lanes)
-        super().__init__({
-            "x": In(stream.Signature(x_layout(cfg, lanes))),
-            "y": Out(stream.Signature(y_layout(cfg, qcfg, lanes))),
-            "eps_term": In(unsigned(self.sum_bits)),
-            "c_mant": In(unsigned(cfg.scale_mant_bits)),
-            "c_exp": In(signed(C_EXP_BITS)),
-        })
+        super().__init__(
+            {
+                "x": In(stream.Signature(x_layout(cfg, lanes))),
+                "y": Out(stream.Signature(y_layout(cfg, qcfg, lanes))),
+                "eps_term": In(unsigned(self.sum_bits)),
+                "c_mant": In(unsigned(cfg.scale_mant_bits)),
+                "c_exp": In(signed(C_EXP_BITS)),
+            }
+        )
 
     def elaborate(self, platform):
         cfg, qcfg, L = self.cfg, self.qcfg, self.lanes
@@ -147,8 +146,9 @@ class RMSNormQuant(wiring.Component):
         br = buf.read_port()
 
         # ------------------------------------------------------------ states
-        P1, DRAIN1, NORM, SEED, NT, NU, NY, AMAX, SCALE_A, PROD1, PROD2, ROUND, FINAL, PUSH, \
-            P2 = range(15)
+        P1, DRAIN1, NORM, SEED, NT, NU, NY, AMAX, SCALE_A, PROD1, PROD2, ROUND, FINAL, PUSH, P2 = (
+            range(15)
+        )
         state = Signal(range(15))
 
         # ------------------------------------------------------------ pass 1
@@ -162,11 +162,15 @@ class RMSNormQuant(wiring.Component):
         pb = [Signal(signed(PB), name=f"p{i}") for i in range(L)]
         wptr = Signal(range(self.depth))
         count = Signal(range(self.depth + 1))
-        wptr_in = Signal(range(self.depth))          # beats of the row accepted so far
+        wptr_in = Signal(range(self.depth))  # beats of the row accepted so far
         row_end = Signal()
         m.d.comb += row_end.eq(self.x.payload.last | (wptr_in == self.depth - 1))
-        m.d.sync += [a_valid.eq(x_fire), a_last.eq(x_fire & row_end),
-                     b_valid.eq(a_valid), b_last.eq(a_last)]
+        m.d.sync += [
+            a_valid.eq(x_fire),
+            a_last.eq(x_fire & row_end),
+            b_valid.eq(a_valid),
+            b_last.eq(a_last),
+        ]
         with m.If(x_fire):
             m.d.sync += wptr_in.eq(Mux(row_end, 0, wptr_in + 1))
             m.d.sync += [r.eq(self.x.payload.x[i]) for i, r in enumerate(xa)]
@@ -178,7 +182,7 @@ class RMSNormQuant(wiring.Component):
         S = Signal(unsigned(self.sum_bits))
         pmax = Signal(signed(PB))
         pmin = Signal(signed(PB))
-        first = Signal(init=1)                      # next stage-C beat starts a row
+        first = Signal(init=1)  # next stage-C beat starts a row
         beat_sum = sum(sqb[1:], sqb[0])
         # a named signal per step: a chain of bare Mux expressions, each using the
         # previous one twice, would grow exponentially with the lanes when exported
@@ -201,14 +205,14 @@ class RMSNormQuant(wiring.Component):
                 m.d.sync += count.eq(wptr + 1)
 
         # ------------------------------------------------------------ sequencer
-        Sp = Signal(unsigned(self.sum_bits + 1))    # S + eps_term
+        Sp = Signal(unsigned(self.sum_bits + 1))  # S + eps_term
         e_len = bit_length(m, Sp, "sp_len")
-        e = Signal(range(self.sum_bits + 1))        # bit_length(S') - 1 (S' = 0 as 1)
+        e = Signal(range(self.sum_bits + 1))  # bit_length(S') - 1 (S' = 0 as 1)
         m.d.comb += e.eq(Mux(e_len == 0, 0, e_len - 1))
         k = Signal(range(self.sum_bits // 2 + 1))
         parity = Signal()
-        mfx = Signal(unsigned(F + 2))               # UQ2.F mantissa of S' / 4^k
-        y = Signal(unsigned(F + 2))                 # rsqrt, UQ1.F
+        mfx = Signal(unsigned(F + 2))  # UQ2.F mantissa of S' / 4^k
+        y = Signal(unsigned(F + 2))  # rsqrt, UQ1.F
         t = Signal(unsigned(2 * F + 4))
         u = Signal(unsigned(2 * F + 4))
         step = Signal(range(max(cfg.newton_steps, 1) + 1))
@@ -217,11 +221,11 @@ class RMSNormQuant(wiring.Component):
         amax_p = Signal(unsigned(PB))
         amax_len = bit_length(m, amax_p, "amax_p_len")
         sh_p = Signal(range(PB + 1))
-        amax_q = Signal(unsigned(qcfg.hw_in_bits))   # amax' of p' = p >> sh_p
+        amax_q = Signal(unsigned(qcfg.hw_in_bits))  # amax' of p' = p >> sh_p
         aq_len = bit_length(m, amax_q, "amax_q_len")
         a_e = Signal(range(qcfg.hw_in_bits + 1))
         a_m = Signal(unsigned(B))
-        prod = Signal(unsigned(2 * B + F + 2))       # a_m * c_mant * y
+        prod = Signal(unsigned(2 * B + F + 2))  # a_m * c_mant * y
         prod_len = bit_length(m, prod, "prod_len")
         r = Signal(range(2 * B + F + 4))
         mant0 = Signal(unsigned(B + 1))
@@ -235,7 +239,7 @@ class RMSNormQuant(wiring.Component):
             with m.Case(P1):
                 with m.If(x_fire & row_end):
                     m.d.sync += state.eq(DRAIN1)
-            with m.Case(DRAIN1):                   # the last beat reaches stage C
+            with m.Case(DRAIN1):  # the last beat reaches stage C
                 with m.If(b_valid & b_last):
                     m.d.sync += state.eq(NORM)
             with m.Case(NORM):
@@ -245,14 +249,21 @@ class RMSNormQuant(wiring.Component):
             with m.Case(SEED):
                 kk = e >> 1
                 # M = S' / 4^k as UQ2.F: (S' << F) >> 2k (floor), in [2^F, 2^(F+2))
-                mm = ((Sp << F) >> (kk << 1))[:F + 2]
+                mm = ((Sp << F) >> (kk << 1))[: F + 2]
                 # the fraction of S'/2^e sits in the F + parity bits below the leading one
                 frac = mm - Mux(e[0], 1 << (F + 1), 1 << F)
                 top = Mux(e[0], frac >> (F + 1 - (LB - 1)), frac >> (F - (LB - 1)))
-                addr = Cat(top[:LB - 1], e[0])
-                m.d.sync += [k.eq(kk), parity.eq(e[0]), mfx.eq(mm), y.eq(lut[addr]),
-                             step.eq(0), sh_p.eq(Mux(amax_len > qcfg.hw_in_bits - 1,
-                                                     amax_len - (qcfg.hw_in_bits - 1), 0))]
+                addr = Cat(top[: LB - 1], e[0])
+                m.d.sync += [
+                    k.eq(kk),
+                    parity.eq(e[0]),
+                    mfx.eq(mm),
+                    y.eq(lut[addr]),
+                    step.eq(0),
+                    sh_p.eq(
+                        Mux(amax_len > qcfg.hw_in_bits - 1, amax_len - (qcfg.hw_in_bits - 1), 0)
+                    ),
+                ]
                 m.d.sync += state.eq(NT if cfg.newton_steps else AMAX)
             with m.Case(NT):
                 m.d.sync += [t.eq(rhu(y * y, F)), state.eq(NU)]
@@ -282,8 +293,14 @@ class RMSNormQuant(wiring.Component):
             with m.Case(FINAL):
                 carry = mant0[B]
                 rf = r + carry
-                shift = (F + cfg.gamma_frac_bits) + _signed(k) - _signed(sh_p) - _signed(a_e) \
-                    - self.c_exp - _signed(rf)
+                shift = (
+                    (F + cfg.gamma_frac_bits)
+                    + _signed(k)
+                    - _signed(sh_p)
+                    - _signed(a_e)
+                    - self.c_exp
+                    - _signed(rf)
+                )
                 zero = amax_q == 0
                 m.d.sync += [
                     scale_mant.eq(Mux(zero, 0, Mux(carry, mant0 >> 1, mant0))),
@@ -303,7 +320,7 @@ class RMSNormQuant(wiring.Component):
         # ------------------------------------------------------------ pass 2
         # the read port's output is the quantizer's input register: it holds while the
         # quantizer is not ready, and the next word is read as the current one is taken
-        pv = Signal()                                # a word is offered to the quantizer
+        pv = Signal()  # a word is offered to the quantizer
         p_last = Signal()
         rptr = Signal(range(self.depth))
         take = pv & aq.inp.ready
@@ -352,10 +369,15 @@ def x_beats(x_row, gamma, lanes: int) -> list[dict]:
     nb = -(-x.size // lanes)
     xp = np.zeros(nb * lanes, dtype=np.int64)
     gp = np.zeros(nb * lanes, dtype=np.int64)
-    xp[:x.size], gp[:g.size] = x, g
-    return [{"x": xp[b * lanes:(b + 1) * lanes].tolist(),
-             "gamma": gp[b * lanes:(b + 1) * lanes].tolist(), "last": int(b == nb - 1)}
-            for b in range(nb)]
+    xp[: x.size], gp[: g.size] = x, g
+    return [
+        {
+            "x": xp[b * lanes : (b + 1) * lanes].tolist(),
+            "gamma": gp[b * lanes : (b + 1) * lanes].tolist(),
+            "last": int(b == nb - 1),
+        }
+        for b in range(nb)
+    ]
 
 
 def synth_tops() -> dict:

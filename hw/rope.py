@@ -29,6 +29,7 @@ saturation into the output register. One beat per cycle; it freezes while ``y`` 
 unaccepted beat. No stalls: n beats take ``expected_cycles(n) = n + LATENCY`` cycles
 (``LATENCY`` = 3) from the first input beat to the last output beat, both included.
 """
+
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, signed, unsigned
@@ -38,13 +39,14 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, RopeConfig
 from golden.rope import rope_tables
+from hw.beats import lanes_layout
 
 LATENCY = 3
 # Pairs per beat when the instantiating code does not say (RopeConfig has no lane count).
 DEFAULT_LANES = 8
 # Head dimension of the default instance (BitNet b1.58 0.73B / 2B: 64).
 DEFAULT_HEAD_DIM = 64
-TABLE_BITS = 16            # golden.rope: cos/sin tables are signed int16 Q1.T
+TABLE_BITS = 16  # golden.rope: cos/sin tables are signed int16 Q1.T
 
 
 def expected_cycles(n: int) -> int:
@@ -52,48 +54,62 @@ def expected_cycles(n: int) -> int:
 
 
 def x_layout(cfg: RopeConfig, in_bits: int, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "x1": data.ArrayLayout(signed(in_bits), lanes),
-        "x2": data.ArrayLayout(signed(in_bits), lanes),
-        "pos": unsigned(max(1, (cfg.max_pos - 1).bit_length())),
-        "last": 1,
-    })
+    return lanes_layout(
+        signed(in_bits),
+        lanes,
+        name="x1",
+        x2=data.ArrayLayout(signed(in_bits), lanes),
+        pos=unsigned(max(1, (cfg.max_pos - 1).bit_length())),
+    )
 
 
 def y_layout(cfg: RopeConfig, in_bits: int, lanes: int) -> data.StructLayout:
     ob = cfg.out_bits(in_bits)
-    return data.StructLayout({
-        "y1": data.ArrayLayout(signed(ob), lanes),
-        "y2": data.ArrayLayout(signed(ob), lanes),
-        "last": 1,
-    })
+    return lanes_layout(signed(ob), lanes, name="y1", y2=data.ArrayLayout(signed(ob), lanes))
 
 
 class RoPE(wiring.Component):
     """Rotate-half RoPE from ROM tables (see module docstring)."""
 
-    def __init__(self, cfg: RopeConfig = DEFAULT.rope, *, head_dim: int = DEFAULT_HEAD_DIM,
-                 in_bits: int = DEFAULT.quant.act_bits, lanes: int = DEFAULT_LANES):
+    def __init__(
+        self,
+        cfg: RopeConfig = DEFAULT.rope,
+        *,
+        head_dim: int = DEFAULT_HEAD_DIM,
+        in_bits: int = DEFAULT.quant.act_bits,
+        lanes: int = DEFAULT_LANES,
+    ):
         if not isinstance(cfg, RopeConfig):
             raise ValueError(f"cfg: expected RopeConfig, got {type(cfg).__name__}")
-        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 \
-                or head_dim % 2:
+        if (
+            isinstance(head_dim, bool)
+            or not isinstance(head_dim, int)
+            or head_dim < 2
+            or head_dim % 2
+        ):
             raise ValueError(f"head_dim: expected an even int >= 2, got {head_dim!r}")
-        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1 \
-                or (head_dim // 2) % lanes:
-            raise ValueError(f"lanes: expected an int >= 1 dividing head_dim/2 = "
-                             f"{head_dim // 2}, got {lanes!r}")
+        if (
+            isinstance(lanes, bool)
+            or not isinstance(lanes, int)
+            or lanes < 1
+            or (head_dim // 2) % lanes
+        ):
+            raise ValueError(
+                f"lanes: expected an int >= 1 dividing head_dim/2 = {head_dim // 2}, got {lanes!r}"
+            )
         if isinstance(in_bits, bool) or not isinstance(in_bits, int) or not 2 <= in_bits <= 32:
             raise ValueError(f"in_bits: expected an int in [2, 32], got {in_bits!r}")
         self.cfg = cfg
         self.head_dim, self.in_bits, self.lanes = head_dim, in_bits, lanes
         self.beats_per_head = head_dim // 2 // lanes
         self.latency = LATENCY
-        super().__init__({
-            "x": In(stream.Signature(x_layout(cfg, in_bits, lanes))),
-            "y": Out(stream.Signature(y_layout(cfg, in_bits, lanes))),
-            "pos_error": Out(1),
-        })
+        super().__init__(
+            {
+                "x": In(stream.Signature(x_layout(cfg, in_bits, lanes))),
+                "y": Out(stream.Signature(y_layout(cfg, in_bits, lanes))),
+                "pos_error": Out(1),
+            }
+        )
 
     def rom_words(self) -> list[int]:
         """ROM contents from the golden tables, packed as ``rom_layout``: word pos*C + c,
@@ -107,7 +123,7 @@ class RoPE(wiring.Component):
         cos_u = (cos_q.astype(np.int64) & mask).reshape(self.cfg.max_pos * C, L)
         sin_u = (sin_q.astype(np.int64) & mask).reshape(self.cfg.max_pos * C, L)
         words = []
-        for cs, sn in zip(cos_u.tolist(), sin_u.tolist()):
+        for cs, sn in zip(cos_u.tolist(), sin_u.tolist(), strict=False):
             w = 0
             for lane in range(L - 1, -1, -1):
                 w = (w << (2 * TABLE_BITS)) | (sn[lane] << TABLE_BITS) | cs[lane]
@@ -180,6 +196,12 @@ def x_beats(x_head, pos: int, lanes: int, last: bool = True) -> list[dict]:
     x = np.asarray(x_head, dtype=np.int64).reshape(-1)
     h = x.size // 2
     nb = h // lanes
-    return [{"x1": x[c * lanes:(c + 1) * lanes].tolist(),
-             "x2": x[h + c * lanes:h + (c + 1) * lanes].tolist(),
-             "pos": int(pos), "last": int(last and c == nb - 1)} for c in range(nb)]
+    return [
+        {
+            "x1": x[c * lanes : (c + 1) * lanes].tolist(),
+            "x2": x[h + c * lanes : h + (c + 1) * lanes].tolist(),
+            "pos": int(pos),
+            "last": int(last and c == nb - 1),
+        }
+        for c in range(nb)
+    ]

@@ -39,6 +39,7 @@ Default ``n_ports=5``: the KV260 point's 17.1 GB/s at 250 MHz is 68.4 bytes/cycl
 128-bit port carries 16 (4 GB/s); the read path sustains 14.2 bytes/cycle per port
 (9 cycles per 128-byte request at any alignment), so 5 ports give 71.
 """
+
 from __future__ import annotations
 
 from amaranth import ClockDomain, ClockSignal, Module, ResetSignal
@@ -57,26 +58,46 @@ DEFAULT_PORTS = 5
 class AccelShell(wiring.Component):
     """``Accel`` + ``AxiLiteCSR`` + ``AxiDma`` (see the module docstring)."""
 
-    def __init__(self, cfg: DatapathConfig = DEFAULT, *, max_k: int = DEFAULT_MAX_K, ops=None,
-                 n_ports: int = DEFAULT_PORTS, data_bytes: int = 16, addr_bits: int = 49,
-                 csr_addr_bits: int = 12, rd_fifo_beats: int = 64, wr_outstanding: int = 2,
-                 gate_idle_engines: bool = False):
+    def __init__(
+        self,
+        cfg: DatapathConfig = DEFAULT,
+        *,
+        max_k: int = DEFAULT_MAX_K,
+        ops=None,
+        n_ports: int = DEFAULT_PORTS,
+        data_bytes: int = 16,
+        addr_bits: int = 49,
+        csr_addr_bits: int = 12,
+        rd_fifo_beats: int = 64,
+        wr_outstanding: int = 2,
+        gate_idle_engines: bool = False,
+    ):
         # gate_idle_engines: see hw.accel (a faster Verilator model, same function; not
         # part of the ID)
         core = Accel(cfg, max_k=max_k, ops=ops, gate_idle_engines=gate_idle_engines)
-        dma = AxiDma(core.dma_bytes, n_ports=n_ports, data_bytes=data_bytes,
-                     addr_bits=addr_bits, rd_fifo_beats=rd_fifo_beats,
-                     wr_outstanding=wr_outstanding)           # validates the parameters
+        dma = AxiDma(
+            core.dma_bytes,
+            n_ports=n_ports,
+            data_bytes=data_bytes,
+            addr_bits=addr_bits,
+            rd_fifo_beats=rd_fifo_beats,
+            wr_outstanding=wr_outstanding,
+        )  # validates the parameters
         self.n_ports, self.data_bytes, self.addr_bits = n_ports, data_bytes, addr_bits
         self.csr_addr_bits = csr_addr_bits
-        self._id_params = {"core": core.id_params(),
-                           "shell": {**dma.params(), "csr_addr_bits": csr_addr_bits}}
+        self._id_params = {
+            "core": core.id_params(),
+            "shell": {**dma.params(), "csr_addr_bits": csr_addr_bits},
+        }
         self.ident = core.ident = design_id(self._id_params)
         self.core = core
         self.dma = dma
         self.bridge = AxiLiteCSR(csr_addr_bits)
-        members = {"aclk": In(1), "aresetn": In(1),
-                   **axi_lite_slave_members("s_axi", csr_addr_bits)}
+        members = {
+            "aclk": In(1),
+            "aresetn": In(1),
+            **axi_lite_slave_members("s_axi", csr_addr_bits),
+        }
         for i in range(n_ports):
             members.update(axi4_master_members(f"m_axi{i}", addr_bits, data_bytes))
         members["irq"] = Out(1)
@@ -102,19 +123,42 @@ class AccelShell(wiring.Component):
             else:
                 continue
             outer = getattr(self, name)
-            m.d.comb += (inner.eq(outer) if member.flow == In else outer.eq(inner))
+            m.d.comb += inner.eq(outer) if member.flow == In else outer.eq(inner)
         # CSR bus
-        m.d.comb += [core.csr_addr.eq(br.csr_addr), core.csr_w_en.eq(br.csr_w_en),
-                     core.csr_w_data.eq(br.csr_w_data), br.csr_r_data.eq(core.csr_r_data)]
+        m.d.comb += [
+            core.csr_addr.eq(br.csr_addr),
+            core.csr_w_en.eq(br.csr_w_en),
+            core.csr_w_data.eq(br.csr_w_data),
+            br.csr_r_data.eq(core.csr_r_data),
+        ]
         # DMA port
-        for name in ("mem_rd_valid", "mem_rd_addr", "mem_rd_len", "mem_rdata_ready",
-                     "mem_wr_valid", "mem_wr_addr", "mem_wr_len", "mem_wr_data"):
+        for name in (
+            "mem_rd_valid",
+            "mem_rd_addr",
+            "mem_rd_len",
+            "mem_rdata_ready",
+            "mem_wr_valid",
+            "mem_wr_addr",
+            "mem_wr_len",
+            "mem_wr_data",
+        ):
             m.d.comb += getattr(dma, name).eq(getattr(core, name))
-        for name in ("mem_rd_ready", "mem_rdata_valid", "mem_rdata", "mem_rdata_err",
-                     "mem_wr_ready", "mem_wr_err", "mem_wr_err_op", "mem_wr_busy"):
+        for name in (
+            "mem_rd_ready",
+            "mem_rdata_valid",
+            "mem_rdata",
+            "mem_rdata_err",
+            "mem_wr_ready",
+            "mem_wr_err",
+            "mem_wr_err_op",
+            "mem_wr_busy",
+        ):
             m.d.comb += getattr(core, name).eq(getattr(dma, name))
-        m.d.comb += [dma.cmd_index.eq(core.cmd_index), dma.addr_hi.eq(core.stream_addr_hi),
-                     self.irq.eq(core.irq)]
+        m.d.comb += [
+            dma.cmd_index.eq(core.cmd_index),
+            dma.addr_hi.eq(core.stream_addr_hi),
+            self.irq.eq(core.irq),
+        ]
         return m
 
 

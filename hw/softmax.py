@@ -38,6 +38,7 @@ n buffer reads, 1 gap); one row from its first input beat to its last output bea
 included: ``expected_cycles(n) = 2n + RF + 14`` (``LATENCY`` = 7: from the last read
 issue to its output beat, inclusive).
 """
+
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
@@ -47,6 +48,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, SoftmaxConfig
 from golden.softmax import PROB_BOUND_MAX_LEN, exp_lut, log2e_fx
+from hw.beats import check_lanes, lanes_layout
 
 # Rows processed side by side when the instantiating code does not say (SoftmaxConfig
 # has no lane count: it is a throughput choice of the instance).
@@ -54,8 +56,8 @@ DEFAULT_LANES = 4
 # Longest row buffered by default: the longest for which golden.softmax states its bound.
 DEFAULT_MAX_LEN = PROB_BOUND_MAX_LEN
 
-DRAIN = 5          # cycles after the last pass-1 accept until the sum is final
-LATENCY = 7        # pass 2: cycles from the last read issue to its output beat, inclusive
+DRAIN = 5  # cycles after the last pass-1 accept until the sum is final
+LATENCY = 7  # pass 2: cycles from the last read issue to its output beat, inclusive
 
 
 def row_cycles(n: int, cfg: SoftmaxConfig = DEFAULT.softmax) -> int:
@@ -69,23 +71,16 @@ def expected_cycles(n: int, cfg: SoftmaxConfig = DEFAULT.softmax) -> int:
 
 
 def x_layout(cfg: SoftmaxConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.in_bits), lanes),
-        "mask": data.ArrayLayout(unsigned(1), lanes),
-        "last": 1,
-    })
+    return lanes_layout(signed(cfg.in_bits), lanes, mask=data.ArrayLayout(unsigned(1), lanes))
 
 
 def p_layout(cfg: SoftmaxConfig, lanes: int) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(unsigned(cfg.out_bits), lanes),
-        "last": 1,
-    })
+    return lanes_layout(unsigned(cfg.out_bits), lanes)
 
 
 def _rhu_var(m: Module, v, sh, max_sh: int, name: str):
     """Round half up of v / 2^sh for a variable sh (clamped to max_sh: v < 2^(max_sh-1))."""
-    shn = Signal(range(max_sh + 1), name=name)          # narrow, so the shifters stay small
+    shn = Signal(range(max_sh + 1), name=name)  # narrow, so the shifters stay small
     m.d.comb += shn.eq(Mux(sh > max_sh, max_sh, sh))
     half = (Const(1, max_sh + 1) << shn) >> 1
     return (v + half) >> shn
@@ -98,23 +93,33 @@ def _clamp_hi(v, hi: int):
 class Softmax(wiring.Component):
     """Online softmax over ``lanes`` rows in parallel (see module docstring)."""
 
-    def __init__(self, cfg: SoftmaxConfig = DEFAULT.softmax, *, lanes: int = DEFAULT_LANES,
-                 max_len: int = DEFAULT_MAX_LEN):
+    def __init__(
+        self,
+        cfg: SoftmaxConfig = DEFAULT.softmax,
+        *,
+        lanes: int = DEFAULT_LANES,
+        max_len: int = DEFAULT_MAX_LEN,
+    ):
         if not isinstance(cfg, SoftmaxConfig):
             raise ValueError(f"cfg: expected SoftmaxConfig, got {type(cfg).__name__}")
-        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-            raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) \
-                or not 1 <= max_len <= cfg.max_len:
-            raise ValueError(f"max_len: expected an int in [1, cfg.max_len = {cfg.max_len}], "
-                             f"got {max_len!r}")
+        check_lanes(lanes)
+        if (
+            isinstance(max_len, bool)
+            or not isinstance(max_len, int)
+            or not 1 <= max_len <= cfg.max_len
+        ):
+            raise ValueError(
+                f"max_len: expected an int in [1, cfg.max_len = {cfg.max_len}], got {max_len!r}"
+            )
         self.cfg = cfg
         self.lanes = lanes
         self.max_len = max_len
-        super().__init__({
-            "x": In(stream.Signature(x_layout(cfg, lanes))),
-            "p": Out(stream.Signature(p_layout(cfg, lanes))),
-        })
+        super().__init__(
+            {
+                "x": In(stream.Signature(x_layout(cfg, lanes))),
+                "p": Out(stream.Signature(p_layout(cfg, lanes))),
+            }
+        )
 
     def elaborate(self, platform):
         cfg, L = self.cfg, self.lanes
@@ -123,14 +128,16 @@ class Softmax(wiring.Component):
         l2e = log2e_fx(cfg)
         lut = [int(v) for v in exp_lut(cfg)]
         words = [{"base": lut[a], "drop": lut[a] - lut[a + 1]} for a in range(1 << LB)]
-        word_layout = data.StructLayout({
-            "base": unsigned(max(w["base"] for w in words).bit_length()),
-            "drop": unsigned(max(1, max(w["drop"] for w in words).bit_length())),
-        })
-        d_bits = cfg.in_bits + cfg.log2e_frac_bits + 2     # d < 2^(in_bits + LF + 2)
+        word_layout = data.StructLayout(
+            {
+                "base": unsigned(max(w["base"] for w in words).bit_length()),
+                "drop": unsigned(max(1, max(w["drop"] for w in words).bit_length())),
+            }
+        )
+        d_bits = cfg.in_bits + cfg.log2e_frac_bits + 2  # d < 2^(in_bits + LF + 2)
         n_bits = d_bits - TF
-        term_max_sh = SF + 2                                # rhu(<= 2^SF, >= SF+2) = 0
-        out_max_sh = E + RF + 2                             # rhu(< 2^(E+RF+1), >= E+RF+2) = 0
+        term_max_sh = SF + 2  # rhu(<= 2^SF, >= SF+2) = 0
+        out_max_sh = E + RF + 2  # rhu(< 2^(E+RF+1), >= E+RF+2) = 0
 
         m = Module()
         stall = Signal()
@@ -148,11 +155,11 @@ class Softmax(wiring.Component):
         # ------------------------------------------------------------ control
         IN, DRAIN1, NORM, DIV, OUT = range(5)
         state = Signal(range(5))
-        count = Signal(range(self.max_len + 1))      # elements of the row (pass 1)
+        count = Signal(range(self.max_len + 1))  # elements of the row (pass 1)
         wptr = Signal(range(self.max_len))
         rptr = Signal(range(self.max_len))
         div_left = Signal(range(RF + 2))
-        rd_valid = Signal()                           # buffer data arrives this cycle
+        rd_valid = Signal()  # buffer data arrives this cycle
         rd_first = Signal()
         rd_last = Signal()
 
@@ -168,14 +175,15 @@ class Softmax(wiring.Component):
             br.en.eq(~stall),
         ]
         for lane in range(L):
-            m.d.comb += [bw.data[lane].x.eq(self.x.payload.data[lane]),
-                         bw.data[lane].mask.eq(self.x.payload.mask[lane])]
+            m.d.comb += [
+                bw.data[lane].x.eq(self.x.payload.data[lane]),
+                bw.data[lane].mask.eq(self.x.payload.mask[lane]),
+            ]
 
         issue = Signal()
         m.d.comb += issue.eq((state == OUT) & ~stall)
         with m.If(~stall):
-            m.d.sync += [rd_valid.eq(issue), rd_first.eq(rptr == 0),
-                         rd_last.eq(rptr == count - 1)]
+            m.d.sync += [rd_valid.eq(issue), rd_first.eq(rptr == 0), rd_last.eq(rptr == count - 1)]
 
         # ------------------------------------------------------------ pipeline
         # stage 0 (combinational): the input beat (pass 1) or the buffer word (pass 2)
@@ -206,7 +214,7 @@ class Softmax(wiring.Component):
         s4 = stage(s3, "s4")
         s5 = stage(s4, "s5")
 
-        sums, recips, shift_bases, s_ms, rems, quots, bls = [], [], [], [], [], [], []
+        sums, recips, shift_bases = [], [], []
         p_values = []
         for lane in range(L):
             x0 = Mux(rd_valid, br.data[lane].x, self.x.payload.data[lane])
@@ -217,7 +225,7 @@ class Softmax(wiring.Component):
             # stage 2: ceil, running max (pass 1), d = M * 2^TF - t
             c = -((-t1) >> TF)
             M = Signal(c.shape(), name=f"max{lane}")
-            have = Signal(name=f"have{lane}")         # the row has an unmasked element
+            have = Signal(name=f"have{lane}")  # the row has an unmasked element
             have_before = Mux(s1.first, 0, have)
             newmax = ~have_before | (c > M)
             m_new = Mux(newmax, c, M)
@@ -229,18 +237,22 @@ class Softmax(wiring.Component):
             m_use = Mux(s1.pass2, M, m_new)
             d2 = reg(((m_use << TF) - t1)[:d_bits], f"d2_{lane}", unsigned(d_bits))
             inc = Mux(have_before, m_new - M, 0)
-            k_sh = reg(_clamp_hi(inc, cfg.sum_bits), f"kshift2_{lane}",
-                       unsigned(cfg.sum_bits.bit_length()))
+            k_sh = reg(
+                _clamp_hi(inc, cfg.sum_bits), f"kshift2_{lane}", unsigned(cfg.sum_bits.bit_length())
+            )
             reset2 = reg(~have_before, f"reset2_{lane}")
             k2 = reg(k1, f"mask2_{lane}")
             # stage 3: exp unit, ROM read of the fraction's segment
             port = rom.read_port()
             f = d2[:TF]
-            m.d.comb += [port.addr.eq(f[TF - LB:]), port.en.eq(~stall)]
+            m.d.comb += [port.addr.eq(f[TF - LB :]), port.en.eq(~stall)]
             n3 = reg(d2[TF:], f"n3_{lane}", unsigned(n_bits))
-            w3 = reg(f[TF - LB - IB:TF - LB], f"w3_{lane}", unsigned(IB)) if IB else None
-            k_sh3, reset3, k3 = (reg(k_sh, f"kshift3_{lane}"), reg(reset2, f"reset3_{lane}"),
-                                 reg(k2, f"mask3_{lane}"))
+            w3 = reg(f[TF - LB - IB : TF - LB], f"w3_{lane}", unsigned(IB)) if IB else None
+            k_sh3, reset3, k3 = (
+                reg(k_sh, f"kshift3_{lane}"),
+                reg(reset2, f"reset3_{lane}"),
+                reg(k2, f"mask3_{lane}"),
+            )
             # stage 4: interpolate (mant = T[a] - rhu((T[a] - T[a+1]) * w, Ib))
             word = port.data
             if IB:
@@ -248,19 +260,32 @@ class Softmax(wiring.Component):
             else:
                 mant = word.base
             mant4 = reg(mant, f"mant4_{lane}", unsigned(E + 1))
-            n4, k_sh4, reset4, k4 = (reg(n3, f"n4_{lane}"), reg(k_sh3, f"kshift4_{lane}"),
-                                     reg(reset3, f"reset4_{lane}"), reg(k3, f"mask4_{lane}"))
+            n4, k_sh4, reset4, k4 = (
+                reg(n3, f"n4_{lane}"),
+                reg(k_sh3, f"kshift4_{lane}"),
+                reg(reset3, f"reset4_{lane}"),
+                reg(k3, f"mask4_{lane}"),
+            )
             # stage 5: pass 1 term rhu(mant * 2^(SF-E), n); pass 2 product mant * R
             recip = Signal(unsigned(RF + 1), name=f"recip{lane}")
             shift_base = Signal(signed(n_bits + 8), name=f"shift_base{lane}")
-            term5 = reg(_rhu_var(m, mant4 << (SF - E), n4, term_max_sh, f"term_sh{lane}"),
-                        f"term5_{lane}", unsigned(SF + 1))
+            term5 = reg(
+                _rhu_var(m, mant4 << (SF - E), n4, term_max_sh, f"term_sh{lane}"),
+                f"term5_{lane}",
+                unsigned(SF + 1),
+            )
             prod5 = reg(mant4 * recip, f"prod5_{lane}")
-            sh = n4 + shift_base                     # < 0 only in a fully masked row
-            sh5 = reg(Mux(sh < 0, 0, _clamp_hi(sh, out_max_sh)), f"sh5_{lane}",
-                      unsigned(out_max_sh.bit_length()))
-            k_sh5, reset5, k5 = (reg(k_sh4, f"kshift5_{lane}"), reg(reset4, f"reset5_{lane}"),
-                                 reg(k4, f"mask5_{lane}"))
+            sh = n4 + shift_base  # < 0 only in a fully masked row
+            sh5 = reg(
+                Mux(sh < 0, 0, _clamp_hi(sh, out_max_sh)),
+                f"sh5_{lane}",
+                unsigned(out_max_sh.bit_length()),
+            )
+            k_sh5, reset5, k5 = (
+                reg(k_sh4, f"kshift5_{lane}"),
+                reg(reset4, f"reset5_{lane}"),
+                reg(k4, f"mask5_{lane}"),
+            )
             # stage 6: pass 1 accumulates; pass 2 rounds into the output register
             s = Signal(unsigned(cfg.sum_bits), name=f"sum{lane}")
             with m.If(~stall & s5.valid & ~s5.pass2 & k5):
@@ -286,20 +311,20 @@ class Softmax(wiring.Component):
                 with m.If(s[i]):
                     m.d.comb += blen.eq(i + 1)
             s_m = Signal(unsigned(RF + 1), name=f"s_m{lane}")
-            low = Signal(unsigned(RF + 1), name=f"low{lane}")    # dividend bits to bring down
+            low = Signal(unsigned(RF + 1), name=f"low{lane}")  # dividend bits to bring down
             rem = Signal(unsigned(RF + 3), name=f"rem{lane}")
             quot = Signal(unsigned(RF + 1), name=f"quot{lane}")
             with m.If(state == NORM):
-                top = ((s << (RF + 1)) >> blen)[:RF + 1]
+                top = ((s << (RF + 1)) >> blen)[: RF + 1]
                 m.d.sync += [
                     s_m.eq(top),
-                    low.eq(top),                 # dividend 2^(2RF+1) + s_m: low RF+1 bits
-                    rem.eq(1 << RF),             # ... and its top bits, 2^RF < 2 s_m
+                    low.eq(top),  # dividend 2^(2RF+1) + s_m: low RF+1 bits
+                    rem.eq(1 << RF),  # ... and its top bits, 2^RF < 2 s_m
                     quot.eq(0),
                     shift_bases[lane].eq(blen + (E - 1 + RF - SF - P)),
                 ]
             # restoring division by 2 s_m, one quotient bit per cycle
-            trial = Cat(low[RF], rem)[:RF + 3]
+            trial = Cat(low[RF], rem)[: RF + 3]
             divisor = Cat(Const(0, 1), s_m)
             ge = trial >= divisor
             with m.If(state == DIV):
@@ -309,7 +334,7 @@ class Softmax(wiring.Component):
                     low.eq(low << 1),
                 ]
                 with m.If(div_left == 1):
-                    m.d.sync += recips[lane].eq(Cat(ge, quot)[:RF + 1])
+                    m.d.sync += recips[lane].eq(Cat(ge, quot)[: RF + 1])
 
         # ------------------------------------------------------------ state machine
         with m.Switch(state):
@@ -345,5 +370,11 @@ def x_beats(x, mask=None) -> list[dict]:
     x = np.asarray(x)
     mask = np.ones(x.shape, dtype=bool) if mask is None else np.broadcast_to(mask, x.shape)
     n = x.shape[1]
-    return [{"data": [int(v) for v in x[:, j]], "mask": [int(v) for v in mask[:, j]],
-             "last": int(j == n - 1)} for j in range(n)]
+    return [
+        {
+            "data": [int(v) for v in x[:, j]],
+            "mask": [int(v) for v in mask[:, j]],
+            "last": int(j == n - 1),
+        }
+        for j in range(n)
+    ]

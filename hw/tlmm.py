@@ -60,6 +60,7 @@ i.e. one ``wgt`` beat per cycle; the ideal is M*K*N / (G*T*Q) (every lookup slot
 the first token's table build (Kc cycles) and the pipeline latency are the overhead,
 plus the padding of K to G*T and N to Q.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,6 +71,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, TLMMConfig
+from hw.beats import lanes_layout
 
 # Longest K the table memory holds by default: BitNet b1.58 0.73B's largest
 # projection input (intermediate_size 4096).
@@ -87,8 +89,7 @@ def ideal_cycles(m: int, k: int, n: int, cfg: TLMMConfig) -> float:
     return m * k * n / (cfg.group * cfg.tables * cfg.replicas)
 
 
-def expected_cycles(m: int, k: int, n: int, cfg: TLMMConfig,
-                    tree_levels_per_stage: int = 2) -> int:
+def expected_cycles(m: int, k: int, n: int, cfg: TLMMConfig, tree_levels_per_stage: int = 2) -> int:
     """The module-doc cycle formula (streams never stall)."""
     kc = chunk_count(k, cfg)
     return kc + m * (-(-n // cfg.replicas)) * kc + _latency(cfg, tree_levels_per_stage)
@@ -103,47 +104,47 @@ def _latency(cfg: TLMMConfig, tree_levels_per_stage: int) -> int:
 
 
 def act_layout(cfg: TLMMConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.act_bits), cfg.group * cfg.tables),
-        "last": 1,
-    })
+    return lanes_layout(signed(cfg.act_bits), cfg.group * cfg.tables)
 
 
 def wgt_layout(cfg: TLMMConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "code": data.ArrayLayout(unsigned(cfg.code_bits), cfg.tables * cfg.replicas),
-        "last": 1,
-    })
+    return lanes_layout(unsigned(cfg.code_bits), cfg.tables * cfg.replicas, name="code")
 
 
 def out_layout(cfg: TLMMConfig) -> data.StructLayout:
-    return data.StructLayout({
-        "data": data.ArrayLayout(signed(cfg.acc_bits), cfg.replicas),
-        "last": 1,
-    })
+    return lanes_layout(signed(cfg.acc_bits), cfg.replicas)
 
 
 class TLMM(wiring.Component):
     """Table-lookup ternary matmul engine (see module docstring for the protocol)."""
 
-    def __init__(self, cfg: TLMMConfig = DEFAULT.tlmm, *, max_k: int = DEFAULT_MAX_K,
-                 tree_levels_per_stage: int = 2):
+    def __init__(
+        self,
+        cfg: TLMMConfig = DEFAULT.tlmm,
+        *,
+        max_k: int = DEFAULT_MAX_K,
+        tree_levels_per_stage: int = 2,
+    ):
         if max_k < 1:
             raise ValueError(f"max_k: must be >= 1, got {max_k}")
         if max_k > cfg.max_k():
-            raise ValueError(f"max_k: {max_k} exceeds cfg.max_k() = {cfg.max_k()} (accumulator overflow)")
+            raise ValueError(
+                f"max_k: {max_k} exceeds cfg.max_k() = {cfg.max_k()} (accumulator overflow)"
+            )
         if tree_levels_per_stage < 1:
             raise ValueError(f"tree_levels_per_stage: must be >= 1, got {tree_levels_per_stage}")
         self.cfg = cfg
         self.max_k = max_k
         self.tree_levels_per_stage = tree_levels_per_stage
-        self.depth = chunk_count(max_k, cfg)        # chunks per bank
+        self.depth = chunk_count(max_k, cfg)  # chunks per bank
         self.latency = _latency(cfg, tree_levels_per_stage)
-        super().__init__({
-            "act": In(stream.Signature(act_layout(cfg))),
-            "wgt": In(stream.Signature(wgt_layout(cfg))),
-            "out": Out(stream.Signature(out_layout(cfg))),
-        })
+        super().__init__(
+            {
+                "act": In(stream.Signature(act_layout(cfg))),
+                "wgt": In(stream.Signature(wgt_layout(cfg))),
+                "out": Out(stream.Signature(out_layout(cfg))),
+            }
+        )
 
     # ---------------------------------------------------------------- table build
     def _build_table(self, m: Module, xs, name: str):
@@ -153,7 +154,7 @@ class TLMM(wiring.Component):
         for x in xs:
             table = [e - x for e in table] + table + [e + x for e in table]
         if cfg.table == "mirrored":
-            table = table[(cfg.full_entries - 1) // 2:]
+            table = table[(cfg.full_entries - 1) // 2 :]
         assert len(table) == cfg.entries
         entries = []
         for j, e in enumerate(table):
@@ -179,11 +180,11 @@ class TLMM(wiring.Component):
         wports = [mem.write_port() for mem in mems]
         rports = [mem.read_port() for mem in mems]
 
-        full = Signal(2)                       # bank holds a complete token's tables
+        full = Signal(2)  # bank holds a complete token's tables
         nchunks = [Signal(range(self.depth + 1), name=f"nchunks{b}") for b in range(2)]
 
         # ------------------------------------------------ build side (act stream)
-        wb = Signal()                          # bank being written
+        wb = Signal()  # bank being written
         wptr = Signal(range(self.depth))
         act_fire = Signal()
         act_end = Signal()
@@ -218,7 +219,7 @@ class TLMM(wiring.Component):
         stall = Signal()
         m.d.comb += stall.eq(self.out.valid & ~self.out.ready)
 
-        rb = Signal()                          # bank being read
+        rb = Signal()  # bank being read
         chunk = Signal(range(self.depth))
         cur_n = Signal(range(self.depth + 1))
         m.d.comb += cur_n.eq(Mux(rb, nchunks[1], nchunks[0]))
@@ -263,14 +264,17 @@ class TLMM(wiring.Component):
         # the entries of each table word, padded to 2^index_bits (an index beyond the
         # table reads 0); a per-entry multiplexer (not a wide variable shift) simulates fast
         eb = cfg.entry_bits
-        entries = [[rports[t].data[i * eb:(i + 1) * eb] for i in range(cfg.entries)]
-                   + [Const(0, eb)] * ((1 << cfg.index_bits) - cfg.entries) for t in range(T)]
+        entries = [
+            [rports[t].data[i * eb : (i + 1) * eb] for i in range(cfg.entries)]
+            + [Const(0, eb)] * ((1 << cfg.index_bits) - cfg.entries)
+            for t in range(T)
+        ]
         with m.If(~stall):
             m.d.sync += s2.eq(s1)
             for q in range(Q):
                 for t in range(T):
                     code = s1_code[q * T + t]
-                    index = code[:cfg.index_bits]
+                    index = code[: cfg.index_bits]
                     entry = Array(entries[t])[index].as_signed()
                     if cfg.table == "mirrored":
                         sign = code[cfg.index_bits]
@@ -329,8 +333,10 @@ def synth_tops() -> dict:
     """Blocks for ``hw.synth``: the default engine and its mirrored-table variant."""
     from dataclasses import replace
 
-    return {"tlmm": lambda: TLMM(DEFAULT.tlmm),
-            "tlmm_mirrored": lambda: TLMM(replace(DEFAULT.tlmm, table="mirrored"))}
+    return {
+        "tlmm": lambda: TLMM(DEFAULT.tlmm),
+        "tlmm_mirrored": lambda: TLMM(replace(DEFAULT.tlmm, table="mirrored")),
+    }
 
 
 # --------------------------------------------------------------------------- stream packing
@@ -342,9 +348,11 @@ def act_beats(x_row, cfg: TLMMConfig) -> list[dict]:
     kc = chunk_count(x.size, cfg)
     width = cfg.group * cfg.tables
     xp = np.zeros(kc * width, dtype=np.int64)
-    xp[:x.size] = x
-    return [{"data": xp[c * width:(c + 1) * width].tolist(), "last": int(c == kc - 1)}
-            for c in range(kc)]
+    xp[: x.size] = x
+    return [
+        {"data": xp[c * width : (c + 1) * width].tolist(), "last": int(c == kc - 1)}
+        for c in range(kc)
+    ]
 
 
 def wgt_beats(codes, cfg: TLMMConfig, zero_code: int) -> list[dict]:
@@ -364,5 +372,4 @@ def wgt_beats(codes, cfg: TLMMConfig, zero_code: int) -> list[dict]:
     cp[:n, :groups] = codes
     # [nb, Q, kc, T] -> [nb, kc, Q, T]: one beat per (block, chunk), code[q*T + t]
     beats = cp.reshape(nb, Q, kc, T).transpose(0, 2, 1, 3).reshape(nb * kc, Q * T)
-    return [{"code": beats[i].tolist(), "last": int(i == nb * kc - 1)}
-            for i in range(nb * kc)]
+    return [{"code": beats[i].tolist(), "last": int(i == nb * kc - 1)} for i in range(nb * kc)]

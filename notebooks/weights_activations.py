@@ -31,49 +31,32 @@
 # greedy next-character agreement >= `golden.model.GREEDY_AGREEMENT_MIN`.
 
 # %% tags=["parameters"]
-MODEL_DIR = "models/default"     # repo-relative or absolute checkpoint directory
-OUT_DIR = "build/notebooks"      # where the PNG figures go
-HELDOUT_WINDOWS = 24             # held-out windows of the model's context (256 chars each)
-STAT_WINDOWS = 2                 # windows used for activation statistics and the op trace
+MODEL_DIR = None  # checkpoint directory, repo-relative or absolute (None: shipped)
+OUT_DIR = "build/notebooks"  # where the PNG figures go
+HELDOUT_WINDOWS = 24  # held-out windows of the model's context (256 chars each)
+STAT_WINDOWS = 2  # windows used for activation statistics and the op trace
 
 # %%
-import os
-import sys
 import time
 
-import matplotlib
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
 from golden import model as gmodel
 from golden import quant as gquant
 from golden.modelspec import ATTN_PROJ, MLP_PROJ
-try:
-    from notebooks import lib
-except ImportError:        # opened from inside notebooks/: the package is one level up
-    sys.path.insert(0, os.path.dirname(os.getcwd()))
-    from notebooks import lib
+from notebooks import lib
 
 T0 = time.time()
-print("kernel python:", sys.executable)
-OUT = lib.resolve(OUT_DIR)
-os.makedirs(OUT, exist_ok=True)
-
-
-def savefig(fig, name):
-    path = os.path.join(OUT, f"weights_activations_{name}.png")
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    print("saved", os.path.relpath(path, lib.REPO))
-
-
+savefig = lib.figure_saver("weights_activations", OUT_DIR)
 model, tok = lib.load(MODEL_DIR)
 mc = model.config
 PROJ = ATTN_PROJ + MLP_PROJ
-print(f"{MODEL_DIR}: {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, "
-      f"FFN {mc.intermediate_size} ({mc.hidden_act}), heads {mc.num_attention_heads}/"
-      f"{mc.num_key_value_heads}, context {mc.max_position_embeddings}, vocab {mc.vocab_size}")
+print(
+    f"{MODEL_DIR or 'shipped model'}: {mc.num_hidden_layers} layers, hidden {mc.hidden_size}, "
+    f"FFN {mc.intermediate_size} ({mc.hidden_act}), heads {mc.num_attention_heads}/"
+    f"{mc.num_key_value_heads}, context {mc.max_position_embeddings}, vocab {mc.vocab_size}"
+)
 
 # %% [markdown]
 # ## 1. Ternary weight codes
@@ -96,7 +79,7 @@ fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4))
 labels = [f"L{li}.{n.replace('_proj', '')}" for li in range(L) for n in PROJ]
 x = np.arange(len(labels))
 bottom = np.zeros(len(labels))
-for v, color in zip(range(3), ("tab:blue", "lightgray", "tab:red")):
+for v, color in zip(range(3), ("tab:blue", "lightgray", "tab:red"), strict=False):
     vals = frac[:, :, v].ravel()
     ax.bar(x, vals, bottom=bottom, color=color, label=("-1", "0", "+1")[v])
     bottom += vals
@@ -109,14 +92,16 @@ ax2.set_xticks(x, labels, rotation=90, fontsize=7)
 ax2.set_ylabel("s_w (dequant = code * s_w)")
 ax2.set_title("per-tensor weight scale")
 savefig(fig, "weight_codes")
-print(f"zero fraction: min {frac[:, :, 1].min():.3f}, max {frac[:, :, 1].max():.3f}, "
-      f"mean {frac[:, :, 1].mean():.3f}")
+print(
+    f"zero fraction: min {frac[:, :, 1].min():.3f}, max {frac[:, :, 1].max():.3f}, "
+    f"mean {frac[:, :, 1].mean():.3f}"
+)
 
 # %% [markdown]
 # ## 2. Activations entering the projections
-# The float reference forward (`lib.AblationForward`, equal to the golden reference
-# mode -- asserted below) on held-out text, with a hook that records the input of
-# every projection before its INT8 quantizer. Left: per-token absmax (the quantizer's
+# The float reference forward (`GoldenModel(mode="reference")`) on held-out text, with
+# a hook (`proj_hook`) that records the input of every projection before its INT8
+# quantizer (asserted below not to change the logits). Left: per-token absmax (the quantizer's
 # scale is 127 / absmax) per projection input; right: value distribution of layer 0's
 # inputs (log count): the FFN-down input (ReLU^2(gate) * up) is heavy-tailed, so its
 # per-token INT8 grid is the coarsest relative to typical values.
@@ -132,15 +117,19 @@ def record(layer, name, x):
     inputs[(layer, name)] = x.copy()
 
 
-fwd_rec = lib.AblationForward(model, proj_hook=record)
-logits_lib = fwd_rec(x_stat)
+fwd_rec = gmodel.GoldenModel(model, "reference", proj_hook=record)
+logits_hooked = fwd_rec.forward(x_stat)
 logits_golden = gmodel.GoldenModel(model, "reference").forward(x_stat)
-assert np.array_equal(logits_lib, logits_golden), "ablation forward differs from golden reference"
-print("AblationForward == GoldenModel(reference): bit-equal logits")
+assert np.array_equal(logits_hooked, logits_golden), "the hooked forward differs from the reference"
+print("GoldenModel(reference, proj_hook) == GoldenModel(reference): bit-equal logits")
 
 # q/k/v and gate/up share their input: keep one name per distinct input
-TAPS = {"q_proj": "attn in (q/k/v)", "o_proj": "o_proj in", "gate_proj": "FFN in (gate/up)",
-        "down_proj": "down_proj in"}
+TAPS = {
+    "q_proj": "attn in (q/k/v)",
+    "o_proj": "o_proj in",
+    "gate_proj": "FFN in (gate/up)",
+    "down_proj": "down_proj in",
+}
 fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4))
 pos = 0
 ticks, names = [], []
@@ -187,7 +176,7 @@ for li in range(L):
         w = model.weights.layers[li].proj[name].dequant(np.float64)
         yf = xin.astype(np.float64) @ w.T
         yq = xf.astype(np.float64) @ w.T
-        snr[li, pi] = 10 * np.log10(np.sum(yf ** 2) / np.sum((yf - yq) ** 2))
+        snr[li, pi] = 10 * np.log10(np.sum(yf**2) / np.sum((yf - yq) ** 2))
 print(f"max activation fake-quant error: {worst_lsb:.4f} LSB (bound 0.5 + float32 rounding)")
 assert worst_lsb <= 0.5 + 1e-4
 
@@ -219,18 +208,28 @@ g_ref = gmodel.GoldenModel(model, "reference")
 g_int = gmodel.GoldenModel(model, "integer")
 lg_ref = g_ref.forward(x_stat, trace=tr_ref)
 lg_int = g_int.forward(x_stat, trace=tr_int)
-FMT = {"embed": ("h", 16), "softmax": ("p", 16), "pv": ("o", 16),
-       "tlmm_residual.o_proj": ("h", 16), "act": ("m", 16), "tlmm_residual.down_proj": ("h", 16)}
+FMT = {
+    "embed": ("h", 16),
+    "softmax": ("p", 16),
+    "pv": ("o", 16),
+    "tlmm_residual.o_proj": ("h", 16),
+    "act": ("m", 16),
+    "tlmm_residual.down_proj": ("h", 16),
+}
 ref_by = {(layer, op): arr for layer, op, arr in tr_ref}
 rows = []
 for layer, op, arr in tr_int:
     if op not in FMT or (layer, op) not in ref_by:
         continue
     key, frac_bits = FMT[op]
-    vi = arr[key].astype(np.float64) * 2.0 ** -frac_bits
+    vi = arr[key].astype(np.float64) * 2.0**-frac_bits
     vr = ref_by[(layer, op)][key].astype(np.float64)
-    rows.append((f"L{layer} {op}" if layer >= 0 else op,
-                 float(np.linalg.norm(vi - vr) / np.linalg.norm(vr))))
+    rows.append(
+        (
+            f"L{layer} {op}" if layer >= 0 else op,
+            float(np.linalg.norm(vi - vr) / np.linalg.norm(vr)),
+        )
+    )
 rows.append(("logits", float(np.linalg.norm(lg_int - lg_ref) / np.linalg.norm(lg_ref))))
 cos = gmodel.cosine_rows(lg_int.reshape(-1, mc.vocab_size), lg_ref.reshape(-1, mc.vocab_size))
 
@@ -270,15 +269,23 @@ agreement = float(np.mean(np.concatenate(am_ref) == np.concatenate(am_int)))
 d = pw_int - pw_ref
 print(f"held-out: {len(wins)} windows x {ctx} chars = {len(wins) * ctx} predictions")
 print(f"reference {bpc_ref:.4f} bpc ({t_ref:.1f} s), integer {bpc_int:.4f} bpc ({t_int:.1f} s)")
-print(f"integer - reference: {bpc_int - bpc_ref:+.5f} bpc "
-      f"(paired s.e. {d.std(ddof=1) / np.sqrt(len(d)):.5f})")
-print(f"greedy agreement {agreement:.4f} (bound GREEDY_AGREEMENT_MIN = {gmodel.GREEDY_AGREEMENT_MIN})")
+print(
+    f"integer - reference: {bpc_int - bpc_ref:+.5f} bpc "
+    f"(paired s.e. {d.std(ddof=1) / np.sqrt(len(d)):.5f})"
+)
+print(
+    f"greedy agreement {agreement:.4f} (bound GREEDY_AGREEMENT_MIN = {gmodel.GREEDY_AGREEMENT_MIN})"
+)
 assert agreement >= gmodel.GREEDY_AGREEMENT_MIN
 
 fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.5))
-ax.bar(["reference", "integer"], [bpc_ref, bpc_int],
-       yerr=[pw_ref.std(ddof=1) / np.sqrt(len(pw_ref)), pw_int.std(ddof=1) / np.sqrt(len(pw_int))],
-       color=["tab:blue", "tab:orange"], capsize=6)
+ax.bar(
+    ["reference", "integer"],
+    [bpc_ref, bpc_int],
+    yerr=[pw_ref.std(ddof=1) / np.sqrt(len(pw_ref)), pw_int.std(ddof=1) / np.sqrt(len(pw_int))],
+    color=["tab:blue", "tab:orange"],
+    capsize=6,
+)
 ax.set_ylim(min(bpc_ref, bpc_int) * 0.9, max(bpc_ref, bpc_int) * 1.05)
 ax.set_ylabel("bits per character")
 ax.set_title(f"held-out loss ({len(wins) * ctx} chars)")

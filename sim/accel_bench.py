@@ -10,21 +10,30 @@ Parameters (``sim.streams.bench_params``): ``stall`` (probability that each of
 rd_ready / rdata_valid / wr_ready is low in a cycle), ``max_latency``, ``ops`` (random
 TLMM commands per stream).
 """
+
 from __future__ import annotations
 
 from collections import deque
 
+import cocotb
 import numpy as np
 
-import cocotb
-
+from golden import isa
 from golden import tlmm as golden
 from golden.config import DEFAULT
-from golden import isa
-from hw.accel import dma_bytes_for
-from hw.csr import (CSR, CTRL_CODE_SHIFT, CTRL_HOST_ERROR, CTRL_RESET, CTRL_RESUME, CTRL_START,
-                    IRQ_END, IRQ_HOST, STATUS)
 from golden.isa import ErrorCode, Opcode, command
+from hw.accel import dma_bytes_for
+from hw.csr import (
+    CSR,
+    CTRL_CODE_SHIFT,
+    CTRL_HOST_ERROR,
+    CTRL_RESET,
+    CTRL_RESUME,
+    CTRL_START,
+    IRQ_END,
+    IRQ_HOST,
+    STATUS,
+)
 from sim.streams import CLOCK_NS, bench_params, bench_rng, record
 
 P = bench_params()
@@ -34,16 +43,17 @@ N_OPS = int(P.get("ops", 4))
 CFG = DEFAULT
 W = dma_bytes_for(CFG)
 MEM_SIZE = 1 << 16
-BASE = 64                       # first usable byte (the window checked by the RTL)
+BASE = 64  # first usable byte (the window checked by the RTL)
 
 
 class Bench:
-    def __init__(self, dut, rng, stall: float = STALL, max_lat: int = MAX_LAT,
-                 mem_size: int = MEM_SIZE):
+    def __init__(
+        self, dut, rng, stall: float = STALL, max_lat: int = MAX_LAT, mem_size: int = MEM_SIZE
+    ):
         self.dut, self.rng = dut, rng
         self.stall, self.max_lat = stall, max_lat
         self.mem = bytearray(mem_size)
-        self.queue: deque = deque()     # [ready_cycle, addr, len]
+        self.queue: deque = deque()  # [ready_cycle, addr, len]
         self.offered = False
         self.cycle = 0
         self.brk = BASE
@@ -58,7 +68,7 @@ class Bench:
     def put(self, data) -> int:
         buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
         a = self.alloc(len(buf))
-        self.mem[a:a + len(buf)] = buf
+        self.mem[a : a + len(buf)] = buf
         return a
 
     def _go(self) -> bool:
@@ -67,6 +77,7 @@ class Bench:
     async def start(self):
         from cocotb.clock import Clock
         from cocotb.triggers import FallingEdge
+
         d = self.dut
         Clock(d.clk, CLOCK_NS, unit="ns").start(start_high=False)
         for s in (d.csr_w_en, d.mem_rd_ready, d.mem_rdata_valid, d.mem_wr_ready):
@@ -83,10 +94,15 @@ class Bench:
     async def step(self, csr_write=None, csr_read=None):
         """One cycle: drive at the falling edge, sample handshakes in ReadOnly."""
         from cocotb.triggers import FallingEdge, ReadOnly
+
         d = self.dut
         await FallingEdge(d.clk)
         if csr_write is not None:
-            d.csr_addr.value, d.csr_w_data.value, d.csr_w_en.value = int(csr_write[0]), int(csr_write[1]), 1
+            d.csr_addr.value, d.csr_w_data.value, d.csr_w_en.value = (
+                int(csr_write[0]),
+                int(csr_write[1]),
+                1,
+            )
         else:
             d.csr_w_en.value = 0
             if csr_read is not None:
@@ -95,7 +111,7 @@ class Bench:
         d.mem_wr_ready.value = int(self._go())
         if not self.offered and self.queue and self.queue[0][0] <= self.cycle and self._go():
             _, a, n = self.queue[0]
-            beat = bytes(self.mem[a:a + n]) + bytes(W - n)
+            beat = bytes(self.mem[a : a + n]) + bytes(W - n)
             d.mem_rdata.value = int.from_bytes(beat, "little")
             self.offered = True
         d.mem_rdata_valid.value = int(self.offered)
@@ -106,7 +122,9 @@ class Bench:
             self.offered = False
         if int(d.mem_rd_valid.value) and int(d.mem_rd_ready.value):
             a, n = int(d.mem_rd_addr.value), int(d.mem_rd_len.value)
-            assert 1 <= n <= W and a + n <= len(self.mem), f"read request [{a:#x}, +{n}) out of bounds"
+            assert 1 <= n <= W and a + n <= len(self.mem), (
+                f"read request [{a:#x}, +{n}) out of bounds"
+            )
             lat = 1 + int(self.rng.integers(0, self.max_lat + 1))
             self.queue.append([self.cycle + lat, a, n])
             self.max_queue = max(self.max_queue, len(self.queue))
@@ -114,7 +132,7 @@ class Bench:
             a, n = int(d.mem_wr_addr.value), int(d.mem_wr_len.value)
             assert 1 <= n <= W and a + n <= len(self.mem), f"write [{a:#x}, +{n}) out of bounds"
             data = int(d.mem_wr_data.value).to_bytes(W, "little")
-            self.mem[a:a + n] = data[:n]
+            self.mem[a : a + n] = data[:n]
         self.cycle += 1
         return out
 
@@ -124,8 +142,7 @@ class Bench:
     async def csr_read(self, reg) -> int:
         return await self.step(csr_read=reg)
 
-    async def run_stream(self, cmds, max_cycles=200_000, host=None, at=None,
-                         window=None) -> dict:
+    async def run_stream(self, cmds, max_cycles=200_000, host=None, at=None, window=None) -> dict:
         """Write the stream (at ``at``, else a new allocation), start it, step until idle;
         ``host(pc)`` answers HOST_OP (returns a CTRL value), default RESUME. ``window``:
         (MEM_LO, MEM_HI), default (BASE, brk). Returns the status registers."""
@@ -134,7 +151,7 @@ class Bench:
             addr = self.put(words)
         else:
             addr = at
-            self.mem[at:at + len(words)] = words
+            self.mem[at : at + len(words)] = words
         lo, hi = window if window is not None else (BASE, self.brk)
         await self.csr_write(CSR.MEM_LO, lo)
         await self.csr_write(CSR.MEM_HI, hi)
@@ -142,7 +159,7 @@ class Bench:
         await self.csr_write(CSR.N_CMDS, len(words) // isa.COMMAND_BYTES)
         await self.csr_write(CSR.CTRL, CTRL_START)
         start = self.cycle
-        await self.step()               # values sampled in ReadOnly precede the edge
+        await self.step()  # values sampled in ReadOnly precede the edge
         host_ops = []
         while True:
             assert self.cycle - start < max_cycles, "stream did not finish"
@@ -156,12 +173,16 @@ class Bench:
                 break
             await self.step()
         st = await self.csr_read(CSR.STATUS)
-        regs = {"busy": st & 1, "done": (st >> 1) & 1,
-                "error": (st >> STATUS["error"].offset) & 0xFF,
-                "err_op": await self.csr_read(CSR.ERR_OP),
-                "ops": await self.csr_read(CSR.OPS_DONE),
-                "cycles": await self.csr_read(CSR.CYCLES_LO),
-                "host_ops": host_ops, "wall_cycles": self.cycle - start}
+        regs = {
+            "busy": st & 1,
+            "done": (st >> 1) & 1,
+            "error": (st >> STATUS["error"].offset) & 0xFF,
+            "err_op": await self.csr_read(CSR.ERR_OP),
+            "ops": await self.csr_read(CSR.OPS_DONE),
+            "cycles": await self.csr_read(CSR.CYCLES_LO),
+            "host_ops": host_ops,
+            "wall_cycles": self.cycle - start,
+        }
         return regs
 
 
@@ -183,7 +204,7 @@ async def test_tlmm_ops(dut):
     await b.start()
     GT = CFG.tlmm.group * CFG.tlmm.tables
     ops = []
-    for i in range(N_OPS):
+    for _ in range(N_OPS):
         rows = int(rng.integers(1, 4))
         k = int(rng.integers(1, 3 * GT))
         n = int(rng.integers(1, 4 * CFG.tlmm.replicas + 3))
@@ -195,7 +216,9 @@ async def test_tlmm_ops(dut):
     assert st["error"] == 0 and st["done"] == 1, st
     assert st["ops"] == len(cmds) + 1
     for i, (c, dst, want) in enumerate(ops):
-        got = np.frombuffer(bytes(b.mem[dst:dst + want.size * 4]), dtype="<i4").reshape(want.shape)
+        got = np.frombuffer(bytes(b.mem[dst : dst + want.size * 4]), dtype="<i4").reshape(
+            want.shape
+        )
         assert np.array_equal(got, want), f"op {i} ({c}): accumulators differ from golden.tlmm"
     record("test_tlmm_ops", max_outstanding=b.max_queue, stream_cycles=st["cycles"])
 
@@ -245,12 +268,14 @@ async def test_host_ops(dut):
     # both interrupt events are pending (IRQ_ENABLE is 0: the line stays low)
     assert await b.csr_read(CSR.IRQ_STATUS) == IRQ_END | IRQ_HOST
     assert int(dut.irq.value) == 0
-    got = np.frombuffer(bytes(b.mem[dst:dst + want.size * 4]), dtype="<i4").reshape(want.shape)
+    got = np.frombuffer(bytes(b.mem[dst : dst + want.size * 4]), dtype="<i4").reshape(want.shape)
     assert np.array_equal(got, want)
     await b.csr_write(CSR.CTRL, CTRL_RESET)
     code = ErrorCode.BAD_OPERAND.value
-    st = await b.run_stream([command(Opcode.NOP), emb, command(Opcode.END)],
-                            host=lambda pc: CTRL_HOST_ERROR | (code << CTRL_CODE_SHIFT))
+    st = await b.run_stream(
+        [command(Opcode.NOP), emb, command(Opcode.END)],
+        host=lambda pc: CTRL_HOST_ERROR | (code << CTRL_CODE_SHIFT),
+    )
     assert (st["error"], st["err_op"], st["done"]) == (code, 1, 0), st
 
 
@@ -263,7 +288,7 @@ async def test_throughput(dut):
     k, n = 256, 64
     c, dst, want = _tlmm_op(b, rng, 1, k, n)
     st = await b.run_stream([c, command(Opcode.END)])
-    got = np.frombuffer(bytes(b.mem[dst:dst + want.size * 4]), dtype="<i4").reshape(want.shape)
+    got = np.frombuffer(bytes(b.mem[dst : dst + want.size * 4]), dtype="<i4").reshape(want.shape)
     assert st["done"] == 1 and np.array_equal(got, want)
     beats = isa.tlmm_blocks(n) * isa.tlmm_chunks(k)
     ideal = k * n / (CFG.tlmm.group * CFG.tlmm.tables * CFG.tlmm.replicas)

@@ -7,16 +7,17 @@ ActivationConfig fields, ``kinds``) or "relu2" (``Relu2``: ``in_bits``, ``up_bit
 ``relu2`` / ``relu2_gated``, called on the same integer inputs. A LUT instance with two
 kinds gets vectors of both, the kind chosen per vector.
 """
+
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import activations as golden
 from golden.config import ActivationConfig
 from hw.activations import LutActivation, Relu2, expected_cycles, vector_beats
-from sim.streams import Harness, bench_params, bench_rng, bench_seed, pack, record, unpack
+from sim import streams
+from sim.streams import bench_params, pack, record, unpack
 
 P = bench_params()
 UNIT = P.get("unit", "lut")
@@ -47,8 +48,9 @@ def golden_out(inp: dict) -> np.ndarray:
     if UNIT == "lut":
         return golden.act_fx(inp["data"], KINDS[inp["_kind"]], CFG).astype(np.int64)
     if "up" in FIELDS:
-        return golden.relu2_gated(inp["gate"].astype(_NP[IN_BITS]),
-                                  inp["up"].astype(_NP[int(UP_BITS)])).astype(np.int64)
+        return golden.relu2_gated(
+            inp["gate"].astype(_NP[IN_BITS]), inp["up"].astype(_NP[int(UP_BITS)])
+        ).astype(np.int64)
     return golden.relu2(inp["data"].astype(_NP[IN_BITS])).astype(np.int64)
 
 
@@ -92,11 +94,14 @@ def sweep(rng) -> dict:
     else:
         cs = [corners(b) for b in FIELDS.values()]
         grids = np.meshgrid(*cs, indexing="ij")
-        cols = [np.concatenate([g.reshape(-1), rng.integers(*_rng_range(b), size=N_RANDOM,
-                                                             endpoint=True)])
-                for g, b in zip(grids, FIELDS.values())]
+        cols = [
+            np.concatenate(
+                [g.reshape(-1), rng.integers(*_rng_range(b), size=N_RANDOM, endpoint=True)]
+            )
+            for g, b in zip(grids, FIELDS.values(), strict=False)
+        ]
     order = rng.permutation(cols[0].size)
-    return {k: c[order].astype(np.int64) for k, c in zip(names, cols)}
+    return {k: c[order].astype(np.int64) for k, c in zip(names, cols, strict=False)}
 
 
 def random_inputs(rng, n: int) -> dict:
@@ -109,7 +114,7 @@ def split(inp: dict, lengths, kind: int) -> list[dict]:
     """Cut the inputs into vectors of these lengths (each ends with ``last``)."""
     out, pos = [], 0
     for n in lengths:
-        vec = {k: v[pos:pos + n] for k, v in inp.items()}
+        vec = {k: v[pos : pos + n] for k, v in inp.items()}
         vec["_kind"] = kind
         out.append(vec)
         pos += n
@@ -137,8 +142,9 @@ def check(vectors: list[dict], beats: list[int], where: str) -> int:
             assert pos < len(beats), f"{where}: {len(beats)} output beats, expected more"
             beat = unpack(Y_L, beats[pos])
             pos += 1
-            assert beat["last"] == int(b == nb - 1), \
+            assert beat["last"] == int(b == nb - 1), (
                 f"{where}: vector {v} beat {b} last={beat['last']}, expected {int(b == nb - 1)}"
+            )
             for lane in range(min(LANES, n - b * LANES)):
                 i = b * LANES + lane
                 got = beat["data"][lane]
@@ -146,38 +152,30 @@ def check(vectors: list[dict], beats: list[int], where: str) -> int:
                     raise AssertionError(
                         f"{where} ({DESC}, lanes={LANES}): first mismatch at vector {v} "
                         f"element {i} (beat {b}, lane {lane}): got {got}, expected "
-                        f"{int(want[i])}\n  inputs: {detail(vec, i)}")
+                        f"{int(want[i])}\n  inputs: {detail(vec, i)}"
+                    )
         done += n
     assert pos == len(beats), f"{where}: {len(beats)} output beats, expected {pos}"
     return done
 
 
-class Bench:
-    def __init__(self, dut, name: str, stall: bool = True):
-        self.rng = bench_rng(name)
-        dut._log.info(f"SEED={bench_seed()} {DESC} lanes={LANES}")
-        self.h = Harness(dut, self.rng)
-        s = STALL if stall else {"x": 1.0, "y": 1.0}
-        self.x = self.h.source("x", s["x"])
-        self.y = self.h.sink("y", s["y"])
+class Bench(streams.Bench):
+    SOURCES, SINKS, STALL, SETTLE = ("x",), ("y",), STALL, LATENCY + 2
+    DESC = f"{DESC} lanes={LANES}"
+    check = staticmethod(check)
 
-    async def run(self, vectors: list[dict], where: str) -> int:
-        beats = [b for vec in vectors for b in beats_of(vec)]
-        self.x.extend(beats)
-        await self.h.run_until(lambda: len(self.y.beats) >= len(beats), 200 + 10 * len(beats),
-                               where)
-        await self.h.run_cycles(LATENCY + 2)      # nothing extra may appear
-        n = check(vectors, self.y.beats, where)
-        self.y.flush()
-        return n
+    def feed(self, vec: dict) -> dict[str, list[int]]:
+        return {"x": beats_of(vec)}
+
+    def out_beats(self, vec: dict) -> int:
+        return -(-vec[next(iter(FIELDS))].size // LANES)
 
 
 @cocotb.test()
 async def test_sweep(dut):
     """Every input (or corners x corners plus random values when the input space exceeds
     2^16), shuffled, cut into vectors of random length, random stalls on x and y."""
-    b = Bench(dut, "test_sweep")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_sweep")
     vecs = []
     for kind in range(len(KINDS)):
         inp = sweep(b.rng)
@@ -186,7 +184,7 @@ async def test_sweep(dut):
         while sum(lengths) < n:
             lengths.append(min(int(b.rng.integers(1, 8 * LANES)), n - sum(lengths)))
         vecs += split(inp, lengths, kind)
-    order = b.rng.permutation(len(vecs))       # the kinds interleave vector by vector
+    order = b.rng.permutation(len(vecs))  # the kinds interleave vector by vector
     vectors = await b.run([vecs[i] for i in order], "test_sweep")
     record("test_sweep", vectors=vectors)
 
@@ -194,38 +192,19 @@ async def test_sweep(dut):
 @cocotb.test()
 async def test_reset_mid_operation(dut):
     """Reset with beats in flight (pipeline full, output stalled), then clean vectors."""
-    b = Bench(dut, "test_reset_mid_operation")
-    await b.h.reset()
-    vectors = 0
-    for attempt in range(3):
-        inp = random_inputs(b.rng, 16 * LANES)
-        b.x.extend(beats_of(inp))
-        await b.h.run_cycles(int(b.rng.integers(1, 24)))
-        await b.h.reset(cycles=int(b.rng.integers(1, 4)))
-        assert int(dut.y__valid.value) == 0, "y valid right after reset"
-        inp = random_inputs(b.rng, int(b.rng.integers(1, 6 * LANES)))
-        vectors += await b.run([inp], f"test_reset_mid_operation[{attempt}]")
-    record("test_reset_mid_operation", vectors=vectors)
+    b = await Bench.start(dut, "test_reset_mid_operation")
+    await b.reset_mid_operation(
+        3,
+        lambda: ([random_inputs(b.rng, 16 * LANES)], 24),
+        lambda _: [random_inputs(b.rng, int(b.rng.integers(1, 6 * LANES)))],
+    )
 
 
 @cocotb.test()
 async def test_throughput(dut):
     """No stalls: n beats take n + latency cycles (one beat per cycle)."""
-    b = Bench(dut, "test_throughput", stall=False)
-    await b.h.reset()
+    b = await Bench.start(dut, "test_throughput", stall=False)
     n = 32
-    inp = random_inputs(b.rng, n * LANES)
-    b.x.extend(beats_of(inp))
-    start, first_in = b.h.cycle, None
-    while len(b.y.beats) < n:
-        if first_in is None and b.x.sent:
-            first_in = b.h.cycle - 1
-        if b.h.cycle - start > 100 + 4 * n:
-            raise AssertionError("test_throughput: timeout")
-        await b.h.step()
-    cycles = b.y.beat_cycles[-1] - first_in + 1
-    vectors = check([inp], b.y.beats, "test_throughput")
-    formula = expected_cycles(n, LATENCY)
-    dut._log.info(f"{n} beats: {cycles} cycles, formula {formula}")
-    record("test_throughput", vectors=vectors, op_cycles=cycles, formula_cycles=formula)
-    assert cycles == formula, f"measured {cycles} cycles, documented formula gives {formula}"
+    await b.throughput(
+        [random_inputs(b.rng, n * LANES)], expected_cycles(n, LATENCY), 100 + 4 * n, f"{n} beats"
+    )

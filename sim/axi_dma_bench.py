@@ -14,6 +14,7 @@ responses that touch the bad bytes; on a write, ``mem_wr_err`` with the write's
 Parameters (``sim.streams.bench_params``): ``ports``, ``stall`` (core side), ``pause``
 (AXI channels), ``max_latency``, ``ops``, ``min_bytes_per_cycle`` (the throughput bound).
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -34,7 +35,7 @@ MAX_LAT = int(P.get("max_latency", 6))
 N_OPS = int(P.get("ops", 400))
 W = 128
 MEM = 1 << 16
-SEGMENT = 0x3                       # bits [48:32] of every bus address
+SEGMENT = 0x3  # bits [48:32] of every bus address
 
 
 class Core:
@@ -42,13 +43,13 @@ class Core:
 
     def __init__(self, dut, rng, stall):
         self.dut, self.rng, self.stall = dut, rng, stall
-        self.mem = bytearray(MEM)           # what the AXI memory holds (shared by the rams)
-        self.model = bytearray(MEM)         # writes applied when accepted
-        self.expect: deque = deque()        # (addr, len, bytes, err) of reads in flight
+        self.mem = bytearray(MEM)  # what the AXI memory holds (shared by the rams)
+        self.model = bytearray(MEM)  # writes applied when accepted
+        self.expect: deque = deque()  # (addr, len, bytes, err) of reads in flight
         self.cycle = 0
         self.responses = 0
-        self.err_bytes: list[tuple[int, int]] = []     # device ranges failing reads
-        self.wr_errors: list[int] = []                 # mem_wr_err_op pulses seen
+        self.err_bytes: list[tuple[int, int]] = []  # device ranges failing reads
+        self.wr_errors: list[int] = []  # mem_wr_err_op pulses seen
         self.busy_low_while_pending = False
 
     async def start(self):
@@ -98,20 +99,22 @@ class Core:
             if int(d.mem_rdata_valid.value) and int(d.mem_rdata_ready.value):
                 a, n, want, err = self.expect.popleft()
                 got = int(d.mem_rdata.value).to_bytes(W, "little")
-                assert int(d.mem_rdata_err.value) == err, \
+                assert int(d.mem_rdata_err.value) == err, (
                     f"read [0x{a:x}, +{n}): mem_rdata_err {int(d.mem_rdata_err.value)} != {err}"
+                )
                 if not err:
-                    assert got == want + bytes(W - n), \
+                    assert got == want + bytes(W - n), (
                         f"read [0x{a:x}, +{n}) differs (response {self.responses})"
+                    )
                 self.responses += 1
             if rd and int(d.mem_rd_ready.value):
                 a, n = op[1], op[2]
-                b_lo, b_hi = a - a % 16, (a + n + 15) // 16 * 16      # the beats it reads
+                b_lo, b_hi = a - a % 16, (a + n + 15) // 16 * 16  # the beats it reads
                 err = any(lo < b_hi and b_lo < hi for lo, hi in self.err_bytes)
-                self.expect.append((a, n, bytes(self.model[a:a + n]), int(err)))
+                self.expect.append((a, n, bytes(self.model[a : a + n]), int(err)))
                 ops.popleft()
             if wr and int(d.mem_wr_ready.value):
-                self.model[op[1]:op[1] + op[2]] = op[3]
+                self.model[op[1] : op[1] + op[2]] = op[3]
                 tag += 1
                 ops.popleft()
             self.cycle += 1
@@ -133,8 +136,10 @@ class Core:
 def _ops(rng, n, wr_frac=0.4, lo=64, hi=MEM - 256, near4k=True):
     out = []
     for _ in range(n):
-        ln = int(rng.integers(1, W + 1)) if rng.random() < 0.7 else int(rng.choice([1, 16, 64, 128]))
-        if near4k and rng.random() < 0.3:               # near a 4 KB boundary
+        ln = (
+            int(rng.integers(1, W + 1)) if rng.random() < 0.7 else int(rng.choice([1, 16, 64, 128]))
+        )
+        if near4k and rng.random() < 0.3:  # near a 4 KB boundary
             page = int(rng.integers(1, MEM // 4096))
             a = page * 4096 - int(rng.integers(1, W))
         else:
@@ -150,12 +155,13 @@ async def _setup(dut, rng, pause=PAUSE, max_lat=MAX_LAT, stall=STALL):
     core = Core(dut, rng, stall)
     core.mem[:] = rng.integers(0, 256, MEM, dtype=np.uint8).tobytes()
     core.model[:] = core.mem
-    ports = AxiPorts(dut, N_PORTS, core.mem, dut.clk, dut.rst, rng=rng, pause=pause,
-                     max_latency=max_lat)
+    ports = AxiPorts(
+        dut, N_PORTS, core.mem, dut.clk, dut.rst, rng=rng, pause=pause, max_latency=max_lat
+    )
     chk = AxiChecker(dut, N_PORTS, dut.clk)
     chk.segment = SEGMENT
     chk.regions = [(0, MEM)]
-    chk.max_burst = W // 16 + 1             # a 128-byte request at any alignment
+    chk.max_burst = W // 16 + 1  # a 128-byte request at any alignment
     await core.start()
     return core, ports, chk
 
@@ -184,8 +190,10 @@ async def test_raw_across_ports(dut):
     for _ in range(60):
         a = int(rng.integers(64, MEM - 256))
         n = int(rng.integers(1, W + 1))
-        ops += [("w", a, n, bytes(rng.integers(0, 256, n, dtype=np.uint8))),
-                ("r", a - int(rng.integers(0, 8)), n)]
+        ops += [
+            ("w", a, n, bytes(rng.integers(0, 256, n, dtype=np.uint8))),
+            ("r", a - int(rng.integers(0, 8)), n),
+        ]
     await core.run(ops)
     await core.wait_writes()
     chk.check()
@@ -203,7 +211,7 @@ async def test_slverr(dut):
     ports.err_rd.append(((SEGMENT << 32) + bad_rd[0], (SEGMENT << 32) + bad_rd[1]))
     ports.err_wr.append(((SEGMENT << 32) + bad_wr[0], (SEGMENT << 32) + bad_wr[1]))
     core.err_bytes.append(bad_rd)
-    ops = _ops(rng, 60, lo=0x4000, hi=0x4800, near4k=False)     # clean traffic around
+    ops = _ops(rng, 60, lo=0x4000, hi=0x4800, near4k=False)  # clean traffic around
     ops += [("r", 0x2000 - 40, 41), ("r", 0x1F00, 64), ("r", 0x200F, 100)]
     n_wr_before = sum(o[0] == "w" for o in ops)
     ops += [("w", 0x4FF0, 17, bytes(17)), ("w", 0x5100, 8, bytes(8))]

@@ -11,6 +11,7 @@ and W in both orders and holds B and R ready low.
 
 Parameters (``sim.streams.bench_params``): ``pause``, ``ident``, ``cycles``, ``pc``.
 """
+
 from __future__ import annotations
 
 import cocotb
@@ -40,11 +41,16 @@ OKAY, SLVERR = 0, 2
 class Lite:
     def __init__(self, dut, rng, pause=PAUSE):
         from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+
         self.dut = dut
         self.m = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi"), dut.clk, dut.rst)
-        for ch in (self.m.write_if.aw_channel, self.m.write_if.w_channel,
-                   self.m.write_if.b_channel, self.m.read_if.ar_channel,
-                   self.m.read_if.r_channel):
+        for ch in (
+            self.m.write_if.aw_channel,
+            self.m.write_if.w_channel,
+            self.m.write_if.b_channel,
+            self.m.read_if.ar_channel,
+            self.m.read_if.r_channel,
+        ):
             ch.set_pause_generator(pauses(rng, pause))
         self.starts = 0
         self.resets = 0
@@ -81,8 +87,13 @@ async def test_registers(dut):
     rng = bench_rng("lite_regs")
     await _start(dut)
     b = Lite(dut, rng)
-    ro_values = {CSR.ID: IDENT, CSR.VERSION: VERSION_VALUE, CSR.CYCLES_LO: CYCLES & 0xFFFF_FFFF,
-                 CSR.CYCLES_HI: CYCLES >> 32, CSR.PC: PC}
+    ro_values = {
+        CSR.ID: IDENT,
+        CSR.VERSION: VERSION_VALUE,
+        CSR.CYCLES_LO: CYCLES & 0xFFFF_FFFF,
+        CSR.CYCLES_HI: CYCLES >> 32,
+        CSR.PC: PC,
+    }
     rw = [CSR.STREAM_ADDR_LO, CSR.STREAM_ADDR_HI, CSR.N_CMDS, CSR.MEM_LO]
     for _ in range(3):
         vals = {r: int(rng.integers(0, 1 << 32)) for r in rw}
@@ -91,10 +102,10 @@ async def test_registers(dut):
         for r, v in vals.items():
             assert await b.rd(r) == (v, OKAY), r.name
     assert await b.wr(CSR.MEM_HI, 0) == OKAY
-    assert await b.rd(CSR.MEM_HI) == (0, OKAY)          # 0 = whole window (bit 32 hidden)
+    assert await b.rd(CSR.MEM_HI) == (0, OKAY)  # 0 = whole window (bit 32 hidden)
     for r, v in ro_values.items():
         assert await b.rd(r) == (v, OKAY), (r.name, await b.rd(r))
-        assert await b.wr(r, ~v & 0xFFFF_FFFF) == OKAY     # RO: ignored
+        assert await b.wr(r, ~v & 0xFFFF_FFFF) == OKAY  # RO: ignored
         assert await b.rd(r) == (v, OKAY), r.name
     # every mapped register answers OKAY; CTRL reads 0
     for off in sorted(MAPPED_OFFSETS):
@@ -122,7 +133,7 @@ async def test_unmapped_and_strobes(dut):
     # unaligned offsets of mapped words: not registers
     assert (await b.rd(CSR.N_CMDS + 2))[1] == SLVERR
     assert await b.wr(CSR.N_CMDS, 0x1234_5678) == OKAY
-    assert await b.wr(CSR.N_CMDS, 0xAAAA, nbytes=2) == SLVERR        # partial strobes
+    assert await b.wr(CSR.N_CMDS, 0xAAAA, nbytes=2) == SLVERR  # partial strobes
     assert await b.rd(CSR.N_CMDS) == (0x1234_5678, OKAY)
     s0 = b.starts
     assert await b.wr(CSR.CTRL, CTRL_START, nbytes=1) == SLVERR
@@ -152,8 +163,8 @@ async def test_irq(dut):
     assert await b.rd(CSR.IRQ_STATUS) == (IRQ_END, OKAY)
     assert await b.wr(CSR.IRQ_ENABLE, IRQ_END) == OKAY
     await ClockCycles(dut.clk, 3)
-    assert int(dut.irq.value) == 1                      # a pending event, now enabled
-    assert await b.wr(CSR.IRQ_STATUS, 0) == OKAY        # writing 0 clears nothing
+    assert int(dut.irq.value) == 1  # a pending event, now enabled
+    assert await b.wr(CSR.IRQ_STATUS, 0) == OKAY  # writing 0 clears nothing
     await ClockCycles(dut.clk, 3)
     assert int(dut.irq.value) == 1
     assert await b.wr(CSR.IRQ_STATUS, IRQ_END) == OKAY  # W1C
@@ -179,7 +190,7 @@ async def test_channel_order_and_backpressure(dut):
     async def cycle():
         await FallingEdge(d.clk)
 
-    await cycle()                           # drive at falling edges from here on
+    await cycle()  # drive at falling edges from here on
 
     async def send(ch, **vals):
         """Hold ch valid with vals until the handshake (sampled before the edge)."""
@@ -220,11 +231,15 @@ async def test_channel_order_and_backpressure(dut):
                 await cycle()
             await send("w", wdata=value, wstrb=0xF)
         else:
-            d.s_axi_awaddr.value, d.s_axi_wdata.value, d.s_axi_wstrb.value = int(CSR.N_CMDS), value, 0xF
+            d.s_axi_awaddr.value, d.s_axi_wdata.value, d.s_axi_wstrb.value = (
+                int(CSR.N_CMDS),
+                value,
+                0xF,
+            )
             d.s_axi_awvalid.value = d.s_axi_wvalid.value = 1
             await cycle()
-            d.s_axi_awvalid.value = d.s_axi_wvalid.value = 0      # both ready when idle
-        await wait_valid("b")                   # the write is performed a cycle later
+            d.s_axi_awvalid.value = d.s_axi_wvalid.value = 0  # both ready when idle
+        await wait_valid("b")  # the write is performed a cycle later
         # B waits (bready low) with its response stable
         for _ in range(hold_b):
             await ReadOnly()

@@ -14,8 +14,10 @@ on: a burst crossing 4 KB, more than 256 beats, a size other than the bus width,
 non-INCR burst, a bus address outside ``regions`` (the beats of a read must each overlap
 a region; each strobed write byte must lie in one; the address's bits above 32 must equal
 ``segment``), a W burst whose strobes are not one contiguous run of 1..``max_bytes`` bytes
-(one request of the core), an empty strobe, or WLAST off the burst's last beat (W beats may lead their AW).
+(one request of the core), an empty strobe, or WLAST off the burst's last beat (W beats
+may lead their AW).
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,9 +44,21 @@ def _in(ranges, lo, hi):
 
 
 class AxiPorts:
-    def __init__(self, dut, n_ports: int, mem: bytearray, clk, rst, *, rng, pause: float = 0.0,
-                 max_latency: int = 0, reset_active_level: bool = True):
+    def __init__(
+        self,
+        dut,
+        n_ports: int,
+        mem: bytearray,
+        clk,
+        rst,
+        *,
+        rng,
+        pause: float = 0.0,
+        max_latency: int = 0,
+        reset_active_level: bool = True,
+    ):
         from cocotbext.axi import AxiBus, AxiRam
+
         self.rams = []
         self.err_rd: list[tuple[int, int]] = []
         self.err_wr: list[tuple[int, int]] = []
@@ -53,8 +67,13 @@ class AxiPorts:
         for i in range(n_ports):
             bus = AxiBus.from_prefix(dut, f"m_axi{i}")
             ram = AxiRam(bus, clk, rst, reset_active_level=reset_active_level, mem=mem)
-            for ch in (ram.write_if.aw_channel, ram.write_if.w_channel, ram.write_if.b_channel,
-                       ram.read_if.ar_channel, ram.read_if.r_channel):
+            for ch in (
+                ram.write_if.aw_channel,
+                ram.write_if.w_channel,
+                ram.write_if.b_channel,
+                ram.read_if.ar_channel,
+                ram.read_if.r_channel,
+            ):
                 ch.set_pause_generator(pauses(rng, pause))
             ram.read_if.log.setLevel(logging.WARNING)
             ram.write_if.log.setLevel(logging.WARNING)
@@ -72,7 +91,8 @@ class AxiPorts:
                 await ClockCycles(clk, int(self.rng.integers(1, self.max_latency + 1)))
             if _in(self.err_rd, address, address + length):
                 raise RuntimeError("injected SLVERR")
-            return bytes(rif.mem[address % size:address % size + length])
+            return bytes(rif.mem[address % size : address % size + length])
+
         return _read
 
     def _writer(self, wif):
@@ -81,7 +101,8 @@ class AxiPorts:
         async def _write(address, data):
             if _in(self.err_wr, address, address + len(data)):
                 raise RuntimeError("injected SLVERR")
-            wif.mem[address % size:address % size + len(data)] = data
+            wif.mem[address % size : address % size + len(data)] = data
+
         return _write
 
 
@@ -89,15 +110,15 @@ class AxiChecker:
     def __init__(self, dut, n_ports: int, clk, *, data_bytes: int = 16, max_bytes: int = 128):
         self.dut, self.n, self.clk = dut, n_ports, clk
         self.db, self.max_bytes = data_bytes, max_bytes
-        self.regions: list[tuple[int, int]] | None = None     # device-address ranges
-        self.max_burst = 256                # the design's own bound may be set lower
+        self.regions: list[tuple[int, int]] | None = None  # device-address ranges
+        self.max_burst = 256  # the design's own bound may be set lower
         self.segment = 0
         self.errors: list[str] = []
         self.bursts = {"ar": 0, "aw": 0, "w_beats": 0, "max_beats": 0, "max_rd_outstanding": 0}
-        self._rd_out = [0] * n_ports        # read bursts issued and not yet at RLAST
+        self._rd_out = [0] * n_ports  # read bursts issued and not yet at RLAST
         self._aw = [deque() for _ in range(n_ports)]
-        self._w = [None] * n_ports           # [beats, strobes so far, burst address]
-        self._wq = [deque() for _ in range(n_ports)]     # W beats ahead of their AW
+        self._w = [None] * n_ports  # [beats, strobes so far, burst address]
+        self._wq = [deque() for _ in range(n_ports)]  # W beats ahead of their AW
         cocotb.start_soon(self._run())
 
     def fail(self, msg):
@@ -119,8 +140,10 @@ class AxiChecker:
         for b in range(nbeats):
             lo = dev + b * self.db
             if not _in(self.regions, lo, lo + self.db):
-                self.fail(f"{kind}{i}: beat 0x{lo:x} of the burst at 0x{addr:x} outside "
-                          "the stream's regions")
+                self.fail(
+                    f"{kind}{i}: beat 0x{lo:x} of the burst at 0x{addr:x} outside "
+                    "the stream's regions"
+                )
                 return
 
     def _burst(self, kind, i):
@@ -152,10 +175,14 @@ class AxiChecker:
                     addr, n = self._burst("ar", i)
                     self._addr_ok("ar", i, addr, n)
                     self._rd_out[i] += 1
-                    self.bursts["max_rd_outstanding"] = max(self.bursts["max_rd_outstanding"],
-                                                            self._rd_out[i])
-                if (int(self._sig(i, "rvalid").value) and int(self._sig(i, "rready").value)
-                        and int(self._sig(i, "rlast").value)):
+                    self.bursts["max_rd_outstanding"] = max(
+                        self.bursts["max_rd_outstanding"], self._rd_out[i]
+                    )
+                if (
+                    int(self._sig(i, "rvalid").value)
+                    and int(self._sig(i, "rready").value)
+                    and int(self._sig(i, "rlast").value)
+                ):
                     self._rd_out[i] -= 1
                 if int(self._sig(i, "awvalid").value) and int(self._sig(i, "awready").value):
                     self._aw[i].append(self._burst("aw", i))
@@ -192,6 +219,8 @@ class AxiChecker:
             bits = "".join(format(s, f"0{self.db}b")[::-1] for s in st[1])
             run = bits.strip("0")
             if "0" in run or not 1 <= len(run) <= self.max_bytes:
-                self.fail(f"w{i}: strobes of the burst at 0x{st[2]:x} are not one run of "
-                          f"1..{self.max_bytes} bytes: {bits}")
+                self.fail(
+                    f"w{i}: strobes of the burst at 0x{st[2]:x} are not one run of "
+                    f"1..{self.max_bytes} bytes: {bits}"
+                )
             self._w[i] = None

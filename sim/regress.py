@@ -12,6 +12,7 @@ Vectors and cycles come from the JSON records ``sim.runner.run_bench`` writes to
 ``python -m sim.regress -k tlmm`` or ``python -m sim.regress -x``.  The exit status is
 pytest's.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,7 @@ from sim.runner import BUILD_ROOT, RECORD_DIR, ROOT
 
 
 def _blocks() -> list[str]:
-    return sorted(p.stem[len("test_"):] for p in (ROOT / "sim").glob("test_*.py"))
+    return sorted(p.stem[len("test_") :] for p in (ROOT / "sim").glob("test_*.py"))
 
 
 def _junit(path: Path) -> dict[str, dict]:
@@ -39,7 +40,7 @@ def _junit(path: Path) -> dict[str, dict]:
         mod = (case.get("classname") or "").rsplit(".", 1)[-1]
         if not mod.startswith("test_"):
             continue
-        b = out[mod[len("test_"):]]
+        b = out[mod[len("test_") :]]
         if case.find("skipped") is not None:
             continue
         b["tests"] += 1
@@ -50,8 +51,9 @@ def _junit(path: Path) -> dict[str, dict]:
 
 
 def _records() -> dict[str, dict]:
-    out: dict[str, dict] = defaultdict(lambda: {"cocotb": 0, "cocotb_passed": 0, "vectors": 0,
-                                                "cycles": 0, "builds": {}})
+    out: dict[str, dict] = defaultdict(
+        lambda: {"cocotb": 0, "cocotb_passed": 0, "vectors": 0, "cycles": 0, "builds": {}}
+    )
     if not RECORD_DIR.is_dir():
         return out
     for f in sorted(RECORD_DIR.glob("*.json")):
@@ -73,33 +75,62 @@ def summary_rows() -> list[dict]:
         j, r = junit.get(block, {}), recs.get(block, {})
         if not j and not r:
             continue
-        rows.append({
-            "block": block,
-            "pytest": f"{j.get('passed', 0)}/{j.get('tests', 0)}",
-            "cocotb": f"{r.get('cocotb_passed', 0)}/{r.get('cocotb', 0)}",
-            "vectors": r.get("vectors", 0),
-            "cycles": r.get("cycles", 0),
-            "wall_s": j.get("wall_s", 0.0),
-            "build_s": sum(r.get("builds", {}).values()),
-        })
+        rows.append(
+            {
+                "block": block,
+                "pytest": f"{j.get('passed', 0)}/{j.get('tests', 0)}",
+                "cocotb": f"{r.get('cocotb_passed', 0)}/{r.get('cocotb', 0)}",
+                "vectors": r.get("vectors", 0),
+                "cycles": r.get("cycles", 0),
+                "wall_s": j.get("wall_s", 0.0),
+                "build_s": sum(r.get("builds", {}).values()),
+            }
+        )
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
     head = ("block", "pytest", "cocotb", "vectors", "sim cycles", "wall s", "build s")
-    body = [(r["block"], r["pytest"], r["cocotb"], f"{r['vectors']:,}", f"{r['cycles']:,}",
-             f"{r['wall_s']:.1f}", f"{r['build_s']:.1f}") for r in rows]
+    body = [
+        (
+            r["block"],
+            r["pytest"],
+            r["cocotb"],
+            f"{r['vectors']:,}",
+            f"{r['cycles']:,}",
+            f"{r['wall_s']:.1f}",
+            f"{r['build_s']:.1f}",
+        )
+        for r in rows
+    ]
     if rows:
-        body.append(("total", "", "", f"{sum(r['vectors'] for r in rows):,}",
-                     f"{sum(r['cycles'] for r in rows):,}",
-                     f"{sum(r['wall_s'] for r in rows):.1f}",
-                     f"{sum(r['build_s'] for r in rows):.1f}"))
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    line = "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(head, widths)))
+        body.append(
+            (
+                "total",
+                "",
+                "",
+                f"{sum(r['vectors'] for r in rows):,}",
+                f"{sum(r['cycles'] for r in rows):,}",
+                f"{sum(r['wall_s'] for r in rows):.1f}",
+                f"{sum(r['build_s'] for r in rows):.1f}",
+            )
+        )
+    widths = [
+        max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)
+    ]
+    line = "  ".join(
+        h.ljust(w) if i == 0 else h.rjust(w)
+        for i, (h, w) in enumerate(zip(head, widths, strict=False))
+    )
     print(line)
     print("-" * len(line))
     for b in body:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(b, widths))))
+        print(
+            "  ".join(
+                c.ljust(w) if i == 0 else c.rjust(w)
+                for i, (c, w) in enumerate(zip(b, widths, strict=False))
+            )
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,16 +2,17 @@
 
 Parameters: ``cfg`` (RequantConfig fields), ``lanes``, ``stall``.
 """
+
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import requant as golden
 from golden.config import RequantConfig
 from hw.requant import LATENCY, inp_layout, out_layout
-from sim.streams import Harness, bench_params, bench_rng, bench_seed, pack, record, unpack
+from sim import streams
+from sim.streams import bench_params, pack, record, unpack
 
 P = bench_params()
 CFG = RequantConfig(**P.get("cfg", {}))
@@ -31,24 +32,43 @@ class Batch:
         self.tag = tag
         self.y = golden.requantize(self.acc, self.mult, self.shift, CFG).astype(np.int64)
         n = self.acc.shape[0]
-        self.last = (np.arange(n) % 5 == 4) | (np.arange(n) == n - 1)   # some framing
-        self.beats = [pack(IN_L, {"data": self.acc[i].tolist(), "mult": self.mult[i].tolist(),
-                                  "shift": self.shift[i].tolist(), "last": int(self.last[i])})
-                      for i in range(n)]
+        self.last = (np.arange(n) % 5 == 4) | (np.arange(n) == n - 1)  # some framing
+        self.beats = [
+            pack(
+                IN_L,
+                {
+                    "data": self.acc[i].tolist(),
+                    "mult": self.mult[i].tolist(),
+                    "shift": self.shift[i].tolist(),
+                    "last": int(self.last[i]),
+                },
+            )
+            for i in range(n)
+        ]
 
 
 def random_batch(rng, beats: int, tag="random") -> Batch:
     shape = (beats, LANES)
-    acc = np.where(rng.random(shape) < 0.5, rng.integers(ALO, AHI + 1, shape, dtype=np.int64),
-                   rng.integers(-5000, 5001, shape))
-    mult = np.where(rng.random(shape) < 0.8, rng.integers(0, CFG.mult_max + 1, shape),
-                    rng.choice([0, 1, CFG.mult_max, 1 << (CFG.mult_bits - 1)], shape))
+    acc = np.where(
+        rng.random(shape) < 0.5,
+        rng.integers(ALO, AHI + 1, shape, dtype=np.int64),
+        rng.integers(-5000, 5001, shape),
+    )
+    mult = np.where(
+        rng.random(shape) < 0.8,
+        rng.integers(0, CFG.mult_max + 1, shape),
+        rng.choice([0, 1, CFG.mult_max, 1 << (CFG.mult_bits - 1)], shape),
+    )
     # shifts: the whole range, with weight on 0/1, around the product width and the max
-    special = np.array([0, 1, 2, CFG.product_bits - 1, CFG.product_bits, CFG.product_bits + 1,
-                        CFG.shift_max])
+    special = np.array(
+        [0, 1, 2, CFG.product_bits - 1, CFG.product_bits, CFG.product_bits + 1, CFG.shift_max]
+    )
     special = special[special <= CFG.shift_max]
-    shift = np.where(rng.random(shape) < 0.7, rng.integers(0, CFG.shift_max + 1, shape),
-                     rng.choice(special, shape))
+    shift = np.where(
+        rng.random(shape) < 0.7,
+        rng.integers(0, CFG.shift_max + 1, shape),
+        rng.choice(special, shape),
+    )
     return Batch(acc, mult, shift, tag)
 
 
@@ -65,52 +85,50 @@ def check(batches: list[Batch], beats: list[int], where: str) -> int:
                 if got["data"][j] != b.y[i, j]:
                     raise AssertionError(
                         f"{where} ({b.tag}): first mismatch at beat {i} lane {j}: "
-                        f"acc={int(b.acc[i, j])} mult={int(b.mult[i, j])} shift={int(b.shift[i, j])} "
-                        f"-> got {got['data'][j]}, expected {int(b.y[i, j])}")
+                        f"acc={int(b.acc[i, j])} mult={int(b.mult[i, j])} "
+                        f"shift={int(b.shift[i, j])} "
+                        f"-> got {got['data'][j]}, expected {int(b.y[i, j])}"
+                    )
     return total * LANES
 
 
-async def run_batches(h, inp, out, batches, where):
-    for b in batches:
-        inp.extend(b.beats)
-    total = sum(len(b.beats) for b in batches)
-    await h.run_until(lambda: len(out.beats) >= total, 100 + 20 * total, where)
-    await h.run_cycles(3)
-    n = check(batches, out.beats, where)
-    out.flush()
-    return n
-
-
-def make_harness(dut, name, stall=True):
-    rng = bench_rng(name)
-    dut._log.info(f"SEED={bench_seed()} cfg={CFG} lanes={LANES}")
-    h = Harness(dut, rng)
-    s = STALL if stall else {"inp": 1.0, "out": 1.0}
-    return rng, h, h.source("inp", s["inp"]), h.sink("out", s["out"])
+class Bench(streams.Bench):
+    SOURCES, SINKS, STALL = ("inp",), ("out",), STALL
+    BUDGET = (100, 20)
+    DESC = f"cfg={CFG} lanes={LANES}"
+    check = staticmethod(check)
 
 
 @cocotb.test()
 async def test_random(dut):
     """Random acc/mult/shift over the whole ranges, random stalls."""
-    rng, h, inp, out = make_harness(dut, "test_random")
-    await h.reset()
-    batches = [random_batch(rng, int(P.get("random_beats", 400)))]
-    record("test_random", vectors=await run_batches(h, inp, out, batches, "test_random"))
+    b = await Bench.start(dut, "test_random")
+    batches = [random_batch(b.rng, int(P.get("random_beats", 400)))]
+    record("test_random", vectors=await b.run(batches, "test_random"))
 
 
 @cocotb.test()
 async def test_extremes(dut):
     """acc at +-max and 0, mult 0 / 1 / max, shifts 0, 1, product width +-1, shift_max."""
-    rng, h, inp, out = make_harness(dut, "test_extremes")
-    await h.reset()
+    b = await Bench.start(dut, "test_extremes")
     accs = [ALO, AHI, ALO + 1, 0, 1, -1]
     mults = [0, 1, CFG.mult_max, 1 << (CFG.mult_bits - 1)]
-    shifts = sorted({0, 1, 2, CFG.out_bits, CFG.product_bits - 1, CFG.product_bits,
-                     min(CFG.product_bits + 1, CFG.shift_max), CFG.shift_max})
+    shifts = sorted(
+        {
+            0,
+            1,
+            2,
+            CFG.out_bits,
+            CFG.product_bits - 1,
+            CFG.product_bits,
+            min(CFG.product_bits + 1, CFG.shift_max),
+            CFG.shift_max,
+        }
+    )
     grid = np.array([(a, mu, s) for a in accs for mu in mults for s in shifts], dtype=np.int64)
     pad = (-len(grid)) % LANES
     grid = np.concatenate([grid, np.zeros((pad, 3), np.int64)])
-    b = Batch(grid[:, 0], grid[:, 1].reshape(-1, LANES), grid[:, 2].reshape(-1, LANES), "grid")
+    g = Batch(grid[:, 0], grid[:, 1].reshape(-1, LANES), grid[:, 2].reshape(-1, LANES), "grid")
     # rounding ties: acc*mult = (2k+1) * 2^(shift-1), both signs
     ties = []
     for s in range(1, 12):
@@ -120,59 +138,41 @@ async def test_extremes(dut):
     ties = np.array(ties + [(0, 0, 0)] * pad, dtype=np.int64)
     t = Batch(ties[:, 0], ties[:, 1].reshape(-1, LANES), ties[:, 2].reshape(-1, LANES), "ties")
     # saturation both ways, with a per-tensor scale from quantize_multiplier
-    mult, shift = golden.quantize_multiplier(2.0 ** -10, CFG)
+    mult, shift = golden.quantize_multiplier(2.0**-10, CFG)
     sat = Batch(np.array([AHI, ALO, 1 << 20, -(1 << 20)] * LANES), mult, shift, "saturation")
-    record("test_extremes", vectors=await run_batches(h, inp, out, [b, t, sat], "test_extremes"))
+    record("test_extremes", vectors=await b.run([g, t, sat], "test_extremes"))
 
 
 @cocotb.test()
 async def test_scales(dut):
     """Realistic use: per-row scales from golden.requant.quantize_multiplier."""
-    rng, h, inp, out = make_harness(dut, "test_scales")
-    await h.reset()
+    b = await Bench.start(dut, "test_scales")
+    rng = b.rng
     batches = []
     for _ in range(8):
         # representable scales start at 2^(mult_bits-1-shift_max) (quantize_multiplier)
         scale = float(np.exp2(rng.uniform(max(-30, CFG.mult_bits - CFG.shift_max), -2)))
         mult, shift = golden.quantize_multiplier(scale, CFG)
-        reach = int(min(AHI, 2 ** CFG.out_bits / scale))
+        reach = int(min(AHI, 2**CFG.out_bits / scale))
         acc = rng.integers(-reach, reach + 1, size=16 * LANES)
         batches.append(Batch(acc, mult, shift, f"scale {scale:.3e}"))
-    record("test_scales", vectors=await run_batches(h, inp, out, batches, "test_scales"))
+    record("test_scales", vectors=await b.run(batches, "test_scales"))
 
 
 @cocotb.test()
 async def test_reset_mid_operation(dut):
     """Reset with beats in flight, then a clean batch must be exact."""
-    rng, h, inp, out = make_harness(dut, "test_reset_mid_operation")
-    await h.reset()
-    vectors = 0
-    for attempt in range(3):
-        inp.extend(random_batch(rng, 30).beats)
-        await h.run_cycles(int(rng.integers(1, 40)))
-        await h.reset(cycles=int(rng.integers(1, 4)))
-        vectors += await run_batches(h, inp, out, [random_batch(rng, 40, f"after reset {attempt}")],
-                                     f"test_reset_mid_operation[{attempt}]")
-    record("test_reset_mid_operation", vectors=vectors)
+    b = await Bench.start(dut, "test_reset_mid_operation")
+    await b.reset_mid_operation(
+        3,
+        lambda: ([random_batch(b.rng, 30)], 40),
+        lambda attempt: [random_batch(b.rng, 40, f"after reset {attempt}")],
+    )
 
 
 @cocotb.test()
 async def test_throughput(dut):
     """No stalls: N beats take N + LATENCY cycles (one beat per cycle)."""
-    rng, h, inp, out = make_harness(dut, "test_throughput", stall=False)
-    await h.reset()
-    b = random_batch(rng, 200, "throughput")
-    inp.extend(b.beats)
-    first = None
-    while len(out.beats) < len(b.beats):
-        if first is None and inp.sent:
-            first = h.cycle - 1
-        if h.cycle > 1000:
-            raise AssertionError("test_throughput: timeout")
-        await h.step()
-    cycles = out.beat_cycles[-1] - first + 1
-    vectors = check([b], out.beats, "test_throughput")
-    formula = len(b.beats) + LATENCY
-    dut._log.info(f"{len(b.beats)} beats: {cycles} cycles, formula {formula}")
-    record("test_throughput", vectors=vectors, op_cycles=cycles, formula_cycles=formula)
-    assert cycles == formula, f"measured {cycles} cycles, documented formula gives {formula}"
+    b = await Bench.start(dut, "test_throughput", stall=False)
+    batch = random_batch(b.rng, 200, "throughput")
+    await b.throughput([batch], len(batch.beats) + LATENCY, 1000, f"{len(batch.beats)} beats")

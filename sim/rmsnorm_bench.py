@@ -7,19 +7,19 @@ Parameters (``sim.streams.bench_params``): ``cfg`` (NormConfig), ``qcfg`` (Quant
 directed corners; the row constants from ``golden.rmsnorm.norm_constants``. Rows of one
 length form a batch; the constant ports change only between batches (DUT idle).
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
 import cocotb
-from cocotb.triggers import FallingEdge
+import numpy as np
 
 from golden import rmsnorm as golden
 from golden.config import NormConfig, QuantConfig
 from hw.rmsnorm import C_EXP_BITS, expected_cycles, x_beats, x_layout, y_layout
-from sim.streams import Harness, bench_params, bench_rng, bench_seed, pack, record, unpack
+from sim import streams
+from sim.streams import bench_params, pack, record, unpack
 
 P = bench_params()
 CFG = NormConfig(**P.get("cfg", {}))
@@ -63,8 +63,10 @@ def check(row: Row, beats: list[int], where: str) -> int:
         xs, gs = row.x.tolist(), row.gamma.tolist()
         if row.d > 24:
             xs, gs = xs[:24] + ["..."], gs[:24] + ["..."]
-        return (f"({row.tag}, d={row.d}, cfg={CFG}, qcfg={QCFG})\n  x = {xs}\n  gamma = {gs}\n"
-                f"  constants (eps_term, c_mant, c_exp) = {constants(row.d, row.cfg)}")
+        return (
+            f"({row.tag}, d={row.d}, cfg={CFG}, qcfg={QCFG})\n  x = {xs}\n  gamma = {gs}\n"
+            f"  constants (eps_term, c_mant, c_exp) = {constants(row.d, row.cfg)}"
+        )
 
     for b, bits in enumerate(beats):
         beat = unpack(Y_L, bits)
@@ -72,31 +74,33 @@ def check(row: Row, beats: list[int], where: str) -> int:
         if (beat["scale_mant"], beat["scale_shift"]) != (row.mant, row.shift):
             raise AssertionError(
                 f"{where}: beat {b}: scale (mant, shift) = ({beat['scale_mant']}, "
-                f"{beat['scale_shift']}), expected ({row.mant}, {row.shift}) {ctx()}")
+                f"{beat['scale_shift']}), expected ({row.mant}, {row.shift}) {ctx()}"
+            )
         for lane in range(LANES):
             i = b * LANES + lane
             want = int(row.xq[i]) if i < row.d else 0
             if beat["data"][lane] != want:
-                extra = f"x[{i}] = {row.x[i]}, gamma[{i}] = {row.gamma[i]}" if i < row.d \
-                    else "padding"
+                extra = (
+                    f"x[{i}] = {row.x[i]}, gamma[{i}] = {row.gamma[i]}" if i < row.d else "padding"
+                )
                 raise AssertionError(
                     f"{where}: first mismatch at x_q[{i}] (beat {b}, lane {lane}): got "
-                    f"{beat['data'][lane]}, expected {want} ({extra}) {ctx()}")
+                    f"{beat['data'][lane]}, expected {want} ({extra}) {ctx()}"
+                )
     return row.d
 
 
-class Bench:
-    def __init__(self, dut, name: str, stall: bool = True):
-        self.dut = dut
-        self.rng = bench_rng(name)
-        dut._log.info(f"SEED={bench_seed()} cfg={CFG} qcfg={QCFG} lanes={LANES} max_len={MAX_LEN}")
-        self.h = Harness(dut, self.rng)
-        s = STALL if stall else {"x": 1.0, "y": 1.0}
-        self.x = self.h.source("x", s["x"])
-        self.y = self.h.sink("y", s["y"])
+class Bench(streams.Bench):
+    """Also drives the row-constant ports (eps_term, c_mant, c_exp) at every falling edge."""
+
+    SOURCES, SINKS, STALL, SETTLE = ("x",), ("y",), STALL, 8
+    DESC = f"cfg={CFG} qcfg={QCFG} lanes={LANES} max_len={MAX_LEN}"
+    check_item = staticmethod(check)
+
+    def __init__(self, dut, test: str, stall: bool = True):
+        super().__init__(dut, test, stall)
         self.const = constants(1)
-        self._apply()
-        cocotb.start_soon(self._drive_constants())
+        self.h.every_falling_edge(self._apply)
 
     def _apply(self):
         eps_term, c_mant, c_exp = self.const
@@ -104,32 +108,18 @@ class Bench:
         self.dut.c_mant.value = c_mant
         self.dut.c_exp.value = c_exp & ((1 << C_EXP_BITS) - 1)
 
-    async def _drive_constants(self):
-        while True:                              # the ports change only at falling edges
-            await FallingEdge(self.h.clk)
-            self._apply()
-
     def set_constants(self, d: int, cfg: NormConfig = CFG):
         """Takes effect at the next falling edge (with the first beat offered, if any)."""
         self.const = constants(d, cfg)
+
+    def budget(self, rows: list[Row]) -> int:
+        return 400 + 10 * sum(expected_cycles(len(r.beats), CFG, QCFG) for r in rows)
 
     async def run(self, rows: list[Row], where: str) -> int:
         """One batch: rows of one length (the constant ports are set for it first)."""
         assert len({r.d for r in rows}) == 1 and len({id(r.cfg) for r in rows}) == 1
         self.set_constants(rows[0].d, rows[0].cfg)
-        for r in rows:
-            self.x.extend(r.beats)
-        total = sum(len(r.beats) for r in rows)
-        budget = 400 + 10 * sum(expected_cycles(len(r.beats), CFG, QCFG) for r in rows)
-        await self.h.run_until(lambda: len(self.y.beats) >= total, budget, where)
-        await self.h.run_cycles(8)              # nothing extra may appear
-        assert len(self.y.beats) == total, f"{where}: {len(self.y.beats)} beats, expected {total}"
-        vectors, pos = 0, 0
-        for r in rows:
-            vectors += check(r, self.y.beats[pos:pos + len(r.beats)], where)
-            pos += len(r.beats)
-        self.y.flush()
-        return vectors
+        return await super().run(rows, where)
 
 
 def random_batch(rng, n_rows: int, d=None, tag="random") -> list[Row]:
@@ -145,12 +135,12 @@ def random_batch(rng, n_rows: int, d=None, tag="random") -> list[Row]:
 @cocotb.test()
 async def test_random_rows(dut):
     """Batches of random rows (random length, magnitudes, outliers, gamma), random stalls."""
-    b = Bench(dut, "test_random_rows")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_random_rows")
     vectors = 0
     for i in range(BATCHES):
-        vectors += await b.run(random_batch(b.rng, int(b.rng.integers(1, 4))),
-                               f"test_random_rows[{i}]")
+        vectors += await b.run(
+            random_batch(b.rng, int(b.rng.integers(1, 4))), f"test_random_rows[{i}]"
+        )
     record("test_random_rows", vectors=vectors)
 
 
@@ -159,25 +149,27 @@ async def test_corners(dut):
     """x = -2^(b-1) with gamma = -2^(g-1) (the largest product and sum of squares), the
     most negative product, all-max, alternating, one non-zero element, 1-LSB rows,
     gamma = 0, x = 0 with eps = 0 (S' = 0), d = 1 and the longest row."""
-    b = Bench(dut, "test_corners")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_corners")
     rng = b.rng
     d = MAX_D
-    full = lambda v: np.full(d, v)          # noqa: E731
+    full = lambda v: np.full(d, v)  # noqa: E731
     one = np.zeros(d, dtype=np.int64)
     one[rng.integers(0, d)] = XHI
-    batches = [[
-        Row(full(XLO), full(GLO), "x min, gamma min"),
-        Row(full(XLO), full(GHI), "x min, gamma max"),
-        Row(full(XHI), full(GHI), "x max, gamma max"),
-        Row(np.where(np.arange(d) % 2, XLO, XHI), rng.integers(GLO, GHI + 1, d), "alternating"),
-        Row(one, rng.integers(GLO, GHI + 1, d), "one non-zero"),
-        Row(rng.choice([-1, 0, 1], d), rng.integers(GLO, GHI + 1, d), "1-LSB values"),
-        Row(rng.integers(XLO, XHI + 1, d), np.zeros(d, np.int64), "gamma = 0"),
-    ]]
+    batches = [
+        [
+            Row(full(XLO), full(GLO), "x min, gamma min"),
+            Row(full(XLO), full(GHI), "x min, gamma max"),
+            Row(full(XHI), full(GHI), "x max, gamma max"),
+            Row(np.where(np.arange(d) % 2, XLO, XHI), rng.integers(GLO, GHI + 1, d), "alternating"),
+            Row(one, rng.integers(GLO, GHI + 1, d), "one non-zero"),
+            Row(rng.choice([-1, 0, 1], d), rng.integers(GLO, GHI + 1, d), "1-LSB values"),
+            Row(rng.integers(XLO, XHI + 1, d), np.zeros(d, np.int64), "gamma = 0"),
+        ]
+    ]
     no_eps = replace(CFG, eps=0.0)
-    batches.append([Row(np.zeros(d, np.int64), rng.integers(GLO, GHI + 1, d), "x = 0, eps = 0",
-                        no_eps)])
+    batches.append(
+        [Row(np.zeros(d, np.int64), rng.integers(GLO, GHI + 1, d), "x = 0, eps = 0", no_eps)]
+    )
     batches.append([Row(rng.integers(XLO, XHI + 1, 1), rng.integers(GLO, GHI + 1, 1), "d = 1")])
     batches.append(random_batch(rng, 1, d=MAX_LEN, tag="longest row"))
     vectors = 0
@@ -189,42 +181,28 @@ async def test_corners(dut):
 @cocotb.test()
 async def test_reset_mid_operation(dut):
     """Reset in pass 1, in the sequencer, in pass 2 / the quantizer; then clean rows."""
-    b = Bench(dut, "test_reset_mid_operation")
-    await b.h.reset()
-    vectors = 0
-    for attempt in range(3):
+    b = await Bench.start(dut, "test_reset_mid_operation")
+
+    def in_flight():
         rows = random_batch(b.rng, 2, d=MAX_D)
         b.set_constants(rows[0].d)
-        for r in rows:
-            b.x.extend(r.beats)
-        span = 2 * expected_cycles(len(rows[0].beats), CFG, QCFG)
-        await b.h.run_cycles(int(b.rng.integers(1, span)))
-        await b.h.reset(cycles=int(b.rng.integers(1, 4)))
-        assert int(dut.y__valid.value) == 0, "y valid right after reset"
-        vectors += await b.run(random_batch(b.rng, 2, tag=f"after reset {attempt}"),
-                               f"test_reset_mid_operation[{attempt}]")
-    record("test_reset_mid_operation", vectors=vectors)
+        return rows, 2 * expected_cycles(len(rows[0].beats), CFG, QCFG)
+
+    await b.reset_mid_operation(
+        3, in_flight, lambda attempt: random_batch(b.rng, 2, tag=f"after reset {attempt}")
+    )
 
 
 @cocotb.test()
 async def test_throughput(dut):
     """No stalls: one row of B beats takes expected_cycles(B) (hw.rmsnorm doc)."""
-    b = Bench(dut, "test_throughput", stall=False)
-    await b.h.reset()
+    b = await Bench.start(dut, "test_throughput", stall=False)
     rows = random_batch(b.rng, 1, d=MAX_D, tag="throughput")
     b.set_constants(rows[0].d)
-    b.x.extend(rows[0].beats)
     nb = len(rows[0].beats)
-    start, first_in = b.h.cycle, None
-    while len(b.y.beats) < nb:
-        if first_in is None and b.x.sent:
-            first_in = b.h.cycle - 1
-        if b.h.cycle - start > 400 + 4 * expected_cycles(nb, CFG, QCFG):
-            raise AssertionError("test_throughput: timeout")
-        await b.h.step()
-    cycles = b.y.beat_cycles[-1] - first_in + 1
-    vectors = check(rows[0], b.y.beats, "test_throughput")
-    formula = expected_cycles(nb, CFG, QCFG)
-    dut._log.info(f"row of {nb} beats: {cycles} cycles, formula {formula}")
-    record("test_throughput", vectors=vectors, op_cycles=cycles, formula_cycles=formula)
-    assert cycles == formula, f"measured {cycles} cycles, documented formula gives {formula}"
+    await b.throughput(
+        rows,
+        expected_cycles(nb, CFG, QCFG),
+        400 + 4 * expected_cycles(nb, CFG, QCFG),
+        f"row of {nb} beats",
+    )

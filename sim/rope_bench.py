@@ -6,16 +6,17 @@ swept), ``stall``. int8 heads come from ``golden.rope.int8_sweep`` (extremes, ze
 grid of pairs, every pair meeting every frequency); wider inputs are random at random
 magnitudes plus extremes that saturate where ``out_bits`` allows.
 """
+
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import rope as golden
 from golden.config import RopeConfig
 from hw.rope import expected_cycles, x_beats, x_layout, y_layout
-from sim.streams import Harness, bench_params, bench_rng, bench_seed, pack, record, unpack
+from sim import streams
+from sim.streams import bench_params, pack, record, unpack
 
 P = bench_params()
 CFG = RopeConfig(**P.get("cfg", {}))
@@ -36,7 +37,9 @@ class Head:
     def __init__(self, x, pos: int, tag: str = ""):
         self.x = np.asarray(x).astype(DT)
         self.pos, self.tag = int(pos), tag
-        self.expected = golden.rope_fx(self.x[None, :], np.array([self.pos]), CFG)[0].astype(np.int64)
+        self.expected = golden.rope_fx(self.x[None, :], np.array([self.pos]), CFG)[0].astype(
+            np.int64
+        )
         self.beats = [pack(X_L, b) for b in x_beats(self.x, self.pos, LANES)]
 
 
@@ -58,19 +61,20 @@ def check(head: Head, beats: list[int], where: str) -> int:
                         f"cfg={CFG}): first mismatch at y[{j}] (beat {c}, {key} lane {lane}): "
                         f"got {got}, expected {want}\n  pair x[{i}] = {int(head.x[i])}, "
                         f"x[{i + H}] = {int(head.x[i + H])}; cos_q = {int(cos_q[head.pos, i])}, "
-                        f"sin_q = {int(sin_q[head.pos, i])}")
+                        f"sin_q = {int(sin_q[head.pos, i])}"
+                    )
     return HD
 
 
 def positions(rng, n: int) -> np.ndarray:
     fixed = [0, 1, CFG.max_pos - 1]
-    return np.concatenate([fixed, rng.integers(0, CFG.max_pos, size=max(0, n - 3))])[:max(n, 3)]
+    return np.concatenate([fixed, rng.integers(0, CFG.max_pos, size=max(0, n - 3))])[: max(n, 3)]
 
 
 def sweep_heads(rng) -> list[Head]:
     heads = []
     if IN_BITS == 8:
-        x, _ = golden.int8_sweep(HD, CFG)            # (max_pos, rows, HD)
+        x, _ = golden.int8_sweep(HD, CFG)  # (max_pos, rows, HD)
         for p in positions(rng, N_POS):
             heads += [Head(row, p, "int8 sweep") for row in x[p]]
     else:
@@ -80,43 +84,31 @@ def sweep_heads(rng) -> list[Head]:
         for p in positions(rng, 3):
             heads.append(Head(np.full(HD, HI), p, "all max"))
             heads.append(Head(np.full(HD, LO), p, "all min"))
-            heads.append(Head(np.concatenate([np.full(H, HI), np.full(H, LO)]), p,
-                              "x1 max, x2 min (largest rotation sums)"))
-            heads.append(Head(np.concatenate([np.full(H, LO), np.full(H, HI)]), p, "x1 min, x2 max"))
+            heads.append(
+                Head(
+                    np.concatenate([np.full(H, HI), np.full(H, LO)]),
+                    p,
+                    "x1 max, x2 min (largest rotation sums)",
+                )
+            )
+            heads.append(
+                Head(np.concatenate([np.full(H, LO), np.full(H, HI)]), p, "x1 min, x2 max")
+            )
     order = rng.permutation(len(heads))
     return [heads[i] for i in order]
 
 
-class Bench:
-    def __init__(self, dut, name: str, stall: bool = True):
-        self.rng = bench_rng(name)
-        dut._log.info(f"SEED={bench_seed()} cfg={CFG} head_dim={HD} in_bits={IN_BITS} lanes={LANES}")
-        self.h = Harness(dut, self.rng)
-        s = STALL if stall else {"x": 1.0, "y": 1.0}
-        self.x = self.h.source("x", s["x"])
-        self.y = self.h.sink("y", s["y"])
-
-    async def run(self, heads: list[Head], where: str) -> int:
-        for hd in heads:
-            self.x.extend(hd.beats)
-        total = sum(len(hd.beats) for hd in heads)
-        await self.h.run_until(lambda: len(self.y.beats) >= total, 200 + 10 * total, where)
-        await self.h.run_cycles(5)
-        assert len(self.y.beats) == total, f"{where}: {len(self.y.beats)} beats, expected {total}"
-        vectors, pos = 0, 0
-        for hd in heads:
-            vectors += check(hd, self.y.beats[pos:pos + len(hd.beats)], where)
-            pos += len(hd.beats)
-        self.y.flush()
-        return vectors
+class Bench(streams.Bench):
+    SOURCES, SINKS, STALL, SETTLE = ("x",), ("y",), STALL, 5
+    DESC = f"cfg={CFG} head_dim={HD} in_bits={IN_BITS} lanes={LANES}"
+    check_item = staticmethod(check)
 
 
 @cocotb.test()
 async def test_sweep(dut):
     """Heads at positions 0, 1, max_pos - 1 and random ones (int8: the golden pair sweep;
     wider: random magnitudes and saturating extremes), random stalls."""
-    b = Bench(dut, "test_sweep")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_sweep")
     vectors = await b.run(sweep_heads(b.rng), "test_sweep")
     assert int(dut.pos_error.value) == 0, "pos_error set by in-range positions"
     record("test_sweep", vectors=vectors)
@@ -126,8 +118,7 @@ async def test_sweep(dut):
 async def test_pos_error(dut):
     """A position >= max_pos sets the sticky pos_error (when the field can hold one);
     reset clears it; in-range heads afterwards are exact."""
-    b = Bench(dut, "test_pos_error")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_pos_error")
     field_max = (1 << X_L.members["pos"].width) - 1
     if field_max >= CFG.max_pos:
         bad = dict(x_beats(np.zeros(HD, np.int64), 0, LANES)[0])
@@ -138,8 +129,9 @@ async def test_pos_error(dut):
         assert int(dut.pos_error.value) == 1, f"pos_error not set by pos = {bad['pos']}"
         await b.h.reset()
         assert int(dut.pos_error.value) == 0, "pos_error not cleared by reset"
-    heads = [Head(b.rng.integers(LO, HI + 1, HD), p, "after pos_error")
-             for p in positions(b.rng, 4)]
+    heads = [
+        Head(b.rng.integers(LO, HI + 1, HD), p, "after pos_error") for p in positions(b.rng, 4)
+    ]
     record("test_pos_error", vectors=await b.run(heads, "test_pos_error"))
 
 
@@ -147,43 +139,26 @@ async def test_pos_error(dut):
 async def test_reset_mid_operation(dut):
     """Reset with beats in flight (also in the middle of a head: the beat counter restarts),
     then clean heads."""
-    b = Bench(dut, "test_reset_mid_operation")
-    await b.h.reset()
-    vectors = 0
-    for attempt in range(3):
-        for p in positions(b.rng, 4):
-            b.x.extend(Head(b.rng.integers(LO, HI + 1, HD), p).beats)
-        await b.h.run_cycles(int(b.rng.integers(1, 4 * len(x_beats(np.zeros(HD), 0, LANES)) + 2)))
-        await b.h.reset(cycles=int(b.rng.integers(1, 4)))
-        assert int(dut.y__valid.value) == 0, "y valid right after reset"
-        heads = [Head(b.rng.integers(LO, HI + 1, HD), p, f"after reset {attempt}")
-                 for p in positions(b.rng, 3)]
-        vectors += await b.run(heads, f"test_reset_mid_operation[{attempt}]")
-    record("test_reset_mid_operation", vectors=vectors)
+    b = await Bench.start(dut, "test_reset_mid_operation")
+
+    def in_flight():
+        heads = [Head(b.rng.integers(LO, HI + 1, HD), p) for p in positions(b.rng, 4)]
+        return heads, 4 * len(heads[0].beats) + 2
+
+    await b.reset_mid_operation(
+        3,
+        in_flight,
+        lambda attempt: [
+            Head(b.rng.integers(LO, HI + 1, HD), p, f"after reset {attempt}")
+            for p in positions(b.rng, 3)
+        ],
+    )
 
 
 @cocotb.test()
 async def test_throughput(dut):
     """No stalls: n beats take n + 3 cycles (one beat per cycle)."""
-    b = Bench(dut, "test_throughput", stall=False)
-    await b.h.reset()
+    b = await Bench.start(dut, "test_throughput", stall=False)
     heads = [Head(b.rng.integers(LO, HI + 1, HD), p, "throughput") for p in positions(b.rng, 8)]
-    for hd in heads:
-        b.x.extend(hd.beats)
     n = sum(len(hd.beats) for hd in heads)
-    start, first_in = b.h.cycle, None
-    while len(b.y.beats) < n:
-        if first_in is None and b.x.sent:
-            first_in = b.h.cycle - 1
-        if b.h.cycle - start > 100 + 4 * n:
-            raise AssertionError("test_throughput: timeout")
-        await b.h.step()
-    cycles = b.y.beat_cycles[-1] - first_in + 1
-    vectors, pos = 0, 0
-    for hd in heads:
-        vectors += check(hd, b.y.beats[pos:pos + len(hd.beats)], "test_throughput")
-        pos += len(hd.beats)
-    formula = expected_cycles(n)
-    dut._log.info(f"{n} beats: {cycles} cycles, formula {formula}")
-    record("test_throughput", vectors=vectors, op_cycles=cycles, formula_cycles=formula)
-    assert cycles == formula, f"measured {cycles} cycles, documented formula gives {formula}"
+    await b.throughput(heads, expected_cycles(n), 100 + 4 * n, f"{n} beats")

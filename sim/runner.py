@@ -22,7 +22,10 @@ What it does:
   toggling it does not rebuild) and writes ``dump.vcd`` there, path printed (VCD: the
   wheel's FST writer needs lz4 headers, which a bare machine lacks);
 * parses cocotb's results XML and raises ``AssertionError`` naming every failing cocotb
-  test (with its message), so a pytest wrapper fails when any bench test fails;
+  test (with its message), so a pytest wrapper fails when any bench test fails; it also
+  fails when the simulator process did not end normally (a crash, an abort, a non-zero
+  exit), whatever results it wrote before, when no cocotb test ran, and (with
+  ``expect``) unless exactly the expected cocotb tests ran;
 * writes one JSON record per cocotb test to ``build/sim/records/`` (block, parameter set,
   pass/fail, simulated time and cycles, wall time, plus whatever the bench added with
   :func:`sim.streams.record`): ``python -m sim.regress`` aggregates them.
@@ -40,6 +43,7 @@ compile does; measured on the 2-core machine, default TLMM, 1.9 MB of C++):
   (``CFG_CXXFLAGS_PCH_I``), which breaks every design big enough to be split into
   several C++ files; it is passed to make here.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +51,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -65,9 +68,18 @@ CXX_OPT = "-O0"
 MAKE_VARS = [f"OPT_FAST={CXX_OPT}", f"OPT_GLOBAL={CXX_OPT}", f"OPT_SLOW={CXX_OPT}", MAKE_PCH_FIX]
 VERILATOR_ARGS = list(VERILATOR_FLAGS)
 # Runtime objects that do not depend on the design (safe to share between builds).
-_SHARED_OBJECTS = ("verilated.o", "verilated_vpi.o", "verilated_dpi.o", "verilated_threads.o",
-                   "verilated_fst_c.o", "verilated_vcd_c.o", "verilated_timing.o",
-                   "verilated_random.o", "verilated_probdist.o", "verilated_profiler.o")
+_SHARED_OBJECTS = (
+    "verilated.o",
+    "verilated_vpi.o",
+    "verilated_dpi.o",
+    "verilated_threads.o",
+    "verilated_fst_c.o",
+    "verilated_vcd_c.o",
+    "verilated_timing.o",
+    "verilated_random.o",
+    "verilated_probdist.o",
+    "verilated_profiler.o",
+)
 
 
 def _toolchain() -> list[str]:
@@ -101,7 +113,7 @@ def _current_block() -> str | None:
         return None
     fname = Path(cur.split("::", 1)[0]).name
     if fname.startswith("test_") and fname.endswith(".py"):
-        return fname[len("test_"):-len(".py")]
+        return fname[len("test_") : -len(".py")]
     return None
 
 
@@ -169,12 +181,14 @@ def build(component, name: str, build_key: dict, *, waves: bool | None = None) -
     text = export_verilog(component, name)
     if not src.exists() or src.read_text() != text:
         src.write_text(text)
-    (build_dir / "build_key.json").write_text(json.dumps(build_key, sort_keys=True, indent=1,
-                                                         default=str))
+    (build_dir / "build_key.json").write_text(
+        json.dumps(build_key, sort_keys=True, indent=1, default=str)
+    )
 
     vlt = build_dir / "public.vlt"
     vlt_text = "`verilator_config\n" + "".join(
-        f'public_flat_rw -module "{name}" -var "{port}"\n' for port in _ports(text, name))
+        f'public_flat_rw -module "{name}" -var "{port}"\n' for port in _ports(text, name)
+    )
     if not vlt.exists() or vlt.read_text() != vlt_text:
         vlt.write_text(vlt_text)
     # VCD, not FST: the wheel's FST writer needs lz4.h, which a bare machine lacks
@@ -187,8 +201,9 @@ def build(component, name: str, build_key: dict, *, waves: bool | None = None) -
         return build_dir
 
     # Runtime objects depend only on flags, not on the design.
-    runtime_key = hashlib.sha1(json.dumps([build_args, MAKE_VARS, waves, _toolchain()])
-                               .encode()).hexdigest()[:10]
+    runtime_key = hashlib.sha1(
+        json.dumps([build_args, MAKE_VARS, waves, _toolchain()]).encode()
+    ).hexdigest()[:10]
     # Stale design objects must not survive a design change.
     for old in build_dir.glob("Vtop*"):
         old.unlink()
@@ -197,13 +212,20 @@ def build(component, name: str, build_key: dict, *, waves: bool | None = None) -
     runner = _verilator_runner(lambda: _restore_runtime(build_dir, runtime_key))
     t0 = time.time()
     try:
-        runner.build(sources=[vlt, src], hdl_toplevel=name, build_dir=build_dir,
-                     build_args=build_args, waves=waves, always=True,
-                     log_file=build_dir / "build.log")
+        runner.build(
+            sources=[vlt, src],
+            hdl_toplevel=name,
+            build_dir=build_dir,
+            build_args=build_args,
+            waves=waves,
+            always=True,
+            log_file=build_dir / "build.log",
+        )
     except RuntimeError as e:
         tail = (build_dir / "build.log").read_text(errors="replace").splitlines()[-25:]
-        raise AssertionError(f"{name}: Verilator build failed ({e}) in {build_dir}:\n  "
-                             + "\n  ".join(tail)) from None
+        raise AssertionError(
+            f"{name}: Verilator build failed ({e}) in {build_dir}:\n  " + "\n  ".join(tail)
+        ) from None
     (build_dir / "build_time.txt").write_text(f"{time.time() - t0:.2f}\n")
     _save_runtime(build_dir, runtime_key)
     stamp.write_text(stamp_key)
@@ -224,21 +246,33 @@ def _parse_results(xml_path: Path) -> list[dict]:
         msg = ""
         if bad is not None:
             msg = bad.get("message") or (bad.text or "")
-        out.append({
-            "test": case.get("name"),
-            "passed": bad is None and skipped is None,
-            "skipped": skipped is not None,
-            "message": msg,
-            "sim_time_ns": float(props.get("sim_time_duration") or 0.0),
-            "wall_s": float(case.get("time") or 0.0),
-        })
+        out.append(
+            {
+                "test": case.get("name"),
+                "passed": bad is None and skipped is None,
+                "skipped": skipped is not None,
+                "message": msg,
+                "sim_time_ns": float(props.get("sim_time_duration") or 0.0),
+                "wall_s": float(case.get("time") or 0.0),
+            }
+        )
     return out
 
 
-def run_bench(component, *, bench: str, name: str, params: dict | None = None,
-              build_key: dict | None = None, block: str | None = None,
-              testcase: str | None = None, quiet: bool = False) -> list[dict]:
-    """Build ``component`` and run cocotb module ``bench`` on it; fail if any test fails.
+def run_bench(
+    component,
+    *,
+    bench: str,
+    name: str,
+    params: dict | None = None,
+    build_key: dict | None = None,
+    block: str | None = None,
+    testcase: str | None = None,
+    quiet: bool = False,
+    expect: tuple[str, ...] | list[str] | None = None,
+) -> list[dict]:
+    """Build ``component`` and run cocotb module ``bench`` on it; fail if any test fails
+    or the simulator dies.
 
     ``params`` (JSON-serialisable) reach the bench through :func:`sim.streams.bench_params`.
     ``build_key`` selects the build directory (default: ``params``); pass the hardware
@@ -247,6 +281,7 @@ def run_bench(component, *, bench: str, name: str, params: dict | None = None,
     ``block`` names the block in the records (default: from the calling ``sim/test_X.py``).
     ``quiet`` sends the simulator's log to ``<build dir>/sim.log`` instead of stdout (its
     tail is then part of the failure message).
+    ``expect`` (names of cocotb tests): exactly these must have run, none skipped.
     Returns the per-test records (see module docstring).
     """
     from cocotb_tools.runner import get_runner
@@ -276,18 +311,27 @@ def run_bench(component, *, bench: str, name: str, params: dict | None = None,
     waves = _waves_enabled()
     runner = get_runner("verilator")
     t0 = time.time()
-    sim_error = None
+    died = None  # why the simulator process did not end normally
+    runner_exit = None  # cocotb's verdict under pytest: it exits when a test failed
     try:
-        runner.test(test_module=bench, hdl_toplevel=name, hdl_toplevel_lang="verilog",
-                    build_dir=build_dir,
-                    test_dir=build_dir, results_xml=str(xml), seed=int(seed) & 0xFFFFFFFF,
-                    extra_env=env, waves=waves, testcase=testcase,
-                    test_args=(["--trace-file", str(build_dir / "dump.vcd")] if waves else []),
-                    log_file=(build_dir / "sim.log") if quiet else None)
-    except SystemExit as e:   # cocotb's runner exits on simulator failure under pytest
-        sim_error = f"simulator exited with {e.code}"
-    except RuntimeError as e:
-        sim_error = str(e)
+        runner.test(
+            test_module=bench,
+            hdl_toplevel=name,
+            hdl_toplevel_lang="verilog",
+            build_dir=build_dir,
+            test_dir=build_dir,
+            results_xml=str(xml),
+            seed=int(seed) & 0xFFFFFFFF,
+            extra_env=env,
+            waves=waves,
+            testcase=testcase,
+            test_args=(["--trace-file", str(build_dir / "dump.vcd")] if waves else []),
+            log_file=(build_dir / "sim.log") if quiet else None,
+        )
+    except RuntimeError as e:  # the simulator exited non-zero or by a signal
+        died = str(e)
+    except SystemExit as e:  # a failed test, or no results file (the simulator exited 0)
+        runner_exit = e.code
     wall = time.time() - t0
     results = _parse_results(xml)
     xml.unlink(missing_ok=True)
@@ -302,30 +346,61 @@ def run_bench(component, *, bench: str, name: str, params: dict | None = None,
     RECORD_DIR.mkdir(parents=True, exist_ok=True)
     phash = param_hash(build_key)
     for r in results:
-        r.update(block=block, name=name, params=params, param_hash=phash, seed=int(seed),
-                 cycles=int(r["sim_time_ns"] // CLOCK_NS), build_s=round(build_s, 2))
+        r.update(
+            block=block,
+            name=name,
+            params=params,
+            param_hash=phash,
+            seed=int(seed),
+            cycles=int(r["sim_time_ns"] // CLOCK_NS),
+            build_s=round(build_s, 2),
+        )
         r.update(extras.get(r["test"], {}))
         (RECORD_DIR / f"{block}__{name}_{phash}__{r['test']}.json").write_text(
-            json.dumps(r, indent=1, default=str))
+            json.dumps(r, indent=1, default=str)
+        )
     if waves:
         print(f"waveform: {build_dir / 'dump.vcd'}")
 
     failed = [r for r in results if not r["passed"] and not r["skipped"]]
-    if sim_error and not results:
-        where = f"log {build_dir / 'sim.log'}" if quiet else "output above"
-        raise AssertionError(f"{name}: simulation did not complete ({sim_error}); "
-                             f"see {where}, SEED={seed}")
-    if failed or not results:
-        lines = [f"{name}: {len(failed)} of {len(results)} cocotb tests failed "
-                 f"(SEED={seed}, build {build_dir}):"]
+    problems = []
+    if died:
+        problems.append(
+            f"the simulator died ({died})"
+            + (f" after {len(results)} cocotb tests wrote results" if results else "")
+        )
+    if not results:
+        problems.append("no cocotb test ran (no results written)")
+    elif runner_exit is not None and not failed:
+        problems.append(f"cocotb's runner exited with {runner_exit}")
+    if expect is not None:
+        ran = {r["test"] for r in results if not r["skipped"]}
+        want = set(expect)
+        if ran != want:
+            problems.append(
+                f"expected the cocotb tests {sorted(want)}; missing "
+                f"{sorted(want - ran)}, unexpected {sorted(ran - want)}, skipped "
+                f"{sorted(r['test'] for r in results if r['skipped'])}"
+            )
+    if failed or problems:
+        what = (
+            f"{len(failed)} of {len(results)} cocotb tests failed"
+            if failed
+            else "the bench run failed"
+        )
+        lines = [f"{name}: {what} (SEED={seed}, build {build_dir}):"]
         lines += [f"  {r['test']}: {r['message'].strip()[:2000]}" for r in failed]
-        if not results:
-            lines.append("  no cocotb test ran")
+        lines += [f"  {p}" for p in problems]
         if quiet and (build_dir / "sim.log").exists():
             tail = (build_dir / "sim.log").read_text(errors="replace").splitlines()[-40:]
-            lines += ["  simulator log tail:"] + ["    " + t for t in tail]
+            lines += [f"  simulator log tail ({build_dir / 'sim.log'}):"]
+            lines += ["    " + t for t in tail]
+        elif died or not results:
+            lines.append("  (simulator output above)")
         raise AssertionError("\n".join(lines))
     if not quiet:
-        print(f"{name}: {len(results)} cocotb tests passed in {wall:.1f} s "
-              f"(build {build_s:.1f} s, SEED={seed})")
+        print(
+            f"{name}: {len(results)} cocotb tests passed in {wall:.1f} s "
+            f"(build {build_s:.1f} s, SEED={seed})"
+        )
     return results

@@ -24,6 +24,7 @@ the interrupt line (IRQ_ENABLE.END), not for a status poll.
 Parameters (``sim.streams.bench_params``): ``ports``, ``pause``, ``max_latency``,
 ``hidden``, ``ffn``, ``heads``, ``kv_heads``, ``prefill``, ``decode``, ``ident``.
 """
+
 from __future__ import annotations
 
 import cocotb
@@ -47,26 +48,41 @@ N_PORTS = int(P.get("ports", 5))
 PAUSE = float(P.get("pause", 0.3))
 MAX_LAT = int(P.get("max_latency", 8))
 MEM = 1 << 20
-SEGMENT = 0x1                       # STREAM_ADDR_HI: bus address = SEGMENT << 32 | device
+SEGMENT = 0x1  # STREAM_ADDR_HI: bus address = SEGMENT << 32 | device
 OKAY = 0
 
 
 class ShellBench:
     def __init__(self, dut, rng, pause=PAUSE, max_lat=MAX_LAT):
         from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+
         self.dut, self.rng = dut, rng
         self.mem = bytearray(MEM)
-        self.lite = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi"), dut.aclk, dut.aresetn,
-                                  reset_active_level=False)
-        for ch in (self.lite.write_if.aw_channel, self.lite.write_if.w_channel,
-                   self.lite.write_if.b_channel, self.lite.read_if.ar_channel,
-                   self.lite.read_if.r_channel):
+        self.lite = AxiLiteMaster(
+            AxiLiteBus.from_prefix(dut, "s_axi"), dut.aclk, dut.aresetn, reset_active_level=False
+        )
+        for ch in (
+            self.lite.write_if.aw_channel,
+            self.lite.write_if.w_channel,
+            self.lite.write_if.b_channel,
+            self.lite.read_if.ar_channel,
+            self.lite.read_if.r_channel,
+        ):
             ch.set_pause_generator(pauses(rng, pause))
-        self.ports = AxiPorts(dut, N_PORTS, self.mem, dut.aclk, dut.aresetn, rng=rng,
-                              pause=pause, max_latency=max_lat, reset_active_level=False)
+        self.ports = AxiPorts(
+            dut,
+            N_PORTS,
+            self.mem,
+            dut.aclk,
+            dut.aresetn,
+            rng=rng,
+            pause=pause,
+            max_latency=max_lat,
+            reset_active_level=False,
+        )
         self.chk = AxiChecker(dut, N_PORTS, dut.aclk)
         self.chk.segment = SEGMENT
-        self.chk.max_burst = 9              # a 128-byte request at any alignment
+        self.chk.max_burst = 9  # a 128-byte request at any alignment
         self.brk = 64
 
     async def start(self):
@@ -87,7 +103,7 @@ class ShellBench:
     def put(self, data) -> int:
         buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
         a = self.alloc(len(buf))
-        self.mem[a:a + len(buf)] = buf
+        self.mem[a : a + len(buf)] = buf
         return a
 
     # ------------------------------------------------------------------ registers
@@ -102,17 +118,20 @@ class ShellBench:
 
     async def status(self) -> dict:
         st = await self.csr_read(CSR.STATUS)
-        return {"busy": st & 1, "done": (st >> 1) & 1,
-                "error": (st >> STATUS["error"].offset) & 0xFF,
-                "err_op": await self.csr_read(CSR.ERR_OP),
-                "ops": await self.csr_read(CSR.OPS_DONE),
-                "cycles": await self.csr_read(CSR.CYCLES_LO),
-                "irq_status": await self.csr_read(CSR.IRQ_STATUS)}
+        return {
+            "busy": st & 1,
+            "done": (st >> 1) & 1,
+            "error": (st >> STATUS["error"].offset) & 0xFF,
+            "err_op": await self.csr_read(CSR.ERR_OP),
+            "ops": await self.csr_read(CSR.OPS_DONE),
+            "cycles": await self.csr_read(CSR.CYCLES_LO),
+            "irq_status": await self.csr_read(CSR.IRQ_STATUS),
+        }
 
     async def launch(self, cmds, at=None, window=None, regions=None):
         words = isa.encode_stream(cmds)
         addr = self.put(words) if at is None else at
-        self.mem[addr:addr + len(words)] = words
+        self.mem[addr : addr + len(words)] = words
         lo, hi = window if window is not None else (64, self.brk)
         self.chk.regions = regions if regions is not None else [(lo, hi)]
         await self.csr_write(CSR.MEM_LO, lo)
@@ -130,7 +149,7 @@ class ShellBench:
             await with_timeout(RisingEdge(self.dut.irq), max_cycles * CLOCK_NS, "ns")
         st = await self.status()
         assert st["busy"] == 0 and st["irq_status"] & IRQ_END, st
-        await self.csr_write(CSR.IRQ_STATUS, IRQ_END)          # W1C
+        await self.csr_write(CSR.IRQ_STATUS, IRQ_END)  # W1C
         assert int(self.dut.irq.value) == 0 or (await self.csr_read(CSR.IRQ_STATUS)) == 0
         return st
 
@@ -142,10 +161,15 @@ class ShellBench:
 
 
 def _model(rng):
-    mc = ModelConfig(vocab_size=24, hidden_size=int(P.get("hidden", 64)),
-                     intermediate_size=int(P.get("ffn", 96)), num_hidden_layers=1,
-                     num_attention_heads=int(P.get("heads", 4)),
-                     num_key_value_heads=int(P.get("kv_heads", 2)), max_position_embeddings=16)
+    mc = ModelConfig(
+        vocab_size=24,
+        hidden_size=int(P.get("hidden", 64)),
+        intermediate_size=int(P.get("ffn", 96)),
+        num_hidden_layers=1,
+        num_attention_heads=int(P.get("heads", 4)),
+        num_key_value_heads=int(P.get("kv_heads", 2)),
+        max_position_embeddings=16,
+    )
     return random_model(mc, seed=int(rng.integers(1 << 30)))
 
 
@@ -168,15 +192,21 @@ class Layer:
         a, gd = self.a, self.gd
         toks = self.rng.integers(0, self.rt.config.vocab_size, rows).astype(np.uint32)
         gd.write(a.addr("tokens"), toks)
-        self.b.mem[a.addr("tokens"):a.addr("tokens") + toks.nbytes] = toks.tobytes()
+        self.b.mem[a.addr("tokens") : a.addr("tokens") + toks.nbytes] = toks.tobytes()
         before = bytes(self.b.mem)
         cmds = self.rt.step_commands(self.pos, rows, rows)
-        self.rt.run_stream(cmds)                                  # golden
+        self.rt.run_stream(cmds)  # golden
         return cmds, before
 
     async def run(self, cmds, rows, **kw):
-        st = await self.b.run_stream(cmds, at=self.a.addr("stream"), window=self.window,
-                                     regions=self.regions, max_cycles=3_000_000, **kw)
+        st = await self.b.run_stream(
+            cmds,
+            at=self.a.addr("stream"),
+            window=self.window,
+            regions=self.regions,
+            max_cycles=3_000_000,
+            **kw,
+        )
         assert (st["done"], st["error"], st["ops"]) == (1, 0, len(cmds)), st
         self.compare(rows)
         return st
@@ -184,12 +214,15 @@ class Layer:
     def compare(self, rows):
         gd = self.gd
         got = np.frombuffer(bytes(self.b.mem), np.uint8)
-        diff = np.flatnonzero(got[:gd.brk] != gd.memory[:gd.brk])
+        diff = np.flatnonzero(got[: gd.brk] != gd.memory[: gd.brk])
         if diff.size:
-            where = [r.name for r in self.a.regions.values()
-                     if r.addr <= diff[0] < r.addr + r.nbytes]
-            raise AssertionError(f"step pos={self.pos} rows={rows}: {diff.size} bytes differ, "
-                                 f"first at 0x{diff[0]:x} in {where}")
+            where = [
+                r.name for r in self.a.regions.values() if r.addr <= diff[0] < r.addr + r.nbytes
+            ]
+            raise AssertionError(
+                f"step pos={self.pos} rows={rows}: {diff.size} bytes differ, "
+                f"first at 0x{diff[0]:x} in {where}"
+            )
 
 
 @cocotb.test()
@@ -202,9 +235,9 @@ async def test_layer(dut):
     steps = [int(P.get("prefill", 5))] + [1] * int(P.get("decode", 2))
     for rows in steps:
         cmds, _ = lay.step(rows)
-        await b.csr_write(CSR.CTRL, CTRL_RESET)              # counters per step
+        await b.csr_write(CSR.CTRL, CTRL_RESET)  # counters per step
         st = await lay.run(cmds, rows)
-        record("test_layer", cmds=len(cmds), cycles=st["cycles"])      # summed over steps
+        record("test_layer", cmds=len(cmds), cycles=st["cycles"])  # summed over steps
         lay.pos += rows
     record("test_layer", ports=N_PORTS, steps=str(steps), **b.chk.bursts)
 
@@ -225,15 +258,14 @@ async def test_bus_errors_and_reuse(dut):
     k = next(i for i, c in enumerate(cmds) if c.op == Opcode.TLMM)
     w = cmds[k].args["weights"]
     b.ports.err_rd.append((seg + w + 40, seg + w + 41))
-    st = await b.run_stream(cmds, at=lay.a.addr("stream"), window=lay.window,
-                            regions=lay.regions)
+    st = await b.run_stream(cmds, at=lay.a.addr("stream"), window=lay.window, regions=lay.regions)
     assert (st["error"], st["err_op"], st["done"]) == (ErrorCode.BUS_ERROR.value, k, 0), (k, st)
     b.ports.err_rd.clear()
     await b.csr_write(CSR.CTRL, CTRL_RESET)
     st = await b.status()
     assert (st["busy"], st["done"], st["error"], st["err_op"]) == (0, 0, 0, 0), st
     b.mem[:] = before
-    await lay.run(cmds, rows)                                # reusable, byte-identical
+    await lay.run(cmds, rows)  # reusable, byte-identical
     lay.pos += rows
 
     # (2) small streams: a RESIDUAL's source (read), its destination (a write), the
@@ -243,17 +275,31 @@ async def test_bus_errors_and_reuse(dut):
     dst = b.alloc(2 * 8 * 4)
     sc = b.put(isa.pack_scales(np.full(2, 1 << 15), np.zeros(2)))
     nop, end = command(Opcode.NOP), command(Opcode.END)
-    good = command(Opcode.RESIDUAL, h=src, acc=src, src_scale=sc, dst=dst, rows=2, dim=8,
-                   c_mant=1 << 15, c_shift=15)
+    good = command(
+        Opcode.RESIDUAL,
+        h=src,
+        acc=src,
+        src_scale=sc,
+        dst=dst,
+        rows=2,
+        dim=8,
+        c_mant=1 << 15,
+        c_shift=15,
+    )
     stream_at = b.alloc(64 * 8)
     window = (lay.gd.alloc_base, b.brk)
-    for kind, lo, hi, at in (("read", src + 4, src + 5, 2), ("write", dst + 4, dst + 5, 2),
-                             ("fetch", stream_at + 3 * 64 + 5, stream_at + 3 * 64 + 6, 3)):
+    for kind, lo, hi, at in (
+        ("read", src + 4, src + 5, 2),
+        ("write", dst + 4, dst + 5, 2),
+        ("fetch", stream_at + 3 * 64 + 5, stream_at + 3 * 64 + 6, 3),
+    ):
         lst = b.ports.err_rd if kind in ("read", "fetch") else b.ports.err_wr
         lst.append((seg + lo, seg + hi))
         st = await b.run_stream([nop, nop, good, good, nop, end], at=stream_at, window=window)
-        assert (st["error"], st["err_op"], st["done"]) == (ErrorCode.BUS_ERROR.value, at, 0), \
-            (kind, st)
+        assert (st["error"], st["err_op"], st["done"]) == (ErrorCode.BUS_ERROR.value, at, 0), (
+            kind,
+            st,
+        )
         lst.clear()
         await b.csr_write(CSR.CTRL, CTRL_RESET)
         st = await b.run_stream([nop, good, end], at=stream_at, window=window)
@@ -279,7 +325,7 @@ async def test_reset_mid_stream(dut):
                 break
         st = await b.status()
         assert (st["busy"], st["done"], st["error"]) == (0, 0, 0), st
-        assert st["irq_status"] & IRQ_END, st                    # the abort is a stream end
+        assert st["irq_status"] & IRQ_END, st  # the abort is a stream end
         await b.csr_write(CSR.IRQ_STATUS, IRQ_END)
         b.chk.check()
         b.mem[:] = before

@@ -6,16 +6,17 @@ Logits come from ``golden.softmax.random_logits`` (spreads from uniform to one-h
 equal at either end of the range, full range) plus directed corners; masks are random,
 causal (``golden.softmax.causal_mask``) or whole lanes off.
 """
+
 from __future__ import annotations
 
-import numpy as np
-
 import cocotb
+import numpy as np
 
 from golden import softmax as golden
 from golden.config import SoftmaxConfig
 from hw.softmax import expected_cycles, p_layout, row_cycles, x_beats, x_layout
-from sim.streams import Harness, bench_params, bench_rng, bench_seed, pack, record, unpack
+from sim import streams
+from sim.streams import bench_params, pack, record, unpack
 
 P = bench_params()
 CFG = SoftmaxConfig(**P.get("cfg", {}))
@@ -54,7 +55,7 @@ def random_rows(rng, n=None, tag="random") -> Rows:
         mask = None
     elif style == 1:
         mask = rng.random((LANES, n)) < 0.8
-    elif style == 2 and n >= LANES:          # lanes as the last LANES queries of a KV cache
+    elif style == 2 and n >= LANES:  # lanes as the last LANES queries of a KV cache
         mask = golden.causal_mask(LANES, n)
     else:
         mask = np.ones((LANES, n), bool)
@@ -78,40 +79,27 @@ def check(rows: Rows, beats: list[int], where: str) -> int:
                 raise AssertionError(
                     f"{where} ({rows.tag}, n={rows.n}, cfg={CFG}): first mismatch at lane "
                     f"{lane} element {j}: got {got}, expected {want}\n  x[{lane}] = {row}\n"
-                    f"  mask[{lane}] = {msk}")
+                    f"  mask[{lane}] = {msk}"
+                )
     return rows.n * LANES
 
 
-class Bench:
-    def __init__(self, dut, name: str, stall: bool = True):
-        self.rng = bench_rng(name)
-        dut._log.info(f"SEED={bench_seed()} cfg={CFG} lanes={LANES} max_len={MAX_LEN}")
-        self.h = Harness(dut, self.rng)
-        s = STALL if stall else {"x": 1.0, "p": 1.0}
-        self.x = self.h.source("x", s["x"])
-        self.p = self.h.sink("p", s["p"])
+class Bench(streams.Bench):
+    SOURCES, SINKS, STALL, SETTLE = ("x",), ("p",), STALL, 12
+    DESC = f"cfg={CFG} lanes={LANES} max_len={MAX_LEN}"
+    check_item = staticmethod(check)
 
-    async def run(self, groups: list[Rows], where: str) -> int:
-        for g in groups:
-            self.x.extend(g.beats)
-        total = sum(g.n for g in groups)
-        budget = 300 + 8 * sum(row_cycles(g.n, CFG) for g in groups)
-        await self.h.run_until(lambda: len(self.p.beats) >= total, budget, where)
-        await self.h.run_cycles(12)            # nothing extra may appear
-        assert len(self.p.beats) == total, f"{where}: {len(self.p.beats)} beats, expected {total}"
-        vectors, pos = 0, 0
-        for g in groups:
-            vectors += check(g, self.p.beats[pos:pos + g.n], where)
-            pos += g.n
-        self.p.flush()
-        return vectors
+    def out_beats(self, rows: Rows) -> int:
+        return rows.n
+
+    def budget(self, groups: list[Rows]) -> int:
+        return 300 + 8 * sum(row_cycles(g.n, CFG) for g in groups)
 
 
 @cocotb.test()
 async def test_random_rows(dut):
     """Row groups of random length and spread, random / causal / lane-off masks, stalls."""
-    b = Bench(dut, "test_random_rows")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_random_rows")
     groups = [random_rows(b.rng) for _ in range(ROWS)]
     record("test_random_rows", vectors=await b.run(groups, "test_random_rows"))
 
@@ -122,26 +110,35 @@ async def test_corners(dut):
     longest row (max_len),
     alternating extremes, rising rows (a new max at every element: the sum is rescaled
     every step) and falling rows, and a fully masked group."""
-    b = Bench(dut, "test_corners")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_corners")
     n = min(MAX_N, 48)
     ramp = np.linspace(LO, HI, n).astype(np.int64)
     groups = [
         Rows(np.full((LANES, n), HI), tag="all +max"),
         # right after a larger max: leading masked elements must not see the old row's max
-        Rows(b.rng.integers(LO, 0, size=(LANES, n)), np.arange(n)[None, :] >= np.arange(
-            1, LANES + 1)[:, None] % n, tag="leading masked after a larger max"),
+        Rows(
+            b.rng.integers(LO, 0, size=(LANES, n)),
+            np.arange(n)[None, :] >= np.arange(1, LANES + 1)[:, None] % n,
+            tag="leading masked after a larger max",
+        ),
         Rows(np.full((LANES, n), LO), tag="all -max"),
-        Rows(np.where(np.arange(n)[None, :] == (np.arange(LANES)[:, None] % n), HI, LO),
-             tag="one-hot"),
+        Rows(
+            np.where(np.arange(n)[None, :] == (np.arange(LANES)[:, None] % n), HI, LO),
+            tag="one-hot",
+        ),
         Rows(b.rng.integers(LO, HI + 1, size=(LANES, 1)), tag="n = 1"),
         Rows(np.tile(np.where(np.arange(n) % 2, HI, LO), (LANES, 1)), tag="alternating"),
         Rows(np.tile(ramp, (LANES, 1)), tag="rising"),
         Rows(np.tile(ramp[::-1], (LANES, 1)), tag="falling"),
-        Rows(np.tile(np.arange(n) * (1 << CFG.in_frac_bits), (LANES, 1)).clip(LO, HI),
-             tag="rising by 1.0"),
-        Rows(b.rng.integers(LO, HI + 1, size=(LANES, n)), np.zeros((LANES, n), bool),
-             tag="fully masked"),
+        Rows(
+            np.tile(np.arange(n) * (1 << CFG.in_frac_bits), (LANES, 1)).clip(LO, HI),
+            tag="rising by 1.0",
+        ),
+        Rows(
+            b.rng.integers(LO, HI + 1, size=(LANES, n)),
+            np.zeros((LANES, n), bool),
+            tag="fully masked",
+        ),
         Rows(golden.random_logits(b.rng, LANES, MAX_LEN, CFG), tag="longest row (max_len)"),
     ]
     record("test_corners", vectors=await b.run(groups, "test_corners"))
@@ -150,61 +147,41 @@ async def test_corners(dut):
 @cocotb.test()
 async def test_row_cut(dut):
     """A row longer than max_len: element max_len - 1 ends it, the rest is a new row."""
-    b = Bench(dut, "test_row_cut")
-    await b.h.reset()
+    b = await Bench.start(dut, "test_row_cut")
     extra = int(b.rng.integers(1, 9))
     x = golden.random_logits(b.rng, LANES, MAX_LEN + extra, CFG)
-    whole = Rows(x, tag="too long")
-    b.x.extend(whole.beats)
+    b.queue(Rows(x, tag="too long"))
     parts = [Rows(x[:, :MAX_LEN], tag="cut: first max_len"), Rows(x[:, MAX_LEN:], tag="cut: rest")]
-    total = MAX_LEN + extra
-    await b.h.run_until(lambda: len(b.p.beats) >= total,
-                        300 + 8 * (row_cycles(MAX_LEN, CFG) + row_cycles(extra, CFG)), "row cut")
-    await b.h.run_cycles(12)
-    v = check(parts[0], b.p.beats[:MAX_LEN], "test_row_cut")
-    v += check(parts[1], b.p.beats[MAX_LEN:], "test_row_cut")
-    record("test_row_cut", vectors=v)
+    beats = await b.collect(MAX_LEN + extra, b.budget(parts), "row cut")
+    record("test_row_cut", vectors=b.check(parts, beats, "test_row_cut"))
 
 
 @cocotb.test()
 async def test_reset_mid_operation(dut):
     """Reset in pass 1, in the reciprocal, in pass 2, then clean row groups."""
-    b = Bench(dut, "test_reset_mid_operation")
-    await b.h.reset()
-    vectors = 0
-    for attempt in range(3):
+    b = await Bench.start(dut, "test_reset_mid_operation")
+
+    def in_flight():  # stopped somewhere in pass 1, the divider or pass 2 (stalls stretch it)
         g = random_rows(b.rng, n=int(b.rng.integers(LANES, MAX_N + 1)))
-        b.x.extend(g.beats)
-        # somewhere in pass 1, the divider or pass 2 (stalls stretch the row)
-        await b.h.run_cycles(int(b.rng.integers(1, 2 * row_cycles(g.n, CFG))))
-        await b.h.reset(cycles=int(b.rng.integers(1, 4)))
-        assert int(dut.p__valid.value) == 0, "p valid right after reset"
-        vectors += await b.run([random_rows(b.rng, tag=f"after reset {attempt}")
-                                for _ in range(2)], f"test_reset_mid_operation[{attempt}]")
-    record("test_reset_mid_operation", vectors=vectors)
+        return [g], 2 * row_cycles(g.n, CFG)
+
+    await b.reset_mid_operation(
+        3,
+        in_flight,
+        lambda attempt: [random_rows(b.rng, tag=f"after reset {attempt}") for _ in range(2)],
+    )
 
 
 @cocotb.test()
 async def test_throughput(dut):
     """No stalls: three row groups of n back to back take 2 row_cycles(n) +
     expected_cycles(n) cycles (hw.softmax doc)."""
-    b = Bench(dut, "test_throughput", stall=False)
-    await b.h.reset()
+    b = await Bench.start(dut, "test_throughput", stall=False)
     n = min(MAX_N, 32)
     groups = [random_rows(b.rng, n=n, tag="throughput") for _ in range(3)]
-    for g in groups:
-        b.x.extend(g.beats)
-    start, first_in = b.h.cycle, None
-    while len(b.p.beats) < 3 * n:
-        if first_in is None and b.x.sent:
-            first_in = b.h.cycle - 1
-        if b.h.cycle - start > 200 + 4 * row_cycles(n, CFG) * 3:
-            raise AssertionError("test_throughput: timeout")
-        await b.h.step()
-    cycles = b.p.beat_cycles[-1] - first_in + 1
-    vectors = sum(check(g, b.p.beats[i * n:(i + 1) * n], "test_throughput")
-                  for i, g in enumerate(groups))
-    formula = 2 * row_cycles(n, CFG) + expected_cycles(n, CFG)
-    dut._log.info(f"3 groups of {LANES} rows x {n}: {cycles} cycles, formula {formula}")
-    record("test_throughput", vectors=vectors, op_cycles=cycles, formula_cycles=formula)
-    assert cycles == formula, f"measured {cycles} cycles, documented formula gives {formula}"
+    await b.throughput(
+        groups,
+        2 * row_cycles(n, CFG) + expected_cycles(n, CFG),
+        200 + 4 * row_cycles(n, CFG) * 3,
+        f"3 groups of {LANES} rows x {n}",
+    )

@@ -2,11 +2,12 @@
 (cocotb on Verilator; bench: sim/accel_bench.py): random TLMM commands with random
 memory-side stalls and latency against golden.tlmm, END, the error codes with the index
 of the failing command, the host-op handshake, and the one-beat-per-cycle throughput."""
+
 from dataclasses import asdict
 
 from golden.config import DEFAULT
-from hw.accel import Accel
 from golden.isa import Opcode
+from hw.accel import Accel
 from hw.tlmm import DEFAULT_MAX_K
 from sim.runner import run_bench
 
@@ -14,10 +15,17 @@ from sim.runner import run_bench
 def test_accel():
     params = {"stall": 0.4, "max_latency": 12, "ops": 4}
     # a top with the TLMM engine only: the other ops exercise the host-op handshake
-    results = run_bench(Accel(DEFAULT, max_k=DEFAULT_MAX_K, ops=(Opcode.TLMM,)),
-                        bench="sim.accel_bench", name="accel_tlmm", params=params,
-                        build_key={"cfg": asdict(DEFAULT), "max_k": DEFAULT_MAX_K,
-                                   "ops": ["TLMM"]})
-    assert {r["test"] for r in results} >= {"test_tlmm_ops", "test_errors", "test_host_ops",
-                                            "test_throughput"}
+    results = run_bench(
+        Accel(DEFAULT, max_k=DEFAULT_MAX_K, ops=(Opcode.TLMM,)),
+        bench="sim.accel_bench",
+        name="accel_tlmm",
+        params=params,
+        build_key={"cfg": asdict(DEFAULT), "max_k": DEFAULT_MAX_K, "ops": ["TLMM"]},
+    )
+    assert {r["test"] for r in results} >= {
+        "test_tlmm_ops",
+        "test_errors",
+        "test_host_ops",
+        "test_throughput",
+    }
     assert all(r["passed"] for r in results)

@@ -1,27 +1,28 @@
-"""ACT engine (hw/ops/act.py) == golden backend (GoldenDevice._op_act), bit for bit, in
+"""ACT engine (hw/ops/act.py) == the golden executor's ACT, bit for bit, in
 Amaranth's simulator (sim/op_bench.check_op: random memory stalls and read latency).
 
 Random shapes (dims across partial DMA beats and partial datapath beats), both kinds,
 stall levels 0 / 0.3 / 0.6, several lane counts; numeric corners (int32 extremes, zero
 rows, zero / unnormalized / extreme-shift scales that drive the final requant far beyond
-both of its ends); every argument error in the golden check order; the engine's own
+both of its ends); every argument error in the contract's check order; the engine's own
 limits (dim > max_dim, an invalid kind) against a direct testbench; the no-stall cycle
-count against ``hw.ops.act.command_cycles``.
+count against ``hw.ops.act.expected_cycles``. The ALIGN / ADDR_RANGE cases come from the
+contract (``sim/op_bench.arg_error_cases``).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
+from golden import isa
 from golden.config import DEFAULT
+from golden.isa import ActKind, ErrorCode, Opcode
 from host.backends.golden import GoldenDevice
 from host.device import DeviceError
-from golden import isa
 from hw.accel import dma_bytes_for
-from golden.isa import ActKind, ErrorCode, Opcode
-from hw.ops.act import ActEngine, command_cycles
-from sim.op_bench import check_op, put
+from hw.ops.act import ActEngine, expected_cycles
+from sim.op_bench import Job, check_arg_errors, check_op, put, run_engine
 
 W = dma_bytes_for(DEFAULT)
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -34,8 +35,9 @@ def _bits(row: np.ndarray) -> int:
     return int(np.max(np.abs(row.astype(np.int64)))).bit_length()
 
 
-def accumulators(rng, rows: int, dim: int, bits=None, extreme=None,
-                 first_plain: bool = False) -> np.ndarray:
+def accumulators(
+    rng, rows: int, dim: int, bits=None, extreme=None, first_plain: bool = False
+) -> np.ndarray:
     """TLMM-like int32 rows, row r of magnitude < 2^bits[r]; zero rows (p 0.1) and, in
     the rows ``extreme`` marks, one int32 extreme (random choices when not given);
     ``first_plain``: row 0 is never a zero row."""
@@ -46,7 +48,7 @@ def accumulators(rng, rows: int, dim: int, bits=None, extreme=None,
     out = np.zeros((rows, dim), dtype=np.int64)
     for r in range(rows):
         if rng.random() < 0.1 and not (first_plain and r == 0):
-            continue                                    # an all-zero row
+            continue  # an all-zero row
         lim = (1 << int(bits[r])) - 1
         out[r] = rng.integers(-lim, lim + 1, size=dim)
         if extreme[r]:
@@ -61,9 +63,10 @@ def gate_up(rng, rows: int, dim: int):
     extreme = rng.random(rows) < 0.2
     extreme[0] = False
     gate = accumulators(rng, rows, dim, bits, extreme, True)
-    gate[0, 0] = max(abs(int(gate[0, 0])), 1)          # relu2 has a positive value too
-    return gate, accumulators(rng, rows, dim, np.clip(bits + rng.integers(-2, 3, size=rows),
-                                                      1, 31), extreme, True)
+    gate[0, 0] = max(abs(int(gate[0, 0])), 1)  # relu2 has a positive value too
+    return gate, accumulators(
+        rng, rows, dim, np.clip(bits + rng.integers(-2, 3, size=rows), 1, 31), extreme, True
+    )
 
 
 def scales_for(rng, gate, up, kind):
@@ -76,9 +79,10 @@ def scales_for(rng, gate, up, kind):
     cg_s = int(rng.integers(4, 24))
     mant = rng.integers(MANT_LO, MANT_HI, size=rows)
     # tok * c ~ 2^(31 - sx_shift - c_shift)
-    shift = np.array([_bits(gate[r]) + 31 - int(rng.integers(lo, hi + 1)) - cg_s
-                      for r in range(rows)])
-    cu_s = _bits(up[0]) + 30 - int(shift[0])           # row 0 is plain (gate_up)
+    shift = np.array(
+        [_bits(gate[r]) + 31 - int(rng.integers(lo, hi + 1)) - cg_s for r in range(rows)]
+    )
+    cu_s = _bits(up[0]) + 30 - int(shift[0])  # row 0 is plain (gate_up)
     # a 16-bit quantized operand's constant carries 1/A16 (golden.model: c = s_w / A16)
     a16 = DEFAULT.forward.ffn_bits - 1
     cu_s += a16
@@ -87,19 +91,28 @@ def scales_for(rng, gate, up, kind):
     for r in range(1, rows):
         odd = rng.random()
         if odd < 0.08:
-            mant[r], shift[r] = 0, 0                    # zero scale
+            mant[r], shift[r] = 0, 0  # zero scale
         elif odd < 0.16:
-            mant[r] = rng.integers(1, MANT_LO)          # unnormalized mantissa
+            mant[r] = rng.integers(1, MANT_LO)  # unnormalized mantissa
     shift = np.clip(shift, SH_MIN, SH_MAX)
     return isa.pack_scales(mant, shift), (cg_m, cg_s), (cu_m, int(np.clip(cu_s, SH_MIN, SH_MAX)))
 
 
 def act_command(gd, gate, up, sx_rec, c_g, c_u, kind, **override):
     rows, dim = gate.shape
-    fields = dict(gate=put(gd, gate), up=put(gd, up), src_scale=put(gd, sx_rec),
-                  dst=put(gd, np.full((rows, dim), 0x5A5A5A5A, dtype=np.int32)),
-                  rows=rows, dim=dim, g_mant=c_g[0], g_shift=c_g[1], u_mant=c_u[0],
-                  u_shift=c_u[1], kind=kind)
+    fields = dict(
+        gate=put(gd, gate),
+        up=put(gd, up),
+        src_scale=put(gd, sx_rec),
+        dst=put(gd, np.full((rows, dim), 0x5A5A5A5A, dtype=np.int32)),
+        rows=rows,
+        dim=dim,
+        g_mant=c_g[0],
+        g_shift=c_g[1],
+        u_mant=c_u[0],
+        u_shift=c_u[1],
+        kind=kind,
+    )
     fields.update(override)
     return isa.command(Opcode.ACT, **fields)
 
@@ -120,8 +133,14 @@ def test_random(rng, kind, stall, lanes, latency):
     gate, up = gate_up(rng, rows, dim)
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     cmd = act_command(gd, gate, up, *scales_for(rng, gate, up, kind), kind)
-    res = check_op(ActEngine(DEFAULT, W, lanes=lanes), gd, cmd, seed=int(rng.integers(1 << 30)),
-                   stall=stall, max_latency=latency)
+    res = check_op(
+        ActEngine(DEFAULT, W, lanes=lanes),
+        gd,
+        cmd,
+        seed=int(rng.integers(1 << 30)),
+        stall=stall,
+        max_latency=latency,
+    )
     assert res["error"] == ErrorCode.NONE and res["bytes_written"] == rows * dim * 4
     row0 = golden_out(gd, cmd)[:dim]
     # the scales keep the test meaningful: row 0 has outputs neither 0 nor saturated
@@ -129,7 +148,7 @@ def test_random(rng, kind, stall, lanes, latency):
     if stall == 0.0:
         # all-zero quantizer rows skip the divider
         zero = ~up.any(axis=1) & (~gate.any(axis=1) | (kind == ActKind.SILU))
-        want = command_cycles(rows, dim, DEFAULT, lanes, int(zero.sum()))
+        want = expected_cycles(rows, dim, DEFAULT, lanes, int(zero.sum()))
         # exact for relu2 with >= 2 beats a row; silu, 1-beat and zero rows up to 3 cycles
         # a row shorter, silu at most 2 longer (module docstring)
         assert want - 3 * rows <= res["cycles"] <= want + 2, (res["cycles"], want)
@@ -149,105 +168,95 @@ def test_corners(rng, kind, corner):
     """int32 extremes, constant and zero rows; shifts at the ends of int16 everywhere, so
     sg^2 * su reaches ~3 * 2^16 (a wrapped shift would flip 0 <-> saturation)."""
     dim = int(rng.integers(17, 50))
-    gate = np.stack([np.zeros(dim), np.full(dim, I32_MIN), np.full(dim, I32_MAX),
-                     rng.choice([I32_MIN, I32_MAX, 0, -1, 1], size=dim),
-                     rng.integers(I32_MIN, I32_MAX, size=dim, endpoint=True)]).astype(np.int32)
-    up = np.stack([rng.integers(I32_MIN, I32_MAX, size=dim, endpoint=True),
-                   rng.choice([I32_MIN, I32_MAX, 0], size=dim), np.full(dim, -7),
-                   np.full(dim, I32_MIN), rng.integers(-3, 4, size=dim)]).astype(np.int32)
+    gate = np.stack(
+        [
+            np.zeros(dim),
+            np.full(dim, I32_MIN),
+            np.full(dim, I32_MAX),
+            rng.choice([I32_MIN, I32_MAX, 0, -1, 1], size=dim),
+            rng.integers(I32_MIN, I32_MAX, size=dim, endpoint=True),
+        ]
+    ).astype(np.int32)
+    up = np.stack(
+        [
+            rng.integers(I32_MIN, I32_MAX, size=dim, endpoint=True),
+            rng.choice([I32_MIN, I32_MAX, 0], size=dim),
+            np.full(dim, -7),
+            np.full(dim, I32_MIN),
+            rng.integers(-3, 4, size=dim),
+        ]
+    ).astype(np.int32)
     (sx_m, sx_s), c_g, c_u = CORNERS[corner]
     rows = gate.shape[0]
     mant = np.full(rows, sx_m)
     shift = np.full(rows, sx_s)
-    mant[-1], shift[-1] = 0, 0                         # one zero scale
+    mant[-1], shift[-1] = 0, 0  # one zero scale
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     cmd = act_command(gd, gate, up, isa.pack_scales(mant, shift), c_g, c_u, kind)
-    res = check_op(ActEngine(DEFAULT, W, lanes=8), gd, cmd, seed=int(rng.integers(1 << 30)),
-                   stall=0.3)
+    res = check_op(
+        ActEngine(DEFAULT, W, lanes=8), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3
+    )
     assert res["error"] == ErrorCode.NONE
     out = golden_out(gd, cmd).reshape(rows, dim)
-    assert not out[-1].any()                           # zero scale -> zero row
+    assert not out[-1].any()  # zero scale -> zero row
     if corner == "tiny":
-        assert not out.any()                           # shifts far beyond shift_max
+        assert not out.any()  # shifts far beyond shift_max
     if corner == "huge":
-        assert np.all(out[2] == I32_MIN)               # max gate * negative up, left shift
+        assert np.all(out[2] == I32_MIN)  # max gate * negative up, left shift
 
 
 def _error_case(rng, gd, case: str, dim: int = 5, rows: int = 2):
-    """A command with exactly the error ``case`` first in the golden order, and (where
-    there is one) a later tensor broken too, so the order is checked."""
+    """A valid command (case "valid"), or one with the dimension error ``case``."""
     gate, up = accumulators(rng, rows, dim), accumulators(rng, rows, dim)
     sx_rec = isa.pack_scales(rng.integers(MANT_LO, MANT_HI, rows), np.full(rows, 40))
     kind = KINDS[int(rng.integers(2))]
-    if case == "rows0":
-        return act_command(gd, gate, up, sx_rec, (MANT_LO, 8), (MANT_LO, 8), kind, rows=0,
-                           dst=1)            # dst misaligned too: BAD_DIM comes first
-    if case == "dim0":
-        return act_command(gd, gate, up, sx_rec, (MANT_LO, 8), (MANT_LO, 8), kind, dim=0)
-    what, tensor = case.split("_", 1)
-    order = ["gate", "up", "src_scale", "dst"]
-    cmd = act_command(gd, gate, up, sx_rec, (MANT_LO, 8), (MANT_LO, 8), kind)
-    fields = dict(cmd.args)
-    lo, hi = gd.alloc_base, gd.brk
-
-    def out_of_range():
-        # aligned, and starting below the window, beyond its end (check_op allocates the
-        # command stream after hi), or wrapping 32 bits
-        return int(rng.choice([lo - 4, hi + 4096, (1 << isa.ADDR_BITS) - 4]))
-
-    if what == "align":
-        fields[tensor] += int(rng.choice([1, 2, 3]))
-    else:
-        fields[tensor] = out_of_range()
-    later = order[order.index(tensor) + 1:]
-    if later:                                          # a later error must not win
-        other = later[int(rng.integers(len(later)))]
-        fields[other] = fields[other] + 2 if what == "range" else out_of_range()
-    return isa.command(Opcode.ACT, **fields)
+    over = {
+        "valid": {},
+        "rows0": dict(rows=0, dst=1),  # dst misaligned too: BAD_DIM first
+        "dim0": dict(dim=0),
+    }[case]
+    return act_command(gd, gate, up, sx_rec, (MANT_LO, 8), (MANT_LO, 8), kind, **over)
 
 
-ERRORS = {"rows0": ErrorCode.BAD_DIM, "dim0": ErrorCode.BAD_DIM,
-          **{f"align_{t}": ErrorCode.ALIGN for t in ("gate", "up", "src_scale", "dst")},
-          **{f"range_{t}": ErrorCode.ADDR_RANGE for t in ("gate", "up", "src_scale", "dst")}}
+ERRORS = {"rows0": ErrorCode.BAD_DIM, "dim0": ErrorCode.BAD_DIM}
 
 
 @pytest.mark.parametrize("case", list(ERRORS))
 def test_argument_errors(rng, case):
     gd = GoldenDevice(DEFAULT, mem_size=1 << 16)
     cmd = _error_case(rng, gd, case)
-    res = check_op(ActEngine(DEFAULT, W, lanes=4, max_dim=64), gd, cmd,
-                   seed=int(rng.integers(1 << 30)), stall=0.3)
+    res = check_op(
+        ActEngine(DEFAULT, W, lanes=4, max_dim=64),
+        gd,
+        cmd,
+        seed=int(rng.integers(1 << 30)),
+        stall=0.3,
+    )
     assert res["error"] == ERRORS[case] and res["bytes_written"] == 0
 
 
+def test_contract_errors(rng):
+    """Every ALIGN / ADDR_RANGE case of the ACT contract, in its order
+    (sim/op_bench.arg_error_cases)."""
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 16)
+    check_arg_errors(
+        ActEngine(DEFAULT, W, lanes=4, max_dim=64),
+        gd,
+        _error_case(rng, gd, "valid"),
+        seed=int(rng.integers(1 << 30)),
+    )
+
+
 def run_raw(engine, args_bits: int, lo: int, hi: int, max_cycles: int = 20) -> ErrorCode:
-    """Start the engine on raw argument bits (fields check_op cannot encode); its error.
-    It must answer without touching memory."""
-    out = {}
-
-    async def tb(ctx):
-        e = engine
-        ctx.set(e.mem_lo, lo)
-        ctx.set(e.mem_hi, hi)
-        ctx.set(e.args.as_value(), args_bits)
-        ctx.set(e.rd.ready, 1)
-        ctx.set(e.wr.ready, 1)
-        ctx.set(e.start, 1)
-        await ctx.tick()
-        ctx.set(e.start, 0)
-        for _ in range(max_cycles):
-            assert not ctx.get(e.rd.valid) and not ctx.get(e.wr.valid)
-            if ctx.get(e.done):
-                out["error"] = ErrorCode(ctx.get(e.error))
-                return
-            await ctx.tick()
-
-    sim = Simulator(engine)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    assert "error" in out, f"no done within {max_cycles} cycles"
-    return out["error"]
+    """Start the engine on raw argument bits (fields check_op cannot encode) with a memory
+    that never stalls (sim/op_bench.run_engine); its error. It must answer within
+    ``max_cycles`` without touching memory."""
+    (res,) = run_engine(
+        engine,
+        [Job(args_bits, np.zeros(hi, np.uint8), lo, hi, stall=0.0, max_cycles=max_cycles + 1)],
+    )
+    assert res["reads"] == 0 and res["writes"] == 0
+    return res["error"]
 
 
 def _args_bits(cmd) -> int:
@@ -267,8 +276,9 @@ def test_max_dim(rng):
     engine = ActEngine(DEFAULT, W, lanes=4, max_dim=max_dim)
     fits = isa.command(Opcode.ACT, **{**full.args, "dim": max_dim})
     assert check_op(engine, gd, fits, seed=3, stall=0.3)["error"] == ErrorCode.NONE
-    err = run_raw(ActEngine(DEFAULT, W, lanes=4, max_dim=max_dim), _args_bits(full),
-                  gd.alloc_base, gd.brk)
+    err = run_raw(
+        ActEngine(DEFAULT, W, lanes=4, max_dim=max_dim), _args_bits(full), gd.alloc_base, gd.brk
+    )
     assert err == ErrorCode.BAD_DIM
 
 
@@ -277,18 +287,29 @@ def test_invalid_kind(rng):
     check; so does the engine (here with rows = 0 as well)."""
     gd = GoldenDevice(DEFAULT, mem_size=1 << 16)
     gate = accumulators(rng, 1, 4)
-    cmd = act_command(gd, gate, gate, isa.pack_scales([MANT_LO], [20]), (MANT_LO, 8),
-                      (MANT_LO, 8), ActKind.RELU2, rows=0)
+    cmd = act_command(
+        gd,
+        gate,
+        gate,
+        isa.pack_scales([MANT_LO], [20]),
+        (MANT_LO, 8),
+        (MANT_LO, 8),
+        ActKind.RELU2,
+        rows=0,
+    )
     bad = int(rng.integers(2, 4))
     off = isa.ARGS[Opcode.ACT]["kind"].offset
     args = _args_bits(cmd) | (bad << off)
     word = isa.encode_bits(cmd) | (bad << (off + isa.COMMAND["args"].offset))
     stream = gd.alloc(2 * isa.COMMAND_BYTES, isa.STREAM_ALIGN)
-    gd.write(stream, word.to_bytes(isa.COMMAND_BYTES, "little")
-             + isa.encode(isa.command(Opcode.END)))
+    gd.write(
+        stream, word.to_bytes(isa.COMMAND_BYTES, "little") + isa.encode(isa.command(Opcode.END))
+    )
     gd.run(stream, 2)
     with pytest.raises(DeviceError) as info:
         gd.wait(10.0)
     assert info.value.code == ErrorCode.BAD_OPERAND
-    assert run_raw(ActEngine(DEFAULT, W, lanes=4, max_dim=64), args, gd.alloc_base,
-                   gd.brk) == ErrorCode.BAD_OPERAND
+    assert (
+        run_raw(ActEngine(DEFAULT, W, lanes=4, max_dim=64), args, gd.alloc_base, gd.brk)
+        == ErrorCode.BAD_OPERAND
+    )

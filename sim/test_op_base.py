@@ -1,12 +1,15 @@
 """hw/ops/base.py: the shared scale and requant RTL helpers equal golden/model.py's
 scale_mul, scale_of_int and requant (Amaranth simulator, random and corner operands)."""
+
 import numpy as np
 from amaranth import Module, Signal, signed
 from amaranth.sim import Simulator
 
 from golden.config import DEFAULT
-from golden.model import Scale, requant as g_requant, scale_mul as g_scale_mul, \
-    scale_of_int as g_scale_of_int
+from golden.model import Scale
+from golden.model import requant as g_requant
+from golden.model import scale_mul as g_scale_mul
+from golden.model import scale_of_int as g_scale_of_int
 from hw.ops.base import requant, scale_mul, scale_of_int
 
 B = DEFAULT.requant.mult_bits
@@ -34,26 +37,39 @@ def test_helpers_match_golden(rng):
 
     async def tb(ctx):
         for i in range(n):
-            acc = int(rng.integers(-2**31, 2**31)) if i % 3 else int(rng.integers(-300, 300))
+            acc = int(rng.integers(-(2**31), 2**31)) if i % 3 else int(rng.integers(-300, 300))
             if i % 7 == 0:
-                acc = int(rng.choice([-2**31, 2**31 - 1, 0, 1, -1]))
+                acc = int(rng.choice([-(2**31), 2**31 - 1, 0, 1, -1]))
             mant = int(rng.integers(0, 2**B)) if i % 5 else int(rng.choice([0, 1, 2**B - 1]))
             s = int(rng.integers(-40, 70))
             ctx.set(h.acc, acc)
             ctx.set(h.mant, mant)
             ctx.set(h.s, s)
             for bits, y in ((32, h.y32), (16, h.y16)):
-                want = int(g_requant(np.int64(acc), Scale(np.int64(mant), np.int64(s + 16)), 16, bits))
+                want = int(
+                    g_requant(np.int64(acc), Scale(np.int64(mant), np.int64(s + 16)), 16, bits)
+                )
                 assert ctx.get(y) == want, (acc, mant, s, bits)
-            am, bm = (int(rng.integers(2**(B - 1), 2**B)) if rng.random() < 0.8
-                      else int(rng.integers(0, 2**B)) for _ in range(2))
+            am, bm = (
+                int(rng.integers(2 ** (B - 1), 2**B))
+                if rng.random() < 0.8
+                else int(rng.integers(0, 2**B))
+                for _ in range(2)
+            )
             ash, bsh = (int(rng.integers(-1000, 1000)) for _ in range(2))
             ctx.set(h.am, am)
             ctx.set(h.bm, bm)
             ctx.set(h.ash, ash)
             ctx.set(h.bsh, bsh)
-            w = g_scale_mul(Scale(np.int64(am), np.int64(ash)), Scale(np.int64(bm), np.int64(bsh)), B)
-            assert (ctx.get(h.sm[0]), ctx.get(h.sm[1])) == (int(w.mant), int(w.shift)), (am, ash, bm, bsh)
+            w = g_scale_mul(
+                Scale(np.int64(am), np.int64(ash)), Scale(np.int64(bm), np.int64(bsh)), B
+            )
+            assert (ctx.get(h.sm[0]), ctx.get(h.sm[1])) == (int(w.mant), int(w.shift)), (
+                am,
+                ash,
+                bm,
+                bsh,
+            )
             v = int(rng.integers(0, 2**31)) >> int(rng.integers(0, 31))
             ctx.set(h.v, v)
             w = g_scale_of_int(np.int64(v), B)

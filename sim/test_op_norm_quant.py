@@ -1,5 +1,5 @@
 # amaranth: UnusedElaboratable=no
-"""NORM_QUANT engine (``hw/ops/norm_quant.py``) == the golden backend, bit for bit, in
+"""NORM_QUANT engine (``hw/ops/norm_quant.py``) == the golden executor, bit for bit, in
 Amaranth's simulator (``sim/op_bench.check_op``: random stalls and read latencies).
 
 Random shapes (dim below, at and across lane/group/chunk boundaries, several lane
@@ -11,29 +11,35 @@ good one on the same engine, and the stall-free cycle count against the docstrin
 formula. Lanes 8 (the default), 6 and 4 keep elaboration fast (see the engine's
 docstring on 16 lanes).
 """
+
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
+from golden import isa
 from golden.config import DEFAULT
+from golden.isa import ErrorCode, Opcode
 from golden.rmsnorm import norm_constants, random_rows, rmsnorm_quant
 from host.backends.golden import GoldenDevice
-from golden import isa
 from hw.accel import dma_bytes_for
-from golden.isa import ErrorCode, Opcode
 from hw.ops.norm_quant import DEFAULT_LANES, NormQuantEngine, expected_cycles
-from sim.op_bench import check_op, golden_run, put
+from sim.op_bench import (
+    STALLS,
+    Job,
+    arg_error_cases,
+    check_errors,
+    check_op,
+    golden_run,
+    put,
+    run_engine,
+)
 
 W = dma_bytes_for(DEFAULT)
 I32, I16 = np.iinfo(np.int32), np.iinfo(np.int16)
-STALLS = (0.0, 0.3, 0.6)
 MEM = 1 << 20
-FAR = 1 << 24                       # beyond any allocated memory
 
 
 def engine(lanes: int = DEFAULT_LANES, **kw) -> NormQuantEngine:
@@ -55,18 +61,20 @@ def norm_cmd(gd, rng, x, gamma, *, eps=DEFAULT.norm.eps, g_exp=0, **fields):
     unwritten byte shows); ``fields`` override any argument."""
     rows, dim = x.shape
     eps_term, c_mant, c_exp = constants(dim, eps)
-    args = dict(src=put(gd, x), gamma=put(gd, gamma),
-                dst=put(gd, rng.integers(0, 256, rows * dim + 8, dtype=np.uint8)),
-                dst_scale=put(gd, rng.integers(0, 256, 4 * rows + 8, dtype=np.uint8)),
-                rows=rows, dim=dim, eps_term=eps_term, c_mant=c_mant, c_exp=c_exp,
-                g_exp=g_exp)
+    args = dict(
+        src=put(gd, x),
+        gamma=put(gd, gamma),
+        dst=put(gd, rng.integers(0, 256, rows * dim + 8, dtype=np.uint8)),
+        dst_scale=put(gd, rng.integers(0, 256, 4 * rows + 8, dtype=np.uint8)),
+        rows=rows,
+        dim=dim,
+        eps_term=eps_term,
+        c_mant=c_mant,
+        c_exp=c_exp,
+        g_exp=g_exp,
+    )
     args.update(fields)
     return isa.command(Opcode.NORM_QUANT, **args)
-
-
-def final_brk(gd) -> int:
-    """gd.brk once check_op has placed its 2-command stream (the engine's mem_hi)."""
-    return -(-gd.brk // isa.STREAM_ALIGN) * isa.STREAM_ALIGN + 2 * isa.COMMAND_BYTES
 
 
 def corner_rows(rng, rows: int, dim: int) -> np.ndarray:
@@ -76,13 +84,18 @@ def corner_rows(rng, rows: int, dim: int) -> np.ndarray:
         lambda: np.full(dim, I32.max),
         lambda: np.where(np.arange(dim) % 2 == 0, I32.min, I32.max),
         lambda: np.zeros(dim),
-        lambda: np.zeros(dim) + np.eye(1, dim, int(rng.integers(dim)))[0] * int(
-            rng.choice([I32.min, I32.max, 1, -1])),
+        lambda: (
+            np.zeros(dim)
+            + np.eye(1, dim, int(rng.integers(dim)))[0] * int(rng.choice([I32.min, I32.max, 1, -1]))
+        ),
         lambda: rng.choice([-1, 0, 1], dim),
         lambda: rng.integers(I32.min, I32.max, dim, endpoint=True),
     ]
-    pick = rng.permutation(len(kinds))[:rows] if rows <= len(kinds) else \
-        rng.integers(len(kinds), size=rows)
+    pick = (
+        rng.permutation(len(kinds))[:rows]
+        if rows <= len(kinds)
+        else rng.integers(len(kinds), size=rows)
+    )
     return np.stack([kinds[k]() for k in pick]).astype(np.int32)
 
 
@@ -105,23 +118,29 @@ def test_random_shapes(rng):
     setups = [(8, 8), (8, 1), (6, 2), (4, 8), (8, 3), (6, 8)]
     for i, (lanes, fg) in enumerate(setups):
         gs = lanes * (W // (4 * lanes))
-        dim = int(rng.choice([1, lanes - 1 or 1, lanes + 1, gs, gs + 1, W + 3,
-                              int(rng.integers(2, 200))]))
+        dim = int(
+            rng.choice([1, lanes - 1 or 1, lanes + 1, gs, gs + 1, W + 3, int(rng.integers(2, 200))])
+        )
         rows = int(rng.integers(1, 4))
         x, gamma = random_rows(rng, rows, dim)
-        if rng.random() < 0.5:                          # a corner row among random ones
+        if rng.random() < 0.5:  # a corner row among random ones
             x[int(rng.integers(rows))] = corner_rows(rng, 1, dim)[0]
         gd = GoldenDevice(DEFAULT, mem_size=MEM)
         cmd = norm_cmd(gd, rng, x, gamma, g_exp=int(rng.integers(-1000, 1000)))
-        check_ok(engine(lanes, fifo_groups=fg), gd, cmd, seed=int(rng.integers(1 << 30)),
-                 stall=STALLS[i % 3])
+        check_ok(
+            engine(lanes, fifo_groups=fg),
+            gd,
+            cmd,
+            seed=int(rng.integers(1 << 30)),
+            stall=STALLS[i % 3],
+        )
 
 
 def test_corners(rng):
     dim = int(rng.integers(20, 70))
     for i, stall in enumerate(STALLS):
         gd = GoldenDevice(DEFAULT, mem_size=MEM)
-        x = corner_rows(rng, 7, dim)               # every corner kind, random order
+        x = corner_rows(rng, 7, dim)  # every corner kind, random order
         gamma = corner_gamma(rng, dim) if i else np.full(dim, I16.min, np.int16)
         cmd = norm_cmd(gd, rng, x, gamma, g_exp=int(rng.integers(-64, 64)))
         check_ok(engine(), gd, cmd, seed=i, stall=stall)
@@ -131,9 +150,11 @@ def test_zero_products(rng):
     """All-zero products give the zero scale (0, 0) whatever g_exp (no SCALE_RANGE even at
     the extremes); eps 0 with x = 0 makes S' = 0."""
     dim = int(rng.integers(5, 40))
-    cases = [(np.zeros((2, dim), np.int32), random_rows(rng, 1, dim)[1], 0.0, I16.min),
-             (random_rows(rng, 2, dim)[0], np.zeros(dim, np.int16), 1e-6, I16.max),
-             (np.zeros((1, dim), np.int32), np.zeros(dim, np.int16), 0.0, I16.min)]
+    cases = [
+        (np.zeros((2, dim), np.int32), random_rows(rng, 1, dim)[1], 0.0, I16.min),
+        (random_rows(rng, 2, dim)[0], np.zeros(dim, np.int16), 1e-6, I16.max),
+        (np.zeros((1, dim), np.int32), np.zeros(dim, np.int16), 0.0, I16.min),
+    ]
     for i, (x, gamma, eps, g_exp) in enumerate(cases):
         gd = GoldenDevice(DEFAULT, mem_size=MEM)
         cmd = norm_cmd(gd, rng, x, gamma, eps=eps, g_exp=g_exp)
@@ -145,9 +166,8 @@ def test_zero_products(rng):
 def test_eps(rng):
     """eps_term from 0 up to its 48-bit field, on small rows where eps dominates S'."""
     dim = int(rng.integers(8, 60))
-    eps_max = (2.0 ** isa.EPS_TERM_BITS - 1) / (dim * 2.0 ** (2 * DEFAULT.norm.in_frac_bits))
-    for i, eps in enumerate([0.0, 1e-5, float(np.exp(rng.uniform(np.log(1e-3),
-                                                                   np.log(eps_max))))]):
+    eps_max = (2.0**isa.EPS_TERM_BITS - 1) / (dim * 2.0 ** (2 * DEFAULT.norm.in_frac_bits))
+    for i, eps in enumerate([0.0, 1e-5, float(np.exp(rng.uniform(np.log(1e-3), np.log(eps_max))))]):
         gd = GoldenDevice(DEFAULT, mem_size=MEM)
         x = rng.integers(-300, 300, (2, dim)).astype(np.int32)
         cmd = norm_cmd(gd, rng, x, random_rows(rng, 1, dim)[1], eps=eps)
@@ -172,39 +192,25 @@ def _cmd_with(gd, rng, rows, dim, **fields):
 
 
 def test_argument_errors(rng):
-    """Each argument error alone, pairs that fix the golden order, and the dry run behind a
+    """Dimension errors, dims before addresses; and every ALIGN / ADDR_RANGE case of the
+    contract in its order (sim/op_bench.arg_error_cases), including the dry run behind a
     bad dst_scale (golden writes dst first; the engine writes nothing)."""
     rows, dim = int(rng.integers(1, 4)), int(rng.integers(3, 40))
-    cases = {                 # name -> (overrides from the valid command, expected code)
-        "rows0": (lambda c, hi: dict(rows=0), ErrorCode.BAD_DIM),
-        "dim0": (lambda c, hi: dict(dim=0), ErrorCode.BAD_DIM),
-        "dim0+src_align": (lambda c, hi: dict(dim=0, src=c.src + 2), ErrorCode.BAD_DIM),
-        "src_align": (lambda c, hi: dict(src=c.src + 2), ErrorCode.ALIGN),
-        "src_low": (lambda c, hi: dict(src=60), ErrorCode.ADDR_RANGE),
-        "src_high": (lambda c, hi: dict(src=hi - 4 * rows * dim + 4), ErrorCode.ADDR_RANGE),
-        "src_range+gamma_align": (lambda c, hi: dict(src=FAR, gamma=c.gamma + 1),
-                                  ErrorCode.ADDR_RANGE),
-        "gamma_align": (lambda c, hi: dict(gamma=c.gamma + 1), ErrorCode.ALIGN),
-        "gamma_high": (lambda c, hi: dict(gamma=hi - 2 * dim + 2), ErrorCode.ADDR_RANGE),
-        "gamma_align+dst_range": (lambda c, hi: dict(gamma=c.gamma + 1, dst=FAR),
-                                  ErrorCode.ALIGN),
-        "dst_low": (lambda c, hi: dict(dst=63), ErrorCode.ADDR_RANGE),
-        "dst_high": (lambda c, hi: dict(dst=hi - rows * dim + 1), ErrorCode.ADDR_RANGE),
-        "dst_range+scale_align": (lambda c, hi: dict(dst=FAR, dst_scale=c.dst_scale + 2),
-                                  ErrorCode.ADDR_RANGE),
-        "scale_align": (lambda c, hi: dict(dst_scale=c.dst_scale + 2), ErrorCode.ALIGN),
-        "scale_high": (lambda c, hi: dict(dst_scale=hi - 4 * rows + 4), ErrorCode.ADDR_RANGE),
-        "scale_low": (lambda c, hi: dict(dst_scale=60), ErrorCode.ADDR_RANGE),
-    }
-    for i, (name, (over, code)) in enumerate(cases.items()):
-        gd = GoldenDevice(DEFAULT, mem_size=MEM)
-        cmd = _cmd_with(gd, rng, rows, dim)
-        hi = final_brk(gd)
-        bad = isa.command(Opcode.NORM_QUANT, **{**cmd.args, **over(cmd, hi)})
-        res = check_op(engine(), gd, bad, seed=i, stall=STALLS[i % 3])
-        assert res["error"] == code, name
-        assert res["bytes_written"] == 0, name
-        assert gd.brk == hi
+    gd = GoldenDevice(DEFAULT, mem_size=MEM)
+    cmd = _cmd_with(gd, rng, rows, dim)
+    cases = [
+        (dict(rows=0), ErrorCode.BAD_DIM),
+        (dict(dim=0), ErrorCode.BAD_DIM),
+        (dict(dim=0, src=cmd.src + 2), ErrorCode.BAD_DIM),
+    ]
+    check_errors(
+        engine(),
+        gd,
+        cmd,
+        cases + arg_error_cases(cmd, gd.alloc_base, gd.brk),
+        seed=int(rng.integers(1 << 30)),
+        stall=STALLS,
+    )
 
 
 def test_dim_limit(rng):
@@ -231,18 +237,21 @@ def test_scale_range(rng):
     hi_lim = (1 << (isa.SCALE_SHIFT_BITS - 1)) - 1
     x, gamma = random_rows(rng, 3, dim)
     s = _shifts(x, gamma)
-    x = x[np.argsort(s, kind="stable")]             # the largest shift comes last
+    x = x[np.argsort(s, kind="stable")]  # the largest shift comes last
     s_max = int(s.max())
-    cases = [(s_max - hi_lim - 1, {}, ErrorCode.SCALE_RANGE),
-             (s_max - hi_lim, {}, ErrorCode.NONE),
-             (s_max - hi_lim - 1, {"scale_align": 2}, ErrorCode.SCALE_RANGE),
-             (I16.min, {}, ErrorCode.SCALE_RANGE)]
+    cases = [
+        (s_max - hi_lim - 1, {}, ErrorCode.SCALE_RANGE),
+        (s_max - hi_lim, {}, ErrorCode.NONE),
+        (s_max - hi_lim - 1, {"scale_align": 2}, ErrorCode.SCALE_RANGE),
+        (I16.min, {}, ErrorCode.SCALE_RANGE),
+    ]
     for i, (g_exp, extra, code) in enumerate(cases):
         gd = GoldenDevice(DEFAULT, mem_size=MEM)
         cmd = norm_cmd(gd, rng, x, gamma, g_exp=g_exp)
         if extra:
-            cmd = isa.command(Opcode.NORM_QUANT,
-                              **{**cmd.args, "dst_scale": cmd.dst_scale + extra["scale_align"]})
+            cmd = isa.command(
+                Opcode.NORM_QUANT, **{**cmd.args, "dst_scale": cmd.dst_scale + extra["scale_align"]}
+            )
         res = check_op(engine(), gd, cmd, seed=i, stall=STALLS[i % 3])
         assert res["error"] == code
         if extra:
@@ -251,61 +260,26 @@ def test_scale_range(rng):
 
 # ------------------------------------------------------------------ sequences, cycles
 def run_commands(eng, mem, lo, hi, cmds, rng, *, stall=0.3, latency=3):
-    """Run commands one after another on ONE engine instance (state carried over) with a
-    fixed-latency memory that stalls every handshake with probability ``stall``; returns
-    [(error, reads, writes)] per command and updates ``mem``."""
-    out = []
-
-    async def tb(ctx):
-        for cmd in cmds:
-            ctx.set(eng.mem_lo, lo)
-            ctx.set(eng.mem_hi, hi)
-            ctx.set(eng.args.as_value(), isa.encode_bits(cmd) >> isa.COMMAND["args"].offset)
-            ctx.set(eng.start, 1)
-            await ctx.tick()
-            ctx.set(eng.start, 0)
-            queue, cyc, nrd, nwr = deque(), 0, 0, 0
-            while True:
-                cyc += 1
-                assert cyc < 100_000
-                rd_ready, wr_ready = rng.random() >= stall, rng.random() >= stall
-                have = bool(queue) and queue[0][0] <= cyc and rng.random() >= stall
-                ctx.set(eng.rd.ready, rd_ready)
-                ctx.set(eng.wr.ready, wr_ready)
-                ctx.set(eng.rdata.valid, have)
-                if have:
-                    _, a, n = queue[0]
-                    ctx.set(eng.rdata.payload, int.from_bytes(mem[a:a + n].tobytes(), "little"))
-                rd = (ctx.get(eng.rd.payload.addr), ctx.get(eng.rd.payload.len)) \
-                    if rd_ready and ctx.get(eng.rd.valid) else None
-                took = have and ctx.get(eng.rdata.ready)
-                wr = (ctx.get(eng.wr.payload.addr), ctx.get(eng.wr.payload.len),
-                      ctx.get(eng.wr.payload.data)) if wr_ready and ctx.get(eng.wr.valid) else None
-                done, err = ctx.get(eng.done), ctx.get(eng.error)
-                await ctx.tick()
-                if rd:
-                    assert lo <= rd[0] and rd[0] + rd[1] <= hi and 1 <= rd[1] <= W
-                    queue.append((cyc + latency, *rd))
-                    nrd += 1
-                if took:
-                    queue.popleft()
-                if wr:
-                    a, n, d = wr
-                    assert lo <= a and a + n <= hi and 1 <= n <= W
-                    mem[a:a + n] = np.frombuffer(int(d).to_bytes(W, "little")[:n], np.uint8)
-                    nwr += 1
-                if done:
-                    break
-            assert not queue
-            out.append((ErrorCode(err), nrd, nwr))
-            for _ in range(int(rng.integers(0, 3))):    # idle gap between commands
-                await ctx.tick()
-
-    sim = Simulator(eng)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    return out
+    """Run commands one after another on ONE engine instance (state carried over) and ONE
+    memory image (sim/op_bench.run_engine), with a fixed-latency memory that stalls every
+    handshake with probability ``stall``, any number of reads outstanding and random idle
+    gaps; returns [(error, reads, writes)] per command and updates ``mem``."""
+    jobs = [
+        Job(
+            cmd,
+            mem,
+            lo,
+            hi,
+            stall,
+            (latency, latency),
+            max_outstanding=1 << 30,
+            max_cycles=100_000,
+            gap=int(rng.integers(0, 3)),
+        )
+        for cmd in cmds
+    ]
+    res = run_engine(eng, jobs, seed=int(rng.integers(1 << 30)))
+    return [(r["error"], r["reads"], r["writes"]) for r in res]
 
 
 def test_abort_then_next(rng):
@@ -315,12 +289,12 @@ def test_abort_then_next(rng):
     gd = GoldenDevice(DEFAULT, mem_size=MEM)
     d1, d2 = int(rng.integers(30, 80)), int(rng.integers(5, 50))
     x1, g1 = random_rows(rng, 4, d1)
-    bad = norm_cmd(gd, rng, x1, g1, g_exp=I16.min)           # every row out of range
+    bad = norm_cmd(gd, rng, x1, g1, g_exp=I16.min)  # every row out of range
     x2, g2 = random_rows(rng, 3, d2)
     good = norm_cmd(gd, rng, x2, g2, g_exp=int(rng.integers(-50, 50)))
     stream = gd.alloc(3 * isa.COMMAND_BYTES, isa.STREAM_ALIGN)
     gd.write(stream, isa.encode_stream([bad, good, isa.command(Opcode.END)]))
-    mem = gd.memory[:gd.brk].copy()
+    mem = gd.memory[: gd.brk].copy()
     eng = engine(fifo_groups=4)
     res = run_commands(eng, mem, gd.alloc_base, gd.brk, [bad, good, good], rng)
     assert [r[0] for r in res] == [ErrorCode.SCALE_RANGE, ErrorCode.NONE, ErrorCode.NONE]
@@ -330,24 +304,28 @@ def test_abort_then_next(rng):
     st = gd.wait(60.0)
     assert st.error == ErrorCode.NONE
     for lo, n in ((good.dst, good.rows * good.dim), (good.dst_scale, 4 * good.rows)):
-        assert np.array_equal(mem[lo:lo + n], gd.memory[lo:lo + n])
-    assert np.array_equal(mem[good.dst:good.dst + x2.size].view(np.int8), want_q.reshape(-1))
-    mant, _ = isa.unpack_scales(mem[good.dst_scale:good.dst_scale + 4 * good.rows])
+        assert np.array_equal(mem[lo : lo + n], gd.memory[lo : lo + n])
+    assert np.array_equal(mem[good.dst : good.dst + x2.size].view(np.int8), want_q.reshape(-1))
+    mant, _ = isa.unpack_scales(mem[good.dst_scale : good.dst_scale + 4 * good.rows])
     assert np.array_equal(mant, want_m)
 
 
 @pytest.mark.parametrize("lanes", [8, 4])
 def test_cycles(rng, lanes):
     """Stall-free, read latency 1: the measured count equals the docstring formula."""
-    shapes = [(1, 1536), (3, int(rng.integers(9, 200)))] if lanes == 8 else \
-        [(2, int(rng.integers(9, 100)))]
+    shapes = (
+        [(1, 1536), (3, int(rng.integers(9, 200)))]
+        if lanes == 8
+        else [(2, int(rng.integers(9, 100)))]
+    )
     for rows, dim in shapes:
         gd = GoldenDevice(DEFAULT, mem_size=MEM)
         x, gamma = random_rows(rng, rows, dim)
-        x[:, 0] = np.where(x[:, 0] == 0, 1, x[:, 0])          # nonzero products
+        x[:, 0] = np.where(x[:, 0] == 0, 1, x[:, 0])  # nonzero products
         gamma[0] = gamma[0] or 1
-        res = check_ok(engine(lanes), gd, norm_cmd(gd, rng, x, gamma), seed=0, stall=0.0,
-                       max_latency=1)
+        res = check_ok(
+            engine(lanes), gd, norm_cmd(gd, rng, x, gamma), seed=0, stall=0.0, max_latency=1
+        )
         assert res["cycles"] == expected_cycles(rows, dim, lanes), (rows, dim, res["cycles"])
 
 

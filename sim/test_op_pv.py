@@ -1,28 +1,26 @@
-"""PV engine (hw/ops/pv.py) against the golden backend, in Amaranth's simulator.
+"""PV engine (hw/ops/pv.py) against the golden executor, in Amaranth's simulator.
 
 Every case goes through ``sim.op_bench.check_op`` (same ErrorCode, bit-identical memory,
 no write before an argument error). Most engines here are built with fewer MAC lanes
 (``max_head_dim``) and a smaller scale buffer than the default, which only changes
 the elaboration size; one test runs the default engine.
 """
-from __future__ import annotations
 
-import math
+from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from golden.config import DEFAULT
-from host.backends.golden import GoldenDevice
 from golden import isa
-from hw.accel import dma_bytes_for
+from golden.config import DEFAULT
 from golden.isa import ErrorCode, Opcode
-from hw.ops.pv import PVEngine
-from sim.op_bench import check_op, put
+from host.backends.golden import GoldenDevice
+from hw.accel import dma_bytes_for
+from hw.ops.pv import PVEngine, expected_cycles
+from sim.op_bench import STALLS, arg_error_cases, check_errors, check_op, put
 
 CFG = DEFAULT
 W = dma_bytes_for(CFG)
-STALLS = (0.0, 0.3, 0.6)
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
@@ -59,10 +57,14 @@ def scales(rng, kv_heads: int, kv_ld: int, lo: int = -4, hi: int = 24):
     shift = rng.integers(lo, hi, (kv_heads, kv_ld))
     u = rng.random(mant.shape)
     mant = np.where(u < 0.15, 0, mant)
-    shift = np.where((u < 0.15) & (rng.random(mant.shape) < 0.5),
-                     rng.choice([-(1 << 15), -1000, (1 << 15) - 1], mant.shape), shift)
-    mant = np.where((u >= 0.15) & (u < 0.25), rng.choice([1, 255, 65535, 1 << 15], mant.shape),
-                    mant)
+    shift = np.where(
+        (u < 0.15) & (rng.random(mant.shape) < 0.5),
+        rng.choice([-(1 << 15), -1000, (1 << 15) - 1], mant.shape),
+        shift,
+    )
+    mant = np.where(
+        (u >= 0.15) & (u < 0.25), rng.choice([1, 255, 65535, 1 << 15], mant.shape), mant
+    )
     return mant, shift
 
 
@@ -73,8 +75,21 @@ def codes(rng, kv_heads: int, kv_ld: int, hd: int) -> np.ndarray:
     return v.astype(np.int8)
 
 
-def setup(rng, *, heads, kv_heads, rows, keys, hd, kv_ld=None, p=None, v=None, mant=None,
-          shift=None, **addr):
+def setup(
+    rng,
+    *,
+    heads,
+    kv_heads,
+    rows,
+    keys,
+    hd,
+    kv_ld=None,
+    p=None,
+    v=None,
+    mant=None,
+    shift=None,
+    **addr,
+):
     """A golden device holding the operands, and the PV command (``addr`` overrides)."""
     kv_ld = keys if kv_ld is None else kv_ld
     gd = GoldenDevice(CFG, mem_size=1 << 20)
@@ -82,27 +97,29 @@ def setup(rng, *, heads, kv_heads, rows, keys, hd, kv_ld=None, p=None, v=None, m
     v = codes(rng, kv_heads, kv_ld, hd) if v is None else v
     if mant is None:
         mant, shift = scales(rng, kv_heads, kv_ld)
-    a = dict(p=put(gd, p), v=put(gd, v), v_scale=put(gd, isa.pack_scales(mant, shift)),
-             dst=put(gd, rng.integers(0, 256, max(rows * heads * hd * 4, 1)).astype(np.uint8)))
+    a = dict(
+        p=put(gd, p),
+        v=put(gd, v),
+        v_scale=put(gd, isa.pack_scales(mant, shift)),
+        dst=put(gd, rng.integers(0, 256, max(rows * heads * hd * 4, 1)).astype(np.uint8)),
+    )
     a.update(addr)
-    cmd = isa.command(Opcode.PV, **a, rows=rows, keys=keys, heads=heads, kv_heads=kv_heads,
-                      head_dim=hd, kv_ld=kv_ld)
+    cmd = isa.command(
+        Opcode.PV,
+        **a,
+        rows=rows,
+        keys=keys,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=hd,
+        kv_ld=kv_ld,
+    )
     return gd, cmd
 
 
 def beyond(gd) -> int:
-    """An aligned address past everything allocated (also past check_op's stream)."""
+    """An aligned address past everything allocated."""
     return (gd.brk + 4096) & ~63
-
-
-def n_requests(heads, kv_heads, rows, keys) -> int:
-    """Reads of one command: scale beats per KV head, per query a p beat per 64 keys and
-    a V row per key (the module docstring's N)."""
-    n = kv_heads * math.ceil(keys / (W // 4))
-    for t in range(rows):
-        k = keys - rows + t + 1
-        n += heads * (k + math.ceil(k / (W // 2)))
-    return n
 
 
 # ------------------------------------------------------------------ results
@@ -116,8 +133,9 @@ def test_random_shapes(rng, stall):
         keys = rows + int(rng.integers(0, 9))
         hd = int(rng.integers(1, 49))
         kv_ld = keys + int(rng.integers(0, 3))
-        gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd,
-                        kv_ld=kv_ld)
+        gd, cmd = setup(
+            rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd, kv_ld=kv_ld
+        )
         res = check_op(eng, gd, cmd, seed=int(rng.integers(1 << 30)), stall=stall)
         assert res["error"] == ErrorCode.NONE
         assert res["bytes_written"] == rows * heads * hd * 4
@@ -130,12 +148,13 @@ def test_long_rows(rng):
     p = probs(rng, heads, rows, keys)
     for h in range(heads):
         for t in range(rows):
-            p[h, t, :keys - rows + t + 1] = 0
-            p[h, t, 66 + t] = 65535            # a key past the first p beat
+            p[h, t, : keys - rows + t + 1] = 0
+            p[h, t, 66 + t] = 65535  # a key past the first p beat
     p[0, 0, 66] = 60000
     p[0, 0, 3] = 5535
-    gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd,
-                    kv_ld=keys + 5, p=p)
+    gd, cmd = setup(
+        rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd, kv_ld=keys + 5, p=p
+    )
     res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
     assert res["error"] == ErrorCode.NONE
 
@@ -147,18 +166,28 @@ def test_prefix_min_and_corners(rng):
     heads, kv_heads, rows, keys, hd = 2, 2, 4, 6, 9
     mant = rng.integers(1 << 15, 1 << 16, (kv_heads, keys))
     shift = np.zeros((kv_heads, keys), np.int64)
-    shift[0] = [20, 21, 19, 18, 30, 12]            # s_min per query: 19, 18, 18, 12
-    mant[0, 4], shift[0, 4] = 0, -(1 << 15)        # zero scale: its shift must not count
+    shift[0] = [20, 21, 19, 18, 30, 12]  # s_min per query: 19, 18, 18, 12
+    mant[0, 4], shift[0, 4] = 0, -(1 << 15)  # zero scale: its shift must not count
     top, bottom = (1 << 15) - 1, -(1 << 15)
-    shift[1] = [top, top, top, bottom, 5, 4]       # s_min per query: top, then bottom
-    mant[1, 2] = 1                                  # unnormalized
+    shift[1] = [top, top, top, bottom, 5, 4]  # s_min per query: top, then bottom
+    mant[1, 2] = 1  # unnormalized
     mant[1, 5] = 65535
     p = probs(rng, heads, rows, keys)
     p[1, 1:, 3] = 1000
     v = codes(rng, kv_heads, keys, hd)
     v[1, 3, 0] = 5
-    gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd, p=p,
-                    v=v, mant=mant, shift=shift)
+    gd, cmd = setup(
+        rng,
+        heads=heads,
+        kv_heads=kv_heads,
+        rows=rows,
+        keys=keys,
+        hd=hd,
+        p=p,
+        v=v,
+        mant=mant,
+        shift=shift,
+    )
     res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
     assert res["error"] == ErrorCode.NONE
     o = gd.read_array(cmd.dst, np.int32, (rows, heads, hd))
@@ -171,10 +200,11 @@ def test_zero_scales_everywhere(rng):
     """No nonzero scale in a prefix: golden's s_min = 0 and pt = 0 (output 0)."""
     heads, rows, keys, hd = 1, 3, 5, 7
     mant = np.zeros((1, keys), np.int64)
-    mant[0, 4] = 40000                              # only the last query sees a scale
+    mant[0, 4] = 40000  # only the last query sees a scale
     shift = rng.integers(-(1 << 15), 1 << 15, (1, keys))
-    gd, cmd = setup(rng, heads=heads, kv_heads=1, rows=rows, keys=keys, hd=hd, mant=mant,
-                    shift=shift)
+    gd, cmd = setup(
+        rng, heads=heads, kv_heads=1, rows=rows, keys=keys, hd=hd, mant=mant, shift=shift
+    )
     res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.6)
     assert res["error"] == ErrorCode.NONE
     o = gd.read_array(cmd.dst, np.int32, (rows, hd))
@@ -191,13 +221,14 @@ def test_default_engine(rng):
 
 
 def test_cycles(rng):
-    """The module docstring's cycle count, exactly, with a memory that never stalls."""
+    """The module docstring's cycle count (``hw.ops.pv.expected_cycles``), exactly, with
+    a memory that never stalls."""
     eng = engine()
     for heads, kv_heads, rows, keys, hd in ((2, 1, 2, 70, 40), (2, 2, 1, 9, 33)):
         gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd)
         res = check_op(eng, gd, cmd, seed=1, stall=0.0, max_latency=1)
         assert res["error"] == ErrorCode.NONE
-        want = n_requests(heads, kv_heads, rows, keys) + 1 + 5 + math.ceil(hd * 4 / W)
+        want = expected_cycles(heads, kv_heads, rows, keys, hd, W)
         assert res["cycles"] == want, (heads, kv_heads, rows, keys, hd)
 
 
@@ -209,8 +240,19 @@ def _overflow_case(rng, rows=1, keys=4, hd=5, **addr):
     v = np.broadcast_to(np.where(rng.random(hd) < 0.5, 127, -128), (1, keys, hd)).astype(np.int8)
     mant = np.full((1, keys), 65535)
     shift = np.full((1, keys), 7)
-    return setup(rng, heads=1, kv_heads=1, rows=rows, keys=keys, hd=hd, p=p, v=v, mant=mant,
-                 shift=shift, **addr)
+    return setup(
+        rng,
+        heads=1,
+        kv_heads=1,
+        rows=rows,
+        keys=keys,
+        hd=hd,
+        p=p,
+        v=v,
+        mant=mant,
+        shift=shift,
+        **addr,
+    )
 
 
 def test_overflow_bad_operand(rng):
@@ -224,12 +266,13 @@ def test_overflow_boundary(rng, pt3, want):
     """acc = -128 * (2 * 8388352 + pt3): exactly -2^31 (fits) or 128 below (does not)."""
     keys, hd = 3, 3
     p = np.array([[[65535, 65535, 8]]], np.uint16)
-    mant = np.array([[65535, 65535, pt3 * 64]])     # shifts equal: pt = rhu(p*mant, 9)
+    mant = np.array([[65535, 65535, pt3 * 64]])  # shifts equal: pt = rhu(p*mant, 9)
     shift = np.full((1, keys), 3)
     v = np.full((1, keys, hd), -128, np.int8)
-    v[0, :, 1] = 127                                # another lane well inside
-    gd, cmd = setup(rng, heads=1, kv_heads=1, rows=1, keys=keys, hd=hd, p=p, v=v, mant=mant,
-                    shift=shift)
+    v[0, :, 1] = 127  # another lane well inside
+    gd, cmd = setup(
+        rng, heads=1, kv_heads=1, rows=1, keys=keys, hd=hd, p=p, v=v, mant=mant, shift=shift
+    )
     res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
     assert res["error"] == want
     if want == ErrorCode.NONE:
@@ -254,30 +297,29 @@ def test_dst_errors_come_after_the_computation(rng):
     assert check_op(eng, gd, cmd, seed=4)["error"] == ErrorCode.ADDR_RANGE
 
 
-@pytest.mark.parametrize("change, want", (
-    (dict(rows=0), ErrorCode.BAD_DIM),
-    (dict(heads=0), ErrorCode.BAD_DIM),
-    (dict(kv_heads=0), ErrorCode.BAD_DIM),
-    (dict(head_dim=0), ErrorCode.BAD_DIM),
-    (dict(heads=3, kv_heads=2), ErrorCode.BAD_DIM),
-    (dict(rows=4, keys=3), ErrorCode.BAD_DIM),
-    (dict(kv_ld=2), ErrorCode.BAD_DIM),
-    (dict(kv_ld=2, p=1), ErrorCode.BAD_DIM),          # dims before addresses
-    (dict(p=1), ErrorCode.ALIGN),
-    (dict(p=0), ErrorCode.ADDR_RANGE),
-    (dict(p=1, v="beyond"), ErrorCode.ALIGN),           # p before v
-    (dict(kv_heads=2, kv_ld=100000 // 5), ErrorCode.ADDR_RANGE),  # only head 1 is out
-    (dict(v="beyond", v_scale=2), ErrorCode.ADDR_RANGE),  # v before v_scale
-    (dict(v_scale=2), ErrorCode.ALIGN),
-    (dict(v_scale="beyond"), ErrorCode.ADDR_RANGE),
-    (dict(v_scale=0, dst=2), ErrorCode.ADDR_RANGE),     # v_scale before dst
-))
-def test_argument_errors(rng, change, want):
-    gd, cmd = setup(rng, heads=2, kv_heads=1, rows=2, keys=3, hd=5)
-    args = {**cmd.args, **{k: beyond(gd) if x == "beyond" else x for k, x in change.items()}}
-    cmd = isa.command(Opcode.PV, **args)
-    res = check_op(engine(lanes=8), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
-    assert res["error"] == want
+def test_argument_errors(rng):
+    """Dimension errors in the contract's order, one KV head beyond the window, and every
+    ALIGN / ADDR_RANGE case of the contract (sim/op_bench.arg_error_cases; a bad dst runs
+    the command dry), over two KV heads."""
+    gd, cmd = setup(rng, heads=2, kv_heads=2, rows=2, keys=3, hd=5, kv_ld=4)
+    cases = [
+        (dict(rows=0), ErrorCode.BAD_DIM),
+        (dict(heads=0), ErrorCode.BAD_DIM),
+        (dict(kv_heads=0), ErrorCode.BAD_DIM),
+        (dict(head_dim=0), ErrorCode.BAD_DIM),
+        (dict(heads=3, kv_heads=2), ErrorCode.BAD_DIM),
+        (dict(rows=4, keys=3), ErrorCode.BAD_DIM),
+        (dict(kv_ld=2), ErrorCode.BAD_DIM),
+        (dict(kv_ld=2, p=1), ErrorCode.BAD_DIM),  # dims before addresses
+        (dict(kv_ld=100000 // 5), ErrorCode.ADDR_RANGE),  # only head 1 is out
+    ]
+    check_errors(
+        engine(lanes=8),
+        gd,
+        cmd,
+        cases + arg_error_cases(cmd, gd.alloc_base, gd.brk),
+        seed=int(rng.integers(1 << 30)),
+    )
 
 
 @pytest.mark.parametrize("change", (dict(keys=41), dict(head_dim=9)))

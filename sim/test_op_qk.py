@@ -1,24 +1,25 @@
-"""QK engine (hw/ops/qk.py) == the golden backend's QK, bit for bit, in Amaranth's
+"""QK engine (hw/ops/qk.py) == the golden executor's QK, bit for bit, in Amaranth's
 simulator (sim/op_bench.py: random memory stalls and latencies).
 
 Random GQA shapes (head_dim up to the port width, strided q/kv leading dims, causal
 masks whose zero runs cross output beats) at stall levels 0, 0.3 and 0.6; numeric
 corners (extreme codes, zero / unnormalized / extreme-shift scales that saturate or
-vanish); every argument error in the golden backend's check order; the RTL's head_dim
-limit; the no-stall cycle count against the docstring's formula.
+vanish); every argument error in the contract's check order; the RTL's head_dim
+limit; the no-stall cycle count against ``hw.ops.qk.expected_cycles``.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from golden.config import DEFAULT
-from host.backends.golden import GoldenDevice
 from golden import isa
-from hw.accel import dma_bytes_for
+from golden.config import DEFAULT
 from golden.isa import ErrorCode, Opcode
-from hw.ops.qk import QKEngine
-from sim.op_bench import check_op, put
+from host.backends.golden import GoldenDevice
+from hw.accel import dma_bytes_for
+from hw.ops.qk import QKEngine, expected_cycles
+from sim.op_bench import arg_error_cases, check_errors, check_op, put
 
 CFG = DEFAULT
 W = dma_bytes_for(CFG)
@@ -31,12 +32,12 @@ def _scales(rng, n, corners: bool) -> np.ndarray:
     shift = rng.integers(12, 28, size=n)
     if corners:
         kind = rng.integers(0, 8, size=n)
-        mant = np.where(kind == 0, 0, mant)                                  # zero scale
+        mant = np.where(kind == 0, 0, mant)  # zero scale
         shift = np.where(kind == 0, rng.integers(-5, 5, size=n), shift)
-        mant = np.where(kind == 1, rng.integers(1, 300, size=n), mant)       # unnormalized
-        shift = np.where(kind == 2, -(1 << 15), shift)                       # huge: saturate
-        shift = np.where(kind == 3, (1 << 15) - 1, shift)                    # tiny: 0
-        shift = np.where(kind == 4, rng.integers(-20, 8, size=n), shift)     # left shifts
+        mant = np.where(kind == 1, rng.integers(1, 300, size=n), mant)  # unnormalized
+        shift = np.where(kind == 2, -(1 << 15), shift)  # huge: saturate
+        shift = np.where(kind == 3, (1 << 15) - 1, shift)  # tiny: 0
+        shift = np.where(kind == 4, rng.integers(-20, 8, size=n), shift)  # left shifts
         mant = np.where(kind == 5, (1 << 16) - 1, mant)
     return isa.pack_scales(mant, shift)
 
@@ -51,8 +52,9 @@ def _codes(rng, n, corners: bool) -> np.ndarray:
     return c
 
 
-def qk_command(gd, rng, *, heads, kv_heads, rows, keys, head_dim, q_ld=None, kv_ld=None,
-               corners=False) -> isa.Command:
+def qk_command(
+    gd, rng, *, heads, kv_heads, rows, keys, head_dim, q_ld=None, kv_ld=None, corners=False
+) -> isa.Command:
     """Random q/k codes and records in the QK memory layout; dst allocated."""
     q_ld = rows if q_ld is None else q_ld
     kv_ld = keys if kv_ld is None else kv_ld
@@ -61,30 +63,25 @@ def qk_command(gd, rng, *, heads, kv_heads, rows, keys, head_dim, q_ld=None, kv_
     k = put(gd, _codes(rng, kv_heads * kv_ld * head_dim, corners), align=int(rng.choice([1, 64])))
     ks = put(gd, _scales(rng, kv_heads * kv_ld, corners), align=4)
     dst = gd.alloc(heads * rows * keys * 2, int(rng.choice([2, 64])))
-    return isa.command(Opcode.QK, q=q, q_scale=qs, k=k, k_scale=ks, dst=dst, rows=rows,
-                       keys=keys, heads=heads, kv_heads=kv_heads, head_dim=head_dim,
-                       q_ld=q_ld, kv_ld=kv_ld)
+    return isa.command(
+        Opcode.QK,
+        q=q,
+        q_scale=qs,
+        k=k,
+        k_scale=ks,
+        dst=dst,
+        rows=rows,
+        keys=keys,
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        q_ld=q_ld,
+        kv_ld=kv_ld,
+    )
 
 
 def _run(gd, cmd, rng, stall=0.3, **kw):
-    return check_op(QKEngine(CFG, W), gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall,
-                    **kw)
-
-
-def expected_cycles(heads, rows, keys, latency=1):
-    """The module docstring's no-stall count, walking the output slots of the zero runs."""
-    epb, rpb = W // 2, W // isa.SCALE_RECORD_BYTES
-    slot, total = 0, 0
-    for _ in range(heads):
-        for t in range(rows):
-            v = keys - rows + t + 1
-            total += 2 + v + -(-v // rpb)
-            slot = (slot + v) % epb
-            z = keys - v
-            while z:
-                n = min(z, epb - slot)
-                z, slot, total = z - n, (slot + n) % epb, total + 1
-    return 3 + latency + 3 + total + 2
+    return check_op(QKEngine(CFG, W), gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall, **kw)
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3, 0.6])
@@ -94,10 +91,18 @@ def test_qk_random(rng, stall):
         kv_heads = int(rng.integers(1, 3))
         rows = int(rng.integers(1, 5))
         keys = rows + int(rng.integers(0, 70))
-        cmd = qk_command(gd, rng, heads=kv_heads * int(rng.integers(1, 3)), kv_heads=kv_heads,
-                         rows=rows, keys=keys, head_dim=int(rng.integers(1, W + 1)),
-                         q_ld=rows + int(rng.integers(0, 3)),
-                         kv_ld=keys + int(rng.integers(0, 4)), corners=bool(rng.random() < 0.5))
+        cmd = qk_command(
+            gd,
+            rng,
+            heads=kv_heads * int(rng.integers(1, 3)),
+            kv_heads=kv_heads,
+            rows=rows,
+            keys=keys,
+            head_dim=int(rng.integers(1, W + 1)),
+            q_ld=rows + int(rng.integers(0, 3)),
+            kv_ld=keys + int(rng.integers(0, 4)),
+            corners=bool(rng.random() < 0.5),
+        )
         res = _run(gd, cmd, rng, stall=stall)
         assert res["error"] == ErrorCode.NONE
         assert res["bytes_written"] == cmd.heads * rows * keys * 2
@@ -106,59 +111,49 @@ def test_qk_random(rng, stall):
 def test_qk_corners(rng):
     """Full-width head_dim with extreme codes and scales; BitNet's head_dim 96 decode;
     prefill (rows == keys) with zero runs longer than an output beat."""
-    for shape in (dict(heads=2, kv_heads=1, rows=2, keys=5, head_dim=W),
-                  dict(heads=3, kv_heads=3, rows=1, keys=37, head_dim=96),
-                  dict(heads=1, kv_heads=1, rows=70, keys=70, head_dim=3)):
+    for shape in (
+        dict(heads=2, kv_heads=1, rows=2, keys=5, head_dim=W),
+        dict(heads=3, kv_heads=3, rows=1, keys=37, head_dim=96),
+        dict(heads=1, kv_heads=1, rows=70, keys=70, head_dim=3),
+    ):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
         cmd = qk_command(gd, rng, corners=True, **shape)
         assert _run(gd, cmd, rng, stall=0.3)["error"] == ErrorCode.NONE
         # the corners do reach saturation and exact zeros
         got = np.frombuffer(gd.read(cmd.dst, cmd.heads * cmd.rows * cmd.keys * 2), np.int16)
         if shape["head_dim"] == W:
-            assert (np.abs(got.astype(np.int64)) == (1 << 15) - 1).any() or \
-                (got == -(1 << 15)).any()
+            assert (np.abs(got.astype(np.int64)) == (1 << 15) - 1).any() or (
+                got == -(1 << 15)
+            ).any()
             assert (got == 0).any()
 
 
 def test_qk_errors(rng):
+    """Dimension errors in the contract's order, spans of the last head beyond the window,
+    and every ALIGN / ADDR_RANGE case of the contract over all heads
+    (sim/op_bench.arg_error_cases)."""
     gd = GoldenDevice(CFG, mem_size=1 << 20)
-    base = qk_command(gd, rng, heads=4, kv_heads=2, rows=2, keys=3, head_dim=8, q_ld=3,
-                      kv_ld=4)
-    top = 1 << 19                   # far beyond brk (every check_op allocates a stream)
-
-    def cmd(**kw):
-        return isa.command(Opcode.QK, **{**base.args, **kw})
-
+    base = qk_command(gd, rng, heads=4, kv_heads=2, rows=2, keys=3, head_dim=8, q_ld=3, kv_ld=4)
     cases = [
         (dict(rows=0), ErrorCode.BAD_DIM),
         (dict(heads=0), ErrorCode.BAD_DIM),
         (dict(kv_heads=0), ErrorCode.BAD_DIM),
         (dict(head_dim=0), ErrorCode.BAD_DIM),
-        (dict(heads=3), ErrorCode.BAD_DIM),                     # kv_heads does not divide
-        (dict(rows=4), ErrorCode.BAD_DIM),                      # rows > keys
-        (dict(kv_ld=2), ErrorCode.BAD_DIM),                     # kv_ld < keys
-        (dict(q_ld=1), ErrorCode.BAD_DIM),                      # q_ld < rows
-        (dict(q_ld=1, dst=base.dst + 1), ErrorCode.BAD_DIM),    # dims before addresses
-        (dict(q=0), ErrorCode.ADDR_RANGE),                      # below the window
-        (dict(q_ld=60000), ErrorCode.ADDR_RANGE),               # last head beyond it
-        (dict(q_scale=base.q_scale + 2), ErrorCode.ALIGN),
-        (dict(q_scale=top), ErrorCode.ADDR_RANGE),
-        (dict(q=0, q_scale=base.q_scale + 1), ErrorCode.ADDR_RANGE),   # q before q_scale
-        (dict(k=top), ErrorCode.ADDR_RANGE),
+        (dict(heads=3), ErrorCode.BAD_DIM),  # kv_heads does not divide
+        (dict(rows=4), ErrorCode.BAD_DIM),  # rows > keys
+        (dict(kv_ld=2), ErrorCode.BAD_DIM),  # kv_ld < keys
+        (dict(q_ld=1), ErrorCode.BAD_DIM),  # q_ld < rows
+        (dict(q_ld=1, dst=base.dst + 1), ErrorCode.BAD_DIM),  # dims before addresses
+        (dict(q_ld=60000), ErrorCode.ADDR_RANGE),  # last head beyond it
         (dict(kv_ld=65535), ErrorCode.ADDR_RANGE),
-        (dict(q_scale=base.q_scale + 2, k=0), ErrorCode.ALIGN),        # q_scale before k
-        (dict(k_scale=base.k_scale + 3), ErrorCode.ALIGN),
-        (dict(k_scale=0xFFFF_FFF0), ErrorCode.ADDR_RANGE),
-        (dict(k=top, k_scale=base.k_scale + 2), ErrorCode.ADDR_RANGE),  # k before k_scale
-        (dict(dst=base.dst + 1), ErrorCode.ALIGN),
-        (dict(dst=top - 2), ErrorCode.ADDR_RANGE),
-        (dict(k_scale=base.k_scale + 1, dst=0), ErrorCode.ALIGN),      # k_scale before dst
-        (dict(dst=0xFFFF_FFFE), ErrorCode.ADDR_RANGE),
     ]
-    for kw, code in cases:
-        res = _run(gd, cmd(**kw), rng, stall=0.3)
-        assert res["error"] == code, (kw, res["error"], code)
-        assert res["bytes_written"] == 0
+    check_errors(
+        QKEngine(CFG, W),
+        gd,
+        base,
+        cases + arg_error_cases(base, gd.alloc_base, gd.brk),
+        seed=int(rng.integers(1 << 30)),
+    )
 
 
 def test_qk_head_dim_limit(rng):
@@ -174,7 +169,6 @@ def test_qk_cycles(rng):
     """No stalls, 1-cycle memory: the cycle count is the docstring's formula exactly."""
     for heads, kv_heads, rows, keys in ((4, 2, 3, 40), (2, 1, 1, 100), (1, 1, 66, 66)):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
-        cmd = qk_command(gd, rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys,
-                         head_dim=64)
+        cmd = qk_command(gd, rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, head_dim=64)
         res = _run(gd, cmd, rng, stall=0.0, max_latency=1)
-        assert res["cycles"] == expected_cycles(heads, rows, keys), (heads, rows, keys)
+        assert res["cycles"] == expected_cycles(heads, rows, keys, W), (heads, rows, keys)

@@ -1,37 +1,34 @@
-"""ROPE_QUANT engine (hw/ops/rope_quant.py) against the golden backend, bit for bit, in
+"""ROPE_QUANT engine (hw/ops/rope_quant.py) against the golden executor, bit for bit, in
 Amaranth's simulator.
 
 ``check_op`` (sim/op_bench.py) runs one command per simulator; building a simulator of
-this engine costs about a second, so most vectors go through ``_batch``, which runs many
-commands back to back through one engine (which also tests that a command -- an aborted
-one included -- leaves nothing behind) with the same checks against the golden backend:
-random stalls of every handshake and random read latency, the same ErrorCode, identical
-memory without error, no write before an argument error, nothing outside the window,
-nothing outstanding at done. Every error code is also checked once through check_op.
+this engine costs about a second, so most vectors go through ``_batch``
+(``sim/op_bench.check_ops``), which runs many commands back to back through one engine
+(which also tests that a command -- an aborted one included -- leaves nothing behind)
+with the same checks against the golden executor: random stalls of every handshake and
+random read latency, the same ErrorCode, identical memory without error, no write before
+an argument error, nothing outside the window, nothing outstanding at done. Every error
+code is also checked once through check_op.
 """
-from __future__ import annotations
 
-from collections import deque
+from __future__ import annotations
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
+from golden import isa
 from golden.config import DEFAULT
+from golden.isa import ErrorCode, Opcode
 from golden.rope import rope_tables
 from host.backends.golden import GoldenDevice
-from golden import isa
 from hw.accel import dma_bytes_for
-from golden.isa import ErrorCode, Opcode
 from hw.ops.rope_quant import RopeQuantEngine, expected_cycles
-from sim.op_bench import check_op, golden_run, put
+from sim.op_bench import ARG_ERRORS, STALLS, check_arg_errors, check_op, check_ops, put
 
 CFG = DEFAULT
 DMA = dma_bytes_for(CFG)
 I32 = np.iinfo(np.int32)
-STALLS = (0.0, 0.3, 0.6)
-ARG_ERRORS = (ErrorCode.BAD_DIM, ErrorCode.ALIGN, ErrorCode.ADDR_RANGE)
-FAR = 1 << 30                       # an address beyond every test memory
+FAR = 1 << 30  # an address beyond every test memory
 
 
 def _engine(**kw) -> RopeQuantEngine:
@@ -74,11 +71,24 @@ def _table(rng, hd, table_rows, corners: bool) -> np.ndarray:
         return t
     cos_q, sin_q = rope_tables(hd, CFG.rope)
     start = int(rng.integers(0, CFG.rope.max_pos - table_rows + 1))
-    return isa.rope_table(cos_q[start:start + table_rows], sin_q[start:start + table_rows])
+    return isa.rope_table(cos_q[start : start + table_rows], sin_q[start : start + table_rows])
 
 
-def _case(rng, *, rows, heads, hd, rope, corners=False, ld=None, pos=None, table_rows=None,
-          c=None, sx=None, over=None):
+def _case(
+    rng,
+    *,
+    rows,
+    heads,
+    hd,
+    rope,
+    corners=False,
+    ld=None,
+    pos=None,
+    table_rows=None,
+    c=None,
+    sx=None,
+    over=None,
+):
     """A golden device with the operands placed (dst/dst_scale inside a KV cache of
     capacity ld, at a random append offset) and the ROPE_QUANT command; ``over``
     replaces command fields (bad dims/addresses)."""
@@ -94,9 +104,22 @@ def _case(rng, *, rows, heads, hd, rope, corners=False, ld=None, pos=None, table
     dsc = put(gd, rng.integers(0, 256, size=heads * ld * 4).astype(np.uint8))
     if c is None:
         c = (int(rng.integers(1 << 15, 1 << 16)), int(rng.integers(0, 30)))
-    fields = dict(src=src, src_scale=sxa, table=table, dst=dst + off * hd,
-                  dst_scale=dsc + off * 4, rows=rows, heads=heads, head_dim=hd, ld=ld,
-                  pos=pos, table_rows=table_rows, c_mant=c[0], c_shift=c[1], rope=int(rope))
+    fields = dict(
+        src=src,
+        src_scale=sxa,
+        table=table,
+        dst=dst + off * hd,
+        dst_scale=dsc + off * 4,
+        rows=rows,
+        heads=heads,
+        head_dim=hd,
+        ld=ld,
+        pos=pos,
+        table_rows=table_rows,
+        c_mant=c[0],
+        c_shift=c[1],
+        rope=int(rope),
+    )
     fields.update(over or {})
     return gd, isa.command(Opcode.ROPE_QUANT, **fields)
 
@@ -124,86 +147,19 @@ def _check(rng, engine, gd, cmd, want=None, stall=None):
 
 
 def _batch(rng, engine, cases, max_latency=6, max_outstanding=16):
-    """Run ``cases`` [(gd, cmd, expect)] back to back through one engine, each against
-    its golden run (expect None) or, for the engine's own limits that golden does not
-    have, against ``expect`` with nothing read or written. Each command gets a random
-    stall level. Returns [{error, cycles, bytes_written}]."""
-    jobs = []
-    for gd, cmd, expect in cases:
-        before, want, err = golden_run(gd, cmd)
-        jobs.append((before, want, err if expect is None else expect, expect is not None,
-                     gd.alloc_base, gd.brk, cmd, float(rng.choice(STALLS))))
-    W = engine.signature.dma_bytes
-    srng = np.random.default_rng(int(rng.integers(1 << 30)))
-    results = []
-
-    async def tb(ctx):
-        e = engine
-        for before, want, want_err, limit, lo, hi, cmd, stall in jobs:
-            mem = before.copy()
-            ctx.set(e.mem_lo, lo)
-            ctx.set(e.mem_hi, hi)
-            ctx.set(e.args.as_value(), isa.encode_bits(cmd) >> isa.COMMAND["args"].offset)
-            ctx.set(e.start, 1)
-            await ctx.tick()
-            ctx.set(e.start, 0)
-            queue: deque = deque()
-            cyc = n_rd = n_wr = 0
-            while True:
-                cyc += 1
-                assert cyc < 100_000, f"{cmd}: no done"
-                rd_ready = srng.random() >= stall and len(queue) < max_outstanding
-                have = bool(queue) and queue[0][0] <= cyc and srng.random() >= stall
-                wr_ready = srng.random() >= stall
-                ctx.set(e.rd.ready, rd_ready)
-                ctx.set(e.wr.ready, wr_ready)
-                ctx.set(e.rdata.valid, have)
-                if have:
-                    _, a, n = queue[0]
-                    ctx.set(e.rdata.payload, int.from_bytes(mem[a:a + n].tobytes(), "little"))
-                rd = None
-                if rd_ready and ctx.get(e.rd.valid):
-                    rd = (ctx.get(e.rd.payload.addr), ctx.get(e.rd.payload.len))
-                    assert 1 <= rd[1] <= W and lo <= rd[0] and rd[0] + rd[1] <= hi, f"{cmd}: read {rd}"
-                take = have and ctx.get(e.rdata.ready)
-                wr = None
-                if wr_ready and ctx.get(e.wr.valid):
-                    wr = (ctx.get(e.wr.payload.addr), ctx.get(e.wr.payload.len),
-                          ctx.get(e.wr.payload.data))
-                    assert 1 <= wr[1] <= W and lo <= wr[0] and wr[0] + wr[1] <= hi, f"{cmd}: write"
-                done, err = ctx.get(e.done), ErrorCode(ctx.get(e.error))
-                await ctx.tick()
-                if wr is not None:
-                    a, n, d = wr
-                    mem[a:a + n] = np.frombuffer(int(d).to_bytes(W, "little")[:n], np.uint8)
-                    n_wr += n
-                if take:
-                    queue.popleft()
-                if rd is not None:
-                    queue.append((cyc + int(srng.integers(1, max_latency + 1)), *rd))
-                    n_rd += rd[1]
-                if done:
-                    break
-            assert not queue, f"{cmd}: done with reads outstanding"
-            ctx.set(e.rdata.valid, 0)
-            for _ in range(2):
-                assert not ctx.get(e.rd.valid) and not ctx.get(e.wr.valid), f"{cmd}: after done"
-                await ctx.tick()
-            assert err == want_err, f"{cmd}: RTL {err.name}, expected {want_err.name}"
-            if err == ErrorCode.NONE:
-                diff = np.flatnonzero(mem != want)
-                assert diff.size == 0, f"{cmd}: {diff.size} bytes differ, first at {diff[0]:#x}"
-            elif err in ARG_ERRORS:
-                assert n_wr == 0, f"{cmd}: wrote before {err.name}"
-            if limit:
-                assert n_rd == 0 and n_wr == 0
-            results.append(dict(error=err, cycles=cyc, bytes_written=n_wr))
-
-    sim = Simulator(engine)
-    sim.add_clock(1e-8)
-    sim.add_testbench(tb)
-    sim.run()
-    return results
+    """Run ``cases`` [(gd, cmd, expect)] back to back through one engine
+    (sim/op_bench.check_ops), each against its golden run (expect None) or, for the
+    engine's own limits that golden does not have, against ``expect`` with nothing read
+    or written. Each command gets a random stall level. Returns [{error, cycles,
+    bytes_written, ...}]."""
+    return check_ops(
+        engine,
+        cases,
+        seed=int(rng.integers(1 << 30)),
+        stall=STALLS,
+        max_latency=max_latency,
+        max_outstanding=max_outstanding,
+    )
 
 
 # ------------------------------------------------------------------ functional
@@ -214,14 +170,26 @@ def test_random_shapes(rng):
     for _ in range(6):
         rows, heads = int(rng.integers(1, 4)), int(rng.integers(1, 4))
         hd = 2 * int(rng.integers(1, 65))
-        gd, cmd = _case(rng, rows=rows, heads=heads, hd=hd, rope=int(rng.integers(2)),
-                        corners=bool(rng.integers(2)))
+        gd, cmd = _case(
+            rng,
+            rows=rows,
+            heads=heads,
+            hd=hd,
+            rope=int(rng.integers(2)),
+            corners=bool(rng.integers(2)),
+        )
         cases.append((gd, cmd, None))
-    for (gd, cmd, _), res in zip(cases, _batch(rng, _engine(), cases)):
+    for (_, cmd, _), res in zip(cases, _batch(rng, _engine(), cases), strict=True):
         assert res["error"] == ErrorCode.NONE
         assert res["bytes_written"] == cmd.rows * cmd.heads * (cmd.head_dim + 4)
-    gd, cmd = _case(rng, rows=2, heads=2, hd=2 * int(rng.integers(1, 65)),
-                    rope=int(rng.integers(2)), corners=True)
+    gd, cmd = _case(
+        rng,
+        rows=2,
+        heads=2,
+        hd=2 * int(rng.integers(1, 65)),
+        rope=int(rng.integers(2)),
+        corners=True,
+    )
     _check(rng, _engine(), gd, cmd, want=ErrorCode.NONE)
 
 
@@ -238,16 +206,28 @@ def _saturating_case(rope_sign: int):
     2^47, far beyond int32: the rotation's saturation decides the codes."""
     hd, rows = 8, 2
     gd = GoldenDevice(CFG, mem_size=1 << 20)
-    x = np.tile(np.array([I32.max, I32.max, I32.min, 7, -I32.max, I32.max, 5, I32.min],
-                         np.int32), (rows, 1))
+    x = np.tile(
+        np.array([I32.max, I32.max, I32.min, 7, -I32.max, I32.max, 5, I32.min], np.int32), (rows, 1)
+    )
     tab = np.full((rows, hd), -(1 << 15), np.int16)
-    tab[:, hd // 2:] = rope_sign * ((1 << 15) - 1)
-    cmd = isa.command(Opcode.ROPE_QUANT, src=put(gd, x),
-                      src_scale=put(gd, isa.pack_scales([1 << 15] * rows, [3] * rows)),
-                      table=put(gd, tab), dst=put(gd, np.zeros(rows * hd, np.int8)),
-                      dst_scale=put(gd, np.zeros(rows * 4, np.uint8)), rows=rows, heads=1,
-                      head_dim=hd, ld=rows, pos=0, table_rows=rows, c_mant=1 << 15,
-                      c_shift=0, rope=1)
+    tab[:, hd // 2 :] = rope_sign * ((1 << 15) - 1)
+    cmd = isa.command(
+        Opcode.ROPE_QUANT,
+        src=put(gd, x),
+        src_scale=put(gd, isa.pack_scales([1 << 15] * rows, [3] * rows)),
+        table=put(gd, tab),
+        dst=put(gd, np.zeros(rows * hd, np.int8)),
+        dst_scale=put(gd, np.zeros(rows * 4, np.uint8)),
+        rows=rows,
+        heads=1,
+        head_dim=hd,
+        ld=rows,
+        pos=0,
+        table_rows=rows,
+        c_mant=1 << 15,
+        c_shift=0,
+        rope=1,
+    )
     return gd, cmd
 
 
@@ -260,8 +240,10 @@ def test_saturation_and_small_engines(rng):
     cases.append((*_case(rng, rows=1, heads=1, hd=130, rope=1), ErrorCode.BAD_DIM))
     for res in _batch(rng, _engine(), cases)[:3]:
         assert res["error"] == ErrorCode.NONE
-    small = [(*_case(rng, rows=2, heads=2, hd=hd, rope=int(rng.integers(2)), corners=True),
-              None) for hd in (2, 6, 8)]
+    small = [
+        (*_case(rng, rows=2, heads=2, hd=hd, rope=int(rng.integers(2)), corners=True), None)
+        for hd in (2, 6, 8)
+    ]
     small.append((*_case(rng, rows=1, heads=1, hd=10, rope=1), ErrorCode.BAD_DIM))
     _batch(rng, _engine(pairs=1, quantizers=1, max_head_dim=8, max_outstanding=2), small)
     mid = [(*_case(rng, rows=2, heads=3, hd=hd, rope=1, corners=True), None) for hd in (4, 30)]
@@ -270,39 +252,45 @@ def test_saturation_and_small_engines(rng):
 
 # ------------------------------------------------------------------ errors
 def test_argument_errors_in_order(rng):
-    """Every argument check in the golden order (dims, ld, src, src_scale, table only
-    with rope=1, dst over all heads, dst_scale), combinations where two are bad."""
+    """The dimension checks in the contract's order (dims, ld, the table's positions only
+    with rope=1, after src_scale and before the table's address), combinations where two
+    are bad; every ALIGN / ADDR_RANGE case of the contract for rope 1 and 0 (the table
+    unused) from sim/op_bench.arg_error_cases."""
     base = dict(rows=2, heads=3, hd=8)
     cases = [
-        (dict(rows=0, src=FAR), 1), (dict(heads=0), 0), (dict(head_dim=0), 1),
-        (dict(head_dim=7, src=2), 0), (dict(ld=1, src=2), 1),
-        (dict(pos=3, table_rows=4), 1),                     # positions beyond the table
-        (dict(pos=3, table_rows=4), 0),                     # ... rope=0: not used
-        (dict(src=FAR), 1), (dict(src=4 * 17 + 2), 1),
-        (dict(src=FAR, src_scale=6), 0),                    # src before src_scale
-        (dict(src_scale=6), 1), (dict(src_scale=FAR), 0),
-        (dict(src_scale=FAR, pos=5, table_rows=5), 1),      # src_scale before the table
-        (dict(pos=5, table_rows=5, table=1), 1),            # table dims before its address
-        (dict(table=1, dst=FAR), 1), (dict(table=FAR), 1),
-        (dict(table=1, dst=FAR), 0), (dict(table=FAR), 0),  # rope=0: table unused
-        (dict(dst=0), 1), (dict(dst=FAR, dst_scale=2), 1),
-        (dict(dst_scale=2), 1), (dict(dst_scale=FAR), 0), (dict(dst_scale=0), 1),
+        (dict(rows=0, src=FAR), 1),
+        (dict(heads=0), 0),
+        (dict(head_dim=0), 1),
+        (dict(head_dim=7, src=2), 0),
+        (dict(ld=1, src=2), 1),
+        (dict(pos=3, table_rows=4), 1),  # positions beyond the table
+        (dict(pos=3, table_rows=4), 0),  # ... rope=0: not used
+        (dict(src=4 * 17 + 2), 1),
+        (dict(src_scale=FAR, pos=5, table_rows=5), 1),  # src_scale before the table
+        (dict(pos=5, table_rows=5, table=1), 1),  # table dims before its address
+        (dict(table=1, dst=FAR), 0),  # rope=0: table unused
+        (dict(dst=FAR, dst_scale=2), 1),
     ]
     batch = [(*_case(rng, rope=rope, over=over, **base), None) for over, rope in cases]
     results = _batch(rng, _engine(), batch)
     codes = {r["error"] for r in results}
     assert set(ARG_ERRORS) | {ErrorCode.NONE} <= codes
+    for rope in (1, 0):
+        gd, cmd = _case(rng, rope=rope, **base)
+        check_arg_errors(_engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=STALLS)
     # the same through check_op, one per code
-    for over, want in ((dict(head_dim=5), ErrorCode.BAD_DIM), (dict(src_scale=2), ErrorCode.ALIGN),
-                       (dict(table=FAR), ErrorCode.ADDR_RANGE)):
+    for over, want in (
+        (dict(head_dim=5), ErrorCode.BAD_DIM),
+        (dict(src_scale=2), ErrorCode.ALIGN),
+        (dict(table=FAR), ErrorCode.ADDR_RANGE),
+    ):
         gd, cmd = _case(rng, rope=1, over=over, **base)
         _check(rng, _engine(), gd, cmd, want=want)
 
 
 def test_later_head_out_of_range(rng):
-    """Head 0 fits at the very end of memory, heads 1.. (h*ld stride) do not: dst and
-    dst_scale each (the stride exceeds the command stream golden_run allocates after
-    the tensors). dst through check_op."""
+    """Head 0 fits at the very end of memory (the window's end), heads 1.. (h*ld stride)
+    do not: dst and dst_scale each. dst through check_op."""
     rows, heads, hd, ld = 2, 3, 8, 64
     cases = []
     for field, size in (("dst", rows * hd), ("dst_scale", rows * 4)):
@@ -323,16 +311,37 @@ def test_scale_range(rng, shift):
     c = _scale_range_c(shift)
     cases = []
     for over in ({}, dict(dst_scale=2), dict(dst_scale=FAR), {}):
-        cases.append((*_case(rng, rows=3, heads=2, hd=16, rope=int(rng.integers(2)), c=c,
-                             sx=_scale_range_sx(rng, 3, shift), over=over), None))
-        cases.append((*_case(rng, rows=2, heads=4, hd=32, rope=1, corners=True, over=over),
-                      None))
-    want = [ErrorCode.SCALE_RANGE, ErrorCode.NONE, ErrorCode.SCALE_RANGE, ErrorCode.ALIGN,
-            ErrorCode.SCALE_RANGE, ErrorCode.ADDR_RANGE, ErrorCode.SCALE_RANGE, ErrorCode.NONE]
+        cases.append(
+            (
+                *_case(
+                    rng,
+                    rows=3,
+                    heads=2,
+                    hd=16,
+                    rope=int(rng.integers(2)),
+                    c=c,
+                    sx=_scale_range_sx(rng, 3, shift),
+                    over=over,
+                ),
+                None,
+            )
+        )
+        cases.append((*_case(rng, rows=2, heads=4, hd=32, rope=1, corners=True, over=over), None))
+    want = [
+        ErrorCode.SCALE_RANGE,
+        ErrorCode.NONE,
+        ErrorCode.SCALE_RANGE,
+        ErrorCode.ALIGN,
+        ErrorCode.SCALE_RANGE,
+        ErrorCode.ADDR_RANGE,
+        ErrorCode.SCALE_RANGE,
+        ErrorCode.NONE,
+    ]
     assert [r["error"] for r in _batch(rng, _engine(), cases)] == want
     over = {} if shift > 0 else dict(dst_scale=2)
-    gd, cmd = _case(rng, rows=3, heads=2, hd=16, rope=1, c=c,
-                    sx=_scale_range_sx(rng, 3, shift), over=over)
+    gd, cmd = _case(
+        rng, rows=3, heads=2, hd=16, rope=1, c=c, sx=_scale_range_sx(rng, 3, shift), over=over
+    )
     _check(rng, _engine(), gd, cmd, want=ErrorCode.SCALE_RANGE)
     if shift > 0:
         gd, cmd = _case(rng, rows=2, heads=2, hd=8, rope=1, over=dict(dst_scale=FAR))
@@ -348,7 +357,9 @@ def test_cycles_bitnet_shape(rng):
     res = _check(rng, _engine(), gd, cmd, want=ErrorCode.NONE, stall=0.0)
     want = expected_cycles(rows, heads, hd, True, CFG, DMA)
     rate = rows * heads * hd / res["cycles"]
-    print(f"ROPE_QUANT rows={rows} heads={heads} hd={hd}: {res['cycles']} cycles "
-          f"(formula {want}), {rate:.2f} elements/cycle")
+    print(
+        f"ROPE_QUANT rows={rows} heads={heads} hd={hd}: {res['cycles']} cycles "
+        f"(formula {want}), {rate:.2f} elements/cycle"
+    )
     assert abs(res["cycles"] - want) <= 0.1 * want
     assert rate >= 4.0

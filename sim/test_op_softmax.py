@@ -1,4 +1,4 @@
-"""SOFTMAX engine (hw/ops/softmax.py) == the golden backend's SOFTMAX, bit for bit, in
+"""SOFTMAX engine (hw/ops/softmax.py) == the golden executor's SOFTMAX, bit for bit, in
 Amaranth's simulator (sim/op_bench.py: random memory stalls and latencies).
 
 Random shapes at stall levels 0, 0.3 and 0.6 with ``golden.softmax.random_logits`` rows
@@ -7,21 +7,22 @@ longer than a beat, multi-chunk rows), decode (one query, 16 heads), in place
 (dst == src). The default engine (8 lanes, 2048-element buffer) and, where many runs are
 needed (its simulation builds 3x faster), a 3-lane engine with a 40-element buffer (groups
 that straddle heads, short last groups, the max_len limit as BAD_DIM); every argument
-error in the golden backend's order; the no-stall cycle count against the docstring's
-formula.
+error in the golden executor's order; the no-stall cycle count against
+``hw.ops.softmax.expected_cycles``.
 """
+
 from __future__ import annotations
 
 import pytest
 
+from golden import isa
 from golden.config import DEFAULT
+from golden.isa import ErrorCode, Opcode
 from golden.softmax import random_logits
 from host.backends.golden import GoldenDevice
-from golden import isa
 from hw.accel import dma_bytes_for
-from golden.isa import ErrorCode, Opcode
-from hw.ops.softmax import DEFAULT_LANES, SoftmaxEngine
-from sim.op_bench import check_op, put
+from hw.ops.softmax import DEFAULT_LANES, SoftmaxEngine, expected_cycles
+from sim.op_bench import arg_error_cases, check_errors, check_op, put
 
 CFG = DEFAULT
 W = dma_bytes_for(CFG)
@@ -29,7 +30,7 @@ W = dma_bytes_for(CFG)
 
 def sm_command(gd, rng, *, heads, rows, keys, in_place=False) -> isa.Command:
     x = random_logits(rng, heads * rows, keys, CFG.softmax)
-    x = x[rng.permutation(heads * rows)]            # corner rows anywhere, not only first
+    x = x[rng.permutation(heads * rows)]  # corner rows anywhere, not only first
     src = put(gd, x, align=int(rng.choice([2, 64])))
     dst = src if in_place else gd.alloc(x.size * 2, int(rng.choice([2, 64])))
     return isa.command(Opcode.SOFTMAX, src=src, dst=dst, rows=rows, keys=keys, heads=heads)
@@ -38,19 +39,6 @@ def sm_command(gd, rng, *, heads, rows, keys, in_place=False) -> isa.Command:
 def _run(gd, cmd, rng, stall=0.3, engine=None, **kw):
     engine = engine or SoftmaxEngine(CFG, W)
     return check_op(engine, gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall, **kw)
-
-
-def expected_cycles(heads, rows, keys, lanes=DEFAULT_LANES, latency=1):
-    """The module docstring's no-stall count: per group 2 n_g + RF + 8, plus the first
-    group's reads and the last group's writes."""
-    rf = CFG.softmax.recip_frac_bits
-    n_rows = heads * rows
-    groups = []
-    for r0 in range(0, n_rows, lanes):
-        ts = [r % rows for r in range(r0, min(r0 + lanes, n_rows))]
-        groups.append((max(keys - rows + t + 1 for t in ts), len(ts)))
-    return (9 + latency + groups[0][1] + groups[-1][1]
-            + sum(2 * n + rf + 8 for n, _ in groups))
 
 
 def small_engine():
@@ -65,9 +53,14 @@ def test_softmax_random(rng, stall):
     for engine, max_keys in ((SoftmaxEngine(CFG, W), 140), (small_engine(), 40)):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
         rows = int(rng.integers(1, 7))
-        cmd = sm_command(gd, rng, heads=int(rng.integers(1, 4)), rows=rows,
-                         keys=int(rng.integers(rows, max_keys + 1)),
-                         in_place=bool(rng.random() < 0.3))
+        cmd = sm_command(
+            gd,
+            rng,
+            heads=int(rng.integers(1, 4)),
+            rows=rows,
+            keys=int(rng.integers(rows, max_keys + 1)),
+            in_place=bool(rng.random() < 0.3),
+        )
         res = _run(gd, cmd, rng, stall=stall, engine=engine)
         assert res["error"] == ErrorCode.NONE
         assert res["bytes_written"] >= cmd.heads * cmd.rows * cmd.keys * 2
@@ -76,8 +69,10 @@ def test_softmax_random(rng, stall):
 def test_softmax_shapes(rng):
     """Default engine: prefill (rows == keys: zero tails of more than one beat, rows of two
     chunks), decode over 16 heads (two full groups, rows of three chunks, in place)."""
-    for shape, in_place in ((dict(heads=1, rows=73, keys=73), False),
-                            (dict(heads=16, rows=1, keys=130), True)):
+    for shape, in_place in (
+        (dict(heads=1, rows=73, keys=73), False),
+        (dict(heads=16, rows=1, keys=130), True),
+    ):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
         cmd = sm_command(gd, rng, in_place=in_place, **shape)
         res = _run(gd, cmd, rng, stall=0.3)
@@ -97,34 +92,24 @@ def test_softmax_max_len(rng):
 
 
 def test_softmax_errors(rng):
-    """Argument errors in the golden backend's order (on a 1-lane engine: the checks do
-    not depend on lanes)."""
+    """Dimension errors, dims before addresses, and every ALIGN / ADDR_RANGE case of the
+    contract in its order (sim/op_bench.arg_error_cases), on a 1-lane engine: the checks
+    do not depend on lanes."""
     gd = GoldenDevice(CFG, mem_size=1 << 20)
     base = sm_command(gd, rng, heads=2, rows=2, keys=3)
-    top = 1 << 19                   # far beyond brk (every check_op allocates a stream)
-
-    def cmd(**kw):
-        return isa.command(Opcode.SOFTMAX, **{**base.args, **kw})
-
     cases = [
         (dict(rows=0), ErrorCode.BAD_DIM),
         (dict(heads=0), ErrorCode.BAD_DIM),
-        (dict(rows=4), ErrorCode.BAD_DIM),                      # rows > keys
-        (dict(rows=0, src=base.src + 1), ErrorCode.BAD_DIM),    # dims before addresses
-        (dict(src=base.src + 1), ErrorCode.ALIGN),
-        (dict(src=0), ErrorCode.ADDR_RANGE),
-        (dict(src=top), ErrorCode.ADDR_RANGE),
-        (dict(src=base.src + 1, dst=0), ErrorCode.ALIGN),      # src before dst
-        (dict(src=0, dst=base.dst + 1), ErrorCode.ADDR_RANGE),
-        (dict(dst=base.dst + 1), ErrorCode.ALIGN),
-        (dict(dst=top - 2), ErrorCode.ADDR_RANGE),
-        (dict(dst=0xFFFF_FFFE), ErrorCode.ADDR_RANGE),
+        (dict(rows=4), ErrorCode.BAD_DIM),  # rows > keys
+        (dict(rows=0, src=base.src + 1), ErrorCode.BAD_DIM),  # dims before addresses
     ]
-    for kw, code in cases:
-        res = _run(gd, cmd(**kw), rng, stall=0.3, engine=SoftmaxEngine(CFG, W, lanes=1,
-                                                                          max_len=8))
-        assert res["error"] == code, (kw, res["error"], code)
-        assert res["bytes_written"] == 0
+    check_errors(
+        SoftmaxEngine(CFG, W, lanes=1, max_len=8),
+        gd,
+        base,
+        cases + arg_error_cases(base, gd.alloc_base, gd.brk),
+        seed=int(rng.integers(1 << 30)),
+    )
 
 
 def test_softmax_cycles(rng):
@@ -135,5 +120,10 @@ def test_softmax_cycles(rng):
         cmd = sm_command(gd, rng, heads=heads, rows=rows, keys=keys)
         engine = SoftmaxEngine(CFG, W) if lanes == DEFAULT_LANES else small_engine()
         res = _run(gd, cmd, rng, stall=0.0, max_latency=1, engine=engine)
-        assert res["cycles"] == expected_cycles(heads, rows, keys, lanes), \
-            (heads, rows, keys, lanes, res["cycles"])
+        assert res["cycles"] == expected_cycles(heads, rows, keys, CFG, lanes), (
+            heads,
+            rows,
+            keys,
+            lanes,
+            res["cycles"],
+        )

@@ -4,6 +4,7 @@ Random acc/mult/shift over the full ranges (shift 0, around the product width, s
 rounding ties, saturation both ways, realistic scales from ``quantize_multiplier``, random
 stalls, reset with beats in flight, and one beat per cycle measured without stalls.
 """
+
 from dataclasses import asdict
 
 import pytest
@@ -18,12 +19,23 @@ PARAM_SETS = {
     "lanes1": (DEFAULT.requant, 1),
     "out16_mult12_in24": (RequantConfig(out_bits=16, mult_bits=12, in_bits=24, shift_max=40), 3),
 }
+# the cocotb tests of the bench: exactly these must run (run_bench checks)
+COCOTB_TESTS = (
+    "test_random",
+    "test_extremes",
+    "test_scales",
+    "test_reset_mid_operation",
+    "test_throughput",
+)
 
 
 @pytest.mark.parametrize("key", list(PARAM_SETS))
 def test_requant(key):
     cfg, lanes = PARAM_SETS[key]
-    results = run_bench(Requant(cfg, lanes=lanes), bench="sim.requant_bench", name="requant",
-                        params={"cfg": asdict(cfg), "lanes": lanes})
-    assert {r["test"] for r in results} >= {"test_random", "test_extremes", "test_scales",
-                                            "test_reset_mid_operation", "test_throughput"}
+    run_bench(
+        Requant(cfg, lanes=lanes),
+        bench="sim.requant_bench",
+        name="requant",
+        params={"cfg": asdict(cfg), "lanes": lanes},
+        expect=COCOTB_TESTS,
+    )

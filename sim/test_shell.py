@@ -4,16 +4,32 @@ on every channel, byte-identical to the golden backend; the AXI rules are checke
 ends a stream with BUS_ERROR at the right command; the top is reusable after a soft
 reset, also one that aborts a running stream (cocotb on Verilator with cocotbext-axi;
 bench: sim/shell_bench.py)."""
+
 from hw.shell import DEFAULT_PORTS, AccelShell
 from sim.runner import run_bench
 
 
 def test_shell():
     shell = AccelShell(n_ports=DEFAULT_PORTS)
-    params = {"ports": DEFAULT_PORTS, "pause": 0.3, "max_latency": 8, "hidden": 64, "ffn": 96,
-              "heads": 4, "kv_heads": 2, "prefill": 5, "decode": 2, "ident": shell.ident}
-    results = run_bench(shell, bench="sim.shell_bench", name="shell", params=params,
-                        build_key=shell.id_params())
-    assert {r["test"] for r in results} >= {"test_layer", "test_bus_errors_and_reuse",
-                                            "test_reset_mid_stream", "test_id"}
+    params = {
+        "ports": DEFAULT_PORTS,
+        "pause": 0.3,
+        "max_latency": 8,
+        "hidden": 64,
+        "ffn": 96,
+        "heads": 4,
+        "kv_heads": 2,
+        "prefill": 5,
+        "decode": 2,
+        "ident": shell.ident,
+    }
+    results = run_bench(
+        shell, bench="sim.shell_bench", name="shell", params=params, build_key=shell.id_params()
+    )
+    assert {r["test"] for r in results} >= {
+        "test_layer",
+        "test_bus_errors_and_reuse",
+        "test_reset_mid_stream",
+        "test_id",
+    }
     assert all(r["passed"] for r in results), results

@@ -1,4 +1,5 @@
 """golden/activations.py: exact ReLU^2, GELU/SiLU = ReLU - delta(|x|) by interpolated LUT."""
+
 import math
 from dataclasses import replace
 
@@ -27,8 +28,8 @@ def act_spec(x: int, kind: str, cfg: ActivationConfig = CFG) -> int:
         delta = 0
     else:
         h = 2.0 ** (rl - lb)
-        t0 = math.floor(delta_float(kind, i * h) * 2 ** lf + 0.5)
-        t1 = math.floor(delta_float(kind, (i + 1) * h) * 2 ** lf + 0.5)
+        t0 = math.floor(delta_float(kind, i * h) * 2**lf + 0.5)
+        t1 = math.floor(delta_float(kind, (i + 1) * h) * 2**lf + 0.5)
         delta = t0 + ((((t1 - t0) * w) + (1 << (sg - 1))) >> sg if sg else 0)
     acc = (max(x, 0) << (lf - cfg.in_frac_bits)) - delta
     s = lf - cfg.out_frac_bits
@@ -44,7 +45,9 @@ def test_relu2_exact(rng):
     assert y8.tolist() == [max(v, 0) ** 2 for v in range(-128, 128)]
     for dtype, out in ((np.int16, np.int32), (np.int32, np.int64)):
         info = np.iinfo(dtype)
-        x = np.r_[info.min, info.max, -1, 0, 1, rng.integers(info.min, info.max, size=500)].astype(dtype)
+        x = np.r_[info.min, info.max, -1, 0, 1, rng.integers(info.min, info.max, size=500)].astype(
+            dtype
+        )
         y = act.relu2(x)
         assert y.dtype == out
         assert [int(v) for v in y] == [max(int(v), 0) ** 2 for v in x]
@@ -54,20 +57,24 @@ def test_relu2_gated_exact(rng):
     g, u = np.meshgrid(np.arange(-128, 128), np.arange(-128, 128), indexing="ij")
     y = act.relu2_gated(g.astype(np.int8), u.astype(np.int8))
     assert y.dtype == np.int32
-    np.testing.assert_array_equal(y, np.maximum(g, 0) ** 2 * u)   # int64 numpy: exact here
+    np.testing.assert_array_equal(y, np.maximum(g, 0) ** 2 * u)  # int64 numpy: exact here
     g16 = rng.integers(-(1 << 15), 1 << 15, size=300)
     u16 = rng.integers(-(1 << 15), 1 << 15, size=300)
     y16 = act.relu2_gated(g16.astype(np.int16), u16.astype(np.int16))
     assert y16.dtype == np.int64
-    assert [int(v) for v in y16] == [max(int(a), 0) ** 2 * int(b) for a, b in zip(g16, u16)]
+    assert [int(v) for v in y16] == [
+        max(int(a), 0) ** 2 * int(b) for a, b in zip(g16, u16, strict=False)
+    ]
 
 
 # --------------------------------------------------------------------------- GELU / SiLU
 def test_decomposition_is_exact():
     torch = pytest.importorskip("torch")
     x = np.linspace(-20, 20, 4001)
-    for kind, ref, tref in (("gelu", act.gelu_ref, torch.nn.functional.gelu),
-                            ("silu", act.silu_ref, torch.nn.functional.silu)):
+    for kind, ref, tref in (
+        ("gelu", act.gelu_ref, torch.nn.functional.gelu),
+        ("silu", act.silu_ref, torch.nn.functional.silu),
+    ):
         decomposed = np.maximum(x, 0) - act.delta_ref(kind, np.abs(x))
         np.testing.assert_allclose(decomposed, ref(x), rtol=0, atol=1e-14)
         np.testing.assert_allclose(ref(x), tref(torch.from_numpy(x)).numpy(), rtol=0, atol=1e-14)
@@ -82,14 +89,21 @@ def test_every_input_within_bound(kind, bound):
 @pytest.mark.parametrize("kind,bound", [("gelu", act.GELU_ABS_ERR), ("silu", act.SILU_ABS_ERR)])
 def test_random_sample_within_bound(rng, kind, bound):
     x = rng.integers(-(1 << 15), 1 << 15, size=3000).astype(np.int16)
-    x[:1000] >>= 10                                          # concentrate on |x| < 32
+    x[:1000] >>= 10  # concentrate on |x| < 32
     assert act.max_abs_error(kind, x, CFG) <= bound
 
 
 @pytest.mark.parametrize("kind", act.KINDS)
 def test_matches_spec_twin(rng, kind):
-    x = np.r_[-(1 << 15), (1 << 15) - 1, -1, 0, 1, rng.integers(-(1 << 15), 1 << 15, size=400),
-              rng.integers(-(1 << 11), 1 << 11, size=400)]
+    x = np.r_[
+        -(1 << 15),
+        (1 << 15) - 1,
+        -1,
+        0,
+        1,
+        rng.integers(-(1 << 15), 1 << 15, size=400),
+        rng.integers(-(1 << 11), 1 << 11, size=400),
+    ]
     y = act.act_fx(x.astype(np.int16), kind, CFG)
     assert y.dtype == np.int16
     assert [int(v) for v in y] == [act_spec(int(v), kind) for v in x]
@@ -102,11 +116,11 @@ def test_lut(kind):
     assert lut.shape == ((1 << lb) + 1,) and lut.min() >= 0
     h = 2.0 ** (rl - lb)
     for i in range(0, len(lut), 7):
-        assert lut[i] == math.floor(delta_float(kind, i * h) * 2 ** CFG.lut_frac_bits + 0.5)
+        assert lut[i] == math.floor(delta_float(kind, i * h) * 2**CFG.lut_frac_bits + 0.5)
     # the widths the docstring gives the RTL: 11-bit entries, 8-bit signed slopes
     assert lut.max() < 1 << 11 and np.all(np.abs(np.diff(lut)) < 1 << 7)
     # the tail beyond the table is below half an output LSB
-    assert delta_float(kind, 2.0 ** rl) < 2.0 ** -(CFG.out_frac_bits + 1)
+    assert delta_float(kind, 2.0**rl) < 2.0 ** -(CFG.out_frac_bits + 1)
 
 
 def test_wider_output_config():

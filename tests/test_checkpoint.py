@@ -4,15 +4,22 @@ Cross-checked against transformers itself: its packer, its save_pretrained, its
 from_pretrained and the effective (dequantized) weights its BitLinear / AutoBitLinear
 modules compute with.
 """
+
 import json
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from golden.modelspec import (ATTN_PROJ, MLP_PROJ, LayerWeights, Model, ModelConfig,
-                              ModelWeights, TernaryWeight)
+from golden.modelspec import (
+    ATTN_PROJ,
+    MLP_PROJ,
+    LayerWeights,
+    Model,
+    ModelConfig,
+    ModelWeights,
+    TernaryWeight,
+)
 from host import checkpoint
 from host.tokenizer import CharTokenizer
 
@@ -23,7 +30,7 @@ from transformers.integrations import bitnet as hf_bitnet  # noqa: E402
 PROJ = ATTN_PROJ + MLP_PROJ
 # Scales go through float32 on disk, and for bitlinear a reciprocal there plus a division in
 # transformers: up to 4 float32 roundings of 2^-24 each.
-SCALE_RTOL = 2.0 ** -21
+SCALE_RTOL = 2.0**-21
 # Same-input output of one projection, transformers BitLinear vs AutoBitLinear (offline):
 # both compute (x_q @ W_t) * s_w / s_x in float32, in different orders.
 PROJ_OUT_RTOL = 1e-5
@@ -33,9 +40,11 @@ from golden.quant import WEIGHT_SCALE_REL_TOL  # noqa: E402
 
 SHAPES = [  # (hidden, intermediate, layers, heads, kv heads, vocab, tie)
     (32, 64, 1, 4, 4, 40, False),
-    (48, 96, 2, 6, 2, 65, True),     # GQA 3:1, tied head
-    (64, 128, 2, 8, 4, 33, False),   # GQA 2:1
+    (48, 96, 2, 6, 2, 65, True),  # GQA 3:1, tied head
+    (64, 128, 2, 8, 4, 33, False),  # GQA 2:1
 ]
+# the (fmt, linear_class) pairs checkpoint.save writes
+FORMATS = [("offline", "bitlinear"), ("offline", "autobitlinear"), ("online", "autobitlinear")]
 
 
 @pytest.fixture(autouse=True)
@@ -49,10 +58,16 @@ def _eager_transformers():
 
 def _config(shape) -> ModelConfig:
     h, inter, layers, heads, kv, vocab, tie = shape
-    return ModelConfig(vocab_size=vocab, hidden_size=h, intermediate_size=inter,
-                       num_hidden_layers=layers, num_attention_heads=heads,
-                       num_key_value_heads=kv, max_position_embeddings=64,
-                       tie_word_embeddings=tie)
+    return ModelConfig(
+        vocab_size=vocab,
+        hidden_size=h,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+    )
 
 
 def random_model(rng, cfg: ModelConfig) -> Model:
@@ -62,15 +77,28 @@ def random_model(rng, cfg: ModelConfig) -> Model:
     shapes = {n: checkpoint._proj_shape(cfg, n) for n in PROJ}
     layers = []
     for _ in range(cfg.num_hidden_layers):
-        proj = {n: TernaryWeight(codes=rng.integers(-1, 2, size=s).astype(np.int8),
-                                 scale=float(np.float32(rng.uniform(0.005, 0.05))))
-                for n, s in shapes.items()}
-        layers.append(LayerWeights(vec(cfg.hidden_size), vec(cfg.hidden_size),
-                                   vec(cfg.num_attention_heads * cfg.head_dim),
-                                   vec(cfg.intermediate_size), proj))
+        proj = {
+            n: TernaryWeight(
+                codes=rng.integers(-1, 2, size=s).astype(np.int8),
+                scale=float(np.float32(rng.uniform(0.005, 0.05))),
+            )
+            for n, s in shapes.items()
+        }
+        layers.append(
+            LayerWeights(
+                vec(cfg.hidden_size),
+                vec(cfg.hidden_size),
+                vec(cfg.num_attention_heads * cfg.head_dim),
+                vec(cfg.intermediate_size),
+                proj,
+            )
+        )
     emb = (0.5 * rng.standard_normal((cfg.vocab_size, cfg.hidden_size))).astype(np.float32)
-    head = emb if cfg.tie_word_embeddings else (
-        0.1 * rng.standard_normal((cfg.vocab_size, cfg.hidden_size))).astype(np.float32)
+    head = (
+        emb
+        if cfg.tie_word_embeddings
+        else (0.1 * rng.standard_normal((cfg.vocab_size, cfg.hidden_size))).astype(np.float32)
+    )
     return Model(cfg, ModelWeights(emb, layers, vec(cfg.hidden_size), head))
 
 
@@ -90,7 +118,7 @@ def assert_models_equal(a: Model, b: Model, scale_rtol=SCALE_RTOL):
 
 def hf_effective(module) -> torch.Tensor:
     """The dequantized weight a transformers BitNet linear multiplies its input by."""
-    if isinstance(module, hf_bitnet.BitLinear):   # y = x_q W_t / (s_x * weight_scale)
+    if isinstance(module, hf_bitnet.BitLinear):  # y = x_q W_t / (s_x * weight_scale)
         return hf_bitnet.unpack_weights(module.weight, torch.float32) / module.weight_scale
     if isinstance(module, hf_bitnet.AutoBitLinear):
         if module.online_quant:
@@ -107,8 +135,12 @@ def assert_matches_hf(model: Model, hf, scale_rtol: float = SCALE_RTOL) -> None:
     np.testing.assert_array_equal(w.lm_head, sd["lm_head.weight"].numpy())
     for i, lw in enumerate(w.layers):
         layer = hf.model.layers[i]
-        np.testing.assert_array_equal(lw.attn_sub_norm, layer.self_attn.attn_sub_norm.weight.detach().numpy())
-        np.testing.assert_array_equal(lw.ffn_sub_norm, layer.mlp.ffn_sub_norm.weight.detach().numpy())
+        np.testing.assert_array_equal(
+            lw.attn_sub_norm, layer.self_attn.attn_sub_norm.weight.detach().numpy()
+        )
+        np.testing.assert_array_equal(
+            lw.ffn_sub_norm, layer.mlp.ffn_sub_norm.weight.detach().numpy()
+        )
         for n in PROJ:
             mod = getattr(layer.self_attn if n in ATTN_PROJ else layer.mlp, n)
             eff = hf_effective(mod).detach().double().numpy()
@@ -117,13 +149,19 @@ def assert_matches_hf(model: Model, hf, scale_rtol: float = SCALE_RTOL) -> None:
 
 
 # ----------------------------------------------------------------------------- round trips
-@pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("fmt,linear_class", [("offline", "bitlinear"),
-                                              ("offline", "autobitlinear"),
-                                              ("online", "autobitlinear")])
-def test_round_trip(tmp_path, rng, shape, fmt, linear_class):
+
+
+def _save_random(path, rng, shape, fmt="offline", linear_class="bitlinear") -> Model:
+    """A random model of this shape, saved to ``path``; returns the model."""
     model = random_model(rng, _config(shape))
-    checkpoint.save(model, tmp_path, fmt=fmt, linear_class=linear_class)
+    checkpoint.save(model, path, fmt=fmt, linear_class=linear_class)
+    return model
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("fmt,linear_class", FORMATS)
+def test_round_trip(tmp_path, rng, shape, fmt, linear_class):
+    model = _save_random(tmp_path, rng, shape, fmt, linear_class)
     back = checkpoint.load(tmp_path)
     # online re-derives the scale as mean|latent| in float32: a few ulp
     assert_models_equal(model, back, scale_rtol=SCALE_RTOL if fmt == "offline" else 1e-6)
@@ -141,8 +179,8 @@ def test_round_trip_with_tokenizer(tmp_path, rng):
 
 def test_packed_bytes_match_transformers_packer(tmp_path, rng):
     from safetensors.numpy import load_file
-    model = random_model(rng, _config(SHAPES[1]))
-    checkpoint.save(model, tmp_path, fmt="offline", linear_class="bitlinear")
+
+    model = _save_random(tmp_path, rng, SHAPES[1])
     tensors = load_file(str(tmp_path / "model.safetensors"))
     for i, lw in enumerate(model.weights.layers):
         for n in PROJ:
@@ -150,22 +188,31 @@ def test_packed_bytes_match_transformers_packer(tmp_path, rng):
             hf_packed = hf_bitnet.pack_weights(torch.from_numpy(lw.proj[n].codes.astype(np.int8)))
             np.testing.assert_array_equal(tensors[name + ".weight"], hf_packed.numpy())
             # bitlinear stores the divisor 1/scale
-            assert tensors[name + ".weight_scale"][0] == pytest.approx(1 / lw.proj[n].scale,
-                                                                       rel=SCALE_RTOL)
+            assert tensors[name + ".weight_scale"][0] == pytest.approx(
+                1 / lw.proj[n].scale, rel=SCALE_RTOL
+            )
 
 
 # ----------------------------------------------------------------------------- vs transformers
 def _hf_random(shape, seed: int) -> BitNetForCausalLM:
     h, inter, layers, heads, kv, vocab, tie = shape
-    cfg = BitNetConfig(vocab_size=vocab, hidden_size=h, intermediate_size=inter,
-                       num_hidden_layers=layers, num_attention_heads=heads,
-                       num_key_value_heads=kv, max_position_embeddings=64,
-                       tie_word_embeddings=tie, rope_theta=10000.0,
-                       bos_token_id=None, eos_token_id=None)
+    cfg = BitNetConfig(
+        vocab_size=vocab,
+        hidden_size=h,
+        intermediate_size=inter,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=64,
+        tie_word_embeddings=tie,
+        rope_theta=10000.0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
     torch.manual_seed(seed)
     hf = BitNetForCausalLM(cfg)
-    with torch.no_grad():   # norms away from 1 so that a swapped tensor would show
-        for name, p in hf.named_parameters():
+    with torch.no_grad():  # norms away from 1 so that a swapped tensor would show
+        for p in hf.parameters():
             if p.ndim == 1:
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
     return hf.eval()
@@ -179,8 +226,11 @@ def test_load_transformers_save_pretrained(tmp_path, shape, qconfig):
     hf.save_pretrained(tmp_path)
     if qconfig:
         cfg = json.loads((tmp_path / "config.json").read_text())
-        cfg["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear",
-                                      "quantization_mode": "online"}
+        cfg["quantization_config"] = {
+            "quant_method": "bitnet",
+            "linear_class": "autobitlinear",
+            "quantization_mode": "online",
+        }
         (tmp_path / "config.json").write_text(json.dumps(cfg))
         hf = BitNetForCausalLM.from_pretrained(tmp_path).eval()
         assert isinstance(hf.model.layers[0].mlp.up_proj, hf_bitnet.AutoBitLinear)
@@ -206,22 +256,22 @@ def test_load_sharded(tmp_path):
     assert not (tmp_path / checkpoint.WEIGHTS_FILE).exists()
     model = checkpoint.load(tmp_path)
     np.testing.assert_array_equal(model.weights.norm, hf.model.norm.weight.detach().numpy())
-    np.testing.assert_array_equal(model.weights.layers[1].ffn_sub_norm,
-                                  hf.model.layers[1].mlp.ffn_sub_norm.weight.detach().numpy())
+    np.testing.assert_array_equal(
+        model.weights.layers[1].ffn_sub_norm,
+        hf.model.layers[1].mlp.ffn_sub_norm.weight.detach().numpy(),
+    )
 
 
 @pytest.mark.parametrize("shape", SHAPES[1:])
-@pytest.mark.parametrize("fmt,linear_class", [("offline", "bitlinear"),
-                                              ("offline", "autobitlinear"),
-                                              ("online", "autobitlinear")])
+@pytest.mark.parametrize("fmt,linear_class", FORMATS)
 def test_saved_checkpoint_loads_in_transformers(tmp_path, rng, shape, fmt, linear_class):
     """transformers' effective weights of our saved file are codes * scale (scale direction)."""
-    model = random_model(rng, _config(shape))
-    checkpoint.save(model, tmp_path, fmt=fmt, linear_class=linear_class)
+    model = _save_random(tmp_path, rng, shape, fmt, linear_class)
     hf = BitNetForCausalLM.from_pretrained(tmp_path).eval()
     q = hf.model.layers[0].self_attn.q_proj
-    assert isinstance(q, hf_bitnet.BitLinear if linear_class == "bitlinear"
-                      else hf_bitnet.AutoBitLinear)
+    assert isinstance(
+        q, hf_bitnet.BitLinear if linear_class == "bitlinear" else hf_bitnet.AutoBitLinear
+    )
     assert not isinstance(hf.lm_head, (hf_bitnet.BitLinear, hf_bitnet.AutoBitLinear))
     assert_matches_hf(model, hf, SCALE_RTOL if fmt == "offline" else WEIGHT_SCALE_REL_TOL)
 
@@ -243,13 +293,13 @@ def test_bitlinear_and_autobitlinear_compute_the_same(tmp_path, rng):
 # ----------------------------------------------------------------------------- bad input
 @pytest.fixture
 def saved(tmp_path, rng):
-    model = random_model(rng, _config(SHAPES[1]))
-    checkpoint.save(model, tmp_path, fmt="offline", linear_class="bitlinear")
+    _save_random(tmp_path, rng, SHAPES[1])
     return tmp_path
 
 
 def _rewrite(path, drop=(), replace=None):
     from safetensors.torch import load_file, save_file
+
     t = load_file(str(path))
     for k in drop:
         del t[k]
@@ -294,7 +344,9 @@ def test_wrong_norm_shape(saved):
 
 def test_invalid_packed_code(saved):
     name = "model.layers.0.mlp.up_proj.weight"
-    _rewrite(saved / "model.safetensors", replace={name: torch.full((24, 48), 0xFF, dtype=torch.uint8)})
+    _rewrite(
+        saved / "model.safetensors", replace={name: torch.full((24, 48), 0xFF, dtype=torch.uint8)}
+    )
     with pytest.raises(ValueError, match=r"model\.safetensors.*" + name + ".*code 3"):
         checkpoint.load(saved)
 
@@ -317,14 +369,17 @@ def test_index_lists_missing_tensor(tmp_path):
         checkpoint.load(tmp_path)
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda c: c.update(model_type="llama"), "model_type"),
-    (lambda c: c.pop("hidden_size"), "hidden_size"),
-    (lambda c: c.update(num_key_value_heads=5), "num_key_value_heads"),
-    (lambda c: c["quantization_config"].update(linear_class="foo"), "linear_class"),
-    (lambda c: c["quantization_config"].update(quant_method="gptq"), "quant_method"),
-    (lambda c: c.update(rope_parameters={"rope_type": "yarn", "rope_theta": 1.0}), "rope_type"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda c: c.update(model_type="llama"), "model_type"),
+        (lambda c: c.pop("hidden_size"), "hidden_size"),
+        (lambda c: c.update(num_key_value_heads=5), "num_key_value_heads"),
+        (lambda c: c["quantization_config"].update(linear_class="foo"), "linear_class"),
+        (lambda c: c["quantization_config"].update(quant_method="gptq"), "quant_method"),
+        (lambda c: c.update(rope_parameters={"rope_type": "yarn", "rope_theta": 1.0}), "rope_type"),
+    ],
+)
 def test_bad_config(saved, edit, match):
     cfg = json.loads((saved / "config.json").read_text())
     edit(cfg)

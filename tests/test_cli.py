@@ -1,5 +1,6 @@
 """host/cli.py (`python -m host`): streaming happy path as a subprocess, determinism, the
 sliding context window, and one-line `error: ...` exits (status 2) for every bad value."""
+
 import json
 import os
 import subprocess
@@ -26,9 +27,15 @@ def tiny_model(tmp_path_factory) -> Path:
     from host import checkpoint
 
     tok = CharTokenizer.from_text(VOCAB_TEXT)
-    mc = ModelConfig(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=96,
-                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                     max_position_embeddings=CTX)
+    mc = ModelConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=CTX,
+    )
     d = tmp_path_factory.mktemp("tiny") / "model"
     checkpoint.save(random_model(mc, seed=5), d, fmt="offline", tokenizer=tok)
     return d
@@ -36,63 +43,132 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONIOENCODING="utf-8")
-    return subprocess.run([sys.executable, "-m", "host", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "host", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_happy_path_streams_and_summarizes(tiny_model):
-    r = run_cli("-m", str(tiny_model), "-p", "ROMEO:", "-n", "12", "-s", "3", "--temp", "0.9",
-                "--backend", "golden")
+    r = run_cli(
+        "-m",
+        str(tiny_model),
+        "-p",
+        "ROMEO:",
+        "-n",
+        "12",
+        "-s",
+        "3",
+        "--temp",
+        "0.9",
+        "--backend",
+        "golden",
+    )
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stdout.startswith("ROMEO:")
-    assert len(r.stdout) == len("ROMEO:") + 12 + 1          # one character per token + "\n"
+    assert len(r.stdout) == len("ROMEO:") + 12 + 1  # one character per token + "\n"
     assert all(ch in VOCAB_TEXT for ch in r.stdout)
     summary = r.stderr.strip().splitlines()[-1]
-    for key in ("prompt tokens: 6", "generated tokens: 12", "time to first token",
-                "tokens/s", "mode integer", "seed 3"):
+    for key in (
+        "prompt tokens: 6",
+        "generated tokens: 12",
+        "time to first token",
+        "tokens/s",
+        "mode integer",
+        "seed 3",
+    ):
         assert key in summary, summary
 
 
 def test_same_seed_same_text_and_modes(tiny_model, capsys):
     def once(*extra):
-        assert cli.main(["-m", str(tiny_model), "-p", "To be", "-n", "20", "--backend", "golden",
-                         *extra]) == 0
+        assert (
+            cli.main(
+                ["-m", str(tiny_model), "-p", "To be", "-n", "20", "--backend", "golden", *extra]
+            )
+            == 0
+        )
         return capsys.readouterr().out
 
     a = once("-s", "11")
     b = once("-s", "11")
     assert a == b
     others = {once("-s", str(s)) for s in (12, 13, 14)}
-    assert len(others | {a}) > 1                    # the seed matters when sampling
-    assert once("--temp", "0", "-s", "1") == once("--temp", "0", "-s", "2")   # greedy
-    ref = once("--mode", "reference", "--temp", "0")   # reference: golden models, no device
+    assert len(others | {a}) > 1  # the seed matters when sampling
+    assert once("--temp", "0", "-s", "1") == once("--temp", "0", "-s", "2")  # greedy
+    ref = once("--mode", "reference", "--temp", "0")  # reference: golden models, no device
     assert ref.startswith("To be") and len(ref.rstrip("\n")) >= len("To be") + 1
 
 
 def test_sim_backend_streams_the_same_tokens_as_golden(tiny_model, capsys):
     """The command stream on the Verilator-compiled accelerator gives the same text as on
     the golden device (and hence as the golden integer forward, tests/test_device_sim.py)."""
+
     def once(*backend):
-        assert cli.main(["-m", str(tiny_model), "-p", "To be", "-n", "16", "-s", "7",
-                         *backend]) == 0
+        assert (
+            cli.main(["-m", str(tiny_model), "-p", "To be", "-n", "16", "-s", "7", *backend]) == 0
+        )
         return capsys.readouterr()
 
-    gold, sim = once("--backend", "golden"), once()          # sim is the default
+    gold, sim = once("--backend", "golden"), once()  # sim is the default
     assert sim.out == gold.out
     assert "backend sim" in sim.err
     cyc = [ln for ln in sim.err.splitlines() if ln.startswith("accelerator:")]
-    assert cyc and "cycles per decoded token" in cyc[0] and "tokens/s at 250 MHz, 17.1 GB/s" \
-        in cyc[0], sim.err
+    assert (
+        cyc and "cycles per decoded token" in cyc[0] and "tokens/s at 250 MHz, 17.1 GB/s" in cyc[0]
+    ), sim.err
     assert not any(ln.startswith("accelerator:") for ln in gold.err.splitlines())
+
+
+def test_design_point_sets_the_sim_dram_model(tiny_model, capsys):
+    """--clock-mhz / --bandwidth-gbs reach the sim backend's DRAM model as bandwidth / clock
+    bytes per cycle (host.runtime.backend_kwargs, which ``python -m host serve`` uses too):
+    the same bytes per cycle, the same cycles; fewer, more cycles."""
+
+    def cycles(clock, bandwidth):
+        assert (
+            cli.main(
+                [
+                    "-m",
+                    str(tiny_model),
+                    "-p",
+                    "To be",
+                    "-n",
+                    "4",
+                    "-s",
+                    "1",
+                    "--clock-mhz",
+                    clock,
+                    "--bandwidth-gbs",
+                    bandwidth,
+                ]
+            )
+            == 0
+        )
+        acc = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("accelerator:")]
+        assert len(acc) == 1 and f"at {clock} MHz, {bandwidth} GB/s" in acc[0], acc
+        return int(acc[0].split()[1])
+
+    c = cycles("200", "16")  # 80 bytes per cycle
+    assert cycles("100", "8") == c  # 80 bytes per cycle
+    assert cycles("100", "1") > c  # 10 bytes per cycle
 
 
 def test_generation_slides_past_the_context(tiny_model, capsys):
     n = 2 * CTX + 5
-    assert cli.main(["-m", str(tiny_model), "-p", "ab", "-n", str(n), "-s", "2",
-                     "--backend", "golden"]) == 0
+    assert (
+        cli.main(
+            ["-m", str(tiny_model), "-p", "ab", "-n", str(n), "-s", "2", "--backend", "golden"]
+        )
+        == 0
+    )
     cap = capsys.readouterr()
-    assert len(cap.out) == len("ab") + n + 1        # every token one character, then "\n"
+    assert len(cap.out) == len("ab") + n + 1  # every token one character, then "\n"
     assert f"generated tokens: {n}" in cap.err
     assert "window slides" in cap.err
 
@@ -103,12 +179,12 @@ def test_sampler_top_k_top_p_restrict_support():
     assert np.count_nonzero(p) == 2 and p[0] > p[1] > 0
     full = Sampler(temp=1.0).probs(logits)
     p = Sampler(temp=1.0, top_p=0.5).probs(logits)
-    assert np.count_nonzero(p) == 1 and full[0] >= 0.5      # the top token alone covers 0.5
+    assert np.count_nonzero(p) == 1 and full[0] >= 0.5  # the top token alone covers 0.5
     p = Sampler(temp=1.0, top_p=full[0] + 1e-9).probs(logits)
     assert np.count_nonzero(p) == 2
     assert Sampler(temp=0.0)(logits) == 0
     draws = [Sampler(temp=1.0, seed=s)(logits) for s in range(200)]
-    assert set(draws) == set(range(5))                      # no restriction: all reachable
+    assert set(draws) == set(range(5))  # no restriction: all reachable
     for bad in (dict(temp=-1.0), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.01)):
         with pytest.raises(ValueError, match=next(iter(bad))):
             Sampler(**bad)

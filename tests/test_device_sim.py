@@ -2,9 +2,13 @@
 bit-identical memory and logits to the golden backend for the same command stream; its
 errors name the same code and op index; a stream that never finishes times out and
 reset() recovers. (The first run builds the harness: ~2 min; later runs reuse it.)"""
+
 import numpy as np
 import pytest
+from device_util import put_stream, put_tlmm
 
+from golden import isa
+from golden.isa import ErrorCode, Opcode, command
 from golden.model import GoldenModel, random_model
 from golden.modelspec import ModelConfig
 from host.backends import make_device
@@ -12,13 +16,18 @@ from host.backends.golden import GoldenDevice
 from host.backends.sim import SimDevice
 from host.device import DeviceError, DeviceTimeout
 from host.runtime import Runtime
-from golden import isa
 from hw.accel import RTL_OPS
-from golden.isa import ErrorCode, Opcode, command
 
 MEM = 4 << 20
-SHAPE = dict(vocab_size=67, hidden_size=64, intermediate_size=100, num_hidden_layers=2,
-             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=48)
+SHAPE = dict(
+    vocab_size=67,
+    hidden_size=64,
+    intermediate_size=100,
+    num_hidden_layers=2,
+    num_attention_heads=8,
+    num_key_value_heads=2,
+    max_position_embeddings=48,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,23 +49,8 @@ def _both(devs, fn):
     return [fn(d) for d in devs]
 
 
-def _tlmm_setup(dev, x, codes, n_cmd_pad=0):
-    rows, k = x.shape
-    n = codes.shape[0]
-    xs = dev.alloc(x.nbytes)
-    dev.write(xs, x)
-    wb = isa.pack_tlmm_weights(codes, dev.cfg.tlmm)
-    wa = dev.alloc(wb.size)
-    dev.write(wa, wb)
-    dst = dev.alloc(rows * n * 4)
-    return xs, wa, dst
-
-
 def _run(dev, cmds, timeout=10.0):
-    words = isa.encode_stream(cmds) if not isinstance(cmds, bytes) else cmds
-    st = dev.alloc(len(words))
-    dev.write(st, words)
-    dev.run(st, len(words) // isa.COMMAND_BYTES)
+    dev.run(*put_stream(dev, cmds))
     return dev.wait(timeout)
 
 
@@ -64,8 +58,9 @@ def test_every_op_runs_on_rtl():
     assert set(RTL_OPS) == set(Opcode)
 
 
-@pytest.mark.parametrize("rows,k,n,bw,lat", [(3, 256, 30, 128.0, 20), (2, 100, 7, 8.0, 50),
-                                             (1, 768, 64, 1.0, 3)])
+@pytest.mark.parametrize(
+    "rows,k,n,bw,lat", [(3, 256, 30, 128.0, 20), (2, 100, 7, 8.0, 50), (1, 768, 64, 1.0, 3)]
+)
 def test_tlmm_op_equals_golden(pair, rng, rows, k, n, bw, lat):
     gold, sim = pair
     sim.set_memory_timing(bw, lat)
@@ -73,14 +68,24 @@ def test_tlmm_op_equals_golden(pair, rng, rows, k, n, bw, lat):
     w = rng.integers(-1, 2, (n, k)).astype(np.int8)
     outs = []
     for dev in (gold, sim):
-        xs, wa, dst = _tlmm_setup(dev, x, w)
-        st = _run(dev, [command(Opcode.NOP),
-                        command(Opcode.TLMM, src=xs, weights=wa, dst=dst, rows=rows, k=k, n=n),
-                        command(Opcode.END)])
+        xs, wa, dst = put_tlmm(dev, x, w)
+        st = _run(
+            dev,
+            [
+                command(Opcode.NOP),
+                command(Opcode.TLMM, src=xs, weights=wa, dst=dst, rows=rows, k=k, n=n),
+                command(Opcode.END),
+            ],
+        )
         assert st.done and st.ok and st.ops_done == 3
         # every tensor of the op, byte for byte (inputs untouched, outputs equal)
-        outs.append([dev.read(xs, x.nbytes), dev.read(wa, isa.tlmm_weight_bytes(n, k)),
-                     dev.read(dst, rows * n * 4)])
+        outs.append(
+            [
+                dev.read(xs, x.nbytes),
+                dev.read(wa, isa.tlmm_weight_bytes(n, k)),
+                dev.read(dst, rows * n * 4),
+            ]
+        )
     assert outs[0] == outs[1]
     y = sim.read_array(dst, np.int32, (rows, n))
     assert np.array_equal(y, x.astype(np.int64) @ w.T.astype(np.int64))
@@ -93,7 +98,7 @@ def test_tlmm_op_equals_golden(pair, rng, rows, k, n, bw, lat):
 
 
 def test_model_prefill_decode_bit_identical(rng, seed):
-    sim = SimDevice(mem_size=MEM, bandwidth=32.0, latency=40)   # fresh memory, slow DRAM
+    sim = SimDevice(mem_size=MEM, bandwidth=32.0, latency=40)  # fresh memory, slow DRAM
     m = random_model(ModelConfig(**SHAPE), seed=seed)
     gm = GoldenModel(m, "integer")
     rt_g = Runtime(m, GoldenDevice(mem_size=MEM), max_chunk=5)
@@ -102,8 +107,13 @@ def test_model_prefill_decode_bit_identical(rng, seed):
     cache = gm.new_cache()
     outs = [(rt_g.forward(toks[:8]), rt_s.forward(toks[:8]), gm.forward(toks[:8], cache))]
     for i in range(8, 11):
-        outs.append((rt_g.forward(toks[i:i + 1]), rt_s.forward(toks[i:i + 1]),
-                     gm.forward(toks[i:i + 1], cache)))
+        outs.append(
+            (
+                rt_g.forward(toks[i : i + 1]),
+                rt_s.forward(toks[i : i + 1]),
+                gm.forward(toks[i : i + 1], cache),
+            )
+        )
     for g, s, ref in outs:
         assert s.dtype == np.float32 and np.array_equal(s, g) and np.array_equal(s, ref)
     lo, hi = rt_g.device.alloc_base, rt_g.device.brk
@@ -111,7 +121,7 @@ def test_model_prefill_decode_bit_identical(rng, seed):
     assert rt_g.device.read(lo, hi - lo) == sim.read(lo, hi - lo)
     c = sim.counters()
     assert c["cycles"] > 0 and c["ops"] == rt_g.device.counters()["ops"]
-    assert not sim.stats["host_ops"]              # the whole model ran on the RTL
+    assert not sim.stats["host_ops"]  # the whole model ran on the RTL
 
 
 def test_host_fallback_of_a_partial_top(rng, seed):
@@ -123,29 +133,37 @@ def test_host_fallback_of_a_partial_top(rng, seed):
     want = GoldenModel(m, "integer").forward(toks)
     got = Runtime(m, sim, max_chunk=4).forward(toks)
     assert np.array_equal(got, want)
-    assert set(sim.stats["host_ops"]) == {op.name for op in RTL_OPS
-                                          if op not in (Opcode.TLMM, Opcode.NOP, Opcode.END)}
+    assert set(sim.stats["host_ops"]) == {
+        op.name for op in RTL_OPS if op not in (Opcode.TLMM, Opcode.NOP, Opcode.END)
+    }
     sim.close()
 
 
 def _bad_tlmm(dev, rng, **change):
     x = rng.integers(-128, 128, (2, 50), dtype=np.int8)
     w = rng.integers(-1, 2, (9, 50)).astype(np.int8)
-    xs, wa, dst = _tlmm_setup(dev, x, w)
+    xs, wa, dst = put_tlmm(dev, x, w)
     f = dict(src=xs, weights=wa, dst=dst, rows=2, k=50, n=9)
     f.update({k: (v(f) if callable(v) else v) for k, v in change.items()})
-    return [command(Opcode.NOP), command(Opcode.NOP), command(Opcode.TLMM, **f),
-            command(Opcode.END)]
+    return [
+        command(Opcode.NOP),
+        command(Opcode.NOP),
+        command(Opcode.TLMM, **f),
+        command(Opcode.END),
+    ]
 
 
-@pytest.mark.parametrize("change,code", [
-    (dict(dst=lambda f: f["dst"] + 4096), ErrorCode.ADDR_RANGE),       # beyond brk
-    (dict(src=lambda f: 8), ErrorCode.ADDR_RANGE),                     # below alloc_base
-    (dict(weights=lambda f: f["weights"] + 4096), ErrorCode.ADDR_RANGE),
-    (dict(dst=lambda f: f["dst"] + 2), ErrorCode.ALIGN),
-    (dict(k=0), ErrorCode.BAD_DIM),
-    (dict(rows=0), ErrorCode.BAD_DIM),
-])
+@pytest.mark.parametrize(
+    "change,code",
+    [
+        (dict(dst=lambda f: f["dst"] + 4096), ErrorCode.ADDR_RANGE),  # beyond brk
+        (dict(src=lambda f: 8), ErrorCode.ADDR_RANGE),  # below alloc_base
+        (dict(weights=lambda f: f["weights"] + 4096), ErrorCode.ADDR_RANGE),
+        (dict(dst=lambda f: f["dst"] + 2), ErrorCode.ALIGN),
+        (dict(k=0), ErrorCode.BAD_DIM),
+        (dict(rows=0), ErrorCode.BAD_DIM),
+    ],
+)
 def test_tlmm_errors_name_the_op_index(pair, rng, change, code):
     errs = []
     for dev in pair:
@@ -162,8 +180,17 @@ def test_engine_error_is_reported_like_golden(pair):
     errs = []
     for dev in pair:
         h = dev.alloc(64)
-        cmd = command(Opcode.RESIDUAL, h=h, acc=h, src_scale=h + (1 << 20), dst=h, rows=1,
-                      dim=16, c_mant=1, c_shift=0)
+        cmd = command(
+            Opcode.RESIDUAL,
+            h=h,
+            acc=h,
+            src_scale=h + (1 << 20),
+            dst=h,
+            rows=1,
+            dim=16,
+            c_mant=1,
+            c_shift=0,
+        )
         with pytest.raises(DeviceError) as ei:
             _run(dev, [command(Opcode.NOP), cmd, command(Opcode.END)])
         errs.append(ei.value)
@@ -189,7 +216,7 @@ def test_unknown_opcode_and_missing_end(pair):
 
 def test_never_finishing_stream_times_out_then_reset_recovers(pair, rng):
     _, sim = pair
-    sim.set_memory_timing(latency=10 ** 15)          # the DRAM never answers
+    sim.set_memory_timing(latency=10**15)  # the DRAM never answers
     sim.cycles_per_poll = 1000
     cmds = [command(Opcode.NOP), command(Opcode.END)]
     with pytest.raises(DeviceTimeout) as ei:
@@ -205,12 +232,15 @@ def test_never_finishing_stream_times_out_then_reset_recovers(pair, rng):
     # a clean run afterwards: TLMM gives the integer matmul
     x = rng.integers(-128, 128, (2, 90), dtype=np.int8)
     w = rng.integers(-1, 2, (5, 90)).astype(np.int8)
-    xs, wa, dst = _tlmm_setup(sim, x, w)
-    st = _run(sim, [command(Opcode.TLMM, src=xs, weights=wa, dst=dst, rows=2, k=90, n=5),
-                    command(Opcode.END)])
+    xs, wa, dst = put_tlmm(sim, x, w)
+    st = _run(
+        sim,
+        [command(Opcode.TLMM, src=xs, weights=wa, dst=dst, rows=2, k=90, n=5), command(Opcode.END)],
+    )
     assert st.ok and st.ops_done == 2
-    assert np.array_equal(sim.read_array(dst, np.int32, (2, 5)),
-                          x.astype(np.int64) @ w.T.astype(np.int64))
+    assert np.array_equal(
+        sim.read_array(dst, np.int32, (2, 5)), x.astype(np.int64) @ w.T.astype(np.int64)
+    )
 
 
 def test_registry_and_bad_args():

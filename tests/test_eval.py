@@ -1,5 +1,6 @@
 """host/eval.py (`python -m host.eval`): held-out split, windowing, the loss against an
 independent computation, the printed table, and bad arguments."""
+
 import math
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import pytest
 
 from golden.model import GoldenModel, random_model
 from golden.modelspec import ModelConfig
+from host import data as hdata
 from host import eval as hev
 from host.tokenizer import CharTokenizer
 
@@ -27,9 +29,15 @@ def setup(tmp_path_factory):
     corpus = "".join(rng.choice(letters, size=2000))
     (d / "corpus.txt").write_text(corpus)
     tok = CharTokenizer.from_text(corpus)
-    mc = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64,
-                     num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
-                     max_position_embeddings=CTX)
+    mc = ModelConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=CTX,
+    )
     model = random_model(mc, seed=2)
     checkpoint.save(model, d / "model", fmt="offline", tokenizer=tok)
     return d, corpus, tok, model
@@ -37,9 +45,9 @@ def setup(tmp_path_factory):
 
 def test_heldout_split_and_windows(setup):
     d, corpus, _, _ = setup
-    held = hev.heldout_text(str(d / "corpus.txt"))
-    assert held == corpus[int(len(corpus) * 0.9):]
-    assert hev.heldout_text(str(d / "corpus.txt"), 50) == held[:50]
+    held = hdata.heldout_text(str(d / "corpus.txt"))
+    assert held == corpus[hdata.split_index(len(corpus)) :]
+    assert hdata.heldout_text(str(d / "corpus.txt"), 50) == held[:50]
     ids = np.arange(len(held))
     wins = hev.windows(ids, CTX)
     assert all(len(x) == len(y) <= CTX for x, y in wins)
@@ -53,13 +61,13 @@ def test_heldout_split_and_windows(setup):
 @pytest.mark.parametrize("mode", ["reference", "integer"])
 def test_loss_matches_a_direct_computation(setup, mode):
     d, corpus, tok, model = setup
-    held = corpus[int(len(corpus) * 0.9):]
+    held = hdata.split(corpus)[1]
     ids = np.array(tok.encode(held))
     gm = GoldenModel(model, mode)
     want, n = 0.0, 0
-    for s in range(0, len(ids) - 1, CTX):       # one window at a time, plain softmax
-        x, y = ids[s:s + CTX], ids[s + 1:s + CTX + 1]
-        x = x[:len(y)]
+    for s in range(0, len(ids) - 1, CTX):  # one window at a time, plain softmax
+        x, y = ids[s : s + CTX], ids[s + 1 : s + CTX + 1]
+        x = x[: len(y)]
         z = gm.forward(x).astype(np.float64)
         p = np.exp(z - z.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
@@ -72,9 +80,23 @@ def test_loss_matches_a_direct_computation(setup, mode):
 
 def test_cli_prints_both_modes_and_difference(setup):
     d, *_ = setup
-    r = subprocess.run([sys.executable, "-m", "host.eval", "-m", str(d / "model"),
-                        "--corpus", str(d / "corpus.txt"), "--chars", "120"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "host.eval",
+            "-m",
+            str(d / "model"),
+            "--corpus",
+            str(d / "corpus.txt"),
+            "--chars",
+            "120",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines() if line}
     for mode in ("reference", "integer"):
@@ -86,13 +108,26 @@ def test_cli_prints_both_modes_and_difference(setup):
     assert "119 predictions" in r.stdout
 
 
-@pytest.mark.parametrize("args", [["--chars", "1"], ["--modes", "fast"], ["--batch", "0"],
-                                  ["-m", "/nonexistent"], ["--corpus", "/nonexistent.txt"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--chars", "1"],
+        ["--modes", "fast"],
+        ["--batch", "0"],
+        ["-m", "/nonexistent"],
+        ["--corpus", "/nonexistent.txt"],
+    ],
+)
 def test_bad_arguments_exit_2(setup, args):
     d, *_ = setup
     base = ["-m", str(d / "model"), "--corpus", str(d / "corpus.txt")]
-    r = subprocess.run([sys.executable, "-m", "host.eval", *base, *args], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "host.eval", *base, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr

@@ -1,6 +1,7 @@
 """Fast checks of the RTL generators (no simulation): widths come from the config, the
 stream packing helpers follow the documented beat order, bad parameters are refused.
 The bit-exact RTL checks are in sim/test_*.py."""
+
 from dataclasses import replace
 
 import numpy as np
@@ -12,8 +13,11 @@ from hw import quant as hq
 from hw import requant as hr
 from hw import tlmm as ht
 
-CFGS = [DEFAULT.tlmm, TLMMConfig(group=2, tables=3, replicas=2, table="mirrored"),
-        TLMMConfig(group=4, tables=2, replicas=3)]
+CFGS = [
+    DEFAULT.tlmm,
+    TLMMConfig(group=2, tables=3, replicas=2, table="mirrored"),
+    TLMMConfig(group=4, tables=2, replicas=3),
+]
 
 
 @pytest.mark.parametrize("cfg", CFGS, ids=str)
@@ -41,7 +45,7 @@ def test_tlmm_beats_replay_to_golden(cfg, rng):
         acts = ht.act_beats(x[tok], cfg)
         assert len(acts) == kc and acts[-1]["last"] == 1
         xs = np.concatenate([a["data"] for a in acts]).astype(np.int8)[None, :]
-        tables = gt.build_tables(xs, cfg)[0]                   # [groups, entries]
+        tables = gt.build_tables(xs, cfg)[0]  # [groups, entries]
         for i, b in enumerate(beats):
             blk, c = divmod(i, kc)
             idx, sign = gt.split_codes(np.array(b["code"]).reshape(cfg.replicas, cfg.tables), cfg)
@@ -81,3 +85,31 @@ def test_quant_requant_layouts_follow_config():
     r = replace(RequantConfig(), out_bits=16)
     assert hr.out_layout(r, 2).size == 2 * 16 + 1
     assert hr.shift_shape(r).width == r.shift_max.bit_length()
+
+
+# --------------------------------------------------------------------------- design points
+def test_design_points_are_valid_and_distinct():
+    from golden.config import DEFAULT_DESIGN_POINT, DESIGN_POINTS, design_point
+
+    assert DEFAULT_DESIGN_POINT in DESIGN_POINTS
+    digests = {name: dp.digest() for name, dp in DESIGN_POINTS.items()}
+    assert len(set(digests.values())) == len(digests)
+    for name, dp in DESIGN_POINTS.items():
+        assert dp.name == name and design_point(name) is dp
+        assert 0 <= dp.digest() < 2**32
+    kv = design_point("kv260")
+    assert kv.bytes_per_cycle == pytest.approx(17.1e9 / 250e6)
+    assert kv.with_(dram_latency=20).digest() != kv.digest()
+
+
+def test_design_point_errors_name_the_field():
+    from golden.config import AccelConfig, design_point
+
+    with pytest.raises(ValueError, match="design point: 'zynq' is not one of"):
+        design_point("zynq")
+    with pytest.raises(ValueError, match="max_keys: 70000 exceeds the softmax sum"):
+        AccelConfig(max_keys=70000)
+    with pytest.raises(ValueError, match="act_lanes: must be an integer >= 1"):
+        AccelConfig(act_lanes=0)
+    with pytest.raises(ValueError, match="device: must be one of"):
+        AccelConfig(device="xc7a35t")

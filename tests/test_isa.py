@@ -1,16 +1,17 @@
 """golden/isa.py: command encoding round trips (host packing == amaranth's layout packing),
 field-width errors, memory formats (TLMM tiles, scale records, RoPE table)."""
+
 from dataclasses import replace
 
 import numpy as np
 import pytest
 from amaranth import Shape
 
+from golden import isa
 from golden import tlmm as gtlmm
 from golden.config import DEFAULT, TLMMConfig
-from golden import isa
-from hw import csr
 from golden.isa import ARGS, COMMAND, ActKind, Opcode, command, decode, encode
+from hw import csr
 
 
 def _random_args(op, rng, extreme=None):
@@ -28,8 +29,11 @@ def _random_args(op, rng, extreme=None):
         elif extreme == "hi":
             out[name] = hi
         else:
-            out[name] = int(rng.integers(lo, hi, endpoint=True, dtype=np.int64)) if s.width < 63 \
+            out[name] = (
+                int(rng.integers(lo, hi, endpoint=True, dtype=np.int64))
+                if s.width < 63
                 else int(rng.integers(0, 1 << 62))
+            )
     return out
 
 
@@ -55,7 +59,7 @@ def test_round_trip_and_amaranth_packing(op, rng):
         # the fast packer and amaranth's own layout packing give the same bits
         assert int.from_bytes(word, "little") == isa.encode_const(c)
         assert isa.decode_const(word) == c
-        assert word[0] == op.value                     # opcode in bits [7:0]
+        assert word[0] == op.value  # opcode in bits [7:0]
 
 
 def test_fields_land_where_the_layout_says(rng):
@@ -69,8 +73,17 @@ def test_fields_land_where_the_layout_says(rng):
 
 
 def test_signed_fields_round_trip():
-    c = command(Opcode.RESIDUAL, h=64, acc=128, src_scale=192, dst=64, rows=1, dim=4,
-                c_mant=(1 << 16) - 1, c_shift=-(1 << 15))
+    c = command(
+        Opcode.RESIDUAL,
+        h=64,
+        acc=128,
+        src_scale=192,
+        dst=64,
+        rows=1,
+        dim=4,
+        c_mant=(1 << 16) - 1,
+        c_shift=-(1 << 15),
+    )
     d = decode(encode(c))
     assert d.c_shift == -(1 << 15) and d.c_mant == (1 << 16) - 1
     assert "RESIDUAL(" in str(d) and "h=0x40" in str(d)
@@ -83,12 +96,15 @@ def test_stream_round_trip(rng):
         isa.decode_stream(b"\x00" * 65)
 
 
-@pytest.mark.parametrize("field,value,msg", [
-    ("k", 1 << 16, r"tlmm\.k: 65536 does not fit unsigned\(16\)"),
-    ("n", -1, r"tlmm\.n: -1 does not fit unsigned\(16\)"),
-    ("src", 1 << 32, r"tlmm\.src: 4294967296 does not fit unsigned\(32\)"),
-    ("rows", 2.5, r"tlmm\.rows: expected an integer, got float"),
-])
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("k", 1 << 16, r"tlmm\.k: 65536 does not fit unsigned\(16\)"),
+        ("n", -1, r"tlmm\.n: -1 does not fit unsigned\(16\)"),
+        ("src", 1 << 32, r"tlmm\.src: 4294967296 does not fit unsigned\(32\)"),
+        ("rows", 2.5, r"tlmm\.rows: expected an integer, got float"),
+    ],
+)
 def test_field_width_errors(field, value, msg):
     args = dict(src=64, weights=128, dst=256, rows=1, k=3, n=4)
     args[field] = value
@@ -97,8 +113,19 @@ def test_field_width_errors(field, value, msg):
 
 
 def test_signed_width_error_and_enum_error():
-    base = dict(gate=64, up=64, src_scale=64, dst=64, rows=1, dim=1, g_mant=1, g_shift=0,
-                u_mant=1, u_shift=0, kind=ActKind.SILU)
+    base = dict(
+        gate=64,
+        up=64,
+        src_scale=64,
+        dst=64,
+        rows=1,
+        dim=1,
+        g_mant=1,
+        g_shift=0,
+        u_mant=1,
+        u_shift=0,
+        kind=ActKind.SILU,
+    )
     with pytest.raises(ValueError, match=r"act\.g_shift: 32768 does not fit signed\(16\)"):
         command(Opcode.ACT, **{**base, "g_shift": 1 << 15})
     with pytest.raises(ValueError, match=r"act\.kind: 3 is not a ActKind"):
@@ -123,7 +150,7 @@ def test_encode_rechecks_hand_built_command():
 def test_unknown_opcode_decode():
     word = bytearray(isa.COMMAND_BYTES)
     with pytest.raises(isa.UnknownOpcode) as ei:
-        decode(bytes(word))                       # zeroed memory is not a command
+        decode(bytes(word))  # zeroed memory is not a command
     assert ei.value.value == 0
     word[0] = 0xEE
     with pytest.raises(ValueError, match="opcode: 238 is not a known Opcode"):
@@ -141,12 +168,18 @@ def test_status_layout_and_error_codes():
 
 
 # --------------------------------------------------------------------------- memory formats
-TLMM_CFGS = [DEFAULT.tlmm, replace(DEFAULT.tlmm, table="mirrored"),
-             TLMMConfig(group=2, tables=5, replicas=3), TLMMConfig(group=4, tables=3, replicas=2),
-             TLMMConfig(group=4, tables=2, replicas=1, table="mirrored")]
+TLMM_CFGS = [
+    DEFAULT.tlmm,
+    replace(DEFAULT.tlmm, table="mirrored"),
+    TLMMConfig(group=2, tables=5, replicas=3),
+    TLMMConfig(group=4, tables=3, replicas=2),
+    TLMMConfig(group=4, tables=2, replicas=1, table="mirrored"),
+]
 
 
-@pytest.mark.parametrize("cfg", TLMM_CFGS, ids=lambda c: f"G{c.group}T{c.tables}Q{c.replicas}{c.table[0]}")
+@pytest.mark.parametrize(
+    "cfg", TLMM_CFGS, ids=lambda c: f"G{c.group}T{c.tables}Q{c.replicas}{c.table[0]}"
+)
 def test_tlmm_tiles_round_trip_and_beat_order(cfg, rng):
     for n, k in ((1, 1), (7, 10), (13, 200)):
         w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
@@ -157,11 +190,15 @@ def test_tlmm_tiles_round_trip_and_beat_order(cfg, rng):
         # beat (b, c), code q*T + t = code of row b*Q + q, group c*T + t
         codes = gtlmm.join_codes(*gtlmm.encode_weights(w, cfg), cfg).astype(np.int64)
         kc, bb, cb = isa.tlmm_chunks(k, cfg), isa.tlmm_beat_bytes(cfg), cfg.code_bits
-        zero = gtlmm.join_codes(*gtlmm.encode_weights(np.zeros((1, cfg.group), np.int8), cfg), cfg)[0, 0]
+        zero = gtlmm.join_codes(*gtlmm.encode_weights(np.zeros((1, cfg.group), np.int8), cfg), cfg)[
+            0, 0
+        ]
         for _ in range(20):
             b, c = int(rng.integers(isa.tlmm_blocks(n, cfg))), int(rng.integers(kc))
             q, t = int(rng.integers(cfg.replicas)), int(rng.integers(cfg.tables))
-            beat = int.from_bytes(buf[(b * kc + c) * bb:(b * kc + c + 1) * bb].tobytes(), "little")
+            beat = int.from_bytes(
+                buf[(b * kc + c) * bb : (b * kc + c + 1) * bb].tobytes(), "little"
+            )
             got = (beat >> ((q * cfg.tables + t) * cb)) & ((1 << cb) - 1)
             row, grp = b * cfg.replicas + q, c * cfg.tables + t
             want = codes[row, grp] if row < n and grp < codes.shape[1] else zero
@@ -182,7 +219,7 @@ def test_tlmm_tiles_errors():
 def test_default_beat_is_70_bytes():
     t = DEFAULT.tlmm
     assert isa.tlmm_beat_bytes(t) * 8 >= t.tables * t.replicas * t.code_bits
-    assert isa.tlmm_beat_bytes(t) == 70   # 28 * 4 * 5 bits = 560 bits exactly
+    assert isa.tlmm_beat_bytes(t) == 70  # 28 * 4 * 5 bits = 560 bits exactly
 
 
 def test_scale_records(rng):
@@ -203,6 +240,7 @@ def test_scale_records(rng):
 
 def test_rope_table_layout():
     from golden.rope import rope_tables
+
     cos_q, sin_q = rope_tables(8)
     tab = isa.rope_table(cos_q[:5], sin_q[:5])
     assert tab.shape == (5, 8) and tab.dtype == np.int16
@@ -224,20 +262,104 @@ def test_rtl_view_decodes_host_words(rng):
     from amaranth.sim import Simulator
 
     word = Signal(isa.COMMAND_BITS)
-    view = COMMAND(word)                      # a View over the raw register
-    cmds = [command(op, **_random_args(op, rng)) for op in (Opcode.ROPE_QUANT, Opcode.ACT,
-                                                            Opcode.NORM_QUANT)]
+    view = COMMAND(word)  # a View over the raw register
+    cmds = [
+        command(op, **_random_args(op, rng))
+        for op in (Opcode.ROPE_QUANT, Opcode.ACT, Opcode.NORM_QUANT)
+    ]
     seen = []
 
     async def bench(ctx):
         for c in cmds:
             ctx.set(word, int.from_bytes(encode(c), "little"))
             args = view.args[isa.op_name(c.op)]
-            seen.append((ctx.get(view.opcode),
-                         {n: ctx.get(args[n]) for n, _ in ARGS[c.op]}))
+            seen.append((ctx.get(view.opcode), {n: ctx.get(args[n]) for n, _ in ARGS[c.op]}))
 
     sim = Simulator(Module())
     sim.add_testbench(bench)
     sim.run()
-    for c, (op, fields) in zip(cmds, seen):
+    for c, (op, fields) in zip(cmds, seen, strict=False):
         assert op == c.op and fields == c.args
+
+
+# --------------------------------------------------------------------------- op contracts
+def test_contracts_name_fields_and_limits_only():
+    """Every expression of every contract row names only its opcode's fields and the
+    datapath names of ``contract_names``; every tensor field is an address field."""
+    limits = set(isa.contract_names({}, DEFAULT))
+    for op, items in isa.CONTRACTS.items():
+        fields = {n for n, _ in ARGS[op]}
+        for item in items:
+            exprs = []
+            if isinstance(item, isa.Dims):
+                exprs += list(item.rules)
+            elif isinstance(item, isa.Tensor):
+                assert ARGS[op][item.field].width == isa.ADDR_BITS, (op, item.field)
+                exprs += [*item.shape, *(e for e in (item.ld, item.offset) if e)]
+            if getattr(item, "when", None):
+                exprs.append(item.when)
+            for e in exprs:
+                assert set(isa.expr_names(e)) <= fields | limits, (op.name, e)
+
+
+@pytest.mark.parametrize("op", [op for op in Opcode if isa.CONTRACTS[op]])
+def test_contract_agrees_on_ints_and_amaranth_values(op, rng):
+    """Each rule and each tensor's extent of the contract gives the same value on ints
+    (the golden executor's checks) and on Amaranth values (the engines' checks,
+    ``hw.ops.base.ArgChecks``), for random fields and their extremes (zero heads: a
+    negative head span)."""
+    from amaranth import Module, Signal, Value
+    from amaranth.sim import Simulator
+
+    args = Signal(ARGS[op])
+    hw = isa.contract_names({n: args[n] for n, _ in ARGS[op]}, DEFAULT)
+    probes = []  # (what, Amaranth value, f(int names))
+    for item in isa.CONTRACTS[op]:
+        if isinstance(item, isa.Dims):
+            for rule in item.rules:
+                probes.append(
+                    (
+                        rule,
+                        Value.cast(isa.evaluate(rule, hw)),
+                        lambda names, r=rule: isa.evaluate(r, names),
+                    )
+                )
+        elif isinstance(item, isa.Tensor):
+            start, nbytes = item.extent(hw)
+            probes.append(
+                (f"{item.field} start", Value.cast(start), lambda names, t=item: t.extent(names)[0])
+            )
+            probes.append(
+                (
+                    f"{item.field} bytes",
+                    Value.cast(nbytes),
+                    lambda names, t=item: t.extent(names)[1],
+                )
+            )
+    vectors = [_random_args(op, rng, e) for e in ("lo", "hi", None, None, None, None)]
+    for v in vectors[2:]:  # small dims too: 0, 1 and a few
+        v.update(
+            {
+                n: int(rng.integers(0, 4))
+                for n, f in ARGS[op]
+                if n not in isa.ADDR_FIELDS[op]
+                and not isinstance(v[n], ActKind)
+                and rng.random() < 0.5
+                and not Shape.cast(f.shape).signed
+            }
+        )
+
+    async def bench(ctx):
+        for v in vectors:
+            ctx.set(args, {n: (x.value if isinstance(x, ActKind) else x) for n, x in v.items()})
+            names = isa.contract_names(v, DEFAULT)
+            for what, value, f in probes:
+                try:
+                    want = int(f(names))
+                except ZeroDivisionError:  # heads % 0: never reached (kv_heads >= 1 first)
+                    continue
+                assert ctx.get(value) == want, (op.name, what, v)
+
+    sim = Simulator(Module())
+    sim.add_testbench(bench)
+    sim.run()

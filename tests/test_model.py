@@ -1,6 +1,7 @@
 """golden/model.py: the BitNet forward in reference mode against transformers, integer mode
 against reference, KV-cache decode against the full forward, input checks, the op-level
 helpers, and the shipped model's held-out greedy agreement."""
+
 import json
 import math
 from dataclasses import replace
@@ -12,25 +13,57 @@ import pytest
 from golden import model as gmod
 from golden import requant as rq
 from golden.config import DEFAULT
-from golden.model import (DECODE_VS_FULL_INT, GREEDY_AGREEMENT_MIN, INT_COSINE_GAP,
-                          REF_VS_HF_REL_ERR, GoldenModel, Scale, cosine_rows, random_model)
-from golden.modelspec import ModelConfig
+from golden.model import (
+    APPROXIMATIONS,
+    DECODE_VS_FULL_INT,
+    GREEDY_AGREEMENT_MIN,
+    INT_COSINE_GAP,
+    REF_VS_HF_REL_ERR,
+    GoldenModel,
+    Scale,
+    cosine_rows,
+    random_model,
+)
+from golden.modelspec import ATTN_PROJ, MLP_PROJ, ModelConfig
+from host.data import DEFAULT_MODEL
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "models" / "default"
-CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+SHIPPED = Path(DEFAULT_MODEL)
 
 # HF model shapes: GQA ratios 4:1, 1:1 (odd head count), 2:1, 7:1 (MQA, odd); hidden and
 # intermediate sizes that are not multiples of 3 (but one), relu2 and silu
 SHAPES = {
-    "gqa4_relu2": dict(hidden_size=64, intermediate_size=100, num_hidden_layers=2,
-                       num_attention_heads=8, num_key_value_heads=2, hidden_act="relu2"),
-    "mha5_silu": dict(hidden_size=40, intermediate_size=70, num_hidden_layers=2,
-                      num_attention_heads=5, num_key_value_heads=5, hidden_act="silu"),
-    "gqa2_relu2_3layers": dict(hidden_size=48, intermediate_size=128, num_hidden_layers=3,
-                               num_attention_heads=6, num_key_value_heads=3, hidden_act="relu2"),
-    "mqa7_silu": dict(hidden_size=56, intermediate_size=94, num_hidden_layers=2,
-                      num_attention_heads=7, num_key_value_heads=1, hidden_act="silu"),
+    "gqa4_relu2": dict(
+        hidden_size=64,
+        intermediate_size=100,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        hidden_act="relu2",
+    ),
+    "mha5_silu": dict(
+        hidden_size=40,
+        intermediate_size=70,
+        num_hidden_layers=2,
+        num_attention_heads=5,
+        num_key_value_heads=5,
+        hidden_act="silu",
+    ),
+    "gqa2_relu2_3layers": dict(
+        hidden_size=48,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        hidden_act="relu2",
+    ),
+    "mqa7_silu": dict(
+        hidden_size=56,
+        intermediate_size=94,
+        num_hidden_layers=2,
+        num_attention_heads=7,
+        num_key_value_heads=1,
+        hidden_act="silu",
+    ),
 }
 VOCAB, CTX = 67, 64
 
@@ -48,12 +81,18 @@ def build_hf(torch_mod, tmp_path, shape: dict, seed: int):
     """A random transformers BitNetForCausalLM (AutoBitLinear online), saved and loaded
     back both by transformers and by host.checkpoint: (hf_model, golden Model)."""
     from transformers import BitNetConfig, BitNetForCausalLM
+
     from host import checkpoint
 
     torch = torch_mod
-    cfg = BitNetConfig(vocab_size=VOCAB, max_position_embeddings=CTX, bos_token_id=None,
-                       eos_token_id=None, rope_parameters={"rope_type": "default",
-                                                           "rope_theta": 10000.0}, **shape)
+    cfg = BitNetConfig(
+        vocab_size=VOCAB,
+        max_position_embeddings=CTX,
+        bos_token_id=None,
+        eos_token_id=None,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        **shape,
+    )
     torch.manual_seed(seed)
     m = BitNetForCausalLM(cfg)
     g = torch.Generator().manual_seed(seed)
@@ -68,8 +107,11 @@ def build_hf(torch_mod, tmp_path, shape: dict, seed: int):
     d = tmp_path / f"hf_{seed}"
     m.save_pretrained(d)
     conf = json.loads((d / "config.json").read_text())
-    conf["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear",
-                                   "quantization_mode": "online"}
+    conf["quantization_config"] = {
+        "quant_method": "bitnet",
+        "linear_class": "autobitlinear",
+        "quantization_mode": "online",
+    }
     (d / "config.json").write_text(json.dumps(conf))
     hf = BitNetForCausalLM.from_pretrained(d).eval()
     assert type(hf.model.layers[0].self_attn.q_proj).__name__ == "AutoBitLinear"
@@ -119,10 +161,16 @@ def hf_float64(torch_mod, monkeypatch, hf, model):
         for i, lw in enumerate(model.weights.layers):
             layer = hf.model.layers[i]
             for name, tw in lw.proj.items():
-                mod = getattr(layer.self_attn if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj"))
-                              else layer.mlp, name)
+                mod = getattr(
+                    layer.self_attn
+                    if name.endswith(("q_proj", "k_proj", "v_proj", "o_proj"))
+                    else layer.mlp,
+                    name,
+                )
                 density = np.count_nonzero(tw.codes) / tw.codes.size
-                mod.weight.copy_(torch.from_numpy(tw.codes.astype(np.float64) * (tw.scale / density)))
+                mod.weight.copy_(
+                    torch.from_numpy(tw.codes.astype(np.float64) * (tw.scale / density))
+                )
     return hf
 
 
@@ -160,6 +208,7 @@ def test_reference_matches_transformers_float32(torch_mod, tmp_path, rng, shape)
     def hook(name):
         def f(mod, inp, out):
             captured[name] = (inp[0].detach().numpy()[0], out.detach().numpy()[0])
+
         return f
 
     for name, mod in hf.named_modules():
@@ -174,9 +223,12 @@ def test_reference_matches_transformers_float32(torch_mod, tmp_path, rng, shape)
     assert np.max(rel) <= F32_FLIP_REL_ERR, rel
 
     # op by op on transformers' own inputs: every BitLinear and RMSNorm
-    norms = {"input_layernorm": "input_layernorm", "post_attention_layernorm":
-             "post_attention_layernorm", "attn_sub_norm": "attn_sub_norm",
-             "ffn_sub_norm": "ffn_sub_norm"}
+    norms = {
+        "input_layernorm": "input_layernorm",
+        "post_attention_layernorm": "post_attention_layernorm",
+        "attn_sub_norm": "attn_sub_norm",
+        "ffn_sub_norm": "ffn_sub_norm",
+    }
     checked = 0
     for name, (x, y) in captured.items():
         parts = name.split(".")
@@ -199,10 +251,18 @@ def test_reference_matches_transformers_offline_packed(torch_mod, tmp_path, rng,
     transformers (BitLinear: weight_scale divides; AutoBitLinear: it multiplies) to the
     same logits as the golden reference."""
     from transformers import BitNetForCausalLM
+
     from host import checkpoint
 
-    mc = ModelConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CTX)
+    mc = ModelConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=CTX,
+    )
     model = random_model(mc, seed=int(rng.integers(1 << 30)))
     checkpoint.save(model, tmp_path / "m", fmt="offline", linear_class=linear_class)
     hf = BitNetForCausalLM.from_pretrained(tmp_path / "m").eval()
@@ -226,8 +286,15 @@ def test_integer_cosine_vs_reference(torch_mod, tmp_path, rng, shape):
 
 # --------------------------------------------------------------------------- random models
 def small_config(**kw) -> ModelConfig:
-    base = dict(vocab_size=VOCAB, hidden_size=40, intermediate_size=70, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    base = dict(
+        vocab_size=VOCAB,
+        hidden_size=40,
+        intermediate_size=70,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+    )
     base.update(kw)
     return ModelConfig(**base)
 
@@ -241,8 +308,11 @@ def small_models():
 def test_decode_equals_full_forward(small_models, rng, act):
     model = small_models[act]
     toks = rng.integers(0, VOCAB, size=32)
-    for mode, dtype in (("integer", np.float32), ("reference", np.float64),
-                        ("reference", np.float32)):
+    for mode, dtype in (
+        ("integer", np.float32),
+        ("reference", np.float64),
+        ("reference", np.float32),
+    ):
         gm = GoldenModel(model, mode, dtype=dtype)
         full = gm.forward(toks)
         # one prefill then single tokens, and uneven chunks
@@ -257,10 +327,81 @@ def test_decode_equals_full_forward(small_models, rng, act):
             err = np.max(np.abs(got - full))
             if mode == "integer":
                 assert err <= DECODE_VS_FULL_INT
-            elif dtype == np.float64:   # BLAS sums over different shapes: last bits only
+            elif dtype == np.float64:  # BLAS sums over different shapes: last bits only
                 assert err <= 1e-9 * np.abs(full).max()
-            else:   # float32: a last-bit difference may flip an INT8 code at a tie
+            else:  # float32: a last-bit difference may flip an INT8 code at a tie
                 assert err <= F32_FLIP_REL_ERR * np.abs(full).max()
+
+
+# --------------------------------------------------------------------------- ablations
+@pytest.mark.parametrize("act", ["relu2", "silu"])
+def test_ablation_switches_decode_equals_full_forward(small_models, rng, act):
+    """Each reference-mode switch acts per token (attention: on keys <= the query), so a
+    KV-cache decode equals the full forward. float64: the switches whose roundings see
+    continuous values agree to the last bits; attn_int8 and act quantize values that can
+    sit exactly on an INT8/16 rounding tie (rational multiples of the row's absmax), where
+    a last-bit difference flips a code (as for float32 in test_decode_equals_full_forward)."""
+    model = small_models[act]
+    toks = rng.integers(0, VOCAB, size=32)
+    for name in APPROXIMATIONS:
+        gm = GoldenModel(model, "reference", dtype=np.float64, approx={name})
+        full = gm.forward(toks)
+        assert not np.allclose(
+            full, GoldenModel(model, "reference", dtype=np.float64).forward(toks), rtol=0, atol=1e-9
+        ), name  # it switches
+        cache = gm.new_cache()
+        got = np.concatenate(
+            [gm.forward(toks[:7], cache)]
+            + [gm.forward(toks[i : i + 1], cache) for i in range(7, 32)]
+        )
+        tol = F32_FLIP_REL_ERR if name in ("attn_int8", "act") else 1e-9
+        assert np.max(np.abs(got - full)) <= tol * np.abs(full).max(), name
+
+
+def test_ablation_hooks(small_models, rng):
+    model = small_models["relu2"]
+    mc = model.config
+    toks = rng.integers(0, VOCAB, size=(2, 12))
+    seen = {}
+
+    def record(layer, name, x):
+        seen[(layer, name)] = x.shape
+
+    ref = GoldenModel(model, "reference").forward(toks)
+    assert np.array_equal(GoldenModel(model, "reference", proj_hook=record).forward(toks), ref)
+    assert set(seen) == {
+        (li, n) for li in range(mc.num_hidden_layers) for n in ATTN_PROJ + MLP_PROJ
+    }
+    ins = {
+        "q_proj": mc.hidden_size,
+        "o_proj": mc.num_attention_heads * mc.head_dim,
+        "gate_proj": mc.hidden_size,
+        "down_proj": mc.intermediate_size,
+    }
+    for name, k in ins.items():
+        assert seen[(0, name)] == (2, 12, k), name
+    # act_hook gets g = acc * s_w / s_x (the gate's value, formed from the exact integer
+    # accumulator) and s_w / s_x; returning relu2(g) gives the reference up to rounding
+    calls = []
+
+    def relu2(layer, g, s):
+        calls.append(layer)
+        assert g.shape == (2, 12, mc.intermediate_size) and s.shape == (2, 12, 1)
+        return np.square(np.maximum(g, 0))
+
+    ref64 = GoldenModel(model, "reference", dtype=np.float64).forward(toks)
+    got = GoldenModel(model, "reference", dtype=np.float64, act_hook=relu2).forward(toks)
+    assert calls == list(range(mc.num_hidden_layers))
+    assert np.max(np.abs(got - ref64)) <= 1e-9 * np.abs(ref64).max()
+
+
+def test_ablation_options_are_checked(small_models):
+    model = small_models["relu2"]
+    with pytest.raises(ValueError, match="approx: unknown"):
+        GoldenModel(model, "reference", approx={"rsqrt"})
+    for kw in (dict(approx={"rope"}), dict(proj_hook=print), dict(act_hook=print)):
+        with pytest.raises(ValueError, match="reference mode only"):
+            GoldenModel(model, "integer", **kw)
 
 
 def test_batch_equals_single_sequences(small_models, rng):
@@ -282,7 +423,7 @@ def test_exact_tlmm_path_equals_blas_path(small_models, rng):
     b = GoldenModel(model, "integer", exact_tlmm=True).forward(toks, trace=exact)
     np.testing.assert_array_equal(a, b)
     assert [(layer, op) for layer, op, _ in fast] == [(layer, op) for layer, op, _ in exact]
-    for (_, op, x), (_, _, y) in zip(fast, exact):
+    for (_, op, x), (_, _, y) in zip(fast, exact, strict=False):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=f"{op}.{k}")
 
@@ -295,7 +436,7 @@ def test_attention_block_size_does_not_change_the_bits(small_models, rng, monkey
     monkeypatch.setattr(gmod, "ATTN_QUERY_BLOCK", 7)
     got = GoldenModel(model, "integer").forward(toks, trace=b)
     np.testing.assert_array_equal(got, want)
-    for (_, op, x), (_, _, y) in zip(a, b):
+    for (_, op, x), (_, _, y) in zip(a, b, strict=False):
         for k in x:
             np.testing.assert_array_equal(x[k], y[k], err_msg=f"{op}.{k}")
 
@@ -303,13 +444,29 @@ def test_attention_block_size_does_not_change_the_bits(small_models, rng, monkey
 def test_trace_is_the_documented_op_sequence(small_models, rng):
     mc = small_models["relu2"].config
     trace = []
-    GoldenModel(small_models["relu2"], "integer").forward(rng.integers(0, VOCAB, size=5), trace=trace)
-    per_layer = ["norm_quant.input_layernorm", "tlmm.qkv", "rope_quant", "qk", "softmax", "pv",
-                 "norm_quant.attn_sub_norm", "tlmm_residual.o_proj",
-                 "norm_quant.post_attention_layernorm", "tlmm.gate_up", "act",
-                 "norm_quant.ffn_sub_norm", "tlmm_residual.down_proj"]
-    want = [(-1, "embed")] + [(i, op) for i in range(mc.num_hidden_layers) for op in per_layer] \
+    GoldenModel(small_models["relu2"], "integer").forward(
+        rng.integers(0, VOCAB, size=5), trace=trace
+    )
+    per_layer = [
+        "norm_quant.input_layernorm",
+        "tlmm.qkv",
+        "rope_quant",
+        "qk",
+        "softmax",
+        "pv",
+        "norm_quant.attn_sub_norm",
+        "tlmm_residual.o_proj",
+        "norm_quant.post_attention_layernorm",
+        "tlmm.gate_up",
+        "act",
+        "norm_quant.ffn_sub_norm",
+        "tlmm_residual.down_proj",
+    ]
+    want = (
+        [(-1, "embed")]
+        + [(i, op) for i in range(mc.num_hidden_layers) for op in per_layer]
         + [(-1, "norm_quant.norm"), (-1, "lm_head")]
+    )
     assert [(layer, op) for layer, op, _ in trace] == want
     # formats: int8 activations, int16 logits, uint16 probabilities, int32 residual
     ops = {(layer, op): arrays for layer, op, arrays in trace}
@@ -336,7 +493,7 @@ def test_integer_intermediates_track_reference(small_models, rng):
         for key in ("h", "o", "m"):
             if key in arrays and (layer, op) in ref:
                 want = ref[(layer, op)][key][0]
-                got = arrays[key][0].astype(np.float64) * 2.0 ** -frac
+                got = arrays[key][0].astype(np.float64) * 2.0**-frac
                 assert np.max(np.abs(got - want)) <= 0.05 * np.max(np.abs(want)), (layer, op, key)
 
 
@@ -347,8 +504,9 @@ def test_requant_equals_golden_requant_in_range(rng):
     shift = rng.integers(0, 64, 5000)
     for out_bits in (8, 16, 32):
         cfg = replace(DEFAULT.requant, out_bits=out_bits)
-        np.testing.assert_array_equal(gmod.requant(acc, Scale(mant, shift), 0, out_bits),
-                                      rq.requantize(acc, mant, shift, cfg))
+        np.testing.assert_array_equal(
+            gmod.requant(acc, Scale(mant, shift), 0, out_bits), rq.requantize(acc, mant, shift, cfg)
+        )
 
 
 def test_requant_out_of_range_shifts_are_exact(rng):
@@ -356,7 +514,7 @@ def test_requant_out_of_range_shifts_are_exact(rng):
     mant = rng.integers(1, 1 << 16, 1000)
     shift = rng.integers(-45, 100, 1000)
     got = gmod.requant(acc, Scale(mant, shift), 3, 16).astype(np.int64)
-    for a, m, s, g in zip(acc.tolist(), mant.tolist(), shift.tolist(), got.tolist()):
+    for a, m, s, g in zip(acc.tolist(), mant.tolist(), shift.tolist(), got.tolist(), strict=False):
         s -= 3
         v = a * m << -s if s <= 0 else (a * m + (1 << (s - 1))) >> s
         assert g == min(max(v, -(1 << 15)), (1 << 15) - 1), (a, m, s)
@@ -385,8 +543,11 @@ def test_scale_mul_and_scale_of_int(rng):
 
 def test_norm_weights_keep_full_int16_precision():
     cfg = gmod.model_datapath_config(random_model(small_config()), DEFAULT)
-    for gamma in (np.array([0.01, -0.003, 0.02]), np.array([12.0, -40.0, 3.0]),
-                  np.array([0.999999, 0.5])):
+    for gamma in (
+        np.array([0.01, -0.003, 0.02]),
+        np.array([12.0, -40.0, 3.0]),
+        np.array([0.999999, 0.5]),
+    ):
         nc = gmod._compile_norm(gamma, cfg, "gamma")
         assert nc.gamma_q.dtype == np.int16
         assert (1 << 14) <= np.max(np.abs(nc.gamma_q.astype(np.int64))) < (1 << 15)
@@ -398,16 +559,23 @@ def test_norm_weights_keep_full_int16_precision():
 def test_bad_tokens_and_arguments(small_models):
     model = small_models["relu2"]
     gm = GoldenModel(model, "integer")
-    cases = [([1.0, 2.0], "tokens"), (np.zeros((2, 2, 2), int), "tokens"), ([], "tokens"),
-             ([[]], "tokens"), ([1, -1], "tokens"), ([1, VOCAB], "tokens"), ("ab", "tokens"),
-             (np.zeros(33, int), "tokens")]            # 33 > max_position_embeddings
+    cases = [
+        ([1.0, 2.0], "tokens"),
+        (np.zeros((2, 2, 2), int), "tokens"),
+        ([], "tokens"),
+        ([[]], "tokens"),
+        ([1, -1], "tokens"),
+        ([1, VOCAB], "tokens"),
+        ("ab", "tokens"),
+        (np.zeros(33, int), "tokens"),
+    ]  # 33 > max_position_embeddings
     for toks, name in cases:
         with pytest.raises(ValueError, match=name):
             gm.forward(toks)
     cache = gm.new_cache()
     gm.forward(np.zeros(30, int), cache)
     with pytest.raises(ValueError, match="tokens"):
-        gm.forward(np.zeros(3, int), cache)              # 30 + 3 > 32
+        gm.forward(np.zeros(3, int), cache)  # 30 + 3 > 32
     with pytest.raises(ValueError, match="cache"):
         gm.forward([1], GoldenModel(model, "reference").new_cache())
     with pytest.raises(ValueError, match="cache"):
@@ -423,30 +591,36 @@ def test_bad_tokens_and_arguments(small_models):
 # --------------------------------------------------------------------------- shipped model
 def test_report_rows_within_bounds():
     rows = gmod.error_report()
-    assert [r["bound"] for r in rows] == [gmod.scale_rel_bound(DEFAULT.requant.mult_bits), 0.0,
-                                          INT_COSINE_GAP, float(DECODE_VS_FULL_INT)]
+    assert [r["bound"] for r in rows] == [
+        gmod.scale_rel_bound(DEFAULT.requant.mult_bits),
+        0.0,
+        INT_COSINE_GAP,
+        float(DECODE_VS_FULL_INT),
+    ]
     for r in rows:
         assert r["measured"] <= r["bound"], r
 
 
-@pytest.mark.skipif(not (SHIPPED / "config.json").exists(),
-                    reason="models/default not trained yet (it ships with the model task)")
+@pytest.mark.skipif(
+    not (SHIPPED / "config.json").exists(),
+    reason="models/default not trained yet (it ships with the model task)",
+)
 def test_shipped_model_greedy_agreement():
     """Integer vs reference greedy next token over 2048 held-out positions (8 windows of
     the model's context from the last 10 % of tinyshakespeare)."""
     from host import checkpoint
+    from host.data import heldout_text
     from host.tokenizer import CharTokenizer
 
     model = checkpoint.load(SHIPPED)
     tok = CharTokenizer.load(SHIPPED)
-    text = CORPUS.read_text(encoding="utf-8")
-    held = text[int(len(text) * 0.9):]
+    held = heldout_text()
     ctx = model.config.max_position_embeddings
     n_win = max(1, 2048 // ctx)
-    ids = np.asarray(tok.encode(held[:n_win * ctx]), dtype=np.int64).reshape(n_win, ctx)
+    ids = np.asarray(tok.encode(held[: n_win * ctx]), dtype=np.int64).reshape(n_win, ctx)
     ref_gm, int_gm = GoldenModel(model, "reference"), GoldenModel(model, "integer")
     agree = []
-    for window in ids:                 # one window per forward: the fastest here
+    for window in ids:  # one window per forward: the fastest here
         agree.append(ref_gm.forward(window).argmax(-1) == int_gm.forward(window).argmax(-1))
     rate = float(np.mean(np.concatenate(agree)))
     assert rate >= GREEDY_AGREEMENT_MIN, rate

@@ -1,11 +1,12 @@
 """NL-ADC golden model against float math and its stated bounds (golden/nl_adc.py)."""
+
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from golden import nl_adc as N
-from golden.config import ADCConfig, ADCDeviceConfig, DEFAULT
+from golden.config import DEFAULT, ADCConfig, ADCDeviceConfig
 
 BITS = range(4, 9)
 
@@ -128,7 +129,7 @@ def test_ideal_half_lsb(name, bits, rng):
     inside = (fx >= dsg.y_lo) & (fx <= dsg.y_hi)
     err = np.abs(dsg.convert(x[inside]) - fx[inside]) / dsg.lsb
     assert err.max() <= N.IDEAL_BOUND_LSB
-    assert err.max() > 0.45          # the bound is tight: thresholds sit where it is reached
+    assert err.max() > 0.45  # the bound is tight: thresholds sit where it is reached
     # Outside the range the output saturates within ½ LSB of clip(f).
     clipped = np.clip(fx, dsg.y_lo, dsg.y_hi)
     assert (np.abs(dsg.convert(x) - clipped) / dsg.lsb).max() <= N.IDEAL_BOUND_LSB
@@ -159,10 +160,13 @@ def test_relu2_negative_branch(rng):
     np.testing.assert_allclose(np.abs(dsg.convert(x) - 0.0) / dsg.lsb, 0.5)
 
 
-@pytest.mark.parametrize("name,ref", [
-    ("gelu", lambda x: x * 0.5 * (1 + np.vectorize(__import__("math").erf)(x / np.sqrt(2)))),
-    ("silu", lambda x: x * ref_sigmoid(x)),
-])
+@pytest.mark.parametrize(
+    "name,ref",
+    [
+        ("gelu", lambda x: x * 0.5 * (1 + np.vectorize(__import__("math").erf)(x / np.sqrt(2)))),
+        ("silu", lambda x: x * ref_sigmoid(x)),
+    ],
+)
 def test_gelu_silu_branch_handling(name, ref, rng):
     dsg = N.design(name, 6)
     xm = dsg.function.branch_min
@@ -172,17 +176,21 @@ def test_gelu_silu_branch_handling(name, ref, rng):
     assert err.max() <= N.IDEAL_BOUND_LSB
     left = rng.uniform(-30.0, xm, 5000)
     yl = dsg.convert(left)
-    assert np.all(dsg.codes(left) == 0)                      # f(max(x, x_min))
+    assert np.all(dsg.codes(left) == 0)  # f(max(x, x_min))
     assert np.all(np.abs(yl - ref(left)) <= 0.5 * dsg.lsb + abs(fmin) + 1e-12)
-    assert np.abs(yl - ref(left)).max() > 0.5 * dsg.lsb     # the left branch is not within ½ LSB
+    assert np.abs(yl - ref(left)).max() > 0.5 * dsg.lsb  # the left branch is not within ½ LSB
 
 
 def test_ramp_structure():
     for name in ("sigmoid", "relu2", "tanh"):
         dsg = N.design(name, 7)
         t = np.asarray(dsg.thresholds)
-        np.testing.assert_allclose(dsg.start_level + np.concatenate([[0], np.cumsum(dsg.steps)]),
-                                   t, rtol=0, atol=1e-12 * np.abs(t).max())
+        np.testing.assert_allclose(
+            dsg.start_level + np.concatenate([[0], np.cumsum(dsg.steps)]),
+            t,
+            rtol=0,
+            atol=1e-12 * np.abs(t).max(),
+        )
         g = dsg.conductances
         assert g.max() == 1.0 and g.min() > 0
         np.testing.assert_allclose(g * dsg.g_scale, np.diff(t), rtol=1e-15)
@@ -199,15 +207,16 @@ def test_input_validation():
 
 
 # ----------------------------------------------------------------------------- device
-NOISY = ADCDeviceConfig(sigma_prog=0.05, stuck_off_prob=0.02, sigma_read=0.01, sigma_offset=0.01,
-                        columns=8)
+NOISY = ADCDeviceConfig(
+    sigma_prog=0.05, stuck_off_prob=0.02, sigma_read=0.01, sigma_offset=0.01, columns=8
+)
 
 
 def test_ideal_device_equals_design(rng):
     dsg = N.design("sigmoid", 6)
     dev = N.sample_device(dsg, ADCDeviceConfig(columns=4))
     x = dense_inputs(dsg, rng, 3999)
-    x = x[: x.size // 3 * 3].reshape(-1, 3)                   # 3 lanes of 4 columns
+    x = x[: x.size // 3 * 3].reshape(-1, 3)  # 3 lanes of 4 columns
     np.testing.assert_array_equal(dev.codes(x), dsg.codes(x))
     np.testing.assert_array_equal(N.calibrate(dev).codes(x), dsg.codes(x))
 
@@ -222,9 +231,10 @@ def test_same_seed_same_device_and_results(rng):
         np.testing.assert_array_equal(getattr(a, f), getattr(b, f))
     assert not np.array_equal(a.g_steps, c.g_steps)
     x = rng.uniform(-2, 2, (50, 8))
-    np.testing.assert_array_equal(a.codes(x), b.codes(x))          # own read streams
-    np.testing.assert_array_equal(a.codes(x, rng=np.random.default_rng(5)),
-                                  b.codes(x, rng=np.random.default_rng(5)))
+    np.testing.assert_array_equal(a.codes(x), b.codes(x))  # own read streams
+    np.testing.assert_array_equal(
+        a.codes(x, rng=np.random.default_rng(5)), b.codes(x, rng=np.random.default_rng(5))
+    )
     ca, cb = N.calibrate(a), N.calibrate(b)
     np.testing.assert_array_equal(ca.g_bias, cb.g_bias)
     np.testing.assert_array_equal(ca.convert(x), cb.convert(x))
@@ -236,15 +246,19 @@ def test_programming_error_accumulates_along_ramp(model, rng):
     sigma = 0.05 if model == "NormalProportional" else 0.02
     cfg = ADCDeviceConfig(prog_model=model, sigma_prog=sigma)
     base = int(rng.integers(1 << 30))
-    err = np.array([N.sample_device(dsg, cfg, seed=(base, i)).static_thresholds() - dsg.thresholds
-                    for i in range(600)])
+    err = np.array(
+        [
+            N.sample_device(dsg, cfg, seed=(base, i)).static_thresholds() - dsg.thresholds
+            for i in range(600)
+        ]
+    )
     g = dsg.conductances
-    per_cell = (sigma * g) ** 2 if model == "NormalProportional" else np.full(g.size, sigma ** 2)
-    predicted = dsg.g_scale ** 2 * np.concatenate([[0.0], np.cumsum(per_cell)])
-    assert np.all(err[:, 0] == 0)                               # the start level is exact
+    per_cell = (sigma * g) ** 2 if model == "NormalProportional" else np.full(g.size, sigma**2)
+    predicted = dsg.g_scale**2 * np.concatenate([[0.0], np.cumsum(per_cell)])
+    assert np.all(err[:, 0] == 0)  # the start level is exact
     ratio = err[:, 1:].var(axis=0) / predicted[1:]
     assert np.all((ratio > 0.7) & (ratio < 1.4)), ratio
-    assert predicted[-1] > 2 * predicted[3]                     # it grows along the ramp
+    assert predicted[-1] > 2 * predicted[3]  # it grows along the ramp
     assert err[:, -1].var() > 1.5 * err[:, 3].var()
 
 
@@ -264,30 +278,33 @@ def test_read_noise_per_conversion_shared_by_columns(rng):
     dev = N.sample_device(dsg, cfg, seed=int(rng.integers(1 << 30)))
     ramps = dev.noisy_ramps(4000, rng)
     g = dsg.conductances
-    predicted_sd = 0.02 * dsg.g_scale * np.sqrt(np.sum(g ** 2))
+    predicted_sd = 0.02 * dsg.g_scale * np.sqrt(np.sum(g**2))
     assert 0.9 < ramps[:, -1].std() / predicted_sd < 1.1
     # one conversion = one ramp for all 16 columns: equal inputs give equal codes per row
     x = np.repeat(rng.uniform(-1, 1, (300, 1)), 16, axis=1)
     codes = dev.codes(x, rng=rng)
     assert np.all(codes == codes[:, :1])
     rep = dev.codes(np.zeros((300, 16)), rng=rng)[:, 0]
-    assert np.unique(rep).size > 1                          # it does vary between conversions
+    assert np.unique(rep).size > 1  # it does vary between conversions
 
 
 def test_comparator_offset_per_column(rng):
     dsg = N.design("tanh", 6)
-    dev = N.sample_device(dsg, ADCDeviceConfig(sigma_offset=0.05, columns=8),
-                          seed=int(rng.integers(1 << 30)))
+    dev = N.sample_device(
+        dsg, ADCDeviceConfig(sigma_offset=0.05, columns=8), seed=int(rng.integers(1 << 30))
+    )
     x = rng.uniform(-2, 2, (400, 8))
     codes = dev.codes(x)
     for c in range(8):
         np.testing.assert_array_equal(
-            codes[:, c], N.codes_from_thresholds(x[:, c], dsg.thresholds - dev.offsets[c]))
+            codes[:, c], N.codes_from_thresholds(x[:, c], dsg.thresholds - dev.offsets[c])
+        )
     # long last axis: element j uses column j % 8
     flat = rng.uniform(-2, 2, 37)
     got = dev.codes(flat)
-    want = [N.codes_from_thresholds(flat[j], dsg.thresholds - dev.offsets[j % 8])
-            for j in range(37)]
+    want = [
+        N.codes_from_thresholds(flat[j], dsg.thresholds - dev.offsets[j % 8]) for j in range(37)
+    ]
     np.testing.assert_array_equal(got, np.array(want))
 
 
@@ -295,8 +312,10 @@ def test_read_voltage_cancels_exactly(rng):
     dsg = N.design("sigmoid", 7)
     x = dense_inputs(dsg, rng, 5000)
     x = x[: x.size // 8 * 8].reshape(-1, 8)
-    for cfg in (ADCDeviceConfig(columns=8),
-                ADCDeviceConfig(columns=8, sigma_prog=0.1, stuck_off_prob=0.05)):
+    for cfg in (
+        ADCDeviceConfig(columns=8),
+        ADCDeviceConfig(columns=8, sigma_prog=0.1, stuck_off_prob=0.05),
+    ):
         dev = N.sample_device(dsg, cfg, seed=int(rng.integers(1 << 30)))
         base = dev.codes(x, v_read=1.0)
         for v in (0.5, 0.75, 0.8, 1.25, 2.0):
@@ -334,7 +353,7 @@ def test_calibration_improves_over_200_devices(rng):
     print(f"uncal mean {u_mean:.3f} p90 {u_p90:.3f}; cal mean {c_mean:.3f} p90 {c_p90:.3f} LSB")
     assert u_mean >= N.CAL_MIN_FACTOR_MEAN * c_mean
     assert u_p90 >= N.CAL_MIN_FACTOR_P90 * c_p90
-    assert c_mean >= np.sqrt(1 / 12) - 0.01                 # cannot beat quantization
+    assert c_mean >= np.sqrt(1 / 12) - 0.01  # cannot beat quantization
 
 
 def test_calibration_start_placement_and_stuck_bias(rng):
@@ -342,7 +361,7 @@ def test_calibration_start_placement_and_stuck_bias(rng):
     base = int(rng.integers(1 << 30))
     start = replace(N.CAL_STUDY_DEVICE, seed=base, bias_placement="start")
     st = N.calibration_study(dsg, start, n_devices=60)
-    assert st["mean"][1] < 0.8 * st["mean"][0]               # an offset alone helps less
+    assert st["mean"][1] < 0.8 * st["mean"][0]  # an offset alone helps less
     dev = N.sample_device(dsg, replace(N.CAL_STUDY_DEVICE, stuck_off_prob=0.0), seed=base)
     dead = replace(dev, stuck_bias=np.array([False, True, False, False, False]))
     cal = N.calibrate(dead)
@@ -354,7 +373,7 @@ def test_calibration_fixes_a_stuck_step():
     dsg = N.design("sigmoid", 6)
     dev = N.sample_device(dsg, ADCDeviceConfig())
     g = dev.g_steps.copy()
-    g[20] = 0.0                                              # one stuck cell mid-ramp
+    g[20] = 0.0  # one stuck cell mid-ramp
     broken = replace(dev, g_steps=g, stuck_steps=np.arange(g.size) == 20)
     x = N.evaluation_inputs(dsg, 4096)
     fixed = N.calibrate(broken)
@@ -377,6 +396,7 @@ def test_quantize_inputs_rounding_and_saturation():
 def test_threshold_table_is_ceil():
     dsg = N.design("sigmoid", DEFAULT.adc.bits)
     import math
+
     want = [math.ceil(t * (1 << DEFAULT.adc.threshold_frac_bits)) for t in dsg.thresholds]
     np.testing.assert_array_equal(N.threshold_table(dsg), want)
 
@@ -422,7 +442,7 @@ def test_twin_from_sampled_device(rng):
 
 def test_ramp_counter_counts_in_any_order():
     a = ADCConfig(bits=2)
-    table = np.array([3, 1, 2])                              # a ramp that steps down
+    table = np.array([3, 1, 2])  # a ramp that steps down
     np.testing.assert_array_equal(N.ramp_counter_codes(np.arange(5), table, a), [0, 1, 2, 3, 3])
 
 

@@ -6,12 +6,14 @@ uses, so the three take about 2-3 minutes together on 2 cores. A failing cell --
 includes each notebook's own asserts of its reported numbers against the golden
 modules' stated bounds -- fails the test; the figures must all be written.
 """
+
 import os
 import sys
 
 import nbformat
 import pytest
 
+from host.data import DEFAULT_MODEL
 from notebooks import lib, run
 
 # smaller slices than the notebooks' defaults (runtime); every code path still runs
@@ -21,12 +23,17 @@ QUICK = {
     "nl_adc": dict(HELDOUT_WINDOWS=2, RANGE_WINDOWS=1, BITS=(3, 6), STUDY_DEVICES=20),
 }
 FIGURES = {
-    "weights_activations": ("weight_codes", "activations", "projection_snr",
-                            "integer_vs_reference", "heldout_loss"),
+    "weights_activations": (
+        "weight_codes",
+        "activations",
+        "projection_snr",
+        "integer_vs_reference",
+        "heldout_loss",
+    ),
     "approximations": ("block_errors", "bound_ratio", "ablation", "activation_in_model"),
     "nl_adc": ("transfer_curves", "calibration", "model_bits"),
 }
-MODEL_DIR = os.environ.get("NOTEBOOK_MODEL", lib.DEFAULT_MODEL)
+MODEL_DIR = os.environ.get("NOTEBOOK_MODEL", DEFAULT_MODEL)
 
 
 def test_every_notebook_is_tested():
@@ -56,7 +63,8 @@ def test_notebook_runs(name, tmp_path):
 
 def test_cell_failure_is_reported(tmp_path):
     # a notebook whose parameter makes a cell fail must raise, not pass silently
-    with pytest.raises(Exception):
-        run.execute("weights_activations", {"MODEL_DIR": str(tmp_path / "missing")},
-                    out_dir=str(tmp_path))
+    with pytest.raises(Exception):  # noqa: B017 - nbclient raises its own CellExecutionError
+        run.execute(
+            "weights_activations", {"MODEL_DIR": str(tmp_path / "missing")}, out_dir=str(tmp_path)
+        )
     assert (tmp_path / "weights_activations.ipynb").is_file()

@@ -1,4 +1,5 @@
 """golden.packing: round trips, bit layouts checked independently, transformers HF layout."""
+
 import itertools
 from dataclasses import replace
 
@@ -29,7 +30,9 @@ def ternary_matrix(draw, n_multiple=1, max_n=12, max_k=40):
     return draw(ternary((n, k)))
 
 
-ALL_CODE_CFGS = [replace(DEFAULT.tlmm, group=g, table=t) for g in (2, 3, 4) for t in ("full", "mirrored")]
+ALL_CODE_CFGS = [
+    replace(DEFAULT.tlmm, group=g, table=t) for g in (2, 3, 4) for t in ("full", "mirrored")
+]
 
 
 # --------------------------------------------------------------------------- HF 2-bit
@@ -38,11 +41,13 @@ def test_hf_matches_transformers(rng):
         n = 4 * int(rng.integers(1, 16))
         k = int(rng.integers(1, 50))
         w = rng.integers(-1, 2, size=(n, k)).astype(np.int8)
-        theirs = hf.pack_weights(torch.from_numpy(w.copy())).numpy()   # it mutates its input
+        theirs = hf.pack_weights(torch.from_numpy(w.copy())).numpy()  # it mutates its input
         packed = P.pack_hf(w)
         assert packed.dtype == np.uint8 and packed.shape == (n // 4, k)
         assert np.array_equal(packed, theirs)
-        assert np.array_equal(P.unpack_hf(packed), HF_UNPACK(torch.from_numpy(packed), torch.int8).numpy())
+        assert np.array_equal(
+            P.unpack_hf(packed), HF_UNPACK(torch.from_numpy(packed), torch.int8).numpy()
+        )
 
 
 def test_hf_layout_bits(rng):
@@ -80,13 +85,13 @@ def test_tl2_bit_layout(rng):
     wp = np.pad(w, ((0, 0), (0, 3 * groups - k)))
     for row in range(n):
         stream = _row_stream(packed[row])
-        assert stream >> (5 * groups) == 0                 # zero fill after the last code
+        assert stream >> (5 * groups) == 0  # zero fill after the last code
         for j in range(groups):
             code = (stream >> (5 * j)) & 31
             index, sign = code & 15, code >> 4
             assert index <= 13 and not (sign and index == 0)
             ws = np.array(digits_of[index]) * (-1 if sign else 1)
-            assert np.array_equal(ws, wp[row, 3 * j:3 * j + 3])
+            assert np.array_equal(ws, wp[row, 3 * j : 3 * j + 3])
 
 
 def test_tl2_is_tlmm_mirrored_code(rng):
@@ -101,8 +106,13 @@ def test_tl2_is_tlmm_mirrored_code(rng):
         assert [c & 15 for c in codes] == index[row].tolist()
         assert [c >> 4 for c in codes] == sign[row].tolist()
     # and the TLMM engine fed from the packed image computes the matmul
-    codes = np.array([[(_row_stream(packed[r]) >> (5 * j)) & 31 for j in range(index.shape[1])]
-                      for r in range(w.shape[0])], dtype=np.uint8)
+    codes = np.array(
+        [
+            [(_row_stream(packed[r]) >> (5 * j)) & 31 for j in range(index.shape[1])]
+            for r in range(w.shape[0])
+        ],
+        dtype=np.uint8,
+    )
     x = rng.integers(-128, 128, size=(3, 100)).astype(np.int8)
     y = T.lookup_accumulate(T.build_tables(x, P.TL2), *T.split_codes(codes, P.TL2), P.TL2)
     assert np.array_equal(y, x.astype(np.int64) @ w.astype(np.int64).T)
@@ -131,7 +141,7 @@ def test_base3_layout(rng):
     assert packed.shape == (4, 3)
     wp = np.pad(w, ((0, 0), (0, 2)))
     for n, j in itertools.product(range(4), range(3)):
-        assert int(packed[n, j]) == sum((int(wp[n, 5 * j + i]) + 1) * 3 ** i for i in range(5))
+        assert int(packed[n, j]) == sum((int(wp[n, 5 * j + i]) + 1) * 3**i for i in range(5))
 
 
 @settings(max_examples=60, deadline=None)
@@ -141,7 +151,9 @@ def test_base3_round_trip(w):
 
 
 # --------------------------------------------------------------------------- errors
-@pytest.mark.parametrize("pack", [P.pack_hf, P.pack_tl2, P.pack_base3, lambda w: P.pack_codes(w, DEFAULT.tlmm)])
+@pytest.mark.parametrize(
+    "pack", [P.pack_hf, P.pack_tl2, P.pack_base3, lambda w: P.pack_codes(w, DEFAULT.tlmm)]
+)
 def test_pack_rejects(pack):
     good = np.zeros((4, 6), dtype=np.int8)
     with pytest.raises(ValueError, match="w_t.*int8"):
@@ -168,17 +180,17 @@ def test_unpack_rejects():
     with pytest.raises(ValueError, match="packed"):
         P.unpack_base3(np.array([[243]], dtype=np.uint8), 5)
     with pytest.raises(ValueError, match="packed.*padding"):
-        P.unpack_base3(np.array([[2 * 3 ** 4]], dtype=np.uint8), 4)    # weight 4 is +1 (pad)
+        P.unpack_base3(np.array([[2 * 3**4]], dtype=np.uint8), 4)  # weight 4 is +1 (pad)
     with pytest.raises(ValueError, match="packed"):
-        P.unpack_base3(np.zeros((1, 2), dtype=np.uint8), 5)           # k needs 1 byte
+        P.unpack_base3(np.zeros((1, 2), dtype=np.uint8), 5)  # k needs 1 byte
     with pytest.raises(ValueError, match="k"):
         P.unpack_tl2(np.zeros((1, 1), dtype=np.uint8), 0)
     w = np.zeros((1, 3), dtype=np.int8)
-    packed = P.pack_tl2(w)                                           # one 5-bit code in 1 byte
+    packed = P.pack_tl2(w)  # one 5-bit code in 1 byte
     with pytest.raises(ValueError, match="packed.*index"):
-        P.unpack_tl2(packed | np.uint8(14), 3)                       # index 14 > 13
+        P.unpack_tl2(packed | np.uint8(14), 3)  # index 14 > 13
     with pytest.raises(ValueError, match="packed.*sign"):
-        P.unpack_tl2(packed | np.uint8(16), 3)                       # sign on the zero group
+        P.unpack_tl2(packed | np.uint8(16), 3)  # sign on the zero group
     with pytest.raises(ValueError, match="packed.*padding bits"):
         P.unpack_tl2(packed | np.uint8(32), 3)
     with pytest.raises(ValueError, match="packed.*padding weights"):

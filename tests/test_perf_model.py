@@ -1,23 +1,34 @@
 """host/perf_model.py: the modeled decode speed is computed from simulated cycles of
 every command of one layer (nothing left to the host), and the roofline counts the bytes
 it claims."""
+
 import pytest
 
-from golden.modelspec import ModelConfig
 from golden import isa
 from golden.isa import Opcode
+from golden.modelspec import ModelConfig
 from host import perf_model
 
-SMALL = ModelConfig(vocab_size=40, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+SMALL = ModelConfig(
+    vocab_size=40,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=32,
+)
 
 
 def test_roofline_counts_weights_head_and_kv():
     r = perf_model.roofline_bytes(perf_model.BITNET_073B, context=100)
     mc = perf_model.BITNET_073B
     assert r["LM head (int8)"] == 32002 * 1536
-    per_layer = (4 * isa.tlmm_weight_bytes(1536, 1536) + 2 * isa.tlmm_weight_bytes(4096, 1536)
-                 + isa.tlmm_weight_bytes(1536, 4096))
+    per_layer = (
+        4 * isa.tlmm_weight_bytes(1536, 1536)
+        + 2 * isa.tlmm_weight_bytes(4096, 1536)
+        + isa.tlmm_weight_bytes(1536, 4096)
+    )
     assert r["ternary weights (TLMM tiles)"] == 24 * per_layer
     assert r["KV cache reads (codes + scales)"] == 24 * 2 * 16 * 100 * (96 + 4)
     # 5 bits per 3 weights (plus beat padding): between 1.58 and 2 bits per weight
@@ -32,14 +43,17 @@ def test_measure_small_model_on_sim():
     ops = [row["op"] for row in r["rows"]]
     assert ops[0] == "EMBED" and ops[-2:] == ["NORM_QUANT", "LM_HEAD"]
     assert set(ops) == {op.name for op in Opcode} - {"NOP", "END"}
-    assert r["host_ops"] == {}                              # every command ran on the RTL
+    assert r["host_ops"] == {}  # every command ran on the RTL
     assert all(row["cycles"] > 0 for row in r["rows"])
     alone = sum(row["cycles"] for row in r["rows"][1:-2])
     assert r["layer_alone_cycles"] == alone
     # as one stream the layer saves the fetch latencies the prefetcher hides
     assert 0.5 * alone < r["cycles"]["layer"] < alone
-    assert r["token_cycles"] == (r["cycles"]["embed"] + SMALL.num_hidden_layers
-                                 * r["cycles"]["layer"] + r["cycles"]["final norm + LM head"])
+    assert r["token_cycles"] == (
+        r["cycles"]["embed"]
+        + SMALL.num_hidden_layers * r["cycles"]["layer"]
+        + r["cycles"]["final norm + LM head"]
+    )
     assert r["tok_s"] == pytest.approx(perf_model.CLOCK_HZ / r["token_cycles"])
     out = []
     perf_model.report(r, out=out.append)

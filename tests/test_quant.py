@@ -1,5 +1,6 @@
 """golden.quant against transformers BitNet (reference mode) and exact rational rounding
 (hardware quantizer)."""
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +29,7 @@ def test_weight_quant_equals_transformers_when_sum_is_exact(rng):
     for _ in range(40):
         shape = (int(rng.integers(1, 64)), int(rng.integers(1, 128)))
         e = int(rng.integers(0, 20))
-        w = (rng.integers(-1024, 1025, size=shape) * 2.0 ** -e).astype(np.float32)
+        w = (rng.integers(-1024, 1025, size=shape) * 2.0**-e).astype(np.float32)
         ours_t, ours_s = Q.weight_quant(w)
         theirs = HF_WEIGHT_QUANT(None, torch.from_numpy(w)).numpy()
         assert ours_s == _torch_weight_scale(w)
@@ -57,7 +58,9 @@ def test_weight_quant_ties_round_half_even():
     w_t, scale = Q.weight_quant(w)
     assert scale == np.float32(0.5)
     assert w_t.tolist() == [[0, 0, 1, -1]]
-    assert np.array_equal(Q.weight_fake_quant(w), HF_WEIGHT_QUANT(None, torch.from_numpy(w)).numpy())
+    assert np.array_equal(
+        Q.weight_fake_quant(w), HF_WEIGHT_QUANT(None, torch.from_numpy(w)).numpy()
+    )
 
 
 def test_weight_quant_all_zero_uses_eps():
@@ -65,11 +68,13 @@ def test_weight_quant_all_zero_uses_eps():
     w_t, scale = Q.weight_quant(w)
     assert scale == np.float32(1.0) / np.float32(CFG.weight_eps)
     assert not w_t.any()
-    assert np.array_equal(Q.weight_fake_quant(w), HF_WEIGHT_QUANT(None, torch.from_numpy(w)).numpy())
+    assert np.array_equal(
+        Q.weight_fake_quant(w), HF_WEIGHT_QUANT(None, torch.from_numpy(w)).numpy()
+    )
 
 
 def test_weight_quant_float16_and_float64(rng):
-    w16 = (rng.integers(-512, 513, size=(16, 32)) / 256).astype(np.float16)   # exact sum
+    w16 = (rng.integers(-512, 513, size=(16, 32)) / 256).astype(np.float16)  # exact sum
     theirs = HF_WEIGHT_QUANT(None, torch.from_numpy(w16)).numpy()
     assert theirs.dtype == np.float16
     assert np.array_equal(Q.weight_fake_quant(w16), theirs)
@@ -83,10 +88,12 @@ def test_weight_quant_float16_and_float64(rng):
 def test_act_quant_equals_transformers(rng):
     for _ in range(20):
         rows, k = int(rng.integers(1, 16)), int(rng.integers(1, 300))
-        x = (rng.standard_normal((rows, k)) * 10.0 ** rng.uniform(-6, 3, size=(rows, 1))).astype(np.float32)
-        x[0] = 0.0                                         # all-zero row: eps clamp
+        x = (rng.standard_normal((rows, k)) * 10.0 ** rng.uniform(-6, 3, size=(rows, 1))).astype(
+            np.float32
+        )
+        x[0] = 0.0  # all-zero row: eps clamp
         if rows > 1:
-            x[1] *= np.float32(1e-7)                       # max below eps
+            x[1] *= np.float32(1e-7)  # max below eps
         tx = torch.from_numpy(x)
         x_q, scale = Q.act_quant(x)
         t_q, t_scale = HF_ACTIVATION_QUANT(None, tx)
@@ -103,12 +110,15 @@ def test_act_quant_float16_and_batch_dims(rng):
     assert x_q.shape == (2, 3, 40) and scale.shape == (2, 3, 1)
 
 
-@pytest.mark.parametrize("bad, name", [
-    (np.ones((2, 2), dtype=np.int32), "w"),
-    (np.array([[np.nan, 1.0]], dtype=np.float32), "w"),
-    (np.array([[np.inf]], dtype=np.float32), "w"),
-    (np.zeros((0,), dtype=np.float32), "w"),
-])
+@pytest.mark.parametrize(
+    "bad, name",
+    [
+        (np.ones((2, 2), dtype=np.int32), "w"),
+        (np.array([[np.nan, 1.0]], dtype=np.float32), "w"),
+        (np.array([[np.inf]], dtype=np.float32), "w"),
+        (np.zeros((0,), dtype=np.float32), "w"),
+    ],
+)
 def test_weight_quant_rejects(bad, name):
     with pytest.raises(ValueError, match=name):
         Q.weight_quant(bad)
@@ -131,13 +141,13 @@ def _check_hw_exact(x, amax, x_q, cfg=CFG):
     amax = np.broadcast_to(np.asarray(amax), x.shape).astype(np.int64)
     x_q = np.asarray(x_q).astype(np.int64)
     f = cfg.recip_frac_bits
-    num = cfg.act_max * x                               # v = num / amax
+    num = cfg.act_max * x  # v = num / amax
     # x_q vs round_half_even(v): <= 1 LSB
     q, r = num // amax, num % amax
     rhe = q + ((2 * r > amax) | ((2 * r == amax) & (q % 2 == 1)))
     assert np.max(np.abs(x_q - rhe)) <= Q.HW_QUANT_BOUND_LSB
     # x_q == floor(v + 1/2) unless v + 1/2 lies within 2^-(F+1) of an integer
-    twice = 2 * num + amax                              # v + 1/2 = twice / (2 amax)
+    twice = 2 * num + amax  # v + 1/2 = twice / (2 amax)
     frac = twice % (2 * amax)
     clear = (frac * 2 ** (f + 1) >= 2 * amax) & ((2 * amax - frac) * 2 ** (f + 1) > 2 * amax)
     half_up = twice // (2 * amax)
@@ -158,7 +168,9 @@ def test_hw_quant_exhaustive_small_amax():
     # pre-rounding error < 2^-(F+1), exact integers: |x*(recip*amax - 127*2^R)| * 2^(F+1) < amax*2^R
     err = np.abs(x * (recip * amax - (CFG.act_max << shift)))
     assert np.all(err * 2 ** (CFG.recip_frac_bits + 1) < amax * (1 << shift))
-    assert np.all(recip < 1 << CFG.recip_bits) and np.all(recip >= CFG.act_max << CFG.recip_frac_bits)
+    assert np.all(recip < 1 << CFG.recip_bits) and np.all(
+        recip >= CFG.act_max << CFG.recip_frac_bits
+    )
     _check_hw_exact(x, amax, x_q)
 
 
@@ -175,7 +187,9 @@ def test_hw_quant_all_bit_lengths(rng):
     assert np.array_equal(amax[:, 0], np.max(np.abs(x.astype(np.int64)), axis=1))
     _check_hw_exact(x, amax, x_q)
     recip, shift = Q.hw_reciprocal(amax)
-    assert np.all(recip < 1 << CFG.recip_bits) and np.all(recip >= CFG.act_max << CFG.recip_frac_bits)
+    assert np.all(recip < 1 << CFG.recip_bits) and np.all(
+        recip >= CFG.act_max << CFG.recip_frac_bits
+    )
     prod = np.abs(x.astype(object) * recip.astype(object)) + (1 << (shift.astype(object) - 1))
     assert max(int(p) for p in prod.ravel()) < 1 << (CFG.hw_product_bits - 1)
     # amax rows map to +-act_max exactly
@@ -201,7 +215,7 @@ def test_hw_quant_mismatch_rate_is_small(rng):
     x_q, amax = Q.hw_act_quant(x)
     mism = _check_hw_exact(x, amax, x_q)
     # off-by-one only within 2^-(F+1) of a rounding boundary: rate ~ 2^-F
-    assert mism / x.size < 4 * 2.0 ** -CFG.recip_frac_bits
+    assert mism / x.size < 4 * 2.0**-CFG.recip_frac_bits
 
 
 def test_hw_quant_other_precision(rng):
@@ -228,7 +242,7 @@ def test_error_report():
     rows = Q.error_report()
     assert len(rows) == 5
     bounds = [0.0, Q.WEIGHT_SCALE_REL_TOL, 0.0, Q.hw_pre_round_bound(), float(Q.HW_QUANT_BOUND_LSB)]
-    for row, bound in zip(rows, bounds):
+    for row, bound in zip(rows, bounds, strict=False):
         assert set(row) == {"block", "quantity", "domain", "bound", "measured"}
         assert row["bound"] == bound
         assert 0 <= row["measured"] <= row["bound"]

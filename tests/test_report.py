@@ -1,4 +1,5 @@
 """golden/report.py: `python -m golden.report` passes and prints the modules' own bounds."""
+
 import importlib
 import importlib.machinery
 import importlib.util
@@ -33,15 +34,26 @@ def parse_table(text: str) -> list[dict]:
             break
         block, rest = line.split(" | ", 1)
         middle, bound, measured, status = rest.rsplit(" | ", 3)
-        rows.append({"block": block.strip(), "bound": float(bound), "measured": float(measured),
-                     "status": status.strip()})
+        rows.append(
+            {
+                "block": block.strip(),
+                "bound": float(bound),
+                "measured": float(measured),
+                "status": status.strip(),
+            }
+        )
     return rows
 
 
 @pytest.fixture(scope="module")
 def cli():
-    proc = subprocess.run([sys.executable, "-m", "golden.report"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "golden.report"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return proc, parse_table(proc.stdout)
 
 
@@ -72,7 +84,9 @@ def test_printed_bounds_are_the_module_constants(cli):
     # every other block: the printed bounds are exactly those its module's error_report
     # states (its constants, or functions of its config)
     for name in {r["block"] for r in rows} - set(OWN_BOUNDS):
-        stated = [float(r["bound"]) for r in importlib.import_module(f"golden.{name}").error_report()]
+        stated = [
+            float(r["bound"]) for r in importlib.import_module(f"golden.{name}").error_report()
+        ]
         assert [r["bound"] for r in rows if r["block"] == name] == stated, name
 
 
@@ -85,12 +99,19 @@ def _fake_module(monkeypatch, name: str, report_fn) -> None:
 
 
 def test_failing_or_broken_rows_exit_nonzero(monkeypatch):
-    row = {"block": "fake", "quantity": "q | with bar", "domain": "d", "bound": 1.0, "measured": 2.0}
+    row = {
+        "block": "fake",
+        "quantity": "q | with bar",
+        "domain": "d",
+        "bound": 1.0,
+        "measured": 2.0,
+    }
     _fake_module(monkeypatch, "_fake_fail", lambda cfg: [row])
     _fake_module(monkeypatch, "_fake_ok", lambda cfg: [dict(row, measured=1.0)])
 
     def boom(cfg):
         raise RuntimeError("broken")
+
     _fake_module(monkeypatch, "_fake_raise", boom)
     _fake_module(monkeypatch, "_fake_nan", lambda cfg: [dict(row, measured=float("nan"))])
 

@@ -1,5 +1,6 @@
 """golden/rmsnorm.py: rsqrt unit and fused RMSNorm + INT8 quantization vs float and vs an
 independent Python-int reading of the module docstring."""
+
 import math
 from dataclasses import replace
 
@@ -21,7 +22,7 @@ def rsqrt_spec(s: int, cfg: NormConfig = CFG) -> tuple[int, int]:
     e = s.bit_length() - 1
     k = e >> 1
     m = s >> (2 * k - f) if 2 * k >= f else s << (f - 2 * k)
-    frac_bits = s - (1 << e)                       # fraction of s / 2^e, e bits
+    frac_bits = s - (1 << e)  # fraction of s / 2^e, e bits
     top = frac_bits >> (e - (lb - 1)) if e >= lb - 1 else frac_bits << (lb - 1 - e)
     y = int(rn.rsqrt_lut(cfg)[((e & 1) << (lb - 1)) | top])
     for _ in range(cfg.newton_steps):
@@ -36,7 +37,7 @@ def rmsnorm_spec_row(x: list[int], gamma: list[int], cfg: NormConfig = CFG):
     d = len(x)
     b = cfg.scale_mant_bits
     s = sum(v * v for v in x) + math.floor(d * cfg.eps * 2.0 ** (2 * cfg.in_frac_bits) + 0.5)
-    p = [a * g for a, g in zip(x, gamma)]
+    p = [a * g for a, g in zip(x, gamma, strict=False)]
     amax_p = max(abs(v) for v in p)
     sh_p = max(0, amax_p.bit_length() - (QCFG.hw_in_bits - 1))
     p_fit = np.array([v >> sh_p for v in p], dtype=np.int64)
@@ -46,7 +47,7 @@ def rmsnorm_spec_row(x: list[int], gamma: list[int], cfg: NormConfig = CFG):
         return x_q[0], 0, 0
     y, k = rsqrt_spec(s, cfg)
     frac, ex = math.frexp(math.sqrt(d) / QCFG.act_max)
-    c_mant = math.floor(frac * 2 ** b + 0.5)
+    c_mant = math.floor(frac * 2**b + 0.5)
     if c_mant == 1 << b:
         c_mant, ex = c_mant >> 1, ex + 1
     c_exp = ex - b
@@ -66,7 +67,7 @@ def test_rsqrt_dense_sweep_within_bound():
     assert rn.rsqrt_rel_error(s, CFG) <= rn.RSQRT_REL_ERR
     y, _ = rn.rsqrt_fx(s, CFG)
     f = CFG.rsqrt_frac_bits
-    assert y.max() < 1 << f and y.min() >= (1 << (f - 1)) - 1     # 16 bits suffice
+    assert y.max() < 1 << f and y.min() >= (1 << (f - 1)) - 1  # 16 bits suffice
 
 
 def test_rsqrt_random_sample_within_bound(rng):
@@ -92,18 +93,18 @@ def test_rsqrt_seed_table_and_newton_steps():
     e0 = (math.sqrt(1 + h) - 1) / (math.sqrt(1 + h) + 1)
     for addr, v in enumerate(lut):
         parity, j = divmod(addr, half)
-        m0, m1 = (1 + j * h) * 2 ** parity, (1 + (j + 1) * h) * 2 ** parity
-        lo_err = v / 2 ** f * math.sqrt(m0) - 1
-        hi_err = v / 2 ** f * math.sqrt(m1) - 1
+        m0, m1 = (1 + j * h) * 2**parity, (1 + (j + 1) * h) * 2**parity
+        lo_err = v / 2**f * math.sqrt(m0) - 1
+        hi_err = v / 2**f * math.sqrt(m1) - 1
         # equal and opposite relative error at the segment ends, up to table rounding
-        assert abs(lo_err + hi_err) <= 2 * 2.0 ** -f * math.sqrt(m1)
-        assert max(abs(lo_err), abs(hi_err)) <= e0 + 2.0 ** -f
+        assert abs(lo_err + hi_err) <= 2 * 2.0**-f * math.sqrt(m1)
+        assert max(abs(lo_err), abs(hi_err)) <= e0 + 2.0**-f
     s = rn.rsqrt_sweep(CFG)
     err0 = rn.rsqrt_rel_error(s, replace(CFG, newton_steps=0))
     err1 = rn.rsqrt_rel_error(s, CFG)
     err2 = rn.rsqrt_rel_error(s, replace(CFG, newton_steps=2))
-    assert err0 <= e0 + 2.0 ** -f
-    assert err1 <= 1.5 * e0 ** 2 + 8 * 2.0 ** -(f + 1)          # the docstring budget
+    assert err0 <= e0 + 2.0**-f
+    assert err1 <= 1.5 * e0**2 + 8 * 2.0 ** -(f + 1)  # the docstring budget
     assert err2 < err1 < err0
 
 
@@ -118,10 +119,10 @@ def test_random_rows_within_bounds(rng, dim):
 
 def test_matches_spec_twin(rng):
     x, gamma = rn.random_rows(rng, 24, 96, CFG)
-    x[0] = np.iinfo(np.int32).min                  # sum of squares beyond int64
+    x[0] = np.iinfo(np.int32).min  # sum of squares beyond int64
     x[1] = np.iinfo(np.int32).max
     x[2] = 0
-    x[2, 5] = 1                                    # smallest nonzero row
+    x[2, 5] = 1  # smallest nonzero row
     x[3] = rng.integers(-3, 4, size=96)
     x_q, mant, shift = rn.rmsnorm_quant(x, gamma, CFG, QCFG)
     for r in range(x.shape[0]):
@@ -134,15 +135,25 @@ def test_extreme_rows_within_bounds():
     d = 256
     lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
     gamma = np.full(d, np.iinfo(np.int16).min, dtype=np.int16)
-    x = np.array([np.full(d, lo), np.full(d, hi), np.r_[hi, np.zeros(d - 1)],
-                  np.r_[lo, np.ones(d - 1)], np.tile([lo, hi], d // 2), np.full(d, -1)],
-                 dtype=np.int32)
+    x = np.array(
+        [
+            np.full(d, lo),
+            np.full(d, hi),
+            np.r_[hi, np.zeros(d - 1)],
+            np.r_[lo, np.ones(d - 1)],
+            np.tile([lo, hi], d // 2),
+            np.full(d, -1),
+        ],
+        dtype=np.int32,
+    )
     for g in (gamma, np.full(d, 1, dtype=np.int16), np.full(d, 4096, dtype=np.int16)):
         scale_err, out_err = rn.output_errors(x, g, CFG, QCFG)
         assert scale_err <= rn.SCALE_REL_ERR and out_err <= rn.OUT_ERR_LSB
     x_q, mant, shift = rn.rmsnorm_quant(x, gamma, CFG, QCFG)
     assert x_q.dtype == np.int8 and x_q.min() >= -QCFG.act_max
-    assert np.all(mant >= 1 << (CFG.scale_mant_bits - 1)) and np.all(mant < 1 << CFG.scale_mant_bits)
+    assert np.all(mant >= 1 << (CFG.scale_mant_bits - 1)) and np.all(
+        mant < 1 << CFG.scale_mant_bits
+    )
 
 
 def test_zero_rows_give_zero_output():
@@ -150,7 +161,7 @@ def test_zero_rows_give_zero_output():
     x[1] = 5
     gamma = np.zeros(8, dtype=np.int16)
     gamma[0] = 100
-    x[1, 0] = 0                                    # x*gamma is all zero in row 1 too
+    x[1, 0] = 0  # x*gamma is all zero in row 1 too
     for cfg in (CFG, replace(CFG, eps=0.0)):
         x_q, mant, shift = rn.rmsnorm_quant(x, gamma, cfg, QCFG)
         assert not x_q.any() and not mant.any() and not shift.any()
@@ -162,7 +173,7 @@ def test_scale_invariance_without_eps(rng):
     x = np.clip(x, -(1 << 29), (1 << 29) - 1).astype(np.int32)
     a = rn.rmsnorm_quant(x, gamma, cfg, QCFG)
     b = rn.rmsnorm_quant((x * 2).astype(np.int32), gamma, cfg, QCFG)
-    for u, v in zip(a, b):
+    for u, v in zip(a, b, strict=False):
         np.testing.assert_array_equal(u, v)
 
 
@@ -180,7 +191,7 @@ def test_norm_constants():
         eps_term, c_mant, c_exp = rn.norm_constants(d, CFG, QCFG)
         b = CFG.scale_mant_bits
         assert 1 << (b - 1) <= c_mant < 1 << b
-        assert abs(c_mant * 2.0 ** c_exp / (math.sqrt(d) / QCFG.act_max) - 1) <= 2.0 ** -b
+        assert abs(c_mant * 2.0**c_exp / (math.sqrt(d) / QCFG.act_max) - 1) <= 2.0**-b
         assert abs(eps_term - d * CFG.eps * 2.0 ** (2 * CFG.in_frac_bits)) <= 0.5
     with pytest.raises(ValueError, match="dim"):
         rn.norm_constants(0)

@@ -1,4 +1,5 @@
 """golden/rope.py: tables, rotate-half datapath vs float RoPE, transformers convention."""
+
 import math
 from dataclasses import replace
 
@@ -20,8 +21,8 @@ def rope_spec(x: list[int], pos: int, bits: int, cfg: RopeConfig = CFG) -> list[
     out = [0] * hd
     for i in range(h):
         ang = pos * cfg.theta ** (-(2 * i) / hd)
-        c = math.floor(math.cos(ang) * 2 ** t + 0.5)
-        s = math.floor(math.sin(ang) * 2 ** t + 0.5)
+        c = math.floor(math.cos(ang) * 2**t + 0.5)
+        s = math.floor(math.sin(ang) * 2**t + 0.5)
         for j, v in ((i, x[i] * c - x[i + h] * s), (i + h, x[i + h] * c + x[i] * s)):
             y = (v + (1 << (t - 1))) >> t
             out[j] = min(max(y, -(1 << (ob - 1))), (1 << (ob - 1)) - 1)
@@ -35,7 +36,7 @@ def test_tables():
     assert rope.table_error(64, CFG) <= rope.TABLE_ERR
     assert rope.table_error(128, CFG) <= rope.TABLE_ERR
     with pytest.raises(ValueError):
-        cos_q[0, 0] = 1                                   # read-only: shared with the RTL
+        cos_q[0, 0] = 1  # read-only: shared with the RTL
 
 
 def test_int8_sweep_within_bound():
@@ -48,7 +49,7 @@ def test_int8_sweep_within_bound():
 @pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32])
 def test_random_inputs_within_per_element_bound(rng, dtype):
     info = np.iinfo(dtype)
-    hi = min(info.max, (1 << 30) - 1)                     # int32: no saturation
+    hi = min(info.max, (1 << 30) - 1)  # int32: no saturation
     x = rng.integers(-hi, hi + 1, size=(3, 50, 64)).astype(dtype)
     x >>= rng.integers(0, 8 * np.dtype(dtype).itemsize - 1, size=(3, 50, 1)).astype(dtype)
     pos = rng.integers(0, CFG.max_pos, size=50)
@@ -62,8 +63,14 @@ def test_random_inputs_within_per_element_bound(rng, dtype):
 
 def test_matches_spec_twin_including_saturation(rng):
     lo, hi = -(1 << 31), (1 << 31) - 1
-    cases = [(np.full(16, lo), 300), (np.full(16, hi), 1000), (np.r_[np.full(8, lo), np.full(8, hi)], 777)]
-    cases += [(rng.integers(lo, hi + 1, size=16), int(rng.integers(0, CFG.max_pos))) for _ in range(20)]
+    cases = [
+        (np.full(16, lo), 300),
+        (np.full(16, hi), 1000),
+        (np.r_[np.full(8, lo), np.full(8, hi)], 777),
+    ]
+    cases += [
+        (rng.integers(lo, hi + 1, size=16), int(rng.integers(0, CFG.max_pos))) for _ in range(20)
+    ]
     for x, pos in cases:
         y = rope.rope_fx(np.asarray(x, dtype=np.int32)[None], np.array([pos]), CFG)[0]
         assert [int(v) for v in y] == rope_spec([int(v) for v in x], pos, 32)
@@ -76,10 +83,10 @@ def test_matches_spec_twin_including_saturation(rng):
 
 def test_saturates_only_int32():
     x = np.full((1, 2), -(1 << 31), dtype=np.int32)
-    pos = np.array([785])                                  # head_dim 2: angle 785 rad, cos - sin = 1.31
+    pos = np.array([785])  # head_dim 2: angle 785 rad, cos - sin = 1.31
     y = rope.rope_fx(x, pos, CFG)
     exact = rope.rope_ref(x, pos, CFG.theta)
-    assert np.max(np.abs(exact)) > 2 ** 31
+    assert np.max(np.abs(exact)) > 2**31
     assert y.min() >= -(1 << 31) and y.max() <= (1 << 31) - 1
     assert np.any(y == -(1 << 31)) or np.any(y == (1 << 31) - 1)
 
@@ -107,13 +114,18 @@ def test_reference_matches_transformers_convention():
     ref, _ = mb.apply_rotary_pos_emb(torch.from_numpy(q), torch.from_numpy(q), cos, sin)
     np.testing.assert_allclose(rope.rope_ref(q, pos, CFG.theta), ref.numpy(), rtol=0, atol=1e-12)
     # frequencies: transformers' own rotary embedding (float32) agrees with our tables
-    config = BitNetConfig(hidden_size=hd * 2, num_attention_heads=2, num_key_value_heads=2,
-                          rope_theta=CFG.theta, max_position_embeddings=256)
+    config = BitNetConfig(
+        hidden_size=hd * 2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        rope_theta=CFG.theta,
+        max_position_embeddings=256,
+    )
     rot = mb.BitNetRotaryEmbedding(config)
     pos_ids = torch.arange(256)[None]
     t_cos, t_sin = rot(torch.zeros(1, dtype=torch.float32), pos_ids)
     cos_q, sin_q = rope.rope_tables(hd, CFG)
-    scale = 2.0 ** -CFG.table_frac_bits
+    scale = 2.0**-CFG.table_frac_bits
     h = hd // 2
     assert np.max(np.abs(t_cos[0, :, :h].numpy() - cos_q[:256] * scale)) < 2e-4
     assert np.max(np.abs(t_sin[0, :, h:].numpy() - sin_q[:256] * scale)) < 2e-4

@@ -1,30 +1,54 @@
 """host/runtime.py on the golden backend: logits and KV cache bit-equal to the golden
 integer forward (golden/model.py) over prefill + decode, several model shapes; address
 map; bad inputs; errors and timeouts surfacing through the runtime."""
+
 import numpy as np
 import pytest
 
+from golden import isa
+from golden.isa import ErrorCode, Opcode
 from golden.model import GoldenModel, random_model
 from golden.modelspec import ModelConfig
 from host.backends.golden import GoldenDevice
 from host.device import DeviceError, DeviceTimeout, Status
 from host.generate import Sampler, generate
 from host.runtime import Runtime, make_runtime
-from golden import isa
-from golden.isa import ErrorCode, Opcode
 
 SHAPES = {
     # relu2, GQA 4:1, two layers
-    "relu2-gqa": dict(vocab_size=67, hidden_size=64, intermediate_size=100, num_hidden_layers=2,
-                      num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=48),
+    "relu2-gqa": dict(
+        vocab_size=67,
+        hidden_size=64,
+        intermediate_size=100,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=48,
+    ),
     # silu, MHA, head_dim 8, K not a multiple of G*T
-    "silu-mha": dict(vocab_size=53, hidden_size=40, intermediate_size=70, num_hidden_layers=2,
-                     num_attention_heads=5, num_key_value_heads=5, max_position_embeddings=40,
-                     hidden_act="silu"),
+    "silu-mha": dict(
+        vocab_size=53,
+        hidden_size=40,
+        intermediate_size=70,
+        num_hidden_layers=2,
+        num_attention_heads=5,
+        num_key_value_heads=5,
+        max_position_embeddings=40,
+        hidden_act="silu",
+    ),
     # multi-query (one KV head), head_dim 12, tied embeddings, one layer
-    "relu2-mqa": dict(vocab_size=31, hidden_size=36, intermediate_size=50, num_hidden_layers=1,
-                      num_attention_heads=3, num_key_value_heads=1, max_position_embeddings=32,
-                      tie_word_embeddings=True, rope_theta=500.0, rms_norm_eps=1e-6),
+    "relu2-mqa": dict(
+        vocab_size=31,
+        hidden_size=36,
+        intermediate_size=50,
+        num_hidden_layers=1,
+        num_attention_heads=3,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+        tie_word_embeddings=True,
+        rope_theta=500.0,
+        rms_norm_eps=1e-6,
+    ),
 }
 MEM = 4 << 20
 
@@ -46,9 +70,9 @@ def test_prefill_decode_bit_exact(name, chunk, rng, seed):
     want = [gm.forward(toks[:n_prompt], cache)]
     got = [rt.forward(toks[:n_prompt])]
     for i in range(n_prompt, n_total):
-        want.append(gm.forward(toks[i:i + 1], cache))
-        got.append(rt.forward(toks[i:i + 1]))
-    for w, g in zip(want, got):
+        want.append(gm.forward(toks[i : i + 1], cache))
+        got.append(rt.forward(toks[i : i + 1]))
+    for w, g in zip(want, got, strict=False):
         assert g.dtype == np.float32 and g.shape == w.shape
         assert np.array_equal(g, w)
     assert rt.cache.length == cache.length == n_total
@@ -59,7 +83,9 @@ def test_prefill_decode_bit_exact(name, chunk, rng, seed):
             assert np.array_equal(kv[name_][:, :n_total], getattr(cache, name_)[li][0, :, :n_total])
             ref = getattr(cache, f"{name_}_scale")[li]
             assert np.array_equal(kv[f"{name_}_scale"].mant[:, :n_total], ref.mant[0, :, :n_total])
-            assert np.array_equal(kv[f"{name_}_scale"].shift[:, :n_total], ref.shift[0, :, :n_total])
+            assert np.array_equal(
+                kv[f"{name_}_scale"].shift[:, :n_total], ref.shift[0, :, :n_total]
+            )
 
 
 def test_exact_tlmm_device_and_last_only(seed, rng):
@@ -91,15 +117,17 @@ def test_address_map_and_image(seed):
     dev = GoldenDevice(mem_size=MEM)
     rt = Runtime(m, dev)
     regs = sorted(rt.address_map.regions.values(), key=lambda r: r.addr)
-    for a, b in zip(regs, regs[1:]):
+    for a, b in zip(regs, regs[1:], strict=False):
         assert a.addr + a.nbytes <= b.addr, (a.name, b.name)
     assert regs[0].addr >= dev.alloc_base and regs[-1].addr + regs[-1].nbytes <= dev.brk
     mc = m.config
     tc = dev.cfg.tlmm
     assert rt.address_map["L1.gate_proj"].nbytes == isa.tlmm_weight_bytes(
-        mc.intermediate_size, mc.hidden_size, tc)
-    assert rt.address_map["kv0.k"].nbytes == (mc.num_key_value_heads * mc.max_position_embeddings
-                                              * mc.head_dim)
+        mc.intermediate_size, mc.hidden_size, tc
+    )
+    assert rt.address_map["kv0.k"].nbytes == (
+        mc.num_key_value_heads * mc.max_position_embeddings * mc.head_dim
+    )
     assert rt.image_bytes == regs[-1].addr + regs[-1].nbytes - regs[0].addr
     text = str(rt.address_map)
     assert "L0.q_proj" in text and "kv1.v_scale" in text and "total:" in text
@@ -123,7 +151,7 @@ def test_bad_inputs(seed):
     rt.forward(list(range(ctx - 1)))
     with pytest.raises(ValueError, match=rf"positions {ctx - 1}..{ctx} exceed the context window"):
         rt.forward([1, 2])
-    rt.forward([1])                                 # the last position still fits
+    rt.forward([1])  # the last position still fits
     old = rt.cache
     fresh = rt.new_cache()
     with pytest.raises(ValueError, match="cache: stale"):
@@ -138,7 +166,7 @@ def test_bad_inputs(seed):
         Runtime(m, GoldenDevice(mem_size=MEM), max_chunk=0)
     with pytest.raises(ValueError, match="model: expected"):
         Runtime("model", GoldenDevice(mem_size=MEM))
-    with pytest.raises(ValueError, match="nbytes"):   # the model does not fit the device
+    with pytest.raises(ValueError, match="nbytes"):  # the model does not fit the device
         Runtime(m, GoldenDevice(mem_size=4096))
 
 
@@ -146,7 +174,7 @@ def test_device_error_surfaces_with_op_index(seed):
     m, _ = _models("relu2-mqa", seed)
     rt = make_runtime(m, "golden", mem_size=MEM)
     reg = rt.address_map["L0.up_proj"]
-    rt.device.write(reg.addr, b"\xff" * reg.nbytes)     # codes beyond the 27-entry table
+    rt.device.write(reg.addr, b"\xff" * reg.nbytes)  # codes beyond the 27-entry table
     with pytest.raises(DeviceError, match=r"command \d+ \(opcode TLMM\): bad operand") as ei:
         rt.forward([1, 2])
     bad = rt.last_stream[ei.value.op_index]

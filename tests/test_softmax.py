@@ -1,10 +1,12 @@
 """golden/softmax.py: exp unit, online softmax (vectorized == sequential), masks, bounds."""
+
 import math
 from dataclasses import replace
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from golden import softmax as sm
 from golden.config import DEFAULT, SoftmaxConfig
@@ -16,18 +18,18 @@ LO, HI = -(1 << (CFG.in_bits - 1)), (1 << (CFG.in_bits - 1)) - 1
 def exp_spec(z: int, cfg: SoftmaxConfig = CFG) -> tuple[int, int]:
     """exp_fx for one Python int, from the docstring."""
     tf, lb, ib, e = cfg.t_frac_bits, cfg.exp_lut_bits, cfg.exp_interp_bits, cfg.exp_frac_bits
-    l2e = math.floor(math.log2(math.e) * 2 ** cfg.log2e_frac_bits + 0.5)
+    l2e = math.floor(math.log2(math.e) * 2**cfg.log2e_frac_bits + 0.5)
     d = -z * l2e
     n, f = d >> tf, d & ((1 << tf) - 1)
     a = f >> (tf - lb)
     w = (f >> (tf - lb - ib)) & ((1 << ib) - 1)
-    t0 = math.floor(2.0 ** (e - a / 2 ** lb) + 0.5)
-    t1 = math.floor(2.0 ** (e - (a + 1) / 2 ** lb) + 0.5)
+    t0 = math.floor(2.0 ** (e - a / 2**lb) + 0.5)
+    t1 = math.floor(2.0 ** (e - (a + 1) / 2**lb) + 0.5)
     return t0 - (((t0 - t1) * w + (1 << (ib - 1))) >> ib), n
 
 
 def probs(p: np.ndarray, cfg: SoftmaxConfig = CFG) -> np.ndarray:
-    return p.astype(np.float64) * 2.0 ** -cfg.out_bits
+    return p.astype(np.float64) * 2.0**-cfg.out_bits
 
 
 # --------------------------------------------------------------------------- exp
@@ -38,15 +40,17 @@ def test_exp_every_input_within_bound():
 
 def test_exp_unit_properties():
     mant, n = sm.exp_fx(np.array([0]), CFG)
-    assert (int(mant[0]), int(n[0])) == (1 << CFG.exp_frac_bits, 0)          # exp(0) = 1
+    assert (int(mant[0]), int(n[0])) == (1 << CFG.exp_frac_bits, 0)  # exp(0) = 1
     d = np.arange(0, 1 << 22, 37, dtype=np.int64) << (CFG.t_frac_bits - 22)
     mant, n = sm.exp2_neg_fx(d, CFG)
     e = CFG.exp_frac_bits
     assert mant.min() >= 1 << (e - 1) and mant.max() <= 1 << e
-    assert np.all(np.diff(mant[n == 0]) <= 0)                                 # monotonic
+    assert np.all(np.diff(mant[n == 0]) <= 0)  # monotonic
     lut = sm.exp_lut(CFG)
-    assert lut.shape == ((1 << CFG.exp_lut_bits) + 1,) and lut[0] == 1 << e and lut[-1] == 1 << (e - 1)
-    assert np.all(np.diff(lut) < 0) and np.max(-np.diff(lut)) < 1 << 9      # 9-bit slopes
+    assert (
+        lut.shape == ((1 << CFG.exp_lut_bits) + 1,) and lut[0] == 1 << e and lut[-1] == 1 << (e - 1)
+    )
+    assert np.all(np.diff(lut) < 0) and np.max(-np.diff(lut)) < 1 << 9  # 9-bit slopes
 
 
 def test_exp_matches_spec_twin(rng):
@@ -58,7 +62,7 @@ def test_exp_matches_spec_twin(rng):
 
 def test_exp_random_sample_relative_error(rng):
     z = rng.integers(-(1 << CFG.in_bits) + 1, 1, size=5000).astype(np.int64)
-    exact = np.exp(z * 2.0 ** -CFG.in_frac_bits)
+    exact = np.exp(z * 2.0**-CFG.in_frac_bits)
     ok = exact > 0
     assert np.max(np.abs(sm.exp_fx_float(z, CFG)[ok] / exact[ok] - 1)) <= sm.EXP_REL_ERR
 
@@ -66,12 +70,12 @@ def test_exp_random_sample_relative_error(rng):
 # --------------------------------------------------------------------------- vectorized == online
 def adversarial_rows(rng, n: int = 40) -> np.ndarray:
     rows = [
-        np.linspace(LO, HI, n),                              # max changes at every element
-        np.linspace(HI, LO, n),                              # max never changes
-        np.full(n, 1234),                                    # ties
+        np.linspace(LO, HI, n),  # max changes at every element
+        np.linspace(HI, LO, n),  # max never changes
+        np.full(n, 1234),  # ties
         np.r_[np.full(n // 2, LO), np.full(n - n // 2, HI)],  # one jump far beyond sum_bits
         np.tile([LO, HI], n // 2),
-        np.cumsum(rng.integers(0, 400, size=n)) + LO,        # slow climb, many small rescales
+        np.cumsum(rng.integers(0, 400, size=n)) + LO,  # slow climb, many small rescales
         rng.integers(LO, HI + 1, size=n),
         rng.integers(-300, 300, size=n),
     ]
@@ -81,24 +85,30 @@ def adversarial_rows(rng, n: int = 40) -> np.ndarray:
 def test_vectorized_equals_sequential(rng):
     x = np.concatenate([adversarial_rows(rng), sm.random_logits(rng, 32, 40, CFG)])
     mask = rng.random(x.shape) < 0.7
-    mask[0] = False                                          # fully masked row
-    mask[1, :-1] = False                                     # only the last element
+    mask[0] = False  # fully masked row
+    mask[1, :-1] = False  # only the last element
     for kw in ({}, {"mask": mask}):
-        np.testing.assert_array_equal(sm.softmax_fx(x, CFG, **kw), sm.softmax_online_seq(x, CFG, **kw))
-    xc = x[:40].reshape(1, 40, 40)                           # (heads, n_q, n_k)
-    np.testing.assert_array_equal(sm.softmax_fx(xc, CFG, causal=True),
-                                  sm.softmax_online_seq(xc, CFG, causal=True))
+        np.testing.assert_array_equal(
+            sm.softmax_fx(x, CFG, **kw), sm.softmax_online_seq(x, CFG, **kw)
+        )
+    xc = x[:40].reshape(1, 40, 40)  # (heads, n_q, n_k)
+    np.testing.assert_array_equal(
+        sm.softmax_fx(xc, CFG, causal=True), sm.softmax_online_seq(xc, CFG, causal=True)
+    )
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(LO, HI), min_size=1, max_size=24),
-       st.lists(st.booleans(), min_size=24, max_size=24))
+@given(
+    st.lists(st.integers(LO, HI), min_size=1, max_size=24),
+    st.lists(st.booleans(), min_size=24, max_size=24),
+)
 def test_vectorized_equals_sequential_hypothesis(row, keep):
     x = np.array([row], dtype=np.int16)
     mask = np.array([keep[: len(row)]])
     np.testing.assert_array_equal(sm.softmax_fx(x, CFG), sm.softmax_online_seq(x, CFG))
-    np.testing.assert_array_equal(sm.softmax_fx(x, CFG, mask=mask),
-                                  sm.softmax_online_seq(x, CFG, mask=mask))
+    np.testing.assert_array_equal(
+        sm.softmax_fx(x, CFG, mask=mask), sm.softmax_online_seq(x, CFG, mask=mask)
+    )
 
 
 def test_vectorized_equals_sequential_other_config(rng):
@@ -129,8 +139,8 @@ def test_few_large_among_many_small(rng):
     x = rng.integers(LO, LO + 4000, size=(16, n))
     k = rng.integers(1, 6, size=16)
     for r in range(16):
-        x[r, :k[r]] = rng.integers(0, 2000, size=k[r])
-        x[r, k[r]:] = x[r, 0] - rng.integers(3 * 256, 12 * 256, size=n - k[r])
+        x[r, : k[r]] = rng.integers(0, 2000, size=k[r])
+        x[r, k[r] :] = x[r, 0] - rng.integers(3 * 256, 12 * 256, size=n - k[r])
         rng.shuffle(x[r])
     assert sm.prob_abs_error(x.clip(LO, HI).astype(np.int16), CFG) <= sm.PROB_ABS_ERR
 
@@ -140,8 +150,8 @@ def test_causal_and_masked(rng):
     x = sm.random_logits(rng, n, n, CFG).reshape(1, n, n)
     assert sm.prob_abs_error(x, CFG, causal=True) <= sm.PROB_ABS_ERR
     p = sm.softmax_fx(x, CFG, causal=True)[0]
-    assert not np.any(np.triu(p, 1))                          # future keys get 0
-    assert p[0, 0] == (1 << CFG.out_bits) - 1                 # one visible key: saturated 1
+    assert not np.any(np.triu(p, 1))  # future keys get 0
+    assert p[0, 0] == (1 << CFG.out_bits) - 1  # one visible key: saturated 1
     # KV-cache shape: 3 new queries over 10 keys see keys up to 7, 8, 9
     m = sm.causal_mask(3, 10)
     assert m.sum(1).tolist() == [8, 9, 10]

@@ -1,4 +1,5 @@
 """golden.tlmm equals a plain integer matmul; tables, codes and widths checked by brute force."""
+
 import itertools
 from dataclasses import replace
 
@@ -23,7 +24,7 @@ def matmul64(x, w):
 
 @st.composite
 def operands(draw):
-    m = draw(st.integers(1, 10))                      # both lookup strategies (M < 8, M >= 8)
+    m = draw(st.integers(1, 10))  # both lookup strategies (M < 8, M >= 8)
     k = draw(st.integers(1, 30))
     n = draw(st.integers(1, 6))
     x = draw(hnp.arrays(np.int8, (m, k), elements=st.integers(LO, HI)))
@@ -95,7 +96,7 @@ def test_default_max_k_guards_int32():
 @pytest.mark.parametrize("cfg", CFGS, ids=IDS)
 def test_table_contents_brute_force(cfg, rng):
     g = cfg.group
-    k = 4 * g + 1                                      # last group padded
+    k = 4 * g + 1  # last group padded
     x = rng.integers(LO, HI + 1, size=(3, k)).astype(np.int8)
     tables = T.build_tables(x, cfg)
     groups = -(-k // g)
@@ -103,10 +104,10 @@ def test_table_contents_brute_force(cfg, rng):
     xp = np.pad(x.astype(np.int64), ((0, 0), (0, groups * g - k)))
     seen = set()
     for ws in itertools.product((-1, 0, 1), repeat=g):
-        full_index = sum((wi + 1) * 3 ** i for i, wi in enumerate(ws))
-        v = sum(wi * 3 ** i for i, wi in enumerate(ws))
+        full_index = sum((wi + 1) * 3**i for i, wi in enumerate(ws))
+        v = sum(wi * 3**i for i, wi in enumerate(ws))
         nz = [wi for wi in ws if wi]
-        canonical = not nz or nz[-1] > 0            # leading (most significant) nonzero positive
+        canonical = not nz or nz[-1] > 0  # leading (most significant) nonzero positive
         assert canonical == (v >= 0)
         if cfg.table == "full":
             index = full_index
@@ -119,7 +120,7 @@ def test_table_contents_brute_force(cfg, rng):
             assert tables[m, j, index] == sum(wi * int(xp[m, j * g + i]) for i, wi in enumerate(ws))
     assert seen == set(range(cfg.entries))
     if cfg.table == "mirrored":
-        assert not tables[:, :, 0].any()              # entry 0 = all-zero group
+        assert not tables[:, :, 0].any()  # entry 0 = all-zero group
 
 
 @pytest.mark.parametrize("group", [2, 3, 4])
@@ -129,9 +130,9 @@ def test_entry_bits_tight(group):
     tables = T.build_tables(x, cfg)
     top = group * (1 << (cfg.act_bits - 1))
     assert tables.max() == top and tables.min() == -top
-    assert top <= (1 << (cfg.entry_bits - 1)) - 1        # fits
-    assert top > (1 << (cfg.entry_bits - 2)) - 1         # one bit fewer would not
-    assert TLMMConfig(group=3).entry_bits == 10          # TeLLMe v2's 10-bit entries
+    assert top <= (1 << (cfg.entry_bits - 1)) - 1  # fits
+    assert top > (1 << (cfg.entry_bits - 2)) - 1  # one bit fewer would not
+    assert TLMMConfig(group=3).entry_bits == 10  # TeLLMe v2's 10-bit entries
 
 
 def test_mirrored_table_is_upper_half_of_full(rng):
@@ -139,9 +140,9 @@ def test_mirrored_table_is_upper_half_of_full(rng):
         x = rng.integers(LO, HI + 1, size=(2, 3 * g)).astype(np.int8)
         full = T.build_tables(x, replace(DEFAULT.tlmm, group=g, table="full"))
         mirr = T.build_tables(x, replace(DEFAULT.tlmm, group=g, table="mirrored"))
-        c = (3 ** g - 1) // 2
+        c = (3**g - 1) // 2
         assert np.array_equal(mirr, full[:, :, c:])
-        assert np.array_equal(full[:, :, :c][:, :, ::-1], -full[:, :, c + 1:])
+        assert np.array_equal(full[:, :, :c][:, :, ::-1], -full[:, :, c + 1 :])
 
 
 # --------------------------------------------------------------------------- codes
@@ -169,7 +170,7 @@ def test_encode_matches_packing_tl2(rng):
     w = rng.integers(-1, 2, size=(9, k)).astype(np.int8)
     index, sign = T.encode_weights(w, P.TL2)
     packed = P.pack_tl2(w)
-    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, :5 * index.shape[1]]
+    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : 5 * index.shape[1]]
     codes = bits.reshape(9, -1, 5) @ (1 << np.arange(5))
     assert np.array_equal(codes & 15, index) and np.array_equal(codes >> 4, sign)
     assert np.array_equal(P.unpack_tl2(packed, k), T.decode_weights(index, sign, k, P.TL2))

@@ -3,6 +3,7 @@
 The exported checkpoint, run by transformers' own BitNetForCausalLM, gives the logits of
 the torch training module (eval mode): the training module *is* the BitNet architecture.
 """
+
 import json
 import math
 import os
@@ -12,9 +13,18 @@ import pytest
 import torch
 
 from host import checkpoint
+from host.data import DEFAULT_CORPUS, heldout_text, split_index
 from host.tokenizer import CharTokenizer
-from host.train import (STATE_FILE, BitNetLM, TrainConfig, act_quant_ste, load_corpus,
-                        lr_at, ternarize_ste, train)
+from host.train import (
+    STATE_FILE,
+    BitNetLM,
+    TrainConfig,
+    act_quant_ste,
+    load_corpus,
+    lr_at,
+    ternarize_ste,
+    train,
+)
 
 # transformers vs the training module's eval forward, relative to the largest logit
 # magnitude. The eval forward uses transformers' offline op order, so the logits agree to
@@ -22,10 +32,24 @@ from host.train import (STATE_FILE, BitNetLM, TrainConfig, act_quant_ste, load_c
 # flip anywhere would cost ~1e-3..1e-2 and fail this.
 LOGIT_REL_TOL = 1e-5
 
-TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, context=32, batch_size=8, steps=40, lr=3e-3, min_lr=3e-4,
-            warmup_steps=5, eval_interval=10, eval_windows=8, corpus_limit=20000,
-            ckpt_minutes=100.0, threads=1)
+TINY = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    context=32,
+    batch_size=8,
+    steps=40,
+    lr=3e-3,
+    min_lr=3e-4,
+    warmup_steps=5,
+    eval_interval=10,
+    eval_windows=8,
+    corpus_limit=20000,
+    ckpt_minutes=100.0,
+    threads=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +79,19 @@ def test_loss_decreases(run):
     assert curve[-1]["heldout_loss"] < curve[0]["heldout_loss"] - 0.2
     assert curve[-1]["train_loss"] < math.log(vocab) - 0.5
     assert log["final"]["heldout_loss_nats_per_char"] == pytest.approx(
-        log["final"]["heldout_bits_per_char"] * math.log(2))
+        log["final"]["heldout_bits_per_char"] * math.log(2)
+    )
 
 
 def test_export_layout_and_reload(run):
     tc, log, base = run
     out = base / "out"
-    assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer.json",
-                                       "training_log.json"]
+    assert sorted(os.listdir(out)) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "training_log.json",
+    ]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["quantization_config"]["quantization_mode"] == "offline"
     assert json.loads((out / "training_log.json").read_text())["final"] == log["final"]
@@ -71,7 +100,7 @@ def test_export_layout_and_reload(run):
     for a, b in zip(spec.weights.layers, model.weights.layers, strict=True):
         for n, tw in a.proj.items():
             np.testing.assert_array_equal(tw.codes, b.proj[n].codes, err_msg=n)
-            assert b.proj[n].scale == pytest.approx(tw.scale, rel=2.0 ** -22)
+            assert b.proj[n].scale == pytest.approx(tw.scale, rel=2.0**-22)
     np.testing.assert_array_equal(spec.weights.lm_head, model.weights.lm_head)
     # the held-out split is the corpus tail: its characters are in the vocabulary
     tok = CharTokenizer.load(out)
@@ -82,11 +111,9 @@ def test_transformers_logits_match_training_module(run):
     transformers = pytest.importorskip("transformers")
     tc, _, base = run
     module = _trained_module(base, tc)
-    _, _, val = load_corpus(os.path.normpath(os.path.join(
-        os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")),
-        tc.corpus_limit)
+    _, _, val = load_corpus(DEFAULT_CORPUS, tc.corpus_limit)
     ids = val[: 2 * tc.context].view(2, tc.context)
-    with torch._dynamo.config.patch(disable=True):   # run transformers' kernels eagerly
+    with torch._dynamo.config.patch(disable=True):  # run transformers' kernels eagerly
         hf = transformers.BitNetForCausalLM.from_pretrained(base / "out").eval()
         with torch.no_grad():
             ref = hf(ids).logits
@@ -99,13 +126,21 @@ def test_transformers_logits_match_training_module(run):
 def test_resume_equals_uninterrupted(tmp_path):
     tc = TrainConfig(**{**TINY, "steps": 12, "eval_interval": 4})
     a = train(tc, str(tmp_path / "a"), str(tmp_path / "sa"), progress=False, export_model=False)
-    b1 = train(tc, str(tmp_path / "b"), str(tmp_path / "sb"), progress=False,
-               export_model=False, stop_at=5)
+    b1 = train(
+        tc, str(tmp_path / "b"), str(tmp_path / "sb"), progress=False, export_model=False, stop_at=5
+    )
     assert "final" not in b1
-    b = train(tc, str(tmp_path / "b"), str(tmp_path / "sb"), progress=False,
-              export_model=False, resume=True)
+    b = train(
+        tc,
+        str(tmp_path / "b"),
+        str(tmp_path / "sb"),
+        progress=False,
+        export_model=False,
+        resume=True,
+    )
     assert [r["heldout_loss"] for r in a["curve"]] == pytest.approx(
-        [r["heldout_loss"] for r in b["curve"]], rel=1e-5)
+        [r["heldout_loss"] for r in b["curve"]], rel=1e-5
+    )
     sa = torch.load(tmp_path / "sa" / STATE_FILE, weights_only=False)["model"]
     sb = torch.load(tmp_path / "sb" / STATE_FILE, weights_only=False)["model"]
     for k in sa:
@@ -114,6 +149,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 
 def test_quantizers_match_transformers():
     from transformers.integrations import bitnet as hf
+
     g = torch.Generator().manual_seed(0)
     w = torch.randn(48, 40, generator=g) * 0.03
     x = torch.randn(5, 7, 40, generator=g) * 3
@@ -135,7 +171,7 @@ def test_lr_schedule():
     assert lr_at(10, tc) == pytest.approx(1e-3)
     assert lr_at(100, tc) == pytest.approx(1e-4)
     lrs = [lr_at(s, tc) for s in range(10, 101)]
-    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+    assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))
 
 
 # ----------------------------------------------------------------------------- tokenizer
@@ -153,9 +189,12 @@ def test_tokenizer_round_trip_and_errors(tmp_path):
     tok.save(tmp_path)
     assert CharTokenizer.load(tmp_path).vocab == tok.vocab
     path = tmp_path / "tokenizer.json"
-    for bad in ("{oops", json.dumps({"type": "bpe", "vocab": ["a"]}),
-                json.dumps({"type": "char", "vocab": ["a", "bc"]}),
-                json.dumps({"type": "char", "vocab": ["a", "a"]})):
+    for bad in (
+        "{oops",
+        json.dumps({"type": "bpe", "vocab": ["a"]}),
+        json.dumps({"type": "char", "vocab": ["a", "bc"]}),
+        json.dumps({"type": "char", "vocab": ["a", "a"]}),
+    ):
         path.write_text(bad)
         with pytest.raises(ValueError, match="tokenizer.json"):
             CharTokenizer.load(tmp_path)
@@ -164,11 +203,11 @@ def test_tokenizer_round_trip_and_errors(tmp_path):
 
 
 def test_corpus_split_holds_out_the_tail():
-    tok, train_ids, val_ids = load_corpus(os.path.normpath(os.path.join(
-        os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")))
+    tok, train_ids, val_ids = load_corpus(DEFAULT_CORPUS)
     n = len(train_ids) + len(val_ids)
-    assert len(val_ids) == n - int(n * 0.9)
-    with open(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                           "tinyshakespeare.txt"), encoding="utf-8") as f:
+    assert len(val_ids) == n - split_index(n)
+    with open(DEFAULT_CORPUS, encoding="utf-8") as f:
         text = f.read()
-    assert tok.decode(val_ids[:200].tolist()) == text[int(n * 0.9):int(n * 0.9) + 200]
+    assert tok.decode(val_ids[:200].tolist()) == text[split_index(n) : split_index(n) + 200]
+    # the held-out split host.eval scores
+    assert tok.decode(val_ids.tolist()) == heldout_text(DEFAULT_CORPUS)

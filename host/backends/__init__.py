@@ -6,6 +6,7 @@
 A backend module is imported only when asked for, so a missing toolchain (Verilator,
 PYNQ) only matters to the backend that needs it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -27,6 +28,8 @@ def make_device(name: str, **kw):
         mod = importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
         if e.name == mod_name:
-            raise ValueError(f"backend: {name!r} is not available yet ({mod_name} does not exist)") from None
+            raise ValueError(
+                f"backend: {name!r} is not available yet ({mod_name} does not exist)"
+            ) from None
         raise
     return getattr(mod, cls_name)(**kw)

@@ -17,6 +17,7 @@ Counters: ``ops`` (commands executed, END included), ``bytes_read`` / ``bytes_wr
 (tensor traffic of the commands plus 64 bytes per command fetched); ``cycles`` is None
 (cycle counts come from the sim backend).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,8 +34,12 @@ DEFAULT_MEM_SIZE = 256 << 20
 class GoldenDevice(Device):
     """Functional accelerator; ``cfg`` is the datapath it implements (DEFAULT)."""
 
-    def __init__(self, cfg: DatapathConfig = DEFAULT, mem_size: int = DEFAULT_MEM_SIZE,
-                 exact_tlmm: bool = False):
+    def __init__(
+        self,
+        cfg: DatapathConfig = DEFAULT,
+        mem_size: int = DEFAULT_MEM_SIZE,
+        exact_tlmm: bool = False,
+    ):
         if not isinstance(cfg, DatapathConfig):
             raise ValueError(f"cfg: expected a DatapathConfig, got {type(cfg).__name__}")
         super().__init__(mem_size, cfg)
@@ -49,15 +54,15 @@ class GoldenDevice(Device):
 
     # ------------------------------------------------------------------ memory window
     def _mem_write(self, addr: int, buf: bytes) -> None:
-        self.executor.mem[addr:addr + len(buf)] = np.frombuffer(buf, dtype=np.uint8)
+        self.executor.mem[addr : addr + len(buf)] = np.frombuffer(buf, dtype=np.uint8)
         self.executor.invalidate(addr, addr + len(buf))
 
     def _mem_read(self, addr: int, nbytes: int) -> bytes:
-        return self.executor.mem[addr:addr + nbytes].tobytes()
+        return self.executor.mem[addr : addr + nbytes].tobytes()
 
     # ------------------------------------------------------------------ control
     def reset(self) -> None:
-        self._stream = None             # (addr, n_cmds) of the running stream
+        self._stream = None  # (addr, n_cmds) of the running stream
         self._pc = 0
         self._last_opcode = None
         self._status = Status(busy=False, done=False)
@@ -74,9 +79,12 @@ class GoldenDevice(Device):
         self._status = Status(busy=True, done=False, n_cmds=self._stream[1])
 
     def counters(self) -> dict:
-        return {"cycles": None, "ops": self._ops,
-                "bytes_read": self._fetched + self.executor.bytes_read,
-                "bytes_written": self.executor.bytes_written}
+        return {
+            "cycles": None,
+            "ops": self._ops,
+            "bytes_read": self._fetched + self.executor.bytes_read,
+            "bytes_written": self.executor.bytes_written,
+        }
 
     def status(self) -> Status:
         """The state after the last executed command (does not execute anything)."""
@@ -87,24 +95,35 @@ class GoldenDevice(Device):
         if self._stream is not None:
             self._step()
             if self._stream is not None:
-                self._status = Status(busy=True, done=False, ops_done=self._pc,
-                                      last_opcode=self._last_opcode, n_cmds=self._stream[1])
+                self._status = Status(
+                    busy=True,
+                    done=False,
+                    ops_done=self._pc,
+                    last_opcode=self._last_opcode,
+                    n_cmds=self._stream[1],
+                )
         return self._status
 
     def _finish(self, error: ErrorCode = ErrorCode.NONE, opcode=None, detail: str = "") -> None:
         failed = error != ErrorCode.NONE
-        self._status = Status(busy=False, done=not failed, error=error,
-                              err_op=self._pc if failed else -1,
-                              err_opcode=opcode if failed else None,
-                              ops_done=self._pc + (error in (ErrorCode.NONE, ErrorCode.MISSING_END)),
-                              last_opcode=opcode, n_cmds=self._stream[1], detail=detail)
+        self._status = Status(
+            busy=False,
+            done=not failed,
+            error=error,
+            err_op=self._pc if failed else -1,
+            err_opcode=opcode if failed else None,
+            ops_done=self._pc + (error in (ErrorCode.NONE, ErrorCode.MISSING_END)),
+            last_opcode=opcode,
+            n_cmds=self._stream[1],
+            detail=detail,
+        )
         self._stream = None
 
     def _step(self) -> None:
         base, n_cmds = self._stream
         addr = base + self._pc * isa.COMMAND_BYTES
         self._fetched += isa.COMMAND_BYTES
-        out = self.executor.step(self.executor.mem[addr:addr + isa.COMMAND_BYTES])
+        out = self.executor.step(self.executor.mem[addr : addr + isa.COMMAND_BYTES])
         if out.error != ErrorCode.NONE:
             self._finish(out.error, out.opcode, out.detail)
             return

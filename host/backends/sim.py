@@ -32,6 +32,7 @@ allocations kept).
 Each SimDevice opens its own copy of the harness library (the harness keeps one
 simulated accelerator per loaded library), so several devices can coexist.
 """
+
 from __future__ import annotations
 
 import collections
@@ -50,8 +51,8 @@ from hw.csr import CSR, CTRL_CODE_SHIFT, CTRL_HOST_ERROR, CTRL_RESUME, CTRL_STAR
 from hw.tlmm import DEFAULT_MAX_K
 
 DEFAULT_MEM_SIZE = 64 << 20
-DEFAULT_BANDWIDTH = 128.0      # bytes / cycle (e.g. 64-bit DDR4-2400 at 150 MHz ~ 128 B/cycle)
-DEFAULT_LATENCY = 20           # cycles
+DEFAULT_BANDWIDTH = 128.0  # bytes / cycle (e.g. 64-bit DDR4-2400 at 150 MHz ~ 128 B/cycle)
+DEFAULT_LATENCY = 20  # cycles
 DEFAULT_MAX_OUTSTANDING = 64
 DEFAULT_CYCLES_PER_POLL = 100_000
 
@@ -59,17 +60,27 @@ DEFAULT_CYCLES_PER_POLL = 100_000
 class SimDevice(Device):
     """Verilator RTL of the accelerator + C++ DRAM model (see module docstring)."""
 
-    def __init__(self, cfg: DatapathConfig = DEFAULT, mem_size: int = DEFAULT_MEM_SIZE,
-                 bandwidth: float = DEFAULT_BANDWIDTH, latency: int = DEFAULT_LATENCY,
-                 max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
-                 cycles_per_poll: int = DEFAULT_CYCLES_PER_POLL, max_k: int = DEFAULT_MAX_K,
-                 ops=None):
+    def __init__(
+        self,
+        cfg: DatapathConfig = DEFAULT,
+        mem_size: int = DEFAULT_MEM_SIZE,
+        bandwidth: float = DEFAULT_BANDWIDTH,
+        latency: int = DEFAULT_LATENCY,
+        max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
+        cycles_per_poll: int = DEFAULT_CYCLES_PER_POLL,
+        max_k: int = DEFAULT_MAX_K,
+        ops=None,
+    ):
         if not isinstance(cfg, DatapathConfig):
             raise ValueError(f"cfg: expected a DatapathConfig, got {type(cfg).__name__}")
         if not isinstance(cycles_per_poll, (int, np.integer)) or cycles_per_poll < 1:
-            raise ValueError(f"cycles_per_poll: expected a positive integer, got {cycles_per_poll!r}")
+            raise ValueError(
+                f"cycles_per_poll: expected a positive integer, got {cycles_per_poll!r}"
+            )
         if not isinstance(max_outstanding, (int, np.integer)) or max_outstanding < 1:
-            raise ValueError(f"max_outstanding: expected a positive integer, got {max_outstanding!r}")
+            raise ValueError(
+                f"max_outstanding: expected a positive integer, got {max_outstanding!r}"
+            )
         self._check_timing(bandwidth, latency)
         super().__init__(mem_size, cfg)
         # the host fallback executes on the very buffer the DRAM model serves
@@ -79,8 +90,9 @@ class SimDevice(Device):
         self.dma_bytes = int(self._lib.acc_dma_bytes())
         self.bandwidth, self.latency = float(bandwidth), int(latency)
         self.cycles_per_poll = int(cycles_per_poll)
-        self._lib.acc_init(self._mem.ctypes.data, self.mem_size, self.bandwidth, self.latency,
-                           int(max_outstanding))
+        self._lib.acc_init(
+            self._mem.ctypes.data, self.mem_size, self.bandwidth, self.latency, int(max_outstanding)
+        )
         self.reset()
 
     # ------------------------------------------------------------------ configuration
@@ -101,11 +113,11 @@ class SimDevice(Device):
 
     # ------------------------------------------------------------------ memory window
     def _mem_write(self, addr: int, buf: bytes) -> None:
-        self._mem[addr:addr + len(buf)] = np.frombuffer(buf, dtype=np.uint8)
+        self._mem[addr : addr + len(buf)] = np.frombuffer(buf, dtype=np.uint8)
         self._host.invalidate(addr, addr + len(buf))
 
     def _mem_read(self, addr: int, nbytes: int) -> bytes:
-        return self._mem[addr:addr + nbytes].tobytes()
+        return self._mem[addr : addr + nbytes].tobytes()
 
     # ------------------------------------------------------------------ CSRs
     def csr_read(self, reg: int) -> int:
@@ -125,8 +137,7 @@ class SimDevice(Device):
         self._ops0 = 0
         self._detail = ""
         self._final: Status = Status(busy=False, done=False)
-        self.stats = {"rtl_s": 0.0, "host_s": 0.0,
-                      "host_ops": collections.Counter()}
+        self.stats = {"rtl_s": 0.0, "host_s": 0.0, "host_ops": collections.Counter()}
 
     def run(self, stream_addr: int, n_cmds: int) -> None:
         if self._stream is not None:
@@ -143,9 +154,12 @@ class SimDevice(Device):
         self.csr_write(CSR.CTRL, CTRL_START)
 
     def counters(self) -> dict:
-        return {"cycles": self._csr64(CSR.CYCLES_LO), "ops": self.csr_read(CSR.OPS_DONE),
-                "bytes_read": self._csr64(CSR.BYTES_RD_LO) + self._host.bytes_read,
-                "bytes_written": self._csr64(CSR.BYTES_WR_LO) + self._host.bytes_written}
+        return {
+            "cycles": self._csr64(CSR.CYCLES_LO),
+            "ops": self.csr_read(CSR.OPS_DONE),
+            "bytes_read": self._csr64(CSR.BYTES_RD_LO) + self._host.bytes_read,
+            "bytes_written": self._csr64(CSR.BYTES_WR_LO) + self._host.bytes_written,
+        }
 
     def _opcode_at(self, index: int) -> int | None:
         if self._stream is None or index < 0:
@@ -156,13 +170,13 @@ class SimDevice(Device):
         """Execute the command the RTL handed over, then resume (or report its error)."""
         pc = self.csr_read(CSR.PC)
         base = self._stream[0] + pc * isa.COMMAND_BYTES
-        word = self._mem[base:base + isa.COMMAND_BYTES].tobytes()
+        word = self._mem[base : base + isa.COMMAND_BYTES].tobytes()
         lo, hi = ctypes.c_uint64(), ctypes.c_uint64()
         self._lib.acc_take_written(ctypes.byref(lo), ctypes.byref(hi))
-        if lo.value < hi.value:          # the RTL's writes may overlap cached constants
+        if lo.value < hi.value:  # the RTL's writes may overlap cached constants
             self._host.invalidate(lo.value, hi.value)
         t0 = time.perf_counter()
-        self.stats["host_ops"][isa.Opcode(word[0]).name] += 1   # HOST_OP: a known opcode
+        self.stats["host_ops"][isa.Opcode(word[0]).name] += 1  # HOST_OP: a known opcode
         out = self._host.step(word)
         code, self._detail = out.error, out.detail
         self.stats["host_s"] += time.perf_counter() - t0
@@ -187,13 +201,21 @@ class SimDevice(Device):
         ops = self.csr_read(CSR.OPS_DONE) - self._ops0
         n = self._stream[1]
         if busy:
-            return Status(busy=True, done=False, ops_done=ops,
-                          last_opcode=self._opcode_at(ops - 1), n_cmds=n)
+            return Status(
+                busy=True, done=False, ops_done=ops, last_opcode=self._opcode_at(ops - 1), n_cmds=n
+            )
         failed = err != ErrorCode.NONE
         err_op = self.csr_read(CSR.ERR_OP) if failed else -1
-        self._final = Status(busy=False, done=done, error=err, err_op=err_op,
-                             err_opcode=self._opcode_at(err_op) if failed else None,
-                             ops_done=ops, last_opcode=self._opcode_at(ops - 1) if ops else None,
-                             n_cmds=n, detail=self._detail)
+        self._final = Status(
+            busy=False,
+            done=done,
+            error=err,
+            err_op=err_op,
+            err_opcode=self._opcode_at(err_op) if failed else None,
+            ops_done=ops,
+            last_opcode=self._opcode_at(ops - 1) if ops else None,
+            n_cmds=n,
+            detail=self._detail,
+        )
         self._stream = None
         return self._final

@@ -5,7 +5,7 @@ Engine ports (``EngineSignature(dma_bytes)``; the top drives the ``In`` ports)
 ``start`` (in)   one-cycle pulse: a command for this engine; ``args`` is valid from this
                  cycle until ``done`` (the top holds the command register).
 ``args`` (in)    ``golden.isa.ARGS_UNION``: the engine reads its own member
-                 (``args.norm_quant`` ...).
+                 (``Engine.op_args``: ``args.norm_quant`` ...).
 ``mem_lo``, ``mem_hi`` (in)  the memory window: a tensor [a, a+n) must satisfy
                  ``mem_lo <= a`` and ``a + n <= mem_hi`` (else ADDR_RANGE).
 ``done`` (out)   one-cycle pulse: the command is finished; ``error`` (out, ``ErrorCode``)
@@ -16,24 +16,52 @@ Engine ports (``EngineSignature(dma_bytes)``; the top drives the ``In`` ports)
                  bits [8i, 8i+8) of the payload, zero beyond ``len``.
 ``wr`` (out)     posted writes ``{addr, len, data}``: the low ``len`` bytes of ``data``.
 
-Rules every engine keeps (the top relies on them):
-* errors are reported in the order the golden backend finds them: argument errors
-  (BAD_DIM, ALIGN, ADDR_RANGE) before any write; data-dependent errors (BAD_OPERAND of a
-  value, SCALE_RANGE) when found (a failing command may then have written part of its
-  output, as the golden backend may);
+Rules every engine keeps (the top relies on them; ``sim/op_bench.py`` checks them)
+* errors are reported in the order of the opcode's contract (``golden.isa.CONTRACTS``),
+  which is the golden executor's: argument errors (BAD_DIM, ALIGN, ADDR_RANGE) before any
+  write; data-dependent errors (the contract's ``Data`` checks: BAD_OPERAND of a value,
+  SCALE_RANGE) when found (a failing command may then have written part of its output, as
+  the golden executor may); the arguments the contract checks after a ``Data`` check are
+  checked up front but reported after it: a bad one makes the command run *dry*
+  (computing, writing nothing);
 * the error comes with ``done`` and no read left outstanding;
 * ``done`` comes only after every read it requested has been consumed and every write
   has been accepted; it issues nothing after ``done``;
 * between commands it ignores ``args``; a reset returns it to idle.
+
+The engine base (``Engine``)
+============================
+Every engine derives from ``Engine`` and sets ``OPCODE``. The base owns ``finish`` (done
++ error, back to IDLE), the IDLE and check states (``check_states``) and the argument
+checks: ``checks(m)`` builds them (``ArgChecks``) from the opcode's contract -- the
+``Dims`` rules (BAD_DIM), each tensor's ALIGN and ADDR_RANGE over the span its layout
+gives -- plus what the engine states once:
+
+* ``LIMITS``: its own BAD_DIM rules (the hardware's sizes, e.g. ``"k <= max_k"``: names
+  are command fields or engine attributes), checked with the contract's first ``Dims``;
+  each is a documented difference from the golden executor;
+* ``GOLDEN_ONLY``: the contract's ``Data`` checks the RTL does not make (also documented).
+
+``ArgChecks.error(start, stop)`` is the ``ErrorCode`` of the first failing check among the
+contract's items from ``start`` up to ``stop`` (item names: a tensor field or a ``Data``
+check's name); an engine spreads these ranges over its check states (``check_states``;
+the ranges split at the ``Data`` checks it makes itself), which fixes the cycles its
+checks take: a failing command ends in the check state that finds the error. With
+``registered=True`` the tensor spans come from registers loaded every cycle (valid from
+the cycle after ``start``), for engines whose tensor checks come a cycle or more later.
+
+Each engine module exports ``expected_cycles(...)``: its cycle count without memory
+stalls (the formula of its docstring), which ``sim/test_op_<name>.py`` measures.
 """
+
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden import isa
-from golden.isa import ErrorCode
+from golden.isa import ErrorCode, Opcode
 from hw.fixed import bit_length, saturate
 
 
@@ -42,36 +70,194 @@ def rd_layout(dma_bytes: int) -> data.StructLayout:
 
 
 def wr_layout(dma_bytes: int) -> data.StructLayout:
-    return data.StructLayout({"addr": unsigned(isa.ADDR_BITS), "len": range(dma_bytes + 1),
-                              "data": unsigned(8 * dma_bytes)})
+    return data.StructLayout(
+        {
+            "addr": unsigned(isa.ADDR_BITS),
+            "len": range(dma_bytes + 1),
+            "data": unsigned(8 * dma_bytes),
+        }
+    )
 
 
 class EngineSignature(wiring.Signature):
     def __init__(self, dma_bytes: int):
         self.dma_bytes = dma_bytes
-        super().__init__({
-            "start": In(1),
-            "args": In(isa.ARGS_UNION),
-            "mem_lo": In(isa.ADDR_BITS),
-            "mem_hi": In(isa.ADDR_BITS + 1),
-            "done": Out(1),
-            "error": Out(ErrorCode),
-            "rd": Out(stream.Signature(rd_layout(dma_bytes))),
-            "rdata": In(stream.Signature(unsigned(8 * dma_bytes))),
-            "wr": Out(stream.Signature(wr_layout(dma_bytes))),
-        })
+        super().__init__(
+            {
+                "start": In(1),
+                "args": In(isa.ARGS_UNION),
+                "mem_lo": In(isa.ADDR_BITS),
+                "mem_hi": In(isa.ADDR_BITS + 1),
+                "done": Out(1),
+                "error": Out(ErrorCode),
+                "rd": Out(stream.Signature(rd_layout(dma_bytes))),
+                "rdata": In(stream.Signature(unsigned(8 * dma_bytes))),
+                "wr": Out(stream.Signature(wr_layout(dma_bytes))),
+            }
+        )
 
 
 # ------------------------------------------------------------------ argument checks
-def out_of_range(addr, nbytes, mem_lo, mem_hi):
-    """[addr, addr + nbytes) not inside [mem_lo, mem_hi) (nbytes an unsigned value)."""
-    return (addr < mem_lo) | ((addr + nbytes) > mem_hi)
-
-
 def misaligned(addr, size: int):
     """addr not a multiple of ``size`` (a power of two)."""
     assert size & (size - 1) == 0
-    return addr[:size.bit_length() - 1] != 0 if size > 1 else Const(0)
+    return addr[: size.bit_length() - 1] != 0 if size > 1 else Const(0)
+
+
+class ArgChecks:
+    """An engine's argument checks: its opcode's contract (``golden.isa.CONTRACTS``) with
+    the engine's ``LIMITS``, on its ``op_args``, ``mem_lo`` and ``mem_hi`` (see the module
+    docstring). Build it, and its ``error`` signals, outside the FSM (``Engine.checks``)."""
+
+    def __init__(self, engine: Engine, m: Module, *, registered: bool = False):
+        op = engine.OPCODE
+        view = engine.op_args
+        fields = {n: view[n] for n, _ in isa.ARGS[op]}
+        names = isa.contract_names(fields, engine.cfg)
+        self.op, self.m, self.golden_only = op, m, tuple(engine.GOLDEN_ONLY)
+        self.items = isa.CONTRACTS[op]
+        for name in self.golden_only:
+            assert any(isinstance(d, isa.Data) and d.name == name for d in self.items), name
+
+        def bad(rules, extra=None):
+            conds = []
+            for rule in rules:
+                env = names
+                if extra is not None:
+                    env = {
+                        **names,
+                        **{n: getattr(extra, n) for n in isa.expr_names(rule) if n not in names},
+                    }
+                conds.append(~Value.cast(isa.evaluate(rule, env)))
+            return conds
+
+        # the decoder's check, before every other: an enum field that holds no member
+        self.decode = []
+        for n, f in isa.ARGS[op]:
+            if isinstance(f.shape, type) and issubclass(f.shape, enum.Enum):
+                v = fields[n].as_value()
+                member = Const(0)
+                for e in f.shape:
+                    member = member | (v == e.value)
+                self.decode.append((~member, ErrorCode.BAD_OPERAND))
+        # per item: [(condition, code)] in check order
+        limits = bad(engine.LIMITS, engine)
+        self.conds = []
+        lo, hi = engine.mem_lo, engine.mem_hi
+        for item in self.items:
+            conds = []
+            when = (
+                None
+                if getattr(item, "when", None) is None
+                else Value.cast(isa.evaluate(item.when, names))
+            )
+            if isinstance(item, isa.Dims):
+                conds = [(c, ErrorCode.BAD_DIM) for c in bad(item.rules) + limits]
+                limits = []  # with the first Dims only
+            elif isinstance(item, isa.Tensor):
+                addr = names[item.field]
+                start, nbytes = item.extent(names)
+                end = start + nbytes
+                if registered:
+                    end_r = Signal(Value.cast(end).shape(), name=f"{item.field}_end")
+                    m.d.sync += end_r.eq(end)
+                    end = end_r
+                    if item.offset is not None:
+                        start_r = Signal(Value.cast(start).shape(), name=f"{item.field}_start")
+                        m.d.sync += start_r.eq(start)
+                        start = start_r
+                if item.size > 1:
+                    conds.append((misaligned(addr, item.size), ErrorCode.ALIGN))
+                conds.append(((start < lo) | (end > hi), ErrorCode.ADDR_RANGE))
+            if when is not None:
+                conds = [(when & c, code) for c, code in conds]
+            self.conds.append(conds)
+        assert not limits, f"{op.name}: LIMITS but no Dims in the contract"
+
+    def _index(self, name: str | None, start: bool) -> int:
+        if name is None:
+            return 0 if start else len(self.items)
+        for i, item in enumerate(self.items):
+            if getattr(item, "field", None) == name:
+                return i
+            if isinstance(item, isa.Data) and item.name == name:
+                return i + 1 if start else i  # start after a Data check
+        raise ValueError(f"{self.op.name}: no contract item {name!r}")
+
+    def error(self, start: str | None = None, stop: str | None = None, name: str | None = None):
+        """``ErrorCode`` (a combinational signal) of the first failing check among the
+        contract's items from ``start`` (a tensor field: from it; a ``Data`` check: the
+        items after it; None: from the first, the decoder's enum check included) up to
+        ``stop`` (excluded; None: to the end); NONE if every one passes. A ``Data`` check
+        inside the range must be one of the engine's ``GOLDEN_ONLY``."""
+        i, j = self._index(start, True), self._index(stop, False)
+        conds = list(self.decode) if i == 0 else []
+        for item, c in zip(self.items[i:j], self.conds[i:j], strict=False):
+            if isinstance(item, isa.Data):
+                assert item.name in self.golden_only, (
+                    f"{self.op.name}: the engine must make data check {item.name!r} itself"
+                )
+            conds += c
+        err = Signal(
+            ErrorCode, name=name or f"err_{start or 'first'}_{stop or 'last'}".replace(" ", "_")
+        )
+        v = Const(ErrorCode.NONE.value, 8)
+        for cond, code in reversed(conds):
+            v = Mux(cond, code, v)
+        self.m.d.comb += err.eq(v)
+        return err
+
+
+class Engine(wiring.Component):
+    """Base of the op engines (see the module docstring): ``OPCODE``, ``LIMITS``,
+    ``GOLDEN_ONLY``; ``op_args``, ``checks``, ``check_states``, ``finish``."""
+
+    OPCODE: Opcode
+    LIMITS: tuple[str, ...] = ()
+    GOLDEN_ONLY: tuple[str, ...] = ()
+
+    def __init__(self, cfg, dma_bytes: int):
+        self.cfg = cfg
+        super().__init__(EngineSignature(dma_bytes))
+
+    @property
+    def op_args(self):
+        """The engine's member of ``args``: a View of ``golden.isa.ARGS[OPCODE]``."""
+        return getattr(self.args, isa.op_name(self.OPCODE))
+
+    def checks(self, m: Module, *, registered: bool = False) -> ArgChecks:
+        return ArgChecks(self, m, registered=registered)
+
+    def finish(self, m: Module, code) -> None:
+        """In a state of the engine's FSM: the command ends in this cycle with ``code``
+        (``done``, ``error``); the FSM goes back to IDLE."""
+        m.d.comb += [self.done.eq(1), self.error.eq(code)]
+        m.next = "IDLE"
+
+    def check_states(self, m: Module, *steps, then: str = "RUN", idle: bool = True) -> dict:
+        """In the engine's FSM: IDLE (``start`` goes to the first step; ``idle=False``: no
+        IDLE) and one state per step ``(name, err)``, in order. A step finishes the command
+        with ``err`` unless it is NONE (``err`` None: a state without a check), else goes to
+        the next step, the last one to ``then``. Returns {name: a signal that is 1 in the
+        cycle the step passes} (where the engine loads what it runs with)."""
+        if idle:
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.next = steps[0][0]
+        passed = {}
+        for (name, err), nxt in zip(steps, [s[0] for s in steps[1:]] + [then], strict=False):
+            ok = passed[name] = Signal(name=f"{name.lower()}_passed")
+            with m.State(name):
+                if err is None:
+                    m.d.comb += ok.eq(1)
+                    m.next = nxt
+                    continue
+                with m.If(err != ErrorCode.NONE):
+                    self.finish(m, err)
+                with m.Else():
+                    m.d.comb += ok.eq(1)
+                    m.next = nxt
+        return passed
 
 
 # ------------------------------------------------------------------ integer helpers

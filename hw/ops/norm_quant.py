@@ -1,5 +1,5 @@
 """NORM_QUANT engine: RMSNorm + INT8 quantization of token rows (golden:
-``GoldenDevice._op_norm_quant`` -> ``golden.model.op_norm_quant`` ->
+``Executor._op_norm_quant`` -> ``golden.model.op_norm_quant`` ->
 ``golden.rmsnorm.rmsnorm_quant``).
 
 Per row t of src (int32 [rows, dim], Q15.16) and gamma (int16 [dim]): the codes
@@ -8,13 +8,15 @@ at ``dst_scale + 4*t`` (a zero scale stays (0, 0); a shift outside int16 is SCAL
 The arithmetic is ``hw.rmsnorm.RMSNormQuant`` (reused unchanged, bit-exact with
 ``rmsnorm_quant``), fed the command's constants eps_term, c_mant, c_exp.
 
-Checks, in the golden backend's order
--------------------------------------
-1. rows >= 1, dim >= 1, dim <= ``max_len``: BAD_DIM;
-2. src: ALIGN (4), ADDR_RANGE (rows*dim*4 bytes); gamma: ALIGN (2), ADDR_RANGE (dim*2);
-3. dst: ADDR_RANGE (rows*dim bytes; int8 is never misaligned);
-4. SCALE_RANGE: found per row, when the row's scale leaves the block;
-5. dst_scale: ALIGN (4), ADDR_RANGE (rows*4).
+Checks: the NORM_QUANT contract (``golden.isa.CONTRACTS``)
+---------------------------------------------------------
+1. rows >= 1, dim >= 1, and the engine limit dim <= ``max_len`` (``LIMITS``): BAD_DIM;
+2. (golden only, ``GOLDEN_ONLY``: its data check "norm constants", below);
+3. src: ALIGN (4), ADDR_RANGE (rows*dim*4 bytes); gamma: ALIGN (2), ADDR_RANGE (dim*2);
+4. dst: ADDR_RANGE (rows*dim bytes; int8 is never misaligned);
+5. its data check "records", SCALE_RANGE: found per row, when the row's scale leaves the
+   block;
+6. dst_scale: ALIGN (4), ADDR_RANGE (rows*4).
 Golden writes all of dst before it packs the records (SCALE_RANGE) and only then checks
 dst_scale. The engine checks dst_scale up front with the others, so that nothing is
 written before an argument error: when dst_scale is bad it runs the whole command *dry*
@@ -83,25 +85,26 @@ Differences from the golden backend
   and record are written while later rows are read), so a dst or dst_scale overlapping
   src or gamma (no runtime command does that) may give different results.
 """
+
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.hdl import ResetInserter
-from amaranth.lib import fifo, wiring
+from amaranth.lib import fifo
 
-from golden.config import DEFAULT, DatapathConfig
 from golden import isa
-from golden.isa import ErrorCode
+from golden.config import DEFAULT, DatapathConfig
+from golden.isa import ErrorCode, Opcode
 from hw.rmsnorm import RMSNormQuant
 
-from .base import EngineSignature, misaligned, out_of_range, shift_fits_record
+from .base import Engine, shift_fits_record
 
-DEFAULT_LANES = 8           # see "Lanes" in the module docstring
-DEFAULT_MAX_LEN = 4096      # BitNet-0.73B: FFN 4096 (ffn_sub_norm), hidden 1536
+DEFAULT_LANES = 8  # see "Lanes" in the module docstring
+DEFAULT_MAX_LEN = 4096  # BitNet-0.73B: FFN 4096 (ffn_sub_norm), hidden 1536
 # read run-ahead in groups: 8 groups of 4 beats (8 lanes) hide ~30 cycles of read latency
 DEFAULT_FIFO_GROUPS = 8
 
-FIXED_CYCLES = 27           # see the module docstring's cycle formula
+FIXED_CYCLES = 27  # see the module docstring's cycle formula
 
 
 def row_overhead(cfg: DatapathConfig = DEFAULT) -> int:
@@ -109,49 +112,68 @@ def row_overhead(cfg: DatapathConfig = DEFAULT) -> int:
     return 4 + cfg.quant.recip_bits
 
 
-def expected_cycles(rows: int, dim: int, lanes: int = DEFAULT_LANES,
-                    cfg: DatapathConfig = DEFAULT, lat: int = 1) -> int:
+def expected_cycles(
+    rows: int, dim: int, lanes: int = DEFAULT_LANES, cfg: DatapathConfig = DEFAULT, lat: int = 1
+) -> int:
     """Stall-free cycles of one NORM_QUANT command whose rows all have a nonzero product
     (module docstring formula); ``lat`` is the latency of the first read."""
     b = -(-dim // lanes)
     return rows * (2 * b + row_overhead(cfg)) + b + FIXED_CYCLES + lat
 
 
-class NormQuantEngine(wiring.Component):
+class NormQuantEngine(Engine):
     """NORM_QUANT op engine (see module docstring)."""
 
-    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, lanes: int = DEFAULT_LANES,
-                 max_len: int = DEFAULT_MAX_LEN, fifo_groups: int = DEFAULT_FIFO_GROUPS):
+    OPCODE = Opcode.NORM_QUANT
+    LIMITS = ("dim <= max_len",)  # the block buffers a whole row
+    GOLDEN_ONLY = ("norm constants",)  # host constants, taken as given
+
+    def __init__(
+        self,
+        cfg: DatapathConfig,
+        dma_bytes: int,
+        *,
+        lanes: int = DEFAULT_LANES,
+        max_len: int = DEFAULT_MAX_LEN,
+        fifo_groups: int = DEFAULT_FIFO_GROUPS,
+    ):
         if not isinstance(cfg, DatapathConfig):
             raise ValueError(f"cfg: expected a DatapathConfig, got {type(cfg).__name__}")
         if cfg.norm.in_bits != 32 or cfg.norm.gamma_bits != 16 or cfg.quant.act_bits != 8:
-            raise ValueError("cfg: NORM_QUANT's memory formats are int32 src, int16 gamma, "
-                             "int8 dst (norm.in_bits 32, norm.gamma_bits 16, quant.act_bits 8)")
+            raise ValueError(
+                "cfg: NORM_QUANT's memory formats are int32 src, int16 gamma, "
+                "int8 dst (norm.in_bits 32, norm.gamma_bits 16, quant.act_bits 8)"
+            )
         isa.check_datapath(cfg)
-        for name, v, lo in (("lanes", lanes, 1), ("max_len", max_len, 1),
-                            ("fifo_groups", fifo_groups, 1)):
+        for name, v, lo in (
+            ("lanes", lanes, 1),
+            ("max_len", max_len, 1),
+            ("fifo_groups", fifo_groups, 1),
+        ):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
         if dma_bytes < 4 * lanes:
-            raise ValueError(f"dma_bytes: {dma_bytes} cannot carry one beat of {lanes} int32 "
-                             f"elements (needs >= {4 * lanes})")
+            raise ValueError(
+                f"dma_bytes: {dma_bytes} cannot carry one beat of {lanes} int32 "
+                f"elements (needs >= {4 * lanes})"
+            )
         if max_len < lanes or max_len >= 1 << isa.DIM_BITS:
-            raise ValueError(f"max_len: expected lanes ({lanes}) .. {(1 << isa.DIM_BITS) - 1}, "
-                             f"got {max_len}")
-        self.cfg = cfg
+            raise ValueError(
+                f"max_len: expected lanes ({lanes}) .. {(1 << isa.DIM_BITS) - 1}, got {max_len}"
+            )
         self.lanes = lanes
         self.max_len = max_len
         self.fifo_groups = fifo_groups
-        self.group = lanes * (dma_bytes // (4 * lanes))     # Gs elements per read pair
-        super().__init__(EngineSignature(dma_bytes))
+        self.group = lanes * (dma_bytes // (4 * lanes))  # Gs elements per read pair
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
         W = self.signature.dma_bytes
         L, Gs, D = self.lanes, self.group, self.fifo_groups
-        NBG = Gs // L                       # beats per group
-        CH = W // L                         # output beats per write chunk
-        a = self.args.norm_quant
+        NBG = Gs // L  # beats per group
+        CH = W // L  # output beats per write chunk
+        a = self.op_args
         nc, qc = self.cfg.norm, self.cfg.quant
         XB, GB = nc.in_bits, nc.gamma_bits  # element widths in memory (int32 src, int16 gamma)
         REC = isa.SCALE_RECORD_BYTES
@@ -164,21 +186,20 @@ class NormQuantEngine(wiring.Component):
         m.submodules.nq = ResetInserter(dp_rst)(nq)
         m.submodules.src_q = ResetInserter(dp_rst)(src_q)
         m.submodules.gam_q = ResetInserter(dp_rst)(gam_q)
-        m.d.comb += [nq.eps_term.eq(a.eps_term), nq.c_mant.eq(a.c_mant),
-                     nq.c_exp.eq(a.c_exp)]
+        m.d.comb += [nq.eps_term.eq(a.eps_term), nq.c_mant.eq(a.c_mant), nq.c_exp.eq(a.c_exp)]
 
-        run = Signal()                      # RUN state
-        dry = Signal()                      # dst_scale bad: compute, write nothing
+        run = Signal()  # RUN state
+        dry = Signal()  # dst_scale bad: compute, write nothing
         dry_err = Signal(ErrorCode)
-        abort = Signal()                    # SCALE_RANGE found
+        abort = Signal()  # SCALE_RANGE found
 
         # ------------------------------------------------ reads (src, gamma per group)
         rq_row = Signal(isa.ROWS_BITS + 1)
         rq_pos = Signal(range(self.max_len + 1))
-        rq_gam = Signal()                   # the group's gamma read is next
+        rq_gam = Signal()  # the group's gamma read is next
         src_ptr = Signal(isa.ADDR_BITS + 1)
-        held = Signal(range(D + 1))         # groups requested and not yet consumed
-        rd_out = Signal(range(2 * D + 1))   # reads not yet answered
+        held = Signal(range(D + 1))  # groups requested and not yet consumed
+        rd_out = Signal(range(2 * D + 1))  # reads not yet answered
         rq_left = Signal(range(self.max_len + 1))
         m.d.comb += rq_left.eq(a.dim - rq_pos)
         rq_n = Mux(rq_left > Gs, Gs, rq_left)
@@ -204,8 +225,8 @@ class NormQuantEngine(wiring.Component):
         m.d.comb += [
             self.rdata.ready.eq(run),
             rs_fire.eq(self.rdata.valid & self.rdata.ready),
-            src_q.w_data.eq(self.rdata.payload[:Gs * XB]),
-            gam_q.w_data.eq(self.rdata.payload[:Gs * GB]),
+            src_q.w_data.eq(self.rdata.payload[: Gs * XB]),
+            gam_q.w_data.eq(self.rdata.payload[: Gs * GB]),
             src_q.w_en.eq(rs_fire & ~rs_gam),
             gam_q.w_en.eq(rs_fire & rs_gam),
         ]
@@ -214,8 +235,8 @@ class NormQuantEngine(wiring.Component):
         m.d.sync += rd_out.eq(rd_out + rd_fire - rs_fire)
 
         # ------------------------------------------------ beats into the block
-        em_pos = Signal(range(self.max_len + 1))   # row offset of the group at the head
-        em_j = Signal(range(max(NBG, 2)))          # beat within the group
+        em_pos = Signal(range(self.max_len + 1))  # row offset of the group at the head
+        em_j = Signal(range(max(NBG, 2)))  # beat within the group
         e0 = Signal(range(self.max_len + Gs + 1))
         m.d.comb += e0.eq(em_pos + em_j * L)
         em_left = Signal(signed(isa.DIM_BITS + 2))  # elements of the row from this beat on
@@ -224,7 +245,7 @@ class NormQuantEngine(wiring.Component):
         src_beat = src_q.r_data.word_select(em_j, L * XB) if NBG > 1 else src_q.r_data
         gam_beat = gam_q.r_data.word_select(em_j, L * GB) if NBG > 1 else gam_q.r_data
         for i in range(L):
-            keep = em_left > i              # lanes past the row end are zero padding
+            keep = em_left > i  # lanes past the row end are zero padding
             m.d.comb += [
                 nq.x.payload.x[i].eq(Mux(keep, src_beat.word_select(i, XB).as_signed(), 0)),
                 nq.x.payload.gamma[i].eq(Mux(keep, gam_beat.word_select(i, GB).as_signed(), 0)),
@@ -247,8 +268,8 @@ class NormQuantEngine(wiring.Component):
         m.d.sync += held.eq(held + (rd_fire & ~rq_gam) - pop)
 
         # ------------------------------------------------ codes and records out
-        out_row = Signal(isa.ROWS_BITS + 1)     # rows whose codes have left the block
-        out_ptr = Signal(isa.ADDR_BITS + 1)     # dst byte address of the next chunk
+        out_row = Signal(isa.ROWS_BITS + 1)  # rows whose codes have left the block
+        out_ptr = Signal(isa.ADDR_BITS + 1)  # dst byte address of the next chunk
         out_left = Signal(range(self.max_len + 1))  # bytes of the row not yet chunked
         rec_ptr = Signal(isa.ADDR_BITS + 1)
         acc = Signal(8 * W)
@@ -276,14 +297,15 @@ class NormQuantEngine(wiring.Component):
         # the row's record: (mant, shift - g_exp); a zero scale stays (0, 0)
         rec_v = Signal()
         rec_data = Signal(isa.SCALE_RECORD.size)
-        rec_mant = Signal(isa.SCALE_MANT_BITS)      # the record's field (zero-extended)
+        rec_mant = Signal(isa.SCALE_MANT_BITS)  # the record's field (zero-extended)
         rec_shift = Signal(signed(36))
         m.d.comb += rec_mant.eq(y.scale_mant)
         m.d.comb += rec_shift.eq(Mux(y.scale_mant == 0, 0, y.scale_shift - a.g_exp))
         rec_ok = shift_fits_record(rec_shift)
 
-        m.d.comb += nq.y.ready.eq(run & ~abort & (dry | ((~complete | wo_free)
-                                                         & (~y.last | ~rec_v))))
+        m.d.comb += nq.y.ready.eq(
+            run & ~abort & (dry | ((~complete | wo_free) & (~y.last | ~rec_v)))
+        )
         y_fire = nq.y.valid & nq.y.ready
         code_load = Signal()
         m.d.comb += code_load.eq(y_fire & complete & ~dry)
@@ -296,68 +318,62 @@ class NormQuantEngine(wiring.Component):
                     with m.If(~rec_ok):
                         m.d.sync += abort.eq(1)
                     with m.Elif(~dry):
-                        m.d.sync += [rec_v.eq(1),
-                                     rec_data.eq(Cat(rec_mant, rec_shift[:isa.SCALE_SHIFT_BITS]))]
+                        m.d.sync += [
+                            rec_v.eq(1),
+                            rec_data.eq(Cat(rec_mant, rec_shift[: isa.SCALE_SHIFT_BITS])),
+                        ]
                 with m.Else():
                     m.d.sync += out_left.eq(out_left - CH * L)
             with m.Else():
                 m.d.sync += [acc.eq(acc_next), acc_n.eq(acc_n + 1)]
 
         with m.If(code_load):
-            m.d.sync += [wo_valid.eq(1), wo_addr.eq(out_ptr), wo_len.eq(clen),
-                         wo_data.eq(acc_next)]
+            m.d.sync += [wo_valid.eq(1), wo_addr.eq(out_ptr), wo_len.eq(clen), wo_data.eq(acc_next)]
         with m.Elif(rec_v & wo_free):
-            m.d.sync += [wo_valid.eq(1), wo_addr.eq(rec_ptr), wo_len.eq(REC),
-                         wo_data.eq(rec_data), rec_v.eq(0), rec_ptr.eq(rec_ptr + REC)]
+            m.d.sync += [
+                wo_valid.eq(1),
+                wo_addr.eq(rec_ptr),
+                wo_len.eq(REC),
+                wo_data.eq(rec_data),
+                rec_v.eq(0),
+                rec_ptr.eq(rec_ptr + REC),
+            ]
         with m.Elif(self.wr.valid & self.wr.ready):
             m.d.sync += wo_valid.eq(0)
 
         # ------------------------------------------------ control
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
-        rows_bytes = a.rows * a.dim
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.comb += dp_rst.eq(1)
-                with m.If((a.rows == 0) | (a.dim == 0) | (a.dim > self.max_len)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(misaligned(a.src, XB // 8)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.src, rows_bytes * (XB // 8), self.mem_lo,
-                                         self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.gamma, GB // 8)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.gamma, a.dim * (GB // 8), self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(out_of_range(a.dst, rows_bytes, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    with m.If(misaligned(a.dst_scale, REC)):
-                        m.d.sync += [dry.eq(1), dry_err.eq(ErrorCode.ALIGN)]
-                    with m.Elif(out_of_range(a.dst_scale, a.rows * REC, self.mem_lo,
-                                             self.mem_hi)):
-                        m.d.sync += [dry.eq(1), dry_err.eq(ErrorCode.ADDR_RANGE)]
-                    with m.Else():
-                        m.d.sync += [dry.eq(0), dry_err.eq(ErrorCode.NONE)]
-                    m.d.sync += [
-                        abort.eq(0), rq_row.eq(0), rq_pos.eq(0), rq_gam.eq(0),
-                        src_ptr.eq(a.src), held.eq(0), rd_out.eq(0), rs_gam.eq(0),
-                        em_pos.eq(0), em_j.eq(0), out_row.eq(0), out_ptr.eq(a.dst),
-                        out_left.eq(a.dim), rec_ptr.eq(a.dst_scale), acc_n.eq(0),
-                        wo_valid.eq(0), rec_v.eq(0),
-                    ]
-                    m.next = "RUN"
+        chk = self.checks(m)
+        err, err_scale = chk.error(stop="records"), chk.error(start="records")
+        with m.FSM() as fsm:
+            passed = self.check_states(m, ("CHECK", err))
             with m.State("RUN"):
                 m.d.comb += run.eq(1)
                 with m.If(abort):
                     with m.If((rd_out == 0) & ~wo_valid):
-                        finish(ErrorCode.SCALE_RANGE)
+                        self.finish(m, ErrorCode.SCALE_RANGE)
                 with m.Elif((out_row == a.rows) & ~rec_v & ~wo_valid):
-                    finish(dry_err)
+                    self.finish(m, dry_err)
+        m.d.comb += dp_rst.eq(fsm.ongoing("CHECK"))
+        with m.If(passed["CHECK"]):
+            m.d.sync += [
+                dry.eq(err_scale != ErrorCode.NONE),
+                dry_err.eq(err_scale),
+                abort.eq(0),
+                rq_row.eq(0),
+                rq_pos.eq(0),
+                rq_gam.eq(0),
+                src_ptr.eq(a.src),
+                held.eq(0),
+                rd_out.eq(0),
+                rs_gam.eq(0),
+                em_pos.eq(0),
+                em_j.eq(0),
+                out_row.eq(0),
+                out_ptr.eq(a.dst),
+                out_left.eq(a.dim),
+                rec_ptr.eq(a.dst_scale),
+                acc_n.eq(0),
+                wo_valid.eq(0),
+                rec_v.eq(0),
+            ]
         return m

@@ -1,5 +1,5 @@
 """PV engine: attention output ``o = P . V`` with per-key V scales (golden:
-``GoldenDevice._op_pv`` -> ``golden.model.op_pv``, item 6 "pv" of its module docstring).
+``Executor._op_pv`` -> ``golden.model.op_pv``, item 6 "pv" of its module docstring).
 
 p is uint16 [heads, rows, keys] (masked entries are forced to 0: query t sees keys j <=
 L_t = keys - rows + t); the codes and scale record of KV head g, key j are at
@@ -18,18 +18,18 @@ The golden backend hands acc to ``golden.requant.requantize``, which refuses an 
 outside signed ``cfg.requant.in_bits`` (int32): that is a data-dependent BAD_OPERAND
 (possible only for p rows that are not probabilities, sum p > 2^P).
 
-Checks, in the golden backend's order
-=====================================
+Checks: the PV contract (``golden.isa.CONTRACTS``)
+=================================================
 1. (BAD_DIM) rows, heads, kv_heads, head_dim >= 1; heads % kv_heads == 0; rows <= keys <=
    ``cfg.softmax.max_len``; kv_ld >= keys; and the engine limits keys <= ``max_keys``,
-   head_dim <= ``max_head_dim`` (see Differences).
+   head_dim <= ``max_head_dim`` (``LIMITS``, see Differences);
 2. p aligned to 2 (ALIGN), [p, p + heads*rows*keys*2) in range (ADDR_RANGE);
 3. v: every KV head's [v + g*kv_ld*hd, + keys*hd) in range (ADDR_RANGE; int8, no
    alignment); the heads are at increasing addresses, so the first start and last end
    decide;
 4. v_scale aligned to 4 (ALIGN), every KV head's records in range (ADDR_RANGE);
-5. the whole computation (golden runs op_pv before storing): any acc outside int32 ->
-   BAD_OPERAND;
+5. the contract's data check "acc range" (golden runs op_pv before storing): any acc
+   outside int32 -> BAD_OPERAND;
 6. dst aligned to 4 (ALIGN), [dst, dst + rows*heads*head_dim*4) in range (ADDR_RANGE).
 Steps 1-4 take two cycles before any memory access. The dst check is evaluated with them
 but can only be reported after step 5, so with a bad dst the engine runs the command
@@ -74,7 +74,7 @@ responses; the response side walks the same sequence:
 Cycles
 ======
 The request side issues one read per cycle; with a memory that never stalls the
-response side keeps up, so a command takes
+response side keeps up, so a command takes (``expected_cycles``)
 
     N = kv_heads * ceil(keys/32) + heads * sum_{t<rows} ((L_t + 1) + ceil((L_t + 1)/64))
     cycles = N + latency + 5 + ceil(head_dim*4/dma_bytes)
@@ -96,97 +96,137 @@ Differences from the golden backend
 * ``max_head_dim`` (default ``dma_bytes``, 128; BitNet-0.73B has 96) is the MAC lane
   count; a V row is one read, so it cannot exceed dma_bytes; head_dim > max_head_dim ->
   BAD_DIM.
-  Both limits are checked with the golden dimension checks (step 1), so a command that
-  breaks a limit and also has a bad address reports BAD_DIM where golden reports the
-  address error.
+  Both limits (``LIMITS``) are checked with the contract's dimension checks (step 1), so
+  a command that breaks a limit and also has a bad address reports BAD_DIM where golden
+  reports the address error.
 * dst must not overlap p, v or v_scale: golden reads everything before writing, the
   engine writes each query's output while it still reads. The command stream never does
   this.
 * Only the unmasked part of p is read (golden reads the whole tensor; no result
   depends on the rest).
 """
+
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 
-from golden.config import DatapathConfig
 from golden import isa
+from golden.config import DatapathConfig
 from golden.fixed import rhu as golden_rhu
-from golden.isa import ErrorCode
+from golden.isa import ErrorCode, Opcode
 
-from .base import EngineSignature, misaligned, out_of_range, requant
+from .base import Engine, requant
 
-P_MEM_BITS = 16                         # p is uint16 in memory (any 16-bit value)
-V_BITS = 8                              # V codes: int8
-SH_HI = 2 * 16 + 1                      # p*mant < 2^32: rhu by >= 33 gives 0
+P_MEM_BITS = 16  # p is uint16 in memory (any 16-bit value)
+V_BITS = 8  # V codes: int8
+SH_HI = 2 * 16 + 1  # p*mant < 2^32: rhu by >= 33 gives 0
 
 # request/response walk of the two sides
 _SCALE, _STREAM, _END = 0, 1, 2
 
 
-class PVEngine(wiring.Component):
-    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_keys: int = 2048,
-                 max_head_dim: int | None = None):
+def n_requests(heads: int, kv_heads: int, rows: int, keys: int, dma_bytes: int) -> int:
+    """N of the module docstring: the reads of one command (scale beats per KV head; per
+    query a p beat per dma_bytes/2 keys and a V row per visible key)."""
+    n = kv_heads * -(-keys // (dma_bytes // 4))
+    for t in range(rows):
+        k = keys - rows + t + 1
+        n += heads * (k + -(-k // (dma_bytes // 2)))
+    return n
+
+
+def expected_cycles(
+    heads: int, kv_heads: int, rows: int, keys: int, head_dim: int, dma_bytes: int, latency: int = 1
+) -> int:
+    """Cycles of one command without memory stalls (module docstring; exact when every
+    query has L_t >= nw + 1)."""
+    return (
+        n_requests(heads, kv_heads, rows, keys, dma_bytes)
+        + latency
+        + 5
+        + -(-head_dim * 4 // dma_bytes)
+    )
+
+
+class PVEngine(Engine):
+    OPCODE = Opcode.PV
+    LIMITS = ("keys <= max_keys", "head_dim <= max_head_dim")
+
+    def __init__(
+        self,
+        cfg: DatapathConfig,
+        dma_bytes: int,
+        *,
+        max_keys: int = 2048,
+        max_head_dim: int | None = None,
+    ):
         if dma_bytes < 8 or dma_bytes & (dma_bytes - 1):
             raise ValueError(f"dma_bytes: {dma_bytes} is not a power of two >= 8")
         max_head_dim = dma_bytes if max_head_dim is None else max_head_dim
         if not 1 <= max_head_dim <= dma_bytes:
-            raise ValueError(f"max_head_dim: {max_head_dim} must be in [1, dma_bytes "
-                             f"{dma_bytes}] (a V row is one read)")
+            raise ValueError(
+                f"max_head_dim: {max_head_dim} must be in [1, dma_bytes "
+                f"{dma_bytes}] (a V row is one read)"
+            )
         if not 1 <= max_keys <= min(cfg.softmax.max_len, (1 << isa.ROWS_BITS) - 1):
-            raise ValueError(f"max_keys: {max_keys} must be in [1, softmax max_len "
-                             f"{cfg.softmax.max_len}]")
+            raise ValueError(
+                f"max_keys: {max_keys} must be in [1, softmax max_len {cfg.softmax.max_len}]"
+            )
         if not 16 < cfg.norm.in_bits <= 32 or cfg.requant.in_bits > 32:
-            raise ValueError(f"cfg.norm.in_bits: {cfg.norm.in_bits} must be in (16, 32] "
-                             f"(dst is int32)")
-        self.cfg = cfg
+            raise ValueError(
+                f"cfg.norm.in_bits: {cfg.norm.in_bits} must be in (16, 32] (dst is int32)"
+            )
         self.max_keys = max_keys
         self.max_head_dim = max_head_dim
         b, x = cfg.requant.mult_bits, cfg.forward.pv_extra_bits
         # smallest shift of a contributing key (its shift >= s_min), so the largest pt
-        self.pt_max = int(golden_rhu(((1 << P_MEM_BITS) - 1) * ((1 << isa.SCALE_MANT_BITS) - 1),
-                                     max(b - x, 0)))
+        self.pt_max = int(
+            golden_rhu(((1 << P_MEM_BITS) - 1) * ((1 << isa.SCALE_MANT_BITS) - 1), max(b - x, 0))
+        )
         self.pt_bits = self.pt_max.bit_length()
         self.acc_bits = (max_keys * (1 << (V_BITS - 1)) * self.pt_max).bit_length() + 1
-        super().__init__(EngineSignature(dma_bytes))
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
         W = self.signature.dma_bytes
-        RPB = W // isa.SCALE_RECORD_BYTES       # scale records per beat
-        PPB = W // 2                            # p values per beat
-        OPB = W // 4                            # int32 outputs per write
+        RPB = W // isa.SCALE_RECORD_BYTES  # scale records per beat
+        PPB = W // 2  # p values per beat
+        OPB = W // 4  # int32 outputs per write
         rpb_log, ppb_log = RPB.bit_length() - 1, PPB.bit_length() - 1
         LANES = self.max_head_dim
-        NH = -(-LANES // OPB) * OPB             # hold lanes: whole writes
+        NH = -(-LANES // OPB) * OPB  # hold lanes: whole writes
         B, X, P = cfg.requant.mult_bits, cfg.forward.pv_extra_bits, cfg.softmax.out_bits
         IF, OUT_BITS = cfg.norm.in_frac_bits, cfg.norm.in_bits
-        ACC_LIM = cfg.requant.in_bits           # golden's requantize takes int32 acc only
+        ACC_LIM = cfg.requant.in_bits  # golden's requantize takes int32 acc only
         SENT = 1 << (isa.SCALE_SHIFT_BITS - 1)  # "no nonzero scale yet": above every shift
-        a = self.args.pv
+        a = self.op_args
+        chk = self.checks(m, registered=True)
+        err_dims = chk.error(stop="p")
+        err_inputs = chk.error(start="p", stop="acc range")
+        err_dst = chk.error(start="acc range")
 
         # ------------------------------------------------------------ command constants
         n_rep = Signal(isa.HEADS_BITS)
-        lim0 = Signal(isa.ROWS_BITS)            # L_0 = keys - rows
-        n_sbeats = Signal(isa.ROWS_BITS)        # scale beats per KV head
-        vstride = Signal(isa.ROWS_BITS + isa.DIM_BITS)      # kv_ld * head_dim
-        sstride = Signal(isa.ROWS_BITS + 2)                 # kv_ld * 4
-        pstride = Signal(isa.ROWS_BITS + 1)                 # keys * 2
+        lim0 = Signal(isa.ROWS_BITS)  # L_0 = keys - rows
+        n_sbeats = Signal(isa.ROWS_BITS)  # scale beats per KV head
+        vstride = Signal(isa.ROWS_BITS + isa.DIM_BITS)  # kv_ld * head_dim
+        sstride = Signal(isa.ROWS_BITS + 2)  # kv_ld * 4
+        pstride = Signal(isa.ROWS_BITS + 1)  # keys * 2
         dstride = Signal(isa.HEADS_BITS + isa.DIM_BITS + 2)  # heads * head_dim * 4
         hd4 = Signal(isa.DIM_BITS + 2)
         dst_err = Signal(ErrorCode)
-        ovf = Signal()                          # an acc left int32 (sticky)
-        dry = Signal()                          # dst is bad: compute, do not write
+        ovf = Signal()  # an acc left int32 (sticky)
+        dry = Signal()  # dst is bad: compute, do not write
 
         # ------------------------------------------------------------ scale buffer
-        depth = self.max_keys // RPB + 1        # + the row of index keys (port 2 overrun)
+        depth = self.max_keys // RPB + 1  # + the row of index keys (port 2 overrun)
         m.submodules.sbuf = sbuf = Memory(shape=unsigned(RPB * 32), depth=depth, init=[])
         wp = sbuf.write_port()
-        rp1 = sbuf.read_port(transparent_for=(wp,))     # key j of the stream
-        rp2 = sbuf.read_port(transparent_for=(wp,))     # key L_{t+1}: next query's s_min
+        rp1 = sbuf.read_port(transparent_for=(wp,))  # key j of the stream
+        rp2 = sbuf.read_port(transparent_for=(wp,))  # key L_{t+1}: next query's s_min
         m.d.comb += [rp1.en.eq(1), rp2.en.eq(1)]
 
         # ------------------------------------------------------------ request side
@@ -215,20 +255,22 @@ class PVEngine(wiring.Component):
         c_phave = Signal()
         c_srow = Signal(range(depth + 1))
         base_min = Signal(signed(isa.SCALE_SHIFT_BITS + 1))
-        cur_min = Signal(signed(isa.SCALE_SHIFT_BITS + 1))   # s_min of the current query
+        cur_min = Signal(signed(isa.SCALE_SHIFT_BITS + 1))  # s_min of the current query
         c_dst_head = Signal(isa.ADDR_BITS + 1)
         c_dst = Signal(isa.ADDR_BITS + 1)
-        preg = Signal(8 * W)                    # p beat, shifted one value per key
+        preg = Signal(8 * W)  # p beat, shifted one value per key
         c_j_next = Signal(isa.ROWS_BITS)
         c_t_next = Signal(isa.ROWS_BITS)
         m.d.comb += [c_j_next.eq(c_j), c_t_next.eq(c_t)]
-        m.d.comb += [rp1.addr.eq(c_j_next >> rpb_log),
-                     rp2.addr.eq((lim0 + c_t_next + 1) >> rpb_log)]
+        m.d.comb += [
+            rp1.addr.eq(c_j_next >> rpb_log),
+            rp2.addr.eq((lim0 + c_t_next + 1) >> rpb_log),
+        ]
         rec = rp1.data.word_select(c_j[:rpb_log], 32)
         rec_mant, rec_shift = rec[:16], rec[16:32].as_signed()
         rec2 = rp2.data.word_select((lim0 + c_t + 1)[:rpb_log], 32)
         rec2_mant, rec2_shift = rec2[:16], rec2[16:32].as_signed()
-        s_eff = Signal(signed(isa.SCALE_SHIFT_BITS + 1))     # golden: "never" -> 0
+        s_eff = Signal(signed(isa.SCALE_SHIFT_BITS + 1))  # golden: "never" -> 0
         m.d.comb += s_eff.eq(Mux(cur_min == SENT, 0, cur_min))
 
         # ------------------------------------------------------------ pipeline
@@ -241,7 +283,7 @@ class PVEngine(wiring.Component):
         s2_pt = Signal(self.pt_bits)
         s2_v = Signal(8 * LANES)
         acc = [Signal(signed(self.acc_bits), name=f"acc{i}") for i in range(LANES)]
-        pend_addr = Signal(isa.ADDR_BITS + 1)   # output of the last key in flight
+        pend_addr = Signal(isa.ADDR_BITS + 1)  # output of the last key in flight
         pend_s = Signal(signed(isa.SCALE_SHIFT_BITS + 3))
         hold = [Signal(signed(ACC_LIM), name=f"hold{i}") for i in range(NH)]
         hold_full = Signal()
@@ -252,29 +294,39 @@ class PVEngine(wiring.Component):
         # S0 -> S1 (registered every cycle; s1_valid says whether it is a key)
         sh_raw = Signal(signed(isa.SCALE_SHIFT_BITS + 4))
         m.d.comb += sh_raw.eq((B - X) + rec_shift - s_eff)
-        m.d.sync += [s1_valid.eq(v_fire),
-                     s1_prod.eq(preg[:P_MEM_BITS] * rec_mant),
-                     s1_sh.eq(Mux(sh_raw < 0, 0, Mux(sh_raw > SH_HI, SH_HI, sh_raw))),
-                     s1_v.eq(self.rdata.payload[:8 * LANES])]
+        m.d.sync += [
+            s1_valid.eq(v_fire),
+            s1_prod.eq(preg[:P_MEM_BITS] * rec_mant),
+            s1_sh.eq(Mux(sh_raw < 0, 0, Mux(sh_raw > SH_HI, SH_HI, sh_raw))),
+            s1_v.eq(self.rdata.payload[: 8 * LANES]),
+        ]
         # S1 -> S2: round half up (sh = 0: exact)
         half = Signal(P_MEM_BITS + isa.SCALE_MANT_BITS + 1)
         m.d.comb += half.eq((Const(1, SH_HI + 1) << s1_sh) >> 1)
-        m.d.sync += [s2_valid.eq(s1_valid), s2_last.eq(s1_last),
-                     s2_pt.eq((s1_prod + half) >> s1_sh), s2_v.eq(s1_v)]
+        m.d.sync += [
+            s2_valid.eq(s1_valid),
+            s2_last.eq(s1_last),
+            s2_pt.eq((s1_prod + half) >> s1_sh),
+            s2_v.eq(s1_v),
+        ]
         # S2: MAC lanes; the query's last key moves the sums to the hold register
         lo, hi = -(1 << (ACC_LIM - 1)), (1 << (ACC_LIM - 1)) - 1
         sums, over = [], []
         for i in range(LANES):
             s = Signal(signed(self.acc_bits), name=f"sum{i}")
-            m.d.comb += s.eq(acc[i] + s2_pt * s2_v[8 * i:8 * i + 8].as_signed())
+            m.d.comb += s.eq(acc[i] + s2_pt * s2_v[8 * i : 8 * i + 8].as_signed())
             sums.append(s)
             over.append((s < lo) | (s > hi))
         with m.If(s2_valid):
             with m.If(s2_last):
                 m.d.sync += [a_.eq(0) for a_ in acc]
                 m.d.sync += [hold[i].eq(sums[i] if i < LANES else 0) for i in range(NH)]
-                m.d.sync += [hold_full.eq(1), hold_addr.eq(pend_addr), hold_s.eq(pend_s),
-                             hold_left.eq(hd4)]
+                m.d.sync += [
+                    hold_full.eq(1),
+                    hold_addr.eq(pend_addr),
+                    hold_s.eq(pend_s),
+                    hold_left.eq(hd4),
+                ]
                 with m.If(Cat(*over).any()):
                     m.d.sync += ovf.eq(1)
             with m.Else():
@@ -283,108 +335,76 @@ class PVEngine(wiring.Component):
         # writer: OPB lanes per write, then shift the hold register down
         ys = []
         for i in range(OPB):
-            y = requant(m, hold[i], Const(1, 1), hold_s, OUT_BITS, cfg.requant.shift_max,
-                        f"rq{i}")
+            y = requant(m, hold[i], Const(1, 1), hold_s, OUT_BITS, cfg.requant.shift_max, f"rq{i}")
             y32 = Signal(signed(32), name=f"out{i}")
             m.d.comb += y32.eq(y)
             ys.append(y32)
         suppress = dry | ovf
         wr_len = Signal(range(W + 1))
-        m.d.comb += [wr_len.eq(Mux(hold_left > W, W, hold_left)),
-                     self.wr.valid.eq(hold_full & ~suppress),
-                     self.wr.payload.addr.eq(hold_addr),
-                     self.wr.payload.len.eq(wr_len),
-                     self.wr.payload.data.eq(Cat(*ys))]
+        m.d.comb += [
+            wr_len.eq(Mux(hold_left > W, W, hold_left)),
+            self.wr.valid.eq(hold_full & ~suppress),
+            self.wr.payload.addr.eq(hold_addr),
+            self.wr.payload.len.eq(wr_len),
+            self.wr.payload.data.eq(Cat(*ys)),
+        ]
         with m.If(hold_full & (suppress | self.wr.ready)):
             m.d.sync += [hold[i].eq(hold[i + OPB] if i + OPB < NH else 0) for i in range(NH)]
             m.d.sync += [hold_addr.eq(hold_addr + W), hold_left.eq(hold_left - wr_len)]
             with m.If(hold_left <= W):
                 m.d.sync += hold_full.eq(0)
 
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-
-            with m.State("CHECK"):
-                with m.If((a.rows == 0) | (a.heads == 0) | (a.kv_heads == 0)
-                          | (a.head_dim == 0) | (a.heads % a.kv_heads != 0)
-                          | (a.rows > a.keys) | (a.keys > cfg.softmax.max_len)
-                          | (a.kv_ld < a.keys)
-                          | (a.keys > self.max_keys) | (a.head_dim > LANES)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Else():
-                    m.d.sync += [n_rep.eq(a.heads // a.kv_heads), lim0.eq(a.keys - a.rows),
-                                 n_sbeats.eq((a.keys + RPB - 1) >> rpb_log),
-                                 vstride.eq(a.kv_ld * a.head_dim), sstride.eq(a.kv_ld * 4),
-                                 pstride.eq(a.keys * 2), dstride.eq(a.heads * a.head_dim * 4),
-                                 hd4.eq(a.head_dim * 4)]
-                    m.next = "CHECK_ADDR"
-
-            with m.State("CHECK_ADDR"):
-                kv_span = (a.kv_heads - 1) * a.kv_ld + a.keys      # rows up to the last head's end
-                with m.If(misaligned(a.p, 2)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.p, a.heads * a.rows * a.keys * 2,
-                                         self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(out_of_range(a.v, kv_span * a.head_dim, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.v_scale, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.v_scale, kv_span * 4, self.mem_lo, self.mem_hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    with m.If(misaligned(a.dst, 4)):
-                        m.d.sync += [dst_err.eq(ErrorCode.ALIGN), dry.eq(1)]
-                    with m.Elif(out_of_range(a.dst, a.rows * dstride, self.mem_lo,
-                                             self.mem_hi)):
-                        m.d.sync += [dst_err.eq(ErrorCode.ADDR_RANGE), dry.eq(1)]
-                    with m.Else():
-                        m.d.sync += [dst_err.eq(ErrorCode.NONE), dry.eq(0)]
-                    m.d.sync += [
-                        ovf.eq(0),
-                        r_state.eq(_SCALE), r_g.eq(0), r_r.eq(0), r_t.eq(0), r_j.eq(0),
-                        r_L.eq(lim0), r_phave.eq(0), r_sleft.eq(a.keys),
-                        r_sbase.eq(a.v_scale), r_sptr.eq(a.v_scale),
-                        r_vbase.eq(a.v), r_vptr.eq(a.v), r_prow.eq(a.p), r_pptr.eq(a.p),
-                        c_state.eq(_SCALE), c_g.eq(0), c_r.eq(0), c_t.eq(0), c_j.eq(0),
-                        c_L.eq(lim0), c_phave.eq(0), c_srow.eq(0), base_min.eq(SENT),
-                        c_dst_head.eq(a.dst), c_dst.eq(a.dst)]
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHECK", err_dims), ("CHECK_ADDR", err_inputs))
 
             with m.State("RUN"):
                 # ---------------------------------------------------- requests
                 with m.If(r_state == _SCALE):
-                    m.d.comb += [self.rd.valid.eq(1), self.rd.payload.addr.eq(r_sptr),
-                                 self.rd.payload.len.eq(
-                                     Mux(r_sleft > RPB, RPB, r_sleft) * isa.SCALE_RECORD_BYTES)]
+                    m.d.comb += [
+                        self.rd.valid.eq(1),
+                        self.rd.payload.addr.eq(r_sptr),
+                        self.rd.payload.len.eq(
+                            Mux(r_sleft > RPB, RPB, r_sleft) * isa.SCALE_RECORD_BYTES
+                        ),
+                    ]
                     with m.If(self.rd.ready):
                         m.d.sync += [r_sptr.eq(r_sptr + W), r_sleft.eq(r_sleft - RPB)]
                         with m.If(r_sleft <= RPB):
-                            m.d.sync += [r_state.eq(_STREAM), r_j.eq(0), r_phave.eq(0),
-                                         r_vptr.eq(r_vbase)]
+                            m.d.sync += [
+                                r_state.eq(_STREAM),
+                                r_j.eq(0),
+                                r_phave.eq(0),
+                                r_vptr.eq(r_vbase),
+                            ]
                 with m.Elif(r_state == _STREAM):
                     with m.If((r_j[:ppb_log] == 0) & ~r_phave):
                         left = r_L + 1 - r_j
-                        m.d.comb += [self.rd.valid.eq(1), self.rd.payload.addr.eq(r_pptr),
-                                     self.rd.payload.len.eq(Mux(left > PPB, PPB, left) * 2)]
+                        m.d.comb += [
+                            self.rd.valid.eq(1),
+                            self.rd.payload.addr.eq(r_pptr),
+                            self.rd.payload.len.eq(Mux(left > PPB, PPB, left) * 2),
+                        ]
                         with m.If(self.rd.ready):
                             m.d.sync += [r_pptr.eq(r_pptr + W), r_phave.eq(1)]
                     with m.Else():
-                        m.d.comb += [self.rd.valid.eq(1), self.rd.payload.addr.eq(r_vptr),
-                                     self.rd.payload.len.eq(a.head_dim)]
+                        m.d.comb += [
+                            self.rd.valid.eq(1),
+                            self.rd.payload.addr.eq(r_vptr),
+                            self.rd.payload.len.eq(a.head_dim),
+                        ]
                         with m.If(self.rd.ready):
-                            m.d.sync += [r_vptr.eq(r_vptr + a.head_dim), r_j.eq(r_j + 1),
-                                         r_phave.eq(0)]
-                            with m.If(r_j == r_L):         # the query's last key
-                                m.d.sync += [r_j.eq(0), r_vptr.eq(r_vbase),
-                                             r_prow.eq(r_prow + pstride),
-                                             r_pptr.eq(r_prow + pstride)]
+                            m.d.sync += [
+                                r_vptr.eq(r_vptr + a.head_dim),
+                                r_j.eq(r_j + 1),
+                                r_phave.eq(0),
+                            ]
+                            with m.If(r_j == r_L):  # the query's last key
+                                m.d.sync += [
+                                    r_j.eq(0),
+                                    r_vptr.eq(r_vbase),
+                                    r_prow.eq(r_prow + pstride),
+                                    r_pptr.eq(r_prow + pstride),
+                                ]
                                 with m.If(r_t != a.rows - 1):
                                     m.d.sync += [r_t.eq(r_t + 1), r_L.eq(r_L + 1)]
                                 with m.Else():
@@ -395,12 +415,14 @@ class PVEngine(wiring.Component):
                                         m.d.sync += r_r.eq(0)
                                         with m.If(r_g != a.kv_heads - 1):
                                             m.d.sync += [
-                                                r_g.eq(r_g + 1), r_state.eq(_SCALE),
+                                                r_g.eq(r_g + 1),
+                                                r_state.eq(_SCALE),
                                                 r_vbase.eq(r_vbase + vstride),
                                                 r_vptr.eq(r_vbase + vstride),
                                                 r_sbase.eq(r_sbase + sstride),
                                                 r_sptr.eq(r_sbase + sstride),
-                                                r_sleft.eq(a.keys)]
+                                                r_sleft.eq(a.keys),
+                                            ]
                                         with m.Else():
                                             m.d.sync += r_state.eq(_END)
 
@@ -410,12 +432,17 @@ class PVEngine(wiring.Component):
                     # lanes that count for s_min(0): key <= keys - rows, mant != 0
                     cand = []
                     for i in range(RPB):
-                        r_ = self.rdata.payload[32 * i:32 * i + 32]
+                        r_ = self.rdata.payload[32 * i : 32 * i + 32]
                         c = Signal(signed(isa.SCALE_SHIFT_BITS + 1), name=f"smin_in{i}")
-                        m.d.comb += c.eq(Mux((Cat(Const(i, rpb_log), c_srow) <= lim0)
-                                             & (r_[:16] != 0), r_[16:32].as_signed(), SENT))
+                        m.d.comb += c.eq(
+                            Mux(
+                                (Cat(Const(i, rpb_log), c_srow) <= lim0) & (r_[:16] != 0),
+                                r_[16:32].as_signed(),
+                                SENT,
+                            )
+                        )
                         cand.append(c)
-                    while len(cand) > 1:                # min tree
+                    while len(cand) > 1:  # min tree
                         nxt = []
                         for k in range(0, len(cand) - 1, 2):
                             c = Signal(signed(isa.SCALE_SHIFT_BITS + 1))
@@ -426,13 +453,19 @@ class PVEngine(wiring.Component):
                         cand = nxt
                     new_base = Signal(signed(isa.SCALE_SHIFT_BITS + 1))
                     m.d.comb += new_base.eq(Mux(cand[0] < base_min, cand[0], base_min))
-                    m.d.comb += [wp.addr.eq(c_srow), wp.data.eq(self.rdata.payload[:RPB * 32])]
+                    m.d.comb += [wp.addr.eq(c_srow), wp.data.eq(self.rdata.payload[: RPB * 32])]
                     with m.If(self.rdata.valid):
                         m.d.comb += wp.en.eq(1)
                         m.d.sync += [c_srow.eq(c_srow + 1), base_min.eq(new_base)]
                         with m.If(c_srow == n_sbeats - 1):
-                            m.d.sync += [c_state.eq(_STREAM), cur_min.eq(new_base),
-                                         c_j.eq(0), c_t.eq(0), c_L.eq(lim0), c_phave.eq(0)]
+                            m.d.sync += [
+                                c_state.eq(_STREAM),
+                                cur_min.eq(new_base),
+                                c_j.eq(0),
+                                c_t.eq(0),
+                                c_L.eq(lim0),
+                                c_phave.eq(0),
+                            ]
                 with m.Elif(c_state == _STREAM):
                     with m.If((c_j[:ppb_log] == 0) & ~c_phave):
                         m.d.comb += self.rdata.ready.eq(1)
@@ -444,38 +477,97 @@ class PVEngine(wiring.Component):
                         m.d.comb += self.rdata.ready.eq(~is_last | can_last)
                         with m.If(self.rdata.valid & self.rdata.ready):
                             m.d.comb += [v_fire.eq(1), c_j_next.eq(c_j + 1)]
-                            m.d.sync += [s1_last.eq(is_last), preg.eq(preg >> P_MEM_BITS),
-                                         c_phave.eq(0), c_j.eq(c_j + 1)]
+                            m.d.sync += [
+                                s1_last.eq(is_last),
+                                preg.eq(preg >> P_MEM_BITS),
+                                c_phave.eq(0),
+                                c_j.eq(c_j + 1),
+                            ]
                             with m.If(is_last):
                                 m.d.comb += c_j_next.eq(0)
-                                m.d.sync += [c_j.eq(0), pend_addr.eq(c_dst),
-                                             pend_s.eq(s_eff + (P + X - B - IF))]
+                                m.d.sync += [
+                                    c_j.eq(0),
+                                    pend_addr.eq(c_dst),
+                                    pend_s.eq(s_eff + (P + X - B - IF)),
+                                ]
                                 with m.If(c_t != a.rows - 1):
                                     m.d.comb += c_t_next.eq(c_t + 1)
-                                    m.d.sync += [c_t.eq(c_t + 1), c_L.eq(c_L + 1),
-                                                 c_dst.eq(c_dst + dstride)]
+                                    m.d.sync += [
+                                        c_t.eq(c_t + 1),
+                                        c_L.eq(c_L + 1),
+                                        c_dst.eq(c_dst + dstride),
+                                    ]
                                     with m.If((rec2_mant != 0) & (rec2_shift < cur_min)):
                                         m.d.sync += cur_min.eq(rec2_shift)
                                 with m.Else():
                                     m.d.comb += c_t_next.eq(0)
-                                    m.d.sync += [c_t.eq(0), c_L.eq(lim0),
-                                                 c_dst_head.eq(c_dst_head + hd4),
-                                                 c_dst.eq(c_dst_head + hd4),
-                                                 cur_min.eq(base_min)]
+                                    m.d.sync += [
+                                        c_t.eq(0),
+                                        c_L.eq(lim0),
+                                        c_dst_head.eq(c_dst_head + hd4),
+                                        c_dst.eq(c_dst_head + hd4),
+                                        cur_min.eq(base_min),
+                                    ]
                                     with m.If(c_r != n_rep - 1):
                                         m.d.sync += c_r.eq(c_r + 1)
                                     with m.Else():
                                         m.d.sync += c_r.eq(0)
                                         with m.If(c_g != a.kv_heads - 1):
-                                            m.d.sync += [c_g.eq(c_g + 1), c_state.eq(_SCALE),
-                                                         c_srow.eq(0), base_min.eq(SENT)]
+                                            m.d.sync += [
+                                                c_g.eq(c_g + 1),
+                                                c_state.eq(_SCALE),
+                                                c_srow.eq(0),
+                                                base_min.eq(SENT),
+                                            ]
                                         with m.Else():
                                             m.d.sync += c_state.eq(_END)
                 with m.Else():
                     # every response consumed; wait for the pipeline and the last writes
                     with m.If(~s1_valid & ~s2_valid & ~hold_full):
                         with m.If(ovf):
-                            finish(ErrorCode.BAD_OPERAND)
+                            self.finish(m, ErrorCode.BAD_OPERAND)
                         with m.Else():
-                            finish(dst_err)
+                            self.finish(m, dst_err)
+        with m.If(passed["CHECK"]):
+            m.d.sync += [
+                n_rep.eq(a.heads // a.kv_heads),
+                lim0.eq(a.keys - a.rows),
+                n_sbeats.eq((a.keys + RPB - 1) >> rpb_log),
+                vstride.eq(a.kv_ld * a.head_dim),
+                sstride.eq(a.kv_ld * 4),
+                pstride.eq(a.keys * 2),
+                dstride.eq(a.heads * a.head_dim * 4),
+                hd4.eq(a.head_dim * 4),
+            ]
+        with m.If(passed["CHECK_ADDR"]):
+            m.d.sync += [
+                dst_err.eq(err_dst),
+                dry.eq(err_dst != ErrorCode.NONE),
+                ovf.eq(0),
+                r_state.eq(_SCALE),
+                r_g.eq(0),
+                r_r.eq(0),
+                r_t.eq(0),
+                r_j.eq(0),
+                r_L.eq(lim0),
+                r_phave.eq(0),
+                r_sleft.eq(a.keys),
+                r_sbase.eq(a.v_scale),
+                r_sptr.eq(a.v_scale),
+                r_vbase.eq(a.v),
+                r_vptr.eq(a.v),
+                r_prow.eq(a.p),
+                r_pptr.eq(a.p),
+                c_state.eq(_SCALE),
+                c_g.eq(0),
+                c_r.eq(0),
+                c_t.eq(0),
+                c_j.eq(0),
+                c_L.eq(lim0),
+                c_phave.eq(0),
+                c_srow.eq(0),
+                base_min.eq(SENT),
+                c_dst_head.eq(a.dst),
+                c_dst.eq(a.dst),
+            ]
         return m

