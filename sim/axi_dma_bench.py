@@ -7,9 +7,9 @@ five channels and random read latency; ``sim.axi_util.AxiChecker`` on every port
 response must equal a reference memory that applies each write when the bridge accepts
 it (a read sees every write accepted before it: read-after-write through the memory
 holds across ports); after the last write, ``mem_wr_busy`` must stay high until the AXI
-memory holds every byte. SLVERR injected on a read gives ``mem_rdata_err`` on exactly the
-responses that touch the bad bytes; on a write, ``mem_wr_err`` with the write's
-``cmd_index``. A stall-free run of aligned 128-byte reads measures the read throughput.
+memory holds every byte. SLVERR (or DECERR) injected on a read gives ``mem_rdata_err`` on
+exactly the responses that touch the bad bytes; on a write, ``mem_wr_err`` with the
+write's ``cmd_index``. A stall-free run of aligned 128-byte reads measures the read throughput.
 
 Parameters (``sim.streams.bench_params``): ``ports``, ``stall`` (core side), ``pause``
 (AXI channels), ``max_latency``, ``ops``, ``min_bytes_per_cycle`` (the throughput bound).
@@ -200,12 +200,10 @@ async def test_raw_across_ports(dut):
     assert core.mem == core.model
 
 
-@cocotb.test()
-async def test_slverr(dut):
-    """SLVERR on reads marks exactly the responses touching the bad bytes; on writes it
-    pulses mem_wr_err with the cmd_index of the failing write; traffic goes on after."""
-    rng = bench_rng("dma_slverr")
+async def _bus_errors(dut, tag, decerr):
+    rng = bench_rng(tag)
     core, ports, chk = await _setup(dut, rng)
+    ports.decerr = decerr
     bad_rd = (0x2000, 0x2010)
     bad_wr = (0x5000, 0x5001)
     ports.err_rd.append(((SEGMENT << 32) + bad_rd[0], (SEGMENT << 32) + bad_rd[1]))
@@ -220,6 +218,22 @@ async def test_slverr(dut):
     await core.wait_writes()
     chk.check()
     assert core.wr_errors == [n_wr_before], core.wr_errors
+    kind = "decerr" if decerr else "slverr"
+    assert chk.resps[f"r_{kind}"] > 0 and chk.resps[f"b_{kind}"] > 0, chk.resps
+    record(f"test_{kind}", **chk.resps)
+
+
+@cocotb.test()
+async def test_slverr(dut):
+    """SLVERR on reads marks exactly the responses touching the bad bytes; on writes it
+    pulses mem_wr_err with the cmd_index of the failing write; traffic goes on after."""
+    await _bus_errors(dut, "dma_slverr", decerr=False)
+
+
+@cocotb.test()
+async def test_decerr(dut):
+    """The same with DECERR responses."""
+    await _bus_errors(dut, "dma_decerr", decerr=True)
 
 
 @cocotb.test()

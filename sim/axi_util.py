@@ -7,7 +7,7 @@ random read latency, SLVERR injection by address, and a checker of the AXI rules
 ``mem[a % len(mem)]``). ``pause`` (0..1) is the probability that each of AW/W/AR ready
 and B/R valid is held low in a cycle; reads also wait 0..``max_latency`` cycles per burst.
 ``err_rd`` / ``err_wr``: lists of (lo, hi) bus-address ranges answered with SLVERR (a read
-burst touching one, a write of a byte in one).
+burst touching one, a write of a byte in one), or DECERR while ``decerr`` is set.
 
 ``AxiChecker`` watches every port's AR/AW/W handshakes and fails the test (``check()``)
 on: a burst crossing 4 KB, more than 256 beats, a size other than the bus width, a
@@ -62,6 +62,7 @@ class AxiPorts:
         self.rams = []
         self.err_rd: list[tuple[int, int]] = []
         self.err_wr: list[tuple[int, int]] = []
+        self.decerr = False  # answer the injected errors DECERR, not SLVERR
         self.rng = rng
         self.max_latency = max_latency
         for i in range(n_ports):
@@ -79,7 +80,17 @@ class AxiPorts:
             ram.write_if.log.setLevel(logging.WARNING)
             ram.read_if._read = self._reader(ram.read_if, clk)
             ram.write_if._write = self._writer(ram.write_if)
+            for ch, field in ((ram.read_if.r_channel, "rresp"), (ram.write_if.b_channel, "bresp")):
+                ch.send = self._as_decerr(ch.send, field)
             self.rams.append(ram)
+
+    def _as_decerr(self, send, field):
+        async def _send(t):
+            if self.decerr and int(getattr(t, field)) == 2:
+                setattr(t, field, 3)
+            await send(t)
+
+        return _send
 
     def _reader(self, rif, clk):
         size = len(rif.mem)
@@ -115,6 +126,7 @@ class AxiChecker:
         self.segment = 0
         self.errors: list[str] = []
         self.bursts = {"ar": 0, "aw": 0, "w_beats": 0, "max_beats": 0, "max_rd_outstanding": 0}
+        self.resps = {"r_slverr": 0, "r_decerr": 0, "b_slverr": 0, "b_decerr": 0}
         self._rd_out = [0] * n_ports  # read bursts issued and not yet at RLAST
         self._aw = [deque() for _ in range(n_ports)]
         self._w = [None] * n_ports  # [beats, strobes so far, burst address]
@@ -178,6 +190,13 @@ class AxiChecker:
                     self.bursts["max_rd_outstanding"] = max(
                         self.bursts["max_rd_outstanding"], self._rd_out[i]
                     )
+                for ch in ("r", "b"):
+                    if int(self._sig(i, f"{ch}valid").value) and int(
+                        self._sig(i, f"{ch}ready").value
+                    ):
+                        resp = int(self._sig(i, f"{ch}resp").value)
+                        if resp >= 2:
+                            self.resps[f"{ch}_{'slverr' if resp == 2 else 'decerr'}"] += 1
                 if (
                     int(self._sig(i, "rvalid").value)
                     and int(self._sig(i, "rready").value)
