@@ -670,6 +670,12 @@ class AccelConfig:
             v = getattr(self, f)
             _check(isinstance(v, int) and v >= 1, f, f"must be an integer >= 1, got {v!r}")
         _check(
+            33 <= self.axi_addr_bits <= 64,
+            "axi_addr_bits",
+            f"must be in 33..64 (bus addresses above the 32-bit device addresses), got "
+            f"{self.axi_addr_bits}",
+        )
+        _check(
             self.axi_data_bits in (32, 64, 128),
             "axi_data_bits",
             f"must be 32, 64 or 128, got {self.axi_data_bits}",
@@ -757,7 +763,7 @@ DESIGN_POINTS = {
         rope_quantizers=1,
         axi_ports=1,
         axi_data_bits=64,
-        axi_addr_bits=32,
+        axi_addr_bits=40,
         dram_gbs=0.8,
         dram_latency=16,
         device="ecp5-85f",

@@ -190,6 +190,7 @@ class ErrorCode(enum.Enum, shape=8):
     SCALE_RANGE = 6  # a computed scale shift does not fit the scale record
     ALIGN = 7  # an address not aligned to its element size
     TIMEOUT = 8  # driver only: wait() gave up (the device was still busy)
+    BUS_ERROR = 9  # the memory answered a read or write with SLVERR/DECERR (AXI shell)
 
 
 ERROR_TEXT = {
@@ -202,6 +203,7 @@ ERROR_TEXT = {
     ErrorCode.SCALE_RANGE: "scale shift out of range",
     ErrorCode.ALIGN: "misaligned address",
     ErrorCode.TIMEOUT: "timeout",
+    ErrorCode.BUS_ERROR: "memory bus error",
 }
 
 

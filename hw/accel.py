@@ -25,7 +25,14 @@ DMA port (external memory; one request = one response beat)
 A transfer happens on a clock edge where valid & ready. Requests may run ahead of
 responses by any number (the memory buffers them and applies backpressure with ready).
 Responses pass one pipeline register before the engines (one cycle of latency, full
-throughput).
+throughput). A read sees every write accepted before it was requested.
+
+Bus errors and write completion (driven by the AXI shell ``hw/shell.py``; a memory that
+applies writes at once and never fails, like the sim backend's harness, leaves them 0):
+``mem_rdata_err`` marks a response beat as an error (SLVERR/DECERR); ``mem_wr_err`` pulses
+when a write failed, with ``mem_wr_err_op`` = the ``cmd_index`` (PC) the core showed when
+that write was accepted; ``mem_wr_busy``: writes accepted and not yet completed.
+``stream_addr_hi`` (STREAM_ADDR_HI) and ``irq`` (``hw/csr.py``) are outputs for the shell.
 
 Command processor
 =================
@@ -35,8 +42,18 @@ engine runs) -> EXEC (the engine's ``start`` pulse; the DMA port is switched to 
 its ``done``) -> next (MISSING_END after ``n_cmds`` commands without END).
 During EXEC the next command (pc + 1 < n_cmds) is prefetched in a read slot the engine
 leaves free, so the next DECODE follows ``done`` directly instead of waiting a memory
-latency (PF_WAIT if it is still in flight; after an engine error its response is drained
-before the stream stops).
+latency (PF_WAIT if it is still in flight).
+
+Every stream ends in DRAIN: the reads still outstanding (a prefetch, an aborted engine's)
+are taken and dropped and the posted writes complete (``mem_wr_busy`` low) before
+STATUS shows the end and IRQ_STATUS.END is set, so the host never reads memory a write
+has not reached, and the next stream starts clean. A host-executed command waits for the
+writes before it the same way (HOST_FENCE).
+
+Bus errors: the first error in stream order is kept (a read's command: the one running, or
+pc + 1 for the prefetch; a write's: ``mem_wr_err_op``); a running engine at or past it is
+reset (``ResetInserter``) and the stream ends in DRAIN with BUS_ERROR at that index. CTRL.RESET
+while a stream runs aborts it the same way and ends with STATUS clear.
 
 Busy/host lines ``busy`` and ``host_req`` are also top-level outputs (an interrupt line
 for the harness).
@@ -53,14 +70,23 @@ from __future__ import annotations
 
 import importlib
 
-from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, Mux, ResetSignal, Signal
+from amaranth import (
+    ClockDomain,
+    ClockSignal,
+    DomainRenamer,
+    Module,
+    Mux,
+    ResetInserter,
+    ResetSignal,
+    Signal,
+)
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from golden import isa
 from golden.config import DEFAULT_DESIGN_POINT, AccelConfig, design_point
 from golden.isa import ErrorCode, Opcode
-from hw.csr import CSR_ADDR_BITS, CSRBlock
+from hw.csr import CSR_ADDR_BITS, CSRBlock, design_id
 
 # opcode -> "module:class" of its engine (hw/ops/); END and NOP are the processor's own
 ENGINES = {
@@ -95,6 +121,7 @@ class Accel(wiring.Component):
         *,
         ops=None,
         gate_idle_engines: bool = False,
+        ident: int | None = None,
     ):
         dp = design_point(dp) if isinstance(dp, str) else dp
         if not isinstance(dp, AccelConfig):
@@ -108,6 +135,9 @@ class Accel(wiring.Component):
         self.ops = tuple(op for op in ENGINES if op in ops)
         self.dma_bytes = dp.dma_bytes
         W = self.dma_bytes
+        # the ID register: the design point's hash (the shell passes its own, which
+        # covers these parameters and the shell's)
+        self.ident = design_id(self.id_params()) if ident is None else int(ident)
         super().__init__(
             {
                 "csr_addr": In(CSR_ADDR_BITS),
@@ -128,15 +158,30 @@ class Accel(wiring.Component):
                 "mem_wr_data": Out(8 * W),
                 "busy": Out(1),
                 "host_req": Out(1),
+                # bus errors and write completion (the AXI shell; tied to 0 by a memory that
+                # applies writes at once and never fails, like the sim backend's harness)
+                "mem_rdata_err": In(1),
+                "mem_wr_err": In(1),
+                "mem_wr_err_op": In(32),
+                "mem_wr_busy": In(1),
+                "cmd_index": Out(32),
+                "stream_addr_hi": Out(32),
+                "irq": Out(1),
             }
         )
+
+    def id_params(self) -> dict:
+        """The build parameters the ID register hashes (``hw.csr.design_id``)."""
+        from dataclasses import asdict
+
+        return {"dp": asdict(self.dp), "ops": [op.name for op in self.ops]}
 
     def _engine(self, op: Opcode):
         return engine_class(op).for_design(self.dp)
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.csr = csr = CSRBlock()
+        m.submodules.csr = csr = CSRBlock(self.ident)
         m.d.comb += [
             csr.addr.eq(self.csr_addr),
             csr.w_en.eq(self.csr_w_en),
@@ -155,6 +200,8 @@ class Accel(wiring.Component):
         bytes_wr = Signal(64)
         host_op = Signal()
         pc = Signal(32)
+        ev_end = Signal()
+        ev_host = Signal()
         m.d.comb += [
             csr.busy.eq(busy),
             csr.done.eq(done),
@@ -166,8 +213,13 @@ class Accel(wiring.Component):
             csr.bytes_wr.eq(bytes_wr),
             csr.host_op.eq(host_op),
             csr.pc.eq(pc),
+            csr.ev_end.eq(ev_end),
+            csr.ev_host.eq(ev_host),
             self.busy.eq(busy),
             self.host_req.eq(host_op),
+            self.irq.eq(csr.irq),
+            self.cmd_index.eq(pc),
+            self.stream_addr_hi.eq(csr.stream_addr_hi),
         ]
         with m.If(busy & ~host_op):
             m.d.sync += cycles.eq(cycles + 1)
@@ -192,16 +244,23 @@ class Accel(wiring.Component):
         # lets Verilator evaluate it once per cycle instead of on every input change.
         rs_valid = Signal()
         rs_data = Signal(8 * self.dma_bytes)
+        rs_err = Signal()  # the beat is a bus error
         rs_ready = Signal()  # the consumer takes rs this cycle
         m.d.comb += self.mem_rdata_ready.eq(~rs_valid | rs_ready)
         with m.If(self.mem_rdata_ready):
             m.d.sync += rs_valid.eq(self.mem_rdata_valid)
             with m.If(self.mem_rdata_valid):
-                m.d.sync += rs_data.eq(self.mem_rdata)
+                m.d.sync += [rs_data.eq(self.mem_rdata), rs_err.eq(self.mem_rdata_err)]
+        # reads requested and not yet taken from rs (every kind: fetch, prefetch, engine)
+        rd_out = Signal(PF_COUNT_BITS + 1)
+        m.d.sync += rd_out.eq(
+            rd_out + (self.mem_rd_valid & self.mem_rd_ready) - (rs_valid & rs_ready)
+        )
 
         # ------------------------------------------------ engines and the DMA switch
         engines = {}
         active = Signal(range(len(self.ops) + 1))  # 1 + index of the running engine
+        eng_rst = Signal()  # abort: the engines return to idle (a bus error, RESET)
         if self.gate_idle_engines:
             m.domains.gate = ClockDomain("gate", clk_edge="neg", local=True)
             m.d.comb += [
@@ -213,18 +272,18 @@ class Accel(wiring.Component):
             e = engines[op] = self._engine(op)
             m.d.comb += [e.args.eq(cmd.args), e.mem_lo.eq(csr.mem_lo), e.mem_hi.eq(csr.mem_hi)]
             if not self.gate_idle_engines:
-                m.submodules[name] = e
+                m.submodules[name] = ResetInserter(eng_rst)(e)
                 continue
             # the engine's clock runs while it is started, running or in reset; the enable
             # is sampled on the falling edge so the gated clock cannot glitch
             en = Signal(name=f"{name}_en", init=1, reset_less=True)
-            m.d.gate += en.eq((active == i + 1) | e.start | ResetSignal())
+            m.d.gate += en.eq((active == i + 1) | e.start | ResetSignal() | eng_rst)
             m.domains += ClockDomain(name, local=True)
             m.d.comb += [
                 ClockSignal(name).eq(ClockSignal() & en),
                 ResetSignal(name).eq(ResetSignal()),
             ]
-            m.submodules[name] = DomainRenamer(name)(e)
+            m.submodules[name] = ResetInserter({name: eng_rst})(DomainRenamer(name)(e))
         eng_done = Signal()
         eng_error = Signal(8)
         # the running engine's read port, before the prefetcher shares it (below)
@@ -276,25 +335,76 @@ class Accel(wiring.Component):
         with m.Elif(pf_req & eng_rs_fire):
             m.d.sync += pf_ahead.eq(pf_ahead - 1)
 
-        # ------------------------------------------------ control FSM
-        pend_error = Signal(8)
+        # ------------------------------------------------ bus errors
+        # A read response or a write (tagged by the shell with the index of the command
+        # that issued it) answered with an error: the first in stream order is kept
+        # (berr_op); the stream ends with BUS_ERROR at that index once nothing is
+        # outstanding (an engine at or past it is reset first).
+        berr = Signal()
+        berr_op = Signal(32)
+        cap_rd = Signal()  # a read response with an error is taken now
+        cap_rd_op = Signal(32)
+        berr_n = Signal()  # berr / berr_op as of the next cycle
+        berr_op_n = Signal(32)
+        m.d.comb += [berr_n.eq(berr), berr_op_n.eq(berr_op)]
+        for cap, op_ in ((cap_rd, cap_rd_op), (self.mem_wr_err, self.mem_wr_err_op)):
+            prev_v, prev_op = berr_n, berr_op_n
+            nv, nop = Signal(), Signal(32)
+            m.d.comb += [
+                nv.eq(prev_v | cap),
+                nop.eq(Mux(cap & (~prev_v | (op_ < prev_op)), op_, prev_op)),
+            ]
+            berr_n, berr_op_n = nv, nop
+        m.d.sync += [berr.eq(berr_n), berr_op.eq(berr_op_n)]
 
-        def fail(code):
-            m.d.sync += [busy.eq(0), done.eq(0), error.eq(code), err_op.eq(pc)]
-            m.next = "IDLE"
+        # ------------------------------------------------ control FSM
+        # Every stream ends in DRAIN: the memory transfers still outstanding (reads of an
+        # aborted engine, a prefetch, posted writes) complete first, so that the status
+        # (and the interrupt) come after the last write and the top starts the next
+        # stream clean.
+        pend_code = Signal(8)
+        pend_op = Signal(32)
+        pend_done = Signal()  # END was reached
+        pend_reset = Signal()  # aborted by CTRL.RESET: status cleared
+
+        def drain(code=0, end=False):
+            m.d.sync += [pend_code.eq(code), pend_op.eq(pc), pend_done.eq(int(end))]
+            m.next = "DRAIN"
 
         def next_cmd():
             m.d.sync += ops_done.eq(ops_done + 1)
             with m.If(pc == csr.n_cmds - 1):
-                fail(ErrorCode.MISSING_END.value)
+                drain(ErrorCode.MISSING_END.value)
             with m.Else():
                 m.d.sync += pc.eq(pc + 1)
                 m.next = "FETCH"
 
+        def aborted(running_engine=False):
+            """RESET, or a bus error at or before this command: stop and drain."""
+            cond = csr.soft_reset | (berr & (berr_op <= pc))
+            with m.If(cond):
+                m.next = "DRAIN"
+                m.d.sync += [pend_code.eq(0), pend_done.eq(0)]
+                if running_engine:
+                    m.d.comb += eng_rst.eq(1)
+                    m.d.sync += active.eq(0)
+            return cond
+
         with m.FSM(init="IDLE"):
             with m.State("IDLE"):
                 with m.If(csr.start):
-                    m.d.sync += [busy.eq(1), done.eq(0), error.eq(0), err_op.eq(0), pc.eq(0)]
+                    m.d.sync += [
+                        busy.eq(1),
+                        done.eq(0),
+                        error.eq(0),
+                        err_op.eq(0),
+                        pc.eq(0),
+                        berr.eq(0),
+                        pend_reset.eq(0),
+                        pf_have.eq(0),
+                        pend_code.eq(0),
+                        pend_done.eq(0),
+                    ]
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += [
@@ -304,17 +414,25 @@ class Accel(wiring.Component):
                 ]
                 with m.If(self.mem_rd_ready):
                     m.next = "FETCH_WAIT"
+                aborted()
             with m.State("FETCH_WAIT"):
                 m.d.comb += rs_ready.eq(1)
-                with m.If(rs_valid):
+                with m.If(rs_valid & rs_err):
+                    m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc)]
+                    m.next = "DRAIN"
+                with m.Elif(rs_valid):
                     m.d.sync += cmd.eq(rs_data[: isa.COMMAND_BITS])
                     m.next = "DECODE"
+                aborted()
             with m.State("DECODE"):
-                with m.If(~known):
-                    fail(ErrorCode.UNKNOWN_OPCODE.value)
+                with m.If(csr.soft_reset | berr):
+                    m.d.sync += [pend_code.eq(0), pend_done.eq(0)]
+                    m.next = "DRAIN"
+                with m.Elif(~known):
+                    drain(ErrorCode.UNKNOWN_OPCODE.value)
                 with m.Elif(opv == Opcode.END.value):
-                    m.d.sync += [busy.eq(0), done.eq(1), ops_done.eq(ops_done + 1)]
-                    m.next = "IDLE"
+                    m.d.sync += ops_done.eq(ops_done + 1)
+                    drain(end=True)
                 with m.Elif(opv == Opcode.NOP.value):
                     next_cmd()
                 with m.Else():
@@ -325,13 +443,12 @@ class Accel(wiring.Component):
                                 m.d.sync += active.eq(i + 1)
                                 m.next = "EXEC"
                         with m.Default():
-                            m.d.sync += host_op.eq(1)
-                            m.next = "HOST"
+                            m.next = "HOST_FENCE"
             with m.State("EXEC"):
                 # reads: the engine first, the prefetch in a free slot (not in the cycle
                 # the engine finishes: the next state decides on pf_req/pf_have)
                 eng_full = eng_out == (1 << PF_COUNT_BITS) - 1
-                want_pf = ~pf_req & ~pf_have & ~eng_done & (pc + 1 < csr.n_cmds)
+                want_pf = ~pf_req & ~pf_have & ~eng_done & (pc + 1 < csr.n_cmds) & ~berr
                 m.d.comb += [
                     e_rd_ready.eq(self.mem_rd_ready & ~eng_full),
                     self.mem_rd_valid.eq((e_rd_valid & ~eng_full) | want_pf),
@@ -342,11 +459,20 @@ class Accel(wiring.Component):
                     pf_fire.eq(want_pf & ~e_rd_valid & self.mem_rd_ready),
                 ]
                 pf_arrives = Signal()  # the prefetched word is taken now
-                m.d.comb += pf_arrives.eq(pf_head & rs_valid)
+                m.d.comb += pf_arrives.eq(pf_head & rs_valid & ~rs_err)
                 with m.If(pf_head):
                     m.d.comb += rs_ready.eq(1)
+                    with m.If(rs_valid & rs_err):  # command pc + 1 cannot be fetched
+                        m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc + 1)]
+                        m.d.sync += pf_req.eq(0)
                 with m.Else():
-                    m.d.comb += [e_rs_valid.eq(rs_valid), rs_ready.eq(e_rs_ready)]
+                    # an errored beat is not given to the engine (it is reset next cycle)
+                    m.d.comb += [
+                        e_rs_valid.eq(rs_valid & ~rs_err),
+                        rs_ready.eq(e_rs_ready | rs_err),
+                    ]
+                    with m.If(rs_valid & rs_err):
+                        m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc)]
                 with m.If(pf_arrives):
                     m.d.sync += [
                         pf_buf.eq(rs_data[: isa.COMMAND_BITS]),
@@ -357,15 +483,13 @@ class Accel(wiring.Component):
                     m.d.sync += active.eq(0)
                     with m.If(eng_error != 0):
                         m.d.sync += pf_have.eq(0)
-                        # the prefetch's response must not outlive the stream
-                        with m.If(pf_req & ~pf_arrives):
-                            m.d.sync += pend_error.eq(eng_error)
-                            m.next = "PF_DRAIN"
-                        with m.Else():
-                            fail(eng_error)
+                        drain(eng_error)
+                    with m.Elif(berr_n):  # the next command's fetch failed
+                        m.d.sync += [ops_done.eq(ops_done + 1), pend_code.eq(0), pend_done.eq(0)]
+                        m.next = "DRAIN"  # BUS_ERROR at berr_op (= pc + 1)
                     with m.Elif(pc == csr.n_cmds - 1):
                         m.d.sync += ops_done.eq(ops_done + 1)
-                        fail(ErrorCode.MISSING_END.value)
+                        drain(ErrorCode.MISSING_END.value)
                     with m.Else():
                         m.d.sync += [ops_done.eq(ops_done + 1), pc.eq(pc + 1)]
                         with m.If(pf_have | pf_arrives):
@@ -378,27 +502,60 @@ class Accel(wiring.Component):
                             m.next = "PF_WAIT"
                         with m.Else():
                             m.next = "FETCH"
+                aborted(running_engine=True)
             with m.State("PF_WAIT"):
                 m.d.comb += rs_ready.eq(1)
-                with m.If(rs_valid):
+                with m.If(rs_valid & rs_err):
+                    m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc)]
+                    m.d.sync += pf_req.eq(0)
+                    m.next = "DRAIN"
+                with m.Elif(rs_valid):
                     m.d.sync += [cmd.eq(rs_data[: isa.COMMAND_BITS]), pf_req.eq(0)]
                     m.next = "DECODE"
-            with m.State("PF_DRAIN"):
-                m.d.comb += rs_ready.eq(1)
-                with m.If(rs_valid):
-                    m.d.sync += pf_req.eq(0)
-                    fail(pend_error)
+                aborted()
+            with m.State("HOST_FENCE"):
+                # the host executes the command on memory: the writes before it first
+                with m.If(~self.mem_wr_busy):
+                    m.d.sync += host_op.eq(1)
+                    m.d.comb += ev_host.eq(1)
+                    m.next = "HOST"
+                aborted()
             with m.State("HOST"):
-                with m.If(csr.host_error):
+                with m.If(csr.soft_reset | berr):
+                    m.d.sync += [host_op.eq(0), pend_code.eq(0), pend_done.eq(0)]
+                    m.next = "DRAIN"
+                with m.Elif(csr.host_error):
                     m.d.sync += host_op.eq(0)
-                    m.d.sync += [busy.eq(0), done.eq(0), error.eq(csr.host_code), err_op.eq(pc)]
-                    m.next = "IDLE"
+                    drain(csr.host_code)
                 with m.Elif(csr.resume):
                     m.d.sync += host_op.eq(0)
                     next_cmd()
+            with m.State("DRAIN"):
+                m.d.comb += rs_ready.eq(1)
+                m.d.sync += [
+                    active.eq(0),
+                    eng_out.eq(0),
+                    pf_req.eq(0),
+                    pf_ahead.eq(0),
+                    pf_have.eq(0),
+                ]
+                with m.If((rd_out == 0) & ~self.mem_wr_busy):
+                    m.d.sync += busy.eq(0)
+                    m.d.comb += ev_end.eq(1)
+                    with m.If(pend_reset | csr.soft_reset):
+                        m.d.sync += [done.eq(0), error.eq(0), err_op.eq(0)]
+                    with m.Elif(berr_n & (pend_done | (pend_code == 0) | (berr_op_n <= pend_op))):
+                        m.d.sync += [
+                            done.eq(0),
+                            error.eq(ErrorCode.BUS_ERROR.value),
+                            err_op.eq(berr_op_n),
+                        ]
+                    with m.Else():
+                        m.d.sync += [done.eq(pend_done), error.eq(pend_code), err_op.eq(pend_op)]
+                    m.next = "IDLE"
 
-        # soft reset (CTRL.RESET): status and counters; abandons a stream only when idle
-        # or waiting for the host (a hard reset abandons anything)
+        # soft reset (CTRL.RESET): status and counters; a running stream is aborted (the
+        # engine reset, what is outstanding drained in DRAIN, then idle)
         with m.If(csr.soft_reset):
             m.d.sync += [
                 done.eq(0),
@@ -409,4 +566,6 @@ class Accel(wiring.Component):
                 bytes_rd.eq(0),
                 bytes_wr.eq(0),
             ]
+            with m.If(busy):
+                m.d.sync += pend_reset.eq(1)
         return m

@@ -29,6 +29,8 @@ from hw.csr import (
     CTRL_RESET,
     CTRL_RESUME,
     CTRL_START,
+    IRQ_END,
+    IRQ_HOST,
     STATUS,
 )
 from sim.streams import CLOCK_NS, bench_params, bench_rng, record
@@ -262,6 +264,9 @@ async def test_host_ops(dut):
     c, dst, want = _tlmm_op(b, rng, 1, 30, 6)
     st = await b.run_stream([emb, c, emb, command(Opcode.END)])
     assert st["host_ops"] == [0, 2] and st["done"] == 1 and st["error"] == 0, st
+    # both interrupt events are pending (IRQ_ENABLE is 0: the line stays low)
+    assert await b.csr_read(CSR.IRQ_STATUS) == IRQ_END | IRQ_HOST
+    assert int(dut.irq.value) == 0
     got = np.frombuffer(bytes(b.mem[dst : dst + want.size * 4]), dtype="<i4").reshape(want.shape)
     assert np.array_equal(got, want)
     await b.csr_write(CSR.CTRL, CTRL_RESET)
