@@ -777,13 +777,17 @@ class AxiDma(wiring.Component):
 
 
 def synth_tops() -> dict:
-    """For ``make synth``: the two bridges at the default design point (the shell's 5
-    ports, the core's DMA width)."""
-    from golden.config import DEFAULT
-    from hw.accel import dma_bytes_for
-    from hw.shell import DEFAULT_PORTS
+    """For ``make synth``: the two bridges at the default design point (its AXI ports,
+    width and address bits; the core's DMA width)."""
+    from golden.config import DEFAULT_DESIGN_POINT, design_point
 
+    dp = design_point(DEFAULT_DESIGN_POINT)
     return {
         "axi_lite_csr": AxiLiteCSR,
-        "axi_dma": lambda: AxiDma(dma_bytes_for(DEFAULT), n_ports=DEFAULT_PORTS),
+        "axi_dma": lambda: AxiDma(
+            dp.dma_bytes,
+            n_ports=dp.axi_ports,
+            data_bytes=dp.axi_data_bits // 8,
+            addr_bits=dp.axi_addr_bits,
+        ),
     }
