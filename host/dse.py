@@ -24,14 +24,15 @@ model. ``ray.init()`` starts Ray on this machine by default; ``--address ray://H
 (``--ship-code`` sends this checkout along as the job's working directory instead).
 
 Results go to a store (``--store``, default ``build/dse/store``): one JSON file per
-measurement, ``perf/<digest>_<what>.json`` (``AccelConfig.digest()`` of the point, and a
-hash of the model shapes, context, prompt and seed), and per synthesis,
-``synth/<digest of the RTL point>_<device>.json``, under a directory named by a hash of the
-sources the figures depend on (golden/, hw/, the runtime, the perf model, the harness), so
-an edit to the RTL starts a new store while a re-run of the same sweep skips every point
-already done. A point whose task raised or whose worker died is reported as crashed (and
-retried by the next run); a point whose shapes exceed the design point's limits is
-reported as "does not run" with the reasons (``perf_model.limits_exceeded``).
+measurement, ``perf-<code>/<digest>_<what>.json`` (``AccelConfig.digest()`` of the point,
+and a hash of the model shapes, context, prompt and seed), and one per synthesis,
+``synth-<code>/<digest of the RTL point>_<device>.json``, where ``<code>`` hashes the
+sources the figures depend on (golden/ and hw/; for measurements also the runtime, the perf
+model and the simulator harness): an edit to the RTL starts afresh, while a re-run of the
+same sweep skips every point already done. A point whose task raised or whose worker died
+is reported as crashed (and retried by the next run); a point whose shapes exceed the
+design point's limits is reported as "does not run" with the reasons
+(``perf_model.limits_exceeded``), before anything is built.
 
 Output: a table of every point (decode/prefill tok/s, TTFT, LUT/BRAM/DSP %, fits), the
 Pareto frontier of decode tok/s against LUT and against BRAM (per model), and its plot
