@@ -498,6 +498,10 @@ def init_ray(address: str | None, num_cpus: int | None = None, ship_code: bool =
         env["excludes"] = ["build/", ".venv/", "runs/", ".git/", "*.ipynb"]
     kw = {"runtime_env": env, "log_to_driver": False}
     if address in (None, "", "local"):
+        # Ray starts its workers at nice +15 by default: on a busy machine the builds and
+        # syntheses would then wait behind everything else. Here they keep the niceness of
+        # this process (make dse runs it at +5).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         kw.update(
             address="local",
             num_cpus=num_cpus or os.cpu_count(),
@@ -558,7 +562,12 @@ def run_ray(job: Job, ray, progress=None) -> Job:
                 progress(r)
     pending = list(refs)
     while pending:
-        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            done, pending = ray.wait(pending, num_returns=1)
+        except KeyboardInterrupt:  # stop the running tasks too, not only the driver
+            for r in pending:
+                ray.cancel(r, force=True)
+            raise
         ref = done[0]
         kind, x = refs[ref]
         try:
