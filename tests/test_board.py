@@ -7,7 +7,7 @@ End to end: logits, memory and the CLI's tokens equal the golden backend's; the 
 the watchdog (soft reset, and the hard reset when the memory never answers); SLVERR ->
 BUS_ERROR at the command; allocation errors; the token server with ``--backend board
 --transport verilator``; ``make bitstream``'s project files against the top's ports and
-the address map the driver expects.
+the address map the driver expects; ``make board-image`` and its check.
 (The first run builds the AXI top's harness: a few minutes; later runs reuse it.)"""
 
 import importlib.util
@@ -158,7 +158,10 @@ def test_a_bitstream_of_another_design_point_is_refused():
     msg = str(e.value)
     assert "\n" not in msg
     assert f"0x{expected_id(KV260):08x}" in msg and f"0x{expected_id(other):08x}" in msg
-    assert "design point 'kv260'" in msg and "host design point" in msg
+    assert "(design point 'kv260')" in msg and "host design point 'kv260' (modified" in msg
+    with pytest.raises(TransportError) as e:  # a shipped point of another board
+        BoardDevice("ecp5", transport=VerilatorTransport(KV260), mem_size=MEM)
+    assert "(design point 'kv260') is not the host design point 'ecp5' ID" in str(e.value)
     # the matching point is accepted by the same bitstream
     BoardDevice(KV260, transport=VerilatorTransport(KV260), mem_size=MEM).close()
 
@@ -370,3 +373,28 @@ def test_bitstream_project_names_every_port_and_the_address_map(tmp_path):
         [sys.executable, "-m", "hw.vivado", "--board", "nope"], capture_output=True, text=True
     )
     assert r.returncode == 2 and "BOARD: expected one of ['kv260']" in _one_line(r.stderr)
+
+
+# ---------------------------------------------------------------------------- board image
+def test_board_image_and_its_check_on_the_verilator_transport(tiny_model, tmp_path):
+    from host import board_image
+
+    out = board_image.build("kv260", str(tiny_model), tmp_path / "img")
+    names = {p.name for p in out.iterdir()}
+    assert {"overlay", "model", "image", "src", "setup.sh", "run.sh", "check.sh"} <= names
+    meta = json.loads((out / "image" / "image.json").read_text())
+    assert meta["id"] == f"0x{expected_id(KV260):08x}"
+    assert (out / "image" / "image.bin").stat().st_size == meta["image_bytes"] > 0
+    assert (tmp_path / "ternary-accel-kv260.tar.gz").is_file()
+    ok, lines = board_image.check(out, "verilator")
+    assert ok and lines[-1] == "PASS", lines
+    assert any(s.startswith("image: ") for s in lines) and any("completion" in s for s in lines)
+    # a bundle whose image was made for other bytes fails, naming the region
+    blob = bytearray((out / "image" / "image.bin").read_bytes())
+    blob[0] ^= 1
+    (out / "image" / "image.bin").write_bytes(bytes(blob))
+    meta["image_sha256"] = "0" * 64
+    meta["regions"][0]["sha256"] = "0" * 64
+    (out / "image" / "image.json").write_text(json.dumps(meta))
+    ok, lines = board_image.check(out, "verilator")
+    assert not ok and lines[0].startswith(f"FAIL image: region {meta['regions'][0]['name']}")

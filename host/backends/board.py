@@ -309,11 +309,13 @@ class BoardDevice(Device):
         if ident != want:
             other = design_point_of(ident)
             theirs = f"design point {other!r}" if other else "no shipped design point"
+            ours = f"host design point {self.dp.name!r}"
+            if DESIGN_POINTS.get(self.dp.name) not in (None, self.dp):
+                ours += " (modified: e.g. --clock-mhz/--bandwidth-gbs change it)"
             raise TransportError(
-                f"bitstream ID 0x{ident:08x} ({theirs}) is not the host design point "
-                f"{self.dp.name!r}'s ID 0x{want:08x}: build the bitstream for it "
-                f"(make bitstream BOARD={self.dp.name}) or run the host with the "
-                "bitstream's design point"
+                f"bitstream ID 0x{ident:08x} ({theirs}) is not the {ours} ID 0x{want:08x}: "
+                f"build the bitstream for it (make bitstream BOARD={self.dp.name}) or run "
+                "the host with the bitstream's design point"
             )
         self.ident = ident
 
