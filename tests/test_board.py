@@ -194,7 +194,7 @@ def test_watchdog_resets_and_the_device_runs_again(dev, rng):
     with pytest.raises(WatchdogTimeout) as e:
         dev.wait(0.3)
     assert e.value.code == ErrorCode.TIMEOUT and e.value.how == "CTRL.RESET"
-    assert 0 <= e.value.last_op < 100
+    assert -1 <= e.value.last_op < 100  # -1: none completed yet
     assert "the watchdog reset the accelerator (CTRL.RESET)" in str(e.value)
     assert not dev.status().busy and not dev.csr_read(CSR.STATUS) & 1
     dev.transport.set_memory_timing(KV260.bytes_per_cycle, KV260.dram_latency)
@@ -227,6 +227,10 @@ def test_slverr_is_a_bus_error_at_its_command(dev, rng, kind):
     assert str(e.value).startswith("device error at command 2 (opcode TLMM): memory bus error")
     dev.transport.clear_errors()
     _check_good_run(dev, rng)  # no reset needed: the error ended the stream
+    dev.run(*put_stream(dev, cmds))
+    with pytest.raises(RuntimeError, match="a stream is still running"):
+        dev.run(*put_stream(dev, cmds))
+    assert dev.wait(30.0).ok
 
 
 def test_allocation_errors_are_one_line(rng, seed):
@@ -237,6 +241,21 @@ def test_allocation_errors_are_one_line(rng, seed):
         "cannot allocate 2097152 bytes of contiguous memory: the verilator transport has "
         "1048576 (capacity)"
     )
+    # a buffer the accelerator cannot address as one 4 GiB segment, or at all
+    for base, want in (
+        ((1 << 32) - 4096, "crosses a 4 GiB boundary"),
+        (1 << KV260.axi_addr_bits, "beyond the 49-bit AXI masters"),
+    ):
+        with pytest.raises(TransportError, match=want):
+            BoardDevice(KV260, transport="verilator", mem_size=MEM, bus_base=base)
+    for kw, want in (
+        (dict(dp=3), "dp: expected an AccelConfig"),
+        (dict(mem_size=100), "mem_size: expected an integer number of bytes > 4096"),
+        (dict(transport="jtag"), "transport: expected one of \\['pynq', 'verilator'\\]"),
+        (dict(transport=t, capacity=1), "capacity: options of a transport created by name"),
+    ):
+        with pytest.raises(ValueError, match=want):
+            BoardDevice(**{"mem_size": MEM, **kw})
     small = BoardDevice(KV260, transport="verilator", mem_size=64 << 10)
     try:
         with pytest.raises(ValueError) as e:
@@ -246,6 +265,8 @@ def test_allocation_errors_are_one_line(rng, seed):
         assert "--device-opt mem_size=N" in msg
         with pytest.raises(ValueError, match="outside allocated memory"):
             small.read(small.mem_base + (64 << 10) - 4, 8)
+        with pytest.raises(ValueError, match="nbytes: expected a non-negative integer"):
+            small.alloc(-1)
     finally:
         small.close()
 

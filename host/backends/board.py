@@ -227,11 +227,14 @@ class WatchdogTimeout(DeviceTimeout):
     def __init__(self, timeout_s, last_op, opcode=None, n_cmds=None, how="CTRL.RESET"):
         super().__init__(timeout_s, last_op, opcode, n_cmds)
         self.how = how
-        done = f"command {last_op}" if last_op >= 0 else "none"
+        of = f" of {n_cmds}" if n_cmds is not None else ""
+        if last_op >= 0:
+            op = f" (opcode {_opcode_text(opcode)})" if opcode is not None else ""
+            done = f"last completed command {last_op}{op}{of}"
+        else:
+            done = f"no command{of} completed"
         self.args = (
-            f"device timeout after {timeout_s:g} s: last completed {done}"
-            f"{f' (opcode {_opcode_text(opcode)})' if opcode is not None else ''}"
-            f"{f' of {n_cmds}' if n_cmds is not None else ''}; the watchdog reset the "
+            f"device timeout after {timeout_s:g} s: {done}; the watchdog reset the "
             f"accelerator ({how}): the stream is abandoned, the device takes the next one",
         )
 

@@ -75,7 +75,10 @@ class VerilatorTransport(Transport):
         self.n_ports = int(self._lib.brd_n_ports())
         self._dram = np.zeros(4096, dtype=np.uint8)  # until allocate
         self._buf = None
-        self._lib.brd_init(self._dram.ctypes.data, 0, self.bus_base, self.bandwidth, self.latency)
+        if self._lib.brd_init(
+            self._dram.ctypes.data, 0, self.bus_base, self.bandwidth, self.latency
+        ):
+            raise TransportError("the harness takes AXI data ports of 128 bits at most")
         self.hard_reset()
 
     def describe(self) -> str:

@@ -167,12 +167,15 @@ def build(
         "-MAKEFLAGS",
         " ".join(MAKE_FLAGS),
         "-o",
-        str(lib),
+        str(vdir / LIB_NAME),  # the same arguments for every harness of this model
         str(vfile),
         str(HERE / "harness.cpp"),
     ]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=bdir, capture_output=not verbose, text=True)
+    built = vdir / LIB_NAME
+    if proc.returncode == 0 and built.exists():
+        shutil.copy2(built, lib)
     if proc.returncode != 0 or not lib.exists():
         log = (proc.stdout or "") + (proc.stderr or "")
         (bdir / "build.log").write_text(log)

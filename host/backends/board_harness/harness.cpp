@@ -15,8 +15,9 @@
 //   bytes per cycle); every written beat takes the same. Per port: up to MAX_RD_BURSTS
 //   read bursts and MAX_WR_BURSTS write bursts accepted and not yet answered, one R beat
 //   and one W beat per cycle at most, W accepted only for an accepted AW (a slave may
-//   wait for AW), B `latency` cycles after the last beat. Reads take the memory's bytes
-//   when the beat is presented, writes apply WSTRB when the beat is taken.
+//   wait for AW), B `latency` cycles after the last beat. A read burst takes the memory's
+//   bytes when it is accepted (its beats keep them while they wait), a write applies
+//   WSTRB when its beat is taken.
 // * error injection (brd_inject): a read or write burst that overlaps a bus-address range
 //   is answered SLVERR on every beat (R) or on its B response, `count` times (< 0: always).
 //
@@ -62,12 +63,13 @@ struct PortIO {
     Sig rvalid, rready, rdata, rresp, rlast, rid;
 };
 
+const uint32_t MAX_DATA_BYTES = 16;  // 128-bit ports at most (AccelConfig.axi_data_bits)
+
 struct RBeat {
     uint64_t ready_at;
-    uint64_t addr;
     uint8_t resp;
     bool last;
-    bool first;
+    uint8_t data[MAX_DATA_BYTES];
 };
 struct WBurst {
     uint64_t addr;
@@ -148,8 +150,11 @@ void accept_ar(Port& p) {
     double start = std::fmax((double)(h.cycle + h.latency), h.dram_free);
     for (uint32_t k = 0; k < beats; k++) {
         start += beat_cycles();
-        p.r.push_back({(uint64_t)std::ceil(start), addr + (uint64_t)k * h.data_bytes, resp,
-                       k == beats - 1, k == 0});
+        RBeat b{(uint64_t)std::ceil(start), resp, k == beats - 1, {}};
+        if (resp != DECERR)  // the memory as the burst reaches it: a payload that is
+            std::memcpy(b.data, h.mem + (addr - h.bus_base) + (uint64_t)k * h.data_bytes,
+                        h.data_bytes);  // stable while RVALID waits, whatever comes later
+        p.r.push_back(b);
     }
     h.dram_free = start;
     p.rd_bursts++;
@@ -204,10 +209,7 @@ void set_inputs() {
         io.bid.set(0);
         if (p.nx_rvalid) {
             const RBeat& r = p.r.front();
-            if (r.resp == DECERR)
-                std::memset(io.rdata.bytes(), 0, h.data_bytes);
-            else
-                std::memcpy(io.rdata.bytes(), h.mem + (r.addr - h.bus_base), h.data_bytes);
+            std::memcpy(io.rdata.bytes(), r.data, h.data_bytes);
             io.rresp.set(r.resp);
             io.rlast.set(r.last);
         }
@@ -325,6 +327,7 @@ int brd_init(uint8_t* mem, uint64_t mem_size, uint64_t bus_base, double bandwidt
         FOR_EACH_PORT(BIND)
 #undef BIND
         h.data_bytes = h.ports[0].io.rdata.n;
+        if (h.data_bytes > MAX_DATA_BYTES) return -1;
     }
     h.mem = mem;
     h.mem_size = mem_size;
