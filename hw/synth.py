@@ -413,9 +413,262 @@ def print_modules(name: str, mods: dict[str, dict]) -> None:
         )
 
 
+# --------------------------------------------------------------------------- design report
+# The kv260 point's LUT budget per block (issue 18: the whole accelerator with its AXI shell
+# in <= 75 % of the XCK26's LUTs; each engine sized by its share of a token's cycles).
+AREA_BUDGET_KV260 = {
+    "tlmm": 22_000,
+    "act": 7_000,
+    "softmax": 8_000,
+    "pv": 6_000,
+    "norm_quant": 8_000,
+    "rope_quant": 6_000,
+    "qk": 6_000,
+    "residual": 3_000,
+    "lm_head": 5_000,
+    "embed": 1_000,
+    "command processor + CSRs + DMA switch": 6_000,
+    "AXI shell": 7_000,
+}
+# issue 18's fit targets, as fractions of the device
+FIT_LIMITS = {"lut": 0.75, "bram36": 0.90, "uram": 0.90, "dsp": 0.80}
+_KEYS = ("lut", "lutram", "ff", "carry", "bram36", "uram", "dsp")
+
+
+def budget_group(module: str) -> str:
+    """The budget row of a module of the shell (``<top>.core.op_act.gq`` -> ``act``)."""
+    parts = module.split(".")[1:]  # without the top's own name
+    if parts[:1] == ["core"]:
+        if len(parts) > 1 and parts[1].startswith("op_"):
+            return parts[1][3:]
+        return "command processor + CSRs + DMA switch"
+    return "AXI shell"
+
+
+def budget_table(modules: dict[str, dict]) -> dict[str, dict]:
+    """Per budget row: the summed figures of its modules."""
+    rows: dict[str, dict] = {}
+    for name, f in modules.items():
+        row = rows.setdefault(budget_group(name), dict.fromkeys(_KEYS, 0))
+        for k in _KEYS:
+            row[k] += f.get(k, 0)
+    return rows
+
+
+def fit_check(total: dict, device: dict) -> dict[str, tuple[float, float, bool]]:
+    """{resource: (used fraction, limit, within)} against ``FIT_LIMITS``."""
+    out = {}
+    for k, lim in FIT_LIMITS.items():
+        frac = total.get(k, 0) / device[k]
+        out[k] = (frac, lim, frac <= lim)
+    return out
+
+
+def print_budget(xc: dict, dp) -> None:
+    from golden.config import DEVICES
+
+    dev = DEVICES[dp.device]
+    rows = budget_table(xc["modules"])
+    print(
+        f"\nArea budget per block, {dp.name} point on the XCK26 (hierarchy kept; LUT budget "
+        f"from hw/synth.py AREA_BUDGET_KV260)"
+    )
+    print(
+        f"{'block':40s} {'LUT':>8s} {'budget':>8s} {'FF':>8s} {'BRAM36':>7s} {'URAM':>5s} "
+        f"{'DSP':>5s} {'levels':>7s}"
+    )
+    for name, f in sorted(rows.items(), key=lambda kv: -kv[1]["lut"]):
+        b = AREA_BUDGET_KV260.get(name)
+        lv = max(
+            (
+                d["max_levels"]
+                for m, d in xc["depth"]["modules"].items()
+                if m and budget_group("x." + m) == name
+            ),
+            default=None,
+        )
+        print(
+            f"{name:40s} {f['lut']:8,d} {f'{b:,d}' if b else '-':>8s} {f['ff']:8,d} "
+            f"{f['bram36']:7g} {f['uram']:5d} {f['dsp']:5d} "
+            f"{f'{lv:.2f}' if lv is not None else '-':>7s}"
+        )
+    fit = fit_check(xc, dev)
+    print(
+        f"{'whole accelerator':40s} {xc['lut']:8,d} {sum(AREA_BUDGET_KV260.values()):8,d} "
+        f"{xc['ff']:8,d} {xc['bram36']:7g} {xc['uram']:5d} {xc['dsp']:5d} "
+        f"{xc['depth']['max_levels']:7.2f}"
+    )
+    print(
+        "XCK26 utilization: "
+        + ", ".join(
+            f"{k.upper()} {xc[k]:,} of {dev[k]:,} = {fr:.1%} (target <= {lim:.0%}: "
+            f"{'ok' if ok else 'OVER'})"
+            for k, (fr, lim, ok) in fit.items()
+        )
+    )
+
+
+def _report_block(kind: str, name: str):
+    """The design report's blocks, built in the worker (components do not pickle)."""
+    from golden.config import design_point
+    from hw.accel import Accel, engine_class
+    from hw.shell import AccelShell
+
+    if kind == "shell":
+        return AccelShell(design_point(name))
+    if kind == "top":
+        return Accel(design_point(name))
+    dp_name, op = name.split(":")
+    from golden.isa import Opcode
+
+    return engine_class(Opcode[op]).for_design(design_point(dp_name))
+
+
+def _report_job(job: tuple) -> tuple:
+    tag, kind, name, family, freq = job
+    work = SYNTH_ROOT / "report" / tag
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    try:
+        block = _report_block(kind, name)
+        r = run_xilinx(tag, block, work) if family == "xcup" else run_ecp5(tag, block, work, freq)
+        return tag, {family: r, "time_s": time.time() - t0}
+    except (RuntimeError, subprocess.TimeoutExpired, KeyError) as e:
+        return tag, {f"{family}_error": str(e).splitlines()[0], "time_s": time.time() - t0}
+
+
+def _one_line(r: dict) -> str:
+    x, e = r.get("xcup", {}), r.get("ecp5", {})
+    if x:
+        return (
+            f"{x['lut']:,} LUT, {x['bram36']:g} BRAM36, {x['uram']} URAM, {x['dsp']} DSP, "
+            f"depth {x['depth']['max_levels']:.2f} levels"
+        )
+    if e:
+        return f"{e.get('lut4', '-')} LUT4, Fmax {e.get('fmax_mhz') or '-'} MHz"
+    return r.get("xcup_error") or r.get("ecp5_error") or "?"
+
+
+def design_report(
+    board_point: str = "kv260",
+    open_point: str = "ecp5",
+    jobs: int = 2,
+    freq: float = DEFAULT_FREQ_MHZ,
+) -> dict:
+    """``make synth``: the board point's whole accelerator (AXI shell + core) on the XCK26
+    (utilization, area budget per block, logic depth per block) and the open point's core
+    top and every engine through nextpnr-ecp5 (routed Fmax). ``jobs`` run side by side;
+    a line per finished run and a heartbeat while they last."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    from golden.config import design_point
+    from hw.accel import ENGINES
+
+    open_dp = design_point(open_point)
+    plan = [
+        (f"shell_{board_point}", "shell", board_point, "xcup", freq),
+        (f"accel_{open_point}", "top", open_point, "ecp5", freq),
+    ]
+    plan += [
+        (
+            f"engine_{op.name.lower()}_{open_point}",
+            "engine",
+            f"{open_point}:{op.name}",
+            "ecp5",
+            freq,
+        )
+        for op in ENGINES
+    ]
+    print(
+        f"design report: {board_point} on the XCK26 (whole accelerator) and {open_point} "
+        f"({open_dp.device}: the core top and {len(ENGINES)} engines, placed and routed); "
+        f"{len(plan)} runs, {jobs} at a time",
+        flush=True,
+    )
+    results: dict = {}
+    t_all = time.time()
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        futs = {pool.submit(_report_job, job): job for job in plan}
+        pending = set(futs)
+        while pending:
+            done, pending = wait(pending, timeout=60, return_when=FIRST_COMPLETED)
+            for f in done:
+                tag, r = f.result()
+                results[tag] = r
+                print(
+                    f"[{len(results)}/{len(plan)}] {tag}: {_one_line(r)} ({r['time_s']:.0f} s)",
+                    flush=True,
+                )
+            if not done:
+                running = [futs[f][0] for f in pending if f.running()]
+                print(
+                    f"  ... {time.time() - t_all:.0f} s: running {', '.join(running)}", flush=True
+                )
+    SYNTH_ROOT.mkdir(parents=True, exist_ok=True)
+    (SYNTH_ROOT / "report.json").write_text(json.dumps(results, indent=1, default=str))
+    print_report(results, board_point, open_point)
+    return results
+
+
+def print_report(results: dict, board_point: str, open_point: str) -> None:
+    from golden.config import DEVICES, design_point
+
+    bdp, odp = design_point(board_point), design_point(open_point)
+    shell = results.get(f"shell_{board_point}", {})
+    if "xcup" in shell:
+        print_budget(shell["xcup"], bdp)
+        print_depth({f"shell_{board_point}": shell})
+        d = shell["xcup"]["depth"]
+        print("\nby block (the same netlist):")
+        for m, f in sorted(d["modules"].items()):
+            if m.count(".") <= 1 and m:
+                print(
+                    f"  {m:38s} {f['max_levels']:6.2f} levels, {f['over_limit']} endpoints "
+                    f"over the rule, {f['dsp_unregistered']} unregistered DSP"
+                )
+    ecp = {k: v for k, v in results.items() if k.endswith(f"_{open_point}") and "ecp5" in v}
+    if ecp:
+        dev = DEVICES[odp.device]
+        print(
+            f"\n{open_point} point on the {odp.device.upper()} (synth_ecp5 + nextpnr-ecp5, "
+            f"target {odp.clock_mhz:g} MHz)"
+        )
+        print(
+            f"{'block':36s} {'LUT4':>8s} {'FF':>8s} {'DP16KD':>7s} {'MULT18':>7s} {'Fmax MHz':>9s}"
+        )
+        for tag, r in ecp.items():
+            e = r["ecp5"]
+            f = e.get("fmax_mhz")
+            print(
+                f"{tag:36s} {e.get('lut4', 0):8,d} {e.get('ff', 0):8,d} "
+                f"{e.get('dp16kd', 0):7d} {e.get('mult18', 0):7d} "
+                f"{f'{f:.1f}' if f else 'P&R failed':>9s}"
+            )
+        top = ecp.get(f"accel_{open_point}", {}).get("ecp5", {})
+        if top:
+            print(
+                f"core top utilization: LUT4 {top.get('lut4', 0) / dev['lut4']:.1%}, "
+                f"DP16KD {top.get('dp16kd', 0) / dev['dp16kd']:.1%}, MULT18 "
+                f"{top.get('mult18', 0) / dev['mult18']:.1%}"
+            )
+    for tag, r in results.items():
+        for key in ("xcup_error", "ecp5_error"):
+            if r.get(key):
+                print(f"{tag}: {key}: {r[key]}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hw.synth", description=__doc__.splitlines()[0])
-    ap.add_argument("blocks", nargs="*", help="block names (default: all)")
+    ap.add_argument(
+        "blocks", nargs="*", help="block names (default: the design report; --blocks: all)"
+    )
+    ap.add_argument(
+        "--blocks",
+        dest="all_blocks",
+        action="store_true",
+        help="every datapath block and engine alone (the per-block table)",
+    )
+    ap.add_argument("--jobs", type=int, default=2, help="runs side by side (design report)")
     ap.add_argument("--no-ecp5", action="store_true")
     ap.add_argument("--no-xilinx", action="store_true")
     ap.add_argument(
@@ -426,6 +679,9 @@ def main(argv=None) -> int:
     )
     args = ap.parse_args(argv)
 
+    if not args.blocks and not args.all_blocks:
+        design_report(jobs=args.jobs, freq=args.freq)
+        return 0
     blocks = discover_blocks()
     names = args.blocks or list(blocks)
     unknown = [n for n in names if n not in blocks]

@@ -33,6 +33,7 @@ a timing sign-off: Vivado's report is the real figure and the board flow
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,8 @@ class DepthReport:
     longest_carry_bits: int = 0  # the longest carry chain in the netlist
     dsp: int = 0
     dsp_unregistered: int = 0  # not registered inside or around
+    # by module (the hierarchy Yosys's flatten records in cell names): {path: figures}
+    modules: dict = field(default_factory=dict)
     limit: float = MAX_LEVELS_250MHZ
 
     @property
@@ -77,6 +80,7 @@ class DepthReport:
             "limit": self.limit,
             "meets": self.meets,
             "histogram": self.histogram,
+            "modules": self.modules,
             "worst_path": self.worst_path[:40],
         }
 
@@ -103,6 +107,15 @@ def _dsp_input_levels(cell, port: str) -> float:
     if reg is None or _param_int(p.get(reg, 0)) > 0:
         return 0.0
     return DSP_MULT_LEVELS if _param_int(p.get("MREG", 0)) > 0 else DSP_COMB_LEVELS
+
+
+_FLATTEN = re.compile(r"\$flatten\\([^.]*)\.")
+
+
+def module_path(cell: str) -> str:
+    """The hierarchy of a cell of a Yosys-flattened netlist (``core.op_qk``; "" for the
+    top's own cells): the ``$flatten\\<instance>.`` prefixes flatten puts on the names."""
+    return ".".join(_FLATTEN.findall(cell))
 
 
 def logic_depth(
@@ -218,10 +231,17 @@ def logic_depth(
     hist: Counter = Counter()
     worst_bit = None
 
-    def endpoint(b: int, extra: float = 0.0) -> None:
+    def endpoint(b: int, extra: float = 0.0, cell: str = "") -> None:
         nonlocal worst_bit
         solve(b)
         lv = arrival[b][0] + extra
+        mod = rep.modules.setdefault(
+            module_path(cell),
+            {"max_levels": 0.0, "endpoints": 0, "over_limit": 0, "dsp_unregistered": 0},
+        )
+        mod["endpoints"] += 1
+        mod["max_levels"] = max(mod["max_levels"], lv)
+        mod["over_limit"] += lv > limit
         rep.endpoints += 1
         hist[int(-(-lv // 1))] += 1
         if lv > limit:
@@ -237,7 +257,7 @@ def logic_depth(
         for port, b in cell_inputs(name):
             if k == "seq" and port in ("C", "CLK", "CLKARDCLK", "CLKBWRCLK"):
                 continue
-            endpoint(b, _dsp_input_levels(c, port) if k == "dsp_reg" else 0.0)
+            endpoint(b, _dsp_input_levels(c, port) if k == "dsp_reg" else 0.0, name)
     # a combinational DSP must be registered around: inputs straight from registers,
     # outputs into registers only
     loads: dict[int, list[str]] = {}
@@ -256,6 +276,10 @@ def logic_depth(
         )
         if not (ins_ok and outs_ok):
             rep.dsp_unregistered += 1
+            rep.modules.setdefault(
+                module_path(name),
+                {"max_levels": 0.0, "endpoints": 0, "over_limit": 0, "dsp_unregistered": 0},
+            )["dsp_unregistered"] += 1
     for p in mod.get("ports", {}).values():  # top-level outputs end paths too
         if p.get("direction") == "output":
             for b in p["bits"]:
