@@ -6,11 +6,12 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SEED    ?=
 PORT    ?= 8080
+BOARD   ?= kv260
 export PYTHONHASHSEED := 0
 # Multi-threaded BLAS on tiny matrices is slower here, and 8x slower on a loaded 2-core box.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install run serve loadtest test test-fast sim synth bench report notebooks train eval clean
+.PHONY: install run serve loadtest test test-fast sim synth bitstream board-image bench report notebooks train eval clean
 
 install: $(STAMP)
 
@@ -49,6 +50,16 @@ sim: install
 
 synth: install
 	$(VPY) -m hw.synth
+
+# The Vivado project of the board (AXI top's Verilog, block design, constraints, build
+# script) in build/$(BOARD)/; runs Vivado when it is on PATH (else says so, exit 0).
+bitstream: install
+	$(VPY) -m hw.vivado --board $(BOARD) $(ARGS)
+
+# What goes onto the board: build/$(BOARD)/board-image/ (+ .tar.gz): the bitstream when
+# built, the model and its compiled image, setup/run/check scripts for Kria-PYNQ.
+board-image: install
+	$(VPY) -m host.board_image build --board $(BOARD) $(ARGS)
 
 # Golden TLMM vs numpy, TLMM RTL cycles vs ideal, model tokens/s and cycles per backend,
 # modeled BitNet-0.73B decode from one simulated full-size layer.
