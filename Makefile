@@ -10,11 +10,12 @@ PORT    ?= 8080
 # Test files stay whole on one worker (their module fixtures and Verilator builds are shared).
 JOBS    ?= auto
 XDIST   := $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
+BOARD   ?= kv260
 export PYTHONHASHSEED := 0
 # Multi-threaded BLAS on tiny matrices is slower here, and 8x slower on a loaded 2-core box.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install run serve loadtest test test-fast sim synth dse bench report notebooks train eval clean
+.PHONY: install run serve loadtest test test-fast sim synth dse bitstream board-image bench report notebooks train eval clean
 
 install: $(STAMP)
 
@@ -60,6 +61,16 @@ synth: install
 SWEEP   ?= sweeps/default.toml
 dse: install
 	nice -n 5 $(VPY) -m host.dse --sweep $(SWEEP) $(ARGS)
+
+# The Vivado project of the board (AXI top's Verilog, block design, constraints, build
+# script) in build/$(BOARD)/; runs Vivado when it is on PATH (else says so, exit 0).
+bitstream: install
+	$(VPY) -m hw.vivado --board $(BOARD) $(ARGS)
+
+# What goes onto the board: build/$(BOARD)/board-image/ (+ .tar.gz): the bitstream when
+# built, the model and its compiled image, setup/run/check scripts for Kria-PYNQ.
+board-image: install
+	$(VPY) -m host.board_image build --board $(BOARD) $(ARGS)
 
 # Golden TLMM vs numpy, TLMM RTL cycles vs ideal, model tokens/s and cycles per backend,
 # modeled BitNet-0.73B decode from one simulated full-size layer.

@@ -16,8 +16,12 @@ Flags follow llama.cpp / llama2.c::
                          transformers; golden models only, no device)
     --backend NAME       device that executes the command stream: sim (the Verilator-
                          compiled accelerator RTL, default; built on first use, a few
-                         minutes) or golden (the golden models; the default with
-                         --mode reference)
+                         minutes), golden (the golden models; the default with
+                         --mode reference) or board (a real accelerator behind its
+                         register map, host.backends.board)
+    --transport NAME     with --backend board: pynq (a KV260 running PYNQ, the default)
+                         or verilator (the AXI top of the bitstream, simulated in-process:
+                         the same driver without a board)
     --clock-mhz F        modeled accelerator clock (default 250)
     --bandwidth-gbs F    modeled memory bandwidth (default 17.1, KV260-class DDR4); the sim
                          backend's DRAM model serves bandwidth / clock bytes per cycle
@@ -92,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     from host.runtime import add_design_point_args
 
     add_design_point_args(p)
+    from host.runtime import add_transport_arg
+
+    add_transport_arg(p)
     p.add_argument(
         "--ignore-eos",
         action="store_true",
@@ -130,6 +137,12 @@ def _check_args(a) -> None:
             f"--backend {a.backend}: the accelerator runs the integer datapath "
             "only; use --mode integer"
         )
+    from host.runtime import transport_opts
+
+    try:
+        a.device_opts = transport_opts(a)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
 
 
 def run(argv=None) -> int:
@@ -172,7 +185,7 @@ def run(argv=None) -> int:
         gm = GoldenModel(model, mode="reference")
     else:
         try:
-            gm = make_runtime(model, a.backend, **backend_kwargs(a.backend, a.dp))
+            gm = make_runtime(model, a.backend, **backend_kwargs(a.backend, a.dp, a.device_opts))
         except (DeviceError, OSError, RuntimeError, ValueError) as e:
             raise _UsageError(f"--backend {a.backend}: {e}") from None
 

@@ -10,7 +10,7 @@ cycles, clock and bandwidth), plus one line with what this client saw: the time 
 request waited for the accelerator and the time to first token here. The same seed and
 flags give the same text as ``python -m host`` on the server's backend.
 
-The server chooses model and backend: ``-m``, ``--backend``, ``--mode``,
+The server chooses model and backend: ``-m``, ``--backend``, ``--transport``, ``--mode``,
 ``--clock-mhz`` and ``--bandwidth-gbs`` are errors with ``--remote``. A URL may end in
 ``/v1`` (the OpenAI client's base URL). Connections use the standard library
 (``urllib``; proxy environment variables apply as usual).
@@ -44,6 +44,7 @@ TIMEOUT_S = 600.0
 SERVER_SIDE_FLAGS = (
     ("model", "-m/--model"),
     ("backend", "--backend"),
+    ("transport", "--transport"),
     ("mode", "--mode"),
     ("design_point", "--design-point"),
     ("clock_mhz", "--clock-mhz"),

@@ -599,6 +599,29 @@ def add_design_point_args(p) -> None:
     )
 
 
+def add_transport_arg(p) -> None:
+    """``--transport`` of the board backend (``python -m host``, ``serve``)."""
+    from host.backends import DEFAULT_TRANSPORT, TRANSPORTS
+
+    p.add_argument(
+        "--transport",
+        choices=sorted(TRANSPORTS),
+        default=None,
+        help=f"with --backend board: how the driver reaches the accelerator: pynq (a KV260 "
+        f"running PYNQ; the default: {DEFAULT_TRANSPORT}) or verilator (the AXI top "
+        "simulated in-process)",
+    )
+
+
+def transport_opts(a) -> dict:
+    """The device options ``--transport`` gives (ValueError when the backend is not board)."""
+    if a.transport is None:
+        return {}
+    if a.backend != "board":
+        raise ValueError(f"--transport: only with --backend board (not {a.backend})")
+    return {"transport": a.transport}
+
+
 def design_point_from_args(a):
     """The ``AccelConfig`` the flags of ``add_design_point_args`` name (ValueError naming a
     bad flag)."""

@@ -1,7 +1,8 @@
 """Token server: ``python -m host serve`` (``make serve``) -- an OpenAI-compatible HTTP API
 in front of the one accelerator (DESIGN §5, the board path).
 
-    python -m host serve [--backend sim|golden|board] [--host 127.0.0.1] [--port 8080]
+    python -m host serve [--backend sim|golden|board] [--transport pynq|verilator]
+                         [--host 127.0.0.1] [--port 8080]
                          [-m MODEL] [--clock-mhz F] [--bandwidth-gbs F]
                          [--device-timeout S] [--max-queue N] [--device-opt KEY=VALUE ...]
 
@@ -981,9 +982,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.get_default("model"),
         help="checkpoint directory or GGUF file (default: the shipped model)",
     )
-    from host.runtime import add_design_point_args
+    from host.runtime import add_design_point_args, add_transport_arg
 
     add_design_point_args(p)
+    add_transport_arg(p)
     p.add_argument(
         "--device-timeout",
         type=float,
@@ -1042,7 +1044,12 @@ def serve(argv=None) -> int:
         raise _UsageError(f"--device-timeout: expected a finite value > 0, got {a.device_timeout}")
     if a.max_queue < 1:
         raise _UsageError(f"--max-queue: expected >= 1, got {a.max_queue}")
-    opts = _device_opts(a.device_opt)
+    from host.runtime import transport_opts
+
+    try:
+        opts = {**transport_opts(a), **_device_opts(a.device_opt)}
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
     from host.modelfile import open_model
 
     try:  # python -m host's function, checks and messages

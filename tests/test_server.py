@@ -562,8 +562,8 @@ def test_serve_startup_errors_are_one_line(tiny_model, capsys):
     busy.bind(("127.0.0.1", 0))
     busy.listen(1)
     cases = {
-        # not built yet: the registry names it, its module does not exist; the server
-        # reports a construction error of any backend the same way
+        # the board backend's default transport needs pynq (a KV260): here its
+        # construction error; the server reports one of any backend the same way
         "board": (["--backend", "board"], "--backend board: "),
         "bad device option": (["--device-opt", "frobnicate=1"], "--backend golden: "),
         "missing model": (["-m", "/nonexistent/model"], "-m/--model: "),

@@ -2,6 +2,7 @@
 
     dev = make_device("golden")              # host.backends.golden.GoldenDevice
     dev = make_device("sim", **kw)            # host.backends.sim.SimDevice (Verilator)
+    dev = make_device("board", transport="verilator")   # host.backends.board.BoardDevice
 
 A backend module is imported only when asked for, so a missing toolchain (Verilator,
 PYNQ) only matters to the backend that needs it.
@@ -17,6 +18,13 @@ BACKENDS = {
     "sim": "host.backends.sim:SimDevice",
     "board": "host.backends.board:BoardDevice",
 }
+
+# the board backend's transports (host.backends.board.Transport): name -> "module:Class"
+TRANSPORTS = {
+    "pynq": "host.backends.board_pynq:PynqTransport",
+    "verilator": "host.backends.board_verilator:VerilatorTransport",
+}
+DEFAULT_TRANSPORT = "pynq"
 
 
 def make_device(name: str, **kw):
