@@ -6,12 +6,16 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 SEED    ?=
 PORT    ?= 8080
+# pytest-xdist workers for make test / make sim: one per core ("auto"); JOBS=0 runs serially.
+# Test files stay whole on one worker (their module fixtures and Verilator builds are shared).
+JOBS    ?= auto
+XDIST   := $(if $(filter 0,$(JOBS)),,-n $(JOBS) --dist loadfile)
 BOARD   ?= kv260
 export PYTHONHASHSEED := 0
 # Multi-threaded BLAS on tiny matrices is slower here, and 8x slower on a loaded 2-core box.
 export OPENBLAS_NUM_THREADS ?= 1
 
-.PHONY: install run serve loadtest test test-fast sim synth bitstream board-image bench report notebooks train eval clean
+.PHONY: install run serve loadtest test test-fast sim synth dse bitstream board-image bench report notebooks train eval clean
 
 install: $(STAMP)
 
@@ -34,9 +38,9 @@ loadtest: install
 	$(VPY) -m host.loadtest $(ARGS)
 
 # Everything a change can break: lint and import layers, golden, RTL (cocotb on
-# Verilator), host, notebooks.
+# Verilator), host, notebooks; test files in parallel on every core (JOBS=0: serially).
 test: install lint
-	$(VPY) -m pytest -q $(if $(SEED),--seed=$(SEED))
+	$(VPY) -m pytest -q $(XDIST) $(if $(SEED),--seed=$(SEED))
 
 # ruff (lint + format check) and the import-linter layers (golden <- hw <- host <- sim).
 lint: install
@@ -44,12 +48,19 @@ lint: install
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
 
-# The RTL regression alone, with a per-block summary.
+# The RTL regression alone, with a per-block summary (benches in parallel, as make test).
 sim: install
-	$(VPY) -m sim.regress
+	$(VPY) -m sim.regress $(XDIST) $(if $(SEED),--seed=$(SEED))
 
 synth: install
 	$(VPY) -m hw.synth
+
+# Design-space exploration on Ray (local; ARGS="--address ray://HOST:10001" for a cluster):
+# every point of the sweep built, simulated on full-size layers and synthesized; the table,
+# the Pareto frontier and its plot (build/dse/). SWEEP=file.toml picks another sweep.
+SWEEP   ?= sweeps/default.toml
+dse: install
+	nice -n 5 $(VPY) -m host.dse --sweep $(SWEEP) $(ARGS)
 
 # The Vivado project of the board (AXI top's Verilog, block design, constraints, build
 # script) in build/$(BOARD)/; runs Vivado when it is on PATH (else says so, exit 0).

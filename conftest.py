@@ -2,7 +2,10 @@
 
 `make test SEED=n` or `pytest --seed n` reproduces a run; the seed is printed in the
 header. Each test gets its own generator derived from (seed, test id), so one test's
-vectors do not depend on which other tests ran.
+vectors do not depend on which other tests ran -- nor on which pytest-xdist worker runs it:
+under ``-n N`` the controller picks the session seed once and hands it to every worker
+(``workerinput``), which sets it exactly as a serial run would (``SEED`` in the
+environment for the cocotb benches included).
 """
 
 import os
@@ -20,11 +23,27 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    seed = config.getoption("--seed")
-    if seed is None:
-        seed = int(os.environ.get("SEED") or int(time.time()) % 100000)
+    worker = getattr(config, "workerinput", None)
+    if worker is not None and "session_seed" in worker:
+        seed = int(worker["session_seed"])  # an xdist worker: the controller's seed
+    else:
+        seed = config.getoption("--seed")
+        if seed is None:
+            seed = int(os.environ.get("SEED") or int(time.time()) % 100000)
     config._session_seed = seed
     os.environ["SEED"] = str(seed)  # cocotb testbenches read it too
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistSeed(seed), "session-seed-to-workers")
+
+
+class _XdistSeed:
+    """Hands the controller's session seed to every pytest-xdist worker it starts."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+
+    def pytest_configure_node(self, node):
+        node.workerinput["session_seed"] = self.seed
 
 
 def pytest_report_header(config):

@@ -20,9 +20,18 @@ KV260 figures; the report says whether the clock is a target or backed by eviden
    scales, the argmax) is not counted.
 
 The bandwidth roofline counts the bytes that must cross the memory bus per decoded token:
-packed ternary weights in the TLMM tile format, the LM head as stored (int8), the KV
-cache read by QK and PV (codes + scale records), one embedding row and the norm weights;
-divided by the bandwidth.
+packed ternary weights in the TLMM tile format (of the design point's TLMM), the LM head
+as stored (int8), the KV cache read by QK and PV (codes + scale records), one embedding row
+and the norm weights; divided by the bandwidth.
+
+``measure_prefill`` does the same for a prompt run as one chunk (positions 0..prompt-1,
+the head on the last row): time to first token and prefill tokens/s. ``MODELS`` names the
+shapes (``bitnet-0.73b``, ``bitnet-2b-4t``); ``limits_exceeded`` says why a shape does not
+run on a design point (a dimension beyond its ``max_*``: the RTL would answer BAD_DIM), and
+``measure`` / ``measure_prefill`` raise ``DoesNotRun`` with those reasons before building
+anything. The simulator is built from ``rtl_design_point(dp)`` -- the point with the fields
+that change no logic (clock, DRAM, name, device, evidence) set to the defaults -- so points
+that differ only in those share one Verilator build (``python -m host.dse`` sweeps them).
 """
 
 from __future__ import annotations
@@ -56,8 +65,89 @@ BITNET_073B = ModelConfig(
     max_position_embeddings=2048,
     hidden_act="relu2",
 )
+# BitNet b1.58 2B-4T (DESIGN.md §7): hidden 2560, FFN 6912, 30 layers, 20 query / 5 KV heads
+# of 128, vocab 128256, ReLU², context 4096, rope_theta 5e5
+BITNET_2B4T = ModelConfig(
+    vocab_size=128256,
+    hidden_size=2560,
+    intermediate_size=6912,
+    num_hidden_layers=30,
+    num_attention_heads=20,
+    num_key_value_heads=5,
+    max_position_embeddings=4096,
+    rope_theta=500000.0,
+    hidden_act="relu2",
+    tie_word_embeddings=True,
+)
+MODELS = {"bitnet-0.73b": BITNET_073B, "bitnet-2b-4t": BITNET_2B4T}
 TELLME_V2_TOK_S = 25.0  # TeLLMe v2 (FPGA'26), KV260, BitNet 0.73B decode
 DEFAULT_CONTEXTS = (128, 2048)  # decode positions modeled by default (keys)
+
+
+# the AccelConfig fields that change no logic of the top but its ID register (which hashes
+# every field): the DRAM model's timing is set at run time, the clock only scales cycles
+NON_RTL_FIELDS = (
+    "name",
+    "dram_gbs",
+    "dram_latency",
+    "device",
+    "clock_mhz",
+    "evidence_mhz",
+    "evidence",
+)
+
+
+def rtl_design_point(dp: AccelConfig) -> AccelConfig:
+    """``dp`` with its ``NON_RTL_FIELDS`` set to ``AccelConfig``'s defaults: the design point
+    the simulator (and synthesis) of ``dp`` is built from. Points that differ only in those
+    fields map to one build; only the ID register's constant differs from ``dp``'s own top
+    (``tests/test_dse.py`` checks the Verilog is otherwise the same)."""
+    base = AccelConfig()
+    return replace(dp, **{f: getattr(base, f) for f in NON_RTL_FIELDS})
+
+
+class DoesNotRun(ValueError):
+    """The model's shapes exceed a limit of the design point (``reasons``: one line each)."""
+
+    def __init__(self, mc: ModelConfig, dp: AccelConfig, reasons: list[str]):
+        self.reasons = list(reasons)
+        super().__init__(f"does not run on design point {dp.name}: " + "; ".join(self.reasons))
+
+
+def limits_exceeded(mc: ModelConfig, dp: AccelConfig, keys: int = 1, rows: int = 1) -> list[str]:
+    """Why ``mc`` cannot run on ``dp`` with ``keys`` keys and ``rows``-token chunks: each
+    dimension of a step's commands beyond the engine limits (``max_k``, ``max_dim``,
+    ``max_keys``, ``max_head_dim``; the RTL's BAD_DIM). Empty when it runs. The runtime does
+    not split K yet, so a projection's K above ``max_k`` is a reason."""
+    h, i, hd = mc.hidden_size, mc.intermediate_size, mc.head_dim
+    q = mc.num_attention_heads * hd
+    why = []
+    for what, k in (
+        ("hidden_size (K of q/k/v/gate/up_proj and the LM head)", h),
+        ("heads x head_dim (K of o_proj)", q),
+        ("intermediate_size (K of down_proj)", i),
+    ):
+        if k > dp.max_k:
+            why.append(f"{what} {k} > max_k {dp.max_k} (no K-splitting yet)")
+    for what, d in (
+        ("hidden_size (norm rows)", h),
+        ("heads x head_dim (attn_sub_norm rows)", q),
+        ("intermediate_size (ACT and ffn_sub_norm rows)", i),
+    ):
+        if d > dp.max_dim:
+            why.append(f"{what} {d} > max_dim {dp.max_dim}")
+    head_lim = min(dp.max_head_dim, dp.dma_bytes)  # QK/PV read one key row per DMA beat
+    if hd > head_lim:
+        why.append(f"head_dim {hd} > {head_lim} (max_head_dim, one DMA beat)")
+    if max(keys, rows) > dp.max_keys:
+        why.append(f"{max(keys, rows)} keys > max_keys {dp.max_keys}")
+    return why
+
+
+def _check_runs(mc: ModelConfig, dp: AccelConfig, keys: int, rows: int) -> None:
+    why = limits_exceeded(mc, dp, keys, rows)
+    if why:
+        raise DoesNotRun(mc, dp, why)
 
 
 def roofline_bytes(mc: ModelConfig, context: int, cfg=None) -> dict:
@@ -113,10 +203,11 @@ def measure(
     from golden import isa
     from golden.isa import Opcode
     from golden.model import random_model
-    from host.runtime import make_runtime
 
     if not 1 <= context <= mc.max_position_embeddings:
         raise ValueError(f"context: expected 1..{mc.max_position_embeddings}, got {context}")
+    dp = design_point(dp) if isinstance(dp, str) else dp
+    _check_runs(mc, dp, context, 1)
     one = replace(mc, num_hidden_layers=1, max_position_embeddings=context)
     t0 = time.perf_counter()
     progress(
@@ -124,12 +215,9 @@ def measure(
         f"{mc.num_attention_heads}x{mc.head_dim}/vocab {mc.vocab_size} ..."
     )
     model = random_model(one, seed)
-    dp = design_point(dp) if isinstance(dp, str) else dp
     clock_hz, bandwidth_bps = dp.clock_mhz * 1e6, dp.dram_gbs * 1e9
     bpc, latency = dp.bytes_per_cycle, dp.dram_latency
-    mem = 64 << 20
-    mem += mc.vocab_size * mc.hidden_size * 5 + 16 * mc.intermediate_size * mc.hidden_size
-    rt = make_runtime(model, "sim", max_chunk=1, mem_size=mem, dp=dp)
+    rt = _sim_runtime(model, mc, dp, max_chunk=1)
     rng = np.random.default_rng(seed)
     pos = context - 1
     _fill_kv(rt, pos, rng)
@@ -177,7 +265,7 @@ def measure(
         by_op[r["op"]][0] += 1
         by_op[r["op"]][1] += r["cycles"]
         by_op[r["op"]][2] += r["bytes_read"]
-    roof = roofline_bytes(mc, context)
+    roof = roofline_bytes(mc, context, dp.datapath)
     roof_bytes = sum(roof.values())
     return {
         "context": context,
@@ -195,6 +283,84 @@ def measure(
         "clock_hz": clock_hz,
         "bandwidth_bps": bandwidth_bps,
         "latency": latency,
+        "layers": L,
+        "design_point": dp.name,
+        "clock_note": dp.clock_note(),
+    }
+
+
+def _sim_runtime(model, mc: ModelConfig, dp: AccelConfig, max_chunk: int):
+    """A runtime on the simulated top of ``rtl_design_point(dp)`` with ``dp``'s DRAM."""
+    from host.runtime import make_runtime
+
+    mem = 64 << 20
+    mem += mc.vocab_size * mc.hidden_size * 5 + 16 * mc.intermediate_size * mc.hidden_size
+    return make_runtime(
+        model,
+        "sim",
+        max_chunk=max_chunk,
+        mem_size=mem,
+        dp=rtl_design_point(dp),
+        bandwidth=dp.bytes_per_cycle,
+        latency=dp.dram_latency,
+    )
+
+
+def measure_prefill(
+    mc: ModelConfig = BITNET_073B,
+    prompt: int = 64,
+    dp: AccelConfig | str = DEFAULT_DESIGN_POINT,
+    seed: int = 0,
+    progress=print,
+) -> dict:
+    """Simulate one full-size layer's prefill of a ``prompt``-token prompt on design point
+    ``dp``: the prompt as one chunk (positions 0..prompt-1, as the runtime issues it when
+    ``max_chunk`` >= prompt), the LM head on its last row. Time to first token = embed +
+    ``layers`` x layer + final norm and head (each stream's CYCLES); prefill tokens/s =
+    prompt / that time. The host's share (sampling) is not counted."""
+    from golden import isa
+    from golden.isa import Opcode
+    from golden.model import random_model
+
+    if not 1 <= prompt <= mc.max_position_embeddings:
+        raise ValueError(f"prompt: expected 1..{mc.max_position_embeddings}, got {prompt}")
+    dp = design_point(dp) if isinstance(dp, str) else dp
+    _check_runs(mc, dp, prompt, prompt)
+    one = replace(mc, num_hidden_layers=1, max_position_embeddings=prompt)
+    t0 = time.perf_counter()
+    progress(f"compiling a 1-layer model for a {prompt}-token prefill ...")
+    model = random_model(one, seed)
+    rt = _sim_runtime(model, mc, dp, max_chunk=prompt)
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, mc.vocab_size, prompt).astype(np.uint32)
+    rt.device.write(rt.address_map.addr("tokens"), tokens)
+    cmds = rt.step_commands(0, prompt, 1)[:-1]
+    progress(f"  ready in {time.perf_counter() - t0:.1f} s; simulating {len(cmds)} commands")
+    dev, end = rt.device, isa.command(Opcode.END)
+    cyc = {}
+    t1 = time.perf_counter()
+    for part, sl in (
+        ("embed", slice(0, 1)),
+        ("layer", slice(1, -2)),
+        ("final norm + LM head", slice(-2, None)),
+    ):
+        before = dev.counters()["cycles"]
+        rt.run_stream(cmds[sl] + [end])
+        cyc[part] = dev.counters()["cycles"] - before
+        progress(f"  {part:<21} {cyc[part]:>10} cycles")
+    wall = time.perf_counter() - t1
+    rt.close()
+    L = mc.num_hidden_layers
+    total = cyc["embed"] + L * cyc["layer"] + cyc["final norm + LM head"]
+    clock_hz = dp.clock_mhz * 1e6
+    return {
+        "prompt": prompt,
+        "cycles": cyc,
+        "ttft_cycles": total,
+        "ttft_s": total / clock_hz,
+        "prefill_tok_s": prompt * clock_hz / total,
+        "sim_wall_s": wall,
+        "clock_hz": clock_hz,
         "layers": L,
         "design_point": dp.name,
         "clock_note": dp.clock_note(),

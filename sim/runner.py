@@ -30,6 +30,12 @@ What it does:
   pass/fail, simulated time and cycles, wall time, plus whatever the bench added with
   :func:`sim.streams.record`): ``python -m sim.regress`` aggregates them.
 
+Parallel runs (``make test`` / ``make sim`` run pytest-xdist workers): a build directory is
+built under an exclusive lock on it (``host.backends.sim_harness.build.build_lock``), so
+workers that need the same build take turns and then share it; every file of one bench run
+(results XML, parameters, bench records, the quiet log) carries a per-run tag, and records
+are written whole (temporary file, then rename).
+
 Build speed (the benches are Python-bound: simulation speed hardly matters, the C++
 compile does; measured on the 2-core machine, default TLMM, 1.9 MB of C++):
 
@@ -56,6 +62,7 @@ import time
 from pathlib import Path
 from xml.etree import ElementTree
 
+from host.backends.sim_harness.build import build_lock
 from hw.verilog import MAKE_PCH_FIX, VERILATOR_FLAGS, export_verilog, setup_verilator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,9 +183,14 @@ def build(component, name: str, build_key: dict, *, waves: bool | None = None) -
     waves = _waves_enabled() if waves is None else waves
     # traced builds live beside the plain ones, so toggling WAVES does not rebuild
     build_dir = BUILD_ROOT / (f"{name}_{param_hash(build_key)}" + ("_waves" if waves else ""))
-    build_dir.mkdir(parents=True, exist_ok=True)
-    src = build_dir / f"{name}.v"
     text = export_verilog(component, name)
+    # other processes (pytest-xdist workers) may build the same directory: take turns
+    with build_lock(build_dir):
+        return _build_locked(build_dir, name, text, build_key, waves)
+
+
+def _build_locked(build_dir: Path, name: str, text: str, build_key: dict, waves: bool) -> Path:
+    src = build_dir / f"{name}.v"
     if not src.exists() or src.read_text() != text:
         src.write_text(text)
     (build_dir / "build_key.json").write_text(
@@ -279,7 +291,8 @@ def run_bench(
     parameters alone so that runs differing only in test knobs share one build.
     ``testcase`` restricts the run to some cocotb tests (comma-separated names).
     ``block`` names the block in the records (default: from the calling ``sim/test_X.py``).
-    ``quiet`` sends the simulator's log to ``<build dir>/sim.log`` instead of stdout (its
+    ``quiet`` sends the simulator's log to ``<build dir>/sim.log`` instead of stdout (a
+    failing run keeps its own ``sim_<pid>_<ns>.log``, named in the message; its
     tail is then part of the failure message).
     ``expect`` (names of cocotb tests): exactly these must have run, none skipped.
     Returns the per-test records (see module docstring).
@@ -301,6 +314,8 @@ def run_bench(
     bench_rec_dir = build_dir / f"bench_records_{run_tag}"
     bench_rec_dir.mkdir()
     params_file = build_dir / f"params_{run_tag}.json"
+    # quiet: this run's log; it becomes sim.log (the latest passing run's), a failure keeps it
+    run_log = build_dir / f"sim_{run_tag}.log"
     params_file.write_text(json.dumps(params, sort_keys=True, indent=1, default=str))
     env = {
         "SIM_PARAMS": str(params_file),
@@ -326,7 +341,7 @@ def run_bench(
             waves=waves,
             testcase=testcase,
             test_args=(["--trace-file", str(build_dir / "dump.vcd")] if waves else []),
-            log_file=(build_dir / "sim.log") if quiet else None,
+            log_file=run_log if quiet else None,
         )
     except RuntimeError as e:  # the simulator exited non-zero or by a signal
         died = str(e)
@@ -356,9 +371,10 @@ def run_bench(
             build_s=round(build_s, 2),
         )
         r.update(extras.get(r["test"], {}))
-        (RECORD_DIR / f"{block}__{name}_{phash}__{r['test']}.json").write_text(
-            json.dumps(r, indent=1, default=str)
-        )
+        rec = RECORD_DIR / f"{block}__{name}_{phash}__{r['test']}.json"
+        tmp = rec.with_name(f"{rec.name}.{run_tag}.tmp")
+        tmp.write_text(json.dumps(r, indent=1, default=str))
+        os.replace(tmp, rec)
     if waves:
         print(f"waveform: {build_dir / 'dump.vcd'}")
 
@@ -391,13 +407,15 @@ def run_bench(
         lines = [f"{name}: {what} (SEED={seed}, build {build_dir}):"]
         lines += [f"  {r['test']}: {r['message'].strip()[:2000]}" for r in failed]
         lines += [f"  {p}" for p in problems]
-        if quiet and (build_dir / "sim.log").exists():
-            tail = (build_dir / "sim.log").read_text(errors="replace").splitlines()[-40:]
-            lines += [f"  simulator log tail ({build_dir / 'sim.log'}):"]
+        if quiet and run_log.exists():
+            tail = run_log.read_text(errors="replace").splitlines()[-40:]
+            lines += [f"  simulator log tail ({run_log}):"]
             lines += ["    " + t for t in tail]
         elif died or not results:
             lines.append("  (simulator output above)")
         raise AssertionError("\n".join(lines))
+    if quiet and run_log.exists():
+        os.replace(run_log, build_dir / "sim.log")
     if not quiet:
         print(
             f"{name}: {len(results)} cocotb tests passed in {wall:.1f} s "

@@ -68,3 +68,21 @@ def test_measure_small_model_on_sim():
 def test_bad_context():
     with pytest.raises(ValueError, match="context"):
         perf_model.measure(SMALL, context=0)
+
+
+def test_measure_prefill_small_model_on_sim():
+    dp = design_point("kv260").with_(dram_latency=8)
+    r = perf_model.measure_prefill(SMALL, prompt=8, dp=dp, progress=lambda *_: None)
+    c = r["cycles"]
+    assert all(v > 0 for v in c.values())
+    assert r["ttft_cycles"] == (
+        c["embed"] + SMALL.num_hidden_layers * c["layer"] + c["final norm + LM head"]
+    )
+    assert r["ttft_s"] == pytest.approx(r["ttft_cycles"] / 250e6)
+    assert r["prefill_tok_s"] == pytest.approx(8 / r["ttft_s"])
+    # a one-token prompt is the decode step at position 0: the same streams, the same cycles
+    one = perf_model.measure_prefill(SMALL, prompt=1, dp=dp, progress=lambda *_: None)
+    dec = perf_model.measure(SMALL, context=1, dp=dp, progress=lambda *_: None)
+    assert one["ttft_cycles"] == dec["token_cycles"]
+    # eight tokens in one chunk take longer than one, and less than eight decode steps
+    assert one["ttft_cycles"] < r["ttft_cycles"] < 8 * one["ttft_cycles"]

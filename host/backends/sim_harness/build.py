@@ -14,7 +14,9 @@ build time.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -113,10 +115,29 @@ def build(
     ).hexdigest()[:12]
     bdir = BUILD_ROOT / key
     lib = bdir / LIB_NAME
-    if lib.exists():
-        _write_index(index, lib)
-        return lib
-    bdir.mkdir(parents=True, exist_ok=True)
+    with build_lock(bdir):  # another process may be building (or have built) it
+        if not lib.exists():
+            _build(bdir, lib, text, dp, ops_names, jobs, verbose)
+    _write_index(index, lib)
+    return lib
+
+
+@contextlib.contextmanager
+def build_lock(directory: Path):
+    """Hold an exclusive lock on build directory ``directory`` (created if missing):
+    ``fcntl.flock`` on ``<directory>/.lock``. Processes that build the same directory
+    (pytest-xdist workers, DSE tasks) take turns; the lock goes with the process if it
+    dies. ``sim.runner`` locks its Verilator builds with it too."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(bdir: Path, lib: Path, text: str, dp, ops_names, jobs: int, verbose: bool) -> None:
     (bdir / "accel.v").write_text(text)
     (bdir / "params.json").write_text(
         json.dumps({"dp": asdict(dp), "ops": ops_names}, indent=1, default=str)
@@ -150,12 +171,11 @@ def build(
     if proc.returncode != 0 or not lib.exists():
         log = (proc.stdout or "") + (proc.stderr or "")
         (bdir / "build.log").write_text(log)
+        lib.unlink(missing_ok=True)  # a half-linked library must not pass for a build
         raise RuntimeError(
             f"accel harness build failed in {bdir}:\n" + "\n".join(log.splitlines()[-30:])
         )
     (bdir / "build_time.txt").write_text(f"{time.time() - t0:.1f}\n")
-    _write_index(index, lib)
-    return lib
 
 
 # the sources the exported Verilog and the harness depend on
