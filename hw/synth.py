@@ -612,6 +612,7 @@ def design_report(
 
 def print_report(results: dict, board_point: str, open_point: str) -> None:
     from golden.config import DEVICES, design_point
+    from hw.timing import MAX_LEVELS_250MHZ, rule_mhz
 
     bdp, odp = design_point(board_point), design_point(open_point)
     shell = results.get(f"shell_{board_point}", {})
@@ -619,6 +620,12 @@ def print_report(results: dict, board_point: str, open_point: str) -> None:
         print_budget(shell["xcup"], bdp)
         print_depth({f"shell_{board_point}": shell})
         d = shell["xcup"]["depth"]
+        print(
+            f"\ndepth rule ({MAX_LEVELS_250MHZ:g} levels at 250 MHz, hw/timing.py): the deepest "
+            f"path has {d['max_levels']:.2f} levels -> the rule supports "
+            f"{rule_mhz(d['max_levels']):.0f} MHz for the {board_point} point "
+            f"(target {bdp.clock_mhz:g} MHz)"
+        )
         print("\nby block (the same netlist):")
         for m, f in sorted(d["modules"].items()):
             if m.count(".") <= 1 and m:
@@ -646,6 +653,12 @@ def print_report(results: dict, board_point: str, open_point: str) -> None:
             )
         top = ecp.get(f"accel_{open_point}", {}).get("ecp5", {})
         if top:
+            f = top.get("fmax_mhz")
+            met = "met" if f and f >= odp.clock_mhz else "not met"
+            print(
+                f"core top routed Fmax: {f'{f:.1f} MHz' if f else 'P&R failed'} "
+                f"(target {odp.clock_mhz:g} MHz: {met})"
+            )
             print(
                 f"core top utilization: LUT4 {top.get('lut4', 0) / dev['lut4']:.1%}, "
                 f"DP16KD {top.get('dp16kd', 0) / dev['dp16kd']:.1%}, MULT18 "

@@ -28,6 +28,10 @@ uncertainty leave ~3.5 ns of the 4, so six levels with average routing meet 250 
 seven do not reliably. It is a rule of thumb for a netlist that has not been placed, not
 a timing sign-off: Vivado's report is the real figure and the board flow
 (``make bitstream``) writes it.
+
+:func:`rule_mhz` turns the rule around: the clock a netlist of a given depth supports by the
+same arithmetic (fixed overhead + a cost per level, calibrated so six levels give 250 MHz);
+the design report quotes it as the kv260 point's depth-rule clock.
 """
 
 from __future__ import annotations
@@ -39,6 +43,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 MAX_LEVELS_250MHZ = 6.0
+# the arithmetic behind the rule: clock-to-out + setup + uncertainty, and one level's delay
+OVERHEAD_NS = 0.5
+LEVEL_NS = (1000.0 / 250.0 - OVERHEAD_NS) / MAX_LEVELS_250MHZ
 CARRY_BITS_PER_LEVEL = 32
 DSP_COMB_LEVELS = 4.0
 DSP_MULT_LEVELS = 2.0
@@ -83,6 +90,14 @@ class DepthReport:
             "modules": self.modules,
             "worst_path": self.worst_path[:40],
         }
+
+
+def rule_mhz(levels: float) -> float:
+    """The clock (MHz) the depth rule allows a netlist whose deepest path has ``levels``
+    levels: 250 at six, lower for deeper paths; never quoted above 250 (the target)."""
+    if levels <= 0:
+        raise ValueError(f"levels must be > 0, got {levels}")
+    return min(250.0, 1000.0 / (OVERHEAD_NS + LEVEL_NS * levels))
 
 
 def _param_int(v) -> int:

@@ -11,7 +11,7 @@ from amaranth import Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hw.timing import MAX_LEVELS_250MHZ, logic_depth
+from hw.timing import MAX_LEVELS_250MHZ, logic_depth, rule_mhz
 from hw.verilog import export_verilog
 
 
@@ -136,3 +136,13 @@ def test_deep_path_is_counted_over_the_limit():
     assert r.max_levels == 8 > MAX_LEVELS_250MHZ
     assert r.over_limit == 1 and not r.meets
     assert r.worst_path == [f"l{i}" for i in range(8)]
+
+
+def test_rule_mhz_inverts_the_rule():
+    assert rule_mhz(MAX_LEVELS_250MHZ) == pytest.approx(250.0)
+    assert rule_mhz(3) == 250.0  # never quoted above the target
+    # deeper paths: a longer cycle, by one level's delay per level
+    assert 1000 / rule_mhz(12) - 1000 / rule_mhz(11) == pytest.approx(3.5 / 6)
+    assert rule_mhz(10.12) < rule_mhz(7) < 250.0
+    with pytest.raises(ValueError, match="levels"):
+        rule_mhz(0)
