@@ -35,7 +35,7 @@ from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
 from golden import isa
 from golden.isa import ErrorCode, Opcode, command
 from hw.csr import CSR, CTRL_RESET, CTRL_START, IRQ_END, VERSION_VALUE
-from sim.axi_util import AxiChecker, AxiPorts, pauses
+from sim.axi_util import AxiChecker, AxiPorts, lite_master
 from sim.streams import CLOCK_NS, bench_params, bench_rng, record
 from sim.top_bench import BumpMemory, Layer, layer_steps, read_status, small_residual
 
@@ -50,21 +50,9 @@ OKAY = 0
 
 class ShellBench(BumpMemory):
     def __init__(self, dut, rng, pause=PAUSE, max_lat=MAX_LAT):
-        from cocotbext.axi import AxiLiteBus, AxiLiteMaster
-
         super().__init__(MEM, 64)
         self.dut, self.rng = dut, rng
-        self.lite = AxiLiteMaster(
-            AxiLiteBus.from_prefix(dut, "s_axi"), dut.aclk, dut.aresetn, reset_active_level=False
-        )
-        for ch in (
-            self.lite.write_if.aw_channel,
-            self.lite.write_if.w_channel,
-            self.lite.write_if.b_channel,
-            self.lite.read_if.ar_channel,
-            self.lite.read_if.r_channel,
-        ):
-            ch.set_pause_generator(pauses(rng, pause))
+        self.lite = lite_master(dut, dut.aclk, dut.aresetn, rng, pause, reset_active_level=False)
         self.ports = AxiPorts(
             dut,
             N_PORTS,
@@ -157,13 +145,18 @@ class ShellLayer(Layer):
         return st
 
 
+async def _layer_bench(dut, tag: str):
+    """A started shell bench (rng ``bench_rng(tag)``) and a layer in its memory."""
+    rng = bench_rng(tag)
+    b = ShellBench(dut, rng)
+    await b.start()
+    return b, ShellLayer(b, rng)
+
+
 @cocotb.test()
 async def test_layer(dut):
     """Prefill then decode steps of one layer through the AXI top == golden memory."""
-    rng = bench_rng("shell_layer")
-    b = ShellBench(dut, rng)
-    await b.start()
-    lay = ShellLayer(b, rng)
+    b, lay = await _layer_bench(dut, "shell_layer")
     steps = layer_steps(P)
     for rows in steps:
         cmds, _ = lay.step(rows)
@@ -231,10 +224,7 @@ async def test_bus_errors_and_reuse(dut):
 @cocotb.test()
 async def test_reset_mid_stream(dut):
     """CTRL.RESET during a layer step aborts it cleanly; the step then runs == golden."""
-    rng = bench_rng("shell_reset")
-    b = ShellBench(dut, rng)
-    await b.start()
-    lay = ShellLayer(b, rng)
+    b, lay = await _layer_bench(dut, "shell_reset")
     rows = 4
     cmds, before = lay.step(rows)
     for delay in (300, 1500):
