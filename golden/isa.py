@@ -446,6 +446,19 @@ _ATTN_DIMS = (
     "kv_ld >= keys",
 )
 
+
+def _two_int32_rows(a: str, b: str) -> tuple:
+    """The contract of RESIDUAL and ACT: int32 [rows, dim] inputs ``a`` and ``b``, a scale
+    record per row, an int32 [rows, dim] output."""
+    return (
+        Dims("rows >= 1", "dim >= 1"),
+        Tensor(a, I32, ("rows", "dim")),
+        Tensor(b, I32, ("rows", "dim")),
+        Tensor("src_scale", RECORD, ("rows",)),
+        Tensor("dst", I32, ("rows", "dim"), out=True),
+    )
+
+
 # opcode -> its checks in order; the tensors in the memory formats of the module docstring
 CONTRACTS = {
     Opcode.NOP: (),
@@ -516,20 +529,8 @@ CONTRACTS = {
         ),
         Tensor("dst", I32, ("rows", "heads * head_dim"), out=True),
     ),
-    Opcode.RESIDUAL: (
-        Dims("rows >= 1", "dim >= 1"),
-        Tensor("h", I32, ("rows", "dim")),
-        Tensor("acc", I32, ("rows", "dim")),
-        Tensor("src_scale", RECORD, ("rows",)),
-        Tensor("dst", I32, ("rows", "dim"), out=True),
-    ),
-    Opcode.ACT: (
-        Dims("rows >= 1", "dim >= 1"),
-        Tensor("gate", I32, ("rows", "dim")),
-        Tensor("up", I32, ("rows", "dim")),
-        Tensor("src_scale", RECORD, ("rows",)),
-        Tensor("dst", I32, ("rows", "dim"), out=True),
-    ),
+    Opcode.RESIDUAL: _two_int32_rows("h", "acc"),
+    Opcode.ACT: _two_int32_rows("gate", "up"),
     Opcode.LM_HEAD: (
         Dims("rows >= 1", "k >= 1", "n >= 1"),
         Tensor("src", I8, ("rows", "k")),

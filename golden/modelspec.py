@@ -17,8 +17,19 @@ import numpy as np
 # Names of the seven ternary projections of one decoder layer, in HF order.
 ATTN_PROJ = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_PROJ = ("gate_proj", "up_proj", "down_proj")
+PROJ = ATTN_PROJ + MLP_PROJ
 # Names of the four RMSNorm weights of one decoder layer (``LayerWeights`` fields).
 LAYER_NORMS = ("input_layernorm", "post_attention_layernorm", "attn_sub_norm", "ffn_sub_norm")
+# ModelConfig fields a config.json must give; with the context, the positive integer ones
+REQUIRED_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+)
+POSITIVE_INT_FIELDS = (*REQUIRED_FIELDS, "max_position_embeddings")
 
 
 @dataclass(frozen=True)
@@ -37,15 +48,7 @@ class ModelConfig:
     head_dim: int | None = None
 
     def __post_init__(self) -> None:
-        for f in (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-            "max_position_embeddings",
-        ):
+        for f in POSITIVE_INT_FIELDS:
             v = getattr(self, f)
             if not isinstance(v, int) or v < 1:
                 raise ValueError(f"{f}: expected a positive integer, got {v!r}")
@@ -71,18 +74,38 @@ class ModelConfig:
         """From a parsed config.json; unknown keys are ignored, missing required ones named."""
         names = {f.name for f in fields(cls)}
         kw = {k: cfg[k] for k in names if k in cfg and cfg[k] is not None}
-        required = (
-            "vocab_size",
-            "hidden_size",
-            "intermediate_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "num_key_value_heads",
-        )
-        missing = [k for k in required if k not in kw]
+        missing = [k for k in REQUIRED_FIELDS if k not in kw]
         if missing:
             raise ValueError(f"config.json: missing required keys {missing}")
         return cls(**kw)
+
+    def proj_shape(self, name: str) -> tuple[int, int]:
+        """[out, in] of ternary projection ``name`` (PROJ)."""
+        h, q, kv, ff = self.hidden_size, self.q_dim, self.kv_dim, self.intermediate_size
+        return {
+            "q_proj": (q, h),
+            "k_proj": (kv, h),
+            "v_proj": (kv, h),
+            "o_proj": (h, q),
+            "gate_proj": (ff, h),
+            "up_proj": (ff, h),
+            "down_proj": (h, ff),
+        }[name]
+
+    def norm_dim(self, name: str) -> int:
+        """Length of a layer's RMSNorm weight ``name`` (LAYER_NORMS)."""
+        sub = {"attn_sub_norm": self.q_dim, "ffn_sub_norm": self.intermediate_size}
+        return sub.get(name, self.hidden_size)
+
+    @property
+    def q_dim(self) -> int:
+        """Width of all query heads (attention heads x head_dim)."""
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        """Width of all key (or value) heads."""
+        return self.num_key_value_heads * self.head_dim
 
     def to_hf(self) -> dict:
         d = asdict(self)
@@ -138,3 +161,16 @@ class ModelWeights:
 class Model:
     config: ModelConfig
     weights: ModelWeights
+
+
+def build_model(config: ModelConfig, embed_tokens, norm, lm_head, layer_norm, proj) -> Model:
+    """A Model from its tensors: ``layer_norm(i, name)`` gives RMSNorm weight ``name``
+    (LAYER_NORMS) of layer ``i``, ``proj(i, name)`` its projection ``name`` (PROJ, a
+    TernaryWeight); each layer's projections are asked for first."""
+    layers = []
+    for i in range(config.num_hidden_layers):
+        projections = {name: proj(i, name) for name in PROJ}
+        norms = {name: layer_norm(i, name) for name in LAYER_NORMS}
+        layers.append(LayerWeights(**norms, proj=projections))
+    weights = ModelWeights(embed_tokens=embed_tokens, layers=layers, norm=norm, lm_head=lm_head)
+    return Model(config=config, weights=weights)

@@ -275,6 +275,12 @@ class NLFunction:
         return self.f(np.maximum(x, self.branch_min))
 
 
+def _gated(name: str, f, df, x_min: float) -> NLFunction:
+    """A gated activation (GELU, SiLU) on its increasing branch from its minimum ``x_min``
+    to 50, output range [f(x_min), 4]."""
+    return NLFunction(name, f, (x_min, 50.0), (float(f(x_min)), 4.0), df=df, branch_min=x_min)
+
+
 FUNCTIONS: dict[str, NLFunction] = {
     "sigmoid": NLFunction(
         "sigmoid",
@@ -302,22 +308,8 @@ FUNCTIONS: dict[str, NLFunction] = {
         branch_min=0.0,
     ),
     "exp": NLFunction("exp", np.exp, (-60.0, 10.0), (0.0, 1.0), finv=np.log, df=np.exp),
-    "gelu": NLFunction(
-        "gelu",
-        _gelu,
-        (GELU_X_MIN, 50.0),
-        (float(_gelu(GELU_X_MIN)), 4.0),
-        df=_dgelu,
-        branch_min=GELU_X_MIN,
-    ),
-    "silu": NLFunction(
-        "silu",
-        _silu,
-        (SILU_X_MIN, 50.0),
-        (float(_silu(SILU_X_MIN)), 4.0),
-        df=_dsilu,
-        branch_min=SILU_X_MIN,
-    ),
+    "gelu": _gated("gelu", _gelu, _dgelu, GELU_X_MIN),
+    "silu": _gated("silu", _silu, _dsilu, SILU_X_MIN),
 }
 
 

@@ -58,12 +58,13 @@ import numpy as np
 
 from golden.modelspec import (
     ATTN_PROJ,
-    MLP_PROJ,
-    LayerWeights,
+    LAYER_NORMS,
+    POSITIVE_INT_FIELDS,
+    PROJ,
     Model,
     ModelConfig,
-    ModelWeights,
     TernaryWeight,
+    build_model,
 )
 
 CONFIG_FILE = "config.json"
@@ -86,17 +87,10 @@ def _proj_prefix(i: int, name: str) -> str:
     return f"model.layers.{i}.{'self_attn' if name in ATTN_PROJ else 'mlp'}.{name}"
 
 
-def _proj_shape(cfg: ModelConfig, name: str) -> tuple[int, int]:
-    h, hd = cfg.hidden_size, cfg.head_dim
-    return {
-        "q_proj": (cfg.num_attention_heads * hd, h),
-        "k_proj": (cfg.num_key_value_heads * hd, h),
-        "v_proj": (cfg.num_key_value_heads * hd, h),
-        "o_proj": (h, cfg.num_attention_heads * hd),
-        "gate_proj": (cfg.intermediate_size, h),
-        "up_proj": (cfg.intermediate_size, h),
-        "down_proj": (h, cfg.intermediate_size),
-    }[name]
+def _norm_name(i: int, name: str) -> str:
+    """The HF tensor of layer ``i``'s RMSNorm weight ``name`` (LAYER_NORMS)."""
+    block = {"attn_sub_norm": "self_attn.", "ffn_sub_norm": "mlp."}.get(name, "")
+    return f"model.layers.{i}.{block}{name}.weight"
 
 
 # ----------------------------------------------------------------------------- config
@@ -120,19 +114,8 @@ def parse_config(cfg: dict, path: str = CONFIG_FILE) -> tuple[ModelConfig, dict 
     if cfg.get("attention_bias"):
         raise ValueError(f"{path}: attention_bias is not supported (BitNet has no biases)")
     kw = dict(HF_DEFAULTS)
-    for k in (
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "max_position_embeddings",
-        "rms_norm_eps",
-        "hidden_act",
-        "tie_word_embeddings",
-        "head_dim",
-    ):
+    optional = ("rms_norm_eps", "hidden_act", "tie_word_embeddings", "head_dim")
+    for k in (*POSITIVE_INT_FIELDS, *optional):
         if cfg.get(k) is not None:
             kw[k] = cfg[k]
     if "num_key_value_heads" not in kw and "num_attention_heads" in kw:
@@ -328,39 +311,23 @@ def load(path: str | os.PathLike) -> Model:
     src = _TensorSource(path)
     offline = qcfg is not None and qcfg["quantization_mode"] == "offline"
     h, v = cfg.hidden_size, cfg.vocab_size
-    layers = []
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        proj = {}
-        for name in ATTN_PROJ + MLP_PROJ:
-            prefix, shape = _proj_prefix(i, name), _proj_shape(cfg, name)
-            if offline:
-                proj[name] = _offline_ternary(src, prefix, shape, qcfg["linear_class"])
-            else:
-                proj[name] = _online_ternary(src.get_float(prefix + ".weight", shape))
-        layers.append(
-            LayerWeights(
-                input_layernorm=src.get_float(p + "input_layernorm.weight", (h,)),
-                post_attention_layernorm=src.get_float(p + "post_attention_layernorm.weight", (h,)),
-                attn_sub_norm=src.get_float(
-                    p + "self_attn.attn_sub_norm.weight", (cfg.num_attention_heads * cfg.head_dim,)
-                ),
-                ffn_sub_norm=src.get_float(p + "mlp.ffn_sub_norm.weight", (cfg.intermediate_size,)),
-                proj=proj,
-            )
-        )
+
+    def proj(i, name):
+        prefix, shape = _proj_prefix(i, name), cfg.proj_shape(name)
+        if offline:
+            return _offline_ternary(src, prefix, shape, qcfg["linear_class"])
+        return _online_ternary(src.get_float(prefix + ".weight", shape))
+
+    def layer_norm(i, name):
+        return src.get_float(_norm_name(i, name), (cfg.norm_dim(name),))
+
     embed = src.get_float("model.embed_tokens.weight", (v, h))
     if cfg.tie_word_embeddings and not src.has("lm_head.weight"):
         lm_head = embed
     else:
         lm_head = src.get_float("lm_head.weight", (v, h))
-    weights = ModelWeights(
-        embed_tokens=embed,
-        layers=layers,
-        norm=src.get_float("model.norm.weight", (h,)),
-        lm_head=lm_head,
-    )
-    return Model(config=cfg, weights=weights)
+    norm = src.get_float("model.norm.weight", (h,))
+    return build_model(cfg, embed, norm, lm_head, layer_norm, proj)
 
 
 # ----------------------------------------------------------------------------- save
@@ -439,17 +406,10 @@ def save(
         raise ValueError(f"model: {len(w.layers)} layers, config says {cfg.num_hidden_layers}")
     f32("model.embed_tokens.weight", w.embed_tokens, (v, h))
     for i, lw in enumerate(w.layers):
-        p = f"model.layers.{i}."
-        f32(p + "input_layernorm.weight", lw.input_layernorm, (h,))
-        f32(p + "post_attention_layernorm.weight", lw.post_attention_layernorm, (h,))
-        f32(
-            p + "self_attn.attn_sub_norm.weight",
-            lw.attn_sub_norm,
-            (cfg.num_attention_heads * cfg.head_dim,),
-        )
-        f32(p + "mlp.ffn_sub_norm.weight", lw.ffn_sub_norm, (cfg.intermediate_size,))
-        for name in ATTN_PROJ + MLP_PROJ:
-            prefix, shape = _proj_prefix(i, name), _proj_shape(cfg, name)
+        for name in LAYER_NORMS:
+            f32(_norm_name(i, name), getattr(lw, name), (cfg.norm_dim(name),))
+        for name in PROJ:
+            prefix, shape = _proj_prefix(i, name), cfg.proj_shape(name)
             tw = lw.proj.get(name)
             if not isinstance(tw, TernaryWeight) or tw.shape != shape:
                 raise ValueError(

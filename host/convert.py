@@ -19,18 +19,12 @@ Bad input prints one ``error: ...`` line and exits with status 2.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(message)
+from host.usage import Parser as _Parser
+from host.usage import UsageError as _UsageError
+from host.usage import run_main
 
 
 def _linear_class(model) -> str:
@@ -99,11 +93,7 @@ def run(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        return run(argv)
-    except _UsageError as e:
-        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-        return 2
+    return run_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,23 @@ class Status:
     def ok(self) -> bool:
         return self.error == ErrorCode.NONE
 
+    @classmethod
+    def ended(cls, done: bool, error, err_op: int, ops_done: int, n_cmds, opcode_at, detail=""):
+        """The end state of a stream read from a device: ``opcode_at(index)`` gives the raw
+        opcode of a command of the stream (None when unknown)."""
+        failed = error != ErrorCode.NONE
+        return cls(
+            busy=False,
+            done=done,
+            error=error,
+            err_op=err_op,
+            err_opcode=opcode_at(err_op) if failed else None,
+            ops_done=ops_done,
+            last_opcode=opcode_at(ops_done - 1) if ops_done else None,
+            n_cmds=n_cmds,
+            detail=detail,
+        )
+
 
 def _opcode_text(value) -> str:
     if value is None:

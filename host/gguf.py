@@ -71,15 +71,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from golden.modelspec import (
-    ATTN_PROJ,
-    MLP_PROJ,
-    LayerWeights,
-    Model,
-    ModelConfig,
-    ModelWeights,
-    TernaryWeight,
-)
+from golden.modelspec import PROJ, Model, ModelConfig, TernaryWeight, build_model
 
 GGUF_MAGIC = b"GGUF"
 ARCHITECTURES = {"bitnet": "silu", "bitnet-b1.58": "relu2", "bitnet-25": "relu2"}
@@ -146,19 +138,6 @@ def _tname(kind: str, bid: int | None = None, suffix: str = "weight") -> str:
     return _names()[kind].format(bid=bid) + "." + suffix
 
 
-def _proj_shape(cfg: ModelConfig, name: str) -> tuple[int, int]:
-    h, hd = cfg.hidden_size, cfg.head_dim
-    return {
-        "q_proj": (cfg.num_attention_heads * hd, h),
-        "k_proj": (cfg.num_key_value_heads * hd, h),
-        "v_proj": (cfg.num_key_value_heads * hd, h),
-        "o_proj": (h, cfg.num_attention_heads * hd),
-        "gate_proj": (cfg.intermediate_size, h),
-        "up_proj": (cfg.intermediate_size, h),
-        "down_proj": (h, cfg.intermediate_size),
-    }[name]
-
-
 def _expected(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
     """Tensor name -> (numpy shape, which metadata implies it)."""
     h, v, ff = cfg.hidden_size, cfg.vocab_size, cfg.intermediate_size
@@ -177,13 +156,13 @@ def _expected(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
             f"head_count {cfg.num_attention_heads} x head_dim {cfg.head_dim}",
         )
         out[_tname("ffn_sub_norm", i)] = ((ff,), f"feed_forward_length {ff}")
-        for p in ATTN_PROJ + MLP_PROJ:
+        for p in PROJ:
             desc = (
                 f"embedding_length {h}, feed_forward_length {ff}, head_count "
                 f"{cfg.num_attention_heads}, head_count_kv {cfg.num_key_value_heads}, "
                 f"head_dim {cfg.head_dim}"
             )
-            out[_tname(p, i)] = (_proj_shape(cfg, p), desc)
+            out[_tname(p, i)] = (cfg.proj_shape(p), desc)
     return out
 
 
@@ -519,24 +498,15 @@ class GGUFFile:
 
     def load(self) -> Model:
         cfg = self.config
-        layers = []
-        for i in range(cfg.num_hidden_layers):
-            layers.append(
-                LayerWeights(
-                    input_layernorm=self._float(_tname("input_layernorm", i)),
-                    post_attention_layernorm=self._float(_tname("post_attention_layernorm", i)),
-                    attn_sub_norm=self._float(_tname("attn_sub_norm", i)),
-                    ffn_sub_norm=self._float(_tname("ffn_sub_norm", i)),
-                    proj={p: self._ternary(_tname(p, i)) for p in ATTN_PROJ + MLP_PROJ},
-                )
-            )
         embed = self._float(_tname("embed"))
         lm_head = embed if cfg.tie_word_embeddings else self._float(_tname("lm_head"))
-        return Model(
-            config=cfg,
-            weights=ModelWeights(
-                embed_tokens=embed, layers=layers, norm=self._float(_tname("norm")), lm_head=lm_head
-            ),
+        return build_model(
+            cfg,
+            embed,
+            self._float(_tname("norm")),
+            lm_head,
+            lambda i, name: self._float(_tname(name, i)),
+            lambda i, name: self._ternary(_tname(name, i)),
         )
 
     # -------------------------------------------------------------- tokenizer
@@ -744,8 +714,8 @@ def write(
         f32(_tname("post_attention_layernorm", i), lw.post_attention_layernorm, (h,))
         f32(_tname("attn_sub_norm", i), lw.attn_sub_norm, (cfg.num_attention_heads * cfg.head_dim,))
         f32(_tname("ffn_sub_norm", i), lw.ffn_sub_norm, (cfg.intermediate_size,))
-        for p in ATTN_PROJ + MLP_PROJ:
-            tname, shape = _tname(p, i), _proj_shape(cfg, p)
+        for p in PROJ:
+            tname, shape = _tname(p, i), cfg.proj_shape(p)
             tw = lw.proj[p]
             if tw.shape != shape:
                 raise ValueError(f"model: {tname}: expected shape {shape}, got {tw.shape}")

@@ -58,6 +58,19 @@ DEFAULT_MAX_CHUNK = 64  # tokens per stream (golden.model.ATTN_QUERY_BLOCK)
 DEFAULT_TIMEOUT_S = 120.0
 
 
+def _sizes(mc) -> tuple[int, int, int, int, int, int, int]:
+    """(hidden, intermediate, vocab, heads, KV heads, head_dim, context) of a ModelConfig."""
+    return (
+        mc.hidden_size,
+        mc.intermediate_size,
+        mc.vocab_size,
+        mc.num_attention_heads,
+        mc.num_key_value_heads,
+        mc.head_dim,
+        mc.max_position_embeddings,
+    )
+
+
 @dataclass(frozen=True)
 class Region:
     name: str
@@ -185,13 +198,7 @@ class Runtime:
 
     def _layout_and_write(self) -> None:
         mc, im, tc = self.config, self.im, self.cfg.tlmm
-        h_, i_, v_ = mc.hidden_size, mc.intermediate_size, mc.vocab_size
-        nh, nkv, hd, ctx = (
-            mc.num_attention_heads,
-            mc.num_key_value_heads,
-            mc.head_dim,
-            mc.max_position_embeddings,
-        )
+        h_, i_, v_, nh, nkv, hd, ctx = _sizes(mc)
         qd = nh * hd
         self._const("embed", im.embed_fx.astype(np.int32), f"int32 [{v_}, {h_}] Q15.16")
         cos_q, sin_q = rope_tables(hd, self.cfg.rope)
@@ -259,22 +266,15 @@ class Runtime:
         return hi - lo
 
     # ------------------------------------------------------------------ commands
+    def _at(self, **regions: str) -> dict[str, int]:
+        """Command fields -> the addresses of the address map's regions named for them."""
+        return {field: self.address_map.addr(name) for field, name in regions.items()}
+
     def _norm_cmd(self, src: int, nc, dim: int, rows: int) -> isa.Command:
-        a = self.address_map
-        eps_term, c_mant, c_exp = norm_constants(dim, self.cfg.norm, self.cfg.quant)
-        return command(
-            Opcode.NORM_QUANT,
-            src=src,
-            gamma=nc[0],
-            dst=a.addr("x"),
-            dst_scale=a.addr("x_scale"),
-            rows=rows,
-            dim=dim,
-            eps_term=eps_term,
-            c_mant=c_mant,
-            c_exp=c_exp,
-            g_exp=nc[1],
-        )
+        consts = norm_constants(dim, self.cfg.norm, self.cfg.quant)
+        consts = dict(zip(("eps_term", "c_mant", "c_exp"), consts, strict=True), g_exp=nc[1])
+        io = dict(src=src, gamma=nc[0], **self._at(dst="x", dst_scale="x_scale"))
+        return command(Opcode.NORM_QUANT, **io, rows=rows, dim=dim, **consts)
 
     def _tlmm_cmd(self, li: int, proj: str, dst: str, rows: int) -> isa.Command:
         n, k = self.im.layers[li].proj[proj].codes.shape
@@ -288,30 +288,21 @@ class Runtime:
             n=n,
         )
 
+    def _residual_cmd(self, c: tuple[int, int], rows: int) -> isa.Command:
+        """h += acc_h requantized by the projection's constant ``c`` (mantissa, shift)."""
+        io = self._at(h="h", acc="acc_h", src_scale="x_scale", dst="h")
+        dim = self.config.hidden_size
+        return command(Opcode.RESIDUAL, **io, rows=rows, dim=dim, c_mant=c[0], c_shift=c[1])
+
     def step_commands(self, pos: int, rows: int, lm_rows: int) -> list:
         """The command stream of tokens pos..pos+rows-1 (already in ``tokens``); the head
         runs on the last ``lm_rows`` of them."""
         mc, im, a = self.config, self.im, self.address_map
-        h_, i_, v_ = mc.hidden_size, mc.intermediate_size, mc.vocab_size
-        nh, nkv, hd, ctx = (
-            mc.num_attention_heads,
-            mc.num_key_value_heads,
-            mc.head_dim,
-            mc.max_position_embeddings,
-        )
+        h_, i_, v_, nh, nkv, hd, ctx = _sizes(mc)
         keys = pos + rows
         rec = isa.SCALE_RECORD_BYTES
-        cmds = [
-            command(
-                Opcode.EMBED,
-                tokens=a.addr("tokens"),
-                table=a.addr("embed"),
-                dst=a.addr("h"),
-                rows=rows,
-                dim=h_,
-                vocab=v_,
-            )
-        ]
+        embed_io = self._at(tokens="tokens", table="embed", dst="h")
+        cmds = [command(Opcode.EMBED, **embed_io, rows=rows, dim=h_, vocab=v_)]
 
         def const(sc: Scale) -> tuple[int, int]:
             return int(sc.mant), int(sc.shift)
@@ -326,26 +317,13 @@ class Runtime:
             cmds.append(self._norm_cmd(a.addr("h"), norm(li, "input_layernorm"), h_, rows))
             for p, dst in (("q_proj", "acc_q"), ("k_proj", "acc_k"), ("v_proj", "acc_v")):
                 cmds.append(self._tlmm_cmd(li, p, dst, rows))
+            k, k_scale, v, v_scale = (
+                a.addr(f"kv{li}.{n}") for n in ("k", "k_scale", "v", "v_scale")
+            )
             for p, src, heads, dst, dst_scale, ld, rope in (
                 ("q_proj", "acc_q", nh, a.addr("q"), a.addr("q_scale"), rows, 1),
-                (
-                    "k_proj",
-                    "acc_k",
-                    nkv,
-                    a.addr(f"kv{li}.k") + pos * hd,
-                    a.addr(f"kv{li}.k_scale") + pos * rec,
-                    ctx,
-                    1,
-                ),
-                (
-                    "v_proj",
-                    "acc_v",
-                    nkv,
-                    a.addr(f"kv{li}.v") + pos * hd,
-                    a.addr(f"kv{li}.v_scale") + pos * rec,
-                    ctx,
-                    0,
-                ),
+                ("k_proj", "acc_k", nkv, k + pos * hd, k_scale + pos * rec, ctx, 1),
+                ("v_proj", "acc_v", nkv, v + pos * hd, v_scale + pos * rec, ctx, 0),
             ):
                 cm, cs = const(pr[p].const)
                 cmds.append(
@@ -367,118 +345,36 @@ class Runtime:
                         rope=rope,
                     )
                 )
-            cmds.append(
-                command(
-                    Opcode.QK,
-                    q=a.addr("q"),
-                    q_scale=a.addr("q_scale"),
-                    k=a.addr(f"kv{li}.k"),
-                    k_scale=a.addr(f"kv{li}.k_scale"),
-                    dst=a.addr("logits"),
-                    rows=rows,
-                    keys=keys,
-                    heads=nh,
-                    kv_heads=nkv,
-                    head_dim=hd,
-                    q_ld=rows,
-                    kv_ld=ctx,
-                )
-            )
-            cmds.append(
-                command(
-                    Opcode.SOFTMAX,
-                    src=a.addr("logits"),
-                    dst=a.addr("probs"),
-                    rows=rows,
-                    keys=keys,
-                    heads=nh,
-                )
-            )
-            cmds.append(
-                command(
-                    Opcode.PV,
-                    p=a.addr("probs"),
-                    v=a.addr(f"kv{li}.v"),
-                    v_scale=a.addr(f"kv{li}.v_scale"),
-                    dst=a.addr("attn"),
-                    rows=rows,
-                    keys=keys,
-                    heads=nh,
-                    kv_heads=nkv,
-                    head_dim=hd,
-                    kv_ld=ctx,
-                )
-            )
+            # attention over keys 0..keys-1 of layer li's cache (rows of queries, nh heads)
+            attn = dict(rows=rows, keys=keys, heads=nh)
+            kv = dict(kv_heads=nkv, head_dim=hd, kv_ld=ctx)
+            qk_src = dict(q=a.addr("q"), q_scale=a.addr("q_scale"), k=k, k_scale=k_scale)
+            cmds.append(command(Opcode.QK, **qk_src, dst=a.addr("logits"), **attn, **kv, q_ld=rows))
+            cmds.append(command(Opcode.SOFTMAX, src=a.addr("logits"), dst=a.addr("probs"), **attn))
+            pv_src = dict(p=a.addr("probs"), v=v, v_scale=v_scale)
+            cmds.append(command(Opcode.PV, **pv_src, dst=a.addr("attn"), **attn, **kv))
             cmds.append(self._norm_cmd(a.addr("attn"), norm(li, "attn_sub_norm"), nh * hd, rows))
             cmds.append(self._tlmm_cmd(li, "o_proj", "acc_h", rows))
-            cm, cs = const(pr["o_proj"].const)
-            cmds.append(
-                command(
-                    Opcode.RESIDUAL,
-                    h=a.addr("h"),
-                    acc=a.addr("acc_h"),
-                    src_scale=a.addr("x_scale"),
-                    dst=a.addr("h"),
-                    rows=rows,
-                    dim=h_,
-                    c_mant=cm,
-                    c_shift=cs,
-                )
-            )
+            cmds.append(self._residual_cmd(const(pr["o_proj"].const), rows))
             cmds.append(self._norm_cmd(a.addr("h"), norm(li, "post_attention_layernorm"), h_, rows))
             cmds.append(self._tlmm_cmd(li, "gate_proj", "acc_g", rows))
             cmds.append(self._tlmm_cmd(li, "up_proj", "acc_u", rows))
             gm_, gs = const(pr["gate_proj"].const)
             um, us = const(pr["up_proj"].const)
-            cmds.append(
-                command(
-                    Opcode.ACT,
-                    gate=a.addr("acc_g"),
-                    up=a.addr("acc_u"),
-                    src_scale=a.addr("x_scale"),
-                    dst=a.addr("ffn"),
-                    rows=rows,
-                    dim=i_,
-                    g_mant=gm_,
-                    g_shift=gs,
-                    u_mant=um,
-                    u_shift=us,
-                    kind=kind,
-                )
-            )
+            act_io = self._at(gate="acc_g", up="acc_u", src_scale="x_scale", dst="ffn")
+            act_c = dict(g_mant=gm_, g_shift=gs, u_mant=um, u_shift=us)
+            cmds.append(command(Opcode.ACT, **act_io, rows=rows, dim=i_, **act_c, kind=kind))
             cmds.append(self._norm_cmd(a.addr("ffn"), norm(li, "ffn_sub_norm"), i_, rows))
             cmds.append(self._tlmm_cmd(li, "down_proj", "acc_h", rows))
-            cm, cs = const(pr["down_proj"].const)
-            cmds.append(
-                command(
-                    Opcode.RESIDUAL,
-                    h=a.addr("h"),
-                    acc=a.addr("acc_h"),
-                    src_scale=a.addr("x_scale"),
-                    dst=a.addr("h"),
-                    rows=rows,
-                    dim=h_,
-                    c_mant=cm,
-                    c_shift=cs,
-                )
-            )
+            cmds.append(self._residual_cmd(const(pr["down_proj"].const), rows))
         first = rows - lm_rows
         cmds.append(
             self._norm_cmd(
                 a.addr("h") + first * h_ * 4, (a.addr("norm"), im.norm.g_exp), h_, lm_rows
             )
         )
-        cmds.append(
-            command(
-                Opcode.LM_HEAD,
-                src=a.addr("x"),
-                weights=a.addr("lm_head"),
-                dst=a.addr("lm_acc"),
-                rows=lm_rows,
-                k=h_,
-                n=v_,
-            )
-        )
+        head_io = self._at(src="x", weights="lm_head", dst="lm_acc")
+        cmds.append(command(Opcode.LM_HEAD, **head_io, rows=lm_rows, k=h_, n=v_))
         cmds.append(command(Opcode.END))
         return cmds
 

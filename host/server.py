@@ -100,6 +100,10 @@ import numpy as np
 from starlette.requests import Request  # module level: FastAPI resolves the annotation
 
 from host.generate import encode_prompt
+from host.usage import Parser as _Parser
+from host.usage import UsageError as _UsageError
+from host.usage import one_line as _one_line
+from host.usage import run_main
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -125,10 +129,6 @@ ACCEPTED_FIELDS = (
     "user",
     "ignore_eos",
 )
-
-
-def _one_line(msg) -> str:
-    return " ".join(str(msg).split())
 
 
 # ---------------------------------------------------------------------------- requests
@@ -948,15 +948,6 @@ class ServerThread:
         self.sock.close()
 
 
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
     from host.backends import BACKENDS
     from host.cli import build_parser as cli_parser
@@ -1115,11 +1106,4 @@ def _raise_stop(signum, frame):
 
 
 def main(argv=None) -> int:
-    try:
-        return serve(argv)
-    except _UsageError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\nerror: interrupted", file=sys.stderr)
-        return 130
+    return run_main(serve, argv)

@@ -49,11 +49,11 @@ import torch.nn.functional as F
 from golden.modelspec import (
     ATTN_PROJ,
     MLP_PROJ,
-    LayerWeights,
+    PROJ,
     Model,
     ModelConfig,
-    ModelWeights,
     TernaryWeight,
+    build_model,
 )
 from host.data import DEFAULT_CORPUS, read_corpus, split
 from host.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
@@ -268,12 +268,19 @@ class BitNetLM(nn.Module):
             x = blk(x, cos, sin)
         return self.lm_head(self.norm(x))
 
+    def _module(self, i: int, name: str) -> nn.Module:
+        """Layer ``i``'s projection or RMSNorm ``name`` (modelspec's PROJ, LAYER_NORMS)."""
+        blk = self.layers[i]
+        if name in ATTN_PROJ or name == "attn_sub_norm":
+            return getattr(blk.self_attn, name)
+        if name in MLP_PROJ or name == "ffn_sub_norm":
+            return getattr(blk.mlp, name)
+        return getattr(blk, name)
+
     def ternary_parameters(self):
-        for i, blk in enumerate(self.layers):
-            for n in ATTN_PROJ:
-                yield i, n, getattr(blk.self_attn, n)
-            for n in MLP_PROJ:
-                yield i, n, getattr(blk.mlp, n)
+        for i in range(len(self.layers)):
+            for n in PROJ:
+                yield i, n, self._module(i, n)
 
     def to_modelspec(self) -> Model:
         """Ternarize and pack into the shared in-memory description (codes * mean|W|)."""
@@ -281,29 +288,14 @@ class BitNetLM(nn.Module):
         def f32(t):
             return t.detach().float().numpy().copy()
 
-        layers = []
-        for blk in self.layers:
-            proj = {}
-            for n in ATTN_PROJ:
-                proj[n] = TernaryWeight(*ternary_codes(getattr(blk.self_attn, n)))
-            for n in MLP_PROJ:
-                proj[n] = TernaryWeight(*ternary_codes(getattr(blk.mlp, n)))
-            layers.append(
-                LayerWeights(
-                    input_layernorm=f32(blk.input_layernorm.weight),
-                    post_attention_layernorm=f32(blk.post_attention_layernorm.weight),
-                    attn_sub_norm=f32(blk.self_attn.attn_sub_norm.weight),
-                    ffn_sub_norm=f32(blk.mlp.ffn_sub_norm.weight),
-                    proj=proj,
-                )
-            )
-        w = ModelWeights(
-            embed_tokens=f32(self.embed_tokens.weight),
-            layers=layers,
-            norm=f32(self.norm.weight),
-            lm_head=f32(self.lm_head.weight),
+        return build_model(
+            self.config,
+            f32(self.embed_tokens.weight),
+            f32(self.norm.weight),
+            f32(self.lm_head.weight),
+            lambda i, name: f32(self._module(i, name).weight),
+            lambda i, name: TernaryWeight(*ternary_codes(self._module(i, name))),
         )
-        return Model(config=self.config, weights=w)
 
 
 # ----------------------------------------------------------------------------- recipe

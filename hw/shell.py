@@ -70,14 +70,9 @@ class AccelShell(wiring.Component):
         core = Accel(dp, ops=ops, gate_idle_engines=gate_idle_engines)
         dp = core.dp
         n_ports, data_bytes, addr_bits = dp.axi_ports, dp.axi_data_bits // 8, dp.axi_addr_bits
-        dma = AxiDma(
-            core.dma_bytes,
-            n_ports=n_ports,
-            data_bytes=data_bytes,
-            addr_bits=addr_bits,
-            rd_fifo_beats=rd_fifo_beats,
-            wr_outstanding=wr_outstanding,
-        )  # validates the parameters
+        ports = dict(n_ports=n_ports, data_bytes=data_bytes, addr_bits=addr_bits)
+        buffers = dict(rd_fifo_beats=rd_fifo_beats, wr_outstanding=wr_outstanding)
+        dma = AxiDma(core.dma_bytes, **ports, **buffers)  # validates the parameters
         self.n_ports, self.data_bytes, self.addr_bits = n_ports, data_bytes, addr_bits
         self.csr_addr_bits = csr_addr_bits
         self._id_params = {

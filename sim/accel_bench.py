@@ -31,9 +31,9 @@ from hw.csr import (
     CTRL_START,
     IRQ_END,
     IRQ_HOST,
-    STATUS,
 )
 from sim.streams import CLOCK_NS, bench_params, bench_rng, record
+from sim.top_bench import BumpMemory, read_status
 
 P = bench_params()
 STALL = float(P.get("stall", 0.4))
@@ -45,30 +45,17 @@ MEM_SIZE = 1 << 16
 BASE = 64  # first usable byte (the window checked by the RTL)
 
 
-class Bench:
+class Bench(BumpMemory):
     def __init__(
         self, dut, rng, stall: float = STALL, max_lat: int = MAX_LAT, mem_size: int = MEM_SIZE
     ):
+        super().__init__(mem_size, BASE)
         self.dut, self.rng = dut, rng
         self.stall, self.max_lat = stall, max_lat
-        self.mem = bytearray(mem_size)
         self.queue: deque = deque()  # [ready_cycle, addr, len]
         self.offered = False
         self.cycle = 0
-        self.brk = BASE
         self.max_queue = 0
-
-    def alloc(self, nbytes: int, align: int = 64) -> int:
-        a = -(-self.brk // align) * align
-        self.brk = a + nbytes
-        assert self.brk <= len(self.mem)
-        return a
-
-    def put(self, data) -> int:
-        buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
-        a = self.alloc(len(buf))
-        self.mem[a : a + len(buf)] = buf
-        return a
 
     def _go(self) -> bool:
         return self.stall <= 0 or self.rng.random() >= self.stall
@@ -171,18 +158,8 @@ class Bench:
             if not int(self.dut.busy.value):
                 break
             await self.step()
-        st = await self.csr_read(CSR.STATUS)
-        regs = {
-            "busy": st & 1,
-            "done": (st >> 1) & 1,
-            "error": (st >> STATUS["error"].offset) & 0xFF,
-            "err_op": await self.csr_read(CSR.ERR_OP),
-            "ops": await self.csr_read(CSR.OPS_DONE),
-            "cycles": await self.csr_read(CSR.CYCLES_LO),
-            "host_ops": host_ops,
-            "wall_cycles": self.cycle - start,
-        }
-        return regs
+        regs = await read_status(self.csr_read)
+        return {**regs, "host_ops": host_ops, "wall_cycles": self.cycle - start}
 
 
 def _tlmm_op(b: Bench, rng, rows, k, n):

@@ -21,15 +21,11 @@ import cocotb
 import numpy as np
 
 from golden import isa
-from golden.config import DEFAULT
 from golden.isa import ErrorCode, Opcode, command
-from golden.model import random_model
-from golden.modelspec import ModelConfig
-from host.backends.golden import GoldenDevice
-from host.runtime import Runtime
 from hw.csr import CSR, CTRL_RESET
 from sim.accel_bench import Bench
 from sim.streams import bench_params, bench_rng, record
+from sim.top_bench import Layer, layer_steps, small_residual
 
 P = bench_params()
 STALL = float(P.get("stall", 0.3))
@@ -37,52 +33,23 @@ MAX_LAT = int(P.get("max_latency", 8))
 MEM = 1 << 20
 
 
-def _model(rng):
-    mc = ModelConfig(
-        vocab_size=24,
-        hidden_size=int(P.get("hidden", 64)),
-        intermediate_size=int(P.get("ffn", 96)),
-        num_hidden_layers=1,
-        num_attention_heads=int(P.get("heads", 4)),
-        num_key_value_heads=int(P.get("kv_heads", 2)),
-        max_position_embeddings=16,
-    )
-    return random_model(mc, seed=int(rng.integers(1 << 30)))
-
-
 @cocotb.test()
 async def test_layer(dut):
     """Prefill then decode steps of one whole layer: RTL memory == golden memory."""
     rng = bench_rng("layer")
-    gd = GoldenDevice(DEFAULT, mem_size=MEM)
-    rt = Runtime(_model(rng), gd, max_chunk=8)
     b = Bench(dut, rng, stall=STALL, max_lat=MAX_LAT, mem_size=MEM)
+    lay = Layer(b.mem, rng, P)  # the model is drawn before the bench's first stall
     await b.start()
-    a = rt.address_map
-    window = (gd.alloc_base, gd.brk)
-    b.mem[:] = gd.memory.tobytes()
-    pos = 0
-    steps = [int(P.get("prefill", 5))] + [1] * int(P.get("decode", 2))
-    for rows in steps:
-        toks = rng.integers(0, rt.config.vocab_size, rows).astype(np.uint32)
-        gd.write(a.addr("tokens"), toks)
-        b.mem[a.addr("tokens") : a.addr("tokens") + toks.nbytes] = toks.tobytes()
-        cmds = rt.step_commands(pos, rows, rows)
-        rt.run_stream(cmds)  # golden
+    for rows in layer_steps(P):
+        cmds, _ = lay.step(rows)
         await b.csr_write(CSR.CTRL, CTRL_RESET)  # counters per step
-        st = await b.run_stream(cmds, at=a.addr("stream"), window=window, max_cycles=2_000_000)
+        at = lay.a.addr("stream")
+        st = await b.run_stream(cmds, at=at, window=lay.window, max_cycles=2_000_000)
         assert st["host_ops"] == [], f"ops left to the host: {st['host_ops']}"
         assert (st["done"], st["error"], st["ops"]) == (1, 0, len(cmds)), st
-        got = np.frombuffer(bytes(b.mem), np.uint8)
-        diff = np.flatnonzero(got[: gd.brk] != gd.memory[: gd.brk])
-        if diff.size:
-            where = [r.name for r in a.regions.values() if r.addr <= diff[0] < r.addr + r.nbytes]
-            raise AssertionError(
-                f"step pos={pos} rows={rows}: {diff.size} bytes differ, first at "
-                f"0x{diff[0]:x} in {where}"
-            )
-        record("test_layer", pos=pos, rows=rows, cmds=len(cmds), cycles=st["cycles"])
-        pos += rows
+        lay.compare(rows)
+        record("test_layer", pos=lay.pos, rows=rows, cmds=len(cmds), cycles=st["cycles"])
+        lay.pos += rows
 
 
 @cocotb.test()
@@ -98,46 +65,10 @@ async def test_op_errors_and_reuse(dut):
     sc = b.put(isa.pack_scales(np.full(2, 1 << 15), np.zeros(2)))
     tok = b.put(np.arange(40, dtype=np.uint32) % 5)  # id 4 >= vocab 4
     nop, end = command(Opcode.NOP), command(Opcode.END)
-    good = command(
-        Opcode.RESIDUAL,
-        h=src,
-        acc=src,
-        src_scale=sc,
-        dst=dst,
-        rows=2,
-        dim=8,
-        c_mant=1 << 15,
-        c_shift=15,
-    )
+    good = small_residual(src, sc, dst)
     cases = [
-        (
-            command(
-                Opcode.RESIDUAL,
-                h=src,
-                acc=src,
-                src_scale=sc,
-                dst=len(b.mem) - 16,
-                rows=2,
-                dim=8,
-                c_mant=1 << 15,
-                c_shift=15,
-            ),
-            ErrorCode.ADDR_RANGE,
-        ),
-        (
-            command(
-                Opcode.RESIDUAL,
-                h=src + 2,
-                acc=src,
-                src_scale=sc,
-                dst=dst,
-                rows=2,
-                dim=8,
-                c_mant=1 << 15,
-                c_shift=15,
-            ),
-            ErrorCode.ALIGN,
-        ),
+        (small_residual(src, sc, len(b.mem) - 16), ErrorCode.ADDR_RANGE),
+        (small_residual(src, sc, dst, h=src + 2), ErrorCode.ALIGN),
         (command(Opcode.SOFTMAX, src=src, dst=dst, rows=0, keys=4, heads=1), ErrorCode.BAD_DIM),
         # found after reads (the prefetch of the next command is in flight by then)
         (

@@ -27,7 +27,7 @@ from hw.csr import (
     REG,
     VERSION_VALUE,
 )
-from sim.axi_util import pauses
+from sim.axi_util import lite_master
 from sim.streams import CLOCK_NS, bench_params, bench_rng, record
 
 P = bench_params()
@@ -40,18 +40,8 @@ OKAY, SLVERR = 0, 2
 
 class Lite:
     def __init__(self, dut, rng, pause=PAUSE):
-        from cocotbext.axi import AxiLiteBus, AxiLiteMaster
-
         self.dut = dut
-        self.m = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi"), dut.clk, dut.rst)
-        for ch in (
-            self.m.write_if.aw_channel,
-            self.m.write_if.w_channel,
-            self.m.write_if.b_channel,
-            self.m.read_if.ar_channel,
-            self.m.read_if.r_channel,
-        ):
-            ch.set_pause_generator(pauses(rng, pause))
+        self.m = lite_master(dut, dut.clk, dut.rst, rng, pause)
         self.starts = 0
         self.resets = 0
         cocotb.start_soon(self._count())

@@ -39,6 +39,23 @@ def pauses(rng, p: float):
         yield bool(p > 0 and rng.random() < p)
 
 
+def lite_master(dut, clock, reset, rng, pause: float, **kw):
+    """A cocotbext-axi AxiLiteMaster on the ``s_axi`` port of ``dut``, with random pauses
+    (probability ``pause`` per cycle) on all five of its channels."""
+    from cocotbext.axi import AxiLiteBus, AxiLiteMaster
+
+    m = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi"), clock, reset, **kw)
+    for ch in (
+        m.write_if.aw_channel,
+        m.write_if.w_channel,
+        m.write_if.b_channel,
+        m.read_if.ar_channel,
+        m.read_if.r_channel,
+    ):
+        ch.set_pause_generator(pauses(rng, pause))
+    return m
+
+
 def _in(ranges, lo, hi):
     return any(lo < b and a < hi for a, b in ranges)
 

@@ -118,19 +118,16 @@ def print_table(rows: list[dict]) -> None:
     widths = [
         max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)
     ]
-    line = "  ".join(
-        h.ljust(w) if i == 0 else h.rjust(w)
-        for i, (h, w) in enumerate(zip(head, widths, strict=False))
-    )
+
+    def row(cells) -> str:  # the first column left-aligned, the others right-aligned
+        cols = enumerate(zip(cells, widths, strict=False))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in cols)
+
+    line = row(head)
     print(line)
     print("-" * len(line))
     for b in body:
-        print(
-            "  ".join(
-                c.ljust(w) if i == 0 else c.rjust(w)
-                for i, (c, w) in enumerate(zip(b, widths, strict=False))
-            )
-        )
+        print(row(b))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,15 +33,11 @@ from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge, with_timeout
 
 from golden import isa
-from golden.config import DEFAULT
 from golden.isa import ErrorCode, Opcode, command
-from golden.model import random_model
-from golden.modelspec import ModelConfig
-from host.backends.golden import GoldenDevice
-from host.runtime import Runtime
-from hw.csr import CSR, CTRL_RESET, CTRL_START, IRQ_END, STATUS, VERSION_VALUE
-from sim.axi_util import AxiChecker, AxiPorts, pauses
+from hw.csr import CSR, CTRL_RESET, CTRL_START, IRQ_END, VERSION_VALUE
+from sim.axi_util import AxiChecker, AxiPorts, lite_master
 from sim.streams import CLOCK_NS, bench_params, bench_rng, record
+from sim.top_bench import BumpMemory, Layer, layer_steps, read_status, small_residual
 
 P = bench_params()
 N_PORTS = int(P.get("ports", 5))
@@ -52,23 +48,11 @@ SEGMENT = 0x1  # STREAM_ADDR_HI: bus address = SEGMENT << 32 | device
 OKAY = 0
 
 
-class ShellBench:
+class ShellBench(BumpMemory):
     def __init__(self, dut, rng, pause=PAUSE, max_lat=MAX_LAT):
-        from cocotbext.axi import AxiLiteBus, AxiLiteMaster
-
+        super().__init__(MEM, 64)
         self.dut, self.rng = dut, rng
-        self.mem = bytearray(MEM)
-        self.lite = AxiLiteMaster(
-            AxiLiteBus.from_prefix(dut, "s_axi"), dut.aclk, dut.aresetn, reset_active_level=False
-        )
-        for ch in (
-            self.lite.write_if.aw_channel,
-            self.lite.write_if.w_channel,
-            self.lite.write_if.b_channel,
-            self.lite.read_if.ar_channel,
-            self.lite.read_if.r_channel,
-        ):
-            ch.set_pause_generator(pauses(rng, pause))
+        self.lite = lite_master(dut, dut.aclk, dut.aresetn, rng, pause, reset_active_level=False)
         self.ports = AxiPorts(
             dut,
             N_PORTS,
@@ -83,7 +67,6 @@ class ShellBench:
         self.chk = AxiChecker(dut, N_PORTS, dut.aclk)
         self.chk.segment = SEGMENT
         self.chk.max_burst = 9  # a 128-byte request at any alignment
-        self.brk = 64
 
     async def start(self):
         d = self.dut
@@ -92,19 +75,6 @@ class ShellBench:
         await ClockCycles(d.aclk, 4)
         d.aresetn.value = 1
         await ClockCycles(d.aclk, 2)
-
-    # ------------------------------------------------------------------ memory
-    def alloc(self, nbytes, align=64):
-        a = -(-self.brk // align) * align
-        self.brk = a + nbytes
-        assert self.brk <= MEM
-        return a
-
-    def put(self, data) -> int:
-        buf = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
-        a = self.alloc(len(buf))
-        self.mem[a : a + len(buf)] = buf
-        return a
 
     # ------------------------------------------------------------------ registers
     async def csr_write(self, reg, value):
@@ -117,16 +87,8 @@ class ShellBench:
         return int.from_bytes(r.data, "little")
 
     async def status(self) -> dict:
-        st = await self.csr_read(CSR.STATUS)
-        return {
-            "busy": st & 1,
-            "done": (st >> 1) & 1,
-            "error": (st >> STATUS["error"].offset) & 0xFF,
-            "err_op": await self.csr_read(CSR.ERR_OP),
-            "ops": await self.csr_read(CSR.OPS_DONE),
-            "cycles": await self.csr_read(CSR.CYCLES_LO),
-            "irq_status": await self.csr_read(CSR.IRQ_STATUS),
-        }
+        regs = await read_status(self.csr_read)
+        return {**regs, "irq_status": await self.csr_read(CSR.IRQ_STATUS)}
 
     async def launch(self, cmds, at=None, window=None, regions=None):
         words = isa.encode_stream(cmds)
@@ -160,43 +122,14 @@ class ShellBench:
         return st
 
 
-def _model(rng):
-    mc = ModelConfig(
-        vocab_size=24,
-        hidden_size=int(P.get("hidden", 64)),
-        intermediate_size=int(P.get("ffn", 96)),
-        num_hidden_layers=1,
-        num_attention_heads=int(P.get("heads", 4)),
-        num_key_value_heads=int(P.get("kv_heads", 2)),
-        max_position_embeddings=16,
-    )
-    return random_model(mc, seed=int(rng.integers(1 << 30)))
-
-
-class Layer:
-    """A one-layer model compiled onto a golden device whose memory image the bench
-    mirrors; ``step`` prepares one step's commands (golden run included)."""
+class ShellLayer(Layer):
+    """A layer (``sim.top_bench.Layer``) in the shell bench's memory; ``run`` runs a step's
+    commands through the shell and compares."""
 
     def __init__(self, b: ShellBench, rng):
-        self.b, self.rng = b, rng
-        self.gd = GoldenDevice(DEFAULT, mem_size=MEM)
-        self.rt = Runtime(_model(rng), self.gd, max_chunk=8)
-        self.a = self.rt.address_map
-        self.window = (self.gd.alloc_base, self.gd.brk)
-        self.regions = [(r.addr, r.addr + r.nbytes) for r in self.a.regions.values()]
-        b.mem[:] = self.gd.memory.tobytes()
+        super().__init__(b.mem, rng, P)
+        self.b = b
         b.brk = self.gd.brk
-        self.pos = 0
-
-    def step(self, rows):
-        a, gd = self.a, self.gd
-        toks = self.rng.integers(0, self.rt.config.vocab_size, rows).astype(np.uint32)
-        gd.write(a.addr("tokens"), toks)
-        self.b.mem[a.addr("tokens") : a.addr("tokens") + toks.nbytes] = toks.tobytes()
-        before = bytes(self.b.mem)
-        cmds = self.rt.step_commands(self.pos, rows, rows)
-        self.rt.run_stream(cmds)  # golden
-        return cmds, before
 
     async def run(self, cmds, rows, **kw):
         st = await self.b.run_stream(
@@ -211,28 +144,20 @@ class Layer:
         self.compare(rows)
         return st
 
-    def compare(self, rows):
-        gd = self.gd
-        got = np.frombuffer(bytes(self.b.mem), np.uint8)
-        diff = np.flatnonzero(got[: gd.brk] != gd.memory[: gd.brk])
-        if diff.size:
-            where = [
-                r.name for r in self.a.regions.values() if r.addr <= diff[0] < r.addr + r.nbytes
-            ]
-            raise AssertionError(
-                f"step pos={self.pos} rows={rows}: {diff.size} bytes differ, "
-                f"first at 0x{diff[0]:x} in {where}"
-            )
+
+async def _layer_bench(dut, tag: str):
+    """A started shell bench (rng ``bench_rng(tag)``) and a layer in its memory."""
+    rng = bench_rng(tag)
+    b = ShellBench(dut, rng)
+    await b.start()
+    return b, ShellLayer(b, rng)
 
 
 @cocotb.test()
 async def test_layer(dut):
     """Prefill then decode steps of one layer through the AXI top == golden memory."""
-    rng = bench_rng("shell_layer")
-    b = ShellBench(dut, rng)
-    await b.start()
-    lay = Layer(b, rng)
-    steps = [int(P.get("prefill", 5))] + [1] * int(P.get("decode", 2))
+    b, lay = await _layer_bench(dut, "shell_layer")
+    steps = layer_steps(P)
     for rows in steps:
         cmds, _ = lay.step(rows)
         await b.csr_write(CSR.CTRL, CTRL_RESET)  # counters per step
@@ -252,7 +177,7 @@ async def test_bus_errors_and_reuse(dut):
     seg = SEGMENT << 32
 
     # (1) a read error in the middle of a layer step: the first TLMM's weights
-    lay = Layer(b, rng)
+    lay = ShellLayer(b, rng)
     rows = 3
     cmds, before = lay.step(rows)
     k = next(i for i, c in enumerate(cmds) if c.op == Opcode.TLMM)
@@ -275,17 +200,7 @@ async def test_bus_errors_and_reuse(dut):
     dst = b.alloc(2 * 8 * 4)
     sc = b.put(isa.pack_scales(np.full(2, 1 << 15), np.zeros(2)))
     nop, end = command(Opcode.NOP), command(Opcode.END)
-    good = command(
-        Opcode.RESIDUAL,
-        h=src,
-        acc=src,
-        src_scale=sc,
-        dst=dst,
-        rows=2,
-        dim=8,
-        c_mant=1 << 15,
-        c_shift=15,
-    )
+    good = small_residual(src, sc, dst)
     stream_at = b.alloc(64 * 8)
     window = (lay.gd.alloc_base, b.brk)
     for kind, lo, hi, at in (
@@ -309,10 +224,7 @@ async def test_bus_errors_and_reuse(dut):
 @cocotb.test()
 async def test_reset_mid_stream(dut):
     """CTRL.RESET during a layer step aborts it cleanly; the step then runs == golden."""
-    rng = bench_rng("shell_reset")
-    b = ShellBench(dut, rng)
-    await b.start()
-    lay = Layer(b, rng)
+    b, lay = await _layer_bench(dut, "shell_reset")
     rows = 4
     cmds, before = lay.step(rows)
     for delay in (300, 1500):

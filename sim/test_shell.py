@@ -8,30 +8,14 @@ bench: sim/shell_bench.py)."""
 from golden.config import design_point
 from hw.shell import AccelShell
 from sim.runner import run_bench
+from sim.top_bench import LAYER_PARAMS
 
 
 def test_shell():
     dp = design_point("kv260")
     shell = AccelShell(dp)
-    params = {
-        "ports": dp.axi_ports,
-        "pause": 0.3,
-        "max_latency": 8,
-        "hidden": 64,
-        "ffn": 96,
-        "heads": 4,
-        "kv_heads": 2,
-        "prefill": 5,
-        "decode": 2,
-        "ident": shell.ident,
-    }
-    results = run_bench(
-        shell, bench="sim.shell_bench", name="shell", params=params, build_key=shell.id_params()
-    )
-    assert {r["test"] for r in results} >= {
-        "test_layer",
-        "test_bus_errors_and_reuse",
-        "test_reset_mid_stream",
-        "test_id",
-    }
-    assert all(r["passed"] for r in results), results
+    params = {"ports": dp.axi_ports, "pause": 0.3, "max_latency": 8, **LAYER_PARAMS}
+    params["ident"] = shell.ident
+    tests = ("test_layer", "test_bus_errors_and_reuse", "test_reset_mid_stream", "test_id")
+    kw = dict(params=params, build_key=shell.id_params(), expect=tests)
+    run_bench(shell, bench="sim.shell_bench", name="shell", **kw)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from device_util import put_stream, put_tlmm
+from model_util import GQA4, char_model_fixture
 
 from golden.config import design_point
 from golden.isa import ErrorCode, Opcode, command
@@ -36,16 +37,7 @@ from hw.csr import CSR
 ROOT = Path(__file__).resolve().parents[1]
 MEM = 4 << 20
 KV260 = design_point("kv260")
-SHAPE = dict(
-    vocab_size=67,
-    hidden_size=64,
-    intermediate_size=100,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    max_position_embeddings=48,
-)
-VOCAB_TEXT = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+SHAPE = GQA4
 
 
 @pytest.fixture(scope="module")
@@ -64,24 +56,7 @@ def dev(board):
     return board
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from host import checkpoint
-    from host.tokenizer import CharTokenizer
-
-    tok = CharTokenizer.from_text(VOCAB_TEXT)
-    mc = ModelConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    d = tmp_path_factory.mktemp("board") / "tiny"
-    checkpoint.save(random_model(mc, seed=11), d, fmt="offline", tokenizer=tok)
-    return d
+tiny_model = char_model_fixture(64, seed=11, tag="board", name="tiny")
 
 
 def _run(dev, cmds, timeout=30.0):

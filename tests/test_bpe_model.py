@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_util import MICRO, tiny_train
 
 from golden.model import GoldenModel
 from host import cli
@@ -21,23 +22,8 @@ from host.train import TrainConfig, load_corpus, train
 
 ROOT = Path(__file__).resolve().parents[1]
 VOCAB = 512
-TINY = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=1,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    context=32,
-    batch_size=8,
-    steps=15,
-    lr=3e-3,
-    min_lr=3e-4,
-    warmup_steps=3,
-    eval_interval=15,
-    eval_windows=4,
-    corpus_limit=40000,
-    ckpt_minutes=100.0,
-    threads=1,
+TINY = tiny_train(
+    **MICRO, steps=15, warmup_steps=3, eval_interval=15, eval_windows=4, corpus_limit=40000
 )
 
 

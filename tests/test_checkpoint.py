@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from model_util import checkpoint_shape, hf_random, set_online_quantization
 
 from golden.modelspec import (
     ATTN_PROJ,
@@ -24,7 +25,7 @@ from host import checkpoint
 from host.tokenizer import CharTokenizer
 
 transformers = pytest.importorskip("transformers")
-from transformers import BitNetConfig, BitNetForCausalLM  # noqa: E402
+from transformers import BitNetForCausalLM  # noqa: E402
 from transformers.integrations import bitnet as hf_bitnet  # noqa: E402
 
 PROJ = ATTN_PROJ + MLP_PROJ
@@ -57,24 +58,14 @@ def _eager_transformers():
 
 
 def _config(shape) -> ModelConfig:
-    h, inter, layers, heads, kv, vocab, tie = shape
-    return ModelConfig(
-        vocab_size=vocab,
-        hidden_size=h,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie,
-    )
+    return ModelConfig(**checkpoint_shape(shape))
 
 
 def random_model(rng, cfg: ModelConfig) -> Model:
     def vec(n):
         return (1.0 + 0.1 * rng.standard_normal(n)).astype(np.float32)
 
-    shapes = {n: checkpoint._proj_shape(cfg, n) for n in PROJ}
+    shapes = {n: cfg.proj_shape(n) for n in PROJ}
     layers = []
     for _ in range(cfg.num_hidden_layers):
         proj = {
@@ -195,27 +186,7 @@ def test_packed_bytes_match_transformers_packer(tmp_path, rng):
 
 # ----------------------------------------------------------------------------- vs transformers
 def _hf_random(shape, seed: int) -> BitNetForCausalLM:
-    h, inter, layers, heads, kv, vocab, tie = shape
-    cfg = BitNetConfig(
-        vocab_size=vocab,
-        hidden_size=h,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie,
-        rope_theta=10000.0,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    hf = BitNetForCausalLM(cfg)
-    with torch.no_grad():  # norms away from 1 so that a swapped tensor would show
-        for p in hf.parameters():
-            if p.ndim == 1:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-    return hf.eval()
+    return hf_random(shape, seed).eval()
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -225,13 +196,7 @@ def test_load_transformers_save_pretrained(tmp_path, shape, qconfig):
     hf = _hf_random(shape, seed=len(tmp_path.name))
     hf.save_pretrained(tmp_path)
     if qconfig:
-        cfg = json.loads((tmp_path / "config.json").read_text())
-        cfg["quantization_config"] = {
-            "quant_method": "bitnet",
-            "linear_class": "autobitlinear",
-            "quantization_mode": "online",
-        }
-        (tmp_path / "config.json").write_text(json.dumps(cfg))
+        set_online_quantization(tmp_path)
         hf = BitNetForCausalLM.from_pretrained(tmp_path).eval()
         assert isinstance(hf.model.layers[0].mlp.up_proj, hf_bitnet.AutoBitLinear)
     model = checkpoint.load(tmp_path)

@@ -9,37 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_util import VOCAB_TEXT, char_model_fixture, shape
 
 from golden.config import design_point
-from golden.model import random_model
-from golden.modelspec import ModelConfig
 from host import cli
 from host.generate import Sampler
-from host.tokenizer import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CTX = 32
-VOCAB_TEXT = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    """A small random model with a character tokenizer, in the shipped checkpoint layout."""
-    from host import checkpoint
-
-    tok = CharTokenizer.from_text(VOCAB_TEXT)
-    mc = ModelConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=CTX,
-    )
-    d = tmp_path_factory.mktemp("tiny") / "model"
-    checkpoint.save(random_model(mc, seed=5), d, fmt="offline", tokenizer=tok)
-    return d
+tiny_model = char_model_fixture(CTX, seed=5, tag="tiny", name="model")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -279,14 +259,7 @@ def test_one_design_point_drives_cli_sim_and_perf_model(tiny_model, capsys, monk
     acc = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("accelerator:")]
     assert len(acc) == 1 and "8 GB/s, DRAM latency 7 cycles" in acc[0], acc
     small = perf_model.BITNET_073B.__class__(
-        vocab_size=40,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=8,
-        hidden_act="relu2",
+        vocab_size=40, max_position_embeddings=8, **shape(64, 96, 1, 4, 2, hidden_act="relu2")
     )
     r = perf_model.measure(small, context=4, progress=lambda *_: None)
     assert r["latency"] == 7 and r["bandwidth_bps"] == 8e9 and r["design_point"] == "kv260"

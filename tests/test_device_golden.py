@@ -122,24 +122,13 @@ def test_norm_quant_command_matches_rmsnorm_quant(dev, rng):
     from dataclasses import replace
 
     ncfg = replace(DEFAULT.norm, eps=eps)
-    eps_term, c_mant, c_exp = norm_constants(dim, ncfg)
+    consts = dict(zip(("eps_term", "c_mant", "c_exp"), norm_constants(dim, ncfg), strict=True))
     ha, ga = dev.alloc(h.nbytes), dev.alloc(gamma.nbytes)
     xa, sa = dev.alloc(rows * dim), dev.alloc(rows * 4)
     dev.write(ha, h)
     dev.write(ga, gamma)
-    cmd = command(
-        Opcode.NORM_QUANT,
-        src=ha,
-        gamma=ga,
-        dst=xa,
-        dst_scale=sa,
-        rows=rows,
-        dim=dim,
-        eps_term=eps_term,
-        c_mant=c_mant,
-        c_exp=c_exp,
-        g_exp=g_exp,
-    )
+    io = dict(src=ha, gamma=ga, dst=xa, dst_scale=sa)
+    cmd = command(Opcode.NORM_QUANT, **io, rows=rows, dim=dim, **consts, g_exp=g_exp)
     dev.run(*put_stream(dev, [cmd, command(Opcode.END)]))
     dev.wait(5.0)
     x_q, mant, shift = rmsnorm_quant(h, gamma, ncfg)
@@ -224,19 +213,8 @@ def test_bad_operands(dev):
         dev.wait(5.0)
     h, g, x, s = dev.alloc(16), dev.alloc(8), dev.alloc(4), dev.alloc(4)
     e, cm, ce = norm_constants(4)
-    nq = command(
-        Opcode.NORM_QUANT,
-        src=h,
-        gamma=g,
-        dst=x,
-        dst_scale=s,
-        rows=1,
-        dim=4,
-        eps_term=e,
-        c_mant=cm + 1,
-        c_exp=ce,
-        g_exp=0,
-    )
+    io = dict(src=h, gamma=g, dst=x, dst_scale=s, rows=1, dim=4)
+    nq = command(Opcode.NORM_QUANT, **io, eps_term=e, c_mant=cm + 1, c_exp=ce, g_exp=0)
     dev.run(*put_stream(dev, [nq, command(Opcode.END)]))
     with pytest.raises(DeviceError, match="norm_constants") as ei:
         dev.wait(5.0)
@@ -347,23 +325,9 @@ def test_strided_output_is_checked_whole_before_any_head_is_written(dev, rng):
     dev.write(src, rng.integers(1, 1 << 20, size=rows * heads * hd).astype(np.int32))
     dev.write(sx, isa.pack_scales([1 << 15], [10]))
     dst, dsc = dev.alloc(rows * hd), dev.alloc(4)  # head 1 at dst + ld*hd: outside
-    cmd = command(
-        Opcode.ROPE_QUANT,
-        src=src,
-        src_scale=sx,
-        table=src,
-        dst=dst,
-        dst_scale=dsc,
-        rows=rows,
-        heads=heads,
-        head_dim=hd,
-        ld=ld,
-        pos=0,
-        table_rows=1,
-        c_mant=1 << 15,
-        c_shift=0,
-        rope=0,
-    )
+    io = dict(src=src, src_scale=sx, table=src, dst=dst, dst_scale=dsc)
+    dims = dict(rows=rows, heads=heads, head_dim=hd, ld=ld, pos=0, table_rows=1)
+    cmd = command(Opcode.ROPE_QUANT, **io, **dims, c_mant=1 << 15, c_shift=0, rope=0)
     addr, n = put_stream(dev, [cmd, command(Opcode.END)])
     before = dev.memory[: dev.brk].copy()
     dev.run(addr, n)

@@ -6,6 +6,7 @@ reset() recovers. (The first run builds the harness: ~2 min; later runs reuse it
 import numpy as np
 import pytest
 from device_util import put_stream, put_tlmm
+from model_util import GQA4
 
 from golden import isa
 from golden.isa import ErrorCode, Opcode, command
@@ -19,15 +20,7 @@ from host.runtime import Runtime
 from hw.accel import RTL_OPS
 
 MEM = 4 << 20
-SHAPE = dict(
-    vocab_size=67,
-    hidden_size=64,
-    intermediate_size=100,
-    num_hidden_layers=2,
-    num_attention_heads=8,
-    num_key_value_heads=2,
-    max_position_embeddings=48,
-)
+SHAPE = GQA4
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_util import MICRO, save_char_model
 
-from golden.model import GoldenModel, random_model
-from golden.modelspec import ModelConfig
+from golden.model import GoldenModel
 from host import data as hdata
 from host import eval as hev
-from host.tokenizer import CharTokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 CTX = 24
@@ -21,25 +20,13 @@ CTX = 24
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from host import checkpoint
 
     rng = np.random.default_rng(0)
     d = tmp_path_factory.mktemp("eval")
     letters = list("abcdefgh \n")
     corpus = "".join(rng.choice(letters, size=2000))
     (d / "corpus.txt").write_text(corpus)
-    tok = CharTokenizer.from_text(corpus)
-    mc = ModelConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=CTX,
-    )
-    model = random_model(mc, seed=2)
-    checkpoint.save(model, d / "model", fmt="offline", tokenizer=tok)
+    tok, model = save_char_model(d / "model", corpus, CTX, seed=2, body=MICRO)
     return d, corpus, tok, model
 
 

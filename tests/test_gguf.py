@@ -15,7 +15,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-import torch
+from model_util import hf_random
 
 from golden.model import GoldenModel
 from golden.modelspec import ATTN_PROJ, MLP_PROJ
@@ -162,31 +162,6 @@ def test_gguf_streams_the_same_text_as_the_directory(shipped_gguf, capsys):
     assert run(shipped_gguf) == hf and len(hf) > 50
 
 
-def _hf_random(h, inter, layers, heads, kv, vocab, tie, seed):
-    from transformers import BitNetConfig, BitNetForCausalLM
-
-    cfg = BitNetConfig(
-        vocab_size=vocab,
-        hidden_size=h,
-        intermediate_size=inter,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        max_position_embeddings=64,
-        tie_word_embeddings=tie,
-        rope_theta=10000.0,
-        bos_token_id=None,
-        eos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    hf = BitNetForCausalLM(cfg)
-    with torch.no_grad():
-        for _, p in hf.named_parameters():
-            if p.ndim == 1:
-                p.copy_(1.0 + 0.1 * torch.randn_like(p))
-    return hf
-
-
 @pytest.mark.parametrize(
     "shape, fmt",
     [
@@ -197,7 +172,7 @@ def _hf_random(h, inter, layers, heads, kv, vocab, tie, seed):
 def test_random_transformers_models_round_trip_identical(tmp_path, shape, fmt):
     vocab = shape[5]
     tok = CharTokenizer([chr(0x20 + i) for i in range(vocab)])
-    hf = _hf_random(*shape, seed=vocab)
+    hf = hf_random(shape, seed=vocab)
     hf.save_pretrained(tmp_path / "hf")
     tok.save(tmp_path / "hf")
     src = tmp_path / "hf"

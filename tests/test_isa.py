@@ -73,17 +73,8 @@ def test_fields_land_where_the_layout_says(rng):
 
 
 def test_signed_fields_round_trip():
-    c = command(
-        Opcode.RESIDUAL,
-        h=64,
-        acc=128,
-        src_scale=192,
-        dst=64,
-        rows=1,
-        dim=4,
-        c_mant=(1 << 16) - 1,
-        c_shift=-(1 << 15),
-    )
+    io = dict(h=64, acc=128, src_scale=192, dst=64, rows=1, dim=4)
+    c = command(Opcode.RESIDUAL, **io, c_mant=(1 << 16) - 1, c_shift=-(1 << 15))
     d = decode(encode(c))
     assert d.c_shift == -(1 << 15) and d.c_mant == (1 << 16) - 1
     assert "RESIDUAL(" in str(d) and "h=0x40" in str(d)
@@ -113,19 +104,8 @@ def test_field_width_errors(field, value, msg):
 
 
 def test_signed_width_error_and_enum_error():
-    base = dict(
-        gate=64,
-        up=64,
-        src_scale=64,
-        dst=64,
-        rows=1,
-        dim=1,
-        g_mant=1,
-        g_shift=0,
-        u_mant=1,
-        u_shift=0,
-        kind=ActKind.SILU,
-    )
+    base = dict(gate=64, up=64, src_scale=64, dst=64, rows=1, dim=1, kind=ActKind.SILU)
+    base.update(g_mant=1, g_shift=0, u_mant=1, u_shift=0)
     with pytest.raises(ValueError, match=r"act\.g_shift: 32768 does not fit signed\(16\)"):
         command(Opcode.ACT, **{**base, "g_shift": 1 << 15})
     with pytest.raises(ValueError, match=r"act\.kind: 3 is not a ActKind"):

@@ -2,13 +2,13 @@
 against reference, KV-cache decode against the full forward, input checks, the op-level
 helpers, and the shipped model's held-out greedy agreement."""
 
-import json
 import math
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from model_util import set_online_quantization, shape
 
 from golden import model as gmod
 from golden import requant as rq
@@ -31,39 +31,11 @@ SHIPPED = Path(DEFAULT_MODEL)
 
 # HF model shapes: GQA ratios 4:1, 1:1 (odd head count), 2:1, 7:1 (MQA, odd); hidden and
 # intermediate sizes that are not multiples of 3 (but one), relu2 and silu
-SHAPES = {
-    "gqa4_relu2": dict(
-        hidden_size=64,
-        intermediate_size=100,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        hidden_act="relu2",
-    ),
-    "mha5_silu": dict(
-        hidden_size=40,
-        intermediate_size=70,
-        num_hidden_layers=2,
-        num_attention_heads=5,
-        num_key_value_heads=5,
-        hidden_act="silu",
-    ),
-    "gqa2_relu2_3layers": dict(
-        hidden_size=48,
-        intermediate_size=128,
-        num_hidden_layers=3,
-        num_attention_heads=6,
-        num_key_value_heads=3,
-        hidden_act="relu2",
-    ),
-    "mqa7_silu": dict(
-        hidden_size=56,
-        intermediate_size=94,
-        num_hidden_layers=2,
-        num_attention_heads=7,
-        num_key_value_heads=1,
-        hidden_act="silu",
-    ),
+SHAPES = {  # shape(hidden, intermediate, layers, heads, kv heads)
+    "gqa4_relu2": shape(64, 100, 2, 8, 2, hidden_act="relu2"),
+    "mha5_silu": shape(40, 70, 2, 5, 5, hidden_act="silu"),
+    "gqa2_relu2_3layers": shape(48, 128, 3, 6, 3, hidden_act="relu2"),
+    "mqa7_silu": shape(56, 94, 2, 7, 1, hidden_act="silu"),
 }
 VOCAB, CTX = 67, 64
 
@@ -106,13 +78,7 @@ def build_hf(torch_mod, tmp_path, shape: dict, seed: int):
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
     d = tmp_path / f"hf_{seed}"
     m.save_pretrained(d)
-    conf = json.loads((d / "config.json").read_text())
-    conf["quantization_config"] = {
-        "quant_method": "bitnet",
-        "linear_class": "autobitlinear",
-        "quantization_mode": "online",
-    }
-    (d / "config.json").write_text(json.dumps(conf))
+    set_online_quantization(d)
     hf = BitNetForCausalLM.from_pretrained(d).eval()
     assert type(hf.model.layers[0].self_attn.q_proj).__name__ == "AutoBitLinear"
     return hf, checkpoint.load(d)
@@ -254,15 +220,7 @@ def test_reference_matches_transformers_offline_packed(torch_mod, tmp_path, rng,
 
     from host import checkpoint
 
-    mc = ModelConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=CTX,
-    )
+    mc = ModelConfig(vocab_size=VOCAB, max_position_embeddings=CTX, **shape(64, 96, 2, 4, 2))
     model = random_model(mc, seed=int(rng.integers(1 << 30)))
     checkpoint.save(model, tmp_path / "m", fmt="offline", linear_class=linear_class)
     hf = BitNetForCausalLM.from_pretrained(tmp_path / "m").eval()
@@ -286,15 +244,7 @@ def test_integer_cosine_vs_reference(torch_mod, tmp_path, rng, shape):
 
 # --------------------------------------------------------------------------- random models
 def small_config(**kw) -> ModelConfig:
-    base = dict(
-        vocab_size=VOCAB,
-        hidden_size=40,
-        intermediate_size=70,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=32,
-    )
+    base = shape(40, 70, 2, 4, 2, vocab_size=VOCAB, max_position_embeddings=32)
     base.update(kw)
     return ModelConfig(**base)
 

@@ -3,6 +3,7 @@ every command of one layer (nothing left to the host), and the roofline counts t
 it claims."""
 
 import pytest
+from model_util import shape
 
 from golden import isa
 from golden.config import design_point
@@ -10,15 +11,7 @@ from golden.isa import Opcode
 from golden.modelspec import ModelConfig
 from host import perf_model
 
-SMALL = ModelConfig(
-    vocab_size=40,
-    hidden_size=64,
-    intermediate_size=96,
-    num_hidden_layers=3,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=32,
-)
+SMALL = ModelConfig(vocab_size=40, max_position_embeddings=32, **shape(64, 96, 3, 4, 2))
 
 
 def test_roofline_counts_weights_head_and_kv():

@@ -4,6 +4,7 @@ map; bad inputs; errors and timeouts surfacing through the runtime."""
 
 import numpy as np
 import pytest
+from model_util import GQA4, shape
 
 from golden import isa
 from golden.isa import ErrorCode, Opcode
@@ -16,39 +17,14 @@ from host.runtime import Runtime, make_runtime
 
 SHAPES = {
     # relu2, GQA 4:1, two layers
-    "relu2-gqa": dict(
-        vocab_size=67,
-        hidden_size=64,
-        intermediate_size=100,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=48,
-    ),
+    "relu2-gqa": GQA4,
     # silu, MHA, head_dim 8, K not a multiple of G*T
-    "silu-mha": dict(
-        vocab_size=53,
-        hidden_size=40,
-        intermediate_size=70,
-        num_hidden_layers=2,
-        num_attention_heads=5,
-        num_key_value_heads=5,
-        max_position_embeddings=40,
-        hidden_act="silu",
+    "silu-mha": shape(
+        40, 70, 2, 5, 5, vocab_size=53, max_position_embeddings=40, hidden_act="silu"
     ),
     # multi-query (one KV head), head_dim 12, tied embeddings, one layer
-    "relu2-mqa": dict(
-        vocab_size=31,
-        hidden_size=36,
-        intermediate_size=50,
-        num_hidden_layers=1,
-        num_attention_heads=3,
-        num_key_value_heads=1,
-        max_position_embeddings=32,
-        tie_word_embeddings=True,
-        rope_theta=500.0,
-        rms_norm_eps=1e-6,
-    ),
+    "relu2-mqa": shape(36, 50, 1, 3, 1, vocab_size=31, max_position_embeddings=32)
+    | dict(tie_word_embeddings=True, rope_theta=500.0, rms_norm_eps=1e-6),
 }
 MEM = 4 << 20
 

@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import httpx
 import openai
 import pytest
+from model_util import TINY, VOCAB_TEXT, char_model_fixture
 
 from golden.config import design_point
 from golden.model import GoldenModel, random_model
@@ -44,26 +45,9 @@ from host.tokenizer import CharTokenizer, Tokenizer, train_bpe
 
 ROOT = Path(__file__).resolve().parents[1]
 CTX = 256
-VOCAB_TEXT = "\n !',-.:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    from host import checkpoint
-
-    tok = CharTokenizer.from_text(VOCAB_TEXT)
-    mc = ModelConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=CTX,
-    )
-    d = tmp_path_factory.mktemp("srv") / "tiny"
-    checkpoint.save(random_model(mc, seed=7), d, fmt="offline", tokenizer=tok)
-    return d
+tiny_model = char_model_fixture(CTX, seed=7, tag="srv", name="tiny")
 
 
 def serve_engine(model_dir, backend="golden"):
@@ -139,28 +123,14 @@ def test_openai_client_streaming_and_not(server, reference):
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list().data] == [server.model_id]
     want = reference("To be", 24, 3, 0.9, 20, 0.9)
-    r = client.completions.create(
-        model=server.model_id,
-        prompt="To be",
-        max_tokens=24,
-        seed=3,
-        temperature=0.9,
-        top_p=0.9,
-        extra_body={"top_k": 20},
-    )
+    request = dict(model=server.model_id, prompt="To be", max_tokens=24, seed=3)
+    request.update(temperature=0.9, top_p=0.9, extra_body={"top_k": 20})
+    r = client.completions.create(**request)
     assert r.choices[0].text == want
     assert r.choices[0].finish_reason == "length"
     assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (5, 24)
     stream = client.completions.create(
-        model=server.model_id,
-        prompt="To be",
-        max_tokens=24,
-        seed=3,
-        temperature=0.9,
-        top_p=0.9,
-        extra_body={"top_k": 20},
-        stream=True,
-        stream_options={"include_usage": True},
+        **request, stream=True, stream_options={"include_usage": True}
     )
     chunks = list(stream)
     text = "".join(c.choices[0].text for c in chunks if c.choices)
@@ -275,14 +245,14 @@ def test_server_keeps_serving_after_bad_requests(server, reference):
 
 
 # ---------------------------------------------------------------------------- faults
+# a streamed request that runs for the whole context unless its client leaves
+LONG_STREAM = {"prompt": "To be", "max_tokens": CTX, "seed": 5, "stream": True}
+
+
 def test_disconnect_mid_stream_frees_the_accelerator(server, reference):
     before = metrics(server.url)
     with httpx.Client(timeout=60) as c:
-        with c.stream(
-            "POST",
-            server.url + "/v1/completions",
-            json={"prompt": "To be", "max_tokens": CTX, "seed": 5, "stream": True},
-        ) as r:
+        with c.stream("POST", server.url + "/v1/completions", json=LONG_STREAM) as r:
             assert r.status_code == 200
             got = 0
             for line in r.iter_lines():
@@ -290,13 +260,11 @@ def test_disconnect_mid_stream_frees_the_accelerator(server, reference):
                 if got == 3:
                     break
     # leaving the block closed the connection; the server stops at the next token
-    deadline = time.monotonic() + 30
-    while True:
-        m = metrics(server.url)
-        if m[CANCELLED] > before[CANCELLED] and m["ternary_busy"] == 0:
-            break
-        assert time.monotonic() < deadline, "the server kept generating for a closed stream"
-        time.sleep(0.02)
+    m = _wait_metrics(
+        server.url,
+        lambda m: m[CANCELLED] > before[CANCELLED] and m["ternary_busy"] == 0,
+        "the server kept generating for a closed stream",
+    )
     generated = m["ternary_generated_tokens_total"] - before["ternary_generated_tokens_total"]
     assert 3 <= generated < CTX // 2, generated  # a full run would be CTX tokens
     assert m[OK] == before[OK]
@@ -322,11 +290,7 @@ def test_disconnect_while_queued_leaves_the_queue(server):
     """A request whose client gives up while another runs never reaches the device."""
     before = metrics(server.url)
     with httpx.Client(timeout=60) as c:
-        with c.stream(
-            "POST",
-            server.url + "/v1/completions",
-            json={"prompt": "To be", "max_tokens": CTX, "seed": 5, "stream": True},
-        ) as running:
+        with c.stream("POST", server.url + "/v1/completions", json=LONG_STREAM) as running:
             lines = running.iter_lines()  # kept open: closing it closes the stream
             while not next(lines).startswith("data: {"):
                 pass
@@ -664,15 +628,7 @@ def bpe_model(tmp_path_factory):
 
     with open(DEFAULT_CORPUS, encoding="utf-8") as f:
         base = train_bpe(f.read()[:20000], 320)
-    mc = ModelConfig(
-        vocab_size=base.vocab_size,
-        hidden_size=48,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=CTX,
-    )
+    mc = ModelConfig(vocab_size=base.vocab_size, max_position_embeddings=CTX, **TINY)
     model = random_model(mc, seed=7)
     gm = GoldenModel(model, "integer")
     prompt_ids = base.encode(BPE_PROMPT)

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import tokenizers
+from model_util import MICRO, save_char_model
 from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
-from golden.model import random_model
-from golden.modelspec import ModelConfig
-from host import checkpoint, cli
+from host import cli
 from host.data import DEFAULT_CORPUS, split
 from host.generate import Sampler, generate
 from host.modelfile import open_model
@@ -228,18 +227,8 @@ def test_stream_of_random_tokens_equals_the_whole_decode(rng):
 # ----------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def char_model(tmp_path_factory) -> Path:
-    tok = CharTokenizer.from_text(SAMPLE)
-    mc = ModelConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-    )
     d = tmp_path_factory.mktemp("eos") / "model"
-    checkpoint.save(random_model(mc, seed=11), d, tokenizer=tok)
+    save_char_model(d, SAMPLE, 64, seed=11, body=MICRO)
     return d
 
 

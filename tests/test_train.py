@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from model_util import shape, tiny_train
 
 from host import checkpoint
 from host.data import DEFAULT_CORPUS, heldout_text, split_index
@@ -32,24 +33,8 @@ from host.train import (
 # flip anywhere would cost ~1e-3..1e-2 and fail this.
 LOGIT_REL_TOL = 1e-5
 
-TINY = dict(
-    hidden_size=32,
-    intermediate_size=64,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    context=32,
-    batch_size=8,
-    steps=40,
-    lr=3e-3,
-    min_lr=3e-4,
-    warmup_steps=5,
-    eval_interval=10,
-    eval_windows=8,
-    corpus_limit=20000,
-    ckpt_minutes=100.0,
-    threads=1,
-)
+TINY = tiny_train(**shape(32, 64, 2, 4, 2), steps=40, warmup_steps=5, eval_interval=10)
+TINY.update(eval_windows=8, corpus_limit=20000)
 
 
 @pytest.fixture(scope="module")

