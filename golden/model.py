@@ -1125,32 +1125,14 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 REPORT_CONFIGS = (
     # (ModelConfig kwargs, description); small random models, both activations, GQA/MHA
-    (
-        dict(
-            vocab_size=67,
-            hidden_size=64,
-            intermediate_size=100,
-            num_hidden_layers=2,
-            num_attention_heads=8,
-            num_key_value_heads=2,
-            max_position_embeddings=48,
-        ),
-        "relu2 GQA 4:1",
-    ),
-    (
-        dict(
-            vocab_size=67,
-            hidden_size=40,
-            intermediate_size=70,
-            num_hidden_layers=2,
-            num_attention_heads=5,
-            num_key_value_heads=5,
-            max_position_embeddings=48,
-            hidden_act="silu",
-        ),
-        "silu MHA 5 heads",
-    ),
-)
+    (dict(vocab_size=67, hidden_size=64, intermediate_size=100, num_hidden_layers=2,
+          num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=48),
+     "relu2 GQA 4:1"),
+    (dict(vocab_size=67, hidden_size=40, intermediate_size=70, num_hidden_layers=2,
+          num_attention_heads=5, num_key_value_heads=5, max_position_embeddings=48,
+          hidden_act="silu"),
+     "silu MHA 5 heads"),
+)  # fmt: skip
 
 
 def error_report(cfg=DEFAULT) -> list[dict]:

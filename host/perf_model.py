@@ -56,29 +56,17 @@ from golden.config import (  # noqa: E402
 from golden.modelspec import ModelConfig  # noqa: E402
 
 BITNET_073B = ModelConfig(
-    vocab_size=32002,
-    hidden_size=1536,
-    intermediate_size=4096,
-    num_hidden_layers=24,
-    num_attention_heads=16,
-    num_key_value_heads=16,
-    max_position_embeddings=2048,
+    vocab_size=32002, hidden_size=1536, intermediate_size=4096, num_hidden_layers=24,
+    num_attention_heads=16, num_key_value_heads=16, max_position_embeddings=2048,
     hidden_act="relu2",
-)
+)  # fmt: skip
 # BitNet b1.58 2B-4T (DESIGN.md §7): hidden 2560, FFN 6912, 30 layers, 20 query / 5 KV heads
 # of 128, vocab 128256, ReLU², context 4096, rope_theta 5e5
 BITNET_2B4T = ModelConfig(
-    vocab_size=128256,
-    hidden_size=2560,
-    intermediate_size=6912,
-    num_hidden_layers=30,
-    num_attention_heads=20,
-    num_key_value_heads=5,
-    max_position_embeddings=4096,
-    rope_theta=500000.0,
-    hidden_act="relu2",
-    tie_word_embeddings=True,
-)
+    vocab_size=128256, hidden_size=2560, intermediate_size=6912, num_hidden_layers=30,
+    num_attention_heads=20, num_key_value_heads=5, max_position_embeddings=4096,
+    rope_theta=500000.0, hidden_act="relu2", tie_word_embeddings=True,
+)  # fmt: skip
 MODELS = {"bitnet-0.73b": BITNET_073B, "bitnet-2b-4t": BITNET_2B4T}
 TELLME_V2_TOK_S = 25.0  # TeLLMe v2 (FPGA'26), KV260, BitNet 0.73B decode
 DEFAULT_CONTEXTS = (128, 2048)  # decode positions modeled by default (keys)

@@ -20,16 +20,9 @@ from sim.runner import run_bench
 # second format: 12-bit Q5.6 input, 10-bit Q4.5 output (saturates above 16), LF = 10;
 # GELU with 256 segments of one input LSB (seg_shift 0), SiLU with 32 of 16 LSBs
 ALT = ActivationConfig(
-    in_bits=12,
-    in_frac_bits=6,
-    out_bits=10,
-    out_frac_bits=5,
-    lut_frac_bits=10,
-    gelu_lut_bits=8,
-    gelu_range_log2=2,
-    silu_lut_bits=5,
-    silu_range_log2=3,
-)
+    in_bits=12, in_frac_bits=6, out_bits=10, out_frac_bits=5, lut_frac_bits=10,
+    gelu_lut_bits=8, gelu_range_log2=2, silu_lut_bits=5, silu_range_log2=3,
+)  # fmt: skip
 
 PARAM_SETS = {
     "lut_default": {

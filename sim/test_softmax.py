@@ -18,17 +18,9 @@ from hw.softmax import DEFAULT_MAX_LEN, Softmax
 from sim.runner import run_bench
 
 ALT = SoftmaxConfig(
-    in_bits=12,
-    in_frac_bits=4,
-    log2e_frac_bits=14,
-    exp_lut_bits=4,
-    exp_interp_bits=0,
-    exp_frac_bits=10,
-    sum_bits=24,
-    sum_frac_bits=12,
-    recip_frac_bits=12,
-    out_bits=8,
-)
+    in_bits=12, in_frac_bits=4, log2e_frac_bits=14, exp_lut_bits=4, exp_interp_bits=0,
+    exp_frac_bits=10, sum_bits=24, sum_frac_bits=12, recip_frac_bits=12, out_bits=8,
+)  # fmt: skip
 
 # (cfg, lanes, max_len, random row groups, longest random row)
 PARAM_SETS = {
