@@ -179,6 +179,30 @@ def _fill_kv(rt, upto: int, rng) -> None:
             rt.device.write(a.addr(f"kv{li}.{kv}_scale"), isa.pack_scales(mant, shift))
 
 
+# a step's commands: the embedding, the layer's, then the final norm and the LM head
+_PARTS = (
+    ("embed", slice(0, 1)),
+    ("layer", slice(1, -2)),
+    ("final norm + LM head", slice(-2, None)),
+)
+
+
+def _part_cycles(rt, cmds, progress=None) -> dict[str, int]:
+    """CYCLES of each part of a step's commands run as its own stream (commands prefetched,
+    as the runtime issues them)."""
+    from golden import isa
+    from golden.isa import Opcode
+
+    cyc = {}
+    for part, sl in _PARTS:
+        before = rt.device.counters()["cycles"]
+        rt.run_stream(cmds[sl] + [isa.command(Opcode.END)])
+        cyc[part] = rt.device.counters()["cycles"] - before
+        if progress:
+            progress(f"  {part:<21} {cyc[part]:>10} cycles")
+    return cyc
+
+
 def measure(
     mc: ModelConfig = BITNET_073B,
     context: int = DEFAULT_CONTEXTS[0],
@@ -232,16 +256,7 @@ def measure(
         )
         progress(f"  [{i + 1:>2}/{len(cmds)}] {c.op.name:<11} {rows[-1]['cycles']:>9} cycles")
     # the three parts as streams, as the runtime issues them (commands prefetched)
-    end = isa.command(Opcode.END)
-    cyc = {}
-    for part, sl in (
-        ("embed", slice(0, 1)),
-        ("layer", slice(1, -2)),
-        ("final norm + LM head", slice(-2, None)),
-    ):
-        before = dev.counters()["cycles"]
-        rt.run_stream(cmds[sl] + [end])
-        cyc[part] = dev.counters()["cycles"] - before
+    cyc = _part_cycles(rt, cmds)
     wall = time.perf_counter() - t1
     host_ops = dict(dev.stats["host_ops"])
     rt.close()
@@ -306,8 +321,6 @@ def measure_prefill(
     ``max_chunk`` >= prompt), the LM head on its last row. Time to first token = embed +
     ``layers`` x layer + final norm and head (each stream's CYCLES); prefill tokens/s =
     prompt / that time. The host's share (sampling) is not counted."""
-    from golden import isa
-    from golden.isa import Opcode
     from golden.model import random_model
 
     if not 1 <= prompt <= mc.max_position_embeddings:
@@ -324,18 +337,8 @@ def measure_prefill(
     rt.device.write(rt.address_map.addr("tokens"), tokens)
     cmds = rt.step_commands(0, prompt, 1)[:-1]
     progress(f"  ready in {time.perf_counter() - t0:.1f} s; simulating {len(cmds)} commands")
-    dev, end = rt.device, isa.command(Opcode.END)
-    cyc = {}
     t1 = time.perf_counter()
-    for part, sl in (
-        ("embed", slice(0, 1)),
-        ("layer", slice(1, -2)),
-        ("final norm + LM head", slice(-2, None)),
-    ):
-        before = dev.counters()["cycles"]
-        rt.run_stream(cmds[sl] + [end])
-        cyc[part] = dev.counters()["cycles"] - before
-        progress(f"  {part:<21} {cyc[part]:>10} cycles")
+    cyc = _part_cycles(rt, cmds, progress)
     wall = time.perf_counter() - t1
     rt.close()
     L = mc.num_hidden_layers
