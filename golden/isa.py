@@ -241,105 +241,34 @@ ARGS = {
     Opcode.NOP: data.StructLayout({}),
     Opcode.END: data.StructLayout({}),
     Opcode.EMBED: data.StructLayout(
-        {"tokens": _A, "table": _A, "dst": _A, "rows": _R, "dim": _D, "vocab": _V}
-    ),
+        {"tokens": _A, "table": _A, "dst": _A, "rows": _R, "dim": _D, "vocab": _V}),
     Opcode.NORM_QUANT: data.StructLayout(
-        {
-            "src": _A,
-            "gamma": _A,
-            "dst": _A,
-            "dst_scale": _A,
-            "rows": _R,
-            "dim": _D,
-            "eps_term": unsigned(EPS_TERM_BITS),
-            "c_mant": _M,
-            "c_exp": signed(C_EXP_BITS),
-            "g_exp": signed(G_EXP_BITS),
-        }
-    ),
+        {"src": _A, "gamma": _A, "dst": _A, "dst_scale": _A, "rows": _R, "dim": _D,
+         "eps_term": unsigned(EPS_TERM_BITS), "c_mant": _M, "c_exp": signed(C_EXP_BITS),
+         "g_exp": signed(G_EXP_BITS)}),
     Opcode.TLMM: data.StructLayout(
-        {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _D}
-    ),
+        {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _D}),
     Opcode.ROPE_QUANT: data.StructLayout(
-        {
-            "src": _A,
-            "src_scale": _A,
-            "table": _A,
-            "dst": _A,
-            "dst_scale": _A,
-            "rows": _R,
-            "heads": _H,
-            "head_dim": _D,
-            "ld": _R,
-            "pos": _R,
-            "table_rows": _R,
-            "c_mant": _M,
-            "c_shift": _S,
-            "rope": 1,
-        }
-    ),
+        {"src": _A, "src_scale": _A, "table": _A, "dst": _A, "dst_scale": _A, "rows": _R,
+         "heads": _H, "head_dim": _D, "ld": _R, "pos": _R, "table_rows": _R, "c_mant": _M,
+         "c_shift": _S, "rope": 1}),
     Opcode.QK: data.StructLayout(
-        {
-            "q": _A,
-            "q_scale": _A,
-            "k": _A,
-            "k_scale": _A,
-            "dst": _A,
-            "rows": _R,
-            "keys": _R,
-            "heads": _H,
-            "kv_heads": _H,
-            "head_dim": _D,
-            "q_ld": _R,
-            "kv_ld": _R,
-        }
-    ),
-    Opcode.SOFTMAX: data.StructLayout({"src": _A, "dst": _A, "rows": _R, "keys": _R, "heads": _H}),
+        {"q": _A, "q_scale": _A, "k": _A, "k_scale": _A, "dst": _A, "rows": _R, "keys": _R,
+         "heads": _H, "kv_heads": _H, "head_dim": _D, "q_ld": _R, "kv_ld": _R}),
+    Opcode.SOFTMAX: data.StructLayout(
+        {"src": _A, "dst": _A, "rows": _R, "keys": _R, "heads": _H}),
     Opcode.PV: data.StructLayout(
-        {
-            "p": _A,
-            "v": _A,
-            "v_scale": _A,
-            "dst": _A,
-            "rows": _R,
-            "keys": _R,
-            "heads": _H,
-            "kv_heads": _H,
-            "head_dim": _D,
-            "kv_ld": _R,
-        }
-    ),
+        {"p": _A, "v": _A, "v_scale": _A, "dst": _A, "rows": _R, "keys": _R, "heads": _H,
+         "kv_heads": _H, "head_dim": _D, "kv_ld": _R}),
     Opcode.RESIDUAL: data.StructLayout(
-        {
-            "h": _A,
-            "acc": _A,
-            "src_scale": _A,
-            "dst": _A,
-            "rows": _R,
-            "dim": _D,
-            "c_mant": _M,
-            "c_shift": _S,
-        }
-    ),
+        {"h": _A, "acc": _A, "src_scale": _A, "dst": _A, "rows": _R, "dim": _D,
+         "c_mant": _M, "c_shift": _S}),
     Opcode.ACT: data.StructLayout(
-        {
-            "gate": _A,
-            "up": _A,
-            "src_scale": _A,
-            "dst": _A,
-            "rows": _R,
-            "dim": _D,
-            "g_mant": _M,
-            "g_shift": _S,
-            "u_mant": _M,
-            "u_shift": _S,
-            "kind": ActKind,
-        }
-    ),
+        {"gate": _A, "up": _A, "src_scale": _A, "dst": _A, "rows": _R, "dim": _D,
+         "g_mant": _M, "g_shift": _S, "u_mant": _M, "u_shift": _S, "kind": ActKind}),
     Opcode.LM_HEAD: data.StructLayout(
-        {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _V}
-    ),
-}
+        {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _V}),
+}  # fmt: skip
 
 
 def op_name(op: Opcode) -> str:

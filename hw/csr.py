@@ -69,44 +69,23 @@ def _f(name, lsb, width, doc):
 
 
 REGISTERS: tuple[Register, ...] = (
-    Register(
-        "CTRL",
-        0x00,
-        "WO",
-        "control pulses (one write = one action)",
-        (
-            _f("START", 0, 1, "start the stream at STREAM_ADDR (N_CMDS commands)"),
-            _f(
-                "RESET",
-                1,
-                1,
-                "soft reset: clears status, counters and IRQ_STATUS; a running "
-                "stream is aborted (its engine reset, outstanding memory "
-                "transfers drained) and the top is idle again",
-            ),
-            _f("RESUME", 2, 1, "continue after a host-executed command (HOST_OP = 1)"),
-            _f("HOST_ERROR", 3, 1, "end the stream with error CODE at PC (HOST_OP = 1)"),
-            _f("CODE", 8, 8, "the ErrorCode of HOST_ERROR"),
-        ),
-    ),
-    Register(
-        "STATUS",
-        0x04,
-        "RO",
-        "state of the last stream",
-        (
-            _f("BUSY", 0, 1, "a stream is running"),
-            _f("DONE", 1, 1, "the last stream ended with END"),
-            _f("ERROR", 8, 8, "ErrorCode of the last stream (0: none); ERR_OP names its command"),
-        ),
-    ),
-    Register(
-        "STREAM_ADDR_LO",
-        0x08,
-        "RW",
-        "device address of the command stream "
-        "(64-byte aligned); bits [31:0] of its 64-bit bus address",
-    ),
+    Register("CTRL", 0x00, "WO", "control pulses (one write = one action)", (
+        _f("START", 0, 1, "start the stream at STREAM_ADDR (N_CMDS commands)"),
+        _f("RESET", 1, 1, "soft reset: clears status, counters and IRQ_STATUS; a running stream "
+                          "is aborted (its engine reset, outstanding memory transfers drained) "
+                          "and the top is idle again"),
+        _f("RESUME", 2, 1, "continue after a host-executed command (HOST_OP = 1)"),
+        _f("HOST_ERROR", 3, 1, "end the stream with error CODE at PC (HOST_OP = 1)"),
+        _f("CODE", 8, 8, "the ErrorCode of HOST_ERROR"),
+    )),
+    Register("STATUS", 0x04, "RO", "state of the last stream", (
+        _f("BUSY", 0, 1, "a stream is running"),
+        _f("DONE", 1, 1, "the last stream ended with END"),
+        _f("ERROR", 8, 8, "ErrorCode of the last stream (0: none); ERR_OP names its command"),
+    )),
+    Register("STREAM_ADDR_LO", 0x08, "RW",
+             "device address of the command stream (64-byte aligned); bits [31:0] of its "
+             "64-bit bus address"),
     Register("N_CMDS", 0x0C, "RW", "commands in the stream (it must end with END)"),
     Register("ERR_OP", 0x10, "RO", "index of the command that failed"),
     Register("OPS_DONE", 0x14, "RO", "commands executed (END included)"),
@@ -117,76 +96,36 @@ REGISTERS: tuple[Register, ...] = (
     Register("BYTES_WR_LO", 0x28, "RO", "DMA bytes written, bits [31:0]"),
     Register("BYTES_WR_HI", 0x2C, "RO", "DMA bytes written, bits [63:32]"),
     Register("MEM_LO", 0x30, "RW", "first device address commands may touch"),
-    Register(
-        "MEM_HI",
-        0x34,
-        "RW",
-        "one past the last: a tensor [a, a+n) must satisfy "
-        "MEM_LO <= a and a + n <= MEM_HI, else ADDR_RANGE (0 = the whole 4 GiB)",
-    ),
-    Register(
-        "HOST_OP",
-        0x38,
-        "RO",
-        "the processor waits for the host",
-        (
-            _f(
-                "WAIT",
-                0,
-                1,
-                "stopped at command PC, a known opcode without an engine in "
-                "this build: the host executes it and writes RESUME or HOST_ERROR",
-            ),
-        ),
-    ),
+    Register("MEM_HI", 0x34, "RW",
+             "one past the last: a tensor [a, a+n) must satisfy MEM_LO <= a and a + n <= "
+             "MEM_HI, else ADDR_RANGE (0 = the whole 4 GiB)"),
+    Register("HOST_OP", 0x38, "RO", "the processor waits for the host", (
+        _f("WAIT", 0, 1, "stopped at command PC, a known opcode without an engine in this build: "
+                         "the host executes it and writes RESUME or HOST_ERROR"),
+    )),
     Register("PC", 0x3C, "RO", "index of the current command of the stream"),
-    Register(
-        "ID",
-        0x40,
-        "RO",
-        "design-point hash: low 32 bits of SHA-256 of the build "
-        "parameters as canonical JSON (hw.csr.design_id)",
-    ),
-    Register(
-        "VERSION",
-        0x44,
-        "RO",
-        "register-map version",
-        (
-            _f("MINOR", 0, 8, "minor version of this map"),
-            _f("MAJOR", 8, 8, "major version of this map"),
-            _f("MAGIC", 24, 8, f"0x{VERSION_MAGIC:02X}: this accelerator family"),
-        ),
-    ),
-    Register(
-        "STREAM_ADDR_HI",
-        0x48,
-        "RW",
-        "bits [63:32] of the stream's bus address: the "
-        "4 GiB segment of every device address of the stream (AXI shell; bits above "
-        "the master ports' address width must be 0)",
-    ),
-    Register(
-        "IRQ_ENABLE",
-        0x4C,
-        "RW",
-        "interrupt enables (the irq line is OR(IRQ_STATUS & IRQ_ENABLE))",
-        (
-            _f("END", 0, 1, "enable IRQ_STATUS.END"),
-            _f("HOST", 1, 1, "enable IRQ_STATUS.HOST"),
-        ),
-    ),
-    Register(
-        "IRQ_STATUS",
-        0x50,
-        "W1C",
-        "interrupt events (sticky; write 1 to clear)",
-        (
-            _f("END", 0, 1, "a stream ended (END, an error, or an abort by RESET)"),
-            _f("HOST", 1, 1, "the processor stopped for a host-executed command"),
-        ),
-    ),
-)
+    Register("ID", 0x40, "RO",
+             "design-point hash: low 32 bits of SHA-256 of the build parameters as canonical"
+             " JSON (hw.csr.design_id)"),
+    Register("VERSION", 0x44, "RO", "register-map version", (
+        _f("MINOR", 0, 8, "minor version of this map"),
+        _f("MAJOR", 8, 8, "major version of this map"),
+        _f("MAGIC", 24, 8, f"0x{VERSION_MAGIC:02X}: this accelerator family"),
+    )),
+    Register("STREAM_ADDR_HI", 0x48, "RW",
+             "bits [63:32] of the stream's bus address: the 4 GiB segment of every device "
+             "address of the stream (AXI shell; bits above the master ports' address width "
+             "must be 0)"),
+    Register("IRQ_ENABLE", 0x4C, "RW",
+             "interrupt enables (the irq line is OR(IRQ_STATUS & IRQ_ENABLE))", (
+        _f("END", 0, 1, "enable IRQ_STATUS.END"),
+        _f("HOST", 1, 1, "enable IRQ_STATUS.HOST"),
+    )),
+    Register("IRQ_STATUS", 0x50, "W1C", "interrupt events (sticky; write 1 to clear)", (
+        _f("END", 0, 1, "a stream ended (END, an error, or an abort by RESET)"),
+        _f("HOST", 1, 1, "the processor stopped for a host-executed command"),
+    )),
+)  # fmt: skip
 
 _ACCESS = {"RW", "RO", "WO", "W1C"}
 
