@@ -640,6 +640,7 @@ class AccelConfig:
     act_lanes: int = 16  # ACT elements per cycle and pass
     softmax_lanes: int = 8  # SOFTMAX rows side by side
     rope_lanes: int = 4  # ROPE_QUANT elements rotated and quantized per cycle
+    embed_scan_ids: int = 4  # EMBED token ids checked per scan read
     # memory system
     axi_ports: int = 5  # 128-bit AXI4 master ports (HP0-HP3 + HPC0 on a Zynq US+)
     axi_data_bits: int = 128
@@ -662,6 +663,7 @@ class AccelConfig:
             "act_lanes",
             "softmax_lanes",
             "rope_lanes",
+            "embed_scan_ids",
             "axi_ports",
             "dram_latency",
         ):
@@ -758,6 +760,7 @@ DESIGN_POINTS = {
         act_lanes=4,
         softmax_lanes=2,
         rope_lanes=1,
+        embed_scan_ids=1,
         axi_ports=1,
         axi_data_bits=64,
         axi_addr_bits=40,

@@ -62,7 +62,8 @@ class PolyCtx:
                 key = tuple(sorted(pa + pb))
                 if key not in self.products:
                     (a, sa), (b, sb) = vals[pa], vals[pb]
-                    self.products[key] = (self.reg(a * b, "p"), max(sa, sb) + 1)
+                    p, lat = dsp_product(self.m, a, b, self._name("p"))
+                    self.products[key] = (p, max(sa, sb) + lat)
                 vals[key] = self.products[key]
                 parts = [key, *parts[2:]]
         return self.products[mono]
@@ -164,6 +165,39 @@ class Poly:
         mult = -(-(1 << sh) // d)
         q = ctx.reg(v * Const(mult, unsigned(mult.bit_length())), "q")
         return ctx.atom(q >> sh, s + 1)
+
+
+DSP_A_BITS = 26  # unsigned bits a DSP48E2 multiplier port takes: A (27 signed)
+DSP_B_BITS = 17  # ... B (18 signed)
+
+
+def dsp_product(m: Module, a, b, name: str) -> tuple[Signal, int]:
+    """The product of two unsigned values as registers only: one DSP48E2 (fed by the
+    operands, which must be registers or inputs, and feeding a register) when it fits
+    26 x 17 bits, else 26 x 17-bit tiles, each registered, and their sum registered.
+    Returns (the product register, its latency in cycles)."""
+    a, b = Value.cast(a), Value.cast(b)
+
+    def tiles_of(x, y):
+        wx, wy = x.shape().width, y.shape().width
+        return -(-wx // DSP_A_BITS) * -(-wy // DSP_B_BITS)
+
+    if tiles_of(b, a) < tiles_of(a, b):  # a on the wide port, in as few tiles as can be
+        a, b = b, a
+    wa, wb = a.shape().width, b.shape().width
+    out = Signal(wa + wb, name=name, reset_less=True)
+    if wa <= DSP_A_BITS and wb <= DSP_B_BITS:
+        m.d.sync += out.eq(a * b)
+        return out, 1
+    tiles = []
+    for i in range(0, wa, DSP_A_BITS):
+        for j in range(0, wb, DSP_B_BITS):
+            pa, pb = a[i : i + DSP_A_BITS], b[j : j + DSP_B_BITS]
+            t = Signal(len(pa) + len(pb), name=f"{name}_t{i}_{j}", reset_less=True)
+            m.d.sync += t.eq(pa * pb)
+            tiles.append((t, i + j))
+    m.d.sync += out.eq(sum(t << sh for t, sh in tiles))
+    return out, 2
 
 
 def materialize(ctx: PolyCtx, p, name: str) -> tuple[Signal, int]:
