@@ -83,8 +83,8 @@ def test_write_backpressure(rng):
 
 
 def test_cycles(rng):
-    """No stalls, 1-cycle memory: rows * Kb * (n + 1) + latency + 4 cycles
-    (``hw.ops.lm_head.expected_cycles``)."""
+    """No stalls, 1-cycle memory: rows * Kb * (n + 1) + latency + 6 + tree_stages(W) +
+    WAITS cycles (``hw.ops.lm_head.expected_cycles``)."""
     for rows, k, n in ((1, 1, 1), (2, W + 3, L + 1), (1, 1536, 64)):
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         cmd = _cmd(gd, _int8(rng, (rows, k)), _int8(rng, (n, k)))
