@@ -101,6 +101,9 @@ class EmbedEngine(Engine):
         prod, mul_lat = dsp_product(m, tok_id, row_bytes, "row_off")
         assert mul_lat == MUL_CYCLES, mul_lat
 
+        # the copy's data path, outside the FSM (no state gating on 8*W wires: wr.valid
+        # says when it counts)
+        m.d.comb += self.wr.payload.data.eq(self.rdata.payload)
         waits = [(f"WAIT{i}", None) for i in range(WAITS)]
         with m.FSM():
             passed = self.check_states(m, *waits, ("CHECK", err_tokens), then="SCAN")
@@ -188,7 +191,6 @@ class EmbedEngine(Engine):
                     self.rdata.ready.eq(self.wr.ready),
                     self.wr.payload.addr.eq(dst),
                     self.wr.payload.len.eq(rs_n),
-                    self.wr.payload.data.eq(self.rdata.payload),
                 ]
                 with m.If(self.rdata.valid & self.wr.ready):
                     m.d.sync += [
