@@ -65,6 +65,26 @@ def test_embed_errors(rng, case, code):
     assert r["error"] == code
 
 
+@pytest.mark.parametrize("scan_ids", [4, 1])
+def test_bad_token_anywhere(rng, scan_ids):
+    """An id >= vocab at every position of a 9-row scan (the first, a lane in the middle of
+    a read, the last response's last lane) is BAD_OPERAND, under stalls."""
+    for pos in range(9):
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        f = _embed(gd, rng, 9, 5, 12)
+        tok = np.frombuffer(gd.read(f["tokens"], 9 * 4), np.uint32).copy()
+        tok[pos] = 12 + pos
+        gd.write(f["tokens"], tok.tobytes())
+        r = check_op(
+            _engine(scan_ids=scan_ids),
+            gd,
+            isa.command(Opcode.EMBED, **f),
+            seed=int(rng.integers(1 << 30)),
+            stall=0.3,
+        )
+        assert r["error"] == ErrorCode.BAD_OPERAND, (pos, r["error"])
+
+
 def test_contract_errors(rng):
     """Every ALIGN / ADDR_RANGE case of the EMBED contract, in its order
     (sim/op_bench.arg_error_cases), the token scan between tokens and table."""
