@@ -92,6 +92,23 @@ def test_cycles(rng):
         assert res["cycles"] == expected_cycles(rows, k, n, W), (rows, k, n, res)
 
 
+def test_ecp5_point(rng):
+    """The ecp5 design point's engine (a narrower beat: fewer adder-tree stages), under
+    stalls and with the exact no-stall cycle count."""
+    dp = design_point("ecp5")
+    w = dp.dma_bytes
+    for rows, k, n in ((1, 1, 1), (2, w + 3, 5), (1, 3 * w, 9)):
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        cmd = _cmd(gd, _int8(rng, (rows, k)), _int8(rng, (n, k)))
+        eng = LMHeadEngine.for_design(dp)
+        res = check_op(eng, gd, cmd, stall=0.0, max_latency=1)
+        assert res["cycles"] == expected_cycles(rows, k, n, w), (rows, k, n, res)
+        res = check_op(
+            LMHeadEngine.for_design(dp), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.5
+        )
+        assert res["error"] == ErrorCode.NONE
+
+
 def test_max_k_limit(rng):
     """A smaller x buffer (max_k = 2W - 56, not a beat multiple): k = max_k runs, k =
     max_k + 1 is BAD_DIM where the golden backend succeeds (a documented difference)."""
