@@ -639,8 +639,8 @@ class AccelConfig:
     norm_lanes: int = 8  # NORM_QUANT elements per cycle and pass
     act_lanes: int = 16  # ACT elements per cycle and pass
     softmax_lanes: int = 8  # SOFTMAX rows side by side
-    rope_pairs: int = 4  # ROPE_QUANT pairs rotated per cycle
-    rope_quantizers: int = 4  # ROPE_QUANT quantizers (heads in flight)
+    rope_lanes: int = 4  # ROPE_QUANT elements rotated and quantized per cycle
+    embed_scan_ids: int = 4  # EMBED token ids checked per scan read
     # memory system
     axi_ports: int = 5  # 128-bit AXI4 master ports (HP0-HP3 + HPC0 on a Zynq US+)
     axi_data_bits: int = 128
@@ -662,8 +662,8 @@ class AccelConfig:
             "norm_lanes",
             "act_lanes",
             "softmax_lanes",
-            "rope_pairs",
-            "rope_quantizers",
+            "rope_lanes",
+            "embed_scan_ids",
             "axi_ports",
             "dram_latency",
         ):
@@ -759,8 +759,8 @@ DESIGN_POINTS = {
         norm_lanes=4,
         act_lanes=4,
         softmax_lanes=2,
-        rope_pairs=1,
-        rope_quantizers=1,
+        rope_lanes=1,
+        embed_scan_ids=1,
         axi_ports=1,
         axi_data_bits=64,
         axi_addr_bits=40,

@@ -25,7 +25,8 @@ DMA port (external memory; one request = one response beat)
 A transfer happens on a clock edge where valid & ready. Requests may run ahead of
 responses by any number (the memory buffers them and applies backpressure with ready).
 Responses pass one pipeline register before the engines (one cycle of latency, full
-throughput). A read sees every write accepted before it was requested.
+throughput); its data goes to every engine as is, only ``rdata.valid`` is switched to the
+running one (no 8*W-bit gate per engine). A read sees every write accepted before it was requested.
 
 Bus errors and write completion (driven by the AXI shell ``hw/shell.py``; a memory that
 applies writes at once and never fails, like the sim backend's harness, leaves them 0):
@@ -270,7 +271,14 @@ class Accel(wiring.Component):
         for i, op in enumerate(self.ops):
             name = f"op_{isa.op_name(op)}"
             e = engines[op] = self._engine(op)
-            m.d.comb += [e.args.eq(cmd.args), e.mem_lo.eq(csr.mem_lo), e.mem_hi.eq(csr.mem_hi)]
+            # the response beat goes to every engine as is (rdata.valid, switched below,
+            # says when it counts): no 8*W-bit gate per engine
+            m.d.comb += [
+                e.args.eq(cmd.args),
+                e.mem_lo.eq(csr.mem_lo),
+                e.mem_hi.eq(csr.mem_hi),
+                e.rdata.payload.eq(rs_data),
+            ]
             if not self.gate_idle_engines:
                 m.submodules[name] = ResetInserter(eng_rst)(e)
                 continue
@@ -301,7 +309,6 @@ class Accel(wiring.Component):
                         e_rd_len.eq(e.rd.payload.len),
                         e.rdata.valid.eq(e_rs_valid),
                         e_rs_ready.eq(e.rdata.ready),
-                        e.rdata.payload.eq(rs_data),
                         self.mem_wr_valid.eq(e.wr.valid),
                         e.wr.ready.eq(self.mem_wr_ready),
                         self.mem_wr_addr.eq(e.wr.payload.addr),

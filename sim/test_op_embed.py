@@ -5,13 +5,18 @@ import numpy as np
 import pytest
 
 from golden import isa
-from golden.config import DEFAULT
-from golden.isa import ErrorCode, Opcode, dma_bytes
+from golden.config import DEFAULT, design_point
+from golden.isa import ErrorCode, Opcode
 from host.backends.golden import GoldenDevice
 from hw.ops.embed import EmbedEngine, expected_cycles
 from sim.op_bench import check_arg_errors, check_op, put
 
-W = dma_bytes(DEFAULT)
+DP = design_point("kv260")
+W = DP.dma_bytes
+
+
+def _engine(**kw) -> EmbedEngine:
+    return EmbedEngine(DEFAULT, W, **{**EmbedEngine.design_params(DP), **kw})
 
 
 def _embed(gd, rng, rows, dim, vocab, bad_token=False):
@@ -35,7 +40,7 @@ def test_embed(rng, stall):
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         f = _embed(gd, rng, int(rng.integers(1, 6)), int(rng.integers(1, 80)), 40)
         r = check_op(
-            EmbedEngine(DEFAULT, W),
+            _engine(),
             gd,
             isa.command(Opcode.EMBED, **f),
             seed=int(rng.integers(1 << 30)),
@@ -56,8 +61,28 @@ def test_embed_errors(rng, case, code):
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     f = _embed(gd, rng, 3, 10, 12, bad_token=case == "bad_token")
     f.update({"rows0": dict(rows=0), "bad_token": {}, "table_range": dict(vocab=1000)}[case])
-    r = check_op(EmbedEngine(DEFAULT, W), gd, isa.command(Opcode.EMBED, **f), seed=1)
+    r = check_op(_engine(), gd, isa.command(Opcode.EMBED, **f), seed=1)
     assert r["error"] == code
+
+
+@pytest.mark.parametrize("scan_ids", [4, 1])
+def test_bad_token_anywhere(rng, scan_ids):
+    """An id >= vocab at every position of a 9-row scan (the first, a lane in the middle of
+    a read, the last response's last lane) is BAD_OPERAND, under stalls."""
+    for pos in range(9):
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        f = _embed(gd, rng, 9, 5, 12)
+        tok = np.frombuffer(gd.read(f["tokens"], 9 * 4), np.uint32).copy()
+        tok[pos] = 12 + pos
+        gd.write(f["tokens"], tok.tobytes())
+        r = check_op(
+            _engine(scan_ids=scan_ids),
+            gd,
+            isa.command(Opcode.EMBED, **f),
+            seed=int(rng.integers(1 << 30)),
+            stall=0.3,
+        )
+        assert r["error"] == ErrorCode.BAD_OPERAND, (pos, r["error"])
 
 
 def test_contract_errors(rng):
@@ -65,15 +90,22 @@ def test_contract_errors(rng):
     (sim/op_bench.arg_error_cases), the token scan between tokens and table."""
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     cmd = isa.command(Opcode.EMBED, **_embed(gd, rng, 3, 10, 12))
-    check_arg_errors(EmbedEngine(DEFAULT, W), gd, cmd, seed=int(rng.integers(1 << 30)))
+    check_arg_errors(_engine(), gd, cmd, seed=int(rng.integers(1 << 30)))
 
 
-def test_embed_cycles(rng):
-    """No stalls, 1-cycle memory: ``hw.ops.embed.expected_cycles`` exactly."""
+@pytest.mark.parametrize("scan_ids", [4, 1])
+def test_embed_cycles(rng, scan_ids):
+    """No stalls, 1-cycle memory: ``hw.ops.embed.expected_cycles`` exactly (the kv260
+    point's scan width and the narrowest)."""
     for rows, dim in ((1, 1), (3, 40), (40, 70)):
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         f = _embed(gd, rng, rows, dim, 50)
         r = check_op(
-            EmbedEngine(DEFAULT, W), gd, isa.command(Opcode.EMBED, **f), stall=0.0, max_latency=1
+            _engine(scan_ids=scan_ids),
+            gd,
+            isa.command(Opcode.EMBED, **f),
+            stall=0.0,
+            max_latency=1,
         )
-        assert r["cycles"] == expected_cycles(rows, dim, W), (rows, dim, r["cycles"])
+        want = expected_cycles(rows, dim, W, scan_ids)
+        assert r["cycles"] == want, (rows, dim, r["cycles"], want)

@@ -83,13 +83,30 @@ def test_write_backpressure(rng):
 
 
 def test_cycles(rng):
-    """No stalls, 1-cycle memory: rows * Kb * (n + 1) + latency + 4 cycles
-    (``hw.ops.lm_head.expected_cycles``)."""
+    """No stalls, 1-cycle memory: rows * Kb * (n + 1) + latency + 6 + tree_stages(W) +
+    WAITS cycles (``hw.ops.lm_head.expected_cycles``)."""
     for rows, k, n in ((1, 1, 1), (2, W + 3, L + 1), (1, 1536, 64)):
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         cmd = _cmd(gd, _int8(rng, (rows, k)), _int8(rng, (n, k)))
         res = check_op(_engine(), gd, cmd, stall=0.0, max_latency=1)
         assert res["cycles"] == expected_cycles(rows, k, n, W), (rows, k, n, res)
+
+
+def test_ecp5_point(rng):
+    """The ecp5 design point's engine (a narrower beat: fewer adder-tree stages), under
+    stalls and with the exact no-stall cycle count."""
+    dp = design_point("ecp5")
+    w = dp.dma_bytes
+    for rows, k, n in ((1, 1, 1), (2, w + 3, 5), (1, 3 * w, 9)):
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        cmd = _cmd(gd, _int8(rng, (rows, k)), _int8(rng, (n, k)))
+        eng = LMHeadEngine.for_design(dp)
+        res = check_op(eng, gd, cmd, stall=0.0, max_latency=1)
+        assert res["cycles"] == expected_cycles(rows, k, n, w), (rows, k, n, res)
+        res = check_op(
+            LMHeadEngine.for_design(dp), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.5
+        )
+        assert res["error"] == ErrorCode.NONE
 
 
 def test_max_k_limit(rng):

@@ -49,6 +49,12 @@ the ranges split at the ``Data`` checks it makes itself), which fixes the cycles
 checks take: a failing command ends in the check state that finds the error. With
 ``registered=True`` the tensor spans come from registers loaded every cycle (valid from
 the cycle after ``start``), for engines whose tensor checks come a cycle or more later.
+With ``pipelined=True`` (``hw/ops/checkpipe.py``) the spans are expanded into sums of
+products of fields, every product a registered DSP fed by registers, and every
+``error()`` is a register too: no check path is deeper than a comparison, and
+``ArgChecks.latency`` says from which cycle after ``start`` all of them are valid (the
+engine's check state that uses the tensor checks must come no earlier; the ``Dims``
+checks of the first item are valid from the first cycle after ``start``).
 
 Each engine module exports ``expected_cycles(...)``: its cycle count without memory
 stalls (the formula of its docstring), which ``sim/test_op_<name>.py`` measures.
@@ -109,12 +115,24 @@ class ArgChecks:
     the engine's ``LIMITS``, on its ``op_args``, ``mem_lo`` and ``mem_hi`` (see the module
     docstring). Build it, and its ``error`` signals, outside the FSM (``Engine.checks``)."""
 
-    def __init__(self, engine: Engine, m: Module, *, registered: bool = False):
+    def __init__(
+        self, engine: Engine, m: Module, *, registered: bool = False, pipelined: bool = False
+    ):
         op = engine.OPCODE
         view = engine.op_args
         fields = {n: view[n] for n, _ in isa.ARGS[op]}
         names = isa.contract_names(fields, engine.cfg)
         self.op, self.m, self.golden_only = op, m, tuple(engine.GOLDEN_ONLY)
+        self.pipelined = pipelined
+        self.stages: list[list[int]] = []  # per item, per condition: cycle it is valid
+        self.latency = 1
+        if pipelined:
+            from .checkpipe import PolyCtx, materialize
+
+            ctx = PolyCtx(m, f"{isa.op_name(op)}_chk")
+            pnames = isa.contract_names(
+                {n: ctx.atom(Value.cast(v)) for n, v in fields.items()}, engine.cfg
+            )
         self.items = isa.CONTRACTS[op]
         for name in self.golden_only:
             assert any(isinstance(d, isa.Data) and d.name == name for d in self.items), name
@@ -146,6 +164,7 @@ class ArgChecks:
         lo, hi = engine.mem_lo, engine.mem_hi
         for item in self.items:
             conds = []
+            stages = None
             when = (
                 None
                 if getattr(item, "when", None) is None
@@ -154,6 +173,17 @@ class ArgChecks:
             if isinstance(item, isa.Dims):
                 conds = [(c, ErrorCode.BAD_DIM) for c in bad(item.rules) + limits]
                 limits = []  # with the first Dims only
+            elif isinstance(item, isa.Tensor) and pipelined:
+                addr = names[item.field]
+                start_p, nbytes_p = item.extent(pnames)
+                end, s_end = materialize(ctx, start_p + nbytes_p, f"{item.field}_end")
+                start, s_start = materialize(ctx, start_p, f"{item.field}_start")
+                if item.size > 1:
+                    conds.append((misaligned(addr, item.size), ErrorCode.ALIGN))
+                out = Signal(name=f"{item.field}_out")  # the range compares, registered
+                m.d.sync += out.eq((start < lo) | (end > hi))
+                conds.append((out, ErrorCode.ADDR_RANGE))
+                stages = [0] * (len(conds) - 1) + [max(s_end, s_start) + 1]
             elif isinstance(item, isa.Tensor):
                 addr = names[item.field]
                 start, nbytes = item.extent(names)
@@ -172,7 +202,10 @@ class ArgChecks:
             if when is not None:
                 conds = [(when & c, code) for c, code in conds]
             self.conds.append(conds)
+            self.stages.append(stages or [0] * len(conds))
         assert not limits, f"{op.name}: LIMITS but no Dims in the contract"
+        if pipelined:
+            self.latency = 1 + max((s for st in self.stages for s in st), default=0)
 
     def _index(self, name: str | None, start: bool) -> int:
         if name is None:
@@ -204,7 +237,10 @@ class ArgChecks:
         v = Const(ErrorCode.NONE.value, 8)
         for cond, code in reversed(conds):
             v = Mux(cond, code, v)
-        self.m.d.comb += err.eq(v)
+        if self.pipelined:  # a register: valid from the cycle ArgChecks.latency says
+            self.m.d.sync += err.eq(v)
+        else:
+            self.m.d.comb += err.eq(v)
         return err
 
 
@@ -236,8 +272,8 @@ class Engine(wiring.Component):
         """The engine's member of ``args``: a View of ``golden.isa.ARGS[OPCODE]``."""
         return getattr(self.args, isa.op_name(self.OPCODE))
 
-    def checks(self, m: Module, *, registered: bool = False) -> ArgChecks:
-        return ArgChecks(self, m, registered=registered)
+    def checks(self, m: Module, *, registered: bool = False, pipelined: bool = False) -> ArgChecks:
+        return ArgChecks(self, m, registered=registered, pipelined=pipelined)
 
     def finish(self, m: Module, code) -> None:
         """In a state of the engine's FSM: the command ends in this cycle with ``code``

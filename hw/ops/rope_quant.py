@@ -7,7 +7,7 @@ half = hd/2, table row p = pos + t (cos_q[p, 0:half] then sin_q[p, 0:half], int1
 
     y[i]      = sat(rhu(x[i]*cos[i] - x[i+half]*sin[i], T))     i < half
     y[i+half] = sat(rhu(x[i+half]*cos[i] + x[i]*sin[i], T))     (rope=0: y = x)
-    codes, amax = hw_act_quant(y)                               (``hw.quant.ActQuant``)
+    codes, amax = hw_act_quant(y)                               (golden.quant)
     scale = scale_mul(scale_mul(sx[t], c), scale_of_int(amax))
 
 codes (int8 [hd]) go to ``dst + (h*ld + t)*hd``, the record to ``dst_scale + (h*ld +
@@ -17,8 +17,8 @@ Checks: the ROPE_QUANT contract (``golden.isa.CONTRACTS``)
 ---------------------------------------------------------
 1. DIMS: rows, heads >= 1, head_dim even and >= 2, ld >= rows, and the engine limit
    head_dim <= ``max_head_dim`` (``LIMITS``): BAD_DIM;
-2. SIZES: the run's head stride and table offset (the tensor spans are registered
-   meanwhile); ARGS:
+2. SIZES: the run's head stride and table offset; a wait (the tensor spans are
+   pipelined: ``ArgChecks(pipelined=True)``); ARGS:
 3. src: ALIGN (4), ADDR_RANGE (rows*heads*hd*4 bytes); src_scale: ALIGN (4),
    ADDR_RANGE (rows*4);
 4. rope=1 only: pos + rows <= table_rows (BAD_DIM); table: ALIGN (2), ADDR_RANGE
@@ -35,122 +35,144 @@ written before an argument error: when dst_scale is bad it runs the command *dry
 (computing every head, writing nothing) and reports SCALE_RANGE if a head has one, else
 the dst_scale error -- the same code as golden in every case.
 
-Micro-architecture
-------------------
-The rotation is done in this engine (4*P products of int32 x int16, round, saturate),
-not in ``hw.rope.RoPE``: that block's cos/sin come from a ROM built for one head_dim at
-elaboration, while the ISA reads the table rows from memory; the arithmetic is a few
-lines, so no change to the verified block (and no Verilator rebuild) was needed.
+Micro-architecture (L = ``lanes`` elements per cycle)
+-----------------------------------------------------
+Everything is sized for L elements per cycle; no part is wider than it needs to be
+(it replaces four 8-lane ``hw.quant.ActQuant`` rows and a 1024-bit chunk latch: 21.3K
+LUT before, 4.0K LUT + 0.4K LUT-RAM sites now, at L = 4). The quantizer is the engine's
+own (it needs ROPE_QUANT's half-head layout and is multi-buffered over the row slots);
+``hw.quant`` is not used.
 
-* Reads (one request sequencer, a tag FIFO of ``max_outstanding`` entries says what each
-  response is): per token the scale record sx (4 bytes); with rope, the table row in
-  chunks of C = dma_bytes/4 elements, cos part then sin part (``2n`` bytes each, n =
-  min(C, half - i)); then per head the src chunks in the same pairing: x[i..i+n) (A) and
-  x[half+i..half+i+n) (B), ``4n`` bytes each. Reading the two halves of a pair chunk
-  back to back means no half-head buffer: A is latched (one cycle), then B's beat is
-  consumed in ceil(n/P) groups of P pairs, one group per cycle.
-* Table buffer: a small memory of ceil(max_head_dim/2/P) words of P (cos, sin) pairs,
-  written from the table chunks of a token and read (asynchronously) by the src groups.
-  rope=0 uses cos = 2^T, sin = 0, which gives y = x exactly.
-* Rotation: 2 pipeline stages (products; round + saturate), frozen while its output is
-  refused. Output beats of 2P lanes (P first-half, P second-half elements of the same
-  pairs) go to ``quantizers`` ``ActQuant`` instances round-robin by head (a head is one
-  quantizer row of G = ceil(half/P) beats; pad lanes are 0, which changes nothing).
-  Several quantizers hide the quantizer's per-row divide (recip_bits cycles) and drain.
-* Collector: takes the quantizer outputs in head order, places each beat's P + P codes
-  in two half-head registers; a full head moves to the writer (double buffering).
-* Writer: scale_of_int(amax) (1 cycle), scale_mul with the token's scale_mul(sx, c)
-  (computed when sx arrives, carried per head in a small FIFO) and the SCALE_RANGE check
-  (1 cycle), then three writes: codes[0:half], codes[half:hd], the record.
-* SCALE_RANGE stops the reads, waits for the outstanding responses, then reports. The
-  datapath (quantizers, FIFOs) is held in reset while the engine is idle, so an aborted
-  command leaves nothing behind.
+* Reads: one request sequencer; the response side runs the same sequencer on the
+  responses (they come back in order), so no tags are kept. Per token: the scale record
+  sx (4 bytes); with rope, the table row in chunks of L elements, cos part then sin part
+  (``2n`` bytes each, n = min(L, half - g*L)); then per head the src groups g =
+  0..G-1 (G = ceil(half/L)): x[gL..gL+n) (A) then x[half+gL..half+gL+n) (B), ``4n``
+  bytes each. Every response's data sits at bit 0 of the beat, so the datapath reads the
+  low L words of the beat and nothing else (no wide registers or word selects). A head's
+  reads start only when its row slot is free. Each sequencer keeps its next state in
+  registers too, so the memory's handshake is only the registers' enable (250 MHz).
+* Table buffer: two small memories (cos, sin) of G words of L int16, written (a cycle
+  after the response) by the table responses and read into the multipliers' coefficient
+  registers one response ahead. One extra word, never written, holds cos = 2^T, sin = 0
+  (its initial value): rope=0 reads it, which gives y = x exactly.
+* Rotation: per lane, x times cos and x times sin, each as two DSP partial products
+  (x split at bit 17: 17-bit unsigned x 16-bit and 15-bit x 16-bit, every product
+  registered). A's products are held while B's are computed with the same multipliers
+  and coefficients; then y[i] = A*cos - B*sin and y[i+half] = B*cos + A*sin are summed
+  from the partials, rounded (the round bit is the carry in of the last adder) and
+  saturated, in three registered stages: 2L outputs per group, one group every two
+  cycles (L per cycle). The y words (L lanes) are written to the row buffer -- the
+  first-half word, then the second-half word -- and their magnitudes go through a max
+  tree (a register per level) into the head's running amax. The pipeline never stalls.
+* Row buffer: ``ROW_SLOTS`` (4) heads of 2 x ceil(max_head_dim/2/L) words of L int32
+  (LUT RAM), with each slot's amax and token scale: a head is filled while up to three
+  earlier ones wait for their reciprocal or are drained, so the per-head divide is
+  hidden behind the next heads' fill and the drain.
+* Head unit (one per engine, a head every QB + 6 = 23 cycles): takes (amax, sx) of the
+  next filled slot and computes, reusing one 32-bit normalizing shifter: s = clz(amax),
+  the reciprocal ``recip = (127*2^R + amax//2) // amax`` (R = bit_length(amax) + F) by
+  restoring division on the normalized amax (QB = recip_bits steps, one quotient bit per
+  cycle), ``tc = scale_mul(sx, c)`` and ``soi = scale_of_int(amax)`` (both from the
+  normalized values: mantissa = the top 16 bits rounded) and the record
+  ``scale_mul(tc, soi)`` with its SCALE_RANGE check. It hands the drain
+  ``recip2 = recip << (s mod 8)`` and ``s div 8``: since x*recip2 = x*recip*2^(s mod 8),
+  the quantizer's shift becomes Z = R + s mod 8 = 32 + F - 8*(s div 8), one of four
+  values, so each lane selects its 8 code bits and the round bit from a 4:1 window
+  instead of a 41-position shifter. |x| <= amax bounds |x*recip| below 128*2^R, so the
+  window holds the whole result and only 128 needs clamping (to 127).
+* Drain: per head, the first-half words then the second-half words are read from the
+  row buffer; per lane x*recip2 (two registered DSP partials), the partials' sum over
+  the window's bits, the window select, round and clamp; the L codes of a word go to
+  their place in a half-head code register (fixed wiring, the word index enables it).
+  A complete half moves to the write register, so the drain goes on while it is
+  written.
+* Writer: per head three writes: codes[0:half], codes[half:hd] (one request each, from
+  the write register), then the record. SCALE_RANGE (from the head unit) stops the
+  reads, drains the responses still owed, lets a write in progress finish, and reports.
+* Argument checks: ``ArgChecks(pipelined=True)``: the span products are registered DSPs
+  (five check states).
 
-Cycles (no stalls, short read latency; ``expected_cycles`` computes it)
-----------------------------------------------------------------------
-G = ceil(half/P) groups (quantizer beats) per head, Kc = ceil(half/C) chunks per half,
-Q = ``quantizers``, R = recip_bits + 2 (``row_overhead``: flush, setup, norm, divide).
-A head enters in ``I = Kc + G`` cycles (Kc A-latches, G groups); a quantizer holds a row
-for about ``I + G + R`` cycles (fill, flush/setup/divide, drain), so heads are accepted
-every ``max(I, (I + G + R) / Q)`` cycles. Per token add 1 cycle (sx) and, with rope,
-``I`` for the table row. The last head adds the drain and the writer::
+Cycles (no stalls, read latency lat; ``expected_cycles`` computes it)
+--------------------------------------------------------------------
+G = ceil(half/L) groups per half, H = QB + 6 the head unit's cycles per head. The reads
+take one response per cycle: per token 1 (sx) + TAB (table, rope=1: 2G, + 2 for G = 1,
+where the first src group waits for the table's last write) + heads * 2G (src);
+fill and drain keep up with them, and the row slots hide the head unit's divide as long
+as 2G >= H; below that (head_dim < 92 at L = 4) the head unit sets the pace::
 
-    cycles ~= FIXED + rows * (1 + rope*I + heads * max(I, (I + G + R)/Q)) + G + R
+    reads  = rows * (1 + rope*TAB + heads*2G) + H
+    first  = 1 + rope*TAB + 2G + rows*heads*H
+    cycles = 18 + A + lat + max(reads, first) + 2G + (G == 1)
 
-(FIXED = 23). Measured (``sim/test_op_rope_quant.py``, P = 4, Q = 4, 128-byte DMA):
-BitNet-0.73B q/k (16 heads x 96: G = 12, Kc = 2, I = 14, input-bound) 532 cycles for 2
-tokens, 5.8 elements per cycle, tending to 1536 / (15 + 16*14) = 6.4 per token over
-many tokens (6.9 per head; v, rope=0: 6.8 per token); within 6 % of the formula for
-head_dim 2..128. Small heads are bound by the quantizer's per-row divide (head_dim 16:
-~1.6 elements/cycle). The reads are src + 4 bytes per token + one table row per token
-(rope=1).
+(A = max(1, log2 L) levels of the amax tree; 18 + A: the check states, pipelines, the
+last head's drain and writes; measured exactly so for L = 1, 2, 4 and head_dim 2..128
+with a 1-cycle memory, ``sim/test_op_rope_quant.py``). BitNet-0.73B q/k (16 heads x 96,
+L = 4, G = 12): 477 cycles per token with a 1-cycle memory (3.2 elements per cycle),
+v (rope=0) 453; with the kv260 point's 32-cycle DRAM latency 508 + 508 + 484 = 1.5K
+cycles for the three commands of a decode layer (was 1.07K; the budget is 1.8K). The
+reads are src + 4 bytes per token + one table row per token (rope=1), in requests of 4L
+and 2L bytes.
 
-Parameters (constructor keywords): ``max_head_dim`` (128), ``pairs`` P (4: 4P = 16
-int32 x int16 multipliers), ``quantizers`` Q (4 ``ActQuant`` of 2P lanes: 8Q int32 x
-17-bit multipliers), ``max_outstanding`` reads (16).
+Parameters (constructor keywords): ``max_head_dim`` (128; sizes the table buffer, the row
+buffer and the code registers), ``lanes`` L (a power of two: 4L DSP partial products in
+the rotation, 2L in the drain).
 
 Differences from the golden backend
 -----------------------------------
 * head_dim above ``max_head_dim`` (default 128; BitNet-0.73B uses 96) is BAD_DIM: it
-  sizes the table buffer, the quantizer row buffers and the code registers (each half
-  head is written with one request, so ``max_head_dim <= 2*dma_bytes``).
+  sizes the table buffer, the row buffer and the code registers (each half head is
+  written with one request, so ``max_head_dim <= 2*dma_bytes``).
 * The datapath must be ``QuantConfig.hw_in_bits == 32`` and ``act_bits == 8`` (int32
   inputs, int8 codes, as the ISA formats say); the constructor refuses anything else.
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.hdl import ResetInserter
-from amaranth.lib import data, enum, fifo
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.lib import enum
 from amaranth.lib.memory import Memory
 
 from golden import isa
 from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
-from hw.fixed import saturate
-from hw.quant import ActQuant
 
-from .base import Engine, scale_mul, scale_of_int, shift_fits_record
-
-DEFAULT_MAX_OUTSTANDING = 16
+from .base import Engine, shift_fits_record
 
 ELEM_BITS = 32  # src elements: int32 accumulators
 TABLE_BITS = 16  # table elements: int16 Q1.T
-# Cycles a quantizer row costs beyond its fill and drain beats: flush 2, setup 1, norm 1
-# and the divide (recip_bits), less the overlap of the next row's first beats (measured).
-ROW_OVERHEAD_EXTRA = 2
-# Command cycles outside the per-token work (3 check states, the first reads' latency,
-# the rotation pipeline, the quantizer's output pipeline, the writer; measured).
-FIXED_CYCLES = 23
+ROW_SLOTS = 4  # heads in the row buffer: filling, waiting for the divide, draining
+SPLIT = 17  # x split for the DSP partial products: x[0:17] unsigned, x[17:32] signed
+# Check states: DIMS, SIZES, two waits for the pipelined span checks, ARGS.
+CHECK_STATES = 5
+# Cycles of the command outside the reads and the head unit (the 4 check states, the
+# rotation pipeline, the head unit's hand-off, the drain pipeline, the writes of the last
+# head) less the amax tree's levels (``amax_levels``), measured.
+FIXED_CYCLES = 18
+# Head unit cycles per head beyond its QB division steps (take, 4 setup steps, hand-off).
+HEAD_EXTRA = 6
 
 
-class _Kind(enum.Enum, shape=3):
-    SX = 0  # one scale record
-    COS = 1  # table chunk, cos part (A)
-    SIN = 2  # table chunk, sin part (B)
-    X1 = 3  # src chunk, first half (A)
-    X2 = 4  # src chunk, second half (B)
+def amax_levels(lanes: int) -> int:
+    """Registered levels of the amax tree over the L lanes of a y word."""
+    return max(1, (lanes - 1).bit_length())
 
 
-class _Phase(enum.Enum, shape=2):
-    SX = 0
-    TAB = 1
-    SRC = 2
-    DONE = 3
+class _Phase(enum.Enum, shape=4):  # one-hot: a phase test is one bit
+    SX = 1
+    TAB = 2
+    SRC = 4
+    DONE = 8
 
 
-class _W(enum.Enum, shape=3):
-    IDLE = 0
-    SOI = 1  # scale_of_int(amax)
-    MUL = 2  # record scale and its range check
-    C1 = 3  # codes, first half
-    C2 = 4  # codes, second half
-    REC = 5  # scale record
+def _is(ph, phase: _Phase):
+    """``ph == phase`` for the one-hot phase register: its bit."""
+    return ph.as_value()[phase.value.bit_length() - 1]
 
 
-def row_overhead(cfg: DatapathConfig) -> int:
-    return cfg.quant.recip_bits + ROW_OVERHEAD_EXTRA
+def head_unit_cycles(cfg: DatapathConfig) -> int:
+    """Cycles the head unit takes per head (its throughput bound)."""
+    return cfg.quant.recip_bits + HEAD_EXTRA
 
 
 def expected_cycles(
@@ -159,384 +181,890 @@ def expected_cycles(
     head_dim: int,
     rope: bool,
     cfg: DatapathConfig,
-    dma_bytes: int,
-    pairs: int,
-    quantizers: int,
+    lanes: int,
+    latency: int = 1,
 ) -> int:
-    """The module docstring's cycle formula (no stalls, short read latency)."""
-    half = head_dim // 2
-    G = -(-half // pairs)
-    Kc = -(-half // (dma_bytes // 4))
-    inp = Kc + G
-    R = row_overhead(cfg)
-    period = max(inp, (inp + G + R) / quantizers)
-    return round(FIXED_CYCLES + rows * (1 + int(rope) * inp + heads * period) + G + R)
+    """The module docstring's cycle formula (no stalls, read latency ``latency``)."""
+    G = -(-(head_dim // 2) // lanes)  # groups per half
+    H = head_unit_cycles(cfg)
+    tab = int(rope) * (2 * G + 2 * int(G == 1))  # the table row (+ its writes, G = 1)
+    per_token = 1 + tab + heads * 2 * G  # reads, one per cycle
+    A = amax_levels(lanes)
+    reads = rows * per_token + H
+    first = 1 + tab + 2 * G + rows * heads * H
+    # the last head's drain (G = 1: its two one-word halves meet at the write register)
+    return FIXED_CYCLES + A + latency + max(reads, first) + 2 * G + int(G == 1)
+
+
+def _clz_bytes(v) -> list:
+    """Per byte of a 32-bit value, high byte first: (nonzero, leading zeros in the byte
+    (3 bits, valid when nonzero)) -- the first stage of a two-stage count."""
+    out = []
+    for k in reversed(range(4)):
+        byte = v[8 * k : 8 * k + 8]
+        lz = Const(7, 3)
+        for i in range(8):  # the highest set bit wins
+            lz = Mux(byte[i], 7 - i, lz)
+        out.append((byte.any(), lz))
+    return out
+
+
+def _clz_combine(stage) -> Value:
+    """Leading zeros (32 for 0) from ``_clz_bytes``' registered results."""
+    v = Const(32, 6)
+    for k in reversed(range(4)):  # the highest nonzero byte wins
+        nz, lz = stage[k]
+        v = Mux(nz, Cat(lz, Const(k, 2), Const(0, 1)), v)
+    return v
 
 
 class RopeQuantEngine(Engine):
     OPCODE = Opcode.ROPE_QUANT
     LIMITS = ("head_dim <= max_head_dim",)  # sizes the buffers (see Differences)
 
-    def __init__(
-        self,
-        cfg: DatapathConfig,
-        dma_bytes: int,
-        *,
-        max_head_dim: int,
-        pairs: int,
-        quantizers: int,
-        max_outstanding: int = DEFAULT_MAX_OUTSTANDING,
-    ):
-        if cfg.quant.hw_in_bits != ELEM_BITS or cfg.quant.act_bits != 8:
+    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_head_dim: int, lanes: int):
+        q = cfg.quant
+        if q.hw_in_bits != ELEM_BITS or q.act_bits != 8:
             raise ValueError(
                 f"cfg.quant: the engine needs hw_in_bits 32 and act_bits 8, got "
-                f"{cfg.quant.hw_in_bits} and {cfg.quant.act_bits}"
+                f"{q.hw_in_bits} and {q.act_bits}"
             )
-        if cfg.requant.mult_bits > isa.SCALE_MANT_BITS:
+        if q.recip_bits + 7 > 26:
             raise ValueError(
-                f"cfg.requant.mult_bits: {cfg.requant.mult_bits} exceeds the "
-                f"scale record's {isa.SCALE_MANT_BITS} bits"
+                f"cfg.quant.recip_frac_bits: recip << 7 must fit a DSP port (26 bits), "
+                f"recip has {q.recip_bits}"
             )
+        if cfg.requant.mult_bits != isa.SCALE_MANT_BITS:
+            raise ValueError(
+                f"cfg.requant.mult_bits: the engine needs the scale record's "
+                f"{isa.SCALE_MANT_BITS} bits, got {cfg.requant.mult_bits}"
+            )
+        if cfg.rope.table_frac_bits >= SPLIT:
+            raise ValueError(f"cfg.rope.table_frac_bits: must be < {SPLIT}")
         if dma_bytes < 8 or dma_bytes & (dma_bytes - 1):
             raise ValueError(f"dma_bytes: expected a power of two >= 8, got {dma_bytes}")
         C = dma_bytes // 4
-        if pairs < 1 or pairs & (pairs - 1) or pairs > C:
-            raise ValueError(f"pairs: expected a power of two in [1, {C}], got {pairs}")
-        if max_head_dim < 2 or max_head_dim % (2 * pairs) or max_head_dim > 2 * dma_bytes:
+        if lanes < 1 or lanes & (lanes - 1) or lanes > C:
+            raise ValueError(f"lanes: expected a power of two in [1, {C}], got {lanes}")
+        if max_head_dim < 2 or max_head_dim % (2 * lanes) or max_head_dim > 2 * dma_bytes:
             raise ValueError(
-                f"max_head_dim: expected a multiple of {2 * pairs} in "
+                f"max_head_dim: expected a multiple of {2 * lanes} in "
                 f"[2, {2 * dma_bytes}], got {max_head_dim}"
             )
-        if quantizers < 1:
-            raise ValueError(f"quantizers: expected >= 1, got {quantizers}")
-        if max_outstanding < 2:
-            raise ValueError(f"max_outstanding: expected >= 2, got {max_outstanding}")
         self.max_head_dim = max_head_dim
-        self.pairs = pairs
-        self.quantizers = quantizers
-        self.max_outstanding = max_outstanding
+        self.lanes = lanes
         super().__init__(cfg, dma_bytes)
 
     @staticmethod
     def design_params(dp) -> dict:
-        return {
-            "max_head_dim": dp.max_head_dim,
-            "pairs": dp.rope_pairs,
-            "quantizers": dp.rope_quantizers,
-        }
+        return {"max_head_dim": dp.max_head_dim, "lanes": dp.rope_lanes}
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        W = self.signature.dma_bytes
-        C = W // 4  # elements per pair chunk (A or B)
-        P = self.pairs
-        LP = P.bit_length() - 1
-        NQ = self.quantizers
+        L = self.lanes
+        LB = L.bit_length() - 1
         HMAX = self.max_head_dim // 2
-        GMAX = HMAX // P  # groups (quantizer beats) per head, max
+        GMAX = HMAX // L  # groups (words) per half, max
+        GB = max(1, (GMAX - 1).bit_length())  # bits of a group index
         T = cfg.rope.table_frac_bits
         OB = cfg.rope.out_bits(ELEM_BITS)
-        B = cfg.requant.mult_bits
-        SHB = isa.SCALE_SHIFT_BITS + 2  # shift width of base.normalize
+        F = cfg.quant.recip_frac_bits
+        QB = cfg.quant.recip_bits
+        ACT_MAX = cfg.quant.act_max
+        B = isa.SCALE_MANT_BITS
+        SB = isa.SCALE_SHIFT_BITS
         a = self.op_args
+        XW = ELEM_BITS - SPLIT  # signed high part of x
 
-        # ---------------------------------------------------------------- datapath parts
-        busy = Signal()  # a command is running (else: reset)
-        dp_rst = Signal()
-        m.d.comb += dp_rst.eq(~busy)
-        quants = [ActQuant(cfg.quant, lanes=2 * P, max_len=GMAX * 2 * P) for _ in range(NQ)]
-        for k, q in enumerate(quants):
-            m.submodules[f"quant{k}"] = ResetInserter(dp_rst)(q)
-        tag_layout = data.StructLayout(
-            {"kind": _Kind, "n": range(C + 1), "word": range(GMAX), "last": 1}
-        )
-        tag_q = fifo.SyncFIFO(width=tag_layout.size, depth=self.max_outstanding)
-        m.submodules.tag_q = ResetInserter(dp_rst)(tag_q)
-        side_q = fifo.SyncFIFO(width=B + SHB, depth=2 * NQ + 4)  # per head: sx*c
-        m.submodules.side_q = ResetInserter(dp_rst)(side_q)
-        m.submodules.tbuf = tbuf = Memory(shape=unsigned(2 * P * TABLE_BITS), depth=GMAX, init=[])
-        tb_w = tbuf.write_port()
-        tb_r = tbuf.read_port(domain="comb")
-
-        # ---------------------------------------------------------------- command values
+        # ================================================================ command values
         hd = a.head_dim
         half = Signal(range(HMAX + 1))
-        m.d.comb += half.eq(hd >> 1)
+        g_last = Signal(GB)  # G - 1
+        g_last_m1 = Signal(GB)  # G - 2 (mod 2^GB)
+        g_one = Signal()  # G == 1
+        heads_m1 = Signal(isa.HEADS_BITS)
+        rows_m1 = Signal(isa.ROWS_BITS)
+        heads_m2 = Signal(isa.HEADS_BITS)  # heads - 2 (mod 2^bits)
+        rows_m2 = Signal(isa.ROWS_BITS)
+        heads_one = Signal()  # heads == 1
+        rows_one = Signal()
+        last_n = Signal(range(L + 1))  # elements of the last group of a half
         ldhd = Signal(isa.ROWS_BITS + isa.DIM_BITS)  # head stride in dst
+        ld4 = Signal(isa.ROWS_BITS + 2)  # head stride in dst_scale
         tab_off = Signal(isa.ROWS_BITS + isa.DIM_BITS + 1)  # pos*hd*2
         dry = Signal()  # dst_scale is bad: compute, write nothing
         pend_err = Signal(ErrorCode)  # the dst_scale error a dry run reports
         abort = Signal()
+        running = Signal()  # in RUN, not aborting (a register)
+        init = Signal()  # the check state before ARGS: everything restarts
 
-        # ---------------------------------------------------------------- read sequencer
-        ph = Signal(_Phase)
-        rq_t = Signal(isa.ROWS_BITS)
-        rq_h = Signal(isa.HEADS_BITS)
-        rq_i = Signal(range(HMAX + 1))  # chunk start within the half
-        rq_b = Signal()  # 0: A part, 1: B part
-        sx_ptr = Signal(isa.ADDR_BITS + 1)
-        tab_ptr = Signal(isa.ADDR_BITS + 1)  # current token's table row
-        src_ptr = Signal(isa.ADDR_BITS + 1)  # current head's src vector
-        rq_left = Signal(range(HMAX + 1))
-        rq_n = Signal(range(C + 1))
-        rq_last = Signal()  # the half's last chunk
-        m.d.comb += [
-            rq_left.eq(half - rq_i),
-            rq_n.eq(Mux(rq_left > C, C, rq_left)),
-            rq_last.eq(rq_left <= C),
-        ]
-        off = Signal(range(HMAX * 2 + 1))  # element offset of the request in the row
-        m.d.comb += off.eq(rq_i + Mux(rq_b, half, 0))
-        rq_tag = Signal(tag_layout)
-        m.d.comb += [
-            rq_tag.n.eq(rq_n),
-            rq_tag.word.eq(rq_i >> LP),
-            rq_tag.last.eq(rq_last),
-            tag_q.w_data.eq(rq_tag.as_value()),
-        ]
-        with m.Switch(ph):
-            with m.Case(_Phase.SX):
-                m.d.comb += [
-                    self.rd.payload.addr.eq(sx_ptr),
-                    self.rd.payload.len.eq(4),
-                    rq_tag.kind.eq(_Kind.SX),
+        # ================================================================ sequencers
+        def sequencer(name, fire):
+            """Phase, token t, head h, group g, part b (A/B) of the read stream, with
+            flags (last group, first group, last head, last token), and the same fields
+            one step ahead (``nxt``): on ``fire`` the state becomes ``nxt`` and ``nxt``
+            its successor, so ``fire`` is only the registers' enable (it comes late: the
+            memory's handshake)."""
+            fields = {
+                "ph": (_Phase, _Phase.DONE),
+                "t": (isa.ROWS_BITS, 0),
+                "h": (isa.HEADS_BITS, 0),
+                "g": (GB, 0),
+                "b": (1, 0),
+                "last_g": (1, 0),  # g == G - 1
+                "g0": (1, 0),  # g == 0
+                "last_h": (1, 0),  # h == heads - 1
+                "last_t": (1, 0),  # t == rows - 1
+                # decoded from the fields above, registered with them
+                "hs": (1, 0),  # a head's first response (src, g = 0, A)
+                "lb": (1, 0),  # the last B of a table row or a head
+                "tl": (1, 0),  # the table row's last response
+            }
+            # no reset: ``init`` loads them before every command
+            s = {
+                k: Signal(sh, init=i, name=f"{name}_{k}", reset_less=True)
+                for k, (sh, i) in fields.items()
+            }
+            n = {
+                k: Signal(sh, init=i, name=f"{name}_n_{k}", reset_less=True)
+                for k, (sh, i) in fields.items()
+            }
+
+            def decode(o):
+                src, tab = _is(o["ph"], _Phase.SRC), _is(o["ph"], _Phase.TAB)
+                return [
+                    o["hs"].eq(src & o["g0"] & ~o["b"]),
+                    o["lb"].eq((src | tab) & o["b"] & o["last_g"]),
+                    o["tl"].eq(tab & o["b"] & o["last_g"]),
                 ]
-            with m.Case(_Phase.TAB):
-                m.d.comb += [
-                    self.rd.payload.addr.eq(tab_ptr + off * 2),
-                    self.rd.payload.len.eq(rq_n * 2),
-                    rq_tag.kind.eq(Mux(rq_b, _Kind.SIN, _Kind.COS)),
-                ]
-            with m.Case(_Phase.SRC):
-                m.d.comb += [
-                    self.rd.payload.addr.eq(src_ptr + off * 4),
-                    self.rd.payload.len.eq(rq_n * 4),
-                    rq_tag.kind.eq(Mux(rq_b, _Kind.X2, _Kind.X1)),
-                ]
-        running = Signal()  # in RUN and not aborting
-        m.d.comb += [
-            self.rd.valid.eq(running & (ph != _Phase.DONE) & tag_q.w_rdy),
-            tag_q.w_en.eq(self.rd.valid & self.rd.ready),
-        ]
-        with m.If(self.rd.valid & self.rd.ready):
-            with m.If(ph == _Phase.SX):
-                m.d.sync += [ph.eq(Mux(a.rope, _Phase.TAB, _Phase.SRC)), rq_i.eq(0), rq_b.eq(0)]
-            with m.Elif(~rq_b):
-                m.d.sync += rq_b.eq(1)
-            with m.Elif(~rq_last):
-                m.d.sync += [rq_b.eq(0), rq_i.eq(rq_i + C)]
-            with m.Else():
-                m.d.sync += [rq_b.eq(0), rq_i.eq(0)]
-                with m.If(ph == _Phase.TAB):
-                    m.d.sync += [ph.eq(_Phase.SRC), rq_h.eq(0)]
+
+            def succ(c):
+                """The state after c (a dict of values): comb values."""
+                o = {k: Signal.like(n[k], name=f"{name}_s_{k}") for k in fields}
+                m.d.comb += [o[k].eq(c[k]) for k in fields if k not in ("hs", "lb", "tl")]
+                g_zero = [o["g"].eq(0), o["g0"].eq(1), o["last_g"].eq(g_one)]
+                h_zero = [o["h"].eq(0), o["last_h"].eq(heads_one)]
+                with m.If(_is(c["ph"], _Phase.SX)):
+                    m.d.comb += [o["ph"].eq(Mux(a.rope, _Phase.TAB, _Phase.SRC)), o["b"].eq(0)]
+                    m.d.comb += g_zero + h_zero
+                with m.Elif(_is(c["ph"], _Phase.DONE)):
+                    pass
+                with m.Elif(~c["b"]):
+                    m.d.comb += o["b"].eq(1)
+                with m.Elif(~c["last_g"]):
+                    m.d.comb += [
+                        o["b"].eq(0),
+                        o["g"].eq(c["g"] + 1),
+                        o["g0"].eq(0),
+                        o["last_g"].eq(c["g"] == g_last_m1),
+                    ]
                 with m.Else():
-                    m.d.sync += src_ptr.eq(src_ptr + hd * 4)
-                    with m.If(rq_h != a.heads - 1):
-                        m.d.sync += rq_h.eq(rq_h + 1)
+                    m.d.comb += [o["b"].eq(0), *g_zero]
+                    with m.If(_is(c["ph"], _Phase.TAB)):
+                        m.d.comb += [o["ph"].eq(_Phase.SRC), *h_zero]
+                    with m.Elif(~c["last_h"]):
+                        m.d.comb += [o["h"].eq(c["h"] + 1), o["last_h"].eq(c["h"] == heads_m2)]
                     with m.Else():
-                        m.d.sync += [
-                            rq_h.eq(0),
-                            tab_ptr.eq(tab_ptr + hd * 2),
-                            sx_ptr.eq(sx_ptr + 4),
-                        ]
-                        with m.If(rq_t == a.rows - 1):
-                            m.d.sync += ph.eq(_Phase.DONE)
+                        m.d.comb += h_zero
+                        with m.If(c["last_t"]):
+                            m.d.comb += o["ph"].eq(_Phase.DONE)
                         with m.Else():
-                            m.d.sync += [rq_t.eq(rq_t + 1), ph.eq(_Phase.SX)]
+                            m.d.comb += [
+                                o["t"].eq(c["t"] + 1),
+                                o["last_t"].eq(c["t"] == rows_m2),
+                                o["ph"].eq(_Phase.SX),
+                            ]
+                m.d.comb += decode(o)
+                return o
 
-        # ---------------------------------------------------------------- responses
-        tag = Signal(tag_layout)
-        m.d.comb += tag.eq(tag_q.r_data)
-        pay = self.rdata.payload
-        a_reg = Signal(C * ELEM_BITS)  # the latched A chunk (cos: sign-extended)
-        grp = Signal(range(C // P + 1))
-        ngrp = Signal(range(C // P + 1))
-        m.d.comb += ngrp.eq((tag.n + (P - 1)) >> LP)
-        grp_last = Signal()
-        m.d.comb += grp_last.eq(grp == ngrp - 1)
-        sx_mant = Signal(isa.SCALE_MANT_BITS)
-        sx_shift = Signal(signed(isa.SCALE_SHIFT_BITS))
-        tc_mant, tc_shift = scale_mul(m, sx_mant, sx_shift, a.c_mant, a.c_shift, B, "tc")
-        hq = Signal(range(NQ))  # quantizer of the head being fed
-        en = Signal()  # the rotation pipeline advances
-        ext = Signal()  # a src group enters the pipeline
-        head_end = Signal()
-        m.d.comb += head_end.eq(tag.last & grp_last)
-        a_grp = a_reg.word_select(grp, P * ELEM_BITS)
-        x1 = [a_grp[ELEM_BITS * j : ELEM_BITS * (j + 1)].as_signed() for j in range(P)]
-        x2_grp = pay.word_select(grp, P * ELEM_BITS)
-        x2 = [x2_grp[ELEM_BITS * j : ELEM_BITS * (j + 1)].as_signed() for j in range(P)]
-        sin_grp = pay.word_select(grp, P * TABLE_BITS)
-        m.d.comb += [
-            tb_r.addr.eq(tag.word + grp),
-            tb_w.addr.eq(tag.word + grp),
-            tb_w.data.eq(
-                Cat(*[a_grp[ELEM_BITS * j : ELEM_BITS * j + TABLE_BITS] for j in range(P)], sin_grp)
-            ),
-        ]
-        pop = Signal()
-        m.d.comb += tag_q.r_en.eq(pop)
-        with m.If(abort):
-            # drain: every response still owed is consumed and dropped
-            m.d.comb += [self.rdata.ready.eq(1), pop.eq(self.rdata.valid)]
-        with m.Elif(tag_q.r_rdy):
-            with m.Switch(tag.kind):
-                with m.Case(_Kind.SX):
-                    m.d.comb += [self.rdata.ready.eq(1), pop.eq(self.rdata.valid)]
-                    with m.If(self.rdata.valid):
-                        m.d.sync += [sx_mant.eq(pay[:16]), sx_shift.eq(pay[16:32])]
-                with m.Case(_Kind.COS):
-                    m.d.comb += [self.rdata.ready.eq(1), pop.eq(self.rdata.valid)]
-                    with m.If(self.rdata.valid):
-                        # int16 lanes sign-extended into the int32 lane layout
-                        lanes = [pay[TABLE_BITS * j : TABLE_BITS * (j + 1)] for j in range(C)]
-                        m.d.sync += a_reg.eq(
-                            Cat(*[Cat(v, v[-1].replicate(ELEM_BITS - TABLE_BITS)) for v in lanes])
-                        )
-                with m.Case(_Kind.X1):
-                    m.d.comb += [self.rdata.ready.eq(1), pop.eq(self.rdata.valid)]
-                    with m.If(self.rdata.valid):
-                        m.d.sync += a_reg.eq(pay[: C * ELEM_BITS])
-                with m.Case(_Kind.SIN):
-                    m.d.comb += [
-                        self.rdata.ready.eq(grp_last),
-                        pop.eq(self.rdata.valid & grp_last),
-                        tb_w.en.eq(self.rdata.valid),
-                    ]
-                    with m.If(self.rdata.valid):
-                        m.d.sync += grp.eq(Mux(grp_last, 0, grp + 1))
-                with m.Case(_Kind.X2):
-                    can = en & (~head_end | side_q.w_rdy)
-                    m.d.comb += [
-                        self.rdata.ready.eq(grp_last & can),
-                        pop.eq(self.rdata.valid & grp_last & can),
-                        ext.eq(self.rdata.valid & can),
-                    ]
-                    with m.If(ext):
-                        m.d.sync += grp.eq(Mux(grp_last, 0, grp + 1))
-                        with m.If(head_end):
-                            m.d.comb += side_q.w_en.eq(1)
-                            m.d.sync += hq.eq(Mux(hq == NQ - 1, 0, hq + 1))
-        m.d.comb += side_q.w_data.eq(Cat(tc_mant, tc_shift))
+            start = {
+                "ph": _Phase.SX,
+                "t": 0,
+                "h": 0,
+                "g": 0,
+                "b": 0,
+                "last_g": g_one,
+                "g0": 1,
+                "last_h": heads_one,
+                "last_t": rows_one,
+                "hs": 0,
+                "lb": 0,
+                "tl": 0,
+            }
+            after_start = {
+                **start,
+                "ph": Mux(a.rope, _Phase.TAB, _Phase.SRC),
+                "hs": ~a.rope,
+            }
+            n_succ = succ(n)
+            with m.If(init):
+                m.d.sync += [s[k].eq(start[k]) for k in fields]
+                m.d.sync += [n[k].eq(after_start[k]) for k in fields]
+            with m.Elif(fire):
+                m.d.sync += [s[k].eq(n[k]) for k in fields]
+                m.d.sync += [n[k].eq(n_succ[k]) for k in fields]
+            return s
 
-        # ---------------------------------------------------------------- rotation
-        one = 1 << T  # rope=0: cos = 1.0, sin = 0 gives y = x
-        cs = [
-            Mux(a.rope, tb_r.data[TABLE_BITS * j : TABLE_BITS * (j + 1)].as_signed(), one)
-            for j in range(P)
-        ]
-        sn = [
-            Mux(a.rope, tb_r.data[TABLE_BITS * (P + j) : TABLE_BITS * (P + j + 1)].as_signed(), 0)
-            for j in range(P)
-        ]
-        pw = ELEM_BITS + TABLE_BITS
-        r1_valid, r1_last = Signal(), Signal()
-        r1_inst = Signal(range(NQ))
-        p_x1c = [Signal(signed(pw), name=f"p_x1c{j}") for j in range(P)]
-        p_x2s = [Signal(signed(pw), name=f"p_x2s{j}") for j in range(P)]
-        p_x2c = [Signal(signed(pw), name=f"p_x2c{j}") for j in range(P)]
-        p_x1s = [Signal(signed(pw), name=f"p_x1s{j}") for j in range(P)]
-        r2_valid, r2_last = Signal(), Signal()
-        r2_inst = Signal(range(NQ))
-        r2_y = [Signal(signed(ELEM_BITS), name=f"r2_y{j}") for j in range(2 * P)]
-        with m.If(en):
-            m.d.sync += [
-                r1_valid.eq(ext),
-                r1_last.eq(head_end),
-                r1_inst.eq(hq),
-                r2_valid.eq(r1_valid),
-                r2_last.eq(r1_last),
-                r2_inst.eq(r1_inst),
+        rq_fire = Signal()
+        rs_fire = Signal()
+        rq = sequencer("rq", rq_fire)
+        rs = sequencer("rs", rs_fire)
+        # nothing outstanding: the response side has caught up with the request side
+        caught_up = Signal()  # registered: one cycle late (only ABORT uses it)
+        m.d.sync += caught_up.eq(
+            (rq["ph"] == rs["ph"])
+            & (rq["t"] == rs["t"])
+            & (rq["h"] == rs["h"])
+            & (rq["g"] == rs["g"])
+            & (rq["b"] == rs["b"])
+        )
+
+        # ================================================================ requests
+        sx_ptr = Signal(isa.ADDR_BITS + 1)
+        tab_row = Signal(isa.ADDR_BITS + 1)  # this token's table row
+        src_head = Signal(isa.ADDR_BITS + 1)  # this head's src vector
+        qa = Signal(isa.ADDR_BITS + 1)  # the current group's A chunk
+        m.d.comb += rq_fire.eq(self.rd.valid & self.rd.ready)
+        is_tab = _is(rq["ph"], _Phase.TAB)
+        n_el = Signal(range(L + 1))
+        m.d.comb += n_el.eq(Mux(rq["last_g"], last_n, L))
+        with m.If(_is(rq["ph"], _Phase.SX)):
+            m.d.comb += [self.rd.payload.addr.eq(sx_ptr), self.rd.payload.len.eq(4)]
+        with m.Else():
+            # B chunk: half elements further (half*2 = hd bytes of int16, 2*hd of int32)
+            off_b = Mux(is_tab, hd, hd << 1)
+            m.d.comb += [
+                self.rd.payload.addr.eq(Mux(rq["b"], qa + off_b, qa)),
+                self.rd.payload.len.eq(Mux(is_tab, n_el << 1, n_el << 2)),
             ]
-            for j in range(P):
-                m.d.sync += [
-                    p_x1c[j].eq(x1[j] * cs[j]),
-                    p_x2s[j].eq(x2[j] * sn[j]),
-                    p_x2c[j].eq(x2[j] * cs[j]),
-                    p_x1s[j].eq(x1[j] * sn[j]),
-                ]
-        rnd = 1 << (T - 1)
-        for j in range(P):
-            y1 = saturate(m, (p_x1c[j] - p_x2s[j] + rnd) >> T, OB, f"y1_{j}")
-            y2 = saturate(m, (p_x2c[j] + p_x1s[j] + rnd) >> T, OB, f"y2_{j}")
-            with m.If(en):
-                m.d.sync += [r2_y[j].eq(y1), r2_y[P + j].eq(y2)]
-        r2_ready = Signal()
-        for k, q in enumerate(quants):
-            m.d.comb += [q.inp.valid.eq(r2_valid & (r2_inst == k)), q.inp.payload.last.eq(r2_last)]
-            for j in range(2 * P):
-                m.d.comb += q.inp.payload.data[j].eq(r2_y[j])
-            with m.If(r2_inst == k):
-                m.d.comb += r2_ready.eq(q.inp.ready)
-        m.d.comb += en.eq(~r2_valid | r2_ready)
+        # a head's reads start only when its row slot is free (registered: one cycle
+        # late, and a head's first request is followed by its B request)
+        rq_head = rq["hs"]
+        rq_admit = Signal()
+        n_rq = Signal(3)  # heads whose reads have started
+        n_free = Signal(3)  # heads drained (their slot is free)
+        m.d.sync += rq_admit.eq((n_rq - n_free)[:3] < ROW_SLOTS)
+        with m.If(rq_fire & rq_head):
+            m.d.sync += n_rq.eq(n_rq + 1)
+        m.d.comb += self.rd.valid.eq(running & ~_is(rq["ph"], _Phase.DONE) & (~rq_head | rq_admit))
+        with m.If(rq_fire):
+            with m.If(_is(rq["ph"], _Phase.SX)):
+                m.d.sync += [sx_ptr.eq(sx_ptr + 4), qa.eq(Mux(a.rope, tab_row, src_head))]
+            with m.Else():
+                if True:
+                    with m.If(rq["b"] & ~rq["lb"]):
+                        m.d.sync += qa.eq(qa + Mux(is_tab, 2 * L, 4 * L))
+                    with m.If(rq["lb"]):
+                        with m.If(is_tab):
+                            m.d.sync += [qa.eq(src_head), tab_row.eq(tab_row + (hd << 1))]
+                        with m.Else():
+                            m.d.sync += [
+                                qa.eq(src_head + (hd << 2)),
+                                src_head.eq(src_head + (hd << 2)),
+                            ]
 
-        # ---------------------------------------------------------------- collector
-        k_out = Signal(range(NQ))
-        col_g = Signal(range(GMAX))
-        col_full = Signal()
-        col_amax = Signal(cfg.quant.hw_in_bits)
-        col_h1 = Signal(HMAX * 8)
-        col_h2 = Signal(HMAX * 8)
-        o_valid, o_last = Signal(), Signal()
-        o_amax = Signal(cfg.quant.hw_in_bits)
-        o_codes = Signal(2 * P * 8)
-        for k, q in enumerate(quants):
-            with m.If(k_out == k):
-                m.d.comb += [
-                    o_valid.eq(q.out.valid),
-                    o_last.eq(q.out.payload.last),
-                    o_amax.eq(q.out.payload.amax),
-                    o_codes.eq(q.out.payload.data.as_value()),
-                    q.out.ready.eq(~col_full),
+        # ================================================================ responses
+        pay = self.rdata.payload
+        rs_take = Signal()  # the response at the head of the stream may be taken
+        sx_cur = Signal(32)
+        m.d.comb += rs_fire.eq(self.rdata.valid & self.rdata.ready)
+        rs_src = _is(rs["ph"], _Phase.SRC)
+        rs_head_start = rs["hs"]
+        tab_wait = Signal()  # G = 1: the coefficients of a new table row are not loaded yet
+        m.d.comb += [
+            rs_take.eq(_is(rs["ph"], _Phase.SX) | _is(rs["ph"], _Phase.TAB) | (rs_src & ~tab_wait)),
+            # abort: drain, every response owed is dropped (outside RUN none is owed)
+            self.rdata.ready.eq(abort | rs_take),
+        ]
+        with m.If(rs_fire & _is(rs["ph"], _Phase.SX)):
+            m.d.sync += sx_cur.eq(pay[:32])
+
+        # table buffer: G words of L int16 (cos, sin) + the rope=0 word (cos 1.0, sin 0)
+        tw = L * TABLE_BITS
+        one = 1 << T
+        m.submodules.cosbuf = cosbuf = Memory(
+            shape=unsigned(tw),
+            depth=GMAX + 1,
+            init=[0] * GMAX + [sum(one << (TABLE_BITS * j) for j in range(L))],
+        )
+        m.submodules.sinbuf = sinbuf = Memory(shape=unsigned(tw), depth=GMAX + 1, init=[])
+        cos_w, sin_w = cosbuf.write_port(), sinbuf.write_port()
+        # registered reads (the multipliers' coefficient registers), addressed with the
+        # group of the response that will be at the head of the stream next cycle; not
+        # transparent (that would move the register to the address, in front of the
+        # multipliers): the first src response waits a cycle after the table's last
+        cos_r = cosbuf.read_port()
+        sin_r = sinbuf.read_port()
+        # the table writes are registered (the write side of a LUT RAM starts a path)
+        tab_fire = rs_fire & _is(rs["ph"], _Phase.TAB) & ~abort
+        tw_en, tw_b = Signal(), Signal()
+        tw_g = Signal(GB)
+        tw_data = Signal(tw)
+        m.d.sync += [tw_en.eq(tab_fire), tw_b.eq(rs["b"]), tw_g.eq(rs["g"]), tw_data.eq(pay[:tw])]
+        # the first src response waits until the coefficient registers have read the
+        # table's last word: 2 cycles after it is taken
+        # (G = 1 only: with more groups the last word written is not the first read)
+        tw1, tw2 = Signal(), Signal()
+        m.d.sync += [tw1.eq(rs_fire & rs["tl"] & g_one), tw2.eq(tw1)]
+        m.d.comb += tab_wait.eq(tw1 | tw2)
+        # the group after a B response; loaded when B is taken (an A response keeps
+        # reloading its own group)
+        g_next = Signal(GB)
+        m.d.comb += g_next.eq(Mux(rs["b"], Mux(rs["last_g"], 0, rs["g"] + 1), rs["g"]))
+        m.d.comb += [cos_r.en.eq(rs_fire | ~rs["b"]), sin_r.en.eq(rs_fire | ~rs["b"])]
+        m.d.comb += [
+            cos_w.addr.eq(tw_g),
+            sin_w.addr.eq(tw_g),
+            cos_w.data.eq(tw_data),
+            sin_w.data.eq(tw_data),
+            cos_w.en.eq(tw_en & ~tw_b),
+            sin_w.en.eq(tw_en & tw_b),
+            cos_r.addr.eq(Mux(a.rope, g_next, GMAX)),
+            sin_r.addr.eq(Mux(a.rope, g_next, GMAX)),
+        ]
+
+        # ================================================================ rotation
+        src_fire = rs_fire & rs_src & ~abort
+        # R1: the partial products of the response just taken (A or B)
+        r1_v, r1_b, r1_last = Signal(), Signal(), Signal()
+        r1_g = Signal(GB)
+        r1_slot = Signal(2)
+        fill_slot = Signal(2)  # the slot of the head being taken
+        pcl = [Signal(signed(SPLIT + TABLE_BITS + 1), name=f"pcl{j}") for j in range(L)]
+        pch = [Signal(signed(XW + TABLE_BITS), name=f"pch{j}") for j in range(L)]
+        psl = [Signal(signed(SPLIT + TABLE_BITS + 1), name=f"psl{j}") for j in range(L)]
+        psh = [Signal(signed(XW + TABLE_BITS), name=f"psh{j}") for j in range(L)]
+        # A's partials, held while B's are computed
+        hcl = [Signal.like(pcl[j], name=f"hcl{j}") for j in range(L)]
+        hch = [Signal.like(pch[j], name=f"hch{j}") for j in range(L)]
+        hsl = [Signal.like(psl[j], name=f"hsl{j}") for j in range(L)]
+        hsh = [Signal.like(psh[j], name=f"hsh{j}") for j in range(L)]
+        m.d.sync += [
+            r1_v.eq(src_fire),
+            r1_b.eq(rs["b"]),
+            r1_last.eq(rs["last_g"]),
+            r1_g.eq(rs["g"]),
+            r1_slot.eq(fill_slot),
+        ]
+        for j in range(L):
+            x = pay[ELEM_BITS * j : ELEM_BITS * (j + 1)]
+            xl = Cat(x[:SPLIT], Const(0, 1)).as_signed()
+            xh = x[SPLIT:].as_signed()
+            c = cos_r.data[TABLE_BITS * j : TABLE_BITS * (j + 1)].as_signed()
+            s = sin_r.data[TABLE_BITS * j : TABLE_BITS * (j + 1)].as_signed()
+            m.d.sync += [
+                pcl[j].eq(xl * c),
+                pch[j].eq(xh * c),
+                psl[j].eq(xl * s),
+                psh[j].eq(xh * s),
+            ]
+        with m.If(r1_v & ~r1_b):
+            for j in range(L):
+                m.d.sync += [
+                    hcl[j].eq(pcl[j]),
+                    hch[j].eq(pch[j]),
+                    hsl[j].eq(psl[j]),
+                    hsh[j].eq(psh[j]),
                 ]
-        with m.If(o_valid & ~col_full):
-            with m.Switch(col_g):
+        # R2: y1 = A*c - B*s, y2 = B*c + A*s as (hi, lo) partial sums
+        r2_v, r2_last = Signal(), Signal()
+        r2_g = Signal(GB)
+        r2_slot = Signal(2)
+        lo_w = SPLIT + TABLE_BITS + 2
+        hi_w = XW + TABLE_BITS + 1
+        lo1 = [Signal(signed(lo_w), name=f"lo1_{j}") for j in range(L)]
+        hi1 = [Signal(signed(hi_w), name=f"hi1_{j}") for j in range(L)]
+        lo2 = [Signal(signed(lo_w), name=f"lo2_{j}") for j in range(L)]
+        hi2 = [Signal(signed(hi_w), name=f"hi2_{j}") for j in range(L)]
+        m.d.sync += [
+            r2_v.eq(r1_v & r1_b),
+            r2_last.eq(r1_last),
+            r2_g.eq(r1_g),
+            r2_slot.eq(r1_slot),
+        ]
+        for j in range(L):
+            m.d.sync += [
+                lo1[j].eq(hcl[j] - psl[j]),
+                hi1[j].eq(hch[j] - psh[j]),
+                lo2[j].eq(pcl[j] + hsl[j]),
+                hi2[j].eq(pch[j] + hsh[j]),
+            ]
+        # R3: v = hi*2^SPLIT + lo, rounded: (v >> T) + v[T-1] (the carry in)
+        r3_v, r3_last = Signal(), Signal()
+        r3_g = Signal(GB)
+        r3_slot = Signal(2)
+        rw = hi_w + SPLIT - T + 1
+        r3y = [[Signal(signed(rw), name=f"r3y{k}_{j}") for j in range(L)] for k in range(2)]
+        m.d.sync += [r3_v.eq(r2_v), r3_last.eq(r2_last), r3_g.eq(r2_g), r3_slot.eq(r2_slot)]
+        for k, (lo, hi) in enumerate(((lo1, hi1), (lo2, hi2))):
+            for j in range(L):
+                m.d.sync += r3y[k][j].eq((hi[j] << (SPLIT - T)) + (lo[j] >> T) + lo[j][T - 1])
+        # R4: saturate; y1 word now, y2 word (held in R5) next cycle
+        r4_v, r4_last = Signal(), Signal()
+        r4_g = Signal(GB)
+        r4_slot = Signal(2)
+        lo_s, hi_s = -(1 << (OB - 1)), (1 << (OB - 1)) - 1
+        r4y = [[Signal(signed(ELEM_BITS), name=f"r4y{k}_{j}") for j in range(L)] for k in range(2)]
+        r5_v, r5_last = Signal(), Signal()
+        r5_g = Signal(GB)
+        r5_slot = Signal(2)
+        r5y = [Signal(signed(ELEM_BITS), name=f"r5y{j}") for j in range(L)]
+        m.d.sync += [
+            r4_v.eq(r3_v),
+            r4_last.eq(r3_last),
+            r4_g.eq(r3_g),
+            r4_slot.eq(r3_slot),
+            r5_v.eq(r4_v),
+            r5_last.eq(r4_last),
+            r5_g.eq(r4_g),
+            r5_slot.eq(r4_slot),
+        ]
+        for k in range(2):
+            for j in range(L):
+                v = r3y[k][j]
+                m.d.sync += r4y[k][j].eq(Mux(v > hi_s, hi_s, Mux(v < lo_s, lo_s, v)))
+        for j in range(L):
+            m.d.sync += r5y[j].eq(r4y[1][j])
+
+        # row buffer: {slot, half, group} -> L int32
+        RB = 2 + 1 + GB
+        m.submodules.rowbuf = rowbuf = Memory(
+            shape=unsigned(L * ELEM_BITS),
+            depth=1 << RB,
+            init=[],
+            attrs={"ram_style": "distributed"},  # LUT RAM: the block RAMs are TLMM's
+        )
+        row_w = rowbuf.write_port()
+        row_r = rowbuf.read_port()  # synchronous: the drain's first stage
+        # Y: the word to write (y1 words from R4, y2 words from R5), registered
+        y_word = Signal(L * ELEM_BITS)
+        y_v, y_first, y_last = Signal(), Signal(), Signal()
+        y_addr = Signal(RB)
+
+        # amax: key = (|y| - sign, sign): its maximum is the largest |y| (= key>>1 + key&1)
+        def key(y):
+            sgn = y[ELEM_BITS - 1]
+            return Cat(sgn, y[: ELEM_BITS - 1] ^ sgn.replicate(ELEM_BITS - 1))
+
+        y_next = Signal(L * ELEM_BITS)
+        m.d.comb += y_next.eq(Mux(r4_v, Cat(*r4y[0]), Cat(*r5y)))
+        y_keys = [Signal(ELEM_BITS, name=f"y_key{j}") for j in range(L)]
+        m.d.sync += [
+            k.eq(key(y_next[ELEM_BITS * j : ELEM_BITS * (j + 1)])) for j, k in enumerate(y_keys)
+        ]
+        m.d.sync += [
+            y_v.eq(r4_v | r5_v),
+            y_word.eq(y_next),
+            # first word of a head: y1 of group 0; last: y2 of the last group
+            y_first.eq(r4_v & (r4_g == 0)),
+            y_last.eq(r5_v & r5_last),
+            y_addr.eq(Mux(r4_v, Cat(r4_g, Const(0, 1), r4_slot), Cat(r5_g, Const(1, 1), r5_slot))),
+        ]
+        m.d.comb += [
+            row_w.addr.eq(y_addr),
+            row_w.data.eq(y_word),
+            row_w.en.eq(y_v),
+        ]
+
+        def kmax(x, y):
+            return Mux(x > y, x, y)
+
+        level = y_keys
+        lv_v, lv_first, lv_last, lv_slot = y_v, y_first, y_last, y_addr[-2:]
+        amax_valids = [y_v]
+        depth_i = 0
+        while len(level) > 1:
+            nxt = [kmax(level[i], level[i + 1]) for i in range(0, len(level), 2)]
+            regs = [Signal(ELEM_BITS, name=f"amax_l{depth_i}_{i}") for i in range(len(nxt))]
+            v, f, ll = (Signal(name=f"amax_l{depth_i}_{n}") for n in ("v", "first", "last"))
+            sl = Signal(2, name=f"amax_l{depth_i}_slot")
+            m.d.sync += [r.eq(x) for r, x in zip(regs, nxt, strict=True)]
+            m.d.sync += [v.eq(lv_v), f.eq(lv_first), ll.eq(lv_last), sl.eq(lv_slot)]
+            level, lv_v, lv_first, lv_last, lv_slot = regs, v, f, ll, sl
+            amax_valids.append(v)
+            depth_i += 1
+        if depth_i == 0:  # L = 1: register the key once
+            k0 = Signal(ELEM_BITS, name="amax_key")
+            v, f, ll = Signal(), Signal(), Signal()
+            sl = Signal(2)
+            m.d.sync += [k0.eq(level[0]), v.eq(lv_v), f.eq(lv_first), ll.eq(lv_last)]
+            m.d.sync += sl.eq(lv_slot)
+            level, lv_v, lv_first, lv_last, lv_slot = [k0], v, f, ll, sl
+            amax_valids.append(v)
+        run_key = Signal(ELEM_BITS)
+        new_key = Signal(ELEM_BITS)
+        m.d.comb += new_key.eq(Mux(lv_first, level[0], kmax(run_key, level[0])))
+        # per row slot: the head's amax key (at its fill's end) and its token's scale
+        # (at its first response); the head unit takes the slots in order
+        slot_key = [Signal(ELEM_BITS, name=f"slot_key{k}") for k in range(ROW_SLOTS)]
+        slot_sx = [Signal(32, name=f"slot_sx{k}") for k in range(ROW_SLOTS)]
+        n_end = Signal(3)  # heads whose fill has ended
+        n_taken = Signal(3)  # heads taken by the head unit
+        hin_take = Signal()
+        with m.If(lv_v):
+            m.d.sync += run_key.eq(new_key)
+        with m.If(lv_v & lv_last):
+            m.d.sync += n_end.eq(n_end + 1)
+            with m.Switch(lv_slot):
+                for k in range(ROW_SLOTS):
+                    with m.Case(k):
+                        m.d.sync += slot_key[k].eq(new_key)
+        # the token's scale goes to the head's slot a cycle after its first response
+        sx_wr = Signal()
+        sx_wr_slot = Signal(2)
+        m.d.sync += [sx_wr.eq(src_fire & rs_head_start), sx_wr_slot.eq(fill_slot)]
+        with m.If(sx_wr):
+            with m.Switch(sx_wr_slot):
+                for k in range(ROW_SLOTS):
+                    with m.Case(k):
+                        m.d.sync += slot_sx[k].eq(sx_cur)
+        with m.If(src_fire & rs["lb"]):  # the head's last response
+            m.d.sync += fill_slot.eq(fill_slot + 1)
+        hin_v = Signal()
+        hin_key = Signal(ELEM_BITS)
+        hin_sx = Signal(32)
+        m.d.comb += hin_v.eq(n_end != n_taken)
+        with m.Switch(n_taken[:2]):
+            for k in range(ROW_SLOTS):
+                with m.Case(k):
+                    m.d.comb += [hin_key.eq(slot_key[k]), hin_sx.eq(slot_sx[k])]
+        with m.If(hin_take):
+            m.d.sync += n_taken.eq(n_taken + 1)
+
+        # ================================================================ head unit
+        # A micro-sequence per head (hc_step), reusing one normalizing shifter
+        # (b_out = BV << BS) and one two-stage leading-zero count (of BV):
+        #   take  BV <- amax, the token's scale sx
+        #   1, 2  BS <- clz(amax) = sa; p1 <- sx.mant * c.mant (DSP)
+        #   3     D' <- amax << sa; BV <- amax >> 1
+        #   4     X <- (amax >> 1) << sa: the division starts; BV <- p1
+        #   5, 6  BS <- clz(p1) = sp
+        #   7     P1n <- p1 << sp
+        #   8     tc = normalize(p1, sx.shift + c.shift), soi = normalize(amax, 0): the
+        #         top 16 bits of P1n, D', rounded half up
+        #   9     p2 <- tc.mant * soi.mant (DSP)
+        #   10,11 record = normalize(p2) (both normalized: 2 cases)
+        #   12    its SCALE_RANGE check
+        #   13    (the QB division steps done) recip2 = recip << (sa mod 8) and sa div 8
+        #         go to the drain.
+        LAST = 13
+        hc_step = Signal(range(LAST + 1))
+        hc_busy = Signal()
+        h_amax = Signal(32)
+        h_sx_s = Signal(signed(SB))
+        h_sx_m = Signal(B)
+        BV = Signal(32)
+        BS = Signal(6)
+        b_out = Signal(32)
+        m.d.comb += b_out.eq(BV << BS[:5])
+        cz = [(Signal(name=f"cz_nz{k}"), Signal(3, name=f"cz_lz{k}")) for k in range(4)]
+        for (nz, lz), (nzv, lzv) in zip(cz, _clz_bytes(BV), strict=True):
+            m.d.sync += [nz.eq(nzv), lz.eq(lzv)]
+        b_clz = _clz_combine(cz)
+        p1 = Signal(2 * B)
+        sa = Signal(6)
+        tcs = Signal(signed(SB + 3))  # sx.shift + c.shift + sp - B
+        Dn = Signal(32)
+        Pn = Signal(32)
+        a_zero = Signal()
+        # division: R' (34 bits) against D' (32 bits), bringing down X's low QB-1 bits
+        RW = ELEM_BITS + 2
+        dv_r = Signal(RW)
+        dv_x = Signal(QB - 1)
+        dv_q = Signal(QB)
+        dv_n = Signal(range(QB + 1))
+        dv_busy = Signal()
+        dv_t = Signal(signed(RW + 1))
+        m.d.comb += dv_t.eq(dv_r - Dn)
+        init_const = (ACT_MAX << (ELEM_BITS + F)) >> (QB - 1)
+        # X < 2^31: its top bits (X >> (QB-1)) lie below the constant's lowest bit
+        assert init_const & ((1 << (ELEM_BITS - QB)) - 1) == 0
+        tc_m = Signal(B)
+        tc_s = Signal(signed(SB + 3))
+        soi_m = Signal(B)
+        soi_s = Signal(signed(SB + 3))
+        p2 = Signal(2 * B)
+        sh2 = Signal(signed(SB + 4))
+        rec_m = Signal(B)
+        rec_s = Signal(signed(SB + 5))
+        r17 = Signal(B + 1)
+        p2_hi = p2[2 * B - 1]
+        p2_hi_q = Signal()
+        p2_zero = Signal()
+        hc_err = Signal()
+
+        def top16(v, s, zero, name):
+            """normalize(p, shift) from v = p << clz(p): the top B bits rounded half up
+            (a carry renormalizes); (0, 0) for p = 0."""
+            r = Signal(B + 1, name=f"{name}_r")
+            m.d.comb += r.eq(v[32 - B :] + v[31 - B])
+            carry = r[B]
+            return Mux(zero, 0, Mux(carry, 1 << (B - 1), r[:B])), Mux(zero, 0, s - carry)
+
+        m.d.comb += hin_take.eq(hin_v & ~hc_busy & running)
+        with m.If(hin_take):
+            m.d.sync += [
+                hc_busy.eq(1),
+                hc_step.eq(1),
+                h_amax.eq((hin_key >> 1) + hin_key[0]),
+                a_zero.eq(hin_key == 0),
+                BV.eq((hin_key >> 1) + hin_key[0]),
+                h_sx_s.eq(hin_sx[B : B + SB]),
+                h_sx_m.eq(hin_sx[:B]),
+            ]
+        with m.If(hc_busy & (hc_step != LAST)):
+            m.d.sync += hc_step.eq(hc_step + 1)
+        with m.If(hc_busy):
+            with m.Switch(hc_step):
+                with m.Case(1):
+                    m.d.sync += p1.eq(h_sx_m * a.c_mant)
+                with m.Case(2, 6):
+                    m.d.sync += BS.eq(b_clz)
+                with m.Case(3):
+                    m.d.sync += [Dn.eq(b_out), sa.eq(BS), BV.eq(h_amax >> 1)]
+                with m.Case(4):
+                    m.d.sync += [
+                        BV.eq(p1),
+                        dv_r.eq(init_const | (b_out >> (QB - 1))),
+                        dv_x.eq(b_out[: QB - 1]),
+                        dv_n.eq(0),
+                        dv_busy.eq(1),
+                    ]
+                with m.Case(7):
+                    m.d.sync += [Pn.eq(b_out), tcs.eq(h_sx_s + a.c_shift + BS - B)]
+                with m.Case(8):
+                    tm, ts = top16(Pn, tcs, p1 == 0, "tc")
+                    om, os_ = top16(Dn, sa - B, a_zero, "soi")
+                    m.d.sync += [tc_m.eq(tm), tc_s.eq(ts), soi_m.eq(om), soi_s.eq(os_)]
+                with m.Case(9):
+                    m.d.sync += [p2.eq(tc_m * soi_m), sh2.eq(tc_s + soi_s - (B - 1))]
+                with m.Case(10):
+                    # both normalized (or 0): r = B - 1 + p2[2B-1] (golden.model.scale_mul)
+                    m.d.sync += [
+                        r17.eq(Mux(p2_hi, p2[B:] + p2[B - 1], p2[B - 1 : 2 * B - 1] + p2[B - 2])),
+                        p2_hi_q.eq(p2_hi),
+                        p2_zero.eq(p2 == 0),
+                    ]
+                with m.Case(11):
+                    carry = r17[B]
+                    m.d.sync += [
+                        rec_m.eq(Mux(p2_zero, 0, Mux(carry, 1 << (B - 1), r17[:B]))),
+                        rec_s.eq(Mux(p2_zero, 0, sh2 - (p2_hi_q + carry))),
+                    ]
+                with m.Case(12):
+                    m.d.comb += hc_err.eq(~shift_fits_record(rec_s))
+        # restoring division, one quotient bit per cycle (MSB first)
+        with m.If(dv_busy):
+            ge = ~dv_t[RW]
+            rem = Mux(ge, dv_t[:RW], dv_r)
+            m.d.sync += [
+                dv_q.eq(Cat(ge, dv_q[:-1])),
+                dv_n.eq(dv_n + 1),
+                dv_r.eq(Cat(dv_x[-1], rem[: RW - 1])),
+                dv_x.eq(Cat(Const(0, 1), dv_x[:-1])),
+            ]
+            with m.If(dv_n == QB - 1):
+                m.d.sync += dv_busy.eq(0)
+        # hand-off to the drain: the division done and the result register free
+        hres_v = Signal()
+        hres_recip2 = Signal(QB + 7)
+        hres_z = Signal(2)
+        hres_rec = Signal(32)
+        hres_take = Signal()
+        hc_done = Signal()
+        m.d.comb += hc_done.eq(hc_busy & (hc_step == LAST) & ~dv_busy & (~hres_v | hres_take))
+        with m.If(hres_take):
+            m.d.sync += hres_v.eq(0)
+        with m.If(hc_done):
+            m.d.sync += [
+                hc_busy.eq(0),
+                hres_v.eq(1),
+                hres_recip2.eq(Mux(a_zero, 0, dv_q) << sa[:3]),
+                hres_z.eq(Mux(a_zero, 0, sa[3:5])),
+                hres_rec.eq(Cat(rec_m, rec_s[:SB])),
+            ]
+
+        # ================================================================ drain
+        dstall = Signal()
+        d_active = Signal()  # a head is being read
+        d_slot = Signal(2)
+        d_half = Signal()
+        d_g = Signal(GB)
+        d_recip2 = Signal(QB + 7)
+        d_z = Signal(2)
+        d_rec = Signal(32)
+        d_last_g = Signal()  # d_g == G - 1 (a register)
+        issue = Signal()
+        m.d.comb += [
+            issue.eq(d_active & ~dstall),
+            hres_take.eq(hres_v & (~d_active | (issue & d_half & d_last_g))),
+            row_r.addr.eq(Cat(d_g, d_half, d_slot)),
+            row_r.en.eq(~dstall),
+        ]
+        with m.If(issue):
+            with m.If(~d_last_g):
+                m.d.sync += [d_g.eq(d_g + 1), d_last_g.eq(d_g == g_last_m1)]
+            with m.Elif(~d_half):
+                m.d.sync += [d_g.eq(0), d_last_g.eq(g_one), d_half.eq(1)]
+            with m.Else():
+                m.d.sync += [
+                    d_g.eq(0),
+                    d_last_g.eq(g_one),
+                    d_half.eq(0),
+                    d_active.eq(0),
+                    d_slot.eq(d_slot + 1),
+                    n_free.eq(n_free + 1),
+                ]
+        with m.If(hres_take):
+            m.d.sync += [
+                d_active.eq(1),
+                d_g.eq(0),
+                d_last_g.eq(g_one),
+                d_half.eq(0),
+                d_recip2.eq(hres_recip2),
+                d_z.eq(hres_z),
+                d_rec.eq(hres_rec),
+            ]
+        # Q1: the buffer word (the read port's register) and its tags
+        q1_v, q1_last, q1_half = Signal(), Signal(), Signal()
+        q1_g = Signal(GB)
+        q1_z = Signal(2)
+        q1_rec = Signal(32)
+        q1_recip2 = Signal(QB + 7)  # the DSP operand follows its word
+        # Q2: partials y[0:17]*recip2, y[17:32]*recip2
+        q2_v, q2_last, q2_half = Signal(), Signal(), Signal()
+        q2_g = Signal(GB)
+        q2_z = Signal(2)
+        q2_rec = Signal(32)
+        PLW = SPLIT + QB + 7
+        PHW = XW + QB + 8
+        ql = [Signal(PLW, name=f"ql{j}") for j in range(L)]
+        qh = [Signal(signed(PHW), name=f"qh{j}") for j in range(L)]
+        # Q3: the window's bits W = (qh + ql >> 17)[0:32] and ql[16]
+        q3_v, q3_last, q3_half = Signal(), Signal(), Signal()
+        q3_g = Signal(GB)
+        q3_z = Signal(2)
+        q3_rec = Signal(32)
+        q3w = [Signal(32, name=f"q3w{j}") for j in range(L)]
+        q3r = [Signal(name=f"q3r{j}") for j in range(L)]
+        with m.If(~dstall):
+            m.d.sync += [
+                q1_v.eq(issue),
+                q1_last.eq(d_last_g),
+                q1_half.eq(d_half),
+                q1_g.eq(d_g),
+                q1_z.eq(d_z),
+                q1_rec.eq(d_rec),
+                q1_recip2.eq(d_recip2),
+                q2_v.eq(q1_v),
+                q2_last.eq(q1_last),
+                q2_half.eq(q1_half),
+                q2_g.eq(q1_g),
+                q2_z.eq(q1_z),
+                q2_rec.eq(q1_rec),
+                q3_v.eq(q2_v),
+                q3_last.eq(q2_last),
+                q3_half.eq(q2_half),
+                q3_g.eq(q2_g),
+                q3_z.eq(q2_z),
+                q3_rec.eq(q2_rec),
+            ]
+            rdw = row_r.data
+            for j in range(L):
+                y = rdw[ELEM_BITS * j : ELEM_BITS * (j + 1)]
+                m.d.sync += [
+                    ql[j].eq(y[:SPLIT] * q1_recip2),
+                    qh[j].eq(y[SPLIT:].as_signed() * q1_recip2),
+                    q3w[j].eq(qh[j] + (ql[j] >> SPLIT)),
+                    q3r[j].eq(ql[j][SPLIT - 1]),
+                ]
+        # Q4: window select (Z = 32 + F - 8z and the round bit below it), round, clamp
+        codes = []
+        for j in range(L):
+            win = Signal(signed(8), name=f"win{j}")
+            rb = Signal(name=f"rb{j}")
+            with m.Switch(q3_z):
+                for z in range(4):
+                    zz = ELEM_BITS + F - 8 * z - SPLIT  # Z relative to the product's bit 17
+                    with m.Case(z):
+                        m.d.comb += [
+                            win.eq(q3w[j][zz : zz + 8]),
+                            rb.eq(q3w[j][zz - 1] if zz > 0 else q3r[j]),
+                        ]
+            qv = Signal(signed(9), name=f"qv{j}")
+            m.d.comb += qv.eq(win + rb)
+            code = Signal(8, name=f"code{j}")
+            m.d.comb += code.eq(Mux(qv > ACT_MAX, ACT_MAX, qv))
+            codes.append(code)
+        # the code register (a half head) and the write register
+        cr = Signal(HMAX * 8)
+        cr_full = Signal()
+        cr_half = Signal()
+        cr_rec = Signal(32)
+        wr_busy = Signal()  # the write register holds codes to write
+        move = Signal()
+        m.d.comb += [move.eq(cr_full & ~wr_busy), dstall.eq(q3_v & cr_full & ~move)]
+        q3_in = q3_v & ~dstall
+        with m.If(q3_in):
+            with m.Switch(q3_g):
                 for g in range(GMAX):
                     with m.Case(g):
-                        m.d.sync += [
-                            col_h1[g * P * 8 : (g + 1) * P * 8].eq(o_codes[: P * 8]),
-                            col_h2[g * P * 8 : (g + 1) * P * 8].eq(o_codes[P * 8 :]),
-                        ]
-            with m.If(o_last):
-                m.d.sync += [
-                    col_full.eq(1),
-                    col_amax.eq(o_amax),
-                    col_g.eq(0),
-                    k_out.eq(Mux(k_out == NQ - 1, 0, k_out + 1)),
-                ]
-            with m.Else():
-                m.d.sync += col_g.eq(col_g + 1)
+                        m.d.sync += cr[g * L * 8 : (g + 1) * L * 8].eq(Cat(*codes))
+        with m.If(move):
+            m.d.sync += cr_full.eq(0)
+        with m.If(q3_in & q3_last):
+            m.d.sync += [cr_full.eq(1), cr_half.eq(q3_half), cr_rec.eq(q3_rec)]
 
-        # ---------------------------------------------------------------- writer
-        ws = Signal(_W)
-        w_h1 = Signal(HMAX * 8)
-        w_h2 = Signal(HMAX * 8)
-        w_amax = Signal(cfg.quant.hw_in_bits)
-        w_sm = Signal(B)
-        w_ss = Signal(signed(SHB))
-        soi_m = Signal(B)
-        soi_s = Signal(signed(SHB))
-        rec_m = Signal(B)
-        rec_s = Signal(signed(SHB))
+        # ================================================================ writer
+        # codes of a half from the write register; after the second half, the record
+        # (a pending record goes first, so the pointers advance in head order)
+        wreg = Signal(HMAX * 8)
+        w_half = Signal()
+        w_rec = Signal(32)
+        rec_pend = Signal()
+        rec_q = Signal(32)
+        w_pend = Signal()  # a write offered and not yet taken (ABORT lets it finish)
         w_t = Signal(isa.ROWS_BITS)
         w_h = Signal(isa.HEADS_BITS)
         code_tok = Signal(isa.ADDR_BITS + 1)  # dst + t*hd
         code_ptr = Signal(isa.ADDR_BITS + 1)  # dst + (h*ld + t)*hd
         rec_tok = Signal(isa.ADDR_BITS + 1)
         rec_ptr = Signal(isa.ADDR_BITS + 1)
-        w_done = Signal()  # the command's last head is finished
-        w_err = Signal()  # a record shift left int16
-        om, osh = scale_of_int(m, w_amax, B, "soi")
-        pm, psh = scale_mul(m, w_sm, w_ss, soi_m, soi_s, B, "rec")
-        m.d.comb += side_q.r_en.eq(0)
+        w_done = Signal()  # the command's last record is written
+        with m.If(move):
+            m.d.sync += [wreg.eq(cr), w_half.eq(cr_half), w_rec.eq(cr_rec), wr_busy.eq(1)]
+        w_go = Signal()  # the selected write may be offered
+        m.d.comb += w_go.eq(Mux(abort, w_pend, 1))
+        w_acc = Signal()
+        m.d.comb += [
+            self.wr.valid.eq((rec_pend | wr_busy) & ~dry & w_go),
+            w_acc.eq((rec_pend | wr_busy) & w_go & (self.wr.ready | dry)),
+            self.wr.payload.data.eq(Cat(Mux(rec_pend, rec_q, wreg[:32]), wreg[32:])),
+            self.wr.payload.len.eq(Mux(rec_pend, isa.SCALE_RECORD_BYTES, half)),
+            self.wr.payload.addr.eq(Mux(rec_pend, rec_ptr, Mux(w_half, code_ptr + half, code_ptr))),
+        ]
+        m.d.sync += w_pend.eq(self.wr.valid & ~self.wr.ready)
         next_head = Signal()
+        with m.If(w_acc):
+            with m.If(rec_pend):
+                m.d.sync += rec_pend.eq(0)
+                m.d.comb += next_head.eq(1)
+            with m.Else():
+                m.d.sync += wr_busy.eq(0)
+                with m.If(w_half):
+                    m.d.sync += [rec_pend.eq(1), rec_q.eq(w_rec)]
+        with m.If(move):
+            m.d.sync += wr_busy.eq(1)
+        w_hl = Signal()  # w_h is the last head
+        w_tl = Signal()  # w_t is the last token
+        m.d.sync += [w_hl.eq(w_h == heads_m1), w_tl.eq(w_t == rows_m1)]
         with m.If(next_head):
-            with m.If(w_h != a.heads - 1):
+            with m.If(~w_hl):
                 m.d.sync += [
                     w_h.eq(w_h + 1),
                     code_ptr.eq(code_ptr + ldhd),
-                    rec_ptr.eq(rec_ptr + a.ld * 4),
+                    rec_ptr.eq(rec_ptr + ld4),
                 ]
             with m.Else():
                 m.d.sync += [
@@ -547,105 +1075,89 @@ class RopeQuantEngine(Engine):
                     rec_tok.eq(rec_tok + 4),
                     rec_ptr.eq(rec_tok + 4),
                 ]
-                with m.If(w_t == a.rows - 1):
+                with m.If(w_tl):
                     m.d.comb += w_done.eq(1)
-            m.d.sync += ws.eq(_W.IDLE)
-        with m.Switch(ws):
-            with m.Case(_W.IDLE):
-                with m.If(running & col_full & side_q.r_rdy):
-                    m.d.comb += side_q.r_en.eq(1)
-                    m.d.sync += [
-                        w_h1.eq(col_h1),
-                        w_h2.eq(col_h2),
-                        w_amax.eq(col_amax),
-                        w_sm.eq(side_q.r_data[:B]),
-                        w_ss.eq(side_q.r_data[B:]),
-                        col_full.eq(0),
-                        ws.eq(_W.SOI),
-                    ]
-            with m.Case(_W.SOI):
-                m.d.sync += [soi_m.eq(om), soi_s.eq(osh), ws.eq(_W.MUL)]
-            with m.Case(_W.MUL):
-                m.d.sync += [rec_m.eq(pm), rec_s.eq(psh)]
-                with m.If(~shift_fits_record(psh)):
-                    m.d.comb += w_err.eq(1)
-                    m.d.sync += ws.eq(_W.IDLE)
-                with m.Elif(dry):
-                    m.d.comb += next_head.eq(1)
-                with m.Else():
-                    m.d.sync += ws.eq(_W.C1)
-            with m.Case(_W.C1):
-                m.d.comb += [
-                    self.wr.valid.eq(1),
-                    self.wr.payload.addr.eq(code_ptr),
-                    self.wr.payload.len.eq(half),
-                    self.wr.payload.data.eq(w_h1),
-                ]
-                with m.If(self.wr.ready):
-                    m.d.sync += ws.eq(_W.C2)
-            with m.Case(_W.C2):
-                m.d.comb += [
-                    self.wr.valid.eq(1),
-                    self.wr.payload.addr.eq(code_ptr + half),
-                    self.wr.payload.len.eq(half),
-                    self.wr.payload.data.eq(w_h2),
-                ]
-                with m.If(self.wr.ready):
-                    m.d.sync += ws.eq(_W.REC)
-            with m.Case(_W.REC):
-                m.d.comb += [
-                    self.wr.valid.eq(1),
-                    self.wr.payload.addr.eq(rec_ptr),
-                    self.wr.payload.len.eq(isa.SCALE_RECORD_BYTES),
-                    self.wr.payload.data.eq(
-                        Cat(rec_m, Const(0, isa.SCALE_MANT_BITS - B), rec_s[: isa.SCALE_SHIFT_BITS])
-                    ),
-                ]
-                with m.If(self.wr.ready):
-                    m.d.comb += next_head.eq(1)
 
-        # ---------------------------------------------------------------- control
-        chk = self.checks(m, registered=True)
+        # ================================================================ control
+        chk = self.checks(m, pipelined=True)
         err_dims = chk.error(stop="src")
         err_args = chk.error(start="src", stop="records")
         err_scale = chk.error(start="records")
+        # ARGS is the CHECK_STATES-th cycle after start: no earlier than chk.latency
+        assert chk.latency <= CHECK_STATES, chk.latency
+        waits = [(f"WAIT{i}", None) for i in range(CHECK_STATES - 3)]
         with m.FSM() as fsm:
-            passed = self.check_states(m, ("DIMS", err_dims), ("SIZES", None), ("ARGS", err_args))
+            passed = self.check_states(
+                m, ("DIMS", err_dims), ("SIZES", None), *waits, ("ARGS", err_args)
+            )
             with m.State("RUN"):
-                m.d.comb += running.eq(1)
-                with m.If(w_err):
+                # the error output does not wait for done (it is read with done)
+                m.d.comb += self.error.eq(pend_err)
+                with m.If(hc_err):
                     m.d.sync += abort.eq(1)
                     m.next = "ABORT"
                 with m.Elif(w_done):
                     self.finish(m, pend_err)
             with m.State("ABORT"):
-                with m.If(~tag_q.r_rdy):
+                with m.If(caught_up & ~w_pend):
                     self.finish(m, ErrorCode.SCALE_RANGE)
-        m.d.comb += busy.eq(~fsm.ongoing("IDLE"))
-        with m.If(fsm.ongoing("IDLE")):
+        m.d.comb += init.eq(fsm.ongoing(waits[-1][0]))
+        with m.If(passed["ARGS"]):
+            m.d.sync += running.eq(1)
+        with m.If(hc_err | w_done | fsm.ongoing("IDLE")):
+            m.d.sync += running.eq(0)
+        with m.If(fsm.ongoing("IDLE") | init):
             # nothing in flight survives a command (an aborted one leaves beats here)
-            m.d.sync += [r1_valid.eq(0), r2_valid.eq(0), col_full.eq(0), ws.eq(_W.IDLE)]
+            m.d.sync += [
+                r1_v.eq(0),
+                r2_v.eq(0),
+                r3_v.eq(0),
+                r4_v.eq(0),
+                r5_v.eq(0),
+                hres_v.eq(0),
+                hc_busy.eq(0),
+                dv_busy.eq(0),
+                d_active.eq(0),
+                q1_v.eq(0),
+                q2_v.eq(0),
+                q3_v.eq(0),
+                cr_full.eq(0),
+                wr_busy.eq(0),
+                rec_pend.eq(0),
+                w_pend.eq(0),
+                n_taken.eq(0),
+                n_rq.eq(0),
+                n_end.eq(0),
+                n_free.eq(0),
+                fill_slot.eq(0),
+                d_slot.eq(0),
+            ]
+            m.d.sync += [v.eq(0) for v in amax_valids]
         with m.If(passed["SIZES"]):
-            m.d.sync += [ldhd.eq(a.ld * hd), tab_off.eq(a.pos * hd * 2)]
+            m.d.sync += [
+                ldhd.eq(a.ld * hd),
+                ld4.eq(a.ld << 2),
+                tab_off.eq(a.pos * (hd << 1)),
+                half.eq(hd >> 1),
+                g_last.eq((((hd >> 1) + (L - 1)) >> LB) - 1),
+                g_last_m1.eq((((hd >> 1) + (L - 1)) >> LB) - 2),
+                g_one.eq((hd >> 1) <= L),
+                heads_m1.eq(a.heads - 1),
+                rows_m1.eq(a.rows - 1),
+                heads_m2.eq(a.heads - 2),
+                rows_m2.eq(a.rows - 2),
+                heads_one.eq(a.heads == 1),
+                rows_one.eq(a.rows == 1),
+                last_n.eq((((hd >> 1) - 1) & (L - 1)) + 1),
+            ]
         with m.If(passed["ARGS"]):
             m.d.sync += [
                 dry.eq(err_scale != ErrorCode.NONE),
                 pend_err.eq(err_scale),
                 abort.eq(0),
-                ph.eq(_Phase.SX),
-                rq_t.eq(0),
-                rq_h.eq(0),
-                rq_i.eq(0),
-                rq_b.eq(0),
                 sx_ptr.eq(a.src_scale),
-                tab_ptr.eq(a.table + tab_off),
-                src_ptr.eq(a.src),
-                grp.eq(0),
-                hq.eq(0),
-                k_out.eq(0),
-                col_g.eq(0),
-                col_full.eq(0),
-                ws.eq(_W.IDLE),
+                tab_row.eq(a.table + tab_off),
+                src_head.eq(a.src),
                 w_t.eq(0),
                 w_h.eq(0),
                 code_tok.eq(a.dst),
