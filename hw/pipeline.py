@@ -38,6 +38,8 @@ from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from golden.config import DEFAULT, QuantConfig
+
 # a DSP48E2 multiplies a 27-bit signed A by an 18-bit signed B: x is split into a 17-bit
 # unsigned low part and a signed high part, each one DSP
 SPLIT_BITS = 17
@@ -304,7 +306,7 @@ class Reciprocal(wiring.Component):
     numerator: act_max 2^R is the bits [R, R + act_bits - 1) (act_max = 2^(act_bits-1) -
     1), disjoint from amax // 2 < 2^(n-1)."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: QuantConfig = DEFAULT.quant):
         self.cfg = cfg
         super().__init__(
             {

@@ -331,6 +331,8 @@ def test_cycles(rng, lanes, stat_lanes):
     for rows, dim in shapes:
         gd = GoldenDevice(DEFAULT, mem_size=MEM)
         x, gamma = random_rows(rng, rows, dim)
+        if rows > 1:  # an all-zero row (zero product, zero scale: the same cycles)
+            x[1] = 0
         res = check_ok(
             engine(lanes, stat_lanes),
             gd,
