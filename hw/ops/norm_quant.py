@@ -188,7 +188,7 @@ class NormQuantEngine(Engine):
         m.submodules.nq = ResetInserter(dp_rst)(nq)
         m.d.comb += [nq.eps_term.eq(a.eps_term), nq.c_mant.eq(a.c_mant), nq.c_exp.eq(a.c_exp)]
 
-        run = Signal()  # RUN state
+        run = Signal()  # the RUN state, as a register (set by begin, cleared by finish)
         begin = Signal()
         dry = Signal()  # dst_scale bad: compute, write nothing
         dry_err = Signal(ErrorCode)
@@ -239,21 +239,33 @@ class NormQuantEngine(Engine):
                     m.d.sync += x_ptr.eq(src_row)
             with m.Else():
                 m.d.sync += g_ptr.eq(g_ptr + rq_ch.n * GS)
-        # reads issued and answered (an abort waits until they are equal)
+        # reads issued and answered (an abort waits until they are equal), counted a
+        # cycle after the events (registered: the response side's handshake is deep):
+        # idle = the counts (events up to two cycles back) equal, no event in the cycle
+        # before, no read issued now (none is issued while abort is set)
         n_iss, n_ans = Signal(32, name="n_iss"), Signal(32, name="n_ans")
-        rs_fire = self.rdata.valid & self.rdata.ready
-        with m.If(rq_adv):
+        ev_iss, ev_take, ev_drain = (
+            Signal(name="ev_iss"),
+            Signal(name="ev_take"),
+            Signal(name="ev_drain"),
+        )
+        ev_ans = ev_take | ev_drain  # a response taken by the reader, or drained (abort)
+        m.d.sync += ev_iss.eq(rq_adv)
+        with m.If(ev_iss):
             m.d.sync += n_iss.eq(n_iss + 1)
-        with m.If(rs_fire):
+        with m.If(ev_ans):
             m.d.sync += n_ans.eq(n_ans + 1)
         rd_idle = Signal()
-        m.d.sync += rd_idle.eq((n_iss == n_ans) & ~rq_adv & ~rs_fire)
+        m.d.sync += rd_idle.eq((n_iss == n_ans) & ~ev_iss & ~ev_ans & ~rq_adv)
 
         # responses -> pair reader -> the block
         rs_adv = Signal()
         rs_rows, rs_ch, rs_g, _ = walker("rs", rs_adv)
         rd = pair_reader(m, self.rdata.payload, L, XB, GB, "rd")
-        live = run & ~abort & rs_rows.more & self.rdata.valid
+        # a response is always one this command asked for (the requests stop with the
+        # rows, and a command ends only when every read is answered): no run / rows term
+        # on the block's valid (it crosses into the block: the depth rule)
+        live = ~abort & self.rdata.valid
         m.d.comb += [
             rd.a_valid.eq(live & ~rs_g),
             rd.b_valid.eq(live & rs_g),
@@ -264,6 +276,7 @@ class NormQuantEngine(Engine):
             self.rdata.ready.eq(Mux(abort, run, rd.take)),
             rs_adv.eq(rd.take),
         ]
+        m.d.sync += [ev_take.eq(rd.take), ev_drain.eq(abort & run & self.rdata.valid)]
         m.d.comb += [
             nq.x.valid.eq(rd.valid & ~abort),
             nq.x.payload.last.eq(rd.last_out & rd.half),
@@ -277,7 +290,9 @@ class NormQuantEngine(Engine):
         yp = nq.y.payload
         sk_v = Signal()
         sk = Signal.like(yp.as_value(), name="skid")
-        nq_ready = run & ~abort & ~sk_v
+        # from registers only, not the FSM (outside RUN the block holds nothing: it is
+        # reset in CHECK and a command ends with it empty or aborted)
+        nq_ready = ~abort & ~sk_v
         m.d.comb += nq.y.ready.eq(nq_ready)
         cur_v = sk_v | nq.y.valid
         cur_bits = Mux(sk_v, sk, yp.as_value())
@@ -379,21 +394,26 @@ class NormQuantEngine(Engine):
                 m, ("SPAN", None), ("SPAN2", None), ("COND", None), ("CHECK", err)
             )
             with m.State("RUN"):
-                m.d.comb += run.eq(1)
                 with m.If(abort):
                     with m.If(rd_idle & ~wo_valid):
                         self.finish(m, ErrorCode.SCALE_RANGE)
+                        m.d.sync += run.eq(0)
                 with m.Elif(~out_rows.more & ~rec_p1 & ~rec_p2 & ~rec_v & ~wo_valid & ~sk_v):
                     self.finish(m, dry_err)
+                    m.d.sync += run.eq(0)
         m.d.comb += [begin.eq(passed["CHECK"]), dp_rst.eq(fsm.ongoing("CHECK"))]
         with m.If(begin):
             m.d.sync += out_rows.first()
             m.d.sync += [
+                run.eq(1),
                 dry.eq(err_scale != ErrorCode.NONE),
                 dry_err.eq(err_scale),
                 abort.eq(0),
                 n_iss.eq(0),
                 n_ans.eq(0),
+                ev_iss.eq(0),
+                ev_take.eq(0),
+                ev_drain.eq(0),
                 out_ptr.eq(a.dst),
                 out_left.eq(a.dim),
                 rec_ptr.eq(a.dst_scale),
