@@ -636,8 +636,11 @@ class AccelConfig:
     max_keys: int = 2048  # QK / SOFTMAX / PV keys per row
     max_head_dim: int = 128  # ROPE_QUANT / QK / PV head_dim
     # widths
-    norm_lanes: int = 8  # NORM_QUANT elements per cycle and pass
-    act_lanes: int = 16  # ACT elements per cycle and pass
+    norm_lanes: int = 8  # NORM_QUANT pass-2 elements per cycle (the quantize lanes)
+    norm_stat_lanes: int = 4  # NORM_QUANT pass-1 elements per cycle (sum of squares, max/min)
+    act_lanes: int = 4  # ACT pass-2 elements per cycle (the quantize/product lanes)
+    act_amax_lanes: int = 16  # ACT pass-1 elements per cycle (the amax tree)
+    residual_lanes: int = 4  # RESIDUAL elements per cycle
     softmax_lanes: int = 8  # SOFTMAX rows side by side
     rope_lanes: int = 4  # ROPE_QUANT elements rotated and quantized per cycle
     embed_scan_ids: int = 4  # EMBED token ids checked per scan read
@@ -660,7 +663,10 @@ class AccelConfig:
             "max_keys",
             "max_head_dim",
             "norm_lanes",
+            "norm_stat_lanes",
             "act_lanes",
+            "act_amax_lanes",
+            "residual_lanes",
             "softmax_lanes",
             "rope_lanes",
             "embed_scan_ids",
@@ -757,7 +763,10 @@ DESIGN_POINTS = {
         max_keys=512,
         max_head_dim=64,
         norm_lanes=4,
-        act_lanes=4,
+        norm_stat_lanes=2,
+        act_lanes=1,
+        act_amax_lanes=4,
+        residual_lanes=2,
         softmax_lanes=2,
         rope_lanes=1,
         embed_scan_ids=1,

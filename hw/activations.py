@@ -26,18 +26,19 @@ Relu2: ``x`` (in) ``{data: lanes x signed(in_bits), last}`` (gated:
 ``last`` is passed through (it marks the end of a vector for the command sequencer).
 
 Pipelines freeze as a whole when ``y`` holds an unaccepted beat (``x.ready = ~stall``).
-Latency (accepting edge of an input to its output being valid) ``LATENCY``: 3 for
-LutActivation (|x| and the ROM address; ROM read and interpolation; subtraction,
-rounding and saturation), 2 for Relu2 (input register; square), 3 gated (square; times
-up). No stalls: n beats take ``expected_cycles(n, latency) = n + latency`` cycles from
-the first input beat to the last output beat, both included.
+Latency (accepting edge of an input to its output being valid) ``LATENCY``: 6 for
+LutActivation (|x|; the ROM address; the ROM word and slope * position; the interpolated
+delta; ReLU - delta; rounding and saturation: each step within the 250 MHz depth rule of
+``hw.timing``), 2 for Relu2 (input register; square), 3 gated (square; times up). No
+stalls: n beats take ``expected_cycles(n, latency) = n + latency`` cycles from the first
+input beat to the last output beat, both included.
 
 Reset empties the pipelines; the ROM is constant.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -46,6 +47,7 @@ from golden.activations import KINDS, delta_lut
 from golden.config import DEFAULT, ActivationConfig
 from hw.beats import check_lanes, lanes_layout
 from hw.fixed import rhu
+from hw.pipeline import Pipe
 
 # Elements per beat when the instantiating code does not say (ActivationConfig has no
 # lane count: the number of lanes is a throughput choice of the instance, not a format).
@@ -59,20 +61,6 @@ def expected_cycles(n: int, latency: int) -> int:
 
 def relu2_out_bits(in_bits: int, up_bits: int | None = None) -> int:
     return 2 * in_bits if up_bits is None else 2 * in_bits + up_bits - 2
-
-
-class _Pipeline:
-    """Registers that all freeze on one stall (the output holds an unaccepted beat)."""
-
-    def __init__(self, m: Module, stall):
-        self.m = m
-        self.stall = stall
-
-    def reg(self, value, name: str, shape=None) -> Signal:
-        r = Signal(value.shape() if shape is None else shape, name=name)
-        with self.m.If(~self.stall):
-            self.m.d.sync += r.eq(value)
-        return r
 
 
 def _drive_output(m: Module, port, stall, valid, last, values):
@@ -92,7 +80,7 @@ class LutActivation(wiring.Component):
     the tables sit back to back in one ROM.
     """
 
-    LATENCY = 3
+    LATENCY = 6
 
     def __init__(
         self, cfg: ActivationConfig = DEFAULT.activation, kinds=KINDS, *, lanes: int = DEFAULT_LANES
@@ -116,79 +104,103 @@ class LutActivation(wiring.Component):
 
     def rom_offsets(self) -> list[int]:
         """First ROM word of each kind's table."""
-        offs, pos = [], 0
-        for kind in self.kinds:
-            offs.append(pos)
-            pos += 1 << self.cfg.lut_bits(kind)
-        return offs
+        return rom_offsets(self.cfg, self.kinds)
 
     def rom_words(self) -> list[dict]:
         """ROM contents from the golden tables: per kind, word i = {T[i], T[i+1] - T[i]}."""
-        words = []
-        for kind in self.kinds:
-            t = [int(v) for v in delta_lut(kind, self.cfg)]
-            words += [{"base": t[i], "slope": t[i + 1] - t[i]} for i in range(len(t) - 1)]
-        return words
+        return rom_words(self.cfg, self.kinds)
 
     def elaborate(self, platform):
-        cfg = self.cfg
-        lf = cfg.lut_frac_bits
-        words = self.rom_words()
-        offsets = self.rom_offsets()
-        base_shape = unsigned(max(1, max(w["base"] for w in words).bit_length()))
-        slope_shape = signed(max(1, max(abs(w["slope"]) for w in words).bit_length()) + 1)
-        word_layout = data.StructLayout({"base": base_shape, "slope": slope_shape})
-        shifts = [cfg.seg_shift(k) for k in self.kinds]
-        w_bits = max(1, max(shifts))
         m = Module()
         stall = Signal()
-        pipe = _Pipeline(m, stall)
+        pipe = Pipe(m, stall)
         m.d.comb += self.x.ready.eq(~stall)
         fire = self.x.valid & self.x.ready
-
         sel = self.x.payload.kind if len(self.kinds) > 1 else 0
-        # stage 1: |x|, ROM address of its segment, position in the segment
-        v1 = pipe.reg(fire, "s1_valid")
-        last1 = pipe.reg(self.x.payload.last, "s1_last")
-        sel1 = pipe.reg(sel, "s1_kind", unsigned(1))
-        outs = []
-        for lane in range(self.lanes):
-            x = self.x.payload.data[lane]
-            a = Signal(unsigned(cfg.in_bits), name=f"abs{lane}")  # |-2^(b-1)| fits b bits
-            m.d.comb += a.eq(Mux(x < 0, -x, x))
-            addr, inside, pos = [], [], []
-            for kind, off, sg in zip(self.kinds, offsets, shifts, strict=False):
-                seg = a >> sg
-                inside.append(seg < (1 << cfg.lut_bits(kind)))
-                addr.append(off + seg[: cfg.lut_bits(kind)])
-                pos.append(a[:sg] if sg else 0)
-            pick = (
-                (lambda vals: Mux(sel, vals[1], vals[0]))
-                if len(self.kinds) > 1
-                else (lambda vals: vals[0])
-            )
-            # one ROM copy per lane (one read port each: what the FPGA builds anyway)
-            rom = Memory(shape=word_layout, depth=len(words), init=words)
-            m.submodules[f"rom{lane}"] = rom
-            port = rom.read_port()
-            m.d.comb += [port.addr.eq(pick(addr)), port.en.eq(~stall)]
-            x1 = pipe.reg(x, f"s1_x{lane}")
-            w1 = pipe.reg(pick(pos), f"s1_w{lane}", unsigned(w_bits))
-            in1 = pipe.reg(pick(inside), f"s1_inside{lane}")
-            # stage 2: interpolated delta (the ROM word arrives now), ReLU scaled to Q.LF
-            word = port.data
-            deltas = [word.base + (rhu(word.slope * w1[:sg], sg) if sg else 0) for sg in shifts]
-            delta = Mux(sel1, deltas[1], deltas[0]) if len(self.kinds) > 1 else deltas[0]
-            relu = Mux(x1 < 0, 0, x1) << (lf - cfg.in_frac_bits)
-            acc = pipe.reg(relu - Mux(in1, delta, 0), f"s2_acc{lane}")
-            # stage 3: round to Q.OF and saturate
-            y = rhu(acc, lf - cfg.out_frac_bits)
-            lo, hi = -(1 << (cfg.out_bits - 1)), (1 << (cfg.out_bits - 1)) - 1
-            outs.append(Mux(y > hi, hi, Mux(y < lo, lo, y)))
-        v2 = pipe.reg(v1, "s2_valid")
-        last2 = pipe.reg(last1, "s2_last")
-        _drive_output(m, self.y, stall, v2, last2, outs)
+        outs = [
+            lut_lane(m, pipe, self.cfg, self.kinds, self.x.payload.data[lane], sel, f"l{lane}")
+            for lane in range(self.lanes)
+        ]
+        valid = pipe.delay(fire, self.LATENCY - 1, "valid")
+        last = pipe.delay(self.x.payload.last, self.LATENCY - 1, "last")
+        _drive_output(m, self.y, stall, valid, last, outs)
         return m
+
+
+def rom_offsets(cfg: ActivationConfig, kinds) -> list[int]:
+    """First ROM word of each kind's table (tables back to back)."""
+    offs, pos = [], 0
+    for kind in kinds:
+        offs.append(pos)
+        pos += 1 << cfg.lut_bits(kind)
+    return offs
+
+
+def rom_words(cfg: ActivationConfig, kinds) -> list[dict]:
+    """ROM contents from the golden tables: per kind, word i = {T[i], T[i+1] - T[i]}."""
+    words = []
+    for kind in kinds:
+        t = [int(v) for v in delta_lut(kind, cfg)]
+        words += [{"base": t[i], "slope": t[i + 1] - t[i]} for i in range(len(t) - 1)]
+    return words
+
+
+def lut_lane(m: Module, pipe, cfg: ActivationConfig, kinds, x, sel, name: str):
+    """One lane of :class:`LutActivation`: ``act_fx(x)`` of the kind ``sel`` (an index
+    into ``kinds``; ignored for one kind), ``LutActivation.LATENCY - 1`` stages of
+    ``pipe`` after x (a register), as a value for the output register. Its own ROM (one
+    read port). Stages: |x|; the segment (ROM address) and the position in it; the ROM
+    word and slope * position; the interpolated delta; ReLU - delta; (the output
+    register:) rounding to Q.OF and saturation."""
+    lf = cfg.lut_frac_bits
+    words, offsets = rom_words(cfg, kinds), rom_offsets(cfg, kinds)
+    base_shape = unsigned(max(1, max(w["base"] for w in words).bit_length()))
+    slope_shape = signed(max(1, max(abs(w["slope"]) for w in words).bit_length()) + 1)
+    word_layout = data.StructLayout({"base": base_shape, "slope": slope_shape})
+    shifts = [cfg.seg_shift(k) for k in kinds]
+    w_bits = max(1, max(shifts))
+    x = Value.cast(x).as_signed()
+
+    def pick(vals, s):
+        return Mux(s, vals[1], vals[0]) if len(kinds) > 1 else vals[0]
+
+    # stage 0: |x|; stage 1: ROM address of its segment, position in the segment
+    a = pipe.reg(Mux(x < 0, -x, x), f"{name}_abs", unsigned(cfg.in_bits))  # |-2^(b-1)| fits
+    x0, sel0 = pipe.reg(x, f"{name}_s0_x"), pipe.reg(sel, f"{name}_s0_kind", unsigned(1))
+    addr, inside, pos = [], [], []
+    for kind, off, sg in zip(kinds, offsets, shifts, strict=False):
+        seg = a >> sg
+        inside.append(seg < (1 << cfg.lut_bits(kind)))
+        addr.append(off + seg[: cfg.lut_bits(kind)])
+        pos.append(a[:sg] if sg else 0)
+    rom = Memory(shape=word_layout, depth=len(words), init=words)
+    m.submodules[f"{name}_rom"] = rom
+    port = rom.read_port()
+    m.d.comb += [
+        port.addr.eq(pick(addr, sel0)),
+        port.en.eq(1 if pipe.stall is None else ~pipe.stall),
+    ]
+    sel1 = pipe.reg(sel0, f"{name}_s1_kind", unsigned(1))
+    x1 = pipe.reg(x0, f"{name}_s1_x")
+    w1 = pipe.reg(pick(pos, sel0), f"{name}_s1_w", unsigned(w_bits))
+    in1 = pipe.reg(pick(inside, sel0), f"{name}_s1_inside")
+    # stage 2: the ROM word arrives; slope * position; ReLU scaled to Q.LF
+    word = port.data
+    prod2 = pipe.reg(word.slope * w1, f"{name}_s2_prod")
+    base2 = pipe.reg(word.base, f"{name}_s2_base")
+    relu2 = pipe.reg(Mux(x1 < 0, 0, x1) << (lf - cfg.in_frac_bits), f"{name}_s2_relu")
+    in2, sel2 = pipe.reg(in1, f"{name}_s2_inside"), pipe.reg(sel1, f"{name}_s2_kind")
+    # stage 3: the interpolated delta (each kind's table has its own segment width)
+    deltas = [base2 + (rhu(prod2, sg) if sg else prod2) for sg in shifts]
+    delta3 = pipe.reg(Mux(in2, pick(deltas, sel2), 0), f"{name}_s3_delta")
+    relu3 = pipe.reg(relu2, f"{name}_s3_relu")
+    # stage 4: ReLU - delta
+    acc = pipe.reg(relu3 - delta3, f"{name}_s4_acc")
+    # output: round to Q.OF and saturate
+    y = rhu(acc, lf - cfg.out_frac_bits)
+    top = y[cfg.out_bits - 1 :]
+    lo, hi = -(1 << (cfg.out_bits - 1)), (1 << (cfg.out_bits - 1)) - 1
+    return Mux(top.all() | ~top.any(), y[: cfg.out_bits].as_signed(), Mux(y[-1], lo, hi))
 
 
 # --------------------------------------------------------------------------- ReLU^2
@@ -230,7 +242,7 @@ class Relu2(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         stall = Signal()
-        pipe = _Pipeline(m, stall)
+        pipe = Pipe(m, stall)
         m.d.comb += self.x.ready.eq(~stall)
         fire = self.x.valid & self.x.ready
         p = self.x.payload

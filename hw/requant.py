@@ -16,24 +16,29 @@ Streams (``amaranth.lib.stream``)
 ``out`` (out) payload ``{data: L x signed(out_bits), last}``, beat for beat (``last``
     passed through).
 
-Pipeline (one beat per cycle, ``LATENCY`` = 4, one global stall when ``out`` is full):
-stage 1 ``acc * mult`` (``product_bits`` signed: DSP multiplies) and the shift, clamped to
-``product_bits``; stage 2 adds the rounding constant; stage 3 shifts; stage 4 saturates
-into the output register.  N beats take N + 4 cycles without stalls.
+Pipeline (one beat per cycle, ``LATENCY`` = 6, one global stall when ``out`` is full):
+stage 1 the beat registered; stages 2-3 ``acc * mult`` (``hw.pipeline.mul_split``: two
+DSP48E2 partial products, then their sum) beside the shift's window parameters
+(``hw.pipeline.RssParams.derive``); stages 4-6 the rounding right shift and the
+saturation (``hw.pipeline.rss_lane``: the window of the product in two steps with the
+overflow flag, then the rounding and the saturation), the last one the output register.
+N beats take N + 6 cycles without stalls. Every stage meets the 250 MHz depth rule of
+``hw.timing``.
 
-Why the clamp is exact: |acc*mult| < 2^(P-1) with P = ``product_bits``, so for any
+Why the shift can be clamped: |acc*mult| < 2^(P-1) with P = ``product_bits``, so for any
 shift >= P, acc*mult + 2^(shift-1) lies in (0, 2^shift) and the result is 0 -- the same as
-with shift = P.  The adder and shifter are therefore P+1 bits wide, not 64.
+with shift = P.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden.config import DEFAULT, RequantConfig
 from hw.beats import check_lanes, lanes_layout
+from hw.pipeline import Pipe, RssParams, mul_split, rss_lane
 
 # Beats carry as many elements as the TLMM engine emits per output beat (Q).
 DEFAULT_LANES = DEFAULT.tlmm.replicas
@@ -56,7 +61,7 @@ def out_layout(cfg: RequantConfig, lanes: int) -> data.StructLayout:
     return lanes_layout(signed(cfg.out_bits), lanes)
 
 
-LATENCY = 4  # cycles from a beat's acceptance to its output beat being valid
+LATENCY = 6  # cycles from a beat's acceptance to its output beat being valid
 
 
 class Requant(wiring.Component):
@@ -82,46 +87,22 @@ class Requant(wiring.Component):
             stall.eq(self.out.valid & ~self.out.ready),
             self.inp.ready.eq(~stall),
         ]
-        fire = self.inp.valid & ~stall
-
-        # stage 1: product and clamped shift
-        s1_valid, s1_last = Signal(), Signal()
-        prod = [Signal(signed(P), name=f"prod{i}") for i in range(L)]
-        sh1 = [Signal(range(P + 1), name=f"shift1_{i}") for i in range(L)]
-        with m.If(~stall):
-            m.d.sync += [s1_valid.eq(fire), s1_last.eq(self.inp.payload.last)]
-            for i in range(L):
-                sh = self.inp.payload.shift[i]
-                m.d.sync += [
-                    prod[i].eq(self.inp.payload.data[i] * self.inp.payload.mult[i]),
-                    sh1[i].eq(Mux(sh > P, P, sh)),
-                ]
-
-        # stage 2: + 2^(shift-1)
-        s2_valid, s2_last = Signal(), Signal()
-        rounded = [Signal(signed(P + 1), name=f"rounded{i}") for i in range(L)]
-        sh2 = [Signal(range(P + 1), name=f"shift2_{i}") for i in range(L)]
-        with m.If(~stall):
-            m.d.sync += [s2_valid.eq(s1_valid), s2_last.eq(s1_last)]
-            for i in range(L):
-                half = Mux(sh1[i] == 0, 0, (1 << sh1[i]) >> 1)
-                m.d.sync += [rounded[i].eq(prod[i] + half), sh2[i].eq(sh1[i])]
-
-        # stage 3: >> shift
-        s3_valid, s3_last = Signal(), Signal()
-        shifted = [Signal(signed(P + 1), name=f"shifted{i}") for i in range(L)]
-        with m.If(~stall):
-            m.d.sync += [s3_valid.eq(s2_valid), s3_last.eq(s2_last)]
-            for i in range(L):
-                m.d.sync += shifted[i].eq(rounded[i] >> sh2[i])
-
-        # stage 4: saturate into the output register
-        with m.If(self.out.valid & self.out.ready):
-            m.d.sync += self.out.valid.eq(0)
-        with m.If(~stall & s3_valid):
-            m.d.sync += [self.out.valid.eq(1), self.out.payload.last.eq(s3_last)]
-            for i in range(L):
-                y = shifted[i]
-                q = Mux(y > cfg.out_max, cfg.out_max, Mux(y < cfg.out_min, cfg.out_min, y))
-                m.d.sync += self.out.payload.data[i].eq(q)
+        pipe = Pipe(m, stall)
+        params = RssParams(P, cfg.out_bits, cfg.shift_max, "rq")
+        valid = pipe.reg(self.inp.valid & ~stall, "s1_valid")
+        last = pipe.reg(self.inp.payload.last, "s1_last")
+        outs = []
+        for i in range(L):
+            x = pipe.reg(self.inp.payload.data[i], f"x{i}")
+            k = pipe.reg(self.inp.payload.mult[i], f"mult{i}")
+            sh = pipe.reg(self.inp.payload.shift[i], f"shift{i}")
+            q = mul_split(pipe, x, k, f"q{i}")
+            par = params.derive(pipe, Cat(sh, Const(0, 1)).as_signed(), f"p{i}")
+            outs.append(rss_lane(pipe, q, params, f"y{i}", params=par))
+        depth = LATENCY - 1
+        m.d.comb += [
+            self.out.valid.eq(pipe.delay(valid, depth, "valid")),
+            self.out.payload.last.eq(pipe.delay(last, depth, "last")),
+        ]
+        m.d.comb += [self.out.payload.data[i].eq(y) for i, y in enumerate(outs)]
         return m

@@ -2,7 +2,8 @@
 ``golden.rmsnorm.rmsnorm_quant`` bit for bit.
 
 Parameters (``sim.streams.bench_params``): ``cfg`` (NormConfig), ``qcfg`` (QuantConfig),
-``lanes``, ``max_len``, ``batches`` (random batches), ``max_d``, ``stall``. Rows come from
+``lanes``, ``stat_lanes``, ``max_len``, ``batches`` (random batches), ``max_d``,
+``stall``. Every row is streamed twice (the block's pass 1 and pass 2). Rows come from
 ``golden.rmsnorm.random_rows`` (magnitudes over 2^-12..2^10, outlier channels) plus
 directed corners; the row constants from ``golden.rmsnorm.norm_constants``. Rows of one
 length form a batch; the constant ports change only between batches (DUT idle).
@@ -25,6 +26,8 @@ P = bench_params()
 CFG = NormConfig(**P.get("cfg", {}))
 QCFG = QuantConfig(**P.get("qcfg", {}))
 LANES = int(P.get("lanes", 4))
+STAT_LANES = int(P.get("stat_lanes", LANES))
+SUB = LANES // STAT_LANES
 MAX_LEN = int(P.get("max_len", 64))
 BATCHES = int(P.get("batches", 4))
 MAX_D = min(int(P.get("max_d", 64)), MAX_LEN)
@@ -43,20 +46,29 @@ class Row:
         self.tag, self.cfg = tag, cfg
         xq, mant, shift = golden.rmsnorm_quant(self.x[None, :], self.gamma, cfg, QCFG)
         self.xq, self.mant, self.shift = xq[0].astype(np.int64), int(mant[0]), int(shift[0])
-        self.beats = [pack(X_L, b) for b in x_beats(self.x, self.gamma, LANES)]
+        self.pass_beats = [pack(X_L, b) for b in x_beats(self.x, self.gamma, LANES)]
+        self.beats = self.pass_beats + self.pass_beats  # pass 1, pass 2
 
     @property
     def d(self) -> int:
         return self.x.size
+
+    @property
+    def nb(self) -> int:
+        return len(self.pass_beats)
 
 
 def constants(d: int, cfg: NormConfig = CFG):
     return golden.norm_constants(d, cfg, QCFG)
 
 
+def cycles(nb: int) -> int:
+    return expected_cycles(nb, CFG, QCFG, SUB, STAT_LANES)
+
+
 def check(row: Row, beats: list[int], where: str) -> int:
     """Compare one row's output beats with golden; report the first mismatch with inputs."""
-    nb = len(row.beats)
+    nb = row.nb
     assert len(beats) == nb, f"{where}: {len(beats)} output beats, expected {nb}"
 
     def ctx():
@@ -94,8 +106,11 @@ class Bench(streams.Bench):
     """Also drives the row-constant ports (eps_term, c_mant, c_exp) at every falling edge."""
 
     SOURCES, SINKS, STALL, SETTLE = ("x",), ("y",), STALL, 8
-    DESC = f"cfg={CFG} qcfg={QCFG} lanes={LANES} max_len={MAX_LEN}"
+    DESC = f"cfg={CFG} qcfg={QCFG} lanes={LANES} stat_lanes={STAT_LANES} max_len={MAX_LEN}"
     check_item = staticmethod(check)
+
+    def out_beats(self, item) -> int:
+        return item.nb
 
     def __init__(self, dut, test: str, stall: bool = True):
         super().__init__(dut, test, stall)
@@ -113,7 +128,7 @@ class Bench(streams.Bench):
         self.const = constants(d, cfg)
 
     def budget(self, rows: list[Row]) -> int:
-        return 400 + 10 * sum(expected_cycles(len(r.beats), CFG, QCFG) for r in rows)
+        return 400 + 10 * sum(cycles(r.nb) for r in rows)
 
     async def run(self, rows: list[Row], where: str) -> int:
         """One batch: rows of one length (the constant ports are set for it first)."""
@@ -180,13 +195,13 @@ async def test_corners(dut):
 
 @cocotb.test()
 async def test_reset_mid_operation(dut):
-    """Reset in pass 1, in the sequencer, in pass 2 / the quantizer; then clean rows."""
+    """Reset in pass 1, in the sequencer, in pass 2; then clean rows."""
     b = await Bench.start(dut, "test_reset_mid_operation")
 
     def in_flight():
         rows = random_batch(b.rng, 2, d=MAX_D)
         b.set_constants(rows[0].d)
-        return rows, 2 * expected_cycles(len(rows[0].beats), CFG, QCFG)
+        return rows, 2 * cycles(rows[0].nb)
 
     await b.reset_mid_operation(
         3, in_flight, lambda attempt: random_batch(b.rng, 2, tag=f"after reset {attempt}")
@@ -195,14 +210,10 @@ async def test_reset_mid_operation(dut):
 
 @cocotb.test()
 async def test_throughput(dut):
-    """No stalls: one row of B beats takes expected_cycles(B) (hw.rmsnorm doc)."""
+    """No stalls: one row of B beats (sent twice) takes expected_cycles(B) (hw.rmsnorm
+    doc)."""
     b = await Bench.start(dut, "test_throughput", stall=False)
     rows = random_batch(b.rng, 1, d=MAX_D, tag="throughput")
     b.set_constants(rows[0].d)
-    nb = len(rows[0].beats)
-    await b.throughput(
-        rows,
-        expected_cycles(nb, CFG, QCFG),
-        400 + 4 * expected_cycles(nb, CFG, QCFG),
-        f"row of {nb} beats",
-    )
+    nb = rows[0].nb
+    await b.throughput(rows, cycles(nb), 400 + 4 * cycles(nb), f"row of {nb} beats")

@@ -1,13 +1,13 @@
 """ACT engine (hw/ops/act.py) == the golden executor's ACT, bit for bit, in
 Amaranth's simulator (sim/op_bench.check_op: random memory stalls and read latency).
 
-Random shapes (dims across partial DMA beats and partial datapath beats), both kinds,
-stall levels 0 / 0.3 / 0.6, several lane counts; numeric corners (int32 extremes, zero
-rows, zero / unnormalized / extreme-shift scales that drive the final requant far beyond
-both of its ends); every argument error in the contract's check order; the engine's own
-limits (dim > max_dim, an invalid kind) against a direct testbench; the no-stall cycle
-count against ``hw.ops.act.expected_cycles``. The ALIGN / ADDR_RANGE cases come from the
-contract (``sim/op_bench.arg_error_cases``).
+Random shapes (dims across partial chunks and partial amax beats), both kinds, stall
+levels 0 / 0.3 / 0.6, several lane counts (pass-2 lanes and amax lanes); numeric corners
+(int32 extremes, zero rows, zero / unnormalized / extreme-shift scales that drive the
+final requant far beyond both of its ends); every argument error in the contract's check
+order; the engine's own limits (dim > max_dim, an invalid kind) against a direct
+testbench; the no-stall cycle count against ``hw.ops.act.expected_cycles``. The ALIGN /
+ADDR_RANGE cases come from the contract (``sim/op_bench.arg_error_cases``).
 """
 
 from __future__ import annotations
@@ -121,20 +121,31 @@ def golden_out(gd, cmd) -> np.ndarray:
     return np.frombuffer(gd.read(cmd.dst, cmd.rows * cmd.dim * 4), dtype="<i4")
 
 
-# (stall, lanes, max_latency): no stalls at the default lane count with latency 1 (the
-# cycle formula's conditions), heavier stalls at narrower datapaths
-STALLS = ((0.0, 16, 1), (0.3, 8, 6), (0.6, 4, 6))
+def engine(lanes: int = DP.act_lanes, amax_lanes: int = DP.act_amax_lanes, max_dim=DP.max_dim):
+    return ActEngine(DEFAULT, W, lanes=lanes, amax_lanes=amax_lanes, max_dim=max_dim)
+
+
+# (stall, lanes, amax_lanes, max_latency): no stalls at the design point's lanes with
+# latency 1 (the cycle formula's conditions), heavier stalls at other widths
+STALLS = (
+    (0.0, DP.act_lanes, DP.act_amax_lanes, 1),
+    (0.3, 2, 8, 6),
+    (0.6, 3, 2, 6),
+    (0.3, 1, 1, 6),
+)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
-@pytest.mark.parametrize("stall,lanes,latency", STALLS, ids=[f"stall{s}" for s, _, _ in STALLS])
-def test_random(rng, kind, stall, lanes, latency):
+@pytest.mark.parametrize(
+    "stall,lanes,amax_lanes,latency", STALLS, ids=[f"stall{s}_l{n}" for s, n, _, _ in STALLS]
+)
+def test_random(rng, kind, stall, lanes, amax_lanes, latency):
     rows, dim = int(rng.integers(1, 4)), int(rng.integers(1, 71))
     gate, up = gate_up(rng, rows, dim)
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     cmd = act_command(gd, gate, up, *scales_for(rng, gate, up, kind), kind)
     res = check_op(
-        ActEngine(DEFAULT, W, lanes=lanes, max_dim=DP.max_dim),
+        engine(lanes, amax_lanes),
         gd,
         cmd,
         seed=int(rng.integers(1 << 30)),
@@ -146,12 +157,32 @@ def test_random(rng, kind, stall, lanes, latency):
     # the scales keep the test meaningful: row 0 has outputs neither 0 nor saturated
     assert np.any((row0 != 0) & (row0 != I32_MAX) & (row0 != I32_MIN)), row0
     if stall == 0.0:
-        # all-zero quantizer rows skip the divider
-        zero = ~up.any(axis=1) & (~gate.any(axis=1) | (kind == ActKind.SILU))
-        want = expected_cycles(rows, dim, DEFAULT, lanes, int(zero.sum()))
-        # exact for relu2 with >= 2 beats a row; silu, 1-beat and zero rows up to 3 cycles
-        # a row shorter, silu at most 2 longer (module docstring)
-        assert want - 3 * rows <= res["cycles"] <= want + 2, (res["cycles"], want)
+        want = expected_cycles(rows, dim, kind, lanes, amax_lanes)
+        assert res["cycles"] == want, (res["cycles"], want)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
+def test_cycles(rng, kind):
+    """No stalls, 1-cycle memory: the module docstring's formula, exactly, for one-chunk,
+    partial-chunk and multi-row commands at several widths (zero rows included: the
+    reciprocal takes the same time)."""
+    for lanes, amax_lanes, rows, dim in (
+        (DP.act_lanes, DP.act_amax_lanes, 1, 1),
+        (DP.act_lanes, DP.act_amax_lanes, 2, 2 * DP.act_lanes),
+        (DP.act_lanes, DP.act_amax_lanes, 3, 2 * DP.act_lanes + 1),
+        (DP.act_lanes, DP.act_amax_lanes, 1, 3 * DP.act_amax_lanes + 5),
+        (2, 8, 2, 19),
+        (1, 2, 1, 5),
+    ):
+        gate, up = gate_up(rng, rows, dim)
+        if rows > 1:  # an all-zero last row (amax 0: the same cycles)
+            gate[-1], up[-1] = 0, 0
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        cmd = act_command(gd, gate, up, *scales_for(rng, gate, up, kind), kind)
+        res = check_op(engine(lanes, amax_lanes), gd, cmd, seed=1, stall=0.0, max_latency=1)
+        assert res["error"] == ErrorCode.NONE
+        want = expected_cycles(rows, dim, kind, lanes, amax_lanes)
+        assert res["cycles"] == want, (lanes, amax_lanes, rows, dim, res["cycles"], want)
 
 
 # corner scales: (sx mant, sx shift) per row, constants (c_g, c_u)
@@ -193,13 +224,7 @@ def test_corners(rng, kind, corner):
     mant[-1], shift[-1] = 0, 0  # one zero scale
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     cmd = act_command(gd, gate, up, isa.pack_scales(mant, shift), c_g, c_u, kind)
-    res = check_op(
-        ActEngine(DEFAULT, W, lanes=8, max_dim=DP.max_dim),
-        gd,
-        cmd,
-        seed=int(rng.integers(1 << 30)),
-        stall=0.3,
-    )
+    res = check_op(engine(2, 4), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
     assert res["error"] == ErrorCode.NONE
     out = golden_out(gd, cmd).reshape(rows, dim)
     assert not out[-1].any()  # zero scale -> zero row
@@ -229,13 +254,7 @@ ERRORS = {"rows0": ErrorCode.BAD_DIM, "dim0": ErrorCode.BAD_DIM}
 def test_argument_errors(rng, case):
     gd = GoldenDevice(DEFAULT, mem_size=1 << 16)
     cmd = _error_case(rng, gd, case)
-    res = check_op(
-        ActEngine(DEFAULT, W, lanes=4, max_dim=64),
-        gd,
-        cmd,
-        seed=int(rng.integers(1 << 30)),
-        stall=0.3,
-    )
+    res = check_op(engine(1, 4, max_dim=64), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
     assert res["error"] == ERRORS[case] and res["bytes_written"] == 0
 
 
@@ -244,7 +263,7 @@ def test_contract_errors(rng):
     (sim/op_bench.arg_error_cases)."""
     gd = GoldenDevice(DEFAULT, mem_size=1 << 16)
     check_arg_errors(
-        ActEngine(DEFAULT, W, lanes=4, max_dim=64),
+        engine(1, 4, max_dim=64),
         gd,
         _error_case(rng, gd, "valid"),
         seed=int(rng.integers(1 << 30)),
@@ -277,12 +296,10 @@ def test_max_dim(rng):
     kind = KINDS[int(rng.integers(2))]
     sx_rec, c_g, c_u = scales_for(rng, gate, up, kind)
     full = act_command(gd, gate, up, sx_rec, c_g, c_u, kind)
-    engine = ActEngine(DEFAULT, W, lanes=4, max_dim=max_dim)
     fits = isa.command(Opcode.ACT, **{**full.args, "dim": max_dim})
-    assert check_op(engine, gd, fits, seed=3, stall=0.3)["error"] == ErrorCode.NONE
-    err = run_raw(
-        ActEngine(DEFAULT, W, lanes=4, max_dim=max_dim), _args_bits(full), gd.alloc_base, gd.brk
-    )
+    eng = engine(2, 8, max_dim=max_dim)
+    assert check_op(eng, gd, fits, seed=3, stall=0.3)["error"] == ErrorCode.NONE
+    err = run_raw(engine(2, 8, max_dim=max_dim), _args_bits(full), gd.alloc_base, gd.brk)
     assert err == ErrorCode.BAD_DIM
 
 
@@ -313,7 +330,4 @@ def test_invalid_kind(rng):
     with pytest.raises(DeviceError) as info:
         gd.wait(10.0)
     assert info.value.code == ErrorCode.BAD_OPERAND
-    assert (
-        run_raw(ActEngine(DEFAULT, W, lanes=4, max_dim=64), args, gd.alloc_base, gd.brk)
-        == ErrorCode.BAD_OPERAND
-    )
+    assert run_raw(engine(1, 4, max_dim=64), args, gd.alloc_base, gd.brk) == ErrorCode.BAD_OPERAND

@@ -12,15 +12,17 @@ import numpy as np
 import pytest
 
 from golden import isa
-from golden.config import DEFAULT
-from golden.isa import ErrorCode, Opcode, dma_bytes
+from golden.config import DEFAULT, design_point
+from golden.isa import ErrorCode, Opcode
 from golden.model import Scale, op_residual
 from host.backends.golden import GoldenDevice
 from hw.ops.residual import ResidualEngine, expected_cycles
 from sim.op_bench import arg_error_cases, check_errors, check_op, put
 
-W = dma_bytes(DEFAULT)
-L = W // 4
+DP = design_point("kv260")
+W = DP.dma_bytes
+LANES = DP.residual_lanes
+L = 2 * LANES  # elements per chunk (one h read, one acc read)
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 SH_MIN, SH_MAX = -(1 << (isa.SCALE_SHIFT_BITS - 1)), (1 << (isa.SCALE_SHIFT_BITS - 1)) - 1
 MANT_MAX = (1 << isa.SCALE_MANT_BITS) - 1
@@ -73,8 +75,8 @@ def _cmd(gd, h, acc, mant, shift, c_mant, c_shift, dst=None):
     return isa.command(Opcode.RESIDUAL, **args)
 
 
-def _engine():
-    return ResidualEngine(DEFAULT, W)
+def _engine(lanes: int = LANES):
+    return ResidualEngine(DEFAULT, W, lanes=lanes)
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3, 0.6])
@@ -151,16 +153,22 @@ def test_in_place(rng, alias):
         assert res["error"] == ErrorCode.NONE
 
 
-def test_cycles(rng):
-    """No stalls, 1-cycle memory: rows * (1 + 2*ceil(dim/L)) + latency + 4 cycles
-    (``hw.ops.residual.expected_cycles``)."""
-    for rows, dim in ((1, 1), (2, L), (3, L + 1), (1, 1536)):
+@pytest.mark.parametrize("lanes", [LANES, 1, 3])
+def test_cycles(rng, lanes):
+    """No stalls, 1-cycle memory: rows * (2*ceil(dim/(2L)) + ROW_CYCLES) + FIXED_CYCLES +
+    latency cycles (``hw.ops.residual.expected_cycles``), at the design point's lanes and
+    others."""
+    c = 2 * lanes
+    shapes = ((1, 1), (2, c), (3, c + 1), (2, lanes))
+    if lanes == LANES:
+        shapes += ((1, 1536),)
+    for rows, dim in shapes:
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         h, acc = _int32(rng, (rows, dim)), _int32(rng, (rows, dim))
         mant, shift = _row_scales(rng, rows)
         cmd = _cmd(gd, h, acc, mant, shift, 40000, 20)
-        res = check_op(_engine(), gd, cmd, stall=0.0, max_latency=1)
-        assert res["cycles"] == expected_cycles(rows, dim, W), (rows, dim, res)
+        res = check_op(_engine(lanes), gd, cmd, stall=0.0, max_latency=1)
+        assert res["cycles"] == expected_cycles(rows, dim, lanes), (rows, dim, res)
 
 
 # dimension errors and spans beyond 32 bits: the largest (~2^34), and 2^32 (0 if it

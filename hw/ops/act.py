@@ -14,73 +14,84 @@ tok = sx[t] the row's scale record, c_g = (g_mant, g_shift), c_u = (u_mant, u_sh
             a  = silu_fx(g);  sa = (2^(B-1), B - 1 + ActivationConfig.out_frac_bits)
     dst[t]  = requant(a * u16, scale_mul(sa, su), NormConfig.in_frac_bits, 32)   # int32 Q15.16
 
-hw_act_quant16 is ``hw.quant.ActQuant`` with golden's 16-bit ``QuantConfig`` (act_bits = F),
-silu_fx is ``hw.activations.LutActivation`` (kind "silu"), and every scale_mul /
-scale_of_int / requant is the bit-exact helper of ``hw.ops.base``. Scale shifts are kept
-``SHIFT_BITS`` (20) wide: record shifts are int16, one product of two of them needs 18 bits,
-and sa = sg^2 and sa * su reach |shift| < 3 * 2^16 + 256 < 2^18.
+hw_act_quant16 is golden's 16-bit hardware quantizer (``golden.quant.hw_act_quant`` with
+act_bits = F): amax = max|x| over the row, then ``(x * recip + 2^(R-1)) >> R``; silu_fx
+is ``hw.activations.lut_lane`` (``LutActivation``'s lane).
 
-Checks: the ACT contract (``golden.isa.CONTRACTS``), all in one cycle before any memory
-access
---------------------------------------------------------------------------------------
+Checks: the ACT contract (``golden.isa.CONTRACTS``), before any memory access
+---------------------------------------------------------------------------
 kind not an ``ActKind`` (2, 3: golden's decoder says BAD_OPERAND); rows, dim >= 1 and
 the engine limit dim <= ``max_dim`` (``LIMITS``; BAD_DIM); gate, up: 4-byte aligned
 (ALIGN) and [addr, addr + rows*dim*4) inside [mem_lo, mem_hi) (ADDR_RANGE); src_scale:
-aligned to its 4-byte record, rows*4 bytes in range; dst as gate. No data-dependent
-error exists (every int32 input is a valid quantizer input and no scale is stored).
+aligned to its 4-byte record, rows*4 bytes in range; dst as gate. The byte counts, the
+spans, each condition and the error code are registered in turn (``ArgChecks
+(registered=3)``); the check state reads the code in the fifth cycle of the command. No
+data-dependent error exists.
 
-Micro-architecture (E = dma_bytes/4 int32 per DMA beat, L = ``lanes`` per datapath beat)
-----------------------------------------------------------------------------------------
-- Two walkers of one item sequence per row: the request side issues the reads, the
-  response side (responses come in request order) routes each beat; no tag FIFO.
-  relu2: ``G0, U0, G1, U1, ..., sx`` (gate and up rows arrive together; each quantizer
-  needs its whole row before its first output). silu: ``U0, U1, ..., sx, G0, G1, ...``
-  (only up needs the row; gate is read while up drains, as the product consumes it; its
-  requant needs tok*c_g, so sx comes first there). sx after the row's up data: the scale
-  unit has published the previous row's scale by then, so its record never blocks the
-  next row's fill.
-  Beat j of a row is the bytes [j*dma_bytes, ...) of that row (the last one partial: the
-  port returns zeros beyond ``len``, which are the zero padding ActQuant wants).
-- Per stream (gate, up) a width adapter holds one DMA beat and hands it out as E/L beats
-  of L lanes (``last`` on the row's final one); it takes the next DMA beat in the cycle
-  its final sub-beat leaves, so both quantizers fill at the full port rate.
-- relu2: gate adapter -> ActQuant(16-bit) ; silu: gate adapter -> requant register
-  (``requant`` per lane with the row's scale_mul(tok, c_g), latched with the DMA beat) ->
-  LutActivation. Up adapter -> ActQuant(16-bit) in both kinds.
-- Scale unit, per row: takes the sx record from the response stream (tok*c_g, tok*c_u
-  registered); when both quantizers show the row's first output beat (amax valid) and the
-  previous row has left the join: sg/su (1 cycle), sa (1), sc (1) -> the row's
-  (mant, shift - 16), which travels down the product pipeline with each beat (so the
-  next row's scale can be set while this row's last beats are still in flight).
-- Join + 4-stage product pipeline (all stages freeze together when the output stalls):
-  P1 register gate-side value and u16; P2 a = rhu(relu(g)^2, F-1) (relu2) or the SiLU
-  value; P3 a * u16 (|.| < 2^30); P4 requant to int32 Q15.16.
-- Packer: E/L pipeline beats -> one write of dma_bytes (a row's last write: the row's
-  remaining bytes), rows written back to back from dst.
+Micro-architecture: two passes over each row, no row buffer
+-----------------------------------------------------------
+The quantizers need a row's amax before its first output; instead of buffering the row
+(two 16 KB buffers per row of 4096), the engine reads it twice: pass 1 finds the amax,
+pass 2 reads gate and up again and computes. Per row the reads are (each walker, the
+request side and the response side, follows the same sequence; responses come in
+request order)::
+
+    sx (4 bytes); pass 1: [gate chunks (relu2)], up chunks (LA elements each);
+    pass 2: (gate chunk, up chunk) pairs of 2L elements each
+
+LA = ``amax_lanes`` (``AccelConfig.act_amax_lanes``, 16 on kv260), L = ``lanes``
+(``AccelConfig.act_lanes``, 4 on kv260). The requests of pass 2 follow those of pass 1
+at once, so the memory latency is hidden behind the per-row scale steps.
+
+- Pass 1: one response beat of LA int32 per cycle into a max tree of the keys
+  ``2*(x ^ sign) + sign`` (the largest key has the largest |x| = (x ^ sign) + sign: no
+  negation per element), one tree level per pipeline stage, then a running max per
+  stream; amax = c + s at the stream's end.
+- Row scale (``hw.pipeline.ScalePipe``, one scale_mul / scale_of_int per cycle, 8 cycles
+  each, run as a short program): tok*c_g, tok*c_u when sx arrives; after pass 1
+  scale_of_int(ag), scale_of_int(au), sg, su, sa, the row's product scale sc; beside it
+  ``hw.pipeline.Reciprocal`` for recip_g (relu2) and recip_u. Then the row's parameters
+  go live (once the previous row has left the lanes): the gate's multiplier and requant
+  parameters (relu2: recip_g, right shift R_g -- the quantizer as a requant whose
+  saturation never acts; silu: tok*c_g, its shift - in_frac_bits, saturating to
+  ActivationConfig.in_bits), up's recip_u and R_u, and sc for the output requant.
+- Pass 2: ``hw.ops.elem.pair_reader`` (gate chunk, up chunk) -> L lanes per cycle, each:
+  S0 (g, u) registered; S1-S2 g * k_g and u * recip_u (``hw.pipeline.mul_split``: two
+  DSP48E2 partial products, then their sum); S3-S5 g16 (``rss_lane``), S3-S4 u16
+  (``quant_lane``); relu2: relu, square (a DSP), rhu(., F - 1); silu: the SiLU LUT lane
+  (5 stages); a registered; a * u16 (a DSP); * sc mantissa (``mul_split``);
+  ``rss_lane`` to int32 -> ``hw.ops.elem.packer``: one write of 2L int32 per chunk. The
+  lanes freeze while a write waits.
 
 Cycles (no memory stalls, read latency 1; ``expected_cycles``)
 -------------------------------------------------------------
-With b = ceil(dim/L) datapath beats per row and D = ``recip_bits`` of the 16-bit
-quantizer (ffn_bits + recip_frac_bits = 25, its divider)::
+Per row: the record and pass 1 (ceil(dim/LA) response beats per stream: relu2 two
+streams, silu one), the row scale after pass 1 (``ROW_SCALE`` + log2(LA) cycles: the
+amax tree, then the dependent scale_muls -- relu2 four, silu three, 8 cycles each -- and
+the parameters going live; the reciprocals run beside them), pass 2 (2 cycles per chunk
+of 2L: the pair of response beats); then once the lanes' pipeline and the last write::
 
-    rows * (2*b + D + 9) + 15 - Z * (D + 1)
+    rows * (1 + s * ceil(dim/LA) + ROW_SCALE + log2(LA) + 2 * ceil(dim/(2L)))
+        + FIXED_CYCLES + latency
 
-(Z: rows whose quantized operands are all zero -- up for silu, gate and up for relu2 -- for
-which ActQuant skips its divider.) per row: fill b (each quantizer takes L lanes a cycle; with L
-= E/2 gate and up together use the whole port, one DMA beat per cycle), flush/setup/normalize 4,
-divide D, drain pipeline 6, scale unit 4, drain b; the next row's fill overlaps the last ~6
-drain cycles (the row's sx record comes after its data, so no read waits for the scale unit).
-Measured (sim/test_op_act.py checks it): exact for relu2 with b >= 2; silu, one-beat rows and
-zero rows up to 3 cycles a row shorter (silu at most 2 cycles longer in all). BitNet-0.73B FFN
-(dim 4096, L = 16): 561 cycles for one token, 546 per further row (7.5 output elements per
-cycle; gate + up read at 32 int32 per cycle).
+(s = 2 for relu2, 1 for silu; ROW_SCALE = 44 (relu2) / 37 (silu); FIXED_CYCLES = 25: the
+checks, the 17-stage lanes, the last write, done), measured exactly by sim/test_op_act.py.
+The next row's record and pass 1 follow its predecessor's pass 2 at once (reads run
+ahead). BitNet-0.73B FFN (relu2, dim 4096, LA = 16, L = 4): 1 + 512 + 48 + 1024 + 25 +
+latency = 1610 + latency cycles for one token (the memory carries 64 bytes per cycle in
+pass 1, 32 bytes of reads and 16 of writes per cycle in pass 2; the kv260 point's DRAM
+gives ~68 bytes per cycle).
 
 Differences from the golden backend
 -----------------------------------
-- ``max_dim`` (constructor, default 4096 = BitNet-0.73B FFN width): each ActQuant buffers
-  one row of ``max_dim`` int32; dim > max_dim is BAD_DIM (golden takes any dim).
-- ``lanes`` (default 16): a power of two dividing dma_bytes/4; changes only timing.
-- ``cfg.quant.hw_in_bits`` must be 32 (the accumulators are int32; checked at build).
+- ``max_dim`` (``AccelConfig.max_dim``): dim > max_dim is BAD_DIM (golden takes any dim);
+  the engine itself holds no row.
+- gate, up and dst are read twice / streamed: a dst that partially overlaps gate or up
+  (other than dst == gate or dst == up exactly) gives different results.
+- ``lanes``, ``amax_lanes``: change only timing.
+- ``cfg.quant.hw_in_bits`` must be 32 (the accumulators are int32) and
+  ``cfg.activation.in_bits`` equal to ``cfg.forward.ffn_bits`` (the gate's requant and
+  quantizer share one datapath; checked at build).
 """
 
 from __future__ import annotations
@@ -88,42 +99,62 @@ from __future__ import annotations
 from dataclasses import replace
 from types import SimpleNamespace
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import enum
 
 from golden import isa
 from golden.config import DatapathConfig
 from golden.isa import ActKind, ErrorCode, Opcode
-from hw.activations import LutActivation
+from hw.activations import LutActivation, lut_lane
 from hw.fixed import rhu
-from hw.quant import ActQuant
+from hw.pipeline import (
+    RSS_STAGES,
+    Pipe,
+    Reciprocal,
+    RssParams,
+    ScalePipe,
+    mul_split,
+    quant_lane,
+    rss_lane,
+)
 
-from .base import Engine, requant, scale_mul, scale_of_int
+from .base import Engine
+from .elem import Chunks, Rows, packer, pair_reader
 
-SHIFT_BITS = 20  # scale shifts inside the engine (see module docstring)
+SHIFT_BITS = 20  # scale shifts: sg^2 * su reaches |shift| < 3 * 2^16 + 256 < 2^18
+
+
+# cycles per row between pass 1's last beat and pass 2's first (module docstring), less
+# the amax tree's log2(amax_lanes) levels: relu2 runs 4 dependent scale_muls after amax
+# (scale_of_int(ag), sg, sa, sc), silu 3
+ROW_SCALE = {ActKind.RELU2: 44, ActKind.SILU: 37}
+FIXED_CYCLES = 25  # the checks, the lanes' pipeline, the last write, done
 
 
 def expected_cycles(
-    rows: int, dim: int, cfg: DatapathConfig, lanes: int, zero_rows: int = 0
+    rows: int, dim: int, kind, lanes: int, amax_lanes: int, latency: int = 1
 ) -> int:
-    """The module docstring's cycle formula (no stalls, read latency 1); ``zero_rows``:
-    rows whose quantized operands are all zero (they skip the divider)."""
-    b = -(-dim // lanes)
-    d = cfg.forward.ffn_bits + cfg.quant.recip_frac_bits  # 16-bit quantizer's recip_bits
-    return rows * (2 * b + d + 9) + 15 - zero_rows * (d + 1)
+    """The module docstring's cycle formula (no stalls, read latency ``latency``)."""
+    streams = 2 if kind == ActKind.RELU2 else 1
+    chunks = -(-dim // (2 * lanes))
+    tree = (amax_lanes - 1).bit_length()
+    per_row = 1 + streams * -(-dim // amax_lanes) + ROW_SCALE[kind] + tree + 2 * chunks
+    return rows * per_row + FIXED_CYCLES + latency
 
 
-class _Item(enum.Enum, shape=2):
+class _Item(enum.Enum, shape=3):
     SX = 0
-    GATE = 1
-    UP = 2
+    P1G = 1  # pass 1, gate
+    P1U = 2  # pass 1, up
+    P2G = 3  # pass 2, gate
+    P2U = 4  # pass 2, up
 
 
 class ActEngine(Engine):
     """ACT op engine (see module docstring)."""
 
     OPCODE = Opcode.ACT
-    LIMITS = ("dim <= max_dim",)  # each ActQuant buffers one row
+    LIMITS = ("dim <= max_dim",)
 
     def __init__(
         self,
@@ -132,20 +163,32 @@ class ActEngine(Engine):
         *,
         max_dim: int,
         lanes: int,
+        amax_lanes: int,
     ):
         if not isinstance(cfg, DatapathConfig):
             raise ValueError(f"cfg: expected a DatapathConfig, got {type(cfg).__name__}")
         if dma_bytes < 4 or dma_bytes % 4:
             raise ValueError(f"dma_bytes: expected a positive multiple of 4, got {dma_bytes}")
-        per_beat = dma_bytes // 4
-        if lanes < 1 or lanes & (lanes - 1) or per_beat % lanes:
-            raise ValueError(f"lanes: expected a power of two dividing {per_beat}, got {lanes}")
+        for name, v in (("lanes", lanes), ("amax_lanes", amax_lanes)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {v!r}")
+        if 8 * lanes > dma_bytes:
+            raise ValueError(f"lanes: a chunk of 2 * {lanes} int32 exceeds {dma_bytes} bytes")
+        if amax_lanes & (amax_lanes - 1) or 4 * amax_lanes > dma_bytes:
+            raise ValueError(
+                f"amax_lanes: expected a power of two of at most {dma_bytes // 4}, got {amax_lanes}"
+            )
         if not 1 <= max_dim < (1 << isa.DIM_BITS):
             raise ValueError(f"max_dim: expected 1..{(1 << isa.DIM_BITS) - 1}, got {max_dim}")
         if cfg.quant.hw_in_bits != 32:
             raise ValueError(
                 f"cfg.quant.hw_in_bits: the engine feeds int32 accumulators, "
                 f"needs 32, got {cfg.quant.hw_in_bits}"
+            )
+        if cfg.activation.in_bits != cfg.forward.ffn_bits:
+            raise ValueError(
+                f"cfg.activation.in_bits ({cfg.activation.in_bits}) must equal "
+                f"cfg.forward.ffn_bits ({cfg.forward.ffn_bits}): one gate datapath"
             )
         # a: relu2 < 2^(F-1) or a SiLU output; |a * u16| must be an int32 for golden's requant
         self.a_bits = max(cfg.forward.ffn_bits, cfg.activation.out_bits)
@@ -157,410 +200,360 @@ class ActEngine(Engine):
             )
         self.max_dim = max_dim
         self.lanes = lanes
+        self.amax_lanes = amax_lanes
         # golden's hw_act_quant16: the INT8 quantizer widened to ffn_bits
         self.quant16 = replace(cfg.quant, act_bits=cfg.forward.ffn_bits)
         super().__init__(cfg, dma_bytes)
 
     @staticmethod
     def design_params(dp) -> dict:
-        return {"max_dim": dp.max_dim, "lanes": dp.act_lanes}
+        return {"max_dim": dp.max_dim, "lanes": dp.act_lanes, "amax_lanes": dp.act_amax_lanes}
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        W = self.signature.dma_bytes
-        E = W // 4  # int32 per DMA beat
-        L = self.lanes
-        SUB = E // L  # datapath beats per DMA beat
+        L, LA = self.lanes, self.amax_lanes
+        C = 2 * L  # pass-2 chunk
         B = cfg.requant.mult_bits
         FB = cfg.forward.ffn_bits
-        ac = cfg.activation
-        nc = cfg.norm
+        q16 = self.quant16
+        ac, nc, rc = cfg.activation, cfg.norm, cfg.requant
         a = self.op_args
-
-        m.submodules.gq = gq = ActQuant(self.quant16, lanes=L, max_len=self.max_dim)
-        m.submodules.uq = uq = ActQuant(self.quant16, lanes=L, max_len=self.max_dim)
-        m.submodules.silu = lut = LutActivation(ac, ("silu",), lanes=L)
+        ptr_w = isa.ADDR_BITS + 1
 
         relu2 = Signal()
         m.d.comb += relu2.eq(a.kind == ActKind.RELU2)
         row_bytes = Signal(unsigned(isa.DIM_BITS + 2))
         m.d.comb += row_bytes.eq(a.dim * 4)
         running = Signal()
-        begin = Signal()  # CHECK passed: initialize everything
+        begin = Signal()  # the checks passed: initialize everything
 
         # ---------------------------------------------------------------- walkers
         def walker(name: str, advance) -> SimpleNamespace:
             """The row's item sequence (module docstring); ``advance``: the current item
-            was issued / consumed. Gate and up rows have the same length, so in relu2 the
-            up beat that ends its row also ends the gate row."""
+            was issued / consumed."""
             item = Signal(_Item, name=f"{name}_item")
-            row = Signal(isa.ROWS_BITS, name=f"{name}_row")
-            g_left = Signal(unsigned(isa.DIM_BITS + 2), name=f"{name}_g_left")
-            u_left = Signal(unsigned(isa.DIM_BITS + 2), name=f"{name}_u_left")
-            finished = Signal(name=f"{name}_finished")
-            left = Mux(item == _Item.GATE, g_left, u_left)
-            nbytes = Signal(range(W + 1), name=f"{name}_nbytes")
-            m.d.comb += nbytes.eq(Mux(item == _Item.SX, 4, Mux(left > W, W, left)))
-            row_end = Signal(name=f"{name}_row_end")
-            m.d.comb += row_end.eq(left <= W)
-
-            first = Mux(relu2, _Item.GATE, _Item.UP)
-
-            def next_row():
-                m.d.sync += [
-                    row.eq(row + 1),
-                    item.eq(first),
-                    g_left.eq(row_bytes),
-                    u_left.eq(row_bytes),
-                ]
-                with m.If(row == a.rows - 1):
-                    m.d.sync += finished.eq(1)
-
+            rows = Rows(a.rows, name)
+            c1, c2 = Chunks(a.dim, LA, f"{name}_p1"), Chunks(a.dim, C, f"{name}_p2")
+            p1 = (item == _Item.P1G) | (item == _Item.P1U)
+            n = Signal(range(max(LA, C) + 1), name=f"{name}_n")
+            m.d.comb += n.eq(Mux(p1, c1.n, c2.n))
+            end = Mux(p1, c1.end, c2.end)
             with m.If(begin):
-                m.d.sync += [
-                    row.eq(0),
-                    item.eq(first),
-                    finished.eq(0),
-                    g_left.eq(row_bytes),
-                    u_left.eq(row_bytes),
-                ]
+                m.d.sync += [item.eq(_Item.SX)] + rows.first() + c1.first() + c2.first()
             with m.Elif(advance):
                 with m.Switch(item):
                     with m.Case(_Item.SX):
-                        with m.If(relu2):
-                            next_row()
+                        m.d.sync += item.eq(Mux(relu2, _Item.P1G, _Item.P1U))
+                    with m.Case(_Item.P1G):
+                        with m.If(c1.end):
+                            m.d.sync += [item.eq(_Item.P1U)] + c1.first()
                         with m.Else():
-                            m.d.sync += item.eq(_Item.GATE)
-                    with m.Case(_Item.GATE):
-                        m.d.sync += g_left.eq(g_left - nbytes)
-                        with m.If(relu2):
-                            m.d.sync += item.eq(_Item.UP)
-                        with m.Elif(row_end):
-                            next_row()
-                    with m.Case(_Item.UP):
-                        m.d.sync += u_left.eq(u_left - nbytes)
-                        with m.If(row_end):
-                            m.d.sync += item.eq(_Item.SX)
-                        with m.Elif(relu2):
-                            m.d.sync += item.eq(_Item.GATE)
-            return SimpleNamespace(item=item, nbytes=nbytes, row_end=row_end, finished=finished)
+                            m.d.sync += c1.advance()
+                    with m.Case(_Item.P1U):
+                        with m.If(c1.end):
+                            m.d.sync += [item.eq(_Item.P2G)] + c1.first()
+                        with m.Else():
+                            m.d.sync += c1.advance()
+                    with m.Case(_Item.P2G):
+                        m.d.sync += item.eq(_Item.P2U)
+                    with m.Case(_Item.P2U):
+                        with m.If(c2.end):
+                            m.d.sync += [item.eq(_Item.SX)] + rows.advance() + c2.first()
+                        with m.Else():
+                            m.d.sync += [item.eq(_Item.P2G)] + c2.advance()
+            return SimpleNamespace(item=item, n=n, end=end, rows=rows, c2=c2)
 
-        # request side: one read per item, pointers run through the contiguous tensors
+        # request side: per stream a row pointer and an offset within the row
         rq_adv = Signal()
         rq = walker("rq", rq_adv)
-        sx_ptr = Signal(isa.ADDR_BITS + 1)
-        g_ptr = Signal(isa.ADDR_BITS + 1)
-        u_ptr = Signal(isa.ADDR_BITS + 1)
+        sx_ptr = Signal(ptr_w)
+        g_row, u_row = Signal(ptr_w), Signal(ptr_w)
+        off = Signal(isa.DIM_BITS + 3)  # byte offset in the row of the current chunk
+        is_g = (rq.item == _Item.P1G) | (rq.item == _Item.P2G)
         m.d.comb += [
-            self.rd.valid.eq(running & ~rq.finished),
+            self.rd.valid.eq(running & rq.rows.more),
             self.rd.payload.addr.eq(
-                Mux(rq.item == _Item.SX, sx_ptr, Mux(rq.item == _Item.GATE, g_ptr, u_ptr))
+                Mux(rq.item == _Item.SX, sx_ptr, Mux(is_g, g_row, u_row) + off)
             ),
-            self.rd.payload.len.eq(rq.nbytes),
+            self.rd.payload.len.eq(Mux(rq.item == _Item.SX, isa.SCALE_RECORD_BYTES, rq.n * 4)),
             rq_adv.eq(self.rd.valid & self.rd.ready),
         ]
         with m.If(begin):
-            m.d.sync += [sx_ptr.eq(a.src_scale), g_ptr.eq(a.gate), u_ptr.eq(a.up)]
+            m.d.sync += [sx_ptr.eq(a.src_scale), g_row.eq(a.gate), u_row.eq(a.up), off.eq(0)]
         with m.Elif(rq_adv):
             with m.Switch(rq.item):
                 with m.Case(_Item.SX):
-                    m.d.sync += sx_ptr.eq(sx_ptr + 4)
-                with m.Case(_Item.GATE):
-                    m.d.sync += g_ptr.eq(g_ptr + rq.nbytes)
-                with m.Case(_Item.UP):
-                    m.d.sync += u_ptr.eq(u_ptr + rq.nbytes)
+                    m.d.sync += [sx_ptr.eq(sx_ptr + isa.SCALE_RECORD_BYTES), off.eq(0)]
+                with m.Case(_Item.P1G, _Item.P1U):
+                    m.d.sync += off.eq(Mux(rq.end, 0, off + 4 * LA))
+                with m.Case(_Item.P2U):
+                    m.d.sync += off.eq(off + 4 * C)
+                    with m.If(rq.end):
+                        m.d.sync += [g_row.eq(g_row + row_bytes), u_row.eq(u_row + row_bytes)]
 
         # response side
         rs_adv = Signal()
         rs = walker("rs", rs_adv)
+        rs_live = Signal()
+        m.d.comb += rs_live.eq(running & rs.rows.more & self.rdata.valid)
 
-        # ---------------------------------------------------------------- scale unit
-        class _Sc(enum.Enum, shape=3):
-            WAIT_SX = 0
-            WAIT_AMAX = 1
-            SG = 2
-            SA = 3
-            SC = 4
+        # ---------------------------------------------------------------- pass 1
+        # keys 2*(x ^ sign) + sign: one tree level per stage, then a running max per stream
+        p1_in = rs_live & ((rs.item == _Item.P1G) | (rs.item == _Item.P1U))
+        # the beat registered as it is (FFs only: the keys fold into the first level's LUTs)
+        beat = Signal(32 * LA, name="amax_beat")
+        m.d.sync += beat.eq(self.rdata.payload[: 32 * LA])
+        level = []
+        for i in range(LA):
+            x = beat[32 * i : 32 * i + 32]
+            s = x[31]
+            level.append(Cat(s, (x ^ s.replicate(32))[:31]))
+        tag = Signal(3, name="amax_tag")  # valid, up, the stream's end
+        m.d.sync += tag.eq(Cat(p1_in, rs.item == _Item.P1U, rs.end))
+        k = 0
+        while len(level) > 1:
+            nxt = [Signal(32, name=f"amax_l{k}_{j}") for j in range(len(level) // 2)]
+            for j, r in enumerate(nxt):
+                x0, x1 = level[2 * j], level[2 * j + 1]
+                m.d.sync += r.eq(Mux(x1 > x0, x1, x0))
+            t = Signal(3, name=f"amax_tag{k}")
+            m.d.sync += t.eq(tag)
+            level, tag, k = nxt, t, k + 1
+        key = level[0]
+        t_valid, t_up, t_end = tag[0], tag[1], tag[2]
+        run_g, run_u = Signal(32, name="run_g"), Signal(32, name="run_u")
+        first_g, first_u = Signal(init=1), Signal(init=1)
+        amax_g, amax_u = Signal(32), Signal(32)  # the row's amax (c + s of the max key)
+        fin_g, fin_u = Signal(), Signal()  # the running max is final
+        have_g, have_u = Signal(), Signal()  # amax_* valid
+        for up, run, first, fin in ((0, run_g, first_g, fin_g), (1, run_u, first_u, fin_u)):
+            hit = t_valid & (t_up == up)
+            with m.If(hit):
+                m.d.sync += [
+                    run.eq(Mux(first | (key > run), key, run)),
+                    first.eq(t_end),
+                    fin.eq(t_end),
+                ]
+        with m.If(fin_g):
+            m.d.sync += [amax_g.eq(run_g[1:] + run_g[0]), have_g.eq(1), fin_g.eq(0)]
+        with m.If(fin_u):
+            m.d.sync += [amax_u.eq(run_u[1:] + run_u[0]), have_u.eq(1), fin_u.eq(0)]
 
-        sc_state = Signal(_Sc)
-        tg_m, tu_m = Signal(B), Signal(B)  # tok * c_g, tok * c_u
-        tg_s, tu_s = Signal(signed(SHIFT_BITS)), Signal(signed(SHIFT_BITS))
-        ag, au = Signal(cfg.quant.hw_in_bits), Signal(cfg.quant.hw_in_bits)  # row amax
-        sg_m, su_m, sa_m = Signal(B), Signal(B), Signal(B)
-        sg_s, su_s, sa_s = (Signal(signed(SHIFT_BITS), name=n) for n in ("sg_s", "su_s", "sa_s"))
-        cur_valid = Signal()  # the join's row scale is set
-        cur_m = Signal(B)
-        cur_s = Signal(signed(SHIFT_BITS + 1))  # shift - NormConfig.in_frac_bits
-
-        def wide_mul(am, ash, bm, bsh, name):
-            """scale_mul with the shift added here, SHIFT_BITS wide (base.normalize keeps
-            18 bits, too few for sg^2 * su): the helper gets shifts 0 and returns -r."""
-            zero = Const(0, signed(2))
-            mant, sh = scale_mul(m, am, zero, bm, zero, B, name)
-            full = Signal(signed(SHIFT_BITS), name=f"{name}_full")
-            m.d.comb += full.eq(Mux(mant == 0, 0, ash + bsh + sh))
-            return mant, full
-
+        # ---------------------------------------------------------------- row scale
+        sp = ScalePipe(m, B, SHIFT_BITS, 2 * B, "sc")
+        m.submodules.rcp_g = rcp_g = Reciprocal(q16)
+        m.submodules.rcp_u = rcp_u = Reciprocal(q16)
         rec = self.rdata.payload
-        sx_m = rec[: isa.SCALE_MANT_BITS]
-        sx_s = rec[isa.SCALE_MANT_BITS : isa.SCALE_MANT_BITS + isa.SCALE_SHIFT_BITS].as_signed()
-        ng_m, ng_s = wide_mul(sx_m, sx_s, a.g_mant, a.g_shift, "tok_g")
-        nu_m, nu_s = wide_mul(sx_m, sx_s, a.u_mant, a.u_shift, "tok_u")
-        og_m, og_s = scale_of_int(m, ag, B, "soi_g")
-        ou_m, ou_s = scale_of_int(m, au, B, "soi_u")
-        xg_m, xg_s = wide_mul(tg_m, tg_s, og_m, og_s, "sg")
-        xu_m, xu_s = wide_mul(tu_m, tu_s, ou_m, ou_s, "su")
-        sq_m, sq_s = wide_mul(sg_m, sg_s, sg_m, sg_s, "sg2")
-        pc_m, pc_s = wide_mul(sa_m, sa_s, su_m, su_s, "sc")
+        tok_m = Signal(B)
+        tok_s = Signal(signed(SHIFT_BITS))
+        regs = {
+            n: (Signal(B, name=f"{n}_m"), Signal(signed(SHIFT_BITS), name=f"{n}_s"))
+            for n in ("tg", "tu", "og", "ou", "sg", "su", "sa", "sc")
+        }
+        DST = {n: i for i, n in enumerate(regs)}
+        got = {n: Signal(name=f"got_{n}") for n in regs}
+        # the op in flight: its destination travels with it
+        dst_pipe = [Signal(range(len(regs)), name=f"sc_dst{i}") for i in range(sp.LATENCY)]
+        dst_in = Signal(range(len(regs)))
+        m.d.sync += [dst_pipe[0].eq(dst_in)]
+        m.d.sync += [dst_pipe[i].eq(dst_pipe[i - 1]) for i in range(1, len(dst_pipe))]
+        with m.If(sp.done):
+            with m.Switch(dst_pipe[-1]):
+                for n, i in DST.items():
+                    with m.Case(i):
+                        rm, rsh = regs[n]
+                        if n == "sa":  # a = g^2 / 2^(F-1): the exponent follows
+                            shift = Mux(sp.mant == 0, 0, sp.shift - (FB - 1))
+                        else:
+                            shift = sp.shift
+                        m.d.sync += [rm.eq(sp.mant), rsh.eq(shift), got[n].eq(1)]
 
-        up_out, g_out, lut_out = uq.out, gq.out, lut.y
+        def issue(dst, a_op, b_op=None, soi_v=None):
+            m.d.comb += [sp.go.eq(1), dst_in.eq(DST[dst])]
+            if soi_v is not None:
+                m.d.comb += [sp.soi.eq(1), sp.v.eq(soi_v)]
+            else:
+                m.d.comb += [
+                    sp.a_m.eq(a_op[0]),
+                    sp.a_s.eq(a_op[1]),
+                    sp.b_m.eq(b_op[0]),
+                    sp.b_s.eq(b_op[1]),
+                ]
+
+        c_g = (a.g_mant, a.g_shift)
+        c_u = (a.u_mant, a.u_shift)
+        tok = (tok_m, tok_s)
+
+        # the live parameters of the lanes (changed only while the lanes are empty)
+        k_g = Signal(q16.recip_bits)  # the gate's multiplier: recip_g or tok*c_g's mantissa
+        s_g = Signal(signed(SHIFT_BITS + 1))  # its shift (R_g, or tok*c_g's - in_frac_bits)
+        k_u = Signal(q16.recip_bits)
+        t_u = Signal(range(32))  # R_u - 1 - F_q
+        m_c = Signal(B)
+        s_c = Signal(signed(SHIFT_BITS + 1))
+        QG = 32 + q16.recip_bits  # |g * k_g| < 2^(31 + recip_bits)
+        rp_g = RssParams(QG, ac.in_bits, rc.shift_max, "rp_g")
+        rp_g.setup(m, s_g)
+        QC = self.prod_bits + B  # |a * u16 * m_c| < 2^(prod_bits - 1 + B)
+        rp_c = RssParams(QC, nc.in_bits, rc.shift_max, "rp_c")
+        rp_c.setup(m, s_c)
+        live = Signal()  # the row's parameters are live: pass 2 may enter the lanes
+        lanes_busy = Signal()
+
         sx_take = Signal()
-        m.d.comb += sx_take.eq(
-            (sc_state == _Sc.WAIT_SX)
-            & (rs.item == _Item.SX)
-            & self.rdata.valid
-            & running
-            & ~rs.finished
-        )
-        with m.Switch(sc_state):
-            with m.Case(_Sc.WAIT_SX):
+        rcp_start = Signal()
+        m.d.comb += [
+            rcp_g.amax.eq(amax_g),
+            rcp_u.amax.eq(amax_u),
+            rcp_g.start.eq(rcp_start & relu2),
+            rcp_u.start.eq(rcp_start),
+        ]
+        rcp_done = Signal()
+        wait = Signal(range(4))
+        with m.FSM(name="scale"):
+            with m.State("IDLE"):
+                m.d.comb += sx_take.eq(rs_live & (rs.item == _Item.SX) & ~live)
                 with m.If(sx_take):
                     m.d.sync += [
-                        tg_m.eq(ng_m),
-                        tg_s.eq(ng_s),
-                        tu_m.eq(nu_m),
-                        tu_s.eq(nu_s),
-                        sc_state.eq(_Sc.WAIT_AMAX),
+                        tok_m.eq(rec[: isa.SCALE_MANT_BITS]),
+                        tok_s.eq(rec[isa.SCALE_MANT_BITS : 32].as_signed()),
                     ]
-            with m.Case(_Sc.WAIT_AMAX):
-                # with the previous row gone from the join, the beats shown are this row's
-                with m.If(~cur_valid & up_out.valid & (~relu2 | g_out.valid)):
-                    m.d.sync += [
-                        ag.eq(g_out.payload.amax),
-                        au.eq(up_out.payload.amax),
-                        sc_state.eq(_Sc.SG),
-                    ]
-            with m.Case(_Sc.SG):
-                m.d.sync += [
-                    sg_m.eq(xg_m),
-                    sg_s.eq(xg_s),
-                    su_m.eq(xu_m),
-                    su_s.eq(xu_s),
-                    sc_state.eq(_Sc.SA),
-                ]
-            with m.Case(_Sc.SA):
+                    m.d.sync += [g.eq(0) for g in got.values()]
+                    m.next = "TOK_G"
+            with m.State("TOK_G"):
+                issue("tg", tok, c_g)
+                m.next = "TOK_U"
+            with m.State("TOK_U"):
+                issue("tu", tok, c_u)
+                m.next = "AMAX"
+            with m.State("AMAX"):
+                with m.If(have_u & (have_g | ~relu2)):
+                    m.d.comb += rcp_start.eq(1)
+                    m.d.sync += [have_g.eq(0), have_u.eq(0), rcp_done.eq(0)]
+                    m.next = "SOI_G"
+            with m.State("SOI_G"):
                 with m.If(relu2):
-                    # a = g^2 / 2^(F-1): the scale's exponent follows (zero stays zero)
-                    m.d.sync += [sa_m.eq(sq_m), sa_s.eq(Mux(sq_m == 0, 0, sq_s - (FB - 1)))]
-                with m.Else():
-                    m.d.sync += [sa_m.eq(1 << (B - 1)), sa_s.eq(B - 1 + ac.out_frac_bits)]
-                m.d.sync += sc_state.eq(_Sc.SC)
-            with m.Case(_Sc.SC):
-                m.d.sync += [
-                    cur_m.eq(pc_m),
-                    cur_s.eq(pc_s - nc.in_frac_bits),
-                    cur_valid.eq(1),
-                    sc_state.eq(_Sc.WAIT_SX),
-                ]
-
-        # ---------------------------------------------------------------- adapters
-        def adapter(name: str, load, extra=()):
-            """One DMA beat out as SUB beats of L lanes (``load``: take the response beat);
-            ``extra``: signals whose values are latched with the beat (``latched``)."""
-            buf = Signal(8 * W, name=f"{name}_buf")
-            n_sub = Signal(range(SUB + 1), name=f"{name}_n_sub")
-            idx = Signal(range(SUB + 1), name=f"{name}_idx")
-            end = Signal(name=f"{name}_end")
-            valid = Signal(name=f"{name}_valid")
-            ready = Signal(name=f"{name}_ready")
-            latched = [Signal.like(v, name=f"{name}_{i}") for i, v in enumerate(extra)]
-            final = idx == n_sub - 1
-            fire = valid & ready
-            can_load = Signal(name=f"{name}_can_load")
-            m.d.comb += can_load.eq(~valid | (fire & final))
-            with m.If(fire):
-                with m.If(final):
-                    m.d.sync += valid.eq(0)
-                with m.Else():
-                    m.d.sync += idx.eq(idx + 1)
-            with m.If(load):
-                # lanes beyond the beat's bytes are the zeros the port returns
-                m.d.sync += [
-                    buf.eq(self.rdata.payload),
-                    n_sub.eq((rs.nbytes + 4 * L - 1) >> (4 * L).bit_length() - 1),
-                    idx.eq(0),
-                    end.eq(rs.row_end),
-                    valid.eq(1),
-                ]
-                m.d.sync += [s.eq(v) for s, v in zip(latched, extra, strict=False)]
-            with m.If(begin):
-                m.d.sync += valid.eq(0)
-            return SimpleNamespace(
-                valid=valid,
-                ready=ready,
-                data=buf.word_select(idx, 32 * L),
-                last=end & final,
-                can_load=can_load,
-                latched=latched,
-            )
-
-        g_load, u_load = Signal(), Signal()
-        ga = adapter("ga", g_load, (tg_m, tg_s))
-        ua = adapter("ua", u_load)
-        m.d.comb += [
-            self.rdata.ready.eq(
-                running
-                & ~rs.finished
-                & Mux(
-                    rs.item == _Item.SX,
-                    sc_state == _Sc.WAIT_SX,
-                    Mux(rs.item == _Item.GATE, ga.can_load, ua.can_load),
-                )
-            ),
-            rs_adv.eq(self.rdata.valid & self.rdata.ready),
-            g_load.eq(rs_adv & (rs.item == _Item.GATE)),
-            u_load.eq(rs_adv & (rs.item == _Item.UP)),
-        ]
-
-        # up -> quantizer; gate -> quantizer (relu2) or requant register -> SiLU LUT
-        m.d.comb += [
-            uq.inp.valid.eq(ua.valid),
-            uq.inp.payload.data.as_value().eq(ua.data),
-            uq.inp.payload.last.eq(ua.last),
-            ua.ready.eq(uq.inp.ready),
-        ]
-        m.d.comb += [
-            gq.inp.valid.eq(ga.valid & relu2),
-            gq.inp.payload.data.as_value().eq(ga.data),
-            gq.inp.payload.last.eq(ga.last),
-        ]
-        sr_valid, sr_last = Signal(), Signal()
-        sr_data = [Signal(signed(ac.in_bits), name=f"sr_g{i}") for i in range(L)]
-        sr_free = ~sr_valid | lut.x.ready
-        m.d.comb += ga.ready.eq(Mux(relu2, gq.inp.ready, sr_free))
-        gm_l, gs_l = ga.latched
-        g_s = gs_l - ac.in_frac_bits
-        with m.If(lut.x.valid & lut.x.ready):
-            m.d.sync += sr_valid.eq(0)
-        with m.If(ga.valid & ~relu2 & sr_free):
-            m.d.sync += [sr_valid.eq(1), sr_last.eq(ga.last)]
-            for i in range(L):
-                g = requant(
-                    m,
-                    ga.data[32 * i : 32 * i + 32],
-                    gm_l,
-                    g_s,
-                    ac.in_bits,
-                    cfg.requant.shift_max,
-                    f"g{i}",
-                )
-                m.d.sync += sr_data[i].eq(g)
+                    issue("og", None, soi_v=amax_g)
+                m.next = "SOI_U"
+            with m.State("SOI_U"):
+                issue("ou", None, soi_v=amax_u)
+                m.next = "SG_SU"
+            with m.State("SG_SU"):  # sg then su (relu2), su (silu)
+                with m.If(got["ou"] & got["tu"] & (got["og"] | ~relu2)):
+                    with m.If(relu2):
+                        issue("sg", regs["tg"], regs["og"])
+                        m.next = "SU"
+                    with m.Else():
+                        issue("su", regs["tu"], regs["ou"])
+                        m.d.sync += [
+                            regs["sa"][0].eq(1 << (B - 1)),
+                            regs["sa"][1].eq(B - 1 + ac.out_frac_bits),
+                            got["sa"].eq(1),
+                        ]
+                        m.next = "SC"
+            with m.State("SU"):
+                issue("su", regs["tu"], regs["ou"])
+                m.next = "SA"
+            with m.State("SA"):
+                with m.If(got["sg"]):
+                    issue("sa", regs["sg"], regs["sg"])
+                    m.next = "SC"
+            with m.State("SC"):
+                with m.If(got["sa"] & got["su"]):
+                    issue("sc", regs["sa"], regs["su"])
+                    m.next = "PARAMS"
+            with m.State("PARAMS"):
+                # the reciprocals and sc ready, the previous row out of the lanes
+                with m.If(got["sc"] & rcp_done & ~lanes_busy):
+                    tg_m, tg_s = regs["tg"]
+                    m.d.sync += [
+                        k_g.eq(Mux(relu2, rcp_g.recip, tg_m)),
+                        s_g.eq(Mux(relu2, rcp_g.n + q16.recip_frac_bits, tg_s - ac.in_frac_bits)),
+                        k_u.eq(rcp_u.recip),
+                        t_u.eq(Mux(rcp_u.n == 0, 0, rcp_u.n - 1)),
+                        m_c.eq(regs["sc"][0]),
+                        s_c.eq(regs["sc"][1] - nc.in_frac_bits),
+                        wait.eq(3),
+                    ]
+                    m.next = "SETTLE"
+            with m.State("SETTLE"):  # RssParams follow s_g / s_c two cycles later
+                m.d.sync += wait.eq(wait - 1)
+                with m.If(wait == 1):
+                    m.d.sync += live.eq(1)
+                    m.next = "IDLE"
+        with m.If(rcp_u.done):
+            m.d.sync += rcp_done.eq(1)
         with m.If(begin):
-            m.d.sync += sr_valid.eq(0)
-        m.d.comb += [lut.x.valid.eq(sr_valid), lut.x.payload.last.eq(sr_last)]
-        m.d.comb += [lut.x.payload.data[i].eq(sr_data[i]) for i in range(L)]
+            m.d.sync += [live.eq(0), have_g.eq(0), have_u.eq(0), first_g.eq(1), first_u.eq(1)]
 
-        # ---------------------------------------------------------------- join + product
+        # ---------------------------------------------------------------- pass 2
         stall = Signal()
-        fire = Signal()
-        a_valid = Mux(relu2, g_out.valid, lut_out.valid)
+        rd = pair_reader(m, self.rdata.payload, L, 32, 32, "rd")
+        p2g = rs_live & (rs.item == _Item.P2G) & live
+        p2u = rs_live & (rs.item == _Item.P2U)
         m.d.comb += [
-            fire.eq(a_valid & up_out.valid & cur_valid & ~stall),
-            g_out.ready.eq(fire & relu2),
-            lut_out.ready.eq(fire & ~relu2),
-            up_out.ready.eq(fire),
+            rd.a_valid.eq(p2g),
+            rd.b_valid.eq(p2u),
+            rd.n.eq(rs.n),
+            rd.last.eq(rs.end),
+            rd.ready.eq(~stall),
+            self.rdata.ready.eq(sx_take | p1_in | rd.take),
+            rs_adv.eq(self.rdata.valid & self.rdata.ready),
         ]
-        with m.If(fire & up_out.payload.last):
-            m.d.sync += cur_valid.eq(0)
-        with m.If(begin):
-            m.d.sync += [cur_valid.eq(0), sc_state.eq(_Sc.WAIT_SX)]
+        with m.If(rd.take & (rs.item == _Item.P2U) & rs.end):
+            m.d.sync += live.eq(0)  # the row's last chunk is in
 
-        def stage(value, name, shape=None):
-            r = Signal(value.shape() if shape is None else shape, name=name)
-            with m.If(~stall):
-                m.d.sync += r.eq(value)
-            return r
-
-        def carry(prev, n):
-            """valid, last, scale mant and shift of the previous stage, one stage on."""
-            return [
-                stage(v, f"p{n}_{k}")
-                for k, v in zip(("valid", "last", "m", "s"), prev, strict=False)
-            ]
-
-        gin = [Mux(relu2, g_out.payload.data[i], lut_out.payload.data[i]) for i in range(L)]
-        p1 = [fire, up_out.payload.last, cur_m, cur_s]
-        p1 = carry(p1, 1)
-        p1_x = [stage(gin[i], f"p1_x{i}", signed(self.a_bits)) for i in range(L)]
-        p1_u = [stage(up_out.payload.data[i], f"p1_u{i}") for i in range(L)]
-        p2 = carry(p1, 2)
-        p2_a, p2_u = [], []
+        pipe = Pipe(m, stall)
+        tags0 = [pipe.reg(t, f"t0_{i}") for i, t in enumerate((rd.half, rd.n_out, rd.last_out))]
+        relu2_r = Signal()
+        m.d.sync += relu2_r.eq(relu2)
+        outs = []
+        G16 = 2 + RSS_STAGES  # the stage of g16 (S0 the lane registers)
+        A_AT = G16 + LutActivation.LATENCY  # a: after the SiLU lane, registered
         for i in range(L):
-            pos = Mux(p1_x[i] < 0, 0, p1_x[i])[: self.a_bits - 1]
-            sq = rhu(pos * pos, FB - 1)  # < 2^(F-1): g16 <= act_max
-            p2_a.append(stage(Mux(relu2, sq, p1_x[i]), f"p2_a{i}", signed(self.a_bits)))
-            p2_u.append(stage(p1_u[i], f"p2_u{i}"))
-        p3 = carry(p2, 3)
-        p3_prod = [
-            stage(p2_a[i] * p2_u[i], f"p3_prod{i}", signed(self.prod_bits)) for i in range(L)
-        ]
-        p4 = carry(p3, 4)
-        p3_m, p3_s = p3[2], p3[3]
-        p4_y = [
-            stage(
-                requant(m, p3_prod[i], p3_m, p3_s, nc.in_bits, cfg.requant.shift_max, f"y{i}"),
-                f"p4_y{i}",
-            )
-            for i in range(L)
-        ]
-        p4_valid, p4_last = p4[0], p4[1]
-        with m.If(begin):
-            m.d.sync += [p[0].eq(0) for p in (p1, p2, p3, p4)]
+            g0 = pipe.reg(rd.a[i], f"g0_{i}")
+            u0 = pipe.reg(rd.b[i], f"u0_{i}")
+            qg = mul_split(pipe, g0, k_g, f"qg{i}")  # S2
+            qu = mul_split(pipe, u0, k_u, f"qu{i}")
+            g16 = rss_lane(pipe, qg, rp_g, f"g{i}")  # S5
+            u16 = quant_lane(pipe, qu, t_u, 31, q16.recip_frac_bits, FB, f"u{i}")  # S4
+            # relu2: relu, square, rhu(., F - 1)  (g16 <= act_max: the square fits)
+            rl = pipe.reg(Mux(g16 < 0, 0, g16)[: FB - 1], f"rl{i}")
+            sq = pipe.reg(rl * rl, f"sq{i}")
+            ar = pipe.reg(rhu(sq, FB - 1), f"ar{i}", unsigned(FB - 1))  # G16 + 3
+            ar = pipe.delay(ar, LutActivation.LATENCY - 4, f"ar{i}")
+            # silu: the LUT lane, combinational from its registers at G16 + LATENCY - 1
+            sl = lut_lane(m, pipe, ac, ("silu",), g16, 0, f"silu{i}")
+            av = pipe.reg(Mux(relu2_r, ar, sl), f"a{i}", signed(self.a_bits))  # A_AT
+            u9 = pipe.delay(u16, A_AT - 4, f"u{i}")
+            prod = pipe.reg(av * u9, f"prod{i}", signed(self.prod_bits))
+            qc = mul_split(pipe, prod, m_c, f"qc{i}")
+            outs.append(rss_lane(pipe, qc, rp_c, f"y{i}"))
+        depth = A_AT + 1 + 2 + RSS_STAGES
+        valids = [pipe.reg(rd.valid, "v0")]
+        for j in range(depth):
+            valids.append(pipe.reg(valids[-1], f"v{j + 1}"))
+        vN = valids[-1]
+        tN = [pipe.delay(t, depth, f"t{i}") for i, t in enumerate(tags0)]
+        m.d.comb += lanes_busy.eq(~rd.empty | Cat(*valids).any())
 
-        # ---------------------------------------------------------------- packer
-        pk_buf = Signal(32 * E)
-        pk_idx = Signal(range(SUB + 1))
-        w_ptr = Signal(isa.ADDR_BITS + 1)
-        w_left = Signal(unsigned(isa.DIM_BITS + 2))
-        rows_out = Signal(isa.ROWS_BITS + 1)
-        completes = (pk_idx == SUB - 1) | p4_last
-        take = Signal()
-        m.d.comb += [
-            stall.eq(p4_valid & completes & self.wr.valid & ~self.wr.ready),
-            take.eq(p4_valid & ~stall),
-        ]
-        merged = Signal(32 * E)
-        m.d.comb += [merged.eq(pk_buf), merged.word_select(pk_idx, 32 * L).eq(Cat(*p4_y))]
-        with m.If(self.wr.valid & self.wr.ready):
-            m.d.sync += self.wr.valid.eq(0)
-        with m.If(take):
-            with m.If(completes):
-                wlen = Mux(p4_last, w_left, W)
-                m.d.sync += [
-                    self.wr.valid.eq(1),
-                    self.wr.payload.addr.eq(w_ptr),
-                    self.wr.payload.len.eq(wlen),
-                    self.wr.payload.data.eq(merged),
-                    w_ptr.eq(w_ptr + wlen),
-                    pk_idx.eq(0),
-                    w_left.eq(Mux(p4_last, row_bytes, w_left - W)),
-                ]
-                with m.If(p4_last):
-                    m.d.sync += rows_out.eq(rows_out + 1)
-            with m.Else():
-                m.d.sync += [pk_buf.eq(merged), pk_idx.eq(pk_idx + 1)]
-        with m.If(begin):
-            m.d.sync += [w_ptr.eq(a.dst), w_left.eq(row_bytes), pk_idx.eq(0), rows_out.eq(0)]
+        ptr, row_done = packer(m, self.wr, stall, vN, Cat(*outs), *tN, lanes=L, elem_bytes=4)
+        out_rows = Rows(a.rows, "out")
+        with m.If(row_done):
+            m.d.sync += out_rows.advance()
 
         # ---------------------------------------------------------------- control
-        err = self.checks(m).error()
+        err = self.checks(m, registered=3).error_reg()
         with m.FSM():
-            passed = self.check_states(m, ("CHECK", err))
+            passed = self.check_states(
+                m, ("SPAN", None), ("SPAN2", None), ("COND", None), ("CHECK", err)
+            )
             with m.State("RUN"):
                 m.d.comb += running.eq(1)
-                # every row written and accepted (all reads were consumed to get there)
-                with m.If((rows_out == a.rows) & ~self.wr.valid):
+                with m.If(~out_rows.more & ~self.wr.valid):
                     self.finish(m, ErrorCode.NONE)
         m.d.comb += begin.eq(passed["CHECK"])
+        with m.If(begin):
+            m.d.sync += out_rows.first() + [ptr.eq(a.dst), rd.phase.eq(0)]
         return m

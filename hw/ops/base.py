@@ -48,7 +48,11 @@ check's name); an engine spreads these ranges over its check states (``check_sta
 the ranges split at the ``Data`` checks it makes itself), which fixes the cycles its
 checks take: a failing command ends in the check state that finds the error. With
 ``registered=True`` the tensor spans come from registers loaded every cycle (valid from
-the cycle after ``start``), for engines whose tensor checks come a cycle or more later.
+the cycle after ``start``), for engines whose tensor checks come a cycle or more later;
+``registered=3`` in steps for engines that meet the 250 MHz depth rule (``hw.timing``):
+the byte counts (a product), the spans, each condition, and (``ArgChecks.error_reg``)
+the error code, each registered: the code is valid from the fourth cycle after
+``start``.
 With ``pipelined=True`` (``hw/ops/checkpipe.py``) the spans are expanded into sums of
 products of fields, every product a registered DSP fed by registers, and every
 ``error()`` is a register too: no check path is deeper than a comparison, and
@@ -161,8 +165,12 @@ class ArgChecks:
         # per item: [(condition, code)] in check order
         limits = bad(engine.LIMITS, engine)
         self.conds = []
+        if registered == 3:
+            self.decode = [
+                (self._reg(c, f"dec{j}"), code) for j, (c, code) in enumerate(self.decode)
+            ]
         lo, hi = engine.mem_lo, engine.mem_hi
-        for item in self.items:
+        for i, item in enumerate(self.items):
             conds = []
             stages = None
             when = (
@@ -188,7 +196,16 @@ class ArgChecks:
                 addr = names[item.field]
                 start, nbytes = item.extent(names)
                 end = start + nbytes
-                if registered:
+                if registered == 3:
+                    # the byte count (a product: a DSP registered around), then the end
+                    nb_r = Signal(Value.cast(nbytes).shape(), name=f"{item.field}_nbytes")
+                    start_r = Signal(Value.cast(start).shape(), name=f"{item.field}_start")
+                    m.d.sync += [nb_r.eq(nbytes), start_r.eq(start)]
+                    end = Signal(Value.cast(start_r + nb_r).shape(), name=f"{item.field}_end")
+                    start_r2 = Signal.like(start_r, name=f"{item.field}_start2")
+                    m.d.sync += [end.eq(start_r + nb_r), start_r2.eq(start_r)]
+                    start = start_r2
+                elif registered:
                     end_r = Signal(Value.cast(end).shape(), name=f"{item.field}_end")
                     m.d.sync += end_r.eq(end)
                     end = end_r
@@ -201,11 +218,18 @@ class ArgChecks:
                 conds.append(((start < lo) | (end > hi), ErrorCode.ADDR_RANGE))
             if when is not None:
                 conds = [(when & c, code) for c, code in conds]
+            if registered == 3:  # each condition registered (a third step)
+                conds = [(self._reg(c, f"{i}_{j}"), code) for j, (c, code) in enumerate(conds)]
             self.conds.append(conds)
             self.stages.append(stages or [0] * len(conds))
         assert not limits, f"{op.name}: LIMITS but no Dims in the contract"
         if pipelined:
             self.latency = 1 + max((s for st in self.stages for s in st), default=0)
+
+    def _reg(self, cond, tag) -> Signal:
+        r = Signal(name=f"chk_{tag}")
+        self.m.d.sync += r.eq(cond)
+        return r
 
     def _index(self, name: str | None, start: bool) -> int:
         if name is None:
@@ -242,6 +266,15 @@ class ArgChecks:
         else:
             self.m.d.comb += err.eq(v)
         return err
+
+    def error_reg(self, start: str | None = None, stop: str | None = None) -> Signal:
+        """:meth:`error` registered (free running: with ``registered=3`` valid from the
+        fourth cycle after ``start``)."""
+        name = f"err_{start or 'first'}_{stop or 'last'}_r".replace(" ", "_")
+        err = self.error(start, stop)
+        r = Signal(ErrorCode, name=name)
+        self.m.d.sync += r.eq(err)
+        return r
 
 
 class Engine(wiring.Component):

@@ -8,30 +8,30 @@ command. The fraction and saturation widths are ``cfg.norm.in_frac_bits`` /
 can fail: the only errors are argument errors.
 
 Checks: the RESIDUAL contract (``golden.isa.CONTRACTS``: rows, dim >= 1; h, acc,
-src_scale, dst each aligned, then in range), in one cycle before any memory access.
+src_scale, dst each aligned, then in range), before any memory access: the byte counts,
+the spans and the error code are registered in turn (``ArgChecks(registered=3)``), the
+check state reads the code in the fourth cycle of the command.
 
-Micro-architecture
-==================
-Rows are split into chunks of ``L = dma_bytes/4`` elements (32 for a 128-byte port; the
-last chunk of a row is short). The request side issues, per row, the 4-byte scale
-record, then per chunk the h read and the acc read; it runs ahead of the responses
-without limit (the memory applies backpressure). The response side consumes them in the
-same order:
+Micro-architecture (L = ``lanes``, ``AccelConfig.residual_lanes``: 4 on the kv260 point)
+=======================================================================================
+Rows are split into chunks of ``2L`` elements (the last chunk of a row is short). The
+request side issues, per row, the 4-byte scale record, then per chunk the h read and the
+acc read (``2L * 4`` bytes each: narrow reads, no wide beat registers); it runs ahead of
+the responses without limit (the memory applies backpressure). The response side
+consumes them in the same order:
 
-* scale response -> ``sx``; one cycle later the registered row scale
-  ``sc = scale_mul(sx, c)`` (``hw.ops.base.scale_mul``) and ``s = sc.shift - in_frac_bits``
-  (at least two responses, h and acc, come before it is used);
-* h response -> held in a beat register;
-* acc response -> stage 1 register: L products ``acc_i * sc.mant`` (signed 49 bits),
-  the h beat, s and the chunk's dst address/length;
-* stage 2 (combinational from stage 1) -> output register:
-  ``sat32(h_i + requant(p_i, 1, s))`` with ``hw.ops.base.requant`` (requant of the
-  product with a unit multiplier is requant of acc with sc.mant: the same rounding and
-  clipping of the same product) and ``hw.ops.base.saturate``; the output register drives
-  ``wr`` (one whole chunk per write).
-
-Stage 1 and the output register advance like a two-entry pipeline with backpressure
-from ``wr.ready``; the acc response is accepted only when stage 1 can move on.
+* scale response -> ``hw.pipeline.ScalePipe`` (``scale_mul(sx, c)``, 8 cycles) -> the
+  row's requant parameters (``hw.pipeline.RssParams``: the product's mantissa, window
+  position and overflow mask; 3 cycles) -> *next*; they move to the *front* registers
+  when the previous row's last chunk has entered the lanes, and travel down the pipeline
+  with the data (so the next row needs no drain);
+* h, acc responses -> ``hw.ops.elem.pair_reader`` -> L lanes per cycle, each lane:
+  S0 the (h, acc) pair and the row's parameters registered; S1-S2 ``q = acc * mant``
+  (two DSP48E2 partial products, then their sum); S3-S5 ``requant`` of q
+  (``hw.pipeline.rss_lane``: the window in two steps and the overflow flag, then round
+  and saturate); S6 ``sat32(h + delta)``; -> ``hw.ops.elem.packer``: one write per chunk
+  (2L * 4 bytes).
+  The whole pipeline freezes while a write waits.
 
 In place (dst == h, or dst == acc): a chunk's write carries data computed from that
 chunk's h/acc responses, so it is issued after those reads were answered; reads of
@@ -39,13 +39,18 @@ later chunks touch other addresses. Correct for any read-ahead.
 
 Cycles
 ======
-With no memory stalls the response side takes one beat per cycle, so a command takes
-``rows * (1 + 2 * ceil(dim / L)) + latency + 4`` cycles (``expected_cycles``: scale + h +
-acc beats; the first response's memory latency; the check cycle, stage 1, the output
-register and the done cycle), measured exactly so by ``sim/test_op_residual.py`` with a
-1-cycle memory:
-16 elements per cycle on a 128-byte port (two operand beats per output beat). One
-BitNet-0.73B residual row (dim 1536, L = 32): 97 beats, 102 cycles at latency 1.
+With no memory stalls and read latency 1 the pair reader moves L elements per cycle
+(2 response beats per 2L elements); each row waits for its scale (the record, then
+ScalePipe and the parameters): a command takes (``expected_cycles``)::
+
+    rows * (2 * ceil(dim / (2L)) + ROW_CYCLES) + FIXED_CYCLES + latency
+
+(every chunk takes 2 cycles; ROW_CYCLES = 12: the record's response, the scale and the
+parameters; FIXED_CYCLES = 14: the checks (four registered steps, then the check state),
+the lanes' pipeline, the last write and the done cycle), measured exactly so by
+``sim/test_op_residual.py``. One BitNet-0.73B residual row (dim 1536, L = 4): 384 + 12 +
+14 + latency cycles (4 elements per cycle; the memory carries 32 bytes per cycle of reads
+and 16 of writes, less than half of the kv260 point's DRAM bandwidth).
 
 Differences from the golden backend
 ===================================
@@ -58,209 +63,202 @@ Differences from the golden backend
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 
 from golden import isa
 from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
-from hw.fixed import saturate
+from hw.pipeline import RSS_STAGES, Pipe, RssParams, ScalePipe, mul_split, rss_lane
 
-from .base import Engine, requant, scale_mul
+from .base import Engine
+from .elem import Chunks, Rows, packer, pair_reader, sat_bits
 
 # request / response kinds, in stream order per row: SCALE, then (H, ACC) per chunk
 _SCALE, _H, _ACC = 0, 1, 2
 
+ROW_CYCLES = 12  # see the module docstring's cycle formula
+FIXED_CYCLES = 14
+SHIFT_BITS = 20  # scale shifts: two int16 record shifts and a normalization
 
-def expected_cycles(rows: int, dim: int, dma_bytes: int, latency: int = 1) -> int:
+
+def expected_cycles(rows: int, dim: int, lanes: int, latency: int = 1) -> int:
     """Cycles of one command without memory stalls (module docstring)."""
-    return rows * (1 + 2 * -(-dim // (dma_bytes // 4))) + latency + 4
+    return rows * (2 * -(-dim // (2 * lanes)) + ROW_CYCLES) + FIXED_CYCLES + latency
 
 
 class ResidualEngine(Engine):
     OPCODE = Opcode.RESIDUAL
 
-    def __init__(self, cfg: DatapathConfig, dma_bytes: int):
+    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, lanes: int):
         if dma_bytes % 4 or dma_bytes < isa.SCALE_RECORD_BYTES:
             raise ValueError(f"dma_bytes: {dma_bytes} is not a multiple of 4")
         if cfg.norm.in_bits > 32:
             raise ValueError(f"cfg.norm.in_bits: {cfg.norm.in_bits} exceeds the int32 tensors")
+        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
+        if 8 * lanes > dma_bytes:
+            raise ValueError(
+                f"lanes: a chunk of 2 * {lanes} int32 exceeds the {dma_bytes}-byte DMA beat"
+            )
+        self.lanes = lanes
         super().__init__(cfg, dma_bytes)
+
+    @staticmethod
+    def design_params(dp) -> dict:
+        return {"lanes": dp.residual_lanes}
 
     def elaborate(self, platform):
         m = Module()
-        W = self.signature.dma_bytes
-        L = W // 4  # int32 lanes per beat
+        L = self.lanes
+        C = 2 * L  # elements per chunk
         nc, rc = self.cfg.norm, self.cfg.requant
         B = rc.mult_bits
         a = self.op_args
-        err = self.checks(m).error()
+        err = self.checks(m, registered=3).error_reg()  # valid in the 4th cycle
+        begin = Signal()
 
-        # ------------------------------------------------------------ state
         ptr_w = isa.ADDR_BITS + 1
-        # request side
+        # ------------------------------------------------------------ requests
         rq_kind = Signal(2)
-        rq_row = Signal(isa.ROWS_BITS + 1)
-        rq_col = Signal(isa.DIM_BITS + 1)  # element index of the chunk in its row
-        rq_h = Signal(ptr_w)
-        rq_acc = Signal(ptr_w)
-        rq_sc = Signal(ptr_w)
-        # response side
+        rq_rows, rq_ch = Rows(a.rows, "rq"), Chunks(a.dim, C, "rq")
+        rq_h, rq_acc, rq_sc = Signal(ptr_w), Signal(ptr_w), Signal(ptr_w)
+        running = Signal()
+        m.d.comb += [
+            self.rd.valid.eq(running & rq_rows.more),
+            self.rd.payload.addr.eq(
+                Mux(rq_kind == _SCALE, rq_sc, Mux(rq_kind == _H, rq_h, rq_acc))
+            ),
+            self.rd.payload.len.eq(Mux(rq_kind == _SCALE, isa.SCALE_RECORD_BYTES, rq_ch.n * 4)),
+        ]
+        with m.If(begin):
+            m.d.sync += [rq_kind.eq(_SCALE), rq_h.eq(a.h), rq_acc.eq(a.acc), rq_sc.eq(a.src_scale)]
+            m.d.sync += rq_rows.first() + rq_ch.first()
+        with m.Elif(self.rd.valid & self.rd.ready):
+            with m.Switch(rq_kind):
+                with m.Case(_SCALE):
+                    m.d.sync += [rq_sc.eq(rq_sc + isa.SCALE_RECORD_BYTES), rq_kind.eq(_H)]
+                with m.Case(_H):
+                    m.d.sync += [rq_h.eq(rq_h + rq_ch.n * 4), rq_kind.eq(_ACC)]
+                with m.Default():
+                    m.d.sync += rq_acc.eq(rq_acc + rq_ch.n * 4)
+                    with m.If(rq_ch.end):  # last chunk of the row
+                        m.d.sync += [rq_kind.eq(_SCALE)] + rq_rows.advance() + rq_ch.first()
+                    with m.Else():
+                        m.d.sync += [rq_kind.eq(_H)] + rq_ch.advance()
+
+        # ------------------------------------------------------------ row scale
+        # q = acc * mant: |q| < 2^(31 + B)
+        QB = 32 + B
+        sp = ScalePipe(m, B, SHIFT_BITS, 2 * B, "sc")
+        rp = RssParams(QB, nc.in_bits, rc.shift_max, "rp")
+        s_reg = Signal(signed(SHIFT_BITS + 1))
+        rp.setup(m, s_reg)
+        m_next = Signal(B)
+        sc_busy = Signal()  # a record taken, its parameters not yet ready
+        sc_wait = Signal(range(3))
+        next_ready = Signal()  # next: parameters of the next row
+        row_ready = Signal()  # front: parameters of the row whose data the reader takes
+        f_mant = Signal(B)
+        f_par = [Signal.like(f, name=f"f_{f.name}") for f in rp.fields()]
+
         rs_kind = Signal(2)
-        rs_row = Signal(isa.ROWS_BITS + 1)
-        rs_col = Signal(isa.DIM_BITS + 1)
-        rs_dst = Signal(ptr_w)
-        sx_mant = Signal(isa.SCALE_MANT_BITS)
-        sx_shift = Signal(signed(isa.SCALE_SHIFT_BITS))
-        h_beat = Signal(8 * W)
-        # row scale, registered one cycle after sx
-        sc_mant = Signal(B)
-        sc_s = Signal(signed(isa.SCALE_SHIFT_BITS + 4))
-        # stage 1: products, h, the row's shift and where the chunk goes
-        s1_valid = Signal()
-        s1_p = [Signal(signed(32 + B + 1), name=f"s1_p{i}") for i in range(L)]
-        s1_h = Signal(8 * W)
-        s1_s = Signal.like(sc_s)
-        s1_addr = Signal(ptr_w)
-        s1_len = Signal(range(W + 1))
-        # output register (drives wr)
-        o_valid = Signal()
-        o_data = Signal(8 * W)
-        o_addr = Signal(ptr_w)
-        o_len = Signal(range(W + 1))
+        rs_rows, rs_ch = Rows(a.rows, "rs"), Chunks(a.dim, C, "rs")
+        rs_more = Signal()
+        m.d.comb += rs_more.eq(running & rs_rows.more)
+        sx_take = Signal()
+        m.d.comb += sx_take.eq(
+            rs_more & (rs_kind == _SCALE) & self.rdata.valid & ~sc_busy & ~next_ready
+        )
+        rec = self.rdata.payload
+        m.d.comb += [
+            sp.go.eq(sx_take),
+            sp.soi.eq(0),
+            sp.a_m.eq(rec[: isa.SCALE_MANT_BITS]),
+            sp.a_s.eq(
+                rec[isa.SCALE_MANT_BITS : isa.SCALE_MANT_BITS + isa.SCALE_SHIFT_BITS].as_signed()
+            ),
+            sp.b_m.eq(a.c_mant),
+            sp.b_s.eq(a.c_shift),
+        ]
+        with m.If(sx_take):
+            m.d.sync += sc_busy.eq(1)
+        with m.If(sp.done):
+            m.d.sync += [s_reg.eq(sp.shift - nc.in_frac_bits), m_next.eq(sp.mant), sc_wait.eq(2)]
+        with m.Elif(sc_wait != 0):
+            m.d.sync += sc_wait.eq(sc_wait - 1)
+            with m.If(sc_wait == 1):  # rp's registers follow s_reg two cycles later
+                m.d.sync += [next_ready.eq(1), sc_busy.eq(0)]
 
-        mant, sh = scale_mul(m, sx_mant, sx_shift, a.c_mant, a.c_shift, B, "sc")
-        m.d.sync += [sc_mant.eq(mant), sc_s.eq(sh - nc.in_frac_bits)]
+        # ------------------------------------------------------------ responses
+        stall = Signal()
+        rd = pair_reader(m, self.rdata.payload, L, 32, 32, "rd")
+        rs_n, rs_end = rs_ch.n, rs_ch.end
+        m.d.comb += [
+            rd.a_valid.eq(rs_more & (rs_kind == _H) & self.rdata.valid & row_ready),
+            rd.b_valid.eq(rs_more & (rs_kind == _ACC) & self.rdata.valid),
+            rd.n.eq(rs_n),
+            rd.last.eq(rs_end),
+            rd.ready.eq(~stall),
+            self.rdata.ready.eq(sx_take | rd.take),
+        ]
+        with m.If(sx_take):
+            m.d.sync += rs_kind.eq(_H)
+        with m.If(rd.take & (rs_kind == _H)):
+            m.d.sync += rs_kind.eq(_ACC)
+        with m.If(rd.take & (rs_kind == _ACC)):
+            with m.If(rs_end):
+                m.d.sync += [rs_kind.eq(_SCALE), row_ready.eq(0)]
+                m.d.sync += rs_rows.advance() + rs_ch.first()
+            with m.Else():
+                m.d.sync += [rs_kind.eq(_H)] + rs_ch.advance()
+        # the next row's parameters move to the front once the reader holds no chunk
+        with m.If(next_ready & ~row_ready & rd.empty):
+            m.d.sync += [f_mant.eq(m_next), next_ready.eq(0), row_ready.eq(1)]
+            m.d.sync += [f.eq(v) for f, v in zip(f_par, rp.fields(), strict=True)]
 
-        # stage 2: requant of each product, add h, saturate (combinational)
-        s2 = []
+        # ------------------------------------------------------------ lanes
+        pipe = Pipe(m, stall)
+        v0 = pipe.reg(rd.valid, "v0")
+        tags = [rd.half, rd.n_out, rd.last_out]
+        t0 = [pipe.reg(t, f"t0_{i}") for i, t in enumerate(tags)]
+        mant0 = pipe.reg(f_mant, "mant0")
+        par0 = [pipe.reg(f, f"p0_{i}") for i, f in enumerate(f_par)]
+        par2 = [pipe.delay(p, 2, f"p2_{i}") for i, p in enumerate(par0)]
+        outs = []
+        DEPTH = 2 + RSS_STAGES  # from S0 to delta
         for i in range(L):
-            d = requant(m, s1_p[i], Const(1, 1), s1_s, nc.in_bits, rc.shift_max, f"rq{i}")
-            hv = s1_h[32 * i : 32 * i + 32].as_signed()
-            lane = Signal(signed(32), name=f"out{i}")  # int32 in memory
-            m.d.comb += lane.eq(saturate(m, hv + d, nc.in_bits, f"sum{i}"))
-            s2.append(lane)
+            h0 = pipe.reg(rd.a[i], f"h0_{i}")
+            a0 = pipe.reg(rd.b[i], f"a0_{i}")
+            q = mul_split(pipe, a0, mant0, f"q{i}")
+            d = rss_lane(pipe, q, rp, f"rq{i}", params=par2)
+            hd = pipe.delay(h0, DEPTH, f"h{i}")
+            y = sat_bits(m, hd + d, nc.in_bits, f"sum{i}")
+            outs.append(pipe.reg(y.as_signed(), f"y{i}", signed(32)))  # int32 in memory
+        vN = pipe.delay(v0, DEPTH + 1, "v")
+        tN = [pipe.delay(t, DEPTH + 1, f"t{i}") for i, t in enumerate(t0)]
+
+        ptr, row_done = packer(m, self.wr, stall, vN, Cat(*outs), *tN, lanes=L, elem_bytes=4)
+        out_rows = Rows(a.rows, "out")
+        with m.If(row_done):
+            m.d.sync += out_rows.advance()
 
         with m.FSM():
-            passed = self.check_states(m, ("CHECK", err))
+            passed = self.check_states(
+                m, ("SPAN", None), ("SPAN2", None), ("COND", None), ("CHECK", err)
+            )
             with m.State("RUN"):
-                # -------------------------------------------------- requests
-                rq_left = Signal(isa.DIM_BITS + 1)
-                rq_n = Signal(range(L + 1))  # elements in the requested chunk
-                m.d.comb += [rq_left.eq(a.dim - rq_col), rq_n.eq(Mux(rq_left > L, L, rq_left))]
-                m.d.comb += self.rd.valid.eq(rq_row < a.rows)
-                with m.Switch(rq_kind):
-                    with m.Case(_SCALE):
-                        m.d.comb += [
-                            self.rd.payload.addr.eq(rq_sc),
-                            self.rd.payload.len.eq(isa.SCALE_RECORD_BYTES),
-                        ]
-                    with m.Case(_H):
-                        m.d.comb += [
-                            self.rd.payload.addr.eq(rq_h),
-                            self.rd.payload.len.eq(rq_n * 4),
-                        ]
-                    with m.Default():
-                        m.d.comb += [
-                            self.rd.payload.addr.eq(rq_acc),
-                            self.rd.payload.len.eq(rq_n * 4),
-                        ]
-                with m.If(self.rd.valid & self.rd.ready):
-                    with m.Switch(rq_kind):
-                        with m.Case(_SCALE):
-                            m.d.sync += [rq_sc.eq(rq_sc + isa.SCALE_RECORD_BYTES), rq_kind.eq(_H)]
-                        with m.Case(_H):
-                            m.d.sync += [rq_h.eq(rq_h + rq_n * 4), rq_kind.eq(_ACC)]
-                        with m.Default():
-                            m.d.sync += rq_acc.eq(rq_acc + rq_n * 4)
-                            with m.If(rq_left == rq_n):  # last chunk of the row
-                                m.d.sync += [
-                                    rq_col.eq(0),
-                                    rq_row.eq(rq_row + 1),
-                                    rq_kind.eq(_SCALE),
-                                ]
-                            with m.Else():
-                                m.d.sync += [rq_col.eq(rq_col + L), rq_kind.eq(_H)]
-
-                # -------------------------------------------------- output register
-                o_free = ~o_valid | self.wr.ready
-                m.d.comb += [
-                    self.wr.valid.eq(o_valid),
-                    self.wr.payload.addr.eq(o_addr),
-                    self.wr.payload.len.eq(o_len),
-                    self.wr.payload.data.eq(o_data),
-                ]
-                with m.If(o_valid & self.wr.ready):
-                    m.d.sync += o_valid.eq(0)
-                with m.If(s1_valid & o_free):
-                    m.d.sync += [
-                        o_valid.eq(1),
-                        o_data.eq(Cat(*s2)),
-                        o_addr.eq(s1_addr),
-                        o_len.eq(s1_len),
-                    ]
-                s1_free = ~s1_valid | o_free
-
-                # -------------------------------------------------- responses
-                rs_left = Signal(isa.DIM_BITS + 1)
-                rs_n = Signal(range(L + 1))
-                m.d.comb += [rs_left.eq(a.dim - rs_col), rs_n.eq(Mux(rs_left > L, L, rs_left))]
-                rs_more = rs_row < a.rows
-                with m.Switch(rs_kind):
-                    with m.Case(_SCALE):
-                        m.d.comb += self.rdata.ready.eq(rs_more)
-                        with m.If(self.rdata.valid & rs_more):
-                            m.d.sync += [
-                                sx_mant.eq(self.rdata.payload[:16]),
-                                sx_shift.eq(self.rdata.payload[16:32]),
-                                rs_kind.eq(_H),
-                            ]
-                    with m.Case(_H):
-                        m.d.comb += self.rdata.ready.eq(1)
-                        with m.If(self.rdata.valid):
-                            m.d.sync += [h_beat.eq(self.rdata.payload), rs_kind.eq(_ACC)]
-                    with m.Default():
-                        m.d.comb += self.rdata.ready.eq(s1_free)
-                        with m.If(self.rdata.valid & s1_free):
-                            for i in range(L):
-                                av = self.rdata.payload[32 * i : 32 * i + 32].as_signed()
-                                m.d.sync += s1_p[i].eq(av * sc_mant)
-                            m.d.sync += [
-                                s1_h.eq(h_beat),
-                                s1_s.eq(sc_s),
-                                s1_addr.eq(rs_dst),
-                                s1_len.eq(rs_n * 4),
-                                rs_dst.eq(rs_dst + rs_n * 4),
-                            ]
-                            with m.If(rs_left == rs_n):
-                                m.d.sync += [
-                                    rs_col.eq(0),
-                                    rs_row.eq(rs_row + 1),
-                                    rs_kind.eq(_SCALE),
-                                ]
-                            with m.Else():
-                                m.d.sync += [rs_col.eq(rs_col + L), rs_kind.eq(_H)]
-                # stage 1 holds its chunk until the output register takes it
-                acc_fire = (rs_kind == _ACC) & self.rdata.valid & s1_free
-                with m.If(acc_fire):
-                    m.d.sync += s1_valid.eq(1)
-                with m.Elif(s1_valid & o_free):
-                    m.d.sync += s1_valid.eq(0)
-
-                with m.If(~rs_more & ~s1_valid & ~o_valid):
+                m.d.comb += running.eq(1)
+                with m.If(~out_rows.more & ~self.wr.valid):
                     self.finish(m, ErrorCode.NONE)
-        with m.If(passed["CHECK"]):
+        m.d.comb += begin.eq(passed["CHECK"])
+        with m.If(begin):
+            m.d.sync += rs_rows.first() + rs_ch.first() + out_rows.first()
             m.d.sync += [
-                rq_kind.eq(_SCALE),
-                rq_row.eq(0),
-                rq_col.eq(0),
-                rq_h.eq(a.h),
-                rq_acc.eq(a.acc),
-                rq_sc.eq(a.src_scale),
                 rs_kind.eq(_SCALE),
-                rs_row.eq(0),
-                rs_col.eq(0),
-                rs_dst.eq(a.dst),
-                s1_valid.eq(0),
-                o_valid.eq(0),
+                ptr.eq(a.dst),
+                row_ready.eq(0),
+                next_ready.eq(0),
+                sc_busy.eq(0),
+                rd.phase.eq(0),
             ]
         return m
