@@ -639,6 +639,10 @@ class AccelConfig:
     norm_lanes: int = 8  # NORM_QUANT elements per cycle and pass
     act_lanes: int = 16  # ACT elements per cycle and pass
     softmax_lanes: int = 8  # SOFTMAX rows side by side
+    pv_out_lanes: int = 4  # PV int32 outputs requantized and written per cycle
+    pv_records: int = 32  # PV scale records per read (and 2x as many p values)
+    qk_records: int = 32  # QK key scale records per read
+    qk_out_lanes: int = 16  # QK logits per write
     rope_pairs: int = 4  # ROPE_QUANT pairs rotated per cycle
     rope_quantizers: int = 4  # ROPE_QUANT quantizers (heads in flight)
     # memory system
@@ -662,6 +666,10 @@ class AccelConfig:
             "norm_lanes",
             "act_lanes",
             "softmax_lanes",
+            "pv_out_lanes",
+            "pv_records",
+            "qk_records",
+            "qk_out_lanes",
             "rope_pairs",
             "rope_quantizers",
             "axi_ports",
@@ -759,6 +767,10 @@ DESIGN_POINTS = {
         norm_lanes=4,
         act_lanes=4,
         softmax_lanes=2,
+        pv_out_lanes=2,
+        pv_records=4,
+        qk_records=4,
+        qk_out_lanes=8,
         rope_pairs=1,
         rope_quantizers=1,
         axi_ports=1,
