@@ -639,6 +639,7 @@ class AccelConfig:
     norm_lanes: int = 8  # NORM_QUANT elements per cycle and pass
     act_lanes: int = 16  # ACT elements per cycle and pass
     softmax_lanes: int = 8  # SOFTMAX rows side by side
+    softmax_chunk: int = 8  # SOFTMAX elements per lane read / write (>= lanes: a read a cycle)
     pv_out_lanes: int = 4  # PV int32 outputs requantized and written per cycle
     pv_records: int = 32  # PV scale records per read (and 2x as many p values)
     qk_records: int = 32  # QK key scale records per read
@@ -666,6 +667,7 @@ class AccelConfig:
             "norm_lanes",
             "act_lanes",
             "softmax_lanes",
+            "softmax_chunk",
             "pv_out_lanes",
             "pv_records",
             "qk_records",
@@ -767,6 +769,7 @@ DESIGN_POINTS = {
         norm_lanes=4,
         act_lanes=4,
         softmax_lanes=2,
+        softmax_chunk=4,
         pv_out_lanes=2,
         pv_records=4,
         qk_records=4,
