@@ -642,6 +642,11 @@ class AccelConfig:
     act_amax_lanes: int = 16  # ACT pass-1 elements per cycle (the amax tree)
     residual_lanes: int = 4  # RESIDUAL elements per cycle
     softmax_lanes: int = 8  # SOFTMAX rows side by side
+    softmax_chunk: int = 8  # SOFTMAX elements per lane read / write (>= lanes: a read a cycle)
+    pv_out_lanes: int = 4  # PV int32 outputs requantized and written per cycle
+    pv_records: int = 32  # PV scale records per read (and 2x as many p values)
+    qk_records: int = 32  # QK key scale records per read
+    qk_out_lanes: int = 16  # QK logits per write
     rope_lanes: int = 4  # ROPE_QUANT elements rotated and quantized per cycle
     embed_scan_ids: int = 4  # EMBED token ids checked per scan read
     # memory system
@@ -668,6 +673,11 @@ class AccelConfig:
             "act_amax_lanes",
             "residual_lanes",
             "softmax_lanes",
+            "softmax_chunk",
+            "pv_out_lanes",
+            "pv_records",
+            "qk_records",
+            "qk_out_lanes",
             "rope_lanes",
             "embed_scan_ids",
             "axi_ports",
@@ -768,6 +778,11 @@ DESIGN_POINTS = {
         act_amax_lanes=4,
         residual_lanes=2,
         softmax_lanes=2,
+        softmax_chunk=4,
+        pv_out_lanes=2,
+        pv_records=4,
+        qk_records=4,
+        qk_out_lanes=8,
         rope_lanes=1,
         embed_scan_ids=1,
         axi_ports=1,

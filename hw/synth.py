@@ -218,10 +218,11 @@ def run_xilinx(name: str, block, work: Path) -> dict:
     is kept through synthesis, so each engine of a top is its own module) and the
     register-to-register logic depth of the flattened netlist (``depth``,
     ``hw.timing.logic_depth``)."""
+    from hw.dsp import XILINX
     from hw.timing import logic_depth
 
     src = work / f"{name}.v"
-    src.write_text(export_verilog(block, name))
+    src.write_text(export_verilog(block, name, platform=XILINX))  # hw.dsp: DSP48E2 lanes
     hier, stat, net = work / "xcup_hier.json", work / "xcup_stat.json", work / "xcup_net.json"
     note = _yosys(
         work,

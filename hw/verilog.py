@@ -31,14 +31,15 @@ VERILATOR_FLAGS = (
 MAKE_PCH_FIX = "CFG_CXXFLAGS_PCH_I=-include"
 
 
-def export_verilog(component, name: str, ports=None) -> str:
+def export_verilog(component, name: str, ports=None, platform=None) -> str:
     """Verilog text of ``component`` with top module ``name`` (no source attributes, so
     that only logic changes alter the text and the build caches keyed on it). ``ports``:
-    for an Elaboratable that is not a ``wiring.Component``."""
+    for an Elaboratable that is not a ``wiring.Component``; ``platform``: what every
+    ``elaborate`` gets (``hw.dsp.XILINX`` for UltraScale+ synthesis; None elsewhere)."""
     from amaranth.back import verilog
 
     kw = {} if ports is None else {"ports": ports}
-    return verilog.convert(component, name=name, emit_src=False, **kw)
+    return verilog.convert(component, name=name, emit_src=False, platform=platform, **kw)
 
 
 def setup_verilator() -> Path:

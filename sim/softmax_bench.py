@@ -93,7 +93,7 @@ class Bench(streams.Bench):
         return rows.n
 
     def budget(self, groups: list[Rows]) -> int:
-        return 300 + 8 * sum(row_cycles(g.n, CFG) for g in groups)
+        return 300 + 8 * sum(row_cycles(g.n, CFG, LANES) for g in groups)
 
 
 @cocotb.test()
@@ -163,7 +163,7 @@ async def test_reset_mid_operation(dut):
 
     def in_flight():  # stopped somewhere in pass 1, the divider or pass 2 (stalls stretch it)
         g = random_rows(b.rng, n=int(b.rng.integers(LANES, MAX_N + 1)))
-        return [g], 2 * row_cycles(g.n, CFG)
+        return [g], 2 * row_cycles(g.n, CFG, LANES)
 
     await b.reset_mid_operation(
         3,
@@ -181,7 +181,7 @@ async def test_throughput(dut):
     groups = [random_rows(b.rng, n=n, tag="throughput") for _ in range(3)]
     await b.throughput(
         groups,
-        2 * row_cycles(n, CFG) + expected_cycles(n, CFG),
-        200 + 4 * row_cycles(n, CFG) * 3,
+        2 * row_cycles(n, CFG, LANES) + expected_cycles(n, CFG, LANES),
+        200 + 4 * row_cycles(n, CFG, LANES) * 3,
         f"3 groups of {LANES} rows x {n}",
     )

@@ -25,7 +25,14 @@ I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
 def engine(lanes: int = 48, max_keys: int = 96) -> PVEngine:
-    return PVEngine(CFG, W, max_keys=max_keys, max_head_dim=lanes)
+    return PVEngine(
+        CFG,
+        W,
+        max_keys=max_keys,
+        max_head_dim=lanes,
+        out_lanes=DP.pv_out_lanes,
+        records=DP.pv_records,
+    )
 
 
 def causal(rows: int, keys: int) -> np.ndarray:
@@ -228,7 +235,7 @@ def test_cycles(rng):
         gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd)
         res = check_op(eng, gd, cmd, seed=1, stall=0.0, max_latency=1)
         assert res["error"] == ErrorCode.NONE
-        want = expected_cycles(heads, kv_heads, rows, keys, hd, W)
+        want = expected_cycles(heads, kv_heads, rows, keys, hd, eng.records, eng.out_lanes)
         assert res["cycles"] == want, (heads, kv_heads, rows, keys, hd)
 
 

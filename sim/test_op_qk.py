@@ -14,13 +14,14 @@ import numpy as np
 import pytest
 
 from golden import isa
-from golden.config import DEFAULT
+from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode, dma_bytes
 from host.backends.golden import GoldenDevice
 from hw.ops.qk import QKEngine, expected_cycles
 from sim.op_bench import arg_error_cases, check_errors, check_op, put
 
 CFG = DEFAULT
+DP = design_point("kv260")
 W = dma_bytes(CFG)
 
 
@@ -80,7 +81,9 @@ def qk_command(
 
 
 def _run(gd, cmd, rng, stall=0.3, **kw):
-    return check_op(QKEngine(CFG, W), gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall, **kw)
+    return check_op(
+        QKEngine.for_design(DP), gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall, **kw
+    )
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3, 0.6])
@@ -147,7 +150,7 @@ def test_qk_errors(rng):
         (dict(kv_ld=65535), ErrorCode.ADDR_RANGE),
     ]
     check_errors(
-        QKEngine(CFG, W),
+        QKEngine.for_design(DP),
         gd,
         base,
         cases + arg_error_cases(base, gd.alloc_base, gd.brk),
@@ -170,4 +173,6 @@ def test_qk_cycles(rng):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
         cmd = qk_command(gd, rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, head_dim=64)
         res = _run(gd, cmd, rng, stall=0.0, max_latency=1)
-        assert res["cycles"] == expected_cycles(heads, rows, keys, W), (heads, rows, keys)
+        assert res["cycles"] == expected_cycles(
+            heads, rows, keys, DP.qk_records, DP.qk_out_lanes
+        ), (heads, rows, keys)

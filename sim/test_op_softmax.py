@@ -5,8 +5,8 @@ Random shapes at stall levels 0, 0.3 and 0.6 with ``golden.softmax.random_logits
 (uniform to one-hot, all-max, all-min, full range); prefill (rows == keys: zero tails
 longer than a beat, multi-chunk rows), decode (one query, 16 heads), in place
 (dst == src). The default engine (8 lanes, 2048-element buffer) and, where many runs are
-needed (its simulation builds 3x faster), a 3-lane engine with a 40-element buffer (groups
-that straddle heads, short last groups, the max_len limit as BAD_DIM); every argument
+needed (its simulation builds 3x faster), a 3-lane engine with 4-element chunks and a
+40-element buffer (short last groups of a query, the max_len limit as BAD_DIM); every argument
 error in the golden executor's order; the no-stall cycle count against
 ``hw.ops.softmax.expected_cycles``.
 """
@@ -42,9 +42,9 @@ def _run(gd, cmd, rng, stall=0.3, engine=None, **kw):
 
 
 def small_engine():
-    """3 lanes, 40-element buffer: cheaper to simulate; groups straddle heads and the last
+    """3 lanes, 4-element chunks, 40-element buffer: cheaper to simulate; a query's last
     group is short more often. The engine's logic is the same for any lanes."""
-    return SoftmaxEngine(CFG, W, lanes=3, max_len=40)
+    return SoftmaxEngine(CFG, W, lanes=3, max_len=40, chunk=4, read_ahead=8)
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3, 0.6])
@@ -104,7 +104,7 @@ def test_softmax_errors(rng):
         (dict(rows=0, src=base.src + 1), ErrorCode.BAD_DIM),  # dims before addresses
     ]
     check_errors(
-        SoftmaxEngine(CFG, W, lanes=1, max_len=8),
+        SoftmaxEngine(CFG, W, lanes=1, max_len=8, chunk=2, read_ahead=2),
         gd,
         base,
         cases + arg_error_cases(base, gd.alloc_base, gd.brk),
@@ -114,13 +114,19 @@ def test_softmax_errors(rng):
 
 def test_softmax_cycles(rng):
     """No stalls, 1-cycle memory: the cycle count is the docstring's formula exactly
-    (default engine: 3 groups, the last one short; small engine: groups across heads)."""
-    for heads, rows, keys, lanes in ((1, 20, 20, DP.softmax_lanes), (4, 3, 40, 3)):
+    (default engine: one lane per group, rows with masked tails; a decode whose last row
+    ends in a short chunk; small engine: full and short groups)."""
+    for heads, rows, keys, lanes in (
+        (1, 20, 20, DP.softmax_lanes),
+        (16, 1, 130, DP.softmax_lanes),
+        (4, 3, 40, 3),
+    ):
         gd = GoldenDevice(CFG, mem_size=1 << 20)
         cmd = sm_command(gd, rng, heads=heads, rows=rows, keys=keys)
         engine = SoftmaxEngine.for_design(DP) if lanes == DP.softmax_lanes else small_engine()
         res = _run(gd, cmd, rng, stall=0.0, max_latency=1, engine=engine)
-        assert res["cycles"] == expected_cycles(heads, rows, keys, CFG, lanes), (
+        chunk = engine.chunk
+        assert res["cycles"] == expected_cycles(heads, rows, keys, CFG, lanes, chunk), (
             heads,
             rows,
             keys,

@@ -113,3 +113,62 @@ def test_design_point_errors_name_the_field():
         AccelConfig(act_lanes=0)
     with pytest.raises(ValueError, match="device: must be one of"):
         AccelConfig(device="xc7a35t")
+
+
+# --------------------------------------------------------------------------- attention engines
+@pytest.mark.parametrize("name", ["kv260", "ecp5"])
+def test_attention_engines_take_their_widths_from_the_design_point(name):
+    from golden.config import design_point
+    from hw.ops.pv import PVEngine
+    from hw.ops.qk import QKEngine
+    from hw.ops.softmax import SoftmaxEngine, read_ahead_for
+
+    dp = design_point(name)
+    sm = SoftmaxEngine.for_design(dp)
+    assert (sm.lanes, sm.chunk, sm.max_len) == (dp.softmax_lanes, dp.softmax_chunk, dp.max_keys)
+    # the read-ahead FIFO covers the DRAM latency at one read per cycle
+    assert sm.read_ahead == read_ahead_for(dp.dram_latency, dp.softmax_lanes)
+    assert sm.read_ahead >= dp.dram_latency + 2 * dp.softmax_lanes
+    assert sm.chunk >= sm.lanes  # one read per cycle feeds the block
+    pv = PVEngine.for_design(dp)
+    assert (pv.out_lanes, pv.records) == (dp.pv_out_lanes, dp.pv_records)
+    qk = QKEngine.for_design(dp)
+    assert (qk.records, qk.out_lanes) == (dp.qk_records, dp.qk_out_lanes)
+
+
+def test_attention_engine_widths_are_checked():
+    from hw.ops.pv import PVEngine
+    from hw.ops.qk import QKEngine
+    from hw.ops.softmax import SoftmaxEngine
+
+    W = 128
+    with pytest.raises(ValueError, match="chunk"):
+        SoftmaxEngine(DEFAULT, W, lanes=8, max_len=64, chunk=3, read_ahead=8)
+    with pytest.raises(ValueError, match="read_ahead"):
+        SoftmaxEngine(DEFAULT, W, lanes=8, max_len=64, chunk=8, read_ahead=1)
+    with pytest.raises(ValueError, match="records"):
+        PVEngine(DEFAULT, W, max_keys=64, max_head_dim=8, out_lanes=4, records=64)
+    with pytest.raises(ValueError, match="out_lanes"):
+        QKEngine(DEFAULT, W, records=8, out_lanes=3)
+
+
+def test_mac_lanes_are_dsp48e2_for_the_xilinx_target():
+    """hw.dsp: for UltraScale+ synthesis (platform XILINX) the PV accumulators and the QK
+    pair products are DSP48E2 instances with their multiplier and P registers (Yosys packs
+    no register into a DSP48E2); elsewhere they are plain Amaranth."""
+    from hw.dsp import XILINX
+    from hw.ops.pv import PVEngine
+    from hw.ops.qk import QKEngine
+    from hw.verilog import export_verilog
+
+    pv = PVEngine(DEFAULT, 16, max_keys=8, max_head_dim=4, out_lanes=2, records=2)
+    text = export_verilog(pv, "pv", platform=XILINX)
+    assert text.count("DSP48E2 #(") == 4  # one per MAC lane
+    assert text.count(".MREG(32'd1)") == 4 and text.count(".PREG(32'd1)") == 4
+    assert text.count('.USE_PATTERN_DETECT("PATDET")') == 4  # the int32 range check
+    assert "DSP48E2" not in export_verilog(
+        PVEngine(DEFAULT, 16, max_keys=8, max_head_dim=4, out_lanes=2, records=2), "pv"
+    )
+    qk = export_verilog(QKEngine(DEFAULT, 16, records=2, out_lanes=4), "qk", platform=XILINX)
+    assert qk.count("DSP48E2 #(") == 16  # 8 pairs
+    assert qk.count(".PCIN(") == 16 and qk.count(".PCOUT(") == 8  # the cascades

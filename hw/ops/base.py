@@ -59,6 +59,13 @@ products of fields, every product a registered DSP fed by registers, and every
 ``ArgChecks.latency`` says from which cycle after ``start`` all of them are valid (the
 engine's check state that uses the tensor checks must come no earlier; the ``Dims``
 checks of the first item are valid from the first cycle after ``start``).
+With ``registered=2`` the span products and then the ends are registers (valid from the
+second cycle after ``start``: every multiplier registered around its DSP, the window
+compare starting at a register), for engines whose tensor checks come two cycles or more
+later; with ``registered="deep"`` every product of an extent is a register as well (a
+DSP chain registered around each DSP), the checks valid ``ArgChecks.latency`` cycles after
+``start``. ``rule_values`` {rule: value} gives the engine's own value of a ``Dims`` rule of
+the contract (e.g. a divisibility from a sequential divider, valid when its check runs).
 
 Each engine module exports ``expected_cycles(...)``: its cycle count without memory
 stalls (the formula of its docstring), which ``sim/test_op_<name>.py`` measures.
@@ -66,7 +73,7 @@ stalls (the formula of its docstring), which ``sim/test_op_<name>.py`` measures.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, ValueCastable, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -114,22 +121,75 @@ def misaligned(addr, size: int):
     return addr[: size.bit_length() - 1] != 0 if size > 1 else Const(0)
 
 
+class _Piped(ValueCastable):
+    """A value of a tensor extent whose products and sums with other values are
+    registered (every DSP registered around); ``depth``: the registers on its longest
+    chain."""
+
+    def __init__(self, m: Module, value, depth: int = 0):
+        self.m, self.value, self.depth = m, Value.cast(value), depth
+
+    def as_value(self):
+        return self.value
+
+    def shape(self):
+        return self.value.shape()
+
+    def _op(self, other, f, mul: bool = False):
+        ov, od = (other.value, other.depth) if isinstance(other, _Piped) else (other, 0)
+        r = f(self.value, ov)
+        depth = max(self.depth, od)
+        if mul and isinstance(ov, int):
+            return _Piped(self.m, r, depth)  # a constant factor: a shift or an adder
+        # a product, or a sum that may feed one: registered, so that every DSP's inputs
+        # come from registers and its output goes into one
+        reg = Signal(Value.cast(r).shape())
+        self.m.d.sync += reg.eq(r)
+        return _Piped(self.m, reg, depth + 1)
+
+    def __add__(self, other):
+        return self._op(other, lambda a, b: a + b)
+
+    def __radd__(self, other):
+        return self._op(other, lambda a, b: b + a)
+
+    def __sub__(self, other):
+        return self._op(other, lambda a, b: a - b)
+
+    def __rsub__(self, other):
+        return self._op(other, lambda a, b: b - a)
+
+    def __mul__(self, other):
+        return self._op(other, lambda a, b: a * b, mul=True)
+
+    def __rmul__(self, other):
+        return self._op(other, lambda a, b: b * a, mul=True)
+
+
 class ArgChecks:
     """An engine's argument checks: its opcode's contract (``golden.isa.CONTRACTS``) with
     the engine's ``LIMITS``, on its ``op_args``, ``mem_lo`` and ``mem_hi`` (see the module
     docstring). Build it, and its ``error`` signals, outside the FSM (``Engine.checks``)."""
 
     def __init__(
-        self, engine: Engine, m: Module, *, registered: bool = False, pipelined: bool = False
+        self,
+        engine: Engine,
+        m: Module,
+        *,
+        registered: bool | int | str = False,
+        pipelined: bool = False,
+        rule_values: dict | None = None,
     ):
         op = engine.OPCODE
+        rule_values = dict(rule_values or {})
         view = engine.op_args
         fields = {n: view[n] for n, _ in isa.ARGS[op]}
         names = isa.contract_names(fields, engine.cfg)
         self.op, self.m, self.golden_only = op, m, tuple(engine.GOLDEN_ONLY)
         self.pipelined = pipelined
         self.stages: list[list[int]] = []  # per item, per condition: cycle it is valid
-        self.latency = 1
+        # cycles after start from which the tensor checks are valid
+        self.latency = 2 if registered == 2 else 1 if (registered or pipelined) else 0
         if pipelined:
             from .checkpipe import PolyCtx, materialize
 
@@ -144,6 +204,9 @@ class ArgChecks:
         def bad(rules, extra=None):
             conds = []
             for rule in rules:
+                if rule in rule_values:  # the engine's own value of the rule
+                    conds.append(~Value.cast(rule_values.pop(rule)))
+                    continue
                 env = names
                 if extra is not None:
                     env = {
@@ -194,10 +257,9 @@ class ArgChecks:
                 stages = [0] * (len(conds) - 1) + [max(s_end, s_start) + 1]
             elif isinstance(item, isa.Tensor):
                 addr = names[item.field]
-                start, nbytes = item.extent(names)
-                end = start + nbytes
                 if registered == 3:
                     # the byte count (a product: a DSP registered around), then the end
+                    start, nbytes = item.extent(names)
                     nb_r = Signal(Value.cast(nbytes).shape(), name=f"{item.field}_nbytes")
                     start_r = Signal(Value.cast(start).shape(), name=f"{item.field}_start")
                     m.d.sync += [nb_r.eq(nbytes), start_r.eq(start)]
@@ -205,7 +267,40 @@ class ArgChecks:
                     start_r2 = Signal.like(start_r, name=f"{item.field}_start2")
                     m.d.sync += [end.eq(start_r + nb_r), start_r2.eq(start_r)]
                     start = start_r2
-                elif registered:
+                elif registered == "deep":
+                    # every product of the extent registered, then the start and the end:
+                    # valid ``self.latency`` cycles after start
+                    piped = {
+                        k: _Piped(m, v) if isinstance(v, Value | data.View) else v
+                        for k, v in names.items()
+                    }
+                    start_p, span_p = item.extent(piped)
+                    start_p = start_p if isinstance(start_p, _Piped) else _Piped(m, start_p)
+                    span_p = span_p if isinstance(span_p, _Piped) else _Piped(m, span_p)
+                    start_r = Signal(start_p.shape(), name=f"{item.field}_start")
+                    span_r = Signal(span_p.shape(), name=f"{item.field}_span")
+                    m.d.sync += [start_r.eq(start_p.value), span_r.eq(span_p.value)]
+                    end_r = Signal(Value.cast(start_r + span_r).shape(), name=f"{item.field}_end")
+                    m.d.sync += end_r.eq(start_r + span_r)
+                    start, end = start_r, end_r
+                    self.latency = max(self.latency, max(start_p.depth, span_p.depth) + 2)
+                else:
+                    start, nbytes = item.extent(names)
+                    end = start + nbytes
+                if registered == 2:
+                    # the span (a product: a DSP) and a computed start into registers, then
+                    # their sum: every multiplier registered around its DSP, and the
+                    # compare with the window starts at a register
+                    span_r = Signal(Value.cast(nbytes).shape(), name=f"{item.field}_span")
+                    m.d.sync += span_r.eq(nbytes)
+                    if item.offset is not None:
+                        start_r = Signal(Value.cast(start).shape(), name=f"{item.field}_start")
+                        m.d.sync += start_r.eq(start)
+                        start = start_r
+                    end_r = Signal(Value.cast(start + span_r).shape(), name=f"{item.field}_end")
+                    m.d.sync += end_r.eq(start + span_r)
+                    end = end_r
+                elif registered is True:
                     end_r = Signal(Value.cast(end).shape(), name=f"{item.field}_end")
                     m.d.sync += end_r.eq(end)
                     end = end_r
@@ -223,6 +318,7 @@ class ArgChecks:
             self.conds.append(conds)
             self.stages.append(stages or [0] * len(conds))
         assert not limits, f"{op.name}: LIMITS but no Dims in the contract"
+        assert not rule_values, f"{op.name}: no contract rule {sorted(rule_values)}"
         if pipelined:
             self.latency = 1 + max((s for st in self.stages for s in st), default=0)
 
@@ -305,8 +401,17 @@ class Engine(wiring.Component):
         """The engine's member of ``args``: a View of ``golden.isa.ARGS[OPCODE]``."""
         return getattr(self.args, isa.op_name(self.OPCODE))
 
-    def checks(self, m: Module, *, registered: bool = False, pipelined: bool = False) -> ArgChecks:
-        return ArgChecks(self, m, registered=registered, pipelined=pipelined)
+    def checks(
+        self,
+        m: Module,
+        *,
+        registered: bool | int | str = False,
+        pipelined: bool = False,
+        rule_values: dict | None = None,
+    ) -> ArgChecks:
+        return ArgChecks(
+            self, m, registered=registered, pipelined=pipelined, rule_values=rule_values
+        )
 
     def finish(self, m: Module, code) -> None:
         """In a state of the engine's FSM: the command ends in this cycle with ``code``

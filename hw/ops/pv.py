@@ -40,59 +40,69 @@ are written, as the engine rules allow).
 
 Micro-architecture
 ==================
-KV heads are processed in order; per KV head g:
+Queries (h, t) in order (h outer, t inner: the p rows in memory order); query head h
+reads KV head g = h // n_rep. Per query, with v = L_t + 1 visible keys:
 
-* scale pass: the ``keys`` scale records are read in whole beats (``R = dma_bytes/4`` =
-  32 records per read) into the scale buffer (one row of R records per beat, a
-  ``ceil((max_keys+1)/R)``-row memory, two read ports), while a masked min tree over the
-  beat's lanes accumulates ``base`` = min shift over keys j <= keys - rows with nonzero
-  mant: s_min of query 0.
-* key pass, for each of the n_rep query heads h of g and each query t = 0..rows-1: the
-  engine reads p's row (h, t) up to key L_t in beats of ``dma_bytes/2`` = 64 values and,
-  per key, the key's V row (one read of head_dim <= dma_bytes bytes), and takes the
-  key's record from the scale buffer (read port 1, addressed one cycle ahead). s_min of
-  query t+1 = min(s_min(t), record L_{t+1}) (read port 2): the prefix minimum grows by
-  one key per query, so no second pass over the records is needed.
+* min pass: the v scale records in reads of R = ``records`` records (4R bytes); a
+  pipelined min tree over each response's records with a nonzero mant (each level keeps
+  the smaller shift of the nonzero ones and whether there was one; a response is zero
+  beyond its len, so no masked key counts) and a running min give s_min;
+* key pass: per key j a V row (one read of head_dim bytes), preceded every 2R keys by a
+  read of the next 2R p values (4R bytes) and every R keys by a read of the next R
+  records: the records are read twice rather than buffered (no block RAM).
 
-The request side issues this sequence (scale beats, then per query: a p beat before each
-block of 64 keys, a V row per key) as fast as ``rd.ready`` allows, running ahead of the
-responses; the response side walks the same sequence:
+The request side issues this sequence as fast as ``rd.ready`` allows, running ahead of
+the responses; the response side walks the same sequence:
 
-* S0 (V row accepted): ``p_j * mant_j`` (16x16) and the shift ``B - X + shift_j - s_min``
-  clamped to [0, 33] (p*mant < 2^32, so any shift from 33 on gives 0 like golden's 62);
-* S1: ``pt = rhu(prod, sh)`` (``PT_BITS`` = 23 bits unsigned for the default config);
-* S2: ``head_dim`` lanes (``max_head_dim`` MACs) ``acc_i += pt * v_i``, signed
-  ``ACC_BITS`` = bit_length(max_keys * 128 * pt_max) + 1 bits (42 for 2048 keys: exact for
-  any data; the int32 check follows); on the query's last key the sums go to the output
-  hold register (int32 per lane) with an overflow check, and the lanes restart from 0, so
-  the next query streams on without a bubble.
-* writer: ``requant`` (``hw.ops.base.requant``, unit multiplier) of ``dma_bytes/4`` = 32
-  lanes per beat, ceil(head_dim*4/dma_bytes) writes per query, overlapped with the next
-  query's keys. A query's last key is accepted only when the hold register is free (and
-  no other last key is in S0-S2).
+* S0 (a V row accepted): p_j and record j from the chunk registers (word selects);
+  S1: ``p_j * mant_j`` (a DSP) and ``sh = clamp(B - X + shift_j - s_min, 0, 33)`` (the
+  sum beside two compares of shift_j with per-query thresholds; p*mant < 2^32: from 33
+  on any shift gives 0, like golden's 62);
+  S2: ``(2 p mant) >> sh``; S3: ``pt = (that + 1) >> 1 = rhu(p mant, sh)`` (0 in a
+  cycle without a key; ``PT_BITS`` = 23 bits unsigned for the default config);
+* ``max_head_dim`` multiply-accumulate lanes ``acc_i += pt * v_i`` (``hw.dsp.mac``: a
+  DSP48E2 each, its 48-bit P register the accumulator, restarted by the query's first
+  key; the V row reaches the DSPs through three fabric stages and their two B
+  registers). When the query's last key is in P, every lane's P goes to the hold
+  register (int32 per lane) and the DSPs' pattern detectors say whether each acc fits
+  int32 (else BAD_OPERAND: exact for any data, P holds 48 bits);
+* writer: ``requant`` (unit multiplier) of ``out_lanes`` lanes per write, a pipeline of
+  the lane-group select, the shifters and the saturation, overlapped with the next
+  query's keys. A query's last key is accepted only when the hold register is free and
+  no other last key is in flight.
+
+The first key of a query is accepted ``log2(R)`` cycles after the last min-pass response
+at the earliest (the min tree's latency; with a 1-cycle memory that costs one cycle).
 
 Cycles
 ======
 The request side issues one read per cycle; with a memory that never stalls the
 response side keeps up, so a command takes (``expected_cycles``)
 
-    N = kv_heads * ceil(keys/32) + heads * sum_{t<rows} ((L_t + 1) + ceil((L_t + 1)/64))
-    cycles = N + latency + 5 + ceil(head_dim*4/dma_bytes)
+    N = heads * sum_{t<rows} (2 ceil(v_t/R) + v_t + ceil(v_t/(2R)))      v_t = L_t + 1
+    cycles = N + heads*rows*wait + latency + G + 13 + ceil(head_dim/out_lanes)
 
-(2 check cycles, the last response's memory latency, S1, S2, the last query's writes and
-the done cycle), as long as every query has L_t >= nw + 1 (nw = ceil(head_dim*4/dma_bytes));
-a shorter query (the first ones of a prefill with rows == keys) waits for the hold
-register, at most nw + 1 - L_t cycles (measured: heads 2, rows = keys = 32, head_dim 96:
-1146 cycles, formula 1131). ``sim/test_op_pv.py`` measures this exactly with
-a 1-cycle memory. Per key: one V row (head_dim MACs) per cycle plus 1/64 of a cycle for
-p; per KV head 1/32 cycle per key for its records. BitNet-0.73B decode (16 heads,
-head_dim 96, 1 query over 2048 keys, kv_heads = heads): N = 16*(2048 + 32) + 16*64 =
-34304, 34313 cycles at latency 1 (2144 per head: 0.955 keys per cycle).
+(N reads, the first in cycle G + 3: the head-ratio divider ``hw.ops.gqa`` (G =
+``gqa.cycles()`` = 9 for 8-bit head fields) and two check cycles; ``wait`` = log2(R) per
+query for the min tree; the last response's memory latency; S1-S4, the DSPs' A, M and P
+registers, the capture into hold, the writer's three stages, the last query's writes and
+the done cycle), as long as every query after the first has 2 ceil(v/R) + v +
+ceil(v/(2R)) + wait >= ceil(head_dim/out_lanes) + 8 (its last key comes after the writer
+took the previous query from the hold register; else it waits: the first queries of a
+prefill with rows == keys; measured with R = 32, out_lanes 4: heads 2, kv_heads 1, rows =
+keys = 4, head_dim 48: 184 cycles, formula 119).
+``sim/test_op_pv.py`` measures this
+exactly with a 1-cycle memory. Per key: one V row (head_dim MACs) per cycle plus 1/(2R)
+of a cycle for p and 2/R for its record. BitNet-0.73B decode (16 heads, head_dim 96,
+1 query over S keys, R = 32, out_lanes 4): N = 16 * (S + S/16 + S/64) reads at one a
+cycle, 2335 cycles at 128 keys and 35455 at 2048 (the 1024-bit scale buffer before:
+2153 and 34313); with the KV260's DRAM the bandwidth sets the pace (106 bytes a key, 4
+of them the record's second read: ~3.9 % more than the buffered records before).
 
 Differences from the golden backend
 ===================================
-* ``max_keys`` (default 2048: BitNet-0.73B's context) bounds keys: the scale buffer holds
-  one KV head's records; keys > max_keys -> BAD_DIM (golden: up to softmax max_len).
+* ``max_keys`` (default 2048: BitNet-0.73B's context) bounds keys; keys > max_keys ->
+  BAD_DIM (golden: up to softmax max_len).
 * ``max_head_dim`` (default ``dma_bytes``, 128; BitNet-0.73B has 96) is the MAC lane
   count; a V row is one read, so it cannot exceed dma_bytes; head_dim > max_head_dim ->
   BAD_DIM.
@@ -108,44 +118,64 @@ Differences from the golden backend
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib.memory import Memory
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 
 from golden import isa
 from golden.config import DatapathConfig
 from golden.fixed import rhu as golden_rhu
 from golden.isa import ErrorCode, Opcode
+from hw.dsp import mac
 
-from .base import Engine, requant
+from .base import Engine
+from .gqa import cycles as gqa_cycles
+from .gqa import head_ratio
 
 P_MEM_BITS = 16  # p is uint16 in memory (any 16-bit value)
 V_BITS = 8  # V codes: int8
 SH_HI = 2 * 16 + 1  # p*mant < 2^32: rhu by >= 33 gives 0
 
-# request/response walk of the two sides
-_SCALE, _STREAM, _END = 0, 1, 2
+_MIN, _STREAM, _END = 0, 1, 2
 
 
-def n_requests(heads: int, kv_heads: int, rows: int, keys: int, dma_bytes: int) -> int:
-    """N of the module docstring: the reads of one command (scale beats per KV head; per
-    query a p beat per dma_bytes/2 keys and a V row per visible key)."""
-    n = kv_heads * -(-keys // (dma_bytes // 4))
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def min_wait(records: int) -> int:
+    """Cycles the first key of a query waits after the min pass with a memory that
+    answers every cycle: the min tree's log2(R) levels and two registers, less the p and
+    record reads."""
+    return (records - 1).bit_length()
+
+
+def n_requests(heads: int, rows: int, keys: int, records: int) -> int:
+    """N of the module docstring: the reads of one command."""
+    n = 0
     for t in range(rows):
-        k = keys - rows + t + 1
-        n += heads * (k + -(-k // (dma_bytes // 2)))
+        v = keys - rows + t + 1
+        n += heads * (2 * _cdiv(v, records) + v + _cdiv(v, 2 * records))
     return n
 
 
 def expected_cycles(
-    heads: int, kv_heads: int, rows: int, keys: int, head_dim: int, dma_bytes: int, latency: int = 1
+    heads: int,
+    kv_heads: int,
+    rows: int,
+    keys: int,
+    head_dim: int,
+    records: int,
+    out_lanes: int,
+    latency: int = 1,
 ) -> int:
     """Cycles of one command without memory stalls (module docstring; exact when every
-    query has L_t >= nw + 1)."""
+    query has L_t + 1 > ceil(head_dim/out_lanes) + 2)."""
     return (
-        n_requests(heads, kv_heads, rows, keys, dma_bytes)
+        n_requests(heads, rows, keys, records)
+        + heads * rows * min_wait(records)
         + latency
-        + 5
-        + -(-head_dim * 4 // dma_bytes)
+        + gqa_cycles()
+        + 13
+        + _cdiv(head_dim, out_lanes)
     )
 
 
@@ -159,11 +189,12 @@ class PVEngine(Engine):
         dma_bytes: int,
         *,
         max_keys: int,
-        max_head_dim: int | None = None,
+        max_head_dim: int,
+        out_lanes: int,
+        records: int,
     ):
         if dma_bytes < 8 or dma_bytes & (dma_bytes - 1):
             raise ValueError(f"dma_bytes: {dma_bytes} is not a power of two >= 8")
-        max_head_dim = dma_bytes if max_head_dim is None else max_head_dim
         if not 1 <= max_head_dim <= dma_bytes:
             raise ValueError(
                 f"max_head_dim: {max_head_dim} must be in [1, dma_bytes "
@@ -177,45 +208,65 @@ class PVEngine(Engine):
             raise ValueError(
                 f"cfg.norm.in_bits: {cfg.norm.in_bits} must be in (16, 32] (dst is int32)"
             )
+        if records < 1 or records & (records - 1) or 4 * records > dma_bytes:
+            raise ValueError(
+                f"records: {records} must be a power of two with 4 * records <= dma_bytes"
+            )
+        if not 1 <= out_lanes or 4 * out_lanes > dma_bytes:
+            raise ValueError(f"out_lanes: {out_lanes} must be in [1, dma_bytes / 4]")
         self.max_keys = max_keys
         self.max_head_dim = max_head_dim
+        self.out_lanes = out_lanes
+        self.records = records
         b, x = cfg.requant.mult_bits, cfg.forward.pv_extra_bits
         # smallest shift of a contributing key (its shift >= s_min), so the largest pt
         self.pt_max = int(
             golden_rhu(((1 << P_MEM_BITS) - 1) * ((1 << isa.SCALE_MANT_BITS) - 1), max(b - x, 0))
         )
         self.pt_bits = self.pt_max.bit_length()
-        self.acc_bits = (max_keys * (1 << (V_BITS - 1)) * self.pt_max).bit_length() + 1
+        # |acc| < 2^47: the DSP's 48-bit P holds every sum exactly
+        assert (max_keys * (1 << (V_BITS - 1)) * self.pt_max).bit_length() < 47
         super().__init__(cfg, dma_bytes)
 
     @staticmethod
     def design_params(dp) -> dict:
-        return {"max_keys": dp.max_keys, "max_head_dim": min(dp.max_head_dim, dp.dma_bytes)}
+        return {
+            "max_keys": dp.max_keys,
+            "max_head_dim": min(dp.max_head_dim, dp.dma_bytes),
+            "out_lanes": dp.pv_out_lanes,
+            "records": dp.pv_records,
+        }
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        W = self.signature.dma_bytes
-        RPB = W // isa.SCALE_RECORD_BYTES  # scale records per beat
-        PPB = W // 2  # p values per beat
-        OPB = W // 4  # int32 outputs per write
-        rpb_log, ppb_log = RPB.bit_length() - 1, PPB.bit_length() - 1
+        R, PC, OL = self.records, 2 * self.records, self.out_lanes
+        rlog, plog = R.bit_length() - 1, PC.bit_length() - 1
         LANES = self.max_head_dim
-        NH = -(-LANES // OPB) * OPB  # hold lanes: whole writes
+        NG = _cdiv(LANES, OL)  # lane groups of the hold register
         B, X, P = cfg.requant.mult_bits, cfg.forward.pv_extra_bits, cfg.softmax.out_bits
         IF, OUT_BITS = cfg.norm.in_frac_bits, cfg.norm.in_bits
         ACC_LIM = cfg.requant.in_bits  # golden's requantize takes int32 acc only
-        SENT = 1 << (isa.SCALE_SHIFT_BITS - 1)  # "no nonzero scale yet": above every shift
+        SB = isa.SCALE_SHIFT_BITS
+        SENT = 1 << (SB - 1)  # "no nonzero scale yet": above every shift
         a = self.op_args
-        chk = self.checks(m, registered=True)
-        err_dims = chk.error(stop="p")
-        err_inputs = chk.error(start="p", stop="acc range")
-        err_dst = chk.error(start="acc range")
+        # the checks: the head ratio by a sequential divider (``hw.ops.gqa``), every
+        # check's verdict registered (the arguments are valid from start)
+        n_rep_q, divides = head_ratio(m, self.start, a.heads, a.kv_heads)
+        chk = self.checks(m, registered="deep", rule_values={"heads % kv_heads == 0": divides})
+        # the tensor checks' verdict (registered) is read in CHECK_ADDR, two cycles after
+        # the divider's result
+        assert chk.latency + 1 <= gqa_cycles() + 2
+        err_dims, err_inputs, err_dst = Signal(ErrorCode), Signal(ErrorCode), Signal(ErrorCode)
+        m.d.sync += [
+            err_dims.eq(chk.error(stop="p")),
+            err_inputs.eq(chk.error(start="p", stop="acc range")),
+            err_dst.eq(chk.error(start="acc range")),
+        ]
 
         # ------------------------------------------------------------ command constants
         n_rep = Signal(isa.HEADS_BITS)
         lim0 = Signal(isa.ROWS_BITS)  # L_0 = keys - rows
-        n_sbeats = Signal(isa.ROWS_BITS)  # scale beats per KV head
         vstride = Signal(isa.ROWS_BITS + isa.DIM_BITS)  # kv_ld * head_dim
         sstride = Signal(isa.ROWS_BITS + 2)  # kv_ld * 4
         pstride = Signal(isa.ROWS_BITS + 1)  # keys * 2
@@ -225,24 +276,22 @@ class PVEngine(Engine):
         ovf = Signal()  # an acc left int32 (sticky)
         dry = Signal()  # dst is bad: compute, do not write
 
-        # ------------------------------------------------------------ scale buffer
-        depth = self.max_keys // RPB + 1  # + the row of index keys (port 2 overrun)
-        m.submodules.sbuf = sbuf = Memory(shape=unsigned(RPB * 32), depth=depth, init=[])
-        wp = sbuf.write_port()
-        rp1 = sbuf.read_port(transparent_for=(wp,))  # key j of the stream
-        rp2 = sbuf.read_port(transparent_for=(wp,))  # key L_{t+1}: next query's s_min
-        m.d.comb += [rp1.en.eq(1), rp2.en.eq(1)]
-
         # ------------------------------------------------------------ request side
+        # both sides walk queries (h, t) and, per query, the min pass then the keys; the
+        # decisions are registered flags (the walk's compares one step ahead)
         r_state = Signal(2)
-        r_g = Signal(isa.HEADS_BITS)
-        r_r = Signal(isa.HEADS_BITS)
+        r_r = Signal(isa.HEADS_BITS)  # h mod n_rep
         r_t = Signal(isa.ROWS_BITS)
-        r_j = Signal(isa.ROWS_BITS)
-        r_L = Signal(isa.ROWS_BITS)
-        r_phave = Signal()
-        r_sleft = Signal(isa.ROWS_BITS)
-        r_sbase = Signal(isa.ADDR_BITS + 1)
+        r_L = Signal(isa.ROWS_BITS)  # L_t
+        r_j = Signal(isa.ROWS_BITS + 1)  # key of the stream
+        r_left = Signal(isa.ROWS_BITS + 1)  # keys (or records) from here to L_t
+        r_lastm = Signal()  # min pass: r_left <= R
+        r_lastk = Signal()  # stream: the query's last key (r_left == 1)
+        r_tlast, r_rlast, r_hlast = Signal(), Signal(), Signal()  # t, r, h at their last
+        r_h = Signal(isa.HEADS_BITS)
+        r_phave = Signal()  # the p read of this key is issued
+        r_shave = Signal()  # the record read of this key is issued
+        r_sbase = Signal(isa.ADDR_BITS + 1)  # KV head g's records
         r_sptr = Signal(isa.ADDR_BITS + 1)
         r_vbase = Signal(isa.ADDR_BITS + 1)
         r_vptr = Signal(isa.ADDR_BITS + 1)
@@ -251,145 +300,306 @@ class PVEngine(Engine):
 
         # ------------------------------------------------------------ response side
         c_state = Signal(2)
-        c_g = Signal(isa.HEADS_BITS)
-        c_r = Signal(isa.HEADS_BITS)
         c_t = Signal(isa.ROWS_BITS)
-        c_j = Signal(isa.ROWS_BITS)
         c_L = Signal(isa.ROWS_BITS)
-        c_phave = Signal()
-        c_srow = Signal(range(depth + 1))
-        base_min = Signal(signed(isa.SCALE_SHIFT_BITS + 1))
-        cur_min = Signal(signed(isa.SCALE_SHIFT_BITS + 1))  # s_min of the current query
+        c_j = Signal(isa.ROWS_BITS + 1)
+        c_left = Signal(isa.ROWS_BITS + 1)
+        c_lastm, c_lastk, c_tlast, c_hlast = Signal(), Signal(), Signal(), Signal()
+        c_h = Signal(isa.HEADS_BITS)
+        # the next response of the stream is a p chunk / a record chunk (registered: the
+        # response side's accept decision starts at flip-flops)
+        c_needp = Signal()
+        c_needs = Signal()
+        c_wait = Signal(range(rlog + 3))  # min tree latency before the first key
+        c_wait0 = Signal()  # c_wait == 0, registered
         c_dst_head = Signal(isa.ADDR_BITS + 1)
         c_dst = Signal(isa.ADDR_BITS + 1)
-        preg = Signal(8 * W)  # p beat, shifted one value per key
-        c_j_next = Signal(isa.ROWS_BITS)
-        c_t_next = Signal(isa.ROWS_BITS)
-        m.d.comb += [c_j_next.eq(c_j), c_t_next.eq(c_t)]
-        m.d.comb += [
-            rp1.addr.eq(c_j_next >> rpb_log),
-            rp2.addr.eq((lim0 + c_t_next + 1) >> rpb_log),
+        preg = Signal(P_MEM_BITS * PC)  # the p chunk
+        # "the next query / head / repeat is the last", registered: the counters change
+        # at most once per query (>= 2 cycles apart), so the compare is a cycle ahead
+        r_t_nl, r_h_nl, r_r_nl, c_t_nl, c_h_nl = (
+            Signal(name=n) for n in ("r_t_nl", "r_h_nl", "r_r_nl", "c_t_nl", "c_h_nl")
+        )
+        m.d.sync += [
+            r_t_nl.eq(r_t + 2 == a.rows),
+            r_h_nl.eq(r_h + 2 == a.heads),
+            r_r_nl.eq(r_r + 2 == n_rep),
+            c_t_nl.eq(c_t + 2 == a.rows),
+            c_h_nl.eq(c_h + 2 == a.heads),
         ]
-        rec = rp1.data.word_select(c_j[:rpb_log], 32)
-        rec_mant, rec_shift = rec[:16], rec[16:32].as_signed()
-        rec2 = rp2.data.word_select((lim0 + c_t + 1)[:rpb_log], 32)
-        rec2_mant, rec2_shift = rec2[:16], rec2[16:32].as_signed()
-        s_eff = Signal(signed(isa.SCALE_SHIFT_BITS + 1))  # golden: "never" -> 0
-        m.d.comb += s_eff.eq(Mux(cur_min == SENT, 0, cur_min))
+        rreg = Signal(32 * R)  # the record chunk
 
-        # ------------------------------------------------------------ pipeline
+        # ------------------------------------------------------------ min pass pipeline
+        mn_valid = Signal()  # a min-pass response this cycle
+        mn_first = Signal()  # ... the query's first
+        # each record's shift and whether its mant is nonzero (only those count); a tree
+        # level keeps the smaller shift of the nonzero ones (either, when neither is)
+        cands = []
+        for i in range(R):
+            rec = self.rdata.payload[32 * i : 32 * i + 32]
+            c = Signal(signed(SB), name=f"smin_c{i}")
+            nz = Signal(name=f"smin_nz{i}")
+            m.d.sync += [c.eq(rec[16:32].as_signed()), nz.eq(rec[:16] != 0)]
+            cands.append((nz, c))
+        vq, fq = Signal(name="smin_v0"), Signal(name="smin_f0")
+        m.d.sync += [vq.eq(mn_valid), fq.eq(mn_first)]
+        lvl = 0
+        while len(cands) > 1:  # one tree level per stage
+            lvl += 1
+            nxt = []
+            for k in range(0, len(cands), 2):
+                (nza, ca), (nzb, cb) = cands[k], cands[k + 1]
+                c = Signal(signed(SB), name=f"smin_l{lvl}_{k // 2}")
+                nz = Signal(name=f"smin_nz{lvl}_{k // 2}")
+                m.d.sync += [
+                    c.eq(Mux(nza & (~nzb | (ca < cb)), ca, cb)),
+                    nz.eq(nza | nzb),
+                ]
+                nxt.append((nz, c))
+            cands = nxt
+            v2, f2 = Signal(name=f"smin_v{lvl}"), Signal(name=f"smin_f{lvl}")
+            m.d.sync += [v2.eq(vq), f2.eq(fq)]
+            vq, fq = v2, f2
+        nz0, c0 = cands[0]
+        # s_min = SENT (no nonzero scale: golden's s_min = 0) needs no special case: every
+        # pt is 0 then (mant = 0), and so is the output for any shift
+        smin = Signal(signed(SB + 1))
+        smin_m = Signal(signed(SB + 3))  # B - X - s_min: the key's shift is shift + this
+        with m.If(vq):
+            with m.If(fq):
+                m.d.sync += smin.eq(Mux(nz0, c0, SENT))
+            with m.Elif(nz0 & (c0 < smin)):
+                m.d.sync += smin.eq(c0)
+        m.d.sync += smin_m.eq((B - X) - smin)
+
+        # ------------------------------------------------------------ key pipeline
         v_fire = Signal()
-        s1_valid, s1_last = Signal(), Signal()
-        s1_prod = Signal(P_MEM_BITS + isa.SCALE_MANT_BITS)
-        s1_sh = Signal(range(SH_HI + 1))
-        s1_v = Signal(8 * LANES)
-        s2_valid, s2_last = Signal(), Signal()
-        s2_pt = Signal(self.pt_bits)
-        s2_v = Signal(8 * LANES)
-        acc = [Signal(signed(self.acc_bits), name=f"acc{i}") for i in range(LANES)]
+        k_first, k_last = Signal(), Signal()
+        jp, jr = c_j[:plog], c_j[:rlog]
+        rec_j = Array(rreg[32 * i : 32 * i + 32] for i in range(R))[jr] if R > 1 else rreg
+        p_j = Array(preg[16 * i : 16 * i + 16] for i in range(PC))[jp]
+        # S1
+        p1 = Signal(P_MEM_BITS)
+        mant1 = Signal(isa.SCALE_MANT_BITS)
+        sh1 = Signal(signed(SB))  # the key's shift (S2 adds B - X - s_min)
+        vv = [Signal(8 * LANES, name=f"v{i}") for i in (1, 2, 3)]
+        ok = [Signal(name=f"kv{i}") for i in (1, 2, 3, 4)]
+        fs = [Signal(name=f"kf{i}") for i in (1, 2, 3, 4)]
+        ls = [Signal(name=f"kl{i}") for i in (1, 2, 3, 4, 5, 6, 7)]
+        m.d.sync += [
+            p1.eq(p_j),
+            mant1.eq(rec_j[:16]),
+            sh1.eq(rec_j[16:32].as_signed()),
+            vv[0].eq(self.rdata.payload[: 8 * LANES]),
+            ok[0].eq(v_fire),
+            fs[0].eq(v_fire & k_first),
+            ls[0].eq(v_fire & k_last),
+        ]
+        # S2: p * mant (DSP); the shift
+        prod2 = Signal(P_MEM_BITS + isa.SCALE_MANT_BITS)
+        # B - X + shift - s_min (s_min stays until the next query's min pass, which ends
+        # several cycles after its last key's S2)
+        shs = Signal(signed(SB + 4))
+        m.d.comb += shs.eq(sh1 + smin_m)
+        # shs < 0 <=> sh1 < -smin_m; shs > SH_HI <=> sh1 > SH_HI - smin_m (registers of
+        # s_min, like smin_m)
+        sh_lo, sh_hi = Signal(signed(SB + 4)), Signal(signed(SB + 4))
+        m.d.sync += [sh_lo.eq(smin - (B - X)), sh_hi.eq(SH_HI - (B - X) + smin)]
+        sh2 = Signal(range(SH_HI + 1))
+        m.d.sync += [
+            prod2.eq(p1 * mant1),
+            sh2.eq(Mux(sh1 < sh_lo, 0, Mux(sh1 > sh_hi, SH_HI, shs[:6]))),
+        ]
+        # S3: (2 p mant) >> sh;  S4: pt = rhu(p mant, sh)
+        w3 = Signal(P_MEM_BITS + isa.SCALE_MANT_BITS + 1)
+        m.d.sync += w3.eq((prod2 << 1) >> sh2)
+        pt4 = Signal(self.pt_bits)
+        m.d.sync += pt4.eq(Mux(ok[2], (w3 + 1) >> 1, 0))
+        for i in range(1, 3):
+            m.d.sync += vv[i].eq(vv[i - 1])
+        for i in range(1, 4):
+            m.d.sync += [ok[i].eq(ok[i - 1]), fs[i].eq(fs[i - 1])]
+        for i in range(1, 7):
+            m.d.sync += ls[i].eq(ls[i - 1])
+        # the MAC lanes: pt (S4) with v (S3, one cycle ahead into the B registers)
+        accs, in_range = [], []
+        for i in range(LANES):
+            acc, fits = mac(
+                m,
+                platform,
+                f"mac{i}",
+                pt4,
+                vv[2][8 * i : 8 * i + 8].as_signed(),
+                fs[3],
+                range_bits=ACC_LIM,
+                b_lead=1,
+            )
+            accs.append(acc)
+            in_range.append(fits)
+        capture = ls[6]  # the query's last key is in P
+
+        # ------------------------------------------------------------ hold and writer
         pend_addr = Signal(isa.ADDR_BITS + 1)  # output of the last key in flight
-        pend_s = Signal(signed(isa.SCALE_SHIFT_BITS + 3))
-        hold = [Signal(signed(ACC_LIM), name=f"hold{i}") for i in range(NH)]
+        pend_s = Signal(signed(SB + 3))
+        last_pending = Signal()  # a last key is between S0 and the capture
+        hold = [Signal(signed(32), name=f"hold{i}") for i in range(NG * OL)]
         hold_full = Signal()
         hold_addr = Signal(isa.ADDR_BITS + 1)
-        hold_left = Signal(isa.DIM_BITS + 3)
-        hold_s = Signal(signed(isa.SCALE_SHIFT_BITS + 3))
-
-        # S0 -> S1 (registered every cycle; s1_valid says whether it is a key)
-        sh_raw = Signal(signed(isa.SCALE_SHIFT_BITS + 4))
-        m.d.comb += sh_raw.eq((B - X) + rec_shift - s_eff)
+        # the requant controls of the query's shift s, from pend_s (stable long before
+        # the capture): right shift min(s, 33), left shift min(-s, 31), and the bits
+        # [31 - left, 31] of acc that must equal its sign for acc << left to fit int32
+        c_sr, c_ls, c_neg, c_mask = Signal(range(34)), Signal(range(32)), Signal(), Signal(32)
+        keep = Signal(range(32))  # 31 - left
+        m.d.comb += keep.eq(31 - c_ls)
         m.d.sync += [
-            s1_valid.eq(v_fire),
-            s1_prod.eq(preg[:P_MEM_BITS] * rec_mant),
-            s1_sh.eq(Mux(sh_raw < 0, 0, Mux(sh_raw > SH_HI, SH_HI, sh_raw))),
-            s1_v.eq(self.rdata.payload[: 8 * LANES]),
+            c_sr.eq(Mux(pend_s < 0, 0, Mux(pend_s > 33, 33, pend_s))),
+            c_ls.eq(Mux(pend_s >= 0, 0, Mux(-pend_s > 31, 31, -pend_s))),
+            c_neg.eq(pend_s < 0),
+            c_mask.eq(~((Const(1, 33) << keep) - 1)[:32]),
         ]
-        # S1 -> S2: round half up (sh = 0: exact)
-        half = Signal(P_MEM_BITS + isa.SCALE_MANT_BITS + 1)
-        m.d.comb += half.eq((Const(1, SH_HI + 1) << s1_sh) >> 1)
-        m.d.sync += [
-            s2_valid.eq(s1_valid),
-            s2_last.eq(s1_last),
-            s2_pt.eq((s1_prod + half) >> s1_sh),
-            s2_v.eq(s1_v),
-        ]
-        # S2: MAC lanes; the query's last key moves the sums to the hold register
-        lo, hi = -(1 << (ACC_LIM - 1)), (1 << (ACC_LIM - 1)) - 1
-        sums, over = [], []
-        for i in range(LANES):
-            s = Signal(signed(self.acc_bits), name=f"sum{i}")
-            m.d.comb += s.eq(acc[i] + s2_pt * s2_v[8 * i : 8 * i + 8].as_signed())
-            sums.append(s)
-            over.append((s < lo) | (s > hi))
-        with m.If(s2_valid):
-            with m.If(s2_last):
-                m.d.sync += [a_.eq(0) for a_ in acc]
-                m.d.sync += [hold[i].eq(sums[i] if i < LANES else 0) for i in range(NH)]
-                m.d.sync += [
-                    hold_full.eq(1),
-                    hold_addr.eq(pend_addr),
-                    hold_s.eq(pend_s),
-                    hold_left.eq(hd4),
-                ]
-                with m.If(Cat(*over).any()):
-                    m.d.sync += ovf.eq(1)
-            with m.Else():
-                m.d.sync += [acc[i].eq(sums[i]) for i in range(LANES)]
-
-        # writer: OPB lanes per write, then shift the hold register down
-        ys = []
-        for i in range(OPB):
-            y = requant(m, hold[i], Const(1, 1), hold_s, OUT_BITS, cfg.requant.shift_max, f"rq{i}")
-            y32 = Signal(signed(32), name=f"out{i}")
-            m.d.comb += y32.eq(y)
-            ys.append(y32)
+        hold_sr, hold_ls, hold_neg, hold_mask = (
+            Signal(range(34)),
+            Signal(range(32)),
+            Signal(),
+            Signal(32),
+        )
+        hold_g = Signal(range(NG + 1))  # next lane group to write
+        hold_left = Signal(isa.DIM_BITS + 3)  # bytes of the query left to write
+        with m.If(capture):
+            m.d.sync += [hold[i].eq(accs[i][:32]) for i in range(LANES)]
+            m.d.sync += [
+                hold_full.eq(1),
+                hold_addr.eq(pend_addr),
+                hold_sr.eq(c_sr),
+                hold_ls.eq(c_ls),
+                hold_neg.eq(c_neg),
+                hold_mask.eq(c_mask),
+                hold_g.eq(0),
+                hold_left.eq(hd4),
+                last_pending.eq(0),
+            ]
+        # every lane's acc fits int32: registered, checked the cycle after the capture
+        # (the writer's first write comes three cycles later)
+        fits_all, fits_chk = Signal(), Signal()
+        m.d.sync += [fits_all.eq(Cat(*in_range).all()), fits_chk.eq(capture)]
+        with m.If(fits_chk & ~fits_all):
+            m.d.sync += ovf.eq(1)
+        # writer pipeline: A the lane group; B the shifters; C rounding, saturation
+        wlen = Signal(range(4 * OL + 1))
+        m.d.comb += wlen.eq(Mux(hold_left > 4 * OL, 4 * OL, hold_left))
+        wa_v, wb_v, wc_v = Signal(), Signal(), Signal()
+        wa_addr, wb_addr, wc_addr = (Signal(isa.ADDR_BITS + 1) for _ in range(3))
+        wa_len, wb_len, wc_len = (Signal(range(4 * OL + 1)) for _ in range(3))
+        wa_sr, wa_ls, wa_neg, wa_mask = Signal(range(34)), Signal(range(32)), Signal(), Signal(32)
+        wa = [Signal(signed(32), name=f"wa{k}") for k in range(OL)]
+        w_adv = Signal()  # the writer pipeline moves
         suppress = dry | ovf
-        wr_len = Signal(range(W + 1))
-        m.d.comb += [
-            wr_len.eq(Mux(hold_left > W, W, hold_left)),
-            self.wr.valid.eq(hold_full & ~suppress),
-            self.wr.payload.addr.eq(hold_addr),
-            self.wr.payload.len.eq(wr_len),
-            self.wr.payload.data.eq(Cat(*ys)),
-        ]
-        with m.If(hold_full & (suppress | self.wr.ready)):
-            m.d.sync += [hold[i].eq(hold[i + OPB] if i + OPB < NH else 0) for i in range(NH)]
-            m.d.sync += [hold_addr.eq(hold_addr + W), hold_left.eq(hold_left - wr_len)]
-            with m.If(hold_left <= W):
+        m.d.comb += w_adv.eq(~wc_v | self.wr.ready | suppress)
+        take = hold_full & w_adv
+        groups = [hold[g * OL : (g + 1) * OL] for g in range(NG)]
+        with m.If(w_adv):
+            m.d.sync += [
+                wa_v.eq(take),
+                wa_addr.eq(hold_addr),
+                wa_len.eq(wlen),
+                wa_sr.eq(hold_sr),
+                wa_ls.eq(hold_ls),
+                wa_neg.eq(hold_neg),
+                wa_mask.eq(hold_mask),
+            ]
+            for k in range(OL):
+                m.d.sync += wa[k].eq(
+                    Array(g[k] for g in groups)[hold_g] if NG > 1 else groups[0][k]
+                )
+        with m.If(take):
+            m.d.sync += [
+                hold_g.eq(hold_g + 1),
+                hold_addr.eq(hold_addr + 4 * OL),
+                hold_left.eq(hold_left - 4 * OL),  # after the last take: unused
+            ]
+            with m.If(hold_left <= 4 * OL):
                 m.d.sync += hold_full.eq(0)
+        # requant(acc, 1, s) (``hw.ops.base.requant`` with a unit multiplier), in two
+        # stages: s >= 0: rhu(acc, min(s, 33)) = (((2 acc) >> s) + 1) >> 1; s < 0:
+        # sat32(acc << min(-s, 31)), saturating when acc has no -s redundant sign bits
+        wb_neg = Signal()
+        wb_r = [Signal(signed(34), name=f"wb_r{k}") for k in range(OL)]
+        wb_l = [Signal(32, name=f"wb_l{k}") for k in range(OL)]
+        wb_sat = [Signal(name=f"wb_sat{k}") for k in range(OL)]
+        wb_sign = [Signal(name=f"wb_sign{k}") for k in range(OL)]
+        with m.If(w_adv):
+            m.d.sync += [wb_v.eq(wa_v), wb_addr.eq(wa_addr), wb_len.eq(wa_len), wb_neg.eq(wa_neg)]
+            for k in range(OL):
+                acc = wa[k]
+                m.d.sync += [
+                    wb_r[k].eq((acc << 1) >> wa_sr),
+                    wb_l[k].eq((acc << wa_ls)[:32]),
+                    wb_sat[k].eq(((acc ^ acc[31].replicate(32)) & wa_mask).any()),
+                    wb_sign[k].eq(acc[31]),
+                ]
+        wc = [Signal(32, name=f"wc{k}") for k in range(OL)]
+        lo, hi = -(1 << (OUT_BITS - 1)), (1 << (OUT_BITS - 1)) - 1
+        with m.If(w_adv):
+            m.d.sync += [wc_v.eq(wb_v), wc_addr.eq(wb_addr), wc_len.eq(wb_len)]
+            for k in range(OL):
+                right = (wb_r[k] + 1) >> 1
+                left = Mux(wb_sat[k], Mux(wb_sign[k], lo, hi), wb_l[k].as_signed())
+                m.d.sync += wc[k].eq(Mux(wb_neg, left, right))
+        m.d.comb += [
+            self.wr.valid.eq(wc_v & ~suppress),
+            self.wr.payload.addr.eq(wc_addr),
+            self.wr.payload.len.eq(wc_len),
+            self.wr.payload.data.eq(Cat(*wc)),
+        ]
+        writer_busy = hold_full | wa_v | wb_v | wc_v
 
         with m.FSM():
-            passed = self.check_states(m, ("CHECK", err_dims), ("CHECK_ADDR", err_inputs))
+            waits = [(f"WAIT{i}", None) for i in range(1, gqa_cycles() + 1)]
+            passed = self.check_states(m, *waits, ("CHECK", err_dims), ("CHECK_ADDR", err_inputs))
 
             with m.State("RUN"):
                 # ---------------------------------------------------- requests
-                with m.If(r_state == _SCALE):
+                with m.If(r_state == _MIN):
                     m.d.comb += [
                         self.rd.valid.eq(1),
                         self.rd.payload.addr.eq(r_sptr),
-                        self.rd.payload.len.eq(
-                            Mux(r_sleft > RPB, RPB, r_sleft) * isa.SCALE_RECORD_BYTES
-                        ),
+                        self.rd.payload.len.eq(Mux(r_lastm, r_left, R) * 4),
                     ]
                     with m.If(self.rd.ready):
-                        m.d.sync += [r_sptr.eq(r_sptr + W), r_sleft.eq(r_sleft - RPB)]
-                        with m.If(r_sleft <= RPB):
+                        m.d.sync += [
+                            r_sptr.eq(r_sptr + 4 * R),
+                            r_left.eq(r_left - R),
+                            r_lastm.eq(r_left <= 2 * R),
+                        ]
+                        with m.If(r_lastm):
                             m.d.sync += [
                                 r_state.eq(_STREAM),
                                 r_j.eq(0),
+                                r_left.eq(r_L + 1),
+                                r_lastk.eq(r_L == 0),
                                 r_phave.eq(0),
+                                r_shave.eq(0),
+                                r_sptr.eq(r_sbase),
                                 r_vptr.eq(r_vbase),
+                                r_pptr.eq(r_prow),
                             ]
                 with m.Elif(r_state == _STREAM):
-                    with m.If((r_j[:ppb_log] == 0) & ~r_phave):
-                        left = r_L + 1 - r_j
+                    with m.If((r_j[:plog] == 0) & ~r_phave):
                         m.d.comb += [
                             self.rd.valid.eq(1),
                             self.rd.payload.addr.eq(r_pptr),
-                            self.rd.payload.len.eq(Mux(left > PPB, PPB, left) * 2),
+                            self.rd.payload.len.eq(Mux(r_left > PC, PC, r_left) * 2),
                         ]
                         with m.If(self.rd.ready):
-                            m.d.sync += [r_pptr.eq(r_pptr + W), r_phave.eq(1)]
+                            m.d.sync += [r_pptr.eq(r_pptr + 2 * PC), r_phave.eq(1)]
+                    with m.Elif((r_j[:rlog] == 0) & ~r_shave):
+                        m.d.comb += [
+                            self.rd.valid.eq(1),
+                            self.rd.payload.addr.eq(r_sptr),
+                            self.rd.payload.len.eq(Mux(r_left > R, R, r_left) * 4),
+                        ]
+                        with m.If(self.rd.ready):
+                            m.d.sync += [r_sptr.eq(r_sptr + 4 * R), r_shave.eq(1)]
                     with m.Else():
                         m.d.comb += [
                             self.rd.valid.eq(1),
@@ -400,143 +610,142 @@ class PVEngine(Engine):
                             m.d.sync += [
                                 r_vptr.eq(r_vptr + a.head_dim),
                                 r_j.eq(r_j + 1),
+                                r_left.eq(r_left - 1),
+                                r_lastk.eq(r_left == 2),
                                 r_phave.eq(0),
+                                r_shave.eq(0),
                             ]
-                            with m.If(r_j == r_L):  # the query's last key
+                            with m.If(r_lastk):  # the query's last key: the next query
                                 m.d.sync += [
-                                    r_j.eq(0),
-                                    r_vptr.eq(r_vbase),
+                                    r_state.eq(_MIN),
                                     r_prow.eq(r_prow + pstride),
-                                    r_pptr.eq(r_prow + pstride),
+                                    r_sptr.eq(r_sbase),
                                 ]
-                                with m.If(r_t != a.rows - 1):
-                                    m.d.sync += [r_t.eq(r_t + 1), r_L.eq(r_L + 1)]
+                                with m.If(~r_tlast):
+                                    m.d.sync += [
+                                        r_t.eq(r_t + 1),
+                                        r_L.eq(r_L + 1),
+                                        r_left.eq(r_L + 2),
+                                        r_lastm.eq(r_L + 2 <= R),
+                                        r_tlast.eq(r_t_nl),
+                                    ]
                                 with m.Else():
-                                    m.d.sync += [r_t.eq(0), r_L.eq(lim0)]
-                                    with m.If(r_r != n_rep - 1):
-                                        m.d.sync += r_r.eq(r_r + 1)
-                                    with m.Else():
-                                        m.d.sync += r_r.eq(0)
-                                        with m.If(r_g != a.kv_heads - 1):
-                                            m.d.sync += [
-                                                r_g.eq(r_g + 1),
-                                                r_state.eq(_SCALE),
-                                                r_vbase.eq(r_vbase + vstride),
-                                                r_vptr.eq(r_vbase + vstride),
-                                                r_sbase.eq(r_sbase + sstride),
-                                                r_sptr.eq(r_sbase + sstride),
-                                                r_sleft.eq(a.keys),
-                                            ]
-                                        with m.Else():
-                                            m.d.sync += r_state.eq(_END)
+                                    m.d.sync += [
+                                        r_t.eq(0),
+                                        r_L.eq(lim0),
+                                        r_left.eq(lim0 + 1),
+                                        r_lastm.eq(lim0 < R),
+                                        r_tlast.eq(a.rows == 1),
+                                        r_h.eq(r_h + 1),
+                                        r_hlast.eq(r_h_nl),
+                                        r_r.eq(r_r + 1),
+                                        r_rlast.eq(r_r_nl),
+                                    ]
+                                    with m.If(r_rlast):
+                                        m.d.sync += [
+                                            r_r.eq(0),
+                                            r_rlast.eq(n_rep == 1),
+                                            r_vbase.eq(r_vbase + vstride),
+                                            r_sbase.eq(r_sbase + sstride),
+                                            r_sptr.eq(r_sbase + sstride),
+                                        ]
+                                    with m.If(r_hlast):
+                                        m.d.sync += r_state.eq(_END)
 
                 # ---------------------------------------------------- responses
-                with m.If(c_state == _SCALE):
-                    m.d.comb += self.rdata.ready.eq(1)
-                    # lanes that count for s_min(0): key <= keys - rows, mant != 0
-                    cand = []
-                    for i in range(RPB):
-                        r_ = self.rdata.payload[32 * i : 32 * i + 32]
-                        c = Signal(signed(isa.SCALE_SHIFT_BITS + 1), name=f"smin_in{i}")
-                        m.d.comb += c.eq(
-                            Mux(
-                                (Cat(Const(i, rpb_log), c_srow) <= lim0) & (r_[:16] != 0),
-                                r_[16:32].as_signed(),
-                                SENT,
-                            )
-                        )
-                        cand.append(c)
-                    while len(cand) > 1:  # min tree
-                        nxt = []
-                        for k in range(0, len(cand) - 1, 2):
-                            c = Signal(signed(isa.SCALE_SHIFT_BITS + 1))
-                            m.d.comb += c.eq(Mux(cand[k] < cand[k + 1], cand[k], cand[k + 1]))
-                            nxt.append(c)
-                        if len(cand) % 2:
-                            nxt.append(cand[-1])
-                        cand = nxt
-                    new_base = Signal(signed(isa.SCALE_SHIFT_BITS + 1))
-                    m.d.comb += new_base.eq(Mux(cand[0] < base_min, cand[0], base_min))
-                    m.d.comb += [wp.addr.eq(c_srow), wp.data.eq(self.rdata.payload[: RPB * 32])]
+                with m.If(~c_wait0):
+                    m.d.sync += [c_wait.eq(c_wait - 1), c_wait0.eq(c_wait == 1)]
+                with m.If(c_state == _MIN):
+                    m.d.comb += [
+                        self.rdata.ready.eq(1),
+                        mn_valid.eq(self.rdata.valid),
+                        mn_first.eq(c_j == 0),
+                    ]
                     with m.If(self.rdata.valid):
-                        m.d.comb += wp.en.eq(1)
-                        m.d.sync += [c_srow.eq(c_srow + 1), base_min.eq(new_base)]
-                        with m.If(c_srow == n_sbeats - 1):
+                        m.d.sync += [
+                            c_j.eq(c_j + R),
+                            c_left.eq(c_left - R),
+                            c_lastm.eq(c_left <= 2 * R),
+                        ]
+                        with m.If(c_lastm):
                             m.d.sync += [
                                 c_state.eq(_STREAM),
-                                cur_min.eq(new_base),
                                 c_j.eq(0),
-                                c_t.eq(0),
-                                c_L.eq(lim0),
-                                c_phave.eq(0),
+                                c_left.eq(c_L + 1),
+                                c_lastk.eq(c_L == 0),
+                                c_needp.eq(1),
+                                c_needs.eq(1),
+                                c_wait.eq(rlog + 2),
+                                c_wait0.eq(0),
                             ]
                 with m.Elif(c_state == _STREAM):
-                    with m.If((c_j[:ppb_log] == 0) & ~c_phave):
+                    with m.If(c_needp):
                         m.d.comb += self.rdata.ready.eq(1)
                         with m.If(self.rdata.valid):
-                            m.d.sync += [preg.eq(self.rdata.payload), c_phave.eq(1)]
+                            m.d.sync += [preg.eq(self.rdata.payload), c_needp.eq(0)]
+                    with m.Elif(c_needs):
+                        m.d.comb += self.rdata.ready.eq(1)
+                        with m.If(self.rdata.valid):
+                            m.d.sync += [rreg.eq(self.rdata.payload), c_needs.eq(0)]
                     with m.Else():
-                        is_last = c_j == c_L
-                        can_last = ~hold_full & ~(s1_valid & s1_last) & ~(s2_valid & s2_last)
-                        m.d.comb += self.rdata.ready.eq(~is_last | can_last)
+                        can_last = ~hold_full & ~last_pending
+                        m.d.comb += self.rdata.ready.eq(c_wait0 & (~c_lastk | can_last))
                         with m.If(self.rdata.valid & self.rdata.ready):
-                            m.d.comb += [v_fire.eq(1), c_j_next.eq(c_j + 1)]
-                            m.d.sync += [
-                                s1_last.eq(is_last),
-                                preg.eq(preg >> P_MEM_BITS),
-                                c_phave.eq(0),
-                                c_j.eq(c_j + 1),
+                            m.d.comb += [
+                                v_fire.eq(1),
+                                k_first.eq(c_j == 0),
+                                k_last.eq(c_lastk),
                             ]
-                            with m.If(is_last):
-                                m.d.comb += c_j_next.eq(0)
+                            m.d.sync += [
+                                c_j.eq(c_j + 1),
+                                c_left.eq(c_left - 1),
+                                c_lastk.eq(c_left == 2),
+                                # key c_j + 1 starts a p chunk / a record chunk
+                                c_needp.eq(c_j[:plog].all()),
+                                c_needs.eq(c_j[:rlog].all()),
+                            ]
+                            with m.If(c_lastk):
                                 m.d.sync += [
                                     c_j.eq(0),
+                                    c_state.eq(_MIN),
+                                    last_pending.eq(1),
                                     pend_addr.eq(c_dst),
-                                    pend_s.eq(s_eff + (P + X - B - IF)),
+                                    pend_s.eq(smin + (P + X - B - IF)),
                                 ]
-                                with m.If(c_t != a.rows - 1):
-                                    m.d.comb += c_t_next.eq(c_t + 1)
+                                with m.If(~c_tlast):
                                     m.d.sync += [
                                         c_t.eq(c_t + 1),
                                         c_L.eq(c_L + 1),
+                                        c_left.eq(c_L + 2),
+                                        c_lastm.eq(c_L + 2 <= R),
+                                        c_tlast.eq(c_t_nl),
                                         c_dst.eq(c_dst + dstride),
                                     ]
-                                    with m.If((rec2_mant != 0) & (rec2_shift < cur_min)):
-                                        m.d.sync += cur_min.eq(rec2_shift)
                                 with m.Else():
-                                    m.d.comb += c_t_next.eq(0)
                                     m.d.sync += [
                                         c_t.eq(0),
                                         c_L.eq(lim0),
+                                        c_left.eq(lim0 + 1),
+                                        c_lastm.eq(lim0 < R),
+                                        c_tlast.eq(a.rows == 1),
+                                        c_h.eq(c_h + 1),
+                                        c_hlast.eq(c_h_nl),
                                         c_dst_head.eq(c_dst_head + hd4),
                                         c_dst.eq(c_dst_head + hd4),
-                                        cur_min.eq(base_min),
                                     ]
-                                    with m.If(c_r != n_rep - 1):
-                                        m.d.sync += c_r.eq(c_r + 1)
-                                    with m.Else():
-                                        m.d.sync += c_r.eq(0)
-                                        with m.If(c_g != a.kv_heads - 1):
-                                            m.d.sync += [
-                                                c_g.eq(c_g + 1),
-                                                c_state.eq(_SCALE),
-                                                c_srow.eq(0),
-                                                base_min.eq(SENT),
-                                            ]
-                                        with m.Else():
-                                            m.d.sync += c_state.eq(_END)
+                                    with m.If(c_hlast):
+                                        m.d.sync += c_state.eq(_END)
                 with m.Else():
                     # every response consumed; wait for the pipeline and the last writes
-                    with m.If(~s1_valid & ~s2_valid & ~hold_full):
+                    with m.If(~ok[0] & ~ok[1] & ~ok[2] & ~ok[3] & ~last_pending & ~writer_busy):
                         with m.If(ovf):
                             self.finish(m, ErrorCode.BAD_OPERAND)
                         with m.Else():
                             self.finish(m, dst_err)
         with m.If(passed["CHECK"]):
             m.d.sync += [
-                n_rep.eq(a.heads // a.kv_heads),
+                n_rep.eq(n_rep_q),
                 lim0.eq(a.keys - a.rows),
-                n_sbeats.eq((a.keys + RPB - 1) >> rpb_log),
                 vstride.eq(a.kv_ld * a.head_dim),
                 sstride.eq(a.kv_ld * 4),
                 pstride.eq(a.keys * 2),
@@ -544,34 +753,42 @@ class PVEngine(Engine):
                 hd4.eq(a.head_dim * 4),
             ]
         with m.If(passed["CHECK_ADDR"]):
-            m.d.sync += [
-                dst_err.eq(err_dst),
-                dry.eq(err_dst != ErrorCode.NONE),
-                ovf.eq(0),
-                r_state.eq(_SCALE),
-                r_g.eq(0),
+            first = [
+                r_state.eq(_MIN),
+                r_h.eq(0),
                 r_r.eq(0),
                 r_t.eq(0),
                 r_j.eq(0),
                 r_L.eq(lim0),
-                r_phave.eq(0),
-                r_sleft.eq(a.keys),
+                r_left.eq(lim0 + 1),
+                r_lastm.eq(lim0 < R),
+                r_tlast.eq(a.rows == 1),
+                r_rlast.eq(n_rep == 1),
+                r_hlast.eq(a.heads == 1),
                 r_sbase.eq(a.v_scale),
                 r_sptr.eq(a.v_scale),
                 r_vbase.eq(a.v),
                 r_vptr.eq(a.v),
                 r_prow.eq(a.p),
                 r_pptr.eq(a.p),
-                c_state.eq(_SCALE),
-                c_g.eq(0),
-                c_r.eq(0),
+                c_state.eq(_MIN),
+                c_h.eq(0),
                 c_t.eq(0),
                 c_j.eq(0),
                 c_L.eq(lim0),
-                c_phave.eq(0),
-                c_srow.eq(0),
-                base_min.eq(SENT),
+                c_left.eq(lim0 + 1),
+                c_lastm.eq(lim0 < R),
+                c_tlast.eq(a.rows == 1),
+                c_hlast.eq(a.heads == 1),
+                c_wait.eq(0),
+                c_wait0.eq(1),
                 c_dst_head.eq(a.dst),
                 c_dst.eq(a.dst),
+            ]
+            m.d.sync += [
+                dst_err.eq(err_dst),
+                dry.eq(err_dst != ErrorCode.NONE),
+                ovf.eq(0),
+                *first,
             ]
         return m

@@ -9,55 +9,63 @@ head g, key j at ``k + (g*kv_ld + j)*head_dim`` / ``k_scale + (g*kv_ld + j)*4``;
 int16 Q7.8 [heads, rows, keys], contiguous. No data value can fail (the dot product and
 ``scale_mul`` always fit, ``requant`` saturates): the only errors are argument errors.
 
-Checks: the QK contract (``golden.isa.CONTRACTS``), over three cycles before any memory
-access: CHK_DIM its ``Dims`` (rows, heads, kv_heads, head_dim >= 1; kv_heads divides
-heads; rows <= keys <= ``SoftmaxConfig.max_len``; kv_ld >= keys; q_ld >= rows) and the RTL
-limit head_dim <= dma_bytes (``LIMITS``; below); CHK_SPAN (the head strides of the run,
-the tensor spans registered meanwhile); CHK_ADDR q, q_scale, k, k_scale, dst, each aligned
-then in range over all its heads (heads are at increasing addresses, so the first head's
-first byte and the last head's last byte decide).
+Checks: the QK contract (``golden.isa.CONTRACTS``), over seven cycles before any memory
+access: the head ratio n_rep = heads // kv_heads and whether kv_heads divides heads
+(``hw.ops.gqa``: a sequential divider, five cycles); CHK_DIM its ``Dims`` (rows, heads,
+kv_heads, head_dim >= 1; kv_heads divides heads; rows <= keys <=
+``SoftmaxConfig.max_len``; kv_ld >= keys; q_ld >= rows) and the RTL limit head_dim <=
+dma_bytes (``LIMITS``; below); CHK_ADDR q, q_scale, k, k_scale, dst, each aligned then in
+range over all its heads (heads are at increasing addresses, so the first head's first
+byte and the last head's last byte decide). Every verdict comes from a register.
 
 Micro-architecture
 ==================
 One query row (h, t) at a time; per row the request side issues the q row (head_dim
 bytes, one beat), the q scale record, then the visible keys j = 0 .. keys - rows + t of
-KV head g, one key row per read (one beat), preceded every ``dma_bytes/4`` keys (32 on a
-128-byte port) by one read of the next 32 key scale records in a single beat. Requests
-run ahead of the responses without limit (the memory applies backpressure); the
-response side follows the same sequence:
+KV head g, one key row per read (one beat), preceded every R = ``records`` keys by one
+read of the next R key scale records (4R bytes). Requests run ahead of the responses
+without limit (the memory applies backpressure); the response side follows the same
+sequence:
 
 * q / q-scale responses load the held query vector and its scale (the previous row's
   keys have all been accepted by then, and each key uses them in its accept cycle);
-* a k-scale response loads the 32-record buffer;
-* a key response enters the pipeline: stage 1 registers ``dma_bytes/16`` partial sums
-  of 16 int8 x int8 products (q beyond head_dim is 0: the response is zero beyond len)
-  and the pair scale ``scale_mul(sq, sk_j)`` (``hw.ops.base.scale_mul``); stage 2 the
-  int32 dot product; stage 3 ``requant(dot, pair.mant, pair.shift - in_frac_bits)``
-  (``hw.ops.base.requant``, saturating to int16);
+* a k-scale response loads the R-record register;
+* a key response enters the pipeline (every stage holds while the output is stalled):
+  - the dot product: ``dma_bytes/2`` pairs of DSP48E2 (``hw.dsp.dot2``: q_i k_i +
+    q_i+1 k_i+1, the second DSP adding the first's product through the cascade; q beyond
+    head_dim is 0: the response is zero beyond len), then an adder tree of three stages;
+  - meanwhile the pair scale ``scale_mul(sq, sk_j)``: the mantissa product (a DSP), its
+    bit length (two stages: per byte, then the top byte), the normalizing (rounding)
+    shift, the carry (each a stage);
+  - ``requant(dot, pair.mant, pair.shift - in_frac_bits)`` saturating to int16: the
+    product (a DSP), the shifters, the rounding and the saturation (each a stage);
 * after a row's last visible key the response side emits the row's masked keys as
-  zero runs of up to one output beat (``dma_bytes/2`` logits) per cycle, without any
+  zero runs of up to one output write (``out_lanes`` logits) per cycle, without any
   read.
 
-The output packer gathers the logits of the contiguous dst into ``dma_bytes`` beats
-(relative to dst; a flush clears the gather register, so a zero run only advances the
-slot pointer) and hands each full beat (and the final partial one) to a one-entry write
-register: the pipeline stalls only when a second beat is ready before the first was
+The output packer gathers the logits of the contiguous dst into writes of ``out_lanes``
+logits (relative to dst; a flush clears the gather register, so a zero run only advances
+the slot pointer) and hands each full one (and the final partial one) to a one-entry write
+register: the pipeline stalls only when a second write is ready before the first was
 written.
 
 Cycles
 ======
 With no memory stalls (the response side takes one beat per cycle; ``expected_cycles``)::
 
-    cycles = 8 + latency + sum over (h, t) of
-             [2 + v_t + ceil(v_t / 32) + z_t]          v_t = keys - rows + t + 1
+    cycles = G + 14 + latency + sum over (h, t) of
+             [2 + v_t + ceil(v_t / R) + z_t]          v_t = keys - rows + t + 1
 
-(three check cycles, the first response's latency, the 3-stage pipeline, the final write
-and the done cycle; per row the q and q-scale beats, one cycle per visible key, one per 32 scale
-records, and z_t <= ceil((keys - v_t) / 64) + 1 zero-run cycles; on a 128-byte port).
-One key per cycle; decode (rows = 1, keys = S) of 16 heads: ~16 * (1.03 S + 2) cycles.
-Measured by ``sim/test_op_qk.py`` (``test_qk_cycles``): heads 4, kv_heads 2, rows 3,
-keys 40, head_dim 64: 533 cycles with a 1-cycle memory (row sum 524), exactly the formula;
-decode of 16 heads over 512 keys, head_dim 96: 8489 cycles (formula: 8489).
+(G + 2 check cycles: the head-ratio divider ``hw.ops.gqa``, G = ``gqa.cycles()`` = 9 for
+8-bit head fields, and two cycles of registered checks; the first response's latency,
+the pipeline (``PIPE`` = 10 stages), the final write and the done cycle; per row the q
+and q-scale beats, one cycle per visible key, one per R scale records, and z_t <=
+ceil((keys - v_t) / out_lanes) + 1 zero-run cycles). One key per cycle; decode (rows = 1,
+keys = S) of 16 heads: ~16 * (1.03 S + 2) cycles with R = 32 (the kv260 point): 2168 at
+128 keys, 33848 at 2048 (before: 2153 and 33833); the memory's bandwidth sets the pace on
+the KV260 (100 bytes a key).
+Measured by ``sim/test_op_qk.py`` (``test_qk_cycles``) with a 1-cycle memory, exactly the
+formula.
 
 Differences from the golden backend
 ===================================
@@ -70,21 +78,27 @@ Differences from the golden backend
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed
 
 from golden import isa
 from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
+from hw.dsp import dot2
 
-from .base import Engine, requant, scale_mul
+from .base import Engine
+from .gqa import cycles as gqa_cycles
+from .gqa import head_ratio
 
 _ABITS = isa.ADDR_BITS + 1  # addresses inside the window (mem_hi <= 2^32)
+PIPE = 10  # stages from a key's accept to the packer
 
 
-def expected_cycles(heads: int, rows: int, keys: int, dma_bytes: int, latency: int = 1) -> int:
+def expected_cycles(
+    heads: int, rows: int, keys: int, records: int, out_lanes: int, latency: int = 1
+) -> int:
     """Cycles of one command without memory stalls (module docstring), walking the output
     slots of the zero runs."""
-    epb, rpb = dma_bytes // 2, dma_bytes // isa.SCALE_RECORD_BYTES
+    epb, rpb = out_lanes, records
     slot, total = 0, 0
     for _ in range(heads):
         for t in range(rows):
@@ -95,74 +109,107 @@ def expected_cycles(heads: int, rows: int, keys: int, dma_bytes: int, latency: i
             while z:
                 n = min(z, epb - slot)
                 z, slot, total = z - n, (slot + n) % epb, total + 1
-    return 3 + latency + 3 + total + 2
+    return gqa_cycles() + 2 + latency + PIPE + total + 2
 
 
-def _tree_sum(vals):
-    """Balanced adder tree (a chain would be a long carry path)."""
-    vals = list(vals)
-    while len(vals) > 1:
-        nxt = [vals[i] + vals[i + 1] for i in range(0, len(vals) - 1, 2)]
-        if len(vals) % 2:
-            nxt.append(vals[-1])
-        vals = nxt
-    return vals[0]
+def _tree(vals):
+    """One level of pairwise sums."""
+    nxt = [vals[i] + vals[i + 1] for i in range(0, len(vals) - 1, 2)]
+    if len(vals) % 2:
+        nxt.append(vals[-1])
+    return nxt
+
+
+def _bit_length(v):
+    """``int.bit_length`` of an unsigned value: a log-depth search for the top set bit."""
+    w = 1 << max(0, (len(v) - 1).bit_length())
+    cur = v if len(v) == w else Cat(v, Const(0, w - len(v)))
+    idx = []
+    while w > 1:
+        half = w // 2
+        hi = cur[half:w]
+        nz = hi.any()
+        idx.append(nz)
+        cur = Mux(nz, hi, cur[:half])
+        w = half
+    return Mux(v.any(), Cat(*reversed(idx)) + 1, 0)
 
 
 class QKEngine(Engine):
     OPCODE = Opcode.QK
     LIMITS = ("head_dim <= max_head_dim",)  # one key row per beat
 
-    def __init__(self, cfg: DatapathConfig, dma_bytes: int):
-        if dma_bytes < 16 or dma_bytes & (dma_bytes - 1):
-            raise ValueError(f"dma_bytes: expected a power of two >= 16, got {dma_bytes}")
+    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, records: int, out_lanes: int):
+        if dma_bytes < 16 or dma_bytes > 128 or dma_bytes & (dma_bytes - 1):
+            raise ValueError(f"dma_bytes: expected a power of two in [16, 128], got {dma_bytes}")
+        if records < 1 or records & (records - 1) or 4 * records > dma_bytes:
+            raise ValueError(
+                f"records: {records} must be a power of two with 4 * records <= dma_bytes"
+            )
+        if out_lanes < 1 or out_lanes & (out_lanes - 1) or 2 * out_lanes > dma_bytes:
+            raise ValueError(
+                f"out_lanes: {out_lanes} must be a power of two with 2 * out_lanes <= dma_bytes"
+            )
         self.max_head_dim = dma_bytes
+        self.records = records
+        self.out_lanes = out_lanes
         super().__init__(cfg, dma_bytes)
+
+    @staticmethod
+    def design_params(dp) -> dict:
+        return {"records": dp.qk_records, "out_lanes": dp.qk_out_lanes}
 
     def elaborate(self, platform):
         m = Module()
         W = self.signature.dma_bytes
-        RPB = W // isa.SCALE_RECORD_BYTES  # scale records per beat
-        EPB = W // 2  # int16 logits per output beat
-        GRP = 16  # products per partial sum
+        R, OB = self.records, self.out_lanes
         sc = self.cfg.softmax
         rq = self.cfg.requant
         MB = rq.mult_bits
         a = self.op_args
 
-        chk = self.checks(m, registered=True)
-        err_dims, err_tensors = chk.error(stop="q"), chk.error(start="q")
+        n_rep_q, divides = head_ratio(m, self.start, a.heads, a.kv_heads)
+        # every product of the tensor extents registered (a DSP registered around each)
+        chk = self.checks(m, registered="deep", rule_values={"heads % kv_heads == 0": divides})
+        # the tensor checks' verdict (registered) is read in CHK_ADDR, two cycles after the
+        # divider's result
+        assert chk.latency + 1 <= gqa_cycles() + 2
+        err_dims, err_tensors = Signal(ErrorCode), Signal(ErrorCode)
+        m.d.sync += [err_dims.eq(chk.error(stop="q")), err_tensors.eq(chk.error(start="q"))]
         n_rep = Signal(isa.HEADS_BITS)
         q_stride = Signal(32)  # q_ld * head_dim
         kv_stride = Signal(32)  # kv_ld * head_dim
         vis0 = Signal(isa.ROWS_BITS + 1)  # visible keys of query 0
-        m.d.comb += vis0.eq(a.keys - a.rows + 1)
-        hd = a.head_dim
+        # from the command every cycle (valid from the cycle after start)
+        m.d.sync += [
+            vis0.eq(a.keys - a.rows + 1),
+            q_stride.eq(a.q_ld * a.head_dim),
+            kv_stride.eq(a.kv_ld * a.head_dim),
+        ]
         start_run = Signal()
         all_done = self._run(
-            m, W, RPB, EPB, GRP, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0, start_run
+            m, platform, W, R, OB, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0, start_run
         )
 
         with m.FSM():
-            passed = self.check_states(
-                m, ("CHK_DIM", err_dims), ("CHK_SPAN", None), ("CHK_ADDR", err_tensors)
-            )
+            waits = [(f"WAIT{i}", None) for i in range(1, gqa_cycles() + 1)]
+            passed = self.check_states(m, *waits, ("CHK_DIM", err_dims), ("CHK_ADDR", err_tensors))
             with m.State("RUN"):
                 with m.If(all_done):
                     self.finish(m, ErrorCode.NONE)
-        with m.If(passed["CHK_SPAN"]):
-            m.d.sync += [
-                n_rep.eq(a.heads // a.kv_heads),
-                q_stride.eq(a.q_ld * hd),
-                kv_stride.eq(a.kv_ld * hd),
-            ]
+        with m.If(passed["CHK_DIM"]):
+            m.d.sync += n_rep.eq(n_rep_q)
         m.d.comb += start_run.eq(passed["CHK_ADDR"])
         return m
 
-    def _run(self, m, W, RPB, EPB, GRP, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0, start_run):
+    def _run(
+        self, m, platform, W, R, OB, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0, start_run
+    ):
         """The request side, response side, pipeline and packer; returns 'all written'."""
         hd = a.head_dim
         rbits = isa.ROWS_BITS + 1
+        rlog = R.bit_length() - 1
+        SB = isa.SCALE_SHIFT_BITS
 
         # ------------------------------------------------------------ request side
         I_Q, I_QS, I_KS, I_K, I_DONE = range(5)
@@ -171,6 +218,9 @@ class QKEngine(Engine):
         it = Signal(rbits)
         ij = Signal(rbits)
         ivis = Signal(rbits)
+        ileft = Signal(rbits)  # keys from ij to the row's end
+        ilastk = Signal()  # ileft == 1: the row's last key
+        itlast, ihlast, irlast = Signal(), Signal(), Signal()
         irep = Signal(isa.HEADS_BITS)
         q_head = Signal(_ABITS)  # q row 0 of head ih
         q_row = Signal(_ABITS)
@@ -180,8 +230,6 @@ class QKEngine(Engine):
         k_ptr = Signal(_ABITS)
         ks_head = Signal(_ABITS)
         ks_ptr = Signal(_ABITS)
-        left = Signal(rbits)
-        m.d.comb += left.eq(ivis - ij)
 
         with m.If(start_run):
             m.d.sync += [
@@ -190,6 +238,11 @@ class QKEngine(Engine):
                 it.eq(0),
                 ij.eq(0),
                 ivis.eq(vis0),
+                ileft.eq(vis0),
+                ilastk.eq(vis0 == 1),
+                itlast.eq(a.rows == 1),
+                ihlast.eq(a.heads == 1),
+                irlast.eq(n_rep == 1),
                 irep.eq(0),
                 q_head.eq(a.q),
                 q_row.eq(a.q),
@@ -201,6 +254,14 @@ class QKEngine(Engine):
                 ks_ptr.eq(a.k_scale),
             ]
 
+        # "the next row / head / repeat is the last", registered: these counters change at
+        # most once per row (>= 3 cycles apart), so the compare is a cycle ahead of its use
+        ih_next_last, irep_next_last, it_next_last = Signal(), Signal(), Signal()
+        m.d.sync += [
+            ih_next_last.eq(ih + 2 == a.heads),
+            irep_next_last.eq(irep + 2 == n_rep),
+            it_next_last.eq(it + 2 == a.rows),
+        ]
         rd = self.rd
         with m.Switch(ist):
             with m.Case(I_Q):
@@ -219,32 +280,42 @@ class QKEngine(Engine):
                 m.d.comb += [
                     rd.valid.eq(1),
                     rd.payload.addr.eq(ks_ptr),
-                    rd.payload.len.eq(Mux(left > RPB, RPB, left) * 4),
+                    rd.payload.len.eq(Mux(ileft > R, R, ileft) * 4),
                 ]
                 with m.If(rd.ready):
-                    m.d.sync += [ist.eq(I_K), ks_ptr.eq(ks_ptr + W)]
+                    m.d.sync += [ist.eq(I_K), ks_ptr.eq(ks_ptr + 4 * R)]
             with m.Case(I_K):
                 m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(k_ptr), rd.payload.len.eq(hd)]
                 with m.If(rd.ready):
-                    m.d.sync += [ij.eq(ij + 1), k_ptr.eq(k_ptr + hd)]
-                    with m.If(ij + 1 == ivis):
+                    m.d.sync += [
+                        ij.eq(ij + 1),
+                        ileft.eq(ileft - 1),
+                        ilastk.eq(ileft == 2),
+                        k_ptr.eq(k_ptr + hd),
+                    ]
+                    with m.If(ilastk):
                         # next query row
                         m.d.sync += [ij.eq(0), ist.eq(I_Q)]
-                        with m.If(it + 1 == a.rows):
+                        with m.If(itlast):
                             m.d.sync += [
                                 it.eq(0),
+                                itlast.eq(a.rows == 1),
                                 ivis.eq(vis0),
+                                ileft.eq(vis0),
+                                ilastk.eq(vis0 == 1),
                                 ih.eq(ih + 1),
+                                ihlast.eq(ih_next_last),
                                 q_head.eq(q_head + q_stride),
                                 q_row.eq(q_head + q_stride),
                                 qs_head.eq(qs_head + a.q_ld * 4),
                                 qs_row.eq(qs_head + a.q_ld * 4),
                             ]
-                            with m.If(ih + 1 == a.heads):
+                            with m.If(ihlast):
                                 m.d.sync += ist.eq(I_DONE)
-                            with m.If(irep + 1 == n_rep):
+                            with m.If(irlast):
                                 m.d.sync += [
                                     irep.eq(0),
+                                    irlast.eq(n_rep == 1),
                                     k_head.eq(k_head + kv_stride),
                                     k_ptr.eq(k_head + kv_stride),
                                     ks_head.eq(ks_head + a.kv_ld * 4),
@@ -253,63 +324,111 @@ class QKEngine(Engine):
                             with m.Else():
                                 m.d.sync += [
                                     irep.eq(irep + 1),
+                                    irlast.eq(irep_next_last),
                                     k_ptr.eq(k_head),
                                     ks_ptr.eq(ks_head),
                                 ]
                         with m.Else():
                             m.d.sync += [
                                 it.eq(it + 1),
+                                itlast.eq(it_next_last),
                                 ivis.eq(ivis + 1),
+                                ileft.eq(ivis + 1),
+                                ilastk.eq(0),
                                 q_row.eq(q_row + hd),
                                 qs_row.eq(qs_row + 4),
                                 k_ptr.eq(k_head),
                                 ks_ptr.eq(ks_head),
                             ]
-                    with m.Elif((ij + 1)[: (RPB - 1).bit_length()] == 0):
+                    with m.Elif(ij[:rlog].all() if rlog else 1):
                         m.d.sync += ist.eq(I_KS)
 
         # ------------------------------------------------------------ response side
         C_Q, C_QS, C_KS, C_K, C_Z, C_DONE = range(6)
         cst = Signal(range(6), init=C_DONE)
-        ch = Signal(isa.HEADS_BITS + 1)
-        ct = Signal(rbits)
         cj = Signal(rbits)
         cvis = Signal(rbits)
-        zl = Signal(rbits)  # masked keys left in the row
-        slot = Signal(range(EPB))  # output position inside the gather beat
+        cleft = Signal(rbits)  # keys from cj to the row's end
+        clastk = Signal()  # the row's last key
+        cfull = Signal()  # the row has no masked key (cvis == keys)
+        ctlast, chlast = Signal(), Signal()
+        ch = Signal(isa.HEADS_BITS + 1)
+        ct = Signal(rbits)
+        # a row's zero run: zend = slot + the masked keys left (its end, relative to the
+        # current gather write); ztail = keys - cvis, registered (cvis changes at most once
+        # per row)
+        zend = Signal(rbits + 1)
+        ztail = Signal(rbits)
+        m.d.sync += ztail.eq(a.keys - cvis)
+        slot = Signal(range(OB))  # output position inside the gather write
         q_vec = Signal(8 * W)
         sq_mant = Signal(isa.SCALE_MANT_BITS)
-        sq_shift = Signal(signed(isa.SCALE_SHIFT_BITS))
-        ks_buf = Signal(8 * W)
+        sq_shift = Signal(signed(SB))
+        ks_buf = Signal(32 * R)
 
-        # pipeline tokens: a logit (val) or a zero run; flush: the gather beat is done
+        # pipeline tokens: a logit (val) or a zero run; flush: the gather write is done
         # (holding ``end`` logits)
         stall = Signal()
         go = Signal()
         m.d.comb += go.eq(~stall)
 
-        tok_valid = Signal()
-        tok_val = Signal()
-        tok_flush = Signal()
-        tok_end = Signal(range(EPB + 1))
+        tok = {
+            "valid": Signal(),
+            "val": Signal(),
+            "flush": Signal(),
+            "end": Signal(range(OB + 1)),
+            "slot": Signal(range(OB)),
+        }
+        m.d.comb += tok["slot"].eq(slot)
 
         with m.If(start_run):
-            m.d.sync += [cst.eq(C_Q), ch.eq(0), ct.eq(0), cj.eq(0), cvis.eq(vis0), slot.eq(0)]
+            m.d.sync += [
+                cst.eq(C_Q),
+                ch.eq(0),
+                ct.eq(0),
+                cj.eq(0),
+                cvis.eq(vis0),
+                cleft.eq(vis0),
+                clastk.eq(vis0 == 1),
+                cfull.eq(a.rows == 1),
+                ctlast.eq(a.rows == 1),
+                chlast.eq(a.heads == 1),
+                slot.eq(0),
+            ]
 
-        last_row = (ch + 1 == a.heads) & (ct + 1 == a.rows)
+        last_row = chlast & ctlast
+        ch_next_last, ct_next_last = Signal(), Signal()  # as on the request side
+        m.d.sync += [ch_next_last.eq(ch + 2 == a.heads), ct_next_last.eq(ct + 2 == a.rows)]
 
         def next_row():
             m.d.sync += [cj.eq(0), cst.eq(C_Q)]
-            with m.If(ct + 1 == a.rows):
-                m.d.sync += [ct.eq(0), cvis.eq(vis0), ch.eq(ch + 1)]
-                with m.If(ch + 1 == a.heads):
+            with m.If(ctlast):
+                m.d.sync += [
+                    ct.eq(0),
+                    ctlast.eq(a.rows == 1),
+                    cvis.eq(vis0),
+                    cleft.eq(vis0),
+                    clastk.eq(vis0 == 1),
+                    cfull.eq(a.rows == 1),
+                    ch.eq(ch + 1),
+                    chlast.eq(ch_next_last),
+                ]
+                with m.If(chlast):
                     m.d.sync += cst.eq(C_DONE)
             with m.Else():
-                m.d.sync += [ct.eq(ct + 1), cvis.eq(cvis + 1)]
+                m.d.sync += [
+                    ct.eq(ct + 1),
+                    ctlast.eq(ct_next_last),
+                    cvis.eq(cvis + 1),
+                    cleft.eq(cvis + 1),
+                    clastk.eq(0),
+                    cfull.eq(ct_next_last),
+                ]
 
         rdata = self.rdata
-        zn = Signal(range(EPB + 1))  # this cycle's zero run
-        m.d.comb += zn.eq(Mux(zl > EPB - slot, EPB - slot, zl))
+        zmore = Signal()  # the run goes beyond this gather write
+        m.d.comb += zmore.eq(zend > OB)
+        slog = OB.bit_length() - 1
         with m.Switch(cst):
             with m.Case(C_Q):
                 m.d.comb += rdata.ready.eq(go)
@@ -329,146 +448,189 @@ class QKEngine(Engine):
                     m.d.sync += [ks_buf.eq(rdata.payload), cst.eq(C_K)]
             with m.Case(C_K):
                 m.d.comb += rdata.ready.eq(go)
-                row_end = cj + 1 == cvis
                 m.d.comb += [
-                    tok_valid.eq(go & rdata.valid),
-                    tok_val.eq(1),
-                    tok_flush.eq((slot == EPB - 1) | (row_end & last_row)),
-                    tok_end.eq(slot + 1),
+                    tok["valid"].eq(go & rdata.valid),
+                    tok["val"].eq(1),
+                    tok["flush"].eq((slot == OB - 1) | (clastk & last_row)),
+                    tok["end"].eq(slot + 1),
                 ]
                 with m.If(go & rdata.valid):
-                    m.d.sync += [cj.eq(cj + 1), slot.eq(slot + 1)]
-                    with m.If(row_end):
-                        with m.If(cvis == a.keys):
+                    m.d.sync += [
+                        cj.eq(cj + 1),
+                        cleft.eq(cleft - 1),
+                        clastk.eq(cleft == 2),
+                        slot.eq(slot + 1),
+                    ]
+                    with m.If(clastk):
+                        with m.If(cfull):
                             next_row()
                         with m.Else():
-                            m.d.sync += [zl.eq(a.keys - cvis), cst.eq(C_Z)]
-                    with m.Elif((cj + 1)[: (RPB - 1).bit_length()] == 0):
+                            m.d.sync += [
+                                zend.eq(ztail + (slot + 1)[:slog] if slog else ztail),
+                                cst.eq(C_Z),
+                            ]
+                    with m.Elif(cj[:rlog].all() if rlog else 1):
                         m.d.sync += cst.eq(C_KS)
             with m.Case(C_Z):
                 # the last row has no masked key: a zero run never ends the command
                 m.d.comb += [
-                    tok_valid.eq(go),
-                    tok_val.eq(0),
-                    tok_flush.eq(slot + zn == EPB),
-                    tok_end.eq(slot + zn),
+                    tok["valid"].eq(go),
+                    tok["val"].eq(0),
+                    tok["flush"].eq(zend >= OB),
+                    tok["end"].eq(Mux(zmore, OB, zend)),
                 ]
                 with m.If(go):
-                    m.d.sync += [zl.eq(zl - zn), slot.eq(slot + zn)]
-                    with m.If(zl == zn):
+                    with m.If(zmore):  # up to the end of this gather write
+                        m.d.sync += [zend.eq(zend - OB), slot.eq(0)]
+                    with m.Else():  # the run ends here
+                        m.d.sync += slot.eq(zend[:slog] if slog else 0)
                         next_row()
 
         # ------------------------------------------------------------ pipeline
-        # stage 1: partial sums and the pair scale (q_vec/sq are this row's: a new row's
-        # q responses come after every key of this row was accepted)
-        prods = [
-            q_vec[8 * i : 8 * i + 8].as_signed() * rdata.payload[8 * i : 8 * i + 8].as_signed()
-            for i in range(W)
+        def reg(value, name, shape=None):
+            r = Signal(value.shape() if shape is None else shape, name=name)
+            with m.If(go):
+                m.d.sync += r.eq(value)
+            return r
+
+        def tok_reg(t, i):
+            return {k: reg(v, f"t{i}_{k}") for k, v in t.items()}
+
+        toks = [tok]
+        for i in range(1, PIPE + 1):
+            toks.append(tok_reg(toks[-1], i))
+
+        # the dot product: pairs of DSPs (accept cycle c -> c+4), three tree stages (c+7)
+        k_lanes = rdata.payload
+        pairs = [
+            dot2(
+                m,
+                platform,
+                f"dot{i}",
+                q_vec[16 * i : 16 * i + 8].as_signed(),
+                k_lanes[16 * i : 16 * i + 8].as_signed(),
+                q_vec[16 * i + 8 : 16 * i + 16].as_signed(),
+                k_lanes[16 * i + 8 : 16 * i + 16].as_signed(),
+                ce=go,
+            )[:17].as_signed()
+            for i in range(W // 2)
         ]
-        n_part = W // GRP
-        part_bits = 8 + 8 + (GRP - 1).bit_length()
-        recs = [ks_buf[32 * i : 32 * i + 32] for i in range(RPB)]
-        rsel = cj[: (RPB - 1).bit_length()]
-        sk_mant = Signal(16)
-        sk_shift = Signal(signed(isa.SCALE_SHIFT_BITS))
-        with m.Switch(rsel):
-            for i, r in enumerate(recs):
-                with m.Case(i):
-                    m.d.comb += [sk_mant.eq(r[:16]), sk_shift.eq(r[16:32])]
-        pm, ps = scale_mul(m, sq_mant, sq_shift, sk_mant, sk_shift, MB, "pair")
+        vals = pairs
+        for st in range(3):  # up to 64 pairs: two adder levels a stage
+            vals = _tree(_tree(vals)) if len(vals) > 2 else _tree(vals)
+            vals = [reg(v, f"tree{st}_{i}") for i, v in enumerate(vals)]
+        dot7 = vals[0]
 
-        v1, val1, fl1 = Signal(), Signal(), Signal()
-        end1 = Signal(range(EPB + 1))
-        slot1 = Signal(range(EPB))
-        parts1 = [Signal(signed(part_bits), name=f"part1_{i}") for i in range(n_part)]
-        pm1 = Signal(MB)
-        ps1 = Signal(signed(isa.SCALE_SHIFT_BITS + 2))
-        v2, val2, fl2 = Signal(), Signal(), Signal()
-        end2 = Signal(range(EPB + 1))
-        slot2 = Signal(range(EPB))
-        dot_bits = 8 + 8 + (W - 1).bit_length()
-        dot2 = Signal(signed(dot_bits))
-        pm2 = Signal(MB)
-        ps2 = Signal(signed(isa.SCALE_SHIFT_BITS + 2))
-        v3, val3, fl3 = Signal(), Signal(), Signal()
-        end3 = Signal(range(EPB + 1))
-        slot3 = Signal(range(EPB))
-        y3 = Signal(signed(sc.in_bits))
+        # the pair scale (c+1 .. c+5), delayed to c+7
+        jr = cj[:rlog] if rlog else 0
+        rec = Array(ks_buf[32 * i : 32 * i + 32] for i in range(R))[jr] if R > 1 else ks_buf
+        sk1 = reg(rec, "sk1", 32)
+        sp2 = reg(sq_mant * sk1[:16], "sprod2", 2 * isa.SCALE_MANT_BITS)
+        ss2 = reg(sq_shift + sk1[16:32].as_signed(), "ssum2", signed(SB + 1))
+        # the bit length in two stages (a 32-bit priority search is too deep for one):
+        # c+3 each byte's bit length, c+4 the top nonzero byte's
+        nby = -(-len(sp2) // 8)
+        bytes2 = [sp2[8 * k : 8 * k + 8] for k in range(nby)]
+        bbl3 = [reg(_bit_length(b), f"bbl3_{k}", 4) for k, b in enumerate(bytes2)]
+        bl4 = Signal(range(2 * MB + 1), name="bl4")
+        with m.If(go):
+            m.d.sync += bl4.eq(0)
+            for k in range(nby):  # the last nonzero byte wins
+                with m.If(bbl3[k] != 0):
+                    m.d.sync += bl4.eq(bbl3[k] + 8 * k)
+        sp3 = reg(sp2, "sprod3")
+        sp4 = reg(sp3, "sprod4")
+        # the requant shift before the carry: shift - (bl - MB) - in_frac_bits
+        s3 = reg(ss2 + (MB - sc.in_frac_bits), "s3", signed(SB + 3))
+        s4 = reg(s3, "s4")
+        z3 = reg(sp2 == 0, "z3")
+        z4 = reg(z3, "z4")
+        # rhu(p, bl - MB) (or p << (MB - bl) when bl < MB) as rhu(p << MB, bl): one shifter
+        w5 = reg(((sp4 << (MB + 1)) >> bl4)[: MB + 2], "w5", MB + 2)
+        s5 = reg(s4 - bl4, "s5", signed(SB + 3))
+        z5 = reg(z4, "z5")
+        wide = (w5 + 1) >> 1
+        carry = wide[MB]
+        mant6 = reg(Mux(z5, 0, Mux(carry, wide >> 1, wide)[:MB]), "mant6", MB)
+        s6 = reg(s5 - carry, "s6", signed(SB + 3))
+        mant7 = reg(mant6, "mant7")
 
-        with m.If(go):
-            m.d.sync += [
-                v1.eq(tok_valid),
-                val1.eq(tok_val),
-                fl1.eq(tok_flush),
-                end1.eq(tok_end),
-                slot1.eq(slot),
-                pm1.eq(pm),
-                ps1.eq(ps),
-            ]
-            m.d.sync += [
-                parts1[i].eq(_tree_sum(prods[GRP * i : GRP * (i + 1)])) for i in range(n_part)
-            ]
-            m.d.sync += [
-                v2.eq(v1),
-                val2.eq(val1),
-                fl2.eq(fl1),
-                end2.eq(end1),
-                slot2.eq(slot1),
-                dot2.eq(_tree_sum(parts1)),
-                pm2.eq(pm1),
-                ps2.eq(ps1),
-            ]
-        y = requant(m, dot2, pm2, ps2 - sc.in_frac_bits, sc.in_bits, rq.shift_max, "lg")
-        with m.If(go):
-            m.d.sync += [
-                v3.eq(v2),
-                val3.eq(val2),
-                fl3.eq(fl2),
-                end3.eq(end2),
-                slot3.eq(slot2),
-                y3.eq(y),
-            ]
+        # requant(dot, mant, s): c+8 the product (DSP) and the shift controls; c+9 the
+        # shifters; c+10 rounding and saturation to in_bits
+        OUT = sc.in_bits
+        lo, hi = -(1 << (OUT - 1)), (1 << (OUT - 1)) - 1
+        pw = len(dot7) + MB + 1
+        s_max = min(rq.shift_max, pw)
+        prod8 = reg(dot7 * Cat(mant7, Const(0, 1)).as_signed(), "qprod8", signed(pw))
+        # the shift controls from s6 (c+7), the saturation mask from them (c+8)
+        ls = Signal(range(32))
+        m.d.comb += ls.eq(Mux(s6 >= 0, 0, Mux(-s6 > 31, 31, -s6)))
+        sr7 = reg(Mux(s6 <= 0, 0, Mux(s6 > s_max, s_max, s6)), "sr7", range(s_max + 1))
+        ls7 = reg(ls, "ls7")
+        neg7 = reg(s6 < 0, "neg7")
+        big7 = reg(ls >= OUT, "big7")  # no nonzero product fits after such a shift
+        sr8, ls8, neg8, big8 = (
+            reg(sr7, "sr8"),
+            reg(ls7, "ls8"),
+            reg(neg7, "neg8"),
+            reg(big7, "big8"),
+        )
+        keep = Signal(range(OUT))
+        m.d.comb += keep.eq(Mux(big7, 0, OUT - 1 - ls7))
+        mask8 = reg(~((Const(1, pw + 1) << keep) - 1)[:pw], "mask8", pw)
+        sign = prod8[pw - 1]
+        wr9 = reg((prod8 << 1) >> sr8, "wr9", signed(pw + 1))
+        wl9 = reg((prod8 << ls8)[:OUT], "wl9", OUT)
+        fit9 = reg((((prod8 ^ sign.replicate(pw)) & mask8) == 0) & (~big8 | ~sign), "fit9")
+        sign9, neg9 = reg(sign, "sign9"), reg(neg8, "neg9")
+        # rhu(p, sr) = (w + 1) >> 1 leaves int16 iff w >= 2^16 - 1 or w < -2^16 - 1
+        r10 = (wr9 + 1) >> 1
+        right = Mux(wr9 >= (1 << OUT) - 1, hi, Mux(wr9 < -(1 << OUT) - 1, lo, r10[:OUT]))
+        left = Mux(fit9, wl9, Mux(sign9, lo, hi))
+        y10 = reg(Mux(neg9, left, right), "y10", signed(OUT))
 
         # ------------------------------------------------------------ packer
-        gather = Signal(16 * EPB)
+        gather = Signal(16 * OB)
         pend_valid = Signal()
-        pend_data = Signal(8 * W)
-        pend_len = Signal(range(W + 1))
+        pend_data = Signal(16 * OB)
+        pend_len = Signal(range(2 * OB + 1))
         pend_addr = Signal(_ABITS)
         waddr = Signal(_ABITS)
         with m.If(start_run):
             m.d.sync += [gather.eq(0), waddr.eq(a.dst)]
 
+        t = toks[PIPE]
         wr = self.wr
         m.d.comb += [
             wr.valid.eq(pend_valid),
             wr.payload.addr.eq(pend_addr),
             wr.payload.len.eq(pend_len),
             wr.payload.data.eq(pend_data),
-            stall.eq(v3 & fl3 & pend_valid & ~wr.ready),
+            stall.eq(t["valid"] & t["flush"] & pend_valid & ~wr.ready),
         ]
-        merged = Signal(16 * EPB)
+        merged = Signal(16 * OB)
         m.d.comb += merged.eq(gather)
-        with m.If(val3):
-            with m.Switch(slot3):
-                for i in range(EPB):
+        with m.If(t["val"]):
+            with m.Switch(t["slot"]):
+                for i in range(OB):
                     with m.Case(i):
-                        m.d.comb += merged[16 * i : 16 * i + 16].eq(y3)
+                        m.d.comb += merged[16 * i : 16 * i + 16].eq(y10)
         with m.If(wr.valid & wr.ready):
             m.d.sync += pend_valid.eq(0)
-        with m.If(go & v3):
-            with m.If(fl3):
+        with m.If(go & t["valid"]):
+            with m.If(t["flush"]):
                 m.d.sync += [
                     pend_valid.eq(1),
                     pend_data.eq(merged),
-                    pend_len.eq(end3 * 2),
+                    pend_len.eq(t["end"] * 2),
                     pend_addr.eq(waddr),
-                    waddr.eq(waddr + W),
+                    waddr.eq(waddr + 2 * OB),
                     gather.eq(0),
                 ]
             with m.Else():
                 m.d.sync += gather.eq(merged)
 
         all_done = Signal()
-        m.d.comb += all_done.eq((cst == C_DONE) & ~v1 & ~v2 & ~v3 & ~pend_valid)
+        busy = Cat(*(tk["valid"] for tk in toks[1:])).any()
+        m.d.comb += all_done.eq((cst == C_DONE) & ~busy & ~pend_valid)
         return all_done

@@ -1,0 +1,46 @@
+"""The head ratio of QK and PV commands (grouped-query attention): n_rep = heads //
+kv_heads and whether kv_heads divides heads (the contract's ``heads % kv_heads == 0``).
+
+A combinational divider of two ``isa.HEADS_BITS``-bit fields is some twenty LUT levels
+(far beyond the 250 MHz rule of ``hw.timing``); this one is a restoring divider of
+``STEP`` quotient bits per cycle, started by the command's ``start`` (the arguments are
+valid from that cycle): the quotient and the remainder are valid ``cycles()`` cycles
+after it, and stay until the next start.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Mux, Signal
+
+from golden import isa
+
+STEP = 1  # quotient bits per cycle (a compare-subtract: within the depth rule)
+
+
+def cycles() -> int:
+    """Cycles from ``start`` (excluded) until the results are valid."""
+    return -(-isa.HEADS_BITS // STEP) + 1
+
+
+def head_ratio(m, start, heads, kv_heads):
+    """(n_rep, divides): n_rep a register and divides a function of one, valid
+    ``cycles()`` cycles after ``start``."""
+    B = isa.HEADS_BITS
+    n = Signal(B, name="gqa_n")  # dividend bits not yet brought down (top first)
+    rem = Signal(B + 1, name="gqa_rem")
+    quo = Signal(B, name="gqa_quo")
+    left = Signal(range(-(-B // STEP) + 1), name="gqa_left")
+    divides = Signal(name="gqa_divides")
+    m.d.comb += divides.eq(rem == 0)
+    with m.If(start):
+        m.d.sync += [n.eq(heads), rem.eq(0), quo.eq(0), left.eq(-(-B // STEP))]
+    with m.Elif(left != 0):
+        r, nn, q = rem, n, quo
+        for _ in range(STEP):
+            r = Cat(nn[B - 1], r[:B])
+            ge = r >= kv_heads
+            r = Mux(ge, r - kv_heads, r)[: B + 1]
+            q = Cat(ge, q[: B - 1])
+            nn = (nn << 1)[:B]
+        m.d.sync += [rem.eq(r), n.eq(nn), quo.eq(q), left.eq(left - 1)]
+    return quo, divides
