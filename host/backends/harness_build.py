@@ -28,24 +28,34 @@ def make_flags(opt: str) -> list[str]:
     return [f"OPT_FAST={opt}", "OPT_SLOW=-O1", f"OPT_GLOBAL={opt}", MAKE_PCH_FIX]
 
 
-def source_texts(root: Path, patterns) -> list[tuple[str, str]]:
+def source_texts(root: Path, patterns) -> list[tuple[str, str]] | None:
     """(path relative to ``root``, text) of the files matching the glob ``patterns``, sorted:
-    what an exported top and its harness are made from."""
+    what an exported top and its harness are made from. None where a file changed after this
+    process loaded the RTL (``hw.LOADED_AT``): the Verilog it exports is then older than the
+    files, and a build keyed on them would be filed under the wrong key (the caller builds
+    from the exported Verilog without the index)."""
+    import hw
+
     files = sorted({p for pat in patterns for p in root.glob(pat) if p.is_file()})
+    if any(p.stat().st_mtime > hw.LOADED_AT for p in files):
+        return None
     return [(str(p.relative_to(root)), p.read_text()) for p in files if p.suffix != ".pyc"]
 
 
-def indexed_library(index: Path) -> Path | None:
+def indexed_library(index: Path | None) -> Path | None:
     """The library an earlier build recorded at ``index``, if it is still there."""
-    if index.exists():
+    if index is not None and index.exists():
         lib = Path(index.read_text().strip())
         if lib.exists():
             return lib
     return None
 
 
-def write_index(index: Path, lib: Path) -> None:
-    """Record ``lib`` at ``index`` (atomically: concurrent builders may race)."""
+def write_index(index: Path | None, lib: Path) -> None:
+    """Record ``lib`` at ``index`` (atomically: concurrent builders may race); None: no
+    index (the sources changed under this process)."""
+    if index is None:
+        return
     index.parent.mkdir(parents=True, exist_ok=True)
     tmp = index.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(str(lib))

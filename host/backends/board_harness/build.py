@@ -93,10 +93,12 @@ def ports_header(n_ports: int) -> str:
     )
 
 
-def _source_key(dp: AccelConfig) -> str:
+def _source_key(dp: AccelConfig) -> str | None:
     import amaranth
 
     texts = hb.source_texts(ROOT, _SOURCES)
+    if texts is None:
+        return None
     blob = json.dumps(
         [asdict(dp), texts, amaranth.__version__, HARNESS_VERILATOR_FLAGS, MAKE_FLAGS, CXX_FLAGS],
         default=str,
@@ -118,7 +120,8 @@ def build(
     """Compile (if anything changed) and return the path of the shared library of the AXI
     top of design point ``dp``."""
     dp = design_point(dp) if isinstance(dp, str) else dp
-    index = BUILD_ROOT / "index" / _source_key(dp)
+    src_key = _source_key(dp)
+    index = None if src_key is None else BUILD_ROOT / "index" / src_key
     if lib := hb.indexed_library(index):
         return lib
     text = export(dp)

@@ -100,7 +100,7 @@ def build(
     # earlier build without it
     ops_names = None if ops is None else sorted(op.name for op in ops)
     src_key = _source_key(dp, ops_names)
-    index = BUILD_ROOT / "index" / src_key
+    index = None if src_key is None else BUILD_ROOT / "index" / src_key
     if lib := hb.indexed_library(index):
         return lib
     text = export_verilog(RegisteredInputs(Accel(dp, ops=ops, gate_idle_engines=True)), "accel")
@@ -160,14 +160,17 @@ def _build(bdir: Path, lib: Path, text: str, dp, ops_names, jobs: int, verbose: 
 _SOURCES = ("hw/**/*.py", "golden/*.py", "host/backends/sim_harness/harness.cpp")
 
 
-def _source_key(dp: AccelConfig, ops_names=None) -> str:
+def _source_key(dp: AccelConfig, ops_names=None) -> str | None:
     import amaranth
 
+    texts = hb.source_texts(ROOT, _SOURCES)
+    if texts is None:
+        return None
     blob = json.dumps(
         [
             asdict(dp),
             ops_names,
-            hb.source_texts(ROOT, _SOURCES),
+            texts,
             amaranth.__version__,
             HARNESS_VERILATOR_FLAGS,
             MAKE_FLAGS,
