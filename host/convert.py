@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import partial
 
 from host.usage import Parser as _Parser
 from host.usage import UsageError as _UsageError
@@ -92,8 +93,8 @@ def run(argv=None) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    return run_main(run, argv)
+# the entry point: run under host.usage's error contract (exit status 2 / 130 / 0)
+main = partial(run_main, run)
 
 
 if __name__ == "__main__":
