@@ -299,6 +299,13 @@ class BitNetLM(nn.Module):
 
 
 # ----------------------------------------------------------------------------- recipe
+# the recipe's fields that are ModelConfig fields of the same name
+_MODEL_FIELDS = (
+    "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "tie_word_embeddings",
+)  # fmt: skip
+
+
 @dataclass
 class TrainConfig:
     # model
@@ -330,16 +337,8 @@ class TrainConfig:
     tokenizer: str = ""  # tokenizer.json (or its directory); "" = characters of the corpus
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=vocab_size,
-            hidden_size=self.hidden_size,
-            intermediate_size=self.intermediate_size,
-            num_hidden_layers=self.num_hidden_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_key_value_heads=self.num_key_value_heads,
-            max_position_embeddings=self.context,
-            tie_word_embeddings=self.tie_word_embeddings,
-        )
+        shape = {f: getattr(self, f) for f in _MODEL_FIELDS}
+        return ModelConfig(vocab_size=vocab_size, max_position_embeddings=self.context, **shape)
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
