@@ -104,7 +104,7 @@ from amaranth.lib import enum
 
 from golden import isa
 from golden.config import DatapathConfig
-from golden.isa import ActKind, ErrorCode, Opcode
+from golden.isa import ActKind, Opcode
 from hw.activations import LutActivation, lut_lane
 from hw.fixed import rhu
 from hw.pipeline import (
@@ -545,15 +545,7 @@ class ActEngine(Engine):
 
         # ---------------------------------------------------------------- control
         err = self.checks(m, registered=3).error_reg()
-        with m.FSM():
-            passed = self.check_states(
-                m, ("SPAN", None), ("SPAN2", None), ("COND", None), ("CHECK", err)
-            )
-            with m.State("RUN"):
-                m.d.comb += running.eq(1)
-                with m.If(~out_rows.more & ~self.wr.valid):
-                    self.finish(m, ErrorCode.NONE)
-        m.d.comb += begin.eq(passed["CHECK"])
+        m.d.comb += begin.eq(self.rows_fsm(m, err, running, out_rows))
         with m.If(begin):
             m.d.sync += out_rows.first() + [ptr.eq(a.dst), rd.phase.eq(0)]
         return m

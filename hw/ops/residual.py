@@ -67,7 +67,7 @@ from amaranth import Cat, Module, Mux, Signal, signed
 
 from golden import isa
 from golden.config import DatapathConfig
-from golden.isa import ErrorCode, Opcode
+from golden.isa import Opcode
 from hw.pipeline import RSS_STAGES, Pipe, RssParams, ScalePipe, mul_split, rss_lane
 
 from .base import Engine
@@ -242,15 +242,7 @@ class ResidualEngine(Engine):
         with m.If(row_done):
             m.d.sync += out_rows.advance()
 
-        with m.FSM():
-            passed = self.check_states(
-                m, ("SPAN", None), ("SPAN2", None), ("COND", None), ("CHECK", err)
-            )
-            with m.State("RUN"):
-                m.d.comb += running.eq(1)
-                with m.If(~out_rows.more & ~self.wr.valid):
-                    self.finish(m, ErrorCode.NONE)
-        m.d.comb += begin.eq(passed["CHECK"])
+        m.d.comb += begin.eq(self.rows_fsm(m, err, running, out_rows))
         with m.If(begin):
             m.d.sync += rs_rows.first() + rs_ch.first() + out_rows.first()
             m.d.sync += [
