@@ -154,6 +154,7 @@ class ActEngine(Engine):
     """ACT op engine (see module docstring)."""
 
     OPCODE = Opcode.ACT
+    DESIGN_FIELDS = {"max_dim": "max_dim", "lanes": "act_lanes", "amax_lanes": "act_amax_lanes"}
     LIMITS = ("dim <= max_dim",)
 
     def __init__(
@@ -204,10 +205,6 @@ class ActEngine(Engine):
         # golden's hw_act_quant16: the INT8 quantizer widened to ffn_bits
         self.quant16 = replace(cfg.quant, act_bits=cfg.forward.ffn_bits)
         super().__init__(cfg, dma_bytes)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {"max_dim": dp.max_dim, "lanes": dp.act_lanes, "amax_lanes": dp.act_amax_lanes}
 
     def elaborate(self, platform):
         m = Module()

@@ -403,10 +403,15 @@ class Engine(wiring.Component):
         DMA width, and the limits and widths it names for this engine."""
         return cls(dp.datapath, dp.dma_bytes, **cls.design_params(dp))
 
-    @staticmethod
-    def design_params(dp) -> dict:
+    # The constructor's keyword arguments that are design point fields: {argument: field of
+    # golden.config.AccelConfig}. An engine whose arguments are computed from the design
+    # point overrides design_params instead.
+    DESIGN_FIELDS: dict[str, str] = {}
+
+    @classmethod
+    def design_params(cls, dp) -> dict:
         """The constructor's keyword arguments that come from the design point."""
-        return {}
+        return {arg: getattr(dp, field) for arg, field in cls.DESIGN_FIELDS.items()}
 
     @property
     def op_args(self):

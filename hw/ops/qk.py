@@ -123,6 +123,7 @@ def _tree(vals):
 
 class QKEngine(Engine):
     OPCODE = Opcode.QK
+    DESIGN_FIELDS = {"records": "qk_records", "out_lanes": "qk_out_lanes"}
     LIMITS = ("head_dim <= max_head_dim",)  # one key row per beat
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, records: int, out_lanes: int):
@@ -133,10 +134,6 @@ class QKEngine(Engine):
         self.records = records
         self.out_lanes = out_lanes
         super().__init__(cfg, dma_bytes)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {"records": dp.qk_records, "out_lanes": dp.qk_out_lanes}
 
     def elaborate(self, platform):
         m = Module()

@@ -88,6 +88,7 @@ def expected_cycles(rows: int, dim: int, lanes: int, latency: int = 1) -> int:
 
 class ResidualEngine(Engine):
     OPCODE = Opcode.RESIDUAL
+    DESIGN_FIELDS = {"lanes": "residual_lanes"}
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, lanes: int):
         if dma_bytes % 4 or dma_bytes < isa.SCALE_RECORD_BYTES:
@@ -102,10 +103,6 @@ class ResidualEngine(Engine):
             )
         self.lanes = lanes
         super().__init__(cfg, dma_bytes)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {"lanes": dp.residual_lanes}
 
     def elaborate(self, platform):
         m = Module()

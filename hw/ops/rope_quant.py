@@ -220,6 +220,7 @@ def _clz_combine(stage) -> Value:
 
 class RopeQuantEngine(Engine):
     OPCODE = Opcode.ROPE_QUANT
+    DESIGN_FIELDS = {"max_head_dim": "max_head_dim", "lanes": "rope_lanes"}
     LIMITS = ("head_dim <= max_head_dim",)  # sizes the buffers (see Differences)
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_head_dim: int, lanes: int):
@@ -251,10 +252,6 @@ class RopeQuantEngine(Engine):
         self.max_head_dim = max_head_dim
         self.lanes = lanes
         super().__init__(cfg, dma_bytes)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {"max_head_dim": dp.max_head_dim, "lanes": dp.rope_lanes}
 
     def elaborate(self, platform):
         m = Module()
