@@ -38,6 +38,80 @@ B_BITS = 18  # its B input (signed)
 P_BITS = 48
 
 
+# The DSP48E2 inputs tied to 0 where an instance does not drive them (in port order).
+_UNUSED_INPUTS = (
+    ("C", P_BITS),
+    ("D", 27),
+    ("INMODE", 5),
+    ("ALUMODE", 4),
+    ("CARRYINSEL", 3),
+    ("CARRYIN", 1),
+    ("ACIN", 30),
+    ("BCIN", 18),
+    ("PCIN", P_BITS),
+    ("CARRYCASCIN", 1),
+    ("MULTSIGNIN", 1),
+    ("CEC", 1),
+    ("CED", 1),
+    ("CEAD", 1),
+    ("CECTRL", 1),
+    ("CEALUMODE", 1),
+    ("CEINMODE", 1),
+    ("CECARRYIN", 1),
+    ("RSTA", 1),
+    ("RSTB", 1),
+    ("RSTC", 1),
+    ("RSTD", 1),
+    ("RSTM", 1),
+    ("RSTP", 1),
+    ("RSTCTRL", 1),
+    ("RSTALLCARRYIN", 1),
+    ("RSTALUMODE", 1),
+    ("RSTINMODE", 1),
+)
+
+
+def _dsp48e2(*, areg: int, breg: int, a, b, opmode, p, pattern: dict, ports: dict, ce):
+    """A DSP48E2 instance as both elaborations use it: A * B into the post-adder (OPMODE
+    picks Z), no pre-adder, C or D; A, B, M and P registers (AREG/BREG 1 or 2) all enabled
+    by ``ce``; ``pattern`` the pattern-detector parameters, ``ports`` the other ports
+    (every other input tied to 0). The argument order is the Verilog's."""
+    driven = {name[2:] for name in ports if name.startswith("i_")}
+    return Instance(
+        "DSP48E2",
+        p_A_INPUT="DIRECT",
+        p_B_INPUT="DIRECT",
+        p_AMULTSEL="A",
+        p_BMULTSEL="B",
+        p_PREADDINSEL="A",
+        p_USE_MULT="MULTIPLY",
+        p_USE_SIMD="ONE48",
+        p_AREG=areg,
+        p_ACASCREG=areg,
+        p_BREG=breg,
+        p_BCASCREG=breg,
+        p_CREG=0,
+        p_DREG=0,
+        p_ADREG=0,
+        p_MREG=1,
+        p_PREG=1,
+        p_OPMODEREG=0,
+        p_ALUMODEREG=0,
+        p_INMODEREG=0,
+        p_CARRYINREG=0,
+        p_CARRYINSELREG=0,
+        **pattern,
+        i_CLK=ClockSignal(),
+        i_A=a,
+        i_B=b,
+        i_OPMODE=opmode,
+        o_P=p,
+        **ports,
+        **{f"i_{port}": C(0, width) for port, width in _UNUSED_INPUTS if port not in driven},
+        **{f"i_{port}": ce for port in ("CEA1", "CEA2", "CEB1", "CEB2", "CEM", "CEP")},
+    )
+
+
 class DSP48E2Target:
     """The platform ``hw.synth`` elaborates UltraScale+ designs with: engines build their
     multiply-accumulate lanes as DSP48E2 instances (``targets_dsp48e2``)."""
@@ -73,78 +147,23 @@ def mac(m: Module, platform, name: str, a, b, first, *, range_bits: int = 32, b_
         breg = 1 + b_lead
         # OPMODE = W(2) Z(3) Y(2) X(2): X = Y = 01 (the multiplier), Z = 010 (P) or 000
         opmode = Cat(C(0b0101, 4), Mux(f2, C(0b000, 3), C(0b010, 3)), C(0, 2))
-        zero = {
-            f"i_{port}": C(0, width)
-            for port, width in (
-                ("C", P_BITS),
-                ("D", 27),
-                ("INMODE", 5),
-                ("ALUMODE", 4),
-                ("CARRYINSEL", 3),
-                ("CARRYIN", 1),
-                ("ACIN", 30),
-                ("BCIN", 18),
-                ("PCIN", P_BITS),
-                ("CARRYCASCIN", 1),
-                ("MULTSIGNIN", 1),
-                ("CEC", 1),
-                ("CED", 1),
-                ("CEAD", 1),
-                ("CECTRL", 1),
-                ("CEALUMODE", 1),
-                ("CEINMODE", 1),
-                ("CECARRYIN", 1),
-                ("RSTA", 1),
-                ("RSTB", 1),
-                ("RSTC", 1),
-                ("RSTD", 1),
-                ("RSTM", 1),
-                ("RSTP", 1),
-                ("RSTCTRL", 1),
-                ("RSTALLCARRYIN", 1),
-                ("RSTALUMODE", 1),
-                ("RSTINMODE", 1),
-            )
-        }
-        ones = {f"i_{port}": C(1, 1) for port in ("CEA1", "CEA2", "CEB1", "CEB2", "CEM", "CEP")}
-        m.submodules[name] = Instance(
-            "DSP48E2",
-            p_A_INPUT="DIRECT",
-            p_B_INPUT="DIRECT",
-            p_AMULTSEL="A",
-            p_BMULTSEL="B",
-            p_PREADDINSEL="A",
-            p_USE_MULT="MULTIPLY",
-            p_USE_SIMD="ONE48",
-            p_AREG=1,
-            p_ACASCREG=1,
-            p_BREG=breg,
-            p_BCASCREG=breg,
-            p_CREG=0,
-            p_DREG=0,
-            p_ADREG=0,
-            p_MREG=1,
-            p_PREG=1,
-            p_OPMODEREG=0,
-            p_ALUMODEREG=0,
-            p_INMODEREG=0,
-            p_CARRYINREG=0,
-            p_CARRYINSELREG=0,
-            p_USE_PATTERN_DETECT="PATDET",
-            p_SEL_PATTERN="PATTERN",
-            p_PATTERN=Const(0, P_BITS),
-            p_SEL_MASK="MASK",
-            p_MASK=Const((1 << (range_bits - 1)) - 1, P_BITS),  # 1: bit ignored
-            p_AUTORESET_PATDET="NO_RESET",
-            i_CLK=ClockSignal(),
-            i_A=ax,
-            i_B=bx,
-            i_OPMODE=opmode,
-            o_P=p,
-            o_PATTERNDETECT=pd,
-            o_PATTERNBDETECT=pbd,
-            **zero,
-            **ones,
+        m.submodules[name] = _dsp48e2(
+            areg=1,
+            breg=breg,
+            a=ax,
+            b=bx,
+            opmode=opmode,
+            p=p,
+            pattern=dict(
+                p_USE_PATTERN_DETECT="PATDET",
+                p_SEL_PATTERN="PATTERN",
+                p_PATTERN=Const(0, P_BITS),
+                p_SEL_MASK="MASK",
+                p_MASK=Const((1 << (range_bits - 1)) - 1, P_BITS),  # 1: bit ignored
+                p_AUTORESET_PATDET="NO_RESET",
+            ),
+            ports={"o_PATTERNDETECT": pd, "o_PATTERNBDETECT": pbd},
+            ce=C(1, 1),
         )
         m.d.comb += in_range.eq(pd | pbd)
         return p, in_range
@@ -178,73 +197,18 @@ def dot2(m: Module, platform, name: str, a0, b0, a1, b1, ce=C(1, 1)):
             ax = Signal(signed(30), name=f"{name}_ax{k}")
             bx = Signal(signed(B_BITS), name=f"{name}_bx{k}")
             m.d.comb += [ax.eq(a), bx.eq(b)]
-            zero = {
-                f"i_{port}": C(0, width)
-                for port, width in (
-                    ("C", P_BITS),
-                    ("D", 27),
-                    ("INMODE", 5),
-                    ("ALUMODE", 4),
-                    ("CARRYINSEL", 3),
-                    ("CARRYIN", 1),
-                    ("ACIN", 30),
-                    ("BCIN", 18),
-                    ("CARRYCASCIN", 1),
-                    ("MULTSIGNIN", 1),
-                    ("CEC", 1),
-                    ("CED", 1),
-                    ("CEAD", 1),
-                    ("CECTRL", 1),
-                    ("CEALUMODE", 1),
-                    ("CEINMODE", 1),
-                    ("CECARRYIN", 1),
-                    ("RSTA", 1),
-                    ("RSTB", 1),
-                    ("RSTC", 1),
-                    ("RSTD", 1),
-                    ("RSTM", 1),
-                    ("RSTP", 1),
-                    ("RSTCTRL", 1),
-                    ("RSTALLCARRYIN", 1),
-                    ("RSTALUMODE", 1),
-                    ("RSTINMODE", 1),
-                )
-            }
-            ces = {f"i_{port}": ce for port in ("CEA1", "CEA2", "CEB1", "CEB2", "CEM", "CEP")}
             ports = {"i_PCIN": C(0, P_BITS), "o_PCOUT": casc} if k == 0 else {"i_PCIN": casc}
-            m.submodules[f"{name}_{k}"] = Instance(
-                "DSP48E2",
-                p_A_INPUT="DIRECT",
-                p_B_INPUT="DIRECT",
-                p_AMULTSEL="A",
-                p_BMULTSEL="B",
-                p_PREADDINSEL="A",
-                p_USE_MULT="MULTIPLY",
-                p_USE_SIMD="ONE48",
-                p_AREG=reg,
-                p_ACASCREG=reg,
-                p_BREG=reg,
-                p_BCASCREG=reg,
-                p_CREG=0,
-                p_DREG=0,
-                p_ADREG=0,
-                p_MREG=1,
-                p_PREG=1,
-                p_OPMODEREG=0,
-                p_ALUMODEREG=0,
-                p_INMODEREG=0,
-                p_CARRYINREG=0,
-                p_CARRYINSELREG=0,
-                p_USE_PATTERN_DETECT="NO_PATDET",
-                i_CLK=ClockSignal(),
-                i_A=ax,
-                i_B=bx,
+            m.submodules[f"{name}_{k}"] = _dsp48e2(
+                areg=reg,
+                breg=reg,
+                a=ax,
+                b=bx,
                 # OPMODE = W(2) Z(3) Y(2) X(2): X = Y = 01 (the multiplier); Z = 0 / PCIN
-                i_OPMODE=C((z << 4) | 0b0101, 9),
-                o_P=p if k == 1 else Signal(P_BITS, name=f"{name}_p0"),
-                **ports,
-                **zero,
-                **ces,
+                opmode=C((z << 4) | 0b0101, 9),
+                p=p if k == 1 else Signal(P_BITS, name=f"{name}_p0"),
+                pattern=dict(p_USE_PATTERN_DETECT="NO_PATDET"),
+                ports=ports,
+                ce=ce,
             )
         return p
 

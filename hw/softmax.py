@@ -140,8 +140,10 @@ def _clamp_hi(v, hi: int):
     return Mux(v > hi, hi, v)
 
 
-def _bit_length(v):
-    """``int.bit_length`` of an unsigned value: a log-depth search for the top set bit."""
+def tree_bit_length(v):
+    """``int.bit_length`` of an unsigned value: a log-depth search for the top set bit
+    (an expression; ``hw.fixed.bit_length`` is the priority-encoder one, into a signal).
+    Also ``hw.ops.qk``'s byte exponents."""
     w = 1 << max(0, (len(v) - 1).bit_length())
     cur = v if len(v) == w else Cat(v, Const(0, w - len(v)))
     idx = []  # index bits of the top set bit, MSB first
@@ -440,7 +442,7 @@ class Softmax(wiring.Component):
         ]
         for c in range(nch):
             chunk = sA[CH * c : CH * c + CH]
-            m.d.sync += [anyB1[c].eq(chunk.any()), candB1[c].eq(_bit_length(chunk) + CH * c)]
+            m.d.sync += [anyB1[c].eq(chunk.any()), candB1[c].eq(tree_bit_length(chunk) + CH * c)]
         top = Signal(unsigned(RF + 1))
         m.d.comb += top.eq((uC1 >> bC1[:3])[: RF + 1])
         for lane in range(L):

@@ -311,10 +311,10 @@ def arg_error_cases(cmd: isa.Command, lo: int, hi: int, cfg=DEFAULT) -> list:
 
 
 def check_arg_errors(
-    engine, gd: GoldenDevice, cmd: isa.Command, *, seed: int = 0, **kw
+    engine, gd: GoldenDevice, cmd: isa.Command, *, first=(), seed: int = 0, **kw
 ) -> list[dict]:
-    """Every case of ``arg_error_cases`` (window [alloc_base, brk)) through one engine
-    (``check_errors``)."""
-    return check_errors(
-        engine, gd, cmd, arg_error_cases(cmd, gd.alloc_base, gd.brk, gd.cfg), seed=seed, **kw
-    )
+    """The op's own cases ``first`` (dimension errors, which the contract walk does not
+    list), then every case of ``arg_error_cases`` (window [alloc_base, brk)), through one
+    engine (``check_errors``)."""
+    cases = list(first) + arg_error_cases(cmd, gd.alloc_base, gd.brk, gd.cfg)
+    return check_errors(engine, gd, cmd, cases, seed=seed, **kw)

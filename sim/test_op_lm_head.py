@@ -17,7 +17,7 @@ from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode
 from host.backends.golden import GoldenDevice
 from hw.ops.lm_head import LMHeadEngine, expected_cycles
-from sim.op_bench import arg_error_cases, check_errors, check_op, put
+from sim.op_bench import check_arg_errors, check_op, put
 
 DP = design_point("kv260")
 W = DP.dma_bytes
@@ -142,10 +142,4 @@ def test_errors(rng):
     command."""
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     cmd = _cmd(gd, _int8(rng, (2, 40)), _int8(rng, (20, 40)))
-    check_errors(
-        _engine(),
-        gd,
-        cmd,
-        ERROR_CASES + arg_error_cases(cmd, gd.alloc_base, gd.brk),
-        seed=int(rng.integers(1 << 30)),
-    )
+    check_arg_errors(_engine(), gd, cmd, first=ERROR_CASES, seed=int(rng.integers(1 << 30)))

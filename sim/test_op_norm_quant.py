@@ -27,8 +27,7 @@ from hw.ops.norm_quant import NormQuantEngine, expected_cycles
 from sim.op_bench import (
     STALLS,
     Job,
-    arg_error_cases,
-    check_errors,
+    check_arg_errors,
     check_op,
     golden_run,
     put,
@@ -213,14 +212,7 @@ def test_argument_errors(rng):
         (dict(dim=0), ErrorCode.BAD_DIM),
         (dict(dim=0, src=cmd.src + 2), ErrorCode.BAD_DIM),
     ]
-    check_errors(
-        engine(),
-        gd,
-        cmd,
-        cases + arg_error_cases(cmd, gd.alloc_base, gd.brk),
-        seed=int(rng.integers(1 << 30)),
-        stall=STALLS,
-    )
+    check_arg_errors(engine(), gd, cmd, first=cases, seed=int(rng.integers(1 << 30)), stall=STALLS)
 
 
 def test_dim_limit(rng):

@@ -16,7 +16,7 @@ from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode
 from host.backends.golden import GoldenDevice
 from hw.ops.pv import PVEngine, expected_cycles
-from sim.op_bench import STALLS, arg_error_cases, check_errors, check_op, put
+from sim.op_bench import STALLS, check_arg_errors, check_op, put
 
 CFG = DEFAULT
 DP = design_point("kv260")
@@ -243,23 +243,13 @@ def test_cycles(rng):
 def _overflow_case(rng, rows=1, keys=4, hd=5, **addr):
     """Every p and mant at 65535, equal shifts: pt = 8388352 per key, acc = keys * pt * v
     leaves int32 for keys >= 3 (v = 127 or -128 per lane, the same for every key)."""
-    p = np.full((1, rows, keys), 65535, np.uint16)
-    v = np.broadcast_to(np.where(rng.random(hd) < 0.5, 127, -128), (1, keys, hd)).astype(np.int8)
-    mant = np.full((1, keys), 65535)
-    shift = np.full((1, keys), 7)
-    return setup(
-        rng,
-        heads=1,
-        kv_heads=1,
-        rows=rows,
-        keys=keys,
-        hd=hd,
-        p=p,
-        v=v,
-        mant=mant,
-        shift=shift,
-        **addr,
+    data = dict(
+        p=np.full((1, rows, keys), 65535, np.uint16),
+        v=np.broadcast_to(np.where(rng.random(hd) < 0.5, 127, -128), (1, keys, hd)).astype(np.int8),
+        mant=np.full((1, keys), 65535),
+        shift=np.full((1, keys), 7),
     )
+    return setup(rng, heads=1, kv_heads=1, rows=rows, keys=keys, hd=hd, **data, **addr)
 
 
 def test_overflow_bad_operand(rng):
@@ -320,13 +310,7 @@ def test_argument_errors(rng):
         (dict(kv_ld=2, p=1), ErrorCode.BAD_DIM),  # dims before addresses
         (dict(kv_ld=100000 // 5), ErrorCode.ADDR_RANGE),  # only head 1 is out
     ]
-    check_errors(
-        engine(lanes=8),
-        gd,
-        cmd,
-        cases + arg_error_cases(cmd, gd.alloc_base, gd.brk),
-        seed=int(rng.integers(1 << 30)),
-    )
+    check_arg_errors(engine(lanes=8), gd, cmd, first=cases, seed=int(rng.integers(1 << 30)))
 
 
 @pytest.mark.parametrize("change", (dict(keys=41), dict(head_dim=9)))

@@ -17,7 +17,7 @@ from golden.isa import ErrorCode, Opcode
 from golden.model import Scale, op_residual
 from host.backends.golden import GoldenDevice
 from hw.ops.residual import ResidualEngine, expected_cycles
-from sim.op_bench import arg_error_cases, check_errors, check_op, put
+from sim.op_bench import check_arg_errors, check_op, put
 
 DP = design_point("kv260")
 W = DP.dma_bytes
@@ -189,10 +189,4 @@ def test_errors(rng):
     rows, dim = 2, 20
     mant, shift = _row_scales(rng, rows)
     cmd = _cmd(gd, _int32(rng, (rows, dim)), _int32(rng, (rows, dim)), mant, shift, 40000, 20)
-    check_errors(
-        _engine(),
-        gd,
-        cmd,
-        ERROR_CASES + arg_error_cases(cmd, gd.alloc_base, gd.brk),
-        seed=int(rng.integers(1 << 30)),
-    )
+    check_arg_errors(_engine(), gd, cmd, first=ERROR_CASES, seed=int(rng.integers(1 << 30)))

@@ -104,7 +104,7 @@ from amaranth.lib import enum
 
 from golden import isa
 from golden.config import DatapathConfig
-from golden.isa import ActKind, ErrorCode, Opcode
+from golden.isa import ActKind, Opcode
 from hw.activations import LutActivation, lut_lane
 from hw.fixed import rhu
 from hw.pipeline import (
@@ -154,6 +154,7 @@ class ActEngine(Engine):
     """ACT op engine (see module docstring)."""
 
     OPCODE = Opcode.ACT
+    DESIGN_FIELDS = {"max_dim": "max_dim", "lanes": "act_lanes", "amax_lanes": "act_amax_lanes"}
     LIMITS = ("dim <= max_dim",)
 
     def __init__(
@@ -204,10 +205,6 @@ class ActEngine(Engine):
         # golden's hw_act_quant16: the INT8 quantizer widened to ffn_bits
         self.quant16 = replace(cfg.quant, act_bits=cfg.forward.ffn_bits)
         super().__init__(cfg, dma_bytes)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {"max_dim": dp.max_dim, "lanes": dp.act_lanes, "amax_lanes": dp.act_amax_lanes}
 
     def elaborate(self, platform):
         m = Module()
@@ -545,15 +542,7 @@ class ActEngine(Engine):
 
         # ---------------------------------------------------------------- control
         err = self.checks(m, registered=3).error_reg()
-        with m.FSM():
-            passed = self.check_states(
-                m, ("SPAN", None), ("SPAN2", None), ("COND", None), ("CHECK", err)
-            )
-            with m.State("RUN"):
-                m.d.comb += running.eq(1)
-                with m.If(~out_rows.more & ~self.wr.valid):
-                    self.finish(m, ErrorCode.NONE)
-        m.d.comb += begin.eq(passed["CHECK"])
+        m.d.comb += begin.eq(self.rows_fsm(m, err, running, out_rows))
         with m.If(begin):
             m.d.sync += out_rows.first() + [ptr.eq(a.dst), rd.phase.eq(0)]
         return m

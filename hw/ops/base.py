@@ -115,6 +115,18 @@ class EngineSignature(wiring.Signature):
 
 
 # ------------------------------------------------------------------ argument checks
+def check_power_of_two(name: str, v, lo: int = 1, hi: int | None = None) -> None:
+    """A constructor's check of a parameter that must be an int power of two in [lo, hi]
+    (hi None: no bound): ValueError naming it otherwise."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or v & (v - 1):
+        bad = True
+    else:
+        bad = hi is not None and v > hi
+    if bad:
+        within = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+        raise ValueError(f"{name}: expected a power of two {within}, got {v!r}")
+
+
 def misaligned(addr, size: int):
     """addr not a multiple of ``size`` (a power of two)."""
     assert size & (size - 1) == 0
@@ -391,10 +403,15 @@ class Engine(wiring.Component):
         DMA width, and the limits and widths it names for this engine."""
         return cls(dp.datapath, dp.dma_bytes, **cls.design_params(dp))
 
-    @staticmethod
-    def design_params(dp) -> dict:
+    # The constructor's keyword arguments that are design point fields: {argument: field of
+    # golden.config.AccelConfig}. An engine whose arguments are computed from the design
+    # point overrides design_params instead.
+    DESIGN_FIELDS: dict[str, str] = {}
+
+    @classmethod
+    def design_params(cls, dp) -> dict:
         """The constructor's keyword arguments that come from the design point."""
-        return {}
+        return {arg: getattr(dp, field) for arg, field in cls.DESIGN_FIELDS.items()}
 
     @property
     def op_args(self):
@@ -443,6 +460,21 @@ class Engine(wiring.Component):
                     m.d.comb += ok.eq(1)
                     m.next = nxt
         return passed
+
+    def rows_fsm(self, m: Module, err, running, out_rows) -> Signal:
+        """The whole FSM of a row-streaming engine (ACT, RESIDUAL): IDLE, the contract's
+        SPAN / SPAN2 / COND walk and CHECK (``err``), then RUN (``running`` 1) until the
+        last output row (``out_rows``, an ``elem.Rows``) is written. Returns the signal
+        that is 1 in the cycle CHECK passes (where the engine loads its walkers)."""
+        with m.FSM():
+            passed = self.check_states(
+                m, ("SPAN", None), ("SPAN2", None), ("COND", None), ("CHECK", err)
+            )
+            with m.State("RUN"):
+                m.d.comb += running.eq(1)
+                with m.If(~out_rows.more & ~self.wr.valid):
+                    self.finish(m, ErrorCode.NONE)
+        return passed["CHECK"]
 
 
 # ------------------------------------------------------------------ integer helpers

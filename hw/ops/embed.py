@@ -52,16 +52,13 @@ def expected_cycles(rows: int, dim: int, dma_bytes: int, scan_ids: int, latency:
 
 class EmbedEngine(Engine):
     OPCODE = Opcode.EMBED
+    DESIGN_FIELDS = {"scan_ids": "embed_scan_ids"}
 
     def __init__(self, cfg, dma_bytes: int, *, scan_ids: int):
         if scan_ids < 1 or scan_ids * 4 > dma_bytes:
             raise ValueError(f"scan_ids: expected 1..{dma_bytes // 4}, got {scan_ids}")
         self.scan_ids = scan_ids
         super().__init__(cfg, dma_bytes)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {"scan_ids": dp.embed_scan_ids}
 
     def elaborate(self, platform):
         from .checkpipe import dsp_product

@@ -90,11 +90,8 @@ def expected_cycles(rows: int, k: int, n: int, dma_bytes: int, latency: int = 1)
 
 class LMHeadEngine(Engine):
     OPCODE = Opcode.LM_HEAD
+    DESIGN_FIELDS = {"max_k": "max_k"}
     LIMITS = ("k <= max_k",)  # the x buffer
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {"max_k": dp.max_k}
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int):
         if dma_bytes % 4:

@@ -116,6 +116,7 @@ class NormQuantEngine(Engine):
     """NORM_QUANT op engine (see module docstring)."""
 
     OPCODE = Opcode.NORM_QUANT
+    DESIGN_FIELDS = {"lanes": "norm_lanes", "stat_lanes": "norm_stat_lanes", "max_len": "max_dim"}
     LIMITS = ("dim <= max_len",)  # the block's sum of squares
     GOLDEN_ONLY = ("norm constants",)  # host constants, taken as given
 
@@ -159,14 +160,6 @@ class NormQuantEngine(Engine):
         self.max_len = max_len
         self.block_len = -(-max_len // (2 * lanes)) * 2 * lanes
         super().__init__(cfg, dma_bytes)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {
-            "lanes": dp.norm_lanes,
-            "stat_lanes": dp.norm_stat_lanes,
-            "max_len": dp.max_dim,
-        }
 
     def elaborate(self, platform):
         m = Module()

@@ -126,7 +126,7 @@ from golden.fixed import rhu as golden_rhu
 from golden.isa import ErrorCode, Opcode
 from hw.dsp import mac
 
-from .base import Engine
+from .base import Engine, check_power_of_two
 from .gqa import cycles as gqa_cycles
 from .gqa import head_ratio
 
@@ -193,8 +193,7 @@ class PVEngine(Engine):
         out_lanes: int,
         records: int,
     ):
-        if dma_bytes < 8 or dma_bytes & (dma_bytes - 1):
-            raise ValueError(f"dma_bytes: {dma_bytes} is not a power of two >= 8")
+        check_power_of_two("dma_bytes", dma_bytes, lo=8)
         if not 1 <= max_head_dim <= dma_bytes:
             raise ValueError(
                 f"max_head_dim: {max_head_dim} must be in [1, dma_bytes "
@@ -208,10 +207,7 @@ class PVEngine(Engine):
             raise ValueError(
                 f"cfg.norm.in_bits: {cfg.norm.in_bits} must be in (16, 32] (dst is int32)"
             )
-        if records < 1 or records & (records - 1) or 4 * records > dma_bytes:
-            raise ValueError(
-                f"records: {records} must be a power of two with 4 * records <= dma_bytes"
-            )
+        check_power_of_two("records", records, hi=dma_bytes // 4)  # 4-byte records per beat
         if not 1 <= out_lanes or 4 * out_lanes > dma_bytes:
             raise ValueError(f"out_lanes: {out_lanes} must be in [1, dma_bytes / 4]")
         self.max_keys = max_keys

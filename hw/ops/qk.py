@@ -84,8 +84,9 @@ from golden import isa
 from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
 from hw.dsp import dot2
+from hw.softmax import tree_bit_length
 
-from .base import Engine
+from .base import Engine, check_power_of_two
 from .gqa import cycles as gqa_cycles
 from .gqa import head_ratio
 
@@ -120,44 +121,19 @@ def _tree(vals):
     return nxt
 
 
-def _bit_length(v):
-    """``int.bit_length`` of an unsigned value: a log-depth search for the top set bit."""
-    w = 1 << max(0, (len(v) - 1).bit_length())
-    cur = v if len(v) == w else Cat(v, Const(0, w - len(v)))
-    idx = []
-    while w > 1:
-        half = w // 2
-        hi = cur[half:w]
-        nz = hi.any()
-        idx.append(nz)
-        cur = Mux(nz, hi, cur[:half])
-        w = half
-    return Mux(v.any(), Cat(*reversed(idx)) + 1, 0)
-
-
 class QKEngine(Engine):
     OPCODE = Opcode.QK
+    DESIGN_FIELDS = {"records": "qk_records", "out_lanes": "qk_out_lanes"}
     LIMITS = ("head_dim <= max_head_dim",)  # one key row per beat
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, records: int, out_lanes: int):
-        if dma_bytes < 16 or dma_bytes > 128 or dma_bytes & (dma_bytes - 1):
-            raise ValueError(f"dma_bytes: expected a power of two in [16, 128], got {dma_bytes}")
-        if records < 1 or records & (records - 1) or 4 * records > dma_bytes:
-            raise ValueError(
-                f"records: {records} must be a power of two with 4 * records <= dma_bytes"
-            )
-        if out_lanes < 1 or out_lanes & (out_lanes - 1) or 2 * out_lanes > dma_bytes:
-            raise ValueError(
-                f"out_lanes: {out_lanes} must be a power of two with 2 * out_lanes <= dma_bytes"
-            )
+        check_power_of_two("dma_bytes", dma_bytes, lo=16, hi=128)
+        check_power_of_two("records", records, hi=dma_bytes // 4)  # 4-byte records per beat
+        check_power_of_two("out_lanes", out_lanes, hi=dma_bytes // 2)  # int16 outputs per beat
         self.max_head_dim = dma_bytes
         self.records = records
         self.out_lanes = out_lanes
         super().__init__(cfg, dma_bytes)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {"records": dp.qk_records, "out_lanes": dp.qk_out_lanes}
 
     def elaborate(self, platform):
         m = Module()
@@ -531,7 +507,7 @@ class QKEngine(Engine):
         # c+3 each byte's bit length, c+4 the top nonzero byte's
         nby = -(-len(sp2) // 8)
         bytes2 = [sp2[8 * k : 8 * k + 8] for k in range(nby)]
-        bbl3 = [reg(_bit_length(b), f"bbl3_{k}", 4) for k, b in enumerate(bytes2)]
+        bbl3 = [reg(tree_bit_length(b), f"bbl3_{k}", 4) for k, b in enumerate(bytes2)]
         bl4 = Signal(range(2 * MB + 1), name="bl4")
         with m.If(go):
             m.d.sync += bl4.eq(0)

@@ -67,7 +67,7 @@ from amaranth import Cat, Module, Mux, Signal, signed
 
 from golden import isa
 from golden.config import DatapathConfig
-from golden.isa import ErrorCode, Opcode
+from golden.isa import Opcode
 from hw.pipeline import RSS_STAGES, Pipe, RssParams, ScalePipe, mul_split, rss_lane
 
 from .base import Engine
@@ -88,6 +88,7 @@ def expected_cycles(rows: int, dim: int, lanes: int, latency: int = 1) -> int:
 
 class ResidualEngine(Engine):
     OPCODE = Opcode.RESIDUAL
+    DESIGN_FIELDS = {"lanes": "residual_lanes"}
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, lanes: int):
         if dma_bytes % 4 or dma_bytes < isa.SCALE_RECORD_BYTES:
@@ -102,10 +103,6 @@ class ResidualEngine(Engine):
             )
         self.lanes = lanes
         super().__init__(cfg, dma_bytes)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {"lanes": dp.residual_lanes}
 
     def elaborate(self, platform):
         m = Module()
@@ -242,15 +239,7 @@ class ResidualEngine(Engine):
         with m.If(row_done):
             m.d.sync += out_rows.advance()
 
-        with m.FSM():
-            passed = self.check_states(
-                m, ("SPAN", None), ("SPAN2", None), ("COND", None), ("CHECK", err)
-            )
-            with m.State("RUN"):
-                m.d.comb += running.eq(1)
-                with m.If(~out_rows.more & ~self.wr.valid):
-                    self.finish(m, ErrorCode.NONE)
-        m.d.comb += begin.eq(passed["CHECK"])
+        m.d.comb += begin.eq(self.rows_fsm(m, err, running, out_rows))
         with m.If(begin):
             m.d.sync += rs_rows.first() + rs_ch.first() + out_rows.first()
             m.d.sync += [

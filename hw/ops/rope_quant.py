@@ -137,7 +137,7 @@ from golden import isa
 from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
 
-from .base import Engine, shift_fits_record
+from .base import Engine, check_power_of_two, shift_fits_record
 
 ELEM_BITS = 32  # src elements: int32 accumulators
 TABLE_BITS = 16  # table elements: int16 Q1.T
@@ -220,6 +220,7 @@ def _clz_combine(stage) -> Value:
 
 class RopeQuantEngine(Engine):
     OPCODE = Opcode.ROPE_QUANT
+    DESIGN_FIELDS = {"max_head_dim": "max_head_dim", "lanes": "rope_lanes"}
     LIMITS = ("head_dim <= max_head_dim",)  # sizes the buffers (see Differences)
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_head_dim: int, lanes: int):
@@ -241,11 +242,8 @@ class RopeQuantEngine(Engine):
             )
         if cfg.rope.table_frac_bits >= SPLIT:
             raise ValueError(f"cfg.rope.table_frac_bits: must be < {SPLIT}")
-        if dma_bytes < 8 or dma_bytes & (dma_bytes - 1):
-            raise ValueError(f"dma_bytes: expected a power of two >= 8, got {dma_bytes}")
-        C = dma_bytes // 4
-        if lanes < 1 or lanes & (lanes - 1) or lanes > C:
-            raise ValueError(f"lanes: expected a power of two in [1, {C}], got {lanes}")
+        check_power_of_two("dma_bytes", dma_bytes, lo=8)
+        check_power_of_two("lanes", lanes, hi=dma_bytes // 4)
         if max_head_dim < 2 or max_head_dim % (2 * lanes) or max_head_dim > 2 * dma_bytes:
             raise ValueError(
                 f"max_head_dim: expected a multiple of {2 * lanes} in "
@@ -254,10 +252,6 @@ class RopeQuantEngine(Engine):
         self.max_head_dim = max_head_dim
         self.lanes = lanes
         super().__init__(cfg, dma_bytes)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {"max_head_dim": dp.max_head_dim, "lanes": dp.rope_lanes}
 
     def elaborate(self, platform):
         m = Module()

@@ -83,7 +83,7 @@ from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
 from hw.softmax import LATENCY, Softmax, row_cycles
 
-from .base import Engine
+from .base import Engine, check_power_of_two
 
 _ABITS = isa.ADDR_BITS + 1
 
@@ -229,8 +229,7 @@ class SoftmaxEngine(Engine):
         chunk: int,
         read_ahead: int,
     ):
-        if dma_bytes < 4 or dma_bytes & (dma_bytes - 1):
-            raise ValueError(f"dma_bytes: expected a power of two >= 4, got {dma_bytes}")
+        check_power_of_two("dma_bytes", dma_bytes, lo=4)
         if cfg.softmax.in_bits > 16 or cfg.softmax.out_bits > 16:
             raise ValueError("cfg.softmax: logits and probabilities must fit 16 bits")
         if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
@@ -243,24 +242,8 @@ class SoftmaxEngine(Engine):
             raise ValueError(
                 f"max_len: expected an int in [1, {cfg.softmax.max_len}], got {max_len!r}"
             )
-        if (
-            isinstance(chunk, bool)
-            or not isinstance(chunk, int)
-            or chunk < 1
-            or chunk & (chunk - 1)
-            or 2 * chunk > dma_bytes
-        ):
-            raise ValueError(
-                f"chunk: expected a power of two in [1, dma_bytes/2 = {dma_bytes // 2}], "
-                f"got {chunk!r}"
-            )
-        if (
-            isinstance(read_ahead, bool)
-            or not isinstance(read_ahead, int)
-            or read_ahead < 2
-            or read_ahead & (read_ahead - 1)
-        ):
-            raise ValueError(f"read_ahead: expected a power of two >= 2, got {read_ahead!r}")
+        check_power_of_two("chunk", chunk, hi=dma_bytes // 2)
+        check_power_of_two("read_ahead", read_ahead, lo=2)
         self.lanes = lanes
         self.max_len = max_len
         self.chunk = chunk

@@ -50,12 +50,9 @@ def expected_cycles(rows: int, k: int, n: int, cfg: DatapathConfig, latency: int
 
 class TLMMEngine(Engine):
     OPCODE = Opcode.TLMM
+    DESIGN_FIELDS = {"max_k": "max_k"}
     LIMITS = ("k <= max_k",)  # the engine's table depth
     GOLDEN_ONLY = ("weight codes",)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {"max_k": dp.max_k}
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int):
         tc = cfg.tlmm
