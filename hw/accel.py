@@ -59,14 +59,20 @@ while a stream runs aborts it the same way and ends with STATUS clear.
 Timing (the 250 MHz rule of ``hw/timing.py``): the top's own decisions start at registers.
 CTRL.RESET is registered in the CSR block (it acts one cycle after the CTRL write); pc + 1,
 pc + 2, the fetch addresses of pc and pc + 1 and the compares with N_CMDS (last command, a
-next one to prefetch) are registers; the counters of outstanding reads take the
-requests/responses of the previous cycle; the running engine is a one-hot register and the
-DMA switch an AND-OR over it; a bus error is registered (``c_rd``/``c_wr``) and folded into
-the first-error register ``berr``/``berr_op`` a cycle later (the aborts and the
-end-of-command checks look at both, so they act in the same cycle as with a one-cycle
-capture), and DRAIN ends in DRAIN_ERR (the last errors reach ``berr_op``) and DRAIN_END (the
-status is written). Cycle cost: none per command; two cycles (at times three: the late read
-count) more in DRAIN per stream (a layer's ~21 commands run in one stream).
+next one to prefetch) are registers (in IDLE, loaded with their values for pc = 0); the
+counters of outstanding reads take the requests/responses of the previous cycle; the running
+engine is a one-hot register and the DMA switch an AND-OR over it; the engine's ``done`` and
+``error`` are registered and EXEC acts on them the cycle after (with the bus errors as of
+the ``done`` cycle, so the outcome is the one of acting at once); a bus error is registered
+(``c_rd``/``c_wr``) and folded into the first-error register ``berr``/``berr_op`` a cycle
+later (the aborts and the end-of-command checks look at both, so they act in the same cycle
+as with a one-cycle capture), and DRAIN ends in DRAIN_ERR (the last errors reach
+``berr_op``) and DRAIN_END (the status is written). RESUME is acted on in HOST_NEXT, a cycle
+after the CSR write. Cycle cost: one cycle per command run on an engine (the registered
+``done``; ~21 per layer step of ~21 commands, against thousands of cycles of engine work),
+one more where the prefetched command arrives in that cycle (it then goes through PF_WAIT),
+one per host-executed command (HOST_NEXT), and two (at times three: the late read count) per
+stream in DRAIN.
 
 Busy/host lines ``busy`` and ``host_req`` are also top-level outputs (an interrupt line
 for the harness).
@@ -321,6 +327,12 @@ class Accel(wiring.Component):
             m.submodules[name] = ResetInserter({name: eng_rst})(DomainRenamer(name)(e))
         eng_done = Signal()
         eng_error = Signal(8)
+        # the engine's done is acted on the cycle after (registered with its error, and
+        # with the bus-error state as of that cycle, berr_now below)
+        done_q = Signal()
+        err_q = Signal(8)
+        err_nz_q = Signal()
+        m.d.sync += [done_q.eq(eng_done), err_q.eq(eng_error), err_nz_q.eq(eng_error != 0)]
         # the running engine's read port, before the prefetcher shares it (below)
         e_rd_valid, e_rd_ready = Signal(), Signal()
         e_rd_addr, e_rd_len = Signal(isa.ADDR_BITS), Signal(range(self.dma_bytes + 1))
@@ -377,7 +389,10 @@ class Accel(wiring.Component):
             eng_rd_fire.eq(e_rd_valid & e_rd_ready),
             eng_rs_fire.eq(e_rs_valid & e_rs_ready),
         ]
-        m.d.sync += [ers_q.eq(eng_rs_fire), eng_out.eq(eng_out + eng_rd_fire - ers_q)]
+        m.d.sync += [
+            ers_q.eq(eng_rs_fire),
+            eng_out.eq(Mux(eng_rd_fire, eng_out + 1 - ers_q, eng_out - ers_q)),
+        ]
         with m.If(pf_fire):
             m.d.sync += [pf_req.eq(1), pf_ahead.eq(eng_out - ers_q)]
         with m.Elif(pf_req):
@@ -464,8 +479,12 @@ class Accel(wiring.Component):
         pend_done = Signal()  # END was reached
         pend_reset = Signal()  # aborted by CTRL.RESET: status cleared
 
+        # pend_op: the command a drain() names, pc as of the cycle before (pc does not
+        # change where drain() is called, nor in DRAIN after one)
+        m.d.sync += pend_op.eq(pc)
+
         def drain(code=0, end=False):
-            m.d.sync += [pend_code.eq(code), pend_op.eq(pc), pend_done.eq(int(end))]
+            m.d.sync += [pend_code.eq(code), pend_done.eq(int(end))]
             m.next = "DRAIN"
 
         def next_cmd():
@@ -499,6 +518,15 @@ class Accel(wiring.Component):
 
         with m.FSM(init="IDLE"):
             with m.State("IDLE"):
+                # pc's companions as of pc = 0 (loaded every cycle: not behind START)
+                m.d.sync += [
+                    pc1.eq(1),
+                    pc2.eq(2),
+                    faddr.eq(csr.stream_addr),
+                    faddr1.eq(csr.stream_addr + 64),
+                    last.eq(csr.n_cmds == 1),
+                    more.eq(csr.n_cmds > 1),
+                ]
                 with m.If(csr.start):
                     m.d.sync += [
                         busy.eq(1),
@@ -506,12 +534,6 @@ class Accel(wiring.Component):
                         error.eq(0),
                         err_op.eq(0),
                         pc.eq(0),
-                        pc1.eq(1),
-                        pc2.eq(2),
-                        faddr.eq(csr.stream_addr),
-                        faddr1.eq(csr.stream_addr + 64),
-                        last.eq(csr.n_cmds == 1),
-                        more.eq(csr.n_cmds > 1),
                         berr.eq(0),
                         c_rd.eq(0),
                         c_wr.eq(0),
@@ -563,7 +585,7 @@ class Accel(wiring.Component):
                 # reads: the engine first, the prefetch in a free slot (not in the cycle
                 # the engine finishes: the next state decides on pf_req/pf_have)
                 eng_full = eng_out == (1 << PF_COUNT_BITS) - 1
-                want_pf = ~pf_req & ~pf_have & ~eng_done & more & ~berr_now
+                want_pf = ~pf_req & ~pf_have & ~eng_done & ~done_q & more & ~berr_now
                 m.d.comb += [
                     e_rd_ready.eq(self.mem_rd_ready & ~eng_full),
                     self.mem_rd_valid.eq((e_rd_valid & ~eng_full) | want_pf),
@@ -592,12 +614,13 @@ class Accel(wiring.Component):
                         pf_req.eq(0),
                         pf_have.eq(1),
                     ]
-                with m.If(eng_done):
+                with m.If(done_q):
+                    # the engine finished last cycle; berr_now: the bus errors as of then
                     m.d.sync += act.eq(0)
-                    with m.If(eng_error != 0):
+                    with m.If(err_nz_q):
                         m.d.sync += pf_have.eq(0)
-                        drain(eng_error)
-                    with m.Elif(berr_now | cap_rd | self.mem_wr_err):
+                        drain(err_q)
+                    with m.Elif(berr_now):
                         # the next command's fetch failed
                         m.d.sync += [ops_done.eq(ops_done + 1), pend_code.eq(0), pend_done.eq(0)]
                         m.next = "DRAIN"  # BUS_ERROR at berr_op (= pc + 1)
@@ -607,20 +630,20 @@ class Accel(wiring.Component):
                     with m.Else():
                         m.d.sync += ops_done.eq(ops_done + 1)
                         advance()
-                        with m.If(pf_have | pf_arrives):
-                            m.d.sync += [
-                                cmd.eq(Mux(pf_have, pf_buf, rs_data[: isa.COMMAND_BITS])),
-                                pf_have.eq(0),
-                            ]
+                        with m.If(pf_have):
+                            m.d.sync += [cmd.eq(pf_buf), pf_have.eq(0)]
                             m.next = "DECODE"
-                        with m.Elif(pf_req):
+                        with m.Elif(pf_req):  # (it may arrive now: PF_WAIT takes pf_buf)
                             m.next = "PF_WAIT"
                         with m.Else():
                             m.next = "FETCH"
                 aborted(running_engine=True)
             with m.State("PF_WAIT"):
                 m.d.comb += rs_ready.eq(1)
-                with m.If(rs_valid & rs_err):
+                with m.If(pf_have):  # it arrived in the cycle EXEC ended
+                    m.d.sync += [cmd.eq(pf_buf), pf_have.eq(0)]
+                    m.next = "DECODE"
+                with m.Elif(rs_valid & rs_err):
                     m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc)]
                     m.d.sync += pf_req.eq(0)
                     m.next = "DRAIN"
@@ -644,9 +667,20 @@ class Accel(wiring.Component):
                     drain(csr.host_code)
                 with m.Elif(csr.resume):
                     m.d.sync += host_op.eq(0)
-                    next_cmd()
+                    m.next = "HOST_NEXT"
+            with m.State("HOST_NEXT"):
+                # the command after a host-executed one, a cycle after RESUME (not behind
+                # the CSR write's decode); no transfer is outstanding here
+                next_cmd()
+                aborted()
             with m.State("DRAIN"):
                 draining()
+                # the engine finished in the cycle its stream was aborted: what the end of
+                # the command did then (its count, the next pc)
+                with m.If(done_q & ~err_nz_q):
+                    m.d.sync += ops_done.eq(ops_done + 1)
+                    with m.If(~berr_now & ~last):
+                        advance()
                 with m.If((rd_out == 0) & ~rd_fire_q & ~self.mem_wr_busy):
                     m.next = "DRAIN_ERR"
             with m.State("DRAIN_ERR"):
