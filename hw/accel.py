@@ -381,7 +381,8 @@ class Accel(wiring.Component):
         pf_ahead = Signal(PF_COUNT_BITS)  # engine responses due before the prefetch's (+ ers_q)
         ers_q = Signal()  # an engine response was taken last cycle
         pf_head = Signal()
-        m.d.comb += pf_head.eq(pf_req & (pf_ahead == ers_q))
+        pf_zero = Signal()  # pf_ahead == ers_q, as a register (set from next cycle's values)
+        m.d.comb += pf_head.eq(pf_req & pf_zero)
         eng_rd_fire = Signal()
         eng_rs_fire = Signal()
         pf_fire = Signal()
@@ -397,6 +398,15 @@ class Accel(wiring.Component):
             m.d.sync += [pf_req.eq(1), pf_ahead.eq(eng_out - ers_q)]
         with m.Elif(pf_req):
             m.d.sync += pf_ahead.eq(pf_ahead - ers_q)
+        # next cycle: pf_ahead' == ers_q' (= eng_rs_fire), the compares from this cycle's
+        # registers (pf_ahead' is eng_out - ers_q or pf_ahead - ers_q)
+        m.d.sync += pf_zero.eq(
+            Mux(
+                pf_fire,
+                Mux(eng_rs_fire, eng_out == ers_q + 1, eng_out == ers_q),
+                Mux(eng_rs_fire, pf_ahead == ers_q + 1, pf_ahead == ers_q),
+            )
+        )
 
         # ------------------------------------------------ command index
         # pc + 1, pc + 2 and the fetch addresses of pc and pc + 1 are registers, and so are
