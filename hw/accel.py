@@ -61,9 +61,10 @@ CTRL.RESET is registered in the CSR block (it acts one cycle after the CTRL writ
 pc + 2, the fetch addresses of pc and pc + 1 and the compares with N_CMDS (last command, a
 next one to prefetch) are registers (in IDLE, loaded with their values for pc = 0); the
 counters of outstanding reads take the requests/responses of the previous cycle; the running
-engine is a one-hot register and the DMA switch an AND-OR over it; the engine's ``done`` and
-``error`` are registered and EXEC acts on them the cycle after (with the bus errors as of
-the ``done`` cycle, so the outcome is the one of acting at once); a bus error is registered
+engine is a one-hot register and the DMA switch an AND-OR over it (but for the wide write
+data, a mux on the same index kept binary); the engine's ``done`` and ``error`` are
+registered and EXEC acts on them the cycle after (with the bus errors as of the ``done``
+cycle, so the outcome is the one of acting at once); a bus error is registered
 (``c_rd``/``c_wr``) and folded into the first-error register ``berr``/``berr_op`` a cycle
 later (the aborts and the end-of-command checks look at both, so they act in the same cycle
 as with a one-cycle capture), and DRAIN ends in DRAIN_ERR (the last errors reach
@@ -294,6 +295,7 @@ class Accel(wiring.Component):
         engines = {}
         # the running engine, one-hot (all 0: none); the switch is an AND-OR over it
         act = Signal(max(1, len(self.ops)))
+        active = Signal(range(len(self.ops) + 1))  # the same, binary: 1 + its index
         eng_rst = Signal()  # abort: the engines return to idle (a bus error, RESET)
         if self.gate_idle_engines:
             m.domains.gate = ClockDomain("gate", clk_edge="neg", local=True)
@@ -354,10 +356,15 @@ class Accel(wiring.Component):
             self.mem_wr_valid.eq(pick(lambda e: e.wr.valid)),
             self.mem_wr_addr.eq(pick(lambda e: e.wr.payload.addr)),
             self.mem_wr_len.eq(pick(lambda e: e.wr.payload.len)),
-            self.mem_wr_data.eq(pick(lambda e: e.wr.payload.data)),
             eng_done.eq(pick(lambda e: e.done)),
             eng_error.eq(pick(lambda e: e.error.as_value())),
         ]
+        # the wide write data: a mux on the binary index (an AND-OR over 10 engines would
+        # take ~1K LUT more; the data leaves for the shell, not a decision)
+        with m.Switch(active):
+            for i, op in enumerate(self.ops):
+                with m.Case(i + 1):
+                    m.d.comb += self.mem_wr_data.eq(engines[op].wr.payload.data)
         for i, op in enumerate(self.ops):
             e = engines[op]
             m.d.comb += [
@@ -513,13 +520,14 @@ class Accel(wiring.Component):
                 m.d.sync += [pend_code.eq(0), pend_done.eq(0)]
                 if running_engine:
                     m.d.comb += eng_rst.eq(1)
-                    m.d.sync += act.eq(0)
+                    m.d.sync += [act.eq(0), active.eq(0)]
             return cond
 
         def draining():
             m.d.comb += rs_ready.eq(1)
             m.d.sync += [
                 act.eq(0),
+                active.eq(0),
                 eng_out.eq(0),
                 pf_req.eq(0),
                 pf_ahead.eq(0),
@@ -587,7 +595,7 @@ class Accel(wiring.Component):
                         for i, op in enumerate(self.ops):
                             with m.Case(op.value):
                                 m.d.comb += engines[op].start.eq(1)
-                                m.d.sync += act.eq(1 << i)
+                                m.d.sync += [act.eq(1 << i), active.eq(i + 1)]
                                 m.next = "EXEC"
                         with m.Default():
                             m.next = "HOST_FENCE"
@@ -626,7 +634,7 @@ class Accel(wiring.Component):
                     ]
                 with m.If(done_q):
                     # the engine finished last cycle; berr_now: the bus errors as of then
-                    m.d.sync += act.eq(0)
+                    m.d.sync += [act.eq(0), active.eq(0)]
                     with m.If(err_nz_q):
                         m.d.sync += pf_have.eq(0)
                         drain(err_q)
