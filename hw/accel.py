@@ -56,6 +56,25 @@ pc + 1 for the prefetch; a write's: ``mem_wr_err_op``); a running engine at or p
 reset (``ResetInserter``) and the stream ends in DRAIN with BUS_ERROR at that index. CTRL.RESET
 while a stream runs aborts it the same way and ends with STATUS clear.
 
+Timing (the 250 MHz rule of ``hw/timing.py``): the top's own decisions start at registers.
+CTRL.RESET is registered in the CSR block (it acts one cycle after the CTRL write); pc + 1,
+pc + 2, the fetch addresses of pc and pc + 1 and the compares with N_CMDS (last command, a
+next one to prefetch) are registers (in IDLE, loaded with their values for pc = 0); the
+counters of outstanding reads take the requests/responses of the previous cycle; the running
+engine is a one-hot register and the DMA switch an AND-OR over it (but for the wide write
+data, a mux on the same index kept binary); the engine's ``done`` and ``error`` are
+registered and EXEC acts on them the cycle after (with the bus errors as of the ``done``
+cycle, so the outcome is the one of acting at once); a bus error is registered
+(``c_rd``/``c_wr``) and folded into the first-error register ``berr``/``berr_op`` a cycle
+later (the aborts and the end-of-command checks look at both, so they act in the same cycle
+as with a one-cycle capture), and DRAIN ends in DRAIN_ERR (the last errors reach
+``berr_op``) and DRAIN_END (the status is written). RESUME is acted on in HOST_NEXT, a cycle
+after the CSR write. Cycle cost: one cycle per command run on an engine (the registered
+``done``; ~21 per layer step of ~21 commands, against thousands of cycles of engine work),
+one more where the prefetched command arrives in that cycle (it then goes through PF_WAIT),
+one per host-executed command (HOST_NEXT), and two (at times three: the late read count) per
+stream in DRAIN.
+
 Busy/host lines ``busy`` and ``host_req`` are also top-level outputs (an interrupt line
 for the harness).
 
@@ -74,12 +93,14 @@ import importlib
 from amaranth import (
     ClockDomain,
     ClockSignal,
+    Const,
     DomainRenamer,
     Module,
     Mux,
     ResetInserter,
     ResetSignal,
     Signal,
+    Value,
 )
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -224,10 +245,16 @@ class Accel(wiring.Component):
         ]
         with m.If(busy & ~host_op):
             m.d.sync += cycles.eq(cycles + 1)
-        with m.If(self.mem_rd_valid & self.mem_rd_ready):
-            m.d.sync += bytes_rd.eq(bytes_rd + self.mem_rd_len)
-        with m.If(self.mem_wr_valid & self.mem_wr_ready):
-            m.d.sync += bytes_wr.eq(bytes_wr + self.mem_wr_len)
+        # the byte counters add the transfer of the previous cycle (registered: the length
+        # comes through the DMA switch)
+        rd_bytes_q = Signal(range(self.dma_bytes + 1))
+        wr_bytes_q = Signal(range(self.dma_bytes + 1))
+        m.d.sync += [
+            rd_bytes_q.eq(Mux(self.mem_rd_valid & self.mem_rd_ready, self.mem_rd_len, 0)),
+            wr_bytes_q.eq(Mux(self.mem_wr_valid & self.mem_wr_ready, self.mem_wr_len, 0)),
+            bytes_rd.eq(bytes_rd + rd_bytes_q),
+            bytes_wr.eq(bytes_wr + wr_bytes_q),
+        ]
 
         # ------------------------------------------------ command register + decode
         cmd = Signal(isa.COMMAND)
@@ -252,15 +279,23 @@ class Accel(wiring.Component):
             m.d.sync += rs_valid.eq(self.mem_rdata_valid)
             with m.If(self.mem_rdata_valid):
                 m.d.sync += [rs_data.eq(self.mem_rdata), rs_err.eq(self.mem_rdata_err)]
-        # reads requested and not yet taken from rs (every kind: fetch, prefetch, engine)
+        # reads requested and not yet taken from rs (every kind: fetch, prefetch, engine),
+        # counted a cycle late (from registered request/take flags): the reads outstanding
+        # are rd_out + rd_fire_q - rs_fire_q, and DRAIN waits for rd_out == 0 & ~rd_fire_q
         rd_out = Signal(PF_COUNT_BITS + 1)
-        m.d.sync += rd_out.eq(
-            rd_out + (self.mem_rd_valid & self.mem_rd_ready) - (rs_valid & rs_ready)
-        )
+        rd_fire_q = Signal()
+        rs_fire_q = Signal()
+        m.d.sync += [
+            rd_fire_q.eq(self.mem_rd_valid & self.mem_rd_ready),
+            rs_fire_q.eq(rs_valid & rs_ready),
+            rd_out.eq(rd_out + rd_fire_q - rs_fire_q),
+        ]
 
         # ------------------------------------------------ engines and the DMA switch
         engines = {}
-        active = Signal(range(len(self.ops) + 1))  # 1 + index of the running engine
+        # the running engine, one-hot (all 0: none); the switch is an AND-OR over it
+        act = Signal(max(1, len(self.ops)))
+        active = Signal(range(len(self.ops) + 1))  # the same, binary: 1 + its index
         eng_rst = Signal()  # abort: the engines return to idle (a bus error, RESET)
         if self.gate_idle_engines:
             m.domains.gate = ClockDomain("gate", clk_edge="neg", local=True)
@@ -285,7 +320,7 @@ class Accel(wiring.Component):
             # the engine's clock runs while it is started, running or in reset; the enable
             # is sampled on the falling edge so the gated clock cannot glitch
             en = Signal(name=f"{name}_en", init=1, reset_less=True)
-            m.d.gate += en.eq((active == i + 1) | e.start | ResetSignal() | eng_rst)
+            m.d.gate += en.eq(act[i] | e.start | ResetSignal() | eng_rst)
             m.domains += ClockDomain(name, local=True)
             m.d.comb += [
                 ClockSignal(name).eq(ClockSignal() & en),
@@ -294,41 +329,67 @@ class Accel(wiring.Component):
             m.submodules[name] = ResetInserter({name: eng_rst})(DomainRenamer(name)(e))
         eng_done = Signal()
         eng_error = Signal(8)
+        # the engine's done is acted on the cycle after (registered with its error, and
+        # with the bus-error state as of that cycle, berr_now below)
+        done_q = Signal()
+        err_q = Signal(8)
+        err_nz_q = Signal()
+        m.d.sync += [done_q.eq(eng_done), err_q.eq(eng_error), err_nz_q.eq(eng_error != 0)]
         # the running engine's read port, before the prefetcher shares it (below)
         e_rd_valid, e_rd_ready = Signal(), Signal()
         e_rd_addr, e_rd_len = Signal(isa.ADDR_BITS), Signal(range(self.dma_bytes + 1))
         e_rs_valid, e_rs_ready = Signal(), Signal()
+
+        def pick(get):
+            """The running engine's output ``get(e)`` (0 when none runs)."""
+            v = Const(0, 1)
+            for i, op in enumerate(self.ops):
+                x = Value.cast(get(engines[op]))
+                v = v | Mux(act[i], x, Const(0, len(x)))
+            return v
+
+        m.d.comb += [
+            e_rd_valid.eq(pick(lambda e: e.rd.valid)),
+            e_rd_addr.eq(pick(lambda e: e.rd.payload.addr)),
+            e_rd_len.eq(pick(lambda e: e.rd.payload.len)),
+            e_rs_ready.eq(pick(lambda e: e.rdata.ready)),
+            self.mem_wr_valid.eq(pick(lambda e: e.wr.valid)),
+            self.mem_wr_addr.eq(pick(lambda e: e.wr.payload.addr)),
+            self.mem_wr_len.eq(pick(lambda e: e.wr.payload.len)),
+            eng_done.eq(pick(lambda e: e.done)),
+            eng_error.eq(pick(lambda e: e.error.as_value())),
+        ]
+        # the wide write data: a mux on the binary index (an AND-OR over 10 engines would
+        # take ~1K LUT more; the data leaves for the shell, not a decision)
         with m.Switch(active):
             for i, op in enumerate(self.ops):
-                e = engines[op]
                 with m.Case(i + 1):
-                    m.d.comb += [
-                        e_rd_valid.eq(e.rd.valid),
-                        e.rd.ready.eq(e_rd_ready),
-                        e_rd_addr.eq(e.rd.payload.addr),
-                        e_rd_len.eq(e.rd.payload.len),
-                        e.rdata.valid.eq(e_rs_valid),
-                        e_rs_ready.eq(e.rdata.ready),
-                        self.mem_wr_valid.eq(e.wr.valid),
-                        e.wr.ready.eq(self.mem_wr_ready),
-                        self.mem_wr_addr.eq(e.wr.payload.addr),
-                        self.mem_wr_len.eq(e.wr.payload.len),
-                        self.mem_wr_data.eq(e.wr.payload.data),
-                        eng_done.eq(e.done),
-                        eng_error.eq(e.error.as_value()),
-                    ]
+                    m.d.comb += self.mem_wr_data.eq(engines[op].wr.payload.data)
+        for i, op in enumerate(self.ops):
+            e = engines[op]
+            m.d.comb += [
+                e.rd.ready.eq(e_rd_ready & act[i]),
+                e.rdata.valid.eq(e_rs_valid & act[i]),
+                e.wr.ready.eq(self.mem_wr_ready & act[i]),
+            ]
 
         # ------------------------------------------------ command prefetch
         # While an engine runs, the next command is read in a request slot the engine
         # leaves free; responses come back in request order, so the prefetch's is the
         # one after the engine reads that were outstanding when it was issued.
+        # The engine responses taken are counted a cycle late (ers_q): the engine reads
+        # outstanding are eng_out - ers_q, the engine responses due before the
+        # prefetch's pf_ahead - ers_q (so the prefetch's is at the head when
+        # pf_ahead == ers_q).
         pf_req = Signal()  # the prefetch read is in flight
         pf_have = Signal()  # pf_buf holds command pc + 1
         pf_buf = Signal(isa.COMMAND_BITS)
-        eng_out = Signal(PF_COUNT_BITS)  # engine reads outstanding
-        pf_ahead = Signal(PF_COUNT_BITS)  # engine responses due before the prefetch's
+        eng_out = Signal(PF_COUNT_BITS)  # engine reads outstanding (+ ers_q)
+        pf_ahead = Signal(PF_COUNT_BITS)  # engine responses due before the prefetch's (+ ers_q)
+        ers_q = Signal()  # an engine response was taken last cycle
         pf_head = Signal()
-        m.d.comb += pf_head.eq(pf_req & (pf_ahead == 0))
+        pf_zero = Signal()  # pf_ahead == ers_q, as a register (set from next cycle's values)
+        m.d.comb += pf_head.eq(pf_req & pf_zero)
         eng_rd_fire = Signal()
         eng_rs_fire = Signal()
         pf_fire = Signal()
@@ -336,33 +397,94 @@ class Accel(wiring.Component):
             eng_rd_fire.eq(e_rd_valid & e_rd_ready),
             eng_rs_fire.eq(e_rs_valid & e_rs_ready),
         ]
-        m.d.sync += eng_out.eq(eng_out + eng_rd_fire - eng_rs_fire)
+        m.d.sync += [
+            ers_q.eq(eng_rs_fire),
+            eng_out.eq(Mux(eng_rd_fire, eng_out + 1 - ers_q, eng_out - ers_q)),
+        ]
         with m.If(pf_fire):
-            m.d.sync += [pf_req.eq(1), pf_ahead.eq(eng_out - eng_rs_fire)]
-        with m.Elif(pf_req & eng_rs_fire):
-            m.d.sync += pf_ahead.eq(pf_ahead - 1)
+            m.d.sync += [pf_req.eq(1), pf_ahead.eq(eng_out - ers_q)]
+        with m.Elif(pf_req):
+            m.d.sync += pf_ahead.eq(pf_ahead - ers_q)
+        # next cycle: pf_ahead' == ers_q' (= eng_rs_fire), the compares from this cycle's
+        # registers (pf_ahead' is eng_out - ers_q or pf_ahead - ers_q)
+        m.d.sync += pf_zero.eq(
+            Mux(
+                pf_fire,
+                Mux(eng_rs_fire, eng_out == ers_q + 1, eng_out == ers_q),
+                Mux(eng_rs_fire, pf_ahead == ers_q + 1, pf_ahead == ers_q),
+            )
+        )
+
+        # ------------------------------------------------ command index
+        # pc + 1, pc + 2 and the fetch addresses of pc and pc + 1 are registers, and so are
+        # the compares with N_CMDS (recomputed every cycle from the registers; where pc
+        # advances, from the values of the next pc)
+        pc1 = Signal(34)
+        pc2 = Signal(34)
+        faddr = Signal(isa.ADDR_BITS)  # stream_addr + 64 * pc
+        faddr1 = Signal(isa.ADDR_BITS)  # stream_addr + 64 * (pc + 1)
+        last = Signal()  # pc == n_cmds - 1
+        more = Signal()  # pc + 1 < n_cmds
+        m.d.sync += [
+            faddr.eq(csr.stream_addr + (pc << 6)),
+            faddr1.eq(csr.stream_addr + (pc1 << 6)),
+            last.eq(pc1 == csr.n_cmds),
+            more.eq(pc1 < csr.n_cmds),
+        ]
+
+        def advance():
+            """pc <= pc + 1 (and its companions)."""
+            m.d.sync += [
+                pc.eq(pc1),
+                pc1.eq(pc2),
+                pc2.eq(pc2 + 1),
+                faddr.eq(faddr1),
+                faddr1.eq(csr.stream_addr + (pc2 << 6)),
+                last.eq(pc2 == csr.n_cmds),
+                more.eq(pc2 < csr.n_cmds),
+            ]
 
         # ------------------------------------------------ bus errors
         # A read response or a write (tagged by the shell with the index of the command
         # that issued it) answered with an error: the first in stream order is kept
         # (berr_op); the stream ends with BUS_ERROR at that index once nothing is
         # outstanding (an engine at or past it is reset first).
+        # The capture takes two cycles: the errors of a cycle are registered (c_rd, c_wr)
+        # and folded into berr / berr_op the cycle after. The decisions that need the
+        # errors as of the previous cycle look at both (berr_now, berr_le_pc).
         berr = Signal()
         berr_op = Signal(32)
         cap_rd = Signal()  # a read response with an error is taken now
         cap_rd_op = Signal(32)
-        berr_n = Signal()  # berr / berr_op as of the next cycle
-        berr_op_n = Signal(32)
-        m.d.comb += [berr_n.eq(berr), berr_op_n.eq(berr_op)]
-        for cap, op_ in ((cap_rd, cap_rd_op), (self.mem_wr_err, self.mem_wr_err_op)):
-            prev_v, prev_op = berr_n, berr_op_n
-            nv, nop = Signal(), Signal(32)
-            m.d.comb += [
-                nv.eq(prev_v | cap),
-                nop.eq(Mux(cap & (~prev_v | (op_ < prev_op)), op_, prev_op)),
-            ]
-            berr_n, berr_op_n = nv, nop
-        m.d.sync += [berr.eq(berr_n), berr_op.eq(berr_op_n)]
+        c_rd, c_rd_op = Signal(), Signal(32)
+        c_wr, c_wr_op = Signal(), Signal(32)
+        m.d.sync += [
+            c_rd.eq(cap_rd),
+            c_rd_op.eq(cap_rd_op),
+            c_wr.eq(self.mem_wr_err),
+            c_wr_op.eq(self.mem_wr_err_op),
+        ]
+        # fold: the read's error first, then the write's (ties keep the earlier)
+        take_rd = Signal()
+        take_wr = Signal()
+        m.d.comb += [
+            take_rd.eq(c_rd & (~berr | (c_rd_op < berr_op))),
+            take_wr.eq(
+                c_wr & (~(berr | c_rd) | Mux(take_rd, c_wr_op < c_rd_op, c_wr_op < berr_op))
+            ),
+        ]
+        m.d.sync += [
+            berr.eq(berr | c_rd | c_wr),
+            berr_op.eq(Mux(take_wr, c_wr_op, Mux(take_rd, c_rd_op, berr_op))),
+        ]
+        berr_now = Signal()  # an error before this cycle
+        berr_le_pc = Signal()  # ... at or before command pc
+        m.d.comb += [
+            berr_now.eq(berr | c_rd | c_wr),
+            berr_le_pc.eq(
+                (berr & (berr_op <= pc)) | (c_rd & (c_rd_op <= pc)) | (c_wr & (c_wr_op <= pc))
+            ),
+        ]
 
         # ------------------------------------------------ control FSM
         # Every stream ends in DRAIN: the memory transfers still outstanding (reads of an
@@ -374,31 +496,55 @@ class Accel(wiring.Component):
         pend_done = Signal()  # END was reached
         pend_reset = Signal()  # aborted by CTRL.RESET: status cleared
 
+        # pend_op: the command a drain() names, pc as of the cycle before (pc does not
+        # change where drain() is called, nor in DRAIN after one)
+        m.d.sync += pend_op.eq(pc)
+
         def drain(code=0, end=False):
-            m.d.sync += [pend_code.eq(code), pend_op.eq(pc), pend_done.eq(int(end))]
+            m.d.sync += [pend_code.eq(code), pend_done.eq(int(end))]
             m.next = "DRAIN"
 
         def next_cmd():
             m.d.sync += ops_done.eq(ops_done + 1)
-            with m.If(pc == csr.n_cmds - 1):
+            with m.If(last):
                 drain(ErrorCode.MISSING_END.value)
             with m.Else():
-                m.d.sync += pc.eq(pc + 1)
+                advance()
                 m.next = "FETCH"
 
         def aborted(running_engine=False):
             """RESET, or a bus error at or before this command: stop and drain."""
-            cond = csr.soft_reset | (berr & (berr_op <= pc))
+            cond = csr.soft_reset | berr_le_pc
             with m.If(cond):
                 m.next = "DRAIN"
                 m.d.sync += [pend_code.eq(0), pend_done.eq(0)]
                 if running_engine:
                     m.d.comb += eng_rst.eq(1)
-                    m.d.sync += active.eq(0)
+                    m.d.sync += [act.eq(0), active.eq(0)]
             return cond
+
+        def draining():
+            m.d.comb += rs_ready.eq(1)
+            m.d.sync += [
+                act.eq(0),
+                active.eq(0),
+                eng_out.eq(0),
+                pf_req.eq(0),
+                pf_ahead.eq(0),
+                pf_have.eq(0),
+            ]
 
         with m.FSM(init="IDLE"):
             with m.State("IDLE"):
+                # pc's companions as of pc = 0 (loaded every cycle: not behind START)
+                m.d.sync += [
+                    pc1.eq(1),
+                    pc2.eq(2),
+                    faddr.eq(csr.stream_addr),
+                    faddr1.eq(csr.stream_addr + 64),
+                    last.eq(csr.n_cmds == 1),
+                    more.eq(csr.n_cmds > 1),
+                ]
                 with m.If(csr.start):
                     m.d.sync += [
                         busy.eq(1),
@@ -407,6 +553,8 @@ class Accel(wiring.Component):
                         err_op.eq(0),
                         pc.eq(0),
                         berr.eq(0),
+                        c_rd.eq(0),
+                        c_wr.eq(0),
                         pend_reset.eq(0),
                         pf_have.eq(0),
                         pend_code.eq(0),
@@ -416,7 +564,7 @@ class Accel(wiring.Component):
             with m.State("FETCH"):
                 m.d.comb += [
                     self.mem_rd_valid.eq(1),
-                    self.mem_rd_addr.eq(csr.stream_addr + (pc << 6)),
+                    self.mem_rd_addr.eq(faddr),
                     self.mem_rd_len.eq(isa.COMMAND_BYTES),
                 ]
                 with m.If(self.mem_rd_ready):
@@ -432,7 +580,7 @@ class Accel(wiring.Component):
                     m.next = "DECODE"
                 aborted()
             with m.State("DECODE"):
-                with m.If(csr.soft_reset | berr):
+                with m.If(csr.soft_reset | berr_now):
                     m.d.sync += [pend_code.eq(0), pend_done.eq(0)]
                     m.next = "DRAIN"
                 with m.Elif(~known):
@@ -447,7 +595,7 @@ class Accel(wiring.Component):
                         for i, op in enumerate(self.ops):
                             with m.Case(op.value):
                                 m.d.comb += engines[op].start.eq(1)
-                                m.d.sync += active.eq(i + 1)
+                                m.d.sync += [act.eq(1 << i), active.eq(i + 1)]
                                 m.next = "EXEC"
                         with m.Default():
                             m.next = "HOST_FENCE"
@@ -455,13 +603,11 @@ class Accel(wiring.Component):
                 # reads: the engine first, the prefetch in a free slot (not in the cycle
                 # the engine finishes: the next state decides on pf_req/pf_have)
                 eng_full = eng_out == (1 << PF_COUNT_BITS) - 1
-                want_pf = ~pf_req & ~pf_have & ~eng_done & (pc + 1 < csr.n_cmds) & ~berr
+                want_pf = ~pf_req & ~pf_have & ~eng_done & ~done_q & more & ~berr_now
                 m.d.comb += [
                     e_rd_ready.eq(self.mem_rd_ready & ~eng_full),
                     self.mem_rd_valid.eq((e_rd_valid & ~eng_full) | want_pf),
-                    self.mem_rd_addr.eq(
-                        Mux(e_rd_valid, e_rd_addr, csr.stream_addr + ((pc + 1) << 6))
-                    ),
+                    self.mem_rd_addr.eq(Mux(e_rd_valid, e_rd_addr, faddr1)),
                     self.mem_rd_len.eq(Mux(e_rd_valid, e_rd_len, isa.COMMAND_BYTES)),
                     pf_fire.eq(want_pf & ~e_rd_valid & self.mem_rd_ready),
                 ]
@@ -470,7 +616,7 @@ class Accel(wiring.Component):
                 with m.If(pf_head):
                     m.d.comb += rs_ready.eq(1)
                     with m.If(rs_valid & rs_err):  # command pc + 1 cannot be fetched
-                        m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc + 1)]
+                        m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc1)]
                         m.d.sync += pf_req.eq(0)
                 with m.Else():
                     # an errored beat is not given to the engine (it is reset next cycle)
@@ -486,33 +632,36 @@ class Accel(wiring.Component):
                         pf_req.eq(0),
                         pf_have.eq(1),
                     ]
-                with m.If(eng_done):
-                    m.d.sync += active.eq(0)
-                    with m.If(eng_error != 0):
+                with m.If(done_q):
+                    # the engine finished last cycle; berr_now: the bus errors as of then
+                    m.d.sync += [act.eq(0), active.eq(0)]
+                    with m.If(err_nz_q):
                         m.d.sync += pf_have.eq(0)
-                        drain(eng_error)
-                    with m.Elif(berr_n):  # the next command's fetch failed
+                        drain(err_q)
+                    with m.Elif(berr_now):
+                        # the next command's fetch failed
                         m.d.sync += [ops_done.eq(ops_done + 1), pend_code.eq(0), pend_done.eq(0)]
                         m.next = "DRAIN"  # BUS_ERROR at berr_op (= pc + 1)
-                    with m.Elif(pc == csr.n_cmds - 1):
+                    with m.Elif(last):
                         m.d.sync += ops_done.eq(ops_done + 1)
                         drain(ErrorCode.MISSING_END.value)
                     with m.Else():
-                        m.d.sync += [ops_done.eq(ops_done + 1), pc.eq(pc + 1)]
-                        with m.If(pf_have | pf_arrives):
-                            m.d.sync += [
-                                cmd.eq(Mux(pf_have, pf_buf, rs_data[: isa.COMMAND_BITS])),
-                                pf_have.eq(0),
-                            ]
+                        m.d.sync += ops_done.eq(ops_done + 1)
+                        advance()
+                        with m.If(pf_have):
+                            m.d.sync += [cmd.eq(pf_buf), pf_have.eq(0)]
                             m.next = "DECODE"
-                        with m.Elif(pf_req):
+                        with m.Elif(pf_req):  # (it may arrive now: PF_WAIT takes pf_buf)
                             m.next = "PF_WAIT"
                         with m.Else():
                             m.next = "FETCH"
                 aborted(running_engine=True)
             with m.State("PF_WAIT"):
                 m.d.comb += rs_ready.eq(1)
-                with m.If(rs_valid & rs_err):
+                with m.If(pf_have):  # it arrived in the cycle EXEC ended
+                    m.d.sync += [cmd.eq(pf_buf), pf_have.eq(0)]
+                    m.next = "DECODE"
+                with m.Elif(rs_valid & rs_err):
                     m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc)]
                     m.d.sync += pf_req.eq(0)
                     m.next = "DRAIN"
@@ -528,7 +677,7 @@ class Accel(wiring.Component):
                     m.next = "HOST"
                 aborted()
             with m.State("HOST"):
-                with m.If(csr.soft_reset | berr):
+                with m.If(csr.soft_reset | berr_now):
                     m.d.sync += [host_op.eq(0), pend_code.eq(0), pend_done.eq(0)]
                     m.next = "DRAIN"
                 with m.Elif(csr.host_error):
@@ -536,30 +685,41 @@ class Accel(wiring.Component):
                     drain(csr.host_code)
                 with m.Elif(csr.resume):
                     m.d.sync += host_op.eq(0)
-                    next_cmd()
+                    m.next = "HOST_NEXT"
+            with m.State("HOST_NEXT"):
+                # the command after a host-executed one, a cycle after RESUME (not behind
+                # the CSR write's decode); no transfer is outstanding here
+                next_cmd()
+                aborted()
             with m.State("DRAIN"):
-                m.d.comb += rs_ready.eq(1)
-                m.d.sync += [
-                    active.eq(0),
-                    eng_out.eq(0),
-                    pf_req.eq(0),
-                    pf_ahead.eq(0),
-                    pf_have.eq(0),
-                ]
-                with m.If((rd_out == 0) & ~self.mem_wr_busy):
-                    m.d.sync += busy.eq(0)
-                    m.d.comb += ev_end.eq(1)
-                    with m.If(pend_reset | csr.soft_reset):
-                        m.d.sync += [done.eq(0), error.eq(0), err_op.eq(0)]
-                    with m.Elif(berr_n & (pend_done | (pend_code == 0) | (berr_op_n <= pend_op))):
-                        m.d.sync += [
-                            done.eq(0),
-                            error.eq(ErrorCode.BUS_ERROR.value),
-                            err_op.eq(berr_op_n),
-                        ]
-                    with m.Else():
-                        m.d.sync += [done.eq(pend_done), error.eq(pend_code), err_op.eq(pend_op)]
-                    m.next = "IDLE"
+                draining()
+                # the engine finished in the cycle its stream was aborted: what the end of
+                # the command did then (its count, the next pc)
+                with m.If(done_q & ~err_nz_q):
+                    m.d.sync += ops_done.eq(ops_done + 1)
+                    with m.If(~berr_now & ~last):
+                        advance()
+                with m.If((rd_out == 0) & ~rd_fire_q & ~self.mem_wr_busy):
+                    m.next = "DRAIN_ERR"
+            with m.State("DRAIN_ERR"):
+                # the bus errors of the last DRAIN cycle reach berr / berr_op
+                draining()
+                m.next = "DRAIN_END"
+            with m.State("DRAIN_END"):
+                draining()
+                m.d.sync += busy.eq(0)
+                m.d.comb += ev_end.eq(1)
+                with m.If(pend_reset | csr.soft_reset):
+                    m.d.sync += [done.eq(0), error.eq(0), err_op.eq(0)]
+                with m.Elif(berr & (pend_done | (pend_code == 0) | (berr_op <= pend_op))):
+                    m.d.sync += [
+                        done.eq(0),
+                        error.eq(ErrorCode.BUS_ERROR.value),
+                        err_op.eq(berr_op),
+                    ]
+                with m.Else():
+                    m.d.sync += [done.eq(pend_done), error.eq(pend_code), err_op.eq(pend_op)]
+                m.next = "IDLE"
 
         # soft reset (CTRL.RESET): status and counters; a running stream is aborted (the
         # engine reset, what is outstanding drained in DRAIN, then idle)
@@ -572,6 +732,8 @@ class Accel(wiring.Component):
                 cycles.eq(0),
                 bytes_rd.eq(0),
                 bytes_wr.eq(0),
+                rd_bytes_q.eq(0),
+                wr_bytes_q.eq(0),
             ]
             with m.If(busy):
                 m.d.sync += pend_reset.eq(1)

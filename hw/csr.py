@@ -194,11 +194,12 @@ class CSRBlock(wiring.Component):
     """Register file: writable configuration out, status/counters in, one read mux.
 
     Outputs (to the command processor): ``start``, ``soft_reset``, ``resume``,
-    ``host_error`` (one-cycle pulses on a CTRL write), ``host_code``, ``stream_addr``,
-    ``stream_addr_hi``, ``n_cmds``, ``mem_lo``, ``mem_hi``, ``irq``. Inputs: ``busy``,
-    ``done``, ``error``, ``err_op``, ``ops_done``, ``cycles``, ``bytes_rd``, ``bytes_wr``,
-    ``host_op``, ``pc``, and the interrupt events ``ev_end``, ``ev_host`` (one-cycle
-    pulses). ``ident``: the ID register's value.
+    ``host_error`` (one-cycle pulses on a CTRL write; ``soft_reset`` is registered: the
+    cycle after it), ``host_code``, ``stream_addr``, ``stream_addr_hi``, ``n_cmds``,
+    ``mem_lo``, ``mem_hi``, ``irq``. Inputs: ``busy``, ``done``, ``error``, ``err_op``,
+    ``ops_done``, ``cycles``, ``bytes_rd``, ``bytes_wr``, ``host_op``, ``pc``, and the
+    interrupt events ``ev_end``, ``ev_host`` (one-cycle pulses). ``ident``: the ID
+    register's value.
     """
 
     def __init__(self, ident: int = 0):
@@ -241,11 +242,13 @@ class CSRBlock(wiring.Component):
         ctrl_write = self.w_en & (self.addr == C.CTRL)
         m.d.comb += [
             self.start.eq(ctrl_write & self.w_data[0]),
-            self.soft_reset.eq(ctrl_write & self.w_data[1]),
             self.resume.eq(ctrl_write & self.w_data[2]),
             self.host_error.eq(ctrl_write & self.w_data[3]),
             self.host_code.eq(self.w_data[CTRL_CODE_SHIFT : CTRL_CODE_SHIFT + 8]),
         ]
+        # RESET is registered (it acts the cycle after the write): the address decode then
+        # does not reach the many registers it clears
+        m.d.sync += self.soft_reset.eq(ctrl_write & self.w_data[1])
         irq_en = Signal(2)
         irq_st = Signal(2)
         w1c = Signal(2)
