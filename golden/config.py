@@ -643,6 +643,9 @@ class AccelConfig:
     residual_lanes: int = 4  # RESIDUAL elements per cycle
     softmax_lanes: int = 8  # SOFTMAX rows side by side
     softmax_chunk: int = 8  # SOFTMAX elements per lane read / write (>= lanes: a read a cycle)
+    # SOFTMAX chunks read ahead: a power of two >= the DRAM latency + 2 lanes, so that reads
+    # at one a cycle cover it (hw.ops.softmax.read_ahead_for); a logic width, not the latency
+    softmax_read_ahead: int = 64
     pv_out_lanes: int = 4  # PV int32 outputs requantized and written per cycle
     pv_records: int = 32  # PV scale records per read (and 2x as many p values)
     qk_records: int = 32  # QK key scale records per read
@@ -674,6 +677,7 @@ class AccelConfig:
             "residual_lanes",
             "softmax_lanes",
             "softmax_chunk",
+            "softmax_read_ahead",
             "pv_out_lanes",
             "pv_records",
             "qk_records",
@@ -764,7 +768,11 @@ DEVICES = {
 # 250 MHz with its DDR4 (17.1 GB/s usable of 19.2 peak). ecp5: an ECP5-85F, where an open
 # flow routes the whole design: fewer tables and lanes, a 64-byte DMA, 100 MHz target.
 DESIGN_POINTS = {
-    "kv260": AccelConfig(),
+    # evidence: make synth's whole-accelerator netlist (commit 7733d09) has paths of 51.9
+    # logic levels; hw.timing.rule_mhz(51.9) = 32.5 MHz (README: Fitting the KV260)
+    "kv260": AccelConfig(
+        evidence_mhz=32.5, evidence="UltraScale+ logic-depth rule, whole accelerator, 51.9 levels"
+    ),
     "ecp5": AccelConfig(
         name="ecp5",
         datapath=DatapathConfig(tlmm=TLMMConfig(tables=8, replicas=2)),
@@ -779,6 +787,7 @@ DESIGN_POINTS = {
         residual_lanes=2,
         softmax_lanes=2,
         softmax_chunk=4,
+        softmax_read_ahead=32,
         pv_out_lanes=2,
         pv_records=4,
         qk_records=4,

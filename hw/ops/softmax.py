@@ -256,7 +256,7 @@ class SoftmaxEngine(Engine):
             "lanes": dp.softmax_lanes,
             "max_len": dp.max_keys,
             "chunk": dp.softmax_chunk,
-            "read_ahead": read_ahead_for(dp.dram_latency, dp.softmax_lanes),
+            "read_ahead": dp.softmax_read_ahead,
         }
 
     def elaborate(self, platform):
