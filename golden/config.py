@@ -533,7 +533,9 @@ class ADCConfig:
     ``threshold_bits``-bit fixed point with ``threshold_frac_bits`` fraction bits.
     ``lanes`` is the number of comparators sharing one counter in the RTL.
     ``device`` holds the analog non-idealities used when the host programs thresholds
-    from a sampled device.
+    from a sampled device. ``act_max_bits``: the largest N an ACT command's NL-ADC kinds
+    may ask for (``golden.isa`` ACT ``adc_bits``); the ACT engine's threshold RAM holds
+    2^act_max_bits words.
     """
 
     bits: int = 6
@@ -541,6 +543,7 @@ class ADCConfig:
     threshold_frac_bits: int = 8
     lanes: int = 16
     device: ADCDeviceConfig = field(default_factory=ADCDeviceConfig)
+    act_max_bits: int = 8
 
     def __post_init__(self) -> None:
         _check(1 <= self.bits <= 12, "bits", f"must be in [1, 12], got {self.bits}")
@@ -555,6 +558,11 @@ class ADCConfig:
             f"must be in [0, threshold_bits), got {self.threshold_frac_bits}",
         )
         _check(self.lanes >= 1, "lanes", f"must be >= 1, got {self.lanes}")
+        _check(
+            1 <= self.act_max_bits <= 12,
+            "act_max_bits",
+            f"must be in [1, 12], got {self.act_max_bits}",
+        )
 
     @property
     def levels(self) -> int:

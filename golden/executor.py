@@ -266,7 +266,12 @@ class Executor:
         t.store("dst", out)
 
     def _op_act(self, c, t) -> None:
-        kind = "relu2" if c.kind == ActKind.RELU2 else "silu"
+        relu2 = c.kind in (ActKind.RELU2, ActKind.RELU2_NLADC, ActKind.RELU2_LINADC)
+        kind = "relu2" if relu2 else "silu"
+        adc = None
+        if isa.adc_kind(c.kind):
+            variant = "linear" if c.kind == ActKind.RELU2_LINADC else "nl"
+            adc = (variant, c.adc_bits, t.load("adc_table").astype(np.int64))
         m = _gm.op_act(
             t.load("gate"),
             t.load("up"),
@@ -275,6 +280,7 @@ class Executor:
             _gm.Scale(np.int64(c.u_mant), np.int64(c.u_shift)),
             kind,
             self.cfg,
+            adc,
         )
         t.store("dst", m)
 

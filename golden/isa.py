@@ -62,8 +62,10 @@ PV (9)     ``op_pv``: p uint16 [heads, rows, keys], v codes/scales as k in QK (v
 RESIDUAL   ``op_residual``: ``dst = sat32(h + requant(acc, sx * c, 16, 32))``: h, acc, dst
 (10)       int32 [rows, dim] (dst may equal h), src_scale [rows] = sx, c = (c_mant, c_shift).
 ACT (11)   ``op_act``: gate, up int32 [rows, dim] (TLMM accumulators), src_scale [rows] = sx,
-           constants (g_mant, g_shift), (u_mant, u_shift), kind ``ActKind`` (RELU2/SILU);
-           dst int32 Q15.16 [rows, dim].
+           constants (g_mant, g_shift), (u_mant, u_shift), kind ``ActKind`` (RELU2/SILU;
+           the NL-ADC kinds RELU2_NLADC, RELU2_LINADC, SILU_NLADC convert the gate through
+           the ramp-ADC threshold table int16 [2^adc_bits - 1] at ``adc_table``, written
+           by the host: ``golden.nl_adc.ActADC``); dst int32 Q15.16 [rows, dim].
 LM_HEAD    INT8 x INT8 matmul: src int8 [rows, k], weights int8 [n, k] (``lm_q``), dst
 (12)       int32 [rows, n]. The host dequantizes: logits = acc * sx * lm_row_scale.
 ========== ===================================================================================
@@ -99,7 +101,8 @@ tuple of items, each one of
 
 - ``Dims(*rules, when=None)``: BAD_DIM unless every rule holds. Rules are Python
   expressions over the command's fields and ``contract_names`` (``softmax_max_len``,
-  ``tlmm_max_k``, ``tlmm_weight_bytes(n, k)``), e.g. ``"rows <= keys"``;
+  ``tlmm_max_k``, ``tlmm_weight_bytes(n, k)``, ``adc_max_bits``, ``adc_kind(kind)``), e.g.
+  ``"rows <= keys"``;
 - ``Tensor(field, dtype, shape, ld=None, offset=None, when=None, out=False)``: the tensor
   at the address in ``field`` -- elements of ``dtype`` (``I8``, ``U8``, ``I16``, ``U16``,
   ``I32``, ``U32``, ``RECORD``) in the C-order ``shape`` (expressions); head-strided with
@@ -175,9 +178,26 @@ class Opcode(enum.Enum, shape=OPCODE_BITS):
     LM_HEAD = 12
 
 
-class ActKind(enum.Enum, shape=2):
+class ActKind(enum.Enum, shape=3):
     RELU2 = 0
     SILU = 1
+    RELU2_NLADC = 2  # ReLU^2 by the ramp NL-ADC (code 0 decoded as 0)
+    RELU2_LINADC = 3  # a linear ramp ADC, then a digital square
+    SILU_NLADC = 4  # sigma(gate) by the ramp NL-ADC, then gate * sigma digitally
+
+
+# the ACT kinds that convert through the threshold table at ``adc_table``
+ADC_KINDS = (ActKind.RELU2_NLADC, ActKind.RELU2_LINADC, ActKind.SILU_NLADC)
+ADC_BITS_BITS = 4  # the ACT command's adc_bits field (N of the conversion)
+
+
+def adc_kind(kind):
+    """True if the ACT ``kind`` converts through the NL-ADC table: an ``ActKind`` member
+    (golden) or the command field's Amaranth view (engines)."""
+    if isinstance(kind, ActKind):
+        return kind in ADC_KINDS
+    v = kind.as_value()
+    return (v >= ActKind.RELU2_NLADC.value) & (v <= ActKind.SILU_NLADC.value)
 
 
 class ErrorCode(enum.Enum, shape=8):
@@ -265,7 +285,8 @@ ARGS = {
          "c_mant": _M, "c_shift": _S}),
     Opcode.ACT: data.StructLayout(
         {"gate": _A, "up": _A, "src_scale": _A, "dst": _A, "rows": _R, "dim": _D,
-         "g_mant": _M, "g_shift": _S, "u_mant": _M, "u_shift": _S, "kind": ActKind}),
+         "g_mant": _M, "g_shift": _S, "u_mant": _M, "u_shift": _S, "kind": ActKind,
+         "adc_table": _A, "adc_bits": unsigned(ADC_BITS_BITS)}),
     Opcode.LM_HEAD: data.StructLayout(
         {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _V}),
 }  # fmt: skip
@@ -459,7 +480,12 @@ CONTRACTS = {
         Tensor("dst", I32, ("rows", "heads * head_dim"), out=True),
     ),
     Opcode.RESIDUAL: _two_int32_rows("h", "acc"),
-    Opcode.ACT: _two_int32_rows("gate", "up"),
+    Opcode.ACT: (
+        *_two_int32_rows("gate", "up")[:4],
+        Dims("adc_bits >= 1", "adc_bits <= adc_max_bits", when="adc_kind(kind)"),
+        Tensor("adc_table", I16, ("(1 << adc_bits) - 1",), when="adc_kind(kind)"),
+        _two_int32_rows("gate", "up")[4],
+    ),
     Opcode.LM_HEAD: (
         Dims("rows >= 1", "k >= 1", "n >= 1"),
         Tensor("src", I8, ("rows", "k")),
@@ -546,6 +572,8 @@ def contract_names(args, cfg: DatapathConfig = DEFAULT) -> dict:
         "softmax_max_len": cfg.softmax.max_len,
         "tlmm_max_k": t.max_k(),
         "tlmm_weight_bytes": lambda n, k: tlmm_weight_bytes(n, k, t),
+        "adc_max_bits": cfg.adc.act_max_bits,
+        "adc_kind": adc_kind,
     }
 
 

@@ -143,6 +143,14 @@ Ops of one layer, in command-stream order (shapes per token; T tokens at once):
    silu: ``g = requant(acc_g, scale_mul(sx, c_g), ActivationConfig.in_frac_bits,
    in_bits)`` (int16 Q7.8), ``a = golden.activations.silu_fx(g)`` (int16 Q7.8),
    ``sa = (2^(B-1), B - 1 + out_frac_bits)``.
+   NL-ADC kinds (``GoldenModel(..., act_adc=golden.nl_adc.ActADC(...))``; N bits, table
+   Q = the layer's int16 thresholds, ``c = golden.nl_adc.ramp_counter_codes(X, Q)``):
+   relu2 ``"nl"``: X = g16, ``a = 0 if c == 0 else 2c + 1``, ``sa = sg^2`` with shift
+   - (2(F16-1) - N - 1); relu2 ``"linear"``: X = g16, t = 2c + 1 - 2^N,
+   ``a = t^2 if t > 0 else 0``, ``sa = sg^2`` with shift - (2(F16-1) - 2N); silu
+   ``"nl"``: X = g (Q7.8 as above), ``a = rhu(g * (2c + 1), N + 1)`` (g * sigma, sigma =
+   (c + 1/2) / 2^N), ``sa = (2^(B-1), B - 1 + in_frac_bits)``. The tables' ideal
+   thresholds: ``golden.nl_adc.act_design``.
    up: ``u16, au = hw_act_quant16(acc_u)``, ``su = scale_mul(scale_mul(sx, c_u),
    scale_of_int(au))``.
    product: ``m = requant(a * u16, scale_mul(sa, su), 16, 32)`` int32 Q15.16
@@ -182,6 +190,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import activations as _act
+from . import nl_adc as _nl_adc
 from . import quant as _quant
 from . import requant as _requant
 from . import rmsnorm as _rmsnorm
@@ -366,6 +375,13 @@ class IntegerModel:
     norm: NormConst
     lm_q: np.ndarray  # int8 [vocab, hidden]
     lm_row_scale: np.ndarray  # float64 [vocab]: dequant step max|W_row| / act_max
+    act_adc: object = None  # golden.nl_adc.ActADC of the ACT commands (None: no ADC)
+    adc_tables: list = field(default_factory=list)  # per layer: int16 thresholds
+
+    def act_adc_arg(self, layer: int):
+        """``op_act``'s ``adc`` argument for ``layer`` (None without an ADC)."""
+        a = self.act_adc
+        return None if a is None else (a.variant, a.bits, self.adc_tables[layer])
 
 
 def model_datapath_config(model: Model, cfg: DatapathConfig = DEFAULT) -> DatapathConfig:
@@ -396,9 +412,15 @@ def _compile_norm(gamma: np.ndarray, cfg: DatapathConfig, name: str) -> NormCons
     return NormConst(q.astype(np.int16), int(g_exp))
 
 
-def compile_integer(model: Model, cfg: DatapathConfig = DEFAULT) -> IntegerModel:
-    """Host compilation: quantize every tensor and constant of the integer datapath."""
+def compile_integer(model: Model, cfg: DatapathConfig = DEFAULT, act_adc=None) -> IntegerModel:
+    """Host compilation: quantize every tensor and constant of the integer datapath;
+    ``act_adc`` (``golden.nl_adc.ActADC``): the FFN activation through the ACT engine's
+    NL-ADC kinds, one threshold table per layer."""
     mc, w = model.config, model.weights
+    if act_adc is not None and not isinstance(act_adc, _nl_adc.ActADC):
+        raise ValueError(
+            f"act_adc: expected golden.nl_adc.ActADC or None, got {type(act_adc).__name__}"
+        )
     cfg = model_datapath_config(model, cfg)
     fc = cfg.forward
     rc = cfg.requant
@@ -442,6 +464,11 @@ def compile_integer(model: Model, cfg: DatapathConfig = DEFAULT) -> IntegerModel
             )
         )
     lm_q, lm_scale = _quant.act_quant(np.asarray(w.lm_head, dtype=np.float32), cfg.quant)
+    tables = (
+        []
+        if act_adc is None
+        else [act_adc.table(mc.hidden_act, i, cfg) for i in range(mc.num_hidden_layers)]
+    )
     return IntegerModel(
         config=mc,
         cfg=cfg,
@@ -450,6 +477,8 @@ def compile_integer(model: Model, cfg: DatapathConfig = DEFAULT) -> IntegerModel
         norm=_compile_norm(w.norm, cfg, "norm"),
         lm_q=lm_q,
         lm_row_scale=1.0 / lm_scale[:, 0].astype(np.float64),
+        act_adc=act_adc,
+        adc_tables=tables,
     )
 
 
@@ -590,22 +619,48 @@ def op_act(
     c_u: Scale,
     hidden_act: str,
     cfg: DatapathConfig,
+    adc: tuple | None = None,
 ) -> np.ndarray:
-    """Gated FFN product act(gate) * up as int32 Q15.16 (relu2 exact square; silu LUT)."""
+    """Gated FFN product act(gate) * up as int32 Q15.16 (relu2 exact square; silu LUT).
+
+    ``adc`` = (variant, N, table): the ACT NL-ADC kinds (module doc, item 10): the gate is
+    converted by ``golden.nl_adc.ramp_counter_codes`` through ``table`` (int, 2^N - 1
+    thresholds, ``golden.nl_adc.act_design`` for the ideal ones)."""
     fc = cfg.forward
     bits = cfg.requant.mult_bits
     wide = replace(cfg.quant, act_bits=fc.ffn_bits)
     tok = Scale(sx.mant[..., None], sx.shift[..., None])
+    if adc is not None:
+        variant, n, table = adc
+        if variant not in _nl_adc.ACT_VARIANTS or (hidden_act == "silu" and variant != "nl"):
+            raise ValueError(f"adc: no ACT kind for {hidden_act} with variant {variant!r}")
+        acfg = replace(cfg.adc, bits=int(n))
     if hidden_act == "relu2":
         g16, ag = _quant.hw_act_quant(acc_g, wide)
         sg = scale_mul(scale_mul(tok, c_g, bits), scale_of_int(ag, bits), bits)
-        a = _rhu(_act.relu2(g16).astype(np.int64), fc.ffn_bits - 1)
-        sa = _shift_scale(scale_mul(sg, sg, bits), -(fc.ffn_bits - 1))
+        if adc is None:
+            a = _rhu(_act.relu2(g16).astype(np.int64), fc.ffn_bits - 1)
+            e = fc.ffn_bits - 1
+        else:
+            c = _nl_adc.ramp_counter_codes(g16.astype(np.int64), table, acfg)
+            if variant == "nl":  # y = (2c + 1) * M^2 / 2^(N+1), code 0 -> 0
+                a = np.where(c == 0, 0, 2 * c + 1)
+                e = 2 * (fc.ffn_bits - 1) - n - 1
+            else:  # y = (2c + 1 - 2^N) * M / 2^N, then relu and square
+                t = 2 * c + 1 - (1 << n)
+                a = np.where(t > 0, t * t, 0)
+                e = 2 * (fc.ffn_bits - 1) - 2 * n
+        sa = _shift_scale(scale_mul(sg, sg, bits), -e)
     else:
         ac = cfg.activation
         g = requant(acc_g, scale_mul(tok, c_g, bits), ac.in_frac_bits, ac.in_bits, cfg.requant)
-        a = _act.silu_fx(g, ac).astype(np.int64)
-        sa = Scale(np.int64(1 << (bits - 1)), np.int64(bits - 1 + ac.out_frac_bits))
+        if adc is None:
+            a = _act.silu_fx(g, ac).astype(np.int64)
+            sa = Scale(np.int64(1 << (bits - 1)), np.int64(bits - 1 + ac.out_frac_bits))
+        else:  # sigma = (2c + 1) / 2^(N+1); a = g * sigma in Q.in_frac_bits
+            c = _nl_adc.ramp_counter_codes(g.astype(np.int64), table, acfg)
+            a = _rhu(g.astype(np.int64) * (2 * c + 1), n + 1)
+            sa = Scale(np.int64(1 << (bits - 1)), np.int64(bits - 1 + ac.in_frac_bits))
     u16, au = _quant.hw_act_quant(acc_u, wide)
     su = scale_mul(scale_mul(tok, c_u, bits), scale_of_int(au, bits), bits)
     prod = a * u16.astype(np.int64)
@@ -698,6 +753,7 @@ class GoldenModel:
         approx=(),
         proj_hook=None,
         act_hook=None,
+        act_adc=None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -720,8 +776,10 @@ class GoldenModel:
         self.approx = frozenset(approx)
         self.proj_hook, self.act_hook = proj_hook, act_hook
         self.config = model.config
+        if act_adc is not None and mode != "integer":
+            raise ValueError("act_adc: integer mode only (the ACT engine's NL-ADC kinds)")
         if mode == "integer":
-            self.compiled = compile_integer(model, cfg)
+            self.compiled = compile_integer(model, cfg, act_adc)
             self.cfg = self.compiled.cfg
         else:
             self.compiled = None
@@ -1053,7 +1111,14 @@ class GoldenModel:
             acc_u = op_tlmm(x_q, pr["up_proj"], cfg, exact)
             rec(li, "tlmm.gate_up", gate=acc_g, up=acc_u)
             m = op_act(
-                acc_g, acc_u, sx, pr["gate_proj"].const, pr["up_proj"].const, mc.hidden_act, cfg
+                acc_g,
+                acc_u,
+                sx,
+                pr["gate_proj"].const,
+                pr["up_proj"].const,
+                mc.hidden_act,
+                cfg,
+                im.act_adc_arg(li),
             )
             rec(li, "act", m=m)
             h = sub_norm_residual(h, m, li, "ffn_sub_norm", "down_proj")

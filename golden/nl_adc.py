@@ -27,7 +27,8 @@ For an increasing f, N bits and an output range [y_lo, y_hi]:
   range the code saturates at 0 / 2^N - 1, so ŷ is within ½Δ of clip(f(x), y_lo, y_hi)
   and the error against f itself is unbounded.
 
-Named functions (``FUNCTIONS``): ``"sigmoid"``, ``"tanh"``, ``"exp"`` (increasing on R);
+Named functions (``FUNCTIONS``): ``"sigmoid"``, ``"tanh"``, ``"exp"``, ``"linear"`` (the
+identity: a conventional ramp ADC; all increasing on R);
 ``"relu2"`` = max(x, 0)^2, inverted on its increasing branch x >= 0 (f⁻¹ = sqrt); for
 x < 0 f is flat at 0, which the counting comparator reproduces (code of f = 0).
 ``"gelu"`` (exact erf form) and ``"silu"`` are not monotonic: each has a minimum at
@@ -308,6 +309,15 @@ FUNCTIONS: dict[str, NLFunction] = {
         branch_min=0.0,
     ),
     "exp": NLFunction("exp", np.exp, (-60.0, 10.0), (0.0, 1.0), finv=np.log, df=np.exp),
+    # the identity: a conventional (linear) ramp ADC, for comparisons
+    "linear": NLFunction(
+        "linear",
+        lambda x: np.asarray(x, dtype=np.float64).copy(),
+        (-1e6, 1e6),
+        (-1.0, 1.0),
+        finv=lambda y: np.asarray(y, dtype=np.float64).copy(),
+        df=lambda x: np.ones_like(np.asarray(x, dtype=np.float64)),
+    ),
     "gelu": _gated("gelu", _gelu, _dgelu, GELU_X_MIN),
     "silu": _gated("silu", _silu, _dsilu, SILU_X_MIN),
 }
@@ -1053,3 +1063,103 @@ def error_report(cfg: DatapathConfig = DEFAULT) -> list[dict]:
         }
     )
     return rows
+
+
+# ----------------------------------------------------------------------------- ACT kinds
+# The ACT command's NL-ADC kinds (golden/isa.py ActKind, golden/model.py op_act): what
+# the threshold table in accelerator memory must hold, and the host's choice of table.
+ACT_VARIANTS = ("nl", "linear")
+
+
+def act_design(hidden_act: str, variant: str, bits: int, cfg: DatapathConfig = DEFAULT):
+    """The ideal design whose thresholds an ACT NL-ADC kind's table holds.
+
+    The engine converts X (a signed ``threshold_bits`` integer read as X / 2^F,
+    F = ``threshold_frac_bits``):
+
+    - relu2 (X = the gate's 16-bit row quantizer output g16, |g16| < 2^(FB-1),
+      FB = ``ForwardConfig.ffn_bits``; full scale M = 2^(FB-1-F) in X / 2^F units):
+      ``"nl"``: relu2 with output range [0, M^2]; ``"linear"``: the identity on
+      [-M, M] (a linear ADC, the square is digital);
+    - silu (X = the gate in Q.``ActivationConfig.in_frac_bits``, which must equal F):
+      ``"nl"``: the sigmoid on [0, 1] (σ(g); the products g·σ and ·up are digital).
+    """
+    a = _adc_cfg(cfg)
+    if variant not in ACT_VARIANTS:
+        raise ValueError(f"variant: expected one of {ACT_VARIANTS}, got {variant!r}")
+    bits = _check_bits(bits)
+    if bits > a.act_max_bits:
+        raise ValueError(f"bits: {bits} exceeds the ACT table's act_max_bits = {a.act_max_bits}")
+    if hidden_act == "relu2":
+        full = float(1 << (cfg.forward.ffn_bits - 1)) / float(1 << a.threshold_frac_bits)
+        if variant == "nl":
+            return design("relu2", bits, 0.0, full * full)
+        return design("linear", bits, -full, full)
+    if hidden_act == "silu":
+        if variant != "nl":
+            raise ValueError("variant: silu models take only 'nl' (sigma by the NL-ADC)")
+        if cfg.activation.in_frac_bits != a.threshold_frac_bits:
+            raise ValueError(
+                "cfg: ActivationConfig.in_frac_bits must equal ADCConfig.threshold_frac_bits "
+                "(the gate in Q7.8 is the ADC input)"
+            )
+        return design("sigmoid", bits)
+    raise ValueError(f"hidden_act: expected 'relu2' or 'silu', got {hidden_act!r}")
+
+
+@dataclass(frozen=True)
+class ActADC:
+    """The host's NL-ADC setting of a model's ACT commands.
+
+    ``variant`` ``"nl"`` (relu2: ReLU^2 by the NL-ADC, code 0 decoded as 0; silu: σ by
+    the NL-ADC) or ``"linear"`` (relu2 only: a linear ramp ADC, then a digital square);
+    ``bits`` N (1 .. ``ADCConfig.act_max_bits``); ``device``: None for the ideal
+    thresholds, else an ``ADCDeviceConfig`` from which one device is sampled per layer
+    (seed (device.seed, layer)), its static errors (programming, stuck cells, and with
+    ``calibrate`` the bias-cell calibration) folded into the table
+    (``threshold_table``, thresholds beyond the input range saturated). Read noise and
+    comparator offsets are per conversion / per column and are not in a digital table.
+    """
+
+    variant: str = "nl"
+    bits: int = 6
+    device: ADCDeviceConfig | None = None
+    calibrate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.variant not in ACT_VARIANTS:
+            raise ValueError(f"variant: expected one of {ACT_VARIANTS}, got {self.variant!r}")
+        _check_bits(self.bits)
+        if self.device is not None and not isinstance(self.device, ADCDeviceConfig):
+            raise ValueError(
+                f"device: expected an ADCDeviceConfig or None, got {type(self.device).__name__}"
+            )
+        if self.calibrate and self.device is None:
+            raise ValueError("calibrate: needs a device (the ideal table has nothing to correct)")
+
+    def describe(self) -> str:
+        what = "NL-ADC" if self.variant == "nl" else "linear ADC + digital square"
+        if self.device is None:
+            dev = "ideal thresholds"
+        else:
+            d = self.device
+            dev = f"device seed {d.seed} (sigma_prog {d.sigma_prog}, stuck {d.stuck_off_prob})" + (
+                ", calibrated" if self.calibrate else ", uncalibrated"
+            )
+        return f"{what}, {self.bits} bit, {dev}"
+
+    def table(self, hidden_act: str, layer: int, cfg: DatapathConfig = DEFAULT) -> np.ndarray:
+        """The int16 threshold table of layer ``layer``'s ACT command."""
+        a = _adc_cfg(cfg)
+        if a.threshold_bits > 16:
+            raise ValueError(
+                f"cfg.adc.threshold_bits: {a.threshold_bits} exceeds the int16 table format"
+            )
+        dsg = act_design(hidden_act, self.variant, self.bits, cfg)
+        acfg = replace(a, bits=self.bits)
+        if self.device is None:
+            return threshold_table(dsg, acfg).astype(np.int16)
+        dev = sample_device(dsg, self.device, seed=(self.device.seed, int(layer)))
+        if self.calibrate:
+            dev = calibrate(dev)
+        return threshold_table(dev, acfg, saturate=True).astype(np.int16)

@@ -140,6 +140,7 @@ class Runtime:
         device: Device,
         max_chunk: int = DEFAULT_MAX_CHUNK,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        act_adc=None,
     ):
         if not isinstance(model, Model):
             raise ValueError(f"model: expected golden.modelspec.Model, got {type(model).__name__}")
@@ -154,7 +155,8 @@ class Runtime:
         self.timeout_s = float(timeout_s)
         mc = self.config
         self.max_chunk = int(min(max_chunk, mc.max_position_embeddings))
-        self.im: IntegerModel = compile_integer(model, device.cfg)
+        self.im: IntegerModel = compile_integer(model, device.cfg, act_adc)
+        self.act_adc = act_adc
         self.cfg = self.im.cfg
         self._check_dims()
         self.address_map = AddressMap()
@@ -220,6 +222,8 @@ class Runtime:
                     f"TLMM tiles n={n} k={k} ({isa.tlmm_blocks(n, tc)}x"
                     f"{isa.tlmm_chunks(k, tc)} beats of {isa.tlmm_beat_bytes(tc)} B)",
                 )
+        for li, tbl in enumerate(im.adc_tables):
+            self._const(f"L{li}.adc_table", tbl, f"int16 [{tbl.size}] NL-ADC thresholds")
         self._const("norm", im.norm.gamma_q.astype(np.int16), f"int16 [{h_}] gamma_q")
         self._const("lm_head", im.lm_q.astype(np.int8), f"int8 [{v_}, {h_}]")
         rec = isa.SCALE_RECORD_BYTES
@@ -311,7 +315,7 @@ class Runtime:
             nc = getattr(im.layers[li], nm)
             return a.addr(f"L{li}.{nm}"), nc.g_exp
 
-        kind = ActKind.RELU2 if mc.hidden_act == "relu2" else ActKind.SILU
+        kind = act_kind(mc.hidden_act, im.act_adc)
         for li, lc in enumerate(im.layers):
             pr = lc.proj
             cmds.append(self._norm_cmd(a.addr("h"), norm(li, "input_layernorm"), h_, rows))
@@ -363,6 +367,10 @@ class Runtime:
             um, us = const(pr["up_proj"].const)
             act_io = self._at(gate="acc_g", up="acc_u", src_scale="x_scale", dst="ffn")
             act_c = dict(g_mant=gm_, g_shift=gs, u_mant=um, u_shift=us)
+            if im.act_adc is None:
+                act_c.update(adc_table=0, adc_bits=0)
+            else:
+                act_c.update(adc_table=a.addr(f"L{li}.adc_table"), adc_bits=im.act_adc.bits)
             cmds.append(command(Opcode.ACT, **act_io, rows=rows, dim=i_, **act_c, kind=kind))
             cmds.append(self._norm_cmd(a.addr("ffn"), norm(li, "ffn_sub_norm"), i_, rows))
             cmds.append(self._tlmm_cmd(li, "down_proj", "acc_h", rows))
@@ -474,8 +482,20 @@ class Runtime:
         self.device.close()
 
 
+def act_kind(hidden_act: str, act_adc=None) -> ActKind:
+    """The ACT command's kind for the model's activation and NL-ADC setting
+    (``golden.nl_adc.ActADC`` or None)."""
+    if act_adc is None:
+        return ActKind.RELU2 if hidden_act == "relu2" else ActKind.SILU
+    if hidden_act == "silu":
+        if act_adc.variant != "nl":
+            raise ValueError("act_adc: a silu model takes only the 'nl' variant (sigma by NL-ADC)")
+        return ActKind.SILU_NLADC
+    return ActKind.RELU2_NLADC if act_adc.variant == "nl" else ActKind.RELU2_LINADC
+
+
 # runtime keyword arguments (the rest go to the device backend)
-_RUNTIME_KW = ("max_chunk", "timeout_s")
+_RUNTIME_KW = ("max_chunk", "timeout_s", "act_adc")
 
 
 def add_design_point_args(p) -> None:

@@ -105,11 +105,11 @@ def test_field_width_errors(field, value, msg):
 
 def test_signed_width_error_and_enum_error():
     base = dict(gate=64, up=64, src_scale=64, dst=64, rows=1, dim=1, kind=ActKind.SILU)
-    base.update(g_mant=1, g_shift=0, u_mant=1, u_shift=0)
+    base.update(g_mant=1, g_shift=0, u_mant=1, u_shift=0, adc_table=0, adc_bits=0)
     with pytest.raises(ValueError, match=r"act\.g_shift: 32768 does not fit signed\(16\)"):
         command(Opcode.ACT, **{**base, "g_shift": 1 << 15})
-    with pytest.raises(ValueError, match=r"act\.kind: 3 is not a ActKind"):
-        command(Opcode.ACT, **{**base, "kind": 3})
+    with pytest.raises(ValueError, match=r"act\.kind: 5 is not a ActKind"):
+        command(Opcode.ACT, **{**base, "kind": 5})
 
 
 def test_missing_and_unknown_fields():

@@ -62,7 +62,7 @@ def test_adc_config_validation_and_derived():
 
 # ----------------------------------------------------------------------------- functions
 def test_registry_names():
-    assert set(N.FUNCTIONS) == {"sigmoid", "tanh", "relu2", "exp", "gelu", "silu"}
+    assert set(N.FUNCTIONS) == {"sigmoid", "tanh", "relu2", "exp", "gelu", "silu", "linear"}
     with pytest.raises(ValueError, match="fn"):
         N.get_function("softplus")
 
