@@ -24,7 +24,10 @@ Streams (``amaranth.lib.stream``; a beat transfers when valid & ready)
 
 Other ports: ``wr_error`` (out, sticky: an out-of-range write was seen since reset or
 the last clear), ``wr_error_clear`` (in: clears it; a clear and a new error in the same
-cycle leave it set).
+cycle leave it set). With ``runtime_bits=True`` (the ACT engine's twin) the resolution is
+a port: ``bits`` (in, 1 .. ``cfg.bits``, held while a conversion runs) sets this
+conversion's N (2^N - 1 ramp steps over table[0 .. 2^N - 2], codes < 2^N in the
+``cfg.bits``-wide ``out`` lanes); the table holds 2^cfg.bits - 1 entries.
 
 Reset clears the counter, the in-flight conversion and the flag; the table is RAM and
 keeps its contents (after power-up the host programs it before converting).
@@ -76,7 +79,13 @@ def out_layout(cfg: ADCConfig) -> data.StructLayout:
 class NLADC(wiring.Component):
     """Ramp-counter NL-ADC twin (see module docstring for the protocol)."""
 
-    def __init__(self, cfg: ADCConfig = DEFAULT.adc, *, addr_bits: int | None = None):
+    def __init__(
+        self,
+        cfg: ADCConfig = DEFAULT.adc,
+        *,
+        addr_bits: int | None = None,
+        runtime_bits: bool = False,
+    ):
         if not isinstance(cfg, ADCConfig):
             raise ValueError(f"cfg: expected ADCConfig, got {type(cfg).__name__}")
         addr_bits = cfg.bits if addr_bits is None else addr_bits
@@ -84,21 +93,27 @@ class NLADC(wiring.Component):
             raise ValueError(f"addr_bits: expected an int >= bits = {cfg.bits}, got {addr_bits!r}")
         self.cfg = cfg
         self.addr_bits = addr_bits
-        super().__init__(
-            {
-                "wr": In(stream.Signature(wr_layout(cfg, addr_bits))),
-                "x": In(stream.Signature(x_layout(cfg))),
-                "out": Out(stream.Signature(out_layout(cfg))),
-                "wr_error": Out(1),
-                "wr_error_clear": In(1),
-            }
-        )
+        self.runtime_bits = bool(runtime_bits)
+        ports = {
+            "wr": In(stream.Signature(wr_layout(cfg, addr_bits))),
+            "x": In(stream.Signature(x_layout(cfg))),
+            "out": Out(stream.Signature(out_layout(cfg))),
+            "wr_error": Out(1),
+            "wr_error_clear": In(1),
+        }
+        if self.runtime_bits:
+            ports["bits"] = In(range(cfg.bits + 1))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         cfg = self.cfg
         n_thr = cfg.n_thresholds
-        last_phase = cfg.levels - 1
         m = Module()
+        if self.runtime_bits:
+            last_phase = Signal(range(cfg.levels))
+            m.d.comb += last_phase.eq((1 << self.bits) - 1)
+        else:
+            last_phase = cfg.levels - 1
 
         # 2^N words (the top one is never written) so that the phase counter addresses it
         # directly; the read in the last phase is ignored.

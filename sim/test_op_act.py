@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from golden import isa
-from golden.config import DEFAULT, design_point
+from golden.config import DEFAULT, ADCDeviceConfig, design_point
 from golden.isa import ActKind, ErrorCode, Opcode
+from golden.nl_adc import ActADC
 from host.backends.golden import GoldenDevice
 from host.device import DeviceError
 from hw.ops.act import ActEngine, expected_cycles
@@ -112,6 +113,8 @@ def act_command(gd, gate, up, sx_rec, c_g, c_u, kind, **override):
         u_mant=c_u[0],
         u_shift=c_u[1],
         kind=kind,
+        adc_table=0,
+        adc_bits=0,
     )
     fields.update(override)
     return isa.command(Opcode.ACT, **fields)
@@ -304,7 +307,7 @@ def test_max_dim(rng):
 
 
 def test_invalid_kind(rng):
-    """kind 2 / 3 is no ActKind: golden's decoder stops with BAD_OPERAND before any other
+    """kind 5 .. 7 is no ActKind: golden's decoder stops with BAD_OPERAND before any other
     check; so does the engine (here with rows = 0 as well)."""
     gd = GoldenDevice(DEFAULT, mem_size=1 << 16)
     gate = accumulators(rng, 1, 4)
@@ -318,7 +321,7 @@ def test_invalid_kind(rng):
         ActKind.RELU2,
         rows=0,
     )
-    bad = int(rng.integers(2, 4))
+    bad = int(rng.integers(5, 8))
     off = isa.ARGS[Opcode.ACT]["kind"].offset
     args = _args_bits(cmd) | (bad << off)
     word = isa.encode_bits(cmd) | (bad << (off + isa.COMMAND["args"].offset))
@@ -331,3 +334,67 @@ def test_invalid_kind(rng):
         gd.wait(10.0)
     assert info.value.code == ErrorCode.BAD_OPERAND
     assert run_raw(engine(1, 4, max_dim=64), args, gd.alloc_base, gd.brk) == ErrorCode.BAD_OPERAND
+
+
+# ---------------------------------------------------------------- the NL-ADC kinds
+def adc_table(kind, bits: int, device_seed=None) -> np.ndarray:
+    """The host's table for an ADC kind (golden.nl_adc.ActADC): ideal, or a sampled
+    (calibrated) device."""
+    hidden = "silu" if kind == ActKind.SILU_NLADC else "relu2"
+    variant = "linear" if kind == ActKind.RELU2_LINADC else "nl"
+    dev = None if device_seed is None else ADCDeviceConfig.rram_typical(seed=device_seed)
+    return ActADC(variant, bits, dev, calibrate=dev is not None).table(hidden, 0)
+
+
+def adc_command(rng, gd, kind, bits, rows, dim, device_seed=None):
+    base = ActKind.SILU if kind == ActKind.SILU_NLADC else ActKind.RELU2
+    gate, up = gate_up(rng, rows, dim)
+    tbl = put(gd, adc_table(kind, bits, device_seed))
+    return act_command(
+        gd, gate, up, *scales_for(rng, gate, up, base), kind, adc_table=tbl, adc_bits=bits
+    )
+
+
+@pytest.mark.parametrize("kind", isa.ADC_KINDS, ids=lambda k: k.name)
+@pytest.mark.parametrize(
+    "stall,lanes,amax_lanes,latency", STALLS, ids=[f"stall{s}_l{n}" for s, n, _, _ in STALLS]
+)
+def test_adc_random(rng, kind, stall, lanes, amax_lanes, latency):
+    """The NL-ADC kinds == golden under stalls: random N (short ramps keep it fast),
+    ideal or sampled-device tables, several lane counts."""
+    bits = int(rng.integers(1, 5))
+    rows, dim = int(rng.integers(1, 3)), int(rng.integers(1, 40))
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+    seed = int(rng.integers(1 << 16)) if rng.random() < 0.5 else None
+    cmd = adc_command(rng, gd, kind, bits, rows, dim, seed)
+    res = check_op(
+        engine(lanes, amax_lanes),
+        gd,
+        cmd,
+        seed=int(rng.integers(1 << 30)),
+        stall=stall,
+        max_latency=latency,
+    )
+    assert res["error"] == ErrorCode.NONE and res["bytes_written"] == rows * dim * 4
+    row0 = golden_out(gd, cmd)[:dim]
+    assert np.any((row0 != 0) & (row0 != I32_MAX) & (row0 != I32_MIN)), row0
+    if stall == 0.0:
+        want = expected_cycles(rows, dim, kind, lanes, amax_lanes, adc_bits=bits)
+        assert res["cycles"] == want, (res["cycles"], want)
+
+
+@pytest.mark.parametrize("kind", isa.ADC_KINDS, ids=lambda k: k.name)
+def test_adc_cycles_and_widest(rng, kind):
+    """No stalls: the cycle formula at N = 1, 3 and act_max_bits (the whole table RAM,
+    the widest codes: RELU2_LINADC's odd squares up to (2^N - 1)^2), == golden."""
+    for bits, rows, dim in (
+        (1, 2, 9),
+        (3, 1, 2 * DP.act_lanes + 1),
+        (DEFAULT.adc.act_max_bits, 1, 5),
+    ):
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        cmd = adc_command(rng, gd, kind, bits, rows, dim)
+        res = check_op(engine(), gd, cmd, seed=2, stall=0.0, max_latency=1)
+        assert res["error"] == ErrorCode.NONE
+        want = expected_cycles(rows, dim, kind, DP.act_lanes, DP.act_amax_lanes, adc_bits=bits)
+        assert res["cycles"] == want, (bits, rows, dim, res["cycles"], want)

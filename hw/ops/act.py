@@ -99,7 +99,7 @@ from __future__ import annotations
 from dataclasses import replace
 from types import SimpleNamespace
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import enum
 
 from golden import isa
@@ -107,6 +107,7 @@ from golden.config import DatapathConfig
 from golden.isa import ActKind, Opcode
 from hw.activations import LutActivation, lut_lane
 from hw.fixed import rhu
+from hw.nl_adc import NLADC
 from hw.pipeline import (
     RSS_STAGES,
     Pipe,
@@ -129,20 +130,51 @@ SHIFT_BITS = 20  # scale shifts: sg^2 * su reaches |shift| < 3 * 2^16 + 256 < 2^
 # (scale_of_int(ag), sg, sa, sc), silu 3
 ROW_SCALE = {ActKind.RELU2: 44, ActKind.SILU: 37}
 FIXED_CYCLES = 25  # the checks, the lanes' pipeline, the last write, done
+RELU2_KINDS = (ActKind.RELU2, ActKind.RELU2_NLADC, ActKind.RELU2_LINADC)
+
+
+ADC_HANDOFF = 3  # into the twin, its result captured, the sub-beat moves on
+ADC_BUFFER = 6  # sub-beats the lane stages S0 .. G16 hold while the twin converts
+ADC_DRAIN = 23  # after a row's last conversion: the lanes drain, the next row goes live
+ADC_LIVE = 2  # the next row's parameters live -> its first sub-beat converts
+
+
+def conversion_cycles(adc_bits: int) -> int:
+    """Cycles per sub-beat (L lanes) of the NL-ADC kinds: the twin's 2^N (its ramp-reset
+    cycle and 2^N - 1 steps, ``hw.nl_adc.cycles_per_conversion``) plus ``ADC_HANDOFF``
+    (the lanes hold the sub-beat meanwhile)."""
+    return (1 << adc_bits) + ADC_HANDOFF
 
 
 def expected_cycles(
-    rows: int, dim: int, kind, lanes: int, amax_lanes: int, latency: int = 1
+    rows: int,
+    dim: int,
+    kind,
+    lanes: int,
+    amax_lanes: int,
+    latency: int = 1,
+    adc_bits: int = 0,
 ) -> int:
     """The module docstring's cycle formula (no stalls, read latency ``latency``)."""
-    streams = 2 if kind == ActKind.RELU2 else 1
+    kind = ActKind(kind)
+    relu2 = kind in RELU2_KINDS
+    streams = 2 if relu2 else 1
     chunks = -(-dim // (2 * lanes))
     tree = (amax_lanes - 1).bit_length()
-    per_row = 1 + streams * -(-dim // amax_lanes) + ROW_SCALE[kind] + tree + 2 * chunks
-    return rows * per_row + FIXED_CYCLES + latency
+    scale = ROW_SCALE[ActKind.RELU2 if relu2 else ActKind.SILU]
+    q = 1 + streams * -(-dim // amax_lanes) + scale + tree  # record, pass 1, row scale
+    if not isa.adc_kind(kind):
+        return rows * (q + 2 * chunks) + FIXED_CYCLES + latency
+    sb, p = 2 * chunks, conversion_cycles(adc_bits)  # sub-beats per row, cycles per one
+    # a later row: bound by the conversions and the drain, or by its record, pass 1 and
+    # scale (which overlap the last ADC_BUFFER conversions of the row before, or all)
+    later = max(sb * p + ADC_DRAIN, q + ADC_LIVE + (sb - ADC_BUFFER) * p, q + sb)
+    table = (1 << adc_bits) - 1  # one two-byte read per entry, before the first row
+    return q + sb * p + (rows - 1) * later + table + FIXED_CYCLES + latency
 
 
 class _Item(enum.Enum, shape=3):
+    TBL = 5  # the NL-ADC threshold table (one entry per request), before the first row
     SX = 0
     P1G = 1  # pass 1, gate
     P1U = 2  # pass 1, up
@@ -191,8 +223,19 @@ class ActEngine(Engine):
                 f"cfg.activation.in_bits ({cfg.activation.in_bits}) must equal "
                 f"cfg.forward.ffn_bits ({cfg.forward.ffn_bits}): one gate datapath"
             )
-        # a: relu2 < 2^(F-1) or a SiLU output; |a * u16| must be an int32 for golden's requant
-        self.a_bits = max(cfg.forward.ffn_bits, cfg.activation.out_bits)
+        ad = cfg.adc
+        if ad.threshold_bits != cfg.forward.ffn_bits or (
+            ad.threshold_frac_bits != cfg.activation.in_frac_bits
+        ):
+            raise ValueError(
+                "cfg.adc: the NL-ADC kinds convert the gate datapath's value: threshold_bits "
+                "must equal ffn_bits and threshold_frac_bits ActivationConfig.in_frac_bits"
+            )
+        # the NL-ADC twin: act_max_bits-bit table and codes, one comparator per lane
+        self.adc_cfg = replace(ad, bits=ad.act_max_bits, lanes=lanes)
+        # a: relu2 < 2^(F-1), a SiLU output, or (RELU2_LINADC) an odd square < 2^(2N);
+        # |a * u16| must be an int32 for golden's requant
+        self.a_bits = max(cfg.forward.ffn_bits, cfg.activation.out_bits, 2 * ad.act_max_bits + 1)
         self.prod_bits = self.a_bits + cfg.forward.ffn_bits - 1
         if self.prod_bits > cfg.requant.in_bits:
             raise ValueError(
@@ -218,8 +261,38 @@ class ActEngine(Engine):
         a = self.op_args
         ptr_w = isa.ADDR_BITS + 1
 
-        relu2 = Signal()
-        m.d.comb += relu2.eq(a.kind == ActKind.RELU2)
+        relu2 = Signal()  # the gate through the 16-bit quantizer (relu2 and its ADC kinds)
+        adc = Signal()  # an NL-ADC kind: the table first, the gate through the twin
+        m.d.comb += [
+            relu2.eq(
+                (a.kind == ActKind.RELU2)
+                | (a.kind == ActKind.RELU2_NLADC)
+                | (a.kind == ActKind.RELU2_LINADC)
+            ),
+            adc.eq(isa.adc_kind(a.kind)),
+        ]
+        # the kind's flags and the ADC's N as registers (the command is held until done)
+        k_nl, k_lin, k_sadc, k_lut, k_adc = (
+            Signal(name=n) for n in ("k_nl", "k_lin", "k_sadc", "k_lut", "k_adc")
+        )
+        nbits = Signal(range(self.adc_cfg.bits + 1))
+        ad_n = Signal(range(1 << isa.ADC_BITS_BITS))
+        m.d.comb += ad_n.eq(a.adc_bits)
+        m.d.sync += [
+            k_nl.eq(a.kind == ActKind.RELU2_NLADC),
+            k_lin.eq(a.kind == ActKind.RELU2_LINADC),
+            k_sadc.eq(a.kind == ActKind.SILU_NLADC),
+            k_lut.eq(a.kind == ActKind.SILU),
+            k_adc.eq(adc),
+            nbits.eq(ad_n),
+        ]
+        # sa = sg^2 / 2^e: relu2 e = F - 1; RELU2_NLADC 2(F-1) - N - 1; RELU2_LINADC 2(F-1) - 2N
+        sa_off = Signal(range(2 * FB))
+        m.d.sync += sa_off.eq(
+            Mux(k_nl, 2 * (FB - 1) - 1 - nbits, Mux(k_lin, 2 * (FB - 1) - 2 * nbits, FB - 1))
+        )
+        tbl_last = Signal(range(1 << self.adc_cfg.bits))  # index of the table's last entry
+        m.d.sync += tbl_last.eq((1 << nbits) - 2)
         row_bytes = Signal(unsigned(isa.DIM_BITS + 2))
         m.d.comb += row_bytes.eq(a.dim * 4)
         running = Signal()
@@ -230,6 +303,7 @@ class ActEngine(Engine):
             """The row's item sequence (module docstring); ``advance``: the current item
             was issued / consumed."""
             item = Signal(_Item, name=f"{name}_item")
+            t = Signal(range(1 << self.adc_cfg.bits), name=f"{name}_t")  # table entry
             rows = Rows(a.rows, name)
             c1, c2 = Chunks(a.dim, LA, f"{name}_p1"), Chunks(a.dim, C, f"{name}_p2")
             p1 = (item == _Item.P1G) | (item == _Item.P1U)
@@ -237,9 +311,14 @@ class ActEngine(Engine):
             m.d.comb += n.eq(Mux(p1, c1.n, c2.n))
             end = Mux(p1, c1.end, c2.end)
             with m.If(begin):
-                m.d.sync += [item.eq(_Item.SX)] + rows.first() + c1.first() + c2.first()
+                m.d.sync += [item.eq(Mux(adc, _Item.TBL, _Item.SX)), t.eq(0)]
+                m.d.sync += rows.first() + c1.first() + c2.first()
             with m.Elif(advance):
                 with m.Switch(item):
+                    with m.Case(_Item.TBL):
+                        m.d.sync += t.eq(t + 1)
+                        with m.If(t == tbl_last):
+                            m.d.sync += item.eq(_Item.SX)
                     with m.Case(_Item.SX):
                         m.d.sync += item.eq(Mux(relu2, _Item.P1G, _Item.P1U))
                     with m.Case(_Item.P1G):
@@ -259,7 +338,7 @@ class ActEngine(Engine):
                             m.d.sync += [item.eq(_Item.SX)] + rows.advance() + c2.first()
                         with m.Else():
                             m.d.sync += [item.eq(_Item.P2G)] + c2.advance()
-            return SimpleNamespace(item=item, n=n, end=end, rows=rows, c2=c2)
+            return SimpleNamespace(item=item, n=n, end=end, rows=rows, c2=c2, t=t)
 
         # request side: per stream a row pointer and an offset within the row
         rq_adv = Signal()
@@ -271,9 +350,19 @@ class ActEngine(Engine):
         m.d.comb += [
             self.rd.valid.eq(running & rq.rows.more),
             self.rd.payload.addr.eq(
-                Mux(rq.item == _Item.SX, sx_ptr, Mux(is_g, g_row, u_row) + off)
+                Mux(
+                    rq.item == _Item.TBL,
+                    a.adc_table + 2 * rq.t,
+                    Mux(rq.item == _Item.SX, sx_ptr, Mux(is_g, g_row, u_row) + off),
+                )
             ),
-            self.rd.payload.len.eq(Mux(rq.item == _Item.SX, isa.SCALE_RECORD_BYTES, rq.n * 4)),
+            self.rd.payload.len.eq(
+                Mux(
+                    rq.item == _Item.TBL,
+                    2,
+                    Mux(rq.item == _Item.SX, isa.SCALE_RECORD_BYTES, rq.n * 4),
+                )
+            ),
             rq_adv.eq(self.rd.valid & self.rd.ready),
         ]
         with m.If(begin):
@@ -360,8 +449,8 @@ class ActEngine(Engine):
                 for n, i in DST.items():
                     with m.Case(i):
                         rm, rsh = regs[n]
-                        if n == "sa":  # a = g^2 / 2^(F-1): the exponent follows
-                            shift = Mux(sp.mant == 0, 0, sp.shift - (FB - 1))
+                        if n == "sa":  # a = g^2 / 2^e: the exponent follows
+                            shift = Mux(sp.mant == 0, 0, sp.shift - sa_off)
                         else:
                             shift = sp.shift
                         m.d.sync += [rm.eq(sp.mant), rsh.eq(shift), got[n].eq(1)]
@@ -445,7 +534,9 @@ class ActEngine(Engine):
                         issue("su", regs["tu"], regs["ou"])
                         m.d.sync += [
                             regs["sa"][0].eq(1 << (B - 1)),
-                            regs["sa"][1].eq(B - 1 + ac.out_frac_bits),
+                            regs["sa"][1].eq(
+                                Mux(k_sadc, B - 1 + ac.in_frac_bits, B - 1 + ac.out_frac_bits)
+                            ),
                             got["sa"].eq(1),
                         ]
                         m.next = "SC"
@@ -485,44 +576,95 @@ class ActEngine(Engine):
             m.d.sync += [live.eq(0), have_g.eq(0), have_u.eq(0), first_g.eq(1), first_u.eq(1)]
 
         # ---------------------------------------------------------------- pass 2
-        stall = Signal()
+        stall = Signal()  # a write waits (the packer)
+        hold = Signal()  # the sub-beat at G16 is being converted by the NL-ADC
+        stall_all = Signal()
+        m.d.comb += stall_all.eq(stall | hold)
         rd = pair_reader(m, self.rdata.payload, L, 32, 32, "rd")
         p2g = rs_live & (rs.item == _Item.P2G) & live
         p2u = rs_live & (rs.item == _Item.P2U)
+        m.submodules.adc = nladc = NLADC(self.adc_cfg, runtime_bits=True)
+        tbl_in = rs_live & (rs.item == _Item.TBL)
+        m.d.comb += [
+            nladc.bits.eq(nbits),
+            nladc.wr.valid.eq(tbl_in),
+            nladc.wr.payload.addr.eq(rs.t),
+            nladc.wr.payload.data.eq(self.rdata.payload[:16]),
+            nladc.out.ready.eq(1),
+        ]
         m.d.comb += [
             rd.a_valid.eq(p2g),
             rd.b_valid.eq(p2u),
             rd.n.eq(rs.n),
             rd.last.eq(rs.end),
-            rd.ready.eq(~stall),
-            self.rdata.ready.eq(sx_take | p1_in | rd.take),
+            rd.ready.eq(~stall_all),
+            self.rdata.ready.eq(sx_take | p1_in | rd.take | (tbl_in & nladc.wr.ready)),
             rs_adv.eq(self.rdata.valid & self.rdata.ready),
         ]
         with m.If(rd.take & (rs.item == _Item.P2U) & rs.end):
             m.d.sync += live.eq(0)  # the row's last chunk is in
 
-        pipe = Pipe(m, stall)
+        pipe = Pipe(m, stall_all)
         tags0 = [pipe.reg(t, f"t0_{i}") for i, t in enumerate((rd.half, rd.n_out, rd.last_out))]
-        relu2_r = Signal()
-        m.d.sync += relu2_r.eq(relu2)
         outs = []
         G16 = 2 + RSS_STAGES  # the stage of g16 (S0 the lane registers)
         A_AT = G16 + LutActivation.LATENCY  # a: after the SiLU lane, registered
+        # the conversion of the sub-beat at G16: sent to the twin, its codes captured
+        sent, conv_done = Signal(), Signal()
+        pow_n = Signal(self.adc_cfg.bits + 1)  # 2^N
+        m.d.sync += pow_n.eq(1 << nbits)
+        NB = self.adc_cfg.bits
+        od_r = [Signal(NB + 1, name=f"od{i}") for i in range(L)]  # 2c + 1
+        zero_r = [Signal(name=f"cz{i}") for i in range(L)]  # c == 0
+        tl_r = [Signal(NB + 1, name=f"tl{i}") for i in range(L)]  # max(2c + 1 - 2^N, 0)
+        with m.If(nladc.out.valid):
+            m.d.sync += conv_done.eq(1)
+            for i in range(L):
+                c = nladc.out.payload.data[i]
+                od = Cat(Const(1, 1), c)
+                m.d.sync += [
+                    od_r[i].eq(od),
+                    zero_r[i].eq(c == 0),
+                    tl_r[i].eq(Mux(od > pow_n, od - pow_n, 0)),
+                ]
+        with m.If(nladc.x.valid & nladc.x.ready):
+            m.d.sync += sent.eq(1)
+        with m.If(~stall_all):
+            m.d.sync += [sent.eq(0), conv_done.eq(0)]
+        g16s = []
         for i in range(L):
             g0 = pipe.reg(rd.a[i], f"g0_{i}")
             u0 = pipe.reg(rd.b[i], f"u0_{i}")
             qg = mul_split(pipe, g0, k_g, f"qg{i}")  # S2
             qu = mul_split(pipe, u0, k_u, f"qu{i}")
             g16 = rss_lane(pipe, qg, rp_g, f"g{i}")  # S5
+            g16s.append(g16)
             u16 = quant_lane(pipe, qu, t_u, 31, q16.recip_frac_bits, FB, f"u{i}")  # S4
-            # relu2: relu, square, rhu(., F - 1)  (g16 <= act_max: the square fits)
-            rl = pipe.reg(Mux(g16 < 0, 0, g16)[: FB - 1], f"rl{i}")
-            sq = pipe.reg(rl * rl, f"sq{i}")
-            ar = pipe.reg(rhu(sq, FB - 1), f"ar{i}", unsigned(FB - 1))  # G16 + 3
-            ar = pipe.delay(ar, LutActivation.LATENCY - 4, f"ar{i}")
+            # one multiplier: relu2 max(g16, 0)^2; RELU2_NLADC (c ? 2c + 1 : 0) * 1;
+            # RELU2_LINADC t^2; SILU_NLADC g16 * (2c + 1)  (operands registered at G16 + 1)
+            rl = Mux(g16 < 0, 0, g16)[: FB - 1]
+            tl = tl_r[i]
+            pa = pipe.reg(
+                Mux(k_sadc, g16, Mux(k_lin, tl, Mux(k_nl, Mux(zero_r[i], 0, od_r[i]), rl))),
+                f"pa{i}",
+                signed(FB + 1),
+            )
+            pb = pipe.reg(
+                Mux(k_sadc, od_r[i], Mux(k_lin, tl, Mux(k_nl, 1, rl))), f"pb{i}", unsigned(FB - 1)
+            )
+            sq = pipe.reg(pa * pb, f"sq{i}")  # G16 + 2
+            # relu2: rhu(., F - 1); SILU_NLADC: rhu(., N + 1) in two stages; else as is
+            plain = ~(k_nl | k_lin | k_sadc)
+            ar = pipe.reg(
+                Mux(plain, rhu(sq, FB - 1), sq + Mux(k_sadc, pow_n, 0)),
+                f"ar{i}",
+                signed(len(sq) + 1),
+            )  # G16 + 3
+            ar = pipe.reg(Mux(k_sadc, ar >> (nbits + 1), ar), f"ar4_{i}", signed(self.a_bits))
+            ar = pipe.delay(ar, LutActivation.LATENCY - 5, f"ar{i}")
             # silu: the LUT lane, combinational from its registers at G16 + LATENCY - 1
             sl = lut_lane(m, pipe, ac, ("silu",), g16, 0, f"silu{i}")
-            av = pipe.reg(Mux(relu2_r, ar, sl), f"a{i}", signed(self.a_bits))  # A_AT
+            av = pipe.reg(Mux(k_lut, sl, ar), f"a{i}", signed(self.a_bits))  # A_AT
             u9 = pipe.delay(u16, A_AT - 4, f"u{i}")
             prod = pipe.reg(av * u9, f"prod{i}", signed(self.prod_bits))
             qc = mul_split(pipe, prod, m_c, f"qc{i}")
@@ -534,8 +676,17 @@ class ActEngine(Engine):
         vN = valids[-1]
         tN = [pipe.delay(t, depth, f"t{i}") for i, t in enumerate(tags0)]
         m.d.comb += lanes_busy.eq(~rd.empty | Cat(*valids).any())
+        convert = valids[G16] & k_adc
+        m.d.comb += [
+            hold.eq(convert & ~conv_done),
+            nladc.x.valid.eq(convert & ~sent & ~conv_done),
+            nladc.x.payload.last.eq(0),
+        ]
+        m.d.comb += [nladc.x.payload.data[i].eq(g16s[i]) for i in range(L)]
 
-        ptr, row_done = packer(m, self.wr, stall, vN, Cat(*outs), *tN, lanes=L, elem_bytes=4)
+        ptr, row_done = packer(
+            m, self.wr, stall, vN & ~hold, Cat(*outs), *tN, lanes=L, elem_bytes=4
+        )
         out_rows = Rows(a.rows, "out")
         with m.If(row_done):
             m.d.sync += out_rows.advance()
