@@ -25,6 +25,12 @@ Flags follow llama.cpp / llama2.c::
     --clock-mhz F        modeled accelerator clock (default 250)
     --bandwidth-gbs F    modeled memory bandwidth (default 17.1, KV260-class DDR4); the sim
                          backend's DRAM model serves bandwidth / clock bytes per cycle
+    --act-adc BITS       the FFN activation through the ACT engine's ramp ADC at BITS bits
+                         (relu2: ReLU^2 by the NL-ADC; silu: sigma by the NL-ADC);
+                         --act-adc-variant nl|linear (relu2: linear ADC + digital square),
+                         --act-adc-device ideal|rram (a sampled device per layer),
+                         --act-adc-seed S, --act-adc-calibrate (bias-cell calibration);
+                         the summary names the setting
     --ignore-eos         do not stop at the end-of-sequence token: it is never sampled
                          (llama.cpp's flag)
     --remote URL         stream from a token server (``python -m host serve``, see
@@ -99,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     from host.runtime import add_transport_arg
 
     add_transport_arg(p)
+    from host.runtime import add_act_adc_args
+
+    add_act_adc_args(p)
     p.add_argument(
         "--ignore-eos",
         action="store_true",
@@ -137,7 +146,14 @@ def _check_args(a) -> None:
             f"--backend {a.backend}: the accelerator runs the integer datapath "
             "only; use --mode integer"
         )
-    from host.runtime import transport_opts
+    from host.runtime import act_adc_from_args, transport_opts
+
+    try:
+        a.act_adc_setting = act_adc_from_args(a)
+    except ValueError as e:
+        raise _UsageError(str(e)) from None
+    if a.act_adc_setting is not None and a.mode == "reference":
+        raise _UsageError("--act-adc: the ACT engine's ADC runs in --mode integer only")
 
     try:
         a.device_opts = transport_opts(a)
@@ -185,7 +201,17 @@ def run(argv=None) -> int:
         gm = GoldenModel(model, mode="reference")
     else:
         try:
-            gm = make_runtime(model, a.backend, **backend_kwargs(a.backend, a.dp, a.device_opts))
+            if a.act_adc_setting is not None:  # the model's activation decides the kind
+                a.act_adc_setting.table(model.config.hidden_act, 0)
+        except ValueError as e:
+            raise _UsageError(f"--act-adc: {e}") from None
+        try:
+            gm = make_runtime(
+                model,
+                a.backend,
+                act_adc=a.act_adc_setting,
+                **backend_kwargs(a.backend, a.dp, a.device_opts),
+            )
         except (DeviceError, OSError, RuntimeError, ValueError) as e:
             raise _UsageError(f"--backend {a.backend}: {e}") from None
 
@@ -217,6 +243,8 @@ def run(argv=None) -> int:
         seed=seed,
         dp=a.dp,
     )
+    if a.act_adc_setting is not None:
+        t["act_adc"] = a.act_adc_setting.describe()
     for line in summary_lines(t):  # the same lines as python -m host --remote
         print(line, file=sys.stderr)
     return 0

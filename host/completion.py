@@ -159,6 +159,8 @@ def summary_lines(t: dict) -> list[str]:
     if t.get("eos_token") is not None:
         line += f", stopped at end of sequence (token {t['eos_token']} {t.get('eos_token_text')!r})"
     lines = [line]
+    if t.get("act_adc"):
+        lines.append(f"ACT activation: {t['act_adc']}")
     acc = t.get("accelerator")
     if acc and acc.get("cycles"):
         msg = f"accelerator: {acc['cycles']} cycles"

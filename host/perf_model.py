@@ -209,9 +209,13 @@ def measure(
     dp: AccelConfig | str = DEFAULT_DESIGN_POINT,
     seed: int = 0,
     progress=print,
+    act_adc=None,
 ) -> dict:
     """Simulate one full-size layer's decode step on design point ``dp`` (its top, at its
-    DRAM bandwidth and latency); cycles per op and the modeled token at its clock."""
+    DRAM bandwidth and latency); cycles per op and the modeled token at its clock.
+    ``act_adc`` (``golden.nl_adc.ActADC``): the ACT command through the NL-ADC kind (its
+    table reads and 2^N-cycle conversions are in the simulated cycles; the report adds
+    ``hw.ops.act.expected_cycles`` of that ACT without memory stalls)."""
     from golden import isa
     from golden.isa import Opcode
     from golden.model import random_model
@@ -229,7 +233,7 @@ def measure(
     model = random_model(one, seed)
     clock_hz, bandwidth_bps = dp.clock_mhz * 1e6, dp.dram_gbs * 1e9
     bpc, latency = dp.bytes_per_cycle, dp.dram_latency
-    rt = _sim_runtime(model, mc, dp, max_chunk=1)
+    rt = _sim_runtime(model, mc, dp, max_chunk=1, act_adc=act_adc)
     rng = np.random.default_rng(seed)
     pos = context - 1
     _fill_kv(rt, pos, rng)
@@ -289,10 +293,12 @@ def measure(
         "layers": L,
         "design_point": dp.name,
         "clock_note": dp.clock_note(),
+        "act_adc": None if act_adc is None else act_adc.describe(),
+        "act_formula_cycles": act_formula_cycles(mc, dp, act_adc),
     }
 
 
-def _sim_runtime(model, mc: ModelConfig, dp: AccelConfig, max_chunk: int):
+def _sim_runtime(model, mc: ModelConfig, dp: AccelConfig, max_chunk: int, act_adc=None):
     """A runtime on the simulated top of ``rtl_design_point(dp)`` with ``dp``'s DRAM."""
     from host.runtime import make_runtime
 
@@ -306,6 +312,21 @@ def _sim_runtime(model, mc: ModelConfig, dp: AccelConfig, max_chunk: int):
         dp=rtl_design_point(dp),
         bandwidth=dp.bytes_per_cycle,
         latency=dp.dram_latency,
+        act_adc=act_adc,
+    )
+
+
+def act_formula_cycles(mc: ModelConfig, dp: AccelConfig, act_adc=None) -> int:
+    """One decode token's ACT command (rows 1, dim = intermediate_size) by
+    ``hw.ops.act.expected_cycles`` (no memory stalls, read latency 1): with an NL-ADC
+    kind, its table and its 2^N-cycle conversions per sub-beat of ``act_lanes``."""
+    from host.runtime import act_kind
+    from hw.ops.act import expected_cycles
+
+    kind = act_kind(mc.hidden_act, act_adc)
+    bits = 0 if act_adc is None else act_adc.bits
+    return expected_cycles(
+        1, mc.intermediate_size, kind, dp.act_lanes, dp.act_amax_lanes, adc_bits=bits
     )
 
 
@@ -385,6 +406,12 @@ def report(r: dict, out=print) -> None:
         f"modeled decode: {r['tok_s']:.1f} tok/s   (TeLLMe v2: {TELLME_V2_TOK_S:.0f} tok/s, "
         f"x{r['tok_s'] / TELLME_V2_TOK_S:.2f}; target >= {2 * TELLME_V2_TOK_S:.0f})"
     )
+    if r.get("act_adc"):
+        out(f"ACT activation: {r['act_adc']}")
+    out(
+        f"ACT by hw.ops.act.expected_cycles (no memory stalls): {r['act_formula_cycles']} "
+        "cycles per token and layer"
+    )
     if r["host_ops"]:
         out(f"  NOTE: ops run on the host (0 cycles counted): {r['host_ops']}")
     out("bandwidth roofline (bytes per decoded token / bandwidth):")
@@ -412,11 +439,19 @@ def main(argv=None) -> int:
     ap.add_argument("--clock-mhz", type=float, default=None, help="override its clock")
     ap.add_argument("--bandwidth-gbs", type=float, default=None, help="override its DRAM GB/s")
     ap.add_argument("--latency", type=int, default=None, help="override its DRAM latency")
+    from host.runtime import act_adc_from_args, add_act_adc_args
+
+    add_act_adc_args(ap)
     a = ap.parse_args(argv)
+    try:
+        adc = act_adc_from_args(a)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for ctx in a.context:
         try:
             dp = design_point_with(a.design_point, a.clock_mhz, a.bandwidth_gbs, a.latency)
-            r = measure(context=ctx, dp=dp)
+            r = measure(context=ctx, dp=dp, act_adc=adc)
         except ValueError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -515,6 +515,82 @@ def add_design_point_args(p) -> None:
     )
 
 
+ADC_DEVICES = ("ideal", "rram")  # --act-adc-device: ideal thresholds, or rram_typical
+
+
+def add_act_adc_args(p) -> None:
+    """The FFN activation through the ACT engine's NL-ADC kinds (``golden.nl_adc.ActADC``)."""
+    p.add_argument(
+        "--act-adc",
+        type=int,
+        metavar="BITS",
+        default=None,
+        help="compute the FFN activation through the ACT engine's ramp ADC at BITS bits "
+        "(1..8): relu2 models ReLU^2 by the NL-ADC (code 0 decoded as 0), silu models "
+        "sigma(gate) by the NL-ADC; the threshold table is written by the host",
+    )
+    p.add_argument(
+        "--act-adc-variant",
+        choices=("nl", "linear"),
+        default="nl",
+        help="with --act-adc: nl (the nonlinear ramp, default) or linear (relu2 models: "
+        "a linear ramp ADC, then a digital square)",
+    )
+    p.add_argument(
+        "--act-adc-device",
+        choices=ADC_DEVICES,
+        default="ideal",
+        help="with --act-adc: ideal thresholds (default) or rram: one device per layer "
+        "sampled from ADCDeviceConfig.rram_typical (programming error, stuck cells) "
+        "folded into the table",
+    )
+    p.add_argument(
+        "--act-adc-seed",
+        type=int,
+        default=0,
+        help="with --act-adc-device rram: the device seed (layer i uses (seed, i))",
+    )
+    p.add_argument(
+        "--act-adc-calibrate",
+        action="store_true",
+        help="with --act-adc-device rram: bias-cell calibration of each sampled ramp",
+    )
+
+
+def act_adc_from_args(a):
+    """The ``golden.nl_adc.ActADC`` the ``add_act_adc_args`` flags name, or None
+    (ValueError naming a bad flag)."""
+    from golden.config import DEFAULT, ADCDeviceConfig
+    from golden.nl_adc import ActADC
+
+    given = [
+        f
+        for f, v, d in (
+            ("--act-adc-variant", a.act_adc_variant, "nl"),
+            ("--act-adc-device", a.act_adc_device, "ideal"),
+            ("--act-adc-seed", a.act_adc_seed, 0),
+            ("--act-adc-calibrate", a.act_adc_calibrate, False),
+        )
+        if v != d
+    ]
+    if a.act_adc is None:
+        if given:
+            raise ValueError(f"{given[0]}: only with --act-adc BITS")
+        return None
+    top = DEFAULT.adc.act_max_bits
+    if not 1 <= a.act_adc <= top:
+        raise ValueError(f"--act-adc: expected 1..{top} bits, got {a.act_adc}")
+    if a.act_adc_device == "ideal":
+        for f in ("--act-adc-seed", "--act-adc-calibrate"):
+            if f in given:
+                raise ValueError(f"{f}: only with --act-adc-device rram")
+        return ActADC(a.act_adc_variant, a.act_adc, None)
+    if a.act_adc_seed < 0:
+        raise ValueError(f"--act-adc-seed: expected >= 0, got {a.act_adc_seed}")
+    dev = ADCDeviceConfig.rram_typical(seed=a.act_adc_seed)
+    return ActADC(a.act_adc_variant, a.act_adc, dev, calibrate=a.act_adc_calibrate)
+
+
 def add_transport_arg(p) -> None:
     """``--transport`` of the board backend (``python -m host``, ``serve``)."""
     from host.backends import DEFAULT_TRANSPORT, TRANSPORTS

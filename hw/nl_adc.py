@@ -25,7 +25,8 @@ Streams (``amaranth.lib.stream``; a beat transfers when valid & ready)
 Other ports: ``wr_error`` (out, sticky: an out-of-range write was seen since reset or
 the last clear), ``wr_error_clear`` (in: clears it; a clear and a new error in the same
 cycle leave it set). With ``runtime_bits=True`` (the ACT engine's twin) the resolution is
-a port: ``bits`` (in, 1 .. ``cfg.bits``, held while a conversion runs) sets this
+a port: ``bits`` (in, 1 .. ``cfg.bits``, set a cycle before a conversion starts and held
+while it runs; the twin registers 2^bits - 1) sets this
 conversion's N (2^N - 1 ramp steps over table[0 .. 2^N - 2], codes < 2^N in the
 ``cfg.bits``-wide ``out`` lanes); the table holds 2^cfg.bits - 1 entries.
 
@@ -110,8 +111,8 @@ class NLADC(wiring.Component):
         n_thr = cfg.n_thresholds
         m = Module()
         if self.runtime_bits:
-            last_phase = Signal(range(cfg.levels))
-            m.d.comb += last_phase.eq((1 << self.bits) - 1)
+            last_phase = Signal(range(cfg.levels))  # registered: bits is set ahead
+            m.d.sync += last_phase.eq((1 << self.bits) - 1)
         else:
             last_phase = cfg.levels - 1
 

@@ -28,6 +28,8 @@
 # 3. The shipped model with its FFN activation (ReLU^2) computed by an NL-ADC at 3-8
 #    bits, ideal and with device noise: held-out bits per character (the paper's
 #    figure-5 study, on our model).
+# 4. The same variants through the accelerator: the ACT engine's NL-ADC kinds, run as
+#    the command stream (`host.adc_study`, golden backend), plotted next to section 3.
 
 # %% tags=["parameters"]
 MODEL_DIR = None  # checkpoint directory, repo-relative or absolute (None: shipped)
@@ -36,6 +38,7 @@ HELDOUT_WINDOWS = 4  # held-out windows (of the model's context) per model run
 RANGE_WINDOWS = 2  # other held-out windows that set each layer's ADC full scale
 BITS = (3, 4, 5, 6, 8)  # NL-ADC resolutions of the model study
 STUDY_DEVICES = 100  # devices per point of the noise sweep
+ACCEL_WINDOWS = 4  # held-out windows of section 4 (the accelerator's command stream)
 SEED = 0
 
 # %%
@@ -187,7 +190,10 @@ assert f_mean >= na.CAL_MIN_FACTOR_MEAN and f_p90 >= na.CAL_MIN_FACTOR_P90
 # - devices sampled from `rram_typical` (one per layer), before and after bias-cell
 #   calibration, with the code-0 decode;
 # - for comparison, an ideal *linear* ADC of the same resolution on u in [-1, 1]
-#   followed by an exact digital square (a conventional ADC + digital activation).
+#   followed by an exact digital square (a conventional ADC + digital activation): the
+#   ramp ADC with the identity's thresholds (`golden.nl_adc` function "linear",
+#   mid-rise: y_hat = -1 + (c + 1/2) 2/2^N), the quantizer the ACT engine's
+#   RELU2_LINADC kind uses.
 
 # %%
 model, tok = lib.load(MODEL_DIR)
@@ -251,10 +257,10 @@ for bits in BITS:
         na.sample_device(dsg, DEVICE, seed=(SEED, bits, li)) for li in range(mc.num_hidden_layers)
     ]
     cals = [na.calibrate(d) for d in devs]
-    levels = (1 << bits) - 1
+    lin = na.design("linear", bits, -1.0, 1.0)
 
-    def linear(u, levels=levels):
-        return np.square(np.maximum(np.round(np.clip(u, -1, 1) * levels / 2) * 2 / levels, 0))
+    def linear(u, lin=lin):
+        return np.square(np.maximum(lin.convert(u), 0.0))
 
     n_l = mc.num_hidden_layers
     hooks = dict(
@@ -316,3 +322,61 @@ print(f"notebook runtime {time.time() - T0:.1f} s")
 # bit widths. Device noise (one sampled device per layer) moves the loss by amounts of
 # the order of the paired standard error at 5 bits and above; calibration matters most
 # for the high-noise devices of section 2.
+
+# %% [markdown]
+# ## 4. Through the accelerator
+# The ACT command's NL-ADC kinds (`golden/isa.py` ActKind; the engine `hw/ops/act.py`
+# with the ramp-counter twin `hw/nl_adc.py`): the host writes each layer's threshold
+# table into accelerator memory (`golden.nl_adc.ActADC`: ideal, or a device sampled per
+# layer with its static errors, with or without calibration), and every window runs as
+# the accelerator's command stream (`host.adc_study.accelerator_bpc`, golden backend,
+# bit-identical to the RTL). Two differences from section 3: the whole integer datapath
+# (attention, norms, head) is on, and the ADC's full scale is the *row's* amax -- the
+# engine converts the gate's 16-bit row-quantized value, which its pass 1 computes anyway
+# -- instead of a fixed per-layer gain; and a table holds only a device's static errors
+# (read noise and comparator offsets are per conversion, not in a digital table). The
+# linear variant is the same mid-rise ramp ADC as section 3's.
+
+# %%
+from host import adc_study  # noqa: E402
+
+acc_wins = wins[:ACCEL_WINDOWS]
+t = time.time()
+accel = {k: [] for k in adc_study.VARIANTS}
+for bits in BITS:
+    for name, setting in adc_study.variants(bits, SEED).items():
+        accel[name].append(adc_study.accelerator_bpc(model, acc_wins, setting)[0])
+    print(f"accelerator, {bits} bit: " + ", ".join(f"{k}: {v[-1]:.4f}" for k, v in accel.items()))
+accel_base = adc_study.accelerator_bpc(model, acc_wins)[0]
+print(f"accelerator without ADC: {accel_base:.4f} bpc ({time.time() - t:.1f} s)")
+# the integer forward with the same option gives the same figure: same logits, bit for bit
+point = adc_study.variants(BITS[0], SEED)["NL-ADC device + calibration"]
+gm_point = adc_study.golden_bpc(gmodel.GoldenModel(model, "integer", act_adc=point), acc_wins)[0]
+assert gm_point == accel["NL-ADC device + calibration"][0], (gm_point, accel)
+
+fig, ax = plt.subplots(figsize=(8, 4.5))
+pairs = (
+    ("NL-ADC ideal, code 0 -> 0", "NL-ADC ideal, code 0 -> 0"),
+    ("NL-ADC device, code 0 -> 0", "NL-ADC device, code 0 -> 0"),
+    ("NL-ADC device + calibration, code 0 -> 0", "NL-ADC device + calibration"),
+    ("linear ADC + digital square", "linear ADC + digital square"),
+)
+for i, (mine, theirs) in enumerate(pairs):
+    ax.plot(BITS, [r[0] for r in results[mine]], "--", color=f"C{i + 1}", marker="o", alpha=0.6)
+    ax.plot(BITS, accel[theirs], "-", color=f"C{i + 1}", marker="s", label=theirs)
+ax.axhline(accel_base, color="k", ls="-", lw=0.8, label=f"accelerator, no ADC ({accel_base:.3f})")
+ax.axhline(bpc_ref, color="k", ls="--", lw=0.8, label=f"float ReLU^2 ({bpc_ref:.3f})")
+ax.set_yscale("log")
+ax.set_xlabel("ADC bits")
+ax.set_ylabel("held-out bits per character")
+ax.set_title("solid: the accelerator's ACT kinds (command stream); dashed: section 3 (float)")
+ax.legend(fontsize=7)
+savefig(fig, "accelerator_bits")
+print(f"notebook runtime {time.time() - T0:.1f} s")
+
+# %% [markdown]
+# Reading it: with the row's own full scale the NL-ADC's ReLU^2 thresholds sqrt(k LSB)
+# cover each token's gate range, so the accelerator's NL-ADC variants sit far closer to
+# the integer datapath than section 3's fixed-gain ones at low resolution; the linear
+# ADC + digital square is no longer ahead of it. `python -m host.adc_study` prints the
+# full 3-8 bit table (README, "The NL-ADC on the accelerator").

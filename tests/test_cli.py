@@ -222,6 +222,12 @@ BAD_ARGS = {
     "unknown flag": ["--frobnicate"],
     "zero clock": ["--clock-mhz", "0"],
     "negative bandwidth": ["--bandwidth-gbs", "-1"],
+    "adc zero bits": ["--act-adc", "0"],
+    "adc beyond the table": ["--act-adc", "9"],
+    "adc option without adc": ["--act-adc-device", "rram"],
+    "adc seed of the ideal device": ["--act-adc", "4", "--act-adc-seed", "3"],
+    "adc in reference mode": ["--mode", "reference", "--act-adc", "4"],
+    "adc unknown variant": ["--act-adc", "4", "--act-adc-variant", "log"],
 }
 
 
@@ -263,3 +269,30 @@ def test_one_design_point_drives_cli_sim_and_perf_model(tiny_model, capsys, monk
     )
     r = perf_model.measure(small, context=4, progress=lambda *_: None)
     assert r["latency"] == 7 and r["bandwidth_bps"] == 8e9 and r["design_point"] == "kv260"
+
+
+def test_act_adc_streams_the_same_tokens_on_golden_and_sim(tiny_model, capsys):
+    """--act-adc 6 (and a sampled, calibrated device with the linear variant): the command
+    stream with the ACT engine's NL-ADC kind gives the same text on the Verilator-compiled
+    accelerator as on the golden device; the summary names the ADC setting."""
+    for extra in (
+        ["--act-adc", "6"],
+        ["--act-adc", "4", "--act-adc-variant", "linear", "--act-adc-device", "rram",
+         "--act-adc-seed", "3", "--act-adc-calibrate"],
+    ):  # fmt: skip
+
+        def once(*backend, extra=extra):
+            argv = ["-m", str(tiny_model), "-p", "To be", "-n", "6", "-s", "7", *extra]
+            assert cli.main([*argv, *backend]) == 0
+            return capsys.readouterr()
+
+        gold, sim = once("--backend", "golden"), once()  # sim is the default
+        assert sim.out == gold.out and len(sim.out) > len("To be")
+        assert "backend sim" in sim.err
+        for err in (gold.err, sim.err):
+            adc = [ln for ln in err.splitlines() if ln.startswith("ACT activation:")]
+            assert adc and f"{extra[1]} bit" in adc[0], err
+            if "rram" in extra:
+                assert "linear ADC + digital square" in adc[0] and "calibrated" in adc[0]
+            else:
+                assert "NL-ADC" in adc[0] and "ideal thresholds" in adc[0]

@@ -117,6 +117,36 @@ def test_model_prefill_decode_bit_identical(rng, seed):
     assert not sim.stats["host_ops"]  # the whole model ran on the RTL
 
 
+ADC_SETTINGS = {
+    "relu2 NL-ADC 6 bit": ("relu2", "nl", 6, None),
+    "relu2 linear 3 bit, device": ("relu2", "linear", 3, 11),
+    "silu NL-ADC 5 bit, calibrated device": ("silu", "nl", 5, 12),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ADC_SETTINGS))
+def test_act_adc_model_bit_identical(case):
+    """A model compiled with the ACT engine's NL-ADC kinds (golden.nl_adc.ActADC): prefill
+    and decode logits on the RTL equal the golden backend's and golden.model's integer
+    forward with the same setting, bit for bit."""
+    from golden.config import ADCDeviceConfig
+    from golden.nl_adc import ActADC
+
+    act, variant, bits, dev_seed = ADC_SETTINGS[case]
+    dev = None if dev_seed is None else ADCDeviceConfig.rram_typical(seed=dev_seed)
+    adc = ActADC(variant, bits, dev, calibrate=dev is not None and act == "silu")
+    m = random_model(ModelConfig(hidden_act=act, **SHAPE), seed=3)
+    toks = np.array([5, 1, 40, 22, 9, 60, 2])
+    want = GoldenModel(m, "integer", act_adc=adc).forward(toks)
+    for dev_ in (GoldenDevice(mem_size=MEM), SimDevice(mem_size=MEM, bandwidth=32.0, latency=9)):
+        rt = Runtime(m, dev_, max_chunk=5, act_adc=adc)
+        got = np.concatenate([rt.forward(toks[:5]), rt.forward(toks[5:6]), rt.forward(toks[6:])])
+        assert np.array_equal(got, want), (case, type(dev_).__name__)
+        if isinstance(dev_, SimDevice):
+            assert not dev_.stats["host_ops"]  # the ACT commands ran on the RTL
+        rt.close()
+
+
 def test_host_fallback_of_a_partial_top(rng, seed):
     """A top built with the TLMM engine only hands every other op to the host (the golden
     executor on the same memory): the logits stay bit-identical."""

@@ -20,7 +20,9 @@ from notebooks import lib, run
 QUICK = {
     "weights_activations": dict(HELDOUT_WINDOWS=6, STAT_WINDOWS=1),
     "approximations": dict(HELDOUT_WINDOWS=3, SOFTMAX_ROWS=100),
-    "nl_adc": dict(HELDOUT_WINDOWS=2, RANGE_WINDOWS=1, BITS=(3, 6), STUDY_DEVICES=20),
+    "nl_adc": dict(
+        HELDOUT_WINDOWS=2, RANGE_WINDOWS=1, BITS=(3, 6), STUDY_DEVICES=20, ACCEL_WINDOWS=1
+    ),
 }
 FIGURES = {
     "weights_activations": (
@@ -31,7 +33,7 @@ FIGURES = {
         "heldout_loss",
     ),
     "approximations": ("block_errors", "bound_ratio", "ablation", "activation_in_model"),
-    "nl_adc": ("transfer_curves", "calibration", "model_bits"),
+    "nl_adc": ("transfer_curves", "calibration", "model_bits", "accelerator_bits"),
 }
 MODEL_DIR = os.environ.get("NOTEBOOK_MODEL", DEFAULT_MODEL)
 

@@ -20,7 +20,7 @@ is ``hw.activations.lut_lane`` (``LutActivation``'s lane).
 
 Checks: the ACT contract (``golden.isa.CONTRACTS``), before any memory access
 ---------------------------------------------------------------------------
-kind not an ``ActKind`` (2, 3: golden's decoder says BAD_OPERAND); rows, dim >= 1 and
+kind not an ``ActKind`` (5 .. 7: golden's decoder says BAD_OPERAND); rows, dim >= 1 and
 the engine limit dim <= ``max_dim`` (``LIMITS``; BAD_DIM); gate, up: 4-byte aligned
 (ALIGN) and [addr, addr + rows*dim*4) inside [mem_lo, mem_hi) (ADDR_RANGE); src_scale:
 aligned to its 4-byte record, rows*4 bytes in range; dst as gate. The byte counts, the
@@ -81,6 +81,32 @@ ahead). BitNet-0.73B FFN (relu2, dim 4096, LA = 16, L = 4): 1 + 512 + 48 + 1024 
 latency = 1610 + latency cycles for one token (the memory carries 64 bytes per cycle in
 pass 1, 32 bytes of reads and 16 of writes per cycle in pass 2; the kv260 point's DRAM
 gives ~68 bytes per cycle).
+
+NL-ADC kinds (RELU2_NLADC, RELU2_LINADC, SILU_NLADC; ``golden.model.op_act``'s ``adc``)
+---------------------------------------------------------------------------------------
+Before the first row the engine reads the threshold table (2^N - 1 int16 at
+``adc_table``, N = ``adc_bits``; one 2-byte request per entry) into the twin
+``hw.nl_adc.NLADC`` (``runtime_bits``: N from the command, a 2^act_max_bits-word RAM,
+one comparator per lane sharing the ramp counter). Rows run as relu2 (RELU2_* kinds: the
+gate's 16-bit quantizer) or silu (SILU_NLADC: the gate requantized to Q7.8). In pass 2
+the sub-beat at G16 (the gate value X of each lane) is held there while the twin
+converts it: 2^N cycles (its ramp-reset cycle and 2^N - 1 steps, all lanes compared with
+table[k] in step k) plus ``ADC_HANDOFF`` = 3 (into the twin, its codes c registered with
+2c + 1, c == 0 and max(2c + 1 - 2^N, 0), on to G16 + 1); the whole lane pipeline holds
+meanwhile. One multiplier per lane (the relu2 square's DSP) then forms a: RELU2_NLADC
+(c ? 2c + 1 : 0) * 1, RELU2_LINADC t * t (t = max(2c + 1 - 2^N, 0)), SILU_NLADC g * (2c
++ 1) then rhu(., N + 1) (two stages); sa's shift offset follows the kind and N. Cycles
+(``expected_cycles(..., adc_bits=N)``, exact on the bench): with q = 1 + s *
+ceil(dim/LA) + ROW_SCALE + log2(LA), sb = 2 ceil(dim/(2L)) sub-beats per row and
+p = 2^N + 3::
+
+    q + sb p + (rows - 1) max(sb p + 23, q + 2 + (sb - 6) p, q + sb)
+        + 2^N - 1 + FIXED_CYCLES + latency
+
+(a later row is bound by its conversions and the lanes' drain, or by its record, pass 1
+and scale, which overlap the last 6 conversions of the row before, or all of them). The
+conversions dominate: BitNet-0.73B's FFN row (dim 4096, L = 4) at N = 6 is 1024 * 67 =
+68,608 cycles, against 1,024 for the digital kinds.
 
 Differences from the golden backend
 -----------------------------------
