@@ -366,7 +366,6 @@ for i, (mine, theirs) in enumerate(pairs):
     ax.plot(BITS, accel[theirs], "-", color=f"C{i + 1}", marker="s", label=theirs)
 ax.axhline(accel_base, color="k", ls="-", lw=0.8, label=f"accelerator, no ADC ({accel_base:.3f})")
 ax.axhline(bpc_ref, color="k", ls="--", lw=0.8, label=f"float ReLU^2 ({bpc_ref:.3f})")
-ax.set_yscale("log")
 ax.set_xlabel("ADC bits")
 ax.set_ylabel("held-out bits per character")
 ax.set_title("solid: the accelerator's ACT kinds (command stream); dashed: section 3 (float)")
@@ -375,8 +374,10 @@ savefig(fig, "accelerator_bits")
 print(f"notebook runtime {time.time() - T0:.1f} s")
 
 # %% [markdown]
-# Reading it: with the row's own full scale the NL-ADC's ReLU^2 thresholds sqrt(k LSB)
-# cover each token's gate range, so the accelerator's NL-ADC variants sit far closer to
-# the integer datapath than section 3's fixed-gain ones at low resolution; the linear
-# ADC + digital square is no longer ahead of it. `python -m host.adc_study` prints the
-# full 3-8 bit table (README, "The NL-ADC on the accelerator").
+# Reading it: on the accelerator the ADC's full scale follows each token's gate range, so
+# every variant comes much closer to the no-ADC datapath at 3-4 bits than section 3's
+# fixed-gain conversions; the linear ADC + digital square stays ahead of the NL-ADC there
+# (its levels are dense near 0, where most gate values lie), and from 5 bits on all
+# variants are within a few thousandths of a bit of the datapath without ADC.
+# `python -m host.adc_study` prints the full 3-8 bit table and the SiLU model's study
+# (README, "The NL-ADC on the accelerator").

@@ -398,3 +398,25 @@ def test_adc_cycles_and_widest(rng, kind):
         assert res["error"] == ErrorCode.NONE
         want = expected_cycles(rows, dim, kind, DP.act_lanes, DP.act_amax_lanes, adc_bits=bits)
         assert res["cycles"] == want, (bits, rows, dim, res["cycles"], want)
+
+
+@pytest.mark.parametrize("bits", [0, DEFAULT.adc.act_max_bits + 1])
+def test_adc_bits_errors(rng, bits):
+    """adc_bits outside 1 .. act_max_bits: BAD_DIM (the contract's Dims with adc_kind),
+    nothing written; the digital kinds ignore the field."""
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+    cmd = adc_command(rng, gd, ActKind.RELU2_NLADC, 2, 1, 5)
+    bad = isa.command(Opcode.ACT, **{**cmd.args, "adc_bits": bits})
+    res = check_op(engine(1, 4, max_dim=64), gd, bad, seed=int(rng.integers(1 << 30)), stall=0.3)
+    assert res["error"] == ErrorCode.BAD_DIM and res["bytes_written"] == 0
+    plain = isa.command(Opcode.ACT, **{**cmd.args, "adc_bits": bits, "kind": ActKind.RELU2})
+    res = check_op(engine(1, 4, max_dim=64), gd, plain, seed=1, stall=0.0)
+    assert res["error"] == ErrorCode.NONE
+
+
+def test_adc_contract_errors(rng):
+    """Every ALIGN / ADDR_RANGE case of the ACT contract with the table in use (an NL-ADC
+    kind: adc_table int16 [2^N - 1] checked between src_scale and dst)."""
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 16)
+    cmd = adc_command(rng, gd, ActKind.SILU_NLADC, 3, 2, 5)
+    check_arg_errors(engine(1, 4, max_dim=64), gd, cmd, seed=int(rng.integers(1 << 30)))

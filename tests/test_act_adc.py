@@ -228,3 +228,22 @@ def test_bad_settings_for_the_model():
         GoldenModel(_model("relu2"), "integer", act_adc="nl")
     with pytest.raises(ValueError, match=r"^act_adc: integer mode only"):
         GoldenModel(_model("relu2"), "reference", act_adc=N.ActADC())
+
+
+@pytest.mark.parametrize("variant,bits", [("nl", 3), ("linear", 6)])
+def test_study_figures_equal_the_integer_forward(variant, bits):
+    """host.adc_study's figure (the shipped model's held-out bits/char through the command
+    stream) equals the integer forward's with the same ActADC (the notebook's section 4
+    asserts the same on its points): the logits are bit-identical."""
+    from host import adc_study
+    from notebooks import lib
+
+    model, tok = lib.load(None)
+    x, y = lib.heldout_windows(tok, 1, model.config.max_position_embeddings)[0]
+    wins = [(x[:96], y[:96])]
+    adc = N.ActADC(variant, bits)
+    got = adc_study.accelerator_bpc(model, wins, adc)
+    want = adc_study.golden_bpc(GoldenModel(model, "integer", act_adc=adc), wins)
+    assert got[0] == want[0] and np.array_equal(got[1], want[1])
+    plain = adc_study.golden_bpc(GoldenModel(model, "integer"), wins)[0]
+    assert got[0] != plain  # the ADC reaches the figure
