@@ -77,7 +77,8 @@ after the CSR write. Cycle cost: one cycle per command run on an engine (the reg
 ``done``; ~21 per layer step of ~21 commands, against thousands of cycles of engine work),
 one more where the prefetched command arrives in that cycle (it then goes through PF_WAIT),
 one per host-executed command (HOST_NEXT), and two (at times three: the late read count) per
-stream in DRAIN.
+stream in DRAIN; one cycle of latency on every read (the request skid buffer), which the
+engines' outstanding reads hide.
 
 Busy/host lines ``busy`` and ``host_req`` are also top-level outputs (an interrupt line
 for the harness).

@@ -29,9 +29,10 @@ Core side: the DMA port of ``hw.accel.Accel`` (same names: ``mem_rd_*``, ``mem_r
 ``cmd_index`` (the core's PC, tags each write) and ``addr_hi`` (STREAM_ADDR_HI: bus
 address = ``addr_hi << 32 | device address``).
 
-Reads. A request (1..dma_bytes bytes at any byte address) passes a 2-entry FIFO and a
-register that computes its beats: the aligned 16-byte beats it touches (1..9 at 128
-bytes), split into two INCR bursts where it crosses a 4 KB boundary (never more: a request
+Reads. A request (1..dma_bytes bytes at any byte address) passes a 2-entry FIFO, a
+register that computes its beats (R1) and one that dispatches it (R2, with its write hazard
+and the port's room as flops). Its beats: the aligned 16-byte beats it touches (1..9 at
+128 bytes), split into two INCR bursts where it crosses a 4 KB boundary (never more: a request
 is at most dma_bytes <= 4 KB). Requests go to the ports in strict round robin (request i
 to port i mod N, both bursts of a split request to the same port), so every port carries
 1/N of the requests and responses are reassembled in request order without tags. Each
