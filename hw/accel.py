@@ -24,9 +24,13 @@ DMA port (external memory; one request = one response beat)
   ``addr`` (posted).
 A transfer happens on a clock edge where valid & ready. Requests may run ahead of
 responses by any number (the memory buffers them and applies backpressure with ready).
-Responses pass one pipeline register before the engines (one cycle of latency, full
-throughput); its data goes to every engine as is, only ``rdata.valid`` is switched to the
-running one (no 8*W-bit gate per engine). A read sees every write accepted before it was requested.
+The port is registered both ways, so no combinational path runs between an engine and
+the memory behind the port (the AXI shell): read requests leave from a two-entry skid
+buffer (the engine sees its ready as a flop; one cycle of latency, full throughput), and
+responses enter one (``mem_rdata_ready`` is a flop; the beat the engines see is the skid's
+head register: its data goes to every engine as is, only ``rdata.valid`` is switched to the
+running one, no 8*W-bit gate per engine). A read sees every write accepted before it was
+requested.
 
 Bus errors and write completion (driven by the AXI shell ``hw/shell.py``; a memory that
 applies writes at once and never fails, like the sim backend's harness, leaves them 0):
@@ -73,7 +77,8 @@ after the CSR write. Cycle cost: one cycle per command run on an engine (the reg
 ``done``; ~21 per layer step of ~21 commands, against thousands of cycles of engine work),
 one more where the prefetched command arrives in that cycle (it then goes through PF_WAIT),
 one per host-executed command (HOST_NEXT), and two (at times three: the late read count) per
-stream in DRAIN.
+stream in DRAIN; one cycle of latency on every read (the request skid buffer), which the
+engines' outstanding reads hide.
 
 Busy/host lines ``busy`` and ``host_req`` are also top-level outputs (an interrupt line
 for the harness).
@@ -265,20 +270,52 @@ class Accel(wiring.Component):
                 with m.Case(op.value):
                     m.d.comb += known.eq(1)
 
-        # ------------------------------------------------ read-response register
-        # The response beat is registered before it fans out to the engines (a pipeline
-        # register with a pass-through ready: one beat per cycle, one cycle of latency):
-        # the wide data path to every engine then starts at a flop, which is also what
-        # lets Verilator evaluate it once per cycle instead of on every input change.
+        # ------------------------------------------------ read-response skid buffer
+        # The response beat is registered before it fans out to the engines (rs: the wide
+        # data path to every engine starts at a flop, which is also what lets Verilator
+        # evaluate it once per cycle), and the ready the memory sees is a flop too: a beat
+        # that arrives while rs is held waits in the skid register (sk). One beat per
+        # cycle, one cycle of latency; the engine's ready ends at rs/sk's enables instead
+        # of running on into the memory's read FIFO.
         rs_valid = Signal()
         rs_data = Signal(8 * self.dma_bytes)
         rs_err = Signal()  # the beat is a bus error
         rs_ready = Signal()  # the consumer takes rs this cycle
-        m.d.comb += self.mem_rdata_ready.eq(~rs_valid | rs_ready)
-        with m.If(self.mem_rdata_ready):
-            m.d.sync += rs_valid.eq(self.mem_rdata_valid)
-            with m.If(self.mem_rdata_valid):
+        sk_valid = Signal()
+        sk_data = Signal(8 * self.dma_bytes)
+        sk_err = Signal()
+        m.d.comb += self.mem_rdata_ready.eq(~sk_valid)
+        with m.If(~rs_valid | rs_ready):
+            m.d.sync += rs_valid.eq(sk_valid | self.mem_rdata_valid)
+            with m.If(sk_valid):
+                m.d.sync += [rs_data.eq(sk_data), rs_err.eq(sk_err), sk_valid.eq(0)]
+            with m.Elif(self.mem_rdata_valid):
                 m.d.sync += [rs_data.eq(self.mem_rdata), rs_err.eq(self.mem_rdata_err)]
+        with m.Elif(self.mem_rdata_valid & ~sk_valid):
+            m.d.sync += [sk_valid.eq(1), sk_data.eq(self.mem_rdata), sk_err.eq(self.mem_rdata_err)]
+
+        # ------------------------------------------------ read-request skid buffer
+        # The requests of the processor and the engines (q_rd_*) reach the port from a
+        # register (rq), with a second one (rk) taking the request of a cycle where rq is
+        # held: the port's ready ends here, and the switch sees ~rk_v, a flop.
+        q_rd_valid, q_rd_ready = Signal(), Signal()
+        q_rd_addr, q_rd_len = Signal(isa.ADDR_BITS), Signal(range(self.dma_bytes + 1))
+        rq_v, rq_addr, rq_len = Signal(), Signal.like(q_rd_addr), Signal.like(q_rd_len)
+        rk_v, rk_addr, rk_len = Signal(), Signal.like(q_rd_addr), Signal.like(q_rd_len)
+        m.d.comb += [
+            self.mem_rd_valid.eq(rq_v),
+            self.mem_rd_addr.eq(rq_addr),
+            self.mem_rd_len.eq(rq_len),
+            q_rd_ready.eq(~rk_v),
+        ]
+        with m.If(~rq_v | self.mem_rd_ready):
+            m.d.sync += rq_v.eq(rk_v | q_rd_valid)
+            with m.If(rk_v):
+                m.d.sync += [rq_addr.eq(rk_addr), rq_len.eq(rk_len), rk_v.eq(0)]
+            with m.Elif(q_rd_valid):
+                m.d.sync += [rq_addr.eq(q_rd_addr), rq_len.eq(q_rd_len)]
+        with m.Elif(q_rd_valid & ~rk_v):
+            m.d.sync += [rk_v.eq(1), rk_addr.eq(q_rd_addr), rk_len.eq(q_rd_len)]
         # reads requested and not yet taken from rs (every kind: fetch, prefetch, engine),
         # counted a cycle late (from registered request/take flags): the reads outstanding
         # are rd_out + rd_fire_q - rs_fire_q, and DRAIN waits for rd_out == 0 & ~rd_fire_q
@@ -286,7 +323,7 @@ class Accel(wiring.Component):
         rd_fire_q = Signal()
         rs_fire_q = Signal()
         m.d.sync += [
-            rd_fire_q.eq(self.mem_rd_valid & self.mem_rd_ready),
+            rd_fire_q.eq(q_rd_valid & q_rd_ready),
             rs_fire_q.eq(rs_valid & rs_ready),
             rd_out.eq(rd_out + rd_fire_q - rs_fire_q),
         ]
@@ -365,14 +402,6 @@ class Accel(wiring.Component):
             for i, op in enumerate(self.ops):
                 with m.Case(i + 1):
                     m.d.comb += self.mem_wr_data.eq(engines[op].wr.payload.data)
-        for i, op in enumerate(self.ops):
-            e = engines[op]
-            m.d.comb += [
-                e.rd.ready.eq(e_rd_ready & act[i]),
-                e.rdata.valid.eq(e_rs_valid & act[i]),
-                e.wr.ready.eq(self.mem_wr_ready & act[i]),
-            ]
-
         # ------------------------------------------------ command prefetch
         # While an engine runs, the next command is read in a request slot the engine
         # leaves free; responses come back in request order, so the prefetch's is the
@@ -390,6 +419,18 @@ class Accel(wiring.Component):
         pf_head = Signal()
         pf_zero = Signal()  # pf_ahead == ers_q, as a register (set from next cycle's values)
         m.d.comb += pf_head.eq(pf_req & pf_zero)
+        # the running engine's handshakes come from registers (act is non-zero only in
+        # EXEC): its read ready is the request skid's, its response valid rs less an
+        # error beat and the prefetch's (pf_head), one LUT each
+        for i, op in enumerate(self.ops):
+            e = engines[op]
+            m.d.comb += [
+                e.rd.ready.eq(e_rd_ready & act[i]),
+                # (written out from the flops, not through e_rs_valid: one LUT per engine)
+                e.rdata.valid.eq(rs_valid & ~rs_err & ~(pf_req & pf_zero) & act[i]),
+                e.wr.ready.eq(self.mem_wr_ready & act[i]),
+            ]
+
         eng_rd_fire = Signal()
         eng_rs_fire = Signal()
         pf_fire = Signal()
@@ -397,10 +438,19 @@ class Accel(wiring.Component):
             eng_rd_fire.eq(e_rd_valid & e_rd_ready),
             eng_rs_fire.eq(e_rs_valid & e_rs_ready),
         ]
+        eng_full = Signal()  # eng_out at its maximum (registered with it)
+        eng_next = Mux(eng_rd_fire, eng_out + 1 - ers_q, eng_out - ers_q)
         m.d.sync += [
             ers_q.eq(eng_rs_fire),
-            eng_out.eq(Mux(eng_rd_fire, eng_out + 1 - ers_q, eng_out - ers_q)),
+            eng_out.eq(eng_next),
+            eng_full.eq(eng_next == (1 << PF_COUNT_BITS) - 1),
         ]
+        m.d.comb += [
+            e_rd_ready.eq(q_rd_ready & ~eng_full),
+            e_rs_valid.eq(rs_valid & ~rs_err & ~pf_head),
+        ]
+        rs_ready_own = Signal()  # rs taken by the processor (rs_ready: or by the engine)
+        m.d.comb += rs_ready.eq(rs_ready_own | e_rs_ready)
         with m.If(pf_fire):
             m.d.sync += [pf_req.eq(1), pf_ahead.eq(eng_out - ers_q)]
         with m.Elif(pf_req):
@@ -524,11 +574,12 @@ class Accel(wiring.Component):
             return cond
 
         def draining():
-            m.d.comb += rs_ready.eq(1)
+            m.d.comb += rs_ready_own.eq(1)
             m.d.sync += [
                 act.eq(0),
                 active.eq(0),
                 eng_out.eq(0),
+                eng_full.eq(0),
                 pf_req.eq(0),
                 pf_ahead.eq(0),
                 pf_have.eq(0),
@@ -563,15 +614,15 @@ class Accel(wiring.Component):
                     m.next = "FETCH"
             with m.State("FETCH"):
                 m.d.comb += [
-                    self.mem_rd_valid.eq(1),
-                    self.mem_rd_addr.eq(faddr),
-                    self.mem_rd_len.eq(isa.COMMAND_BYTES),
+                    q_rd_valid.eq(1),
+                    q_rd_addr.eq(faddr),
+                    q_rd_len.eq(isa.COMMAND_BYTES),
                 ]
-                with m.If(self.mem_rd_ready):
+                with m.If(q_rd_ready):
                     m.next = "FETCH_WAIT"
                 aborted()
             with m.State("FETCH_WAIT"):
-                m.d.comb += rs_ready.eq(1)
+                m.d.comb += rs_ready_own.eq(1)
                 with m.If(rs_valid & rs_err):
                     m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc)]
                     m.next = "DRAIN"
@@ -602,28 +653,24 @@ class Accel(wiring.Component):
             with m.State("EXEC"):
                 # reads: the engine first, the prefetch in a free slot (not in the cycle
                 # the engine finishes: the next state decides on pf_req/pf_have)
-                eng_full = eng_out == (1 << PF_COUNT_BITS) - 1
                 want_pf = ~pf_req & ~pf_have & ~eng_done & ~done_q & more & ~berr_now
                 m.d.comb += [
-                    e_rd_ready.eq(self.mem_rd_ready & ~eng_full),
-                    self.mem_rd_valid.eq((e_rd_valid & ~eng_full) | want_pf),
-                    self.mem_rd_addr.eq(Mux(e_rd_valid, e_rd_addr, faddr1)),
-                    self.mem_rd_len.eq(Mux(e_rd_valid, e_rd_len, isa.COMMAND_BYTES)),
-                    pf_fire.eq(want_pf & ~e_rd_valid & self.mem_rd_ready),
+                    q_rd_valid.eq((e_rd_valid & ~eng_full) | want_pf),
+                    q_rd_addr.eq(Mux(e_rd_valid, e_rd_addr, faddr1)),
+                    q_rd_len.eq(Mux(e_rd_valid, e_rd_len, isa.COMMAND_BYTES)),
+                    pf_fire.eq(want_pf & ~e_rd_valid & q_rd_ready),
                 ]
                 pf_arrives = Signal()  # the prefetched word is taken now
                 m.d.comb += pf_arrives.eq(pf_head & rs_valid & ~rs_err)
                 with m.If(pf_head):
-                    m.d.comb += rs_ready.eq(1)
+                    m.d.comb += rs_ready_own.eq(1)
                     with m.If(rs_valid & rs_err):  # command pc + 1 cannot be fetched
                         m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc1)]
                         m.d.sync += pf_req.eq(0)
                 with m.Else():
-                    # an errored beat is not given to the engine (it is reset next cycle)
-                    m.d.comb += [
-                        e_rs_valid.eq(rs_valid & ~rs_err),
-                        rs_ready.eq(e_rs_ready | rs_err),
-                    ]
+                    # an errored beat is not given to the engine (it is reset next cycle;
+                    # e_rs_valid above), the processor drops it
+                    m.d.comb += rs_ready_own.eq(rs_err)
                     with m.If(rs_valid & rs_err):
                         m.d.comb += [cap_rd.eq(1), cap_rd_op.eq(pc)]
                 with m.If(pf_arrives):
@@ -657,7 +704,7 @@ class Accel(wiring.Component):
                             m.next = "FETCH"
                 aborted(running_engine=True)
             with m.State("PF_WAIT"):
-                m.d.comb += rs_ready.eq(1)
+                m.d.comb += rs_ready_own.eq(1)
                 with m.If(pf_have):  # it arrived in the cycle EXEC ended
                     m.d.sync += [cmd.eq(pf_buf), pf_have.eq(0)]
                     m.next = "DECODE"

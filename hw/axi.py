@@ -29,9 +29,10 @@ Core side: the DMA port of ``hw.accel.Accel`` (same names: ``mem_rd_*``, ``mem_r
 ``cmd_index`` (the core's PC, tags each write) and ``addr_hi`` (STREAM_ADDR_HI: bus
 address = ``addr_hi << 32 | device address``).
 
-Reads. A request (1..dma_bytes bytes at any byte address) passes a 2-entry FIFO and a
-register that computes its beats: the aligned 16-byte beats it touches (1..9 at 128
-bytes), split into two INCR bursts where it crosses a 4 KB boundary (never more: a request
+Reads. A request (1..dma_bytes bytes at any byte address) passes a 2-entry FIFO, a
+register that computes its beats (R1) and one that dispatches it (R2, with its write hazard
+and the port's room as flops). Its beats: the aligned 16-byte beats it touches (1..9 at
+128 bytes), split into two INCR bursts where it crosses a 4 KB boundary (never more: a request
 is at most dma_bytes <= 4 KB). Requests go to the ports in strict round robin (request i
 to port i mod N, both bursts of a split request to the same port), so every port carries
 1/N of the requests and responses are reassembled in request order without tags. Each
@@ -52,7 +53,8 @@ needs 68.4). An error response (RRESP SLVERR/DECERR) on any beat marks
 the request's response (``mem_rdata_err``).
 
 Writes. A write request (1..dma_bytes bytes at any byte address; ``mem_wr_ready`` is
-one flop) is taken into the serializer, which computes its beats, waits until no
+one flop) is taken into the serializer as it comes (no logic between the core's switch
+and these flops), which computes its beats the cycle after, waits until no
 outstanding write overlaps its bytes (so two writes to the same byte cannot pass each
 other on different ports), books it on the next port in round robin (AW burst(s) into
 that port's address register, an entry in its write table: bytes, command index, bursts
@@ -203,7 +205,7 @@ class AxiLiteCSR(wiring.Component):
         s = _Port(self, self.prefix)
         A = self.addr_bits
         aw_have, aw_addr = Signal(), Signal(A)
-        w_have, w_data, w_strb = Signal(), Signal(32), Signal(4)
+        w_have, w_data = Signal(), Signal(32)
         ar_have, ar_addr = Signal(), Signal(A)
         bvalid, bresp = Signal(), Signal(2)
         rvalid, rresp, rdata = Signal(), Signal(2), Signal(32)
@@ -217,15 +219,27 @@ class AxiLiteCSR(wiring.Component):
             s.rresp.eq(rresp),
             s.rdata.eq(rdata),
         ]
+        # the address decode and the strobe check are made as the address/data are taken,
+        # so that the write enable the core sees is one gate of flops
+        aw_ok, ar_ok, w_full = Signal(), Signal(), Signal()
         with m.If(s.awvalid & ~aw_have):
-            m.d.sync += [aw_have.eq(1), aw_addr.eq(s.awaddr)]
+            m.d.sync += [
+                aw_have.eq(1),
+                aw_addr.eq(s.awaddr),
+                aw_ok.eq(self._mapped(m, s.awaddr, "aw_mapped")),
+            ]
         with m.If(s.wvalid & ~w_have):
-            m.d.sync += [w_have.eq(1), w_data.eq(s.wdata), w_strb.eq(s.wstrb)]
+            m.d.sync += [
+                w_have.eq(1),
+                w_data.eq(s.wdata),
+                w_full.eq(s.wstrb == 0xF),
+            ]
         with m.If(s.arvalid & ~ar_have):
-            m.d.sync += [ar_have.eq(1), ar_addr.eq(s.araddr)]
-
-        aw_ok = self._mapped(m, aw_addr, "aw_mapped")
-        ar_ok = self._mapped(m, ar_addr, "ar_mapped")
+            m.d.sync += [
+                ar_have.eq(1),
+                ar_addr.eq(s.araddr),
+                ar_ok.eq(self._mapped(m, s.araddr, "ar_mapped")),
+            ]
         do_write = Signal()
         do_read = Signal()
         m.d.comb += [
@@ -235,14 +249,14 @@ class AxiLiteCSR(wiring.Component):
         m.d.comb += [
             self.csr_addr.eq(Mux(do_write, aw_addr, ar_addr)[:CSR_ADDR_BITS]),
             self.csr_w_data.eq(w_data),
-            self.csr_w_en.eq(do_write & aw_ok & (w_strb == 0xF)),
+            self.csr_w_en.eq(do_write & aw_ok & w_full),
         ]
         with m.If(do_write):
             m.d.sync += [
                 aw_have.eq(0),
                 w_have.eq(0),
                 bvalid.eq(1),
-                bresp.eq(Mux(aw_ok & (w_strb == 0xF), AXI_OKAY, AXI_SLVERR)),
+                bresp.eq(Mux(aw_ok & w_full, AXI_OKAY, AXI_SLVERR)),
             ]
         with m.Elif(s.bready):
             m.d.sync += bvalid.eq(0)
@@ -415,9 +429,11 @@ class AxiDma(wiring.Component):
         s_data = Signal(8 * W)
         s_tag = Signal(32)
         m.d.comb += self.mem_wr_ready.eq(~sv)
-        # the beats are computed on the way in, so that booking (overlap compares) starts
-        # from flops instead of behind an adder
-        i_end, i_nb, i_b1, i_cross = self._range_info(m, self.mem_wr_addr, self.mem_wr_len, "wr")
+        # the request is taken as it comes (the core's switch ends at these flops) and its
+        # beats are computed the cycle after (s_info), so that booking (overlap compares)
+        # starts from flops instead of behind an adder: one cycle per write request
+        i_end, i_nb, i_b1, i_cross = self._range_info(m, s_addr, s_len, "wr")
+        s_info = Signal()  # s_end .. s_cross are the request's
         s_end, s_nb, s_b1, s_cross = (
             Signal.like(i_end),
             Signal.like(i_nb),
@@ -428,10 +444,15 @@ class AxiDma(wiring.Component):
             m.d.sync += [
                 sv.eq(1),
                 s_send.eq(0),
+                s_info.eq(0),
                 s_addr.eq(self.mem_wr_addr),
                 s_len.eq(self.mem_wr_len),
                 s_data.eq(self.mem_wr_data),
                 s_tag.eq(self.cmd_index),
+            ]
+        with m.Elif(sv & ~s_info):
+            m.d.sync += [
+                s_info.eq(1),
                 s_end.eq(i_end),
                 s_nb.eq(i_nb),
                 s_b1.eq(i_b1),
@@ -481,7 +502,7 @@ class AxiDma(wiring.Component):
                     m.d.comb += full.eq(Cat(*t["valid"]).all())
                     m.d.comb += book_ok.eq(~aw_jobs[i][0] & ~full)
         book = Signal()
-        m.d.comb += book.eq(sv & ~s_send & book_ok & ~waw)
+        m.d.comb += book.eq(sv & s_info & ~s_send & book_ok & ~waw)
         s_nb_q = Signal.like(s_nb)
         s_b1_q = Signal.like(s_b1)
         s_j = Signal(range(MB + 1))
@@ -611,7 +632,8 @@ class AxiDma(wiring.Component):
         q_end, q_nb, q_b1, q_cross = self._range_info(m, q_addr, q_len, "rd")
         dispatch = Signal()
         r1_free = Signal()
-        m.d.comb += [r1_free.eq(~r1v | dispatch), rq.r_en.eq(r1_free)]
+        r2_free = Signal()
+        m.d.comb += [r1_free.eq(~r1v | r2_free), rq.r_en.eq(r1_free)]
         with m.If(r1_free):
             m.d.sync += r1v.eq(rq.r_rdy)
             with m.If(rq.r_rdy):
@@ -623,16 +645,42 @@ class AxiDma(wiring.Component):
                     r1_b1.eq(q_b1),
                     r1_cross.eq(q_cross),
                 ]
-        raw = Signal()
-        m.d.comb += raw.eq(
-            table_hit(r1_addr, r1_end, "rd_overlap_table")
-            | (sv & overlaps(r1_addr, r1_end, s_addr, s_end))
-        )
+
+        def hazard(addr, end, name):
+            """An accepted, unacknowledged write overlaps [addr, end] (comb)."""
+            return table_hit(addr, end, f"{name}_table") | (
+                sv & (~s_info | overlaps(addr, end, s_addr, s_end))
+            )
+
+        # R2: the request to dispatch, with its write hazard as of the cycle before
+        # (r2_raw: computed from R1 as it moves up, then from R2 while it waits), so that
+        # the dispatch decision starts from flops. A write taken meanwhile was accepted
+        # after the read was requested: the read need not wait for it.
+        r2v, r2_raw = Signal(), Signal()
+        r2_addr, r2_len, r2_end = Signal.like(r1_addr), Signal.like(r1_len), Signal.like(r1_end)
+        r2_nb, r2_b1, r2_cross = Signal.like(r1_nb), Signal.like(r1_b1), Signal()
+        raw1 = hazard(r1_addr, r1_end, "rd1_overlap")
+        raw2 = hazard(r2_addr, r2_end, "rd2_overlap")
+        m.d.comb += r2_free.eq(~r2v | dispatch)
+        with m.If(r2_free):
+            m.d.sync += [
+                r2v.eq(r1v),
+                r2_raw.eq(raw1),
+                r2_addr.eq(r1_addr),
+                r2_len.eq(r1_len),
+                r2_end.eq(r1_end),
+                r2_nb.eq(r1_nb),
+                r2_b1.eq(r1_b1),
+                r2_cross.eq(r1_cross),
+            ]
+        with m.Else():
+            m.d.sync += r2_raw.eq(raw2)
 
         rrr = Signal(rr_bits)  # port of the next read
         credits, metas, rfifos, ar_jobs = [], [], [], []
         meta_w = ob + len(r1_len) + len(r1_nb)
-        can = Signal()
+        can_now = Signal(N)  # port i can take a request (credits, AR job, meta FIFO)
+        can = Signal()  # ... port rrr, as of the cycle before (a flop)
         for i, p in enumerate(ports):
             c = Signal(range(self.rd_fifo_beats + 1), init=self.rd_fifo_beats, name=f"p{i}_credit")
             meta = fifo.SyncFIFOBuffered(width=meta_w, depth=16)
@@ -648,11 +696,20 @@ class AxiDma(wiring.Component):
                 rf.w_en.eq(p.rvalid),
                 p.rready.eq(rf.w_rdy),
             ]
-        with m.Switch(rrr):
-            for i in range(N):
-                with m.Case(i):
-                    m.d.comb += can.eq(~ar_jobs[i][0] & (credits[i] >= MB) & metas[i].w_rdy)
-        m.d.comb += dispatch.eq(r1v & can & ~raw)
+        for i in range(N):
+            m.d.comb += can_now[i].eq(~ar_jobs[i][0] & (credits[i] >= MB) & metas[i].w_rdy)
+        # A port that can take a request still can a cycle later unless it was given one
+        # (only a dispatch lowers its credits or fills its AR job and meta FIFO), so the
+        # flop is exact but a cycle late; after a dispatch it looks at the next port (with
+        # one port: it waits a cycle).
+        m.d.sync += can.eq(
+            Mux(
+                dispatch,
+                can_now.bit_select(rr_next(rrr), 1) if N > 1 else 0,
+                can_now.bit_select(rrr, 1),
+            )
+        )
+        m.d.comb += dispatch.eq(r2v & can & ~r2_raw)
         with m.If(dispatch):
             m.d.sync += rrr.eq(rr_next(rrr))
         with m.Switch(rrr):
@@ -660,11 +717,11 @@ class AxiDma(wiring.Component):
                 with m.Case(i):
                     with m.If(dispatch):
                         m.d.sync += ar_jobs[i][1](
-                            Cat(Const(0, ob), r1_addr[ob:]), r1_b1, Mux(r1_cross, r1_nb - r1_b1, 0)
+                            Cat(Const(0, ob), r2_addr[ob:]), r2_b1, Mux(r2_cross, r2_nb - r2_b1, 0)
                         )
                         m.d.comb += [
                             metas[i].w_en.eq(1),
-                            metas[i].w_data.eq(Cat(r1_addr[:ob], r1_len, r1_nb)),
+                            metas[i].w_data.eq(Cat(r2_addr[:ob], r2_len, r2_nb)),
                         ]
 
         # per-port assemblers
@@ -687,7 +744,7 @@ class AxiDma(wiring.Component):
             m.d.comb += rf.r_en.eq(pop)
             is_disp = Signal(name=f"p{i}_disp")
             m.d.comb += is_disp.eq(dispatch & (rrr == i))
-            m.d.sync += c.eq(c + pop - Mux(is_disp, r1_nb, 0))
+            m.d.sync += c.eq(c + pop - Mux(is_disp, r2_nb, 0))
             with m.If(take[i]):
                 m.d.sync += full.eq(0)
             with m.If(pop):

@@ -555,21 +555,21 @@ def design_report(
     open_point: str = "ecp5",
     jobs: int = 2,
     freq: float = DEFAULT_FREQ_MHZ,
+    open_flow: bool = True,
 ) -> dict:
     """``make synth``: the board point's whole accelerator (AXI shell + core) on the XCK26
     (utilization, area budget per block, logic depth per block) and the open point's core
-    top and every engine through nextpnr-ecp5 (routed Fmax). ``jobs`` run side by side;
-    a line per finished run and a heartbeat while they last."""
+    top and every engine through nextpnr-ecp5 (routed Fmax; ``open_flow=False``: the board
+    point alone). ``jobs`` run side by side; a line per finished run and a heartbeat while
+    they last."""
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     from golden.config import design_point
     from hw.accel import ENGINES
 
     open_dp = design_point(open_point)
-    plan = [
-        (f"shell_{board_point}", "shell", board_point, "xcup", freq),
-        (f"accel_{open_point}", "top", open_point, "ecp5", freq),
-    ]
+    plan = [(f"shell_{board_point}", "shell", board_point, "xcup", freq)]
+    plan += [(f"accel_{open_point}", "top", open_point, "ecp5", freq)] if open_flow else []
     plan += [
         (
             f"engine_{op.name.lower()}_{open_point}",
@@ -579,6 +579,7 @@ def design_report(
             freq,
         )
         for op in ENGINES
+        if open_flow
     ]
     print(
         f"design report: {board_point} on the XCK26 (whole accelerator) and {open_point} "
@@ -634,6 +635,10 @@ def print_report(results: dict, board_point: str, open_point: str) -> None:
                     f"  {m:38s} {f['max_levels']:6.2f} levels, {f['over_limit']} endpoints "
                     f"over the rule, {f['dsp_unregistered']} unregistered DSP"
                 )
+        if d.get("deepest"):
+            print("\nthe deepest endpoints: the register written <- where its path starts")
+            for lv, bits, end, src in d["deepest"][:12]:
+                print(f"  {lv:6.2f} levels x{bits:<5d} {end} <- {src}")
     ecp = {k: v for k, v in results.items() if k.endswith(f"_{open_point}") and "ecp5" in v}
     if ecp:
         dev = DEVICES[odp.device]
@@ -694,7 +699,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if not args.blocks and not args.all_blocks:
-        design_report(jobs=args.jobs, freq=args.freq)
+        # --no-ecp5: the board point's whole accelerator alone (the longest run)
+        design_report(jobs=args.jobs, freq=args.freq, open_flow=not args.no_ecp5)
         return 0
     blocks = discover_blocks()
     names = args.blocks or list(blocks)

@@ -6,7 +6,10 @@ without Vivado (there is no open timing flow for UltraScale+).
 Every path starts at a register output (flip-flop, block/Ultra RAM output, a DSP48E2's
 P register, a top-level input) and ends at a register input. Along it, in *levels*:
 
-* a LUT (LUT1..LUT6) is one level; MUXF7/F8/F9 and LUTRAM reads are one level each;
+* a LUT (LUT1..LUT6) is one level; MUXF7/F8/F9 and LUTRAM reads are one level each: a
+  LUTRAM's read address goes through to its output, while its write data and write enable
+  are sampled at the clock edge, so they end paths like a register's D (a path does not
+  run from the data written to the data read);
 * a carry chain is one level where a path enters it (S, DI or a fabric CI), plus
   ``1/CARRY_BITS_PER_LEVEL`` of a level per carry bit it then propagates (CI from the
   previous carry cell): a 32-bit adder is two levels, a 64-bit one three;
@@ -52,6 +55,7 @@ DSP_MULT_LEVELS = 2.0
 
 _SEQ_PREFIXES = ("FD", "RAMB", "URAM", "SRL")  # outputs start, inputs end paths
 _LUTRAM_PREFIXES = ("RAM16", "RAM32", "RAM64", "RAM128", "RAM256")
+_LUTRAM_WRITE = re.compile(r"^(D|DI[A-H]?|WE|WCLK)$")  # sampled at the edge, not read through
 _MUXF = ("MUXF7", "MUXF8", "MUXF9")
 _CARRY = {"CARRY4": 4, "CARRY8": 8}
 
@@ -69,6 +73,9 @@ class DepthReport:
     dsp_unregistered: int = 0  # not registered inside or around
     # by module (the hierarchy Yosys's flatten records in cell names): {path: figures}
     modules: dict = field(default_factory=dict)
+    # the deepest endpoints over the limit, by register: [levels, bits, endpoint, source]
+    # (net names of the register written and of the register the worst path starts at)
+    deepest: list = field(default_factory=list)
     limit: float = MAX_LEVELS_250MHZ
 
     @property
@@ -89,6 +96,7 @@ class DepthReport:
             "histogram": self.histogram,
             "modules": self.modules,
             "worst_path": self.worst_path[:40],
+            "deepest": self.deepest,
         }
 
 
@@ -176,11 +184,13 @@ def logic_depth(
     # arrival (levels, lut levels, predecessor cell) at each net bit, memoized
     arrival: dict[int, tuple[float, int, str | None]] = {}
 
-    def cell_inputs(name):
+    def cell_inputs(name, through: bool = False):
+        # through: only the inputs a combinational path goes through to the outputs
         c = cells[name]
         dirs = c.get("port_directions", {})
+        write_side = through and kind[name] == "lutram"
         for port, bits in c["connections"].items():
-            if dirs.get(port) == "input":
+            if dirs.get(port) == "input" and not (write_side and _LUTRAM_WRITE.match(port)):
                 for b in bits:
                     if isinstance(b, int):
                         yield port, b
@@ -206,13 +216,13 @@ def logic_depth(
                 continue
             name, out_port = driver[b]
             k = kind[name]
-            pending = [ib for _, ib in cell_inputs(name) if ib not in arrival]
+            pending = [ib for _, ib in cell_inputs(name, True) if ib not in arrival]
             if pending:
                 stack.extend(pending)
                 continue
             best = (0.0, 0, None)
             ctype = cells[name]["type"]
-            for port, ib in cell_inputs(name):
+            for port, ib in cell_inputs(name, True):
                 lv, ll, _ = arrival[ib]
                 if k == "lut" or k == "lutram":
                     w, wl = 1.0, 1
@@ -239,12 +249,13 @@ def logic_depth(
                 break
             seen.add(name)
             path.append(name)
-            ins = [ib for _, ib in cell_inputs(name)]
+            ins = [ib for _, ib in cell_inputs(name, True)]
             b = max(ins, key=lambda ib: arrival[ib][0]) if ins else None
         return path[::-1]
 
     hist: Counter = Counter()
     worst_bit = None
+    over: list[tuple[float, int, str]] = []  # (levels, bit, endpoint cell or port)
 
     def endpoint(b: int, extra: float = 0.0, cell: str = "") -> None:
         nonlocal worst_bit
@@ -261,12 +272,18 @@ def logic_depth(
         hist[int(-(-lv // 1))] += 1
         if lv > limit:
             rep.over_limit += 1
+            over.append((lv, b, cell))
         if lv > rep.max_levels:
             rep.max_levels, worst_bit = lv, b
         rep.max_lut_levels = max(rep.max_lut_levels, arrival[b][1])
 
     for name, c in cells.items():
         k = kind[name]
+        if k == "lutram":  # the write side: data, enable (and the address, read through too)
+            for port, b in cell_inputs(name):
+                if port != "WCLK":
+                    endpoint(b, 0.0, name)
+            continue
         if k not in ("seq", "dsp_reg", "dsp_comb"):
             continue
         for port, b in cell_inputs(name):
@@ -295,15 +312,50 @@ def logic_depth(
                 module_path(name),
                 {"max_levels": 0.0, "endpoints": 0, "over_limit": 0, "dsp_unregistered": 0},
             )["dsp_unregistered"] += 1
-    for p in mod.get("ports", {}).values():  # top-level outputs end paths too
+    for pname, p in mod.get("ports", {}).items():  # top-level outputs end paths too
         if p.get("direction") == "output":
             for b in p["bits"]:
                 if isinstance(b, int):
-                    endpoint(b)
+                    endpoint(b, 0.0, pname)
     rep.histogram = dict(sorted(hist.items()))
     rep.worst_path = trace(worst_bit) if worst_bit is not None else []
     rep.longest_carry_bits = _longest_carry(cells, kind, driver)
+    rep.deepest = _deepest(mod, cells, over, arrival, lambda n: cell_inputs(n, True))
     return rep
+
+
+def _deepest(mod, cells, over, arrival, inputs, n: int = 25) -> list:
+    """The ``n`` deepest endpoint registers (bits grouped by net name), each with the
+    register its deepest path starts at: where to cut."""
+    names: dict[int, str] = {}
+    for net, nd in mod.get("netnames", {}).items():
+        if not nd.get("hide_name"):
+            for b in nd["bits"]:
+                if isinstance(b, int):
+                    names.setdefault(b, net)
+
+    def reg_name(cell: str) -> str:
+        c = cells.get(cell)
+        if c is None:
+            return cell  # a top-level port
+        for port, bits in c["connections"].items():
+            if c.get("port_directions", {}).get(port) == "output":
+                for b in bits:
+                    if b in names:
+                        return names[b]
+        return cell
+
+    def source(b) -> str:
+        while arrival.get(b, (0, 0, None))[2] is not None:
+            b = max((ib for _, ib in inputs(arrival[b][2])), key=lambda ib: arrival[ib][0])
+        return names.get(b, "?")
+
+    groups: dict[str, list] = {}
+    for lv, b, cell in sorted(over, key=lambda e: -e[0]):
+        g = groups.setdefault(reg_name(cell), [lv, 0, b])
+        g[1] += 1
+    top = sorted(groups.items(), key=lambda kv: -kv[1][0])[:n]
+    return [[lv, count, name, source(b)] for name, (lv, count, b) in top]
 
 
 def _longest_carry(cells, kind, driver) -> int:

@@ -146,3 +146,54 @@ def test_rule_mhz_inverts_the_rule():
     assert rule_mhz(10.12) < rule_mhz(7) < 250.0
     with pytest.raises(ValueError, match="levels"):
         rule_mhz(0)
+
+
+def _lut_chain(cells: dict, src: int, n: int, first_net: int) -> int:
+    """``n`` LUT1s in series from net ``src``; returns the last net."""
+    for i in range(n):
+        cells[f"c{first_net + i}"] = {
+            "type": "LUT1",
+            "port_directions": {"I0": "input", "O": "output"},
+            "connections": {"I0": [src], "O": [first_net + i]},
+        }
+        src = first_net + i
+    return src
+
+
+def _ff(cells: dict, name: str, d: int, q: int) -> None:
+    cells[name] = {
+        "type": "FDRE",
+        "port_directions": {"D": "input", "Q": "output", "C": "input"},
+        "connections": {"D": [d], "Q": [q], "C": [1]},
+    }
+
+
+def test_lutram_write_side_ends_paths_read_address_goes_through():
+    # FF a -> 5 LUTs -> LUTRAM write data; FF b -> 2 LUTs -> LUTRAM read address;
+    # LUTRAM out -> 3 LUTs -> FF y. The write data is sampled at the edge: its path ends
+    # at 5 levels and does not run on to y (that would be 5 + 1 + 3 = 9); the read
+    # address path goes through: 2 + 1 + 3 = 6.
+    cells: dict = {}
+    _ff(cells, "a", 2, 10)
+    _ff(cells, "b", 2, 11)
+    wd = _lut_chain(cells, 10, 5, 100)
+    ra = _lut_chain(cells, 11, 2, 200)
+    cells["ram"] = {
+        "type": "RAM64M8",
+        "port_directions": {"DIA": "input", "ADDRA": "input", "ADDRH": "input",
+                            "WE": "input", "WCLK": "input", "DOA": "output"},
+        "connections": {"DIA": [wd], "ADDRA": [ra], "ADDRH": [11], "WE": [wd],
+                        "WCLK": [1], "DOA": [300]},
+    }  # fmt: skip
+    y = _lut_chain(cells, 300, 3, 400)
+    _ff(cells, "y", y, 12)
+    netnames = {"a_q": {"bits": [10]}, "b_q": {"bits": [11]}, "y_q": {"bits": [12]},
+                "ram_out": {"bits": [300]}}  # fmt: skip
+    net = {"modules": {"top": {"attributes": {"top": 1}, "ports": {}, "cells": cells,
+                               "netnames": netnames}}}  # fmt: skip
+    r = logic_depth(net, limit=4)
+    assert r.max_levels == 6
+    assert r.worst_path == ["c200", "c201", "ram", "c400", "c401", "c402"]
+    # the endpoints over the limit, deepest first, by register, with where they start
+    assert r.deepest[0] == [6.0, 1, "y_q", "b_q"]
+    assert r.deepest[1][0] == 5.0 and r.deepest[1][3] == "a_q"  # the LUTRAM's write side
