@@ -17,8 +17,16 @@ soon as those of row m are, so the engine's next table build overlaps the lookup
 Cycles (no memory stalls; ``expected_cycles``): one beat per cycle, rows * Kc * (1 + Nb)
 (each row's activation chunks, then its weight beats: the block's table build of row m+1
 comes after row m's lookups through the one port) plus the first response's latency, the
-check cycle and the block's pipeline latency -- ``hw.tlmm.expected_cycles(rows, k, n) +
-(rows - 1) * Kc + latency + 1``, measured exactly so by ``sim/test_op_tlmm.py``.
+set-up and check cycles and the block's pipeline latency -- ``hw.tlmm.expected_cycles(rows,
+k, n) + (rows - 1) * Kc + latency + 1 + SETUP_CYCLES``, measured exactly so by
+``sim/test_op_tlmm.py``.
+
+Set-up: Kc = ceil(ceil(k / G) / T), Nb = ceil(n / Q) and Nb * Kc are divisions by constants
+(G = 3: not a power of two) and a product of the command's fields; computed as written they
+are a combinational divider and an unregistered DSP (~50 logic levels). They go through the
+registered pipeline of ``hw/ops/checkpipe.py`` (a division by a constant is a multiply by
+its reciprocal, each DSP registered around) while the engine waits ``SETUP_CYCLES`` states
+after ``start`` (the command's fields are stable from then on).
 
 Differences from the golden backend: k above the engine's table depth ``max_k``
 (``hw.tlmm.DEFAULT_MAX_K``) is BAD_DIM (golden allows up to ``TLMMConfig.max_k()``);
@@ -36,6 +44,9 @@ from hw.tlmm import TLMM, chunk_count
 from hw.tlmm import expected_cycles as tlmm_block_cycles
 
 from .base import Engine
+from .checkpipe import PolyCtx, materialize
+
+SETUP_CYCLES = 6  # wait states after start: Kc and Nb*Kc through their pipeline
 
 
 def expected_cycles(rows: int, k: int, n: int, cfg: DatapathConfig, latency: int = 1) -> int:
@@ -45,6 +56,7 @@ def expected_cycles(rows: int, k: int, n: int, cfg: DatapathConfig, latency: int
         + (rows - 1) * chunk_count(k, cfg.tlmm)
         + latency
         + 1
+        + SETUP_CYCLES
     )
 
 
@@ -75,9 +87,15 @@ class TLMMEngine(Engine):
 
         kc = Signal(range(chunk_count(self.max_k, tc) + 1))
         nbkc = Signal(32)  # weight beats per row: Nb*Kc
-        kc_c = Signal.like(kc)
-        nb_c = Signal(17)
-        m.d.comb += [kc_c.eq(((a.k + (G - 1)) // G + (T - 1)) // T), nb_c.eq((a.n + (Q - 1)) // Q)]
+        # Kc and Nb*Kc from the command's fields through registered stages (docstring)
+        ctx = PolyCtx(m, "setup")
+        kc_p = ((ctx.atom(a.k) + (G - 1)) // G + (T - 1)) // T
+        kc_c, kc_at = materialize(ctx, kc_p, "kc_c")
+        nbkc_c, nbkc_at = materialize(ctx, ((ctx.atom(a.n) + (Q - 1)) // Q) * kc_p, "nbkc_c")
+        if max(kc_at, nbkc_at) > SETUP_CYCLES + 1:  # CHECK is the cycle after the waits
+            raise ValueError(
+                f"TLMM set-up needs {max(kc_at, nbkc_at)} cycles (G, T, Q = {G, T, Q})"
+            )
 
         # request side
         rq_active = Signal()
@@ -171,7 +189,8 @@ class TLMMEngine(Engine):
                 m.d.sync += [wr_ptr.eq(wr_ptr + Q * ACC_BYTES), wr_nrem.eq(wr_nrem - Q)]
 
         with m.FSM():
-            passed = self.check_states(m, ("CHECK", err))
+            waits = [(f"SETUP{i}", None) for i in range(SETUP_CYCLES)]
+            passed = self.check_states(m, *waits, ("CHECK", err))
             with m.State("RUN"):
                 with m.If(last_out):
                     m.d.sync += running.eq(0)
@@ -179,7 +198,7 @@ class TLMMEngine(Engine):
         with m.If(passed["CHECK"]):
             m.d.sync += [
                 kc.eq(kc_c),
-                nbkc.eq(nb_c * kc_c),
+                nbkc.eq(nbkc_c),
                 rq_active.eq(1),
                 rq_act.eq(1),
                 rq_cnt.eq(0),
