@@ -46,7 +46,7 @@ from hw.tlmm import expected_cycles as tlmm_block_cycles
 from .base import Engine
 from .checkpipe import PolyCtx, materialize
 
-SETUP_CYCLES = 6  # wait states after start: Kc and Nb*Kc through their pipeline
+SETUP_CYCLES = 9  # wait states after start: Kc, Nb*Kc and the checks through their pipelines
 
 
 def expected_cycles(rows: int, k: int, n: int, cfg: DatapathConfig, latency: int = 1) -> int:
@@ -83,7 +83,11 @@ class TLMMEngine(Engine):
         m = Module()
         m.submodules.tlmm = tl = TLMM(tc, max_k=self.max_k)
         a = self.op_args
-        err = self.checks(m).error()
+        # the contract's checks pipelined too (valid by CHECK, after the set-up waits)
+        chk = self.checks(m, pipelined=True)
+        if chk.latency > SETUP_CYCLES + 1:
+            raise ValueError(f"TLMM checks need {chk.latency} cycles")
+        err = chk.error()
 
         kc = Signal(range(chunk_count(self.max_k, tc) + 1))
         nbkc = Signal(32)  # weight beats per row: Nb*Kc
