@@ -238,31 +238,18 @@ class QKEngine(Engine):
             irep_next_last.eq(irep + 2 == n_rep),
             it_next_last.eq(it + 2 == a.rows),
         ]
-        rd = self.rd
         with m.Switch(ist):
             with m.Case(I_Q):
-                m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(q_row), rd.payload.len.eq(hd)]
-                with m.If(rd.ready):
+                with m.If(self.read(m, q_row, hd)):
                     m.d.sync += ist.eq(I_QS)
             with m.Case(I_QS):
-                m.d.comb += [
-                    rd.valid.eq(1),
-                    rd.payload.addr.eq(qs_row),
-                    rd.payload.len.eq(isa.SCALE_RECORD_BYTES),
-                ]
-                with m.If(rd.ready):
+                with m.If(self.read(m, qs_row, isa.SCALE_RECORD_BYTES)):
                     m.d.sync += ist.eq(I_KS)
             with m.Case(I_KS):
-                m.d.comb += [
-                    rd.valid.eq(1),
-                    rd.payload.addr.eq(ks_ptr),
-                    rd.payload.len.eq(Mux(ileft > R, R, ileft) * 4),
-                ]
-                with m.If(rd.ready):
+                with m.If(self.read(m, ks_ptr, Mux(ileft > R, R, ileft) * 4)):
                     m.d.sync += [ist.eq(I_K), ks_ptr.eq(ks_ptr + 4 * R)]
             with m.Case(I_K):
-                m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(k_ptr), rd.payload.len.eq(hd)]
-                with m.If(rd.ready):
+                with m.If(self.read(m, k_ptr, hd)):
                     m.d.sync += [
                         ij.eq(ij + 1),
                         ileft.eq(ileft - 1),
