@@ -127,8 +127,8 @@ from golden.isa import ErrorCode, Opcode
 from hw.dsp import mac
 
 from .base import Engine, check_power_of_two
+from .gqa import Cursor, head_ratio
 from .gqa import cycles as gqa_cycles
-from .gqa import head_ratio
 
 P_MEM_BITS = 16  # p is uint16 in memory (any 16-bit value)
 V_BITS = 8  # V codes: int8
@@ -193,9 +193,13 @@ class _Walk:
             self.h.eq(0),
             self.j.eq(0),
             *self._query0(),
-            *([self.r.eq(0), self.rlast.eq(self.n_rep == 1)] if self.n_rep is not None else []),
+            *(self.first_repeat() if self.n_rep is not None else []),
             self.hlast.eq(self.a.heads == 1),
         ]
+
+    def first_repeat(self) -> list:
+        """After the last repeat of a KV head: repeat 0 (of the next KV head)."""
+        return [self.r.eq(0), self.rlast.eq(self.n_rep == 1)]
 
     def min_read(self) -> list:
         """Past one read (response) of the min pass."""
@@ -371,12 +375,12 @@ class PVEngine(Engine):
         rw = _Walk(m, "r", a, R, lim0, n_rep)
         r_phave = Signal()  # the p read of this key is issued
         r_shave = Signal()  # the record read of this key is issued
-        r_sbase = Signal(isa.ADDR_BITS + 1)  # KV head g's records
-        r_sptr = Signal(isa.ADDR_BITS + 1)
-        r_vbase = Signal(isa.ADDR_BITS + 1)
-        r_vptr = Signal(isa.ADDR_BITS + 1)
-        r_prow = Signal(isa.ADDR_BITS + 1)
-        r_pptr = Signal(isa.ADDR_BITS + 1)
+        # KV head g's records and V rows; query t's p row
+        r_s, r_v, r_p = (
+            Cursor("r_sbase", "r_sptr"),
+            Cursor("r_vbase", "r_vptr"),
+            Cursor("r_prow", "r_pptr"),
+        )
 
         # ------------------------------------------------------------ response side
         cw = _Walk(m, "c", a, R, lim0)
@@ -387,8 +391,7 @@ class PVEngine(Engine):
         c_needs = Signal()
         c_wait = Signal(range(rlog + 3))  # min tree latency before the first key
         c_wait0 = Signal()  # c_wait == 0, registered
-        c_dst_head = Signal(isa.ADDR_BITS + 1)
-        c_dst = Signal(isa.ADDR_BITS + 1)
+        c_d = Cursor("c_dst_head", "c_dst")  # dst of head h, query t
         preg = Signal(P_MEM_BITS * PC)  # the p chunk
         rreg = Signal(32 * R)  # the record chunk
 
@@ -623,28 +626,28 @@ class PVEngine(Engine):
             with m.State("RUN"):
                 # ---------------------------------------------------- requests
                 with m.If(rw.state == _MIN):
-                    with m.If(self.read(m, r_sptr, Mux(rw.lastm, rw.left, R) * 4)):
-                        m.d.sync += [r_sptr.eq(r_sptr + 4 * R), *rw.min_read()]
+                    with m.If(self.read(m, r_s.ptr, Mux(rw.lastm, rw.left, R) * 4)):
+                        m.d.sync += [*r_s.advance(4 * R), *rw.min_read()]
                         with m.If(rw.lastm):
                             m.d.sync += [
                                 *rw.key_pass(),
                                 r_phave.eq(0),
                                 r_shave.eq(0),
-                                r_sptr.eq(r_sbase),
-                                r_vptr.eq(r_vbase),
-                                r_pptr.eq(r_prow),
+                                *r_s.rewind(),
+                                *r_v.rewind(),
+                                *r_p.rewind(),
                             ]
                 with m.Elif(rw.state == _STREAM):
                     with m.If((rw.j[:plog] == 0) & ~r_phave):
-                        with m.If(self.read(m, r_pptr, Mux(rw.left > PC, PC, rw.left) * 2)):
-                            m.d.sync += [r_pptr.eq(r_pptr + 2 * PC), r_phave.eq(1)]
+                        with m.If(self.read(m, r_p.ptr, Mux(rw.left > PC, PC, rw.left) * 2)):
+                            m.d.sync += [*r_p.advance(2 * PC), r_phave.eq(1)]
                     with m.Elif((rw.j[:rlog] == 0) & ~r_shave):
-                        with m.If(self.read(m, r_sptr, Mux(rw.left > R, R, rw.left) * 4)):
-                            m.d.sync += [r_sptr.eq(r_sptr + 4 * R), r_shave.eq(1)]
+                        with m.If(self.read(m, r_s.ptr, Mux(rw.left > R, R, rw.left) * 4)):
+                            m.d.sync += [*r_s.advance(4 * R), r_shave.eq(1)]
                     with m.Else():
-                        with m.If(self.read(m, r_vptr, a.head_dim)):
+                        with m.If(self.read(m, r_v.ptr, a.head_dim)):
                             m.d.sync += [
-                                r_vptr.eq(r_vptr + a.head_dim),
+                                *r_v.advance(a.head_dim),
                                 *rw.key(),
                                 r_phave.eq(0),
                                 r_shave.eq(0),
@@ -652,8 +655,8 @@ class PVEngine(Engine):
                             with m.If(rw.lastk):  # the query's last key: the next query
                                 m.d.sync += [
                                     rw.state.eq(_MIN),
-                                    r_prow.eq(r_prow + pstride),
-                                    r_sptr.eq(r_sbase),
+                                    r_p.base.eq(r_p.base + pstride),
+                                    *r_s.rewind(),
                                 ]
                                 with m.If(~rw.tlast):
                                     m.d.sync += rw.next_row()
@@ -661,11 +664,9 @@ class PVEngine(Engine):
                                     m.d.sync += rw.next_head()
                                     with m.If(rw.rlast):
                                         m.d.sync += [
-                                            rw.r.eq(0),
-                                            rw.rlast.eq(n_rep == 1),
-                                            r_vbase.eq(r_vbase + vstride),
-                                            r_sbase.eq(r_sbase + sstride),
-                                            r_sptr.eq(r_sbase + sstride),
+                                            *rw.first_repeat(),
+                                            r_v.base.eq(r_v.base + vstride),
+                                            *r_s.next_base(sstride),
                                         ]
                                     with m.If(rw.hlast):
                                         m.d.sync += rw.state.eq(_END)
@@ -718,16 +719,15 @@ class PVEngine(Engine):
                                     c_j.eq(0),
                                     cw.state.eq(_MIN),
                                     last_pending.eq(1),
-                                    pend_addr.eq(c_dst),
+                                    pend_addr.eq(c_d.ptr),
                                     pend_s.eq(smin + (P + X - B - IF)),
                                 ]
                                 with m.If(~cw.tlast):
-                                    m.d.sync += [*cw.next_row(), c_dst.eq(c_dst + dstride)]
+                                    m.d.sync += [*cw.next_row(), *c_d.advance(dstride)]
                                 with m.Else():
                                     m.d.sync += [
                                         *cw.next_head(),
-                                        c_dst_head.eq(c_dst_head + hd4),
-                                        c_dst.eq(c_dst_head + hd4),
+                                        *c_d.next_base(hd4),
                                     ]
                                     with m.If(cw.hlast):
                                         m.d.sync += cw.state.eq(_END)
@@ -751,17 +751,13 @@ class PVEngine(Engine):
         with m.If(passed["CHECK_ADDR"]):
             first = [
                 *rw.start(),
-                r_sbase.eq(a.v_scale),
-                r_sptr.eq(a.v_scale),
-                r_vbase.eq(a.v),
-                r_vptr.eq(a.v),
-                r_prow.eq(a.p),
-                r_pptr.eq(a.p),
+                *r_s.start(a.v_scale),
+                *r_v.start(a.v),
+                *r_p.start(a.p),
                 *cw.start(),
                 c_wait.eq(0),
                 c_wait0.eq(1),
-                c_dst_head.eq(a.dst),
-                c_dst.eq(a.dst),
+                *c_d.start(a.dst),
             ]
             m.d.sync += [
                 dst_err.eq(err_dst),
