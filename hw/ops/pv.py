@@ -232,7 +232,7 @@ class _Walk:
 
     def next_head(self) -> list:
         """After the head's last query: query 0 of head h + 1 (the caller ends the walk
-        after the last head)."""
+        after the last head), the next repeat (the caller wraps it after the last)."""
         step = [*self._query0(), self.h.eq(self.h + 1), self.hlast.eq(self.h_nl)]
         if self.n_rep is not None:
             step += [self.r.eq(self.r + 1), self.rlast.eq(self.r_nl)]

@@ -291,10 +291,7 @@ class QKEngine(Engine):
                     m.d.sync += [ist.eq(I_K), *ks.advance(4 * R)]
             with m.Case(I_K):
                 with m.If(self.read(m, k.ptr, hd)):
-                    m.d.sync += [
-                        *iw.key(),
-                        *k.advance(hd),
-                    ]
+                    m.d.sync += [*iw.key(), *k.advance(hd)]
                     with m.If(iw.lastk):
                         # next query row
                         m.d.sync += [iw.j.eq(0), ist.eq(I_Q)]
@@ -335,7 +332,7 @@ class QKEngine(Engine):
         cst = Signal(range(6), init=C_DONE)
         cw = _Rows("c", a, vis0, full=True)
         # a row's zero run: zend = slot + the masked keys left (its end, relative to the
-        # current gather write); ztail = keys - cvis, registered (cvis changes at most once
+        # current gather write); ztail = keys - vis, registered (vis changes at most once
         # per row)
         zend = Signal(rbits + 1)
         ztail = Signal(rbits)
