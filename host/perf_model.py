@@ -109,21 +109,22 @@ def limits_exceeded(mc: ModelConfig, dp: AccelConfig, keys: int = 1, rows: int =
     not split K yet, so a projection's K above ``max_k`` is a reason."""
     h, i, hd = mc.hidden_size, mc.intermediate_size, mc.head_dim
     q = mc.num_attention_heads * hd
-    why = []
-    for what, k in (
-        ("hidden_size (K of q/k/v/gate/up_proj and the LM head)", h),
-        ("heads x head_dim (K of o_proj)", q),
-        ("intermediate_size (K of down_proj)", i),
-    ):
-        if k > dp.max_k:
-            why.append(f"{what} {k} > max_k {dp.max_k} (no K-splitting yet)")
-    for what, d in (
-        ("hidden_size (norm rows)", h),
-        ("heads x head_dim (attn_sub_norm rows)", q),
-        ("intermediate_size (ACT and ffn_sub_norm rows)", i),
-    ):
-        if d > dp.max_dim:
-            why.append(f"{what} {d} > max_dim {dp.max_dim}")
+    # each dimension: its value, the projections it is the K of, the norms it is the rows of
+    dims = (
+        ("hidden_size", h, "q/k/v/gate/up_proj and the LM head", "norm"),
+        ("heads x head_dim", q, "o_proj", "attn_sub_norm"),
+        ("intermediate_size", i, "down_proj", "ACT and ffn_sub_norm"),
+    )
+    why = [
+        f"{name} (K of {of}) {v} > max_k {dp.max_k} (no K-splitting yet)"
+        for name, v, of, _ in dims
+        if v > dp.max_k
+    ]
+    why += [
+        f"{name} ({norms} rows) {v} > max_dim {dp.max_dim}"
+        for name, v, _, norms in dims
+        if v > dp.max_dim
+    ]
     head_lim = min(dp.max_head_dim, dp.dma_bytes)  # QK/PV read one key row per DMA beat
     if hd > head_lim:
         why.append(f"head_dim {hd} > {head_lim} (max_head_dim, one DMA beat)")

@@ -63,6 +63,14 @@ def relu2_out_bits(in_bits: int, up_bits: int | None = None) -> int:
     return 2 * in_bits if up_bits is None else 2 * in_bits + up_bits - 2
 
 
+def _input(m: Module, port):
+    """The pipeline behind input ``port``: it holds (and ``port`` is not ready) while
+    ``stall`` (driven by :func:`_drive_output`); (pipe, stall, fire: a beat enters)."""
+    stall = Signal()
+    m.d.comb += port.ready.eq(~stall)
+    return Pipe(m, stall), stall, port.valid & port.ready
+
+
 def _drive_output(m: Module, port, stall, valid, last, values):
     """Output register: loaded from the last stage when not stalled."""
     m.d.comb += stall.eq(port.valid & ~port.ready)
@@ -112,10 +120,7 @@ class LutActivation(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        stall = Signal()
-        pipe = Pipe(m, stall)
-        m.d.comb += self.x.ready.eq(~stall)
-        fire = self.x.valid & self.x.ready
+        pipe, stall, fire = _input(m, self.x)
         sel = self.x.payload.kind if len(self.kinds) > 1 else 0
         outs = [
             lut_lane(m, pipe, self.cfg, self.kinds, self.x.payload.data[lane], sel, f"l{lane}")
@@ -241,10 +246,7 @@ class Relu2(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        stall = Signal()
-        pipe = Pipe(m, stall)
-        m.d.comb += self.x.ready.eq(~stall)
-        fire = self.x.valid & self.x.ready
+        pipe, stall, fire = _input(m, self.x)
         p = self.x.payload
         valid, last = pipe.reg(fire, "s1_valid"), pipe.reg(p.last, "s1_last")
         outs = []

@@ -361,129 +361,97 @@ class RMSNormQuant(wiring.Component):
         sm2 = Signal(B, name="scale_mant_live")
         ss2 = Signal(signed(NORM_SHIFT_BITS), name="scale_shift_live")
 
+        def chain(*steps, then: str):
+            """States that run one after another, a cycle each: ``(name, statements)`` in
+            order, the last one followed by state ``then``."""
+            names = [name for name, _ in steps] + [then]
+            for (name, statements), nxt in zip(steps, names[1:], strict=True):
+                with m.State(name):
+                    m.d.sync += statements
+                    m.next = nxt
+
+        # the fraction of S'/2^e sits in the F + parity bits below the leading one (LUT)
+        frac = mm - Mux(par, 1 << (F + 1), 1 << F)
+        top = Mux(par, frac >> (F + 1 - (LB - 1)), frac >> (F - (LB - 1)))
+        e = Mux(sp_nz, sp_hi, 0)  # bit_length(S') - 1 (S' = 0 as 1)
+        m17 = (my + 1)[1 : B + 2]
+        carry = m17[B]
+        zero = amax_q == 0
         with m.FSM(name="seq"):
             with m.State("IDLE"):
                 with m.If(stats):
                     m.next = "SUM1"
-            with m.State("SUM1"):
-                m.d.sync += [sa.eq((HH << (2 * HALF)) + LL), nmin.eq(-pmin)]
-                m.next = "SUM2"
-            with m.State("SUM2"):
-                m.d.sync += [
-                    S.eq(sa + (HL << (HALF + 1))),
-                    ap.eq(Mux(nmin > pmax, nmin, pmax)),
-                ]
-                m.next = "EPS"
-            with m.State("EPS"):
-                m.d.sync += Sp.eq(S + self.eps_term)
-                m.next = "W1"
-            with m.State("W1"):  # the highest set bits of amax_p and S' (two steps each)
-                m.next = "W2"
-            with m.State("W2"):
-                lim = IN - 1
-                m.d.sync += sh_p.eq(Mux(ap_nz & (ap_hi >= lim), ap_hi + 1 - lim, 0))
-                m.next = "W3"
-            with m.State("W3"):
-                e = Mux(sp_nz, sp_hi, 0)  # bit_length(S') - 1 (S' = 0 as 1)
-                m.d.sync += [k.eq(e >> 1), par.eq(e[0]), t2k.eq(Cat(Const(0, 1), e[1:]))]
-                m.next = "SEED1"
-            with m.State("SEED1"):  # M = (S' << F) >> 2k; p_max, p_min >> sh_p
-                m.d.sync += [
-                    mm_h.eq(window(XS, t2k, F + 2, SBITS, lo=2)),
-                    hs_h.eq(window(pmax, sh_p, W33, SH_MAX, lo=1)),
-                    ls_h.eq(window(pmin, sh_p, W33, SH_MAX, lo=1)),
-                ]
-                m.next = "SEED2"
-            with m.State("SEED2"):
-                m.d.sync += [
-                    mm.eq(window(mm_h, t2k, F + 2, 15, 0, 2)),
-                    hs.eq(window(hs_h, sh_p, W33, 3, 0, 1)),
-                    ls.eq(window(ls_h, sh_p, W33, 3, 0, 1)),
-                ]
-                m.next = "LUT"
-            with m.State("LUT"):
-                # the fraction of S'/2^e sits in the F + parity bits below the leading one
-                frac = mm - Mux(par, 1 << (F + 1), 1 << F)
-                top = Mux(par, frac >> (F + 1 - (LB - 1)), frac >> (F - (LB - 1)))
-                m.d.sync += [
-                    y.eq(lut[Cat(top[: LB - 1], par)]),
-                    nls.eq(-ls),
-                    step.eq(0),
-                ]
-                m.next = "AMAX"
-            with m.State("AMAX"):
-                m.d.sync += amax_q.eq(Mux(nls > hs, nls, hs))
-                m.next = "RCP"
+            chain(
+                ("SUM1", [sa.eq((HH << (2 * HALF)) + LL), nmin.eq(-pmin)]),
+                ("SUM2", [S.eq(sa + (HL << (HALF + 1))), ap.eq(Mux(nmin > pmax, nmin, pmax))]),
+                ("EPS", Sp.eq(S + self.eps_term)),
+                ("W1", []),  # the highest set bits of amax_p and S' (two steps each)
+                ("W2", sh_p.eq(Mux(ap_nz & (ap_hi >= IN - 1), ap_hi + 1 - (IN - 1), 0))),
+                ("W3", [k.eq(e >> 1), par.eq(e[0]), t2k.eq(Cat(Const(0, 1), e[1:]))]),
+                (
+                    "SEED1",  # M = (S' << F) >> 2k; p_max, p_min >> sh_p
+                    [
+                        mm_h.eq(window(XS, t2k, F + 2, SBITS, lo=2)),
+                        hs_h.eq(window(pmax, sh_p, W33, SH_MAX, lo=1)),
+                        ls_h.eq(window(pmin, sh_p, W33, SH_MAX, lo=1)),
+                    ],
+                ),
+                (
+                    "SEED2",
+                    [
+                        mm.eq(window(mm_h, t2k, F + 2, 15, 0, 2)),
+                        hs.eq(window(hs_h, sh_p, W33, 3, 0, 1)),
+                        ls.eq(window(ls_h, sh_p, W33, 3, 0, 1)),
+                    ],
+                ),
+                ("LUT", [y.eq(lut[Cat(top[: LB - 1], par)]), nls.eq(-ls), step.eq(0)]),
+                ("AMAX", amax_q.eq(Mux(nls > hs, nls, hs))),
+                then="RCP",
+            )
             with m.State("RCP"):
                 m.d.comb += rcp.start.eq(1)
                 m.next = "AQW"
             with m.State("AQW"):  # (amax' has its hsb two cycles after it is set)
                 m.next = "NT1" if cfg.newton_steps else "SA1"
-            with m.State("NT1"):
-                m.d.sync += yy.eq(y * y)
-                m.next = "NT2"
-            with m.State("NT2"):
-                m.d.sync += t.eq(rhu(yy, F))
-                m.next = "NU1"
-            with m.State("NU1"):
-                m.d.sync += mt.eq(mm * t)
-                m.next = "NU2"
-            with m.State("NU2"):
-                m.d.sync += u.eq(rhu(mt, F))
-                m.next = "NY1"
-            with m.State("NY1"):
-                m.d.sync += dd.eq(Const(3 << F, signed(F + 4)) - u.as_signed())
-                m.next = "NY2"
-            with m.State("NY2"):
-                m.d.sync += yd.eq(y * dd)
-                m.next = "NY3"
+            chain(  # a Newton step
+                ("NT1", yy.eq(y * y)),
+                ("NT2", t.eq(rhu(yy, F))),
+                ("NU1", mt.eq(mm * t)),
+                ("NU2", u.eq(rhu(mt, F))),
+                ("NY1", dd.eq(Const(3 << F, signed(F + 4)) - u.as_signed())),
+                ("NY2", yd.eq(y * dd)),
+                then="NY3",
+            )
             with m.State("NY3"):
                 m.d.sync += [y.eq(rhu(yd, F + 1)), step.eq(step + 1)]
                 m.next = "SA1"
                 with m.If(step + 1 != cfg.newton_steps):
                     m.next = "NT1"
-            with m.State("SA1"):  # a_e, a_m: amax' to B bits (its hsb is ready by now)
-                m.d.sync += ae.eq(Mux(aq_nz & (aq_hi >= B), aq_hi + 1 - B, 0))
-                m.next = "SA2"
-            with m.State("SA2"):
-                m.d.sync += am_h.eq(window(amax_q, ae, B, IN - B, lo=1))
-                m.next = "SA3"
-            with m.State("SA3"):
-                m.d.sync += a_m.eq(window(am_h, ae, B, 3, 0, 1))
-                m.next = "P1"
-            with m.State("P1"):
-                m.d.sync += pc.eq(a_m * self.c_mant)
-                m.next = "P2"
-            with m.State("P2"):  # pc_r, y_r; then the split product (2 stages)
-                m.next = "P3"
-            with m.State("P3"):
-                m.next = "P4"
-            with m.State("P4"):
-                m.next = "R0"
-            with m.State("R0"):  # hsb(prod): two steps; the shift's terms in two steps
-                m.d.sync += shc.eq(_signed(k) - _signed(sh_p) - _signed(ae))
-                m.next = "R1"
-            with m.State("R1"):
-                m.d.sync += shc.eq(shc + (F + cfg.gamma_frac_bits - 1) - self.c_exp)
-                m.next = "R2"
-            with m.State("R2"):  # r = max(bit_length(prod) - B, 1); r - 1 is the window
-                m.d.sync += rr1.eq(Mux(pr_nz & (pr_hi > B), pr_hi - B, 0))
-                m.next = "R3"
-            with m.State("R3"):
-                m.d.sync += mh.eq(window(prod, rr1, B + 2, PRB, lo=2))
-                m.next = "R4"
-            with m.State("R4"):
-                m.d.sync += my.eq(window(mh, rr1, B + 2, 15, 0, 2))
-                m.next = "FIN"
-            with m.State("FIN"):
-                m17 = (my + 1)[1 : B + 2]
-                carry = m17[B]
-                zero = amax_q == 0
-                m.d.sync += [
-                    scale_mant.eq(Mux(zero, 0, Mux(carry, m17[1:], m17[:B]))),
-                    scale_shift.eq(Mux(zero, 0, shc - rr1 - carry)),
-                ]
-                m.next = "PUB"
+            chain(
+                # a_e, a_m: amax' to B bits (its hsb is ready by now)
+                ("SA1", ae.eq(Mux(aq_nz & (aq_hi >= B), aq_hi + 1 - B, 0))),
+                ("SA2", am_h.eq(window(amax_q, ae, B, IN - B, lo=1))),
+                ("SA3", a_m.eq(window(am_h, ae, B, 3, 0, 1))),
+                ("P1", pc.eq(a_m * self.c_mant)),
+                ("P2", []),  # pc_r, y_r; then the split product (2 stages)
+                ("P3", []),
+                ("P4", []),
+                # hsb(prod): two steps; the shift's terms in two steps
+                ("R0", shc.eq(_signed(k) - _signed(sh_p) - _signed(ae))),
+                ("R1", shc.eq(shc + (F + cfg.gamma_frac_bits - 1) - self.c_exp)),
+                # r = max(bit_length(prod) - B, 1); r - 1 is the window
+                ("R2", rr1.eq(Mux(pr_nz & (pr_hi > B), pr_hi - B, 0))),
+                ("R3", mh.eq(window(prod, rr1, B + 2, PRB, lo=2))),
+                ("R4", my.eq(window(mh, rr1, B + 2, 15, 0, 2))),
+                (
+                    "FIN",
+                    [
+                        scale_mant.eq(Mux(zero, 0, Mux(carry, m17[1:], m17[:B]))),
+                        scale_shift.eq(Mux(zero, 0, shc - rr1 - carry)),
+                    ],
+                ),
+                then="PUB",
+            )
             with m.State("PUB"):  # the reciprocal done, the previous row out of the lanes
                 with m.If(~rcp_busy & ~rcp.start & ~lanes_busy):
                     m.d.sync += [

@@ -82,22 +82,13 @@ class DepthReport:
     def meets(self) -> bool:
         return self.over_limit == 0 and self.dsp_unregistered == 0
 
+    # as_dict's keys in the report's order: the depth figures, the verdict, the details
+    # (and last the worst path's first 40 cells)
+    REPORT = ("max_levels", "max_lut_levels", "longest_carry_bits", "endpoints", "over_limit")
+    REPORT += ("dsp", "dsp_unregistered", "limit", "meets", "histogram", "modules", "deepest")
+
     def as_dict(self) -> dict:
-        return {
-            "max_levels": self.max_levels,
-            "max_lut_levels": self.max_lut_levels,
-            "longest_carry_bits": self.longest_carry_bits,
-            "endpoints": self.endpoints,
-            "over_limit": self.over_limit,
-            "dsp": self.dsp,
-            "dsp_unregistered": self.dsp_unregistered,
-            "limit": self.limit,
-            "meets": self.meets,
-            "histogram": self.histogram,
-            "modules": self.modules,
-            "worst_path": self.worst_path[:40],
-            "deepest": self.deepest,
-        }
+        return {**{k: getattr(self, k) for k in self.REPORT}, "worst_path": self.worst_path[:40]}
 
 
 def rule_mhz(levels: float) -> float:

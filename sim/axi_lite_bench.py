@@ -205,6 +205,17 @@ async def test_channel_order_and_backpressure(dut):
             await cycle()
         raise AssertionError(f"no {ch}valid")
 
+    async def hold_then_take(ch, cycles, stable):
+        """ch's response waits ``cycles`` cycles (ready low), valid and ``stable()``
+        each cycle; then it is taken (ready for one cycle)."""
+        for _ in range(cycles):
+            await ReadOnly()
+            assert int(getattr(d, f"s_axi_{ch}valid").value) == 1 and stable()
+            await cycle()
+        getattr(d, f"s_axi_{ch}ready").value = 1
+        await cycle()
+        getattr(d, f"s_axi_{ch}ready").value = 0
+
     async def write(order, value, hold_b=5):
         if order == "w_first":
             await send("w", wdata=value, wstrb=0xF)
@@ -231,13 +242,7 @@ async def test_channel_order_and_backpressure(dut):
             d.s_axi_awvalid.value = d.s_axi_wvalid.value = 0  # both ready when idle
         await wait_valid("b")  # the write is performed a cycle later
         # B waits (bready low) with its response stable
-        for _ in range(hold_b):
-            await ReadOnly()
-            assert int(d.s_axi_bvalid.value) == 1 and int(d.s_axi_bresp.value) == OKAY
-            await cycle()
-        d.s_axi_bready.value = 1
-        await cycle()
-        d.s_axi_bready.value = 0
+        await hold_then_take("b", hold_b, lambda: int(d.s_axi_bresp.value) == OKAY)
         await ReadOnly()
         assert int(d.s_axi_bvalid.value) == 0
         await cycle()
@@ -248,13 +253,7 @@ async def test_channel_order_and_backpressure(dut):
         await ReadOnly()
         first = int(d.s_axi_rdata.value)
         await cycle()
-        for _ in range(hold_r):
-            await ReadOnly()
-            assert int(d.s_axi_rvalid.value) == 1 and int(d.s_axi_rdata.value) == first
-            await cycle()
-        d.s_axi_rready.value = 1
-        await cycle()
-        d.s_axi_rready.value = 0
+        await hold_then_take("r", hold_r, lambda: int(d.s_axi_rdata.value) == first)
         return first
 
     for i, order in enumerate(("w_first", "aw_first", "both", "w_first")):

@@ -109,7 +109,8 @@ def run_engine(engine, jobs, *, seed: int = 0) -> list[dict]:
             await ctx.tick()
             ctx.set(e.start, 0)
             queue: deque = deque()
-            cyc = n_rd = n_wr = b_rd = b_wr = 0
+            cyc = 0
+            count = dict.fromkeys(("bytes_read", "bytes_written", "reads", "writes"), 0)
             while True:
                 cyc += 1
                 assert cyc < job.max_cycles, f"{what}: no done after {job.max_cycles} cycles"
@@ -143,12 +144,14 @@ def run_engine(engine, jobs, *, seed: int = 0) -> list[dict]:
                 if wr is not None:
                     a, n, d = wr
                     mem[a : a + n] = np.frombuffer(int(d).to_bytes(W, "little")[:n], np.uint8)
-                    n_wr, b_wr = n_wr + 1, b_wr + n
+                    count["writes"] += 1
+                    count["bytes_written"] += n
                 if took:
                     queue.popleft()
                 if rd is not None:
                     queue.append((cyc + int(rng.integers(job.latency[0], job.latency[1] + 1)), *rd))
-                    n_rd, b_rd = n_rd + 1, b_rd + rd[1]
+                    count["reads"] += 1
+                    count["bytes_read"] += rd[1]
                 if done:
                     break
             assert not queue, f"{what}: done with {len(queue)} read(s) unanswered"
@@ -160,16 +163,7 @@ def run_engine(engine, jobs, *, seed: int = 0) -> list[dict]:
                     f"{what}: memory access after done"
                 )
                 await ctx.tick()
-            results.append(
-                dict(
-                    cycles=cyc,
-                    error=ErrorCode(err),
-                    bytes_read=b_rd,
-                    bytes_written=b_wr,
-                    reads=n_rd,
-                    writes=n_wr,
-                )
-            )
+            results.append({"cycles": cyc, "error": ErrorCode(err), **count})
 
     sim = Simulator(engine)
     sim.add_clock(1e-8)

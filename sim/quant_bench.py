@@ -142,11 +142,7 @@ async def test_reset_mid_operation(dut):
         r = random_row(b.rng, n=int(b.rng.integers(LANES, MAX_LEN + 1)))
         return [r], 3 * len(r.beats) + CFG.recip_bits + 4
 
-    await b.reset_mid_operation(
-        4,
-        in_flight,
-        lambda attempt: [random_row(b.rng, tag=f"after reset {attempt}") for _ in range(2)],
-    )
+    await b.reset_mid_operation(4, in_flight, b.after_reset(random_row))
 
 
 @cocotb.test()

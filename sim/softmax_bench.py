@@ -165,11 +165,7 @@ async def test_reset_mid_operation(dut):
         g = random_rows(b.rng, n=int(b.rng.integers(LANES, MAX_N + 1)))
         return [g], 2 * row_cycles(g.n, CFG, LANES)
 
-    await b.reset_mid_operation(
-        3,
-        in_flight,
-        lambda attempt: [random_rows(b.rng, tag=f"after reset {attempt}") for _ in range(2)],
-    )
+    await b.reset_mid_operation(3, in_flight, b.after_reset(random_rows))
 
 
 @cocotb.test()

@@ -480,6 +480,11 @@ class Bench:
         record(self.test, vectors=vectors)
         return vectors
 
+    def after_reset(self, make, n: int = 2):
+        """A ``clean`` for :meth:`reset_mid_operation`: ``n`` items ``make(rng, tag=...)``,
+        tagged with the attempt."""
+        return lambda attempt: [make(self.rng, tag=f"after reset {attempt}") for _ in range(n)]
+
     async def throughput(self, items, formula: int, max_cycles: int, what: str, **fields) -> int:
         """With no stalls (``stall=False``): queue the items, measure the cycles from the
         first input beat to the last output beat (fail after ``max_cycles``), check the

@@ -16,18 +16,13 @@ IDENT, CYCLES, PC = 0x5EED_F00D, 0x1122_3344_5566_7788, 0x0ABC_DEF0
 
 class LiteCSR(wiring.Component):
     """AxiLiteCSR + CSRBlock; the core-side inputs tied to known values; ``ev_end`` in,
-    ``irq``, ``start``, ``soft_reset`` out."""
+    the block's ``OUTS`` out."""
+
+    OUTS = ("irq", "start", "soft_reset")
 
     def __init__(self):
-        super().__init__(
-            {
-                **axi_lite_slave_members("s_axi", 12),
-                "ev_end": In(1),
-                "irq": Out(1),
-                "start": Out(1),
-                "soft_reset": Out(1),
-            }
-        )
+        outs = {name: Out(1) for name in self.OUTS}
+        super().__init__({**axi_lite_slave_members("s_axi", 12), "ev_end": In(1), **outs})
 
     def elaborate(self, platform):
         m = Module()
@@ -37,18 +32,17 @@ class LiteCSR(wiring.Component):
             if name.startswith("s_axi_"):
                 inner, outer = getattr(br, name), getattr(self, name)
                 m.d.comb += inner.eq(outer) if member.flow == In else outer.eq(inner)
+        # the bridge's register bus: its csr_addr, csr_w_en, csr_w_data are the block's
         m.d.comb += [
-            csr.addr.eq(br.csr_addr),
-            csr.w_en.eq(br.csr_w_en),
-            csr.w_data.eq(br.csr_w_data),
+            getattr(csr, n).eq(getattr(br, f"csr_{n}")) for n in ("addr", "w_en", "w_data")
+        ]
+        m.d.comb += [
             br.csr_r_data.eq(csr.r_data),
             csr.cycles.eq(CYCLES),
             csr.pc.eq(PC),
             csr.ev_end.eq(self.ev_end),
-            self.irq.eq(csr.irq),
-            self.start.eq(csr.start),
-            self.soft_reset.eq(csr.soft_reset),
         ]
+        m.d.comb += [getattr(self, name).eq(getattr(csr, name)) for name in self.OUTS]
         return m
 
 

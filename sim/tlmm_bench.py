@@ -176,11 +176,7 @@ async def test_reset_mid_operation(dut):
         op = random_op(b.rng, m=2, k=int(b.rng.integers(CFG.group * CFG.tables, MAX_K + 1)))
         return [op], max(2, len(op.wgt) + len(op.act))
 
-    await b.reset_mid_operation(
-        3,
-        in_flight,
-        lambda attempt: [random_op(b.rng, tag=f"after reset {attempt}") for _ in range(2)],
-    )
+    await b.reset_mid_operation(3, in_flight, b.after_reset(random_op))
 
 
 @cocotb.test()

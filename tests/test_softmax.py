@@ -177,22 +177,19 @@ def test_reference_matches_torch():
 
 
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="^x: expected a signed integer"):
-        sm.softmax_fx(np.zeros((1, 4), dtype=np.float32))
-    with pytest.raises(ValueError, match="^x: values outside"):
-        sm.softmax_fx(np.array([[HI + 1]], dtype=np.int32))
-    with pytest.raises(ValueError, match="^x: row length"):
-        sm.softmax_fx(np.zeros((1, CFG.max_len + 1), dtype=np.int16))
-    with pytest.raises(ValueError, match="^mask: expected bool"):
-        sm.softmax_fx(np.zeros((1, 4), dtype=np.int16), mask=np.ones((1, 4), dtype=np.int8))
-    with pytest.raises(ValueError, match="^mask: shape"):
-        sm.softmax_fx(np.zeros((1, 4), dtype=np.int16), mask=np.ones((1, 5), dtype=bool))
-    with pytest.raises(ValueError, match="^z: values outside"):
-        sm.exp_fx(np.array([1]))
-    with pytest.raises(ValueError, match="^d: expected values >= 0"):
-        sm.exp2_neg_fx(np.array([-1]))
-    with pytest.raises(ValueError, match="recip_frac_bits"):
-        SoftmaxConfig(recip_frac_bits=2)
+    x4 = np.zeros((1, 4), dtype=np.int16)
+    for match, fn, args, kw in (
+        ("^x: expected a signed integer", sm.softmax_fx, [np.zeros((1, 4), np.float32)], {}),
+        ("^x: values outside", sm.softmax_fx, [np.array([[HI + 1]], dtype=np.int32)], {}),
+        ("^x: row length", sm.softmax_fx, [np.zeros((1, CFG.max_len + 1), np.int16)], {}),
+        ("^mask: expected bool", sm.softmax_fx, [x4], {"mask": np.ones((1, 4), np.int8)}),
+        ("^mask: shape", sm.softmax_fx, [x4], {"mask": np.ones((1, 5), bool)}),
+        ("^z: values outside", sm.exp_fx, [np.array([1])], {}),
+        ("^d: expected values >= 0", sm.exp2_neg_fx, [np.array([-1])], {}),
+        ("recip_frac_bits", SoftmaxConfig, [], {"recip_frac_bits": 2}),
+    ):
+        with pytest.raises(ValueError, match=match):
+            fn(*args, **kw)
 
 
 def test_error_report_rows():

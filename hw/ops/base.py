@@ -430,6 +430,16 @@ class Engine(wiring.Component):
             self, m, registered=registered, pipelined=pipelined, rule_values=rule_values
         )
 
+    def read(self, m: Module, addr, length):
+        """Request a read of ``length`` bytes at ``addr`` in this cycle; returns the
+        handshake (1 in the cycle the read is issued)."""
+        m.d.comb += [
+            self.rd.valid.eq(1),
+            self.rd.payload.addr.eq(addr),
+            self.rd.payload.len.eq(length),
+        ]
+        return self.rd.ready
+
     def finish(self, m: Module, code) -> None:
         """In a state of the engine's FSM: the command ends in this cycle with ``code``
         (``done``, ``error``); the FSM goes back to IDLE."""

@@ -139,12 +139,7 @@ class EmbedEngine(Engine):
                         m.next = "CHECK2"
             passed |= self.check_states(m, ("CHECK2", err_rest), then="TOKEN", idle=False)
             with m.State("TOKEN"):
-                m.d.comb += [
-                    self.rd.valid.eq(1),
-                    self.rd.payload.addr.eq(tok_ptr),
-                    self.rd.payload.len.eq(4),
-                ]
-                with m.If(self.rd.ready):
+                with m.If(self.read(m, tok_ptr, 4)):
                     m.d.sync += tok_ptr.eq(tok_ptr + 4)
                     m.next = "TOKEN_WAIT"
             with m.State("TOKEN_WAIT"):

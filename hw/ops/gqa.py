@@ -1,5 +1,6 @@
-"""The head ratio of QK and PV commands (grouped-query attention): n_rep = heads //
-kv_heads and whether kv_heads divides heads (the contract's ``heads % kv_heads == 0``).
+"""What QK and PV (grouped-query attention) share: the head ratio n_rep = heads //
+kv_heads and whether kv_heads divides heads (the contract's ``heads % kv_heads == 0``),
+and :class:`Cursor`, a tensor's base and read pointer in their walk over the heads.
 
 A combinational divider of two ``isa.HEADS_BITS``-bit fields is some twenty LUT levels
 (far beyond the 250 MHz rule of ``hw.timing``); this one is a restoring divider of
@@ -44,3 +45,28 @@ def head_ratio(m, start, heads, kv_heads):
             nn = (nn << 1)[:B]
         m.d.sync += [rem.eq(r), n.eq(nn), quo.eq(q), left.eq(left - 1)]
     return quo, divides
+
+
+class Cursor:
+    """A tensor's place in the walk of a QK / PV command: ``base`` (where its current head
+    or row starts) and ``ptr`` (its next read), address registers named ``base_name`` and
+    ``ptr_name``. Each method returns the statements of one step."""
+
+    def __init__(self, base_name: str, ptr_name: str):
+        self.base = Signal(isa.ADDR_BITS + 1, name=base_name)
+        self.ptr = Signal(isa.ADDR_BITS + 1, name=ptr_name)
+
+    def start(self, addr) -> list:
+        return [self.base.eq(addr), self.ptr.eq(addr)]
+
+    def advance(self, n) -> list:
+        """The next read, ``n`` bytes on."""
+        return [self.ptr.eq(self.ptr + n)]
+
+    def rewind(self) -> list:
+        """Read the current head / row again from its start."""
+        return [self.ptr.eq(self.base)]
+
+    def next_base(self, stride) -> list:
+        """The next head / row, ``stride`` bytes on, from its start."""
+        return [self.base.eq(self.base + stride), self.ptr.eq(self.base + stride)]

@@ -401,21 +401,12 @@ class NormQuantEngine(Engine):
                 run.eq(1),
                 dry.eq(err_scale != ErrorCode.NONE),
                 dry_err.eq(err_scale),
-                abort.eq(0),
-                n_iss.eq(0),
-                n_ans.eq(0),
-                ev_iss.eq(0),
-                ev_take.eq(0),
-                ev_drain.eq(0),
                 out_ptr.eq(a.dst),
                 out_left.eq(a.dim),
                 rec_ptr.eq(a.dst_scale),
-                half.eq(0),
-                wo_valid.eq(0),
-                rec_v.eq(0),
-                rec_p1.eq(0),
-                rec_p2.eq(0),
-                sk_v.eq(0),
-                rd.phase.eq(0),
             ]
+            # cleared: the abort flag, the read counters, every valid and phase of the datapath
+            cleared = (abort, n_iss, n_ans, ev_iss, ev_take, ev_drain)
+            cleared += (half, wo_valid, rec_v, rec_p1, rec_p2, sk_v, rd.phase)
+            m.d.sync += [r.eq(0) for r in cleared]
         return m

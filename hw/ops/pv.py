@@ -127,8 +127,8 @@ from golden.isa import ErrorCode, Opcode
 from hw.dsp import mac
 
 from .base import Engine, check_power_of_two
+from .gqa import Cursor, head_ratio
 from .gqa import cycles as gqa_cycles
-from .gqa import head_ratio
 
 P_MEM_BITS = 16  # p is uint16 in memory (any 16-bit value)
 V_BITS = 8  # V codes: int8
@@ -139,6 +139,104 @@ _MIN, _STREAM, _END = 0, 1, 2
 
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+class _Walk:
+    """One side's walk (the module docstring's sequence; the request side issues it, the
+    response side takes it): queries (h, t), per query its min pass (``L + 1`` records,
+    R a read) then its key pass (keys j); ``left`` counts what is left of the pass:
+    records in the min pass (``lastm``: its last read), keys in the key pass (``lastk``:
+    the last key). The decisions are registered flags, the walk's compares a step ahead:
+    ``tlast`` / ``hlast`` (t / h at their last) from the registered "the next is the last"
+    compares ``t_nl`` / ``h_nl`` (t and h change at most once per query, >= 2 cycles
+    apart). With ``n_rep``: also r = h mod n_rep and ``rlast`` (after the last repeat the
+    side moves to the next KV head). Signals are named ``<side>_<field>``; each method
+    returns the statements of one step of the walk, to which a side adds its own."""
+
+    def __init__(self, m: Module, side: str, a, R: int, lim0, n_rep=None):
+        self.a, self.R, self.lim0, self.n_rep = a, R, lim0, n_rep
+
+        def reg(field: str, shape=1):
+            return Signal(shape, name=f"{side}_{field}")
+
+        self.state = reg("state", 2)
+        if n_rep is not None:
+            self.r = reg("r", isa.HEADS_BITS)
+        self.t, self.L = reg("t", isa.ROWS_BITS), reg("L", isa.ROWS_BITS)  # L_t = keys - rows + t
+        self.j = reg("j", isa.ROWS_BITS + 1)  # key of the pass
+        self.left = reg("left", isa.ROWS_BITS + 1)
+        self.lastm, self.lastk, self.tlast = reg("lastm"), reg("lastk"), reg("tlast")
+        if n_rep is not None:
+            self.rlast = reg("rlast")
+        self.hlast, self.h = reg("hlast"), reg("h", isa.HEADS_BITS)
+        self.t_nl, self.h_nl = reg("t_nl"), reg("h_nl")
+        m.d.sync += [self.t_nl.eq(self.t + 2 == a.rows), self.h_nl.eq(self.h + 2 == a.heads)]
+        if n_rep is not None:
+            self.r_nl = reg("r_nl")
+            m.d.sync += self.r_nl.eq(self.r + 2 == n_rep)
+
+    def _query0(self) -> list:
+        """Query 0 of a head, its min pass."""
+        lim0 = self.lim0
+        return [
+            self.t.eq(0),
+            self.L.eq(lim0),
+            self.left.eq(lim0 + 1),
+            self.lastm.eq(lim0 < self.R),
+            self.tlast.eq(self.a.rows == 1),
+        ]
+
+    def start(self) -> list:
+        """The command's first query, its min pass."""
+        return [
+            self.state.eq(_MIN),
+            self.h.eq(0),
+            self.j.eq(0),
+            *self._query0(),
+            *(self.first_repeat() if self.n_rep is not None else []),
+            self.hlast.eq(self.a.heads == 1),
+        ]
+
+    def first_repeat(self) -> list:
+        """After the last repeat of a KV head: repeat 0 (of the next KV head)."""
+        return [self.r.eq(0), self.rlast.eq(self.n_rep == 1)]
+
+    def min_read(self) -> list:
+        """Past one read (response) of the min pass."""
+        R = self.R
+        return [self.left.eq(self.left - R), self.lastm.eq(self.left <= 2 * R)]
+
+    def key_pass(self) -> list:
+        """After the min pass: the query's key pass."""
+        return [
+            self.state.eq(_STREAM),
+            self.j.eq(0),
+            self.left.eq(self.L + 1),
+            self.lastk.eq(self.L == 0),
+        ]
+
+    def key(self) -> list:
+        """Past one key."""
+        return [self.j.eq(self.j + 1), self.left.eq(self.left - 1), self.lastk.eq(self.left == 2)]
+
+    def next_row(self) -> list:
+        """After the query's last key, not the head's last query: query t + 1 (its min
+        pass; the caller sets ``state``)."""
+        return [
+            self.t.eq(self.t + 1),
+            self.L.eq(self.L + 1),
+            self.left.eq(self.L + 2),
+            self.lastm.eq(self.L + 2 <= self.R),
+            self.tlast.eq(self.t_nl),
+        ]
+
+    def next_head(self) -> list:
+        """After the head's last query: query 0 of head h + 1 (the caller ends the walk
+        after the last head), the next repeat (the caller wraps it after the last)."""
+        step = [*self._query0(), self.h.eq(self.h + 1), self.hlast.eq(self.h_nl)]
+        if self.n_rep is not None:
+            step += [self.r.eq(self.r + 1), self.rlast.eq(self.r_nl)]
+        return step
 
 
 def min_wait(records: int) -> int:
@@ -273,56 +371,28 @@ class PVEngine(Engine):
         dry = Signal()  # dst is bad: compute, do not write
 
         # ------------------------------------------------------------ request side
-        # both sides walk queries (h, t) and, per query, the min pass then the keys; the
-        # decisions are registered flags (the walk's compares one step ahead)
-        r_state = Signal(2)
-        r_r = Signal(isa.HEADS_BITS)  # h mod n_rep
-        r_t = Signal(isa.ROWS_BITS)
-        r_L = Signal(isa.ROWS_BITS)  # L_t
-        r_j = Signal(isa.ROWS_BITS + 1)  # key of the stream
-        r_left = Signal(isa.ROWS_BITS + 1)  # keys (or records) from here to L_t
-        r_lastm = Signal()  # min pass: r_left <= R
-        r_lastk = Signal()  # stream: the query's last key (r_left == 1)
-        r_tlast, r_rlast, r_hlast = Signal(), Signal(), Signal()  # t, r, h at their last
-        r_h = Signal(isa.HEADS_BITS)
+        # both sides walk queries (h, t) and, per query, the min pass then the keys
+        rw = _Walk(m, "r", a, R, lim0, n_rep)
         r_phave = Signal()  # the p read of this key is issued
         r_shave = Signal()  # the record read of this key is issued
-        r_sbase = Signal(isa.ADDR_BITS + 1)  # KV head g's records
-        r_sptr = Signal(isa.ADDR_BITS + 1)
-        r_vbase = Signal(isa.ADDR_BITS + 1)
-        r_vptr = Signal(isa.ADDR_BITS + 1)
-        r_prow = Signal(isa.ADDR_BITS + 1)
-        r_pptr = Signal(isa.ADDR_BITS + 1)
+        # KV head g's records and V rows; query t's p row
+        r_s, r_v, r_p = (
+            Cursor("r_sbase", "r_sptr"),
+            Cursor("r_vbase", "r_vptr"),
+            Cursor("r_prow", "r_pptr"),
+        )
 
         # ------------------------------------------------------------ response side
-        c_state = Signal(2)
-        c_t = Signal(isa.ROWS_BITS)
-        c_L = Signal(isa.ROWS_BITS)
-        c_j = Signal(isa.ROWS_BITS + 1)
-        c_left = Signal(isa.ROWS_BITS + 1)
-        c_lastm, c_lastk, c_tlast, c_hlast = Signal(), Signal(), Signal(), Signal()
-        c_h = Signal(isa.HEADS_BITS)
+        cw = _Walk(m, "c", a, R, lim0)
+        c_j = cw.j
         # the next response of the stream is a p chunk / a record chunk (registered: the
         # response side's accept decision starts at flip-flops)
         c_needp = Signal()
         c_needs = Signal()
         c_wait = Signal(range(rlog + 3))  # min tree latency before the first key
         c_wait0 = Signal()  # c_wait == 0, registered
-        c_dst_head = Signal(isa.ADDR_BITS + 1)
-        c_dst = Signal(isa.ADDR_BITS + 1)
+        c_d = Cursor("c_dst_head", "c_dst")  # dst of head h, query t
         preg = Signal(P_MEM_BITS * PC)  # the p chunk
-        # "the next query / head / repeat is the last", registered: the counters change
-        # at most once per query (>= 2 cycles apart), so the compare is a cycle ahead
-        r_t_nl, r_h_nl, r_r_nl, c_t_nl, c_h_nl = (
-            Signal(name=n) for n in ("r_t_nl", "r_h_nl", "r_r_nl", "c_t_nl", "c_h_nl")
-        )
-        m.d.sync += [
-            r_t_nl.eq(r_t + 2 == a.rows),
-            r_h_nl.eq(r_h + 2 == a.heads),
-            r_r_nl.eq(r_r + 2 == n_rep),
-            c_t_nl.eq(c_t + 2 == a.rows),
-            c_h_nl.eq(c_h + 2 == a.heads),
-        ]
         rreg = Signal(32 * R)  # the record chunk
 
         # ------------------------------------------------------------ min pass pipeline
@@ -555,126 +625,72 @@ class PVEngine(Engine):
 
             with m.State("RUN"):
                 # ---------------------------------------------------- requests
-                with m.If(r_state == _MIN):
-                    m.d.comb += [
-                        self.rd.valid.eq(1),
-                        self.rd.payload.addr.eq(r_sptr),
-                        self.rd.payload.len.eq(Mux(r_lastm, r_left, R) * 4),
-                    ]
-                    with m.If(self.rd.ready):
-                        m.d.sync += [
-                            r_sptr.eq(r_sptr + 4 * R),
-                            r_left.eq(r_left - R),
-                            r_lastm.eq(r_left <= 2 * R),
-                        ]
-                        with m.If(r_lastm):
+                with m.If(rw.state == _MIN):
+                    with m.If(self.read(m, r_s.ptr, Mux(rw.lastm, rw.left, R) * 4)):
+                        m.d.sync += [*r_s.advance(4 * R), *rw.min_read()]
+                        with m.If(rw.lastm):
                             m.d.sync += [
-                                r_state.eq(_STREAM),
-                                r_j.eq(0),
-                                r_left.eq(r_L + 1),
-                                r_lastk.eq(r_L == 0),
+                                *rw.key_pass(),
                                 r_phave.eq(0),
                                 r_shave.eq(0),
-                                r_sptr.eq(r_sbase),
-                                r_vptr.eq(r_vbase),
-                                r_pptr.eq(r_prow),
+                                *r_s.rewind(),
+                                *r_v.rewind(),
+                                *r_p.rewind(),
                             ]
-                with m.Elif(r_state == _STREAM):
-                    with m.If((r_j[:plog] == 0) & ~r_phave):
-                        m.d.comb += [
-                            self.rd.valid.eq(1),
-                            self.rd.payload.addr.eq(r_pptr),
-                            self.rd.payload.len.eq(Mux(r_left > PC, PC, r_left) * 2),
-                        ]
-                        with m.If(self.rd.ready):
-                            m.d.sync += [r_pptr.eq(r_pptr + 2 * PC), r_phave.eq(1)]
-                    with m.Elif((r_j[:rlog] == 0) & ~r_shave):
-                        m.d.comb += [
-                            self.rd.valid.eq(1),
-                            self.rd.payload.addr.eq(r_sptr),
-                            self.rd.payload.len.eq(Mux(r_left > R, R, r_left) * 4),
-                        ]
-                        with m.If(self.rd.ready):
-                            m.d.sync += [r_sptr.eq(r_sptr + 4 * R), r_shave.eq(1)]
+                with m.Elif(rw.state == _STREAM):
+                    with m.If((rw.j[:plog] == 0) & ~r_phave):
+                        with m.If(self.read(m, r_p.ptr, Mux(rw.left > PC, PC, rw.left) * 2)):
+                            m.d.sync += [*r_p.advance(2 * PC), r_phave.eq(1)]
+                    with m.Elif((rw.j[:rlog] == 0) & ~r_shave):
+                        with m.If(self.read(m, r_s.ptr, Mux(rw.left > R, R, rw.left) * 4)):
+                            m.d.sync += [*r_s.advance(4 * R), r_shave.eq(1)]
                     with m.Else():
-                        m.d.comb += [
-                            self.rd.valid.eq(1),
-                            self.rd.payload.addr.eq(r_vptr),
-                            self.rd.payload.len.eq(a.head_dim),
-                        ]
-                        with m.If(self.rd.ready):
+                        with m.If(self.read(m, r_v.ptr, a.head_dim)):
                             m.d.sync += [
-                                r_vptr.eq(r_vptr + a.head_dim),
-                                r_j.eq(r_j + 1),
-                                r_left.eq(r_left - 1),
-                                r_lastk.eq(r_left == 2),
+                                *r_v.advance(a.head_dim),
+                                *rw.key(),
                                 r_phave.eq(0),
                                 r_shave.eq(0),
                             ]
-                            with m.If(r_lastk):  # the query's last key: the next query
+                            with m.If(rw.lastk):  # the query's last key: the next query
                                 m.d.sync += [
-                                    r_state.eq(_MIN),
-                                    r_prow.eq(r_prow + pstride),
-                                    r_sptr.eq(r_sbase),
+                                    rw.state.eq(_MIN),
+                                    r_p.base.eq(r_p.base + pstride),
+                                    *r_s.rewind(),
                                 ]
-                                with m.If(~r_tlast):
-                                    m.d.sync += [
-                                        r_t.eq(r_t + 1),
-                                        r_L.eq(r_L + 1),
-                                        r_left.eq(r_L + 2),
-                                        r_lastm.eq(r_L + 2 <= R),
-                                        r_tlast.eq(r_t_nl),
-                                    ]
+                                with m.If(~rw.tlast):
+                                    m.d.sync += rw.next_row()
                                 with m.Else():
-                                    m.d.sync += [
-                                        r_t.eq(0),
-                                        r_L.eq(lim0),
-                                        r_left.eq(lim0 + 1),
-                                        r_lastm.eq(lim0 < R),
-                                        r_tlast.eq(a.rows == 1),
-                                        r_h.eq(r_h + 1),
-                                        r_hlast.eq(r_h_nl),
-                                        r_r.eq(r_r + 1),
-                                        r_rlast.eq(r_r_nl),
-                                    ]
-                                    with m.If(r_rlast):
+                                    m.d.sync += rw.next_head()
+                                    with m.If(rw.rlast):
                                         m.d.sync += [
-                                            r_r.eq(0),
-                                            r_rlast.eq(n_rep == 1),
-                                            r_vbase.eq(r_vbase + vstride),
-                                            r_sbase.eq(r_sbase + sstride),
-                                            r_sptr.eq(r_sbase + sstride),
+                                            *rw.first_repeat(),
+                                            r_v.base.eq(r_v.base + vstride),
+                                            *r_s.next_base(sstride),
                                         ]
-                                    with m.If(r_hlast):
-                                        m.d.sync += r_state.eq(_END)
+                                    with m.If(rw.hlast):
+                                        m.d.sync += rw.state.eq(_END)
 
                 # ---------------------------------------------------- responses
                 with m.If(~c_wait0):
                     m.d.sync += [c_wait.eq(c_wait - 1), c_wait0.eq(c_wait == 1)]
-                with m.If(c_state == _MIN):
+                with m.If(cw.state == _MIN):
                     m.d.comb += [
                         self.rdata.ready.eq(1),
                         mn_valid.eq(self.rdata.valid),
                         mn_first.eq(c_j == 0),
                     ]
                     with m.If(self.rdata.valid):
-                        m.d.sync += [
-                            c_j.eq(c_j + R),
-                            c_left.eq(c_left - R),
-                            c_lastm.eq(c_left <= 2 * R),
-                        ]
-                        with m.If(c_lastm):
+                        m.d.sync += [c_j.eq(c_j + R), *cw.min_read()]
+                        with m.If(cw.lastm):
                             m.d.sync += [
-                                c_state.eq(_STREAM),
-                                c_j.eq(0),
-                                c_left.eq(c_L + 1),
-                                c_lastk.eq(c_L == 0),
+                                *cw.key_pass(),
                                 c_needp.eq(1),
                                 c_needs.eq(1),
                                 c_wait.eq(rlog + 2),
                                 c_wait0.eq(0),
                             ]
-                with m.Elif(c_state == _STREAM):
+                with m.Elif(cw.state == _STREAM):
                     with m.If(c_needp):
                         m.d.comb += self.rdata.ready.eq(1)
                         with m.If(self.rdata.valid):
@@ -685,52 +701,36 @@ class PVEngine(Engine):
                             m.d.sync += [rreg.eq(self.rdata.payload), c_needs.eq(0)]
                     with m.Else():
                         can_last = ~hold_full & ~last_pending
-                        m.d.comb += self.rdata.ready.eq(c_wait0 & (~c_lastk | can_last))
+                        m.d.comb += self.rdata.ready.eq(c_wait0 & (~cw.lastk | can_last))
                         with m.If(self.rdata.valid & self.rdata.ready):
                             m.d.comb += [
                                 v_fire.eq(1),
                                 k_first.eq(c_j == 0),
-                                k_last.eq(c_lastk),
+                                k_last.eq(cw.lastk),
                             ]
                             m.d.sync += [
-                                c_j.eq(c_j + 1),
-                                c_left.eq(c_left - 1),
-                                c_lastk.eq(c_left == 2),
+                                *cw.key(),
                                 # key c_j + 1 starts a p chunk / a record chunk
                                 c_needp.eq(c_j[:plog].all()),
                                 c_needs.eq(c_j[:rlog].all()),
                             ]
-                            with m.If(c_lastk):
+                            with m.If(cw.lastk):
                                 m.d.sync += [
                                     c_j.eq(0),
-                                    c_state.eq(_MIN),
+                                    cw.state.eq(_MIN),
                                     last_pending.eq(1),
-                                    pend_addr.eq(c_dst),
+                                    pend_addr.eq(c_d.ptr),
                                     pend_s.eq(smin + (P + X - B - IF)),
                                 ]
-                                with m.If(~c_tlast):
-                                    m.d.sync += [
-                                        c_t.eq(c_t + 1),
-                                        c_L.eq(c_L + 1),
-                                        c_left.eq(c_L + 2),
-                                        c_lastm.eq(c_L + 2 <= R),
-                                        c_tlast.eq(c_t_nl),
-                                        c_dst.eq(c_dst + dstride),
-                                    ]
+                                with m.If(~cw.tlast):
+                                    m.d.sync += [*cw.next_row(), *c_d.advance(dstride)]
                                 with m.Else():
                                     m.d.sync += [
-                                        c_t.eq(0),
-                                        c_L.eq(lim0),
-                                        c_left.eq(lim0 + 1),
-                                        c_lastm.eq(lim0 < R),
-                                        c_tlast.eq(a.rows == 1),
-                                        c_h.eq(c_h + 1),
-                                        c_hlast.eq(c_h_nl),
-                                        c_dst_head.eq(c_dst_head + hd4),
-                                        c_dst.eq(c_dst_head + hd4),
+                                        *cw.next_head(),
+                                        *c_d.next_base(hd4),
                                     ]
-                                    with m.If(c_hlast):
-                                        m.d.sync += c_state.eq(_END)
+                                    with m.If(cw.hlast):
+                                        m.d.sync += cw.state.eq(_END)
                 with m.Else():
                     # every response consumed; wait for the pipeline and the last writes
                     with m.If(~ok[0] & ~ok[1] & ~ok[2] & ~ok[3] & ~last_pending & ~writer_busy):
@@ -750,36 +750,14 @@ class PVEngine(Engine):
             ]
         with m.If(passed["CHECK_ADDR"]):
             first = [
-                r_state.eq(_MIN),
-                r_h.eq(0),
-                r_r.eq(0),
-                r_t.eq(0),
-                r_j.eq(0),
-                r_L.eq(lim0),
-                r_left.eq(lim0 + 1),
-                r_lastm.eq(lim0 < R),
-                r_tlast.eq(a.rows == 1),
-                r_rlast.eq(n_rep == 1),
-                r_hlast.eq(a.heads == 1),
-                r_sbase.eq(a.v_scale),
-                r_sptr.eq(a.v_scale),
-                r_vbase.eq(a.v),
-                r_vptr.eq(a.v),
-                r_prow.eq(a.p),
-                r_pptr.eq(a.p),
-                c_state.eq(_MIN),
-                c_h.eq(0),
-                c_t.eq(0),
-                c_j.eq(0),
-                c_L.eq(lim0),
-                c_left.eq(lim0 + 1),
-                c_lastm.eq(lim0 < R),
-                c_tlast.eq(a.rows == 1),
-                c_hlast.eq(a.heads == 1),
+                *rw.start(),
+                *r_s.start(a.v_scale),
+                *r_v.start(a.v),
+                *r_p.start(a.p),
+                *cw.start(),
                 c_wait.eq(0),
                 c_wait0.eq(1),
-                c_dst_head.eq(a.dst),
-                c_dst.eq(a.dst),
+                *c_d.start(a.dst),
             ]
             m.d.sync += [
                 dst_err.eq(err_dst),

@@ -87,8 +87,8 @@ from hw.dsp import dot2
 from hw.softmax import tree_bit_length
 
 from .base import Engine, check_power_of_two
+from .gqa import Cursor, head_ratio
 from .gqa import cycles as gqa_cycles
-from .gqa import head_ratio
 
 _ABITS = isa.ADDR_BITS + 1  # addresses inside the window (mem_hi <= 2^32)
 PIPE = 10  # stages from a key's accept to the packer
@@ -119,6 +119,78 @@ def _tree(vals):
     if len(vals) % 2:
         nxt.append(vals[-1])
     return nxt
+
+
+class _Rows:
+    """One side's walk over the query rows (module docstring; the request side issues it,
+    the response side takes it): head h, row t, and per row its visible keys j (``vis``
+    of them; ``left``: keys from j to the row's end; ``lastk``: j is the row's last).
+    ``tlast`` / ``hlast`` (t / h at their last) are registers kept a step ahead by the
+    registered compares ``t_next_last`` / ``h_next_last`` ("the next row / head is the
+    last", :meth:`lookahead`: these counters change at most once per row, >= 3 cycles
+    apart). With ``n_rep``: also the repeat ``rep`` = h mod n_rep and ``rlast`` (after the
+    last repeat the side moves to the next KV head); with ``full``: ``full``, the row has
+    no masked key. Signals are named ``<prefix><field>``; each method returns the
+    statements of one step of the walk, to which the side adds its own."""
+
+    def __init__(self, prefix: str, a, vis0, *, n_rep=None, full: bool = False):
+        rbits = isa.ROWS_BITS + 1
+        self.a, self.vis0, self.n_rep = a, vis0, n_rep
+
+        def reg(field: str, shape=1):
+            return Signal(shape, name=prefix + field)
+
+        self.h = reg("h", isa.HEADS_BITS + 1)
+        self.t, self.j, self.vis, self.left = (reg(f, rbits) for f in ("t", "j", "vis", "left"))
+        self.lastk, self.tlast, self.hlast = reg("lastk"), reg("tlast"), reg("hlast")
+        self.h_next_last, self.t_next_last = reg("h_next_last"), reg("t_next_last")
+        self.full = reg("full") if full else None
+        if n_rep is not None:
+            self.rep, self.rlast = reg("rep", isa.HEADS_BITS), reg("rlast")
+            self.rep_next_last = reg("rep_next_last")
+
+    def _row_start(self, vis, full) -> list:
+        s = [self.vis.eq(vis), self.left.eq(vis), self.lastk.eq(vis == 1)]
+        return s + ([self.full.eq(full)] if self.full is not None else [])
+
+    def start(self) -> list:
+        """The command's first row."""
+        a = self.a
+        s = [self.h.eq(0), self.t.eq(0), self.j.eq(0), *self._row_start(self.vis0, a.rows == 1)]
+        s += [self.tlast.eq(a.rows == 1), self.hlast.eq(a.heads == 1)]
+        if self.n_rep is not None:
+            s += [self.rlast.eq(self.n_rep == 1), self.rep.eq(0)]
+        return s
+
+    def first_repeat(self) -> list:
+        """After the last repeat of a KV head: repeat 0 (of the next KV head)."""
+        return [self.rep.eq(0), self.rlast.eq(self.n_rep == 1)]
+
+    def lookahead(self) -> list:
+        """The registered "the next is the last" compares (every cycle)."""
+        a = self.a
+        s = [self.h_next_last.eq(self.h + 2 == a.heads)]
+        if self.n_rep is not None:
+            s.append(self.rep_next_last.eq(self.rep + 2 == self.n_rep))
+        return s + [self.t_next_last.eq(self.t + 2 == self.a.rows)]
+
+    def key(self) -> list:
+        """Past one key of the row."""
+        return [self.j.eq(self.j + 1), self.left.eq(self.left - 1), self.lastk.eq(self.left == 2)]
+
+    def next_row(self) -> list:
+        """After a row's last key, not the head's last row: row t + 1, one more visible
+        key (the caller sets j and its state)."""
+        s = [self.t.eq(self.t + 1), self.tlast.eq(self.t_next_last)]
+        s += [self.vis.eq(self.vis + 1), self.left.eq(self.vis + 1), self.lastk.eq(0)]
+        return s + ([self.full.eq(self.t_next_last)] if self.full is not None else [])
+
+    def next_head(self) -> list:
+        """After the head's last row: row 0 of head h + 1 (the caller ends the walk after
+        the last head)."""
+        a = self.a
+        s = [self.t.eq(0), self.tlast.eq(a.rows == 1), *self._row_start(self.vis0, a.rows == 1)]
+        return s + [self.h.eq(self.h + 1), self.hlast.eq(self.h_next_last)]
 
 
 class QKEngine(Engine):
@@ -190,152 +262,81 @@ class QKEngine(Engine):
         # ------------------------------------------------------------ request side
         I_Q, I_QS, I_KS, I_K, I_DONE = range(5)
         ist = Signal(range(5), init=I_DONE)
-        ih = Signal(isa.HEADS_BITS + 1)
-        it = Signal(rbits)
-        ij = Signal(rbits)
-        ivis = Signal(rbits)
-        ileft = Signal(rbits)  # keys from ij to the row's end
-        ilastk = Signal()  # ileft == 1: the row's last key
-        itlast, ihlast, irlast = Signal(), Signal(), Signal()
-        irep = Signal(isa.HEADS_BITS)
-        q_head = Signal(_ABITS)  # q row 0 of head ih
-        q_row = Signal(_ABITS)
-        qs_head = Signal(_ABITS)
-        qs_row = Signal(_ABITS)
-        k_head = Signal(_ABITS)  # key 0 of KV head ih // n_rep
-        k_ptr = Signal(_ABITS)
-        ks_head = Signal(_ABITS)
-        ks_ptr = Signal(_ABITS)
+        iw = _Rows("i", a, vis0, n_rep=n_rep)
+        # q rows and records of head h (row 0 at the base); keys and records of KV head
+        # h // n_rep (key 0 at the base)
+        q, qs = Cursor("q_head", "q_row"), Cursor("qs_head", "qs_row")
+        k, ks = Cursor("k_head", "k_ptr"), Cursor("ks_head", "ks_ptr")
 
         with m.If(start_run):
             m.d.sync += [
                 ist.eq(I_Q),
-                ih.eq(0),
-                it.eq(0),
-                ij.eq(0),
-                ivis.eq(vis0),
-                ileft.eq(vis0),
-                ilastk.eq(vis0 == 1),
-                itlast.eq(a.rows == 1),
-                ihlast.eq(a.heads == 1),
-                irlast.eq(n_rep == 1),
-                irep.eq(0),
-                q_head.eq(a.q),
-                q_row.eq(a.q),
-                qs_head.eq(a.q_scale),
-                qs_row.eq(a.q_scale),
-                k_head.eq(a.k),
-                k_ptr.eq(a.k),
-                ks_head.eq(a.k_scale),
-                ks_ptr.eq(a.k_scale),
+                *iw.start(),
+                *q.start(a.q),
+                *qs.start(a.q_scale),
+                *k.start(a.k),
+                *ks.start(a.k_scale),
             ]
 
-        # "the next row / head / repeat is the last", registered: these counters change at
-        # most once per row (>= 3 cycles apart), so the compare is a cycle ahead of its use
-        ih_next_last, irep_next_last, it_next_last = Signal(), Signal(), Signal()
-        m.d.sync += [
-            ih_next_last.eq(ih + 2 == a.heads),
-            irep_next_last.eq(irep + 2 == n_rep),
-            it_next_last.eq(it + 2 == a.rows),
-        ]
-        rd = self.rd
+        m.d.sync += iw.lookahead()
         with m.Switch(ist):
             with m.Case(I_Q):
-                m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(q_row), rd.payload.len.eq(hd)]
-                with m.If(rd.ready):
+                with m.If(self.read(m, q.ptr, hd)):
                     m.d.sync += ist.eq(I_QS)
             with m.Case(I_QS):
-                m.d.comb += [
-                    rd.valid.eq(1),
-                    rd.payload.addr.eq(qs_row),
-                    rd.payload.len.eq(isa.SCALE_RECORD_BYTES),
-                ]
-                with m.If(rd.ready):
+                with m.If(self.read(m, qs.ptr, isa.SCALE_RECORD_BYTES)):
                     m.d.sync += ist.eq(I_KS)
             with m.Case(I_KS):
-                m.d.comb += [
-                    rd.valid.eq(1),
-                    rd.payload.addr.eq(ks_ptr),
-                    rd.payload.len.eq(Mux(ileft > R, R, ileft) * 4),
-                ]
-                with m.If(rd.ready):
-                    m.d.sync += [ist.eq(I_K), ks_ptr.eq(ks_ptr + 4 * R)]
+                with m.If(self.read(m, ks.ptr, Mux(iw.left > R, R, iw.left) * 4)):
+                    m.d.sync += [ist.eq(I_K), *ks.advance(4 * R)]
             with m.Case(I_K):
-                m.d.comb += [rd.valid.eq(1), rd.payload.addr.eq(k_ptr), rd.payload.len.eq(hd)]
-                with m.If(rd.ready):
-                    m.d.sync += [
-                        ij.eq(ij + 1),
-                        ileft.eq(ileft - 1),
-                        ilastk.eq(ileft == 2),
-                        k_ptr.eq(k_ptr + hd),
-                    ]
-                    with m.If(ilastk):
+                with m.If(self.read(m, k.ptr, hd)):
+                    m.d.sync += [*iw.key(), *k.advance(hd)]
+                    with m.If(iw.lastk):
                         # next query row
-                        m.d.sync += [ij.eq(0), ist.eq(I_Q)]
-                        with m.If(itlast):
+                        m.d.sync += [iw.j.eq(0), ist.eq(I_Q)]
+                        with m.If(iw.tlast):
                             m.d.sync += [
-                                it.eq(0),
-                                itlast.eq(a.rows == 1),
-                                ivis.eq(vis0),
-                                ileft.eq(vis0),
-                                ilastk.eq(vis0 == 1),
-                                ih.eq(ih + 1),
-                                ihlast.eq(ih_next_last),
-                                q_head.eq(q_head + q_stride),
-                                q_row.eq(q_head + q_stride),
-                                qs_head.eq(qs_head + a.q_ld * 4),
-                                qs_row.eq(qs_head + a.q_ld * 4),
+                                *iw.next_head(),
+                                *q.next_base(q_stride),
+                                *qs.next_base(a.q_ld * 4),
                             ]
-                            with m.If(ihlast):
+                            with m.If(iw.hlast):
                                 m.d.sync += ist.eq(I_DONE)
-                            with m.If(irlast):
+                            with m.If(iw.rlast):
                                 m.d.sync += [
-                                    irep.eq(0),
-                                    irlast.eq(n_rep == 1),
-                                    k_head.eq(k_head + kv_stride),
-                                    k_ptr.eq(k_head + kv_stride),
-                                    ks_head.eq(ks_head + a.kv_ld * 4),
-                                    ks_ptr.eq(ks_head + a.kv_ld * 4),
+                                    *iw.first_repeat(),
+                                    *k.next_base(kv_stride),
+                                    *ks.next_base(a.kv_ld * 4),
                                 ]
                             with m.Else():
                                 m.d.sync += [
-                                    irep.eq(irep + 1),
-                                    irlast.eq(irep_next_last),
-                                    k_ptr.eq(k_head),
-                                    ks_ptr.eq(ks_head),
+                                    iw.rep.eq(iw.rep + 1),
+                                    iw.rlast.eq(iw.rep_next_last),
+                                    *k.rewind(),
+                                    *ks.rewind(),
                                 ]
                         with m.Else():
                             m.d.sync += [
-                                it.eq(it + 1),
-                                itlast.eq(it_next_last),
-                                ivis.eq(ivis + 1),
-                                ileft.eq(ivis + 1),
-                                ilastk.eq(0),
-                                q_row.eq(q_row + hd),
-                                qs_row.eq(qs_row + 4),
-                                k_ptr.eq(k_head),
-                                ks_ptr.eq(ks_head),
+                                *iw.next_row(),
+                                *q.advance(hd),
+                                *qs.advance(4),
+                                *k.rewind(),
+                                *ks.rewind(),
                             ]
-                    with m.Elif(ij[:rlog].all() if rlog else 1):
+                    with m.Elif(iw.j[:rlog].all() if rlog else 1):
                         m.d.sync += ist.eq(I_KS)
 
         # ------------------------------------------------------------ response side
         C_Q, C_QS, C_KS, C_K, C_Z, C_DONE = range(6)
         cst = Signal(range(6), init=C_DONE)
-        cj = Signal(rbits)
-        cvis = Signal(rbits)
-        cleft = Signal(rbits)  # keys from cj to the row's end
-        clastk = Signal()  # the row's last key
-        cfull = Signal()  # the row has no masked key (cvis == keys)
-        ctlast, chlast = Signal(), Signal()
-        ch = Signal(isa.HEADS_BITS + 1)
-        ct = Signal(rbits)
+        cw = _Rows("c", a, vis0, full=True)
         # a row's zero run: zend = slot + the masked keys left (its end, relative to the
-        # current gather write); ztail = keys - cvis, registered (cvis changes at most once
+        # current gather write); ztail = keys - vis, registered (vis changes at most once
         # per row)
         zend = Signal(rbits + 1)
         ztail = Signal(rbits)
-        m.d.sync += ztail.eq(a.keys - cvis)
+        m.d.sync += ztail.eq(a.keys - cw.vis)
         slot = Signal(range(OB))  # output position inside the gather write
         q_vec = Signal(8 * W)
         sq_mant = Signal(isa.SCALE_MANT_BITS)
@@ -360,92 +361,57 @@ class QKEngine(Engine):
         with m.If(start_run):
             m.d.sync += [
                 cst.eq(C_Q),
-                ch.eq(0),
-                ct.eq(0),
-                cj.eq(0),
-                cvis.eq(vis0),
-                cleft.eq(vis0),
-                clastk.eq(vis0 == 1),
-                cfull.eq(a.rows == 1),
-                ctlast.eq(a.rows == 1),
-                chlast.eq(a.heads == 1),
+                *cw.start(),
                 slot.eq(0),
             ]
 
-        last_row = chlast & ctlast
-        ch_next_last, ct_next_last = Signal(), Signal()  # as on the request side
-        m.d.sync += [ch_next_last.eq(ch + 2 == a.heads), ct_next_last.eq(ct + 2 == a.rows)]
+        last_row = cw.hlast & cw.tlast
+        m.d.sync += cw.lookahead()
 
         def next_row():
-            m.d.sync += [cj.eq(0), cst.eq(C_Q)]
-            with m.If(ctlast):
-                m.d.sync += [
-                    ct.eq(0),
-                    ctlast.eq(a.rows == 1),
-                    cvis.eq(vis0),
-                    cleft.eq(vis0),
-                    clastk.eq(vis0 == 1),
-                    cfull.eq(a.rows == 1),
-                    ch.eq(ch + 1),
-                    chlast.eq(ch_next_last),
-                ]
-                with m.If(chlast):
+            m.d.sync += [cw.j.eq(0), cst.eq(C_Q)]
+            with m.If(cw.tlast):
+                m.d.sync += cw.next_head()
+                with m.If(cw.hlast):
                     m.d.sync += cst.eq(C_DONE)
             with m.Else():
-                m.d.sync += [
-                    ct.eq(ct + 1),
-                    ctlast.eq(ct_next_last),
-                    cvis.eq(cvis + 1),
-                    cleft.eq(cvis + 1),
-                    clastk.eq(0),
-                    cfull.eq(ct_next_last),
-                ]
+                m.d.sync += cw.next_row()
 
         rdata = self.rdata
         zmore = Signal()  # the run goes beyond this gather write
         m.d.comb += zmore.eq(zend > OB)
         slog = OB.bit_length() - 1
         with m.Switch(cst):
-            with m.Case(C_Q):
-                m.d.comb += rdata.ready.eq(go)
-                with m.If(go & rdata.valid):
-                    m.d.sync += [q_vec.eq(rdata.payload), cst.eq(C_QS)]
-            with m.Case(C_QS):
-                m.d.comb += rdata.ready.eq(go)
-                with m.If(go & rdata.valid):
-                    m.d.sync += [
-                        sq_mant.eq(rdata.payload[:16]),
-                        sq_shift.eq(rdata.payload[16:32]),
-                        cst.eq(C_KS),
-                    ]
-            with m.Case(C_KS):
-                m.d.comb += rdata.ready.eq(go)
-                with m.If(go & rdata.valid):
-                    m.d.sync += [ks_buf.eq(rdata.payload), cst.eq(C_K)]
+            # the q row, its scale record, the next R key records: held for the keys
+            sq = [sq_mant.eq(rdata.payload[:16]), sq_shift.eq(rdata.payload[16:32])]
+            for state, loads, then in (
+                (C_Q, [q_vec.eq(rdata.payload)], C_QS),
+                (C_QS, sq, C_KS),
+                (C_KS, [ks_buf.eq(rdata.payload)], C_K),
+            ):
+                with m.Case(state):
+                    m.d.comb += rdata.ready.eq(go)
+                    with m.If(go & rdata.valid):
+                        m.d.sync += [*loads, cst.eq(then)]
             with m.Case(C_K):
                 m.d.comb += rdata.ready.eq(go)
                 m.d.comb += [
                     tok["valid"].eq(go & rdata.valid),
                     tok["val"].eq(1),
-                    tok["flush"].eq((slot == OB - 1) | (clastk & last_row)),
+                    tok["flush"].eq((slot == OB - 1) | (cw.lastk & last_row)),
                     tok["end"].eq(slot + 1),
                 ]
                 with m.If(go & rdata.valid):
-                    m.d.sync += [
-                        cj.eq(cj + 1),
-                        cleft.eq(cleft - 1),
-                        clastk.eq(cleft == 2),
-                        slot.eq(slot + 1),
-                    ]
-                    with m.If(clastk):
-                        with m.If(cfull):
+                    m.d.sync += [*cw.key(), slot.eq(slot + 1)]
+                    with m.If(cw.lastk):
+                        with m.If(cw.full):
                             next_row()
                         with m.Else():
                             m.d.sync += [
                                 zend.eq(ztail + (slot + 1)[:slog] if slog else ztail),
                                 cst.eq(C_Z),
                             ]
-                    with m.Elif(cj[:rlog].all() if rlog else 1):
+                    with m.Elif(cw.j[:rlog].all() if rlog else 1):
                         m.d.sync += cst.eq(C_KS)
             with m.Case(C_Z):
                 # the last row has no masked key: a zero run never ends the command
@@ -498,7 +464,7 @@ class QKEngine(Engine):
         dot7 = vals[0]
 
         # the pair scale (c+1 .. c+5), delayed to c+7
-        jr = cj[:rlog] if rlog else 0
+        jr = cw.j[:rlog] if rlog else 0
         rec = Array(ks_buf[32 * i : 32 * i + 32] for i in range(R))[jr] if R > 1 else ks_buf
         sk1 = reg(rec, "sk1", 32)
         sp2 = reg(sq_mant * sk1[:16], "sprod2", 2 * isa.SCALE_MANT_BITS)

@@ -217,6 +217,12 @@ class _Groups:
 
 class SoftmaxEngine(Engine):
     OPCODE = Opcode.SOFTMAX
+    DESIGN_FIELDS = {
+        "lanes": "softmax_lanes",
+        "max_len": "max_keys",
+        "chunk": "softmax_chunk",
+        "read_ahead": "softmax_read_ahead",
+    }
     LIMITS = ("keys <= max_len",)  # the block's row buffer
 
     def __init__(
@@ -249,15 +255,6 @@ class SoftmaxEngine(Engine):
         self.chunk = chunk
         self.read_ahead = read_ahead
         super().__init__(cfg, dma_bytes)
-
-    @staticmethod
-    def design_params(dp) -> dict:
-        return {
-            "lanes": dp.softmax_lanes,
-            "max_len": dp.max_keys,
-            "chunk": dp.softmax_chunk,
-            "read_ahead": dp.softmax_read_ahead,
-        }
 
     def elaborate(self, platform):
         m = Module()

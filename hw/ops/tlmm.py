@@ -200,22 +200,10 @@ class TLMMEngine(Engine):
                     m.d.sync += running.eq(0)
                     self.finish(m, ErrorCode.NONE)
         with m.If(passed["CHECK"]):
-            m.d.sync += [
-                kc.eq(kc_c),
-                nbkc.eq(nbkc_c),
-                rq_active.eq(1),
-                rq_act.eq(1),
-                rq_cnt.eq(0),
-                rq_row.eq(0),
-                rq_aptr.eq(a.src),
-                rq_rowbase.eq(a.src),
-                rq_arem.eq(a.k),
-                rs_act.eq(1),
-                rs_cnt.eq(0),
-                running.eq(1),
-                wr_ptr.eq(a.dst),
-                wr_rowbase.eq(a.dst),
-                wr_nrem.eq(a.n),
-                wr_row.eq(0),
-            ]
+            m.d.sync += [kc.eq(kc_c), nbkc.eq(nbkc_c), running.eq(1)]
+            # every side at row 0 and in its activation phase
+            m.d.sync += [s.eq(1) for s in (rq_active, rq_act, rs_act)]
+            m.d.sync += [s.eq(0) for s in (rq_row, rq_cnt, rs_cnt, wr_row)]
+            m.d.sync += [rq_rowbase.eq(a.src), rq_aptr.eq(a.src), rq_arem.eq(a.k)]
+            m.d.sync += [wr_rowbase.eq(a.dst), wr_ptr.eq(a.dst), wr_nrem.eq(a.n)]
         return m
