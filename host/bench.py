@@ -16,8 +16,8 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+from golden.config import DEFAULT_DESIGN_POINT, design_point  # noqa: E402
 from host.data import DEFAULT_MODEL  # noqa: E402
-from host.perf_model import BANDWIDTH_BPS, CLOCK_HZ  # noqa: E402  (TeLLMe v2's KV260 point)
 
 
 def _decode_run(gm, prompt, n_decode: int) -> dict:
@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     from host.checkpoint import load
     from host.runtime import make_runtime
 
+    dp = design_point(DEFAULT_DESIGN_POINT)  # the sim backend's DRAM and the modeled clock
     model = load(a.model)
     prompt = [i % model.config.vocab_size for i in range(a.prompt_tokens)]
     runs = [
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
         ("golden device (command stream)", lambda: make_runtime(model, "golden")),
         (
             "sim device (Verilator RTL)",
-            lambda: make_runtime(model, "sim", bandwidth=BANDWIDTH_BPS / CLOCK_HZ),
+            lambda: make_runtime(model, "sim", dp=dp),
         ),
     ]
     print(
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
     )
     print(
         f"{'backend':<32} {'prefill tok/s':>14} {'decode tok/s':>13} {'cycles/tok':>11} "
-        f"{'modeled tok/s @250MHz':>22} {'sim cycles/s':>13}"
+        f"{f'modeled tok/s @{dp.clock_mhz:g}MHz':>22} {'sim cycles/s':>13}"
     )
     for name, make in runs:
         print(f"{name:<32} ", end="", flush=True)
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
         print(
             f"{r['prefill_tok_s']:>14.1f} {r['decode_tok_s']:>13.1f} "
             f"{(f'{cyc:.0f}' if cyc else '-'):>11} "
-            f"{(f'{CLOCK_HZ / cyc:.0f}' if cyc else '-'):>22} "
+            f"{(f'{dp.clock_mhz * 1e6 / cyc:.0f}' if cyc else '-'):>22} "
             f"{(f'{cps:.0f}' if cyc else '-'):>13}"
         )
         stats = getattr(getattr(gm, "device", None), "stats", None)
@@ -100,8 +101,9 @@ def main(argv=None) -> int:
                 f"{stats['host_s']:.2f} s ({stats['rtl_s'] / max(tot, 1e-9):.0%} in Verilator)"
             )
     print(
-        f"modeled tok/s = {CLOCK_HZ / 1e6:.0f} MHz / (RTL cycles per decoded token), the "
-        f"DRAM model at {BANDWIDTH_BPS / 1e9:.1f} GB/s ({BANDWIDTH_BPS / CLOCK_HZ:.1f} B/cycle)"
+        f"modeled tok/s = the clock / (RTL cycles per decoded token); clock "
+        f"{dp.clock_note()}; the DRAM model at {dp.dram_gbs:g} GB/s "
+        f"({dp.bytes_per_cycle:.1f} B/cycle), latency {dp.dram_latency} cycles"
     )
     return 0
 

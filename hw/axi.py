@@ -662,17 +662,10 @@ class AxiDma(wiring.Component):
         raw1 = hazard(r1_addr, r1_end, "rd1_overlap")
         raw2 = hazard(r2_addr, r2_end, "rd2_overlap")
         m.d.comb += r2_free.eq(~r2v | dispatch)
+        r1_regs = (r1v, raw1, r1_addr, r1_len, r1_end, r1_nb, r1_b1, r1_cross)
+        r2_regs = (r2v, r2_raw, r2_addr, r2_len, r2_end, r2_nb, r2_b1, r2_cross)
         with m.If(r2_free):
-            m.d.sync += [
-                r2v.eq(r1v),
-                r2_raw.eq(raw1),
-                r2_addr.eq(r1_addr),
-                r2_len.eq(r1_len),
-                r2_end.eq(r1_end),
-                r2_nb.eq(r1_nb),
-                r2_b1.eq(r1_b1),
-                r2_cross.eq(r1_cross),
-            ]
+            m.d.sync += [r2.eq(r1) for r2, r1 in zip(r2_regs, r1_regs, strict=True)]
         with m.Else():
             m.d.sync += r2_raw.eq(raw2)
 

@@ -138,15 +138,10 @@ STALLS = (
 )
 
 
-@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
-@pytest.mark.parametrize(
-    "stall,lanes,amax_lanes,latency", STALLS, ids=[f"stall{s}_l{n}" for s, n, _, _ in STALLS]
-)
-def test_random(rng, kind, stall, lanes, amax_lanes, latency):
-    rows, dim = int(rng.integers(1, 4)), int(rng.integers(1, 71))
-    gate, up = gate_up(rng, rows, dim)
-    gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
-    cmd = act_command(gd, gate, up, *scales_for(rng, gate, up, kind), kind)
+def run_checked(rng, gd, cmd, rows, dim, lanes, amax_lanes, stall, latency, want_cycles):
+    """The command on the engine against the golden executor (``check_op``): no error, every
+    output written, row 0 neither all 0 nor saturated (the scales keep the test meaningful),
+    and without stalls exactly ``want_cycles``."""
     res = check_op(
         engine(lanes, amax_lanes),
         gd,
@@ -157,11 +152,22 @@ def test_random(rng, kind, stall, lanes, amax_lanes, latency):
     )
     assert res["error"] == ErrorCode.NONE and res["bytes_written"] == rows * dim * 4
     row0 = golden_out(gd, cmd)[:dim]
-    # the scales keep the test meaningful: row 0 has outputs neither 0 nor saturated
     assert np.any((row0 != 0) & (row0 != I32_MAX) & (row0 != I32_MIN)), row0
     if stall == 0.0:
-        want = expected_cycles(rows, dim, kind, lanes, amax_lanes)
-        assert res["cycles"] == want, (res["cycles"], want)
+        assert res["cycles"] == want_cycles, (res["cycles"], want_cycles)
+
+
+@pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
+@pytest.mark.parametrize(
+    "stall,lanes,amax_lanes,latency", STALLS, ids=[f"stall{s}_l{n}" for s, n, _, _ in STALLS]
+)
+def test_random(rng, kind, stall, lanes, amax_lanes, latency):
+    rows, dim = int(rng.integers(1, 4)), int(rng.integers(1, 71))
+    gate, up = gate_up(rng, rows, dim)
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+    cmd = act_command(gd, gate, up, *scales_for(rng, gate, up, kind), kind)
+    want = expected_cycles(rows, dim, kind, lanes, amax_lanes)
+    run_checked(rng, gd, cmd, rows, dim, lanes, amax_lanes, stall, latency, want)
 
 
 @pytest.mark.parametrize("kind", KINDS, ids=lambda k: k.name)
@@ -367,20 +373,8 @@ def test_adc_random(rng, kind, stall, lanes, amax_lanes, latency):
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     seed = int(rng.integers(1 << 16)) if rng.random() < 0.5 else None
     cmd = adc_command(rng, gd, kind, bits, rows, dim, seed)
-    res = check_op(
-        engine(lanes, amax_lanes),
-        gd,
-        cmd,
-        seed=int(rng.integers(1 << 30)),
-        stall=stall,
-        max_latency=latency,
-    )
-    assert res["error"] == ErrorCode.NONE and res["bytes_written"] == rows * dim * 4
-    row0 = golden_out(gd, cmd)[:dim]
-    assert np.any((row0 != 0) & (row0 != I32_MAX) & (row0 != I32_MIN)), row0
-    if stall == 0.0:
-        want = expected_cycles(rows, dim, kind, lanes, amax_lanes, adc_bits=bits)
-        assert res["cycles"] == want, (res["cycles"], want)
+    want = expected_cycles(rows, dim, kind, lanes, amax_lanes, adc_bits=bits)
+    run_checked(rng, gd, cmd, rows, dim, lanes, amax_lanes, stall, latency, want)
 
 
 @pytest.mark.parametrize("kind", isa.ADC_KINDS, ids=lambda k: k.name)

@@ -51,13 +51,8 @@ SETUP_CYCLES = 9  # wait states after start: Kc, Nb*Kc and the checks through th
 
 def expected_cycles(rows: int, k: int, n: int, cfg: DatapathConfig, latency: int = 1) -> int:
     """Cycles of one command without memory stalls (module docstring)."""
-    return (
-        tlmm_block_cycles(rows, k, n, cfg.tlmm)
-        + (rows - 1) * chunk_count(k, cfg.tlmm)
-        + latency
-        + 1
-        + SETUP_CYCLES
-    )
+    lookups = tlmm_block_cycles(rows, k, n, cfg.tlmm) + (rows - 1) * chunk_count(k, cfg.tlmm)
+    return lookups + latency + 1 + SETUP_CYCLES
 
 
 class TLMMEngine(Engine):
