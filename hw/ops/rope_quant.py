@@ -406,6 +406,10 @@ class RopeQuantEngine(Engine):
         rs = sequencer("rs", rs_fire)
         # nothing outstanding: the response side has caught up with the request side
         caught_up = Signal()  # registered: one cycle late (only ABORT uses it)
+        # a request fired in the cycle the abort was decided is not in caught_up yet:
+        # ABORT also waits for a cycle after the last request (a read was left unanswered)
+        rq_fire_q = Signal()
+        m.d.sync += rq_fire_q.eq(rq_fire)
         m.d.sync += caught_up.eq(
             (rq["ph"] == rs["ph"])
             & (rq["t"] == rs["t"])
@@ -1093,7 +1097,7 @@ class RopeQuantEngine(Engine):
                 with m.Elif(w_done):
                     self.finish(m, pend_err)
             with m.State("ABORT"):
-                with m.If(caught_up & ~w_pend):
+                with m.If(caught_up & ~rq_fire_q & ~w_pend):
                     self.finish(m, ErrorCode.SCALE_RANGE)
         m.d.comb += init.eq(fsm.ongoing(waits[-1][0]))
         with m.If(passed["ARGS"]):
