@@ -776,11 +776,11 @@ DEVICES = {
 # 250 MHz with its DDR4 (17.1 GB/s usable of 19.2 peak). ecp5: an ECP5-85F, where an open
 # flow routes the whole design: fewer tables and lanes, a 64-byte DMA, 100 MHz target.
 DESIGN_POINTS = {
-    # evidence: make synth's whole-accelerator netlist (commits 7733d09 and 4dc4129) has
-    # paths of 51.9 logic levels (TLMM's set-up divider, cut since); hw.timing.rule_mhz(51.9)
-    # = 32.5 MHz (README: Fitting the KV260)
+    # evidence: make synth's whole-accelerator netlist (commit 30261a5) has paths of 18.0
+    # logic levels (the engines' read handshake through the core's request skid);
+    # hw.timing.rule_mhz(18.0) = 90.9 MHz (README: Fitting the KV260)
     "kv260": AccelConfig(
-        evidence_mhz=32.5, evidence="UltraScale+ logic-depth rule, whole accelerator, 51.9 levels"
+        evidence_mhz=90.9, evidence="UltraScale+ logic-depth rule, whole accelerator, 18.0 levels"
     ),
     "ecp5": AccelConfig(
         name="ecp5",
