@@ -42,6 +42,7 @@ import numpy as np
 
 from . import isa
 from . import model as _gm
+from . import tlmm as _gtlmm
 from .config import DEFAULT, DatapathConfig
 from .isa import ActKind, ErrorCode, Opcode
 from .rmsnorm import norm_constants
@@ -148,14 +149,15 @@ class Executor:
             raise OpError(ErrorCode.SCALE_RANGE, f"{what}: {e}") from None
         return rec.view(isa.SCALE_DTYPE)[..., 0]
 
-    def _cached(self, kind: str, addr: int, nbytes: int, shape: tuple, make):
+    def _cached(self, kind: str, addr: int, nbytes: int, shape: tuple, make, counted=None):
         """A constant decoded from [addr, addr + nbytes) (checked by the contract), kept
-        until those bytes change."""
+        until those bytes change; ``counted``: the bytes the op reads of it, if not all."""
         key = (kind, addr, nbytes, shape)
         if key not in self._cache:
             self._cache[key] = make(self.mem[addr : addr + nbytes])
             self._cache_ranges[key] = (addr, addr + nbytes)
-        self.bytes_read += nbytes  # the hardware streams constants in on every use
+        # the hardware streams constants in on every use
+        self.bytes_read += nbytes if counted is None else counted
         return self._cache[key]
 
     # ------------------------------------------------------------------ ops
@@ -191,20 +193,39 @@ class Executor:
         t.store("dst_scale", rec)
 
     def _op_tlmm(self, c, t) -> None:
+        self._tlmm(c, t, isa.unpack_tlmm_weights)
+
+    def _op_tlmm_sparse(self, c, t) -> None:
+        self._tlmm(c, t, isa.unpack_sparse_weights)
+
+    def _tlmm(self, c, t, unpack) -> None:
+        """TLMM and TLMM_SPARSE: the weights decoded by ``unpack``; bytes_read counts the
+        weight beats the engine reads (a skipped beat is not read)."""
         x = t.load("src")
         tcfg = self.cfg.tlmm
+        sparse = c.op == Opcode.TLMM_SPARSE
+        masked = not sparse and c.masked
 
         def make(raw):
             try:
-                codes = isa.unpack_tlmm_weights(raw, c.n, c.k, tcfg)
+                codes = unpack(raw, c.n, c.k, tcfg)
             except ValueError as e:
                 raise OpError(ErrorCode.BAD_OPERAND, f"weights: {e}") from None
             return _gm.ProjConst(codes=codes, weight_scale=1.0, const=_gm.Scale(1, 0))
 
         addr, nbytes = t.extent("weights")
-        proj = self._cached("weights", addr, nbytes, (c.n, c.k), make)
+        counted = nbytes * c.rows
+        if sparse:
+            counted = isa.sparse_read_bytes(x, c.n, tcfg) - x.nbytes
+        elif masked and c.skip:
+            counted = 0  # counted below, once the mask is read
+        proj = self._cached("weights", addr, nbytes, (c.n, c.k), make, counted)
         t.passed("weight codes")
-        t.store("dst", _gm.op_tlmm(x, proj, self.cfg, self.exact_tlmm))
+        mask = t.load("mask") if masked else None
+        if masked and c.skip:
+            live = int(_gtlmm.live_blocks(mask, tcfg).sum())
+            self.bytes_read += live * isa.tlmm_chunks(c.k, tcfg) * isa.tlmm_beat_bytes(tcfg)
+        t.store("dst", _gm.op_tlmm(x, proj, self.cfg, self.exact_tlmm, mask))
 
     def _op_rope_quant(self, c, t) -> None:
         hd = c.head_dim

@@ -39,7 +39,12 @@ NORM_QUANT ``op_norm_quant``: src int32 [rows, dim] Q15.16, gamma int16 [dim] (`
            ``golden.rmsnorm.norm_constants(dim)``: eps_term (48 bits), c_mant, c_exp; the
            norm's gamma exponent g_exp (the record's shift is rmsnorm's shift - g_exp).
 TLMM (5)   ``op_tlmm``: src int8 [rows, k] (x_q), weights in the TLMM tile format below
-           (n rows, k inputs), dst int32 [rows, n].
+           (n rows, k inputs), dst int32 [rows, n]. masked=1: ``mask`` int32 [rows, n]
+           (the gate accumulators of a ReLU^2 FFN) zeroes every output whose mask entry is
+           <= 0 (up_proj computes only the rows whose ReLU(gate) is non-zero, DESIGN §9);
+           skip=1 (with masked) lets the engine leave unread the weight beats of a row
+           block whose Q outputs are all masked (``tlmm_live_blocks``): the result is the
+           same, only the bytes read differ.
 ROPE_QUANT ``op_rope_quant`` (rope=1) / ``op_v_quant`` (rope=0): src int32 [rows,
 (6)        heads*head_dim] (TLMM accumulators), src_scale [rows] (the token scale sx of the
            TLMM input); RoPE rotate-half with the table rows pos..pos+rows-1 (RoPE table
@@ -68,6 +73,10 @@ ACT (11)   ``op_act``: gate, up int32 [rows, dim] (TLMM accumulators), src_scale
            by the host: ``golden.nl_adc.ActADC``); dst int32 Q15.16 [rows, dim].
 LM_HEAD    INT8 x INT8 matmul: src int8 [rows, k], weights int8 [n, k] (``lm_q``), dst
 (12)       int32 [rows, n]. The host dequantizes: logits = acc * sx * lm_row_scale.
+TLMM_SPARSE ``op_tlmm`` as TLMM, weights in the sparse (group-major) tile format below:
+(13)       the engine reads, per token row, only the weight beats of the activation groups
+           that hold a non-zero value (``golden.tlmm.live_groups``): exact, the result is
+           TLMM's. For inputs that are mostly zero (a ReLU^2 FFN's down_proj, DESIGN §9).
 ========== ===================================================================================
 
 Memory formats (all little-endian, row-major, rows contiguous: row stride = row length x
@@ -92,6 +101,14 @@ element size)
   ``beat_bytes`` = ceil(T*Q*code_bits/8) bytes (70 for G=3, T=28, Q=4, 5-bit codes).
   Groups beyond ceil(k/G) and rows beyond n hold the all-zero weight group's code.
   Size ``tlmm_weight_bytes(n, k, cfg)`` = Nb * Kc * beat_bytes.
+- Sparse TLMM weights (``pack_sparse_weights``, TLMM_SPARSE): one beat per (row block,
+  activation group), so that a zero group skips whole reads. R = T*Q lanes (as many codes
+  as a TLMM beat), Nr = ceil(n/R) row blocks, Kg = ceil(k/G) groups; for r in 0..Nr-1,
+  for g in 0..Kg-1 the beat at ``(r*Kg + g) * beat_bytes`` holds ``code[i]`` = code of
+  weight row r*R + i, group g, for i < R, packed LSB first as above. Rows beyond n hold
+  the all-zero group's code; a beat of the last block is read only as far as its
+  ``min(R, n - r*R)`` codes reach (``sparse_beat_read_bytes``). Size
+  ``sparse_weight_bytes(n, k, cfg)`` = Nr * Kg * beat_bytes.
 
 Op contracts (``CONTRACTS``)
 ============================
@@ -101,7 +118,7 @@ tuple of items, each one of
 
 - ``Dims(*rules, when=None)``: BAD_DIM unless every rule holds. Rules are Python
   expressions over the command's fields and ``contract_names`` (``softmax_max_len``,
-  ``tlmm_max_k``, ``tlmm_weight_bytes(n, k)``, ``adc_max_bits``, ``adc_kind(kind)``), e.g.
+  ``tlmm_max_k``, ``tlmm_weight_bytes(n, k)``, ``sparse_weight_bytes(n, k)``, ``adc_max_bits``, ``adc_kind(kind)``), e.g.
   ``"rows <= keys"``;
 - ``Tensor(field, dtype, shape, ld=None, offset=None, when=None, out=False)``: the tensor
   at the address in ``field`` -- elements of ``dtype`` (``I8``, ``U8``, ``I16``, ``U16``,
@@ -176,6 +193,7 @@ class Opcode(enum.Enum, shape=OPCODE_BITS):
     RESIDUAL = 10
     ACT = 11
     LM_HEAD = 12
+    TLMM_SPARSE = 13
 
 
 class ActKind(enum.Enum, shape=3):
@@ -267,7 +285,8 @@ ARGS = {
          "eps_term": unsigned(EPS_TERM_BITS), "c_mant": _M, "c_exp": signed(C_EXP_BITS),
          "g_exp": signed(G_EXP_BITS)}),
     Opcode.TLMM: data.StructLayout(
-        {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _D}),
+        {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _D, "mask": _A,
+         "masked": 1, "skip": 1}),
     Opcode.ROPE_QUANT: data.StructLayout(
         {"src": _A, "src_scale": _A, "table": _A, "dst": _A, "dst_scale": _A, "rows": _R,
          "heads": _H, "head_dim": _D, "ld": _R, "pos": _R, "table_rows": _R, "c_mant": _M,
@@ -289,6 +308,8 @@ ARGS = {
          "adc_table": _A, "adc_bits": unsigned(ADC_BITS_BITS)}),
     Opcode.LM_HEAD: data.StructLayout(
         {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _V}),
+    Opcode.TLMM_SPARSE: data.StructLayout(
+        {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _D}),
 }  # fmt: skip
 
 
@@ -442,6 +463,7 @@ CONTRACTS = {
             ErrorCode.BAD_OPERAND,
             "a weight code or padding that pack_tlmm_weights never writes",
         ),
+        Tensor("mask", I32, ("rows", "n"), when="masked"),
         Tensor("dst", I32, ("rows", "n"), out=True),
     ),
     Opcode.ROPE_QUANT: (
@@ -490,6 +512,17 @@ CONTRACTS = {
         Dims("rows >= 1", "k >= 1", "n >= 1"),
         Tensor("src", I8, ("rows", "k")),
         Tensor("weights", I8, ("n", "k")),
+        Tensor("dst", I32, ("rows", "n"), out=True),
+    ),
+    Opcode.TLMM_SPARSE: (
+        Dims("rows >= 1", "k >= 1", "n >= 1", "k <= tlmm_max_k"),
+        Tensor("src", I8, ("rows", "k")),
+        Tensor("weights", U8, ("sparse_weight_bytes(n, k)",)),
+        Data(
+            "weight codes",
+            ErrorCode.BAD_OPERAND,
+            "a weight code or padding that pack_sparse_weights never writes",
+        ),
         Tensor("dst", I32, ("rows", "n"), out=True),
     ),
 }
@@ -572,6 +605,7 @@ def contract_names(args, cfg: DatapathConfig = DEFAULT) -> dict:
         "softmax_max_len": cfg.softmax.max_len,
         "tlmm_max_k": t.max_k(),
         "tlmm_weight_bytes": lambda n, k: tlmm_weight_bytes(n, k, t),
+        "sparse_weight_bytes": lambda n, k: sparse_weight_bytes(n, k, t),
         "adc_max_bits": cfg.adc.act_max_bits,
         "adc_kind": adc_kind,
     }
@@ -692,8 +726,13 @@ def _check_value(op: Opcode, fd: _Field, value):
     return int(value)
 
 
+# fields a command may leave out: a mode that is off (TLMM's up_proj mask)
+OPTIONAL_FIELDS = {Opcode.TLMM: {"mask": 0, "masked": 0, "skip": 0}}
+
+
 def command(op: Opcode, **fields) -> Command:
-    """A checked command: every field of ``op`` must be given and fit its width."""
+    """A checked command: every field of ``op`` (but those of ``OPTIONAL_FIELDS``, 0 when
+    left out) must be given and fit its width."""
     try:
         op = Opcode(op)
     except ValueError:
@@ -703,6 +742,7 @@ def command(op: Opcode, **fields) -> Command:
     unknown = sorted(set(fields) - set(names))
     if unknown:
         raise ValueError(f"{op_name(op)}: unknown field(s) {unknown}; fields are {names}")
+    fields = {**OPTIONAL_FIELDS.get(op, {}), **fields}
     missing = [n for n in names if n not in fields]
     if missing:
         raise ValueError(f"{op_name(op)}: missing field(s) {missing}")
@@ -850,6 +890,46 @@ def tlmm_weight_bytes(n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> int:
     return tlmm_blocks(n, cfg) * tlmm_chunks(k, cfg) * tlmm_beat_bytes(cfg)
 
 
+def sparse_lanes(cfg: TLMMConfig = DEFAULT.tlmm) -> int:
+    """R = T*Q: output rows per sparse beat (TLMM_SPARSE)."""
+    return cfg.tables * cfg.replicas
+
+
+def sparse_blocks(n: int, cfg: TLMMConfig = DEFAULT.tlmm) -> int:
+    """Nr = ceil(n/R): row blocks of the sparse tile format."""
+    return _cdiv(n, sparse_lanes(cfg))
+
+
+def sparse_weight_bytes(n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> int:
+    return sparse_blocks(n, cfg) * _cdiv(k, cfg.group) * tlmm_beat_bytes(cfg)
+
+
+def sparse_beat_read_bytes(n: int, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
+    """Bytes the engine reads of one beat of each row block: int64 [Nr] (the last block's
+    beats only as far as its codes reach)."""
+    r = sparse_lanes(cfg)
+    rows = np.minimum(r, n - r * np.arange(sparse_blocks(n, cfg)))
+    return -(-(rows * cfg.code_bits) // 8)
+
+
+def tlmm_read_bytes(
+    x_q: np.ndarray, n: int, cfg: TLMMConfig = DEFAULT.tlmm, mask=None, skip: bool = False
+) -> int:
+    """Bytes a TLMM command reads (activations, its mask, the weight beats it needs)."""
+    rows, k = x_q.shape
+    beats = rows * tlmm_blocks(n, cfg) * tlmm_chunks(k, cfg)
+    if mask is not None and skip:
+        beats = int(_gtlmm.live_blocks(mask, cfg).sum()) * tlmm_chunks(k, cfg)
+    return rows * k + (0 if mask is None else rows * n * 4) + beats * tlmm_beat_bytes(cfg)
+
+
+def sparse_read_bytes(x_q: np.ndarray, n: int, cfg: TLMMConfig = DEFAULT.tlmm) -> int:
+    """Bytes a TLMM_SPARSE command reads: the activations and, per row, the beats of its
+    live groups in every row block."""
+    live = int(_gtlmm.live_groups(x_q, cfg).sum())
+    return x_q.size + live * int(sparse_beat_read_bytes(n, cfg).sum())
+
+
 def dma_bytes(cfg: DatapathConfig = DEFAULT) -> int:
     """DMA beat width of an accelerator for this datapath: the smallest power of two holding
     a command, an activation chunk (G*T bytes), a TLMM weight beat and an output beat (Q
@@ -871,35 +951,70 @@ def pack_tlmm_weights(codes: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> np.n
     if codes.dtype != np.int8 or codes.ndim != 2:
         raise ValueError(f"codes: expected a 2-D int8 array, got {codes.dtype} {codes.shape}")
     n, k = codes.shape
-    t, q, cb = cfg.tables, cfg.replicas, cfg.code_bits
+    t, q = cfg.tables, cfg.replicas
     nb, kc = tlmm_blocks(n, cfg), tlmm_chunks(k, cfg)
     grp = _gtlmm.join_codes(*_gtlmm.encode_weights(codes, cfg), cfg).astype(
         np.int64
     )  # [n, ceil(k/G)]
     full = np.full((nb * q, kc * t), _zero_code(cfg), dtype=np.int64)
     full[:n, : grp.shape[1]] = grp
-    beats = full.reshape(nb, q, kc, t).transpose(0, 2, 1, 3).reshape(nb * kc, q * t)
-    bits = ((beats[..., None] >> np.arange(cb)) & 1).astype(np.uint8).reshape(nb * kc, -1)
-    bb = tlmm_beat_bytes(cfg)
-    bits = np.pad(bits, ((0, 0), (0, bb * 8 - bits.shape[1])))
-    return np.packbits(bits, axis=1, bitorder="little").reshape(-1)
+    return _pack_beats(full.reshape(nb, q, kc, t).transpose(0, 2, 1, 3).reshape(nb * kc, q * t), cfg)
 
 
 def unpack_tlmm_codes(buf, n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
     """TLMM tile bytes -> group codes int64 [n, ceil(k/G)] (``golden.tlmm`` codes)."""
     nb, kc = tlmm_blocks(n, cfg), tlmm_chunks(k, cfg)
-    t, q, cb = cfg.tables, cfg.replicas, cfg.code_bits
+    t, q = cfg.tables, cfg.replicas
+    beats = _unpack_beats(buf, nb * kc, tlmm_weight_bytes(n, k, cfg), f"n={n}, k={k}", cfg)
+    full = beats.reshape(nb, kc, q, t).transpose(0, 2, 1, 3).reshape(nb * q, kc * t)
+    return full[:n, : _gtlmm.num_groups(k, cfg)]
+
+
+def _pack_beats(beats: np.ndarray, cfg: TLMMConfig) -> np.ndarray:
+    """Beats of T*Q codes int64 [beats, T*Q] -> their bytes, beat_bytes each."""
+    cb = cfg.code_bits
+    bits = ((beats[..., None] >> np.arange(cb)) & 1).astype(np.uint8).reshape(len(beats), -1)
+    bits = np.pad(bits, ((0, 0), (0, tlmm_beat_bytes(cfg) * 8 - bits.shape[1])))
+    return np.packbits(bits, axis=1, bitorder="little").reshape(-1)
+
+
+def _unpack_beats(buf, nbeats: int, need: int, what: str, cfg: TLMMConfig) -> np.ndarray:
+    """Bytes of ``nbeats`` beats (``need`` bytes) -> their codes int64 [nbeats, T*Q]."""
     raw = np.frombuffer(
         bytes(buf) if not isinstance(buf, np.ndarray) else buf.tobytes(), dtype=np.uint8
     )
-    need = tlmm_weight_bytes(n, k, cfg)
     if raw.size != need:
-        raise ValueError(f"buf: expected {need} bytes for n={n}, k={k}, got {raw.size}")
-    bits = np.unpackbits(raw.reshape(nb * kc, -1), axis=1, bitorder="little")
-    bits = bits[:, : t * q * cb].reshape(nb * kc, t * q, cb).astype(np.int64)
-    beats = np.sum(bits << np.arange(cb), axis=-1)
-    full = beats.reshape(nb, kc, q, t).transpose(0, 2, 1, 3).reshape(nb * q, kc * t)
-    return full[:n, : _gtlmm.num_groups(k, cfg)]
+        raise ValueError(f"buf: expected {need} bytes for {what}, got {raw.size}")
+    lanes, cb = cfg.tables * cfg.replicas, cfg.code_bits
+    bits = np.unpackbits(raw.reshape(nbeats, -1), axis=1, bitorder="little")
+    bits = bits[:, : lanes * cb].reshape(nbeats, lanes, cb).astype(np.int64)
+    return np.sum(bits << np.arange(cb), axis=-1)
+
+
+def pack_sparse_weights(codes: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
+    """Ternary codes int8 [n, k] -> uint8 [sparse_weight_bytes(n, k)] in the sparse tile
+    format (TLMM_SPARSE)."""
+    codes = np.asarray(codes)
+    if codes.dtype != np.int8 or codes.ndim != 2:
+        raise ValueError(f"codes: expected a 2-D int8 array, got {codes.dtype} {codes.shape}")
+    n, _ = codes.shape
+    r, nr = sparse_lanes(cfg), sparse_blocks(n, cfg)
+    grp = _gtlmm.join_codes(*_gtlmm.encode_weights(codes, cfg), cfg).astype(np.int64)
+    full = np.full((nr * r, grp.shape[1]), _zero_code(cfg), dtype=np.int64)
+    full[:n] = grp
+    beats = full.reshape(nr, r, -1).transpose(0, 2, 1).reshape(-1, r)  # [(r, g), lane]
+    return _pack_beats(beats, cfg)
+
+
+def unpack_sparse_weights(buf, n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
+    """Sparse tile bytes -> ternary int8 [n, k] (ValueError on invalid codes/padding)."""
+    r, nr, kg = sparse_lanes(cfg), sparse_blocks(n, cfg), _gtlmm.num_groups(k, cfg)
+    beats = _unpack_beats(buf, nr * kg, sparse_weight_bytes(n, k, cfg), f"n={n}, k={k}", cfg)
+    code = beats.reshape(nr, kg, r).transpose(0, 2, 1).reshape(nr * r, kg)
+    if np.any(code[n:] != _zero_code(cfg)):
+        raise ValueError("buf: padding rows hold codes other than the all-zero group's")
+    idx, sign = _gtlmm.split_codes(code[:n], cfg)
+    return _gtlmm.decode_weights(idx, sign, k, cfg)
 
 
 def unpack_tlmm_weights(buf, n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:

@@ -495,16 +495,19 @@ def op_norm_quant(h: np.ndarray, norm: NormConst, cfg: DatapathConfig) -> tuple[
 
 
 def op_tlmm(
-    x_q: np.ndarray, proj: ProjConst, cfg: DatapathConfig, exact: bool = False
+    x_q: np.ndarray, proj: ProjConst, cfg: DatapathConfig, exact: bool = False, mask=None
 ) -> np.ndarray:
-    """acc = x_q @ codes.T, int32 (golden.tlmm when exact, else the equal BLAS form)."""
+    """acc = x_q @ codes.T, int32 (golden.tlmm when exact, else the equal BLAS form); with
+    ``mask`` (int32, acc's shape: a ReLU^2 FFN's gate accumulators) the outputs whose mask
+    entry is <= 0 are 0 -- up_proj only where ReLU(gate) is non-zero (DESIGN §9)."""
     lead, k = x_q.shape[:-1], x_q.shape[-1]
     x2 = x_q.reshape(-1, k)
     if exact:
         acc = _tlmm.tlmm(x2, proj.codes, cfg.tlmm)
     else:
         acc = _int_matmul(x2, proj.codes_t, float(k) * (1 << (cfg.tlmm.act_bits - 1)))
-    return acc.reshape(*lead, proj.codes.shape[0]).astype(np.int32)
+    acc = acc.reshape(*lead, proj.codes.shape[0]).astype(np.int32)
+    return acc if mask is None else np.where(np.asarray(mask) > 0, acc, 0).astype(np.int32)
 
 
 def _heads(a: np.ndarray, n: int) -> np.ndarray:
@@ -1108,7 +1111,10 @@ class GoldenModel:
             h = sub_norm_residual(h, o, li, "attn_sub_norm", "o_proj")
             x_q, sx = norm_quant(h, lc.post_attention_layernorm, li, "post_attention_layernorm")
             acc_g = op_tlmm(x_q, pr["gate_proj"], cfg, exact)
-            acc_u = op_tlmm(x_q, pr["up_proj"], cfg, exact)
+            # ReLU^2: up only where ReLU(gate) != 0, so the product and up's scale (its
+            # absmax) see only the live rows, and a sparse run need not compute the rest
+            up_mask = acc_g if mc.hidden_act == "relu2" else None
+            acc_u = op_tlmm(x_q, pr["up_proj"], cfg, exact, up_mask)
             rec(li, "tlmm.gate_up", gate=acc_g, up=acc_u)
             m = op_act(
                 acc_g,

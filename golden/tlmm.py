@@ -324,3 +324,26 @@ def error_report(cfg=DEFAULT) -> list[dict]:
             "measured": float(worst),
         }
     ]
+
+
+# --------------------------------------------------------------------------- exact sparsity
+def live_groups(x_q, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
+    """bool [rows, ceil(K/G)]: groups of x_q with a non-zero activation. TLMM_SPARSE reads
+    the weight beats of these groups only (an all-zero group's lookups add 0 whatever the
+    weights): the exact skip of DESIGN §9."""
+    x_q = np.asarray(x_q)
+    rows, k = x_q.shape
+    pad = np.zeros((rows, num_groups(k, cfg) * cfg.group), bool)
+    pad[:, :k] = x_q != 0
+    return pad.reshape(rows, -1, cfg.group).any(-1)
+
+
+def live_blocks(mask, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
+    """bool [rows, ceil(N/Q)]: the TLMM row blocks (Q outputs) with a mask entry > 0 -- the
+    only blocks a masked TLMM with skip reads (the others' outputs are all zeroed)."""
+    mask = np.asarray(mask)
+    rows, n = mask.shape
+    pad = np.zeros((rows, -(-n // cfg.replicas) * cfg.replicas), bool)
+    pad[:, :n] = mask > 0
+    return pad.reshape(rows, -1, cfg.replicas).any(-1)
+

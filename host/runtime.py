@@ -141,6 +141,7 @@ class Runtime:
         max_chunk: int = DEFAULT_MAX_CHUNK,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         act_adc=None,
+        sparse: bool = False,
     ):
         if not isinstance(model, Model):
             raise ValueError(f"model: expected golden.modelspec.Model, got {type(model).__name__}")
@@ -157,6 +158,9 @@ class Runtime:
         self.max_chunk = int(min(max_chunk, mc.max_position_embeddings))
         self.im: IntegerModel = compile_integer(model, device.cfg, act_adc)
         self.act_adc = act_adc
+        if not isinstance(sparse, bool):
+            raise ValueError(f"sparse: expected True or False, got {sparse!r}")
+        self.sparse = sparse
         self.cfg = self.im.cfg
         self._check_dims()
         self.address_map = AddressMap()
@@ -216,12 +220,19 @@ class Runtime:
             for nm in ATTN_PROJ + MLP_PROJ:
                 codes = lc.proj[nm].codes
                 n, k = codes.shape
-                self._const(
-                    f"L{li}.{nm}",
-                    isa.pack_tlmm_weights(codes, tc),
-                    f"TLMM tiles n={n} k={k} ({isa.tlmm_blocks(n, tc)}x"
-                    f"{isa.tlmm_chunks(k, tc)} beats of {isa.tlmm_beat_bytes(tc)} B)",
-                )
+                if self._sparse_proj(nm):
+                    data = isa.pack_sparse_weights(codes, tc)
+                    fmt = (
+                        f"sparse tiles n={n} k={k} ({isa.sparse_blocks(n, tc)}x"
+                        f"{-(-k // tc.group)} beats of {isa.tlmm_beat_bytes(tc)} B)"
+                    )
+                else:
+                    data = isa.pack_tlmm_weights(codes, tc)
+                    fmt = (
+                        f"TLMM tiles n={n} k={k} ({isa.tlmm_blocks(n, tc)}x"
+                        f"{isa.tlmm_chunks(k, tc)} beats of {isa.tlmm_beat_bytes(tc)} B)"
+                    )
+                self._const(f"L{li}.{nm}", data, fmt)
         for li, tbl in enumerate(im.adc_tables):
             self._const(f"L{li}.adc_table", tbl, f"int16 [{tbl.size}] NL-ADC thresholds")
         self._const("norm", im.norm.gamma_q.astype(np.int16), f"int16 [{h_}] gamma_q")
@@ -280,17 +291,21 @@ class Runtime:
         io = dict(src=src, gamma=nc[0], **self._at(dst="x", dst_scale="x_scale"))
         return command(Opcode.NORM_QUANT, **io, rows=rows, dim=dim, **consts)
 
+    def _sparse_proj(self, proj: str) -> bool:
+        """down_proj of a ReLU^2 model in sparse mode: its input (ReLU^2(gate) * up) is
+        mostly zero, so it runs as TLMM_SPARSE (DESIGN §9)."""
+        return self.sparse and proj == "down_proj" and self.config.hidden_act == "relu2"
+
     def _tlmm_cmd(self, li: int, proj: str, dst: str, rows: int) -> isa.Command:
         n, k = self.im.layers[li].proj[proj].codes.shape
-        return command(
-            Opcode.TLMM,
-            src=self.address_map.addr("x"),
-            weights=self.address_map.addr(f"L{li}.{proj}"),
-            dst=self.address_map.addr(dst),
-            rows=rows,
-            k=k,
-            n=n,
-        )
+        io = self._at(src="x", weights=f"L{li}.{proj}", dst=dst)
+        if self._sparse_proj(proj):
+            return command(Opcode.TLMM_SPARSE, **io, rows=rows, k=k, n=n)
+        # ReLU^2: up_proj only where ReLU(gate) != 0 (golden.model); sparse mode also
+        # skips the weight beats of the row blocks that are wholly masked
+        masked = proj == "up_proj" and self.config.hidden_act == "relu2"
+        mask = dict(mask=self.address_map.addr("acc_g"), masked=1, skip=int(self.sparse))
+        return command(Opcode.TLMM, **io, rows=rows, k=k, n=n, **(mask if masked else {}))
 
     def _residual_cmd(self, c: tuple[int, int], rows: int) -> isa.Command:
         """h += acc_h requantized by the projection's constant ``c`` (mantissa, shift)."""
@@ -495,7 +510,7 @@ def act_kind(hidden_act: str, act_adc=None) -> ActKind:
 
 
 # runtime keyword arguments (the rest go to the device backend)
-_RUNTIME_KW = ("max_chunk", "timeout_s", "act_adc")
+_RUNTIME_KW = ("max_chunk", "timeout_s", "act_adc", "sparse")
 
 
 def add_design_point_args(p) -> None:
