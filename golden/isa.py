@@ -118,7 +118,8 @@ tuple of items, each one of
 
 - ``Dims(*rules, when=None)``: BAD_DIM unless every rule holds. Rules are Python
   expressions over the command's fields and ``contract_names`` (``softmax_max_len``,
-  ``tlmm_max_k``, ``tlmm_weight_bytes(n, k)``, ``sparse_weight_bytes(n, k)``, ``adc_max_bits``, ``adc_kind(kind)``), e.g.
+  ``tlmm_max_k``, ``tlmm_weight_bytes(n, k)``, ``sparse_weight_bytes(n, k)``,
+  ``adc_max_bits``, ``adc_kind(kind)``), e.g.
   ``"rows <= keys"``;
 - ``Tensor(field, dtype, shape, ld=None, offset=None, when=None, out=False)``: the tensor
   at the address in ``field`` -- elements of ``dtype`` (``I8``, ``U8``, ``I16``, ``U16``,
@@ -958,7 +959,9 @@ def pack_tlmm_weights(codes: np.ndarray, cfg: TLMMConfig = DEFAULT.tlmm) -> np.n
     )  # [n, ceil(k/G)]
     full = np.full((nb * q, kc * t), _zero_code(cfg), dtype=np.int64)
     full[:n, : grp.shape[1]] = grp
-    return _pack_beats(full.reshape(nb, q, kc, t).transpose(0, 2, 1, 3).reshape(nb * kc, q * t), cfg)
+    return _pack_beats(
+        full.reshape(nb, q, kc, t).transpose(0, 2, 1, 3).reshape(nb * kc, q * t), cfg
+    )
 
 
 def unpack_tlmm_codes(buf, n: int, k: int, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:

@@ -346,4 +346,3 @@ def live_blocks(mask, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray:
     pad = np.zeros((rows, -(-n // cfg.replicas) * cfg.replicas), bool)
     pad[:, :n] = mask > 0
     return pad.reshape(rows, -1, cfg.replicas).any(-1)
-

@@ -31,6 +31,9 @@ Flags follow llama.cpp / llama2.c::
                          --act-adc-device ideal|rram (a sampled device per layer),
                          --act-adc-seed S, --act-adc-calibrate (bias-cell calibration);
                          the summary names the setting
+    --sparse             exact activation sparsity (ReLU^2 models): down_proj reads only the
+                         weights of non-zero activation groups, up_proj only the row blocks
+                         whose ReLU(gate) is non-zero; the same tokens, fewer bytes
     --ignore-eos         do not stop at the end-of-sequence token: it is never sampled
                          (llama.cpp's flag)
     --remote URL         stream from a token server (``python -m host serve``, see
@@ -108,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     from host.runtime import add_act_adc_args
 
     add_act_adc_args(p)
+    p.add_argument(
+        "--sparse",
+        action="store_true",
+        help="exact activation sparsity (ReLU^2 models; DESIGN §9): skip the weight "
+        "beats of all-zero activation groups (down_proj) and of wholly masked up_proj "
+        "row blocks; bit-identical tokens",
+    )
     p.add_argument(
         "--ignore-eos",
         action="store_true",
@@ -197,6 +207,11 @@ def run(argv=None) -> int:
         raise _UsageError(f"-m/--model: {e}") from None
     seed = a.seed if a.seed is not None else int(time.time_ns() % (2**31))
     sampler = Sampler(temp=a.temp, top_k=a.top_k, top_p=a.top_p, seed=seed)
+    if a.sparse and (a.mode == "reference" or model.config.hidden_act != "relu2"):
+        raise _UsageError(
+            "--sparse: exact sparsity needs --mode integer and a ReLU^2 model "
+            f"(this one is {model.config.hidden_act}, mode {a.mode})"
+        )
     if a.mode == "reference":
         gm = GoldenModel(model, mode="reference")
     else:
@@ -210,6 +225,7 @@ def run(argv=None) -> int:
                 model,
                 a.backend,
                 act_adc=a.act_adc_setting,
+                sparse=a.sparse,
                 **backend_kwargs(a.backend, a.dp, a.device_opts),
             )
         except (DeviceError, OSError, RuntimeError, ValueError) as e:
@@ -245,6 +261,8 @@ def run(argv=None) -> int:
     )
     if a.act_adc_setting is not None:
         t["act_adc"] = a.act_adc_setting.describe()
+    if a.sparse:
+        t["sparse"] = "exact (down_proj TLMM_SPARSE, up_proj masked blocks skipped)"
     for line in summary_lines(t):  # the same lines as python -m host --remote
         print(line, file=sys.stderr)
     return 0

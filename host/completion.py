@@ -161,6 +161,8 @@ def summary_lines(t: dict) -> list[str]:
     lines = [line]
     if t.get("act_adc"):
         lines.append(f"ACT activation: {t['act_adc']}")
+    if t.get("sparse"):
+        lines.append(f"activation sparsity: {t['sparse']}")
     acc = t.get("accelerator")
     if acc and acc.get("cycles"):
         msg = f"accelerator: {acc['cycles']} cycles"

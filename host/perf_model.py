@@ -162,6 +162,51 @@ def roofline_bytes(mc: ModelConfig, context: int, cfg=None) -> dict:
     }
 
 
+def measured_sparsity(model_dir: str | None = None, chars: int = 256, cfg=None) -> dict:
+    """The exact-sparsity fractions of a ReLU^2 model (default: the shipped one) on
+    ``chars`` held-out characters, integer mode, mean over layers and tokens: ``up_skip``
+    (up_proj Q-row blocks wholly masked by ReLU(gate)) and ``down_live`` (down_proj input
+    groups with a non-zero activation)."""
+    from golden.config import DEFAULT
+    from golden.model import GoldenModel
+    from golden.tlmm import live_blocks, live_groups
+    from host.checkpoint import load
+    from host.data import DEFAULT_MODEL, heldout_text
+    from host.tokenizer import load_tokenizer
+
+    tc = (cfg or DEFAULT).tlmm
+    path = model_dir or DEFAULT_MODEL
+    model = load(path)
+    if model.config.hidden_act != "relu2":
+        raise ValueError(f"model: exact sparsity needs a ReLU^2 model, {path} is not one")
+    ids = np.asarray(load_tokenizer(path).encode(heldout_text(chars=chars)))
+    trace = []
+    GoldenModel(model, "integer").forward(ids[: model.config.max_position_embeddings], trace=trace)
+    up = [live_blocks(a["gate"][0], tc).mean() for _, op, a in trace if op == "tlmm.gate_up"]
+    down = [
+        live_groups(a["x_q"][0], tc).mean() for _, op, a in trace if op == "norm_quant.ffn_sub_norm"
+    ]
+    return {"up_skip": 1.0 - float(np.mean(up)), "down_live": float(np.mean(down)), "model": path}
+
+
+def sparse_roofline_bytes(mc: ModelConfig, context: int, fr: dict, cfg=None) -> dict:
+    """``roofline_bytes`` of exact-sparse decode with the fractions ``fr``
+    (``measured_sparsity``): up_proj reads the gate row (its mask) and the unmasked row
+    blocks' weights, down_proj the live groups' beats in the sparse tile format."""
+    from golden import isa
+    from golden.config import DEFAULT
+
+    tc = (cfg or DEFAULT).tlmm
+    h, i, L = mc.hidden_size, mc.intermediate_size, mc.num_hidden_layers
+    r = roofline_bytes(mc, context, cfg)
+    dense_ffn = isa.tlmm_weight_bytes(i, h, tc) + isa.tlmm_weight_bytes(h, i, tc)
+    up = (1.0 - fr["up_skip"]) * isa.tlmm_weight_bytes(i, h, tc) + 4 * i
+    down = fr["down_live"] * -(-i // tc.group) * int(isa.sparse_beat_read_bytes(h, tc).sum())
+    r["ternary weights (TLMM tiles)"] -= L * dense_ffn
+    r["ternary weights (TLMM tiles)"] += L * (up + down)
+    return r
+
+
 def _fill_kv(rt, upto: int, rng) -> None:
     """Random K/V codes and scale records at positions [0, upto) of every layer."""
     from golden import isa
@@ -425,6 +470,28 @@ def report(r: dict, out=print) -> None:
     )
 
 
+def sparsity_report(fr: dict, contexts, dp: AccelConfig, out=print) -> None:
+    """Exact-sparse decode of the ReLU^2 shapes against the dense roofline, with the
+    fractions measured on the shipped model (``measured_sparsity``)."""
+    out(
+        f"\nexact activation sparsity, fractions measured on {fr['model']} (held-out text, "
+        f"integer mode): up_proj row blocks skipped {fr['up_skip']:.1%}, down_proj input "
+        f"groups live {fr['down_live']:.1%} -- applied to the full-size shapes as if they "
+        f"had the same fractions; bandwidth {dp.dram_gbs:g} GB/s"
+    )
+    head = f"{'model':<14} {'keys':>5} {'dense MB':>9} {'sparse MB':>10}"
+    out(f"{head} {'dense roof':>11} {'sparse roof':>12}")
+    for name, mc in MODELS.items():
+        for ctx in (c for c in contexts if c <= mc.max_position_embeddings):
+            d = sum(roofline_bytes(mc, ctx, dp.datapath).values())
+            s = sum(sparse_roofline_bytes(mc, ctx, fr, dp.datapath).values())
+            bw = dp.dram_gbs * 1e9
+            out(
+                f"{name:<14} {ctx:>5} {d / 1e6:>9.1f} {s / 1e6:>10.1f} "
+                f"{bw / d:>7.1f} tok/s {bw / s:>8.1f} tok/s ({d / s:.2f}x)"
+            )
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m host.perf_model", description=__doc__.split("\n")[0]
@@ -457,6 +524,7 @@ def main(argv=None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         report(r)
+    sparsity_report(measured_sparsity(cfg=dp.datapath), sorted(set(a.context) | {4096}), dp)
     return 0
 
 
