@@ -483,6 +483,33 @@ def compile_integer(model: Model, cfg: DatapathConfig = DEFAULT, act_adc=None) -
 
 
 # --------------------------------------------------------------------------- integer ops
+def permute_ffn(im: IntegerModel, orders) -> IntegerModel:
+    """``im`` with layer i's FFN channels in the order ``orders[i]`` (a permutation of
+    0..intermediate_size-1): gate_proj / up_proj rows, the ffn_sub_norm gamma and the
+    down_proj columns move together, so every output is the same bit for bit (the FFN's
+    integer sums, ACT's absmax and the norm's exact sum of squares ignore channel order).
+    Exact sparsity uses it to put channels that are zero together into the same up_proj
+    row block and down_proj input group (``host.ffn_order``)."""
+    n = im.config.intermediate_size
+    if len(orders) != len(im.layers):
+        raise ValueError(f"orders: expected {len(im.layers)} permutations, got {len(orders)}")
+    layers = []
+    for i, (lc, order) in enumerate(zip(im.layers, orders, strict=True)):
+        order = np.asarray(order)
+        if order.shape != (n,) or not np.array_equal(np.sort(order), np.arange(n)):
+            raise ValueError(f"orders[{i}]: not a permutation of 0..{n - 1}")
+        pr = dict(lc.proj)
+        for name in ("gate_proj", "up_proj"):
+            pr[name] = replace(pr[name], codes=pr[name].codes[order], codes_t=None)
+        down = pr["down_proj"]
+        pr["down_proj"] = replace(
+            down, codes=np.ascontiguousarray(down.codes[:, order]), codes_t=None
+        )
+        norm = replace(lc.ffn_sub_norm, gamma_q=lc.ffn_sub_norm.gamma_q[order])
+        layers.append(replace(lc, proj=pr, ffn_sub_norm=norm))
+    return replace(im, layers=layers)
+
+
 def op_embed(tokens: np.ndarray, im: IntegerModel) -> np.ndarray:
     """Residual stream init: int32 Q15.16 rows of the compiled embedding table."""
     return im.embed_fx[tokens]

@@ -198,6 +198,7 @@ def run(argv=None) -> int:
     from golden.model import GoldenModel
     from host.completion import complete, summary_lines
     from host.device import DeviceError
+    from host.ffn_order import calibrate_on_corpus
     from host.generate import Sampler
     from host.runtime import backend_kwargs, make_runtime
 
@@ -226,6 +227,7 @@ def run(argv=None) -> int:
                 a.backend,
                 act_adc=a.act_adc_setting,
                 sparse=a.sparse,
+                ffn_order=calibrate_on_corpus(model, source.tokenizer) if a.sparse else None,
                 **backend_kwargs(a.backend, a.dp, a.device_opts),
             )
         except (DeviceError, OSError, RuntimeError, ValueError) as e:

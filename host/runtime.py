@@ -48,7 +48,7 @@ import numpy as np
 
 from golden import isa
 from golden.isa import ActKind, Opcode, command
-from golden.model import IntegerModel, Scale, check_tokens, compile_integer
+from golden.model import IntegerModel, Scale, check_tokens, compile_integer, permute_ffn
 from golden.modelspec import ATTN_PROJ, LAYER_NORMS, MLP_PROJ, Model
 from golden.rmsnorm import norm_constants
 from golden.rope import rope_tables
@@ -142,6 +142,7 @@ class Runtime:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         act_adc=None,
         sparse: bool = False,
+        ffn_order=None,
     ):
         if not isinstance(model, Model):
             raise ValueError(f"model: expected golden.modelspec.Model, got {type(model).__name__}")
@@ -157,6 +158,8 @@ class Runtime:
         mc = self.config
         self.max_chunk = int(min(max_chunk, mc.max_position_embeddings))
         self.im: IntegerModel = compile_integer(model, device.cfg, act_adc)
+        if ffn_order is not None:  # same outputs; zeros gathered for sparsity (host.ffn_order)
+            self.im = permute_ffn(self.im, ffn_order)
         self.act_adc = act_adc
         if not isinstance(sparse, bool):
             raise ValueError(f"sparse: expected True or False, got {sparse!r}")
@@ -510,7 +513,7 @@ def act_kind(hidden_act: str, act_adc=None) -> ActKind:
 
 
 # runtime keyword arguments (the rest go to the device backend)
-_RUNTIME_KW = ("max_chunk", "timeout_s", "act_adc", "sparse")
+_RUNTIME_KW = ("max_chunk", "timeout_s", "act_adc", "sparse", "ffn_order")
 
 
 def add_design_point_args(p) -> None:

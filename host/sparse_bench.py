@@ -4,7 +4,8 @@
 Runs the same held-out text twice through one backend -- dense (every TLMM weight beat
 read) and exact-sparse (``Runtime(sparse=True)``: down_proj as TLMM_SPARSE, which reads
 only the weight beats of live activation groups, and up_proj skipping the Q-row blocks
-whose ReLU(gate) is all zero) -- and prints DRAM bytes read and RTL cycles per decoded
+whose ReLU(gate) is all zero; FFN channels ordered by ``host.ffn_order`` unless
+``--no-order``) -- and prints DRAM bytes read and RTL cycles per decoded
 token, per projection and in total, and whether the two runs' logits are bit-identical.
 Every decode step runs one command at a time (the device's counters around each), so
 each figure is attributed to its command; the cycles are the sum of the commands' own
@@ -50,16 +51,20 @@ def decode_step(rt, token: int) -> tuple[np.ndarray, list]:
     return rt._read_logits(1), per
 
 
-def compare(model, backend: str = "golden", prompt=(), n_decode: int = 8, **device_kw) -> dict:
+def compare(
+    model, backend: str = "golden", prompt=(), n_decode: int = 8, ffn_order=None, **device_kw
+) -> dict:
     """Dense vs exact-sparse on ``backend``: greedy decode of ``n_decode`` tokens after
-    ``prompt``; per mode the logits, and bytes / cycles per decoded token by label."""
+    ``prompt``; per mode the logits, and bytes / cycles per decoded token by label. The
+    sparse run takes the FFN channel order ``ffn_order`` (``host.ffn_order``), if any."""
     from host.runtime import make_runtime
 
-    if not prompt:
+    if len(prompt) < 1:
         raise ValueError("prompt: expected at least one token")
     out = {}
     for sparse in (False, True):
-        rt = make_runtime(model, backend, sparse=sparse, **device_kw)
+        order = ffn_order if sparse else None
+        rt = make_runtime(model, backend, sparse=sparse, ffn_order=order, **device_kw)
         try:
             logits = [rt.forward(np.asarray(prompt))[-1:]]
             by = defaultdict(lambda: [0, 0])
@@ -114,6 +119,11 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", choices=BACKENDS, default="sim")
     ap.add_argument("--prompt-chars", type=int, default=48, help="held-out text as the prompt")
     ap.add_argument("--decode-tokens", type=int, default=8)
+    ap.add_argument(
+        "--no-order",
+        action="store_true",
+        help="keep the model's FFN channel order (no host.ffn_order calibration)",
+    )
     a = ap.parse_args(argv)
     if a.prompt_chars < 1 or a.decode_tokens < 1:
         ap.error("--prompt-chars and --decode-tokens: expected >= 1")
@@ -121,21 +131,24 @@ def main(argv=None) -> int:
     from golden.config import DEFAULT_DESIGN_POINT, design_point
     from host.checkpoint import load
     from host.data import heldout_text
+    from host.ffn_order import calibrate_on_corpus
     from host.tokenizer import load_tokenizer
 
     model = load(a.model)
+    tok = load_tokenizer(a.model)
     if model.config.hidden_act != "relu2":
         ap.error(
             f"--model: exact sparsity needs a ReLU^2 model, {a.model} is {model.config.hidden_act}"
         )
-    ids = load_tokenizer(a.model).encode(heldout_text(chars=a.prompt_chars))
+    ids = tok.encode(heldout_text(chars=a.prompt_chars))
     kw = {"dp": design_point(DEFAULT_DESIGN_POINT)} if a.backend == "sim" else {}
     print(
         f"exact sparsity, model {a.model}: {len(ids)}-token held-out prompt, "
         f"{a.decode_tokens} greedy decode steps on {a.backend}",
         flush=True,
     )
-    r = compare(model, a.backend, ids, a.decode_tokens, **kw)
+    order = None if a.no_order else calibrate_on_corpus(model, tok)
+    r = compare(model, a.backend, ids, a.decode_tokens, order, **kw)
     print(report(r, a.backend))
     return 0 if r["identical"] else 1
 

@@ -165,11 +165,13 @@ def test_shipped_model_dense_vs_sparse_on_golden():
     from host import sparse_bench
     from host.checkpoint import load
     from host.data import DEFAULT_MODEL, heldout_text
+    from host.ffn_order import calibrate_on_corpus
     from host.tokenizer import load_tokenizer
 
     model = load(DEFAULT_MODEL)
-    ids = load_tokenizer(DEFAULT_MODEL).encode(heldout_text(chars=24))
-    r = sparse_bench.compare(model, "golden", ids, n_decode=3)
+    tok = load_tokenizer(DEFAULT_MODEL)
+    ids = tok.encode(heldout_text(chars=24))
+    r = sparse_bench.compare(model, "golden", ids, 3, calibrate_on_corpus(model, tok))
     assert r["identical"]
     d, s = r["dense"]["by"], r["sparse"]["by"]
     assert s["down_proj"][0] < d["down_proj"][0] / 2  # most of its groups are zero
@@ -192,3 +194,34 @@ def test_sparse_runtime_and_cli_errors(capsys):
         Runtime(random_model(mc), GoldenDevice(mem_size=1 << 22), sparse="yes")
     assert main(["--mode", "reference", "--sparse", "-n", "1", "-p", "a"]) == 2
     assert "--sparse" in capsys.readouterr().err
+
+
+def test_ffn_order_is_exact_and_gathers_idle_channels(rng):
+    """permute_ffn changes no output bit; greedy_blocks puts channels that are idle together
+    into one block (a planted pattern is found) and returns a permutation."""
+    from golden.model import GoldenModel, permute_ffn, random_model
+    from golden.modelspec import ModelConfig
+    from host.ffn_order import calibrate, greedy_blocks
+
+    act = rng.random((64, 12)) < 0.5
+    act[:, [1, 5, 9, 11]] = False  # always idle: one block of four
+    order = greedy_blocks(act, 4)
+    assert sorted(order) == list(range(12)) and set(order[:4]) == {1, 5, 9, 11}
+    with pytest.raises(ValueError, match="active"):
+        greedy_blocks(act[0], 4)
+
+    mc = ModelConfig(vocab_size=16, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
+                     hidden_act="relu2")  # fmt: skip
+    model = random_model(mc, seed=3)
+    ids = rng.integers(0, 16, 12)
+    gm = GoldenModel(model, "integer")
+    ref = gm.forward(ids)
+    orders = calibrate(model, rng.integers(0, 16, 40))
+    assert [sorted(o) for o in orders] == [list(range(48))] * 2
+    gm.compiled = permute_ffn(gm.compiled, orders)
+    assert np.array_equal(gm.forward(ids), ref)
+    with pytest.raises(ValueError, match="permutation"):
+        permute_ffn(gm.compiled, [np.zeros(48, int)] * 2)
+    with pytest.raises(ValueError, match="orders"):
+        permute_ffn(gm.compiled, orders[:1])
