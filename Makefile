@@ -78,6 +78,7 @@ bench: install
 	$(VPY) -m golden.bench
 	$(VPY) -m sim.perf
 	$(VPY) -m host.bench
+	$(VPY) -m host.sparse_bench
 	$(VPY) -m host.perf_model
 
 # Error bounds of every golden block: stated vs measured.

@@ -61,7 +61,7 @@ def compare(
 
     if len(prompt) < 1:
         raise ValueError("prompt: expected at least one token")
-    out = {}
+    out = {"host_ops": {}}
     for sparse in (False, True):
         order = ffn_order if sparse else None
         rt = make_runtime(model, backend, sparse=sparse, ffn_order=order, **device_kw)
@@ -74,6 +74,7 @@ def compare(
                 for label, nbytes, cyc in per:
                     by[label][0] += nbytes / n_decode
                     by[label][1] += (cyc or 0) / n_decode
+            out["host_ops"].update(getattr(rt.device, "stats", {}).get("host_ops", {}))
         finally:
             rt.close()
         out["sparse" if sparse else "dense"] = {
