@@ -286,6 +286,9 @@ class Executor:
         )
         t.store("dst", out)
 
+    def _op_add(self, c, t) -> None:
+        t.store("dst", (t.load("a").astype(np.int64) + t.load("b")).astype(np.int32))
+
     def _op_act(self, c, t) -> None:
         relu2 = c.kind in (ActKind.RELU2, ActKind.RELU2_NLADC, ActKind.RELU2_LINADC)
         kind = "relu2" if relu2 else "silu"

@@ -77,6 +77,10 @@ TLMM_SPARSE ``op_tlmm`` as TLMM, weights in the sparse (group-major) tile format
 (13)       the engine reads, per token row, only the weight beats of the activation groups
            that hold a non-zero value (``golden.tlmm.live_groups``): exact, the result is
            TLMM's. For inputs that are mostly zero (a ReLU^2 FFN's down_proj, DESIGN §9).
+ADD (14)   ``dst = a + b``: int32 [rows, dim] each, two's-complement (wraps modulo 2^32).
+           The runtime splits a projection whose k exceeds the engines' ``max_k`` into
+           TLMMs over slices of k and sums their partial accumulators with ADD (exact:
+           |sum| <= k * 2^7 fits int32 for every k the TLMM contract allows).
 ========== ===================================================================================
 
 Memory formats (all little-endian, row-major, rows contiguous: row stride = row length x
@@ -195,6 +199,7 @@ class Opcode(enum.Enum, shape=OPCODE_BITS):
     ACT = 11
     LM_HEAD = 12
     TLMM_SPARSE = 13
+    ADD = 14
 
 
 class ActKind(enum.Enum, shape=3):
@@ -311,6 +316,8 @@ ARGS = {
         {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _V}),
     Opcode.TLMM_SPARSE: data.StructLayout(
         {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _D}),
+    Opcode.ADD: data.StructLayout(
+        {"a": _A, "b": _A, "dst": _A, "rows": _R, "dim": _D}),
 }  # fmt: skip
 
 
@@ -525,6 +532,12 @@ CONTRACTS = {
             "a weight code or padding that pack_sparse_weights never writes",
         ),
         Tensor("dst", I32, ("rows", "n"), out=True),
+    ),
+    Opcode.ADD: (
+        Dims("rows >= 1", "dim >= 1"),
+        Tensor("a", I32, ("rows", "dim")),
+        Tensor("b", I32, ("rows", "dim")),
+        Tensor("dst", I32, ("rows", "dim"), out=True),
     ),
 }
 assert set(CONTRACTS) == set(Opcode)

@@ -164,6 +164,8 @@ class Runtime:
         if not isinstance(sparse, bool):
             raise ValueError(f"sparse: expected True or False, got {sparse!r}")
         self.sparse = sparse
+        # the engines' k limit (the design point's table depth); the golden backend has none
+        self.max_k = getattr(getattr(device, "dp", None), "max_k", None)
         self.cfg = self.im.cfg
         self._check_dims()
         self.address_map = AddressMap()
@@ -206,7 +208,7 @@ class Runtime:
         return addr
 
     def _layout_and_write(self) -> None:
-        mc, im, tc = self.config, self.im, self.cfg.tlmm
+        mc, im = self.config, self.im
         h_, i_, v_, nh, nkv, hd, ctx = _sizes(mc)
         qd = nh * hd
         self._const("embed", im.embed_fx.astype(np.int32), f"int32 [{v_}, {h_}] Q15.16")
@@ -222,20 +224,9 @@ class Runtime:
                 self._const(f"L{li}.{nm}", g.astype(np.int16), f"int16 [{g.size}] gamma_q")
             for nm in ATTN_PROJ + MLP_PROJ:
                 codes = lc.proj[nm].codes
-                n, k = codes.shape
-                if self._sparse_proj(nm):
-                    data = isa.pack_sparse_weights(codes, tc)
-                    fmt = (
-                        f"sparse tiles n={n} k={k} ({isa.sparse_blocks(n, tc)}x"
-                        f"{-(-k // tc.group)} beats of {isa.tlmm_beat_bytes(tc)} B)"
-                    )
-                else:
-                    data = isa.pack_tlmm_weights(codes, tc)
-                    fmt = (
-                        f"TLMM tiles n={n} k={k} ({isa.tlmm_blocks(n, tc)}x"
-                        f"{isa.tlmm_chunks(k, tc)} beats of {isa.tlmm_beat_bytes(tc)} B)"
-                    )
-                self._const(f"L{li}.{nm}", data, fmt)
+                for j, (k0, k1) in enumerate(self._k_slices(codes.shape[1])):
+                    name = f"L{li}.{nm}" + (f".k{j}" if k0 or k1 < codes.shape[1] else "")
+                    self._const(name, *self._packed(nm, codes[:, k0:k1]))
         for li, tbl in enumerate(im.adc_tables):
             self._const(f"L{li}.adc_table", tbl, f"int16 [{tbl.size}] NL-ADC thresholds")
         self._const("norm", im.norm.gamma_q.astype(np.int16), f"int16 [{h_}] gamma_q")
@@ -266,9 +257,22 @@ class Runtime:
             ("ffn", t * i_ * 4, f"int32 [{t}, {i_}] Q15.16"),
             ("lm_acc", t * v_ * 4, f"int32 [{t}, {v_}]"),
         ]
+        split = [
+            (len(self._k_slices(k)) - 1, n)
+            for lc in im.layers
+            for n, k in (p.codes.shape for p in lc.proj.values())
+        ]
+        parts = max(p for p, _ in split)
+        n_part = max((n for p, n in split if p), default=0)
+        if parts:  # K-split partial accumulators (slices 1.. of a projection)
+            scratch.append(
+                ("acc_part", parts * t * n_part * 4, f"int32 [{parts}, {t}, <={n_part}]")
+            )
         for name, nbytes, fmt in scratch:
             self._region(name, nbytes, fmt, "scratch")
-        self.max_cmds = len(self.step_commands(0, 1, 1))
+        # K-split projections issue commands per token row: the longest stream is a
+        # max_chunk-token step
+        self.max_cmds = len(self.step_commands(0, self.max_chunk, 1))
         self._region(
             "stream",
             self.max_cmds * isa.COMMAND_BYTES,
@@ -294,21 +298,71 @@ class Runtime:
         io = dict(src=src, gamma=nc[0], **self._at(dst="x", dst_scale="x_scale"))
         return command(Opcode.NORM_QUANT, **io, rows=rows, dim=dim, **consts)
 
+    def _packed(self, proj: str, codes: np.ndarray) -> tuple[np.ndarray, str]:
+        """A projection's codes in the tile format its command reads, and its description."""
+        tc = self.cfg.tlmm
+        n, k = codes.shape
+        if self._sparse_proj(proj):
+            return isa.pack_sparse_weights(codes, tc), (
+                f"sparse tiles n={n} k={k} ({isa.sparse_blocks(n, tc)}x"
+                f"{-(-k // tc.group)} beats of {isa.tlmm_beat_bytes(tc)} B)"
+            )
+        return isa.pack_tlmm_weights(codes, tc), (
+            f"TLMM tiles n={n} k={k} ({isa.tlmm_blocks(n, tc)}x"
+            f"{isa.tlmm_chunks(k, tc)} beats of {isa.tlmm_beat_bytes(tc)} B)"
+        )
+
+    def _k_slices(self, k: int) -> list[tuple[int, int]]:
+        """[k0, k1) slices of a projection's inputs that the engines take: one if k <=
+        max_k, else equal slices of whole activation chunks (K-splitting: each slice's
+        partial accumulators are summed by ADD; exact)."""
+        if self.max_k is None or k <= self.max_k:
+            return [(0, k)]
+        tc = self.cfg.tlmm
+        chunk = tc.group * tc.tables
+        ns = -(-k // self.max_k)
+        ks = -(-k // ns // chunk) * chunk
+        while ks > self.max_k:  # rounding up to whole chunks overshot: one slice more
+            ns += 1
+            ks = -(-k // ns // chunk) * chunk
+        return [(k0, min(k, k0 + ks)) for k0 in range(0, k, ks)]
+
     def _sparse_proj(self, proj: str) -> bool:
         """down_proj of a ReLU^2 model in sparse mode: its input (ReLU^2(gate) * up) is
         mostly zero, so it runs as TLMM_SPARSE (DESIGN §9)."""
         return self.sparse and proj == "down_proj" and self.config.hidden_act == "relu2"
 
-    def _tlmm_cmd(self, li: int, proj: str, dst: str, rows: int) -> isa.Command:
+    def _tlmm_cmds(self, li: int, proj: str, dst: str, rows: int) -> list:
+        """A projection's commands: one TLMM (or TLMM_SPARSE), or, when its k exceeds the
+        engines' max_k, per token row one per k slice (slice j > 0 into ``acc_part``) and
+        an ADD per slice j > 0 that sums the partial accumulators into ``dst``."""
         n, k = self.im.layers[li].proj[proj].codes.shape
-        io = self._at(src="x", weights=f"L{li}.{proj}", dst=dst)
-        if self._sparse_proj(proj):
-            return command(Opcode.TLMM_SPARSE, **io, rows=rows, k=k, n=n)
-        # ReLU^2: up_proj only where ReLU(gate) != 0 (golden.model); sparse mode also
-        # skips the weight beats of the row blocks that are wholly masked
-        masked = proj == "up_proj" and self.config.hidden_act == "relu2"
-        mask = dict(mask=self.address_map.addr("acc_g"), masked=1, skip=int(self.sparse))
-        return command(Opcode.TLMM, **io, rows=rows, k=k, n=n, **(mask if masked else {}))
+        op = Opcode.TLMM_SPARSE if self._sparse_proj(proj) else Opcode.TLMM
+        x, out = self.address_map.addr("x"), self.address_map.addr(dst)
+        extra = {}
+        if op == Opcode.TLMM and proj == "up_proj" and self.config.hidden_act == "relu2":
+            # ReLU^2: up_proj only where ReLU(gate) != 0 (golden.model); sparse mode also
+            # skips the weight beats of the row blocks that are wholly masked
+            extra = dict(mask=self.address_map.addr("acc_g"), masked=1, skip=int(self.sparse))
+        slices = self._k_slices(k)
+        if len(slices) == 1:
+            w = self.address_map.addr(f"L{li}.{proj}")
+            return [command(op, src=x, weights=w, dst=out, rows=rows, k=k, n=n, **extra)]
+        part = self.address_map.addr("acc_part")
+        dsts = [out] + [part + (j - 1) * self.max_chunk * n * 4 for j in range(1, len(slices))]
+        cmds = []
+        for m in range(rows):
+            row_extra = dict(extra, mask=extra["mask"] + m * n * 4) if extra else {}
+            for j, (k0, k1) in enumerate(slices):
+                w = self.address_map.addr(f"L{li}.{proj}.k{j}")
+                src = x + m * k + k0
+                d = dsts[j] + m * n * 4
+                cmds.append(
+                    command(op, src=src, weights=w, dst=d, rows=1, k=k1 - k0, n=n, **row_extra)
+                )
+        for d in dsts[1:]:
+            cmds.append(command(Opcode.ADD, a=out, b=d, dst=out, rows=rows, dim=n))
+        return cmds
 
     def _residual_cmd(self, c: tuple[int, int], rows: int) -> isa.Command:
         """h += acc_h requantized by the projection's constant ``c`` (mantissa, shift)."""
@@ -338,7 +392,7 @@ class Runtime:
             pr = lc.proj
             cmds.append(self._norm_cmd(a.addr("h"), norm(li, "input_layernorm"), h_, rows))
             for p, dst in (("q_proj", "acc_q"), ("k_proj", "acc_k"), ("v_proj", "acc_v")):
-                cmds.append(self._tlmm_cmd(li, p, dst, rows))
+                cmds += self._tlmm_cmds(li, p, dst, rows)
             k, k_scale, v, v_scale = (
                 a.addr(f"kv{li}.{n}") for n in ("k", "k_scale", "v", "v_scale")
             )
@@ -376,11 +430,11 @@ class Runtime:
             pv_src = dict(p=a.addr("probs"), v=v, v_scale=v_scale)
             cmds.append(command(Opcode.PV, **pv_src, dst=a.addr("attn"), **attn, **kv))
             cmds.append(self._norm_cmd(a.addr("attn"), norm(li, "attn_sub_norm"), nh * hd, rows))
-            cmds.append(self._tlmm_cmd(li, "o_proj", "acc_h", rows))
+            cmds += self._tlmm_cmds(li, "o_proj", "acc_h", rows)
             cmds.append(self._residual_cmd(const(pr["o_proj"].const), rows))
             cmds.append(self._norm_cmd(a.addr("h"), norm(li, "post_attention_layernorm"), h_, rows))
-            cmds.append(self._tlmm_cmd(li, "gate_proj", "acc_g", rows))
-            cmds.append(self._tlmm_cmd(li, "up_proj", "acc_u", rows))
+            cmds += self._tlmm_cmds(li, "gate_proj", "acc_g", rows)
+            cmds += self._tlmm_cmds(li, "up_proj", "acc_u", rows)
             gm_, gs = const(pr["gate_proj"].const)
             um, us = const(pr["up_proj"].const)
             act_io = self._at(gate="acc_g", up="acc_u", src_scale="x_scale", dst="ffn")
@@ -391,7 +445,7 @@ class Runtime:
                 act_c.update(adc_table=a.addr(f"L{li}.adc_table"), adc_bits=im.act_adc.bits)
             cmds.append(command(Opcode.ACT, **act_io, rows=rows, dim=i_, **act_c, kind=kind))
             cmds.append(self._norm_cmd(a.addr("ffn"), norm(li, "ffn_sub_norm"), i_, rows))
-            cmds.append(self._tlmm_cmd(li, "down_proj", "acc_h", rows))
+            cmds += self._tlmm_cmds(li, "down_proj", "acc_h", rows)
             cmds.append(self._residual_cmd(const(pr["down_proj"].const), rows))
         first = rows - lm_rows
         cmds.append(
