@@ -639,9 +639,11 @@ class AccelConfig:
     name: str = "kv260"
     datapath: DatapathConfig = field(default_factory=DatapathConfig)
     # limits
+    # (the runtime splits a larger k into slices: host.runtime, ADD)
     max_k: int = 4096  # TLMM and LM_HEAD inner dimension (table / row buffers)
-    max_dim: int = 4096  # NORM_QUANT and ACT row length (quantizer row buffers)
-    max_keys: int = 2048  # QK / SOFTMAX / PV keys per row
+    # BitNet b1.58 2B-4T: FFN 6912 (NORM_QUANT rows), context 4096
+    max_dim: int = 8192  # NORM_QUANT and ACT row length (quantizer row buffers)
+    max_keys: int = 4096  # QK / SOFTMAX / PV keys per row
     max_head_dim: int = 128  # ROPE_QUANT / QK / PV head_dim
     # widths
     norm_lanes: int = 8  # NORM_QUANT pass-2 elements per cycle (the quantize lanes)

@@ -105,24 +105,21 @@ class DoesNotRun(ValueError):
 def limits_exceeded(mc: ModelConfig, dp: AccelConfig, keys: int = 1, rows: int = 1) -> list[str]:
     """Why ``mc`` cannot run on ``dp`` with ``keys`` keys and ``rows``-token chunks: each
     dimension of a step's commands beyond the engine limits (``max_k``, ``max_dim``,
-    ``max_keys``, ``max_head_dim``; the RTL's BAD_DIM). Empty when it runs. The runtime does
-    not split K yet, so a projection's K above ``max_k`` is a reason."""
+    ``max_keys``, ``max_head_dim``; the RTL's BAD_DIM). Empty when it runs. The runtime
+    splits a ternary projection's K above ``max_k`` (``Runtime._k_slices``), not the LM
+    head's."""
     h, i, hd = mc.hidden_size, mc.intermediate_size, mc.head_dim
     q = mc.num_attention_heads * hd
-    # each dimension: its value, the projections it is the K of, the norms it is the rows of
+    # each dimension: its value, the norms it is the rows of
     dims = (
-        ("hidden_size", h, "q/k/v/gate/up_proj and the LM head", "norm"),
-        ("heads x head_dim", q, "o_proj", "attn_sub_norm"),
-        ("intermediate_size", i, "down_proj", "ACT and ffn_sub_norm"),
+        ("hidden_size", h, "norm"),
+        ("heads x head_dim", q, "attn_sub_norm"),
+        ("intermediate_size", i, "ACT and ffn_sub_norm"),
     )
-    why = [
-        f"{name} (K of {of}) {v} > max_k {dp.max_k} (no K-splitting yet)"
-        for name, v, of, _ in dims
-        if v > dp.max_k
-    ]
+    why = [f"hidden_size (K of the LM head) {h} > max_k {dp.max_k}"] if h > dp.max_k else []
     why += [
         f"{name} ({norms} rows) {v} > max_dim {dp.max_dim}"
-        for name, v, _, norms in dims
+        for name, v, norms in dims
         if v > dp.max_dim
     ]
     head_lim = min(dp.max_head_dim, dp.dma_bytes)  # QK/PV read one key row per DMA beat
