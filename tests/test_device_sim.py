@@ -332,6 +332,6 @@ def test_bitnet_2b4t_shapes_bit_identical():
         got = np.concatenate([rt.forward(toks[:2]), rt.forward(toks[2:])])
         assert np.array_equal(got, want), type(dev).__name__
     ops = [c.op for c in rt.last_stream]
-    assert ops.count(Opcode.ADD) == 1 and ops.count(Opcode.TLMM) == 6 + 1  # down: 2 slices
+    assert ops.count(Opcode.ADD) == 1 and ops.count(Opcode.TLMM) == 6 + 2  # down: 2 slices
     assert not sim.stats["host_ops"]
     sim.close()
