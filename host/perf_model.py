@@ -2,7 +2,8 @@
 ``python -m host.perf_model`` (part of ``make bench``).
 
 BitNet-0.73B shapes (``BITNET_073B``, 1bitLLM/bitnet_b1_58-large: hidden 1536, FFN 4096,
-24 layers, 16 heads of 96, vocab 32002; SiLU FFN, tied embeddings) on a design point (``golden.config.AccelConfig``, default kv260:
+24 layers, 16 heads of 96, vocab 32002; SiLU FFN, tied embeddings) on a design point
+(``golden.config.AccelConfig``, default kv260:
 its clock, DRAM bandwidth and latency -- 250 MHz, 17.1 GB/s and 32 cycles, TeLLMe v2's
 KV260 figures; the report says whether the clock is a target or backed by evidence):
 
