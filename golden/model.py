@@ -74,6 +74,21 @@ exact integer accumulator of the gate projection and ``tok_scale`` [B, T, 1] = s
 (weight scale over the token's activation scale); it returns act(g) as floats (e.g. an
 analog NL-ADC's ReLU^2, notebooks/nl_adc.py).
 
+Thresholded activation sparsity (integer mode; ``golden.sparsity``)
+====================================================================
+
+``GoldenModel(model, "integer", act_sparsity=golden.sparsity.ActSparsity(...))``: TEAL /
+WINA zero the INT8 input x_q of a projection where its score is <= that projection's
+threshold before the TLMM (each projection its own copy: q, k, v share a norm output);
+CATS zeroes ReLU^2 gate accumulators whose 16-bit code g16 is in (0, tau] before the up
+mask and ``act`` (SiLU: ``op_act``'s output a with |a| <= tau). Every other op is
+unchanged; ``act_sparsity=None`` (or every tau 0) is the dense forward, bit for bit.
+``sparsity_hook(layer, name, arrays)`` sees every projection's TLMM (name a projection,
+arrays ``x_in`` before and ``x_q`` after the threshold, ``acc``, ``mask`` or None) and
+every FFN gate (name ``"act"``, ``gate_score``: CATS's score of each gate before its
+threshold, int64; SiLU: the LUT's output also with an ADC);
+``host.sparsity`` calibrates and counts bytes with it.
+
 Integer datapath formats
 ========================
 
@@ -196,6 +211,7 @@ from . import requant as _requant
 from . import rmsnorm as _rmsnorm
 from . import rope as _rope
 from . import softmax as _softmax
+from . import sparsity as _sparsity
 from . import tlmm as _tlmm
 from .config import DEFAULT, DatapathConfig, RequantConfig
 from .fixed import bit_length as _bit_length
@@ -641,6 +657,19 @@ def op_residual(
     return np.clip(h.astype(np.int64) + delta, -lim, lim - 1).astype(np.int32)
 
 
+def relu2_gate(acc_g: np.ndarray, cfg: DatapathConfig) -> np.ndarray:
+    """ReLU^2's 16-bit gate codes g16 (per-token absmax of the accumulators), as op_act."""
+    wide = replace(cfg.quant, act_bits=cfg.forward.ffn_bits)
+    return _quant.hw_act_quant(acc_g, wide)[0]
+
+
+def silu_gate(acc_g: np.ndarray, sx: Scale, c_g: Scale, cfg: DatapathConfig) -> np.ndarray:
+    """SiLU's gate in the ACT input format (int16 Q7.8), as op_act."""
+    bits, ac = cfg.requant.mult_bits, cfg.activation
+    tok = Scale(sx.mant[..., None], sx.shift[..., None])
+    return requant(acc_g, scale_mul(tok, c_g, bits), ac.in_frac_bits, ac.in_bits, cfg.requant)
+
+
 def op_act(
     acc_g: np.ndarray,
     acc_u: np.ndarray,
@@ -650,12 +679,15 @@ def op_act(
     hidden_act: str,
     cfg: DatapathConfig,
     adc: tuple | None = None,
+    cats_tau: int | None = None,
 ) -> np.ndarray:
     """Gated FFN product act(gate) * up as int32 Q15.16 (relu2 exact square; silu LUT).
 
     ``adc`` = (variant, N, table): the ACT NL-ADC kinds (module doc, item 10): the gate is
     converted by ``golden.nl_adc.ramp_counter_codes`` through ``table`` (int, 2^N - 1
-    thresholds, ``golden.nl_adc.act_design`` for the ideal ones)."""
+    thresholds, ``golden.nl_adc.act_design`` for the ideal ones). ``cats_tau`` (silu
+    only): outputs a with |a| <= cats_tau are 0 (CATS, golden.sparsity; ReLU^2's CATS
+    acts on the gate accumulators before this op)."""
     fc = cfg.forward
     bits = cfg.requant.mult_bits
     wide = replace(cfg.quant, act_bits=fc.ffn_bits)
@@ -665,6 +697,8 @@ def op_act(
         if variant not in _nl_adc.ACT_VARIANTS or (hidden_act == "silu" and variant != "nl"):
             raise ValueError(f"adc: no ACT kind for {hidden_act} with variant {variant!r}")
         acfg = replace(cfg.adc, bits=int(n))
+    if hidden_act == "relu2" and cats_tau is not None:
+        raise ValueError("cats_tau: silu only (ReLU^2's CATS thresholds the gate accumulators)")
     if hidden_act == "relu2":
         g16, ag = _quant.hw_act_quant(acc_g, wide)
         sg = scale_mul(scale_mul(tok, c_g, bits), scale_of_int(ag, bits), bits)
@@ -683,7 +717,7 @@ def op_act(
         sa = _shift_scale(scale_mul(sg, sg, bits), -e)
     else:
         ac = cfg.activation
-        g = requant(acc_g, scale_mul(tok, c_g, bits), ac.in_frac_bits, ac.in_bits, cfg.requant)
+        g = silu_gate(acc_g, sx, c_g, cfg)
         if adc is None:
             a = _act.silu_fx(g, ac).astype(np.int64)
             sa = Scale(np.int64(1 << (bits - 1)), np.int64(bits - 1 + ac.out_frac_bits))
@@ -691,6 +725,8 @@ def op_act(
             c = _nl_adc.ramp_counter_codes(g.astype(np.int64), table, acfg)
             a = _rhu(g.astype(np.int64) * (2 * c + 1), n + 1)
             sa = Scale(np.int64(1 << (bits - 1)), np.int64(bits - 1 + ac.in_frac_bits))
+        if cats_tau is not None:
+            a = np.where(np.abs(a) <= cats_tau, 0, a)
     u16, au = _quant.hw_act_quant(acc_u, wide)
     su = scale_mul(scale_mul(tok, c_u, bits), scale_of_int(au, bits), bits)
     prod = a * u16.astype(np.int64)
@@ -770,7 +806,9 @@ class GoldenModel:
 
     Reference mode only: ``approx`` (names from ``APPROXIMATIONS``) puts single hardware
     approximations back into the float forward, ``proj_hook`` / ``act_hook`` observe the
-    projection inputs / replace the FFN activation (module doc, "Ablations").
+    projection inputs / replace the FFN activation (module doc, "Ablations"). Integer
+    mode only: ``act_sparsity`` thresholds (``golden.sparsity``) and ``sparsity_hook``
+    (module doc, "Thresholded activation sparsity").
     """
 
     def __init__(
@@ -784,6 +822,8 @@ class GoldenModel:
         proj_hook=None,
         act_hook=None,
         act_adc=None,
+        act_sparsity=None,
+        sparsity_hook=None,
     ):
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
@@ -808,9 +848,25 @@ class GoldenModel:
         self.config = model.config
         if act_adc is not None and mode != "integer":
             raise ValueError("act_adc: integer mode only (the ACT engine's NL-ADC kinds)")
+        if mode != "integer" and (act_sparsity is not None or sparsity_hook is not None):
+            raise ValueError("act_sparsity, sparsity_hook: integer mode only (golden.sparsity)")
+        if act_sparsity is not None:
+            if not isinstance(act_sparsity, _sparsity.ActSparsity):
+                raise ValueError(
+                    "act_sparsity: expected golden.sparsity.ActSparsity or None, got "
+                    f"{type(act_sparsity).__name__}"
+                )
+            act_sparsity.check(model.config)
+        self.act_sparsity, self.sparsity_hook = act_sparsity, sparsity_hook
         if mode == "integer":
             self.compiled = compile_integer(model, cfg, act_adc)
             self.cfg = self.compiled.cfg
+            self._wina_cols = {}
+            if act_sparsity is not None and act_sparsity.method == "wina":
+                self._wina_cols = {
+                    (li, nm): _sparsity.column_weights(self.compiled.layers[li].proj[nm].codes)
+                    for li, nm, _ in act_sparsity.thresholds
+                }
         else:
             self.compiled = None
             self.cfg = model_datapath_config(model, cfg)
@@ -1090,11 +1146,27 @@ class GoldenModel:
             rec(li, f"norm_quant.{name}", x_q=x_q, mant=sx.mant, shift=sx.shift)
             return x_q, sx
 
+        sp, hook = self.act_sparsity, self.sparsity_hook
+
+        def tlmm(x_q, li, proj, mask=None):
+            """op_tlmm of a projection; its input thresholded by act_sparsity (TEAL/WINA)
+            and shown to sparsity_hook with the result."""
+            x_in = x_q
+            tau = None if sp is None or sp.method == "cats" else sp.tau(li, proj)
+            if tau is not None:
+                x_q = _sparsity.threshold_inputs(
+                    sp.method, x_q, tau, self._wina_cols.get((li, proj))
+                )
+            acc = op_tlmm(x_q, im.layers[li].proj[proj], cfg, exact, mask)
+            if hook is not None:
+                hook(li, proj, {"x_in": x_in, "x_q": x_q, "acc": acc, "mask": mask})
+            return acc
+
         def sub_norm_residual(h, x, li, norm, proj):
             """norm_quant(x) -> tlmm -> residual into h (o_proj and down_proj)."""
             lc = im.layers[li]
             x_q, sx = norm_quant(x, getattr(lc, norm), li, norm)
-            acc = op_tlmm(x_q, lc.proj[proj], cfg, exact)
+            acc = tlmm(x_q, li, proj)
             h = op_residual(h, acc, sx, lc.proj[proj].const, cfg)
             rec(li, f"tlmm_residual.{proj}", acc=acc, h=h)
             return h
@@ -1104,7 +1176,7 @@ class GoldenModel:
         for li, lc in enumerate(im.layers):
             pr = lc.proj
             x_q, sx = norm_quant(h, lc.input_layernorm, li, "input_layernorm")
-            acc = {k: op_tlmm(x_q, pr[k], cfg, exact) for k in ("q_proj", "k_proj", "v_proj")}
+            acc = {k: tlmm(x_q, li, k) for k in ("q_proj", "k_proj", "v_proj")}
             rec(li, "tlmm.qkv", **acc)
             q_q, sq = op_rope_quant(acc["q_proj"], pos, nh, sx, pr["q_proj"].const, cfg)
             k_q, sk = op_rope_quant(acc["k_proj"], pos, nkv, sx, pr["k_proj"].const, cfg)
@@ -1137,11 +1209,22 @@ class GoldenModel:
             rec(li, "pv", o=o)
             h = sub_norm_residual(h, o, li, "attn_sub_norm", "o_proj")
             x_q, sx = norm_quant(h, lc.post_attention_layernorm, li, "post_attention_layernorm")
-            acc_g = op_tlmm(x_q, pr["gate_proj"], cfg, exact)
+            acc_g = tlmm(x_q, li, "gate_proj")
+            relu2 = mc.hidden_act == "relu2"
+            cats = None if sp is None or sp.method != "cats" else sp.tau(li, _sparsity.ACT)
+            if hook is not None:  # CATS's score of every gate (golden.sparsity)
+                if relu2:
+                    score = np.maximum(relu2_gate(acc_g, cfg).astype(np.int64), 0)
+                else:
+                    g = silu_gate(acc_g, sx, pr["gate_proj"].const, cfg)
+                    score = np.abs(_act.silu_fx(g, cfg.activation).astype(np.int64))
+                hook(li, _sparsity.ACT, {"gate_score": score})
+            if cats is not None and relu2:
+                acc_g = _sparsity.cats_relu2_gate(acc_g, relu2_gate(acc_g, cfg), cats)
             # ReLU^2: up only where ReLU(gate) != 0, so the product and up's scale (its
             # absmax) see only the live rows, and a sparse run need not compute the rest
-            up_mask = acc_g if mc.hidden_act == "relu2" else None
-            acc_u = op_tlmm(x_q, pr["up_proj"], cfg, exact, up_mask)
+            up_mask = acc_g if relu2 else None
+            acc_u = tlmm(x_q, li, "up_proj", up_mask)
             rec(li, "tlmm.gate_up", gate=acc_g, up=acc_u)
             m = op_act(
                 acc_g,
@@ -1152,6 +1235,7 @@ class GoldenModel:
                 mc.hidden_act,
                 cfg,
                 im.act_adc_arg(li),
+                None if relu2 else cats,
             )
             rec(li, "act", m=m)
             h = sub_norm_residual(h, m, li, "ffn_sub_norm", "down_proj")

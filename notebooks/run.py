@@ -33,7 +33,7 @@ from nbclient.exceptions import CellExecutionError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-NOTEBOOKS = ("weights_activations", "approximations", "nl_adc")
+NOTEBOOKS = ("weights_activations", "approximations", "nl_adc", "sparsity")
 OUT_DIR = os.path.join(REPO, "build", "notebooks")
 CELL_TIMEOUT_S = 600
 KERNEL_NAME = "ternary-accel-python"

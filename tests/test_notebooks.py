@@ -2,7 +2,7 @@
 
 Each notebook runs through ``notebooks.run.execute`` (nbclient, a kernel on this
 interpreter) on the shipped model with smaller held-out slices than ``make notebooks``
-uses, so the three take about 2-3 minutes together on 2 cores. A failing cell -- which
+uses, so the four take about 3 minutes together on 2 cores. A failing cell -- which
 includes each notebook's own asserts of its reported numbers against the golden
 modules' stated bounds -- fails the test; the figures must all be written.
 """
@@ -23,6 +23,7 @@ QUICK = {
     "nl_adc": dict(
         HELDOUT_WINDOWS=2, RANGE_WINDOWS=1, BITS=(3, 6), STUDY_DEVICES=20, ACCEL_WINDOWS=1
     ),
+    "sparsity": dict(CALIB_WINDOWS=1, HELDOUT_WINDOWS=1, LEVELS=(0.0, 0.3, 0.6), CATS_MORE=(0.9,)),
 }
 FIGURES = {
     "weights_activations": (
@@ -34,6 +35,7 @@ FIGURES = {
     ),
     "approximations": ("block_errors", "bound_ratio", "ablation", "activation_in_model"),
     "nl_adc": ("transfer_curves", "calibration", "model_bits", "accelerator_bits"),
+    "sparsity": ("tradeoff",),
 }
 MODEL_DIR = os.environ.get("NOTEBOOK_MODEL", DEFAULT_MODEL)
 
