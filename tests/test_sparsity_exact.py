@@ -161,7 +161,8 @@ def test_tlmm_sparse_contract_errors(rng):
 
 def test_shipped_model_dense_vs_sparse_on_golden():
     """The runtime's sparse mode: the same logits, bit for bit, and fewer bytes, with the
-    savings where the mechanisms act (up_proj, down_proj) and nowhere else."""
+    savings in the projections (down_proj's zero groups, up_proj's masked blocks, the
+    group-major tiles of the others) and nowhere else."""
     from host import sparse_bench
     from host.checkpoint import load
     from host.data import DEFAULT_MODEL, heldout_text
@@ -176,7 +177,9 @@ def test_shipped_model_dense_vs_sparse_on_golden():
     d, s = r["dense"]["by"], r["sparse"]["by"]
     assert s["down_proj"][0] < d["down_proj"][0] / 2  # most of its groups are zero
     assert s["up_proj"][0] < d["up_proj"][0]
-    assert {k for k in d if d[k][0] != s[k][0]} == {"up_proj", "down_proj"}
+    proj = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert {k for k in d if d[k][0] != s[k][0]} == proj  # the other ops read the same
+    assert all(s[k][0] < d[k][0] for k in proj)
     assert r["sparse"]["bytes"] < r["dense"]["bytes"]
     assert "bit-identical" in sparse_bench.report(r, "golden")
 
