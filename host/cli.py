@@ -31,9 +31,10 @@ Flags follow llama.cpp / llama2.c::
                          --act-adc-device ideal|rram (a sampled device per layer),
                          --act-adc-seed S, --act-adc-calibrate (bias-cell calibration);
                          the summary names the setting
-    --sparse             exact activation sparsity (ReLU^2 models): down_proj reads only the
-                         weights of non-zero activation groups, up_proj only the row blocks
-                         whose ReLU(gate) is non-zero; the same tokens, fewer bytes
+    --sparse             exact activation sparsity (ReLU^2 models): the projections read only
+                         the weights of non-zero activation groups (TLMM_SPARSE), up_proj
+                         only the row blocks whose ReLU(gate) is non-zero; the same tokens,
+                         fewer bytes
     --ignore-eos         do not stop at the end-of-sequence token: it is never sampled
                          (llama.cpp's flag)
     --remote URL         stream from a token server (``python -m host serve``, see
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--sparse",
         action="store_true",
         help="exact activation sparsity (ReLU^2 models; DESIGN §9): skip the weight "
-        "beats of all-zero activation groups (down_proj) and of wholly masked up_proj "
+        "beats of all-zero activation groups (TLMM_SPARSE) and of wholly masked up_proj "
         "row blocks; bit-identical tokens",
     )
     p.add_argument(
@@ -264,7 +265,7 @@ def run(argv=None) -> int:
     if a.act_adc_setting is not None:
         t["act_adc"] = a.act_adc_setting.describe()
     if a.sparse:
-        t["sparse"] = "exact (down_proj TLMM_SPARSE, up_proj masked blocks skipped)"
+        t["sparse"] = "exact (projections on TLMM_SPARSE, up_proj's masked blocks skipped)"
     for line in summary_lines(t):  # the same lines as python -m host --remote
         print(line, file=sys.stderr)
     return 0

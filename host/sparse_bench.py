@@ -2,9 +2,9 @@
 ``make bench``; DESIGN §9).
 
 Runs the same held-out text twice through one backend -- dense (every TLMM weight beat
-read) and exact-sparse (``Runtime(sparse=True)``: down_proj as TLMM_SPARSE, which reads
-only the weight beats of live activation groups, and up_proj skipping the Q-row blocks
-whose ReLU(gate) is all zero; FFN channels ordered by ``host.ffn_order`` unless
+read) and exact-sparse (``Runtime(sparse=True)``: the projections as TLMM_SPARSE, which
+reads only the weight beats of live activation groups, and up_proj skipping the Q-row
+blocks whose ReLU(gate) is all zero; FFN channels ordered by ``host.ffn_order`` unless
 ``--no-order``) -- and prints DRAM bytes read and RTL cycles per decoded
 token, per projection and in total, and whether the two runs' logits are bit-identical.
 Every decode step runs one command at a time (the device's counters around each), so
