@@ -163,14 +163,16 @@ def roofline_bytes(mc: ModelConfig, context: int, cfg=None) -> dict:
 
 def measured_sparsity(model_dir: str | None = None, chars: int = 256, cfg=None) -> dict:
     """The exact-sparsity fractions of a ReLU^2 model (default: the shipped one) on
-    ``chars`` held-out characters, integer mode, mean over layers and tokens: ``up_skip``
-    (up_proj Q-row blocks wholly masked by ReLU(gate)) and ``down_live`` (down_proj input
-    groups with a non-zero activation)."""
+    ``chars`` held-out characters, integer mode, its FFN channels in the calibrated order
+    of ``host.ffn_order`` (as ``--sparse`` runs it), mean over layers and tokens:
+    ``up_skip`` (up_proj Q-row blocks wholly masked by ReLU(gate)) and ``down_live``
+    (down_proj input groups with a non-zero activation)."""
     from golden.config import DEFAULT
-    from golden.model import GoldenModel
+    from golden.model import GoldenModel, permute_ffn
     from golden.tlmm import live_blocks, live_groups
     from host.checkpoint import load
     from host.data import DEFAULT_MODEL, heldout_text
+    from host.ffn_order import calibrate_on_corpus
     from host.tokenizer import load_tokenizer
 
     tc = (cfg or DEFAULT).tlmm
@@ -178,9 +180,12 @@ def measured_sparsity(model_dir: str | None = None, chars: int = 256, cfg=None) 
     model = load(path)
     if model.config.hidden_act != "relu2":
         raise ValueError(f"model: exact sparsity needs a ReLU^2 model, {path} is not one")
-    ids = np.asarray(load_tokenizer(path).encode(heldout_text(chars=chars)))
+    tok = load_tokenizer(path)
+    ids = np.asarray(tok.encode(heldout_text(chars=chars)))
+    gm = GoldenModel(model, "integer", cfg or DEFAULT)
+    gm.compiled = permute_ffn(gm.compiled, calibrate_on_corpus(model, tok, cfg))
     trace = []
-    GoldenModel(model, "integer").forward(ids[: model.config.max_position_embeddings], trace=trace)
+    gm.forward(ids[: model.config.max_position_embeddings], trace=trace)
     up = [live_blocks(a["gate"][0], tc).mean() for _, op, a in trace if op == "tlmm.gate_up"]
     down = [
         live_groups(a["x_q"][0], tc).mean() for _, op, a in trace if op == "norm_quant.ffn_sub_norm"
@@ -189,20 +194,24 @@ def measured_sparsity(model_dir: str | None = None, chars: int = 256, cfg=None) 
 
 
 def sparse_roofline_bytes(mc: ModelConfig, context: int, fr: dict, cfg=None) -> dict:
-    """``roofline_bytes`` of exact-sparse decode with the fractions ``fr``
-    (``measured_sparsity``): up_proj reads the gate row (its mask) and the unmasked row
-    blocks' weights, down_proj the live groups' beats in the sparse tile format."""
+    """``roofline_bytes`` of exact-sparse decode (``Runtime(sparse=True)``) with the
+    fractions ``fr`` (``measured_sparsity``): up_proj reads the gate row (its mask) and the
+    unmasked row blocks' weights; every other projection its live groups' beats in the
+    sparse tile format (down_proj ``down_live`` of them, the rest all)."""
     from golden import isa
     from golden.config import DEFAULT
 
     tc = (cfg or DEFAULT).tlmm
-    h, i, L = mc.hidden_size, mc.intermediate_size, mc.num_hidden_layers
+    h, i, hd, L = mc.hidden_size, mc.intermediate_size, mc.head_dim, mc.num_hidden_layers
+    q, kv = mc.num_attention_heads * hd, mc.num_key_value_heads * hd
+
+    def sparse(n, k, live=1.0):
+        return live * -(-k // tc.group) * int(isa.sparse_beat_read_bytes(n, tc).sum())
+
     r = roofline_bytes(mc, context, cfg)
-    dense_ffn = isa.tlmm_weight_bytes(i, h, tc) + isa.tlmm_weight_bytes(h, i, tc)
     up = (1.0 - fr["up_skip"]) * isa.tlmm_weight_bytes(i, h, tc) + 4 * i
-    down = fr["down_live"] * -(-i // tc.group) * int(isa.sparse_beat_read_bytes(h, tc).sum())
-    r["ternary weights (TLMM tiles)"] -= L * dense_ffn
-    r["ternary weights (TLMM tiles)"] += L * (up + down)
+    rest = sparse(q, h) + 2 * sparse(kv, h) + sparse(h, q) + sparse(i, h)
+    r["ternary weights (TLMM tiles)"] = L * (up + rest + sparse(h, i, fr["down_live"]))
     return r
 
 

@@ -228,3 +228,26 @@ def test_ffn_order_is_exact_and_gathers_idle_channels(rng):
         permute_ffn(gm.compiled, [np.zeros(48, int)] * 2)
     with pytest.raises(ValueError, match="orders"):
         permute_ffn(gm.compiled, orders[:1])
+
+
+def test_perf_model_sparse_roofline():
+    """The ReLU^2 shapes' exact-sparse roofline from the fractions measured on the shipped
+    model: above the dense one; with nothing skipped and every group live it is the
+    dense roofline but for the mask reads and the group-major tiles (within 3 %)."""
+    from golden.config import design_point
+    from host import perf_model
+
+    dp = design_point("kv260")
+    fr = perf_model.measured_sparsity(cfg=dp.datapath, chars=64)
+    assert 0.2 < fr["up_skip"] < 0.9 and 0.05 < fr["down_live"] < 0.6
+    mc = perf_model.BITNET_2B4T
+    dense = sum(perf_model.roofline_bytes(mc, 128, dp.datapath).values())
+    sparse = sum(perf_model.sparse_roofline_bytes(mc, 128, fr, dp.datapath).values())
+    assert sparse < dense
+    none = {"up_skip": 0.0, "down_live": 1.0}
+    flat = sum(perf_model.sparse_roofline_bytes(mc, 128, none, dp.datapath).values())
+    assert flat == pytest.approx(dense, rel=0.03)
+    lines = []
+    perf_model.sparsity_report(fr, [128, 4096], dp, out=lines.append)
+    assert any("bitnet-2b-4t" in x and "4096" in x for x in lines)
+    assert not any("bitnet-0.73b" in x for x in lines)  # SiLU: no exact zeros to skip
