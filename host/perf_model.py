@@ -352,6 +352,12 @@ def measure(
     }
 
 
+# wall-clock limit of one simulated stream: a full-size layer of a slow point (few TLMM
+# replicas, little bandwidth) on a loaded machine takes minutes (make dse's first default
+# sweep timed out at the runtime's 120 s); the limit only ends a hung simulation
+SIM_TIMEOUT_S = 3600.0
+
+
 def _sim_runtime(model, mc: ModelConfig, dp: AccelConfig, max_chunk: int, act_adc=None):
     """A runtime on the simulated top of ``rtl_design_point(dp)`` with ``dp``'s DRAM."""
     from host.runtime import make_runtime
@@ -362,6 +368,7 @@ def _sim_runtime(model, mc: ModelConfig, dp: AccelConfig, max_chunk: int, act_ad
         model,
         "sim",
         max_chunk=max_chunk,
+        timeout_s=SIM_TIMEOUT_S,
         mem_size=mem,
         dp=rtl_design_point(dp),
         bandwidth=dp.bytes_per_cycle,
