@@ -640,6 +640,7 @@ class AccelConfig:
     datapath: DatapathConfig = field(default_factory=DatapathConfig)
     # limits
     max_k: int = 4096  # TLMM and LM_HEAD inner dimension (table / row buffers)
+    max_n: int = 4096  # a masked TLMM's outputs per row (its mask memory)
     max_dim: int = 4096  # NORM_QUANT and ACT row length (quantizer row buffers)
     max_keys: int = 2048  # QK / SOFTMAX / PV keys per row
     max_head_dim: int = 128  # ROPE_QUANT / QK / PV head_dim
@@ -675,6 +676,7 @@ class AccelConfig:
     def __post_init__(self) -> None:
         for f in (
             "max_k",
+            "max_n",
             "max_dim",
             "max_keys",
             "max_head_dim",
@@ -786,6 +788,7 @@ DESIGN_POINTS = {
         name="ecp5",
         datapath=DatapathConfig(tlmm=TLMMConfig(tables=8, replicas=2)),
         max_k=2048,
+        max_n=2048,
         max_dim=2048,
         max_keys=512,
         max_head_dim=64,

@@ -178,6 +178,7 @@ def test_limits_exceeded():
     why = perf_model.limits_exceeded(perf_model.BITNET_2B4T, kv, 128)
     assert any("6912 > max_k 4096" in w for w in why)
     assert any("6912 > max_dim 4096" in w for w in why)
+    assert any("up_proj) 6912 > max_n 4096" in w for w in why)  # BitNet 2B-4T is ReLU^2
     why = perf_model.limits_exceeded(perf_model.BITNET_073B, ecp5, 1024)
     assert any("head_dim 96" in w for w in why) and any("1024 keys" in w for w in why)
     with pytest.raises(perf_model.DoesNotRun, match="does not run on design point kv260"):
