@@ -27,7 +27,7 @@ Masked (masked=1: ``mask`` int32 [rows, n], output j of row m is 0 where mask[m,
 Per row the request side first reads the mask row (Mr = ceil(4n/dma_bytes) reads from
 ``mask + m*n*4``), then the activation chunks, then the weight beats. The response side
 turns each mask beat into its E = dma_bytes/4 "entry > 0" bits (a register stage), writes
-them into the *mask memory* (one word per mask beat, two banks: row parity; sized by the
+them into the *mask memory* (one word per mask beat, a bank per row mod 4; sized by the
 design limit ``max_n``, ``LIMITS``: n <= max_n when masked) and counts the row's live
 blocks. A *scanner* walks a row's blocks once its whole mask is in the memory (a word
 read ahead, one block a cycle) and pushes per block {its Q bits, live, last of the row}
@@ -47,10 +47,12 @@ table banks never wait for weights that do not come. Bytes read:
 ``golden.isa.tlmm_read_bytes``. The command ends when the last output is written, every
 response is consumed and nothing is left to request.
 
-The bank a row's mask is written into is free: with skip the scanner finished row m-2
-(same bank) before the request side could ask for row m's mask (it needs row m-1's
-entries first); without skip the write side's entries of row m-2 were all pushed before
-row m-1's mask reads returned (the scanner runs ahead of the writes).
+A row's mask beats are taken only while fewer than 4 rows are in the memory unscanned, so
+its bank's earlier row is scanned (a register of the count: it only falls while a row
+waits). With skip the scanner is never more than a row behind (the request side needs
+row m-1's entries before it asks for row m's mask); without skip it may lag the reads by
+a row or so (its row takes Nb + 2 cycles, the request side's at least as many): the
+wait never comes without memory stalls.
 
 Masked cycles (no memory stalls, read latency L; ``expected_cycles(..., masked=True,
 live=)``). skip=0: the unmasked count plus rows * Mr. skip=1 (``live``: the live blocks
@@ -181,6 +183,7 @@ class TLMMEngine(Engine):
         kc_m1 = Signal.like(kc)
         nbkc_m1 = Signal.like(nbkc)
         nb_m1 = Signal(range(max_nb))  # row blocks - 1 (masked: n <= max_n)
+        KB = len(kc_m1)  # a chunk index's bits (rq_cnt / rs_cnt count chunks below Kc)
         # Kc, Nb and Nb*Kc from the command's fields through registered stages (docstring)
         ctx = PolyCtx(m, "setup")
         kc_p = ((ctx.atom(a.k) + (G - 1)) // G + (T - 1)) // T
@@ -200,7 +203,7 @@ class TLMMEngine(Engine):
         m.d.sync += n4.eq(Mux(a.n > self.max_n, 0, a.n) * 4)
 
         # ---- the mask memory: entry > 0 bits of a row, one word per mask beat, a bank
-        # per row parity (written by the response side, read by the scanner)
+        # per row mod BANKS (written by the response side, read by the scanner)
         words = -(-self.max_n // E)
         word_bits = Shape.cast(range(words)).width if words > 1 else 1
         mmem = Memory(shape=E, depth=BANKS << word_bits, init=[])
@@ -250,6 +253,7 @@ class TLMMEngine(Engine):
         rs_row = Signal(16)
         rs_done = Signal()  # masked: every response of the command consumed
         nlive = Signal(range(max_nb + 1))  # the row's live blocks (its weight blocks)
+        nlive_m1 = Signal.like(nlive)  # nlive - 1 (used when nlive >= 1)
         l_ok = Signal()  # nlive (and rs_drop) hold the current row's
         rs_drop = Signal()  # no live block: the row's activations are not sent on
         # write side
@@ -315,7 +319,7 @@ class TLMMEngine(Engine):
         with m.Elif(rq_active & rq_act):
             with m.If(fire):
                 m.d.sync += [rq_aptr.eq(rq_aptr + GT), rq_arem.eq(rq_arem - act_len)]
-                with m.If(rq_cnt == kc_m1):
+                with m.If(rq_cnt[:KB] == kc_m1):
                     m.d.sync += [
                         rq_act.eq(0),
                         rq_cnt.eq(0),
@@ -336,7 +340,7 @@ class TLMMEngine(Engine):
             # masked, a live block: Kc beats; at its last the next entry if it is live
             with m.If(fire):
                 m.d.sync += rq_wptr.eq(rq_wptr + BB)
-                with m.If(rq_cnt == kc_m1):
+                with m.If(rq_cnt[:KB] == kc_m1):
                     m.d.sync += rq_cnt.eq(0)
                     with m.If(rq_rlast):
                         next_row()
@@ -361,10 +365,10 @@ class TLMMEngine(Engine):
         # ------------------------------------------------------------ response side
         # responses, in request order: mask beats to the mask memory, the rest to the
         # engine's act / wgt streams
-        rs_last_blk = rs_blk == nlive - 1
-        wlast = Mux(skp, (rs_cnt == kc_m1) & rs_last_blk, rs_cnt == nbkc_m1)
+        rs_last_blk = rs_blk == nlive_m1
+        wlast = Mux(skp, (rs_cnt[:KB] == kc_m1) & rs_last_blk, rs_cnt == nbkc_m1)
         m.d.comb += [
-            tl.act.payload.eq(Cat(self.rdata.payload[: GT * 8], rs_cnt == kc_m1)),
+            tl.act.payload.eq(Cat(self.rdata.payload[: GT * 8], rs_cnt[:KB] == kc_m1)),
             tl.wgt.payload.eq(Cat(self.rdata.payload[: T * Q * tc.code_bits], wlast)),
         ]
         act_go = ~skp | (l_ok & ~rs_drop)  # skip: wait for the row's live count
@@ -414,14 +418,14 @@ class TLMMEngine(Engine):
                 with m.If(mlast):
                     m.d.sync += [rs_msk.eq(0), rs_mword.eq(0), rs_mrem.eq(n4)]
             with m.Elif(rs_act):
-                with m.If(rs_cnt == kc_m1):
+                with m.If(rs_cnt[:KB] == kc_m1):
                     m.d.sync += [rs_act.eq(0), rs_cnt.eq(0), rs_blk.eq(0)]
                     with m.If(skp & rs_drop):
                         rs_next_row()
                 with m.Else():
                     m.d.sync += rs_cnt.eq(rs_cnt + 1)
             with m.Elif(skp):
-                with m.If(rs_cnt == kc_m1):
+                with m.If(rs_cnt[:KB] == kc_m1):
                     m.d.sync += [rs_cnt.eq(0), rs_blk.eq(rs_blk + 1)]
                     with m.If(rs_last_blk):
                         rs_next_row()
@@ -448,7 +452,7 @@ class TLMMEngine(Engine):
             md_inc.eq(sa_valid & sa_last),
         ]
         with m.If(sa_valid):
-            m.d.sync += nlive.eq(base + pc)  # used with skip only
+            m.d.sync += [nlive.eq(base + pc), nlive_m1.eq(base + pc - 1)]  # skip only
             with m.If(sa_last):
                 m.d.sync += [
                     l_ok.eq(1),
