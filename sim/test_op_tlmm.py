@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """TLMM engine (hw/ops/tlmm.py) against the golden executor under random memory stalls
 (sim/op_bench.py), including its error codes, the RTL's k and n limits and the no-stall
 cycle count; unmasked, masked (mask <= 0 zeroes an output) and masked with skip (wholly
@@ -220,3 +221,5 @@ def test_design_limits():
         assert TLMMEngine.design_params(dp) == {"max_k": dp.max_k, "max_n": dp.max_n}
     with pytest.raises(ValueError, match="max_n"):
         TLMMEngine(DEFAULT, W, max_k=MAX_K, max_n=0)
+    with pytest.raises(ValueError, match="mask beat's 33 entries"):
+        TLMMEngine(DEFAULT, 132, max_k=MAX_K, max_n=MAX_N)
