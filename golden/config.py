@@ -641,7 +641,8 @@ class AccelConfig:
     # limits
     # (the runtime splits a larger k into slices: host.runtime, ADD)
     max_k: int = 4096  # TLMM and LM_HEAD inner dimension (table / row buffers)
-    # BitNet b1.58 2B-4T: FFN 6912 (NORM_QUANT rows), context 4096
+    # BitNet b1.58 2B-4T: FFN 6912 (NORM_QUANT rows, up_proj outputs), context 4096
+    max_n: int = 8192  # a masked TLMM's outputs per row (its mask memory: max_n bits)
     max_dim: int = 8192  # NORM_QUANT and ACT row length (quantizer row buffers)
     max_keys: int = 4096  # QK / SOFTMAX / PV keys per row
     max_head_dim: int = 128  # ROPE_QUANT / QK / PV head_dim
@@ -677,6 +678,7 @@ class AccelConfig:
     def __post_init__(self) -> None:
         for f in (
             "max_k",
+            "max_n",
             "max_dim",
             "max_keys",
             "max_head_dim",
@@ -788,6 +790,7 @@ DESIGN_POINTS = {
         name="ecp5",
         datapath=DatapathConfig(tlmm=TLMMConfig(tables=8, replicas=2)),
         max_k=2048,
+        max_n=2048,
         max_dim=2048,
         max_keys=512,
         max_head_dim=64,

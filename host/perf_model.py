@@ -107,7 +107,7 @@ class DoesNotRun(ValueError):
 def limits_exceeded(mc: ModelConfig, dp: AccelConfig, keys: int = 1, rows: int = 1) -> list[str]:
     """Why ``mc`` cannot run on ``dp`` with ``keys`` keys and ``rows``-token chunks: each
     dimension of a step's commands beyond the engine limits (``max_k``, ``max_dim``,
-    ``max_keys``, ``max_head_dim``; the RTL's BAD_DIM). Empty when it runs. The runtime
+    ``max_keys``, ``max_head_dim``, ``max_n``; the RTL's BAD_DIM). Empty when it runs. The runtime
     splits a ternary projection's K above ``max_k`` (``Runtime._k_slices``), not the LM
     head's."""
     h, i, hd = mc.hidden_size, mc.intermediate_size, mc.head_dim
@@ -124,6 +124,8 @@ def limits_exceeded(mc: ModelConfig, dp: AccelConfig, keys: int = 1, rows: int =
         for name, v, norms in dims
         if v > dp.max_dim
     ]
+    if mc.hidden_act == "relu2" and i > dp.max_n:  # the ReLU^2 FFN's up_proj is masked
+        why.append(f"intermediate_size (n of the masked up_proj) {i} > max_n {dp.max_n}")
     head_lim = min(dp.max_head_dim, dp.dma_bytes)  # QK/PV read one key row per DMA beat
     if hd > head_lim:
         why.append(f"head_dim {hd} > {head_lim} (max_head_dim, one DMA beat)")

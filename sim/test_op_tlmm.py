@@ -1,12 +1,15 @@
+# amaranth: UnusedElaboratable=no
 """TLMM engine (hw/ops/tlmm.py) against the golden executor under random memory stalls
-(sim/op_bench.py), including its error codes, the RTL's k limit and the no-stall cycle
-count."""
+(sim/op_bench.py), including its error codes, the RTL's k and n limits and the no-stall
+cycle count; unmasked, masked (mask <= 0 zeroes an output) and masked with skip (wholly
+masked row blocks are not read)."""
 
 import numpy as np
 import pytest
 
 from golden import isa
-from golden.config import DEFAULT
+from golden import tlmm as gtlmm
+from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode, dma_bytes
 from host.backends.golden import GoldenDevice
 from hw.ops.tlmm import TLMMEngine, expected_cycles
@@ -14,6 +17,12 @@ from sim.op_bench import check_arg_errors, check_op, check_ops, put
 
 W = dma_bytes(DEFAULT)
 MAX_K = 512
+MAX_N = 100  # not a multiple of a mask beat's 32 entries
+Q = DEFAULT.tlmm.replicas
+
+
+def _engine():
+    return TLMMEngine(DEFAULT, W, max_k=MAX_K, max_n=MAX_N)
 
 
 def _tlmm(gd, rng, rows, k, n, extreme=False):
@@ -43,7 +52,7 @@ def test_tlmm(rng, stall):
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         f = _tlmm(gd, rng, rows, k, n, extreme=(k == MAX_K))
         r = check_op(
-            TLMMEngine(DEFAULT, W, max_k=MAX_K),
+            _engine(),
             gd,
             isa.command(Opcode.TLMM, **f),
             seed=int(rng.integers(1 << 30)),
@@ -60,11 +69,11 @@ def test_tlmm_errors(rng, case, code):
     if case == "k_over":  # golden allows it: the RTL's table depth is the limit
         gd2 = GoldenDevice(DEFAULT, mem_size=1 << 20)
         f = _tlmm(gd2, rng, 1, MAX_K + 1, 4)
-        eng = TLMMEngine(DEFAULT, W, max_k=MAX_K)
+        eng = _engine()
         with pytest.raises(AssertionError, match="RTL error BAD_DIM, golden NONE"):
             check_op(eng, gd2, isa.command(Opcode.TLMM, **f), seed=1)
         return
-    r = check_op(TLMMEngine(DEFAULT, W, max_k=MAX_K), gd, isa.command(Opcode.TLMM, **f), seed=1)
+    r = check_op(_engine(), gd, isa.command(Opcode.TLMM, **f), seed=1)
     assert r["error"] == code
 
 
@@ -73,12 +82,12 @@ def test_contract_errors(rng):
     (sim/op_bench.arg_error_cases)."""
     gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
     cmd = isa.command(Opcode.TLMM, **_tlmm(gd, rng, 1, 40, 4))
-    check_arg_errors(TLMMEngine(DEFAULT, W, max_k=MAX_K), gd, cmd, seed=int(rng.integers(1 << 30)))
+    check_arg_errors(_engine(), gd, cmd, seed=int(rng.integers(1 << 30)))
 
 
 def test_tlmm_cycles(rng):
     """No stalls, 1-cycle memory: ``hw.ops.tlmm.expected_cycles`` exactly."""
-    eng = TLMMEngine(DEFAULT, W, max_k=MAX_K)
+    eng = _engine()
     cases, shapes = [], ((1, 85, 4), (2, 200, 13), (4, 50, 30))
     for rows, k, n in shapes:
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
@@ -87,3 +96,130 @@ def test_tlmm_cycles(rng):
         shapes, check_ops(eng, cases, stall=0.0, max_latency=1), strict=False
     ):
         assert r["cycles"] == expected_cycles(rows, k, n, DEFAULT), (rows, k, n, r["cycles"])
+
+
+# ------------------------------------------------------------------ masked / skip
+def _mask(rng, rows, n, dead_rows=()):
+    """A gate-like mask: ~75 % of the entries <= 0 (zeros, negatives, INT32_MIN), the
+    others > 0 (1 and INT32_MAX among them); one wholly masked row block per row (where
+    a row has more than one) and the rows ``dead_rows`` wholly masked."""
+    lo, hi = np.iinfo(np.int32).min, np.iinfo(np.int32).max
+    dead = rng.choice(np.array([0, -1, -7, lo], np.int64), (rows, n))
+    live = rng.choice(np.array([1, 2, 1000, hi], np.int64), (rows, n))
+    mask = np.where(rng.random((rows, n)) < 0.75, dead, live).astype(np.int32)
+    nb = -(-n // Q)
+    for r in range(rows):
+        if nb > 1:
+            b = int(rng.integers(nb))
+            mask[r, b * Q : (b + 1) * Q] = 0
+    for r in dead_rows:
+        mask[r] = dead[r]
+    return mask
+
+
+def _masked(gd, rng, rows, k, n, skip, dead_rows=()):
+    f = _tlmm(gd, rng, rows, k, n)
+    mask = _mask(rng, rows, n, dead_rows)
+    f.update(mask=put(gd, mask), masked=1, skip=skip)
+    x = gd.memory[f["src"] : f["src"] + rows * k].view(np.int8).reshape(rows, k)
+    return f, mask, x.copy()
+
+
+@pytest.mark.parametrize("skip", [0, 1])
+@pytest.mark.parametrize("stall", [0.0, 0.4])
+def test_tlmm_masked(rng, stall, skip):
+    """masked=1 (and skip=1): the golden executor's outputs (zeros where mask <= 0) and
+    its bytes read (``isa.tlmm_read_bytes``: a skipped block's beats are not read);
+    rows 1 and 3 (one of them wholly masked), n not a multiple of Q."""
+    shapes = [
+        (1, int(rng.integers(1, 200)), int(rng.integers(2, MAX_N // Q)) * Q + 1, ()),
+        (3, int(rng.integers(80, 300)), int(rng.integers(5, MAX_N // Q)) * Q - 2, (1,)),
+        (1, int(rng.integers(1, 90)), MAX_N, (0,)),
+        (7, int(rng.integers(1, 90)), int(rng.integers(1, 2 * Q)), (3,)),
+    ]
+    for rows, k, n, dead_rows in shapes:
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        f, mask, x = _masked(gd, rng, rows, k, n, skip, dead_rows)
+        assert not gtlmm.live_blocks(mask)[list(dead_rows)].any()
+        r = check_op(
+            _engine(),
+            gd,
+            isa.command(Opcode.TLMM, **f),
+            seed=int(rng.integers(1 << 30)),
+            stall=stall,
+        )
+        assert r["error"] == ErrorCode.NONE
+        assert r["bytes_read"] == isa.tlmm_read_bytes(x, n, DEFAULT.tlmm, mask, bool(skip)), (
+            rows,
+            k,
+            n,
+        )
+
+
+def test_tlmm_masked_cycles(rng):
+    """No stalls, 1-cycle memory: ``expected_cycles(..., live=)`` exactly -- masked and
+    skip, short and long rows (Kc below and above the mask wait), a wholly masked row in
+    the middle and at the end, a single wholly masked row."""
+    eng = _engine()
+    shapes = (
+        (1, 85, 13, 1, ()),
+        (3, 200, 30, 1, (1,)),
+        (3, 500, 62, 1, (2,)),
+        (2, 40, 9, 0, ()),
+        (1, 30, 7, 1, (0,)),
+        (1, 510, 70, 1, (0,)),
+        (3, 120, MAX_N, 1, ()),
+        (3, 120, MAX_N, 0, (1,)),
+        (6, 20, 3, 0, (2,)),  # rows of one block: the mask memory's banks in turn
+    )
+    cases, masks = [], []
+    for rows, k, n, skip, dead_rows in shapes:
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        f, mask, _ = _masked(gd, rng, rows, k, n, skip, dead_rows)
+        cases.append((gd, isa.command(Opcode.TLMM, **f), None))
+        masks.append(mask)
+    for (rows, k, n, skip, _), mask, r in zip(
+        shapes, masks, check_ops(eng, cases, stall=0.0, max_latency=1), strict=True
+    ):
+        live = gtlmm.live_blocks(mask) if skip else None
+        want = expected_cycles(rows, k, n, DEFAULT, masked=True, live=live, dma_bytes=W)
+        assert r["cycles"] == want, (rows, k, n, skip, r["cycles"], want)
+
+
+def test_masked_contract_errors(rng):
+    """Every ALIGN / ADDR_RANGE case of a masked TLMM (the mask tensor included), in the
+    contract's order."""
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+    f, _, _ = _masked(gd, rng, 2, 40, 10, 1)
+    cmd = isa.command(Opcode.TLMM, **f)
+    check_arg_errors(_engine(), gd, cmd, seed=int(rng.integers(1 << 30)))
+
+
+def test_max_n(rng):
+    """n <= max_n only when masked (the mask memory): n = max_n runs masked, max_n + 1 is
+    BAD_DIM with nothing read or written (golden allows it: a documented difference), and
+    runs unmasked."""
+    cases = []
+    for n, masked, expect in (
+        (MAX_N, 1, None),
+        (MAX_N + 1, 1, ErrorCode.BAD_DIM),
+        (MAX_N + 1, 0, None),
+    ):
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        f, _, _ = _masked(gd, rng, 1, 30, n, 1)
+        f["masked"] = masked
+        cases.append((gd, isa.command(Opcode.TLMM, **f), expect))
+    res = check_ops(_engine(), cases, seed=int(rng.integers(1 << 30)), stall=0.3)
+    assert [r["error"] for r in res] == [ErrorCode.NONE, ErrorCode.BAD_DIM, ErrorCode.NONE]
+
+
+def test_design_limits():
+    """max_n comes from the design point (AccelConfig.max_n) like max_k; a DMA width whose
+    mask beat holds fewer than two row blocks is refused."""
+    for name in ("kv260", "ecp5"):
+        dp = design_point(name)
+        assert TLMMEngine.design_params(dp) == {"max_k": dp.max_k, "max_n": dp.max_n}
+    with pytest.raises(ValueError, match="max_n"):
+        TLMMEngine(DEFAULT, W, max_k=MAX_K, max_n=0)
+    with pytest.raises(ValueError, match="mask beat's 33 entries"):
+        TLMMEngine(DEFAULT, 132, max_k=MAX_K, max_n=MAX_N)

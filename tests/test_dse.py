@@ -178,11 +178,13 @@ def test_limits_exceeded():
     kv, ecp5 = design_point("kv260"), design_point("ecp5")
     assert perf_model.limits_exceeded(perf_model.BITNET_073B, kv, 2048) == []
     # 2B-4T runs on kv260: its down_proj's k = 6912 is split (host.runtime), its FFN rows
-    # fit max_dim 8192 and its context max_keys 4096
+    # fit max_dim 8192, its up_proj max_n 8192 and its context max_keys 4096
     assert perf_model.limits_exceeded(perf_model.BITNET_2B4T, kv, 4096) == []
     why = perf_model.limits_exceeded(perf_model.BITNET_2B4T, ecp5, 128)
     assert any("2560 > max_k 2048" in w for w in why)  # the LM head is not split
     assert any("6912 > max_dim 2048" in w for w in why)
+    why = perf_model.limits_exceeded(replace(perf_model.BITNET_2B4T, intermediate_size=9000), kv)
+    assert any("up_proj) 9000 > max_n 8192" in w for w in why)  # ReLU^2: up is masked
     why = perf_model.limits_exceeded(perf_model.BITNET_073B, ecp5, 1024)
     assert any("head_dim 96" in w for w in why) and any("1024 keys" in w for w in why)
     with pytest.raises(perf_model.DoesNotRun, match="does not run on design point ecp5"):
