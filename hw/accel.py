@@ -127,6 +127,7 @@ ENGINES = {
     Opcode.SOFTMAX: "hw.ops.softmax:SoftmaxEngine",
     Opcode.PV: "hw.ops.pv:PVEngine",
     Opcode.ACT: "hw.ops.act:ActEngine",
+    Opcode.TLMM_SPARSE: "hw.ops.tlmm_sparse:TLMMSparseEngine",
 }
 RTL_OPS = (Opcode.NOP, Opcode.END, *ENGINES)
 PF_COUNT_BITS = 10  # engine reads outstanding while a prefetch waits (1023 max)

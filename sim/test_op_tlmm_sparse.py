@@ -1,0 +1,120 @@
+"""TLMM_SPARSE engine (hw/ops/tlmm_sparse.py) against the golden executor under random
+memory stalls (sim/op_bench.py): sparse and dense activations, all-zero rows, the extreme
+sums, the bytes it reads (``golden.isa.sparse_read_bytes``), its error codes, the RTL's k
+limit and the no-stall cycle count."""
+
+import numpy as np
+import pytest
+
+from golden import isa
+from golden.config import DEFAULT
+from golden.isa import ErrorCode, Opcode, dma_bytes
+from golden.tlmm import live_groups
+from host.backends.golden import GoldenDevice
+from hw.ops.tlmm_sparse import TLMMSparseEngine, expected_cycles
+from sim.op_bench import check_arg_errors, check_op, check_ops, put
+
+W = dma_bytes(DEFAULT)
+MAX_K = 512
+R = isa.sparse_lanes(DEFAULT.tlmm)
+
+
+def _engine():
+    return TLMMSparseEngine(DEFAULT, W, max_k=MAX_K)
+
+
+def _acts(rng, rows, k, zeros=0.85, zero_rows=()):
+    """int8 [rows, k] with a fraction ``zeros`` of zeros (ReLU^2 outputs are mostly 0)
+    and the rows ``zero_rows`` all zero."""
+    x = rng.integers(-128, 128, (rows, k)).astype(np.int8)
+    x[rng.random((rows, k)) < zeros] = 0
+    x[list(zero_rows)] = 0
+    return x
+
+
+def _cmd(gd, rng, x, n, extreme=False):
+    rows, k = x.shape
+    w = np.ones((n, k), np.int8) if extreme else rng.integers(-1, 2, (n, k)).astype(np.int8)
+    return isa.command(
+        Opcode.TLMM_SPARSE,
+        src=put(gd, x),
+        weights=put(gd, isa.pack_sparse_weights(w)),
+        dst=gd.alloc(rows * n * 4, 64),
+        rows=rows,
+        k=k,
+        n=n,
+    )
+
+
+# rows, k, n, fraction of zeros, all-zero rows: k not a multiple of G (nor of a chunk), n
+# below, at and above R and not a multiple of it
+SHAPES = [
+    (1, 100, 5, 0.85, ()),
+    (1, 301, R, 0.85, ()),
+    (3, 257, R + 1, 0.85, (1,)),
+    (3, 64, 2 * R + 37, 0.5, ()),
+    (1, 49, 30, 0.0, ()),
+    (3, 130, 20, 0.97, (0, 2)),
+    (1, 200, 3 * R - 1, 1.0, (0,)),
+]
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.4])
+def test_tlmm_sparse(rng, stall):
+    for rows, k, n, zeros, zero_rows in SHAPES:
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        x = _acts(rng, rows, k, zeros, zero_rows)
+        r = check_op(
+            _engine(), gd, _cmd(gd, rng, x, n), seed=int(rng.integers(1 << 30)), stall=stall
+        )
+        assert r["error"] == ErrorCode.NONE
+        assert r["bytes_read"] == isa.sparse_read_bytes(x, n, DEFAULT.tlmm), (rows, k, n)
+        assert r["bytes_written"] == rows * n * 4
+
+
+def test_extreme_sums(rng):
+    """The longest sums: all +127 or all -128 against all +1 weights, k = max_k."""
+    for v in (127, -128):
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        x = np.full((1, MAX_K), v, np.int8)
+        cmd = _cmd(gd, rng, x, R + 3, extreme=True)
+        r = check_op(_engine(), gd, cmd, seed=int(rng.integers(1 << 30)))
+        assert r["error"] == ErrorCode.NONE  # and the memory is golden's, which is:
+        want = np.full((1, R + 3), v * MAX_K, "<i4").tobytes()
+        dst = cmd.args["dst"]
+        assert bytes(gd.memory[dst : dst + len(want)]) == want
+
+
+@pytest.mark.parametrize("case", ["k_over", "n0"])
+def test_tlmm_sparse_errors(rng, case):
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+    if case == "k_over":  # golden allows it: the row memory's depth is the limit
+        cmd = _cmd(gd, rng, _acts(rng, 1, MAX_K + 1), 4)
+        with pytest.raises(AssertionError, match="RTL error BAD_DIM, golden NONE"):
+            check_op(_engine(), gd, cmd, seed=1)
+        return
+    cmd = _cmd(gd, rng, _acts(rng, 1, 40), 4)
+    r = check_op(_engine(), gd, isa.command(Opcode.TLMM_SPARSE, **{**cmd.args, "n": 0}), seed=1)
+    assert r["error"] == ErrorCode.BAD_DIM
+
+
+def test_contract_errors(rng):
+    """Every ALIGN / ADDR_RANGE case of the TLMM_SPARSE contract, in its order
+    (sim/op_bench.arg_error_cases)."""
+    gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+    cmd = _cmd(gd, rng, _acts(rng, 1, 40), 4)
+    check_arg_errors(_engine(), gd, cmd, seed=int(rng.integers(1 << 30)))
+
+
+def test_tlmm_sparse_cycles(rng):
+    """No stalls, 1-cycle memory: ``hw.ops.tlmm_sparse.expected_cycles`` exactly."""
+    cases, lives = [], []
+    for rows, k, n, zeros, zero_rows in SHAPES:
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        x = _acts(rng, rows, k, zeros, zero_rows)
+        cases.append((gd, _cmd(gd, rng, x, n), None))
+        lives.append(live_groups(x, DEFAULT.tlmm))
+    results = check_ops(_engine(), cases, stall=0.0, max_latency=1)
+    for (rows, k, n, *_), live, r in zip(SHAPES, lives, results, strict=True):
+        want = expected_cycles(rows, k, n, live, DEFAULT, W)
+        assert r["cycles"] == want, (rows, k, n, r["cycles"], want)
