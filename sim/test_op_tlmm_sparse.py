@@ -118,3 +118,19 @@ def test_tlmm_sparse_cycles(rng):
     for (rows, k, n, *_), live, r in zip(SHAPES, lives, results, strict=True):
         want = expected_cycles(rows, k, n, live, DEFAULT, W)
         assert r["cycles"] == want, (rows, k, n, r["cycles"], want)
+
+
+def test_full_request_fifo(rng):
+    """A 4-deep request FIFO, full most of the time (blocks of one live group written in
+    4 pieces each): the requests wait for room, the result is golden's; the cycle replay
+    refuses such a case rather than miscount it."""
+    eng = TLMMSparseEngine(DEFAULT, W, max_k=MAX_K, outstanding=4)
+    shapes = [(2, 3, 9 * R + 5, 0.0, ()), (1, 150, 2 * R, 0.95, ())]
+    for rows, k, n, zeros, zero_rows in shapes:
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        x = _acts(rng, rows, k, zeros, zero_rows)
+        r = check_op(eng, gd, _cmd(gd, rng, x, n), seed=int(rng.integers(1 << 30)), stall=0.3)
+        assert r["bytes_read"] == isa.sparse_read_bytes(x, n, DEFAULT.tlmm)
+    live = live_groups(np.ones((1, 3), np.int8), DEFAULT.tlmm)
+    with pytest.raises(ValueError, match="request FIFO"):
+        expected_cycles(1, 3, 200 * R, live, DEFAULT, W)

@@ -51,7 +51,7 @@ from __future__ import annotations
 from functools import reduce
 
 import numpy as np
-from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -80,30 +80,42 @@ def _dims(cfg: DatapathConfig, dma_bytes: int) -> tuple[int, int, int, int]:
 
 
 def expected_cycles(
-    rows: int, k: int, n: int, live, cfg: DatapathConfig, dma_bytes: int, latency: int = 1
+    rows: int,
+    k: int,
+    n: int,
+    live,
+    cfg: DatapathConfig,
+    dma_bytes: int | None = None,
+    latency: int = 1,
+    outstanding: int = OUTSTANDING,
 ) -> int:
     """Cycles of one command without memory stalls, the memory answering ``latency``
     cycles after a request; ``live``: the groups' live bits (``golden.tlmm.live_groups``,
-    bool [rows, Kg]). The engine's pipeline replayed (cycle 0: ``start``):
+    bool [rows, Kg]); ``dma_bytes`` None: ``golden.isa.dma_bytes(cfg)``. The engine's
+    pipeline replayed (cycle 0: ``start``):
 
     * row 0's chunk c is requested at SETUP_CYCLES + 3 + c; a request's descriptor heads
       the FIFO 2 cycles later, its response ``latency`` cycles later: it is popped at the
       later of the two, a cycle after the one before it at the earliest (items: not while
       the accumulators stall);
-    * the scan starts 3 cycles after the row's last chunk is popped and picks a live
+    * the scan starts 4 cycles after the row's last chunk is popped and picks a live
       group a cycle (a word of Fw..Lw without one: a cycle, no item; an empty row: an item
-      per block from the second cycle, no scan), each requested 2 cycles after its pick;
+      per block from the third cycle, no scan), each requested 2 cycles after its pick;
       the next row's chunks follow from 3 cycles after the last pick;
     * a popped item reaches the accumulators 2 cycles later (its stages freeze while they
       stall); a block's last item stalls there while the previous block's P writes
       (P = ceil(outputs * 4 / dma_bytes), the cycles after its own last item) last;
       ``done`` comes with the final write.
+
+    The request FIFO (``outstanding`` deep) is taken to have room for every request:
+    ValueError where the replay finds it (nearly) full, which would delay the requests.
     """
+    dma_bytes = isa.dma_bytes(cfg) if dma_bytes is None else dma_bytes
     R, LG, CB, _ = _dims(cfg, dma_bytes)
     live = np.asarray(live, bool)
     nr, chunks = -(-n // R), -(-k // CB)
     words = -(-live.shape[1] // LG)
-    # the FIFO in request order: [available, kind, last, write pieces (block's last)]
+    # the FIFO in request order: [available, kind, last, write pieces (block's last), popped]
     fifo: list[list] = []
     head = 0
     r1 = r2 = None
@@ -111,13 +123,13 @@ def expected_cycles(
 
     def chunk_requests(t0):
         for c in range(chunks):
-            fifo.append([t0 + c + max(latency, 2), Kind.ACT, c == chunks - 1, 0])
+            fifo.append([t0 + c + max(latency, 2), Kind.ACT, c == chunks - 1, 0, None])
 
     def items(m, popped):
         """Row m's items, its last chunk popped at ``popped``; the cycle of the last pick."""
         pops = [int(live[m, w * LG : (w + 1) * LG].sum()) for w in range(words)]
         nz = [w for w in range(words) if pops[w]]
-        pick = popped + (4 if nz else 2)
+        pick = popped + (5 if nz else 3)
         for b in range(nr):
             pieces = -(-min(R, n - b * R) * 4 // dma_bytes)
             for w in range(nz[0], nz[-1] + 1) if nz else [None]:
@@ -126,7 +138,7 @@ def expected_cycles(
                     pick += 1  # a word without a live group
                 for i in range(cnt):
                     last = (w is None or w == nz[-1]) and i == cnt - 1
-                    fifo.append([pick + 2 + max(latency, 2), Kind.WGT, last, pieces])
+                    fifo.append([pick + 2 + max(latency, 2), Kind.WGT, last, pieces, None])
                     pick += 1
         return pick - 1
 
@@ -139,7 +151,8 @@ def expected_cycles(
             if head == len(fifo) and r1 is None and m == rows:
                 done = busy_end
         pop = None
-        if head < len(fifo) and fifo[head][0] <= t:
+        if head < len(fifo) and fifo[head][0] <= t and (fifo[head][1] == Kind.ACT or not stall):
+            fifo[head][4] = t
             if fifo[head][1] == Kind.ACT:
                 if fifo[head][2]:  # the row's last chunk: its items, the next row's chunks
                     last_pick = items(m, t)
@@ -147,13 +160,33 @@ def expected_cycles(
                     if m < rows:
                         chunk_requests(last_pick + 3)
                 head += 1
-            elif not stall:
+            else:
                 pop = fifo[head]
                 head += 1
         if not stall:
             r1, r2 = pop, r1
         t += 1
+    # the entries in the FIFO when each request is made (pops and requests are in order)
+    popped = 0
+    for i, e in enumerate(fifo):
+        fired = e[0] - max(latency, 2)
+        while fifo[popped][4] < fired:
+            popped += 1
+        if i - popped >= outstanding - 2:
+            raise ValueError(f"the request FIFO ({outstanding} deep) fills: not modelled")
     return done
+
+
+def _at_most_one(bits) -> Value:
+    """At most one of ``bits`` is set: a tree of (any, at most one) pairs, log depth."""
+    nodes = [(b, Const(1)) for b in bits]
+    while len(nodes) > 1:
+        nxt = []
+        for i in range(0, len(nodes) - 1, 2):
+            (a0, o0), (a1, o1) = nodes[i], nodes[i + 1]
+            nxt.append((a0 | a1, o0 & o1 & ~(a0 & a1)))
+        nodes = nxt + ([nodes[-1]] if len(nodes) % 2 else [])
+    return nodes[0][1]
 
 
 class TLMMSparseEngine(Engine):
@@ -226,7 +259,6 @@ class TLMMSparseEngine(Engine):
         any_live = Signal()
         row_ready = Signal()  # the row's chunks have all landed
         row_ready_clr = Signal()
-        running = Signal()
 
         # ---------------------------------------------------------- request side
         ST_IDLE, ST_ACT, ST_WAIT, ST_PRIME, ST_SCAN, ST_EMPTY = range(6)
@@ -253,7 +285,7 @@ class TLMMSparseEngine(Engine):
                     "kind": 2,
                     "first": 1,
                     "last": 1,
-                    "iso": unsigned(LG),
+                    "off": range((LG - 1) * BB + 1),  # o * beat_bytes
                     "xs": unsigned(G * ab),
                     "wbase": unsigned(isa.ADDR_BITS + 8),
                     "blen": range(BB + 1),
@@ -285,13 +317,13 @@ class TLMMSparseEngine(Engine):
         m.d.comb += [
             iso.eq(cur & -cur),
             rest.eq(cur & ~iso),
-            trans.eq(rest == 0),
+            trans.eq(_at_most_one(cur)),  # a tree, not through iso's carry chain
         ]
         groups = [cur_data[j * G * ab : (j + 1) * G * ab] for j in range(LG)]
         pick_xs = reduce(lambda x, y: x | y, [Mux(iso[j], groups[j], 0) for j in range(LG)])
-        last_blk = nrem <= R
+        last_blk = Signal()  # nrem <= R, kept with nrem (a register, not a compare)
         blen = Signal(range(BB + 1))
-        m.d.comb += blen.eq((Mux(last_blk, nrem, R) * cb + 7) >> 3)
+        m.d.comb += blen.eq((Mux(last_blk, nrem[: R.bit_length()], R) * cb + 7) >> 3)
         row_end = Signal()
         nxt_word = Mux(n1 == lw, fw, n1 + 1)
         m.d.comb += [
@@ -305,7 +337,6 @@ class TLMMSparseEngine(Engine):
                 m.d.comb += row_end.eq(last_blk)
 
         # S1 -> the request register: the beat address (wbase + o * beat_bytes)
-        off = reduce(lambda x, y: x | y, [Mux(s1.iso[j], j * BB, 0) for j in range(LG)])
         act_len = Mux(arem > CB, CB, arem)
         with m.If(adv):
             m.d.sync += [rq_valid.eq(0), s1.valid.eq(0)]
@@ -313,7 +344,7 @@ class TLMMSparseEngine(Engine):
                 m.d.sync += [
                     rq_valid.eq(1),
                     rq_read.eq(s1.kind == Kind.WGT),
-                    rq_addr.eq(s1.wbase + off),
+                    rq_addr.eq(s1.wbase + s1.off),
                     rq_len.eq(s1.blen),
                     rq_entry.kind.eq(s1.kind),
                     rq_entry.first.eq(s1.first),
@@ -343,7 +374,9 @@ class TLMMSparseEngine(Engine):
                     s1.kind.eq(Kind.WGT),
                     s1.first.eq(blk_first),
                     s1.last.eq(trans & c_last),
-                    s1.iso.eq(iso),
+                    s1.off.eq(
+                        reduce(lambda x, y: x | y, [Mux(iso[j], j * BB, 0) for j in range(LG)])
+                    ),
                     s1.xs.eq(pick_xs),
                     s1.wbase.eq(wbase),
                     s1.blen.eq(blen),
@@ -368,7 +401,7 @@ class TLMMSparseEngine(Engine):
                             blk_first.eq(1),
                         ]
                         with m.If(~fresh):
-                            m.d.sync += nrem.eq(nrem - R)
+                            m.d.sync += [nrem.eq(nrem - R), last_blk.eq(nrem <= 2 * R)]
                     with m.Else():
                         m.d.sync += wbase.eq(wbase + LG * BB)
             with m.If(st == ST_EMPTY):
@@ -381,7 +414,7 @@ class TLMMSparseEngine(Engine):
                     s1.blen.eq(0),
                 ]
                 with m.If(~last_blk):
-                    m.d.sync += nrem.eq(nrem - R)
+                    m.d.sync += [nrem.eq(nrem - R), last_blk.eq(nrem <= 2 * R)]
             with m.If(row_end):
                 with m.If(rq_row == a.rows - 1):
                     m.d.sync += st.eq(ST_IDLE)
@@ -397,7 +430,11 @@ class TLMMSparseEngine(Engine):
         with m.If(st == ST_WAIT):
             with m.If(row_ready):
                 m.d.comb += row_ready_clr.eq(1)
-                m.d.sync += [nrem.eq(a.n), st.eq(Mux(any_live, ST_PRIME, ST_EMPTY))]
+                m.d.sync += [
+                    nrem.eq(a.n),
+                    last_blk.eq(a.n <= R),
+                    st.eq(Mux(any_live, ST_PRIME, ST_EMPTY)),
+                ]
         with m.If(st == ST_PRIME):  # word Fw onto the read port; the first scan cycle loads it
             m.d.sync += [
                 st.eq(ST_SCAN),
@@ -430,17 +467,28 @@ class TLMMSparseEngine(Engine):
             wport.data.eq(Cat(chunk, live)),
             wport.en.eq(act_pop),
         ]
+        # the row's Fw / Lw a cycle later, from registers (the live bits' OR tree ends here)
+        landed = Signal(
+            data.StructLayout({"valid": 1, "first": 1, "last": 1, "nz": 1, "idx": widx})
+        )
+        m.d.sync += [
+            landed.valid.eq(act_pop),
+            landed.first.eq(head.first),
+            landed.last.eq(head.last),
+            landed.nz.eq(live != 0),
+            landed.idx.eq(head.idx),
+        ]
         with m.If(row_ready_clr):
             m.d.sync += row_ready.eq(0)
-        with m.If(act_pop):
-            m.d.sync += act_off.eq(Mux(head.first, 0, act_off) + LG * BB)
-            with m.If(head.first):
-                m.d.sync += [any_live.eq(live != 0), fw.eq(0), lw.eq(0), fw_off.eq(0)]
-            with m.Elif(live != 0):
-                m.d.sync += [lw.eq(head.idx), any_live.eq(1)]
+        with m.If(landed.valid):
+            m.d.sync += act_off.eq(Mux(landed.first, 0, act_off) + LG * BB)
+            with m.If(landed.first):
+                m.d.sync += [any_live.eq(landed.nz), fw.eq(0), lw.eq(0), fw_off.eq(0)]
+            with m.Elif(landed.nz):
+                m.d.sync += [lw.eq(landed.idx), any_live.eq(1)]
                 with m.If(~any_live):
-                    m.d.sync += [fw.eq(head.idx), fw_off.eq(act_off)]
-            with m.If(head.last):
+                    m.d.sync += [fw.eq(landed.idx), fw_off.eq(act_off)]
+            with m.If(landed.last):
                 m.d.sync += row_ready.eq(1)
 
         # stage r1: the group's table and the beat's codes
@@ -518,12 +566,10 @@ class TLMMSparseEngine(Engine):
             passed = self.check_states(m, *waits, ("CHECK", err))
             with m.State("RUN"):
                 with m.If(all_done):
-                    m.d.sync += running.eq(0)
                     self.finish(m, ErrorCode.NONE)
         with m.If(passed["CHECK"]):
             m.d.sync += [
                 kgbb.eq(kgbb_c),
-                running.eq(1),
                 st.eq(ST_ACT),
                 rq_row.eq(0),
                 rq_rowbase.eq(a.src),
