@@ -177,16 +177,17 @@ def expected_cycles(
     return done
 
 
-def _at_most_one(bits) -> Value:
-    """At most one of ``bits`` is set: a tree of (any, at most one) pairs, log depth."""
-    nodes = [(b, Const(1)) for b in bits]
+def _at_most(bits, most: int) -> Value:
+    """At most ``most`` (1 or 2) of ``bits`` are set: a tree of the flags (>= 1, >= 2,
+    >= 3 set) of each half, plain logic of log depth (no adder's carry chain)."""
+    nodes = [(Value.cast(b), Const(0), Const(0)) for b in bits]
     while len(nodes) > 1:
         nxt = []
         for i in range(0, len(nodes) - 1, 2):
-            (a0, o0), (a1, o1) = nodes[i], nodes[i + 1]
-            nxt.append((a0 | a1, o0 & o1 & ~(a0 & a1)))
+            (a0, b0, c0), (a1, b1, c1) = nodes[i], nodes[i + 1]
+            nxt.append((a0 | a1, b0 | b1 | (a0 & a1), c0 | c1 | (b0 & a1) | (a0 & b1)))
         nodes = nxt + ([nodes[-1]] if len(nodes) % 2 else [])
-    return nodes[0][1]
+    return ~nodes[0][most]
 
 
 class TLMMSparseEngine(Engine):
@@ -206,8 +207,8 @@ class TLMMSparseEngine(Engine):
             raise ValueError(f"cfg.tlmm.acc_bits: the engine writes int32, got {tc.acc_bits}")
         if not 1 <= max_k <= tc.max_k():
             raise ValueError(f"max_k: expected 1..{tc.max_k()}, got {max_k}")
-        if outstanding < 2:
-            raise ValueError(f"outstanding: expected >= 2, got {outstanding}")
+        if outstanding < 4:
+            raise ValueError(f"outstanding: expected >= 4, got {outstanding}")
         self.max_k, self.outstanding = max_k, outstanding
         super().__init__(cfg, dma_bytes)
 
@@ -233,7 +234,8 @@ class TLMMSparseEngine(Engine):
         kgbb = Signal(32)
 
         # ---------------------------------------------------------- row memory
-        word_l = data.StructLayout({"data": unsigned(CB * 8), "live": unsigned(LG)})
+        # a chunk, its live bits, and whether one at most is set (the scanner's first step)
+        word_l = data.StructLayout({"data": unsigned(CB * 8), "live": unsigned(LG), "one": 1})
         m.submodules.rowmem = rowmem = Memory(shape=word_l, depth=words, init=[])
         wport, rport = rowmem.write_port(), rowmem.read_port()
 
@@ -263,8 +265,11 @@ class TLMMSparseEngine(Engine):
         # ---------------------------------------------------------- request side
         ST_IDLE, ST_ACT, ST_WAIT, ST_PRIME, ST_SCAN, ST_EMPTY = range(6)
         st = Signal(range(6))
-        rq_row = Signal(16)
+        rq_rows = Signal(16)  # rows left, this one included
+        rq_lastrow = Signal()  # rq_rows == 1
         rq_rowbase = Signal(isa.ADDR_BITS + 1)
+        rq_nextbase = Signal(isa.ADDR_BITS + 1)  # rq_rowbase + k (the row end is far off)
+        m.d.sync += rq_nextbase.eq(rq_rowbase + a.k)
         aptr = Signal(isa.ADDR_BITS + 1)
         arem = Signal(17)
         aidx = Signal(widx)
@@ -300,11 +305,17 @@ class TLMMSparseEngine(Engine):
 
         rq_fire = Signal()
         adv = Signal()
+        # the FIFO has room for a push: a register (the FIFO's own w_rdy is a compare),
+        # kept with a count of the entries in it, below ``outstanding - 2``
+        room = Signal(init=1)
+        fifo_n = Signal(range(self.outstanding + 1))
+        fifo_n_next = fifo_n + fifo.w_en - fifo.r_en
+        m.d.sync += [fifo_n.eq(fifo_n_next), room.eq(fifo_n_next < self.outstanding - 2)]
         m.d.comb += [
-            self.rd.valid.eq(rq_valid & rq_read & fifo.w_rdy),
+            self.rd.valid.eq(rq_valid & rq_read & room),
             self.rd.payload.addr.eq(rq_addr),
             self.rd.payload.len.eq(rq_len),
-            rq_fire.eq(rq_valid & fifo.w_rdy & (~rq_read | self.rd.ready)),
+            rq_fire.eq(rq_valid & room & (~rq_read | self.rd.ready)),
             adv.eq(~rq_valid | rq_fire),
             fifo.w_en.eq(rq_fire),
             fifo.w_data.eq(rq_entry),
@@ -313,12 +324,9 @@ class TLMMSparseEngine(Engine):
         # the scanner's pick: the lowest live group of cur
         iso = Signal(LG)
         rest = Signal(LG)
-        trans = Signal()  # cur ends this cycle (it held one live group or none)
-        m.d.comb += [
-            iso.eq(cur & -cur),
-            rest.eq(cur & ~iso),
-            trans.eq(_at_most_one(cur)),  # a tree, not through iso's carry chain
-        ]
+        # cur ends this cycle (it holds one live group or none): a register, kept with cur
+        trans = Signal()
+        m.d.comb += [iso.eq(cur & -cur), rest.eq(cur & ~iso)]
         groups = [cur_data[j * G * ab : (j + 1) * G * ab] for j in range(LG)]
         pick_xs = reduce(lambda x, y: x | y, [Mux(iso[j], groups[j], 0) for j in range(LG)])
         last_blk = Signal()  # nrem <= R, kept with nrem (a register, not a compare)
@@ -337,7 +345,8 @@ class TLMMSparseEngine(Engine):
                 m.d.comb += row_end.eq(last_blk)
 
         # S1 -> the request register: the beat address (wbase + o * beat_bytes)
-        act_len = Mux(arem > CB, CB, arem)
+        a_last = Signal()  # arem <= CB: kept with arem
+        act_len = Mux(a_last, arem[: CB.bit_length()], CB)
         with m.If(adv):
             m.d.sync += [rq_valid.eq(0), s1.valid.eq(0)]
             with m.If(s1.valid):
@@ -359,13 +368,14 @@ class TLMMSparseEngine(Engine):
                     rq_len.eq(act_len),
                     rq_entry.kind.eq(Kind.ACT),
                     rq_entry.first.eq(aidx == 0),
-                    rq_entry.last.eq(arem <= CB),
+                    rq_entry.last.eq(a_last),
                     rq_entry.idx.eq(aidx),
                     aptr.eq(aptr + CB),
                     arem.eq(arem - act_len),
+                    a_last.eq(arem <= 2 * CB),
                     aidx.eq(aidx + 1),
                 ]
-                with m.If(arem <= CB):
+                with m.If(a_last):
                     m.d.sync += st.eq(ST_WAIT)
 
             with m.If(st == ST_SCAN):
@@ -383,12 +393,13 @@ class TLMMSparseEngine(Engine):
                 ]
                 with m.If(cur != 0):
                     m.d.sync += blk_first.eq(0)
-                with m.If(~trans):
-                    m.d.sync += cur.eq(rest)
+                with m.If(~trans):  # rest holds one group at most when cur held two
+                    m.d.sync += [cur.eq(rest), trans.eq(_at_most(cur, 2))]
                 with m.Elif(~row_end):  # load word n1 (read the one after it)
                     rd_word = rport.data
                     m.d.sync += [
                         cur.eq(rd_word.live),
+                        trans.eq(rd_word.one),
                         cur_data.eq(rd_word.data),
                         n1.eq(nxt_word),
                         c_last.eq(n1 == lw),
@@ -416,15 +427,17 @@ class TLMMSparseEngine(Engine):
                 with m.If(~last_blk):
                     m.d.sync += [nrem.eq(nrem - R), last_blk.eq(nrem <= 2 * R)]
             with m.If(row_end):
-                with m.If(rq_row == a.rows - 1):
+                with m.If(rq_lastrow):
                     m.d.sync += st.eq(ST_IDLE)
                 with m.Else():
                     m.d.sync += [
                         st.eq(ST_ACT),
-                        rq_row.eq(rq_row + 1),
-                        rq_rowbase.eq(rq_rowbase + a.k),
-                        aptr.eq(rq_rowbase + a.k),
+                        rq_rows.eq(rq_rows - 1),
+                        rq_lastrow.eq(rq_rows == 2),
+                        rq_rowbase.eq(rq_nextbase),
+                        aptr.eq(rq_nextbase),
                         arem.eq(a.k),
+                        a_last.eq(a.k <= CB),
                         aidx.eq(0),
                     ]
         with m.If(st == ST_WAIT):
@@ -442,6 +455,7 @@ class TLMMSparseEngine(Engine):
                 c_last.eq(1),
                 fresh.eq(1),
                 cur.eq(0),
+                trans.eq(1),
                 nb_first.eq(a.weights + fw_off),
             ]
 
@@ -464,7 +478,7 @@ class TLMMSparseEngine(Engine):
         m.d.comb += live.eq(Cat(chunk[j * G * ab : (j + 1) * G * ab] != 0 for j in range(LG)))
         m.d.comb += [
             wport.addr.eq(head.idx),
-            wport.data.eq(Cat(chunk, live)),
+            wport.data.eq(Cat(chunk, live, _at_most(live, 1))),
             wport.en.eq(act_pop),
         ]
         # the row's Fw / Lw a cycle later, from registers (the live bits' OR tree ends here)
@@ -571,10 +585,12 @@ class TLMMSparseEngine(Engine):
             m.d.sync += [
                 kgbb.eq(kgbb_c),
                 st.eq(ST_ACT),
-                rq_row.eq(0),
+                rq_rows.eq(a.rows),
+                rq_lastrow.eq(a.rows == 1),
                 rq_rowbase.eq(a.src),
                 aptr.eq(a.src),
                 arem.eq(a.k),
+                a_last.eq(a.k <= CB),
                 aidx.eq(0),
                 wr_ptr.eq(a.dst),
                 wr_nrem.eq(a.n),
