@@ -121,10 +121,10 @@ def test_tlmm_sparse_cycles(rng):
 
 
 def test_full_request_fifo(rng):
-    """A 4-deep request FIFO, full most of the time (blocks of one live group written in
+    """A 5-deep request FIFO, full most of the time (blocks of one live group written in
     4 pieces each): the requests wait for room, the result is golden's; the cycle replay
     refuses such a case rather than miscount it."""
-    eng = TLMMSparseEngine(DEFAULT, W, max_k=MAX_K, outstanding=4)
+    eng = TLMMSparseEngine(DEFAULT, W, max_k=MAX_K, outstanding=5)
     shapes = [(2, 3, 9 * R + 5, 0.0, ()), (1, 150, 2 * R, 0.95, ())]
     for rows, k, n, zeros, zero_rows in shapes:
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
@@ -134,3 +134,29 @@ def test_full_request_fifo(rng):
     live = live_groups(np.ones((1, 3), np.int8), DEFAULT.tlmm)
     with pytest.raises(ValueError, match="request FIFO"):
         expected_cycles(1, 3, 200 * R, live, DEFAULT, W)
+
+
+def test_at_most(rng):
+    """The scanner's flags (``_at_most``: at most one / two of 42 bits set) against a
+    popcount, for every word of up to two bits and random sparse ones."""
+    from amaranth import Module, Signal
+    from amaranth.sim import Simulator
+
+    from hw.ops.tlmm_sparse import _at_most
+
+    m, x = Module(), Signal(42)
+    (le1, s1), (le2, s2) = _at_most(x, 1), _at_most(x, 2)
+    o1, o2 = Signal(), Signal()
+    m.d.comb += [*s1, *s2, o1.eq(le1), o2.eq(le2)]
+    words = [0] + [1 << i | 1 << j for i in range(42) for j in range(i, 42)]
+    words += [int(v) for v in rng.integers(0, 1 << 42, 500) & rng.integers(0, 1 << 42, 500)]
+
+    async def tb(ctx):
+        for v in words:
+            ctx.set(x, v)
+            c = bin(v).count("1")
+            assert (ctx.get(o1), ctx.get(o2)) == (c <= 1, c <= 2), (hex(v), c)
+
+    sim = Simulator(m)
+    sim.add_testbench(tb)
+    sim.run()

@@ -166,28 +166,68 @@ def expected_cycles(
         if not stall:
             r1, r2 = pop, r1
         t += 1
-    # the entries in the FIFO when each request is made (pops and requests are in order)
+    # the entries in the FIFO a cycle before each request (pops and requests are in order)
     popped = 0
     for i, e in enumerate(fifo):
         fired = e[0] - max(latency, 2)
-        while fifo[popped][4] < fired:
+        while fifo[popped][4] < fired - 1:
             popped += 1
-        if i - popped >= outstanding - 2:
+        if i - popped >= outstanding - 4:
             raise ValueError(f"the request FIFO ({outstanding} deep) fills: not modelled")
     return done
 
 
 def _at_most(bits, most: int) -> Value:
-    """At most ``most`` (1 or 2) of ``bits`` are set: a tree of the flags (>= 1, >= 2,
-    >= 3 set) of each half, plain logic of log depth (no adder's carry chain)."""
-    nodes = [(Value.cast(b), Const(0), Const(0)) for b in bits]
+    """At most ``most`` (1 or 2) of ``bits`` are set, in plain logic of log depth (no
+    adder's carry chain): per group of 6 bits, then per 3 groups, the flags (>= 1, >= 2,
+    >= 3 set) carried as a 2-bit saturating count, so that every node is a function of 6
+    inputs (one LUT6). Returns (the flag, the statements that drive its nodes: comb)."""
+    bits = [Value.cast(b) for b in bits]
+
+    def flags(kids):  # kids: (>=1, >=2, >=3) of each part -> the same of the whole
+        pairs = [(i, j) for i in range(len(kids)) for j in range(len(kids)) if i < j]
+        ge1 = reduce(lambda x, y: x | y, [k[0] for k in kids])
+        ge2 = reduce(
+            lambda x, y: x | y,
+            [k[1] for k in kids] + [kids[i][0] & kids[j][0] for i, j in pairs],
+            Const(0),
+        )
+        ge3 = reduce(
+            lambda x, y: x | y,
+            [k[2] for k in kids]
+            + [
+                kids[i][1] & kids[j][0]
+                for i in range(len(kids))
+                for j in range(len(kids))
+                if i != j
+            ]
+            + [
+                kids[i][0] & kids[j][0] & kids[h][0]
+                for i, j in pairs
+                for h in range(j + 1, len(kids))
+            ],
+            Const(0),
+        )
+        # the 2-bit count (>= 2, == 1 or >= 3) as signals: a node's inputs are its kids'
+        x1, x0 = Signal(), Signal()
+        return x1, x0, [x1.eq(ge2), x0.eq((ge1 & ~ge2) | ge3)]
+
+    stmts = []
+    nodes = []
+    for g in range(0, len(bits), 6):
+        x1, x0, st = flags([(b, Const(0), Const(0)) for b in bits[g : g + 6]])
+        nodes.append((x1, x0))
+        stmts += st
     while len(nodes) > 1:
         nxt = []
-        for i in range(0, len(nodes) - 1, 2):
-            (a0, b0, c0), (a1, b1, c1) = nodes[i], nodes[i + 1]
-            nxt.append((a0 | a1, b0 | b1 | (a0 & a1), c0 | c1 | (b0 & a1) | (a0 & b1)))
-        nodes = nxt + ([nodes[-1]] if len(nodes) % 2 else [])
-    return ~nodes[0][most]
+        for g in range(0, len(nodes), 3):
+            kids = [(x1 | x0, x1, x1 & x0) for x1, x0 in nodes[g : g + 3]]
+            x1, x0, st = flags(kids)
+            nxt.append((x1, x0))
+            stmts += st
+        nodes = nxt
+    x1, x0 = nodes[0]
+    return (~x1 if most == 1 else ~(x1 & x0)), stmts
 
 
 class TLMMSparseEngine(Engine):
@@ -207,8 +247,8 @@ class TLMMSparseEngine(Engine):
             raise ValueError(f"cfg.tlmm.acc_bits: the engine writes int32, got {tc.acc_bits}")
         if not 1 <= max_k <= tc.max_k():
             raise ValueError(f"max_k: expected 1..{tc.max_k()}, got {max_k}")
-        if outstanding < 4:
-            raise ValueError(f"outstanding: expected >= 4, got {outstanding}")
+        if outstanding < 5:
+            raise ValueError(f"outstanding: expected >= 5, got {outstanding}")
         self.max_k, self.outstanding = max_k, outstanding
         super().__init__(cfg, dma_bytes)
 
@@ -234,8 +274,7 @@ class TLMMSparseEngine(Engine):
         kgbb = Signal(32)
 
         # ---------------------------------------------------------- row memory
-        # a chunk, its live bits, and whether one at most is set (the scanner's first step)
-        word_l = data.StructLayout({"data": unsigned(CB * 8), "live": unsigned(LG), "one": 1})
+        word_l = data.StructLayout({"data": unsigned(CB * 8), "live": unsigned(LG)})
         m.submodules.rowmem = rowmem = Memory(shape=word_l, depth=words, init=[])
         wport, rport = rowmem.write_port(), rowmem.read_port()
 
@@ -305,12 +344,14 @@ class TLMMSparseEngine(Engine):
 
         rq_fire = Signal()
         adv = Signal()
-        # the FIFO has room for a push: a register (the FIFO's own w_rdy is a compare),
-        # kept with a count of the entries in it, below ``outstanding - 2``
+        # the FIFO has room for a push: a register (the FIFO's own w_rdy is a compare) from
+        # a count of its entries (a cycle old: at most one more since), below outstanding - 3
         room = Signal(init=1)
         fifo_n = Signal(range(self.outstanding + 1))
-        fifo_n_next = fifo_n + fifo.w_en - fifo.r_en
-        m.d.sync += [fifo_n.eq(fifo_n_next), room.eq(fifo_n_next < self.outstanding - 2)]
+        m.d.sync += [
+            fifo_n.eq(fifo_n + fifo.w_en - fifo.r_en),
+            room.eq(fifo_n < self.outstanding - 3),
+        ]
         m.d.comb += [
             self.rd.valid.eq(rq_valid & rq_read & room),
             self.rd.payload.addr.eq(rq_addr),
@@ -326,12 +367,19 @@ class TLMMSparseEngine(Engine):
         rest = Signal(LG)
         # cur ends this cycle (it holds one live group or none): a register, kept with cur
         trans = Signal()
+        cur_le2, st_a = _at_most(cur, 2)
+        word_le1, st_b = _at_most(rport.data.live, 1)
+        m.d.comb += st_a + st_b
         m.d.comb += [iso.eq(cur & -cur), rest.eq(cur & ~iso)]
         groups = [cur_data[j * G * ab : (j + 1) * G * ab] for j in range(LG)]
         pick_xs = reduce(lambda x, y: x | y, [Mux(iso[j], groups[j], 0) for j in range(LG)])
         last_blk = Signal()  # nrem <= R, kept with nrem (a register, not a compare)
         blen = Signal(range(BB + 1))
-        m.d.comb += blen.eq((Mux(last_blk, nrem[: R.bit_length()], R) * cb + 7) >> 3)
+        outs = Mux(last_blk, nrem[: R.bit_length()], R)
+        # outs * code_bits as shifted adds (a constant multiply would map to a bare DSP)
+        m.d.comb += blen.eq(
+            (sum(outs << i for i in range(cb.bit_length()) if cb >> i & 1) + 7) >> 3
+        )
         row_end = Signal()
         nxt_word = Mux(n1 == lw, fw, n1 + 1)
         m.d.comb += [
@@ -394,12 +442,12 @@ class TLMMSparseEngine(Engine):
                 with m.If(cur != 0):
                     m.d.sync += blk_first.eq(0)
                 with m.If(~trans):  # rest holds one group at most when cur held two
-                    m.d.sync += [cur.eq(rest), trans.eq(_at_most(cur, 2))]
+                    m.d.sync += [cur.eq(rest), trans.eq(cur_le2)]
                 with m.Elif(~row_end):  # load word n1 (read the one after it)
                     rd_word = rport.data
                     m.d.sync += [
                         cur.eq(rd_word.live),
-                        trans.eq(rd_word.one),
+                        trans.eq(word_le1),
                         cur_data.eq(rd_word.data),
                         n1.eq(nxt_word),
                         c_last.eq(n1 == lw),
@@ -478,7 +526,7 @@ class TLMMSparseEngine(Engine):
         m.d.comb += live.eq(Cat(chunk[j * G * ab : (j + 1) * G * ab] != 0 for j in range(LG)))
         m.d.comb += [
             wport.addr.eq(head.idx),
-            wport.data.eq(Cat(chunk, live, _at_most(live, 1))),
+            wport.data.eq(Cat(chunk, live)),
             wport.en.eq(act_pop),
         ]
         # the row's Fw / Lw a cycle later, from registers (the live bits' OR tree ends here)
@@ -558,7 +606,7 @@ class TLMMSparseEngine(Engine):
         # writes of the output buffer, LW outputs each
         wr_len = Signal(range(W + 1))
         m.d.comb += [
-            wr_len.eq(Mux(blk_rem > LW, LW, blk_rem) * 4),
+            wr_len.eq(Mux(blk_rem > LW, LW, blk_rem) << 2),
             self.wr.valid.eq(out_busy),
             self.wr.payload.addr.eq(wr_ptr),
             self.wr.payload.len.eq(wr_len),
