@@ -426,18 +426,20 @@ class TLMMSparseEngine(Engine):
                 with m.If(a_last):
                     m.d.sync += st.eq(ST_WAIT)
 
+            # the pick's data whatever the state (only an enable before these registers; an
+            # empty item's activations are ignored by the response side)
+            m.d.sync += [
+                s1.off.eq(reduce(lambda x, y: x | y, [Mux(iso[j], j * BB, 0) for j in range(LG)])),
+                s1.xs.eq(pick_xs),
+                s1.wbase.eq(wbase),
+                s1.blen.eq(blen),
+            ]
             with m.If(st == ST_SCAN):
                 m.d.sync += [
                     s1.valid.eq(cur != 0),
                     s1.kind.eq(Kind.WGT),
                     s1.first.eq(blk_first),
                     s1.last.eq(trans & c_last),
-                    s1.off.eq(
-                        reduce(lambda x, y: x | y, [Mux(iso[j], j * BB, 0) for j in range(LG)])
-                    ),
-                    s1.xs.eq(pick_xs),
-                    s1.wbase.eq(wbase),
-                    s1.blen.eq(blen),
                 ]
                 with m.If(cur != 0):
                     m.d.sync += blk_first.eq(0)
@@ -469,8 +471,6 @@ class TLMMSparseEngine(Engine):
                     s1.kind.eq(Kind.EMPTY),
                     s1.first.eq(1),
                     s1.last.eq(1),
-                    s1.xs.eq(0),
-                    s1.blen.eq(0),
                 ]
                 with m.If(~last_blk):
                     m.d.sync += [nrem.eq(nrem - R), last_blk.eq(nrem <= 2 * R)]
@@ -558,7 +558,9 @@ class TLMMSparseEngine(Engine):
         r1 = Signal(ctrl)
         r1_table = Signal(tc.entries * tc.entry_bits)
         r1_codes = Signal(R * cb)
-        xs = [head.xs[i * ab : (i + 1) * ab].as_signed() for i in range(G)]
+        # an empty item: a table of zeros (its codes are whatever the bus holds)
+        head_xs = Mux(head.kind == Kind.EMPTY, 0, head.xs)
+        xs = [head_xs[i * ab : (i + 1) * ab].as_signed() for i in range(G)]
         with m.If(~stall):
             m.d.sync += [
                 r1.valid.eq(item_pop),
