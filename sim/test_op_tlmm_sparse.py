@@ -12,7 +12,7 @@ from golden.isa import ErrorCode, Opcode, dma_bytes
 from golden.tlmm import live_groups
 from host.backends.golden import GoldenDevice
 from hw.ops.tlmm_sparse import TLMMSparseEngine, expected_cycles
-from sim.op_bench import check_arg_errors, check_op, check_ops, put
+from sim.op_bench import Job, check_arg_errors, check_op, golden_run, put, run_engine
 
 W = dma_bytes(DEFAULT)
 MAX_K = 512
@@ -106,18 +106,27 @@ def test_contract_errors(rng):
     check_arg_errors(_engine(), gd, cmd, seed=int(rng.integers(1 << 30)))
 
 
-def test_tlmm_sparse_cycles(rng):
-    """No stalls, 1-cycle memory: ``hw.ops.tlmm_sparse.expected_cycles`` exactly."""
-    cases, lives = [], []
+@pytest.mark.parametrize("latency", [1, 7])
+def test_tlmm_sparse_cycles(rng, latency):
+    """No stalls, every read answered ``latency`` cycles after it is requested:
+    ``hw.ops.tlmm_sparse.expected_cycles`` exactly (and golden's memory)."""
+    jobs, wants, lives = [], [], []
     for rows, k, n, zeros, zero_rows in SHAPES:
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         x = _acts(rng, rows, k, zeros, zero_rows)
-        cases.append((gd, _cmd(gd, rng, x, n), None))
+        cmd = _cmd(gd, rng, x, n)
+        before, want, err = golden_run(gd, cmd)
+        assert err == ErrorCode.NONE
+        jobs.append(Job(cmd, before, gd.alloc_base, gd.brk, 0.0, (latency, latency)))
+        wants.append(want)
         lives.append(live_groups(x, DEFAULT.tlmm))
-    results = check_ops(_engine(), cases, stall=0.0, max_latency=1)
-    for (rows, k, n, *_), live, r in zip(SHAPES, lives, results, strict=True):
-        want = expected_cycles(rows, k, n, live, DEFAULT, W)
-        assert r["cycles"] == want, (rows, k, n, r["cycles"], want)
+    results = run_engine(_engine(), jobs)
+    for (rows, k, n, *_), job, want, live, r in zip(
+        SHAPES, jobs, wants, lives, results, strict=True
+    ):
+        assert np.array_equal(job.mem, want), (rows, k, n)
+        exp = expected_cycles(rows, k, n, live, DEFAULT, W, latency=latency)
+        assert r["cycles"] == exp, (rows, k, n, r["cycles"], exp)
 
 
 def test_full_request_fifo(rng):

@@ -17,14 +17,17 @@ Per token row m (rows follow one another)
   chunks land, the first and last words holding a live group (Fw, Lw) are noted.
 * Weights: for each row block r (R = T*Q output rows), the *scanner* walks the live bits
   of words Fw..Lw, one live group (c, o) a cycle (the lowest set bit of the word it holds,
-  isolated as ``cur & -cur``, then cleared), and requests the beat of group g = c*LG + o
+  isolated as ``cur & -cur``, then cleared; whether the word ends with this pick is a
+  register kept a pick ahead: the word holds at most two groups, ``_at_most``), and
+  requests the beat of group g = c*LG + o
   at ``weights + (r*Kg + g) * beat_bytes``, ``beat_bytes`` long (the last block: as far as
   its codes reach, ``golden.isa.sparse_beat_read_bytes``). A word costs a cycle even if
   it holds no live group; the next word is read from the row memory while the current one
   is scanned, so a word boundary costs nothing. A row with no live group issues one
   *empty* item per block (no read: the block's outputs are 0).
 * Every request (activation chunk, weight beat, empty item) pushes a descriptor into the
-  request FIFO (``outstanding`` deep, which bounds the reads in flight): the response
+  request FIFO (``outstanding`` deep; requests wait while it holds ``outstanding - 3``,
+  which bounds the reads in flight): the response
   side pops it with the response beat, so it needs no second scanner. A weight beat's
   descriptor carries its group's G activations, read from the row memory at request time.
 * Datapath per weight beat (registered stages): the table of the group
@@ -96,8 +99,8 @@ def expected_cycles(
 
     * row 0's chunk c is requested at SETUP_CYCLES + 3 + c; a request's descriptor heads
       the FIFO 2 cycles later, its response ``latency`` cycles later: it is popped at the
-      later of the two, a cycle after the one before it at the earliest (items: not while
-      the accumulators stall);
+      later of the two (an empty item: the first), a cycle after the one before it at the
+      earliest (items: not while the accumulators stall);
     * the scan starts 4 cycles after the row's last chunk is popped and picks a live
       group a cycle (a word of Fw..Lw without one: a cycle, no item; an empty row: an item
       per block from the third cycle, no scan), each requested 2 cycles after its pick;
@@ -115,7 +118,8 @@ def expected_cycles(
     live = np.asarray(live, bool)
     nr, chunks = -(-n // R), -(-k // CB)
     words = -(-live.shape[1] // LG)
-    # the FIFO in request order: [available, kind, last, write pieces (block's last), popped]
+    # the FIFO in request order: [available, kind, last, write pieces (a block's last item),
+    # popped, requested]
     fifo: list[list] = []
     head = 0
     r1 = r2 = None
@@ -123,7 +127,7 @@ def expected_cycles(
 
     def chunk_requests(t0):
         for c in range(chunks):
-            fifo.append([t0 + c + max(latency, 2), Kind.ACT, c == chunks - 1, 0, None])
+            fifo.append([t0 + c + max(latency, 2), Kind.ACT, c == chunks - 1, 0, None, t0 + c])
 
     def items(m, popped):
         """Row m's items, its last chunk popped at ``popped``; the cycle of the last pick."""
@@ -138,7 +142,8 @@ def expected_cycles(
                     pick += 1  # a word without a live group
                 for i in range(cnt):
                     last = (w is None or w == nz[-1]) and i == cnt - 1
-                    fifo.append([pick + 2 + max(latency, 2), Kind.WGT, last, pieces, None])
+                    wait = 2 if w is None else max(latency, 2)  # an empty item reads nothing
+                    fifo.append([pick + 2 + wait, Kind.WGT, last, pieces, None, pick + 2])
                     pick += 1
         return pick - 1
 
@@ -169,7 +174,7 @@ def expected_cycles(
     # the entries in the FIFO a cycle before each request (pops and requests are in order)
     popped = 0
     for i, e in enumerate(fifo):
-        fired = e[0] - max(latency, 2)
+        fired = e[5]
         while fifo[popped][4] < fired - 1:
             popped += 1
         if i - popped >= outstanding - 4:
@@ -279,7 +284,7 @@ class TLMMSparseEngine(Engine):
         wport, rport = rowmem.write_port(), rowmem.read_port()
 
         # ---------------------------------------------------------- request FIFO
-        widx = range(words)
+        widx = range(max(words, 2))
         entry_l = data.StructLayout(
             {
                 "kind": 2,
