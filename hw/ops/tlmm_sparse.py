@@ -54,7 +54,7 @@ from __future__ import annotations
 from functools import reduce
 
 import numpy as np
-from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -592,6 +592,8 @@ class TLMMSparseEngine(Engine):
         wr_nrem = Signal(17)
         wr_row = Signal(16)
         blk_rem = Signal(range(R + 1))
+        npieces = -(-R // LW)
+        piece = Signal(range(max(npieces, 2)))  # the write of the block being made
         final = Signal()  # the output buffer holds the command's last block
         with m.If(r2.valid & ~stall):
             m.d.sync += [acc[i].eq(acc_next[i]) for i in range(R)]
@@ -600,6 +602,7 @@ class TLMMSparseEngine(Engine):
                     out_buf.eq(Cat(v[:32] for v in acc_next)),
                     out_busy.eq(1),
                     blk_rem.eq(Mux(wr_nrem > R, R, wr_nrem)),
+                    piece.eq(0),
                 ]
                 with m.If(wr_nrem <= R):
                     m.d.sync += [
@@ -617,14 +620,17 @@ class TLMMSparseEngine(Engine):
             self.wr.valid.eq(out_busy),
             self.wr.payload.addr.eq(wr_ptr),
             self.wr.payload.len.eq(wr_len),
-            self.wr.payload.data.eq(out_buf[: W * 8]),
+            # a multiplexer of the buffer's pieces (a shifting buffer costs a LUT a bit)
+            self.wr.payload.data.eq(
+                Array(out_buf[i * W * 8 : (i + 1) * W * 8] for i in range(npieces))[piece]
+            ),
         ]
         all_done = Signal()
         with m.If(self.wr.valid & self.wr.ready):
             m.d.sync += [
                 wr_ptr.eq(wr_ptr + wr_len),
                 blk_rem.eq(blk_rem - LW),
-                out_buf.eq(out_buf >> (W * 8)),
+                piece.eq(piece + 1),
             ]
             with m.If(blk_rem <= LW):
                 m.d.sync += out_busy.eq(0)
