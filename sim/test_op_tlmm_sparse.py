@@ -169,3 +169,38 @@ def test_at_most(rng):
     sim = Simulator(m)
     sim.add_testbench(tb)
     sim.run()
+
+
+@pytest.mark.parametrize("variant", ["mirrored", "T14"])
+def test_other_datapaths(rng, variant):
+    """The mirrored table (index + sign codes), and T = 14 (R = 56 lanes, 35-byte beats,
+    64-byte DMA: 21 groups a chunk): golden's memory, the bytes it reads, exact cycles."""
+    from dataclasses import replace
+
+    tc = {
+        "mirrored": replace(DEFAULT.tlmm, table="mirrored"),
+        "T14": replace(DEFAULT.tlmm, tables=14),
+    }[variant]
+    cfg = replace(DEFAULT, tlmm=tc)
+    w_bytes = dma_bytes(cfg)
+    r_lanes = isa.sparse_lanes(tc)
+    for rows, k, n in [(3, 131, 2 * r_lanes + 9), (1, 64, r_lanes - 3)]:
+        gd = GoldenDevice(cfg, mem_size=1 << 20)
+        x = _acts(rng, rows, k, 0.8, (1,) if rows > 1 else ())
+        w = rng.integers(-1, 2, (n, k)).astype(np.int8)
+        cmd = isa.command(
+            Opcode.TLMM_SPARSE,
+            src=put(gd, x),
+            weights=put(gd, isa.pack_sparse_weights(w, tc)),
+            dst=gd.alloc(rows * n * 4, 64),
+            rows=rows,
+            k=k,
+            n=n,
+        )
+        eng = TLMMSparseEngine(cfg, w_bytes, max_k=MAX_K)
+        r = check_op(eng, gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.0, max_latency=1)
+        assert r["bytes_read"] == isa.sparse_read_bytes(x, n, tc)
+        live = live_groups(x, tc)
+        assert r["cycles"] == expected_cycles(rows, k, n, live, cfg, w_bytes), (rows, k, n)
+        r = check_op(eng, gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.4)
+        assert r["error"] == ErrorCode.NONE
