@@ -127,6 +127,7 @@ ENGINES = {
     Opcode.SOFTMAX: "hw.ops.softmax:SoftmaxEngine",
     Opcode.PV: "hw.ops.pv:PVEngine",
     Opcode.ACT: "hw.ops.act:ActEngine",
+    Opcode.TLMM_SPARSE: "hw.ops.tlmm_sparse:TLMMSparseEngine",
     Opcode.ADD: "hw.ops.add:AddEngine",
 }
 RTL_OPS = (Opcode.NOP, Opcode.END, *ENGINES)

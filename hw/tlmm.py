@@ -115,6 +115,37 @@ def out_layout(cfg: TLMMConfig) -> data.StructLayout:
     return lanes_layout(signed(cfg.acc_bits), cfg.replicas)
 
 
+def build_table(m: Module, xs, cfg: TLMMConfig, name: str):
+    """Entries of one table from its G activations (golden.tlmm.build_tables order), each
+    ``entry_bits`` wide, concatenated (combinational)."""
+    table = [Const(0, signed(2))]
+    for x in xs:
+        table = [e - x for e in table] + table + [e + x for e in table]
+    if cfg.table == "mirrored":
+        table = table[(cfg.full_entries - 1) // 2 :]
+    assert len(table) == cfg.entries
+    entries = []
+    for j, e in enumerate(table):
+        # entry_bits holds every sum exactly (golden.config.TLMMConfig.entry_bits)
+        s = Signal(signed(cfg.entry_bits), name=f"{name}_e{j}")
+        m.d.comb += s.eq(e)
+        entries.append(s)
+    return Cat(*entries)
+
+
+def lookup(word, code, cfg: TLMMConfig):
+    """The entry a weight ``code`` selects from a table ``word`` (``build_table``): an index
+    beyond the table reads 0; negated when the mirrored sign bit is set."""
+    # a per-entry multiplexer (not a wide variable shift) simulates fast
+    eb = cfg.entry_bits
+    entries = [word[i * eb : (i + 1) * eb] for i in range(cfg.entries)]
+    entries += [Const(0, eb)] * ((1 << cfg.index_bits) - cfg.entries)
+    entry = Array(entries)[code[: cfg.index_bits]].as_signed()
+    if cfg.table == "mirrored":
+        entry = Mux(code[cfg.index_bits], -entry, entry)
+    return entry
+
+
 class TLMM(wiring.Component):
     """Table-lookup ternary matmul engine (see module docstring for the protocol)."""
 
@@ -145,24 +176,6 @@ class TLMM(wiring.Component):
                 "out": Out(stream.Signature(out_layout(cfg))),
             }
         )
-
-    # ---------------------------------------------------------------- table build
-    def _build_table(self, m: Module, xs, name: str):
-        """Entries of one table from its G activations (golden.tlmm.build_tables order)."""
-        cfg = self.cfg
-        table = [Const(0, signed(2))]
-        for x in xs:
-            table = [e - x for e in table] + table + [e + x for e in table]
-        if cfg.table == "mirrored":
-            table = table[(cfg.full_entries - 1) // 2 :]
-        assert len(table) == cfg.entries
-        entries = []
-        for j, e in enumerate(table):
-            # entry_bits holds every sum exactly (golden.config.TLMMConfig.entry_bits)
-            s = Signal(signed(cfg.entry_bits), name=f"{name}_e{j}")
-            m.d.comb += s.eq(e)
-            entries.append(s)
-        return Cat(*entries)
 
     def elaborate(self, platform):
         cfg = self.cfg
@@ -197,7 +210,7 @@ class TLMM(wiring.Component):
             xs = [self.act.payload.data[t * G + i] for i in range(G)]
             m.d.comb += [
                 wports[t].addr.eq(Cat(wptr, wb)),
-                wports[t].data.eq(self._build_table(m, xs, f"build{t}")),
+                wports[t].data.eq(build_table(m, xs, cfg, f"build{t}")),
                 wports[t].en.eq(act_fire),
             ]
 
@@ -261,25 +274,11 @@ class TLMM(wiring.Component):
         look_shape = signed(cfg.entry_bits)
         looks = [[Signal(look_shape, name=f"look_q{q}_t{t}") for t in range(T)] for q in range(Q)]
         s2 = Signal(ctrl)
-        # the entries of each table word, padded to 2^index_bits (an index beyond the
-        # table reads 0); a per-entry multiplexer (not a wide variable shift) simulates fast
-        eb = cfg.entry_bits
-        entries = [
-            [rports[t].data[i * eb : (i + 1) * eb] for i in range(cfg.entries)]
-            + [Const(0, eb)] * ((1 << cfg.index_bits) - cfg.entries)
-            for t in range(T)
-        ]
         with m.If(~stall):
             m.d.sync += s2.eq(s1)
             for q in range(Q):
                 for t in range(T):
-                    code = s1_code[q * T + t]
-                    index = code[: cfg.index_bits]
-                    entry = Array(entries[t])[index].as_signed()
-                    if cfg.table == "mirrored":
-                        sign = code[cfg.index_bits]
-                        entry = Mux(sign, -entry, entry)
-                    m.d.sync += looks[q][t].eq(entry)
+                    m.d.sync += looks[q][t].eq(lookup(rports[t].data, s1_code[q * T + t], cfg))
 
         # adder trees over T, a register every tree_levels_per_stage levels
         level_vals = looks
