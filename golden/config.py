@@ -646,6 +646,9 @@ class AccelConfig:
     max_dim: int = 8192  # NORM_QUANT and ACT row length (quantizer row buffers)
     max_keys: int = 4096  # QK / SOFTMAX / PV keys per row
     max_head_dim: int = 128  # ROPE_QUANT / QK / PV head_dim
+    # engines: TLMM_SPARSE (exact activation sparsity) costs ~22 K LUT on the XCK26, more
+    # than the kv260 point's 25 % LUT reserve allows; kv260-sparse builds it
+    tlmm_sparse: bool = False
     # widths
     norm_lanes: int = 8  # NORM_QUANT pass-2 elements per cycle (the quantize lanes)
     norm_stat_lanes: int = 4  # NORM_QUANT pass-1 elements per cycle (sum of squares, max/min)
@@ -701,6 +704,11 @@ class AccelConfig:
         ):
             v = getattr(self, f)
             _check(isinstance(v, int) and v >= 1, f, f"must be an integer >= 1, got {v!r}")
+        _check(
+            isinstance(self.tlmm_sparse, bool),
+            "tlmm_sparse",
+            f"must be True or False, got {self.tlmm_sparse!r}",
+        )
         _check(
             33 <= self.axi_addr_bits <= 64,
             "axi_addr_bits",
@@ -785,6 +793,14 @@ DESIGN_POINTS = {
     # hw.timing.rule_mhz(18.0) = 90.9 MHz (README: Fitting the KV260)
     "kv260": AccelConfig(
         evidence_mhz=90.9, evidence="UltraScale+ logic-depth rule, whole accelerator, 18.0 levels"
+    ),
+    # kv260 with the TLMM_SPARSE engine: every op of --sparse on the RTL, at ~89 % of the
+    # XCK26's LUTs (README: Activation sparsity)
+    "kv260-sparse": AccelConfig(
+        name="kv260-sparse",
+        tlmm_sparse=True,
+        evidence_mhz=90.9,
+        evidence="UltraScale+ logic-depth rule, whole accelerator, 18.0 levels",
     ),
     "ecp5": AccelConfig(
         name="ecp5",

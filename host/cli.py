@@ -265,7 +265,12 @@ def run(argv=None) -> int:
     if a.act_adc_setting is not None:
         t["act_adc"] = a.act_adc_setting.describe()
     if a.sparse:
-        t["sparse"] = "exact (projections on TLMM_SPARSE, up_proj's masked blocks skipped)"
+        t["sparse"] = (
+            "exact (projections on TLMM_SPARSE, up_proj's masked blocks skipped)"
+            if gm.sparse_engine
+            else "exact, up_proj's masked blocks skipped only (this top has no TLMM_SPARSE "
+            "engine: --design-point kv260-sparse)"
+        )
     for line in summary_lines(t):  # the same lines as python -m host --remote
         print(line, file=sys.stderr)
     return 0

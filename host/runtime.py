@@ -166,6 +166,10 @@ class Runtime:
         self.sparse = sparse
         # the engines' k limit (the design point's table depth); the golden backend has none
         self.max_k = getattr(getattr(device, "dp", None), "max_k", None)
+        # a top without the TLMM_SPARSE engine (the kv260 point) gets the masked up_proj's
+        # skips only; the golden backend executes every opcode
+        rtl_ops = getattr(device, "rtl_ops", None)
+        self.sparse_engine = rtl_ops is None or Opcode.TLMM_SPARSE in rtl_ops
         self.cfg = self.im.cfg
         self._check_dims()
         self.address_map = AddressMap()
@@ -334,7 +338,7 @@ class Runtime:
         whole chunks of T groups (k = 256: 86 groups against 112) at the same beats per
         cycle."""
         relu2 = self.config.hidden_act == "relu2"
-        return self.sparse and relu2 and proj != "up_proj"
+        return self.sparse and self.sparse_engine and relu2 and proj != "up_proj"
 
     def _tlmm_cmds(self, li: int, proj: str, dst: str, rows: int) -> list:
         """A projection's commands: one TLMM (or TLMM_SPARSE), or, when its k exceeds the

@@ -121,6 +121,12 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-chars", type=int, default=48, help="held-out text as the prompt")
     ap.add_argument("--decode-tokens", type=int, default=8)
     ap.add_argument(
+        "--design-point",
+        default="kv260-sparse",
+        help="the sim backend's top (default kv260-sparse: the TLMM_SPARSE engine built; on "
+        "kv260 only up_proj's masked blocks are skipped)",
+    )
+    ap.add_argument(
         "--no-order",
         action="store_true",
         help="keep the model's FFN channel order (no host.ffn_order calibration)",
@@ -129,7 +135,7 @@ def main(argv=None) -> int:
     if a.prompt_chars < 1 or a.decode_tokens < 1:
         ap.error("--prompt-chars and --decode-tokens: expected >= 1")
 
-    from golden.config import DEFAULT_DESIGN_POINT, design_point
+    from golden.config import design_point
     from host.checkpoint import load
     from host.data import heldout_text
     from host.ffn_order import calibrate_on_corpus
@@ -142,7 +148,7 @@ def main(argv=None) -> int:
             f"--model: exact sparsity needs a ReLU^2 model, {a.model} is {model.config.hidden_act}"
         )
     ids = tok.encode(heldout_text(chars=a.prompt_chars))
-    kw = {"dp": design_point(DEFAULT_DESIGN_POINT)} if a.backend == "sim" else {}
+    kw = {"dp": design_point(a.design_point)} if a.backend == "sim" else {}
     print(
         f"exact sparsity, model {a.model}: {len(ids)}-token held-out prompt, "
         f"{a.decode_tokens} greedy decode steps on {a.backend}",

@@ -131,6 +131,14 @@ ENGINES = {
     Opcode.ADD: "hw.ops.add:AddEngine",
 }
 RTL_OPS = (Opcode.NOP, Opcode.END, *ENGINES)
+
+
+def default_ops(dp: AccelConfig) -> tuple:
+    """The opcodes a top of ``dp`` executes on RTL: every engine's, TLMM_SPARSE's only
+    where the design point builds it (``AccelConfig.tlmm_sparse``)."""
+    return tuple(op for op in RTL_OPS if op != Opcode.TLMM_SPARSE or dp.tlmm_sparse)
+
+
 PF_COUNT_BITS = 10  # engine reads outstanding while a prefetch waits (1023 max)
 
 
@@ -141,8 +149,8 @@ def engine_class(op: Opcode):
 
 class Accel(wiring.Component):
     """The accelerator top (see module docstring) of design point ``dp`` (an
-    ``AccelConfig`` or its name). ``ops``: the opcodes executed on RTL (default all of
-    ``RTL_OPS``; END and NOP always); the others go to the host."""
+    ``AccelConfig`` or its name). ``ops``: the opcodes executed on RTL (default
+    ``default_ops(dp)``; END and NOP always); the others go to the host."""
 
     def __init__(
         self,
@@ -157,7 +165,7 @@ class Accel(wiring.Component):
             raise ValueError(f"dp: expected an AccelConfig or a design point name, got {dp!r}")
         self.dp, self.cfg = dp, dp.datapath
         self.gate_idle_engines = bool(gate_idle_engines)
-        ops = RTL_OPS if ops is None else tuple(ops)
+        ops = default_ops(dp) if ops is None else tuple(ops)
         unknown = [op for op in ops if op not in RTL_OPS]
         if unknown:
             raise ValueError(f"ops: no RTL engine for {[op.name for op in unknown]}")

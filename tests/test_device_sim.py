@@ -21,11 +21,13 @@ from hw.accel import RTL_OPS
 
 MEM = 4 << 20
 SHAPE = GQA4
+# the top with every engine, TLMM_SPARSE included (the kv260 point leaves it out for area)
+DP = "kv260-sparse"
 
 
 @pytest.fixture(scope="module")
 def sim():
-    dev = SimDevice(mem_size=MEM)
+    dev = SimDevice(DP, mem_size=MEM)
     yield dev
     dev.close()
 
@@ -47,8 +49,15 @@ def _run(dev, cmds, timeout=10.0):
     return dev.wait(timeout)
 
 
-def test_every_op_runs_on_rtl():
+def test_every_op_runs_on_rtl(sim):
+    """Every opcode has an RTL engine; the kv260-sparse top has them all, the kv260 top all
+    but TLMM_SPARSE (an area choice), and the runtime on it keeps to TLMM."""
+    from golden.config import design_point
+    from hw.accel import default_ops
+
     assert set(RTL_OPS) == set(Opcode)
+    assert sim.rtl_ops == set(Opcode)
+    assert set(default_ops(design_point("kv260"))) == set(Opcode) - {Opcode.TLMM_SPARSE}
 
 
 @pytest.mark.parametrize(
@@ -147,7 +156,7 @@ def test_tlmm_sparse_op_equals_golden(pair, rng, rows, k, n, bw, lat):
 
 
 def test_model_prefill_decode_bit_identical(rng, seed):
-    sim = SimDevice(mem_size=MEM, bandwidth=32.0, latency=40)  # fresh memory, slow DRAM
+    sim = SimDevice(DP, mem_size=MEM, bandwidth=32.0, latency=40)  # fresh memory, slow DRAM
     m = random_model(ModelConfig(**SHAPE), seed=seed)
     gm = GoldenModel(m, "integer")
     rt_g = Runtime(m, GoldenDevice(mem_size=MEM), max_chunk=5)
@@ -194,7 +203,10 @@ def test_act_adc_model_bit_identical(case):
     m = random_model(ModelConfig(hidden_act=act, **SHAPE), seed=3)
     toks = np.array([5, 1, 40, 22, 9, 60, 2])
     want = GoldenModel(m, "integer", act_adc=adc).forward(toks)
-    for dev_ in (GoldenDevice(mem_size=MEM), SimDevice(mem_size=MEM, bandwidth=32.0, latency=9)):
+    for dev_ in (
+        GoldenDevice(mem_size=MEM),
+        SimDevice(DP, mem_size=MEM, bandwidth=32.0, latency=9),
+    ):
         rt = Runtime(m, dev_, max_chunk=5, act_adc=adc)
         got = np.concatenate([rt.forward(toks[:5]), rt.forward(toks[5:6]), rt.forward(toks[6:])])
         assert np.array_equal(got, want), (case, type(dev_).__name__)
@@ -347,7 +359,7 @@ def test_shipped_model_sparse_bit_identical_on_rtl():
     model = load(DEFAULT_MODEL)
     tok = load_tokenizer(DEFAULT_MODEL)
     ids = tok.encode(heldout_text(chars=20))
-    r = sparse_bench.compare(model, "sim", ids, 2, calibrate_on_corpus(model, tok))
+    r = sparse_bench.compare(model, "sim", ids, 2, calibrate_on_corpus(model, tok), dp=DP)
     assert r["identical"]
     want = GoldenModel(model, "integer")
     cache = want.new_cache()
@@ -381,7 +393,7 @@ def test_bitnet_2b4t_shapes_bit_identical():
     gm = GoldenModel(m, "integer")
     cache = gm.new_cache()
     want = np.concatenate([gm.forward(toks[:2], cache), gm.forward(toks[2:], cache)])
-    sim = SimDevice(mem_size=40 << 20)
+    sim = SimDevice(DP, mem_size=40 << 20)
     assert design_point("kv260").max_k < 6912  # the split is exercised
     for dev in (GoldenDevice(mem_size=40 << 20), sim):
         rt = Runtime(m, dev, max_chunk=2)

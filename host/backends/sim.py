@@ -91,6 +91,10 @@ class SimDevice(Device):
         self._mem = np.zeros(self.mem_size, dtype=np.uint8)
         self._host = Executor(self._mem, cfg)
         self._lib = open_library(build(dp, ops=ops))
+        from hw.accel import default_ops
+
+        # the opcodes the top executes on RTL (the runtime picks its commands by them)
+        self.rtl_ops = frozenset(default_ops(dp) if ops is None else ops)
         self.dma_bytes = int(self._lib.acc_dma_bytes())
         self.bandwidth, self.latency = float(bandwidth), int(latency)
         self.cycles_per_poll = int(cycles_per_poll)
