@@ -145,32 +145,6 @@ def test_full_request_fifo(rng):
         expected_cycles(1, 3, 200 * R, live, DEFAULT, W)
 
 
-def test_at_most(rng):
-    """The scanner's flags (``_at_most``: at most one / two of 42 bits set) against a
-    popcount, for every word of up to two bits and random sparse ones."""
-    from amaranth import Module, Signal
-    from amaranth.sim import Simulator
-
-    from hw.ops.tlmm_sparse import _at_most
-
-    m, x = Module(), Signal(42)
-    (le1, s1), (le2, s2) = _at_most(x, 1), _at_most(x, 2)
-    o1, o2 = Signal(), Signal()
-    m.d.comb += [*s1, *s2, o1.eq(le1), o2.eq(le2)]
-    words = [0] + [1 << i | 1 << j for i in range(42) for j in range(i, 42)]
-    words += [int(v) for v in rng.integers(0, 1 << 42, 500) & rng.integers(0, 1 << 42, 500)]
-
-    async def tb(ctx):
-        for v in words:
-            ctx.set(x, v)
-            c = bin(v).count("1")
-            assert (ctx.get(o1), ctx.get(o2)) == (c <= 1, c <= 2), (hex(v), c)
-
-    sim = Simulator(m)
-    sim.add_testbench(tb)
-    sim.run()
-
-
 @pytest.mark.parametrize("variant", ["mirrored", "T14"])
 def test_other_datapaths(rng, variant):
     """The mirrored table (index + sign codes), and T = 14 (R = 56 lanes, 35-byte beats,

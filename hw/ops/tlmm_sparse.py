@@ -18,7 +18,7 @@ Per token row m (rows follow one another)
 * Weights: for each row block r (R = T*Q output rows), the *scanner* walks the live bits
   of words Fw..Lw, one live group (c, o) a cycle (the lowest set bit of the word it holds,
   isolated as ``cur & -cur``, then cleared; whether the word ends with this pick is a
-  register kept a pick ahead: the word holds at most two groups, ``_at_most``), and
+  register kept from a count of its live groups, stored per word as the chunk lands), and
   requests the beat of group g = c*LG + o
   at ``weights + (r*Kg + g) * beat_bytes``, ``beat_bytes`` long (the last block: as far as
   its codes reach, ``golden.isa.sparse_beat_read_bytes``). A word costs a cycle even if
@@ -46,10 +46,11 @@ Fw..Lw without one (empty rows: one per block), the pipeline, and the output wri
 a block has fewer beats than writes; ``sim/test_op_tlmm_sparse.py`` measures it exactly.
 
 Timing and size (kv260 point alone, ``python -m hw.synth engine_tlmm_sparse --no-ecp5``):
-22.4 K LUT (the R lane lookups most of it), 155 LUTRAM (the row memory), 12.4 K FF,
-11 DSP (the set-up and checks), 9-10 levels by the depth rule of ``hw.timing`` (Yosys's
-mapping varies between runs): the scanner's word-end flag and its pick
-(``cur & -cur`` into the activation select), then the contract checks' pipeline (8.1).
+22.3 K LUT (the R lane lookups most of it), 156 LUTRAM (the row memory and the counts),
+12.5 K FF, 11 DSP (the set-up and checks); 9.1 levels by the depth rule of ``hw.timing``:
+the scanner's pick (``cur & -cur`` into the activation select and the beat offset), then
+the contract checks' pipeline and the FIFO's level (8.1), the table build (7.25), the
+rest 7 or less.
 
 Differences from the golden backend: k above ``max_k`` is BAD_DIM (golden allows up to
 ``TLMMConfig.max_k()``); invalid weight codes are not detected.
@@ -60,7 +61,7 @@ from __future__ import annotations
 from functools import reduce
 
 import numpy as np
-from amaranth import Array, Cat, Const, Module, Mux, Signal, Value, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -188,57 +189,14 @@ def expected_cycles(
     return done
 
 
-def _at_most(bits, most: int) -> Value:
-    """At most ``most`` (1 or 2) of ``bits`` are set, in plain logic of log depth (no
-    adder's carry chain): per group of 6 bits, then per 3 groups, the flags (>= 1, >= 2,
-    >= 3 set) carried as a 2-bit saturating count, so that every node is a function of 6
-    inputs (one LUT6). Returns (the flag, the statements that drive its nodes: comb)."""
-    bits = [Value.cast(b) for b in bits]
-
-    def flags(kids):  # kids: (>=1, >=2, >=3) of each part -> the same of the whole
-        pairs = [(i, j) for i in range(len(kids)) for j in range(len(kids)) if i < j]
-        ge1 = reduce(lambda x, y: x | y, [k[0] for k in kids])
-        ge2 = reduce(
-            lambda x, y: x | y,
-            [k[1] for k in kids] + [kids[i][0] & kids[j][0] for i, j in pairs],
-            Const(0),
+def _popcount(bits) -> Value:
+    """The number of set ``bits``: a balanced tree of adds (not a chain)."""
+    vals = [Value.cast(b) for b in bits]
+    while len(vals) > 1:
+        vals = [vals[i] + vals[i + 1] for i in range(0, len(vals) - 1, 2)] + (
+            [vals[-1]] if len(vals) % 2 else []
         )
-        ge3 = reduce(
-            lambda x, y: x | y,
-            [k[2] for k in kids]
-            + [
-                kids[i][1] & kids[j][0]
-                for i in range(len(kids))
-                for j in range(len(kids))
-                if i != j
-            ]
-            + [
-                kids[i][0] & kids[j][0] & kids[h][0]
-                for i, j in pairs
-                for h in range(j + 1, len(kids))
-            ],
-            Const(0),
-        )
-        # the 2-bit count (>= 2, == 1 or >= 3) as signals: a node's inputs are its kids'
-        x1, x0 = Signal(), Signal()
-        return x1, x0, [x1.eq(ge2), x0.eq((ge1 & ~ge2) | ge3)]
-
-    stmts = []
-    nodes = []
-    for g in range(0, len(bits), 6):
-        x1, x0, st = flags([(b, Const(0), Const(0)) for b in bits[g : g + 6]])
-        nodes.append((x1, x0))
-        stmts += st
-    while len(nodes) > 1:
-        nxt = []
-        for g in range(0, len(nodes), 3):
-            kids = [(x1 | x0, x1, x1 & x0) for x1, x0 in nodes[g : g + 3]]
-            x1, x0, st = flags(kids)
-            nxt.append((x1, x0))
-            stmts += st
-        nodes = nxt
-    x1, x0 = nodes[0]
-    return (~x1 if most == 1 else ~(x1 & x0)), stmts
+    return vals[0]
 
 
 class TLMMSparseEngine(Engine):
@@ -288,6 +246,9 @@ class TLMMSparseEngine(Engine):
         word_l = data.StructLayout({"data": unsigned(CB * 8), "live": unsigned(LG)})
         m.submodules.rowmem = rowmem = Memory(shape=word_l, depth=words, init=[])
         wport, rport = rowmem.write_port(), rowmem.read_port()
+        # each word's live group count, written a cycle after the word (from registers)
+        m.submodules.cntmem = cntmem = Memory(shape=range(LG + 1), depth=words, init=[])
+        cwport, cport = cntmem.write_port(), cntmem.read_port()
 
         # ---------------------------------------------------------- request FIFO
         widx = range(max(words, 2))
@@ -378,9 +339,7 @@ class TLMMSparseEngine(Engine):
         rest = Signal(LG)
         # cur ends this cycle (it holds one live group or none): a register, kept with cur
         trans = Signal()
-        cur_le2, st_a = _at_most(cur, 2)
-        word_le1, st_b = _at_most(rport.data.live, 1)
-        m.d.comb += st_a + st_b
+        cnt = Signal(range(LG + 1))  # the live groups in cur
         m.d.comb += [iso.eq(cur & -cur), rest.eq(cur & ~iso)]
         groups = [cur_data[j * G * ab : (j + 1) * G * ab] for j in range(LG)]
         pick_xs = reduce(lambda x, y: x | y, [Mux(iso[j], groups[j], 0) for j in range(LG)])
@@ -396,6 +355,8 @@ class TLMMSparseEngine(Engine):
         m.d.comb += [
             rport.addr.eq(Mux(st == ST_PRIME, fw, nxt_word)),
             rport.en.eq((st == ST_PRIME) | ((st == ST_SCAN) & adv & trans & ~row_end)),
+            cport.addr.eq(rport.addr),
+            cport.en.eq(rport.en),
         ]
         with m.Switch(st):
             with m.Case(ST_SCAN):
@@ -455,12 +416,13 @@ class TLMMSparseEngine(Engine):
                 with m.If(cur != 0):
                     m.d.sync += blk_first.eq(0)
                 with m.If(~trans):  # rest holds one group at most when cur held two
-                    m.d.sync += [cur.eq(rest), trans.eq(cur_le2)]
+                    m.d.sync += [cur.eq(rest), cnt.eq(cnt - 1), trans.eq(cnt <= 2)]
                 with m.Elif(~row_end):  # load word n1 (read the one after it)
                     rd_word = rport.data
                     m.d.sync += [
                         cur.eq(rd_word.live),
-                        trans.eq(word_le1),
+                        cnt.eq(cport.data),
+                        trans.eq(cport.data <= 1),
                         cur_data.eq(rd_word.data),
                         n1.eq(nxt_word),
                         c_last.eq(n1 == lw),
@@ -542,7 +504,9 @@ class TLMMSparseEngine(Engine):
         ]
         # the row's Fw / Lw a cycle later, from registers (the live bits' OR tree ends here)
         landed = Signal(
-            data.StructLayout({"valid": 1, "first": 1, "last": 1, "nz": 1, "idx": widx})
+            data.StructLayout(
+                {"valid": 1, "first": 1, "last": 1, "nz": 1, "idx": widx, "live": unsigned(LG)}
+            )
         )
         m.d.sync += [
             landed.valid.eq(act_pop),
@@ -550,6 +514,20 @@ class TLMMSparseEngine(Engine):
             landed.last.eq(head.last),
             landed.nz.eq(live != 0),
             landed.idx.eq(head.idx),
+            landed.live.eq(live),
+        ]
+        # the count in two registered steps: per 7 live bits, then their sum (written before
+        # the scan of the row can read it: that waits for row_ready a cycle more)
+        parts = [landed.live[i : i + 7] for i in range(0, LG, 7)]
+        part_n = [Signal(range(len(p) + 1), name=f"cnt_part{j}") for j, p in enumerate(parts)]
+        part_idx = Signal(widx)
+        part_valid = Signal()
+        m.d.sync += [n.eq(_popcount(p)) for n, p in zip(part_n, parts, strict=True)]
+        m.d.sync += [part_idx.eq(landed.idx), part_valid.eq(landed.valid)]
+        m.d.comb += [
+            cwport.addr.eq(part_idx),
+            cwport.data.eq(_popcount(part_n)),
+            cwport.en.eq(part_valid),
         ]
         with m.If(row_ready_clr):
             m.d.sync += row_ready.eq(0)
