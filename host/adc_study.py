@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 
 from golden.config import ADCDeviceConfig  # noqa: E402
 from golden.nl_adc import ActADC  # noqa: E402
-from host.usage import Parser, UsageError, run_main  # noqa: E402
+from host.usage import Parser, UsageError, flag_errors, run_main  # noqa: E402
 
 BITS = (3, 4, 5, 6, 7, 8)
 DEVICE_SEED = 0
@@ -170,11 +170,9 @@ def run(argv=None) -> int:
     from host.data import DEFAULT_CORPUS, heldout_text
     from host.modelfile import open_model
 
-    try:
+    with flag_errors("-m/--model"):
         source = open_model(a.model)
         model = source.load()
-    except (ValueError, OSError) as e:
-        raise UsageError(f"-m/--model: {e}") from None
     ctx = model.config.max_position_embeddings
     text = heldout_text(DEFAULT_CORPUS, a.windows * ctx + 1)
     wins = heval.windows(np.asarray(source.tokenizer.encode(text), dtype=np.int64), ctx)

@@ -77,7 +77,7 @@ from host.backends import BACKENDS  # noqa: E402
 from host.data import DEFAULT_MODEL  # noqa: E402
 from host.usage import Parser as _Parser  # noqa: E402
 from host.usage import UsageError as _UsageError
-from host.usage import run_main
+from host.usage import flag_errors, run_main
 
 DEFAULT_PROMPT = "ROMEO:"
 
@@ -183,10 +183,8 @@ def run(argv=None) -> int:
     from host.modelfile import open_model
 
     # config and tokenizer first: bad prompts are reported before the weights load
-    try:
+    with flag_errors("-m/--model"):
         source = open_model(a.model)
-    except (ValueError, OSError) as e:
-        raise _UsageError(f"-m/--model: {e}") from None
     from host.generate import encode_prompt
 
     try:
@@ -203,10 +201,8 @@ def run(argv=None) -> int:
     from host.generate import Sampler
     from host.runtime import backend_kwargs, make_runtime
 
-    try:
+    with flag_errors("-m/--model"):
         model = source.load()
-    except (ValueError, OSError) as e:
-        raise _UsageError(f"-m/--model: {e}") from None
     seed = a.seed if a.seed is not None else int(time.time_ns() % (2**31))
     sampler = Sampler(temp=a.temp, top_k=a.top_k, top_p=a.top_p, seed=seed)
     if a.sparse and (a.mode == "reference" or model.config.hidden_act != "relu2"):

@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 from golden.model import MODES, GoldenModel  # noqa: E402
 from host.data import DEFAULT_CORPUS, DEFAULT_MODEL, HELDOUT_FRACTION, heldout_text  # noqa: E402
-from host.usage import Parser, UsageError, run_main  # noqa: E402
+from host.usage import Parser, UsageError, flag_errors, run_main  # noqa: E402
 
 
 def windows(ids: np.ndarray, context: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -120,10 +120,8 @@ def run(argv=None) -> int:
 
     from host.modelfile import open_model
 
-    try:  # config and tokenizer (vocabulary checked) first
+    with flag_errors("-m/--model"):  # config and tokenizer (vocabulary checked) first
         source = open_model(a.model)
-    except (ValueError, OSError) as e:
-        raise UsageError(f"-m/--model: {e}") from None
     tok = source.tokenizer
     try:  # the corpus before the weights: bad paths fail fast
         text = heldout_text(a.corpus, a.chars)
@@ -134,10 +132,8 @@ def run(argv=None) -> int:
     if len(ids) < 2:
         raise UsageError("--chars: the held-out text has fewer than 2 tokens")
     chars = len(text) - offsets[0][1]  # characters covered by the predicted tokens
-    try:
+    with flag_errors("-m/--model"):
         model = source.load()
-    except (ValueError, OSError) as e:
-        raise UsageError(f"-m/--model: {e}") from None
     ctx = model.config.max_position_embeddings
     wins = windows(ids, ctx)
 

@@ -102,8 +102,8 @@ from starlette.requests import Request  # module level: FastAPI resolves the ann
 from host.generate import encode_prompt
 from host.usage import Parser as _Parser
 from host.usage import UsageError as _UsageError
+from host.usage import flag_errors, run_main
 from host.usage import one_line as _one_line
-from host.usage import run_main
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -1043,11 +1043,9 @@ def serve(argv=None) -> int:
         raise _UsageError(str(e)) from None
     from host.modelfile import open_model
 
-    try:  # python -m host's function, checks and messages
+    with flag_errors("-m/--model"):  # python -m host's function, checks and messages
         source = open_model(a.model)
         model = source.load()
-    except (ValueError, OSError) as e:
-        raise _UsageError(f"-m/--model: {e}") from None
     tok, model_id = source.tokenizer, source.name
 
     try:  # before the device: a busy port fails before a long build

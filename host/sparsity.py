@@ -50,7 +50,7 @@ from golden.model import GoldenModel  # noqa: E402
 from golden.modelspec import PROJ  # noqa: E402
 from host import data as hdata  # noqa: E402
 from host import eval as heval  # noqa: E402
-from host.usage import Parser, UsageError, run_main  # noqa: E402
+from host.usage import Parser, UsageError, flag_errors, run_main  # noqa: E402
 
 LEVELS = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 CALIB_WINDOWS = 4
@@ -314,11 +314,9 @@ def run(argv=None) -> int:
         )
     from host.modelfile import open_model
 
-    try:
+    with flag_errors("-m/--model"):
         source = open_model(a.model)
         model = source.load()
-    except (ValueError, OSError) as e:
-        raise UsageError(f"-m/--model: {e}") from None
     ctx = model.config.max_position_embeddings
     try:
         held = hdata.heldout_text(a.corpus, a.windows * ctx + 1)

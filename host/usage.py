@@ -7,12 +7,22 @@ error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 
 class UsageError(Exception):
     """A bad argument or input file: reported as one line, exit status 2."""
+
+
+@contextlib.contextmanager
+def flag_errors(flag: str, errors=(ValueError, OSError)):
+    """A ValueError / OSError in the block becomes the UsageError ``"<flag>: <what>"``."""
+    try:
+        yield
+    except errors as e:
+        raise UsageError(f"{flag}: {e}") from None
 
 
 class Parser(argparse.ArgumentParser):

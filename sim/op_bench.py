@@ -210,6 +210,14 @@ def check_op(
     return {k: res[k] for k in ("cycles", "error", "bytes_read", "bytes_written")}
 
 
+def check_in_place(engine, gd: GoldenDevice, cmd: isa.Command, seed: int, stall: float) -> None:
+    """``check_op`` of a command whose output aliases an input, with deep read-ahead (up to
+    32 reads outstanding, latencies to 12) so that later chunks' reads run far ahead of
+    the writes: no error, and the memory golden's."""
+    res = check_op(engine, gd, cmd, seed=seed, stall=stall, max_latency=12, max_outstanding=32)
+    assert res["error"] == ErrorCode.NONE
+
+
 def check_ops(
     engine,
     cases,

@@ -42,6 +42,15 @@ def _tlmm(gd, rng, rows, k, n, extreme=False):
     )
 
 
+def _check(gd, f, rng, stall) -> dict:
+    """TLMM with fields ``f`` on the engine == golden under ``stall``; its run's figures."""
+    r = check_op(
+        _engine(), gd, isa.command(Opcode.TLMM, **f), seed=int(rng.integers(1 << 30)), stall=stall
+    )
+    assert r["error"] == ErrorCode.NONE
+    return r
+
+
 @pytest.mark.parametrize("stall", [0.0, 0.4])
 def test_tlmm(rng, stall):
     shapes = [
@@ -50,15 +59,7 @@ def test_tlmm(rng, stall):
     ]
     for rows, k, n in shapes + [(1, MAX_K, 5)]:
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
-        f = _tlmm(gd, rng, rows, k, n, extreme=(k == MAX_K))
-        r = check_op(
-            _engine(),
-            gd,
-            isa.command(Opcode.TLMM, **f),
-            seed=int(rng.integers(1 << 30)),
-            stall=stall,
-        )
-        assert r["error"] == ErrorCode.NONE
+        _check(gd, _tlmm(gd, rng, rows, k, n, extreme=(k == MAX_K)), rng, stall)
 
 
 @pytest.mark.parametrize("case,code", [("k_over", ErrorCode.BAD_DIM), ("n0", ErrorCode.BAD_DIM)])
@@ -141,14 +142,7 @@ def test_tlmm_masked(rng, stall, skip):
         gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
         f, mask, x = _masked(gd, rng, rows, k, n, skip, dead_rows)
         assert not gtlmm.live_blocks(mask)[list(dead_rows)].any()
-        r = check_op(
-            _engine(),
-            gd,
-            isa.command(Opcode.TLMM, **f),
-            seed=int(rng.integers(1 << 30)),
-            stall=stall,
-        )
-        assert r["error"] == ErrorCode.NONE
+        r = _check(gd, f, rng, stall)
         assert r["bytes_read"] == isa.tlmm_read_bytes(x, n, DEFAULT.tlmm, mask, bool(skip)), (
             rows,
             k,

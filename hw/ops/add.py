@@ -31,7 +31,7 @@ from golden.config import DatapathConfig
 from golden.isa import Opcode
 
 from .base import Engine
-from .elem import Chunks, Rows, packer, pair_reader
+from .elem import Chunks, Rows, check_pair_lanes, packer, pair_reader
 
 FIXED_CYCLES = 9  # see the cycle formula of the module docstring
 _A, _B = 0, 1  # request / response kinds, in stream order per chunk
@@ -47,13 +47,7 @@ class AddEngine(Engine):
     DESIGN_FIELDS = {"lanes": "residual_lanes"}  # RESIDUAL's width: the same streaming
 
     def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, lanes: int):
-        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-            raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
-        if dma_bytes % 4 or 8 * lanes > dma_bytes:
-            raise ValueError(
-                f"lanes: a chunk of 2 * {lanes} int32 exceeds the {dma_bytes}-byte DMA beat"
-            )
-        self.lanes = lanes
+        self.lanes = check_pair_lanes(lanes, dma_bytes)
         super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):

@@ -123,6 +123,18 @@ def packer(m: Module, wr, stall, valid, data, half, n, last, lanes: int, elem_by
     return ptr, row_done
 
 
+def check_pair_lanes(lanes, dma_bytes: int) -> int:
+    """``lanes`` of an engine built on ``pair_reader`` (an int >= 1 whose chunk of 2L int32
+    fits a DMA beat of ``dma_bytes``, a multiple of 4): ValueError naming what is wrong."""
+    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
+        raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
+    if dma_bytes % 4 or 8 * lanes > dma_bytes:
+        raise ValueError(
+            f"lanes: a chunk of 2 * {lanes} int32 exceeds the {dma_bytes}-byte DMA beat"
+        )
+    return lanes
+
+
 def chunk_len(left, chunk: int, name: str, m: Module) -> Signal:
     """min(left, chunk) as a Signal."""
     n = Signal(range(chunk + 1), name=name)

@@ -71,7 +71,7 @@ from golden.isa import Opcode
 from hw.pipeline import RSS_STAGES, Pipe, RssParams, ScalePipe, mul_split, rss_lane
 
 from .base import Engine
-from .elem import Chunks, Rows, packer, pair_reader, sat_bits
+from .elem import Chunks, Rows, check_pair_lanes, packer, pair_reader, sat_bits
 
 # request / response kinds, in stream order per row: SCALE, then (H, ACC) per chunk
 _SCALE, _H, _ACC = 0, 1, 2
@@ -95,13 +95,7 @@ class ResidualEngine(Engine):
             raise ValueError(f"dma_bytes: {dma_bytes} is not a multiple of 4")
         if cfg.norm.in_bits > 32:
             raise ValueError(f"cfg.norm.in_bits: {cfg.norm.in_bits} exceeds the int32 tensors")
-        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < 1:
-            raise ValueError(f"lanes: expected an int >= 1, got {lanes!r}")
-        if 8 * lanes > dma_bytes:
-            raise ValueError(
-                f"lanes: a chunk of 2 * {lanes} int32 exceeds the {dma_bytes}-byte DMA beat"
-            )
-        self.lanes = lanes
+        self.lanes = check_pair_lanes(lanes, dma_bytes)
         super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
