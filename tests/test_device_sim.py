@@ -222,11 +222,12 @@ def test_host_fallback_of_a_partial_top(rng, seed):
     m = random_model(ModelConfig(**SHAPE), seed=seed + 1)
     toks = rng.integers(0, SHAPE["vocab_size"], size=6)
     want = GoldenModel(m, "integer").forward(toks)
-    got = Runtime(m, sim, max_chunk=4).forward(toks)
+    rt = Runtime(m, sim, max_chunk=4)
+    got = rt.forward(toks)
     assert np.array_equal(got, want)
-    assert set(sim.stats["host_ops"]) == {
-        op.name for op in RTL_OPS if op not in (Opcode.TLMM, Opcode.NOP, Opcode.END)
-    }
+    streamed = {c.op for c in rt.last_stream} - {Opcode.TLMM, Opcode.NOP, Opcode.END}
+    assert set(sim.stats["host_ops"]) == {op.name for op in streamed}
+    assert len(streamed) >= 8  # every other op of a layer went to the host
     sim.close()
 
 
