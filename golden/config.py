@@ -788,20 +788,17 @@ DEVICES = {
 # 250 MHz with its DDR4 (17.1 GB/s usable of 19.2 peak). ecp5: an ECP5-85F, where an open
 # flow routes the whole design: fewer tables and lanes, a 64-byte DMA, 100 MHz target.
 DESIGN_POINTS = {
-    # evidence: make synth's whole-accelerator netlist (commit 30261a5) has paths of 18.0
-    # logic levels (the engines' read handshake through the core's request skid);
-    # hw.timing.rule_mhz(18.0) = 90.9 MHz (README: Fitting the KV260)
+    # evidence: the whole accelerator's netlist (python -m hw.synth accel --no-ecp5, commit
+    # 2caa67e) has paths of 14.25 logic levels; hw.timing.rule_mhz(14.25) = 113.5 MHz
+    # (README: Fitting the KV260)
     "kv260": AccelConfig(
-        evidence_mhz=90.9, evidence="UltraScale+ logic-depth rule, whole accelerator, 18.0 levels"
+        evidence_mhz=113.5,
+        evidence="UltraScale+ logic-depth rule, whole accelerator, 14.25 levels",
     ),
-    # kv260 with the TLMM_SPARSE engine: every op of --sparse on the RTL, at ~89 % of the
-    # XCK26's LUTs (README: Activation sparsity)
-    "kv260-sparse": AccelConfig(
-        name="kv260-sparse",
-        tlmm_sparse=True,
-        evidence_mhz=90.9,
-        evidence="UltraScale+ logic-depth rule, whole accelerator, 18.0 levels",
-    ),
+    # kv260 with the TLMM_SPARSE engine: every op of --sparse on the RTL, at ~82 % of the
+    # XCK26's LUTs (kv260's top + the engine alone; README: Activation sparsity). No
+    # whole-top synthesis of it yet: no timing evidence (the engine alone: 9.1 levels)
+    "kv260-sparse": AccelConfig(name="kv260-sparse", tlmm_sparse=True),
     "ecp5": AccelConfig(
         name="ecp5",
         datapath=DatapathConfig(tlmm=TLMMConfig(tables=8, replicas=2)),
