@@ -1,38 +1,48 @@
-"""Modeled decode speed of a full-size model from one simulated layer:
-``python -m host.perf_model`` (part of ``make bench``).
+"""Modeled decode speed and time to first token of full-size models from one simulated
+layer: ``python -m host.perf_model`` (part of ``make bench``).
 
-BitNet-0.73B shapes (``BITNET_073B``, 1bitLLM/bitnet_b1_58-large: hidden 1536, FFN 4096,
-24 layers, 16 heads of 96, vocab 32002; SiLU FFN, tied embeddings) on a design point
-(``golden.config.AccelConfig``, default kv260:
-its clock, DRAM bandwidth and latency -- 250 MHz, 17.1 GB/s and 32 cycles, TeLLMe v2's
-KV260 figures; the report says whether the clock is a target or backed by evidence):
+Shapes (``MODELS``): BitNet-0.73B (``BITNET_073B``, 1bitLLM/bitnet_b1_58-large: hidden 1536,
+FFN 4096, 24 layers, 16 heads of 96, vocab 32002; SiLU FFN, tied embeddings) and BitNet
+b1.58 2B-4T (``BITNET_2B4T``: hidden 2560, FFN 6912, 30 layers, 20 query / 5 KV heads of 128,
+vocab 128256, ReLU², context 4096), on design points (``golden.config.AccelConfig``,
+default kv260: its clock, DRAM bandwidth and latency -- 250 MHz, 17.1 GB/s and 32 cycles,
+TeLLMe v2's KV260 figures). Each figure is modeled at the point's target clock and at the
+clock its timing evidence supports (``--clocks``; the point at that clock is a point of
+its own: the DRAM's bytes per cycle differ), and says which.
 
 1. A one-layer model with those shapes (random weights: cycle counts do not depend on
    the values, except that all-zero rows skip the quantizer's divider) is compiled onto
    the Verilator-compiled accelerator (``host.backends.sim``) whose DRAM model is set to
-   bandwidth / clock bytes per cycle and ``latency`` cycles.
-2. The KV cache of positions 0..context-2 is filled with random codes and scales, and
-   the decode step of the token at position context-1 (``Runtime.step_commands``) runs
-   one command at a time (each command's RTL cycles, its fetch included, and DMA bytes:
-   the breakdown), then as three streams as the runtime issues them: EMBED, the layer's
-   commands, final NORM_QUANT + LM_HEAD (the CYCLES counter of each).
-3. A token = EMBED + ``layers`` x layer + final norm and head (the stream cycles);
-   modeled tokens/s = clock / cycles. The host's share (int32 head accumulators x float
-   scales, the argmax) is not counted.
+   bandwidth / clock bytes per cycle and ``latency`` cycles. At most ``SIM_VOCAB`` vocab
+   rows are simulated: the LM head's other rows are added at the simulated cycles per row
+   (LM_HEAD streams its weight rows, so its cycles are linear in n; measured at n and n/2).
+2. Decode (``measure``): the KV cache of positions 0..context-2 is filled with random codes
+   and scales, and the decode step of the token at position context-1
+   (``Runtime.step_commands``) runs one command at a time (each command's RTL cycles, its
+   fetch included, and DMA bytes: the breakdown), then as three streams as the runtime
+   issues them: EMBED, the layer's commands, final NORM_QUANT + LM_HEAD (the CYCLES
+   counter of each). A token = EMBED + ``layers`` x layer + final norm and head; modeled
+   tokens/s = clock / cycles. The host's share (int32 head accumulators x float scales,
+   the argmax) is not counted.
+3. Prefill (``measure_prefill``): a prompt run as one chunk (positions 0..prompt-1, the
+   head on the last row) as the same three streams: time to first token and prefill
+   tokens/s.
 
 The bandwidth roofline counts the bytes that must cross the memory bus per decoded token:
 packed ternary weights in the TLMM tile format (of the design point's TLMM), the LM head
 as stored (int8), the KV cache read by QK and PV (codes + scale records), one embedding row
 and the norm weights; divided by the bandwidth.
 
-``measure_prefill`` does the same for a prompt run as one chunk (positions 0..prompt-1,
-the head on the last row): time to first token and prefill tokens/s. ``MODELS`` names the
-shapes (``bitnet-0.73b``, ``bitnet-2b-4t``); ``limits_exceeded`` says why a shape does not
-run on a design point (a dimension beyond its ``max_*``: the RTL would answer BAD_DIM), and
-``measure`` / ``measure_prefill`` raise ``DoesNotRun`` with those reasons before building
-anything. The simulator is built from ``rtl_design_point(dp)`` -- the point with the fields
-that change no logic (clock, DRAM, name, device, evidence) set to the defaults -- so points
-that differ only in those share one Verilator build (``python -m host.dse`` sweeps them).
+The command line models every ``--model`` x ``--design-point`` (decode at ``--context``
+keys; prefill at ``--prompt`` tokens on ``--prefill-design-point``) x ``--clocks``, prints
+each breakdown and a summary next to TeLLMe v2 and the roofline, and writes a figure
+(``--plot``): decode tok/s against context, time to first token against prompt length.
+``limits_exceeded`` says why a shape does not run on a design point (a dimension beyond its
+``max_*``: the RTL would answer BAD_DIM), and ``measure`` / ``measure_prefill`` raise
+``DoesNotRun`` with those reasons before building anything. The simulator is built from
+``rtl_design_point(dp)`` -- the point with the fields that change no logic (clock, DRAM,
+name, device, evidence) set to the defaults -- so points that differ only in those share
+one Verilator build (``python -m host.dse`` sweeps them).
 """
 
 from __future__ import annotations
@@ -70,8 +80,16 @@ BITNET_2B4T = ModelConfig(
     rope_theta=500000.0, hidden_act="relu2", tie_word_embeddings=True,
 )  # fmt: skip
 MODELS = {"bitnet-0.73b": BITNET_073B, "bitnet-2b-4t": BITNET_2B4T}
-TELLME_V2_TOK_S = 25.0  # TeLLMe v2 (FPGA'26), KV260, BitNet 0.73B decode
-DEFAULT_CONTEXTS = (128, 2048)  # decode positions modeled by default (keys)
+# TeLLMe v2 (FPGA'26), KV260, BitNet 0.73B at 250 MHz (DESIGN.md §7): decode tok/s, and
+# time to first token for 64- and 128-token prompts
+TELLME_V2_TOK_S = 25.0
+TELLME_V2_TTFT_S = {64: 0.45, 128: 0.96}
+DEFAULT_CONTEXTS = (128, 2048, 4096)  # decode positions modeled by default (keys)
+DEFAULT_PROMPTS = (64, 128, 512)  # prompt lengths whose time to first token is modeled
+# vocab rows simulated: a larger LM head is extrapolated from the simulated slope of its
+# cycles in n (LM_HEAD streams its weight rows: linear in n, ``hw.ops.lm_head``), so that
+# BitNet 2B-4T's 128256-row embedding (1.3 GB of int32) need not be in the simulated memory
+SIM_VOCAB = 32768
 
 
 # the AccelConfig fields that change no logic of the top but its ID register (which hashes
@@ -280,7 +298,7 @@ def measure(
         raise ValueError(f"context: expected 1..{mc.max_position_embeddings}, got {context}")
     dp = design_point(dp) if isinstance(dp, str) else dp
     _check_runs(mc, dp, context, 1)
-    one = replace(mc, num_hidden_layers=1, max_position_embeddings=context)
+    one = _one_layer(mc, context)
     t0 = time.perf_counter()
     progress(
         f"compiling a 1-layer model of {mc.hidden_size}/{mc.intermediate_size}/"
@@ -317,6 +335,10 @@ def measure(
         progress(f"  [{i + 1:>2}/{len(cmds)}] {c.op.name:<11} {rows[-1]['cycles']:>9} cycles")
     # the three parts as streams, as the runtime issues them (commands prefetched)
     cyc = _part_cycles(rt, cmds)
+    head = _extrapolate_head(rt, cmds[-1], mc.vocab_size, progress)
+    cyc["final norm + LM head"] += head["extra_cycles"]
+    rows[-1]["cycles"] += head["extra_cycles"]
+    rows[-1]["bytes_read"] += head["extra_bytes"]
     wall = time.perf_counter() - t1
     host_ops = dict(dev.stats["host_ops"])
     rt.close()
@@ -351,6 +373,55 @@ def measure(
         "clock_note": dp.clock_note(),
         "act_adc": None if act_adc is None else act_adc.describe(),
         "act_formula_cycles": act_formula_cycles(mc, dp, act_adc),
+        "model": mc,
+        "dp": dp,
+        "lm_head": head,
+    }
+
+
+def _one_layer(mc: ModelConfig, positions: int) -> ModelConfig:
+    """The simulated model: one layer of ``mc``, ``positions`` positions, at most
+    ``SIM_VOCAB`` vocab rows (``_extrapolate_head`` adds the rest of the LM head)."""
+    return replace(
+        mc,
+        num_hidden_layers=1,
+        max_position_embeddings=positions,
+        vocab_size=min(mc.vocab_size, SIM_VOCAB),
+    )
+
+
+def _extrapolate_head(rt, head_cmd, vocab: int, progress=None) -> dict:
+    """The LM head's cycles and bytes beyond the simulated ``head_cmd.n`` rows, up to
+    ``vocab``: the command alone at n and n/2 gives the slope per row (the x row and the
+    set-up cancel), times the missing rows. Nothing when ``vocab`` was simulated."""
+    from golden import isa
+    from golden.isa import Opcode
+
+    n = head_cmd.n
+    if vocab <= n:
+        return {"simulated_n": n, "extra_cycles": 0, "extra_bytes": 0, "cycles_per_row": None}
+    dev, runs = rt.device, {}
+    for m in (n // 2, n):
+        before = dev.counters()
+        rt.run_stream(
+            [isa.command(Opcode.LM_HEAD, **{**head_cmd.args, "n": m}), isa.command(Opcode.END)]
+        )
+        after = dev.counters()
+        runs[m] = (after["cycles"] - before["cycles"], after["bytes_read"] - before["bytes_read"])
+    rows = n - n // 2
+    per_row = (runs[n][0] - runs[n // 2][0]) / rows
+    per_row_bytes = (runs[n][1] - runs[n // 2][1]) / rows
+    extra = round(per_row * (vocab - n))
+    if progress:
+        progress(
+            f"  LM head: {n} of {vocab} rows simulated; {per_row:.2f} cycles per row "
+            f"(n = {n // 2} -> {n}) adds {extra} cycles for the other {vocab - n}"
+        )
+    return {
+        "simulated_n": n,
+        "extra_cycles": extra,
+        "extra_bytes": round(per_row_bytes * (vocab - n)),
+        "cycles_per_row": per_row,
     }
 
 
@@ -411,18 +482,20 @@ def measure_prefill(
         raise ValueError(f"prompt: expected 1..{mc.max_position_embeddings}, got {prompt}")
     dp = design_point(dp) if isinstance(dp, str) else dp
     _check_runs(mc, dp, prompt, prompt)
-    one = replace(mc, num_hidden_layers=1, max_position_embeddings=prompt)
+    one = _one_layer(mc, prompt)
     t0 = time.perf_counter()
     progress(f"compiling a 1-layer model for a {prompt}-token prefill ...")
     model = random_model(one, seed)
     rt = _sim_runtime(model, mc, dp, max_chunk=prompt)
     rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, mc.vocab_size, prompt).astype(np.uint32)
+    tokens = rng.integers(0, one.vocab_size, prompt).astype(np.uint32)
     rt.device.write(rt.address_map.addr("tokens"), tokens)
     cmds = rt.step_commands(0, prompt, 1)[:-1]
     progress(f"  ready in {time.perf_counter() - t0:.1f} s; simulating {len(cmds)} commands")
     t1 = time.perf_counter()
     cyc = _part_cycles(rt, cmds, progress)
+    head = _extrapolate_head(rt, cmds[-1], mc.vocab_size, progress)
+    cyc["final norm + LM head"] += head["extra_cycles"]
     wall = time.perf_counter() - t1
     rt.close()
     L = mc.num_hidden_layers
@@ -439,13 +512,37 @@ def measure_prefill(
         "layers": L,
         "design_point": dp.name,
         "clock_note": dp.clock_note(),
+        "model": mc,
+        "dp": dp,
+        "lm_head": head,
     }
+
+
+def model_name(mc: ModelConfig) -> str:
+    """The ``MODELS`` name of ``mc``'s shapes, else its shapes in a few words."""
+    for name, m in MODELS.items():
+        if m == mc:
+            return name
+    return (
+        f"{mc.hidden_size}/{mc.intermediate_size}/{mc.num_attention_heads}x{mc.head_dim}/"
+        f"vocab {mc.vocab_size}"
+    )
+
+
+def _head_note(r: dict, out) -> None:
+    h = r["lm_head"]
+    if h["cycles_per_row"] is not None:
+        out(
+            f"  LM head: {h['simulated_n']} of {r['model'].vocab_size} rows simulated, the "
+            f"other rows at the simulated {h['cycles_per_row']:.2f} cycles per row "
+            f"(+{h['extra_cycles']} cycles)"
+        )
 
 
 def report(r: dict, out=print) -> None:
     L, clk = r["layers"], r["clock_hz"]
     out(
-        f"\nBitNet-0.73B shapes, decode at context {r['context']}, design point "
+        f"\n{model_name(r['model'])} shapes, decode at context {r['context']}, design point "
         f"{r['design_point']} at {r['clock_note']}, "
         f"{r['bandwidth_bps'] / 1e9:.1f} GB/s, DRAM latency {r['latency']} cycles "
         f"(one layer simulated: {r['sim_cycles']} cycles in {r['sim_wall_s']:.1f} s wall)"
@@ -465,10 +562,13 @@ def report(r: dict, out=print) -> None:
         f"{r['cycles']['final norm + LM head']} = {r['token_cycles']} cycles = "
         f"{r['token_cycles'] / clk * 1e3:.2f} ms"
     )
-    out(
-        f"modeled decode: {r['tok_s']:.1f} tok/s   (TeLLMe v2: {TELLME_V2_TOK_S:.0f} tok/s, "
-        f"x{r['tok_s'] / TELLME_V2_TOK_S:.2f}; target >= {2 * TELLME_V2_TOK_S:.0f})"
+    vs = (  # TeLLMe v2's figure is of the 0.73B model
+        f"   (TeLLMe v2: {TELLME_V2_TOK_S:.0f} tok/s, x{r['tok_s'] / TELLME_V2_TOK_S:.2f}; "
+        f"target >= {2 * TELLME_V2_TOK_S:.0f})"
+        if r["model"] == BITNET_073B
+        else ""
     )
+    out(f"modeled decode: {r['tok_s']:.1f} tok/s{vs}")
     if r.get("act_adc"):
         out(f"ACT activation: {r['act_adc']}")
     out(
@@ -477,6 +577,7 @@ def report(r: dict, out=print) -> None:
     )
     if r["host_ops"]:
         out(f"  NOTE: ops run on the host (0 cycles counted): {r['host_ops']}")
+    _head_note(r, out)
     out("bandwidth roofline (bytes per decoded token / bandwidth):")
     tot = sum(r["roofline"].values())
     for k, v in r["roofline"].items():
@@ -511,39 +612,226 @@ def sparsity_report(fr: dict, contexts, dp: AccelConfig, out=print) -> None:
             )
 
 
+def prefill_report(r: dict, out=print) -> None:
+    c, L = r["cycles"], r["layers"]
+    out(
+        f"\n{model_name(r['model'])} shapes, prefill of {r['prompt']} tokens (one chunk), "
+        f"design point {r['design_point']} at {r['clock_note']} (one layer simulated in "
+        f"{r['sim_wall_s']:.1f} s wall)"
+    )
+    out(
+        f"time to first token = embed {c['embed']} + {L} x {c['layer']} + final norm & LM "
+        f"head {c['final norm + LM head']} = {r['ttft_cycles']} cycles = "
+        f"{r['ttft_s'] * 1e3:.1f} ms; prefill {r['prefill_tok_s']:.1f} tok/s"
+    )
+    ref = TELLME_V2_TTFT_S.get(r["prompt"]) if r["model"] == BITNET_073B else None
+    if ref:
+        out(f"  TeLLMe v2: {ref:.2f} s for {r['prompt']} tokens (x{ref / r['ttft_s']:.2f})")
+    _head_note(r, out)
+
+
+def _at_clocks(dp: AccelConfig, clocks) -> list[AccelConfig]:
+    """``dp`` at each of ``clocks`` ("target": its own; "evidence": the clock its timing
+    evidence supports, where it has some), each a point of its own for the DRAM model."""
+    out = []
+    for c in clocks:
+        if c == "target":
+            out.append(dp)
+        elif dp.evidence_mhz is not None and dp.evidence_mhz != dp.clock_mhz:
+            out.append(dp.with_(clock_mhz=dp.evidence_mhz, name=f"{dp.name}@evidence"))
+    return out
+
+
+def summary(decode: list, prefill: list, out=print) -> None:
+    """One table of every modeled figure: model, design point, clock, decode tok/s per
+    context next to its roofline, TTFT per prompt."""
+    out("\nsummary (modeled from simulated cycles; each row names its clock)")
+    out(f"{'model':<13} {'point':<22} {'MHz':>6} {'what':<16} {'modeled':>15} {'roofline':>14}")
+    for r in decode:
+        out(
+            f"{model_name(r['model']):<13} {r['design_point']:<22} {r['clock_hz'] / 1e6:>6.1f} "
+            f"{'decode @' + str(r['context']):<16} {r['tok_s']:>9.1f} tok/s "
+            f"{r['roofline_tok_s']:>8.1f} tok/s"
+        )
+    for r in prefill:
+        out(
+            f"{model_name(r['model']):<13} {r['design_point']:<22} {r['clock_hz'] / 1e6:>6.1f} "
+            f"{'TTFT ' + str(r['prompt']):<16} {r['ttft_s'] * 1e3:>12.1f} ms"
+        )
+    for r in decode:  # the LM head's share of the bytes (roofline), once per model
+        if r is next(d for d in decode if d["model"] == r["model"]):
+            roof = r["roofline"]
+            out(
+                f"{model_name(r['model'])}: the LM head is "
+                f"{roof['LM head (int8)'] / sum(roof.values()):.0%} of a decoded token's "
+                f"bytes at {r['context']} keys"
+            )
+    out(
+        f"TeLLMe v2 (KV260, 250 MHz, BitNet 0.73B): decode {TELLME_V2_TOK_S:g} tok/s, TTFT "
+        + ", ".join(f"{v:g} s at {k}" for k, v in TELLME_V2_TTFT_S.items())
+    )
+
+
+def plot(decode: list, prefill: list, path: str) -> str:
+    """Decode tok/s against context (each point, its roofline, TeLLMe v2) and time to first
+    token against prompt length, one row of panels per model; written to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(model_name(r["model"]) for r in decode + prefill))
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.8 * len(models)), squeeze=False)
+    for (ax_d, ax_p), name in zip(axes, models, strict=True):
+        mc = next(r["model"] for r in decode + prefill if model_name(r["model"]) == name)
+        series = defaultdict(list)
+        for r in decode:
+            if model_name(r["model"]) == name:
+                series[(r["design_point"], r["clock_hz"])].append(r)
+        roofs = {}
+        for (pt, hz), rs in series.items():
+            rs.sort(key=lambda r: r["context"])
+            ax_d.plot(
+                [r["context"] for r in rs], [r["tok_s"] for r in rs], "o-",
+                label=f"{pt} @ {hz / 1e6:g} MHz",
+            )  # fmt: skip
+            dp = rs[0]["dp"]
+            roofs.setdefault((dp.datapath, rs[0]["bandwidth_bps"]), pt)
+        xs = np.linspace(16, mc.max_position_embeddings, 128)
+        for (dpath, bw), pt in roofs.items():
+            ys = [bw / sum(roofline_bytes(mc, int(x), dpath).values()) for x in xs]
+            ax_d.plot(xs, ys, "--", lw=1, label=f"roofline ({pt}'s formats, {bw / 1e9:g} GB/s)")
+        if mc == BITNET_073B:
+            ax_d.axhline(TELLME_V2_TOK_S, color="k", lw=1, ls=":", label="TeLLMe v2")
+        ax_d.set(xlabel="context (keys)", ylabel="decode tok/s", title=f"{name}: decode")
+        ax_d.set_ylim(bottom=0)
+        ax_d.legend(fontsize=7)
+        series = defaultdict(list)
+        for r in prefill:
+            if model_name(r["model"]) == name:
+                series[(r["design_point"], r["clock_hz"])].append(r)
+        for (pt, hz), rs in series.items():
+            rs.sort(key=lambda r: r["prompt"])
+            ax_p.plot(
+                [r["prompt"] for r in rs], [r["ttft_s"] for r in rs], "o-",
+                label=f"{pt} @ {hz / 1e6:g} MHz",
+            )  # fmt: skip
+        if mc == BITNET_073B:
+            ax_p.plot(
+                list(TELLME_V2_TTFT_S), list(TELLME_V2_TTFT_S.values()), "ks", label="TeLLMe v2"
+            )
+        ax_p.set(xlabel="prompt tokens", ylabel="time to first token (s)", title=f"{name}: TTFT")
+        ax_p.set_ylim(bottom=0)
+        ax_p.legend(fontsize=7)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m host.perf_model", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument(
+        "--model", nargs="+", default=list(MODELS), choices=list(MODELS), help="shapes to model"
     )
     ap.add_argument(
         "--context",
         type=int,
         nargs="+",
         default=list(DEFAULT_CONTEXTS),
-        help="decode positions + 1 (keys) to model",
+        help="decode positions + 1 (keys) to model (those beyond a model's context are skipped)",
     )
-    ap.add_argument("--design-point", default=DEFAULT_DESIGN_POINT, help="named design point")
+    ap.add_argument(
+        "--prompt",
+        type=int,
+        nargs="*",
+        default=list(DEFAULT_PROMPTS),
+        help="prompt lengths whose time to first token is modeled (none: no prefill)",
+    )
+    ap.add_argument(
+        "--design-point", nargs="+", default=[DEFAULT_DESIGN_POINT], help="named design points"
+    )
+    ap.add_argument(
+        "--prefill-design-point",
+        nargs="+",
+        default=None,
+        help="named design points for the prefill figures (default: --design-point's)",
+    )
+    ap.add_argument(
+        "--clocks",
+        nargs="+",
+        choices=("target", "evidence"),
+        default=["target", "evidence"],
+        help="model each point at its target clock and/or the clock its timing evidence supports",
+    )
     ap.add_argument("--clock-mhz", type=float, default=None, help="override its clock")
     ap.add_argument("--bandwidth-gbs", type=float, default=None, help="override its DRAM GB/s")
     ap.add_argument("--latency", type=int, default=None, help="override its DRAM latency")
+    ap.add_argument(
+        "--plot", default="build/bench/perf_model.png", help="figure to write ('' for none)"
+    )
+    ap.add_argument("--no-sparsity", action="store_true", help="skip the exact-sparsity roofline")
     from host.runtime import act_adc_from_args, add_act_adc_args
 
     add_act_adc_args(ap)
     a = ap.parse_args(argv)
     try:
         adc = act_adc_from_args(a)
+        points, pre_points = (
+            [
+                q
+                for name in names
+                for q in _at_clocks(
+                    design_point_with(name, a.clock_mhz, a.bandwidth_gbs, a.latency), a.clocks
+                )
+            ]
+            for names in (a.design_point, a.prefill_design_point or a.design_point)
+        )
+        if not points or not pre_points:
+            raise ValueError("--clocks: no design point has timing evidence to model at")
+        if any(c < 1 for c in a.context) or any(p < 1 for p in a.prompt):
+            raise ValueError("--context / --prompt: must be >= 1")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    for ctx in a.context:
-        try:
-            dp = design_point_with(a.design_point, a.clock_mhz, a.bandwidth_gbs, a.latency)
-            r = measure(context=ctx, dp=dp, act_adc=adc)
-        except ValueError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        report(r)
-    sparsity_report(measured_sparsity(cfg=dp.datapath), sorted(set(a.context) | {4096}), dp)
+    decode, prefill = [], []
+    for name in a.model:
+        mc = MODELS[name]
+        for dp in points:
+            for ctx in a.context:
+                if ctx > mc.max_position_embeddings:
+                    print(f"\n{name}: context {ctx} > its {mc.max_position_embeddings}: skipped")
+                    continue
+                try:
+                    r = measure(mc, context=ctx, dp=dp, act_adc=adc)
+                except DoesNotRun as e:
+                    print(f"\n{name}: {e}")
+                    continue
+                report(r)
+                decode.append(r)
+        for dp in pre_points:
+            for n in a.prompt:
+                if n > mc.max_position_embeddings:
+                    print(
+                        f"\n{name}: prompt {n} > its context {mc.max_position_embeddings}: skipped"
+                    )
+                    continue
+                try:
+                    r = measure_prefill(mc, prompt=n, dp=dp)
+                except DoesNotRun as e:
+                    print(f"\n{name}: {e}")
+                    continue
+                prefill_report(r)
+                prefill.append(r)
+    summary(decode, prefill)
+    if a.plot and (decode or prefill):
+        print(f"figure: {plot(decode, prefill, a.plot)}")
+    if not a.no_sparsity:
+        dp = points[0]
+        sparsity_report(measured_sparsity(cfg=dp.datapath), sorted(set(a.context)), dp)
     return 0
 
 

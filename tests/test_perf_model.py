@@ -55,7 +55,7 @@ def test_measure_small_model_on_sim():
     out = []
     perf_model.report(r, out=out.append)
     text = "\n".join(out)
-    assert "modeled decode" in text and "roofline" in text and "TeLLMe" in text
+    assert "modeled decode" in text and "roofline" in text
     assert f"design point kv260 at {dp.clock_note()}" in text
 
 
@@ -80,3 +80,44 @@ def test_measure_prefill_small_model_on_sim():
     assert one["ttft_cycles"] == dec["token_cycles"]
     # eight tokens in one chunk take longer than one, and less than eight decode steps
     assert one["ttft_cycles"] < r["ttft_cycles"] < 8 * one["ttft_cycles"]
+
+
+def test_lm_head_beyond_the_simulated_vocab_is_extrapolated(monkeypatch):
+    """A vocab larger than ``SIM_VOCAB`` is simulated in part and the LM head's remaining
+    rows added at the simulated cycles per row: the same token cycles, within 1 %, as
+    simulating the whole head."""
+    dp = design_point("kv260").with_(dram_latency=8)
+    quiet = lambda *_: None  # noqa: E731
+    whole = perf_model.measure(SMALL, context=4, dp=dp, progress=quiet)
+    assert whole["lm_head"]["extra_cycles"] == 0
+    monkeypatch.setattr(perf_model, "SIM_VOCAB", 16)
+    part = perf_model.measure(SMALL, context=4, dp=dp, progress=quiet)
+    h = part["lm_head"]
+    assert h["simulated_n"] == 16 and h["extra_cycles"] > 0 and h["extra_bytes"] > 0
+    # the layer is the same; only the head differs, by less than 1 %
+    assert part["cycles"]["layer"] == whole["cycles"]["layer"]
+    head_w, head_p = (r["cycles"]["final norm + LM head"] for r in (whole, part))
+    assert abs(head_p - head_w) <= 0.01 * head_w
+    assert part["rows"][-1]["bytes_read"] == whole["rows"][-1]["bytes_read"]
+    out = []
+    perf_model.report(part, out=out.append)
+    assert any("16 of 40 rows simulated" in line for line in out)
+    pre = perf_model.measure_prefill(SMALL, prompt=4, dp=dp, progress=quiet)
+    assert pre["lm_head"]["simulated_n"] == 16 and pre["lm_head"]["extra_cycles"] > 0
+
+
+def test_main_models_points_and_plot(tmp_path, monkeypatch, capsys):
+    """The command line: every model x design point x clock is measured, a summary and the
+    figure are written, contexts beyond a model's are skipped and said so."""
+    monkeypatch.setattr(perf_model, "MODELS", {"small": SMALL})
+    plot = tmp_path / "perf.png"
+    argv = ["--model", "small", "--context", "4", "64", "--prompt", "3", "--latency", "8"]
+    assert perf_model.main(argv + ["--no-sparsity", "--plot", str(plot)]) == 0
+    out = capsys.readouterr().out
+    assert "context 64 > its 32: skipped" in out
+    assert "small shapes, decode at context 4" in out and "prefill of 3 tokens" in out
+    # kv260 has timing evidence: its target and its evidence clock are both modeled
+    ev = design_point("kv260").evidence_mhz
+    assert "kv260@evidence" in out and "TeLLMe v2 (KV260" in out and f"{ev:>6.1f}" in out
+    assert plot.stat().st_size > 10_000
+    assert perf_model.main(["--model", "small", "--prompt", "0"]) == 2
