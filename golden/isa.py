@@ -38,8 +38,9 @@ NORM_QUANT ``op_norm_quant``: src int32 [rows, dim] Q15.16, gamma int16 [dim] (`
 (4)        dst int8 [rows, dim], dst_scale [rows] scale records. Constants of
            ``golden.rmsnorm.norm_constants(dim)``: eps_term (48 bits), c_mant, c_exp; the
            norm's gamma exponent g_exp (the record's shift is rmsnorm's shift - g_exp).
-TLMM (5)   ``op_tlmm``: src int8 [rows, k] (x_q), weights in the TLMM tile format below
-           (n rows, k inputs), dst int32 [rows, n]. masked=1: ``mask`` int32 [rows, n]
+TLMM (5)   ``op_tlmm``: src int8 [rows, k] (x_q; row m at ``src + m*(k + src_skip)``:
+           src_skip > 0 reads a k slice of a wider matrix), weights in the TLMM tile
+           format below (n rows, k inputs), dst int32 [rows, n]. masked=1: ``mask`` int32 [rows, n]
            (the gate accumulators of a ReLU^2 FFN) zeroes every output whose mask entry is
            <= 0 (up_proj computes only the rows whose ReLU(gate) is non-zero, DESIGN §9);
            skip=1 (with masked) lets the engine leave unread the weight beats of a row
@@ -79,7 +80,8 @@ TLMM_SPARSE ``op_tlmm`` as TLMM, weights in the sparse (group-major) tile format
            TLMM's. For inputs that are mostly zero (a ReLU^2 FFN's down_proj, DESIGN §9).
 ADD (14)   ``dst = a + b``: int32 [rows, dim] each, two's-complement (wraps modulo 2^32).
            The runtime splits a projection whose k exceeds the engines' ``max_k`` into
-           TLMMs over slices of k and sums their partial accumulators with ADD (exact:
+           TLMMs over slices of k (all rows at once, TLMM's src_skip; per row for
+           TLMM_SPARSE) and sums their partial accumulators with ADD (exact:
            |sum| <= k * 2^7 fits int32 for every k the TLMM contract allows).
 ========== ===================================================================================
 
@@ -292,7 +294,7 @@ ARGS = {
          "g_exp": signed(G_EXP_BITS)}),
     Opcode.TLMM: data.StructLayout(
         {"src": _A, "weights": _A, "dst": _A, "rows": _R, "k": _D, "n": _D, "mask": _A,
-         "masked": 1, "skip": 1}),
+         "masked": 1, "skip": 1, "src_skip": _D}),
     Opcode.ROPE_QUANT: data.StructLayout(
         {"src": _A, "src_scale": _A, "table": _A, "dst": _A, "dst_scale": _A, "rows": _R,
          "heads": _H, "head_dim": _D, "ld": _R, "pos": _R, "table_rows": _R, "c_mant": _M,
@@ -366,9 +368,9 @@ class Tensor:
     """The tensor at the address in command field ``field``: elements of ``dtype`` in the
     C-order ``shape`` (expressions). Head-strided with ``ld``: index 0 of the shape steps by
     ``ld`` rows of index 1 (element (h, t, i) at ``(h*ld + t)*row + i``, row = the product
-    of the shape after index 1). ``offset``: elements from the field's address to the first
-    one. ``when``: checked and used only if that expression is true. ``out``: the command
-    writes it (else it reads it).
+    of the shape after index 1; a 2-D shape: rows ``ld`` elements apart). ``offset``:
+    elements from the field's address to the first one. ``when``: checked and used only if
+    that expression is true. ``out``: the command writes it (else it reads it).
 
     Checks: the field's address is a multiple of the element size (else ALIGN), then every
     byte of ``extent`` lies inside the memory window (else ADDR_RANGE)."""
@@ -464,7 +466,8 @@ CONTRACTS = {
     ),
     Opcode.TLMM: (
         Dims("rows >= 1", "k >= 1", "n >= 1", "k <= tlmm_max_k"),
-        Tensor("src", I8, ("rows", "k")),
+        # rows of k bytes, src_skip bytes apart (a k slice of a wider matrix: K-split)
+        Tensor("src", I8, ("rows", "k"), ld="k + src_skip"),
         Tensor("weights", U8, ("tlmm_weight_bytes(n, k)",)),
         Data(
             "weight codes",
@@ -741,7 +744,7 @@ def _check_value(op: Opcode, fd: _Field, value):
 
 
 # fields a command may leave out: a mode that is off (TLMM's up_proj mask)
-OPTIONAL_FIELDS = {Opcode.TLMM: {"mask": 0, "masked": 0, "skip": 0}}
+OPTIONAL_FIELDS = {Opcode.TLMM: {"mask": 0, "masked": 0, "skip": 0, "src_skip": 0}}
 
 
 def command(op: Opcode, **fields) -> Command:

@@ -274,8 +274,8 @@ class Runtime:
             )
         for name, nbytes, fmt in scratch:
             self._region(name, nbytes, fmt, "scratch")
-        # K-split projections issue commands per token row: the longest stream is a
-        # max_chunk-token step
+        # K-split TLMM_SPARSE projections issue commands per token row: the longest stream
+        # is a max_chunk-token step
         self.max_cmds = len(self.step_commands(0, self.max_chunk, 1))
         self._region(
             "stream",
@@ -342,8 +342,10 @@ class Runtime:
 
     def _tlmm_cmds(self, li: int, proj: str, dst: str, rows: int) -> list:
         """A projection's commands: one TLMM (or TLMM_SPARSE), or, when its k exceeds the
-        engines' max_k, per token row one per k slice (slice j > 0 into ``acc_part``) and
-        an ADD per slice j > 0 that sums the partial accumulators into ``dst``."""
+        engines' max_k, one TLMM per k slice over all rows (src_skip steps over the rest of
+        each row; TLMM_SPARSE, which has no src_skip: one per row and slice), slice j > 0
+        into ``acc_part``, and an ADD per slice j > 0 that sums the partial accumulators
+        into ``dst``."""
         n, k = self.im.layers[li].proj[proj].codes.shape
         op = Opcode.TLMM_SPARSE if self._sparse_proj(proj) else Opcode.TLMM
         x, out = self.address_map.addr("x"), self.address_map.addr(dst)
@@ -359,15 +361,22 @@ class Runtime:
         part = self.address_map.addr("acc_part")
         dsts = [out] + [part + (j - 1) * self.max_chunk * n * 4 for j in range(1, len(slices))]
         cmds = []
-        for m in range(rows):
-            row_extra = dict(extra, mask=extra["mask"] + m * n * 4) if extra else {}
+        if op == Opcode.TLMM:  # all rows at once: the slice of each row, src_skip apart
             for j, (k0, k1) in enumerate(slices):
                 w = self.address_map.addr(f"L{li}.{proj}.k{j}")
-                src = x + m * k + k0
-                d = dsts[j] + m * n * 4
+                skip = k - (k1 - k0)
                 cmds.append(
-                    command(op, src=src, weights=w, dst=d, rows=1, k=k1 - k0, n=n, **row_extra)
-                )
+                    command(
+                        op, src=x + k0, src_skip=skip, weights=w, dst=dsts[j], rows=rows,
+                        k=k1 - k0, n=n, **extra,
+                    )
+                )  # fmt: skip
+        else:  # TLMM_SPARSE has no src_skip: one per row and slice
+            for m in range(rows):
+                for j, (k0, k1) in enumerate(slices):
+                    w = self.address_map.addr(f"L{li}.{proj}.k{j}")
+                    src, d = x + m * k + k0, dsts[j] + m * n * 4
+                    cmds.append(command(op, src=src, weights=w, dst=d, rows=1, k=k1 - k0, n=n))
         for d in dsts[1:]:
             cmds.append(command(Opcode.ADD, a=out, b=d, dst=out, rows=rows, dim=n))
         return cmds

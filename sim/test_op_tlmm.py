@@ -99,6 +99,23 @@ def test_tlmm_cycles(rng):
         assert r["cycles"] == expected_cycles(rows, k, n, DEFAULT), (rows, k, n, r["cycles"])
 
 
+def test_tlmm_src_skip(rng):
+    """src_skip: the rows are a k slice of a wider matrix (the runtime's K-split), at an odd
+    offset, under stalls; with no stalls the cycles are the unsliced formula's."""
+    rows, k, wide, k0 = 3, 70, 181, 37
+    cases = []
+    for _ in range(2):
+        gd = GoldenDevice(DEFAULT, mem_size=1 << 20)
+        f = _tlmm(gd, rng, rows, k, 6)
+        x = rng.integers(-128, 128, (rows, wide)).astype(np.int8)
+        f.update(src=put(gd, x) + k0, src_skip=wide - k)
+        cases.append((gd, isa.command(Opcode.TLMM, **f), None))
+    r = _check(cases[0][0], cases[0][1].args, rng, 0.4)
+    assert r["bytes_read"] == rows * k + isa.tlmm_weight_bytes(6, k) * rows
+    (r,) = check_ops(_engine(), cases[1:], stall=0.0, max_latency=1)
+    assert r["cycles"] == expected_cycles(rows, k, 6, DEFAULT)
+
+
 # ------------------------------------------------------------------ masked / skip
 def _mask(rng, rows, n, dead_rows=()):
     """A gate-like mask: ~75 % of the entries <= 0 (zeros, negatives, INT32_MIN), the

@@ -379,9 +379,9 @@ def test_bitnet_2b4t_shapes_bit_identical():
     """BitNet b1.58 2B-4T's layer shapes (hidden 2560, FFN 6912, 20 query / 5 KV heads of
     128: GQA 4:1, ReLU^2, rope_theta 5e5) with random weights, one layer and a small
     vocabulary and context for test time: its down_proj's k = 6912 exceeds the engines'
-    max_k 4096, so the runtime splits it (per-row TLMMs over k slices, ADD of the
-    partials); prefill and decode logits on the RTL equal the golden backend's (which
-    needs no split) and the golden forward's, bit for bit, all on the RTL."""
+    max_k 4096, so the runtime splits it (a TLMM per k slice over all rows, src_skip
+    apart, and ADD of the partials); prefill and decode logits on the RTL equal the golden
+    backend's (which needs no split) and the golden forward's, bit for bit, all on the RTL."""
     from golden.config import design_point
 
     shape = dict(

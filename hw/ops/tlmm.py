@@ -8,8 +8,8 @@ masked) and dst aligned to 4 (ALIGN) and in range. The
 contract's data check "weight codes" (a code ``pack_tlmm_weights`` never writes:
 BAD_OPERAND) is golden's only (``GOLDEN_ONLY``): the engine decodes any 5-bit code.
 
-For each token row m: read the Kc activation chunks (G*T bytes from ``src + m*k``; the
-last one short, zero-filled by the memory) then the Nb*Kc weight beats
+For each token row m: read the Kc activation chunks (G*T bytes from ``src + m*(k +
+src_skip)``; the last one short, zero-filled by the memory) then the Nb*Kc weight beats
 (``golden.isa.tlmm_beat_bytes``) in tile order; the responses go, in order, to the engine's
 ``act``/``wgt`` streams; each ``out`` beat (Q accumulators) is written to
 ``dst + (m*n + b*Q)*4`` (the last block of a row short). Reads of row m+1 are issued as
@@ -288,7 +288,12 @@ class TLMMEngine(Engine):
         # the next row's addresses, ready before the row ends (rows are >= 2 cycles)
         rq_rowbase_n = Signal.like(rq_rowbase)
         rq_mbase_n = Signal.like(rq_mbase)
-        m.d.sync += [rq_rowbase_n.eq(rq_rowbase + a.k), rq_mbase_n.eq(rq_mbase + n4)]
+        row_stride = Signal(isa.ADDR_BITS)  # k + src_skip: the fields are stable in a command
+        m.d.sync += [
+            row_stride.eq(a.k + a.src_skip),
+            rq_rowbase_n.eq(rq_rowbase + row_stride),
+            rq_mbase_n.eq(rq_mbase + n4),
+        ]
         head = fq.r_data
 
         def next_row():
