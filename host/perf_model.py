@@ -737,20 +737,17 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--model", nargs="+", default=list(MODELS), choices=list(MODELS), help="shapes to model"
     )
-    ap.add_argument(
-        "--context",
-        type=int,
-        nargs="+",
-        default=list(DEFAULT_CONTEXTS),
-        help="decode positions + 1 (keys) to model (those beyond a model's context are skipped)",
-    )
-    ap.add_argument(
-        "--prompt",
-        type=int,
-        nargs="*",
-        default=list(DEFAULT_PROMPTS),
-        help="prompt lengths whose time to first token is modeled (none: no prefill)",
-    )
+    for flag, default, what in (
+        ("--context", DEFAULT_CONTEXTS, "decode positions + 1 (keys) to model"),
+        ("--prompt", DEFAULT_PROMPTS, "prompt lengths whose time to first token is modeled"),
+    ):
+        ap.add_argument(
+            flag,
+            type=int,
+            nargs="*",
+            default=list(default),
+            help=f"{what} (none: none; beyond a model's context: skipped)",
+        )
     ap.add_argument(
         "--design-point", nargs="+", default=[DEFAULT_DESIGN_POINT], help="named design points"
     )
