@@ -31,14 +31,14 @@ of 4 times); a prefill chunk with n_rep = 1 holds 4 rows of a head; n_rep = 4 ho
 heads of one row. Its slots (ri, ti), head outer, are i = 0 .. nb - 1 (nb = nh * nt);
 its keys j = 0 .. vis - 1, vis = keys - rows + t0 + nt (the last row's visible keys).
 
-Per block the request side spends two set-up cycles (the block's shape from registers),
+Per block the request side spends three set-up cycles (the block's shape into registers),
 then issues per slot the q row (head_dim bytes, one beat) and its q scale record, then
 the keys j = 0 .. vis - 1 of KV head g, one key row per read (one beat), preceded every
 R = ``records`` keys by one read of the next R key scale records (4R bytes). Requests
 run ahead of the responses without limit (the memory applies backpressure); the
 response side follows the same sequence:
 
-* two set-up cycles; q / q-scale responses load slot i's held query: its codes, scale
+* three set-up cycles; q / q-scale responses load slot i's held query: its codes, scale
   record, last visible key L_i = keys - rows + t and dst row address (the previous
   block's keys have all been accepted by then, and each key uses them in its issue
   cycle);
@@ -58,16 +58,20 @@ response side follows the same sequence:
     product (a DSP), the shifters, the rounding and the saturation (each a stage);
 * after the block's last key (vis < keys: not the command's last row chunk) every held
   query's keys vis .. keys - 1 are zero: one output chunk (below) per slot per cycle,
-  chunk outer, slot inner, without any read.
+  chunk outer, slot inner, without any read;
+* one cycle (each side) to step to the next block. The walks start a cycle after the
+  checks pass (a register); every decision of the walks is a register (the next block's
+  origin, the cursors' next addresses, "last key", "next key starts a record chunk").
 
 Writes: dst stays [heads, rows, keys]; the logits of one key go to nb different rows, so
 the output packer keeps one gather register per slot (``out_lanes`` int16, its row's
 current chunk: keys c*out_lanes .. c*out_lanes + out_lanes - 1 relative to the row's
 start) and writes it as one write of up to ``out_lanes`` logits at ``dst + ((h*rows + t)
 *keys + c*out_lanes)*2`` when the chunk is full or the row ends (a flush clears it, so a
-zero run only writes what is left). Every row is thus written in ceil(keys / out_lanes)
-writes (one more where its zero run starts inside a chunk), as many as before, but the
-nb rows' writes interleave; each write goes to a one-entry write register: the pipeline
+zero run only writes what is left). Every row is thus written in exactly ceil(keys /
+out_lanes) writes (before blocking the packer ran over the contiguous dst: ceil(heads *
+rows * keys / out_lanes) writes in all, fewer when keys % out_lanes != 0), the nb rows'
+writes interleaved; each write goes to a one-entry write register: the pipeline
 stalls only when a second write is ready before the first was written (nb slots flushing
 on the same key write on consecutive cycles). Area per slot: a q register (8*dma_bytes
 bits), its record, L, dst address and gather register (16*out_lanes bits); the q select
@@ -78,29 +82,36 @@ Cycles
 With no memory stalls (the response side takes one beat per cycle; ``expected_cycles``)::
 
     cycles = G + 14 + latency + sum over blocks of
-             [2 + 2 nb + ceil(vis / R) + nb * vis + nb * z]
+             [4 + 2 nb + ceil(vis / R) + nb * vis + nb * z]
     z = 0 if vis == keys else floor((keys - 1) / out_lanes) - floor(vis / out_lanes) + 1
 
-(G + 2 check cycles: the head-ratio divider ``hw.ops.gqa``, G = ``gqa.cycles()`` = 9 for
-8-bit head fields, and two cycles of registered checks; the first response's latency,
-the pipeline (``PIPE`` = 10 stages), the final write and the done cycle; per block the
-two set-up cycles, the q and q-scale beats of its slots, one per R scale records, nb
-cycles per key (one dot product a cycle) and z zero-run chunks per slot; the request
-side's set-up of the first block overlaps the response side's). Bytes read
+(G + 3 check and start cycles: the head-ratio divider ``hw.ops.gqa``, G = ``gqa.cycles()``
+= 9 for 8-bit head fields, two cycles of registered checks and the walks' start register;
+the first response's latency, the pipeline (``PIPE`` = 10 stages), the final write and
+the done cycle, less one: the last block's step overlaps the pipeline; per block the
+three set-up cycles and the step to the next (the first block's set-up overlaps the
+request side's), the q and q-scale beats of its slots, one per R scale records, nb
+cycles per key (one dot product a cycle) and z zero-run chunks per slot). Bytes read
 (``read_bytes``): per block nb * (head_dim + 4) + vis * (head_dim + 4).
 
-BitNet 2B-4T decode (20 heads, 5 KV heads, head_dim 128, 1 query row), kv260 (R = 32,
-out_lanes 16, B = 4), 2048 keys: 1,354,320 bytes (was 5,409,360: each K row and record
-read once per KV head instead of once per query head) and 41,354 cycles at one dot
-product a cycle (was 42,304) -- at the KV260's 68.4 bytes/cycle that is compute-bound
-(memory alone: 19,800 cycles; was memory-bound at 79,084), so 1.91x faster; a second
-dot lane would balance the two. BitNet-0.73B decode (16 heads, n_rep = 1): one query per
-block, 33,880 cycles at 2048 keys (was 33,848: the two set-up cycles per block), bytes
-unchanged. A 128-token prefill (rows = keys = 128) reads 4x fewer bytes (2B-4T: 5.79 MB,
-was 22.1 MB; 0.73B: 3.58 MB, was 13.4 MB), again compute-bound at one dot a cycle
-(184,504 and 150,296 cycles).
-Measured by ``sim/test_op_qk.py`` (``test_qk_cycles``: cycles and bytes) with a 1-cycle
-memory, exactly the formulas.
+``python -m hw.ops.qk`` prints these for BitNet shapes at block 1 (one query at a time,
+as before blocking) and at the design point's block. kv260 (R = 32, out_lanes 16, B = 4,
+68.4 bytes/cycle): BitNet 2B-4T decode (20 heads, 5 KV heads, head_dim 128), 2048 keys:
+1,354,320 bytes (5,409,360 one query at a time: each K row and record is now read once
+per KV head instead of once per query head) and 41,364 cycles (42,304 before blocking),
+compute-bound at one dot product a cycle (memory alone: 19,800 cycles; before: memory-
+bound, 79,084): 1.91x; a second dot lane would balance the two. BitNet-0.73B decode (16
+heads, n_rep = 1, one query per block): bytes unchanged, 33,912 cycles at 2048 keys
+(33,848 before: the set-up cycles per block). A 128-token prefill (rows = keys = 128)
+reads 4x fewer bytes (2B-4T: 5.79 MB, was 22.1 MB; 0.73B: 3.58 MB, was 13.4 MB) and is
+compute-bound at one dot a cycle (185,784 and 151,320 cycles).
+Measured by ``sim/test_op_qk.py`` (``test_qk_cycles``: cycles and bytes, blocks 1, 3, 4,
+8) with a 1-cycle memory, exactly the formulas.
+
+Area (``python -m hw.synth engine_qk --no-ecp5``, the engine alone, XCK26; LUT / FF /
+DSP, logic levels): one query at a time before blocking 4,263 / 5,064 / 138, 6.0; B = 1
+5,254 / 6,445 / 139, 6.0; B = 2 6,869 / 7,840 / 141, 6.0; B = 4 (kv260) 7,718 / 10,589 /
+141, 6.0; B = 8 11,442 / 16,060 / 141, 6.25. The ecp5 point keeps B = 1.
 
 Differences from the golden backend
 ===================================
@@ -163,7 +174,7 @@ def expected_cycles(
     total = 0
     for nh, nt, v in blocks(heads, kv_heads, rows, keys, block):
         nb = nh * nt
-        total += 2 + 2 * nb + -(-v // records) + nb * v + nb * _zero_chunks(keys, v, out_lanes)
+        total += 4 + 2 * nb + -(-v // records) + nb * v + nb * _zero_chunks(keys, v, out_lanes)
     return gqa_cycles() + 2 + latency + PIPE + total + 2
 
 
@@ -188,35 +199,50 @@ class _Grid:
     """A q-row tensor's (q, q_scale, dst) place in the walk over a block's query slots
     (head-chunk outer, row inner): ``hbase`` row 0 of the block's first head, ``h`` row 0
     of the slot's head, ``toff`` the block's first row (bytes from row 0), ``ptr`` the
-    slot's row. Each method returns the statements of one step; ``hstride`` bytes between
-    heads, ``rstep`` between rows, ``tstep`` between row chunks."""
+    slot's row; ``nx`` the next slot's ptr, a register (:meth:`prepare`). ``hstride``
+    bytes between heads, ``tstep`` between row chunks (registers). Each method returns the
+    statements of one step."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, hstride, tstep):
         w = isa.ADDR_BITS + 1
         self.hbase, self.h = Signal(w, name=f"{name}_hbase"), Signal(w, name=f"{name}_h")
         self.toff, self.ptr = Signal(w, name=f"{name}_toff"), Signal(w, name=f"{name}_ptr")
+        self.nx = Signal(w, name=f"{name}_nx")
+        self.hp = Signal(w, name=f"{name}_hp")  # the slot head's row t0 (= ptr at its start)
+        self.hn, self.tn = Signal(w, name=f"{name}_hn"), Signal(w, name=f"{name}_tn")
+        self.hstride, self.tstep = hstride, tstep
+
+    def prepare(self, m, walk, rstep) -> None:
+        """``nx`` from the walk's flags every cycle (a step comes >= 2 cycles after the
+        last change of the cursor or the flags)."""
+        h_next = self.h + self.hstride
+        to_end = Mux(walk.more_t, self.hbase + self.tn, h_next)
+        to_head = Mux(walk.ri_last, to_end, self.hp + self.hstride)
+        m.d.sync += self.nx.eq(Mux(walk.ti_last, to_head, self.ptr + rstep))
+        # h after a head step or the block's end; toff after a row chunk
+        m.d.sync += [
+            self.hn.eq(Mux(walk.ti_last & walk.ri_last & walk.more_t, self.hbase, h_next)),
+            self.tn.eq(self.toff + self.tstep),
+        ]
 
     def start(self, addr) -> list:
-        return [self.hbase.eq(addr), self.h.eq(addr), self.toff.eq(0), self.ptr.eq(addr)]
+        s = [self.hbase.eq(addr), self.h.eq(addr), self.toff.eq(0), self.ptr.eq(addr)]
+        return s + [self.hp.eq(addr)]
 
-    def row(self, rstep) -> list:
-        return [self.ptr.eq(self.ptr + rstep)]
+    def row(self) -> list:
+        return [self.ptr.eq(self.nx)]
 
-    def head(self, hstride) -> list:
-        return [self.h.eq(self.h + hstride), self.ptr.eq(self.h + hstride + self.toff)]
+    def head(self) -> list:
+        return [self.h.eq(self.hn), self.ptr.eq(self.nx), self.hp.eq(self.nx)]
 
-    def end(self, m, more_t, hstride, tstep) -> None:
+    def end(self, m, more_t) -> None:
         """After the block's last slot: the next row chunk of the same heads, or row 0 of
         the next head chunk."""
+        m.d.sync += [self.ptr.eq(self.nx), self.h.eq(self.hn), self.hp.eq(self.nx)]
         with m.If(more_t):
-            m.d.sync += [
-                self.h.eq(self.hbase),
-                self.toff.eq(self.toff + tstep),
-                self.ptr.eq(self.hbase + self.toff + tstep),
-            ]
+            m.d.sync += self.toff.eq(self.tn)
         with m.Else():
-            nxt = self.h + hstride
-            m.d.sync += [self.hbase.eq(nxt), self.h.eq(nxt), self.toff.eq(0), self.ptr.eq(nxt)]
+            m.d.sync += [self.hbase.eq(self.hn), self.toff.eq(0)]
 
 
 class _Blocks:
@@ -230,9 +256,9 @@ class _Blocks:
     keys: no zero run), ``ri_last`` / ``ti_last`` / ``lastk``; ``L`` the slot row's last
     visible key. Signals are named ``<prefix><field>``."""
 
-    def __init__(self, prefix: str, a, vis0, hb, tb, n_rep, B: int):
+    def __init__(self, m, prefix: str, a, lim0, hb, tb, n_rep, B: int, R: int):
         rbits = isa.ROWS_BITS + 1
-        self.a, self.vis0, self.hb, self.tb, self.n_rep = a, vis0, hb, tb, n_rep
+        self.a, self.lim0, self.hb, self.tb, self.n_rep = a, lim0, hb, tb, n_rep
 
         def reg(field: str, shape=1):
             return Signal(shape, name=prefix + field)
@@ -242,43 +268,65 @@ class _Blocks:
         self.nh, self.nt, self.ri, self.ti = (
             reg(f, range(B + 1)) for f in ("nh", "nt", "ri", "ti")
         )
-        self.t0, self.vis, self.j, self.left = (reg(f, rbits) for f in ("t0", "vis", "j", "left"))
+        self.t0, self.t1 = reg("t0", rbits), reg("t1", rbits + 1)  # t1 = t0 + tb
+        self.vis, self.j, self.left = (reg(f, rbits) for f in ("vis", "j", "left"))
         self.L0, self.L = reg("L0", rbits), reg("L", rbits)
         self.more_t, self.g_end, self.hend, self.full = (
             reg(f) for f in ("more_t", "g_end", "hend", "full")
         )
         self.ri_last, self.ti_last, self.lastk = reg("ri_last"), reg("ti_last"), reg("lastk")
+        self.R, self.kfull, self.krec = R, reg("kfull"), reg("krec")
+        self.rleft, self.t0_last = reg("rleft", rbits), reg("t0_last")  # rows - t0; == 1
+        # the next block's t0, h0, r0 and "this block is the last", registered from the
+        # block's registers (stable from its set-up to its end)
+        self.t0_nx, self.h0_nx, self.r0_nx = (
+            reg("t0_nx", rbits),
+            reg("h0_nx", hbits),
+            reg("r0_nx", hbits),
+        )
+        self.last = reg("last")
+        m.d.sync += [
+            self.t0_nx.eq(Mux(self.more_t, self.t1, 0)),
+            self.h0_nx.eq(Mux(self.more_t, self.h0, self.h0 + self.nh)),
+            self.r0_nx.eq(Mux(self.more_t, self.r0, Mux(self.g_end, 0, self.r0 + self.nh))),
+            self.last.eq(~self.more_t & self.hend),
+        ]
 
     def start(self) -> list:
         return [self.h0.eq(0), self.r0.eq(0), self.t0.eq(0)]
 
     def setup1(self) -> list:
-        a, tb, r0, t0 = self.a, self.tb, self.r0, self.t0
-        reps = self.n_rep - r0  # repeats of the KV head left
-        vmax = self.vis0 + t0 + tb - 1  # the row chunk's last row's visible keys, if whole
+        reps = self.n_rep - self.r0  # repeats of the KV head left
         return [
             self.nh.eq(Mux(self.hb < reps, self.hb, reps)),
-            self.nt.eq(Mux(t0 + tb < a.rows, tb, a.rows - t0)),
-            self.vis.eq(Mux(vmax < a.keys, vmax, a.keys)),
-            self.more_t.eq(t0 + tb < a.rows),
-            self.L0.eq(self.vis0 - 1 + t0),
-            self.L.eq(self.vis0 - 1 + t0),
+            self.t1.eq(self.t0 + self.tb),
+            self.L0.eq(self.lim0 + self.t0),
+            self.L.eq(self.lim0 + self.t0),
+            self.rleft.eq(self.a.rows - self.t0),
+            self.t0_last.eq(self.t0 + 1 == self.a.rows),
+            self.ri.eq(0),
+            self.ti.eq(0),
         ]
 
     def setup2(self) -> list:
-        a = self.a
+        a, more = self.a, self.t1 < self.a.rows  # the row chunk is whole, another follows
         return [
+            self.more_t.eq(more),
+            self.full.eq(~more),
+            self.nt.eq(Mux(more, self.tb, self.rleft)),
+            self.vis.eq(Mux(more, self.lim0 + self.t1, a.keys)),
             self.g_end.eq(self.r0 + self.nh == self.n_rep),
             self.hend.eq(self.h0 + self.nh == a.heads),
-            self.full.eq(self.vis == a.keys),
-            self.j.eq(0),
-            self.left.eq(self.vis),
-            self.lastk.eq(self.vis == 1),
-            self.ri.eq(0),
-            self.ti.eq(0),
             self.ri_last.eq(self.nh == 1),
-            self.ti_last.eq(self.nt == 1),
+            self.ti_last.eq(Mux(more, self.tb == 1, self.t0_last)),
         ]
+
+    def keys_start(self) -> list:
+        """After the block's last slot: its keys (``kfull``: the key is the last of a
+        block without zero runs; ``krec``: the next key starts a record chunk)."""
+        last = self.vis == 1
+        s = [self.j.eq(0), self.left.eq(self.vis), self.lastk.eq(last)]
+        return s + [self.kfull.eq(last & self.full), self.krec.eq(self.R == 1)]
 
     def slot_row(self) -> list:
         """The next slot: the next row of the same head."""
@@ -300,23 +348,14 @@ class _Blocks:
 
     def key(self) -> list:
         """Past one key of the block."""
-        return [self.j.eq(self.j + 1), self.left.eq(self.left - 1), self.lastk.eq(self.left == 2)]
+        rlog = self.R.bit_length() - 1
+        last, j1 = self.left == 2, self.j + 1
+        s = [self.j.eq(j1), self.left.eq(self.left - 1), self.lastk.eq(last)]
+        return s + [self.kfull.eq(last & self.full), self.krec.eq(j1[:rlog].all() if rlog else 1)]
 
-    @property
-    def last(self):
-        """The block is the command's last."""
-        return ~self.more_t & self.hend
-
-    def next_block(self, m) -> None:
+    def next_block(self) -> list:
         """After the block: the next row chunk, or row 0 of the next head chunk."""
-        with m.If(self.more_t):
-            m.d.sync += self.t0.eq(self.t0 + self.tb)
-        with m.Else():
-            m.d.sync += [
-                self.t0.eq(0),
-                self.h0.eq(self.h0 + self.nh),
-                self.r0.eq(Mux(self.g_end, 0, self.r0 + self.nh)),
-            ]
+        return [self.t0.eq(self.t0_nx), self.h0.eq(self.h0_nx), self.r0.eq(self.r0_nx)]
 
 
 class QKEngine(Engine):
@@ -356,7 +395,7 @@ class QKEngine(Engine):
         err_dims, err_tensors = Signal(ErrorCode), Signal(ErrorCode)
         m.d.sync += [err_dims.eq(chk.error(stop="q")), err_tensors.eq(chk.error(start="q"))]
         n_rep = Signal(isa.HEADS_BITS)
-        vis0 = Signal(isa.ROWS_BITS + 1)  # visible keys of query 0
+        lim0 = Signal(isa.ROWS_BITS + 1)  # keys - rows: the last visible key of row 0
         B = self.block
         # the block shape (module docstring): hb heads x tb rows, from n_rep (valid from
         # CHK_ADDR on, so these from the first RUN cycle)
@@ -376,9 +415,10 @@ class QKEngine(Engine):
             "q_t": Signal(32),  # tb * head_dim
             "qs_t": Signal(range(4 * B + 1)),  # tb * 4
             "d_t": Signal(32),  # tb * keys * 2
+            "ks": Signal(isa.ROWS_BITS + 3),  # kv_ld * 4
         }
         m.d.sync += [
-            vis0.eq(a.keys - a.rows + 1),
+            lim0.eq(a.keys - a.rows),
             st["q_h"].eq(a.q_ld * a.head_dim),
             st["kv"].eq(a.kv_ld * a.head_dim),
             st["qs_h"].eq(a.q_ld * 4),
@@ -387,10 +427,11 @@ class QKEngine(Engine):
             st["q_t"].eq(tb * a.head_dim),
             st["qs_t"].eq(tb * 4),
             st["d_t"].eq(tb * a.keys * 2),
+            st["ks"].eq(a.kv_ld * 4),
         ]
         start_run = Signal()
         all_done = self._run(
-            m, platform, W, R, OB, MB, sc, rq, a, n_rep, hb, tb, st, vis0, start_run
+            m, platform, W, R, OB, MB, sc, rq, a, n_rep, hb, tb, st, lim0, start_run
         )
 
         with m.FSM():
@@ -401,10 +442,11 @@ class QKEngine(Engine):
                     self.finish(m, ErrorCode.NONE)
         with m.If(passed["CHK_DIM"]):
             m.d.sync += n_rep.eq(n_rep_q)
-        m.d.comb += start_run.eq(passed["CHK_ADDR"])
+        # the walks start a cycle after the checks pass (their start is a register)
+        m.d.sync += start_run.eq(passed["CHK_ADDR"])
         return m
 
-    def _run(self, m, platform, W, R, OB, MB, sc, rq, a, n_rep, hb, tb, st, vis0, start_run):
+    def _run(self, m, platform, W, R, OB, MB, sc, rq, a, n_rep, hb, tb, st, lim0, start_run):
         """The request side, response side, pipeline and packer; returns 'all written'."""
         B = self.block
         hd = a.head_dim
@@ -413,13 +455,24 @@ class QKEngine(Engine):
         SB = isa.SCALE_SHIFT_BITS
 
         # ------------------------------------------------------------ request side
-        I_S1, I_S2, I_Q, I_QS, I_KS, I_K, I_DONE = range(7)
-        ist = Signal(range(7), init=I_DONE)
-        iw = _Blocks("i", a, vis0, hb, tb, n_rep, B)
+        I_S1, I_S2, I_S3, I_Q, I_QS, I_KS, I_K, I_END, I_DONE = range(9)
+        ist = Signal(range(9), init=I_DONE)
+        iw = _Blocks(m, "i", a, lim0, hb, tb, n_rep, B, R)
         # q rows / records of the block's slots; keys and records of its KV head (key 0 at
         # the base)
-        q, qs = _Grid("q"), _Grid("qs")
+        q = _Grid("q", st["q_h"], st["q_t"])
+        qs = _Grid("qs", st["qs_h"], st["qs_t"])
+        q.prepare(m, iw, hd)
+        qs.prepare(m, iw, 4)
         k, ks = Cursor("k_head", "k_ptr"), Cursor("ks_head", "ks_ptr")
+        # the next KV head's bases and whether the block ends its KV head, registered
+        k_nb, ks_nb = Signal.like(k.base, name="k_nb"), Signal.like(ks.base, name="ks_nb")
+        g_adv = Signal()
+        m.d.sync += [
+            k_nb.eq(k.base + st["kv"]),
+            ks_nb.eq(ks.base + st["ks"]),
+            g_adv.eq(~iw.more_t & iw.g_end),
+        ]
 
         with m.If(start_run):
             m.d.sync += [
@@ -435,45 +488,49 @@ class QKEngine(Engine):
             with m.Case(I_S1):
                 m.d.sync += [*iw.setup1(), ist.eq(I_S2)]
             with m.Case(I_S2):
-                m.d.sync += [*iw.setup2(), ist.eq(I_Q)]
+                m.d.sync += [*iw.setup2(), ist.eq(I_S3)]
+            with m.Case(I_S3):  # as the response side's third
+                m.d.sync += ist.eq(I_Q)
             with m.Case(I_Q):
                 with m.If(self.read(m, q.ptr, hd)):
                     m.d.sync += ist.eq(I_QS)
             with m.Case(I_QS):
                 with m.If(self.read(m, qs.ptr, isa.SCALE_RECORD_BYTES)):
                     m.d.sync += ist.eq(I_Q)
-                    with m.If(iw.ti_last & iw.ri_last):  # the block's last slot
-                        q.end(m, iw.more_t, st["q_h"], st["q_t"])
-                        qs.end(m, iw.more_t, st["qs_h"], st["qs_t"])
-                        m.d.sync += ist.eq(I_KS)
+                    with m.If(iw.ti_last & iw.ri_last):  # the block's last slot (q, qs: I_END)
+                        m.d.sync += [ist.eq(I_KS), *iw.keys_start()]
                     with m.Elif(iw.ti_last):
-                        m.d.sync += [*iw.slot_head(), *q.head(st["q_h"]), *qs.head(st["qs_h"])]
+                        m.d.sync += [*iw.slot_head(), *q.head(), *qs.head()]
                     with m.Else():
-                        m.d.sync += [*iw.slot_row(), *q.row(hd), *qs.row(4)]
+                        m.d.sync += [*iw.slot_row(), *q.row(), *qs.row()]
             with m.Case(I_KS):
                 with m.If(self.read(m, ks.ptr, Mux(iw.left > R, R, iw.left) * 4)):
                     m.d.sync += [ist.eq(I_K), *ks.advance(4 * R)]
             with m.Case(I_K):
                 with m.If(self.read(m, k.ptr, hd)):
                     m.d.sync += [*iw.key(), *k.advance(hd)]
-                    with m.If(iw.lastk):  # the block's last key: the next block
-                        m.d.sync += ist.eq(Mux(iw.last, I_DONE, I_S1))
-                        iw.next_block(m)
-                        with m.If(~iw.more_t & iw.g_end):
-                            m.d.sync += [*k.next_base(st["kv"]), *ks.next_base(a.kv_ld * 4)]
-                        with m.Else():
-                            m.d.sync += [*k.rewind(), *ks.rewind()]
-                    with m.Elif(iw.j[:rlog].all() if rlog else 1):
+                    with m.If(iw.lastk):  # the block's last key
+                        m.d.sync += ist.eq(I_END)
+                    with m.Elif(iw.krec):
                         m.d.sync += ist.eq(I_KS)
+            with m.Case(I_END):  # the next block
+                m.d.sync += [ist.eq(Mux(iw.last, I_DONE, I_S1)), *iw.next_block()]
+                q.end(m, iw.more_t)
+                qs.end(m, iw.more_t)
+                k_b, ks_b = Mux(g_adv, k_nb, k.base), Mux(g_adv, ks_nb, ks.base)
+                m.d.sync += [k.base.eq(k_b), k.ptr.eq(k_b), ks.base.eq(ks_b), ks.ptr.eq(ks_b)]
 
         # ------------------------------------------------------------ response side
-        C_S1, C_S2, C_Q, C_QS, C_KS, C_K, C_Z, C_DONE = range(8)
-        cst = Signal(range(8), init=C_DONE)
-        cw = _Blocks("c", a, vis0, hb, tb, n_rep, B)
-        d = _Grid("d")  # dst row of the slot being loaded
+        C_S1, C_S2, C_S3, C_Q, C_QS, C_KS, C_K, C_Z, C_END, C_DONE = range(10)
+        cst = Signal(range(10), init=C_DONE)
+        cw = _Blocks(m, "c", a, lim0, hb, tb, n_rep, B, R)
+        d = _Grid("d", st["d_h"], st["d_t"])  # dst row of the slot being loaded
+        d.prepare(m, cw, st["d_r"])
         si = Signal(range(B), name="slot")  # the held query of this cycle
         si_last = Signal()  # ... the block's last (nb - 1)
         nb1 = Signal()  # the block holds one query
+        nb = Signal(range(B + 1))  # its queries (registered: valid from the first C_Q)
+        m.d.sync += nb.eq(cw.nh * cw.nt)
         # the held queries: codes, scale record, last visible key, dst row
         q_hold = [Signal(8 * W, name=f"q_hold{i}") for i in range(B)]
         sq_hold = [Signal(32, name=f"sq_hold{i}") for i in range(B)]
@@ -503,11 +560,10 @@ class QKEngine(Engine):
             "end": Signal(range(OB + 1)),
             "lane": Signal(range(OB)),
             "si": Signal(range(B)),
-            "addr": Signal(_ABITS),
+            "jb": Signal(isa.ROWS_BITS + 1),  # the output chunk's first key
         }
         m.d.comb += tok["si"].eq(si)
-        jb = Signal(isa.ROWS_BITS + 1)  # the output chunk's first key
-        m.d.comb += tok["addr"].eq(Array(d_hold)[si] + (jb << 1))
+        jb = tok["jb"]
 
         with m.If(start_run):
             m.d.sync += [cst.eq(C_S1), *cw.start(), *d.start(a.dst)]
@@ -517,20 +573,20 @@ class QKEngine(Engine):
             with m.If(si_last):
                 m.d.sync += [si.eq(0), si_last.eq(nb1)]
             with m.Else():
-                m.d.sync += [si.eq(si + 1), si_last.eq(si + 2 == cw.nh * cw.nt)]
+                m.d.sync += [si.eq(si + 1), si_last.eq(si + 2 == nb)]
 
         def end_block():
-            m.d.sync += cst.eq(Mux(cw.last, C_DONE, C_S1))
-            cw.next_block(m)
+            m.d.sync += cst.eq(C_END)
 
         rdata = self.rdata
         with m.Switch(cst):
             with m.Case(C_S1):
                 m.d.sync += [*cw.setup1(), cst.eq(C_S2)]
             with m.Case(C_S2):
+                m.d.sync += [*cw.setup2(), cst.eq(C_S3)]
+            with m.Case(C_S3):
                 nb1_now = (cw.nh == 1) & (cw.nt == 1)
-                m.d.sync += [*cw.setup2(), cst.eq(C_Q), si.eq(0), si_last.eq(nb1_now)]
-                m.d.sync += nb1.eq(nb1_now)
+                m.d.sync += [cst.eq(C_Q), si.eq(0), si_last.eq(nb1_now), nb1.eq(nb1_now)]
             with m.Case(C_Q):
                 m.d.comb += rdata.ready.eq(go)
                 with m.If(go & rdata.valid):
@@ -552,13 +608,12 @@ class QKEngine(Engine):
                                 ]
                     m.d.sync += cst.eq(C_Q)
                     next_slot()
-                    with m.If(cw.ti_last & cw.ri_last):
-                        d.end(m, cw.more_t, st["d_h"], st["d_t"])
-                        m.d.sync += cst.eq(C_KS)
+                    with m.If(cw.ti_last & cw.ri_last):  # (d: C_END)
+                        m.d.sync += [cst.eq(C_KS), *cw.keys_start()]
                     with m.Elif(cw.ti_last):
-                        m.d.sync += [*cw.slot_head(), *d.head(st["d_h"])]
+                        m.d.sync += [*cw.slot_head(), *d.head()]
                     with m.Else():
-                        m.d.sync += [*cw.slot_row(), *d.row(st["d_r"])]
+                        m.d.sync += [*cw.slot_row(), *d.row()]
             with m.Case(C_KS):
                 m.d.comb += rdata.ready.eq(go)
                 with m.If(go & rdata.valid):
@@ -571,7 +626,7 @@ class QKEngine(Engine):
                     tok["valid"].eq(go & rdata.valid),
                     tok["val"].eq(1),
                     tok["mask"].eq(cw.j > Array(L_hold)[si]),
-                    tok["flush"].eq(lane.all() | (cw.lastk & cw.full)),
+                    tok["flush"].eq(lane.all() | cw.kfull),
                     tok["end"].eq(lane + 1),
                     tok["lane"].eq(lane),
                     jb.eq(cw.j & ~(OB - 1)),
@@ -580,17 +635,19 @@ class QKEngine(Engine):
                     next_slot()
                     with m.If(si_last):
                         m.d.sync += cw.key()
-                        with m.If(cw.lastk):
-                            with m.If(cw.full):
-                                end_block()
-                            with m.Else():
-                                m.d.sync += [
-                                    zend.eq(ztail + (cw.vis[:slog] if slog else 0)),
-                                    zjb.eq(cw.vis & ~(OB - 1)),
-                                    cst.eq(C_Z),
-                                ]
-                        with m.Elif(cw.j[:rlog].all() if rlog else 1):
+                        with m.If(cw.kfull):
+                            end_block()
+                        with m.Elif(cw.lastk):
+                            m.d.sync += [
+                                zend.eq(ztail + (cw.vis[:slog] if slog else 0)),
+                                zjb.eq(cw.vis & ~(OB - 1)),
+                                cst.eq(C_Z),
+                            ]
+                        with m.Elif(cw.krec):
                             m.d.sync += cst.eq(C_KS)
+            with m.Case(C_END):  # the next block
+                m.d.sync += [cst.eq(Mux(cw.last, C_DONE, C_S1)), *cw.next_block()]
+                d.end(m, cw.more_t)
             with m.Case(C_Z):
                 # every held query's zero run, an output chunk at a time (the last block
                 # has no masked key: a zero run never ends the command)
@@ -622,6 +679,10 @@ class QKEngine(Engine):
         toks = [tok]
         for i in range(1, PIPE + 1):
             toks.append(tok_reg(toks[-1], i))
+            if i == 1:  # the write address from stage 1 (d_hold is stable until then)
+                t1 = toks[1]
+                d_sel = Array(d_hold)[t1["si"]] if B > 1 else d_hold[0]
+                toks[1] = {**t1, "addr": (d_sel + (t1["jb"] << 1))[:_ABITS]}
 
         # the dot product: pairs of DSPs (accept cycle c -> c+4), three tree stages (c+7)
         k_lanes = rdata.payload
@@ -757,5 +818,33 @@ class QKEngine(Engine):
 
         all_done = Signal()
         busy = Cat(*(tk["valid"] for tk in toks[1:])).any()
-        m.d.comb += all_done.eq((cst == C_DONE) & ~busy & ~pend_valid)
+        m.d.comb += all_done.eq((cst == C_DONE) & ~start_run & ~busy & ~pend_valid)
         return all_done
+
+
+def _figures(dp_name: str = "kv260") -> None:
+    """Bytes and cycles of BitNet-shaped QK commands at the design point's block and at
+    block 1 (one query at a time, as before blocking), with a 1-cycle memory and at the
+    design point's DRAM bandwidth: ``python -m hw.ops.qk [design point]``."""
+    from golden.config import design_point
+
+    dp = design_point(dp_name)
+    bpc = dp.bytes_per_cycle
+    R, OB = dp.qk_records, dp.qk_out_lanes
+    print(f"QK on {dp.name}: attn_block {dp.attn_block}, {bpc:.1f} bytes/cycle")
+    for name, heads, kvh, hd in (("2B-4T", 20, 5, 128), ("0.73B", 16, 16, 96)):
+        for rows, keys in ((1, 128), (1, 2048), (128, 128)):
+            what = "decode" if rows == 1 else "prefill"
+            for blk in (1, dp.attn_block):
+                cyc = expected_cycles(heads, kvh, rows, keys, R, OB, blk)
+                by = read_bytes(heads, kvh, rows, keys, hd, blk)
+                print(
+                    f"  {name} {what} rows {rows} keys {keys} block {blk}: {by:,} bytes, "
+                    f"{cyc:,} cycles; memory {by / bpc:,.0f} -> max {max(cyc, by / bpc):,.0f}"
+                )
+
+
+if __name__ == "__main__":
+    import sys
+
+    _figures(*sys.argv[1:2])
