@@ -664,6 +664,8 @@ class AccelConfig:
     pv_records: int = 32  # PV scale records per read (and 2x as many p values)
     qk_records: int = 32  # QK key scale records per read
     qk_out_lanes: int = 16  # QK logits per write
+    # QK queries held at once: each K row and record is read once for them (hw.ops.qk)
+    attn_block: int = 4
     rope_lanes: int = 4  # ROPE_QUANT elements rotated and quantized per cycle
     embed_scan_ids: int = 4  # EMBED token ids checked per scan read
     # memory system
@@ -697,6 +699,7 @@ class AccelConfig:
             "pv_records",
             "qk_records",
             "qk_out_lanes",
+            "attn_block",
             "rope_lanes",
             "embed_scan_ids",
             "axi_ports",
@@ -819,6 +822,7 @@ DESIGN_POINTS = {
         pv_records=4,
         qk_records=4,
         qk_out_lanes=8,
+        attn_block=1,  # no held-query registers: the area is the ECP5's limit
         rope_lanes=1,
         embed_scan_ids=1,
         axi_ports=1,

@@ -17,7 +17,7 @@ from golden import isa
 from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode, dma_bytes
 from host.backends.golden import GoldenDevice
-from hw.ops.qk import QKEngine, expected_cycles
+from hw.ops.qk import QKEngine, expected_cycles, read_bytes
 from sim.op_bench import arg_error_cases, check_errors, check_op, put
 
 CFG = DEFAULT
@@ -80,10 +80,14 @@ def qk_command(
     )
 
 
-def _run(gd, cmd, rng, stall=0.3, **kw):
-    return check_op(
-        QKEngine.for_design(DP), gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall, **kw
-    )
+def _engine(block=None):
+    if block is None:
+        return QKEngine.for_design(DP)
+    return QKEngine(CFG, W, records=DP.qk_records, out_lanes=DP.qk_out_lanes, block=block)
+
+
+def _run(gd, cmd, rng, stall=0.3, block=None, **kw):
+    return check_op(_engine(block), gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall, **kw)
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3, 0.6])
@@ -96,7 +100,7 @@ def test_qk_random(rng, stall):
         cmd = qk_command(
             gd,
             rng,
-            heads=kv_heads * int(rng.integers(1, 3)),
+            heads=kv_heads * int(rng.integers(1, 5)),
             kv_heads=kv_heads,
             rows=rows,
             keys=keys,
@@ -105,9 +109,12 @@ def test_qk_random(rng, stall):
             kv_ld=keys + int(rng.integers(0, 4)),
             corners=bool(rng.random() < 0.5),
         )
-        res = _run(gd, cmd, rng, stall=stall)
+        block = int(rng.choice([DP.attn_block, 1, 2, 5]))
+        res = _run(gd, cmd, rng, stall=stall, block=block)
         assert res["error"] == ErrorCode.NONE
         assert res["bytes_written"] == cmd.heads * rows * keys * 2
+        shape = (cmd.heads, kv_heads, rows, keys, cmd.head_dim)
+        assert res["bytes_read"] == read_bytes(*shape, block)
 
 
 def test_qk_corners(rng):
@@ -128,6 +135,32 @@ def test_qk_corners(rng):
                 got == -(1 << 15)
             ).any()
             assert (got == 0).any()
+
+
+@pytest.mark.parametrize("block", [DP.attn_block, 8, 3])
+def test_qk_gqa(rng, block):
+    """2B-4T-shaped GQA (n_rep = 4, head_dim 128) under stalls: a decode step and a
+    prefill chunk (rows > 1, blocks straddling the causal diagonal), each K row and record
+    read once per block (``hw.ops.qk.read_bytes``: n_rep-fold fewer K bytes in decode)."""
+    for heads, kv_heads, rows, keys in ((8, 2, 1, 45), (4, 1, 6, 19)):
+        gd = GoldenDevice(CFG, mem_size=1 << 20)
+        cmd = qk_command(
+            gd,
+            rng,
+            heads=heads,
+            kv_heads=kv_heads,
+            rows=rows,
+            keys=keys,
+            head_dim=W,
+            corners=True,
+        )
+        res = _run(gd, cmd, rng, stall=0.4, block=block)
+        assert res["error"] == ErrorCode.NONE
+        assert res["bytes_read"] == read_bytes(heads, kv_heads, rows, keys, W, block)
+        assert res["bytes_written"] == heads * rows * keys * 2
+        if rows == 1 and block >= 4:
+            # decode: each KV head's 45 K rows and records read once for its 4 heads
+            assert res["bytes_read"] == kv_heads * (4 + keys) * (W + 4)
 
 
 def test_qk_errors(rng):
@@ -168,11 +201,17 @@ def test_qk_head_dim_limit(rng):
 
 
 def test_qk_cycles(rng):
-    """No stalls, 1-cycle memory: the cycle count is the docstring's formula exactly."""
-    for heads, kv_heads, rows, keys in ((4, 2, 3, 40), (2, 1, 1, 100), (1, 1, 66, 66)):
-        gd = GoldenDevice(CFG, mem_size=1 << 20)
-        cmd = qk_command(gd, rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, head_dim=64)
-        res = _run(gd, cmd, rng, stall=0.0, max_latency=1)
-        assert res["cycles"] == expected_cycles(
-            heads, rows, keys, DP.qk_records, DP.qk_out_lanes
-        ), (heads, rows, keys)
+    """No stalls, 1-cycle memory: the cycle count is the docstring's formula exactly, and
+    the bytes read ``hw.ops.qk.read_bytes``, at several block sizes."""
+    shapes = ((4, 2, 3, 40), (2, 1, 1, 100), (1, 1, 66, 66), (8, 2, 5, 21), (6, 2, 7, 9))
+    for block in (DP.attn_block, 1, 3, 8):
+        for heads, kv_heads, rows, keys in shapes:
+            gd = GoldenDevice(CFG, mem_size=1 << 20)
+            cmd = qk_command(
+                gd, rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, head_dim=64
+            )
+            res = _run(gd, cmd, rng, stall=0.0, max_latency=1, block=block)
+            shape = (heads, kv_heads, rows, keys)
+            want = expected_cycles(*shape, DP.qk_records, DP.qk_out_lanes, block)
+            assert res["cycles"] == want, (block, shape, res["cycles"], want)
+            assert res["bytes_read"] == read_bytes(*shape, 64, block), (block, shape)

@@ -134,7 +134,11 @@ def test_attention_engines_take_their_widths_from_the_design_point(name):
     pv = PVEngine.for_design(dp)
     assert (pv.out_lanes, pv.records) == (dp.pv_out_lanes, dp.pv_records)
     qk = QKEngine.for_design(dp)
-    assert (qk.records, qk.out_lanes) == (dp.qk_records, dp.qk_out_lanes)
+    assert (qk.records, qk.out_lanes, qk.block) == (
+        dp.qk_records,
+        dp.qk_out_lanes,
+        dp.attn_block,
+    )
 
 
 def test_attention_engine_widths_are_checked():
@@ -150,7 +154,10 @@ def test_attention_engine_widths_are_checked():
     with pytest.raises(ValueError, match="records"):
         PVEngine(DEFAULT, W, max_keys=64, max_head_dim=8, out_lanes=4, records=64)
     with pytest.raises(ValueError, match="out_lanes"):
-        QKEngine(DEFAULT, W, records=8, out_lanes=3)
+        QKEngine(DEFAULT, W, records=8, out_lanes=3, block=4)
+    for block in (0, 17):
+        with pytest.raises(ValueError, match="block"):
+            QKEngine(DEFAULT, W, records=8, out_lanes=4, block=block)
 
 
 def test_mac_lanes_are_dsp48e2_for_the_xilinx_target():
@@ -170,6 +177,8 @@ def test_mac_lanes_are_dsp48e2_for_the_xilinx_target():
     assert "DSP48E2" not in export_verilog(
         PVEngine(DEFAULT, 16, max_keys=8, max_head_dim=4, out_lanes=2, records=2), "pv"
     )
-    qk = export_verilog(QKEngine(DEFAULT, 16, records=2, out_lanes=4), "qk", platform=XILINX)
+    qk = export_verilog(
+        QKEngine(DEFAULT, 16, records=2, out_lanes=4, block=2), "qk", platform=XILINX
+    )
     assert qk.count("DSP48E2 #(") == 16  # 8 pairs
     assert qk.count(".PCIN(") == 16 and qk.count(".PCOUT(") == 8  # the cascades

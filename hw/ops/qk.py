@@ -20,58 +20,104 @@ byte and the last head's last byte decide). Every verdict comes from a register.
 
 Micro-architecture
 ==================
-One query row (h, t) at a time; per row the request side issues the q row (head_dim
-bytes, one beat), the q scale record, then the visible keys j = 0 .. keys - rows + t of
-KV head g, one key row per read (one beat), preceded every R = ``records`` keys by one
-read of the next R key scale records (4R bytes). Requests run ahead of the responses
-without limit (the memory applies backpressure); the response side follows the same
-sequence:
+Queries are held in blocks of up to B = ``block`` (the design point's ``attn_block``),
+and each key row and key record of a KV head is read once per block, for every query it
+holds. A block is nh heads x nt rows of one KV head g: with n_rep = heads // kv_heads,
+hb = min(B, n_rep) heads and tb = B // hb rows at a time, nh = min(hb, n_rep - r0)
+(the head chunks restart at each KV head: heads g*n_rep + r0 .. + nh - 1), nt = min(tb,
+rows - t0). Blocks go rows inner, then head chunks, then KV heads. Decode (rows = 1)
+with n_rep = 4, B = 4 holds the 4 query heads of a KV head (each K row read once instead
+of 4 times); a prefill chunk with n_rep = 1 holds 4 rows of a head; n_rep = 4 holds the 4
+heads of one row. Its slots (ri, ti), head outer, are i = 0 .. nb - 1 (nb = nh * nt);
+its keys j = 0 .. vis - 1, vis = keys - rows + t0 + nt (the last row's visible keys).
 
-* q / q-scale responses load the held query vector and its scale (the previous row's
-  keys have all been accepted by then, and each key uses them in its accept cycle);
+Per block the request side spends three set-up cycles (the block's shape into registers),
+then issues per slot the q row (head_dim bytes, one beat) and its q scale record, then
+the keys j = 0 .. vis - 1 of KV head g, one key row per read (one beat), preceded every
+R = ``records`` keys by one read of the next R key scale records (4R bytes). Requests
+run ahead of the responses without limit (the memory applies backpressure); the
+response side follows the same sequence:
+
+* three set-up cycles; q / q-scale responses load slot i's held query: its codes, scale
+  record, last visible key L_i = keys - rows + t and dst row address (the previous
+  block's keys have all been accepted by then, and each key uses them in its issue
+  cycle);
 * a k-scale response loads the R-record register;
-* a key response enters the pipeline (every stage holds while the output is stalled):
+* a key response stays in the response register for nb cycles (ready with the last
+  slot): each cycle one slot's logit enters the pipeline (one dot product per cycle;
+  every stage holds while the output is stalled), a query past its last visible key
+  (j > L_i) as a masked logit (written 0):
   - the dot product: ``dma_bytes/2`` pairs of DSP48E2 (``hw.dsp.dot2``: q_i k_i +
-    q_i+1 k_i+1, the second DSP adding the first's product through the cascade; q beyond
-    head_dim is 0: the response is zero beyond len), then an adder tree of three stages;
-  - meanwhile the pair scale ``scale_mul(sq, sk_j)``: the mantissa product (a DSP), its
+    q_i+1 k_i+1, the second DSP adding the first's product through the cascade; the
+    slot's q selected by the slot counter; q beyond head_dim is 0: the response is zero
+    beyond len), then an adder tree of three stages;
+  - meanwhile the pair scale ``scale_mul(sq_i, sk_j)``: the mantissa product (a DSP), its
     bit length (two stages: per byte, then the top byte), the normalizing (rounding)
     shift, the carry (each a stage);
   - ``requant(dot, pair.mant, pair.shift - in_frac_bits)`` saturating to int16: the
     product (a DSP), the shifters, the rounding and the saturation (each a stage);
-* after a row's last visible key the response side emits the row's masked keys as
-  zero runs of up to one output write (``out_lanes`` logits) per cycle, without any
-  read.
+* after the block's last key (vis < keys: not the command's last row chunk) every held
+  query's keys vis .. keys - 1 are zero: one output chunk (below) per slot per cycle,
+  chunk outer, slot inner, without any read;
+* one cycle (each side) to step to the next block. The walks start a cycle after the
+  checks pass (a register); every decision of the walks is a register (the next block's
+  origin, the cursors' next addresses, "last key", "next key starts a record chunk").
 
-The output packer gathers the logits of the contiguous dst into writes of ``out_lanes``
-logits (relative to dst; a flush clears the gather register, so a zero run only advances
-the slot pointer) and hands each full one (and the final partial one) to a one-entry write
-register: the pipeline stalls only when a second write is ready before the first was
-written.
+Writes: dst stays [heads, rows, keys]; the logits of one key go to nb different rows, so
+the output packer keeps one gather register per slot (``out_lanes`` int16, its row's
+current chunk: keys c*out_lanes .. c*out_lanes + out_lanes - 1 relative to the row's
+start) and writes it as one write of up to ``out_lanes`` logits at ``dst + ((h*rows + t)
+*keys + c*out_lanes)*2`` when the chunk is full or the row ends (a flush clears it, so a
+zero run only writes what is left). Every row is thus written in exactly ceil(keys /
+out_lanes) writes (before blocking the packer ran over the contiguous dst: ceil(heads *
+rows * keys / out_lanes) writes in all, fewer when keys % out_lanes != 0), the nb rows'
+writes interleaved; each write goes to a one-entry write register: the pipeline
+stalls only when a second write is ready before the first was written (nb slots flushing
+on the same key write on consecutive cycles). Area per slot: a q register (8*dma_bytes
+bits), its record, L, dst address and gather register (16*out_lanes bits); the q select
+before the DSPs is an nb-way mux.
 
 Cycles
 ======
 With no memory stalls (the response side takes one beat per cycle; ``expected_cycles``)::
 
-    cycles = G + 14 + latency + sum over (h, t) of
-             [2 + v_t + ceil(v_t / R) + z_t]          v_t = keys - rows + t + 1
+    cycles = G + 14 + latency + sum over blocks of
+             [4 + 2 nb + ceil(vis / R) + nb * vis + nb * z]
+    z = 0 if vis == keys else floor((keys - 1) / out_lanes) - floor(vis / out_lanes) + 1
 
-(G + 2 check cycles: the head-ratio divider ``hw.ops.gqa``, G = ``gqa.cycles()`` = 9 for
-8-bit head fields, and two cycles of registered checks; the first response's latency,
-the pipeline (``PIPE`` = 10 stages), the final write and the done cycle; per row the q
-and q-scale beats, one cycle per visible key, one per R scale records, and z_t <=
-ceil((keys - v_t) / out_lanes) + 1 zero-run cycles). One key per cycle; decode (rows = 1,
-keys = S) of 16 heads: ~16 * (1.03 S + 2) cycles with R = 32 (the kv260 point): 2168 at
-128 keys, 33848 at 2048 (before: 2153 and 33833); the memory's bandwidth sets the pace on
-the KV260 (100 bytes a key).
-Measured by ``sim/test_op_qk.py`` (``test_qk_cycles``) with a 1-cycle memory, exactly the
-formula.
+(G + 3 check and start cycles: the head-ratio divider ``hw.ops.gqa``, G = ``gqa.cycles()``
+= 9 for 8-bit head fields, two cycles of registered checks and the walks' start register;
+the first response's latency, the pipeline (``PIPE`` = 10 stages), the final write and
+the done cycle, less one: the last block's step overlaps the pipeline; per block the
+three set-up cycles and the step to the next (the first block's set-up overlaps the
+request side's), the q and q-scale beats of its slots, one per R scale records, nb
+cycles per key (one dot product a cycle) and z zero-run chunks per slot). Bytes read
+(``read_bytes``): per block nb * (head_dim + 4) + vis * (head_dim + 4).
+
+``python -m hw.ops.qk`` prints these for BitNet shapes at block 1 (one query at a time,
+as before blocking) and at the design point's block. kv260 (R = 32, out_lanes 16, B = 4,
+68.4 bytes/cycle): BitNet 2B-4T decode (20 heads, 5 KV heads, head_dim 128), 2048 keys:
+1,354,320 bytes (5,409,360 one query at a time: each K row and record is now read once
+per KV head instead of once per query head) and 41,364 cycles (42,304 before blocking),
+compute-bound at one dot product a cycle (memory alone: 19,800 cycles; before: memory-
+bound, 79,084): 1.91x; a second dot lane would balance the two. BitNet-0.73B decode (16
+heads, n_rep = 1, one query per block): bytes unchanged, 33,912 cycles at 2048 keys
+(33,848 before: the set-up cycles per block). A 128-token prefill (rows = keys = 128)
+reads 4x fewer bytes (2B-4T: 5.79 MB, was 22.1 MB; 0.73B: 3.58 MB, was 13.4 MB) and is
+compute-bound at one dot a cycle (185,784 and 151,320 cycles).
+Measured by ``sim/test_op_qk.py`` (``test_qk_cycles``: cycles and bytes, blocks 1, 3, 4,
+8) with a 1-cycle memory, exactly the formulas.
+
+Area (``python -m hw.synth engine_qk --no-ecp5``, the engine alone, XCK26; LUT / FF /
+DSP, logic levels): one query at a time before blocking 4,263 / 5,064 / 138, 6.0; B = 1
+5,254 / 6,445 / 139, 6.0; B = 2 6,869 / 7,840 / 141, 6.0; B = 4 (kv260) 7,718 / 10,589 /
+141, 6.0; B = 8 11,442 / 16,060 / 141, 6.25. The ecp5 point keeps B = 1.
 
 Differences from the golden backend
 ===================================
-* head_dim <= dma_bytes (one key row per beat; 128 covers BitNet-0.73B's 96), else
-  BAD_DIM. keys, rows, q_ld, kv_ld take their full 16-bit ranges (nothing is buffered
-  per key).
+* head_dim <= dma_bytes (one key row per beat; 128 covers BitNet-0.73B's 96 and
+  2B-4T's 128), else BAD_DIM. keys, rows, q_ld, kv_ld take their full 16-bit ranges
+  (nothing is buffered per key; B queries are held).
 * dst overlapping q, q_scale, k or k_scale is not supported (the golden backend reads
   every operand before writing; the engine streams). The command stream never does this.
 """
@@ -92,25 +138,53 @@ from .gqa import cycles as gqa_cycles
 
 _ABITS = isa.ADDR_BITS + 1  # addresses inside the window (mem_hi <= 2^32)
 PIPE = 10  # stages from a key's accept to the packer
+MAX_BLOCK = 16  # held queries (the slot index fields)
+
+
+def blocks(heads: int, kv_heads: int, rows: int, keys: int, block: int):
+    """The blocks of held queries of one command, in order (module docstring): (nh, nt,
+    vis) per block -- nh heads x nt rows, vis the visible keys of its last row."""
+    n_rep = heads // kv_heads
+    hb = min(block, n_rep)
+    tb = block // hb
+    for _ in range(kv_heads):
+        for r0 in range(0, n_rep, hb):
+            nh = min(hb, n_rep - r0)
+            for t0 in range(0, rows, tb):
+                nt = min(tb, rows - t0)
+                yield nh, nt, keys - rows + t0 + nt
+
+
+def _zero_chunks(keys: int, vis: int, out_lanes: int) -> int:
+    """Output chunks of keys vis .. keys - 1 (a held query's zero run)."""
+    return 0 if vis == keys else (keys - 1) // out_lanes - vis // out_lanes + 1
 
 
 def expected_cycles(
-    heads: int, rows: int, keys: int, records: int, out_lanes: int, latency: int = 1
+    heads: int,
+    kv_heads: int,
+    rows: int,
+    keys: int,
+    records: int,
+    out_lanes: int,
+    block: int,
+    latency: int = 1,
 ) -> int:
-    """Cycles of one command without memory stalls (module docstring), walking the output
-    slots of the zero runs."""
-    epb, rpb = out_lanes, records
-    slot, total = 0, 0
-    for _ in range(heads):
-        for t in range(rows):
-            v = keys - rows + t + 1
-            total += 2 + v + -(-v // rpb)
-            slot = (slot + v) % epb
-            z = keys - v
-            while z:
-                n = min(z, epb - slot)
-                z, slot, total = z - n, (slot + n) % epb, total + 1
+    """Cycles of one command without memory stalls (module docstring)."""
+    total = 0
+    for nh, nt, v in blocks(heads, kv_heads, rows, keys, block):
+        nb = nh * nt
+        total += 4 + 2 * nb + -(-v // records) + nb * v + nb * _zero_chunks(keys, v, out_lanes)
     return gqa_cycles() + 2 + latency + PIPE + total + 2
+
+
+def read_bytes(heads: int, kv_heads: int, rows: int, keys: int, head_dim: int, block: int) -> int:
+    """Bytes one command reads (module docstring): per block its queries' rows and
+    records, then each visible key's row and record once."""
+    total = 0
+    for nh, nt, v in blocks(heads, kv_heads, rows, keys, block):
+        total += nh * nt * (head_dim + isa.SCALE_RECORD_BYTES) + v * (head_dim + 4)
+    return total
 
 
 def _tree(vals):
@@ -121,90 +195,186 @@ def _tree(vals):
     return nxt
 
 
-class _Rows:
-    """One side's walk over the query rows (module docstring; the request side issues it,
-    the response side takes it): head h, row t, and per row its visible keys j (``vis``
-    of them; ``left``: keys from j to the row's end; ``lastk``: j is the row's last).
-    ``tlast`` / ``hlast`` (t / h at their last) are registers kept a step ahead by the
-    registered compares ``t_next_last`` / ``h_next_last`` ("the next row / head is the
-    last", :meth:`lookahead`: these counters change at most once per row, >= 3 cycles
-    apart). With ``n_rep``: also the repeat ``rep`` = h mod n_rep and ``rlast`` (after the
-    last repeat the side moves to the next KV head); with ``full``: ``full``, the row has
-    no masked key. Signals are named ``<prefix><field>``; each method returns the
-    statements of one step of the walk, to which the side adds its own."""
+class _Grid:
+    """A q-row tensor's (q, q_scale, dst) place in the walk over a block's query slots
+    (head-chunk outer, row inner): ``hbase`` row 0 of the block's first head, ``h`` row 0
+    of the slot's head, ``toff`` the block's first row (bytes from row 0), ``ptr`` the
+    slot's row; ``nx`` the next slot's ptr, a register (:meth:`prepare`). ``hstride``
+    bytes between heads, ``tstep`` between row chunks (registers). Each method returns the
+    statements of one step."""
 
-    def __init__(self, prefix: str, a, vis0, *, n_rep=None, full: bool = False):
+    def __init__(self, name: str, hstride, tstep):
+        w = isa.ADDR_BITS + 1
+        self.hbase, self.h = Signal(w, name=f"{name}_hbase"), Signal(w, name=f"{name}_h")
+        self.toff, self.ptr = Signal(w, name=f"{name}_toff"), Signal(w, name=f"{name}_ptr")
+        self.nx = Signal(w, name=f"{name}_nx")
+        self.hp = Signal(w, name=f"{name}_hp")  # the slot head's row t0 (= ptr at its start)
+        self.hn, self.tn = Signal(w, name=f"{name}_hn"), Signal(w, name=f"{name}_tn")
+        self.hstride, self.tstep = hstride, tstep
+
+    def prepare(self, m, walk, rstep) -> None:
+        """``nx`` from the walk's flags every cycle (a step comes >= 2 cycles after the
+        last change of the cursor or the flags)."""
+        h_next = self.h + self.hstride
+        to_end = Mux(walk.more_t, self.hbase + self.tn, h_next)
+        to_head = Mux(walk.ri_last, to_end, self.hp + self.hstride)
+        m.d.sync += self.nx.eq(Mux(walk.ti_last, to_head, self.ptr + rstep))
+        # h after a head step or the block's end; toff after a row chunk
+        m.d.sync += [
+            self.hn.eq(Mux(walk.ti_last & walk.ri_last & walk.more_t, self.hbase, h_next)),
+            self.tn.eq(self.toff + self.tstep),
+        ]
+
+    def start(self, addr) -> list:
+        s = [self.hbase.eq(addr), self.h.eq(addr), self.toff.eq(0), self.ptr.eq(addr)]
+        return s + [self.hp.eq(addr)]
+
+    def row(self) -> list:
+        return [self.ptr.eq(self.nx)]
+
+    def head(self) -> list:
+        return [self.h.eq(self.hn), self.ptr.eq(self.nx), self.hp.eq(self.nx)]
+
+    def end(self, m, more_t) -> None:
+        """After the block's last slot: the next row chunk of the same heads, or row 0 of
+        the next head chunk."""
+        m.d.sync += [self.ptr.eq(self.nx), self.h.eq(self.hn), self.hp.eq(self.nx)]
+        with m.If(more_t):
+            m.d.sync += self.toff.eq(self.tn)
+        with m.Else():
+            m.d.sync += [self.hbase.eq(self.hn), self.toff.eq(0)]
+
+
+class _Blocks:
+    """One side's walk over the blocks of held queries (module docstring; the request
+    side issues it, the response side takes it). A block: heads h0 .. h0 + nh - 1 (repeats
+    r0 .. r0 + nh - 1 of one KV head) x rows t0 .. t0 + nt - 1, nh = min(hb, n_rep - r0),
+    nt = min(tb, rows - t0); its slots (ri, ti) head outer; its keys j < vis = the last
+    row's visible keys. Two setup steps per block (:meth:`setup1`, :meth:`setup2`) make
+    every decision a register: ``more_t`` (another row chunk follows), ``g_end`` (the
+    chunk ends the KV head's repeats), ``hend`` (it ends the heads), ``full`` (vis ==
+    keys: no zero run), ``ri_last`` / ``ti_last`` / ``lastk``; ``L`` the slot row's last
+    visible key. Signals are named ``<prefix><field>``."""
+
+    def __init__(self, m, prefix: str, a, lim0, hb, tb, n_rep, B: int, R: int):
         rbits = isa.ROWS_BITS + 1
-        self.a, self.vis0, self.n_rep = a, vis0, n_rep
+        self.a, self.lim0, self.hb, self.tb, self.n_rep = a, lim0, hb, tb, n_rep
 
         def reg(field: str, shape=1):
             return Signal(shape, name=prefix + field)
 
-        self.h = reg("h", isa.HEADS_BITS + 1)
-        self.t, self.j, self.vis, self.left = (reg(f, rbits) for f in ("t", "j", "vis", "left"))
-        self.lastk, self.tlast, self.hlast = reg("lastk"), reg("tlast"), reg("hlast")
-        self.h_next_last, self.t_next_last = reg("h_next_last"), reg("t_next_last")
-        self.full = reg("full") if full else None
-        if n_rep is not None:
-            self.rep, self.rlast = reg("rep", isa.HEADS_BITS), reg("rlast")
-            self.rep_next_last = reg("rep_next_last")
-
-    def _row_start(self, vis, full) -> list:
-        s = [self.vis.eq(vis), self.left.eq(vis), self.lastk.eq(vis == 1)]
-        return s + ([self.full.eq(full)] if self.full is not None else [])
+        hbits = isa.HEADS_BITS + 1
+        self.h0, self.r0 = reg("h0", hbits), reg("r0", hbits)
+        self.nh, self.nt, self.ri, self.ti = (
+            reg(f, range(B + 1)) for f in ("nh", "nt", "ri", "ti")
+        )
+        self.t0, self.t1 = reg("t0", rbits), reg("t1", rbits + 1)  # t1 = t0 + tb
+        self.vis, self.j, self.left = (reg(f, rbits) for f in ("vis", "j", "left"))
+        self.L0, self.L = reg("L0", rbits), reg("L", rbits)
+        self.more_t, self.g_end, self.hend, self.full = (
+            reg(f) for f in ("more_t", "g_end", "hend", "full")
+        )
+        self.ri_last, self.ti_last, self.lastk = reg("ri_last"), reg("ti_last"), reg("lastk")
+        self.R, self.kfull, self.krec = R, reg("kfull"), reg("krec")
+        self.rleft, self.t0_last = reg("rleft", rbits), reg("t0_last")  # rows - t0; == 1
+        # the next block's t0, h0, r0 and "this block is the last", registered from the
+        # block's registers (stable from its set-up to its end)
+        self.t0_nx, self.h0_nx, self.r0_nx = (
+            reg("t0_nx", rbits),
+            reg("h0_nx", hbits),
+            reg("r0_nx", hbits),
+        )
+        self.last = reg("last")
+        m.d.sync += [
+            self.t0_nx.eq(Mux(self.more_t, self.t1, 0)),
+            self.h0_nx.eq(Mux(self.more_t, self.h0, self.h0 + self.nh)),
+            self.r0_nx.eq(Mux(self.more_t, self.r0, Mux(self.g_end, 0, self.r0 + self.nh))),
+            self.last.eq(~self.more_t & self.hend),
+        ]
 
     def start(self) -> list:
-        """The command's first row."""
-        a = self.a
-        s = [self.h.eq(0), self.t.eq(0), self.j.eq(0), *self._row_start(self.vis0, a.rows == 1)]
-        s += [self.tlast.eq(a.rows == 1), self.hlast.eq(a.heads == 1)]
-        if self.n_rep is not None:
-            s += [self.rlast.eq(self.n_rep == 1), self.rep.eq(0)]
-        return s
+        return [self.h0.eq(0), self.r0.eq(0), self.t0.eq(0)]
 
-    def first_repeat(self) -> list:
-        """After the last repeat of a KV head: repeat 0 (of the next KV head)."""
-        return [self.rep.eq(0), self.rlast.eq(self.n_rep == 1)]
+    def setup1(self) -> list:
+        reps = self.n_rep - self.r0  # repeats of the KV head left
+        return [
+            self.nh.eq(Mux(self.hb < reps, self.hb, reps)),
+            self.t1.eq(self.t0 + self.tb),
+            self.L0.eq(self.lim0 + self.t0),
+            self.L.eq(self.lim0 + self.t0),
+            self.rleft.eq(self.a.rows - self.t0),
+            self.t0_last.eq(self.t0 + 1 == self.a.rows),
+            self.ri.eq(0),
+            self.ti.eq(0),
+        ]
 
-    def lookahead(self) -> list:
-        """The registered "the next is the last" compares (every cycle)."""
-        a = self.a
-        s = [self.h_next_last.eq(self.h + 2 == a.heads)]
-        if self.n_rep is not None:
-            s.append(self.rep_next_last.eq(self.rep + 2 == self.n_rep))
-        return s + [self.t_next_last.eq(self.t + 2 == self.a.rows)]
+    def setup2(self) -> list:
+        a, more = self.a, self.t1 < self.a.rows  # the row chunk is whole, another follows
+        return [
+            self.more_t.eq(more),
+            self.full.eq(~more),
+            self.nt.eq(Mux(more, self.tb, self.rleft)),
+            self.vis.eq(Mux(more, self.lim0 + self.t1, a.keys)),
+            self.g_end.eq(self.r0 + self.nh == self.n_rep),
+            self.hend.eq(self.h0 + self.nh == a.heads),
+            self.ri_last.eq(self.nh == 1),
+            self.ti_last.eq(Mux(more, self.tb == 1, self.t0_last)),
+        ]
+
+    def keys_start(self) -> list:
+        """After the block's last slot: its keys (``kfull``: the key is the last of a
+        block without zero runs; ``krec``: the next key starts a record chunk)."""
+        last = self.vis == 1
+        s = [self.j.eq(0), self.left.eq(self.vis), self.lastk.eq(last)]
+        return s + [self.kfull.eq(last & self.full), self.krec.eq(self.R == 1)]
+
+    def slot_row(self) -> list:
+        """The next slot: the next row of the same head."""
+        return [
+            self.ti.eq(self.ti + 1),
+            self.ti_last.eq(self.ti + 2 == self.nt),
+            self.L.eq(self.L + 1),
+        ]
+
+    def slot_head(self) -> list:
+        """The next slot: the first row of the next head."""
+        return [
+            self.ri.eq(self.ri + 1),
+            self.ri_last.eq(self.ri + 2 == self.nh),
+            self.ti.eq(0),
+            self.ti_last.eq(self.nt == 1),
+            self.L.eq(self.L0),
+        ]
 
     def key(self) -> list:
-        """Past one key of the row."""
-        return [self.j.eq(self.j + 1), self.left.eq(self.left - 1), self.lastk.eq(self.left == 2)]
+        """Past one key of the block."""
+        rlog = self.R.bit_length() - 1
+        last, j1 = self.left == 2, self.j + 1
+        s = [self.j.eq(j1), self.left.eq(self.left - 1), self.lastk.eq(last)]
+        return s + [self.kfull.eq(last & self.full), self.krec.eq(j1[:rlog].all() if rlog else 1)]
 
-    def next_row(self) -> list:
-        """After a row's last key, not the head's last row: row t + 1, one more visible
-        key (the caller sets j and its state)."""
-        s = [self.t.eq(self.t + 1), self.tlast.eq(self.t_next_last)]
-        s += [self.vis.eq(self.vis + 1), self.left.eq(self.vis + 1), self.lastk.eq(0)]
-        return s + ([self.full.eq(self.t_next_last)] if self.full is not None else [])
-
-    def next_head(self) -> list:
-        """After the head's last row: row 0 of head h + 1 (the caller ends the walk after
-        the last head)."""
-        a = self.a
-        s = [self.t.eq(0), self.tlast.eq(a.rows == 1), *self._row_start(self.vis0, a.rows == 1)]
-        return s + [self.h.eq(self.h + 1), self.hlast.eq(self.h_next_last)]
+    def next_block(self) -> list:
+        """After the block: the next row chunk, or row 0 of the next head chunk."""
+        return [self.t0.eq(self.t0_nx), self.h0.eq(self.h0_nx), self.r0.eq(self.r0_nx)]
 
 
 class QKEngine(Engine):
     OPCODE = Opcode.QK
-    DESIGN_FIELDS = {"records": "qk_records", "out_lanes": "qk_out_lanes"}
+    DESIGN_FIELDS = {"records": "qk_records", "out_lanes": "qk_out_lanes", "block": "attn_block"}
     LIMITS = ("head_dim <= max_head_dim",)  # one key row per beat
 
-    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, records: int, out_lanes: int):
+    def __init__(
+        self, cfg: DatapathConfig, dma_bytes: int, *, records: int, out_lanes: int, block: int
+    ):
         check_power_of_two("dma_bytes", dma_bytes, lo=16, hi=128)
         check_power_of_two("records", records, hi=dma_bytes // 4)  # 4-byte records per beat
         check_power_of_two("out_lanes", out_lanes, hi=dma_bytes // 2)  # int16 outputs per beat
+        if not isinstance(block, int) or not 1 <= block <= MAX_BLOCK:
+            raise ValueError(f"block: {block!r} must be an integer in [1, {MAX_BLOCK}]")
         self.max_head_dim = dma_bytes
         self.records = records
         self.out_lanes = out_lanes
+        self.block = block
         super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
@@ -225,18 +395,43 @@ class QKEngine(Engine):
         err_dims, err_tensors = Signal(ErrorCode), Signal(ErrorCode)
         m.d.sync += [err_dims.eq(chk.error(stop="q")), err_tensors.eq(chk.error(start="q"))]
         n_rep = Signal(isa.HEADS_BITS)
-        q_stride = Signal(32)  # q_ld * head_dim
-        kv_stride = Signal(32)  # kv_ld * head_dim
-        vis0 = Signal(isa.ROWS_BITS + 1)  # visible keys of query 0
-        # from the command every cycle (valid from the cycle after start)
+        lim0 = Signal(isa.ROWS_BITS + 1)  # keys - rows: the last visible key of row 0
+        B = self.block
+        # the block shape (module docstring): hb heads x tb rows, from n_rep (valid from
+        # CHK_ADDR on, so these from the first RUN cycle)
+        hb, tb = Signal(range(B + 1)), Signal(range(B + 1))
+        tb_of = Array(Const(B // max(n, 1), range(B + 1)) for n in range(B))
         m.d.sync += [
-            vis0.eq(a.keys - a.rows + 1),
-            q_stride.eq(a.q_ld * a.head_dim),
-            kv_stride.eq(a.kv_ld * a.head_dim),
+            hb.eq(Mux(n_rep >= B, B, n_rep)),
+            tb.eq(Mux(n_rep >= B, 1, tb_of[n_rep[: max(1, (B - 1).bit_length())]])),
+        ]
+        # strides (valid from the cycle after start, the row-chunk ones a cycle after tb)
+        st = {
+            "q_h": Signal(32),  # q_ld * head_dim
+            "kv": Signal(32),  # kv_ld * head_dim
+            "qs_h": Signal(isa.ROWS_BITS + 3),  # q_ld * 4
+            "d_h": Signal(32),  # rows * keys * 2
+            "d_r": Signal(isa.ROWS_BITS + 2),  # keys * 2
+            "q_t": Signal(32),  # tb * head_dim
+            "qs_t": Signal(range(4 * B + 1)),  # tb * 4
+            "d_t": Signal(32),  # tb * keys * 2
+            "ks": Signal(isa.ROWS_BITS + 3),  # kv_ld * 4
+        }
+        m.d.sync += [
+            lim0.eq(a.keys - a.rows),
+            st["q_h"].eq(a.q_ld * a.head_dim),
+            st["kv"].eq(a.kv_ld * a.head_dim),
+            st["qs_h"].eq(a.q_ld * 4),
+            st["d_h"].eq(a.rows * a.keys * 2),
+            st["d_r"].eq(a.keys * 2),
+            st["q_t"].eq(tb * a.head_dim),
+            st["qs_t"].eq(tb * 4),
+            st["d_t"].eq(tb * a.keys * 2),
+            st["ks"].eq(a.kv_ld * 4),
         ]
         start_run = Signal()
         all_done = self._run(
-            m, platform, W, R, OB, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0, start_run
+            m, platform, W, R, OB, MB, sc, rq, a, n_rep, hb, tb, st, lim0, start_run
         )
 
         with m.FSM():
@@ -247,30 +442,41 @@ class QKEngine(Engine):
                     self.finish(m, ErrorCode.NONE)
         with m.If(passed["CHK_DIM"]):
             m.d.sync += n_rep.eq(n_rep_q)
-        m.d.comb += start_run.eq(passed["CHK_ADDR"])
+        # the walks start a cycle after the checks pass (their start is a register)
+        m.d.sync += start_run.eq(passed["CHK_ADDR"])
         return m
 
-    def _run(
-        self, m, platform, W, R, OB, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0, start_run
-    ):
+    def _run(self, m, platform, W, R, OB, MB, sc, rq, a, n_rep, hb, tb, st, lim0, start_run):
         """The request side, response side, pipeline and packer; returns 'all written'."""
+        B = self.block
         hd = a.head_dim
-        rbits = isa.ROWS_BITS + 1
         rlog = R.bit_length() - 1
+        slog = OB.bit_length() - 1
         SB = isa.SCALE_SHIFT_BITS
 
         # ------------------------------------------------------------ request side
-        I_Q, I_QS, I_KS, I_K, I_DONE = range(5)
-        ist = Signal(range(5), init=I_DONE)
-        iw = _Rows("i", a, vis0, n_rep=n_rep)
-        # q rows and records of head h (row 0 at the base); keys and records of KV head
-        # h // n_rep (key 0 at the base)
-        q, qs = Cursor("q_head", "q_row"), Cursor("qs_head", "qs_row")
+        I_S1, I_S2, I_S3, I_Q, I_QS, I_KS, I_K, I_END, I_DONE = range(9)
+        ist = Signal(range(9), init=I_DONE)
+        iw = _Blocks(m, "i", a, lim0, hb, tb, n_rep, B, R)
+        # q rows / records of the block's slots; keys and records of its KV head (key 0 at
+        # the base)
+        q = _Grid("q", st["q_h"], st["q_t"])
+        qs = _Grid("qs", st["qs_h"], st["qs_t"])
+        q.prepare(m, iw, hd)
+        qs.prepare(m, iw, 4)
         k, ks = Cursor("k_head", "k_ptr"), Cursor("ks_head", "ks_ptr")
+        # the next KV head's bases and whether the block ends its KV head, registered
+        k_nb, ks_nb = Signal.like(k.base, name="k_nb"), Signal.like(ks.base, name="ks_nb")
+        g_adv = Signal()
+        m.d.sync += [
+            k_nb.eq(k.base + st["kv"]),
+            ks_nb.eq(ks.base + st["ks"]),
+            g_adv.eq(~iw.more_t & iw.g_end),
+        ]
 
         with m.If(start_run):
             m.d.sync += [
-                ist.eq(I_Q),
+                ist.eq(I_S1),
                 *iw.start(),
                 *q.start(a.q),
                 *qs.start(a.q_scale),
@@ -278,155 +484,187 @@ class QKEngine(Engine):
                 *ks.start(a.k_scale),
             ]
 
-        m.d.sync += iw.lookahead()
         with m.Switch(ist):
+            with m.Case(I_S1):
+                m.d.sync += [*iw.setup1(), ist.eq(I_S2)]
+            with m.Case(I_S2):
+                m.d.sync += [*iw.setup2(), ist.eq(I_S3)]
+            with m.Case(I_S3):  # as the response side's third
+                m.d.sync += ist.eq(I_Q)
             with m.Case(I_Q):
                 with m.If(self.read(m, q.ptr, hd)):
                     m.d.sync += ist.eq(I_QS)
             with m.Case(I_QS):
                 with m.If(self.read(m, qs.ptr, isa.SCALE_RECORD_BYTES)):
-                    m.d.sync += ist.eq(I_KS)
+                    m.d.sync += ist.eq(I_Q)
+                    with m.If(iw.ti_last & iw.ri_last):  # the block's last slot (q, qs: I_END)
+                        m.d.sync += [ist.eq(I_KS), *iw.keys_start()]
+                    with m.Elif(iw.ti_last):
+                        m.d.sync += [*iw.slot_head(), *q.head(), *qs.head()]
+                    with m.Else():
+                        m.d.sync += [*iw.slot_row(), *q.row(), *qs.row()]
             with m.Case(I_KS):
                 with m.If(self.read(m, ks.ptr, Mux(iw.left > R, R, iw.left) * 4)):
                     m.d.sync += [ist.eq(I_K), *ks.advance(4 * R)]
             with m.Case(I_K):
                 with m.If(self.read(m, k.ptr, hd)):
                     m.d.sync += [*iw.key(), *k.advance(hd)]
-                    with m.If(iw.lastk):
-                        # next query row
-                        m.d.sync += [iw.j.eq(0), ist.eq(I_Q)]
-                        with m.If(iw.tlast):
-                            m.d.sync += [
-                                *iw.next_head(),
-                                *q.next_base(q_stride),
-                                *qs.next_base(a.q_ld * 4),
-                            ]
-                            with m.If(iw.hlast):
-                                m.d.sync += ist.eq(I_DONE)
-                            with m.If(iw.rlast):
-                                m.d.sync += [
-                                    *iw.first_repeat(),
-                                    *k.next_base(kv_stride),
-                                    *ks.next_base(a.kv_ld * 4),
-                                ]
-                            with m.Else():
-                                m.d.sync += [
-                                    iw.rep.eq(iw.rep + 1),
-                                    iw.rlast.eq(iw.rep_next_last),
-                                    *k.rewind(),
-                                    *ks.rewind(),
-                                ]
-                        with m.Else():
-                            m.d.sync += [
-                                *iw.next_row(),
-                                *q.advance(hd),
-                                *qs.advance(4),
-                                *k.rewind(),
-                                *ks.rewind(),
-                            ]
-                    with m.Elif(iw.j[:rlog].all() if rlog else 1):
+                    with m.If(iw.lastk):  # the block's last key
+                        m.d.sync += ist.eq(I_END)
+                    with m.Elif(iw.krec):
                         m.d.sync += ist.eq(I_KS)
+            with m.Case(I_END):  # the next block
+                m.d.sync += [ist.eq(Mux(iw.last, I_DONE, I_S1)), *iw.next_block()]
+                q.end(m, iw.more_t)
+                qs.end(m, iw.more_t)
+                k_b, ks_b = Mux(g_adv, k_nb, k.base), Mux(g_adv, ks_nb, ks.base)
+                m.d.sync += [k.base.eq(k_b), k.ptr.eq(k_b), ks.base.eq(ks_b), ks.ptr.eq(ks_b)]
 
         # ------------------------------------------------------------ response side
-        C_Q, C_QS, C_KS, C_K, C_Z, C_DONE = range(6)
-        cst = Signal(range(6), init=C_DONE)
-        cw = _Rows("c", a, vis0, full=True)
-        # a row's zero run: zend = slot + the masked keys left (its end, relative to the
-        # current gather write); ztail = keys - vis, registered (vis changes at most once
-        # per row)
-        zend = Signal(rbits + 1)
-        ztail = Signal(rbits)
-        m.d.sync += ztail.eq(a.keys - cw.vis)
-        slot = Signal(range(OB))  # output position inside the gather write
-        q_vec = Signal(8 * W)
-        sq_mant = Signal(isa.SCALE_MANT_BITS)
-        sq_shift = Signal(signed(SB))
+        C_S1, C_S2, C_S3, C_Q, C_QS, C_KS, C_K, C_Z, C_END, C_DONE = range(10)
+        cst = Signal(range(10), init=C_DONE)
+        cw = _Blocks(m, "c", a, lim0, hb, tb, n_rep, B, R)
+        d = _Grid("d", st["d_h"], st["d_t"])  # dst row of the slot being loaded
+        d.prepare(m, cw, st["d_r"])
+        si = Signal(range(B), name="slot")  # the held query of this cycle
+        si_last = Signal()  # ... the block's last (nb - 1)
+        nb1 = Signal()  # the block holds one query
+        nb = Signal(range(B + 1))  # its queries (registered: valid from the first C_Q)
+        m.d.sync += nb.eq(cw.nh * cw.nt)
+        # the held queries: codes, scale record, last visible key, dst row
+        q_hold = [Signal(8 * W, name=f"q_hold{i}") for i in range(B)]
+        sq_hold = [Signal(32, name=f"sq_hold{i}") for i in range(B)]
+        L_hold = [Signal(isa.ROWS_BITS + 1, name=f"L_hold{i}") for i in range(B)]
+        d_hold = [Signal(_ABITS, name=f"d_hold{i}") for i in range(B)]
         ks_buf = Signal(32 * R)
+        # the block's zero runs: zend = lane + the masked keys left (relative to the chunk
+        # at zjb, the first key of the current output chunk)
+        zend = Signal(isa.ROWS_BITS + 2)
+        zjb = Signal(isa.ROWS_BITS + 1)
+        ztail = Signal(isa.ROWS_BITS + 1)  # keys - vis
+        zmore = Signal()  # the run goes beyond this output chunk
+        m.d.comb += zmore.eq(zend > OB)
+        m.d.sync += ztail.eq(a.keys - cw.vis)
 
-        # pipeline tokens: a logit (val) or a zero run; flush: the gather write is done
-        # (holding ``end`` logits)
+        # pipeline tokens: a logit (val; mask: the key is past the query's last visible
+        # one: 0) or a zero run; flush: the slot's output chunk is done (``end`` logits,
+        # written at ``addr``)
         stall = Signal()
         go = Signal()
         m.d.comb += go.eq(~stall)
-
         tok = {
             "valid": Signal(),
             "val": Signal(),
+            "mask": Signal(),
             "flush": Signal(),
             "end": Signal(range(OB + 1)),
-            "slot": Signal(range(OB)),
+            "lane": Signal(range(OB)),
+            "si": Signal(range(B)),
+            "jb": Signal(isa.ROWS_BITS + 1),  # the output chunk's first key
         }
-        m.d.comb += tok["slot"].eq(slot)
+        m.d.comb += tok["si"].eq(si)
+        jb = tok["jb"]
 
         with m.If(start_run):
-            m.d.sync += [
-                cst.eq(C_Q),
-                *cw.start(),
-                slot.eq(0),
-            ]
+            m.d.sync += [cst.eq(C_S1), *cw.start(), *d.start(a.dst)]
 
-        last_row = cw.hlast & cw.tlast
-        m.d.sync += cw.lookahead()
-
-        def next_row():
-            m.d.sync += [cw.j.eq(0), cst.eq(C_Q)]
-            with m.If(cw.tlast):
-                m.d.sync += cw.next_head()
-                with m.If(cw.hlast):
-                    m.d.sync += cst.eq(C_DONE)
+        def next_slot():
+            """The next held query of this key (or chunk); after the last, the first."""
+            with m.If(si_last):
+                m.d.sync += [si.eq(0), si_last.eq(nb1)]
             with m.Else():
-                m.d.sync += cw.next_row()
+                m.d.sync += [si.eq(si + 1), si_last.eq(si + 2 == nb)]
+
+        def end_block():
+            m.d.sync += cst.eq(C_END)
 
         rdata = self.rdata
-        zmore = Signal()  # the run goes beyond this gather write
-        m.d.comb += zmore.eq(zend > OB)
-        slog = OB.bit_length() - 1
         with m.Switch(cst):
-            # the q row, its scale record, the next R key records: held for the keys
-            sq = [sq_mant.eq(rdata.payload[:16]), sq_shift.eq(rdata.payload[16:32])]
-            for state, loads, then in (
-                (C_Q, [q_vec.eq(rdata.payload)], C_QS),
-                (C_QS, sq, C_KS),
-                (C_KS, [ks_buf.eq(rdata.payload)], C_K),
-            ):
-                with m.Case(state):
-                    m.d.comb += rdata.ready.eq(go)
-                    with m.If(go & rdata.valid):
-                        m.d.sync += [*loads, cst.eq(then)]
-            with m.Case(C_K):
+            with m.Case(C_S1):
+                m.d.sync += [*cw.setup1(), cst.eq(C_S2)]
+            with m.Case(C_S2):
+                m.d.sync += [*cw.setup2(), cst.eq(C_S3)]
+            with m.Case(C_S3):
+                nb1_now = (cw.nh == 1) & (cw.nt == 1)
+                m.d.sync += [cst.eq(C_Q), si.eq(0), si_last.eq(nb1_now), nb1.eq(nb1_now)]
+            with m.Case(C_Q):
                 m.d.comb += rdata.ready.eq(go)
+                with m.If(go & rdata.valid):
+                    with m.Switch(si):
+                        for i in range(B):
+                            with m.Case(i):
+                                m.d.sync += q_hold[i].eq(rdata.payload)
+                    m.d.sync += cst.eq(C_QS)
+            with m.Case(C_QS):
+                m.d.comb += rdata.ready.eq(go)
+                with m.If(go & rdata.valid):
+                    with m.Switch(si):
+                        for i in range(B):
+                            with m.Case(i):
+                                m.d.sync += [
+                                    sq_hold[i].eq(rdata.payload[:32]),
+                                    L_hold[i].eq(cw.L),
+                                    d_hold[i].eq(d.ptr),
+                                ]
+                    m.d.sync += cst.eq(C_Q)
+                    next_slot()
+                    with m.If(cw.ti_last & cw.ri_last):  # (d: C_END)
+                        m.d.sync += [cst.eq(C_KS), *cw.keys_start()]
+                    with m.Elif(cw.ti_last):
+                        m.d.sync += [*cw.slot_head(), *d.head()]
+                    with m.Else():
+                        m.d.sync += [*cw.slot_row(), *d.row()]
+            with m.Case(C_KS):
+                m.d.comb += rdata.ready.eq(go)
+                with m.If(go & rdata.valid):
+                    m.d.sync += [ks_buf.eq(rdata.payload), cst.eq(C_K)]
+            with m.Case(C_K):
+                # the key row stays in the response for its nb queries: taken at the last
+                lane = cw.j[:slog] if slog else Const(0, 1)
                 m.d.comb += [
+                    rdata.ready.eq(go & si_last),
                     tok["valid"].eq(go & rdata.valid),
                     tok["val"].eq(1),
-                    tok["flush"].eq((slot == OB - 1) | (cw.lastk & last_row)),
-                    tok["end"].eq(slot + 1),
+                    tok["mask"].eq(cw.j > Array(L_hold)[si]),
+                    tok["flush"].eq(lane.all() | cw.kfull),
+                    tok["end"].eq(lane + 1),
+                    tok["lane"].eq(lane),
+                    jb.eq(cw.j & ~(OB - 1)),
                 ]
                 with m.If(go & rdata.valid):
-                    m.d.sync += [*cw.key(), slot.eq(slot + 1)]
-                    with m.If(cw.lastk):
-                        with m.If(cw.full):
-                            next_row()
-                        with m.Else():
+                    next_slot()
+                    with m.If(si_last):
+                        m.d.sync += cw.key()
+                        with m.If(cw.kfull):
+                            end_block()
+                        with m.Elif(cw.lastk):
                             m.d.sync += [
-                                zend.eq(ztail + (slot + 1)[:slog] if slog else ztail),
+                                zend.eq(ztail + (cw.vis[:slog] if slog else 0)),
+                                zjb.eq(cw.vis & ~(OB - 1)),
                                 cst.eq(C_Z),
                             ]
-                    with m.Elif(cw.j[:rlog].all() if rlog else 1):
-                        m.d.sync += cst.eq(C_KS)
+                        with m.Elif(cw.krec):
+                            m.d.sync += cst.eq(C_KS)
+            with m.Case(C_END):  # the next block
+                m.d.sync += [cst.eq(Mux(cw.last, C_DONE, C_S1)), *cw.next_block()]
+                d.end(m, cw.more_t)
             with m.Case(C_Z):
-                # the last row has no masked key: a zero run never ends the command
+                # every held query's zero run, an output chunk at a time (the last block
+                # has no masked key: a zero run never ends the command)
                 m.d.comb += [
                     tok["valid"].eq(go),
                     tok["val"].eq(0),
-                    tok["flush"].eq(zend >= OB),
+                    tok["flush"].eq(1),
                     tok["end"].eq(Mux(zmore, OB, zend)),
+                    jb.eq(zjb),
                 ]
                 with m.If(go):
-                    with m.If(zmore):  # up to the end of this gather write
-                        m.d.sync += [zend.eq(zend - OB), slot.eq(0)]
-                    with m.Else():  # the run ends here
-                        m.d.sync += slot.eq(zend[:slog] if slog else 0)
-                        next_row()
+                    next_slot()
+                    with m.If(si_last):
+                        with m.If(zmore):  # up to the end of this chunk
+                            m.d.sync += [zend.eq(zend - OB), zjb.eq(zjb + OB)]
+                        with m.Else():
+                            end_block()
 
         # ------------------------------------------------------------ pipeline
         def reg(value, name, shape=None):
@@ -441,9 +679,14 @@ class QKEngine(Engine):
         toks = [tok]
         for i in range(1, PIPE + 1):
             toks.append(tok_reg(toks[-1], i))
+            if i == 1:  # the write address from stage 1 (d_hold is stable until then)
+                t1 = toks[1]
+                d_sel = Array(d_hold)[t1["si"]] if B > 1 else d_hold[0]
+                toks[1] = {**t1, "addr": (d_sel + (t1["jb"] << 1))[:_ABITS]}
 
         # the dot product: pairs of DSPs (accept cycle c -> c+4), three tree stages (c+7)
         k_lanes = rdata.payload
+        q_vec = Array(q_hold)[si] if B > 1 else q_hold[0]
         pairs = [
             dot2(
                 m,
@@ -458,17 +701,18 @@ class QKEngine(Engine):
             for i in range(W // 2)
         ]
         vals = pairs
-        for st in range(3):  # up to 64 pairs: two adder levels a stage
+        for lv in range(3):  # up to 64 pairs: two adder levels a stage
             vals = _tree(_tree(vals)) if len(vals) > 2 else _tree(vals)
-            vals = [reg(v, f"tree{st}_{i}") for i, v in enumerate(vals)]
+            vals = [reg(v, f"tree{lv}_{i}") for i, v in enumerate(vals)]
         dot7 = vals[0]
 
         # the pair scale (c+1 .. c+5), delayed to c+7
         jr = cw.j[:rlog] if rlog else 0
         rec = Array(ks_buf[32 * i : 32 * i + 32] for i in range(R))[jr] if R > 1 else ks_buf
         sk1 = reg(rec, "sk1", 32)
-        sp2 = reg(sq_mant * sk1[:16], "sprod2", 2 * isa.SCALE_MANT_BITS)
-        ss2 = reg(sq_shift + sk1[16:32].as_signed(), "ssum2", signed(SB + 1))
+        sq1 = reg(Array(sq_hold)[si] if B > 1 else sq_hold[0], "sq1", 32)
+        sp2 = reg(sq1[:16] * sk1[:16], "sprod2", 2 * isa.SCALE_MANT_BITS)
+        ss2 = reg(sq1[16:32].as_signed() + sk1[16:32].as_signed(), "ssum2", signed(SB + 1))
         # the bit length in two stages (a 32-bit priority search is too deep for one):
         # c+3 each byte's bit length, c+4 the top nonzero byte's
         nby = -(-len(sp2) // 8)
@@ -532,14 +776,14 @@ class QKEngine(Engine):
         y10 = reg(Mux(neg9, left, right), "y10", signed(OUT))
 
         # ------------------------------------------------------------ packer
-        gather = Signal(16 * OB)
+        # one gather register per held query (its row's current output chunk)
+        gather = [Signal(16 * OB, name=f"gather{i}") for i in range(B)]
         pend_valid = Signal()
         pend_data = Signal(16 * OB)
         pend_len = Signal(range(2 * OB + 1))
         pend_addr = Signal(_ABITS)
-        waddr = Signal(_ABITS)
         with m.If(start_run):
-            m.d.sync += [gather.eq(0), waddr.eq(a.dst)]
+            m.d.sync += [g.eq(0) for g in gather]
 
         t = toks[PIPE]
         wr = self.wr
@@ -551,12 +795,12 @@ class QKEngine(Engine):
             stall.eq(t["valid"] & t["flush"] & pend_valid & ~wr.ready),
         ]
         merged = Signal(16 * OB)
-        m.d.comb += merged.eq(gather)
+        m.d.comb += merged.eq(Array(gather)[t["si"]] if B > 1 else gather[0])
         with m.If(t["val"]):
-            with m.Switch(t["slot"]):
+            with m.Switch(t["lane"]):
                 for i in range(OB):
                     with m.Case(i):
-                        m.d.comb += merged[16 * i : 16 * i + 16].eq(y10)
+                        m.d.comb += merged[16 * i : 16 * i + 16].eq(Mux(t["mask"], 0, y10))
         with m.If(wr.valid & wr.ready):
             m.d.sync += pend_valid.eq(0)
         with m.If(go & t["valid"]):
@@ -565,14 +809,42 @@ class QKEngine(Engine):
                     pend_valid.eq(1),
                     pend_data.eq(merged),
                     pend_len.eq(t["end"] * 2),
-                    pend_addr.eq(waddr),
-                    waddr.eq(waddr + 2 * OB),
-                    gather.eq(0),
+                    pend_addr.eq(t["addr"]),
                 ]
-            with m.Else():
-                m.d.sync += gather.eq(merged)
+            with m.Switch(t["si"]):
+                for i in range(B):
+                    with m.Case(i):
+                        m.d.sync += gather[i].eq(Mux(t["flush"], 0, merged))
 
         all_done = Signal()
         busy = Cat(*(tk["valid"] for tk in toks[1:])).any()
-        m.d.comb += all_done.eq((cst == C_DONE) & ~busy & ~pend_valid)
+        m.d.comb += all_done.eq((cst == C_DONE) & ~start_run & ~busy & ~pend_valid)
         return all_done
+
+
+def _figures(dp_name: str = "kv260") -> None:
+    """Bytes and cycles of BitNet-shaped QK commands at the design point's block and at
+    block 1 (one query at a time, as before blocking), with a 1-cycle memory and at the
+    design point's DRAM bandwidth: ``python -m hw.ops.qk [design point]``."""
+    from golden.config import design_point
+
+    dp = design_point(dp_name)
+    bpc = dp.bytes_per_cycle
+    R, OB = dp.qk_records, dp.qk_out_lanes
+    print(f"QK on {dp.name}: attn_block {dp.attn_block}, {bpc:.1f} bytes/cycle")
+    for name, heads, kvh, hd in (("2B-4T", 20, 5, 128), ("0.73B", 16, 16, 96)):
+        for rows, keys in ((1, 128), (1, 2048), (128, 128)):
+            what = "decode" if rows == 1 else "prefill"
+            for blk in (1, dp.attn_block):
+                cyc = expected_cycles(heads, kvh, rows, keys, R, OB, blk)
+                by = read_bytes(heads, kvh, rows, keys, hd, blk)
+                print(
+                    f"  {name} {what} rows {rows} keys {keys} block {blk}: {by:,} bytes, "
+                    f"{cyc:,} cycles; memory {by / bpc:,.0f} -> max {max(cyc, by / bpc):,.0f}"
+                )
+
+
+if __name__ == "__main__":
+    import sys
+
+    _figures(*sys.argv[1:2])
