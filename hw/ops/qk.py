@@ -4,9 +4,11 @@ scale_mul(sq[h, t], sk[g, j]), SoftmaxConfig.in_frac_bits, in_bits)`` with g = h
 written 0). Golden: ``Executor._op_qk`` -> ``golden.model.op_qk``.
 
 Operands (``golden/isa.py``, QK): q codes int8 of head h, token t at ``q + (h*q_ld +
-t)*head_dim``, its scale record at ``q_scale + (h*q_ld + t)*4``; k codes / records of KV
-head g, key j at ``k + (g*kv_ld + j)*head_dim`` / ``k_scale + (g*kv_ld + j)*4``; dst
-int16 Q7.8 [heads, rows, keys], contiguous. No data value can fail (the dot product and
+t)*head_dim``, its scale record at ``q_scale + (h*q_ld + t)*4``; k rows / records of KV
+head g, key j at ``k + (g*kv_ld + j)*KR`` / ``k_scale + (g*kv_ld + j)*4``, KR =
+``golden.isa.kv_row(head_dim)``: head_dim int8 codes, or in an int4-KV build
+(``ForwardConfig.kv_bits`` = 4, e.g. kv260-kv4) head_dim/2 bytes of packed int4 codes;
+dst int16 Q7.8 [heads, rows, keys], contiguous. No data value can fail (the dot product and
 ``scale_mul`` always fit, ``requant`` saturates): the only errors are argument errors.
 
 Checks: the QK contract (``golden.isa.CONTRACTS``), over seven cycles before any memory
@@ -30,7 +32,9 @@ sequence:
 * q / q-scale responses load the held query vector and its scale (the previous row's
   keys have all been accepted by then, and each key uses them in its accept cycle);
 * a k-scale response loads the R-record register;
-* a key response enters the pipeline (every stage holds while the output is stalled):
+* a key response enters the pipeline (every stage holds while the output is stalled);
+  an int4 row is first unpacked into the int8 lanes (``hw.ops.kvrow.unpack_lanes``:
+  each nibble sign-extended, wiring only, the one piece that knows the format):
   - the dot product: ``dma_bytes/2`` pairs of DSP48E2 (``hw.dsp.dot2``: q_i k_i +
     q_i+1 k_i+1, the second DSP adding the first's product through the cascade; q beyond
     head_dim is 0: the response is zero beyond len), then an adder tree of three stages;
@@ -63,7 +67,8 @@ and q-scale beats, one cycle per visible key, one per R scale records, and z_t <
 ceil((keys - v_t) / out_lanes) + 1 zero-run cycles). One key per cycle; decode (rows = 1,
 keys = S) of 16 heads: ~16 * (1.03 S + 2) cycles with R = 32 (the kv260 point): 2168 at
 128 keys, 33848 at 2048 (before: 2153 and 33833); the memory's bandwidth sets the pace on
-the KV260 (100 bytes a key).
+the KV260 (100 bytes a key; 52 with the INT4 cache, whose cycle count with a 1-cycle
+memory is the same formula: still one key row per cycle).
 Measured by ``sim/test_op_qk.py`` (``test_qk_cycles``) with a 1-cycle memory, exactly the
 formula.
 
@@ -86,6 +91,7 @@ from golden.isa import ErrorCode, Opcode
 from hw.dsp import dot2
 from hw.softmax import tree_bit_length
 
+from . import kvrow
 from .base import Engine, check_power_of_two
 from .gqa import Cursor, head_ratio
 from .gqa import cycles as gqa_cycles
@@ -226,17 +232,19 @@ class QKEngine(Engine):
         m.d.sync += [err_dims.eq(chk.error(stop="q")), err_tensors.eq(chk.error(start="q"))]
         n_rep = Signal(isa.HEADS_BITS)
         q_stride = Signal(32)  # q_ld * head_dim
-        kv_stride = Signal(32)  # kv_ld * head_dim
+        kv_stride = Signal(32)  # kv_ld * krow
+        krow = Signal(isa.DIM_BITS)  # bytes of a key row (the build's KV format)
         vis0 = Signal(isa.ROWS_BITS + 1)  # visible keys of query 0
         # from the command every cycle (valid from the cycle after start)
         m.d.sync += [
             vis0.eq(a.keys - a.rows + 1),
             q_stride.eq(a.q_ld * a.head_dim),
-            kv_stride.eq(a.kv_ld * a.head_dim),
+            krow.eq(kvrow.row_bytes(a.head_dim, self.cfg)),
+            kv_stride.eq(a.kv_ld * kvrow.row_bytes(a.head_dim, self.cfg)),
         ]
         start_run = Signal()
         all_done = self._run(
-            m, platform, W, R, OB, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0, start_run
+            m, platform, W, R, OB, MB, sc, rq, a, n_rep, q_stride, kv_stride, krow, vis0, start_run
         )
 
         with m.FSM():
@@ -251,7 +259,22 @@ class QKEngine(Engine):
         return m
 
     def _run(
-        self, m, platform, W, R, OB, MB, sc, rq, a, n_rep, q_stride, kv_stride, vis0, start_run
+        self,
+        m,
+        platform,
+        W,
+        R,
+        OB,
+        MB,
+        sc,
+        rq,
+        a,
+        n_rep,
+        q_stride,
+        kv_stride,
+        krow,
+        vis0,
+        start_run,
     ):
         """The request side, response side, pipeline and packer; returns 'all written'."""
         hd = a.head_dim
@@ -290,8 +313,8 @@ class QKEngine(Engine):
                 with m.If(self.read(m, ks.ptr, Mux(iw.left > R, R, iw.left) * 4)):
                     m.d.sync += [ist.eq(I_K), *ks.advance(4 * R)]
             with m.Case(I_K):
-                with m.If(self.read(m, k.ptr, hd)):
-                    m.d.sync += [*iw.key(), *k.advance(hd)]
+                with m.If(self.read(m, k.ptr, krow)):
+                    m.d.sync += [*iw.key(), *k.advance(krow)]
                     with m.If(iw.lastk):
                         # next query row
                         m.d.sync += [iw.j.eq(0), ist.eq(I_Q)]
@@ -443,7 +466,7 @@ class QKEngine(Engine):
             toks.append(tok_reg(toks[-1], i))
 
         # the dot product: pairs of DSPs (accept cycle c -> c+4), three tree stages (c+7)
-        k_lanes = rdata.payload
+        k_lanes = kvrow.unpack_lanes(m, rdata.payload, W, self.cfg)  # int8 lanes of the key row
         pairs = [
             dot2(
                 m,
