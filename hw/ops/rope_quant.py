@@ -81,11 +81,12 @@ own (it needs ROPE_QUANT's half-head layout and is multi-buffered over the row s
   normalized values: mantissa = the top 16 bits rounded) and the record
   ``scale_mul(tc, soi)`` with its SCALE_RANGE check. It hands the drain
   ``recip2 = recip << (s mod 8)`` and ``s div 8`` (kv4 rows: the same division of
-  ``7*2^R``, the dividend's constant muxed, the quotient's top bits 0): since x*recip2 = x*recip*2^(s mod 8),
-  the quantizer's shift becomes Z = R + s mod 8 = 32 + F - 8*(s div 8), one of four
-  values, so each lane selects its 8 code bits and the round bit from a 4:1 window
-  instead of a 41-position shifter. |x| <= amax bounds |x*recip| below 128*2^R, so the
-  window holds the whole result and only 128 needs clamping (to 127).
+  ``7*2^R``, the dividend's constant muxed, the quotient's top bits 0): since
+  x*recip2 = x*recip*2^(s mod 8), the quantizer's shift becomes Z = R + s mod 8 =
+  32 + F - 8*(s div 8), one of four values, so each lane selects its 8 code bits and
+  the round bit from a 4:1 window instead of a 41-position shifter. |x| <= amax bounds
+  |x*recip| below 128*2^R, so the window holds the whole result and only 128 needs
+  clamping (to 127).
 * Drain: per head, the first-half words then the second-half words are read from the
   row buffer; per lane x*recip2 (two registered DSP partials), the partials' sum over
   the window's bits, the window select, round and clamp; the L codes of a word go to
@@ -161,6 +162,7 @@ def check_states(cfg: DatapathConfig) -> int:
     """Check states of a build: one more wait in an int4-KV build, whose dst span has the
     row bytes head_dim - kv*(head_dim/2) as one more registered product level."""
     return CHECK_STATES + int(kvrow.int4(cfg))
+
 
 # Cycles of the command outside the reads and the head unit (the 4 check states, the
 # rotation pipeline, the head unit's hand-off, the drain pipeline, the writes of the last
