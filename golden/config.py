@@ -593,12 +593,22 @@ class ForwardConfig:
 
     ffn_bits: int = 16  # per-token absmax width of gate (relu2) and up before the product
     pv_extra_bits: int = 7  # extra bits of the key-scaled probabilities in P.V (see op 6)
+    # KV-cache codes: 8 (int8) or 4 (int4, two per byte); absmax per (token, KV head) either
+    # way, one scale record each (golden/model.py op 3, golden/isa.py KV rows)
+    kv_bits: int = 8
 
     def __post_init__(self) -> None:
         if not 2 <= self.ffn_bits <= 16:
             raise ValueError(f"ffn_bits: must be in [2, 16], got {self.ffn_bits}")
         if not 0 <= self.pv_extra_bits <= 7:
             raise ValueError(f"pv_extra_bits: must be in [0, 7], got {self.pv_extra_bits}")
+        if self.kv_bits not in (4, 8):
+            raise ValueError(f"kv_bits: must be 4 or 8, got {self.kv_bits!r}")
+
+    @property
+    def kv_max(self) -> int:
+        """Largest KV code magnitude (symmetric absmax codes: 127 or 7)."""
+        return (1 << (self.kv_bits - 1)) - 1
 
 
 # --------------------------------------------------------------------------- all
@@ -802,6 +812,11 @@ DESIGN_POINTS = {
     # XCK26's LUTs (kv260's top + the engine alone; README: Activation sparsity). No
     # whole-top synthesis of it yet: no timing evidence (the engine alone: 9.1 levels)
     "kv260-sparse": AccelConfig(name="kv260-sparse", tlmm_sparse=True),
+    # kv260 with the INT4 KV cache (ForwardConfig.kv_bits = 4): K/V rows of head_dim/2
+    # bytes (two codes a byte) + the scale record; README: INT4 KV cache. No timing evidence
+    "kv260-kv4": AccelConfig(
+        name="kv260-kv4", datapath=DatapathConfig(forward=ForwardConfig(kv_bits=4))
+    ),
     "ecp5": AccelConfig(
         name="ecp5",
         datapath=DatapathConfig(tlmm=TLMMConfig(tables=8, replicas=2)),

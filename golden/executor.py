@@ -241,8 +241,9 @@ class Executor:
             _gm.Scale(sx.mant[None], sx.shift[None]),
             _gm.Scale(np.int64(c.c_mant), np.int64(c.c_shift)),
             self.cfg,
+            kv=bool(c.kv),
         )
-        t.store("dst", x_q[0])
+        t.store("dst", isa.pack_kv(x_q[0], self.cfg.forward.kv_bits) if c.kv else x_q[0])
         rec = self._records("dst_scale", s)[0]
         t.passed("records")
         t.store("dst_scale", rec)
@@ -252,7 +253,7 @@ class Executor:
         lg = _gm.op_qk(
             t.load("q")[None],
             _gm.Scale(sq.mant[None], sq.shift[None]),
-            t.load("k")[None],
+            isa.unpack_kv(t.load("k"), self.cfg.forward.kv_bits)[None],
             _gm.Scale(sk.mant[None], sk.shift[None]),
             c.heads // c.kv_heads,
             self.cfg,
@@ -268,7 +269,7 @@ class Executor:
         sv = t.scales("v_scale")
         o = _gm.op_pv(
             p[None],
-            t.load("v")[None],
+            isa.unpack_kv(t.load("v"), self.cfg.forward.kv_bits)[None],
             _gm.Scale(sv.mant[None], sv.shift[None]),
             c.heads // c.kv_heads,
             self.cfg,

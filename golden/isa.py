@@ -49,15 +49,19 @@ TLMM (5)   ``op_tlmm``: src int8 [rows, k] (x_q; row m at ``src + m*(k + src_ski
 ROPE_QUANT ``op_rope_quant`` (rope=1) / ``op_v_quant`` (rope=0): src int32 [rows,
 (6)        heads*head_dim] (TLMM accumulators), src_scale [rows] (the token scale sx of the
            TLMM input); RoPE rotate-half with the table rows pos..pos+rows-1 (RoPE table
-           format below; needs pos + rows <= table_rows), then INT8 absmax per (token,
-           head). Output codes of head h, token t at ``dst + (h*ld + t)*head_dim``
-           (int8 [head_dim]); its scale record at ``dst_scale + (h*ld + t)*4``, scale =
-           scale_mul(scale_mul(sx, c), scale_of_int(amax)), c = (c_mant, c_shift). With
-           ld = capacity and dst = cache + pos*head_dim this appends to the KV cache.
-           rope=0 (v): no rotation; table, pos, table_rows are not used.
+           format below; needs pos + rows <= table_rows), then absmax per (token, head):
+           INT8 codes, or with kv=1 (k and v: a KV-cache row) codes in the datapath's KV
+           format (KV rows below). Output row of head h, token t at ``dst + (h*ld +
+           t)*R``, R = ``kv_row(head_dim, kv)`` bytes; its scale record at ``dst_scale +
+           (h*ld + t)*4``, scale = scale_mul(scale_mul(sx, c), scale_of_int(amax)), c =
+           (c_mant, c_shift). With ld = capacity and dst = cache + pos*R this appends to
+           the KV cache. rope=0 (v): no rotation; table, pos, table_rows are not used.
+           kv is a field because the same engine writes q (INT8, QK's query operand)
+           and the cache rows; with kv_bits = 8 it changes nothing.
 QK (7)     ``op_qk``: q codes/scales of head h, token t at ``q + (h*q_ld + t)*head_dim`` /
-           ``q_scale + (h*q_ld + t)*4``; k codes/scales of KV head g, key j at
-           ``k + (g*kv_ld + j)*head_dim`` / ``k_scale + (g*kv_ld + j)*4``; query head h
+           ``q_scale + (h*q_ld + t)*4``; k rows (KV format) / scales of KV head g, key j
+           at ``k + (g*kv_ld + j)*R`` / ``k_scale + (g*kv_ld + j)*4``, R = ``kv_row(
+           head_dim, 1)``; query head h
            reads KV head h // (heads/kv_heads). dst int16 Q7.8 [heads, rows, keys]; the
            rows queries are the last rows of keys (causal: query t sees keys j <=
            keys - rows + t); masked entries are written as 0.
@@ -95,6 +99,11 @@ element size)
   signed 16 bits (bytes 2-3); value mant * 2^-shift; (0, 0) is the zero scale. One per
   token for x_q (dst_scale of NORM_QUANT), one per (head, token) for q/k/v. A computed
   shift outside int16 stops the stream with SCALE_RANGE.
+- KV rows (``pack_kv`` / ``unpack_kv``; ``ForwardConfig.kv_bits`` of the datapath the
+  device implements, one format per build): kv_bits = 8: int8 [head_dim] codes;
+  kv_bits = 4: head_dim/2 bytes, code 2i in the low nibble of byte i and code 2i+1 in its
+  high nibble, two's complement (codes in [-7, 7]: symmetric absmax), ``kv_row(head_dim,
+  1)`` bytes a row. One scale record per (token, KV head) in both formats.
 - RoPE table (``rope_table``): int16 [table_rows, head_dim]; row p is
   ``cos_q[p, 0:head_dim/2]`` followed by ``sin_q[p, 0:head_dim/2]``
   (``golden.rope.rope_tables``, Q1.14): one row per position, read in one burst.
@@ -125,7 +134,7 @@ tuple of items, each one of
 - ``Dims(*rules, when=None)``: BAD_DIM unless every rule holds. Rules are Python
   expressions over the command's fields and ``contract_names`` (``softmax_max_len``,
   ``tlmm_max_k``, ``tlmm_weight_bytes(n, k)``, ``sparse_weight_bytes(n, k)``,
-  ``adc_max_bits``, ``adc_kind(kind)``), e.g.
+  ``adc_max_bits``, ``adc_kind(kind)``, ``kv_bits``, ``kv_row(head_dim, kv)``), e.g.
   ``"rows <= keys"``;
 - ``Tensor(field, dtype, shape, ld=None, offset=None, when=None, out=False)``: the tensor
   at the address in ``field`` -- elements of ``dtype`` (``I8``, ``U8``, ``I16``, ``U16``,
@@ -298,7 +307,7 @@ ARGS = {
     Opcode.ROPE_QUANT: data.StructLayout(
         {"src": _A, "src_scale": _A, "table": _A, "dst": _A, "dst_scale": _A, "rows": _R,
          "heads": _H, "head_dim": _D, "ld": _R, "pos": _R, "table_rows": _R, "c_mant": _M,
-         "c_shift": _S, "rope": 1}),
+         "c_shift": _S, "rope": 1, "kv": 1}),
     Opcode.QK: data.StructLayout(
         {"q": _A, "q_scale": _A, "k": _A, "k_scale": _A, "dst": _A, "rows": _R, "keys": _R,
          "heads": _H, "kv_heads": _H, "head_dim": _D, "q_ld": _R, "kv_ld": _R}),
@@ -425,6 +434,7 @@ _ATTN_DIMS = (
     "rows <= keys",
     "keys <= softmax_max_len",
     "kv_ld >= keys",
+    "kv_bits == 8 or head_dim % 2 == 0",
 )
 
 
@@ -478,12 +488,19 @@ CONTRACTS = {
         Tensor("dst", I32, ("rows", "n"), out=True),
     ),
     Opcode.ROPE_QUANT: (
-        Dims("rows >= 1", "heads >= 1", "head_dim >= 2", "head_dim % 2 == 0", "ld >= rows"),
+        Dims(
+            "rows >= 1",
+            "heads >= 1",
+            "head_dim >= 2",
+            "head_dim % 2 == 0",
+            "kv_row(head_dim, kv) % 2 == 0",
+            "ld >= rows",
+        ),
         Tensor("src", I32, ("rows", "heads * head_dim")),
         Tensor("src_scale", RECORD, ("rows",)),
         Dims("pos + rows <= table_rows", when="rope"),
         Tensor("table", I16, ("rows", "head_dim"), offset="pos * head_dim", when="rope"),
-        Tensor("dst", I8, ("heads", "rows", "head_dim"), ld="ld", out=True),
+        Tensor("dst", I8, ("heads", "rows", "kv_row(head_dim, kv)"), ld="ld", out=True),
         Data("records", ErrorCode.SCALE_RANGE, "a (token, head) record shift leaves int16"),
         Tensor("dst_scale", RECORD, ("heads", "rows"), ld="ld", out=True),
     ),
@@ -491,7 +508,7 @@ CONTRACTS = {
         Dims(*_ATTN_DIMS, "q_ld >= rows"),
         Tensor("q", I8, ("heads", "rows", "head_dim"), ld="q_ld"),
         Tensor("q_scale", RECORD, ("heads", "rows"), ld="q_ld"),
-        Tensor("k", I8, ("kv_heads", "keys", "head_dim"), ld="kv_ld"),
+        Tensor("k", I8, ("kv_heads", "keys", "kv_row(head_dim, 1)"), ld="kv_ld"),
         Tensor("k_scale", RECORD, ("kv_heads", "keys"), ld="kv_ld"),
         Tensor("dst", I16, ("heads", "rows", "keys"), out=True),
     ),
@@ -503,7 +520,7 @@ CONTRACTS = {
     Opcode.PV: (
         Dims(*_ATTN_DIMS),
         Tensor("p", U16, ("heads", "rows", "keys")),
-        Tensor("v", I8, ("kv_heads", "keys", "head_dim"), ld="kv_ld"),
+        Tensor("v", I8, ("kv_heads", "keys", "kv_row(head_dim, 1)"), ld="kv_ld"),
         Tensor("v_scale", RECORD, ("kv_heads", "keys"), ld="kv_ld"),
         Data(
             "acc range",
@@ -625,7 +642,45 @@ def contract_names(args, cfg: DatapathConfig = DEFAULT) -> dict:
         "sparse_weight_bytes": lambda n, k: sparse_weight_bytes(n, k, t),
         "adc_max_bits": cfg.adc.act_max_bits,
         "adc_kind": adc_kind,
+        "kv_bits": cfg.forward.kv_bits,
+        "kv_row": lambda head_dim, kv: kv_row(head_dim, kv, cfg),
     }
+
+
+def kv_row(head_dim, kv=1, cfg: DatapathConfig = DEFAULT):
+    """Bytes of one row of ``head_dim`` codes: int8 (kv = 0: q) or, for a KV-cache row
+    (kv = 1), the datapath's KV format (``ForwardConfig.kv_bits``: 8, or 4 -- head_dim/2
+    bytes). ints in, an int out; Amaranth values (or the engines' check polynomials) in,
+    the same expression out."""
+    if cfg.forward.kv_bits == 8 or (isinstance(kv, int) and kv == 0):
+        return head_dim
+    return head_dim - kv * (head_dim // 2)  # ceil(head_dim / 2): the contract needs it even
+
+
+def pack_kv(codes: np.ndarray, kv_bits: int) -> np.ndarray:
+    """KV-cache codes (int8 [..., head_dim], in [-2^(b-1), 2^(b-1))) as their memory rows
+    (int8 [..., head_dim * kv_bits / 8]): kv_bits 8 as is; 4: two codes a byte, code 2i in
+    the low nibble, 2i+1 in the high one (two's complement nibbles)."""
+    c = np.asarray(codes)
+    if kv_bits == 8:
+        return c.astype(np.int8)
+    if kv_bits != 4 or c.shape[-1] % 2:
+        raise ValueError(f"pack_kv: kv_bits {kv_bits} with head_dim {c.shape[-1]}")
+    if c.size and (c.min() < -8 or c.max() > 7):
+        raise ValueError("pack_kv: a code outside int4 [-8, 7]")
+    u = c.astype(np.int64) & 0xF
+    return (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8).view(np.int8)
+
+
+def unpack_kv(rows: np.ndarray, kv_bits: int) -> np.ndarray:
+    """Inverse of ``pack_kv``: int8 codes [..., head_dim] (nibbles sign-extended)."""
+    r = np.asarray(rows)
+    if kv_bits == 8:
+        return r.astype(np.int8)
+    u = r.view(np.uint8).astype(np.int16)
+    lo, hi = u & 0xF, u >> 4
+    out = np.stack([lo, hi], axis=-1).reshape(*r.shape[:-1], 2 * r.shape[-1])
+    return np.where(out >= 8, out - 16, out).astype(np.int8)
 
 
 def check_item(item, names, lo: int, hi: int) -> tuple[ErrorCode, str] | None:
@@ -744,7 +799,10 @@ def _check_value(op: Opcode, fd: _Field, value):
 
 
 # fields a command may leave out: a mode that is off (TLMM's up_proj mask)
-OPTIONAL_FIELDS = {Opcode.TLMM: {"mask": 0, "masked": 0, "skip": 0, "src_skip": 0}}
+OPTIONAL_FIELDS = {
+    Opcode.TLMM: {"mask": 0, "masked": 0, "skip": 0, "src_skip": 0},
+    Opcode.ROPE_QUANT: {"kv": 0},  # q (not a KV-cache row)
+}
 
 
 def command(op: Opcode, **fields) -> Command:

@@ -116,7 +116,7 @@ Host-compiled constants (``compile_integer``; no float at run time):
   norm's output scale shift is corrected by ``- g_exp`` (exact).
 - projections: ternary codes int8 [out, in] and one scale constant each:
   ``c_q = s_wq / (act_max * sqrt(head_dim))`` (the attention 1/sqrt(d) folded in),
-  ``c_k = s_wk / act_max``, ``c_v = s_wv / act_max``, ``c_o = s_wo``, ``c_d = s_wd``;
+  ``c_k = s_wk / kv_max``, ``c_v = s_wv / kv_max``, ``c_o = s_wo``, ``c_d = s_wd``;
   relu2: ``c_g = s_wg / A16``, ``c_u = s_wu / A16`` (A16 = 2^(ffn_bits-1) - 1); silu:
   ``c_g = s_wg``. s_w is the multiplicative per-tensor weight scale (dequant = codes*s_w).
 - lm_head: INT8 per row, ``golden.quant.act_quant`` (absmax per output row, round half
@@ -134,8 +134,12 @@ Ops of one layer, in command-stream order (shapes per token; T tokens at once):
    out, saturating), then ``golden.quant.hw_act_quant`` per (token, head) over head_dim
    -> int8 codes + amax; scale ``sq = scale_mul(scale_mul(sx, c_q), scale_of_int(amax))``
    (likewise sk with c_k). v: hw_act_quant of acc_v per (token, KV head), scale
-   ``sv`` with c_v. K and V codes and scales are appended to the KV cache.
-4. ``qk``: ``s = q_q . k_q`` int32 (|s| <= 2^14 * head_dim), per (query, key)
+   ``sv`` with c_v. K and V codes and scales are appended to the KV cache. KV codes are
+   ``ForwardConfig.kv_bits`` wide (``kv_quant_config``): 8 (as q), or 4 -- the same
+   quantizer with act_max ``kv_max`` = 7 (codes in [-7, 7]), still one scale per
+   (token, KV head) (a streaming append can finalize only per-token scales; KIVI's
+   per-channel K would need scales over future tokens); kv_max is folded into c_k, c_v.
+4. ``qk``: ``s = q_q . k_q`` int32 (|s| <= 2^7 * (kv_max + 1) * head_dim), per (query, key)
    ``l = requant(s, scale_mul(sq, sk), SoftmaxConfig.in_frac_bits, in_bits)`` -> int16
    Q7.8 logits.
 5. ``softmax``: ``golden.softmax.softmax_fx(l, causal=True)`` (queries are the last T
@@ -234,6 +238,19 @@ INT_COSINE_GAP = 0.01
 GREEDY_AGREEMENT_MIN = 0.95
 # KV-cache decode (any chunking) vs one full-sequence forward, integer mode: bit-equal
 DECODE_VS_FULL_INT = 0
+
+
+def attn_vs_float_bound(kv_bits: int) -> float:
+    """max |attention output (qk -> softmax -> pv) - float attention| / max|v| on
+    Gaussian q, k, v (tests/test_model.py): half a KV code step, 1 / (2 kv_max), bounds V's
+    share (each value within half a step of its token's amax, and p sums to 1); K's codes,
+    within the same half step, move the logits of unit-variance q and k by about as much
+    and p with them: another 1 / (2 kv_max); 0.01 covers the rest of the datapath (INT8 q,
+    Q7.8 logits, the softmax LUT). Measured over 400 seeds: 0.005 with the INT8 cache, up to
+    0.106 with INT4 (bound 0.153). Keys with an outlier channel (4x) give 0.30 with INT4
+    (0.010 INT8): per-token K scales are what a streaming append can write; the held-out
+    cost on the shipped model is the measure (README)."""
+    return 1.0 / ((1 << (kv_bits - 1)) - 1) + 0.01
 
 
 # --------------------------------------------------------------------------- integer helpers
@@ -447,10 +464,11 @@ def compile_integer(model: Model, cfg: DatapathConfig = DEFAULT, act_adc=None) -
     emb = np.floor(np.asarray(w.embed_tokens, dtype=np.float64) * 2.0**nc.in_frac_bits + 0.5)
     embed_fx = np.clip(emb, -lim - 1, lim).astype(np.int32)
     hd = mc.head_dim
+    kv_max = fc.kv_max  # k and v codes are kv_bits wide (the cache's format)
     folds = {
         "q_proj": 1.0 / (act_max * math.sqrt(hd)),
-        "k_proj": 1.0 / act_max,
-        "v_proj": 1.0 / act_max,
+        "k_proj": 1.0 / kv_max,
+        "v_proj": 1.0 / kv_max,
         "o_proj": 1.0,
         "down_proj": 1.0,
         "gate_proj": 1.0 / wide_max if mc.hidden_act == "relu2" else 1.0,
@@ -565,26 +583,48 @@ def _per_head_scale(sx_c: Scale, amax: np.ndarray, bits: int) -> Scale:
     return scale_mul(tok, scale_of_int(amax, bits), bits)
 
 
+def kv_quant_config(cfg: DatapathConfig, kv: bool):
+    """The quantizer of a ROPE_QUANT output: ``cfg.quant`` (INT8) for q, the KV-cache
+    width ``cfg.forward.kv_bits`` for k and v (kv)."""
+    bits = cfg.forward.kv_bits if kv else cfg.quant.act_bits
+    return cfg.quant if bits == cfg.quant.act_bits else _kv_quant(cfg.quant, bits)
+
+
+@cache
+def _kv_quant(qc, bits: int):
+    return replace(qc, act_bits=bits)
+
+
 def op_rope_quant(
-    acc: np.ndarray, positions: np.ndarray, n_heads: int, sx: Scale, c: Scale, cfg: DatapathConfig
+    acc: np.ndarray,
+    positions: np.ndarray,
+    n_heads: int,
+    sx: Scale,
+    c: Scale,
+    cfg: DatapathConfig,
+    kv: bool = False,
 ) -> tuple[np.ndarray, Scale]:
-    """q or k: RoPE on int32 accumulators per head, then INT8 absmax per (token, head).
+    """q or k: RoPE on int32 accumulators per head, then absmax per (token, head): INT8,
+    or with ``kv`` (k, into the cache) ``cfg.forward.kv_bits`` wide.
 
     acc int32 [B, T, n*hd] -> (codes int8 [B, n, T, hd], scale [B, n, T])."""
-    bits = cfg.requant.mult_bits
     r = _rope.rope_fx(
         np.ascontiguousarray(_heads(acc, n_heads)).astype(np.int32), positions, cfg.rope
     )
-    x_q, amax = _quant.hw_act_quant(r, cfg.quant)
-    return x_q, _per_head_scale(scale_mul(sx, c, bits), amax[..., 0], bits)
+    return _head_quant(r, sx, c, cfg, kv)
 
 
 def op_v_quant(
-    acc: np.ndarray, n_heads: int, sx: Scale, c: Scale, cfg: DatapathConfig
+    acc: np.ndarray, n_heads: int, sx: Scale, c: Scale, cfg: DatapathConfig, kv: bool = True
 ) -> tuple[np.ndarray, Scale]:
-    """v: INT8 absmax per (token, KV head) -> (codes int8 [B, n, T, hd], scale [B, n, T])."""
+    """v: absmax per (token, KV head), ``cfg.forward.kv_bits`` wide (INT8 without ``kv``)
+    -> (codes int8 [B, n, T, hd], scale [B, n, T])."""
+    return _head_quant(np.ascontiguousarray(_heads(acc, n_heads)), sx, c, cfg, kv)
+
+
+def _head_quant(x, sx: Scale, c: Scale, cfg: DatapathConfig, kv: bool):
     bits = cfg.requant.mult_bits
-    x_q, amax = _quant.hw_act_quant(np.ascontiguousarray(_heads(acc, n_heads)), cfg.quant)
+    x_q, amax = _quant.hw_act_quant(x, kv_quant_config(cfg, kv))
     return x_q, _per_head_scale(scale_mul(sx, c, bits), amax[..., 0], bits)
 
 
@@ -746,7 +786,9 @@ class KVCache:
     """Keys/values of past positions for one batch of sequences.
 
     reference: float k, v [B, n_kv, capacity, head_dim] (after RoPE; the model's dtype).
-    integer: int8 codes plus per-(position, KV head) scales (mant, shift) int64.
+    integer: int8 codes (``ForwardConfig.kv_bits`` wide: in [-7, 7] for the INT4 cache,
+    unpacked here; the device packs them, ``golden.isa.pack_kv``) plus per-(position, KV
+    head) scales (mant, shift) int64.
     ``length`` positions are valid; capacity = max_position_embeddings.
     """
 
@@ -1179,7 +1221,7 @@ class GoldenModel:
             acc = {k: tlmm(x_q, li, k) for k in ("q_proj", "k_proj", "v_proj")}
             rec(li, "tlmm.qkv", **acc)
             q_q, sq = op_rope_quant(acc["q_proj"], pos, nh, sx, pr["q_proj"].const, cfg)
-            k_q, sk = op_rope_quant(acc["k_proj"], pos, nkv, sx, pr["k_proj"].const, cfg)
+            k_q, sk = op_rope_quant(acc["k_proj"], pos, nkv, sx, pr["k_proj"].const, cfg, True)
             v_q, sv = op_v_quant(acc["v_proj"], nkv, sx, pr["v_proj"].const, cfg)
             rec(
                 li,

@@ -2,6 +2,7 @@
 
     python -m host.eval [-m models/default | -m model.gguf] [--chars N] [--corpus PATH]
                         [--batch B (1)] [--modes reference,integer]
+                        [--design-point NAME (kv260)]
 
 Data: the characters of the corpus (default ``host.data.DEFAULT_CORPUS``,
 ``../shared/data/tinyshakespeare.txt`` relative to the repository); the held-out split is
@@ -21,6 +22,10 @@ Per character, so that models with different vocabularies compare: the total los
 nats over the predicted tokens divided by the number of characters those tokens cover
 (the held-out text less the first token's characters). For the character tokenizer that
 is the mean loss per token.
+
+``--design-point``: the integer mode computes that design point's datapath
+(``golden.config.DESIGN_POINTS``; e.g. ``kv260-kv4``, the INT4 KV cache); the
+reference mode is float and ignores it.
 
 Printed: loss in nats/char, bits/char (nats / ln 2), perplexity per character
 (exp(nats/char)) and nats per token, per mode; the integer - reference difference, and
@@ -43,6 +48,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from golden.config import DEFAULT_DESIGN_POINT, DESIGN_POINTS, design_point  # noqa: E402
 from golden.model import MODES, GoldenModel  # noqa: E402
 from host.data import DEFAULT_CORPUS, DEFAULT_MODEL, HELDOUT_FRACTION, heldout_text  # noqa: E402
 from host.usage import Parser, UsageError, flag_errors, run_main  # noqa: E402
@@ -108,6 +114,13 @@ def run(argv=None) -> int:
     p.add_argument(
         "--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)}"
     )
+    p.add_argument(
+        "--design-point",
+        choices=sorted(DESIGN_POINTS),
+        default=DEFAULT_DESIGN_POINT,
+        help="the datapath the integer mode computes (golden.config.DESIGN_POINTS; e.g. "
+        "kv260-kv4: the INT4 KV cache)",
+    )
     a = p.parse_args(argv)
     if a.chars is not None and a.chars < 2:
         raise UsageError(f"--chars: expected >= 2, got {a.chars}")
@@ -139,7 +152,7 @@ def run(argv=None) -> int:
 
     from tqdm import tqdm
 
-    print(f"model: {a.model}")
+    print(f"model: {a.model}, datapath of design point {a.design_point}")
     npred = sum(len(w[1]) for w in wins)
     print(
         f"held-out: {len(text)} chars, {len(ids)} tokens (last {HELDOUT_FRACTION:.0%} of "
@@ -149,7 +162,7 @@ def run(argv=None) -> int:
     )
     results = {}
     for mode in modes:
-        gm = GoldenModel(model, mode=mode)
+        gm = GoldenModel(model, mode=mode, cfg=design_point(a.design_point).datapath)
         t0 = time.perf_counter()
         with tqdm(
             total=len(wins),

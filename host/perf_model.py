@@ -159,13 +159,16 @@ def _check_runs(mc: ModelConfig, dp: AccelConfig, keys: int, rows: int) -> None:
 
 
 def roofline_bytes(mc: ModelConfig, context: int, cfg=None) -> dict:
-    """Bytes per decoded token at ``context`` keys that must cross the memory bus."""
+    """Bytes per decoded token at ``context`` keys that must cross the memory bus (the KV
+    rows in ``cfg``'s format: ``ForwardConfig.kv_bits``)."""
     from golden import isa
     from golden.config import DEFAULT
 
-    tc = (cfg or DEFAULT).tlmm
+    cfg = cfg or DEFAULT
+    tc = cfg.tlmm
     h, i, hd = mc.hidden_size, mc.intermediate_size, mc.head_dim
     q, kv = mc.num_attention_heads * hd, mc.num_key_value_heads * hd
+    row = isa.kv_row(hd, 1, cfg)  # a K or V row in the datapath's KV format (int8 / int4)
     shapes = [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)]
     L = mc.num_hidden_layers
     return {
@@ -175,7 +178,7 @@ def roofline_bytes(mc: ModelConfig, context: int, cfg=None) -> dict:
         * 2
         * mc.num_key_value_heads
         * context
-        * (hd + isa.SCALE_RECORD_BYTES),
+        * (row + isa.SCALE_RECORD_BYTES),
         "embedding row (int32)": h * 4,
         "norm weights (int16)": (L * (3 * h + i) + h) * 2,
     }

@@ -15,7 +15,8 @@ of ``golden/isa.py`` and writes them once:
   ``golden.rope.rope_tables`` for the model's rope_theta);
 - per layer ``L{i}.<norm>``: gamma_q int16 [dim] (its g_exp and the norm constants go
   into the commands); ``L{i}.<proj>``: ternary codes in the TLMM tile format;
-- ``kv{i}.k`` / ``kv{i}.v``: int8 [kv_heads, context, head_dim]; ``kv{i}.k_scale`` /
+- ``kv{i}.k`` / ``kv{i}.v``: KV rows [kv_heads, context] of ``golden.isa.kv_row(head_dim)``
+  bytes (int8 codes, or packed int4 with ``ForwardConfig.kv_bits`` = 4); ``kv{i}.k_scale`` /
   ``kv{i}.v_scale``: scale records [kv_heads, context] (the KV cache of one sequence);
 - scratch activations sized for ``max_chunk`` tokens (``tokens``, ``h``, ``x``/
   ``x_scale``, TLMM accumulators, ``q``/``q_scale``, ``logits``/``probs`` [heads,
@@ -194,6 +195,11 @@ class Runtime:
         for name, (v, bits) in limits.items():
             if v >= 1 << bits:
                 raise ValueError(f"model: {name} = {v} exceeds the command field ({bits} bits)")
+        if isa.kv_row(mc.head_dim, 1, self.cfg) % 2:
+            raise ValueError(
+                f"model: head_dim {mc.head_dim} is not a multiple of 4, which the INT4 KV "
+                "cache needs (ROPE_QUANT writes each half row as whole bytes)"
+            )
         if mc.max_position_embeddings > self.cfg.softmax.max_len:
             raise ValueError(
                 f"model: context {mc.max_position_embeddings} exceeds the softmax "
@@ -236,9 +242,11 @@ class Runtime:
         self._const("norm", im.norm.gamma_q.astype(np.int16), f"int16 [{h_}] gamma_q")
         self._const("lm_head", im.lm_q.astype(np.int8), f"int8 [{v_}, {h_}]")
         rec = isa.SCALE_RECORD_BYTES
+        row = isa.kv_row(hd, 1, self.cfg)
+        kv_fmt = f"int8 [{nkv}, {ctx}, {hd}]" if row == hd else f"int4x2 [{nkv}, {ctx}, {row}]"
         for li in range(mc.num_hidden_layers):
             for kv in ("k", "v"):
-                self._region(f"kv{li}.{kv}", nkv * ctx * hd, f"int8 [{nkv}, {ctx}, {hd}]", "kv")
+                self._region(f"kv{li}.{kv}", nkv * ctx * row, kv_fmt, "kv")
                 self._region(f"kv{li}.{kv}_scale", nkv * ctx * rec, f"scale [{nkv}, {ctx}]", "kv")
         t = self.max_chunk
         xd = max(h_, i_, qd)
@@ -394,6 +402,7 @@ class Runtime:
         h_, i_, v_, nh, nkv, hd, ctx = _sizes(mc)
         keys = pos + rows
         rec = isa.SCALE_RECORD_BYTES
+        row = isa.kv_row(hd, 1, self.cfg)  # bytes of a K/V cache row
         embed_io = self._at(tokens="tokens", table="embed", dst="h")
         cmds = [command(Opcode.EMBED, **embed_io, rows=rows, dim=h_, vocab=v_)]
 
@@ -413,10 +422,10 @@ class Runtime:
             k, k_scale, v, v_scale = (
                 a.addr(f"kv{li}.{n}") for n in ("k", "k_scale", "v", "v_scale")
             )
-            for p, src, heads, dst, dst_scale, ld, rope in (
-                ("q_proj", "acc_q", nh, a.addr("q"), a.addr("q_scale"), rows, 1),
-                ("k_proj", "acc_k", nkv, k + pos * hd, k_scale + pos * rec, ctx, 1),
-                ("v_proj", "acc_v", nkv, v + pos * hd, v_scale + pos * rec, ctx, 0),
+            for p, src, heads, dst, dst_scale, ld, rope, kv in (
+                ("q_proj", "acc_q", nh, a.addr("q"), a.addr("q_scale"), rows, 1, 0),
+                ("k_proj", "acc_k", nkv, k + pos * row, k_scale + pos * rec, ctx, 1, 1),
+                ("v_proj", "acc_v", nkv, v + pos * row, v_scale + pos * rec, ctx, 0, 1),
             ):
                 cm, cs = const(pr[p].const)
                 cmds.append(
@@ -436,6 +445,7 @@ class Runtime:
                         c_mant=cm,
                         c_shift=cs,
                         rope=rope,
+                        kv=kv,
                     )
                 )
             # attention over keys 0..keys-1 of layer li's cache (rows of queries, nh heads)
@@ -549,13 +559,16 @@ class Runtime:
 
     # ------------------------------------------------------------------ inspection
     def kv_cache(self, layer: int) -> dict:
-        """The device KV cache of ``layer``: k, v int8 [kv_heads, context, head_dim] and
-        their scales (mant, shift) int64 [kv_heads, context]."""
+        """The device KV cache of ``layer``: k, v codes int8 [kv_heads, context, head_dim]
+        (unpacked from the KV format) and their scales (mant, shift) int64 [kv_heads,
+        context]."""
         mc, a = self.config, self.address_map
         nkv, ctx, hd = mc.num_key_value_heads, mc.max_position_embeddings, mc.head_dim
+        row, bits = isa.kv_row(hd, 1, self.cfg), self.cfg.forward.kv_bits
         out = {}
         for kv in ("k", "v"):
-            out[kv] = self.device.read_array(a.addr(f"kv{layer}.{kv}"), np.int8, (nkv, ctx, hd))
+            raw = self.device.read_array(a.addr(f"kv{layer}.{kv}"), np.int8, (nkv, ctx, row))
+            out[kv] = isa.unpack_kv(raw, bits)
             m, s = isa.unpack_scales(
                 self.device.read(
                     a.addr(f"kv{layer}.{kv}_scale"), nkv * ctx * isa.SCALE_RECORD_BYTES

@@ -24,9 +24,12 @@ W = DP.dma_bytes
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 
 
-def engine(lanes: int = 48, max_keys: int = 96) -> PVEngine:
+CFG4 = design_point("kv260-kv4").datapath  # the INT4 KV cache: V rows of head_dim/2 bytes
+
+
+def engine(lanes: int = 48, max_keys: int = 96, cfg=CFG) -> PVEngine:
     return PVEngine(
-        CFG,
+        cfg,
         W,
         max_keys=max_keys,
         max_head_dim=lanes,
@@ -95,13 +98,17 @@ def setup(
     v=None,
     mant=None,
     shift=None,
+    cfg=CFG,
     **addr,
 ):
-    """A golden device holding the operands, and the PV command (``addr`` overrides)."""
+    """A golden device holding the operands, and the PV command (``addr`` overrides); V
+    rows in ``cfg``'s KV format (int4: random nibbles, -8 and 7 included)."""
     kv_ld = keys if kv_ld is None else kv_ld
-    gd = GoldenDevice(CFG, mem_size=1 << 20)
+    gd = GoldenDevice(cfg, mem_size=1 << 20)
     p = probs(rng, heads, rows, keys) if p is None else p
     v = codes(rng, kv_heads, kv_ld, hd) if v is None else v
+    if cfg.forward.kv_bits == 4:
+        v = isa.pack_kv(v >> 4, 4)
     if mant is None:
         mant, shift = scales(rng, kv_heads, kv_ld)
     a = dict(
@@ -325,3 +332,29 @@ def test_engine_limits(rng, change):
     # just inside the limits the same command runs
     eng = engine(lanes=hd, max_keys=keys)
     assert check_op(eng, gd, cmd, seed=2)["error"] == ErrorCode.NONE
+
+
+def test_int4_kv(rng):
+    """kv260-kv4's V rows (packed int4, head_dim/2 bytes) == golden under stalls, GQA and
+    kv_ld > keys; with a memory that never stalls the cycle count is the INT8 formula (a
+    V row per cycle) and the V rows read are half the bytes."""
+    eng = engine(cfg=CFG4)
+    for stall, (heads, kv_heads, rows, keys, hd) in (
+        (0.3, (4, 2, 2, 11, 2 * int(rng.integers(1, 25)))),
+        (0.6, (2, 1, 3, 9, 48)),
+    ):
+        gd, cmd = setup(
+            rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd, kv_ld=keys + 2,
+            cfg=CFG4,
+        )  # fmt: skip
+        res = check_op(eng, gd, cmd, seed=int(rng.integers(1 << 30)), stall=stall)
+        assert res["error"] == ErrorCode.NONE
+    heads, kv_heads, rows, keys, hd = 2, 1, 2, 40, 40
+    got = {}
+    for bits, e, cfg in ((8, engine(), CFG), (4, eng, CFG4)):
+        gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd, cfg=cfg)
+        got[bits] = check_op(e, gd, cmd, seed=1, stall=0.0, max_latency=1)
+        want = expected_cycles(heads, kv_heads, rows, keys, hd, e.records, e.out_lanes)
+        assert got[bits]["cycles"] == want
+    v_rows = heads * sum(keys - rows + t + 1 for t in range(rows))
+    assert got[8]["bytes_read"] - got[4]["bytes_read"] == v_rows * hd // 2

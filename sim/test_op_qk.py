@@ -17,11 +17,12 @@ from golden import isa
 from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode, dma_bytes
 from host.backends.golden import GoldenDevice
-from hw.ops.qk import QKEngine, expected_cycles, read_bytes
-from sim.op_bench import arg_error_cases, check_errors, check_op, put
+from hw.ops.qk import QKEngine, blocks, expected_cycles, read_bytes
+from sim.op_bench import arg_error_cases, check_errors, check_op, check_ops, put
 
 CFG = DEFAULT
 DP = design_point("kv260")
+DP4 = design_point("kv260-kv4")  # the INT4 KV cache: key rows of head_dim/2 bytes
 W = dma_bytes(CFG)
 
 
@@ -52,15 +53,37 @@ def _codes(rng, n, corners: bool) -> np.ndarray:
     return c
 
 
+def _kv_rows(rng, rows, head_dim, corners: bool, kv_bits: int = 8) -> np.ndarray:
+    """Random KV rows in the format of ``kv_bits`` (int4: every nibble, -8 included)."""
+    c = _codes(rng, rows * head_dim, corners)
+    if kv_bits == 4:
+        c = isa.pack_kv(c.reshape(rows, head_dim) >> 4, 4).reshape(-1)
+    return c
+
+
 def qk_command(
-    gd, rng, *, heads, kv_heads, rows, keys, head_dim, q_ld=None, kv_ld=None, corners=False
+    gd,
+    rng,
+    *,
+    heads,
+    kv_heads,
+    rows,
+    keys,
+    head_dim,
+    q_ld=None,
+    kv_ld=None,
+    corners=False,
+    kv_bits=8,
 ) -> isa.Command:
-    """Random q/k codes and records in the QK memory layout; dst allocated."""
+    """Random q/k codes and records in the QK memory layout (k rows in the ``kv_bits``
+    format); dst allocated."""
     q_ld = rows if q_ld is None else q_ld
     kv_ld = keys if kv_ld is None else kv_ld
     q = put(gd, _codes(rng, heads * q_ld * head_dim, corners), align=int(rng.choice([1, 64])))
     qs = put(gd, _scales(rng, heads * q_ld, corners), align=4)
-    k = put(gd, _codes(rng, kv_heads * kv_ld * head_dim, corners), align=int(rng.choice([1, 64])))
+    k = put(
+        gd, _kv_rows(rng, kv_heads * kv_ld, head_dim, corners, kv_bits), int(rng.choice([1, 64]))
+    )
     ks = put(gd, _scales(rng, kv_heads * kv_ld, corners), align=4)
     dst = gd.alloc(heads * rows * keys * 2, int(rng.choice([2, 64])))
     return isa.command(
@@ -80,14 +103,14 @@ def qk_command(
     )
 
 
-def _engine(block=None):
+def _engine(block=None, dp=DP):
     if block is None:
-        return QKEngine.for_design(DP)
-    return QKEngine(CFG, W, records=DP.qk_records, out_lanes=DP.qk_out_lanes, block=block)
+        return QKEngine.for_design(dp)
+    return QKEngine(dp.datapath, W, records=dp.qk_records, out_lanes=dp.qk_out_lanes, block=block)
 
 
-def _run(gd, cmd, rng, stall=0.3, block=None, **kw):
-    return check_op(_engine(block), gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall, **kw)
+def _run(gd, cmd, rng, stall=0.3, block=None, dp=DP, **kw):
+    return check_op(_engine(block, dp), gd, cmd, seed=int(rng.integers(1 << 31)), stall=stall, **kw)
 
 
 @pytest.mark.parametrize("stall", [0.0, 0.3, 0.6])
@@ -215,3 +238,37 @@ def test_qk_cycles(rng):
             want = expected_cycles(*shape, DP.qk_records, DP.qk_out_lanes, block)
             assert res["cycles"] == want, (block, shape, res["cycles"], want)
             assert res["bytes_read"] == read_bytes(*shape, 64, block), (block, shape)
+
+
+def test_qk_int4_kv(rng):
+    """kv260-kv4 (packed int4 key rows, head_dim/2 bytes each) == golden under stalls,
+    extreme nibbles included, an odd head_dim refused by both; the cycle formula is the
+    INT8 one (a key row per cycle), the key rows read are half as many bytes."""
+    cfg4 = DP4.datapath
+    cases = []
+    for heads, kv_heads, rows, keys, hd in (
+        (4, 2, 2, 13, 2 * int(rng.integers(1, W // 2 + 1))),
+        (3, 1, 1, 9, W),
+        (2, 1, 1, 3, 7),  # odd head_dim: BAD_DIM
+    ):
+        gd = GoldenDevice(cfg4, mem_size=1 << 20)
+        cmd = qk_command(
+            gd, rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, head_dim=hd,
+            kv_ld=keys + 2, corners=True, kv_bits=4 if hd % 2 == 0 else 8,
+        )  # fmt: skip
+        cases.append((gd, cmd, None))
+    res = check_ops(
+        QKEngine.for_design(DP4), cases, seed=int(rng.integers(1 << 30)), stall=(0.3, 0.6)
+    )
+    assert [r["error"] for r in res] == [ErrorCode.NONE] * 2 + [ErrorCode.BAD_DIM]
+    heads, rows, keys, hd = 2, 3, 12, 64
+    gd = GoldenDevice(cfg4, mem_size=1 << 20)
+    cmd = qk_command(gd, rng, heads=heads, kv_heads=1, rows=rows, keys=keys, head_dim=hd, kv_bits=4)
+    got = _run(gd, cmd, rng, stall=0.0, dp=DP4, max_latency=1)
+    shape = (heads, 1, rows, keys)
+    B = DP4.attn_block
+    assert got["cycles"] == expected_cycles(*shape, DP4.qk_records, DP4.qk_out_lanes, B)
+    # the int8 cache's bytes less half of every key row read
+    keys_read = sum(v for _, _, v in blocks(*shape, B))
+    want = read_bytes(*shape, hd, B) - keys_read * hd // 2
+    assert got["bytes_read"] == read_bytes(*shape, hd, B, cfg4) == want

@@ -41,8 +41,11 @@ I32 = np.iinfo(np.int32)
 FAR = 1 << 30  # an address beyond every test memory
 
 
-def _engine(**kw) -> RopeQuantEngine:
-    return RopeQuantEngine(CFG, DMA, **{**RopeQuantEngine.design_params(DP), **kw})
+DP4 = design_point("kv260-kv4")  # the INT4 KV cache (kv = 1: packed int4 rows)
+
+
+def _engine(cfg=CFG, **kw) -> RopeQuantEngine:
+    return RopeQuantEngine(cfg, DMA, **{**RopeQuantEngine.design_params(DP), **kw})
 
 
 # ------------------------------------------------------------------ operands
@@ -98,11 +101,15 @@ def _case(
     c=None,
     sx=None,
     over=None,
+    cfg=CFG,
+    kv=0,
 ):
     """A golden device with the operands placed (dst/dst_scale inside a KV cache of
     capacity ld, at a random append offset) and the ROPE_QUANT command; ``over``
-    replaces command fields (bad dims/addresses)."""
-    gd = GoldenDevice(CFG, mem_size=1 << 20)
+    replaces command fields (bad dims/addresses); ``kv``: a KV-cache row of ``cfg``'s
+    format."""
+    gd = GoldenDevice(cfg, mem_size=1 << 20)
+    row = isa.kv_row(hd, kv, cfg)
     ld = rows + int(rng.integers(0, 3)) if ld is None else ld
     off = int(rng.integers(0, ld - rows + 1))
     table_rows = rows + int(rng.integers(0, 4)) if table_rows is None else table_rows
@@ -110,7 +117,7 @@ def _case(
     src = put(gd, _src(rng, rows, heads, hd, corners))
     sxa = put(gd, _scales(rng, rows, corners) if sx is None else sx)
     table = put(gd, _table(rng, hd, table_rows, corners)) if rope else put(gd, b"\0" * 4)
-    dst = put(gd, rng.integers(-128, 128, size=heads * ld * hd).astype(np.int8))
+    dst = put(gd, rng.integers(-128, 128, size=heads * ld * row).astype(np.int8))
     dsc = put(gd, rng.integers(0, 256, size=heads * ld * 4).astype(np.uint8))
     if c is None:
         c = (int(rng.integers(1 << 15, 1 << 16)), int(rng.integers(0, 30)))
@@ -118,7 +125,7 @@ def _case(
         src=src,
         src_scale=sxa,
         table=table,
-        dst=dst + off * hd,
+        dst=dst + off * row,
         dst_scale=dsc + off * 4,
         rows=rows,
         heads=heads,
@@ -129,6 +136,7 @@ def _case(
         c_mant=c[0],
         c_shift=c[1],
         rope=int(rope),
+        kv=kv,
     )
     fields.update(over or {})
     return gd, isa.command(Opcode.ROPE_QUANT, **fields)
@@ -402,3 +410,38 @@ def test_cycles_exact(rng, lanes):
         assert np.array_equal(job.mem, want), f"rows {rows} heads {heads} hd {hd}: memory"
         cyc = expected_cycles(rows, heads, hd, rope, CFG, lanes)
         assert res["cycles"] == cyc, f"rows {rows} heads {heads} hd {hd} rope {rope}"
+
+
+def test_int4_kv_rows(rng):
+    """kv260-kv4: kv = 1 writes packed int4 rows (codes in [-7, 7], head_dim/2 bytes),
+    kv = 0 int8 q rows, back to back at random stalls, with corners; head_dim % 4 != 0
+    with kv = 1 is BAD_DIM; no stalls, 1-cycle memory: the INT8 cycle formula."""
+    cfg4 = DP4.datapath
+    cases = []
+    for kv, rope, corners in ((1, 1, True), (1, 0, True), (0, 1, False), (1, 1, False)):
+        hd = 4 * int(rng.integers(1, 33))
+        rows, heads = int(rng.integers(1, 4)), int(rng.integers(1, 4))
+        cases.append(
+            (*_case(rng, rows=rows, heads=heads, hd=hd, rope=rope, corners=corners,
+                    cfg=cfg4, kv=kv), None)
+        )  # fmt: skip
+    cases.append((*_case(rng, rows=1, heads=2, hd=6, rope=1, cfg=cfg4, kv=1), None))
+    eng = _engine(cfg4)
+    res = _batch(rng, eng, cases)
+    for (gd, cmd, _), r in zip(cases[:-1], res, strict=False):
+        assert r["error"] == ErrorCode.NONE
+        row = cmd.head_dim // 2 if cmd.kv else cmd.head_dim
+        assert r["bytes_written"] == cmd.rows * cmd.heads * (row + 4)
+        if cmd.kv:  # symmetric int4 codes: -8 never written
+            got = gd.read_array(cmd.dst, np.int8, (cmd.rows * row,))
+            assert -8 not in isa.unpack_kv(got, 4)
+    assert res[-1]["error"] == ErrorCode.BAD_DIM
+    jobs, shapes = [], [(1, 4, 96, 1), (2, 3, 32, 0)]
+    for rows, heads, hd, rope in shapes:
+        gd, cmd = _case(rng, rows=rows, heads=heads, hd=hd, rope=rope, cfg=cfg4, kv=1)
+        before, want, _ = golden_run(gd, cmd)
+        jobs.append((Job(cmd, before, gd.alloc_base, gd.brk, 0.0, (1, 1), 1000), want))
+    out = run_engine(eng, [j for j, _ in jobs], seed=int(rng.integers(99)))
+    for (rows, heads, hd, rope), (job, want), r in zip(shapes, jobs, out, strict=True):
+        assert np.array_equal(job.mem, want)
+        assert r["cycles"] == expected_cycles(rows, heads, hd, rope, cfg4, DP4.rope_lanes)

@@ -95,9 +95,35 @@ def test_cli_prints_both_modes_and_difference(setup):
     assert "119 predictions" in r.stdout
 
 
+def test_design_point_selects_the_integer_datapath(setup):
+    """--design-point kv260-kv4: the integer mode computes the INT4 KV cache's datapath,
+    exactly hev.evaluate of that GoldenModel (and not the INT8 one's loss)."""
+    from golden.config import design_point
+
+    d, corpus, tok, model = setup
+    ids = np.array(tok.encode(hdata.heldout_text(str(d / "corpus.txt"), 200)))
+    wins = hev.windows(ids, CTX)
+    loss = {
+        name: hev.evaluate(GoldenModel(model, "integer", design_point(name).datapath), wins)[0]
+        for name in ("kv260", "kv260-kv4")
+    }
+    assert loss["kv260"] != loss["kv260-kv4"]
+    r = subprocess.run(
+        [sys.executable, "-m", "host.eval", "-m", str(d / "model"), "--corpus",
+         str(d / "corpus.txt"), "--chars", "200", "--modes", "integer", "--design-point",
+         "kv260-kv4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "design point kv260-kv4" in r.stdout
+    row = next(line.split() for line in r.stdout.splitlines() if line.startswith("integer"))
+    assert float(row[4]) == pytest.approx(loss["kv260-kv4"], abs=1e-4)  # nats/token
+
+
 @pytest.mark.parametrize(
     "args",
     [
+        ["--design-point", "nope"],
         ["--chars", "1"],
         ["--modes", "fast"],
         ["--batch", "0"],

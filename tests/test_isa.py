@@ -282,8 +282,13 @@ def test_contracts_name_fields_and_limits_only():
                 assert set(isa.expr_names(e)) <= fields | limits, (op.name, e)
 
 
-@pytest.mark.parametrize("op", [op for op in Opcode if isa.CONTRACTS[op]])
-def test_contract_agrees_on_ints_and_amaranth_values(op, rng):
+@pytest.mark.parametrize(
+    "op,kv_bits",
+    [(op, 8) for op in Opcode if isa.CONTRACTS[op]]
+    # kv_bits changes only the KV operands' contracts
+    + [(op, 4) for op in (Opcode.ROPE_QUANT, Opcode.QK, Opcode.PV)],
+)
+def test_contract_agrees_on_ints_and_amaranth_values(op, kv_bits, rng):
     """Each rule and each tensor's extent of the contract gives the same value on ints
     (the golden executor's checks) and on Amaranth values (the engines' checks,
     ``hw.ops.base.ArgChecks``), for random fields and their extremes (zero heads: a
@@ -291,8 +296,9 @@ def test_contract_agrees_on_ints_and_amaranth_values(op, rng):
     from amaranth import Module, Signal, Value
     from amaranth.sim import Simulator
 
+    cfg = DEFAULT.with_(forward=replace(DEFAULT.forward, kv_bits=kv_bits))
     args = Signal(ARGS[op])
-    hw = isa.contract_names({n: args[n] for n, _ in ARGS[op]}, DEFAULT)
+    hw = isa.contract_names({n: args[n] for n, _ in ARGS[op]}, cfg)
     probes = []  # (what, Amaranth value, f(int names))
     for item in isa.CONTRACTS[op]:
         if isinstance(item, isa.Dims):
@@ -320,7 +326,7 @@ def test_contract_agrees_on_ints_and_amaranth_values(op, rng):
     for v in vectors[2:]:  # small dims too: 0, 1 and a few
         v.update(
             {
-                n: int(rng.integers(0, 4))
+                n: int(rng.integers(0, min(4, 1 << Shape.cast(f.shape).width)))
                 for n, f in ARGS[op]
                 if n not in isa.ADDR_FIELDS[op]
                 and not isinstance(v[n], ActKind)
@@ -332,7 +338,7 @@ def test_contract_agrees_on_ints_and_amaranth_values(op, rng):
     async def bench(ctx):
         for v in vectors:
             ctx.set(args, {n: (x.value if isinstance(x, ActKind) else x) for n, x in v.items()})
-            names = isa.contract_names(v, DEFAULT)
+            names = isa.contract_names(v, cfg)
             for what, value, f in probes:
                 try:
                     want = int(f(names))
@@ -343,6 +349,47 @@ def test_contract_agrees_on_ints_and_amaranth_values(op, rng):
     sim = Simulator(Module())
     sim.add_testbench(bench)
     sim.run()
+
+
+def test_kv_rows_pack_two_int4_codes_a_byte(rng):
+    codes = rng.integers(-7, 8, size=(3, 5, 12)).astype(np.int8)
+    rows = isa.pack_kv(codes, 4)
+    assert rows.dtype == np.int8 and rows.shape == (3, 5, 6)
+    u = rows.view(np.uint8)
+    assert np.array_equal(u & 15, codes[..., 0::2] & 15)  # code 2i: the low nibble
+    assert np.array_equal(u >> 4, codes[..., 1::2] & 15)
+    assert np.array_equal(isa.unpack_kv(rows, 4), codes)
+    assert np.array_equal(isa.unpack_kv(isa.pack_kv(codes, 8), 8), codes)
+    with pytest.raises(ValueError, match="outside int4"):
+        isa.pack_kv(np.array([8, 0], np.int8), 4)
+    with pytest.raises(ValueError, match="head_dim 3"):
+        isa.pack_kv(np.zeros(3, np.int8), 4)
+    kv4 = DEFAULT.with_(forward=replace(DEFAULT.forward, kv_bits=4))
+    assert isa.kv_row(96, 1, kv4) == 48 and isa.kv_row(96, 0, kv4) == 96
+    assert isa.kv_row(96, 1, DEFAULT) == 96
+
+
+def test_int4_kv_contracts():
+    """With kv_bits = 4: ROPE_QUANT's kv rows are head_dim/2 bytes (each half row whole
+    bytes: head_dim % 4 == 0), QK / PV need an even head_dim; q rows stay int8."""
+    kv4 = DEFAULT.with_(forward=replace(DEFAULT.forward, kv_bits=4))
+
+    def fails(op, cfg, **f):
+        names = isa.contract_names(f, cfg)
+        items = [i for i in isa.CONTRACTS[op] if isinstance(i, isa.Dims)][:1]
+        return isa.check_item(items[0], names, 0, 1 << 32)
+
+    rq = dict(rows=1, heads=1, ld=1, rope=1, pos=0, table_rows=1)
+    assert fails(Opcode.ROPE_QUANT, kv4, head_dim=6, kv=1, **rq)[0] == isa.ErrorCode.BAD_DIM
+    assert fails(Opcode.ROPE_QUANT, kv4, head_dim=6, kv=0, **rq) is None
+    assert fails(Opcode.ROPE_QUANT, DEFAULT, head_dim=6, kv=1, **rq) is None
+    at = dict(rows=1, heads=2, kv_heads=1, keys=3, kv_ld=3, q_ld=1)
+    for op in (Opcode.QK, Opcode.PV):
+        assert fails(op, kv4, head_dim=5, **at)[0] == isa.ErrorCode.BAD_DIM
+        assert fails(op, DEFAULT, head_dim=5, **at) is None
+    k = next(t for t in isa.CONTRACTS[Opcode.QK] if getattr(t, "field", "") == "k")
+    names = isa.contract_names(dict(k=0, kv_heads=2, keys=3, kv_ld=10, head_dim=96), kv4)
+    assert k.extent(names) == (0, (1 * 10 + 3) * 48)
 
 
 def test_readme_contract_table_is_the_table():

@@ -258,12 +258,14 @@ def small_models():
 def test_decode_equals_full_forward(small_models, rng, act):
     model = small_models[act]
     toks = rng.integers(0, VOCAB, size=32)
-    for mode, dtype in (
-        ("integer", np.float32),
-        ("reference", np.float64),
-        ("reference", np.float32),
+    kv4 = DEFAULT.with_(forward=replace(DEFAULT.forward, kv_bits=4))
+    for mode, dtype, cfg in (
+        ("integer", np.float32, DEFAULT),
+        ("integer", np.float32, kv4),  # the INT4 KV cache
+        ("reference", np.float64, DEFAULT),
+        ("reference", np.float32, DEFAULT),
     ):
-        gm = GoldenModel(model, mode, dtype=dtype)
+        gm = GoldenModel(model, mode, cfg, dtype=dtype)
         full = gm.forward(toks)
         # one prefill then single tokens, and uneven chunks
         for cuts in ([7] + list(range(8, 32)), [1, 3, 10, 11, 31]):
@@ -445,6 +447,50 @@ def test_integer_intermediates_track_reference(small_models, rng):
                 want = ref[(layer, op)][key][0]
                 got = arrays[key][0].astype(np.float64) * 2.0**-frac
                 assert np.max(np.abs(got - want)) <= 0.05 * np.max(np.abs(want)), (layer, op, key)
+
+
+def _attention_error(cfg, rng, hd=32, nh=4, nkv=2, t=16, s=64) -> float:
+    """max |integer attention output - float attention| / max|v| of Gaussian q, k, v given
+    to the datapath as int32 accumulators (value * 2^16, token scale 1)."""
+    q = rng.standard_normal((1, nh, t, hd))
+    k, v = rng.standard_normal((2, 1, nkv, s, hd))
+    f = 16
+
+    def acc(x):  # [1, n, T, hd] -> int32 [1, T, n*hd]
+        return np.round(x * 2**f).astype(np.int32).transpose(0, 2, 1, 3).reshape(1, x.shape[2], -1)
+
+    def one(n):
+        return Scale(np.full((1, n), 1 << 15), np.full((1, n), 15))
+
+    def c(x):
+        return gmod.const_scale(2.0**-f * x, cfg.requant)
+
+    kv_max = cfg.forward.kv_max
+    q_q, sq = gmod.op_v_quant(acc(q), nh, one(t), c(1 / (127 * math.sqrt(hd))), cfg, kv=False)
+    k_q, sk = gmod.op_rope_quant(acc(k), np.zeros(s, int), nkv, one(s), c(1 / kv_max), cfg, True)
+    v_q, sv = gmod.op_v_quant(acc(v), nkv, one(s), c(1 / kv_max), cfg)
+    assert np.abs(k_q).max() == np.abs(v_q).max() == kv_max
+    p = gmod.op_softmax(gmod.op_qk(q_q, sq, k_q, sk, nh // nkv, cfg), cfg)
+    o = gmod.op_pv(p, v_q, sv, nh // nkv, cfg) * 2.0**-cfg.norm.in_frac_bits
+    # float attention, causal: the t queries are the last t of the s keys
+    sc = q @ np.repeat(k, nh // nkv, 1).transpose(0, 1, 3, 2) / math.sqrt(hd)
+    seen = np.arange(s)[None, :] <= (s - t + np.arange(t))[:, None]
+    sc = np.exp(np.where(seen, sc - sc.max(-1, keepdims=True), -np.inf))
+    want = (sc / sc.sum(-1, keepdims=True)) @ np.repeat(v, nh // nkv, 1)
+    return float(np.max(np.abs(o - want)) / np.max(np.abs(v)))
+
+
+def test_int4_kv_cache_attention_vs_float(rng):
+    """The INT4 KV cache's attention output against float attention within the stated
+    bound (golden.model.attn_vs_float_bound), the INT8 cache's within its own."""
+    kv4 = DEFAULT.with_(forward=replace(DEFAULT.forward, kv_bits=4))
+    err = {8: 0.0, 4: 0.0}
+    for _ in range(6):
+        for bits, cfg in ((8, DEFAULT), (4, kv4)):
+            err[bits] = max(err[bits], _attention_error(cfg, rng))
+    for bits, e in err.items():
+        assert e <= gmod.attn_vs_float_bound(bits), (bits, e)
+    assert err[4] > err[8]  # the coarser cache costs something
 
 
 # --------------------------------------------------------------------------- helpers

@@ -25,6 +25,12 @@ def test_roofline_counts_weights_head_and_kv():
     )
     assert r["ternary weights (TLMM tiles)"] == 24 * per_layer
     assert r["KV cache reads (codes + scales)"] == 24 * 2 * 16 * 100 * (96 + 4)
+    # the INT4 KV cache: 48 bytes of codes + the 4-byte record per key, head, K or V
+    r4 = perf_model.roofline_bytes(mc, 100, design_point("kv260-kv4").datapath)
+    assert r4["KV cache reads (codes + scales)"] == 24 * 2 * 16 * 100 * (48 + 4)
+    assert {k: v for k, v in r4.items() if "KV" not in k} == {
+        k: v for k, v in r.items() if "KV" not in k
+    }
     # 5 bits per 3 weights (plus beat padding): between 1.58 and 2 bits per weight
     weights = 24 * (4 * 1536 * 1536 + 3 * 1536 * 4096)
     assert 1.58 < 8 * r["ternary weights (TLMM tiles)"] / weights < 2.0

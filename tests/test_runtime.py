@@ -7,6 +7,7 @@ import pytest
 from model_util import GQA4, shape
 
 from golden import isa
+from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode
 from golden.model import GoldenModel, random_model
 from golden.modelspec import ModelConfig
@@ -29,16 +30,24 @@ SHAPES = {
 MEM = 4 << 20
 
 
-def _models(name, seed):
+KV4 = design_point("kv260-kv4").datapath  # the INT4 KV cache
+
+
+def _models(name, seed, cfg=DEFAULT):
     m = random_model(ModelConfig(**SHAPES[name]), seed=seed)
-    return m, GoldenModel(m, "integer")
+    return m, GoldenModel(m, "integer", cfg)
 
 
-@pytest.mark.parametrize("name,chunk", [("relu2-gqa", 64), ("silu-mha", 7), ("relu2-mqa", 5)])
-def test_prefill_decode_bit_exact(name, chunk, rng, seed):
-    m, gm = _models(name, seed)
+@pytest.mark.parametrize(
+    "name,chunk,kv_bits",
+    [("relu2-gqa", 64, 8), ("silu-mha", 7, 8), ("relu2-mqa", 5, 8), ("relu2-gqa", 5, 4),
+     ("relu2-mqa", 64, 4)],
+)  # fmt: skip
+def test_prefill_decode_bit_exact(name, chunk, kv_bits, rng, seed):
+    cfg = KV4 if kv_bits == 4 else DEFAULT
+    m, gm = _models(name, seed, cfg)
     mc = m.config
-    rt = Runtime(m, GoldenDevice(mem_size=MEM), max_chunk=chunk)
+    rt = Runtime(m, GoldenDevice(mem_size=MEM, cfg=cfg), max_chunk=chunk)
     n_prompt = int(rng.integers(9, 20))
     n_total = n_prompt + 6
     toks = rng.integers(0, mc.vocab_size, size=n_total)
@@ -53,7 +62,12 @@ def test_prefill_decode_bit_exact(name, chunk, rng, seed):
         assert np.array_equal(g, w)
     assert rt.cache.length == cache.length == n_total
     # the device KV cache holds what golden's KVCache holds, position for position
+    row = mc.head_dim * kv_bits // 8
+    kv_bytes = mc.num_key_value_heads * mc.max_position_embeddings * row
+    assert rt.address_map["kv0.k"].nbytes == kv_bytes
+    lim = (1 << (kv_bits - 1)) - 1
     for li in range(mc.num_hidden_layers):
+        assert np.abs(cache.k[li]).max() == lim and np.abs(cache.v[li]).max() == lim
         kv = rt.kv_cache(li)
         for name_ in ("k", "v"):
             assert np.array_equal(kv[name_][:, :n_total], getattr(cache, name_)[li][0, :, :n_total])

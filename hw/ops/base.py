@@ -177,6 +177,11 @@ class _Piped(ValueCastable):
     def __rmul__(self, other):
         return self._op(other, lambda a, b: b * a, mul=True)
 
+    def __floordiv__(self, d):
+        # a power-of-two divisor (kv_row's head_dim // 2): a shift, no register
+        assert isinstance(d, int) and d >= 1 and d & (d - 1) == 0, d
+        return _Piped(self.m, self.value >> (d.bit_length() - 1), self.depth)
+
 
 class ArgChecks:
     """An engine's argument checks: its opcode's contract (``golden.isa.CONTRACTS``) with

@@ -2,8 +2,10 @@
 ``Executor._op_pv`` -> ``golden.model.op_pv``, item 6 "pv" of its module docstring).
 
 p is uint16 [heads, rows, keys] (masked entries are forced to 0: query t sees keys j <=
-L_t = keys - rows + t); the codes and scale record of KV head g, key j are at
-``v + (g*kv_ld + j)*head_dim`` (int8 [head_dim]) and ``v_scale + (g*kv_ld + j)*4``;
+L_t = keys - rows + t); the V row and scale record of KV head g, key j are at
+``v + (g*kv_ld + j)*VR`` and ``v_scale + (g*kv_ld + j)*4``, VR = ``golden.isa.kv_row(
+head_dim)``: int8 [head_dim], or in an int4-KV build (``ForwardConfig.kv_bits`` = 4, e.g.
+kv260-kv4) head_dim/2 bytes of packed int4 codes;
 query head h reads KV head g = h // (heads/kv_heads). With B = ``cfg.requant.mult_bits``,
 X = ``cfg.forward.pv_extra_bits``, P = ``cfg.softmax.out_bits``, IF =
 ``cfg.norm.in_frac_bits``, per query head h and query t:
@@ -47,7 +49,8 @@ reads KV head g = h // n_rep. Per query, with v = L_t + 1 visible keys:
   pipelined min tree over each response's records with a nonzero mant (each level keeps
   the smaller shift of the nonzero ones and whether there was one; a response is zero
   beyond its len, so no masked key counts) and a running min give s_min;
-* key pass: per key j a V row (one read of head_dim bytes), preceded every 2R keys by a
+* key pass: per key j a V row (one read of VR bytes; int4 rows are unpacked into the
+  int8 lanes by ``hw.ops.kvrow.unpack_lanes``, wiring only), preceded every 2R keys by a
   read of the next 2R p values (4R bytes) and every R keys by a read of the next R
   records: the records are read twice rather than buffered (no block RAM).
 
@@ -92,12 +95,14 @@ took the previous query from the hold register; else it waits: the first queries
 prefill with rows == keys; measured with R = 32, out_lanes 4: heads 2, kv_heads 1, rows =
 keys = 4, head_dim 48: 184 cycles, formula 119).
 ``sim/test_op_pv.py`` measures this
-exactly with a 1-cycle memory. Per key: one V row (head_dim MACs) per cycle plus 1/(2R)
+exactly with a 1-cycle memory, for the INT8 and the int4 V rows alike (the formula does
+not depend on the format). Per key: one V row (head_dim MACs) per cycle plus 1/(2R)
 of a cycle for p and 2/R for its record. BitNet-0.73B decode (16 heads, head_dim 96,
 1 query over S keys, R = 32, out_lanes 4): N = 16 * (S + S/16 + S/64) reads at one a
 cycle, 2335 cycles at 128 keys and 35455 at 2048 (the 1024-bit scale buffer before:
 2153 and 34313); with the KV260's DRAM the bandwidth sets the pace (106 bytes a key, 4
-of them the record's second read: ~3.9 % more than the buffered records before).
+of them the record's second read: ~3.9 % more than the buffered records before; 58 with
+the INT4 cache).
 
 Differences from the golden backend
 ===================================
@@ -126,6 +131,7 @@ from golden.fixed import rhu as golden_rhu
 from golden.isa import ErrorCode, Opcode
 from hw.dsp import mac
 
+from . import kvrow
 from .base import Engine, check_power_of_two
 from .gqa import Cursor, head_ratio
 from .gqa import cycles as gqa_cycles
@@ -361,7 +367,8 @@ class PVEngine(Engine):
         # ------------------------------------------------------------ command constants
         n_rep = Signal(isa.HEADS_BITS)
         lim0 = Signal(isa.ROWS_BITS)  # L_0 = keys - rows
-        vstride = Signal(isa.ROWS_BITS + isa.DIM_BITS)  # kv_ld * head_dim
+        vstride = Signal(isa.ROWS_BITS + isa.DIM_BITS)  # kv_ld * vrow
+        vrow = Signal(isa.DIM_BITS)  # bytes of a V row (the build's KV format)
         sstride = Signal(isa.ROWS_BITS + 2)  # kv_ld * 4
         pstride = Signal(isa.ROWS_BITS + 1)  # keys * 2
         dstride = Signal(isa.HEADS_BITS + isa.DIM_BITS + 2)  # heads * head_dim * 4
@@ -456,7 +463,7 @@ class PVEngine(Engine):
             p1.eq(p_j),
             mant1.eq(rec_j[:16]),
             sh1.eq(rec_j[16:32].as_signed()),
-            vv[0].eq(self.rdata.payload[: 8 * LANES]),
+            vv[0].eq(kvrow.unpack_lanes(m, self.rdata.payload, LANES, cfg)),  # int8 lanes
             ok[0].eq(v_fire),
             fs[0].eq(v_fire & k_first),
             ls[0].eq(v_fire & k_last),
@@ -645,9 +652,9 @@ class PVEngine(Engine):
                         with m.If(self.read(m, r_s.ptr, Mux(rw.left > R, R, rw.left) * 4)):
                             m.d.sync += [*r_s.advance(4 * R), r_shave.eq(1)]
                     with m.Else():
-                        with m.If(self.read(m, r_v.ptr, a.head_dim)):
+                        with m.If(self.read(m, r_v.ptr, vrow)):
                             m.d.sync += [
-                                *r_v.advance(a.head_dim),
+                                *r_v.advance(vrow),
                                 *rw.key(),
                                 r_phave.eq(0),
                                 r_shave.eq(0),
@@ -742,7 +749,8 @@ class PVEngine(Engine):
             m.d.sync += [
                 n_rep.eq(n_rep_q),
                 lim0.eq(a.keys - a.rows),
-                vstride.eq(a.kv_ld * a.head_dim),
+                vrow.eq(kvrow.row_bytes(a.head_dim, cfg)),
+                vstride.eq(a.kv_ld * kvrow.row_bytes(a.head_dim, cfg)),
                 sstride.eq(a.kv_ld * 4),
                 pstride.eq(a.keys * 2),
                 dstride.eq(a.heads * a.head_dim * 4),

@@ -4,9 +4,13 @@ scale_mul(sq[h, t], sk[g, j]), SoftmaxConfig.in_frac_bits, in_bits)`` with g = h
 written 0). Golden: ``Executor._op_qk`` -> ``golden.model.op_qk``.
 
 Operands (``golden/isa.py``, QK): q codes int8 of head h, token t at ``q + (h*q_ld +
-t)*head_dim``, its scale record at ``q_scale + (h*q_ld + t)*4``; k codes / records of KV
-head g, key j at ``k + (g*kv_ld + j)*head_dim`` / ``k_scale + (g*kv_ld + j)*4``; dst
-int16 Q7.8 [heads, rows, keys], contiguous. No data value can fail (the dot product and
+t)*head_dim``, its scale record at ``q_scale + (h*q_ld + t)*4``; k rows / records of KV
+head g, key j at ``k + (g*kv_ld + j)*KR`` / ``k_scale + (g*kv_ld + j)*4``, KR =
+``golden.isa.kv_row(head_dim)``: head_dim int8 codes, or in an int4-KV build
+(``ForwardConfig.kv_bits`` = 4, e.g. kv260-kv4) head_dim/2 bytes of packed int4 codes,
+unpacked into the int8 lanes as they arrive (``hw.ops.kvrow.unpack_lanes``: each nibble
+sign-extended, wiring only; the cycle formula is the same, the key rows half the bytes);
+dst int16 Q7.8 [heads, rows, keys], contiguous. No data value can fail (the dot product and
 ``scale_mul`` always fit, ``requant`` saturates): the only errors are argument errors.
 
 Checks: the QK contract (``golden.isa.CONTRACTS``), over seven cycles before any memory
@@ -132,6 +136,7 @@ from golden.isa import ErrorCode, Opcode
 from hw.dsp import dot2
 from hw.softmax import tree_bit_length
 
+from . import kvrow
 from .base import Engine, check_power_of_two
 from .gqa import Cursor, head_ratio
 from .gqa import cycles as gqa_cycles
@@ -178,12 +183,17 @@ def expected_cycles(
     return gqa_cycles() + 2 + latency + PIPE + total + 2
 
 
-def read_bytes(heads: int, kv_heads: int, rows: int, keys: int, head_dim: int, block: int) -> int:
+def read_bytes(
+    heads: int, kv_heads: int, rows: int, keys: int, head_dim: int, block: int, cfg=None
+) -> int:
     """Bytes one command reads (module docstring): per block its queries' rows and
-    records, then each visible key's row and record once."""
+    records, then each visible key's row (``golden.isa.kv_row`` of ``cfg``'s KV format)
+    and record once."""
+    krow = isa.kv_row(head_dim, 1, cfg or isa.DEFAULT)
+    rec = isa.SCALE_RECORD_BYTES
     total = 0
     for nh, nt, v in blocks(heads, kv_heads, rows, keys, block):
-        total += nh * nt * (head_dim + isa.SCALE_RECORD_BYTES) + v * (head_dim + 4)
+        total += nh * nt * (head_dim + rec) + v * (krow + rec)
     return total
 
 
@@ -408,7 +418,8 @@ class QKEngine(Engine):
         # strides (valid from the cycle after start, the row-chunk ones a cycle after tb)
         st = {
             "q_h": Signal(32),  # q_ld * head_dim
-            "kv": Signal(32),  # kv_ld * head_dim
+            "kv": Signal(32),  # kv_ld * krow
+            "krow": Signal(isa.DIM_BITS),  # bytes of a key row (the build's KV format)
             "qs_h": Signal(isa.ROWS_BITS + 3),  # q_ld * 4
             "d_h": Signal(32),  # rows * keys * 2
             "d_r": Signal(isa.ROWS_BITS + 2),  # keys * 2
@@ -420,7 +431,8 @@ class QKEngine(Engine):
         m.d.sync += [
             lim0.eq(a.keys - a.rows),
             st["q_h"].eq(a.q_ld * a.head_dim),
-            st["kv"].eq(a.kv_ld * a.head_dim),
+            st["kv"].eq(a.kv_ld * kvrow.row_bytes(a.head_dim, self.cfg)),
+            st["krow"].eq(kvrow.row_bytes(a.head_dim, self.cfg)),
             st["qs_h"].eq(a.q_ld * 4),
             st["d_h"].eq(a.rows * a.keys * 2),
             st["d_r"].eq(a.keys * 2),
@@ -507,8 +519,8 @@ class QKEngine(Engine):
                 with m.If(self.read(m, ks.ptr, Mux(iw.left > R, R, iw.left) * 4)):
                     m.d.sync += [ist.eq(I_K), *ks.advance(4 * R)]
             with m.Case(I_K):
-                with m.If(self.read(m, k.ptr, hd)):
-                    m.d.sync += [*iw.key(), *k.advance(hd)]
+                with m.If(self.read(m, k.ptr, st["krow"])):
+                    m.d.sync += [*iw.key(), *k.advance(st["krow"])]
                     with m.If(iw.lastk):  # the block's last key
                         m.d.sync += ist.eq(I_END)
                     with m.Elif(iw.krec):
@@ -685,7 +697,7 @@ class QKEngine(Engine):
                 toks[1] = {**t1, "addr": (d_sel + (t1["jb"] << 1))[:_ABITS]}
 
         # the dot product: pairs of DSPs (accept cycle c -> c+4), three tree stages (c+7)
-        k_lanes = rdata.payload
+        k_lanes = kvrow.unpack_lanes(m, rdata.payload, W, self.cfg)  # int8 lanes of the key row
         q_vec = Array(q_hold)[si] if B > 1 else q_hold[0]
         pairs = [
             dot2(

@@ -12,6 +12,10 @@ half = hd/2, table row p = pos + t (cos_q[p, 0:half] then sin_q[p, 0:half], int1
 
 codes (int8 [hd]) go to ``dst + (h*ld + t)*hd``, the record to ``dst_scale + (h*ld +
 t)*4``. T = ``RopeConfig.table_frac_bits``; sat to ``RopeConfig.out_bits(32)`` bits.
+In an int4-KV build (``ForwardConfig.kv_bits`` = 4, e.g. kv260-kv4) a command with kv = 1
+(k, v: KV-cache rows) quantizes with act_max ``kv_max`` = 7 and writes the codes packed
+two a byte (``golden.isa`` KV rows): the row at ``dst + (h*ld + t)*hd/2``; kv = 0 (q) is
+INT8 as above. head_dim % 4 == 0 there (each half row is whole bytes; the contract).
 
 Checks: the ROPE_QUANT contract (``golden.isa.CONTRACTS``)
 ---------------------------------------------------------
@@ -76,17 +80,20 @@ own (it needs ROPE_QUANT's half-head layout and is multi-buffered over the row s
   cycle), ``tc = scale_mul(sx, c)`` and ``soi = scale_of_int(amax)`` (both from the
   normalized values: mantissa = the top 16 bits rounded) and the record
   ``scale_mul(tc, soi)`` with its SCALE_RANGE check. It hands the drain
-  ``recip2 = recip << (s mod 8)`` and ``s div 8``: since x*recip2 = x*recip*2^(s mod 8),
-  the quantizer's shift becomes Z = R + s mod 8 = 32 + F - 8*(s div 8), one of four
-  values, so each lane selects its 8 code bits and the round bit from a 4:1 window
-  instead of a 41-position shifter. |x| <= amax bounds |x*recip| below 128*2^R, so the
-  window holds the whole result and only 128 needs clamping (to 127).
+  ``recip2 = recip << (s mod 8)`` and ``s div 8`` (kv4 rows: the same division of
+  ``7*2^R``, the dividend's constant muxed, the quotient's top bits 0): since
+  x*recip2 = x*recip*2^(s mod 8), the quantizer's shift becomes Z = R + s mod 8 =
+  32 + F - 8*(s div 8), one of four values, so each lane selects its 8 code bits and
+  the round bit from a 4:1 window instead of a 41-position shifter. |x| <= amax bounds
+  |x*recip| below 128*2^R, so the window holds the whole result and only 128 needs
+  clamping (to 127).
 * Drain: per head, the first-half words then the second-half words are read from the
   row buffer; per lane x*recip2 (two registered DSP partials), the partials' sum over
   the window's bits, the window select, round and clamp; the L codes of a word go to
   their place in a half-head code register (fixed wiring, the word index enables it).
   A complete half moves to the write register, so the drain goes on while it is
-  written.
+  written. kv4 rows: the clamp is at 7, and the write register's low nibbles are packed
+  two a byte on the way out (``hw.ops.kvrow.pack_codes``, wiring), half/2 bytes a write.
 * Writer: per head three writes: codes[0:half], codes[half:hd] (one request each, from
   the write register), then the record. SCALE_RANGE (from the head unit) stops the
   reads, drains the responses still owed, lets a write in progress finish, and reports.
@@ -103,9 +110,12 @@ as 2G >= H; below that (head_dim < 92 at L = 4) the head unit sets the pace::
 
     reads  = rows * (1 + rope*TAB + heads*2G) + H
     first  = 1 + rope*TAB + 2G + rows*heads*H
-    cycles = 18 + A + lat + max(reads, first) + 2G + (G == 1)
+    cycles = 18 + K4 + A + lat + max(reads, first) + 2G + (G == 1)
 
-(A = max(1, log2 L) levels of the amax tree; 18 + A: the check states, pipelines, the
+(K4 = 1 in an int4-KV build, else 0: one more check state, the dst span's row bytes
+head_dim - kv*(head_dim/2) being one more registered product (``check_states``); the
+rest does not depend on the format. A = max(1, log2 L) levels of the amax tree; 18 + A:
+the check states, pipelines, the
 last head's drain and writes; measured exactly so for L = 1, 2, 4 and head_dim 2..128
 with a 1-cycle memory, ``sim/test_op_rope_quant.py``). BitNet-0.73B q/k (16 heads x 96,
 L = 4, G = 12): 477 cycles per token with a 1-cycle memory (3.2 elements per cycle),
@@ -137,6 +147,7 @@ from golden import isa
 from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
 
+from . import kvrow
 from .base import Engine, check_power_of_two, shift_fits_record
 
 ELEM_BITS = 32  # src elements: int32 accumulators
@@ -145,6 +156,14 @@ ROW_SLOTS = 4  # heads in the row buffer: filling, waiting for the divide, drain
 SPLIT = 17  # x split for the DSP partial products: x[0:17] unsigned, x[17:32] signed
 # Check states: DIMS, SIZES, two waits for the pipelined span checks, ARGS.
 CHECK_STATES = 5
+
+
+def check_states(cfg: DatapathConfig) -> int:
+    """Check states of a build: one more wait in an int4-KV build, whose dst span has the
+    row bytes head_dim - kv*(head_dim/2) as one more registered product level."""
+    return CHECK_STATES + int(kvrow.int4(cfg))
+
+
 # Cycles of the command outside the reads and the head unit (the 4 check states, the
 # rotation pipeline, the head unit's hand-off, the drain pipeline, the writes of the last
 # head) less the amax tree's levels (``amax_levels``), measured.
@@ -193,7 +212,8 @@ def expected_cycles(
     reads = rows * per_token + H
     first = 1 + tab + 2 * G + rows * heads * H
     # the last head's drain (G = 1: its two one-word halves meet at the write register)
-    return FIXED_CYCLES + A + latency + max(reads, first) + 2 * G + int(G == 1)
+    fixed = FIXED_CYCLES + check_states(cfg) - CHECK_STATES
+    return fixed + A + latency + max(reads, first) + 2 * G + int(G == 1)
 
 
 def _clz_bytes(v) -> list:
@@ -284,7 +304,11 @@ class RopeQuantEngine(Engine):
         heads_one = Signal()  # heads == 1
         rows_one = Signal()
         last_n = Signal(range(L + 1))  # elements of the last group of a half
-        ldhd = Signal(isa.ROWS_BITS + isa.DIM_BITS)  # head stride in dst
+        ldhd = Signal(isa.ROWS_BITS + isa.DIM_BITS)  # head stride in dst (ld * rowb)
+        # int4 KV rows (an int4 build, kv = 1): codes in [-7, 7], two a byte
+        kv4 = Signal()
+        rowb = Signal(isa.DIM_BITS)  # bytes of a dst row: hd, or hd/2 (kv4)
+        hbytes = Signal(isa.DIM_BITS)  # bytes of a half row
         ld4 = Signal(isa.ROWS_BITS + 2)  # head stride in dst_scale
         tab_off = Signal(isa.ROWS_BITS + isa.DIM_BITS + 1)  # pos*hd*2
         dry = Signal()  # dst_scale is bad: compute, write nothing
@@ -776,8 +800,11 @@ class RopeQuantEngine(Engine):
         dv_t = Signal(signed(RW + 1))
         m.d.comb += dv_t.eq(dv_r - Dn)
         init_const = (ACT_MAX << (ELEM_BITS + F)) >> (QB - 1)
+        # int4 rows: the same division of kv_max * 2^R (its quotient has leading zeros)
+        init_kv4 = (cfg.forward.kv_max << (ELEM_BITS + F)) >> (QB - 1)
         # X < 2^31: its top bits (X >> (QB-1)) lie below the constant's lowest bit
-        assert init_const & ((1 << (ELEM_BITS - QB)) - 1) == 0
+        for c_ in (init_const, init_kv4):
+            assert c_ & ((1 << (ELEM_BITS - QB)) - 1) == 0
         tc_m = Signal(B)
         tc_s = Signal(signed(SB + 3))
         soi_m = Signal(B)
@@ -824,7 +851,7 @@ class RopeQuantEngine(Engine):
                 with m.Case(4):
                     m.d.sync += [
                         BV.eq(p1),
-                        dv_r.eq(init_const | (b_out >> (QB - 1))),
+                        dv_r.eq(Mux(kv4, init_kv4, init_const) | (b_out >> (QB - 1))),
                         dv_x.eq(b_out[: QB - 1]),
                         dv_n.eq(0),
                         dv_busy.eq(1),
@@ -993,7 +1020,8 @@ class RopeQuantEngine(Engine):
             qv = Signal(signed(9), name=f"qv{j}")
             m.d.comb += qv.eq(win + rb)
             code = Signal(8, name=f"code{j}")
-            m.d.comb += code.eq(Mux(qv > ACT_MAX, ACT_MAX, qv))
+            top = Mux(kv4, cfg.forward.kv_max, ACT_MAX)  # only the top code can overflow
+            m.d.comb += code.eq(Mux(qv > top, top, qv))
             codes.append(code)
         # the code register (a half head) and the write register
         cr = Signal(HMAX * 8)
@@ -1032,15 +1060,21 @@ class RopeQuantEngine(Engine):
         w_done = Signal()  # the command's last record is written
         with m.If(move):
             m.d.sync += [wreg.eq(cr), w_half.eq(cr_half), w_rec.eq(cr_rec), wr_busy.eq(1)]
+        # the half's codes as written: int8, or (kv4) packed int4 (hw.ops.kvrow)
+        wcodes = wreg
+        if kvrow.int4(cfg):
+            wcodes = Mux(kv4, kvrow.pack_codes(m, wreg, HMAX), wreg)
         w_go = Signal()  # the selected write may be offered
         m.d.comb += w_go.eq(Mux(abort, w_pend, 1))
         w_acc = Signal()
         m.d.comb += [
             self.wr.valid.eq((rec_pend | wr_busy) & ~dry & w_go),
             w_acc.eq((rec_pend | wr_busy) & w_go & (self.wr.ready | dry)),
-            self.wr.payload.data.eq(Cat(Mux(rec_pend, rec_q, wreg[:32]), wreg[32:])),
-            self.wr.payload.len.eq(Mux(rec_pend, isa.SCALE_RECORD_BYTES, half)),
-            self.wr.payload.addr.eq(Mux(rec_pend, rec_ptr, Mux(w_half, code_ptr + half, code_ptr))),
+            self.wr.payload.data.eq(Cat(Mux(rec_pend, rec_q, wcodes[:32]), wcodes[32:])),
+            self.wr.payload.len.eq(Mux(rec_pend, isa.SCALE_RECORD_BYTES, hbytes)),
+            self.wr.payload.addr.eq(
+                Mux(rec_pend, rec_ptr, Mux(w_half, code_ptr + hbytes, code_ptr))
+            ),
         ]
         m.d.sync += w_pend.eq(self.wr.valid & ~self.wr.ready)
         next_head = Signal()
@@ -1068,8 +1102,8 @@ class RopeQuantEngine(Engine):
                 m.d.sync += [
                     w_h.eq(0),
                     w_t.eq(w_t + 1),
-                    code_tok.eq(code_tok + hd),
-                    code_ptr.eq(code_tok + hd),
+                    code_tok.eq(code_tok + rowb),
+                    code_ptr.eq(code_tok + rowb),
                     rec_tok.eq(rec_tok + 4),
                     rec_ptr.eq(rec_tok + 4),
                 ]
@@ -1081,9 +1115,10 @@ class RopeQuantEngine(Engine):
         err_dims = chk.error(stop="src")
         err_args = chk.error(start="src", stop="records")
         err_scale = chk.error(start="records")
-        # ARGS is the CHECK_STATES-th cycle after start: no earlier than chk.latency
-        assert chk.latency <= CHECK_STATES, chk.latency
-        waits = [(f"WAIT{i}", None) for i in range(CHECK_STATES - 3)]
+        # ARGS is the check_states-th cycle after start: no earlier than chk.latency
+        n_checks = check_states(cfg)
+        assert chk.latency <= n_checks, chk.latency
+        waits = [(f"WAIT{i}", None) for i in range(n_checks - 3)]
         with m.FSM() as fsm:
             passed = self.check_states(
                 m, ("DIMS", err_dims), ("SIZES", None), *waits, ("ARGS", err_args)
@@ -1133,7 +1168,10 @@ class RopeQuantEngine(Engine):
             m.d.sync += [v.eq(0) for v in amax_valids]
         with m.If(passed["SIZES"]):
             m.d.sync += [
-                ldhd.eq(a.ld * hd),
+                ldhd.eq(a.ld * kvrow.row_bytes(hd, cfg, a.kv)),
+                kv4.eq(a.kv if kvrow.int4(cfg) else 0),
+                rowb.eq(kvrow.row_bytes(hd, cfg, a.kv)),
+                hbytes.eq(kvrow.row_bytes(hd, cfg, a.kv) >> 1),
                 ld4.eq(a.ld << 2),
                 tab_off.eq(a.pos * (hd << 1)),
                 half.eq(hd >> 1),
