@@ -649,6 +649,10 @@ class AccelConfig:
     # engines: TLMM_SPARSE (exact activation sparsity) costs ~22 K LUT on the XCK26, more
     # than the kv260 point's 25 % LUT reserve allows; kv260-sparse builds it
     tlmm_sparse: bool = False
+    # TLMM tokens per weight beat (P, a power of two): an unmasked command's rows go in
+    # blocks of P, each weight beat read once per block and looked up in P table sets
+    # (golden.isa.tlmm_read_bytes); 1 = row by row (decode's rows = 1 is the same at any P)
+    tlmm_tokens: int = 1
     # widths
     norm_lanes: int = 8  # NORM_QUANT pass-2 elements per cycle (the quantize lanes)
     norm_stat_lanes: int = 4  # NORM_QUANT pass-1 elements per cycle (sum of squares, max/min)
@@ -701,6 +705,7 @@ class AccelConfig:
             "embed_scan_ids",
             "axi_ports",
             "dram_latency",
+            "tlmm_tokens",
         ):
             v = getattr(self, f)
             _check(isinstance(v, int) and v >= 1, f, f"must be an integer >= 1, got {v!r}")
@@ -708,6 +713,11 @@ class AccelConfig:
             isinstance(self.tlmm_sparse, bool),
             "tlmm_sparse",
             f"must be True or False, got {self.tlmm_sparse!r}",
+        )
+        _check(
+            self.tlmm_tokens & (self.tlmm_tokens - 1) == 0,
+            "tlmm_tokens",
+            f"must be a power of two, got {self.tlmm_tokens}",
         )
         _check(
             33 <= self.axi_addr_bits <= 64,
@@ -799,6 +809,9 @@ DESIGN_POINTS = {
     # XCK26's LUTs (kv260's top + the engine alone; README: Activation sparsity). No
     # whole-top synthesis of it yet: no timing evidence (the engine alone: 9.1 levels)
     "kv260-sparse": AccelConfig(name="kv260-sparse", tlmm_sparse=True),
+    # kv260 with the multi-token TLMM: prompt rows in blocks of 4 per weight beat (README:
+    # Multi-token TLMM); no whole-top synthesis of it yet: no timing evidence
+    "kv260-p4": AccelConfig(name="kv260-p4", tlmm_tokens=4),
     "ecp5": AccelConfig(
         name="ecp5",
         datapath=DatapathConfig(tlmm=TLMMConfig(tables=8, replicas=2)),
