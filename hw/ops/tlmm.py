@@ -367,12 +367,15 @@ class TLMMEngine(Engine):
         # a row ends its block of tokens: masked rows go one at a time
         rq_tok_end = Signal()
         rs_tok_end = Signal()
+        rows_m1 = Signal(16)  # loaded at CHECK
         if P == 1:
             m.d.comb += [rq_tok_end.eq(1), rs_tok_end.eq(1)]
         else:
+            # from registers only (rows_m1: loaded at CHECK): rs_tok_end reaches the
+            # datapath's bank flags through act.end
             m.d.comb += [
-                rq_tok_end.eq(msk | (rq_tok == P - 1) | (rq_row == a.rows - 1)),
-                rs_tok_end.eq(msk | (rs_tok == P - 1) | (rs_row == a.rows - 1)),
+                rq_tok_end.eq(msk | (rq_tok == P - 1) | (rq_row == rows_m1)),
+                rs_tok_end.eq(msk | (rs_tok == P - 1) | (rs_row == rows_m1)),
             ]
         with m.If(rq_active & rq_msk):
             with m.If(fire):
@@ -672,6 +675,7 @@ class TLMMEngine(Engine):
             m.d.sync += [rq_msk.eq(a.masked), rs_msk.eq(a.masked)]
             zero = (rq_row, rq_cnt, rs_cnt, wr_row, rq_hold, rs_row, rs_done, rs_mword, rs_drop)
             m.d.sync += [rq_tok.eq(0), rs_tok.eq(0), wr_left.eq(a.rows), wr_bptr.eq(a.dst)]
+            m.d.sync += rows_m1.eq(a.rows - 1)
             m.d.sync += [
                 s.eq(0) for s in zero + (wr_have, wr_fin, l_ok, md_avail, sc_bank, sc_busy)
             ]
