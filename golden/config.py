@@ -810,7 +810,8 @@ DESIGN_POINTS = {
     # whole-top synthesis of it yet: no timing evidence (the engine alone: 9.1 levels)
     "kv260-sparse": AccelConfig(name="kv260-sparse", tlmm_sparse=True),
     # kv260 with the multi-token TLMM: prompt rows in blocks of 4 per weight beat (README:
-    # Multi-token TLMM); no whole-top synthesis of it yet: no timing evidence
+    # Multi-token TLMM). A point for the perf model and DSE: its 4 table sets need ~449
+    # RAMB36 (the engine alone), more than the XCK26's 144; no timing evidence
     "kv260-p4": AccelConfig(name="kv260-p4", tlmm_tokens=4),
     "ecp5": AccelConfig(
         name="ecp5",
