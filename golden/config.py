@@ -659,6 +659,10 @@ class AccelConfig:
     # engines: TLMM_SPARSE (exact activation sparsity) costs ~22 K LUT on the XCK26, more
     # than the kv260 point's 25 % LUT reserve allows; kv260-sparse builds it
     tlmm_sparse: bool = False
+    # TLMM tokens per weight beat (P, a power of two): an unmasked command's rows go in
+    # blocks of P, each weight beat read once per block and looked up in P table sets
+    # (golden.isa.tlmm_read_bytes); 1 = row by row (decode's rows = 1 is the same at any P)
+    tlmm_tokens: int = 1
     # widths
     norm_lanes: int = 8  # NORM_QUANT pass-2 elements per cycle (the quantize lanes)
     norm_stat_lanes: int = 4  # NORM_QUANT pass-1 elements per cycle (sum of squares, max/min)
@@ -714,6 +718,7 @@ class AccelConfig:
             "embed_scan_ids",
             "axi_ports",
             "dram_latency",
+            "tlmm_tokens",
         ):
             v = getattr(self, f)
             _check(isinstance(v, int) and v >= 1, f, f"must be an integer >= 1, got {v!r}")
@@ -721,6 +726,11 @@ class AccelConfig:
             isinstance(self.tlmm_sparse, bool),
             "tlmm_sparse",
             f"must be True or False, got {self.tlmm_sparse!r}",
+        )
+        _check(
+            self.tlmm_tokens & (self.tlmm_tokens - 1) == 0,
+            "tlmm_tokens",
+            f"must be a power of two, got {self.tlmm_tokens}",
         )
         _check(
             33 <= self.axi_addr_bits <= 64,
@@ -817,6 +827,10 @@ DESIGN_POINTS = {
     "kv260-kv4": AccelConfig(
         name="kv260-kv4", datapath=DatapathConfig(forward=ForwardConfig(kv_bits=4))
     ),
+    # kv260 with the multi-token TLMM: prompt rows in blocks of 4 per weight beat (README:
+    # Multi-token TLMM). A point for the perf model and DSE: its 4 table sets need ~449
+    # RAMB36 (the engine alone), more than the XCK26's 144; no timing evidence
+    "kv260-p4": AccelConfig(name="kv260-p4", tlmm_tokens=4),
     "ecp5": AccelConfig(
         name="ecp5",
         datapath=DatapathConfig(tlmm=TLMMConfig(tables=8, replicas=2)),

@@ -31,6 +31,9 @@ Two details the golden op functions do not take as arguments:
 
 Counters ``bytes_read`` / ``bytes_written``: tensor traffic of the executed commands
 (constants such as weights count on every use, as the hardware streams them each time).
+``tlmm_tokens`` (P, the design point's ``AccelConfig.tlmm_tokens``): an unmasked TLMM
+reads its weights once per block of P rows (``golden.isa.tlmm_weight_passes``); results do
+not depend on it.
 """
 
 from __future__ import annotations
@@ -72,12 +75,20 @@ class Outcome:
 class Executor:
     """The golden model of the accelerator's op engines over one memory buffer."""
 
-    def __init__(self, mem: np.ndarray, cfg: DatapathConfig = DEFAULT, exact_tlmm: bool = False):
+    def __init__(
+        self,
+        mem: np.ndarray,
+        cfg: DatapathConfig = DEFAULT,
+        exact_tlmm: bool = False,
+        tlmm_tokens: int = 1,
+    ):
         if not isinstance(cfg, DatapathConfig):
             raise ValueError(f"cfg: expected a DatapathConfig, got {type(cfg).__name__}")
         if not isinstance(mem, np.ndarray) or mem.dtype != np.uint8 or mem.ndim != 1:
             raise ValueError("mem: expected a 1-D uint8 numpy array")
         isa.check_datapath(cfg)
+        isa.tlmm_weight_passes(1, tlmm_tokens)  # checks it
+        self.tlmm_tokens = tlmm_tokens
         self.mem, self.cfg, self.exact_tlmm = mem, cfg, bool(exact_tlmm)
         self.lo, self.hi = 0, mem.size
         self.bytes_read = self.bytes_written = 0
@@ -214,7 +225,7 @@ class Executor:
             return _gm.ProjConst(codes=codes, weight_scale=1.0, const=_gm.Scale(1, 0))
 
         addr, nbytes = t.extent("weights")
-        counted = nbytes * c.rows
+        counted = nbytes * isa.tlmm_weight_passes(c.rows, self.tlmm_tokens, masked)
         if sparse:
             counted = isa.sparse_read_bytes(x, c.n, tcfg) - x.nbytes
         elif masked and c.skip:

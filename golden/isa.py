@@ -987,12 +987,28 @@ def sparse_beat_read_bytes(n: int, cfg: TLMMConfig = DEFAULT.tlmm) -> np.ndarray
     return -(-(rows * cfg.code_bits) // 8)
 
 
+def tlmm_weight_passes(rows: int, tokens: int = 1, masked: bool = False) -> int:
+    """Times a TLMM command reads its weights: once per block of ``tokens`` (P, the
+    engine's ``AccelConfig.tlmm_tokens``) rows, ceil(rows/P); a masked command goes row
+    by row (rows)."""
+    if not isinstance(tokens, int) or tokens < 1:
+        raise ValueError(f"tokens: must be an integer >= 1, got {tokens!r}")
+    return rows if masked else _cdiv(rows, tokens)
+
+
 def tlmm_read_bytes(
-    x_q: np.ndarray, n: int, cfg: TLMMConfig = DEFAULT.tlmm, mask=None, skip: bool = False
+    x_q: np.ndarray,
+    n: int,
+    cfg: TLMMConfig = DEFAULT.tlmm,
+    mask=None,
+    skip: bool = False,
+    tokens: int = 1,
 ) -> int:
-    """Bytes a TLMM command reads (activations, its mask, the weight beats it needs)."""
+    """Bytes a TLMM command reads (activations, its mask, the weight beats it needs) on an
+    engine of ``tokens`` (P) tokens per weight beat (``tlmm_weight_passes``)."""
     rows, k = x_q.shape
-    beats = rows * tlmm_blocks(n, cfg) * tlmm_chunks(k, cfg)
+    passes = tlmm_weight_passes(rows, tokens, mask is not None)
+    beats = passes * tlmm_blocks(n, cfg) * tlmm_chunks(k, cfg)
     if mask is not None and skip:
         beats = int(_gtlmm.live_blocks(mask, cfg).sum()) * tlmm_chunks(k, cfg)
     return rows * k + (0 if mask is None else rows * n * 4) + beats * tlmm_beat_bytes(cfg)

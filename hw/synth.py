@@ -21,6 +21,9 @@ line per block; the table at the end.
 Results are also written to ``build/synth/summary.json``.
 
 Options: ``python -m hw.synth [BLOCK ...] [--no-ecp5] [--no-xilinx] [--freq MHZ]``.
+An engine block named ``engine_<op>@FIELD=VALUE[,FIELD=VALUE...]`` is that engine of the
+default design point with those ``AccelConfig`` fields changed (integers), e.g.
+``engine_tlmm@tlmm_tokens=4``.
 """
 
 from __future__ import annotations
@@ -676,6 +679,27 @@ def print_report(results: dict, board_point: str, open_point: str) -> None:
                 print(f"{tag}: {key}: {r[key]}")
 
 
+def variant_block(name: str):
+    """The factory of ``engine_<op>@FIELD=VALUE,...``: the default design point's engine
+    with those integer fields changed (ValueError for a bad field or value)."""
+    from golden.config import DEFAULT_DESIGN_POINT, design_point
+    from golden.isa import Opcode
+    from hw.accel import engine_class
+
+    base, _, spec = name.partition("@")
+    if not base.startswith("engine_"):
+        raise ValueError(f"{name}: only engine blocks take @FIELD=VALUE")
+    fields = {}
+    for item in spec.split(","):
+        key, eq, val = item.partition("=")
+        if not eq or not val.lstrip("-").isdigit():
+            raise ValueError(f"{name}: expected FIELD=INTEGER, got {item!r}")
+        fields[key] = int(val)
+    dp = design_point(DEFAULT_DESIGN_POINT).with_(**fields)
+    op = Opcode[base.removeprefix("engine_").upper()]
+    return lambda: engine_class(op).for_design(dp)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hw.synth", description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -704,6 +728,9 @@ def main(argv=None) -> int:
         return 0
     blocks = discover_blocks()
     names = args.blocks or list(blocks)
+    for n in names:
+        if "@" in n and n.split("@")[0] in blocks:
+            blocks[n] = variant_block(n)
     unknown = [n for n in names if n not in blocks]
     if unknown:
         ap.error(f"unknown block(s) {unknown}; known: {sorted(blocks)}")
@@ -711,19 +738,20 @@ def main(argv=None) -> int:
     t_all = time.time()
     print(f"synthesizing {len(names)} blocks: {', '.join(names)}", flush=True)
     for name in names:
-        work = SYNTH_ROOT / name
+        tag = "".join(c if c.isalnum() or c == "_" else "_" for c in name)  # a module name
+        work = SYNTH_ROOT / tag
         work.mkdir(parents=True, exist_ok=True)
         r = {}
         t0 = time.time()
         if not args.no_xilinx:
             try:
-                r["xcup"] = run_xilinx(name, blocks[name](), work)
+                r["xcup"] = run_xilinx(tag, blocks[name](), work)
             except (RuntimeError, subprocess.TimeoutExpired) as e:
                 r["xcup_error"] = str(e).splitlines()[0]
         t1 = time.time()
         if not args.no_ecp5:
             try:
-                r["ecp5"] = run_ecp5(name, blocks[name](), work, args.freq)
+                r["ecp5"] = run_ecp5(tag, blocks[name](), work, args.freq)
             except (RuntimeError, subprocess.TimeoutExpired, KeyError) as e:
                 r["ecp5_error"] = str(e).splitlines()[0]
         r["time_s"] = time.time() - t0

@@ -21,8 +21,12 @@ MAX_N = 100  # not a multiple of a mask beat's 32 entries
 Q = DEFAULT.tlmm.replicas
 
 
-def _engine():
-    return TLMMEngine(DEFAULT, W, max_k=MAX_K, max_n=MAX_N)
+def _engine(tokens=1):
+    return TLMMEngine(DEFAULT, W, max_k=MAX_K, max_n=MAX_N, tokens=tokens)
+
+
+def _gd(tokens=1):
+    return GoldenDevice(DEFAULT, mem_size=1 << 20, tlmm_tokens=tokens)
 
 
 def _tlmm(gd, rng, rows, k, n, extreme=False):
@@ -229,8 +233,84 @@ def test_design_limits():
     mask beat holds fewer than two row blocks is refused."""
     for name in ("kv260", "ecp5"):
         dp = design_point(name)
-        assert TLMMEngine.design_params(dp) == {"max_k": dp.max_k, "max_n": dp.max_n}
+        assert TLMMEngine.design_params(dp) == {"max_k": dp.max_k, "max_n": dp.max_n, "tokens": 1}
+    assert TLMMEngine.design_params(design_point("kv260-p4"))["tokens"] == 4
+    with pytest.raises(ValueError, match="tokens: must be a power of two"):
+        TLMMEngine(DEFAULT, W, max_k=MAX_K, max_n=MAX_N, tokens=3)
     with pytest.raises(ValueError, match="max_n"):
         TLMMEngine(DEFAULT, W, max_k=MAX_K, max_n=0)
     with pytest.raises(ValueError, match="mask beat's 33 entries"):
         TLMMEngine(DEFAULT, 132, max_k=MAX_K, max_n=MAX_N)
+
+
+# ------------------------------------------------------------------ P tokens per weight beat
+@pytest.mark.parametrize("tokens", [2, 4])
+def test_tlmm_tokens(rng, tokens):
+    """P = 2, 4 under random memory stalls and latencies (output writes stalled too):
+    golden's outputs bit for bit, rows not a multiple of P, K below and above P chunks
+    (Kc < P: a row block's P outputs outlast its beats), and the bytes read with each
+    weight beat read once per block of P rows (``isa.tlmm_read_bytes(..., tokens=P)``)."""
+    shapes = [
+        (tokens + 1, int(rng.integers(200, 400)), int(rng.integers(5, 30))),
+        (2 * tokens + 3, int(rng.integers(1, 60)), int(rng.integers(1, 20))),
+        (tokens - 1, MAX_K, 6),
+        (1, int(rng.integers(1, 200)), int(rng.integers(1, 12))),
+    ]
+    cases, xs = [], []
+    for rows, k, n in shapes:
+        gd = _gd(tokens)
+        f = _tlmm(gd, rng, rows, k, n, extreme=(k == MAX_K))
+        cases.append((gd, isa.command(Opcode.TLMM, **f), None))
+        xs.append(gd.memory[f["src"] : f["src"] + rows * k].view(np.int8).reshape(rows, k).copy())
+    res = check_ops(_engine(tokens), cases, seed=int(rng.integers(1 << 30)), stall=(0.3, 0.5))
+    for (rows, k, n), x, r in zip(shapes, xs, res, strict=True):
+        want = isa.tlmm_read_bytes(x, n, DEFAULT.tlmm, tokens=tokens)
+        assert r["bytes_read"] == want, (rows, k, n, r["bytes_read"], want)
+        passes = -(-rows // tokens)
+        assert want == rows * k + passes * isa.tlmm_weight_bytes(n, k)
+
+
+def test_tlmm_tokens_cycles(rng):
+    """No stalls, 1-cycle memory: ``expected_cycles(..., tokens=P)`` exactly for P = 2, 4,
+    8 -- full and short last blocks, Kc above and below np (the output throttle), one
+    row (decode: the P = 1 count)."""
+    shapes = ((5, 300, 9), (8, 500, 5), (9, 30, 20), (13, 10, 5), (6, 170, 2), (1, 85, 4))
+    for tokens in (2, 4, 8):
+        cases = []
+        for rows, k, n in shapes:
+            gd = _gd(tokens)
+            cases.append((gd, isa.command(Opcode.TLMM, **_tlmm(gd, rng, rows, k, n)), None))
+        res = check_ops(_engine(tokens), cases, stall=0.0, max_latency=1)
+        for (rows, k, n), r in zip(shapes, res, strict=True):
+            want = expected_cycles(rows, k, n, DEFAULT, tokens=tokens)
+            assert r["cycles"] == want, (tokens, rows, k, n, r["cycles"], want)
+        assert want == expected_cycles(1, 85, 4, DEFAULT)  # one row: no penalty
+    # a block of P rows costs its weight beats once
+    one, four = (expected_cycles(8, 500, 64, DEFAULT, tokens=p) for p in (1, 4))
+    assert four < one / 2.5, (one, four)
+
+
+@pytest.mark.parametrize("skip", [0, 1])
+def test_tlmm_tokens_masked(rng, skip):
+    """A masked command on a P = 4 engine goes row by row (P = 1 bytes and cycles): under
+    stalls golden's outputs and ``isa.tlmm_read_bytes(..., tokens=4)`` (= the P = 1
+    count); without stalls the P = 1 masked cycle count."""
+    shapes = ((5, int(rng.integers(80, 300)), 37, (2,)), (3, 40, 9, ()))
+    for stall in (0.4, 0.0):
+        cases, masks, xs = [], [], []
+        for rows, k, n, dead in shapes:
+            gd = _gd(4)
+            f, mask, x = _masked(gd, rng, rows, k, n, skip, dead)
+            cases.append((gd, isa.command(Opcode.TLMM, **f), None))
+            masks.append(mask)
+            xs.append(x)
+        lat = 6 if stall else 1
+        res = check_ops(_engine(4), cases, stall=stall, max_latency=lat)
+        for (rows, k, n, _), mask, x, r in zip(shapes, masks, xs, res, strict=True):
+            want = isa.tlmm_read_bytes(x, n, DEFAULT.tlmm, mask, bool(skip), tokens=4)
+            assert want == isa.tlmm_read_bytes(x, n, DEFAULT.tlmm, mask, bool(skip))
+            assert r["bytes_read"] == want
+            if not stall:
+                live = gtlmm.live_blocks(mask) if skip else None
+                cyc = expected_cycles(rows, k, n, DEFAULT, masked=True, live=live, dma_bytes=W)
+                assert r["cycles"] == cyc, (rows, k, n, r["cycles"], cyc)

@@ -92,6 +92,33 @@ def test_tlmm_command_is_the_integer_matmul(dev, rng):
     assert c["bytes_read"] >= x.nbytes + isa.tlmm_weight_bytes(9, 50) + 2 * isa.COMMAND_BYTES
 
 
+@pytest.mark.parametrize("tokens", [1, 2, 4])
+def test_tlmm_bytes_read_per_block_of_tokens(rng, tokens):
+    """tlmm_tokens = P: the same result; an unmasked TLMM reads its weights once per block
+    of P rows (ceil(5/P) times), a masked one once per row (row by row at any P)."""
+    d = GoldenDevice(mem_size=MEM, tlmm_tokens=tokens)
+    rows, k, n = 5, 50, 9
+    x, w, ya, cmd = _tlmm_setup(d, rng, rows, k, n)
+    mask = np.where(rng.random((rows, n)) < 0.5, 1, -1).astype(np.int32)
+    ma = d.alloc(mask.nbytes, 64)
+    d.write(ma, mask)
+    masked = command(Opcode.TLMM, **{**cmd.args, "mask": ma, "masked": 1})
+    want = x.astype(np.int64) @ w.astype(np.int64).T
+    for c, passes, extra in ((cmd, -(-rows // tokens), 0), (masked, rows, mask.nbytes)):
+        d.reset()
+        d.run(*put_stream(d, [c, command(Opcode.END)]))
+        assert d.wait(5.0).ok
+        y = want if c is cmd else np.where(mask > 0, want, 0)
+        assert np.array_equal(d.read_array(ya, np.int32, want.shape), y)
+        weights = passes * isa.tlmm_weight_bytes(n, k)
+        assert d.counters()["bytes_read"] == x.nbytes + extra + weights + 2 * isa.COMMAND_BYTES
+        assert isa.tlmm_read_bytes(x, n, tokens=tokens, mask=mask if extra else None) == (
+            x.nbytes + extra + weights
+        )
+    with pytest.raises(ValueError, match="tokens"):
+        GoldenDevice(mem_size=MEM, tlmm_tokens=0)
+
+
 def test_tlmm_exact_path_matches(rng):
     d = GoldenDevice(mem_size=MEM, exact_tlmm=True)
     x, w, ya, cmd = _tlmm_setup(d, rng, rows=2, k=31, n=5)

@@ -32,18 +32,22 @@ DEFAULT_MEM_SIZE = 256 << 20
 
 
 class GoldenDevice(Device):
-    """Functional accelerator; ``cfg`` is the datapath it implements (DEFAULT)."""
+    """Functional accelerator; ``cfg`` is the datapath it implements (DEFAULT);
+    ``tlmm_tokens`` the TLMM engine's P (``AccelConfig.tlmm_tokens``: bytes read only)."""
 
     def __init__(
         self,
         cfg: DatapathConfig = DEFAULT,
         mem_size: int = DEFAULT_MEM_SIZE,
         exact_tlmm: bool = False,
+        tlmm_tokens: int = 1,
     ):
         if not isinstance(cfg, DatapathConfig):
             raise ValueError(f"cfg: expected a DatapathConfig, got {type(cfg).__name__}")
         super().__init__(mem_size, cfg)
-        self.executor = Executor(np.zeros(self.mem_size, dtype=np.uint8), cfg, exact_tlmm)
+        self.executor = Executor(
+            np.zeros(self.mem_size, dtype=np.uint8), cfg, exact_tlmm, tlmm_tokens
+        )
         self.reset()
 
     @property

@@ -89,7 +89,7 @@ class SimDevice(Device):
         super().__init__(mem_size, cfg)
         # the host fallback executes on the very buffer the DRAM model serves
         self._mem = np.zeros(self.mem_size, dtype=np.uint8)
-        self._host = Executor(self._mem, cfg)
+        self._host = Executor(self._mem, cfg, tlmm_tokens=dp.tlmm_tokens)
         self._lib = open_library(build(dp, ops=ops))
         from hw.accel import default_ops
 

@@ -15,12 +15,34 @@ src_skip)``; the last one short, zero-filled by the memory) then the Nb*Kc weigh
 ``dst + (m*n + b*Q)*4`` (the last block of a row short). Reads of row m+1 are issued as
 soon as those of row m are, so the engine's next table build overlaps the lookups.
 
+P tokens per weight beat (``tokens`` = ``AccelConfig.tlmm_tokens``, a power of two; P = 1
+is the above): an unmasked command's rows go in blocks of P (the last np = rows mod P, if
+any, short). Per block the request side reads each row's Kc activation chunks (row by
+row), then the Nb*Kc weight beats once; the datapath (``hw.tlmm.TLMM(tokens=P)``) looks
+each beat up in the np rows' tables and gives, per row block b, np ``out`` beats, row by
+row, written to ``dst + ((m0 + p)*n + b*Q)*4``. Bytes read: ``golden.isa.tlmm_read_bytes(...,
+tokens=P)`` (weights ceil(rows/P) times). A masked command goes row by row at any P (as
+P = 1: bytes, cycles and the mask logic below unchanged). Decode (rows = 1) is the P = 1
+command exactly. The runtime (``host.runtime``) issues each projection of a prefill chunk
+(up to ``max_chunk`` = 64 tokens) as one TLMM over its rows, so the blocking needs nothing
+of it; only the commands it splits per row (k above ``max_k``: K slices, rows = 1) and the
+masked ReLU^2 up_proj read their weights per row.
+
 Cycles (no memory stalls; ``expected_cycles``): one beat per cycle, rows * Kc * (1 + Nb)
 (each row's activation chunks, then its weight beats: the block's table build of row m+1
 comes after row m's lookups through the one port) plus the first response's latency, the
 set-up and check cycles and the block's pipeline latency -- ``hw.tlmm.expected_cycles(rows,
 k, n) + (rows - 1) * Kc + latency + 1 + SETUP_CYCLES``, measured exactly so by
 ``sim/test_op_tlmm.py``.
+
+Cycles at P > 1 (unmasked, no memory stalls; ``expected_cycles(..., tokens=P)``): per
+block of np rows (np + Nb) * Kc reads, plus (Nb - 1) * max(0, np - Kc) (a row block's np
+outputs leave one a cycle: with Kc < np each row block takes np cycles), plus
+max(0, np' - (np + 1) * Kc) after a block of np' rows (its last outputs against this
+block's first); then the last block's np - 1 outputs after its end, and the P = 1 tail
+(the first response's latency, the pipeline latency, 1 and SETUP_CYCLES). Measured
+exactly so by ``sim/test_op_tlmm.py``. With Kc >= P: rows*Kc + ceil(rows/P)*Nb*Kc + tail,
+against rows*Kc*(1 + Nb) at P = 1.
 
 Masked (masked=1: ``mask`` int32 [rows, n], output j of row m is 0 where mask[m, j] <= 0)
 -------------------------------------------------------------------------------------
@@ -83,7 +105,7 @@ from amaranth.lib.memory import Memory
 from golden import isa
 from golden.config import DatapathConfig
 from golden.isa import ErrorCode, Opcode
-from hw.tlmm import TLMM, _latency, chunk_count
+from hw.tlmm import TLMM, _latency, check_tokens, chunk_count
 from hw.tlmm import expected_cycles as tlmm_block_cycles
 
 from .base import Engine
@@ -105,12 +127,18 @@ def expected_cycles(
     masked: bool = False,
     live=None,
     dma_bytes: int | None = None,
+    tokens: int = 1,
 ) -> int:
     """Cycles of one command without memory stalls (module docstring). ``masked``: with a
     mask (``dma_bytes``: the engine's DMA width, for the mask reads per row); ``live``:
     skip=1, the row blocks each row reads (bool [rows, ceil(n/Q)],
     ``golden.tlmm.live_blocks(mask)``)."""
     kc = chunk_count(k, cfg.tlmm)
+    check_tokens(tokens)
+    if not masked and live is None and tokens > 1:
+        return _token_cycles(rows, kc, -(-n // cfg.tlmm.replicas), tokens) + (
+            _latency(cfg.tlmm, 2) + latency + 1 + SETUP_CYCLES
+        )
     lookups = tlmm_block_cycles(rows, k, n, cfg.tlmm) + (rows - 1) * kc
     if not masked and live is None:
         return lookups + latency + 1 + SETUP_CYCLES
@@ -134,14 +162,31 @@ def expected_cycles(
     return total
 
 
+def _token_cycles(rows: int, kc: int, nb: int, tokens: int) -> int:
+    """An unmasked command's reads and waits on an engine of P = ``tokens`` (module
+    docstring): per block of np rows np*Kc + Nb*Kc, plus (Nb-1)*max(0, np-Kc) where a row
+    block's np outputs outlast its Kc beats, plus max(0, np' - (np+1)*Kc) after a block of
+    np' rows, plus the last block's np-1 outputs after its end."""
+    sizes = [min(tokens, rows - r) for r in range(0, rows, tokens)]
+    total = sizes[-1] - 1
+    for j, np_ in enumerate(sizes):
+        total += (np_ + nb) * kc + (nb - 1) * max(0, np_ - kc)
+        if j:
+            total += max(0, sizes[j - 1] - (np_ + 1) * kc)
+    return total
+
+
 class TLMMEngine(Engine):
     OPCODE = Opcode.TLMM
-    DESIGN_FIELDS = {"max_k": "max_k", "max_n": "max_n"}
+    DESIGN_FIELDS = {"max_k": "max_k", "max_n": "max_n", "tokens": "tlmm_tokens"}
     # the engine's table depth; the mask memory's rows (masked only)
     LIMITS = ("k <= max_k", "(masked == 0) | (n <= max_n)")
     GOLDEN_ONLY = ("weight codes",)
 
-    def __init__(self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int, max_n: int):
+    def __init__(
+        self, cfg: DatapathConfig, dma_bytes: int, *, max_k: int, max_n: int, tokens: int = 1
+    ):
+        check_tokens(tokens)
         tc = cfg.tlmm
         need = max(tc.group * tc.tables, isa.tlmm_beat_bytes(tc), tc.replicas * tc.acc_bits // 8)
         if dma_bytes < need:
@@ -156,6 +201,7 @@ class TLMMEngine(Engine):
             raise ValueError(f"max_n: must be an integer >= 1, got {max_n!r}")
         self.max_k = max_k
         self.max_n = max_n
+        self.tokens = tokens
         super().__init__(cfg, dma_bytes)
 
     def elaborate(self, platform):
@@ -169,7 +215,8 @@ class TLMMEngine(Engine):
         BPW = E // Q  # row blocks per mask beat
         max_nb = -(-self.max_n // Q)
         m = Module()
-        m.submodules.tlmm = tl = TLMM(tc, max_k=self.max_k)
+        P = self.tokens
+        m.submodules.tlmm = tl = TLMM(tc, max_k=self.max_k, tokens=P)
         a = self.op_args
         # the contract's checks pipelined too (valid by CHECK, after the set-up waits)
         chk = self.checks(m, pipelined=True)
@@ -239,7 +286,9 @@ class TLMMEngine(Engine):
         rq_aptr = Signal(isa.ADDR_BITS + 1)  # next activation chunk address
         rq_arem = Signal(17)  # activation bytes left in the row
         rq_wptr = Signal(isa.ADDR_BITS + 8)
-        rq_rowbase = Signal(isa.ADDR_BITS + 1)
+        rq_rownext = Signal(isa.ADDR_BITS + 1)  # the next row's activations
+        tok_w = max(1, (P - 1).bit_length())
+        rq_tok = Signal(tok_w)  # the row's token index in its block of P (unmasked)
         rq_mptr = Signal(isa.ADDR_BITS + 1)  # next mask read
         rq_mrem = Signal(range(4 * self.max_n + 1))  # mask bytes left in the row
         rq_mbase = Signal(isa.ADDR_BITS + 1)  # the mask row's address
@@ -251,6 +300,7 @@ class TLMMEngine(Engine):
         rs_mrem = Signal(range(4 * self.max_n + 1))
         rs_mword = Signal(word_bits)
         rs_row = Signal(16)
+        rs_tok = Signal(tok_w)
         rs_done = Signal()  # masked: every response of the command consumed
         nlive = Signal(range(max_nb + 1))  # the row's live blocks (its weight blocks)
         nlive_m1 = Signal.like(nlive)  # nlive - 1 (used when nlive >= 1)
@@ -258,7 +308,9 @@ class TLMMEngine(Engine):
         rs_drop = Signal()  # no live block: the row's activations are not sent on
         # write side
         wr_ptr = Signal(isa.ADDR_BITS + 8)
-        wr_rowbase = Signal(isa.ADDR_BITS + 8)
+        wr_rowbase = Signal(isa.ADDR_BITS + 8)  # the block's first row
+        wr_bptr = Signal(isa.ADDR_BITS + 8)  # unmasked: the row block's output in that row
+        wr_left = Signal(17)  # unmasked: rows from the block's first
         wr_nrem = Signal(17)
         wr_row = Signal(16)
         wr_have = Signal()  # masked: the block entry of the next write is loaded
@@ -285,15 +337,13 @@ class TLMMEngine(Engine):
             self.rd.payload.len.eq(Mux(rq_msk, mask_len, Mux(rq_act, act_len, BB))),
         ]
         fire = self.rd.valid & self.rd.ready
-        # the next row's addresses, ready before the row ends (rows are >= 2 cycles)
-        rq_rowbase_n = Signal.like(rq_rowbase)
+        # the next mask row's address, ready before the row ends (masked rows are >= 2
+        # cycles)
         rq_mbase_n = Signal.like(rq_mbase)
-        row_stride = Signal(isa.ADDR_BITS)  # k + src_skip: the fields are stable in a command
-        m.d.sync += [
-            row_stride.eq(a.k + a.src_skip),
-            rq_rowbase_n.eq(rq_rowbase + row_stride),
-            rq_mbase_n.eq(rq_mbase + n4),
-        ]
+        # a row's first byte to the next one's: k + src_skip (the fields are stable in a
+        # command, so this register is valid long before the set-up ends)
+        row_stride = Signal(isa.ADDR_BITS)
+        m.d.sync += [rq_mbase_n.eq(rq_mbase + n4), row_stride.eq(a.k + a.src_skip)]
         head = fq.r_data
 
         def next_row():
@@ -304,8 +354,9 @@ class TLMMEngine(Engine):
                 rq_hold.eq(0),
                 rq_cnt.eq(0),
                 rq_row.eq(rq_row + 1),
-                rq_rowbase.eq(rq_rowbase_n),
-                rq_aptr.eq(rq_rowbase_n),
+                rq_tok.eq(0),
+                rq_rownext.eq(rq_rownext + row_stride),
+                rq_aptr.eq(rq_rownext),
                 rq_arem.eq(a.k),
                 rq_mbase.eq(rq_mbase_n),
                 rq_mptr.eq(rq_mbase_n),
@@ -316,6 +367,19 @@ class TLMMEngine(Engine):
             with m.Else():
                 m.d.sync += rq_v.eq(1)
 
+        # a row ends its block of tokens: masked rows go one at a time
+        rq_tok_end = Signal()
+        rs_tok_end = Signal()
+        rows_m1 = Signal(16)  # loaded at CHECK
+        if P == 1:
+            m.d.comb += [rq_tok_end.eq(1), rs_tok_end.eq(1)]
+        else:
+            # from registers only (rows_m1: loaded at CHECK): rs_tok_end reaches the
+            # datapath's bank flags through act.end
+            m.d.comb += [
+                rq_tok_end.eq(msk | (rq_tok == P - 1) | (rq_row == rows_m1)),
+                rs_tok_end.eq(msk | (rs_tok == P - 1) | (rs_row == rows_m1)),
+            ]
         with m.If(rq_active & rq_msk):
             with m.If(fire):
                 m.d.sync += [rq_mptr.eq(rq_mptr + W), rq_mrem.eq(rq_mrem - mask_len)]
@@ -324,7 +388,17 @@ class TLMMEngine(Engine):
         with m.Elif(rq_active & rq_act):
             with m.If(fire):
                 m.d.sync += [rq_aptr.eq(rq_aptr + GT), rq_arem.eq(rq_arem - act_len)]
-                with m.If(rq_cnt[:KB] == kc_m1):
+                with m.If((rq_cnt[:KB] == kc_m1) & ~rq_tok_end):
+                    # the block's next token (unmasked, P > 1)
+                    m.d.sync += [
+                        rq_cnt.eq(0),
+                        rq_row.eq(rq_row + 1),
+                        rq_tok.eq(rq_tok + 1),
+                        rq_rownext.eq(rq_rownext + row_stride),
+                        rq_aptr.eq(rq_rownext),
+                        rq_arem.eq(a.k),
+                    ]
+                with m.Elif(rq_cnt[:KB] == kc_m1):
                     m.d.sync += [
                         rq_act.eq(0),
                         rq_cnt.eq(0),
@@ -373,9 +447,12 @@ class TLMMEngine(Engine):
         rs_last_blk = rs_blk == nlive_m1
         wlast = Mux(skp, (rs_cnt[:KB] == kc_m1) & rs_last_blk, rs_cnt == nbkc_m1)
         m.d.comb += [
-            tl.act.payload.eq(Cat(self.rdata.payload[: GT * 8], rs_cnt[:KB] == kc_m1)),
+            tl.act.payload.data.eq(self.rdata.payload[: GT * 8]),
+            tl.act.payload.last.eq(rs_cnt[:KB] == kc_m1),
             tl.wgt.payload.eq(Cat(self.rdata.payload[: T * Q * tc.code_bits], wlast)),
         ]
+        if P > 1:
+            m.d.comb += tl.act.payload.end.eq(rs_tok_end)
         act_go = ~skp | (l_ok & ~rs_drop)  # skip: wait for the row's live count
         with m.If(running & rs_msk):
             m.d.comb += self.rdata.ready.eq(mem_ok)
@@ -423,8 +500,10 @@ class TLMMEngine(Engine):
                 with m.If(mlast):
                     m.d.sync += [rs_msk.eq(0), rs_mword.eq(0), rs_mrem.eq(n4)]
             with m.Elif(rs_act):
-                with m.If(rs_cnt[:KB] == kc_m1):
-                    m.d.sync += [rs_act.eq(0), rs_cnt.eq(0), rs_blk.eq(0)]
+                with m.If((rs_cnt[:KB] == kc_m1) & ~rs_tok_end):
+                    m.d.sync += [rs_cnt.eq(0), rs_tok.eq(rs_tok + 1), rs_row.eq(rs_row + 1)]
+                with m.Elif(rs_cnt[:KB] == kc_m1):
+                    m.d.sync += [rs_act.eq(0), rs_cnt.eq(0), rs_blk.eq(0), rs_tok.eq(0)]
                     with m.If(skp & rs_drop):
                         rs_next_row()
                 with m.Else():
@@ -441,7 +520,7 @@ class TLMMEngine(Engine):
                     with m.If(msk):
                         rs_next_row()
                     with m.Else():
-                        m.d.sync += [rs_act.eq(1), rs_cnt.eq(0)]
+                        m.d.sync += [rs_act.eq(1), rs_cnt.eq(0), rs_row.eq(rs_row + 1)]
                 with m.Else():
                     m.d.sync += rs_cnt.eq(rs_cnt + 1)
 
@@ -543,19 +622,41 @@ class TLMMEngine(Engine):
                 ]
             with m.Else():
                 m.d.sync += wr_have.eq(0)
-        row_end = Mux(msk, wr_rlast, tl.out.payload.last)
         last_out = Signal()
-        with m.If(wfire):
-            with m.If(row_end):
+        row4 = a.n * ACC_BYTES  # a row's output bytes
+        with m.If(wfire & msk):  # masked: one row at a time
+            with m.If(wr_rlast):
                 m.d.sync += [
                     wr_row.eq(wr_row + 1),
                     wr_nrem.eq(a.n),
-                    wr_rowbase.eq(wr_rowbase + a.n * ACC_BYTES),
-                    wr_ptr.eq(wr_rowbase + a.n * ACC_BYTES),
+                    wr_rowbase.eq(wr_rowbase + row4),
+                    wr_ptr.eq(wr_rowbase + row4),
                 ]
                 m.d.comb += last_out.eq(wr_row == a.rows - 1)
             with m.Else():
                 m.d.sync += [wr_ptr.eq(wr_ptr + Q * ACC_BYTES), wr_nrem.eq(wr_nrem - Q)]
+        with m.Elif(wfire):
+            # unmasked: a row block's outputs of the block's tokens in turn (token p at
+            # wr_bptr + p*n*4), then the next row block; the last one ends the block
+            tok_end = tl.out.payload.end if P > 1 else Const(1)
+            with m.If(tok_end & tl.out.payload.last):
+                nxt = wr_rowbase + row4 * P  # P: a power of two
+                m.d.sync += [
+                    wr_nrem.eq(a.n),
+                    wr_rowbase.eq(nxt),
+                    wr_bptr.eq(nxt),
+                    wr_ptr.eq(nxt),
+                    wr_left.eq(wr_left - P),
+                ]
+                m.d.comb += last_out.eq(wr_left <= P)
+            with m.Elif(tok_end):
+                m.d.sync += [
+                    wr_nrem.eq(wr_nrem - Q),
+                    wr_bptr.eq(wr_bptr + Q * ACC_BYTES),
+                    wr_ptr.eq(wr_bptr + Q * ACC_BYTES),
+                ]
+            with m.Else():
+                m.d.sync += wr_ptr.eq(wr_ptr + row4)
         with m.If(last_out):
             m.d.sync += wr_fin.eq(1)
         # masked: also every response consumed and nothing left to request
@@ -576,11 +677,13 @@ class TLMMEngine(Engine):
             m.d.sync += [s.eq(1) for s in (rq_active, rq_v, rq_act, rs_act)]
             m.d.sync += [rq_msk.eq(a.masked), rs_msk.eq(a.masked)]
             zero = (rq_row, rq_cnt, rs_cnt, wr_row, rq_hold, rs_row, rs_done, rs_mword, rs_drop)
+            m.d.sync += [rq_tok.eq(0), rs_tok.eq(0), wr_left.eq(a.rows), wr_bptr.eq(a.dst)]
+            m.d.sync += rows_m1.eq(a.rows - 1)
             m.d.sync += [
                 s.eq(0) for s in zero + (wr_have, wr_fin, l_ok, md_avail, sc_bank, sc_busy)
             ]
             m.d.sync += [sc_blk.eq(0), sc_sub.eq(0)]
-            m.d.sync += [rq_rowbase.eq(a.src), rq_aptr.eq(a.src), rq_arem.eq(a.k)]
+            m.d.sync += [rq_rownext.eq(a.src + row_stride), rq_aptr.eq(a.src), rq_arem.eq(a.k)]
             m.d.sync += [rq_mbase.eq(a.mask), rq_mptr.eq(a.mask), rq_mrem.eq(n4), rs_mrem.eq(n4)]
             m.d.sync += [wr_rowbase.eq(a.dst), wr_ptr.eq(a.dst), wr_nrem.eq(a.n)]
         return m
