@@ -733,6 +733,37 @@ def plot(decode: list, prefill: list, path: str) -> str:
     return path
 
 
+def _task(task, adc=None, progress=print):
+    """One measurement of ``main``'s list: the result, or the DoesNotRun it raised."""
+    kind, name, dp, size = task
+    try:
+        if kind == "decode":
+            return measure(MODELS[name], context=size, dp=dp, act_adc=adc, progress=progress)
+        return measure_prefill(MODELS[name], prompt=size, dp=dp, progress=progress)
+    except DoesNotRun as e:
+        return e
+
+
+def _quiet_task(task, adc=None):
+    kind, name, dp, size = task
+    t0 = time.perf_counter()
+    r = _task(task, adc, progress=lambda *_: None)
+    print(f"  done: {name} {kind} at {size} on {dp.name} ({time.perf_counter() - t0:.0f} s)")
+    return r
+
+
+def _run_tasks(tasks, jobs: int, adc=None) -> list:
+    """The measurements in order: one after the other (their progress printed), or
+    ``jobs`` at a time in worker processes (each simulation is single-threaded)."""
+    if jobs <= 1 or len(tasks) <= 1:
+        return [_task(t, adc) for t in tasks]
+    from concurrent.futures import ProcessPoolExecutor
+
+    print(f"{len(tasks)} measurements, {jobs} at a time ...")
+    with ProcessPoolExecutor(max_workers=jobs) as ex:
+        return list(ex.map(_quiet_task, tasks, [adc] * len(tasks)))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m host.perf_model", description=__doc__.split("\n")[0]
@@ -774,6 +805,9 @@ def main(argv=None) -> int:
         "--plot", default="build/bench/perf_model.png", help="figure to write ('' for none)"
     )
     ap.add_argument("--no-sparsity", action="store_true", help="skip the exact-sparsity roofline")
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="measurements simulated at once (processes)"
+    )
     from host.runtime import act_adc_from_args, add_act_adc_args
 
     add_act_adc_args(ap)
@@ -794,38 +828,37 @@ def main(argv=None) -> int:
             raise ValueError("--clocks: no design point has timing evidence to model at")
         if any(c < 1 for c in a.context) or any(p < 1 for p in a.prompt):
             raise ValueError("--context / --prompt: must be >= 1")
+        if a.jobs < 1:
+            raise ValueError(f"--jobs: must be >= 1, got {a.jobs}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    decode, prefill = [], []
+    tasks = []  # (kind, model name, point, keys or prompt tokens)
     for name in a.model:
         mc = MODELS[name]
-        for dp in points:
-            for ctx in a.context:
-                if ctx > mc.max_position_embeddings:
-                    print(f"\n{name}: context {ctx} > its {mc.max_position_embeddings}: skipped")
-                    continue
-                try:
-                    r = measure(mc, context=ctx, dp=dp, act_adc=adc)
-                except DoesNotRun as e:
-                    print(f"\n{name}: {e}")
-                    continue
-                report(r)
-                decode.append(r)
-        for dp in pre_points:
-            for n in a.prompt:
-                if n > mc.max_position_embeddings:
-                    print(
-                        f"\n{name}: prompt {n} > its context {mc.max_position_embeddings}: skipped"
-                    )
-                    continue
-                try:
-                    r = measure_prefill(mc, prompt=n, dp=dp)
-                except DoesNotRun as e:
-                    print(f"\n{name}: {e}")
-                    continue
-                prefill_report(r)
-                prefill.append(r)
+        for kind, pts, sizes, unit in (
+            ("decode", points, a.context, "keys"),
+            ("prefill", pre_points, a.prompt, "tokens"),
+        ):
+            for dp in pts:
+                for size in sizes:
+                    if size > mc.max_position_embeddings:
+                        print(
+                            f"{name}: {kind} at {size} {unit} on {dp.name} > its context "
+                            f"{mc.max_position_embeddings}: skipped"
+                        )
+                    else:
+                        tasks.append((kind, name, dp, size))
+    decode, prefill = [], []
+    for task, r in zip(tasks, _run_tasks(tasks, a.jobs, adc), strict=True):
+        if isinstance(r, DoesNotRun):
+            print(f"\n{task[1]}: {r}")
+        elif task[0] == "decode":
+            report(r)
+            decode.append(r)
+        else:
+            prefill_report(r)
+            prefill.append(r)
     summary(decode, prefill)
     if a.plot and (decode or prefill):
         print(f"figure: {plot(decode, prefill, a.plot)}")

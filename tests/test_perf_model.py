@@ -118,12 +118,15 @@ def test_main_models_points_and_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(perf_model, "MODELS", {"small": SMALL})
     plot = tmp_path / "perf.png"
     argv = ["--model", "small", "--context", "4", "64", "--prompt", "3", "--latency", "8"]
+    argv += ["--jobs", "2"]  # in worker processes: the same reports, in order
     assert perf_model.main(argv + ["--no-sparsity", "--plot", str(plot)]) == 0
     out = capsys.readouterr().out
-    assert "context 64 > its 32: skipped" in out
+    assert "small: decode at 64 keys on kv260 > its context 32: skipped" in out
     assert "small shapes, decode at context 4" in out and "prefill of 3 tokens" in out
     # kv260 has timing evidence: its target and its evidence clock are both modeled
     ev = design_point("kv260").evidence_mhz
     assert "kv260@evidence" in out and "TeLLMe v2 (KV260" in out and f"{ev:>6.1f}" in out
     assert plot.stat().st_size > 10_000
+    assert "4 measurements, 2 at a time" in out  # decode and prefill, at two clocks
+    assert out.index("context 4, design point kv260 ") < out.index("design point kv260@evidence")
     assert perf_model.main(["--model", "small", "--prompt", "0"]) == 2
