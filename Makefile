@@ -73,13 +73,15 @@ board-image: install
 	$(VPY) -m host.board_image build --board $(BOARD) $(ARGS)
 
 # Golden TLMM vs numpy, TLMM RTL cycles vs ideal, model tokens/s and cycles per backend,
-# modeled BitNet-0.73B decode from one simulated full-size layer.
+# modeled BitNet-0.73B / 2B-4T decode (INT8 and INT4 KV cache) and time to first token
+# (P = 1 and 4 tokens per TLMM weight beat) from simulated full-size layers, and its figure
+# (build/bench/perf_model.png).
 bench: install
 	$(VPY) -m golden.bench
 	$(VPY) -m sim.perf
 	$(VPY) -m host.bench
 	$(VPY) -m host.sparse_bench
-	$(VPY) -m host.perf_model
+	$(VPY) -m host.perf_model --design-point kv260 kv260-kv4 --prefill-design-point kv260 kv260-p4 --jobs 2
 
 # Error bounds of every golden block: stated vs measured.
 report: install

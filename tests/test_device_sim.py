@@ -438,7 +438,9 @@ def test_bitnet_2b4t_shapes_bit_identical():
 def test_shipped_model_int4_kv_bit_identical_on_rtl():
     """kv260-kv4, the INT4 KV cache on the RTL: the shipped model's prefill (8 held-out
     characters) and two decode steps give logits equal to the golden backend's and to
-    golden.model's for that datapath, bit for bit, every command on the RTL; the device
+    golden.model's for that datapath, bit for bit, with the engines that write and read
+    the cache (ROPE_QUANT, QK, PV) on the RTL and the rest on the host fallback (a smaller
+    Verilator build; the whole kv260 top runs every op elsewhere in this file); the device
     memory (the packed int4 KV cache included) and the bytes written are the golden
     backend's, and the KV regions are half-size rows."""
     from golden.config import design_point
@@ -456,7 +458,8 @@ def test_shipped_model_int4_kv_bit_identical_on_rtl():
     for _ in range(2):
         want.append(gm.forward([int(np.argmax(want[-1][-1]))], cache)[-1:])
     mem = 8 << 20
-    sim = SimDevice(dp, mem_size=mem)
+    kv_ops = (Opcode.ROPE_QUANT, Opcode.QK, Opcode.PV)
+    sim = SimDevice(dp, mem_size=mem, ops=kv_ops)
     devs = (GoldenDevice(dp.datapath, mem_size=mem), sim)
     runs = []
     for dev in devs:
@@ -473,5 +476,5 @@ def test_shipped_model_int4_kv_bit_identical_on_rtl():
     assert hi == sim.brk and devs[0].read(lo, hi - lo) == sim.read(lo, hi - lo)
     g, s = devs[0].counters(), sim.counters()
     assert s["bytes_written"] == g["bytes_written"] and s["ops"] == g["ops"]
-    assert not sim.stats["host_ops"]
+    assert sim.stats["host_ops"] and not set(sim.stats["host_ops"]) & {op.name for op in kv_ops}
     sim.close()
