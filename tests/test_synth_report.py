@@ -4,7 +4,9 @@ themselves come from `make synth`; here the report's arithmetic and verdicts).""
 
 from __future__ import annotations
 
-from hw.synth import budget_group, budget_table, fit_check, print_report
+import pytest
+
+from hw.synth import budget_group, budget_table, fit_check, print_report, variant_block
 from hw.timing import rule_mhz
 
 ZERO = dict(lut=0, lutram=0, ff=0, carry=0, bram36=0, uram=0, dsp=0)
@@ -63,3 +65,16 @@ def test_report_prints_the_verdicts_and_clocks(capsys):
     print_report(_results(100_000, 6.0, None), "kv260", "ecp5")
     out = capsys.readouterr().out
     assert "OVER" in out and "supports 250 MHz" in out and "P&R failed" in out
+
+
+def test_engine_variant_blocks():
+    """``engine_<op>@FIELD=VALUE``: the default point's engine with those fields changed
+    (the multi-token TLMM's synthesis cost per P); a bad spec is refused."""
+
+    assert variant_block("engine_tlmm@tlmm_tokens=4")().tokens == 4
+    assert variant_block("engine_tlmm@tlmm_tokens=1,max_n=64")().max_n == 64
+    for bad in ("engine_tlmm@tlmm_tokens", "engine_tlmm@tlmm_tokens=x", "tlmm@max_k=8"):
+        with pytest.raises(ValueError, match="FIELD=INTEGER|only engine blocks"):
+            variant_block(bad)
+    with pytest.raises(ValueError, match="tlmm_tokens"):
+        variant_block("engine_tlmm@tlmm_tokens=3")
