@@ -130,6 +130,21 @@ class DeviceKVCache:
         self.length = 0
 
 
+def k_slices(k: int, max_k: int | None, tc) -> list[tuple[int, int]]:
+    """[k0, k1) slices of a projection's inputs that engines of ``max_k`` take (``tc``: the
+    TLMM config): one if k <= max_k, else equal slices of whole activation chunks
+    (K-splitting: each slice's partial accumulators are summed by ADD; exact)."""
+    if max_k is None or k <= max_k:
+        return [(0, k)]
+    chunk = tc.group * tc.tables
+    ns = -(-k // max_k)
+    ks = -(-k // ns // chunk) * chunk
+    while ks > max_k:  # rounding up to whole chunks overshot: one slice more
+        ns += 1
+        ks = -(-k // ns // chunk) * chunk
+    return [(k0, min(k, k0 + ks)) for k0 in range(0, k, ks)]
+
+
 class Runtime:
     """A model compiled for ``device`` (see module docstring)."""
 
@@ -325,19 +340,7 @@ class Runtime:
         )
 
     def _k_slices(self, k: int) -> list[tuple[int, int]]:
-        """[k0, k1) slices of a projection's inputs that the engines take: one if k <=
-        max_k, else equal slices of whole activation chunks (K-splitting: each slice's
-        partial accumulators are summed by ADD; exact)."""
-        if self.max_k is None or k <= self.max_k:
-            return [(0, k)]
-        tc = self.cfg.tlmm
-        chunk = tc.group * tc.tables
-        ns = -(-k // self.max_k)
-        ks = -(-k // ns // chunk) * chunk
-        while ks > self.max_k:  # rounding up to whole chunks overshot: one slice more
-            ns += 1
-            ks = -(-k // ns // chunk) * chunk
-        return [(k0, min(k, k0 + ks)) for k0 in range(0, k, ks)]
+        return k_slices(k, self.max_k, self.cfg.tlmm)
 
     def _sparse_proj(self, proj: str) -> bool:
         """In sparse mode (ReLU^2 models) every projection but the masked up_proj runs as

@@ -8,18 +8,18 @@ the design point's DRAM latency), each raised to its bytes over the DRAM bandwid
 that is longer: the weight-reuse gain of ``AccelConfig.tlmm_tokens`` alone, not a
 simulated layer (attention, norms and the LM head are not included). As the runtime
 does: a ReLU² up_proj is masked (row by row at any P), and a projection with k above the
-design point's ``max_k`` runs per row in K slices (rows = 1: no reuse; the ADDs that sum
-the slices are not counted).
+design point's ``max_k`` runs as one TLMM per K slice over all rows (``host.runtime.k_slices``;
+the ADDs that sum the slices are not counted).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 
 from golden import isa
 from golden.config import AccelConfig, design_point
 from golden.modelspec import ModelConfig
+from host.runtime import k_slices
 from hw.ops.tlmm import expected_cycles
 
 DEFAULT_CHUNK = 64  # host.runtime.DEFAULT_MAX_CHUNK
@@ -48,13 +48,8 @@ def layer_cycles(mc: ModelConfig, dp: AccelConfig, rows: int, tokens: int) -> fl
     projs += [(i, h, False), (i, h, relu2), (h, i, False)]  # gate, up (masked), down
     total = 0.0
     for n, k, masked in projs:
-        if k <= dp.max_k:
-            total += _command(rows, k, n, dp, tokens, masked)
-            continue
-        slices = math.ceil(k / dp.max_k)
-        ks = -(-k // slices)
-        for k0 in range(0, k, ks):
-            total += rows * _command(1, min(ks, k - k0), n, dp, tokens, masked)
+        for k0, k1 in k_slices(k, dp.max_k, dp.datapath.tlmm):
+            total += _command(rows, k1 - k0, n, dp, tokens, masked)
     return total
 
 
