@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import sys
 import time
 from collections import defaultdict
@@ -244,11 +245,12 @@ def _fill_kv(rt, upto: int, rng) -> None:
 
     mc, a = rt.config, rt.address_map
     nkv, ctx, hd = mc.num_key_value_heads, mc.max_position_embeddings, mc.head_dim
+    fwd = rt.cfg.forward  # the cache's format: the device datapath's kv_bits
     for li in range(mc.num_hidden_layers):
         for kv in ("k", "v"):
             codes = np.zeros((nkv, ctx, hd), np.int8)
-            codes[:, :upto] = rng.integers(-127, 128, (nkv, upto, hd))
-            rt.device.write(a.addr(f"kv{li}.{kv}"), codes)
+            codes[:, :upto] = rng.integers(-fwd.kv_max, fwd.kv_max + 1, (nkv, upto, hd))
+            rt.device.write(a.addr(f"kv{li}.{kv}"), isa.pack_kv(codes, fwd.kv_bits))
             mant = np.zeros((nkv, ctx), np.int64)
             shift = np.zeros((nkv, ctx), np.int64)
             mant[:, :upto] = rng.integers(1 << 15, 1 << 16, (nkv, upto))
@@ -733,8 +735,15 @@ def plot(decode: list, prefill: list, path: str) -> str:
     return path
 
 
+class TaskFailed(Exception):
+    """A measurement that raised: its traceback, reported with the others' results."""
+
+
 def _task(task, adc=None, progress=print):
-    """One measurement of ``main``'s list: the result, or the DoesNotRun it raised."""
+    """One measurement of ``main``'s list: the result, the DoesNotRun it raised, or a
+    TaskFailed with the traceback of any other error (the other measurements go on)."""
+    import traceback
+
     kind, name, dp, size = task
     try:
         if kind == "decode":
@@ -742,13 +751,18 @@ def _task(task, adc=None, progress=print):
         return measure_prefill(MODELS[name], prompt=size, dp=dp, progress=progress)
     except DoesNotRun as e:
         return e
+    except Exception:  # noqa: BLE001 -- reported by main, which exits 1
+        return TaskFailed(traceback.format_exc())
 
 
 def _quiet_task(task, adc=None):
     kind, name, dp, size = task
     t0 = time.perf_counter()
     r = _task(task, adc, progress=lambda *_: None)
-    print(f"  done: {name} {kind} at {size} on {dp.name} ({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"  done: {name} {kind} at {size} on {dp.name} ({time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
     return r
 
 
@@ -808,6 +822,10 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--jobs", type=int, default=1, help="measurements simulated at once (processes)"
     )
+    ap.add_argument("--save", default="", help="write this run's results to a file (pickle)")
+    ap.add_argument(
+        "--load", nargs="*", default=[], help="results of earlier runs (--save) to show with these"
+    )
     from host.runtime import act_adc_from_args, add_act_adc_args
 
     add_act_adc_args(ap)
@@ -849,23 +867,36 @@ def main(argv=None) -> int:
                         )
                     else:
                         tasks.append((kind, name, dp, size))
-    decode, prefill = [], []
+    decode, prefill, failed = [], [], 0
     for task, r in zip(tasks, _run_tasks(tasks, a.jobs, adc), strict=True):
         if isinstance(r, DoesNotRun):
             print(f"\n{task[1]}: {r}")
+        elif isinstance(r, TaskFailed):
+            failed += 1
+            print(f"\nFAILED: {task[1]} {task[0]} at {task[3]} on {task[2].name}:\n{r}")
         elif task[0] == "decode":
             report(r)
             decode.append(r)
         else:
             prefill_report(r)
             prefill.append(r)
+    for path in a.load:  # earlier runs' results (--save), shown with these
+        with open(path, "rb") as f:
+            more = pickle.load(f)
+        decode, prefill = more["decode"] + decode, more["prefill"] + prefill
+    if a.save:
+        os.makedirs(os.path.dirname(os.path.abspath(a.save)), exist_ok=True)
+        with open(a.save, "wb") as f:
+            pickle.dump({"decode": decode, "prefill": prefill}, f)
     summary(decode, prefill)
     if a.plot and (decode or prefill):
         print(f"figure: {plot(decode, prefill, a.plot)}")
     if not a.no_sparsity:
         dp = points[0]
         sparsity_report(measured_sparsity(cfg=dp.datapath), sorted(set(a.context)), dp)
-    return 0
+    if failed:
+        print(f"error: {failed} measurement(s) failed (above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

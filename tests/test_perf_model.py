@@ -130,3 +130,39 @@ def test_main_models_points_and_plot(tmp_path, monkeypatch, capsys):
     assert "4 measurements, 2 at a time" in out  # decode and prefill, at two clocks
     assert out.index("context 4, design point kv260 ") < out.index("design point kv260@evidence")
     assert perf_model.main(["--model", "small", "--prompt", "0"]) == 2
+
+
+def test_fill_kv_writes_the_datapath_format():
+    """The KV cache a decode measurement starts from is in the device's format: packed
+    int4 rows (codes within +-7) on kv260-kv4, int8 rows on kv260."""
+    import numpy as np
+
+    from golden.model import random_model
+    from host.backends.golden import GoldenDevice
+    from host.runtime import Runtime
+
+    m = random_model(SMALL, seed=3)
+    for name in ("kv260", "kv260-kv4"):
+        fwd = design_point(name).datapath.forward
+        rt = Runtime(m, GoldenDevice(design_point(name).datapath, mem_size=8 << 20))
+        perf_model._fill_kv(rt, 5, np.random.default_rng(0))
+        nkv, hd = SMALL.num_key_value_heads, SMALL.head_dim
+        region = rt.address_map["kv0.k"]
+        rows = rt.device.read(region.addr, region.nbytes)
+        codes = isa.unpack_kv(
+            np.frombuffer(rows, np.int8).reshape(nkv, -1, hd * fwd.kv_bits // 8), fwd.kv_bits
+        )
+        assert np.abs(codes[:, :5]).max() == fwd.kv_max and not codes[:, 5:].any()
+
+
+def test_save_and_load_results(tmp_path, monkeypatch, capsys):
+    """--save writes a run's results; --load shows them with a run that measures nothing."""
+    monkeypatch.setattr(perf_model, "MODELS", {"small": SMALL})
+    saved = tmp_path / "r.pkl"
+    argv = ["--model", "small", "--context", "4", "--prompt", "--clocks", "target"]
+    assert perf_model.main(argv + ["--no-sparsity", "--plot", "", "--save", str(saved)]) == 0
+    capsys.readouterr()
+    argv = ["--model", "small", "--context", "--prompt", "--no-sparsity", "--plot", ""]
+    assert perf_model.main(argv + ["--load", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "decode @4" in out and "measurements" not in out
