@@ -81,7 +81,7 @@ bench: install
 	$(VPY) -m sim.perf
 	$(VPY) -m host.bench
 	$(VPY) -m host.sparse_bench
-	$(VPY) -m host.perf_model --design-point kv260 kv260-kv4 --prefill-design-point kv260 kv260-p4 --jobs 2
+	$(VPY) -m host.perf_model --design-point kv260 kv260-kv4 --prefill-design-point kv260 kv260-p2 kv260-p4 --jobs 2
 
 # Error bounds of every golden block: stated vs measured.
 report: install

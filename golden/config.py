@@ -831,6 +831,15 @@ DESIGN_POINTS = {
     # Multi-token TLMM). A point for the perf model and DSE: its 4 table sets need ~449
     # RAMB36 (the engine alone), more than the XCK26's 144; no timing evidence
     "kv260-p4": AccelConfig(name="kv260-p4", tlmm_tokens=4),
+    # kv260 with a multi-token TLMM that fits the XCK26: P = 2 on mirrored tables (14
+    # entries of 10 bits, a 4-bit index and a sign bit per weight group, the same 5-bit
+    # codes): 140-bit table words, 56 RAMB36 per token instead of 112 (README: Multi-token
+    # TLMM). No timing evidence
+    "kv260-p2": AccelConfig(
+        name="kv260-p2",
+        datapath=DatapathConfig(tlmm=TLMMConfig(table="mirrored")),
+        tlmm_tokens=2,
+    ),
     "ecp5": AccelConfig(
         name="ecp5",
         datapath=DatapathConfig(tlmm=TLMMConfig(tables=8, replicas=2)),

@@ -20,10 +20,12 @@ has its ``wiring.Component`` classes built with default arguments.  Progress is 
 line per block; the table at the end.
 Results are also written to ``build/synth/summary.json``.
 
-Options: ``python -m hw.synth [BLOCK ...] [--no-ecp5] [--no-xilinx] [--freq MHZ]``.
+Options: ``python -m hw.synth [BLOCK ...] [--design-point POINT] [--no-ecp5] [--no-xilinx]
+[--freq MHZ]`` (``--design-point``: the design report's board point, default kv260).
 An engine block named ``engine_<op>@FIELD=VALUE[,FIELD=VALUE...]`` is that engine of the
 default design point with those ``AccelConfig`` fields changed (integers), e.g.
-``engine_tlmm@tlmm_tokens=4``.
+``engine_tlmm@tlmm_tokens=4``; ``engine_<op>@POINT[,FIELD=VALUE...]`` starts from the named
+design point instead, e.g. ``engine_tlmm@kv260-p2``.
 """
 
 from __future__ import annotations
@@ -688,14 +690,17 @@ def variant_block(name: str):
 
     base, _, spec = name.partition("@")
     if not base.startswith("engine_"):
-        raise ValueError(f"{name}: only engine blocks take @FIELD=VALUE")
-    fields = {}
+        raise ValueError(f"{name}: only engine blocks take @FIELD=VALUE or @DESIGN-POINT")
+    point, fields = DEFAULT_DESIGN_POINT, {}
     for item in spec.split(","):
         key, eq, val = item.partition("=")
+        if not eq and not fields and point == DEFAULT_DESIGN_POINT:
+            point = key  # a named design point (design_point says which exist)
+            continue
         if not eq or not val.lstrip("-").isdigit():
             raise ValueError(f"{name}: expected FIELD=INTEGER, got {item!r}")
         fields[key] = int(val)
-    dp = design_point(DEFAULT_DESIGN_POINT).with_(**fields)
+    dp = design_point(point).with_(**fields)
     op = Opcode[base.removeprefix("engine_").upper()]
     return lambda: engine_class(op).for_design(dp)
 
@@ -712,6 +717,11 @@ def main(argv=None) -> int:
         help="every datapath block and engine alone (the per-block table)",
     )
     ap.add_argument("--jobs", type=int, default=2, help="runs side by side (design report)")
+    ap.add_argument(
+        "--design-point",
+        default="kv260",
+        help="the board point of the design report (its whole accelerator on the XCK26)",
+    )
     ap.add_argument("--no-ecp5", action="store_true")
     ap.add_argument("--no-xilinx", action="store_true")
     ap.add_argument(
@@ -724,7 +734,12 @@ def main(argv=None) -> int:
 
     if not args.blocks and not args.all_blocks:
         # --no-ecp5: the board point's whole accelerator alone (the longest run)
-        design_report(jobs=args.jobs, freq=args.freq, open_flow=not args.no_ecp5)
+        design_report(
+            board_point=args.design_point,
+            jobs=args.jobs,
+            freq=args.freq,
+            open_flow=not args.no_ecp5,
+        )
         return 0
     blocks = discover_blocks()
     names = args.blocks or list(blocks)

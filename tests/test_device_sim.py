@@ -183,17 +183,21 @@ def test_model_prefill_decode_bit_identical(rng, seed):
 
 
 def test_multi_token_prefill_bit_identical(rng, seed):
-    """kv260-p4 (4 tokens per weight beat): a 7-token prompt (TLMM blocks of 4 and 3 rows)
-    then a decoded token, on a top with its TLMM engine (the other ops on the host
-    fallback), equals the golden backend with the same P and golden.model bit for bit; the
-    bytes read equal golden's, and the prompt reads fewer than at P = 1."""
+    """kv260-p2 (2 tokens per weight beat, mirrored tables: the point that fits the XCK26):
+    a 7-token prompt (TLMM blocks of 2, 2, 2 and 1 rows) then a decoded token, on a top with
+    its TLMM engine (the other ops on the host fallback), equals the golden backend with the
+    same P and golden.model (full tables) bit for bit; the bytes read equal golden's, and
+    the prompt reads fewer than at P = 1. (P = 4 and 8: sim/test_op_tlmm.py.)"""
     from golden.config import design_point
 
-    dp = design_point("kv260-p4")
+    dp = design_point("kv260-p2")
+    assert dp.datapath.tlmm.table == "mirrored"
     sim = SimDevice(dp, mem_size=MEM, bandwidth=32.0, latency=40, ops=(Opcode.TLMM,))
     m = random_model(ModelConfig(**SHAPE), seed=seed)
     gm = GoldenModel(m, "integer")
-    devs = [GoldenDevice(mem_size=MEM, tlmm_tokens=p) for p in (dp.tlmm_tokens, 1)] + [sim]
+    devs = [
+        GoldenDevice(mem_size=MEM, cfg=dp.datapath, tlmm_tokens=p) for p in (dp.tlmm_tokens, 1)
+    ] + [sim]
     rts = [Runtime(m, d, max_chunk=7) for d in devs]
     toks = rng.integers(0, SHAPE["vocab_size"], size=8)
     cache = gm.new_cache()

@@ -73,8 +73,14 @@ def test_engine_variant_blocks():
 
     assert variant_block("engine_tlmm@tlmm_tokens=4")().tokens == 4
     assert variant_block("engine_tlmm@tlmm_tokens=1,max_n=64")().max_n == 64
+    # a named design point, then fields: kv260-p2's mirrored tables at P = 2
+    e = variant_block("engine_tlmm@kv260-p2")()
+    assert e.tokens == 2 and e.cfg.tlmm.table == "mirrored"
+    assert variant_block("engine_tlmm@kv260-p2,tlmm_tokens=1")().tokens == 1
+    with pytest.raises(ValueError, match="design point"):
+        variant_block("engine_tlmm@no-such-point")
     for bad in ("engine_tlmm@tlmm_tokens", "engine_tlmm@tlmm_tokens=x", "tlmm@max_k=8"):
-        with pytest.raises(ValueError, match="FIELD=INTEGER|only engine blocks"):
+        with pytest.raises(ValueError, match="FIELD=INTEGER|only engine blocks|design point"):
             variant_block(bad)
     with pytest.raises(ValueError, match="tlmm_tokens"):
         variant_block("engine_tlmm@tlmm_tokens=3")
