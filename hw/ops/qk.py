@@ -138,26 +138,12 @@ from hw.softmax import tree_bit_length
 
 from . import kvrow
 from .base import Engine, check_power_of_two
-from .gqa import Cursor, head_ratio
+from .gqa import Cursor, block_shape, blocks, head_ratio
 from .gqa import cycles as gqa_cycles
 
 _ABITS = isa.ADDR_BITS + 1  # addresses inside the window (mem_hi <= 2^32)
 PIPE = 10  # stages from a key's accept to the packer
 MAX_BLOCK = 16  # held queries (the slot index fields)
-
-
-def blocks(heads: int, kv_heads: int, rows: int, keys: int, block: int):
-    """The blocks of held queries of one command, in order (module docstring): (nh, nt,
-    vis) per block -- nh heads x nt rows, vis the visible keys of its last row."""
-    n_rep = heads // kv_heads
-    hb = min(block, n_rep)
-    tb = block // hb
-    for _ in range(kv_heads):
-        for r0 in range(0, n_rep, hb):
-            nh = min(hb, n_rep - r0)
-            for t0 in range(0, rows, tb):
-                nt = min(tb, rows - t0)
-                yield nh, nt, keys - rows + t0 + nt
 
 
 def _zero_chunks(keys: int, vis: int, out_lanes: int) -> int:
@@ -409,12 +395,7 @@ class QKEngine(Engine):
         B = self.block
         # the block shape (module docstring): hb heads x tb rows, from n_rep (valid from
         # CHK_ADDR on, so these from the first RUN cycle)
-        hb, tb = Signal(range(B + 1)), Signal(range(B + 1))
-        tb_of = Array(Const(B // max(n, 1), range(B + 1)) for n in range(B))
-        m.d.sync += [
-            hb.eq(Mux(n_rep >= B, B, n_rep)),
-            tb.eq(Mux(n_rep >= B, 1, tb_of[n_rep[: max(1, (B - 1).bit_length())]])),
-        ]
+        hb, tb = block_shape(m, n_rep, B)
         # strides (valid from the cycle after start, the row-chunk ones a cycle after tb)
         st = {
             "q_h": Signal(32),  # q_ld * head_dim
