@@ -37,72 +37,129 @@ Steps 1-4 take two cycles before any memory access. The dst check is evaluated w
 but can only be reported after step 5, so with a bad dst the engine runs the command
 "dry" (all reads and arithmetic, no write) and then reports BAD_OPERAND if an acc
 overflowed, else the dst error. Without a dst error an overflow is reported when the
-command ends; writes stop from the query where it was found (earlier queries' outputs
-are written, as the engine rules allow).
+command ends; writes stop from the block of held queries where it was found (earlier
+blocks' outputs are written, as the engine rules allow).
 
 Micro-architecture
 ==================
-Queries (h, t) in order (h outer, t inner: the p rows in memory order); query head h
-reads KV head g = h // n_rep. Per query, with v = L_t + 1 visible keys:
+Queries are held in blocks of up to B = ``block`` (the design point's ``attn_block``),
+with QK's block rule (``hw.ops.gqa.blocks`` / ``block_shape``: hb = min(B, n_rep) heads x
+tb = B // hb rows of one KV head g; rows inner, then head chunks, then KV heads), and each
+V row and record of g is read once per block for all its queries. A block's slots s = 0
+.. nb - 1 (nb = nh * nt; head ri outer, row ti inner) are the queries (h0 + ri, t0 + ti),
+v_s = L_t + 1 visible keys each; the block's keys are j < vis = v of its last row. Decode
+with n_rep = 4, B = 4 holds the 4 query heads of a KV head (each V row read once instead
+of 4 times); a prefill block with n_rep = 1 holds 4 rows of a head. B = 1 is one query at
+a time (the ecp5 point). Per block:
 
-* min pass: the v scale records in reads of R = ``records`` records (4R bytes); a
-  pipelined min tree over each response's records with a nonzero mant (each level keeps
+* min passes, slot by slot: slot s's v_s scale records in reads of R = ``records``
+  records (4R bytes; the records are read per slot, not once per block: one min tree);
+  a pipelined min tree over each response's records with a nonzero mant (each level keeps
   the smaller shift of the nonzero ones and whether there was one; a response is zero
-  beyond its len, so no masked key counts) and a running min give s_min;
+  beyond its len, so no masked key counts), tagged with its slot, and a running min per
+  slot give each slot's s_min;
 * key pass: per key j a V row (one read of VR bytes; int4 rows are unpacked into the
-  int8 lanes by ``hw.ops.kvrow.unpack_lanes``, wiring only), preceded every 2R keys by a
-  read of the next 2R p values (4R bytes) and every R keys by a read of the next R
-  records: the records are read twice rather than buffered (no block RAM).
+  int8 lanes by ``hw.ops.kvrow.unpack_lanes``, wiring only), preceded every PC keys by
+  one read per slot of its next PC p values (2PC bytes, over j < vis for every slot: a
+  slot's p beyond its own keys is read and ignored; PC = 2R at B = 1, R with held queries,
+  which keeps the (slot, value) select within the depth rule: ``p_chunk``) and every R keys
+  by a read of the next R records (read twice, in the min passes and here: no block RAM).
 
 The request side issues this sequence as fast as ``rd.ready`` allows, running ahead of
-the responses; the response side walks the same sequence:
+the responses; the response side walks the same sequence. Both walks keep every decision
+in registers: the next block's origin and shape come from a chain of three register
+stages (a block lasts >= 4 cycles on either side), the slot walk's "last" flags, the
+stream's "next is a p / record chunk" and their lengths; both walks live outside the
+command FSM (they rest in ``_END``). A V row stays in the response register for nb
+cycles (taken with the last slot): each cycle one slot's operation enters the pipeline:
 
-* S0 (a V row accepted): p_j and record j from the chunk registers (word selects);
-  S1: ``p_j * mant_j`` (a DSP) and ``sh = clamp(B - X + shift_j - s_min, 0, 33)`` (the
-  sum beside two compares of shift_j with per-query thresholds; p*mant < 2^32: from 33
-  on any shift gives 0, like golden's 62);
-  S2: ``(2 p mant) >> sh``; S3: ``pt = (that + 1) >> 1 = rhu(p mant, sh)`` (0 in a
-  cycle without a key; ``PT_BITS`` = 23 bits unsigned for the default config);
-* ``max_head_dim`` multiply-accumulate lanes ``acc_i += pt * v_i`` (``hw.dsp.mac``: a
-  DSP48E2 each, its 48-bit P register the accumulator, restarted by the query's first
-  key; the V row reaches the DSPs through three fabric stages and their two B
-  registers). When the query's last key is in P, every lane's P goes to the hold
-  register (int32 per lane) and the DSPs' pattern detectors say whether each acc fits
-  int32 (else BAD_OPERAND: exact for any data, P holds 48 bits);
+* S0 (an operation, slot s of key j): p_j of slot s (one select by the concatenation of
+  s and j's low bits) and record j from the chunk registers, slot s's shift bounds, and
+  whether the slot sees the key (j < v_s; else pt = 0, the operation still moves the
+  slot's accumulator); S1: ``p_j * mant_j`` (a DSP) and ``sh = clamp(B - X + shift_j -
+  s_min, 0, 33)`` (the sum beside two compares of shift_j with the slot's thresholds;
+  p*mant < 2^32: from 33 on any shift gives 0, like golden's 62); S2: ``(2 p mant) >>
+  sh``; S3: ``pt = (that + 1) >> 1 = rhu(p mant, sh)`` (0 in a cycle without an
+  operation; ``PT_BITS`` = 23 bits unsigned for the default config);
+* ``max_head_dim`` multiply-accumulate lanes ``acc_i[s] += pt * v_i`` (a DSP48E2 each;
+  the V row reaches the DSPs through three fabric stages and their two B registers). At
+  B = 1 (``hw.dsp.mac``) the DSP's 48-bit P register is the accumulator, restarted by
+  the query's first key. With held queries (``hw.dsp.mac_slots``) each lane has nb
+  accumulators: P and a ring of B - 1 ``acc_bits``-wide shift registers behind it
+  (SRL16E: one LUT per bit, no flip-flop), which move with every operation in M (P =
+  M for a slot's first key, P + M for nb = 1, else C + M with C the ring's tap nb - 2:
+  the slot whose turn comes next) and stand still otherwise, so stalls between keys
+  keep the slots aligned;
+* captures and the drain: when the block's last operation (its last slot) is in P, P
+  goes to the hold register (int32 per lane) and the DSPs' pattern detectors say whether
+  each acc fits int32 (else BAD_OPERAND: exact for any data, P holds 48 bits); then
+  each other slot's acc is rotated back into P (C + M with M = 0; slot 0 first) in the
+  cycle the writer takes the hold register's last group, checked and captured the next
+  cycle. The next block's first operation waits for the drain's last capture; a block's
+  last key waits for a free hold register and no last key in flight. Per slot: its dst
+  row address and shift (from its last operation) and the requant controls of that
+  shift, selected by the captured slot;
 * writer: ``requant`` (unit multiplier) of ``out_lanes`` lanes per write, a pipeline of
   the lane-group select, the shifters and the saturation, overlapped with the next
-  query's keys. A query's last key is accepted only when the hold register is free and
-  no other last key is in flight.
+  block's min passes and keys: ceil(head_dim/out_lanes) writes per query.
 
-The first key of a query is accepted ``log2(R)`` cycles after the last min-pass response
-at the earliest (the min tree's latency; with a 1-cycle memory that costs one cycle).
+The first key of a block is accepted ``log2(R)`` cycles after the last min-pass response
+at the earliest (the min tree's latency; with a 1-cycle memory that costs one cycle at
+B = 1, and the nb p responses and the record response come in that wait).
 
 Cycles
 ======
 The request side issues one read per cycle; with a memory that never stalls the
-response side keeps up, so a command takes (``expected_cycles``)
+response side takes one response (min pass, p, record) a cycle and one operation a
+cycle (nb per V row). ``expected_cycles`` is this recurrence over the blocks, exact
+(``sim/test_op_pv.py`` measures it with a 1-cycle memory, INT8 and int4 V rows alike),
+with NW = ceil(head_dim/out_lanes) and t from the first response (cycle G + 3 +
+latency: the head-ratio divider ``hw.ops.gqa``, G = ``gqa.cycles()`` = 9 for 8-bit head
+fields, two check cycles)::
 
+    per block: t += sum_s ceil(v_s / R)                  (min passes)
+               first = t - 1 + log2(R) + 3                (the min tree)
+               per key j < vis:
+                 t += nb [j % PC == 0] + [j % R == 0]     (p chunks, a record chunk)
+                 j == 0:       t = max(t, first, drain_ok)
+                 j == vis - 1: t = max(t, hold_ok); cap = t + nb + 6
+                               lastcap = cap + (nb - 1)(NW + 1)
+                 t += nb                                  (one operation per slot)
+               hold_ok = lastcap + NW + 1;  drain_ok = lastcap + 1 if nb > 1 else 0
+    cycles = lastcap + NW + 4                             (the last block's)
+
+(cap: the last slot's capture, six cycles after its operation; the others follow every
+NW + 1 cycles as the writer frees the hold register). Without waits (hold_ok, drain_ok
+never bind: long keys) and with nb = 1 this is one query at a time's formula::
+
+    cycles = N + heads*rows*log2(R) + latency + G + 13 + NW
     N = heads * sum_{t<rows} (2 ceil(v_t/R) + v_t + ceil(v_t/(2R)))      v_t = L_t + 1
-    cycles = N + heads*rows*wait + latency + G + 13 + ceil(head_dim/out_lanes)
 
-(N reads, the first in cycle G + 3: the head-ratio divider ``hw.ops.gqa`` (G =
-``gqa.cycles()`` = 9 for 8-bit head fields) and two check cycles; ``wait`` = log2(R) per
-query for the min tree; the last response's memory latency; S1-S4, the DSPs' A, M and P
-registers, the capture into hold, the writer's three stages, the last query's writes and
-the done cycle), as long as every query after the first has 2 ceil(v/R) + v +
-ceil(v/(2R)) + wait >= ceil(head_dim/out_lanes) + 8 (its last key comes after the writer
-took the previous query from the hold register; else it waits: the first queries of a
-prefill with rows == keys; measured with R = 32, out_lanes 4: heads 2, kv_heads 1, rows =
-keys = 4, head_dim 48: 184 cycles, formula 119).
-``sim/test_op_pv.py`` measures this
-exactly with a 1-cycle memory, for the INT8 and the int4 V rows alike (the formula does
-not depend on the format). Per key: one V row (head_dim MACs) per cycle plus 1/(2R)
-of a cycle for p and 2/R for its record. BitNet-0.73B decode (16 heads, head_dim 96,
-1 query over S keys, R = 32, out_lanes 4): N = 16 * (S + S/16 + S/64) reads at one a
-cycle, 2335 cycles at 128 keys and 35455 at 2048 (the 1024-bit scale buffer before:
-2153 and 34313); with the KV260's DRAM the bandwidth sets the pace (106 bytes a key, 4
-of them the record's second read: ~3.9 % more than the buffered records before; 58 with
-the INT4 cache).
+and with held queries each block costs sum_s ceil(v_s/R) + max(0, log2(R) + 1 - nb) +
+nb ceil(vis/PC) + ceil(vis/R) + nb vis cycles, plus (nb_last - 1)(NW + 1) at the end.
+Bytes read (``read_bytes``): per block 4 sum_s v_s + 2 nb vis + vis (VR + 4).
+
+``python -m hw.ops.pv [design point]`` prints these for BitNet shapes at block 1 and at
+the design point's block. kv260 (R = 32, out_lanes 4, B = 4, 68.4 bytes/cycle): BitNet
+2B-4T decode (20 heads, 5 KV heads, head_dim 128), 2048 keys: 1,597,440 bytes (5,652,480
+one query at a time: each V row and record read once per KV head instead of once per
+query head) and 44,004 cycles (44,315), compute-bound at one V row operation a cycle
+(memory alone 23,354 cycles; before: memory-bound, 82,639): 1.88x; 4096 keys: 3,194,880
+bytes (11,304,960), 87,844 cycles (memory-bound before: 165,277), 1.88x. BitNet-0.73B
+decode (n_rep = 1, one query per block): bytes unchanged, 35,967 cycles at 2048 keys
+(35,455 at B = 1: p chunks of R), memory-bound either way (50,781). A 128-token prefill
+of 2B-4T reads 6.44 MB (22.8 MB) in 238,507 cycles (memory-bound before: 333,137):
+1.40x (compute-bound; in its short blocks the drain's 4 x 32 writes, before the next
+block's first key, bind).
+
+Area (``python -m hw.synth engine_pv --no-ecp5``, the engine alone, XCK26; LUT + LUTRAM
+/ FF / DSP, logic levels): one query at a time before blocks 6,786 + 0 / 12,146 / 136,
+6.0; B = 4 (kv260): 8,982 + 5,504 / 14,580 / 137, 7.0: seven one-bit paths of 7 levels,
+from the head_dim argument through the contract checks' priority to the registered dims
+verdict (``Engine.checks``, unchanged; Yosys/ABC's mapping of it moved with the rest of
+the netlist), every path of the walks and the datapath <= 6. The rings are 128 lanes x
+``acc_bits`` (43) SRL16E (the LUTRAM column); the hold register stays one (the drain
+serializes the captures: no per-slot hold banks); the extra DSP is rows * keys.
 
 Differences from the golden backend
 ===================================
@@ -1028,17 +1085,18 @@ class PVEngine(Engine):
                             m.d.sync += cw.next_block()
                             with m.If(cw.last):
                                 m.d.sync += cw.state.eq(_END)
-        with m.If(passed["CHECK"]):
-            m.d.sync += [
-                n_rep.eq(n_rep_q),
-                lim0.eq(a.keys - a.rows),
-                vrow.eq(kvrow.row_bytes(a.head_dim, cfg)),
-                vstride.eq(a.kv_ld * kvrow.row_bytes(a.head_dim, cfg)),
-                sstride.eq(a.kv_ld * 4),
-                pstride.eq(a.keys * 2),
-                dstride.eq(a.heads * a.head_dim * 4),
-                hd4.eq(a.head_dim * 4),
-            ]
+        # the command's constants, registered from the arguments (valid from start, these
+        # from its next cycle on)
+        m.d.sync += [
+            n_rep.eq(n_rep_q),
+            lim0.eq(a.keys - a.rows),
+            vrow.eq(kvrow.row_bytes(a.head_dim, cfg)),
+            vstride.eq(a.kv_ld * kvrow.row_bytes(a.head_dim, cfg)),
+            sstride.eq(a.kv_ld * 4),
+            pstride.eq(a.keys * 2),
+            dstride.eq(a.heads * a.head_dim * 4),
+            hd4.eq(a.head_dim * 4),
+        ]
         with m.If(passed["CHECK_ADDR"]):
             first = [
                 *rw.start(),
@@ -1057,3 +1115,33 @@ class PVEngine(Engine):
                 *first,
             ]
         return m
+
+
+def _figures(dp_name: str = "kv260") -> None:
+    """Bytes and cycles of BitNet-shaped PV commands at the design point's block and at
+    block 1 (one query at a time, as before blocks), with a 1-cycle memory and at the
+    design point's DRAM bandwidth: ``python -m hw.ops.pv [design point]``."""
+    from golden.config import design_point
+
+    dp = design_point(dp_name)
+    bpc = dp.bytes_per_cycle
+    R, OL, cfg = dp.pv_records, dp.pv_out_lanes, dp.datapath
+    print(f"PV on {dp.name}: attn_block {dp.attn_block}, {bpc:.1f} bytes/cycle")
+    for name, heads, kvh, hd in (("2B-4T", 20, 5, 128), ("0.73B", 16, 16, 96)):
+        for rows, keys in ((1, 128), (1, 2048), (1, 4096), (128, 128)):
+            if keys > dp.max_keys and name == "0.73B":
+                continue
+            what = "decode" if rows == 1 else "prefill"
+            for blk in (1, dp.attn_block):
+                cyc = expected_cycles(heads, kvh, rows, keys, hd, R, OL, blk)
+                by = read_bytes(heads, kvh, rows, keys, hd, blk, cfg)
+                print(
+                    f"  {name} {what} rows {rows} keys {keys} block {blk}: {by:,} bytes, "
+                    f"{cyc:,} cycles; memory {by / bpc:,.0f} -> max {max(cyc, by / bpc):,.0f}"
+                )
+
+
+if __name__ == "__main__":
+    import sys
+
+    _figures(*sys.argv[1:2])
