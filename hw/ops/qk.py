@@ -26,8 +26,9 @@ Micro-architecture
 ==================
 Queries are held in blocks of up to B = ``block`` (the design point's ``attn_block``),
 and each key row and key record of a KV head is read once per block, for every query it
-holds. A block is nh heads x nt rows of one KV head g: with n_rep = heads // kv_heads,
-hb = min(B, n_rep) heads and tb = B // hb rows at a time, nh = min(hb, n_rep - r0)
+holds (``hw.ops.gqa.blocks`` / ``block_shape``: the rule PV shares). A block is nh heads
+x nt rows of one KV head g: with n_rep = heads // kv_heads, hb = min(B, n_rep) heads and
+tb = B // hb rows at a time, nh = min(hb, n_rep - r0)
 (the head chunks restart at each KV head: heads g*n_rep + r0 .. + nh - 1), nt = min(tb,
 rows - t0). Blocks go rows inner, then head chunks, then KV heads. Decode (rows = 1)
 with n_rep = 4, B = 4 holds the 4 query heads of a KV head (each K row read once instead
