@@ -129,7 +129,11 @@ fields, two check cycles)::
     cycles = lastcap + NW + 4                             (the last block's)
 
 (cap: the last slot's capture, six cycles after its operation; the others follow every
-NW + 1 cycles as the writer frees the hold register). Without waits (hold_ok, drain_ok
+NW + 1 cycles as the writer frees the hold register). The drain costs no second hold
+register, and (nb - 1)(NW + 1) cycles after a block's last key before the next block's
+first key: hidden behind that block's min passes, p and record reads when they take
+longer (2B-4T decode at 2048 keys: some 260 cycles against 106), else the wait shows (short
+prefill blocks). Without waits (hold_ok, drain_ok
 never bind: long keys) and with nb = 1 this is one query at a time's formula::
 
     cycles = N + heads*rows*log2(R) + latency + G + 13 + NW
