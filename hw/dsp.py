@@ -13,6 +13,14 @@ engines that accumulate many lanes (``hw.ops.pv``) build each lane with ``mac``:
 * elaborated for anything else (the simulators, ECP5): the same registers and the same
   arithmetic in plain Amaranth.
 
+``mac_slots``: the same lane for ``slots`` accumulators interleaved one operation a cycle
+(``hw.ops.pv``'s blocks of held queries): the post-adder adds M to 0, to P (one slot) or
+to C, fed from a ring of ``slots - 1`` acc_bits-wide shift registers behind P with a tap
+(``tap`` = slots - 2: the slot whose turn comes next); P and the ring move only in the
+cycles ``ce`` says (an operation in M, or a rotation that brings the next slot's
+accumulator back into P with M = 0). For ``XILINX`` the ring is SRL16E shift registers
+(one LUT per bit, the tap their address); else flip-flops and a multiplexer.
+
 ``dot2`` (``hw.ops.qk``'s dot products, in pairs) likewise: two DSP48E2 in cascade, the
 second adding the first's P to its product.
 
@@ -30,7 +38,7 @@ restarts with ``first``).
 
 from __future__ import annotations
 
-from amaranth import C, Cat, ClockSignal, Const, Module, Mux, Signal, signed
+from amaranth import Array, C, Cat, ClockSignal, Const, Module, Mux, Signal, signed
 from amaranth.hdl import Instance
 
 A_BITS = 27  # the multiplier's A input (signed)
@@ -71,11 +79,12 @@ _UNUSED_INPUTS = (
 )
 
 
-def _dsp48e2(*, areg: int, breg: int, a, b, opmode, p, pattern: dict, ports: dict, ce):
+def _dsp48e2(*, areg: int, breg: int, a, b, opmode, p, pattern: dict, ports: dict, ce, cep=None):
     """A DSP48E2 instance as both elaborations use it: A * B into the post-adder (OPMODE
-    picks Z), no pre-adder, C or D; A, B, M and P registers (AREG/BREG 1 or 2) all enabled
-    by ``ce``; ``pattern`` the pattern-detector parameters, ``ports`` the other ports
-    (every other input tied to 0). The argument order is the Verilog's."""
+    picks Z), no pre-adder or D, C unregistered (CREG = 0) where ``ports`` drives it; A, B,
+    M and P registers (AREG/BREG 1 or 2) all enabled by ``ce`` (P by ``cep`` if given);
+    ``pattern`` the pattern-detector parameters, ``ports`` the other ports (every other
+    input tied to 0). The argument order is the Verilog's."""
     driven = {name[2:] for name in ports if name.startswith("i_")}
     return Instance(
         "DSP48E2",
@@ -108,7 +117,8 @@ def _dsp48e2(*, areg: int, breg: int, a, b, opmode, p, pattern: dict, ports: dic
         o_P=p,
         **ports,
         **{f"i_{port}": C(0, width) for port, width in _UNUSED_INPUTS if port not in driven},
-        **{f"i_{port}": ce for port in ("CEA1", "CEA2", "CEB1", "CEB2", "CEM", "CEP")},
+        **{f"i_{port}": ce for port in ("CEA1", "CEA2", "CEB1", "CEB2", "CEM")},
+        i_CEP=ce if cep is None else cep,
     )
 
 
@@ -177,6 +187,81 @@ def mac(m: Module, platform, name: str, a, b, first, *, range_bits: int = 32, b_
     mr = Signal(signed(P_BITS), name=f"{name}_m", reset_less=True)
     p = Signal(signed(P_BITS), name=f"{name}_p", reset_less=True)
     m.d.sync += [ar.eq(a), mr.eq(ar * bs[-1]), p.eq(Mux(f2, 0, p) + mr)]
+    top = p[range_bits - 1 :]
+    m.d.comb += in_range.eq((top == 0) | (top == (1 << len(top)) - 1))
+    return p, in_range
+
+
+def mac_slots(
+    m: Module, platform, name: str, a, b, *, ce, zsel, tap, slots: int, acc_bits: int,
+    range_bits: int = 32, b_lead: int = 0,
+):  # fmt: skip
+    """A lane of ``slots`` interleaved accumulators (module docstring). ``a`` and ``b``
+    as in ``mac``; the controls belong to the cycle M holds the product of the ``a`` two
+    cycles earlier: ``ce`` (P and the ring move), ``zsel`` (0: P = M, 1: P += M, 2: P = C +
+    M with C = ring[tap], ring[0] the last P replaced). Every accumulator must fit
+    ``acc_bits`` signed bits (the ring's width). Returns (p, in_range) as ``mac``."""
+    assert len(a) <= A_BITS and len(b) <= B_BITS and b_lead in (0, 1)
+    assert 2 <= slots <= 17 and acc_bits <= P_BITS and 1 <= range_bits < P_BITS
+    depth = slots - 1
+    in_range = Signal(name=f"{name}_in_range")
+    p = Signal(signed(P_BITS), name=f"{name}_p", reset_less=True)
+    cval = Signal(signed(acc_bits), name=f"{name}_c")
+    if targets_dsp48e2(platform):
+        tap4 = Signal(4, name=f"{name}_tap")
+        m.d.comb += tap4.eq(tap)
+        for i in range(acc_bits):  # SRL16E: Q = the bit shifted in A + 1 shifts ago
+            m.submodules[f"{name}_srl{i}"] = Instance(
+                "SRL16E",
+                p_INIT=C(0, 16),
+                i_CLK=ClockSignal(),
+                i_CE=ce,
+                i_D=p[i],
+                **{f"i_A{k}": tap4[k] for k in range(4)},
+                o_Q=cval[i],
+            )
+        pd, pbd = Signal(name=f"{name}_pd"), Signal(name=f"{name}_pbd")
+        ax = Signal(signed(30), name=f"{name}_ax")
+        bx = Signal(signed(B_BITS), name=f"{name}_bx")
+        cx = Signal(signed(P_BITS), name=f"{name}_cx")
+        m.d.comb += [ax.eq(a), bx.eq(b), cx.eq(cval)]
+        # OPMODE Z: 000 (0), 010 (P), 011 (C); X = Y = 01 (the multiplier)
+        zbits = Mux(zsel == 0, C(0b000, 3), Mux(zsel == 1, C(0b010, 3), C(0b011, 3)))
+        m.submodules[name] = _dsp48e2(
+            areg=1,
+            breg=1 + b_lead,
+            a=ax,
+            b=bx,
+            opmode=Cat(C(0b0101, 4), zbits, C(0, 2)),
+            p=p,
+            pattern=dict(
+                p_USE_PATTERN_DETECT="PATDET",
+                p_SEL_PATTERN="PATTERN",
+                p_PATTERN=Const(0, P_BITS),
+                p_SEL_MASK="MASK",
+                p_MASK=Const((1 << (range_bits - 1)) - 1, P_BITS),
+                p_AUTORESET_PATDET="NO_RESET",
+            ),
+            ports={"o_PATTERNDETECT": pd, "o_PATTERNBDETECT": pbd, "i_C": cx},
+            ce=C(1, 1),
+            cep=ce,
+        )
+        m.d.comb += in_range.eq(pd | pbd)
+        return p, in_range
+    bs = [b]
+    for i in range(1 + b_lead):
+        r = Signal(signed(B_BITS), name=f"{name}_b{i + 1}", reset_less=True)
+        m.d.sync += r.eq(bs[-1])
+        bs.append(r)
+    ar = Signal(signed(A_BITS), name=f"{name}_a1", reset_less=True)
+    mr = Signal(signed(P_BITS), name=f"{name}_m", reset_less=True)
+    ring = [Signal(signed(acc_bits), name=f"{name}_r{i}", reset_less=True) for i in range(depth)]
+    m.d.comb += cval.eq(Array(ring)[tap])
+    m.d.sync += [ar.eq(a), mr.eq(ar * bs[-1])]
+    with m.If(ce):
+        z = Mux(zsel == 0, 0, Mux(zsel == 1, p, cval))
+        m.d.sync += [p.eq(z + mr), ring[0].eq(p[:acc_bits])]
+        m.d.sync += [ring[i].eq(ring[i - 1]) for i in range(1, depth)]
     top = p[range_bits - 1 :]
     m.d.comb += in_range.eq((top == 0) | (top == (1 << len(top)) - 1))
     return p, in_range

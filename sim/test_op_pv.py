@@ -3,7 +3,9 @@
 Every case goes through ``sim.op_bench.check_op`` (same ErrorCode, bit-identical memory,
 no write before an argument error). Most engines here are built with fewer MAC lanes
 (``max_head_dim``) and a smaller scale buffer than the default, which only changes
-the elaboration size; one test runs the default engine.
+the elaboration size; one test runs the default engine. ``block`` (the design point's
+``attn_block``): queries held per block, each V row read once for them (1: one query at a
+time, the ecp5 point's).
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from golden import isa
 from golden.config import DEFAULT, design_point
 from golden.isa import ErrorCode, Opcode
 from host.backends.golden import GoldenDevice
-from hw.ops.pv import PVEngine, expected_cycles
+from hw.ops import pv
+from hw.ops.gqa import cycles as gqa_cycles
+from hw.ops.pv import PVEngine, expected_cycles, read_bytes
 from sim.op_bench import STALLS, check_arg_errors, check_op, put
 
 CFG = DEFAULT
@@ -27,7 +31,7 @@ I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 CFG4 = design_point("kv260-kv4").datapath  # the INT4 KV cache: V rows of head_dim/2 bytes
 
 
-def engine(lanes: int = 48, max_keys: int = 96, cfg=CFG) -> PVEngine:
+def engine(lanes: int = 48, max_keys: int = 96, cfg=CFG, block: int = 1) -> PVEngine:
     return PVEngine(
         cfg,
         W,
@@ -35,6 +39,7 @@ def engine(lanes: int = 48, max_keys: int = 96, cfg=CFG) -> PVEngine:
         max_head_dim=lanes,
         out_lanes=DP.pv_out_lanes,
         records=DP.pv_records,
+        block=block,
     )
 
 
@@ -259,10 +264,28 @@ def _overflow_case(rng, rows=1, keys=4, hd=5, **addr):
     return setup(rng, heads=1, kv_heads=1, rows=rows, keys=keys, hd=hd, **data, **addr)
 
 
-def test_overflow_bad_operand(rng):
+@pytest.mark.parametrize("block", (1, 4))
+def test_overflow_bad_operand(rng, block):
     gd, cmd = _overflow_case(rng, rows=2, keys=4)
-    res = check_op(engine(), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.6)
+    res = check_op(engine(block=block), gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.6)
     assert res["error"] == ErrorCode.BAD_OPERAND
+
+
+@pytest.mark.parametrize("slot", (0, 2, 3))
+def test_overflow_in_one_held_query(rng, slot):
+    """A decode block of 4 query heads (n_rep 4) where only one head's acc leaves int32
+    (its p all 65535; the others' small): BAD_OPERAND, whichever slot it is (the drain
+    checks each slot's acc in P); with that head's p small too, the same command runs."""
+    heads, keys, hd = 4, 4, 5
+    p = np.full((heads, 1, keys), 100, np.uint16)
+    p[slot] = 65535
+    v = np.broadcast_to(np.where(rng.random(hd) < 0.5, 127, -128), (1, keys, hd))
+    data = dict(v=v.astype(np.int8), mant=np.full((1, keys), 65535), shift=np.full((1, keys), 7))
+    eng = engine(lanes=8, block=4)
+    for pp, want in ((p, ErrorCode.BAD_OPERAND), (np.minimum(p, 100), ErrorCode.NONE)):
+        gd, cmd = setup(rng, heads=heads, kv_heads=1, rows=1, keys=keys, hd=hd, p=pp, **data)
+        res = check_op(eng, gd, cmd, seed=int(rng.integers(1 << 30)), stall=0.3)
+        assert res["error"] == want
 
 
 @pytest.mark.parametrize("pt3, want", ((512, ErrorCode.NONE), (513, ErrorCode.BAD_OPERAND)))
@@ -284,10 +307,11 @@ def test_overflow_boundary(rng, pt3, want):
 
 
 # ------------------------------------------------------------------ argument errors
-def test_dst_errors_come_after_the_computation(rng):
+@pytest.mark.parametrize("block", (1, 4))
+def test_dst_errors_come_after_the_computation(rng, block):
     """Golden computes before it stores: a bad dst is reported only if no acc
     overflowed (the engine then runs dry and writes nothing)."""
-    eng = engine(lanes=8)
+    eng = engine(lanes=8, block=block)
     gd, cmd = _overflow_case(rng, dst=2)
     assert check_op(eng, gd, cmd, seed=1)["error"] == ErrorCode.BAD_OPERAND
     gd, cmd = _overflow_case(rng)
@@ -358,3 +382,83 @@ def test_int4_kv(rng):
         assert got[bits]["cycles"] == want
     v_rows = heads * sum(keys - rows + t + 1 for t in range(rows))
     assert got[8]["bytes_read"] - got[4]["bytes_read"] == v_rows * hd // 2
+
+
+# ------------------------------------------------------------------ blocks of held queries
+def _old_formula(heads, rows, keys, hd, R, OL, latency=1):
+    """The cycle formula of one query at a time (before blocks), for block 1."""
+    n = sum(
+        heads * (2 * -(-v // R) + v + -(-v // (2 * R)))
+        for v in (keys - rows + t + 1 for t in range(rows))
+    )
+    return n + heads * rows * pv.min_wait(R) + latency + gqa_cycles() + 13 + -(-hd // OL)
+
+
+def test_block1_is_the_old_formula():
+    """Block 1 keeps the formula of one query at a time wherever that formula held (each
+    query long enough for the writer), BitNet shapes included."""
+    R, OL = DP.pv_records, DP.pv_out_lanes
+    for heads, kv_heads, rows, keys, hd in (
+        (2, 1, 2, 70, 40), (2, 2, 1, 9, 33), (16, 16, 1, 2048, 96), (20, 5, 1, 4096, 128),
+        (4, 2, 3, 40, 20),
+    ):  # fmt: skip
+        want = _old_formula(heads, rows, keys, hd, R, OL)
+        assert expected_cycles(heads, kv_heads, rows, keys, hd, R, OL, 1) == want
+    # where the writer made a query wait, the recurrence has it (measured before: 184)
+    assert expected_cycles(2, 1, 4, 4, 48, R, OL, 1) == 184
+
+
+BLOCK_CASES = {
+    # (block, heads, kv_heads, rows, keys, hd, kv bits)
+    "B1 prefill": (1, 2, 1, 4, 4, 48, 8),
+    "B4 decode n_rep 4 hd 128": (4, 8, 2, 1, 70, 128, 8),
+    "B4 decode n_rep 4 hd 128 int4": (4, 8, 2, 1, 70, 128, 4),
+    "B4 prefill n_rep 1": (4, 2, 2, 6, 40, 20, 8),
+    "B4 prefill n_rep 4 int4": (4, 4, 1, 3, 36, 40, 4),
+    "B4 prefill n_rep 2, one write per query": (4, 4, 2, 5, 9, 4, 8),
+    "B3 prefill n_rep 1, rows = keys": (3, 1, 1, 7, 7, 9, 8),
+}
+
+
+@pytest.mark.parametrize("case", BLOCK_CASES)
+def test_block_cycles_and_bytes(rng, case):
+    """The module docstring's cycle recurrence and bytes read (``hw.ops.pv.expected_cycles``,
+    ``read_bytes``), exactly, with a memory that never stalls; held queries read each V
+    row once per block: fewer bytes than one query at a time whenever a block holds more
+    than one query."""
+    block, heads, kv_heads, rows, keys, hd, bits = BLOCK_CASES[case]
+    cfg = CFG if bits == 8 else CFG4
+    eng = engine(lanes=max(hd, 8), cfg=cfg, block=block)
+    gd, cmd = setup(rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd, cfg=cfg)
+    res = check_op(eng, gd, cmd, seed=1, stall=0.0, max_latency=1)
+    assert res["error"] == ErrorCode.NONE
+    R, OL = eng.records, eng.out_lanes
+    assert res["cycles"] == expected_cycles(heads, kv_heads, rows, keys, hd, R, OL, block)
+    want = read_bytes(heads, kv_heads, rows, keys, hd, block, cfg)
+    assert res["bytes_read"] == want
+    if block > 1:
+        assert want < read_bytes(heads, kv_heads, rows, keys, hd, 1, cfg)
+
+
+@pytest.mark.parametrize("block", (4, 3))
+def test_block_random_shapes_under_stalls(rng, block):
+    """Held queries == golden under random read / write stalls and latencies: random
+    head ratios (blocks of heads, of rows, partial ones), head_dim within one write or
+    over several, INT8 and INT4 V rows, kv_ld > keys."""
+    engines = {8: engine(block=block), 4: engine(cfg=CFG4, block=block)}
+    for i in range(6):
+        bits = (8, 4)[i % 2]
+        kv_heads = int(rng.integers(1, 3))
+        heads = kv_heads * int(rng.integers(1, 6))
+        rows = int(rng.integers(1, 7))
+        keys = rows + int(rng.integers(0, 40))
+        hd = 2 * int(rng.integers(1, 25))
+        kv_ld = keys + int(rng.integers(0, 3))
+        cfg = CFG if bits == 8 else CFG4
+        gd, cmd = setup(
+            rng, heads=heads, kv_heads=kv_heads, rows=rows, keys=keys, hd=hd, kv_ld=kv_ld, cfg=cfg
+        )
+        stall = float(rng.choice([0.3, 0.6]))
+        res = check_op(engines[bits], gd, cmd, seed=int(rng.integers(1 << 30)), stall=stall)
+        assert res["error"] == ErrorCode.NONE
+        assert res["bytes_written"] == rows * heads * hd * 4

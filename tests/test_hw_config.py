@@ -132,7 +132,11 @@ def test_attention_engines_take_their_widths_from_the_design_point(name):
     assert sm.read_ahead >= dp.dram_latency + 2 * dp.softmax_lanes
     assert sm.chunk >= sm.lanes  # one read per cycle feeds the block
     pv = PVEngine.for_design(dp)
-    assert (pv.out_lanes, pv.records) == (dp.pv_out_lanes, dp.pv_records)
+    assert (pv.out_lanes, pv.records, pv.block) == (
+        dp.pv_out_lanes,
+        dp.pv_records,
+        dp.attn_block,
+    )
     qk = QKEngine.for_design(dp)
     assert (qk.records, qk.out_lanes, qk.block) == (
         dp.qk_records,
@@ -158,6 +162,8 @@ def test_attention_engine_widths_are_checked():
     for block in (0, 17):
         with pytest.raises(ValueError, match="block"):
             QKEngine(DEFAULT, W, records=8, out_lanes=4, block=block)
+        with pytest.raises(ValueError, match="block"):
+            PVEngine(DEFAULT, W, max_keys=64, max_head_dim=8, out_lanes=4, records=8, block=block)
 
 
 def test_mac_lanes_are_dsp48e2_for_the_xilinx_target():
@@ -177,6 +183,12 @@ def test_mac_lanes_are_dsp48e2_for_the_xilinx_target():
     assert "DSP48E2" not in export_verilog(
         PVEngine(DEFAULT, 16, max_keys=8, max_head_dim=4, out_lanes=2, records=2), "pv"
     )
+    # held queries (block 3): each lane's other accumulators in a ring of SRL16E behind
+    # its DSP's P (acc_bits wide, no DSP more), fed back through the C port
+    pv3 = PVEngine(DEFAULT, 16, max_keys=8, max_head_dim=4, out_lanes=2, records=2, block=3)
+    text = export_verilog(pv3, "pv", platform=XILINX)
+    assert text.count("DSP48E2 #(") == 4 and text.count("SRL16E #(") == 4 * pv3.acc_bits
+    assert text.count('.USE_PATTERN_DETECT("PATDET")') == 4
     qk = export_verilog(
         QKEngine(DEFAULT, 16, records=2, out_lanes=4, block=2), "qk", platform=XILINX
     )

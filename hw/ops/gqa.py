@@ -1,6 +1,9 @@
 """What QK and PV (grouped-query attention) share: the head ratio n_rep = heads //
 kv_heads and whether kv_heads divides heads (the contract's ``heads % kv_heads == 0``),
-and :class:`Cursor`, a tensor's base and read pointer in their walk over the heads.
+and :class:`Cursor`, a tensor's base and read pointer in their walk over the heads; the
+blocks of held queries (``blocks``, ``block_shape``: B = ``AccelConfig.attn_block``
+queries, hb = min(B, n_rep) heads x tb = B // hb rows of one KV head, as ``hw.ops.qk``'s
+docstring describes) in which both engines read each K / V row once for every query held.
 
 A combinational divider of two ``isa.HEADS_BITS``-bit fields is some twenty LUT levels
 (far beyond the 250 MHz rule of ``hw.timing``); this one is a restoring divider of
@@ -11,7 +14,7 @@ after it, and stay until the next start.
 
 from __future__ import annotations
 
-from amaranth import Cat, Mux, Signal
+from amaranth import Array, Cat, Const, Mux, Signal
 
 from golden import isa
 
@@ -45,6 +48,33 @@ def head_ratio(m, start, heads, kv_heads):
             nn = (nn << 1)[:B]
         m.d.sync += [rem.eq(r), n.eq(nn), quo.eq(q), left.eq(left - 1)]
     return quo, divides
+
+
+def blocks(heads: int, kv_heads: int, rows: int, keys: int, block: int):
+    """The blocks of held queries of one command, in order: (nh, nt, vis) per block -- nh
+    heads x nt rows (hb = min(block, n_rep) heads and tb = block // hb rows at most; head
+    chunks restart at each KV head), vis the visible keys of its last row. Rows inner,
+    then head chunks, then KV heads."""
+    n_rep = heads // kv_heads
+    hb = min(block, n_rep)
+    tb = block // hb
+    for _ in range(kv_heads):
+        for r0 in range(0, n_rep, hb):
+            nh = min(hb, n_rep - r0)
+            for t0 in range(0, rows, tb):
+                nt = min(tb, rows - t0)
+                yield nh, nt, keys - rows + t0 + nt
+
+
+def block_shape(m, n_rep, block: int):
+    """(hb, tb) registers of ``blocks``' shape from ``n_rep`` (valid a cycle after it)."""
+    hb, tb = Signal(range(block + 1), name="blk_hb"), Signal(range(block + 1), name="blk_tb")
+    tb_of = Array(Const(block // max(n, 1), range(block + 1)) for n in range(block))
+    m.d.sync += [
+        hb.eq(Mux(n_rep >= block, block, n_rep)),
+        tb.eq(Mux(n_rep >= block, 1, tb_of[n_rep[: max(1, (block - 1).bit_length())]])),
+    ]
+    return hb, tb
 
 
 class Cursor:

@@ -26,8 +26,9 @@ Micro-architecture
 ==================
 Queries are held in blocks of up to B = ``block`` (the design point's ``attn_block``),
 and each key row and key record of a KV head is read once per block, for every query it
-holds. A block is nh heads x nt rows of one KV head g: with n_rep = heads // kv_heads,
-hb = min(B, n_rep) heads and tb = B // hb rows at a time, nh = min(hb, n_rep - r0)
+holds (``hw.ops.gqa.blocks`` / ``block_shape``: the rule PV shares). A block is nh heads
+x nt rows of one KV head g: with n_rep = heads // kv_heads, hb = min(B, n_rep) heads and
+tb = B // hb rows at a time, nh = min(hb, n_rep - r0)
 (the head chunks restart at each KV head: heads g*n_rep + r0 .. + nh - 1), nt = min(tb,
 rows - t0). Blocks go rows inner, then head chunks, then KV heads. Decode (rows = 1)
 with n_rep = 4, B = 4 holds the 4 query heads of a KV head (each K row read once instead
@@ -138,26 +139,12 @@ from hw.softmax import tree_bit_length
 
 from . import kvrow
 from .base import Engine, check_power_of_two
-from .gqa import Cursor, head_ratio
+from .gqa import Cursor, block_shape, blocks, head_ratio
 from .gqa import cycles as gqa_cycles
 
 _ABITS = isa.ADDR_BITS + 1  # addresses inside the window (mem_hi <= 2^32)
 PIPE = 10  # stages from a key's accept to the packer
 MAX_BLOCK = 16  # held queries (the slot index fields)
-
-
-def blocks(heads: int, kv_heads: int, rows: int, keys: int, block: int):
-    """The blocks of held queries of one command, in order (module docstring): (nh, nt,
-    vis) per block -- nh heads x nt rows, vis the visible keys of its last row."""
-    n_rep = heads // kv_heads
-    hb = min(block, n_rep)
-    tb = block // hb
-    for _ in range(kv_heads):
-        for r0 in range(0, n_rep, hb):
-            nh = min(hb, n_rep - r0)
-            for t0 in range(0, rows, tb):
-                nt = min(tb, rows - t0)
-                yield nh, nt, keys - rows + t0 + nt
 
 
 def _zero_chunks(keys: int, vis: int, out_lanes: int) -> int:
@@ -409,12 +396,7 @@ class QKEngine(Engine):
         B = self.block
         # the block shape (module docstring): hb heads x tb rows, from n_rep (valid from
         # CHK_ADDR on, so these from the first RUN cycle)
-        hb, tb = Signal(range(B + 1)), Signal(range(B + 1))
-        tb_of = Array(Const(B // max(n, 1), range(B + 1)) for n in range(B))
-        m.d.sync += [
-            hb.eq(Mux(n_rep >= B, B, n_rep)),
-            tb.eq(Mux(n_rep >= B, 1, tb_of[n_rep[: max(1, (B - 1).bit_length())]])),
-        ]
+        hb, tb = block_shape(m, n_rep, B)
         # strides (valid from the cycle after start, the row-chunk ones a cycle after tb)
         st = {
             "q_h": Signal(32),  # q_ld * head_dim
