@@ -461,11 +461,17 @@ def budget_table(modules: dict[str, dict]) -> dict[str, dict]:
     return rows
 
 
+def fit_used(total: dict, k: str) -> float:
+    """What a resource's fit counts: LUT memories (LUTRAM, SRL) sit in the device's LUTs."""
+    return total.get(k, 0) + (total.get("lutram", 0) if k == "lut" else 0)
+
+
 def fit_check(total: dict, device: dict) -> dict[str, tuple[float, float, bool]]:
-    """{resource: (used fraction, limit, within)} against ``FIT_LIMITS``."""
+    """{resource: (used fraction, limit, within)} against ``FIT_LIMITS``. LUT memories
+    (LUTRAM, SRL) sit in the device's LUTs, so they count with the logic LUTs."""
     out = {}
     for k, lim in FIT_LIMITS.items():
-        frac = total.get(k, 0) / device[k]
+        frac = fit_used(total, k) / device[k]
         out[k] = (frac, lim, frac <= lim)
     return out
 
@@ -507,7 +513,7 @@ def print_budget(xc: dict, dp) -> None:
     print(
         "XCK26 utilization: "
         + ", ".join(
-            f"{k.upper()} {xc[k]:,} of {dev[k]:,} = {fr:.1%} (target <= {lim:.0%}: "
+            f"{k.upper()} {fit_used(xc, k):,} of {dev[k]:,} = {fr:.1%} (target <= {lim:.0%}: "
             f"{'ok' if ok else 'OVER'})"
             for k, (fr, lim, ok) in fit.items()
         )

@@ -54,6 +54,8 @@ def test_fit_check_against_the_targets():
     fit = fit_check({"lut": 75, "bram36": 91, "uram": 0, "dsp": 80}, dev)
     assert fit["lut"][2] and fit["dsp"][2] and fit["uram"][2]
     assert not fit["bram36"][2]
+    # LUT memories (the PV rings' SRL16E) count with the logic LUTs
+    assert not fit_check({"lut": 70, "lutram": 6, "bram36": 0, "uram": 0, "dsp": 0}, dev)["lut"][2]
 
 
 def test_report_prints_the_verdicts_and_clocks(capsys):
