@@ -139,6 +139,29 @@ def targets_dsp48e2(platform) -> bool:
     return bool(getattr(platform, "dsp48e2", False))
 
 
+def _range_pattern(range_bits: int) -> dict:
+    """The pattern detector's setting for "P fits ``range_bits`` signed bits": P's bits from
+    range_bits - 1 up all 0 (PATTERNDETECT) or all 1 (PATTERNBDETECT)."""
+    return dict(
+        p_USE_PATTERN_DETECT="PATDET",
+        p_SEL_PATTERN="PATTERN",
+        p_PATTERN=Const(0, P_BITS),
+        p_SEL_MASK="MASK",
+        p_MASK=Const((1 << (range_bits - 1)) - 1, P_BITS),  # 1: bit ignored
+        p_AUTORESET_PATDET="NO_RESET",
+    )
+
+
+def _b_regs(m: Module, name: str, b, b_lead: int) -> list:
+    """b and its 1 + b_lead B registers in plain Amaranth (no reset, as the DSP's)."""
+    bs = [b]
+    for i in range(1 + b_lead):
+        r = Signal(signed(B_BITS), name=f"{name}_b{i + 1}", reset_less=True)
+        m.d.sync += r.eq(bs[-1])
+        bs.append(r)
+    return bs
+
+
 def mac(m: Module, platform, name: str, a, b, first, *, range_bits: int = 32, b_lead: int = 0):
     """One multiply-accumulate lane (module docstring): returns (p, in_range) with p the
     signed 48-bit P register and in_range its pattern-detector verdict."""
@@ -164,25 +187,14 @@ def mac(m: Module, platform, name: str, a, b, first, *, range_bits: int = 32, b_
             b=bx,
             opmode=opmode,
             p=p,
-            pattern=dict(
-                p_USE_PATTERN_DETECT="PATDET",
-                p_SEL_PATTERN="PATTERN",
-                p_PATTERN=Const(0, P_BITS),
-                p_SEL_MASK="MASK",
-                p_MASK=Const((1 << (range_bits - 1)) - 1, P_BITS),  # 1: bit ignored
-                p_AUTORESET_PATDET="NO_RESET",
-            ),
+            pattern=_range_pattern(range_bits),
             ports={"o_PATTERNDETECT": pd, "o_PATTERNBDETECT": pbd},
             ce=C(1, 1),
         )
         m.d.comb += in_range.eq(pd | pbd)
         return p, in_range
     # the same registers in plain Amaranth (no reset, as the DSP's)
-    bs = [b]
-    for i in range(1 + b_lead):
-        r = Signal(signed(B_BITS), name=f"{name}_b{i + 1}", reset_less=True)
-        m.d.sync += r.eq(bs[-1])
-        bs.append(r)
+    bs = _b_regs(m, name, b, b_lead)
     ar = Signal(signed(A_BITS), name=f"{name}_a1", reset_less=True)
     mr = Signal(signed(P_BITS), name=f"{name}_m", reset_less=True)
     p = Signal(signed(P_BITS), name=f"{name}_p", reset_less=True)
@@ -234,25 +246,14 @@ def mac_slots(
             b=bx,
             opmode=Cat(C(0b0101, 4), zbits, C(0, 2)),
             p=p,
-            pattern=dict(
-                p_USE_PATTERN_DETECT="PATDET",
-                p_SEL_PATTERN="PATTERN",
-                p_PATTERN=Const(0, P_BITS),
-                p_SEL_MASK="MASK",
-                p_MASK=Const((1 << (range_bits - 1)) - 1, P_BITS),
-                p_AUTORESET_PATDET="NO_RESET",
-            ),
+            pattern=_range_pattern(range_bits),
             ports={"o_PATTERNDETECT": pd, "o_PATTERNBDETECT": pbd, "i_C": cx},
             ce=C(1, 1),
             cep=ce,
         )
         m.d.comb += in_range.eq(pd | pbd)
         return p, in_range
-    bs = [b]
-    for i in range(1 + b_lead):
-        r = Signal(signed(B_BITS), name=f"{name}_b{i + 1}", reset_less=True)
-        m.d.sync += r.eq(bs[-1])
-        bs.append(r)
+    bs = _b_regs(m, name, b, b_lead)
     ar = Signal(signed(A_BITS), name=f"{name}_a1", reset_less=True)
     mr = Signal(signed(P_BITS), name=f"{name}_m", reset_less=True)
     ring = [Signal(signed(acc_bits), name=f"{name}_r{i}", reset_less=True) for i in range(depth)]
